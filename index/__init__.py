@@ -1,0 +1,1 @@
+"""Inverted index over quantized SPLADE impacts (filled in by the index issue)."""

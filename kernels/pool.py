@@ -1,0 +1,42 @@
+"""The one pooling entry point, ``splade_max_pool``, and its dispatch between implementations."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .pool_torch import splade_max_pool_chunked, splade_max_pool_reference
+
+IMPLS = ("auto", "triton", "chunked", "torch")
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """``LSR_POOL_IMPL`` overrides the argument; "auto" means Triton on CUDA, chunked elsewhere."""
+    impl = os.environ.get("LSR_POOL_IMPL", impl) or "auto"
+    if impl not in IMPLS:
+        raise ValueError(f"unknown pooling impl {impl!r}; choose one of {', '.join(IMPLS)} (argument or LSR_POOL_IMPL)")
+    if impl == "auto":
+        return "triton" if device.type == "cuda" else "chunked"
+    return impl
+
+
+def splade_max_pool(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    attention_mask: torch.Tensor,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """``log1p(relu(max over unmasked positions of hidden @ weight.T + bias))`` as [B, V]; differentiable.
+
+    hidden [B, L, H], weight [V, H], bias [V] or None, attention_mask [B, L] (non-zero = keep).
+    """
+    chosen = resolve_impl(impl, hidden.device)
+    if chosen == "torch":
+        return splade_max_pool_reference(hidden, weight, bias, attention_mask)
+    if chosen == "chunked":
+        return splade_max_pool_chunked(hidden, weight, bias, attention_mask)
+    from .pool_triton import splade_max_pool_triton
+
+    return splade_max_pool_triton(hidden, weight, bias, attention_mask)

@@ -1,0 +1,1 @@
+"""lsr: learned sparse retrieval."""

@@ -1,0 +1,201 @@
+"""SparseBatch: the one in-memory form of sparse vectors that encoders produce and the index consumes.
+
+A CSR triple (indptr int64, indices int32, values float32) plus the vocabulary that names the
+term ids. Encoders know nothing of storage and the index knows nothing of models; this class is
+the contract between them, and its Arrow/Parquet form is the on-disk hand-over.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_VOCAB_KEY = b"lsr.vocab"
+_VOCAB_SIZE_KEY = b"lsr.vocab_size"
+
+
+@dataclass
+class SparseBatch:
+    """Rows of sparse vectors in CSR form; row i is ``indices/values[indptr[i]:indptr[i+1]]``."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    vocab_size: int
+    vocab: Sequence[str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.indptr = np.ascontiguousarray(self.indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(self.indices, dtype=np.int32)
+        self.values = np.ascontiguousarray(self.values, dtype=np.float32)
+        if self.indptr.ndim != 1 or len(self.indptr) == 0 or self.indptr[0] != 0:
+            raise ValueError("indptr must be a 1-D array starting at 0")
+        if self.indptr[-1] != len(self.indices) or len(self.indices) != len(self.values):
+            raise ValueError(
+                f"CSR arrays disagree: indptr ends at {self.indptr[-1]}, "
+                f"{len(self.indices)} indices, {len(self.values)} values"
+            )
+        if np.any(np.diff(self.indptr) < 0):
+            raise ValueError("indptr must be non-decreasing")
+        if self.vocab is not None and len(self.vocab) != self.vocab_size:
+            raise ValueError(f"vocab has {len(self.vocab)} entries but vocab_size is {self.vocab_size}")
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def empty(cls, n_rows: int, vocab_size: int, vocab: Sequence[str] | None = None) -> "SparseBatch":
+        return cls(np.zeros(n_rows + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), vocab_size, vocab)
+
+    @classmethod
+    def from_dense(cls, dense: np.ndarray, vocab: Sequence[str] | None = None) -> "SparseBatch":
+        """Keep the non-zero entries of a [rows, vocab] array, term ids ascending within a row."""
+        dense = np.asarray(dense)
+        rows, cols = np.nonzero(dense)
+        indptr = np.zeros(dense.shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=dense.shape[0]), out=indptr[1:])
+        return cls(indptr, cols, dense[rows, cols], dense.shape[1], vocab)
+
+    @classmethod
+    def from_scipy(cls, matrix, vocab: Sequence[str] | None = None) -> "SparseBatch":
+        csr = matrix.tocsr()
+        csr.sort_indices()
+        return cls(csr.indptr, csr.indices, csr.data, csr.shape[1], vocab)
+
+    @classmethod
+    def from_dicts(cls, rows: Iterable[dict], vocab: Sequence[str], vocab_size: int | None = None) -> "SparseBatch":
+        """Build from ``{token or term id: weight}`` dicts; unknown tokens raise KeyError naming them."""
+        lookup = {tok: i for i, tok in enumerate(vocab)}
+        indptr, indices, values = [0], [], []
+        for row in rows:
+            ids = [lookup[t] if isinstance(t, str) else int(t) for t in row]
+            order = np.argsort(ids, kind="stable")
+            indices.extend(np.asarray(ids)[order].tolist())
+            values.extend(np.asarray(list(row.values()), np.float32)[order].tolist())
+            indptr.append(len(indices))
+        return cls(np.asarray(indptr), np.asarray(indices), np.asarray(values), vocab_size or len(vocab), vocab)
+
+    @classmethod
+    def concat(cls, batches: Sequence["SparseBatch"]) -> "SparseBatch":
+        if not batches:
+            raise ValueError("concat needs at least one batch")
+        offsets = np.cumsum([0] + [b.nnz for b in batches[:-1]])
+        indptr = np.concatenate([[0]] + [b.indptr[1:] + off for b, off in zip(batches, offsets)])
+        return cls(
+            indptr,
+            np.concatenate([b.indices for b in batches]),
+            np.concatenate([b.values for b in batches]),
+            batches[0].vocab_size,
+            batches[0].vocab,
+        )
+
+    # ----------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(term ids, weights) of row i, as views."""
+        lo, hi = self.indptr[i], self.indptr[i + 1]
+        return self.indices[lo:hi], self.values[lo:hi]
+
+    def select(self, rows: Sequence[int] | np.ndarray) -> "SparseBatch":
+        """A new batch of the given rows, in the given order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.indptr[rows + 1] - self.indptr[rows]
+        indptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        take = np.concatenate([np.arange(self.indptr[r], self.indptr[r + 1]) for r in rows]) if len(rows) else []
+        take = np.asarray(take, dtype=np.int64)
+        return SparseBatch(indptr, self.indices[take], self.values[take], self.vocab_size, self.vocab)
+
+    def __getitem__(self, item) -> "SparseBatch":
+        if isinstance(item, slice):
+            return self.select(np.arange(len(self))[item])
+        if isinstance(item, (int, np.integer)):
+            return self.select([int(item) % len(self) if len(self) else int(item)])
+        return self.select(item)
+
+    def to_scipy(self):
+        import scipy.sparse as sp
+
+        return sp.csr_matrix((self.values, self.indices, self.indptr), shape=(len(self), self.vocab_size))
+
+    def to_dense(self) -> np.ndarray:
+        out = np.zeros((len(self), self.vocab_size), np.float32)
+        rows = np.repeat(np.arange(len(self)), np.diff(self.indptr))
+        out[rows, self.indices] = self.values
+        return out
+
+    def token(self, term_id: int) -> str:
+        return self.vocab[term_id] if self.vocab is not None else str(term_id)
+
+    def to_dicts(self, top: int | None = None) -> list[dict[str, float]]:
+        """Per row, ``{token: weight}`` ordered by weight descending (ties: lower term id first)."""
+        out = []
+        for i in range(len(self)):
+            ids, vals = self.row(i)
+            order = np.lexsort((ids, -vals))
+            if top is not None:
+                order = order[:top]
+            out.append({self.token(int(ids[j])): float(vals[j]) for j in order})
+        return out
+
+    # ----------------------------------------------------------------- Arrow / Parquet
+    def to_arrow(self, ids: Sequence[str] | None = None) -> pa.Table:
+        """One row per vector: ``indices: list<int32>``, ``values: list<float32>`` (and ``id`` if given).
+
+        The vocabulary travels in the schema metadata so a Parquet file is self-describing.
+        """
+        offsets = pa.array(self.indptr.astype(np.int32) if self.nnz < 2**31 else self.indptr)
+        list_type = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
+        columns = {
+            "indices": list_type.from_arrays(offsets, pa.array(self.indices, pa.int32())),
+            "values": list_type.from_arrays(offsets, pa.array(self.values, pa.float32())),
+        }
+        if ids is not None:
+            if len(ids) != len(self):
+                raise ValueError(f"{len(ids)} ids for {len(self)} vectors")
+            columns = {"id": pa.array([str(i) for i in ids], pa.string()), **columns}
+        meta = {_VOCAB_SIZE_KEY: str(self.vocab_size).encode()}
+        if self.vocab is not None:
+            meta[_VOCAB_KEY] = json.dumps(list(self.vocab)).encode()
+        return pa.table(columns).replace_schema_metadata(meta)
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, vocab: Sequence[str] | None = None) -> "SparseBatch":
+        meta = table.schema.metadata or {}
+        if vocab is None and _VOCAB_KEY in meta:
+            vocab = json.loads(meta[_VOCAB_KEY])
+        if _VOCAB_SIZE_KEY in meta:
+            vocab_size = int(meta[_VOCAB_SIZE_KEY])
+        elif vocab is not None:
+            vocab_size = len(vocab)
+        else:
+            raise ValueError("table carries no vocabulary size; pass vocab")
+        ind = table.column("indices").combine_chunks()
+        val = table.column("values").combine_chunks()
+        indptr = np.asarray(ind.offsets, dtype=np.int64)
+        indptr = indptr - indptr[0]
+        return cls(indptr, np.asarray(ind.flatten(), np.int32), np.asarray(val.flatten(), np.float32), vocab_size, vocab)
+
+    def write_parquet(self, path: str | Path, ids: Sequence[str] | None = None) -> None:
+        """Write atomically: a temp file renamed into place, so a crash never leaves half a file."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(self.to_arrow(ids), tmp, compression="zstd")
+        tmp.replace(path)
+
+    @classmethod
+    def read_parquet(cls, path: str | Path) -> tuple["SparseBatch", list[str] | None]:
+        """Returns (batch, ids or None)."""
+        table = pq.read_table(path)
+        ids = table.column("id").to_pylist() if "id" in table.column_names else None
+        return cls.from_arrow(table), ids

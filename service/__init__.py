@@ -1,0 +1,1 @@
+"""gRPC search service (filled in by the service issue)."""
