@@ -27,10 +27,13 @@ def splade_max_pool(
     bias: torch.Tensor | None,
     attention_mask: torch.Tensor,
     impl: str = "auto",
+    deterministic: bool = False,
 ) -> torch.Tensor:
     """``log1p(relu(max over unmasked positions of hidden @ weight.T + bias))`` as [B, V]; differentiable.
 
     hidden [B, L, H], weight [V, H], bias [V] or None, attention_mask [B, L] (non-zero = keep).
+    ``deterministic`` asks the Triton backward for bitwise-reproducible gradients (no atomics);
+    the PyTorch paths ignore it.
     """
     chosen = resolve_impl(impl, hidden.device)
     if chosen == "torch":
@@ -39,4 +42,4 @@ def splade_max_pool(
         return splade_max_pool_chunked(hidden, weight, bias, attention_mask)
     from .pool_triton import splade_max_pool_triton
 
-    return splade_max_pool_triton(hidden, weight, bias, attention_mask)
+    return splade_max_pool_triton(hidden, weight, bias, attention_mask, deterministic=deterministic)

@@ -1,1 +1,16 @@
-"""gRPC search service (filled in by the service issue)."""
+"""gRPC search service (lsr.v1.SearchService): server, servicer, micro-batcher and Python client.
+
+``Client`` is imported lazily so ``lsr.service.codegen`` and the stubs load without the model stack.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Client"]
+
+
+def __getattr__(name: str):
+    if name == "Client":
+        from lsr.service.client import Client
+
+        return Client
+    raise AttributeError(f"module 'lsr.service' has no attribute {name!r}")

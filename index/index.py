@@ -1,0 +1,435 @@
+"""InvertedIndex: build, open, search and update a segmented, memory-mapped SPLADE index.
+
+Readers and writers share one immutable ``_State`` (segments, id bases, manifest). A search
+grabs the current state once and uses only it; a writer builds a new state, commits it to disk
+and then swaps the reference under a lock. So searches from many threads run alongside one
+writer and always see a single committed snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lsr.sparse import SparseBatch
+
+from . import storage
+from .inputs import doc_id_list, document_batch, keep_top_terms, query_rows, query_terms
+from .quantize import choose_scale, dequantize, impact_dtype, quantize
+from .search_numba import search_maxscore, search_taat
+from .segment import Segment, build_arrays, expected_dtypes, expected_lengths, structure_problem
+
+WINDOW = 4096
+_OPEN_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class Hit:
+    doc_id: str
+    score: float
+
+
+class _State:
+    """One committed snapshot of the index; never mutated after construction."""
+
+    def __init__(self, manifest: dict, segments: tuple[Segment, ...], vocab: list[str] | None):
+        self.manifest = manifest
+        self.segments = segments
+        self.vocab = vocab
+        self.bases = np.cumsum([0] + [s.n_docs for s in segments]).astype(np.int64)
+        self._locations: dict[str, tuple[int, int]] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def scale(self) -> float | None:
+        return max((s.scale for s in self.segments), default=None)
+
+    def locations(self) -> dict[str, tuple[int, int]]:
+        """doc id -> (segment index, local row) of live documents, built on first use."""
+        with self._lock:
+            if self._locations is None:
+                table = {}
+                for si, seg in enumerate(self.segments):
+                    live = np.flatnonzero(seg.deleted == 0)
+                    table.update(zip(seg.ids[live].tolist(), ((si, int(r)) for r in live)))
+                self._locations = table
+            return self._locations
+
+    def doc_id(self, internal: int) -> str:
+        si = int(np.searchsorted(self.bases, internal, side="right")) - 1
+        return self.segments[si].ids[internal - self.bases[si]]
+
+
+class InvertedIndex:
+    """Top-k dot-product search over quantized SPLADE vectors; see the package docstring."""
+
+    def __init__(self, path: Path, state: _State):
+        self.path = path
+        self._state = state
+        self._write_lock = threading.Lock()
+        self._scratch = threading.local()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(cls, path: str | os.PathLike, vectors, doc_ids: Sequence | None = None,
+              quantization: str = "uint8") -> "InvertedIndex":
+        """Create (or atomically replace) the index at ``path`` holding exactly these vectors."""
+        impact_dtype(quantization)
+        path = Path(path)
+        batch, ids = document_batch(vectors, doc_ids, None)
+        path.mkdir(parents=True, exist_ok=True)
+        with storage.writer_lock(path):
+            version = _disk_version(path) + 1
+            scale = choose_scale(quantization, float(batch.values.max(initial=0.0)))
+            base = {"vocab_size": batch.vocab_size, "quantization": quantization, "vocab": None, "segments": []}
+            if batch.vocab is not None:
+                base["vocab"] = storage.write_json(path, f"vocab.{version:06d}.json", list(batch.vocab))
+            segments = [_write_segment(path, f"s{version:06d}", batch, ids, quantization, scale)] if len(ids) else []
+            manifest = dict(base, version=version, segments=segments)
+            storage.commit_manifest(path, manifest)
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "InvertedIndex":
+        """Memory-map the committed index; cheap checks name any missing or damaged file."""
+        path = Path(path)
+        return cls(path, _load_state(path))
+
+    # ------------------------------------------------------------------ properties
+    def __len__(self) -> int:
+        return self.num_docs
+
+    @property
+    def num_docs(self) -> int:
+        return sum(s.live for s in self._state.segments)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._state.manifest["vocab_size"])
+
+    @property
+    def vocab(self) -> list[str] | None:
+        return self._state.vocab
+
+    @property
+    def quantization(self) -> str:
+        return self._state.manifest["quantization"]
+
+    @property
+    def version(self) -> int:
+        """Commit counter; changes with every build, add, delete and merge."""
+        return int(self._state.manifest["version"])
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the committed content (file checksums, counts); no names, versions or times."""
+        return storage.content_checksum(self._state.manifest)
+
+    @property
+    def num_segments(self) -> int:
+        return len(self._state.segments)
+
+    def doc_freqs(self) -> np.ndarray:
+        """int64 [vocab_size]: number of live documents containing each term."""
+        out = np.zeros(self.vocab_size, np.int64)
+        for seg in self._state.segments:
+            out += seg.live_df()
+        return out
+
+    def get_vectors(self, doc_ids: Sequence) -> SparseBatch:
+        """Stored (dequantized) vectors of live documents, in the given order; KeyError for unknown ids."""
+        state = self._state
+        ids = doc_id_list(doc_ids)
+        where = state.locations()
+        missing = [i for i in ids if i not in where]
+        if missing:
+            raise KeyError(f"unknown doc ids: {missing[:10]}")
+        indptr, indices, values = [np.zeros(1, np.int64)], [], []
+        for doc in ids:
+            si, row = where[doc]
+            seg = state.segments[si]
+            ptr, terms, imps = seg.rows(np.asarray([row]))
+            indptr.append(ptr[1:] + indptr[-1][-1])
+            indices.append(terms)
+            values.append(dequantize(imps, seg.scale))
+        return SparseBatch(np.concatenate(indptr), np.concatenate(indices or [np.zeros(0, np.int32)]),
+                           np.concatenate(values or [np.zeros(0, np.float32)]), self.vocab_size, state.vocab)
+
+    # ------------------------------------------------------------------ search
+    def search(self, query, k: int = 10, top_terms: int | None = None, bound_factor: float = 1.0,
+               algorithm: str = "auto") -> list[Hit]:
+        """Top-k documents by dot product; exact unless ``top_terms``/``bound_factor`` are set.
+
+        Fewer than k hits come back when fewer documents share a term with the query.
+        ``algorithm`` is "auto" (per query and segment), "maxscore" or "taat".
+        """
+        state = self._state
+        _check_search_args(k, bound_factor, algorithm)
+        terms, weights = query_terms(query, self.vocab_size, state.vocab)
+        internal, scores = self._search_terms(state, terms, weights, k, top_terms, bound_factor, algorithm)
+        return [Hit(state.doc_id(int(i)), float(s)) for i, s in zip(internal, scores)]
+
+    def search_batch(self, queries, k: int = 10, threads: int | None = None, top_terms: int | None = None,
+                     bound_factor: float = 1.0, algorithm: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """Search many queries in parallel threads (the kernels release the GIL).
+
+        Returns ``ids`` (object [n, k], None where a query has fewer than k hits) and ``scores``
+        (float32 [n, k], -inf in those places).
+        """
+        state = self._state
+        _check_search_args(k, bound_factor, algorithm)
+        rows = query_rows(queries, self.vocab_size, state.vocab)
+        ids = np.full((len(rows), k), None, dtype=object)
+        scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+
+        def run(chunk: range) -> None:
+            for qi in chunk:
+                internal, sc = self._search_terms(state, *rows[qi], k, top_terms, bound_factor, algorithm)
+                ids[qi, : len(internal)] = [state.doc_id(int(i)) for i in internal]
+                scores[qi, : len(sc)] = sc
+
+        threads = max(1, min(threads or os.cpu_count() or 1, len(rows) or 1))
+        if threads == 1:
+            run(range(len(rows)))
+        else:
+            step = -(-len(rows) // (threads * 4))
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(run, [range(i, min(i + step, len(rows))) for i in range(0, len(rows), step)]))
+        return ids, scores
+
+    def _acc(self, size: int) -> np.ndarray:
+        """A zeroed per-thread accumulator of at least ``size`` floats (kernels leave it zeroed)."""
+        acc = getattr(self._scratch, "acc", None)
+        if acc is None or len(acc) < size:
+            acc = self._scratch.acc = np.zeros(max(size, WINDOW), np.float32)
+        return acc
+
+    def _search_terms(self, state: _State, terms, weights, k, top_terms, bound_factor, algorithm):
+        terms, weights = keep_top_terms(terms, weights, top_terms)
+        hs = np.zeros(k, np.float32)
+        hd = np.zeros(k, np.int64)
+        hn = np.zeros(1, np.int64)
+        for seg, base in zip(state.segments, state.bases):
+            present = seg.term_df[terms] > 0
+            if not present.any() or seg.live == 0:
+                continue
+            t = np.ascontiguousarray(terms[present])
+            w = np.ascontiguousarray(weights[present] * np.float32(seg.scale), dtype=np.float32)
+            a = seg.arrays
+            if _use_taat(algorithm, seg):
+                acc = self._acc(seg.n_docs)
+                search_taat(t, w, a["term_blocks"], a["block_posts"], a["block_base"], a["post_delta"],
+                            a["post_imp"], seg.deleted, acc, base, hs, hd, hn)
+            else:
+                search_maxscore(t, w, a["term_blocks"], a["block_posts"], a["block_base"], a["block_last"],
+                                a["block_max"], a["post_delta"], a["post_imp"], seg.deleted, WINDOW,
+                                self._acc(WINDOW), base, hs, hd, hn, np.float32(bound_factor))
+        n = int(hn[0])
+        order = np.lexsort((hd[:n], -hs[:n]))
+        return hd[:n][order], hs[:n][order]
+
+    # ------------------------------------------------------------------ updates
+    def add(self, vectors, doc_ids: Sequence | None = None) -> None:
+        """Upsert: new documents go into a new segment; an existing id's old vector is tombstoned."""
+        with self._write_lock, storage.writer_lock(self.path):
+            state = self._fresh_state()
+            batch, ids = document_batch(vectors, doc_ids, self.vocab_size)
+            if not ids:
+                return
+            where = state.locations()
+            masks = _tombstones(state, [where[i] for i in ids if i in where])
+            manifest = _copy_manifest(state.manifest)
+            version = manifest["version"] + 1
+            scale = choose_scale(self.quantization, float(batch.values.max(initial=0.0)), state.scale)
+            _write_deleted(self.path, manifest, masks, version)
+            manifest["segments"].append(
+                _write_segment(self.path, f"s{version:06d}", batch, ids, self.quantization, scale))
+            self._commit(manifest, version)
+
+    def delete(self, doc_ids: Sequence) -> None:
+        """Tombstone live documents. Unknown ids raise KeyError naming them; nothing is deleted then."""
+        with self._write_lock, storage.writer_lock(self.path):
+            state = self._fresh_state()
+            ids = list(dict.fromkeys(doc_id_list(doc_ids)))
+            where = state.locations()
+            missing = [i for i in ids if i not in where]
+            if missing:
+                raise KeyError(f"unknown doc ids, nothing deleted: {missing[:10]}")
+            if not ids:
+                return
+            manifest = _copy_manifest(state.manifest)
+            version = manifest["version"] + 1
+            _write_deleted(self.path, manifest, _tombstones(state, [where[i] for i in ids]), version)
+            self._commit(manifest, version)
+
+    def merge(self) -> None:
+        """Compact all segments into one and drop tombstoned documents."""
+        with self._write_lock, storage.writer_lock(self.path):
+            state = self._fresh_state()
+            if len(state.segments) <= 1 and all(s.live == s.n_docs for s in state.segments):
+                return
+            manifest = _copy_manifest(state.manifest)
+            version = manifest["version"] + 1
+            scale = state.scale
+            parts, ids = [], []
+            for seg in state.segments:
+                live = np.flatnonzero(seg.deleted == 0)
+                indptr, terms, imps = seg.rows(live)
+                if seg.scale != scale:
+                    imps = quantize(dequantize(imps, seg.scale), self.quantization, scale)
+                parts.append((indptr, terms, imps))
+                ids.extend(seg.ids[live].tolist())
+            manifest["segments"] = []
+            if ids:
+                offsets = np.cumsum([0] + [p[0][-1] for p in parts[:-1]])
+                indptr = np.concatenate([[0]] + [p[0][1:] + o for p, o in zip(parts, offsets)])
+                terms = np.concatenate([p[1] for p in parts])
+                imps = np.concatenate([p[2] for p in parts])
+                manifest["segments"].append(
+                    _write_quantized_segment(self.path, f"s{version:06d}", indptr, terms, imps, ids, scale,
+                                             self.vocab_size))
+            self._commit(manifest, version)
+
+    def verify(self) -> None:
+        """Full content check of every file (crc32); raises CorruptIndexError naming the bad file."""
+        manifest = self._state.manifest
+        for name in sorted(storage.referenced_files(manifest)):
+            storage.check_file(self.path, {"file": name, **_record(manifest, name)}, full=True)
+
+    def _fresh_state(self) -> _State:
+        """The state to update: ours, or the on-disk one if another process committed since."""
+        state = self._state
+        if _disk_version(self.path) != state.manifest["version"]:
+            state = self._state = _load_state(self.path)
+        return state
+
+    def _commit(self, manifest: dict, version: int) -> None:
+        manifest["version"] = version
+        storage.commit_manifest(self.path, manifest)
+        self._state = _load_state(self.path)
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_search_args(k: int, bound_factor: float, algorithm: str) -> None:
+    if not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not np.isfinite(bound_factor) or bound_factor < 1.0:
+        raise ValueError(f"bound_factor must be >= 1.0 (1.0 is exact), got {bound_factor}")
+    if algorithm not in ("auto", "maxscore", "taat"):
+        raise ValueError(f"algorithm must be 'auto', 'maxscore' or 'taat', got {algorithm!r}")
+
+
+def _use_taat(algorithm: str, seg: Segment) -> bool:
+    """Small segments: one dense pass is cheaper than any pruning bookkeeping."""
+    if algorithm != "auto":
+        return algorithm == "taat"
+    return seg.n_docs <= 4 * WINDOW
+
+
+def _disk_version(path: Path) -> int:
+    try:
+        return int(storage.read_manifest(path)["version"])
+    except FileNotFoundError:
+        return 0
+
+
+def _copy_manifest(manifest: dict) -> dict:
+    out = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "manifest_crc32")}
+    out["segments"] = [dict(s, files=dict(s["files"])) for s in manifest["segments"]]
+    return out
+
+
+def _record(manifest: dict, name: str) -> dict:
+    if manifest.get("vocab") and manifest["vocab"]["file"] == name:
+        return manifest["vocab"]
+    for seg in manifest["segments"]:
+        for rec in seg["files"].values():
+            if rec["file"] == name:
+                return rec
+    raise KeyError(name)
+
+
+def _tombstones(state: _State, locations: list[tuple[int, int]]) -> dict[int, np.ndarray]:
+    """New deleted masks (copies) for the segments that lose documents."""
+    masks: dict[int, np.ndarray] = {}
+    for si, row in locations:
+        if si not in masks:
+            masks[si] = state.segments[si].deleted.copy()
+        masks[si][row] = 1
+    return masks
+
+
+def _write_deleted(path: Path, manifest: dict, masks: dict[int, np.ndarray], version: int) -> None:
+    """Write new tombstone files; segments left without live documents leave the manifest."""
+    empty = []
+    for si, mask in masks.items():
+        seg = manifest["segments"][si]
+        rows = np.flatnonzero(mask).astype(np.int64)
+        seg["deleted"] = len(rows)
+        if len(rows) == seg["n_docs"]:
+            empty.append(si)
+            continue
+        seg["files"]["deleted"] = storage.write_array(path, f"{seg['name']}.del{version:06d}", rows)
+    manifest["segments"] = [s for i, s in enumerate(manifest["segments"]) if i not in empty]
+
+
+def _write_segment(path: Path, name: str, batch: SparseBatch, ids: list[str], quantization: str, scale: float) -> dict:
+    imps = quantize(batch.values, quantization, scale)
+    keep = imps != 0
+    kept_before = np.concatenate([[0], np.cumsum(keep)])
+    indptr = kept_before[batch.indptr].astype(np.int64)
+    return _write_quantized_segment(path, name, indptr, batch.indices[keep], imps[keep], ids, scale, batch.vocab_size)
+
+
+def _write_quantized_segment(path: Path, name: str, indptr, terms, imps, ids, scale: float, vocab_size: int) -> dict:
+    arrays = build_arrays(indptr, np.asarray(terms, np.int32), imps, vocab_size)
+    files = {role: storage.write_array(path, f"{name}.{role}", arr) for role, arr in arrays.items()}
+    files["ids"] = storage.write_ids(path, f"{name}.ids", ids)
+    return {"name": name, "n_docs": len(ids), "nnz": len(terms), "n_blocks": len(arrays["block_base"]),
+            "scale": scale, "deleted": 0, "files": files}
+
+
+def _load_state(path: Path) -> _State:
+    """Read the manifest and map its files; retried if a writer's cleanup races the open."""
+    for attempt in range(_OPEN_RETRIES):
+        manifest = storage.read_manifest(path)
+        try:
+            return _state_from_manifest(path, manifest)
+        except storage.CorruptIndexError:
+            if attempt + 1 < _OPEN_RETRIES and storage.read_manifest(path)["version"] != manifest["version"]:
+                continue  # a commit replaced the files under us; read the new manifest
+            raise
+    raise AssertionError("unreachable")
+
+
+def _state_from_manifest(path: Path, manifest: dict) -> _State:
+    vocab_size = int(manifest["vocab_size"])
+    dtypes = expected_dtypes(impact_dtype(manifest["quantization"]), vocab_size)
+    vocab = storage.load_json(path, manifest["vocab"]) if manifest.get("vocab") else None
+    if vocab is not None and len(vocab) != vocab_size:
+        raise storage.CorruptIndexError(f"index file {path / manifest['vocab']['file']} has {len(vocab)} tokens, "
+                                        f"expected {vocab_size}")
+    segments = []
+    for meta in manifest["segments"]:
+        n_docs, files = int(meta["n_docs"]), meta["files"]
+        lengths = expected_lengths(n_docs, int(meta["nnz"]), int(meta["n_blocks"]), vocab_size)
+        arrays = {name: storage.load_array(path, files[name], dtypes[name], lengths[name]) for name in lengths}
+        problem = structure_problem(arrays, n_docs)
+        if problem:
+            named = ", ".join(str(path / files[n]["file"]) for n in problem.split("/"))
+            raise storage.CorruptIndexError(f"index file {named} has inconsistent structure (corrupted)")
+        ids = storage.load_ids(path, files["ids"], n_docs)
+        deleted = np.zeros(n_docs, np.uint8)
+        if "deleted" in files:
+            rows = np.asarray(storage.load_array(path, files["deleted"], np.dtype(np.int64), int(meta["deleted"])))
+            if len(rows) and (rows.min() < 0 or rows.max() >= n_docs):
+                raise storage.CorruptIndexError(f"index file {path / files['deleted']['file']} names rows outside the segment")
+            deleted[rows] = 1
+        segments.append(Segment.create(meta["name"], arrays, float(meta["scale"]), ids, deleted))
+    return _State(manifest, tuple(segments), vocab)

@@ -1,0 +1,151 @@
+"""Validation of what callers hand the index: document batches, doc ids and queries.
+
+Everything is checked before anything is written, so bad input leaves the index unchanged, and
+the error says which row, id or term is wrong.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from lsr.sparse import SparseBatch
+
+
+def _canonical_csr(batch: SparseBatch) -> SparseBatch:
+    """Sum duplicate terms within a row and sort term ids."""
+    csr = batch.to_scipy()
+    csr.sum_duplicates()
+    return SparseBatch(csr.indptr, csr.indices, csr.data, batch.vocab_size, batch.vocab)
+
+
+def _check_weights(values: np.ndarray, what: str, rows: np.ndarray | None = None) -> None:
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        where = f" (row {int(rows[np.argmax(bad)])})" if rows is not None else ""
+        raise ValueError(f"{what} has a negative or non-finite weight {values[bad][0]}{where}; "
+                         "SPLADE weights must be finite and >= 0")
+
+
+def _check_terms(indices: np.ndarray, vocab_size: int, what: str) -> None:
+    if len(indices) and (indices.min() < 0 or indices.max() >= vocab_size):
+        bad = indices[(indices < 0) | (indices >= vocab_size)][0]
+        raise ValueError(f"{what} has term id {int(bad)} outside the vocabulary [0, {vocab_size})")
+
+
+def document_batch(vectors, doc_ids: Sequence | None, vocab_size: int | None) -> tuple[SparseBatch, list[str]]:
+    """One validated CSR batch with its ids from a SparseBatch, a scipy matrix or (batch, ids) chunks."""
+    if isinstance(vectors, SparseBatch) or sp.issparse(vectors):
+        if doc_ids is None:
+            raise ValueError("doc_ids is required with a SparseBatch or scipy matrix")
+        chunks = [(vectors, doc_ids)]
+    else:
+        if doc_ids is not None:
+            raise ValueError("pass doc_ids inside the (SparseBatch, ids) chunks, not separately")
+        chunks = list(vectors)
+    batches, ids = [], []
+    for chunk, chunk_ids in chunks:
+        batch = chunk if isinstance(chunk, SparseBatch) else SparseBatch.from_scipy(sp.csr_matrix(chunk))
+        chunk_ids = [str(i) for i in chunk_ids]
+        if len(chunk_ids) != len(batch):
+            raise ValueError(f"{len(chunk_ids)} doc ids for {len(batch)} vectors")
+        if vocab_size is None:
+            vocab_size = batch.vocab_size
+        if batch.vocab_size != vocab_size:
+            raise ValueError(f"vectors have vocab_size {batch.vocab_size}, the index uses {vocab_size}")
+        batches.append(batch)
+        ids.extend(chunk_ids)
+    if not batches:
+        raise ValueError("no vectors given")
+    duplicates = [i for i, n in Counter(ids).items() if n > 1]
+    if duplicates:
+        raise ValueError(f"duplicate doc ids in one batch: {duplicates[:10]}; each id may appear once")
+    batch = SparseBatch.concat(batches) if len(batches) > 1 else batches[0]
+    rows = np.repeat(np.arange(len(batch)), np.diff(batch.indptr))
+    _check_weights(batch.values, "document vectors", rows)
+    _check_terms(batch.indices, vocab_size, "document vectors")
+    return _canonical_csr(batch), ids
+
+
+def query_terms(query, vocab_size: int, vocab: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(term ids ascending, weights) of one query, zeros dropped and duplicates summed.
+
+    Accepts a one-row SparseBatch, a 1-row scipy matrix, or a ``{term id or token: weight}`` dict.
+    """
+    if isinstance(query, SparseBatch):
+        if len(query) != 1:
+            raise ValueError(f"a query SparseBatch must have one row, got {len(query)}; use search_batch")
+        terms, weights = query.row(0)
+    elif sp.issparse(query):
+        if query.shape[0] != 1:
+            raise ValueError(f"a query matrix must have one row, got {query.shape[0]}; use search_batch")
+        row = sp.csr_matrix(query)
+        terms, weights = row.indices, row.data
+    elif isinstance(query, Mapping):
+        terms = np.asarray([_term_id(t, vocab) for t in query], np.int64)
+        weights = np.asarray(list(query.values()), np.float64)
+    else:
+        raise TypeError(f"unsupported query type {type(query).__name__}: pass a SparseBatch row, a scipy row or a dict")
+    return _clean_query(terms, weights, vocab_size)
+
+
+def _clean_query(terms, weights, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    terms = np.asarray(terms, np.int64)
+    weights = np.asarray(weights, np.float64)
+    _check_weights(weights, "query")
+    _check_terms(terms, vocab_size, "query")
+    keep = weights > 0
+    terms, inverse = np.unique(terms[keep], return_inverse=True)
+    summed = np.zeros(len(terms), np.float64)
+    np.add.at(summed, inverse, weights[keep])
+    return terms.astype(np.int32), summed.astype(np.float32)
+
+
+def _term_id(term, vocab: Sequence[str] | None) -> int:
+    if isinstance(term, (int, np.integer)):
+        return int(term)
+    if vocab is None:
+        raise ValueError(f"query term {term!r} is a token but the index stores no vocabulary; use term ids")
+    lookup = _vocab_lookup(tuple(vocab))
+    if term not in lookup:
+        raise ValueError(f"query token {term!r} is not in the index vocabulary")
+    return lookup[term]
+
+
+_LOOKUPS: dict[int, dict[str, int]] = {}
+
+
+def _vocab_lookup(vocab: tuple[str, ...]) -> dict[str, int]:
+    key = hash(vocab)
+    if key not in _LOOKUPS:
+        _LOOKUPS[key] = {tok: i for i, tok in enumerate(vocab)}
+    return _LOOKUPS[key]
+
+
+def query_rows(queries, vocab_size: int, vocab: Sequence[str] | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Validated terms per query from a SparseBatch, a scipy matrix or an iterable of queries."""
+    if isinstance(queries, SparseBatch):
+        return [_clean_query(*queries.row(i), vocab_size) for i in range(len(queries))]
+    if sp.issparse(queries):
+        csr = sp.csr_matrix(queries)
+        return [query_terms(csr[i], vocab_size, vocab) for i in range(csr.shape[0])]
+    return [query_terms(q, vocab_size, vocab) for q in queries]
+
+
+def keep_top_terms(terms: np.ndarray, weights: np.ndarray, top_terms: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The approximate knob: the ``top_terms`` heaviest query terms (ties: lower term id)."""
+    if top_terms is None or len(terms) <= top_terms:
+        return terms, weights
+    if top_terms <= 0:
+        raise ValueError(f"top_terms must be positive or None, got {top_terms}")
+    keep = np.sort(np.lexsort((terms, -weights))[:top_terms])
+    return terms[keep], weights[keep]
+
+
+def doc_id_list(doc_ids: Iterable) -> list[str]:
+    if isinstance(doc_ids, (str, bytes)):
+        raise TypeError("doc_ids must be a sequence of ids, not a single string")
+    return [str(i) for i in doc_ids]

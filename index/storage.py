@@ -1,0 +1,203 @@
+"""On-disk layout and crash safety: durable file writes, checksums, the manifest, mmap loading.
+
+An index directory holds immutable data files and ``manifest.json``, the single source of truth.
+A commit writes new files under fresh names (temp file, fsync, rename, fsync of the directory),
+then replaces the manifest the same way, and only then deletes files the new manifest no longer
+names. A crash at any point leaves the previous manifest and every file it names intact.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMAT = "lsr-inverted-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = "LOCK"
+_HEAD_BYTES = 1 << 16
+_FULL_CHECK_ON_OPEN = 1 << 20
+_DATA_FILE = re.compile(r"^(s\d+\..+|vocab\..+|.+\.tmp)$")
+
+
+class CorruptIndexError(ValueError):
+    """A file of the index is missing, truncated or does not match its checksum."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _crc_file(path: Path, limit: int | None = None) -> int:
+    crc = 0
+    remaining = limit if limit is not None else -1
+    with open(path, "rb") as f:
+        while remaining != 0:
+            chunk = f.read(1 << 22 if remaining < 0 else min(1 << 22, remaining))
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            if remaining > 0:
+                remaining -= len(chunk)
+    return crc
+
+
+def _durable_write(path: Path, write) -> dict:
+    """Write via ``write(file)`` to a temp name, fsync, rename into place; return the file record."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return {"file": path.name, "bytes": path.stat().st_size, "crc32": _crc_file(path),
+            "head_crc32": _crc_file(path, _HEAD_BYTES)}
+
+
+def write_array(directory: Path, name: str, array: np.ndarray) -> dict:
+    return _durable_write(directory / f"{name}.npy", lambda f: np.save(f, np.ascontiguousarray(array)))
+
+
+def write_ids(directory: Path, name: str, ids: list[str]) -> dict:
+    table = pa.table({"id": pa.array(ids, pa.string())})
+    return _durable_write(directory / f"{name}.parquet", lambda f: pq.write_table(table, f, compression="zstd"))
+
+
+def write_json(directory: Path, name: str, obj) -> dict:
+    data = json.dumps(obj).encode()
+    return _durable_write(directory / name, lambda f: f.write(data))
+
+
+def check_file(directory: Path, record: dict, full: bool = False) -> Path:
+    """Cheap check (exists, size, checksum of the head; whole file when small) or a full one."""
+    path = directory / record["file"]
+    if not path.is_file():
+        raise CorruptIndexError(f"index file {path} is missing; restore the index or rebuild it")
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        raise CorruptIndexError(
+            f"index file {path} has {size} bytes, the manifest says {record['bytes']} (truncated or overwritten)")
+    if full or size <= _FULL_CHECK_ON_OPEN:
+        if _crc_file(path) != record["crc32"]:
+            raise CorruptIndexError(f"index file {path} fails its crc32 checksum (corrupted)")
+    elif _crc_file(path, _HEAD_BYTES) != record["head_crc32"]:
+        raise CorruptIndexError(f"index file {path} fails its header checksum (corrupted)")
+    return path
+
+
+def load_array(directory: Path, record: dict, dtype: np.dtype, length: int) -> np.ndarray:
+    path = check_file(directory, record)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise CorruptIndexError(f"index file {path} is not a readable .npy array: {exc}") from exc
+    if array.dtype != dtype or array.shape != (length,):
+        raise CorruptIndexError(
+            f"index file {path} holds {array.dtype}{list(array.shape)}, expected {dtype}[{length}]")
+    return array
+
+
+def load_ids(directory: Path, record: dict, length: int) -> np.ndarray:
+    path = check_file(directory, record)
+    try:
+        column = pq.read_table(path).column("id")
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise CorruptIndexError(f"index file {path} is not a readable Parquet id table: {exc}") from exc
+    if len(column) != length:
+        raise CorruptIndexError(f"index file {path} holds {len(column)} ids, expected {length}")
+    return column.to_numpy().astype(object)
+
+
+def load_json(directory: Path, record: dict):
+    path = check_file(directory, record)
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise CorruptIndexError(f"index file {path} is not valid JSON: {exc}") from exc
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no index at {directory}: {MANIFEST} is missing (build one with InvertedIndex.build)")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise CorruptIndexError(f"index file {path} is not valid JSON: {exc}") from exc
+    body = {k: v for k, v in manifest.items() if k != "manifest_crc32"}
+    if manifest.get("manifest_crc32") != zlib.crc32(_canonical(body)):
+        raise CorruptIndexError(f"index file {path} fails its checksum (corrupted)")
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise CorruptIndexError(
+            f"index file {path} has format {manifest.get('format')!r} v{manifest.get('format_version')}, "
+            f"this code reads {FORMAT!r} v{FORMAT_VERSION}")
+    return manifest
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def commit_manifest(directory: Path, manifest: dict) -> None:
+    """The commit point: the renamed manifest makes the new files the index. Then drop garbage."""
+    body = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
+    body["manifest_crc32"] = zlib.crc32(_canonical(body))
+    _fsync_dir(directory)  # the data files' renames are durable before the manifest names them
+    _durable_write(directory / MANIFEST, lambda f: f.write(json.dumps(body, indent=1).encode()))
+    _fsync_dir(directory)
+    remove_unreferenced(directory, body)
+
+
+def referenced_files(manifest: dict) -> set[str]:
+    names = set()
+    if manifest.get("vocab"):
+        names.add(manifest["vocab"]["file"])
+    for seg in manifest["segments"]:
+        names.update(record["file"] for record in seg["files"].values())
+    return names
+
+
+def remove_unreferenced(directory: Path, manifest: dict) -> None:
+    """Delete data files of superseded commits and leftovers of interrupted ones."""
+    keep = referenced_files(manifest)
+    for path in directory.iterdir():
+        if _DATA_FILE.match(path.name) and path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+def content_checksum(manifest: dict) -> str:
+    """Digest of what the index holds (file checksums and counts), free of names and versions."""
+    segments = [
+        [seg["n_docs"], seg["nnz"], seg["scale"], sorted((role, rec["crc32"], rec["bytes"]) for role, rec in seg["files"].items())]
+        for seg in manifest["segments"]
+    ]
+    vocab = manifest["vocab"]["crc32"] if manifest.get("vocab") else None
+    body = [manifest["format_version"], manifest["vocab_size"], manifest["quantization"], vocab, segments]
+    return hashlib.sha256(_canonical(body)).hexdigest()
+
+
+@contextmanager
+def writer_lock(directory: Path) -> Iterator[None]:
+    """Exclusive across processes: one writer per index directory at a time."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,427 @@
+"""Fused SPLADE LM head in Triton: logits tile -> bias -> mask -> running max, never B×L×V in memory.
+
+``out[b, v] = log1p(relu(max_{l unmasked} hidden[b, l] . weight[v] + bias[v]))``. log1p∘relu is
+monotonic and the bias is constant along l, so the kernel max-pools raw ``hidden . weight`` tiles
+and applies bias and activation once per output. Training keeps only the pooled logit and its
+argmax position per (b, v): the backward sends ``grad / (1 + pooled) = grad * exp(-out)`` to that
+one position, so it needs neither the logits nor a second GEMM.
+
+Layout follows Liger-Kernel: Triton kernels, a functional wrapper, and ``torch.library.custom_op``
+registrations (``lsr::splade_max_pool`` and its backward) with fake impls and autograd, so the op
+composes with ``torch.compile``. Set ``TRITON_INTERPRET=1`` before importing this module to run the
+kernels on CPU tensors (tests do).
+"""
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# Backward kernels have no dot, so one fixed shape serves everywhere and keeps summation order
+# (hence the deterministic mode's bits) independent of any tuning.
+BWD_BLOCK_V = 64
+BWD_BLOCK_SEGMENT = 32
+BWD_MAX_BLOCK_H = 128
+
+
+def _forward_configs() -> list:
+    if INTERPRET:
+        return [triton.Config({"BLOCK_V": 64, "BLOCK_L": 16, "BLOCK_H": 32}, num_warps=4, num_stages=1)]
+    shapes = [  # (BLOCK_V, BLOCK_L, BLOCK_H, warps, stages); V is the wgmma M side, L the N side
+        (128, 128, 64, 8, 3),
+        (128, 128, 64, 4, 4),
+        (128, 256, 64, 8, 3),
+        (256, 128, 64, 8, 3),
+        (128, 64, 64, 4, 4),
+        (64, 128, 64, 4, 4),
+    ]
+    return [
+        triton.Config({"BLOCK_V": bv, "BLOCK_L": bl, "BLOCK_H": bh}, num_warps=w, num_stages=s)
+        for bv, bl, bh, w, s in shapes
+    ]
+
+
+def _prune_forward_configs(configs: list, named_args: dict, **kwargs) -> list:
+    """Drop sequence tiles far longer than the sequence (all-padding work) unless nothing else is left."""
+    limit = max(16, triton.next_power_of_2(named_args["L"]))
+    kept = [c for c in configs if c.kwargs["BLOCK_L"] <= limit]
+    return kept or configs[:1]
+
+
+@triton.jit
+def _log1p(x):
+    # Goldberg's trick: log(u) * x / (u - 1) cancels the rounding in u = 1 + x; exact where u == 1.
+    u = 1.0 + x
+    tiny = u == 1.0
+    return tl.where(tiny, x, tl.log(u) * (x / tl.where(tiny, 1.0, u - 1.0)))
+
+
+@triton.autotune(
+    configs=_forward_configs(),
+    key=["H", "L", "STORE_ARG"],
+    prune_configs_by={"early_config_prune": _prune_forward_configs},
+)
+@triton.jit
+def _splade_pool_fwd_kernel(
+    hidden_ptr, weight_ptr, bias_ptr, mask_ptr, out_ptr, pooled_ptr, arg_ptr,
+    B, L, H, V,
+    stride_hb, stride_hl, stride_hh, stride_wv, stride_wh, stride_mb, stride_ml,
+    HAS_BIAS: tl.constexpr, STORE_ARG: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_V: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    # Batch index varies fastest, so programs running together share one weight tile through L2.
+    pid = tl.program_id(0)
+    b = (pid % B).to(tl.int64)
+    offs_v = (pid // B) * BLOCK_V + tl.arange(0, BLOCK_V)
+    v_ok = offs_v < V
+    offs_k = tl.arange(0, BLOCK_H)
+    w_rows = weight_ptr + offs_v.to(tl.int64)[:, None] * stride_wv
+    h_seq = hidden_ptr + b * stride_hb
+
+    run_max = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    run_arg = tl.zeros([BLOCK_V], tl.int32)
+    for l0 in range(0, L, BLOCK_L):
+        offs_l = l0 + tl.arange(0, BLOCK_L)
+        l_ok = offs_l < L
+        keep = (tl.load(mask_ptr + b * stride_mb + offs_l * stride_ml, mask=l_ok, other=0) != 0) & l_ok
+        if tl.max(keep.to(tl.int32), axis=0) > 0:  # padding-only tiles cost nothing
+            acc = tl.zeros([BLOCK_V, BLOCK_L], tl.float32)
+            for h0 in range(0, H, BLOCK_H):
+                offs_h = h0 + offs_k
+                h_ok = offs_h < H
+                w = tl.load(w_rows + offs_h[None, :] * stride_wh, mask=v_ok[:, None] & h_ok[None, :], other=0.0)
+                x = tl.load(
+                    h_seq + offs_l[None, :] * stride_hl + offs_h[:, None] * stride_hh,
+                    mask=h_ok[:, None] & l_ok[None, :],
+                    other=0.0,
+                )
+                if UPCAST_DOT:
+                    w = w.to(tl.float32)
+                    x = x.to(tl.float32)
+                acc = tl.dot(w, x, acc, input_precision=DOT_PRECISION)
+            acc = tl.where(keep[None, :], acc, float("-inf"))
+            tile_max = tl.max(acc, axis=1)
+            if STORE_ARG:
+                # Leftmost winner inside the tile, strict '>' across tiles: ties go to the first position.
+                tile_arg = tl.argmax(acc, axis=1, tie_break_left=True).to(tl.int32) + l0
+                run_arg = tl.where(tile_max > run_max, tile_arg, run_arg)
+            run_max = tl.maximum(run_max, tile_max)
+
+    if HAS_BIAS:
+        run_max += tl.load(bias_ptr + offs_v, mask=v_ok, other=0.0).to(tl.float32)
+    # A fully masked row keeps -inf, which relu turns into 0.
+    act = _log1p(tl.maximum(run_max, 0.0))
+    out_offs = b * V + offs_v
+    tl.store(out_ptr + out_offs, act.to(out_ptr.dtype.element_ty), mask=v_ok)
+    if STORE_ARG:
+        tl.store(pooled_ptr + out_offs, run_max, mask=v_ok)
+        tl.store(arg_ptr + out_offs, run_arg, mask=v_ok)
+
+
+@triton.jit
+def _grad_weight_kernel(
+    g_ptr, arg_ptr, hidden_ptr, grad_weight_ptr,
+    B, H, V,
+    stride_hb, stride_hl, stride_hh,
+    BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """grad_weight[v] = sum_b g[b, v] * hidden[b, argmax[b, v]]: a gather, each program owns its rows."""
+    offs_v = tl.program_id(0) * BLOCK_V + tl.arange(0, BLOCK_V)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    v_ok = offs_v < V
+    h_ok = offs_h < H
+    acc = tl.zeros([BLOCK_V, BLOCK_H], tl.float32)
+    g_row = g_ptr + offs_v
+    arg_row = arg_ptr + offs_v
+    h_seq = hidden_ptr + offs_h[None, :] * stride_hh
+    for _ in range(0, B):  # pointers advance per sequence, so offsets never overflow int32
+        g = tl.load(g_row, mask=v_ok, other=0.0)
+        pos = tl.load(arg_row, mask=v_ok, other=0)
+        live = g != 0.0
+        x = tl.load(h_seq + pos[:, None] * stride_hl, mask=live[:, None] & h_ok[None, :], other=0.0)
+        acc += g[:, None] * x.to(tl.float32)
+        g_row += V
+        arg_row += V
+        h_seq += stride_hb
+    out = grad_weight_ptr + offs_v.to(tl.int64)[:, None] * H + offs_h[None, :]
+    tl.store(out, acc.to(grad_weight_ptr.dtype.element_ty), mask=v_ok[:, None] & h_ok[None, :])
+
+
+@triton.jit
+def _grad_hidden_segment_kernel(
+    row_start_ptr, vocab_ptr, g_ptr, weight_ptr, grad_hidden_ptr,
+    H, stride_wv, stride_wh,
+    BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """Deterministic grad_hidden: each program owns one (b, l) row and sums its sorted winners' weight rows."""
+    row = tl.program_id(0).to(tl.int64)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_ok = offs_h < H
+    start = tl.load(row_start_ptr + row)
+    end = tl.load(row_start_ptr + row + 1)
+    acc = tl.zeros([BLOCK_H], tl.float32)
+    for i in range(start, end, BLOCK_S):
+        offs = i + tl.arange(0, BLOCK_S)
+        ok = offs < end
+        v = tl.load(vocab_ptr + offs, mask=ok, other=0).to(tl.int64)
+        g = tl.load(g_ptr + offs, mask=ok, other=0.0)
+        w = tl.load(weight_ptr + v[:, None] * stride_wv + offs_h[None, :] * stride_wh, mask=ok[:, None] & h_ok[None, :], other=0.0)
+        acc += tl.sum(g[:, None] * w.to(tl.float32), axis=0)
+    tl.store(grad_hidden_ptr + row * H + offs_h, acc.to(grad_hidden_ptr.dtype.element_ty), mask=h_ok)
+
+
+@triton.jit
+def _grad_hidden_atomic_kernel(
+    g_ptr, arg_ptr, weight_ptr, grad_hidden_ptr,
+    L, H, V, stride_wv, stride_wh,
+    BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """Fast grad_hidden: every live (b, v) adds g * weight[v] into its winning row with fp32 atomics."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_v = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    offs_h = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
+    v_ok = offs_v < V
+    h_ok = offs_h < H
+    g = tl.load(g_ptr + b * V + offs_v, mask=v_ok, other=0.0)
+    pos = tl.load(arg_ptr + b * V + offs_v, mask=v_ok, other=0)
+    live = (g != 0.0)[:, None] & h_ok[None, :]
+    w = tl.load(weight_ptr + offs_v.to(tl.int64)[:, None] * stride_wv + offs_h[None, :] * stride_wh, mask=live, other=0.0)
+    dest = grad_hidden_ptr + (b * L + pos)[:, None] * H + offs_h[None, :]
+    tl.atomic_add(dest, g[:, None] * w.to(tl.float32), mask=live, sem="relaxed")
+
+
+def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], mask: torch.Tensor) -> None:
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
+        raise ValueError(f"weight must be [vocab, {hidden.shape[2]}] to match hidden, got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be [vocab]=[{weight.shape[0]}] or None, got {tuple(bias.shape)}")
+    if tuple(mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(f"attention_mask must be [batch, seq]={tuple(hidden.shape[:2])}, got {tuple(mask.shape)}")
+    if hidden.dtype not in SUPPORTED_DTYPES or weight.dtype != hidden.dtype:
+        raise TypeError(
+            f"hidden and weight must share one dtype of float32/bfloat16/float16, got {hidden.dtype} and {weight.dtype}; "
+            "cast them (e.g. weight.to(hidden.dtype))"
+        )
+
+
+def _check_devices(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], mask: torch.Tensor) -> None:
+    tensors = [hidden, weight, mask] + ([bias] if bias is not None else [])
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError(f"all inputs must be on one device, got {[str(t.device) for t in tensors]}")
+    if hidden.device.type != "cuda" and not INTERPRET:
+        raise RuntimeError(
+            "the Triton pooling kernel needs CUDA tensors; use impl='chunked' on CPU, or set TRITON_INTERPRET=1 "
+            "before importing lsr.kernels.pool_triton to run it in Triton's interpreter"
+        )
+
+
+def _mask_view(mask: torch.Tensor) -> torch.Tensor:
+    """The kernel reads any numeric mask as 'non-zero = keep'; bool is reinterpreted as bytes, not copied."""
+    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+
+
+def _forward(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], mask: torch.Tensor, store_arg: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_inputs(hidden, weight, bias, mask)
+    _check_devices(hidden, weight, bias, mask)
+    B, L, H = hidden.shape
+    V = weight.shape[0]
+    out = torch.empty((B, V), dtype=hidden.dtype, device=hidden.device)
+    saved = (B, V) if store_arg else (0,)
+    pooled = torch.empty(saved, dtype=torch.float32, device=hidden.device)
+    arg = torch.empty(saved, dtype=torch.int32, device=hidden.device)
+    if out.numel() == 0:
+        return out, pooled, arg
+    mask = _mask_view(mask)
+    bias = bias.contiguous() if bias is not None else None
+    _splade_pool_fwd_kernel[lambda meta: (triton.cdiv(V, meta["BLOCK_V"]) * B,)](
+        hidden, weight, bias if bias is not None else out, mask, out, pooled, arg,
+        B, L, H, V,
+        hidden.stride(0), hidden.stride(1), hidden.stride(2), weight.stride(0), weight.stride(1),
+        mask.stride(0), mask.stride(1),
+        HAS_BIAS=bias is not None,
+        STORE_ARG=store_arg,
+        # fp32 inputs get a true fp32 dot (tf32 would cost ~3e-4 relative error).
+        DOT_PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32",
+        # Triton's interpreter multiplies bf16 operands as their raw uint16 bits; fp32 is exact there.
+        UPCAST_DOT=INTERPRET and hidden.dtype == torch.bfloat16,
+    )
+    return out, pooled, arg
+
+
+def _backward(
+    grad_out: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    pooled: torch.Tensor,
+    arg: torch.Tensor,
+    deterministic: bool,
+    need_hidden: bool,
+    need_weight: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, L, H = hidden.shape
+    V = weight.shape[0]
+    # d log1p(relu(m)) / dm = 1 / (1 + m) where m > 0; 0 where m <= 0 or the row is fully masked (-inf).
+    g = torch.where(pooled > 0, grad_out.float() / (1.0 + pooled.clamp_min(0)), 0.0).contiguous()
+    grad_bias = g.sum(dim=0)
+    block_h = min(BWD_MAX_BLOCK_H, triton.next_power_of_2(max(H, 1)))
+    h_tiles = triton.cdiv(H, block_h)
+    empty = hidden.new_empty(0)
+
+    grad_weight = empty
+    if need_weight:
+        grad_weight = torch.empty((V, H), dtype=weight.dtype, device=weight.device)
+        if grad_weight.numel():
+            _grad_weight_kernel[(triton.cdiv(V, BWD_BLOCK_V), h_tiles)](
+                g, arg, hidden, grad_weight, B, H, V,
+                hidden.stride(0), hidden.stride(1), hidden.stride(2),
+                BLOCK_V=BWD_BLOCK_V, BLOCK_H=block_h,
+            )
+
+    grad_hidden = empty
+    if need_hidden:
+        if deterministic:
+            grad_hidden = _grad_hidden_sorted(g, arg, weight, B, L, H, block_h)
+        else:
+            grad_hidden = torch.zeros((B, L, H), dtype=torch.float32, device=hidden.device)
+            if B * V * H:
+                _grad_hidden_atomic_kernel[(B, triton.cdiv(V, BWD_BLOCK_V), h_tiles)](
+                    g, arg, weight, grad_hidden, L, H, V, weight.stride(0), weight.stride(1),
+                    BLOCK_V=BWD_BLOCK_V, BLOCK_H=block_h,
+                )
+            grad_hidden = grad_hidden.to(hidden.dtype)
+    return grad_hidden, grad_weight, grad_bias
+
+
+def _grad_hidden_sorted(
+    g: torch.Tensor, arg: torch.Tensor, weight: torch.Tensor, B: int, L: int, H: int, block_h: int
+) -> torch.Tensor:
+    """Group live (b, v) by winning row with a stable sort, then reduce each row's group in a fixed order."""
+    V = weight.shape[0]
+    rows = B * L
+    batch = torch.arange(B, device=g.device, dtype=torch.int64)[:, None]
+    key = torch.where(g != 0, batch * L + arg, rows).view(-1)  # dead entries sort past the last row
+    sorted_key, order = torch.sort(key, stable=True)
+    row_start = torch.searchsorted(sorted_key, torch.arange(rows + 1, device=g.device, dtype=torch.int64))
+    vocab = (order % V).to(torch.int32)
+    g_sorted = g.view(-1)[order]
+    grad_hidden = torch.empty((B, L, H), dtype=weight.dtype, device=weight.device)
+    if grad_hidden.numel():
+        _grad_hidden_segment_kernel[(rows, triton.cdiv(H, block_h))](
+            row_start, vocab, g_sorted, weight, grad_hidden, H, weight.stride(0), weight.stride(1),
+            BLOCK_S=BWD_BLOCK_SEGMENT, BLOCK_H=block_h,
+        )
+    return grad_hidden
+
+
+@torch.library.custom_op("lsr::splade_max_pool", mutates_args=())
+def _pool_op(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    attention_mask: torch.Tensor,
+    save_for_backward: bool,
+    deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (pooled activations [B, V], pooled logits fp32 [B, V], argmax int32 [B, V]).
+
+    The last two are what the backward needs; they are empty when ``save_for_backward`` is False.
+    ``deterministic`` only selects the backward's grad_hidden strategy.
+    """
+    return _forward(hidden, weight, bias, attention_mask, save_for_backward)
+
+
+@_pool_op.register_fake
+def _pool_op_fake(hidden, weight, bias, attention_mask, save_for_backward, deterministic):
+    _check_inputs(hidden, weight, bias, attention_mask)
+    B, V = hidden.shape[0], weight.shape[0]
+    saved = (B, V) if save_for_backward else (0,)
+    return (
+        hidden.new_empty((B, V)),
+        hidden.new_empty(saved, dtype=torch.float32),
+        hidden.new_empty(saved, dtype=torch.int32),
+    )
+
+
+@torch.library.custom_op("lsr::splade_max_pool_backward", mutates_args=())
+def _pool_backward_op(
+    grad_out: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    pooled: torch.Tensor,
+    arg: torch.Tensor,
+    deterministic: bool,
+    need_hidden: bool,
+    need_weight: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (grad_hidden, grad_weight, grad_bias fp32); a grad not asked for comes back empty."""
+    return _backward(grad_out, hidden, weight, pooled, arg, deterministic, need_hidden, need_weight)
+
+
+@_pool_backward_op.register_fake
+def _pool_backward_op_fake(grad_out, hidden, weight, pooled, arg, deterministic, need_hidden, need_weight):
+    return (
+        hidden.new_empty(hidden.shape if need_hidden else (0,)),
+        weight.new_empty(weight.shape if need_weight else (0,)),
+        weight.new_empty((weight.shape[0],), dtype=torch.float32),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    hidden, weight, bias, _, _, deterministic = inputs
+    _, pooled, arg = output
+    ctx.save_for_backward(hidden, weight, pooled, arg)
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+    ctx.deterministic = deterministic
+
+
+def _pool_op_backward(ctx, grad_out, _grad_pooled, _grad_arg):
+    hidden, weight, pooled, arg = ctx.saved_tensors
+    need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+    if pooled.numel() == 0 and hidden.shape[0] * weight.shape[0]:
+        raise RuntimeError(
+            "lsr::splade_max_pool ran with save_for_backward=False; call splade_max_pool_triton with grad enabled"
+        )
+    grad_hidden, grad_weight, grad_bias = torch.ops.lsr.splade_max_pool_backward(
+        grad_out, hidden, weight, pooled, arg, ctx.deterministic, need_hidden, need_weight
+    )
+    return (
+        grad_hidden if need_hidden else None,
+        grad_weight if need_weight else None,
+        grad_bias.to(ctx.bias_dtype) if need_bias else None,
+        None,
+        None,
+        None,
+    )
+
+
+_pool_op.register_autograd(_pool_op_backward, setup_context=_setup_context)
+
+
+def splade_max_pool_triton(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    attention_mask: torch.Tensor,
+    deterministic: bool = False,
+) -> torch.Tensor:
+    """Fused ``log1p(relu(masked max_l(hidden @ weight.T + bias)))`` as [B, V] in hidden's dtype; differentiable.
+
+    Any strides are accepted (the kernels take them). ``deterministic=True`` makes grad_hidden
+    bitwise reproducible (sort + per-row reduction) instead of using fp32 atomics; the forward,
+    grad_weight and grad_bias are deterministic either way. Ties between positions send the
+    gradient to the first of them.
+    """
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias)
+    )
+    out, _, _ = torch.ops.lsr.splade_max_pool(hidden, weight, bias, attention_mask, save, deterministic)
+    return out

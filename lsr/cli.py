@@ -1,0 +1,61 @@
+"""``lsr <verb>``: one argparse front door; each verb lives in its own module under lsr.commands.
+
+A verb module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported lazily so ``lsr --help`` stays fast and a verb's heavy imports load only when used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+VERBS = ("encode", "index", "search", "beir", "serve", "query")
+
+
+def _verb_module(verb: str):
+    return importlib.import_module(f"lsr.commands.{verb}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lsr",
+        description="Learned sparse retrieval: encode, index, search, serve and evaluate SPLADE models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb in VERBS:
+        try:
+            module = _verb_module(verb)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"lsr.commands.{verb}":
+                raise
+            continue
+        p = sub.add_parser(verb, help=module.HELP, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as exc:
+        # User-facing errors: one line naming what is wrong, no stack trace.
+        print(f"lsr {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

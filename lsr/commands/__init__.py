@@ -1,0 +1,1 @@
+"""One module per `lsr` verb (see lsr.cli)."""

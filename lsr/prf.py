@@ -1,0 +1,50 @@
+"""Pseudo-relevance feedback: Rocchio on sparse queries, Vector-PRF on dense ones.
+
+Plain Rocchio (mean of the top docs, β = .5, 100 terms) lowered SciFact nDCG@10 in reference
+runs: feedback documents bring many off-topic expansion terms. So feedback is weighted by the
+documents' retrieval scores, the original query terms are always kept, and at most
+``max_terms`` new terms are added.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lsr.sparse import SparseBatch
+
+
+def feedback_weights(scores: np.ndarray) -> np.ndarray:
+    """Score-proportional weights over the feedback docs (uniform if scores are flat or non-positive)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) == 0:
+        return scores
+    shifted = scores - scores.min() if scores.min() < 0 else scores
+    total = shifted.sum()
+    return np.full(len(scores), 1.0 / len(scores)) if total <= 0 else shifted / total
+
+
+def rocchio(
+    query: dict[int, float], feedback: SparseBatch, scores: np.ndarray, beta: float, max_terms: int
+) -> dict[int, float]:
+    """``q + β · Σ wᵢ dᵢ``, keeping every query term and the ``max_terms`` strongest new terms."""
+    if len(feedback) == 0 or beta == 0:
+        return dict(query)
+    weights = feedback_weights(scores)
+    centroid: dict[int, float] = {}
+    for i, w in enumerate(weights):
+        ids, vals = feedback.row(i)
+        for t, v in zip(ids.tolist(), vals.tolist()):
+            centroid[t] = centroid.get(t, 0.0) + w * v
+    expanded = {t: q + beta * centroid.get(t, 0.0) for t, q in query.items()}
+    new_terms = sorted((t for t in centroid if t not in query), key=lambda t: (-centroid[t], t))[:max_terms]
+    expanded.update({t: beta * centroid[t] for t in new_terms})
+    return expanded
+
+
+def vector_prf(query: np.ndarray, feedback: np.ndarray, scores: np.ndarray, beta: float) -> np.ndarray:
+    """Vector-PRF: move the dense query toward the weighted mean of feedback embeddings, re-normalised."""
+    if len(feedback) == 0 or beta == 0:
+        return query
+    moved = query + beta * (feedback_weights(scores)[:, None] * feedback).sum(axis=0)
+    norm = np.linalg.norm(moved)
+    return (moved / norm if norm > 0 else moved).astype(np.float32)

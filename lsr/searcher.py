@@ -1,0 +1,443 @@
+"""Searcher: the single place where a query becomes hits.
+
+The gRPC servicer, the CLI and the BEIR script all call it, so in-process and through-the-
+endpoint results are equal by construction. Pipeline per query:
+
+    encode → sparse top-n (index) + dense top-n (faiss) → normalise + interpolate
+           → PRF (Rocchio / Vector-PRF) → interpolate → top-k hits
+
+PRF's ``interpolate`` follows Li et al.: "before" takes feedback documents from the fused
+sparse+dense list (rather than each retriever's own list); "after" interpolates the PRF run
+with the original run; "both" does both.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lsr.fusion import NORMALIZATIONS, Ranking, interpolate, rank
+from lsr.prf import rocchio, vector_prf
+from lsr.sparse import SparseBatch
+
+MODES = ("sparse", "dense", "hybrid")
+PRF_INTERPOLATIONS = ("before", "after", "both")
+MAX_K = 1000
+QUERY_ENCODERS = ("splade", "inference-free")
+
+
+class FailedPrecondition(RuntimeError):
+    """The request is well-formed but the collection cannot serve it (e.g. dense mode without dense vectors)."""
+
+
+@dataclass(frozen=True)
+class HybridOptions:
+    normalization: str = "min_max"
+    sparse_weight: float = 0.5
+    candidates: int = 100
+
+    def check(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {self.normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        if not (isinstance(self.sparse_weight, (int, float)) and 0.0 <= self.sparse_weight <= 1.0):
+            raise ValueError(f"hybrid sparse_weight must be in [0, 1], got {self.sparse_weight}")
+        if not 1 <= int(self.candidates) <= MAX_K:
+            raise ValueError(f"hybrid candidates must be in 1..{MAX_K}, got {self.candidates}")
+
+
+@dataclass(frozen=True)
+class PrfOptions:
+    feedback_docs: int = 3
+    weight: float = 0.5  # β: how far the query moves toward the feedback documents
+    max_terms: int = 100  # new sparse terms at most
+    interpolate: str = "after"
+    after_weight: float = 0.5  # weight of the PRF run when interpolated with the original run
+
+    def check(self) -> None:
+        if self.interpolate not in PRF_INTERPOLATIONS:
+            raise ValueError(f"unknown PRF interpolation {self.interpolate!r}; choose one of {', '.join(PRF_INTERPOLATIONS)}")
+        if not 1 <= self.feedback_docs <= 100:
+            raise ValueError(f"PRF feedback_docs must be in 1..100, got {self.feedback_docs}")
+        if not (0.0 <= self.weight <= 10.0 and math.isfinite(self.weight)):
+            raise ValueError(f"PRF weight must be in [0, 10], got {self.weight}")
+        if not 0 <= self.max_terms <= 10_000:
+            raise ValueError(f"PRF max_terms must be in 0..10000, got {self.max_terms}")
+        if not 0.0 <= self.after_weight <= 1.0:
+            raise ValueError(f"PRF after_weight must be in [0, 1], got {self.after_weight}")
+
+
+@dataclass
+class ScoredHit:
+    doc_id: str
+    score: float
+    sparse_score: float | None = None
+    dense_score: float | None = None
+    text: str | None = None
+    explanation: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class SearchResult:
+    hits: list[ScoredHit]
+    timings: dict[str, float]  # seconds per stage: encode, sparse, dense, fuse, prf
+    truncated: bool = False
+
+
+def check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+    return int(k)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    """Add the block's wall time to ``timings[stage]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+class Searcher:
+    """Query → hits over one collection (sparse index, optional dense index, optional texts)."""
+
+    def __init__(self, collection: Any, query_encoder: Any, dense_encoder: Any = None, doc_encoder: Any = None):
+        self.collection = collection
+        self.query_encoder = query_encoder
+        self.dense_encoder = dense_encoder
+        self._doc_encoder = doc_encoder
+        self._write_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def open(
+        cls, path: str | Path, *, query_encoder: str = "splade", device: str = "cpu", threads: int | None = None
+    ) -> "Searcher":
+        """Open a collection written by ``lsr index`` and load the models its metadata names."""
+        from lsr.collection import Collection
+        from lsr.encoders import InferenceFreeQueryEncoder, SpladeEncoder
+
+        if query_encoder not in QUERY_ENCODERS:
+            raise ValueError(f"query_encoder must be one of {', '.join(QUERY_ENCODERS)}, got {query_encoder!r}")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        collection = Collection.open(path)
+        meta = collection.meta
+        doc_encoder = None
+        if query_encoder == "splade":
+            encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256), device=device)
+            doc_encoder = encoder
+        else:
+            encoder = InferenceFreeQueryEncoder.from_pretrained(meta["model"], index=collection.sparse)
+        dense = None
+        if collection.dense is not None and meta.get("dense_model"):
+            from lsr.dense import DenseEncoder
+
+            dense = DenseEncoder.from_pretrained(meta["dense_model"], device=device)
+        return cls(collection, encoder, dense, doc_encoder)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def index_version(self) -> str:
+        return str(self.collection.sparse.version)
+
+    @property
+    def has_dense(self) -> bool:
+        return self.collection.dense is not None and self.dense_encoder is not None
+
+    @property
+    def dense_dim(self) -> int | None:
+        return self.collection.dense.dim if self.collection.dense is not None else None
+
+    @property
+    def vocab(self) -> Sequence[str]:
+        return self.query_encoder.vocab
+
+    def stats(self) -> dict[str, Any]:
+        sparse = self.collection.sparse
+        return {
+            "num_docs": int(sparse.num_docs),
+            "num_segments": int(getattr(sparse, "num_segments", 1)),
+            "vocab_size": int(sparse.vocab_size),
+            "dense_docs": len(self.collection.dense) if self.collection.dense is not None else 0,
+            "dense_dim": self.dense_dim or 0,
+            "index_version": self.index_version,
+            "model": self.collection.meta.get("model"),
+            "dense_model": self.collection.meta.get("dense_model"),
+            "query_encoder": type(self.query_encoder).__name__,
+        }
+
+    # ------------------------------------------------------------------ encoding
+    def encode_queries(self, texts: Sequence[str]):
+        """(SparseBatch, EncodeInfo) for many query texts at once; the service micro-batches through this."""
+        return self.query_encoder.encode_queries(list(texts), return_info=True)
+
+    def encode_dense(self, texts: Sequence[str]) -> np.ndarray:
+        if not self.has_dense:
+            raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
+        return self.dense_encoder.encode_queries(list(texts))
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        sparse: dict[str | int, float] | None = None,
+        dense: Sequence[float] | np.ndarray | None = None,
+        k: int = 10,
+        mode: str = "sparse",
+        hybrid: HybridOptions | None = None,
+        prf: PrfOptions | None = None,
+        include_text: bool = False,
+        explain: bool = False,
+    ) -> SearchResult:
+        """One query given as text, as a ``{token or term id: weight}`` dict, or as a dense vector."""
+        self._check_request(text, sparse, dense, k, mode, hybrid, prf)
+        timings: dict[str, float] = {}
+        truncated = False
+        q_sparse = q_dense = None
+        with _timed(timings, "encode"):
+            if text is not None and mode in ("sparse", "hybrid"):
+                batch, info = self.encode_queries([text])
+                q_sparse, truncated = _row_dict(batch, 0), bool(info.truncated[0])
+            if sparse is not None:
+                q_sparse = self._sparse_query(sparse)
+            if dense is not None:
+                q_dense = self._dense_query(dense)
+            elif text is not None and mode in ("dense", "hybrid"):
+                q_dense = self.encode_dense([text])[0]
+        return self.search_encoded(
+            q_sparse, q_dense, k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text,
+            explain=explain, timings=timings, truncated=truncated,
+        )
+
+    def search_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        k: int = 10,
+        mode: str = "sparse",
+        hybrid: HybridOptions | None = None,
+        prf: PrfOptions | None = None,
+        include_text: bool = False,
+        explain: bool = False,
+    ) -> list[SearchResult]:
+        """Many text queries: encoded as one batch, then searched one by one."""
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"query {i} is empty or not a string")
+        self._check_request("x", None, None, k, mode, hybrid, prf)
+        encode_timings: dict[str, float] = {}
+        with _timed(encode_timings, "encode"):
+            sparse_batch, info = self.encode_queries(texts) if mode != "dense" else (None, None)
+            dense = self.encode_dense(texts) if mode != "sparse" else None
+        per_query_encode = encode_timings["encode"] / max(1, len(texts))
+        results = []
+        for i in range(len(texts)):
+            results.append(
+                self.search_encoded(
+                    None if sparse_batch is None else _row_dict(sparse_batch, i),
+                    None if dense is None else dense[i],
+                    k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text, explain=explain,
+                    timings={"encode": per_query_encode},
+                    truncated=bool(info.truncated[i]) if info is not None else False,
+                )
+            )
+        return results
+
+    def search_encoded(
+        self,
+        q_sparse: dict[int, float] | None,
+        q_dense: np.ndarray | None,
+        *,
+        k: int = 10,
+        mode: str = "sparse",
+        hybrid: HybridOptions | None = None,
+        prf: PrfOptions | None = None,
+        include_text: bool = False,
+        explain: bool = False,
+        timings: dict[str, float] | None = None,
+        truncated: bool = False,
+    ) -> SearchResult:
+        """Search with already-encoded queries (term id → weight dict and/or dense vector)."""
+        hybrid = hybrid or HybridOptions()
+        timings = {} if timings is None else timings
+        use_sparse, use_dense = mode in ("sparse", "hybrid"), mode in ("dense", "hybrid")
+        if use_dense and self.collection.dense is None:
+            raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
+        if use_sparse and q_sparse is None or use_dense and q_dense is None:
+            raise ValueError(f"{mode} mode needs a {'sparse' if q_sparse is None else 'dense'} query")
+        depth = max(k, hybrid.candidates) if (mode == "hybrid" or prf is not None) else k
+        runs: dict[str, Ranking] = {}
+        with _timed(timings, "sparse"):
+            if use_sparse:
+                runs["sparse"] = self._sparse_run(q_sparse, depth)
+        with _timed(timings, "dense"):
+            if use_dense:
+                runs["dense"] = self._dense_run(q_dense, depth)
+        with _timed(timings, "fuse"):
+            first = self._combine(runs, mode, hybrid)
+        final, last_runs = first, runs
+        if prf is not None:
+            with _timed(timings, "prf"):
+                final, last_runs = self._prf(q_sparse, q_dense, runs, first, mode, hybrid, prf, depth)
+        hits = [
+            ScoredHit(doc, float(score), _maybe(last_runs.get("sparse"), doc), _maybe(last_runs.get("dense"), doc))
+            for doc, score in rank(final, k)
+        ]
+        if include_text and hits:
+            for hit, body in zip(hits, self.collection.text([h.doc_id for h in hits])):
+                hit.text = body
+        if explain and hits and q_sparse:
+            self._explain(hits, q_sparse)
+        return SearchResult(hits, timings, truncated)
+
+    # ------------------------------------------------------------------ pipeline pieces
+    def _sparse_run(self, q: dict[int, float], depth: int) -> Ranking:
+        if not q:
+            return {}
+        hits = self.collection.sparse.search(q, k=depth)
+        return {h.doc_id: h.score for h in hits}
+
+    def _dense_run(self, q: np.ndarray, depth: int) -> Ranking:
+        ids, scores = self.collection.dense.search(np.asarray(q, np.float32)[None, :], depth)
+        return {d: float(s) for d, s in zip(ids[0], scores[0]) if d is not None and math.isfinite(s)}
+
+    @staticmethod
+    def _combine(runs: dict[str, Ranking], mode: str, hybrid: HybridOptions) -> Ranking:
+        if mode == "hybrid":
+            return interpolate(runs["sparse"], runs["dense"], hybrid.sparse_weight, hybrid.normalization)
+        return runs[mode]
+
+    def _prf(self, q_sparse, q_dense, runs, first, mode, hybrid, prf: PrfOptions, depth):
+        fused_feedback = prf.interpolate in ("before", "both")
+        new_runs: dict[str, Ranking] = {}
+        if "sparse" in runs:
+            docs, scores = _top(first if fused_feedback else runs["sparse"], prf.feedback_docs)
+            feedback = self.collection.sparse.get_vectors(docs) if docs else None
+            q1 = rocchio(q_sparse, feedback, scores, prf.weight, prf.max_terms) if docs else q_sparse
+            new_runs["sparse"] = self._sparse_run(q1, depth)
+        if "dense" in runs:
+            docs, scores = _top(first if fused_feedback else runs["dense"], prf.feedback_docs)
+            feedback = self.collection.dense.get_vectors(docs) if docs else np.zeros((0, len(q_dense)), np.float32)
+            new_runs["dense"] = self._dense_run(vector_prf(np.asarray(q_dense, np.float32), feedback, scores, prf.weight), depth)
+        prf_run = self._combine(new_runs, mode, hybrid)
+        if prf.interpolate in ("after", "both"):
+            prf_run = interpolate(prf_run, first, prf.after_weight, hybrid.normalization)
+        return prf_run, new_runs
+
+    def _explain(self, hits: list[ScoredHit], q: dict[int, float], top: int = 10) -> None:
+        vectors = self.collection.sparse.get_vectors([h.doc_id for h in hits])
+        vocab = self.vocab
+        for i, hit in enumerate(hits):
+            ids, vals = vectors.row(i)
+            parts = [(vocab[t], q[t] * v) for t, v in zip(ids.tolist(), vals.tolist()) if t in q]
+            hit.explanation = sorted(parts, key=lambda p: (-p[1], p[0]))[:top]
+
+    # ------------------------------------------------------------------ validation
+    def _check_request(self, text, sparse, dense, k, mode, hybrid, prf) -> None:
+        check_k(k)
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if hybrid is not None:
+            hybrid.check()
+        if prf is not None:
+            prf.check()
+        given = [name for name, value in (("text", text), ("sparse", sparse), ("dense", dense)) if value is not None]
+        if not given:
+            raise ValueError("the query is empty: give text, a sparse vector or a dense vector")
+        if len(given) > 1 and not (set(given) == {"text", "dense"} and mode == "hybrid"):
+            raise ValueError(f"give only one of text, sparse or dense (got {', '.join(given)}); dense may join text only in hybrid mode")
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise ValueError("the query text is empty or whitespace")
+        if sparse is not None and mode != "sparse":
+            raise ValueError(f"a sparse vector query runs in sparse mode only, not {mode}")
+        if dense is not None and mode == "sparse":
+            raise ValueError("a dense vector query needs mode dense or hybrid")
+        if mode in ("dense", "hybrid") and self.collection.dense is None:
+            raise FailedPrecondition(f"{mode} mode needs dense vectors, and this collection has none; re-index with --dense minilm")
+
+    def _sparse_query(self, sparse: dict[str | int, float]) -> dict[int, float]:
+        if not sparse:
+            raise ValueError("the sparse query has no terms")
+        lookup = None
+        out: dict[int, float] = {}
+        for token, weight in sparse.items():
+            if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"sparse weight for {token!r} must be a finite non-negative number, got {weight!r}")
+            if isinstance(token, str):
+                if lookup is None:
+                    lookup = {t: i for i, t in enumerate(self.vocab)}
+                if token not in lookup:
+                    raise ValueError(f"unknown token {token!r} in the sparse query (not in the model's vocabulary)")
+                term = lookup[token]
+            else:
+                term = int(token)
+                if not 0 <= term < self.collection.sparse.vocab_size:
+                    raise ValueError(f"term id {term} is outside the vocabulary (0..{self.collection.sparse.vocab_size - 1})")
+            if weight > 0:
+                out[term] = max(out.get(term, 0.0), float(weight))
+        return out
+
+    def _dense_query(self, dense: Sequence[float] | np.ndarray) -> np.ndarray:
+        vec = np.asarray(dense, dtype=np.float32).reshape(-1)
+        if self.dense_dim is not None and len(vec) != self.dense_dim:
+            raise ValueError(f"dense vector has {len(vec)} dimensions; this collection's have {self.dense_dim}")
+        if not np.all(np.isfinite(vec)):
+            raise ValueError("dense vector has NaN or infinite values")
+        return vec
+
+    # ------------------------------------------------------------------ updates
+    def doc_encoder(self):
+        """The document-side SPLADE encoder (loaded on first upsert for inference-free searchers)."""
+        if self._doc_encoder is None:
+            from lsr.encoders import SpladeEncoder
+
+            meta = self.collection.meta
+            self._doc_encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256), device="cpu")
+        return self._doc_encoder
+
+    def upsert(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        """Encode and add documents; an existing id is replaced. Durable once this returns."""
+        ids, texts = [str(i) for i in ids], list(texts)
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate ids in one upsert")
+        if any(not i.strip() for i in ids):
+            raise ValueError("document ids must be non-empty")
+        sparse = self.doc_encoder().encode_documents(texts)
+        dense = self.dense_encoder.encode_documents(texts) if self.has_dense else None
+        with self._write_lock:
+            self.collection.upsert(ids, texts, sparse, dense)
+
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        """Delete documents; returns the ids that were not in the collection (nothing else changes for them)."""
+        ids = [str(i) for i in ids]
+        with self._write_lock:
+            return self.collection.delete(ids)
+
+
+def _row_dict(batch: SparseBatch, i: int) -> dict[int, float]:
+    ids, vals = batch.row(i)
+    return dict(zip(ids.tolist(), vals.tolist()))
+
+
+def _top(run: Ranking, m: int) -> tuple[list[str], np.ndarray]:
+    top = rank(run, m)
+    return [d for d, _ in top], np.asarray([s for _, s in top], np.float64)
+
+
+def _maybe(run: Ranking | None, doc: str) -> float | None:
+    return None if run is None else run.get(doc)

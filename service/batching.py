@@ -1,0 +1,128 @@
+"""Micro-batching of concurrent query encodings.
+
+One forward pass over 32 short queries costs little more than over one, so under load the
+server gathers the texts of concurrent requests for at most ``window`` seconds (or until
+``max_batch`` texts wait) and encodes them in a single call. Requests whose deadline passed or
+whose caller went away while queued are dropped before the batch is encoded, so abandoned work
+never reaches the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+EncodeFn = Callable[[list[str]], list]  # texts → one encoded item per text, in order
+
+
+class DeadlinePassed(Exception):
+    """The request's deadline passed while it waited for a batch; it was never encoded."""
+
+
+@dataclass
+class _Pending:
+    text: str
+    deadline: float | None  # time.monotonic() value
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    texts: int = 0
+    dropped: int = 0  # requests abandoned before their batch was encoded
+
+    @property
+    def mean_batch(self) -> float:
+        return self.texts / self.batches if self.batches else 0.0
+
+
+class MicroBatcher:
+    """Submit a text, get a Future of its encoding; with ``max_batch <= 1`` encoding runs inline, one by one."""
+
+    def __init__(self, encode: EncodeFn, *, window: float = 0.002, max_batch: int = 64) -> None:
+        if window < 0:
+            raise ValueError(f"batch window must be ≥ 0 seconds, got {window}")
+        self._encode = encode
+        self.window = window
+        self.max_batch = max(1, int(max_batch))
+        self.stats = BatchStats()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        if self.max_batch > 1:
+            self._worker = threading.Thread(target=self._run, name="lsr-microbatch", daemon=True)
+            self._worker.start()
+
+    @property
+    def batching(self) -> bool:
+        return self._worker is not None
+
+    def submit(self, text: str, deadline: float | None = None) -> Future:
+        """Queue one text; cancel the returned Future to withdraw it before it is encoded."""
+        pending = _Pending(text, deadline)
+        if self._worker is None:
+            self._process([pending])
+        else:
+            self._queue.put(pending)
+        return pending.future
+
+    def close(self) -> None:
+        """Encode what is queued, then stop the worker."""
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            closing = False
+            until = time.monotonic() + self.window
+            while len(batch) < self.max_batch:
+                try:
+                    # Whatever queued while the previous batch was encoding joins without waiting.
+                    item = self._queue.get(timeout=max(0.0, until - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            self._process(batch)
+            if closing:
+                return
+
+    def _process(self, batch: list[_Pending]) -> None:
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            if not item.future.set_running_or_notify_cancel():
+                self.stats.dropped += 1
+            elif item.deadline is not None and now >= item.deadline:
+                self.stats.dropped += 1
+                item.future.set_exception(DeadlinePassed("deadline passed while waiting to be encoded"))
+            else:
+                live.append(item)
+        if not live:
+            return
+        try:
+            encoded = self._encode([item.text for item in live])
+        except BaseException as exc:  # noqa: BLE001 - every waiter must learn of the failure
+            for item in live:
+                item.future.set_exception(exc)
+            return
+        self.stats.batches += 1
+        self.stats.texts += len(live)
+        for item, result in zip(live, encoded):
+            item.future.set_result(result)

@@ -1,0 +1,142 @@
+"""``lsr.service.Client``: the Python face of lsr.v1.SearchService.
+
+Results come back as the same ``SearchResult`` an in-process ``Searcher`` returns, so callers
+(``lsr query``, ``lsr beir --endpoint``) do not care which side of the wire did the work.
+Server errors surface as ``grpc.RpcError`` with the server's status code and message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lsr.searcher import HybridOptions, PrfOptions, SearchResult
+from lsr.service import search_pb2 as pb
+from lsr.service import search_pb2_grpc
+from lsr.service.convert import options_to_proto, request_to_proto, result_from_proto
+
+_MiB = 1024 * 1024
+
+
+class Client:
+    """A channel to one server. ``tls``: False (plain), True (system roots) or a CA certificate path."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        token: str | None = None,
+        tls: bool | str | Path = False,
+        *,
+        timeout: float | None = 60.0,
+        max_message_bytes: int = 64 * _MiB,
+    ) -> None:
+        options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+        if tls:
+            roots = None if tls is True else Path(tls).read_bytes()
+            self._channel = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials(roots), options=options)
+        else:
+            self._channel = grpc.insecure_channel(endpoint, options=options)
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._stub = search_pb2_grpc.SearchServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self.last_index_version: str | None = None
+
+    # -------------------------------------------------------------------------------- search
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        sparse: Mapping[str, float] | None = None,
+        dense: Sequence[float] | None = None,
+        k: int = 10,
+        mode: str = "sparse",
+        hybrid: HybridOptions | None = None,
+        prf: PrfOptions | None = None,
+        include_text: bool = False,
+        explain: bool = False,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        request = request_to_proto(
+            text, sparse, dense, k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text, explain=explain
+        )
+        response = self._call(self._stub.Search, request, timeout)
+        self.last_index_version = response.index_version
+        return result_from_proto(response)
+
+    def search_batch(
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        mode: str = "sparse",
+        hybrid: HybridOptions | None = None,
+        prf: PrfOptions | None = None,
+        *,
+        include_text: bool = False,
+        explain: bool = False,
+        chunk_size: int = 256,
+        timeout: float | None = None,
+    ) -> list[SearchResult]:
+        """Results in input order; long lists go as several requests of ``chunk_size`` texts."""
+        fields = options_to_proto(k, mode, hybrid, prf)
+        results: list[SearchResult] = []
+        for start in range(0, len(texts), chunk_size):
+            request = pb.SearchBatchRequest(
+                texts=list(texts[start : start + chunk_size]), include_text=include_text, explain=explain, **fields
+            )
+            response = self._call(self._stub.SearchBatch, request, timeout)
+            results.extend(result_from_proto(r) for r in response.results)
+        return results
+
+    # -------------------------------------------------------------------------------- writes
+    def upsert(self, ids: Sequence[str], texts: Sequence[str], *, chunk_size: int = 64, timeout: float | None = None) -> int:
+        """Add or replace documents; returns how many the server stored (durably, once this returns)."""
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
+
+        def messages() -> Iterable[pb.UpsertRequest]:
+            for start in range(0, len(ids), chunk_size):
+                docs = [pb.Document(id=i, text=t) for i, t in zip(ids[start : start + chunk_size], texts[start : start + chunk_size])]
+                yield pb.UpsertRequest(documents=docs)
+
+        response = self._call(self._stub.Upsert, messages(), timeout)
+        self.last_index_version = response.index_version
+        return int(response.upserted)
+
+    def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> list[str]:
+        """Remove documents; returns the ids the server did not know (all unknown raises NOT_FOUND)."""
+        response = self._call(self._stub.Delete, pb.DeleteRequest(ids=list(ids)), timeout)
+        self.last_index_version = response.index_version
+        return list(response.not_found)
+
+    # -------------------------------------------------------------------------------- introspection
+    def stats(self, *, timeout: float | None = None) -> dict:
+        response = self._call(self._stub.GetStats, pb.StatsRequest(), timeout)
+        out = {field.name: getattr(response, field.name) for field in pb.StatsResponse.DESCRIPTOR.fields}
+        out["details"] = dict(response.details)
+        return out
+
+    def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
+        """'SERVING', 'NOT_SERVING', ... as the server's grpc.health.v1 service reports it."""
+        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the channel connects (e.g. right after starting a server)."""
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def _call(self, method, request, timeout: float | None):
+        return method(request, timeout=timeout if timeout is not None else self.timeout, metadata=self._metadata)

@@ -1,0 +1,142 @@
+"""Translation between the Searcher's Python types and the lsr.v1 messages, both directions.
+
+Client and server share this module, so a SearchResult that crosses the wire comes back as the
+same SearchResult an in-process Searcher returns. Enum values the proto does not know (a newer
+client, a hand-built request) are rejected here with the list of accepted names.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from lsr.searcher import HybridOptions, PrfOptions, ScoredHit, SearchResult
+from lsr.service import search_pb2 as pb
+
+DEFAULT_K = 10
+STAGES = ("encode", "sparse", "dense", "fuse", "prf")
+
+_MODES = {pb.MODE_UNSPECIFIED: "sparse", pb.SPARSE: "sparse", pb.DENSE: "dense", pb.HYBRID: "hybrid"}
+_NORMALIZATIONS = {
+    pb.HybridOptions.NORMALIZATION_UNSPECIFIED: "min_max",
+    pb.HybridOptions.MIN_MAX: "min_max",
+    pb.HybridOptions.L2: "l2",
+    pb.HybridOptions.Z_SCORE: "z_score",
+}
+_INTERPOLATIONS = {
+    pb.PrfOptions.INTERPOLATE_UNSPECIFIED: "before",
+    pb.PrfOptions.BEFORE: "before",
+    pb.PrfOptions.AFTER: "after",
+    pb.PrfOptions.BOTH: "both",
+}
+
+
+def _lookup(table: dict[int, str], value: int, what: str) -> str:
+    if value not in table:
+        names = ", ".join(sorted(set(table.values())))
+        raise ValueError(f"unknown {what} {value}; use one of: {names}")
+    return table[value]
+
+
+def _enum_value(table: dict[int, str], name: str, what: str) -> int:
+    for value, known in table.items():
+        if value and known == str(name).lower():
+            return value
+    raise ValueError(f"unknown {what} {name!r}; use one of: {', '.join(sorted(set(table.values())))}")
+
+
+# ---------------------------------------------------------------------------------------- server side
+def k_from_proto(k: int) -> int:
+    """0 is 'unset' (the default of 10); anything else must already be in 1..1000."""
+    k = DEFAULT_K if k == 0 else int(k)
+    if not 1 <= k <= 1000:
+        raise ValueError(f"k must be between 1 and 1000 (0 means the default of {DEFAULT_K}), got {k}")
+    return k
+
+
+def mode_from_proto(mode: int) -> str:
+    return _lookup(_MODES, mode, "mode")
+
+
+def hybrid_from_proto(msg: pb.HybridOptions) -> HybridOptions:
+    options = {"normalization": _lookup(_NORMALIZATIONS, msg.normalization, "normalization")}
+    if msg.HasField("sparse_weight"):
+        options["sparse_weight"] = msg.sparse_weight
+    if msg.candidates:
+        options["candidates"] = msg.candidates
+    return HybridOptions(**options)
+
+
+def prf_from_proto(msg: pb.PrfOptions) -> PrfOptions | None:
+    interpolate = _lookup(_INTERPOLATIONS, msg.interpolate, "PRF interpolation")
+    if not msg.enabled:
+        return None
+    options = {"interpolate": interpolate}
+    if msg.feedback_docs:
+        options["feedback_docs"] = msg.feedback_docs
+    if msg.HasField("weight"):
+        options["weight"] = msg.weight
+    if msg.max_terms:
+        options["max_terms"] = msg.max_terms
+    return PrfOptions(**options)
+
+
+def result_to_proto(result: SearchResult, *, index_version: str, request_id: str, extra_ms: Mapping[str, float]) -> pb.SearchResponse:
+    timings = {stage: 1000.0 * result.timings.get(stage, 0.0) for stage in STAGES}
+    timings.update(extra_ms)
+    hits = [
+        pb.Hit(
+            doc_id=hit.doc_id, score=hit.score, sparse_score=hit.sparse_score, dense_score=hit.dense_score,
+            text=hit.text or "",
+            explanation=[pb.TermContribution(term=term, weight=weight) for term, weight in hit.explanation or ()],
+        )
+        for hit in result.hits
+    ]
+    return pb.SearchResponse(
+        hits=hits, timings=pb.Timings(**timings), index_version=index_version,
+        truncated=result.truncated, request_id=request_id,
+    )
+
+
+# ---------------------------------------------------------------------------------------- client side
+def options_to_proto(
+    k: int, mode: str, hybrid: HybridOptions | None, prf: PrfOptions | None
+) -> dict:
+    """Fields shared by SearchRequest and SearchBatchRequest."""
+    fields = {"k": k, "mode": _enum_value(_MODES, mode, "mode")}
+    if hybrid is not None:
+        fields["hybrid"] = pb.HybridOptions(
+            normalization=_enum_value(_NORMALIZATIONS, hybrid.normalization, "normalization"),
+            sparse_weight=hybrid.sparse_weight, candidates=hybrid.candidates,
+        )
+    if prf is not None:
+        fields["prf"] = pb.PrfOptions(
+            enabled=True, feedback_docs=prf.feedback_docs, weight=prf.weight, max_terms=prf.max_terms,
+            interpolate=_enum_value(_INTERPOLATIONS, prf.interpolate, "PRF interpolation"),
+        )
+    return fields
+
+
+def request_to_proto(
+    text: str | None, sparse: Mapping[str, float] | None, dense: Sequence[float] | None, **options
+) -> pb.SearchRequest:
+    include_text, explain = options.pop("include_text", False), options.pop("explain", False)
+    return pb.SearchRequest(
+        text=text or "", sparse=dict(sparse or {}), dense=list(dense) if dense is not None else [],
+        include_text=include_text, explain=explain, **options_to_proto(**options),
+    )
+
+
+def result_from_proto(msg: pb.SearchResponse) -> SearchResult:
+    """A SearchResult as the server computed it; timings in seconds like the in-process ones."""
+    hits = [
+        ScoredHit(
+            doc_id=hit.doc_id, score=hit.score,
+            sparse_score=hit.sparse_score if hit.HasField("sparse_score") else None,
+            dense_score=hit.dense_score if hit.HasField("dense_score") else None,
+            text=hit.text if hit.text else None,
+            explanation=[(term.term, term.weight) for term in hit.explanation],
+        )
+        for hit in msg.hits
+    ]
+    timings = {field.name: getattr(msg.timings, field.name) / 1000.0 for field in pb.Timings.DESCRIPTOR.fields}
+    return SearchResult(hits=hits, timings=timings, truncated=msg.truncated)

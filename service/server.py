@@ -1,0 +1,180 @@
+"""The gRPC server's lifecycle: bind, health, reflection, auth, TLS, and a clean SIGTERM drain.
+
+``serve()`` is what ``lsr serve`` runs. Shutdown order matters for zero-error deploys: health
+turns NOT_SERVING first (load balancers stop routing), new searches get UNAVAILABLE, in-flight
+requests finish, then the server stops and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lsr.service import search_pb2, search_pb2_grpc
+from lsr.service.batching import MicroBatcher
+from lsr.service.servicer import SearchServicer
+
+log = logging.getLogger("lsr.service")
+
+SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+_HEALTH_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 picks a free port (logged as event=listening)
+    workers: int = 64  # handler threads: concurrent requests being served
+    max_concurrent_rpcs: int = 512  # beyond this, calls are refused with RESOURCE_EXHAUSTED
+    max_message_bytes: int = 4 * 1024 * 1024
+    batch_window_ms: float = 2.0
+    max_batch: int = 64  # 1 disables micro-batching: every request encodes on its own
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth_token: str | None = None
+    grace_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        for name in ("workers", "max_batch", "max_concurrent_rpcs", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.batch_window_ms < 0 or self.grace_seconds < 0:
+            raise ValueError("batch window and grace period must be ≥ 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+        if self.auth_token is not None and not self.auth_token:
+            raise ValueError("the auth token is empty; put a non-empty token in the --auth-token-file")
+
+
+class BearerTokenAuth(grpc.ServerInterceptor):
+    """Refuse calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED; health checks stay open."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or details.method in _HEALTH_METHODS:
+            return handler
+        sent = dict(details.invocation_metadata).get("authorization", "")
+        if hmac.compare_digest(sent.encode(), self._expected):
+            return handler
+        return _refusing_handler(handler, "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'")
+
+
+def _refusing_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    def refuse(_request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    kind = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return kind(refuse, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+class SearchServer:
+    """A started gRPC server around one Searcher; ``drain()`` then ``stop()`` shuts it down in order."""
+
+    def __init__(self, searcher, config: ServerConfig) -> None:
+        self.config = config
+        self.searcher = searcher
+        self.batcher = MicroBatcher(
+            _encode_for_batcher(searcher), window=config.batch_window_ms / 1000.0, max_batch=config.max_batch
+        )
+        self.servicer = SearchServicer(searcher, self.batcher)
+        interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
+        limits = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ]
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="lsr-rpc"),
+            interceptors=interceptors, options=limits, maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        search_pb2_grpc.add_SearchServiceServicer_to_server(self.servicer, self._server)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert is not None:
+            creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+            self.port = self._server.add_secure_port(address, creds)
+        else:
+            self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {address}: is the port in use?")
+
+    def start(self) -> "SearchServer":
+        self._server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "event=listening address=%s:%d tls=%s auth=%s workers=%d batching=%s window_ms=%g max_batch=%d",
+            self.config.host, self.port, self.config.tls_cert is not None, self.config.auth_token is not None,
+            self.config.workers, self.batcher.batching, self.config.batch_window_ms, self.config.max_batch,
+        )
+        return self
+
+    def drain(self, timeout: float) -> bool:
+        """NOT_SERVING, refuse new searches, wait for in-flight ones; True if they all finished in time."""
+        self.health.enter_graceful_shutdown()
+        return self.servicer.drain(timeout)
+
+    def stop(self, grace: float | None = None) -> None:
+        self._server.stop(grace).wait()
+        self.batcher.close()
+
+
+def _encode_for_batcher(searcher):
+    """Searcher.encode_queries over a batch → one (row, truncated, batch seconds) per text."""
+
+    def encode(texts: list[str]) -> list:
+        started = time.perf_counter()
+        batch, info = searcher.encode_queries(texts)
+        elapsed = time.perf_counter() - started
+        return [(batch.select([i]), bool(info.truncated[i]), elapsed) for i in range(len(texts))]
+
+    return encode
+
+
+def serve(searcher, config: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT, then drain and stop; returns the process exit code."""
+    server = SearchServer(searcher, config).start()
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(1.0):
+            pass
+        started = time.monotonic()
+        log.info("event=draining signal=%s in_flight=%d", signal.Signals(received[0]).name, server.servicer.in_flight)
+        finished = server.drain(config.grace_seconds)
+        server.stop(grace=max(0.0, config.grace_seconds - (time.monotonic() - started)))
+        log.info("event=stopped drained=%s seconds=%.3f", finished, time.monotonic() - started)
+        return 0 if finished else 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

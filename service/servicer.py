@@ -1,0 +1,299 @@
+"""lsr.v1.SearchService on top of a Searcher: request validation, deadlines, status codes, logs.
+
+Every RPC runs inside ``_rpc``, which gives it a request id, counts it as in flight (for the
+SIGTERM drain), turns exceptions into gRPC status codes with the human message, and writes one
+structured ``key=value`` log line with the per-stage timings. Handlers check the deadline and
+the caller's liveness between stages, so work for a caller that gave up stops early.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import grpc
+import numpy as np
+
+from lsr.searcher import FailedPrecondition
+from lsr.service import search_pb2 as pb
+from lsr.service import search_pb2_grpc
+from lsr.service.batching import DeadlinePassed, MicroBatcher
+from lsr.service.convert import hybrid_from_proto, k_from_proto, mode_from_proto, prf_from_proto, result_to_proto
+
+log = logging.getLogger("lsr.service")
+
+MAX_BATCH_TEXTS = 1000
+_BATCH_CHUNK = 32  # SearchBatch checks the deadline between chunks of this many texts
+
+
+class Abandoned(Exception):
+    """The caller cancelled or went away; the rest of its work is skipped."""
+
+
+class Draining(Exception):
+    """The server is shutting down and takes no new searches."""
+
+
+def _status_of(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, (DeadlinePassed, FutureTimeout)):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, Abandoned):
+        return grpc.StatusCode.CANCELLED
+    if isinstance(exc, Draining):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, FailedPrecondition):  # before ValueError: it may subclass it
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, (ValueError, TypeError)):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, KeyError):
+        return grpc.StatusCode.NOT_FOUND
+    return grpc.StatusCode.INTERNAL
+
+
+def _message_of(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])  # str(KeyError) adds quotes
+    return str(exc) or type(exc).__name__
+
+
+class _Call:
+    """What one RPC records for its log line."""
+
+    def __init__(self, method: str, context: grpc.ServicerContext) -> None:
+        metadata = dict(context.invocation_metadata())
+        self.method = method
+        self.request_id = metadata.get("x-request-id") or uuid.uuid4().hex[:16]
+        self.started = time.perf_counter()
+        self.fields: dict[str, object] = {}
+        remaining = context.time_remaining()
+        self.deadline = None if remaining is None else time.monotonic() + remaining
+        self.context = context
+
+    def check(self, stage: str) -> None:
+        """Raise if the caller is gone or its deadline passed; called between stages."""
+        if not self.context.is_active():
+            raise Abandoned(f"the caller cancelled before {stage}")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlinePassed(f"deadline exceeded before {stage}")
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def elapsed_ms(self) -> float:
+        return 1000.0 * (time.perf_counter() - self.started)
+
+
+def _rpc(method):
+    name = method.__name__
+
+    @functools.wraps(method)
+    def handler(self: "SearchServicer", request, context: grpc.ServicerContext):
+        call = _Call(name, context)
+        context.set_trailing_metadata((("x-request-id", call.request_id),))
+        with self._tracked():
+            try:
+                if self._draining.is_set() and name != "GetStats":
+                    raise Draining("the server is shutting down; retry on another replica")
+                response = method(self, request, call)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a status code
+                code = _status_of(exc)
+                message = _message_of(exc)
+                if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                    self._count("abandoned")
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("rpc=%s request_id=%s internal error", name, call.request_id)
+                    message = f"internal error (request id {call.request_id}); the server log has details"
+                log.info("rpc=%s request_id=%s status=%s ms=%.2f %s error=%r", name, call.request_id, code.name,
+                         call.elapsed_ms(), _format(call.fields), message)
+                context.abort(code, message)
+        log.info("rpc=%s request_id=%s status=OK ms=%.2f %s", name, call.request_id, call.elapsed_ms(), _format(call.fields))
+        return response
+
+    return handler
+
+
+def _format(fields: dict[str, object]) -> str:
+    return " ".join(f"{key}={value:.2f}" if isinstance(value, float) else f"{key}={value}" for key, value in fields.items())
+
+
+class SearchServicer(search_pb2_grpc.SearchServiceServicer):
+    """Validates requests, micro-batches text encodings, and hands the rest to the Searcher."""
+
+    def __init__(self, searcher, batcher: MicroBatcher) -> None:
+        self.searcher = searcher
+        self.batcher = batcher
+        self.started = time.monotonic()
+        self.counters = {"requests": 0, "abandoned": 0}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self.in_flight = 0
+        self._draining = threading.Event()
+
+    # ------------------------------------------------------------------------------- RPCs
+    @_rpc
+    def Search(self, request: pb.SearchRequest, call: _Call) -> pb.SearchResponse:
+        options = self._options(request)
+        text, sparse, dense = _query_of(request, options["mode"])
+        call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None)
+        extra_ms = {}
+        if text is not None:
+            call.check("encoding")
+            sparse_row, truncated, extra_ms = self._encode(text, call)
+            call.check("search")
+            result = self.searcher.search_encoded(sparse_row, dense, text=text, truncated=truncated, **options)
+        else:
+            call.check("search")
+            result = self.searcher.search(sparse=sparse, dense=dense, **options)
+        extra_ms["total"] = call.elapsed_ms()
+        response = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id, extra_ms=extra_ms)
+        self._count("requests")
+        call.fields.update(hits=len(result.hits), truncated=result.truncated,
+                           **{f"{stage}_ms": value for stage, value in _timings_ms(response).items()})
+        return response
+
+    @_rpc
+    def SearchBatch(self, request: pb.SearchBatchRequest, call: _Call) -> pb.SearchBatchResponse:
+        options = self._options(request)
+        texts = list(request.texts)
+        if not texts:
+            raise ValueError("texts is empty; send at least one query")
+        if len(texts) > MAX_BATCH_TEXTS:
+            raise ValueError(f"{len(texts)} texts in one batch; send at most {MAX_BATCH_TEXTS} per request")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise ValueError(f"texts[{i}] is empty or whitespace; every query needs some words")
+        call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None, texts=len(texts))
+        out = pb.SearchBatchResponse()
+        for start in range(0, len(texts), _BATCH_CHUNK):
+            call.check(f"texts[{start}:]")
+            results = self.searcher.search_batch(texts[start : start + _BATCH_CHUNK], **options)
+            for result in results:
+                out.results.append(result_to_proto(result, index_version=self.searcher.index_version,
+                                                   request_id=call.request_id, extra_ms={}))
+        self._count("requests", len(texts))
+        return out
+
+    @_rpc
+    def Upsert(self, request_iterator, call: _Call) -> pb.UpsertResponse:
+        ids, texts = [], []
+        for message in request_iterator:
+            for doc in message.documents:
+                if not doc.id:
+                    raise ValueError(f"document {len(ids)} of the stream has no id")
+                ids.append(doc.id)
+                texts.append(doc.text)
+        call.check("writing")
+        if not ids:
+            raise ValueError("the upsert stream held no documents")
+        if len(set(ids)) != len(ids):
+            raise ValueError("the upsert stream repeats a document id; send each id once")
+        self.searcher.upsert(ids, texts)
+        call.fields.update(docs=len(ids))
+        return pb.UpsertResponse(upserted=len(ids), index_version=self.searcher.index_version)
+
+    @_rpc
+    def Delete(self, request: pb.DeleteRequest, call: _Call) -> pb.DeleteResponse:
+        ids = list(request.ids)
+        if not ids:
+            raise ValueError("ids is empty; name the documents to delete")
+        not_found = list(self.searcher.delete(ids))
+        call.fields.update(ids=len(ids), not_found=len(not_found))
+        if len(not_found) == len(set(ids)):
+            raise KeyError(f"none of the {len(set(ids))} ids is in the collection (first: {not_found[0]!r})")
+        return pb.DeleteResponse(deleted=len(set(ids)) - len(not_found), not_found=not_found,
+                                 index_version=self.searcher.index_version)
+
+    @_rpc
+    def GetStats(self, request: pb.StatsRequest, call: _Call) -> pb.StatsResponse:
+        stats = dict(self.searcher.stats())
+        known = {f.name for f in pb.StatsResponse.DESCRIPTOR.fields}
+        response = pb.StatsResponse(
+            index_version=self.searcher.index_version,
+            uptime_seconds=time.monotonic() - self.started,
+            **self.counters,
+            **{key: value for key, value in stats.items() if key in known and value is not None},
+        )
+        for key, value in stats.items():
+            if key not in known:
+                response.details[key] = str(value)
+        response.details["micro_batches"] = str(self.batcher.stats.batches)
+        response.details["mean_micro_batch"] = f"{self.batcher.stats.mean_batch:.2f}"
+        return response
+
+    # ------------------------------------------------------------------------------- lifecycle
+    def drain(self, timeout: float) -> bool:
+        """Refuse new searches and wait up to ``timeout`` seconds for in-flight ones; True if none remain."""
+        self._draining.set()
+        with self._idle:
+            return self._idle.wait_for(lambda: self.in_flight == 0, timeout=timeout)
+
+    # ------------------------------------------------------------------------------- helpers
+    def _tracked(self):
+        servicer = self
+
+        class _InFlight:
+            def __enter__(self):
+                with servicer._lock:
+                    servicer.in_flight += 1
+
+            def __exit__(self, *_exc):
+                with servicer._lock:
+                    servicer.in_flight -= 1
+                    servicer._idle.notify_all()
+
+        return _InFlight()
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[key] += n
+
+    @staticmethod
+    def _options(request) -> dict:
+        mode = mode_from_proto(request.mode)
+        return {
+            "k": k_from_proto(request.k),
+            "mode": mode,
+            "hybrid": hybrid_from_proto(request.hybrid),
+            "prf": prf_from_proto(request.prf),
+            "include_text": request.include_text,
+            "explain": request.explain,
+        }
+
+    def _encode(self, text: str, call: _Call):
+        """The sparse row of ``text`` via the micro-batcher, honouring the deadline and cancellation."""
+        submitted = time.perf_counter()
+        future: Future = self.batcher.submit(text, call.deadline)
+        call.context.add_callback(future.cancel)
+        try:
+            row, truncated, encode_s = future.result(timeout=call.remaining())
+        except FutureTimeout:
+            future.cancel()
+            raise DeadlinePassed("deadline exceeded while waiting for the query encoder") from None
+        waited = time.perf_counter() - submitted
+        return row, truncated, {"encode": 1000.0 * encode_s, "queue": 1000.0 * max(0.0, waited - encode_s)}
+
+
+def _query_of(request: pb.SearchRequest, mode: str):
+    """(text, sparse, dense) with exactly one query form set (dense may join text in hybrid mode)."""
+    given = [name for name, present in (("text", bool(request.text)), ("sparse", bool(request.sparse)),
+                                        ("dense", bool(request.dense))) if present]
+    if not given:
+        raise ValueError("the request has no query: set text, sparse or dense")
+    if len(given) > 1 and not (given == ["text", "dense"] and mode == "hybrid"):
+        raise ValueError(f"set only one of text, sparse or dense (got {' and '.join(given)}); "
+                         "dense may accompany text only in HYBRID mode")
+    if request.text and not request.text.strip():
+        raise ValueError("the query text is empty or whitespace; send some words to search for")
+    text = request.text or None
+    sparse = dict(request.sparse) or None
+    dense = np.asarray(request.dense, dtype=np.float32) if request.dense else None
+    return text, sparse, dense
+
+
+def _timings_ms(response: pb.SearchResponse) -> dict[str, float]:
+    return {field.name: getattr(response.timings, field.name) for field in pb.Timings.DESCRIPTOR.fields}

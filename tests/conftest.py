@@ -1,0 +1,39 @@
+"""Shared fixtures: the real shared BEIR data and the real bundled splade-tiny model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def beir_data_dir() -> Path:
+    """``$LSR_BEIR_DIR`` or the ``shared/data/beir`` folder beside the checkout."""
+    return Path(os.environ.get("LSR_BEIR_DIR") or REPO.parent / "shared" / "data" / "beir")
+
+
+@pytest.fixture(scope="session")
+def beir_dir() -> Path:
+    path = beir_data_dir()
+    if not (path / "scifact.tar.gz").exists():
+        pytest.fail(f"BEIR data not found at {path}; set LSR_BEIR_DIR or place shared/ beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def scifact(beir_dir):
+    from lsr.beir_data import load_beir
+
+    return load_beir(beir_dir / "scifact.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def splade():
+    from lsr.encoders import SpladeEncoder
+
+    torch.set_num_threads(2)
+    return SpladeEncoder.from_pretrained("splade-tiny", device="cpu")

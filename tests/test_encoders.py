@@ -1,0 +1,165 @@
+"""SpladeEncoder against a naive transformers reference, on real SciFact text and the real model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM
+
+from lsr.encoders import InferenceFreeQueryEncoder, SpladeEncoder, idf_from_doc_freqs
+from lsr.models import ModelNotFoundError, resolve_model
+from lsr.sparse import SparseBatch
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def mlm():
+    return AutoModelForMaskedLM.from_pretrained(resolve_model("splade-tiny")).eval()
+
+
+def naive_splade(mlm, tokenizer, texts, max_length):
+    """Full logits from the unmodified model → log1p(relu) → masked max, one text at a time (no padding)."""
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
+            logits = mlm(**enc).logits[0]
+            rows.append(torch.log1p(torch.relu(logits)).amax(dim=0).numpy())
+    return np.stack(rows)
+
+
+def test_equals_naive_reference_on_scifact(splade, mlm, scifact):
+    ids = list(scifact.corpus)[:64]
+    texts = scifact.doc_texts(ids)
+    ours = splade.encode_documents(texts, batch_size=16).to_dense()
+    ref = naive_splade(mlm, splade.tokenizer, texts, 256)
+    assert np.array_equal(ours > 0, ref > 0), "non-zero sets differ"
+    assert np.abs(ours - ref).max() <= TOL
+    assert (ours > 0).sum(axis=1).min() > 10  # real vectors, not trivially empty
+
+
+def test_batch_invariance(splade, scifact):
+    texts = scifact.doc_texts(list(scifact.corpus)[100:112])
+    batched = splade.encode_documents(texts, batch_size=12).to_dense()
+    for i in (0, 5, 11):
+        alone = splade.encode_documents([texts[i]]).to_dense()[0]
+        assert np.array_equal(alone > 0, batched[i] > 0)
+        assert np.abs(alone - batched[i]).max() <= 1e-5
+
+
+def test_results_come_back_in_input_order(splade):
+    texts = ["a b c d e f g h i j k l m n o p", "aspirin", "heart attack risk of smoking"]
+    together = splade.encode_queries(texts).to_dicts()
+    for text, vec in zip(texts, together):
+        assert splade.encode_queries([text]).to_dicts()[0].keys() == vec.keys()
+
+
+def test_empty_and_whitespace_give_empty_vectors(splade):
+    batch = splade.encode_documents(["", "   \n\t", "protein folding"])
+    assert len(batch) == 3
+    assert batch.row(0)[0].size == 0 and batch.row(1)[0].size == 0
+    assert batch.row(2)[0].size > 0
+    assert len(splade.encode_queries([])) == 0
+
+
+def test_non_string_raises_type_error_naming_position(splade):
+    with pytest.raises(TypeError, match=r"texts\[2\]"):
+        splade.encode_documents(["fine", "also fine", 42])
+    with pytest.raises(TypeError, match=r"texts\[0\]"):
+        splade.encode_queries([None])
+
+
+def test_truncation_is_counted_reported_and_applied(splade, caplog):
+    long_text = " ".join(f"word{i}" for i in range(600))
+    with caplog.at_level(logging.WARNING, logger="lsr.encoders"):
+        batch, info = splade.encode_documents([long_text, "short"], return_info=True)
+    assert info.truncated.tolist() == [True, False]
+    assert info.n_tokens[0] > 256
+    warnings = [r for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warnings) == 1 and "1 of 2" in warnings[0].getMessage()
+    # The vector is that of the first 256 tokens, not dropped.
+    ids = splade.tokenizer(long_text)["input_ids"]
+    head = splade.tokenizer.decode(ids[1:255])
+    np.testing.assert_allclose(batch.to_dense()[0], splade.encode_documents([head]).to_dense()[0], atol=1e-4)
+    assert batch.row(0)[0].size > 0
+
+
+def test_unicode_text(splade):
+    batch = splade.encode_queries(["Café naïve résumé — 北京 🚀 Ωmega"])
+    terms = batch.to_dicts()[0]
+    assert terms and all(w > 0 for w in terms.values())
+    assert "cafe" in terms or "café" in terms
+
+
+def test_no_expansion_keeps_only_own_tokens(splade):
+    enc = SpladeEncoder(splade.model, splade.tokenizer, query_expansion=False, device="cpu")
+    text = "vitamin d deficiency and bone density"
+    own = set(splade.tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids, vals = enc.encode_queries([text]).row(0)
+    assert set(ids.tolist()) <= own and len(ids) > 0
+    expanded_ids, _ = splade.encode_queries([text]).row(0)
+    assert len(expanded_ids) > len(ids)
+
+
+def test_top_k_and_threshold_pruning(splade):
+    text = "mitochondrial dysfunction in neurodegenerative disease"
+    full = splade.encode_documents([text]).to_dicts()[0]
+    enc = SpladeEncoder(splade.model, splade.tokenizer, top_k=5, threshold=0.3, device="cpu")
+    pruned = enc.encode_documents([text]).to_dicts()[0]
+    expected = [t for t, w in full.items() if w > 0.3][:5]
+    assert list(pruned) == expected
+    assert all(abs(pruned[t] - full[t]) < 1e-6 for t in pruned)
+
+
+def test_sum_pooling_matches_reference(splade, mlm):
+    enc = SpladeEncoder(splade.model, splade.tokenizer, pooling="sum", device="cpu")
+    text = "sum pooling sums activations over tokens"
+    with torch.no_grad():
+        inputs = splade.tokenizer(text, return_tensors="pt")
+        ref = torch.log1p(torch.relu(mlm(**inputs).logits[0])).sum(0).numpy()
+    np.testing.assert_allclose(enc.encode_documents([text]).to_dense()[0], ref, atol=1e-4)
+
+
+def test_parquet_round_trip(splade, tmp_path):
+    batch = splade.encode_documents(["first document", "", "third one, with ünïcode"])
+    path = tmp_path / "vectors.parquet"
+    batch.write_parquet(path, ids=["d1", "d2", "d3"])
+    back, ids = SparseBatch.read_parquet(path)
+    assert ids == ["d1", "d2", "d3"]
+    assert np.array_equal(back.indptr, batch.indptr)
+    assert np.array_equal(back.indices, batch.indices)
+    assert np.array_equal(back.values, batch.values)
+    assert back.vocab_size == 30522 and list(back.vocab) == list(batch.vocab)
+    assert back.to_dicts() == batch.to_dicts()
+    assert np.allclose(back.to_scipy().toarray(), batch.to_dense())
+
+
+def test_inference_free_queries_use_idf_json(splade, tmp_path):
+    folder = tmp_path / "doc-only-model"
+    shutil.copytree(resolve_model("splade-tiny"), folder)
+    (folder / "idf.json").write_text(json.dumps({"diabetes": 3.5, "insulin": 2.0, "the": 0.1}))
+    enc = InferenceFreeQueryEncoder.from_pretrained(str(folder))
+    batch = enc.encode_queries(["The diabetes diabetes insulin question", "   "])
+    assert batch.to_dicts()[0] == pytest.approx({"diabetes": 3.5, "insulin": 2.0, "the": 0.1})
+    assert batch.row(1)[0].size == 0
+
+
+def test_inference_free_without_idf_explains_what_to_pass():
+    with pytest.raises(ValueError, match="idf.json"):
+        InferenceFreeQueryEncoder.from_pretrained("splade-tiny")
+
+
+def test_idf_from_document_frequencies():
+    idf = idf_from_doc_freqs(np.array([0, 1, 50, 100]), 100)
+    assert idf[0] == 0 and idf[1] > idf[2] > idf[3] > 0
+
+
+def test_missing_model_error_says_how_to_fix(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        SpladeEncoder.from_pretrained(str(tmp_path / "nope"))

@@ -1,0 +1,199 @@
+"""Exactness of InvertedIndex search against brute force, for both kernels, on many shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lsr.index.index as index_module
+from index_helpers import as_batch, assert_exact_topk, brute_scores, live_ids, random_csr
+from lsr.index import Hit, InvertedIndex
+from lsr.sparse import SparseBatch
+
+ALGORITHMS = ["auto", "taat", "maxscore"]
+_SETTINGS = settings(max_examples=40, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@st.composite
+def collections(draw):
+    n_docs = draw(st.integers(1, 80))
+    vocab = draw(st.integers(1, 30))
+    density = draw(st.sampled_from([0.05, 0.2, 0.6, 1.0]))
+    levels = draw(st.sampled_from([None, 2, 5]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return n_docs, vocab, density, levels, seed
+
+
+@st.composite
+def queries(draw, vocab: int):
+    terms = draw(st.lists(st.integers(0, vocab - 1), max_size=8, unique=True))
+    weights = draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 3.7]), min_size=len(terms), max_size=len(terms)))
+    return dict(zip(terms, weights))
+
+
+@pytest.fixture
+def small_windows(monkeypatch):
+    """Windows of 8 docs so that tiny collections cross many MaxScore windows."""
+    monkeypatch.setattr(index_module, "WINDOW", 8)
+
+
+@_SETTINGS
+@given(shape=collections(), data=st.data(), quantization=st.sampled_from(["uint8", "uint16", "float32"]))
+def test_search_matches_brute_force(tmp_path_factory, small_windows, shape, data, quantization):
+    n_docs, vocab, density, levels, seed = shape
+    rng = np.random.default_rng(seed)
+    matrix = random_csr(rng, n_docs, vocab, density, levels)
+    idx = InvertedIndex.build(tmp_path_factory.mktemp("idx"), matrix, [f"d{i}" for i in range(n_docs)],
+                              quantization=quantization)
+    for _ in range(3):
+        query = data.draw(queries(vocab))
+        k = data.draw(st.integers(1, 12))
+        for algorithm in ALGORITHMS:
+            assert_exact_topk(idx, query, k, algorithm=algorithm)
+
+
+@_SETTINGS
+@given(shape=collections(), data=st.data())
+def test_search_after_add_delete_merge(tmp_path_factory, small_windows, shape, data):
+    n_docs, vocab, density, levels, seed = shape
+    rng = np.random.default_rng(seed)
+    idx = InvertedIndex.build(tmp_path_factory.mktemp("idx"), random_csr(rng, n_docs, vocab, density, levels),
+                              [f"d{i}" for i in range(n_docs)])
+    n_new = data.draw(st.integers(1, 40))
+    new_ids = [f"d{i}" for i in rng.choice(2 * n_docs + n_new, n_new, replace=False)]  # some upserts
+    idx.add(random_csr(rng, n_new, vocab, density, levels) * 2.0, new_ids)
+    ids = live_ids(idx)
+    doomed = data.draw(st.lists(st.sampled_from(ids), max_size=len(ids), unique=True))
+    if doomed:
+        idx.delete(doomed)
+    assert len(idx) == len(ids) - len(doomed)
+    for stage in ("before merge", "after merge"):
+        for _ in range(2):
+            query = data.draw(queries(vocab))
+            k = data.draw(st.integers(1, 12))
+            for algorithm in ALGORITHMS:
+                assert_exact_topk(idx, query, k, algorithm=algorithm)
+                assert not {h.doc_id for h in idx.search(query, k=k, algorithm=algorithm)} & set(doomed), stage
+        idx.merge()
+    assert idx.num_segments <= 1
+
+
+def test_multi_window_multi_segment_large(tmp_path):
+    """Real window size: 60k docs over three segments with tombstones, many queries, both kernels."""
+    rng = np.random.default_rng(7)
+    vocab = 2000
+    idx = InvertedIndex.build(tmp_path / "idx", random_csr(rng, 30000, vocab, 0.01), [f"a{i}" for i in range(30000)])
+    idx.add(random_csr(rng, 20000, vocab, 0.01), [f"b{i}" for i in range(20000)])
+    idx.add(random_csr(rng, 10000, vocab, 0.01) * 3, [f"a{i}" for i in range(10000)])
+    idx.delete([f"b{i}" for i in range(0, 20000, 3)])
+    for qi in range(15):
+        terms = rng.choice(vocab, int(rng.integers(1, 60)), replace=False)
+        query = {int(t): float(w) for t, w in zip(terms, rng.exponential(1.0, len(terms)))}
+        for algorithm in ("taat", "maxscore"):
+            assert_exact_topk(idx, query, 10, algorithm=algorithm)
+
+
+def test_ties_break_by_ascending_internal_id(tmp_path):
+    row = sp.csr_matrix(np.array([[0.0, 1.0, 2.0]], np.float32))
+    idx = InvertedIndex.build(tmp_path / "idx", sp.vstack([row] * 7).tocsr(), [f"x{i}" for i in range(7)])
+    idx.add(sp.vstack([row] * 3).tocsr(), ["y0", "y1", "y2"])
+    for algorithm in ALGORITHMS:
+        hits = idx.search({1: 1.0, 2: 1.0}, k=5, algorithm=algorithm)
+        assert [h.doc_id for h in hits] == ["x0", "x1", "x2", "x3", "x4"]
+
+
+def test_edge_shapes(tmp_path):
+    single = InvertedIndex.build(tmp_path / "one", sp.csr_matrix(np.array([[2.0]], np.float32)), ["only"])
+    assert single.search({0: 1.0}, k=3) == [Hit("only", pytest.approx(2.0, rel=1e-2))]
+    assert single.search({}, k=3) == []
+    empty_doc = InvertedIndex.build(tmp_path / "zero", SparseBatch.empty(2, 5), ["a", "b"])
+    assert len(empty_doc) == 2 and empty_doc.search({1: 1.0}, k=2) == []
+    assert empty_doc.doc_freqs().tolist() == [0] * 5
+
+
+def test_query_forms_agree(tmp_path):
+    rng = np.random.default_rng(3)
+    matrix = random_csr(rng, 300, 50, 0.2)
+    idx = InvertedIndex.build(tmp_path / "idx", as_batch(matrix), [str(i) for i in range(300)])
+    qmat = random_csr(rng, 4, 50, 0.3)
+    ids, scores = idx.search_batch(as_batch(qmat), k=5, threads=2)
+    for i in range(4):
+        row = qmat[i]
+        as_dict = {int(t): float(w) for t, w in zip(row.indices, row.data)}
+        expected = idx.search(as_dict, k=5)
+        for form in (row, as_batch(row)):
+            assert idx.search(form, k=5) == expected
+        assert [h.doc_id for h in expected] == [d for d in ids[i] if d is not None]
+        np.testing.assert_allclose(scores[i][: len(expected)], [h.score for h in expected], rtol=1e-6)
+    assert np.isneginf(idx.search_batch([{}], k=3)[1]).all()
+
+
+def test_approximate_knobs_are_off_by_default_and_prune_when_set(tmp_path):
+    rng = np.random.default_rng(5)
+    idx = InvertedIndex.build(tmp_path / "idx", random_csr(rng, 40000, 500, 0.03), [str(i) for i in range(40000)])
+    query = {int(t): float(w) for t, w in zip(rng.choice(500, 40, replace=False), rng.exponential(1, 40))}
+    exact = idx.search(query, k=10)
+    assert exact == idx.search(query, k=10, top_terms=None, bound_factor=1.0)
+    approx = idx.search(query, k=10, top_terms=5, bound_factor=2.0)
+    assert 0 < len(approx) <= 10
+    scores = brute_scores(idx, query)
+    assert all(h.score <= scores[h.doc_id] + 1e-3 for h in approx)  # partial scores never exceed the truth
+
+
+def test_stats_and_vectors(tmp_path):
+    rng = np.random.default_rng(11)
+    matrix = random_csr(rng, 200, 40, 0.2)
+    vocab = [f"tok{i}" for i in range(40)]
+    idx = InvertedIndex.build(tmp_path / "idx", SparseBatch.from_scipy(matrix, vocab), [f"d{i}" for i in range(200)],
+                              quantization="float32")
+    assert idx.vocab == vocab and idx.vocab_size == 40 and len(idx) == 200
+    np.testing.assert_array_equal(idx.doc_freqs(), np.diff(matrix.tocsc().indptr))
+    got = idx.get_vectors(["d5", "d0"]).to_scipy().toarray()
+    np.testing.assert_array_equal(got, matrix[[5, 0]].toarray())
+    idx.delete(["d0"])
+    np.testing.assert_array_equal(idx.doc_freqs(), np.diff(matrix[1:].tocsc().indptr))
+    with pytest.raises(KeyError, match="d0"):
+        idx.get_vectors(["d0"])
+    assert idx.search({"tok3": 1.0}, k=3) == idx.search({3: 1.0}, k=3)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda m: (m, ["a", "a", "b"]), "duplicate doc ids"),
+        (lambda m: (m * -1.0, ["a", "b", "c"]), "negative or non-finite"),
+        (lambda m: (sp.csr_matrix(np.array([[np.nan, 0, 0]] * 3, np.float32)), ["a", "b", "c"]), "non-finite"),
+        (lambda m: (sp.csr_matrix(np.ones((3, 9), np.float32)), ["a", "b", "c"]), "vocab_size 9"),
+        (lambda m: (m, ["a", "b"]), "2 doc ids for 3 vectors"),
+    ],
+)
+def test_bad_documents_leave_index_unchanged(tmp_path, bad, message):
+    matrix = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0], [1, 1, 1]], np.float32))
+    idx = InvertedIndex.build(tmp_path / "idx", matrix, ["x", "y", "z"])
+    before = (idx.version, idx.checksum)
+    with pytest.raises(ValueError, match=message):
+        idx.add(*bad(matrix))
+    assert (idx.version, idx.checksum) == before
+    reopened = InvertedIndex.open(tmp_path / "idx")
+    assert (reopened.version, reopened.checksum, len(reopened)) == (*before, 3)
+
+
+def test_bad_queries_and_deletes(tmp_path):
+    idx = InvertedIndex.build(tmp_path / "idx", sp.csr_matrix(np.eye(4, dtype=np.float32)), list("abcd"))
+    with pytest.raises(ValueError, match="term id 4 outside the vocabulary"):
+        idx.search({4: 1.0})
+    with pytest.raises(ValueError, match="negative"):
+        idx.search({1: -1.0})
+    with pytest.raises(ValueError, match="k must be a positive"):
+        idx.search({1: 1.0}, k=0)
+    with pytest.raises(ValueError, match="token"):
+        idx.search({"cat": 1.0})
+    with pytest.raises(KeyError, match="'zz'"):
+        idx.delete(["a", "zz"])
+    assert len(idx) == 4
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        InvertedIndex.build(tmp_path / "bad", SparseBatch(np.array([0, 1]), np.array([7]), np.array([1.0]), 5), ["q"])

@@ -1,0 +1,78 @@
+"""``splade_max_pool`` dispatch and the PyTorch paths: chunked against the naive reference."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when pool_triton is first imported
+
+from lsr.kernels import splade_max_pool  # noqa: E402
+from lsr.kernels.pool import resolve_impl  # noqa: E402
+from lsr.kernels.pool_torch import (  # noqa: E402
+    splade_max_pool_chunked,
+    splade_max_pool_reference,
+    splade_sum_pool_chunked,
+)
+
+
+def make_inputs(B=3, L=13, H=24, V=203, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, L, H, generator=gen, dtype=torch.float64)
+    weight = torch.randn(V, H, generator=gen, dtype=torch.float64) / H**0.5
+    bias = torch.randn(V, generator=gen, dtype=torch.float64) * 0.5
+    mask = (torch.arange(L)[None, :] < torch.tensor([L, 5, 0])[:B, None]).long()
+    return hidden, weight, bias, mask
+
+
+def grads_of(fn, hidden, weight, bias, mask, grad_out):
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    out = fn(*leaves, mask)
+    out.backward(grad_out)
+    return out.detach(), *(t.grad for t in leaves)
+
+
+def test_auto_picks_triton_on_cuda_and_chunked_elsewhere(monkeypatch):
+    monkeypatch.delenv("LSR_POOL_IMPL", raising=False)
+    assert resolve_impl("auto", torch.device("cuda")) == "triton"
+    assert resolve_impl("auto", torch.device("cpu")) == "chunked"
+    assert resolve_impl("torch", torch.device("cuda")) == "torch"
+
+
+def test_environment_overrides_the_argument(monkeypatch):
+    monkeypatch.setenv("LSR_POOL_IMPL", "torch")
+    assert resolve_impl("triton", torch.device("cuda")) == "torch"
+    monkeypatch.setenv("LSR_POOL_IMPL", "fused")
+    with pytest.raises(ValueError, match="LSR_POOL_IMPL"):
+        splade_max_pool(*make_inputs(), impl="auto")
+
+
+@pytest.mark.parametrize("vocab_chunk", [1, 64, 203, 4096])
+def test_chunked_matches_reference_forward_and_backward(vocab_chunk):
+    hidden, weight, bias, mask = make_inputs()
+    grad_out = torch.randn(3, 203, dtype=torch.float64)
+    want = grads_of(splade_max_pool_reference, hidden, weight, bias, mask, grad_out)
+    chunked = lambda h, w, b, m: splade_max_pool_chunked(h, w, b, m, vocab_chunk=vocab_chunk)  # noqa: E731
+    got = grads_of(chunked, hidden, weight, bias, mask, grad_out)
+    assert torch.equal(got[0][2], torch.zeros(203, dtype=torch.float64))  # fully masked row
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_sum_pool_chunked_matches_naive_sum():
+    hidden, weight, bias, mask = make_inputs()
+    naive = (torch.log1p(torch.relu(hidden @ weight.t() + bias)) * mask[..., None]).sum(dim=1)
+    torch.testing.assert_close(splade_sum_pool_chunked(hidden, weight, bias, mask, vocab_chunk=50), naive)
+
+
+@pytest.mark.parametrize("impl", ["torch", "chunked", "triton"])
+def test_every_impl_agrees_through_the_entry_point(impl, monkeypatch):
+    monkeypatch.delenv("LSR_POOL_IMPL", raising=False)
+    hidden, weight, bias, mask = (t.float() if t.is_floating_point() else t for t in make_inputs(seed=1))
+    grad_out = torch.randn(3, 203)
+    want = grads_of(splade_max_pool_reference, hidden.double(), weight.double(), bias.double(), mask, grad_out.double())
+    entry = lambda h, w, b, m: splade_max_pool(h, w, b, m, impl=impl, deterministic=True)  # noqa: E731
+    got = grads_of(entry, hidden, weight, bias, mask, grad_out)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-6)
