@@ -150,16 +150,24 @@ class InvertedIndex:
         missing = [i for i in ids if i not in where]
         if missing:
             raise KeyError(f"unknown doc ids: {missing[:10]}")
-        indptr, indices, values = [np.zeros(1, np.int64)], [], []
-        for doc in ids:
-            si, row = where[doc]
-            seg = state.segments[si]
-            ptr, terms, imps = seg.rows(np.asarray([row]))
-            indptr.append(ptr[1:] + indptr[-1][-1])
-            indices.append(terms)
-            values.append(dequantize(imps, seg.scale))
-        return SparseBatch(np.concatenate(indptr), np.concatenate(indices or [np.zeros(0, np.int32)]),
-                           np.concatenate(values or [np.zeros(0, np.float32)]), self.vocab_size, state.vocab)
+        located = np.asarray([where[i] for i in ids], np.int64).reshape(-1, 2)
+        lengths = np.zeros(len(ids), np.int64)
+        parts = []
+        for si, seg in enumerate(state.segments):
+            positions = np.flatnonzero(located[:, 0] == si)
+            if len(positions):
+                ptr, terms, imps = seg.rows(located[positions, 1])
+                lengths[positions] = np.diff(ptr)
+                parts.append((positions, ptr, terms, dequantize(imps, seg.scale)))
+        indptr = np.zeros(len(ids) + 1, np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        indices = np.zeros(indptr[-1], np.int32)
+        values = np.zeros(indptr[-1], np.float32)
+        for positions, ptr, terms, vals in parts:
+            dest = np.repeat(indptr[positions] - ptr[:-1], np.diff(ptr)) + np.arange(ptr[-1])
+            indices[dest] = terms
+            values[dest] = vals
+        return SparseBatch(indptr, indices, values, self.vocab_size, state.vocab)
 
     # ------------------------------------------------------------------ search
     def search(self, query, k: int = 10, top_terms: int | None = None, bound_factor: float = 1.0,

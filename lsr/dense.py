@@ -9,7 +9,7 @@ beside it; removals are tombstones, which works the same for flat and HNSW index
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,7 +19,10 @@ import pyarrow.parquet as pq
 import torch
 
 from lsr.encoders import check_texts, resolve_device
+from lsr.files import atomic_write, file_sha256
 from lsr.models import load_with_hint
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU-feature probe at INFO
 
 
 class DenseEncoder:
@@ -172,12 +175,12 @@ class DenseIndex:
 
     # ------------------------------------------------------------------ reads
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product: (ids [n, k] object array, "" where fewer hits; scores [n, k] float32, -inf there)."""
+        """Top-k by inner product: (ids [n, k] object array, None where fewer hits; scores [n, k] float32, -inf there)."""
         vectors = self._check_vectors(vectors)
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         n = len(vectors)
-        out_ids = np.full((n, k), "", dtype=object)
+        out_ids = np.full((n, k), None, dtype=object)
         out_scores = np.full((n, k), -np.inf, dtype=np.float32)
         if len(self) == 0 or n == 0:
             return out_ids, out_scores
@@ -221,12 +224,9 @@ class DenseIndex:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / (self.INDEX_FILE + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        _fsync_replace(tmp, directory / self.INDEX_FILE)
-        tmp = directory / (self.IDS_FILE + ".tmp")
-        pq.write_table(pa.table({"id": pa.array(self._ids, pa.string())}), tmp, compression="zstd")
-        _fsync_replace(tmp, directory / self.IDS_FILE)
+        atomic_write(directory / self.INDEX_FILE, lambda fh: fh.write(faiss.serialize_index(self.index).tobytes()))
+        ids = pa.table({"id": pa.array(self._ids, pa.string())})
+        atomic_write(directory / self.IDS_FILE, lambda fh: pq.write_table(ids, fh, compression="zstd"))
 
     @classmethod
     def open(cls, directory: str | Path) -> "DenseIndex":
@@ -249,17 +249,3 @@ class DenseIndex:
         for name in (DenseIndex.INDEX_FILE, DenseIndex.IDS_FILE):
             h.update(file_sha256(Path(directory) / name).encode())
         return h.hexdigest()
-
-
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -1,10 +1,11 @@
 """Micro-batching of concurrent query encodings.
 
-One forward pass over 32 short queries costs little more than over one, so under load the
-server gathers the texts of concurrent requests for at most ``window`` seconds (or until
-``max_batch`` texts wait) and encodes them in a single call. Requests whose deadline passed or
-whose caller went away while queued are dropped before the batch is encoded, so abandoned work
-never reaches the model.
+One forward pass over 32 short queries costs far less than 32 passes over one, so under load
+the server gathers the texts of concurrent requests for at most ``window`` seconds (or until
+``max_batch`` texts wait) and encodes them in a single call. It only waits while more requests
+are in flight than the batch holds (``busy``), so a lone request is never delayed. Requests
+whose deadline passed or whose caller went away while queued are dropped before the batch is
+encoded, so abandoned work never reaches the model.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 EncodeFn = Callable[[list[str]], list]  # texts → one encoded item per text, in order
+_POLL = 0.0005  # while waiting for a batch to fill, how often ``busy`` is asked again
 
 
 class DeadlinePassed(Exception):
@@ -48,10 +50,13 @@ class BatchStats:
 class MicroBatcher:
     """Submit a text, get a Future of its encoding; with ``max_batch <= 1`` encoding runs inline, one by one."""
 
-    def __init__(self, encode: EncodeFn, *, window: float = 0.002, max_batch: int = 64) -> None:
+    def __init__(
+        self, encode: EncodeFn, *, window: float = 0.002, max_batch: int = 64, busy: Callable[[], int] | None = None
+    ) -> None:
         if window < 0:
             raise ValueError(f"batch window must be ≥ 0 seconds, got {window}")
         self._encode = encode
+        self._busy = busy or (lambda: self.max_batch)
         self.window = window
         self.max_batch = max(1, int(max_batch))
         self.stats = BatchStats()
@@ -92,9 +97,15 @@ class MicroBatcher:
             while len(batch) < self.max_batch:
                 try:
                     # Whatever queued while the previous batch was encoding joins without waiting.
-                    item = self._queue.get(timeout=max(0.0, until - time.monotonic()))
+                    item = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    left = until - time.monotonic()
+                    if left <= 0 or len(batch) >= self._busy():
+                        break
+                    try:
+                        item = self._queue.get(timeout=min(left, _POLL))
+                    except queue.Empty:
+                        continue
                 if item is None:
                     closing = True
                     break

@@ -13,7 +13,7 @@ from lsr.searcher import HybridOptions, PrfOptions, ScoredHit, SearchResult
 from lsr.service import search_pb2 as pb
 
 DEFAULT_K = 10
-STAGES = ("encode", "sparse", "dense", "fuse", "prf")
+_TIMING_FIELDS = [f.name for f in pb.Timings.DESCRIPTOR.fields if f.name != "total"]  # seconds in SearchResult.timings
 
 _MODES = {pb.MODE_UNSPECIFIED: "sparse", pb.SPARSE: "sparse", pb.DENSE: "dense", pb.HYBRID: "hybrid"}
 _NORMALIZATIONS = {
@@ -46,11 +46,8 @@ def _enum_value(table: dict[int, str], name: str, what: str) -> int:
 
 # ---------------------------------------------------------------------------------------- server side
 def k_from_proto(k: int) -> int:
-    """0 is 'unset' (the default of 10); anything else must already be in 1..1000."""
-    k = DEFAULT_K if k == 0 else int(k)
-    if not 1 <= k <= 1000:
-        raise ValueError(f"k must be between 1 and 1000 (0 means the default of {DEFAULT_K}), got {k}")
-    return k
+    """0 is proto3's 'unset': the default of 10. The Searcher checks the range."""
+    return DEFAULT_K if k == 0 else int(k)
 
 
 def mode_from_proto(mode: int) -> str:
@@ -58,7 +55,11 @@ def mode_from_proto(mode: int) -> str:
 
 
 def hybrid_from_proto(msg: pb.HybridOptions) -> HybridOptions:
-    options = {"normalization": _lookup(_NORMALIZATIONS, msg.normalization, "normalization")}
+    """Unset fields (proto3 zero values) keep the Searcher's defaults."""
+    normalization = _lookup(_NORMALIZATIONS, msg.normalization, "normalization")
+    options = {}
+    if msg.normalization:
+        options["normalization"] = normalization
     if msg.HasField("sparse_weight"):
         options["sparse_weight"] = msg.sparse_weight
     if msg.candidates:
@@ -70,19 +71,20 @@ def prf_from_proto(msg: pb.PrfOptions) -> PrfOptions | None:
     interpolate = _lookup(_INTERPOLATIONS, msg.interpolate, "PRF interpolation")
     if not msg.enabled:
         return None
-    options = {"interpolate": interpolate}
+    options = {}
+    if msg.interpolate:
+        options["interpolate"] = interpolate
     if msg.feedback_docs:
         options["feedback_docs"] = msg.feedback_docs
     if msg.HasField("weight"):
         options["weight"] = msg.weight
-    if msg.max_terms:
+    if msg.HasField("max_terms"):
         options["max_terms"] = msg.max_terms
     return PrfOptions(**options)
 
 
-def result_to_proto(result: SearchResult, *, index_version: str, request_id: str, extra_ms: Mapping[str, float]) -> pb.SearchResponse:
-    timings = {stage: 1000.0 * result.timings.get(stage, 0.0) for stage in STAGES}
-    timings.update(extra_ms)
+def result_to_proto(result: SearchResult, *, index_version: str, request_id: str, total_ms: float = 0.0) -> pb.SearchResponse:
+    timings = {name: 1000.0 * result.timings.get(name, 0.0) for name in _TIMING_FIELDS}
     hits = [
         pb.Hit(
             doc_id=hit.doc_id, score=hit.score, sparse_score=hit.sparse_score, dense_score=hit.dense_score,
@@ -92,7 +94,7 @@ def result_to_proto(result: SearchResult, *, index_version: str, request_id: str
         for hit in result.hits
     ]
     return pb.SearchResponse(
-        hits=hits, timings=pb.Timings(**timings), index_version=index_version,
+        hits=hits, timings=pb.Timings(total=total_ms, **timings), index_version=index_version,
         truncated=result.truncated, request_id=request_id,
     )
 

@@ -214,7 +214,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("num_docs", "index_version", "model", "query_encoder", "dense_model", "dense_dim", "requests", "abandoned", "uptime_seconds", "details")
+    __slots__ = ("num_docs", "index_version", "model", "query_encoder", "dense_model", "dense_dim", "requests", "abandoned", "uptime_seconds", "details", "in_flight")
     class DetailsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +232,7 @@ class StatsResponse(_message.Message):
     ABANDONED_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     num_docs: int
     index_version: str
     model: str
@@ -242,4 +243,5 @@ class StatsResponse(_message.Message):
     abandoned: int
     uptime_seconds: float
     details: _containers.ScalarMap[str, str]
-    def __init__(self, num_docs: _Optional[int] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., query_encoder: _Optional[str] = ..., dense_model: _Optional[str] = ..., dense_dim: _Optional[int] = ..., requests: _Optional[int] = ..., abandoned: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    in_flight: int
+    def __init__(self, num_docs: _Optional[int] = ..., index_version: _Optional[str] = ..., model: _Optional[str] = ..., query_encoder: _Optional[str] = ..., dense_model: _Optional[str] = ..., dense_dim: _Optional[int] = ..., requests: _Optional[int] = ..., abandoned: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., details: _Optional[_Mapping[str, str]] = ..., in_flight: _Optional[int] = ...) -> None: ...

@@ -21,7 +21,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lsr.service import search_pb2, search_pb2_grpc
-from lsr.service.batching import MicroBatcher
 from lsr.service.servicer import SearchServicer
 
 log = logging.getLogger("lsr.service")
@@ -94,10 +93,7 @@ class SearchServer:
     def __init__(self, searcher, config: ServerConfig) -> None:
         self.config = config
         self.searcher = searcher
-        self.batcher = MicroBatcher(
-            _encode_for_batcher(searcher), window=config.batch_window_ms / 1000.0, max_batch=config.max_batch
-        )
-        self.servicer = SearchServicer(searcher, self.batcher)
+        self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch)
         interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
         limits = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -129,7 +125,7 @@ class SearchServer:
         log.info(
             "event=listening address=%s:%d tls=%s auth=%s workers=%d batching=%s window_ms=%g max_batch=%d",
             self.config.host, self.port, self.config.tls_cert is not None, self.config.auth_token is not None,
-            self.config.workers, self.batcher.batching, self.config.batch_window_ms, self.config.max_batch,
+            self.config.workers, self.servicer.sparse_batcher.batching, self.config.batch_window_ms, self.config.max_batch,
         )
         return self
 
@@ -140,19 +136,7 @@ class SearchServer:
 
     def stop(self, grace: float | None = None) -> None:
         self._server.stop(grace).wait()
-        self.batcher.close()
-
-
-def _encode_for_batcher(searcher):
-    """Searcher.encode_queries over a batch → one (row, truncated, batch seconds) per text."""
-
-    def encode(texts: list[str]) -> list:
-        started = time.perf_counter()
-        batch, info = searcher.encode_queries(texts)
-        elapsed = time.perf_counter() - started
-        return [(batch.select([i]), bool(info.truncated[i]), elapsed) for i in range(len(texts))]
-
-    return encode
+        self.servicer.close()
 
 
 def serve(searcher, config: ServerConfig) -> int:

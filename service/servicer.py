@@ -48,7 +48,7 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, FailedPrecondition):  # before ValueError: it may subclass it
         return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(exc, (ValueError, TypeError)):
+    if isinstance(exc, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, KeyError):
         return grpc.StatusCode.NOT_FOUND
@@ -124,9 +124,12 @@ def _format(fields: dict[str, object]) -> str:
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     """Validates requests, micro-batches text encodings, and hands the rest to the Searcher."""
 
-    def __init__(self, searcher, batcher: MicroBatcher) -> None:
+    def __init__(self, searcher, *, batch_window: float = 0.002, max_batch: int = 64) -> None:
         self.searcher = searcher
-        self.batcher = batcher
+        # Sparse and dense encoders batch separately, so a hybrid query's two encodings overlap.
+        busy = lambda: self.in_flight  # noqa: E731 - requests that may still join a batch
+        self.sparse_batcher = MicroBatcher(_sparse_encodings(searcher), window=batch_window, max_batch=max_batch, busy=busy)
+        self.dense_batcher = MicroBatcher(_dense_encodings(searcher), window=batch_window, max_batch=max_batch, busy=busy)
         self.started = time.monotonic()
         self.counters = {"requests": 0, "abandoned": 0}
         self._lock = threading.Lock()
@@ -138,19 +141,16 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     @_rpc
     def Search(self, request: pb.SearchRequest, call: _Call) -> pb.SearchResponse:
         options = self._options(request)
-        text, sparse, dense = _query_of(request, options["mode"])
+        text, sparse, dense = _query_of(request)
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None)
-        extra_ms = {}
-        if text is not None:
-            call.check("encoding")
-            sparse_row, truncated, extra_ms = self._encode(text, call)
-            call.check("search")
-            result = self.searcher.search_encoded(sparse_row, dense, text=text, truncated=truncated, **options)
-        else:
-            call.check("search")
-            result = self.searcher.search(sparse=sparse, dense=dense, **options)
-        extra_ms["total"] = call.elapsed_ms()
-        response = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id, extra_ms=extra_ms)
+        self.searcher._check_request(text, sparse, dense, *(options[key] for key in ("k", "mode", "hybrid", "prf")))
+        call.check("encoding")
+        if text is not None and dense is None:
+            result = self._search_text(text, options, call)
+        else:  # vectors given: nothing to encode except text beside a dense vector, which is rare
+            result = self.searcher.search(text, sparse=sparse, dense=dense, **options)
+        response = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id,
+                                   total_ms=call.elapsed_ms())
         self._count("requests")
         call.fields.update(hits=len(result.hits), truncated=result.truncated,
                            **{f"{stage}_ms": value for stage, value in _timings_ms(response).items()})
@@ -174,7 +174,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             results = self.searcher.search_batch(texts[start : start + _BATCH_CHUNK], **options)
             for result in results:
                 out.results.append(result_to_proto(result, index_version=self.searcher.index_version,
-                                                   request_id=call.request_id, extra_ms={}))
+                                                   request_id=call.request_id))
         self._count("requests", len(texts))
         return out
 
@@ -212,17 +212,16 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def GetStats(self, request: pb.StatsRequest, call: _Call) -> pb.StatsResponse:
         stats = dict(self.searcher.stats())
         known = {f.name for f in pb.StatsResponse.DESCRIPTOR.fields}
-        response = pb.StatsResponse(
-            index_version=self.searcher.index_version,
-            uptime_seconds=time.monotonic() - self.started,
-            **self.counters,
-            **{key: value for key, value in stats.items() if key in known and value is not None},
-        )
+        fields = {key: value for key, value in stats.items() if key in known and value is not None}
+        fields.update(self.counters, index_version=self.searcher.index_version,
+                      uptime_seconds=time.monotonic() - self.started, in_flight=self.in_flight - 1)
+        response = pb.StatsResponse(**fields)
         for key, value in stats.items():
             if key not in known:
                 response.details[key] = str(value)
-        response.details["micro_batches"] = str(self.batcher.stats.batches)
-        response.details["mean_micro_batch"] = f"{self.batcher.stats.mean_batch:.2f}"
+        for name, batcher in (("sparse", self.sparse_batcher), ("dense", self.dense_batcher)):
+            response.details[f"{name}_micro_batches"] = str(batcher.stats.batches)
+            response.details[f"{name}_mean_micro_batch"] = f"{batcher.stats.mean_batch:.2f}"
         return response
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -264,33 +263,72 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             "explain": request.explain,
         }
 
-    def _encode(self, text: str, call: _Call):
-        """The sparse row of ``text`` via the micro-batcher, honouring the deadline and cancellation."""
+    def _search_text(self, text: str, options: dict, call: _Call):
+        """Encode through the micro-batchers (deadline and cancellation honoured), then search."""
+        mode = options["mode"]
         submitted = time.perf_counter()
-        future: Future = self.batcher.submit(text, call.deadline)
-        call.context.add_callback(future.cancel)
+        # Submit both encodings before waiting on either, so a hybrid query's two encodings overlap.
+        pending = [self._submit(batcher, text, call) if wanted else None for batcher, wanted in (
+            (self.sparse_batcher, mode in ("sparse", "hybrid")), (self.dense_batcher, mode in ("dense", "hybrid")))]
+        sparse, dense = (self._wait(future, call) if future is not None else None for future in pending)
+        waited = time.perf_counter() - submitted
+        encode = max(item[2] for item in (sparse, dense) if item is not None)
+        call.check("search")
+        result = self.searcher.search_encoded(
+            sparse and sparse[0], dense and dense[0], timings={"encode": encode},
+            truncated=bool(sparse and sparse[1]), **options,
+        )
+        result.timings["queue"] = max(0.0, waited - encode)
+        return result
+
+    @staticmethod
+    def _submit(batcher: MicroBatcher, text: str, call: _Call) -> Future:
+        future = batcher.submit(text, call.deadline)
+        call.context.add_callback(future.cancel)  # the caller went away: drop it from the batch
+        return future
+
+    @staticmethod
+    def _wait(future: Future, call: _Call):
         try:
-            row, truncated, encode_s = future.result(timeout=call.remaining())
+            return future.result(timeout=call.remaining())
         except FutureTimeout:
             future.cancel()
             raise DeadlinePassed("deadline exceeded while waiting for the query encoder") from None
-        waited = time.perf_counter() - submitted
-        return row, truncated, {"encode": 1000.0 * encode_s, "queue": 1000.0 * max(0.0, waited - encode_s)}
+
+    def close(self) -> None:
+        self.sparse_batcher.close()
+        self.dense_batcher.close()
 
 
-def _query_of(request: pb.SearchRequest, mode: str):
-    """(text, sparse, dense) with exactly one query form set (dense may join text in hybrid mode)."""
-    given = [name for name, present in (("text", bool(request.text)), ("sparse", bool(request.sparse)),
-                                        ("dense", bool(request.dense))) if present]
-    if not given:
-        raise ValueError("the request has no query: set text, sparse or dense")
-    if len(given) > 1 and not (given == ["text", "dense"] and mode == "hybrid"):
-        raise ValueError(f"set only one of text, sparse or dense (got {' and '.join(given)}); "
-                         "dense may accompany text only in HYBRID mode")
-    if request.text and not request.text.strip():
-        raise ValueError("the query text is empty or whitespace; send some words to search for")
-    text = request.text or None
-    sparse = dict(request.sparse) or None
+def _sparse_encodings(searcher):
+    """Batch → one (term id → weight dict, truncated, batch seconds) per text."""
+
+    def encode(texts: list[str]) -> list:
+        started = time.perf_counter()
+        batch, info = searcher.encode_queries(texts)
+        elapsed = time.perf_counter() - started
+        rows = (batch.row(i) for i in range(len(texts)))
+        return [(dict(zip(ids.tolist(), vals.tolist())), bool(cut), elapsed) for (ids, vals), cut in zip(rows, info.truncated)]
+
+    return encode
+
+
+def _dense_encodings(searcher):
+    """Batch → one (vector, False, batch seconds) per text."""
+
+    def encode(texts: list[str]) -> list:
+        started = time.perf_counter()
+        vectors = searcher.encode_dense(texts)
+        elapsed = time.perf_counter() - started
+        return [(vector, False, elapsed) for vector in vectors]
+
+    return encode
+
+
+def _query_of(request: pb.SearchRequest):
+    """(text, sparse, dense) with proto3's empty values read as 'not given'; the Searcher checks the combination."""
+    text = request.text if request.text else None
+    sparse = dict(request.sparse) if request.sparse else None
     dense = np.asarray(request.dense, dtype=np.float32) if request.dense else None
     return text, sparse, dense
 

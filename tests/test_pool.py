@@ -69,10 +69,14 @@ def test_sum_pool_chunked_matches_naive_sum():
 @pytest.mark.parametrize("impl", ["torch", "chunked", "triton"])
 def test_every_impl_agrees_through_the_entry_point(impl, monkeypatch):
     monkeypatch.delenv("LSR_POOL_IMPL", raising=False)
-    hidden, weight, bias, mask = (t.float() if t.is_floating_point() else t for t in make_inputs(seed=1))
-    grad_out = torch.randn(3, 203)
-    want = grads_of(splade_max_pool_reference, hidden.double(), weight.double(), bias.double(), mask, grad_out.double())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hidden, weight, bias, mask = make_inputs(seed=1)
+    grad_out = torch.randn(3, 203, dtype=torch.float64)
+    want = grads_of(splade_max_pool_reference, hidden, weight, bias, mask, grad_out)
+    hidden, weight, bias, mask, grad_out = (
+        t.to(device, torch.float32) if t.is_floating_point() else t.to(device) for t in (hidden, weight, bias, mask, grad_out)
+    )
     entry = lambda h, w, b, m: splade_max_pool(h, w, b, m, impl=impl, deterministic=True)  # noqa: E731
     got = grads_of(entry, hidden, weight, bias, mask, grad_out)
     for g, w in zip(got, want):
-        torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g.double().cpu(), w, rtol=1e-5, atol=1e-6)

@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=64, help="requests served concurrently (default 64)")
     p.add_argument("--query-encoder", choices=("splade", "inference-free"), default="splade",
                    help="how text queries become sparse vectors (default: the collection's SPLADE model)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for query encoding (default: torch's choice)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain; with --tls-key enables TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     p.add_argument("--auth-token-file", type=Path,
@@ -55,5 +56,7 @@ def run(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=_read_token(args.auth_token_file),
         grace_seconds=args.grace,
     )
-    searcher = Searcher.open(args.index_dir, query_encoder=args.query_encoder, device="cpu")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
+    searcher = Searcher.open(args.index_dir, query_encoder=args.query_encoder, device="cpu", threads=args.threads)
     return serve(searcher, config)

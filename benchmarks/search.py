@@ -1,0 +1,278 @@
+"""Search benchmark: lsr.index against scipy, a numba accumulator, pyseismic-lsr and bm25s.
+
+Collections: (1) real splade-tiny vectors of SciFact + NFCorpus with their test queries;
+(2) a seeded synthetic collection of ``--synthetic-docs`` documents calibrated on (1), searched
+with the same real queries. Reports build time, index size, single-thread ms/query p50/p99,
+batch QPS on 2 threads and recall@10 against exact float brute force; writes
+``benchmarks/results/search.{md,json}``.
+
+    python benchmarks/search.py                       # full run (~15 min on 2 cores)
+    python benchmarks/search.py --synthetic-docs 100000 --queries 100   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from real_vectors import DATASETS, cache_dir, load  # noqa: E402
+from synth import synthetic_docs  # noqa: E402
+
+from lsr.index import InvertedIndex  # noqa: E402
+from lsr.sparse import SparseBatch  # noqa: E402
+
+K = 10
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------------- peers
+@njit(cache=True, nogil=True)
+def _accumulate(post_ptr, post_docs, post_vals, terms, weights, acc):
+    """naver/splade evaluator style: dense float accumulator over the query terms' postings."""
+    for i in range(len(terms)):
+        t = terms[i]
+        w = weights[i]
+        for p in range(post_ptr[t], post_ptr[t + 1]):
+            acc[post_docs[p]] += w * post_vals[p]
+
+
+class NumbaAccumulator:
+    def __init__(self, docs: SparseBatch):
+        csc = docs.to_scipy().tocsc()
+        self.ptr, self.docs, self.vals = csc.indptr.astype(np.int64), csc.indices.astype(np.int32), csc.data
+        self.n = len(docs)
+        self.nbytes = self.ptr.nbytes + self.docs.nbytes + self.vals.nbytes
+
+    def search(self, terms, weights):
+        acc = np.zeros(self.n, np.float32)
+        _accumulate(self.ptr, self.docs, self.vals, terms, weights, acc)
+        return _topk(acc)
+
+
+class ScipyBruteForce:
+    def __init__(self, docs: SparseBatch):
+        self.doc_t = docs.to_scipy().T.tocsr()
+        self.nbytes = self.doc_t.data.nbytes + self.doc_t.indices.nbytes + self.doc_t.indptr.nbytes
+
+    def search(self, terms, weights):
+        import scipy.sparse as sp
+
+        q = sp.csr_matrix((weights, terms, [0, len(terms)]), shape=(1, self.doc_t.shape[0]))
+        scores = (q @ self.doc_t).toarray().ravel()
+        return _topk(scores)
+
+
+def _topk(scores: np.ndarray) -> np.ndarray:
+    top = np.argpartition(-scores, K)[:K] if len(scores) > K else np.arange(len(scores))
+    top = top[np.lexsort((top, -scores[top]))]
+    return top[scores[top] > 0]
+
+
+class Seismic:
+    def __init__(self, docs: SparseBatch, build_args: dict, workdir: Path):
+        from seismic import SeismicDataset, SeismicIndex, get_seismic_string
+
+        self.string = get_seismic_string()
+        dataset = SeismicDataset()
+        for d in range(len(docs)):
+            t, v = docs.row(d)
+            dataset.add_document(str(d), t.astype(str).astype(self.string), v.astype(np.float32))
+        start = time.perf_counter()
+        self.index = SeismicIndex.build_from_dataset(dataset, num_threads=2, **build_args)
+        self.build_s = time.perf_counter() - start
+        self.index.save(str(workdir / "seismic"))
+        self.nbytes = (workdir / "seismic.index.seismic").stat().st_size
+
+    def search(self, terms, weights, query_cut, heap_factor):
+        hits = self.index.search("q", terms.astype(str).astype(self.string), weights.astype(np.float32), K,
+                                 query_cut, heap_factor)
+        return np.asarray([int(h[2]) for h in hits], np.int64)
+
+    def batch(self, queries, query_cut, heap_factor):
+        return self.index.batch_search(
+            np.asarray([str(i) for i in range(len(queries))], self.string),
+            [t.astype(str).astype(self.string) for t, _ in queries], [w.astype(np.float32) for _, w in queries],
+            K, query_cut, heap_factor, num_threads=2)
+
+
+# ---------------------------------------------------------------------- harness
+def _timed(fn, queries) -> tuple[list[np.ndarray], np.ndarray]:
+    out, times = [], []
+    for terms, weights in queries:
+        start = time.perf_counter()
+        out.append(np.asarray(fn(terms, weights)))
+        times.append(time.perf_counter() - start)
+    return out, np.asarray(times) * 1000
+
+
+def _recall(results: list[np.ndarray], truth: list[np.ndarray]) -> float:
+    vals = [len(set(r[:K].tolist()) & set(t[:K].tolist())) / len(t) for r, t in zip(results, truth) if len(t)]
+    return float(np.mean(vals)) if vals else 1.0
+
+
+def _row(method, setting, build_s, nbytes, ms, qps, recall) -> dict:
+    return {"method": method, "setting": setting, "build_s": build_s, "index_mb": None if nbytes is None else nbytes / 2**20,
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "qps_2threads": qps,
+            "recall@10": recall}
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir())
+
+
+def run_collection(name: str, docs: SparseBatch, queries: SparseBatch, texts=None, seismic_settings=()) -> list[dict]:
+    print(f"\n== {name}: {len(docs)} docs, {docs.nnz / len(docs):.1f} terms/doc; {len(queries)} queries, "
+          f"{queries.nnz / len(queries):.1f} terms/query", flush=True)
+    qs = [queries.row(i) for i in range(len(queries))]
+    qs = [(t.astype(np.int32), w.astype(np.float32)) for t, w in qs]
+    rows = []
+    scipy_bf = ScipyBruteForce(docs)
+    truth, ms = _timed(scipy_bf.search, qs)
+    rows.append(_row("scipy CSR q @ Dᵀ", "exact float", None, scipy_bf.nbytes, ms, None, 1.0))
+    acc = NumbaAccumulator(docs)
+    acc.search(*qs[0])
+    res, ms = _timed(acc.search, qs)
+    rows.append(_row("numba accumulator", "exact float", None, acc.nbytes, ms, None, _recall(res, truth)))
+    print(rows[-2], rows[-1], sep="\n", flush=True)
+
+    workdir = Path(tempfile.mkdtemp(prefix="lsr-bench-"))
+    try:
+        ids = [str(i) for i in range(len(docs))]
+        start = time.perf_counter()
+        idx = InvertedIndex.build(workdir / "lsr", docs, ids)
+        build_s = time.perf_counter() - start
+        size = _dir_bytes(workdir / "lsr")
+        batch = SparseBatch(queries.indptr, queries.indices, queries.values, queries.vocab_size)
+        settings = [("exact (auto)", {}), ("exact maxscore", {"algorithm": "maxscore"}),
+                    ("exact taat", {"algorithm": "taat"}),
+                    ("approx bound_factor=1.2", {"bound_factor": 1.2}),
+                    ("approx bound_factor=1.5", {"bound_factor": 1.5}),
+                    ("approx top_terms=16", {"top_terms": 16}),
+                    ("approx top_terms=10 bound_factor=1.3", {"top_terms": 10, "bound_factor": 1.3})]
+        for setting, kwargs in settings:
+            def ours(t, w, kwargs=kwargs):
+                return np.asarray([int(h.doc_id) for h in idx.search({int(a): float(b) for a, b in zip(t, w)},
+                                                                        k=K, **kwargs)], np.int64)
+            ours(*qs[0])
+            res, ms = _timed(ours, qs)
+            start = time.perf_counter()
+            idx.search_batch(batch, k=K, threads=2, **kwargs)
+            qps = len(qs) / (time.perf_counter() - start)
+            rows.append(_row("lsr.index (uint8)", setting, build_s, size, ms, qps, _recall(res, truth)))
+            print(rows[-1], flush=True)
+        del idx
+        for build_args, query_cut, heap_factor in seismic_settings:
+            seismic = Seismic(docs, build_args, workdir)
+            for qc, hf in ((query_cut, heap_factor[0]), (query_cut, heap_factor[1])):
+                res, ms = _timed(lambda t, w: seismic.search(t, w, qc, hf), qs)
+                start = time.perf_counter()
+                seismic.batch(qs, qc, hf)
+                qps = len(qs) / (time.perf_counter() - start)
+                rows.append(_row("pyseismic-lsr", f"{build_args} query_cut={qc} heap_factor={hf}", seismic.build_s,
+                                 seismic.nbytes, ms, qps, _recall(res, truth)))
+                print(rows[-1], flush=True)
+            del seismic
+        if texts is not None:
+            rows.append(_bm25s(*texts))
+            print(rows[-1], flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for r in rows:
+        r["collection"] = name
+    return rows
+
+
+def _bm25s(doc_texts: list[str], query_texts: list[str]) -> dict:
+    import bm25s
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer("english")
+    start = time.perf_counter()
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(doc_texts, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
+    build_s = time.perf_counter() - start
+    ms = []
+    for q in query_texts:
+        start = time.perf_counter()
+        tokens = bm25s.tokenize([q], stopwords="en", stemmer=stemmer, show_progress=False)
+        retriever.retrieve(tokens, k=K, show_progress=False, n_threads=1)
+        ms.append((time.perf_counter() - start) * 1000)
+    return _row("bm25s (text, reference)", "BM25 on the same corpus text", build_s, None, np.asarray(ms), None, None)
+
+
+def _texts() -> tuple[list[str], list[str]]:
+    from lsr.beir_data import load_beir
+
+    from real_vectors import BEIR_DIR
+
+    docs, queries = [], []
+    for name in DATASETS:
+        data = load_beir(BEIR_DIR / f"{name}.tar.gz", splits=("test",))
+        docs.extend(data.doc_texts())
+        queries.extend(data.queries[q] for q in data.queries if q in data.qrels["test"])
+    return docs, queries
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    mem = next((int(line.split()[1]) // 2**20 for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem, "python": platform.python_version(),
+            "numpy": np.__version__, "platform": platform.platform()}
+
+
+def write_results(rows: list[dict], meta: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "search.json").write_text(json.dumps({"machine": meta, "rows": rows}, indent=1))
+    lines = ["# Search benchmark", "", f"Machine: {meta['cpu']}, {meta['cores']} cores, {meta['memory_gb']} GB; "
+             f"Python {meta['python']}. k={K}; recall@10 vs exact float brute force; single-thread latency; "
+             "batch QPS with 2 threads.", ""]
+    for name in dict.fromkeys(r["collection"] for r in rows):
+        lines += [f"## {name}", "", "| method | setting | build s | index MB | p50 ms | p99 ms | QPS (2 thr) | recall@10 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["collection"] == name:
+                f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+                lines.append(f"| {r['method']} | {r['setting']} | {f(r['build_s'], '.1f')} | {f(r['index_mb'], '.1f')} | "
+                             f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {f(r['qps_2threads'], '.0f')} | {f(r['recall@10'], '.3f')} |")
+        lines.append("")
+    (out / "search.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--synthetic-docs", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=300, help="queries used on the synthetic collection")
+    parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    docs, _ = load("docs")
+    queries, _ = load("queries")
+    rows = []
+    if not args.skip_real:
+        seismic_real = [({"n_postings": 1000, "centroid_fraction": 0.1, "summary_energy": 0.4}, 10, (0.7, 0.9))]
+        rows += run_collection("real: SciFact + NFCorpus (splade-tiny)", docs, queries, _texts(), seismic_real)
+    if args.synthetic_docs:
+        start = time.perf_counter()
+        synth = synthetic_docs(docs, args.synthetic_docs, seed=0)
+        print(f"synthetic collection generated in {time.perf_counter() - start:.1f}s", flush=True)
+        seismic_synth = [({"n_postings": 5000, "centroid_fraction": 0.1, "summary_energy": 0.4}, 10, (0.7, 0.9))]
+        rows += run_collection(f"synthetic: {args.synthetic_docs} docs calibrated on splade-tiny, real queries",
+                               synth, queries[: args.queries], None, seismic_synth)
+    write_results(rows, {**machine(), "cache": str(cache_dir())}, args.out)
+    print((args.out / "search.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

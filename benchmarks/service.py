@@ -1,0 +1,263 @@
+"""Closed-loop load on `lsr serve` versus in-process search, on a SciFact collection with real queries.
+
+For each query encoder (splade-tiny, inference-free) and each configuration (SPARSE, HYBRID,
+HYBRID+PRF), C client threads (C = 1, 8, 32) each send their next query as soon as the previous
+answer arrives. The same loop runs against an in-process ``Searcher`` in this process. A server
+started with ``--max-batch 1`` (every request encodes on its own) measures what micro-batching
+buys at C = 32. Every level is bounded in requests and seconds; the server binds 127.0.0.1 only.
+
+    python benchmarks/service.py --index runs/scifact           # writes benchmarks/results/service.{json,md}
+
+Targets (issue 6): gRPC overhead ≤ 15 % of in-process p50 at C = 1; micro-batching ≥ 2× the QPS of
+one-by-one encoding at C = 32; no errors; p99 ≤ 5× p50 at C = 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CONFIGS = {"SPARSE": ("sparse", False), "HYBRID": ("hybrid", False), "HYBRID+PRF": ("hybrid", True)}
+STAGES = ("queue", "encode", "sparse", "dense", "fuse", "prf")
+
+
+@dataclass
+class Level:
+    side: str  # grpc | in-process | grpc-unbatched
+    encoder: str
+    config: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    qps: float
+    p50_ms: float
+    p99_ms: float
+    stages_ms: dict[str, float] = field(default_factory=dict)  # mean per request
+    error_sample: str = ""
+
+
+def closed_loop(search, texts: list[str], concurrency: int, max_requests: int, max_seconds: float) -> tuple:
+    """Run ``concurrency`` workers back to back; ``search(worker, text)`` returns a SearchResult."""
+    counter = itertools.count()
+    latencies: list[float] = []
+    stage_sums = dict.fromkeys(STAGES, 0.0)
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + max_seconds
+
+    def worker(w: int) -> None:
+        while True:
+            i = next(counter)
+            if i >= max_requests or time.perf_counter() > stop_at:
+                return
+            started = time.perf_counter()
+            try:
+                result = search(w, texts[i % len(texts)])
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            elapsed = time.perf_counter() - started
+            with lock:
+                latencies.append(elapsed)
+                for stage in STAGES:
+                    stage_sums[stage] += result.timings.get(stage, 0.0)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - began
+    lat = np.asarray(latencies) * 1000.0
+    n = max(1, len(latencies))
+    stages = {stage: 1000.0 * total / n for stage, total in stage_sums.items()}
+    return len(latencies), errors, seconds, lat, stages
+
+
+def measure(side, encoder, config, concurrency, search, texts, args) -> Level:
+    for w in range(min(concurrency, 4)):  # warm-up: connections, numba, torch allocator
+        search(w, texts[w])
+    n, errors, seconds, lat, stages = closed_loop(search, texts, concurrency, args.max_requests, args.seconds)
+    level = Level(
+        side, encoder, config, concurrency, n, len(errors), round(seconds, 3), round(n / seconds, 2),
+        round(float(np.percentile(lat, 50)), 3) if n else float("nan"),
+        round(float(np.percentile(lat, 99)), 3) if n else float("nan"),
+        {k: round(v, 3) for k, v in stages.items()}, errors[0] if errors else "",
+    )
+    print(f"{side:15s} {encoder:15s} {config:11s} c={concurrency:<3d} n={n:<5d} err={len(errors):<3d} "
+          f"qps={level.qps:8.1f} p50={level.p50_ms:8.2f}ms p99={level.p99_ms:8.2f}ms "
+          + " ".join(f"{k}={v:.1f}" for k, v in level.stages_ms.items() if v), flush=True)
+    return level
+
+
+class Server:
+    """`lsr serve` as a child process on a free 127.0.0.1 port."""
+
+    def __init__(self, index: Path, *extra: str) -> None:
+        cmd = [sys.executable, "-m", "lsr.cli", "serve", str(index), "--host", "127.0.0.1", "--port", "0", *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.address = None
+        for line in self.proc.stderr:
+            if "event=listening" in line:
+                self.address = line.split("address=")[1].split()[0]
+                break
+        if self.address is None:
+            raise RuntimeError(f"server did not start: {' '.join(cmd)}")
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()  # keep the pipe drained
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        return self.proc.wait(120)
+
+
+def grpc_search(address: str, concurrency: int, mode: str, prf):
+    from lsr.service import Client
+
+    clients = [Client(address) for _ in range(concurrency)]
+    return (lambda w, text: clients[w].search(text, k=10, mode=mode, prf=prf)), clients
+
+
+def run_encoder(encoder: str, args, texts: list[str], levels: list[Level]) -> None:
+    from lsr.searcher import PrfOptions, Searcher
+
+    flag = "splade" if encoder == "splade-tiny" else "inference-free"
+    searcher = Searcher.open(args.index, query_encoder=flag)
+    server = Server(args.index, "--query-encoder", flag)
+    try:
+        for config, (mode, with_prf) in CONFIGS.items():
+            prf = PrfOptions() if with_prf else None
+            for c in args.concurrency:
+                search, clients = grpc_search(server.address, c, mode, prf)
+                levels.append(measure("grpc", encoder, config, c, search, texts, args))
+                for client in clients:
+                    client.close()
+                levels.append(measure("in-process", encoder, config, c,
+                                      lambda w, text: searcher.search(text, k=10, mode=mode, prf=prf), texts, args))
+    finally:
+        print(f"server exit code {server.stop()}")
+    if encoder != "splade-tiny":
+        return
+    # One-by-one encoding (no micro-batching) at the highest concurrency, for the batching target.
+    unbatched = Server(args.index, "--query-encoder", flag, "--max-batch", "1")
+    try:
+        for config in ("SPARSE", "HYBRID"):
+            mode, _ = CONFIGS[config]
+            c = max(args.concurrency)
+            search, clients = grpc_search(unbatched.address, c, mode, None)
+            levels.append(measure("grpc-unbatched", encoder, config, c, search, texts, args))
+            for client in clients:
+                client.close()
+    finally:
+        print(f"unbatched server exit code {unbatched.stop()}")
+
+
+def find(levels: list[Level], side: str, encoder: str, config: str, c: int) -> Level | None:
+    return next((lv for lv in levels if (lv.side, lv.encoder, lv.config, lv.concurrency) == (side, encoder, config, c)), None)
+
+
+def targets(levels: list[Level], concurrency: list[int]) -> list[dict]:
+    lo, hi = min(concurrency), max(concurrency)
+    out = []
+    for grpc_level in (lv for lv in levels if lv.side == "grpc" and lv.concurrency == lo):
+        local = find(levels, "in-process", grpc_level.encoder, grpc_level.config, lo)
+        overhead = (grpc_level.p50_ms - local.p50_ms) / local.p50_ms
+        out.append({"target": "gRPC overhead at c=1 ≤ 15%", "case": f"{grpc_level.encoder} {grpc_level.config}",
+                    "value": f"{100 * overhead:+.1f}% ({grpc_level.p50_ms:.2f} vs {local.p50_ms:.2f} ms p50)",
+                    "met": overhead <= 0.15})
+    for unbatched in (lv for lv in levels if lv.side == "grpc-unbatched"):
+        batched = find(levels, "grpc", unbatched.encoder, unbatched.config, hi)
+        ratio = batched.qps / unbatched.qps
+        out.append({"target": f"micro-batching ≥ 2× one-by-one QPS at c={hi}", "case": f"{batched.encoder} {batched.config}",
+                    "value": f"{ratio:.2f}× ({batched.qps:.1f} vs {unbatched.qps:.1f} QPS)", "met": ratio >= 2.0})
+    errors = sum(lv.errors for lv in levels)
+    out.append({"target": "no errors at any level", "case": "all", "value": str(errors), "met": errors == 0})
+    for lv in (lv for lv in levels if lv.side == "grpc" and lv.concurrency == hi):
+        ratio = lv.p99_ms / lv.p50_ms
+        out.append({"target": f"p99 ≤ 5× p50 at c={hi}", "case": f"{lv.encoder} {lv.config}",
+                    "value": f"{ratio:.2f}× ({lv.p99_ms:.1f} / {lv.p50_ms:.1f} ms)", "met": ratio <= 5.0})
+    return out
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg()}
+
+
+def write_markdown(path: Path, report: dict) -> None:
+    lines = [
+        "# gRPC service benchmark", "",
+        f"Collection `{report['index']}` ({report['num_docs']} docs), {report['num_queries']} real SciFact queries, k=10. "
+        f"Closed loop, ≤{report['max_requests']} requests or {report['seconds']} s per level. "
+        f"Machine: {report['machine']['cores']} cores, {report['machine']['platform']}, torch {report['machine']['torch']}, "
+        f"load average at start {report['machine']['load_average_at_start'][0]:.1f}.", "",
+        "Stage columns are the mean per request in ms as the server (or in-process Searcher) timed them; "
+        "`queue` is time waiting for a micro-batch.", "",
+        "| side | encoder | config | c | requests | errors | QPS | p50 ms | p99 ms | " + " | ".join(STAGES) + " |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(STAGES),
+    ]
+    for lv in report["levels"]:
+        lines.append(f"| {lv['side']} | {lv['encoder']} | {lv['config']} | {lv['concurrency']} | {lv['requests']} | {lv['errors']} "
+                     f"| {lv['qps']:.1f} | {lv['p50_ms']:.2f} | {lv['p99_ms']:.2f} | "
+                     + " | ".join(f"{lv['stages_ms'].get(s, 0.0):.2f}" for s in STAGES) + " |")
+    lines += ["", "## Targets", "", "| target | case | measured | met |", "|---|---|---|---|"]
+    for t in report["targets"]:
+        lines.append(f"| {t['target']} | {t['case']} | {t['value']} | {'yes' if t['met'] else '**no**'} |")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, required=True, help="a collection from `lsr index` (SciFact, with --dense minilm)")
+    parser.add_argument("--beir", type=Path, default=Path(os.environ.get("LSR_BEIR_DIR", REPO.parent / "shared/data/beir")) / "scifact.tar.gz",
+                        help="the BEIR archive whose test queries are sent")
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    parser.add_argument("--encoders", type=lambda s: s.split(","), default=["splade-tiny", "inference-free"])
+    parser.add_argument("--max-requests", type=int, default=400, help="requests per level at most")
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds per level at most")
+    parser.add_argument("--out", type=Path, default=RESULTS / "service.json")
+    args = parser.parse_args()
+
+    from lsr.beir_data import load_beir
+
+    dataset = load_beir(args.beir, splits=("test",))
+    texts = [dataset.queries[q] for q in dataset.qrels["test"]]
+    report_machine = machine()
+    levels: list[Level] = []
+    for encoder in args.encoders:
+        run_encoder(encoder, args, texts, levels)
+    num_docs = json.loads((args.index / "lsr.json").read_text())["n_docs"]
+    report = {
+        "index": str(args.index), "num_docs": num_docs, "num_queries": len(texts), "max_requests": args.max_requests,
+        "seconds": args.seconds, "machine": report_machine, "levels": [asdict(lv) for lv in levels],
+        "targets": targets(levels, args.concurrency),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_markdown(args.out.with_suffix(".md"), report)
+    print()
+    for t in report["targets"]:
+        print(f"{'met ' if t['met'] else 'MISS'}  {t['target']:45s} {t['case']:30s} {t['value']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

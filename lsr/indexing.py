@@ -1,0 +1,401 @@
+"""The bulk indexing pipeline: read → encode in batches → checkpointed shards → build indexes.
+
+Encoding is the expensive step, so its output is written in shards of ``checkpoint_every``
+documents, each followed by a checkpoint (``.lsr-build.json``). Shard boundaries depend only on
+document positions, so a run resumed after Ctrl-C or kill -9 encodes exactly the same batches
+as an uninterrupted one and produces bit-identical files. The resumed run re-reads the corpus
+prefix it already encoded and checks it against the checkpoint's running checksum, so two
+different corpora are never mixed. Index building (cheap) runs from the shards afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from contextlib import contextmanager
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from lsr.collection import (
+    BUILD_STATE, FORMAT, META_FILE, disk_size, files_checksum, is_collection_dir, read_vector_shards,
+    shard_name, write_shard,
+)
+from lsr.dense import DenseIndex
+from lsr.files import write_json_atomic
+from lsr.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
+from lsr.sparse import SparseBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexOptions:
+    """Everything that decides the collection's content (``threads`` only decides speed)."""
+
+    model: str = "splade-tiny"
+    dense_model: str | None = "minilm"
+    fields: tuple[str, ...] = DEFAULT_FIELDS
+    id_field: str = "_id"
+    batch_size: int = 32
+    max_length: int = 256
+    limit: int | None = None
+    on_error: str = "fail"
+    checkpoint_every: int = 10_000
+    hnsw_m: int | None = None
+    quantization: str = "uint8"
+    threads: int | None = None
+
+    def check(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.max_length < 4:
+            raise ValueError(f"--max-length must be at least 4, got {self.max_length}")
+        if self.checkpoint_every <= 0:
+            raise ValueError(f"--checkpoint-every must be positive, got {self.checkpoint_every}")
+        if self.threads is not None and self.threads <= 0:
+            raise ValueError(f"--threads must be positive, got {self.threads}")
+        if self.hnsw_m is not None and not 4 <= self.hnsw_m <= 256:
+            raise ValueError(f"--hnsw M must be in 4..256, got {self.hnsw_m}")
+
+    def settings(self, source: Path) -> dict:
+        """What a resumed run must agree on with the interrupted one."""
+        out = asdict(self)
+        out.pop("threads")
+        out["fields"] = list(self.fields)
+        out["source"] = str(source.resolve())
+        return out
+
+
+@dataclass
+class Summary:
+    """End-of-run report."""
+
+    docs: int
+    skipped: dict[str, int]
+    postings: int
+    size_bytes: int
+    stage_seconds: dict[str, float]
+    checksums: dict[str, str | None]
+    truncated: int = 0
+    resumed_from: int = 0
+    already_complete: bool = False
+
+    @property
+    def mean_terms(self) -> float:
+        return self.postings / self.docs if self.docs else 0.0
+
+    def format(self) -> str:
+        lines = [
+            f"docs            {self.docs:,}" + (f" (resumed after {self.resumed_from:,})" if self.resumed_from else ""),
+            f"skipped rows    {sum(self.skipped.values()):,}"
+            + ("" if not self.skipped else " (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(self.skipped.items())) + ")"),
+            f"truncated docs  {self.truncated:,} (longer than --max-length tokens)",
+            f"postings        {self.postings:,}",
+            f"mean terms/doc  {self.mean_terms:.1f}",
+            f"size on disk    {self.size_bytes / 2**20:,.1f} MiB",
+        ]
+        lines += [f"time {stage:<10} {seconds:8.1f} s" for stage, seconds in self.stage_seconds.items()]
+        return "\n".join(lines)
+
+
+@dataclass
+class _State:
+    """The checkpoint: how many shards are final and the corpus checksum after their documents."""
+
+    settings: dict
+    shards: int = 0
+    docs: int = 0
+    postings: int = 0
+    truncated: int = 0
+    corpus_hash: str = field(default_factory=lambda: CorpusHash().hexdigest)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def save(self, out: Path) -> None:
+        write_json_atomic(out / BUILD_STATE, asdict(self))
+
+
+class _Stages:
+    """Accumulates wall time per stage (carried over from the checkpoint on resume)."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = dict(seconds)
+
+    def time(self, stage: str):
+        stages = self
+
+        class _Timer:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                stages.seconds[stage] = stages.seconds.get(stage, 0.0) + time.perf_counter() - self.start
+
+        return _Timer()
+
+
+def _progress(desc: str, total: int | None, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="doc", disable=not enabled, smoothing=0.05,
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def prepare_output(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> _State | None:
+    """Decide what to do with an existing OUT. Returns the checkpoint to resume from, or None for a fresh start."""
+    if resume and overwrite:
+        raise ValueError("pass either --resume or --overwrite, not both")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; choose another OUT")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_collection_dir(out):
+            raise FileExistsError(f"{out} is not empty and is not an lsr collection; choose a new or empty folder")
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise FileExistsError(f"{out} already holds a collection; pass --resume to continue it or --overwrite to replace it")
+        else:
+            return _load_state(out, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _load_state(out: Path, settings: dict) -> _State:
+    import json
+
+    if (out / META_FILE).is_file() and not (out / BUILD_STATE).is_file():
+        meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+        if meta.get("settings") != settings:
+            raise ValueError(f"{out} holds a finished collection built with other settings or from another source; "
+                             "use --overwrite to replace it")
+        state = _State(settings, shards=meta["shards"], docs=meta["n_docs"], postings=meta["postings"],
+                       corpus_hash=meta["corpus_checksum"], stage_seconds=meta.get("stage_seconds", {}))
+        state.complete = True  # type: ignore[attr-defined]
+        return state
+    raw = json.loads((out / BUILD_STATE).read_text(encoding="utf-8"))
+    if raw.get("settings") != settings:
+        changed = sorted(k for k in settings.keys() | raw.get("settings", {}).keys()
+                         if settings.get(k) != raw.get("settings", {}).get(k))
+        raise ValueError(f"cannot resume {out}: it was started with different {', '.join(changed)}; "
+                         "rerun with the same options, or use --overwrite to start over")
+    return _State(**raw)
+
+
+def _document_blocks(reader: CorpusReader, size: int) -> Iterator[DocChunk]:
+    """Regroup the reader's chunks into blocks of exactly ``size`` documents (the last may be shorter)."""
+    ids: list[str] = []
+    texts: list[str] = []
+    rows: list[int] = []
+    for chunk in reader:
+        ids += chunk.ids
+        texts += chunk.texts
+        rows += chunk.rows
+        while len(ids) >= size:
+            yield DocChunk(ids[:size], texts[:size], rows[:size])
+            del ids[:size], texts[:size], rows[:size]
+    if ids:
+        yield DocChunk(ids, texts, rows)
+
+
+def build_collection(
+    source: str | Path,
+    out: str | Path,
+    options: IndexOptions,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_shard: Callable[[int], None] | None = None,
+) -> Summary:
+    """Index ``source`` into the collection folder ``out``; see the module docstring."""
+    import torch
+
+    options.check()
+    source, out = Path(source).expanduser(), Path(out).expanduser()
+    reader = CorpusReader(source, fields=options.fields, id_field=options.id_field, on_error=options.on_error,
+                          limit=options.limit)
+    settings = options.settings(source)
+    state = prepare_output(out, settings, resume=resume, overwrite=overwrite)
+    if state is not None and getattr(state, "complete", False):
+        return _summary_of_complete(out, state)
+    resumed_from = state.docs if state is not None else 0
+    state = state or _State(settings)
+    state.save(out)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    stages = _Stages(state.stage_seconds)
+
+    bar = _progress("encode", options.limit, resumed_from, progress)
+    running = CorpusHash()
+    shard = 0
+    encoders = None
+    blocks = _document_blocks(reader, options.checkpoint_every)
+    while True:
+        with stages.time("read"):
+            block = next(blocks, None)
+        if block is None:
+            break
+        if shard < state.shards:  # already encoded: verify the prefix is the same corpus
+            running.update(block.ids, block.texts)
+            shard += 1
+            if shard == state.shards and running.hexdigest != state.corpus_hash:
+                raise ValueError(f"cannot resume {out}: the first {state.docs:,} documents of {source} differ from "
+                                 "the ones already encoded (the source changed); use --overwrite to start over")
+            continue
+        if encoders is None:  # loaded only now, so a bad first row fails fast
+            with stages.time("load"):
+                encoders = load_encoders(options)
+        sparse, dense, truncated = _encode_block(block, *encoders, options, stages, bar)
+        with stages.time("write"):
+            write_shard(out, shard, block.ids, block.texts, sparse, dense)
+        state.corpus_hash = running.update(block.ids, block.texts)
+        shard += 1
+        state.shards, state.docs, state.postings = shard, state.docs + len(block), state.postings + sparse.nnz
+        state.truncated += truncated
+        state.stage_seconds = stages.seconds
+        state.save(out)
+        if on_shard is not None:
+            on_shard(shard)
+        _update_total(bar, reader, state.docs, options.limit)
+    bar.close()
+    if shard < state.shards:
+        raise ValueError(f"cannot resume {out}: {source} now has fewer documents than were already encoded; "
+                         "use --overwrite to start over")
+    if state.docs == 0:
+        raise ValueError(f"{source} has no indexable documents"
+                         + (f" ({reader.stats.n_skipped} bad rows skipped)" if reader.stats.n_skipped else ""))
+    return _finish(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
+
+
+def load_encoders(options: IndexOptions) -> tuple:
+    """(SpladeEncoder, DenseEncoder or None) for documents of ``options.max_length`` tokens."""
+    from lsr.encoders import SpladeEncoder
+
+    sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length, device="cpu")
+    dense = None
+    if options.dense_model:
+        from lsr.dense import DenseEncoder
+
+        dense = DenseEncoder.from_pretrained(options.dense_model, max_length=options.max_length, device="cpu")
+    return sparse, dense
+
+
+def _update_total(bar, reader: CorpusReader, docs: int, limit: int | None) -> None:
+    """Estimate the total from the share of the source consumed so far, for the ETA."""
+    fraction = reader.stats.fraction
+    if limit is None and fraction:
+        bar.total = max(docs, int(round(reader.stats.docs / fraction)))
+    bar.n = docs
+    bar.refresh()
+
+
+def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: IndexOptions, stages: _Stages, bar):
+    """Encode one shard in sub-chunks (so the bar moves); sub-chunk bounds depend only on positions."""
+    step = options.batch_size * 16
+    sparse_parts, dense_parts = [], []
+    truncated = 0
+    for start in range(0, len(block), step):
+        texts = block.texts[start : start + step]
+        with stages.time("sparse"), _quiet("lsr.encoders"):  # truncation is counted for the summary instead
+            batch, info = sparse_encoder.encode_documents(texts, batch_size=options.batch_size, return_info=True)
+        sparse_parts.append(batch)
+        truncated += int(info.truncated.sum())
+        if dense_encoder is not None:
+            with stages.time("dense"):
+                dense_parts.append(dense_encoder.encode_documents(texts, batch_size=options.batch_size))
+        bar.update(len(texts))
+    sparse = SparseBatch.concat(sparse_parts)
+    return sparse, (np.concatenate(dense_parts) if dense_parts else None), truncated
+
+
+@contextmanager
+def _quiet(logger: str):
+    target = logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
+def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, skipped: dict[str, int],
+            resumed_from: int, progress: bool) -> Summary:
+    from lsr.index import InvertedIndex
+
+    vector_files = [out / shard_name("vectors", s) for s in range(state.shards)]
+    doc_files = [out / shard_name("docs", s) for s in range(state.shards)]
+    with stages.time("index"):
+        bar = _progress("index", state.docs, 0, progress)
+        chunks = []
+        for batch, ids in read_vector_shards(out, state.shards):
+            chunks.append((batch, ids))
+            bar.update(len(ids))
+        sparse = InvertedIndex.build(out / "sparse", chunks, quantization=options.quantization)
+        del chunks
+        bar.close()
+    dense_checksum = None
+    if options.dense_model:
+        with stages.time("dense-index"):
+            bar = _progress("dense-index", state.docs, 0, progress)
+            index = None
+            for s, (_, ids) in enumerate(read_vector_shards(out, state.shards)):
+                vectors = np.load(out / shard_name("dense", s))
+                if index is None:
+                    index = DenseIndex.create(vectors.shape[1], options.hnsw_m)
+                index.add(ids, vectors)
+                bar.update(len(ids))
+            index.save(out / "dense")
+            bar.close()
+            dense_checksum = DenseIndex.checksum(out / "dense")
+    checksums = {
+        "corpus": state.corpus_hash,
+        "vectors": files_checksum(vector_files),
+        "docs": files_checksum(doc_files),
+        "sparse": sparse.checksum,
+        "dense_embeddings": files_checksum([out / shard_name("dense", s) for s in range(state.shards)])
+        if options.dense_model else None,
+        "dense": dense_checksum,
+    }
+    meta = {
+        "format": FORMAT,
+        "model": options.model,
+        "dense_model": options.dense_model,
+        "max_length": options.max_length,
+        "fields": list(options.fields),
+        "n_docs": state.docs,
+        "postings": state.postings,
+        "truncated": state.truncated,
+        "shards": state.shards,
+        "corpus_checksum": state.corpus_hash,
+        "checksums": checksums,
+        "settings": state.settings,
+        "skipped": skipped,
+        "stage_seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
+        "created_with": f"lsr {_version()}",
+    }
+    write_json_atomic(out / META_FILE, meta)  # last: its presence means "complete"
+    (out / BUILD_STATE).unlink(missing_ok=True)
+    return Summary(state.docs, skipped, state.postings, disk_size(out), stages.seconds, checksums, state.truncated,
+                   resumed_from)
+
+
+def _summary_of_complete(out: Path, state: _State) -> Summary:
+    import json
+
+    meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+    return Summary(meta["n_docs"], meta.get("skipped", {}), meta["postings"], disk_size(out),
+                   meta.get("stage_seconds", {}), meta["checksums"], meta.get("truncated", 0), already_complete=True)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lsr")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,140 @@
+"""`lsr beir`: loader on the shared archives, metrics against hand-computed values, a small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from lsr.beir import drop_self_hits, evaluate, locate_dataset, tuning_split
+from lsr.beir_data import load_beir
+from lsr.cli import main as cli_main
+
+
+def test_loader_reads_the_shared_archives_with_crlf_qrels(beir_dir, scifact):
+    assert len(scifact.corpus) == 5183 and len(scifact.queries) == 1109
+    test = scifact.qrels["test"]
+    assert len(test) == 300 and sum(len(d) for d in test.values()) == 339
+    assert sum(len(d) for d in scifact.qrels["train"].values()) == 919
+    assert all("\r" not in q and all("\r" not in d for d in docs) for q, docs in test.items())
+    assert all(d in scifact.corpus for docs in test.values() for d in docs)
+    nf = load_beir(beir_dir / "nfcorpus.tar.gz")
+    assert len(nf.corpus) == 3633
+    assert (len(nf.qrels["test"]), sum(len(d) for d in nf.qrels["test"].values())) == (323, 12334)
+    assert (len(nf.qrels["dev"]), sum(len(d) for d in nf.qrels["dev"].values())) == (324, 11385)
+    assert sorted({g for docs in nf.qrels["test"].values() for g in docs.values()}) == [1, 2]
+    assert tuning_split(nf, "test") == "dev" and tuning_split(scifact, "test") == "train"
+
+
+def test_metrics_match_hand_computed_values():
+    qrels = {"q1": {"d1": 1, "d2": 1}, "q2": {"d9": 2, "d8": 1}}
+    run = {"q1": {"d3": 3.0, "d1": 2.0, "d2": 1.0}, "q2": {f"x{i}": 20.0 - i for i in range(12)} | {"d9": 1.0}}
+    m = evaluate(qrels, run)
+    ndcg_q1 = (1 / math.log2(3) + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    assert m["ndcg@10"] == pytest.approx(ndcg_q1 / 2)  # q2's only hit is at rank 13: outside the top 10
+    assert m["mrr@10"] == pytest.approx(0.5 / 2)  # q2's reciprocal rank 1/13 does not count within 10
+    assert m["recall@100"] == pytest.approx((1.0 + 0.5) / 2)
+    assert m["map@100"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + (1 / 13) / 2) / 2)
+
+
+def test_self_hits_are_removed_like_beirs_ignore_identical_ids():
+    qrels = {"q1": {"d1": 1}}
+    run = {"q1": {"q1": 9.0, "d1": 5.0}}
+    assert drop_self_hits(run) == {"q1": {"d1": 5.0}}
+    assert evaluate(qrels, run)["mrr@10"] == 1.0
+    assert evaluate(qrels, run, ignore_identical_ids=False)["mrr@10"] == 0.5
+
+
+TOPICS = {
+    "aspirin": "Aspirin lowers the risk of heart attack and stroke in adults.",
+    "vitamin": "Vitamin D supplements improve bone density in older women.",
+    "sleep": "Short naps improve memory consolidation after learning.",
+    "coffee": "Coffee consumption is linked to lower risk of liver disease.",
+    "exercise": "Aerobic exercise reduces blood pressure in hypertensive patients.",
+    "smoking": "Smoking cessation lowers lung cancer incidence over ten years.",
+    "sugar": "Sugary drinks increase the risk of type 2 diabetes.",
+    "statins": "Statins reduce cholesterol and cardiovascular events.",
+}
+QUESTIONS = {
+    "aspirin": ["does aspirin prevent heart attacks", "aspirin stroke prevention"],
+    "vitamin": ["vitamin d and bone health", "supplements for bone density"],
+    "sleep": ["do naps help memory", "sleep and learning"],
+    "coffee": ["is coffee good for the liver", "coffee liver disease"],
+    "exercise": ["exercise and blood pressure", "aerobic training hypertension"],
+    "smoking": ["quitting smoking lung cancer", "smoking cessation benefits"],
+    "sugar": ["sugary drinks diabetes", "soda and type 2 diabetes"],
+    "statins": ["statins cholesterol", "do statins prevent heart disease"],
+}
+
+
+def tiny_beir(root: Path) -> Path:
+    """A BEIR zip with a distractor per topic, train and test qrels (CRLF), and a query whose id is a doc id."""
+    docs = []
+    for topic, text in TOPICS.items():
+        docs.append({"_id": topic, "title": topic.title(), "text": text})
+        docs.append({"_id": f"{topic}-x", "title": "Note", "text": f"An unrelated note number {len(docs)} about tables."})
+    queries, train, test = [], [], []
+    for topic, (q_train, q_test) in QUESTIONS.items():
+        queries += [{"_id": f"tr-{topic}", "text": q_train}, {"_id": f"te-{topic}", "text": q_test}]
+        train.append(f"tr-{topic}\t{topic}\t1")
+        test.append(f"te-{topic}\t{topic}\t1")
+    queries.append({"_id": "aspirin-x", "text": "unrelated note about tables"})  # its own id is a doc: a self-hit
+    test.append("aspirin-x\tvitamin-x\t1")
+    path = root / "tiny.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("tiny/corpus.jsonl", "".join(json.dumps(d) + "\n" for d in docs))
+        zf.writestr("tiny/queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
+        header = "query-id\tcorpus-id\tscore\r\n"
+        zf.writestr("tiny/qrels/train.tsv", header + "\r\n".join(train) + "\r\n")
+        zf.writestr("tiny/qrels/test.tsv", header + "\r\n".join(test) + "\r\n")
+    return path
+
+
+def test_lookup_order_data_dir_then_env_then_cache(tmp_path, monkeypatch):
+    first, second, cache = tmp_path / "a", tmp_path / "b", tmp_path / "cache"
+    for folder in (first, second, cache / "beir"):
+        folder.mkdir(parents=True)
+        tiny_beir(folder)
+    monkeypatch.setenv("LSR_CACHE_DIR", str(cache))
+    monkeypatch.setenv("LSR_BEIR_DIR", str(second))
+    assert locate_dataset("tiny", first) == first / "tiny.zip"
+    assert locate_dataset("tiny") == second / "tiny.zip"
+    monkeypatch.delenv("LSR_BEIR_DIR")
+    assert locate_dataset("tiny") == cache / "beir" / "tiny.zip"
+    with pytest.raises(FileNotFoundError, match="no pinned checksum"):
+        locate_dataset("no-such-dataset")
+
+
+def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny_beir(data)
+    out = tmp_path / "out"
+    assert cli_main(["beir", "--dataset", "tiny", "--data-dir", str(data), "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["dataset"] == "tiny" and report["split"] == "test"
+    assert list(report["methods"]) == ["bm25", "sparse", "dense", "hybrid", "hybrid-prf"]
+    for metrics in report["methods"].values():
+        assert set(metrics) == {"ndcg@10", "recall@100", "mrr@10", "map@100"}
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    # the self-hit query's only relevant doc is in a corpus of 16: every method finds it within 100
+    assert all(m["recall@100"] == 1.0 for m in report["methods"].values())
+    assert report["methods"]["hybrid"]["ndcg@10"] > 0.5
+    settings = report["settings"]
+    assert settings["tuned_on"] == "train" and 0 < settings["alpha"] < 1 and settings["prf_docs"] in (2, 3, 5)
+    assert len(report["index_checksum"]) == 64 and report["timings"]["total"] > 0
+    assert (out / "ndcg.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| hybrid-prf |" in (out / "results.md").read_text()
+    assert "| hybrid-prf |" in capsys.readouterr().out
+
+    # a second run reuses the cached index and reproduces the numbers
+    again = tmp_path / "again"
+    assert cli_main(["beir", "--dataset", str(data / "tiny.zip"), "--methods", "sparse", "--out", str(again), "--quiet"]) == 0
+    assert "index reused from cache" in capsys.readouterr().out
+    second = json.loads((again / "results.json").read_text())
+    assert second["methods"]["sparse"] == report["methods"]["sparse"]
+    assert second["index_checksum"] == report["index_checksum"]

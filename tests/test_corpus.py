@@ -1,0 +1,189 @@
+"""Corpus readers: every supported format gives the same documents; bad rows are named or skipped."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+
+from lsr.corpus import BadRowError, CorpusHash, CorpusReader
+
+ROWS = [
+    {"_id": "d1", "title": "Aspirin", "text": "Aspirin lowers the risk of heart attack.", "metadata": {"year": 2001}},
+    {"_id": "d2", "title": "", "text": "Vitamin D, calcium and \"bone\" health."},
+    {"_id": "d3", "title": "Sleep", "text": "Naps improve memory consolidation.\nSecond line."},
+    {"_id": "4", "title": "Ünïcode", "text": "Café au lait spots — neurofibromatosis."},
+]
+EXPECTED_IDS = ["d1", "d2", "d3", "4"]
+EXPECTED_TEXTS = [
+    "Aspirin Aspirin lowers the risk of heart attack.",
+    "Vitamin D, calcium and \"bone\" health.",
+    "Sleep Naps improve memory consolidation.\nSecond line.",
+    "Ünïcode Café au lait spots — neurofibromatosis.",
+]
+
+
+def read_all(reader: CorpusReader) -> tuple[list[str], list[str], list[int]]:
+    ids, texts, rows = [], [], []
+    for chunk in reader:
+        ids += chunk.ids
+        texts += chunk.texts
+        rows += chunk.rows
+    return ids, texts, rows
+
+
+def write_jsonl(path: Path, lines: list[str]) -> Path:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+def beir_folder(root: Path) -> Path:
+    folder = root / "mini"
+    (folder / "qrels").mkdir(parents=True)
+    write_jsonl(folder / "corpus.jsonl", [json.dumps(r) for r in ROWS])
+    write_jsonl(folder / "queries.jsonl", [json.dumps({"_id": "q1", "text": "aspirin heart"})])
+    (folder / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\r\nq1\td1\t1\r\n")
+    return folder
+
+
+def sources(tmp_path: Path) -> dict[str, Path]:
+    table = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "metadata"} for r in ROWS])
+    out = {
+        "jsonl": write_jsonl(tmp_path / "c.jsonl", [json.dumps(r, ensure_ascii=False) for r in ROWS]),
+        "jsonl.gz": write_jsonl(tmp_path / "c.jsonl.gz", [json.dumps(r) for r in ROWS]),
+        "parquet": tmp_path / "c.parquet",
+        "csv": tmp_path / "c.csv",
+        "beir-dir": beir_folder(tmp_path),
+        "beir-zip": tmp_path / "mini.zip",
+        "beir-tar": tmp_path / "mini.tar.gz",
+    }
+    pq.write_table(table, out["parquet"])
+    pcsv.write_csv(table, out["csv"])
+    with zipfile.ZipFile(out["beir-zip"], "w") as zf:
+        for f in sorted(out["beir-dir"].rglob("*")):
+            zf.write(f, f.relative_to(tmp_path))
+    with tarfile.open(out["beir-tar"], "w:gz") as tf:
+        tf.add(out["beir-dir"], arcname="mini")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "jsonl.gz", "parquet", "csv", "beir-dir", "beir-zip", "beir-tar"])
+def test_every_format_reads_the_same_documents(tmp_path, kind):
+    reader = CorpusReader(sources(tmp_path)[kind])
+    ids, texts, _ = read_all(reader)
+    assert ids == EXPECTED_IDS
+    assert texts == EXPECTED_TEXTS
+    assert reader.stats.docs == 4 and reader.stats.n_skipped == 0
+    assert reader.stats.fraction == pytest.approx(1.0)
+
+
+def test_fields_id_field_and_limit(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [json.dumps({"doc": f"x{i}", "body": f"body {i}", "head": f"h{i}"})
+                                              for i in range(10)])
+    ids, texts, rows = read_all(CorpusReader(path, fields=["body", "head"], id_field="doc", limit=3))
+    assert ids == ["x0", "x1", "x2"]
+    assert texts == ["body 0 h0", "body 1 h1", "body 2 h2"]
+    assert rows == [1, 2, 3]
+    with pytest.raises(ValueError, match="no column"):
+        read_all(CorpusReader(sources(tmp_path)["parquet"], id_field="doc"))
+
+
+def test_streams_in_bounded_blocks(tmp_path):
+    """A block size far below the file size gives many chunks, identical to one big block."""
+    lines = [json.dumps({"_id": str(i), "text": "word " * (i % 50)}) for i in range(3000)]
+    path = write_jsonl(tmp_path / "big.jsonl", lines)
+    small = CorpusReader(path, chunk_bytes=16 << 10)
+    chunks = iter(small)
+    first = next(chunks)
+    assert small.stats.fraction < 0.2  # only a prefix was read to produce the first chunk
+    rest = list(chunks)
+    assert len(rest) > 10
+    ids = first.ids + [i for c in rest for i in c.ids]
+    assert ids == read_all(CorpusReader(path))[0] == [str(i) for i in range(3000)]
+
+
+BAD_LINES = [
+    json.dumps({"_id": "a", "text": "fine"}),
+    json.dumps({"title": "no id", "text": "x"}),           # line 2: missing id
+    json.dumps({"_id": "a", "text": "again"}),            # line 3: duplicate id
+    json.dumps({"_id": "b", "text": 42}),                 # line 4: non-string text
+    '{"_id": "c", "text": "broken',                       # line 5: invalid JSON
+    "",                                                   # blank lines are not rows
+    json.dumps({"_id": "d", "text": "also fine", "title": None}),
+]
+
+
+@pytest.mark.parametrize("line, reason, message", [
+    (2, "missing id", "missing id field '_id'"),
+    (3, "duplicate id", "duplicate id 'a'"),
+    (4, "non-string text", "field 'text' is int"),
+    (5, "invalid JSON", "invalid JSON"),
+])
+def test_bad_rows_fail_naming_the_line(tmp_path, line, reason, message):
+    lines = [BAD_LINES[0], BAD_LINES[line - 1], BAD_LINES[6]]
+    path = write_jsonl(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(BadRowError, match=rf"line 2: {message}.*--on-error skip"):
+        read_all(CorpusReader(path))
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", BAD_LINES)
+    reader = CorpusReader(path, on_error="skip")
+    ids, texts, rows = read_all(reader)
+    assert ids == ["a", "d"] and texts == ["fine", "also fine"]
+    assert rows == [1, 7]
+    assert reader.stats.skipped == {"missing id": 1, "duplicate id": 1, "non-string text": 1, "invalid JSON": 1}
+
+
+def test_bad_rows_in_parquet_and_csv_name_the_row(tmp_path):
+    table = pa.table({"_id": ["a", None, "a", "b"], "title": ["t", "t", "t", "t"], "text": ["x", "y", "z", "w"]})
+    pq.write_table(table, tmp_path / "bad.parquet")
+    with pytest.raises(BadRowError, match="row 2: missing id"):
+        read_all(CorpusReader(tmp_path / "bad.parquet"))
+    reader = CorpusReader(tmp_path / "bad.parquet", on_error="skip")
+    assert read_all(reader)[0] == ["a", "b"]
+    assert reader.stats.skipped == {"missing id": 1, "duplicate id": 1}
+    (tmp_path / "bad.csv").write_text("_id,title,text\na,t,x\nb,t,y\na,t,z\n", encoding="utf-8")
+    with pytest.raises(BadRowError, match="line 4: duplicate id 'a'"):
+        read_all(CorpusReader(tmp_path / "bad.csv"))
+    pq.write_table(pa.table({"_id": ["a"], "title": ["t"], "text": [3]}), tmp_path / "int.parquet")
+    with pytest.raises(BadRowError, match="row 1: field 'text' is int"):
+        read_all(CorpusReader(tmp_path / "int.parquet"))
+
+
+def test_unknown_format_and_missing_source(tmp_path):
+    (tmp_path / "c.txt").write_text("hello")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        CorpusReader(tmp_path / "c.txt")
+    with pytest.raises(FileNotFoundError):
+        CorpusReader(tmp_path / "absent.jsonl")
+    with pytest.raises(ValueError, match="on_error"):
+        CorpusReader(sources(tmp_path)["jsonl"], on_error="ignore")
+
+
+def test_corpus_hash_depends_on_documents_not_chunking():
+    ids, texts = [f"d{i}" for i in range(10)], [f"text {i}" for i in range(10)]
+    whole = CorpusHash().update(ids, texts)
+    parts = CorpusHash()
+    parts.update(ids[:3], texts[:3])
+    resumed = CorpusHash(parts.hexdigest)
+    assert resumed.update(ids[3:], texts[3:]) == whole
+    assert CorpusHash().update(ids[::-1], texts[::-1]) != whole
+    assert CorpusHash().update(ids, texts[:9] + ["changed"]) != whole
+
+
+def test_shared_scifact_archive_streams(beir_dir, scifact):
+    reader = CorpusReader(beir_dir / "scifact.tar.gz", chunk_bytes=1 << 20)
+    ids, texts, _ = read_all(reader)
+    assert len(ids) == 5183 and len(set(ids)) == 5183
+    assert ids == list(scifact.corpus)
+    assert texts == scifact.doc_texts(ids)

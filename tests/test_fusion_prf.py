@@ -1,0 +1,63 @@
+"""Normalisation, interpolation and PRF arithmetic on hand-checked numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lsr.fusion import interpolate, normalize, rank
+from lsr.prf import feedback_weights, rocchio, vector_prf
+from lsr.sparse import SparseBatch
+
+
+def test_normalizations():
+    s = np.array([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(normalize(s, "min_max"), [0, 0.5, 1])
+    np.testing.assert_allclose(normalize(s, "l2"), s / np.sqrt(14))
+    np.testing.assert_allclose(normalize(s, "z_score"), (s - 2) / np.std(s))
+    np.testing.assert_allclose(normalize(np.array([5.0, 5.0]), "min_max"), [1, 1])
+    with pytest.raises(ValueError, match="unknown normalization 'max'"):
+        normalize(s, "max")
+
+
+def test_interpolate_gives_missing_docs_the_list_floor():
+    sparse = {"a": 10.0, "b": 5.0, "c": 0.0}
+    dense = {"a": 0.2, "d": 0.9, "e": 0.5}
+    fused = interpolate(sparse, dense, 0.5, "min_max")
+    assert fused["a"] == pytest.approx(0.5 * 1 + 0.5 * 0)  # dense min of a, e, d → a is the floor
+    assert fused["d"] == pytest.approx(0.5 * 0 + 0.5 * 1)  # absent from sparse → sparse floor 0
+    assert fused["b"] == pytest.approx(0.5 * 0.5 + 0.5 * 0)
+    z = interpolate(sparse, dense, 1.0, "z_score")
+    assert z["d"] == pytest.approx(min(normalize(np.array([10.0, 5.0, 0.0]), "z_score")))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        interpolate(sparse, dense, 1.5)
+
+
+def test_rank_breaks_ties_by_doc_id():
+    assert rank({"b": 1.0, "a": 1.0, "c": 2.0}) == [("c", 2.0), ("a", 1.0), ("b", 1.0)]
+    assert rank({"b": 1.0, "a": 1.0}, 1) == [("a", 1.0)]
+
+
+def test_feedback_weights():
+    np.testing.assert_allclose(feedback_weights(np.array([3.0, 1.0])), [0.75, 0.25])
+    np.testing.assert_allclose(feedback_weights(np.array([0.0, 0.0])), [0.5, 0.5])
+    assert feedback_weights(np.array([])).size == 0
+
+
+def test_rocchio_keeps_query_terms_and_caps_new_ones():
+    docs = SparseBatch.from_dense(np.array([[0, 1.0, 2.0, 0, 4.0], [0, 1.0, 0, 3.0, 0]], np.float32))
+    q = {0: 1.0, 1: 0.5}
+    out = rocchio(q, docs, np.array([1.0, 1.0]), beta=0.5, max_terms=2)
+    assert out[0] == pytest.approx(1.0)  # no feedback mass, kept anyway
+    assert out[1] == pytest.approx(0.5 + 0.5 * 1.0)
+    assert set(out) == {0, 1, 4, 3}  # the two strongest new terms: 4 (2.0) and 3 (1.5), not 2 (1.0)
+    assert out[4] == pytest.approx(0.5 * 2.0)
+    assert rocchio(q, docs, np.array([1.0, 1.0]), beta=0.0, max_terms=5) == q
+
+
+def test_vector_prf_moves_toward_feedback_and_stays_unit():
+    q = np.array([1.0, 0.0], np.float32)
+    fb = np.array([[0.0, 1.0]], np.float32)
+    out = vector_prf(q, fb, np.array([1.0]), beta=1.0)
+    np.testing.assert_allclose(out, [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)
+    np.testing.assert_array_equal(vector_prf(q, fb[:0], np.array([]), 1.0), q)

@@ -1,0 +1,217 @@
+"""Persistence, corruption detection, kill -9 during commits, and readers during commits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from index_helpers import assert_exact_topk, random_csr
+from lsr.index import CorruptIndexError, InvertedIndex
+from lsr.sparse import SparseBatch
+
+
+def _vectors(seed: int, n: int, vocab: int = 300, density: float = 0.05) -> sp.csr_matrix:
+    return random_csr(np.random.default_rng(seed), n, vocab, density)
+
+
+def _files(path: Path) -> list[tuple[str, str]]:
+    """(role, file name) of every data file the committed manifest names."""
+    manifest = InvertedIndex.open(path)._state.manifest
+    out = [("vocab", manifest["vocab"]["file"])] if manifest["vocab"] else []
+    for seg in manifest["segments"]:
+        out.extend((role, rec["file"]) for role, rec in seg["files"].items())
+    return sorted(out)
+
+
+def test_round_trip_and_stable_checksum(tmp_path):
+    matrix = _vectors(1, 500)
+    vocab = [f"t{i}" for i in range(300)]
+    batch = SparseBatch.from_scipy(matrix, vocab)
+    ids = [f"doc-{i}" for i in range(500)]
+    built = InvertedIndex.build(tmp_path / "a", batch, ids)
+    chunks = [(batch[i : i + 128], ids[i : i + 128]) for i in range(0, 500, 128)]
+    chunked = InvertedIndex.build(tmp_path / "b", iter(chunks))
+    reopened = InvertedIndex.open(tmp_path / "a")
+    assert built.checksum == chunked.checksum == reopened.checksum
+    assert reopened.vocab == vocab and len(reopened) == 500 and reopened.version == built.version == 1
+    query = {int(t): 1.0 + t % 3 for t in range(0, 300, 7)}
+    assert reopened.search(query, k=20) == built.search(query, k=20) == chunked.search(query, k=20)
+    rebuilt = InvertedIndex.build(tmp_path / "a", batch, ids)  # rebuild in place: new version, same content
+    assert rebuilt.version == 2 and rebuilt.checksum == built.checksum
+    reopened.add(_vectors(2, 3), ["x", "y", "z"])
+    assert reopened.version == 3 and reopened.checksum != built.checksum
+    assert InvertedIndex.open(tmp_path / "a").checksum == reopened.checksum
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")]
+
+
+def _index_with_every_file_kind(path: Path) -> InvertedIndex:
+    idx = InvertedIndex.build(path, SparseBatch.from_scipy(_vectors(3, 200), [f"t{i}" for i in range(300)]),
+                              [str(i) for i in range(200)])
+    idx.delete(["0", "1"])
+    return idx
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "remove"])
+def test_corruption_of_each_file_kind_is_named_on_open(tmp_path, damage):
+    path = tmp_path / "idx"
+    _index_with_every_file_kind(path)
+    for role, name in _files(path) + [("manifest", "manifest.json")]:
+        target = path / name
+        original = target.read_bytes()
+        if damage == "flip":
+            pos = len(original) // 2
+            target.write_bytes(original[:pos] + bytes([original[pos] ^ 0x5A]) + original[pos + 1 :])
+        elif damage == "truncate":
+            target.write_bytes(original[: len(original) - 3])
+        else:
+            target.unlink()
+        expected = (FileNotFoundError, CorruptIndexError) if role == "manifest" else CorruptIndexError
+        with pytest.raises(expected, match=name):
+            InvertedIndex.open(path)
+        target.write_bytes(original)
+    InvertedIndex.open(path).verify()
+
+
+def test_verify_finds_corruption_past_the_cheaply_checked_head(tmp_path):
+    path = tmp_path / "idx"
+    idx = InvertedIndex.build(path, _vectors(4, 60000, vocab=2000, density=0.01), [str(i) for i in range(60000)])
+    target = path / dict(_files(path))["post_delta"]
+    assert target.stat().st_size > 1 << 20
+    data = bytearray(target.read_bytes())
+    data[-200000:] = np.random.default_rng(0).integers(0, 256, 200000, dtype=np.uint8).tobytes()
+    target.write_bytes(bytes(data))
+    damaged = InvertedIndex.open(path)  # the cheap check passes: size and head are intact
+    with pytest.raises(CorruptIndexError, match=target.name):
+        damaged.verify()
+    for algorithm in ("taat", "maxscore"):  # garbage doc ids are range-checked: answers, never a crash
+        for t in range(0, 2000, 97):
+            damaged.search({t: 1.0, (t + 1) % 2000: 0.5}, k=10, algorithm=algorithm)
+    del idx
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, numpy as np, scipy.sparse as sp
+    from lsr.index import InvertedIndex
+    path, op = sys.argv[1], sys.argv[2]
+    rng = np.random.default_rng(42)
+    m = sp.random(100000, 3000, density=0.01, format="csr", random_state=rng, dtype=np.float32)
+    ids = [f"k{i}" for i in range(100000)]
+    print("ready", flush=True)
+    if op == "build":
+        InvertedIndex.build(path, m, ids)
+    elif op == "add":
+        InvertedIndex.open(path).add(m, ids)
+    else:
+        InvertedIndex.open(path).merge()
+    print("done", flush=True)
+    """
+)
+
+
+def _wait_for_new_files(path: Path, prefix: str, child: subprocess.Popen) -> None:
+    """Block until the child has started writing the new commit's files (or has exited)."""
+    while child.poll() is None and not any(p.name.startswith(prefix) for p in path.iterdir()):
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("op", ["build", "add", "merge"])
+def test_kill_9_during_commit_leaves_previous_state(tmp_path, op):
+    path = tmp_path / "idx"
+    base = _vectors(5, 3000, vocab=3000, density=0.01)
+    InvertedIndex.build(path, base, [f"b{i}" for i in range(3000)])
+    if op == "merge":
+        InvertedIndex.open(path).add(_vectors(6, 100000, vocab=3000, density=0.01), [f"k{i}" for i in range(100000)])
+    before = InvertedIndex.open(path)
+    old = (before.version, before.checksum, len(before))
+    query = {int(t): 1.0 for t in range(0, 3000, 11)}
+    old_hits = before.search(query, k=10)
+    outcomes = set()
+    for delay in (None, 0.0, 0.2):  # None: before any file is written; else after the first
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path), op], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        if delay is not None:
+            _wait_for_new_files(path, f"s{old[0] + 1:06d}", child)
+            time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        after = InvertedIndex.open(path)
+        after.verify()
+        if after.version == old[0]:
+            if any(p.name.startswith(f"s{old[0] + 1:06d}") for p in path.iterdir()):
+                outcomes.add("killed while writing")
+            assert (after.checksum, len(after)) == old[1:]
+            assert after.search(query, k=10) == old_hits
+            outcomes.add("old")
+        else:  # the commit finished before the kill: the new state, whole
+            outcomes.add("new")
+            assert len(after) == {"build": 100000, "add": 103000, "merge": old[2]}[op]
+            assert_exact_topk(after, query, 10)
+            if op != "build":
+                return
+            InvertedIndex.build(path, base, [f"b{i}" for i in range(3000)])
+            before = InvertedIndex.open(path)
+            old = (before.version, before.checksum, len(before))
+    assert {"old", "killed while writing"} <= outcomes
+    InvertedIndex.open(path).add(_vectors(7, 1, vocab=3000), ["last"])  # the next commit clears the debris
+    assert {p.name for p in path.iterdir()} == {name for _, name in _files(path)} | {"manifest.json", "LOCK"}
+
+
+def test_readers_during_commits_see_whole_snapshots(tmp_path):
+    path = tmp_path / "idx"
+    base = _vectors(8, 2000, vocab=50, density=0.1)
+    base.data = np.minimum(base.data, 1.0)
+    idx = InvertedIndex.build(path, base, [f"b{i}" for i in range(2000)])
+    query = {0: 1.0}
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def check(hits) -> None:
+        fresh = [h for h in hits if h.doc_id.startswith("n")]
+        numbers = sorted(int(h.doc_id[1:]) for h in fresh)
+        if not numbers or numbers != list(range(numbers[0], numbers[0] + len(numbers))) or len(numbers) > 2:
+            errors.append(f"inconsistent snapshot: {hits}")
+        for h in fresh:
+            if abs(h.score - (10 + int(h.doc_id[1:]))) > 0.2:
+                errors.append(f"wrong score {h}")
+
+    def search_loop() -> None:
+        while not stop.is_set():
+            check(idx.search(query, k=4))
+
+    def open_loop() -> None:
+        while not stop.is_set():
+            try:
+                check(InvertedIndex.open(path).search(query, k=4))
+            except Exception as exc:  # any failure to open during a commit is a bug
+                errors.append(f"open failed: {exc!r}")
+
+    def vector(i: int) -> sp.csr_matrix:
+        return sp.csr_matrix(([10.0 + i], ([0], [0])), shape=(1, 50), dtype=np.float32)
+
+    idx.add(vector(0), ["n0"])
+    readers = [threading.Thread(target=search_loop) for _ in range(3)] + [threading.Thread(target=open_loop)]
+    for r in readers:
+        r.start()
+    try:
+        for i in range(1, 12):
+            idx.add(vector(i), [f"n{i}"])
+            idx.delete([f"n{i - 1}"])
+            if i % 4 == 0:
+                idx.merge()
+    finally:
+        stop.set()
+        for r in readers:
+            r.join()
+    assert not errors, errors[:3]
+    assert [h.doc_id for h in idx.search(query, k=1)] == ["n11"]

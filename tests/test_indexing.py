@@ -1,0 +1,206 @@
+"""`lsr index`: real models, real files, real subprocesses killed mid-run and resumed bit-identically."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lsr.cli import main as cli_main
+from lsr.collection import BUILD_STATE, META_FILE, Collection
+from lsr.indexing import IndexOptions, build_collection
+
+N_DOCS = 96
+EVERY = 6  # documents per checkpointed shard: 16 shards, so a kill lands mid-run
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, scifact) -> Path:
+    """Short real documents (SciFact titles) so both models encode quickly."""
+    path = tmp_path_factory.mktemp("corpus") / "titles.jsonl"
+    ids = list(scifact.corpus)[:N_DOCS]
+    with open(path, "w", encoding="utf-8") as fh:
+        for doc_id in ids:
+            fh.write(json.dumps({"_id": doc_id, "title": scifact.corpus[doc_id]["title"], "text": ""}) + "\n")
+    return path
+
+
+def options(**overrides) -> IndexOptions:
+    return IndexOptions(**{"checkpoint_every": EVERY, "max_length": 64, "threads": 1, **overrides})
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> Path:
+    """An uninterrupted build, in-process."""
+    out = tmp_path_factory.mktemp("ref") / "col"
+    threads = torch.get_num_threads()
+    try:
+        summary = build_collection(corpus, out, options(), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary.docs == N_DOCS and summary.postings > N_DOCS
+    return out
+
+
+def checksums(out: Path) -> dict:
+    return json.loads((out / META_FILE).read_text())["checksums"]
+
+
+def test_collection_holds_what_was_indexed(reference, corpus):
+    col = Collection.open(reference)
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    assert col.meta["n_docs"] == col.sparse.num_docs == len(col.dense) == N_DOCS
+    assert col.meta["shards"] == N_DOCS // EVERY
+    assert col.text([rows[5]["_id"], "nope"]) == [rows[5]["title"], None]
+    # each document's own vectors find it first
+    first = [r["_id"] for r in rows[:5]]
+    vectors = col.sparse.get_vectors(first)
+    for i, doc_id in enumerate(first):
+        terms, weights = vectors.row(i)
+        assert col.sparse.search(dict(zip(terms.tolist(), weights.tolist())), k=1)[0].doc_id == doc_id
+    ids, scores = col.dense.search(col.dense.get_vectors(first), k=1)
+    assert ids[:, 0].tolist() == first
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert all(len(v) == 64 for v in col.meta["checksums"].values())
+    assert not (reference / BUILD_STATE).exists()
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lsr.cli", "index", *args]
+
+
+def _shards(out: Path) -> int:
+    try:
+        return json.loads((out / BUILD_STATE).read_text())["shards"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def _interrupt_after(cmd: list[str], out: Path, shards: int, sig: int) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _shards(out) < shards and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def test_ctrl_c_then_kill_9_then_resume_is_bit_identical(corpus, reference, tmp_path):
+    out = tmp_path / "col"
+    args = [str(corpus), str(out), "--checkpoint-every", str(EVERY), "--max-length", "64", "--threads", "1", "--quiet"]
+    first = _interrupt_after(_cli(*args), out, 2, signal.SIGINT)
+    assert first.returncode == 130, first.stderr
+    done = _shards(out)
+    assert 2 <= done < N_DOCS // EVERY and not (out / META_FILE).exists()
+
+    refused = subprocess.run(_cli(*args), capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr and "--overwrite" in refused.stderr
+
+    second = _interrupt_after(_cli(*args, "--resume"), out, done + 2, signal.SIGKILL)
+    assert second.returncode == -signal.SIGKILL
+    assert _shards(out) >= done + 2 and not (out / META_FILE).exists()
+
+    third = subprocess.run(_cli(*args, "--resume"), capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+    assert f"docs            {N_DOCS}" in third.stdout and "resumed after" in third.stdout
+    assert checksums(out) == checksums(reference)
+
+
+def test_existing_output_needs_resume_or_overwrite(reference, corpus, tmp_path):
+    with pytest.raises(FileExistsError, match="--resume to continue it or --overwrite"):
+        build_collection(corpus, reference, options(), progress=False)
+    again = build_collection(corpus, reference, options(), resume=True, progress=False)
+    assert again.already_complete and again.checksums == checksums(reference)
+    with pytest.raises(ValueError, match="other settings"):
+        build_collection(corpus, reference, options(fields=("title",)), resume=True, progress=False)
+    stranger = tmp_path / "not-a-collection"
+    stranger.mkdir()
+    (stranger / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an lsr collection"):
+        build_collection(corpus, stranger, options(), overwrite=True, progress=False)
+    assert (stranger / "precious.txt").exists()
+
+
+def test_resume_refuses_a_changed_source_and_overwrite_starts_over(corpus, tmp_path):
+    source = tmp_path / "c.jsonl"
+    source.write_text(corpus.read_text())
+    out = tmp_path / "col"
+
+    def stop(shard: int) -> None:
+        if shard == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_collection(source, out, options(dense_model=None), progress=False, on_shard=stop)
+    lines = source.read_text().splitlines()
+    lines[3] = json.dumps({"_id": json.loads(lines[3])["_id"], "title": "a different title"})
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="differ from the ones already encoded"):
+        build_collection(source, out, options(dense_model=None), resume=True, progress=False)
+    with pytest.raises(ValueError, match="different checkpoint_every"):
+        build_collection(source, out, options(dense_model=None, checkpoint_every=16), resume=True, progress=False)
+    summary = build_collection(source, out, options(dense_model=None, limit=20), overwrite=True, progress=False)
+    assert summary.docs == 20
+    col = Collection.open(out)
+    assert col.dense is None and col.text([json.loads(lines[3])["_id"]]) == ["a different title"]
+
+
+def test_bad_rows_stop_with_the_line_or_are_skipped(tmp_path, capsys):
+    rows = [
+        json.dumps({"_id": "a", "text": "aspirin and heart attacks"}),
+        json.dumps({"_id": "a", "text": "a duplicate"}),
+        json.dumps({"text": "no id at all"}),
+        json.dumps({"_id": "b", "text": ["not", "a", "string"]}),
+        "{not json",
+        json.dumps({"_id": "c", "text": "vitamin d and bones"}),
+    ]
+    source = tmp_path / "bad.jsonl"
+    source.write_text("\n".join(rows) + "\n")
+    assert cli_main(["index", str(source), str(tmp_path / "fail"), "--dense", "none", "--quiet"]) == 2
+    assert "line 2: duplicate id 'a'" in capsys.readouterr().err
+    out = tmp_path / "skip"
+    assert cli_main(["index", str(source), str(out), "--dense", "none", "--quiet", "--on-error", "skip"]) == 0
+    report = capsys.readouterr().out
+    assert "docs            2" in report and "skipped rows    4" in report
+    for reason in ("duplicate id: 1", "missing id: 1", "non-string text: 1", "invalid JSON: 1"):
+        assert reason in report
+    assert Collection.open(out).sparse.num_docs == 2
+
+
+def test_open_explains_unfinished_and_missing_collections(tmp_path):
+    with pytest.raises(FileNotFoundError, match="lsr index"):
+        Collection.open(tmp_path / "absent")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / BUILD_STATE).write_text("{}")
+    with pytest.raises(ValueError, match="--resume"):
+        Collection.open(tmp_path / "half")
+
+
+def test_upsert_and_delete_keep_texts_in_step(reference, corpus, tmp_path):
+    import shutil
+
+    from lsr.dense import DenseEncoder
+    from lsr.encoders import SpladeEncoder
+
+    path = tmp_path / "col"
+    shutil.copytree(reference, path)
+    col = Collection.open(path)
+    first = json.loads(corpus.read_text().splitlines()[0])["_id"]
+    text = "Intermittent fasting improves insulin sensitivity"
+    sparse = SpladeEncoder.from_pretrained("splade-tiny", device="cpu").encode_documents([text])
+    dense = DenseEncoder.from_pretrained("minilm", device="cpu").encode_documents([text])
+    col.upsert(["new"], [text], sparse, dense)
+    assert col.delete([first, "ghost"]) == ["ghost"]
+    reopened = Collection.open(path)
+    assert reopened.text(["new", first]) == [text, None]
+    assert reopened.sparse.num_docs == len(reopened.dense) == N_DOCS
+    assert reopened.dense.search(dense, k=1)[0][0, 0] == "new"

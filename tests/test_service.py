@@ -1,0 +1,393 @@
+"""The gRPC service end to end: real `lsr serve` subprocesses on free loopback ports, a real
+SciFact collection, real models. Results are compared with an in-process Searcher."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lsr.searcher import PrfOptions, Searcher
+from lsr.service import Client
+from lsr.service import search_pb2 as pb
+from lsr.service import search_pb2_grpc
+
+N_DOCS = 80
+MAX_LENGTH = 96
+START_TIMEOUT = 180.0
+
+
+# ---------------------------------------------------------------------------------- servers
+class ServerProcess:
+    """`lsr serve DIR --port 0 ...` as a child process; the port comes from its event=listening log line."""
+
+    def __init__(self, index_dir: Path, *args: str) -> None:
+        self.command = [sys.executable, "-m", "lsr.cli", "serve", str(index_dir), "--host", "127.0.0.1", "--port", "0", *args]
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.address: str | None = None
+        self._listening = threading.Event()
+        threading.Thread(target=self._read_log, daemon=True).start()
+
+    def _read_log(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if "event=listening" in line:
+                self.address = line.split("address=")[1].split()[0]
+                self._listening.set()
+        self._listening.set()
+
+    def wait_listening(self) -> "ServerProcess":
+        if not self._listening.wait(START_TIMEOUT) or self.address is None:
+            self.kill()
+            raise AssertionError(f"server did not start: {' '.join(self.command)}\n{''.join(self.lines)[-3000:]}")
+        assert self.address.startswith("127.0.0.1:")
+        return self
+
+    def client(self, **kwargs) -> Client:
+        return Client(self.address, **kwargs)
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+def _build(source: Path, out: Path, **options) -> Path:
+    from lsr.indexing import IndexOptions, build_collection
+
+    build_collection(source, out, IndexOptions(max_length=MAX_LENGTH, **options), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def collections(beir_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("service")
+    source = beir_dir / "scifact.tar.gz"
+    return {
+        "hybrid": _build(source, root / "hybrid", limit=N_DOCS),
+        "sparse_only": _build(source, root / "sparse_only", limit=24, dense_model=None),
+    }
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    root = tmp_path_factory.mktemp("tls")
+    cert, key = root / "server.crt", root / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def servers(collections, tls_files, tmp_path_factory):
+    """The read-only servers, started together so their model loads overlap."""
+    token_file = tmp_path_factory.mktemp("auth") / "token"
+    token_file.write_text("s3cret-token\n")
+    cert, key = tls_files
+    started = {
+        "main": ServerProcess(collections["hybrid"]),
+        "sparse_only": ServerProcess(collections["sparse_only"]),
+        "secure": ServerProcess(collections["sparse_only"], "--auth-token-file", str(token_file),
+                                "--tls-cert", str(cert), "--tls-key", str(key)),
+    }
+    try:
+        yield {name: server.wait_listening() for name, server in started.items()}
+    finally:
+        for server in started.values():
+            server.kill()
+
+
+@pytest.fixture(scope="module")
+def client(servers):
+    with servers["main"].client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def searcher(collections):
+    return Searcher.open(collections["hybrid"])
+
+
+@pytest.fixture(scope="module")
+def queries(scifact) -> list[str]:
+    return list(scifact.queries.values())[:24]
+
+
+def _stub(address: str) -> search_pb2_grpc.SearchServiceStub:
+    return search_pb2_grpc.SearchServiceStub(grpc.insecure_channel(address))
+
+
+def _hits(result) -> list[tuple]:
+    return [(h.doc_id, h.score, h.sparse_score, h.dense_score, h.text, [tuple(e) for e in h.explanation]) for h in result.hits]
+
+
+def _assert_close(remote, reference) -> None:
+    """Same ranking up to float noise: micro-batched encodings pad differently from single ones."""
+    assert len(remote.hits) == len(reference.hits)
+    for got, want in zip(remote.hits, reference.hits):
+        assert math.isclose(got.score, want.score, rel_tol=1e-4, abs_tol=1e-6)
+    for rank, (got, want) in enumerate(zip(remote.hits, reference.hits)):
+        if got.doc_id != want.doc_id:  # only a near-tie may swap places
+            neighbours = reference.hits[max(0, rank - 1): rank + 2]
+            assert any(h.doc_id == got.doc_id for h in neighbours), (rank, got, want)
+
+
+# ---------------------------------------------------------------------------------- health, reflection
+def test_health_is_serving_and_reflection_lists_the_service(servers, client):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    assert client.health() == "SERVING"
+    assert client.health("lsr.v1.SearchService") == "SERVING"
+    channel = grpc.insecure_channel(servers["main"].address)
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    requests = iter([reflection_pb2.ServerReflectionRequest(list_services=""),
+                     reflection_pb2.ServerReflectionRequest(file_containing_symbol="lsr.v1.SearchService")])
+    listed, described = list(stub.ServerReflectionInfo(requests, timeout=10))
+    names = {service.name for service in listed.list_services_response.service}
+    assert {"lsr.v1.SearchService", "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto  # descriptors are served, not just names
+    channel.close()
+
+
+# ---------------------------------------------------------------------------------- results
+@pytest.mark.parametrize("mode, prf", [("sparse", None), ("dense", None), ("hybrid", None), ("hybrid", PrfOptions()),
+                                       ("sparse", PrfOptions(interpolate="both"))])
+def test_results_identical_to_in_process_search(client, searcher, queries, mode, prf):
+    for text in queries[:6]:
+        remote = client.search(text, k=10, mode=mode, prf=prf, include_text=True, explain=True)
+        local = searcher.search(text, k=10, mode=mode, prf=prf, include_text=True, explain=True)
+        assert remote.hits, text
+        assert _hits(remote) == _hits(local)
+        assert remote.truncated == local.truncated
+        assert remote.timings["total"] > 0 and remote.timings["encode"] > 0
+    assert client.last_index_version == searcher.index_version
+
+
+def test_vector_queries_and_batches_identical_to_in_process(client, searcher, queries):
+    sparse = {"vitamin": 1.5, "cancer": 0.75}
+    assert _hits(client.search(sparse=sparse, k=5)) == _hits(searcher.search(sparse=sparse, k=5))
+    dense = searcher.encode_dense([queries[0]])[0].tolist()
+    assert _hits(client.search(dense=dense, mode="dense", k=5)) == _hits(searcher.search(dense=dense, mode="dense", k=5))
+    both = client.search(queries[1], dense=dense, mode="hybrid", k=5)
+    assert _hits(both) == _hits(searcher.search(queries[1], dense=dense, mode="hybrid", k=5))
+    remote = client.search_batch(queries[:8], k=5, mode="hybrid", prf=PrfOptions())
+    local = searcher.search_batch(queries[:8], k=5, mode="hybrid", prf=PrfOptions())
+    assert [_hits(r) for r in remote] == [_hits(r) for r in local]
+
+
+def test_lsr_query_cli_prints_the_endpoints_hits(servers, client, queries):
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-m", "lsr.cli", "query", "--endpoint", servers["main"].address, queries[2], "--k", "3", "--json"],
+        check=True, capture_output=True, text=True, timeout=120,
+    )
+    printed = json.loads(out.stdout)
+    assert [h["doc_id"] for h in printed["hits"]] == [h.doc_id for h in client.search(queries[2], k=3).hits]
+
+
+# ---------------------------------------------------------------------------------- bad input
+def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
+    bad = grpc.StatusCode.INVALID_ARGUMENT
+    return [
+        ("empty", pb.SearchRequest(text=""), bad, "query"),
+        ("whitespace", pb.SearchRequest(text=" \t\n "), bad, "empty"),
+        ("negative k", pb.SearchRequest(text="cancer", k=-1), bad, "k must"),
+        ("k over 1000", pb.SearchRequest(text="cancer", k=1001), bad, "k must"),
+        ("unknown mode", pb.SearchRequest(text="cancer", mode=7), bad, "mode"),
+        ("unknown normalization", pb.SearchRequest(text="cancer", mode=pb.HYBRID, hybrid=pb.HybridOptions(normalization=9)), bad, "normalization"),
+        ("unknown interpolation", pb.SearchRequest(text="cancer", prf=pb.PrfOptions(enabled=True, interpolate=5)), bad, "interpolation"),
+        ("sparse weight out of range", pb.SearchRequest(text="cancer", mode=pb.HYBRID, hybrid=pb.HybridOptions(sparse_weight=1.5)), bad, "sparse_weight"),
+        ("NaN weight", pb.SearchRequest(sparse={"cancer": float("nan")}), bad, "finite"),
+        ("inf weight", pb.SearchRequest(sparse={"cancer": float("inf")}), bad, "finite"),
+        ("negative weight", pb.SearchRequest(sparse={"cancer": -1.0}), bad, "non-negative"),
+        ("unknown token", pb.SearchRequest(sparse={"no-such-token-xyz": 1.0}), bad, "unknown token"),
+        ("wrong dense dimension", pb.SearchRequest(dense=[0.1] * 7, mode=pb.DENSE), bad, "dimensions"),
+        ("text and sparse", pb.SearchRequest(text="cancer", sparse={"cancer": 1.0}), bad, "only one"),
+        ("dense beside text outside hybrid", pb.SearchRequest(text="cancer", dense=[0.1] * 384, mode=pb.DENSE), bad, "only one"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_requests(), ids=lambda case: case[0])
+def test_bad_input_gets_the_right_status_and_the_server_keeps_serving(servers, client, case):
+    _, request, code, words = case
+    with pytest.raises(grpc.RpcError) as err:
+        _stub(servers["main"].address).Search(request, timeout=30)
+    assert err.value.code() == code, err.value.details()
+    assert words.lower() in err.value.details().lower()
+    assert client.search("cancer", k=1).hits  # still serving
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_dense_modes_without_dense_vectors_fail_precondition(servers, mode):
+    with servers["sparse_only"].client() as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.search("vitamin d", mode=mode)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "dense" in err.value.details()
+        assert c.search("vitamin d").hits
+
+
+def test_overlong_query_is_truncated_and_flagged(client):
+    result = client.search("vitamin deficiency and bone density " * 400)
+    assert result.truncated and result.hits
+    assert not client.search("vitamin deficiency").truncated
+
+
+def test_oversize_message_is_resource_exhausted(client):
+    with pytest.raises(grpc.RpcError) as err:
+        client.search("protein " * (5 * 1024 * 1024 // 8))  # 5 MiB > the 4 MiB default limit
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert client.health() == "SERVING"
+
+
+def test_delete_of_unknown_ids_is_not_found(client):
+    with pytest.raises(grpc.RpcError) as err:
+        client.delete(["no-such-doc-1", "no-such-doc-2"])
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no-such-doc" in err.value.details()
+
+
+def test_deadlines_are_honoured_and_abandoned_work_stops(client, queries):
+    with pytest.raises(grpc.RpcError) as err:
+        client.search(queries[0], timeout=0.0005)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    before = client.stats()["abandoned"]
+    with pytest.raises(grpc.RpcError) as err:
+        client.search_batch(queries * 40, k=10, mode="hybrid", prf=PrfOptions(), chunk_size=960, timeout=0.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 60
+    while client.stats()["abandoned"] <= before:  # the server notices at its next stage boundary and stops
+        assert time.monotonic() < deadline, "the server never gave up the expired batch"
+        time.sleep(0.2)
+    assert client.stats()["in_flight"] == 0
+
+
+# ---------------------------------------------------------------------------------- concurrency
+def test_32_concurrent_clients_match_serial_results(servers, queries):
+    configs = [("sparse", None), ("sparse", PrfOptions()), ("hybrid", PrfOptions())]
+    with servers["main"].client() as serial:
+        expected = {(q, c): serial.search(queries[q], k=10, mode=configs[c][0], prf=configs[c][1])
+                    for q in range(len(queries)) for c in range(len(configs))}
+
+    def one_client(worker: int) -> list[tuple[tuple[int, int], object]]:
+        out = []
+        with servers["main"].client() as c:
+            for i in range(50):
+                key = ((worker + i) % len(queries), (worker + i) % len(configs))
+                mode, prf = configs[key[1]]
+                out.append((key, c.search(queries[key[0]], k=10, mode=mode, prf=prf)))
+        return out
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = [pair for batch in pool.map(one_client, range(32)) for pair in batch]
+    assert len(answers) == 32 * 50
+    for key, result in answers:
+        _assert_close(result, expected[key])
+    with servers["main"].client() as c:
+        details = c.stats()["details"]
+    assert float(details["sparse_mean_micro_batch"]) > 1.0  # concurrent encodings really were batched
+
+
+# ---------------------------------------------------------------------------------- writes, crash, drain
+def test_writes_are_visible_durable_across_kill_9_and_sigterm_drains(collections, queries, tmp_path):
+    index_dir = tmp_path / "writable"
+    shutil.copytree(collections["hybrid"], index_dir)
+    server = ServerProcess(index_dir).wait_listening()
+    try:
+        with server.client() as c:
+            n_docs = c.stats()["num_docs"]
+            text = "Quokka marsupials on Rottnest Island show unusual zinc metabolism in their kidneys."
+            assert c.upsert(["svc-new-1"], [text]) == 1
+            assert c.search("quokka zinc kidneys", k=1).hits[0].doc_id == "svc-new-1"
+            victim = c.search(queries[0], k=1).hits[0].doc_id
+            assert c.delete([victim, "no-such-doc"]) == ["no-such-doc"]
+            assert victim not in {h.doc_id for h in c.search(queries[0], k=50).hits}
+        server.proc.send_signal(signal.SIGKILL)  # no chance to flush anything the ack did not already make durable
+        server.proc.wait(30)
+    finally:
+        server.kill()
+
+    server = ServerProcess(index_dir).wait_listening()
+    try:
+        with server.client() as c:
+            assert c.stats()["num_docs"] == n_docs
+            assert c.search("quokka zinc kidneys", k=1).hits[0].doc_id == "svc-new-1"
+            assert victim not in {h.doc_id for h in c.search(queries[0], k=50).hits}
+
+            # SIGTERM while a long batch runs: NOT_SERVING, new searches refused, the batch completes, exit 0.
+            batch: dict = {}
+            worker = threading.Thread(target=lambda: batch.update(
+                results=c.search_batch(queries * 6, k=10, mode="hybrid", prf=PrfOptions(), chunk_size=1000, timeout=300)))
+            worker.start()
+            deadline = time.monotonic() + 60
+            while c.stats()["in_flight"] == 0:
+                assert time.monotonic() < deadline and worker.is_alive()
+                time.sleep(0.05)
+            server.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while c.health() != "NOT_SERVING":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert worker.is_alive(), "the batch finished before the drain could be observed; make it longer"
+            with pytest.raises(grpc.RpcError) as err:
+                c.search("new work during the drain")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            worker.join(300)
+            assert len(batch["results"]) == len(queries) * 6
+        assert server.proc.wait(60) == 0
+        assert "event=stopped drained=True" in server.log()
+    finally:
+        server.kill()
+
+
+# ---------------------------------------------------------------------------------- auth, TLS, logs
+def test_auth_refuses_requests_without_the_token_over_tls(servers, tls_files):
+    cert, _ = tls_files
+    address = servers["secure"].address
+    for token in (None, "wrong-token"):
+        with Client(address, token=token, tls=cert) as c:
+            assert c.health() == "SERVING"  # health checks stay open for load balancers
+            with pytest.raises(grpc.RpcError) as err:
+                c.search("vitamin d")
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as err:
+                c.upsert(["x"], ["y"])
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with Client(address, token="s3cret-token", tls=cert) as c:
+        assert c.search("vitamin d").hits
+    with Client(address, token="s3cret-token") as plain:  # TLS is required, not optional
+        with pytest.raises(grpc.RpcError):
+            plain.search("vitamin d", timeout=5)
+
+
+def test_logs_carry_request_id_and_stage_timings(servers, client):
+    client.search("sodium intake and blood pressure", mode="hybrid")
+    deadline = time.monotonic() + 10
+    while not any("rpc=Search" in line and "mode=hybrid" in line for line in servers["main"].lines):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    line = next(line for line in servers["main"].lines if "rpc=Search" in line and "mode=hybrid" in line)
+    fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+    assert len(fields["request_id"]) >= 8 and fields["status"] == "OK"
+    for stage in ("encode", "sparse", "dense", "fuse", "prf", "queue", "total"):
+        assert float(fields[f"{stage}_ms"]) >= 0.0
+    assert float(fields["encode_ms"]) > 0.0
