@@ -108,8 +108,12 @@ class ScreenedHead:
             bias_abs=b.double().abs(),
         )
 
-    def upper_bounds(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``U_v`` of the module docstring for one document's real tokens [T, H]: >= every fp32 max logit."""
+    def quantize_document(self, hidden: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """One document's real tokens [T, H] as (q int8 [T, H8], s, margin [V] float64).
+
+        ``|fl(h_t . w_v + b_v) - (s r_v q_t . p_v + b_v)| <= margin_v`` for every token t and any fp32
+        evaluation fl: the ``A||f_v|| + B||w_v|| + gamma (N||w_v|| + |b_v|)`` of the module docstring.
+        """
         h64 = hidden.double()
         scale = float(hidden.abs().max() / _QMAX)  # a float32 value, as for the rows
         scale = scale if scale > 0 else 1.0
@@ -118,12 +122,16 @@ class ScreenedHead:
         a = float(hq.norm(dim=1).max()) * _NORM_INFLATE
         b = float((h64 - hq).norm(dim=1).max()) * _NORM_INFLATE
         n = float(h64.norm(dim=1).max()) * _NORM_INFLATE
+        margin = a * self.residual_norm + b * self.weight_norm
+        margin += _gamma(hidden.shape[1] + 2) * (n * self.weight_norm + self.bias_abs)
         pad = self.quantized.shape[1] - hidden.shape[1]
-        best = self._int8_max(torch.nn.functional.pad(q.to(torch.int8), (0, pad)))
-        bound = self.row_scale * best.double() * scale + self.bias.double()
-        bound += a * self.residual_norm + b * self.weight_norm
-        bound += _gamma(hidden.shape[1] + 2) * (n * self.weight_norm + self.bias_abs)
-        return bound
+        return torch.nn.functional.pad(q.to(torch.int8), (0, pad)), scale, margin
+
+    def upper_bounds(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``U_v`` of the module docstring for one document's real tokens [T, H]: >= every fp32 max logit."""
+        q, scale, margin = self.quantize_document(hidden)
+        best = self._int8_max(q).double()
+        return (self.row_scale * scale) * best + self.bias.double() + margin
 
     def _int8_max(self, q: torch.Tensor) -> torch.Tensor:
         """``M_v = max_t q_t . p_v`` in int32, one cache-sized vocabulary block at a time.

@@ -24,7 +24,9 @@ if DEVICE == "cpu" and not INTERPRET:
 # Norm-wise relative error bounds. 16-bit outputs and grads are rounded to their dtype once
 # (bf16 keeps 8 significant bits, ~4e-3 relative; fp16 11 bits); accumulation is fp32 throughout.
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-SHAPES = [(1, 1, 16, 1), (2, 19, 72, 333), (3, 17, 40, 129), (3, 5, 8, 70)]  # B, L, H, V with ragged tails
+# B, L, H, V with ragged tails. Up to L = 128 the packed kernel runs (several sequences per tile);
+# L = 150 takes the tiled kernel, which loops over sequence tiles.
+SHAPES = [(1, 1, 16, 1), (2, 19, 72, 333), (3, 17, 40, 129), (3, 5, 8, 70), (2, 150, 24, 70)]
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -81,7 +83,13 @@ def test_forward_16bit_within_stated_tolerance(dtype):
 
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize(
-    "dtype,shape", [(torch.float32, (3, 19, 72, 333)), (torch.float32, (2, 17, 40, 129)), (torch.bfloat16, (3, 19, 72, 333))]
+    "dtype,shape",
+    [
+        (torch.float32, (3, 19, 72, 333)),
+        (torch.float32, (2, 17, 40, 129)),
+        (torch.bfloat16, (3, 19, 72, 333)),
+        (torch.float32, (2, 150, 24, 70)),
+    ],
 )
 def test_backward_matches_autograd_through_reference(dtype, shape, deterministic):
     hidden, weight, b, mask = make_inputs(*shape, dtype, seed=11)
@@ -121,11 +129,12 @@ def test_fully_masked_rows_give_zeros_and_no_gradient():
     assert out[0].abs().sum() > 0  # the unmasked rows are not zeroed too
 
 
+@pytest.mark.parametrize("L", [19, 150])
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_ties_send_gradient_to_first_position(deterministic):
-    """Exactly representable values make positions 3, 11 and 17 (across a sequence tile) tie exactly."""
+def test_ties_send_gradient_to_first_position(deterministic, L):
+    """Exactly representable values make positions 3, 11 and 17 tie exactly (across sequence tiles at L = 150)."""
     gen = torch.Generator().manual_seed(9)
-    B, L, H, V = 2, 19, 24, 70
+    B, H, V = 2, 24, 70
     hidden = torch.randint(-4, 5, (B, L, H), generator=gen).float() / 4
     hidden[:, [11, 17]] = hidden[:, 3:4]
     others = [i for i in range(L) if i not in (3, 11, 17)]
