@@ -1,0 +1,170 @@
+"""The int8-screened CPU pooling: its margin is a real bound, and its output equals the fp32 reference."""
+
+import pytest
+import torch
+
+from lsr.kernels.pool_screen import (
+    ScreenedHead,
+    int8_matmul_is_exact,
+    screened_head,
+    splade_max_pool_screened,
+)
+from lsr.kernels.pool_torch import splade_max_pool_reference
+
+pytestmark = pytest.mark.skipif(
+    not int8_matmul_is_exact(), reason="this CPU's int8 GEMM saturates; the screened path refuses to run here"
+)
+
+
+def random_inputs(B, L, H, V, seed, lengths=None):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, L, H, generator=gen) * 4
+    weight = torch.randn(V, H, generator=gen) / H**0.5
+    bias = torch.randn(V, generator=gen) * 2 - 6
+    lengths = torch.randint(0, L + 1, (B,), generator=gen) if lengths is None else torch.tensor(lengths)
+    mask = (torch.arange(L)[None, :] < lengths[:, None]).long()
+    return hidden, weight, bias, mask
+
+
+def assert_equal_to_reference(hidden, weight, bias, mask):
+    got = splade_max_pool_screened(hidden, weight, bias, mask)
+    want = splade_max_pool_reference(hidden, weight, bias, mask)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert torch.equal(got > 0, want > 0), "non-zero sets differ"
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    return got
+
+
+def full_screen_logits(head: ScreenedHead, h: torch.Tensor):
+    """Every per-token screened logit ``s r_v q_t.p_v + b_v`` (float64) and the margin."""
+    q, scale, margin = head.quantize_document(h)
+    dots = (q.double() @ head.quantized.double().t()) * (head.row_scale * scale)
+    return dots + head.bias.double(), margin
+
+
+@pytest.mark.parametrize(
+    "B,L,H,V,seed",
+    [(4, 17, 32, 300, 0), (3, 40, 128, 1000, 1), (5, 9, 20, 77, 2), (2, 300, 64, 5000, 3)],
+)
+def test_random_shapes_and_ragged_masks(B, L, H, V, seed):
+    hidden, weight, bias, mask = random_inputs(B, L, H, V, seed)
+    assert_equal_to_reference(hidden, weight, bias, mask)
+
+
+def test_non_prefix_masks_and_all_masked_rows():
+    hidden, weight, bias, _ = random_inputs(4, 20, 32, 400, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    mask = (torch.rand(4, 20, generator=gen) < 0.5).long()
+    mask[1] = 0
+    mask[3] = 1
+    got = assert_equal_to_reference(hidden, weight, bias, mask)
+    assert not got[1].any()
+    assert got[0].any() and got[3].any()
+
+
+def test_all_negative_logits_and_no_bias():
+    hidden, weight, bias, mask = random_inputs(3, 16, 32, 500, seed=6, lengths=[16, 3, 1])
+    assert not assert_equal_to_reference(hidden, weight, bias - 100, mask).any()
+    assert assert_equal_to_reference(hidden, weight, None, mask).any()
+
+
+def test_zero_hidden_and_single_token():
+    hidden, weight, bias, mask = random_inputs(2, 5, 16, 200, seed=7, lengths=[5, 1])
+    hidden[0] = 0
+    got = assert_equal_to_reference(hidden, weight, bias, mask)
+    assert torch.equal(got[0], torch.log1p(torch.relu(bias)))
+
+
+def test_adversarial_logits_near_zero():
+    """Bias puts every max logit within 1e-5..1e-4 of zero, either side: the screen must keep them all."""
+    hidden, weight, bias, mask = random_inputs(3, 24, 64, 2000, seed=8, lengths=[24, 10, 2])
+    gen = torch.Generator().manual_seed(9)
+    logits = hidden @ weight.t()
+    row = 0
+    best = logits[row, : int(mask[row].sum())].amax(dim=0)
+    offsets = (torch.rand(2000, generator=gen) * 9e-5 + 1e-5) * torch.where(torch.rand(2000, generator=gen) < 0.5, -1, 1)
+    bias = -best + offsets
+    got = assert_equal_to_reference(hidden, weight, bias, mask)
+    # The constructed row really is adversarial: about half its entries sit just above zero.
+    assert 700 < int((got[row] > 0).sum()) < 1300
+    assert float(got[row].max()) < 2e-4
+
+
+def test_margin_bounds_every_token_logit_on_random_and_real_data(splade, scifact):
+    gen = torch.Generator().manual_seed(10)
+    weight = torch.randn(3000, 96, generator=gen) / 10
+    bias = torch.randn(3000, generator=gen)
+    cases = [(ScreenedHead.prepare(weight, bias), torch.randn(50, 96, generator=gen) * 7)]
+    real_head = ScreenedHead.prepare(splade.weight, splade.bias)
+    cases += [(real_head, h) for h in real_hidden_states(splade, scifact, 3)]
+    for head, h in cases:
+        screened, margin = full_screen_logits(head, h)
+        fp32 = (h @ head.weight.t() + head.bias).double()
+        exact = h.double() @ head.weight.double().t() + head.bias.double()
+        for value in (fp32, exact):
+            assert bool(((value - screened).abs() <= margin).all()), "margin does not bound the screen error"
+        # The bound is not vacuous: the worst observed error reaches a fair share of it.
+        assert float(((fp32 - screened).abs() / margin).max()) > 0.05
+        candidates = head.upper_bounds(h) > 0
+        assert candidates[fp32.amax(dim=0) > 0].all(), "an entry with positive max logit was screened out"
+
+
+def real_hidden_states(splade, scifact, count):
+    """Hidden states that feed splade-tiny's LM head, for the first ``count`` SciFact documents."""
+    texts = scifact.doc_texts(list(scifact.corpus)[:count])
+    enc = splade.tokenizer(texts, truncation=True, max_length=256, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = splade.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    return [hidden[i][enc["attention_mask"][i].bool()].clone() for i in range(count)]
+
+
+def test_real_splade_tiny_head_on_scifact(splade, scifact):
+    texts = scifact.doc_texts(list(scifact.corpus)[:12])
+    enc = splade.tokenizer(texts, truncation=True, max_length=256, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = splade.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        got = assert_equal_to_reference(hidden, splade.weight, splade.bias, enc["attention_mask"])
+    nnz = (got > 0).sum(dim=1)
+    assert (nnz > 50).all() and (nnz < 2000).all()
+    head = screened_head(splade.weight, splade.bias)
+    kept = sum(int((head.upper_bounds(h) > 0).sum()) for h in real_hidden_states(splade, scifact, 4)) / 4
+    assert kept < 0.1 * splade.vocab_size, f"screen kept {kept:.0f} of {splade.vocab_size}: no speed-up left"
+
+
+def test_inplace_weight_update_is_seen():
+    hidden, weight, bias, mask = random_inputs(2, 8, 16, 100, seed=11)
+    assert_equal_to_reference(hidden, weight, bias, mask)
+    weight.mul_(3)
+    assert_equal_to_reference(hidden, weight, bias, mask)
+
+
+def test_inference_tensors_are_served_without_caching():
+    with torch.inference_mode():
+        hidden, weight, bias, mask = random_inputs(2, 8, 16, 100, seed=14)
+        assert_equal_to_reference(hidden, weight, bias, mask)
+        weight.mul_(-1)
+        assert_equal_to_reference(hidden, weight, bias, mask)
+
+
+def test_non_finite_hidden_propagates_like_the_reference():
+    hidden, weight, bias, mask = random_inputs(2, 6, 16, 50, seed=12, lengths=[6, 6])
+    hidden[0, 2, 3] = float("nan")
+    got = splade_max_pool_screened(hidden, weight, bias, mask)
+    want = splade_max_pool_reference(hidden, weight, bias, mask)
+    assert torch.equal(got.isnan(), want.isnan()) and got[0].isnan().any()
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)
+    bias[7] = float("inf")
+    got = splade_max_pool_screened(hidden, weight, bias, mask)
+    want = splade_max_pool_reference(hidden, weight, bias, mask)
+    assert torch.isinf(got[1, 7]) and torch.equal(got.isnan(), want.isnan())
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)
+
+
+def test_refuses_inputs_it_cannot_serve_exactly():
+    hidden, weight, bias, mask = random_inputs(2, 6, 16, 50, seed=13)
+    with pytest.raises(ValueError, match="without gradient"):
+        splade_max_pool_screened(hidden, weight.requires_grad_(), bias, mask)
+    with pytest.raises(ValueError, match="without gradient"):
+        splade_max_pool_screened(hidden.double(), weight.detach().double(), bias.double(), mask)
+    with pytest.raises(ValueError, match="attention_mask"):
+        splade_max_pool_screened(hidden[0], weight.detach(), bias, mask)
