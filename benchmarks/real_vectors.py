@@ -49,10 +49,10 @@ def _encode(name: str, target: Path, kind: str, chunk: int = 512) -> None:
         part.unlink()
 
 
-def load(kind: str) -> tuple[SparseBatch, list[str]]:
-    """``kind`` "docs" or "queries": the concatenation over DATASETS, with ``dataset/id`` ids."""
+def load(kind: str, names: tuple[str, ...] = DATASETS) -> tuple[SparseBatch, list[str]]:
+    """``kind`` "docs" or "queries": the concatenation over ``names``, with ``dataset/id`` ids."""
     batches, ids = [], []
-    for name in DATASETS:
+    for name in names:
         target = cache_dir() / f"{name}.splade-tiny.{kind}.parquet"
         if not target.exists():
             _encode(name, target, kind)

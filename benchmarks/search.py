@@ -132,7 +132,16 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir())
 
 
-def run_collection(name: str, docs: SparseBatch, queries: SparseBatch, texts=None, seismic_settings=()) -> list[dict]:
+EXACT = [("exact (auto)", {}), ("exact taat", {"algorithm": "taat"}), ("exact rescore", {"algorithm": "rescore"}),
+         ("exact maxscore", {"algorithm": "maxscore"})]
+APPROX = [("approx bound_factor=1.2", {"bound_factor": 1.2, "algorithm": "rescore"}),
+          ("approx bound_factor=1.5", {"bound_factor": 1.5, "algorithm": "rescore"}),
+          ("approx top_terms=16", {"top_terms": 16}),
+          ("approx top_terms=8", {"top_terms": 8})]
+
+
+def run_collection(name: str, docs: SparseBatch, queries: SparseBatch, settings, texts=None,
+                   seismic_settings=()) -> list[dict]:
     print(f"\n== {name}: {len(docs)} docs, {docs.nnz / len(docs):.1f} terms/doc; {len(queries)} queries, "
           f"{queries.nnz / len(queries):.1f} terms/query", flush=True)
     qs = [queries.row(i) for i in range(len(queries))]
@@ -146,6 +155,7 @@ def run_collection(name: str, docs: SparseBatch, queries: SparseBatch, texts=Non
     res, ms = _timed(acc.search, qs)
     rows.append(_row("numba accumulator", "exact float", None, acc.nbytes, ms, None, _recall(res, truth)))
     print(rows[-2], rows[-1], sep="\n", flush=True)
+    del scipy_bf, acc
 
     workdir = Path(tempfile.mkdtemp(prefix="lsr-bench-"))
     try:
@@ -155,12 +165,6 @@ def run_collection(name: str, docs: SparseBatch, queries: SparseBatch, texts=Non
         build_s = time.perf_counter() - start
         size = _dir_bytes(workdir / "lsr")
         batch = SparseBatch(queries.indptr, queries.indices, queries.values, queries.vocab_size)
-        settings = [("exact (auto)", {}), ("exact maxscore", {"algorithm": "maxscore"}),
-                    ("exact taat", {"algorithm": "taat"}),
-                    ("approx bound_factor=1.2", {"bound_factor": 1.2}),
-                    ("approx bound_factor=1.5", {"bound_factor": 1.5}),
-                    ("approx top_terms=16", {"top_terms": 16}),
-                    ("approx top_terms=10 bound_factor=1.3", {"top_terms": 10, "bound_factor": 1.3})]
         for setting, kwargs in settings:
             def ours(t, w, kwargs=kwargs):
                 return np.asarray([int(h.doc_id) for h in idx.search({int(a): float(b) for a, b in zip(t, w)},
@@ -229,17 +233,27 @@ def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     mem = next((int(line.split()[1]) // 2**20 for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem, "python": platform.python_version(),
-            "numpy": np.__version__, "platform": platform.platform()}
+            "numpy": np.__version__, "platform": platform.platform(),
+            "load_avg": " ".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
 def write_results(rows: list[dict], meta: dict, out: Path) -> None:
+    """Rows of collections run now replace those of the same collection from earlier runs."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "search.json").write_text(json.dumps({"machine": meta, "rows": rows}, indent=1))
-    lines = ["# Search benchmark", "", f"Machine: {meta['cpu']}, {meta['cores']} cores, {meta['memory_gb']} GB; "
-             f"Python {meta['python']}. k={K}; recall@10 vs exact float brute force; single-thread latency; "
-             "batch QPS with 2 threads.", ""]
+    previous = json.loads((out / "search.json").read_text()) if (out / "search.json").exists() else {"runs": {}}
+    runs = previous.get("runs", {})
     for name in dict.fromkeys(r["collection"] for r in rows):
-        lines += [f"## {name}", "", "| method | setting | build s | index MB | p50 ms | p99 ms | QPS (2 thr) | recall@10 |",
+        runs[name] = {"machine": meta, "rows": [r for r in rows if r["collection"] == name]}
+    rows = [r for run in runs.values() for r in run["rows"]]
+    (out / "search.json").write_text(json.dumps({"runs": runs}, indent=1))
+    lines = ["# Search benchmark", "", f"k={K}; recall@10 against exact float brute force; single-thread latency; "
+             "batch QPS with 2 threads. `python benchmarks/search.py` reproduces it. lsr.index recall below 1 "
+             "in exact mode is the uint8 quantization. The machine is shared: compare rows within one table "
+             "(same run, same load), not across runs.", ""]
+    for name in runs:
+        m = runs[name]["machine"]
+        lines += [f"## {name}", "", f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, load average at "
+                  f"start {m['load_avg']}; Python {m['python']}.", "", "| method | setting | build s | index MB | p50 ms | p99 ms | QPS (2 thr) | recall@10 |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r["collection"] == name:
@@ -252,24 +266,27 @@ def write_results(rows: list[dict], meta: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--synthetic-docs", type=int, default=1_000_000)
-    parser.add_argument("--queries", type=int, default=300, help="queries used on the synthetic collection")
+    parser.add_argument("--synthetic-docs", type=int, default=1_000_000, help="0 skips the synthetic collection")
+    parser.add_argument("--queries", type=int, default=100, help="queries used on the synthetic collection")
+    parser.add_argument("--calibrate-on", nargs="+", default=list(DATASETS), help="real doc sets the synthetic mimics")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    docs, _ = load("docs")
     queries, _ = load("queries")
     rows = []
     if not args.skip_real:
+        docs, _ = load("docs")
         seismic_real = [({"n_postings": 1000, "centroid_fraction": 0.1, "summary_energy": 0.4}, 10, (0.7, 0.9))]
-        rows += run_collection("real: SciFact + NFCorpus (splade-tiny)", docs, queries, _texts(), seismic_real)
+        rows += run_collection("real: SciFact + NFCorpus (splade-tiny)", docs, queries, EXACT + APPROX, _texts(),
+                               seismic_real)
     if args.synthetic_docs:
+        calibration, _ = load("docs", tuple(args.calibrate_on))
         start = time.perf_counter()
-        synth = synthetic_docs(docs, args.synthetic_docs, seed=0)
+        synth = synthetic_docs(calibration, args.synthetic_docs, seed=0)
         print(f"synthetic collection generated in {time.perf_counter() - start:.1f}s", flush=True)
-        seismic_synth = [({"n_postings": 5000, "centroid_fraction": 0.1, "summary_energy": 0.4}, 10, (0.7, 0.9))]
-        rows += run_collection(f"synthetic: {args.synthetic_docs} docs calibrated on splade-tiny, real queries",
-                               synth, queries[: args.queries], None, seismic_synth)
+        name = (f"synthetic: {args.synthetic_docs} docs calibrated on {'+'.join(args.calibrate_on)} splade-tiny docs, "
+                f"{args.queries} real queries")
+        rows += run_collection(name, synth, queries[: args.queries], EXACT + APPROX[1:3])
     write_results(rows, {**machine(), "cache": str(cache_dir())}, args.out)
     print((args.out / "search.md").read_text())
 

@@ -9,31 +9,59 @@ which is the hard case for block-max bounds and for clustering methods (see the 
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from numba import njit
 
 from lsr.sparse import SparseBatch
 
 
+def _alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker/Vose alias table: O(1) draws proportional to ``weights``."""
+    n = len(weights)
+    prob = weights * n / weights.sum()
+    alias = np.arange(n, dtype=np.int64)
+    small = [i for i in range(n) if prob[i] < 1.0]
+    large = [i for i in range(n) if prob[i] >= 1.0]
+    while small and large:
+        s, g = small.pop(), large.pop()
+        alias[s] = g
+        prob[g] -= 1.0 - prob[s]
+        (small if prob[g] < 1.0 else large).append(g)
+    for i in small + large:
+        prob[i] = 1.0
+    return prob, alias
+
+
+@njit(cache=True, inline="always")
+def _next(state):
+    """xorshift64*: numba's np.random costs ~100 ns a draw, this a few ns; 252M draws at 1M docs."""
+    x = state[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    state[0] = x
+    return x * np.uint64(2685821657736338717)
+
+
 @njit(cache=True)
-def _generate(seed, lengths, cdf, term_ptr, term_weights, indptr, indices, values):
-    np.random.seed(seed)
-    vocab_size = len(cdf)
-    mark = np.full(vocab_size, -1, np.int64)
+def _generate(seed, lengths, prob, alias, term_ptr, term_weights, indptr, indices, values):
+    state = np.full(1, np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1), np.uint64)
+    vocab_size = np.uint64(len(prob))
+    mark = np.full(len(prob), -1, np.int64)
     for d in range(len(lengths)):
         p = indptr[d]
-        n = lengths[d]
-        while p < indptr[d] + n:
-            t = np.searchsorted(cdf, np.random.random() * cdf[-1], side="right")
-            if t >= vocab_size or mark[t] == d:
+        while p < indptr[d + 1]:
+            r = _next(state)
+            t = np.int64(r % vocab_size)
+            if (_next(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0) >= prob[t]:
+                t = alias[t]
+            if mark[t] == d:
                 continue
             mark[t] = d
             indices[p] = t
             lo = term_ptr[t]
-            values[p] = term_weights[lo + np.random.randint(0, term_ptr[t + 1] - lo)]
+            values[p] = term_weights[lo + np.int64(_next(state) % np.uint64(term_ptr[t + 1] - lo))]
             p += 1
-        order = np.argsort(indices[indptr[d] : p])  # CSR convention: ascending term ids within a row
-        indices[indptr[d] : p] = indices[indptr[d] : p][order]
-        values[indptr[d] : p] = values[indptr[d] : p][order]
 
 
 def synthetic_docs(real: SparseBatch, n_docs: int, seed: int = 0) -> SparseBatch:
@@ -48,6 +76,9 @@ def synthetic_docs(real: SparseBatch, n_docs: int, seed: int = 0) -> SparseBatch
     np.cumsum(lengths, out=indptr[1:])
     indices = np.zeros(indptr[-1], np.int32)
     values = np.zeros(indptr[-1], np.float32)
-    _generate(seed, lengths, np.cumsum(df), csc.indptr.astype(np.int64), csc.data.astype(np.float32),
+    prob, alias = _alias_table(df)
+    _generate(seed, lengths, prob, alias, csc.indptr.astype(np.int64), csc.data.astype(np.float32),
               indptr, indices, values)
-    return SparseBatch(indptr, indices, values, real.vocab_size, real.vocab)
+    matrix = sp.csr_matrix((values, indices, indptr), shape=(n_docs, real.vocab_size))
+    matrix.sort_indices()  # CSR convention: ascending term ids within a row
+    return SparseBatch.from_scipy(matrix, real.vocab)

@@ -22,14 +22,17 @@ from lsr.sparse import SparseBatch
 from . import storage
 from .inputs import doc_id_list, document_batch, keep_top_terms, query_rows, query_terms
 from .quantize import choose_scale, dequantize, impact_dtype, quantize
-from .search_numba import search_maxscore, search_taat
+from .search_numba import search_maxscore, search_taat, search_taat_rescore
 from .segment import Segment, build_arrays, expected_dtypes, expected_lengths, structure_problem
 
 WINDOW = 4096
+STOP_RATIO = 0.3
+PRUNE_IF_POSTINGS_BELOW = 0.32
+ALGORITHMS = ("auto", "taat", "rescore", "maxscore")
 _OPEN_RETRIES = 5
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Hit:
     doc_id: str
     score: float
@@ -61,9 +64,12 @@ class _State:
                 self._locations = table
             return self._locations
 
-    def doc_id(self, internal: int) -> str:
-        si = int(np.searchsorted(self.bases, internal, side="right")) - 1
-        return self.segments[si].ids[internal - self.bases[si]]
+    def doc_ids(self, internal: np.ndarray) -> list[str]:
+        """External ids of internal ids (segment base + local row)."""
+        if len(self.segments) == 1:
+            return self.segments[0].ids[internal].tolist()
+        which = np.searchsorted(self.bases, internal, side="right") - 1
+        return [self.segments[si].ids[i - self.bases[si]] for si, i in zip(which.tolist(), internal.tolist())]
 
 
 class InvertedIndex:
@@ -175,13 +181,14 @@ class InvertedIndex:
         """Top-k documents by dot product; exact unless ``top_terms``/``bound_factor`` are set.
 
         Fewer than k hits come back when fewer documents share a term with the query.
-        ``algorithm`` is "auto" (per query and segment), "maxscore" or "taat".
+        ``algorithm`` is "auto" (per segment), "taat", "rescore" (term-at-a-time MaxScore) or
+        "maxscore" (windowed block-max MaxScore).
         """
         state = self._state
         _check_search_args(k, bound_factor, algorithm)
         terms, weights = query_terms(query, self.vocab_size, state.vocab)
         internal, scores = self._search_terms(state, terms, weights, k, top_terms, bound_factor, algorithm)
-        return [Hit(state.doc_id(int(i)), float(s)) for i, s in zip(internal, scores)]
+        return [Hit(d, s) for d, s in zip(state.doc_ids(internal), scores.tolist())]
 
     def search_batch(self, queries, k: int = 10, threads: int | None = None, top_terms: int | None = None,
                      bound_factor: float = 1.0, algorithm: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +206,7 @@ class InvertedIndex:
         def run(chunk: range) -> None:
             for qi in chunk:
                 internal, sc = self._search_terms(state, *rows[qi], k, top_terms, bound_factor, algorithm)
-                ids[qi, : len(internal)] = [state.doc_id(int(i)) for i in internal]
+                ids[qi, : len(internal)] = state.doc_ids(internal)
                 scores[qi, : len(sc)] = sc
 
         threads = max(1, min(threads or os.cpu_count() or 1, len(rows) or 1))
@@ -218,6 +225,13 @@ class InvertedIndex:
             acc = self._scratch.acc = np.zeros(max(size, WINDOW), np.float32)
         return acc
 
+    def _qdense(self) -> np.ndarray:
+        """A zeroed per-thread dense query of vocab_size floats (the rescore kernel leaves it zeroed)."""
+        dense = getattr(self._scratch, "qdense", None)
+        if dense is None or len(dense) != self.vocab_size:
+            dense = self._scratch.qdense = np.zeros(self.vocab_size, np.float32)
+        return dense
+
     def _search_terms(self, state: _State, terms, weights, k, top_terms, bound_factor, algorithm):
         terms, weights = keep_top_terms(terms, weights, top_terms)
         hs = np.zeros(k, np.float32)
@@ -230,10 +244,16 @@ class InvertedIndex:
             t = np.ascontiguousarray(terms[present])
             w = np.ascontiguousarray(weights[present] * np.float32(seg.scale), dtype=np.float32)
             a = seg.arrays
-            if _use_taat(algorithm, seg):
-                acc = self._acc(seg.n_docs)
+            bound = (w * seg.term_max[t].astype(np.float32)).astype(np.float32)
+            chosen = _choose_algorithm(algorithm, seg, t, bound)
+            if chosen == "taat":
                 search_taat(t, w, a["term_blocks"], a["block_posts"], a["block_base"], a["post_delta"],
-                            a["post_imp"], seg.deleted, acc, base, hs, hd, hn)
+                            a["post_imp"], seg.deleted, self._acc(seg.n_docs), base, hs, hd, hn)
+            elif chosen == "rescore":
+                search_taat_rescore(t, w, bound, a["term_blocks"], a["block_posts"], a["block_base"],
+                                    a["post_delta"], a["post_imp"], a["doc_ptr"], a["doc_terms"], a["doc_imp"],
+                                    seg.deleted, self._acc(seg.n_docs), self._qdense(), base, hs, hd, hn,
+                                    np.float32(STOP_RATIO), np.float32(bound_factor))
             else:
                 search_maxscore(t, w, a["term_blocks"], a["block_posts"], a["block_base"], a["block_last"],
                                 a["block_max"], a["post_delta"], a["post_imp"], seg.deleted, WINDOW,
@@ -329,15 +349,26 @@ def _check_search_args(k: int, bound_factor: float, algorithm: str) -> None:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not np.isfinite(bound_factor) or bound_factor < 1.0:
         raise ValueError(f"bound_factor must be >= 1.0 (1.0 is exact), got {bound_factor}")
-    if algorithm not in ("auto", "maxscore", "taat"):
-        raise ValueError(f"algorithm must be 'auto', 'maxscore' or 'taat', got {algorithm!r}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
 
 
-def _use_taat(algorithm: str, seg: Segment) -> bool:
-    """Small segments: one dense pass is cheaper than any pruning bookkeeping."""
+def _choose_algorithm(algorithm: str, seg: Segment, terms: np.ndarray, bound: np.ndarray) -> str:
+    """Per query and segment: prune only when pruning can skip most postings.
+
+    Small segments: one dense pass beats any pruning bookkeeping. Otherwise the terms carrying
+    the top ``1 - STOP_RATIO`` of the query's bound mass must be accumulated anyway; if they hold
+    most of the postings, exhaustive TAAT is cheaper than MaxScore's candidate rescoring (the
+    case on splade-tiny vectors, whose heavy query terms are often frequent expansion terms).
+    """
     if algorithm != "auto":
-        return algorithm == "taat"
-    return seg.n_docs <= 4 * WINDOW
+        return algorithm
+    if seg.n_docs <= 4 * WINDOW or len(terms) < 2:
+        return "taat"
+    order = np.argsort(-bound)
+    needed = np.searchsorted(np.cumsum(bound[order]), (1.0 - STOP_RATIO) * bound.sum()) + 1
+    df = seg.term_df[terms[order]]
+    return "rescore" if df[:needed].sum() < PRUNE_IF_POSTINGS_BELOW * df.sum() else "taat"
 
 
 def _disk_version(path: Path) -> int:
@@ -390,6 +421,8 @@ def _write_deleted(path: Path, manifest: dict, masks: dict[int, np.ndarray], ver
 def _write_segment(path: Path, name: str, batch: SparseBatch, ids: list[str], quantization: str, scale: float) -> dict:
     imps = quantize(batch.values, quantization, scale)
     keep = imps != 0
+    if keep.all():
+        return _write_quantized_segment(path, name, batch.indptr, batch.indices, imps, ids, scale, batch.vocab_size)
     kept_before = np.concatenate([[0], np.cumsum(keep)])
     indptr = kept_before[batch.indptr].astype(np.int64)
     return _write_quantized_segment(path, name, indptr, batch.indices[keep], imps[keep], ids, scale, batch.vocab_size)

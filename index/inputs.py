@@ -22,10 +22,10 @@ def _canonical_csr(batch: SparseBatch) -> SparseBatch:
     return SparseBatch(csr.indptr, csr.indices, csr.data, batch.vocab_size, batch.vocab)
 
 
-def _check_weights(values: np.ndarray, what: str, rows: np.ndarray | None = None) -> None:
+def _check_weights(values: np.ndarray, what: str, indptr: np.ndarray | None = None) -> None:
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
-        where = f" (row {int(rows[np.argmax(bad)])})" if rows is not None else ""
+        where = f" (row {int(np.searchsorted(indptr, np.argmax(bad), side='right')) - 1})" if indptr is not None else ""
         raise ValueError(f"{what} has a negative or non-finite weight {values[bad][0]}{where}; "
                          "SPLADE weights must be finite and >= 0")
 
@@ -64,8 +64,7 @@ def document_batch(vectors, doc_ids: Sequence | None, vocab_size: int | None) ->
     if duplicates:
         raise ValueError(f"duplicate doc ids in one batch: {duplicates[:10]}; each id may appear once")
     batch = SparseBatch.concat(batches) if len(batches) > 1 else batches[0]
-    rows = np.repeat(np.arange(len(batch)), np.diff(batch.indptr))
-    _check_weights(batch.values, "document vectors", rows)
+    _check_weights(batch.values, "document vectors", batch.indptr)
     _check_terms(batch.indices, vocab_size, "document vectors")
     return _canonical_csr(batch), ids
 
@@ -85,8 +84,11 @@ def query_terms(query, vocab_size: int, vocab: Sequence[str] | None) -> tuple[np
         row = sp.csr_matrix(query)
         terms, weights = row.indices, row.data
     elif isinstance(query, Mapping):
-        terms = np.asarray([_term_id(t, vocab) for t in query], np.int64)
-        weights = np.asarray(list(query.values()), np.float64)
+        if all(isinstance(t, (int, np.integer)) for t in query):
+            terms = np.fromiter(query.keys(), np.int64, len(query))
+        else:
+            terms = np.asarray([_term_id(t, vocab) for t in query], np.int64)
+        weights = np.fromiter(query.values(), np.float64, len(query))
     else:
         raise TypeError(f"unsupported query type {type(query).__name__}: pass a SparseBatch row, a scipy row or a dict")
     return _clean_query(terms, weights, vocab_size)
@@ -98,6 +100,8 @@ def _clean_query(terms, weights, vocab_size: int) -> tuple[np.ndarray, np.ndarra
     _check_weights(weights, "query")
     _check_terms(terms, vocab_size, "query")
     keep = weights > 0
+    if keep.all() and (len(terms) < 2 or (np.diff(terms) > 0).all()):  # already canonical: the common case
+        return terms.astype(np.int32), weights.astype(np.float32)
     terms, inverse = np.unique(terms[keep], return_inverse=True)
     summed = np.zeros(len(terms), np.float64)
     np.add.at(summed, inverse, weights[keep])

@@ -1,4 +1,5 @@
-"""Top-k kernels over one segment: a term-at-a-time accumulator and a windowed block-max MaxScore.
+"""Top-k kernels over one segment: an exhaustive term-at-a-time accumulator, MaxScore in
+term-at-a-time form with forward rescoring, and a windowed block-max MaxScore.
 
 Both push into one shared top-k heap (scores float32, internal ids int64, size in ``hn[0]``), so
 segments are searched one after another with the threshold carried over. The heap's root is the
@@ -74,6 +75,21 @@ def _cut(hs, hn, bound_factor):
     return np.float32(hs[0] * bound_factor / _SLACK)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _accumulate(t, w, term_blocks, block_posts, block_base, post_delta, post_imp, acc, n_docs):
+    """acc[doc] += w * impact over term t's postings; returns how many doc ids were out of range."""
+    bad = 0
+    for b in range(term_blocks[t], term_blocks[t + 1]):
+        base = block_base[b]
+        for p in range(block_posts[b], block_posts[b + 1]):
+            d = base + np.int64(post_delta[p])
+            if d < n_docs:
+                acc[d] += w * np.float32(post_imp[p])
+            else:
+                bad += 1
+    return bad
+
+
 @njit(cache=True, nogil=True)
 def search_taat(terms, weights, term_blocks, block_posts, block_base, post_delta, post_imp,
                 deleted, acc, base_id, hs, hd, hn):
@@ -87,14 +103,7 @@ def search_taat(terms, weights, term_blocks, block_posts, block_base, post_delta
     for i in range(len(terms)):
         t = terms[i]
         w = weights[i]
-        for b in range(term_blocks[t], term_blocks[t + 1]):
-            base = block_base[b]
-            for p in range(block_posts[b], block_posts[b + 1]):
-                d = base + np.int64(post_delta[p])
-                if d < n_docs:
-                    acc[d] += w * np.float32(post_imp[p])
-                else:
-                    bad += 1
+        bad += _accumulate(t, w, term_blocks, block_posts, block_base, post_delta, post_imp, acc, n_docs)
     k = len(hs)
     for d in range(n_docs):
         s = acc[d]
@@ -212,3 +221,97 @@ def search_maxscore(terms, weights, term_blocks, block_posts, block_base, block_
                 heap_push(hs, hd, hn, s, base_id + d)
                 cut = _cut(hs, hn, bound_factor)
     return 0
+
+
+@njit(cache=True, nogil=True)
+def _kth_largest(acc, deleted, k, floor):
+    """The k-th largest live accumulator value, or ``floor`` if that is larger or fewer are above it."""
+    top = np.empty(k, np.float32)  # ascending
+    n = 0
+    for d in range(len(deleted)):
+        s = acc[d]
+        if s <= floor or deleted[d] != 0:
+            continue
+        if n < k:
+            j = n
+            n += 1
+            while j > 0 and top[j - 1] > s:
+                top[j] = top[j - 1]
+                j -= 1
+            top[j] = s
+        elif s > top[0]:
+            j = 0
+            while j + 1 < k and top[j + 1] < s:
+                top[j] = top[j + 1]
+                j += 1
+            top[j] = s
+    return top[0] if n == k else floor
+
+
+@njit(cache=True, nogil=True)
+def search_taat_rescore(terms, weights, term_bound, term_blocks, block_posts, block_base, post_delta, post_imp,
+                        doc_ptr, doc_terms, doc_imp, deleted, acc, qdense, base_id, hs, hd, hn, stop_ratio,
+                        bound_factor):
+    """MaxScore in term-at-a-time form: accumulate the heavy terms, rescore few candidates forward.
+
+    Terms are taken in decreasing bound order into the dense accumulator. Once the bounds of
+    the terms still to do sum below a proven threshold (the k-th best partial score, a lower
+    bound of the final k-th score), no untouched document can make the top-k; each touched one
+    whose partial score plus that remainder can reach the threshold is completed from the
+    forward store, with the remaining terms' weights in the dense query ``qdense`` (float32
+    [vocab], zeros, left zeroed). The remaining terms' postings are never read. ``stop_ratio``
+    (< 1) keeps accumulating until the remainder is that fraction of the threshold, which
+    shrinks the candidate set; ``bound_factor`` > 1 inflates the threshold (approximate).
+    """
+    n_docs = len(deleted)
+    nq = len(terms)
+    k = len(hs)
+    vocab = len(qdense)
+    order = np.argsort(-term_bound)
+    remaining = np.float32(0.0)
+    for i in range(nq):
+        remaining += term_bound[i]
+    half = remaining * np.float32(0.5)
+    theta = np.float32(-1.0)
+    if hn[0] == k:
+        theta = hs[0]
+    checked = False
+    bad = 0
+    j = 0
+    while j < nq:
+        if checked and remaining * _SLACK < theta * stop_ratio * bound_factor:
+            theta = _kth_largest(acc, deleted, k, theta)
+            break
+        i = order[j]
+        t = terms[i]
+        w = weights[i]
+        bad += _accumulate(t, w, term_blocks, block_posts, block_base, post_delta, post_imp, acc, n_docs)
+        remaining -= term_bound[i]
+        j += 1
+        if not checked and remaining <= half:
+            theta = _kth_largest(acc, deleted, k, theta)
+            checked = True
+    if j == nq:
+        remaining = np.float32(0.0)
+    for r in range(j, nq):
+        qdense[terms[order[r]]] = weights[order[r]]
+    limit = theta
+    for d in range(n_docs):
+        s = acc[d]
+        if s == 0:
+            continue
+        acc[d] = 0
+        if deleted[d] != 0 or (s + remaining) * _SLACK < limit:
+            continue
+        if j < nq:
+            for p in range(doc_ptr[d], doc_ptr[d + 1]):
+                tt = np.int64(doc_terms[p])
+                if tt < vocab:
+                    s += qdense[tt] * np.float32(doc_imp[p])
+        if hn[0] < k or s >= hs[0]:
+            heap_push(hs, hd, hn, s, base_id + d)
+            if hn[0] == k:
+                limit = max(theta, hs[0] * bound_factor)
+    for r in range(j, nq):
+        qdense[terms[order[r]]] = 0
+    return bad

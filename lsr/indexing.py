@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-from contextlib import contextmanager
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,12 +25,10 @@ from lsr.collection import (
     BUILD_STATE, FORMAT, META_FILE, disk_size, files_checksum, is_collection_dir, read_vector_shards,
     shard_name, write_shard,
 )
+from lsr.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.dense import DenseIndex
 from lsr.files import write_json_atomic
-from lsr.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.sparse import SparseBatch
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,6 +112,7 @@ class _State:
     truncated: int = 0
     corpus_hash: str = field(default_factory=lambda: CorpusHash().hexdigest)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    complete: bool = False  # set only when OUT already holds the finished collection
 
     def save(self, out: Path) -> None:
         write_json_atomic(out / BUILD_STATE, asdict(self))
@@ -125,17 +124,13 @@ class _Stages:
     def __init__(self, seconds: dict[str, float]) -> None:
         self.seconds = dict(seconds)
 
+    @contextmanager
     def time(self, stage: str):
-        stages = self
-
-        class _Timer:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                stages.seconds[stage] = stages.seconds.get(stage, 0.0) + time.perf_counter() - self.start
-
-        return _Timer()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
 def _progress(desc: str, total: int | None, initial: int, enabled: bool):
@@ -172,10 +167,7 @@ def _load_state(out: Path, settings: dict) -> _State:
         if meta.get("settings") != settings:
             raise ValueError(f"{out} holds a finished collection built with other settings or from another source; "
                              "use --overwrite to replace it")
-        state = _State(settings, shards=meta["shards"], docs=meta["n_docs"], postings=meta["postings"],
-                       corpus_hash=meta["corpus_checksum"], stage_seconds=meta.get("stage_seconds", {}))
-        state.complete = True  # type: ignore[attr-defined]
-        return state
+        return _State(settings, complete=True)
     raw = json.loads((out / BUILD_STATE).read_text(encoding="utf-8"))
     if raw.get("settings") != settings:
         changed = sorted(k for k in settings.keys() | raw.get("settings", {}).keys()
@@ -220,8 +212,8 @@ def build_collection(
                           limit=options.limit)
     settings = options.settings(source)
     state = prepare_output(out, settings, resume=resume, overwrite=overwrite)
-    if state is not None and getattr(state, "complete", False):
-        return _summary_of_complete(out, state)
+    if state is not None and state.complete:
+        return _summary_of_complete(out)
     resumed_from = state.docs if state is not None else 0
     state = state or _State(settings)
     state.save(out)
@@ -384,7 +376,7 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
                    resumed_from)
 
 
-def _summary_of_complete(out: Path, state: _State) -> Summary:
+def _summary_of_complete(out: Path) -> Summary:
     import json
 
     meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))

@@ -209,7 +209,7 @@ class Searcher:
         with _timed(timings, "encode"):
             if text is not None and mode in ("sparse", "hybrid"):
                 batch, info = self.encode_queries([text])
-                q_sparse, truncated = _row_dict(batch, 0), bool(info.truncated[0])
+                q_sparse, truncated = row_dict(batch, 0), bool(info.truncated[0])
             if sparse is not None:
                 q_sparse = self._sparse_query(sparse)
             if dense is not None:
@@ -247,7 +247,7 @@ class Searcher:
         for i in range(len(texts)):
             results.append(
                 self.search_encoded(
-                    None if sparse_batch is None else _row_dict(sparse_batch, i),
+                    None if sparse_batch is None else row_dict(sparse_batch, i),
                     None if dense is None else dense[i],
                     k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text, explain=explain,
                     timings={"encode": per_query_encode},
@@ -429,7 +429,8 @@ class Searcher:
             return self.collection.delete(ids)
 
 
-def _row_dict(batch: SparseBatch, i: int) -> dict[int, float]:
+def row_dict(batch: SparseBatch, i: int) -> dict[int, float]:
+    """Row i of a SparseBatch as a {term id: weight} dict, the form search_encoded takes."""
     ids, vals = batch.row(i)
     return dict(zip(ids.tolist(), vals.tolist()))
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import socket
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -138,3 +141,31 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
     second = json.loads((again / "results.json").read_text())
     assert second["methods"]["sparse"] == report["methods"]["sparse"]
     assert second["index_checksum"] == report["index_checksum"]
+
+    # through the gRPC service the numbers are the in-process numbers
+    (collection,) = (tmp_path / "cache" / "indexes").iterdir()
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "lsr.cli", "serve", str(collection), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        from lsr.service import Client
+
+        with Client(f"127.0.0.1:{port}") as client:
+            client.wait_ready(timeout=180)
+        remote = tmp_path / "remote"
+        assert cli_main(["beir", "--dataset", "tiny", "--data-dir", str(data), "--methods", "sparse,dense,hybrid,hybrid-prf",
+                         "--endpoint", f"127.0.0.1:{port}", "--out", str(remote), "--quiet"]) == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    through = json.loads((remote / "results.json").read_text())
+    for method in ("sparse", "dense", "hybrid", "hybrid-prf"):
+        assert through["methods"][method] == pytest.approx(report["methods"][method], abs=1e-9), method
+    assert {k: through["settings"][k] for k in ("alpha", "prf_docs", "prf_weight")} == \
+        {k: settings[k] for k in ("alpha", "prf_docs", "prf_weight")}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

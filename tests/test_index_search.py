@@ -13,8 +13,8 @@ from index_helpers import as_batch, assert_exact_topk, brute_scores, live_ids, r
 from lsr.index import Hit, InvertedIndex
 from lsr.sparse import SparseBatch
 
-ALGORITHMS = ["auto", "taat", "maxscore"]
-_SETTINGS = settings(max_examples=40, deadline=None,
+ALGORITHMS = ["auto", "taat", "rescore", "maxscore"]
+_SETTINGS = settings(max_examples=30, deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -93,7 +93,7 @@ def test_multi_window_multi_segment_large(tmp_path):
     for qi in range(15):
         terms = rng.choice(vocab, int(rng.integers(1, 60)), replace=False)
         query = {int(t): float(w) for t, w in zip(terms, rng.exponential(1.0, len(terms)))}
-        for algorithm in ("taat", "maxscore"):
+        for algorithm in ("taat", "rescore", "maxscore"):
             assert_exact_topk(idx, query, 10, algorithm=algorithm)
 
 

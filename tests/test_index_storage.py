@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -93,7 +92,7 @@ def test_verify_finds_corruption_past_the_cheaply_checked_head(tmp_path):
     damaged = InvertedIndex.open(path)  # the cheap check passes: size and head are intact
     with pytest.raises(CorruptIndexError, match=target.name):
         damaged.verify()
-    for algorithm in ("taat", "maxscore"):  # garbage doc ids are range-checked: answers, never a crash
+    for algorithm in ("taat", "rescore", "maxscore"):  # garbage doc ids are range-checked: answers, never a crash
         for t in range(0, 2000, 97):
             damaged.search({t: 1.0, (t + 1) % 2000: 0.5}, k=10, algorithm=algorithm)
     del idx

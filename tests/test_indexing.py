@@ -204,3 +204,49 @@ def test_upsert_and_delete_keep_texts_in_step(reference, corpus, tmp_path):
     assert reopened.text(["new", first]) == [text, None]
     assert reopened.sparse.num_docs == len(reopened.dense) == N_DOCS
     assert reopened.dense.search(dense, k=1)[0][0, 0] == "new"
+
+
+def test_dense_encoder_matches_sentence_transformers():
+    """Mean pooling + L2 normalisation reproduce all-MiniLM-L6-v2's reference embeddings."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    from lsr.dense import DenseEncoder
+    from lsr.models import resolve_model
+
+    texts = ["Aspirin lowers the risk of heart attack.", "vitamin d " * 200, "short"]
+    ours = DenseEncoder.from_pretrained("minilm", device="cpu").encode_documents(texts)
+    reference = sentence_transformers.SentenceTransformer(resolve_model("minilm"), device="cpu")
+    np.testing.assert_allclose(ours, reference.encode(texts, normalize_embeddings=True), atol=2e-5)
+    assert ours.dtype == np.float32 and ours.shape == (3, 384)
+
+
+@pytest.mark.parametrize("hnsw_m", [None, 16])
+def test_dense_index_upserts_removes_and_round_trips(tmp_path, hnsw_m):
+    from lsr.dense import DenseIndex
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"d{i}" for i in range(300)]
+    index = DenseIndex.create(32, hnsw_m)
+    index.add(ids, vectors)
+    found, scores = index.search(vectors[:20], k=3)
+    assert found[:, 0].tolist() == ids[:20]
+    assert index.remove(["d0", "ghost"]) == ["ghost"]
+    index.add(["d1"], -vectors[1])  # replace: the old vector is gone
+    found, _ = index.search(vectors[:2], k=300)
+    assert "d0" not in found[0] and found[1, 0] != "d1" and len(index) == 299
+    np.testing.assert_allclose(index.get_vectors(["d1"])[0], -vectors[1])
+    index.save(tmp_path / "a")
+    again = DenseIndex.open(tmp_path / "a")
+    assert again.kind == ("hnsw" if hnsw_m else "flat")
+    np.testing.assert_array_equal(again.search(vectors[:5], k=4)[0], index.search(vectors[:5], k=4)[0])
+    rebuilt = DenseIndex.create(32, hnsw_m)
+    rebuilt.add(ids, vectors)
+    rebuilt.remove(["d0"])
+    rebuilt.add(["d1"], -vectors[1])
+    rebuilt.save(tmp_path / "b")
+    assert DenseIndex.checksum(tmp_path / "a") == DenseIndex.checksum(tmp_path / "b")  # reproducible bytes
+    with pytest.raises(ValueError, match="dimension 32"):
+        index.search(np.zeros((1, 8), np.float32), k=1)
+    missing, padded = index.search(vectors[:1], k=400)
+    assert missing[0, -1] is None and padded[0, -1] == -np.inf

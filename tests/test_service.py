@@ -123,7 +123,12 @@ def client(servers):
 
 @pytest.fixture(scope="module")
 def searcher(collections):
-    return Searcher.open(collections["hybrid"])
+    """In-process twin of the main server: same collection, same torch thread count (so the same float sums)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    yield Searcher.open(collections["hybrid"], threads=1)  # `lsr serve` defaults to --threads 1
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +341,7 @@ def test_writes_are_visible_durable_across_kill_9_and_sigterm_drains(collections
             # SIGTERM while a long batch runs: NOT_SERVING, new searches refused, the batch completes, exit 0.
             batch: dict = {}
             worker = threading.Thread(target=lambda: batch.update(
-                results=c.search_batch(queries * 6, k=10, mode="hybrid", prf=PrfOptions(), chunk_size=1000, timeout=300)))
+                results=c.search_batch(queries * 4, k=10, mode="hybrid", prf=PrfOptions(), chunk_size=1000, timeout=300)))
             worker.start()
             deadline = time.monotonic() + 60
             while c.stats()["in_flight"] == 0:
@@ -352,7 +357,7 @@ def test_writes_are_visible_durable_across_kill_9_and_sigterm_drains(collections
                 c.search("new work during the drain")
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             worker.join(300)
-            assert len(batch["results"]) == len(queries) * 6
+            assert len(batch["results"]) == len(queries) * 4
         assert server.proc.wait(60) == 0
         assert "event=stopped drained=True" in server.log()
     finally:

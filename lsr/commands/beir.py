@@ -9,11 +9,17 @@ Examples:
   lsr beir --dataset scifact --out runs/beir-scifact
   lsr beir --dataset nfcorpus --methods sparse,hybrid --data-dir ~/data/beir
   lsr beir --dataset scifact --endpoint localhost:50051
+  lsr beir --dataset scifact --serve     # index, start `lsr serve`, evaluate through it, stop it
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 HELP = "evaluate BM25 / sparse / dense / hybrid / hybrid-prf on a BEIR dataset"
 
@@ -30,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=100, help="retrieval depth (default: 100)")
     p.add_argument("--endpoint", default=None, metavar="HOST:PORT",
                    help="query a running `lsr serve` instead of searching in-process")
+    p.add_argument("--serve", action="store_true",
+                   help="index the dataset, start `lsr serve` on a free loopback port, evaluate through it, then stop it")
     p.add_argument("--out", default=None, help="folder for results.md, results.json and ndcg.png")
     p.add_argument("--model", default="splade-tiny", help="SPLADE model (default: splade-tiny)")
     p.add_argument("--dense", default="minilm", help="dense model, or 'none' (default: minilm)")
@@ -50,8 +58,63 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     options = IndexOptions(model=args.model, dense_model=dense, threads=args.threads)
-    report = run_beir(args.dataset, data_dir=args.data_dir, split=args.split, methods=methods, k=args.k,
-                      endpoint=args.endpoint, out=args.out, options=options, progress=not args.quiet)
+    if args.serve and args.endpoint:
+        raise ValueError("--serve starts its own server; drop --endpoint (or drop --serve to use yours)")
+    with contextlib.ExitStack() as stack:
+        endpoint = args.endpoint
+        if args.serve:
+            from lsr.beir import cached_collection, load_beir, locate_dataset
+
+            source = locate_dataset(args.dataset, args.data_dir)
+            collection, _ = cached_collection(source, load_beir(source), options, progress=not args.quiet)
+            endpoint = stack.enter_context(_served(collection, args.threads))
+        report = run_beir(args.dataset, data_dir=args.data_dir, split=args.split, methods=methods, k=args.k,
+                          endpoint=endpoint, out=args.out, options=options, progress=not args.quiet)
     print()
     print(markdown(report))
     return 0
+
+
+@contextlib.contextmanager
+def _served(collection: Path, threads: int | None):
+    """Run `lsr serve` on a free loopback port until the block ends; SIGTERM must drain it to exit 0."""
+    from lsr.service import Client
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "lsr.cli", "serve", str(collection), "--host", "127.0.0.1", "--port", str(port)]
+    if threads:
+        command += ["--threads", str(threads)]
+    server = subprocess.Popen(command)
+    endpoint = f"127.0.0.1:{port}"
+    try:
+        with Client(endpoint) as client:
+            _wait_serving(client, server, timeout=300.0)
+        print(f"lsr serve is up at {endpoint} (pid {server.pid})", file=sys.stderr)
+        yield endpoint
+    finally:
+        server.terminate()
+        code = server.wait(timeout=120)
+        print(f"lsr serve stopped (exit {code})", file=sys.stderr)
+        if code != 0 and sys.exc_info()[0] is None:
+            raise RuntimeError(f"lsr serve exited with {code} after SIGTERM; expected a clean drain (0)")
+
+
+def _wait_serving(client, server: subprocess.Popen, timeout: float) -> None:
+    """Poll health until SERVING; fail fast if the server process dies while loading."""
+    import time
+
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"lsr serve exited with {server.returncode} before it was ready (see its log above)")
+        try:
+            if client.health(timeout=1.0) == "SERVING":
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"lsr serve was not ready after {timeout:.0f} s")

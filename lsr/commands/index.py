@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "index a corpus (BEIR folder/archive, JSONL, Parquet, CSV) into a searchable collection"
 
@@ -66,8 +67,13 @@ def run(args: argparse.Namespace) -> int:
         hnsw_m=args.hnsw,
         threads=args.threads,
     )
-    summary = build_collection(args.source, args.out, options, resume=args.resume, overwrite=args.overwrite,
-                               progress=not args.quiet)
+    try:
+        summary = build_collection(args.source, args.out, options, resume=args.resume, overwrite=args.overwrite,
+                                   progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\nstopped; the encoded shards are kept. Continue with: lsr index {args.source} {args.out} --resume",
+              file=sys.stderr)
+        raise
     if summary.already_complete:
         print(f"{args.out} is already complete; nothing to resume.")
     print(summary.format())

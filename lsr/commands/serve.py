@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=64, help="requests served concurrently (default 64)")
     p.add_argument("--query-encoder", choices=("splade", "inference-free"), default="splade",
                    help="how text queries become sparse vectors (default: the collection's SPLADE model)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for query encoding (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per encoding call (default 1: concurrency comes from micro-batches "
+                        "and parallel requests; more threads per call made a 2-core server slower)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain; with --tls-key enables TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     p.add_argument("--auth-token-file", type=Path,
@@ -32,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="how long concurrent query encodings are collected into one batch (default 2)")
     p.add_argument("--max-batch", type=int, default=64, help="most queries encoded together (default 64; 1 = no batching)")
-    p.add_argument("--max-message-mb", type=float, default=4.0, help="largest request or response in MiB (default 4)")
+    p.add_argument("--max-message-mb", type=float, default=4.0, help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default 4)")
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM (default 30)")
 
 
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=_read_token(args.auth_token_file),
         grace_seconds=args.grace,
     )
-    if args.threads is not None and args.threads < 1:
+    if args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
     searcher = Searcher.open(args.index_dir, query_encoder=args.query_encoder, device="cpu", threads=args.threads)
     return serve(searcher, config)

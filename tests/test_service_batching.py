@@ -1,0 +1,108 @@
+"""MicroBatcher: concurrent texts share an encode call, answers reach the right caller, and work
+for callers that gave up (deadline passed, cancelled) never reaches the encoder."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from lsr.service.batching import DeadlinePassed, MicroBatcher, similar_lengths
+
+
+class GatedEncoder:
+    """Records each call's texts; the first call waits until released, so later submissions queue up."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        self.calls.append(list(texts))
+        self.entered.set()
+        self.release.wait(30)
+        return [t.upper() for t in texts]
+
+
+def test_queued_texts_are_encoded_together_and_answered_in_place():
+    encoder = GatedEncoder()
+    batcher = MicroBatcher(encoder, window=0.05, max_batch=64)
+    try:
+        first = batcher.submit("first query")
+        assert encoder.entered.wait(30)
+        texts = [f"query number {i:02d}" for i in range(10)]
+        futures = [batcher.submit(t) for t in texts]
+        encoder.release.set()
+        assert first.result(30) == "FIRST QUERY"
+        assert [f.result(30) for f in futures] == [t.upper() for t in texts]
+        assert encoder.calls[1] == sorted(texts, key=len)  # all ten queued texts went in one call
+        assert batcher.stats.texts == 11 and batcher.stats.batches == 2
+    finally:
+        encoder.release.set()
+        batcher.close()
+
+
+def test_expired_and_cancelled_requests_are_never_encoded():
+    encoder = GatedEncoder()
+    batcher = MicroBatcher(encoder, window=0.0, max_batch=64)
+    try:
+        batcher.submit("blocker")
+        assert encoder.entered.wait(30)
+        expired = batcher.submit("too late", deadline=time.monotonic() - 1.0)
+        cancelled = batcher.submit("gone away")
+        assert cancelled.cancel()
+        alive = batcher.submit("still wanted")
+        encoder.release.set()
+        assert alive.result(30) == "STILL WANTED"
+        with pytest.raises(DeadlinePassed):
+            expired.result(30)
+        assert cancelled.cancelled()
+        encoded = [t for call in encoder.calls for t in call]
+        assert "too late" not in encoded and "gone away" not in encoded
+        assert batcher.stats.dropped == 2
+    finally:
+        encoder.release.set()
+        batcher.close()
+
+
+def test_encoder_errors_reach_every_waiter_of_the_batch():
+    def failing(texts):
+        raise RuntimeError("model exploded")
+
+    batcher = MicroBatcher(failing, window=0.0, max_batch=8)
+    try:
+        with pytest.raises(RuntimeError, match="model exploded"):
+            batcher.submit("x").result(30)
+    finally:
+        batcher.close()
+
+
+def test_max_batch_one_encodes_inline_one_by_one():
+    encoder = GatedEncoder()
+    encoder.release.set()
+    batcher = MicroBatcher(encoder, max_batch=1)
+    assert not batcher.batching
+    assert [batcher.submit(t).result(0) for t in ("a", "b")] == ["A", "B"]
+    assert encoder.calls == [["a"], ["b"]]
+
+
+def test_lone_request_does_not_wait_for_the_window():
+    encoder = GatedEncoder()
+    encoder.release.set()
+    batcher = MicroBatcher(encoder, window=30.0, max_batch=64, busy=lambda: 1)
+    try:
+        assert batcher.submit("alone").result(10) == "ALONE"  # would time out if it sat out the 30 s window
+    finally:
+        batcher.close()
+
+
+def test_similar_lengths_partitions_by_length():
+    texts = ["short", "tiny", "a medium length query", "another medium query!", "x" * 200, "", "y" * 190]
+    groups = similar_lengths(texts)
+    assert sorted(i for g in groups for i in g) == list(range(len(texts)))
+    for group in groups:
+        lengths = [len(texts[i]) for i in group]
+        assert max(lengths) <= 1.3 * min(lengths) + 8
+    assert len(groups) == 3
