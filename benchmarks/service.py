@@ -46,6 +46,7 @@ class Level:
     qps: float
     p50_ms: float
     p99_ms: float
+    cpu_ms: float  # CPU time the serving process spent per request (all its threads)
     stages_ms: dict[str, float] = field(default_factory=dict)  # mean per request
     error_sample: str = ""
 
@@ -90,18 +91,28 @@ def closed_loop(search, texts: list[str], concurrency: int, max_requests: int, m
     return len(latencies), errors, seconds, lat, stages
 
 
-def measure(side, encoder, config, concurrency, search, texts, args) -> Level:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (``None``: this one), all threads."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(side, encoder, config, concurrency, search, texts, args, pid: int | None = None) -> Level:
     for w in range(min(concurrency, 4)):  # warm-up: connections, numba, torch allocator
         search(w, texts[w])
+    cpu_before = cpu_seconds(pid)
     n, errors, seconds, lat, stages = closed_loop(search, texts, concurrency, args.max_requests, args.seconds)
+    cpu = cpu_seconds(pid) - cpu_before
     level = Level(
         side, encoder, config, concurrency, n, len(errors), round(seconds, 3), round(n / seconds, 2),
         round(float(np.percentile(lat, 50)), 3) if n else float("nan"),
         round(float(np.percentile(lat, 99)), 3) if n else float("nan"),
-        {k: round(v, 3) for k, v in stages.items()}, errors[0] if errors else "",
+        round(1000.0 * cpu / max(1, n), 3), {k: round(v, 3) for k, v in stages.items()}, errors[0] if errors else "",
     )
     print(f"{side:15s} {encoder:15s} {config:11s} c={concurrency:<3d} n={n:<5d} err={len(errors):<3d} "
-          f"qps={level.qps:8.1f} p50={level.p50_ms:8.2f}ms p99={level.p99_ms:8.2f}ms "
+          f"qps={level.qps:8.1f} p50={level.p50_ms:8.2f}ms p99={level.p99_ms:8.2f}ms cpu={level.cpu_ms:7.1f}ms "
           + " ".join(f"{k}={v:.1f}" for k, v in level.stages_ms.items() if v), flush=True)
     return level
 
@@ -137,14 +148,15 @@ def run_encoder(encoder: str, args, texts: list[str], levels: list[Level]) -> No
     from lsr.searcher import PrfOptions, Searcher
 
     flag = "splade" if encoder == "splade-tiny" else "inference-free"
-    searcher = Searcher.open(args.index, query_encoder=flag)
-    server = Server(args.index, "--query-encoder", flag)
+    searcher = Searcher.open(args.index, query_encoder=flag, threads=args.threads)
+    server = Server(args.index, "--query-encoder", flag, "--threads", str(args.threads))
     try:
-        for config, (mode, with_prf) in CONFIGS.items():
+        for config in args.configs:
+            mode, with_prf = CONFIGS[config]
             prf = PrfOptions() if with_prf else None
             for c in args.concurrency:
                 search, clients = grpc_search(server.address, c, mode, prf)
-                levels.append(measure("grpc", encoder, config, c, search, texts, args))
+                levels.append(measure("grpc", encoder, config, c, search, texts, args, server.proc.pid))
                 for client in clients:
                     client.close()
                 levels.append(measure("in-process", encoder, config, c,
@@ -154,13 +166,13 @@ def run_encoder(encoder: str, args, texts: list[str], levels: list[Level]) -> No
     if encoder != "splade-tiny":
         return
     # One-by-one encoding (no micro-batching) at the highest concurrency, for the batching target.
-    unbatched = Server(args.index, "--query-encoder", flag, "--max-batch", "1")
+    unbatched = Server(args.index, "--query-encoder", flag, "--max-batch", "1", "--threads", str(args.threads))
     try:
-        for config in ("SPARSE", "HYBRID"):
+        for config in [c for c in ("SPARSE", "HYBRID") if c in args.configs]:
             mode, _ = CONFIGS[config]
             c = max(args.concurrency)
             search, clients = grpc_search(unbatched.address, c, mode, None)
-            levels.append(measure("grpc-unbatched", encoder, config, c, search, texts, args))
+            levels.append(measure("grpc-unbatched", encoder, config, c, search, texts, args, unbatched.proc.pid))
             for client in clients:
                 client.close()
     finally:
@@ -184,7 +196,8 @@ def targets(levels: list[Level], concurrency: list[int]) -> list[dict]:
         batched = find(levels, "grpc", unbatched.encoder, unbatched.config, hi)
         ratio = batched.qps / unbatched.qps
         out.append({"target": f"micro-batching ≥ 2× one-by-one QPS at c={hi}", "case": f"{batched.encoder} {batched.config}",
-                    "value": f"{ratio:.2f}× ({batched.qps:.1f} vs {unbatched.qps:.1f} QPS)", "met": ratio >= 2.0})
+                    "value": f"{ratio:.2f}× ({batched.qps:.1f} vs {unbatched.qps:.1f} QPS; CPU/request "
+                             f"{batched.cpu_ms:.1f} vs {unbatched.cpu_ms:.1f} ms)", "met": ratio >= 2.0})
     errors = sum(lv.errors for lv in levels)
     out.append({"target": "no errors at any level", "case": "all", "value": str(errors), "met": errors == 0})
     for lv in (lv for lv in levels if lv.side == "grpc" and lv.concurrency == hi):
@@ -194,11 +207,11 @@ def targets(levels: list[Level], concurrency: list[int]) -> list[dict]:
     return out
 
 
-def machine() -> dict:
+def machine(threads: int) -> dict:
     import torch
 
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "torch": torch.__version__, "torch_threads": threads, "platform": platform.platform(),
             "load_average_at_start": os.getloadavg()}
 
 
@@ -207,16 +220,18 @@ def write_markdown(path: Path, report: dict) -> None:
         "# gRPC service benchmark", "",
         f"Collection `{report['index']}` ({report['num_docs']} docs), {report['num_queries']} real SciFact queries, k=10. "
         f"Closed loop, ≤{report['max_requests']} requests or {report['seconds']} s per level. "
-        f"Machine: {report['machine']['cores']} cores, {report['machine']['platform']}, torch {report['machine']['torch']}, "
+        f"Machine: {report['machine']['cores']} cores, {report['machine']['platform']}, torch {report['machine']['torch']} "
+        f"({report['machine']['torch_threads']} thread per encode call), "
         f"load average at start {report['machine']['load_average_at_start'][0]:.1f}.", "",
         "Stage columns are the mean per request in ms as the server (or in-process Searcher) timed them; "
-        "`queue` is time waiting for a micro-batch.", "",
-        "| side | encoder | config | c | requests | errors | QPS | p50 ms | p99 ms | " + " | ".join(STAGES) + " |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(STAGES),
+        "`queue` is time waiting for a micro-batch. `CPU ms` is the serving process's CPU time per request "
+        "(all threads; in-process rows include the load generator).", "",
+        "| side | encoder | config | c | requests | errors | QPS | p50 ms | p99 ms | CPU ms | " + " | ".join(STAGES) + " |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(STAGES),
     ]
     for lv in report["levels"]:
         lines.append(f"| {lv['side']} | {lv['encoder']} | {lv['config']} | {lv['concurrency']} | {lv['requests']} | {lv['errors']} "
-                     f"| {lv['qps']:.1f} | {lv['p50_ms']:.2f} | {lv['p99_ms']:.2f} | "
+                     f"| {lv['qps']:.1f} | {lv['p50_ms']:.2f} | {lv['p99_ms']:.2f} | {lv['cpu_ms']:.1f} | "
                      + " | ".join(f"{lv['stages_ms'].get(s, 0.0):.2f}" for s in STAGES) + " |")
     lines += ["", "## Targets", "", "| target | case | measured | met |", "|---|---|---|---|"]
     for t in report["targets"]:
@@ -231,6 +246,8 @@ def main() -> int:
                         help="the BEIR archive whose test queries are sent")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
     parser.add_argument("--encoders", type=lambda s: s.split(","), default=["splade-tiny", "inference-free"])
+    parser.add_argument("--configs", type=lambda s: s.split(","), default=list(CONFIGS), help="subset of " + ",".join(CONFIGS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process alike (default 1)")
     parser.add_argument("--max-requests", type=int, default=400, help="requests per level at most")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per level at most")
     parser.add_argument("--out", type=Path, default=RESULTS / "service.json")
@@ -240,7 +257,7 @@ def main() -> int:
 
     dataset = load_beir(args.beir, splits=("test",))
     texts = [dataset.queries[q] for q in dataset.qrels["test"]]
-    report_machine = machine()
+    report_machine = machine(args.threads)
     levels: list[Level] = []
     for encoder in args.encoders:
         run_encoder(encoder, args, texts, levels)

@@ -202,7 +202,7 @@ class Searcher:
         explain: bool = False,
     ) -> SearchResult:
         """One query given as text, as a ``{token or term id: weight}`` dict, or as a dense vector."""
-        self._check_request(text, sparse, dense, k, mode, hybrid, prf)
+        self.check_request(text, sparse, dense, k, mode, hybrid, prf)
         timings: dict[str, float] = {}
         truncated = False
         q_sparse = q_dense = None
@@ -237,7 +237,7 @@ class Searcher:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"query {i} is empty or not a string")
-        self._check_request("x", None, None, k, mode, hybrid, prf)
+        self.check_request("x", None, None, k, mode, hybrid, prf)
         encode_timings: dict[str, float] = {}
         with _timed(encode_timings, "encode"):
             sparse_batch, info = self.encode_queries(texts) if mode != "dense" else (None, None)
@@ -346,7 +346,8 @@ class Searcher:
             hit.explanation = sorted(parts, key=lambda p: (-p[1], p[0]))[:top]
 
     # ------------------------------------------------------------------ validation
-    def _check_request(self, text, sparse, dense, k, mode, hybrid, prf) -> None:
+    def check_request(self, text, sparse, dense, k, mode, hybrid, prf) -> None:
+        """Validate a request before any work (the service calls it ahead of micro-batched encoding)."""
         check_k(k)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")

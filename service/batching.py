@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 EncodeFn = Callable[[list[str]], list]  # texts → one encoded item per text, in order
 _POLL = 0.0005  # while waiting for a batch to fill, how often ``busy`` is asked again
+_LENGTH_RATIO = 1.3  # longest / shortest text within one encoded group ...
+_LENGTH_SLACK = 8  # ... plus this many characters, so very short texts are not split needlessly
 
 
 class DeadlinePassed(Exception):
@@ -48,10 +50,19 @@ class BatchStats:
 
 
 class MicroBatcher:
-    """Submit a text, get a Future of its encoding; with ``max_batch <= 1`` encoding runs inline, one by one."""
+    """Submit a text, get a Future of its encoding; with ``max_batch <= 1`` encoding runs inline, one by one.
+
+    A worker that receives the close marker exits; ``close`` sends one per worker.
+    """
 
     def __init__(
-        self, encode: EncodeFn, *, window: float = 0.002, max_batch: int = 64, busy: Callable[[], int] | None = None
+        self,
+        encode: EncodeFn,
+        *,
+        window: float = 0.002,
+        max_batch: int = 64,
+        busy: Callable[[], int] | None = None,
+        workers: int = 1,
     ) -> None:
         if window < 0:
             raise ValueError(f"batch window must be ≥ 0 seconds, got {window}")
@@ -61,19 +72,23 @@ class MicroBatcher:
         self.max_batch = max(1, int(max_batch))
         self.stats = BatchStats()
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
-        if self.max_batch > 1:
-            self._worker = threading.Thread(target=self._run, name="lsr-microbatch", daemon=True)
-            self._worker.start()
+        self._stats_lock = threading.Lock()
+        # Several workers: while one encodes a batch the next one fills, and each can use a core.
+        self._workers = [
+            threading.Thread(target=self._run, name=f"lsr-microbatch-{i}", daemon=True)
+            for i in range(max(1, workers) if self.max_batch > 1 else 0)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     @property
     def batching(self) -> bool:
-        return self._worker is not None
+        return bool(self._workers)
 
     def submit(self, text: str, deadline: float | None = None) -> Future:
         """Queue one text; cancel the returned Future to withdraw it before it is encoded."""
         pending = _Pending(text, deadline)
-        if self._worker is None:
+        if not self._workers:
             self._process([pending])
         else:
             self._queue.put(pending)
@@ -81,10 +96,11 @@ class MicroBatcher:
 
     def close(self) -> None:
         """Encode what is queued, then stop the worker."""
-        if self._worker is not None:
+        for _ in self._workers:
             self._queue.put(None)
-            self._worker.join()
-            self._worker = None
+        for worker in self._workers:
+            worker.join()
+        self._workers = []
 
     def _run(self) -> None:
         while True:
@@ -119,21 +135,45 @@ class MicroBatcher:
         live = []
         for item in batch:
             if not item.future.set_running_or_notify_cancel():
-                self.stats.dropped += 1
+                self._count(dropped=1)
             elif item.deadline is not None and now >= item.deadline:
-                self.stats.dropped += 1
+                self._count(dropped=1)
                 item.future.set_exception(DeadlinePassed("deadline passed while waiting to be encoded"))
             else:
                 live.append(item)
         if not live:
             return
-        try:
-            encoded = self._encode([item.text for item in live])
-        except BaseException as exc:  # noqa: BLE001 - every waiter must learn of the failure
-            for item in live:
-                item.future.set_exception(exc)
-            return
-        self.stats.batches += 1
-        self.stats.texts += len(live)
-        for item, result in zip(live, encoded):
-            item.future.set_result(result)
+        for group in similar_lengths([item.text for item in live]):
+            members = [live[i] for i in group]
+            try:
+                encoded = self._encode([item.text for item in members])
+            except BaseException as exc:  # noqa: BLE001 - every waiter must learn of the failure
+                for item in members:
+                    item.future.set_exception(exc)
+                continue
+            self._count(batches=1, texts=len(members))
+            for item, result in zip(members, encoded):
+                item.future.set_result(result)
+
+
+    def _count(self, **increments: int) -> None:
+        with self._stats_lock:
+            for name, n in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + n)
+
+
+def similar_lengths(texts: list[str], ratio: float = _LENGTH_RATIO) -> list[list[int]]:
+    """Indices grouped so a group's longest text is at most ``ratio`` × its shortest.
+
+    A batch is padded to its longest member and SPLADE's vocabulary pooling costs the same for a
+    pad as for a token, so one batch of mixed lengths can cost more than encoding one by one;
+    groups of similar length keep the batching gain. Character length stands in for token count.
+    """
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(texts[i]) <= ratio * len(texts[groups[-1][0]]) + _LENGTH_SLACK:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups

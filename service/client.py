@@ -19,6 +19,7 @@ from lsr.service import search_pb2_grpc
 from lsr.service.convert import options_to_proto, request_to_proto, result_from_proto
 
 _MiB = 1024 * 1024
+_HITS_PER_RESPONSE = 50_000  # ~2 MiB of hits per SearchBatch response
 
 
 class Client:
@@ -81,8 +82,10 @@ class Client:
         chunk_size: int = 256,
         timeout: float | None = None,
     ) -> list[SearchResult]:
-        """Results in input order; long lists go as several requests of ``chunk_size`` texts."""
+        """Results in input order; long lists go as several requests of at most ``chunk_size`` texts,
+        fewer for large k, so that each response stays a few MiB."""
         fields = options_to_proto(k, mode, hybrid, prf)
+        chunk_size = max(1, min(chunk_size, _HITS_PER_RESPONSE // max(1, k)))
         results: list[SearchResult] = []
         for start in range(0, len(texts), chunk_size):
             request = pb.SearchBatchRequest(

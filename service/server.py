@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -26,6 +27,7 @@ from lsr.service.servicer import SearchServicer
 log = logging.getLogger("lsr.service")
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _HEALTH_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List")
 
 
@@ -38,6 +40,7 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     batch_window_ms: float = 2.0
     max_batch: int = 64  # 1 disables micro-batching: every request encodes on its own
+    encode_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # batches encoded at once, per encoder
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_token: str | None = None
@@ -46,7 +49,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        for name in ("workers", "max_batch", "max_concurrent_rpcs", "max_message_bytes"):
+        for name in ("workers", "max_batch", "encode_workers", "max_concurrent_rpcs", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.batch_window_ms < 0 or self.grace_seconds < 0:
@@ -93,11 +96,12 @@ class SearchServer:
     def __init__(self, searcher, config: ServerConfig) -> None:
         self.config = config
         self.searcher = searcher
-        self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch)
+        self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch,
+                                       encode_workers=config.encode_workers)
         interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
-        limits = [
+        limits = [  # requests are bounded to protect the server; a full batch of k=1000 answers may be larger
             ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", max(config.max_message_bytes, _MAX_RESPONSE_BYTES)),
         ]
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="lsr-rpc"),
@@ -123,9 +127,10 @@ class SearchServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "event=listening address=%s:%d tls=%s auth=%s workers=%d batching=%s window_ms=%g max_batch=%d",
+            "event=listening address=%s:%d tls=%s auth=%s workers=%d batching=%s window_ms=%g max_batch=%d encode_workers=%d",
             self.config.host, self.port, self.config.tls_cert is not None, self.config.auth_token is not None,
             self.config.workers, self.servicer.sparse_batcher.batching, self.config.batch_window_ms, self.config.max_batch,
+            self.config.encode_workers,
         )
         return self
 

@@ -124,12 +124,13 @@ def _format(fields: dict[str, object]) -> str:
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     """Validates requests, micro-batches text encodings, and hands the rest to the Searcher."""
 
-    def __init__(self, searcher, *, batch_window: float = 0.002, max_batch: int = 64) -> None:
+    def __init__(self, searcher, *, batch_window: float = 0.002, max_batch: int = 64, encode_workers: int = 2) -> None:
         self.searcher = searcher
         # Sparse and dense encoders batch separately, so a hybrid query's two encodings overlap.
         busy = lambda: self.in_flight  # noqa: E731 - requests that may still join a batch
-        self.sparse_batcher = MicroBatcher(_sparse_encodings(searcher), window=batch_window, max_batch=max_batch, busy=busy)
-        self.dense_batcher = MicroBatcher(_dense_encodings(searcher), window=batch_window, max_batch=max_batch, busy=busy)
+        batching = {"window": batch_window, "max_batch": max_batch, "busy": busy, "workers": encode_workers}
+        self.sparse_batcher = MicroBatcher(_sparse_encodings(searcher), **batching)
+        self.dense_batcher = MicroBatcher(_dense_encodings(searcher), **batching)
         self.started = time.monotonic()
         self.counters = {"requests": 0, "abandoned": 0}
         self._lock = threading.Lock()
@@ -143,7 +144,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         options = self._options(request)
         text, sparse, dense = _query_of(request)
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None)
-        self.searcher._check_request(text, sparse, dense, *(options[key] for key in ("k", "mode", "hybrid", "prf")))
+        self.searcher.check_request(text, sparse, dense, *(options[key] for key in ("k", "mode", "hybrid", "prf")))
         call.check("encoding")
         if text is not None and dense is None:
             result = self._search_text(text, options, call)
