@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lsr.files import atomic_write
+
 FORMAT = "lsr-inverted-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -59,12 +61,7 @@ def _crc_file(path: Path, limit: int | None = None) -> int:
 
 def _durable_write(path: Path, write) -> dict:
     """Write via ``write(file)`` to a temp name, fsync, rename into place; return the file record."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, write)
     return {"file": path.name, "bytes": path.stat().st_size, "crc32": _crc_file(path),
             "head_crc32": _crc_file(path, _HEAD_BYTES)}
 

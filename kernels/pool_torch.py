@@ -24,6 +24,13 @@ def splade_max_pool_reference(
     return act.amax(dim=1)
 
 
+def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, vocab_chunk: int):
+    """Yield [B, L, chunk] logits for consecutive vocabulary chunks; only one chunk lives at a time."""
+    for start in range(0, weight.shape[0], vocab_chunk):
+        logits = hidden @ weight[start : start + vocab_chunk].t()
+        yield logits if bias is None else logits + bias[start : start + vocab_chunk]
+
+
 def splade_max_pool_chunked(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -39,14 +46,10 @@ def splade_max_pool_chunked(
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
     masked = ~attention_mask.bool().unsqueeze(-1)
-    chunks = []
-    for start in range(0, weight.shape[0], vocab_chunk):
-        w = weight[start : start + vocab_chunk]
-        logits = hidden @ w.t()
-        if bias is not None:
-            logits = logits + bias[start : start + vocab_chunk]
-        logits = logits.masked_fill(masked, float("-inf"))
-        chunks.append(logits.amax(dim=1))
+    chunks = [
+        logits.masked_fill(masked, float("-inf")).amax(dim=1)
+        for logits in _logit_chunks(hidden, weight, bias, vocab_chunk)
+    ]
     pooled = torch.cat(chunks, dim=1)
     # relu maps the all-masked -inf to 0, so fully masked rows come out as zeros.
     return torch.log1p(torch.relu(pooled))
@@ -61,10 +64,8 @@ def splade_sum_pool_chunked(
 ) -> torch.Tensor:
     """Sum pooling (SPLADE v1): the activation must precede the sum, so it runs per chunk."""
     keep = attention_mask.to(hidden.dtype).unsqueeze(-1)
-    chunks = []
-    for start in range(0, weight.shape[0], vocab_chunk):
-        logits = hidden @ weight[start : start + vocab_chunk].t()
-        if bias is not None:
-            logits = logits + bias[start : start + vocab_chunk]
-        chunks.append((torch.log1p(torch.relu(logits)) * keep).sum(dim=1))
+    chunks = [
+        (torch.log1p(torch.relu(logits)) * keep).sum(dim=1)
+        for logits in _logit_chunks(hidden, weight, bias, vocab_chunk)
+    ]
     return torch.cat(chunks, dim=1)

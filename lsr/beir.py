@@ -293,12 +293,18 @@ def run_beir(
     methods: Sequence[str] = METHODS,
     k: int = 100,
     endpoint: str | None = None,
+    tune_locally: str | Path | None = None,
     out: str | Path | None = None,
     options: Any = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> dict:
-    """Evaluate ``methods`` on ``split``; writes results.md/.json and ndcg.png into ``out`` when given."""
+    """Evaluate ``methods`` on ``split``; writes results.md/.json and ndcg.png into ``out`` when given.
+
+    ``tune_locally`` (a collection folder, with ``endpoint``): tune α, m, β in-process on that
+    collection, which reuses one encoding of the tuning queries across the grid, while every reported
+    number still comes through the endpoint. ``lsr beir --serve`` uses it for the collection it serves.
+    """
     from lsr.indexing import IndexOptions
     from lsr.searcher import HybridOptions, PrfOptions
 
@@ -356,7 +362,13 @@ def run_beir(
         timings["load_models"] = time.perf_counter() - clock
         if {"hybrid", "hybrid-prf"} & set(neural):
             clock = time.perf_counter()
-            settings = tune(backend, dataset, tuning_split(dataset, split), k, say)
+            tuner = backend
+            if endpoint and tune_locally:
+                from lsr.searcher import Searcher
+
+                tuner = InProcess(Searcher.open(tune_locally, device="cpu"))
+            settings = tune(tuner, dataset, tuning_split(dataset, split), k, say)
+            settings["tuned"] = "in-process on the served collection" if tuner is not backend else "through the backend"
             timings["tune"] = time.perf_counter() - clock
         hybrid = HybridOptions(sparse_weight=settings.get("alpha", DEFAULT_ALPHA))
         plans = {

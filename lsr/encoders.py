@@ -125,6 +125,8 @@ class SpladeEncoder:
     ``query_expansion`` / ``doc_expansion`` (False keeps only the input's own tokens).
     """
 
+    auto_model_class = "AutoModelForMaskedLM"
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -179,12 +181,12 @@ class SpladeEncoder:
         device: str | torch.device = "auto",
         dtype: torch.dtype | None = None,
         **options: Any,
-    ) -> "SpladeEncoder":
+    ):
         """Load a hub id, a local folder, or a bundled short name (``splade-tiny``)."""
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
+        import transformers
 
-        tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
-        model = load_with_hint(name_or_path, cls._model_loader(AutoModelForMaskedLM))
+        tokenizer = load_with_hint(name_or_path, transformers.AutoTokenizer.from_pretrained)
+        model = load_with_hint(name_or_path, cls._model_loader(getattr(transformers, cls.auto_model_class)))
         return cls(
             model, tokenizer, max_length=max_length, query_max_length=query_max_length,
             device=device, dtype=dtype, name=str(name_or_path), **options,
@@ -321,32 +323,14 @@ class DecoderSpladeEncoder(SpladeEncoder):
     ``padding_side``, so default position ids stay correct and pads never precede real tokens.
     """
 
+    auto_model_class = "AutoModelForCausalLM"
+
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, echo: bool = True, **kwargs: Any) -> None:
         self.echo = echo
         super().__init__(model, tokenizer, **kwargs)
         if tokenizer.pad_token_id is None:
             self._pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self._bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str,
-        *,
-        max_length: int = 256,
-        query_max_length: int = 64,
-        device: str | torch.device = "auto",
-        dtype: torch.dtype | None = None,
-        **options: Any,
-    ) -> "DecoderSpladeEncoder":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
-        model = load_with_hint(name_or_path, cls._model_loader(AutoModelForCausalLM))
-        return cls(
-            model, tokenizer, max_length=max_length, query_max_length=query_max_length,
-            device=device, dtype=dtype, name=str(name_or_path), **options,
-        )
 
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
         """Text tokens only (no specials); each echoed copy gets half of what is left after BOS."""

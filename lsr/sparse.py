@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lsr.files import atomic_write
+
 _VOCAB_KEY = b"lsr.vocab"
 _VOCAB_SIZE_KEY = b"lsr.vocab_size"
 
@@ -188,10 +190,8 @@ class SparseBatch:
 
     def write_parquet(self, path: str | Path, ids: Sequence[str] | None = None) -> None:
         """Write atomically: a temp file renamed into place, so a crash never leaves half a file."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(self.to_arrow(ids), tmp, compression="zstd")
-        tmp.replace(path)
+        table = self.to_arrow(ids)
+        atomic_write(Path(path), lambda fh: pq.write_table(table, fh, compression="zstd"))
 
     @classmethod
     def read_parquet(cls, path: str | Path) -> tuple["SparseBatch", list[str] | None]:

@@ -23,12 +23,13 @@ EVERY = 6  # documents per checkpointed shard: 16 shards, so a kill lands mid-ru
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, scifact) -> Path:
-    """Short real documents (SciFact titles) so both models encode quickly."""
+    """Real SciFact documents, cut to 64 tokens at encoding: long enough that a run can be interrupted mid-way."""
     path = tmp_path_factory.mktemp("corpus") / "titles.jsonl"
     ids = list(scifact.corpus)[:N_DOCS]
     with open(path, "w", encoding="utf-8") as fh:
         for doc_id in ids:
-            fh.write(json.dumps({"_id": doc_id, "title": scifact.corpus[doc_id]["title"], "text": ""}) + "\n")
+            doc = scifact.corpus[doc_id]
+            fh.write(json.dumps({"_id": doc_id, "title": doc["title"], "text": doc["text"]}) + "\n")
     return path
 
 
@@ -58,7 +59,7 @@ def test_collection_holds_what_was_indexed(reference, corpus):
     rows = [json.loads(line) for line in corpus.read_text().splitlines()]
     assert col.meta["n_docs"] == col.sparse.num_docs == len(col.dense) == N_DOCS
     assert col.meta["shards"] == N_DOCS // EVERY
-    assert col.text([rows[5]["_id"], "nope"]) == [rows[5]["title"], None]
+    assert col.text([rows[5]["_id"], "nope"]) == [f'{rows[5]["title"]} {rows[5]["text"]}', None]
     # each document's own vectors find it first
     first = [r["_id"] for r in rows[:5]]
     vectors = col.sparse.get_vectors(first)

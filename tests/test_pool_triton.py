@@ -206,7 +206,7 @@ def test_deterministic_mode_equals_fast_mode_and_repeats_bitwise():
     exact = kernel_grads(hidden, weight, b, mask, grad_out, True)
     exact_again = kernel_grads(hidden, weight, b, mask, grad_out, True)
     for f, e, e2 in zip(fast, exact, exact_again):
-        torch.testing.assert_close(f, e, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(f, e, rtol=1e-5, atol=1e-6)  # fast mode's atomics may sum in any order
         assert torch.equal(e, e2)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.serve and args.endpoint:
         raise ValueError("--serve starts its own server; drop --endpoint (or drop --serve to use yours)")
     with contextlib.ExitStack() as stack:
-        endpoint = args.endpoint
+        endpoint, collection = args.endpoint, None
         if args.serve:
             from lsr.beir import cached_collection, load_beir, locate_dataset
 
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
             collection, _ = cached_collection(source, load_beir(source), options, progress=not args.quiet)
             endpoint = stack.enter_context(_served(collection, args.threads))
         report = run_beir(args.dataset, data_dir=args.data_dir, split=args.split, methods=methods, k=args.k,
-                          endpoint=endpoint, out=args.out, options=options, progress=not args.quiet)
+                          endpoint=endpoint, tune_locally=collection, out=args.out, options=options,
+                          progress=not args.quiet)
     print()
     print(markdown(report))
     return 0
@@ -88,12 +90,14 @@ def _served(collection: Path, threads: int | None):
         command += ["--threads", str(threads)]
     server = subprocess.Popen(command)
     endpoint = f"127.0.0.1:{port}"
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # so a SIGTERM to us also stops the server
     try:
         with Client(endpoint) as client:
             _wait_serving(client, server, timeout=300.0)
         print(f"lsr serve is up at {endpoint} (pid {server.pid})", file=sys.stderr)
         yield endpoint
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.terminate()
         code = server.wait(timeout=120)
         print(f"lsr serve stopped (exit {code})", file=sys.stderr)
@@ -118,3 +122,7 @@ def _wait_serving(client, server: subprocess.Popen, timeout: float) -> None:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"lsr serve was not ready after {timeout:.0f} s")
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
