@@ -73,6 +73,9 @@ class MicroBatcher:
         self.stats = BatchStats()
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._stats_lock = threading.Lock()
+        # One encode at a time per batcher: tokenizers and models are not safe to share across
+        # threads mid-call. A second worker still gathers the next batch meanwhile.
+        self._encode_lock = threading.Lock()
         # Several workers: while one encodes a batch the next one fills, and each can use a core.
         self._workers = [
             threading.Thread(target=self._run, name=f"lsr-microbatch-{i}", daemon=True)
@@ -146,7 +149,8 @@ class MicroBatcher:
         for group in similar_lengths([item.text for item in live]):
             members = [live[i] for i in group]
             try:
-                encoded = self._encode([item.text for item in members])
+                with self._encode_lock:
+                    encoded = self._encode([item.text for item in members])
             except BaseException as exc:  # noqa: BLE001 - every waiter must learn of the failure
                 for item in members:
                     item.future.set_exception(exc)
@@ -154,7 +158,6 @@ class MicroBatcher:
             self._count(batches=1, texts=len(members))
             for item, result in zip(members, encoded):
                 item.future.set_result(result)
-
 
     def _count(self, **increments: int) -> None:
         with self._stats_lock:
