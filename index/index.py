@@ -442,7 +442,7 @@ def _load_state(path: Path) -> _State:
         manifest = storage.read_manifest(path)
         try:
             return _state_from_manifest(path, manifest)
-        except storage.CorruptIndexError:
+        except (storage.CorruptIndexError, FileNotFoundError):
             if attempt + 1 < _OPEN_RETRIES and storage.read_manifest(path)["version"] != manifest["version"]:
                 continue  # a commit replaced the files under us; read the new manifest
             raise

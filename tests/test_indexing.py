@@ -85,7 +85,10 @@ def _shards(out: Path) -> int:
 
 
 def _interrupt_after(cmd: list[str], out: Path, shards: int, sig: int) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job inherits SIGINT as ignored, and then Python never raises
+    # KeyboardInterrupt: give the child the default disposition so Ctrl-C is simulated faithfully.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while _shards(out) < shards and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
