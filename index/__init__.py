@@ -1,4 +1,5 @@
-"""Inverted index over quantized SPLADE impacts: exact top-k with block-max MaxScore pruning.
+"""Inverted index over quantized SPLADE impacts: exact top-k by windowed integer term-at-a-time
+scoring, or block-max MaxScore pruning where it skips nearly everything.
 
 ``InvertedIndex.build/open/search/search_batch/add/delete/merge/verify``; see ``index.py``.
 """

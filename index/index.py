@@ -25,9 +25,9 @@ from .quantize import choose_scale, dequantize, impact_dtype, quantize
 from .search_numba import search_maxscore, search_taat, search_taat_rescore
 from .segment import Segment, build_arrays, expected_dtypes, expected_lengths, structure_problem
 
-WINDOW = 4096
+WINDOW = 4096  # docs per block-max MaxScore window
+TAAT_WINDOW = 32768  # docs per term-at-a-time window (a power of two): a 128 KiB uint32 accumulator stays in L2
 STOP_RATIO = 0.3
-PRUNE_IF_POSTINGS_BELOW = 0.32
 ALGORITHMS = ("auto", "taat", "rescore", "maxscore")
 _OPEN_RETRIES = 5
 
@@ -47,6 +47,7 @@ class _State:
         self.vocab = vocab
         self.bases = np.cumsum([0] + [s.n_docs for s in segments]).astype(np.int64)
         self._locations: dict[str, tuple[int, int]] | None = None
+        self._token_ids: dict[str, int] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -63,6 +64,15 @@ class _State:
                     table.update(zip(seg.ids[live].tolist(), ((si, int(r)) for r in live)))
                 self._locations = table
             return self._locations
+
+    def token_ids(self) -> dict[str, int] | None:
+        """token -> term id, built on first use (None when the index stores no vocabulary)."""
+        if self.vocab is None:
+            return None
+        with self._lock:
+            if self._token_ids is None:
+                self._token_ids = {token: i for i, token in enumerate(self.vocab)}
+            return self._token_ids
 
     def doc_ids(self, internal: np.ndarray) -> list[str]:
         """External ids of internal ids (segment base + local row)."""
@@ -181,12 +191,13 @@ class InvertedIndex:
         """Top-k documents by dot product; exact unless ``top_terms``/``bound_factor`` are set.
 
         Fewer than k hits come back when fewer documents share a term with the query.
-        ``algorithm`` is "auto" (per segment), "taat", "rescore" (term-at-a-time MaxScore) or
-        "maxscore" (windowed block-max MaxScore).
+        ``algorithm`` is "auto" (the windowed integer TAAT with per-window MaxScore when exact,
+        block-max MaxScore when ``bound_factor`` > 1), "taat", "rescore" (MaxScore with forward
+        rescoring over a float accumulator) or "maxscore" (windowed block-max MaxScore).
         """
         state = self._state
         _check_search_args(k, bound_factor, algorithm)
-        terms, weights = query_terms(query, self.vocab_size, state.vocab)
+        terms, weights = query_terms(query, self.vocab_size, state.token_ids)
         internal, scores = self._search_terms(state, terms, weights, k, top_terms, bound_factor, algorithm)
         return [Hit(d, s) for d, s in zip(state.doc_ids(internal), scores.tolist())]
 
@@ -199,7 +210,7 @@ class InvertedIndex:
         """
         state = self._state
         _check_search_args(k, bound_factor, algorithm)
-        rows = query_rows(queries, self.vocab_size, state.vocab)
+        rows = query_rows(queries, self.vocab_size, state.token_ids)
         ids = np.full((len(rows), k), None, dtype=object)
         scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
 
@@ -218,46 +229,45 @@ class InvertedIndex:
                 list(pool.map(run, [range(i, min(i + step, len(rows))) for i in range(0, len(rows), step)]))
         return ids, scores
 
-    def _acc(self, size: int) -> np.ndarray:
-        """A zeroed per-thread accumulator of at least ``size`` floats (kernels leave it zeroed)."""
-        acc = getattr(self._scratch, "acc", None)
-        if acc is None or len(acc) < size:
-            acc = self._scratch.acc = np.zeros(max(size, WINDOW), np.float32)
-        return acc
-
-    def _qdense(self) -> np.ndarray:
-        """A zeroed per-thread dense query of vocab_size floats (the rescore kernel leaves it zeroed)."""
-        dense = getattr(self._scratch, "qdense", None)
-        if dense is None or len(dense) != self.vocab_size:
-            dense = self._scratch.qdense = np.zeros(self.vocab_size, np.float32)
-        return dense
+    def _zeros(self, name: str, size: int, dtype) -> np.ndarray:
+        """A zeroed per-thread scratch array of at least ``size`` items (kernels leave it zeroed)."""
+        array = getattr(self._scratch, name, None)
+        if array is None or len(array) < size or array.dtype != dtype:
+            array = np.zeros(size, dtype)
+            setattr(self._scratch, name, array)
+        return array
 
     def _search_terms(self, state: _State, terms, weights, k, top_terms, bound_factor, algorithm):
         terms, weights = keep_top_terms(terms, weights, top_terms)
-        hs = np.zeros(k, np.float32)
-        hd = np.zeros(k, np.int64)
-        hn = np.zeros(1, np.int64)
+        heap = (np.zeros(k, np.float32), np.zeros(k, np.int64), np.zeros(1, np.int64))
+        qdense = self._zeros("qdense", self.vocab_size, np.float32)
+        chosen = _choose_algorithm(algorithm, bound_factor)
         for seg, base in zip(state.segments, state.bases):
-            present = seg.term_df[terms] > 0
-            if not present.any() or seg.live == 0:
+            if seg.live == 0:
                 continue
-            t = np.ascontiguousarray(terms[present])
-            w = np.ascontiguousarray(weights[present] * np.float32(seg.scale), dtype=np.float32)
             a = seg.arrays
-            bound = (w * seg.term_max[t].astype(np.float32)).astype(np.float32)
-            chosen = _choose_algorithm(algorithm, seg, t, bound)
             if chosen == "taat":
-                search_taat(t, w, a["term_blocks"], a["block_posts"], a["block_base"], a["post_delta"],
-                            a["post_imp"], seg.deleted, self._acc(seg.n_docs), base, hs, hd, hn)
-            elif chosen == "rescore":
-                search_taat_rescore(t, w, bound, a["term_blocks"], a["block_posts"], a["block_base"],
+                search_taat(terms, weights, np.float32(seg.scale), seg.term_max.dtype.kind == "u", seg.term_df,
+                            seg.term_max, a["term_blocks"], a["block_posts"], a["block_base"], a["block_last"],
+                            a["post_delta"], a["post_imp"], a["doc_ptr"], a["doc_terms"], a["doc_imp"], seg.deleted,
+                            TAAT_WINDOW, self._zeros("acc_int", TAAT_WINDOW, np.uint32),
+                            self._zeros("acc_float", TAAT_WINDOW, np.float32), qdense, base, *heap)
+                continue
+            if not seg.term_df[terms].any():
+                continue
+            w = np.multiply(weights, np.float32(seg.scale), dtype=np.float32)
+            term_max = seg.term_max[terms]
+            if chosen == "rescore":
+                bound = np.multiply(w, term_max, dtype=np.float32)
+                search_taat_rescore(terms, w, bound, a["term_blocks"], a["block_posts"], a["block_base"],
                                     a["post_delta"], a["post_imp"], a["doc_ptr"], a["doc_terms"], a["doc_imp"],
-                                    seg.deleted, self._acc(seg.n_docs), self._qdense(), base, hs, hd, hn,
+                                    seg.deleted, self._zeros("acc", seg.n_docs, np.float32), qdense, base, *heap,
                                     np.float32(STOP_RATIO), np.float32(bound_factor))
             else:
-                search_maxscore(t, w, a["term_blocks"], a["block_posts"], a["block_base"], a["block_last"],
+                search_maxscore(terms, w, a["term_blocks"], a["block_posts"], a["block_base"], a["block_last"],
                                 a["block_max"], a["post_delta"], a["post_imp"], seg.deleted, WINDOW,
-                                self._acc(WINDOW), base, hs, hd, hn, np.float32(bound_factor))
+                                self._zeros("acc", WINDOW, np.float32), base, *heap, np.float32(bound_factor))
+        hs, hd, hn = heap
         n = int(hn[0])
         order = np.lexsort((hd[:n], -hs[:n]))
         return hd[:n][order], hs[:n][order]
@@ -353,22 +363,15 @@ def _check_search_args(k: int, bound_factor: float, algorithm: str) -> None:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
 
 
-def _choose_algorithm(algorithm: str, seg: Segment, terms: np.ndarray, bound: np.ndarray) -> str:
-    """Per query and segment: prune only when pruning can skip most postings.
-
-    Small segments: one dense pass beats any pruning bookkeeping. Otherwise the terms carrying
-    the top ``1 - STOP_RATIO`` of the query's bound mass must be accumulated anyway; if they hold
-    most of the postings, exhaustive TAAT is cheaper than MaxScore's candidate rescoring (the
-    case on splade-tiny vectors, whose heavy query terms are often frequent expansion terms).
-    """
+def _choose_algorithm(algorithm: str, bound_factor: float) -> str:
+    """Exact "auto" is the windowed TAAT, which decides per window how many low-bound terms it can
+    leave to MaxScore lookups. Measured on splade-tiny vectors (benchmarks/search.py), it beat the
+    block-max MaxScore and rescore kernels at every collection size and query; the heavy query terms
+    there are frequent expansion terms whose long lists pruning cannot skip. A ``bound_factor``
+    above 1 asks for approximate pruning, which only the block-max kernel does."""
     if algorithm != "auto":
         return algorithm
-    if seg.n_docs <= 4 * WINDOW or len(terms) < 2:
-        return "taat"
-    order = np.argsort(-bound)
-    needed = np.searchsorted(np.cumsum(bound[order]), (1.0 - STOP_RATIO) * bound.sum()) + 1
-    df = seg.term_df[terms[order]]
-    return "rescore" if df[:needed].sum() < PRUNE_IF_POSTINGS_BELOW * df.sum() else "taat"
+    return "maxscore" if bound_factor > 1.0 else "taat"
 
 
 def _disk_version(path: Path) -> int:

@@ -7,10 +7,11 @@ the error says which row, id or term is wrong.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 
 from lsr.sparse import SparseBatch
 
@@ -69,7 +70,10 @@ def document_batch(vectors, doc_ids: Sequence | None, vocab_size: int | None) ->
     return _canonical_csr(batch), ids
 
 
-def query_terms(query, vocab_size: int, vocab: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+TokenIds = Callable[[], Optional[Mapping[str, int]]]  # token -> term id, built only when a query uses tokens
+
+
+def query_terms(query, vocab_size: int, token_ids: TokenIds) -> tuple[np.ndarray, np.ndarray]:
     """(term ids ascending, weights) of one query, zeros dropped and duplicates summed.
 
     Accepts a one-row SparseBatch, a 1-row scipy matrix, or a ``{term id or token: weight}`` dict.
@@ -87,7 +91,7 @@ def query_terms(query, vocab_size: int, vocab: Sequence[str] | None) -> tuple[np
         if all(isinstance(t, (int, np.integer)) for t in query):
             terms = np.fromiter(query.keys(), np.int64, len(query))
         else:
-            terms = np.asarray([_term_id(t, vocab) for t in query], np.int64)
+            terms = np.asarray([_term_id(t, token_ids) for t in query], np.int64)
         weights = np.fromiter(query.values(), np.float64, len(query))
     else:
         raise TypeError(f"unsupported query type {type(query).__name__}: pass a SparseBatch row, a scipy row or a dict")
@@ -97,46 +101,57 @@ def query_terms(query, vocab_size: int, vocab: Sequence[str] | None) -> tuple[np
 def _clean_query(terms, weights, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     terms = np.asarray(terms, np.int64)
     weights = np.asarray(weights, np.float64)
-    _check_weights(weights, "query")
-    _check_terms(terms, vocab_size, "query")
-    keep = weights > 0
-    if keep.all() and (len(terms) < 2 or (np.diff(terms) > 0).all()):  # already canonical: the common case
-        return terms.astype(np.int32), weights.astype(np.float32)
-    terms, inverse = np.unique(terms[keep], return_inverse=True)
-    summed = np.zeros(len(terms), np.float64)
-    np.add.at(summed, inverse, weights[keep])
-    return terms.astype(np.int32), summed.astype(np.float32)
+    ok, terms, weights = _canonical_query(terms, weights, vocab_size)
+    if not ok:  # the checks name the offending value
+        _check_weights(weights, "query")
+        _check_terms(terms, vocab_size, "query")
+    return terms, weights
 
 
-def _term_id(term, vocab: Sequence[str] | None) -> int:
+@njit(cache=True, nogil=True)
+def _canonical_query(terms, weights, vocab_size):
+    """Validate, drop zeros, sort by term and sum duplicates (in float64) in one compiled pass:
+    as numpy calls this set-up cost a search on a small index as much as the search itself.
+    Returns ``(ok, terms int32, weights float32)``, or ``(False, terms, weights)`` unchanged."""
+    for i in range(len(terms)):
+        w = weights[i]
+        if not np.isfinite(w) or w < 0 or terms[i] < 0 or terms[i] >= vocab_size:
+            return False, terms.astype(np.int32), weights.astype(np.float32)
+    order = np.argsort(terms, kind="mergesort")
+    out_terms = np.empty(len(terms), np.int32)
+    out_weights = np.empty(len(terms), np.float64)
+    m = 0
+    for j in order:
+        if weights[j] == 0:
+            continue
+        if m > 0 and out_terms[m - 1] == terms[j]:
+            out_weights[m - 1] += weights[j]
+        else:
+            out_terms[m] = terms[j]
+            out_weights[m] = weights[j]
+            m += 1
+    return True, out_terms[:m], out_weights[:m].astype(np.float32)
+
+
+def _term_id(term, token_ids: TokenIds) -> int:
     if isinstance(term, (int, np.integer)):
         return int(term)
-    if vocab is None:
+    lookup = token_ids()
+    if lookup is None:
         raise ValueError(f"query term {term!r} is a token but the index stores no vocabulary; use term ids")
-    lookup = _vocab_lookup(tuple(vocab))
     if term not in lookup:
         raise ValueError(f"query token {term!r} is not in the index vocabulary")
     return lookup[term]
 
 
-_LOOKUPS: dict[int, dict[str, int]] = {}
-
-
-def _vocab_lookup(vocab: tuple[str, ...]) -> dict[str, int]:
-    key = hash(vocab)
-    if key not in _LOOKUPS:
-        _LOOKUPS[key] = {tok: i for i, tok in enumerate(vocab)}
-    return _LOOKUPS[key]
-
-
-def query_rows(queries, vocab_size: int, vocab: Sequence[str] | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def query_rows(queries, vocab_size: int, token_ids: TokenIds) -> list[tuple[np.ndarray, np.ndarray]]:
     """Validated terms per query from a SparseBatch, a scipy matrix or an iterable of queries."""
     if isinstance(queries, SparseBatch):
         return [_clean_query(*queries.row(i), vocab_size) for i in range(len(queries))]
     if sp.issparse(queries):
         csr = sp.csr_matrix(queries)
-        return [query_terms(csr[i], vocab_size, vocab) for i in range(csr.shape[0])]
-    return [query_terms(q, vocab_size, vocab) for q in queries]
+        return [query_terms(csr[i], vocab_size, token_ids) for i in range(csr.shape[0])]
+    return [query_terms(q, vocab_size, token_ids) for q in queries]
 
 
 def keep_top_terms(terms: np.ndarray, weights: np.ndarray, top_terms: int | None) -> tuple[np.ndarray, np.ndarray]:

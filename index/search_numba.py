@@ -1,15 +1,16 @@
-"""Top-k kernels over one segment: an exhaustive term-at-a-time accumulator, MaxScore in
-term-at-a-time form with forward rescoring, and a windowed block-max MaxScore.
+"""Top-k kernels over one segment: exhaustive term-at-a-time scoring in cache-sized windows with
+integer accumulation (the default), MaxScore in term-at-a-time form with forward rescoring, and a
+windowed block-max MaxScore.
 
-Both push into one shared top-k heap (scores float32, internal ids int64, size in ``hn[0]``), so
+All push into one shared top-k heap (scores float32, internal ids int64, size in ``hn[0]``), so
 segments are searched one after another with the threshold carried over. The heap's root is the
 worst entry: lowest score, and among equal scores the highest internal id, which makes ties
 resolve to ascending internal doc id. Documents are visited in ascending id, so a later document
 with an equal score never displaces an earlier one.
 
 Loop bounds come from the validated pointer arrays; doc ids decoded from postings are range
-checked before they index anything, so a corrupted file gives a wrong score at worst, never a
-crash (``verify()`` catches the content corruption).
+checked or masked before they index anything, so a corrupted file gives a wrong score at worst,
+never a crash (``verify()`` catches the content corruption).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from numba import njit
 # Bounds are sums of float32 products taken in another order than the scores; this relative slack
 # keeps rounding from pruning a document whose exact score reaches the threshold.
 _SLACK = np.float32(1.0 + 1e-4)
+_CANDIDATES = 1024  # term-at-a-time rescoring buffer; when full it is rescored early
+# Term-at-a-time leaves out the terms whose bounds sum to at most this share of the cut: a larger
+# share skips more postings but makes more candidates to rescore (0.2-0.3 balance on splade-tiny).
+_NON_ESSENTIAL = 0.25
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -90,28 +95,272 @@ def _accumulate(t, w, term_blocks, block_posts, block_base, post_delta, post_imp
     return bad
 
 
-@njit(cache=True, nogil=True)
-def search_taat(terms, weights, term_blocks, block_posts, block_base, post_delta, post_imp,
-                deleted, acc, base_id, hs, hd, hn):
-    """Exhaustive term-at-a-time scoring into a dense accumulator, then one heap pass.
+@njit(cache=True, nogil=True, inline="always")
+def _block_ranges(terms, term_blocks):
+    """Per query term, its first block and one past its last: the cursors the kernels advance."""
+    first = np.empty(len(terms), np.int64)
+    end = np.empty(len(terms), np.int64)
+    for i in range(len(terms)):
+        first[i] = term_blocks[terms[i]]
+        end[i] = term_blocks[terms[i] + 1]
+    return first, end
 
-    ``acc`` is float32 [n_docs] of zeros and is left zeroed. Returns the number of postings
-    whose decoded doc id was out of range (non-zero only for corrupted files).
+
+@njit(cache=True, nogil=True, inline="always")
+def _forward_score(d, doc_ptr, doc_terms, doc_imp, qdense):
+    """Exact score of local doc ``d`` from the forward store against the dense query."""
+    vocab = np.uint64(len(qdense))
+    s = np.float32(0.0)
+    for p in range(doc_ptr[d], doc_ptr[d + 1]):
+        t = np.uint64(doc_terms[p])
+        if t < vocab:
+            s += qdense[t] * np.float32(doc_imp[p])
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _integer_query(weights, term_max):
+    """Query weights as uint32 for integer impacts, so term-at-a-time accumulation is integer.
+
+    Returns ``(qweights, q_scale, q_err, ok)``: ``qweights = max(1, round(weights * q_scale))``
+    with ``q_scale`` as large as 32 bits allow, so a document's integer score is within ``q_err``
+    of ``q_scale`` × its exact score (each term is off by at most 1 × its impact) and cannot
+    overflow (one posting per term and document). ``ok`` is False when float accumulation must
+    be used: no term occurs, or a query too long for 32-bit headroom.
+    """
+    err = 0.0
+    total = 0.0
+    for i in range(len(weights)):
+        err += np.float64(term_max[i])
+        total += np.float64(weights[i]) * np.float64(term_max[i])
+    qweights = np.ones(len(weights), np.uint32)
+    headroom = 2.0**32 - 2.0 - err
+    if total <= 0.0 or headroom < 2.0**24:
+        return qweights, 1.0, 0.0, False
+    q_scale = headroom / total
+    for i in range(len(weights)):
+        qweights[i] = np.uint32(min(max(1.0, np.rint(np.float64(weights[i]) * q_scale)), 2.0**32 - 1.0))
+    return qweights, q_scale, err + 1.0, True
+
+
+@njit(cache=True, nogil=True)
+def search_taat(terms, weights, scale, integer_impacts, term_df, term_max, term_blocks, block_posts, block_base,
+                block_last, post_delta, post_imp, doc_ptr, doc_terms, doc_imp, deleted, window, acc_int, acc_float,
+                qdense, base_id, hs, hd, hn):
+    """One segment's term-at-a-time search with its per-query set-up compiled too.
+
+    Scales the query to stored impact units (float32, like the other kernels), derives integer
+    weights for integer impacts and runs ``_taat`` with the matching scratch accumulator
+    (``acc_int`` uint32 or ``acc_float`` float32, window-sized, zeros). On small segments the
+    Python version of this set-up cost as much as the search itself.
+    """
+    present = False
+    for i in range(len(terms)):
+        if term_df[terms[i]] > 0:
+            present = True
+    if not present:
+        return
+    w = np.empty(len(terms), np.float32)
+    tmax = np.empty(len(terms), term_max.dtype)
+    for i in range(len(terms)):
+        w[i] = weights[i] * scale
+        tmax[i] = term_max[terms[i]]
+    qweights, q_scale, q_err, ok = _integer_query(w, tmax)
+    if integer_impacts and ok:
+        _taat(terms, qweights, w, q_scale, q_err, term_blocks, block_posts, block_base, block_last, post_delta,
+              post_imp, tmax, doc_ptr, doc_terms, doc_imp, deleted, window, acc_int, qdense, base_id, hs, hd, hn)
+    else:
+        _taat(terms, w, w, 1.0, 0.0, term_blocks, block_posts, block_base, block_last, post_delta, post_imp,
+              tmax, doc_ptr, doc_terms, doc_imp, deleted, window, acc_float, qdense, base_id, hs, hd, hn)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scatter_window(w, b, e, p, lo, hi, mask, block_posts, block_base, block_last, post_delta, post_imp, acc):
+    """acc[doc - lo] += w * impact over one term's postings with lo <= doc < hi, from block ``b``,
+    posting ``p``; returns where the next window resumes. Whole blocks run with unsigned, masked
+    indexes: no wraparound tests, and a corrupted delta can only hit a wrong slot."""
+    span = np.uint64(hi - lo)
+    while b < e:
+        rel = np.uint64(block_base[b]) - np.uint64(lo)
+        pe = block_posts[b + 1]
+        if block_last[b] >= hi:  # the block runs past this window: stop at its edge
+            while p < pe:
+                j = rel + np.uint64(post_delta[p])
+                if j >= span:
+                    break
+                acc[j] += w * post_imp[p]
+                p += 1
+            return b, p
+        for q in range(np.uint64(p), np.uint64(pe)):
+            acc[(rel + np.uint64(post_delta[q])) & mask] += w * post_imp[q]
+        b += 1
+        p = pe
+    return b, p
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _skip_window(b, e, p, lo, hi, block_posts, block_base, block_last, post_delta):
+    """Move one term's cursor past the docs below ``hi`` without scoring them."""
+    span = np.uint64(hi - lo)
+    while b < e:
+        pe = block_posts[b + 1]
+        if block_last[b] >= hi:
+            rel = np.uint64(block_base[b]) - np.uint64(lo)
+            while p < pe and rel + np.uint64(post_delta[p]) < span:
+                p += 1
+            return b, p
+        b += 1
+        p = pe
+    return b, p
+
+
+@njit(cache=True, nogil=True)
+def _taat(terms, qweights, weights, q_scale, q_err, term_blocks, block_posts, block_base, block_last,
+          post_delta, post_imp, term_max, doc_ptr, doc_terms, doc_imp, deleted, window, acc, qdense, base_id,
+          hs, hd, hn):
+    """Term-at-a-time scoring in cache-sized doc windows with MaxScore, exact top-k by rescoring.
+
+    Each window of ``window`` docs (a power of two) is scored into ``acc`` (window-sized, zeros,
+    left zeroed) with query weights ``qweights`` in the accumulator's type. For integer impacts
+    both are integers (``round(weight * q_scale)``, at least 1): the inner loop is an integer
+    multiply-add into a cache-resident array, several times faster than float accumulation over
+    all documents. An accumulator value is within ``q_err`` of ``q_scale`` × the exact score, so
+    the k-th best value seen bounds the final k-th score from below (the cut).
+
+    MaxScore: once the cut is known, the terms with the smallest bounds, together worth at most
+    ``_NON_ESSENTIAL`` of it, are not accumulated. A document whose partial value plus their
+    bound reaches the cut is a candidate; its missing terms are looked up in their posting lists,
+    skipping whole blocks, and if its full value still reaches the cut it is rescored exactly from
+    the forward store (float32 ``weights`` via ``qdense``, vocab-sized, zeros, left zeroed) and
+    offered to the heap. Float impacts pass float ``qweights``/``acc``, ``q_scale`` 1, ``q_err`` 0.
     """
     n_docs = len(deleted)
-    bad = 0
-    for i in range(len(terms)):
-        t = terms[i]
-        w = weights[i]
-        bad += _accumulate(t, w, term_blocks, block_posts, block_base, post_delta, post_imp, acc, n_docs)
+    nq = len(terms)
     k = len(hs)
-    for d in range(n_docs):
-        s = acc[d]
-        if s > 0:
-            acc[d] = 0
-            if deleted[d] == 0 and (hn[0] < k or s >= hs[0]):
-                heap_push(hs, hd, hn, s, base_id + d)
-    return bad
+    bound = np.empty(nq, np.float64)  # per term, its largest contribution in accumulator units
+    for i in range(nq):
+        qdense[terms[i]] = weights[i]
+        bound[i] = np.float64(qweights[i]) * np.float64(term_max[i])
+    order = np.argsort(bound)
+    bc, be = _block_ranges(terms, term_blocks)
+    pc = np.empty(nq, np.int64)
+    for i in range(nq):
+        pc[i] = block_posts[bc[i]]
+    mask = np.uint64(window - 1)
+    vs = np.zeros(k, acc.dtype)  # the k best full accumulator values of live docs (a heap; ids unused)
+    vd = np.zeros(k, np.int64)
+    vn = np.zeros(1, np.int64)
+    cut = np.zeros(1, np.float64)  # the candidate cut (see _candidate_cut), from earlier segments' heap at first
+    cut[0] = _candidate_cut(hs, hn, vs, vn, q_scale, q_err)
+    floor = np.zeros(1, acc.dtype)  # cut less the skipped terms' bound, in the accumulator's type
+    cand = np.empty(_CANDIDATES, np.uint64)  # window slots that passed the floor, resolved in batches
+    extra = np.empty(_CANDIDATES, acc.dtype)
+    for lo in range(0, n_docs, window):
+        hi = min(lo + window, n_docs)
+        skipped = 0.0
+        n_skip = 0
+        while n_skip < nq - 1 and skipped + bound[order[n_skip]] <= cut[0] * _NON_ESSENTIAL:
+            skipped += bound[order[n_skip]]
+            n_skip += 1
+        for r in range(n_skip, nq):
+            i = order[r]
+            bc[i], pc[i] = _scatter_window(qweights[i], bc[i], be[i], pc[i], lo, hi, mask, block_posts,
+                                           block_base, block_last, post_delta, post_imp, acc)
+        floor[0] = max(0.0, cut[0] - skipped)
+        c = floor[0]  # a local, so the scan stays a tight compare loop
+        nc = 0
+        for j in range(np.uint64(hi - lo)):
+            v = acc[j]
+            if v >= c and v != 0 and deleted[lo + np.int64(j)] == 0:
+                if n_skip == 0:  # v is the full value
+                    heap_push(vs, vd, vn, v, 0)
+                    cut[0] = _candidate_cut(hs, hn, vs, vn, q_scale, q_err)
+                if nc == len(cand):
+                    _resolve(cand, nc, extra, lo, acc, order, n_skip, qweights, bc, be, pc, block_posts, block_base,
+                             block_last, post_delta, post_imp, cut, q_scale, q_err, doc_ptr, doc_terms, doc_imp,
+                             qdense, base_id, hs, hd, hn, vs, vd, vn)
+                    nc = 0
+                floor[0] = max(0.0, cut[0] - skipped)
+                c = floor[0]
+                cand[nc] = j
+                nc += 1
+        _resolve(cand, nc, extra, lo, acc, order, n_skip, qweights, bc, be, pc, block_posts, block_base, block_last,
+                 post_delta, post_imp, cut, q_scale, q_err, doc_ptr, doc_terms, doc_imp, qdense, base_id, hs, hd, hn,
+                 vs, vd, vn)
+        for r in range(n_skip):
+            i = order[r]
+            bc[i], pc[i] = _skip_window(bc[i], be[i], pc[i], lo, hi, block_posts, block_base, block_last, post_delta)
+        acc[: hi - lo] = 0
+    for i in range(nq):
+        qdense[terms[i]] = 0
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _resolve(cand, nc, extra, lo, acc, order, n_skip, qweights, bc, be, pc, block_posts, block_base, block_last,
+             post_delta, post_imp, cut, q_scale, q_err, doc_ptr, doc_terms, doc_imp, qdense, base_id, hs, hd, hn,
+             vs, vd, vn):
+    """Complete and rescore the buffered candidates (ascending window slots) of one window.
+
+    The skipped terms' contributions come from their posting lists: each list's cursor moves
+    forward through the candidates, skipping the blocks that end before the next one. Full
+    values raise the cut (when terms were skipped; otherwise the scan did); a full value still
+    at the cut is rescored exactly and offered to the heap. Deferring this to the end of the
+    window (or a full buffer) means the cut has risen on many values first.
+    """
+    for ci in range(nc):
+        extra[ci] = 0
+    for r in range(n_skip):
+        i = order[r]
+        w = qweights[i]
+        b = bc[i]
+        e = be[i]
+        p = pc[i]
+        for ci in range(nc):
+            d = lo + np.int64(cand[ci])
+            while b < e and block_last[b] < d:
+                b += 1
+                p = block_posts[b]
+            if b == e:
+                break
+            base = np.int64(block_base[b])
+            pe = block_posts[b + 1]
+            while p < pe and base + np.int64(post_delta[p]) < d:
+                p += 1
+            if p < pe and base + np.int64(post_delta[p]) == d:
+                extra[ci] += w * post_imp[p]
+        bc[i] = b
+        pc[i] = p
+    for ci in range(nc):
+        j = cand[ci]
+        v = acc[j] + extra[ci]
+        if n_skip > 0 and (vn[0] < len(vs) or v > vs[0]):
+            heap_push(vs, vd, vn, v, 0)
+            cut[0] = _candidate_cut(hs, hn, vs, vn, q_scale, q_err)
+        if np.float64(v) < cut[0]:
+            continue
+        d = lo + np.int64(j)
+        s = _forward_score(d, doc_ptr, doc_terms, doc_imp, qdense)
+        if s > 0 and (hn[0] < len(hs) or s >= hs[0]):
+            heap_push(hs, hd, hn, s, base_id + d)
+            cut[0] = _candidate_cut(hs, hn, vs, vn, q_scale, q_err)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _candidate_cut(hs, hn, vs, vn, q_scale, q_err):
+    """A full accumulator value below this cannot reach the top-k; never negative.
+
+    Two lower bounds of the final k-th exact score: the heap's k-th exact score, and the k-th
+    best live accumulator value less its error (partial values are lower still, so this holds
+    for them too). A document needs an exact score at or above the larger one, so an
+    accumulator value at or above it less the error (with float slack).
+    """
+    theta = np.float64(0.0)
+    if hn[0] == len(hs):
+        theta = np.float64(hs[0]) * q_scale
+    if vn[0] == len(vs):
+        theta = max(theta, (np.float64(vs[0]) - q_err) / _SLACK)
+    return max(np.float64(0.0), theta / _SLACK - q_err)
 
 
 @njit(cache=True, nogil=True)
@@ -129,14 +378,10 @@ def search_maxscore(terms, weights, term_blocks, block_posts, block_base, block_
     """
     n_docs = len(deleted)
     nq = len(terms)
-    bc = np.empty(nq, np.int64)
-    bend = np.empty(nq, np.int64)
+    bc, bend = _block_ranges(terms, term_blocks)
     pp = np.zeros(nq, np.int64)
     wub = np.empty(nq, np.float32)
     order = np.empty(nq, np.int64)
-    for i in range(nq):
-        bc[i] = term_blocks[terms[i]]
-        bend[i] = term_blocks[terms[i] + 1]
     for lo in range(0, n_docs, window):
         hi = min(lo + window, n_docs)
         cut = _cut(hs, hn, bound_factor)

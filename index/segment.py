@@ -8,7 +8,7 @@ kernels skip on. The forward store (doc -> terms) serves ``get_vectors`` and ``m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
@@ -200,6 +200,7 @@ class Segment:
     deleted: np.ndarray  # uint8 [n_docs]
     term_max: np.ndarray
     term_df: np.ndarray
+    live: int  # live documents, counted once: searches ask for it on every query
 
     @classmethod
     def create(cls, name: str, arrays: dict[str, np.ndarray], scale: float, ids: np.ndarray, deleted: np.ndarray) -> "Segment":
@@ -207,18 +208,11 @@ class Segment:
         term_max = np.zeros(vocab_size, arrays["block_max"].dtype)
         term_df = np.zeros(vocab_size, np.int64)
         _term_stats(arrays["term_blocks"], arrays["block_posts"], arrays["block_max"], term_max, term_df)
-        return cls(name, arrays, float(scale), ids, deleted, term_max, term_df)
+        return cls(name, arrays, float(scale), ids, deleted, term_max, term_df, _live(deleted))
 
     @property
     def n_docs(self) -> int:
         return len(self.ids)
-
-    @property
-    def live(self) -> int:
-        return self.n_docs - int(self.deleted.sum())
-
-    def with_deleted(self, deleted: np.ndarray) -> "Segment":
-        return replace(self, deleted=deleted)
 
     def deleted_rows(self) -> np.ndarray:
         return np.flatnonzero(self.deleted).astype(np.int64)
@@ -243,3 +237,7 @@ class Segment:
             return self.term_df
         _, terms, _ = self.rows(gone)
         return self.term_df - np.bincount(terms, minlength=len(self.term_df))
+
+
+def _live(deleted: np.ndarray) -> int:
+    return len(deleted) - int(np.count_nonzero(deleted))

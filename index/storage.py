@@ -106,7 +106,9 @@ def load_array(directory: Path, record: dict, dtype: np.dtype, length: int) -> n
     if array.dtype != dtype or array.shape != (length,):
         raise CorruptIndexError(
             f"index file {path} holds {array.dtype}{list(array.shape)}, expected {dtype}[{length}]")
-    return array
+    # A plain ndarray view of the same mapping: numba types a memmap subclass on a slow path,
+    # tens of microseconds per argument on every kernel call.
+    return np.asarray(array)
 
 
 def load_ids(directory: Path, record: dict, length: int) -> np.ndarray:

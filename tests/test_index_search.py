@@ -37,8 +37,9 @@ def queries(draw, vocab: int):
 
 @pytest.fixture
 def small_windows(monkeypatch):
-    """Windows of 8 docs so that tiny collections cross many MaxScore windows."""
+    """Windows of 8 docs so that tiny collections cross many MaxScore and term-at-a-time windows."""
     monkeypatch.setattr(index_module, "WINDOW", 8)
+    monkeypatch.setattr(index_module, "TAAT_WINDOW", 8)
 
 
 @_SETTINGS
@@ -104,6 +105,22 @@ def test_ties_break_by_ascending_internal_id(tmp_path):
     for algorithm in ALGORITHMS:
         hits = idx.search({1: 1.0, 2: 1.0}, k=5, algorithm=algorithm)
         assert [h.doc_id for h in hits] == ["x0", "x1", "x2", "x3", "x4"]
+
+
+@pytest.mark.parametrize("n_docs, query", [
+    (3000, {0: 1.0, 2: 0.3}),  # one window, nothing skipped
+    (40000, {0: 0.05, 1: 1.0, 2: 1.0}),  # the second window skips term 0 and looks it up per candidate
+])
+def test_mass_ties_overflow_the_candidate_buffer(tmp_path, n_docs, query):
+    """Equal documents: every one reaches the cut, far more than the candidate buffer holds."""
+    row = sp.csr_matrix(np.array([[0.5, 1.0, 2.0]], np.float32))
+    ids = [f"d{i:05d}" for i in range(n_docs)]
+    idx = InvertedIndex.build(tmp_path / "idx", sp.vstack([row] * n_docs).tocsr(), ids)
+    idx.delete(["d00001", "d00003"])
+    for algorithm in ALGORITHMS:
+        hits = idx.search(query, k=6, algorithm=algorithm)
+        assert [h.doc_id for h in hits] == ["d00000", "d00002", "d00004", "d00005", "d00006", "d00007"], algorithm
+        assert_exact_topk(idx, query, 6, algorithm=algorithm)
 
 
 def test_edge_shapes(tmp_path):
