@@ -363,6 +363,8 @@ class InferenceFreeQueryEncoder:
     else from an index's document frequencies. There is no forward pass at query time.
     """
 
+    batch_gain = False  # a batch costs the sum of its texts, so the service encodes these without micro-batching
+
     def __init__(self, tokenizer: Any, idf: np.ndarray, *, query_max_length: int = 64, name: str | None = None):
         self.tokenizer = tokenizer
         self.idf = np.asarray(idf, dtype=np.float32)

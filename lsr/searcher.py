@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -162,6 +163,11 @@ class Searcher:
     @property
     def vocab(self) -> Sequence[str]:
         return self.query_encoder.vocab
+
+    @cached_property
+    def _token_ids(self) -> dict[str, int]:
+        """token -> term id, built once: a token-keyed sparse query must not rebuild it per request."""
+        return {token: i for i, token in enumerate(self.vocab)}
 
     def stats(self) -> dict[str, Any]:
         sparse = self.collection.sparse
@@ -372,17 +378,14 @@ class Searcher:
     def _sparse_query(self, sparse: dict[str | int, float]) -> dict[int, float]:
         if not sparse:
             raise ValueError("the sparse query has no terms")
-        lookup = None
         out: dict[int, float] = {}
         for token, weight in sparse.items():
             if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"sparse weight for {token!r} must be a finite non-negative number, got {weight!r}")
             if isinstance(token, str):
-                if lookup is None:
-                    lookup = {t: i for i, t in enumerate(self.vocab)}
-                if token not in lookup:
+                term = self._token_ids.get(token)
+                if term is None:
                     raise ValueError(f"unknown token {token!r} in the sparse query (not in the model's vocabulary)")
-                term = lookup[token]
             else:
                 term = int(token)
                 if not 0 <= term < self.collection.sparse.vocab_size:

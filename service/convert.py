@@ -13,7 +13,8 @@ from lsr.searcher import HybridOptions, PrfOptions, ScoredHit, SearchResult
 from lsr.service import search_pb2 as pb
 
 DEFAULT_K = 10
-_TIMING_FIELDS = [f.name for f in pb.Timings.DESCRIPTOR.fields if f.name != "total"]  # seconds in SearchResult.timings
+_ALL_TIMING_FIELDS = [f.name for f in pb.Timings.DESCRIPTOR.fields]
+_TIMING_FIELDS = [name for name in _ALL_TIMING_FIELDS if name != "total"]  # seconds in SearchResult.timings
 
 _MODES = {pb.MODE_UNSPECIFIED: "sparse", pb.SPARSE: "sparse", pb.DENSE: "dense", pb.HYBRID: "hybrid"}
 _NORMALIZATIONS = {
@@ -84,19 +85,23 @@ def prf_from_proto(msg: pb.PrfOptions) -> PrfOptions | None:
 
 
 def result_to_proto(result: SearchResult, *, index_version: str, request_id: str, total_ms: float = 0.0) -> pb.SearchResponse:
-    timings = {name: 1000.0 * result.timings.get(name, 0.0) for name in _TIMING_FIELDS}
-    hits = [
-        pb.Hit(
-            doc_id=hit.doc_id, score=hit.score, sparse_score=hit.sparse_score, dense_score=hit.dense_score,
-            text=hit.text or "",
-            explanation=[pb.TermContribution(term=term, weight=weight) for term, weight in hit.explanation or ()],
-        )
-        for hit in result.hits
-    ]
-    return pb.SearchResponse(
-        hits=hits, timings=pb.Timings(total=total_ms, **timings), index_version=index_version,
-        truncated=result.truncated, request_id=request_id,
-    )
+    """Filled in place (``hits.add``, field assignment): about a third of the cost of nested constructors,
+    which matters at c=1 where every request pays it."""
+    response = pb.SearchResponse(index_version=index_version, truncated=result.truncated, request_id=request_id)
+    timings = response.timings
+    timings.total = total_ms
+    for name in _TIMING_FIELDS:
+        setattr(timings, name, 1000.0 * result.timings.get(name, 0.0))
+    add = response.hits.add
+    for hit in result.hits:
+        out = add(doc_id=hit.doc_id, score=hit.score, text=hit.text or "")
+        if hit.sparse_score is not None:
+            out.sparse_score = hit.sparse_score
+        if hit.dense_score is not None:
+            out.dense_score = hit.dense_score
+        if hit.explanation:
+            out.explanation.extend(pb.TermContribution(term=term, weight=weight) for term, weight in hit.explanation)
+    return response
 
 
 # ---------------------------------------------------------------------------------------- client side
@@ -132,13 +137,14 @@ def result_from_proto(msg: pb.SearchResponse) -> SearchResult:
     """A SearchResult as the server computed it; timings in seconds like the in-process ones."""
     hits = [
         ScoredHit(
-            doc_id=hit.doc_id, score=hit.score,
-            sparse_score=hit.sparse_score if hit.HasField("sparse_score") else None,
-            dense_score=hit.dense_score if hit.HasField("dense_score") else None,
-            text=hit.text if hit.text else None,
-            explanation=[(term.term, term.weight) for term in hit.explanation],
+            hit.doc_id, hit.score,
+            hit.sparse_score if hit.HasField("sparse_score") else None,
+            hit.dense_score if hit.HasField("dense_score") else None,
+            hit.text or None,
+            [(term.term, term.weight) for term in hit.explanation],
         )
         for hit in msg.hits
     ]
-    timings = {field.name: getattr(msg.timings, field.name) / 1000.0 for field in pb.Timings.DESCRIPTOR.fields}
-    return SearchResult(hits=hits, timings=timings, truncated=msg.truncated)
+    timings = msg.timings
+    return SearchResult(hits=hits, timings={name: getattr(timings, name) / 1000.0 for name in _ALL_TIMING_FIELDS},
+                        truncated=msg.truncated)

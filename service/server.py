@@ -102,6 +102,9 @@ class SearchServer:
         limits = [  # requests are bounded to protect the server; a full batch of k=1000 answers may be larger
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", max(config.max_message_bytes, _MAX_RESPONSE_BYTES)),
+            # gRPC sets SO_REUSEPORT by default: a second server on a taken port would bind too and
+            # silently share its traffic; without it the bind fails and says so.
+            ("grpc.so_reuseport", 0),
         ]
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="lsr-rpc"),

@@ -8,6 +8,7 @@ the caller's liveness between stages, so work for a caller that gave up stops ea
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -15,6 +16,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Iterator
 
 import grpc
 import numpy as np
@@ -95,22 +97,26 @@ def _rpc(method):
     def handler(self: "SearchServicer", request, context: grpc.ServicerContext):
         call = _Call(name, context)
         context.set_trailing_metadata((("x-request-id", call.request_id),))
+        failure: tuple[grpc.StatusCode, str] | None = None
         with self._tracked():
             try:
                 if self._draining.is_set() and name != "GetStats":
                     raise Draining("the server is shutting down; retry on another replica")
                 response = method(self, request, call)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status code
-                code = _status_of(exc)
-                message = _message_of(exc)
-                if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-                    self._count("abandoned")
+                code, message = _status_of(exc), _message_of(exc)
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("rpc=%s request_id=%s internal error", name, call.request_id)
                     message = f"internal error (request id {call.request_id}); the server log has details"
-                log.info("rpc=%s request_id=%s status=%s ms=%.2f %s error=%r", name, call.request_id, code.name,
-                         call.elapsed_ms(), _format(call.fields), message)
-                context.abort(code, message)
+                failure = code, message
+        if failure is not None:
+            code, message = failure
+            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                # Counted once the call has left in_flight: whoever sees it abandoned also sees it gone.
+                self._count("abandoned")
+            log.info("rpc=%s request_id=%s status=%s ms=%.2f %s error=%r", name, call.request_id, code.name,
+                     call.elapsed_ms(), _format(call.fields), message)
+            context.abort(code, message)
         log.info("rpc=%s request_id=%s status=OK ms=%.2f %s", name, call.request_id, call.elapsed_ms(), _format(call.fields))
         return response
 
@@ -129,7 +135,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         # Sparse and dense encoders batch separately, so a hybrid query's two encodings overlap.
         busy = lambda: self.in_flight  # noqa: E731 - requests that may still join a batch
         batching = {"window": batch_window, "max_batch": max_batch, "busy": busy, "workers": encode_workers}
-        self.sparse_batcher = MicroBatcher(_sparse_encodings(searcher), **batching)
+        # An encoder without a model (inference-free: tokenize and look up weights) costs the same per
+        # text in a batch as alone, so its texts are encoded on the handler thread, one by one.
+        sparse_batching = batching if getattr(searcher.query_encoder, "batch_gain", True) else {**batching, "max_batch": 1}
+        self.sparse_batcher = MicroBatcher(_sparse_encodings(searcher), **sparse_batching)
         self.dense_batcher = MicroBatcher(_dense_encodings(searcher), **batching)
         self.started = time.monotonic()
         self.counters = {"requests": 0, "abandoned": 0}
@@ -233,20 +242,17 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             return self._idle.wait_for(lambda: self.in_flight == 0, timeout=timeout)
 
     # ------------------------------------------------------------------------------- helpers
-    def _tracked(self):
-        servicer = self
-
-        class _InFlight:
-            def __enter__(self):
-                with servicer._lock:
-                    servicer.in_flight += 1
-
-            def __exit__(self, *_exc):
-                with servicer._lock:
-                    servicer.in_flight -= 1
-                    servicer._idle.notify_all()
-
-        return _InFlight()
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """Count the call as in flight (what the batchers' ``busy`` and the SIGTERM drain see) while it runs."""
+        with self._lock:
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+                self._idle.notify_all()
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -268,10 +274,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         """Encode through the micro-batchers (deadline and cancellation honoured), then search."""
         mode = options["mode"]
         submitted = time.perf_counter()
-        # Submit both encodings before waiting on either, so a hybrid query's two encodings overlap.
-        pending = [self._submit(batcher, text, call) if wanted else None for batcher, wanted in (
-            (self.sparse_batcher, mode in ("sparse", "hybrid")), (self.dense_batcher, mode in ("dense", "hybrid")))]
-        sparse, dense = (self._wait(future, call) if future is not None else None for future in pending)
+        wanted = [batcher for batcher, needed in ((self.dense_batcher, mode in ("dense", "hybrid")),
+                                                  (self.sparse_batcher, mode in ("sparse", "hybrid"))) if needed]
+        # Submit every encoding before waiting on any, so a hybrid query's two encodings overlap; only
+        # the last may run on this thread (when nothing else is in flight), after the other is queued.
+        pending = {batcher: self._submit(batcher, text, call, inline=batcher is wanted[-1]) for batcher in wanted}
+        sparse, dense = (self._wait(pending[b], call) if b in pending else None for b in (self.sparse_batcher, self.dense_batcher))
         waited = time.perf_counter() - submitted
         encode = max(item[2] for item in (sparse, dense) if item is not None)
         call.check("search")
@@ -283,8 +291,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return result
 
     @staticmethod
-    def _submit(batcher: MicroBatcher, text: str, call: _Call) -> Future:
-        future = batcher.submit(text, call.deadline)
+    def _submit(batcher: MicroBatcher, text: str, call: _Call, *, inline: bool) -> Future:
+        future = batcher.submit(text, call.deadline, inline=inline)
         call.context.add_callback(future.cancel)  # the caller went away: drop it from the batch
         return future
 
@@ -334,5 +342,9 @@ def _query_of(request: pb.SearchRequest):
     return text, sparse, dense
 
 
+_TIMING_NAMES = [field.name for field in pb.Timings.DESCRIPTOR.fields]
+
+
 def _timings_ms(response: pb.SearchResponse) -> dict[str, float]:
-    return {field.name: getattr(response.timings, field.name) for field in pb.Timings.DESCRIPTOR.fields}
+    timings = response.timings
+    return {name: getattr(timings, name) for name in _TIMING_NAMES}

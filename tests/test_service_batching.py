@@ -98,11 +98,50 @@ def test_lone_request_does_not_wait_for_the_window():
         batcher.close()
 
 
+def test_inline_encodes_a_lone_request_on_the_calling_thread():
+    threads: list[threading.Thread] = []
+
+    def encode(texts: list[str]) -> list[str]:
+        threads.append(threading.current_thread())
+        return [t.upper() for t in texts]
+
+    batcher = MicroBatcher(encode, window=30.0, max_batch=64, busy=lambda: 1)
+    try:
+        future = batcher.submit("alone", inline=True)
+        assert future.done() and future.result() == "ALONE"
+        assert threads == [threading.current_thread()]
+        assert batcher.stats.batches == 1
+    finally:
+        batcher.close()
+
+
+def test_inline_queues_instead_when_others_are_in_flight_or_the_encoder_is_busy():
+    """Concurrent requests still batch, and an inline request never waits for (or deadlocks on) the encoder."""
+    encoder = GatedEncoder()
+    in_flight = [2]
+    batcher = MicroBatcher(encoder, window=0.0, max_batch=64, busy=lambda: in_flight[0])
+    try:
+        blocker = batcher.submit("blocker", inline=True)  # another request in flight: goes to a worker
+        assert encoder.entered.wait(30)  # the worker now holds the encoder
+        in_flight[0] = 1
+        lone = batcher.submit("lone", inline=True)  # returns at once: queued, not waiting for the lock
+        assert not lone.done()
+        encoder.release.set()
+        assert blocker.result(30) == "BLOCKER" and lone.result(30) == "LONE"
+        assert encoder.calls == [["blocker"], ["lone"]]
+    finally:
+        encoder.release.set()
+        batcher.close()
+
+
 def test_similar_lengths_partitions_by_length():
     texts = ["short", "tiny", "a medium length query", "another medium query!", "x" * 200, "", "y" * 190]
-    groups = similar_lengths(texts)
+    groups = similar_lengths(texts, ratio=1.3)
     assert sorted(i for g in groups for i in g) == list(range(len(texts)))
     for group in groups:
         lengths = [len(texts[i]) for i in group]
         assert max(lengths) <= 1.3 * min(lengths) + 8
     assert len(groups) == 3
+    pair = ["q" * 10, "q" * 25]
+    assert similar_lengths(pair, ratio=1.3) == [[0], [1]]
+    assert similar_lengths(pair) == [[0, 1]]  # the default batches moderately different lengths together
