@@ -22,11 +22,11 @@ from lsr.sparse import SparseBatch
 from . import storage
 from .inputs import doc_id_list, document_batch, keep_top_terms, query_rows, query_terms
 from .quantize import choose_scale, dequantize, impact_dtype, quantize
-from .search_numba import search_maxscore, search_taat, search_taat_rescore
+from .search_numba import ACC_PAD, search_maxscore, search_taat, search_taat_rescore
 from .segment import Segment, build_arrays, expected_dtypes, expected_lengths, structure_problem
 
 WINDOW = 4096  # docs per block-max MaxScore window
-TAAT_WINDOW = 32768  # docs per term-at-a-time window (a power of two): a 128 KiB uint32 accumulator stays in L2
+TAAT_WINDOW = 32768  # docs per term-at-a-time window: its 128 KiB of uint32 accumulators stay in L2
 STOP_RATIO = 0.3
 ALGORITHMS = ("auto", "taat", "rescore", "maxscore")
 _OPEN_RETRIES = 5
@@ -250,8 +250,8 @@ class InvertedIndex:
                 search_taat(terms, weights, np.float32(seg.scale), seg.term_max.dtype.kind == "u", seg.term_df,
                             seg.term_max, a["term_blocks"], a["block_posts"], a["block_base"], a["block_last"],
                             a["post_delta"], a["post_imp"], a["doc_ptr"], a["doc_terms"], a["doc_imp"], seg.deleted,
-                            TAAT_WINDOW, self._zeros("acc_int", TAAT_WINDOW, np.uint32),
-                            self._zeros("acc_float", TAAT_WINDOW, np.float32), qdense, base, *heap)
+                            TAAT_WINDOW, self._zeros("acc_int", TAAT_WINDOW + ACC_PAD, np.uint32),
+                            self._zeros("acc_float", TAAT_WINDOW + ACC_PAD, np.float32), qdense, base, *heap)
                 continue
             if not seg.term_df[terms].any():
                 continue

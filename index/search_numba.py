@@ -9,7 +9,7 @@ resolve to ascending internal doc id. Documents are visited in ascending id, so 
 with an equal score never displaces an earlier one.
 
 Loop bounds come from the validated pointer arrays; doc ids decoded from postings are range
-checked or masked before they index anything, so a corrupted file gives a wrong score at worst,
+checked, or only reach an accumulator's padding, before they index anything, so a corrupted file gives a wrong score at worst,
 never a crash (``verify()`` catches the content corruption).
 """
 
@@ -23,8 +23,10 @@ from numba import njit
 _SLACK = np.float32(1.0 + 1e-4)
 _CANDIDATES = 1024  # term-at-a-time rescoring buffer; when full it is rescored early
 # Term-at-a-time leaves out the terms whose bounds sum to at most this share of the cut: a larger
-# share skips more postings but makes more candidates to rescore (0.2-0.3 balance on splade-tiny).
-_NON_ESSENTIAL = 0.25
+# share skips more postings but makes more candidates to rescore (0.15-0.2 balance at 1M synthetic docs, once the window scan became cheap).
+_NON_ESSENTIAL = 0.2
+_SCAN_CHUNK = 128  # accumulator slots whose maximum is tested before any of them is
+ACC_PAD = 65536  # slots past the window in term-at-a-time accumulators (see _scatter_window)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -151,7 +153,7 @@ def search_taat(terms, weights, scale, integer_impacts, term_df, term_max, term_
 
     Scales the query to stored impact units (float32, like the other kernels), derives integer
     weights for integer impacts and runs ``_taat`` with the matching scratch accumulator
-    (``acc_int`` uint32 or ``acc_float`` float32, window-sized, zeros). On small segments the
+    (``acc_int`` uint32 or ``acc_float`` float32, ``window + ACC_PAD`` slots, zeros). On small segments the
     Python version of this set-up cost as much as the search itself.
     """
     present = False
@@ -175,24 +177,40 @@ def search_taat(terms, weights, scale, integer_impacts, term_df, term_max, term_
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _scatter_window(w, b, e, p, lo, hi, mask, block_posts, block_base, block_last, post_delta, post_imp, acc):
+def _chunk_max(acc, j0):
+    """Largest of the ``_SCAN_CHUNK`` slots from ``j0``: a vectorised reduction (a constant trip
+    count vectorises, a ragged one ran 3x slower), so the scan passes over a chunk below the floor
+    at a fraction of the cost of testing each slot. The last chunk of a short window reads into
+    slots no valid posting reaches: zeros, or padding a corrupted one hit, never a candidate."""
+    m = acc[j0]
+    for j in range(j0, j0 + np.uint64(_SCAN_CHUNK)):
+        m = max(m, acc[j])
+    return m
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scatter_window(w, b, e, p, lo, hi, block_posts, block_base, block_last, post_delta, post_imp, acc):
     """acc[doc - lo] += w * impact over one term's postings with lo <= doc < hi, from block ``b``,
-    posting ``p``; returns where the next window resumes. Whole blocks run with unsigned, masked
-    indexes: no wraparound tests, and a corrupted delta can only hit a wrong slot."""
+    posting ``p``; returns where the next window resumes.
+
+    Blocks inside the window run with unsigned indexes and no tests at all: such a block starts at
+    ``rel`` < window and a uint16 delta adds at most 65535, so ``acc`` holds ``window + 65536``
+    slots (``ACC_PAD``) and a corrupted delta can only hit a wrong slot, or the padding, which is
+    never read. The few blocks crossing a window edge test every slot."""
     span = np.uint64(hi - lo)
     while b < e:
         rel = np.uint64(block_base[b]) - np.uint64(lo)
         pe = block_posts[b + 1]
-        if block_last[b] >= hi:  # the block runs past this window: stop at its edge
+        if block_last[b] >= hi or block_base[b] < lo:  # it crosses a window edge: tested slots
             while p < pe:
                 j = rel + np.uint64(post_delta[p])
                 if j >= span:
-                    break
+                    return b, p
                 acc[j] += w * post_imp[p]
                 p += 1
-            return b, p
-        for q in range(np.uint64(p), np.uint64(pe)):
-            acc[(rel + np.uint64(post_delta[q])) & mask] += w * post_imp[q]
+        else:
+            for q in range(np.uint64(p), np.uint64(pe)):
+                acc[rel + np.uint64(post_delta[q])] += w * post_imp[q]
         b += 1
         p = pe
     return b, p
@@ -220,7 +238,7 @@ def _taat(terms, qweights, weights, q_scale, q_err, term_blocks, block_posts, bl
           hs, hd, hn):
     """Term-at-a-time scoring in cache-sized doc windows with MaxScore, exact top-k by rescoring.
 
-    Each window of ``window`` docs (a power of two) is scored into ``acc`` (window-sized, zeros,
+    Each window of ``window`` docs is scored into ``acc`` (``window + ACC_PAD`` slots, zeros,
     left zeroed) with query weights ``qweights`` in the accumulator's type. For integer impacts
     both are integers (``round(weight * q_scale)``, at least 1): the inner loop is an integer
     multiply-add into a cache-resident array, several times faster than float accumulation over
@@ -246,7 +264,6 @@ def _taat(terms, qweights, weights, q_scale, q_err, term_blocks, block_posts, bl
     pc = np.empty(nq, np.int64)
     for i in range(nq):
         pc[i] = block_posts[bc[i]]
-    mask = np.uint64(window - 1)
     vs = np.zeros(k, acc.dtype)  # the k best full accumulator values of live docs (a heap; ids unused)
     vd = np.zeros(k, np.int64)
     vn = np.zeros(1, np.int64)
@@ -254,7 +271,7 @@ def _taat(terms, qweights, weights, q_scale, q_err, term_blocks, block_posts, bl
     cut[0] = _candidate_cut(hs, hn, vs, vn, q_scale, q_err)
     floor = np.zeros(1, acc.dtype)  # cut less the skipped terms' bound, in the accumulator's type
     cand = np.empty(_CANDIDATES, np.uint64)  # window slots that passed the floor, resolved in batches
-    extra = np.empty(_CANDIDATES, acc.dtype)
+    value = np.empty(_CANDIDATES, acc.dtype)  # their accumulator values, completed by _resolve
     for lo in range(0, n_docs, window):
         hi = min(lo + window, n_docs)
         skipped = 0.0
@@ -264,43 +281,52 @@ def _taat(terms, qweights, weights, q_scale, q_err, term_blocks, block_posts, bl
             n_skip += 1
         for r in range(n_skip, nq):
             i = order[r]
-            bc[i], pc[i] = _scatter_window(qweights[i], bc[i], be[i], pc[i], lo, hi, mask, block_posts,
-                                           block_base, block_last, post_delta, post_imp, acc)
+            bc[i], pc[i] = _scatter_window(qweights[i], bc[i], be[i], pc[i], lo, hi, block_posts, block_base,
+                                           block_last, post_delta, post_imp, acc)
         floor[0] = max(0.0, cut[0] - skipped)
         c = floor[0]  # a local, so the scan stays a tight compare loop
         nc = 0
-        for j in range(np.uint64(hi - lo)):
-            v = acc[j]
-            if v >= c and v != 0 and deleted[lo + np.int64(j)] == 0:
-                if n_skip == 0:  # v is the full value
-                    heap_push(vs, vd, vn, v, 0)
-                    cut[0] = _candidate_cut(hs, hn, vs, vn, q_scale, q_err)
-                if nc == len(cand):
-                    _resolve(cand, nc, extra, lo, acc, order, n_skip, qweights, bc, be, pc, block_posts, block_base,
-                             block_last, post_delta, post_imp, cut, q_scale, q_err, doc_ptr, doc_terms, doc_imp,
-                             qdense, base_id, hs, hd, hn, vs, vd, vn)
-                    nc = 0
-                floor[0] = max(0.0, cut[0] - skipped)
-                c = floor[0]
-                cand[nc] = j
-                nc += 1
-        _resolve(cand, nc, extra, lo, acc, order, n_skip, qweights, bc, be, pc, block_posts, block_base, block_last,
+        span = np.uint64(hi - lo)
+        for j0 in range(np.uint64(0), span, np.uint64(_SCAN_CHUNK)):
+            m = _chunk_max(acc, j0)
+            if m == 0:  # untouched: nothing to test, nothing to clear
+                continue
+            if m >= c:
+                for j in range(j0, min(j0 + np.uint64(_SCAN_CHUNK), span)):
+                    v = acc[j]
+                    if v >= c and v != 0 and deleted[lo + np.int64(j)] == 0:
+                        if n_skip == 0:  # v is the full value
+                            heap_push(vs, vd, vn, v, 0)
+                            cut[0] = _candidate_cut(hs, hn, vs, vn, q_scale, q_err)
+                        if nc == len(cand):
+                            _resolve(cand, nc, value, lo, order, n_skip, qweights, bc, be, pc, block_posts,
+                                     block_base, block_last, post_delta, post_imp, cut, q_scale, q_err, doc_ptr,
+                                     doc_terms, doc_imp, qdense, base_id, hs, hd, hn, vs, vd, vn)
+                            nc = 0
+                        floor[0] = max(0.0, cut[0] - skipped)
+                        c = floor[0]
+                        cand[nc] = j
+                        value[nc] = v
+                        nc += 1
+            for j in range(j0, j0 + np.uint64(_SCAN_CHUNK)):  # cleared while in L1, not in a second pass
+                acc[j] = 0
+        _resolve(cand, nc, value, lo, order, n_skip, qweights, bc, be, pc, block_posts, block_base, block_last,
                  post_delta, post_imp, cut, q_scale, q_err, doc_ptr, doc_terms, doc_imp, qdense, base_id, hs, hd, hn,
                  vs, vd, vn)
         for r in range(n_skip):
             i = order[r]
             bc[i], pc[i] = _skip_window(bc[i], be[i], pc[i], lo, hi, block_posts, block_base, block_last, post_delta)
-        acc[: hi - lo] = 0
     for i in range(nq):
         qdense[terms[i]] = 0
     return 0
 
 
 @njit(cache=True, nogil=True)
-def _resolve(cand, nc, extra, lo, acc, order, n_skip, qweights, bc, be, pc, block_posts, block_base, block_last,
+def _resolve(cand, nc, value, lo, order, n_skip, qweights, bc, be, pc, block_posts, block_base, block_last,
              post_delta, post_imp, cut, q_scale, q_err, doc_ptr, doc_terms, doc_imp, qdense, base_id, hs, hd, hn,
              vs, vd, vn):
-    """Complete and rescore the buffered candidates (ascending window slots) of one window.
+    """Complete and rescore the buffered candidates (ascending window slots, accumulator values
+    in ``value``) of one window.
 
     The skipped terms' contributions come from their posting lists: each list's cursor moves
     forward through the candidates, skipping the blocks that end before the next one. Full
@@ -308,8 +334,6 @@ def _resolve(cand, nc, extra, lo, acc, order, n_skip, qweights, bc, be, pc, bloc
     at the cut is rescored exactly and offered to the heap. Deferring this to the end of the
     window (or a full buffer) means the cut has risen on many values first.
     """
-    for ci in range(nc):
-        extra[ci] = 0
     for r in range(n_skip):
         i = order[r]
         w = qweights[i]
@@ -328,12 +352,12 @@ def _resolve(cand, nc, extra, lo, acc, order, n_skip, qweights, bc, be, pc, bloc
             while p < pe and base + np.int64(post_delta[p]) < d:
                 p += 1
             if p < pe and base + np.int64(post_delta[p]) == d:
-                extra[ci] += w * post_imp[p]
+                value[ci] += w * post_imp[p]
         bc[i] = b
         pc[i] = p
     for ci in range(nc):
         j = cand[ci]
-        v = acc[j] + extra[ci]
+        v = value[ci]
         if n_skip > 0 and (vn[0] < len(vs) or v > vs[0]):
             heap_push(vs, vd, vn, v, 0)
             cut[0] = _candidate_cut(hs, hn, vs, vn, q_scale, q_err)
