@@ -9,8 +9,8 @@ resolve to ascending internal doc id. Documents are visited in ascending id, so 
 with an equal score never displaces an earlier one.
 
 Loop bounds come from the validated pointer arrays; doc ids decoded from postings are range
-checked, or only reach an accumulator's padding, before they index anything, so a corrupted file gives a wrong score at worst,
-never a crash (``verify()`` catches the content corruption).
+checked, or can only reach an accumulator's padding, before they index anything, so a corrupted
+file gives a wrong score at worst, never a crash (``verify()`` catches the content corruption).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from numba import njit
 _SLACK = np.float32(1.0 + 1e-4)
 _CANDIDATES = 1024  # term-at-a-time rescoring buffer; when full it is rescored early
 # Term-at-a-time leaves out the terms whose bounds sum to at most this share of the cut: a larger
-# share skips more postings but makes more candidates to rescore (0.15-0.2 balance at 1M synthetic docs, once the window scan became cheap).
+# share skips more postings but makes more candidates to rescore (0.15-0.2 balance at 1M synthetic
+# docs since the window scan became cheap).
 _NON_ESSENTIAL = 0.2
 _SCAN_CHUNK = 128  # accumulator slots whose maximum is tested before any of them is
 ACC_PAD = 65536  # slots past the window in term-at-a-time accumulators (see _scatter_window)
