@@ -161,7 +161,7 @@ EXACT = [("exact (auto)", {}), ("exact taat", {"algorithm": "taat"}), ("exact re
 APPROX = [("approx bound_factor=1.2", {"bound_factor": 1.2}),
           ("approx bound_factor=1.5", {"bound_factor": 1.5}),
           ("approx top_terms=16", {"top_terms": 16}),
-          ("approx top_terms=8", {"top_terms": 8})]
+          ("approx top_terms=28", {"top_terms": 28})]
 SEISMIC_REAL = [({"n_postings": 1000, "centroid_fraction": 0.1, "summary_energy": 0.4}, 10, (0.7, 0.9))]
 SEISMIC_SYNTHETIC = [({"n_postings": 3500, "centroid_fraction": 0.1, "summary_energy": 0.4}, 10, (0.7, 0.9))]
 
