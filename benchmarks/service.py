@@ -309,7 +309,8 @@ def write_markdown(path: Path, report: dict) -> None:
         f"Collection `{report['index']}` ({report['num_docs']} docs), {report['num_queries']} real SciFact queries, k=10. "
         f"Closed loop, ≤{report['max_requests']} requests or {report['seconds']} s per level. At c=1 the gRPC and in-process "
         "sides take turns query by query in one loop (this VM's speed drifts by up to 2× over minutes; separate loops "
-        "measured the same overhead at +16% to +78%), and their QPS is requests over their own busy time. "
+        "measured the same overhead at +16% to +78%), and their QPS is requests over their own busy time. The batching "
+        "target compares `grpc-batched` with `grpc-unbatched` (`--max-batch 1`), two servers measured in 4 alternating rounds. "
         f"Machine: {report['machine']['cores']} cores, {report['machine']['platform']}, torch {report['machine']['torch']} "
         f"({report['machine']['torch_threads']} thread per encode call), "
         f"load average at start {report['machine']['load_average_at_start'][0]:.1f}.", "",
