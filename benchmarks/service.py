@@ -53,12 +53,59 @@ class Level:
     error_sample: str = ""
 
 
-def closed_loop(search, texts: list[str], concurrency: int, max_requests: int, max_seconds: float) -> tuple:
-    """Run ``concurrency`` workers back to back; ``search(worker, text)`` returns a SearchResult."""
+@dataclass
+class Tally:
+    """One side's requests: latencies, errors, per-stage sums, the seconds they took, CPU spent."""
+
+    latencies: list[float] = field(default_factory=list)  # seconds
+    errors: list[str] = field(default_factory=list)
+    stage_sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))  # seconds
+    seconds: float = 0.0
+    cpu: float = 0.0
+
+    def call(self, search, worker: int, text: str) -> None:
+        """Time one request; a failure is counted, not raised."""
+        started = time.perf_counter()
+        try:
+            result = search(worker, text)
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            self.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            return
+        self.latencies.append(time.perf_counter() - started)
+        for stage in STAGES:
+            self.stage_sums[stage] += result.timings.get(stage, 0.0)
+
+    def add(self, other: "Tally") -> None:
+        self.latencies += other.latencies
+        self.errors += other.errors
+        for stage in STAGES:
+            self.stage_sums[stage] += other.stage_sums[stage]
+        self.seconds += other.seconds
+        self.cpu += other.cpu
+
+    def level(self, side: str, encoder: str, config: str, concurrency: int) -> Level:
+        n = len(self.latencies)
+        lat = np.asarray(self.latencies) * 1000.0
+        level = Level(
+            side, encoder, config, concurrency, n, len(self.errors), round(self.seconds, 3), round(n / self.seconds, 2),
+            round(float(np.percentile(lat, 50)), 3) if n else float("nan"),
+            round(float(np.percentile(lat, 99)), 3) if n else float("nan"),
+            round(1000.0 * self.cpu / max(1, n), 3),
+            {stage: round(1000.0 * total / max(1, n), 3) for stage, total in self.stage_sums.items()},
+            self.errors[0] if self.errors else "",
+        )
+        print(f"{side:15s} {encoder:15s} {config:11s} c={concurrency:<3d} n={n:<5d} err={len(self.errors):<3d} "
+              f"qps={level.qps:8.1f} p50={level.p50_ms:8.2f}ms p99={level.p99_ms:8.2f}ms cpu={level.cpu_ms:7.1f}ms "
+              + " ".join(f"{k}={v:.1f}" for k, v in level.stages_ms.items() if v), flush=True)
+        return level
+
+
+def closed_loop(search, texts: list[str], concurrency: int, max_requests: int, max_seconds: float,
+                pid: int | None = None) -> Tally:
+    """Run ``concurrency`` workers back to back; ``search(worker, text)`` returns a SearchResult.
+    ``pid``: the serving process whose CPU time is counted (``None``: this one)."""
     counter = itertools.count()
-    latencies: list[float] = []
-    stage_sums = dict.fromkeys(STAGES, 0.0)
-    errors: list[str] = []
+    tally = Tally()
     lock = threading.Lock()
     stop_at = time.perf_counter() + max_seconds
 
@@ -67,30 +114,20 @@ def closed_loop(search, texts: list[str], concurrency: int, max_requests: int, m
             i = next(counter)
             if i >= max_requests or time.perf_counter() > stop_at:
                 return
-            started = time.perf_counter()
-            try:
-                result = search(w, texts[i % len(texts)])
-            except Exception as exc:  # noqa: BLE001 - counted and reported
-                with lock:
-                    errors.append(f"{type(exc).__name__}: {exc}"[:300])
-                continue
-            elapsed = time.perf_counter() - started
+            mine = Tally()
+            mine.call(search, w, texts[i % len(texts)])
             with lock:
-                latencies.append(elapsed)
-                for stage in STAGES:
-                    stage_sums[stage] += result.timings.get(stage, 0.0)
+                tally.add(mine)
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
-    began = time.perf_counter()
+    cpu_before, began = cpu_seconds(pid), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - began
-    lat = np.asarray(latencies) * 1000.0
-    n = max(1, len(latencies))
-    stages = {stage: 1000.0 * total / n for stage, total in stage_sums.items()}
-    return len(latencies), errors, seconds, lat, stages
+    tally.seconds = time.perf_counter() - began
+    tally.cpu = cpu_seconds(pid) - cpu_before
+    return tally
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -101,54 +138,41 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def paired_loop(searches: list, texts: list[str], max_requests: int, max_seconds: float) -> list[tuple]:
+def paired_loop(searches: list, texts: list[str], max_requests: int, max_seconds: float) -> list[Tally]:
     """Concurrency 1 on several sides at once: each query goes to every side in turn, back to back.
 
     This VM's speed drifts by up to 2x over minutes, so timing one side and then the other compares
     two machines (the same setup measured +16% to +78% gRPC overhead in separate runs). Taking turns
-    per query spreads the drift over every side alike. Returns, per side, what ``closed_loop``
-    returns, with its busy time as ``seconds`` and the CPU this process spent on its calls.
+    per query spreads the drift over every side alike. Each side's ``seconds`` is its busy time and
+    its ``cpu`` what this process spent on its calls.
     """
-    sides = [{"lat": [], "errors": [], "stages": dict.fromkeys(STAGES, 0.0), "cpu": 0.0} for _ in searches]
+    tallies = [Tally() for _ in searches]
     stop_at = time.perf_counter() + max_seconds * len(searches)
     for i in range(max_requests):
         if time.perf_counter() > stop_at:
             break
-        for search, side in zip(searches, sides):
+        for search, tally in zip(searches, tallies):
             cpu, started = time.process_time(), time.perf_counter()
-            try:
-                result = search(0, texts[i % len(texts)])
-            except Exception as exc:  # noqa: BLE001 - counted and reported
-                side["errors"].append(f"{type(exc).__name__}: {exc}"[:300])
-                continue
-            side["lat"].append(time.perf_counter() - started)
-            side["cpu"] += time.process_time() - cpu
-            for stage in STAGES:
-                side["stages"][stage] += result.timings.get(stage, 0.0)
-    out = []
-    for side in sides:
-        n = max(1, len(side["lat"]))
-        out.append((len(side["lat"]), side["errors"], sum(side["lat"]), np.asarray(side["lat"]) * 1000.0,
-                    {stage: 1000.0 * total / n for stage, total in side["stages"].items()}, side["cpu"]))
-    return out
+            tally.call(search, 0, texts[i % len(texts)])
+            tally.seconds += time.perf_counter() - started
+            tally.cpu += time.process_time() - cpu
+    return tallies
 
 
 def measure(side, encoder, config, concurrency, search, texts, args, pid: int | None = None) -> Level:
     _warm_up(search, texts, concurrency)
-    cpu_before = cpu_seconds(pid)
-    n, errors, seconds, lat, stages = closed_loop(search, texts, concurrency, args.max_requests, args.seconds)
-    return _level(side, encoder, config, concurrency, n, errors, seconds, lat, stages, cpu_seconds(pid) - cpu_before)
+    return closed_loop(search, texts, concurrency, args.max_requests, args.seconds, pid).level(side, encoder, config, concurrency)
 
 
 def measure_paired(encoder, config, grpc_side, local_search, texts, args, pid: int) -> list[Level]:
-    """gRPC and in-process at concurrency 1, taking turns per query (see ``paired_loop``)."""
+    """gRPC and in-process at concurrency 1, taking turns per query (see ``paired_loop``); the gRPC
+    side's CPU is the server's."""
     _warm_up(grpc_side, texts, 1)
     _warm_up(local_search, texts, 1)
     cpu_before = cpu_seconds(pid)
-    (gn, ge, gs, glat, gst, _), (ln, le, ls, llat, lst, lcpu) = paired_loop(
-        [grpc_side, local_search], texts, args.max_requests, args.seconds)
-    return [_level("grpc", encoder, config, 1, gn, ge, gs, glat, gst, cpu_seconds(pid) - cpu_before),
-            _level("in-process", encoder, config, 1, ln, le, ls, llat, lst, lcpu)]
+    remote, local = paired_loop([grpc_side, local_search], texts, args.max_requests, args.seconds)
+    remote.cpu = cpu_seconds(pid) - cpu_before
+    return [remote.level("grpc", encoder, config, 1), local.level("in-process", encoder, config, 1)]
 
 
 def measure_alternating(encoder, config, concurrency, servers: dict, texts, args, rounds: int = 4) -> list[Level]:
@@ -158,51 +182,30 @@ def measure_alternating(encoder, config, concurrency, servers: dict, texts, args
     whose speed had drifted in between (the same comparison gave 2.15x and 1.39x in two runs).
     Short alternating rounds give both the same mix of fast and slow minutes.
     """
-    mode, with_prf = CONFIGS[config]
-    from lsr.searcher import PrfOptions
-
-    prf = PrfOptions() if with_prf else None
-    totals = {side: {"n": 0, "errors": [], "seconds": 0.0, "lat": [], "stages": dict.fromkeys(STAGES, 0.0), "cpu": 0.0}
-              for side in servers}
+    mode, prf = _mode_and_prf(config)
+    totals = {side: Tally() for side in servers}
     for r in range(rounds):
         rotated = texts[r * 97 % len(texts):] + texts[: r * 97 % len(texts)]
         for side, server in servers.items():
             search, clients = grpc_search(server.address, concurrency, mode, prf)
             _warm_up(search, rotated, concurrency)
-            cpu_before = cpu_seconds(server.proc.pid)
-            n, errors, seconds, lat, stages = closed_loop(search, rotated, concurrency, args.max_requests // rounds,
-                                                          args.seconds / rounds)
-            t = totals[side]
-            t["cpu"] += cpu_seconds(server.proc.pid) - cpu_before
-            t["n"] += n
-            t["errors"] += errors
-            t["seconds"] += seconds
-            t["lat"].append(lat)
-            for stage in STAGES:
-                t["stages"][stage] += stages[stage] * n
+            totals[side].add(closed_loop(search, rotated, concurrency, args.max_requests // rounds,
+                                         args.seconds / rounds, server.proc.pid))
             for client in clients:
                 client.close()
-    return [_level(side, encoder, config, concurrency, t["n"], t["errors"], t["seconds"], np.concatenate(t["lat"]),
-                   {stage: v / max(1, t["n"]) for stage, v in t["stages"].items()}, t["cpu"])
-            for side, t in totals.items()]
+    return [tally.level(side, encoder, config, concurrency) for side, tally in totals.items()]
+
+
+def _mode_and_prf(config: str):
+    from lsr.searcher import PrfOptions
+
+    mode, with_prf = CONFIGS[config]
+    return mode, PrfOptions() if with_prf else None
 
 
 def _warm_up(search, texts: list[str], concurrency: int) -> None:
     for w in range(min(concurrency, 4)):  # connections, numba, torch allocator
         search(w, texts[w])
-
-
-def _level(side, encoder, config, concurrency, n, errors, seconds, lat, stages, cpu) -> Level:
-    level = Level(
-        side, encoder, config, concurrency, n, len(errors), round(seconds, 3), round(n / seconds, 2),
-        round(float(np.percentile(lat, 50)), 3) if n else float("nan"),
-        round(float(np.percentile(lat, 99)), 3) if n else float("nan"),
-        round(1000.0 * cpu / max(1, n), 3), {k: round(v, 3) for k, v in stages.items()}, errors[0] if errors else "",
-    )
-    print(f"{side:15s} {encoder:15s} {config:11s} c={concurrency:<3d} n={n:<5d} err={len(errors):<3d} "
-          f"qps={level.qps:8.1f} p50={level.p50_ms:8.2f}ms p99={level.p99_ms:8.2f}ms cpu={level.cpu_ms:7.1f}ms "
-          + " ".join(f"{k}={v:.1f}" for k, v in level.stages_ms.items() if v), flush=True)
-    return level
 
 
 class Server:
@@ -233,15 +236,14 @@ def grpc_search(address: str, concurrency: int, mode: str, prf):
 
 
 def run_encoder(encoder: str, args, texts: list[str], levels: list[Level]) -> None:
-    from lsr.searcher import PrfOptions, Searcher
+    from lsr.searcher import Searcher
 
     flag = "splade" if encoder == "splade-tiny" else "inference-free"
     searcher = Searcher.open(args.index, query_encoder=flag, threads=args.threads)
     server = Server(args.index, "--query-encoder", flag, "--threads", str(args.threads))
     try:
         for config in args.configs:
-            mode, with_prf = CONFIGS[config]
-            prf = PrfOptions() if with_prf else None
+            mode, prf = _mode_and_prf(config)
             local = lambda w, text, mode=mode, prf=prf: searcher.search(text, k=10, mode=mode, prf=prf)  # noqa: E731
             for c in args.concurrency:
                 search, clients = grpc_search(server.address, c, mode, prf)
