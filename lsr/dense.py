@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from lsr.encoders import check_texts, resolve_device
+from lsr.encoders import check_texts, resolve_device, token_ids
 from lsr.files import atomic_write, file_sha256
 from lsr.models import load_with_hint
 
@@ -70,7 +70,7 @@ class DenseEncoder:
         live = [i for i, t in enumerate(texts) if t.strip()]
         if not live:
             return out
-        ids = self.tokenizer([texts[i] for i in live], truncation=True, max_length=max_length, verbose=False)["input_ids"]
+        ids = token_ids(self.tokenizer, [texts[i] for i in live], truncation=True, max_length=max_length)
         order = sorted(range(len(live)), key=lambda j: -len(ids[j]))  # longest first: little padding per batch
         pad = self.tokenizer.pad_token_id or 0
         bar = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -45,6 +46,18 @@ def check_texts(texts: Any) -> list[str]:
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
     return texts
+
+
+def token_ids(tokenizer: Any, texts: list[str], **options: Any) -> list[list[int]]:
+    """``tokenizer(texts, **options)["input_ids"]``, one call at a time per tokenizer object.
+
+    A fast tokenizer re-applies its truncation and padding settings inside a call, mutating its Rust
+    state; two threads overlapping there fail with "Already borrowed". Serialising only this call
+    lets the forward passes of concurrent encodes (the service's micro-batches) run in parallel.
+    """
+    lock = tokenizer.__dict__.setdefault("_lsr_call_lock", threading.Lock())
+    with lock:
+        return tokenizer(texts, verbose=False, **options)["input_ids"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -225,7 +238,7 @@ class SpladeEncoder:
     # ------------------------------------------------------------------ internals
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
         """Token ids with special tokens, truncated to max_length keeping trailing special tokens."""
-        enc = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        enc = token_ids(self.tokenizer, texts, add_special_tokens=True, truncation=False)
         lengths = np.fromiter((len(ids) for ids in enc), dtype=np.int64, count=len(enc))
         out = []
         for ids in enc:
@@ -334,7 +347,7 @@ class DecoderSpladeEncoder(SpladeEncoder):
 
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
         """Text tokens only (no specials); each echoed copy gets half of what is left after BOS."""
-        enc = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        enc = token_ids(self.tokenizer, texts, add_special_tokens=False, truncation=False)
         lengths = np.fromiter((len(ids) for ids in enc), dtype=np.int64, count=len(enc))
         budget = (max_length - len(self._bos)) // (2 if self.echo else 1)
         return [ids[:budget] for ids in enc], lengths + len(self._bos)  # reported length counts one copy
@@ -410,7 +423,7 @@ class InferenceFreeQueryEncoder:
     def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 0, *, return_info: bool = False, **_: Any):
         """One weight per distinct query token: its IDF. ``batch_size`` is accepted for API symmetry."""
         texts = check_texts(texts)
-        enc = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        enc = token_ids(self.tokenizer, texts, add_special_tokens=False, truncation=False)
         indptr, indices, values = [0], [], []
         lengths = np.zeros(len(texts), np.int64)
         for i, (text, ids) in enumerate(zip(texts, enc)):

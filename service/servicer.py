@@ -134,10 +134,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.searcher = searcher
         # Sparse and dense encoders batch separately, so a hybrid query's two encodings overlap.
         busy = lambda: self.in_flight  # noqa: E731 - requests that may still join a batch
-        batching = {"window": batch_window, "max_batch": max_batch, "busy": busy, "workers": encode_workers}
+        # One pool of encode slots for both encoders: a hybrid query's two encodings overlap, yet no
+        # more forward passes run at once than there are cores to run them.
+        slots = threading.Semaphore(max(1, encode_workers))
+        batching = {"window": batch_window, "max_batch": max_batch, "busy": busy, "workers": encode_workers, "slots": slots}
         # An encoder without a model (inference-free: tokenize and look up weights) costs the same per
-        # text in a batch as alone, so its texts are encoded on the handler thread, one by one.
-        sparse_batching = batching if getattr(searcher.query_encoder, "batch_gain", True) else {**batching, "max_batch": 1}
+        # text in a batch as alone, so its texts are encoded on the handler thread, one by one, and
+        # never wait behind forward passes for a slot.
+        sparse_batching = (batching if getattr(searcher.query_encoder, "batch_gain", True)
+                           else {**batching, "max_batch": 1, "slots": None})
         self.sparse_batcher = MicroBatcher(_sparse_encodings(searcher), **sparse_batching)
         self.dense_batcher = MicroBatcher(_dense_encodings(searcher), **batching)
         self.started = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -51,6 +52,42 @@ def test_batch_invariance(splade, scifact):
         alone = splade.encode_documents([texts[i]]).to_dense()[0]
         assert np.array_equal(alone > 0, batched[i] > 0)
         assert np.abs(alone - batched[i]).max() <= 1e-5
+
+
+def encode_concurrently_and_serially(jobs):
+    """Each (encode, texts) job run serially, then all at once on threads, five times over."""
+    serial = [encode(texts, batch_size=3) for encode, texts in jobs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        rounds = [[f.result(60) for f in [pool.submit(encode, texts, batch_size=3) for encode, texts in jobs]]
+                  for _ in range(5)]
+    return serial, rounds
+
+
+def test_concurrent_encodes_equal_serial_ones(splade, scifact):
+    """The service encodes micro-batches on several threads at once, queries (64 tokens) between
+    documents (256): the tokenizer's settings change under them, yet every result is the serial one."""
+    docs = scifact.doc_texts(list(scifact.corpus)[:16])
+    queries = list(scifact.queries.values())[:16]
+    jobs = [(splade.encode_documents, docs[i::4]) for i in range(4)]
+    jobs += [(splade.encode_queries, queries[i::4]) for i in range(4)]
+    serial, rounds = encode_concurrently_and_serially(jobs)
+    for got in rounds:
+        for batch, want in zip(got, serial):
+            assert np.array_equal(batch.indptr, want.indptr) and np.array_equal(batch.indices, want.indices)
+            assert np.abs(batch.values - want.values).max() <= 1e-5
+
+
+def test_concurrent_dense_encodes_equal_serial_ones(scifact):
+    from lsr.dense import DenseEncoder
+
+    dense = DenseEncoder.from_pretrained("minilm", device="cpu")
+    docs = scifact.doc_texts(list(scifact.corpus)[:8])
+    queries = list(scifact.queries.values())[:8]
+    jobs = [(dense.encode_documents, docs[i::2]) for i in range(2)] + [(dense.encode_queries, queries[i::2]) for i in range(2)]
+    serial, rounds = encode_concurrently_and_serially(jobs)
+    for got in rounds:
+        for vectors, want in zip(got, serial):
+            np.testing.assert_allclose(vectors, want, rtol=0, atol=1e-5)
 
 
 def test_results_come_back_in_input_order(splade):

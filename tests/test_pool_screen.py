@@ -37,9 +37,9 @@ def assert_equal_to_reference(hidden, weight, bias, mask):
 
 def full_screen_logits(head: ScreenedHead, h: torch.Tensor):
     """Every per-token screened logit ``s r_v q_t.p_v + b_v`` (float64) and the margin."""
-    q, scale, margin = head.quantize_document(h)
-    dots = (q.double() @ head.quantized.double().t()) * (head.row_scale * scale)
-    return dots + head.bias.double(), margin
+    q, scale, coefficients = head.quantize(h[None])
+    dots = (q[0].double() @ head.quantized.double().t()) * (head.row_scale * scale[0])
+    return dots + head.bias.double(), (coefficients @ head.margin_rows)[0]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ def test_margin_bounds_every_token_logit_on_random_and_real_data(splade, scifact
             assert bool(((value - screened).abs() <= margin).all()), "margin does not bound the screen error"
         # The bound is not vacuous: the worst observed error reaches a fair share of it.
         assert float(((fp32 - screened).abs() / margin).max()) > 0.05
-        candidates = head.upper_bounds(h) > 0
+        candidates = head.upper_bounds(h[None])[0] > 0
         assert candidates[fp32.amax(dim=0) > 0].all(), "an entry with positive max logit was screened out"
 
 
@@ -127,7 +127,7 @@ def test_real_splade_tiny_head_on_scifact(splade, scifact):
     nnz = (got > 0).sum(dim=1)
     assert (nnz > 50).all() and (nnz < 2000).all()
     head = screened_head(splade.weight, splade.bias)
-    kept = sum(int((head.upper_bounds(h) > 0).sum()) for h in real_hidden_states(splade, scifact, 4)) / 4
+    kept = sum(int((head.upper_bounds(h[None]) > 0).sum()) for h in real_hidden_states(splade, scifact, 4)) / 4
     assert kept < 0.1 * splade.vocab_size, f"screen kept {kept:.0f} of {splade.vocab_size}: no speed-up left"
 
 

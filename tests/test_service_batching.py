@@ -116,7 +116,7 @@ def test_inline_encodes_a_lone_request_on_the_calling_thread():
 
 
 def test_inline_queues_instead_when_others_are_in_flight_or_the_encoder_is_busy():
-    """Concurrent requests still batch, and an inline request never waits for (or deadlocks on) the encoder."""
+    """Concurrent requests still batch, and an inline request never waits for (or deadlocks on) a busy encoder."""
     encoder = GatedEncoder()
     in_flight = [2]
     batcher = MicroBatcher(encoder, window=0.0, max_batch=64, busy=lambda: in_flight[0])
@@ -124,7 +124,7 @@ def test_inline_queues_instead_when_others_are_in_flight_or_the_encoder_is_busy(
         blocker = batcher.submit("blocker", inline=True)  # another request in flight: goes to a worker
         assert encoder.entered.wait(30)  # the worker now holds the encoder
         in_flight[0] = 1
-        lone = batcher.submit("lone", inline=True)  # returns at once: queued, not waiting for the lock
+        lone = batcher.submit("lone", inline=True)  # returns at once: queued, not waiting for a slot
         assert not lone.done()
         encoder.release.set()
         assert blocker.result(30) == "BLOCKER" and lone.result(30) == "LONE"
@@ -145,3 +145,53 @@ def test_similar_lengths_partitions_by_length():
     pair = ["q" * 10, "q" * 25]
     assert similar_lengths(pair, ratio=1.3) == [[0], [1]]
     assert similar_lengths(pair) == [[0, 1]]  # the default batches moderately different lengths together
+
+class ConcurrencyProbe:
+    """An encoder that records how many of its calls (across every batcher using it) overlap at most."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.01)
+        with self.lock:
+            self.running -= 1
+        return [t.upper() for t in texts]
+
+
+def submit_from_threads(batchers: list[MicroBatcher], count: int) -> list[str]:
+    results: list[str] = [""] * count
+
+    def one(i: int) -> None:
+        results[i] = batchers[i % len(batchers)].submit(f"q{i}").result(30)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_batchers_sharing_slots_never_run_more_encodes_than_slots():
+    probe = ConcurrencyProbe()
+    slots = threading.Semaphore(2)
+    batchers = [MicroBatcher(probe, window=0.0, max_batch=2, workers=3, slots=slots) for _ in range(2)]
+    try:
+        assert submit_from_threads(batchers, 24) == [f"Q{i}" for i in range(24)]
+    finally:
+        for batcher in batchers:
+            batcher.close()
+    assert probe.most == 2  # six workers, two slots: encodes overlap, never beyond the slots
+
+
+def test_one_by_one_encodes_run_at_most_workers_at_once():
+    probe = ConcurrencyProbe()
+    batcher = MicroBatcher(probe, max_batch=1, workers=3)
+    assert submit_from_threads([batcher], 16) == [f"Q{i}" for i in range(16)]
+    assert probe.most == 3
