@@ -184,7 +184,8 @@ class ScreenedHead:
         screened = screened[torch.argsort(lengths[screened], descending=True, stable=True)].tolist()
         while screened:
             longest = int(lengths[screened[0]])
-            docs, screened = screened[: max(1, _GROUP_ROWS // longest)], screened[max(1, _GROUP_ROWS // longest) :]
+            take = max(1, _GROUP_ROWS // longest)
+            docs, screened = screened[:take], screened[take:]
             group = packed[docs, :longest]
             for doc, tokens, bounds in zip(docs, group, self.upper_bounds(group)):
                 candidates = torch.nonzero(bounds > 0).squeeze(1)

@@ -138,6 +138,7 @@ class MicroBatcher:
         until = time.monotonic() + self.window
         while len(batch) < self.max_batch:
             try:
+                # Whatever queued while the cores were busy joins without waiting.
                 item = self._queue.get_nowait()
             except queue.Empty:
                 left = until - time.monotonic()

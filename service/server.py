@@ -40,7 +40,7 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     batch_window_ms: float = 2.0
     max_batch: int = 64  # 1 disables micro-batching: every request encodes on its own
-    encode_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # batches encoded at once, per encoder
+    encode_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # encodes running at once, both encoders together
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_token: str | None = None

@@ -1,0 +1,51 @@
+"""The padding-free BERT forward equals transformers' padded one on the real MiniLM, ragged batches included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lsr import packed_bert
+from lsr.dense import DenseEncoder
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return DenseEncoder.from_pretrained("minilm", device="cpu")
+
+
+def padded_mean(model, input_ids, mask):
+    hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1)
+
+
+def test_equals_the_padded_forward_on_ragged_real_text(minilm, scifact):
+    assert packed_bert.supports(minilm.model)
+    texts = list(scifact.queries.values())[:12] + ["x", scifact.doc_texts([next(iter(scifact.corpus))])[0]]
+    enc = minilm.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    lengths = enc["attention_mask"].sum(1)
+    assert lengths.min() <= 3 and lengths.max() == 128  # one text is all padding but 3 tokens, one fills the width
+    with torch.inference_mode():
+        want = padded_mean(minilm.model, enc["input_ids"], enc["attention_mask"])
+        got = packed_bert.mean_pooled(minilm.model, enc["input_ids"], enc["attention_mask"])
+        hidden = packed_bert.last_hidden_packed(minilm.model, enc["input_ids"], enc["attention_mask"].bool())
+    assert hidden.shape == (int(lengths.sum()), minilm.dim)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_encoder_output_does_not_depend_on_batch_neighbours(minilm, scifact):
+    texts = list(scifact.queries.values())[:9]
+    together = minilm.encode_queries(texts, batch_size=9)
+    for i in (0, 4, 8):
+        torch.testing.assert_close(torch.from_numpy(minilm.encode_queries([texts[i]])[0]), torch.from_numpy(together[i]),
+                                   rtol=0, atol=1e-5)
+
+
+def test_other_models_keep_their_own_forward(minilm, splade):
+    assert not packed_bert.supports(splade.model)  # BertForMaskedLM: the SPLADE encoder's own path
+    minilm.model.train()
+    try:
+        assert not packed_bert.supports(minilm.model)  # dropout would differ
+    finally:
+        minilm.model.eval()
