@@ -90,7 +90,7 @@ class MicroBatcher:
         # texts encode on their callers' threads, and 32 concurrent forward passes on 2 cores took
         # 1.5x the CPU per text of 2 at a time; with batching, a worker takes a slot before it
         # gathers, so all that queued while the cores were busy forms one batch.
-        self._slots = slots or threading.Semaphore(max(1, workers))
+        self._slots = slots if slots is not None else threading.Semaphore(max(1, workers))
 
     @property
     def batching(self) -> bool:

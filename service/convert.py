@@ -13,8 +13,8 @@ from lsr.searcher import HybridOptions, PrfOptions, ScoredHit, SearchResult
 from lsr.service import search_pb2 as pb
 
 DEFAULT_K = 10
-_ALL_TIMING_FIELDS = [f.name for f in pb.Timings.DESCRIPTOR.fields]
-_TIMING_FIELDS = [name for name in _ALL_TIMING_FIELDS if name != "total"]  # seconds in SearchResult.timings
+TIMING_FIELDS = [f.name for f in pb.Timings.DESCRIPTOR.fields]  # every stage, and "total"
+_TIMING_FIELDS = [name for name in TIMING_FIELDS if name != "total"]  # seconds in SearchResult.timings
 
 _MODES = {pb.MODE_UNSPECIFIED: "sparse", pb.SPARSE: "sparse", pb.DENSE: "dense", pb.HYBRID: "hybrid"}
 _NORMALIZATIONS = {
@@ -146,5 +146,5 @@ def result_from_proto(msg: pb.SearchResponse) -> SearchResult:
         for hit in msg.hits
     ]
     timings = msg.timings
-    return SearchResult(hits=hits, timings={name: getattr(timings, name) / 1000.0 for name in _ALL_TIMING_FIELDS},
+    return SearchResult(hits=hits, timings={name: getattr(timings, name) / 1000.0 for name in TIMING_FIELDS},
                         truncated=msg.truncated)

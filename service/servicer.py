@@ -25,7 +25,9 @@ from lsr.searcher import FailedPrecondition
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.batching import DeadlinePassed, MicroBatcher
-from lsr.service.convert import hybrid_from_proto, k_from_proto, mode_from_proto, prf_from_proto, result_to_proto
+from lsr.service.convert import (
+    TIMING_FIELDS, hybrid_from_proto, k_from_proto, mode_from_proto, prf_from_proto, result_to_proto,
+)
 
 log = logging.getLogger("lsr.service")
 
@@ -347,9 +349,6 @@ def _query_of(request: pb.SearchRequest):
     return text, sparse, dense
 
 
-_TIMING_NAMES = [field.name for field in pb.Timings.DESCRIPTOR.fields]
-
-
 def _timings_ms(response: pb.SearchResponse) -> dict[str, float]:
     timings = response.timings
-    return {name: getattr(timings, name) for name in _TIMING_NAMES}
+    return {name: getattr(timings, name) for name in TIMING_FIELDS}
