@@ -31,14 +31,14 @@ SYSTEMS = ("ours", "sentence-transformers")
 
 
 def scifact_texts(limit: int | None) -> list[str]:
-    from lsr.beir_data import load_beir
+    from lsr.eval.datasets import load_beir
 
     texts = load_beir(SCIFACT).doc_texts()
     return texts[:limit] if limit else texts
 
 
 def model_path() -> str:
-    from lsr.models import resolve_model
+    from lsr.encode.models import resolve_model
 
     return resolve_model("splade-tiny")
 
@@ -48,7 +48,7 @@ def run_system(system: str, limit: int | None, batch_size: int, threads: int, sa
     torch.set_num_threads(threads)
     texts = scifact_texts(limit)
     if system == "ours":
-        from lsr.encoders import SpladeEncoder
+        from lsr.encode.splade import SpladeEncoder
 
         encoder = SpladeEncoder.from_pretrained("splade-tiny", max_length=256, device="cpu")
         encode = lambda xs: encoder.encode_documents(xs, batch_size=batch_size).to_scipy()  # noqa: E731

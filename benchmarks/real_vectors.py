@@ -23,8 +23,8 @@ def cache_dir() -> Path:
 
 def _encode(name: str, target: Path, kind: str, chunk: int = 512) -> None:
     """Encode in chunks cached as parts, so an interrupted run resumes where it stopped."""
-    from lsr.beir_data import load_beir
-    from lsr.encoders import SpladeEncoder
+    from lsr.eval.datasets import load_beir
+    from lsr.encode.splade import SpladeEncoder
 
     data = load_beir(BEIR_DIR / f"{name}.tar.gz", splits=("test",))
     encoder = SpladeEncoder.from_pretrained("splade-tiny", device="cpu")

@@ -233,7 +233,7 @@ def _bm25s(doc_texts: list[str], query_texts: list[str]) -> dict:
 
 
 def _texts() -> tuple[list[str], list[str]]:
-    from lsr.beir_data import load_beir
+    from lsr.eval.datasets import load_beir
 
     from real_vectors import BEIR_DIR
 

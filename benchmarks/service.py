@@ -201,7 +201,7 @@ def measure_alternating(encoder, config, concurrency, servers: dict, texts, args
 
 
 def _mode_and_prf(config: str):
-    from lsr.searcher import PrfOptions
+    from lsr.search.searcher import PrfOptions
 
     mode, with_prf = CONFIGS[config]
     return mode, PrfOptions() if with_prf else None
@@ -216,7 +216,7 @@ class Server:
     """`lsr serve` as a child process on a free 127.0.0.1 port."""
 
     def __init__(self, index: Path, *extra: str) -> None:
-        cmd = [sys.executable, "-m", "lsr.cli", "serve", str(index), "--host", "127.0.0.1", "--port", "0", *extra]
+        cmd = [sys.executable, "-m", "lsr", "serve", str(index), "--host", "127.0.0.1", "--port", "0", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.address = None
         for line in self.proc.stderr:
@@ -240,7 +240,7 @@ def grpc_search(address: str, concurrency: int, mode: str, prf):
 
 
 def run_encoder(encoder: str, args, texts: list[str], levels: list[Level]) -> None:
-    from lsr.searcher import Searcher
+    from lsr.search.searcher import Searcher
 
     flag = "splade" if encoder == "splade-tiny" else "inference-free"
     searcher = Searcher.open(args.index, query_encoder=flag, threads=args.threads)
@@ -353,7 +353,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "service.json")
     args = parser.parse_args()
 
-    from lsr.beir_data import load_beir
+    from lsr.eval.datasets import load_beir
 
     dataset = load_beir(args.beir, splits=("test",))
     texts = [dataset.queries[q] for q in dataset.qrels["test"]]

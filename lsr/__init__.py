@@ -1,1 +1,49 @@
-"""lsr: learned sparse retrieval."""
+"""lsr: learned sparse retrieval.
+
+The public API is importable from the top (``from lsr import SpladeEncoder, Searcher``) and
+loaded lazily, so ``import lsr`` costs no torch import until an encoder is used. The folders
+follow the data flow: ``encode`` → ``ingest`` → ``search`` (+ ``lsr.index``) → ``eval``, with
+``cli`` in front; ``sparse`` and ``files`` are the types and helpers every stage shares.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing would cost `import lsr` 2 ms
+
+_PUBLIC = {
+    "SpladeEncoder": "lsr.encode.splade",
+    "DecoderSpladeEncoder": "lsr.encode.splade",
+    "InferenceFreeQueryEncoder": "lsr.encode.splade",
+    "DenseEncoder": "lsr.encode.dense",
+    "Searcher": "lsr.search.searcher",
+    "HybridOptions": "lsr.search.searcher",
+    "PrfOptions": "lsr.search.searcher",
+    "SearchResult": "lsr.search.searcher",
+    "SparseBatch": "lsr.sparse",
+    "InvertedIndex": "lsr.index",
+}
+
+__all__ = sorted(_PUBLIC)
+
+if TYPE_CHECKING:
+    from lsr.encode.dense import DenseEncoder
+    from lsr.encode.splade import DecoderSpladeEncoder, InferenceFreeQueryEncoder, SpladeEncoder
+    from lsr.index import InvertedIndex
+    from lsr.search.searcher import HybridOptions, PrfOptions, Searcher, SearchResult
+    from lsr.sparse import SparseBatch
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that holds ``name`` on first use (PEP 562)."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lsr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

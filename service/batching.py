@@ -7,7 +7,7 @@ are in flight than the batch holds (``busy``), so a lone request is never delaye
 whose deadline passed or whose caller went away while queued are dropped before the batch is
 encoded, so abandoned work never reaches the model. A caller that is the only request in flight may
 be encoded on its own thread instead (``submit(..., inline=True)``), skipping the hand-off. The
-encoders are thread-safe (``lsr.encoders.token_ids``), so several workers encode batches at once.
+encoders are thread-safe (``lsr.encode.splade.token_ids``), so several workers encode batches at once.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lsr.searcher import HybridOptions, PrfOptions, SearchResult
+from lsr.search.searcher import HybridOptions, PrfOptions, SearchResult
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.convert import options_to_proto, request_to_proto, result_from_proto

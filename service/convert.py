@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from lsr.searcher import HybridOptions, PrfOptions, ScoredHit, SearchResult
+from lsr.search.searcher import HybridOptions, PrfOptions, ScoredHit, SearchResult
 from lsr.service import search_pb2 as pb
 
 DEFAULT_K = 10

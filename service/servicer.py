@@ -21,7 +21,7 @@ from typing import Iterator
 import grpc
 import numpy as np
 
-from lsr.searcher import FailedPrecondition
+from lsr.search.searcher import FailedPrecondition
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.batching import DeadlinePassed, MicroBatcher

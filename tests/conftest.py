@@ -31,14 +31,14 @@ def beir_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def scifact(beir_dir):
-    from lsr.beir_data import load_beir
+    from lsr.eval.datasets import load_beir
 
     return load_beir(beir_dir / "scifact.tar.gz")
 
 
 @pytest.fixture(scope="session")
 def splade():
-    from lsr.encoders import SpladeEncoder
+    from lsr.encode.splade import SpladeEncoder
 
     torch.set_num_threads(2)
     return SpladeEncoder.from_pretrained("splade-tiny", device="cpu")

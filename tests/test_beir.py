@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lsr.beir import drop_self_hits, evaluate, locate_dataset, tuning_split
-from lsr.beir_data import load_beir
+from lsr.eval.datasets import locate_dataset
+from lsr.eval.metrics import drop_self_hits, evaluate
+from lsr.eval.tuning import tuning_split
+from lsr.eval.datasets import load_beir
 from lsr.cli import main as cli_main
 
 
@@ -145,7 +147,7 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
     # through the gRPC service the numbers are the in-process numbers
     (collection,) = (tmp_path / "cache" / "indexes").iterdir()
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "lsr.cli", "serve", str(collection), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "lsr", "serve", str(collection), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         from lsr.service import Client

@@ -13,7 +13,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from lsr.corpus import BadRowError, CorpusHash, CorpusReader
+from lsr.ingest.corpus import BadRowError, CorpusHash, CorpusReader
 
 ROWS = [
     {"_id": "d1", "title": "Aspirin", "text": "Aspirin lowers the risk of heart attack.", "metadata": {"year": 2001}},

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from lsr.encoders import DecoderSpladeEncoder
-from lsr.models import resolve_model
+from lsr.encode.splade import DecoderSpladeEncoder
+from lsr.encode.models import resolve_model
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from lsr.encoders import InferenceFreeQueryEncoder, SpladeEncoder, idf_from_doc_freqs
-from lsr.models import ModelNotFoundError, resolve_model
+from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, idf_from_doc_freqs
+from lsr.encode.models import ModelNotFoundError, resolve_model
 from lsr.sparse import SparseBatch
 
 TOL = 1e-4
@@ -78,7 +78,7 @@ def test_concurrent_encodes_equal_serial_ones(splade, scifact):
 
 
 def test_concurrent_dense_encodes_equal_serial_ones(scifact):
-    from lsr.dense import DenseEncoder
+    from lsr.encode.dense import DenseEncoder
 
     dense = DenseEncoder.from_pretrained("minilm", device="cpu")
     docs = scifact.doc_texts(list(scifact.corpus)[:8])
@@ -114,7 +114,7 @@ def test_non_string_raises_type_error_naming_position(splade):
 
 def test_truncation_is_counted_reported_and_applied(splade, caplog):
     long_text = " ".join(f"word{i}" for i in range(600))
-    with caplog.at_level(logging.WARNING, logger="lsr.encoders"):
+    with caplog.at_level(logging.WARNING, logger="lsr.encode.splade"):
         batch, info = splade.encode_documents([long_text, "short"], return_info=True)
     assert info.truncated.tolist() == [True, False]
     assert info.n_tokens[0] > 256

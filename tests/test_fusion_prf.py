@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsr.fusion import interpolate, normalize, rank
-from lsr.prf import feedback_weights, rocchio, vector_prf
+from lsr.search.fusion import interpolate, normalize, rank
+from lsr.search.prf import feedback_weights, rocchio, vector_prf
 from lsr.sparse import SparseBatch
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from lsr.cli import main as cli_main
-from lsr.collection import BUILD_STATE, META_FILE, Collection
-from lsr.indexing import IndexOptions, build_collection
+from lsr.ingest.collection import BUILD_STATE, META_FILE, Collection
+from lsr.ingest.indexing import IndexOptions, build_collection
 
 N_DOCS = 96
 EVERY = 6  # documents per checkpointed shard: 16 shards, so a kill lands mid-run
@@ -74,7 +74,7 @@ def test_collection_holds_what_was_indexed(reference, corpus):
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lsr.cli", "index", *args]
+    return [sys.executable, "-m", "lsr", "index", *args]
 
 
 def _shards(out: Path) -> int:
@@ -192,8 +192,8 @@ def test_open_explains_unfinished_and_missing_collections(tmp_path):
 def test_upsert_and_delete_keep_texts_in_step(reference, corpus, tmp_path):
     import shutil
 
-    from lsr.dense import DenseEncoder
-    from lsr.encoders import SpladeEncoder
+    from lsr.encode.dense import DenseEncoder
+    from lsr.encode.splade import SpladeEncoder
 
     path = tmp_path / "col"
     shutil.copytree(reference, path)
@@ -213,8 +213,8 @@ def test_upsert_and_delete_keep_texts_in_step(reference, corpus, tmp_path):
 def test_dense_encoder_matches_sentence_transformers():
     """Mean pooling + L2 normalisation reproduce all-MiniLM-L6-v2's reference embeddings."""
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    from lsr.dense import DenseEncoder
-    from lsr.models import resolve_model
+    from lsr.encode.dense import DenseEncoder
+    from lsr.encode.models import resolve_model
 
     texts = ["Aspirin lowers the risk of heart attack.", "vitamin d " * 200, "short"]
     ours = DenseEncoder.from_pretrained("minilm", device="cpu").encode_documents(texts)
@@ -225,7 +225,7 @@ def test_dense_encoder_matches_sentence_transformers():
 
 @pytest.mark.parametrize("hnsw_m", [None, 16])
 def test_dense_index_upserts_removes_and_round_trips(tmp_path, hnsw_m):
-    from lsr.dense import DenseIndex
+    from lsr.search.dense_index import DenseIndex
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(300, 32)).astype(np.float32)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lsr import packed_bert
-from lsr.dense import DenseEncoder
+from lsr.encode import packed_bert
+from lsr.encode.dense import DenseEncoder
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lsr.searcher import PrfOptions, Searcher
+from lsr.search.searcher import PrfOptions, Searcher
 from lsr.service import Client
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
@@ -31,7 +31,7 @@ class ServerProcess:
     """`lsr serve DIR --port 0 ...` as a child process; the port comes from its event=listening log line."""
 
     def __init__(self, index_dir: Path, *args: str) -> None:
-        self.command = [sys.executable, "-m", "lsr.cli", "serve", str(index_dir), "--host", "127.0.0.1", "--port", "0", *args]
+        self.command = [sys.executable, "-m", "lsr", "serve", str(index_dir), "--host", "127.0.0.1", "--port", "0", *args]
         self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.address: str | None = None
@@ -66,7 +66,7 @@ class ServerProcess:
 
 
 def _build(source: Path, out: Path, **options) -> Path:
-    from lsr.indexing import IndexOptions, build_collection
+    from lsr.ingest.indexing import IndexOptions, build_collection
 
     build_collection(source, out, IndexOptions(max_length=MAX_LENGTH, **options), progress=False)
     return out
@@ -202,7 +202,7 @@ def test_lsr_query_cli_prints_the_endpoints_hits(servers, client, queries):
     import json
 
     out = subprocess.run(
-        [sys.executable, "-m", "lsr.cli", "query", "--endpoint", servers["main"].address, queries[2], "--k", "3", "--json"],
+        [sys.executable, "-m", "lsr", "query", "--endpoint", servers["main"].address, queries[2], "--k", "3", "--json"],
         check=True, capture_output=True, text=True, timeout=120,
     )
     printed = json.loads(out.stdout)

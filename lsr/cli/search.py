@@ -15,8 +15,8 @@ HELP = "search a collection in-process and print the hits"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.fusion import NORMALIZATIONS
-    from lsr.searcher import MODES, PRF_INTERPOLATIONS, QUERY_ENCODERS
+    from lsr.search.fusion import NORMALIZATIONS
+    from lsr.search.searcher import MODES, PRF_INTERPOLATIONS, QUERY_ENCODERS
 
     p.add_argument("collection", help="folder written by `lsr index`")
     p.add_argument("query", nargs="+", help="query text")
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.searcher import HybridOptions, PrfOptions, Searcher
+    from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
 
     searcher = Searcher.open(args.collection, query_encoder=args.query_encoder)
     hybrid = HybridOptions(args.normalization, args.sparse_weight, args.candidates)

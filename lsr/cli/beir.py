@@ -26,7 +26,7 @@ HELP = "evaluate BM25 / sparse / dense / hybrid / hybrid-prf on a BEIR dataset"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.beir import METHODS
+    from lsr.eval.beir import METHODS
 
     p.add_argument("--dataset", required=True, metavar="NAME_OR_PATH",
                    help="BEIR name (scifact, nfcorpus, ...) or a BEIR folder/.zip/.tar.gz")
@@ -47,8 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.beir import markdown, run_beir
-    from lsr.indexing import IndexOptions
+    from lsr.eval.beir import run_beir
+    from lsr.eval.report import markdown
+    from lsr.ingest.indexing import IndexOptions
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     dense = None if args.dense.lower() == "none" else args.dense
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         endpoint, collection = args.endpoint, None
         if args.serve:
-            from lsr.beir import cached_collection, load_beir, locate_dataset
+            from lsr.eval.beir import cached_collection
+            from lsr.eval.datasets import load_beir, locate_dataset
 
             source = locate_dataset(args.dataset, args.data_dir)
             collection, _ = cached_collection(source, load_beir(source), options, progress=not args.quiet)
@@ -85,7 +87,7 @@ def _served(collection: Path, threads: int | None):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "lsr.cli", "serve", str(collection), "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "lsr", "serve", str(collection), "--host", "127.0.0.1", "--port", str(port)]
     if threads:
         command += ["--threads", str(threads)]
     server = subprocess.Popen(command)

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.dense import DenseIndex
+from lsr.search.dense_index import DenseIndex
 from lsr.files import atomic_write, file_sha256
 from lsr.sparse import SparseBatch
 

@@ -48,7 +48,7 @@ def _read_token(path: Path | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.searcher import Searcher
+    from lsr.search.searcher import Searcher
     from lsr.service.server import ServerConfig, serve
 
     config = ServerConfig(  # checks its values before the slow collection load

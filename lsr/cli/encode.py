@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.encoders import SpladeEncoder
+    from lsr.encode.splade import SpladeEncoder
 
     if args.top < 0:
         raise ValueError(f"--top must be ≥ 0, got {args.top}")

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.fusion import NORMALIZATIONS, Ranking, interpolate, rank
-from lsr.prf import rocchio, vector_prf
+from lsr.search.fusion import NORMALIZATIONS, Ranking, interpolate, rank
+from lsr.search.prf import rocchio, vector_prf
 from lsr.sparse import SparseBatch
 
 MODES = ("sparse", "dense", "hybrid")
@@ -123,8 +123,8 @@ class Searcher:
         cls, path: str | Path, *, query_encoder: str = "splade", device: str = "cpu", threads: int | None = None
     ) -> "Searcher":
         """Open a collection written by ``lsr index`` and load the models its metadata names."""
-        from lsr.collection import Collection
-        from lsr.encoders import InferenceFreeQueryEncoder, SpladeEncoder
+        from lsr.ingest.collection import Collection
+        from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder
 
         if query_encoder not in QUERY_ENCODERS:
             raise ValueError(f"query_encoder must be one of {', '.join(QUERY_ENCODERS)}, got {query_encoder!r}")
@@ -142,7 +142,7 @@ class Searcher:
             encoder = InferenceFreeQueryEncoder.from_pretrained(meta["model"], index=collection.sparse)
         dense = None
         if collection.dense is not None and meta.get("dense_model"):
-            from lsr.dense import DenseEncoder
+            from lsr.encode.dense import DenseEncoder
 
             dense = DenseEncoder.from_pretrained(meta["dense_model"], device=device)
         return cls(collection, encoder, dense, doc_encoder)
@@ -406,7 +406,7 @@ class Searcher:
     def doc_encoder(self):
         """The document-side SPLADE encoder (loaded on first upsert for inference-free searchers)."""
         if self._doc_encoder is None:
-            from lsr.encoders import SpladeEncoder
+            from lsr.encode.splade import SpladeEncoder
 
             meta = self.collection.meta
             self._doc_encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256), device="cpu")

@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import grpc
 
-    from lsr.searcher import HybridOptions, PrfOptions
+    from lsr.search.searcher import HybridOptions, PrfOptions
     from lsr.service import Client
 
     token = args.auth_token_file.read_text(encoding="utf-8").strip() if args.auth_token_file else None

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from lsr.encode.inputs import check_texts, resolve_device, token_ids
+from lsr.encode.models import load_with_hint, quiet_loader
 from lsr.kernels import splade_max_pool
 from lsr.kernels.pool_torch import splade_sum_pool_chunked
-from lsr.models import load_with_hint
 from lsr.sparse import SparseBatch
 
 log = logging.getLogger(__name__)
@@ -33,37 +33,6 @@ class EncodeInfo:
 
     truncated: np.ndarray  # bool per input text
     n_tokens: np.ndarray  # int per input text, before truncation
-
-
-def check_texts(texts: Any) -> list[str]:
-    """Accept a string or a sequence of strings; a non-string raises TypeError naming its position."""
-    if isinstance(texts, str):
-        return [texts]
-    if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
-        raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
-    return texts
-
-
-def token_ids(tokenizer: Any, texts: list[str], **options: Any) -> list[list[int]]:
-    """``tokenizer(texts, **options)["input_ids"]``, one call at a time per tokenizer object.
-
-    A fast tokenizer re-applies its truncation and padding settings inside a call, mutating its Rust
-    state; two threads overlapping there fail with "Already borrowed". Serialising only this call
-    lets the forward passes of concurrent encodes (the service's micro-batches) run in parallel.
-    """
-    lock = tokenizer.__dict__.setdefault("_lsr_call_lock", threading.Lock())
-    with lock:
-        return tokenizer(texts, verbose=False, **options)["input_ids"]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _detach_output_projection(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -199,28 +168,11 @@ class SpladeEncoder:
         import transformers
 
         tokenizer = load_with_hint(name_or_path, transformers.AutoTokenizer.from_pretrained)
-        model = load_with_hint(name_or_path, cls._model_loader(getattr(transformers, cls.auto_model_class)))
+        model = load_with_hint(name_or_path, quiet_loader(getattr(transformers, cls.auto_model_class)))
         return cls(
             model, tokenizer, max_length=max_length, query_max_length=query_max_length,
             device=device, dtype=dtype, name=str(name_or_path), **options,
         )
-
-    @staticmethod
-    def _model_loader(auto_cls):
-        def load(path: str):
-            from transformers.utils import logging as hf_logging
-
-            previous, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-            hf_logging.set_verbosity_error()  # silence the weight-loading report and progress bar
-            hf_logging.disable_progress_bar()
-            try:
-                return auto_cls.from_pretrained(path)
-            finally:
-                hf_logging.set_verbosity(previous)
-                if bar:
-                    hf_logging.enable_progress_bar()
-
-        return load
 
     # ------------------------------------------------------------------ public API
     def encode_documents(
@@ -396,7 +348,7 @@ class InferenceFreeQueryEncoder:
         """IDF from (in order): the ``idf`` argument, ``idf.json`` in the model folder, the ``index``'s dfs."""
         from transformers import AutoTokenizer
 
-        from lsr.models import resolve_model
+        from lsr.encode.models import resolve_model
 
         tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
         vocab_size = len(tokenizer.get_vocab())

@@ -1,4 +1,4 @@
-"""``lsr <verb>``: one argparse front door; each verb lives in its own module under lsr.commands.
+"""``lsr <verb>``: one argparse front door; each verb lives in its own module in lsr.cli.
 
 A verb module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
 Modules are imported lazily so ``lsr --help`` stays fast and a verb's heavy imports load only when used.
@@ -15,7 +15,7 @@ VERBS = ("encode", "index", "search", "beir", "serve", "query")
 
 
 def _verb_module(verb: str):
-    return importlib.import_module(f"lsr.commands.{verb}")
+    return importlib.import_module(f"lsr.cli.{verb}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = _verb_module(verb)
         except ModuleNotFoundError as exc:
-            if exc.name != f"lsr.commands.{verb}":
+            if exc.name != f"lsr.cli.{verb}":
                 raise
             continue
         p = sub.add_parser(verb, help=module.HELP, description=module.__doc__,
@@ -56,6 +56,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lsr {args.verb}: error: {exc}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

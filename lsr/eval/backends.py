@@ -1,0 +1,86 @@
+"""Ways to turn a list of queries into a run: bm25s, the in-process Searcher, a gRPC endpoint, brute force."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lsr.eval.datasets import BeirDataset
+from lsr.eval.metrics import Run
+
+
+def bm25_run(dataset: BeirDataset, qids: Sequence[str], k: int) -> Run:
+    """bm25s (Lucene BM25, k1=1.5, b=0.75) with English stopwords and the Snowball English stemmer."""
+    import bm25s
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer("english")
+    doc_ids = list(dataset.corpus)
+    tokens = bm25s.tokenize(dataset.doc_texts(doc_ids), stopwords="en", stemmer=stemmer, show_progress=False)
+    retriever = bm25s.BM25()
+    retriever.index(tokens, show_progress=False)
+    queries = bm25s.tokenize([dataset.queries[q] for q in qids], stopwords="en", stemmer=stemmer,
+                             return_ids=False, show_progress=False)
+    depth = min(k, len(doc_ids))
+    rows, scores = retriever.retrieve(queries, k=depth, show_progress=False)
+    return {q: {doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i]) if s > 0} for i, q in enumerate(qids)}
+
+
+class InProcess:
+    """Runs queries through a local Searcher; each query list is encoded once and reused across settings."""
+
+    def __init__(self, searcher: Any) -> None:
+        self.searcher = searcher
+        self._encoded: dict[tuple[str, ...], tuple[Any, Any]] = {}
+
+    def run(self, qids: Sequence[str], texts: Sequence[str], k: int, mode: str, hybrid=None, prf=None) -> Run:
+        from lsr.search.searcher import row_dict
+
+        key = tuple(qids)
+        if key not in self._encoded:
+            sparse, _ = self.searcher.encode_queries(list(texts))
+            dense = self.searcher.encode_dense(list(texts)) if self.searcher.has_dense else None
+            self._encoded[key] = (sparse, dense)
+        sparse, dense = self._encoded[key]
+        run: Run = {}
+        for i, q in enumerate(qids):
+            result = self.searcher.search_encoded(row_dict(sparse, i), None if dense is None else dense[i],
+                                                  k=k, mode=mode, hybrid=hybrid, prf=prf)
+            run[q] = {h.doc_id: h.score for h in result.hits}
+        return run
+
+
+class Remote:
+    """Runs queries through the gRPC service (``lsr serve``) with the same options."""
+
+    def __init__(self, endpoint: str) -> None:
+        from lsr.service import Client
+
+        self.client = Client(endpoint)
+        self.client.wait_ready(timeout=30)
+
+    def run(self, qids: Sequence[str], texts: Sequence[str], k: int, mode: str, hybrid=None, prf=None) -> Run:
+        results = self.client.search_batch(list(texts), k=k, mode=mode, hybrid=hybrid, prf=prf)
+        return {q: {h.doc_id: h.score for h in r.hits} for q, r in zip(qids, results)}
+
+
+def exact_sparse_run(collection_path: Path, searcher: Any, qids: Sequence[str], texts: Sequence[str], k: int) -> Run:
+    """Brute-force float32 dot products over the stored (unquantized) vectors: the index's yardstick."""
+    from lsr.ingest.collection import read_vector_shards
+    from lsr.sparse import SparseBatch
+
+    meta = json.loads((collection_path / "lsr.json").read_text())
+    batches, ids = zip(*read_vector_shards(collection_path, meta["shards"]))
+    docs_t = SparseBatch.concat(list(batches)).to_scipy().T.tocsr()
+    doc_ids = [d for part in ids for d in part]
+    queries = searcher.encode_queries(list(texts))[0].to_scipy()
+    run: Run = {}
+    for start in range(0, len(qids), 64):  # bounded memory: 64 dense score rows at a time
+        scores = (queries[start : start + 64] @ docs_t).toarray()
+        for row, q in enumerate(qids[start : start + 64]):
+            top = np.argsort(-scores[row], kind="stable")[:k]
+            run[q] = {doc_ids[j]: float(scores[row, j]) for j in top if scores[row, j] > 0}
+    return run

@@ -1,0 +1,181 @@
+"""BEIR evaluation: find the dataset, index it once (cached), run every method, score, report.
+
+Methods: ``bm25`` (bm25s + PyStemmer's English Snowball stemmer), ``sparse`` (SPLADE),
+``dense`` (MiniLM), ``hybrid`` (normalised interpolation) and ``hybrid-prf`` (Rocchio on the
+sparse query + Vector-PRF on the dense one, interpolated before and after PRF). Hybrid's α and
+PRF's m and β are tuned on the train/dev qrels only and then frozen for the reported split.
+All retrieval goes through :class:`lsr.search.searcher.Searcher` (or the gRPC service with
+``endpoint``), so these numbers are the product's numbers, not a side implementation's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lsr.eval.backends import InProcess, Remote, bm25_run, exact_sparse_run
+from lsr.eval.datasets import BeirDataset, cache_dir, load_beir, locate_dataset
+from lsr.eval.metrics import evaluate
+from lsr.eval.report import machine, write_report
+from lsr.eval.tuning import DEFAULT_ALPHA, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT, tune, tuning_split
+
+METHODS = ("bm25", "sparse", "dense", "hybrid", "hybrid-prf")
+
+
+# ---------------------------------------------------------------------------- index cache
+def corpus_checksum(dataset: BeirDataset) -> str:
+    """The same running checksum ``lsr index`` records for this corpus (title + " " + text)."""
+    from lsr.ingest.corpus import CorpusHash
+
+    ids = list(dataset.corpus)
+    return CorpusHash().update(ids, dataset.doc_texts(ids))
+
+
+def cached_collection(source: Path, dataset: BeirDataset, options: Any, *, progress: bool = True) -> tuple[Path, bool]:
+    """A collection of ``source`` under the cache, keyed by models, settings and corpus checksum.
+
+    Returns (folder, reused). An interrupted build is resumed on the next call.
+    """
+    from lsr.ingest.collection import META_FILE
+    from lsr.ingest.indexing import build_collection
+
+    key = json.dumps({"model": options.model, "dense": options.dense_model, "max_length": options.max_length,
+                      "fields": list(options.fields), "hnsw": options.hnsw_m, "quantization": options.quantization,
+                      "corpus": corpus_checksum(dataset)}, sort_keys=True)
+    folder = cache_dir() / "indexes" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (folder / META_FILE).is_file():
+        return folder, True
+    # The source path is part of the build settings; a cache hit must not depend on where the data lives.
+    build_collection(source, folder, options, resume=folder.exists(), progress=progress)
+    return folder, False
+
+
+# ---------------------------------------------------------------------------- the whole run
+def run_beir(
+    dataset_name: str,
+    *,
+    data_dir: str | None = None,
+    split: str = "test",
+    methods: Sequence[str] = METHODS,
+    k: int = 100,
+    endpoint: str | None = None,
+    tune_locally: str | Path | None = None,
+    out: str | Path | None = None,
+    options: Any = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict:
+    """Evaluate ``methods`` on ``split``; writes results.md/.json and ndcg.png into ``out`` when given.
+
+    ``tune_locally`` (a collection folder, with ``endpoint``): tune α, m, β in-process on that
+    collection, which reuses one encoding of the tuning queries across the grid, while every reported
+    number still comes through the endpoint. ``lsr beir --serve`` uses it for the collection it serves.
+    """
+    from lsr.ingest.indexing import IndexOptions
+    from lsr.search.searcher import HybridOptions, PrfOptions
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if not 10 <= k <= 999:
+        raise ValueError(f"--k must be in 10..999 (nDCG@10 needs 10, the searcher returns at most 1000), got {k}")
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    source = locate_dataset(dataset_name, data_dir)
+    dataset = load_beir(source)
+    if split not in dataset.qrels:
+        raise ValueError(f"{source} has no qrels/{split}.tsv; it has {', '.join(sorted(dataset.qrels)) or 'none'}")
+    qrels = dataset.qrels[split]
+    qids = [q for q in qrels if q in dataset.queries]
+    texts = [dataset.queries[q] for q in qids]
+    timings["load"] = time.perf_counter() - clock
+    say(f"{dataset.name}: {len(dataset.corpus):,} docs, {len(qids):,} {split} queries (from {source})")
+
+    options = options or IndexOptions()
+    results: dict[str, dict[str, float]] = {}
+    extra: dict[str, Any] = {}
+    if "bm25" in methods:
+        clock = time.perf_counter()
+        results["bm25"] = evaluate(qrels, bm25_run(dataset, qids, k + 1))
+        timings["bm25"] = time.perf_counter() - clock
+        say(f"bm25        nDCG@10 {results['bm25']['ndcg@10']:.4f}")
+
+    neural = [m for m in methods if m != "bm25"]
+    index_checksum = None
+    settings: dict[str, Any] = {}
+    models = {"sparse": options.model, "dense": options.dense_model}
+    build_seconds: dict[str, float] = {}
+    if neural:
+        clock = time.perf_counter()
+        if endpoint:  # the server's collection is the one evaluated; nothing is indexed or loaded here
+            backend, searcher, collection_path = Remote(endpoint), None, None
+            served = backend.client.stats()
+            models = {"sparse": served["model"], "dense": served["dense_model"] or None,
+                      "served_index_version": served["index_version"]}
+        else:
+            from lsr.ingest.collection import Collection
+            from lsr.search.searcher import Searcher
+
+            collection_path, reused = cached_collection(source, dataset, options, progress=progress)
+            timings["index"] = time.perf_counter() - clock
+            say(f"index {'reused from cache' if reused else 'built'}: {collection_path}")
+            collection = Collection.open(collection_path)
+            index_checksum = collection.checksum
+            build_seconds = collection.meta.get("stage_seconds", {})
+            clock = time.perf_counter()
+            searcher = Searcher.open(collection_path, device="cpu")
+            backend = InProcess(searcher)
+        timings["load_models"] = time.perf_counter() - clock
+        if {"hybrid", "hybrid-prf"} & set(neural):
+            clock = time.perf_counter()
+            tuner = backend
+            if endpoint and tune_locally:
+                from lsr.search.searcher import Searcher
+
+                tuner = InProcess(Searcher.open(tune_locally, device="cpu"))
+            settings = tune(tuner, dataset, tuning_split(dataset, split), k, say)
+            settings["tuned"] = "in-process on the served collection" if tuner is not backend else "through the backend"
+            timings["tune"] = time.perf_counter() - clock
+        hybrid = HybridOptions(sparse_weight=settings.get("alpha", DEFAULT_ALPHA))
+        plans = {
+            "sparse": ("sparse", None, None),
+            "dense": ("dense", None, None),
+            "hybrid": ("hybrid", hybrid, None),
+            "hybrid-prf": ("hybrid", hybrid, PrfOptions(feedback_docs=settings.get("prf_docs", DEFAULT_PRF_DOCS),
+                                                        weight=settings.get("prf_weight", DEFAULT_PRF_WEIGHT),
+                                                        interpolate="both")),
+        }
+        for method in neural:
+            clock = time.perf_counter()
+            mode, h, prf = plans[method]
+            results[method] = evaluate(qrels, backend.run(qids, texts, k + 1, mode, h, prf))
+            timings[method] = time.perf_counter() - clock
+            say(f"{method:<11} nDCG@10 {results[method]['ndcg@10']:.4f}")
+        clock = time.perf_counter()
+        if "sparse" in neural and searcher is not None:
+            extra["sparse_exact_bruteforce"] = evaluate(qrels, exact_sparse_run(collection_path, searcher, qids, texts, k + 1))
+        if "hybrid" in neural and settings.get("alpha") != 0.5:
+            extra["hybrid_alpha_0.5"] = evaluate(qrels, backend.run(qids, texts, k + 1, "hybrid", HybridOptions(), None))
+        timings["checks"] = time.perf_counter() - clock
+
+    report = {
+        "dataset": dataset.name,
+        "split": split,
+        "methods": {m: results[m] for m in METHODS if m in results},
+        "settings": {**settings, "k": k, "endpoint": endpoint, "index": asdict(options) if neural and not endpoint else None},
+        "models": {**models, "bm25": "bm25s (lucene, k1=1.5, b=0.75) + English stopwords + PyStemmer Snowball English"},
+        "index_checksum": index_checksum,
+        "timings": {name: round(seconds, 2) for name, seconds in timings.items()},
+        "index_build_seconds": build_seconds,  # when the (possibly cached) collection was built
+        "checks": extra,
+        "machine": machine(),
+        "queries": len(qids),
+    }
+    report["timings"]["total"] = round(sum(timings.values()), 2)
+    if out is not None:
+        write_report(report, Path(out))
+    return report

@@ -1,0 +1,65 @@
+"""A BEIR report on disk: results.json, results.md and an nDCG@10 bar chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from lsr.eval.metrics import METRICS
+
+
+def machine() -> str:
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# BEIR {report['dataset']} ({report['split']}, {report['queries']} queries)", "",
+             "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    for method, metrics in report["methods"].items():
+        lines.append(f"| {method} | " + " | ".join(f"{metrics[m]:.4f}" for m in METRICS) + " |")
+    for name, metrics in report.get("checks", {}).items():
+        lines.append(f"| _{name}_ | " + " | ".join(f"{metrics[m]:.4f}" for m in METRICS) + " |")
+    s = report["settings"]
+    lines += ["", f"Models: sparse `{report['models']['sparse']}`, dense `{report['models']['dense']}`; "
+                  f"bm25: {report['models']['bm25']}."]
+    if "alpha" in s:
+        lines.append(f"Hybrid: {s['normalization']}, α (sparse weight) = {s['alpha']}; "
+                     f"PRF: m = {s['prf_docs']} feedback docs, β = {s['prf_weight']}, interpolation {s['prf_interpolate']}; "
+                     f"tuned on `{s['tuned_on']}` qrels, frozen for `{report['split']}`.")
+    lines.append(f"Index checksum `{report['index_checksum']}`. Timings (s): "
+                 + ", ".join(f"{k} {v}" for k, v in report["timings"].items()) + ".")
+    if report.get("index_build_seconds"):
+        lines.append("Index build (cold, per stage, s): "
+                     + ", ".join(f"{k} {v}" for k, v in report["index_build_seconds"].items()) + ".")
+    lines.append(f"Machine: {report['machine']}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(markdown(report), encoding="utf-8")
+    plot_ndcg(report, out / "ndcg.png")
+
+
+def plot_ndcg(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["methods"])
+    values = [report["methods"][m]["ndcg@10"] for m in names]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bars = ax.bar(names, values, color="#4c72b0")
+    ax.bar_label(bars, fmt="%.3f")
+    ax.set_ylabel("nDCG@10")
+    ax.set_title(f"BEIR {report['dataset']} ({report['split']})")
+    ax.set_ylim(0, max(values + [0.01]) * 1.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

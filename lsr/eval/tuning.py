@@ -1,0 +1,53 @@
+"""Choose fusion and PRF settings on train/dev qrels, never on the split that is reported."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from lsr.eval.datasets import BeirDataset
+from lsr.eval.metrics import evaluate
+
+ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+PRF_DOCS = (2, 3, 5)
+PRF_WEIGHTS = (0.1, 0.25, 0.5)
+DEFAULT_ALPHA, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT = 0.5, 3, 0.25
+
+
+def tuning_split(dataset: BeirDataset, split: str) -> str | None:
+    """dev if the dataset has it, else train (never the reported split)."""
+    for candidate in ("dev", "train"):
+        if candidate != split and dataset.qrels.get(candidate):
+            return candidate
+    return None
+
+
+def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
+         say: Callable[[str], None]) -> dict[str, Any]:
+    """Grid-search α (hybrid), then m and β (PRF) with α frozen, by nDCG@10 on ``tune_split``."""
+    from lsr.search.searcher import HybridOptions, PrfOptions
+
+    settings: dict[str, Any] = {"normalization": "min_max", "alpha": DEFAULT_ALPHA, "prf_docs": DEFAULT_PRF_DOCS,
+                                "prf_weight": DEFAULT_PRF_WEIGHT, "prf_interpolate": "both", "tuned_on": tune_split,
+                                "grid": {"alpha": list(ALPHAS), "prf_docs": list(PRF_DOCS), "prf_weight": list(PRF_WEIGHTS)}}
+    if tune_split is None:
+        settings["note"] = "no train/dev qrels: defaults used"
+        return settings
+    qrels = dataset.qrels[tune_split]
+    qids = [q for q in qrels if q in dataset.queries]
+    texts = [dataset.queries[q] for q in qids]
+
+    def score(hybrid, prf=None) -> float:
+        return evaluate(qrels, backend.run(qids, texts, k + 1, "hybrid", hybrid, prf))["ndcg@10"]
+
+    alpha_scores = {a: score(HybridOptions(sparse_weight=a)) for a in ALPHAS}
+    alpha = max(ALPHAS, key=lambda a: (alpha_scores[a], -abs(a - 0.5)))
+    say(f"tuned α={alpha} on {tune_split} ({len(qids)} queries): nDCG@10 {alpha_scores[alpha]:.4f}")
+    hybrid = HybridOptions(sparse_weight=alpha)
+    prf_scores = {(m, b): score(hybrid, PrfOptions(feedback_docs=m, weight=b, interpolate="both"))
+                  for m in PRF_DOCS for b in PRF_WEIGHTS}
+    m, beta = max(prf_scores, key=lambda mb: (prf_scores[mb], -mb[1], -mb[0]))
+    say(f"tuned PRF m={m} β={beta} on {tune_split}: nDCG@10 {prf_scores[(m, beta)]:.4f}")
+    settings.update(alpha=alpha, prf_docs=m, prf_weight=beta,
+                    tuning_ndcg10={"hybrid": {str(a): round(v, 4) for a, v in alpha_scores.items()},
+                                   "hybrid-prf": {f"m={mm},beta={bb}": round(v, 4) for (mm, bb), v in prf_scores.items()}})
+    return settings

@@ -1,0 +1,58 @@
+"""Read the files of a BEIR dataset in place, from a folder, a .zip or a .tar.gz.
+
+Archives are read without unpacking to disk, so the shared read-only copies work as-is.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import zipfile
+from pathlib import Path
+from typing import IO
+
+
+class BeirSource:
+    """Uniform member access over a directory, a zip or a tar archive, rooted at the dataset folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.is_dir():
+            self.kind, self.names = "dir", {str(p.relative_to(path)).replace("\\", "/") for p in path.rglob("*") if p.is_file()}
+        elif zipfile.is_zipfile(path):
+            self.kind, self.archive = "zip", zipfile.ZipFile(path)
+            self.names = {n for n in self.archive.namelist() if not n.endswith("/")}
+        elif tarfile.is_tarfile(path):
+            self.kind, self.archive = "tar", tarfile.open(path)
+            self.names = {m.name for m in self.archive.getmembers() if m.isfile()}
+        else:
+            raise ValueError(f"{path} is not a BEIR folder, .zip or .tar.gz archive")
+        corpus = sorted((n for n in self.names if n.endswith("corpus.jsonl")), key=len)
+        if not corpus:
+            raise FileNotFoundError(f"{path} holds no corpus.jsonl; is it a BEIR dataset?")
+        self.root = corpus[0][: -len("corpus.jsonl")]
+
+    def has(self, member: str) -> bool:
+        return self.root + member in self.names
+
+    def size(self, member: str) -> int:
+        """Uncompressed size in bytes of a member (for progress fractions)."""
+        name = self._name(member)
+        if self.kind == "dir":
+            return (self.path / name).stat().st_size
+        if self.kind == "zip":
+            return self.archive.getinfo(name).file_size
+        return self.archive.getmember(name).size
+
+    def _name(self, member: str) -> str:
+        name = self.root + member
+        if name not in self.names:
+            raise FileNotFoundError(f"{self.path} has no {member}")
+        return name
+
+    def open(self, member: str) -> IO[bytes]:
+        name = self._name(member)
+        if self.kind == "dir":
+            return open(self.path / name, "rb")
+        if self.kind == "zip":
+            return self.archive.open(name)
+        return self.archive.extractfile(name)
