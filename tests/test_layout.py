@@ -1,0 +1,54 @@
+"""The package layout's promises: a cheap lazy top-level API, `python -m lsr`, and an index that does not import upward."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLIC = ("SpladeEncoder", "DecoderSpladeEncoder", "InferenceFreeQueryEncoder", "DenseEncoder", "Searcher", "SparseBatch")
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_import_lsr_loads_no_torch_and_no_stage_module():
+    loaded = _run("import sys, lsr; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('lsr.')))")
+    assert loaded == "[]"
+
+
+def test_top_level_names_resolve_to_their_stage_classes():
+    out = _run(f"from lsr import {', '.join(PUBLIC)}; print(' '.join(c.__module__ for c in ({', '.join(PUBLIC)})))")
+    assert out.split() == ["lsr.encode.splade"] * 3 + ["lsr.encode.dense", "lsr.search.searcher", "lsr.sparse"]
+
+
+def test_unknown_top_level_name_is_an_attribute_error():
+    import lsr
+
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        lsr.NoSuchThing  # noqa: B018
+
+
+def test_python_dash_m_lsr_is_the_cli():
+    out = subprocess.run([sys.executable, "-m", "lsr", "--help"], check=True, capture_output=True, text=True).stdout
+    assert out.startswith("usage: lsr") and "index" in out and "serve" in out
+
+
+def test_index_imports_from_lsr_only_the_shared_modules():
+    shared = {"lsr.sparse", "lsr.files"}
+    upward = set()
+    for path in (ROOT / "index").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "lsr":
+                upward.add(node.module)
+            elif isinstance(node, ast.Import):
+                upward.update(a.name for a in node.names if a.name.split(".")[0] == "lsr")
+    assert upward <= shared, f"index/ imports {sorted(upward - shared)} from lsr"
+
+
+def test_lsr_keeps_at_most_two_loose_modules():
+    loose = {p.name for p in (ROOT / "lsr").glob("*.py")} - {"__init__.py", "__main__.py"}
+    assert loose == {"sparse.py", "files.py"}
