@@ -109,8 +109,38 @@ def test_lookup_order_data_dir_then_env_then_cache(tmp_path, monkeypatch):
     assert locate_dataset("tiny") == second / "tiny.zip"
     monkeypatch.delenv("LSR_BEIR_DIR")
     assert locate_dataset("tiny") == cache / "beir" / "tiny.zip"
-    with pytest.raises(FileNotFoundError, match="no pinned checksum"):
+    with pytest.raises(FileNotFoundError, match="unknown BEIR dataset 'no-such-dataset'; known: arguana, nfcorpus, scifact, tiny"):
         locate_dataset("no-such-dataset")
+
+
+def test_shared_folder_beside_the_current_directory_is_found(tmp_path, monkeypatch):
+    shared = tmp_path / "shared" / "data" / "beir"
+    shared.mkdir(parents=True)
+    tiny_beir(shared)
+    checkout = tmp_path / "my-clone"
+    checkout.mkdir()
+    monkeypatch.delenv("LSR_BEIR_DIR", raising=False)
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(checkout)
+    assert locate_dataset("tiny") == shared / "tiny.zip"
+
+
+def test_a_failed_download_leaves_no_empty_cache_folder(tmp_path, monkeypatch):
+    import lsr.eval.datasets as datasets
+
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache" / "lsr"))
+    monkeypatch.delenv("LSR_BEIR_DIR", raising=False)
+    monkeypatch.setattr(datasets, "BEIR_URL", "http://127.0.0.1:1/{name}.zip")  # nothing listens on port 1
+    with pytest.raises(FileNotFoundError, match="'arguana' is not available locally .* downloading http://127.0.0.1:1"):
+        locate_dataset("arguana")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lsr_beir_with_an_unknown_dataset_lists_the_known_ones(capsys):
+    assert cli_main(["beir", "--dataset", "nosuch", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lsr beir: error: unknown BEIR dataset 'nosuch'; known: ") and "scifact" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,7 @@
-"""BEIR datasets: find one (given path, data dir, $LSR_BEIR_DIR, cache, download) and load it.
+"""BEIR datasets: find one (given path, data dir, $LSR_BEIR_DIR, shared folder, cache, download) and load it.
+
+The shared folder is ``shared/data/beir`` beside the lsr checkout or beside (or inside) the current
+directory: the place this project keeps its read-only copies, so a fresh clone works offline.
 
 Archives are read in place (no unpacking to disk), so the shared read-only copies work as-is.
 Qrels files from the official zips have CRLF line endings; the parser accepts both.
@@ -92,15 +95,44 @@ def _candidates(folder: Path, name: str) -> list[Path]:
     return [folder / name, folder / f"{name}.zip", folder / f"{name}.tar.gz", folder / f"{name}.tgz"]
 
 
+def shared_dirs() -> list[Path]:
+    """Existing ``shared/data/beir`` folders beside the lsr checkout, beside the current directory, or in it."""
+    checkout = Path(__file__).resolve().parents[2]
+    cwd = Path.cwd()
+    found: list[Path] = []
+    for base in (checkout.parent, cwd.parent, cwd):
+        folder = base / "shared" / "data" / "beir"
+        if folder.is_dir() and folder.resolve() not in {f.resolve() for f in found}:
+            found.append(folder)
+    return found
+
+
+def search_dirs(data_dir: str | Path | None = None) -> list[Path]:
+    """Where a dataset NAME is looked for, in order: ``data_dir``, ``$LSR_BEIR_DIR``, shared folders, the cache."""
+    folders = [Path(d).expanduser() for d in (data_dir, os.environ.get("LSR_BEIR_DIR")) if d]
+    return folders + shared_dirs() + [cache_dir() / "beir"]
+
+
+def known_names(folders: list[Path]) -> list[str]:
+    """Dataset names found in ``folders`` plus those that can be downloaded, sorted."""
+    names = set(BEIR_MD5)
+    for folder in folders:
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                name = entry.name.removesuffix(".zip").removesuffix(".tar.gz").removesuffix(".tgz")
+                if entry.is_dir() or name != entry.name:
+                    names.add(name)
+    return sorted(names)
+
+
 def locate_dataset(name_or_path: str, data_dir: str | Path | None = None, *, download: bool = True) -> Path:
-    """A path as given; else NAME in ``data_dir``, ``$LSR_BEIR_DIR``, the cache; else download it."""
+    """A path as given; else NAME in :func:`search_dirs`; else download it (known names only)."""
     given = Path(name_or_path).expanduser()
     if given.exists():
         return given
     if os.sep in name_or_path or name_or_path.endswith((".zip", ".tar.gz")):
         raise FileNotFoundError(f"BEIR dataset {name_or_path} does not exist")
-    folders = [Path(d).expanduser() for d in (data_dir, os.environ.get("LSR_BEIR_DIR")) if d]
-    folders.append(cache_dir() / "beir")
+    folders = search_dirs(data_dir)
     for folder in folders:
         for candidate in _candidates(folder, name_or_path):
             if candidate.exists():
@@ -108,36 +140,50 @@ def locate_dataset(name_or_path: str, data_dir: str | Path | None = None, *, dow
     looked = ", ".join(str(f) for f in folders)
     if not download:
         raise FileNotFoundError(f"BEIR dataset {name_or_path!r} not found in {looked}")
+    if name_or_path not in BEIR_MD5:
+        raise FileNotFoundError(
+            f"unknown BEIR dataset {name_or_path!r}; known: {', '.join(known_names(folders))} "
+            f"(looked in {looked}; other datasets: download {BEIR_URL.format(name=name_or_path)} yourself and pass --data-dir)"
+        )
     return download_dataset(name_or_path, cache_dir() / "beir", looked)
 
 
 def download_dataset(name: str, folder: Path, looked: str = "") -> Path:
-    """Fetch the official zip into ``folder`` and verify its published md5 before keeping it."""
+    """Fetch the official zip into ``folder`` and verify its published md5 before keeping it.
+
+    On any failure the partial file and the folders this call created are removed again.
+    """
     if name not in BEIR_MD5:
-        raise FileNotFoundError(
-            f"BEIR dataset {name!r} not found (looked in {looked}) and it has no pinned checksum to download against; "
-            f"download {BEIR_URL.format(name=name)} yourself and pass --data-dir"
-        )
+        raise FileNotFoundError(f"BEIR dataset {name!r} has no pinned checksum to download against; "
+                                f"download {BEIR_URL.format(name=name)} yourself and pass --data-dir")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     target, tmp = folder / f"{name}.zip", folder / f"{name}.zip.part"
-    url = BEIR_URL.format(name=name)
+    try:
+        _fetch_verified(name, tmp, looked)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        for path in created:
+            path.rmdir()
+        raise
+    tmp.replace(target)
+    return target
+
+
+def _fetch_verified(name: str, tmp: Path, looked: str) -> None:
+    url, md5 = BEIR_URL.format(name=name), BEIR_MD5[name]
     log.info("downloading %s", url)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as fh:
             for block in iter(lambda: response.read(1 << 20), b""):
                 fh.write(block)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise FileNotFoundError(
             f"BEIR dataset {name!r} is not available locally (looked in {looked}) and downloading {url} failed ({exc}). "
-            "Set LSR_BEIR_DIR or --data-dir to a folder holding it, or go online"
+            "Set LSR_BEIR_DIR or --data-dir to a folder holding it, put it in ../shared/data/beir, or go online"
         ) from None
-    md5 = hashlib.md5(tmp.read_bytes()).hexdigest()
-    if md5 != BEIR_MD5[name]:
-        tmp.unlink()
-        raise ValueError(f"downloaded {url} has md5 {md5}, expected {BEIR_MD5[name]}; not using it (retry later)")
+    got = hashlib.md5(tmp.read_bytes()).hexdigest()
+    if got != md5:
+        raise ValueError(f"downloaded {url} has md5 {got}, expected {md5}; not using it (retry later)")
     if not zipfile.is_zipfile(tmp):
-        tmp.unlink()
         raise ValueError(f"downloaded {url} is not a zip archive")
-    tmp.replace(target)
-    return target
