@@ -19,11 +19,37 @@ from lsr.service import search_pb2_grpc
 from lsr.service.convert import options_to_proto, request_to_proto, result_from_proto
 
 _MiB = 1024 * 1024
+DEFAULT_PORT = 50051  # what `lsr serve` listens on unless told otherwise
+CONNECT_TIMEOUT = 5.0  # seconds the CLI verbs give an endpoint to answer before they give up
 _HITS_PER_RESPONSE = 50_000  # ~2 MiB of hits per SearchBatch response
 
 
+class EndpointUnavailable(RuntimeError):
+    """No server answered at the endpoint in time (down, wrong address, or still loading)."""
+
+
+def endpoint_address(endpoint: str) -> str:
+    """``HOST[:PORT]`` as a gRPC target; a bare host means port 50051 (gRPC alone would pick 443).
+
+    Targets with a scheme (``dns:///``, ``unix:``) and bracketed IPv6 with a port pass unchanged.
+    """
+    endpoint = endpoint.strip()
+    if not endpoint:
+        raise ValueError("the endpoint is empty; give HOST:PORT, e.g. localhost:50051")
+    if "://" in endpoint or endpoint.startswith("unix:"):
+        return endpoint
+    if endpoint.startswith("["):
+        return endpoint if "]:" in endpoint else f"{endpoint}:{DEFAULT_PORT}"
+    if endpoint.count(":") > 1:  # a bare IPv6 address
+        return f"[{endpoint}]:{DEFAULT_PORT}"
+    return endpoint if ":" in endpoint else f"{endpoint}:{DEFAULT_PORT}"
+
+
 class Client:
-    """A channel to one server. ``tls``: False (plain), True (system roots) or a CA certificate path."""
+    """A channel to one server at ``HOST[:PORT]`` (port 50051 if left out).
+
+    ``tls``: False (plain), True (system roots) or a CA certificate path.
+    """
 
     def __init__(
         self,
@@ -34,6 +60,7 @@ class Client:
         timeout: float | None = 60.0,
         max_message_bytes: int = 64 * _MiB,
     ) -> None:
+        endpoint = endpoint_address(endpoint)
         options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
         if tls:
             roots = None if tls is True else Path(tls).read_bytes()
@@ -129,8 +156,12 @@ class Client:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until the channel connects (e.g. right after starting a server)."""
-        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        """Block until the channel connects (e.g. right after starting a server); EndpointUnavailable if not in time."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise EndpointUnavailable(f"no server answered at {self.endpoint} within {timeout:g} s; "
+                                      "is `lsr serve` running there?") from None
 
     def close(self) -> None:
         self._channel.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 # Triton caches TRITON_INTERPRET the first time anything touches it (transformers and torch may),
@@ -42,3 +43,11 @@ def splade():
 
     torch.set_num_threads(2)
     return SpladeEncoder.from_pretrained("splade-tiny", device="cpu")
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A localhost port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 import zipfile
@@ -143,7 +142,7 @@ def test_lsr_beir_with_an_unknown_dataset_lists_the_known_ones(capsys):
     assert len(err.splitlines()) == 1
 
 
-def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
+def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, free_port):
     monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "data"
     data.mkdir()
@@ -176,7 +175,7 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
 
     # through the gRPC service the numbers are the in-process numbers
     (collection,) = (tmp_path / "cache" / "indexes").iterdir()
-    port = _free_port()
+    port = free_port
     server = subprocess.Popen([sys.executable, "-m", "lsr", "serve", str(collection), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -196,8 +195,3 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys):
     assert {k: through["settings"][k] for k in ("alpha", "prf_docs", "prf_weight")} == \
         {k: settings[k] for k in ("alpha", "prf_docs", "prf_weight")}
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

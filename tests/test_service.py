@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -207,6 +208,40 @@ def test_lsr_query_cli_prints_the_endpoints_hits(servers, client, queries):
     )
     printed = json.loads(out.stdout)
     assert [h["doc_id"] for h in printed["hits"]] == [h.doc_id for h in client.search(queries[2], k=3).hits]
+
+
+def test_lsr_query_user_errors_exit_2_with_one_line(servers, tls_files):
+    cert, _ = tls_files
+    refused = subprocess.run([sys.executable, "-m", "lsr", "query", "--endpoint", servers["secure"].address,
+                              "--tls", str(cert), "vitamin d"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("lsr query: error: UNAUTHENTICATED") and len(refused.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("verb", [["query", "statins"], ["beir", "--dataset", "scifact", "--quiet"]])
+def test_an_endpoint_that_is_down_fails_in_one_line_within_10_s(verb, free_port):
+    address = f"127.0.0.1:{free_port}"
+    verb = verb[:1] + ["--endpoint", address] + verb[1:]
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "lsr", *verb], capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 10
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr == f"lsr {verb[0]}: error: no server answered at {address} within 5 s; is `lsr serve` running there?\n"
+
+
+def test_a_bare_host_means_the_default_port_50051():
+    from lsr.service.client import endpoint_address
+
+    assert Client("localhost").endpoint == "localhost:50051"
+    assert endpoint_address("search.internal:443") == "search.internal:443"
+    assert endpoint_address("[::1]") == "[::1]:50051" and endpoint_address("::1") == "[::1]:50051"
+    assert endpoint_address("[::1]:7000") == "[::1]:7000" and endpoint_address("unix:/tmp/s") == "unix:/tmp/s"
+    with socket.socket() as probe:  # through the CLI too, when nothing real listens on 50051 here
+        if probe.connect_ex(("127.0.0.1", 50051)) == 0:
+            return
+    run = subprocess.run([sys.executable, "-m", "lsr", "query", "--endpoint", "127.0.0.1", "statins"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "no server answered at 127.0.0.1:50051" in run.stderr
 
 
 # ---------------------------------------------------------------------------------- bad input

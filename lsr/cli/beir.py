@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     p.add_argument("--k", type=int, default=100, help="retrieval depth (default: 100)")
-    p.add_argument("--endpoint", default=None, metavar="HOST:PORT",
-                   help="query a running `lsr serve` instead of searching in-process")
+    p.add_argument("--endpoint", default=None, metavar="HOST[:PORT]",
+                   help="query a running `lsr serve` instead of searching in-process (port 50051 if left out)")
     p.add_argument("--serve", action="store_true",
                    help="index the dataset, start `lsr serve` on a free loopback port, evaluate through it, then stop it")
     p.add_argument("--out", default=None, help="folder for results.md, results.json and ndcg.png")

@@ -18,7 +18,8 @@ HELP = "search a running `lsr serve` endpoint"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="+", help="the query (several words are joined with spaces)")
-    p.add_argument("--endpoint", required=True, metavar="HOST:PORT", help="where `lsr serve` listens")
+    p.add_argument("--endpoint", required=True, metavar="HOST[:PORT]",
+                   help="where `lsr serve` listens (port 50051 if left out)")
     p.add_argument("--k", type=int, default=10, help="hits to return, 1..1000 (default 10)")
     p.add_argument("--mode", choices=("sparse", "dense", "hybrid"), default="sparse", help="retrieval mode (default sparse)")
     p.add_argument("--normalization", choices=("min_max", "l2", "z_score"), default="min_max",
@@ -38,19 +39,22 @@ def run(args: argparse.Namespace) -> int:
     import grpc
 
     from lsr.search.searcher import HybridOptions, PrfOptions
-    from lsr.service import Client
+    from lsr.service.client import CONNECT_TIMEOUT, Client
 
     token = args.auth_token_file.read_text(encoding="utf-8").strip() if args.auth_token_file else None
     hybrid = HybridOptions(normalization=args.normalization, sparse_weight=args.sparse_weight)
+    text = " ".join(args.text)
+    if not text.strip():
+        raise ValueError("the query is empty; give the words to search for")
     with Client(args.endpoint, token=token, tls=args.tls, timeout=args.timeout) as client:
+        client.wait_ready(timeout=min(CONNECT_TIMEOUT, args.timeout))
         try:
             result = client.search(
-                " ".join(args.text), k=args.k, mode=args.mode, hybrid=hybrid, prf=PrfOptions() if args.prf else None,
+                text, k=args.k, mode=args.mode, hybrid=hybrid, prf=PrfOptions() if args.prf else None,
                 include_text=args.include_text, explain=args.explain,
             )
         except grpc.RpcError as exc:
-            print(f"lsr query: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
+            raise RuntimeError(f"{exc.code().name}: {exc.details()}") from None
     if args.json:
         hits = [
             {"doc_id": h.doc_id, "score": h.score, "sparse_score": h.sparse_score, "dense_score": h.dense_score,

@@ -57,10 +57,10 @@ class Remote:
     """Runs queries through the gRPC service (``lsr serve``) with the same options."""
 
     def __init__(self, endpoint: str) -> None:
-        from lsr.service import Client
+        from lsr.service.client import CONNECT_TIMEOUT, Client
 
         self.client = Client(endpoint)
-        self.client.wait_ready(timeout=30)
+        self.client.wait_ready(timeout=CONNECT_TIMEOUT)
 
     def run(self, qids: Sequence[str], texts: Sequence[str], k: int, mode: str, hybrid=None, prf=None) -> Run:
         results = self.client.search_batch(list(texts), k=k, mode=mode, hybrid=hybrid, prf=prf)

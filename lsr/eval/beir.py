@@ -83,6 +83,8 @@ def run_beir(
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if not 10 <= k <= 999:
         raise ValueError(f"--k must be in 10..999 (nDCG@10 needs 10, the searcher returns at most 1000), got {k}")
+    neural = [m for m in methods if m != "bm25"]
+    remote = Remote(endpoint) if endpoint and neural else None  # an unreachable endpoint fails before any work
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     source = locate_dataset(dataset_name, data_dir)
@@ -104,7 +106,6 @@ def run_beir(
         timings["bm25"] = time.perf_counter() - clock
         say(f"bm25        nDCG@10 {results['bm25']['ndcg@10']:.4f}")
 
-    neural = [m for m in methods if m != "bm25"]
     index_checksum = None
     settings: dict[str, Any] = {}
     models = {"sparse": options.model, "dense": options.dense_model}
@@ -112,7 +113,7 @@ def run_beir(
     if neural:
         clock = time.perf_counter()
         if endpoint:  # the server's collection is the one evaluated; nothing is indexed or loaded here
-            backend, searcher, collection_path = Remote(endpoint), None, None
+            backend, searcher, collection_path = remote, None, None
             served = backend.client.stats()
             models = {"sparse": served["model"], "dense": served["dense_model"] or None,
                       "served_index_version": served["index_version"]}
