@@ -119,6 +119,7 @@ BAD_LINES = [
     '{"_id": "c", "text": "broken',                       # line 5: invalid JSON
     "",                                                   # blank lines are not rows
     json.dumps({"_id": "d", "text": "also fine", "title": None}),
+    json.dumps({"_id": "e", "body": "the text sits under another key"}),  # line 8: no configured text field
 ]
 
 
@@ -127,6 +128,8 @@ BAD_LINES = [
     (3, "duplicate id", "duplicate id 'a'"),
     (4, "non-string text", "field 'text' is int"),
     (5, "invalid JSON", "invalid JSON"),
+    (8, "missing text", r"none of the text fields \['title', 'text'\] is present \(the row has \['_id', 'body'\]\); "
+                        "choose them with --fields"),
 ])
 def test_bad_rows_fail_naming_the_line(tmp_path, line, reason, message):
     lines = [BAD_LINES[0], BAD_LINES[line - 1], BAD_LINES[6]]
@@ -141,7 +144,8 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     ids, texts, rows = read_all(reader)
     assert ids == ["a", "d"] and texts == ["fine", "also fine"]
     assert rows == [1, 7]
-    assert reader.stats.skipped == {"missing id": 1, "duplicate id": 1, "non-string text": 1, "invalid JSON": 1}
+    assert reader.stats.skipped == {"missing id": 1, "duplicate id": 1, "non-string text": 1, "invalid JSON": 1,
+                                    "missing text": 1}
 
 
 def test_bad_rows_in_parquet_and_csv_name_the_row(tmp_path):
@@ -161,13 +165,20 @@ def test_bad_rows_in_parquet_and_csv_name_the_row(tmp_path):
 
 
 def test_unknown_format_and_missing_source(tmp_path):
-    (tmp_path / "c.txt").write_text("hello")
+    (tmp_path / "c.docx").write_text("hello")
     with pytest.raises(ValueError, match="cannot tell the format"):
-        CorpusReader(tmp_path / "c.txt")
+        CorpusReader(tmp_path / "c.docx")
     with pytest.raises(FileNotFoundError):
         CorpusReader(tmp_path / "absent.jsonl")
     with pytest.raises(ValueError, match="on_error"):
         CorpusReader(sources(tmp_path)["jsonl"], on_error="ignore")
+
+
+def test_a_text_file_holds_one_document_per_line(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_bytes("Aspirin lowers heart attack risk.\n\n  Statins and muscle pain \r\nCafé\n".encode())
+    ids, texts, rows = read_all(CorpusReader(path))
+    assert ids == ["1", "3", "4"] and texts == ["Aspirin lowers heart attack risk.", "Statins and muscle pain", "Café"]
 
 
 def test_corpus_hash_depends_on_documents_not_chunking():

@@ -166,6 +166,7 @@ def test_bad_rows_stop_with_the_line_or_are_skipped(tmp_path, capsys):
         json.dumps({"_id": "b", "text": ["not", "a", "string"]}),
         "{not json",
         json.dumps({"_id": "c", "text": "vitamin d and bones"}),
+        json.dumps({"_id": "d", "body": "the text is under a key --fields does not name"}),
     ]
     source = tmp_path / "bad.jsonl"
     source.write_text("\n".join(rows) + "\n")
@@ -174,10 +175,15 @@ def test_bad_rows_stop_with_the_line_or_are_skipped(tmp_path, capsys):
     out = tmp_path / "skip"
     assert cli_main(["index", str(source), str(out), "--dense", "none", "--quiet", "--on-error", "skip"]) == 0
     report = capsys.readouterr().out
-    assert "docs            2" in report and "skipped rows    4" in report
-    for reason in ("duplicate id: 1", "missing id: 1", "non-string text: 1", "invalid JSON: 1"):
+    assert "docs            2" in report and "skipped rows    5" in report
+    for reason in ("duplicate id: 1", "missing id: 1", "non-string text: 1", "invalid JSON: 1", "missing text: 1"):
         assert reason in report
     assert Collection.open(out).sparse.num_docs == 2
+    only_missing = tmp_path / "missing.jsonl"
+    only_missing.write_text(rows[0] + "\n" + rows[-1] + "\n")
+    assert cli_main(["index", str(only_missing), str(tmp_path / "m"), "--dense", "none", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"lsr index: error: {only_missing} line 2: none of the text fields ['title', 'text'] is present" in err
 
 
 def test_open_explains_unfinished_and_missing_collections(tmp_path):

@@ -1,6 +1,7 @@
 """Index a corpus into a collection folder: SPLADE vectors + inverted index (+ MiniLM embeddings + faiss).
 
-SOURCE may be a BEIR folder or its .zip/.tar.gz, a .jsonl/.jsonl.gz, a .parquet or a .csv file.
+SOURCE may be a BEIR folder or its .zip/.tar.gz, a .jsonl/.jsonl.gz, a .parquet, a .csv or a .txt file
+(one document per line, ids are line numbers).
 Encoded vectors are checkpointed in shards; an interrupted run (Ctrl-C or kill -9) continues
 with --resume and produces the same bytes as an uninterrupted one.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "index a corpus (BEIR folder/archive, JSONL, Parquet, CSV) into a searchable collection"
+HELP = "index a corpus (BEIR folder/archive, JSONL, Parquet, CSV, text) into a searchable collection"
 
 
 def _fields(value: str) -> tuple[str, ...]:
@@ -26,7 +27,7 @@ def _fields(value: str) -> tuple[str, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet or .csv")
+    p.add_argument("source", metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv or .txt")
     p.add_argument("out", metavar="OUT", help="collection folder to create")
     p.add_argument("--model", default="splade-tiny", help="SPLADE model name, hub id or folder (default: splade-tiny)")
     p.add_argument("--dense", default="minilm", help="dense model for hybrid search, or 'none' (default: minilm)")

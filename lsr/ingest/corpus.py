@@ -1,4 +1,6 @@
-"""Stream a corpus as (id, text) chunks from BEIR folders/archives, JSONL(.gz), Parquet or CSV.
+"""Stream a corpus as (id, text) chunks from BEIR folders/archives, JSONL(.gz), Parquet, CSV or plain text.
+
+A .txt file holds one document per non-blank line; its id is the line number.
 
 Everything is read in bounded blocks with pyarrow, so a corpus larger than RAM streams through.
 Clean blocks take pyarrow's fast path; a block pyarrow rejects (invalid JSON, a number where
@@ -13,7 +15,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -66,7 +68,7 @@ class ReadStats:
 
 
 def corpus_format(source: Path) -> str:
-    """``beir`` | ``jsonl`` | ``parquet`` | ``csv`` from the path; BEIR archives are .zip / .tar.gz / .tgz."""
+    """``beir`` | ``jsonl`` | ``parquet`` | ``csv`` | ``text`` from the path; BEIR archives are .zip / .tar.gz / .tgz."""
     name = source.name.lower()
     if source.is_dir() or name.endswith((".zip", ".tar.gz", ".tgz", ".tar")):
         return "beir"
@@ -76,9 +78,10 @@ def corpus_format(source: Path) -> str:
         return "parquet"
     if name.endswith((".csv", ".csv.gz")):
         return "csv"
-    raise ValueError(
-        f"cannot tell the format of {source}: expected a BEIR folder, .zip, .tar.gz, .jsonl, .jsonl.gz, .parquet or .csv"
-    )
+    if name.endswith(".txt"):
+        return "text"
+    raise ValueError(f"cannot tell the format of {source}: expected a BEIR folder, .zip, .tar.gz, .jsonl, .jsonl.gz, "
+                     ".parquet, .csv or .txt")
 
 
 class CorpusReader:
@@ -124,7 +127,7 @@ class CorpusReader:
         self.stats = ReadStats()
         self._seen = set()
         raw = {"beir": self._beir_chunks, "jsonl": self._jsonl_file_chunks, "parquet": self._parquet_chunks,
-               "csv": self._csv_chunks}[self.format]()
+               "csv": self._csv_chunks, "text": self._text_chunks}[self.format]()
         for chunk in raw:
             if self.limit is not None:
                 room = self.limit - self.stats.docs
@@ -147,12 +150,16 @@ class CorpusReader:
             )
         self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + 1
 
-    def _accept(self, row_no: int, doc_id, values: Sequence, out: DocChunk) -> None:
-        """Validate one row and append it to ``out``, or report it as bad."""
+    def _accept(self, row_no: int, doc_id, values: Sequence, out: DocChunk, keys: Callable[[], list] | None = None) -> None:
+        """Validate one row and append it to ``out``, or report it as bad; ``keys()`` lists a JSON row's fields."""
         if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
             return self._bad("missing id", row_no, f"missing id field {self.id_field!r}")
         if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
             return self._bad("missing id", row_no, f"id field {self.id_field!r} is {type(doc_id).__name__}, expected a string")
+        if all(value is None for value in values):
+            has = f" (the row has {keys()})" if keys is not None else ""
+            return self._bad("missing text", row_no,
+                             f"none of the text fields {self.fields} is present{has}; choose them with --fields")
         doc_id = str(doc_id)
         parts = []
         for name, value in zip(self.fields, values):
@@ -224,7 +231,8 @@ class CorpusReader:
         if table is not None and table.num_rows == len(lines):
             columns = [table.column(c).to_pylist() for c in [self.id_field, *self.fields]]
             for i, row_no in enumerate(numbers):
-                self._accept(row_no, columns[0][i], [col[i] for col in columns[1:]], out)
+                self._accept(row_no, columns[0][i], [col[i] for col in columns[1:]], out,
+                             keys=lambda line=lines[i]: list(json.loads(line)))
             return out
         for line, row_no in zip(lines, numbers):
             try:
@@ -235,7 +243,7 @@ class CorpusReader:
             if not isinstance(row, dict):
                 self._bad("invalid JSON", row_no, f"expected a JSON object, got {type(row).__name__}")
                 continue
-            self._accept(row_no, row.get(self.id_field), [row.get(f) for f in self.fields], out)
+            self._accept(row_no, row.get(self.id_field), [row.get(f) for f in self.fields], out, keys=lambda row=row: list(row))
         return out
 
     # ------------------------------------------------------------------ Parquet / CSV
@@ -273,6 +281,27 @@ class CorpusReader:
                 yield self._table_chunk(batch, line_no)
                 line_no += batch.num_rows
                 self.stats.bytes_read = raw.tell()
+
+    def _text_chunks(self) -> Iterator[DocChunk]:
+        self.stats.bytes_total = self.source.stat().st_size
+        with open(self.source, "rb") as raw:
+            out = DocChunk([], [], [])
+            for line_no, line in enumerate(raw, start=1):
+                try:
+                    text = line.decode("utf-8").strip()
+                except UnicodeDecodeError as exc:
+                    self._bad("invalid UTF-8", line_no, f"invalid UTF-8 ({exc.reason})")
+                    continue
+                if text:
+                    out.ids.append(str(line_no))
+                    out.texts.append(text)
+                    out.rows.append(line_no)
+                if len(out) == _PARQUET_ROWS:
+                    self.stats.bytes_read = raw.tell()
+                    yield out
+                    out = DocChunk([], [], [])
+            self.stats.bytes_read = raw.tell()
+            yield out
 
     def _table_chunk(self, batch: pa.RecordBatch, first: int) -> DocChunk:
         out = DocChunk([], [], [])
