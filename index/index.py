@@ -94,10 +94,15 @@ class InvertedIndex:
     # ------------------------------------------------------------------ construction
     @classmethod
     def build(cls, path: str | os.PathLike, vectors, doc_ids: Sequence | None = None,
-              quantization: str = "uint8") -> "InvertedIndex":
-        """Create (or atomically replace) the index at ``path`` holding exactly these vectors."""
+              quantization: str = "uint8", *, overwrite: bool = False) -> "InvertedIndex":
+        """Create the index at ``path`` holding exactly these vectors.
+
+        An index already there is refused unless ``overwrite=True``, which replaces it atomically
+        (readers see the old index until the new manifest lands); a folder holding other files is always refused.
+        """
         impact_dtype(quantization)
         path = Path(path)
+        storage.check_build_target(path, overwrite)
         batch, ids = document_batch(vectors, doc_ids, None)
         path.mkdir(parents=True, exist_ok=True)
         with storage.writer_lock(path):

@@ -179,6 +179,20 @@ def remove_unreferenced(directory: Path, manifest: dict) -> None:
             path.unlink(missing_ok=True)
 
 
+def check_build_target(directory: Path, overwrite: bool) -> None:
+    """A build may use a new or empty folder, or one holding only index files; an index there only if ``overwrite``."""
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} exists and is not a folder; choose another path for the index")
+    if not directory.is_dir():
+        return
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in (MANIFEST, LOCK) and not _DATA_FILE.match(p.name))
+    if foreign:
+        raise FileExistsError(f"{directory} holds files that are not part of an index ({', '.join(foreign[:3])}); "
+                              "choose a new or empty folder")
+    if (directory / MANIFEST).exists() and not overwrite:
+        raise FileExistsError(f"{directory} already holds an index; pass overwrite=True to replace it")
+
+
 def content_checksum(manifest: dict) -> str:
     """Digest of what the index holds (file checksums and counts), free of names and versions."""
     segments = [

@@ -45,12 +45,21 @@ def test_round_trip_and_stable_checksum(tmp_path):
     assert reopened.vocab == vocab and len(reopened) == 500 and reopened.version == built.version == 1
     query = {int(t): 1.0 + t % 3 for t in range(0, 300, 7)}
     assert reopened.search(query, k=20) == built.search(query, k=20) == chunked.search(query, k=20)
-    rebuilt = InvertedIndex.build(tmp_path / "a", batch, ids)  # rebuild in place: new version, same content
+    with pytest.raises(FileExistsError, match="already holds an index; pass overwrite=True"):
+        InvertedIndex.build(tmp_path / "a", batch, ids)
+    rebuilt = InvertedIndex.build(tmp_path / "a", batch, ids, overwrite=True)  # in place: new version, same content
     assert rebuilt.version == 2 and rebuilt.checksum == built.checksum
     reopened.add(_vectors(2, 3), ["x", "y", "z"])
     assert reopened.version == 3 and reopened.checksum != built.checksum
     assert InvertedIndex.open(tmp_path / "a").checksum == reopened.checksum
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_build_refuses_a_folder_holding_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not part of an index \\(notes.txt\\)"):
+        InvertedIndex.build(tmp_path, _vectors(1, 5), [str(i) for i in range(5)], overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def _index_with_every_file_kind(path: Path) -> InvertedIndex:
@@ -108,7 +117,7 @@ _CHILD = textwrap.dedent(
     ids = [f"k{i}" for i in range(100000)]
     print("ready", flush=True)
     if op == "build":
-        InvertedIndex.build(path, m, ids)
+        InvertedIndex.build(path, m, ids, overwrite=True)
     elif op == "add":
         InvertedIndex.open(path).add(m, ids)
     else:
@@ -158,7 +167,7 @@ def test_kill_9_during_commit_leaves_previous_state(tmp_path, op):
             assert_exact_topk(after, query, 10)
             if op != "build":
                 return
-            InvertedIndex.build(path, base, [f"b{i}" for i in range(3000)])
+            InvertedIndex.build(path, base, [f"b{i}" for i in range(3000)], overwrite=True)
             before = InvertedIndex.open(path)
             old = (before.version, before.checksum, len(before))
     assert {"old", "killed while writing"} <= outcomes

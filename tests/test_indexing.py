@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def test_ctrl_c_then_kill_9_then_resume_is_bit_identical(corpus, reference, tmp_
     args = [str(corpus), str(out), "--checkpoint-every", str(EVERY), "--max-length", "64", "--threads", "1", "--quiet"]
     first = _interrupt_after(_cli(*args), out, 2, signal.SIGINT)
     assert first.returncode == 130, first.stderr
+    assert f"Continue with: {shlex.join(['lsr', 'index', *args, '--resume'])}\n" in first.stderr
     done = _shards(out)
     assert 2 <= done < N_DOCS // EVERY and not (out / META_FILE).exists()
 
@@ -124,7 +126,7 @@ def test_existing_output_needs_resume_or_overwrite(reference, corpus, tmp_path):
         build_collection(corpus, reference, options(), progress=False)
     again = build_collection(corpus, reference, options(), resume=True, progress=False)
     assert again.already_complete and again.checksums == checksums(reference)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"built with fields=\['title', 'text'\] \(now \['title'\]\)"):
         build_collection(corpus, reference, options(fields=("title",)), resume=True, progress=False)
     stranger = tmp_path / "not-a-collection"
     stranger.mkdir()
@@ -150,7 +152,7 @@ def test_resume_refuses_a_changed_source_and_overwrite_starts_over(corpus, tmp_p
     source.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match="differ from the ones already encoded"):
         build_collection(source, out, options(dense_model=None), resume=True, progress=False)
-    with pytest.raises(ValueError, match="different checkpoint_every"):
+    with pytest.raises(ValueError, match=r"started with checkpoint_every=6 \(now 16\); rerun with the same options"):
         build_collection(source, out, options(dense_model=None, checkpoint_every=16), resume=True, progress=False)
     summary = build_collection(source, out, options(dense_model=None, limit=20), overwrite=True, progress=False)
     assert summary.docs == 20
@@ -172,6 +174,7 @@ def test_bad_rows_stop_with_the_line_or_are_skipped(tmp_path, capsys):
     source.write_text("\n".join(rows) + "\n")
     assert cli_main(["index", str(source), str(tmp_path / "fail"), "--dense", "none", "--quiet"]) == 2
     assert "line 2: duplicate id 'a'" in capsys.readouterr().err
+    assert not (tmp_path / "fail").exists()  # nothing half-made blocks the retry
     out = tmp_path / "skip"
     assert cli_main(["index", str(source), str(out), "--dense", "none", "--quiet", "--on-error", "skip"]) == 0
     report = capsys.readouterr().out
@@ -184,6 +187,21 @@ def test_bad_rows_stop_with_the_line_or_are_skipped(tmp_path, capsys):
     assert cli_main(["index", str(only_missing), str(tmp_path / "m"), "--dense", "none", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"lsr index: error: {only_missing} line 2: none of the text fields ['title', 'text'] is present" in err
+
+
+def test_a_bad_row_after_checkpoints_resumes_with_on_error_skip(tmp_path, capsys):
+    rows = [json.dumps({"_id": f"d{i}", "text": f"note {i} about aspirin"}) for i in range(14)]
+    rows.insert(13, json.dumps({"_id": "d3", "text": "a duplicate after two shards"}))
+    source = tmp_path / "late-bad.jsonl"
+    source.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "col"
+    args = ["index", str(source), str(out), "--dense", "none", "--quiet", "--checkpoint-every", "6", "--max-length", "16"]
+    assert cli_main(args) == 2
+    assert "line 14: duplicate id 'd3'" in capsys.readouterr().err
+    assert _shards(out) == 2  # the encoded shards are kept
+    assert cli_main([*args, "--resume", "--on-error", "skip"]) == 0
+    report = capsys.readouterr().out
+    assert "docs            14 (resumed after 12)" in report and "duplicate id: 1" in report
 
 
 def test_open_explains_unfinished_and_missing_collections(tmp_path):

@@ -14,7 +14,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from pathlib import Path
 
 HELP = "index a corpus (BEIR folder/archive, JSONL, Parquet, CSV, text) into a searchable collection"
 
@@ -51,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lsr.ingest.collection import BUILD_STATE
     from lsr.ingest.indexing import IndexOptions, build_collection
 
     if args.limit is not None and args.limit <= 0:
@@ -68,14 +71,27 @@ def run(args: argparse.Namespace) -> int:
         hnsw_m=args.hnsw,
         threads=args.threads,
     )
+    if not args.quiet:
+        print(f"indexing {args.source} into {args.out} (vectors/, docs/, sparse/"
+              + (", dense/" if options.dense_model else "") + f"; checkpointed every {args.checkpoint_every:,} docs)",
+              file=sys.stderr)
     try:
         summary = build_collection(args.source, args.out, options, resume=args.resume, overwrite=args.overwrite,
                                    progress=not args.quiet)
     except KeyboardInterrupt:
-        print(f"\nstopped; the encoded shards are kept. Continue with: lsr index {args.source} {args.out} --resume",
-              file=sys.stderr)
+        if (Path(args.out) / BUILD_STATE).is_file():
+            print(f"stopped; the encoded shards are kept. Continue with: {resume_command(args._argv)}", file=sys.stderr)
+        else:
+            print("stopped before the first checkpoint; nothing was kept. Run the same command again.", file=sys.stderr)
         raise
     if summary.already_complete:
         print(f"{args.out} is already complete; nothing to resume.")
     print(summary.format())
+    print(f"collection written to {args.out}; try: lsr search {shlex.quote(args.out)} \"your question\"")
     return 0
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command as it was typed, with --resume in place of --overwrite, ready to copy."""
+    words = [word for word in argv if word != "--overwrite"]
+    return shlex.join(["lsr", *words, *([] if "--resume" in words else ["--resume"])])

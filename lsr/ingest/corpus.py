@@ -28,10 +28,13 @@ ON_ERROR = ("fail", "skip")
 DEFAULT_FIELDS = ("title", "text")
 _BLOCK_BYTES = 8 << 20
 _PARQUET_ROWS = 8192
+_COUNT_MAX_BYTES = 4 << 30  # larger uncompressed files get a streaming estimate instead of a count
 
 
 class BadRowError(ValueError):
     """A row of the corpus cannot be indexed; the message names the line or row and what to do."""
+
+    good_before: "DocChunk"
 
 
 @dataclass
@@ -124,53 +127,91 @@ class CorpusReader:
 
     # ------------------------------------------------------------------ public
     def __iter__(self) -> Iterator[DocChunk]:
+        """Chunks of good documents; under ``on_error="fail"`` the good rows before a bad one come first, then the error."""
         self.stats = ReadStats()
         self._seen = set()
         raw = {"beir": self._beir_chunks, "jsonl": self._jsonl_file_chunks, "parquet": self._parquet_chunks,
                "csv": self._csv_chunks, "text": self._text_chunks}[self.format]()
-        for chunk in raw:
-            if self.limit is not None:
-                room = self.limit - self.stats.docs
-                if room <= 0:
+        try:
+            for chunk in raw:
+                chunk = self._within_limit(chunk)
+                if chunk is None:
                     return
-                chunk = DocChunk(chunk.ids[:room], chunk.texts[:room], chunk.rows[:room])
-            self.stats.docs += len(chunk)
-            if len(chunk):
-                yield chunk
+                if len(chunk):
+                    yield chunk
+        except BadRowError as error:
+            before = self._within_limit(error.good_before)
+            if before:
+                yield before  # so they are encoded and checkpointed: a fixed corpus resumes after them
+            raise
+
+    def _within_limit(self, chunk: DocChunk) -> DocChunk | None:
+        """The part of ``chunk`` within ``limit`` (counted into stats), or None once the limit is reached."""
+        if self.limit is not None:
+            room = self.limit - self.stats.docs
+            if room <= 0:
+                return None
+            chunk = DocChunk(chunk.ids[:room], chunk.texts[:room], chunk.rows[:room])
+        self.stats.docs += len(chunk)
+        return chunk
+
+    def expected_rows(self) -> int | None:
+        """Rows the source holds, counted cheaply up front for a progress total; None when that is not cheap.
+
+        Parquet knows its row count; uncompressed text (and a BEIR corpus up to a few hundred MB)
+        is counted by its newlines, which runs at disk speed. Gzipped files are estimated as they stream instead.
+        """
+        if self.format == "parquet":
+            return pq.ParquetFile(self.source).metadata.num_rows
+        if self.format == "beir":
+            src = BeirSource(self.source)
+            if src.size("corpus.jsonl") > _COUNT_MAX_BYTES // 8:
+                return None
+            with src.open("corpus.jsonl") as fh:
+                return _count_lines(fh)
+        if self.source.name.lower().endswith(".gz") or self.source.stat().st_size > _COUNT_MAX_BYTES:
+            return None
+        with open(self.source, "rb") as fh:
+            return _count_lines(fh) - (1 if self.format == "csv" else 0)
 
     def unit(self) -> str:
         """What a row number means in messages: ``line`` for JSONL/CSV text, ``row`` for Parquet."""
         return "row" if self.format == "parquet" else "line"
 
     # ------------------------------------------------------------------ validation
-    def _bad(self, reason: str, where: int, detail: str) -> None:
+    def _bad(self, reason: str, where: int, detail: str, good_before: DocChunk) -> None:
+        """Count a bad row, or (``fail``) raise naming it, carrying the chunk's good rows before it."""
         if self.on_error == "fail":
-            raise BadRowError(
+            error = BadRowError(
                 f"{self.source} {self.unit()} {where}: {detail}. Fix the row, or pass --on-error skip to skip and count bad rows"
             )
+            error.good_before = good_before
+            raise error
         self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + 1
 
     def _accept(self, row_no: int, doc_id, values: Sequence, out: DocChunk, keys: Callable[[], list] | None = None) -> None:
         """Validate one row and append it to ``out``, or report it as bad; ``keys()`` lists a JSON row's fields."""
         if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-            return self._bad("missing id", row_no, f"missing id field {self.id_field!r}")
+            return self._bad("missing id", row_no, f"missing id field {self.id_field!r}", out)
         if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
-            return self._bad("missing id", row_no, f"id field {self.id_field!r} is {type(doc_id).__name__}, expected a string")
+            return self._bad("missing id", row_no,
+                             f"id field {self.id_field!r} is {type(doc_id).__name__}, expected a string", out)
         if all(value is None for value in values):
             has = f" (the row has {keys()})" if keys is not None else ""
             return self._bad("missing text", row_no,
-                             f"none of the text fields {self.fields} is present{has}; choose them with --fields")
+                             f"none of the text fields {self.fields} is present{has}; choose them with --fields", out)
         doc_id = str(doc_id)
         parts = []
         for name, value in zip(self.fields, values):
             if value is None:
                 continue
             if not isinstance(value, str):
-                return self._bad("non-string text", row_no, f"field {name!r} is {type(value).__name__}, expected a string")
+                return self._bad("non-string text", row_no,
+                                 f"field {name!r} is {type(value).__name__}, expected a string", out)
             if value:
                 parts.append(value)
         if doc_id in self._seen:
-            return self._bad("duplicate id", row_no, f"duplicate id {doc_id!r}")
+            return self._bad("duplicate id", row_no, f"duplicate id {doc_id!r}", out)
         self._seen.add(doc_id)
         out.ids.append(doc_id)
         out.texts.append(" ".join(parts).strip())
@@ -238,10 +279,10 @@ class CorpusReader:
             try:
                 row = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                self._bad("invalid JSON", row_no, f"invalid JSON ({getattr(exc, 'msg', exc)})")
+                self._bad("invalid JSON", row_no, f"invalid JSON ({getattr(exc, 'msg', exc)})", out)
                 continue
             if not isinstance(row, dict):
-                self._bad("invalid JSON", row_no, f"expected a JSON object, got {type(row).__name__}")
+                self._bad("invalid JSON", row_no, f"expected a JSON object, got {type(row).__name__}", out)
                 continue
             self._accept(row_no, row.get(self.id_field), [row.get(f) for f in self.fields], out, keys=lambda row=row: list(row))
         return out
@@ -290,7 +331,7 @@ class CorpusReader:
                 try:
                     text = line.decode("utf-8").strip()
                 except UnicodeDecodeError as exc:
-                    self._bad("invalid UTF-8", line_no, f"invalid UTF-8 ({exc.reason})")
+                    self._bad("invalid UTF-8", line_no, f"invalid UTF-8 ({exc.reason})", out)
                     continue
                 if text:
                     out.ids.append(str(line_no))
@@ -314,6 +355,15 @@ class CorpusReader:
         for i in range(batch.num_rows):
             self._accept(first + i + 1, columns[0][i], [col[i] for col in columns[1:]], out)
         return out
+
+
+def _count_lines(fh: IO[bytes]) -> int:
+    """Non-empty lines (a last line without a newline counts; blank lines mostly do not)."""
+    lines, last = 0, b"\n"
+    for block in iter(lambda: fh.read(_BLOCK_BYTES), b""):
+        lines += block.count(b"\n") - block.count(b"\n\n")
+        last = block[-1:]
+    return lines + (last != b"\n")
 
 
 class CorpusHash:

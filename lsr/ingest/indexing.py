@@ -61,9 +61,15 @@ class IndexOptions:
             raise ValueError(f"--hnsw M must be in 4..256, got {self.hnsw_m}")
 
     def settings(self, source: Path) -> dict:
-        """What a resumed run must agree on with the interrupted one."""
+        """What a resumed run must agree on with the interrupted one.
+
+        Not ``threads`` (speed only) and not ``on_error``: the resumed run re-reads the encoded prefix
+        under its own rule, so switching fail → skip after a bad row continues cleanly, and skip → fail
+        stops at a bad row in the prefix as it should.
+        """
         out = asdict(self)
         out.pop("threads")
+        out.pop("on_error")
         out["fields"] = list(self.fields)
         out["source"] = str(source.resolve())
         return out
@@ -164,17 +170,23 @@ def _load_state(out: Path, settings: dict) -> _State:
 
     if (out / META_FILE).is_file() and not (out / BUILD_STATE).is_file():
         meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
-        if meta.get("settings") != settings:
-            raise ValueError(f"{out} holds a finished collection built with other settings or from another source; "
-                             "use --overwrite to replace it")
+        changed = _changes(meta.get("settings", {}), settings)
+        if changed:
+            raise ValueError(f"{out} holds a finished collection built with {changed}; use --overwrite to replace it")
         return _State(settings, complete=True)
     raw = json.loads((out / BUILD_STATE).read_text(encoding="utf-8"))
-    if raw.get("settings") != settings:
-        changed = sorted(k for k in settings.keys() | raw.get("settings", {}).keys()
-                         if settings.get(k) != raw.get("settings", {}).get(k))
-        raise ValueError(f"cannot resume {out}: it was started with different {', '.join(changed)}; "
+    changed = _changes(raw.get("settings", {}), settings)
+    if changed:
+        raise ValueError(f"cannot resume {out}: it was started with {changed}; "
                          "rerun with the same options, or use --overwrite to start over")
+    raw["settings"] = settings
     return _State(**raw)
+
+
+def _changes(old: dict, new: dict) -> str:
+    """``name=old (now new)`` for each setting that differs; settings the old run did not record are ignored."""
+    return ", ".join(f"{key}={old.get(key)!r} (now {new[key]!r})" for key in sorted(new)
+                     if key in old and old[key] != new[key])
 
 
 def _document_blocks(reader: CorpusReader, size: int) -> Iterator[DocChunk]:
@@ -203,7 +215,11 @@ def build_collection(
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
 ) -> Summary:
-    """Index ``source`` into the collection folder ``out``; see the module docstring."""
+    """Index ``source`` into the collection folder ``out``; see the module docstring.
+
+    A run that fails before its first shard is checkpointed removes what it created, so the
+    same command can simply be run again; later failures keep the shards for ``--resume``.
+    """
     import torch
 
     options.check()
@@ -211,56 +227,79 @@ def build_collection(
     reader = CorpusReader(source, fields=options.fields, id_field=options.id_field, on_error=options.on_error,
                           limit=options.limit)
     settings = options.settings(source)
+    folder_was_there = out.is_dir() and not overwrite
     state = prepare_output(out, settings, resume=resume, overwrite=overwrite)
     if state is not None and state.complete:
         return _summary_of_complete(out)
     resumed_from = state.docs if state is not None else 0
     state = state or _State(settings)
-    state.save(out)
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    stages = _Stages(state.stage_seconds)
+    try:
+        state.save(out)
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        stages = _Stages(state.stage_seconds)
+        _encode_shards(reader, out, options, state, stages, resumed_from, progress, on_shard)
+        return _finish(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
+    except BaseException:
+        if state.shards == 0:  # nothing worth resuming: leave OUT as this run found it
+            _remove_contents(out, keep_folder=folder_was_there)
+        raise
 
-    bar = _progress("encode", options.limit, resumed_from, progress)
+
+def _remove_contents(out: Path, keep_folder: bool) -> None:
+    if not keep_folder:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in out.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state: _State, stages: _Stages,
+                   resumed_from: int, progress: bool, on_shard: Callable[[int], None] | None) -> None:
+    """Encode the documents after the checkpoint into shards, checkpointing after each; verify the prefix before."""
+    source = reader.source
+    expected = reader.expected_rows()
     running = CorpusHash()
     shard = 0
     encoders = None
     blocks = _document_blocks(reader, options.checkpoint_every)
-    while True:
-        with stages.time("read"):
-            block = next(blocks, None)
-        if block is None:
-            break
-        if shard < state.shards:  # already encoded: verify the prefix is the same corpus
-            running.update(block.ids, block.texts)
+    with _progress("encode", _total(expected, options.limit), resumed_from, progress) as bar:
+        def advance(docs: int) -> None:
+            bar.update(docs)
+            _update_total(bar, reader, expected, options.limit)
+
+        while True:
+            with stages.time("read"):
+                block = next(blocks, None)
+            if block is None:
+                break
+            if shard < state.shards:  # already encoded: verify the prefix is the same corpus
+                running.update(block.ids, block.texts)
+                shard += 1
+                if shard == state.shards and running.hexdigest != state.corpus_hash:
+                    raise ValueError(f"cannot resume {out}: the first {state.docs:,} documents of {source} differ from "
+                                     "the ones already encoded (the source changed); use --overwrite to start over")
+                continue
+            if encoders is None:  # loaded only now, so a bad first row fails fast
+                with stages.time("load"):
+                    encoders = load_encoders(options)
+            sparse, dense, truncated = _encode_block(block, *encoders, options, stages, advance)
+            with stages.time("write"):
+                write_shard(out, shard, block.ids, block.texts, sparse, dense)
+            state.corpus_hash = running.update(block.ids, block.texts)
             shard += 1
-            if shard == state.shards and running.hexdigest != state.corpus_hash:
-                raise ValueError(f"cannot resume {out}: the first {state.docs:,} documents of {source} differ from "
-                                 "the ones already encoded (the source changed); use --overwrite to start over")
-            continue
-        if encoders is None:  # loaded only now, so a bad first row fails fast
-            with stages.time("load"):
-                encoders = load_encoders(options)
-        sparse, dense, truncated = _encode_block(block, *encoders, options, stages, bar)
-        with stages.time("write"):
-            write_shard(out, shard, block.ids, block.texts, sparse, dense)
-        state.corpus_hash = running.update(block.ids, block.texts)
-        shard += 1
-        state.shards, state.docs, state.postings = shard, state.docs + len(block), state.postings + sparse.nnz
-        state.truncated += truncated
-        state.stage_seconds = stages.seconds
-        state.save(out)
-        if on_shard is not None:
-            on_shard(shard)
-        _update_total(bar, reader, state.docs, options.limit)
-    bar.close()
+            state.shards, state.docs, state.postings = shard, state.docs + len(block), state.postings + sparse.nnz
+            state.truncated += truncated
+            state.stage_seconds = stages.seconds
+            state.save(out)
+            if on_shard is not None:
+                on_shard(shard)
     if shard < state.shards:
         raise ValueError(f"cannot resume {out}: {source} now has fewer documents than were already encoded; "
                          "use --overwrite to start over")
     if state.docs == 0:
         raise ValueError(f"{source} has no indexable documents"
                          + (f" ({reader.stats.n_skipped} bad rows skipped)" if reader.stats.n_skipped else ""))
-    return _finish(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
 
 
 def load_encoders(options: IndexOptions) -> tuple:
@@ -276,18 +315,25 @@ def load_encoders(options: IndexOptions) -> tuple:
     return sparse, dense
 
 
-def _update_total(bar, reader: CorpusReader, docs: int, limit: int | None) -> None:
-    """Estimate the total from the share of the source consumed so far, for the ETA."""
-    fraction = reader.stats.fraction
-    if limit is None and fraction:
-        bar.total = max(docs, int(round(reader.stats.docs / fraction)))
-    bar.n = docs
-    bar.refresh()
+def _total(rows: int | None, limit: int | None) -> int | None:
+    return limit if rows is None else min(rows, limit or rows)
 
 
-def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: IndexOptions, stages: _Stages, bar):
-    """Encode one shard in sub-chunks (so the bar moves); sub-chunk bounds depend only on positions."""
-    step = options.batch_size * 16
+def _update_total(bar, reader: CorpusReader, expected: int | None, limit: int | None) -> None:
+    """The total for the ETA: the counted rows less those skipped, or an estimate from the share of the source read."""
+    if expected is not None:
+        total = _total(expected - reader.stats.n_skipped, limit)
+    elif reader.stats.fraction:
+        total = _total(int(round(reader.stats.docs / reader.stats.fraction)), limit)
+    else:
+        return
+    bar.total = max(bar.n, total)
+
+
+def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: IndexOptions, stages: _Stages,
+                  advance: Callable[[int], None]):
+    """Encode one shard in sub-chunks of two batches (so progress moves); sub-chunk bounds depend only on positions."""
+    step = options.batch_size * 2
     sparse_parts, dense_parts = [], []
     truncated = 0
     for start in range(0, len(block), step):
@@ -299,7 +345,7 @@ def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: Index
         if dense_encoder is not None:
             with stages.time("dense"):
                 dense_parts.append(dense_encoder.encode_documents(texts, batch_size=options.batch_size))
-        bar.update(len(texts))
+        advance(len(texts))
     sparse = SparseBatch.concat(sparse_parts)
     return sparse, (np.concatenate(dense_parts) if dense_parts else None), truncated
 
@@ -321,19 +367,16 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
 
     vector_files = [out / shard_name("vectors", s) for s in range(state.shards)]
     doc_files = [out / shard_name("docs", s) for s in range(state.shards)]
-    with stages.time("index"):
-        bar = _progress("index", state.docs, 0, progress)
+    with stages.time("index"), _progress("index", state.docs, 0, progress) as bar:
         chunks = []
         for batch, ids in read_vector_shards(out, state.shards):
             chunks.append((batch, ids))
             bar.update(len(ids))
-        sparse = InvertedIndex.build(out / "sparse", chunks, quantization=options.quantization)
+        sparse = InvertedIndex.build(out / "sparse", chunks, quantization=options.quantization, overwrite=True)
         del chunks
-        bar.close()
     dense_checksum = None
     if options.dense_model:
-        with stages.time("dense-index"):
-            bar = _progress("dense-index", state.docs, 0, progress)
+        with stages.time("dense-index"), _progress("dense-index", state.docs, 0, progress) as bar:
             index = None
             for s, (_, ids) in enumerate(read_vector_shards(out, state.shards)):
                 vectors = np.load(out / shard_name("dense", s))
@@ -342,8 +385,7 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
                 index.add(ids, vectors)
                 bar.update(len(ids))
             index.save(out / "dense")
-            bar.close()
-            dense_checksum = DenseIndex.checksum(out / "dense")
+        dense_checksum = DenseIndex.checksum(out / "dense")
     checksums = {
         "corpus": state.corpus_hash,
         "vectors": files_checksum(vector_files),
