@@ -151,10 +151,12 @@ class SparseBatch:
         return out
 
     # ----------------------------------------------------------------- Arrow / Parquet
-    def to_arrow(self, ids: Sequence[str] | None = None) -> pa.Table:
+    def to_arrow(self, ids: Sequence[str] | None = None, *, with_vocab: bool = False) -> pa.Table:
         """One row per vector: ``indices: list<int32>``, ``values: list<float32>`` (and ``id`` if given).
 
-        The vocabulary travels in the schema metadata so a Parquet file is self-describing.
+        The vocabulary size travels in the schema metadata; the vocabulary itself (about 0.7 MB for
+        BERT's 30k tokens, however few the rows) only with ``with_vocab``, for a self-describing file.
+        A collection stores it once in ``vocab.json`` instead.
         """
         offsets = pa.array(self.indptr.astype(np.int32) if self.nnz < 2**31 else self.indptr)
         list_type = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
@@ -167,7 +169,7 @@ class SparseBatch:
                 raise ValueError(f"{len(ids)} ids for {len(self)} vectors")
             columns = {"id": pa.array([str(i) for i in ids], pa.string()), **columns}
         meta = {_VOCAB_SIZE_KEY: str(self.vocab_size).encode()}
-        if self.vocab is not None:
+        if with_vocab and self.vocab is not None:
             meta[_VOCAB_KEY] = json.dumps(list(self.vocab)).encode()
         return pa.table(columns).replace_schema_metadata(meta)
 
@@ -188,14 +190,14 @@ class SparseBatch:
         indptr = indptr - indptr[0]
         return cls(indptr, np.asarray(ind.flatten(), np.int32), np.asarray(val.flatten(), np.float32), vocab_size, vocab)
 
-    def write_parquet(self, path: str | Path, ids: Sequence[str] | None = None) -> None:
-        """Write atomically: a temp file renamed into place, so a crash never leaves half a file."""
-        table = self.to_arrow(ids)
+    def write_parquet(self, path: str | Path, ids: Sequence[str] | None = None, *, with_vocab: bool = False) -> None:
+        """Write atomically (temp file renamed into place, so a crash never leaves half a file); see ``to_arrow``."""
+        table = self.to_arrow(ids, with_vocab=with_vocab)
         atomic_write(Path(path), lambda fh: pq.write_table(table, fh, compression="zstd"))
 
     @classmethod
-    def read_parquet(cls, path: str | Path) -> tuple["SparseBatch", list[str] | None]:
-        """Returns (batch, ids or None)."""
-        table = pq.read_table(path)
+    def read_parquet(cls, path: str | Path, vocab: Sequence[str] | None = None) -> tuple["SparseBatch", list[str] | None]:
+        """Returns (batch, ids or None); ``vocab`` names the terms when the file does not carry them."""
+        table = pq.read_table(path, columns=[c for c in ("id", "indices", "values") if c in pq.read_schema(path).names])
         ids = table.column("id").to_pylist() if "id" in table.column_names else None
-        return cls.from_arrow(table), ids
+        return cls.from_arrow(table, vocab), ids

@@ -166,7 +166,7 @@ def test_sum_pooling_matches_reference(splade, mlm):
 def test_parquet_round_trip(splade, tmp_path):
     batch = splade.encode_documents(["first document", "", "third one, with ünïcode"])
     path = tmp_path / "vectors.parquet"
-    batch.write_parquet(path, ids=["d1", "d2", "d3"])
+    batch.write_parquet(path, ids=["d1", "d2", "d3"], with_vocab=True)
     back, ids = SparseBatch.read_parquet(path)
     assert ids == ["d1", "d2", "d3"]
     assert np.array_equal(back.indptr, batch.indptr)
@@ -175,6 +175,12 @@ def test_parquet_round_trip(splade, tmp_path):
     assert back.vocab_size == 30522 and list(back.vocab) == list(batch.vocab)
     assert back.to_dicts() == batch.to_dicts()
     assert np.allclose(back.to_scipy().toarray(), batch.to_dense())
+    lean = tmp_path / "lean.parquet"  # without the vocabulary: a few KB, not the 0.7 MB of BERT's 30k tokens
+    batch.write_parquet(lean, ids=["d1", "d2", "d3"])
+    assert lean.stat().st_size < 8_000 < path.stat().st_size
+    back, _ = SparseBatch.read_parquet(lean, vocab=batch.vocab)
+    assert back.vocab_size == 30522 and back.to_dicts() == batch.to_dicts()
+    assert SparseBatch.read_parquet(lean)[0].vocab is None
 
 
 def test_inference_free_queries_use_idf_json(splade, tmp_path):

@@ -74,6 +74,27 @@ def test_collection_holds_what_was_indexed(reference, corpus):
     assert not (reference / BUILD_STATE).exists()
 
 
+def test_the_vocabulary_is_stored_once_per_collection(reference, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from lsr.ingest.collection import read_vector_shards, shard_name
+
+    vocab = json.loads((reference / "vocab.json").read_text())
+    assert len(vocab) == 30522 and Collection.open(reference).meta["vocab"] == "vocab.json"
+    first = reference / shard_name("vectors", 0)
+    assert b"lsr.vocab" not in pq.read_schema(first).metadata and first.stat().st_size < 20_000
+    ((batch, ids),) = read_vector_shards(reference, 1)
+    assert list(batch.vocab) == vocab
+    older = tmp_path / "older"  # a collection from before vocab.json: its shards carry the vocabulary
+    shutil.copytree(reference, older)
+    (older / "vocab.json").unlink()
+    batch.write_parquet(older / shard_name("vectors", 0), ids=ids, with_vocab=True)
+    ((again, _),) = read_vector_shards(older, 1)
+    assert list(again.vocab) == vocab
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "lsr", "index", *args]
 

@@ -3,6 +3,7 @@
 Layout (``lsr.json`` is written last, so its presence means the collection is complete)::
 
     OUT/lsr.json                      metadata + checksums of everything below
+    OUT/vocab.json                    the model's vocabulary (term id → token), once for all shards
     OUT/vectors/part-00000.parquet    encoded sparse vectors per shard (id, indices, values)
     OUT/docs/part-00000.parquet       id, text per shard (for include_text / explain)
     OUT/docs/updates.parquet          texts of upserted/deleted documents (id, text; null = deleted)
@@ -26,12 +27,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lsr.search.dense_index import DenseIndex
-from lsr.files import atomic_write, file_sha256
+from lsr.files import atomic_write, file_sha256, write_json_atomic
 from lsr.sparse import SparseBatch
 
 FORMAT = 1
 META_FILE = "lsr.json"
 BUILD_STATE = ".lsr-build.json"
+VOCAB_FILE = "vocab.json"
 _DOC_ROW_GROUP = 1024
 
 
@@ -51,11 +53,15 @@ def write_shard(out: Path, shard: int, ids: list[str], texts: list[str], sparse:
     atomic_write(out / shard_name("docs", shard),
             lambda fh: pq.write_table(docs, fh, compression="zstd", row_group_size=_DOC_ROW_GROUP))
     atomic_write(out / shard_name("vectors", shard), lambda fh: pq.write_table(sparse.to_arrow(ids), fh, compression="zstd"))
+    if sparse.vocab is not None and not (out / VOCAB_FILE).is_file():
+        write_json_atomic(out / VOCAB_FILE, list(sparse.vocab))
 
 
 def read_vector_shards(out: Path, n_shards: int) -> Iterator[tuple[SparseBatch, list[str]]]:
+    """Each shard's vectors and ids; term names from ``vocab.json`` (older shards carry their own)."""
+    vocab = json.loads((out / VOCAB_FILE).read_text(encoding="utf-8")) if (out / VOCAB_FILE).is_file() else None
     for shard in range(n_shards):
-        batch, ids = SparseBatch.read_parquet(out / shard_name("vectors", shard))
+        batch, ids = SparseBatch.read_parquet(out / shard_name("vectors", shard), vocab)
         yield batch, ids
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from lsr.ingest.collection import (
-    BUILD_STATE, FORMAT, META_FILE, disk_size, files_checksum, is_collection_dir, read_vector_shards,
+    BUILD_STATE, FORMAT, META_FILE, VOCAB_FILE, disk_size, files_checksum, is_collection_dir, read_vector_shards,
     shard_name, write_shard,
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
@@ -389,6 +389,7 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
     checksums = {
         "corpus": state.corpus_hash,
         "vectors": files_checksum(vector_files),
+        "vocab": files_checksum([out / VOCAB_FILE]) if (out / VOCAB_FILE).is_file() else None,
         "docs": files_checksum(doc_files),
         "sparse": sparse.checksum,
         "dense_embeddings": files_checksum([out / shard_name("dense", s) for s in range(state.shards)])
@@ -401,6 +402,7 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
         "dense_model": options.dense_model,
         "max_length": options.max_length,
         "fields": list(options.fields),
+        "vocab": VOCAB_FILE if (out / VOCAB_FILE).is_file() else None,
         "n_docs": state.docs,
         "postings": state.postings,
         "truncated": state.truncated,
