@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import zipfile
@@ -190,8 +191,29 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
         server.terminate()
         server.wait(timeout=60)
     through = json.loads((remote / "results.json").read_text())
+    assert through["index_checksum"] == report["index_checksum"]  # the served collection's, through GetStats
+    assert through["index_build_seconds"] == report["index_build_seconds"] and "sparse" in through["index_build_seconds"]
     for method in ("sparse", "dense", "hybrid", "hybrid-prf"):
         assert through["methods"][method] == pytest.approx(report["methods"][method], abs=1e-9), method
     assert {k: through["settings"][k] for k in ("alpha", "prf_docs", "prf_weight")} == \
         {k: settings[k] for k in ("alpha", "prf_docs", "prf_weight")}
 
+
+
+def test_lsr_beir_serve_keeps_the_servers_log_out_of_the_results(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny_beir(data)
+    out = tmp_path / "out"
+    env = {**os.environ, "LSR_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-m", "lsr", "beir", "--dataset", "tiny", "--data-dir", str(data), "--serve",
+                          "--methods", "bm25,sparse,hybrid", "--out", str(out), "--quiet"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "rpc=" not in run.stdout + run.stderr and "DEBUG" not in run.stdout + run.stderr
+    assert f"its log: {out / 'serve.log'}" in run.stderr and "rpc=SearchBatch" in (out / "serve.log").read_text()
+    assert "tuning hybrid α and PRF m, β on train (8 queries, 18 settings)" in run.stdout
+    assert f"wrote {out / 'results.md'}" in run.stdout
+    report = json.loads((out / "results.json").read_text())
+    assert len(report["index_checksum"]) == 64 and report["index_build_seconds"]["sparse"] > 0
+    assert f"Index checksum `{report['index_checksum']}`" in (out / "results.md").read_text()

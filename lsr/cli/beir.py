@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
             source = locate_dataset(args.dataset, args.data_dir)
             collection, _ = cached_collection(source, load_beir(source), options, progress=not args.quiet)
-            endpoint = stack.enter_context(_served(collection, args.threads))
+            endpoint = stack.enter_context(_served(collection, args.threads, _serve_log(args.out)))
         report = run_beir(args.dataset, data_dir=args.data_dir, split=args.split, methods=methods, k=args.k,
                           endpoint=endpoint, tune_locally=collection, out=args.out, options=options,
                           progress=not args.quiet)
@@ -79,8 +79,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_log(out: str | None) -> Path:
+    """Where the server's own log goes (OUT/serve.log, or a temp file), so its request lines stay out of the results."""
+    if out is None:
+        import tempfile
+
+        return Path(tempfile.mkstemp(prefix="lsr-serve-", suffix=".log")[1])
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return Path(out) / "serve.log"
+
+
 @contextlib.contextmanager
-def _served(collection: Path, threads: int | None):
+def _served(collection: Path, threads: int | None, log_path: Path):
     """Run `lsr serve` on a free loopback port until the block ends; SIGTERM must drain it to exit 0."""
     from lsr.service import Client
 
@@ -90,13 +100,14 @@ def _served(collection: Path, threads: int | None):
     command = [sys.executable, "-m", "lsr", "serve", str(collection), "--host", "127.0.0.1", "--port", str(port)]
     if threads:
         command += ["--threads", str(threads)]
-    server = subprocess.Popen(command)
     endpoint = f"127.0.0.1:{port}"
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # so a SIGTERM to us also stops the server
     try:
         with Client(endpoint) as client:
-            _wait_serving(client, server, timeout=300.0)
-        print(f"lsr serve is up at {endpoint} (pid {server.pid})", file=sys.stderr)
+            _wait_serving(client, server, log_path, timeout=300.0)
+        print(f"lsr serve is up at {endpoint} (pid {server.pid}); its log: {log_path}", file=sys.stderr)
         yield endpoint
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -104,10 +115,10 @@ def _served(collection: Path, threads: int | None):
         code = server.wait(timeout=120)
         print(f"lsr serve stopped (exit {code})", file=sys.stderr)
         if code != 0 and sys.exc_info()[0] is None:
-            raise RuntimeError(f"lsr serve exited with {code} after SIGTERM; expected a clean drain (0)")
+            raise RuntimeError(f"lsr serve exited with {code} after SIGTERM; expected a clean drain (0); see {log_path}")
 
 
-def _wait_serving(client, server: subprocess.Popen, timeout: float) -> None:
+def _wait_serving(client, server: subprocess.Popen, log_path: Path, timeout: float) -> None:
     """Poll health until SERVING; fail fast if the server process dies while loading."""
     import time
 
@@ -116,7 +127,7 @@ def _wait_serving(client, server: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"lsr serve exited with {server.returncode} before it was ready (see its log above)")
+            raise RuntimeError(f"lsr serve exited with {server.returncode} before it was ready; see {log_path}")
         try:
             if client.health(timeout=1.0) == "SERVING":
                 return

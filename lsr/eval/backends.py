@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,6 +17,8 @@ def bm25_run(dataset: BeirDataset, qids: Sequence[str], k: int) -> Run:
     """bm25s (Lucene BM25, k1=1.5, b=0.75) with English stopwords and the Snowball English stemmer."""
     import bm25s
     import Stemmer
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its logger to DEBUG on import
 
     stemmer = Stemmer.Stemmer("english")
     doc_ids = list(dataset.corpus)

@@ -35,7 +35,8 @@ def corpus_checksum(dataset: BeirDataset) -> str:
     return CorpusHash().update(ids, dataset.doc_texts(ids))
 
 
-def cached_collection(source: Path, dataset: BeirDataset, options: Any, *, progress: bool = True) -> tuple[Path, bool]:
+def cached_collection(source: Path, dataset: BeirDataset, options: Any, *, progress: bool = True,
+                      say: Callable[[str], None] = print) -> tuple[Path, bool]:
     """A collection of ``source`` under the cache, keyed by models, settings and corpus checksum.
 
     Returns (folder, reused). An interrupted build is resumed on the next call.
@@ -50,6 +51,7 @@ def cached_collection(source: Path, dataset: BeirDataset, options: Any, *, progr
     if (folder / META_FILE).is_file():
         return folder, True
     # The source path is part of the build settings; a cache hit must not depend on where the data lives.
+    say(f"indexing {dataset.name} into {folder} (kept as a cache for later runs)")
     build_collection(source, folder, options, resume=folder.exists(), progress=progress)
     return folder, False
 
@@ -117,11 +119,14 @@ def run_beir(
             served = backend.client.stats()
             models = {"sparse": served["model"], "dense": served["dense_model"] or None,
                       "served_index_version": served["index_version"]}
+            index_checksum = served["details"].get("collection_checksum")
+            build_seconds = {key.removeprefix("build_seconds_"): float(value) for key, value in served["details"].items()
+                             if key.startswith("build_seconds_")}
         else:
             from lsr.ingest.collection import Collection
             from lsr.search.searcher import Searcher
 
-            collection_path, reused = cached_collection(source, dataset, options, progress=progress)
+            collection_path, reused = cached_collection(source, dataset, options, progress=progress, say=say)
             timings["index"] = time.perf_counter() - clock
             say(f"index {'reused from cache' if reused else 'built'}: {collection_path}")
             collection = Collection.open(collection_path)
@@ -138,7 +143,7 @@ def run_beir(
                 from lsr.search.searcher import Searcher
 
                 tuner = InProcess(Searcher.open(tune_locally, device="cpu"))
-            settings = tune(tuner, dataset, tuning_split(dataset, split), k, say)
+            settings = tune(tuner, dataset, tuning_split(dataset, split), k, say, progress=progress)
             settings["tuned"] = "in-process on the served collection" if tuner is not backend else "through the backend"
             timings["tune"] = time.perf_counter() - clock
         hybrid = HybridOptions(sparse_weight=settings.get("alpha", DEFAULT_ALPHA))
@@ -179,4 +184,5 @@ def run_beir(
     report["timings"]["total"] = round(sum(timings.values()), 2)
     if out is not None:
         write_report(report, Path(out))
+        say(f"wrote {Path(out) / 'results.md'}, results.json and ndcg.png")
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 from lsr.eval.datasets import BeirDataset
@@ -22,8 +23,10 @@ def tuning_split(dataset: BeirDataset, split: str) -> str | None:
 
 
 def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
-         say: Callable[[str], None]) -> dict[str, Any]:
+         say: Callable[[str], None], *, progress: bool = False) -> dict[str, Any]:
     """Grid-search α (hybrid), then m and β (PRF) with α frozen, by nDCG@10 on ``tune_split``."""
+    from tqdm.auto import tqdm
+
     from lsr.search.searcher import HybridOptions, PrfOptions
 
     settings: dict[str, Any] = {"normalization": "min_max", "alpha": DEFAULT_ALPHA, "prf_docs": DEFAULT_PRF_DOCS,
@@ -36,16 +39,23 @@ def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
     qids = [q for q in qrels if q in dataset.queries]
     texts = [dataset.queries[q] for q in qids]
 
-    def score(hybrid, prf=None) -> float:
-        return evaluate(qrels, backend.run(qids, texts, k + 1, "hybrid", hybrid, prf))["ndcg@10"]
+    grid = len(ALPHAS) + len(PRF_DOCS) * len(PRF_WEIGHTS)
+    say(f"tuning hybrid α and PRF m, β on {tune_split} ({len(qids)} queries, {grid} settings)")
+    bar = tqdm(total=grid, desc="tune", unit="setting", disable=not progress, dynamic_ncols=True, file=sys.stderr)
 
-    alpha_scores = {a: score(HybridOptions(sparse_weight=a)) for a in ALPHAS}
-    alpha = max(ALPHAS, key=lambda a: (alpha_scores[a], -abs(a - 0.5)))
-    say(f"tuned α={alpha} on {tune_split} ({len(qids)} queries): nDCG@10 {alpha_scores[alpha]:.4f}")
-    hybrid = HybridOptions(sparse_weight=alpha)
-    prf_scores = {(m, b): score(hybrid, PrfOptions(feedback_docs=m, weight=b, interpolate="both"))
-                  for m in PRF_DOCS for b in PRF_WEIGHTS}
+    def score(hybrid, prf=None) -> float:
+        ndcg = evaluate(qrels, backend.run(qids, texts, k + 1, "hybrid", hybrid, prf))["ndcg@10"]
+        bar.update(1)
+        return ndcg
+
+    with bar:
+        alpha_scores = {a: score(HybridOptions(sparse_weight=a)) for a in ALPHAS}
+        alpha = max(ALPHAS, key=lambda a: (alpha_scores[a], -abs(a - 0.5)))
+        hybrid = HybridOptions(sparse_weight=alpha)
+        prf_scores = {(m, b): score(hybrid, PrfOptions(feedback_docs=m, weight=b, interpolate="both"))
+                      for m in PRF_DOCS for b in PRF_WEIGHTS}
     m, beta = max(prf_scores, key=lambda mb: (prf_scores[mb], -mb[1], -mb[0]))
+    say(f"tuned α={alpha} on {tune_split} ({len(qids)} queries): nDCG@10 {alpha_scores[alpha]:.4f}")
     say(f"tuned PRF m={m} β={beta} on {tune_split}: nDCG@10 {prf_scores[(m, beta)]:.4f}")
     settings.update(alpha=alpha, prf_docs=m, prf_weight=beta,
                     tuning_ndcg10={"hybrid": {str(a): round(v, 4) for a, v in alpha_scores.items()},

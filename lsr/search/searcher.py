@@ -181,6 +181,8 @@ class Searcher:
             "model": self.collection.meta.get("model"),
             "dense_model": self.collection.meta.get("dense_model"),
             "query_encoder": type(self.query_encoder).__name__,
+            "collection_checksum": self.collection.checksum,
+            **{f"build_seconds_{stage}": seconds for stage, seconds in self.collection.meta.get("stage_seconds", {}).items()},
         }
 
     # ------------------------------------------------------------------ encoding
