@@ -1,8 +1,14 @@
-"""Print the weighted terms of a text's SPLADE vector: the explainability tool.
+"""Print the weighted terms of a text's SPLADE vector (the explainability tool), or encode a whole file of texts.
+
+A file (--input: any corpus `lsr index` reads, or a .txt with one text per line) becomes one
+Parquet vectors file (--output: id, text, indices, values; the model is named in its metadata),
+which `lsr index --pre-encoded` turns into a collection without encoding again.
 
 Examples:
   lsr encode "what causes diabetes?" --query
   lsr encode "Aspirin lowers the risk of heart attack." --top 10 --json
+  lsr encode --input docs.jsonl --output vectors.parquet
+  lsr encode --input notes.txt --output notes.parquet --model naver/splade-v3   # a model in the HF cache
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ import argparse
 import json
 import sys
 
-HELP = "show the weighted terms SPLADE gives a text"
+HELP = "show the weighted terms SPLADE gives a text, or encode a file of texts into a vectors file"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("text", nargs="+", help="the text to encode (several words are joined with spaces)")
+    from lsr.cli.index import _fields
+
+    p.add_argument("text", nargs="*", help="the text to encode (several words are joined with spaces)")
     p.add_argument("--model", default="splade-tiny", help="model name, hub id or local folder (default: splade-tiny)")
     side = p.add_mutually_exclusive_group()
     side.add_argument("--query", dest="side", action="store_const", const="query", help="encode as a query (64 tokens)")
@@ -23,15 +31,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=20, help="how many terms to print (default 20; 0 = all)")
     p.add_argument("--no-expansion", action="store_true", help="keep only the text's own tokens")
     p.add_argument("--json", action="store_true", help="print {token: weight} as JSON")
+    files = p.add_argument_group("a file of texts")
+    files.add_argument("--input", metavar="FILE", help="corpus to encode: .jsonl(.gz), .csv, .parquet, BEIR folder/archive, or .txt")
+    files.add_argument("--output", metavar="VECTORS.parquet", help="where the vectors go (with --input)")
+    files.add_argument("--fields", type=_fields, default=("title", "text"), help="text fields of --input (default: title,text)")
+    files.add_argument("--id-field", default="_id", help="id field of --input (default: _id)")
+    files.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default: 32)")
+    files.add_argument("--max-length", type=int, default=256, help="document tokens kept (default: 256)")
+    files.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad rows: stop, or skip and count")
+    files.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(side="document")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.input or args.output:
+        return _encode_file(args)
     from lsr.encode.splade import SpladeEncoder
 
     if args.top < 0:
         raise ValueError(f"--top must be ≥ 0, got {args.top}")
     text = " ".join(args.text)
+    if not text.strip():
+        raise ValueError("give a text to encode (or --input FILE --output VECTORS.parquet)")
     options = {"query_expansion": not args.no_expansion, "doc_expansion": not args.no_expansion}
     encoder = SpladeEncoder.from_pretrained(args.model, **options)
     encode = encoder.encode_queries if args.side == "query" else encoder.encode_documents
@@ -44,4 +65,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.side} vector: {vector.nnz} non-zero terms of {vector.vocab_size} (model {args.model})")
     for token, weight in terms.items():
         print(f"{weight:8.4f}  {token}")
+    return 0
+
+
+def _encode_file(args: argparse.Namespace) -> int:
+    from lsr.ingest.vector_file import encode_file
+
+    if not (args.input and args.output):
+        raise ValueError("--input and --output go together: lsr encode --input FILE --output VECTORS.parquet")
+    if args.text:
+        raise ValueError("give either a TEXT or --input FILE, not both")
+    if args.batch_size <= 0 or args.max_length < 4:
+        raise ValueError("--batch-size must be positive and --max-length at least 4")
+    summary = encode_file(args.input, args.output, model=args.model, fields=args.fields, id_field=args.id_field,
+                          on_error=args.on_error, batch_size=args.batch_size, max_length=args.max_length,
+                          progress=not args.quiet)
+    skipped = sum(summary.skipped.values())
+    print(f"{summary.docs:,} documents encoded into {args.output} ({summary.postings:,} postings, "
+          f"{summary.truncated:,} truncated at {args.max_length} tokens, {skipped:,} bad rows skipped"
+          + (f": {', '.join(f'{k} {v}' for k, v in sorted(summary.skipped.items()))}" if skipped else "") + ")")
+    print(f"index them with: lsr index {args.output} COLLECTION --pre-encoded")
     return 0

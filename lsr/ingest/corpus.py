@@ -23,6 +23,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from lsr.ingest.beir_source import BeirSource
+from lsr.sparse import SparseBatch
 
 ON_ERROR = ("fail", "skip")
 DEFAULT_FIELDS = ("title", "text")
@@ -39,14 +40,28 @@ class BadRowError(ValueError):
 
 @dataclass
 class DocChunk:
-    """Consecutive good documents: ids, the indexed text (fields joined by a space), source line/row numbers."""
+    """Consecutive good documents: ids, the indexed text (fields joined by a space), source line/row numbers,
+    and their sparse vectors when the source already holds them (a pre-encoded vectors file)."""
 
     ids: list[str]
     texts: list[str]
     rows: list[int]
+    vectors: SparseBatch | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def slice(self, start: int, stop: int | None = None) -> "DocChunk":
+        part = slice(start, stop)
+        return DocChunk(self.ids[part], self.texts[part], self.rows[part],
+                        None if self.vectors is None else self.vectors[part])
+
+    def extend(self, other: "DocChunk") -> "DocChunk":
+        """This chunk followed by ``other`` (a new chunk)."""
+        vectors = None
+        if other.vectors is not None:
+            vectors = other.vectors if not len(self) else SparseBatch.concat([self.vectors, other.vectors])
+        return DocChunk(self.ids + other.ids, self.texts + other.texts, self.rows + other.rows, vectors)
 
 
 @dataclass
@@ -151,7 +166,7 @@ class CorpusReader:
             room = self.limit - self.stats.docs
             if room <= 0:
                 return None
-            chunk = DocChunk(chunk.ids[:room], chunk.texts[:room], chunk.rows[:room])
+            chunk = chunk.slice(0, room)
         self.stats.docs += len(chunk)
         return chunk
 
@@ -344,7 +359,7 @@ class CorpusReader:
             self.stats.bytes_read = raw.tell()
             yield out
 
-    def _table_chunk(self, batch: pa.RecordBatch, first: int) -> DocChunk:
+    def _table_chunk(self, batch: pa.RecordBatch | pa.Table, first: int) -> DocChunk:
         out = DocChunk([], [], [])
         columns = []
         for name in [self.id_field, *self.fields]:

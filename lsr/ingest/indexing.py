@@ -10,9 +10,7 @@ different corpora are never mixed. Index building (cheap) runs from the shards a
 
 from __future__ import annotations
 
-import logging
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,6 +24,7 @@ from lsr.ingest.collection import (
     shard_name, write_shard,
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
+from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_total
 from lsr.search.dense_index import DenseIndex
 from lsr.files import write_json_atomic
 from lsr.sparse import SparseBatch
@@ -47,6 +46,7 @@ class IndexOptions:
     hnsw_m: int | None = None
     quantization: str = "uint8"
     threads: int | None = None
+    pre_encoded: bool = False  # SOURCE is a vectors file from `lsr encode --output`: only dense is encoded here
 
     def check(self) -> None:
         if self.batch_size <= 0:
@@ -139,13 +139,6 @@ class _Stages:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _progress(desc: str, total: int | None, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="doc", disable=not enabled, smoothing=0.05,
-                dynamic_ncols=True, file=sys.stderr)
-
-
 def prepare_output(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> _State | None:
     """Decide what to do with an existing OUT. Returns the checkpoint to resume from, or None for a fresh start."""
     if resume and overwrite:
@@ -191,18 +184,14 @@ def _changes(old: dict, new: dict) -> str:
 
 def _document_blocks(reader: CorpusReader, size: int) -> Iterator[DocChunk]:
     """Regroup the reader's chunks into blocks of exactly ``size`` documents (the last may be shorter)."""
-    ids: list[str] = []
-    texts: list[str] = []
-    rows: list[int] = []
+    pending = DocChunk([], [], [])
     for chunk in reader:
-        ids += chunk.ids
-        texts += chunk.texts
-        rows += chunk.rows
-        while len(ids) >= size:
-            yield DocChunk(ids[:size], texts[:size], rows[:size])
-            del ids[:size], texts[:size], rows[:size]
-    if ids:
-        yield DocChunk(ids, texts, rows)
+        pending = pending.extend(chunk)
+        while len(pending) >= size:
+            yield pending.slice(0, size)
+            pending = pending.slice(size)
+    if len(pending):
+        yield pending
 
 
 def build_collection(
@@ -224,8 +213,7 @@ def build_collection(
 
     options.check()
     source, out = Path(source).expanduser(), Path(out).expanduser()
-    reader = CorpusReader(source, fields=options.fields, id_field=options.id_field, on_error=options.on_error,
-                          limit=options.limit)
+    reader = _reader(source, options)
     settings = options.settings(source)
     folder_was_there = out.is_dir() and not overwrite
     state = prepare_output(out, settings, resume=resume, overwrite=overwrite)
@@ -246,6 +234,21 @@ def build_collection(
         raise
 
 
+def _reader(source: Path, options: IndexOptions) -> CorpusReader:
+    if not options.pre_encoded:
+        return CorpusReader(source, fields=options.fields, id_field=options.id_field, on_error=options.on_error,
+                            limit=options.limit)
+    from lsr.ingest.vector_file import VectorFileReader
+
+    reader = VectorFileReader(source, on_error=options.on_error, limit=options.limit)
+    if reader.model is not None and reader.model != options.model:
+        raise ValueError(f"{source} was encoded with {reader.model!r}, not {options.model!r}; "
+                         f"pass --model {reader.model} (or leave --model out)")
+    if options.dense_model and not reader.has_text:
+        raise ValueError(f"{source} has no text column to compute dense embeddings from; pass --dense none")
+    return reader
+
+
 def _remove_contents(out: Path, keep_folder: bool) -> None:
     if not keep_folder:
         shutil.rmtree(out, ignore_errors=True)
@@ -263,10 +266,10 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
     shard = 0
     encoders = None
     blocks = _document_blocks(reader, options.checkpoint_every)
-    with _progress("encode", _total(expected, options.limit), resumed_from, progress) as bar:
+    with progress_bar("encode", rows_total(expected, options.limit), initial=resumed_from, enabled=progress) as bar:
         def advance(docs: int) -> None:
             bar.update(docs)
-            _update_total(bar, reader, expected, options.limit)
+            update_total(bar, reader, expected, options.limit)
 
         while True:
             with stages.time("read"):
@@ -303,31 +306,18 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
 
 
 def load_encoders(options: IndexOptions) -> tuple:
-    """(SpladeEncoder, DenseEncoder or None) for documents of ``options.max_length`` tokens."""
+    """(SpladeEncoder or None when pre-encoded, DenseEncoder or None) for documents of ``options.max_length`` tokens."""
     from lsr.encode.splade import SpladeEncoder
 
-    sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length, device="cpu")
+    sparse = None
+    if not options.pre_encoded:
+        sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length, device="cpu")
     dense = None
     if options.dense_model:
         from lsr.encode.dense import DenseEncoder
 
         dense = DenseEncoder.from_pretrained(options.dense_model, max_length=options.max_length, device="cpu")
     return sparse, dense
-
-
-def _total(rows: int | None, limit: int | None) -> int | None:
-    return limit if rows is None else min(rows, limit or rows)
-
-
-def _update_total(bar, reader: CorpusReader, expected: int | None, limit: int | None) -> None:
-    """The total for the ETA: the counted rows less those skipped, or an estimate from the share of the source read."""
-    if expected is not None:
-        total = _total(expected - reader.stats.n_skipped, limit)
-    elif reader.stats.fraction:
-        total = _total(int(round(reader.stats.docs / reader.stats.fraction)), limit)
-    else:
-        return
-    bar.total = max(bar.n, total)
 
 
 def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: IndexOptions, stages: _Stages,
@@ -338,10 +328,13 @@ def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: Index
     truncated = 0
     for start in range(0, len(block), step):
         texts = block.texts[start : start + step]
-        with stages.time("sparse"), _quiet("lsr.encode.splade"):  # truncation is counted for the summary instead
-            batch, info = sparse_encoder.encode_documents(texts, batch_size=options.batch_size, return_info=True)
-        sparse_parts.append(batch)
-        truncated += int(info.truncated.sum())
+        if sparse_encoder is None:  # pre-encoded
+            sparse_parts.append(block.vectors[start : start + step])
+        else:
+            with stages.time("sparse"), quiet_logger("lsr.encode.splade"):  # truncation is counted for the summary
+                batch, info = sparse_encoder.encode_documents(texts, batch_size=options.batch_size, return_info=True)
+            sparse_parts.append(batch)
+            truncated += int(info.truncated.sum())
         if dense_encoder is not None:
             with stages.time("dense"):
                 dense_parts.append(dense_encoder.encode_documents(texts, batch_size=options.batch_size))
@@ -350,24 +343,13 @@ def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: Index
     return sparse, (np.concatenate(dense_parts) if dense_parts else None), truncated
 
 
-@contextmanager
-def _quiet(logger: str):
-    target = logging.getLogger(logger)
-    level = target.level
-    target.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        target.setLevel(level)
-
-
 def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, skipped: dict[str, int],
             resumed_from: int, progress: bool) -> Summary:
     from lsr.index import InvertedIndex
 
     vector_files = [out / shard_name("vectors", s) for s in range(state.shards)]
     doc_files = [out / shard_name("docs", s) for s in range(state.shards)]
-    with stages.time("index"), _progress("index", state.docs, 0, progress) as bar:
+    with stages.time("index"), progress_bar("index", state.docs, enabled=progress) as bar:
         chunks = []
         for batch, ids in read_vector_shards(out, state.shards):
             chunks.append((batch, ids))
@@ -376,7 +358,7 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
         del chunks
     dense_checksum = None
     if options.dense_model:
-        with stages.time("dense-index"), _progress("dense-index", state.docs, 0, progress) as bar:
+        with stages.time("dense-index"), progress_bar("dense-index", state.docs, enabled=progress) as bar:
             index = None
             for s, (_, ids) in enumerate(read_vector_shards(out, state.shards)):
                 vectors = np.load(out / shard_name("dense", s))

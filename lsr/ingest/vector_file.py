@@ -1,0 +1,117 @@
+"""A standalone vectors file: ``lsr encode --input FILE --output vectors.parquet`` writes it, ``lsr index --pre-encoded`` reads it.
+
+One row per document: ``id``, ``text``, ``indices: list<int32>``, ``values: list<float32>``. The schema
+metadata names the model and its document length, so the index built from the file searches with the
+same model; the vocabulary is not repeated in the file (the model has it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lsr.files import atomic_write
+from lsr.ingest.corpus import BadRowError, CorpusReader, DocChunk
+from lsr.ingest.progress import progress_bar, quiet_logger, update_total
+from lsr.sparse import SparseBatch
+
+MODEL_KEY = b"lsr.model"
+MAX_LENGTH_KEY = b"lsr.max_length"
+_COLUMNS = ("id", "indices", "values")
+_ROWS = 8192  # rows read at a time
+
+
+@dataclass
+class EncodeSummary:
+    docs: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
+    postings: int = 0
+
+
+def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-tiny", fields: Sequence[str] = ("title", "text"),
+                id_field: str = "_id", on_error: str = "fail", batch_size: int = 32, max_length: int = 256,
+                progress: bool = True) -> EncodeSummary:
+    """Encode every document of a corpus (any format ``lsr index`` reads) into one vectors file, atomically."""
+    from lsr.encode.splade import SpladeEncoder
+
+    reader = CorpusReader(source, fields=fields, id_field=id_field, on_error=on_error)
+    output = Path(output).expanduser()
+    if output.suffix != ".parquet":
+        raise ValueError(f"--output must be a .parquet file, got {output}")
+    encoder = SpladeEncoder.from_pretrained(model, max_length=max_length, device="cpu")
+    summary = EncodeSummary(0)
+
+    def write(fh) -> None:
+        writer = None
+        expected = reader.expected_rows()
+        with progress_bar("encode", expected, enabled=progress) as bar, quiet_logger("lsr.encode.splade"):
+            for chunk in reader:
+                for start in range(0, len(chunk), batch_size * 2):
+                    part = chunk.slice(start, start + batch_size * 2)
+                    vectors, info = encoder.encode_documents(part.texts, batch_size=batch_size, return_info=True)
+                    table = vectors.to_arrow(part.ids).append_column("text", pa.array(part.texts, pa.string()))
+                    table = table.replace_schema_metadata({**table.schema.metadata, MODEL_KEY: model.encode(),
+                                                           MAX_LENGTH_KEY: str(max_length).encode()})
+                    writer = writer or pq.ParquetWriter(fh, table.schema, compression="zstd")
+                    writer.write_table(table)
+                    summary.docs += len(part)
+                    summary.truncated += int(info.truncated.sum())
+                    summary.postings += vectors.nnz
+                    bar.update(len(part))
+                    update_total(bar, reader, expected, None)
+        if writer is None:
+            raise ValueError(f"{source} has no documents to encode")
+        writer.close()
+
+    atomic_write(output, write)
+    summary.skipped = dict(reader.stats.skipped)
+    return summary
+
+
+class VectorFileReader(CorpusReader):
+    """The rows of a vectors file as :class:`DocChunk` s carrying their ``vectors``; ids are checked like a corpus's."""
+
+    def __init__(self, source: str | Path, *, on_error: str = "fail", limit: int | None = None) -> None:
+        super().__init__(source, fields=("text",), id_field="id", on_error=on_error, limit=limit)
+        if self.format != "parquet":
+            raise ValueError(f"--pre-encoded reads a .parquet vectors file (made by `lsr encode --output`), got {source}")
+        schema = pq.read_schema(self.source)
+        missing = [c for c in _COLUMNS if c not in schema.names]
+        if missing:
+            raise ValueError(f"{source} is not a vectors file: it has no column(s) {missing} (it has {schema.names})")
+        self.metadata = schema.metadata or {}
+        self.has_text = "text" in schema.names
+
+    @property
+    def model(self) -> str | None:
+        """The model that encoded the vectors, if the file says."""
+        return self.metadata[MODEL_KEY].decode() if MODEL_KEY in self.metadata else None
+
+    @property
+    def max_length(self) -> int | None:
+        return int(self.metadata[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in self.metadata else None
+
+    def _parquet_chunks(self) -> Iterator[DocChunk]:
+        pf = pq.ParquetFile(self.source)
+        self.stats.bytes_total = pf.metadata.num_rows
+        columns = [*_COLUMNS, *(["text"] if self.has_text else [])]
+        first = 0
+        for batch in pf.iter_batches(batch_size=_ROWS, columns=columns):
+            table = pa.Table.from_batches([batch]).replace_schema_metadata(self.metadata)
+            if not self.has_text:
+                table = table.append_column("text", pa.array([""] * table.num_rows, pa.string()))
+            vectors = SparseBatch.from_arrow(table)
+            try:
+                chunk = self._table_chunk(table, first)
+            except BadRowError as error:  # the good rows before the bad one go on, with their vectors
+                error.good_before.vectors = vectors.select([row - first - 1 for row in error.good_before.rows])
+                raise
+            chunk.vectors = vectors.select([row - first - 1 for row in chunk.rows])
+            first += table.num_rows
+            self.stats.bytes_read = first
+            yield chunk
