@@ -1,8 +1,13 @@
-"""Search a collection built by `lsr index`, in-process (no server).
+"""Search a collection built by `lsr index`, in-process (no server): one query, or a whole topics file.
+
+With --topics FILE (TSV `qid<TAB>text`, or JSONL with _id/text such as BEIR's queries.jsonl) every
+query is searched and a standard TREC run (`qid Q0 docid rank score tag`) is written to --output,
+ready for `lsr eval RUN QRELS` or trec_eval.
 
 Examples:
   lsr search runs/scifact "does vitamin d prevent fractures?"
   lsr search runs/scifact "statins and muscle pain" --mode hybrid --prf --k 5 --explain
+  lsr search runs/scifact --topics queries.tsv --output run.trec --k 100 --mode hybrid --threads 2
 """
 
 from __future__ import annotations
@@ -18,9 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from lsr.search.fusion import NORMALIZATIONS
     from lsr.search.searcher import MODES, PRF_INTERPOLATIONS, QUERY_ENCODERS
 
-    p.add_argument("collection", help="folder written by `lsr index`")
-    p.add_argument("query", nargs="+", help="query text")
-    p.add_argument("--k", type=int, default=10, help="hits to return, 1..1000 (default 10)")
+    p.add_argument("collection", metavar="COLLECTION", help="folder written by `lsr index`")
+    p.add_argument("query", nargs="*", help="query text (or use --topics)")
+    p.add_argument("--topics", metavar="FILE", help="search every query of a TSV/JSONL topics file (needs --output)")
+    p.add_argument("--output", metavar="RUN", help="TREC run file to write for --topics")
+    p.add_argument("--tag", default=None, help="run tag in the TREC file (default: lsr-MODE)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="with --topics: queries searched in parallel, one torch thread each (default: one at a time)")
+    p.add_argument("--k", type=int, default=None, help="hits per query, 1..1000 (default 10; 1000 with --topics)")
     p.add_argument("--mode", choices=MODES, default="sparse", help="retrieval mode (default sparse)")
     p.add_argument("--normalization", choices=NORMALIZATIONS, default="min_max", help="hybrid score normalisation")
     p.add_argument("--sparse-weight", type=float, default=0.5, help="hybrid weight of the sparse list, in [0, 1]")
@@ -39,11 +49,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
 
-    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder)
+    if bool(args.topics) == bool(args.query):
+        raise ValueError("give either a QUERY or --topics FILE --output RUN")
+    if args.topics and not args.output:
+        raise ValueError("--topics needs --output RUN, the TREC run file to write")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
     hybrid = HybridOptions(args.normalization, args.sparse_weight, args.candidates)
     prf = PrfOptions(args.prf_docs, args.prf_weight, args.prf_terms, args.prf_interpolate) if args.prf else None
+    if args.topics:
+        from lsr.eval.runs import read_topics
+        from lsr.search.batch import search_topics
+
+        topics = read_topics(args.topics)  # before the slow model load: a bad file fails at once
+        searcher = Searcher.open(args.collection, query_encoder=args.query_encoder,
+                                 threads=1 if (args.threads or 1) > 1 else None)
+        written = search_topics(searcher, topics, args.output, k=args.k or 1000, mode=args.mode, hybrid=hybrid, prf=prf,
+                                tag=args.tag or f"lsr-{args.mode}", threads=args.threads or 1, progress=True)
+        print(f"{len(topics):,} queries, {written:,} hits written to {args.output}; score it with: "
+              f"lsr eval {args.output} QRELS")
+        return 0
+    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder)
     result = searcher.search(
-        " ".join(args.query), k=args.k, mode=args.mode, hybrid=hybrid, prf=prf,
+        " ".join(args.query), k=args.k or 10, mode=args.mode, hybrid=hybrid, prf=prf,
         include_text=args.text, explain=args.explain,
     )
     if args.json:

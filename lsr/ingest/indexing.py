@@ -306,12 +306,10 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
 
 
 def load_encoders(options: IndexOptions) -> tuple:
-    """(SpladeEncoder or None when pre-encoded, DenseEncoder or None) for documents of ``options.max_length`` tokens."""
+    """(SpladeEncoder, DenseEncoder or None) for documents of ``options.max_length`` tokens."""
     from lsr.encode.splade import SpladeEncoder
 
-    sparse = None
-    if not options.pre_encoded:
-        sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length, device="cpu")
+    sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length, device="cpu")
     dense = None
     if options.dense_model:
         from lsr.encode.dense import DenseEncoder
@@ -328,8 +326,8 @@ def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: Index
     truncated = 0
     for start in range(0, len(block), step):
         texts = block.texts[start : start + step]
-        if sparse_encoder is None:  # pre-encoded
-            sparse_parts.append(block.vectors[start : start + step])
+        if options.pre_encoded:  # the model names the terms and must agree on how many there are
+            sparse_parts.append(_named_terms(block.vectors[start : start + step], sparse_encoder))
         else:
             with stages.time("sparse"), quiet_logger("lsr.encode.splade"):  # truncation is counted for the summary
                 batch, info = sparse_encoder.encode_documents(texts, batch_size=options.batch_size, return_info=True)
@@ -341,6 +339,13 @@ def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: Index
         advance(len(texts))
     sparse = SparseBatch.concat(sparse_parts)
     return sparse, (np.concatenate(dense_parts) if dense_parts else None), truncated
+
+
+def _named_terms(vectors: SparseBatch, encoder) -> SparseBatch:
+    if vectors.vocab_size != encoder.vocab_size:
+        raise ValueError(f"the pre-encoded vectors have {vectors.vocab_size:,} terms but model {encoder.name!r} has "
+                         f"{encoder.vocab_size:,}; pass the --model that encoded them")
+    return SparseBatch(vectors.indptr, vectors.indices, vectors.values, vectors.vocab_size, encoder.vocab)
 
 
 def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, skipped: dict[str, int],

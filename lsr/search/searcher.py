@@ -185,6 +185,13 @@ class Searcher:
             **{f"build_seconds_{stage}": seconds for stage, seconds in self.collection.meta.get("stage_seconds", {}).items()},
         }
 
+    def doc(self, doc_id: str) -> str:
+        """The stored text of a document; KeyError for an unknown or deleted id."""
+        (text,) = self.collection.text([doc_id])
+        if text is None:
+            raise KeyError(f"no document {doc_id!r} in {self.collection.path}")
+        return text
+
     # ------------------------------------------------------------------ encoding
     def encode_queries(self, texts: Sequence[str]):
         """(SparseBatch, EncodeInfo) for many query texts at once; the service micro-batches through this."""

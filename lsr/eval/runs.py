@@ -1,0 +1,109 @@
+"""TREC run and qrels files: what ``lsr search --topics`` writes and ``lsr eval`` reads.
+
+A run line is ``qid Q0 docid rank score tag`` (whitespace separated, ranks from 1). Qrels are
+either TREC's ``qid 0 docid grade`` or BEIR's TSV ``query-id corpus-id score`` with a header.
+Topics are a TSV ``qid<TAB>text`` (an optional header is skipped) or JSONL with ``_id``/``id``/``qid``
+and ``text``/``query`` (BEIR's queries.jsonl as it is).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO, Iterable
+
+from lsr.eval.metrics import Run
+
+_ID_KEYS = ("_id", "id", "qid", "query_id")
+_TEXT_KEYS = ("text", "query", "title")
+
+
+def write_trec_run(fh: IO[str], qid: str, hits: Iterable[tuple[str, float]], tag: str) -> None:
+    """Append one query's ranked hits (best first) in TREC format."""
+    for rank, (doc_id, score) in enumerate(hits, start=1):
+        fh.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+
+
+def read_trec_run(path: str | Path) -> Run:
+    """qid → {docid: score}; a line that is not six fields names itself."""
+    run: Run = {}
+    for line_no, parts in _rows(path):
+        if len(parts) != 6:
+            raise ValueError(f"{path} line {line_no}: expected 'qid Q0 docid rank score tag', got {len(parts)} fields")
+        try:
+            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+        except ValueError:
+            raise ValueError(f"{path} line {line_no}: score {parts[4]!r} is not a number") from None
+    return run
+
+
+def read_qrels_file(path: str | Path) -> dict[str, dict[str, int]]:
+    """TREC (4 fields) or BEIR TSV (3 fields, header skipped) qrels: qid → {docid: grade}."""
+    qrels: dict[str, dict[str, int]] = {}
+    for line_no, parts in _rows(path):
+        if len(parts) == 3 and parts[0] == "query-id":
+            continue
+        if len(parts) not in (3, 4):
+            raise ValueError(f"{path} line {line_no}: expected 'qid 0 docid grade' or 'query-id corpus-id score'")
+        try:
+            qrels.setdefault(parts[0], {})[parts[-2]] = int(float(parts[-1]))
+        except ValueError:
+            raise ValueError(f"{path} line {line_no}: grade {parts[-1]!r} is not a number") from None
+    return qrels
+
+
+def read_topics(path: str | Path) -> list[tuple[str, str]]:
+    """(qid, text) pairs in file order from a TSV or JSONL topics file; duplicate or empty ones are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"topics file {path} does not exist")
+    jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+    topics: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        qid, text = _json_topic(path, line_no, line) if jsonl else _tsv_topic(path, line_no, line)
+        if qid is None:
+            continue  # the TSV header
+        if qid in seen:
+            raise ValueError(f"{path} line {line_no}: duplicate query id {qid!r}")
+        if not text.strip():
+            raise ValueError(f"{path} line {line_no}: query {qid!r} has no text")
+        seen.add(qid)
+        topics.append((qid, text))
+    if not topics:
+        raise ValueError(f"{path} holds no topics")
+    return topics
+
+
+def _tsv_topic(path: Path, line_no: int, line: str) -> tuple[str | None, str]:
+    parts = line.rstrip("\r\n").split("\t")
+    if len(parts) < 2:
+        raise ValueError(f"{path} line {line_no}: expected 'qid<TAB>text' (for JSON topics use a .jsonl file)")
+    if line_no == 1 and parts[0].lower() in ("qid", "query-id", "query_id", "id", "_id"):
+        return None, ""
+    return parts[0].strip(), "\t".join(parts[1:])
+
+
+def _json_topic(path: Path, line_no: int, line: str) -> tuple[str, str]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} line {line_no}: invalid JSON ({exc.msg})") from None
+    qid = next((row[k] for k in _ID_KEYS if isinstance(row, dict) and k in row), None)
+    text = next((row[k] for k in _TEXT_KEYS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
+    if qid is None or text is None:
+        raise ValueError(f"{path} line {line_no}: a topic needs an id ({'/'.join(_ID_KEYS)}) and a text ({'/'.join(_TEXT_KEYS)})")
+    return str(qid), text
+
+
+def _rows(path: str | Path) -> Iterable[tuple[int, list[str]]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            parts = line.split()
+            if parts:
+                yield line_no, parts

@@ -1,0 +1,45 @@
+"""Batch search: a list of topics through one Searcher into a TREC run file, with progress (pyserini's habit)."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+from lsr.eval.runs import write_trec_run
+from lsr.files import atomic_write
+from lsr.ingest.progress import progress_bar
+from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
+
+CHUNK = 64  # queries encoded together
+
+
+def search_topics(searcher: Searcher, topics: Sequence[tuple[str, str]], output: str | Path, *, k: int = 1000,
+                  mode: str = "sparse", hybrid: HybridOptions | None = None, prf: PrfOptions | None = None,
+                  tag: str = "lsr", threads: int = 1, progress: bool = True) -> int:
+    """Search every (qid, text) and write the run atomically (a stopped run leaves no half file); returns hits written."""
+    if any(c.isspace() for c in tag) or not tag:
+        raise ValueError(f"the run tag must be one word, got {tag!r}")
+    chunks = [topics[i : i + CHUNK] for i in range(0, len(topics), CHUNK)]
+
+    def search(chunk):
+        return searcher.search_batch([text for _, text in chunk], k=k, mode=mode, hybrid=hybrid, prf=prf)
+
+    written = 0
+
+    def write(fh) -> None:
+        nonlocal written
+        text = io.TextIOWrapper(fh, encoding="utf-8", newline="\n")
+        with progress_bar("search", len(topics), enabled=progress, unit="query") as bar, \
+                ThreadPoolExecutor(max(1, threads)) as pool:
+            for chunk, results in zip(chunks, pool.map(search, chunks)):
+                for (qid, _), result in zip(chunk, results):
+                    write_trec_run(text, qid, [(h.doc_id, h.score) for h in result.hits], tag)
+                    written += len(result.hits)
+                bar.update(len(chunk))
+        text.flush()
+        text.detach()
+
+    atomic_write(Path(output), write)
+    return written

@@ -1,0 +1,147 @@
+"""The pyserini-style verbs on a tiny real corpus: encode a file, index pre-encoded vectors, batch search
+into a TREC run, score it, fetch documents; and the model loader's offline behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lsr.cli import main as cli_main
+from lsr.encode.models import resolve_model
+from lsr.eval.runs import read_qrels_file, read_topics, read_trec_run
+
+DOCS = {
+    "aspirin": "Aspirin lowers the risk of heart attack and stroke in adults.",
+    "vitamin": "Vitamin D supplements improve bone density in older women.",
+    "coffee": "Coffee consumption is linked to lower risk of liver disease.",
+    "smoking": "Smoking cessation lowers lung cancer incidence over ten years.",
+    "statins": "Statins reduce cholesterol and cardiovascular events.",
+    "sleep": "Short naps improve memory consolidation after learning.",
+}
+QUERIES = {"q-aspirin": "does aspirin prevent heart attacks", "q-coffee": "coffee and the liver",
+           "q-statins": "statins cholesterol"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("verbs")
+    path = root / "docs.jsonl"
+    path.write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in DOCS.items()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def collections(corpus) -> dict[str, Path]:
+    """The same corpus indexed directly and from a vectors file made by `lsr encode --input`."""
+    root = corpus.parent
+    assert cli_main(["index", str(corpus), str(root / "direct"), "--dense", "none", "--quiet"]) == 0
+    assert cli_main(["encode", "--input", str(corpus), "--output", str(root / "vectors.parquet"), "--quiet"]) == 0
+    assert cli_main(["index", str(root / "vectors.parquet"), str(root / "pre"), "--pre-encoded", "--dense", "none",
+                     "--quiet"]) == 0
+    return {"direct": root / "direct", "pre": root / "pre"}
+
+
+def test_pre_encoded_vectors_index_to_the_same_collection(collections, capsys):
+    direct, pre = (json.loads((collections[k] / "lsr.json").read_text()) for k in ("direct", "pre"))
+    assert pre["model"] == "splade-tiny" and pre["n_docs"] == len(DOCS)
+    assert pre["checksums"]["sparse"] == direct["checksums"]["sparse"]
+    assert pre["checksums"]["docs"] == direct["checksums"]["docs"]  # the texts travel in the vectors file
+
+
+def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
+    topics = tmp_path / "queries.jsonl"
+    topics.write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()))
+    run_file = tmp_path / "run.trec"
+    assert cli_main(["search", str(collections["pre"]), "--topics", str(topics), "--output", str(run_file),
+                     "--k", "3", "--threads", "2"]) == 0
+    assert f"3 queries, 9 hits written to {run_file}" in capsys.readouterr().out
+    lines = run_file.read_text().splitlines()
+    assert len(lines) == 9 and lines[0].split()[:4] == ["q-aspirin", "Q0", "aspirin", "1"]
+    assert all(line.split()[5] == "lsr-sparse" for line in lines)
+    run = read_trec_run(run_file)
+    assert [max(docs, key=docs.get) for docs in run.values()] == ["aspirin", "coffee", "statins"]
+    assert cli_main(["search", str(collections["pre"]), QUERIES["q-coffee"], "--k", "3", "--json"]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert [h["doc_id"] for h in single["hits"]] == list(run["q-coffee"])  # batch encoding pads: scores to float noise
+    assert [h["score"] for h in single["hits"]] == pytest.approx(list(run["q-coffee"].values()), rel=1e-5)
+
+    qrels = tmp_path / "qrels.tsv"  # BEIR TSV; TREC's four-column form reads the same
+    qrels.write_text("query-id\tcorpus-id\tscore\nq-aspirin\taspirin\t1\nq-coffee\tcoffee\t1\nq-statins\tsleep\t1\n")
+    (tmp_path / "qrels.txt").write_text("q-aspirin 0 aspirin 1\nq-coffee 0 coffee 1\nq-statins 0 sleep 1\n")
+    assert read_qrels_file(qrels) == read_qrels_file(tmp_path / "qrels.txt")
+    assert cli_main(["eval", str(run_file), str(qrels), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["mrr@10"] == pytest.approx(2 / 3) and metrics["recall@100"] == pytest.approx(2 / 3)
+    assert metrics["queries"] == metrics["queries_in_run"] == 3
+
+
+@pytest.mark.parametrize("content, message", [
+    ("q1\tfine\nq1\tagain\n", "line 2: duplicate query id 'q1'"),
+    ("just one column\n", "line 1: expected 'qid<TAB>text'"),
+])
+def test_bad_topics_fail_in_one_line_before_any_model_loads(collections, tmp_path, capsys, content, message):
+    topics = tmp_path / "topics.tsv"
+    topics.write_text(content)
+    assert cli_main(["search", str(collections["pre"]), "--topics", str(topics), "--output", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert read_topics(_write(tmp_path / "ok.tsv", "qid\ttext\nq1\thello\tworld\n")) == [("q1", "hello\tworld")]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_eval_names_a_malformed_run_line(tmp_path, capsys):
+    run = _write(tmp_path / "run.trec", "q1 Q0 d1 1 2.5 tag\nq1 Q0 d2 2\n")
+    qrels = _write(tmp_path / "qrels.txt", "q1 0 d1 1\n")
+    assert cli_main(["eval", str(run), str(qrels)]) == 2
+    assert f"{run} line 2: expected 'qid Q0 docid rank score tag', got 4 fields" in capsys.readouterr().err
+
+
+def test_doc_verb_and_searcher_doc(collections, capsys):
+    from lsr.search.searcher import Searcher
+
+    assert cli_main(["doc", str(collections["pre"]), "coffee"]) == 0
+    assert capsys.readouterr().out == DOCS["coffee"] + "\n"
+    assert cli_main(["doc", str(collections["pre"]), "coffee", "ghost"]) == 2
+    assert "no document 'ghost' in" in capsys.readouterr().err
+    searcher = Searcher.open(collections["direct"])
+    assert searcher.doc("statins") == DOCS["statins"]
+    with pytest.raises(KeyError, match="ghost"):
+        searcher.doc("ghost")
+
+
+def test_encode_without_text_exits_2(capsys):
+    assert cli_main(["encode", ""]) == 2
+    assert capsys.readouterr().err == "lsr encode: error: give a text to encode (or --input FILE --output VECTORS.parquet)\n"
+
+
+def test_a_model_in_the_local_hf_cache_loads_offline_and_an_unknown_one_fails_at_once(tmp_path):
+    """A hub id cached in HF's layout (snapshots/<rev>, refs/main) loads with HF_HUB_OFFLINE=1, no network."""
+    snapshot = tmp_path / "hub" / "models--acme--splade-copy" / "snapshots" / "0123abcd"
+    shutil.copytree(resolve_model("splade-tiny"), snapshot)
+    (tmp_path / "hub" / "models--acme--splade-copy" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--splade-copy" / "refs" / "main").write_text("0123abcd")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+
+    def encode(model: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lsr", "encode", "aspirin and heart attacks", "--model", model,
+                               "--json", "--top", "5"], capture_output=True, text=True, timeout=120, env=env)
+
+    cached, bundled = encode("acme/splade-copy"), encode("splade-tiny")
+    assert cached.returncode == 0, cached.stderr
+    assert json.loads(cached.stdout) == json.loads(bundled.stdout)
+    started = time.monotonic()
+    missing = encode("acme/not-there")
+    assert time.monotonic() - started < 30 and missing.returncode == 2
+    assert missing.stderr.startswith("lsr encode: error: model 'acme/not-there' is not installed locally, "
+                                     "not in the Hugging Face cache, and the hub cannot be reached (offline)")
+    assert len(missing.stderr.splitlines()) == 1
