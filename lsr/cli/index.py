@@ -31,7 +31,7 @@ def _fields(value: str) -> tuple[str, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv or .txt")
-    p.add_argument("out", metavar="OUT", help="collection folder to create")
+    p.add_argument("out", metavar="COLLECTION", help="collection folder to create")
     p.add_argument("--model", default=None,
                    help="SPLADE model name, hub id or folder (default: splade-tiny, or what a --pre-encoded file names)")
     p.add_argument("--dense", default="minilm", help="dense model for hybrid search, or 'none' (default: minilm)")
@@ -49,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="bad rows (missing/duplicate id, non-string text, invalid JSON): stop, or skip and count")
     again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="continue an interrupted run into OUT")
-    again.add_argument("--overwrite", action="store_true", help="replace the collection already in OUT")
+    again.add_argument("--resume", action="store_true", help="continue an interrupted run into COLLECTION")
+    again.add_argument("--overwrite", action="store_true", help="replace the collection already in COLLECTION")
     p.add_argument("--pre-encoded", action="store_true",
                    help="SOURCE is a vectors .parquet from `lsr encode --input ... --output ...`: index its vectors as they are")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -4,9 +4,9 @@ Binds to loopback unless --host says otherwise. SIGTERM (or Ctrl-C) drains: heal
 NOT_SERVING, in-flight requests finish, the process exits 0.
 
 Examples:
-  lsr serve ./scifact-index
-  lsr serve ./scifact-index --port 0 --auth-token-file token.txt
-  lsr serve ./scifact-index --host 0.0.0.0 --tls-cert server.crt --tls-key server.key
+  lsr serve runs/scifact
+  lsr serve runs/scifact --port 0 --auth-token-file token.txt
+  lsr serve runs/scifact --host 0.0.0.0 --tls-cert server.crt --tls-key server.key
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ HELP = "serve a collection over gRPC"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("index_dir", type=Path, metavar="INDEX_DIR", help="a collection made by `lsr index`")
+    p.add_argument("collection", type=Path, metavar="COLLECTION", help="a collection made by `lsr index`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one and logs it)")
     p.add_argument("--workers", type=int, default=64, help="requests served concurrently (default 64)")
@@ -60,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
-    searcher = Searcher.open(args.index_dir, query_encoder=args.query_encoder, device="cpu", threads=args.threads)
+    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, device="cpu", threads=args.threads)
     return serve(searcher, config)

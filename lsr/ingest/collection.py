@@ -155,7 +155,7 @@ class Collection:
         if not meta_path.is_file():
             if (path / BUILD_STATE).is_file():
                 raise ValueError(f"{path} is an unfinished collection (indexing was interrupted); "
-                                 "finish it with `lsr index SOURCE OUT --resume`")
+                                 "finish it with `lsr index SOURCE COLLECTION --resume`")
             if not path.exists():
                 raise FileNotFoundError(f"collection {path} does not exist; create it with `lsr index SOURCE {path}`")
             raise FileNotFoundError(f"{path} is not an lsr collection (no {META_FILE}); create one with `lsr index`")

@@ -144,7 +144,7 @@ def prepare_output(out: Path, settings: dict, *, resume: bool, overwrite: bool) 
     if resume and overwrite:
         raise ValueError("pass either --resume or --overwrite, not both")
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder; choose another OUT")
+        raise FileExistsError(f"{out} exists and is not a folder; choose another COLLECTION folder")
     if out.is_dir() and any(out.iterdir()):
         if not is_collection_dir(out):
             raise FileExistsError(f"{out} is not empty and is not an lsr collection; choose a new or empty folder")
