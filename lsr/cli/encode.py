@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from lsr.cli.device import add_device_arguments, device_options
+
 HELP = "show the weighted terms SPLADE gives a text"
 
 
@@ -23,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=20, help="how many terms to print (default 20; 0 = all)")
     p.add_argument("--no-expansion", action="store_true", help="keep only the text's own tokens")
     p.add_argument("--json", action="store_true", help="print {token: weight} as JSON")
+    add_device_arguments(p)
     p.set_defaults(side="document")
 
 
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top must be ≥ 0, got {args.top}")
     text = " ".join(args.text)
     options = {"query_expansion": not args.no_expansion, "doc_expansion": not args.no_expansion}
-    encoder = SpladeEncoder.from_pretrained(args.model, **options)
+    encoder = SpladeEncoder.from_pretrained(args.model, **device_options(args), **options)
     encode = encoder.encode_queries if args.side == "query" else encoder.encode_documents
     vector = encode([text])
     terms = vector.to_dicts(top=args.top or None)[0]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lsr.cli.device import add_device_arguments, device_options
+
 HELP = "index a corpus (BEIR folder/archive, JSONL, Parquet, CSV) into a searchable collection"
 
 
@@ -46,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue an interrupted run into OUT")
     again.add_argument("--overwrite", action="store_true", help="replace the collection already in OUT")
+    add_device_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -66,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         hnsw_m=args.hnsw,
         threads=args.threads,
+        **device_options(args),
     )
     try:
         summary = build_collection(args.source, args.out, options, resume=args.resume, overwrite=args.overwrite,

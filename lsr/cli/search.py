@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from lsr.cli.device import add_device_arguments, device_options
+
 HELP = "search a collection in-process and print the hits"
 
 
@@ -34,12 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", action="store_true", help="print each hit's text")
     p.add_argument("--explain", action="store_true", help="print each hit's top contributing terms")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_device_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
 
-    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder)
+    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, **device_options(args))
     hybrid = HybridOptions(args.normalization, args.sparse_weight, args.candidates)
     prf = PrfOptions(args.prf_docs, args.prf_weight, args.prf_terms, args.prf_interpolate) if args.prf else None
     result = searcher.search(

@@ -33,7 +33,10 @@ from lsr.sparse import SparseBatch
 
 @dataclass
 class IndexOptions:
-    """Everything that decides the collection's content (``threads`` only decides speed)."""
+    """Everything that decides the collection's content (``threads`` and ``device`` only decide speed).
+
+    ``dtype`` changes vectors slightly (bf16 keeps 8 bits); the collection's metadata records it.
+    """
 
     model: str = "splade-tiny"
     dense_model: str | None = "minilm"
@@ -47,6 +50,8 @@ class IndexOptions:
     hnsw_m: int | None = None
     quantization: str = "uint8"
     threads: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
 
     def check(self) -> None:
         if self.batch_size <= 0:
@@ -60,10 +65,18 @@ class IndexOptions:
         if self.hnsw_m is not None and not 4 <= self.hnsw_m <= 256:
             raise ValueError(f"--hnsw M must be in 4..256, got {self.hnsw_m}")
 
+    def encoding(self) -> dict[str, str]:
+        """The concrete device and dtype names ("auto" resolved on this machine)."""
+        from lsr.encode.inputs import dtype_name, resolve_device, resolve_dtype
+
+        device = resolve_device(self.device)
+        return {"device": str(device), "dtype": dtype_name(resolve_dtype(self.dtype, device))}
+
     def settings(self, source: Path) -> dict:
         """What a resumed run must agree on with the interrupted one."""
         out = asdict(self)
-        out.pop("threads")
+        for how in ("threads", "device", "dtype"):
+            out.pop(how)
         out["fields"] = list(self.fields)
         out["source"] = str(source.resolve())
         return out
@@ -204,7 +217,7 @@ def build_collection(
     on_shard: Callable[[int], None] | None = None,
 ) -> Summary:
     """Index ``source`` into the collection folder ``out``; see the module docstring."""
-    import torch
+    from lsr.encode.cpu_threads import set_threads
 
     options.check()
     source, out = Path(source).expanduser(), Path(out).expanduser()
@@ -217,8 +230,7 @@ def build_collection(
     resumed_from = state.docs if state is not None else 0
     state = state or _State(settings)
     state.save(out)
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    set_threads(options.threads)
     stages = _Stages(state.stage_seconds)
 
     bar = _progress("encode", options.limit, resumed_from, progress)
@@ -267,12 +279,13 @@ def load_encoders(options: IndexOptions) -> tuple:
     """(SpladeEncoder, DenseEncoder or None) for documents of ``options.max_length`` tokens."""
     from lsr.encode.splade import SpladeEncoder
 
-    sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length, device="cpu")
+    how = options.encoding()
+    sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length, **how)
     dense = None
     if options.dense_model:
         from lsr.encode.dense import DenseEncoder
 
-        dense = DenseEncoder.from_pretrained(options.dense_model, max_length=options.max_length, device="cpu")
+        dense = DenseEncoder.from_pretrained(options.dense_model, max_length=options.max_length, **how)
     return sparse, dense
 
 
@@ -368,6 +381,7 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
         "settings": state.settings,
         "skipped": skipped,
         "stage_seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
+        "encoded_with": options.encoding(),
         "created_with": f"lsr {_version()}",
     }
     write_json_atomic(out / META_FILE, meta)  # last: its presence means "complete"
