@@ -136,6 +136,8 @@ class SpladeEncoder:
         self._special_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
         self._special_mask[[i for i in special if 0 <= i < self.vocab_size]] = True
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if self.device.type == "cuda":
+            self.warm_up()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -160,6 +162,20 @@ class SpladeEncoder:
         )
 
     # ------------------------------------------------------------------ public API
+    def warm_up(self) -> None:
+        """Run one batch of every shape the pooling kernel compiles for (``warm_up_shapes``) now.
+
+        Done at load on CUDA, so a fresh process encodes at warm speed and a server compiles before
+        it reports SERVING; Triton's on-disk cache makes later processes' compiles cheap.
+        """
+        from lsr.kernels.pool_triton import warm_up_shapes
+
+        token = next(i for i in range(self.vocab_size) if i not in self._special_ids)
+        for batch, length in warm_up_shapes(max(self.max_length, self.query_max_length)):
+            ids = torch.full((batch, length), token, device=self.device)
+            mask = torch.ones_like(ids)
+            self._encode_batch(ids, mask, mask, True)
+
     def encode_documents(
         self, texts: Sequence[str] | str, batch_size: int = 32, *, show_progress: bool = False, return_info: bool = False
     ):
