@@ -101,14 +101,15 @@ class Pipeline:
         background thread); ``prepare(rows)`` pads rows into host tensors.
         """
         windows = self.windows(count)
-        if len(windows) <= 1 and count <= self.batch_size:  # one small batch: no thread is worth starting
-            yield from self._run_inline(windows, tokenize, prepare, compute)
-            return
         workers = 1 if self.device.type == "cuda" else encode_workers()
+        if count <= 1 or (workers == 1 and len(windows) == 1 and count <= self.batch_size):
+            yield from self._run_inline(windows, tokenize, prepare, compute)  # one batch: no thread is worth starting
+            return
         todo: queue.Queue = queue.Queue(maxsize=2 * workers + 2)
         stop = threading.Event()
         producer = threading.Thread(
-            target=self._produce, args=(windows, tokenize, prepare, todo, stop, workers), name="lsr-tokenize", daemon=True
+            target=self._produce, args=(windows, tokenize, prepare, todo, stop, workers), name="lsr-tokenize",
+            daemon=True,
         )
         producer.start()
         try:
@@ -121,11 +122,14 @@ class Pipeline:
             producer.join()
 
     # ------------------------------------------------------------------ internals
-    def _batches(self, windows, tokenize, prepare) -> Iterator[tuple[np.ndarray, tuple[torch.Tensor, ...]]]:
+    def _batches(self, windows, tokenize, prepare, workers: int = 1
+                 ) -> Iterator[tuple[np.ndarray, tuple[torch.Tensor, ...]]]:
+        """Each window's batches; on CPU the budget shrinks until every worker has a batch of the window."""
         for start, stop in windows:
             rows = tokenize(start, stop)
             lengths = np.fromiter(map(len, rows), np.int64, len(rows))
-            for part in budget_batches(lengths, self.max_tokens, pad_multiple(self.device)):
+            budget = min(self.max_tokens, -(-int(lengths.sum()) // workers))
+            for part in budget_batches(lengths, budget, pad_multiple(self.device)):
                 tensors = prepare([rows[i] for i in part])
                 if self.device.type == "cuda":
                     tensors = tuple(t.pin_memory() for t in tensors)
@@ -140,7 +144,7 @@ class Pipeline:
 
     def _produce(self, windows, tokenize, prepare, todo: queue.Queue, stop: threading.Event, consumers: int) -> None:
         try:
-            for item in self._batches(windows, tokenize, prepare):
+            for item in self._batches(windows, tokenize, prepare, consumers):
                 if not _put(todo, item, stop):
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it in the caller's thread
