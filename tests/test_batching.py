@@ -83,3 +83,16 @@ def test_a_failing_batch_raises_in_the_caller_and_stops_the_threads():
         for _ in pipeline.run(40, tokenize, lambda rows: right_pad(rows, 0), lambda ids, mask: ids.sum()):
             pass
     assert threading.active_count() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_pipeline_fp32_matches_the_cpu_encoder(splade, scifact):
+    """Pinned non-blocking copies, the fused kernel and the on-device CSR give the CPU vectors (fp32, TF32 off)."""
+    from lsr.encode.splade import SpladeEncoder
+
+    texts = scifact.doc_texts(list(scifact.corpus)[:300])
+    gpu = SpladeEncoder.from_pretrained("splade-tiny", device="cuda", dtype="fp32")
+    got = gpu.encode_documents(texts, batch_size=32).to_dense()
+    want = splade.encode_documents(texts, batch_size=32).to_dense()
+    assert np.abs(got - want).max() <= 1e-3
+    assert ((got > 0) != (want > 0)).sum() <= 1e-4 * (want > 0).sum()

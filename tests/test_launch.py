@@ -92,8 +92,10 @@ def test_autotune_results_persist_are_reused_and_ignored_when_stale(monkeypatch,
         assert len(run_fresh()) == 1  # tuned once, then written
         saved = json.loads(path.read_text())
         (stamp, entries), = saved.items()
-        assert stamp.startswith("triton ") and "interpreter" in stamp
-        assert list(entries) == ["interpreter/packed/fp32/H24/L32/infer"]
+        gpu = "interpreter" if pool_triton.INTERPRET else torch.cuda.get_device_name(hidden.device)
+        assert stamp.startswith("triton ") and f"|{gpu}|" in stamp
+        key = launch.launch_key(hidden.device, pool_triton.INTERPRET, "packed", torch.float32, 24, 20, False)
+        assert list(entries) == [key.text()] and key.text().endswith("/packed/fp32/H24/L32/infer")
 
         assert run_fresh() == []  # reused from disk
 
