@@ -40,11 +40,11 @@ def test_bias_shift_centres_the_number_of_kept_terms(bench):
 
 def test_agreement_counts_nonzero_sets_and_relative_error(bench):
     reference = np.array([[0.0, 1.0, 2.0, 0.0], [3.0, 0.0, 0.0, 4.0]])
-    assert bench.agreement(reference, reference) == {"nonzero_agreement": 1.0, "relative_error": 0.0}
+    assert bench.agreement(reference, reference) == {"entry_agreement": 1.0, "nonzero_agreement": 1.0, "relative_error": 0.0}
     ours = reference.copy()
     ours[0, 0] = 0.5  # one entry only ours has: 4 shared of 5 non-zero
     got = bench.agreement(ours, reference)
-    assert got["nonzero_agreement"] == pytest.approx(0.8)
+    assert got["nonzero_agreement"] == pytest.approx(0.8) and got["entry_agreement"] == pytest.approx(7 / 8)
     assert got["relative_error"] == pytest.approx(0.5 / np.sqrt(30))
 
 

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
             source = locate_dataset(args.dataset, args.data_dir)
             collection, _ = cached_collection(source, load_beir(source), options, progress=not args.quiet)
-            endpoint = stack.enter_context(_served(collection, args.threads, options))
+            endpoint = stack.enter_context(_served(collection, args.threads, options.encoding()))
         report = run_beir(args.dataset, data_dir=args.data_dir, split=args.split, methods=methods, k=args.k,
                           endpoint=endpoint, tune_locally=collection, out=args.out, options=options,
                           progress=not args.quiet)
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _served(collection: Path, threads: int | None, options):
+def _served(collection: Path, threads: int | None, encoding: dict[str, str]):
     """Run `lsr serve` on a free loopback port until the block ends; SIGTERM must drain it to exit 0."""
     from lsr.service import Client
 
@@ -91,7 +91,7 @@ def _served(collection: Path, threads: int | None, options):
     command = [sys.executable, "-m", "lsr", "serve", str(collection), "--host", "127.0.0.1", "--port", str(port)]
     if threads:
         command += ["--threads", str(threads)]
-    command += ["--device", options.device, "--dtype", options.dtype]
+    command += ["--device", encoding["device"], "--dtype", encoding["dtype"]]
     server = subprocess.Popen(command)
     endpoint = f"127.0.0.1:{port}"
     previous = signal.signal(signal.SIGTERM, _interrupt)  # so a SIGTERM to us also stops the server
