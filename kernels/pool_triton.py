@@ -9,7 +9,9 @@ one position, so it needs neither the logits nor a second GEMM.
 Layout follows Liger-Kernel: Triton kernels, a functional wrapper, and ``torch.library.custom_op``
 registrations (``lsr::splade_max_pool`` and its backward) with fake impls and autograd, so the op
 composes with ``torch.compile``. Set ``TRITON_INTERPRET=1`` before importing this module to run the
-kernels on CPU tensors (tests do).
+kernels on CPU tensors (tests do). Forward tile sizes come from ``launch.py`` (a committed table, a
+heuristic, or ``LSR_AUTOTUNE=1``), keyed on power-of-two length buckets, so no new length stalls a
+process with tuning.
 """
 
 import os
