@@ -27,7 +27,7 @@ import torch
 
 from lsr.kernels.pool_torch import DEFAULT_VOCAB_CHUNK, splade_max_pool_chunked, splade_max_pool_reference
 
-GPU_SHAPES = [  # (B, L, H, V); V=30522 first so the autotuner's per-(H, L) choice is made at the target size
+GPU_SHAPES = [  # (B, L, H, V); V=30522 first, so LSR_AUTOTUNE=1 tunes each launch key at the target size
     (32, 128, 768, 30522), (32, 256, 768, 30522), (32, 512, 768, 30522),
     (32, 128, 768, 250002), (32, 256, 768, 250002), (32, 512, 768, 250002),
     (32, 128, 128, 30522), (32, 256, 128, 30522), (32, 512, 128, 30522),
@@ -101,7 +101,7 @@ def measure(fn: Callable, inputs: tuple, grad_out: Optional[torch.Tensor]) -> di
             out.backward(grad_out)
 
     try:
-        step()  # compile / autotune outside the timed region
+        step()  # compile (and tune, with LSR_AUTOTUNE=1) outside the timed region
         for t in leaves:
             t.grad = None
         torch.cuda.synchronize()

@@ -9,15 +9,20 @@ one position, so it needs neither the logits nor a second GEMM.
 Layout follows Liger-Kernel: Triton kernels, a functional wrapper, and ``torch.library.custom_op``
 registrations (``lsr::splade_max_pool`` and its backward) with fake impls and autograd, so the op
 composes with ``torch.compile``. Set ``TRITON_INTERPRET=1`` before importing this module to run the
-kernels on CPU tensors (tests do).
+kernels on CPU tensors (tests do). Forward tile sizes come from ``launch.py`` (a committed table, a
+heuristic, or ``LSR_AUTOTUNE=1``), keyed on power-of-two length buckets, so no new length stalls a
+process with tuning.
 """
 
 import os
+from pathlib import Path
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from .launch import MIN_BUCKET, LaunchChooser, LaunchConfig, launch_key, length_bucket
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -37,54 +42,6 @@ ATOMIC_MAX_HIDDEN = 256
 # (packed: 1.28x; at H = 128 1.03x instead of 1.74x, at L = 32 2.2x instead of 5.6x). Longer
 # sequences loop over sequence tiles in the tiled kernel, which also skips all-padding tiles.
 PACK_MAX_LEN = 128
-MAX_PACKED_SEQS = 8
-
-
-def _forward_configs() -> list:
-    if INTERPRET:
-        return [triton.Config({"BLOCK_V": 64, "BLOCK_L": 16, "BLOCK_H": 32}, num_warps=4, num_stages=1)]
-    shapes = [  # (BLOCK_V, BLOCK_L, BLOCK_H, warps, stages); V is the wgmma M side, L the N side
-        (128, 128, 64, 8, 3),
-        (128, 128, 64, 4, 4),
-        (128, 256, 64, 8, 3),
-        (256, 128, 64, 8, 3),
-        (128, 64, 64, 4, 4),
-        (64, 128, 64, 4, 4),
-        (256, 128, 64, 8, 4),
-        (128, 256, 64, 8, 4),
-        (128, 128, 128, 8, 3),
-        (256, 128, 128, 8, 2),
-    ]
-    return [
-        triton.Config({"BLOCK_V": bv, "BLOCK_L": bl, "BLOCK_H": bh}, num_warps=w, num_stages=s)
-        for bv, bl, bh, w, s in shapes
-    ]
-
-
-def _prune_forward_configs(configs: list, named_args: dict, **kwargs) -> list:
-    """Drop sequence tiles far longer than the sequence (all-padding work) unless nothing else is left."""
-    limit = max(16, triton.next_power_of_2(named_args["L"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_L"] <= limit]
-    return kept or configs[:1]
-
-
-def _packed_configs() -> list:
-    if INTERPRET:
-        return [triton.Config({"BLOCK_V": 32, "BLOCK_N": 128, "BLOCK_H": 32}, num_warps=4, num_stages=1)]
-    # (BLOCK_V, BLOCK_N, BLOCK_H, warps, stages); N holds BLOCK_N // LP whole sequences. On an H100 at
-    # B=32, L=128 the persistent grid took 5-22% less time than one program per tile for every shape tried.
-    shapes = [(128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 128, 8, 2)]
-    return [
-        triton.Config({"BLOCK_V": bv, "BLOCK_N": bn, "BLOCK_H": bh}, num_warps=w, num_stages=s)
-        for bv, bn, bh, w, s in shapes
-    ]
-
-
-def _prune_packed_configs(configs: list, named_args: dict, **kwargs) -> list:
-    """Keep tiles that hold 1 to MAX_PACKED_SEQS whole (padded) sequences; the per-sequence max costs a pass each."""
-    lp = {**named_args, **kwargs}["LP"]  # constexprs arrive in kwargs on some Triton versions
-    kept = [c for c in configs if lp <= c.kwargs["BLOCK_N"] <= lp * MAX_PACKED_SEQS]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_N"])]
 
 
 @triton.jit
@@ -105,13 +62,8 @@ def _store_pooled(out_ptr, pooled_ptr, arg_ptr, offs, ok, pooled, arg, STORE_ARG
         tl.store(arg_ptr + offs, arg, mask=ok)
 
 
-@triton.autotune(
-    configs=_forward_configs(),
-    key=["H", "L", "STORE_ARG"],
-    prune_configs_by={"early_config_prune": _prune_forward_configs},
-)
 @triton.heuristics({"EVEN_H": lambda args: args["H"] % args["BLOCK_H"] == 0})
-@triton.jit
+@triton.jit(do_not_specialize=["B"])  # the last batch of a run is smaller: no extra compile for it
 def _splade_pool_fwd_kernel(
     hidden_ptr, weight_ptr, bias_ptr, mask_ptr, out_ptr, pooled_ptr, arg_ptr,
     B, L, H, V,
@@ -162,18 +114,13 @@ def _splade_pool_fwd_kernel(
     _store_pooled(out_ptr, pooled_ptr, arg_ptr, b * V + offs_v, v_ok, run_max, run_arg, STORE_ARG)
 
 
-@triton.autotune(
-    configs=_packed_configs(),
-    key=["H", "L", "STORE_ARG"],
-    prune_configs_by={"early_config_prune": _prune_packed_configs},
-)
 @triton.heuristics(
     {
         "EVEN_H": lambda args: args["H"] % args["BLOCK_H"] == 0,
         "EVEN_COLS": lambda args: args["L"] == args["LP"] and args["B"] % (args["BLOCK_N"] // args["LP"]) == 0,
     }
 )
-@triton.jit
+@triton.jit(do_not_specialize=["B"])
 def _splade_pool_packed_kernel(
     hidden_ptr, weight_ptr, bias_ptr, mask_ptr, out_ptr, pooled_ptr, arg_ptr,
     B, L, H, V,
@@ -314,6 +261,10 @@ def _grad_hidden_atomic_kernel(
     tl.atomic_add(dest, g[:, None] * w.to(tl.float32), mask=live, sem="relaxed")
 
 
+# Launch configurations come from kernels/launch.py; a tuning persisted for another version of this file is stale.
+_CHOOSER = LaunchChooser(Path(__file__).read_text(encoding="utf-8"))
+
+
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], mask: torch.Tensor) -> None:
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
@@ -375,18 +326,31 @@ def _forward(
         # Triton's interpreter multiplies bf16 operands as their raw uint16 bits; fp32 is exact there.
         UPCAST_DOT=INTERPRET and hidden.dtype == torch.bfloat16,
     )
-    padded_len = max(16, triton.next_power_of_2(L))  # tl.dot needs at least 16 columns
-    if padded_len <= PACK_MAX_LEN:
-        programs = _program_slots(hidden.device)
+    bucket = length_bucket(L)
+    kind = "packed" if bucket <= PACK_MAX_LEN else "tiled"
+    key = launch_key(hidden.device, INTERPRET, kind, hidden.dtype, H, L, store_arg)
 
-        def grid(meta):
-            tiles = triton.cdiv(B, meta["BLOCK_N"] // padded_len) * triton.cdiv(V, meta["BLOCK_V"])
-            return (min(tiles, programs),)
+    def launch(config: LaunchConfig) -> None:
+        if kind == "packed":  # each sequence padded to the bucket inside its tile
+            tiles = triton.cdiv(B, config.block_n // bucket) * triton.cdiv(V, config.block_v)
+            grid = (min(tiles, _program_slots(hidden.device)),)
+            _splade_pool_packed_kernel[grid](*args, LP=bucket, **flags, **config.meta(kind))
+        else:
+            _splade_pool_fwd_kernel[(triton.cdiv(V, config.block_v) * B,)](*args, **flags, **config.meta(kind))
 
-        _splade_pool_packed_kernel[grid](*args, LP=padded_len, **flags)
-    else:
-        _splade_pool_fwd_kernel[lambda meta: (triton.cdiv(V, meta["BLOCK_V"]) * B,)](*args, **flags)
+    launch(_CHOOSER.choose(key, hidden.device, INTERPRET, launch))
     return out, pooled, arg
+
+
+def warm_up_shapes(max_length: int) -> list[tuple[int, int]]:
+    """(batch, length) pairs that compile every forward variant an encoder of up to ``max_length`` tokens
+    launches, its lengths padded to multiples of 16 (``lsr.encode.batching``): per length bucket, one
+    batch that fills whole packed tiles at the bucket length and one that leaves a ragged tail."""
+    shapes, bucket = [], MIN_BUCKET
+    while bucket <= length_bucket(max_length):
+        shapes += [(8, bucket), (3, max(MIN_BUCKET, bucket - MIN_BUCKET))]
+        bucket *= 2
+    return shapes
 
 
 def _program_slots(device: torch.device) -> int:

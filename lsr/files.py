@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 
+def cache_dir() -> Path:
+    """``$LSR_CACHE_DIR`` or ``~/.cache/lsr``: downloaded datasets, cached indexes and kernel tunings live here."""
+    return Path(os.environ.get("LSR_CACHE_DIR") or Path.home() / ".cache" / "lsr").expanduser()
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

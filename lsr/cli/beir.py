@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lsr.cli.device import add_device_arguments, device_options
+
 HELP = "evaluate BM25 / sparse / dense / hybrid / hybrid-prf on a BEIR dataset"
 
 
@@ -43,10 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="splade-tiny", help="SPLADE model (default: splade-tiny)")
     p.add_argument("--dense", default="minilm", help="dense model, or 'none' (default: minilm)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
+    from lsr.encode.cpu_threads import set_threads
     from lsr.eval.beir import run_beir
     from lsr.eval.report import markdown
     from lsr.ingest.indexing import IndexOptions
@@ -55,11 +59,8 @@ def run(args: argparse.Namespace) -> int:
     dense = None if args.dense.lower() == "none" else args.dense
     if dense is None and {"dense", "hybrid", "hybrid-prf"} & set(methods):
         raise ValueError("--dense none leaves no dense model; drop dense/hybrid/hybrid-prf from --methods")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    options = IndexOptions(model=args.model, dense_model=dense, threads=args.threads)
+    options = IndexOptions(model=args.model, dense_model=dense, threads=args.threads, **device_options(args))
+    set_threads(args.threads)
     if args.serve and args.endpoint:
         raise ValueError("--serve starts its own server; drop --endpoint (or drop --serve to use yours)")
     with contextlib.ExitStack() as stack:
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
             source = locate_dataset(args.dataset, args.data_dir)
             collection, _ = cached_collection(source, load_beir(source), options, progress=not args.quiet)
-            endpoint = stack.enter_context(_served(collection, args.threads, _serve_log(args.out)))
+            endpoint = stack.enter_context(_served(collection, args.threads, options.encoding(), _serve_log(args.out)))
         report = run_beir(args.dataset, data_dir=args.data_dir, split=args.split, methods=methods, k=args.k,
                           endpoint=endpoint, tune_locally=collection, out=args.out, options=options,
                           progress=not args.quiet)
@@ -90,7 +91,7 @@ def _serve_log(out: str | None) -> Path:
 
 
 @contextlib.contextmanager
-def _served(collection: Path, threads: int | None, log_path: Path):
+def _served(collection: Path, threads: int | None, encoding: dict[str, str], log_path: Path):
     """Run `lsr serve` on a free loopback port until the block ends; SIGTERM must drain it to exit 0."""
     from lsr.service import Client
 
@@ -100,6 +101,7 @@ def _served(collection: Path, threads: int | None, log_path: Path):
     command = [sys.executable, "-m", "lsr", "serve", str(collection), "--host", "127.0.0.1", "--port", str(port)]
     if threads:
         command += ["--threads", str(threads)]
+    command += ["--device", encoding["device"], "--dtype", encoding["dtype"]]
     endpoint = f"127.0.0.1:{port}"
     with open(log_path, "ab") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -17,6 +17,8 @@ import argparse
 import json
 import sys
 
+from lsr.cli.device import add_device_arguments, device_options
+
 HELP = "show the weighted terms SPLADE gives a text, or encode a file of texts into a vectors file"
 
 
@@ -40,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     files.add_argument("--max-length", type=int, default=256, help="document tokens kept (default: 256)")
     files.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad rows: stop, or skip and count")
     files.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_arguments(p)
     p.set_defaults(side="document")
 
 
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if not text.strip():
         raise ValueError("give a text to encode (or --input FILE --output VECTORS.parquet)")
     options = {"query_expansion": not args.no_expansion, "doc_expansion": not args.no_expansion}
-    encoder = SpladeEncoder.from_pretrained(args.model, **options)
+    encoder = SpladeEncoder.from_pretrained(args.model, **device_options(args), **options)
     encode = encoder.encode_queries if args.side == "query" else encoder.encode_documents
     vector = encode([text])
     terms = vector.to_dicts(top=args.top or None)[0]

@@ -19,6 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from lsr.cli.device import add_device_arguments, device_options
+
 HELP = "index a corpus (BEIR folder/archive, JSONL, Parquet, CSV, text) into a searchable collection"
 
 
@@ -53,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     again.add_argument("--overwrite", action="store_true", help="replace the collection already in COLLECTION")
     p.add_argument("--pre-encoded", action="store_true",
                    help="SOURCE is a vectors .parquet from `lsr encode --input ... --output ...`: index its vectors as they are")
+    add_device_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         hnsw_m=args.hnsw,
         threads=args.threads,
         pre_encoded=args.pre_encoded,
+        **device_options(args),
     )
     if not args.quiet:
         print(f"indexing {args.source} into {args.out} (vectors/, docs/, sparse/"

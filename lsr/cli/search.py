@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 
+from lsr.cli.device import add_device_arguments, device_options
+
 HELP = "search a collection in-process and print the hits"
 
 
@@ -44,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", action="store_true", help="print each hit's text")
     p.add_argument("--explain", action="store_true", help="print each hit's top contributing terms")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_device_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,13 +66,13 @@ def run(args: argparse.Namespace) -> int:
 
         topics = read_topics(args.topics)  # before the slow model load: a bad file fails at once
         searcher = Searcher.open(args.collection, query_encoder=args.query_encoder,
-                                 threads=1 if (args.threads or 1) > 1 else None)
+                                 threads=1 if (args.threads or 1) > 1 else None, **device_options(args))
         written = search_topics(searcher, topics, args.output, k=args.k or 1000, mode=args.mode, hybrid=hybrid, prf=prf,
                                 tag=args.tag or f"lsr-{args.mode}", threads=args.threads or 1, progress=True)
         print(f"{len(topics):,} queries, {written:,} hits written to {args.output}; score it with: "
               f"lsr eval {args.output} QRELS")
         return 0
-    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder)
+    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, **device_options(args))
     result = searcher.search(
         " ".join(args.query), k=args.k or 10, mode=args.mode, hybrid=hybrid, prf=prf,
         include_text=args.text, explain=args.explain,

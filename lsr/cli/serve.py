@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lsr.cli.device import add_device_arguments, device_options
+
 HELP = "serve a collection over gRPC"
 
 
@@ -35,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long concurrent query encodings are collected into one batch (default 2)")
     p.add_argument("--max-batch", type=int, default=64, help="most queries encoded together (default 64; 1 = no batching)")
     p.add_argument("--max-message-mb", type=float, default=4.0, help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default 4)")
+    add_device_arguments(p)
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM (default 30)")
 
 
@@ -60,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
-    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, device="cpu", threads=args.threads)
+    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, threads=args.threads,
+                             **device_options(args))
     return serve(searcher, config)

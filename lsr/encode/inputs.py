@@ -1,4 +1,4 @@
-"""What every encoder does before its forward pass: check the texts, tokenise thread-safely, pick the device."""
+"""What every encoder does before its forward pass: check the texts, tokenise thread-safely, pick the device and dtype."""
 
 from __future__ import annotations
 
@@ -33,7 +33,51 @@ def token_ids(tokenizer: Any, texts: list[str], **options: Any) -> list[list[int
         return tokenizer(texts, verbose=False, **options)["input_ids"]
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Asking for a GPU that is not there raises ValueError with one line saying what torch sees,
+    so the CLI can print it and exit 2 instead of failing later inside a forward pass.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if chosen.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ValueError(f"device {device!r} asked for, but torch {torch.__version__} ({build}) sees no CUDA GPU; "
+                             "use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if chosen.index is not None and chosen.index >= count:
+            raise ValueError(f"device {device!r} asked for, but this machine has {count} CUDA GPU(s): cuda:0..cuda:{count - 1}")
+    return chosen
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on a GPU that supports it (fp16 on older ones), fp32 on CPU; None keeps the model's own dtype.
+
+    CPU forward passes stay fp32: this project's CPUs lack bf16 hardware (bf16 GEMMs ran ~3x slower
+    than fp32) and the exact int8-screened pooling needs fp32 hidden states.
+    """
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name (fp32, bf16, fp16) of a torch dtype, for metadata and benchmark tables."""
+    return next((name for name, value in DTYPES.items() if value == dtype), str(dtype).replace("torch.", ""))

@@ -28,13 +28,14 @@ def supports(model: torch.nn.Module) -> bool:
 
 
 def mean_pooled(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the last hidden states over each text's real tokens: [B, H]. Every row needs ≥ 1 real token."""
+    """Mean of the last hidden states over each text's real tokens: [B, H] float32 (a bf16 sum of 256 tokens
+    would keep 8 bits). Every row needs ≥ 1 real token."""
     keep = mask.bool()
-    tokens = last_hidden_packed(model, input_ids, keep)
+    tokens = last_hidden_packed(model, input_ids, keep).float()
     owner = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep]
-    sums = torch.zeros(keep.shape[0], tokens.shape[1], dtype=tokens.dtype, device=tokens.device)
+    sums = torch.zeros(keep.shape[0], tokens.shape[1], dtype=torch.float32, device=tokens.device)
     sums.index_add_(0, owner, tokens)
-    return sums / keep.sum(dim=1, keepdim=True).to(tokens.dtype)
+    return sums / keep.sum(dim=1, keepdim=True).float()
 
 
 def last_hidden_packed(model: torch.nn.Module, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lsr.encode.inputs import check_texts, resolve_device, token_ids
+from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
+from lsr.encode.inputs import check_texts, resolve_device, resolve_dtype, token_ids
 from lsr.encode.models import load_with_hint, quiet_loader
 from lsr.kernels import splade_max_pool
 from lsr.kernels.pool_torch import splade_sum_pool_chunked
@@ -64,40 +65,22 @@ def vocabulary_of(tokenizer: Any, vocab_size: int) -> list[str]:
     return [token or f"[unused:{i}]" for i, token in enumerate(vocab)]
 
 
-def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
+def sparse_rows(pooled: torch.Tensor, top_k: int | None, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[B, V] scores → (non-zeros per row, columns, values) on the host: weights > threshold, at most top_k per row.
 
-
-def _to_sparse(pooled: torch.Tensor, top_k: int | None, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[B, V] dense scores → CSR parts, keeping weights > threshold and at most top_k per row."""
+    Runs on the scores' device with no per-row Python; top_k keeps the largest weights, ties going
+    to the lower term id. On CUDA the three parts come back in one copy.
+    """
     pooled = pooled.float()
     if top_k is not None and top_k < pooled.shape[1]:
-        kth = torch.topk(pooled, top_k, dim=1).values[:, -1:]
-        pooled = torch.where(pooled >= kth, pooled, torch.zeros_like(pooled))
-    rows, cols = torch.nonzero(pooled > threshold, as_tuple=True)
-    values = pooled[rows, cols]
-    counts = torch.bincount(rows, minlength=pooled.shape[0])
-    if top_k is not None:
-        # Ties at the k-th weight may let a row keep more than top_k; trim them by term id.
-        keep = torch.ones_like(rows, dtype=torch.bool)
-        start = 0
-        for r, c in enumerate(counts.tolist()):
-            if c > top_k:
-                seg = values[start : start + c]
-                order = torch.argsort(-seg, stable=True)
-                keep[start + order[top_k:]] = False
-            start += c
-        rows, cols, values = rows[keep], cols[keep], values[keep]
-        counts = torch.bincount(rows, minlength=pooled.shape[0])
-    indptr = np.zeros(pooled.shape[0] + 1, np.int64)
-    np.cumsum(counts.cpu().numpy(), out=indptr[1:])
-    return indptr, cols.cpu().numpy(), values.cpu().numpy()
+        best, where = torch.sort(pooled, dim=1, descending=True, stable=True)
+        pooled = torch.zeros_like(pooled).scatter_(1, where[:, :top_k], best[:, :top_k])
+    kept = pooled > threshold
+    rows, cols = torch.nonzero(kept, as_tuple=True)
+    parts = (kept.sum(dim=1, dtype=torch.int32), cols.to(torch.int32), pooled[rows, cols].view(torch.int32))
+    packed = torch.cat(parts).cpu().numpy()  # the batch's one device-to-host copy
+    b, n = pooled.shape[0], cols.shape[0]
+    return packed[:b].astype(np.int64), packed[b : b + n], packed[b + n :].view(np.float32)
 
 
 class SpladeEncoder:
@@ -117,7 +100,7 @@ class SpladeEncoder:
         max_length: int = 256,
         query_max_length: int = 64,
         device: str | torch.device = "auto",
-        dtype: torch.dtype | None = None,
+        dtype: str | torch.dtype | None = "auto",
         pooling: str = "max",
         top_k: int | None = None,
         threshold: float = 0.0,
@@ -134,7 +117,7 @@ class SpladeEncoder:
         if top_k is not None and top_k <= 0:
             raise ValueError(f"top_k must be positive or None, got {top_k}")
         self.device = resolve_device(device)
-        self.model = model.to(self.device, dtype=dtype).eval()
+        self.model = model.to(self.device, dtype=resolve_dtype(dtype, self.device)).eval()
         self.weight, self.bias = _detach_output_projection(self.model)
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -150,7 +133,11 @@ class SpladeEncoder:
         self.vocab = vocabulary_of(tokenizer, self.vocab_size)
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         self._special_ids = special
+        self._special_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
+        self._special_mask[[i for i in special if 0 <= i < self.vocab_size]] = True
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if self.device.type == "cuda":
+            self.warm_up()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -161,7 +148,7 @@ class SpladeEncoder:
         max_length: int = 256,
         query_max_length: int = 64,
         device: str | torch.device = "auto",
-        dtype: torch.dtype | None = None,
+        dtype: str | torch.dtype | None = "auto",
         **options: Any,
     ):
         """Load a hub id, a local folder, or a bundled short name (``splade-tiny``)."""
@@ -175,6 +162,20 @@ class SpladeEncoder:
         )
 
     # ------------------------------------------------------------------ public API
+    def warm_up(self) -> None:
+        """Run one batch of every shape the pooling kernel compiles for (``warm_up_shapes``) now.
+
+        Done at load on CUDA, so a fresh process encodes at warm speed and a server compiles before
+        it reports SERVING; Triton's on-disk cache makes later processes' compiles cheap.
+        """
+        from lsr.kernels.pool_triton import warm_up_shapes
+
+        token = next(i for i in range(self.vocab_size) if i not in self._special_ids)
+        for batch, length in warm_up_shapes(max(self.max_length, self.query_max_length)):
+            ids = torch.full((batch, length), token, device=self.device)
+            mask = torch.ones_like(ids)
+            self._encode_batch(ids, mask, mask, True)
+
     def encode_documents(
         self, texts: Sequence[str] | str, batch_size: int = 32, *, show_progress: bool = False, return_info: bool = False
     ):
@@ -204,7 +205,7 @@ class SpladeEncoder:
 
     def _batch_inputs(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, pool_mask); the pool mask marks positions that may win the max."""
-        input_ids, mask = _right_pad(ids, self._pad_id)
+        input_ids, mask = right_pad(ids, self._pad_id, pad_multiple(self.device))
         return input_ids, mask, mask
 
     def _pool(self, hidden: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
@@ -214,61 +215,57 @@ class SpladeEncoder:
             return splade_sum_pool_chunked(hidden, weight, bias, pool_mask)
         return splade_max_pool(hidden, weight, bias, pool_mask, impl=self.impl)
 
-    def _own_tokens_mask(self, rows: list[list[int]]) -> torch.Tensor:
-        keep = torch.zeros((len(rows), self.vocab_size), dtype=torch.bool, device=self.device)
-        for i, row in enumerate(rows):
-            own = [t for t in set(row) if t not in self._special_ids and t < self.vocab_size]
-            keep[i, own] = True
-        return keep
+    def _own_tokens_mask(self, input_ids: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
+        """[B, V] bool: the non-special tokens among each row's pooled positions."""
+        vocab = self.vocab_size
+        ids = torch.where(pool_mask.bool() & (input_ids < vocab), input_ids, vocab)  # others land in a spare column
+        keep = torch.zeros((input_ids.shape[0], vocab + 1), dtype=torch.bool, device=input_ids.device)
+        return keep.scatter_(1, ids, True)[:, :vocab] & ~self._special_mask
 
     @torch.inference_mode()
-    def _encode_batch(self, rows: list[list[int]], expansion: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        input_ids, attention_mask, pool_mask = (t.to(self.device) for t in self._batch_inputs(rows))
+    def _encode_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor,
+                      expansion: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         pooled = self._pool(hidden, pool_mask)
         if not expansion:
-            pooled = pooled * self._own_tokens_mask(rows)
-        return _to_sparse(pooled, self.top_k, self.threshold)
+            pooled = pooled * self._own_tokens_mask(input_ids, pool_mask)
+        return sparse_rows(pooled, self.top_k, self.threshold)
+
+    def _pipeline(self, batch_size: int, max_length: int) -> Pipeline:
+        return Pipeline(self.device, max_tokens=batch_size * max_length, batch_size=batch_size)
 
     def _encode(
         self, texts: Any, max_length: int, expansion: bool, batch_size: int, show_progress: bool, return_info: bool
     ):
+        """Batches of up to ``batch_size x max_length`` padded tokens through ``lsr.encode.batching``."""
         texts = check_texts(texts)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        live = [i for i, t in enumerate(texts) if t.strip()]
-        rows, lengths = self._tokenize([texts[i] for i in live], max_length) if live else ([], np.zeros(0, np.int64))
-        truncated = np.zeros(len(texts), bool)
+        live = np.asarray([i for i, t in enumerate(texts) if t.strip()], np.int64)
         n_tokens = np.zeros(len(texts), np.int64)
-        truncated[live] = lengths > max_length
-        n_tokens[live] = lengths
+
+        def tokenize(start: int, stop: int) -> list[list[int]]:
+            rows, lengths = self._tokenize([texts[i] for i in live[start:stop]], max_length)
+            n_tokens[live[start:stop]] = lengths
+            return rows
+
+        parts = []
+        progress = _progress(len(live), show_progress)
+        for positions, (counts, columns, values) in self._pipeline(batch_size, max_length).run(
+            len(live), tokenize, self._batch_inputs, lambda *tensors: self._encode_batch(*tensors, expansion)
+        ):
+            parts.append((live[positions], counts, columns, values))
+            if progress is not None:
+                progress.update(len(positions))
+        if progress is not None:
+            progress.close()
+        truncated = n_tokens > max_length
         if truncated.any():
             log.warning(
                 "%d of %d texts were longer than %d tokens and were truncated (longest: %d tokens)",
-                int(truncated.sum()), len(texts), max_length, int(lengths.max()),
+                int(truncated.sum()), len(texts), max_length, int(n_tokens.max()),
             )
-        # Longest first, so each batch pads little and memory peaks at the start.
-        order = sorted(range(len(rows)), key=lambda j: -len(rows[j]))
-        per_row: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int32), np.zeros(0, np.float32))] * len(texts)
-        progress = _progress(len(rows), show_progress)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            indptr, indices, values = self._encode_batch([rows[j] for j in chunk], expansion)
-            for k, j in enumerate(chunk):
-                per_row[live[j]] = (indices[indptr[k] : indptr[k + 1]], values[indptr[k] : indptr[k + 1]])
-            if progress is not None:
-                progress.update(len(chunk))
-        if progress is not None:
-            progress.close()
-        indptr = np.zeros(len(texts) + 1, np.int64)
-        np.cumsum([len(ix) for ix, _ in per_row], out=indptr[1:])
-        batch = SparseBatch(
-            indptr,
-            np.concatenate([ix for ix, _ in per_row]) if per_row else np.zeros(0, np.int32),
-            np.concatenate([v for _, v in per_row]) if per_row else np.zeros(0, np.float32),
-            self.vocab_size,
-            self.vocab,
-        )
+        batch = SparseBatch(*scatter_csr(len(texts), parts), self.vocab_size, self.vocab)
         return (batch, EncodeInfo(truncated, n_tokens)) if return_info else batch
 
 
@@ -307,13 +304,11 @@ class DecoderSpladeEncoder(SpladeEncoder):
     def _batch_inputs(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not self.echo:
             return super()._batch_inputs([self._bos + r for r in ids])
-        full = [self._bos + r + r for r in ids]
-        input_ids, mask = _right_pad(full, self._pad_id)
-        pool_mask = torch.zeros_like(mask)
-        for i, r in enumerate(ids):
-            start = len(self._bos) + len(r)
-            pool_mask[i, start : start + len(r)] = 1
-        return input_ids, mask, pool_mask
+        input_ids, mask = right_pad([self._bos + r + r for r in ids], self._pad_id, pad_multiple(self.device))
+        lengths = torch.tensor([len(r) for r in ids])[:, None]
+        start = len(self._bos) + lengths
+        position = torch.arange(mask.shape[1])
+        return input_ids, mask, ((position >= start) & (position < start + lengths)).long()
 
     def _encode(self, texts, max_length, expansion, batch_size, show_progress, return_info):
         # Truncation is judged on one copy of the text against the per-copy budget.

@@ -44,9 +44,10 @@ def cached_collection(source: Path, dataset: BeirDataset, options: Any, *, progr
     from lsr.ingest.collection import META_FILE
     from lsr.ingest.indexing import build_collection
 
+    dtype = options.encoding()["dtype"]  # fp32 (CPU) builds keep their old keys; 16-bit GPU vectors differ slightly
     key = json.dumps({"model": options.model, "dense": options.dense_model, "max_length": options.max_length,
                       "fields": list(options.fields), "hnsw": options.hnsw_m, "quantization": options.quantization,
-                      "corpus": corpus_checksum(dataset)}, sort_keys=True)
+                      "corpus": corpus_checksum(dataset), **({} if dtype == "fp32" else {"dtype": dtype})}, sort_keys=True)
     folder = cache_dir() / "indexes" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if (folder / META_FILE).is_file():
         return folder, True
@@ -133,7 +134,7 @@ def run_beir(
             index_checksum = collection.checksum
             build_seconds = collection.meta.get("stage_seconds", {})
             clock = time.perf_counter()
-            searcher = Searcher.open(collection_path, device="cpu")
+            searcher = Searcher.open(collection_path, device=options.device, dtype=options.dtype)
             backend = InProcess(searcher)
         timings["load_models"] = time.perf_counter() - clock
         if {"hybrid", "hybrid-prf"} & set(neural):
@@ -142,7 +143,7 @@ def run_beir(
             if endpoint and tune_locally:
                 from lsr.search.searcher import Searcher
 
-                tuner = InProcess(Searcher.open(tune_locally, device="cpu"))
+                tuner = InProcess(Searcher.open(tune_locally, device=options.device, dtype=options.dtype))
             settings = tune(tuner, dataset, tuning_split(dataset, split), k, say, progress=progress)
             settings["tuned"] = "in-process on the served collection" if tuner is not backend else "through the backend"
             timings["tune"] = time.perf_counter() - clock

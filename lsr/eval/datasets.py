@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
+from lsr.files import cache_dir
 from lsr.ingest.beir_source import BeirSource
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,6 @@ def load_beir(path: str | Path, splits: tuple[str, ...] = ("test", "train", "dev
             with src.open(f"qrels/{split}.tsv") as fh:
                 qrels[split] = read_qrels(fh)
     return BeirDataset(name, corpus, queries, qrels)
-
-
-def cache_dir() -> Path:
-    """``$LSR_CACHE_DIR`` or ``~/.cache/lsr``: downloaded datasets and cached indexes live here."""
-    return Path(os.environ.get("LSR_CACHE_DIR") or Path.home() / ".cache" / "lsr").expanduser()
 
 
 def _candidates(folder: Path, name: str) -> list[Path]:

@@ -110,33 +110,37 @@ def _timed(timings: dict[str, float], stage: str):
 class Searcher:
     """Query → hits over one collection (sparse index, optional dense index, optional texts)."""
 
-    def __init__(self, collection: Any, query_encoder: Any, dense_encoder: Any = None, doc_encoder: Any = None):
+    def __init__(self, collection: Any, query_encoder: Any, dense_encoder: Any = None, doc_encoder: Any = None,
+                 *, device: str = "auto", dtype: str = "auto"):
         self.collection = collection
         self.query_encoder = query_encoder
         self.dense_encoder = dense_encoder
         self._doc_encoder = doc_encoder
+        self._device, self._dtype = device, dtype  # for a document encoder loaded later
         self._write_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def open(
-        cls, path: str | Path, *, query_encoder: str = "splade", device: str = "cpu", threads: int | None = None
+        cls, path: str | Path, *, query_encoder: str = "splade", device: str = "auto", dtype: str = "auto",
+        threads: int | None = None,
     ) -> "Searcher":
-        """Open a collection written by ``lsr index`` and load the models its metadata names."""
+        """Open a collection written by ``lsr index`` and load the models its metadata names on ``device``."""
         from lsr.ingest.collection import Collection
         from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder
 
         if query_encoder not in QUERY_ENCODERS:
             raise ValueError(f"query_encoder must be one of {', '.join(QUERY_ENCODERS)}, got {query_encoder!r}")
         if threads:
-            import torch
+            from lsr.encode.cpu_threads import set_threads
 
-            torch.set_num_threads(threads)
+            set_threads(threads)
         collection = Collection.open(path)
         meta = collection.meta
         doc_encoder = None
         if query_encoder == "splade":
-            encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256), device=device)
+            encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256), device=device,
+                                                    dtype=dtype)
             doc_encoder = encoder
         else:
             encoder = InferenceFreeQueryEncoder.from_pretrained(meta["model"], index=collection.sparse)
@@ -144,8 +148,8 @@ class Searcher:
         if collection.dense is not None and meta.get("dense_model"):
             from lsr.encode.dense import DenseEncoder
 
-            dense = DenseEncoder.from_pretrained(meta["dense_model"], device=device)
-        return cls(collection, encoder, dense, doc_encoder)
+            dense = DenseEncoder.from_pretrained(meta["dense_model"], device=device, dtype=dtype)
+        return cls(collection, encoder, dense, doc_encoder, device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -418,7 +422,8 @@ class Searcher:
             from lsr.encode.splade import SpladeEncoder
 
             meta = self.collection.meta
-            self._doc_encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256), device="cpu")
+            self._doc_encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256),
+                                                              device=self._device, dtype=self._dtype)
         return self._doc_encoder
 
     def upsert(self, ids: Sequence[str], texts: Sequence[str]) -> None:

@@ -1,0 +1,319 @@
+"""Document encoding on one CUDA GPU: ours cold / warm / impl="torch" against sentence-transformers' SparseEncoder.
+
+Two models, bf16, max_length 256, batch 128 (the same for every system):
+
+- splade-tiny on all 5,183 SciFact documents;
+- a BERT-base-size SPLADE (12 layers, H = 768, random weights from ``BertConfig``, seed 0) on the
+  2,048 first SciFact documents that fill all 256 positions; its MLM decoder bias is shifted so a
+  document keeps about ``TARGET_NNZ`` non-zero terms (random weights would otherwise keep thousands).
+
+Columns: **cold** is a fresh subprocess with an empty Triton cache (model load and the encoder's
+warm-up compile reported apart from the first pass), **cold, Triton cache warm** a fresh subprocess
+reusing the on-disk kernels of the first, **warm** the second pass in the same process, **torch**
+``impl="torch"`` (eager pooling), and SparseEncoder's second pass. Each system reports docs/s and peak
+GPU memory; ours are checked against an fp32 naive reference (transformers logits -> log1p(relu) ->
+masked max) on ``SAMPLE`` documents: the share of non-zero entries both agree on (intersection over
+union) and the norm-wise relative error. Last, ``lsr index`` of SciFact with MiniLM on the GPU
+(model loading included), wall time per stage.
+
+    python benchmarks/encode_gpu.py        # about 3 minutes on one H200; needs CUDA
+
+Writes benchmarks/results/encode_gpu.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SCIFACT = Path(os.environ.get("LSR_BEIR_DIR") or REPO.parent / "shared" / "data" / "beir") / "scifact.tar.gz"
+MAX_LENGTH = 256
+BATCH = 128
+SAMPLE = 256
+BASE_DOCS = 2048
+TARGET_NNZ = 200
+TARGETS = {"splade-tiny": {"cold": 4.0, "warm": 6.0}, "bert-base-random": {"cold": 2.0, "warm": 2.0}}
+INDEX_TARGET_SECONDS = 15.0
+
+
+# ---------------------------------------------------------------------------- pieces testable on CPU
+def bias_shift(pooled_logits: np.ndarray, target_nnz: int) -> float:
+    """How much to subtract from every vocabulary bias so a document keeps ``target_nnz`` terms on average.
+
+    ``pooled_logits`` [docs, V] are max-pooled logits; a term survives where its logit is > 0, so
+    shifting by the mean of each document's ``target_nnz``-th largest logit centres the counts there.
+    """
+    kth = np.partition(pooled_logits, -target_nnz, axis=1)[:, -target_nnz]
+    return float(kth.mean())
+
+
+def agreement(ours: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """[docs, V] each → share of all entries whose zero/non-zero status agrees, the stricter share of non-zero
+    entries both have (|A ∩ B| / |A ∪ B|), and the norm-wise relative error."""
+    a, b = ours > 0, reference > 0
+    union = np.logical_or(a, b).sum()
+    return {
+        "entry_agreement": float((a == b).mean()),
+        "nonzero_agreement": float(np.logical_and(a, b).sum() / max(union, 1)),
+        "relative_error": float(np.linalg.norm(ours - reference) / max(np.linalg.norm(reference), 1e-30)),
+    }
+
+
+def long_documents(lengths: np.ndarray, count: int, length: int) -> np.ndarray:
+    """Positions of the first ``count`` documents with at least ``length`` tokens (all pad to ``length``)."""
+    found = np.flatnonzero(lengths >= length)[:count]
+    if len(found) < count:
+        raise ValueError(f"only {len(found)} documents have {length} tokens; {count} were asked for")
+    return found
+
+
+def require_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"encode_gpu.py: error: needs a CUDA GPU; torch {torch.__version__} sees none "
+              "(run benchmarks/encode.py for the CPU comparison)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+# ---------------------------------------------------------------------------- children (one per measurement)
+def scifact_texts() -> list[str]:
+    from lsr.eval.datasets import load_beir
+
+    return load_beir(SCIFACT).doc_texts()
+
+
+def texts_for(model: str) -> list[str]:
+    texts = scifact_texts()
+    if model == "splade-tiny":
+        return texts
+    from transformers import AutoTokenizer
+
+    from lsr.encode.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("splade-tiny"))
+    lengths = np.array([len(ids) for ids in tokenizer(texts)["input_ids"]])
+    return [texts[i] for i in long_documents(lengths, BASE_DOCS, MAX_LENGTH)]
+
+
+def make_base_model(folder: Path) -> None:
+    """A random BERT-base MLM with splade-tiny's tokenizer, its decoder bias shifted to ~TARGET_NNZ terms a document."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from lsr.encode.models import resolve_model
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("splade-tiny"))
+    model = BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size)).cuda().eval()
+    sample = texts_for("bert-base-random")[:64]
+    with torch.inference_mode():
+        enc = tokenizer(sample, truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt").to("cuda")
+        logits = model(**enc).logits.masked_fill(~enc["attention_mask"].bool()[..., None], float("-inf"))
+        shift = bias_shift(logits.amax(dim=1).float().cpu().numpy(), TARGET_NNZ)
+        model.cls.predictions.bias -= shift
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def fp32_reference(path: str, texts: list[str]) -> np.ndarray:
+    """The definition in fp32 on the GPU: full logits, log1p(relu), masked max."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForMaskedLM.from_pretrained(path).cuda().eval()
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 32):
+            enc = tokenizer(texts[start : start + 32], truncation=True, max_length=MAX_LENGTH, padding=True,
+                            return_tensors="pt").to("cuda")
+            act = torch.log1p(torch.relu(model(**enc).logits.float()))
+            rows.append(act.masked_fill(~enc["attention_mask"].bool()[..., None], 0).amax(dim=1).cpu())
+    del model
+    torch.cuda.empty_cache()
+    return torch.cat(rows).numpy()
+
+
+def timed_pass(encode, texts: list[str]) -> dict:
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    vectors = encode(texts)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "docs_per_s": len(texts) / seconds,
+            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20, "vectors": vectors}
+
+
+def child_ours(model: str, path: str) -> dict:
+    """Cold first pass, warm second pass, then impl="torch"; agreement of each with the fp32 reference."""
+    import torch
+
+    texts = texts_for(model)
+    start = time.perf_counter()
+    from lsr.encode.splade import SpladeEncoder
+
+    encoder = SpladeEncoder.from_pretrained(path, max_length=MAX_LENGTH, device="cuda", dtype="bf16")
+    torch.cuda.synchronize()
+    load_seconds = time.perf_counter() - start
+    encode = lambda xs: encoder.encode_documents(xs, batch_size=BATCH).to_scipy()  # noqa: E731
+    cold, warm = timed_pass(encode, texts), timed_pass(encode, texts)
+    eager = SpladeEncoder(encoder.model, encoder.tokenizer, max_length=MAX_LENGTH, device="cuda", dtype="bf16", impl="torch")
+    torch_pass = timed_pass(lambda xs: eager.encode_documents(xs, batch_size=BATCH).to_scipy(), texts)
+    reference = fp32_reference(path, texts[:SAMPLE])
+    out = {"load_and_warm_up_seconds": load_seconds}
+    for name, run in (("cold", cold), ("warm", warm), ("torch", torch_pass)):
+        vectors = run.pop("vectors")
+        out[name] = {**run, **agreement(vectors[:SAMPLE].toarray(), reference), "mean_nnz": float(vectors.getnnz(axis=1).mean())}
+    return out
+
+
+def child_sentence_transformers(model: str, path: str) -> dict:
+    import torch
+    from sentence_transformers import SparseEncoder
+
+    texts = texts_for(model)
+    st = SparseEncoder(path, device="cuda", model_kwargs={"torch_dtype": torch.bfloat16})
+    st.max_seq_length = MAX_LENGTH
+    encode = lambda xs: st.encode_document(xs, batch_size=BATCH, convert_to_sparse_tensor=True)  # noqa: E731
+    first = timed_pass(encode, texts)
+    second = timed_pass(encode, texts)
+    for run in (first, second):
+        run.pop("vectors")
+    return {"first": first, "warm": second}
+
+
+def run_child(kind: str, model: str, path: str, env: dict | None = None) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, __file__, "--child", kind, "--model", model, "--path", path, "--child-out", out.name],
+                       check=True, env={**os.environ, **(env or {})})
+        return json.loads(Path(out.name).read_text())
+
+
+def index_scifact(work: Path) -> dict:
+    """``lsr index`` of SciFact with MiniLM on the GPU in a fresh process, as a user would run it."""
+    out = work / "scifact-index"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "lsr", "index", str(SCIFACT), str(out), "--device", "cuda", "--batch-size",
+                    str(BATCH), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    meta = json.loads((out / "meta.json").read_text())
+    return {"wall_seconds": wall, "stage_seconds": meta["stage_seconds"], "encoded_with": meta.get("encoded_with"),
+            "docs": meta["n_docs"]}
+
+
+# ---------------------------------------------------------------------------- the run
+def machine() -> dict:
+    import torch
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    return {"gpu": props.name, "sms": props.multi_processor_count, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "python": sys.version.split()[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--skip-index", action="store_true", help="leave out the `lsr index` run")
+    parser.add_argument("--child", choices=("ours", "sentence-transformers", "make-base"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    require_cuda()
+    if args.child == "make-base":
+        make_base_model(Path(args.path))
+        Path(args.child_out).write_text("{}")
+        return
+    if args.child:
+        run = child_ours if args.child == "ours" else child_sentence_transformers
+        Path(args.child_out).write_text(json.dumps(run(args.model, args.path)))
+        return
+
+    from lsr.encode.models import resolve_model
+
+    started = time.perf_counter()
+    report = {"machine": machine(), "batch_size": BATCH, "max_length": MAX_LENGTH, "dtype": "bf16", "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        base = work / "bert-base-random"
+        run_child("make-base", "bert-base-random", str(base))
+        for model, path in (("splade-tiny", resolve_model("splade-tiny")), ("bert-base-random", str(base))):
+            triton_cache = work / f"triton-{model}"
+            cold = run_child("ours", model, path, {"TRITON_CACHE_DIR": str(triton_cache)})
+            cached = run_child("ours", model, path, {"TRITON_CACHE_DIR": str(triton_cache)})
+            st = run_child("sentence-transformers", model, path)
+            report["models"][model] = {"docs": len(texts_for(model)), "ours": cold, "ours_triton_cache_warm": cached,
+                                       "sentence_transformers": st}
+            print(f"{model}: done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+        if not args.skip_index:
+            report["index"] = index_scifact(work)
+    report["total_seconds"] = time.perf_counter() - started
+    table = render(report)
+    print(table)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "encode_gpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.results_dir / "encode_gpu.md").write_text(table + "\n")
+
+
+def render(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"# Document encoding on one GPU ({m['gpu']}, {m['sms']} SMs, {m['gpu_memory_gib']} GiB; torch {m['torch']}, "
+        f"Triton {m['triton']}, CUDA {m['cuda']})",
+        "",
+        f"bf16, max_length {report['max_length']}, batch {report['batch_size']} for every system; docs/s of the encode call "
+        "(tokenisation included); peak = GPU memory allocated during the pass (model included). Agreement against the "
+        f"fp32 reference on {SAMPLE} documents: entries whose zero/non-zero status agrees (all V per document; target "
+        "≥ 99.5%), the stricter intersection / union of the non-zero sets, and relative error (target ≤ 1e-2).",
+        "",
+        "| model | system | docs/s | vs SparseEncoder | peak GPU MiB | entries agreeing | non-zero IoU | relative error | mean nnz |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, row in report["models"].items():
+        st = row["sentence_transformers"]["warm"]["docs_per_s"]
+        runs = [("ours, cold (fresh process, empty Triton cache)", row["ours"]["cold"]),
+                ("ours, cold (fresh process, Triton cache warm)", row["ours_triton_cache_warm"]["cold"]),
+                ("ours, warm (second pass)", row["ours"]["warm"]), ('ours, impl="torch"', row["ours"]["torch"])]
+        for name, run in runs:
+            lines.append(f"| {model} | {name} | {run['docs_per_s']:.0f} | {run['docs_per_s'] / st:.2f}x | {run['peak_gpu_mib']:.0f} | "
+                         f"{run['entry_agreement']:.5f} | {run['nonzero_agreement']:.4f} | {run['relative_error']:.1e} | "
+                         f"{run['mean_nnz']:.0f} |")
+        for name, run in (("SparseEncoder, first pass", row["sentence_transformers"]["first"]),
+                          ("SparseEncoder, second pass", row["sentence_transformers"]["warm"])):
+            lines.append(f"| {model} | {name} | {run['docs_per_s']:.0f} | {run['docs_per_s'] / st:.2f}x | {run['peak_gpu_mib']:.0f} | | | | |")
+    lines += ["", "| model | load + warm-up s, empty Triton cache | load + warm-up s, Triton cache warm | cold x SparseEncoder "
+              "(target) | warm x SparseEncoder (target) |", "|---|---:|---:|---:|---:|"]
+    for model, row in report["models"].items():
+        st = row["sentence_transformers"]["warm"]["docs_per_s"]
+        target = TARGETS[model]
+        lines.append(f"| {model} | {row['ours']['load_and_warm_up_seconds']:.1f} | "
+                     f"{row['ours_triton_cache_warm']['load_and_warm_up_seconds']:.1f} | "
+                     f"{row['ours']['cold']['docs_per_s'] / st:.2f}x ({target['cold']:.0f}x) | "
+                     f"{row['ours']['warm']['docs_per_s'] / st:.2f}x ({target['warm']:.0f}x) |")
+    if "index" in report:
+        index = report["index"]
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in index["stage_seconds"].items())
+        lines += ["", f"`lsr index` of SciFact ({index['docs']} docs) with MiniLM on the GPU ({index['encoded_with']['device']}, {index['encoded_with']['dtype']}), "
+                  f"batch {report['batch_size']}: **{index['wall_seconds']:.1f} s** wall, model loading included "
+                  f"(target ≤ {INDEX_TARGET_SECONDS:.0f} s); stages: {stages}."]
+    lines += ["", f"Whole benchmark: {report['total_seconds']:.0f} s."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""``--device`` and ``--dtype`` for every verb that runs a model, checked before anything slow loads."""
+
+from __future__ import annotations
+
+import argparse
+
+DEVICE_HELP = "where models run: auto (a CUDA GPU when torch sees one, else cpu), cpu, cuda or cuda:N (default auto)"
+DTYPE_HELP = "model precision: auto (bf16 on a GPU that has it, fp16 on older GPUs, fp32 on CPU), fp32, bf16 or fp16"
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help=DTYPE_HELP)
+
+
+def device_options(args: argparse.Namespace) -> dict[str, str]:
+    """{"device": "cpu" | "cuda:N", "dtype": "fp32" | "bf16" | "fp16"}, resolved now: a missing GPU is a ValueError
+    (one line, exit 2) before any model loads."""
+    from lsr.encode.inputs import dtype_name, resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    return {"device": str(device), "dtype": dtype_name(resolve_dtype(args.dtype, device))}

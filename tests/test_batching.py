@@ -1,0 +1,98 @@
+"""The encode pipeline (lsr.encode.batching) on CPU: token-budget batches, worker threads, bulk CSR assembly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lsr.encode.batching import Pipeline, budget_batches, right_pad, scatter_csr
+
+
+def test_budget_batches_cover_every_text_once_within_the_budget():
+    lengths = np.array([5, 300, 17, 17, 64, 1, 250, 33, 2, 128])
+    batches = budget_batches(lengths, max_tokens=256, multiple=16)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        width = -(-int(lengths[batch].max()) // 16) * 16
+        assert len(batch) * width <= 256 or len(batch) == 1  # 300 tokens exceed the budget alone
+        assert int(lengths[batch[0]]) == int(lengths[batch].max())  # longest first within a batch
+    widths = [int(lengths[b].max()) for b in batches]
+    assert widths == sorted(widths, reverse=True)
+
+
+def test_right_pad_rounds_the_width_and_masks_the_padding():
+    ids, mask = right_pad([[7, 8, 9], [5], [1, 2, 3, 4, 5]], pad_id=0, multiple=4)
+    assert ids.shape == (3, 8) and ids.dtype == torch.int64
+    assert ids[0].tolist() == [7, 8, 9, 0, 0, 0, 0, 0] and ids[2, :5].tolist() == [1, 2, 3, 4, 5]
+    assert mask.sum(dim=1).tolist() == [3, 1, 5]
+
+
+def test_scatter_csr_puts_batches_back_in_input_order():
+    rng = np.random.default_rng(0)
+    rows = [rng.choice(50, size=rng.integers(0, 6), replace=False) for _ in range(9)]
+    parts = []
+    for positions in ([4, 0, 7], [8, 2], [1, 5, 3, 6]):  # any order, as workers finish
+        columns = [rows[p] for p in positions]
+        parts.append((np.array(positions), np.array([len(c) for c in columns]),
+                      np.concatenate(columns).astype(np.int32), np.concatenate(columns).astype(np.float32) / 10))
+    indptr, indices, values = scatter_csr(10, parts)  # row 9 was never encoded (an empty text)
+    for r in range(9):
+        assert indices[indptr[r]:indptr[r + 1]].tolist() == rows[r].tolist()
+        assert np.allclose(values[indptr[r]:indptr[r + 1]], rows[r] / 10)
+    assert indptr[9] == indptr[10]
+
+
+def test_pipeline_on_cpu_equals_one_text_at_a_time(splade, scifact):
+    """Many windows and batches on two single-threaded workers give each text's own vector."""
+    texts = scifact.doc_texts(list(scifact.corpus)[200:240])
+    texts[3] = "   "  # an empty text keeps its slot
+    torch.set_num_threads(2)
+    batch = splade.encode_documents(texts, batch_size=4)
+    assert torch.get_num_threads() == 2  # the workers' one-thread setting did not leak into the caller
+    for i, text in enumerate(texts):
+        alone = splade.encode_documents([text])
+        got_ids, got_values = batch.row(i)
+        want_ids, want_values = alone.row(0)
+        assert np.array_equal(got_ids, want_ids), f"text {i}: different terms"
+        assert np.abs(got_values - want_values).max(initial=0) <= 1e-5
+    assert batch.row(3)[0].size == 0
+
+
+def test_dense_pipeline_equals_one_text_at_a_time(scifact):
+    from lsr.encode.dense import DenseEncoder
+
+    dense = DenseEncoder.from_pretrained("minilm", device="cpu")
+    texts = scifact.doc_texts(list(scifact.corpus)[:24])
+    together = dense.encode_documents(texts, batch_size=4)
+    alone = np.concatenate([dense.encode_documents([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
+
+
+def test_a_failing_batch_raises_in_the_caller_and_stops_the_threads():
+    import threading
+
+    def tokenize(start, stop):
+        if start >= 8:
+            raise OSError("corpus went away")
+        return [[1, 2, 3]] * (stop - start)
+
+    pipeline = Pipeline(torch.device("cpu"), max_tokens=12, batch_size=4)
+    before = threading.active_count()
+    with pytest.raises(OSError, match="corpus went away"):
+        for _ in pipeline.run(40, tokenize, lambda rows: right_pad(rows, 0), lambda ids, mask: ids.sum()):
+            pass
+    assert threading.active_count() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_pipeline_fp32_matches_the_cpu_encoder(splade, scifact):
+    """Pinned non-blocking copies, the fused kernel and the on-device CSR give the CPU vectors (fp32, TF32 off)."""
+    from lsr.encode.splade import SpladeEncoder
+
+    texts = scifact.doc_texts(list(scifact.corpus)[:300])
+    gpu = SpladeEncoder.from_pretrained("splade-tiny", device="cuda", dtype="fp32")
+    got = gpu.encode_documents(texts, batch_size=32).to_dense()
+    want = splade.encode_documents(texts, batch_size=32).to_dense()
+    assert np.abs(got - want).max() <= 1e-3
+    assert ((got > 0) != (want > 0)).sum() <= 1e-4 * (want > 0).sum()

@@ -1,0 +1,56 @@
+"""CPU thread counts: the affinity mask is respected, workers run one torch thread, the caller keeps its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from lsr.encode.cpu_threads import set_threads, start_single_threaded, usable_cpus
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_usable_cpus_follow_the_affinity_mask():
+    out = _run(
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); import torch\n"
+        "from lsr.encode.cpu_threads import set_threads, usable_cpus\n"
+        "print(usable_cpus(), set_threads(None), torch.get_num_threads())"
+    )
+    assert out == "1 1 1"
+
+
+def test_threads_flag_wins_and_is_checked():
+    previous = torch.get_num_threads()
+    try:
+        assert set_threads(3) == 3 and torch.get_num_threads() == 3
+        assert set_threads(None) == usable_cpus()
+        with pytest.raises(ValueError, match="--threads"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_workers_run_one_thread_and_the_caller_keeps_its_count():
+    torch.set_num_threads(2)
+    seen = []
+    lock = threading.Lock()
+
+    def work():
+        with lock:
+            seen.append(torch.get_num_threads())
+
+    for thread in start_single_threaded(work, 3):
+        thread.join()
+    assert seen == [1, 1, 1]
+    assert torch.get_num_threads() == 2
+    later = []
+    fresh = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    fresh.start()
+    fresh.join()
+    assert later == [2]  # threads started afterwards get the caller's default again

@@ -1,0 +1,55 @@
+"""--device / --dtype on every model verb: a missing GPU is one line and exit 2, before anything loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lsr.encode.inputs import resolve_device, resolve_dtype
+
+VERB_ARGS = {
+    "encode": ["some text"],
+    "index": ["no-such-corpus.jsonl", "out-folder"],
+    "search": ["no-such-collection", "a query"],
+    "serve": ["no-such-collection"],
+    "beir": ["--dataset", "scifact"],
+}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize("verb", sorted(VERB_ARGS))
+def test_cuda_without_a_gpu_is_one_clean_line_and_exit_2(verb, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lsr", verb, *VERB_ARGS[verb], "--device", "cuda"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [lines[-1]] and lines[0].startswith(f"lsr {verb}: error: device 'cuda'"), proc.stderr
+    assert "sees no CUDA GPU" in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out-folder").exists()
+
+
+def test_device_and_dtype_names():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu0")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype(None, torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("fp8", torch.device("cpu"))
+
+
+def test_cpu_bf16_encoder_runs_and_stays_close_to_fp32(splade):
+    from lsr.encode.splade import SpladeEncoder
+
+    half = SpladeEncoder.from_pretrained("splade-tiny", device="cpu", dtype="bf16")
+    text = "vitamin d deficiency and bone density in older adults"
+    want = splade.encode_documents([text]).to_dense()[0]
+    got = half.encode_documents([text]).to_dense()[0]
+    assert half.model.dtype == torch.bfloat16
+    assert np.linalg.norm(got - want) <= 5e-2 * np.linalg.norm(want)

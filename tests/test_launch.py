@@ -1,0 +1,110 @@
+"""Launch choices of the fused kernel (kernels/launch.py): length buckets, the committed table, the heuristic,
+and the persisted LSR_AUTOTUNE cache. Kernels run in Triton's interpreter on CPU (see test_pool_triton.py)."""
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from lsr.kernels import launch  # noqa: E402
+from lsr.kernels import pool_triton  # noqa: E402
+from lsr.kernels.launch import LaunchConfig, LaunchKey, fits, heuristic, launch_table, length_bucket  # noqa: E402
+
+if DEVICE == "cpu" and not pool_triton.INTERPRET:
+    pytest.skip("pool_triton was imported before TRITON_INTERPRET=1 was set", allow_module_level=True)
+
+
+def inputs(B, L, H, V, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, L, H, generator=gen)
+    weight = torch.randn(V, H, generator=gen) / H**0.5
+    bias = torch.randn(V, generator=gen) * 0.5
+    mask = (torch.arange(L)[None, :] < torch.randint(1, L + 1, (B,), generator=gen)[:, None]).long()
+    return hidden.to(DEVICE), weight.to(DEVICE), bias.to(DEVICE), mask.to(DEVICE)
+
+
+def test_lengths_fall_into_a_handful_of_power_of_two_buckets():
+    assert [length_bucket(n) for n in (1, 16, 17, 100, 128, 129, 256, 257, 512)] == [16, 16, 32, 128, 128, 256, 256, 512, 512]
+    assert len({length_bucket(n) for n in range(1, 513)}) == 6
+
+
+@pytest.mark.parametrize("L, padded", [(37, 64), (19, 32), (150, 256)])  # packed, packed, tiled
+def test_output_padded_to_the_bucket_equals_the_unpadded_output(L, padded):
+    hidden, weight, bias, mask = inputs(3, L, 40, 129, seed=L)
+    out = pool_triton.splade_max_pool_triton(hidden, weight, bias, mask)
+    pad = padded - L
+    hidden_padded = torch.cat([hidden, torch.randn(3, pad, 40).to(hidden)], dim=1)  # garbage, masked out
+    mask_padded = torch.cat([mask, torch.zeros(3, pad, dtype=mask.dtype, device=mask.device)], dim=1)
+    assert length_bucket(L) == length_bucket(padded)
+    assert torch.equal(pool_triton.splade_max_pool_triton(hidden_padded, weight, bias, mask_padded), out)
+
+
+def test_committed_table_entries_are_valid_launches():
+    table = launch_table()
+    assert table, "launch_table.json has no entries"
+    for text, config in table.items():
+        gpu, kernel, dtype, hidden, bucket, mode = text.split("/")
+        key = LaunchKey(gpu, kernel, dtype, int(hidden[1:]), int(bucket[1:]), mode == "train")
+        assert key.text() == text and kernel in launch.KERNELS and fits(kernel, key.bucket, config), text
+        assert (kernel == "packed") == (key.bucket <= pool_triton.PACK_MAX_LEN), text
+
+
+def test_table_is_used_for_a_measured_key_and_the_heuristic_elsewhere():
+    chooser = launch.LaunchChooser("source")
+    measured = LaunchKey("sm90", "packed", "bf16", 768, 32, False)
+    assert chooser._pick(measured, torch.device("cpu"), False, launch=None) == LaunchConfig(256, 128, 64, 8, 3)
+    unseen = LaunchKey("sm90", "packed", "bf16", 1024, 32, False)
+    assert chooser._pick(unseen, torch.device("cpu"), True, launch=None) == heuristic(unseen, launch._FALLBACK_SHARED_MEMORY)
+
+
+@pytest.mark.parametrize("kernel, bucket", [("packed", 16), ("packed", 64), ("packed", 128), ("tiled", 256), ("tiled", 1024)])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("shared", [99 * 1024, 227 * 1024])
+def test_heuristic_fits_the_kernel_and_the_shared_memory(kernel, bucket, dtype, shared):
+    key = LaunchKey("sm80", kernel, dtype, 768, bucket, False)
+    config = heuristic(key, shared)
+    assert fits(kernel, bucket, config)
+    assert config.shared_bytes(4 if dtype == "fp32" else 2) <= launch.SHARED_MEMORY_SHARE * shared
+
+
+def test_autotune_results_persist_are_reused_and_ignored_when_stale(monkeypatch, tmp_path, caplog):
+    hidden, weight, bias, mask = inputs(2, 20, 24, 70)
+    want = pool_triton.splade_max_pool_triton(hidden, weight, bias, mask)  # table/heuristic launch
+    monkeypatch.setenv("LSR_AUTOTUNE", "1")
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path))
+    path = tmp_path / launch.TUNING_FILE
+
+    def run_fresh() -> list[str]:
+        """A new process's view: no in-memory choices, only the file."""
+        pool_triton._CHOOSER.forget()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="lsr.kernels.launch"):
+            assert torch.equal(pool_triton.splade_max_pool_triton(hidden, weight, bias, mask), want)
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("tuned")]
+
+    try:
+        assert len(run_fresh()) == 1  # tuned once, then written
+        saved = json.loads(path.read_text())
+        (stamp, entries), = saved.items()
+        gpu = "interpreter" if pool_triton.INTERPRET else torch.cuda.get_device_name(hidden.device)
+        assert stamp.startswith("triton ") and f"|{gpu}|" in stamp
+        key = launch.launch_key(hidden.device, pool_triton.INTERPRET, "packed", torch.float32, 24, 20, False)
+        assert list(entries) == [key.text()] and key.text().endswith("/packed/fp32/H24/L32/infer")
+
+        assert run_fresh() == []  # reused from disk
+
+        stale = stamp.replace("triton ", "triton 0.0-old ")
+        path.write_text(json.dumps({stale: entries}))
+        assert len(run_fresh()) == 1  # another Triton's tuning is ignored and replaced
+        assert list(json.loads(path.read_text())) == [stamp]
+
+        path.write_text("{not json")
+        assert len(run_fresh()) == 1  # a damaged file is ignored too
+    finally:
+        pool_triton._CHOOSER.forget()
