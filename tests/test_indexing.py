@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from lsr.cli import main as cli_main
-from lsr.ingest.collection import BUILD_STATE, META_FILE, Collection
+from lsr.ingest.collection import Collection
+from lsr.ingest.layout import BUILD_STATE, META_FILE
 from lsr.ingest.indexing import IndexOptions, build_collection
 
 N_DOCS = 96

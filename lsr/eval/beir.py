@@ -40,10 +40,10 @@ def cached_collection(source: Path, dataset: BeirDataset, options: Any, *, progr
 
     Returns (folder, reused). An interrupted build is resumed on the next call.
     """
-    from lsr.ingest.collection import META_FILE
+    from lsr.ingest.layout import FORMAT, META_FILE
     from lsr.ingest.indexing import build_collection
 
-    key = json.dumps({"model": options.model, "dense": options.dense_model, "max_length": options.max_length,
+    key = json.dumps({"format": FORMAT, "model": options.model, "dense": options.dense_model, "max_length": options.max_length,
                       "fields": list(options.fields), "hnsw": options.hnsw_m, "quantization": options.quantization,
                       "corpus": corpus_checksum(dataset)}, sort_keys=True)
     folder = cache_dir() / "indexes" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"

@@ -21,13 +21,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from lsr.ingest.collection import (
+from lsr.ingest.layout import (
     BUILD_STATE, FORMAT, META_FILE, disk_size, files_checksum, is_collection_dir, read_vector_shards,
     shard_name, write_shard,
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.search.dense_index import DenseIndex
-from lsr.files import write_json_atomic
+from lsr.files import file_record, read_sealed_json, sealed, write_json_atomic
 from lsr.sparse import SparseBatch
 
 
@@ -163,7 +163,7 @@ def _load_state(out: Path, settings: dict) -> _State:
     import json
 
     if (out / META_FILE).is_file() and not (out / BUILD_STATE).is_file():
-        meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+        meta = read_sealed_json(out / META_FILE)
         if meta.get("settings") != settings:
             raise ValueError(f"{out} holds a finished collection built with other settings or from another source; "
                              "use --overwrite to replace it")
@@ -321,6 +321,7 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
 
     vector_files = [out / shard_name("vectors", s) for s in range(state.shards)]
     doc_files = [out / shard_name("docs", s) for s in range(state.shards)]
+    embedding_files = [out / shard_name("dense", s) for s in range(state.shards)] if options.dense_model else []
     with stages.time("index"):
         bar = _progress("index", state.docs, 0, progress)
         chunks = []
@@ -349,8 +350,7 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
         "vectors": files_checksum(vector_files),
         "docs": files_checksum(doc_files),
         "sparse": sparse.checksum,
-        "dense_embeddings": files_checksum([out / shard_name("dense", s) for s in range(state.shards)])
-        if options.dense_model else None,
+        "dense_embeddings": files_checksum(embedding_files) if options.dense_model else None,
         "dense": dense_checksum,
     }
     meta = {
@@ -365,21 +365,20 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
         "shards": state.shards,
         "corpus_checksum": state.corpus_hash,
         "checksums": checksums,
+        "files": [file_record(path, out) for path in vector_files + doc_files + embedding_files],
         "settings": state.settings,
         "skipped": skipped,
         "stage_seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
         "created_with": f"lsr {_version()}",
     }
-    write_json_atomic(out / META_FILE, meta)  # last: its presence means "complete"
+    write_json_atomic(out / META_FILE, sealed(meta))  # last: its presence means "complete"
     (out / BUILD_STATE).unlink(missing_ok=True)
     return Summary(state.docs, skipped, state.postings, disk_size(out), stages.seconds, checksums, state.truncated,
                    resumed_from)
 
 
 def _summary_of_complete(out: Path) -> Summary:
-    import json
-
-    meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+    meta = read_sealed_json(out / META_FILE)
     return Summary(meta["n_docs"], meta.get("skipped", {}), meta["postings"], disk_size(out),
                    meta.get("stage_seconds", {}), meta["checksums"], meta.get("truncated", 0), already_complete=True)
 
