@@ -362,9 +362,9 @@ class InvertedIndex:
 
     def verify(self) -> None:
         """Full content check of every file (crc32); raises CorruptIndexError naming the bad file."""
-        manifest = self._state.manifest
-        for name in sorted(storage.referenced_files(manifest)):
-            storage.check_file(self.path, {"file": name, **_record(manifest, name)}, full=True)
+        problems = storage.file_problems(self.path, self._state.manifest)
+        if problems:
+            raise storage.CorruptIndexError(problems[0])
 
     def _fresh_state(self) -> _State:
         """The state to update: ours, or the on-disk one if another process committed since."""
@@ -413,16 +413,6 @@ def _copy_manifest(manifest: dict, journal_seq: int | None = None) -> dict:
         out["journal_seq"] = journal_seq
     out["segments"] = [dict(s, files=dict(s["files"])) for s in manifest["segments"]]
     return out
-
-
-def _record(manifest: dict, name: str) -> dict:
-    if manifest.get("vocab") and manifest["vocab"]["file"] == name:
-        return manifest["vocab"]
-    for seg in manifest["segments"]:
-        for rec in seg["files"].values():
-            if rec["file"] == name:
-                return rec
-    raise KeyError(name)
 
 
 def _tombstones(state: _State, locations: list[tuple[int, int]]) -> dict[int, np.ndarray]:

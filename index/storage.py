@@ -144,6 +144,19 @@ def referenced_files(manifest: dict) -> set[str]:
     return names
 
 
+def file_problems(directory: Path, manifest: dict) -> list[str]:
+    """Full check of every file the manifest names: one message per missing or damaged file."""
+    records = ([manifest["vocab"]] if manifest.get("vocab") else []) + [
+        record for seg in manifest["segments"] for record in seg["files"].values()]
+    problems = []
+    for record in sorted(records, key=lambda r: r["file"]):
+        try:
+            check_file(directory, record, full=True)
+        except CorruptIndexError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def remove_unreferenced(directory: Path, manifest: dict) -> None:
     """Delete data files of superseded commits and leftovers of interrupted ones."""
     keep = referenced_files(manifest)

@@ -29,6 +29,7 @@ class _Parts:
         self._where: dict[str, tuple[int, int]] | None = None
         self._lock = threading.Lock()
         self.row_group = lru_cache(maxsize=64)(self._read_row_group)
+        self._mean_text_bytes: float | None = None
 
     def locations(self) -> dict[str, tuple[int, int]]:
         """doc id → (part, row); built on first use from the id columns only."""
@@ -46,7 +47,12 @@ class _Parts:
         return _read(path, lambda: pq.ParquetFile(path).read_row_group(group, columns=["text"]).column("text").to_pylist())
 
     def mean_text_bytes(self) -> float:
-        """Average uncompressed text size from the Parquet footers (no data is read)."""
+        """Average uncompressed text size from the Parquet footers (no data is read); computed once."""
+        if self._mean_text_bytes is None:
+            self._mean_text_bytes = self._footer_mean_text_bytes()
+        return self._mean_text_bytes
+
+    def _footer_mean_text_bytes(self) -> float:
         total = rows = 0
         for path in self.paths:
             meta = _read(path, lambda: pq.ParquetFile(path).metadata)

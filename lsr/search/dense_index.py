@@ -260,12 +260,25 @@ class DenseIndex:
         return [directory / MANIFEST, directory / manifest["index"]["file"], directory / manifest["ids"]["file"]]
 
     @staticmethod
-    def verify(directory: str | Path) -> None:
-        """Full check of every committed file; raises CorruptFileError naming the bad one."""
+    def file_problems(directory: str | Path) -> list[str]:
+        """Full check of the manifest and every file it names: one message per missing or damaged file."""
         directory = Path(directory)
-        manifest = _read_manifest(directory)
+        try:
+            manifest = _read_manifest(directory)
+        except CorruptFileError as exc:
+            return [str(exc)]
+        problems = []
         for role in ("index", "ids"):
-            check_record(directory, manifest[role])
+            try:
+                check_record(directory, manifest[role])
+            except CorruptFileError as exc:
+                problems.append(str(exc))
+        return problems
+
+    @staticmethod
+    def committed_seq(directory: str | Path) -> int:
+        """The journal seq of the committed save (its manifest only is read)."""
+        return int(_read_manifest(Path(directory))["journal_seq"])
 
     @staticmethod
     def checksum(directory: str | Path) -> str:

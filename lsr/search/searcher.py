@@ -169,6 +169,10 @@ class Searcher:
         """token -> term id, built once: a token-keyed sparse query must not rebuild it per request."""
         return {token: i for i, token in enumerate(self.vocab)}
 
+    def mean_text_bytes(self) -> float:
+        """Average stored text size of the build's documents: what include_text adds per hit."""
+        return self.collection.view().docs.mean_text_bytes()
+
     def stats(self) -> dict[str, Any]:
         view = self.collection.view()
         return {
