@@ -108,10 +108,10 @@ class _Call:
 
     def check(self, stage: str) -> None:
         """Raise if the caller is gone or its deadline passed; called between stages."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:  # first: an expired call is inactive too
+            raise DeadlinePassed(f"deadline exceeded before {stage}")
         if not self.context.is_active():
             raise Abandoned(f"the caller cancelled before {stage}")
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise DeadlinePassed(f"deadline exceeded before {stage}")
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
