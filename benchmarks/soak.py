@@ -311,15 +311,18 @@ def write_markdown(path: Path, report: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", type=Path, required=True, help="a collection from `lsr index` with --dense minilm")
-    parser.add_argument("--beir", type=Path, default=Path(os.environ.get("LSR_BEIR_DIR", REPO.parent / "shared/data/beir")) / "nfcorpus.tar.gz",
-                        help="the BEIR archive whose queries are sent")
-    parser.add_argument("--searches", type=int, default=10_000)
-    parser.add_argument("--search-seconds", type=float, default=1200.0, help="bound on the searches phase")
-    parser.add_argument("--cycles", type=int, default=20)
-    parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
+    beir = Path(os.environ.get("LSR_BEIR_DIR", REPO.parent / "shared/data/beir"))
+    for flag, kind, default, what in (
+        ("--index", Path, None, "a collection from `lsr index` with --dense minilm (required)"),
+        ("--beir", Path, beir / "nfcorpus.tar.gz", "the BEIR archive whose queries are sent"),
+        ("--searches", int, 10_000, "no-write searches in the first phase"),
+        ("--search-seconds", float, 1200.0, "bound on the searches phase"),
+        ("--cycles", int, 20, "delete/re-upsert cycles in the race phase"),
+        ("--kills", int, 20, "SIGKILLs in the kill phase"),
+        ("--seed", int, 13, "random seed of the kill phase"),
+        ("--out", Path, RESULTS / "soak.json", "where the JSON goes (the Markdown goes beside it)"),
+    ):
+        parser.add_argument(flag, type=kind, default=default, required=default is None, help=what)
     args = parser.parse_args()
 
     from lsr.eval.datasets import load_beir

@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the report; `lsr repair` ends with it too."""
     from lsr.ingest.verify import verify_collection
 
     report = verify_collection(args.collection)
