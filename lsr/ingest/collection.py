@@ -111,7 +111,8 @@ class Collection:
                      or (self.dense is not None and i in self.dense)]
             if known:
                 self._apply(self._journal.append("delete", known))
-            return [i for i in ids if i not in set(known)]
+            known_ids = set(known)
+            return [i for i in ids if i not in known_ids]
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
