@@ -94,11 +94,12 @@ class InvertedIndex:
     # ------------------------------------------------------------------ construction
     @classmethod
     def build(cls, path: str | os.PathLike, vectors, doc_ids: Sequence | None = None,
-              quantization: str = "uint8", *, overwrite: bool = False) -> "InvertedIndex":
+              quantization: str = "uint8", *, journal_seq: int = 0, overwrite: bool = False) -> "InvertedIndex":
         """Create the index at ``path`` holding exactly these vectors.
 
         An index already there is refused unless ``overwrite=True``, which replaces it atomically
         (readers see the old index until the new manifest lands); a folder holding other files is always refused.
+        ``journal_seq``: the last record of the owner's write-ahead journal this content includes.
         """
         impact_dtype(quantization)
         path = Path(path)
@@ -108,7 +109,8 @@ class InvertedIndex:
         with storage.writer_lock(path):
             version = _disk_version(path) + 1
             scale = choose_scale(quantization, float(batch.values.max(initial=0.0)))
-            base = {"vocab_size": batch.vocab_size, "quantization": quantization, "vocab": None, "segments": []}
+            base = {"vocab_size": batch.vocab_size, "quantization": quantization, "vocab": None, "segments": [],
+                    "journal_seq": journal_seq}
             if batch.vocab is not None:
                 base["vocab"] = storage.write_json(path, f"vocab.{version:06d}.json", list(batch.vocab))
             segments = [_write_segment(path, f"s{version:06d}", batch, ids, quantization, scale)] if len(ids) else []
@@ -146,6 +148,22 @@ class InvertedIndex:
     def version(self) -> int:
         """Commit counter; changes with every build, add, delete and merge."""
         return int(self._state.manifest["version"])
+
+    @property
+    def journal_seq(self) -> int:
+        """The last write-ahead journal record this commit includes (0: none); see ``add``."""
+        return int(self._state.manifest.get("journal_seq", 0))
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._state.locations()
+
+    def doc_ids(self) -> list[str]:
+        """Ids of the live documents."""
+        return list(self._state.locations())
+
+    def pinned(self) -> "InvertedIndex":
+        """A read view of the current commit that later writes do not change (a reader's snapshot)."""
+        return InvertedIndex(self.path, self._state)
 
     @property
     def checksum(self) -> str:
@@ -278,8 +296,12 @@ class InvertedIndex:
         return hd[:n][order], hs[:n][order]
 
     # ------------------------------------------------------------------ updates
-    def add(self, vectors, doc_ids: Sequence | None = None) -> None:
-        """Upsert: new documents go into a new segment; an existing id's old vector is tombstoned."""
+    def add(self, vectors, doc_ids: Sequence | None = None, journal_seq: int | None = None) -> None:
+        """Upsert: new documents go into a new segment; an existing id's old vector is tombstoned.
+
+        ``journal_seq`` is stored in the same commit, so an owner replaying a write-ahead journal
+        knows atomically which of its records this index already holds.
+        """
         with self._write_lock, storage.writer_lock(self.path):
             state = self._fresh_state()
             batch, ids = document_batch(vectors, doc_ids, self.vocab_size)
@@ -287,7 +309,7 @@ class InvertedIndex:
                 return
             where = state.locations()
             masks = _tombstones(state, [where[i] for i in ids if i in where])
-            manifest = _copy_manifest(state.manifest)
+            manifest = _copy_manifest(state.manifest, journal_seq)
             version = manifest["version"] + 1
             scale = choose_scale(self.quantization, float(batch.values.max(initial=0.0)), state.scale)
             _write_deleted(self.path, manifest, masks, version)
@@ -295,8 +317,10 @@ class InvertedIndex:
                 _write_segment(self.path, f"s{version:06d}", batch, ids, self.quantization, scale))
             self._commit(manifest, version)
 
-    def delete(self, doc_ids: Sequence) -> None:
-        """Tombstone live documents. Unknown ids raise KeyError naming them; nothing is deleted then."""
+    def delete(self, doc_ids: Sequence, journal_seq: int | None = None) -> None:
+        """Tombstone live documents. Unknown ids raise KeyError naming them; nothing is deleted then.
+
+        ``journal_seq`` as in ``add``; with no ids it is still committed."""
         with self._write_lock, storage.writer_lock(self.path):
             state = self._fresh_state()
             ids = list(dict.fromkeys(doc_id_list(doc_ids)))
@@ -304,9 +328,9 @@ class InvertedIndex:
             missing = [i for i in ids if i not in where]
             if missing:
                 raise KeyError(f"unknown doc ids, nothing deleted: {missing[:10]}")
-            if not ids:
+            if not ids and journal_seq is None:
                 return
-            manifest = _copy_manifest(state.manifest)
+            manifest = _copy_manifest(state.manifest, journal_seq)
             version = manifest["version"] + 1
             _write_deleted(self.path, manifest, _tombstones(state, [where[i] for i in ids]), version)
             self._commit(manifest, version)
@@ -341,9 +365,9 @@ class InvertedIndex:
 
     def verify(self) -> None:
         """Full content check of every file (crc32); raises CorruptIndexError naming the bad file."""
-        manifest = self._state.manifest
-        for name in sorted(storage.referenced_files(manifest)):
-            storage.check_file(self.path, {"file": name, **_record(manifest, name)}, full=True)
+        problems = storage.file_problems(self.path, self._state.manifest)
+        if problems:
+            raise storage.CorruptIndexError(problems[0])
 
     def _fresh_state(self) -> _State:
         """The state to update: ours, or the on-disk one if another process committed since."""
@@ -386,20 +410,12 @@ def _disk_version(path: Path) -> int:
         return 0
 
 
-def _copy_manifest(manifest: dict) -> dict:
+def _copy_manifest(manifest: dict, journal_seq: int | None = None) -> dict:
     out = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "manifest_crc32")}
+    if journal_seq is not None:
+        out["journal_seq"] = journal_seq
     out["segments"] = [dict(s, files=dict(s["files"])) for s in manifest["segments"]]
     return out
-
-
-def _record(manifest: dict, name: str) -> dict:
-    if manifest.get("vocab") and manifest["vocab"]["file"] == name:
-        return manifest["vocab"]
-    for seg in manifest["segments"]:
-        for rec in seg["files"].values():
-            if rec["file"] == name:
-                return rec
-    raise KeyError(name)
 
 
 def _tombstones(state: _State, locations: list[tuple[int, int]]) -> dict[int, np.ndarray]:

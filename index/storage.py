@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import re
 import zlib
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import atomic_write
+from lsr.files import CorruptFileError, atomic_write, canonical_json, crc32_file, file_record, fsync_dir
 
 FORMAT = "lsr-inverted-index"
 FORMAT_VERSION = 1
@@ -33,37 +32,14 @@ _FULL_CHECK_ON_OPEN = 1 << 20
 _DATA_FILE = re.compile(r"^(s\d+\..+|vocab\..+|.+\.tmp)$")
 
 
-class CorruptIndexError(ValueError):
+class CorruptIndexError(CorruptFileError):
     """A file of the index is missing, truncated or does not match its checksum."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _crc_file(path: Path, limit: int | None = None) -> int:
-    crc = 0
-    remaining = limit if limit is not None else -1
-    with open(path, "rb") as f:
-        while remaining != 0:
-            chunk = f.read(1 << 22 if remaining < 0 else min(1 << 22, remaining))
-            if not chunk:
-                break
-            crc = zlib.crc32(chunk, crc)
-            if remaining > 0:
-                remaining -= len(chunk)
-    return crc
 
 
 def _durable_write(path: Path, write) -> dict:
     """Write via ``write(file)`` to a temp name, fsync, rename into place; return the file record."""
     atomic_write(path, write)
-    return {"file": path.name, "bytes": path.stat().st_size, "crc32": _crc_file(path),
-            "head_crc32": _crc_file(path, _HEAD_BYTES)}
+    return {**file_record(path), "head_crc32": crc32_file(path, _HEAD_BYTES)}
 
 
 def write_array(directory: Path, name: str, array: np.ndarray) -> dict:
@@ -90,9 +66,9 @@ def check_file(directory: Path, record: dict, full: bool = False) -> Path:
         raise CorruptIndexError(
             f"index file {path} has {size} bytes, the manifest says {record['bytes']} (truncated or overwritten)")
     if full or size <= _FULL_CHECK_ON_OPEN:
-        if _crc_file(path) != record["crc32"]:
+        if crc32_file(path) != record["crc32"]:
             raise CorruptIndexError(f"index file {path} fails its crc32 checksum (corrupted)")
-    elif _crc_file(path, _HEAD_BYTES) != record["head_crc32"]:
+    elif crc32_file(path, _HEAD_BYTES) != record["head_crc32"]:
         raise CorruptIndexError(f"index file {path} fails its header checksum (corrupted)")
     return path
 
@@ -133,13 +109,14 @@ def load_json(directory: Path, record: dict):
 def read_manifest(directory: Path) -> dict:
     path = directory / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"no index at {directory}: {MANIFEST} is missing (build one with InvertedIndex.build)")
+        raise FileNotFoundError(f"no index at {directory}: {MANIFEST} is missing (in a collection, rebuild it with "
+                                f"`lsr repair COLLECTION`; elsewhere with InvertedIndex.build)")
     try:
         manifest = json.loads(path.read_bytes())
     except ValueError as exc:
         raise CorruptIndexError(f"index file {path} is not valid JSON: {exc}") from exc
     body = {k: v for k, v in manifest.items() if k != "manifest_crc32"}
-    if manifest.get("manifest_crc32") != zlib.crc32(_canonical(body)):
+    if manifest.get("manifest_crc32") != zlib.crc32(canonical_json(body)):
         raise CorruptIndexError(f"index file {path} fails its checksum (corrupted)")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise CorruptIndexError(
@@ -148,17 +125,13 @@ def read_manifest(directory: Path) -> dict:
     return manifest
 
 
-def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
 def commit_manifest(directory: Path, manifest: dict) -> None:
     """The commit point: the renamed manifest makes the new files the index. Then drop garbage."""
     body = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
-    body["manifest_crc32"] = zlib.crc32(_canonical(body))
-    _fsync_dir(directory)  # the data files' renames are durable before the manifest names them
+    body["manifest_crc32"] = zlib.crc32(canonical_json(body))
+    fsync_dir(directory)  # the data files' renames are durable before the manifest names them
     _durable_write(directory / MANIFEST, lambda f: f.write(json.dumps(body, indent=1).encode()))
-    _fsync_dir(directory)
+    fsync_dir(directory)
     remove_unreferenced(directory, body)
 
 
@@ -169,6 +142,19 @@ def referenced_files(manifest: dict) -> set[str]:
     for seg in manifest["segments"]:
         names.update(record["file"] for record in seg["files"].values())
     return names
+
+
+def file_problems(directory: Path, manifest: dict) -> list[str]:
+    """Full check of every file the manifest names: one message per missing or damaged file."""
+    records = ([manifest["vocab"]] if manifest.get("vocab") else []) + [
+        record for seg in manifest["segments"] for record in seg["files"].values()]
+    problems = []
+    for record in sorted(records, key=lambda r: r["file"]):
+        try:
+            check_file(directory, record, full=True)
+        except CorruptIndexError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def remove_unreferenced(directory: Path, manifest: dict) -> None:
@@ -201,7 +187,7 @@ def content_checksum(manifest: dict) -> str:
     ]
     vocab = manifest["vocab"]["crc32"] if manifest.get("vocab") else None
     body = [manifest["format_version"], manifest["vocab_size"], manifest["quantization"], vocab, segments]
-    return hashlib.sha256(_canonical(body)).hexdigest()
+    return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 @contextmanager

@@ -1,7 +1,9 @@
-"""Crash-safe file writes and content hashes shared by the collection writer and the dense index.
+"""Crash-safe file writes, content hashes and per-file checksum records shared by every store.
 
 A file is written to ``NAME.tmp``, fsynced and renamed over ``NAME``, so a kill at any moment
-leaves either the old file or the new one, never half of one.
+leaves either the old file or the new one, never half of one. A *record* ``{"file", "bytes",
+"crc32"}`` describes a file as it was written; checking it later names the file that is missing,
+truncated or changed, which is what an operator needs to act on.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -16,6 +19,10 @@ from typing import IO, Any, Callable
 def cache_dir() -> Path:
     """``$LSR_CACHE_DIR`` or ``~/.cache/lsr``: downloaded datasets, cached indexes and kernel tunings live here."""
     return Path(os.environ.get("LSR_CACHE_DIR") or Path.home() / ".cache" / "lsr").expanduser()
+
+
+class CorruptFileError(ValueError):
+    """A stored file is missing, truncated or does not match its checksum; the message names it."""
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -32,9 +39,77 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     atomic_write(path, lambda fh: fh.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")))
 
 
+def fsync_dir(directory: Path) -> None:
+    """Make renames and unlinks in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def crc32_file(path: Path, limit: int | None = None) -> int:
+    """crc32 of the file, or of its first ``limit`` bytes (zlib's crc runs at GB/s: cheap enough at open)."""
+    crc = 0
+    remaining = limit if limit is not None else -1
+    with open(path, "rb") as f:
+        while remaining != 0:
+            chunk = f.read(1 << 22 if remaining < 0 else min(1 << 22, remaining))
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            if remaining > 0:
+                remaining -= len(chunk)
+    return crc
+
+
+def file_record(path: Path, root: Path | None = None) -> dict:
+    """``{"file": name relative to root, "bytes", "crc32"}`` of a file just written."""
+    name = path.relative_to(root).as_posix() if root is not None else path.name
+    return {"file": name, "bytes": path.stat().st_size, "crc32": crc32_file(path)}
+
+
+def check_record(root: Path, record: dict) -> Path:
+    """The file ``record`` describes, after checking it exists and has the recorded size and crc32."""
+    path = root / record["file"]
+    if not path.is_file():
+        raise CorruptFileError(f"{path} is missing")
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        raise CorruptFileError(f"{path} has {size} bytes, {record['bytes']} were written (truncated or overwritten)")
+    if crc32_file(path) != record["crc32"]:
+        raise CorruptFileError(f"{path} fails its crc32 checksum (corrupted)")
+    return path
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sealed(body: dict) -> dict:
+    """``body`` plus a ``crc32`` of its canonical form, so a flipped byte in a JSON manifest is caught."""
+    return {**body, "crc32": zlib.crc32(canonical_json(body))}
+
+
+def read_sealed_json(path: Path) -> dict:
+    """A JSON manifest written with ``sealed``; errors name the file."""
+    try:
+        obj = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise CorruptFileError(f"{path} is not a JSON object")
+    body = {k: v for k, v in obj.items() if k != "crc32"}
+    if obj.get("crc32") != zlib.crc32(canonical_json(body)):
+        raise CorruptFileError(f"{path} fails its checksum (corrupted)")
+    return body

@@ -4,18 +4,22 @@ One forward pass over 32 short queries costs far less than 32 passes over one, s
 the server gathers the texts of concurrent requests for at most ``window`` seconds (or until
 ``max_batch`` texts wait) and encodes them in a single call. It only waits while more requests
 are in flight than the batch holds (``busy``), so a lone request is never delayed. Requests
-whose deadline passed or whose caller went away while queued are dropped before the batch is
-encoded, so abandoned work never reaches the model. A caller that is the only request in flight may
+whose caller went away leave the queue at once; those whose deadline passed while queued are
+dropped before the batch is encoded, so abandoned work never reaches the model. A caller that is the only request in flight may
 be encoded on its own thread instead (``submit(..., inline=True)``), skipping the hand-off. The
 encoders are thread-safe (``lsr.encode.splade.token_ids``), so several workers encode batches at once.
+
+Workers wait on a Condition with deadlines they compute themselves and re-check after every
+wake-up: ``queue.SimpleQueue.get(timeout=...)`` was seen to sleep for seconds past its timeout on
+Python 3.11 while another thread waited on the same queue, holding an encode slot meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
@@ -35,7 +39,7 @@ class DeadlinePassed(Exception):
     """The request's deadline passed while it waited for a batch; it was never encoded."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue removes this very request when its caller leaves
 class _Pending:
     text: str
     deadline: float | None  # time.monotonic() value
@@ -52,6 +56,44 @@ class BatchStats:
     @property
     def mean_batch(self) -> float:
         return self.texts / self.batches if self.batches else 0.0
+
+
+_EMPTY = object()  # what ``_Queue.get`` returns when its deadline passed with nothing queued
+
+
+class _Queue:
+    """FIFO of pending requests (and close markers) whose waits end at deadlines the caller owns."""
+
+    def __init__(self) -> None:
+        self._items: deque = deque()
+        self._cond = threading.Condition()
+
+    def put(self, item) -> None:
+        with self._cond:
+            self._items.append(item)
+            self._cond.notify()
+
+    def get(self, until: float | None = None):
+        """The oldest item; waits until ``until`` (time.monotonic()) at most, then ``_EMPTY``; None: forever."""
+        with self._cond:
+            while not self._items:
+                if until is None:
+                    self._cond.wait()
+                    continue
+                left = until - time.monotonic()
+                if left <= 0:
+                    return _EMPTY
+                self._cond.wait(left)
+            return self._items.popleft()
+
+    def discard(self, item) -> bool:
+        """Remove ``item`` if it is still queued; True if it was."""
+        with self._cond:
+            try:
+                self._items.remove(item)
+            except ValueError:
+                return False
+            return True
 
 
 class MicroBatcher:
@@ -77,7 +119,7 @@ class MicroBatcher:
         self.window = window
         self.max_batch = max(1, int(max_batch))
         self.stats = BatchStats()
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue = _Queue()
         self._stats_lock = threading.Lock()
         # Several workers: while one encodes a batch the next one fills, and each can use a core.
         self._workers = [
@@ -108,8 +150,14 @@ class MicroBatcher:
             with self._slots:
                 self._process([pending])
         elif not (inline and self._encode_if_idle(pending)):
+            pending.future.add_done_callback(lambda future: self._withdraw(pending) if future.cancelled() else None)
             self._queue.put(pending)
         return pending.future
+
+    def _withdraw(self, pending: _Pending) -> None:
+        """A cancelled request leaves the queue now, not when a batch would have reached it."""
+        if self._queue.discard(pending):
+            self._count(dropped=1)
 
     def close(self) -> None:
         """Encode what is queued, then stop the worker."""
@@ -137,16 +185,13 @@ class MicroBatcher:
         closing = False
         until = time.monotonic() + self.window
         while len(batch) < self.max_batch:
-            try:
-                # Whatever queued while the cores were busy joins without waiting.
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                left = until - time.monotonic()
-                if left <= 0 or len(batch) >= self._busy():
+            item = self._queue.get(until=0.0)  # whatever queued while the cores were busy joins without waiting
+            if item is _EMPTY:
+                now = time.monotonic()
+                if now >= until or len(batch) >= self._busy():
                     break
-                try:
-                    item = self._queue.get(timeout=min(left, _POLL))
-                except queue.Empty:
+                item = self._queue.get(until=min(until, now + _POLL))
+                if item is _EMPTY:
                     continue
             if item is None:
                 closing = True

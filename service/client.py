@@ -123,15 +123,18 @@ class Client:
         return results
 
     # -------------------------------------------------------------------------------- writes
-    def upsert(self, ids: Sequence[str], texts: Sequence[str], *, chunk_size: int = 64, timeout: float | None = None) -> int:
-        """Add or replace documents; returns how many the server stored (durably, once this returns)."""
+    def upsert(self, ids: Sequence[str], texts: Sequence[str], *, allow_empty: bool = False, chunk_size: int = 64,
+               timeout: float | None = None) -> int:
+        """Add or replace documents; returns how many the server stored (durably, once this returns).
+
+        ``allow_empty``: store empty or whitespace-only texts instead of refusing them (INVALID_ARGUMENT)."""
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
 
         def messages() -> Iterable[pb.UpsertRequest]:
             for start in range(0, len(ids), chunk_size):
                 docs = [pb.Document(id=i, text=t) for i, t in zip(ids[start : start + chunk_size], texts[start : start + chunk_size])]
-                yield pb.UpsertRequest(documents=docs)
+                yield pb.UpsertRequest(documents=docs, allow_empty_documents=allow_empty)
 
         response = self._call(self._stub.Upsert, messages(), timeout)
         self.last_index_version = response.index_version

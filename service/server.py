@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lsr.service import search_pb2, search_pb2_grpc
-from lsr.service.servicer import SearchServicer
+from lsr.service.servicer import SearchServicer, Undecodable
 
 log = logging.getLogger("lsr.service")
 
@@ -76,18 +76,49 @@ class BearerTokenAuth(grpc.ServerInterceptor):
         return _refusing_handler(handler, "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'")
 
 
-def _refusing_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    def refuse(_request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+class LenientDecoding(grpc.ServerInterceptor):
+    """Hand undecodable request bytes to the servicer as ``Undecodable`` instead of failing in gRPC.
 
+    gRPC answers a deserializer's exception with INTERNAL "Exception deserializing request!";
+    bytes that are not a valid message (a string that is not UTF-8) are the caller's mistake,
+    which the servicer answers with INVALID_ARGUMENT and a message that says what is wrong.
+    """
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.request_deserializer is None or not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return handler
+        parse = handler.request_deserializer
+
+        def lenient(data: bytes):
+            try:
+                return parse(data)
+            except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others
+                return Undecodable(exc)
+
+        return _handler_like(handler, _behaviour(handler), lenient)
+
+
+def _behaviour(handler: grpc.RpcMethodHandler):
+    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+
+def _handler_like(handler: grpc.RpcMethodHandler, behaviour, deserializer) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as ``handler`` with another behaviour and deserializer."""
     kind = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }[(handler.request_streaming, handler.response_streaming)]
-    return kind(refuse, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    return kind(behaviour, request_deserializer=deserializer, response_serializer=handler.response_serializer)
+
+
+def _refusing_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    def refuse(_request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    return _handler_like(handler, refuse, handler.request_deserializer)
 
 
 class SearchServer:
@@ -96,12 +127,14 @@ class SearchServer:
     def __init__(self, searcher, config: ServerConfig) -> None:
         self.config = config
         self.searcher = searcher
+        max_response = max(config.max_message_bytes, _MAX_RESPONSE_BYTES)
         self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch,
-                                       encode_workers=config.encode_workers)
+                                       encode_workers=config.encode_workers, max_response_bytes=max_response)
         interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
+        interceptors.append(LenientDecoding())
         limits = [  # requests are bounded to protect the server; a full batch of k=1000 answers may be larger
             ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", max(config.max_message_bytes, _MAX_RESPONSE_BYTES)),
+            ("grpc.max_send_message_length", max_response),
             # gRPC sets SO_REUSEPORT by default: a second server on a taken port would bind too and
             # silently share its traffic; without it the bind fails and says so.
             ("grpc.so_reuseport", 0),

@@ -14,13 +14,14 @@ import logging
 import threading
 import time
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Iterator
 
 import grpc
 import numpy as np
 
+from lsr.files import CorruptFileError
 from lsr.search.searcher import FailedPrecondition
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
@@ -32,7 +33,12 @@ from lsr.service.convert import (
 log = logging.getLogger("lsr.service")
 
 MAX_BATCH_TEXTS = 1000
-_BATCH_CHUNK = 32  # SearchBatch checks the deadline between chunks of this many texts
+MAX_UPSERT_DOCS = 10_000  # documents in one Upsert stream
+MAX_UPSERT_BYTES = 64 * 1024 * 1024  # ids + texts of one Upsert stream, checked as messages arrive
+_BATCH_CHUNK = 8  # SearchBatch encodes this many texts at a time (an encode cannot be interrupted)
+# Bytes of one hit in a response beside its text: id, scores, field tags; explain adds up to 10 terms.
+_HIT_BYTES = 64
+_EXPLAIN_BYTES = 10 * 32
 
 
 class Abandoned(Exception):
@@ -43,6 +49,24 @@ class Draining(Exception):
     """The server is shutting down and takes no new searches."""
 
 
+class TooLarge(Exception):
+    """The request would need more memory than the server's limits allow; the message names the limit."""
+
+
+class Undecodable:
+    """What the lenient deserializer (``lsr.service.server``) hands over for bytes that are not a valid message."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def decoded(message):
+    """``message``, or INVALID_ARGUMENT when its bytes did not parse (e.g. a string that is not UTF-8)."""
+    if isinstance(message, Undecodable):
+        raise ValueError(f"the request is not a valid lsr.v1 message (strings must be UTF-8): {message.error}")
+    return message
+
+
 def _status_of(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, (DeadlinePassed, FutureTimeout)):
         return grpc.StatusCode.DEADLINE_EXCEEDED
@@ -50,6 +74,10 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.CANCELLED
     if isinstance(exc, Draining):
         return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, TooLarge):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, CorruptFileError):  # before ValueError: a damaged file is the server's problem, not the caller's
+        return grpc.StatusCode.DATA_LOSS
     if isinstance(exc, FailedPrecondition):  # before ValueError: it may subclass it
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, ValueError):
@@ -80,10 +108,10 @@ class _Call:
 
     def check(self, stage: str) -> None:
         """Raise if the caller is gone or its deadline passed; called between stages."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:  # first: an expired call is inactive too
+            raise DeadlinePassed(f"deadline exceeded before {stage}")
         if not self.context.is_active():
             raise Abandoned(f"the caller cancelled before {stage}")
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise DeadlinePassed(f"deadline exceeded before {stage}")
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
@@ -104,7 +132,7 @@ def _rpc(method):
             try:
                 if self._draining.is_set() and name != "GetStats":
                     raise Draining("the server is shutting down; retry on another replica")
-                response = method(self, request, call)
+                response = method(self, decoded(request), call)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status code
                 code, message = _status_of(exc), _message_of(exc)
                 if code is grpc.StatusCode.INTERNAL:
@@ -132,8 +160,10 @@ def _format(fields: dict[str, object]) -> str:
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     """Validates requests, micro-batches text encodings, and hands the rest to the Searcher."""
 
-    def __init__(self, searcher, *, batch_window: float = 0.002, max_batch: int = 64, encode_workers: int = 2) -> None:
+    def __init__(self, searcher, *, batch_window: float = 0.002, max_batch: int = 64, encode_workers: int = 2,
+                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
         self.searcher = searcher
+        self.max_response_bytes = max_response_bytes
         # Sparse and dense encoders batch separately, so a hybrid query's two encodings overlap.
         busy = lambda: self.in_flight  # noqa: E731 - requests that may still join a batch
         # One pool of encode slots for both encoders: a hybrid query's two encodings overlap, yet no
@@ -161,6 +191,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         text, sparse, dense = _query_of(request)
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None)
         self.searcher.check_request(text, sparse, dense, *(options[key] for key in ("k", "mode", "hybrid", "prf")))
+        self._check_response_size(1, options)
         call.check("encoding")
         if text is not None and dense is None:
             result = self._search_text(text, options, call)
@@ -185,30 +216,26 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             if not text.strip():
                 raise ValueError(f"texts[{i}] is empty or whitespace; every query needs some words")
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None, texts=len(texts))
+        self._check_response_size(len(texts), options)
         out = pb.SearchBatchResponse()
+        size = 0
         for start in range(0, len(texts), _BATCH_CHUNK):
             call.check(f"texts[{start}:]")
-            results = self.searcher.search_batch(texts[start : start + _BATCH_CHUNK], **options)
+            results = self.searcher.search_batch(texts[start : start + _BATCH_CHUNK], check=call.check, **options)
             for result in results:
-                out.results.append(result_to_proto(result, index_version=self.searcher.index_version,
-                                                   request_id=call.request_id))
+                message = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id)
+                size += message.ByteSize()
+                if size > self.max_response_bytes:  # the estimate was low (unusually long texts): stop now
+                    raise TooLarge(f"the response passed the server's {self.max_response_bytes / 2**20:.0f} MiB limit "
+                                   f"after {len(out.results)} of {len(texts)} texts; send fewer texts or a smaller k")
+                out.results.append(message)
         self._count("requests", len(texts))
         return out
 
     @_rpc
     def Upsert(self, request_iterator, call: _Call) -> pb.UpsertResponse:
-        ids, texts = [], []
-        for message in request_iterator:
-            for doc in message.documents:
-                if not doc.id:
-                    raise ValueError(f"document {len(ids)} of the stream has no id")
-                ids.append(doc.id)
-                texts.append(doc.text)
+        ids, texts = _read_upsert_stream(request_iterator, call)
         call.check("writing")
-        if not ids:
-            raise ValueError("the upsert stream held no documents")
-        if len(set(ids)) != len(ids):
-            raise ValueError("the upsert stream repeats a document id; send each id once")
         self.searcher.upsert(ids, texts)
         call.fields.update(docs=len(ids))
         return pb.UpsertResponse(upserted=len(ids), index_version=self.searcher.index_version)
@@ -261,6 +288,19 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 self.in_flight -= 1
                 self._idle.notify_all()
 
+    def _check_response_size(self, n_texts: int, options: dict) -> None:
+        """Refuse before any work a response that would pass the limit (k hits per text, maybe with texts)."""
+        per_hit = _HIT_BYTES + (_EXPLAIN_BYTES if options["explain"] else 0)
+        if options["include_text"]:
+            per_hit += self.searcher.mean_text_bytes()
+        estimate = n_texts * options["k"] * per_hit
+        if estimate > self.max_response_bytes:
+            raise TooLarge(
+                f"the response would be about {estimate / 2**20:,.0f} MiB ({n_texts} texts × k={options['k']}"
+                f"{' with text' if options['include_text'] else ''}), over the server's "
+                f"{self.max_response_bytes / 2**20:.0f} MiB response limit; send fewer texts per request, "
+                "a smaller k, or include_text=false")
+
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.counters[key] += n
@@ -310,6 +350,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         except FutureTimeout:
             future.cancel()
             raise DeadlinePassed("deadline exceeded while waiting for the query encoder") from None
+        except CancelledError:  # gRPC cancelled it when the call ended: deadline passed or caller left
+            call.check("search")
+            raise Abandoned("the call ended while its query was waiting for the encoder") from None
 
     def close(self) -> None:
         self.sparse_batcher.close()
@@ -339,6 +382,33 @@ def _dense_encodings(searcher):
         return [(vector, False, elapsed) for vector in vectors]
 
     return encode
+
+
+def _read_upsert_stream(messages, call: _Call) -> tuple[list[str], list[str]]:
+    """The stream's ids and texts, checked as they arrive: bounded count and bytes, no repeats, no empty texts."""
+    ids, texts, seen, size = [], [], set(), 0
+    for message in messages:
+        message = decoded(message)
+        call.check("reading the upsert stream")
+        for doc in message.documents:
+            where = f"document {len(ids)} of the stream"
+            if not doc.id:
+                raise ValueError(f"{where} has no id")
+            if doc.id in seen:
+                raise ValueError(f"{where} repeats id {doc.id!r}; send each id once")
+            if not message.allow_empty_documents and not doc.text.replace("\x00", "").strip():
+                raise ValueError(f"{where} ({doc.id!r}) has empty, whitespace or NUL-only text; "
+                                 "set allow_empty_documents to store it anyway")
+            size += len(doc.id) + len(doc.text)
+            if len(ids) + 1 > MAX_UPSERT_DOCS or size > MAX_UPSERT_BYTES:
+                raise TooLarge(f"the upsert stream passed the server's limit of {MAX_UPSERT_DOCS:,} documents or "
+                               f"{MAX_UPSERT_BYTES / 2**20:.0f} MiB at {where}; split it into several upserts")
+            seen.add(doc.id)
+            ids.append(doc.id)
+            texts.append(doc.text)
+    if not ids:
+        raise ValueError("the upsert stream held no documents")
+    return ids, texts
 
 
 def _query_of(request: pb.SearchRequest):

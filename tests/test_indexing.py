@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from lsr.cli import main as cli_main
-from lsr.ingest.collection import BUILD_STATE, META_FILE, Collection
+from lsr.ingest.collection import Collection
+from lsr.ingest.layout import BUILD_STATE, META_FILE
 from lsr.ingest.indexing import IndexOptions, build_collection
 
 N_DOCS = 96
@@ -79,7 +80,7 @@ def test_the_vocabulary_is_stored_once_per_collection(reference, tmp_path):
 
     import pyarrow.parquet as pq
 
-    from lsr.ingest.collection import read_vector_shards, shard_name
+    from lsr.ingest.layout import read_vector_shards, shard_name
 
     vocab = json.loads((reference / "vocab.json").read_text())
     assert len(vocab) == 30522 and Collection.open(reference).meta["vocab"] == "vocab.json"

@@ -21,49 +21,10 @@ from lsr.search.searcher import PrfOptions, Searcher
 from lsr.service import Client
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
+from service_helpers import ServerProcess
 
 N_DOCS = 80
 MAX_LENGTH = 96
-START_TIMEOUT = 180.0
-
-
-# ---------------------------------------------------------------------------------- servers
-class ServerProcess:
-    """`lsr serve DIR --port 0 ...` as a child process; the port comes from its event=listening log line."""
-
-    def __init__(self, index_dir: Path, *args: str) -> None:
-        self.command = [sys.executable, "-m", "lsr", "serve", str(index_dir), "--host", "127.0.0.1", "--port", "0", *args]
-        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.address: str | None = None
-        self._listening = threading.Event()
-        threading.Thread(target=self._read_log, daemon=True).start()
-
-    def _read_log(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if "event=listening" in line:
-                self.address = line.split("address=")[1].split()[0]
-                self._listening.set()
-        self._listening.set()
-
-    def wait_listening(self) -> "ServerProcess":
-        if not self._listening.wait(START_TIMEOUT) or self.address is None:
-            self.kill()
-            raise AssertionError(f"server did not start: {' '.join(self.command)}\n{''.join(self.lines)[-3000:]}")
-        assert self.address.startswith("127.0.0.1:")
-        return self
-
-    def client(self, **kwargs) -> Client:
-        return Client(self.address, **kwargs)
-
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
 
 
 def _build(source: Path, out: Path, **options) -> Path:

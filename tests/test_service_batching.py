@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -53,6 +54,7 @@ def test_expired_and_cancelled_requests_are_never_encoded():
         expired = batcher.submit("too late", deadline=time.monotonic() - 1.0)
         cancelled = batcher.submit("gone away")
         assert cancelled.cancel()
+        assert batcher.stats.dropped == 1  # it left the queue at once, while the encoder is still busy
         alive = batcher.submit("still wanted")
         encoder.release.set()
         assert alive.result(30) == "STILL WANTED"
@@ -64,6 +66,26 @@ def test_expired_and_cancelled_requests_are_never_encoded():
         assert batcher.stats.dropped == 2
     finally:
         encoder.release.set()
+        batcher.close()
+
+
+def test_workers_gathering_a_batch_wake_within_their_window_under_contention():
+    """The waits end at deadlines the workers own: 2 workers polling while 12 threads submit never stall."""
+    batcher = MicroBatcher(lambda texts: [len(t) for t in texts], window=0.002, max_batch=64, workers=2,
+                           busy=lambda: 64)
+    try:
+        def client(n: int) -> float:
+            slowest = 0.0
+            for i in range(100):
+                started = time.monotonic()
+                assert batcher.submit(f"text {n} {i}").result(30) == len(f"text {n} {i}")
+                slowest = max(slowest, time.monotonic() - started)
+            return slowest
+
+        with ThreadPoolExecutor(12) as pool:
+            slowest = max(pool.map(client, range(12)))
+        assert slowest < 5.0, f"a request waited {slowest:.1f} s for a 2 ms batch window"
+    finally:
         batcher.close()
 
 

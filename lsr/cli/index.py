@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.ingest.collection import BUILD_STATE
+    from lsr.ingest.layout import BUILD_STATE
     from lsr.ingest.indexing import IndexOptions, build_collection
 
     if args.limit is not None and args.limit <= 0:

@@ -72,7 +72,7 @@ class Remote:
 
 def exact_sparse_run(collection_path: Path, searcher: Any, qids: Sequence[str], texts: Sequence[str], k: int) -> Run:
     """Brute-force float32 dot products over the stored (unquantized) vectors: the index's yardstick."""
-    from lsr.ingest.collection import read_vector_shards
+    from lsr.ingest.layout import read_vector_shards
     from lsr.sparse import SparseBatch
 
     meta = json.loads((collection_path / "lsr.json").read_text())

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lsr.eval.backends import InProcess, Remote, bm25_run, exact_sparse_run
-from lsr.eval.datasets import BeirDataset, cache_dir, load_beir, locate_dataset
+from lsr.eval.datasets import BeirDataset, load_beir, locate_dataset
+from lsr.files import cache_dir
 from lsr.eval.metrics import evaluate
 from lsr.eval.report import machine, write_report
 from lsr.eval.tuning import DEFAULT_ALPHA, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT, tune, tuning_split
@@ -41,11 +42,11 @@ def cached_collection(source: Path, dataset: BeirDataset, options: Any, *, progr
 
     Returns (folder, reused). An interrupted build is resumed on the next call.
     """
-    from lsr.ingest.collection import META_FILE
+    from lsr.ingest.layout import FORMAT, META_FILE
     from lsr.ingest.indexing import build_collection
 
     dtype = options.encoding()["dtype"]  # fp32 (CPU) builds keep their old keys; 16-bit GPU vectors differ slightly
-    key = json.dumps({"model": options.model, "dense": options.dense_model, "max_length": options.max_length,
+    key = json.dumps({"format": FORMAT, "model": options.model, "dense": options.dense_model, "max_length": options.max_length,
                       "fields": list(options.fields), "hnsw": options.hnsw_m, "quantization": options.quantization,
                       "corpus": corpus_checksum(dataset), **({} if dtype == "fp32" else {"dtype": dtype})}, sort_keys=True)
     folder = cache_dir() / "indexes" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"

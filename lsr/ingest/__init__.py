@@ -3,5 +3,9 @@
 - ``corpus``: readers for BEIR folders/archives, JSONL, Parquet and CSV (a new reader goes here)
 - ``beir_source``: member access inside a BEIR folder, .zip or .tar.gz
 - ``indexing``: the resumable bulk pipeline behind ``lsr index``
-- ``collection``: the folder format (manifest, vector shards, doc store, checksums)
+- ``layout``: the folder format (lsr.json, vector/doc/embedding shards, per-file crc32s)
+- ``collection``: an opened collection: pinned versions for readers, atomic writes across stores
+- ``journal``: the write-ahead journal of upserts and deletes, replayed at open
+- ``docstore``: texts by doc id (build parts plus journaled writes)
+- ``verify`` / ``repair``: ``lsr verify`` (every file, store agreement) and ``lsr repair`` (rebuild the indexes)
 """

@@ -1,16 +1,8 @@
-"""A collection directory: what ``lsr index`` writes and every searcher opens.
+"""An opened collection: one published version of every store, and atomic writes across them.
 
-Layout (``lsr.json`` is written last, so its presence means the collection is complete)::
-
-    OUT/lsr.json                      metadata + checksums of everything below
-    OUT/vocab.json                    the model's vocabulary (term id → token), once for all shards
-    OUT/vectors/part-00000.parquet    encoded sparse vectors per shard (id, indices, values)
-    OUT/docs/part-00000.parquet       id, text per shard (for include_text / explain)
-    OUT/docs/updates.parquet          texts of upserted/deleted documents (id, text; null = deleted)
-    OUT/dense/embeddings-00000.npy    float32 embeddings per shard, rows aligned with the parts
-    OUT/dense/faiss.index, ids.parquet  the DenseIndex
-    OUT/sparse/                       the InvertedIndex
-    OUT/.lsr-build.json               checkpoint of an unfinished build (removed when done)
+Writes go to the journal first (fsynced), then to the sparse index, the dense index and the doc
+overlay, each recording the journal seq it holds; only then is the new version published. So
+readers never see a half-applied write, and a crash between stores is replayed at the next open.
 """
 
 from __future__ import annotations
@@ -18,184 +10,178 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from functools import lru_cache
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from lsr.files import CorruptFileError
+from lsr.ingest.docstore import DocStore
+from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
+from lsr.ingest.layout import build_file_problems, read_meta
 from lsr.search.dense_index import DenseIndex
-from lsr.files import atomic_write, file_sha256, write_json_atomic
 from lsr.sparse import SparseBatch
 
-FORMAT = 1
-META_FILE = "lsr.json"
-BUILD_STATE = ".lsr-build.json"
-VOCAB_FILE = "vocab.json"
-_DOC_ROW_GROUP = 1024
 
+class CollectionView:
+    """One published version of every store; a search pins it once and reads only it."""
 
-def shard_name(kind: str, shard: int) -> str:
-    """Relative path of a shard file: ``vectors`` / ``docs`` parquet parts and ``dense`` .npy embeddings."""
-    if kind == "dense":
-        return f"dense/embeddings-{shard:05d}.npy"
-    return f"{kind}/part-{shard:05d}.parquet"
+    __slots__ = ("sparse", "dense", "docs")
 
+    def __init__(self, sparse: Any, dense: DenseIndex | None, docs: DocStore) -> None:
+        self.sparse, self.dense, self.docs = sparse, dense, docs
 
-def write_shard(out: Path, shard: int, ids: list[str], texts: list[str], sparse: SparseBatch,
-                dense: np.ndarray | None) -> None:
-    """Write one shard's files, each atomically (temp + rename); the caller checkpoints after."""
-    if dense is not None:
-        atomic_write(out / shard_name("dense", shard), lambda fh: np.save(fh, np.ascontiguousarray(dense, np.float32)))
-    docs = pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string())})
-    atomic_write(out / shard_name("docs", shard),
-            lambda fh: pq.write_table(docs, fh, compression="zstd", row_group_size=_DOC_ROW_GROUP))
-    atomic_write(out / shard_name("vectors", shard), lambda fh: pq.write_table(sparse.to_arrow(ids), fh, compression="zstd"))
-    if sparse.vocab is not None and not (out / VOCAB_FILE).is_file():
-        write_json_atomic(out / VOCAB_FILE, list(sparse.vocab))
-
-
-def read_vector_shards(out: Path, n_shards: int) -> Iterator[tuple[SparseBatch, list[str]]]:
-    """Each shard's vectors and ids; term names from ``vocab.json`` (older shards carry their own)."""
-    vocab = json.loads((out / VOCAB_FILE).read_text(encoding="utf-8")) if (out / VOCAB_FILE).is_file() else None
-    for shard in range(n_shards):
-        batch, ids = SparseBatch.read_parquet(out / shard_name("vectors", shard), vocab)
-        yield batch, ids
-
-
-def files_checksum(paths: Sequence[Path]) -> str:
-    """sha256 over the files' sha256s, in order: equal content ⇔ equal checksum."""
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(file_sha256(path).encode())
-    return h.hexdigest()
-
-
-def disk_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
-def is_collection_dir(path: Path) -> bool:
-    """True for a complete or unfinished collection (the only folders ``--overwrite`` may clear)."""
-    return (path / META_FILE).is_file() or (path / BUILD_STATE).is_file()
-
-
-class DocStore:
-    """Document texts: the build's parquet parts plus an overlay of later upserts and deletions."""
-
-    UPDATES = "updates.parquet"
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._where: dict[str, tuple[int, int]] | None = None
-        self._parts = sorted(directory.glob("part-*.parquet"))
-        self._updates: dict[str, str | None] = {}
-        if (directory / self.UPDATES).is_file():
-            table = pq.read_table(directory / self.UPDATES)
-            self._updates = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
-        self._row_group = lru_cache(maxsize=64)(self._read_row_group)
-
-    def _locations(self) -> dict[str, tuple[int, int]]:
-        """doc id → (part, row); built on first use from the id columns only."""
-        if self._where is None:
-            where = {}
-            for p, path in enumerate(self._parts):
-                ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
-                where.update((doc_id, (p, row)) for row, doc_id in enumerate(ids))
-            self._where = where
-        return self._where
-
-    def _read_row_group(self, part: int, group: int) -> list[str]:
-        return pq.ParquetFile(self._parts[part]).read_row_group(group, columns=["text"]).column("text").to_pylist()
-
-    def contains(self, doc_id: str) -> bool:
-        if doc_id in self._updates:
-            return self._updates[doc_id] is not None
-        return doc_id in self._locations()
-
-    def get(self, ids: Sequence[str]) -> list[str | None]:
-        where = self._locations()
-        out: list[str | None] = []
-        for doc_id in ids:
-            if doc_id in self._updates:
-                out.append(self._updates[doc_id])
-            elif doc_id in where:
-                part, row = where[doc_id]
-                out.append(self._row_group(part, row // _DOC_ROW_GROUP)[row % _DOC_ROW_GROUP])
-            else:
-                out.append(None)
-        return out
-
-    def put(self, ids: Sequence[str], texts: Sequence[str | None]) -> None:
-        """Record new texts (None = deleted) and rewrite the overlay file atomically."""
-        self._updates.update(zip(ids, texts))
-        table = pa.table({"id": pa.array(list(self._updates), pa.string()),
-                          "text": pa.array(list(self._updates.values()), pa.string())})
-        atomic_write(self.directory / self.UPDATES, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    def text(self, doc_ids: Sequence[str]) -> list[str | None]:
+        """Stored texts in the given order; None for unknown or deleted ids."""
+        return self.docs.get([str(i) for i in doc_ids])
 
 
 class Collection:
-    """An opened collection: ``meta``, ``sparse`` (InvertedIndex), ``dense`` (DenseIndex or None), ``text(ids)``."""
+    """An opened collection: ``meta``, the current ``view()``, and atomic ``upsert``/``delete``.
 
-    def __init__(self, path: Path, meta: dict, sparse: Any, dense: DenseIndex | None) -> None:
+    Writes go to the journal first (fsynced), then to the sparse index, the dense index and the
+    doc overlay, each recording the journal seq it holds; then the new version is published.
+    Readers never see a half-applied write, and a crash between stores is replayed at open.
+    """
+
+    def __init__(self, path: Path, meta: dict, sparse: Any, dense: DenseIndex | None, docs: DocStore,
+                 journal: Journal) -> None:
         self.path = path
         self.meta = meta
-        self.sparse = sparse
+        self.sparse = sparse  # the writable stores; readers use view()
         self.dense = dense
-        self.docs = DocStore(path / "docs")
+        self._journal = journal
+        self._lock = threading.Lock()
+        self._failed: BaseException | None = None
+        self._view = CollectionView(sparse.pinned(), dense.pinned() if dense is not None else None, docs)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Collection":
+        """Check every file, replay journal records a store missed, and check the stores agree."""
         from lsr.index import InvertedIndex
 
         path = Path(path).expanduser()
-        meta_path = path / META_FILE
-        if not meta_path.is_file():
-            if (path / BUILD_STATE).is_file():
-                raise ValueError(f"{path} is an unfinished collection (indexing was interrupted); "
-                                 "finish it with `lsr index SOURCE COLLECTION --resume`")
-            if not path.exists():
-                raise FileNotFoundError(f"collection {path} does not exist; create it with `lsr index SOURCE {path}`")
-            raise FileNotFoundError(f"{path} is not an lsr collection (no {META_FILE}); create one with `lsr index`")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} has collection format {meta.get('format')!r}; this lsr reads format {FORMAT}. "
-                             "Re-index with `lsr index --overwrite`")
-        sparse = InvertedIndex.open(path / "sparse")
+        meta = read_meta(path)
+        problems = build_file_problems(path, meta)
+        if problems:
+            raise CorruptFileError(f"{problems[0]}; {_HINT.format(path=path)}")
+        try:
+            sparse = InvertedIndex.open(path / "sparse")
+        except FileNotFoundError as exc:
+            raise CorruptFileError(f"{exc}; rebuild it with `lsr repair {path}`") from None
+        sparse.verify()
         dense = DenseIndex.open(path / "dense") if meta.get("dense_model") else None
-        return cls(path, meta, sparse, dense)
+        applied = max(sparse.journal_seq, dense.journal_seq if dense is not None else 0)
+        records = recover(path / JOURNAL_FILE, applied)
+        replay(records, sparse, dense, path / "dense")
+        docs = DocStore(path / "docs", overlay_of(records))
+        disagreement = agreement_problems(docs.ids(), set(sparse.doc_ids()), None if dense is None else set(dense.ids()))
+        if disagreement:
+            raise CorruptFileError(f"{path}: {disagreement[0]}; rebuild the indexes with `lsr repair {path}`")
+        return cls(path, meta, sparse, dense, docs, Journal(path / JOURNAL_FILE, records[-1].seq if records else 0))
 
     @property
     def checksum(self) -> str:
         """One digest of the build's content checksums (the ``index_checksum`` BEIR results report)."""
         return hashlib.sha256(json.dumps(self.meta["checksums"], sort_keys=True).encode()).hexdigest()
 
+    def view(self) -> CollectionView:
+        """The current version of every store, for one search to read."""
+        return self._view
+
     def text(self, doc_ids: Sequence[str]) -> list[str | None]:
-        """Stored texts in the given order; None for unknown or deleted ids."""
-        return self.docs.get([str(i) for i in doc_ids])
+        return self._view.text(doc_ids)
 
     def upsert(self, ids: Sequence[str], texts: Sequence[str], sparse: SparseBatch, dense: np.ndarray | None) -> None:
-        """Add or replace documents in every part of the collection (sparse, dense, texts)."""
+        """Add or replace documents in every store; durable and visible once this returns."""
         ids = [str(i) for i in ids]
-        self.sparse.add(sparse, ids)
-        if self.dense is not None:
-            if dense is None:
-                raise ValueError("this collection has a dense index; upserts need dense vectors too")
-            self.dense.add(ids, dense)
-            self.dense.save(self.path / "dense")
-        self.docs.put(ids, list(texts))
+        if self.dense is not None and dense is None:
+            raise ValueError("this collection has a dense index; upserts need dense vectors too")
+        with self._writing():
+            self._apply(self._journal.append("upsert", ids, list(texts), sparse, dense if self.dense is not None else None))
 
     def delete(self, ids: Sequence[str]) -> list[str]:
-        """Delete known ids everywhere; returns the ids that were not in the collection."""
+        """Delete ids found in any store from every store; returns the ids no store held."""
         ids = list(dict.fromkeys(str(i) for i in ids))
-        known = [i for i in ids if self.docs.contains(i)]
-        unknown = [i for i in ids if not self.docs.contains(i)]
-        if known:
-            self.sparse.delete(known)
-            if self.dense is not None:
-                self.dense.remove(known)
-                self.dense.save(self.path / "dense")
-            self.docs.put(known, [None] * len(known))
-        return unknown
+        with self._writing():
+            view = self._view
+            known = [i for i in ids if view.docs.contains(i) or i in self.sparse
+                     or (self.dense is not None and i in self.dense)]
+            if known:
+                self._apply(self._journal.append("delete", known))
+            known_ids = set(known)
+            return [i for i in ids if i not in known_ids]
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time; after a failed apply the process must reopen (and so replay) first."""
+        with self._lock:
+            if self._failed is not None:
+                raise RuntimeError(f"an earlier write failed half-applied ({self._failed}); restart to replay "
+                                   "the journal, which holds it")
+            journaled = self._journal.last_seq
+            try:
+                yield
+            except BaseException as exc:
+                if self._journal.last_seq != journaled:
+                    self._failed = exc
+                raise
+
+    def _apply(self, record: Record) -> None:
+        apply_record(record, self.sparse, self.dense)
+        if self.dense is not None:
+            self.dense.save(self.path / "dense", journal_seq=record.seq)
+        texts = record.texts if record.op == "upsert" else [None] * len(record.ids)
+        self._view = CollectionView(self.sparse.pinned(), self.dense.pinned() if self.dense is not None else None,
+                                    self._view.docs.with_updates(record.ids, texts))
+
+
+def apply_record(record: Record, sparse: Any | None, dense: DenseIndex | None) -> None:
+    """Apply one journal record to the sparse index (committed with its seq) and/or the dense index (in memory)."""
+    if record.op == "upsert":
+        if sparse is not None:
+            sparse.add(record.sparse, record.ids, journal_seq=record.seq)
+        if dense is not None:
+            dense.add(record.ids, record.dense)
+        return
+    if sparse is not None:
+        sparse.delete([i for i in record.ids if i in sparse], journal_seq=record.seq)
+    if dense is not None:
+        dense.remove(record.ids)
+
+
+def replay(records: Sequence[Record], sparse: Any, dense: DenseIndex | None, dense_dir: Path) -> None:
+    """Apply to each store the records it does not hold yet (after a crash between stores)."""
+    dense_from = dense.journal_seq if dense is not None else 0
+    for record in records:
+        apply_record(record, sparse if record.seq > sparse.journal_seq else None,
+                     dense if dense is not None and record.seq > dense_from else None)
+    if dense is not None and records and records[-1].seq > dense_from:
+        dense.save(dense_dir, journal_seq=records[-1].seq)
+
+
+def overlay_of(records: Sequence[Record]) -> dict[str, str | None]:
+    """The doc store's texts of journaled writes (None = deleted), latest write winning."""
+    overlay: dict[str, str | None] = {}
+    for record in records:
+        overlay.update(zip(record.ids, record.texts if record.op == "upsert" else [None] * len(record.ids)))
+    return overlay
+
+
+_HINT = "run `lsr verify {path}` for a full report; `lsr repair {path}` rebuilds the sparse and dense indexes"
+
+
+def agreement_problems(docs: set[str], sparse: set[str], dense: set[str] | None) -> list[str]:
+    """Ids that one store holds and another does not (the doc store is the reference)."""
+    problems = []
+    for name, ids in (("sparse index", sparse), ("dense index", dense)):
+        if ids is None:
+            continue
+        extra, missing = sorted(ids - docs), sorted(docs - ids)
+        if extra:
+            problems.append(f"the {name} holds {len(extra)} ids the doc store does not (first: {extra[0]!r})")
+        if missing:
+            problems.append(f"the {name} lacks {len(missing)} ids of the doc store (first: {missing[0]!r})")
+    return problems

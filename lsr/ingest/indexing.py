@@ -19,14 +19,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from lsr.ingest.collection import (
+from lsr.ingest.layout import (
     BUILD_STATE, FORMAT, META_FILE, VOCAB_FILE, disk_size, files_checksum, is_collection_dir, read_vector_shards,
     shard_name, write_shard,
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_total
 from lsr.search.dense_index import DenseIndex
-from lsr.files import write_json_atomic
+from lsr.files import file_record, read_sealed_json, sealed, write_json_atomic
 from lsr.sparse import SparseBatch
 
 
@@ -174,7 +174,7 @@ def _load_state(out: Path, settings: dict) -> _State:
     import json
 
     if (out / META_FILE).is_file() and not (out / BUILD_STATE).is_file():
-        meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+        meta = read_sealed_json(out / META_FILE)
         changed = _changes(meta.get("settings", {}), settings)
         if changed:
             raise ValueError(f"{out} holds a finished collection built with {changed}; use --overwrite to replace it")
@@ -370,6 +370,8 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
 
     vector_files = [out / shard_name("vectors", s) for s in range(state.shards)]
     doc_files = [out / shard_name("docs", s) for s in range(state.shards)]
+    embedding_files = [out / shard_name("dense", s) for s in range(state.shards)] if options.dense_model else []
+    vocab_files = [out / VOCAB_FILE] if (out / VOCAB_FILE).is_file() else []
     with stages.time("index"), progress_bar("index", state.docs, enabled=progress) as bar:
         chunks = []
         for batch, ids in read_vector_shards(out, state.shards):
@@ -392,11 +394,10 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
     checksums = {
         "corpus": state.corpus_hash,
         "vectors": files_checksum(vector_files),
-        "vocab": files_checksum([out / VOCAB_FILE]) if (out / VOCAB_FILE).is_file() else None,
+        "vocab": files_checksum(vocab_files) if vocab_files else None,
         "docs": files_checksum(doc_files),
         "sparse": sparse.checksum,
-        "dense_embeddings": files_checksum([out / shard_name("dense", s) for s in range(state.shards)])
-        if options.dense_model else None,
+        "dense_embeddings": files_checksum(embedding_files) if options.dense_model else None,
         "dense": dense_checksum,
     }
     meta = {
@@ -405,29 +406,28 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
         "dense_model": options.dense_model,
         "max_length": options.max_length,
         "fields": list(options.fields),
-        "vocab": VOCAB_FILE if (out / VOCAB_FILE).is_file() else None,
+        "vocab": VOCAB_FILE if vocab_files else None,
         "n_docs": state.docs,
         "postings": state.postings,
         "truncated": state.truncated,
         "shards": state.shards,
         "corpus_checksum": state.corpus_hash,
         "checksums": checksums,
+        "files": [file_record(path, out) for path in vector_files + doc_files + embedding_files + vocab_files],
         "settings": state.settings,
         "skipped": skipped,
         "stage_seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
         "encoded_with": options.encoding(),
         "created_with": f"lsr {_version()}",
     }
-    write_json_atomic(out / META_FILE, meta)  # last: its presence means "complete"
+    write_json_atomic(out / META_FILE, sealed(meta))  # last: its presence means "complete"
     (out / BUILD_STATE).unlink(missing_ok=True)
     return Summary(state.docs, skipped, state.postings, disk_size(out), stages.seconds, checksums, state.truncated,
                    resumed_from)
 
 
 def _summary_of_complete(out: Path) -> Summary:
-    import json
-
-    meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+    meta = read_sealed_json(out / META_FILE)
     return Summary(meta["n_docs"], meta.get("skipped", {}), meta["postings"], disk_size(out),
                    meta.get("stage_seconds", {}), meta["checksums"], meta.get("truncated", 0), already_complete=True)
 

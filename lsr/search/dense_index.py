@@ -1,35 +1,94 @@
 """A faiss index over dense embeddings, keyed by string doc ids: the dense leg of hybrid search.
 
 faiss rows are keyed by position and the doc-id list is kept beside them; removals are
-tombstones, which works the same for flat and HNSW indexes.
+tombstones, which works the same for flat and HNSW indexes, and rows are never moved. That is
+what makes cheap snapshots possible: ``pinned()`` copies only the id list, shares the faiss
+object, and ignores rows appended later. faiss itself is not safe to add to while it searches,
+so adds take a shared lock exclusively and searches share it.
+
+On disk a save writes ``faiss-N.index`` and ``ids-N.parquet`` under new names, then commits them
+by replacing ``manifest.json`` (their sizes and crc32s, and the journal seq they include); files
+of older saves are removed after. A crash leaves the previous save whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import re
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import atomic_write, file_sha256
+from lsr.files import (
+    CorruptFileError, atomic_write, check_record, file_record, file_sha256, fsync_dir, read_sealed_json, sealed,
+)
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU-feature probe at INFO
+
+MANIFEST = "manifest.json"
+_SAVED_FILE = re.compile(r"^(faiss-\d+\.index|ids-\d+\.parquet)(\.tmp)?$")
+
+
+class SharedLock:
+    """Many readers or one writer (faiss searches may overlap each other, never an add)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and self._readers == 0)
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
 
 class DenseIndex:
     """Inner-product faiss index (flat by default, HNSW with ``hnsw_m``) keyed by string doc ids."""
 
-    INDEX_FILE = "faiss.index"
-    IDS_FILE = "ids.parquet"
-
-    def __init__(self, index: Any, ids: list[str | None]) -> None:
+    def __init__(self, index: Any, ids: list[str | None], journal_seq: int = 0) -> None:
         self.index = index
-        self._ids = ids  # faiss row → doc id; None marks a removed row
+        self._ids = ids  # faiss row → doc id; None marks a removed row; rows past the end belong to later versions
         self._row = {doc_id: row for row, doc_id in enumerate(ids) if doc_id is not None}
+        self.journal_seq = journal_seq  # the last write-ahead journal record this content includes
+        self._lock = SharedLock()
+
+    def pinned(self) -> "DenseIndex":
+        """A read view of the current content that later adds and removes do not change."""
+        view = DenseIndex.__new__(DenseIndex)
+        view.index, view._ids, view._row = self.index, list(self._ids), dict(self._row)
+        view.journal_seq, view._lock = self.journal_seq, self._lock
+        return view
+
+    def ids(self) -> list[str]:
+        """Live doc ids."""
+        return list(self._row)
 
     @classmethod
     def create(cls, dim: int, hnsw_m: int | None = None, ef_construction: int = 200, ef_search: int = 128) -> "DenseIndex":
@@ -68,7 +127,8 @@ class DenseIndex:
             raise ValueError("duplicate ids in one add() call")
         self.remove([i for i in ids if i in self._row])
         start = len(self._ids)
-        self._add_rows(vectors)
+        with self._lock.exclusive():
+            self._add_rows(vectors)
         self._ids.extend(ids)
         self._row.update({doc_id: start + k for k, doc_id in enumerate(ids)})
 
@@ -108,13 +168,15 @@ class DenseIndex:
         out_scores = np.full((n, k), -np.inf, dtype=np.float32)
         if len(self) == 0 or n == 0:
             return out_ids, out_scores
-        dead = len(self._ids) - len(self._row)
-        fetch = min(k + dead, self.index.ntotal)
-        scores, rows = self.index.search(vectors, fetch)
+        with self._lock.shared():
+            ntotal = self.index.ntotal
+            skipped = ntotal - len(self._row)  # tombstones, and rows added after this view was pinned
+            scores, rows = self.index.search(vectors, min(k + skipped, ntotal))
+        known = len(self._ids)
         for q in range(n):
             got = 0
             for score, row in zip(scores[q], rows[q]):
-                if row < 0 or self._ids[row] is None:
+                if row < 0 or row >= known or self._ids[row] is None:
                     continue
                 out_ids[q, got], out_scores[q, got] = self._ids[row], score
                 got += 1
@@ -129,7 +191,8 @@ class DenseIndex:
             raise KeyError(f"ids not in the dense index: {missing[:5]}")
         if not ids:
             return np.zeros((0, self.dim), np.float32)
-        return np.stack([self.index.reconstruct(self._row[i]) for i in ids]).astype(np.float32)
+        with self._lock.shared():
+            return np.stack([self.index.reconstruct(self._row[i]) for i in ids]).astype(np.float32)
 
     def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -142,34 +205,92 @@ class DenseIndex:
         return vectors
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | Path) -> None:
-        """Write ``faiss.index`` and ``ids.parquet`` (each via temp file + rename)."""
+    def save(self, directory: str | Path, journal_seq: int | None = None) -> None:
+        """Write the index and ids under fresh names, then commit them in ``manifest.json``."""
         import faiss
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / self.INDEX_FILE, lambda fh: fh.write(faiss.serialize_index(self.index).tobytes()))
+        if journal_seq is not None:
+            self.journal_seq = journal_seq
+        previous = _read_manifest(directory) if (directory / MANIFEST).is_file() else None
+        version = previous["version"] + 1 if previous else 1
+        index_path, ids_path = directory / f"faiss-{version:06d}.index", directory / f"ids-{version:06d}.parquet"
+        with self._lock.shared():
+            data = faiss.serialize_index(self.index)
+        atomic_write(index_path, lambda fh: fh.write(data.tobytes()))
         ids = pa.table({"id": pa.array(self._ids, pa.string())})
-        atomic_write(directory / self.IDS_FILE, lambda fh: pq.write_table(ids, fh, compression="zstd"))
+        atomic_write(ids_path, lambda fh: pq.write_table(ids, fh, compression="zstd"))
+        fsync_dir(directory)
+        manifest = {"version": version, "journal_seq": self.journal_seq, "rows": len(self._ids),
+                    "index": file_record(index_path), "ids": file_record(ids_path)}
+        atomic_write(directory / MANIFEST, lambda fh: fh.write(json.dumps(sealed(manifest), indent=1).encode()))
+        fsync_dir(directory)
+        keep = {index_path.name, ids_path.name}
+        for path in directory.iterdir():  # the folder may hold other files (a collection's embeddings)
+            if _SAVED_FILE.match(path.name) and path.name not in keep:
+                path.unlink(missing_ok=True)
 
     @classmethod
     def open(cls, directory: str | Path) -> "DenseIndex":
+        """Load the committed save; every file is checked against its crc32 first and errors name it."""
         import faiss
 
         directory = Path(directory)
-        for name in (cls.INDEX_FILE, cls.IDS_FILE):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"dense index {directory} has no {name}; rebuild it with `lsr index --overwrite`")
-        index = faiss.read_index(str(directory / cls.INDEX_FILE))
-        ids = pq.read_table(directory / cls.IDS_FILE).column("id").to_pylist()
-        if len(ids) != index.ntotal:
-            raise ValueError(f"dense index {directory}: {len(ids)} ids for {index.ntotal} vectors; rebuild it")
-        return cls(index, ids)
+        manifest = _read_manifest(directory)
+        index_path = check_record(directory, manifest["index"])
+        ids_path = check_record(directory, manifest["ids"])
+        try:
+            index = faiss.read_index(str(index_path))
+        except RuntimeError as exc:
+            raise CorruptFileError(f"{index_path} is not a readable faiss index ({str(exc).splitlines()[0]})") from None
+        try:
+            ids = pq.read_table(ids_path).column("id").to_pylist()
+        except (pa.ArrowException, KeyError) as exc:
+            raise CorruptFileError(f"{ids_path} is not a readable id table ({exc})") from None
+        if not len(ids) == index.ntotal == manifest["rows"]:
+            raise CorruptFileError(f"{directory}: {len(ids)} ids for {index.ntotal} vectors; run `lsr repair`")
+        return cls(index, ids, int(manifest["journal_seq"]))
+
+    @staticmethod
+    def files(directory: str | Path) -> list[Path]:
+        """The committed files: the manifest, the faiss index and the id table."""
+        directory = Path(directory)
+        manifest = _read_manifest(directory)
+        return [directory / MANIFEST, directory / manifest["index"]["file"], directory / manifest["ids"]["file"]]
+
+    @staticmethod
+    def file_problems(directory: str | Path) -> list[str]:
+        """Full check of the manifest and every file it names: one message per missing or damaged file."""
+        directory = Path(directory)
+        try:
+            manifest = _read_manifest(directory)
+        except CorruptFileError as exc:
+            return [str(exc)]
+        problems = []
+        for role in ("index", "ids"):
+            try:
+                check_record(directory, manifest[role])
+            except CorruptFileError as exc:
+                problems.append(str(exc))
+        return problems
+
+    @staticmethod
+    def committed_seq(directory: str | Path) -> int:
+        """The journal seq of the committed save (its manifest only is read)."""
+        return int(_read_manifest(Path(directory))["journal_seq"])
 
     @staticmethod
     def checksum(directory: str | Path) -> str:
-        """sha256 over the saved files; equal for equal contents."""
+        """sha256 over the committed index and id files; equal for equal contents."""
         h = hashlib.sha256()
-        for name in (DenseIndex.INDEX_FILE, DenseIndex.IDS_FILE):
-            h.update(file_sha256(Path(directory) / name).encode())
+        for path in DenseIndex.files(directory)[1:]:
+            h.update(file_sha256(path).encode())
         return h.hexdigest()
+
+
+def _read_manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CorruptFileError(f"{path} is missing; rebuild the dense index with `lsr repair COLLECTION`")
+    return read_sealed_json(path)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -154,7 +154,7 @@ class Searcher:
     # ------------------------------------------------------------------ facts
     @property
     def index_version(self) -> str:
-        return str(self.collection.sparse.version)
+        return str(self.collection.view().sparse.version)
 
     @property
     def has_dense(self) -> bool:
@@ -173,15 +173,19 @@ class Searcher:
         """token -> term id, built once: a token-keyed sparse query must not rebuild it per request."""
         return {token: i for i, token in enumerate(self.vocab)}
 
+    def mean_text_bytes(self) -> float:
+        """Average stored text size of the build's documents: what include_text adds per hit."""
+        return self.collection.view().docs.mean_text_bytes()
+
     def stats(self) -> dict[str, Any]:
-        sparse = self.collection.sparse
+        view = self.collection.view()
         return {
-            "num_docs": int(sparse.num_docs),
-            "num_segments": int(getattr(sparse, "num_segments", 1)),
-            "vocab_size": int(sparse.vocab_size),
-            "dense_docs": len(self.collection.dense) if self.collection.dense is not None else 0,
+            "num_docs": int(view.sparse.num_docs),
+            "num_segments": int(getattr(view.sparse, "num_segments", 1)),
+            "vocab_size": int(view.sparse.vocab_size),
+            "dense_docs": len(view.dense) if view.dense is not None else 0,
             "dense_dim": self.dense_dim or 0,
-            "index_version": self.index_version,
+            "index_version": str(view.sparse.version),
             "model": self.collection.meta.get("model"),
             "dense_model": self.collection.meta.get("dense_model"),
             "query_encoder": type(self.query_encoder).__name__,
@@ -250,8 +254,12 @@ class Searcher:
         prf: PrfOptions | None = None,
         include_text: bool = False,
         explain: bool = False,
+        check: Callable[[str], None] | None = None,
     ) -> list[SearchResult]:
-        """Many text queries: encoded as one batch, then searched one by one."""
+        """Many text queries: encoded as one batch, then searched one by one.
+
+        ``check(stage)`` runs before each query's search and may raise to stop the rest (the
+        service passes its deadline check, so an expired batch stops within one query)."""
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
@@ -264,6 +272,8 @@ class Searcher:
         per_query_encode = encode_timings["encode"] / max(1, len(texts))
         results = []
         for i in range(len(texts)):
+            if check is not None:
+                check(f"query {i} of the batch")
             results.append(
                 self.search_encoded(
                     None if sparse_batch is None else row_dict(sparse_batch, i),
@@ -289,11 +299,15 @@ class Searcher:
         timings: dict[str, float] | None = None,
         truncated: bool = False,
     ) -> SearchResult:
-        """Search with already-encoded queries (term id → weight dict and/or dense vector)."""
+        """Search with already-encoded queries (term id → weight dict and/or dense vector).
+
+        Every stage reads one pinned version of the collection, so a concurrent upsert or delete
+        is seen entirely or not at all."""
+        view = self.collection.view()
         hybrid = hybrid or HybridOptions()
         timings = {} if timings is None else timings
         use_sparse, use_dense = mode in ("sparse", "hybrid"), mode in ("dense", "hybrid")
-        if use_dense and self.collection.dense is None:
+        if use_dense and view.dense is None:
             raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
         if use_sparse and q_sparse is None or use_dense and q_dense is None:
             raise ValueError(f"{mode} mode needs a {'sparse' if q_sparse is None else 'dense'} query")
@@ -301,63 +315,53 @@ class Searcher:
         runs: dict[str, Ranking] = {}
         with _timed(timings, "sparse"):
             if use_sparse:
-                runs["sparse"] = self._sparse_run(q_sparse, depth)
+                runs["sparse"] = _sparse_run(view, q_sparse, depth)
         with _timed(timings, "dense"):
             if use_dense:
-                runs["dense"] = self._dense_run(q_dense, depth)
+                runs["dense"] = _dense_run(view, q_dense, depth)
         with _timed(timings, "fuse"):
             first = self._combine(runs, mode, hybrid)
         final, last_runs = first, runs
         if prf is not None:
             with _timed(timings, "prf"):
-                final, last_runs = self._prf(q_sparse, q_dense, runs, first, mode, hybrid, prf, depth)
+                final, last_runs = self._prf(view, q_sparse, q_dense, runs, first, mode, hybrid, prf, depth)
         hits = [
             ScoredHit(doc, float(score), _maybe(last_runs.get("sparse"), doc), _maybe(last_runs.get("dense"), doc))
             for doc, score in rank(final, k)
         ]
         if include_text and hits:
-            for hit, body in zip(hits, self.collection.text([h.doc_id for h in hits])):
+            for hit, body in zip(hits, view.text([h.doc_id for h in hits])):
                 hit.text = body
         if explain and hits and q_sparse:
-            self._explain(hits, q_sparse)
+            self._explain(view, hits, q_sparse)
         return SearchResult(hits, timings, truncated)
 
     # ------------------------------------------------------------------ pipeline pieces
-    def _sparse_run(self, q: dict[int, float], depth: int) -> Ranking:
-        if not q:
-            return {}
-        hits = self.collection.sparse.search(q, k=depth)
-        return {h.doc_id: h.score for h in hits}
-
-    def _dense_run(self, q: np.ndarray, depth: int) -> Ranking:
-        ids, scores = self.collection.dense.search(np.asarray(q, np.float32)[None, :], depth)
-        return {d: float(s) for d, s in zip(ids[0], scores[0]) if d is not None and math.isfinite(s)}
-
     @staticmethod
     def _combine(runs: dict[str, Ranking], mode: str, hybrid: HybridOptions) -> Ranking:
         if mode == "hybrid":
             return interpolate(runs["sparse"], runs["dense"], hybrid.sparse_weight, hybrid.normalization)
         return runs[mode]
 
-    def _prf(self, q_sparse, q_dense, runs, first, mode, hybrid, prf: PrfOptions, depth):
+    def _prf(self, view, q_sparse, q_dense, runs, first, mode, hybrid, prf: PrfOptions, depth):
         fused_feedback = prf.interpolate in ("before", "both")
         new_runs: dict[str, Ranking] = {}
         if "sparse" in runs:
             docs, scores = _top(first if fused_feedback else runs["sparse"], prf.feedback_docs)
-            feedback = self.collection.sparse.get_vectors(docs) if docs else None
+            feedback = view.sparse.get_vectors(docs) if docs else None
             q1 = rocchio(q_sparse, feedback, scores, prf.weight, prf.max_terms) if docs else q_sparse
-            new_runs["sparse"] = self._sparse_run(q1, depth)
+            new_runs["sparse"] = _sparse_run(view, q1, depth)
         if "dense" in runs:
             docs, scores = _top(first if fused_feedback else runs["dense"], prf.feedback_docs)
-            feedback = self.collection.dense.get_vectors(docs) if docs else np.zeros((0, len(q_dense)), np.float32)
-            new_runs["dense"] = self._dense_run(vector_prf(np.asarray(q_dense, np.float32), feedback, scores, prf.weight), depth)
+            feedback = view.dense.get_vectors(docs) if docs else np.zeros((0, len(q_dense)), np.float32)
+            new_runs["dense"] = _dense_run(view, vector_prf(np.asarray(q_dense, np.float32), feedback, scores, prf.weight), depth)
         prf_run = self._combine(new_runs, mode, hybrid)
         if prf.interpolate in ("after", "both"):
             prf_run = interpolate(prf_run, first, prf.after_weight, hybrid.normalization)
         return prf_run, new_runs
 
-    def _explain(self, hits: list[ScoredHit], q: dict[int, float], top: int = 10) -> None:
-        vectors = self.collection.sparse.get_vectors([h.doc_id for h in hits])
+    def _explain(self, view, hits: list[ScoredHit], q: dict[int, float], top: int = 10) -> None:
+        vectors = view.sparse.get_vectors([h.doc_id for h in hits])
         vocab = self.vocab
         for i, hit in enumerate(hits):
             ids, vals = vectors.row(i)
@@ -445,6 +449,17 @@ class Searcher:
         ids = [str(i) for i in ids]
         with self._write_lock:
             return self.collection.delete(ids)
+
+
+def _sparse_run(view, q: dict[int, float], depth: int) -> Ranking:
+    if not q:
+        return {}
+    return {h.doc_id: h.score for h in view.sparse.search(q, k=depth)}
+
+
+def _dense_run(view, q: np.ndarray, depth: int) -> Ranking:
+    ids, scores = view.dense.search(np.asarray(q, np.float32)[None, :], depth)
+    return {d: float(s) for d, s in zip(ids[0], scores[0]) if d is not None and math.isfinite(s)}
 
 
 def row_dict(batch: SparseBatch, i: int) -> dict[int, float]:

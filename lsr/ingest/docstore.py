@@ -1,0 +1,113 @@
+"""Document texts: the build's Parquet parts plus an overlay of later upserts and deletions.
+
+A ``DocStore`` is immutable: ``with_updates`` returns a new one that shares the parts (and their
+id → row map and row-group cache) and copies only the small overlay, so a search that pinned one
+keeps reading the same texts while writers publish the next. The overlay is rebuilt from the
+collection's write-ahead journal at open; the parts never change after the build.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lsr.files import CorruptFileError
+
+DOC_ROW_GROUP = 1024  # rows per Parquet row group in docs parts: one include_text lookup reads one group
+
+
+class _Parts:
+    """The build's docs parts; shared by every DocStore version of a collection."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+        self._where: dict[str, tuple[int, int]] | None = None
+        self._lock = threading.Lock()
+        self.row_group = lru_cache(maxsize=64)(self._read_row_group)
+        self._mean_text_bytes: float | None = None
+
+    def locations(self) -> dict[str, tuple[int, int]]:
+        """doc id → (part, row); built on first use from the id columns only."""
+        with self._lock:
+            if self._where is None:
+                where = {}
+                for p, path in enumerate(self.paths):
+                    ids = _read(path, lambda: pq.read_table(path, columns=["id"]).column("id").to_pylist())
+                    where.update((doc_id, (p, row)) for row, doc_id in enumerate(ids))
+                self._where = where
+            return self._where
+
+    def _read_row_group(self, part: int, group: int) -> list[str]:
+        path = self.paths[part]
+        return _read(path, lambda: pq.ParquetFile(path).read_row_group(group, columns=["text"]).column("text").to_pylist())
+
+    def mean_text_bytes(self) -> float:
+        """Average uncompressed text size from the Parquet footers (no data is read); computed once."""
+        if self._mean_text_bytes is None:
+            self._mean_text_bytes = self._footer_mean_text_bytes()
+        return self._mean_text_bytes
+
+    def _footer_mean_text_bytes(self) -> float:
+        total = rows = 0
+        for path in self.paths:
+            meta = _read(path, lambda: pq.ParquetFile(path).metadata)
+            text = meta.schema.names.index("text")
+            rows += meta.num_rows
+            total += sum(meta.row_group(g).column(text).total_uncompressed_size for g in range(meta.num_row_groups))
+        return total / rows if rows else 0.0
+
+
+def _read(path: Path, read):
+    """Run a Parquet read; a damaged file is the server's data error, named, never the caller's."""
+    try:
+        return read()
+    except (pa.ArrowException, OSError, ValueError, IndexError) as exc:
+        raise CorruptFileError(f"{path} is unreadable ({exc}); run `lsr verify` on the collection") from None
+
+
+class DocStore:
+    """Texts by doc id, as of one version of the collection."""
+
+    def __init__(self, directory: Path, overlay: Mapping[str, str | None] | None = None, *, _parts: _Parts | None = None):
+        self.directory = directory
+        self._parts = _parts or _Parts(sorted(directory.glob("part-*.parquet")))
+        self._overlay = dict(overlay or {})  # id → text of later writes; None = deleted
+
+    def with_updates(self, ids: Sequence[str], texts: Sequence[str | None]) -> "DocStore":
+        """A new version with these texts (None = deleted); this one is unchanged."""
+        overlay = dict(self._overlay)
+        overlay.update(zip(ids, texts))
+        return DocStore(self.directory, overlay, _parts=self._parts)
+
+    def contains(self, doc_id: str) -> bool:
+        if doc_id in self._overlay:
+            return self._overlay[doc_id] is not None
+        return doc_id in self._parts.locations()
+
+    def ids(self) -> set[str]:
+        """Every live doc id."""
+        live = set(self._parts.locations())
+        for doc_id, text in self._overlay.items():
+            (live.add if text is not None else live.discard)(doc_id)
+        return live
+
+    def get(self, ids: Sequence[str]) -> list[str | None]:
+        where = self._parts.locations()
+        out: list[str | None] = []
+        for doc_id in ids:
+            if doc_id in self._overlay:
+                out.append(self._overlay[doc_id])
+            elif doc_id in where:
+                part, row = where[doc_id]
+                out.append(self._parts.row_group(part, row // DOC_ROW_GROUP)[row % DOC_ROW_GROUP])
+            else:
+                out.append(None)
+        return out
+
+    def mean_text_bytes(self) -> float:
+        return self._parts.mean_text_bytes()

@@ -1,0 +1,169 @@
+"""The collection's write-ahead journal: every acknowledged upsert and delete, in order.
+
+A write is appended here and fsynced before any store changes, and acknowledged only after every
+store applied it. Each store records the last journal ``seq`` it holds (atomically with its own
+commit), so opening a collection replays exactly the records a store missed: a kill -9 between
+stores never leaves a half-applied write behind. The journal is also the source of truth for
+documents written after the build (their texts and vectors), which ``lsr repair`` rebuilds from.
+
+File layout: ``MAGIC`` then records of ``<length u32><crc32 u32><payload>``; a payload is an Arrow
+IPC stream of one table (id, and for upserts text, indices, values, dense) whose schema metadata
+holds the op and seq. A cut-off record at the end is a write that was never acknowledged.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from lsr.files import CorruptFileError, fsync_dir
+from lsr.sparse import SparseBatch
+
+JOURNAL_FILE = "journal.log"
+MAGIC = b"LSRJRNL1"
+_HEAD = struct.Struct("<II")
+
+
+@dataclass
+class Record:
+    seq: int
+    op: str  # "upsert" or "delete"
+    ids: list[str]
+    texts: list[str] | None = None
+    sparse: SparseBatch | None = None
+    dense: np.ndarray | None = None
+
+    def to_bytes(self) -> bytes:
+        if self.op == "upsert":
+            table = self.sparse.to_arrow(self.ids).append_column("text", pa.array(self.texts, pa.string()))
+            if self.dense is not None:
+                dense = np.ascontiguousarray(self.dense, np.float32)
+                table = table.append_column("dense", pa.FixedSizeListArray.from_arrays(dense.reshape(-1), dense.shape[1]))
+        else:
+            table = pa.table({"id": pa.array(self.ids, pa.string())})
+        meta = {b"lsr.op": self.op.encode(), b"lsr.seq": str(self.seq).encode()}
+        if self.sparse is not None:
+            meta[b"lsr.vocab_size"] = str(self.sparse.vocab_size).encode()  # not the vocabulary: that is in the index
+        table = table.replace_schema_metadata(meta)
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> "Record":
+        table = pa.ipc.open_stream(payload).read_all()
+        meta = table.schema.metadata
+        op, seq = meta[b"lsr.op"].decode(), int(meta[b"lsr.seq"])
+        ids = table.column("id").to_pylist()
+        if op != "upsert":
+            return cls(seq, op, ids)
+        dense = None
+        if "dense" in table.column_names:
+            column = table.column("dense").combine_chunks()
+            dense = np.asarray(column.flatten(), np.float32).reshape(len(ids), column.type.list_size)
+        sparse = SparseBatch.from_arrow(table.select(["indices", "values"]).replace_schema_metadata(meta))
+        return cls(seq, op, ids, table.column("text").to_pylist(), sparse, dense)
+
+
+@dataclass
+class Scan:
+    """What reading the journal found: the whole records, and where and why reading stopped early."""
+
+    records: list[Record]
+    end: int  # byte offset after the last whole record
+    size: int
+    problem: str | None = None  # why bytes past ``end`` are unreadable
+
+
+def scan(path: Path) -> Scan:
+    """Read every whole record; a damaged or cut-off one ends the scan and is reported, not raised."""
+    if not path.is_file():
+        return Scan([], 0, 0)
+    data = path.read_bytes()
+    if len(data) < len(MAGIC):
+        return Scan([], 0, len(data), "the header is cut off" if data else None)
+    if data[: len(MAGIC)] != MAGIC:
+        return Scan([], 0, len(data), "the header is not an lsr journal's")
+    records: list[Record] = []
+    offset = len(MAGIC)
+    while offset < len(data):
+        if offset + _HEAD.size > len(data):
+            return Scan(records, offset, len(data), f"a record header at byte {offset} is cut off")
+        length, crc = _HEAD.unpack_from(data, offset)
+        payload = data[offset + _HEAD.size : offset + _HEAD.size + length]
+        if len(payload) < length:
+            return Scan(records, offset, len(data), f"the record at byte {offset} is cut off")
+        if zlib.crc32(payload) != crc:
+            return Scan(records, offset, len(data), f"the record at byte {offset} fails its crc32 checksum")
+        try:
+            record = Record.from_bytes(payload)
+        except (pa.ArrowException, KeyError, ValueError) as exc:
+            return Scan(records, offset, len(data), f"the record at byte {offset} is unreadable ({exc})")
+        if records and record.seq != records[-1].seq + 1:
+            return Scan(records, offset, len(data), f"the record at byte {offset} has seq {record.seq} after {records[-1].seq}")
+        records.append(record)
+        offset += _HEAD.size + length
+    return Scan(records, offset, len(data))
+
+
+def recover(path: Path, applied: int) -> list[Record]:
+    """The journal's records, after cutting off an unacknowledged tail left by a crash.
+
+    ``applied`` is the highest seq any store holds. Stores apply a record only after it was
+    fsynced whole, so unreadable bytes that hide an applied record are damage, not a crash:
+    that raises CorruptFileError naming the file instead of silently dropping acknowledged writes.
+    """
+    found = scan(path)
+    last = found.records[-1].seq if found.records else 0
+    if found.problem is None:
+        if last < applied:
+            raise CorruptFileError(f"{path} ends at record {last}, but the stores hold record {applied} "
+                                   "(the journal was truncated or replaced); run `lsr repair` to rebuild from it")
+        return found.records
+    if last < applied or (found.end == 0 and found.size > len(MAGIC)):
+        raise CorruptFileError(f"{path}: {found.problem}, and acknowledged writes lie past it (corrupted)")
+    with open(path, "r+b") as fh:  # the cut-off write was never acknowledged: drop it
+        fh.truncate(found.end)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return found.records
+
+
+class Journal:
+    """Appends records durably; ``next_seq`` continues after the records found at open."""
+
+    def __init__(self, path: Path, last_seq: int) -> None:
+        self.path = path
+        self.last_seq = last_seq
+
+    def append(self, op: str, ids: Sequence[str], texts: Sequence[str] | None = None,
+               sparse: SparseBatch | None = None, dense: np.ndarray | None = None) -> Record:
+        """Write the next record and fsync it; only then may stores apply it."""
+        record = Record(self.last_seq + 1, op, list(ids), None if texts is None else list(texts), sparse, dense)
+        payload = record.to_bytes()
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        new = size == 0
+        with open(self.path, "ab") as fh:
+            try:
+                if new:
+                    fh.write(MAGIC)
+                fh.write(_HEAD.pack(len(payload), zlib.crc32(payload)))
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            except BaseException:
+                fh.truncate(size)  # e.g. a full disk: leave no half record for the next append to follow
+                raise
+        if new:
+            fsync_dir(self.path.parent)
+        self.last_seq = record.seq
+        return record

@@ -1,0 +1,111 @@
+"""The collection folder format: what ``lsr index`` writes and every reader opens.
+
+Layout (``lsr.json`` is written last, so its presence means the collection is complete)::
+
+    OUT/lsr.json                      metadata, the crc32 of each build file below, and its own crc32
+    OUT/vocab.json                    the model's vocabulary (term id → token), once for all shards
+    OUT/vectors/part-00000.parquet    encoded sparse vectors per shard (id, indices, values)
+    OUT/docs/part-00000.parquet       id, text per shard (for include_text / explain)
+    OUT/dense/embeddings-00000.npy    float32 embeddings per shard, rows aligned with the parts
+    OUT/journal.log                   write-ahead journal of later upserts and deletes (lsr.ingest.journal)
+    OUT/dense/manifest.json, faiss-N.index, ids-N.parquet   the DenseIndex (derived)
+    OUT/sparse/                       the InvertedIndex (derived)
+    OUT/.lsr-build.json               checkpoint of an unfinished build (removed when done)
+
+The build files and the journal are the source of truth; the sparse and dense indexes are
+derived from them and ``lsr repair`` rebuilds them. Every file is covered by a crc32: build files
+in ``lsr.json``, index files in their index's manifest, journal records in their own header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lsr.files import CorruptFileError, atomic_write, check_record, file_sha256, read_sealed_json, write_json_atomic
+from lsr.ingest.docstore import DOC_ROW_GROUP
+from lsr.sparse import SparseBatch
+
+FORMAT = 2  # 2: journal, per-file crc32s, sealed lsr.json, versioned dense files
+META_FILE = "lsr.json"
+BUILD_STATE = ".lsr-build.json"
+VOCAB_FILE = "vocab.json"
+
+
+def shard_name(kind: str, shard: int) -> str:
+    """Relative path of a shard file: ``vectors`` / ``docs`` parquet parts and ``dense`` .npy embeddings."""
+    if kind == "dense":
+        return f"dense/embeddings-{shard:05d}.npy"
+    return f"{kind}/part-{shard:05d}.parquet"
+
+
+def write_shard(out: Path, shard: int, ids: list[str], texts: list[str], sparse: SparseBatch,
+                dense: np.ndarray | None) -> None:
+    """Write one shard's files, each atomically (temp + rename); the caller checkpoints after."""
+    if dense is not None:
+        atomic_write(out / shard_name("dense", shard), lambda fh: np.save(fh, np.ascontiguousarray(dense, np.float32)))
+    docs = pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string())})
+    atomic_write(out / shard_name("docs", shard),
+            lambda fh: pq.write_table(docs, fh, compression="zstd", row_group_size=DOC_ROW_GROUP))
+    atomic_write(out / shard_name("vectors", shard), lambda fh: pq.write_table(sparse.to_arrow(ids), fh, compression="zstd"))
+    if sparse.vocab is not None and not (out / VOCAB_FILE).is_file():
+        write_json_atomic(out / VOCAB_FILE, list(sparse.vocab))
+
+
+def read_vector_shards(out: Path, n_shards: int) -> Iterator[tuple[SparseBatch, list[str]]]:
+    """Each shard's vectors and ids; term names from ``vocab.json`` (older shards carry their own)."""
+    vocab = json.loads((out / VOCAB_FILE).read_text(encoding="utf-8")) if (out / VOCAB_FILE).is_file() else None
+    for shard in range(n_shards):
+        batch, ids = SparseBatch.read_parquet(out / shard_name("vectors", shard), vocab)
+        yield batch, ids
+
+
+def files_checksum(paths: Sequence[Path]) -> str:
+    """sha256 over the files' sha256s, in order: equal content ⇔ equal checksum."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(file_sha256(path).encode())
+    return h.hexdigest()
+
+
+def disk_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def is_collection_dir(path: Path) -> bool:
+    """True for a complete or unfinished collection (the only folders ``--overwrite`` may clear)."""
+    return (path / META_FILE).is_file() or (path / BUILD_STATE).is_file()
+
+
+def read_meta(path: Path) -> dict:
+    """``lsr.json`` of a complete collection; every error names the file and what to run."""
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        if (path / BUILD_STATE).is_file():
+            raise ValueError(f"{path} is an unfinished collection (indexing was interrupted); "
+                             "finish it with `lsr index SOURCE COLLECTION --resume`")
+        if not path.exists():
+            raise FileNotFoundError(f"collection {path} does not exist; create it with `lsr index SOURCE {path}`")
+        raise FileNotFoundError(f"{path} is not an lsr collection (no {META_FILE}); create one with `lsr index`")
+    meta = read_sealed_json(meta_path)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} has collection format {meta.get('format')!r}; this lsr reads format {FORMAT}. "
+                         "Re-index with `lsr index --overwrite`")
+    return meta
+
+
+def build_file_problems(path: Path, meta: dict) -> list[str]:
+    """The build's files (vectors, docs, embeddings) checked against their recorded crc32s."""
+    problems = []
+    for record in meta["files"]:
+        try:
+            check_record(path, record)
+        except CorruptFileError as exc:
+            problems.append(str(exc))
+    return problems

@@ -1,0 +1,92 @@
+"""``lsr repair``: rebuild the derived stores (inverted index, faiss index) from the source of truth.
+
+The build's vector and embedding shards plus the journal of later writes hold every document's
+current vectors; the doc store and journal hold the texts. The sparse and dense indexes are pure
+functions of them, so a missing or damaged index file is repaired by rebuilding the index.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lsr.files import CorruptFileError
+from lsr.ingest.journal import JOURNAL_FILE, Record, recover
+from lsr.ingest.layout import build_file_problems, read_meta, read_vector_shards, shard_name
+from lsr.search.dense_index import MANIFEST, DenseIndex
+from lsr.sparse import SparseBatch
+
+
+def repair_collection(path: Path) -> list[str]:
+    """Rebuild both indexes; returns what was done. Raises CorruptFileError if a source file is damaged."""
+    from lsr.index import InvertedIndex
+
+    meta = read_meta(path)
+    damaged = build_file_problems(path, meta)
+    if damaged:
+        raise CorruptFileError(f"{damaged[0]}: a source file is damaged, so the indexes cannot be rebuilt; "
+                               "restore it from a backup or re-index with `lsr index --overwrite`")
+    records = recover(path / JOURNAL_FILE, _applied_seq(path))
+    last = records[-1].seq if records else 0
+    latest = _latest(records)
+
+    chunks = [_without(batch, ids, latest) for batch, ids in read_vector_shards(path, meta["shards"])]
+    live = _journaled(latest)
+    if live:
+        chunks.append((SparseBatch.concat([record.sparse[row : row + 1] for _, record, row in live]),
+                       [doc_id for doc_id, _, _ in live]))
+    shutil.rmtree(path / "sparse", ignore_errors=True)
+    sparse = InvertedIndex.build(path / "sparse", chunks, quantization=meta["settings"]["quantization"],
+                                 journal_seq=last)
+    done = [f"rebuilt the sparse index: {sparse.num_docs:,} documents"]
+    if meta.get("dense_model"):
+        dense = None
+        for shard, (_, ids) in enumerate(read_vector_shards(path, meta["shards"])):
+            vectors = np.load(path / shard_name("dense", shard))
+            if dense is None:
+                dense = DenseIndex.create(vectors.shape[1], meta["settings"]["hnsw_m"])
+            keep = [i for i, doc_id in enumerate(ids) if doc_id not in latest]
+            dense.add([ids[i] for i in keep], vectors[keep])
+        if live:
+            dense.add([doc_id for doc_id, _, _ in live], np.stack([record.dense[row] for _, record, row in live]))
+        (path / "dense" / MANIFEST).unlink(missing_ok=True)  # a damaged manifest must not stop the new save
+        dense.save(path / "dense", journal_seq=last)
+        done.append(f"rebuilt the dense index: {len(dense):,} documents")
+    return done
+
+
+def _applied_seq(path: Path) -> int:
+    """The highest journal seq a readable store claims (so a damaged journal is not mistaken for a cut-off one)."""
+    from lsr.index import storage
+
+    seqs = [0]
+    for read in (lambda: storage.read_manifest(path / "sparse").get("journal_seq", 0),
+                 lambda: DenseIndex.committed_seq(path / "dense")):
+        try:
+            seqs.append(int(read()))
+        except (CorruptFileError, FileNotFoundError, KeyError):
+            pass
+    return max(seqs)
+
+
+def _latest(records: Sequence[Record]) -> dict[str, tuple[Record, int] | None]:
+    """Each journaled id's last write: (upsert record, row), or None when it was deleted last."""
+    latest: dict[str, tuple[Record, int] | None] = {}
+    for record in records:
+        for row, doc_id in enumerate(record.ids):
+            latest[doc_id] = (record, row) if record.op == "upsert" else None
+    return latest
+
+
+def _without(batch: SparseBatch, ids: list[str], latest: dict) -> tuple[SparseBatch, list[str]]:
+    """A build shard less the documents the journal replaced or deleted."""
+    keep = [i for i, doc_id in enumerate(ids) if doc_id not in latest]
+    return batch.select(keep), [ids[i] for i in keep]
+
+
+def _journaled(latest: dict) -> list[tuple[str, Record, int]]:
+    """(id, upsert record, row) of every document whose last journaled write is an upsert."""
+    return [(doc_id, where[0], where[1]) for doc_id, where in latest.items() if where is not None]

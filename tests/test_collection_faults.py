@@ -1,0 +1,143 @@
+"""A collection under faults: flipped bytes and truncation in every file, deleted indexes, crashes
+between stores, and stores that disagree. Real SciFact documents, real models, real files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lsr.cli.main import main
+from lsr.files import CorruptFileError
+from lsr.ingest.collection import Collection
+from lsr.ingest.verify import verify_collection
+
+N_DOCS = 30
+NEW_TEXT = "Quokka marsupials on Rottnest Island show unusual zinc metabolism in their kidneys."
+
+
+@pytest.fixture(scope="module")
+def encoders():
+    from lsr.encode.dense import DenseEncoder
+    from lsr.encode.splade import SpladeEncoder
+
+    return SpladeEncoder.from_pretrained("splade-tiny", max_length=64, device="cpu"), DenseEncoder.from_pretrained("minilm", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def written(beir_dir, encoders, tmp_path_factory) -> Path:
+    """A small hybrid collection after one upsert and one delete (so it has a journal and later versions)."""
+    from lsr.ingest.indexing import IndexOptions, build_collection
+
+    out = tmp_path_factory.mktemp("faults") / "col"
+    build_collection(beir_dir / "scifact.tar.gz", out, IndexOptions(limit=N_DOCS, max_length=64), progress=False)
+    col = Collection.open(out)
+    col.upsert(["new-1"], [NEW_TEXT], encoders[0].encode_documents([NEW_TEXT]), encoders[1].encode_documents([NEW_TEXT]))
+    col.delete([col.sparse.doc_ids()[0]])
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _data_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.stat().st_size > 0)  # sparse/LOCK is empty
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate], ids=["flip", "truncate"])
+def test_damage_to_any_file_is_found_by_open_and_verify_naming_the_file(written, tmp_path, damage):
+    files = [p.relative_to(written) for p in _data_files(written)]
+    assert len(files) > 20 and {"lsr.json", "journal.log"} <= {f.as_posix() for f in files}
+    for i, relative in enumerate(files):
+        col = _copy(written, tmp_path / f"c{i}")
+        damage(col / relative)
+        problems = verify_collection(col).problems
+        assert any(relative.name in p for p in problems), (relative, problems)
+        with pytest.raises(CorruptFileError, match=relative.name.replace(".", r"\.")):
+            Collection.open(col)
+        shutil.rmtree(col)
+
+
+def test_verify_is_clean_on_an_intact_collection(written, capsys):
+    assert main(["verify", str(written)]) == 0
+    assert "is intact" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lost", ["sparse", "dense/faiss"])
+def test_lsr_repair_rebuilds_a_deleted_index(written, tmp_path, capsys, lost):
+    col = _copy(written, tmp_path / "col")
+    before = Collection.open(col)
+    want_sparse, want_dense = sorted(before.sparse.doc_ids()), sorted(before.dense.ids())
+    query = before.dense.get_vectors(["new-1"])
+    if lost == "sparse":
+        shutil.rmtree(col / "sparse")
+    else:
+        next((col / "dense").glob("faiss-*.index")).unlink()
+    assert main(["verify", str(col)]) == 1
+    out = capsys.readouterr().out
+    assert ("manifest.json" if lost == "sparse" else "faiss-") in out and "BAD" in out
+    assert main(["repair", str(col)]) == 0
+    assert "is intact" in capsys.readouterr().out
+    after = Collection.open(col)
+    assert sorted(after.sparse.doc_ids()) == want_sparse and sorted(after.dense.ids()) == want_dense
+    assert after.dense.search(query, k=1)[0][0, 0] == "new-1"
+    assert after.view().sparse.search({int(t): 1.0 for t in after.sparse.get_vectors(["new-1"]).row(0)[0][:5]}, k=1)
+
+
+def test_errors_name_the_file_and_what_to_run(written, tmp_path, capsys):
+    col = _copy(written, tmp_path / "col")
+    (col / "sparse" / "manifest.json").unlink()
+    with pytest.raises(CorruptFileError, match=r"manifest\.json.*lsr repair"):
+        Collection.open(col)
+    (col / "lsr.json").write_text('{"format": 2, "model": ')
+    assert main(["search", str(col), "vitamin"]) == 2
+    assert "lsr.json" in capsys.readouterr().err
+
+
+def test_a_write_journaled_but_not_applied_is_replayed_at_open(written, encoders, tmp_path):
+    """kill -9 after the journal fsync and before the stores: the next open finishes the write."""
+    col = Collection.open(_copy(written, tmp_path / "col"))
+    victim = col.sparse.doc_ids()[1]
+    text = "Axolotl limb regeneration depends on macrophages."
+    col._journal.append("upsert", ["new-2"], [text], encoders[0].encode_documents([text]), encoders[1].encode_documents([text]))
+    col._journal.append("delete", [victim])
+    again = Collection.open(col.path)
+    assert "new-2" in again.sparse and "new-2" in again.dense and again.text(["new-2"]) == [text]
+    assert victim not in again.sparse and victim not in again.dense and again.text([victim]) == [None]
+    assert not verify_collection(col.path).problems
+
+
+def test_delete_reaches_an_id_that_only_some_stores_hold(written, tmp_path):
+    col = Collection.open(_copy(written, tmp_path / "col"))
+    victim = col.sparse.doc_ids()[2]
+    col.sparse.delete([victim])  # a store that lost the id outside the journal
+    assert col.delete([victim, "ghost"]) == ["ghost"]
+    again = Collection.open(col.path)
+    assert victim not in again.sparse and victim not in again.dense and again.text([victim]) == [None]
+
+
+def test_a_search_keeps_its_snapshot_while_writes_publish_new_versions(written, encoders, tmp_path):
+    col = Collection.open(_copy(written, tmp_path / "col"))
+    view = col.view()
+    victim = view.sparse.doc_ids()[0]
+    vector = view.dense.get_vectors([victim])
+    col.delete([victim])
+    col.upsert(["new-3"], ["Tardigrades survive vacuum."], encoders[0].encode_documents(["x"]), encoders[1].encode_documents(["x"]))
+    assert victim in view.sparse and victim in view.dense and view.text([victim])[0]  # the pinned version is whole
+    np.testing.assert_array_equal(view.dense.get_vectors([victim]), vector)
+    assert "new-3" not in view.dense.search(vector, k=50)[0][0]
+    assert victim not in col.view().sparse and "new-3" in col.view().dense

@@ -1,0 +1,257 @@
+"""The service under concurrent writes and faults: real `lsr serve` processes on free loopback ports,
+a small real SciFact collection, real models. Full-size runs of these targets live in benchmarks/soak.py."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lsr.search.searcher import PrfOptions
+from lsr.service import search_pb2 as pb
+from lsr.service import search_pb2_grpc
+from service_helpers import ServerProcess
+
+N_DOCS = 40
+SEARCH_CONFIGS = [  # the shapes that hung or failed in the adversarial pass
+    dict(mode="hybrid", prf=PrfOptions(interpolate="before"), explain=True),
+    dict(mode="hybrid", prf=PrfOptions(interpolate="both"), explain=True, include_text=True),
+    dict(mode="sparse", prf=PrfOptions(), explain=True),
+    dict(mode="dense"),
+]
+
+
+@pytest.fixture(scope="module")
+def collection(beir_dir, tmp_path_factory) -> Path:
+    from lsr.ingest.indexing import IndexOptions, build_collection
+
+    out = tmp_path_factory.mktemp("faults") / "col"
+    build_collection(beir_dir / "scifact.tar.gz", out, IndexOptions(limit=N_DOCS, max_length=64), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(collection, tmp_path_factory):
+    writable = tmp_path_factory.mktemp("served") / "col"
+    shutil.copytree(collection, writable)
+    process = ServerProcess(writable).wait_listening()
+    yield process
+    process.kill()
+
+
+@pytest.fixture(scope="module")
+def queries(scifact) -> list[str]:
+    return list(scifact.queries.values())[:12]
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _stub(address: str) -> search_pb2_grpc.SearchServiceStub:
+    return search_pb2_grpc.SearchServiceStub(grpc.insecure_channel(address))
+
+
+def _call_raw(address: str, method: str, payload: bytes):
+    """Send bytes the client library would never produce."""
+    channel = grpc.insecure_channel(address)
+    try:
+        return channel.unary_unary(f"/lsr.v1.SearchService/{method}")(payload, timeout=30)
+    finally:
+        channel.close()
+
+
+# ---------------------------------------------------------------------------------- concurrency
+def test_concurrent_no_write_searches_never_hang(server, queries):
+    def worker(n: int) -> list[str]:
+        errors = []
+        with server.client() as c:
+            for i in range(8):
+                config = SEARCH_CONFIGS[(n + i) % len(SEARCH_CONFIGS)]
+                try:
+                    assert c.search(queries[(n * 3 + i) % len(queries)], k=10, timeout=15, **config).hits
+                except grpc.RpcError as exc:
+                    errors.append(f"{exc.code().name}: {exc.details()}")
+        return errors
+
+    with ThreadPoolExecutor(12) as pool:
+        errors = [e for batch in pool.map(worker, range(12)) for e in batch]
+    assert errors == []
+    assert "CancelledError" not in server.log() and "Traceback" not in server.log()
+
+
+def test_delete_and_reupsert_race_gives_no_errors(server, queries):
+    query = queries[0]
+    with server.client() as c:
+        top = c.search(query, k=1, mode="hybrid", include_text=True).hits[0]
+    stop = threading.Event()
+
+    def searcher(n: int) -> tuple[int, list[str]]:
+        done, errors = 0, []
+        with server.client() as c:
+            while not stop.is_set():
+                try:
+                    c.search(query, k=10, timeout=30, **SEARCH_CONFIGS[n % 2])
+                    done += 1
+                except grpc.RpcError as exc:
+                    errors.append(f"{exc.code().name}: {exc.details()}")
+        return done, errors
+
+    with ThreadPoolExecutor(12) as pool:
+        running = [pool.submit(searcher, n) for n in range(12)]
+        with server.client() as writer:
+            for _ in range(3):
+                assert writer.delete([top.doc_id]) == []
+                assert writer.upsert([top.doc_id], [top.text]) == 1
+        stop.set()
+        outcomes = [f.result() for f in running]
+    assert [e for _, errors in outcomes for e in errors] == []
+    assert sum(done for done, _ in outcomes) >= 12
+
+
+# ---------------------------------------------------------------------------------- limits
+def test_oversized_search_batch_is_refused_before_any_work(server, queries):
+    with server.client() as c:
+        before_rss, before = _rss_bytes(server.proc.pid), c.stats()["requests"]
+        with pytest.raises(grpc.RpcError) as err:
+            _stub(server.address).SearchBatch(pb.SearchBatchRequest(texts=(queries * 42)[:500], k=1000, include_text=True),
+                                              timeout=60)  # the Client would split it into small requests
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "MiB response limit" in err.value.details() and "500 texts" in err.value.details()
+        assert c.stats()["requests"] == before
+    assert _rss_bytes(server.proc.pid) - before_rss < 100 * 2**20
+
+
+def test_upsert_streams_are_checked_as_they_arrive(server):
+    sent = []
+
+    def stream():
+        for i in range(200):
+            sent.append(i)
+            doc_id = "dup" if i in (1, 2) else f"stream-{i}"
+            yield pb.UpsertRequest(documents=[pb.Document(id=doc_id, text="lorem ipsum " * 2000)])
+            time.sleep(0.01)
+
+    channel = grpc.insecure_channel(server.address)
+    upsert = channel.stream_unary("/lsr.v1.SearchService/Upsert", request_serializer=pb.UpsertRequest.SerializeToString,
+                                  response_deserializer=pb.UpsertResponse.FromString)
+    with pytest.raises(grpc.RpcError) as err:
+        upsert(stream(), timeout=60)
+    channel.close()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'dup'" in err.value.details()
+    assert len(sent) < 200  # refused at the repeat, not after buffering the whole stream
+    with server.client() as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.upsert([f"many-{i}" for i in range(10_001)], ["t"] * 10_001, chunk_size=2000)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "10,000 documents" in err.value.details()
+
+
+# ---------------------------------------------------------------------------------- statuses
+@pytest.mark.parametrize("text", ["", "   \t\n", "\x00\x00", " \x00 "], ids=["empty", "whitespace", "nul", "nul-space"])
+def test_empty_documents_are_refused_unless_allowed(server, text):
+    with server.client() as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.upsert(["empty-doc"], [text])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "allow_empty_documents" in err.value.details()
+        assert c.upsert(["empty-doc"], [text], allow_empty=True) == 1
+        assert c.delete(["empty-doc"]) == []
+
+
+def test_invalid_utf8_is_invalid_argument(server):
+    bad = b"\x0a\x02\xff\xfe"  # field 1 (text), 2 bytes that are not UTF-8
+    for method in ("Search", "SearchBatch", "Delete"):
+        with pytest.raises(grpc.RpcError) as err:
+            _call_raw(server.address, method, bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert "UTF-8" in err.value.details()
+
+
+def test_expired_search_batch_stops_promptly_logged_at_info_and_counted(server, queries):
+    with server.client() as c:
+        before = c.stats()["abandoned"]
+        with pytest.raises(grpc.RpcError) as err:
+            c.search_batch(queries * 10, k=10, mode="hybrid", prf=PrfOptions(), chunk_size=1000, timeout=0.001)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 30
+        while c.stats()["abandoned"] == before:
+            assert time.monotonic() < deadline, "the expired batch was never counted as abandoned"
+            time.sleep(0.05)
+    line = next(line for line in reversed(server.lines) if "rpc=SearchBatch" in line)
+    assert " INFO " in line and "status=DEADLINE_EXCEEDED" in line
+    assert float(line.split(" ms=")[1].split()[0]) < 1000  # stopped within a query or two, not after 120 texts
+
+
+def test_a_file_damaged_while_serving_is_data_loss_naming_it(collection, queries, tmp_path):
+    path = shutil.copytree(collection, tmp_path / "col")
+    server = ServerProcess(path).wait_listening()  # its own: texts read by other tests are cached
+    part = path / "docs" / "part-00000.parquet"
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    try:
+        with server.client() as c:
+            with pytest.raises(grpc.RpcError) as err:
+                c.search(queries[1], k=3, include_text=True)
+            assert err.value.code() == grpc.StatusCode.DATA_LOSS
+            assert "part-00000.parquet" in err.value.details()
+            assert c.search(queries[1], k=3).hits  # searches without texts still work
+    finally:
+        server.kill()
+
+
+# ---------------------------------------------------------------------------------- crashes
+def test_kill_9_during_writes_loses_no_acknowledged_write(collection, tmp_path):
+    """A writer streams upserts and deletes; the server is killed at random moments and restarted."""
+    from lsr.ingest.verify import verify_collection
+
+    path = shutil.copytree(collection, tmp_path / "col")
+    rng = random.Random(13)
+    allowed: dict[str, set[str | None]] = {}  # per id: the acknowledged state, plus the cut write's outcome
+    for round_ in range(3):
+        server = ServerProcess(path).wait_listening()
+        stop = threading.Event()
+
+        def write() -> None:
+            with server.client(timeout=30) as c:
+                i = 0
+                while not stop.is_set():
+                    doc_id = f"kill-{round_}-{i % 6}"
+                    current = allowed.get(doc_id, {None})
+                    delete = None not in current and rng.random() < 0.3
+                    new = None if delete else f"round {round_} write {i}: zinc metabolism of quokka kidneys"
+                    try:
+                        c.delete([doc_id]) if delete else c.upsert([doc_id], [new])
+                    except grpc.RpcError:  # the kill: not acknowledged, so it may or may not have happened
+                        allowed[doc_id] = current | {new}
+                        return
+                    allowed[doc_id] = {new}
+                    i += 1
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(rng.uniform(0.5, 2.0))
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(30)
+        stop.set()
+        writer.join(60)
+    assert allowed
+    assert not verify_collection(path).problems  # at most a cut-off tail, which the open below drops
+    server = ServerProcess(path).wait_listening()
+    try:
+        with server.client() as c:
+            hits = c.search("zinc metabolism of quokka kidneys", k=1000, include_text=True).hits
+            stored = {h.doc_id: h.text for h in hits if h.doc_id.startswith("kill-")}
+            for doc_id, states in allowed.items():
+                assert stored.get(doc_id) in states, (doc_id, stored.get(doc_id), states)
+            assert c.delete(list(stored)) == []  # every remaining id is deletable
+    finally:
+        server.kill()
+    assert not verify_collection(path).problems
