@@ -332,7 +332,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         call.check("search")
         result = self.searcher.search_encoded(
             sparse and sparse[0], dense and dense[0], timings={"encode": encode},
-            truncated=bool(sparse and sparse[1]), **options,
+            truncated=any(item[1] for item in (sparse, dense) if item is not None), **options,
         )
         result.timings["queue"] = max(0.0, waited - encode)
         return result
@@ -373,13 +373,13 @@ def _sparse_encodings(searcher):
 
 
 def _dense_encodings(searcher):
-    """Batch → one (vector, False, batch seconds) per text."""
+    """Batch → one (vector, truncated, batch seconds) per text."""
 
     def encode(texts: list[str]) -> list:
         started = time.perf_counter()
-        vectors = searcher.encode_dense(texts)
+        vectors, info = searcher.encode_dense(texts)
         elapsed = time.perf_counter() - started
-        return [(vector, False, elapsed) for vector in vectors]
+        return [(vector, bool(cut), elapsed) for vector, cut in zip(vectors, info.truncated)]
 
     return encode
 

@@ -206,3 +206,13 @@ def test_idf_from_document_frequencies():
 def test_missing_model_error_says_how_to_fix(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         SpladeEncoder.from_pretrained(str(tmp_path / "nope"))
+
+
+def test_paragraph_long_queries_are_not_cut(splade, scifact):
+    """The query limit comes from the model (512 positions for splade-tiny), not a fixed 64 tokens."""
+    assert splade.query_max_length == 512
+    paragraph = next(t for t in scifact.doc_texts(list(scifact.corpus)[:200]) if 300 < len(splade.tokenizer(t)["input_ids"]) < 500)
+    batch, info = splade.encode_queries([paragraph], return_info=True)
+    assert not info.truncated[0]
+    free = InferenceFreeQueryEncoder.from_pretrained("splade-tiny", idf=np.ones(splade.vocab_size, np.float32))
+    assert free.query_max_length == 512

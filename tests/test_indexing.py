@@ -256,19 +256,6 @@ def test_upsert_and_delete_keep_texts_in_step(reference, corpus, tmp_path):
     assert reopened.dense.search(dense, k=1)[0][0, 0] == "new"
 
 
-def test_dense_encoder_matches_sentence_transformers():
-    """Mean pooling + L2 normalisation reproduce all-MiniLM-L6-v2's reference embeddings."""
-    sentence_transformers = pytest.importorskip("sentence_transformers")
-    from lsr.encode.dense import DenseEncoder
-    from lsr.encode.models import resolve_model
-
-    texts = ["Aspirin lowers the risk of heart attack.", "vitamin d " * 200, "short"]
-    ours = DenseEncoder.from_pretrained("minilm", device="cpu").encode_documents(texts)
-    reference = sentence_transformers.SentenceTransformer(resolve_model("minilm"), device="cpu")
-    np.testing.assert_allclose(ours, reference.encode(texts, normalize_embeddings=True), atol=2e-5)
-    assert ours.dtype == np.float32 and ours.shape == (3, 384)
-
-
 @pytest.mark.parametrize("hnsw_m", [None, 16])
 def test_dense_index_upserts_removes_and_round_trips(tmp_path, hnsw_m):
     from lsr.search.dense_index import DenseIndex

@@ -151,7 +151,7 @@ def test_results_identical_to_in_process_search(client, searcher, queries, mode,
 def test_vector_queries_and_batches_identical_to_in_process(client, searcher, queries):
     sparse = {"vitamin": 1.5, "cancer": 0.75}
     assert _hits(client.search(sparse=sparse, k=5)) == _hits(searcher.search(sparse=sparse, k=5))
-    dense = searcher.encode_dense([queries[0]])[0].tolist()
+    dense = searcher.encode_dense([queries[0]])[0][0].tolist()
     assert _hits(client.search(dense=dense, mode="dense", k=5)) == _hits(searcher.search(dense=dense, mode="dense", k=5))
     both = client.search(queries[1], dense=dense, mode="hybrid", k=5)
     assert _hits(both) == _hits(searcher.search(queries[1], dense=dense, mode="hybrid", k=5))
@@ -251,6 +251,8 @@ def test_overlong_query_is_truncated_and_flagged(client):
     result = client.search("vitamin deficiency and bone density " * 400)
     assert result.truncated and result.hits
     assert not client.search("vitamin deficiency").truncated
+    paragraph = "vitamin deficiency and bone density " * 60  # ~300 tokens: past MiniLM's 256, within SPLADE's 512
+    assert client.search(paragraph, mode="dense").truncated and not client.search(paragraph).truncated
 
 
 def test_oversize_message_is_resource_exhausted(client):

@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text fields joined with a space, in order (default: title,text)")
     p.add_argument("--id-field", default="_id", help="document id field/column (default: _id)")
     p.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default: 32)")
-    p.add_argument("--max-length", type=int, default=256, help="document tokens kept (default: 256)")
+    p.add_argument("--max-length", type=int, default=256, help="SPLADE document tokens kept (default: 256); the dense model keeps its own max_seq_length")
     p.add_argument("--limit", type=int, default=None, help="index only the first N good documents")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--checkpoint-every", type=int, default=10_000, metavar="N",

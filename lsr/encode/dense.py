@@ -1,12 +1,18 @@
-"""Dense side of hybrid search: a MiniLM-style bi-encoder (the faiss index is lsr.search.dense_index).
+"""Dense side of hybrid search: a sentence-transformers bi-encoder (the faiss index is lsr.search.dense_index).
 
-The encoder is plain ``transformers`` (mean pooling over real tokens, then L2 normalisation,
-which is what all-MiniLM-L6-v2's sentence-transformers config does), so sentence-transformers
-is not a runtime dependency.
+The encoder is plain ``transformers`` so sentence-transformers is not a runtime dependency, yet it
+gives ``SentenceTransformer.encode``'s vectors for the same folder: the folder's ``modules.json``,
+``sentence_bert_config.json`` and ``1_Pooling/config.json`` say the input length, the pooling and
+whether a ``Normalize`` module follows, for queries and documents alike. A plain ``transformers``
+folder without them gets mean pooling and L2 normalisation (cosine similarity by inner product).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -14,49 +20,106 @@ import torch
 
 from lsr.encode import packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad
-from lsr.encode.inputs import check_texts, resolve_device, resolve_dtype, token_ids
-from lsr.encode.models import load_with_hint, quiet_loader
+from lsr.encode.inputs import (EncodeInfo, check_texts, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
+                               truncated_token_ids)
+from lsr.encode.models import load_with_hint, quiet_loader, resolve_model
+
+log = logging.getLogger(__name__)
+
+POOLING_KEYS = {  # 1_Pooling/config.json flag → our pooling name
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+}
+
+
+@dataclass(frozen=True)
+class SentenceConfig:
+    """What a sentence-transformers folder says about turning token states into one vector."""
+
+    pooling: str = "mean"
+    normalize: bool = True
+    lowercase: bool = False
+
+    @classmethod
+    def read(cls, folder: str) -> "SentenceConfig":
+        """The folder's modules.json pipeline; the plain-transformers default when it has none."""
+        modules_path = os.path.join(folder, "modules.json")
+        if not os.path.isfile(modules_path):
+            return cls()
+        with open(modules_path, encoding="utf-8") as fh:
+            modules = json.load(fh)
+        kinds = {m["type"].rsplit(".", 1)[-1]: m.get("path", "") for m in modules}
+        unknown = set(kinds) - {"Transformer", "Pooling", "Normalize"}
+        if unknown:
+            raise ValueError(f"{folder}: sentence-transformers modules {sorted(unknown)} are not supported "
+                             "(only Transformer, Pooling, Normalize)")
+        pooling = "mean"
+        if "Pooling" in kinds:
+            with open(os.path.join(folder, kinds["Pooling"], "config.json"), encoding="utf-8") as fh:
+                config = json.load(fh)
+            chosen = [key for key, on in config.items() if key.startswith("pooling_mode_") and on is True]
+            if len(chosen) != 1 or chosen[0] not in POOLING_KEYS:
+                raise ValueError(f"{folder}: exactly one of {', '.join(POOLING_KEYS)} is supported, got {chosen or 'none'}")
+            pooling = POOLING_KEYS[chosen[0]]
+        lowercase = False
+        st_config = os.path.join(folder, "sentence_bert_config.json")
+        if os.path.isfile(st_config):
+            with open(st_config, encoding="utf-8") as fh:
+                lowercase = bool(json.load(fh).get("do_lower_case", False))
+        return cls(pooling, "Normalize" in kinds, lowercase)
 
 
 class DenseEncoder:
-    """Text → L2-normalised float32 embeddings by masked mean pooling of the last hidden layer.
+    """Text → float32 embeddings, as ``SentenceTransformer.encode`` computes them for the same model folder.
 
-    ``dtype`` "auto" runs bf16 (fp16) on a GPU and fp32 on CPU; pooling and normalisation are fp32.
+    ``max_length`` (default: the folder's ``max_seq_length``) applies to queries and documents; longer
+    texts are cut with a warning, and ``return_info`` says which. ``dtype`` "auto" runs bf16 (fp16) on
+    a GPU and fp32 on CPU; pooling and normalisation are fp32.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, max_length: int = 256, query_max_length: int = 64,
-                 device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto",
-                 name: str | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, max_length: int | None = None,
+                 config: SentenceConfig = SentenceConfig(), device: str | torch.device = "auto",
+                 dtype: str | torch.dtype | None = "auto", name: str | None = None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device, dtype=resolve_dtype(dtype, self.device)).eval()
         self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.query_max_length = query_max_length
+        self.max_length = max_length or model_max_tokens(str(getattr(model, "name_or_path", "")), tokenizer)
+        if not isinstance(self.max_length, int) or self.max_length < 4:
+            raise ValueError(f"max_length must be an integer ≥ 4, got {self.max_length!r}")
+        self.config = config
         self.name = name or getattr(model, "name_or_path", type(model).__name__)
         self.dim = int(model.config.hidden_size)
-        self._packed = packed_bert.supports(self.model)  # BERT encoders skip the padding (lsr.encode.packed_bert)
+        self._special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+        # BERT encoders with mean pooling skip the padding (lsr.encode.packed_bert)
+        self._packed = config.pooling == "mean" and packed_bert.supports(self.model)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "minilm", *, max_length: int = 256, query_max_length: int = 64,
+    def from_pretrained(cls, name_or_path: str = "minilm", *, max_length: int | None = None,
                         device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto") -> "DenseEncoder":
         """Load a bundled short name (``minilm``), a local folder or a hub id."""
         from transformers import AutoModel, AutoTokenizer
 
         tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
         model = load_with_hint(name_or_path, quiet_loader(AutoModel))
-        return cls(model, tokenizer, max_length=max_length, query_max_length=query_max_length, device=device,
-                   dtype=dtype, name=str(name_or_path))
+        config = SentenceConfig.read(resolve_model(name_or_path))
+        return cls(model, tokenizer, max_length=max_length, config=config, device=device, dtype=dtype,
+                   name=str(name_or_path))
 
-    def encode_documents(self, texts: Sequence[str] | str, batch_size: int = 32, *, show_progress: bool = False) -> np.ndarray:
-        return self._encode(texts, self.max_length, batch_size, show_progress)
+    def encode_documents(self, texts: Sequence[str] | str, batch_size: int = 32, *, show_progress: bool = False,
+                         return_info: bool = False):
+        """[n, dim] float32 (with an EncodeInfo when ``return_info``)."""
+        return self._encode(texts, batch_size, show_progress, return_info)
 
-    def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 8, *, show_progress: bool = False) -> np.ndarray:
+    def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 8, *, show_progress: bool = False,
+                       return_info: bool = False):
         """Passes of 8 length-sorted queries, padding-free for BERT models (``lsr.encode.packed_bert``). On
         one CPU thread a random micro-batch of 8 SciFact queries costs 8.7 ms a query (12-14 ms with
         padding), one of 32 costs 8.4 ms, and one query alone 20 ms."""
-        return self._encode(texts, self.query_max_length, batch_size, show_progress)
+        return self._encode(texts, batch_size, show_progress, return_info)
 
-    def _encode(self, texts: Any, max_length: int, batch_size: int, show_progress: bool) -> np.ndarray:
+    def _encode(self, texts: Any, batch_size: int, show_progress: bool, return_info: bool):
         """[n, dim] float32; empty texts get a zero vector (they match nothing, like an empty sparse vector).
 
         Batches of up to ``batch_size x max_length`` padded tokens through ``lsr.encode.batching``.
@@ -64,19 +127,25 @@ class DenseEncoder:
         texts = check_texts(texts)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if self.config.lowercase:
+            texts = [t.lower() for t in texts]
         out = np.zeros((len(texts), self.dim), np.float32)
         live = np.asarray([i for i, t in enumerate(texts) if t.strip()], np.int64)
+        n_tokens = np.zeros(len(texts), np.int64)
         pad = self.tokenizer.pad_token_id or 0
 
         def tokenize(start: int, stop: int) -> list[list[int]]:
-            return token_ids(self.tokenizer, [texts[i] for i in live[start:stop]], truncation=True, max_length=max_length)
+            rows, lengths = truncated_token_ids(self.tokenizer, [texts[i] for i in live[start:stop]], self.max_length,
+                                                self._special_ids)
+            n_tokens[live[start:stop]] = lengths
+            return rows
 
         bar = None
         if show_progress and len(live):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(live), unit="doc", desc="dense", smoothing=0.1)
-        pipeline = Pipeline(self.device, max_tokens=batch_size * max_length, batch_size=batch_size)
+        pipeline = Pipeline(self.device, max_tokens=batch_size * self.max_length, batch_size=batch_size)
         for positions, pooled in pipeline.run(
             len(live), tokenize, lambda rows: right_pad(rows, pad, pad_multiple(self.device)), self._encode_batch
         ):
@@ -85,14 +154,27 @@ class DenseEncoder:
                 bar.update(len(positions))
         if bar is not None:
             bar.close()
-        return out
+        info: EncodeInfo = report_truncation(log, n_tokens, self.max_length)
+        return (out, info) if return_info else out
 
     @torch.inference_mode()
     def _encode_batch(self, input_ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
         if self._packed:
             pooled = packed_bert.mean_pooled(self.model, input_ids, mask)
         else:
-            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy()
+            pooled = _pool(self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state.float(), mask,
+                           self.config.pooling)
+        if self.config.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.cpu().numpy()
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """sentence-transformers' Pooling module for one mode, over [B, L, H] fp32 states."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling == "max":
+        return hidden.masked_fill(m == 0, -1e9).max(dim=1).values
+    counts = m.sum(1).clamp(min=1e-9)
+    return (hidden * m).sum(1) / (counts.sqrt() if pooling == "mean_sqrt_len_tokens" else counts)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import threading
+from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
+
+DEFAULT_MAX_TOKENS = 512  # BERT's position limit: what a model with no stated limit gets, so paragraph-long queries fit
 
 
 def check_texts(texts: Any) -> list[str]:
@@ -31,6 +38,63 @@ def token_ids(tokenizer: Any, texts: list[str], **options: Any) -> list[list[int
     lock = tokenizer.__dict__.setdefault("_lsr_call_lock", threading.Lock())
     with lock:
         return tokenizer(texts, verbose=False, **options)["input_ids"]
+
+
+@dataclass
+class EncodeInfo:
+    """Per-text facts of one encode call that callers may surface (e.g. the service flags truncation)."""
+
+    truncated: np.ndarray  # bool per input text
+    n_tokens: np.ndarray  # int per input text, before truncation
+
+
+def truncated_token_ids(tokenizer: Any, texts: list[str], max_length: int,
+                        special_ids: set[int]) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids with special tokens, cut to ``max_length`` keeping the trailing special tokens (as a
+    tokenizer's own truncation does), and every text's length before the cut."""
+    enc = token_ids(tokenizer, texts, add_special_tokens=True, truncation=False)
+    lengths = np.fromiter((len(ids) for ids in enc), dtype=np.int64, count=len(enc))
+    out = []
+    for ids in enc:
+        if len(ids) > max_length:
+            tail = 0
+            while tail < len(ids) and ids[len(ids) - 1 - tail] in special_ids:
+                tail += 1
+            ids = ids[: max_length - tail] + ids[len(ids) - tail :]
+        out.append(ids)
+    return out, lengths
+
+
+def report_truncation(log: logging.Logger, n_tokens: np.ndarray, max_length: int) -> EncodeInfo:
+    """EncodeInfo for texts of ``n_tokens`` tokens, with one warning when any was cut at ``max_length``."""
+    truncated = n_tokens > max_length
+    if truncated.any():
+        log.warning(
+            "%d of %d texts were longer than %d tokens and were truncated (longest: %d tokens)",
+            int(truncated.sum()), len(n_tokens), max_length, int(n_tokens.max()),
+        )
+    return EncodeInfo(truncated, n_tokens)
+
+
+def model_max_tokens(folder: str, tokenizer: Any) -> int:
+    """The longest input a model folder declares: sentence-transformers' ``max_seq_length``, else the
+    tokenizer's ``model_max_length``, else the config's position limit, else ``DEFAULT_MAX_TOKENS``.
+
+    This is how ``SentenceTransformer`` sizes its inputs, so our vectors match its for the same folder."""
+    st_config = _read_json(folder, "sentence_bert_config.json")
+    if isinstance(st_config.get("max_seq_length"), int) and st_config["max_seq_length"] > 0:
+        return int(st_config["max_seq_length"])
+    limits = [getattr(tokenizer, "model_max_length", None), _read_json(folder, "config.json").get("max_position_embeddings")]
+    limits = [int(n) for n in limits if isinstance(n, int) and 0 < n < 100_000]  # tokenizers say 1e30 for "unknown"
+    return min(limits) if limits else DEFAULT_MAX_TOKENS
+
+
+def _read_json(folder: str, name: str) -> dict:
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

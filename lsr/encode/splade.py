@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
-from lsr.encode.inputs import check_texts, resolve_device, resolve_dtype, token_ids
+from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, check_texts, model_max_tokens, report_truncation, resolve_device,
+                               resolve_dtype, token_ids, truncated_token_ids)
 from lsr.encode.models import load_with_hint, quiet_loader
 from lsr.kernels import splade_max_pool
 from lsr.kernels.pool_torch import splade_sum_pool_chunked
@@ -28,12 +28,10 @@ log = logging.getLogger(__name__)
 POOLINGS = ("max", "sum")
 
 
-@dataclass
-class EncodeInfo:
-    """Per-text facts of one encode call that callers may surface (e.g. the service flags truncation)."""
-
-    truncated: np.ndarray  # bool per input text
-    n_tokens: np.ndarray  # int per input text, before truncation
+def default_query_length(folder: str, tokenizer: Any) -> int:
+    """Query tokens when none are asked for: the model's own limit (``model_max_tokens``), at most
+    ``DEFAULT_MAX_TOKENS`` (512). A paragraph-long query (~250 tokens) is never cut; the old fixed 64 cut them."""
+    return min(model_max_tokens(folder, tokenizer), DEFAULT_MAX_TOKENS)
 
 
 def _detach_output_projection(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -98,7 +96,7 @@ class SpladeEncoder:
         tokenizer: Any,
         *,
         max_length: int = 256,
-        query_max_length: int = 64,
+        query_max_length: int | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = "auto",
         pooling: str = "max",
@@ -111,6 +109,8 @@ class SpladeEncoder:
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if query_max_length is None:
+            query_max_length = default_query_length(str(getattr(model, "name_or_path", "")), tokenizer)
         for label, value in (("max_length", max_length), ("query_max_length", query_max_length)):
             if not isinstance(value, int) or value < 4:
                 raise ValueError(f"{label} must be an integer ≥ 4, got {value!r}")
@@ -146,7 +146,7 @@ class SpladeEncoder:
         name_or_path: str = "splade-tiny",
         *,
         max_length: int = 256,
-        query_max_length: int = 64,
+        query_max_length: int | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = "auto",
         **options: Any,
@@ -190,18 +190,7 @@ class SpladeEncoder:
 
     # ------------------------------------------------------------------ internals
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
-        """Token ids with special tokens, truncated to max_length keeping trailing special tokens."""
-        enc = token_ids(self.tokenizer, texts, add_special_tokens=True, truncation=False)
-        lengths = np.fromiter((len(ids) for ids in enc), dtype=np.int64, count=len(enc))
-        out = []
-        for ids in enc:
-            if len(ids) > max_length:
-                tail = 0
-                while tail < len(ids) and ids[len(ids) - 1 - tail] in self._special_ids:
-                    tail += 1
-                ids = ids[: max_length - tail] + ids[len(ids) - tail :]
-            out.append(ids)
-        return out, lengths
+        return truncated_token_ids(self.tokenizer, texts, max_length, self._special_ids)
 
     def _batch_inputs(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, pool_mask); the pool mask marks positions that may win the max."""
@@ -259,14 +248,9 @@ class SpladeEncoder:
                 progress.update(len(positions))
         if progress is not None:
             progress.close()
-        truncated = n_tokens > max_length
-        if truncated.any():
-            log.warning(
-                "%d of %d texts were longer than %d tokens and were truncated (longest: %d tokens)",
-                int(truncated.sum()), len(texts), max_length, int(n_tokens.max()),
-            )
+        info = report_truncation(log, n_tokens, max_length)
         batch = SparseBatch(*scatter_csr(len(texts), parts), self.vocab_size, self.vocab)
-        return (batch, EncodeInfo(truncated, n_tokens)) if return_info else batch
+        return (batch, info) if return_info else batch
 
 
 def _progress(total: int, enabled: bool):
@@ -325,7 +309,7 @@ class InferenceFreeQueryEncoder:
 
     batch_gain = False  # a batch costs the sum of its texts, so the service encodes these without micro-batching
 
-    def __init__(self, tokenizer: Any, idf: np.ndarray, *, query_max_length: int = 64, name: str | None = None):
+    def __init__(self, tokenizer: Any, idf: np.ndarray, *, query_max_length: int = DEFAULT_MAX_TOKENS, name: str | None = None):
         self.tokenizer = tokenizer
         self.idf = np.asarray(idf, dtype=np.float32)
         if self.idf.ndim != 1 or not np.all(np.isfinite(self.idf)) or (self.idf < 0).any():
@@ -338,7 +322,7 @@ class InferenceFreeQueryEncoder:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str = "splade-tiny", *, idf: Any = None, index: Any = None, query_max_length: int = 64
+        cls, name_or_path: str = "splade-tiny", *, idf: Any = None, index: Any = None, query_max_length: int | None = None
     ) -> "InferenceFreeQueryEncoder":
         """IDF from (in order): the ``idf`` argument, ``idf.json`` in the model folder, the ``index``'s dfs."""
         from transformers import AutoTokenizer
@@ -365,6 +349,8 @@ class InferenceFreeQueryEncoder:
                 if token in vocab:
                     table[vocab[token]] = weight
             idf = table
+        if query_max_length is None:
+            query_max_length = default_query_length(resolve_model(name_or_path), tokenizer)
         return cls(tokenizer, idf, query_max_length=query_max_length, name=str(name_or_path))
 
     def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 0, *, return_info: bool = False, **_: Any):
@@ -385,8 +371,8 @@ class InferenceFreeQueryEncoder:
             values.extend(weights[keep].tolist())
             indptr.append(len(indices))
         batch = SparseBatch(np.asarray(indptr), np.asarray(indices), np.asarray(values), self.vocab_size, self.vocab)
-        truncated = lengths > self.query_max_length
-        return (batch, EncodeInfo(truncated, lengths)) if return_info else batch
+        info = report_truncation(log, lengths, self.query_max_length)
+        return (batch, info) if return_info else batch
 
 
 def idf_from_doc_freqs(doc_freqs: np.ndarray, num_docs: int) -> np.ndarray:

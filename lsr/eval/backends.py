@@ -45,7 +45,7 @@ class InProcess:
         key = tuple(qids)
         if key not in self._encoded:
             sparse, _ = self.searcher.encode_queries(list(texts))
-            dense = self.searcher.encode_dense(list(texts)) if self.searcher.has_dense else None
+            dense = self.searcher.encode_dense(list(texts))[0] if self.searcher.has_dense else None
             self._encoded[key] = (sparse, dense)
         sparse, dense = self._encoded[key]
         run: Run = {}

@@ -317,7 +317,8 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
 
 
 def load_encoders(options: IndexOptions) -> tuple:
-    """(SpladeEncoder, DenseEncoder or None) for documents of ``options.max_length`` tokens."""
+    """(SpladeEncoder, DenseEncoder or None): SPLADE documents of ``options.max_length`` tokens, dense ones of
+    the dense model's own ``max_seq_length`` (so the vectors equal sentence-transformers')."""
     from lsr.encode.splade import SpladeEncoder
 
     how = options.encoding()
@@ -326,7 +327,7 @@ def load_encoders(options: IndexOptions) -> tuple:
     if options.dense_model:
         from lsr.encode.dense import DenseEncoder
 
-        dense = DenseEncoder.from_pretrained(options.dense_model, max_length=options.max_length, **how)
+        dense = DenseEncoder.from_pretrained(options.dense_model, **how)
     return sparse, dense
 
 

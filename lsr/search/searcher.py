@@ -205,10 +205,11 @@ class Searcher:
         """(SparseBatch, EncodeInfo) for many query texts at once; the service micro-batches through this."""
         return self.query_encoder.encode_queries(list(texts), return_info=True)
 
-    def encode_dense(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_dense(self, texts: Sequence[str]):
+        """([n, dim] vectors, EncodeInfo) for many query texts at once."""
         if not self.has_dense:
             raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
-        return self.dense_encoder.encode_queries(list(texts))
+        return self.dense_encoder.encode_queries(list(texts), return_info=True)
 
     # ------------------------------------------------------------------ search
     def search(
@@ -238,7 +239,8 @@ class Searcher:
             if dense is not None:
                 q_dense = self._dense_query(dense)
             elif text is not None and mode in ("dense", "hybrid"):
-                q_dense = self.encode_dense([text])[0]
+                vectors, info = self.encode_dense([text])
+                q_dense, truncated = vectors[0], truncated or bool(info.truncated[0])
         return self.search_encoded(
             q_sparse, q_dense, k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text,
             explain=explain, timings=timings, truncated=truncated,
@@ -268,7 +270,11 @@ class Searcher:
         encode_timings: dict[str, float] = {}
         with _timed(encode_timings, "encode"):
             sparse_batch, info = self.encode_queries(texts) if mode != "dense" else (None, None)
-            dense = self.encode_dense(texts) if mode != "sparse" else None
+            dense, dense_info = self.encode_dense(texts) if mode != "sparse" else (None, None)
+        cut = np.zeros(len(texts), bool)
+        for part in (info, dense_info):
+            if part is not None:
+                cut |= part.truncated
         per_query_encode = encode_timings["encode"] / max(1, len(texts))
         results = []
         for i in range(len(texts)):
@@ -280,7 +286,7 @@ class Searcher:
                     None if dense is None else dense[i],
                     k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text, explain=explain,
                     timings={"encode": per_query_encode},
-                    truncated=bool(info.truncated[i]) if info is not None else False,
+                    truncated=bool(cut[i]),
                 )
             )
         return results

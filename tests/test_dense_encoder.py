@@ -1,0 +1,96 @@
+"""The dense encoder gives sentence-transformers' vectors for the same folder, at every text length."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from lsr.encode.dense import DenseEncoder, SentenceConfig
+from lsr.encode.models import resolve_model
+
+sentence_transformers = pytest.importorskip("sentence_transformers")
+
+
+@pytest.fixture(scope="module")
+def texts_of_every_length(scifact):
+    """SciFact queries, documents from the shortest to the longest, and paragraph queries past 256 tokens."""
+    docs = scifact.doc_texts(list(scifact.corpus))
+    by_length = sorted(docs, key=len)
+    picks = [by_length[int(q * (len(by_length) - 1))] for q in np.linspace(0, 1, 12)]
+    queries = list(scifact.queries.values())[:8]
+    paragraphs = [" ".join(by_length[-1:-4:-1]), queries[0] + " " + by_length[len(by_length) // 2]]
+    return queries + picks + paragraphs + ["x"]
+
+
+def _folder(tmp_path, pooling_flag: str | None = None, normalize: bool = True, max_seq_length: int | None = None) -> str:
+    """A copy of the bundled MiniLM folder (weights linked) with its sentence-transformers config changed."""
+    source = resolve_model("minilm")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in os.listdir(source):
+        if os.path.isfile(os.path.join(source, name)):
+            os.symlink(os.path.join(source, name), folder / name)
+    modules = json.loads((folder / "modules.json").read_text())
+    if not normalize:
+        modules = [m for m in modules if not m["type"].endswith("Normalize")]
+    (folder / "modules.json").unlink()
+    (folder / "modules.json").write_text(json.dumps(modules))
+    pooling = json.loads(open(os.path.join(source, "1_Pooling", "config.json")).read())
+    if pooling_flag:
+        pooling = {k: (k == pooling_flag) if k.startswith("pooling_mode_") else v for k, v in pooling.items()}
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    if max_seq_length is not None:
+        (folder / "sentence_bert_config.json").unlink()
+        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+    return str(folder)
+
+
+def _assert_same_as_sentence_transformers(folder: str, texts: list[str]) -> DenseEncoder:
+    ours = DenseEncoder.from_pretrained(folder, device="cpu")
+    reference = sentence_transformers.SentenceTransformer(folder, device="cpu")
+    assert ours.max_length == reference.max_seq_length
+    want = reference.encode(texts, batch_size=16, convert_to_numpy=True)
+    for got in (ours.encode_documents(texts), ours.encode_queries(texts)):
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-5
+    return ours
+
+
+def test_bundled_minilm_equals_sentence_transformers_at_every_length(texts_of_every_length):
+    ours = _assert_same_as_sentence_transformers(resolve_model("minilm"), texts_of_every_length)
+    assert ours.max_length == 256 and ours.config == SentenceConfig("mean", True, False)
+    lengths = [len(ours.tokenizer(t)["input_ids"]) for t in texts_of_every_length]
+    assert min(lengths) < 16 and max(lengths) > 256  # both ends are covered, including cut texts
+
+
+@pytest.mark.parametrize("pooling_flag, normalize, max_seq_length", [
+    ("pooling_mode_cls_token", False, 32),
+    ("pooling_mode_max_tokens", True, None),
+    ("pooling_mode_mean_sqrt_len_tokens", False, 128),
+])
+def test_the_folder_config_decides_pooling_normalisation_and_length(tmp_path, texts_of_every_length, pooling_flag,
+                                                                     normalize, max_seq_length):
+    folder = _folder(tmp_path, pooling_flag, normalize, max_seq_length)
+    ours = _assert_same_as_sentence_transformers(folder, texts_of_every_length[:10] + texts_of_every_length[-3:])
+    assert ours.config.normalize is normalize and ours.max_length == (max_seq_length or 256)
+
+
+def test_unsupported_pooling_is_one_clear_error(tmp_path):
+    folder = _folder(tmp_path, "pooling_mode_weightedmean_tokens")
+    with pytest.raises(ValueError, match="pooling_mode_mean_tokens"):
+        SentenceConfig.read(folder)
+
+
+def test_long_queries_are_cut_with_a_warning_and_a_flag(caplog):
+    encoder = DenseEncoder.from_pretrained("minilm", device="cpu")
+    paragraph = "vitamin d deficiency and bone density in older adults " * 40
+    with caplog.at_level(logging.WARNING, logger="lsr.encode.dense"):
+        vectors, info = encoder.encode_queries([paragraph, "short query"], return_info=True)
+    assert info.truncated.tolist() == [True, False] and info.n_tokens[0] > 256
+    assert any("1 of 2" in r.getMessage() and "256 tokens" in r.getMessage() for r in caplog.records)
+    assert np.abs(np.linalg.norm(vectors, axis=1) - 1).max() < 1e-5
