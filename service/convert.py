@@ -16,12 +16,13 @@ DEFAULT_K = 10
 TIMING_FIELDS = [f.name for f in pb.Timings.DESCRIPTOR.fields]  # every stage, and "total"
 _TIMING_FIELDS = [name for name in TIMING_FIELDS if name != "total"]  # seconds in SearchResult.timings
 
-_MODES = {pb.MODE_UNSPECIFIED: "sparse", pb.SPARSE: "sparse", pb.DENSE: "dense", pb.HYBRID: "hybrid"}
+_MODES = {pb.MODE_UNSPECIFIED: "sparse", pb.SPARSE: "sparse", pb.DENSE: "dense", pb.HYBRID: "hybrid", pb.BM25: "bm25"}
 _NORMALIZATIONS = {
     pb.HybridOptions.NORMALIZATION_UNSPECIFIED: "min_max",
     pb.HybridOptions.MIN_MAX: "min_max",
     pb.HybridOptions.L2: "l2",
     pb.HybridOptions.Z_SCORE: "z_score",
+    pb.HybridOptions.RRF: "rrf",
 }
 _INTERPOLATIONS = {
     pb.PrfOptions.INTERPOLATE_UNSPECIFIED: "before",
@@ -65,6 +66,11 @@ def hybrid_from_proto(msg: pb.HybridOptions) -> HybridOptions:
         options["sparse_weight"] = msg.sparse_weight
     if msg.candidates:
         options["candidates"] = msg.candidates
+    for name in ("dense_weight", "bm25_weight"):
+        if msg.HasField(name):
+            options[name] = getattr(msg, name)
+    if msg.rrf_k:
+        options["rrf_k"] = msg.rrf_k
     return HybridOptions(**options)
 
 
@@ -99,6 +105,8 @@ def result_to_proto(result: SearchResult, *, index_version: str, request_id: str
             out.sparse_score = hit.sparse_score
         if hit.dense_score is not None:
             out.dense_score = hit.dense_score
+        if hit.bm25_score is not None:
+            out.bm25_score = hit.bm25_score
         if hit.explanation:
             out.explanation.extend(pb.TermContribution(term=term, weight=weight) for term, weight in hit.explanation)
     return response
@@ -113,7 +121,8 @@ def options_to_proto(
     if hybrid is not None:
         fields["hybrid"] = pb.HybridOptions(
             normalization=_enum_value(_NORMALIZATIONS, hybrid.normalization, "normalization"),
-            sparse_weight=hybrid.sparse_weight, candidates=hybrid.candidates,
+            sparse_weight=hybrid.sparse_weight, candidates=hybrid.candidates, dense_weight=hybrid.dense_weight,
+            bm25_weight=hybrid.bm25_weight, rrf_k=hybrid.rrf_k,
         )
     if prf is not None:
         fields["prf"] = pb.PrfOptions(
@@ -142,6 +151,7 @@ def result_from_proto(msg: pb.SearchResponse) -> SearchResult:
             hit.dense_score if hit.HasField("dense_score") else None,
             hit.text or None,
             [(term.term, term.weight) for term in hit.explanation],
+            hit.bm25_score if hit.HasField("bm25_score") else None,
         )
         for hit in msg.hits
     ]

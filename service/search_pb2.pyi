@@ -13,30 +13,40 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPARSE: _ClassVar[Mode]
     DENSE: _ClassVar[Mode]
     HYBRID: _ClassVar[Mode]
+    BM25: _ClassVar[Mode]
 MODE_UNSPECIFIED: Mode
 SPARSE: Mode
 DENSE: Mode
 HYBRID: Mode
+BM25: Mode
 
 class HybridOptions(_message.Message):
-    __slots__ = ("normalization", "sparse_weight", "candidates")
+    __slots__ = ("normalization", "sparse_weight", "candidates", "dense_weight", "bm25_weight", "rrf_k")
     class Normalization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         NORMALIZATION_UNSPECIFIED: _ClassVar[HybridOptions.Normalization]
         MIN_MAX: _ClassVar[HybridOptions.Normalization]
         L2: _ClassVar[HybridOptions.Normalization]
         Z_SCORE: _ClassVar[HybridOptions.Normalization]
+        RRF: _ClassVar[HybridOptions.Normalization]
     NORMALIZATION_UNSPECIFIED: HybridOptions.Normalization
     MIN_MAX: HybridOptions.Normalization
     L2: HybridOptions.Normalization
     Z_SCORE: HybridOptions.Normalization
+    RRF: HybridOptions.Normalization
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
     SPARSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    DENSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BM25_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RRF_K_FIELD_NUMBER: _ClassVar[int]
     normalization: HybridOptions.Normalization
     sparse_weight: float
     candidates: int
-    def __init__(self, normalization: _Optional[_Union[HybridOptions.Normalization, str]] = ..., sparse_weight: _Optional[float] = ..., candidates: _Optional[int] = ...) -> None: ...
+    dense_weight: float
+    bm25_weight: float
+    rrf_k: int
+    def __init__(self, normalization: _Optional[_Union[HybridOptions.Normalization, str]] = ..., sparse_weight: _Optional[float] = ..., candidates: _Optional[int] = ..., dense_weight: _Optional[float] = ..., bm25_weight: _Optional[float] = ..., rrf_k: _Optional[int] = ...) -> None: ...
 
 class PrfOptions(_message.Message):
     __slots__ = ("enabled", "feedback_docs", "weight", "max_terms", "interpolate")
@@ -100,23 +110,25 @@ class TermContribution(_message.Message):
     def __init__(self, term: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("doc_id", "score", "sparse_score", "dense_score", "text", "explanation")
+    __slots__ = ("doc_id", "score", "sparse_score", "dense_score", "bm25_score", "text", "explanation")
     DOC_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SPARSE_SCORE_FIELD_NUMBER: _ClassVar[int]
     DENSE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    BM25_SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     doc_id: str
     score: float
     sparse_score: float
     dense_score: float
+    bm25_score: float
     text: str
     explanation: _containers.RepeatedCompositeFieldContainer[TermContribution]
-    def __init__(self, doc_id: _Optional[str] = ..., score: _Optional[float] = ..., sparse_score: _Optional[float] = ..., dense_score: _Optional[float] = ..., text: _Optional[str] = ..., explanation: _Optional[_Iterable[_Union[TermContribution, _Mapping]]] = ...) -> None: ...
+    def __init__(self, doc_id: _Optional[str] = ..., score: _Optional[float] = ..., sparse_score: _Optional[float] = ..., dense_score: _Optional[float] = ..., bm25_score: _Optional[float] = ..., text: _Optional[str] = ..., explanation: _Optional[_Iterable[_Union[TermContribution, _Mapping]]] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("encode", "sparse", "dense", "fuse", "prf", "queue", "total")
+    __slots__ = ("encode", "sparse", "dense", "fuse", "prf", "queue", "total", "bm25")
     ENCODE_FIELD_NUMBER: _ClassVar[int]
     SPARSE_FIELD_NUMBER: _ClassVar[int]
     DENSE_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +136,7 @@ class Timings(_message.Message):
     PRF_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BM25_FIELD_NUMBER: _ClassVar[int]
     encode: float
     sparse: float
     dense: float
@@ -131,7 +144,8 @@ class Timings(_message.Message):
     prf: float
     queue: float
     total: float
-    def __init__(self, encode: _Optional[float] = ..., sparse: _Optional[float] = ..., dense: _Optional[float] = ..., fuse: _Optional[float] = ..., prf: _Optional[float] = ..., queue: _Optional[float] = ..., total: _Optional[float] = ...) -> None: ...
+    bm25: float
+    def __init__(self, encode: _Optional[float] = ..., sparse: _Optional[float] = ..., dense: _Optional[float] = ..., fuse: _Optional[float] = ..., prf: _Optional[float] = ..., queue: _Optional[float] = ..., total: _Optional[float] = ..., bm25: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "timings", "index_version", "truncated", "request_id")

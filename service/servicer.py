@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 
 from lsr.files import CorruptFileError
-from lsr.search.searcher import FailedPrecondition
+from lsr.search.searcher import FailedPrecondition, legs_of
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.batching import DeadlinePassed, MicroBatcher
@@ -319,19 +319,19 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def _search_text(self, text: str, options: dict, call: _Call):
         """Encode through the micro-batchers (deadline and cancellation honoured), then search."""
-        mode = options["mode"]
+        legs = legs_of(options["mode"], options["hybrid"])
         submitted = time.perf_counter()
-        wanted = [batcher for batcher, needed in ((self.dense_batcher, mode in ("dense", "hybrid")),
-                                                  (self.sparse_batcher, mode in ("sparse", "hybrid"))) if needed]
+        wanted = [batcher for batcher, needed in ((self.dense_batcher, "dense" in legs),
+                                                  (self.sparse_batcher, "sparse" in legs)) if needed]
         # Submit every encoding before waiting on any, so a hybrid query's two encodings overlap; only
         # the last may run on this thread (when nothing else is in flight), after the other is queued.
         pending = {batcher: self._submit(batcher, text, call, inline=batcher is wanted[-1]) for batcher in wanted}
         sparse, dense = (self._wait(pending[b], call) if b in pending else None for b in (self.sparse_batcher, self.dense_batcher))
         waited = time.perf_counter() - submitted
-        encode = max(item[2] for item in (sparse, dense) if item is not None)
+        encode = max((item[2] for item in (sparse, dense) if item is not None), default=0.0)
         call.check("search")
         result = self.searcher.search_encoded(
-            sparse and sparse[0], dense and dense[0], timings={"encode": encode},
+            sparse and sparse[0], dense and dense[0], text=text, timings={"encode": encode},
             truncated=any(item[1] for item in (sparse, dense) if item is not None), **options,
         )
         result.timings["queue"] = max(0.0, waited - encode)

@@ -77,24 +77,28 @@ def test_verify_is_clean_on_an_intact_collection(written, capsys):
     assert "is intact" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("lost", ["sparse", "dense/faiss"])
+@pytest.mark.parametrize("lost", ["sparse", "dense/faiss", "bm25"])
 def test_lsr_repair_rebuilds_a_deleted_index(written, tmp_path, capsys, lost):
     col = _copy(written, tmp_path / "col")
     before = Collection.open(col)
     want_sparse, want_dense = sorted(before.sparse.doc_ids()), sorted(before.dense.ids())
     query = before.dense.get_vectors(["new-1"])
+    bm25_before = before.view().bm25_search([NEW_TEXT, "vitamin d"], 10)
     if lost == "sparse":
         shutil.rmtree(col / "sparse")
+    elif lost == "bm25":
+        shutil.rmtree(col / "bm25")
     else:
         next((col / "dense").glob("faiss-*.index")).unlink()
     assert main(["verify", str(col)]) == 1
     out = capsys.readouterr().out
-    assert ("manifest.json" if lost == "sparse" else "faiss-") in out and "BAD" in out
+    assert {"sparse": "manifest.json", "bm25": "bm25/ids.json", "dense/faiss": "faiss-"}[lost] in out and "BAD" in out
     assert main(["repair", str(col)]) == 0
     assert "is intact" in capsys.readouterr().out
     after = Collection.open(col)
     assert sorted(after.sparse.doc_ids()) == want_sparse and sorted(after.dense.ids()) == want_dense
     assert after.dense.search(query, k=1)[0][0, 0] == "new-1"
+    assert after.view().bm25_search([NEW_TEXT, "vitamin d"], 10) == bm25_before
     assert after.view().sparse.search({int(t): 1.0 for t in after.sparse.get_vectors(["new-1"]).row(0)[0][:5]}, k=1)
 
 
@@ -141,3 +145,20 @@ def test_a_search_keeps_its_snapshot_while_writes_publish_new_versions(written, 
     np.testing.assert_array_equal(view.dense.get_vectors([victim]), vector)
     assert "new-3" not in view.dense.search(vector, k=50)[0][0]
     assert victim not in col.view().sparse and "new-3" in col.view().dense
+
+
+def test_bm25_never_returns_deleted_or_rewritten_documents(written, encoders, tmp_path):
+    """BM25 holds the build's texts: a deleted document and a replaced one (old text) never come back from it,
+    before and after a reopen; a document upserted later is not in the BM25 leg (documented)."""
+    col = Collection.open(_copy(written, tmp_path / "col"))
+    build = Collection.open(written)
+    replaced = col.sparse.doc_ids()[1]
+    old_text = col.text([replaced])[0]
+    assert replaced in col.view().bm25_search([old_text], 5)[0]
+    col.upsert([replaced], [NEW_TEXT], encoders[0].encode_documents([NEW_TEXT]), encoders[1].encode_documents([NEW_TEXT]))
+    deleted = set(build.view().bm25.ids) - build.view().docs.ids()
+    assert deleted  # the fixture deleted one build document
+    for opened in (col, Collection.open(col.path)):
+        texts = [old_text, NEW_TEXT, "vitamin d deficiency"]
+        found = {doc for run in opened.view().bm25_search(texts, 50) for doc in run}
+        assert found and not found & (deleted | {replaced, "new-1"})

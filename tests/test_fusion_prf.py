@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsr.search.fusion import interpolate, normalize, rank
+from lsr.search.fusion import fuse, interpolate, normalize, rank
 from lsr.search.prf import feedback_weights, rocchio, vector_prf
 from lsr.sparse import SparseBatch
 
@@ -61,3 +61,40 @@ def test_vector_prf_moves_toward_feedback_and_stays_unit():
     out = vector_prf(q, fb, np.array([1.0]), beta=1.0)
     np.testing.assert_allclose(out, [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)
     np.testing.assert_array_equal(vector_prf(q, fb[:0], np.array([]), 1.0), q)
+
+
+def test_fuse_is_a_weighted_mean_of_normalised_lists_over_any_number_of_legs():
+    sparse, dense, bm25 = {"a": 10.0, "b": 0.0}, {"a": 0.0, "c": 1.0}, {"b": 4.0, "c": 2.0, "d": 0.0}
+    fused = fuse([sparse, dense, bm25], [0.2, 0.3, 0.5], "min_max")
+    assert fused["a"] == pytest.approx(0.2 * 1 + 0.3 * 0 + 0.5 * 0)  # absent from bm25 → its floor 0
+    assert fused["c"] == pytest.approx(0.2 * 0 + 0.3 * 1 + 0.5 * 0.5)
+    assert fused.keys() == {"a", "b", "c", "d"}
+    # weights need not sum to 1: OpenSearch's arithmetic mean divides by their sum
+    assert fuse([sparse, dense, bm25], [2, 3, 5], "min_max") == pytest.approx(fused)
+    assert interpolate(sparse, dense, 0.25, "l2") == pytest.approx(fuse([sparse, dense], [0.25, 0.75], "l2"))
+    with pytest.raises(ValueError, match="non-negative weight"):
+        fuse([sparse, dense], [0.0, 0.0])
+
+
+def test_rrf_sums_weight_over_k_plus_rank_and_ignores_scores():
+    first, second = {"a": 100.0, "b": 50.0, "c": 1.0}, {"c": 0.9, "a": 0.1}
+    fused = fuse([first, second], [1.0, 0.5], "rrf", rrf_k=60)
+    assert fused["a"] == pytest.approx(1 / 61 + 0.5 / 62)
+    assert fused["b"] == pytest.approx(1 / 62)  # missing from the second list: adds nothing
+    assert fused["c"] == pytest.approx(1 / 63 + 0.5 / 61)
+    scaled = fuse([{d: s * 1e6 for d, s in first.items()}, second], [1.0, 0.5], "rrf", rrf_k=60)
+    assert scaled == pytest.approx(fused)
+    assert fuse([first], [1.0], "rrf", rrf_k=1)["a"] == pytest.approx(0.5)
+
+
+def test_hybrid_options_choose_their_legs():
+    from lsr.search.searcher import HybridOptions
+
+    assert HybridOptions().weights() == {"sparse": 0.5, "dense": 0.5}
+    assert HybridOptions("rrf", 0.2, dense_weight=0.0, bm25_weight=0.8).weights() == {"sparse": 0.2, "bm25": 0.8}
+    with pytest.raises(ValueError, match="at least one leg"):
+        HybridOptions(sparse_weight=0.0, dense_weight=0.0).check()
+    with pytest.raises(ValueError, match="bm25_weight"):
+        HybridOptions(bm25_weight=-0.1).check()
+    with pytest.raises(ValueError, match="unknown normalization"):
+        HybridOptions("harmonic").check()

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lsr.search.searcher import PrfOptions, Searcher
+from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
 from lsr.service import Client
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
@@ -40,7 +40,7 @@ def collections(beir_dir, tmp_path_factory) -> dict[str, Path]:
     source = beir_dir / "scifact.tar.gz"
     return {
         "hybrid": _build(source, root / "hybrid", limit=N_DOCS),
-        "sparse_only": _build(source, root / "sparse_only", limit=24, dense_model=None),
+        "sparse_only": _build(source, root / "sparse_only", limit=24, dense_model=None, bm25=False),
     }
 
 
@@ -136,7 +136,7 @@ def test_health_is_serving_and_reflection_lists_the_service(servers, client):
 
 # ---------------------------------------------------------------------------------- results
 @pytest.mark.parametrize("mode, prf", [("sparse", None), ("dense", None), ("hybrid", None), ("hybrid", PrfOptions()),
-                                       ("sparse", PrfOptions(interpolate="both"))])
+                                       ("sparse", PrfOptions(interpolate="both")), ("bm25", None)])
 def test_results_identical_to_in_process_search(client, searcher, queries, mode, prf):
     for text in queries[:6]:
         remote = client.search(text, k=10, mode=mode, prf=prf, include_text=True, explain=True)
@@ -144,8 +144,24 @@ def test_results_identical_to_in_process_search(client, searcher, queries, mode,
         assert remote.hits, text
         assert _hits(remote) == _hits(local)
         assert remote.truncated == local.truncated
-        assert remote.timings["total"] > 0 and remote.timings["encode"] > 0
+        assert remote.timings["total"] > 0 and (remote.timings["encode"] > 0) == (mode != "bm25")
     assert client.last_index_version == searcher.index_version
+
+
+@pytest.mark.parametrize("hybrid", [
+    HybridOptions("rrf", 0.3, dense_weight=0.3, bm25_weight=0.4, rrf_k=20),
+    HybridOptions("z_score", 0.0, dense_weight=0.6, bm25_weight=0.4),
+    HybridOptions("min_max", 0.5, dense_weight=0.0, bm25_weight=0.5),
+])
+def test_fusion_of_any_legs_is_identical_to_in_process(client, searcher, queries, hybrid):
+    for text in queries[:4]:
+        remote = client.search(text, k=10, mode="hybrid", hybrid=hybrid)
+        local = searcher.search(text, k=10, mode="hybrid", hybrid=hybrid)
+        assert remote.hits and _hits(remote) == _hits(local)
+        assert any(h.bm25_score is not None for h in remote.hits)
+        assert all(h.sparse_score is None for h in remote.hits) == (hybrid.sparse_weight == 0)
+    batch = client.search_batch(queries[:4], k=5, mode="hybrid", hybrid=hybrid)
+    assert [_hits(r) for r in batch] == [_hits(searcher.search(q, k=5, mode="hybrid", hybrid=hybrid)) for q in queries[:4]]
 
 
 def test_vector_queries_and_batches_identical_to_in_process(client, searcher, queries):
@@ -237,13 +253,16 @@ def test_bad_input_gets_the_right_status_and_the_server_keeps_serving(servers, c
     assert client.search("cancer", k=1).hits  # still serving
 
 
-@pytest.mark.parametrize("mode", ["dense", "hybrid"])
-def test_dense_modes_without_dense_vectors_fail_precondition(servers, mode):
+@pytest.mark.parametrize("mode, hybrid, missing", [
+    ("dense", None, "dense"), ("hybrid", None, "dense"), ("bm25", None, "BM25"),
+    ("hybrid", HybridOptions(sparse_weight=0.5, dense_weight=0.0, bm25_weight=0.5), "BM25"),
+])
+def test_modes_without_their_index_fail_precondition(servers, mode, hybrid, missing):
     with servers["sparse_only"].client() as c:
         with pytest.raises(grpc.RpcError) as err:
-            c.search("vitamin d", mode=mode)
+            c.search("vitamin d", mode=mode, hybrid=hybrid)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "dense" in err.value.details()
+        assert missing in err.value.details()
         assert c.search("vitamin d").hits
 
 

@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="SPLADE model name, hub id or folder (default: splade-tiny, or what a --pre-encoded file names)")
     p.add_argument("--dense", default="minilm", help="dense model for hybrid search, or 'none' (default: minilm)")
+    p.add_argument("--bm25", choices=("english", "none"), default="english",
+                   help="build a BM25 leg (bm25s, English stopwords and stemmer) for --mode bm25 and fusion, or 'none' "
+                        "(default: english)")
     p.add_argument("--fields", type=_fields, default=("title", "text"),
                    help="text fields joined with a space, in order (default: title,text)")
     p.add_argument("--id-field", default="_id", help="document id field/column (default: _id)")
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     options = IndexOptions(
         model=model,
         dense_model=None if args.dense.lower() == "none" else args.dense,
+        bm25=args.bm25 == "english",
         fields=args.fields,
         id_field=args.id_field,
         batch_size=args.batch_size,
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         print(f"indexing {args.source} into {args.out} (vectors/, docs/, sparse/"
-              + (", dense/" if options.dense_model else "") + f"; checkpointed every {args.checkpoint_every:,} docs)",
+              + (", dense/" if options.dense_model else "") + (", bm25/" if options.bm25 else "") + f"; checkpointed every {args.checkpoint_every:,} docs)",
               file=sys.stderr)
     try:
         summary = build_collection(args.source, args.out, options, resume=args.resume, overwrite=args.overwrite,

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from lsr.cli.fusion import add_fusion_arguments, hybrid_options
+
 HELP = "search a running `lsr serve` endpoint"
 
 
@@ -21,10 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", required=True, metavar="HOST[:PORT]",
                    help="where `lsr serve` listens (port 50051 if left out)")
     p.add_argument("--k", type=int, default=10, help="hits to return, 1..1000 (default 10)")
-    p.add_argument("--mode", choices=("sparse", "dense", "hybrid"), default="sparse", help="retrieval mode (default sparse)")
-    p.add_argument("--normalization", choices=("min_max", "l2", "z_score"), default="min_max",
-                   help="hybrid score normalization (default min_max)")
-    p.add_argument("--sparse-weight", type=float, default=0.5, help="hybrid weight of the sparse list, 0..1 (default 0.5)")
+    add_fusion_arguments(p)
     p.add_argument("--prf", action="store_true", help="expand the query with pseudo-relevance feedback")
     p.add_argument("--text", dest="include_text", action="store_true", help="print each hit's text")
     p.add_argument("--explain", action="store_true", help="print the terms that contributed most to each hit")
@@ -38,11 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import grpc
 
-    from lsr.search.searcher import HybridOptions, PrfOptions
+    from lsr.search.searcher import PrfOptions
     from lsr.service.client import CONNECT_TIMEOUT, Client
 
     token = args.auth_token_file.read_text(encoding="utf-8").strip() if args.auth_token_file else None
-    hybrid = HybridOptions(normalization=args.normalization, sparse_weight=args.sparse_weight)
+    hybrid = hybrid_options(args)
     text = " ".join(args.text)
     if not text.strip():
         raise ValueError("the query is empty; give the words to search for")
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(f"{exc.code().name}: {exc.details()}") from None
     if args.json:
         hits = [
-            {"doc_id": h.doc_id, "score": h.score, "sparse_score": h.sparse_score, "dense_score": h.dense_score,
+            {"doc_id": h.doc_id, "score": h.score, "sparse_score": h.sparse_score, "dense_score": h.dense_score, "bm25_score": h.bm25_score,
              **({"text": h.text} if args.include_text else {}),
              **({"explanation": [list(e) for e in h.explanation]} if args.explain else {})}
             for h in result.hits

@@ -7,6 +7,8 @@ ready for `lsr eval RUN QRELS` or trec_eval.
 Examples:
   lsr search runs/scifact "does vitamin d prevent fractures?"
   lsr search runs/scifact "statins and muscle pain" --mode hybrid --prf --k 5 --explain
+  lsr search runs/scifact "statins and muscle pain" --mode bm25
+  lsr search runs/scifact "statins and muscle pain" --mode hybrid --normalization rrf --bm25-weight 0.3 --sparse-weight 0.35 --dense-weight 0.35
   lsr search runs/scifact --topics queries.tsv --output run.trec --k 100 --mode hybrid --threads 2
 """
 
@@ -17,13 +19,13 @@ import json
 import sys
 
 from lsr.cli.device import add_device_arguments, device_options
+from lsr.cli.fusion import add_fusion_arguments, hybrid_options
 
 HELP = "search a collection in-process and print the hits"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.search.fusion import NORMALIZATIONS
-    from lsr.search.searcher import MODES, PRF_INTERPOLATIONS, QUERY_ENCODERS
+    from lsr.search.searcher import PRF_INTERPOLATIONS, QUERY_ENCODERS
 
     p.add_argument("collection", metavar="COLLECTION", help="folder written by `lsr index`")
     p.add_argument("query", nargs="*", help="query text (or use --topics)")
@@ -33,10 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="with --topics: queries searched in parallel, one torch thread each (default: one at a time)")
     p.add_argument("--k", type=int, default=None, help="hits per query, 1..1000 (default 10; 1000 with --topics)")
-    p.add_argument("--mode", choices=MODES, default="sparse", help="retrieval mode (default sparse)")
-    p.add_argument("--normalization", choices=NORMALIZATIONS, default="min_max", help="hybrid score normalisation")
-    p.add_argument("--sparse-weight", type=float, default=0.5, help="hybrid weight of the sparse list, in [0, 1]")
-    p.add_argument("--candidates", type=int, default=100, help="hybrid candidates per list (default 100)")
+    add_fusion_arguments(p)
     p.add_argument("--prf", action="store_true", help="apply pseudo-relevance feedback")
     p.add_argument("--prf-docs", type=int, default=3, help="feedback documents (default 3)")
     p.add_argument("--prf-weight", type=float, default=0.5, help="PRF β (default 0.5)")
@@ -50,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
+    from lsr.search.searcher import PrfOptions, Searcher
 
     if bool(args.topics) == bool(args.query):
         raise ValueError("give either a QUERY or --topics FILE --output RUN")
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--topics needs --output RUN, the TREC run file to write")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
-    hybrid = HybridOptions(args.normalization, args.sparse_weight, args.candidates)
+    hybrid = hybrid_options(args)
     prf = PrfOptions(args.prf_docs, args.prf_weight, args.prf_terms, args.prf_interpolate) if args.prf else None
     if args.topics:
         from lsr.eval.runs import read_topics

@@ -14,22 +14,12 @@ from lsr.eval.metrics import Run
 
 
 def bm25_run(dataset: BeirDataset, qids: Sequence[str], k: int) -> Run:
-    """bm25s (Lucene BM25, k1=1.5, b=0.75) with English stopwords and the Snowball English stemmer."""
-    import bm25s
-    import Stemmer
+    """The baseline: ``lsr.search.bm25_index`` (the settings of a collection's BM25 leg) over the dataset's corpus."""
+    from lsr.search.bm25_index import Bm25Index
 
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its logger to DEBUG on import
-
-    stemmer = Stemmer.Stemmer("english")
     doc_ids = list(dataset.corpus)
-    tokens = bm25s.tokenize(dataset.doc_texts(doc_ids), stopwords="en", stemmer=stemmer, show_progress=False)
-    retriever = bm25s.BM25()
-    retriever.index(tokens, show_progress=False)
-    queries = bm25s.tokenize([dataset.queries[q] for q in qids], stopwords="en", stemmer=stemmer,
-                             return_ids=False, show_progress=False)
-    depth = min(k, len(doc_ids))
-    rows, scores = retriever.retrieve(queries, k=depth, show_progress=False)
-    return {q: {doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i]) if s > 0} for i, q in enumerate(qids)}
+    index = Bm25Index.build(doc_ids, dataset.doc_texts(doc_ids))
+    return dict(zip(qids, index.search([dataset.queries[q] for q in qids], k)))
 
 
 class InProcess:
@@ -50,7 +40,7 @@ class InProcess:
         sparse, dense = self._encoded[key]
         run: Run = {}
         for i, q in enumerate(qids):
-            result = self.searcher.search_encoded(row_dict(sparse, i), None if dense is None else dense[i],
+            result = self.searcher.search_encoded(row_dict(sparse, i), None if dense is None else dense[i], text=texts[i],
                                                   k=k, mode=mode, hybrid=hybrid, prf=prf)
             run[q] = {h.doc_id: h.score for h in result.hits}
         return run

@@ -48,6 +48,7 @@ def cached_collection(source: Path, dataset: BeirDataset, options: Any, *, progr
     dtype = options.encoding()["dtype"]  # fp32 (CPU) builds keep their old keys; 16-bit GPU vectors differ slightly
     key = json.dumps({"format": FORMAT, "model": options.model, "dense": options.dense_model, "max_length": options.max_length,
                       "fields": list(options.fields), "hnsw": options.hnsw_m, "quantization": options.quantization,
+                      **({"bm25": True} if options.bm25 else {}),
                       "corpus": corpus_checksum(dataset), **({} if dtype == "fp32" else {"dtype": dtype})}, sort_keys=True)
     folder = cache_dir() / "indexes" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if (folder / META_FILE).is_file():

@@ -21,6 +21,7 @@ from lsr.files import CorruptFileError
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.layout import build_file_problems, read_meta
+from lsr.search.bm25_index import BM25_DIR, Bm25Index
 from lsr.search.dense_index import DenseIndex
 from lsr.sparse import SparseBatch
 
@@ -28,10 +29,14 @@ from lsr.sparse import SparseBatch
 class CollectionView:
     """One published version of every store; a search pins it once and reads only it."""
 
-    __slots__ = ("sparse", "dense", "docs")
+    __slots__ = ("sparse", "dense", "docs", "bm25")
 
-    def __init__(self, sparse: Any, dense: DenseIndex | None, docs: DocStore) -> None:
-        self.sparse, self.dense, self.docs = sparse, dense, docs
+    def __init__(self, sparse: Any, dense: DenseIndex | None, docs: DocStore, bm25: Bm25Index | None = None) -> None:
+        self.sparse, self.dense, self.docs, self.bm25 = sparse, dense, docs, bm25
+
+    def bm25_search(self, texts: Sequence[str], k: int) -> list[dict[str, float]]:
+        """BM25 over the build's texts, less every document written since (deleted, or replaced: its old text)."""
+        return self.bm25.search(texts, k, hidden=self.docs.written())
 
     def text(self, doc_ids: Sequence[str]) -> list[str | None]:
         """Stored texts in the given order; None for unknown or deleted ids."""
@@ -47,15 +52,16 @@ class Collection:
     """
 
     def __init__(self, path: Path, meta: dict, sparse: Any, dense: DenseIndex | None, docs: DocStore,
-                 journal: Journal) -> None:
+                 journal: Journal, bm25: Bm25Index | None = None) -> None:
         self.path = path
         self.meta = meta
         self.sparse = sparse  # the writable stores; readers use view()
         self.dense = dense
+        self.bm25 = bm25  # static: searches mask what later writes changed
         self._journal = journal
         self._lock = threading.Lock()
         self._failed: BaseException | None = None
-        self._view = CollectionView(sparse.pinned(), dense.pinned() if dense is not None else None, docs)
+        self._view = CollectionView(sparse.pinned(), dense.pinned() if dense is not None else None, docs, bm25)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Collection":
@@ -80,7 +86,8 @@ class Collection:
         disagreement = agreement_problems(docs.ids(), set(sparse.doc_ids()), None if dense is None else set(dense.ids()))
         if disagreement:
             raise CorruptFileError(f"{path}: {disagreement[0]}; rebuild the indexes with `lsr repair {path}`")
-        return cls(path, meta, sparse, dense, docs, Journal(path / JOURNAL_FILE, records[-1].seq if records else 0))
+        bm25 = Bm25Index.open(path / BM25_DIR) if meta.get("bm25") else None
+        return cls(path, meta, sparse, dense, docs, Journal(path / JOURNAL_FILE, records[-1].seq if records else 0), bm25)
 
     @property
     def checksum(self) -> str:
@@ -135,7 +142,7 @@ class Collection:
             self.dense.save(self.path / "dense", journal_seq=record.seq)
         texts = record.texts if record.op == "upsert" else [None] * len(record.ids)
         self._view = CollectionView(self.sparse.pinned(), self.dense.pinned() if self.dense is not None else None,
-                                    self._view.docs.with_updates(record.ids, texts))
+                                    self._view.docs.with_updates(record.ids, texts), self.bm25)
 
 
 def apply_record(record: Record, sparse: Any | None, dense: DenseIndex | None) -> None:

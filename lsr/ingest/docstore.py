@@ -84,6 +84,10 @@ class DocStore:
         overlay.update(zip(ids, texts))
         return DocStore(self.directory, overlay, _parts=self._parts)
 
+    def written(self) -> list[str]:
+        """Ids written (upserted or deleted) after the build: their build-time text is no longer current."""
+        return list(self._overlay)
+
     def contains(self, doc_id: str) -> bool:
         if doc_id in self._overlay:
             return self._overlay[doc_id] is not None

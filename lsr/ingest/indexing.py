@@ -25,6 +25,8 @@ from lsr.ingest.layout import (
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_total
+from lsr.search.bm25_index import DESCRIPTION as BM25_DESCRIPTION
+from lsr.search.bm25_index import build_bm25
 from lsr.search.dense_index import DenseIndex
 from lsr.files import file_record, read_sealed_json, sealed, write_json_atomic
 from lsr.sparse import SparseBatch
@@ -39,6 +41,7 @@ class IndexOptions:
 
     model: str = "splade-tiny"
     dense_model: str | None = "minilm"
+    bm25: bool = True  # build the BM25 leg (lsr.search.bm25_index) beside the sparse index
     fields: tuple[str, ...] = DEFAULT_FIELDS
     id_field: str = "_id"
     batch_size: int = 32
@@ -392,6 +395,10 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
                 bar.update(len(ids))
             index.save(out / "dense")
         dense_checksum = DenseIndex.checksum(out / "dense")
+    bm25_files = []
+    if options.bm25:
+        with stages.time("bm25"):
+            bm25_files = build_bm25(out, state.shards)
     checksums = {
         "corpus": state.corpus_hash,
         "vectors": files_checksum(vector_files),
@@ -400,11 +407,13 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
         "sparse": sparse.checksum,
         "dense_embeddings": files_checksum(embedding_files) if options.dense_model else None,
         "dense": dense_checksum,
+        "bm25": files_checksum(bm25_files) if bm25_files else None,
     }
     meta = {
         "format": FORMAT,
         "model": options.model,
         "dense_model": options.dense_model,
+        "bm25": BM25_DESCRIPTION if options.bm25 else None,
         "max_length": options.max_length,
         "fields": list(options.fields),
         "vocab": VOCAB_FILE if vocab_files else None,
@@ -414,7 +423,7 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
         "shards": state.shards,
         "corpus_checksum": state.corpus_hash,
         "checksums": checksums,
-        "files": [file_record(path, out) for path in vector_files + doc_files + embedding_files + vocab_files],
+        "files": [file_record(path, out) for path in vector_files + doc_files + embedding_files + vocab_files + bm25_files],
         "settings": state.settings,
         "skipped": skipped,
         "stage_seconds": {k: round(v, 3) for k, v in stages.seconds.items()},

@@ -10,6 +10,8 @@ Layout (``lsr.json`` is written last, so its presence means the collection is co
     OUT/journal.log                   write-ahead journal of later upserts and deletes (lsr.ingest.journal)
     OUT/dense/manifest.json, faiss-N.index, ids-N.parquet   the DenseIndex (derived)
     OUT/sparse/                       the InvertedIndex (derived)
+    OUT/bm25/                         the BM25 leg over the build's texts (lsr.search.bm25_index; derived, deterministic,
+                                      so its crc32s sit in lsr.json with the build files)
     OUT/.lsr-build.json               checkpoint of an unfinished build (removed when done)
 
 The build files and the journal are the source of truth; the sparse and dense indexes are
@@ -66,6 +68,17 @@ def read_vector_shards(out: Path, n_shards: int) -> Iterator[tuple[SparseBatch, 
         yield batch, ids
 
 
+def read_doc_shards(out: Path, n_shards: int) -> tuple[list[str], list[str]]:
+    """Every build document's id and text, in shard order (what the BM25 leg is built from)."""
+    ids: list[str] = []
+    texts: list[str] = []
+    for shard in range(n_shards):
+        table = pq.read_table(out / shard_name("docs", shard), columns=["id", "text"])
+        ids += table.column("id").to_pylist()
+        texts += table.column("text").to_pylist()
+    return ids, texts
+
+
 def files_checksum(paths: Sequence[Path]) -> str:
     """sha256 over the files' sha256s, in order: equal content ⇔ equal checksum."""
     h = hashlib.sha256()
@@ -100,10 +113,14 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def build_file_problems(path: Path, meta: dict) -> list[str]:
-    """The build's files (vectors, docs, embeddings) checked against their recorded crc32s."""
+def build_file_problems(path: Path, meta: dict, *, under: str | None = None, skip: str | None = None) -> list[str]:
+    """The build's files (vectors, docs, embeddings, BM25) checked against their recorded crc32s; ``under`` /
+    ``skip`` keep / leave out the files in one folder."""
     problems = []
     for record in meta["files"]:
+        folder = record["file"].split("/", 1)[0]
+        if (under is not None and folder != under) or (skip is not None and folder == skip):
+            continue
         try:
             check_record(path, record)
         except CorruptFileError as exc:

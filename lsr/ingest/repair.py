@@ -1,8 +1,10 @@
-"""``lsr repair``: rebuild the derived stores (inverted index, faiss index) from the source of truth.
+"""``lsr repair``: rebuild the derived stores (inverted index, faiss index, BM25 leg) from the source of truth.
 
 The build's vector and embedding shards plus the journal of later writes hold every document's
 current vectors; the doc store and journal hold the texts. The sparse and dense indexes are pure
-functions of them, so a missing or damaged index file is repaired by rebuilding the index.
+functions of them, so a missing or damaged index file is repaired by rebuilding the index. The
+BM25 leg is a deterministic function of the build's texts, so its rebuilt files match the crc32s
+``lsr.json`` recorded for them.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import numpy as np
 from lsr.files import CorruptFileError
 from lsr.ingest.journal import JOURNAL_FILE, Record, recover
 from lsr.ingest.layout import build_file_problems, read_meta, read_vector_shards, shard_name
+from lsr.search.bm25_index import BM25_DIR, build_bm25
 from lsr.search.dense_index import MANIFEST, DenseIndex
 from lsr.sparse import SparseBatch
 
 
 def repair_collection(path: Path) -> list[str]:
-    """Rebuild both indexes; returns what was done. Raises CorruptFileError if a source file is damaged."""
+    """Rebuild every index; returns what was done. Raises CorruptFileError if a source file is damaged."""
     from lsr.index import InvertedIndex
 
     meta = read_meta(path)
-    damaged = build_file_problems(path, meta)
+    damaged = build_file_problems(path, meta, skip=BM25_DIR)
     if damaged:
         raise CorruptFileError(f"{damaged[0]}: a source file is damaged, so the indexes cannot be rebuilt; "
                                "restore it from a backup or re-index with `lsr index --overwrite`")
@@ -55,6 +58,13 @@ def repair_collection(path: Path) -> list[str]:
         (path / "dense" / MANIFEST).unlink(missing_ok=True)  # a damaged manifest must not stop the new save
         dense.save(path / "dense", journal_seq=last)
         done.append(f"rebuilt the dense index: {len(dense):,} documents")
+    if meta.get("bm25"):
+        build_bm25(path, meta["shards"])
+        differs = build_file_problems(path, meta, under=BM25_DIR)
+        if differs:
+            raise CorruptFileError(f"the rebuilt BM25 leg differs from the one recorded ({differs[0]}); "
+                                   "re-index with `lsr index --overwrite`")
+        done.append("rebuilt the BM25 leg from the build's texts")
     return done
 
 

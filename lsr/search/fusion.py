@@ -1,15 +1,22 @@
-"""Score normalisation and interpolation of ranked lists (OpenSearch's normalization processor).
+"""Fusion of ranked lists (OpenSearch's normalization processor and its RRF processor).
 
-Sparse dot products and dense cosines live on different scales, so each list is normalised
-before a weighted sum. A document missing from one list gets that list's floor (its lowest
-normalised score): being absent is evidence the retriever ranked it below everything it kept.
+Sparse dot products, dense cosines and BM25 scores live on different scales, so each list is
+normalised (min_max, l2, z_score) and combined by a weighted arithmetic mean, ``Σ wᵢ·norm(sᵢ) / Σ wᵢ``,
+as OpenSearch's ``arithmetic_mean`` combination does. A document missing from one list gets that
+list's floor (its lowest normalised score): being absent is evidence the retriever ranked it below
+everything it kept. ``rrf`` ignores scores: ``Σ wᵢ / (k + rankᵢ)`` with 1-based ranks and k = 60 by
+default (OpenSearch's ``rank_constant``); a missing document adds nothing.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 NORMALIZATIONS = ("min_max", "l2", "z_score")
+FUSIONS = NORMALIZATIONS + ("rrf",)
+RRF_K = 60
 
 Ranking = dict[str, float]  # doc id → score
 
@@ -37,18 +44,28 @@ def rank(scores: Ranking, k: int | None = None) -> list[tuple[str, float]]:
     return ordered if k is None else ordered[:k]
 
 
+def fuse(runs: Sequence[Ranking], weights: Sequence[float], method: str = "min_max", rrf_k: int = RRF_K) -> Ranking:
+    """One ranking over the union of ``runs``: weighted mean of normalised scores, or weighted RRF."""
+    if len(runs) != len(weights) or any(not 0.0 <= w for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"fusion needs one non-negative weight per list, not all zero; got {list(weights)}")
+    total = float(sum(weights))
+    fused: Ranking = {}
+    if method == "rrf":
+        for ranking, weight in zip(runs, weights):
+            for position, (doc, _) in enumerate(rank(ranking), start=1):
+                fused[doc] = fused.get(doc, 0.0) + weight / (rrf_k + position)
+        return fused
+    normed = []
+    for ranking in runs:
+        values = normalize(np.fromiter(ranking.values(), np.float64, len(ranking)), method)
+        normed.append((dict(zip(ranking, values.tolist())), float(values.min()) if len(values) else 0.0))
+    for doc in set().union(*runs):
+        fused[doc] = sum(w * scores.get(doc, floor) for w, (scores, floor) in zip(weights, normed)) / total
+    return fused
+
+
 def interpolate(first: Ranking, second: Ranking, first_weight: float = 0.5, normalization: str = "min_max") -> Ranking:
     """``w·norm(first) + (1−w)·norm(second)`` over the union of both lists."""
     if not 0.0 <= first_weight <= 1.0:
         raise ValueError(f"interpolation weight must be in [0, 1], got {first_weight}")
-    normed = []
-    for ranking in (first, second):
-        ids = list(ranking)
-        values = normalize(np.fromiter(ranking.values(), np.float64, len(ranking)), normalization)
-        floor = float(values.min()) if len(values) else 0.0
-        normed.append((dict(zip(ids, values.tolist())), floor))
-    (a, a_floor), (b, b_floor) = normed
-    return {
-        doc: first_weight * a.get(doc, a_floor) + (1.0 - first_weight) * b.get(doc, b_floor)
-        for doc in a.keys() | b.keys()
-    }
+    return fuse([first, second], [first_weight, 1.0 - first_weight], normalization)

@@ -3,8 +3,12 @@
 The gRPC servicer, the CLI and the BEIR script all call it, so in-process and through-the-
 endpoint results are equal by construction. Pipeline per query:
 
-    encode → sparse top-n (index) + dense top-n (faiss) → normalise + interpolate
+    encode → sparse top-n (index) + dense top-n (faiss) + BM25 top-n → fuse (lsr.search.fusion)
            → PRF (Rocchio / Vector-PRF) → interpolate → top-k hits
+
+Hybrid mode fuses every leg its HybridOptions gives a positive weight (sparse and dense by
+default; BM25 when ``bm25_weight`` > 0). PRF moves the sparse and dense queries; the BM25 leg
+keeps its first run.
 
 PRF's ``interpolate`` follows Li et al.: "before" takes feedback documents from the fused
 sparse+dense list (rather than each retriever's own list); "after" interpolates the PRF run
@@ -24,11 +28,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lsr.search.fusion import NORMALIZATIONS, Ranking, interpolate, rank
+from lsr.search.fusion import FUSIONS, RRF_K, Ranking, fuse, interpolate, rank
 from lsr.search.prf import rocchio, vector_prf
 from lsr.sparse import SparseBatch
 
-MODES = ("sparse", "dense", "hybrid")
+MODES = ("sparse", "dense", "hybrid", "bm25")
+LEGS = ("sparse", "dense", "bm25")
 PRF_INTERPOLATIONS = ("before", "after", "both")
 MAX_K = 1000
 QUERY_ENCODERS = ("splade", "inference-free")
@@ -40,17 +45,34 @@ class FailedPrecondition(RuntimeError):
 
 @dataclass(frozen=True)
 class HybridOptions:
+    """How hybrid mode fuses its legs: one weight per leg (0 leaves it out), and min_max / l2 / z_score / rrf."""
+
     normalization: str = "min_max"
     sparse_weight: float = 0.5
     candidates: int = 100
+    dense_weight: float | None = None  # None: 1 - sparse_weight
+    bm25_weight: float = 0.0
+    rrf_k: int = RRF_K
+
+    def weights(self) -> dict[str, float]:
+        """The legs hybrid mode runs, with their weights."""
+        dense = 1.0 - self.sparse_weight if self.dense_weight is None else self.dense_weight
+        chosen = {"sparse": self.sparse_weight, "dense": dense, "bm25": self.bm25_weight}
+        return {leg: float(w) for leg, w in chosen.items() if w > 0}
 
     def check(self) -> None:
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {self.normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
-        if not (isinstance(self.sparse_weight, (int, float)) and 0.0 <= self.sparse_weight <= 1.0):
-            raise ValueError(f"hybrid sparse_weight must be in [0, 1], got {self.sparse_weight}")
+        if self.normalization not in FUSIONS:
+            raise ValueError(f"unknown normalization {self.normalization!r}; choose one of {', '.join(FUSIONS)}")
+        for name in ("sparse_weight", "dense_weight", "bm25_weight"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"hybrid {name} must be in [0, 1], got {value}")
+        if not self.weights():
+            raise ValueError("hybrid needs at least one leg with a positive weight (sparse, dense or bm25)")
         if not 1 <= int(self.candidates) <= MAX_K:
             raise ValueError(f"hybrid candidates must be in 1..{MAX_K}, got {self.candidates}")
+        if not 1 <= int(self.rrf_k) <= 10_000:
+            raise ValueError(f"hybrid rrf_k must be in 1..10000, got {self.rrf_k}")
 
 
 @dataclass(frozen=True)
@@ -82,12 +104,13 @@ class ScoredHit:
     dense_score: float | None = None
     text: str | None = None
     explanation: list[tuple[str, float]] = field(default_factory=list)
+    bm25_score: float | None = None
 
 
 @dataclass
 class SearchResult:
     hits: list[ScoredHit]
-    timings: dict[str, float]  # seconds per stage: encode, sparse, dense, fuse, prf
+    timings: dict[str, float]  # seconds per stage: encode, sparse, dense, bm25, fuse, prf
     truncated: bool = False
 
 
@@ -161,6 +184,10 @@ class Searcher:
         return self.collection.dense is not None and self.dense_encoder is not None
 
     @property
+    def has_bm25(self) -> bool:
+        return self.collection.bm25 is not None
+
+    @property
     def dense_dim(self) -> int | None:
         return self.collection.dense.dim if self.collection.dense is not None else None
 
@@ -227,22 +254,23 @@ class Searcher:
     ) -> SearchResult:
         """One query given as text, as a ``{token or term id: weight}`` dict, or as a dense vector."""
         self.check_request(text, sparse, dense, k, mode, hybrid, prf)
+        legs = legs_of(mode, hybrid)
         timings: dict[str, float] = {}
         truncated = False
         q_sparse = q_dense = None
         with _timed(timings, "encode"):
-            if text is not None and mode in ("sparse", "hybrid"):
+            if text is not None and "sparse" in legs:
                 batch, info = self.encode_queries([text])
                 q_sparse, truncated = row_dict(batch, 0), bool(info.truncated[0])
             if sparse is not None:
                 q_sparse = self._sparse_query(sparse)
             if dense is not None:
                 q_dense = self._dense_query(dense)
-            elif text is not None and mode in ("dense", "hybrid"):
+            elif text is not None and "dense" in legs:
                 vectors, info = self.encode_dense([text])
                 q_dense, truncated = vectors[0], truncated or bool(info.truncated[0])
         return self.search_encoded(
-            q_sparse, q_dense, k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text,
+            q_sparse, q_dense, text=text, k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text,
             explain=explain, timings=timings, truncated=truncated,
         )
 
@@ -267,10 +295,11 @@ class Searcher:
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"query {i} is empty or not a string")
         self.check_request("x", None, None, k, mode, hybrid, prf)
+        legs = legs_of(mode, hybrid)
         encode_timings: dict[str, float] = {}
         with _timed(encode_timings, "encode"):
-            sparse_batch, info = self.encode_queries(texts) if mode != "dense" else (None, None)
-            dense, dense_info = self.encode_dense(texts) if mode != "sparse" else (None, None)
+            sparse_batch, info = self.encode_queries(texts) if "sparse" in legs else (None, None)
+            dense, dense_info = self.encode_dense(texts) if "dense" in legs else (None, None)
         cut = np.zeros(len(texts), bool)
         for part in (info, dense_info):
             if part is not None:
@@ -284,7 +313,7 @@ class Searcher:
                 self.search_encoded(
                     None if sparse_batch is None else row_dict(sparse_batch, i),
                     None if dense is None else dense[i],
-                    k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text, explain=explain,
+                    text=texts[i], k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text, explain=explain,
                     timings={"encode": per_query_encode},
                     truncated=bool(cut[i]),
                 )
@@ -296,6 +325,7 @@ class Searcher:
         q_sparse: dict[int, float] | None,
         q_dense: np.ndarray | None,
         *,
+        text: str | None = None,
         k: int = 10,
         mode: str = "sparse",
         hybrid: HybridOptions | None = None,
@@ -305,34 +335,41 @@ class Searcher:
         timings: dict[str, float] | None = None,
         truncated: bool = False,
     ) -> SearchResult:
-        """Search with already-encoded queries (term id → weight dict and/or dense vector).
+        """Search with already-encoded queries (term id → weight dict and/or dense vector; ``text`` for BM25).
 
         Every stage reads one pinned version of the collection, so a concurrent upsert or delete
         is seen entirely or not at all."""
         view = self.collection.view()
         hybrid = hybrid or HybridOptions()
         timings = {} if timings is None else timings
-        use_sparse, use_dense = mode in ("sparse", "hybrid"), mode in ("dense", "hybrid")
-        if use_dense and view.dense is None:
+        legs = legs_of(mode, hybrid)
+        if "dense" in legs and view.dense is None:
             raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
-        if use_sparse and q_sparse is None or use_dense and q_dense is None:
-            raise ValueError(f"{mode} mode needs a {'sparse' if q_sparse is None else 'dense'} query")
-        depth = max(k, hybrid.candidates) if (mode == "hybrid" or prf is not None) else k
+        if "bm25" in legs and view.bm25 is None:
+            raise FailedPrecondition("this collection has no BM25 leg; re-index without --bm25 none to use it")
+        for leg, query in (("sparse", q_sparse), ("dense", q_dense), ("bm25", text)):
+            if leg in legs and query is None:
+                raise ValueError(f"{mode} mode needs a {'text' if leg == 'bm25' else leg} query")
+        depth = max(k, hybrid.candidates) if (len(legs) > 1 or prf is not None) else k
         runs: dict[str, Ranking] = {}
         with _timed(timings, "sparse"):
-            if use_sparse:
+            if "sparse" in legs:
                 runs["sparse"] = _sparse_run(view, q_sparse, depth)
         with _timed(timings, "dense"):
-            if use_dense:
+            if "dense" in legs:
                 runs["dense"] = _dense_run(view, q_dense, depth)
+        with _timed(timings, "bm25"):
+            if "bm25" in legs:
+                runs["bm25"] = view.bm25_search([text], depth)[0]
         with _timed(timings, "fuse"):
-            first = self._combine(runs, mode, hybrid)
+            first = _combine(runs, legs, hybrid)
         final, last_runs = first, runs
         if prf is not None:
             with _timed(timings, "prf"):
-                final, last_runs = self._prf(view, q_sparse, q_dense, runs, first, mode, hybrid, prf, depth)
+                final, last_runs = self._prf(view, q_sparse, q_dense, runs, first, legs, hybrid, prf, depth)
         hits = [
-            ScoredHit(doc, float(score), _maybe(last_runs.get("sparse"), doc), _maybe(last_runs.get("dense"), doc))
+            ScoredHit(doc, float(score), _maybe(last_runs.get("sparse"), doc), _maybe(last_runs.get("dense"), doc),
+                      bm25_score=_maybe(last_runs.get("bm25"), doc))
             for doc, score in rank(final, k)
         ]
         if include_text and hits:
@@ -343,15 +380,9 @@ class Searcher:
         return SearchResult(hits, timings, truncated)
 
     # ------------------------------------------------------------------ pipeline pieces
-    @staticmethod
-    def _combine(runs: dict[str, Ranking], mode: str, hybrid: HybridOptions) -> Ranking:
-        if mode == "hybrid":
-            return interpolate(runs["sparse"], runs["dense"], hybrid.sparse_weight, hybrid.normalization)
-        return runs[mode]
-
-    def _prf(self, view, q_sparse, q_dense, runs, first, mode, hybrid, prf: PrfOptions, depth):
+    def _prf(self, view, q_sparse, q_dense, runs, first, legs, hybrid, prf: PrfOptions, depth):
         fused_feedback = prf.interpolate in ("before", "both")
-        new_runs: dict[str, Ranking] = {}
+        new_runs: dict[str, Ranking] = {leg: run for leg, run in runs.items() if leg == "bm25"}  # BM25 keeps its run
         if "sparse" in runs:
             docs, scores = _top(first if fused_feedback else runs["sparse"], prf.feedback_docs)
             feedback = view.sparse.get_vectors(docs) if docs else None
@@ -361,7 +392,7 @@ class Searcher:
             docs, scores = _top(first if fused_feedback else runs["dense"], prf.feedback_docs)
             feedback = view.dense.get_vectors(docs) if docs else np.zeros((0, len(q_dense)), np.float32)
             new_runs["dense"] = _dense_run(view, vector_prf(np.asarray(q_dense, np.float32), feedback, scores, prf.weight), depth)
-        prf_run = self._combine(new_runs, mode, hybrid)
+        prf_run = _combine(new_runs, legs, hybrid)
         if prf.interpolate in ("after", "both"):
             prf_run = interpolate(prf_run, first, prf.after_weight, hybrid.normalization)
         return prf_run, new_runs
@@ -389,13 +420,19 @@ class Searcher:
             raise ValueError("the query is empty: give text, a sparse vector or a dense vector")
         if len(given) > 1 and not (set(given) == {"text", "dense"} and mode == "hybrid"):
             raise ValueError(f"give only one of text, sparse or dense (got {', '.join(given)}); dense may join text only in hybrid mode")
+        legs = legs_of(mode, hybrid)
+        if "bm25" in legs and text is None:
+            raise ValueError(f"{mode} mode with a BM25 leg needs the query text")
+        if "bm25" in legs and not self.has_bm25:
+            raise FailedPrecondition(f"{mode} mode needs the BM25 leg, and this collection has none; "
+                                     "re-index without --bm25 none")
         if text is not None and (not isinstance(text, str) or not text.strip()):
             raise ValueError("the query text is empty or whitespace")
         if sparse is not None and mode != "sparse":
             raise ValueError(f"a sparse vector query runs in sparse mode only, not {mode}")
         if dense is not None and mode == "sparse":
             raise ValueError("a dense vector query needs mode dense or hybrid")
-        if mode in ("dense", "hybrid") and self.collection.dense is None:
+        if "dense" in legs and self.collection.dense is None:
             raise FailedPrecondition(f"{mode} mode needs dense vectors, and this collection has none; re-index with --dense minilm")
 
     def _sparse_query(self, sparse: dict[str | int, float]) -> dict[int, float]:
@@ -455,6 +492,17 @@ class Searcher:
         ids = [str(i) for i in ids]
         with self._write_lock:
             return self.collection.delete(ids)
+
+
+def legs_of(mode: str, hybrid: HybridOptions | None) -> dict[str, float]:
+    """The legs a mode runs, with their fusion weights (None: the default HybridOptions)."""
+    return (hybrid or HybridOptions()).weights() if mode == "hybrid" else {mode: 1.0}
+
+
+def _combine(runs: dict[str, Ranking], legs: dict[str, float], hybrid: HybridOptions) -> Ranking:
+    if len(legs) == 1:
+        return runs[next(iter(legs))]
+    return fuse([runs[leg] for leg in legs], list(legs.values()), hybrid.normalization, hybrid.rrf_k)
 
 
 def _sparse_run(view, q: dict[int, float], depth: int) -> Ranking:

@@ -1,0 +1,94 @@
+"""The BM25 leg: bm25s (Lucene BM25, k1=1.5, b=0.75) with English stopwords and the Snowball English stemmer.
+
+These are the settings of the BEIR baseline (``lsr.eval.backends.bm25_run`` builds through this
+class), so a collection's BM25 leg scores exactly as the baseline does. The index is built from
+the collection's build-time texts only. Upserts and deletes do not rewrite it: a search masks every
+document written after the build (``weight_mask``), so a deleted document never comes back and a
+replaced one is never scored on its old text; upserted documents are not in the BM25 leg until the
+collection is re-indexed. Building is deterministic, so ``lsr repair`` rebuilds byte-equal files
+whose crc32s ``lsr.json`` records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from lsr.files import atomic_write
+from lsr.ingest.layout import read_doc_shards
+
+BM25_DIR = "bm25"
+IDS_FILE = "ids.json"
+DESCRIPTION = "bm25s (lucene, k1=1.5, b=0.75) + English stopwords + PyStemmer Snowball English"
+
+
+def _bm25s():
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its logger to DEBUG on import
+    return bm25s
+
+
+class Bm25Index:
+    """Text → (doc id, BM25 score) over the documents it was built from."""
+
+    def __init__(self, retriever, ids: Sequence[str]) -> None:
+        import Stemmer
+
+        self.retriever = retriever
+        self.ids = list(ids)
+        self._row = {doc_id: row for row, doc_id in enumerate(self.ids)}
+        self._stemmer = Stemmer.Stemmer("english")
+
+    @classmethod
+    def build(cls, ids: Sequence[str], texts: Sequence[str]) -> "Bm25Index":
+        import Stemmer
+
+        bm25s = _bm25s()
+        words = bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False,
+                               show_progress=False)
+        # bm25s numbers tokens in set order, which changes with the process's hash seed; sorted ids make
+        # the files a function of the texts alone (so resumed builds and repairs are byte-identical)
+        vocab = {token: i for i, token in enumerate(sorted({w for doc in words for w in doc}))}
+        tokens = bm25s.tokenization.Tokenized(ids=[[vocab[w] for w in doc] for doc in words], vocab=vocab)
+        retriever = bm25s.BM25()
+        retriever.index(tokens, show_progress=False)
+        return cls(retriever, ids)
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write the index into ``folder`` (replacing it); returns the files, for their crc32 records."""
+        folder = Path(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        self.retriever.save(str(folder), show_progress=False)
+        atomic_write(folder / IDS_FILE, lambda fh: fh.write(json.dumps(self.ids).encode("utf-8")))
+        return sorted(p for p in folder.iterdir() if p.is_file())
+
+    @classmethod
+    def open(cls, folder: Path) -> "Bm25Index":
+        folder = Path(folder)
+        if not (folder / IDS_FILE).is_file():
+            raise FileNotFoundError(f"{folder / IDS_FILE} is missing")
+        retriever = _bm25s().BM25.load(str(folder), mmap=False, show_progress=False)
+        return cls(retriever, json.loads((folder / IDS_FILE).read_text(encoding="utf-8")))
+
+    def search(self, texts: Sequence[str], k: int, hidden: Iterable[str] = ()) -> list[dict[str, float]]:
+        """Top ``k`` ids with a positive score per text; the ``hidden`` ids are never returned."""
+        rows = [self._row[doc_id] for doc_id in hidden if doc_id in self._row]
+        mask = None
+        if rows:
+            mask = np.ones(len(self.ids), np.float32)
+            mask[rows] = 0.0
+        tokens = _bm25s().tokenize(list(texts), stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)
+        depth = min(k, len(self.ids))
+        rows, scores = self.retriever.retrieve(tokens, k=depth, show_progress=False, weight_mask=mask, n_threads=1)
+        return [{self.ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i]) if s > 0} for i in range(len(texts))]
+
+
+def build_bm25(out: Path, n_shards: int) -> list[Path]:
+    """Build a collection's BM25 leg from its build texts into ``out/bm25``; returns the files written."""
+    return Bm25Index.build(*read_doc_shards(out, n_shards)).save(out / BM25_DIR)
