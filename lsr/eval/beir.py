@@ -2,8 +2,10 @@
 
 Methods: ``bm25`` (bm25s + PyStemmer's English Snowball stemmer), ``sparse`` (SPLADE),
 ``dense`` (MiniLM), ``hybrid`` (normalised interpolation) and ``hybrid-prf`` (Rocchio on the
-sparse query + Vector-PRF on the dense one, interpolated before and after PRF). Hybrid's α and
-PRF's m and β are tuned on the train/dev qrels only and then frozen for the reported split.
+sparse query + Vector-PRF on the dense one, interpolated before and after PRF) and ``fusion``
+(SPLADE, MiniLM and the collection's BM25 leg, each weighted, by min_max / z_score / RRF). Hybrid's α,
+PRF's m and β and fusion's method and weights are tuned on the train/dev qrels only and then frozen
+for the reported split.
 All retrieval goes through :class:`lsr.search.searcher.Searcher` (or the gRPC service with
 ``endpoint``), so these numbers are the product's numbers, not a side implementation's.
 """
@@ -22,9 +24,10 @@ from lsr.eval.datasets import BeirDataset, load_beir, locate_dataset
 from lsr.files import cache_dir
 from lsr.eval.metrics import evaluate
 from lsr.eval.report import machine, write_report
-from lsr.eval.tuning import DEFAULT_ALPHA, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT, tune, tuning_split
+from lsr.eval.tuning import (DEFAULT_ALPHA, DEFAULT_FUSION, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT, fusion_options, tune,
+                             tune_fusion, tuning_split)
 
-METHODS = ("bm25", "sparse", "dense", "hybrid", "hybrid-prf")
+METHODS = ("bm25", "sparse", "dense", "hybrid", "hybrid-prf", "fusion")
 
 
 # ---------------------------------------------------------------------------- index cache
@@ -139,16 +142,20 @@ def run_beir(
             searcher = Searcher.open(collection_path, device=options.device, dtype=options.dtype)
             backend = InProcess(searcher)
         timings["load_models"] = time.perf_counter() - clock
+        tuner = backend
+        if endpoint and tune_locally and {"hybrid", "hybrid-prf", "fusion"} & set(neural):
+            from lsr.search.searcher import Searcher
+
+            tuner = InProcess(Searcher.open(tune_locally, device=options.device, dtype=options.dtype))
         if {"hybrid", "hybrid-prf"} & set(neural):
             clock = time.perf_counter()
-            tuner = backend
-            if endpoint and tune_locally:
-                from lsr.search.searcher import Searcher
-
-                tuner = InProcess(Searcher.open(tune_locally, device=options.device, dtype=options.dtype))
             settings = tune(tuner, dataset, tuning_split(dataset, split), k, say, progress=progress)
             settings["tuned"] = "in-process on the served collection" if tuner is not backend else "through the backend"
             timings["tune"] = time.perf_counter() - clock
+        if "fusion" in neural:
+            clock = time.perf_counter()
+            settings["fusion"] = tune_fusion(tuner, dataset, tuning_split(dataset, split), k, say)
+            timings["tune_fusion"] = time.perf_counter() - clock
         hybrid = HybridOptions(sparse_weight=settings.get("alpha", DEFAULT_ALPHA))
         plans = {
             "sparse": ("sparse", None, None),
@@ -157,6 +164,7 @@ def run_beir(
             "hybrid-prf": ("hybrid", hybrid, PrfOptions(feedback_docs=settings.get("prf_docs", DEFAULT_PRF_DOCS),
                                                         weight=settings.get("prf_weight", DEFAULT_PRF_WEIGHT),
                                                         interpolate="both")),
+            "fusion": ("hybrid", fusion_options(settings.get("fusion", DEFAULT_FUSION)), None),
         }
         for method in neural:
             clock = time.perf_counter()

@@ -30,6 +30,11 @@ def markdown(report: dict) -> str:
         lines.append(f"Hybrid: {s['normalization']}, α (sparse weight) = {s['alpha']}; "
                      f"PRF: m = {s['prf_docs']} feedback docs, β = {s['prf_weight']}, interpolation {s['prf_interpolate']}; "
                      f"tuned on `{s['tuned_on']}` qrels, frozen for `{report['split']}`.")
+    if "fusion" in s:
+        f = s["fusion"]
+        lines.append(f"Fusion: {f['normalization']}, weights sparse {f['sparse_weight']}, dense {f['dense_weight']}, "
+                     f"bm25 {f['bm25_weight']}; tuned on `{f['tuned_on']}` qrels over {len(f.get('tuning_ndcg10', {}))} "
+                     f"settings (all in results.json), frozen for `{report['split']}`.")
     lines.append(f"Index checksum `{report['index_checksum']}`. Timings (s): "
                  + ", ".join(f"{k} {v}" for k, v in report["timings"].items()) + ".")
     if report.get("index_build_seconds"):

@@ -60,3 +60,58 @@ def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
                     tuning_ndcg10={"hybrid": {str(a): round(v, 4) for a, v in alpha_scores.items()},
                                    "hybrid-prf": {f"m={mm},beta={bb}": round(v, 4) for (mm, bb), v in prf_scores.items()}})
     return settings
+
+
+FUSION_METHODS = ("min_max", "z_score", "rrf")
+WEIGHT_STEP = 0.1
+# Chosen across SciFact (train) and NFCorpus (dev) for collections without judgements: see benchmarks/results/beir-*.md
+DEFAULT_FUSION = {"normalization": "min_max", "sparse_weight": 0.4, "dense_weight": 0.3, "bm25_weight": 0.3}
+
+
+def weight_grid(step: float = WEIGHT_STEP) -> list[tuple[float, float, float]]:
+    """(sparse, dense, bm25) weights summing to 1 in steps of ``step``, with at least two legs."""
+    n = round(1 / step)
+    return [(i / n, j / n, (n - i - j) / n) for i in range(n + 1) for j in range(n + 1 - i)
+            if sum(part > 0 for part in (i, j, n - i - j)) >= 2]
+
+
+def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int, say: Callable[[str], None],
+                *, candidates: int = 100) -> dict[str, Any]:
+    """Grid-search the three legs' weights and the fusion method by nDCG@10 on ``tune_split``.
+
+    Each leg's run is fetched once at the depth hybrid search uses, then every setting is fused with
+    ``lsr.search.fusion.fuse``, the function the Searcher calls, so the chosen setting scores the same
+    when searched for real."""
+    from lsr.search.fusion import fuse, rank
+
+    settings: dict[str, Any] = {**DEFAULT_FUSION, "candidates": candidates, "tuned_on": tune_split,
+                                "grid": {"normalization": list(FUSION_METHODS), "weight_step": WEIGHT_STEP}}
+    if tune_split is None:
+        settings["note"] = "no train/dev qrels: the documented defaults are used"
+        return settings
+    qrels = dataset.qrels[tune_split]
+    qids = [q for q in qrels if q in dataset.queries]
+    texts = [dataset.queries[q] for q in qids]
+    depth = max(k + 1, candidates)
+    legs = [backend.run(qids, texts, depth, leg) for leg in ("sparse", "dense", "bm25")]
+    grid = [(method, weights) for method in FUSION_METHODS for weights in weight_grid()]
+    say(f"tuning 3-leg fusion on {tune_split} ({len(qids)} queries, {len(grid)} settings)")
+    scores = {}
+    for method, weights in grid:
+        used = [(run, w) for run, w in zip(legs, weights) if w > 0]
+        run = {q: dict(rank(fuse([r.get(q, {}) for r, _ in used], [w for _, w in used], method), k + 1)) for q in qids}
+        scores[(method, weights)] = evaluate(qrels, run)["ndcg@10"]
+    method, (sparse, dense, bm25) = max(scores, key=lambda mw: (scores[mw], mw[0] == "min_max", -max(mw[1])))
+    say(f"tuned fusion {method} sparse={sparse} dense={dense} bm25={bm25} on {tune_split}: "
+        f"nDCG@10 {scores[(method, (sparse, dense, bm25))]:.4f}")
+    settings.update(normalization=method, sparse_weight=sparse, dense_weight=dense, bm25_weight=bm25,
+                    tuning_ndcg10={f"{m} {w[0]:.1f}/{w[1]:.1f}/{w[2]:.1f}": round(v, 4) for (m, w), v in scores.items()})
+    return settings
+
+
+def fusion_options(chosen: dict[str, Any]):
+    """The HybridOptions of a ``tune_fusion`` result (or of DEFAULT_FUSION)."""
+    from lsr.search.searcher import HybridOptions
+
+    return HybridOptions(chosen["normalization"], chosen["sparse_weight"], chosen.get("candidates", 100),
+                         chosen["dense_weight"], chosen["bm25_weight"])

@@ -354,7 +354,7 @@ def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: Index
             sparse_parts.append(batch)
             truncated += int(info.truncated.sum())
         if dense_encoder is not None:
-            with stages.time("dense"):
+            with stages.time("dense"), quiet_logger("lsr.encode.dense"):  # cut at the model's own max_seq_length, as ST
                 dense_parts.append(dense_encoder.encode_documents(texts, batch_size=options.batch_size))
         advance(len(texts))
     sparse = SparseBatch.concat(sparse_parts)
