@@ -311,7 +311,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return {
             "k": k_from_proto(request.k),
             "mode": mode,
-            "hybrid": hybrid_from_proto(request.hybrid),
+            "hybrid": hybrid_from_proto(request.hybrid) if request.HasField("hybrid") else None,  # None: the collection's
             "prf": prf_from_proto(request.prf),
             "include_text": request.include_text,
             "explain": request.explain,
@@ -319,7 +319,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def _search_text(self, text: str, options: dict, call: _Call):
         """Encode through the micro-batchers (deadline and cancellation honoured), then search."""
-        legs = legs_of(options["mode"], options["hybrid"])
+        legs = legs_of(options["mode"], self.searcher.hybrid_or_default(options["hybrid"]))
         submitted = time.perf_counter()
         wanted = [batcher for batcher, needed in ((self.dense_batcher, "dense" in legs),
                                                   (self.sparse_batcher, "sparse" in legs)) if needed]

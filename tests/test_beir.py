@@ -221,3 +221,42 @@ def test_lsr_beir_serve_keeps_the_servers_log_out_of_the_results(tmp_path):
     report = json.loads((out / "results.json").read_text())
     assert len(report["index_checksum"]) == 64 and report["index_build_seconds"]["sparse"] > 0
     assert f"Index checksum `{report['index_checksum']}`" in (out / "results.md").read_text()
+
+
+def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(tmp_path, capsys):
+    """`lsr tune` chooses on train (never test), stores the choice sealed in the collection, and hybrid searches
+    that set no fusion of their own (in-process and through the server) use it; verify covers the file."""
+    from lsr.files import CorruptFileError
+    from lsr.ingest.collection import Collection
+    from lsr.ingest.verify import verify_collection
+    from lsr.search.searcher import HybridOptions, Searcher
+    from service_helpers import ServerProcess
+
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny_beir(data)
+    col = tmp_path / "col"
+    assert cli_main(["index", str(data / "tiny.zip"), str(col), "--quiet"]) == 0
+    assert Searcher.open(col).default_hybrid == HybridOptions()
+    assert cli_main(["tune", str(col), "--dataset", "tiny", "--data-dir", str(data)]) == 0
+    assert "tiny/train" in capsys.readouterr().out
+    stored = json.loads((col / "search-defaults.json").read_text())
+    assert stored["tuned_on"] == "tiny/train" and stored["not_tuned_on"] == "test"
+    chosen = HybridOptions(**stored["hybrid"])
+    searcher = Searcher.open(col)
+    assert searcher.default_hybrid == chosen
+    query = "Does vitamin D help bones?"
+    want = [(h.doc_id, h.score) for h in searcher.search(query, mode="hybrid", hybrid=chosen).hits]
+    assert [(h.doc_id, h.score) for h in searcher.search(query, mode="hybrid").hits] == want
+    server = ServerProcess(col).wait_listening()
+    try:
+        with server.client() as client:
+            got = [(h.doc_id, h.score) for h in client.search(query, mode="hybrid").hits]
+    finally:
+        server.kill()
+    assert [d for d, _ in got] == [d for d, _ in want] and [s for _, s in got] == pytest.approx([s for _, s in want])
+    text = (col / "search-defaults.json").read_text()
+    (col / "search-defaults.json").write_text(text.replace('"bm25_weight": ', '"bm25_weight": 1'))
+    assert any("search-defaults.json" in p for p in verify_collection(col).problems)
+    with pytest.raises(CorruptFileError, match="search-defaults.json"):
+        Collection.open(col)

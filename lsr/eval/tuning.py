@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from lsr.eval.datasets import BeirDataset
@@ -115,3 +116,29 @@ def fusion_options(chosen: dict[str, Any]):
 
     return HybridOptions(chosen["normalization"], chosen["sparse_weight"], chosen.get("candidates", 100),
                          chosen["dense_weight"], chosen["bm25_weight"])
+
+
+def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str | None = None, split: str = "test",
+                    k: int = 100, say: Callable[[str], None] = print, **open_options: Any) -> dict[str, Any]:
+    """``lsr tune``: choose the fusion on the dataset's train/dev qrels (never ``split``) and store it in the
+    collection as the default of every search that does not set its own (in-process and through the server)."""
+    from lsr.eval.backends import InProcess
+    from lsr.eval.datasets import load_beir, locate_dataset
+    from lsr.ingest.layout import write_search_defaults
+    from lsr.search.searcher import Searcher
+
+    dataset = load_beir(locate_dataset(dataset_name, data_dir))
+    tune_split = tuning_split(dataset, split)
+    if tune_split is None:
+        raise ValueError(f"{dataset.name} has no train or dev qrels apart from {split!r}: nothing to tune on without "
+                         "touching the reported split; the documented defaults stay")
+    searcher = Searcher.open(collection, **open_options)
+    if not searcher.has_dense or not searcher.has_bm25:
+        raise ValueError(f"{collection} needs dense and BM25 legs to tune their fusion; re-index it with both")
+    chosen = tune_fusion(InProcess(searcher), dataset, tune_split, k, say)
+    defaults = {"hybrid": {name: chosen[name] for name in ("normalization", "sparse_weight", "dense_weight", "bm25_weight",
+                                                           "candidates")},
+                "tuned_on": f"{dataset.name}/{tune_split}", "not_tuned_on": split,
+                "ndcg@10": max(chosen["tuning_ndcg10"].values())}
+    write_search_defaults(Path(collection), defaults)
+    return defaults

@@ -20,7 +20,7 @@ import numpy as np
 from lsr.files import CorruptFileError
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
-from lsr.ingest.layout import build_file_problems, read_meta
+from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
 from lsr.search.bm25_index import BM25_DIR, Bm25Index
 from lsr.search.dense_index import DenseIndex
 from lsr.sparse import SparseBatch
@@ -58,6 +58,7 @@ class Collection:
         self.sparse = sparse  # the writable stores; readers use view()
         self.dense = dense
         self.bm25 = bm25  # static: searches mask what later writes changed
+        self.search_defaults = read_search_defaults(path)  # what `lsr tune` chose, or None
         self._journal = journal
         self._lock = threading.Lock()
         self._failed: BaseException | None = None

@@ -12,6 +12,7 @@ Layout (``lsr.json`` is written last, so its presence means the collection is co
     OUT/sparse/                       the InvertedIndex (derived)
     OUT/bm25/                         the BM25 leg over the build's texts (lsr.search.bm25_index; derived, deterministic,
                                       so its crc32s sit in lsr.json with the build files)
+    OUT/search-defaults.json          fusion settings `lsr tune` chose on train/dev qrels (sealed with its crc32)
     OUT/.lsr-build.json               checkpoint of an unfinished build (removed when done)
 
 The build files and the journal are the source of truth; the sparse and dense indexes are
@@ -30,7 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import CorruptFileError, atomic_write, check_record, file_sha256, read_sealed_json, write_json_atomic
+from lsr.files import (CorruptFileError, atomic_write, check_record, file_sha256, read_sealed_json, sealed,
+                       write_json_atomic)
 from lsr.ingest.docstore import DOC_ROW_GROUP
 from lsr.sparse import SparseBatch
 
@@ -38,6 +40,7 @@ FORMAT = 2  # 2: journal, per-file crc32s, sealed lsr.json, versioned dense file
 META_FILE = "lsr.json"
 BUILD_STATE = ".lsr-build.json"
 VOCAB_FILE = "vocab.json"
+SEARCH_DEFAULTS = "search-defaults.json"
 
 
 def shard_name(kind: str, shard: int) -> str:
@@ -111,6 +114,15 @@ def read_meta(path: Path) -> dict:
         raise ValueError(f"{path} has collection format {meta.get('format')!r}; this lsr reads format {FORMAT}. "
                          "Re-index with `lsr index --overwrite`")
     return meta
+
+
+def read_search_defaults(path: Path) -> dict | None:
+    """The settings `lsr tune` stored (None when it has not run); a damaged file is a CorruptFileError naming it."""
+    return read_sealed_json(path / SEARCH_DEFAULTS) if (path / SEARCH_DEFAULTS).is_file() else None
+
+
+def write_search_defaults(path: Path, defaults: dict) -> None:
+    write_json_atomic(path / SEARCH_DEFAULTS, sealed(defaults))
 
 
 def build_file_problems(path: Path, meta: dict, *, under: str | None = None, skip: str | None = None) -> list[str]:

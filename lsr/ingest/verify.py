@@ -14,7 +14,7 @@ from lsr.files import CorruptFileError
 from lsr.ingest.collection import agreement_problems, overlay_of
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, scan
-from lsr.ingest.layout import build_file_problems, read_meta
+from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
 from lsr.search.dense_index import DenseIndex
 
 
@@ -37,6 +37,11 @@ def verify_collection(path: Path) -> Report:
         return report
     report.problems += build_file_problems(path, meta)
     report.checked.append(f"{len(meta['files'])} build files")
+    try:
+        if read_search_defaults(path) is not None:
+            report.checked.append("tuned search defaults")
+    except CorruptFileError as exc:
+        report.problems.append(f"{exc}; run `lsr tune` again to rewrite it")
 
     seqs: dict[str, int] = {}
     sparse = None

@@ -187,6 +187,15 @@ class Searcher:
     def has_bm25(self) -> bool:
         return self.collection.bm25 is not None
 
+    @cached_property
+    def default_hybrid(self) -> HybridOptions:
+        """The fusion `lsr tune` stored in the collection (chosen on train/dev qrels), else HybridOptions()."""
+        tuned = (self.collection.search_defaults or {}).get("hybrid")
+        return HybridOptions(**tuned) if tuned else HybridOptions()
+
+    def hybrid_or_default(self, hybrid: HybridOptions | None) -> HybridOptions:
+        return self.default_hybrid if hybrid is None else hybrid
+
     @property
     def dense_dim(self) -> int | None:
         return self.collection.dense.dim if self.collection.dense is not None else None
@@ -254,6 +263,7 @@ class Searcher:
     ) -> SearchResult:
         """One query given as text, as a ``{token or term id: weight}`` dict, or as a dense vector."""
         self.check_request(text, sparse, dense, k, mode, hybrid, prf)
+        hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
         timings: dict[str, float] = {}
         truncated = False
@@ -295,6 +305,7 @@ class Searcher:
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"query {i} is empty or not a string")
         self.check_request("x", None, None, k, mode, hybrid, prf)
+        hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
         encode_timings: dict[str, float] = {}
         with _timed(encode_timings, "encode"):
@@ -340,8 +351,8 @@ class Searcher:
         Every stage reads one pinned version of the collection, so a concurrent upsert or delete
         is seen entirely or not at all."""
         view = self.collection.view()
-        hybrid = hybrid or HybridOptions()
         timings = {} if timings is None else timings
+        hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
         if "dense" in legs and view.dense is None:
             raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
@@ -420,6 +431,7 @@ class Searcher:
             raise ValueError("the query is empty: give text, a sparse vector or a dense vector")
         if len(given) > 1 and not (set(given) == {"text", "dense"} and mode == "hybrid"):
             raise ValueError(f"give only one of text, sparse or dense (got {', '.join(given)}); dense may join text only in hybrid mode")
+        hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
         if "bm25" in legs and text is None:
             raise ValueError(f"{mode} mode with a BM25 leg needs the query text")
@@ -494,9 +506,9 @@ class Searcher:
             return self.collection.delete(ids)
 
 
-def legs_of(mode: str, hybrid: HybridOptions | None) -> dict[str, float]:
-    """The legs a mode runs, with their fusion weights (None: the default HybridOptions)."""
-    return (hybrid or HybridOptions()).weights() if mode == "hybrid" else {mode: 1.0}
+def legs_of(mode: str, hybrid: HybridOptions) -> dict[str, float]:
+    """The legs a mode runs, with their fusion weights."""
+    return hybrid.weights() if mode == "hybrid" else {mode: 1.0}
 
 
 def _combine(runs: dict[str, Ranking], legs: dict[str, float], hybrid: HybridOptions) -> Ranking:
