@@ -22,6 +22,13 @@ def tuning_split(dataset: BeirDataset, split: str) -> str | None:
     return None
 
 
+def _judged_queries(dataset: BeirDataset, split: str) -> tuple[dict, list[str], list[str]]:
+    """The split's qrels, and the ids and texts of its judged queries."""
+    qrels = dataset.qrels[split]
+    qids = [q for q in qrels if q in dataset.queries]
+    return qrels, qids, [dataset.queries[q] for q in qids]
+
+
 def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
          say: Callable[[str], None], *, progress: bool = False) -> dict[str, Any]:
     """Grid-search α (hybrid), then m and β (PRF) with α frozen, by nDCG@10 on ``tune_split``."""
@@ -35,9 +42,7 @@ def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
     if tune_split is None:
         settings["note"] = "no train/dev qrels: defaults used"
         return settings
-    qrels = dataset.qrels[tune_split]
-    qids = [q for q in qrels if q in dataset.queries]
-    texts = [dataset.queries[q] for q in qids]
+    qrels, qids, texts = _judged_queries(dataset, tune_split)
 
     grid = len(ALPHAS) + len(PRF_DOCS) * len(PRF_WEIGHTS)
     say(f"tuning hybrid α and PRF m, β on {tune_split} ({len(qids)} queries, {grid} settings)")
@@ -65,8 +70,8 @@ def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
 
 FUSION_METHODS = ("min_max", "z_score", "rrf")
 WEIGHT_STEP = 0.1
-# Chosen across SciFact (train) and NFCorpus (dev) for collections without judgements: see benchmarks/results/beir-*.md
-DEFAULT_FUSION = {"normalization": "min_max", "sparse_weight": 0.4, "dense_weight": 0.3, "bm25_weight": 0.3}
+# Without train/dev qrels: the Searcher's untuned default (HybridOptions()), sparse and dense at 0.5, no BM25
+DEFAULT_FUSION = {"normalization": "min_max", "sparse_weight": 0.5, "dense_weight": 0.5, "bm25_weight": 0.0}
 
 
 def weight_grid(step: float = WEIGHT_STEP) -> list[tuple[float, float, float]]:
@@ -90,9 +95,7 @@ def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: i
     if tune_split is None:
         settings["note"] = "no train/dev qrels: the documented defaults are used"
         return settings
-    qrels = dataset.qrels[tune_split]
-    qids = [q for q in qrels if q in dataset.queries]
-    texts = [dataset.queries[q] for q in qids]
+    qrels, qids, texts = _judged_queries(dataset, tune_split)
     depth = max(k + 1, candidates)
     legs = [backend.run(qids, texts, depth, leg) for leg in ("sparse", "dense", "bm25")]
     grid = [(method, weights) for method in FUSION_METHODS for weights in weight_grid()]
