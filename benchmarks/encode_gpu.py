@@ -76,13 +76,21 @@ def long_documents(lengths: np.ndarray, count: int, length: int) -> np.ndarray:
     return found
 
 
-def require_cuda() -> None:
+def require_cuda(script: str = "encode_gpu.py", cpu_hint: str = "run benchmarks/encode.py for the CPU comparison") -> None:
+    """Exit 2 with one line when torch sees no CUDA GPU (every GPU benchmark starts here)."""
     import torch
 
     if not torch.cuda.is_available():
-        print(f"encode_gpu.py: error: needs a CUDA GPU; torch {torch.__version__} sees none "
-              "(run benchmarks/encode.py for the CPU comparison)", file=sys.stderr)
+        print(f"{script}: error: needs a CUDA GPU; torch {torch.__version__} sees none ({cpu_hint})", file=sys.stderr)
         raise SystemExit(2)
+
+
+def publish(report: dict, table: str, stem: Path) -> None:
+    """Print the table and write it as ``stem``.md beside the full report as ``stem``.json."""
+    print(table)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(table + "\n")
 
 
 # ---------------------------------------------------------------------------- children (one per measurement)
@@ -263,11 +271,7 @@ def main() -> None:
         if not args.skip_index:
             report["index"] = index_scifact(work)
     report["total_seconds"] = time.perf_counter() - started
-    table = render(report)
-    print(table)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "encode_gpu.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.results_dir / "encode_gpu.md").write_text(table + "\n")
+    publish(report, render(report), args.results_dir / "encode_gpu")
 
 
 def render(report: dict) -> str:

@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-VERBS = ("encode", "index", "search", "doc", "eval", "beir", "tune", "serve", "query", "verify", "repair")
+VERBS = ("encode", "index", "search", "doc", "eval", "beir", "tune", "train", "serve", "query", "verify", "repair")
 
 
 def _verb_module(verb: str):

@@ -7,6 +7,7 @@ log1p∘relu + masked max without materialising B×L×V logits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,8 +51,20 @@ def _detach_output_projection(model: torch.nn.Module) -> tuple[torch.Tensor, tor
             if child is head:
                 setattr(module, child_name, torch.nn.Identity())
                 object.__setattr__(model, "_lsr_projection", head)  # not a submodule: keeps state_dict clean
+                object.__setattr__(model, "_lsr_projection_slot", (module, child_name))
                 return head.weight.detach(), None if head.bias is None else head.bias.detach()
     raise ValueError("could not locate the output projection inside the model")
+
+
+@contextlib.contextmanager
+def output_projection_attached(model: torch.nn.Module):
+    """Put the detached vocabulary projection back for the block, so ``save_pretrained`` writes a complete MLM."""
+    module, child_name = model._lsr_projection_slot
+    setattr(module, child_name, model._lsr_projection)
+    try:
+        yield model
+    finally:
+        setattr(module, child_name, torch.nn.Identity())
 
 
 def vocabulary_of(tokenizer: Any, vocab_size: int) -> list[str]:

@@ -1,0 +1,146 @@
+"""Fine-tune a SPLADE encoder: contrastive loss over in-batch and hard negatives, FLOPS regularisation.
+
+DATA is a BEIR name, folder or archive (its --split qrels, default train; hard negatives are mined
+with BM25, never a document judged for the query), or a JSONL file of
+  {"query": "...", "positive": "...", "negatives": ["...", ...], "scores": [pos, neg1, ...]}
+rows ("negatives" optional; "scores" = teacher scores, adds margin-MSE distillation).
+OUT becomes a model folder that SpladeEncoder.from_pretrained(OUT), `lsr index --model OUT`,
+`lsr beir --model OUT` and sentence-transformers' SparseEncoder(OUT) all load. A checkpoint is
+written every --checkpoint-every steps and on Ctrl-C; --resume continues (after kill -9 too) and,
+with the same --seed, ends with the same weights as an uninterrupted run.
+
+Examples:
+  lsr train scifact models/splade-scifact --max-minutes 12 --eval scifact
+  lsr train pairs.jsonl models/mine --epochs 2 --batch-size 32 --device cuda --dtype bf16
+  lsr train scifact models/splade-scifact --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from lsr.cli.device import add_device_arguments, device_options
+
+HELP = "fine-tune a SPLADE model on a BEIR train split or JSONL pairs (contrastive + FLOPS)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lsr.train.config import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("data", metavar="DATA", help="BEIR name/folder/archive, or a .jsonl of query/positive/negatives rows")
+    p.add_argument("out", metavar="OUT", help="model folder to write (must be new or empty unless --resume)")
+    p.add_argument("--model", default=d.model, help=f"starting SPLADE model (default: {d.model})")
+    p.add_argument("--split", default="train", help="BEIR qrels split to train on (default: train)")
+    p.add_argument("--data-dir", default=None, help="folder holding BEIR datasets (before $LSR_BEIR_DIR)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the data (default: {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"queries per micro-batch; their documents are each other's negatives (default: {d.batch_size})")
+    p.add_argument("--accumulate", type=int, default=d.accumulate, help="micro-batches per optimiser step (default: 1)")
+    p.add_argument("--negatives", type=int, default=d.negatives, help=f"hard negatives per query (default: {d.negatives})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default: {d.lr})")
+    p.add_argument("--flops-query", type=float, default=d.flops_query, help=f"query FLOPS weight (default: {d.flops_query})")
+    p.add_argument("--flops-doc", type=float, default=d.flops_doc, help=f"document FLOPS weight (default: {d.flops_doc})")
+    p.add_argument("--max-length", type=int, default=d.max_length, help=f"document tokens (default: {d.max_length})")
+    p.add_argument("--query-max-length", type=int, default=d.query_max_length,
+                   help=f"query tokens (default: {d.query_max_length})")
+    p.add_argument("--inference-free", action="store_true",
+                   help="train the document encoder only; queries are IDF-weighted tokens (idf.json in OUT), IDF-aware FLOPS")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes and save")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed for order, negatives and dropout (default: {d.seed})")
+    p.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT")
+    p.add_argument("--eval", default=None, metavar="DATASET", help="BEIR dataset whose test split is scored before and after")
+    add_device_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lsr.train.config import TrainConfig
+
+    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
+                         negatives=args.negatives, lr=args.lr, flops_query=args.flops_query, flops_doc=args.flops_doc,
+                         max_length=args.max_length, query_max_length=args.query_max_length, seed=args.seed,
+                         inference_free=args.inference_free)
+    config.check()  # bad numbers fail before any data or model loads
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
+    out = Path(args.out)
+    _check_out(out, args.resume)
+    encoding = device_options(args)
+    from lsr.train.data import load_examples
+
+    examples = load_examples(args.data, args.split, data_dir=args.data_dir)
+    say = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    say(f"{len(examples):,} training examples from {args.data}")
+    return _train(args, config, examples, out, encoding, say)
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    from lsr.train.checkpoint import CHECKPOINT_FILE
+
+    if resume:
+        if not (out / CHECKPOINT_FILE).is_file():
+            raise ValueError(f"nothing to resume: {out} holds no {CHECKPOINT_FILE}")
+    elif (out / CHECKPOINT_FILE).is_file():
+        raise ValueError(f"{out} holds an unfinished run; add --resume to continue it, or choose another folder")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not an empty folder; choose a new OUT")
+
+
+def _train(args, config, examples, out: Path, encoding: dict[str, str], say) -> int:
+    from lsr.train.checkpoint import CHECKPOINT_FILE
+    from lsr.train.evaluate import sparse_quality
+    from lsr.train.export import save_model_folder
+    from lsr.train.loop import train
+    from lsr.train.model import TrainableSplade
+
+    model = TrainableSplade.load(config.model, max_length=config.max_length,
+                                 query_max_length=config.query_max_length, **encoding)
+    out.mkdir(parents=True, exist_ok=True)
+    before = after = None
+    if args.eval:
+        before = sparse_quality(model.encoder, args.eval, data_dir=args.data_dir, progress=not args.quiet)
+        say(f"before: {args.eval} nDCG@10 {before['ndcg@10']:.4f}, doc non-zeros {before['doc_nnz']:.1f}")
+    clock = time.monotonic()
+    result = train(model, examples, out, config, resume=args.resume, max_minutes=args.max_minutes,
+                   checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+    if result.stopped == "interrupted":
+        print(f"interrupted at step {result.steps} of {result.total_steps}; checkpoint in {out / CHECKPOINT_FILE}. "
+              f"Continue with: lsr {' '.join(args._argv)} --resume", file=sys.stderr)
+        return 130
+    save_model_folder(model, out)
+    if result.stopped == "finished":
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # none when the last checkpoint step was never reached
+    if args.eval:
+        after = sparse_quality(model.encoder, args.eval, data_dir=args.data_dir, progress=not args.quiet)
+    summary = {"model": config.model, "data": args.data, "examples": len(examples), "config": asdict(config),
+               "steps": result.steps, "total_steps": result.total_steps, "stopped": result.stopped,
+               "train_seconds": round(result.seconds, 1), "wall_seconds": round(time.monotonic() - clock, 1),
+               "first_step": result.history[0] if result.history else None,
+               "last_step": result.history[-1] if result.history else None,
+               "eval": {"dataset": args.eval, "before": before, "after": after} if args.eval else None, **encoding}
+    (out / "lsr_train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(_summary_text(summary, out))
+    return 0
+
+
+def _summary_text(summary: dict, out: Path) -> str:
+    lines = [f"trained {summary['model']} on {summary['data']} ({summary['examples']:,} examples): "
+             f"{summary['steps']:,} of {summary['total_steps']:,} steps ({summary['stopped']}) "
+             f"in {summary['train_seconds'] / 60:.1f} min on {summary['device']} {summary['dtype']}"]
+    first, last = summary["first_step"], summary["last_step"]
+    if first and last:
+        lines.append(f"loss {first['loss']:.3f} -> {last['loss']:.3f}; non-zeros per query {last['nnz_q']:.0f}, "
+                     f"per document {last['nnz_d']:.0f}")
+    if summary["eval"]:
+        before, after = summary["eval"]["before"], summary["eval"]["after"]
+        lines.append(f"{summary['eval']['dataset']} test nDCG@10 {before['ndcg@10']:.4f} -> {after['ndcg@10']:.4f}; "
+                     f"doc non-zeros {before['doc_nnz']:.1f} -> {after['doc_nnz']:.1f}")
+    lines.append(f"wrote {out} (SpladeEncoder.from_pretrained, lsr index --model, SparseEncoder all load it)")
+    return "\n".join(lines)

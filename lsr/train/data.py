@@ -1,0 +1,91 @@
+"""Training examples: (query, positive, hard-negative pool, optional teacher scores).
+
+Two sources: a BEIR dataset's train split (queries + qrels + corpus; hard negatives mined with BM25,
+never a judged document of that query), or a JSONL file of
+``{"query": ..., "positive": ..., "negatives": [...], "scores": [pos, neg1, ...]}`` rows where
+``negatives`` and ``scores`` (teacher scores for margin-MSE, same order) are optional.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+MINED_NEGATIVES = 20  # pool size per query; each epoch draws from it
+
+
+@dataclass(frozen=True)
+class Example:
+    query: str
+    positive: str
+    negatives: tuple[str, ...] = ()
+    scores: tuple[float, ...] | None = None  # teacher scores of (positive, *negatives)
+
+
+def load_examples(data: str, split: str = "train", *, data_dir: str | None = None) -> list[Example]:
+    """A ``.jsonl`` file, else a BEIR name, folder or archive (its ``split`` qrels)."""
+    path = Path(data)
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise FileNotFoundError(f"training file {data} does not exist")
+        return read_jsonl(path)
+    return beir_examples(data, split, data_dir=data_dir)
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    examples = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if line.strip():
+                examples.append(_example(line, f"{path} line {line_no}"))
+    if not examples:
+        raise ValueError(f"{path} holds no training rows; expected JSON lines with \"query\" and \"positive\"")
+    return examples
+
+
+def _example(line: str, where: str) -> Example:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    for key in ("query", "positive"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise ValueError(f"{where}: {key!r} must be a non-empty string")
+    negatives = row.get("negatives", [])
+    if not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives):
+        raise ValueError(f"{where}: 'negatives' must be a list of non-empty strings")
+    scores = row.get("scores")
+    if scores is not None:
+        if (not isinstance(scores, list) or len(scores) != 1 + len(negatives)
+                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)):
+            raise ValueError(f"{where}: 'scores' must be {1 + len(negatives)} numbers (the positive's, then each negative's)")
+        scores = tuple(float(s) for s in scores)
+    return Example(row["query"], row["positive"], tuple(negatives), scores)
+
+
+def beir_examples(data: str, split: str, *, data_dir: str | None = None) -> list[Example]:
+    """One example per judged-relevant (query, document) pair of ``split``, with BM25-mined negatives."""
+    from lsr.eval.backends import bm25_run
+    from lsr.eval.datasets import load_beir, locate_dataset
+
+    source = locate_dataset(data, data_dir)
+    dataset = load_beir(source, splits=(split,))
+    if split not in dataset.qrels:
+        raise ValueError(f"{source} has no qrels/{split}.tsv, so no {split} split to train on; "
+                         "pass --split, or a JSONL file of query/positive rows")
+    qrels = {q: docs for q, docs in dataset.qrels[split].items() if q in dataset.queries}
+    positives = {q: [d for d, grade in docs.items() if grade > 0 and d in dataset.corpus] for q, docs in qrels.items()}
+    qids = [q for q, docs in positives.items() if docs]
+    if not qids:
+        raise ValueError(f"{source}'s {split} split judges no query relevant to any document in its corpus")
+    depth = MINED_NEGATIVES + max(len(qrels[q]) for q in qids)
+    mined = bm25_run(dataset, qids, depth)
+    examples = []
+    for q in qids:
+        ranked = sorted(mined.get(q, {}).items(), key=lambda hit: -hit[1])
+        negatives = tuple(dataset.doc_texts([d for d, _ in ranked if d not in qrels[q]][:MINED_NEGATIVES]))
+        examples.extend(Example(dataset.queries[q], text, negatives) for text in dataset.doc_texts(positives[q]))
+    return examples

@@ -1,0 +1,36 @@
+"""``--eval``: sparse nDCG@10 and mean non-zeros on a BEIR split, scored exactly in memory.
+
+No index is built, so nothing is cached under a model name whose weights are still changing;
+brute-force float32 dot products are the yardstick the index itself is checked against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lsr.encode.splade import SpladeEncoder
+
+
+def sparse_quality(encoder: SpladeEncoder, dataset: str, split: str = "test", *, data_dir: str | None = None,
+                   k: int = 100, progress: bool = True) -> dict[str, float]:
+    """{"ndcg@10", ..., "doc_nnz", "query_nnz", "queries", "docs"} of ``encoder`` on ``dataset``'s ``split``."""
+    from lsr.eval.datasets import load_beir, locate_dataset
+    from lsr.eval.metrics import evaluate
+
+    source = locate_dataset(dataset, data_dir)
+    data = load_beir(source, splits=(split,))
+    if split not in data.qrels:
+        raise ValueError(f"{source} has no qrels/{split}.tsv to evaluate on")
+    qrels = data.qrels[split]
+    qids = [q for q in qrels if q in data.queries]
+    doc_ids = list(data.corpus)
+    docs = encoder.encode_documents(data.doc_texts(doc_ids), show_progress=progress)
+    queries = encoder.encode_queries([data.queries[q] for q in qids])
+    scores = (queries.to_scipy() @ docs.to_scipy().T).toarray()
+    run = {}
+    for row, q in enumerate(qids):
+        top = np.argsort(-scores[row], kind="stable")[: k + 1]  # +1: a self-hit is dropped by the evaluator
+        run[q] = {doc_ids[j]: float(scores[row, j]) for j in top if scores[row, j] > 0}
+    metrics = evaluate(qrels, run)
+    return {**metrics, "doc_nnz": docs.nnz / max(1, len(docs)), "query_nnz": queries.nnz / max(1, len(queries)),
+            "queries": len(qids), "docs": len(doc_ids)}

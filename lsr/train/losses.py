@@ -1,0 +1,49 @@
+"""SPLADE training losses on [B, V] vectors; scores are raw dot products, as at search time."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def contrastive(queries: torch.Tensor, docs: torch.Tensor, false_negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE over every document in the batch: row i's positive is ``docs[i]``; the other rows' positives
+    and every hard negative are its negatives. ``false_negatives`` [B, len(docs)] masks documents that are
+    in fact relevant to row i (another positive of the same query)."""
+    scores = queries @ docs.t()
+    if false_negatives is not None:
+        scores = scores.masked_fill(false_negatives, float("-inf"))
+    return F.cross_entropy(scores, torch.arange(queries.shape[0], device=queries.device))
+
+
+def flops(vectors: torch.Tensor, term_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """FLOPS regulariser: Σ_v (mean over the batch of |w_v|)², an estimate of retrieval cost (Paria et al.).
+
+    ``term_weights`` [V] scales each term's penalty: IDF-aware FLOPS passes a weight that shrinks with
+    IDF, so rare, discriminative terms are penalised less than frequent ones.
+    """
+    per_term = vectors.abs().mean(dim=0) ** 2
+    return (per_term if term_weights is None else per_term * term_weights).sum()
+
+
+def idf_flops_weights(idf: torch.Tensor) -> torch.Tensor:
+    """Per-term FLOPS weights for the inference-free variant: 1 / IDF normalised to mean 1 over known terms,
+    zero-IDF (unseen) terms getting the largest weight (Geng et al., "Towards Competitive Search Relevance
+    for Inference-Free Learned Sparse Retrievers", 2024)."""
+    known = idf > 0
+    inverse = torch.where(known, 1.0 / idf.clamp_min(1e-6), torch.zeros_like(idf))
+    inverse = inverse / inverse[known].mean()
+    return torch.where(known, inverse, inverse.max())
+
+
+def quadratic_warmup(peak: float, step: int, warmup_steps: int) -> float:
+    """The regulariser weight at ``step``: grows as (step / warmup_steps)² to ``peak``, then stays there."""
+    if warmup_steps <= 0:
+        return peak
+    return peak * min(1.0, step / warmup_steps) ** 2
+
+
+def margin_mse(positive: torch.Tensor, negative: torch.Tensor, teacher_positive: torch.Tensor,
+               teacher_negative: torch.Tensor) -> torch.Tensor:
+    """Distillation (Hofstätter et al.): match the student's positive-minus-negative margin to the teacher's."""
+    return F.mse_loss(positive - negative, teacher_positive - teacher_negative)

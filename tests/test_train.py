@@ -1,0 +1,262 @@
+"""``lsr train`` on the real splade-tiny and real SciFact rows: learning, sparsity, resume, export, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lsr.cli.main import main
+from lsr.train.data import Example, load_examples
+from lsr.train.losses import contrastive
+from lsr.train.config import TrainConfig
+from lsr.train.loop import train
+from lsr.train.model import TrainableSplade
+
+SHORT = ["--max-length", "64", "--query-max-length", "16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_beir(scifact, tmp_path_factory) -> Path:
+    """A BEIR folder with 12 SciFact train queries, their relevant documents and 60 other documents."""
+    folder = tmp_path_factory.mktemp("beir") / "tiny"
+    (folder / "qrels").mkdir(parents=True)
+    qrels = dict(list(scifact.qrels["train"].items())[:12])
+    judged = {d for docs in qrels.values() for d in docs}
+    others = [d for d in scifact.corpus if d not in judged][:60]
+    with open(folder / "corpus.jsonl", "w") as fh:
+        for d in sorted(judged) + others:
+            fh.write(json.dumps({"_id": d, **scifact.corpus[d]}) + "\n")
+    with open(folder / "queries.jsonl", "w") as fh:
+        for q in qrels:
+            fh.write(json.dumps({"_id": q, "text": scifact.queries[q]}) + "\n")
+    with open(folder / "qrels" / "train.tsv", "w") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        fh.writelines(f"{q}\t{d}\t{g}\n" for q, docs in qrels.items() for d, g in docs.items())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def examples(tiny_beir) -> list[Example]:
+    return load_examples(str(tiny_beir))
+
+
+def fresh_model() -> TrainableSplade:
+    torch.set_num_threads(2)
+    return TrainableSplade.load("splade-tiny", device="cpu", dtype="fp32", max_length=64, query_max_length=16)
+
+
+def test_mined_negatives_exclude_judged_documents(tiny_beir, scifact, examples):
+    judged_texts = {q: set(scifact.doc_texts(list(docs))) for q, docs in scifact.qrels["train"].items()}
+    by_query = {scifact.queries[q]: q for q in judged_texts}
+    assert len(examples) >= 12 and all(ex.negatives for ex in examples)
+    for ex in examples:
+        assert ex.positive in judged_texts[by_query[ex.query]]
+        assert not set(ex.negatives) & judged_texts[by_query[ex.query]]
+
+
+def _loss(model: TrainableSplade, examples: list[Example]) -> float:
+    with torch.no_grad():
+        q = model.encode([ex.query for ex in examples], 16)
+        d = model.encode([ex.positive for ex in examples] + [ex.negatives[0] for ex in examples], 64)
+        return float(contrastive(q, d))
+
+
+def _doc_nnz(model: TrainableSplade, examples: list[Example]) -> float:
+    with torch.no_grad():
+        return float((model.encode([ex.positive for ex in examples], 64) > 0).sum(1).float().mean())
+
+
+def test_a_few_steps_lower_the_training_loss(examples, tmp_path):
+    model = fresh_model()
+    before = _loss(model, examples)
+    config = TrainConfig(epochs=4, batch_size=4, lr=2e-4, max_length=64, query_max_length=16, flops_query=0, flops_doc=0)
+    result = train(model, examples, tmp_path, config, progress=False)
+    assert result.stopped == "finished" and result.steps == result.total_steps
+    assert _loss(model, examples) < 0.8 * before
+
+
+def test_flops_regularisation_lowers_non_zeros(examples, tmp_path):
+    model = fresh_model()
+    before = _doc_nnz(model, examples)
+    config = TrainConfig(epochs=3, batch_size=4, lr=2e-4, max_length=64, query_max_length=16,
+                         flops_query=0.05, flops_doc=0.05, flops_warmup=0.0)
+    train(model, examples, tmp_path / "flops", config, progress=False)
+    unregularised = fresh_model()
+    train(unregularised, examples, tmp_path / "plain",
+          TrainConfig(**{**config.__dict__, "flops_query": 0.0, "flops_doc": 0.0}), progress=False)
+    assert _doc_nnz(model, examples) < 0.7 * before
+    assert _doc_nnz(model, examples) < 0.7 * _doc_nnz(unregularised, examples)
+
+
+def _train_command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "lsr", "train", str(data), str(out), "--batch-size", "2", "--epochs", "3",
+            "--checkpoint-every", "3", "--seed", "7", "--quiet", *SHORT, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_beir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "model"
+    done = subprocess.run(_train_command(tiny_beir, out), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and not (out / "checkpoint.pt").exists()
+    return out
+
+
+def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tiny_beir, trained, tmp_path):
+    out = tmp_path / "model"
+    proc = subprocess.Popen(_train_command(tiny_beir, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    done = subprocess.run(_train_command(tiny_beir, out, "--resume"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    resumed, uninterrupted = load_file(out / "model.safetensors"), load_file(trained / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(resumed[name], tensor), name
+    start = load_file(_bundled_weights())
+    assert any(not torch.equal(start[n], uninterrupted[n]) for n in uninterrupted if n in start)
+
+
+def _bundled_weights() -> str:
+    from lsr.encode.models import resolve_model
+
+    return str(Path(resolve_model("splade-tiny")) / "model.safetensors")
+
+
+def test_saved_folder_loads_in_splade_encoder_and_sparse_encoder_with_equal_vectors(trained, scifact):
+    from sentence_transformers import SparseEncoder
+
+    from lsr.encode.splade import SpladeEncoder
+
+    texts = scifact.doc_texts(list(scifact.corpus)[:6]) + ["aspirin and heart attacks"]
+    ours = SpladeEncoder.from_pretrained(str(trained), device="cpu").encode_documents(texts).to_dense()
+    theirs = SparseEncoder(str(trained), device="cpu").encode_document(texts, convert_to_tensor=True).to_dense().numpy()
+    assert (ours > 0).sum() > 0
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert json.loads((trained / "lsr_train.json").read_text())["stopped"] == "finished"
+
+
+def _only_test_split(scifact, folder: Path) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "", "text": "a document"}) + "\n")
+    (folder / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "a query"}) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    return folder
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no-train-split", "has no qrels/train.tsv"),
+    ("empty-jsonl", "holds no training rows"),
+    ("no-positive", "line 2: 'positive' must be a non-empty string"),
+    ("batch-size-0", "--batch-size must be positive"),
+])
+def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
+    data, extra = tmp_path / "pairs.jsonl", []
+    if case == "no-train-split":
+        data = _only_test_split(scifact, tmp_path / "beir")
+    elif case == "empty-jsonl":
+        data.write_text("\n")
+    elif case == "no-positive":
+        data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": "q"}) + "\n")
+    else:
+        data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
+        extra = ["--batch-size", "0"]
+    assert main(["train", str(data), str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lsr train: error:") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_inference_free_trains_documents_against_idf_queries_and_exports_the_table(examples, tmp_path):
+    from lsr.encode.splade import InferenceFreeQueryEncoder
+    from lsr.train.export import save_model_folder
+
+    model = fresh_model()
+    model.use_idf_queries(sorted({t for ex in examples for t in (ex.positive, *ex.negatives)}))
+    queries = [ex.query for ex in examples]
+
+    def loss() -> float:
+        with torch.no_grad():
+            d = model.encode([ex.positive for ex in examples] + [ex.negatives[0] for ex in examples], 64)
+            return float(contrastive(model.encode_idf_queries(queries, 16), d))
+
+    before = loss()
+    config = TrainConfig(epochs=4, batch_size=4, lr=2e-4, max_length=64, query_max_length=16, inference_free=True)
+    train(model, examples, tmp_path / "run", config, progress=False)
+    assert loss() < 0.8 * before
+    save_model_folder(model, tmp_path / "out")
+    served = InferenceFreeQueryEncoder.from_pretrained(str(tmp_path / "out")).encode_queries(queries).to_dense()
+    np.testing.assert_allclose(served, model.encode_idf_queries(queries, 64).cpu().numpy(), rtol=1e-6)
+
+
+def _mean_margin(model: TrainableSplade, examples: list[Example]) -> float:
+    with torch.no_grad():
+        q = model.encode([ex.query for ex in examples], 16)
+        pos = (q * model.encode([ex.positive for ex in examples], 64)).sum(1)
+        neg = (q * model.encode([ex.negatives[0] for ex in examples], 64)).sum(1)
+        return float((pos - neg).abs().mean())
+
+
+def test_margin_mse_pulls_margins_toward_the_teachers(examples, tmp_path):
+    """The teacher calls positive and negative equally good (margin 0); contrastive alone widens the margin."""
+    path = tmp_path / "teacher.jsonl"
+    path.write_text("".join(json.dumps({"query": ex.query, "positive": ex.positive, "negatives": [ex.negatives[0]],
+                                        "scores": [5.0, 5.0]}) + "\n" for ex in examples))
+    rows = load_examples(str(path))
+    margins = {}
+    for distill in (0.0, 1.0):
+        model = fresh_model()
+        config = TrainConfig(epochs=4, batch_size=4, lr=2e-4, max_length=64, query_max_length=16, distill=distill,
+                             flops_query=0, flops_doc=0)
+        train(model, rows, tmp_path / f"run{distill}", config, progress=False)
+        margins[distill] = _mean_margin(model, rows)
+    assert margins[1.0] < 0.7 * margins[0.0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_gpu_benchmark_without_cuda_fails_fast_in_one_line(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_gpu.py"
+    proc = subprocess.run([sys.executable, str(script), "--results-dir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and not list(tmp_path.iterdir())
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "needs a CUDA GPU" in proc.stderr
+
+
+def test_a_decoder_only_backbone_trains_and_reloads_as_a_decoder_encoder(examples, tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from lsr.encode.models import resolve_model
+    from lsr.encode.splade import DecoderSpladeEncoder
+    from lsr.train.export import save_model_folder
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("splade-tiny"))
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "start")
+    tokenizer.save_pretrained(tmp_path / "start")
+    model = TrainableSplade.load(str(tmp_path / "start"), device="cpu", dtype="fp32", max_length=64, query_max_length=16)
+    assert isinstance(model.encoder, DecoderSpladeEncoder)
+    before = _loss(model, examples)
+    config = TrainConfig(epochs=4, batch_size=4, lr=1e-3, max_length=64, query_max_length=16)
+    train(model, examples, tmp_path / "run", config, progress=False)
+    assert _loss(model, examples) < 0.8 * before
+    save_model_folder(model, tmp_path / "out")
+    texts = ["aspirin lowers the risk of heart attacks", "vitamin d and bone fractures"]  # shorter than any budget
+    reloaded = DecoderSpladeEncoder.from_pretrained(str(tmp_path / "out"), device="cpu", max_length=64)
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded.encode_documents(texts).to_dense(), model.encode(texts, 64).numpy(),
+                                   rtol=1e-4, atol=1e-5)
