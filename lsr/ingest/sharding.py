@@ -1,0 +1,76 @@
+"""Sharded collections: which shard owns a document, and the map that names the shards.
+
+A sharded collection is a folder holding ``lsr-shards.json`` (written last, sealed with its crc32)
+and one complete collection per shard, ``shard-000`` ... ``shard-NNN``. Documents go to shards by
+a stable hash of their id, so the indexer, the coordinator's Upsert/Delete routing and any later
+tool agree on the owner of an id without asking anyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from lsr.files import read_sealed_json, sealed, write_json_atomic
+
+SHARDS_FILE = "lsr-shards.json"
+SHARDS_FORMAT = 1
+HASH_NAME = "blake2b-64"
+
+
+def shard_of(doc_id: str, n_shards: int) -> int:
+    """The shard that owns ``doc_id``: the first 8 bytes of its blake2b digest, modulo ``n_shards``.
+
+    Stable across processes, machines and Python versions (unlike ``hash()``), and uniform.
+    """
+    if n_shards <= 0:
+        raise ValueError(f"the number of shards must be positive, got {n_shards}")
+    digest = hashlib.blake2b(str(doc_id).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n_shards
+
+
+def shard_dir_name(shard: int) -> str:
+    return f"shard-{shard:03d}"
+
+
+@dataclass(frozen=True)
+class ShardMap:
+    """The shards of a sharded collection, in shard order; ``names[i]`` owns ids with ``shard_of(id, n) == i``."""
+
+    names: tuple[str, ...]
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.names)
+
+    def owner(self, doc_id: str) -> int:
+        return shard_of(doc_id, self.n_shards)
+
+    def paths(self, root: Path) -> list[Path]:
+        return [Path(root) / name for name in self.names]
+
+    @classmethod
+    def of_size(cls, n_shards: int) -> "ShardMap":
+        if n_shards <= 0:
+            raise ValueError(f"--shards must be at least 1, got {n_shards}")
+        return cls(tuple(shard_dir_name(i) for i in range(n_shards)))
+
+
+def is_sharded(path: Path) -> bool:
+    return (Path(path) / SHARDS_FILE).is_file()
+
+
+def read_shard_map(path: Path) -> ShardMap:
+    """The map of a sharded collection; a damaged file is a CorruptFileError naming it."""
+    data = read_sealed_json(Path(path) / SHARDS_FILE)
+    if data.get("format") != SHARDS_FORMAT or data.get("hash") != HASH_NAME:
+        raise ValueError(f"{Path(path) / SHARDS_FILE}: unknown sharding format {data.get('format')!r} / "
+                         f"hash {data.get('hash')!r}; re-index with `lsr index --shards N --overwrite`")
+    return ShardMap(tuple(data["shards"]))
+
+
+def write_shard_map(path: Path, shard_map: ShardMap) -> None:
+    """Write the map last, once every shard is complete: its presence means the sharded collection is."""
+    write_json_atomic(Path(path) / SHARDS_FILE,
+                      sealed({"format": SHARDS_FORMAT, "hash": HASH_NAME, "shards": list(shard_map.names)}))
