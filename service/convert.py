@@ -7,6 +7,7 @@ client, a hand-built request) are rejected here with the list of accepted names.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping, Sequence
 
 from lsr.search.searcher import HybridOptions, PrfOptions, ScoredHit, SearchResult
@@ -29,6 +30,7 @@ _INTERPOLATIONS = {
     pb.PrfOptions.BEFORE: "before",
     pb.PrfOptions.AFTER: "after",
     pb.PrfOptions.BOTH: "both",
+    pb.PrfOptions.NONE: "none",
 }
 
 
@@ -74,7 +76,8 @@ def hybrid_from_proto(msg: pb.HybridOptions) -> HybridOptions:
     return HybridOptions(**options)
 
 
-def prf_from_proto(msg: pb.PrfOptions) -> PrfOptions | None:
+def prf_from_proto(msg: pb.PrfOptions, defaults: PrfOptions | None = None) -> PrfOptions | None:
+    """Set fields override ``defaults`` (the collection's stored PRF settings, else PrfOptions())."""
     interpolate = _lookup(_INTERPOLATIONS, msg.interpolate, "PRF interpolation")
     if not msg.enabled:
         return None
@@ -83,11 +86,10 @@ def prf_from_proto(msg: pb.PrfOptions) -> PrfOptions | None:
         options["interpolate"] = interpolate
     if msg.feedback_docs:
         options["feedback_docs"] = msg.feedback_docs
-    if msg.HasField("weight"):
-        options["weight"] = msg.weight
-    if msg.HasField("max_terms"):
-        options["max_terms"] = msg.max_terms
-    return PrfOptions(**options)
+    for name in ("weight", "max_terms", "after_weight", "dense_weight", "min_idf"):
+        if msg.HasField(name):
+            options[name] = getattr(msg, name)
+    return replace(defaults or PrfOptions(), **options)
 
 
 def result_to_proto(result: SearchResult, *, index_version: str, request_id: str, total_ms: float = 0.0) -> pb.SearchResponse:
@@ -114,7 +116,7 @@ def result_to_proto(result: SearchResult, *, index_version: str, request_id: str
 
 # ---------------------------------------------------------------------------------------- client side
 def options_to_proto(
-    k: int, mode: str, hybrid: HybridOptions | None, prf: PrfOptions | None
+    k: int, mode: str, hybrid: HybridOptions | None, prf: PrfOptions | bool | None
 ) -> dict:
     """Fields shared by SearchRequest and SearchBatchRequest."""
     fields = {"k": k, "mode": _enum_value(_MODES, mode, "mode")}
@@ -124,10 +126,13 @@ def options_to_proto(
             sparse_weight=hybrid.sparse_weight, candidates=hybrid.candidates, dense_weight=hybrid.dense_weight,
             bm25_weight=hybrid.bm25_weight, rrf_k=hybrid.rrf_k,
         )
-    if prf is not None:
+    if prf is True:  # PRF with the server's stored defaults
+        fields["prf"] = pb.PrfOptions(enabled=True)
+    elif prf:
         fields["prf"] = pb.PrfOptions(
             enabled=True, feedback_docs=prf.feedback_docs, weight=prf.weight, max_terms=prf.max_terms,
             interpolate=_enum_value(_INTERPOLATIONS, prf.interpolate, "PRF interpolation"),
+            after_weight=prf.after_weight, dense_weight=prf.dense_weight, min_idf=prf.min_idf,
         )
     return fields
 

@@ -49,28 +49,36 @@ class HybridOptions(_message.Message):
     def __init__(self, normalization: _Optional[_Union[HybridOptions.Normalization, str]] = ..., sparse_weight: _Optional[float] = ..., candidates: _Optional[int] = ..., dense_weight: _Optional[float] = ..., bm25_weight: _Optional[float] = ..., rrf_k: _Optional[int] = ...) -> None: ...
 
 class PrfOptions(_message.Message):
-    __slots__ = ("enabled", "feedback_docs", "weight", "max_terms", "interpolate")
+    __slots__ = ("enabled", "feedback_docs", "weight", "max_terms", "interpolate", "after_weight", "dense_weight", "min_idf")
     class Interpolate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         INTERPOLATE_UNSPECIFIED: _ClassVar[PrfOptions.Interpolate]
         BEFORE: _ClassVar[PrfOptions.Interpolate]
         AFTER: _ClassVar[PrfOptions.Interpolate]
         BOTH: _ClassVar[PrfOptions.Interpolate]
+        NONE: _ClassVar[PrfOptions.Interpolate]
     INTERPOLATE_UNSPECIFIED: PrfOptions.Interpolate
     BEFORE: PrfOptions.Interpolate
     AFTER: PrfOptions.Interpolate
     BOTH: PrfOptions.Interpolate
+    NONE: PrfOptions.Interpolate
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_DOCS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_TERMS_FIELD_NUMBER: _ClassVar[int]
     INTERPOLATE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DENSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MIN_IDF_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     feedback_docs: int
     weight: float
     max_terms: int
     interpolate: PrfOptions.Interpolate
-    def __init__(self, enabled: _Optional[bool] = ..., feedback_docs: _Optional[int] = ..., weight: _Optional[float] = ..., max_terms: _Optional[int] = ..., interpolate: _Optional[_Union[PrfOptions.Interpolate, str]] = ...) -> None: ...
+    after_weight: float
+    dense_weight: float
+    min_idf: float
+    def __init__(self, enabled: _Optional[bool] = ..., feedback_docs: _Optional[int] = ..., weight: _Optional[float] = ..., max_terms: _Optional[int] = ..., interpolate: _Optional[_Union[PrfOptions.Interpolate, str]] = ..., after_weight: _Optional[float] = ..., dense_weight: _Optional[float] = ..., min_idf: _Optional[float] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("text", "sparse", "dense", "k", "mode", "hybrid", "prf", "include_text", "explain")

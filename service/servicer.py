@@ -305,14 +305,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         with self._lock:
             self.counters[key] += n
 
-    @staticmethod
-    def _options(request) -> dict:
+    def _options(self, request) -> dict:
         mode = mode_from_proto(request.mode)
         return {
             "k": k_from_proto(request.k),
             "mode": mode,
             "hybrid": hybrid_from_proto(request.hybrid) if request.HasField("hybrid") else None,  # None: the collection's
-            "prf": prf_from_proto(request.prf),
+            "prf": prf_from_proto(request.prf, self.searcher.default_prf),
             "include_text": request.include_text,
             "explain": request.explain,
         }

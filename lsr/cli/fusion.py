@@ -1,4 +1,4 @@
-"""``--mode`` and the hybrid fusion flags shared by `lsr search` and `lsr query`."""
+"""``--mode``, the hybrid fusion flags and the PRF flags shared by `lsr search` and `lsr query`."""
 
 from __future__ import annotations
 
@@ -31,3 +31,39 @@ def hybrid_options(args: argparse.Namespace):
 
     given = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
     return HybridOptions(**given) if given else None
+
+
+PRF_HELP = """pseudo-relevance feedback: --prf alone uses the collection's tuned PRF (`lsr tune`), else the
+cross-dataset default; each --prf-* flag overrides one setting. interpolate: before = feedback documents
+from the fused list, after = PRF run interpolated with the first run, both, none"""
+PRF_FLAGS = {"prf_docs": "feedback_docs", "prf_weight": "weight", "prf_terms": "max_terms", "prf_interpolate": "interpolate",
+             "prf_after_weight": "after_weight", "prf_dense_weight": "dense_weight", "prf_min_idf": "min_idf"}
+
+
+def add_prf_arguments(p: argparse.ArgumentParser) -> None:
+    from lsr.search.searcher import PRF_INTERPOLATIONS
+
+    group = p.add_argument_group("pseudo-relevance feedback", PRF_HELP)
+    group.add_argument("--prf", action="store_true", help="apply pseudo-relevance feedback")
+    group.add_argument("--prf-docs", type=int, default=None, help="feedback documents")
+    group.add_argument("--prf-weight", type=float, default=None, help="Rocchio β for the sparse query (0: leave it)")
+    group.add_argument("--prf-dense-weight", type=float, default=None, help="Vector-PRF β for the dense query (0: leave it)")
+    group.add_argument("--prf-terms", type=int, default=None, help="new sparse terms at most")
+    group.add_argument("--prf-min-idf", type=float, default=None, help="expansion terms need at least this BM25 IDF")
+    group.add_argument("--prf-interpolate", choices=PRF_INTERPOLATIONS, default=None, help="where to interpolate")
+    group.add_argument("--prf-after-weight", type=float, default=None, help="weight of the PRF run in after/both")
+
+
+def prf_options(args: argparse.Namespace, defaults=None):
+    """None without --prf; True (the collection's stored PRF) with no --prf-* flag; else ``defaults`` (or
+    PrfOptions()) with the given flags replaced."""
+    from dataclasses import replace
+
+    from lsr.search.searcher import PrfOptions
+
+    given = {field: getattr(args, flag) for flag, field in PRF_FLAGS.items() if getattr(args, flag) is not None}
+    if given and not args.prf:
+        raise ValueError(f"--{next(f for f in PRF_FLAGS if getattr(args, f) is not None).replace('_', '-')} needs --prf")
+    if not args.prf:
+        return None
+    return replace(defaults or PrfOptions(), **given) if given else True

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from lsr.cli.fusion import add_fusion_arguments, hybrid_options
+from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, hybrid_options, prf_options
 
 HELP = "search a running `lsr serve` endpoint"
 
@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where `lsr serve` listens (port 50051 if left out)")
     p.add_argument("--k", type=int, default=10, help="hits to return, 1..1000 (default 10)")
     add_fusion_arguments(p)
-    p.add_argument("--prf", action="store_true", help="expand the query with pseudo-relevance feedback")
+    add_prf_arguments(p)
     p.add_argument("--text", dest="include_text", action="store_true", help="print each hit's text")
     p.add_argument("--explain", action="store_true", help="print the terms that contributed most to each hit")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
@@ -37,7 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import grpc
 
-    from lsr.search.searcher import PrfOptions
     from lsr.service.client import CONNECT_TIMEOUT, Client
 
     token = args.auth_token_file.read_text(encoding="utf-8").strip() if args.auth_token_file else None
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         client.wait_ready(timeout=min(CONNECT_TIMEOUT, args.timeout))
         try:
             result = client.search(
-                text, k=args.k, mode=args.mode, hybrid=hybrid, prf=PrfOptions() if args.prf else None,
+                text, k=args.k, mode=args.mode, hybrid=hybrid, prf=prf_options(args),
                 include_text=args.include_text, explain=args.explain,
             )
         except grpc.RpcError as exc:

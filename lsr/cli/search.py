@@ -19,13 +19,13 @@ import json
 import sys
 
 from lsr.cli.device import add_device_arguments, device_options
-from lsr.cli.fusion import add_fusion_arguments, hybrid_options
+from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, hybrid_options, prf_options
 
 HELP = "search a collection in-process and print the hits"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.search.searcher import PRF_INTERPOLATIONS, QUERY_ENCODERS
+    from lsr.search.searcher import QUERY_ENCODERS
 
     p.add_argument("collection", metavar="COLLECTION", help="folder written by `lsr index`")
     p.add_argument("query", nargs="*", help="query text (or use --topics)")
@@ -36,11 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --topics: queries searched in parallel, one torch thread each (default: one at a time)")
     p.add_argument("--k", type=int, default=None, help="hits per query, 1..1000 (default 10; 1000 with --topics)")
     add_fusion_arguments(p)
-    p.add_argument("--prf", action="store_true", help="apply pseudo-relevance feedback")
-    p.add_argument("--prf-docs", type=int, default=3, help="feedback documents (default 3)")
-    p.add_argument("--prf-weight", type=float, default=0.5, help="PRF β (default 0.5)")
-    p.add_argument("--prf-terms", type=int, default=100, help="new sparse terms at most (default 100)")
-    p.add_argument("--prf-interpolate", choices=PRF_INTERPOLATIONS, default="after", help="where to interpolate (default after)")
+    add_prf_arguments(p)
     p.add_argument("--query-encoder", choices=QUERY_ENCODERS, default="splade", help="query side model (default splade)")
     p.add_argument("--text", action="store_true", help="print each hit's text")
     p.add_argument("--explain", action="store_true", help="print each hit's top contributing terms")
@@ -49,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.search.searcher import PrfOptions, Searcher
+    from lsr.search.searcher import Searcher
 
     if bool(args.topics) == bool(args.query):
         raise ValueError("give either a QUERY or --topics FILE --output RUN")
@@ -58,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
     hybrid = hybrid_options(args)
-    prf = PrfOptions(args.prf_docs, args.prf_weight, args.prf_terms, args.prf_interpolate) if args.prf else None
+    prf_options(args)  # bad flag combinations fail before the slow model load
     if args.topics:
         from lsr.eval.runs import read_topics
         from lsr.search.batch import search_topics
@@ -66,12 +62,14 @@ def run(args: argparse.Namespace) -> int:
         topics = read_topics(args.topics)  # before the slow model load: a bad file fails at once
         searcher = Searcher.open(args.collection, query_encoder=args.query_encoder,
                                  threads=1 if (args.threads or 1) > 1 else None, **device_options(args))
+        prf = prf_options(args, searcher.default_prf)
         written = search_topics(searcher, topics, args.output, k=args.k or 1000, mode=args.mode, hybrid=hybrid, prf=prf,
                                 tag=args.tag or f"lsr-{args.mode}", threads=args.threads or 1, progress=True)
         print(f"{len(topics):,} queries, {written:,} hits written to {args.output}; score it with: "
               f"lsr eval {args.output} QRELS")
         return 0
     searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, **device_options(args))
+    prf = prf_options(args, searcher.default_prf)
     result = searcher.search(
         " ".join(args.query), k=args.k or 10, mode=args.mode, hybrid=hybrid, prf=prf,
         include_text=args.text, explain=args.explain,

@@ -10,9 +10,12 @@ Hybrid mode fuses every leg its HybridOptions gives a positive weight (sparse an
 default; BM25 when ``bm25_weight`` > 0). PRF moves the sparse and dense queries; the BM25 leg
 keeps its first run.
 
-PRF's ``interpolate`` follows Li et al.: "before" takes feedback documents from the fused
-sparse+dense list (rather than each retriever's own list); "after" interpolates the PRF run
-with the original run; "both" does both.
+PRF's ``interpolate`` follows Li et al. ("To Interpolate or not to Interpolate"): "before" fuses
+first and takes the feedback documents from the fused list (rather than each retriever's own
+list); "after" interpolates the fused PRF run with the original fused run; "both" does both;
+"none" does neither (each leg's own feedback, the PRF'd legs fused). Rocchio moves the sparse query
+(β = ``weight``, expansion terms optionally limited to high IDF), Vector-PRF the dense one
+(β = ``dense_weight``); a β of 0 leaves that leg's first run as it was.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from lsr.sparse import SparseBatch
 
 MODES = ("sparse", "dense", "hybrid", "bm25")
 LEGS = ("sparse", "dense", "bm25")
-PRF_INTERPOLATIONS = ("before", "after", "both")
+PRF_INTERPOLATIONS = ("before", "after", "both", "none")
+FUSED_FEEDBACK = ("before", "both")  # feedback documents from the fused list
+INTERPOLATE_AFTER = ("after", "both")  # the PRF run interpolated with the first run
 MAX_K = 1000
 QUERY_ENCODERS = ("splade", "inference-free")
 
@@ -77,11 +82,19 @@ class HybridOptions:
 
 @dataclass(frozen=True)
 class PrfOptions:
+    """Pseudo-relevance feedback; a collection's stored defaults (``lsr tune``) replace these when PRF is
+    asked for without settings (``Searcher.default_prf``)."""
+
     feedback_docs: int = 3
-    weight: float = 0.5  # β: how far the query moves toward the feedback documents
+    weight: float = 0.5  # β: how far the sparse query moves toward the feedback documents (Rocchio)
     max_terms: int = 100  # new sparse terms at most
     interpolate: str = "after"
     after_weight: float = 0.5  # weight of the PRF run when interpolated with the original run
+    dense_weight: float | None = None  # Vector-PRF β for the dense query; None: the same as weight
+    min_idf: float = 0.0  # sparse expansion terms need at least this BM25 IDF (0: any term)
+
+    def dense_beta(self) -> float:
+        return self.weight if self.dense_weight is None else float(self.dense_weight)
 
     def check(self) -> None:
         if self.interpolate not in PRF_INTERPOLATIONS:
@@ -94,6 +107,10 @@ class PrfOptions:
             raise ValueError(f"PRF max_terms must be in 0..10000, got {self.max_terms}")
         if not 0.0 <= self.after_weight <= 1.0:
             raise ValueError(f"PRF after_weight must be in [0, 1], got {self.after_weight}")
+        if self.dense_weight is not None and not (0.0 <= self.dense_weight <= 10.0 and math.isfinite(self.dense_weight)):
+            raise ValueError(f"PRF dense_weight must be in [0, 10], got {self.dense_weight}")
+        if not (0.0 <= self.min_idf <= 100.0 and math.isfinite(self.min_idf)):
+            raise ValueError(f"PRF min_idf must be in [0, 100], got {self.min_idf}")
 
 
 @dataclass
@@ -141,6 +158,7 @@ class Searcher:
         self._doc_encoder = doc_encoder
         self._device, self._dtype = device, dtype  # for a document encoder loaded later
         self._write_lock = threading.Lock()
+        self._idf_cache: tuple[int, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -195,6 +213,18 @@ class Searcher:
 
     def hybrid_or_default(self, hybrid: HybridOptions | None) -> HybridOptions:
         return self.default_hybrid if hybrid is None else hybrid
+
+    @cached_property
+    def default_prf(self) -> PrfOptions:
+        """The PRF `lsr tune` stored in the collection (chosen on train/dev qrels), else PrfOptions()."""
+        tuned = (self.collection.search_defaults or {}).get("prf")
+        return PrfOptions(**tuned) if tuned else PrfOptions()
+
+    def prf_or_default(self, prf: PrfOptions | bool | None) -> PrfOptions | None:
+        """``True`` asks for PRF with the collection's defaults; None (or False) for none."""
+        if prf is True:
+            return self.default_prf
+        return prf or None
 
     @property
     def dense_dim(self) -> int | None:
@@ -257,7 +287,7 @@ class Searcher:
         k: int = 10,
         mode: str = "sparse",
         hybrid: HybridOptions | None = None,
-        prf: PrfOptions | None = None,
+        prf: PrfOptions | bool | None = None,
         include_text: bool = False,
         explain: bool = False,
     ) -> SearchResult:
@@ -291,7 +321,7 @@ class Searcher:
         k: int = 10,
         mode: str = "sparse",
         hybrid: HybridOptions | None = None,
-        prf: PrfOptions | None = None,
+        prf: PrfOptions | bool | None = None,
         include_text: bool = False,
         explain: bool = False,
         check: Callable[[str], None] | None = None,
@@ -340,7 +370,7 @@ class Searcher:
         k: int = 10,
         mode: str = "sparse",
         hybrid: HybridOptions | None = None,
-        prf: PrfOptions | None = None,
+        prf: PrfOptions | bool | None = None,
         include_text: bool = False,
         explain: bool = False,
         timings: dict[str, float] | None = None,
@@ -353,6 +383,7 @@ class Searcher:
         view = self.collection.view()
         timings = {} if timings is None else timings
         hybrid = self.hybrid_or_default(hybrid)
+        prf = self.prf_or_default(prf)
         legs = legs_of(mode, hybrid)
         if "dense" in legs and view.dense is None:
             raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
@@ -392,21 +423,34 @@ class Searcher:
 
     # ------------------------------------------------------------------ pipeline pieces
     def _prf(self, view, q_sparse, q_dense, runs, first, legs, hybrid, prf: PrfOptions, depth):
-        fused_feedback = prf.interpolate in ("before", "both")
-        new_runs: dict[str, Ranking] = {leg: run for leg, run in runs.items() if leg == "bm25"}  # BM25 keeps its run
-        if "sparse" in runs:
+        """Second retrieval with moved queries; see the module docstring for the interpolation variants."""
+        fused_feedback = prf.interpolate in FUSED_FEEDBACK
+        new_runs = dict(runs)  # BM25, and legs whose β is 0, keep their first run
+        if "sparse" in runs and prf.weight > 0:
             docs, scores = _top(first if fused_feedback else runs["sparse"], prf.feedback_docs)
-            feedback = view.sparse.get_vectors(docs) if docs else None
-            q1 = rocchio(q_sparse, feedback, scores, prf.weight, prf.max_terms) if docs else q_sparse
-            new_runs["sparse"] = _sparse_run(view, q1, depth)
-        if "dense" in runs:
+            if docs:
+                idf = self._idf(view) if prf.min_idf > 0 else None
+                q1 = rocchio(q_sparse, view.sparse.get_vectors(docs), scores, prf.weight, prf.max_terms, idf, prf.min_idf)
+                new_runs["sparse"] = _sparse_run(view, q1, depth)
+        if "dense" in runs and prf.dense_beta() > 0:
             docs, scores = _top(first if fused_feedback else runs["dense"], prf.feedback_docs)
-            feedback = view.dense.get_vectors(docs) if docs else np.zeros((0, len(q_dense)), np.float32)
-            new_runs["dense"] = _dense_run(view, vector_prf(np.asarray(q_dense, np.float32), feedback, scores, prf.weight), depth)
+            if docs:
+                q1 = vector_prf(np.asarray(q_dense, np.float32), view.dense.get_vectors(docs), scores, prf.dense_beta())
+                new_runs["dense"] = _dense_run(view, q1, depth)
         prf_run = _combine(new_runs, legs, hybrid)
-        if prf.interpolate in ("after", "both"):
+        if prf.interpolate in INTERPOLATE_AFTER:
             prf_run = interpolate(prf_run, first, prf.after_weight, hybrid.normalization)
         return prf_run, new_runs
+
+    def _idf(self, view) -> np.ndarray:
+        """BM25 IDF of every term over the pinned version's live documents, computed once per version."""
+        version = view.sparse.version
+        cached = self._idf_cache
+        if cached is None or cached[0] != version:
+            from lsr.encode.splade import idf_from_doc_freqs
+
+            cached = self._idf_cache = (version, idf_from_doc_freqs(view.sparse.doc_freqs(), view.sparse.num_docs))
+        return cached[1]
 
     def _explain(self, view, hits: list[ScoredHit], q: dict[int, float], top: int = 10) -> None:
         vectors = view.sparse.get_vectors([h.doc_id for h in hits])
@@ -420,6 +464,7 @@ class Searcher:
     def check_request(self, text, sparse, dense, k, mode, hybrid, prf) -> None:
         """Validate a request before any work (the service calls it ahead of micro-batched encoding)."""
         check_k(k)
+        prf = self.prf_or_default(prf)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if hybrid is not None:
