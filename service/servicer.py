@@ -93,6 +93,9 @@ def _message_of(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+NO_DEADLINE_S = 30 * 24 * 3600.0  # a longer remaining time means the caller set none
+
+
 class _Call:
     """What one RPC records for its log line."""
 
@@ -103,7 +106,8 @@ class _Call:
         self.started = time.perf_counter()
         self.fields: dict[str, object] = {}
         remaining = context.time_remaining()
-        self.deadline = None if remaining is None else time.monotonic() + remaining
+        # A call without a deadline reports an enormous remaining time, which waits cannot take (OverflowError)
+        self.deadline = None if remaining is None or not remaining < NO_DEADLINE_S else time.monotonic() + remaining
         self.context = context
 
     def check(self, stage: str) -> None:

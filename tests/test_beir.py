@@ -229,7 +229,7 @@ def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(t
     from lsr.files import CorruptFileError
     from lsr.ingest.collection import Collection
     from lsr.ingest.verify import verify_collection
-    from lsr.search.searcher import HybridOptions, Searcher
+    from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
     from service_helpers import ServerProcess
 
     data = tmp_path / "data"
@@ -245,6 +245,8 @@ def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(t
     chosen = HybridOptions(**stored["hybrid"])
     searcher = Searcher.open(col)
     assert searcher.default_hybrid == chosen
+    assert searcher.default_prf == PrfOptions(**stored["prf"]) and isinstance(stored["prf_helps"], bool)
+    assert len(stored["prf_variants_ndcg@10"]) == 8  # every variant's tuning score is kept, losers too
     query = "Does vitamin D help bones?"
     want = [(h.doc_id, h.score) for h in searcher.search(query, mode="hybrid", hybrid=chosen).hits]
     assert [(h.doc_id, h.score) for h in searcher.search(query, mode="hybrid").hits] == want

@@ -1,9 +1,11 @@
-"""Evaluate on a BEIR dataset: BM25, SPLADE, MiniLM, hybrid and hybrid+PRF in one run.
+"""Evaluate on a BEIR dataset: BM25, SPLADE, MiniLM, hybrid, hybrid+PRF, fusion and fusion+PRF in one run.
 
 The dataset is found in --data-dir, then $LSR_BEIR_DIR, then the cache (~/.cache/lsr or
 $LSR_CACHE_DIR), and otherwise downloaded from the official BEIR mirror (md5 checked).
-The index is built once and cached under a key of models + corpus checksum. Hybrid α and
-PRF m, β are tuned on the train/dev qrels only and frozen for the reported split.
+The index is built once and cached under a key of models + corpus checksum. Hybrid α, PRF m, β,
+the fusion's method and weights and the PRF variant (Rocchio, high-IDF Rocchio, Vector-PRF, feedback
+from the fused list, interpolation before/after/both) are tuned on the train/dev qrels only and
+frozen for the reported split; the report lists every method and PRF variant with its settings.
 
 Examples:
   lsr beir --dataset scifact --out runs/beir-scifact
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
 
-HELP = "evaluate BM25 / sparse / dense / hybrid / hybrid-prf on a BEIR dataset"
+HELP = "evaluate BM25 / sparse / dense / hybrid / PRF / fusion on a BEIR dataset"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_device_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--note", default=None, help="a sentence added to the report (e.g. that the CPU was shared)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     dense = None if args.dense.lower() == "none" else args.dense
-    if dense is None and {"dense", "hybrid", "hybrid-prf", "fusion"} & set(methods):
-        raise ValueError("--dense none leaves no dense model; drop dense/hybrid/hybrid-prf/fusion from --methods")
+    if dense is None and {"dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf"} & set(methods):
+        raise ValueError("--dense none leaves no dense model; drop dense/hybrid/hybrid-prf/fusion/fusion-prf from --methods")
     options = IndexOptions(model=args.model, dense_model=dense, threads=args.threads, **device_options(args))
     set_threads(args.threads)
     if args.serve and args.endpoint:
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             endpoint = stack.enter_context(_served(collection, args.threads, options.encoding(), _serve_log(args.out)))
         report = run_beir(args.dataset, data_dir=args.data_dir, split=args.split, methods=methods, k=args.k,
                           endpoint=endpoint, tune_locally=collection, out=args.out, options=options,
-                          progress=not args.quiet)
+                          progress=not args.quiet, note=args.note)
     print()
     print(markdown(report))
     return 0

@@ -2,9 +2,12 @@
 
 Grid-searches the fusion method (min_max, z_score, rrf) and the weights of the SPLADE, dense and
 BM25 legs by nDCG@10 on the dataset's dev qrels (train when it has no dev), never on --split (the
-one you report). The choice is written to COLLECTION/search-defaults.json: `lsr search`, `lsr serve`
-and the gRPC API use it for every hybrid search that sets no fusion options of its own. A collection
-never tuned fuses min_max with sparse 0.5 and dense 0.5.
+one you report). Then, on that fusion and the same qrels, it tries every PRF variant (Rocchio, Rocchio
+on high-IDF terms, Vector-PRF, both, feedback from the fused list, interpolation before/after/both) over
+a small grid of feedback docs, β and min IDF. The choices are written to COLLECTION/search-defaults.json:
+`lsr search`, `lsr serve` and the gRPC API use the fusion for every hybrid search that sets no fusion
+options of its own, and the best PRF setting for every search that asks for PRF without settings.
+A collection never tuned uses the cross-dataset defaults of HybridOptions and PrfOptions (see README).
 
 Examples:
   lsr tune runs/scifact --dataset scifact
@@ -17,7 +20,7 @@ import argparse
 
 from lsr.cli.device import add_device_arguments, device_options
 
-HELP = "choose a collection's hybrid fusion on train/dev qrels and store it as its default"
+HELP = "choose a collection's hybrid fusion and PRF on train/dev qrels and store them as its defaults"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,4 +39,9 @@ def run(args: argparse.Namespace) -> int:
     h = defaults["hybrid"]
     print(f"stored in {args.collection}: {h['normalization']}, sparse {h['sparse_weight']}, dense {h['dense_weight']}, "
           f"bm25 {h['bm25_weight']} (nDCG@10 {defaults['ndcg@10']:.4f} on {defaults['tuned_on']})")
+    if defaults["prf"]:
+        p = defaults["prf"]
+        print(f"PRF when asked for: m={p['feedback_docs']}, beta {p['weight']}, dense beta {p['dense_weight']}, min IDF "
+              f"{p['min_idf']}, interpolate {p['interpolate']} ({'beats' if defaults['prf_helps'] else 'does not beat'} "
+              f"the fusion without PRF on {defaults['tuned_on']})")
     return 0

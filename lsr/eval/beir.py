@@ -3,9 +3,11 @@
 Methods: ``bm25`` (bm25s + PyStemmer's English Snowball stemmer), ``sparse`` (SPLADE),
 ``dense`` (MiniLM), ``hybrid`` (normalised interpolation) and ``hybrid-prf`` (Rocchio on the
 sparse query + Vector-PRF on the dense one, interpolated before and after PRF) and ``fusion``
-(SPLADE, MiniLM and the collection's BM25 leg, each weighted, by min_max / z_score / RRF). Hybrid's α,
-PRF's m and β and fusion's method and weights are tuned on the train/dev qrels only and then frozen
-for the reported split.
+(SPLADE, MiniLM and the collection's BM25 leg, each weighted, by min_max / z_score / RRF) and
+``fusion-prf`` (that fusion with the PRF variant of :mod:`lsr.eval.prf_tuning` that scores best).
+Hybrid's α, PRF's m and β, fusion's method and weights and the PRF variant are tuned on the train/dev
+qrels only and then frozen for the reported split; every PRF variant is also scored on the reported
+split with its frozen settings, so the losers are reported too.
 All retrieval goes through :class:`lsr.search.searcher.Searcher` (or the gRPC service with
 ``endpoint``), so these numbers are the product's numbers, not a side implementation's.
 """
@@ -23,11 +25,12 @@ from lsr.eval.backends import InProcess, Remote, bm25_run, exact_sparse_run
 from lsr.eval.datasets import BeirDataset, load_beir, locate_dataset
 from lsr.files import cache_dir
 from lsr.eval.metrics import evaluate
+from lsr.eval.prf_tuning import chosen_prf, score_variants, tune_prf
 from lsr.eval.report import machine, write_report
 from lsr.eval.tuning import (DEFAULT_ALPHA, DEFAULT_FUSION, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT, fusion_options, tune,
                              tune_fusion, tuning_split)
 
-METHODS = ("bm25", "sparse", "dense", "hybrid", "hybrid-prf", "fusion")
+METHODS = ("bm25", "sparse", "dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf")
 
 
 # ---------------------------------------------------------------------------- index cache
@@ -76,6 +79,7 @@ def run_beir(
     options: Any = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    note: str | None = None,
 ) -> dict:
     """Evaluate ``methods`` on ``split``; writes results.md/.json and ndcg.png into ``out`` when given.
 
@@ -108,6 +112,7 @@ def run_beir(
     options = options or IndexOptions()
     results: dict[str, dict[str, float]] = {}
     extra: dict[str, Any] = {}
+    extra_variants: dict[str, Any] = {}
     if "bm25" in methods:
         clock = time.perf_counter()
         results["bm25"] = evaluate(qrels, bm25_run(dataset, qids, k + 1))
@@ -143,7 +148,7 @@ def run_beir(
             backend = InProcess(searcher)
         timings["load_models"] = time.perf_counter() - clock
         tuner = backend
-        if endpoint and tune_locally and {"hybrid", "hybrid-prf", "fusion"} & set(neural):
+        if endpoint and tune_locally and {"hybrid", "hybrid-prf", "fusion", "fusion-prf"} & set(neural):
             from lsr.search.searcher import Searcher
 
             tuner = InProcess(Searcher.open(tune_locally, device=options.device, dtype=options.dtype))
@@ -152,10 +157,15 @@ def run_beir(
             settings = tune(tuner, dataset, tuning_split(dataset, split), k, say, progress=progress)
             settings["tuned"] = "in-process on the served collection" if tuner is not backend else "through the backend"
             timings["tune"] = time.perf_counter() - clock
-        if "fusion" in neural:
+        if {"fusion", "fusion-prf"} & set(neural):
             clock = time.perf_counter()
             settings["fusion"] = tune_fusion(tuner, dataset, tuning_split(dataset, split), k, say)
             timings["tune_fusion"] = time.perf_counter() - clock
+        fused = fusion_options(settings.get("fusion", DEFAULT_FUSION))
+        if "fusion-prf" in neural:
+            clock = time.perf_counter()
+            settings["prf"] = tune_prf(tuner, dataset, tuning_split(dataset, split), k, fused, say, progress=progress)
+            timings["tune_prf"] = time.perf_counter() - clock
         hybrid = HybridOptions(sparse_weight=settings.get("alpha", DEFAULT_ALPHA))
         plans = {
             "sparse": ("sparse", None, None),
@@ -164,7 +174,8 @@ def run_beir(
             "hybrid-prf": ("hybrid", hybrid, PrfOptions(feedback_docs=settings.get("prf_docs", DEFAULT_PRF_DOCS),
                                                         weight=settings.get("prf_weight", DEFAULT_PRF_WEIGHT),
                                                         interpolate="both")),
-            "fusion": ("hybrid", fusion_options(settings.get("fusion", DEFAULT_FUSION)), None),
+            "fusion": ("hybrid", fused, None),
+            "fusion-prf": ("hybrid", fused, chosen_prf(settings.get("prf"))),
         }
         for method in neural:
             clock = time.perf_counter()
@@ -172,6 +183,10 @@ def run_beir(
             results[method] = evaluate(qrels, backend.run(qids, texts, k + 1, mode, h, prf))
             timings[method] = time.perf_counter() - clock
             say(f"{method:<11} nDCG@10 {results[method]['ndcg@10']:.4f}")
+        if "fusion-prf" in neural:
+            clock = time.perf_counter()
+            extra_variants = score_variants(backend, settings["prf"], qrels, qids, texts, k, fused)
+            timings["prf_variants"] = time.perf_counter() - clock
         clock = time.perf_counter()
         if "sparse" in neural and searcher is not None:
             extra["sparse_exact_bruteforce"] = evaluate(qrels, exact_sparse_run(collection_path, searcher, qids, texts, k + 1))
@@ -181,6 +196,7 @@ def run_beir(
 
     report = {
         "dataset": dataset.name,
+        "prf_variants": extra_variants,
         "split": split,
         "methods": {m: results[m] for m in METHODS if m in results},
         "settings": {**settings, "k": k, "endpoint": endpoint, "index": asdict(options) if neural and not endpoint else None},
@@ -191,6 +207,7 @@ def run_beir(
         "checks": extra,
         "machine": machine(),
         "queries": len(qids),
+        "note": note,
     }
     report["timings"]["total"] = round(sum(timings.values()), 2)
     if out is not None:

@@ -35,13 +35,37 @@ def markdown(report: dict) -> str:
         lines.append(f"Fusion: {f['normalization']}, weights sparse {f['sparse_weight']}, dense {f['dense_weight']}, "
                      f"bm25 {f['bm25_weight']}; tuned on `{f['tuned_on']}` qrels over {len(f.get('tuning_ndcg10', {}))} "
                      f"settings (all in results.json), frozen for `{report['split']}`.")
+    if "prf" in s:
+        lines += prf_lines(s["prf"], report.get("prf_variants", {}), report["split"])
     lines.append(f"Index checksum `{report['index_checksum']}`. Timings (s): "
                  + ", ".join(f"{k} {v}" for k, v in report["timings"].items()) + ".")
     if report.get("index_build_seconds"):
         lines.append("Index build (cold, per stage, s): "
                      + ", ".join(f"{k} {v}" for k, v in report["index_build_seconds"].items()) + ".")
-    lines.append(f"Machine: {report['machine']}.")
+    lines.append(f"Machine: {report['machine']}." + (f" {report['note']}" if report.get("note") else ""))
     return "\n".join(lines) + "\n"
+
+
+def prf_lines(tuned: dict, variants: dict, split: str) -> list[str]:
+    """fusion-prf's choice and every PRF variant's frozen settings with its tuning-split and reported nDCG@10."""
+    chosen = tuned.get("chosen")
+    on = tuned["tuned_on"]
+    lines = [f"Fusion-PRF: " + (f"variant {chosen['variant']} ({_prf_settings(chosen['settings'])})" if chosen else
+                                "no variant beat fusion without PRF, so PRF is off")
+             + f"; chosen on `{on}` qrels (no PRF there: {tuned.get('no_prf_ndcg@10')}), frozen for `{split}`."]
+    if variants:
+        lines += ["", f"| PRF variant (on the fusion) | settings chosen on `{on}` | nDCG@10 `{on}` | nDCG@10 `{split}` |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {_prf_settings(v['settings'])} | {v['tuning_ndcg@10']:.4f} | {v['ndcg@10']:.4f} |"
+                  for name, v in variants.items()]
+        lines.append("")
+    return lines
+
+
+def _prf_settings(s: dict) -> str:
+    dense = s["weight"] if s["dense_weight"] is None else s["dense_weight"]
+    return (f"m={s['feedback_docs']}, β sparse {s['weight']}, β dense {dense}, min IDF {s['min_idf']}, "
+            f"interpolate {s['interpolate']}")
 
 
 def write_report(report: dict, out: Path) -> None:

@@ -22,7 +22,7 @@ def tuning_split(dataset: BeirDataset, split: str) -> str | None:
     return None
 
 
-def _judged_queries(dataset: BeirDataset, split: str) -> tuple[dict, list[str], list[str]]:
+def judged_queries(dataset: BeirDataset, split: str) -> tuple[dict, list[str], list[str]]:
     """The split's qrels, and the ids and texts of its judged queries."""
     qrels = dataset.qrels[split]
     qids = [q for q in qrels if q in dataset.queries]
@@ -42,7 +42,7 @@ def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
     if tune_split is None:
         settings["note"] = "no train/dev qrels: defaults used"
         return settings
-    qrels, qids, texts = _judged_queries(dataset, tune_split)
+    qrels, qids, texts = judged_queries(dataset, tune_split)
 
     grid = len(ALPHAS) + len(PRF_DOCS) * len(PRF_WEIGHTS)
     say(f"tuning hybrid α and PRF m, β on {tune_split} ({len(qids)} queries, {grid} settings)")
@@ -95,7 +95,7 @@ def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: i
     if tune_split is None:
         settings["note"] = "no train/dev qrels: the documented defaults are used"
         return settings
-    qrels, qids, texts = _judged_queries(dataset, tune_split)
+    qrels, qids, texts = judged_queries(dataset, tune_split)
     depth = max(k + 1, candidates)
     legs = [backend.run(qids, texts, depth, leg) for leg in ("sparse", "dense", "bm25")]
     grid = [(method, weights) for method in FUSION_METHODS for weights in weight_grid()]
@@ -123,10 +123,13 @@ def fusion_options(chosen: dict[str, Any]):
 
 def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str | None = None, split: str = "test",
                     k: int = 100, say: Callable[[str], None] = print, **open_options: Any) -> dict[str, Any]:
-    """``lsr tune``: choose the fusion on the dataset's train/dev qrels (never ``split``) and store it in the
-    collection as the default of every search that does not set its own (in-process and through the server)."""
+    """``lsr tune``: choose the fusion and the PRF on the dataset's train/dev qrels (never ``split``) and store them
+    in the collection as the defaults of every search that does not set its own (in-process and through the
+    server). ``prf`` is the best PRF setting on the tuning split, used when PRF is asked for without settings;
+    ``prf_helps`` says whether it beat the fusion without PRF there."""
     from lsr.eval.backends import InProcess
     from lsr.eval.datasets import load_beir, locate_dataset
+    from lsr.eval.prf_tuning import best_prf_settings, tune_prf
     from lsr.ingest.layout import write_search_defaults
     from lsr.search.searcher import Searcher
 
@@ -138,9 +141,13 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
     searcher = Searcher.open(collection, **open_options)
     if not searcher.has_dense or not searcher.has_bm25:
         raise ValueError(f"{collection} needs dense and BM25 legs to tune their fusion; re-index it with both")
-    chosen = tune_fusion(InProcess(searcher), dataset, tune_split, k, say)
+    backend = InProcess(searcher)
+    chosen = tune_fusion(backend, dataset, tune_split, k, say)
+    prf = tune_prf(backend, dataset, tune_split, k, fusion_options(chosen), say)
     defaults = {"hybrid": {name: chosen[name] for name in ("normalization", "sparse_weight", "dense_weight", "bm25_weight",
                                                            "candidates")},
+                "prf": best_prf_settings(prf), "prf_helps": prf["chosen"] is not None,
+                "prf_variants_ndcg@10": {name: v["ndcg@10"] for name, v in prf["variants"].items()},
                 "tuned_on": f"{dataset.name}/{tune_split}", "not_tuned_on": split,
                 "ndcg@10": max(chosen["tuning_ndcg10"].values())}
     write_search_defaults(Path(collection), defaults)

@@ -1,0 +1,185 @@
+"""PRF variants on a tiny real collection (real models, real index) against a hand-computed reference, the
+stored PRF defaults through a real gRPC server, and a tuner that never reads the reported split's qrels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lsr.search.fusion import fuse, rank
+from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
+from test_beir import tiny_beir
+
+HYBRID = HybridOptions("min_max", sparse_weight=0.3, candidates=12, dense_weight=0.4, bm25_weight=0.3)
+QUERY = "Does vitamin D help bones?"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """(data folder with tiny.zip, its collection with sparse, dense and BM25 legs)."""
+    from lsr.cli.main import main as cli_main
+
+    root = tmp_path_factory.mktemp("prf")
+    data = root / "data"
+    data.mkdir()
+    tiny_beir(data)
+    assert cli_main(["index", str(data / "tiny.zip"), str(root / "col"), "--quiet"]) == 0
+    return data, root / "col"
+
+
+@pytest.fixture(scope="module")
+def searcher(tiny) -> Searcher:
+    return Searcher.open(tiny[1])
+
+
+def _top(run: dict[str, float], m: int) -> tuple[list[str], np.ndarray]:
+    top = rank(run, m)
+    return [d for d, _ in top], np.array([s for _, s in top])
+
+
+def reference(searcher: Searcher, prf: PrfOptions) -> dict[str, float]:
+    """The PRF pipeline by hand: brute-force scores over every stored vector, explicit IDF, dense numpy algebra."""
+    view = searcher.collection.view()
+    ids = sorted(view.sparse.doc_ids())
+    docs = view.sparse.get_vectors(ids).to_scipy().toarray().astype(np.float64)  # [n, vocab]
+    emb = view.dense.get_vectors(ids).astype(np.float64)
+    batch, _ = searcher.encode_queries([QUERY])
+    q = np.zeros(docs.shape[1])
+    t, v = batch.row(0)
+    q[t] = v
+    qd = searcher.encode_dense([QUERY])[0][0].astype(np.float64)
+    depth = HYBRID.candidates
+
+    def topn(scores: np.ndarray) -> dict[str, float]:
+        return {ids[i]: float(scores[i]) for i in np.argsort(-scores, kind="stable")[:depth]}
+
+    runs = {"sparse": {d: s for d, s in topn(docs @ q).items() if s > 0}, "dense": topn(emb @ qd),
+            "bm25": view.bm25_search([QUERY], depth)[0]}
+    weights = [HYBRID.sparse_weight, HYBRID.dense_weight, HYBRID.bm25_weight]
+    first = fuse(list(runs.values()), weights, "min_max")
+    fused_feedback = prf.interpolate in ("before", "both")
+    new = dict(runs)
+    if prf.weight > 0:
+        fb, s = _top(first if fused_feedback else runs["sparse"], prf.feedback_docs)
+        w = (s - min(s.min(), 0)) / (s - min(s.min(), 0)).sum()
+        centroid = w @ docs[[ids.index(d) for d in fb]]
+        df = (docs > 0).sum(axis=0)
+        n = len(ids)
+        idf = np.where(df > 0, np.log(1 + (n - df + 0.5) / (df + 0.5)), 0.0)
+        q1 = np.where(q > 0, q + prf.weight * centroid, 0.0)
+        candidates = [j for j in np.flatnonzero(centroid > 0) if q[j] == 0 and idf[j] >= prf.min_idf - 1e-6]
+        for j in sorted(candidates, key=lambda j: (-centroid[j], j))[: prf.max_terms]:
+            q1[j] = prf.weight * centroid[j]
+        new["sparse"] = {d: s for d, s in topn(docs @ q1).items() if s > 0}
+    if prf.dense_beta() > 0:
+        fb, s = _top(first if fused_feedback else runs["dense"], prf.feedback_docs)
+        w = (s - min(s.min(), 0)) / (s - min(s.min(), 0)).sum()
+        moved = qd + prf.dense_beta() * (w @ emb[[ids.index(d) for d in fb]])
+        new["dense"] = topn(emb @ (moved / np.linalg.norm(moved)))
+    final = fuse(list(new.values()), weights, "min_max")
+    if prf.interpolate in ("after", "both"):
+        final = fuse([final, first], [prf.after_weight, 1 - prf.after_weight], "min_max")
+    return final
+
+
+VARIANTS = [
+    PrfOptions(feedback_docs=3, weight=0.5, dense_weight=0.0, interpolate="none"),  # Rocchio alone
+    PrfOptions(feedback_docs=3, weight=1.0, dense_weight=0.0, interpolate="none", min_idf=1.5, max_terms=5),  # high IDF
+    PrfOptions(feedback_docs=2, weight=0.0, dense_weight=1.0, interpolate="none"),  # Vector-PRF alone
+    PrfOptions(feedback_docs=3, weight=0.5, interpolate="before"),  # feedback from the fused list
+    PrfOptions(feedback_docs=3, weight=0.5, interpolate="after", after_weight=0.7),
+    PrfOptions(feedback_docs=4, weight=0.25, dense_weight=0.5, interpolate="both", min_idf=1.0),
+]
+
+
+@pytest.mark.parametrize("prf", VARIANTS, ids=lambda p: f"{p.interpolate}-b{p.weight}-d{p.dense_weight}-idf{p.min_idf}")
+def test_prf_variants_match_a_hand_computed_reference(searcher, prf):
+    want = rank(reference(searcher, prf), 8)
+    got = searcher.search(QUERY, mode="hybrid", hybrid=HYBRID, prf=prf, k=8).hits
+    assert [h.doc_id for h in got] == [d for d, _ in want]
+    assert [h.score for h in got] == pytest.approx([s for _, s in want], abs=1e-5)
+
+
+def test_high_idf_rocchio_adds_only_rare_terms(searcher):
+    """min_idf removes expansion terms, so the expanded query (and hence the sparse run) differs."""
+    plain = searcher.search(QUERY, mode="sparse", prf=PrfOptions(3, 1.0, interpolate="none"), k=10)
+    rare = searcher.search(QUERY, mode="sparse", prf=PrfOptions(3, 1.0, interpolate="none", min_idf=2.0), k=10)
+    assert [(h.doc_id, h.score) for h in plain.hits] != [(h.doc_id, h.score) for h in rare.hits]
+    with pytest.raises(ValueError, match="min_idf"):
+        PrfOptions(min_idf=-1).check()
+
+
+STORED = {"feedback_docs": 4, "weight": 1.0, "max_terms": 20, "interpolate": "none", "after_weight": 0.5,
+          "dense_weight": 0.25, "min_idf": 1.0}
+
+
+def test_stored_prf_defaults_are_used_in_process_and_through_grpc(tiny, tmp_path):
+    """A PRF search without settings takes search-defaults.json's PRF: in-process (prf=True), through a real
+    server (PrfOptions.enabled with unset fields), and a set field overrides only itself."""
+    import shutil
+
+    from lsr.ingest.layout import write_search_defaults
+    from lsr.service import search_pb2 as pb
+    from lsr.service.convert import result_from_proto
+    from service_helpers import ServerProcess
+
+    col = tmp_path / "col"
+    shutil.copytree(tiny[1], col)
+    write_search_defaults(col, {"hybrid": {"normalization": "min_max", "sparse_weight": 0.3, "dense_weight": 0.4,
+                                           "bm25_weight": 0.3, "candidates": 12}, "prf": STORED})
+    searcher = Searcher.open(col)
+    stored = PrfOptions(**STORED)
+    assert searcher.default_prf == stored
+    want = [(h.doc_id, h.score) for h in searcher.search(QUERY, mode="hybrid", prf=stored).hits]
+    code_default = [(h.doc_id, h.score) for h in searcher.search(QUERY, mode="hybrid", prf=PrfOptions()).hits]
+    assert want != code_default  # otherwise the test could not tell the stored settings were used
+    assert [(h.doc_id, h.score) for h in searcher.search(QUERY, mode="hybrid", prf=True).hits] == want
+    override = [(h.doc_id, h.score) for h in searcher.search(QUERY, mode="hybrid", prf=replace(stored, feedback_docs=2)).hits]
+    server = ServerProcess(col).wait_listening()
+    try:
+        with server.client() as client:
+            served = client.search(QUERY, mode="hybrid", prf=True).hits
+            raw = client._stub.Search(pb.SearchRequest(text=QUERY, mode=pb.HYBRID, prf=pb.PrfOptions(enabled=True,
+                                                                                                      feedback_docs=2)))
+    finally:
+        server.kill()
+    assert [h.doc_id for h in served] == [d for d, _ in want]
+    assert [h.score for h in served] == pytest.approx([s for _, s in want], rel=1e-4)
+    assert [h.doc_id for h in result_from_proto(raw).hits] == [d for d, _ in override]
+
+
+class _Forbidden(Mapping):
+    """Qrels that fail the test the moment anything reads them."""
+
+    def __getitem__(self, key):
+        raise AssertionError("the tuner read the reported split's qrels")
+
+    def __iter__(self):
+        raise AssertionError("the tuner read the reported split's qrels")
+
+    def __len__(self):
+        raise AssertionError("the tuner read the reported split's qrels")
+
+
+def test_tuners_never_read_the_reported_split(tiny, searcher):
+    from lsr.eval.backends import InProcess
+    from lsr.eval.datasets import load_beir
+    from lsr.eval.prf_tuning import VARIANTS as ALL, tune_prf
+    from lsr.eval.tuning import fusion_options, tune, tune_fusion, tuning_split
+
+    dataset = load_beir(tiny[0] / "tiny.zip")
+    dataset.qrels["test"] = _Forbidden()
+    split = tuning_split(dataset, "test")
+    assert split == "train"
+    backend = InProcess(searcher)
+    quiet = lambda _: None  # noqa: E731
+    tune(backend, dataset, split, 10, quiet)
+    fusion = tune_fusion(backend, dataset, split, 10, quiet)
+    two = {name: ALL[name] for name in ("rocchio-idf", "before+after (both)")}
+    prf = tune_prf(backend, dataset, split, 10, fusion_options(fusion), quiet, variants=two)
+    assert prf["tuned_on"] == "train" and set(prf["variants"]) == set(two)
+    assert {name: len(v["grid_ndcg10"]) for name, v in prf["variants"].items()} == {"rocchio-idf": 36, "before+after (both)": 12}
