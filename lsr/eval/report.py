@@ -50,19 +50,19 @@ def prf_lines(tuned: dict, variants: dict, split: str) -> list[str]:
     """fusion-prf's choice and every PRF variant's frozen settings with its tuning-split and reported nDCG@10."""
     chosen = tuned.get("chosen")
     on = tuned["tuned_on"]
-    lines = [f"Fusion-PRF: " + (f"variant {chosen['variant']} ({_prf_settings(chosen['settings'])})" if chosen else
+    lines = [f"Fusion-PRF: " + (f"variant {chosen['variant']} ({prf_settings(chosen['settings'])})" if chosen else
                                 "no variant beat fusion without PRF, so PRF is off")
              + f"; chosen on `{on}` qrels (no PRF there: {tuned.get('no_prf_ndcg@10')}), frozen for `{split}`."]
     if variants:
         lines += ["", f"| PRF variant (on the fusion) | settings chosen on `{on}` | nDCG@10 `{on}` | nDCG@10 `{split}` |",
                   "|---|---|---|---|"]
-        lines += [f"| {name} | {_prf_settings(v['settings'])} | {v['tuning_ndcg@10']:.4f} | {v['ndcg@10']:.4f} |"
+        lines += [f"| {name} | {prf_settings(v['settings'])} | {v['tuning_ndcg@10']:.4f} | {v['ndcg@10']:.4f} |"
                   for name, v in variants.items()]
         lines.append("")
     return lines
 
 
-def _prf_settings(s: dict) -> str:
+def prf_settings(s: dict) -> str:
     dense = s["weight"] if s["dense_weight"] is None else s["dense_weight"]
     return (f"m={s['feedback_docs']}, β sparse {s['weight']}, β dense {dense}, min IDF {s['min_idf']}, "
             f"interpolate {s['interpolate']}")
