@@ -229,7 +229,7 @@ def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(t
     from lsr.files import CorruptFileError
     from lsr.ingest.collection import Collection
     from lsr.ingest.verify import verify_collection
-    from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
+    from lsr.search.searcher import UNTUNED_HYBRID, HybridOptions, PrfOptions, Searcher
     from service_helpers import ServerProcess
 
     data = tmp_path / "data"
@@ -237,7 +237,7 @@ def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(t
     tiny_beir(data)
     col = tmp_path / "col"
     assert cli_main(["index", str(data / "tiny.zip"), str(col), "--quiet"]) == 0
-    assert Searcher.open(col).default_hybrid == HybridOptions()
+    assert Searcher.open(col).default_hybrid == UNTUNED_HYBRID  # chosen across datasets, for untuned collections
     assert cli_main(["tune", str(col), "--dataset", "tiny", "--data-dir", str(data)]) == 0
     assert "tiny/train" in capsys.readouterr().out
     stored = json.loads((col / "search-defaults.json").read_text())

@@ -183,3 +183,15 @@ def test_tuners_never_read_the_reported_split(tiny, searcher):
     prf = tune_prf(backend, dataset, split, 10, fusion_options(fusion), quiet, variants=two)
     assert prf["tuned_on"] == "train" and set(prf["variants"]) == set(two)
     assert {name: len(v["grid_ndcg10"]) for name, v in prf["variants"].items()} == {"rocchio-idf": 36, "before+after (both)": 12}
+
+
+def test_untuned_collections_use_the_cross_dataset_defaults_without_a_missing_bm25_leg(tiny, searcher, tmp_path):
+    from lsr.cli.main import main as cli_main
+    from lsr.search.searcher import UNTUNED_HYBRID
+
+    assert searcher.default_hybrid == UNTUNED_HYBRID and searcher.default_prf == PrfOptions()
+    col = tmp_path / "no-bm25"
+    assert cli_main(["index", str(tiny[0] / "tiny.zip"), str(col), "--bm25", "none", "--quiet"]) == 0
+    plain = Searcher.open(col)
+    assert plain.default_hybrid == replace(UNTUNED_HYBRID, bm25_weight=0.0)
+    assert plain.search(QUERY, mode="hybrid", prf=True).hits  # no FailedPrecondition for the absent leg

@@ -6,7 +6,7 @@ import argparse
 
 FUSION_HELP = """hybrid fusion: each leg with a positive weight joins (sparse, dense, bm25); min_max / l2 / z_score
 normalise each list and take the weighted mean, rrf sums weight / (rrf_k + rank). With none of these
-flags, the collection's tuned defaults (`lsr tune`) apply, else min_max with sparse 0.5, dense 0.5"""
+flags, the collection's tuned defaults (`lsr tune`) apply, else the cross-dataset default (README)"""
 FLAGS = ("normalization", "sparse_weight", "candidates", "dense_weight", "bm25_weight", "rrf_k")
 
 

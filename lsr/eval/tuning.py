@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from lsr.eval.datasets import BeirDataset
 from lsr.eval.metrics import evaluate
+from lsr.search.searcher import UNTUNED_HYBRID
 
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PRF_DOCS = (2, 3, 5)
@@ -70,8 +71,9 @@ def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
 
 FUSION_METHODS = ("min_max", "z_score", "rrf")
 WEIGHT_STEP = 0.1
-# Without train/dev qrels: the Searcher's untuned default (HybridOptions()), sparse and dense at 0.5, no BM25
-DEFAULT_FUSION = {"normalization": "min_max", "sparse_weight": 0.5, "dense_weight": 0.5, "bm25_weight": 0.0}
+# Without train/dev qrels: the Searcher's untuned default, chosen across datasets (UNTUNED_HYBRID)
+DEFAULT_FUSION = {name: getattr(UNTUNED_HYBRID, name) for name in ("normalization", "sparse_weight", "dense_weight",
+                                                                   "bm25_weight")}
 
 
 def weight_grid(step: float = WEIGHT_STEP) -> list[tuple[float, float, float]]:

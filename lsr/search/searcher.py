@@ -24,7 +24,7 @@ import math
 from contextlib import contextmanager
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -78,6 +78,13 @@ class HybridOptions:
             raise ValueError(f"hybrid candidates must be in 1..{MAX_K}, got {self.candidates}")
         if not 1 <= int(self.rrf_k) <= 10_000:
             raise ValueError(f"hybrid rrf_k must be in 1..10000, got {self.rrf_k}")
+
+
+# Collections that `lsr tune` never saw (no judgements) fuse with these weights: chosen ACROSS datasets, never per
+# dataset, by benchmarks/prf_variants.py as the fusion setting with the best mean train/dev nDCG@10 over SciFact
+# (train) and NFCorpus (dev); test qrels were never used. Numbers: benchmarks/results/prf-variants.md. On a
+# collection built with --bm25 none the BM25 leg drops out (the weighted mean renormalises the other two).
+UNTUNED_HYBRID = HybridOptions("min_max", sparse_weight=0.5, dense_weight=0.5, bm25_weight=0.0)
 
 
 @dataclass(frozen=True)
@@ -207,9 +214,12 @@ class Searcher:
 
     @cached_property
     def default_hybrid(self) -> HybridOptions:
-        """The fusion `lsr tune` stored in the collection (chosen on train/dev qrels), else HybridOptions()."""
+        """The fusion `lsr tune` stored in the collection (chosen on train/dev qrels), else the cross-dataset
+        UNTUNED_HYBRID."""
         tuned = (self.collection.search_defaults or {}).get("hybrid")
-        return HybridOptions(**tuned) if tuned else HybridOptions()
+        if tuned:
+            return HybridOptions(**tuned)
+        return UNTUNED_HYBRID if self.has_bm25 else replace(UNTUNED_HYBRID, bm25_weight=0.0)
 
     def hybrid_or_default(self, hybrid: HybridOptions | None) -> HybridOptions:
         return self.default_hybrid if hybrid is None else hybrid
