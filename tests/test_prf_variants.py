@@ -195,3 +195,21 @@ def test_untuned_collections_use_the_cross_dataset_defaults_without_a_missing_bm
     plain = Searcher.open(col)
     assert plain.default_hybrid == replace(UNTUNED_HYBRID, bm25_weight=0.0)
     assert plain.search(QUERY, mode="hybrid", prf=True).hits  # no FailedPrecondition for the absent leg
+
+
+def test_cli_prf_flags(tiny, searcher, capsys):
+    """--prf alone takes the collection's PRF; a --prf-* flag overrides one setting; a --prf-* flag without --prf
+    is a one-line error."""
+    import json
+
+    from lsr.cli.main import main as cli_main
+
+    col = str(tiny[1])
+    assert cli_main(["search", col, QUERY, "--mode", "hybrid", "--prf", "--prf-min-idf", "1.5", "--prf-dense-weight", "0",
+                     "--json"]) == 0
+    got = [h["doc_id"] for h in json.loads(capsys.readouterr().out)["hits"]]
+    want = searcher.search(QUERY, mode="hybrid", prf=replace(searcher.default_prf, min_idf=1.5, dense_weight=0.0)).hits
+    assert got == [h.doc_id for h in want]
+    assert cli_main(["search", col, QUERY, "--prf-docs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == "lsr search: error: --prf-docs needs --prf\n"
