@@ -152,7 +152,7 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
     assert cli_main(["beir", "--dataset", "tiny", "--data-dir", str(data), "--out", str(out), "--quiet"]) == 0
     report = json.loads((out / "results.json").read_text())
     assert report["dataset"] == "tiny" and report["split"] == "test"
-    assert list(report["methods"]) == ["bm25", "sparse", "dense", "hybrid", "hybrid-prf", "fusion"]
+    assert list(report["methods"]) == ["bm25", "sparse", "dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf"]
     for metrics in report["methods"].values():
         assert set(metrics) == {"ndcg@10", "recall@100", "mrr@10", "map@100"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
@@ -165,9 +165,14 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
     assert fusion["tuned_on"] == "train" and fusion["normalization"] in ("min_max", "z_score", "rrf")
     assert fusion["sparse_weight"] + fusion["dense_weight"] + fusion["bm25_weight"] == pytest.approx(1.0)
     assert len(fusion["tuning_ndcg10"]) == 3 * 63  # every setting of the grid is reported
+    variants = report["prf_variants"]  # every PRF variant, losers too, with its frozen settings and both splits
+    assert len(variants) == 8 and all(v["tuned_on"] == "train" and 0 <= v["ndcg@10"] <= 1 for v in variants.values())
+    assert settings["prf"]["tuned_on"] == "train" and "no_prf_ndcg@10" in settings["prf"]
     assert len(report["index_checksum"]) == 64 and report["timings"]["total"] > 0
     assert (out / "ndcg.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| hybrid-prf |" in (out / "results.md").read_text() and "Fusion: " in (out / "results.md").read_text()
+    markdown = (out / "results.md").read_text()
+    assert "| hybrid-prf |" in markdown and "Fusion: " in markdown and "Fusion-PRF: " in markdown
+    assert all(f"| {name} | m=" in markdown for name in variants)
     assert "| hybrid-prf |" in capsys.readouterr().out
 
     # a second run reuses the cached index and reproduces the numbers
@@ -189,7 +194,7 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
         with Client(f"127.0.0.1:{port}") as client:
             client.wait_ready(timeout=180)
         remote = tmp_path / "remote"
-        assert cli_main(["beir", "--dataset", "tiny", "--data-dir", str(data), "--methods", "sparse,dense,hybrid,hybrid-prf,fusion",
+        assert cli_main(["beir", "--dataset", "tiny", "--data-dir", str(data), "--methods", "sparse,dense,hybrid,hybrid-prf,fusion,fusion-prf",
                          "--endpoint", f"127.0.0.1:{port}", "--out", str(remote), "--quiet"]) == 0
     finally:
         server.terminate()
@@ -197,7 +202,7 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
     through = json.loads((remote / "results.json").read_text())
     assert through["index_checksum"] == report["index_checksum"]  # the served collection's, through GetStats
     assert through["index_build_seconds"] == report["index_build_seconds"] and "sparse" in through["index_build_seconds"]
-    for method in ("sparse", "dense", "hybrid", "hybrid-prf", "fusion"):
+    for method in ("sparse", "dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf"):
         assert through["methods"][method] == pytest.approx(report["methods"][method], abs=1e-9), method
     assert {k: through["settings"][k] for k in ("alpha", "prf_docs", "prf_weight")} == \
         {k: settings[k] for k in ("alpha", "prf_docs", "prf_weight")}
