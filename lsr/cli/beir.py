@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     dense = None if args.dense.lower() == "none" else args.dense
-    if dense is None and {"dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf"} & set(methods):
-        raise ValueError("--dense none leaves no dense model; drop dense/hybrid/hybrid-prf/fusion/fusion-prf from --methods")
+    if dense is None and {"dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf", "defaults"} & set(methods):
+        raise ValueError("--dense none leaves no dense model; keep only bm25 and sparse in --methods")
     options = IndexOptions(model=args.model, dense_model=dense, threads=args.threads, **device_options(args))
     set_threads(args.threads)
     if args.serve and args.endpoint:

@@ -7,7 +7,9 @@ sparse query + Vector-PRF on the dense one, interpolated before and after PRF) a
 ``fusion-prf`` (that fusion with the PRF variant of :mod:`lsr.eval.prf_tuning` that scores best).
 Hybrid's α, PRF's m and β, fusion's method and weights and the PRF variant are tuned on the train/dev
 qrels only and then frozen for the reported split; every PRF variant is also scored on the reported
-split with its frozen settings, so the losers are reported too.
+split with its frozen settings, so the losers are reported too. ``defaults`` is what a collection never
+tuned serves with PRF asked for: UNTUNED_HYBRID and PrfOptions(), chosen across datasets (nothing is tuned
+on this dataset by this run).
 All retrieval goes through :class:`lsr.search.searcher.Searcher` (or the gRPC service with
 ``endpoint``), so these numbers are the product's numbers, not a side implementation's.
 """
@@ -30,7 +32,7 @@ from lsr.eval.report import machine, write_report
 from lsr.eval.tuning import (DEFAULT_ALPHA, DEFAULT_FUSION, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT, fusion_options, tune,
                              tune_fusion, tuning_split)
 
-METHODS = ("bm25", "sparse", "dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf")
+METHODS = ("bm25", "sparse", "dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf", "defaults")
 
 
 # ---------------------------------------------------------------------------- index cache
@@ -88,7 +90,7 @@ def run_beir(
     number still comes through the endpoint. ``lsr beir --serve`` uses it for the collection it serves.
     """
     from lsr.ingest.indexing import IndexOptions
-    from lsr.search.searcher import HybridOptions, PrfOptions
+    from lsr.search.searcher import UNTUNED_HYBRID, HybridOptions, PrfOptions
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -176,6 +178,7 @@ def run_beir(
                                                         interpolate="both")),
             "fusion": ("hybrid", fused, None),
             "fusion-prf": ("hybrid", fused, chosen_prf(settings.get("prf"))),
+            "defaults": ("hybrid", UNTUNED_HYBRID, PrfOptions()),
         }
         for method in neural:
             clock = time.perf_counter()

@@ -35,6 +35,10 @@ def markdown(report: dict) -> str:
         lines.append(f"Fusion: {f['normalization']}, weights sparse {f['sparse_weight']}, dense {f['dense_weight']}, "
                      f"bm25 {f['bm25_weight']}; tuned on `{f['tuned_on']}` qrels over {len(f.get('tuning_ndcg10', {}))} "
                      f"settings (all in results.json), frozen for `{report['split']}`.")
+    if "defaults" in report["methods"]:
+        lines.append("Defaults: what an untuned collection serves with PRF asked for (UNTUNED_HYBRID + PrfOptions()), "
+                     "chosen across datasets on SciFact train + NFCorpus dev (benchmarks/results/prf-variants.md), "
+                     "not tuned by this run.")
     if "prf" in s:
         lines += prf_lines(s["prf"], report.get("prf_variants", {}), report["split"])
     lines.append(f"Index checksum `{report['index_checksum']}`. Timings (s): "

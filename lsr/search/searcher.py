@@ -82,20 +82,25 @@ class HybridOptions:
 
 # Collections that `lsr tune` never saw (no judgements) fuse with these weights: chosen ACROSS datasets, never per
 # dataset, by benchmarks/prf_variants.py as the fusion setting with the best mean train/dev nDCG@10 over SciFact
-# (train) and NFCorpus (dev); test qrels were never used. Numbers: benchmarks/results/prf-variants.md. On a
+# (train) and NFCorpus (dev), 0.5363; test qrels were never used. Numbers: benchmarks/results/prf-variants.md. On a
 # collection built with --bm25 none the BM25 leg drops out (the weighted mean renormalises the other two).
-UNTUNED_HYBRID = HybridOptions("min_max", sparse_weight=0.5, dense_weight=0.5, bm25_weight=0.0)
+UNTUNED_HYBRID = HybridOptions("z_score", sparse_weight=0.3, dense_weight=0.4, bm25_weight=0.3)
 
 
 @dataclass(frozen=True)
 class PrfOptions:
     """Pseudo-relevance feedback; a collection's stored defaults (``lsr tune``) replace these when PRF is
-    asked for without settings (``Searcher.default_prf``)."""
+    asked for without settings (``Searcher.default_prf``).
 
-    feedback_docs: int = 3
-    weight: float = 0.5  # β: how far the sparse query moves toward the feedback documents (Rocchio)
+    The defaults were chosen ACROSS datasets, never per dataset (benchmarks/prf_variants.py): on
+    UNTUNED_HYBRID, the PRF setting with the best mean train/dev nDCG@10 over SciFact and NFCorpus among no
+    PRF and the per-dataset grids' best means: feedback from the fused list, 2 docs, β 1.0 for both legs
+    (0.5454 vs 0.5363 without PRF; benchmarks/results/prf-variants.md). Test qrels were never used."""
+
+    feedback_docs: int = 2
+    weight: float = 1.0  # β: how far the sparse query moves toward the feedback documents (Rocchio)
     max_terms: int = 100  # new sparse terms at most
-    interpolate: str = "after"
+    interpolate: str = "before"
     after_weight: float = 0.5  # weight of the PRF run when interpolated with the original run
     dense_weight: float | None = None  # Vector-PRF β for the dense query; None: the same as weight
     min_idf: float = 0.0  # sparse expansion terms need at least this BM25 IDF (0: any term)
