@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue an interrupted run into COLLECTION")
     again.add_argument("--overwrite", action="store_true", help="replace the collection already in COLLECTION")
+    p.add_argument("--shards", type=int, default=1, metavar="N",
+                   help="split the collection into N shards by a hash of the document id (each a complete collection, "
+                        "with collection-wide statistics; served by `lsr serve`); default 1: one unsharded collection")
     p.add_argument("--pre-encoded", action="store_true",
                    help="SOURCE is a vectors .parquet from `lsr encode --input ... --output ...`: index its vectors as they are")
     add_device_arguments(p)
@@ -66,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from lsr.ingest.layout import BUILD_STATE
     from lsr.ingest.indexing import IndexOptions, build_collection
 
+    if args.shards <= 0:
+        raise ValueError(f"--shards must be at least 1, got {args.shards}")
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be positive, got {args.limit}")
     model, max_length = args.model or "splade-tiny", args.max_length
@@ -88,11 +93,14 @@ def run(args: argparse.Namespace) -> int:
         hnsw_m=args.hnsw,
         threads=args.threads,
         pre_encoded=args.pre_encoded,
+        shards=args.shards,
         **device_options(args),
     )
     if not args.quiet:
-        print(f"indexing {args.source} into {args.out} (vectors/, docs/, sparse/"
-              + (", dense/" if options.dense_model else "") + (", bm25/" if options.bm25 else "") + f"; checkpointed every {args.checkpoint_every:,} docs)",
+        layout = "vectors/, docs/, sparse/" + (", dense/" if options.dense_model else "") + (", bm25/" if options.bm25 else "")
+        if options.shards > 1:
+            layout = f"{options.shards} shards shard-000/.. each with {layout}"
+        print(f"indexing {args.source} into {args.out} ({layout}; checkpointed every {args.checkpoint_every:,} docs)",
               file=sys.stderr)
     try:
         summary = build_collection(args.source, args.out, options, resume=args.resume, overwrite=args.overwrite,
