@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from lsr.search.bm25_index import BM25_DIR, build_bm25
 from lsr.search.dense_index import DenseIndex
 from lsr.files import file_record, read_sealed_json, sealed, write_json_atomic
 from lsr.sparse import SparseBatch
+
+if TYPE_CHECKING:
+    from lsr.ingest.ray_engine import RayOptions
 
 
 @dataclass
@@ -140,12 +143,16 @@ class BuildState:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     complete: bool = False  # set only when OUT already holds the finished collection
     per_shard: list[list[int]] | None = None  # sharded builds: [docs, postings, truncated] per shard
+    ahead: dict[str, dict] = field(default_factory=dict)  # parts written beyond ``shards`` (engines that run parts
+    # out of order): part -> {"counts": per-shard counts, "corpus_hash": the running checksum after that part}
 
     def save(self, out: Path) -> None:
         write_json_atomic(out / BUILD_STATE, asdict(self))
 
     def add_part(self, counts: list[list[int]]) -> None:
-        """Count one written part: [docs, postings, truncated] per shard (one row when unsharded)."""
+        """Count the next part of the prefix: [docs, postings, truncated] per shard (one row when unsharded)."""
+        self.ahead.pop(str(self.shards), None)
+        self.shards += 1
         self.docs += sum(row[0] for row in counts)
         self.postings += sum(row[1] for row in counts)
         self.truncated += sum(row[2] for row in counts)
@@ -165,7 +172,7 @@ def write_part(out: Path, part: int, block: DocChunk, sparse: SparseBatch, dense
     return route_part(out, part, block.ids, block.texts, sparse, dense, truncated, n_shards)
 
 
-class _Stages:
+class StageTimer:
     """Accumulates wall time per stage (carried over from the checkpoint on resume)."""
 
     def __init__(self, seconds: dict[str, float]) -> None:
@@ -233,7 +240,7 @@ def _changes(old: dict, new: dict) -> str:
                      if key in old and old[key] != new[key])
 
 
-def _document_blocks(reader: CorpusReader, size: int) -> Iterator[DocChunk]:
+def document_blocks(reader: CorpusReader, size: int) -> Iterator[DocChunk]:
     """Regroup the reader's chunks into blocks of exactly ``size`` documents (the last may be shorter)."""
     pending = DocChunk([], [], [])
     for chunk in reader:
@@ -254,15 +261,21 @@ def build_collection(
     overwrite: bool = False,
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
+    ray: "RayOptions | None" = None,
 ) -> Summary:
     """Index ``source`` into the collection folder ``out``; see the module docstring.
 
+    ``ray``: encode the parts on Ray (lsr.ingest.ray_engine) instead of in this process; same bytes.
     A run that fails before its first shard is checkpointed removes what it created, so the
     same command can simply be run again; later failures keep the shards for ``--resume``.
     """
     from lsr.encode.cpu_threads import set_threads
 
     options.check()
+    if ray is not None:
+        from lsr.ingest.ray_engine import check_ray
+
+        check_ray(ray, options)  # before OUT is touched: missing Ray or an unreachable cluster is one line
     source, out = Path(source).expanduser(), Path(out).expanduser()
     reader = _reader(source, options)
     settings = options.settings(source)
@@ -275,15 +288,20 @@ def build_collection(
     try:
         state.save(out)
         set_threads(options.threads)
-        stages = _Stages(state.stage_seconds)
-        _encode_shards(reader, out, options, state, stages, resumed_from, progress, on_shard)
+        stages = StageTimer(state.stage_seconds)
+        if ray is None:
+            _encode_shards(reader, out, options, state, stages, resumed_from, progress, on_shard)
+        else:
+            from lsr.ingest.ray_engine import encode_on_ray
+
+            encode_on_ray(reader, out, options, state, stages, progress, ray)
         if options.shards > 1:
             from lsr.ingest.sharded_build import finish_sharded
 
             return finish_sharded(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
         return finish(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
     except BaseException:
-        if state.shards == 0:  # nothing worth resuming: leave OUT as this run found it
+        if state.shards == 0 and not state.ahead:  # nothing worth resuming: leave OUT as this run found it
             _remove_contents(out, keep_folder=folder_was_there)
         raise
 
@@ -311,7 +329,7 @@ def _remove_contents(out: Path, keep_folder: bool) -> None:
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state: BuildState, stages: _Stages,
+def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state: BuildState, stages: StageTimer,
                    resumed_from: int, progress: bool, on_shard: Callable[[int], None] | None) -> None:
     """Encode the documents after the checkpoint into shards, checkpointing after each; verify the prefix before."""
     source = reader.source
@@ -319,7 +337,7 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
     running = CorpusHash()
     shard = 0
     encoders = None
-    blocks = _document_blocks(reader, options.checkpoint_every)
+    blocks = document_blocks(reader, options.checkpoint_every)
     with progress_bar("encode", rows_total(expected, options.limit), initial=resumed_from, enabled=progress) as bar:
         def advance(docs: int) -> None:
             bar.update(docs)
@@ -340,12 +358,11 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
             if encoders is None:  # loaded only now, so a bad first row fails fast
                 with stages.time("load"):
                     encoders = load_encoders(options)
-            sparse, dense, truncated = _encode_block(block, *encoders, options, stages, advance)
+            sparse, dense, truncated = encode_block(block, *encoders, options, stages, advance)
             with stages.time("write"):
                 state.add_part(write_part(out, shard, block, sparse, dense, truncated, options.shards))
             state.corpus_hash = running.update(block.ids, block.texts)
             shard += 1
-            state.shards = shard
             state.stage_seconds = stages.seconds
             state.save(out)
             if on_shard is not None:
@@ -373,7 +390,7 @@ def load_encoders(options: IndexOptions) -> tuple:
     return sparse, dense
 
 
-def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: IndexOptions, stages: _Stages,
+def encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: IndexOptions, stages: StageTimer,
                   advance: Callable[[int], None]):
     """Encode one shard in sub-chunks (so progress moves); sub-chunk bounds depend only on positions and device.
 
@@ -407,7 +424,7 @@ def _named_terms(vectors: SparseBatch, encoder) -> SparseBatch:
     return SparseBatch(vectors.indptr, vectors.indices, vectors.values, vectors.vocab_size, encoder.vocab)
 
 
-def finish(out: Path, state: BuildState, options: IndexOptions, stages: _Stages, skipped: dict[str, int],
+def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTimer, skipped: dict[str, int],
            resumed_from: int, progress: bool, *, scale: float | None = None, bm25=None,
            extra_meta: dict | None = None) -> Summary:
     """Build the indexes from the encoded parts and write ``lsr.json`` last.
