@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 SCIFACT = Path(os.environ.get("LSR_BEIR_DIR") or REPO.parent / "shared" / "data" / "beir") / "scifact.tar.gz"
 RESULTS = REPO / "benchmarks" / "results"
@@ -64,17 +66,39 @@ def run_system(flags: list[str], corpus: Path, out: Path, every: int) -> dict:
     return {"wall": wall, "encode": encode, "docs": meta["n_docs"], "checksums": meta["checksums"]}
 
 
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 def store_sizes(out: Path, n_docs: int) -> tuple[dict[str, float], int]:
-    """(disk bytes per document of each store, bytes of the fixed-size files: the vocabularies). A shard server's RAM
-    is close to its disk: the faiss flat index and the BM25 scores are loaded whole, the sparse index memory-mapped."""
-    sizes, fixed = {}, 0
-    for folder in ("sparse", "dense", "bm25", "docs", "vectors"):
-        files = [p for p in (out / folder).rglob("*") if p.is_file() and not p.name.startswith("embeddings-")]
-        vocab = sum(p.stat().st_size for p in files if "vocab" in p.name)
-        fixed += vocab
-        sizes[folder] = (sum(p.stat().st_size for p in files) - vocab) / n_docs
+    """(disk bytes per document of each store, fixed bytes per shard). The sparse and BM25 indexes carry
+    vocabulary-sized arrays that a small collection would spread over few documents, so their per-document cost is
+    the slope between this collection and its first half, rebuilt from the same vectors and texts (no encoding)."""
+    import tempfile
+
+    from lsr.index import InvertedIndex
+    from lsr.ingest.layout import read_doc_shards, read_vector_shards
+    from lsr.search.bm25_index import Bm25Index
+    from lsr.sparse import SparseBatch
+
+    n_parts = json.loads((out / "lsr.json").read_text())["shards"]
+    chunks = list(read_vector_shards(out, n_parts))
+    vectors, vector_ids = SparseBatch.concat([batch for batch, _ in chunks]), [i for _, ids_ in chunks for i in ids_]
+    ids, texts = read_doc_shards(out, n_parts)
+    half = n_docs // 2
+    sizes, fixed = {}, (out / "vocab.json").stat().st_size
+    with tempfile.TemporaryDirectory() as tmp:
+        InvertedIndex.build(Path(tmp) / "half", vectors.select(np.arange(half)), vector_ids[:half])
+        Bm25Index.build(ids[:half], texts[:half]).save(Path(tmp) / "bm25-half")
+        for store, small in (("sparse", "half"), ("bm25", "bm25-half")):
+            whole, part = _folder_bytes(out / store), _folder_bytes(Path(tmp) / small)
+            sizes[store] = (whole - part) / (n_docs - half)
+            fixed += max(0, int(whole - sizes[store] * n_docs))
+    for store in ("dense", "docs", "vectors"):
+        sizes[store] = sum(p.stat().st_size for p in (out / store).rglob("*")
+                           if p.is_file() and not p.name.startswith("embeddings-")) / n_docs
     sizes["dense embeddings (build)"] = sum(p.stat().st_size for p in (out / "dense").glob("embeddings-*")) / n_docs
-    return sizes, fixed + (out / "vocab.json").stat().st_size
+    return sizes, fixed
 
 
 def machine() -> str:
@@ -134,8 +158,8 @@ def projection(args, per_worker: float, store_bytes: tuple[dict[str, float], int
                   "that `benchmarks/encode_gpu.py` measures to add the GPU row (one actor per GPU, `num_gpus=1`)."]
     sizes, fixed = store_bytes
     total = sum(v for k, v in sizes.items() if k != "dense embeddings (build)")
-    lines += ["", "Bytes per document of this collection (vocabularies, a fixed "
-              f"{fixed / 2**20:.1f} MiB per shard, left out), and what one shard of 8.8M / S documents holds on disk. "
+    lines += ["", "Bytes per document of this collection (a fixed "
+              f"{fixed / 2**20:.1f} MiB per shard, vocabularies and vocabulary-sized arrays, left out), and what one shard of 8.8M / S documents holds on disk. "
               "A shard server loads the faiss flat index and the BM25 scores whole and memory-maps the sparse index, "
               "so its RAM is about sparse + dense + bm25. SciFact documents carry more SPLADE terms than MS MARCO "
               "passages, and the BM25 vocabulary grows slower than the documents, so these are upper bounds:", "",
