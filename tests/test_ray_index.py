@@ -125,3 +125,11 @@ def test_an_unreachable_ray_address_fails_in_one_line_quickly(corpus, tmp_path):
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"lsr index: error: cannot reach a Ray cluster at {address}")
         assert not (tmp_path / "col").exists()
+
+
+def test_a_model_the_actors_could_not_load_is_refused_before_ray_starts(corpus, tmp_path):
+    result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--model", str(tmp_path / "no-model"))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("lsr index: error: model folder") and "no-model" in line
+    assert not (tmp_path / "col").exists()

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from lsr.files import atomic_write
 from lsr.ingest.corpus import CorpusHash, CorpusReader, DocChunk
-from lsr.ingest.progress import progress_bar
+from lsr.ingest.progress import progress_bar, quiet_logger
 
 if TYPE_CHECKING:
     from lsr.ingest.indexing import BuildState, IndexOptions, StageTimer
@@ -60,11 +60,15 @@ def import_ray() -> Any:
 
 
 def check_ray(ray_options: RayOptions, options: "IndexOptions") -> None:
-    """Fail in one line before any work: Ray missing, a bad --workers, an unreachable address, pre-encoded input."""
+    """Fail in one line before any work: Ray missing, a bad --workers or model, an unreachable address, pre-encoded input."""
     if ray_options.workers is not None and ray_options.workers <= 0:
         raise ValueError(f"--workers must be positive, got {ray_options.workers}")
     if options.pre_encoded:
         raise ValueError("--engine ray encodes documents; index a --pre-encoded file with the default engine")
+    from lsr.encode.models import resolve_model
+
+    for model in filter(None, (options.model, options.dense_model)):  # an actor that cannot load would be restarted
+        resolve_model(model)
     import_ray()
     _check_reachable(ray_options.address)
 
@@ -91,8 +95,9 @@ def ray_session(address: str | None) -> Iterator[Any]:
         yield ray
         return
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 configure_logging=False)
+        with quiet_logger("ray"):  # its start-up notices would land in the middle of our progress bars
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                     configure_logging=False)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
         raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
     try:
@@ -206,7 +211,7 @@ def _run_actors(out: Path, options: "IndexOptions", state: "BuildState", stages:
                 ray_options: RayOptions, todo: list[int], hashes: list[str], done: int, total: int) -> None:
     """Map the encoder actors over the ``todo`` parts; checkpoint each part as it lands, whatever its order."""
     with ray_session(ray_options.address) as ray:
-        context = ray.data.DataContext.get_current()
+        context = ray.data.DataContext.get_current()  # importing Ray Data sets up its loggers: quiet them after
         context.enable_progress_bars = False  # ours counts documents across workers
         context.print_on_execution_start = False
         workers, resources, threads = _actor_resources(ray, ray_options.workers, options)
@@ -215,7 +220,8 @@ def _run_actors(out: Path, options: "IndexOptions", state: "BuildState", stages:
                                                                         "threads": threads},
                                     batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(todo))),
                                     **resources)
-        with progress_bar("encode", total, initial=done, enabled=progress) as bar, _actor_errors(ray):
+        with progress_bar("encode", total, initial=done, enabled=progress) as bar, quiet_logger("ray.data"), \
+                _actor_errors(ray):
             for row in encoded.iter_rows():
                 part, counts = int(row["part"]), json.loads(row["counts"])
                 state.ahead[str(part)] = {"counts": counts, "corpus_hash": hashes[part]}
