@@ -132,7 +132,10 @@ def report(args, n_docs: int, runs: dict[str, list[dict]], sizes: tuple[dict[str
     one = statistics.median(r["docs"] / r["encode"] for r in runs["ray, 1 worker"])
     overhead = 1 - one / base_encode
     wall_one = statistics.median(r["docs"] / r["wall"] for r in runs["ray, 1 worker"])
-    lines += ["", f"Ray overhead at 1 worker: **{overhead:.0%}** of the single process's encode rate "
+    busy = [f"The load average ({max(load):.1f}) was above the {os.cpu_count()} cores: differences of a few tens of "
+            "percent between the systems are contention, not the engines; re-run on a quiet machine."] \
+        if max(load) > (os.cpu_count() or 1) else []
+    lines += ["", *busy, "", f"Ray overhead at 1 worker: **{overhead:.0%}** of the single process's encode rate "
               f"({1 - wall_one / base_wall:.0%} end-to-end, which adds Ray's start-up; target ≤ 15%). "
               "Two workers on 2 cores cannot beat one process that already uses both cores with 2 torch threads; "
               "the second worker pays off where it brings its own GPU or node.", ""]

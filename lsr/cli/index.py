@@ -128,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
     if summary.already_complete:
         print(f"{args.out} is already complete; nothing to resume.")
     print(summary.format())
-    print(f"collection written to {args.out}; try: lsr search {shlex.quote(args.out)} \"your question\"")
+    if options.shards > 1:
+        print(f"sharded collection ({options.shards} shards) written to {args.out}; serve it with: "
+              f"lsr serve {shlex.quote(args.out)}")
+    else:
+        print(f"collection written to {args.out}; try: lsr search {shlex.quote(args.out)} \"your question\"")
     return 0
 
 

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from lsr.files import atomic_write
 from lsr.ingest.corpus import CorpusHash, CorpusReader, DocChunk
-from lsr.ingest.progress import progress_bar, quiet_logger
+from lsr.ingest.progress import progress_bar, quiet_logger, rows_total
 
 if TYPE_CHECKING:
     from lsr.ingest.indexing import BuildState, IndexOptions, StageTimer
@@ -96,7 +96,7 @@ def ray_session(address: str | None) -> Iterator[Any]:
         return
     try:
         with quiet_logger("ray"):  # its start-up notices would land in the middle of our progress bars
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                      configure_logging=False)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
         raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
@@ -121,7 +121,7 @@ def _stage_parts(reader: CorpusReader, out: Path, options: "IndexOptions", state
     running = CorpusHash()
     hashes: list[str] = []
     sizes: list[int] = []
-    with progress_bar("read", None, enabled=progress) as bar:
+    with progress_bar("read", rows_total(reader.expected_rows(), options.limit), enabled=progress) as bar:
         for part, block in enumerate(document_blocks(reader, options.checkpoint_every)):
             hashes.append(running.update(block.ids, block.texts))
             sizes.append(len(block))
@@ -179,15 +179,18 @@ def _actor_errors(ray: Any) -> Iterator[None]:
 
 
 def _actor_resources(ray: Any, workers: int | None, options: "IndexOptions") -> tuple[int, dict[str, float], int]:
-    """(actors, Ray resources per actor, torch threads per actor): a GPU each where there are GPUs, else CPU shares."""
+    """(actors, Ray resources per actor, torch threads per actor): a GPU each where there are GPUs, else CPU shares.
+
+    More actors than GPUs or CPUs share them (fractional resources), so a large --workers never waits forever.
+    """
     cluster = ray.cluster_resources()
     gpus, cpus = int(cluster.get("GPU", 0)), max(1, int(cluster.get("CPU", 1)))
     if gpus and options.device != "cpu":
-        return workers or gpus, {"num_gpus": 1}, 1
+        workers = workers or gpus
+        return workers, {"num_gpus": min(1.0, gpus / workers)}, 1
     # one actor per node by default: on one machine that is `lsr index`'s own thread count, so the same bytes
     workers = workers or max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
-    share = max(1, cpus // workers)
-    return workers, {"num_cpus": share}, share
+    return workers, {"num_cpus": min(float(cpus // workers or 1), cpus / workers)}, max(1, cpus // workers)
 
 
 def encode_on_ray(reader: CorpusReader, out: Path, options: "IndexOptions", state: "BuildState", stages: "StageTimer",
