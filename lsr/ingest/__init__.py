@@ -3,6 +3,8 @@
 - ``corpus``: readers for BEIR folders/archives, JSONL, Parquet and CSV (a new reader goes here)
 - ``beir_source``: member access inside a BEIR folder, .zip or .tar.gz
 - ``indexing``: the resumable bulk pipeline behind ``lsr index``
+- ``sharding`` / ``sharded_build``: the shard of a document id and the shard map; ``--shards N`` builds with global statistics
+- ``ray_engine``: ``--engine ray``, Ray Data encoder actors writing the same bytes as one process
 - ``layout``: the folder format (lsr.json, vector/doc/embedding shards, per-file crc32s)
 - ``collection``: an opened collection: pinned versions for readers, atomic writes across stores
 - ``journal``: the write-ahead journal of upserts and deletes, replayed at open

@@ -43,7 +43,7 @@ def repair_collection(path: Path) -> list[str]:
                        [doc_id for doc_id, _, _ in live]))
     shutil.rmtree(path / "sparse", ignore_errors=True)
     sparse = InvertedIndex.build(path / "sparse", chunks, quantization=meta["settings"]["quantization"],
-                                 journal_seq=last)
+                                 journal_seq=last, scale=meta.get("sharding", {}).get("sparse_scale"))
     done = [f"rebuilt the sparse index: {sparse.num_docs:,} documents"]
     if meta.get("dense_model"):
         dense = None
@@ -58,7 +58,11 @@ def repair_collection(path: Path) -> list[str]:
         (path / "dense" / MANIFEST).unlink(missing_ok=True)  # a damaged manifest must not stop the new save
         dense.save(path / "dense", journal_seq=last)
         done.append(f"rebuilt the dense index: {len(dense):,} documents")
-    if meta.get("bm25"):
+    if meta.get("bm25") and "sharding" in meta:  # scored with the whole collection's statistics
+        from lsr.ingest.sharded_build import rebuild_shard_bm25
+
+        rebuild_shard_bm25(path, meta)
+    elif meta.get("bm25"):
         build_bm25(path, meta["shards"])
         differs = build_file_problems(path, meta, under=BM25_DIR)
         if differs:
