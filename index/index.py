@@ -94,8 +94,12 @@ class InvertedIndex:
     # ------------------------------------------------------------------ construction
     @classmethod
     def build(cls, path: str | os.PathLike, vectors, doc_ids: Sequence | None = None,
-              quantization: str = "uint8", *, journal_seq: int = 0, overwrite: bool = False) -> "InvertedIndex":
+              quantization: str = "uint8", *, journal_seq: int = 0, overwrite: bool = False,
+              scale: float | None = None) -> "InvertedIndex":
         """Create the index at ``path`` holding exactly these vectors.
+
+        ``scale``: the quantization scale to keep whenever it can represent these vectors (the shards of a
+        sharded collection share the whole collection's scale, so their scores equal the unsharded index's).
 
         An index already there is refused unless ``overwrite=True``, which replaces it atomically
         (readers see the old index until the new manifest lands); a folder holding other files is always refused.
@@ -108,7 +112,7 @@ class InvertedIndex:
         path.mkdir(parents=True, exist_ok=True)
         with storage.writer_lock(path):
             version = _disk_version(path) + 1
-            scale = choose_scale(quantization, float(batch.values.max(initial=0.0)))
+            scale = choose_scale(quantization, float(batch.values.max(initial=0.0)), scale)
             base = {"vocab_size": batch.vocab_size, "quantization": quantization, "vocab": None, "segments": [],
                     "journal_seq": journal_seq}
             if batch.vocab is not None:

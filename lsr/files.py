@@ -1,7 +1,8 @@
 """Crash-safe file writes, content hashes and per-file checksum records shared by every store.
 
-A file is written to ``NAME.tmp``, fsynced and renamed over ``NAME``, so a kill at any moment
-leaves either the old file or the new one, never half of one. A *record* ``{"file", "bytes",
+A file is written to ``NAME.PID.tmp``, fsynced and renamed over ``NAME``, so a kill at any moment
+leaves either the old file or the new one, never half of one (the pid keeps two processes writing the same
+file, such as parallel indexing workers or a straggler of a killed job, from sharing a temporary file). A *record* ``{"file", "bytes",
 "crc32"}`` describes a file as it was written; checking it later names the file that is missing,
 truncated or changed, which is what an operator needs to act on.
 """
@@ -27,7 +28,7 @@ class CorruptFileError(ValueError):
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         write(fh)
         fh.flush()

@@ -9,6 +9,9 @@ Examples:
   lsr index scifact.tar.gz runs/scifact
   lsr index docs.csv runs/docs --id-field doc_id --fields body --dense none
   lsr index big.jsonl.gz runs/big --resume
+  lsr index big.jsonl.gz runs/big --shards 4               # 4 shard collections, served by `lsr serve runs/big`
+  lsr index big.jsonl.gz runs/big --engine ray --workers 2   # encode on a local Ray instance, same bytes
+  lsr index big.jsonl.gz /shared/big --engine ray --ray-address auto --shards 8   # on a running Ray cluster
   lsr encode --input docs.jsonl --output vectors.parquet && lsr index vectors.parquet runs/docs --pre-encoded
 """
 
@@ -56,6 +59,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue an interrupted run into COLLECTION")
     again.add_argument("--overwrite", action="store_true", help="replace the collection already in COLLECTION")
+    p.add_argument("--shards", type=int, default=1, metavar="N",
+                   help="split the collection into N shards by a hash of the document id (each a complete collection, "
+                        "with collection-wide statistics; served by `lsr serve`); default 1: one unsharded collection")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where documents are encoded: this process (local, default) or a pool of Ray encoder actors "
+                        "(one GPU each, else a CPU share); the collection is byte-identical either way. "
+                        'Ray is an extra: pip install -e ".[ray]"')
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="--engine ray: auto, HOST:PORT or ray://HOST:PORT of a running cluster (default: start a "
+                        "local Ray instance); COLLECTION must be on storage every node sees")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="--engine ray: encoder actors (default: one per GPU, else one per CPU)")
     p.add_argument("--pre-encoded", action="store_true",
                    help="SOURCE is a vectors .parquet from `lsr encode --input ... --output ...`: index its vectors as they are")
     add_device_arguments(p)
@@ -66,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from lsr.ingest.layout import BUILD_STATE
     from lsr.ingest.indexing import IndexOptions, build_collection
 
+    if args.shards <= 0:
+        raise ValueError(f"--shards must be at least 1, got {args.shards}")
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be positive, got {args.limit}")
     model, max_length = args.model or "splade-tiny", args.max_length
@@ -88,15 +105,19 @@ def run(args: argparse.Namespace) -> int:
         hnsw_m=args.hnsw,
         threads=args.threads,
         pre_encoded=args.pre_encoded,
+        shards=args.shards,
         **device_options(args),
     )
+    ray = _ray_options(args, options)
     if not args.quiet:
-        print(f"indexing {args.source} into {args.out} (vectors/, docs/, sparse/"
-              + (", dense/" if options.dense_model else "") + (", bm25/" if options.bm25 else "") + f"; checkpointed every {args.checkpoint_every:,} docs)",
+        layout = "vectors/, docs/, sparse/" + (", dense/" if options.dense_model else "") + (", bm25/" if options.bm25 else "")
+        if options.shards > 1:
+            layout = f"{options.shards} shards shard-000/.. each with {layout}"
+        print(f"indexing {args.source} into {args.out} ({layout}; checkpointed every {args.checkpoint_every:,} docs)",
               file=sys.stderr)
     try:
         summary = build_collection(args.source, args.out, options, resume=args.resume, overwrite=args.overwrite,
-                                   progress=not args.quiet)
+                                   progress=not args.quiet, ray=ray)
     except KeyboardInterrupt:
         if (Path(args.out) / BUILD_STATE).is_file():
             print(f"stopped; the encoded shards are kept. Continue with: {resume_command(args._argv)}", file=sys.stderr)
@@ -108,6 +129,19 @@ def run(args: argparse.Namespace) -> int:
     print(summary.format())
     print(f"collection written to {args.out}; try: lsr search {shlex.quote(args.out)} \"your question\"")
     return 0
+
+
+def _ray_options(args: argparse.Namespace, options):
+    """RayOptions for --engine ray, checked before anything prints (Ray missing or unreachable is one line)."""
+    if args.engine != "ray":
+        if args.ray_address is not None or args.workers is not None:
+            raise ValueError("--ray-address and --workers need --engine ray")
+        return None
+    from lsr.ingest.ray_engine import RayOptions, check_ray
+
+    ray = RayOptions(args.ray_address, args.workers)
+    check_ray(ray, options)
+    return ray
 
 
 def resume_command(argv: list[str]) -> str:

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -26,10 +26,13 @@ from lsr.ingest.layout import (
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_total
 from lsr.search.bm25_index import DESCRIPTION as BM25_DESCRIPTION
-from lsr.search.bm25_index import build_bm25
+from lsr.search.bm25_index import BM25_DIR, build_bm25
 from lsr.search.dense_index import DenseIndex
 from lsr.files import file_record, read_sealed_json, sealed, write_json_atomic
 from lsr.sparse import SparseBatch
+
+if TYPE_CHECKING:
+    from lsr.ingest.ray_engine import RayOptions
 
 
 @dataclass
@@ -55,8 +58,11 @@ class IndexOptions:
     pre_encoded: bool = False  # SOURCE is a vectors file from `lsr encode --output`: only dense is encoded here
     device: str = "auto"
     dtype: str = "auto"
+    shards: int = 1  # > 1: a sharded collection (lsr.ingest.sharded_build), documents routed by shard_of(id)
 
     def check(self) -> None:
+        if self.shards <= 0:
+            raise ValueError(f"--shards must be at least 1, got {self.shards}")
         if self.batch_size <= 0:
             raise ValueError(f"--batch-size must be positive, got {self.batch_size}")
         if self.max_length < 4:
@@ -86,6 +92,8 @@ class IndexOptions:
         for how in ("threads", "on_error", "device", "dtype"):
             out.pop(how)
         out["fields"] = list(self.fields)
+        if self.shards == 1:  # unsharded settings stay as they were, so older checkpoints still resume
+            out.pop("shards")
         out["source"] = str(source.resolve())
         return out
 
@@ -123,7 +131,7 @@ class Summary:
 
 
 @dataclass
-class _State:
+class BuildState:
     """The checkpoint: how many shards are final and the corpus checksum after their documents."""
 
     settings: dict
@@ -134,12 +142,37 @@ class _State:
     corpus_hash: str = field(default_factory=lambda: CorpusHash().hexdigest)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     complete: bool = False  # set only when OUT already holds the finished collection
+    per_shard: list[list[int]] | None = None  # sharded builds: [docs, postings, truncated] per shard
+    ahead: dict[str, dict] = field(default_factory=dict)  # parts written beyond ``shards`` (engines that run parts
+    # out of order): part -> {"counts": per-shard counts, "corpus_hash": the running checksum after that part}
 
     def save(self, out: Path) -> None:
         write_json_atomic(out / BUILD_STATE, asdict(self))
 
+    def add_part(self, counts: list[list[int]]) -> None:
+        """Count the next part of the prefix: [docs, postings, truncated] per shard (one row when unsharded)."""
+        self.ahead.pop(str(self.shards), None)
+        self.shards += 1
+        self.docs += sum(row[0] for row in counts)
+        self.postings += sum(row[1] for row in counts)
+        self.truncated += sum(row[2] for row in counts)
+        if len(counts) > 1:
+            totals = self.per_shard or [[0, 0, 0] for _ in counts]
+            self.per_shard = [[a + b for a, b in zip(total, row)] for total, row in zip(totals, counts)]
 
-class _Stages:
+
+def write_part(out: Path, part: int, block: DocChunk, sparse: SparseBatch, dense: np.ndarray | None,
+               truncated: np.ndarray, n_shards: int) -> list[list[int]]:
+    """Write one encoded part (into each shard's folder when sharded); returns [docs, postings, truncated] per shard."""
+    if n_shards == 1:
+        write_shard(out, part, block.ids, block.texts, sparse, dense)
+        return [[len(block), sparse.nnz, int(truncated.sum())]]
+    from lsr.ingest.sharded_build import route_part
+
+    return route_part(out, part, block.ids, block.texts, sparse, dense, truncated, n_shards)
+
+
+class StageTimer:
     """Accumulates wall time per stage (carried over from the checkpoint on resume)."""
 
     def __init__(self, seconds: dict[str, float]) -> None:
@@ -154,7 +187,7 @@ class _Stages:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def prepare_output(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> _State | None:
+def prepare_output(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> BuildState | None:
     """Decide what to do with an existing OUT. Returns the checkpoint to resume from, or None for a fresh start."""
     if resume and overwrite:
         raise ValueError("pass either --resume or --overwrite, not both")
@@ -173,22 +206,32 @@ def prepare_output(out: Path, settings: dict, *, resume: bool, overwrite: bool) 
     return None
 
 
-def _load_state(out: Path, settings: dict) -> _State:
+def _load_state(out: Path, settings: dict) -> BuildState:
     import json
 
-    if (out / META_FILE).is_file() and not (out / BUILD_STATE).is_file():
-        meta = read_sealed_json(out / META_FILE)
+    finished = _finished_meta(out)
+    if finished is not None and not (out / BUILD_STATE).is_file():
+        meta = read_sealed_json(finished)
         changed = _changes(meta.get("settings", {}), settings)
         if changed:
             raise ValueError(f"{out} holds a finished collection built with {changed}; use --overwrite to replace it")
-        return _State(settings, complete=True)
+        return BuildState(settings, complete=True)
     raw = json.loads((out / BUILD_STATE).read_text(encoding="utf-8"))
     changed = _changes(raw.get("settings", {}), settings)
     if changed:
         raise ValueError(f"cannot resume {out}: it was started with {changed}; "
                          "rerun with the same options, or use --overwrite to start over")
     raw["settings"] = settings
-    return _State(**raw)
+    return BuildState(**raw)
+
+
+def _finished_meta(out: Path) -> Path | None:
+    """The ``lsr.json`` that records a finished build's settings (a sharded one's first shard), or None."""
+    from lsr.ingest.sharding import is_sharded, read_shard_map
+
+    if (out / META_FILE).is_file():
+        return out / META_FILE
+    return read_shard_map(out).paths(out)[0] / META_FILE if is_sharded(out) else None
 
 
 def _changes(old: dict, new: dict) -> str:
@@ -197,7 +240,7 @@ def _changes(old: dict, new: dict) -> str:
                      if key in old and old[key] != new[key])
 
 
-def _document_blocks(reader: CorpusReader, size: int) -> Iterator[DocChunk]:
+def document_blocks(reader: CorpusReader, size: int) -> Iterator[DocChunk]:
     """Regroup the reader's chunks into blocks of exactly ``size`` documents (the last may be shorter)."""
     pending = DocChunk([], [], [])
     for chunk in reader:
@@ -218,15 +261,21 @@ def build_collection(
     overwrite: bool = False,
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
+    ray: "RayOptions | None" = None,
 ) -> Summary:
     """Index ``source`` into the collection folder ``out``; see the module docstring.
 
+    ``ray``: encode the parts on Ray (lsr.ingest.ray_engine) instead of in this process; same bytes.
     A run that fails before its first shard is checkpointed removes what it created, so the
     same command can simply be run again; later failures keep the shards for ``--resume``.
     """
     from lsr.encode.cpu_threads import set_threads
 
     options.check()
+    if ray is not None:
+        from lsr.ingest.ray_engine import check_ray
+
+        check_ray(ray, options)  # before OUT is touched: missing Ray or an unreachable cluster is one line
     source, out = Path(source).expanduser(), Path(out).expanduser()
     reader = _reader(source, options)
     settings = options.settings(source)
@@ -235,15 +284,24 @@ def build_collection(
     if state is not None and state.complete:
         return _summary_of_complete(out)
     resumed_from = state.docs if state is not None else 0
-    state = state or _State(settings)
+    state = state or BuildState(settings)
     try:
         state.save(out)
         set_threads(options.threads)
-        stages = _Stages(state.stage_seconds)
-        _encode_shards(reader, out, options, state, stages, resumed_from, progress, on_shard)
-        return _finish(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
+        stages = StageTimer(state.stage_seconds)
+        if ray is None:
+            _encode_shards(reader, out, options, state, stages, resumed_from, progress, on_shard)
+        else:
+            from lsr.ingest.ray_engine import encode_on_ray
+
+            encode_on_ray(reader, out, options, state, stages, progress, ray)
+        if options.shards > 1:
+            from lsr.ingest.sharded_build import finish_sharded
+
+            return finish_sharded(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
+        return finish(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
     except BaseException:
-        if state.shards == 0:  # nothing worth resuming: leave OUT as this run found it
+        if state.shards == 0 and not state.ahead:  # nothing worth resuming: leave OUT as this run found it
             _remove_contents(out, keep_folder=folder_was_there)
         raise
 
@@ -271,7 +329,7 @@ def _remove_contents(out: Path, keep_folder: bool) -> None:
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state: _State, stages: _Stages,
+def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state: BuildState, stages: StageTimer,
                    resumed_from: int, progress: bool, on_shard: Callable[[int], None] | None) -> None:
     """Encode the documents after the checkpoint into shards, checkpointing after each; verify the prefix before."""
     source = reader.source
@@ -279,7 +337,7 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
     running = CorpusHash()
     shard = 0
     encoders = None
-    blocks = _document_blocks(reader, options.checkpoint_every)
+    blocks = document_blocks(reader, options.checkpoint_every)
     with progress_bar("encode", rows_total(expected, options.limit), initial=resumed_from, enabled=progress) as bar:
         def advance(docs: int) -> None:
             bar.update(docs)
@@ -300,13 +358,11 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
             if encoders is None:  # loaded only now, so a bad first row fails fast
                 with stages.time("load"):
                     encoders = load_encoders(options)
-            sparse, dense, truncated = _encode_block(block, *encoders, options, stages, advance)
+            sparse, dense, truncated = encode_block(block, *encoders, options, stages, advance)
             with stages.time("write"):
-                write_shard(out, shard, block.ids, block.texts, sparse, dense)
+                state.add_part(write_part(out, shard, block, sparse, dense, truncated, options.shards))
             state.corpus_hash = running.update(block.ids, block.texts)
             shard += 1
-            state.shards, state.docs, state.postings = shard, state.docs + len(block), state.postings + sparse.nnz
-            state.truncated += truncated
             state.stage_seconds = stages.seconds
             state.save(out)
             if on_shard is not None:
@@ -334,7 +390,7 @@ def load_encoders(options: IndexOptions) -> tuple:
     return sparse, dense
 
 
-def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: IndexOptions, stages: _Stages,
+def encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: IndexOptions, stages: StageTimer,
                   advance: Callable[[int], None]):
     """Encode one shard in sub-chunks (so progress moves); sub-chunk bounds depend only on positions and device.
 
@@ -342,8 +398,7 @@ def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: Index
     take a length-sorted batch. A GPU gets 64 batches at a time, so its pipeline stays full.
     """
     step = options.batch_size * (64 if sparse_encoder.device.type == "cuda" else 4)
-    sparse_parts, dense_parts = [], []
-    truncated = 0
+    sparse_parts, dense_parts, truncated = [], [], []
     for start in range(0, len(block), step):
         texts = block.texts[start : start + step]
         if options.pre_encoded:  # the model names the terms and must agree on how many there are
@@ -352,13 +407,14 @@ def _encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: Index
             with stages.time("sparse"), quiet_logger("lsr.encode.splade"):  # truncation is counted for the summary
                 batch, info = sparse_encoder.encode_documents(texts, batch_size=options.batch_size, return_info=True)
             sparse_parts.append(batch)
-            truncated += int(info.truncated.sum())
+            truncated.append(np.asarray(info.truncated, bool))
         if dense_encoder is not None:
             with stages.time("dense"), quiet_logger("lsr.encode.dense"):  # cut at the model's own max_seq_length, as ST
                 dense_parts.append(dense_encoder.encode_documents(texts, batch_size=options.batch_size))
         advance(len(texts))
     sparse = SparseBatch.concat(sparse_parts)
-    return sparse, (np.concatenate(dense_parts) if dense_parts else None), truncated
+    flags = np.concatenate(truncated) if truncated else np.zeros(len(block), bool)  # per document, for routing
+    return sparse, (np.concatenate(dense_parts) if dense_parts else None), flags
 
 
 def _named_terms(vectors: SparseBatch, encoder) -> SparseBatch:
@@ -368,8 +424,14 @@ def _named_terms(vectors: SparseBatch, encoder) -> SparseBatch:
     return SparseBatch(vectors.indptr, vectors.indices, vectors.values, vectors.vocab_size, encoder.vocab)
 
 
-def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, skipped: dict[str, int],
-            resumed_from: int, progress: bool) -> Summary:
+def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTimer, skipped: dict[str, int],
+           resumed_from: int, progress: bool, *, scale: float | None = None, bm25=None,
+           extra_meta: dict | None = None) -> Summary:
+    """Build the indexes from the encoded parts and write ``lsr.json`` last.
+
+    A shard of a sharded collection passes the whole collection's quantization ``scale`` and a ``bm25`` leg
+    scored with the whole collection's statistics, so its scores equal the unsharded collection's.
+    """
     from lsr.index import InvertedIndex
 
     vector_files = [out / shard_name("vectors", s) for s in range(state.shards)]
@@ -381,7 +443,8 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
         for batch, ids in read_vector_shards(out, state.shards):
             chunks.append((batch, ids))
             bar.update(len(ids))
-        sparse = InvertedIndex.build(out / "sparse", chunks, quantization=options.quantization, overwrite=True)
+        sparse = InvertedIndex.build(out / "sparse", chunks, quantization=options.quantization, overwrite=True,
+                                     scale=scale)
         del chunks
     dense_checksum = None
     if options.dense_model:
@@ -398,7 +461,7 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
     bm25_files = []
     if options.bm25:
         with stages.time("bm25"):
-            bm25_files = build_bm25(out, state.shards)
+            bm25_files = bm25.save(out / BM25_DIR) if bm25 is not None else build_bm25(out, state.shards)
     checksums = {
         "corpus": state.corpus_hash,
         "vectors": files_checksum(vector_files),
@@ -429,6 +492,7 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
         "stage_seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
         "encoded_with": options.encoding(),
         "created_with": f"lsr {_version()}",
+        **(extra_meta or {}),
     }
     write_json_atomic(out / META_FILE, sealed(meta))  # last: its presence means "complete"
     (out / BUILD_STATE).unlink(missing_ok=True)
@@ -437,9 +501,18 @@ def _finish(out: Path, state: _State, options: IndexOptions, stages: _Stages, sk
 
 
 def _summary_of_complete(out: Path) -> Summary:
-    meta = read_sealed_json(out / META_FILE)
-    return Summary(meta["n_docs"], meta.get("skipped", {}), meta["postings"], disk_size(out),
-                   meta.get("stage_seconds", {}), meta["checksums"], meta.get("truncated", 0), already_complete=True)
+    from lsr.ingest.sharding import is_sharded, read_shard_map
+
+    if not is_sharded(out):
+        meta = read_sealed_json(out / META_FILE)
+        return Summary(meta["n_docs"], meta.get("skipped", {}), meta["postings"], disk_size(out),
+                       meta.get("stage_seconds", {}), meta["checksums"], meta.get("truncated", 0), already_complete=True)
+    shard_map = read_shard_map(out)
+    metas = [read_sealed_json(path / META_FILE) for path in shard_map.paths(out)]
+    return Summary(sum(m["n_docs"] for m in metas), metas[0].get("skipped", {}), sum(m["postings"] for m in metas),
+                   disk_size(out), metas[-1].get("stage_seconds", {}),
+                   {name: m["checksums"] for name, m in zip(shard_map.names, metas)},
+                   sum(m.get("truncated", 0) for m in metas), already_complete=True)
 
 
 def _version() -> str:

@@ -95,8 +95,10 @@ def disk_size(path: Path) -> int:
 
 
 def is_collection_dir(path: Path) -> bool:
-    """True for a complete or unfinished collection (the only folders ``--overwrite`` may clear)."""
-    return (path / META_FILE).is_file() or (path / BUILD_STATE).is_file()
+    """True for a complete, sharded or unfinished collection (the only folders ``--overwrite`` may clear)."""
+    from lsr.ingest.sharding import SHARDS_FILE
+
+    return any((path / name).is_file() for name in (META_FILE, BUILD_STATE, SHARDS_FILE))
 
 
 def read_meta(path: Path) -> dict:
@@ -108,6 +110,11 @@ def read_meta(path: Path) -> dict:
                              "finish it with `lsr index SOURCE COLLECTION --resume`")
         if not path.exists():
             raise FileNotFoundError(f"collection {path} does not exist; create it with `lsr index SOURCE {path}`")
+        from lsr.ingest.sharding import is_sharded
+
+        if is_sharded(path):
+            raise ValueError(f"{path} is a sharded collection: serve it with `lsr serve {path}`, "
+                             f"or open one shard ({path}/shard-000 ...)")
         raise FileNotFoundError(f"{path} is not an lsr collection (no {META_FILE}); create one with `lsr index`")
     meta = read_sealed_json(meta_path)
     if meta.get("format") != FORMAT:

@@ -43,7 +43,7 @@ def repair_collection(path: Path) -> list[str]:
                        [doc_id for doc_id, _, _ in live]))
     shutil.rmtree(path / "sparse", ignore_errors=True)
     sparse = InvertedIndex.build(path / "sparse", chunks, quantization=meta["settings"]["quantization"],
-                                 journal_seq=last)
+                                 journal_seq=last, scale=meta.get("sharding", {}).get("sparse_scale"))
     done = [f"rebuilt the sparse index: {sparse.num_docs:,} documents"]
     if meta.get("dense_model"):
         dense = None

@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
 
 from lsr.files import read_sealed_json, sealed, write_json_atomic
 
@@ -74,3 +77,14 @@ def write_shard_map(path: Path, shard_map: ShardMap) -> None:
     """Write the map last, once every shard is complete: its presence means the sharded collection is."""
     write_json_atomic(Path(path) / SHARDS_FILE,
                       sealed({"format": SHARDS_FORMAT, "hash": HASH_NAME, "shards": list(shard_map.names)}))
+
+
+def global_doc_freqs(indexes: Sequence[Any]) -> tuple[np.ndarray, int]:
+    """(document frequency per term, number of documents) over the shards' sparse indexes.
+
+    Shards partition the documents, so the sums equal the unsharded index's ``doc_freqs()`` and
+    ``num_docs`` (live documents, so upserts and deletes count too): the inference-free query side's IDF
+    (``idf_from_doc_freqs``) of a sharded collection is computed from them rather than stored.
+    """
+    doc_freqs = np.sum([index.doc_freqs() for index in indexes], axis=0)
+    return doc_freqs.astype(np.int64), sum(int(index.num_docs) for index in indexes)

@@ -60,6 +60,31 @@ class Bm25Index:
         retriever.index(tokens, show_progress=False)
         return cls(retriever, ids)
 
+    def split(self, sizes: Sequence[int]) -> list["Bm25Index"]:
+        """Consecutive runs of ``sizes`` documents as separate indexes that keep this index's scores.
+
+        Each (document, term) score is stored precomputed with the whole index's IDF and average length,
+        so cutting the score matrix by document gives shards whose scores equal the unsharded leg's.
+        """
+        import copy
+
+        if sum(sizes) != len(self.ids):
+            raise ValueError(f"the sizes add up to {sum(sizes)} documents, the index holds {len(self.ids)}")
+        scores = self.retriever.scores
+        indptr, rows = scores["indptr"], scores["indices"]
+        term_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        parts, start = [], 0
+        for size in sizes:
+            keep = (rows >= start) & (rows < start + size)
+            counts = np.bincount(term_of[keep], minlength=len(indptr) - 1)
+            retriever = copy.copy(self.retriever)
+            retriever.scores = {"data": scores["data"][keep], "indices": (rows[keep] - start).astype(rows.dtype),
+                                "indptr": np.concatenate([[0], np.cumsum(counts)]).astype(indptr.dtype),
+                                "num_docs": int(size)}
+            parts.append(Bm25Index(retriever, self.ids[start : start + size]))
+            start += size
+        return parts
+
     def save(self, folder: Path) -> list[Path]:
         """Write the index into ``folder`` (replacing it); returns the files, for their crc32 records."""
         folder = Path(folder)

@@ -33,7 +33,7 @@ from lsr.files import (
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU-feature probe at INFO
 
 MANIFEST = "manifest.json"
-_SAVED_FILE = re.compile(r"^(faiss-\d+\.index|ids-\d+\.parquet)(\.tmp)?$")
+_SAVED_FILE = re.compile(r"^(faiss-\d+\.index|ids-\d+\.parquet)(\.\d+\.tmp)?$")
 
 
 class SharedLock:

@@ -1,0 +1,204 @@
+"""``lsr index --engine ray``: Ray Data maps a pool of encoder actors over the build's parts.
+
+lsr decides the bytes, Ray holds the cluster. The driver reads the corpus with the same reader and cuts
+the same parts (``checkpoint_every`` documents) as the single-process build, stages each part's ids and
+texts in ``OUT/.lsr-input/``, and Ray Data maps encoder actors (one GPU each where the cluster has GPUs,
+else an equal share of its CPUs) over the part numbers. An actor encodes a part exactly as the single
+process does (``encode_block``: the same sub-chunks, batch size and length sorting) and writes its files
+itself (``write_part``), so the collection is byte-identical to ``lsr index`` for the same model, device
+and dtype. OUT must be on storage every node sees (a shared filesystem on a cluster).
+
+Parts finish out of order. The checkpoint keeps the finished prefix, as the single-process build does,
+plus the parts finished beyond it (``BuildState.ahead``), so ``--resume`` (with either engine) encodes
+only the parts that are not written yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lsr.files import atomic_write
+from lsr.ingest.corpus import CorpusHash, CorpusReader, DocChunk
+from lsr.ingest.progress import progress_bar
+
+if TYPE_CHECKING:
+    from lsr.ingest.indexing import BuildState, IndexOptions, StageTimer
+
+INSTALL_HINT = 'pip install -e ".[ray]"'
+STAGING_DIR = ".lsr-input"
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where Ray runs and how many encoder actors it gets (these decide speed, never the bytes)."""
+
+    address: str | None = None  # None: a local Ray instance; "auto", "HOST:PORT" or "ray://HOST:PORT": a cluster
+    workers: int | None = None  # encoder actors; None: one per GPU, else one per CPU of the cluster
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError(f"--engine ray needs Ray, which is not installed here: {INSTALL_HINT}") from None
+    return ray
+
+
+def check_ray(ray_options: RayOptions, options: "IndexOptions") -> None:
+    """Fail in one line before any work: Ray missing, a bad --workers, an unreachable address, pre-encoded input."""
+    if ray_options.workers is not None and ray_options.workers <= 0:
+        raise ValueError(f"--workers must be positive, got {ray_options.workers}")
+    if options.pre_encoded:
+        raise ValueError("--engine ray encodes documents; index a --pre-encoded file with the default engine")
+    import_ray()
+    _check_reachable(ray_options.address)
+
+
+def _check_reachable(address: str | None) -> None:
+    """A TCP connect with a short timeout: Ray itself retries an unreachable cluster for minutes."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RuntimeError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}; "
+                           "check the address, or start one with `ray start --head`") from None
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[Any]:
+    """The connected ``ray`` module; a session this call starts is shut down after (one already running is kept)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=False)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
+        raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _staged(out: Path, part: int) -> Path:
+    return out / STAGING_DIR / f"part-{part:05d}.parquet"
+
+
+def _stage_parts(reader: CorpusReader, out: Path, options: "IndexOptions", state: "BuildState",
+                 progress: bool) -> tuple[list[str], list[int]]:
+    """Write the input of every part not written yet; returns the corpus checksum after each part and its size.
+
+    The checksums check a resumed job's source against the parts already written, as the single-process build does.
+    """
+    from lsr.ingest.indexing import document_blocks
+
+    running = CorpusHash()
+    hashes: list[str] = []
+    sizes: list[int] = []
+    with progress_bar("read", None, enabled=progress) as bar:
+        for part, block in enumerate(document_blocks(reader, options.checkpoint_every)):
+            hashes.append(running.update(block.ids, block.texts))
+            sizes.append(len(block))
+            if part < state.shards:
+                expected = state.corpus_hash if part == state.shards - 1 else None
+            elif str(part) in state.ahead:
+                expected = state.ahead[str(part)]["corpus_hash"]
+            else:
+                expected = None
+                table = pa.table({"id": pa.array(block.ids, pa.string()), "text": pa.array(block.texts, pa.string())})
+                atomic_write(_staged(out, part), lambda fh, table=table: pq.write_table(table, fh))
+            if expected is not None and expected != hashes[-1]:
+                raise ValueError(f"cannot resume {out}: documents of {reader.source} differ from the ones already "
+                                 "encoded (the source changed); use --overwrite to start over")
+            bar.update(len(block))
+    if len(hashes) < state.shards or any(int(part) >= len(hashes) for part in state.ahead):
+        raise ValueError(f"cannot resume {out}: {reader.source} now has fewer documents than were already encoded; "
+                         "use --overwrite to start over")
+    return hashes, sizes
+
+
+class PartEncoder:
+    """A Ray Data actor: loads the encoders once, then encodes and writes whole parts."""
+
+    def __init__(self, out: str, options: "IndexOptions", threads: int) -> None:
+        from lsr.encode.cpu_threads import set_threads
+        from lsr.ingest.indexing import load_encoders
+
+        set_threads(options.threads or threads)
+        self.out, self.options = Path(out), options
+        self.encoders = load_encoders(options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from lsr.ingest.indexing import StageTimer, encode_block, write_part
+
+        counts = []
+        for part in batch["part"].tolist():
+            table = pq.read_table(_staged(self.out, part))
+            ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
+            block = DocChunk(ids, texts, list(range(len(ids))))
+            sparse, dense, truncated = encode_block(block, *self.encoders, self.options, StageTimer({}), lambda _: None)
+            counts.append(json.dumps(write_part(self.out, part, block, sparse, dense, truncated, self.options.shards)))
+        return {"part": batch["part"], "counts": np.array(counts, dtype=object)}
+
+
+def _actor_resources(ray: Any, workers: int | None, options: "IndexOptions") -> tuple[int, dict[str, float], int]:
+    """(actors, Ray resources per actor, torch threads per actor): a GPU each where there are GPUs, else CPU shares."""
+    cluster = ray.cluster_resources()
+    gpus, cpus = int(cluster.get("GPU", 0)), max(1, int(cluster.get("CPU", 1)))
+    if gpus and options.device != "cpu":
+        return workers or gpus, {"num_gpus": 1}, 1
+    workers = workers or cpus
+    share = max(1, cpus // workers)
+    return workers, {"num_cpus": share}, share
+
+
+def encode_on_ray(reader: CorpusReader, out: Path, options: "IndexOptions", state: "BuildState", stages: "StageTimer",
+                  progress: bool, ray_options: RayOptions) -> None:
+    """Encode every part not written yet on Ray, checkpointing as parts finish; see the module docstring."""
+    out = out.resolve()
+    with stages.time("read"):
+        hashes, sizes = _stage_parts(reader, out, options, state, progress)
+    if not hashes:
+        raise ValueError(f"{reader.source} has no indexable documents"
+                         + (f" ({reader.stats.n_skipped} bad rows skipped)" if reader.stats.n_skipped else ""))
+    todo = [part for part in range(len(hashes)) if part >= state.shards and str(part) not in state.ahead]
+    done = state.docs + sum(sum(row[0] for row in entry["counts"]) for entry in state.ahead.values())
+    with stages.time("encode"), ray_session(ray_options.address) as ray:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # ours counts documents across workers
+        context.print_on_execution_start = False
+        workers, resources, threads = _actor_resources(ray, ray_options.workers, options)
+        parts = ray.data.from_items([{"part": part} for part in todo], override_num_blocks=max(1, len(todo)))
+        encoded = parts.map_batches(PartEncoder, fn_constructor_kwargs={"out": str(out), "options": options,
+                                                                        "threads": threads},
+                                    batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, max(1, len(todo)))),
+                                    **resources)
+        with progress_bar("encode", sum(sizes), initial=done, enabled=progress) as bar:
+            for row in encoded.iter_rows():
+                part, counts = int(row["part"]), json.loads(row["counts"])
+                state.ahead[str(part)] = {"counts": counts, "corpus_hash": hashes[part]}
+                while str(state.shards) in state.ahead:  # the prefix grows as its next part lands
+                    state.corpus_hash = hashes[state.shards]
+                    state.add_part(state.ahead[str(state.shards)]["counts"])
+                state.stage_seconds = stages.seconds
+                state.save(out)
+                bar.update(sum(row[0] for row in counts))
+    shutil.rmtree(out / STAGING_DIR, ignore_errors=True)

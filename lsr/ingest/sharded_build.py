@@ -1,0 +1,95 @@
+"""Sharded builds: route each encoded part to the shards that own its documents, then finish every shard
+with the whole collection's statistics, so merged shard results score exactly as the unsharded collection.
+
+Documents are encoded once, in the same parts (and batches) as an unsharded build; each part's rows are
+written into the folder of the shard that owns them (``shard_of``), so every shard holds a ``part-NNNNN``
+of every part, possibly empty. Each shard is then finished like any collection except for:
+
+- the sparse index's quantization scale: the whole collection's (its largest weight), so every shard stores
+  the same integer impacts as the unsharded index and scores equal;
+- the BM25 leg: built once over every document and cut by shard (``Bm25Index.split``), so IDF and average
+  document length are global;
+- document frequencies for the inference-free query side's IDF are not stored: a coordinator sums the
+  shards' live counts (``lsr.ingest.sharding.global_doc_freqs``), which equals the unsharded index's counts,
+  after upserts and deletes too.
+
+``lsr-shards.json`` is written last: its presence means every shard is complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lsr.ingest.layout import BUILD_STATE, disk_size, read_doc_shards, read_vector_shards, write_shard
+from lsr.ingest.sharding import HASH_NAME, ShardMap, shard_dir_name, shard_of, write_shard_map
+from lsr.sparse import SparseBatch
+
+if TYPE_CHECKING:
+    from lsr.ingest.indexing import BuildState, IndexOptions, Summary
+
+
+def route_part(out: Path, part: int, ids: list[str], texts: list[str], sparse: SparseBatch, dense: np.ndarray | None,
+               truncated: np.ndarray, n_shards: int) -> list[list[int]]:
+    """Write each shard's rows of one encoded part into its folder; [docs, postings, truncated] per shard."""
+    owners = np.fromiter((shard_of(doc_id, n_shards) for doc_id in ids), np.int64, len(ids))
+    counts = []
+    for shard in range(n_shards):
+        rows = np.flatnonzero(owners == shard)
+        vectors = sparse.select(rows)
+        write_shard(out / shard_dir_name(shard), part, [ids[r] for r in rows], [texts[r] for r in rows], vectors,
+                    dense[rows] if dense is not None else None)
+        counts.append([len(rows), vectors.nnz, int(truncated[rows].sum())])
+    return counts
+
+
+def global_scale(folders: list[Path], n_parts: int, quantization: str) -> float:
+    """The quantization scale the unsharded index would choose: from the largest weight of any shard."""
+    from lsr.index.quantize import choose_scale
+
+    top = max((float(batch.values.max(initial=0.0)) for folder in folders
+               for batch, _ in read_vector_shards(folder, n_parts)), default=0.0)
+    return choose_scale(quantization, top)
+
+
+def global_bm25_legs(folders: list[Path], n_parts: int) -> list:
+    """One BM25 leg per shard, cut from a leg over every document (global IDF and average length)."""
+    from lsr.search.bm25_index import Bm25Index
+
+    ids: list[str] = []
+    texts: list[str] = []
+    sizes = []
+    for folder in folders:
+        shard_ids, shard_texts = read_doc_shards(folder, n_parts)
+        ids += shard_ids
+        texts += shard_texts
+        sizes.append(len(shard_ids))
+    return Bm25Index.build(ids, texts).split(sizes)
+
+
+def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stages, skipped: dict[str, int],
+                   resumed_from: int, progress: bool) -> "Summary":
+    """Finish every shard with the global statistics, then write the shard map (last)."""
+    from lsr.ingest.indexing import BuildState, Summary, finish
+
+    shard_map = ShardMap.of_size(options.shards)
+    folders = shard_map.paths(out)
+    with stages.time("statistics"):
+        scale = global_scale(folders, state.shards, options.quantization)
+        legs = global_bm25_legs(folders, state.shards) if options.bm25 else [None] * len(folders)
+    checksums = {}
+    for shard, (name, folder) in enumerate(zip(shard_map.names, folders)):
+        docs, postings, truncated = state.per_shard[shard]
+        part_state = BuildState(state.settings, shards=state.shards, docs=docs, postings=postings, truncated=truncated,
+                                corpus_hash=state.corpus_hash)
+        sharding = {"shard": shard, "n_shards": shard_map.n_shards, "hash": HASH_NAME, "sparse_scale": scale,
+                    "bm25_statistics": "global"}
+        summary = finish(folder, part_state, options, stages, skipped, resumed_from, progress, scale=scale,
+                         bm25=legs[shard], extra_meta={"sharding": sharding})
+        checksums[name] = summary.checksums
+    write_shard_map(out, shard_map)  # last: the sharded collection is complete
+    (out / BUILD_STATE).unlink(missing_ok=True)
+    return Summary(state.docs, skipped, state.postings, disk_size(out), stages.seconds, checksums, state.truncated,
+                   resumed_from)

@@ -1,0 +1,136 @@
+"""`lsr index --engine ray`: encoder actors on a local Ray instance write a collection byte-identical to the
+single-process build, sharded or not, and a killed job resumes to the same bytes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("ray")
+
+from lsr.ingest.indexing import IndexOptions, build_collection  # noqa: E402
+from lsr.ingest.layout import BUILD_STATE, META_FILE  # noqa: E402
+from lsr.ingest.ray_engine import STAGING_DIR, RayOptions  # noqa: E402
+from lsr.ingest.sharding import read_shard_map  # noqa: E402
+
+N_DOCS = 60
+EVERY = 12  # documents per part: 5 parts, so two workers share them and a kill lands between parts
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One small local Ray instance for the whole module (starting one costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, scifact) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    with open(path, "w", encoding="utf-8") as fh:
+        for doc_id in list(scifact.corpus)[:N_DOCS]:
+            doc = scifact.corpus[doc_id]
+            fh.write(json.dumps({"_id": doc_id, "title": doc["title"], "text": doc["text"]}) + "\n")
+    return path
+
+
+def options(**overrides) -> IndexOptions:
+    return IndexOptions(**{"checkpoint_every": EVERY, "max_length": 64, "threads": 1, **overrides})
+
+
+def build(corpus: Path, out: Path, ray: RayOptions | None = None, **overrides) -> Path:
+    threads = torch.get_num_threads()
+    try:
+        build_collection(corpus, out, options(**overrides), progress=False, ray=ray)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def checksums(out: Path) -> dict:
+    return json.loads((out / META_FILE).read_text())["checksums"]
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> Path:
+    return build(corpus, tmp_path_factory.mktemp("local") / "col")
+
+
+def test_two_ray_workers_write_the_single_process_bytes(ray_cluster, corpus, reference, tmp_path):
+    out = build(corpus, tmp_path / "col", RayOptions(workers=2))
+    assert checksums(out) == checksums(reference)
+    assert not (out / STAGING_DIR).exists() and not (out / BUILD_STATE).exists()
+
+
+def test_a_sharded_ray_build_equals_the_sharded_single_process_build(ray_cluster, corpus, tmp_path):
+    local = build(corpus, tmp_path / "local", shards=3)
+    distributed = build(corpus, tmp_path / "ray", RayOptions(workers=1), shards=3)
+    for name in read_shard_map(local).names:
+        assert checksums(distributed / name) == checksums(local / name)
+    assert read_shard_map(distributed) == read_shard_map(local)
+
+
+def _parts_written(out: Path) -> int:
+    try:
+        state = json.loads((out / BUILD_STATE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+    return state["shards"] + len(state.get("ahead", {}))
+
+
+def test_a_killed_ray_job_resumes_only_its_unfinished_parts(ray_cluster, corpus, reference, tmp_path):
+    out = tmp_path / "col"
+    cmd = [sys.executable, "-m", "lsr", "index", str(corpus), str(out), "--checkpoint-every", str(EVERY),
+           "--max-length", "64", "--threads", "1", "--quiet", "--engine", "ray", "--ray-address", ray_cluster,
+           "--workers", "1"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _parts_written(out) < 2 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.poll() is None, f"the job ended before it could be killed: {job.communicate()}"
+    job.send_signal(signal.SIGKILL)
+    job.communicate(timeout=60)
+    written = _parts_written(out)
+    assert 2 <= written < N_DOCS // EVERY and not (out / META_FILE).exists()
+    state = json.loads((out / BUILD_STATE).read_text())
+    summary = build_collection(corpus, out, options(), resume=True, progress=False, ray=RayOptions(workers=2))
+    assert summary.resumed_from == state["docs"] > 0
+    assert checksums(out) == checksums(reference)
+
+
+def _lsr_index(*args: str, prelude: str = "") -> subprocess.CompletedProcess:
+    code = f"import sys; {prelude}from lsr.cli.main import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", code, "index", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_without_ray_installed_the_engine_says_how_to_install_it(corpus, tmp_path):
+    result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", prelude="sys.modules['ray'] = None; ")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("lsr index: error: ") and 'pip install -e ".[ray]"' in line
+    assert not (tmp_path / "col").exists()
+
+
+def test_an_unreachable_ray_address_fails_in_one_line_quickly(corpus, tmp_path):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        start = time.monotonic()
+        result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--ray-address", address)
+        assert time.monotonic() - start < 30
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"lsr index: error: cannot reach a Ray cluster at {address}")
+        assert not (tmp_path / "col").exists()

@@ -1,0 +1,167 @@
+"""`lsr index --shards N`: documents routed by shard_of, each shard a complete collection whose merged
+results equal the unsharded collection's (collection-wide statistics), resumable like any build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lsr.ingest.collection import Collection
+from lsr.ingest.indexing import IndexOptions, build_collection
+from lsr.ingest.layout import BUILD_STATE, META_FILE
+from lsr.ingest.sharding import SHARDS_FILE, global_doc_freqs, read_shard_map, shard_of
+
+N_DOCS = 90
+EVERY = 20  # documents per encoded part: 5 parts, the last one short
+N_SHARDS = 3
+K = 10
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, scifact) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    with open(path, "w", encoding="utf-8") as fh:
+        for doc_id in list(scifact.corpus)[:N_DOCS]:
+            doc = scifact.corpus[doc_id]
+            fh.write(json.dumps({"_id": doc_id, "title": doc["title"], "text": doc["text"]}) + "\n")
+    return path
+
+
+def options(**overrides) -> IndexOptions:
+    return IndexOptions(**{"checkpoint_every": EVERY, "max_length": 64, "threads": 1, **overrides})
+
+
+def build(corpus: Path, out: Path, **overrides) -> Path:
+    threads = torch.get_num_threads()
+    try:
+        build_collection(corpus, out, options(**overrides), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="module")
+def unsharded(corpus, tmp_path_factory) -> Path:
+    return build(corpus, tmp_path_factory.mktemp("one") / "col")
+
+
+@pytest.fixture(scope="module")
+def sharded(corpus, tmp_path_factory) -> Path:
+    return build(corpus, tmp_path_factory.mktemp("three") / "col", shards=N_SHARDS)
+
+
+@pytest.fixture(scope="module")
+def shards(sharded) -> list[Collection]:
+    return [Collection.open(path) for path in read_shard_map(sharded).paths(sharded)]
+
+
+@pytest.fixture(scope="module")
+def queries(scifact) -> list[str]:
+    return [scifact.queries[q] for q in list(scifact.queries)[:12]]
+
+
+def merged(per_shard: list[list[tuple[str, float]]], k: int) -> list[tuple[str, float]]:
+    """The coordinator's merge: every shard's top k, best score first."""
+    return sorted((hit for hits in per_shard for hit in hits), key=lambda hit: -hit[1])[:k]
+
+
+def assert_same_ranking(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> None:
+    """Equal scores, and equal ids up to the order of exactly tied scores (which no engine orders alike)."""
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=0, atol=1e-6)
+    last = want[-1][1] if want else 0.0
+
+    def above_the_cut(hits: list[tuple[str, float]]) -> list[tuple[float, str]]:
+        return sorted((-round(s, 5), doc_id) for doc_id, s in hits if s > last + 1e-6)
+
+    assert above_the_cut(got) == above_the_cut(want)
+
+
+def test_every_document_is_in_the_shard_its_hash_names(sharded, shards, corpus):
+    ids = [json.loads(line)["_id"] for line in corpus.read_text().splitlines()]
+    shard_map = read_shard_map(sharded)
+    assert shard_map.names == ("shard-000", "shard-001", "shard-002") and (sharded / SHARDS_FILE).is_file()
+    held = [set(col.sparse.doc_ids()) for col in shards]
+    for shard, col in enumerate(shards):
+        assert held[shard] and all(shard_of(doc_id, N_SHARDS) == shard for doc_id in held[shard])
+        assert set(col.dense.ids()) == held[shard] and len(col.bm25.ids) == len(held[shard])
+        assert col.meta["sharding"]["shard"] == shard and col.meta["n_docs"] == len(held[shard])
+        assert all(text is not None for text in col.text(sorted(held[shard])))
+    assert sorted(i for h in held for i in h) == sorted(ids)
+    assert not (sharded / BUILD_STATE).exists() and not (sharded / META_FILE).exists()
+
+
+def test_sparse_results_merged_over_shards_equal_the_unsharded_ones(unsharded, shards, queries, splade):
+    whole = Collection.open(unsharded)
+    vectors = splade.encode_queries(queries)
+    for i in range(len(queries)):
+        terms, weights = vectors.row(i)
+        query = dict(zip(terms.tolist(), weights.tolist()))
+        want = [(h.doc_id, h.score) for h in whole.sparse.search(query, k=K)]
+        got = merged([[(h.doc_id, h.score) for h in col.sparse.search(query, k=K)] for col in shards], K)
+        assert_same_ranking(got, want)
+
+
+def test_dense_results_merged_over_shards_equal_the_unsharded_ones(unsharded, shards, queries):
+    from lsr.encode.dense import DenseEncoder
+
+    whole = Collection.open(unsharded)
+    vectors = DenseEncoder.from_pretrained("minilm", device="cpu").encode_queries(queries)
+    want_ids, want_scores = whole.dense.search(vectors, k=K)
+    per_shard = [col.dense.search(vectors, k=K) for col in shards]
+    for i in range(len(queries)):
+        got = merged([[(d, float(s)) for d, s in zip(ids[i], scores[i]) if d is not None] for ids, scores in per_shard], K)
+        assert_same_ranking(got, list(zip(want_ids[i].tolist(), want_scores[i].astype(float).tolist())))
+
+
+def test_bm25_results_merged_over_shards_equal_the_unsharded_ones(unsharded, shards, queries):
+    want = Collection.open(unsharded).view().bm25_search(queries, K)
+    per_shard = [col.view().bm25_search(queries, K) for col in shards]
+    for i in range(len(queries)):
+        assert want[i], "the BM25 leg found nothing: the queries do not test it"
+        got = merged([list(hits[i].items()) for hits in per_shard], K)
+        assert_same_ranking(got, list(want[i].items())[:K])
+
+
+def test_summed_shard_doc_freqs_are_the_collection_s(unsharded, shards):
+    whole = Collection.open(unsharded).sparse
+    doc_freqs, num_docs = global_doc_freqs([col.sparse for col in shards])
+    assert num_docs == whole.num_docs == N_DOCS
+    np.testing.assert_array_equal(doc_freqs, whole.doc_freqs())
+
+
+def test_an_interrupted_sharded_build_resumes_to_the_same_bytes(corpus, sharded, tmp_path):
+    out = tmp_path / "col"
+
+    def stop(part: int) -> None:
+        if part == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_collection(corpus, out, options(shards=N_SHARDS), progress=False, on_shard=stop)
+    assert (out / BUILD_STATE).is_file() and not (out / SHARDS_FILE).exists()
+    refused = subprocess.run([sys.executable, "-m", "lsr", "index", str(corpus), str(out), "--shards", "2",
+                              "--checkpoint-every", str(EVERY), "--max-length", "64", "--resume", "--quiet"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "shards=3 (now 2)" in refused.stderr
+    summary = build_collection(corpus, out, options(shards=N_SHARDS), resume=True, progress=False)
+    assert summary.docs == N_DOCS and summary.resumed_from == 2 * EVERY
+    for name in read_shard_map(out).names:
+        assert (json.loads((out / name / META_FILE).read_text())["checksums"]
+                == json.loads((sharded / name / META_FILE).read_text())["checksums"])
+    again = build_collection(corpus, out, options(shards=N_SHARDS), resume=True, progress=False)
+    assert again.already_complete and again.docs == N_DOCS
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_shards_below_one_are_refused_in_one_line(corpus, tmp_path, value):
+    result = subprocess.run([sys.executable, "-m", "lsr", "index", str(corpus), str(tmp_path / "col"), "--shards", value],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"lsr index: error: --shards must be at least 1, got {value}"]
+    assert not (tmp_path / "col").exists()
