@@ -1,23 +1,17 @@
 """Sharded serving end to end: a real local Ray instance, shard servers as Ray actors, a real gRPC
-coordinator on a free loopback port, the real models, a SciFact subset split into 3 shards.
-
-Until ``lsr index --shards`` lands, each shard here is a copy of the whole collection less the
-documents other shards own (journaled deletes): its stored vectors, quantization scale and BM25
-statistics are the whole collection's, as ``--shards`` builds them with global statistics, while
-its indexes hold only its own documents. Re-encoding each part separately would not do: the dense
-encoder pads per batch, so a document's embedding depends on its batch neighbours.
+coordinator on a free loopback port, the real models, a SciFact subset indexed whole and with
+``--shards 3`` (global quantization scale and BM25 statistics), whose results must be identical.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import grpc
 import pytest
 
-from lsr.ingest.sharding import ShardMap, shard_of, write_shard_map
+from lsr.ingest.sharding import shard_of
 from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
 from lsr.service import Client
 
@@ -30,22 +24,14 @@ MAX_LENGTH = 96
 
 @pytest.fixture(scope="module")
 def built(beir_dir, tmp_path_factory) -> dict[str, Path]:
-    """An unsharded collection and the same documents in 3 shards."""
-    from lsr.ingest.collection import Collection
+    """The same documents as one collection and as 3 shards."""
     from lsr.ingest.indexing import IndexOptions, build_collection
 
     root = tmp_path_factory.mktemp("sharded")
-    whole = root / "whole"
-    build_collection(beir_dir / "scifact.tar.gz", whole, IndexOptions(max_length=MAX_LENGTH, limit=N_DOCS), progress=False)
-    ids = Collection.open(whole).view().docs.ids()
-    shard_map = ShardMap.of_size(N_SHARDS)
-    for shard, path in enumerate(shard_map.paths(root / "sharded")):
-        shutil.copytree(whole, path)
-        others = [doc_id for doc_id in ids if shard_of(doc_id, N_SHARDS) != shard]
-        assert len(others) < len(ids), "every shard needs documents for this test"
-        Collection.open(path).delete(others)
-    write_shard_map(root / "sharded", shard_map)
-    return {"whole": whole, "sharded": root / "sharded"}
+    for name, shards in (("whole", 1), ("sharded", N_SHARDS)):
+        build_collection(beir_dir / "scifact.tar.gz", root / name,
+                         IndexOptions(max_length=MAX_LENGTH, limit=N_DOCS, shards=shards), progress=False)
+    return {"whole": root / "whole", "sharded": root / "sharded"}
 
 
 @pytest.fixture(scope="module")
