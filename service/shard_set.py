@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from lsr.ingest.ray_engine import check_reachable, import_ray
 from lsr.ingest.sharding import ShardMap
 from lsr.service.batching import DeadlinePassed
 
@@ -44,25 +45,19 @@ class ShardOptions:
             raise ValueError("shard CPUs must be ≥ 0, shard concurrency ≥ 1 and the shard timeout > 0")
 
 
-def import_ray():
-    """Ray, or a one-line error that says how to install it (it is an optional extra)."""
-    try:
-        import ray
-    except ImportError:
-        raise ValueError("serving a sharded collection needs Ray: pip install -e \".[ray]\"") from None
-    return ray
-
-
 def connect_ray(address: str | None, cpus_needed: float) -> None:
-    """Join the cluster at ``address``, or start a local instance big enough to place every shard."""
+    """Join the cluster at ``address`` (checked reachable first: Ray retries for minutes), or start a local
+    instance big enough to place every shard; a session already started in this process is used as is."""
     ray = import_ray()
     if ray.is_initialized():
         return
-    if address is None:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    check_reachable(address)
+    local = {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus_needed))} if address is None else {}
+    try:
+        ray.init(address=address or "local",  # "local": a new instance, never a cluster someone else started here
+                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **local)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
+        raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
 
 
 class ShardSet:

@@ -5,6 +5,9 @@ coordinator on a free loopback port, the real models, a SciFact subset indexed w
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -193,3 +196,33 @@ def test_a_deadline_shorter_than_the_shards_answer_is_deadline_exceeded(client, 
     with pytest.raises(grpc.RpcError) as failure:
         client.search(queries[1], k=10, mode="hybrid", prf=PrfOptions(), timeout=0.001)
     assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+# ---------------------------------------------------------------------------------- the CLI
+def test_lsr_serve_starts_its_own_ray_and_serves_the_shards(built, whole, queries):
+    from service_helpers import ServerProcess
+
+    server = ServerProcess(built["sharded"], "--shard-cpus", "0.25", "--threads", "1", "--device", "cpu")
+    try:
+        with server.wait_listening().client(timeout=120) as c:
+            _wait(lambda: c.health() == "SERVING", timeout=120)
+            for text in queries[:2]:
+                assert _hits(c.search(text, k=5, mode="hybrid")) == _hits(whole.search(text, k=5, mode="hybrid"))
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
+        assert "event=shard_up shard=shard-002" in server.log()
+    finally:
+        server.kill()
+
+
+def test_ray_options_on_an_unsharded_collection_and_an_unreachable_cluster_fail_in_one_line(built, free_port):
+    for collection, flags, message in (
+        (built["whole"], ["--require-all-shards"], "is not a sharded collection"),
+        (built["sharded"], ["--ray-address", f"127.0.0.1:{free_port}"], "cannot reach a Ray cluster at"),
+    ):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "lsr", "serve", str(collection), "--port", "0", *flags],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and time.monotonic() - started < 30
+        assert done.stderr.startswith("lsr serve: error: ") and message in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
