@@ -118,6 +118,29 @@ def test_stats_add_up_the_shards(client, whole):
     assert stats["details"]["shards"] == "3" and stats["details"]["shards_up"] == "3"
 
 
+def test_the_inference_free_query_side_uses_the_whole_collections_idf(built, server, queries):
+    from lsr.service.coordinator import ShardedSearcher
+    from lsr.service.shard_set import ShardOptions
+
+    whole = Searcher.open(built["whole"], query_encoder="inference-free")
+    sharded = ShardedSearcher.open(built["sharded"], query_encoder="inference-free",
+                                   options=ShardOptions(shard_cpus=0.25, probe_seconds=0.2))
+    try:
+        assert (sharded.query_encoder.idf == whole.query_encoder.idf).all()  # the shards' dfs, summed
+        for text in queries:
+            assert _hits(sharded.search(text, k=10, mode="hybrid")) == _hits(whole.search(text, k=10, mode="hybrid"))
+    finally:
+        sharded.close()
+
+
+def test_the_callers_deadline_bounds_the_wait_on_shards(server, queries):
+    from lsr.service.batching import DeadlinePassed
+
+    with pytest.raises(DeadlinePassed, match="waiting for shard"):
+        server.searcher.search(queries[0], k=10, deadline=time.monotonic())
+    assert server.searcher.search(queries[0], k=10, deadline=time.monotonic() + 60).hits
+
+
 # ---------------------------------------------------------------------------------- writes
 def test_upsert_and_delete_route_to_the_owner_and_show_on_the_next_search(client, queries):
     ids = [f"new-{i}" for i in range(6)]
@@ -131,6 +154,27 @@ def test_upsert_and_delete_route_to_the_owner_and_show_on_the_next_search(client
     assert ids[0] not in {h.doc_id for h in after.hits} and ids[1] in {h.doc_id for h in after.hits}
     assert client.delete(ids[1:]) == []
     assert not {h.doc_id for h in client.search("zebrafish heart regeneration", k=10).hits} & set(ids)
+
+
+def test_searches_running_through_writes_never_fail(client):
+    """PRF fetches feedback vectors after the first runs; a delete in between must not break it (each shard
+    answers a search's later calls from the view its first call read)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [f"churn-{i}" for i in range(4)]
+    texts = [f"tardigrade desiccation survival protein {i}" for i in range(4)]
+
+    def search(_):
+        return client.search("tardigrade desiccation survival", k=5, mode="hybrid", prf=PrfOptions(feedback_docs=3))
+
+    with ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(lambda: [search(i) for i in range(8)]) for _ in range(3)]
+        for _ in range(4):
+            client.upsert(ids, texts)
+            client.delete(ids)
+        results = [r for future in running for r in future.result()]
+    assert all(r.hits and not r.partial for r in results)
+    assert not {h.doc_id for h in search(0).hits} & set(ids)
 
 
 # ---------------------------------------------------------------------------------- failures
