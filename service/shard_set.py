@@ -60,6 +60,12 @@ def connect_ray(address: str | None, cpus_needed: float) -> None:
         raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
 
 
+def _reason(exc: BaseException) -> str:
+    """One line on why a shard did not answer: Ray's messages end with the shard's own error (after a traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {(lines[-1] if lines else '')[:300]}"
+
+
 class ShardSet:
     """One Ray actor per shard, each serving ``ShardServer`` over its folder of a sharded collection."""
 
@@ -80,6 +86,7 @@ class ShardSet:
         self.infos: list[dict[str, Any] | None] = [None] * len(self.names)
         self.versions = ["0"] * len(self.names)
         self._up = [False] * len(self.names)
+        self._reasons = [""] * len(self.names)
         self._lock = threading.Lock()
         self._reporters: list[Callable[[bool], None]] = []
         self._closed = threading.Event()
@@ -101,16 +108,19 @@ class ShardSet:
         return self._all_up.wait(timeout)
 
     def _set_up(self, shard: int, up: bool, why: str = "") -> None:
+        """Record a shard's state; log each change, and each new reason a down shard gives (a shard whose
+        server cannot start, say on a damaged file, stays down from the start and says why only here)."""
         with self._lock:
-            if self._up[shard] == up:
-                return
-            self._up[shard] = up
+            changed, told = self._up[shard] != up, self._reasons[shard] == why
+            self._up[shard], self._reasons[shard] = up, why
             healthy = all(self._up)
             reporters = list(self._reporters)
-        if up:
+        if up and changed:
             log.info("event=shard_up shard=%s", self.names[shard])
-        else:
+        if not up and not told:
             log.warning("event=shard_down shard=%s reason=%r", self.names[shard], why)
+        if not changed:
+            return
         (self._all_up.set if healthy else self._all_up.clear)()
         for report in reporters:
             report(healthy)
@@ -135,7 +145,7 @@ class ShardSet:
                 try:
                     self.infos[shard] = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - any failure to answer means down
-                    self._set_up(shard, False, f"{type(exc).__name__}: {str(exc)[:200]}")
+                    self._set_up(shard, False, _reason(exc))
                 else:
                     self._set_up(shard, True)
             for shard, (ref, sent) in list(pending.items()):
@@ -152,7 +162,7 @@ class ShardSet:
         DeadlinePassed; ``strict`` (writes, and fetches a search needs whole) raises ShardUnavailable
         for a missing shard. An exception raised by our code in the shard is re-raised here as itself.
         """
-        import ray
+        ray = import_ray()
         from ray.exceptions import GetTimeoutError, RayTaskError
 
         started = time.monotonic()
@@ -167,30 +177,30 @@ class ShardSet:
             try:
                 answers[shard] = ray.get(ref, timeout=max(0.0, wait))
             except GetTimeoutError:
-                for other in refs.values():
-                    ray.cancel(other)
                 if deadline is not None and time.monotonic() >= deadline:
+                    for other in refs.values():  # nobody will read them: queued ones need not run
+                        ray.cancel(other)
                     raise DeadlinePassed(f"deadline exceeded waiting for shard {self.names[shard]}") from None
+                ray.cancel(ref)
                 missing.append(shard)
                 reasons[shard] = f"no answer within {self.options.shard_timeout:g} s"
             except RayTaskError as exc:
                 raise exc.cause from None
             except Exception as exc:  # noqa: BLE001 - RayActorError, ActorUnavailableError: the shard is gone
-                self._set_up(shard, False, f"{type(exc).__name__}: {str(exc)[:200]}")
+                self._set_up(shard, False, _reason(exc))
                 missing.append(shard)
                 reasons[shard] = "its server died (Ray is restarting it)"
         if missing:
             log.warning("event=shards_missing method=%s %s", method,
                         " ".join(f"{self.names[s]}={reasons[s]!r}" for s in sorted(missing)))
         if missing and (strict or self.options.require_all):
-            shard = missing[0]
+            shard = min(missing)
             raise ShardUnavailable(f"shard {self.names[shard]} did not answer: {reasons[shard]}; "
                                    f"{len(missing)} of {len(self.names)} shards missing, retry shortly")
         return answers, sorted(missing)
 
     def close(self) -> None:
-        import ray
-
+        ray = import_ray()
         self._closed.set()
         for actor in self.actors:
             ray.kill(actor, no_restart=True)

@@ -242,6 +242,22 @@ def test_a_deadline_shorter_than_the_shards_answer_is_deadline_exceeded(client, 
     assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+def test_a_shard_that_cannot_open_is_named_and_the_others_answer(built, server, queries, tmp_path, caplog):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(built["sharded"], broken)
+    (broken / "shard-001" / "lsr.json").unlink()
+    partial = _start(broken)
+    try:
+        with Client(f"127.0.0.1:{partial.port}", timeout=120) as c:
+            _wait(lambda: "shard-001" in caplog.text and "is not an lsr collection" in caplog.text)
+            _wait(lambda: c.search(queries[0], k=5).shards_answered == ("shard-000", "shard-002"))
+            assert c.health() == "NOT_SERVING" and c.search(queries[0], k=5).shards_missing == ("shard-001",)
+    finally:
+        partial.stop(0)
+
+
 # ---------------------------------------------------------------------------------- the CLI
 def test_lsr_serve_starts_its_own_ray_and_serves_the_shards(built, whole, queries):
     from service_helpers import ServerProcess

@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM (default 30)")
     sharded = p.add_argument_group("sharded collections")
     sharded.add_argument("--ray-address", metavar="ADDRESS",
-                         help="Ray cluster for the shard servers: 'auto' or ray://HOST:PORT (default: start a local instance)")
+                         help="Ray cluster for the shard servers: auto, HOST:PORT or ray://HOST:PORT (default: start a local instance)")
     sharded.add_argument("--require-all-shards", action="store_true",
                          help="fail searches with UNAVAILABLE while a shard is down, instead of answering from the others")
     sharded.add_argument("--shard-cpus", type=float, default=1.0, help="CPUs Ray reserves per shard server (default 1)")
