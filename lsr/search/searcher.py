@@ -362,8 +362,8 @@ class Searcher:
     ) -> SearchResult:
         """Search with already-encoded queries (term id → weight dict and/or dense vector; ``text`` for BM25).
 
-        Every stage reads one pinned version of the collection (of each shard, when sharded), so a
-        concurrent upsert or delete is seen entirely or not at all."""
+        Every stage reads one pinned version of the collection, so a concurrent upsert or delete is
+        seen entirely or not at all (per shard when sharded: each shard pins its own version)."""
         source = self.legs(deadline)
         timings = {} if timings is None else timings
         hybrid = self.hybrid_or_default(hybrid)
