@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -55,3 +58,25 @@ def assert_exact_topk(idx: InvertedIndex, query: dict[int, float], k: int, **kwa
 
 def as_batch(matrix: sp.csr_matrix) -> SparseBatch:
     return SparseBatch.from_scipy(matrix)
+
+
+def write_scifact_jsonl(path: Path, scifact, n_docs: int) -> Path:
+    """The first ``n_docs`` real SciFact documents as a JSONL corpus (what `lsr index` reads)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for doc_id in list(scifact.corpus)[:n_docs]:
+            doc = scifact.corpus[doc_id]
+            fh.write(json.dumps({"_id": doc_id, "title": doc["title"], "text": doc["text"]}) + "\n")
+    return path
+
+
+def build_in_process(corpus: Path, out: Path, options, **kwargs):
+    """build_collection's Summary, without progress, restoring torch's thread count (a build sets its own)."""
+    import torch
+
+    from lsr.ingest.indexing import build_collection
+
+    threads = torch.get_num_threads()
+    try:
+        return build_collection(corpus, out, options, progress=False, **kwargs)
+    finally:
+        torch.set_num_threads(threads)

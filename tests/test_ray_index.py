@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("ray")
 
-from lsr.ingest.indexing import IndexOptions, build_collection  # noqa: E402
+from index_helpers import build_in_process, write_scifact_jsonl  # noqa: E402
+from lsr.ingest.indexing import IndexOptions  # noqa: E402
 from lsr.ingest.layout import BUILD_STATE, META_FILE  # noqa: E402
 from lsr.ingest.ray_engine import STAGING_DIR, RayOptions  # noqa: E402
 from lsr.ingest.sharding import read_shard_map  # noqa: E402
@@ -37,12 +37,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, scifact) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    with open(path, "w", encoding="utf-8") as fh:
-        for doc_id in list(scifact.corpus)[:N_DOCS]:
-            doc = scifact.corpus[doc_id]
-            fh.write(json.dumps({"_id": doc_id, "title": doc["title"], "text": doc["text"]}) + "\n")
-    return path
+    return write_scifact_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", scifact, N_DOCS)
 
 
 def options(**overrides) -> IndexOptions:
@@ -50,11 +45,7 @@ def options(**overrides) -> IndexOptions:
 
 
 def build(corpus: Path, out: Path, ray: RayOptions | None = None, **overrides) -> Path:
-    threads = torch.get_num_threads()
-    try:
-        build_collection(corpus, out, options(**overrides), progress=False, ray=ray)
-    finally:
-        torch.set_num_threads(threads)
+    build_in_process(corpus, out, options(**overrides), ray=ray)
     return out
 
 
@@ -104,7 +95,7 @@ def test_a_killed_ray_job_resumes_only_its_unfinished_parts(ray_cluster, corpus,
     written = _parts_written(out)
     assert 2 <= written < N_DOCS // EVERY and not (out / META_FILE).exists()
     state = json.loads((out / BUILD_STATE).read_text())
-    summary = build_collection(corpus, out, options(), resume=True, progress=False, ray=RayOptions(workers=2))
+    summary = build_in_process(corpus, out, options(), resume=True, ray=RayOptions(workers=2))
     assert summary.resumed_from == state["docs"] > 0
     assert checksums(out) == checksums(reference)
 
@@ -134,3 +125,11 @@ def test_an_unreachable_ray_address_fails_in_one_line_quickly(corpus, tmp_path):
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"lsr index: error: cannot reach a Ray cluster at {address}")
         assert not (tmp_path / "col").exists()
+
+
+def test_a_model_the_actors_could_not_load_is_refused_before_ray_starts(corpus, tmp_path):
+    result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--model", str(tmp_path / "no-model"))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("lsr index: error: model folder") and "no-model" in line
+    assert not (tmp_path / "col").exists()

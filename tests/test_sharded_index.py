@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lsr.ingest.collection import Collection
-from lsr.ingest.indexing import IndexOptions, build_collection
+from index_helpers import build_in_process, write_scifact_jsonl
+from lsr.ingest.indexing import IndexOptions
 from lsr.ingest.layout import BUILD_STATE, META_FILE
 from lsr.ingest.sharding import SHARDS_FILE, global_doc_freqs, read_shard_map, shard_of
 
@@ -25,12 +25,7 @@ K = 10
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, scifact) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    with open(path, "w", encoding="utf-8") as fh:
-        for doc_id in list(scifact.corpus)[:N_DOCS]:
-            doc = scifact.corpus[doc_id]
-            fh.write(json.dumps({"_id": doc_id, "title": doc["title"], "text": doc["text"]}) + "\n")
-    return path
+    return write_scifact_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl", scifact, N_DOCS)
 
 
 def options(**overrides) -> IndexOptions:
@@ -38,11 +33,7 @@ def options(**overrides) -> IndexOptions:
 
 
 def build(corpus: Path, out: Path, **overrides) -> Path:
-    threads = torch.get_num_threads()
-    try:
-        build_collection(corpus, out, options(**overrides), progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    build_in_process(corpus, out, options(**overrides))
     return out
 
 
@@ -143,18 +134,18 @@ def test_an_interrupted_sharded_build_resumes_to_the_same_bytes(corpus, sharded,
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build_collection(corpus, out, options(shards=N_SHARDS), progress=False, on_shard=stop)
+        build_in_process(corpus, out, options(shards=N_SHARDS), on_shard=stop)
     assert (out / BUILD_STATE).is_file() and not (out / SHARDS_FILE).exists()
     refused = subprocess.run([sys.executable, "-m", "lsr", "index", str(corpus), str(out), "--shards", "2",
                               "--checkpoint-every", str(EVERY), "--max-length", "64", "--resume", "--quiet"],
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "shards=3 (now 2)" in refused.stderr
-    summary = build_collection(corpus, out, options(shards=N_SHARDS), resume=True, progress=False)
+    summary = build_in_process(corpus, out, options(shards=N_SHARDS), resume=True)
     assert summary.docs == N_DOCS and summary.resumed_from == 2 * EVERY
     for name in read_shard_map(out).names:
         assert (json.loads((out / name / META_FILE).read_text())["checksums"]
                 == json.loads((sharded / name / META_FILE).read_text())["checksums"])
-    again = build_collection(corpus, out, options(shards=N_SHARDS), resume=True, progress=False)
+    again = build_in_process(corpus, out, options(shards=N_SHARDS), resume=True)
     assert again.already_complete and again.docs == N_DOCS
 
 
@@ -165,3 +156,20 @@ def test_shards_below_one_are_refused_in_one_line(corpus, tmp_path, value):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"lsr index: error: --shards must be at least 1, got {value}"]
     assert not (tmp_path / "col").exists()
+
+
+def test_repairing_a_shard_rebuilds_it_with_the_collection_wide_statistics(sharded, tmp_path):
+    import shutil
+
+    from lsr.ingest.repair import repair_collection
+
+    copy = tmp_path / "col"
+    shutil.copytree(sharded, copy)
+    shard = copy / "shard-001"
+    sparse_before = Collection.open(shard).sparse.checksum
+    shutil.rmtree(shard / "bm25")
+    shutil.rmtree(shard / "sparse")
+    repair_collection(shard)
+    repaired = Collection.open(shard)  # checks the rebuilt BM25 files against the crc32s the build recorded
+    assert repaired.sparse.checksum == sparse_before
+    assert repaired.view().bm25_search(["cancer"], 3) == Collection.open(sharded / "shard-001").view().bm25_search(["cancer"], 3)

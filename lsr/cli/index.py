@@ -64,13 +64,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with collection-wide statistics; served by `lsr serve`); default 1: one unsharded collection")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="where documents are encoded: this process (local, default) or a pool of Ray encoder actors "
-                        "(one GPU each, else a CPU share); the collection is byte-identical either way. "
-                        'Ray is an extra: pip install -e ".[ray]"')
+                        "(one GPU each, else a CPU share); the collection is byte-identical either way for the same "
+                        "model, device and dtype (on CPU also the same --threads: actors without it use their CPU "
+                        'share as --threads). Ray is an extra: pip install -e ".[ray]"')
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="--engine ray: auto, HOST:PORT or ray://HOST:PORT of a running cluster (default: start a "
                         "local Ray instance); COLLECTION must be on storage every node sees")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="--engine ray: encoder actors (default: one per GPU, else one per CPU)")
+                   help="--engine ray: encoder actors (default: one per GPU, else one per node using all its CPUs)")
     p.add_argument("--pre-encoded", action="store_true",
                    help="SOURCE is a vectors .parquet from `lsr encode --input ... --output ...`: index its vectors as they are")
     add_device_arguments(p)
@@ -127,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
     if summary.already_complete:
         print(f"{args.out} is already complete; nothing to resume.")
     print(summary.format())
-    print(f"collection written to {args.out}; try: lsr search {shlex.quote(args.out)} \"your question\"")
+    if options.shards > 1:
+        print(f"sharded collection ({options.shards} shards) written to {args.out}; serve it with: "
+              f"lsr serve {shlex.quote(args.out)}")
+    else:
+        print(f"collection written to {args.out}; try: lsr search {shlex.quote(args.out)} \"your question\"")
     return 0
 
 

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -107,7 +107,7 @@ class Summary:
     postings: int
     size_bytes: int
     stage_seconds: dict[str, float]
-    checksums: dict[str, str | None]
+    checksums: dict[str, Any]  # name -> checksum; a sharded build: shard name -> its checksums
     truncated: int = 0
     resumed_from: int = 0
     already_complete: bool = False

@@ -6,7 +6,10 @@ texts in ``OUT/.lsr-input/``, and Ray Data maps encoder actors (one GPU each whe
 else an equal share of its CPUs) over the part numbers. An actor encodes a part exactly as the single
 process does (``encode_block``: the same sub-chunks, batch size and length sorting) and writes its files
 itself (``write_part``), so the collection is byte-identical to ``lsr index`` for the same model, device
-and dtype. OUT must be on storage every node sees (a shared filesystem on a cluster).
+and dtype. On CPU the thread count is part of that (``lsr.encode.batching`` sizes batches so that every
+single-threaded worker gets one, and other batch shapes move the last bits of the vectors): an actor runs
+``--threads`` threads when given, else its share of the CPUs, and equals ``lsr index --threads`` with that number.
+OUT must be on storage every node sees (a shared filesystem on a cluster).
 
 Parts finish out of order. The checkpoint keeps the finished prefix, as the single-process build does,
 plus the parts finished beyond it (``BuildState.ahead``), so ``--resume`` (with either engine) encodes
@@ -30,7 +33,7 @@ import pyarrow.parquet as pq
 
 from lsr.files import atomic_write
 from lsr.ingest.corpus import CorpusHash, CorpusReader, DocChunk
-from lsr.ingest.progress import progress_bar
+from lsr.ingest.progress import progress_bar, quiet_logger, rows_total
 
 if TYPE_CHECKING:
     from lsr.ingest.indexing import BuildState, IndexOptions, StageTimer
@@ -45,7 +48,7 @@ class RayOptions:
     """Where Ray runs and how many encoder actors it gets (these decide speed, never the bytes)."""
 
     address: str | None = None  # None: a local Ray instance; "auto", "HOST:PORT" or "ray://HOST:PORT": a cluster
-    workers: int | None = None  # encoder actors; None: one per GPU, else one per CPU of the cluster
+    workers: int | None = None  # encoder actors; None: one per GPU, else one per node (with all its CPUs)
 
 
 def import_ray() -> Any:
@@ -57,11 +60,15 @@ def import_ray() -> Any:
 
 
 def check_ray(ray_options: RayOptions, options: "IndexOptions") -> None:
-    """Fail in one line before any work: Ray missing, a bad --workers, an unreachable address, pre-encoded input."""
+    """Fail in one line before any work: Ray missing, a bad --workers or model, an unreachable address, pre-encoded input."""
     if ray_options.workers is not None and ray_options.workers <= 0:
         raise ValueError(f"--workers must be positive, got {ray_options.workers}")
     if options.pre_encoded:
         raise ValueError("--engine ray encodes documents; index a --pre-encoded file with the default engine")
+    from lsr.encode.models import resolve_model
+
+    for model in filter(None, (options.model, options.dense_model)):  # an actor that cannot load would be restarted
+        resolve_model(model)
     import_ray()
     check_reachable(ray_options.address)
 
@@ -88,8 +95,9 @@ def ray_session(address: str | None) -> Iterator[Any]:
         yield ray
         return
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 configure_logging=False)
+        with quiet_logger("ray"):  # its start-up notices would land in the middle of our progress bars
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                     configure_logging=False)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
         raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
     try:
@@ -113,7 +121,7 @@ def _stage_parts(reader: CorpusReader, out: Path, options: "IndexOptions", state
     running = CorpusHash()
     hashes: list[str] = []
     sizes: list[int] = []
-    with progress_bar("read", None, enabled=progress) as bar:
+    with progress_bar("read", rows_total(reader.expected_rows(), options.limit), enabled=progress) as bar:
         for part, block in enumerate(document_blocks(reader, options.checkpoint_every)):
             hashes.append(running.update(block.ids, block.texts))
             sizes.append(len(block))
@@ -159,15 +167,30 @@ class PartEncoder:
         return {"part": batch["part"], "counts": np.array(counts, dtype=object)}
 
 
+@contextmanager
+def _actor_errors(ray: Any) -> Iterator[None]:
+    """An actor's failure as one line naming its cause (Ray wraps it in a remote traceback)."""
+    try:
+        yield
+    except ray.exceptions.RayError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        lines = str(cause).strip().splitlines() or [type(cause).__name__]
+        raise RuntimeError(f"a Ray encoder actor failed: {lines[-1] if cause is exc else lines[0]}") from None
+
+
 def _actor_resources(ray: Any, workers: int | None, options: "IndexOptions") -> tuple[int, dict[str, float], int]:
-    """(actors, Ray resources per actor, torch threads per actor): a GPU each where there are GPUs, else CPU shares."""
+    """(actors, Ray resources per actor, torch threads per actor): a GPU each where there are GPUs, else CPU shares.
+
+    More actors than GPUs or CPUs share them (fractional resources), so a large --workers never waits forever.
+    """
     cluster = ray.cluster_resources()
     gpus, cpus = int(cluster.get("GPU", 0)), max(1, int(cluster.get("CPU", 1)))
     if gpus and options.device != "cpu":
-        return workers or gpus, {"num_gpus": 1}, 1
-    workers = workers or cpus
-    share = max(1, cpus // workers)
-    return workers, {"num_cpus": share}, share
+        workers = workers or gpus
+        return workers, {"num_gpus": min(1.0, gpus / workers)}, 1
+    # one actor per node by default: on one machine that is `lsr index`'s own thread count, so the same bytes
+    workers = workers or max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+    return workers, {"num_cpus": min(float(cpus // workers or 1), cpus / workers)}, max(1, cpus // workers)
 
 
 def encode_on_ray(reader: CorpusReader, out: Path, options: "IndexOptions", state: "BuildState", stages: "StageTimer",
@@ -181,17 +204,27 @@ def encode_on_ray(reader: CorpusReader, out: Path, options: "IndexOptions", stat
                          + (f" ({reader.stats.n_skipped} bad rows skipped)" if reader.stats.n_skipped else ""))
     todo = [part for part in range(len(hashes)) if part >= state.shards and str(part) not in state.ahead]
     done = state.docs + sum(sum(row[0] for row in entry["counts"]) for entry in state.ahead.values())
-    with stages.time("encode"), ray_session(ray_options.address) as ray:
-        context = ray.data.DataContext.get_current()
+    if todo:
+        with stages.time("encode"):
+            _run_actors(out, options, state, stages, progress, ray_options, todo, hashes, done, sum(sizes))
+    shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
+
+
+def _run_actors(out: Path, options: "IndexOptions", state: "BuildState", stages: "StageTimer", progress: bool,
+                ray_options: RayOptions, todo: list[int], hashes: list[str], done: int, total: int) -> None:
+    """Map the encoder actors over the ``todo`` parts; checkpoint each part as it lands, whatever its order."""
+    with ray_session(ray_options.address) as ray:
+        context = ray.data.DataContext.get_current()  # importing Ray Data sets up its loggers: quiet them after
         context.enable_progress_bars = False  # ours counts documents across workers
         context.print_on_execution_start = False
         workers, resources, threads = _actor_resources(ray, ray_options.workers, options)
-        parts = ray.data.from_items([{"part": part} for part in todo], override_num_blocks=max(1, len(todo)))
+        parts = ray.data.from_items([{"part": part} for part in todo], override_num_blocks=len(todo))
         encoded = parts.map_batches(PartEncoder, fn_constructor_kwargs={"out": str(out), "options": options,
                                                                         "threads": threads},
-                                    batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, max(1, len(todo)))),
+                                    batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(todo))),
                                     **resources)
-        with progress_bar("encode", sum(sizes), initial=done, enabled=progress) as bar:
+        with progress_bar("encode", total, initial=done, enabled=progress) as bar, quiet_logger("ray.data"), \
+                _actor_errors(ray):
             for row in encoded.iter_rows():
                 part, counts = int(row["part"]), json.loads(row["counts"])
                 state.ahead[str(part)] = {"counts": counts, "corpus_hash": hashes[part]}
@@ -201,4 +234,3 @@ def encode_on_ray(reader: CorpusReader, out: Path, options: "IndexOptions", stat
                 state.stage_seconds = stages.seconds
                 state.save(out)
                 bar.update(sum(row[0] for row in counts))
-    shutil.rmtree(out / STAGING_DIR, ignore_errors=True)

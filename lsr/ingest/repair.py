@@ -58,7 +58,11 @@ def repair_collection(path: Path) -> list[str]:
         (path / "dense" / MANIFEST).unlink(missing_ok=True)  # a damaged manifest must not stop the new save
         dense.save(path / "dense", journal_seq=last)
         done.append(f"rebuilt the dense index: {len(dense):,} documents")
-    if meta.get("bm25"):
+    if meta.get("bm25") and "sharding" in meta:  # scored with the whole collection's statistics
+        from lsr.ingest.sharded_build import rebuild_shard_bm25
+
+        rebuild_shard_bm25(path, meta)
+    elif meta.get("bm25"):
         build_bm25(path, meta["shards"])
         differs = build_file_problems(path, meta, under=BM25_DIR)
         if differs:

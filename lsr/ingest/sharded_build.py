@@ -69,6 +69,19 @@ def global_bm25_legs(folders: list[Path], n_parts: int) -> list:
     return Bm25Index.build(ids, texts).split(sizes)
 
 
+def rebuild_shard_bm25(path: Path, meta: dict) -> list[Path]:
+    """``lsr repair`` of one shard's BM25 leg: cut again from a leg over every shard's texts, as the build did."""
+    from lsr.ingest.sharding import is_sharded, read_shard_map
+    from lsr.search.bm25_index import BM25_DIR
+
+    root = Path(path).resolve().parent
+    if not is_sharded(root):
+        raise ValueError(f"{path} is a shard whose BM25 leg needs its sibling shards to be rebuilt, but {root} holds "
+                         "no lsr-shards.json; repair it inside its sharded collection")
+    legs = global_bm25_legs(read_shard_map(root).paths(root), meta["shards"])
+    return legs[meta["sharding"]["shard"]].save(path / BM25_DIR)
+
+
 def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stages, skipped: dict[str, int],
                    resumed_from: int, progress: bool) -> "Summary":
     """Finish every shard with the global statistics, then write the shard map (last)."""
