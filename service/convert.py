@@ -95,7 +95,9 @@ def prf_from_proto(msg: pb.PrfOptions, defaults: PrfOptions | None = None) -> Pr
 def result_to_proto(result: SearchResult, *, index_version: str, request_id: str, total_ms: float = 0.0) -> pb.SearchResponse:
     """Filled in place (``hits.add``, field assignment): about a third of the cost of nested constructors,
     which matters at c=1 where every request pays it."""
-    response = pb.SearchResponse(index_version=index_version, truncated=result.truncated, request_id=request_id)
+    response = pb.SearchResponse(index_version=index_version, truncated=result.truncated, request_id=request_id,
+                                 partial=result.partial, shards_answered=result.shards_answered,
+                                 shards_missing=result.shards_missing)
     timings = response.timings
     timings.total = total_ms
     for name in _TIMING_FIELDS:
@@ -162,4 +164,5 @@ def result_from_proto(msg: pb.SearchResponse) -> SearchResult:
     ]
     timings = msg.timings
     return SearchResult(hits=hits, timings={name: getattr(timings, name) / 1000.0 for name in TIMING_FIELDS},
-                        truncated=msg.truncated)
+                        truncated=msg.truncated, shards_answered=tuple(msg.shards_answered),
+                        shards_missing=tuple(msg.shards_missing))

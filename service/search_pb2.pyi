@@ -156,18 +156,24 @@ class Timings(_message.Message):
     def __init__(self, encode: _Optional[float] = ..., sparse: _Optional[float] = ..., dense: _Optional[float] = ..., fuse: _Optional[float] = ..., prf: _Optional[float] = ..., queue: _Optional[float] = ..., total: _Optional[float] = ..., bm25: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "timings", "index_version", "truncated", "request_id")
+    __slots__ = ("hits", "timings", "index_version", "truncated", "request_id", "partial", "shards_answered", "shards_missing")
     HITS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_MISSING_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timings: Timings
     index_version: str
     truncated: bool
     request_id: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., index_version: _Optional[str] = ..., truncated: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    partial: bool
+    shards_answered: _containers.RepeatedScalarFieldContainer[str]
+    shards_missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., index_version: _Optional[str] = ..., truncated: _Optional[bool] = ..., request_id: _Optional[str] = ..., partial: _Optional[bool] = ..., shards_answered: _Optional[_Iterable[str]] = ..., shards_missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
     __slots__ = ("texts", "k", "mode", "hybrid", "prf", "include_text", "explain")

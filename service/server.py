@@ -160,8 +160,7 @@ class SearchServer:
 
     def start(self) -> "SearchServer":
         self._server.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.searcher.on_health(self._report_health)  # a sharded searcher reports again whenever a shard comes or goes
         log.info(
             "event=listening address=%s:%d tls=%s auth=%s workers=%d batching=%s window_ms=%g max_batch=%d encode_workers=%d",
             self.config.host, self.port, self.config.tls_cert is not None, self.config.auth_token is not None,
@@ -169,6 +168,11 @@ class SearchServer:
             self.config.encode_workers,
         )
         return self
+
+    def _report_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)  # ignored once draining: shutdown stays NOT_SERVING
 
     def drain(self, timeout: float) -> bool:
         """NOT_SERVING, refuse new searches, wait for in-flight ones; True if they all finished in time."""
@@ -178,6 +182,7 @@ class SearchServer:
     def stop(self, grace: float | None = None) -> None:
         self._server.stop(grace).wait()
         self.servicer.close()
+        self.searcher.close()
 
 
 def serve(searcher, config: ServerConfig) -> int:

@@ -26,6 +26,7 @@ from lsr.search.searcher import FailedPrecondition, legs_of
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.batching import DeadlinePassed, MicroBatcher
+from lsr.service.shard_set import ShardUnavailable
 from lsr.service.convert import (
     TIMING_FIELDS, hybrid_from_proto, k_from_proto, mode_from_proto, prf_from_proto, result_to_proto,
 )
@@ -72,7 +73,7 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     if isinstance(exc, Abandoned):
         return grpc.StatusCode.CANCELLED
-    if isinstance(exc, Draining):
+    if isinstance(exc, (Draining, ShardUnavailable)):
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, TooLarge):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -200,10 +201,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if text is not None and dense is None:
             result = self._search_text(text, options, call)
         else:  # vectors given: nothing to encode except text beside a dense vector, which is rare
-            result = self.searcher.search(text, sparse=sparse, dense=dense, **options)
+            result = self.searcher.search(text, sparse=sparse, dense=dense, deadline=call.deadline, **options)
         response = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id,
                                    total_ms=call.elapsed_ms())
         self._count("requests")
+        if result.partial:
+            call.fields.update(shards_missing=",".join(result.shards_missing))
         call.fields.update(hits=len(result.hits), truncated=result.truncated,
                            **{f"{stage}_ms": value for stage, value in _timings_ms(response).items()})
         return response
@@ -225,7 +228,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         size = 0
         for start in range(0, len(texts), _BATCH_CHUNK):
             call.check(f"texts[{start}:]")
-            results = self.searcher.search_batch(texts[start : start + _BATCH_CHUNK], check=call.check, **options)
+            results = self.searcher.search_batch(texts[start : start + _BATCH_CHUNK], check=call.check,
+                                                 deadline=call.deadline, **options)
             for result in results:
                 message = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id)
                 size += message.ByteSize()
@@ -335,7 +339,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         call.check("search")
         result = self.searcher.search_encoded(
             sparse and sparse[0], dense and dense[0], text=text, timings={"encode": encode},
-            truncated=any(item[1] for item in (sparse, dense) if item is not None), **options,
+            truncated=any(item[1] for item in (sparse, dense) if item is not None), deadline=call.deadline, **options,
         )
         result.timings["queue"] = max(0.0, waited - encode)
         return result

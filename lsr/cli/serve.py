@@ -3,10 +3,19 @@
 Binds to loopback unless --host says otherwise. SIGTERM (or Ctrl-C) drains: health turns
 NOT_SERVING, in-flight requests finish, the process exits 0.
 
+A sharded collection (`lsr index --shards N`) is served by a coordinator: it starts one shard
+server per shard as a Ray actor (a local Ray instance, or the cluster at --ray-address), encodes
+each query once and merges the shards' answers into exactly the unsharded results. Ray restarts a
+shard server that dies; meanwhile searches answer from the other shards and say so (partial), or
+fail UNAVAILABLE with --require-all-shards. Health is NOT_SERVING while any shard is down.
+
 Examples:
   lsr serve runs/scifact
   lsr serve runs/scifact --port 0 --auth-token-file token.txt
   lsr serve runs/scifact --host 0.0.0.0 --tls-cert server.crt --tls-key server.key
+  lsr serve runs/msmarco-4shards                        # shard servers on a local Ray instance
+  lsr serve runs/msmarco-4shards --ray-address auto     # ... on the Ray cluster this machine belongs to
+  lsr serve runs/msmarco-4shards --ray-address ray://head:10001 --require-all-shards
 """
 
 from __future__ import annotations
@@ -39,6 +48,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-message-mb", type=float, default=4.0, help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default 4)")
     add_device_arguments(p)
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM (default 30)")
+    sharded = p.add_argument_group("sharded collections")
+    sharded.add_argument("--ray-address", metavar="ADDRESS",
+                         help="Ray cluster for the shard servers: auto, HOST:PORT or ray://HOST:PORT (default: start a local instance)")
+    sharded.add_argument("--require-all-shards", action="store_true",
+                         help="fail searches with UNAVAILABLE while a shard is down, instead of answering from the others")
+    sharded.add_argument("--shard-cpus", type=float, default=1.0, help="CPUs Ray reserves per shard server (default 1)")
+    sharded.add_argument("--shard-concurrency", type=int, default=8,
+                         help="calls one shard server runs at once (default 8)")
+    sharded.add_argument("--shard-timeout", type=float, default=30.0,
+                         help="seconds a shard may take to answer before it counts as missing (default 30)")
 
 
 def _read_token(path: Path | None) -> str | None:
@@ -51,6 +70,7 @@ def _read_token(path: Path | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lsr.ingest.sharding import is_sharded
     from lsr.search.searcher import Searcher
     from lsr.service.server import ServerConfig, serve
 
@@ -63,6 +83,16 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
-    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, threads=args.threads,
-                             **device_options(args))
-    return serve(searcher, config)
+    options = dict(query_encoder=args.query_encoder, threads=args.threads, **device_options(args))
+    if is_sharded(args.collection):
+        from lsr.service.coordinator import ShardedSearcher
+        from lsr.service.shard_set import ShardOptions
+
+        shards = ShardOptions(ray_address=args.ray_address, shard_cpus=args.shard_cpus,
+                              concurrency=args.shard_concurrency, require_all=args.require_all_shards,
+                              shard_timeout=args.shard_timeout)
+        return serve(ShardedSearcher.open(args.collection, options=shards, **options), config)
+    if args.ray_address or args.require_all_shards:
+        raise ValueError(f"{args.collection} is not a sharded collection; --ray-address and --require-all-shards "
+                         "apply to collections made with `lsr index --shards N`")
+    return serve(Searcher.open(args.collection, **options), config)

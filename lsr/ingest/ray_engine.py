@@ -55,7 +55,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise RuntimeError(f"--engine ray needs Ray, which is not installed here: {INSTALL_HINT}") from None
+        raise RuntimeError(f"--engine ray and sharded serving need Ray, which is not installed here: {INSTALL_HINT}") from None
     return ray
 
 
@@ -70,10 +70,10 @@ def check_ray(ray_options: RayOptions, options: "IndexOptions") -> None:
     for model in filter(None, (options.model, options.dense_model)):  # an actor that cannot load would be restarted
         resolve_model(model)
     import_ray()
-    _check_reachable(ray_options.address)
+    check_reachable(ray_options.address)
 
 
-def _check_reachable(address: str | None) -> None:
+def check_reachable(address: str | None) -> None:
     """A TCP connect with a short timeout: Ray itself retries an unreachable cluster for minutes."""
     if address in (None, "auto", "local"):
         return

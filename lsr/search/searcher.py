@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lsr.search.fusion import FUSIONS, RRF_K, Ranking, fuse, interpolate, rank
+from lsr.search.legs import Legs, ViewLegs
 from lsr.search.prf import rocchio, vector_prf
 from lsr.sparse import SparseBatch
 
@@ -141,6 +142,12 @@ class SearchResult:
     hits: list[ScoredHit]
     timings: dict[str, float]  # seconds per stage: encode, sparse, dense, bm25, fuse, prf
     truncated: bool = False
+    shards_answered: tuple[str, ...] = ()  # a sharded collection's shards that answered
+    shards_missing: tuple[str, ...] = ()  # ... and those that did not: the hits come from the others only
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.shards_missing)
 
 
 def check_k(k: Any) -> int:
@@ -170,7 +177,7 @@ class Searcher:
         self._doc_encoder = doc_encoder
         self._device, self._dtype = device, dtype  # for a document encoder loaded later
         self._write_lock = threading.Lock()
-        self._idf_cache: tuple[int, np.ndarray] | None = None
+        self._idf_cache: tuple[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -180,29 +187,11 @@ class Searcher:
     ) -> "Searcher":
         """Open a collection written by ``lsr index`` and load the models its metadata names on ``device``."""
         from lsr.ingest.collection import Collection
-        from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder
 
-        if query_encoder not in QUERY_ENCODERS:
-            raise ValueError(f"query_encoder must be one of {', '.join(QUERY_ENCODERS)}, got {query_encoder!r}")
-        if threads:
-            from lsr.encode.cpu_threads import set_threads
-
-            set_threads(threads)
+        check_query_encoder(query_encoder, threads)
         collection = Collection.open(path)
-        meta = collection.meta
-        doc_encoder = None
-        if query_encoder == "splade":
-            encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256), device=device,
-                                                    dtype=dtype)
-            doc_encoder = encoder
-        else:
-            encoder = InferenceFreeQueryEncoder.from_pretrained(meta["model"], index=collection.sparse)
-        dense = None
-        if collection.dense is not None and meta.get("dense_model"):
-            from lsr.encode.dense import DenseEncoder
-
-            dense = DenseEncoder.from_pretrained(meta["dense_model"], device=device, dtype=dtype)
-        return cls(collection, encoder, dense, doc_encoder, device=device, dtype=dtype)
+        encoders = load_encoders(collection.meta, query_encoder, index=collection.sparse, device=device, dtype=dtype)
+        return cls(collection, *encoders, device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -210,12 +199,32 @@ class Searcher:
         return str(self.collection.view().sparse.version)
 
     @property
+    def meta(self) -> dict:
+        """The collection's build metadata (``lsr.json``): model names, max length, what was built."""
+        return self.collection.meta
+
+    @property
     def has_dense(self) -> bool:
-        return self.collection.dense is not None and self.dense_encoder is not None
+        return self.dense_dim is not None and self.dense_encoder is not None
 
     @property
     def has_bm25(self) -> bool:
         return self.collection.bm25 is not None
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.collection.sparse.vocab_size)
+
+    def legs(self, deadline: float | None = None) -> Legs:
+        """Where one search's legs run: the collection's current view (fast and local: no deadline to honour)."""
+        return ViewLegs(self.collection.view())
+
+    def on_health(self, report: Callable[[bool], None]) -> None:
+        """Tell ``report`` whether searches can be served, now and whenever it changes: a local collection always can."""
+        report(True)
+
+    def close(self) -> None:
+        """Release what serving holds beyond memory (a sharded searcher's shard servers); nothing here."""
 
     @cached_property
     def default_hybrid(self) -> HybridOptions:
@@ -305,8 +314,11 @@ class Searcher:
         prf: PrfOptions | bool | None = None,
         include_text: bool = False,
         explain: bool = False,
+        deadline: float | None = None,
     ) -> SearchResult:
-        """One query given as text, as a ``{token or term id: weight}`` dict, or as a dense vector."""
+        """One query given as text, as a ``{token or term id: weight}`` dict, or as a dense vector.
+
+        ``deadline`` (``time.monotonic()`` seconds) bounds waiting on remote shards."""
         self.check_request(text, sparse, dense, k, mode, hybrid, prf)
         hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
@@ -326,7 +338,7 @@ class Searcher:
                 q_dense, truncated = vectors[0], truncated or bool(info.truncated[0])
         return self.search_encoded(
             q_sparse, q_dense, text=text, k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text,
-            explain=explain, timings=timings, truncated=truncated,
+            explain=explain, timings=timings, truncated=truncated, deadline=deadline,
         )
 
     def search_batch(
@@ -340,6 +352,7 @@ class Searcher:
         include_text: bool = False,
         explain: bool = False,
         check: Callable[[str], None] | None = None,
+        deadline: float | None = None,
     ) -> list[SearchResult]:
         """Many text queries: encoded as one batch, then searched one by one.
 
@@ -371,7 +384,7 @@ class Searcher:
                     None if dense is None else dense[i],
                     text=texts[i], k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text, explain=explain,
                     timings={"encode": per_query_encode},
-                    truncated=bool(cut[i]),
+                    truncated=bool(cut[i]), deadline=deadline,
                 )
             )
         return results
@@ -390,85 +403,81 @@ class Searcher:
         explain: bool = False,
         timings: dict[str, float] | None = None,
         truncated: bool = False,
+        deadline: float | None = None,
     ) -> SearchResult:
         """Search with already-encoded queries (term id → weight dict and/or dense vector; ``text`` for BM25).
 
-        Every stage reads one pinned version of the collection, so a concurrent upsert or delete
-        is seen entirely or not at all."""
-        view = self.collection.view()
+        Every stage reads one pinned version of the collection, so a concurrent upsert or delete is
+        seen entirely or not at all (per shard when sharded: each shard pins its own version)."""
+        source = self.legs(deadline)
         timings = {} if timings is None else timings
         hybrid = self.hybrid_or_default(hybrid)
         prf = self.prf_or_default(prf)
         legs = legs_of(mode, hybrid)
-        if "dense" in legs and view.dense is None:
+        if "dense" in legs and self.dense_dim is None:
             raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
-        if "bm25" in legs and view.bm25 is None:
+        if "bm25" in legs and not self.has_bm25:
             raise FailedPrecondition("this collection has no BM25 leg; re-index without --bm25 none to use it")
-        for leg, query in (("sparse", q_sparse), ("dense", q_dense), ("bm25", text)):
-            if leg in legs and query is None:
+        queries = {leg: query for leg, query in (("sparse", q_sparse), ("dense", q_dense), ("bm25", text)) if leg in legs}
+        for leg, query in queries.items():
+            if query is None:
                 raise ValueError(f"{mode} mode needs a {'text' if leg == 'bm25' else leg} query")
         depth = max(k, hybrid.candidates) if (len(legs) > 1 or prf is not None) else k
-        runs: dict[str, Ranking] = {}
-        with _timed(timings, "sparse"):
-            if "sparse" in legs:
-                runs["sparse"] = _sparse_run(view, q_sparse, depth)
-        with _timed(timings, "dense"):
-            if "dense" in legs:
-                runs["dense"] = _dense_run(view, q_dense, depth)
-        with _timed(timings, "bm25"):
-            if "bm25" in legs:
-                runs["bm25"] = view.bm25_search([text], depth)[0]
+        runs = source.runs(queries, depth, timings)
         with _timed(timings, "fuse"):
             first = _combine(runs, legs, hybrid)
         final, last_runs = first, runs
         if prf is not None:
             with _timed(timings, "prf"):
-                final, last_runs = self._prf(view, q_sparse, q_dense, runs, first, legs, hybrid, prf, depth)
+                final, last_runs = self._prf(source, q_sparse, q_dense, runs, first, legs, hybrid, prf, depth)
         hits = [
             ScoredHit(doc, float(score), _maybe(last_runs.get("sparse"), doc), _maybe(last_runs.get("dense"), doc),
                       bm25_score=_maybe(last_runs.get("bm25"), doc))
             for doc, score in rank(final, k)
         ]
         if include_text and hits:
-            for hit, body in zip(hits, view.text([h.doc_id for h in hits])):
+            for hit, body in zip(hits, source.text([h.doc_id for h in hits])):
                 hit.text = body
         if explain and hits and q_sparse:
-            self._explain(view, hits, q_sparse)
-        return SearchResult(hits, timings, truncated)
+            self._explain(source, hits, q_sparse)
+        return SearchResult(hits, timings, truncated, source.answered, source.missing)
 
     # ------------------------------------------------------------------ pipeline pieces
-    def _prf(self, view, q_sparse, q_dense, runs, first, legs, hybrid, prf: PrfOptions, depth):
-        """Second retrieval with moved queries; see the module docstring for the interpolation variants."""
+    def _prf(self, source: Legs, q_sparse, q_dense, runs, first, legs, hybrid, prf: PrfOptions, depth):
+        """Second retrieval with moved queries, both run at once; see the module docstring for the variants."""
         fused_feedback = prf.interpolate in FUSED_FEEDBACK
-        new_runs = dict(runs)  # BM25, and legs whose β is 0, keep their first run
+        moved: dict[str, Any] = {}
         if "sparse" in runs and prf.weight > 0:
             docs, scores = _top(first if fused_feedback else runs["sparse"], prf.feedback_docs)
             if docs:
-                idf = self._idf(view) if prf.min_idf > 0 else None
-                q1 = rocchio(q_sparse, view.sparse.get_vectors(docs), scores, prf.weight, prf.max_terms, idf, prf.min_idf)
-                new_runs["sparse"] = _sparse_run(view, q1, depth)
+                idf = self._idf(source) if prf.min_idf > 0 else None
+                moved["sparse"] = rocchio(q_sparse, source.sparse_vectors(docs), scores, prf.weight, prf.max_terms,
+                                          idf, prf.min_idf)
         if "dense" in runs and prf.dense_beta() > 0:
             docs, scores = _top(first if fused_feedback else runs["dense"], prf.feedback_docs)
             if docs:
-                q1 = vector_prf(np.asarray(q_dense, np.float32), view.dense.get_vectors(docs), scores, prf.dense_beta())
-                new_runs["dense"] = _dense_run(view, q1, depth)
+                moved["dense"] = vector_prf(np.asarray(q_dense, np.float32), source.dense_vectors(docs), scores,
+                                            prf.dense_beta())
+        new_runs = dict(runs)  # BM25, and legs whose β is 0, keep their first run
+        if moved:
+            new_runs.update(source.runs(moved, depth, {}))
         prf_run = _combine(new_runs, legs, hybrid)
         if prf.interpolate in INTERPOLATE_AFTER:
             prf_run = interpolate(prf_run, first, prf.after_weight, hybrid.normalization)
         return prf_run, new_runs
 
-    def _idf(self, view) -> np.ndarray:
-        """BM25 IDF of every term over the pinned version's live documents, computed once per version."""
-        version = view.sparse.version
+    def _idf(self, source: Legs) -> np.ndarray:
+        """BM25 IDF of every term over the live documents the search reads, computed once per index version."""
+        version = source.doc_freqs_version()
         cached = self._idf_cache
         if cached is None or cached[0] != version:
             from lsr.encode.splade import idf_from_doc_freqs
 
-            cached = self._idf_cache = (version, idf_from_doc_freqs(view.sparse.doc_freqs(), view.sparse.num_docs))
+            cached = self._idf_cache = (version, idf_from_doc_freqs(*source.doc_freqs()))
         return cached[1]
 
-    def _explain(self, view, hits: list[ScoredHit], q: dict[int, float], top: int = 10) -> None:
-        vectors = view.sparse.get_vectors([h.doc_id for h in hits])
+    def _explain(self, source: Legs, hits: list[ScoredHit], q: dict[int, float], top: int = 10) -> None:
+        vectors = source.sparse_vectors([h.doc_id for h in hits])
         vocab = self.vocab
         for i, hit in enumerate(hits):
             ids, vals = vectors.row(i)
@@ -504,7 +513,7 @@ class Searcher:
             raise ValueError(f"a sparse vector query runs in sparse mode only, not {mode}")
         if dense is not None and mode == "sparse":
             raise ValueError("a dense vector query needs mode dense or hybrid")
-        if "dense" in legs and self.collection.dense is None:
+        if "dense" in legs and self.dense_dim is None:
             raise FailedPrecondition(f"{mode} mode needs dense vectors, and this collection has none; re-index with --dense minilm")
 
     def _sparse_query(self, sparse: dict[str | int, float]) -> dict[int, float]:
@@ -520,8 +529,8 @@ class Searcher:
                     raise ValueError(f"unknown token {token!r} in the sparse query (not in the model's vocabulary)")
             else:
                 term = int(token)
-                if not 0 <= term < self.collection.sparse.vocab_size:
-                    raise ValueError(f"term id {term} is outside the vocabulary (0..{self.collection.sparse.vocab_size - 1})")
+                if not 0 <= term < self.vocab_size:
+                    raise ValueError(f"term id {term} is outside the vocabulary (0..{self.vocab_size - 1})")
             if weight > 0:
                 out[term] = max(out.get(term, 0.0), float(weight))
         return out
@@ -540,7 +549,7 @@ class Searcher:
         if self._doc_encoder is None:
             from lsr.encode.splade import SpladeEncoder
 
-            meta = self.collection.meta
+            meta = self.meta
             self._doc_encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256),
                                                               device=self._device, dtype=self._dtype)
         return self._doc_encoder
@@ -556,6 +565,10 @@ class Searcher:
             raise ValueError("document ids must be non-empty")
         sparse = self.doc_encoder().encode_documents(texts)
         dense = self.dense_encoder.encode_documents(texts) if self.has_dense else None
+        self.store(ids, texts, sparse, dense)
+
+    def store(self, ids: list[str], texts: list[str], sparse: SparseBatch, dense: np.ndarray | None) -> None:
+        """Write encoded documents; the sharded coordinator sends each to the shard that owns it."""
         with self._write_lock:
             self.collection.upsert(ids, texts, sparse, dense)
 
@@ -564,6 +577,38 @@ class Searcher:
         ids = [str(i) for i in ids]
         with self._write_lock:
             return self.collection.delete(ids)
+
+
+def check_query_encoder(query_encoder: str, threads: int | None) -> None:
+    """Refuse an unknown query encoder before loading anything; apply the torch thread count."""
+    if query_encoder not in QUERY_ENCODERS:
+        raise ValueError(f"query_encoder must be one of {', '.join(QUERY_ENCODERS)}, got {query_encoder!r}")
+    if threads:
+        from lsr.encode.cpu_threads import set_threads
+
+        set_threads(threads)
+
+
+def load_encoders(meta: dict, query_encoder: str, *, index: Any, device: str, dtype: str) -> tuple[Any, Any, Any]:
+    """(query encoder, dense encoder or None, document encoder or None) for a collection's metadata.
+
+    ``index`` gives the inference-free encoder its document frequencies (``doc_freqs()``,
+    ``num_docs``): one collection's index, or the sum over a sharded collection's shards."""
+    from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder
+
+    doc_encoder = None
+    if query_encoder == "splade":
+        encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256), device=device,
+                                                dtype=dtype)
+        doc_encoder = encoder
+    else:
+        encoder = InferenceFreeQueryEncoder.from_pretrained(meta["model"], index=index)
+    dense = None
+    if meta.get("dense_model"):
+        from lsr.encode.dense import DenseEncoder
+
+        dense = DenseEncoder.from_pretrained(meta["dense_model"], device=device, dtype=dtype)
+    return encoder, dense, doc_encoder
 
 
 def legs_of(mode: str, hybrid: HybridOptions) -> dict[str, float]:
@@ -575,17 +620,6 @@ def _combine(runs: dict[str, Ranking], legs: dict[str, float], hybrid: HybridOpt
     if len(legs) == 1:
         return runs[next(iter(legs))]
     return fuse([runs[leg] for leg in legs], list(legs.values()), hybrid.normalization, hybrid.rrf_k)
-
-
-def _sparse_run(view, q: dict[int, float], depth: int) -> Ranking:
-    if not q:
-        return {}
-    return {h.doc_id: h.score for h in view.sparse.search(q, k=depth)}
-
-
-def _dense_run(view, q: np.ndarray, depth: int) -> Ranking:
-    ids, scores = view.dense.search(np.asarray(q, np.float32)[None, :], depth)
-    return {d: float(s) for d, s in zip(ids[0], scores[0]) if d is not None and math.isfinite(s)}
 
 
 def row_dict(batch: SparseBatch, i: int) -> dict[int, float]:

@@ -1,0 +1,86 @@
+"""Where a search's retrieval legs run: one collection view here, or many shards elsewhere.
+
+The Searcher's pipeline (fuse → PRF → interpolate → top-k) only needs four things from the
+documents: each leg's top-n run for given queries, the stored sparse and dense vectors of some
+documents (PRF feedback, explain) and their texts. ``ViewLegs`` answers them from one pinned
+collection view; the sharded coordinator answers the same questions by fanning out to shard
+servers (lsr.service.coordinator), which answer with a ``ViewLegs`` of their own. So sharded
+and unsharded searches share every line of ranking and fusion code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from lsr.search.fusion import Ranking
+from lsr.sparse import SparseBatch
+
+# A leg's query: a {term id: weight} dict (sparse), a vector (dense) or the text (bm25).
+LegQueries = dict[str, Any]
+
+
+class Legs(Protocol):
+    """What the Searcher asks of the documents during one search (all reads see one version)."""
+
+    answered: tuple[str, ...]  # shards that answered every call so far (empty when not sharded)
+    missing: tuple[str, ...]  # shards that did not: the result is partial
+
+    def runs(self, queries: LegQueries, depth: int, timings: dict[str, float]) -> dict[str, Ranking]: ...
+
+    def sparse_vectors(self, doc_ids: Sequence[str]) -> SparseBatch: ...
+
+    def dense_vectors(self, doc_ids: Sequence[str]) -> np.ndarray: ...
+
+    def text(self, doc_ids: Sequence[str]) -> list[str | None]: ...
+
+    def doc_freqs_version(self) -> str: ...  # changes whenever doc_freqs() may have
+
+    def doc_freqs(self) -> tuple[np.ndarray, int]: ...  # (documents holding each term, live documents)
+
+
+class ViewLegs:
+    """The legs over one pinned CollectionView: the unsharded path, and each shard's own."""
+
+    answered: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+
+    def runs(self, queries: LegQueries, depth: int, timings: dict[str, float]) -> dict[str, Ranking]:
+        """Each leg's top ``depth`` (doc id → score); its wall time is added to ``timings[leg]``."""
+        out: dict[str, Ranking] = {}
+        for leg, query in queries.items():
+            started = time.perf_counter()
+            out[leg] = self._run(leg, query, depth)
+            timings[leg] = timings.get(leg, 0.0) + time.perf_counter() - started
+        return out
+
+    def _run(self, leg: str, query: Any, depth: int) -> Ranking:
+        if leg == "sparse":
+            return {h.doc_id: h.score for h in self.view.sparse.search(query, k=depth)} if query else {}
+        if leg == "dense":
+            ids, scores = self.view.dense.search(np.asarray(query, np.float32)[None, :], depth)
+            return {d: float(s) for d, s in zip(ids[0], scores[0]) if d is not None and math.isfinite(s)}
+        if leg == "bm25":
+            return self.view.bm25_search([query], depth)[0]
+        raise ValueError(f"unknown leg {leg!r}")
+
+    def sparse_vectors(self, doc_ids: Sequence[str]) -> SparseBatch:
+        return self.view.sparse.get_vectors(list(doc_ids))
+
+    def dense_vectors(self, doc_ids: Sequence[str]) -> np.ndarray:
+        return self.view.dense.get_vectors(list(doc_ids))
+
+    def text(self, doc_ids: Sequence[str]) -> list[str | None]:
+        return self.view.text(doc_ids)
+
+    def doc_freqs_version(self) -> str:
+        return str(self.view.sparse.version)
+
+    def doc_freqs(self) -> tuple[np.ndarray, int]:
+        return np.asarray(self.view.sparse.doc_freqs()), int(self.view.sparse.num_docs)

@@ -1,0 +1,249 @@
+"""The coordinator of a sharded collection: one Searcher whose legs run on the shards.
+
+It loads the encoders once and encodes every query and document here; shards only search and
+store vectors. A search fans the encoded query out to every shard, which returns each leg's own
+top-n; the union of those lists holds the global top-n (a document outside its shard's top-n
+has n better documents there), so the coordinator keeps the n best, ranks them like one index
+would (score, then doc id) and hands them to the unchanged Searcher pipeline: fusion, PRF (its
+feedback vectors fetched from their owners) and the final top-k are the unsharded code.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lsr.ingest.layout import read_meta, read_search_defaults
+from lsr.ingest.sharding import read_shard_map
+from lsr.search.fusion import Ranking, rank
+from lsr.search.legs import LegQueries
+from lsr.search.searcher import HybridOptions, Searcher, check_query_encoder, load_encoders
+from lsr.service.shard_set import ShardOptions, ShardSet
+from lsr.sparse import SparseBatch
+
+
+def merge_runs(parts: Sequence[Ranking], depth: int) -> Ranking:
+    """The global top ``depth`` of disjoint shards' top-``depth`` lists, best first (ties by doc id)."""
+    merged: Ranking = {}
+    for part in parts:
+        merged.update(part)
+    return dict(rank(merged, depth))
+
+
+class ShardLegs:
+    """One search's legs across the shards: what answered, and the shard views its later calls read."""
+
+    def __init__(self, shards: ShardSet, deadline: float | None) -> None:
+        self.shards = shards
+        self.deadline = deadline
+        self._tokens: dict[int, int] = {}
+        self._missing: set[int] = set()
+
+    @property
+    def answered(self) -> tuple[str, ...]:
+        return tuple(self.shards.names[s] for s in sorted(self._tokens) if s not in self._missing)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return tuple(self.shards.names[s] for s in sorted(self._missing))
+
+    def runs(self, queries: LegQueries, depth: int, timings: dict[str, float]) -> dict[str, Ranking]:
+        everyone = range(len(self.shards.names))
+        answers, missing = self.shards.call("runs", {shard: (queries, depth) for shard in everyone}, self.deadline)
+        self._missing.update(missing)
+        for shard, (token, _runs, leg_seconds, version) in answers.items():
+            self._tokens.setdefault(shard, token)
+            self.shards.versions[shard] = version
+        for leg in queries:  # the slowest shard is what the caller waited for
+            timings[leg] = timings.get(leg, 0.0) + max((a[2].get(leg, 0.0) for a in answers.values()), default=0.0)
+        return {leg: merge_runs([a[1][leg] for a in answers.values()], depth) for leg in queries}
+
+    def sparse_vectors(self, doc_ids: Sequence[str]) -> SparseBatch:
+        parts, order = self._fetch("sparse_vectors", doc_ids)
+        return SparseBatch.concat(parts).select(order)
+
+    def dense_vectors(self, doc_ids: Sequence[str]) -> np.ndarray:
+        parts, order = self._fetch("dense_vectors", doc_ids)
+        return np.concatenate(parts)[order]
+
+    def text(self, doc_ids: Sequence[str]) -> list[str | None]:
+        parts, order = self._fetch("text", doc_ids)
+        flat = [text for part in parts for text in part]
+        return [flat[i] for i in order]
+
+    def doc_freqs_version(self) -> str:
+        return "/".join(self.shards.versions)
+
+    def doc_freqs(self) -> tuple[np.ndarray, int]:
+        """Summed over every shard: PRF's IDF filter needs the whole collection's, so a missing shard fails it."""
+        answers, _ = self.shards.call("doc_freqs", {s: () for s in range(len(self.shards.names))}, self.deadline,
+                                      strict=True)
+        return sum(a[0] for a in answers.values()), sum(a[1] for a in answers.values())
+
+    def _fetch(self, method: str, doc_ids: Sequence[str]) -> tuple[list[Any], np.ndarray]:
+        """Each owner's answer for its ids (read from the view this search pinned), and the order that
+        puts the concatenated answers back in ``doc_ids`` order. A missing owner fails the search."""
+        groups = _by_owner(self.shards, doc_ids)
+        answers, _ = self.shards.call(
+            method, {shard: (ids, self._tokens.get(shard)) for shard, (_, ids) in groups.items()}, self.deadline,
+            strict=True)
+        positions = np.concatenate([np.asarray(groups[shard][0], np.int64) for shard in groups])
+        return [answers[shard] for shard in groups], np.argsort(positions, kind="stable")
+
+
+def _by_owner(shards: ShardSet, doc_ids: Sequence[str]) -> dict[int, tuple[list[int], list[str]]]:
+    """shard → (positions in ``doc_ids``, ids) for the ids it owns, in shard order."""
+    groups: dict[int, tuple[list[int], list[str]]] = defaultdict(lambda: ([], []))
+    for position, doc_id in enumerate(doc_ids):
+        positions, ids = groups[shards.shard_map.owner(str(doc_id))]
+        positions.append(position)
+        ids.append(str(doc_id))
+    return dict(sorted(groups.items()))
+
+
+@dataclass
+class _GlobalDocFreqs:
+    """The whole collection's document frequencies (the sum over shards), for the inference-free query IDF."""
+
+    shards: ShardSet
+    timeout: float = 300.0
+
+    @cached_property
+    def _summed(self) -> tuple[np.ndarray, int]:
+        if not self.shards.wait_all_up(self.timeout):
+            raise RuntimeError(f"not every shard came up within {self.timeout:g} s; the inference-free query "
+                               "encoder needs all of their document frequencies")
+        return ShardLegs(self.shards, None).doc_freqs()
+
+    def doc_freqs(self) -> np.ndarray:
+        return self._summed[0]
+
+    @property
+    def num_docs(self) -> int:
+        return self._summed[1]
+
+
+class ShardedSearcher(Searcher):
+    """A Searcher over a sharded collection: encoders here, legs on the shard servers."""
+
+    def __init__(self, root: Path, shards: ShardSet, meta: dict, encoders: tuple[Any, Any, Any], *,
+                 device: str = "auto", dtype: str = "auto") -> None:
+        super().__init__(None, *encoders, device=device, dtype=dtype)
+        self.root = root
+        self.shards = shards
+        self._meta = meta
+
+    @classmethod
+    def open(cls, path: str | Path, *, query_encoder: str = "splade", device: str = "auto", dtype: str = "auto",
+             threads: int | None = None, options: ShardOptions | None = None) -> "ShardedSearcher":
+        """Start the shard servers (they come up while the models load) and load the models once, here."""
+        root = Path(path).expanduser()
+        check_query_encoder(query_encoder, threads)
+        shard_map = read_shard_map(root)
+        meta = read_meta(shard_map.paths(root)[0])
+        shards = ShardSet(root, shard_map, options or ShardOptions())
+        try:
+            encoders = load_encoders(meta, query_encoder, index=_GlobalDocFreqs(shards), device=device, dtype=dtype)
+        except BaseException:
+            shards.close()
+            raise
+        return cls(root, shards, meta, encoders, device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def meta(self) -> dict:
+        return self._meta
+
+    @property
+    def index_version(self) -> str:
+        """One version per shard, as last seen: it changes whenever any shard's does."""
+        return ".".join(self.shards.versions)
+
+    @property
+    def has_bm25(self) -> bool:
+        return bool(self._meta.get("bm25"))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def dense_dim(self) -> int | None:
+        return int(self.dense_encoder.dim) if self.dense_encoder is not None else None
+
+    @cached_property
+    def default_hybrid(self) -> HybridOptions:
+        """What `lsr tune` stored beside the shard map, else in the first shard, else HybridOptions()."""
+        tuned = read_search_defaults(self.root) or read_search_defaults(self.shard_map_paths[0]) or {}
+        return HybridOptions(**tuned["hybrid"]) if tuned.get("hybrid") else HybridOptions()
+
+    @property
+    def shard_map_paths(self) -> list[Path]:
+        return self.shards.shard_map.paths(self.root)
+
+    def mean_text_bytes(self) -> float:
+        infos = [info for info in self.shards.infos if info]
+        docs = sum(info["num_docs"] for info in infos)
+        return sum(info["mean_text_bytes"] * info["num_docs"] for info in infos) / docs if docs else 0.0
+
+    def stats(self) -> dict[str, Any]:
+        infos = [info for info in self.shards.infos if info]
+        up = [self.shards.is_up(s) for s in range(len(self.shards.names))]
+        return {
+            "num_docs": sum(info["num_docs"] for info in infos),
+            "num_segments": sum(info["num_segments"] for info in infos),
+            "vocab_size": self.vocab_size,
+            "dense_docs": sum(info["dense_docs"] for info in infos),
+            "dense_dim": self.dense_dim or 0,
+            "index_version": self.index_version,
+            "model": self._meta.get("model"),
+            "dense_model": self._meta.get("dense_model"),
+            "query_encoder": type(self.query_encoder).__name__,
+            "shards": len(up),
+            "shards_up": sum(up),
+            "shards_down": ",".join(name for name, ok in zip(self.shards.names, up) if not ok),
+        }
+
+    def doc(self, doc_id: str) -> str:
+        (text,) = ShardLegs(self.shards, None).text([doc_id])
+        if text is None:
+            raise KeyError(f"no document {doc_id!r} in {self.root}")
+        return text
+
+    # ------------------------------------------------------------------ search
+    def legs(self, deadline: float | None = None) -> ShardLegs:
+        return ShardLegs(self.shards, deadline)
+
+    def on_health(self, report) -> None:
+        self.shards.on_health(report)
+
+    # ------------------------------------------------------------------ writes
+    def store(self, ids: list[str], texts: list[str], sparse: SparseBatch, dense: np.ndarray | None) -> None:
+        """Each document to its owner; a missing owner fails the write (owners that answered keep theirs:
+        an upsert is atomic per shard, and retrying the whole upsert is safe)."""
+        args = {}
+        for shard, (positions, shard_ids) in _by_owner(self.shards, ids).items():
+            args[shard] = (shard_ids, [texts[i] for i in positions], sparse.select(positions),
+                           None if dense is None else dense[positions])
+        answers, _ = self.shards.call("upsert", args, None, strict=True)
+        for shard, version in answers.items():
+            self.shards.versions[shard] = version
+
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        ids = [str(i) for i in ids]
+        groups = _by_owner(self.shards, ids)
+        answers, _ = self.shards.call("delete", {shard: (shard_ids,) for shard, (_, shard_ids) in groups.items()},
+                                      None, strict=True)
+        unknown = set()
+        for shard, (not_found, version) in answers.items():
+            unknown.update(not_found)
+            self.shards.versions[shard] = version
+        return [i for i in dict.fromkeys(ids) if i in unknown]
+
+    def close(self) -> None:
+        self.shards.close()

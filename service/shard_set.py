@@ -1,0 +1,206 @@
+"""The shard servers of a sharded collection as Ray actors: start, call with deadlines, watch.
+
+Ray places the actors (a local instance, or a cluster at ``--ray-address``) and restarts a dead
+one (``max_restarts``); this module only decides what a caller sees meanwhile. A probe thread
+asks every shard for its ``info()`` every ``probe_seconds``: a shard is *up* once it answers and
+*down* from the first failed call or probe until it answers again. Calls skip down shards at
+once rather than wait on a restart, so a search returns the other shards' hits marked partial
+(or fails UNAVAILABLE under ``require_all``), and health reports SERVING only while all are up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lsr.ingest.ray_engine import check_reachable, import_ray
+from lsr.ingest.sharding import ShardMap
+from lsr.service.batching import DeadlinePassed
+
+log = logging.getLogger("lsr.service")
+
+
+class ShardUnavailable(Exception):
+    """A shard the call needs did not answer (gRPC UNAVAILABLE); the message names it."""
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    ray_address: str | None = None  # None: start a local Ray instance; "auto" or "ray://host:port": join a cluster
+    shard_cpus: float = 1.0  # CPUs Ray reserves for each shard server
+    concurrency: int = 8  # calls one shard server runs at once (its searches release the GIL)
+    require_all: bool = False  # a search missing a shard fails UNAVAILABLE instead of answering partial
+    shard_timeout: float = 30.0  # a shard slower than this (when the call has no earlier deadline) counts as missing
+    probe_seconds: float = 0.5
+    max_restarts: int = -1  # Ray restarts a dead shard server this many times (-1: always)
+
+    def __post_init__(self) -> None:
+        if not self.shard_cpus >= 0 or not self.concurrency >= 1 or not self.shard_timeout > 0:
+            raise ValueError("shard CPUs must be ≥ 0, shard concurrency ≥ 1 and the shard timeout > 0")
+
+
+def connect_ray(address: str | None, cpus_needed: float) -> None:
+    """Join the cluster at ``address`` (checked reachable first: Ray retries for minutes), or start a local
+    instance big enough to place every shard; a session already started in this process is used as is."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return
+    check_reachable(address)
+    local = {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus_needed))} if address is None else {}
+    try:
+        ray.init(address=address or "local",  # "local": a new instance, never a cluster someone else started here
+                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **local)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
+        raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """One line on why a shard did not answer: Ray's messages end with the shard's own error (after a traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {(lines[-1] if lines else '')[:300]}"
+
+
+class ShardSet:
+    """One Ray actor per shard, each serving ``ShardServer`` over its folder of a sharded collection."""
+
+    def __init__(self, root: Path, shard_map: ShardMap, options: ShardOptions) -> None:
+        from lsr.service.shards import ShardServer
+
+        ray = import_ray()
+
+        self.shard_map = shard_map
+        self.names = shard_map.names
+        self.options = options
+        connect_ray(options.ray_address, options.shard_cpus * shard_map.n_shards)
+        actor = ray.remote(ShardServer).options(
+            max_restarts=options.max_restarts, max_task_retries=0, num_cpus=options.shard_cpus,
+            max_concurrency=options.concurrency,
+        )
+        self.actors = [actor.remote(name, str(path.resolve())) for name, path in zip(self.names, shard_map.paths(root))]
+        self.infos: list[dict[str, Any] | None] = [None] * len(self.names)
+        self.versions = ["0"] * len(self.names)
+        self._up = [False] * len(self.names)
+        self._reasons = [""] * len(self.names)
+        self._lock = threading.Lock()
+        self._reporters: list[Callable[[bool], None]] = []
+        self._closed = threading.Event()
+        self._all_up = threading.Event()
+        self._probe = threading.Thread(target=self._probe_loop, name="lsr-shard-probe", daemon=True)
+        self._probe.start()
+
+    # ------------------------------------------------------------------ state
+    def is_up(self, shard: int) -> bool:
+        return self._up[shard]
+
+    def on_health(self, report: Callable[[bool], None]) -> None:
+        with self._lock:
+            self._reporters.append(report)
+            healthy = all(self._up)
+        report(healthy)
+
+    def wait_all_up(self, timeout: float) -> bool:
+        return self._all_up.wait(timeout)
+
+    def _set_up(self, shard: int, up: bool, why: str = "") -> None:
+        """Record a shard's state; log each change, and each new reason a down shard gives (a shard whose
+        server cannot start, say on a damaged file, stays down from the start and says why only here)."""
+        with self._lock:
+            changed, told = self._up[shard] != up, self._reasons[shard] == why
+            self._up[shard], self._reasons[shard] = up, why
+            healthy = all(self._up)
+            reporters = list(self._reporters)
+        if up and changed:
+            log.info("event=shard_up shard=%s", self.names[shard])
+        if not up and not told:
+            log.warning("event=shard_down shard=%s reason=%r", self.names[shard], why)
+        if not changed:
+            return
+        (self._all_up.set if healthy else self._all_up.clear)()
+        for report in reporters:
+            report(healthy)
+
+    def _probe_loop(self) -> None:
+        """Ask every shard for its info; an answer means up, an error or no answer within the shard timeout down.
+
+        A probe stays pending while its shard is being placed or restarted, so a slow shard
+        never holds up the probes of the others."""
+        ray = import_ray()
+        pending: dict[int, tuple[Any, float]] = {}
+        while not self._closed.is_set():
+            now = time.monotonic()
+            for shard, actor in enumerate(self.actors):
+                if shard not in pending:
+                    pending[shard] = actor.info.remote(), now
+            refs = {ref: shard for shard, (ref, _) in pending.items()}
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.options.probe_seconds)
+            for ref in ready:
+                shard = refs[ref]
+                del pending[shard]
+                try:
+                    self.infos[shard] = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - any failure to answer means down
+                    self._set_up(shard, False, _reason(exc))
+                else:
+                    self._set_up(shard, True)
+            for shard, (ref, sent) in list(pending.items()):
+                if time.monotonic() - sent > self.options.shard_timeout:
+                    self._set_up(shard, False, f"no answer within {self.options.shard_timeout:g} s")
+            self._closed.wait(self.options.probe_seconds if ready else 0.0)
+
+    # ------------------------------------------------------------------ calls
+    def call(self, method: str, args: dict[int, tuple], deadline: float | None, *,
+             strict: bool = False) -> tuple[dict[int, Any], list[int]]:
+        """Call ``method(*args[shard])`` on each named shard in parallel: (answers, shards that did not answer).
+
+        A shard that is down is not asked. Past ``deadline`` (``time.monotonic()``) the call raises
+        DeadlinePassed; ``strict`` (writes, and fetches a search needs whole) raises ShardUnavailable
+        for a missing shard. An exception raised by our code in the shard is re-raised here as itself.
+        """
+        ray = import_ray()
+        from ray.exceptions import GetTimeoutError, RayTaskError
+
+        started = time.monotonic()
+        refs = {shard: getattr(self.actors[shard], method).remote(*shard_args)
+                for shard, shard_args in args.items() if self._up[shard]}
+        answers: dict[int, Any] = {}
+        missing = [shard for shard in args if shard not in refs]
+        reasons = {shard: "it is down (restarting)" for shard in missing}
+        for shard, ref in refs.items():
+            limit = started + self.options.shard_timeout
+            wait = (limit if deadline is None else min(deadline, limit)) - time.monotonic()
+            try:
+                answers[shard] = ray.get(ref, timeout=max(0.0, wait))
+            except GetTimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    for other in refs.values():  # nobody will read them: queued ones need not run
+                        ray.cancel(other)
+                    raise DeadlinePassed(f"deadline exceeded waiting for shard {self.names[shard]}") from None
+                ray.cancel(ref)
+                missing.append(shard)
+                reasons[shard] = f"no answer within {self.options.shard_timeout:g} s"
+            except RayTaskError as exc:
+                raise exc.cause from None
+            except Exception as exc:  # noqa: BLE001 - RayActorError, ActorUnavailableError: the shard is gone
+                self._set_up(shard, False, _reason(exc))
+                missing.append(shard)
+                reasons[shard] = "its server died (Ray is restarting it)"
+        if missing:
+            log.warning("event=shards_missing method=%s %s", method,
+                        " ".join(f"{self.names[s]}={reasons[s]!r}" for s in sorted(missing)))
+        if missing and (strict or self.options.require_all):
+            shard = min(missing)
+            raise ShardUnavailable(f"shard {self.names[shard]} did not answer: {reasons[shard]}; "
+                                   f"{len(missing)} of {len(self.names)} shards missing, retry shortly")
+        return answers, sorted(missing)
+
+    def close(self) -> None:
+        ray = import_ray()
+        self._closed.set()
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)

@@ -1,0 +1,288 @@
+"""Sharded serving end to end: a real local Ray instance, shard servers as Ray actors, a real gRPC
+coordinator on a free loopback port, the real models, a SciFact subset indexed whole and with
+``--shards 3`` (global quantization scale and BM25 statistics), whose results must be identical.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lsr.ingest.sharding import shard_of
+from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
+from lsr.service import Client
+
+ray = pytest.importorskip("ray")
+
+N_DOCS = 90
+N_SHARDS = 3
+MAX_LENGTH = 96
+
+
+@pytest.fixture(scope="module")
+def built(beir_dir, tmp_path_factory) -> dict[str, Path]:
+    """The same documents as one collection and as 3 shards."""
+    from lsr.ingest.indexing import IndexOptions, build_collection
+
+    root = tmp_path_factory.mktemp("sharded")
+    for name, shards in (("whole", 1), ("sharded", N_SHARDS)):
+        build_collection(beir_dir / "scifact.tar.gz", root / name,
+                         IndexOptions(max_length=MAX_LENGTH, limit=N_DOCS, shards=shards), progress=False)
+    return {"whole": root / "whole", "sharded": root / "sharded"}
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _start(path: Path, **shard_options):
+    from lsr.service.coordinator import ShardedSearcher
+    from lsr.service.server import SearchServer, ServerConfig
+    from lsr.service.shard_set import ShardOptions
+
+    searcher = ShardedSearcher.open(path, threads=1, device="cpu",
+                                    options=ShardOptions(shard_cpus=0.25, probe_seconds=0.2, **shard_options))
+    return SearchServer(searcher, ServerConfig(port=0, encode_workers=1)).start()
+
+
+def _wait(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def server(built, ray_session):
+    server = _start(built["sharded"])
+    yield server
+    server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with Client(f"127.0.0.1:{server.port}", timeout=120) as c:
+        _wait(lambda: c.health() == "SERVING")
+        yield c
+
+
+@pytest.fixture(scope="module")
+def whole(built):
+    return Searcher.open(built["whole"], threads=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def queries(scifact) -> list[str]:
+    return list(scifact.queries.values())[:5]
+
+
+def _hits(result) -> list[tuple]:
+    return [(h.doc_id, h.score, h.sparse_score, h.dense_score, h.text, [tuple(e) for e in h.explanation])
+            for h in result.hits]
+
+
+# ---------------------------------------------------------------------------------- identity
+@pytest.mark.parametrize("mode, prf, hybrid", [
+    ("sparse", None, None), ("dense", None, None), ("hybrid", None, None),
+    ("hybrid", PrfOptions(), None), ("sparse", PrfOptions(interpolate="both"), None), ("dense", PrfOptions(), None),
+    ("hybrid", None, HybridOptions("rrf", 0.3)), ("hybrid", PrfOptions(interpolate="before"), HybridOptions("z_score", 0.6)),
+    ("bm25", None, None), ("hybrid", PrfOptions(), HybridOptions("min_max", 0.3, dense_weight=0.3, bm25_weight=0.4)),
+])
+def test_three_shards_answer_exactly_like_the_whole_collection(client, whole, queries, mode, prf, hybrid):
+    for text in queries:
+        sharded = client.search(text, k=10, mode=mode, prf=prf, hybrid=hybrid, include_text=True, explain=True)
+        local = whole.search(text, k=10, mode=mode, prf=prf, hybrid=hybrid, include_text=True, explain=True)
+        assert sharded.hits and _hits(sharded) == _hits(local), text
+        assert not sharded.partial and sharded.shards_answered == ("shard-000", "shard-001", "shard-002")
+
+
+def test_batches_and_vector_queries_match_the_whole_collection(client, whole, queries):
+    batch = client.search_batch(queries, k=5, mode="hybrid", prf=PrfOptions())
+    assert [_hits(r) for r in batch] == [_hits(whole.search(q, k=5, mode="hybrid", prf=PrfOptions())) for q in queries]
+    sparse = {"vitamin": 1.5, "cancer": 0.75, "cell": 0.5}
+    assert _hits(client.search(sparse=sparse, k=7)) == _hits(whole.search(sparse=sparse, k=7))
+
+
+def test_stats_add_up_the_shards(client, whole):
+    stats = client.stats()
+    assert stats["num_docs"] == whole.stats()["num_docs"] == N_DOCS
+    assert stats["details"]["shards"] == "3" and stats["details"]["shards_up"] == "3"
+
+
+def test_the_inference_free_query_side_uses_the_whole_collections_idf(built, server, queries):
+    from lsr.service.coordinator import ShardedSearcher
+    from lsr.service.shard_set import ShardOptions
+
+    whole = Searcher.open(built["whole"], query_encoder="inference-free")
+    sharded = ShardedSearcher.open(built["sharded"], query_encoder="inference-free",
+                                   options=ShardOptions(shard_cpus=0.25, probe_seconds=0.2))
+    try:
+        assert (sharded.query_encoder.idf == whole.query_encoder.idf).all()  # the shards' dfs, summed
+        for text in queries:
+            assert _hits(sharded.search(text, k=10, mode="hybrid")) == _hits(whole.search(text, k=10, mode="hybrid"))
+    finally:
+        sharded.close()
+
+
+def test_the_callers_deadline_bounds_the_wait_on_shards(server, queries):
+    from lsr.service.batching import DeadlinePassed
+
+    with pytest.raises(DeadlinePassed, match="waiting for shard"):
+        server.searcher.search(queries[0], k=10, deadline=time.monotonic())
+    assert server.searcher.search(queries[0], k=10, deadline=time.monotonic() + 60).hits
+
+
+# ---------------------------------------------------------------------------------- writes
+def test_upsert_and_delete_route_to_the_owner_and_show_on_the_next_search(client, queries):
+    ids = [f"new-{i}" for i in range(6)]
+    assert len({shard_of(i, N_SHARDS) for i in ids}) > 1  # the writes span shards
+    texts = [f"zebrafish regeneration of the heart, experiment {i}" for i in range(6)]
+    assert client.upsert(ids, texts) == 6
+    found = client.search("zebrafish heart regeneration", k=6)
+    assert {h.doc_id for h in found.hits} == set(ids)
+    assert client.delete([ids[0], "never-there"]) == ["never-there"]
+    after = client.search("zebrafish heart regeneration", k=6)
+    assert ids[0] not in {h.doc_id for h in after.hits} and ids[1] in {h.doc_id for h in after.hits}
+    assert client.delete(ids[1:]) == []
+    assert not {h.doc_id for h in client.search("zebrafish heart regeneration", k=10).hits} & set(ids)
+
+
+def test_searches_running_through_writes_never_fail(client):
+    """PRF fetches feedback vectors after the first runs; a delete in between must not break it (each shard
+    answers a search's later calls from the view its first call read)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [f"churn-{i}" for i in range(4)]
+    texts = [f"tardigrade desiccation survival protein {i}" for i in range(4)]
+
+    def search(_):
+        return client.search("tardigrade desiccation survival", k=5, mode="hybrid", prf=PrfOptions(feedback_docs=3))
+
+    with ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(lambda: [search(i) for i in range(8)]) for _ in range(3)]
+        for _ in range(4):
+            client.upsert(ids, texts)
+            client.delete(ids)
+        results = [r for future in running for r in future.result()]
+    assert all(r.hits and not r.partial for r in results)
+    assert not {h.doc_id for h in search(0).hits} & set(ids)
+
+
+# ---------------------------------------------------------------------------------- failures
+def _first_failure(search, timeout: float = 20.0):
+    """The first search after a kill that sees the shard gone (ray.kill is asynchronous: one may still pass)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = search()
+        except grpc.RpcError as error:
+            return error
+        if result.partial:
+            return result
+    raise AssertionError("no search saw the killed shard missing")
+
+
+def test_a_killed_shard_gives_partial_results_then_comes_back(server, client, queries):
+    shards = server.searcher.shards
+    ray.kill(shards.actors[1], no_restart=False)
+    result = _first_failure(lambda: client.search(queries[0], k=10, mode="hybrid"))
+    assert result.partial and result.shards_missing == ("shard-001",)
+    assert result.shards_answered == ("shard-000", "shard-002")
+    assert result.hits and all(shard_of(h.doc_id, N_SHARDS) != 1 for h in result.hits)
+    _wait(lambda: client.health() == "SERVING" and not client.search(queries[0], k=10).partial)
+    assert any(shard_of(h.doc_id, N_SHARDS) == 1 for h in client.search(queries[0], k=30).hits)
+
+
+@ray.remote
+class _Hog:
+    """Holds CPUs of the Ray instance so that only one new shard server can be placed."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def test_health_and_require_all_shards_follow_the_shards(built, client, queries):
+    free = ray.available_resources().get("CPU", 0.0)
+    hog = _Hog.options(num_cpus=free - 0.35).remote()
+    ray.get(hog.ready.remote())
+    server = _start(built["sharded"], require_all=True)
+    try:
+        with Client(f"127.0.0.1:{server.port}", timeout=120) as strict:
+            time.sleep(1.0)
+            assert strict.health() == "NOT_SERVING"  # two of its three shard servers cannot be placed
+            with pytest.raises(grpc.RpcError) as failure:
+                strict.search(queries[0], k=3)
+            assert failure.value.code() == grpc.StatusCode.UNAVAILABLE and "shard-00" in failure.value.details()
+            ray.kill(hog)
+            _wait(lambda: strict.health() == "SERVING")
+            assert not strict.search(queries[0], k=3).partial
+            ray.kill(server.searcher.shards.actors[2], no_restart=False)
+            failure = _first_failure(lambda: strict.search(queries[0], k=3))
+            assert isinstance(failure, grpc.RpcError) and failure.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shard shard-002 did not answer" in failure.details()
+            _wait(lambda: strict.health() == "SERVING")
+            assert strict.search(queries[0], k=3).hits
+    finally:
+        server.stop(0)
+        ray.kill(hog)
+
+
+def test_a_deadline_shorter_than_the_shards_answer_is_deadline_exceeded(client, queries):
+    with pytest.raises(grpc.RpcError) as failure:
+        client.search(queries[1], k=10, mode="hybrid", prf=PrfOptions(), timeout=0.001)
+    assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_shard_that_cannot_open_is_named_and_the_others_answer(built, server, queries, tmp_path, caplog):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(built["sharded"], broken)
+    (broken / "shard-001" / "lsr.json").unlink()
+    partial = _start(broken)
+    try:
+        with Client(f"127.0.0.1:{partial.port}", timeout=120) as c:
+            _wait(lambda: "shard-001" in caplog.text and "is not an lsr collection" in caplog.text)
+            _wait(lambda: c.search(queries[0], k=5).shards_answered == ("shard-000", "shard-002"))
+            assert c.health() == "NOT_SERVING" and c.search(queries[0], k=5).shards_missing == ("shard-001",)
+    finally:
+        partial.stop(0)
+
+
+# ---------------------------------------------------------------------------------- the CLI
+def test_lsr_serve_starts_its_own_ray_and_serves_the_shards(built, whole, queries):
+    from service_helpers import ServerProcess
+
+    server = ServerProcess(built["sharded"], "--shard-cpus", "0.25", "--threads", "1", "--device", "cpu")
+    try:
+        with server.wait_listening().client(timeout=120) as c:
+            _wait(lambda: c.health() == "SERVING", timeout=120)
+            for text in queries[:2]:
+                assert _hits(c.search(text, k=5, mode="hybrid")) == _hits(whole.search(text, k=5, mode="hybrid"))
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
+        assert "event=shard_up shard=shard-002" in server.log()
+    finally:
+        server.kill()
+
+
+def test_ray_options_on_an_unsharded_collection_and_an_unreachable_cluster_fail_in_one_line(built, free_port):
+    for collection, flags, message in (
+        (built["whole"], ["--require-all-shards"], "is not a sharded collection"),
+        (built["sharded"], ["--ray-address", f"127.0.0.1:{free_port}"], "cannot reach a Ray cluster at"),
+    ):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "lsr", "serve", str(collection), "--port", "0", *flags],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and time.monotonic() - started < 30
+        assert done.stderr.startswith("lsr serve: error: ") and message in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
