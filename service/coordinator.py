@@ -22,7 +22,7 @@ from lsr.ingest.layout import read_meta, read_search_defaults
 from lsr.ingest.sharding import read_shard_map
 from lsr.search.fusion import Ranking, rank
 from lsr.search.legs import LegQueries
-from lsr.search.searcher import HybridOptions, Searcher, check_query_encoder, load_encoders
+from lsr.search.searcher import Searcher, check_query_encoder, load_encoders
 from lsr.service.shard_set import ShardOptions, ShardSet
 from lsr.sparse import SparseBatch
 
@@ -177,10 +177,9 @@ class ShardedSearcher(Searcher):
         return int(self.dense_encoder.dim) if self.dense_encoder is not None else None
 
     @cached_property
-    def default_hybrid(self) -> HybridOptions:
-        """What `lsr tune` stored beside the shard map, else in the first shard, else HybridOptions()."""
-        tuned = read_search_defaults(self.root) or read_search_defaults(self.shard_map_paths[0]) or {}
-        return HybridOptions(**tuned["hybrid"]) if tuned.get("hybrid") else HybridOptions()
+    def search_defaults(self) -> dict:
+        """What `lsr tune` stored beside the shard map, else in the first shard."""
+        return read_search_defaults(self.root) or read_search_defaults(self.shard_map_paths[0]) or {}
 
     @property
     def shard_map_paths(self) -> list[Path]:

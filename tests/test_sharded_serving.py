@@ -95,7 +95,8 @@ def _hits(result) -> list[tuple]:
     ("sparse", None, None), ("dense", None, None), ("hybrid", None, None),
     ("hybrid", PrfOptions(), None), ("sparse", PrfOptions(interpolate="both"), None), ("dense", PrfOptions(), None),
     ("hybrid", None, HybridOptions("rrf", 0.3)), ("hybrid", PrfOptions(interpolate="before"), HybridOptions("z_score", 0.6)),
-    ("bm25", None, None), ("hybrid", PrfOptions(), HybridOptions("min_max", 0.3, dense_weight=0.3, bm25_weight=0.4)),
+    ("bm25", None, None), ("hybrid", PrfOptions(interpolate="none", min_idf=2.0, dense_weight=0.3), None),
+    ("sparse", PrfOptions(interpolate="after", min_idf=1.5), None), ("hybrid", PrfOptions(), HybridOptions("min_max", 0.3, dense_weight=0.3, bm25_weight=0.4)),
 ])
 def test_three_shards_answer_exactly_like_the_whole_collection(client, whole, queries, mode, prf, hybrid):
     for text in queries:

@@ -226,11 +226,15 @@ class Searcher:
     def close(self) -> None:
         """Release what serving holds beyond memory (a sharded searcher's shard servers); nothing here."""
 
+    @property
+    def search_defaults(self) -> dict:
+        """What `lsr tune` stored in the collection (chosen on train/dev qrels); empty when it has not run."""
+        return self.collection.search_defaults or {}
+
     @cached_property
     def default_hybrid(self) -> HybridOptions:
-        """The fusion `lsr tune` stored in the collection (chosen on train/dev qrels), else the cross-dataset
-        UNTUNED_HYBRID."""
-        tuned = (self.collection.search_defaults or {}).get("hybrid")
+        """The fusion `lsr tune` stored in the collection, else the cross-dataset UNTUNED_HYBRID."""
+        tuned = self.search_defaults.get("hybrid")
         if tuned:
             return HybridOptions(**tuned)
         return UNTUNED_HYBRID if self.has_bm25 else replace(UNTUNED_HYBRID, bm25_weight=0.0)
@@ -240,8 +244,8 @@ class Searcher:
 
     @cached_property
     def default_prf(self) -> PrfOptions:
-        """The PRF `lsr tune` stored in the collection (chosen on train/dev qrels), else PrfOptions()."""
-        tuned = (self.collection.search_defaults or {}).get("prf")
+        """The PRF `lsr tune` stored in the collection, else the cross-dataset PrfOptions()."""
+        tuned = self.search_defaults.get("prf")
         return PrfOptions(**tuned) if tuned else PrfOptions()
 
     def prf_or_default(self, prf: PrfOptions | bool | None) -> PrfOptions | None:
