@@ -30,7 +30,7 @@ HELP = "fine-tune a SPLADE model on a BEIR train split or JSONL pairs (contrasti
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.train.config import TrainConfig
+    from lsr.train.config import NEGATIVE_MINERS, TrainConfig
 
     d = TrainConfig()
     p.add_argument("data", metavar="DATA", help="BEIR name/folder/archive, or a .jsonl of query/positive/negatives rows")
@@ -42,7 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"queries per micro-batch; their documents are each other's negatives (default: {d.batch_size})")
     p.add_argument("--accumulate", type=int, default=d.accumulate, help="micro-batches per optimiser step (default: 1)")
-    p.add_argument("--negatives", type=int, default=d.negatives, help=f"hard negatives per query (default: {d.negatives})")
+    p.add_argument("--negatives", choices=NEGATIVE_MINERS, default=d.negatives,
+                   help="who mines a BEIR split's hard negatives: bm25, or model = the starting model's own exact "
+                        f"retrieval over the corpus (judged documents never count; default: {d.negatives})")
+    p.add_argument("--hard-negatives", type=int, default=d.hard_negatives,
+                   help=f"hard negatives per query and step, drawn from its mined pool (default: {d.hard_negatives})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default: {d.lr})")
     p.add_argument("--flops-query", type=float, default=d.flops_query, help=f"query FLOPS weight (default: {d.flops_query})")
     p.add_argument("--flops-doc", type=float, default=d.flops_doc, help=f"document FLOPS weight (default: {d.flops_doc})")
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from lsr.train.config import TrainConfig
 
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
-                         negatives=args.negatives, lr=args.lr, flops_query=args.flops_query, flops_doc=args.flops_doc,
+                         hard_negatives=args.hard_negatives, negatives=args.negatives, lr=args.lr,
+                         flops_query=args.flops_query, flops_doc=args.flops_doc,
                          max_length=args.max_length, query_max_length=args.query_max_length, seed=args.seed,
                          inference_free=args.inference_free)
     config.check()  # bad numbers fail before any data or model loads
@@ -73,12 +78,23 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_out(out, args.resume)
     encoding = device_options(args)
-    from lsr.train.data import load_examples
+    from lsr.train.data import load_examples, model_miner
 
-    examples = load_examples(args.data, args.split, data_dir=args.data_dir)
     say = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    model = None
+    if config.negatives == "model":  # the model mines before it trains (a resume mines the same pool again)
+        model = _load(config, encoding)
+    examples = load_examples(args.data, args.split, data_dir=args.data_dir,
+                             miner=None if model is None else model_miner(model.encoder, progress=not args.quiet))
     say(f"{len(examples):,} training examples from {args.data}")
-    return _train(args, config, examples, out, encoding, say)
+    return _train(args, config, examples, out, encoding, say, model or _load(config, encoding))
+
+
+def _load(config, encoding: dict[str, str]):
+    """The starting model; its encoder keeps the inference lengths, so mining and --eval see what `lsr index` will."""
+    from lsr.train.model import TrainableSplade
+
+    return TrainableSplade.load(config.model, **encoding)
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -93,15 +109,12 @@ def _check_out(out: Path, resume: bool) -> None:
         raise FileExistsError(f"{out} already exists and is not an empty folder; choose a new OUT")
 
 
-def _train(args, config, examples, out: Path, encoding: dict[str, str], say) -> int:
+def _train(args, config, examples, out: Path, encoding: dict[str, str], say, model) -> int:
     from lsr.train.checkpoint import CHECKPOINT_FILE
     from lsr.train.evaluate import sparse_quality
     from lsr.train.export import save_model_folder
     from lsr.train.loop import train
-    from lsr.train.model import TrainableSplade
 
-    model = TrainableSplade.load(config.model, max_length=config.max_length,
-                                 query_max_length=config.query_max_length, **encoding)
     out.mkdir(parents=True, exist_ok=True)
     before = after = None
     if args.eval:

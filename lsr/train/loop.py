@@ -81,7 +81,7 @@ class _Epochs:
         if self._cached is None or self._cached[0] != epoch:
             rng = np.random.default_rng([self.config.seed, epoch])
             order = rng.permutation(len(self.examples))
-            draws = [rng.permutation(len(ex.negatives))[: self.config.negatives] for ex in self.examples]
+            draws = [rng.permutation(len(ex.negatives))[: self.config.hard_negatives] for ex in self.examples]
             self._cached = (epoch, order, draws)
         return self._cached[1], self._cached[2]
 
