@@ -36,7 +36,7 @@ class TrainResult:
     total_steps: int
     seconds: float
     stopped: str  # "finished", "time limit" or "interrupted"
-    history: list[dict[str, float]] = field(default_factory=list)  # per step: loss, flops, nnz_q, nnz_d, lr
+    history: list[dict[str, float]] = field(default_factory=list)  # per step: loss, flops, nnz_q, nnz_d
 
 
 def fingerprint(config: TrainConfig, examples: list[Example]) -> dict:
@@ -193,14 +193,12 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     bar = _progress_bar(total, start, progress)
     history: list[dict[str, float]] = []
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
-    schedule = _Schedule(total, deadline)
     stopped, step = "finished", start
     model.train()
     with _StopOnInterrupt() as interrupt:
         while step < total:
             clock = time.perf_counter()
-            stats = _step(model, optimizer, batches.micro_batches(step), config, schedule.position(step), total, flops_warm,
-                          doc_term_weights)
+            stats = _step(model, optimizer, batches.micro_batches(step), config, step, total, flops_warm, doc_term_weights)
             seconds += time.perf_counter() - clock
             step += 1
             history.append(stats)
@@ -222,21 +220,6 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     return TrainResult(step, total, seconds, stopped, history)
 
 
-class _Schedule:
-    """Where the learning-rate and FLOPS schedules stand: the step, or with a time limit, the share of the time used
-    if that is further along, so a run stopped by ``--max-minutes`` still warms up, decays and ends at a low rate
-    however busy the machine is. (Without a limit the schedules depend on the step alone: resumes are exact.)"""
-
-    def __init__(self, total: int, deadline: float | None) -> None:
-        self.total, self.deadline, self.began = total, deadline, time.monotonic()
-
-    def position(self, step: int) -> int:
-        if self.deadline is None:
-            return step
-        used = (time.monotonic() - self.began) / max(1e-9, self.deadline - self.began)
-        return max(step, min(self.total - 1, int(self.total * used)))
-
-
 def _step(model: TrainableSplade, optimizer: torch.optim.Optimizer, micro_batches, config: TrainConfig, step: int,
           total: int, flops_warm: int, doc_term_weights: torch.Tensor | None) -> dict[str, float]:
     flops_scale = quadratic_warmup(1.0, step, flops_warm)
@@ -247,12 +230,11 @@ def _step(model: TrainableSplade, optimizer: torch.optim.Optimizer, micro_batche
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value / len(micro_batches)
     torch.nn.utils.clip_grad_norm_(model.parameters, config.clip)
-    lr = config.lr * lr_factor(step, total, config.warmup)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = config.lr * lr_factor(step, total, config.warmup)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {**totals, "lr": lr}
+    return totals
 
 
 def _progress_bar(total: int, start: int, enabled: bool):
