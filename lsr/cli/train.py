@@ -1,7 +1,8 @@
 """Fine-tune a SPLADE encoder: contrastive loss over in-batch and hard negatives, FLOPS regularisation.
 
 DATA is a BEIR name, folder or archive (its --split qrels, default train; hard negatives are mined
-with BM25, never a document judged for the query), or a JSONL file of
+with BM25, or with --negatives model by the starting model's own retrieval, never a document judged
+for the query), or a JSONL file of
   {"query": "...", "positive": "...", "negatives": ["...", ...], "scores": [pos, neg1, ...]}
 rows ("negatives" optional; "scores" = teacher scores, adds margin-MSE distillation).
 OUT becomes a model folder that SpladeEncoder.from_pretrained(OUT), `lsr index --model OUT`,
@@ -9,8 +10,16 @@ OUT becomes a model folder that SpladeEncoder.from_pretrained(OUT), `lsr index -
 written every --checkpoint-every steps and on Ctrl-C; --resume continues (after kill -9 too) and,
 with the same --seed, ends with the same weights as an uninterrupted run.
 
+The defaults are a recipe for a small model on a CPU: many cheap steps rather than few long ones.
+Training cuts documents at 128 tokens and queries at 32 (the exported model still encodes up to its
+inference limit), lr 1e-4, weak FLOPS (1e-5) so nDCG is not traded for sparsity, one BM25 hard
+negative per query, 4 epochs (a 10% warm-up, then linear decay; a run cut short by --max-minutes
+stops near the peak rate, which beat a fully decayed schedule over so few steps). Measured on SciFact
+and NFCorpus: benchmarks/results/train-scifact.md, train-nfcorpus.md.
+
 Examples:
   lsr train scifact models/splade-scifact --max-minutes 12 --eval scifact
+  lsr train scifact models/splade-scifact --negatives model --hard-negatives 2
   lsr train pairs.jsonl models/mine --epochs 2 --batch-size 32 --device cuda --dtype bf16
   lsr train scifact models/splade-scifact --resume
 """
@@ -55,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"query tokens (default: {d.query_max_length})")
     p.add_argument("--inference-free", action="store_true",
                    help="train the document encoder only; queries are IDF-weighted tokens (idf.json in OUT), IDF-aware FLOPS")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes and save")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop training after this many minutes and save")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed for order, negatives and dropout (default: {d.seed})")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT")
