@@ -14,8 +14,10 @@ The defaults are a recipe for a small model on a CPU: many cheap steps rather th
 Training cuts documents at 128 tokens and queries at 32 (the exported model still encodes up to its
 inference limit), lr 1e-4, weak FLOPS (1e-5) so nDCG is not traded for sparsity, one BM25 hard
 negative per query, 4 epochs (a 10% warm-up, then linear decay; a run cut short by --max-minutes
-stops near the peak rate, which beat a fully decayed schedule over so few steps). Measured on SciFact
-and NFCorpus: benchmarks/results/train-scifact.md, train-nfcorpus.md.
+stops near the peak rate, which beat a fully decayed schedule over so few steps). If the progress bar
+shows non-zeros falling toward 0 and the loss toward log(batch) (all vectors collapsing, as NFCorpus'
+loosely judged train pairs did at 1e-4), lower --lr (2e-5). Measured on SciFact and NFCorpus:
+benchmarks/results/train-scifact.md, train-nfcorpus.md.
 
 Examples:
   lsr train scifact models/splade-scifact --max-minutes 12 --eval scifact
