@@ -74,7 +74,7 @@ def child_ours(path: str, batch: int, steps: int) -> dict:
 
     model = TrainableSplade.load(path, device="cuda", dtype="bf16", max_length=MAX_LENGTH, query_max_length=MAX_LENGTH)
     examples = [Example(q, d) for q, d in pairs(batch * (WARMUP + steps))]
-    config = TrainConfig(model=path, batch_size=batch, negatives=0, flops_query=FLOPS_WEIGHT, flops_doc=FLOPS_WEIGHT,
+    config = TrainConfig(model=path, batch_size=batch, hard_negatives=0, flops_query=FLOPS_WEIGHT, flops_doc=FLOPS_WEIGHT,
                          max_length=MAX_LENGTH, query_max_length=MAX_LENGTH, warmup=0.0)
     with tempfile.TemporaryDirectory() as tmp:
         train(model, examples[: batch * WARMUP], Path(tmp) / "warm", config, progress=False, checkpoint_every=10**9)

@@ -268,3 +268,38 @@ def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(t
     assert any("search-defaults.json" in p for p in verify_collection(col).problems)
     with pytest.raises(CorruptFileError, match="search-defaults.json"):
         Collection.open(col)
+
+
+def test_a_model_folder_retrained_in_place_gets_a_new_index_not_the_cached_one(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    from lsr.encode.models import resolve_model
+
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
+    tiny_beir(tmp_path)
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model("splade-tiny"), model)
+
+    def beir(out: str) -> dict:
+        assert cli_main(["beir", "--dataset", "tiny", "--data-dir", str(tmp_path), "--model", str(model), "--methods",
+                         "sparse", "--dense", "none", "--out", str(tmp_path / out), "--quiet"]) == 0
+        return json.loads((tmp_path / out / "results.json").read_text())
+
+    first = beir("first")
+    assert "index built" in capsys.readouterr().out
+    (model / "lsr_train.json").write_text("{}")  # a training report is not the model: the cache still holds
+    assert beir("same")["index_checksum"] == first["index_checksum"]
+    assert "index reused from cache" in capsys.readouterr().out
+
+    mlm = AutoModelForMaskedLM.from_pretrained(model)  # "retrain": same folder, same name, other weights
+    with torch.no_grad():
+        for p in mlm.bert.encoder.parameters():
+            p.mul_(0.5)
+    mlm.save_pretrained(model)
+    retrained = beir("retrained")
+    assert "index built" in capsys.readouterr().out
+    assert retrained["index_checksum"] != first["index_checksum"]
+    assert len(list((tmp_path / "cache" / "indexes").iterdir())) == 2

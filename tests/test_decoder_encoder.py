@@ -57,3 +57,20 @@ def test_echo_truncates_each_copy_to_half_the_budget(tiny_decoder):
     batch, info = enc.encode_queries([long_text], return_info=True)
     assert info.truncated[0]
     np.testing.assert_allclose(batch.to_dense()[0], manual_echo(reference_model, tokenizer, long_text, 8), atol=1e-5)
+
+
+def test_echo_budget_is_halved_once_not_twice(tiny_decoder):
+    """query_max_length 16 holds two copies of 8 tokens: an 8-token text is whole, a 9-token one is cut to 8."""
+    model, reference_model, tokenizer = tiny_decoder
+    enc = DecoderSpladeEncoder(model, tokenizer, max_length=64, query_max_length=16, device="cpu")
+    words = "protein enzyme cell gene virus tumour brain heart liver kidney".split()
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    fits = " ".join(w for w in words if len(ids(w)) == 1)
+    fits = tokenizer.decode(ids(fits)[:8])
+    assert len(ids(fits)) == 8
+    batch, info = enc.encode_queries([fits, fits + " lung"], return_info=True)
+    assert list(info.truncated) == [False, True]
+    whole = manual_echo(reference_model, tokenizer, fits, 8)
+    np.testing.assert_allclose(batch.to_dense()[0], whole, atol=1e-5)
+    np.testing.assert_allclose(batch.to_dense()[1], whole, atol=1e-5)  # the ninth token is what was cut
+    assert not np.allclose(whole, manual_echo(reference_model, tokenizer, fits, 4), atol=1e-5)

@@ -64,6 +64,27 @@ def test_mined_negatives_exclude_judged_documents(tiny_beir, scifact, examples):
         assert not set(ex.negatives) & judged_texts[by_query[ex.query]]
 
 
+def test_model_mined_negatives_are_the_models_own_top_unjudged_documents(tiny_beir, scifact):
+    from lsr.eval.datasets import load_beir
+    from lsr.train.data import model_miner
+
+    model = TrainableSplade.load("splade-tiny", device="cpu", dtype="fp32")
+    mined = load_examples(str(tiny_beir), miner=model_miner(model.encoder))
+    data = load_beir(tiny_beir, splits=("train",))
+    doc_ids = list(data.corpus)
+    doc_texts = data.doc_texts(doc_ids)
+    docs = model.encoder.encode_documents(doc_texts).to_dense()
+    judged = {data.queries[q]: set(data.doc_texts(list(ds))) for q, ds in data.qrels["train"].items()}
+    assert len(mined) >= 12
+    for ex in mined:
+        scores = docs @ model.encoder.encode_queries([ex.query]).to_dense()[0]
+        ranked = [doc_texts[j] for j in np.argsort(-scores, kind="stable") if doc_texts[j] not in judged[ex.query]]
+        assert not set(ex.negatives) & judged[ex.query]
+        assert list(ex.negatives) == ranked[: len(ex.negatives)] and len(ex.negatives) == 20
+    bm25 = {ex.query: ex.negatives for ex in load_examples(str(tiny_beir))}
+    assert any(bm25[ex.query] != ex.negatives for ex in mined)  # a different miner, not BM25 under another name
+
+
 def _loss(model: TrainableSplade, examples: list[Example]) -> float:
     with torch.no_grad():
         q = model.encode([ex.query for ex in examples], 16)
@@ -162,6 +183,7 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("empty-jsonl", "holds no training rows"),
     ("no-positive", "line 2: 'positive' must be a non-empty string"),
     ("batch-size-0", "--batch-size must be positive"),
+    ("model-negatives-for-jsonl", "--negatives model mines a BEIR corpus"),
 ])
 def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
     data, extra = tmp_path / "pairs.jsonl", []
@@ -173,7 +195,7 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": "q"}) + "\n")
     else:
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
-        extra = ["--batch-size", "0"]
+        extra = ["--batch-size", "0"] if case == "batch-size-0" else ["--negatives", "model"]
     assert main(["train", str(data), str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lsr train: error:") and message in err and len(err.splitlines()) == 1

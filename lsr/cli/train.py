@@ -1,7 +1,8 @@
 """Fine-tune a SPLADE encoder: contrastive loss over in-batch and hard negatives, FLOPS regularisation.
 
 DATA is a BEIR name, folder or archive (its --split qrels, default train; hard negatives are mined
-with BM25, never a document judged for the query), or a JSONL file of
+with BM25, or with --negatives model by the starting model's own retrieval, never a document judged
+for the query), or a JSONL file of
   {"query": "...", "positive": "...", "negatives": ["...", ...], "scores": [pos, neg1, ...]}
 rows ("negatives" optional; "scores" = teacher scores, adds margin-MSE distillation).
 OUT becomes a model folder that SpladeEncoder.from_pretrained(OUT), `lsr index --model OUT`,
@@ -9,8 +10,18 @@ OUT becomes a model folder that SpladeEncoder.from_pretrained(OUT), `lsr index -
 written every --checkpoint-every steps and on Ctrl-C; --resume continues (after kill -9 too) and,
 with the same --seed, ends with the same weights as an uninterrupted run.
 
+The defaults are a recipe for a small model on a CPU: many cheap steps rather than few long ones.
+Training cuts documents at 128 tokens and queries at 32 (the exported model still encodes up to its
+inference limit), lr 1e-4, weak FLOPS (1e-5) so nDCG is not traded for sparsity, one BM25 hard
+negative per query, 4 epochs (a 10% warm-up, then linear decay; a run cut short by --max-minutes
+stops near the peak rate, which beat a fully decayed schedule over so few steps). If the progress bar
+shows non-zeros falling toward 0 and the loss toward log(batch) (all vectors collapsing, as NFCorpus'
+loosely judged train pairs did at 1e-4), lower --lr (2e-5). Measured on SciFact and NFCorpus:
+benchmarks/results/train-scifact.md, train-nfcorpus.md.
+
 Examples:
   lsr train scifact models/splade-scifact --max-minutes 12 --eval scifact
+  lsr train scifact models/splade-scifact --negatives model --hard-negatives 2
   lsr train pairs.jsonl models/mine --epochs 2 --batch-size 32 --device cuda --dtype bf16
   lsr train scifact models/splade-scifact --resume
 """
@@ -30,7 +41,7 @@ HELP = "fine-tune a SPLADE model on a BEIR train split or JSONL pairs (contrasti
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.train.config import TrainConfig
+    from lsr.train.config import NEGATIVE_MINERS, TrainConfig
 
     d = TrainConfig()
     p.add_argument("data", metavar="DATA", help="BEIR name/folder/archive, or a .jsonl of query/positive/negatives rows")
@@ -42,7 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"queries per micro-batch; their documents are each other's negatives (default: {d.batch_size})")
     p.add_argument("--accumulate", type=int, default=d.accumulate, help="micro-batches per optimiser step (default: 1)")
-    p.add_argument("--negatives", type=int, default=d.negatives, help=f"hard negatives per query (default: {d.negatives})")
+    p.add_argument("--negatives", choices=NEGATIVE_MINERS, default=d.negatives,
+                   help="who mines a BEIR split's hard negatives: bm25, or model = the starting model's own exact "
+                        f"retrieval over the corpus (judged documents never count; default: {d.negatives})")
+    p.add_argument("--hard-negatives", type=int, default=d.hard_negatives,
+                   help=f"hard negatives per query and step, drawn from its mined pool (default: {d.hard_negatives})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default: {d.lr})")
     p.add_argument("--flops-query", type=float, default=d.flops_query, help=f"query FLOPS weight (default: {d.flops_query})")
     p.add_argument("--flops-doc", type=float, default=d.flops_doc, help=f"document FLOPS weight (default: {d.flops_doc})")
@@ -51,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"query tokens (default: {d.query_max_length})")
     p.add_argument("--inference-free", action="store_true",
                    help="train the document encoder only; queries are IDF-weighted tokens (idf.json in OUT), IDF-aware FLOPS")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes and save")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop training after this many minutes and save")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed for order, negatives and dropout (default: {d.seed})")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT")
@@ -64,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from lsr.train.config import TrainConfig
 
     config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
-                         negatives=args.negatives, lr=args.lr, flops_query=args.flops_query, flops_doc=args.flops_doc,
+                         hard_negatives=args.hard_negatives, negatives=args.negatives, lr=args.lr,
+                         flops_query=args.flops_query, flops_doc=args.flops_doc,
                          max_length=args.max_length, query_max_length=args.query_max_length, seed=args.seed,
                          inference_free=args.inference_free)
     config.check()  # bad numbers fail before any data or model loads
@@ -73,12 +90,23 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_out(out, args.resume)
     encoding = device_options(args)
-    from lsr.train.data import load_examples
+    from lsr.train.data import load_examples, model_miner
 
-    examples = load_examples(args.data, args.split, data_dir=args.data_dir)
     say = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    model = None
+    if config.negatives == "model":  # the model mines before it trains (a resume mines the same pool again)
+        model = _load(config, encoding)
+    examples = load_examples(args.data, args.split, data_dir=args.data_dir,
+                             miner=None if model is None else model_miner(model.encoder, progress=not args.quiet))
     say(f"{len(examples):,} training examples from {args.data}")
-    return _train(args, config, examples, out, encoding, say)
+    return _train(args, config, examples, out, encoding, say, model or _load(config, encoding))
+
+
+def _load(config, encoding: dict[str, str]):
+    """The starting model; its encoder keeps the inference lengths, so mining and --eval see what `lsr index` will."""
+    from lsr.train.model import TrainableSplade
+
+    return TrainableSplade.load(config.model, **encoding)
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -93,15 +121,12 @@ def _check_out(out: Path, resume: bool) -> None:
         raise FileExistsError(f"{out} already exists and is not an empty folder; choose a new OUT")
 
 
-def _train(args, config, examples, out: Path, encoding: dict[str, str], say) -> int:
+def _train(args, config, examples, out: Path, encoding: dict[str, str], say, model) -> int:
     from lsr.train.checkpoint import CHECKPOINT_FILE
     from lsr.train.evaluate import sparse_quality
     from lsr.train.export import save_model_folder
     from lsr.train.loop import train
-    from lsr.train.model import TrainableSplade
 
-    model = TrainableSplade.load(config.model, max_length=config.max_length,
-                                 query_max_length=config.query_max_length, **encoding)
     out.mkdir(parents=True, exist_ok=True)
     before = after = None
     if args.eval:

@@ -9,6 +9,7 @@ cannot be reached (or ``HF_HUB_OFFLINE`` is set), instead of after transformers'
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import socket
@@ -62,6 +63,28 @@ def resolve_model(name_or_path: str) -> str:
     if os.path.exists(name) or name.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model folder {name!r} does not exist (or is not a directory with config.json)")
     return _hub_cache_folder(name) or name
+
+
+MODEL_CONTENT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt")
+NOT_MODEL_CONTENT = {"lsr_train.json", "checkpoint.pt"}  # a training run's report and resume state, not the model
+
+
+def model_content_key(name_or_path: str) -> str | None:
+    """sha256 over a user's model folder (config, tokenizer, weights, idf.json; subfolders included).
+
+    Bundled names and hub snapshots are immutable, so their name is their identity (None here); a
+    local folder can be retrained in place, so caches built from it must be keyed on what it holds.
+    """
+    if str(name_or_path) in BUNDLED or not os.path.isdir(os.path.expanduser(str(name_or_path))):
+        return None
+    from lsr.files import file_sha256
+
+    root = Path(os.path.expanduser(str(name_or_path)))
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in MODEL_CONTENT_SUFFIXES and path.name not in NOT_MODEL_CONTENT:
+            digest.update(f"{path.relative_to(root).as_posix()}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def _hub_cache_folder(repo_id: str) -> str | None:

@@ -202,6 +202,10 @@ class SpladeEncoder:
         return self._encode(texts, self.query_max_length, self.query_expansion, batch_size, show_progress, return_info)
 
     # ------------------------------------------------------------------ internals
+    def _token_budget(self, max_length: int) -> int:
+        """How many tokens of one text a ``max_length`` input holds (what truncation is judged against)."""
+        return max_length
+
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
         return truncated_token_ids(self.tokenizer, texts, max_length, self._special_ids)
 
@@ -261,7 +265,7 @@ class SpladeEncoder:
                 progress.update(len(positions))
         if progress is not None:
             progress.close()
-        info = report_truncation(log, n_tokens, max_length)
+        info = report_truncation(log, n_tokens, self._token_budget(max_length))
         batch = SparseBatch(*scatter_csr(len(texts), parts), self.vocab_size, self.vocab)
         return (batch, info) if return_info else batch
 
@@ -291,11 +295,15 @@ class DecoderSpladeEncoder(SpladeEncoder):
             self._pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self._bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
 
+    def _token_budget(self, max_length: int) -> int:
+        """One copy's share, BOS included: each echoed copy gets half of what is left after BOS."""
+        return (max_length - len(self._bos)) // (2 if self.echo else 1) + len(self._bos)
+
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
-        """Text tokens only (no specials); each echoed copy gets half of what is left after BOS."""
+        """Text tokens only (no specials), cut to one copy's share of ``max_length`` (the whole echoed input)."""
         enc = token_ids(self.tokenizer, texts, add_special_tokens=False, truncation=False)
         lengths = np.fromiter((len(ids) for ids in enc), dtype=np.int64, count=len(enc))
-        budget = (max_length - len(self._bos)) // (2 if self.echo else 1)
+        budget = self._token_budget(max_length) - len(self._bos)
         return [ids[:budget] for ids in enc], lengths + len(self._bos)  # reported length counts one copy
 
     def _batch_inputs(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -306,11 +314,6 @@ class DecoderSpladeEncoder(SpladeEncoder):
         start = len(self._bos) + lengths
         position = torch.arange(mask.shape[1])
         return input_ids, mask, ((position >= start) & (position < start + lengths)).long()
-
-    def _encode(self, texts, max_length, expansion, batch_size, show_progress, return_info):
-        # Truncation is judged on one copy of the text against the per-copy budget.
-        per_copy = (max_length - len(self._bos)) // (2 if self.echo else 1) + len(self._bos)
-        return super()._encode(texts, per_copy, expansion, batch_size, show_progress, return_info)
 
 
 class InferenceFreeQueryEncoder:

@@ -70,6 +70,11 @@ def exact_sparse_run(collection_path: Path, searcher: Any, qids: Sequence[str], 
     docs_t = SparseBatch.concat(list(batches)).to_scipy().T.tocsr()
     doc_ids = [d for part in ids for d in part]
     queries = searcher.encode_queries(list(texts))[0].to_scipy()
+    return dot_product_run(queries, docs_t, qids, doc_ids, k)
+
+
+def dot_product_run(queries: Any, docs_t: Any, qids: Sequence[str], doc_ids: Sequence[str], k: int) -> Run:
+    """The top ``k`` positive-scoring documents per query: scipy CSR queries [Q, V] times documents [V, D]."""
     run: Run = {}
     for start in range(0, len(qids), 64):  # bounded memory: 64 dense score rows at a time
         scores = (queries[start : start + 64] @ docs_t).toarray()
@@ -77,3 +82,11 @@ def exact_sparse_run(collection_path: Path, searcher: Any, qids: Sequence[str], 
             top = np.argsort(-scores[row], kind="stable")[:k]
             run[q] = {doc_ids[j]: float(scores[row, j]) for j in top if scores[row, j] > 0}
     return run
+
+
+def encoder_run(encoder: Any, dataset: BeirDataset, qids: Sequence[str], k: int, *, progress: bool = False) -> tuple[Run, Any, Any]:
+    """Exact retrieval with a SPLADE ``encoder`` over the whole corpus, no index: (run, query vectors, doc vectors)."""
+    doc_ids = list(dataset.corpus)
+    docs = encoder.encode_documents(dataset.doc_texts(doc_ids), show_progress=progress)
+    queries = encoder.encode_queries([dataset.queries[q] for q in qids])
+    return dot_product_run(queries.to_scipy(), docs.to_scipy().T.tocsr(), qids, doc_ids, k), queries, docs

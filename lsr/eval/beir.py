@@ -44,21 +44,36 @@ def corpus_checksum(dataset: BeirDataset) -> str:
     return CorpusHash().update(ids, dataset.doc_texts(ids))
 
 
+def cache_folder(dataset: BeirDataset, options: Any) -> Path:
+    """Where the index of ``dataset`` built with ``options`` is cached: a hash of everything that decides it.
+
+    A model given as a folder is keyed on its files' contents too, so retraining into the same folder
+    builds a new index instead of reusing the old model's.
+    """
+    from lsr.encode.models import model_content_key
+    from lsr.ingest.layout import FORMAT
+
+    dtype = options.encoding()["dtype"]  # fp32 (CPU) builds keep their old keys; 16-bit GPU vectors differ slightly
+    contents = {role: key for role, key in (("model_files", model_content_key(options.model)),
+                                            ("dense_files", options.dense_model and model_content_key(options.dense_model)))
+                if key}  # bundled and hub models keep their old keys
+    key = json.dumps({"format": FORMAT, "model": options.model, "dense": options.dense_model, "max_length": options.max_length,
+                      "fields": list(options.fields), "hnsw": options.hnsw_m, "quantization": options.quantization,
+                      **({"bm25": True} if options.bm25 else {}), **contents,
+                      "corpus": corpus_checksum(dataset), **({} if dtype == "fp32" else {"dtype": dtype})}, sort_keys=True)
+    return cache_dir() / "indexes" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
 def cached_collection(source: Path, dataset: BeirDataset, options: Any, *, progress: bool = True,
                       say: Callable[[str], None] = print) -> tuple[Path, bool]:
     """A collection of ``source`` under the cache, keyed by models, settings and corpus checksum.
 
     Returns (folder, reused). An interrupted build is resumed on the next call.
     """
-    from lsr.ingest.layout import FORMAT, META_FILE
+    from lsr.ingest.layout import META_FILE
     from lsr.ingest.indexing import build_collection
 
-    dtype = options.encoding()["dtype"]  # fp32 (CPU) builds keep their old keys; 16-bit GPU vectors differ slightly
-    key = json.dumps({"format": FORMAT, "model": options.model, "dense": options.dense_model, "max_length": options.max_length,
-                      "fields": list(options.fields), "hnsw": options.hnsw_m, "quantization": options.quantization,
-                      **({"bm25": True} if options.bm25 else {}),
-                      "corpus": corpus_checksum(dataset), **({} if dtype == "fp32" else {"dtype": dtype})}, sort_keys=True)
-    folder = cache_dir() / "indexes" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    folder = cache_folder(dataset, options)
     if (folder / META_FILE).is_file():
         return folder, True
     # The source path is part of the build settings; a cache hit must not depend on where the data lives.

@@ -4,35 +4,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+NEGATIVE_MINERS = ("bm25", "model")
+
 
 @dataclass
 class TrainConfig:
     """Everything that decides the trained weights (``device``, ``max_minutes`` and checkpointing only decide when/where)."""
 
     model: str = "splade-tiny"
-    epochs: int = 1
+    epochs: int = 4
     batch_size: int = 16
     accumulate: int = 1
-    negatives: int = 1
-    lr: float = 5e-5
+    hard_negatives: int = 1  # drawn per query and step from its mined pool
+    negatives: str = "bm25"  # who mines a BEIR train split's pool: "bm25" or "model" (the starting model's own retrieval)
+    lr: float = 1e-4
     warmup: float = 0.1  # fraction of steps with a linearly rising learning rate
     weight_decay: float = 0.01
     clip: float = 1.0
-    flops_query: float = 5e-4
-    flops_doc: float = 5e-4
+    flops_query: float = 1e-5
+    flops_doc: float = 1e-5
     flops_warmup: float = 0.3  # fraction of steps over which the FLOPS weights grow quadratically
     distill: float = 1.0  # margin-MSE weight, used for rows that carry teacher scores
     inference_free: bool = False  # queries are IDF bags (no model); documents get IDF-aware FLOPS
-    max_length: int = 256
-    query_max_length: int = 64
+    max_length: int = 128
+    query_max_length: int = 32
     seed: int = 0
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "accumulate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.negatives < 0:
-            raise ValueError(f"--negatives must be ≥ 0, got {self.negatives}")
+        if self.hard_negatives < 0:
+            raise ValueError(f"--hard-negatives must be ≥ 0, got {self.hard_negatives}")
+        if self.negatives not in NEGATIVE_MINERS:
+            raise ValueError(f"--negatives must be one of {', '.join(NEGATIVE_MINERS)}, got {self.negatives!r}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.flops_query < 0 or self.flops_doc < 0:

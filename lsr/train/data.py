@@ -1,7 +1,7 @@
 """Training examples: (query, positive, hard-negative pool, optional teacher scores).
 
-Two sources: a BEIR dataset's train split (queries + qrels + corpus; hard negatives mined with BM25,
-never a judged document of that query), or a JSONL file of
+Two sources: a BEIR dataset's train split (queries + qrels + corpus; hard negatives mined with BM25
+or with the starting model's own exact retrieval, never a judged document of that query), or a JSONL file of
 ``{"query": ..., "positive": ..., "negatives": [...], "scores": [pos, neg1, ...]}`` rows where
 ``negatives`` and ``scores`` (teacher scores for margin-MSE, same order) are optional.
 """
@@ -9,8 +9,18 @@ never a judged document of that query), or a JSONL file of
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:
+    from lsr.eval.datasets import BeirDataset
+    from lsr.eval.metrics import Run
+
+    Miner = Callable[[BeirDataset, Sequence[str], int], Run]  # (dataset, query ids, depth) -> ranked documents
+
+log = logging.getLogger(__name__)
 
 MINED_NEGATIVES = 20  # pool size per query; each epoch draws from it
 
@@ -23,14 +33,31 @@ class Example:
     scores: tuple[float, ...] | None = None  # teacher scores of (positive, *negatives)
 
 
-def load_examples(data: str, split: str = "train", *, data_dir: str | None = None) -> list[Example]:
-    """A ``.jsonl`` file, else a BEIR name, folder or archive (its ``split`` qrels)."""
+def load_examples(data: str, split: str = "train", *, data_dir: str | None = None, miner: Miner | None = None) -> list[Example]:
+    """A ``.jsonl`` file, else a BEIR name, folder or archive (its ``split`` qrels, negatives from ``miner``)."""
     path = Path(data)
     if path.suffix == ".jsonl":
+        if miner is not None:
+            raise ValueError("--negatives model mines a BEIR corpus; a JSONL file brings its own negatives")
         if not path.is_file():
             raise FileNotFoundError(f"training file {data} does not exist")
         return read_jsonl(path)
-    return beir_examples(data, split, data_dir=data_dir)
+    return beir_examples(data, split, data_dir=data_dir, miner=miner)
+
+
+def model_miner(encoder: Any, *, progress: bool = False) -> Miner:
+    """Mine with the model being fine-tuned (its weights before training): exact SPLADE retrieval over the corpus.
+
+    Its own near misses are the negatives it most needs to push down; BM25's are lexical look-alikes it may
+    already rank low. Scored by exact dot products, so no index (and no index cache) is involved.
+    """
+    from lsr.eval.backends import encoder_run
+
+    def mine(dataset: BeirDataset, qids: Sequence[str], depth: int) -> Run:
+        log.info("mining hard negatives with %s over %d documents", getattr(encoder, "name", "the model"), len(dataset.corpus))
+        return encoder_run(encoder, dataset, qids, depth, progress=progress)[0]
+
+    return mine
 
 
 def read_jsonl(path: Path) -> list[Example]:
@@ -66,8 +93,9 @@ def _example(line: str, where: str) -> Example:
     return Example(row["query"], row["positive"], tuple(negatives), scores)
 
 
-def beir_examples(data: str, split: str, *, data_dir: str | None = None) -> list[Example]:
-    """One example per judged-relevant (query, document) pair of ``split``, with BM25-mined negatives."""
+def beir_examples(data: str, split: str, *, data_dir: str | None = None, miner: Miner | None = None) -> list[Example]:
+    """One example per judged-relevant (query, document) pair of ``split``, with negatives mined by ``miner``
+    (default BM25): its top-ranked documents that are not judged for the query."""
     from lsr.eval.backends import bm25_run
     from lsr.eval.datasets import load_beir, locate_dataset
 
@@ -82,7 +110,7 @@ def beir_examples(data: str, split: str, *, data_dir: str | None = None) -> list
     if not qids:
         raise ValueError(f"{source}'s {split} split judges no query relevant to any document in its corpus")
     depth = MINED_NEGATIVES + max(len(qrels[q]) for q in qids)
-    mined = bm25_run(dataset, qids, depth)
+    mined = (miner or bm25_run)(dataset, qids, depth)
     examples = []
     for q in qids:
         ranked = sorted(mined.get(q, {}).items(), key=lambda hit: -hit[1])

@@ -6,14 +6,13 @@ brute-force float32 dot products are the yardstick the index itself is checked a
 
 from __future__ import annotations
 
-import numpy as np
-
 from lsr.encode.splade import SpladeEncoder
 
 
 def sparse_quality(encoder: SpladeEncoder, dataset: str, split: str = "test", *, data_dir: str | None = None,
                    k: int = 100, progress: bool = True) -> dict[str, float]:
     """{"ndcg@10", ..., "doc_nnz", "query_nnz", "queries", "docs"} of ``encoder`` on ``dataset``'s ``split``."""
+    from lsr.eval.backends import encoder_run
     from lsr.eval.datasets import load_beir, locate_dataset
     from lsr.eval.metrics import evaluate
 
@@ -23,14 +22,7 @@ def sparse_quality(encoder: SpladeEncoder, dataset: str, split: str = "test", *,
         raise ValueError(f"{source} has no qrels/{split}.tsv to evaluate on")
     qrels = data.qrels[split]
     qids = [q for q in qrels if q in data.queries]
-    doc_ids = list(data.corpus)
-    docs = encoder.encode_documents(data.doc_texts(doc_ids), show_progress=progress)
-    queries = encoder.encode_queries([data.queries[q] for q in qids])
-    scores = (queries.to_scipy() @ docs.to_scipy().T).toarray()
-    run = {}
-    for row, q in enumerate(qids):
-        top = np.argsort(-scores[row], kind="stable")[: k + 1]  # +1: a self-hit is dropped by the evaluator
-        run[q] = {doc_ids[j]: float(scores[row, j]) for j in top if scores[row, j] > 0}
+    run, queries, docs = encoder_run(encoder, data, qids, k + 1, progress=progress)  # +1: the evaluator drops self-hits
     metrics = evaluate(qrels, run)
     return {**metrics, "doc_nnz": docs.nnz / max(1, len(docs)), "query_nnz": queries.nnz / max(1, len(queries)),
-            "queries": len(qids), "docs": len(doc_ids)}
+            "queries": len(qids), "docs": len(data.corpus)}

@@ -51,9 +51,12 @@ def steps_per_epoch(config: TrainConfig, n_examples: int) -> int:
     return math.ceil(n_examples / (config.batch_size * config.accumulate))
 
 
+MAX_WARMUP_STEPS = 20  # AdamW's moments settle within tens of steps; a large dataset must not spend a short run warming up
+
+
 def lr_factor(step: int, total: int, warmup: float) -> float:
-    """Linear warm-up over the first ``warmup`` fraction of steps, then linear decay to zero."""
-    warm = max(1, int(total * warmup))
+    """Linear warm-up over the first ``warmup`` fraction of steps (at most MAX_WARMUP_STEPS), then linear decay to zero."""
+    warm = max(1, min(MAX_WARMUP_STEPS, int(total * warmup)))
     return (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
 
 
@@ -81,7 +84,7 @@ class _Epochs:
         if self._cached is None or self._cached[0] != epoch:
             rng = np.random.default_rng([self.config.seed, epoch])
             order = rng.permutation(len(self.examples))
-            draws = [rng.permutation(len(ex.negatives))[: self.config.negatives] for ex in self.examples]
+            draws = [rng.permutation(len(ex.negatives))[: self.config.hard_negatives] for ex in self.examples]
             self._cached = (epoch, order, draws)
         return self._cached[1], self._cached[2]
 
@@ -189,7 +192,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
         if model.idf is None:
             model.use_idf_queries(sorted({text for ex in examples for text in (ex.positive, *ex.negatives)}))
         doc_term_weights = idf_flops_weights(model.idf)
-    flops_warm = int(total * config.flops_warmup)
+    flops_warm = int(min(total, steps_per_epoch(config, len(examples))) * config.flops_warmup)  # within the first epoch
     bar = _progress_bar(total, start, progress)
     history: list[dict[str, float]] = []
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes

@@ -35,14 +35,20 @@ class TrainableSplade:
                 self.parameters.append(p)
 
     @classmethod
-    def load(cls, name: str, *, device: str, dtype: str, max_length: int, query_max_length: int) -> "TrainableSplade":
-        """Weights stay fp32 (the optimiser's master copy); bf16/fp16 run the forward under autocast."""
+    def load(cls, name: str, *, device: str, dtype: str, max_length: int | None = None,
+             query_max_length: int | None = None) -> "TrainableSplade":
+        """Weights stay fp32 (the optimiser's master copy); bf16/fp16 run the forward under autocast.
+
+        ``max_length``/``query_max_length`` are the wrapped encoder's (mining and ``--eval``); None keeps the
+        inference defaults, so those see documents as the exported folder will. ``encode`` takes its own lengths.
+        """
         import transformers
 
         config = load_with_hint(name, transformers.AutoConfig.from_pretrained)
         encoder_class = DecoderSpladeEncoder if getattr(config, "is_decoder", False) or _is_causal(config) else SpladeEncoder
-        encoder = encoder_class.from_pretrained(name, device=device, dtype="fp32", max_length=max_length,
-                                                query_max_length=query_max_length)
+        lengths = {"max_length": max_length, "query_max_length": query_max_length}
+        encoder = encoder_class.from_pretrained(name, device=device, dtype="fp32",
+                                                **{k: v for k, v in lengths.items() if v is not None})
         autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
         return cls(encoder, autocast_dtype=autocast)
 
