@@ -176,8 +176,10 @@ def score_variants(backend: Any, tuned: dict[str, Any], qrels: dict, qids: list[
 
 
 def best_prf_settings(tuned: dict[str, Any]) -> dict[str, Any] | None:
-    """The best variant's PrfOptions fields on the tuning split, even when it did not beat no PRF: what a search
-    that asks for PRF without settings should get."""
+    """The chosen PRF (of the chosen fusion + PRF pair), else the best variant's PrfOptions fields on the tuning split
+    even though it did not beat no PRF: what a search that asks for PRF without settings should get."""
+    if tuned.get("chosen"):
+        return tuned["chosen"]["settings"]
     if not tuned.get("variants"):
         return None
     return max(tuned["variants"].values(), key=lambda v: v["ndcg@10"])["settings"]

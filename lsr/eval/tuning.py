@@ -108,15 +108,21 @@ def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: i
         used = [(run, w) for run, w in zip(legs, weights) if w > 0]
         run = {q: dict(rank(fuse([r.get(q, {}) for r, _ in used], [w for _, w in used], method), k + 1)) for q in qids}
         scores[(method, weights)] = evaluate(qrels, run)["ndcg@10"]
+    named = {(m, w): {"normalization": m, "sparse_weight": w[0], "dense_weight": w[1], "bm25_weight": w[2]}
+             for m, w in grid}
     ranked = sorted(scores, key=lambda mw: (scores[mw], mw[0] == "min_max", -max(mw[1])), reverse=True)
     method, (sparse, dense, bm25) = ranked[0]
     say(f"tuned fusion {method} sparse={sparse} dense={dense} bm25={bm25} on {tune_split}: "
         f"nDCG@10 {scores[(method, (sparse, dense, bm25))]:.4f}")
     settings.update(normalization=method, sparse_weight=sparse, dense_weight=dense, bm25_weight=bm25,
-                    tuning_ndcg10={f"{m} {w[0]:.1f}/{w[1]:.1f}/{w[2]:.1f}": round(v, 4) for (m, w), v in scores.items()},
-                    top=[{"normalization": m, "sparse_weight": w[0], "dense_weight": w[1], "bm25_weight": w[2],
-                          "ndcg@10": round(scores[(m, w)], 4)} for m, w in ranked[:TOP_FUSIONS]])
+                    tuning_ndcg10={fusion_key(named[mw]): round(v, 4) for mw, v in scores.items()},
+                    top=[{**named[mw], "ndcg@10": round(scores[mw], 4)} for mw in ranked[:TOP_FUSIONS]])
     return settings
+
+
+def fusion_key(f: dict[str, Any]) -> str:
+    """A fusion setting's name in ``tune_fusion``'s ``tuning_ndcg10``."""
+    return f"{f['normalization']} {f['sparse_weight']:.1f}/{f['dense_weight']:.1f}/{f['bm25_weight']:.1f}"
 
 
 def fusion_options(chosen: dict[str, Any]):
@@ -155,6 +161,6 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
                 "prf": best_prf_settings(prf), "prf_helps": prf["chosen"] is not None,
                 "prf_variants_ndcg@10": {name: v["ndcg@10"] for name, v in prf["variants"].items()},
                 "tuned_on": f"{dataset.name}/{tune_split}", "not_tuned_on": split,
-                "ndcg@10": max(fusion["tuning_ndcg10"].values())}
+                "ndcg@10": fusion["tuning_ndcg10"][fusion_key(chosen)]}  # the stored fusion's, without PRF
     write_search_defaults(Path(collection), defaults)
     return defaults
