@@ -111,15 +111,22 @@ def markdown(reports: dict[str, dict], cross: dict) -> str:
         prf = r["settings"]["prf"]
         on = prf["tuned_on"]
         base_dev, base_test = prf["no_prf_ndcg@10"], r["methods"]["fusion"]["ndcg@10"]
-        chosen = (prf.get("chosen") or {}).get("variant")
+        pair = prf.get("chosen") or {}
+        best = {key: r["settings"]["fusion"][key] for key in ("normalization", "sparse_weight", "dense_weight", "bm25_weight")}
+        chosen = pair.get("variant") if pair.get("fusion", best) == best else None  # chosen on the fusion of this table
         lines += [f"## {r['dataset']} (chosen on `{on}`, reported on `{r['split']}`)", "",
                   f"| variant | settings chosen on `{on}` | nDCG@10 `{on}` | nDCG@10 `{r['split']}` |", "|---|---|---|---|",
                   f"| fusion, no PRF | {r['settings']['fusion']['normalization']} {r['settings']['fusion']['sparse_weight']}/"
                   f"{r['settings']['fusion']['dense_weight']}/{r['settings']['fusion']['bm25_weight']} | {base_dev:.4f} | {base_test:.4f} |"]
+        mark = lambda x, base: f"{x:.4f} {'✓' if x > base else '✗'}"  # noqa: E731
         for variant, v in r["prf_variants"].items():
-            mark = lambda x, base: f"{x:.4f} {'✓' if x > base else '✗'}"  # noqa: E731
             lines.append(f"| {'**' + variant + '** (chosen)' if variant == chosen else variant} | {prf_settings(v['settings'])} "
                          f"| {mark(v['tuning_ndcg@10'], base_dev)} | {mark(v['ndcg@10'], base_test)} |")
+        if pair and chosen is None:  # joint tuning chose PRF on another fusion
+            f = pair["fusion"]
+            lines.append(f"| **{pair['variant']}** (chosen jointly) on {f['normalization']} {f['sparse_weight']}/"
+                         f"{f['dense_weight']}/{f['bm25_weight']} | {prf_settings(pair['settings'])} | "
+                         f"{mark(pair['ndcg@10'], base_dev)} | {mark(r['methods']['fusion-prf']['ndcg@10'], base_test)} |")
         lines.append("")
     helps = [v for v in first["prf_variants"]
              if all(r["prf_variants"][v]["tuning_ndcg@10"] > r["settings"]["prf"]["no_prf_ndcg@10"] for r in reports.values())]
@@ -127,7 +134,8 @@ def markdown(reports: dict[str, dict], cross: dict) -> str:
     lines += ["## What is kept", "",
               f"Variants that raise the tuning-split nDCG@10 on every dataset: {', '.join(helps) or 'none'}; "
               f"of those, not lowering test on any: {', '.join(safe) or 'none'}. `lsr beir`'s `fusion-prf` and `lsr tune` "
-              "choose among all variants per collection on its own train/dev qrels; the table shows how each fared.", "",
+              "choose among all variants per collection on its own train/dev qrels, jointly with the fusion (the PRF shortlist "
+              "is also tried on the next best fusions); the table shows how each fared on the best fusion without PRF.", "",
               "## Default for collections without judgements (chosen across datasets, tuning splits only)", "",
               f"Fusion: `{cross['fusion']['setting']}` (sparse/dense/BM25), the setting with the best mean tuning nDCG@10 "
               f"over {', '.join(names)} ({cross['fusion']['mean_tuning_ndcg10']}).",

@@ -168,8 +168,8 @@ class _Forbidden(Mapping):
 def test_tuners_never_read_the_reported_split(tiny, searcher):
     from lsr.eval.backends import InProcess
     from lsr.eval.datasets import load_beir
-    from lsr.eval.prf_tuning import VARIANTS as ALL, tune_prf
-    from lsr.eval.tuning import fusion_options, tune, tune_fusion, tuning_split
+    from lsr.eval.prf_tuning import VARIANTS as ALL, tune_fusion_and_prf
+    from lsr.eval.tuning import tune, tuning_split
 
     dataset = load_beir(tiny[0] / "tiny.zip")
     dataset.qrels["test"] = _Forbidden()
@@ -178,11 +178,35 @@ def test_tuners_never_read_the_reported_split(tiny, searcher):
     backend = InProcess(searcher)
     quiet = lambda _: None  # noqa: E731
     tune(backend, dataset, split, 10, quiet)
-    fusion = tune_fusion(backend, dataset, split, 10, quiet)
     two = {name: ALL[name] for name in ("rocchio-idf", "before+after (both)")}
-    prf = tune_prf(backend, dataset, split, 10, fusion_options(fusion), quiet, variants=two)
-    assert prf["tuned_on"] == "train" and set(prf["variants"]) == set(two)
+    _, prf = tune_fusion_and_prf(backend, dataset, split, 10, quiet, variants=two)  # fusion, the PRF grid, the joint pairs
+    assert prf["tuned_on"] == "train" and set(prf["variants"]) == set(two) and prf["joint"]
     assert {name: len(v["grid_ndcg10"]) for name, v in prf["variants"].items()} == {"rocchio-idf": 36, "before+after (both)": 12}
+
+
+def test_joint_tuning_tries_prf_on_fusions_other_than_the_best_without_prf(tiny, searcher):
+    """The (fusion, PRF) pair is chosen over the top fusions and the cross-dataset default fusion, not only PRF on the
+    best fusion without PRF: the choice is the best pair of the whole candidate set, on the tuning split."""
+    from lsr.eval.backends import InProcess
+    from lsr.eval.datasets import load_beir
+    from lsr.eval.prf_tuning import VARIANTS as ALL, tune_fusion_and_prf
+    from lsr.eval.tuning import DEFAULT_FUSION, TOP_FUSIONS
+
+    dataset = load_beir(tiny[0] / "tiny.zip")
+    two = {name: ALL[name] for name in ("rocchio", "fused-feedback (before)")}
+    fusion, prf = tune_fusion_and_prf(InProcess(searcher), dataset, "train", 10, lambda _: None, variants=two)
+    keys = ("normalization", "sparse_weight", "dense_weight", "bm25_weight")
+    tops = [{key: top[key] for key in keys} for top in fusion["top"]]
+    assert len(tops) == TOP_FUSIONS and tops[0] == {key: fusion[key] for key in keys}
+    tried = [pair["fusion"] for pair in prf["joint"]]
+    assert all(top in tried for top in tops[1:]) and DEFAULT_FUSION in tried  # PRF on fusions other than the best
+    shortlisted = {pair["variant"] for pair in prf["joint"]}
+    assert set(two) <= shortlisted and "cross-dataset default" in shortlisted
+    scores = [v["ndcg@10"] for v in prf["variants"].values()] + [pair["ndcg@10"] for pair in prf["joint"]]
+    if prf["chosen"] is None:
+        assert max(scores) <= prf["no_prf_ndcg@10"]
+    else:
+        assert prf["chosen"]["ndcg@10"] == max(scores) > prf["no_prf_ndcg@10"] and prf["chosen"]["fusion"] in tops + [DEFAULT_FUSION]
 
 
 def test_untuned_collections_use_the_cross_dataset_defaults_without_a_missing_bm25_leg(tiny, searcher, tmp_path):

@@ -4,7 +4,8 @@ The dataset is found in --data-dir, then $LSR_BEIR_DIR, then the cache (~/.cache
 $LSR_CACHE_DIR), and otherwise downloaded from the official BEIR mirror (md5 checked).
 The index is built once and cached under a key of models + corpus checksum. Hybrid α, PRF m, β,
 the fusion's method and weights and the PRF variant (Rocchio, high-IDF Rocchio, Vector-PRF, feedback
-from the fused list, interpolation before/after/both) are tuned on the train/dev qrels only and
+from the fused list, interpolation before/after/both; chosen jointly with the fusion: the PRF
+shortlist is also tried on the next best fusions) are tuned on the train/dev qrels only and
 frozen for the reported split; the report lists every method and PRF variant with its settings.
 
 Examples:

@@ -4,7 +4,7 @@ Methods: ``bm25`` (bm25s + PyStemmer's English Snowball stemmer), ``sparse`` (SP
 ``dense`` (MiniLM), ``hybrid`` (normalised interpolation) and ``hybrid-prf`` (Rocchio on the
 sparse query + Vector-PRF on the dense one, interpolated before and after PRF) and ``fusion``
 (SPLADE, MiniLM and the collection's BM25 leg, each weighted, by min_max / z_score / RRF) and
-``fusion-prf`` (that fusion with the PRF variant of :mod:`lsr.eval.prf_tuning` that scores best).
+``fusion-prf`` (the best fusion + PRF pair of :mod:`lsr.eval.prf_tuning`, chosen jointly).
 Hybrid's α, PRF's m and β, fusion's method and weights and the PRF variant are tuned on the train/dev
 qrels only and then frozen for the reported split; every PRF variant is also scored on the reported
 split with its frozen settings, so the losers are reported too. ``defaults`` is what a collection never
@@ -27,7 +27,7 @@ from lsr.eval.backends import InProcess, Remote, bm25_run, exact_sparse_run
 from lsr.eval.datasets import BeirDataset, load_beir, locate_dataset
 from lsr.files import cache_dir
 from lsr.eval.metrics import evaluate
-from lsr.eval.prf_tuning import chosen_prf, score_variants, tune_prf
+from lsr.eval.prf_tuning import chosen_prf, score_variants, tune_fusion_and_prf
 from lsr.eval.report import machine, write_report
 from lsr.eval.tuning import (DEFAULT_ALPHA, DEFAULT_FUSION, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT, fusion_options, tune,
                              tune_fusion, tuning_split)
@@ -174,15 +174,18 @@ def run_beir(
             settings = tune(tuner, dataset, tuning_split(dataset, split), k, say, progress=progress)
             settings["tuned"] = "in-process on the served collection" if tuner is not backend else "through the backend"
             timings["tune"] = time.perf_counter() - clock
-        if {"fusion", "fusion-prf"} & set(neural):
+        if "fusion-prf" in neural:
+            clock = time.perf_counter()
+            settings["fusion"], settings["prf"] = tune_fusion_and_prf(tuner, dataset, tuning_split(dataset, split), k,
+                                                                      say, progress=progress)
+            timings["tune_fusion_and_prf"] = time.perf_counter() - clock
+        elif "fusion" in neural:
             clock = time.perf_counter()
             settings["fusion"] = tune_fusion(tuner, dataset, tuning_split(dataset, split), k, say)
             timings["tune_fusion"] = time.perf_counter() - clock
         fused = fusion_options(settings.get("fusion", DEFAULT_FUSION))
-        if "fusion-prf" in neural:
-            clock = time.perf_counter()
-            settings["prf"] = tune_prf(tuner, dataset, tuning_split(dataset, split), k, fused, say, progress=progress)
-            timings["tune_prf"] = time.perf_counter() - clock
+        prf_fusion = (settings.get("prf") or {}).get("chosen") or {}
+        fused_prf = fusion_options({**settings.get("fusion", DEFAULT_FUSION), **prf_fusion.get("fusion", {})})
         hybrid = HybridOptions(sparse_weight=settings.get("alpha", DEFAULT_ALPHA))
         plans = {
             "sparse": ("sparse", None, None),
@@ -192,7 +195,7 @@ def run_beir(
                                                         weight=settings.get("prf_weight", DEFAULT_PRF_WEIGHT),
                                                         interpolate="both")),
             "fusion": ("hybrid", fused, None),
-            "fusion-prf": ("hybrid", fused, chosen_prf(settings.get("prf"))),
+            "fusion-prf": ("hybrid", fused_prf, chosen_prf(settings.get("prf"))),
             "defaults": ("hybrid", UNTUNED_HYBRID, PrfOptions()),
         }
         for method in neural:

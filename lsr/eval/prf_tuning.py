@@ -7,11 +7,15 @@ run interpolated with the first run ("after"), or both. Each variant gets the sa
 docs × β, × min IDF for the IDF variants) so that no variant wins by having been searched harder, and
 every variant's best dev score is kept, winners and losers alike. PRF is chosen only when its best
 variant beats the fusion without PRF on the tuning split.
+
+Fusion and PRF are chosen jointly (``tune_fusion_and_prf``): a fusion that is a little worse without PRF can be
+better with it (NFCorpus), so a shortlist of PRF settings is also tried on the next best fusions and on the
+cross-dataset default fusion, and the best (fusion, PRF) pair on the tuning split wins.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Callable, Iterator
 
 from lsr.eval.datasets import BeirDataset
@@ -19,6 +23,7 @@ from lsr.eval.metrics import evaluate
 
 PRF_DOCS = (2, 3, 5, 10)
 PRF_BETAS = (0.25, 0.5, 1.0)
+EDGE_BETA = 2.0  # tried in the joint stage for a shortlisted setting whose best β is the grid's largest
 MIN_IDFS = (1.5, 2.5, 3.5)  # BM25 IDF: 1.5 ≈ a term in 1 doc of 4, 2.5 ≈ 1 in 12, 3.5 ≈ 1 in 33
 # name -> fixed PrfOptions fields; "beta" says which β the grid moves (sparse Rocchio, dense Vector-PRF, or both)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -94,6 +99,61 @@ def tune_prf(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
     return result
 
 
+def shortlist(tuned: dict[str, Any]) -> dict[Any, str]:
+    """PrfOptions -> name: each variant's best setting, the same with β = EDGE_BETA where its best β is the grid's
+    edge, and the cross-dataset default PrfOptions()."""
+    from lsr.search.searcher import PrfOptions
+
+    edge, out = PRF_BETAS[-1], {}
+    for name, variant in tuned["variants"].items():
+        prf = PrfOptions(**variant["settings"])
+        out.setdefault(prf, name)
+        if edge in (prf.weight, prf.dense_weight):
+            wider = replace(prf, weight=EDGE_BETA if prf.weight == edge else prf.weight,
+                            dense_weight=EDGE_BETA if prf.dense_weight == edge else prf.dense_weight)
+            out.setdefault(wider, f"{name} beta {EDGE_BETA}")
+    out.setdefault(PrfOptions(), "cross-dataset default")
+    return out
+
+
+def tune_fusion_and_prf(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
+                        say: Callable[[str], None], *, variants: dict[str, dict[str, Any]] = VARIANTS,
+                        progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fusion tuned without PRF, and the PRF tuning: every variant's grid on that fusion, then the shortlist on
+    the other top fusions and the cross-dataset default fusion. ``prf["chosen"]["fusion"]`` is the fusion of the
+    best (fusion, PRF) pair; ``prf["joint"]`` has every pair's tuning-split nDCG@10."""
+    from lsr.eval.tuning import DEFAULT_FUSION, fusion_options, judged_queries, tune_fusion
+    from lsr.ingest.progress import progress_bar
+    from lsr.search.searcher import PrfOptions
+
+    fusion = tune_fusion(backend, dataset, tune_split, k, say)
+    tuned = tune_prf(backend, dataset, tune_split, k, fusion_options(fusion), say, variants=variants, progress=progress)
+    if tune_split is None:
+        return fusion, tuned
+    keys = ("normalization", "sparse_weight", "dense_weight", "bm25_weight")
+    fusions = [{key: top[key] for key in keys} for top in fusion["top"]]
+    fusions += [DEFAULT_FUSION] if DEFAULT_FUSION not in fusions else []
+    scored = {PrfOptions(**v["settings"]) for v in tuned["variants"].values()}  # on fusions[0], by tune_prf
+    pairs = [(f, prf, name) for i, f in enumerate(fusions) for prf, name in shortlist(tuned).items()
+             if i > 0 or prf not in scored]
+    qrels, qids, texts = judged_queries(dataset, tune_split)
+    say(f"joint fusion + PRF on {tune_split}: {len(pairs)} pairs ({len(fusions)} fusions × the PRF shortlist)")
+    best = tuned["chosen"] and {**tuned["chosen"], "fusion": {key: fusion[key] for key in keys}}
+    tuned["joint"] = []
+    with progress_bar("joint fusion + PRF", len(pairs), enabled=progress, unit="pair") as bar:
+        for f, prf, name in pairs:
+            hybrid = fusion_options({**f, "candidates": fusion["candidates"]})
+            ndcg = round(evaluate(qrels, backend.run(qids, texts, k + 1, "hybrid", hybrid, prf))["ndcg@10"], 4)
+            tuned["joint"].append({"fusion": f, "variant": name, "settings": asdict(prf), "ndcg@10": ndcg})
+            if ndcg > (best["ndcg@10"] if best else tuned["no_prf_ndcg@10"]):
+                best = {"variant": name, "ndcg@10": ndcg, "settings": asdict(prf), "fusion": f}
+            bar.update(1)
+    tuned["chosen"] = best or None
+    if best:
+        say(f"joint choice on {tune_split}: {best['variant']} on {best['fusion']} nDCG@10 {best['ndcg@10']:.4f}")
+    return fusion, tuned
+
+
 def chosen_prf(tuned: dict[str, Any] | None):
     """The PrfOptions ``tune_prf`` chose, or None (no tuning, or no variant beat fusion without PRF)."""
     from lsr.search.searcher import PrfOptions
@@ -116,8 +176,10 @@ def score_variants(backend: Any, tuned: dict[str, Any], qrels: dict, qids: list[
 
 
 def best_prf_settings(tuned: dict[str, Any]) -> dict[str, Any] | None:
-    """The best variant's PrfOptions fields on the tuning split, even when it did not beat no PRF: what a search
-    that asks for PRF without settings should get."""
+    """The chosen PRF (of the chosen fusion + PRF pair), else the best variant's PrfOptions fields on the tuning split
+    even though it did not beat no PRF: what a search that asks for PRF without settings should get."""
+    if tuned.get("chosen"):
+        return tuned["chosen"]["settings"]
     if not tuned.get("variants"):
         return None
     return max(tuned["variants"].values(), key=lambda v: v["ndcg@10"])["settings"]

@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 
 from lsr.eval.metrics import METRICS
+from lsr.eval.prf_tuning import EDGE_BETA
 
 
 def machine() -> str:
@@ -54,9 +55,18 @@ def prf_lines(tuned: dict, variants: dict, split: str) -> list[str]:
     """fusion-prf's choice and every PRF variant's frozen settings with its tuning-split and reported nDCG@10."""
     chosen = tuned.get("chosen")
     on = tuned["tuned_on"]
+    pair = chosen and chosen.get("fusion")
     lines = [f"Fusion-PRF: " + (f"variant {chosen['variant']} ({prf_settings(chosen['settings'])})" if chosen else
                                 "no variant beat fusion without PRF, so PRF is off")
-             + f"; chosen on `{on}` qrels (no PRF there: {tuned.get('no_prf_ndcg@10')}), frozen for `{split}`."]
+             + (f" on fusion {pair['normalization']} {pair['sparse_weight']}/{pair['dense_weight']}/{pair['bm25_weight']}"
+                if pair else "")
+             + f"; chosen on `{on}` qrels (nDCG@10 {chosen['ndcg@10'] if chosen else '-'}; the best fusion without PRF "
+               f"there: {tuned.get('no_prf_ndcg@10')}), frozen for `{split}`."]
+    if "joint" in tuned:
+        lines.append(f"Fusion and PRF chosen jointly: every variant's grid on the best fusion without PRF, then "
+                     f"{len(tuned['joint'])} (fusion, PRF) pairs: the PRF shortlist (each variant's best, β "
+                     f"{EDGE_BETA} where β hit the grid's edge, the cross-dataset default) on the next best fusions and "
+                     f"the cross-dataset default fusion (all in results.json).")
     if variants:
         lines += ["", f"| PRF variant (on the fusion) | settings chosen on `{on}` | nDCG@10 `{on}` | nDCG@10 `{split}` |",
                   "|---|---|---|---|"]

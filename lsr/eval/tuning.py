@@ -71,6 +71,7 @@ def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
 
 FUSION_METHODS = ("min_max", "z_score", "rrf")
 WEIGHT_STEP = 0.1
+TOP_FUSIONS = 3  # the fusions, by score without PRF, that joint fusion + PRF tuning tries PRF on
 # Without train/dev qrels: the Searcher's untuned default, chosen across datasets (UNTUNED_HYBRID)
 DEFAULT_FUSION = {name: getattr(UNTUNED_HYBRID, name) for name in ("normalization", "sparse_weight", "dense_weight",
                                                                    "bm25_weight")}
@@ -107,12 +108,21 @@ def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: i
         used = [(run, w) for run, w in zip(legs, weights) if w > 0]
         run = {q: dict(rank(fuse([r.get(q, {}) for r, _ in used], [w for _, w in used], method), k + 1)) for q in qids}
         scores[(method, weights)] = evaluate(qrels, run)["ndcg@10"]
-    method, (sparse, dense, bm25) = max(scores, key=lambda mw: (scores[mw], mw[0] == "min_max", -max(mw[1])))
+    named = {(m, w): {"normalization": m, "sparse_weight": w[0], "dense_weight": w[1], "bm25_weight": w[2]}
+             for m, w in grid}
+    ranked = sorted(scores, key=lambda mw: (scores[mw], mw[0] == "min_max", -max(mw[1])), reverse=True)
+    method, (sparse, dense, bm25) = ranked[0]
     say(f"tuned fusion {method} sparse={sparse} dense={dense} bm25={bm25} on {tune_split}: "
         f"nDCG@10 {scores[(method, (sparse, dense, bm25))]:.4f}")
     settings.update(normalization=method, sparse_weight=sparse, dense_weight=dense, bm25_weight=bm25,
-                    tuning_ndcg10={f"{m} {w[0]:.1f}/{w[1]:.1f}/{w[2]:.1f}": round(v, 4) for (m, w), v in scores.items()})
+                    tuning_ndcg10={fusion_key(named[mw]): round(v, 4) for mw, v in scores.items()},
+                    top=[{**named[mw], "ndcg@10": round(scores[mw], 4)} for mw in ranked[:TOP_FUSIONS]])
     return settings
+
+
+def fusion_key(f: dict[str, Any]) -> str:
+    """A fusion setting's name in ``tune_fusion``'s ``tuning_ndcg10``."""
+    return f"{f['normalization']} {f['sparse_weight']:.1f}/{f['dense_weight']:.1f}/{f['bm25_weight']:.1f}"
 
 
 def fusion_options(chosen: dict[str, Any]):
@@ -131,7 +141,7 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
     ``prf_helps`` says whether it beat the fusion without PRF there."""
     from lsr.eval.backends import InProcess
     from lsr.eval.datasets import load_beir, locate_dataset
-    from lsr.eval.prf_tuning import best_prf_settings, tune_prf
+    from lsr.eval.prf_tuning import best_prf_settings, tune_fusion_and_prf
     from lsr.ingest.layout import write_search_defaults
     from lsr.search.searcher import Searcher
 
@@ -144,13 +154,13 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
     if not searcher.has_dense or not searcher.has_bm25:
         raise ValueError(f"{collection} needs dense and BM25 legs to tune their fusion; re-index it with both")
     backend = InProcess(searcher)
-    chosen = tune_fusion(backend, dataset, tune_split, k, say)
-    prf = tune_prf(backend, dataset, tune_split, k, fusion_options(chosen), say)
+    fusion, prf = tune_fusion_and_prf(backend, dataset, tune_split, k, say)
+    chosen = {**fusion, **(prf["chosen"] or {}).get("fusion", {})}  # the fusion PRF was chosen with, if PRF helps
     defaults = {"hybrid": {name: chosen[name] for name in ("normalization", "sparse_weight", "dense_weight", "bm25_weight",
                                                            "candidates")},
                 "prf": best_prf_settings(prf), "prf_helps": prf["chosen"] is not None,
                 "prf_variants_ndcg@10": {name: v["ndcg@10"] for name, v in prf["variants"].items()},
                 "tuned_on": f"{dataset.name}/{tune_split}", "not_tuned_on": split,
-                "ndcg@10": max(chosen["tuning_ndcg10"].values())}
+                "ndcg@10": fusion["tuning_ndcg10"][fusion_key(chosen)]}  # the stored fusion's, without PRF
     write_search_defaults(Path(collection), defaults)
     return defaults
