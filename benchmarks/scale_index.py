@@ -116,10 +116,10 @@ def report(args, n_docs: int, runs: dict[str, list[dict]], sizes: tuple[dict[str
     base_wall = statistics.median(r["docs"] / r["wall"] for r in base)
     lines = [f"# Bulk indexing: single process vs `--engine ray` ({n_docs:,} SciFact docs, splade-tiny + minilm + BM25, "
              f"max_length 256, parts of {args.checkpoint_every})", "",
-             f"{machine()}; load average {load[0]:.1f} -> {load[1]:.1f}. **The 2 cores were shared with other "
-             "jobs while this ran**; the systems took turns round by round ({args.rounds} rounds) so drift hits "
-             "all alike, but absolute figures are lower bounds. Ray runs start their own local Ray instance "
-             "(counted in end-to-end).".replace("{args.rounds}", str(args.rounds)), "",
+             f"{machine()}; load average {load[0]:.1f} -> {load[1]:.1f} "
+             f"({'other jobs were running when it started: absolute figures are lower bounds' if load[0] >= 1 else 'no other jobs when it started'}); "
+             f"the systems took turns round by round ({args.rounds} rounds) so drift hits all alike. "
+             "Ray runs start their own local Ray instance (counted in end-to-end).", "",
              "| system | end-to-end s (median) | docs/s end-to-end | docs/s encode phase | encode vs single process "
              "| checksums equal to (same torch threads per encoder) |", "|---|---:|---:|---:|---:|:---|"]
     for name, results in runs.items():
