@@ -13,6 +13,7 @@ Examples:
   lsr beir --dataset nfcorpus --methods sparse,hybrid --data-dir ~/data/beir
   lsr beir --dataset scifact --endpoint localhost:50051
   lsr beir --dataset scifact --serve     # index, start `lsr serve`, evaluate through it, stop it
+  lsr beir --dataset nfcorpus --methods bm25,sparse,dense,fusion,fusion-prf,defaults   # + the joint fusion/PRF grid (slow)
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ HELP = "evaluate BM25 / sparse / dense / hybrid / PRF / fusion on a BEIR dataset
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.eval.beir import METHODS
+    from lsr.eval.beir import DEFAULT_METHODS, METHODS
 
     p.add_argument("--dataset", required=True, metavar="NAME_OR_PATH",
                    help="BEIR name (scifact, nfcorpus, ...) or a BEIR folder/.zip/.tar.gz")
     p.add_argument("--data-dir", default=None, help="folder holding NAME/, NAME.zip or NAME.tar.gz (before $LSR_BEIR_DIR)")
     p.add_argument("--split", default="test", help="qrels split to report (default: test)")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated subset of {','.join(METHODS)} (default: all but fusion-prf, whose "
+                        "joint fusion + PRF grid on train/dev takes many minutes on a CPU)")
     p.add_argument("--k", type=int, default=100, help="retrieval depth (default: 100)")
     p.add_argument("--endpoint", default=None, metavar="HOST[:PORT]",
                    help="query a running `lsr serve` instead of searching in-process (port 50051 if left out)")
