@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lsr.ingest.layout import read_meta, read_search_defaults
-from lsr.ingest.sharding import read_shard_map
+from lsr.ingest.sharding import global_doc_freqs, read_shard_map
 from lsr.search.fusion import Ranking, rank
 from lsr.search.legs import LegQueries
 from lsr.search.searcher import Searcher, check_query_encoder, load_encoders
@@ -83,7 +83,7 @@ class ShardLegs:
         """Summed over every shard: PRF's IDF filter needs the whole collection's, so a missing shard fails it."""
         answers, _ = self.shards.call("doc_freqs", {s: () for s in range(len(self.shards.names))}, self.deadline,
                                       strict=True)
-        return sum(a[0] for a in answers.values()), sum(a[1] for a in answers.values())
+        return global_doc_freqs(answers.values())
 
     def _fetch(self, method: str, doc_ids: Sequence[str]) -> tuple[list[Any], np.ndarray]:
         """Each owner's answer for its ids (read from the view this search pinned), and the order that

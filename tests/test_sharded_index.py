@@ -121,7 +121,7 @@ def test_bm25_results_merged_over_shards_equal_the_unsharded_ones(unsharded, sha
 
 def test_summed_shard_doc_freqs_are_the_collection_s(unsharded, shards):
     whole = Collection.open(unsharded).sparse
-    doc_freqs, num_docs = global_doc_freqs([col.sparse for col in shards])
+    doc_freqs, num_docs = global_doc_freqs((col.sparse.doc_freqs(), col.sparse.num_docs) for col in shards)
     assert num_docs == whole.num_docs == N_DOCS
     np.testing.assert_array_equal(doc_freqs, whole.doc_freqs())
 

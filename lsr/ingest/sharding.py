@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Iterable
 
 import numpy as np
 
@@ -79,12 +79,12 @@ def write_shard_map(path: Path, shard_map: ShardMap) -> None:
                       sealed({"format": SHARDS_FORMAT, "hash": HASH_NAME, "shards": list(shard_map.names)}))
 
 
-def global_doc_freqs(indexes: Sequence[Any]) -> tuple[np.ndarray, int]:
-    """(document frequency per term, number of documents) over the shards' sparse indexes.
+def global_doc_freqs(parts: Iterable[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
+    """(document frequency per term, number of documents) summed over the shards' ``(doc_freqs, num_docs)``.
 
     Shards partition the documents, so the sums equal the unsharded index's ``doc_freqs()`` and
     ``num_docs`` (live documents, so upserts and deletes count too): the inference-free query side's IDF
     (``idf_from_doc_freqs``) of a sharded collection is computed from them rather than stored.
     """
-    doc_freqs = np.sum([index.doc_freqs() for index in indexes], axis=0)
-    return doc_freqs.astype(np.int64), sum(int(index.num_docs) for index in indexes)
+    parts = list(parts)
+    return np.sum([p[0] for p in parts], axis=0).astype(np.int64), sum(int(p[1]) for p in parts)
