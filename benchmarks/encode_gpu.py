@@ -217,7 +217,9 @@ def index_scifact(work: Path) -> dict:
     subprocess.run([sys.executable, "-m", "lsr", "index", str(SCIFACT), str(out), "--device", "cuda", "--batch-size",
                     str(BATCH), "--quiet"], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    meta = json.loads((out / "meta.json").read_text())
+    from lsr.ingest.layout import META_FILE
+
+    meta = json.loads((out / META_FILE).read_text())
     return {"wall_seconds": wall, "stage_seconds": meta["stage_seconds"], "encoded_with": meta.get("encoded_with"),
             "docs": meta["n_docs"]}
 

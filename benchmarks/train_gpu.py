@@ -101,9 +101,12 @@ def child_sentence_transformers(path: str, batch: int, steps: int) -> dict:
 
     def step(i: int) -> None:
         chunk = data[i * batch : (i + 1) * batch]
-        features = [{k: v.to("cuda") for k, v in model.tokenize([t[side] for t in chunk]).items()} for side in (0, 1)]
+        features = [{k: v.to("cuda") if isinstance(v, torch.Tensor) else v  # newer versions add non-tensor keys
+                     for k, v in model.tokenize([t[side] for t in chunk]).items()} for side in (0, 1)]
         with torch.autocast("cuda", dtype=torch.bfloat16):
             value = loss(features, None)
+        if isinstance(value, dict):  # SpladeLoss returns its parts (ranking, query and document FLOPS); the trainer sums them
+            value = sum(value.values())
         value.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
