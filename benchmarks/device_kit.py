@@ -48,7 +48,7 @@ def encode_weights(tensors: dict) -> tuple[list[dict], bytes]:
     header, planes_hi, planes_lo, raw = [], [], [], []
     for name, tensor in tensors.items():
         if tensor.is_floating_point():
-            half = tensor.detach().to(torch.bfloat16).contiguous().view(torch.int16).numpy().view("u1").reshape(-1, 2)
+            half = tensor.detach().to(torch.bfloat16).reshape(-1).view(torch.int16).numpy().view("u1").reshape(-1, 2)
             planes_hi.append(half[:, 1].tobytes())
             planes_lo.append(half[:, 0].tobytes())
             header.append({"name": name, "dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape),
