@@ -11,6 +11,10 @@ much disk and memory one shard needs.
 
     python benchmarks/scale_index.py --docs 2000          # a few minutes on 2 cores
     python benchmarks/scale_index.py [--docs N] [--rounds 2] [--checkpoint-every 250] [--gpu-docs-per-s R]
+    python benchmarks/scale_index.py --from-json benchmarks/results/scale_index.json --gpu-docs-per-s R --gpu-source TEXT
+
+The measurements are kept in scale_index.json beside the table, so a per-GPU rate measured later (by
+``encode_gpu.py`` on a lent GPU) adds its projection row without re-measuring the CPU engines.
 """
 
 from __future__ import annotations
@@ -110,15 +114,17 @@ def machine() -> str:
             f"torch {torch.__version__}, ray {ray.__version__}, python {platform.python_version()}")
 
 
-def report(args, n_docs: int, runs: dict[str, list[dict]], sizes: tuple[dict[str, float], int], load: tuple) -> str:
+def report(args, measured: dict) -> str:
+    n_docs, runs, load = measured["n_docs"], measured["runs"], measured["load"]
+    sizes = (measured["sizes"], measured["fixed_bytes"])
     base = runs["single process"]
     base_encode = statistics.median(r["docs"] / r["encode"] for r in base)
     base_wall = statistics.median(r["docs"] / r["wall"] for r in base)
     lines = [f"# Bulk indexing: single process vs `--engine ray` ({n_docs:,} SciFact docs, splade-tiny + minilm + BM25, "
-             f"max_length 256, parts of {args.checkpoint_every})", "",
-             f"{machine()}; load average {load[0]:.1f} -> {load[1]:.1f} "
+             f"max_length 256, parts of {measured['checkpoint_every']})", "",
+             f"{measured['machine']}; load average {load[0]:.1f} -> {load[1]:.1f} "
              f"({'other jobs were running when it started: absolute figures are lower bounds' if load[0] >= 1 else 'no other jobs when it started'}); "
-             f"the systems took turns round by round ({args.rounds} rounds) so drift hits all alike. "
+             f"the systems took turns round by round ({measured['rounds']} rounds) so drift hits all alike. "
              "Ray runs start their own local Ray instance (counted in end-to-end).", "",
              "| system | end-to-end s (median) | docs/s end-to-end | docs/s encode phase | encode vs single process "
              "| checksums equal to (same torch threads per encoder) |", "|---|---:|---:|---:|---:|:---|"]
@@ -147,7 +153,7 @@ def projection(args, per_worker: float, store_bytes: tuple[dict[str, float], int
     """8.8M passages on N workers from the measured per-worker rate; disk/RAM per shard from bytes per document."""
     rates = [("CPU worker (measured here: 2 cores, 1 actor)", per_worker)]
     if args.gpu_docs_per_s:
-        rates.append(("GPU worker (--gpu-docs-per-s, from benchmarks/encode_gpu.py)", args.gpu_docs_per_s))
+        rates.append((f"GPU worker ({args.gpu_source})", args.gpu_docs_per_s))
     lines = ["## Projection: MS MARCO passages (8,841,823)", "",
              "Hours of encoding = 8.8M / (N × per-worker docs/s); Ray adds a part's worth of tail per worker and the "
              "index build (single-threaded per shard, minutes) after. SciFact documents are long (most are cut at 256 "
@@ -155,7 +161,8 @@ def projection(args, per_worker: float, store_bytes: tuple[dict[str, float], int
              "hardware.", "", "| worker | docs/s per worker | N=1 | N=4 | N=8 | N=32 |", "|---|---:|---:|---:|---:|---:|"]
     for name, rate in rates:
         hours = [MS_MARCO_PASSAGES / (n * rate) / 3600 for n in (1, 4, 8, 32)]
-        lines.append(f"| {name} | {rate:.1f} | " + " | ".join(f"{h:,.1f} h" for h in hours) + " |")
+        lines.append(f"| {name} | {rate:,.1f} | " + " | ".join(f"{h:,.1f} h" if h >= 1 else f"{h * 60:.0f} min" for h in hours)
+                     + " |")
     if not args.gpu_docs_per_s:
         lines += ["", "No GPU was available for this run: pass `--gpu-docs-per-s` with the per-GPU `lsr index` rate "
                   "that `benchmarks/encode_gpu.py` measures to add the GPU row (one actor per GPU, `num_gpus=1`)."]
@@ -173,14 +180,8 @@ def projection(args, per_worker: float, store_bytes: tuple[dict[str, float], int
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--docs", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--checkpoint-every", type=int, default=250)
-    parser.add_argument("--gpu-docs-per-s", type=float, default=None)
-    parser.add_argument("--output", type=Path, default=RESULTS / "scale_index.md")
-    args = parser.parse_args()
+def measure(args) -> dict:
+    """Every system's `lsr index` runs, taking turns, and the stores' bytes per document."""
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="lsr-scale-") as tmp:
         corpus = Path(tmp) / "docs.jsonl"
@@ -194,9 +195,29 @@ def main() -> None:
                 runs[name].append(result)
                 print(f"round {round_ + 1} {name:16s} wall {result['wall']:6.1f} s  encode {result['encode']:6.1f} s",
                       file=sys.stderr)
-        sizes = store_sizes(Path(tmp) / "single_process", n_docs)
-        text = report(args, n_docs, runs, sizes, (load_before, os.getloadavg()[0]))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+        sizes, fixed = store_sizes(Path(tmp) / "single_process", n_docs)
+    return {"machine": machine(), "n_docs": n_docs, "rounds": args.rounds, "checkpoint_every": args.checkpoint_every,
+            "load": [load_before, os.getloadavg()[0]], "runs": runs, "sizes": sizes, "fixed_bytes": fixed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--docs", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--gpu-docs-per-s", type=float, default=None, help="a per-GPU indexing rate: adds the GPU row")
+    parser.add_argument("--gpu-source", default="`lsr index` on one GPU, from benchmarks/encode_gpu.py",
+                        help="where --gpu-docs-per-s was measured, printed in its row")
+    parser.add_argument("--from-json", type=Path, help="re-render a saved run's table (no measuring)")
+    parser.add_argument("--output", type=Path, default=RESULTS / "scale_index.md")
+    args = parser.parse_args()
+    if args.from_json:
+        measured = json.loads(args.from_json.read_text())
+    else:
+        measured = measure(args)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.with_suffix(".json").write_text(json.dumps(measured, indent=1) + "\n", encoding="utf-8")
+    text = report(args, measured)
     args.output.write_text(text, encoding="utf-8")
     print(text)
 
