@@ -36,7 +36,7 @@ _LENGTH_SLACK = 8  # ... plus this many characters, so very short texts are not 
 
 
 class DeadlinePassed(Exception):
-    """The request's deadline passed while it waited for a batch; it was never encoded."""
+    """The request's deadline passed: waiting for an encoding batch (never encoded) or on shards (the message says)."""
 
 
 @dataclass(eq=False)  # identity: the queue removes this very request when its caller leaves

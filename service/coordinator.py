@@ -222,22 +222,27 @@ class ShardedSearcher(Searcher):
         self.shards.on_health(report)
 
     # ------------------------------------------------------------------ writes
-    def store(self, ids: list[str], texts: list[str], sparse: SparseBatch, dense: np.ndarray | None) -> None:
-        """Each document to its owner; a missing owner fails the write (owners that answered keep theirs:
-        an upsert is atomic per shard, and retrying the whole upsert is safe)."""
+    def store(self, ids: list[str], texts: list[str], sparse: SparseBatch, dense: np.ndarray | None,
+              deadline: float | None = None) -> None:
+        """Each document to its owner, waiting on the shards no longer than the caller's ``deadline`` (the
+        searches' rule, ``ShardSet.call``). A missing owner fails the write, UNAVAILABLE; a late one
+        DEADLINE_EXCEEDED, and the write may still land there. Either way the owners that answered keep
+        theirs: a write is atomic per shard (its journal), not across shards. Retrying the same upsert is
+        safe: an id always routes to the same shard, which replaces the document it holds."""
         args = {}
         for shard, (positions, shard_ids) in _by_owner(self.shards, ids).items():
             args[shard] = (shard_ids, [texts[i] for i in positions], sparse.select(positions),
                            None if dense is None else dense[positions])
-        answers, _ = self.shards.call("upsert", args, None, strict=True)
+        answers, _ = self.shards.call("upsert", args, deadline, strict=True, write=True)
         for shard, version in answers.items():
             self.shards.versions[shard] = version
 
-    def delete(self, ids: Sequence[str]) -> list[str]:
+    def delete(self, ids: Sequence[str], deadline: float | None = None) -> list[str]:
+        """Like ``store``; a retried delete is safe too, and reports the ids its first try removed as not found."""
         ids = [str(i) for i in ids]
         groups = _by_owner(self.shards, ids)
         answers, _ = self.shards.call("delete", {shard: (shard_ids,) for shard, (_, shard_ids) in groups.items()},
-                                      None, strict=True)
+                                      deadline, strict=True, write=True)
         unknown = set()
         for shard, (not_found, version) in answers.items():
             unknown.update(not_found)

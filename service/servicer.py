@@ -244,7 +244,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def Upsert(self, request_iterator, call: _Call) -> pb.UpsertResponse:
         ids, texts = _read_upsert_stream(request_iterator, call)
         call.check("writing")
-        self.searcher.upsert(ids, texts)
+        self.searcher.upsert(ids, texts, deadline=call.deadline)
         call.fields.update(docs=len(ids))
         return pb.UpsertResponse(upserted=len(ids), index_version=self.searcher.index_version)
 
@@ -253,7 +253,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         ids = list(request.ids)
         if not ids:
             raise ValueError("ids is empty; name the documents to delete")
-        not_found = list(self.searcher.delete(ids))
+        not_found = list(self.searcher.delete(ids, deadline=call.deadline))
         call.fields.update(ids=len(ids), not_found=len(not_found))
         if len(not_found) == len(set(ids)):
             raise KeyError(f"none of the {len(set(ids))} ids is in the collection (first: {not_found[0]!r})")

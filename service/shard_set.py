@@ -25,6 +25,8 @@ from lsr.service.batching import DeadlinePassed
 
 log = logging.getLogger("lsr.service")
 
+REPLY_MARGIN_S = 0.1  # the wait on shards ends this long before the caller's deadline, to leave time to reply
+
 
 class ShardUnavailable(Exception):
     """A shard the call needs did not answer (gRPC UNAVAILABLE); the message names it."""
@@ -58,6 +60,18 @@ def connect_ray(address: str | None, cpus_needed: float) -> None:
                  include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **local)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
         raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
+
+
+def _give_up_at(deadline: float | None, started: float, method: str) -> float:
+    """When to stop waiting on shards: never (``inf``) without a deadline, else a little before it, so the
+    status and its message reach the caller before its own gRPC deadline ends the call with a bare
+    "Deadline Exceeded" (the margin is REPLY_MARGIN_S, or a tenth of the time left when that is shorter)."""
+    if deadline is None:
+        return math.inf
+    left = deadline - started
+    if left <= 0:
+        raise DeadlinePassed(f"deadline exceeded before the {method} call was sent to the shards (nothing was sent)")
+    return deadline - min(REPLY_MARGIN_S, left / 10)
 
 
 def _reason(exc: BaseException) -> str:
@@ -155,32 +169,34 @@ class ShardSet:
 
     # ------------------------------------------------------------------ calls
     def call(self, method: str, args: dict[int, tuple], deadline: float | None, *,
-             strict: bool = False) -> tuple[dict[int, Any], list[int]]:
+             strict: bool = False, write: bool = False) -> tuple[dict[int, Any], list[int]]:
         """Call ``method(*args[shard])`` on each named shard in parallel: (answers, shards that did not answer).
 
-        A shard that is down is not asked. Past ``deadline`` (``time.monotonic()``) the call raises
-        DeadlinePassed; ``strict`` (writes, and fetches a search needs whole) raises ShardUnavailable
-        for a missing shard. An exception raised by our code in the shard is re-raised here as itself.
+        Searches and writes share this one deadline rule: the wait on each shard ends at the earlier of
+        ``shard_timeout`` after sending (then the shard counts as missing) and the caller's ``deadline``
+        (``time.monotonic()``) less a reply margin (then DeadlinePassed names the shards that had not
+        answered). A call whose deadline passed before sending sends nothing. ``write``: the call changes
+        the shards, and the message says it may still be applied on those shards. A shard that is down is
+        not asked; ``strict`` (writes, and fetches a search needs whole) raises ShardUnavailable for a
+        missing shard. An exception raised by our code in the shard is re-raised here as itself.
         """
         ray = import_ray()
         from ray.exceptions import GetTimeoutError, RayTaskError
 
         started = time.monotonic()
+        give_up = _give_up_at(deadline, started, method)
         refs = {shard: getattr(self.actors[shard], method).remote(*shard_args)
                 for shard, shard_args in args.items() if self._up[shard]}
         answers: dict[int, Any] = {}
         missing = [shard for shard in args if shard not in refs]
         reasons = {shard: "it is down (restarting)" for shard in missing}
+        limit = started + self.options.shard_timeout
         for shard, ref in refs.items():
-            limit = started + self.options.shard_timeout
-            wait = (limit if deadline is None else min(deadline, limit)) - time.monotonic()
             try:
-                answers[shard] = ray.get(ref, timeout=max(0.0, wait))
-            except GetTimeoutError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    for other in refs.values():  # nobody will read them: queued ones need not run
-                        ray.cancel(other)
-                    raise DeadlinePassed(f"deadline exceeded waiting for shard {self.names[shard]}") from None
+                answers[shard] = ray.get(ref, timeout=max(0.0, min(give_up, limit) - time.monotonic()))
+            except GetTimeoutError:  # at the earlier bound (Ray's timer may fire a little before it)
+                if give_up <= limit:
+                    raise self._deadline_passed(method, refs, answers, write) from None
                 ray.cancel(ref)
                 missing.append(shard)
                 reasons[shard] = f"no answer within {self.options.shard_timeout:g} s"
@@ -198,6 +214,24 @@ class ShardSet:
             raise ShardUnavailable(f"shard {self.names[shard]} did not answer: {reasons[shard]}; "
                                    f"{len(missing)} of {len(self.names)} shards missing, retry shortly")
         return answers, sorted(missing)
+
+    def _deadline_passed(self, method: str, refs: dict[int, Any], answers: dict[int, Any],
+                         write: bool) -> DeadlinePassed:
+        """The error for a call whose deadline passed, naming every shard that had not answered yet; their
+        calls are cancelled (nobody will read them: a queued one never runs, a running one finishes)."""
+        ray = import_ray()
+        pending = {shard: ref for shard, ref in refs.items() if shard not in answers}
+        ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=0)
+        late = [shard for shard, ref in pending.items() if ref not in ready] or list(pending)[:1]
+        for ref in pending.values():
+            ray.cancel(ref)
+        names = ", ".join(self.names[shard] for shard in late)
+        shards = f"shard{'s' if len(late) > 1 else ''} {names}"
+        if not write:
+            return DeadlinePassed(f"deadline exceeded waiting for {shards}")
+        return DeadlinePassed(
+            f"deadline exceeded before {shards} acknowledged the {method}: it was sent and may still be applied "
+            f"there (a shard applies a write whole or not at all); retrying the same {method} is safe")
 
     def close(self) -> None:
         ray = import_ray()

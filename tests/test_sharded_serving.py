@@ -5,6 +5,8 @@ coordinator on a free loopback port, the real models, a SciFact subset indexed w
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ ray = pytest.importorskip("ray")
 N_DOCS = 90
 N_SHARDS = 3
 MAX_LENGTH = 96
+SHARD_TIMEOUT = 120.0  # far beyond every deadline the tests set: only a deadline can end their waits
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def _wait(predicate, timeout: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def server(built, ray_session):
-    server = _start(built["sharded"])
+    server = _start(built["sharded"], shard_timeout=SHARD_TIMEOUT)
     yield server
     server.stop(0)
 
@@ -134,10 +137,10 @@ def test_the_inference_free_query_side_uses_the_whole_collections_idf(built, ser
         sharded.close()
 
 
-def test_the_callers_deadline_bounds_the_wait_on_shards(server, queries):
+def test_the_callers_deadline_bounds_the_wait_on_shards(server, client, queries):
     from lsr.service.batching import DeadlinePassed
 
-    with pytest.raises(DeadlinePassed, match="waiting for shard"):
+    with pytest.raises(DeadlinePassed, match="before the runs call was sent to the shards"):
         server.searcher.search(queries[0], k=10, deadline=time.monotonic())
     assert server.searcher.search(queries[0], k=10, deadline=time.monotonic() + 60).hits
 
@@ -176,6 +179,54 @@ def test_searches_running_through_writes_never_fail(client):
         results = [r for future in running for r in future.result()]
     assert all(r.hits and not r.partial for r in results)
     assert not {h.doc_id for h in search(0).hits} & set(ids)
+
+
+@contextlib.contextmanager
+def _stalled(actor):
+    """The shard server's process stopped (SIGSTOP: a frozen host, a long pause): calls reach it and get no answer."""
+    pid = ray.get(actor.__ray_call__.remote(lambda _server: os.getpid()))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _fails_by_the_deadline(call, deadline: float) -> str:
+    """The details of the DEADLINE_EXCEEDED that ``call`` ends with, well before the shard timeout."""
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as failure:
+        call()
+    assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < deadline + 5 < SHARD_TIMEOUT
+    return failure.value.details()
+
+
+def test_writes_wait_on_a_stalled_shard_only_until_the_callers_deadline_and_a_retry_is_safe(server, client):
+    ids = [f"late-{i}" for i in range(6)]
+    owners = {doc_id: shard_of(doc_id, N_SHARDS) for doc_id in ids}
+    assert 1 in owners.values() and len(set(owners.values())) > 1
+    texts = [f"axolotl limb blastema regrowth, sample {i}" for i in range(6)]
+    query, deadline = "axolotl limb blastema regrowth", 2.0
+    with _stalled(server.searcher.shards.actors[1]):
+        details = _fails_by_the_deadline(lambda: client.upsert(ids, texts, timeout=deadline), deadline)
+        assert "before shard shard-001 acknowledged the upsert" in details and "may still be applied" in details
+        details = _fails_by_the_deadline(lambda: client.search(query, k=10, timeout=deadline), deadline)
+        assert details == "deadline exceeded waiting for shard shard-001"
+    # The caller retries the same upsert, which lands once whether or not the stalled one did.
+    assert client.upsert(ids, texts, timeout=60) == 6
+    assert sorted(h.doc_id for h in client.search(query, k=10).hits if h.doc_id in owners) == ids
+    _wait(lambda: client.stats()["num_docs"] == N_DOCS + 6, timeout=10)  # the stats come from the shards' probes
+    with _stalled(server.searcher.shards.actors[1]):
+        details = _fails_by_the_deadline(lambda: client.delete(ids, timeout=deadline), deadline)
+        assert "before shard shard-001 acknowledged the delete" in details
+    removed = {doc_id for doc_id, shard in owners.items() if shard != 1}  # by the shards that answered
+    try:  # a retried delete reports what its first try removed as not found, NOT_FOUND when that is every id
+        assert removed <= set(client.delete(ids, timeout=60))
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert not {h.doc_id for h in client.search(query, k=10).hits} & set(ids)
+    _wait(lambda: client.stats()["num_docs"] == N_DOCS, timeout=10)
 
 
 # ---------------------------------------------------------------------------------- failures

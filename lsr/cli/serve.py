@@ -8,6 +8,9 @@ server per shard as a Ray actor (a local Ray instance, or the cluster at --ray-a
 each query once and merges the shards' answers into exactly the unsharded results. Ray restarts a
 shard server that dies; meanwhile searches answer from the other shards and say so (partial), or
 fail UNAVAILABLE with --require-all-shards. Health is NOT_SERVING while any shard is down.
+Searches and writes wait on shards until the caller's deadline or --shard-timeout, whichever is
+sooner. A write that times out may still be applied on the shards it names; retrying the same
+write is safe.
 
 Examples:
   lsr serve runs/scifact
@@ -57,7 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sharded.add_argument("--shard-concurrency", type=int, default=8,
                          help="calls one shard server runs at once (default 8)")
     sharded.add_argument("--shard-timeout", type=float, default=30.0,
-                         help="seconds a shard may take to answer before it counts as missing (default 30)")
+                         help="seconds a shard may take to answer before it counts as missing (default 30); "
+                              "a call with an earlier deadline, search or write, waits only until its deadline "
+                              "and then fails DEADLINE_EXCEEDED naming the late shards (a write may still land there)")
 
 
 def _read_token(path: Path | None) -> str | None:

@@ -558,8 +558,9 @@ class Searcher:
                                                               device=self._device, dtype=self._dtype)
         return self._doc_encoder
 
-    def upsert(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        """Encode and add documents; an existing id is replaced. Durable once this returns."""
+    def upsert(self, ids: Sequence[str], texts: Sequence[str], deadline: float | None = None) -> None:
+        """Encode and add documents; an existing id is replaced (so a retried upsert is harmless). Durable once
+        this returns. ``deadline`` (``time.monotonic()`` seconds) bounds waiting on remote shards."""
         ids, texts = [str(i) for i in ids], list(texts)
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
@@ -569,15 +570,18 @@ class Searcher:
             raise ValueError("document ids must be non-empty")
         sparse = self.doc_encoder().encode_documents(texts)
         dense = self.dense_encoder.encode_documents(texts) if self.has_dense else None
-        self.store(ids, texts, sparse, dense)
+        self.store(ids, texts, sparse, dense, deadline)
 
-    def store(self, ids: list[str], texts: list[str], sparse: SparseBatch, dense: np.ndarray | None) -> None:
-        """Write encoded documents; the sharded coordinator sends each to the shard that owns it."""
+    def store(self, ids: list[str], texts: list[str], sparse: SparseBatch, dense: np.ndarray | None,
+              deadline: float | None = None) -> None:
+        """Write encoded documents; the sharded coordinator sends each to the shard that owns it. A local
+        write has no deadline to honour: it is short, and atomic once started."""
         with self._write_lock:
             self.collection.upsert(ids, texts, sparse, dense)
 
-    def delete(self, ids: Sequence[str]) -> list[str]:
-        """Delete documents; returns the ids that were not in the collection (nothing else changes for them)."""
+    def delete(self, ids: Sequence[str], deadline: float | None = None) -> list[str]:
+        """Delete documents; returns the ids that were not in the collection (nothing else changes for them).
+        ``deadline`` as in ``store``."""
         ids = [str(i) for i in ids]
         with self._write_lock:
             return self.collection.delete(ids)
