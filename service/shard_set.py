@@ -102,6 +102,8 @@ class ShardSet:
         self._up = [False] * len(self.names)
         self._reasons = [""] * len(self.names)
         self._lock = threading.Lock()
+        self._write_locks = [threading.Lock() for _ in self.names]
+        self._last_writes: list[Any] = [None] * len(self.names)  # each shard's latest write (a Ray ref)
         self._reporters: list[Callable[[bool], None]] = []
         self._closed = threading.Event()
         self._all_up = threading.Event()
@@ -176,7 +178,8 @@ class ShardSet:
         ``shard_timeout`` after sending (then the shard counts as missing) and the caller's ``deadline``
         (``time.monotonic()``) less a reply margin (then DeadlinePassed names the shards that had not
         answered). A call whose deadline passed before sending sends nothing. ``write``: the call changes
-        the shards, and the message says it may still be applied on those shards. A shard that is down is
+        the shards, goes to each shard only after that shard's previous write has finished (``_send_writes``),
+        and the message says it may still be applied on the shards it reached. A shard that is down is
         not asked; ``strict`` (writes, and fetches a search needs whole) raises ShardUnavailable for a
         missing shard. An exception raised by our code in the shard is re-raised here as itself.
         """
@@ -185,12 +188,13 @@ class ShardSet:
 
         started = time.monotonic()
         give_up = _give_up_at(deadline, started, method)
-        refs = {shard: getattr(self.actors[shard], method).remote(*shard_args)
-                for shard, shard_args in args.items() if self._up[shard]}
+        limit = started + self.options.shard_timeout
+        up = [shard for shard in args if self._up[shard]]
+        refs = self._send_writes(method, {shard: args[shard] for shard in up}, give_up, limit) if write else \
+            {shard: getattr(self.actors[shard], method).remote(*args[shard]) for shard in up}
         answers: dict[int, Any] = {}
         missing = [shard for shard in args if shard not in refs]
         reasons = {shard: "it is down (restarting)" for shard in missing}
-        limit = started + self.options.shard_timeout
         for shard, ref in refs.items():
             try:
                 answers[shard] = ray.get(ref, timeout=max(0.0, min(give_up, limit) - time.monotonic()))
@@ -214,6 +218,39 @@ class ShardSet:
             raise ShardUnavailable(f"shard {self.names[shard]} did not answer: {reasons[shard]}; "
                                    f"{len(missing)} of {len(self.names)} shards missing, retry shortly")
         return answers, sorted(missing)
+
+    def _send_writes(self, method: str, args: dict[int, tuple], give_up: float, limit: float) -> dict[int, Any]:
+        """Send a write to each shard once that shard's previous write has finished (applied, failed, or
+        cancelled while queued). A shard runs calls on several threads, so without this a write whose caller
+        gave up could land after a later write to the same ids and undo it. The wait counts against the call."""
+        ray = import_ray()
+        refs: dict[int, Any] = {}
+
+        def time_left() -> float:
+            return max(0.0, min(give_up, limit) - time.monotonic())
+
+        for shard in sorted(args):
+            lock = self._write_locks[shard]
+            if not lock.acquire(timeout=time_left()):
+                raise self._write_blocked(method, shard, refs, give_up <= limit)
+            try:
+                previous = self._last_writes[shard]
+                if previous is not None and not ray.wait([previous], timeout=time_left())[0]:
+                    raise self._write_blocked(method, shard, refs, give_up <= limit)
+                refs[shard] = self._last_writes[shard] = getattr(self.actors[shard], method).remote(*args[shard])
+            finally:
+                lock.release()
+        return refs
+
+    def _write_blocked(self, method: str, shard: int, sent: dict[int, Any], by_deadline: bool) -> Exception:
+        """The error for a write held back by an earlier write to ``shard`` that has not finished."""
+        reached = ", ".join(self.names[s] for s in sent)
+        where = f"; it was sent to {reached}, where it may still be applied" if sent else " (nothing was sent)"
+        text = (f"shard {self.names[shard]} is still applying an earlier write, so this {method} was not sent "
+                f"there{where}; retrying the same {method} is safe")
+        if by_deadline:
+            return DeadlinePassed(f"deadline exceeded: {text}")
+        return ShardUnavailable(f"{text} (waited {self.options.shard_timeout:g} s)")
 
     def _deadline_passed(self, method: str, refs: dict[int, Any], answers: dict[int, Any],
                          write: bool) -> DeadlinePassed:

@@ -229,6 +229,22 @@ def test_writes_wait_on_a_stalled_shard_only_until_the_callers_deadline_and_a_re
     _wait(lambda: client.stats()["num_docs"] == N_DOCS, timeout=10)
 
 
+def test_a_write_given_up_on_is_never_applied_after_the_write_that_follows_it(server, client):
+    """A shard runs calls on several threads: the coordinator sends a shard's next write only after its previous
+    one finished, so a retry with new text cannot be overtaken by the stalled old text."""
+    doc = next(f"order-{i}" for i in range(100) if shard_of(f"order-{i}", N_SHARDS) == 1)
+    old, new = "quokka burrow humidity, old text", "quokka burrow humidity, new text"
+    with _stalled(server.searcher.shards.actors[1]):
+        _fails_by_the_deadline(lambda: client.upsert([doc], [old], timeout=2.0), 2.0)
+        details = _fails_by_the_deadline(lambda: client.upsert([doc], [new], timeout=2.0), 2.0)
+        assert details.startswith("deadline exceeded: shard shard-001 is still applying an earlier write")
+        assert "(nothing was sent)" in details
+    assert client.upsert([doc], [new], timeout=60) == 1
+    hits = client.search("quokka burrow humidity", k=3, include_text=True).hits
+    assert [(h.doc_id, h.text) for h in hits if h.doc_id == doc] == [(doc, new)]
+    assert client.delete([doc], timeout=60) == []
+
+
 # ---------------------------------------------------------------------------------- failures
 def _first_failure(search, timeout: float = 20.0):
     """The first search after a kill that sees the shard gone (ray.kill is asynchronous: one may still pass)."""
