@@ -382,3 +382,24 @@ def test_a_collapse_stops_the_run_and_gives_back_the_starting_weights(examples, 
     assert result.stopped == "collapsed" and result.steps < result.total_steps
     assert np.mean(nnz[-5:]) < 0.25 * np.mean(nnz[:5]) and "starting model" in result.kept
     assert all(torch.equal(p, s) for p, s in zip(model.parameters, start))
+
+
+def test_cli_validates_on_dev_and_writes_the_best_scoring_weights(graded_beir, tmp_path):
+    import shutil
+
+    from lsr.encode.splade import SpladeEncoder
+    from lsr.train.evaluate import sparse_quality
+
+    data = tmp_path / "graded"
+    shutil.copytree(graded_beir, data)
+    (data / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td6\t1\nq3\td9\t1\n")
+    out = tmp_path / "out"
+    assert main(["train", str(data), str(out), "--batch-size", "1", "--epochs", "2", "--dev-every", "1",
+                 "--patience", "6", "--lr", "1e-3", "--quiet", *SHORT]) == 0
+    summary = json.loads((out / "lsr_train.json").read_text())
+    steps = [step for step, _ in summary["dev_scores"]]
+    assert summary["dev_split"] == "dev" and steps == list(range(summary["steps"] + 1)) and summary["steps"] >= 3
+    best_step, best = max(summary["dev_scores"], key=lambda hit: hit[1])
+    assert best > summary["dev_scores"][-1][1] and f"step {best_step} " in summary["kept"]  # an earlier step won
+    written = sparse_quality(SpladeEncoder.from_pretrained(str(out), device="cpu"), str(data), "dev", progress=False)
+    assert written["ndcg@10"] == pytest.approx(best, abs=1e-9)

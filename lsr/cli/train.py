@@ -16,7 +16,7 @@ inference limit), lr 1e-4, weak FLOPS (1e-5) so nDCG is not traded for sparsity,
 negative per query, 4 epochs (a 10% warm-up, then linear decay; a run cut short by --max-minutes
 stops near the peak rate, which beat a fully decayed schedule over so few steps).
 
-Loosely judged data (NFCorpus: 2,590 queries, 110,575 judged pairs) is handled so it cannot wreck the
+Loosely judged data (NFCorpus: 2,590 queries, 110,575 judged pairs) is handled so it does not wreck the
 model: a BEIR split gives one example per query (its positive drawn each epoch from the top grade),
 a document judged relevant to a query is never its in-batch negative, and the contrastive logits are
 dot products × a scale fitted to each batch (--score-scale), so an over-confident model is not
