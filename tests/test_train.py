@@ -353,8 +353,11 @@ def test_fitted_scale_tempers_over_confident_scores_and_keeps_confident_ones():
     noisy[:, 0] += 15  # somewhat above the rest, far from always top
     clean = torch.randn(64, 32, generator=generator)
     clean[:, 0] += 20  # always far ahead
-    assert fit_scale([(noisy, no_mask, targets)]) < 0.3
-    assert fit_scale([(clean, no_mask, targets)]) == 1.0
+    assert fit_scale(noisy, no_mask, targets) < 0.3
+    assert fit_scale(clean, no_mask, targets) == 1.0
+    masked = no_mask.clone()
+    masked[:, 1:] = noisy[:, 1:] > noisy[:, :1]  # hide every document that beats the positive: no longer over-confident
+    assert fit_scale(noisy, masked, targets) == 1.0
 
 
 def test_dev_validation_keeps_the_best_weights_and_stops_without_a_gain(examples, tmp_path):
@@ -382,6 +385,9 @@ def test_a_collapse_stops_the_run_and_gives_back_the_starting_weights(examples, 
     assert result.stopped == "collapsed" and result.steps < result.total_steps
     assert np.mean(nnz[-5:]) < 0.25 * np.mean(nnz[:5]) and "starting model" in result.kept
     assert all(torch.equal(p, s) for p, s in zip(model.parameters, start))
+    allowed = train(model, examples, tmp_path / "allowed", TrainConfig(**{**config.__dict__, "epochs": 2,
+                                                                          "collapse_fraction": 0.0}), progress=False)
+    assert allowed.stopped == "finished" and allowed.history[-1]["nnz_d"] < 0.25 * allowed.history[0]["nnz_d"]
 
 
 def test_cli_validates_on_dev_and_writes_the_best_scoring_weights(graded_beir, tmp_path):

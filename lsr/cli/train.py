@@ -88,6 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev-every", type=int, default=d.dev_every, help=f"steps between dev scores (default: {d.dev_every})")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"dev scores without a gain before stopping (default: {d.patience})")
+    p.add_argument("--collapse-fraction", type=float, default=d.collapse_fraction,
+                   help="stop (and give back the best weights) when training documents' non-zeros fall below this "
+                        "share of the first steps'; 0 = never, for deliberately strong --flops-doc "
+                        f"(default: {d.collapse_fraction})")
     p.add_argument("--score-scale", type=float, default=None,
                    help="contrastive logits = this × dot product (default: fitted to each batch's scores, at most 1, "
                         "so an over-confident model is not pushed to shrink all its vectors; 1 = raw scores)")
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                          flops_query=args.flops_query, flops_doc=args.flops_doc,
                          max_length=args.max_length, query_max_length=args.query_max_length, seed=args.seed,
                          inference_free=args.inference_free, score_scale=args.score_scale,
-                         dev_every=args.dev_every, patience=args.patience)
+                         dev_every=args.dev_every, patience=args.patience, collapse_fraction=args.collapse_fraction)
     config.check()  # bad numbers fail before any data or model loads
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")

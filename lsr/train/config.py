@@ -32,6 +32,7 @@ class TrainConfig:
     seed: int = 0
     dev_every: int = 50  # steps between held-out evaluations (when a dev split is given)
     patience: int = 2  # held-out evaluations without a gain before the run stops
+    collapse_fraction: float = 0.25  # stop when document non-zeros fall below this share of the first steps' (0: never)
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "accumulate", "dev_every", "patience"):
@@ -45,6 +46,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.score_scale is not None and not self.score_scale > 0:
             raise ValueError(f"--score-scale must be positive, got {self.score_scale}")
+        if not 0 <= self.collapse_fraction < 1:
+            raise ValueError(f"--collapse-fraction must be in [0, 1), got {self.collapse_fraction}")
         if self.flops_query < 0 or self.flops_doc < 0:
             raise ValueError("--flops-query and --flops-doc must be ≥ 0")
         if self.max_length < 4 or self.query_max_length < 4:

@@ -14,18 +14,18 @@ import torch
 
 log = logging.getLogger(__name__)
 
-COLLAPSE_FRACTION = 0.25  # document non-zeros below this share of the first steps' mean: the vectors are collapsing
 COLLAPSE_WINDOW = 5  # steps averaged on each side, so one short batch is no collapse
 
 
 class Guard:
     """Scores ``validate()`` every ``every`` steps (and at the start), keeps the best weights in memory, asks to stop
-    after ``patience`` scores without a gain or when document non-zeros collapse. Without ``validate`` the
-    best weights stay the starting ones, which a collapse restores."""
+    after ``patience`` scores without a gain or when document non-zeros fall below ``collapse_fraction`` of the
+    first steps' (0: never). Without ``validate`` the best weights stay the starting ones, which a collapse restores."""
 
     def __init__(self, parameters: list[torch.nn.Parameter], validate: Callable[[], float] | None, every: int,
-                 patience: int) -> None:
+                 patience: int, collapse_fraction: float) -> None:
         self.parameters, self.validate, self.every, self.patience = parameters, validate, every, patience
+        self.collapse_fraction = collapse_fraction
         self.best: dict[str, Any] | None = None  # {"score", "step", "weights"}
         self.scores: list[tuple[int, float]] = []  # (step, dev score) in order
         self.since_best = 0  # scores since the best one
@@ -41,9 +41,10 @@ class Guard:
         self.nnz.append(stats["nnz_d"])
         start = sum(self.nnz[:COLLAPSE_WINDOW]) / len(self.nnz[:COLLAPSE_WINDOW])
         recent = self.nnz[-COLLAPSE_WINDOW:]
-        if len(self.nnz) >= 2 * COLLAPSE_WINDOW and sum(recent) / len(recent) < COLLAPSE_FRACTION * start:
+        if len(self.nnz) >= 2 * COLLAPSE_WINDOW and sum(recent) / len(recent) < self.collapse_fraction * start:
             return (f"collapsed: document non-zeros fell from {start:.0f} to {sum(recent) / len(recent):.0f} per "
-                    "training document; lower --lr, or check that the judged positives really are the best matches")
+                    "training document; lower --lr, check that the judged positives really are the best matches, or "
+                    "lower --collapse-fraction if that sparsity is wanted")
         if self.validate is not None and step % self.every == 0:
             self._consider(step)
             if self.since_best >= self.patience:

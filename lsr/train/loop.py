@@ -139,7 +139,7 @@ def _batch_loss(model: TrainableSplade, batch: list[Row], config: TrainConfig, f
                 scale: float | None) -> tuple[torch.Tensor, dict[str, float]]:
     q, d, mask, targets, docs = _encode_batch(model, batch, config, relevant)
     if scale is None:  # fitted to this batch's scores: the loss then has no pull to shrink (or grow) every vector
-        scale = fit_scale([((q @ d.t()).detach(), mask, targets)])
+        scale = fit_scale((q @ d.t()).detach(), mask, targets)
     rank = contrastive(q, d, mask, targets, scale)
     reg_q, reg_d = flops(q), flops(d, doc_term_weights)  # an IDF query has no gradient: its FLOPS is a constant
     loss = rank + flops_scale * (config.flops_query * reg_q + config.flops_doc * reg_d)
@@ -221,7 +221,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             model.use_idf_queries(sorted({text for ex in examples for text in (*ex.positives, *ex.judged, *ex.negatives)}))
         doc_term_weights = idf_flops_weights(model.idf)
     guard = Guard(model.parameters, None if validate is None else _in_eval_mode(model, validate), config.dev_every,
-                  config.patience)
+                  config.patience, config.collapse_fraction)
     start, seconds = 0, 0.0
     if resume:
         state = read_checkpoint(out)
