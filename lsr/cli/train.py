@@ -138,6 +138,8 @@ def _dev_split(args: argparse.Namespace) -> str | None:
         raise ValueError("--dev-split needs a BEIR DATA; a JSONL file has no held-out split")
     split = args.dev_split or "dev"
     if split == args.split:
+        if args.dev_split is None:
+            return None  # training on dev: nothing held out
         raise ValueError(f"--dev-split {split} is the split being trained on; choose another (or none)")
     if BeirSource(locate_dataset(args.data, args.data_dir)).has(f"qrels/{split}.tsv"):
         return split
