@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from lsr.cli.main import main
 from lsr.train.data import Example, load_examples
-from lsr.train.losses import contrastive
+from lsr.train.losses import SCALES, contrastive
 from lsr.train.config import TrainConfig
 from lsr.train.loop import train
 from lsr.train.model import TrainableSplade
@@ -184,11 +184,13 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("no-positive", "line 2: 'positive' must be a non-empty string"),
     ("batch-size-0", "--batch-size must be positive"),
     ("model-negatives-for-jsonl", "--negatives model mines a BEIR corpus"),
+    ("no-dev-split", "has no qrels/dev.tsv to validate on"),
 ])
 def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
     data, extra = tmp_path / "pairs.jsonl", []
-    if case == "no-train-split":
+    if case in ("no-train-split", "no-dev-split"):
         data = _only_test_split(scifact, tmp_path / "beir")
+        extra = ["--split", "test", "--dev-split", "dev"] if case == "no-dev-split" else []
     elif case == "empty-jsonl":
         data.write_text("\n")
     elif case == "no-positive":
@@ -210,10 +212,11 @@ def test_inference_free_trains_documents_against_idf_queries_and_exports_the_tab
     model.use_idf_queries(sorted({t for ex in examples for t in (ex.positive, *ex.negatives)}))
     queries = [ex.query for ex in examples]
 
-    def loss() -> float:
+    def loss() -> float:  # at the best logit scale, as training scores it (IDF queries are far from scale 1)
         with torch.no_grad():
             d = model.encode([ex.positive for ex in examples] + [ex.negatives[0] for ex in examples], 64)
-            return float(contrastive(model.encode_idf_queries(queries, 16), d))
+            q = model.encode_idf_queries(queries, 16)
+            return min(float(contrastive(q, d, scale=scale)) for scale in SCALES)
 
     before = loss()
     config = TrainConfig(epochs=4, batch_size=4, lr=2e-4, max_length=64, query_max_length=16, inference_free=True)
@@ -282,3 +285,127 @@ def test_a_decoder_only_backbone_trains_and_reloads_as_a_decoder_encoder(example
     with torch.no_grad():
         np.testing.assert_allclose(reloaded.encode_documents(texts).to_dense(), model.encode(texts, 64).numpy(),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_batch_scores_each_document_once_and_never_pushes_down_a_judged_one():
+    from lsr.train.loop import batch_documents, relevant_by_query
+
+    a = Example("q1", "doc A", ("doc C",), judged=("doc B",))  # q1 judges B relevant (a lower grade)
+    b = Example("q2", "doc B", ("doc A", "doc D"))  # q2's mined negative A is q1's positive: fine for q2
+    c = Example("q3", "doc A", ("doc C",))  # another query with the same positive as q1
+    pairs = [Example("q4", "doc E"), Example("q4", "doc F")]  # JSONL style: one query, two rows
+    batch = [(a, "doc A", np.array([0])), (b, "doc B", np.array([0, 1])), (c, "doc A", np.array([0])),
+             (pairs[0], "doc E", np.array([], int)), (pairs[1], "doc F", np.array([], int))]
+    docs, targets, mask = batch_documents(batch, relevant_by_query([a, b, c, *pairs]))
+    assert sorted(docs) == ["doc A", "doc B", "doc C", "doc D", "doc E", "doc F"] and len(docs) == 6
+    assert [docs[t] for t in targets] == ["doc A", "doc B", "doc A", "doc E", "doc F"]
+    masked = [{docs[j] for j, m in enumerate(row) if m} for row in mask]
+    assert masked == [{"doc B"}, set(), set(), {"doc F"}, {"doc E"}]
+    # the masked column is out of row 0's softmax: its loss equals the loss over the other columns alone
+    q, d = torch.randn(5, 8), torch.randn(6, 8)
+    keep = [j for j in range(6) if not mask[0][j]]
+    full = contrastive(q[:1], d, torch.tensor(mask[:1]), torch.tensor(targets[:1]))
+    alone = contrastive(q[:1], d[keep], None, torch.tensor([keep.index(targets[0])]))
+    assert torch.allclose(full, alone) and not torch.allclose(full, contrastive(q[:1], d, None, torch.tensor(targets[:1])))
+
+
+@pytest.fixture(scope="module")
+def graded_beir(tmp_path_factory) -> Path:
+    """Three queries: one with two grade-2 and two grade-1 documents, two with one each; ten other documents."""
+    folder = tmp_path_factory.mktemp("graded") / "graded"
+    (folder / "qrels").mkdir(parents=True)
+    docs = {f"d{i}": f"document {i} about {topic}" for i, topic in
+            enumerate(["vitamin d bones", "vitamin d sun", "vitamin d diet", "vitamin d milk", "coffee heart",
+                       "green tea", *[f"unrelated topic {k} vitamin coffee tea" for k in range(10)]])}
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in docs.items()))
+    queries = {"q1": "vitamin d", "q2": "coffee and the heart", "q3": "green tea"}
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t2\nq1\td1\t2\nq1\td2\t1\n"
+                                                "q1\td3\t1\nq2\td4\t1\nq3\td5\t2\n")
+    return folder
+
+
+def test_beir_examples_are_one_per_query_and_each_epoch_draws_one_top_grade_positive(graded_beir):
+    from lsr.train.loop import _Epochs
+
+    examples = load_examples(str(graded_beir))
+    assert [ex.query for ex in examples] == ["vitamin d", "coffee and the heart", "green tea"]
+    vitamin = examples[0]
+    assert set(vitamin.positives) == {"document 0 about vitamin d bones", "document 1 about vitamin d sun"}
+    assert set(vitamin.judged) == {"document 2 about vitamin d diet", "document 3 about vitamin d milk"}
+    assert not set(vitamin.negatives) & {*vitamin.positives, *vitamin.judged} and vitamin.negatives
+    epochs = _Epochs(examples, TrainConfig(batch_size=2, epochs=8))
+    drawn = []
+    for epoch in range(8):
+        rows = [row for step in (2 * epoch, 2 * epoch + 1) for batch in epochs.micro_batches(step) for row in batch]
+        assert sorted(ex.query for ex, _, _ in rows) == sorted(ex.query for ex in examples)  # each query once
+        drawn += [positive for ex, positive, _ in rows if ex is vitamin]
+    assert set(drawn) == set(vitamin.positives)  # both grade-2 documents get their turn, never a grade-1 one
+
+
+def test_fitted_scale_tempers_over_confident_scores_and_keeps_confident_ones():
+    from lsr.train.losses import fit_scale
+
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.zeros(64, dtype=torch.long)
+    no_mask = torch.zeros(64, 32, dtype=torch.bool)
+    noisy = 20 * torch.randn(64, 32, generator=generator)  # the positive is top by chance: 1 in 32
+    noisy[:, 0] += 15  # somewhat above the rest, far from always top
+    clean = torch.randn(64, 32, generator=generator)
+    clean[:, 0] += 20  # always far ahead
+    assert fit_scale(noisy, no_mask, targets) < 0.3
+    assert fit_scale(clean, no_mask, targets) == 1.0
+    masked = no_mask.clone()
+    masked[:, 1:] = noisy[:, 1:] > noisy[:, :1]  # hide every document that beats the positive: no longer over-confident
+    assert fit_scale(noisy, masked, targets) == 1.0
+
+
+def test_dev_validation_keeps_the_best_weights_and_stops_without_a_gain(examples, tmp_path):
+    model = fresh_model()
+    start = [p.detach().clone() for p in model.parameters]
+
+    def closeness_to_start() -> float:  # a held-out score that training can only lower
+        return -float(sum((p.detach() - s).abs().sum() for p, s in zip(model.parameters, start)))
+
+    config = TrainConfig(epochs=4, batch_size=4, lr=2e-4, max_length=32, query_max_length=16, dev_every=1, patience=2,
+                         score_scale=1.0)
+    result = train(model, examples, tmp_path, config, progress=False, validate=closeness_to_start)
+    assert result.stopped == "no gain" and result.steps == 2 < result.total_steps
+    assert [step for step, _ in result.dev_scores] == [0, 1, 2] and "step 0" in result.kept
+    assert all(torch.equal(p, s) for p, s in zip(model.parameters, start))
+
+
+def test_a_collapse_stops_the_run_and_gives_back_the_starting_weights(examples, tmp_path):
+    model = fresh_model()
+    start = [p.detach().clone() for p in model.parameters]
+    config = TrainConfig(epochs=20, batch_size=2, lr=1e-3, max_length=16, query_max_length=8, flops_query=3.0,
+                         flops_doc=3.0, flops_warmup=0.0, score_scale=1.0)
+    result = train(model, examples, tmp_path, config, progress=False)
+    nnz = [s["nnz_d"] for s in result.history]
+    assert result.stopped == "collapsed" and result.steps < result.total_steps
+    assert np.mean(nnz[-5:]) < 0.25 * np.mean(nnz[:5]) and "starting model" in result.kept
+    assert all(torch.equal(p, s) for p, s in zip(model.parameters, start))
+    allowed = train(model, examples, tmp_path / "allowed", TrainConfig(**{**config.__dict__, "epochs": 2,
+                                                                          "collapse_fraction": 0.0}), progress=False)
+    assert allowed.stopped == "finished" and allowed.history[-1]["nnz_d"] < 0.25 * allowed.history[0]["nnz_d"]
+
+
+def test_cli_validates_on_dev_and_writes_the_best_scoring_weights(graded_beir, tmp_path):
+    import shutil
+
+    from lsr.encode.splade import SpladeEncoder
+    from lsr.train.evaluate import sparse_quality
+
+    data = tmp_path / "graded"
+    shutil.copytree(graded_beir, data)
+    (data / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td6\t1\nq3\td9\t1\n")
+    out = tmp_path / "out"
+    assert main(["train", str(data), str(out), "--batch-size", "1", "--epochs", "2", "--dev-every", "1",
+                 "--patience", "6", "--lr", "1e-3", "--quiet", *SHORT]) == 0
+    summary = json.loads((out / "lsr_train.json").read_text())
+    steps = [step for step, _ in summary["dev_scores"]]
+    assert summary["dev_split"] == "dev" and steps == list(range(summary["steps"] + 1)) and summary["steps"] >= 3
+    best_step, best = max(summary["dev_scores"], key=lambda hit: hit[1])
+    assert best > summary["dev_scores"][-1][1] and f"step {best_step} " in summary["kept"]  # an earlier step won
+    written = sparse_quality(SpladeEncoder.from_pretrained(str(out), device="cpu"), str(data), "dev", progress=False)
+    assert written["ndcg@10"] == pytest.approx(best, abs=1e-9)

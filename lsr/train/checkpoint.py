@@ -18,8 +18,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def save_checkpoint(out: Path, parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-                    step: int, run: dict[str, Any], seconds: float) -> None:
+                    step: int, run: dict[str, Any], seconds: float, guard: dict[str, Any]) -> None:
     state = {
+        "guard": guard,  # the best weights so far and the stop rules' counters
         "step": step,
         "seconds": seconds,
         "run": run,

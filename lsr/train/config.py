@@ -21,6 +21,7 @@ class TrainConfig:
     warmup: float = 0.1  # fraction of steps with a linearly rising learning rate
     weight_decay: float = 0.01
     clip: float = 1.0
+    score_scale: float | None = None  # contrastive logits = scale × dot product; None: fitted to each batch
     flops_query: float = 1e-5
     flops_doc: float = 1e-5
     flops_warmup: float = 0.3  # fraction of steps over which the FLOPS weights grow quadratically
@@ -29,9 +30,12 @@ class TrainConfig:
     max_length: int = 128
     query_max_length: int = 32
     seed: int = 0
+    dev_every: int = 50  # steps between held-out evaluations (when a dev split is given)
+    patience: int = 2  # held-out evaluations without a gain before the run stops
+    collapse_fraction: float = 0.25  # stop when document non-zeros fall below this share of the first steps' (0: never)
 
     def check(self) -> None:
-        for name in ("epochs", "batch_size", "accumulate"):
+        for name in ("epochs", "batch_size", "accumulate", "dev_every", "patience"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.hard_negatives < 0:
@@ -40,6 +44,10 @@ class TrainConfig:
             raise ValueError(f"--negatives must be one of {', '.join(NEGATIVE_MINERS)}, got {self.negatives!r}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.score_scale is not None and not self.score_scale > 0:
+            raise ValueError(f"--score-scale must be positive, got {self.score_scale}")
+        if not 0 <= self.collapse_fraction < 1:
+            raise ValueError(f"--collapse-fraction must be in [0, 1), got {self.collapse_fraction}")
         if self.flops_query < 0 or self.flops_doc < 0:
             raise ValueError("--flops-query and --flops-doc must be ≥ 0")
         if self.max_length < 4 or self.query_max_length < 4:

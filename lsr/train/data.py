@@ -1,7 +1,8 @@
 """Training examples: (query, positive, hard-negative pool, optional teacher scores).
 
-Two sources: a BEIR dataset's train split (queries + qrels + corpus; hard negatives mined with BM25
-or with the starting model's own exact retrieval, never a judged document of that query), or a JSONL file of
+Two sources: a BEIR dataset's train split (one example per query, whose positive is drawn each epoch from its
+highest-graded judged documents; hard negatives mined with BM25 or with the starting model's own exact retrieval,
+never a judged document of that query), or a JSONL file of
 ``{"query": ..., "positive": ..., "negatives": [...], "scores": [pos, neg1, ...]}`` rows where
 ``negatives`` and ``scores`` (teacher scores for margin-MSE, same order) are optional.
 """
@@ -31,6 +32,12 @@ class Example:
     positive: str
     negatives: tuple[str, ...] = ()
     scores: tuple[float, ...] | None = None  # teacher scores of (positive, *negatives)
+    alternatives: tuple[str, ...] = ()  # positives as good as ``positive``: each epoch draws one of (positive, *these)
+    judged: tuple[str, ...] = ()  # every other document judged relevant to the query: never one of its negatives
+
+    @property
+    def positives(self) -> tuple[str, ...]:
+        return (self.positive, *self.alternatives)
 
 
 def load_examples(data: str, split: str = "train", *, data_dir: str | None = None, miner: Miner | None = None) -> list[Example]:
@@ -94,8 +101,13 @@ def _example(line: str, where: str) -> Example:
 
 
 def beir_examples(data: str, split: str, *, data_dir: str | None = None, miner: Miner | None = None) -> list[Example]:
-    """One example per judged-relevant (query, document) pair of ``split``, with negatives mined by ``miner``
-    (default BM25): its top-ranked documents that are not judged for the query."""
+    """One example per query of ``split`` with a judged-relevant document, with negatives mined by ``miner``
+    (default BM25): its top-ranked documents that are not judged for the query.
+
+    Per query, not per (query, document) pair: NFCorpus' train split judges 110,575 pairs over 2,590 queries, 56 % of
+    them from a tenth of the queries (one has 1,363), so per-pair batches were mostly a few broad queries and their
+    other judged documents. The positive is drawn each epoch from the highest grade; lower grades are only masked.
+    """
     from lsr.eval.backends import bm25_run
     from lsr.eval.datasets import load_beir, locate_dataset
 
@@ -105,7 +117,7 @@ def beir_examples(data: str, split: str, *, data_dir: str | None = None, miner: 
         raise ValueError(f"{source} has no qrels/{split}.tsv, so no {split} split to train on; "
                          "pass --split, or a JSONL file of query/positive rows")
     qrels = {q: docs for q, docs in dataset.qrels[split].items() if q in dataset.queries}
-    positives = {q: [d for d, grade in docs.items() if grade > 0 and d in dataset.corpus] for q, docs in qrels.items()}
+    positives = {q: {d: grade for d, grade in docs.items() if grade > 0 and d in dataset.corpus} for q, docs in qrels.items()}
     qids = [q for q, docs in positives.items() if docs]
     if not qids:
         raise ValueError(f"{source}'s {split} split judges no query relevant to any document in its corpus")
@@ -115,5 +127,8 @@ def beir_examples(data: str, split: str, *, data_dir: str | None = None, miner: 
     for q in qids:
         ranked = sorted(mined.get(q, {}).items(), key=lambda hit: -hit[1])
         negatives = tuple(dataset.doc_texts([d for d, _ in ranked if d not in qrels[q]][:MINED_NEGATIVES]))
-        examples.extend(Example(dataset.queries[q], text, negatives) for text in dataset.doc_texts(positives[q]))
+        top = max(positives[q].values())
+        best = dataset.doc_texts([d for d, grade in positives[q].items() if grade == top])
+        rest = dataset.doc_texts([d for d, grade in positives[q].items() if grade < top])
+        examples.append(Example(dataset.queries[q], best[0], negatives, alternatives=tuple(best[1:]), judged=tuple(rest)))
     return examples

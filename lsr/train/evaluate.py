@@ -1,4 +1,4 @@
-"""``--eval``: sparse nDCG@10 and mean non-zeros on a BEIR split, scored exactly in memory.
+"""``--eval`` and dev validation: sparse nDCG@10 and mean non-zeros on a BEIR split, scored exactly in memory.
 
 No index is built, so nothing is cached under a model name whose weights are still changing;
 brute-force float32 dot products are the yardstick the index itself is checked against.
@@ -6,12 +6,20 @@ brute-force float32 dot products are the yardstick the index itself is checked a
 
 from __future__ import annotations
 
+from typing import Callable
+
 from lsr.encode.splade import SpladeEncoder
 
 
 def sparse_quality(encoder: SpladeEncoder, dataset: str, split: str = "test", *, data_dir: str | None = None,
                    k: int = 100, progress: bool = True) -> dict[str, float]:
     """{"ndcg@10", ..., "doc_nnz", "query_nnz", "queries", "docs"} of ``encoder`` on ``dataset``'s ``split``."""
+    return quality_scorer(encoder, dataset, split, data_dir=data_dir, k=k, progress=progress)()
+
+
+def quality_scorer(encoder: SpladeEncoder, dataset: str, split: str, *, data_dir: str | None = None, k: int = 100,
+                   progress: bool = False) -> Callable[[], dict[str, float]]:
+    """``sparse_quality`` as a function of the encoder's current weights, the dataset read once (for validation)."""
     from lsr.eval.backends import encoder_run
     from lsr.eval.datasets import load_beir, locate_dataset
     from lsr.eval.metrics import evaluate
@@ -22,7 +30,11 @@ def sparse_quality(encoder: SpladeEncoder, dataset: str, split: str = "test", *,
         raise ValueError(f"{source} has no qrels/{split}.tsv to evaluate on")
     qrels = data.qrels[split]
     qids = [q for q in qrels if q in data.queries]
-    run, queries, docs = encoder_run(encoder, data, qids, k + 1, progress=progress)  # +1: the evaluator drops self-hits
-    metrics = evaluate(qrels, run)
-    return {**metrics, "doc_nnz": docs.nnz / max(1, len(docs)), "query_nnz": queries.nnz / max(1, len(queries)),
-            "queries": len(qids), "docs": len(data.corpus)}
+
+    def score() -> dict[str, float]:
+        run, queries, docs = encoder_run(encoder, data, qids, k + 1, progress=progress)  # +1: the evaluator drops self-hits
+        metrics = evaluate(qrels, run)
+        return {**metrics, "doc_nnz": docs.nnz / max(1, len(docs)), "query_nnz": queries.nnz / max(1, len(queries)),
+                "queries": len(qids), "docs": len(data.corpus)}
+
+    return score

@@ -24,7 +24,8 @@ import torch
 from lsr.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from lsr.train.config import TrainConfig
 from lsr.train.data import Example
-from lsr.train.losses import contrastive, flops, idf_flops_weights, margin_mse, quadratic_warmup
+from lsr.train.guard import Guard
+from lsr.train.losses import contrastive, fit_scale, flops, idf_flops_weights, margin_mse, quadratic_warmup
 from lsr.train.model import TrainableSplade
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ class TrainResult:
     steps: int
     total_steps: int
     seconds: float
-    stopped: str  # "finished", "time limit" or "interrupted"
+    stopped: str  # "finished", "time limit", "interrupted", or the guard's "collapsed" / "no gain"
     history: list[dict[str, float]] = field(default_factory=list)  # per step: loss, flops, nnz_q, nnz_d
+    dev_scores: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out score), when validating
+    kept: str | None = None  # set when the returned weights are an earlier step's: which, and why
 
 
 def fingerprint(config: TrainConfig, examples: list[Example]) -> dict:
@@ -60,75 +63,107 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
     return (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
 
 
+Row = tuple[Example, str, np.ndarray]  # an example, this epoch's positive of it, its drawn negatives' indices
+
+
 class _Epochs:
-    """The per-epoch example order and negative draws, derived from (seed, epoch) alone."""
+    """The per-epoch example order, positive and negative draws, derived from (seed, epoch) alone."""
 
     def __init__(self, examples: list[Example], config: TrainConfig) -> None:
         self.examples, self.config = examples, config
-        self._cached: tuple[int, np.ndarray, list[np.ndarray]] | None = None
+        self._cached: tuple[int, np.ndarray, list[np.ndarray], list[int]] | None = None
 
-    def micro_batches(self, step: int) -> list[list[tuple[Example, np.ndarray]]]:
+    def micro_batches(self, step: int) -> list[list[Row]]:
         per_epoch = steps_per_epoch(self.config, len(self.examples))
         epoch, within = divmod(step, per_epoch)
-        order, draws = self._epoch(epoch)
+        order, draws, positives = self._epoch(epoch)
         size = self.config.batch_size
         batches = []
         for j in range(self.config.accumulate):
             start = (within * self.config.accumulate + j) * size
             rows = order[start : start + size]
             if len(rows):
-                batches.append([(self.examples[i], draws[i]) for i in rows])
+                batches.append([(self.examples[i], self.examples[i].positives[positives[i]], draws[i]) for i in rows])
         return batches
 
-    def _epoch(self, epoch: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
         if self._cached is None or self._cached[0] != epoch:
             rng = np.random.default_rng([self.config.seed, epoch])
             order = rng.permutation(len(self.examples))
             draws = [rng.permutation(len(ex.negatives))[: self.config.hard_negatives] for ex in self.examples]
-            self._cached = (epoch, order, draws)
-        return self._cached[1], self._cached[2]
+            positives = [int(rng.integers(len(ex.positives))) if ex.alternatives else 0 for ex in self.examples]
+            self._cached = (epoch, order, draws, positives)
+        return self._cached[1:]
 
 
-def _batch_loss(model: TrainableSplade, batch: list[tuple[Example, np.ndarray]], config: TrainConfig,
-                flops_scale: float, doc_term_weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
-    queries = [ex.query for ex, _ in batch]
-    positives = [ex.positive for ex, _ in batch]
-    negatives = [ex.negatives[k] for ex, picks in batch for k in picks]
+def relevant_by_query(examples: list[Example]) -> dict[str, frozenset[str]]:
+    """Every document known relevant to each query text: its examples' positives and judged documents.
+
+    A JSONL file lists one row per (query, positive), so a query's other rows are where its other positives are.
+    """
+    relevant: dict[str, set[str]] = {}
+    for ex in examples:
+        relevant.setdefault(ex.query, set()).update(ex.positives, ex.judged)
+    return {query: frozenset(docs) for query, docs in relevant.items()}
+
+
+def batch_documents(batch: list[Row], relevant: dict[str, frozenset[str]]) -> tuple[list[str], list[int], list[list[bool]]]:
+    """The batch's distinct documents, each row's positive column, and the columns that are no negative for a row.
+
+    A document in the batch twice (two queries' positive, or one's positive and another's mined negative) is encoded
+    and scored once, so it is never a negative beside itself; one judged relevant to row i's query (another of its
+    positives, or a document it shares with another query) is masked out of row i's softmax, not pushed down.
+    """
+    docs = list(dict.fromkeys([positive for _, positive, _ in batch] + [ex.negatives[k] for ex, _, picks in batch for k in picks]))
+    column = {text: j for j, text in enumerate(docs)}
+    targets = [column[positive] for _, positive, _ in batch]
+    mask = [[j != target and text in relevant[ex.query] for j, text in enumerate(docs)]
+            for (ex, _, _), target in zip(batch, targets)]
+    return docs, targets, mask
+
+
+def _encode_batch(model: TrainableSplade, batch: list[Row], config: TrainConfig, relevant: dict[str, frozenset[str]]):
+    """(query vectors, document vectors, false-negative mask, target columns, distinct documents) of one micro-batch."""
+    queries = [ex.query for ex, _, _ in batch]
     if config.inference_free:
         q = model.encode_idf_queries(queries, config.query_max_length)
     else:
         q = model.encode(queries, config.query_max_length)
-    d = model.encode(positives + negatives, config.max_length)
-    # Another row's document is no negative when it is this query's positive (same query judged twice, shared doc).
-    relevant = [{p for qq, p in zip(queries, positives) if qq == query} for query in queries]
-    docs = positives + negatives
-    mask = torch.tensor([[j != i and docs[j] in relevant[i] for j in range(len(docs))] for i in range(len(batch))],
-                        device=q.device)
-    rank = contrastive(q, d, mask)
+    docs, targets, mask = batch_documents(batch, relevant)
+    d = model.encode(docs, config.max_length)
+    return q, d, torch.tensor(mask, device=q.device), torch.tensor(targets, device=q.device), docs
+
+
+def _batch_loss(model: TrainableSplade, batch: list[Row], config: TrainConfig, flops_scale: float,
+                doc_term_weights: torch.Tensor | None, relevant: dict[str, frozenset[str]],
+                scale: float | None) -> tuple[torch.Tensor, dict[str, float]]:
+    q, d, mask, targets, docs = _encode_batch(model, batch, config, relevant)
+    if scale is None:  # fitted to this batch's scores: the loss then has no pull to shrink (or grow) every vector
+        scale = fit_scale((q @ d.t()).detach(), mask, targets)
+    rank = contrastive(q, d, mask, targets, scale)
     reg_q, reg_d = flops(q), flops(d, doc_term_weights)  # an IDF query has no gradient: its FLOPS is a constant
     loss = rank + flops_scale * (config.flops_query * reg_q + config.flops_doc * reg_d)
-    distill = _distillation(q, d, batch)
+    distill = _distillation(q, d, batch, docs)
     if distill is not None:
         loss = loss + config.distill * distill
     stats = {"loss": loss.detach().item(), "rank": rank.detach().item(), "flops_q": reg_q.detach().item(),
              "flops_d": reg_d.detach().item(),
-             "nnz_q": float((q > 0).sum(1).float().mean()), "nnz_d": float((d > 0).sum(1).float().mean())}
+             "nnz_q": float((q > 0).sum(1).float().mean()), "nnz_d": float((d > 0).sum(1).float().mean()), "scale": scale}
     return loss, stats
 
 
-def _distillation(q: torch.Tensor, d: torch.Tensor, batch: list[tuple[Example, np.ndarray]]) -> torch.Tensor | None:
+def _distillation(q: torch.Tensor, d: torch.Tensor, batch: list[Row], docs: list[str]) -> torch.Tensor | None:
     """Margin-MSE over (positive, drawn negative) pairs of rows whose file carries teacher scores."""
+    column = {text: j for j, text in enumerate(docs)}
     rows, pos_cols, neg_cols, teacher_pos, teacher_neg = [], [], [], [], []
-    column = len(batch)
-    for i, (ex, picks) in enumerate(batch):
+    for i, (ex, positive, picks) in enumerate(batch):
         for k in picks:
             if ex.scores is not None:
                 rows.append(i)
-                pos_cols.append(i)
-                neg_cols.append(column)
+                pos_cols.append(column[positive])
+                neg_cols.append(column[ex.negatives[k]])
                 teacher_pos.append(ex.scores[0])
                 teacher_neg.append(ex.scores[1 + int(k)])
-            column += 1
     if not rows:
         return None
     index = torch.tensor(rows, device=q.device)
@@ -163,8 +198,12 @@ class _StopOnInterrupt:
 
 def train(model: TrainableSplade, examples: list[Example], out: Path, config: TrainConfig, *, resume: bool = False,
           max_minutes: float | None = None, checkpoint_every: int = 100, progress: bool = True,
-          on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
-    """Optimise ``model`` on ``examples``; checkpoints go to ``out``. Returns how far it got and the per-step stats."""
+          on_step: Callable[[int, dict[str, float]], None] | None = None,
+          validate: Callable[[], float] | None = None) -> TrainResult:
+    """Optimise ``model`` on ``examples``; checkpoints go to ``out``. Returns how far it got and the per-step stats.
+
+    ``validate`` (a held-out score, higher is better) runs at the start and every ``config.dev_every`` steps; the
+    model ends with the best-scoring weights (see ``Guard``)."""
     config.check()
     if checkpoint_every <= 0:
         raise ValueError(f"--checkpoint-every must be positive, got {checkpoint_every}")
@@ -175,6 +214,14 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     plain = [p for p in model.parameters if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": plain, "weight_decay": 0.0}], lr=config.lr)
+    batches, relevant = _Epochs(examples, config), relevant_by_query(examples)
+    doc_term_weights = None
+    if config.inference_free:
+        if model.idf is None:
+            model.use_idf_queries(sorted({text for ex in examples for text in (*ex.positives, *ex.judged, *ex.negatives)}))
+        doc_term_weights = idf_flops_weights(model.idf)
+    guard = Guard(model.parameters, None if validate is None else _in_eval_mode(model, validate), config.dev_every,
+                  config.patience, config.collapse_fraction)
     start, seconds = 0, 0.0
     if resume:
         state = read_checkpoint(out)
@@ -184,51 +231,68 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             raise ValueError(f"{out}'s checkpoint was made with other settings or data; resume with the same "
                              "arguments, or train into a new folder")
         restore_checkpoint(state, model.parameters, optimizer)
+        guard.load(state["guard"])
         start, seconds = state["step"], state["seconds"]
         log.info("resuming at step %d of %d", start, total)
-    batches = _Epochs(examples, config)
-    doc_term_weights = None
-    if config.inference_free:
-        if model.idf is None:
-            model.use_idf_queries(sorted({text for ex in examples for text in (ex.positive, *ex.negatives)}))
-        doc_term_weights = idf_flops_weights(model.idf)
+    guard.start(start)
     flops_warm = int(min(total, steps_per_epoch(config, len(examples))) * config.flops_warmup)  # within the first epoch
     bar = _progress_bar(total, start, progress)
     history: list[dict[str, float]] = []
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
-    stopped, step = "finished", start
+    stopped, step, halt = "finished", start, None
     model.train()
     with _StopOnInterrupt() as interrupt:
         while step < total:
             clock = time.perf_counter()
-            stats = _step(model, optimizer, batches.micro_batches(step), config, step, total, flops_warm, doc_term_weights)
+            stats = _step(model, optimizer, batches.micro_batches(step), config, step, total, flops_warm, doc_term_weights,
+                          relevant, config.score_scale)
             seconds += time.perf_counter() - clock
             step += 1
             history.append(stats)
             if on_step is not None:
                 on_step(step, stats)
             if bar is not None:
+                dev = {"dev": f"{guard.scores[-1][1]:.4f}"} if guard.scores else {}
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", flops=f"{stats['flops_d']:.1f}",
-                                nnz_q=f"{stats['nnz_q']:.0f}", nnz_d=f"{stats['nnz_d']:.0f}", refresh=False)
+                                nnz_q=f"{stats['nnz_q']:.0f}", nnz_d=f"{stats['nnz_d']:.0f}", **dev, refresh=False)
                 bar.update(1)
+            halt = guard.after_step(step, stats)
             out_of_time = deadline is not None and time.monotonic() >= deadline
-            if step % checkpoint_every == 0 or interrupt.requested or out_of_time:
-                save_checkpoint(out, model.parameters, optimizer, step, run, seconds)
-            if interrupt.requested or out_of_time:
-                stopped = "interrupted" if interrupt.requested else "time limit"
+            if step % checkpoint_every == 0 or interrupt.requested or out_of_time or halt:
+                save_checkpoint(out, model.parameters, optimizer, step, run, seconds, guard.state())
+            if interrupt.requested or out_of_time or halt:
+                stopped = "interrupted" if interrupt.requested else "time limit" if out_of_time else halt.split(":")[0]
                 break
     if bar is not None:
         bar.close()
+    if halt:
+        log.warning("stopped at step %d: %s", step, halt)
+    kept = None if stopped == "interrupted" else guard.finish(step, collapsed=stopped == "collapsed")
+    if kept:
+        log.warning("%s", kept)
     model.train(False)
-    return TrainResult(step, total, seconds, stopped, history)
+    return TrainResult(step, total, seconds, stopped, history, guard.scores, kept)
+
+
+def _in_eval_mode(model: TrainableSplade, validate: Callable[[], float]) -> Callable[[], float]:
+    """``validate`` without dropout (so it draws no random numbers and a resume stays exact), then back to training."""
+    def run() -> float:
+        model.train(False)
+        try:
+            return validate()
+        finally:
+            model.train()
+
+    return run
 
 
 def _step(model: TrainableSplade, optimizer: torch.optim.Optimizer, micro_batches, config: TrainConfig, step: int,
-          total: int, flops_warm: int, doc_term_weights: torch.Tensor | None) -> dict[str, float]:
+          total: int, flops_warm: int, doc_term_weights: torch.Tensor | None,
+          relevant: dict[str, frozenset[str]], scale: float | None) -> dict[str, float]:
     flops_scale = quadratic_warmup(1.0, step, flops_warm)
     totals: dict[str, float] = {}
     for batch in micro_batches:
-        loss, stats = _batch_loss(model, batch, config, flops_scale, doc_term_weights)
+        loss, stats = _batch_loss(model, batch, config, flops_scale, doc_term_weights, relevant, scale)
         (loss / len(micro_batches)).backward()
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value / len(micro_batches)
