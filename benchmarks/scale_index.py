@@ -211,11 +211,11 @@ def main() -> None:
     parser.add_argument("--from-json", type=Path, help="re-render a saved run's table (no measuring)")
     parser.add_argument("--output", type=Path, default=RESULTS / "scale_index.md")
     args = parser.parse_args()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.from_json:
         measured = json.loads(args.from_json.read_text())
     else:
         measured = measure(args)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.with_suffix(".json").write_text(json.dumps(measured, indent=1) + "\n", encoding="utf-8")
     text = report(args, measured)
     args.output.write_text(text, encoding="utf-8")
