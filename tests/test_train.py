@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ SHORT = ["--max-length", "64", "--query-max-length", "16"]
 
 @pytest.fixture(scope="module")
 def tiny_beir(scifact, tmp_path_factory) -> Path:
-    """A BEIR folder with 12 SciFact train queries, their relevant documents and 60 other documents."""
+    """A BEIR folder with 12 SciFact train queries, their relevant documents and 60 other documents; 4 as dev."""
     folder = tmp_path_factory.mktemp("beir") / "tiny"
     (folder / "qrels").mkdir(parents=True)
     qrels = dict(list(scifact.qrels["train"].items())[:12])
@@ -39,9 +38,10 @@ def tiny_beir(scifact, tmp_path_factory) -> Path:
     with open(folder / "queries.jsonl", "w") as fh:
         for q in qrels:
             fh.write(json.dumps({"_id": q, "text": scifact.queries[q]}) + "\n")
-    with open(folder / "qrels" / "train.tsv", "w") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        fh.writelines(f"{q}\t{d}\t{g}\n" for q, docs in qrels.items() for d, g in docs.items())
+    for split, rows in (("train", qrels.items()), ("dev", list(qrels.items())[8:12])):  # dev: mechanics, not quality
+        with open(folder / "qrels" / f"{split}.tsv", "w") as fh:
+            fh.write("query-id\tcorpus-id\tscore\n")
+            fh.writelines(f"{q}\t{d}\t{g}\n" for q, docs in rows for d, g in docs.items())
     return folder
 
 
@@ -121,7 +121,7 @@ def test_flops_regularisation_lowers_non_zeros(examples, tmp_path):
 
 def _train_command(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "lsr", "train", str(data), str(out), "--batch-size", "2", "--epochs", "3",
-            "--checkpoint-every", "3", "--seed", "7", "--quiet", *SHORT, *extra]
+            "--checkpoint-every", "3", "--dev-every", "2", "--patience", "100", "--seed", "7", "--quiet", *SHORT, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +139,9 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tiny_beir, train
     deadline = time.monotonic() + 300
     while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
     done = subprocess.run(_train_command(tiny_beir, out, "--resume"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     resumed, uninterrupted = load_file(out / "model.safetensors"), load_file(trained / "model.safetensors")
@@ -149,6 +150,11 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tiny_beir, train
         assert torch.equal(resumed[name], tensor), name
     start = load_file(_bundled_weights())
     assert any(not torch.equal(start[n], uninterrupted[n]) for n in uninterrupted if n in start)
+    # The dev scores and the best step kept survive the kill: they travel in the checkpoint.
+    fields = ("dev_split", "dev_scores", "kept", "stopped")
+    resumed_run, uninterrupted_run = (json.loads((folder / "lsr_train.json").read_text()) for folder in (out, trained))
+    assert {f: resumed_run[f] for f in fields} == {f: uninterrupted_run[f] for f in fields}
+    assert uninterrupted_run["dev_split"] == "dev" and len(uninterrupted_run["dev_scores"]) >= 4
 
 
 def _bundled_weights() -> str:
