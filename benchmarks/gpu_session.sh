@@ -7,7 +7,8 @@
 # (the tables first: a call cut off at its limit still returns what $OUT holds)
 #
 # Stages, each under its own time limit, each leaving its log (and tables) in $OUT as it ends:
-#   tests   the CUDA kernel, launch table, pooling and pipeline tests      (limit 180 s: 79 tests, many compiles)
+#   tests   the CUDA kernel, launch table, pooling and pipeline tests      (limit 180 s: 79 tests, many compiles;
+#           one process: no pytest-xdist there, one GPU)
 #   encode  benchmarks/encode_gpu.py, issue 18's table and `lsr index`     (limit 360 s)
 #   train   benchmarks/train_gpu.py, issue 16's table                      (limit 360 s)
 # The setup (install lsr, unpack the kit, print versions) takes about half a minute and is skipped when a
@@ -49,7 +50,7 @@ stage() {  # NAME SECONDS COMMAND...: run it under a time limit, log to $OUT/NAM
 
 for name in "$@"; do
   case "$name" in
-    tests) stage tests 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_pool_triton.py tests/test_pool.py \
+    tests) stage tests 180 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_pool_triton.py tests/test_pool.py \
              tests/test_launch.py tests/test_batching.py ;;
     encode) stage encode 360 "$PY" benchmarks/encode_gpu.py --results-dir "$OUT" ;;
     train) stage train 360 "$PY" benchmarks/train_gpu.py --results-dir "$OUT" ;;
