@@ -23,6 +23,7 @@ from lsr.encode.batching import Pipeline, pad_multiple, right_pad
 from lsr.encode.inputs import (EncodeInfo, check_texts, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
                                truncated_token_ids)
 from lsr.encode.models import load_with_hint, quiet_loader, resolve_model
+from lsr.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -140,20 +141,14 @@ class DenseEncoder:
             n_tokens[live[start:stop]] = lengths
             return rows
 
-        bar = None
-        if show_progress and len(live):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(live), unit="doc", desc="dense", smoothing=0.1)
+        bar = progress_bar("dense", len(live), enabled=show_progress and len(live) > 0)
         pipeline = Pipeline(self.device, max_tokens=batch_size * self.max_length, batch_size=batch_size)
         for positions, pooled in pipeline.run(
             len(live), tokenize, lambda rows: right_pad(rows, pad, pad_multiple(self.device)), self._encode_batch
         ):
             out[live[positions]] = pooled
-            if bar is not None:
-                bar.update(len(positions))
-        if bar is not None:
-            bar.close()
+            bar.update(len(positions))
+        bar.close()
         info: EncodeInfo = report_truncation(log, n_tokens, self.max_length)
         return (out, info) if return_info else out
 

@@ -22,6 +22,7 @@ from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, check_texts, model_max_tokens
 from lsr.encode.models import load_with_hint, quiet_loader
 from lsr.kernels import splade_max_pool
 from lsr.kernels.pool_torch import splade_sum_pool_chunked
+from lsr.progress import progress_bar
 from lsr.sparse import SparseBatch
 
 log = logging.getLogger(__name__)
@@ -256,26 +257,16 @@ class SpladeEncoder:
             return rows
 
         parts = []
-        progress = _progress(len(live), show_progress)
+        progress = progress_bar("encode", len(live), enabled=show_progress and len(live) > 0)
         for positions, (counts, columns, values) in self._pipeline(batch_size, max_length).run(
             len(live), tokenize, self._batch_inputs, lambda *tensors: self._encode_batch(*tensors, expansion)
         ):
             parts.append((live[positions], counts, columns, values))
-            if progress is not None:
-                progress.update(len(positions))
-        if progress is not None:
-            progress.close()
+            progress.update(len(positions))
+        progress.close()
         info = report_truncation(log, n_tokens, self._token_budget(max_length))
         batch = SparseBatch(*scatter_csr(len(texts), parts), self.vocab_size, self.vocab)
         return (batch, info) if return_info else batch
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="doc", desc="encode", smoothing=0.1)
 
 
 class DecoderSpladeEncoder(SpladeEncoder):

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from lsr.progress import progress_bar
 from lsr.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from lsr.train.config import TrainConfig
 from lsr.train.data import Example
@@ -236,7 +237,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
         log.info("resuming at step %d of %d", start, total)
     guard.start(start)
     flops_warm = int(min(total, steps_per_epoch(config, len(examples))) * config.flops_warmup)  # within the first epoch
-    bar = _progress_bar(total, start, progress)
+    bar = progress_bar("train", total, initial=start, enabled=progress, unit="step")
     history: list[dict[str, float]] = []
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     stopped, step, halt = "finished", start, None
@@ -251,11 +252,10 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             history.append(stats)
             if on_step is not None:
                 on_step(step, stats)
-            if bar is not None:
-                dev = {"dev": f"{guard.scores[-1][1]:.4f}"} if guard.scores else {}
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", flops=f"{stats['flops_d']:.1f}",
-                                nnz_q=f"{stats['nnz_q']:.0f}", nnz_d=f"{stats['nnz_d']:.0f}", **dev, refresh=False)
-                bar.update(1)
+            dev = {"dev": f"{guard.scores[-1][1]:.4f}"} if guard.scores else {}
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", flops=f"{stats['flops_d']:.1f}",
+                            nnz_q=f"{stats['nnz_q']:.0f}", nnz_d=f"{stats['nnz_d']:.0f}", **dev, refresh=False)
+            bar.update(1)
             halt = guard.after_step(step, stats)
             out_of_time = deadline is not None and time.monotonic() >= deadline
             if step % checkpoint_every == 0 or interrupt.requested or out_of_time or halt:
@@ -263,8 +263,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             if interrupt.requested or out_of_time or halt:
                 stopped = "interrupted" if interrupt.requested else "time limit" if out_of_time else halt.split(":")[0]
                 break
-    if bar is not None:
-        bar.close()
+    bar.close()
     if halt:
         log.warning("stopped at step %d: %s", step, halt)
     kept = None if stopped == "interrupted" else guard.finish(step, collapsed=stopped == "collapsed")
@@ -302,11 +301,3 @@ def _step(model: TrainableSplade, optimizer: torch.optim.Optimizer, micro_batche
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return totals
-
-
-def _progress_bar(total: int, start: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, unit="step", desc="train", smoothing=0.1)

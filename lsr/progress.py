@@ -1,7 +1,9 @@
-"""Progress for long work (indexing, encoding files, batch search, tuning): one bar style on stderr, a true total.
+"""Progress for long work (indexing, encoding, training, batch search, tuning): one bar style on stderr, a true total.
 
 Bars are context managers, so they are closed (their line ended) before an error prints; log lines
 that would land inside a bar (per-batch truncation warnings) are silenced while it runs and counted instead.
+On a terminal a bar redraws in place several times a second; into a log file or pipe (nohup, CI, ``2> log``) it
+redraws every ``LOG_REDRAW_S`` seconds, so the log holds a readable trail instead of thousands of updates.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from contextlib import contextmanager
 from typing import Any
 
 
+LOG_REDRAW_S = 30.0
+
+
 def progress_bar(desc: str, total: int | None, *, initial: int = 0, enabled: bool = True, unit: str = "doc"):
-    """A tqdm bar on stderr with total and ETA."""
+    """A tqdm bar on stderr with total and ETA (disabled: every call on it does nothing)."""
     from tqdm.auto import tqdm
 
+    interval = 0.1 if sys.stderr.isatty() else LOG_REDRAW_S
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, smoothing=0.05,
-                dynamic_ncols=True, file=sys.stderr)
+                dynamic_ncols=True, file=sys.stderr, mininterval=interval, maxinterval=max(10.0, interval))
 
 
 def rows_total(rows: int | None, limit: int | None) -> int | None:
