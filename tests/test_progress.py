@@ -11,7 +11,7 @@ import sys
 import termios
 import time
 
-from lsr.progress import progress_bar
+from lsr.ingest.progress import progress_bar
 
 
 def _drive(stream, updates: int = 30, pause_s: float = 0.02) -> None:

@@ -62,7 +62,7 @@ def tune_prf(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
     """Each variant's best setting by nDCG@10 on ``tune_split`` over hybrid search with ``hybrid``, and the
     overall choice (``chosen`` is None when no variant beats the fusion without PRF there)."""
     from lsr.eval.tuning import judged_queries
-    from lsr.progress import progress_bar
+    from lsr.ingest.progress import progress_bar
 
     result: dict[str, Any] = {"tuned_on": tune_split, "chosen": None, "variants": {},
                               "grid": {"prf_docs": list(PRF_DOCS), "beta": list(PRF_BETAS), "min_idf": list(MIN_IDFS)}}
@@ -123,7 +123,7 @@ def tune_fusion_and_prf(backend: Any, dataset: BeirDataset, tune_split: str | No
     the other top fusions and the cross-dataset default fusion. ``prf["chosen"]["fusion"]`` is the fusion of the
     best (fusion, PRF) pair; ``prf["joint"]`` has every pair's tuning-split nDCG@10."""
     from lsr.eval.tuning import DEFAULT_FUSION, fusion_options, judged_queries, tune_fusion
-    from lsr.progress import progress_bar
+    from lsr.ingest.progress import progress_bar
     from lsr.search.searcher import PrfOptions
 
     fusion = tune_fusion(backend, dataset, tune_split, k, say)

@@ -33,7 +33,7 @@ def judged_queries(dataset: BeirDataset, split: str) -> tuple[dict, list[str], l
 def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
          say: Callable[[str], None], *, progress: bool = False) -> dict[str, Any]:
     """Grid-search α (hybrid), then m and β (PRF) with α frozen, by nDCG@10 on ``tune_split``."""
-    from lsr.progress import progress_bar
+    from lsr.ingest.progress import progress_bar
 
     from lsr.search.searcher import HybridOptions, PrfOptions
 

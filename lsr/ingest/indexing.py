@@ -24,7 +24,7 @@ from lsr.ingest.layout import (
     shard_name, write_shard,
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
-from lsr.progress import progress_bar, quiet_logger, rows_total, update_total
+from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_total
 from lsr.search.bm25_index import DESCRIPTION as BM25_DESCRIPTION
 from lsr.search.bm25_index import BM25_DIR, build_bm25
 from lsr.search.dense_index import DenseIndex

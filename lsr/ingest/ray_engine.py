@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from lsr.files import atomic_write
 from lsr.ingest.corpus import CorpusHash, CorpusReader, DocChunk
-from lsr.progress import progress_bar, quiet_logger, rows_total
+from lsr.ingest.progress import progress_bar, quiet_logger, rows_total
 
 if TYPE_CHECKING:
     from lsr.ingest.indexing import BuildState, IndexOptions, StageTimer

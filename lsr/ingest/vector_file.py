@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from lsr.files import atomic_write
 from lsr.ingest.corpus import BadRowError, CorpusReader, DocChunk
-from lsr.progress import progress_bar, quiet_logger, update_total
+from lsr.ingest.progress import progress_bar, quiet_logger, update_total
 from lsr.sparse import SparseBatch
 
 MODEL_KEY = b"lsr.model"

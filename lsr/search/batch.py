@@ -9,7 +9,7 @@ from typing import Sequence
 
 from lsr.eval.runs import write_trec_run
 from lsr.files import atomic_write
-from lsr.progress import progress_bar
+from lsr.ingest.progress import progress_bar
 from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
 
 CHUNK = 64  # queries encoded together

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lsr.progress import progress_bar
+from lsr.ingest.progress import progress_bar
 from lsr.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from lsr.train.config import TrainConfig
 from lsr.train.data import Example
