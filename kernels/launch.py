@@ -10,8 +10,12 @@ bucket, train/inference) and its configuration comes from, in order:
    later processes reuse it and a new Triton, GPU or kernel ignores it; a key not tuned yet is
    benchmarked once and added;
 2. the committed table ``launch_table.json`` (configurations measured on an H100);
-3. a heuristic for unseen shapes: the measured winners' tile shapes, shrunk until the pipeline
-   stages fit the GPU's shared memory (fp32 operands take twice the bytes of bf16 ones).
+3. a heuristic for unseen shapes: the measured winners' tile shapes (smaller ones where the dot
+   runs on CUDA cores), shrunk until the pipeline buffers fit the GPU's shared memory.
+
+A launch that still does not fit (another Triton may allocate more) steps down to a smaller
+configuration and remembers it, instead of failing. ``benchmarks/kernel_compile.py`` compiles every
+choice for each GPU family ahead of time, on a machine without one, to check all of this.
 
 Lengths are bucketed to powers of two from 16: sequences up to 128 pad to the bucket inside the
 packed kernel (which needs a power-of-two slot), longer ones loop over sequence tiles, so one
@@ -28,7 +32,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -67,8 +71,12 @@ class LaunchConfig:
         return {"BLOCK_V": self.block_v, columns: self.block_n, "BLOCK_H": self.block_h,
                 "num_warps": self.warps, "num_stages": self.stages}
 
-    def shared_bytes(self, element_bytes: int) -> int:
-        return self.stages * (self.block_v + self.block_n) * self.block_h * element_bytes
+    def shared_bytes(self, element_bytes: int, buffers: int) -> int:
+        """Shared memory of the operand pipeline: ``buffers`` copies of one K step's two tiles."""
+        return buffers * (self.block_v + self.block_n) * self.block_h * element_bytes
+
+    def accumulators_per_thread(self) -> int:
+        return self.block_v * self.block_n // (32 * self.warps)
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,47 @@ def launch_key(device: torch.device, interpret: bool, kernel: str, dtype: torch.
                train: bool) -> LaunchKey:
     gpu = "interpreter" if interpret else "sm{}{}".format(*torch.cuda.get_device_capability(device))
     return LaunchKey(gpu, kernel, _DTYPE_NAMES[dtype], hidden, length_bucket(length), train)
+
+
+def compute_capability(gpu: str) -> int:
+    """``"sm86"`` → 86, ``"sm100"`` → 100."""
+    return int(gpu[2:])
+
+
+def tensor_core_dot(gpu: str, dtype: str) -> bool:
+    """Whether Triton lowers the kernel's ``tl.dot`` to tensor cores (mma/wgmma/tcgen05) there.
+
+    Not below sm80: Triton's dot is FMA on Turing and Volta. Not in fp32 either: the kernel asks for
+    an IEEE fp32 dot (tf32 would cost ~3e-4 relative error), which is FMA on every GPU.
+    """
+    return dtype != "fp32" and compute_capability(gpu) >= 80
+
+
+def operand_buffers(key: LaunchKey, config: LaunchConfig) -> int:
+    """How many copies of a K step's tiles the compiled pipeline keeps in shared memory.
+
+    Compiled for each family (benchmarks/kernel_compile.py): the TMA pipelines of sm90/sm100 keep
+    one per stage; cp.async pipelines (sm80-sm89, sm120) and every FMA dot keep ``stages - 1``.
+    Below sm80 (no cp.async) 16-bit loads are not pipelined at all: the figure is an upper bound there.
+    """
+    tma = tensor_core_dot(key.gpu, key.dtype) and 90 <= compute_capability(key.gpu) < 120
+    return config.stages if tma else max(1, config.stages - 1)
+
+
+def max_accumulators(key: LaunchKey) -> int | None:
+    """Accumulators per thread a tile may hold without spilling to local memory (None: no limit found).
+
+    Measured by compiling (benchmarks/kernel_compile.py). FMA dots: fp32 at 128 a thread (128x256 on
+    8 warps) spills ~13 KB a thread on sm90, at 64 nothing; fp16 on sm75 converts its operands in
+    registers and spills from 32 a thread. tcgen05 (sm100) training tiles, whose epilogue also tracks
+    the argmax, spill 0.6-0.8 KB at 128 a thread and nothing at 64. wgmma and mma tiles of 128 a
+    thread spill at most 72 B.
+    """
+    if not tensor_core_dot(key.gpu, key.dtype):
+        return 64 if key.dtype == "fp32" else 16
+    if key.train and 100 <= compute_capability(key.gpu) < 120:
+        return 64
+    return None
 
 
 # (BLOCK_V, BLOCK_N, BLOCK_H, warps, stages) tried when tuning; V is the wgmma M side, the sequence the N side.
@@ -124,8 +173,8 @@ def candidates(key: LaunchKey) -> list[LaunchConfig]:
 def _smallest_fit(key: LaunchKey, configs: list[LaunchConfig]) -> LaunchConfig:
     config = min(configs, key=lambda c: c.block_n)
     if key.kernel == "packed":  # at least one whole sequence per tile
-        return LaunchConfig(config.block_v, max(config.block_n, key.bucket), config.block_h, config.warps, config.stages)
-    return LaunchConfig(config.block_v, key.bucket, config.block_h, config.warps, config.stages)
+        return replace(config, block_n=max(config.block_n, key.bucket))
+    return replace(config, block_n=key.bucket)
 
 
 @functools.lru_cache(maxsize=1)
@@ -136,27 +185,51 @@ def launch_table() -> dict[str, LaunchConfig]:
 
 
 def heuristic(key: LaunchKey, shared_memory: int) -> LaunchConfig:
-    """Unseen shapes: the H100 winners' tiles, fewer stages, then narrower K and smaller tiles until they fit."""
+    """Unseen shapes: the H100 winners' tiles, smaller where they would spill, stepped down until they fit."""
     if key.gpu == "interpreter":
         return candidates(key)[0]
     if key.kernel == "packed":
         config = LaunchConfig(128, 256 if key.bucket >= 32 else 128, 64, 8, 4 if key.train else 3)
     else:
         config = LaunchConfig(128, 256 if key.bucket >= 256 else max(MIN_BUCKET, min(128, key.bucket)), 64, 8, 3)
+    if not tensor_core_dot(key.gpu, key.dtype):  # a CUDA-core dot gains nothing from a wide K step
+        config = replace(config, block_h=32)
+    cap = max_accumulators(key)
+    while cap is not None and config.accumulators_per_thread() > cap:
+        smaller = _smaller_tile(key, config)
+        if smaller is None:
+            break
+        config = smaller
     element = 4 if key.dtype == "fp32" else 2
     budget = SHARED_MEMORY_SHARE * shared_memory
-    while config.shared_bytes(element) > budget:
-        if config.stages > 2:
-            config = LaunchConfig(config.block_v, config.block_n, config.block_h, config.warps, config.stages - 1)
-        elif config.block_h > 32:
-            config = LaunchConfig(config.block_v, config.block_n, config.block_h // 2, config.warps, config.stages)
-        elif config.block_n > max(MIN_BUCKET, key.bucket if key.kernel == "packed" else MIN_BUCKET):
-            config = LaunchConfig(config.block_v, config.block_n // 2, config.block_h, config.warps, config.stages)
-        elif config.block_v > 32:
-            config = LaunchConfig(config.block_v // 2, config.block_n, config.block_h, max(4, config.warps // 2), config.stages)
-        else:
+    while config.shared_bytes(element, operand_buffers(key, config)) > budget:
+        smaller = step_down(key, config)
+        if smaller is None:
             break
+        config = smaller
     return config
+
+
+def step_down(key: LaunchKey, config: LaunchConfig) -> LaunchConfig | None:
+    """The next smaller configuration: fewer stages, then a narrower K step, then a smaller tile; None at the end."""
+    if config.stages > 2:
+        return replace(config, stages=config.stages - 1)
+    if config.block_h > 32:
+        return replace(config, block_h=config.block_h // 2)
+    return _smaller_tile(key, config)
+
+
+def _smaller_tile(key: LaunchKey, config: LaunchConfig) -> LaunchConfig | None:
+    """Halve the sequence side while it holds more than one sequence (packed) or 16 columns, then the vocabulary side.
+
+    A tensor-core tile sheds warps with its rows (a warpgroup per 64 rows); an FMA tile keeps them, so
+    each thread holds fewer accumulators."""
+    if config.block_n > (key.bucket if key.kernel == "packed" else MIN_BUCKET):
+        return replace(config, block_n=config.block_n // 2)
+    if config.block_v > 32:
+        warps = max(4, config.warps // 2) if tensor_core_dot(key.gpu, key.dtype) else config.warps
+        return replace(config, block_v=config.block_v // 2, warps=warps)
+    return None
 
 
 def shared_memory_of(device: torch.device, interpret: bool) -> int:
@@ -252,6 +325,25 @@ class LaunchChooser:
         self.kernel_source = kernel_source
         self._chosen: dict[LaunchKey, LaunchConfig] = {}
         self._lock = threading.Lock()
+
+    def launch(self, key: LaunchKey, device: torch.device, interpret: bool,
+               launch: Callable[[LaunchConfig], None]) -> LaunchConfig:
+        """Launch with the chosen configuration. One that does not fit this GPU (Triton raises before
+        running anything) steps down until one does, and the smaller one is remembered for the key."""
+        config = self.choose(key, device, interpret, launch)
+        while True:
+            try:
+                launch(config)
+                return config
+            except triton.runtime.errors.OutOfResources as error:
+                smaller = step_down(key, config)
+                if smaller is None:
+                    raise
+                log.warning("%s: %s does not fit this GPU (%s); using %s instead",
+                            key.text(), astuple(config), error, astuple(smaller))
+                with self._lock:
+                    self._chosen[key] = smaller
+                config = smaller
 
     def choose(self, key: LaunchKey, device: torch.device, interpret: bool,
                launch: Callable[[LaunchConfig], None]) -> LaunchConfig:

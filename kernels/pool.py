@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -12,17 +13,28 @@ IMPLS = ("auto", "triton", "chunked", "torch")
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
-    """``LSR_POOL_IMPL`` overrides the argument; "auto" means Triton on CUDA, chunked elsewhere.
+    """``LSR_POOL_IMPL`` overrides the argument; "auto" means Triton on CUDA GPUs from sm80 on, chunked elsewhere.
 
-    "chunked" serves CPU inference through the int8-screened exact path (kernels/pool_screen.py)
-    whenever no gradient is needed, and through the plain vocabulary-chunked loop otherwise.
+    Below sm80 (T4, V100) Triton's dot runs on CUDA cores, so cuBLAS's tensor cores in the chunked
+    path win there. "chunked" serves CPU inference through the int8-screened exact path
+    (kernels/pool_screen.py) whenever no gradient is needed, and the plain vocabulary-chunked loop otherwise.
     """
     impl = os.environ.get("LSR_POOL_IMPL", impl) or "auto"
     if impl not in IMPLS:
         raise ValueError(f"unknown pooling impl {impl!r}; choose one of {', '.join(IMPLS)} (argument or LSR_POOL_IMPL)")
     if impl == "auto":
-        return "triton" if device.type == "cuda" else "chunked"
+        return "triton" if device.type == "cuda" and fused_kernel_has_tensor_cores(device) else "chunked"
     return impl
+
+
+def fused_kernel_has_tensor_cores(device: torch.device) -> bool:
+    """Whether the Triton kernel's dot uses tensor cores on this GPU (compute capability 8.0 or newer)."""
+    return _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (8, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def splade_max_pool(

@@ -338,7 +338,7 @@ def _forward(
         else:
             _splade_pool_fwd_kernel[(triton.cdiv(V, config.block_v) * B,)](*args, **flags, **config.meta(kind))
 
-    launch(_CHOOSER.choose(key, hidden.device, INTERPRET, launch))
+    _CHOOSER.launch(key, hidden.device, INTERPRET, launch)
     return out, pooled, arg
 
 

@@ -65,12 +65,59 @@ def test_table_is_used_for_a_measured_key_and_the_heuristic_elsewhere():
 
 @pytest.mark.parametrize("kernel, bucket", [("packed", 16), ("packed", 64), ("packed", 128), ("tiled", 256), ("tiled", 1024)])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-@pytest.mark.parametrize("shared", [99 * 1024, 227 * 1024])
-def test_heuristic_fits_the_kernel_and_the_shared_memory(kernel, bucket, dtype, shared):
-    key = LaunchKey("sm80", kernel, dtype, 768, bucket, False)
+@pytest.mark.parametrize("gpu, shared", [("sm86", 99 * 1024), ("sm80", 163 * 1024), ("sm90", 227 * 1024)])
+def test_heuristic_fits_the_kernel_and_the_shared_memory(kernel, bucket, dtype, gpu, shared):
+    key = LaunchKey(gpu, kernel, dtype, 768, bucket, False)
     config = heuristic(key, shared)
     assert fits(kernel, bucket, config)
-    assert config.shared_bytes(4 if dtype == "fp32" else 2) <= launch.SHARED_MEMORY_SHARE * shared
+    buffers = launch.operand_buffers(key, config)
+    assert config.shared_bytes(4 if dtype == "fp32" else 2, buffers) <= launch.SHARED_MEMORY_SHARE * shared
+    if dtype == "fp32":  # an FMA dot: the accumulator tile stays in registers
+        assert config.accumulators_per_thread() <= launch.max_accumulators(key) and config.block_h == 32
+    else:
+        assert config.block_v >= 128 and config.block_n >= min(bucket, 128)  # tensor cores keep big tiles
+
+
+def test_tensor_core_dots_from_sm80_in_16_bit_only():
+    assert launch.tensor_core_dot("sm90", "bf16") and launch.tensor_core_dot("sm80", "fp16")
+    assert not launch.tensor_core_dot("sm75", "fp16") and not launch.tensor_core_dot("sm90", "fp32")
+    config = LaunchConfig(128, 256, 64, 8, 3)
+    assert launch.operand_buffers(LaunchKey("sm90", "tiled", "bf16", 768, 256, False), config) == 3  # TMA
+    assert launch.operand_buffers(LaunchKey("sm100", "tiled", "bf16", 768, 256, False), config) == 3
+    assert launch.operand_buffers(LaunchKey("sm80", "tiled", "bf16", 768, 256, False), config) == 2  # cp.async
+    assert launch.operand_buffers(LaunchKey("sm120", "tiled", "bf16", 768, 256, False), config) == 2
+    assert launch.operand_buffers(LaunchKey("sm90", "tiled", "fp32", 768, 256, False), config) == 2
+
+
+def test_a_launch_that_does_not_fit_steps_down_and_the_smaller_one_is_kept(caplog):
+    """Another Triton may allocate more than the heuristic planned for: Triton raises OutOfResources before
+    running anything, and the chooser retries smaller instead of failing the encode."""
+    from triton.runtime.errors import OutOfResources
+
+    chooser = launch.LaunchChooser("source")
+    key = LaunchKey("sm86", "tiled", "bf16", 1024, 512, False)  # not in the table: the heuristic's choice
+    first = heuristic(key, launch._FALLBACK_SHARED_MEMORY)
+    tried = []
+
+    def launch_on_a_small_gpu(config):
+        tried.append(config)
+        need = config.shared_bytes(2, config.stages)  # pretend this Triton keeps one buffer per stage
+        if need > 48 * 1024:
+            raise OutOfResources(need, 48 * 1024, "shared memory")
+
+    with caplog.at_level(logging.WARNING, logger="lsr.kernels.launch"):
+        used = chooser.launch(key, torch.device("cpu"), True, launch_on_a_small_gpu)  # no GPU: the fallback shared memory
+    assert tried[0] == first and used == tried[-1] and len(tried) > 1
+    assert used.shared_bytes(2, used.stages) <= 48 * 1024 and fits("tiled", 512, used)
+    assert "does not fit this GPU" in caplog.text
+    tried.clear()
+    assert chooser.launch(key, torch.device("cpu"), True, launch_on_a_small_gpu) == used and tried == [used]
+
+    def never_fits(config):
+        raise OutOfResources(10**9, 1, "shared memory")
+
+    with pytest.raises(OutOfResources):
+        launch.LaunchChooser("source").launch(key, torch.device("cpu"), True, never_fits)
 
 
 def test_autotune_results_persist_are_reused_and_ignored_when_stale(monkeypatch, tmp_path, caplog):

@@ -9,6 +9,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when pool_triton is first imported
 
 from lsr.kernels import splade_max_pool  # noqa: E402
+from lsr.kernels import pool  # noqa: E402
 from lsr.kernels.pool import resolve_impl  # noqa: E402
 from lsr.kernels.pool_torch import (  # noqa: E402
     splade_max_pool_chunked,
@@ -33,11 +34,16 @@ def grads_of(fn, hidden, weight, bias, mask, grad_out):
     return out.detach(), *(t.grad for t in leaves)
 
 
-def test_auto_picks_triton_on_cuda_and_chunked_elsewhere(monkeypatch):
+@pytest.mark.parametrize("capability, fused", [((9, 0), "triton"), ((8, 0), "triton"), ((12, 0), "triton"),
+                                               ((7, 5), "chunked"), ((7, 0), "chunked")])
+def test_auto_picks_triton_on_gpus_with_tensor_core_dots_and_chunked_elsewhere(monkeypatch, capability, fused):
+    """The GPU's capability is the one thing faked here: this machine has none."""
     monkeypatch.delenv("LSR_POOL_IMPL", raising=False)
-    assert resolve_impl("auto", torch.device("cuda")) == "triton"
+    monkeypatch.setattr(pool, "_capability", lambda index: capability)
+    assert resolve_impl("auto", torch.device("cuda:0")) == fused
     assert resolve_impl("auto", torch.device("cpu")) == "chunked"
-    assert resolve_impl("torch", torch.device("cuda")) == "torch"
+    assert resolve_impl("torch", torch.device("cuda:0")) == "torch"
+    assert resolve_impl("triton", torch.device("cuda:0")) == "triton"  # asked for by name: still honoured
 
 
 def test_environment_overrides_the_argument(monkeypatch):
