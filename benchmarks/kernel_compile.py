@@ -181,11 +181,12 @@ def forward_rows(family: str, selection: str) -> list[dict]:
         keys = [_key(text) for text in table if text.startswith(family + "/")]
     else:
         dtypes = [d for d in DTYPES if d != "bf16" or launch.compute_capability(family) >= 80]  # bf16 needs sm80
-        buckets, modes = BUCKETS, (False, True)
-        if selection == "smoke":  # one packed and one tiled training key (the larger tiles), 16-bit and fp32
-            dtypes, buckets, modes = [d for d in dtypes if d != "fp16"] or dtypes, (32, 512), (True,)
-        keys = [launch.LaunchKey(family, "packed" if b <= pool_triton.PACK_MAX_LEN else "tiled", d, HIDDEN, b, train)
-                for d in dtypes for b in buckets for train in modes]
+        if selection == "smoke":  # two training keys with the larger tiles: tiled on tensor cores, packed fp32 (FMA)
+            keys = [launch.LaunchKey(family, "tiled", dtypes[0], HIDDEN, 512, True),
+                    launch.LaunchKey(family, "packed", "fp32", HIDDEN, 32, True)]
+        else:
+            keys = [launch.LaunchKey(family, "packed" if b <= pool_triton.PACK_MAX_LEN else "tiled", d, HIDDEN, b, train)
+                    for d in dtypes for b in BUCKETS for train in (False, True)]
         keys += [_key(text) for text in table if text.startswith(family + "/") and _key(text) not in keys]
     rows = []
     for key in keys:
