@@ -256,3 +256,34 @@ def test_cpu_tensors_without_interpreter_are_rejected():
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert "impl='chunked'" in result.stdout, result.stderr
+
+
+def test_precompile_is_a_no_op_where_nothing_compiles():
+    from lsr.kernels.pool_triton import precompile
+
+    _, weight, bias, _ = make_inputs(2, 16, 16, 70, torch.float32, seed=5)
+    expected = 0 if DEVICE == "cpu" else 1
+    assert precompile([(2, 16)], weight, bias) == expected  # the interpreter compiles nothing
+    assert precompile([], weight, bias) == 0
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU: the interpreter compiles nothing")
+def test_precompiled_kernels_are_the_ones_later_launches_use(monkeypatch):
+    """precompile() compiles side by side; the launches that follow find every kernel and compile none."""
+    import triton
+
+    from lsr.kernels.pool_triton import precompile
+
+    compiles = []
+    monkeypatch.setattr(triton.knobs.runtime, "jit_cache_hook", lambda **kw: compiles.append(kw["repr"]))
+    shapes = [(8, 32), (3, 16), (5, 48), (4, 200)]  # packed whole tiles, a ragged tail, tiled
+    _, weight, bias, _ = make_inputs(2, 16, 80, 1000, torch.bfloat16, seed=6)  # H = 80: no other test's kernels
+    assert precompile(shapes, weight, bias) == len(shapes)
+    assert compiles, "nothing was compiled"
+    compiles.clear()
+    for B, L in shapes:
+        hidden = torch.randn(B, L, 80, device=DEVICE, dtype=torch.bfloat16)
+        mask = torch.ones(B, L, dtype=torch.int64, device=DEVICE)
+        out = splade_max_pool_triton(hidden, weight, bias, mask)
+        assert rel_err(out, splade_max_pool_reference(hidden.double(), weight.double(), bias.double(), mask)) < 1e-2
+    assert compiles == []

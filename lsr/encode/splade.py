@@ -180,12 +180,18 @@ class SpladeEncoder:
         """Run one batch of every shape the pooling kernel compiles for (``warm_up_shapes``) now.
 
         Done at load on CUDA, so a fresh process encodes at warm speed and a server compiles before
-        it reports SERVING; Triton's on-disk cache makes later processes' compiles cheap.
+        it reports SERVING. The kernels are first compiled side by side (``precompile``), then each
+        shape runs once; Triton's on-disk cache makes later processes' compiles cheap.
         """
-        from lsr.kernels.pool_triton import warm_up_shapes
+        from lsr.kernels.pool import resolve_impl
+        from lsr.kernels.pool_triton import precompile, warm_up_shapes
 
+        shapes = warm_up_shapes(max(self.max_length, self.query_max_length))
+        if self.pooling == "max" and resolve_impl(self.impl, self.device) == "triton":
+            dtype = next(self.model.parameters()).dtype
+            precompile(shapes, self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype))
         token = next(i for i in range(self.vocab_size) if i not in self._special_ids)
-        for batch, length in warm_up_shapes(max(self.max_length, self.query_max_length)):
+        for batch, length in shapes:
             ids = torch.full((batch, length), token, device=self.device)
             mask = torch.ones_like(ids)
             self._encode_batch(ids, mask, mask, True)
