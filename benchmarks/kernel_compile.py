@@ -10,12 +10,14 @@ For each family, every forward key (dtype x length bucket x train/inference) get
 ``kernels/launch.py`` would use there (the committed table, else the heuristic), and each backward
 kernel its fixed block. A row reports shared memory against the family's limit, registers and stack
 (spill) bytes per thread, which instructions the dot became (wgmma, tcgen05, mma or FMA) and the
-compile time; it fails when the kernel does not compile or does not fit.
+compile time; it fails when the kernel does not compile, does not fit, or spills more than 64 values a thread.
 
-    python benchmarks/kernel_compile.py                      # every family and key, ~5 min on 2 cores
+    python benchmarks/kernel_compile.py                      # every family and key, ~3.5 min on 2 cores
     python benchmarks/kernel_compile.py --families sm80,sm90 --selection table
+    pip install --no-deps --target /tmp/triton-3.6 triton==3.6.0     # another Triton (the H200 image's) ...
+    PYTHONPATH=/tmp/triton-3.6 python benchmarks/kernel_compile.py --name kernel_compile-triton-3.6
 
-Writes benchmarks/results/kernel_compile.md and .json; exits 1 when a row fails.
+Writes benchmarks/results/kernel_compile.md (or NAME.md) and .json; exits 1 when a row fails.
 """
 
 from __future__ import annotations
@@ -256,6 +258,7 @@ def main() -> int:
     parser.add_argument("--selection", choices=("all", "table", "smoke"), default="all",
                         help="all keys; only the committed table's; or a few per family (tests)")
     parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", default="kernel_compile", help="results file stem, e.g. for another Triton version")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="compiler processes")
     args = parser.parse_args()
     families = args.families.split(",")
@@ -277,9 +280,9 @@ def main() -> int:
     text = markdown(rows, meta)
     print(text)
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "kernel_compile.md").write_text(text, encoding="utf-8")
-    (args.results_dir / "kernel_compile.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n",
-                                                          encoding="utf-8")
+    (args.results_dir / f"{args.name}.md").write_text(text, encoding="utf-8")
+    (args.results_dir / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n",
+                                                        encoding="utf-8")
     return 0 if all(r["ok"] for r in rows) else 1
 
 
