@@ -147,7 +147,8 @@ _TUNING_CANDIDATES = {
     "tiled": [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 64, 64, 4, 4),
               (64, 128, 64, 4, 4), (256, 128, 64, 8, 4), (128, 256, 64, 8, 4), (128, 128, 128, 8, 3), (256, 128, 128, 8, 2)],
     # On an H100 at B=32, L=128 the persistent packed grid beat one program per tile for all of these.
-    "packed": [(128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 128, 8, 2)],
+    "packed": [(128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 128, 8, 2),
+               (128, 128, 32, 8, 3)],  # the last for fp32 (FMA): 64 accumulators a thread
 }
 # The interpreter runs every lane in numpy: small tiles keep CPU tests fast.
 _INTERPRETER_CANDIDATES = {
@@ -165,9 +166,15 @@ def fits(kernel: str, bucket: int, config: LaunchConfig) -> bool:
 
 
 def candidates(key: LaunchKey) -> list[LaunchConfig]:
-    pool = _INTERPRETER_CANDIDATES if key.gpu == "interpreter" else _TUNING_CANDIDATES
-    configs = [LaunchConfig(*c) for c in pool[key.kernel]]
-    return [c for c in configs if fits(key.kernel, key.bucket, c)] or [_smallest_fit(key, configs)]
+    """What ``LSR_AUTOTUNE=1`` measures: the configurations that fit the kernel and, where one is known, the
+    accumulator cap (an fp32 tile that spills takes seconds to compile and would only lose)."""
+    if key.gpu == "interpreter":
+        configs = [LaunchConfig(*c) for c in _INTERPRETER_CANDIDATES[key.kernel]]
+        return [c for c in configs if fits(key.kernel, key.bucket, c)] or [_smallest_fit(key, configs)]
+    configs = [LaunchConfig(*c) for c in _TUNING_CANDIDATES[key.kernel]]
+    fitting = [c for c in configs if fits(key.kernel, key.bucket, c)] or [_smallest_fit(key, configs)]
+    cap = max_accumulators(key)
+    return [c for c in fitting if cap is None or c.accumulators_per_thread() <= cap] or fitting
 
 
 def _smallest_fit(key: LaunchKey, configs: list[LaunchConfig]) -> LaunchConfig:

@@ -89,6 +89,14 @@ def test_tensor_core_dots_from_sm80_in_16_bit_only():
     assert launch.operand_buffers(LaunchKey("sm90", "tiled", "fp32", 768, 256, False), config) == 2
 
 
+@pytest.mark.parametrize("kernel, bucket", [("packed", 16), ("packed", 128), ("tiled", 256), ("tiled", 512)])
+def test_autotune_measures_only_tiles_that_keep_an_fma_dot_in_registers(kernel, bucket):
+    for gpu in ("sm80", "sm90", "sm100"):
+        fp32 = launch.candidates(LaunchKey(gpu, kernel, "fp32", 768, bucket, True))
+        assert fp32 and all(c.accumulators_per_thread() <= 64 and fits(kernel, bucket, c) for c in fp32)
+        assert len(launch.candidates(LaunchKey(gpu, kernel, "bf16", 768, bucket, False))) > len(fp32)
+
+
 def test_a_launch_that_does_not_fit_steps_down_and_the_smaller_one_is_kept(caplog):
     """Another Triton may allocate more than the heuristic planned for: Triton raises OutOfResources before
     running anything, and the chooser retries smaller instead of failing the encode."""
