@@ -97,8 +97,13 @@ _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "f
 
 def launch_key(device: torch.device, interpret: bool, kernel: str, dtype: torch.dtype, hidden: int, length: int,
                train: bool) -> LaunchKey:
-    gpu = "interpreter" if interpret else "sm{}{}".format(*torch.cuda.get_device_capability(device))
+    gpu = "interpreter" if interpret else gpu_family(torch.cuda.get_device_capability(device))
     return LaunchKey(gpu, kernel, _DTYPE_NAMES[dtype], hidden, length_bucket(length), train)
+
+
+def gpu_family(capability: tuple[int, int]) -> str:
+    """(8, 6) → ``"sm86"``: how launch keys name a GPU."""
+    return "sm{}{}".format(*capability)
 
 
 def compute_capability(gpu: str) -> int:
@@ -168,12 +173,10 @@ def fits(kernel: str, bucket: int, config: LaunchConfig) -> bool:
 def candidates(key: LaunchKey) -> list[LaunchConfig]:
     """What ``LSR_AUTOTUNE=1`` measures: the configurations that fit the kernel and, where one is known, the
     accumulator cap (an fp32 tile that spills takes seconds to compile and would only lose)."""
-    if key.gpu == "interpreter":
-        configs = [LaunchConfig(*c) for c in _INTERPRETER_CANDIDATES[key.kernel]]
-        return [c for c in configs if fits(key.kernel, key.bucket, c)] or [_smallest_fit(key, configs)]
-    configs = [LaunchConfig(*c) for c in _TUNING_CANDIDATES[key.kernel]]
+    pool = _INTERPRETER_CANDIDATES if key.gpu == "interpreter" else _TUNING_CANDIDATES
+    configs = [LaunchConfig(*c) for c in pool[key.kernel]]
     fitting = [c for c in configs if fits(key.kernel, key.bucket, c)] or [_smallest_fit(key, configs)]
-    cap = max_accumulators(key)
+    cap = None if key.gpu == "interpreter" else max_accumulators(key)
     return [c for c in fitting if cap is None or c.accumulators_per_thread() <= cap] or fitting
 
 

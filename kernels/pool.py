@@ -28,8 +28,11 @@ def resolve_impl(impl: str, device: torch.device) -> str:
 
 
 def fused_kernel_has_tensor_cores(device: torch.device) -> bool:
-    """Whether the Triton kernel's dot uses tensor cores on this GPU (compute capability 8.0 or newer)."""
-    return _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (8, 0)
+    """Whether the Triton kernel's 16-bit dot uses tensor cores on this GPU (compute capability 8.0 or newer)."""
+    from .launch import gpu_family, tensor_core_dot
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return tensor_core_dot(gpu_family(_capability(index)), "bf16")
 
 
 @functools.lru_cache(maxsize=None)
