@@ -139,7 +139,7 @@ class ShardedSearcher(Searcher):
         self._meta = meta
 
     @classmethod
-    def open(cls, path: str | Path, *, query_encoder: str = "splade", device: str = "auto", dtype: str = "auto",
+    def open(cls, path: str | Path, *, query_encoder: str = "auto", device: str = "auto", dtype: str = "auto",
              threads: int | None = None, options: ShardOptions | None = None) -> "ShardedSearcher":
         """Start the shard servers (they come up while the models load) and load the models once, here."""
         root = Path(path).expanduser()

@@ -232,6 +232,52 @@ def test_inference_free_trains_documents_against_idf_queries_and_exports_the_tab
     served = InferenceFreeQueryEncoder.from_pretrained(str(tmp_path / "out")).encode_queries(queries).to_dense()
     np.testing.assert_allclose(served, model.encode_idf_queries(queries, 64).cpu().numpy(), rtol=1e-6)
 
+    # sentence-transformers loads the same two sides: a Router, IDF weights for queries, the MLM for documents
+    from sentence_transformers import SparseEncoder
+
+    from lsr.encode.splade import SpladeEncoder
+
+    theirs = SparseEncoder(str(tmp_path / "out"), device="cpu")
+    documents = [ex.positive for ex in examples[:4]]
+    np.testing.assert_allclose(theirs.encode_query(queries, convert_to_tensor=True).to_dense().numpy(), served, rtol=1e-6)
+    ours = SpladeEncoder.from_pretrained(str(tmp_path / "out"), device="cpu").encode_documents(documents).to_dense()
+    np.testing.assert_allclose(theirs.encode_document(documents, convert_to_tensor=True).to_dense().numpy(), ours,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_an_inference_free_run_is_scored_and_searched_with_its_idf_queries(graded_beir, tmp_path):
+    """--eval scores the variant as it will serve (IDF queries, not the model's own), and a collection indexed with
+    the trained folder searches with those IDF queries by default."""
+    import shutil
+
+    from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder
+    from lsr.search.searcher import Searcher
+    from lsr.train.evaluate import sparse_quality
+
+    data = tmp_path / "graded"
+    shutil.copytree(graded_beir, data)
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq2\td4\t1\nq3\td5\t1\n")
+    out = tmp_path / "out"
+    assert main(["train", str(data), str(out), "--inference-free", "--eval", str(data), "--batch-size", "2",
+                 "--epochs", "2", "--quiet", *SHORT]) == 0
+    scores = json.loads((out / "lsr_train.json").read_text())["eval"]
+    documents = SpladeEncoder.from_pretrained(str(out), device="cpu")
+    idf_queries = InferenceFreeQueryEncoder.from_pretrained(str(out))
+    served = sparse_quality(documents, str(data), progress=False, query_encoder=idf_queries)
+    own = sparse_quality(documents, str(data), progress=False)
+    assert scores["after"] == pytest.approx(served, abs=1e-9)
+    assert scores["after"]["query_nnz"] != pytest.approx(own["query_nnz"])  # the model's own queries are not scored
+    assert scores["before"]["query_nnz"] == pytest.approx(served["query_nnz"])  # the same IDF queries before training
+
+    collection = tmp_path / "collection"
+    assert main(["index", str(data), str(collection), "--model", str(out), "--dense", "none", "--bm25", "none",
+                 "--quiet"]) == 0
+    searcher = Searcher.open(collection, device="cpu")
+    assert isinstance(searcher.query_encoder, InferenceFreeQueryEncoder)
+    query = "vitamin d and green tea"
+    assert searcher.query_encoder.encode_queries([query]).to_dicts() == idf_queries.encode_queries([query]).to_dicts()
+    assert searcher.search(query, k=3).hits
+
 
 def _mean_margin(model: TrainableSplade, examples: list[Example]) -> float:
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""``--device`` and ``--dtype`` for every verb that runs a model, checked before anything slow loads."""
+"""``--device`` and ``--dtype`` for every verb that runs a model, checked before anything slow loads, and the
+``--query-encoder`` of the verbs that search a collection."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ DTYPE_HELP = "model precision: auto (bf16 on a GPU that has it, fp16 on older GP
 def add_device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help=DTYPE_HELP)
+
+
+def add_query_encoder_argument(p: argparse.ArgumentParser) -> None:
+    from lsr.search.searcher import QUERY_ENCODERS
+
+    p.add_argument("--query-encoder", choices=QUERY_ENCODERS, default="auto",
+                   help="how text queries become sparse vectors: splade (the collection's model), inference-free (IDF "
+                        "weights of the query's tokens, no model), or auto (default: inference-free when the model "
+                        "folder ships an idf.json, as `lsr train --inference-free` writes, else splade)")
 
 
 def device_options(args: argparse.Namespace) -> dict[str, str]:

@@ -18,15 +18,13 @@ import argparse
 import json
 import sys
 
-from lsr.cli.device import add_device_arguments, device_options
+from lsr.cli.device import add_device_arguments, add_query_encoder_argument, device_options
 from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, hybrid_options, prf_options
 
 HELP = "search a collection in-process and print the hits"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.search.searcher import QUERY_ENCODERS
-
     p.add_argument("collection", metavar="COLLECTION", help="folder written by `lsr index`")
     p.add_argument("query", nargs="*", help="query text (or use --topics)")
     p.add_argument("--topics", metavar="FILE", help="search every query of a TSV/JSONL topics file (needs --output)")
@@ -37,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=None, help="hits per query, 1..1000 (default 10; 1000 with --topics)")
     add_fusion_arguments(p)
     add_prf_arguments(p)
-    p.add_argument("--query-encoder", choices=QUERY_ENCODERS, default="splade", help="query side model (default splade)")
+    add_query_encoder_argument(p)
     p.add_argument("--text", action="store_true", help="print each hit's text")
     p.add_argument("--explain", action="store_true", help="print each hit's top contributing terms")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

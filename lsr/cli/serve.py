@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lsr.cli.device import add_device_arguments, device_options
+from lsr.cli.device import add_device_arguments, add_query_encoder_argument, device_options
 
 HELP = "serve a collection over gRPC"
 
@@ -36,8 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one and logs it)")
     p.add_argument("--workers", type=int, default=64, help="requests served concurrently (default 64)")
-    p.add_argument("--query-encoder", choices=("splade", "inference-free"), default="splade",
-                   help="how text queries become sparse vectors (default: the collection's SPLADE model)")
+    add_query_encoder_argument(p)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads per encoding call (default 1: concurrency comes from micro-batches "
                         "and parallel requests; more threads per call made a 2-core server slower)")

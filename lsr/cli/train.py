@@ -49,7 +49,7 @@ HELP = "fine-tune a SPLADE model on a BEIR train split or JSONL pairs (contrasti
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.train.config import NEGATIVE_MINERS, TrainConfig
+    from lsr.train.config import FLOPS_DOC, FLOPS_DOC_INFERENCE_FREE, NEGATIVE_MINERS, TrainConfig
 
     d = TrainConfig()
     p.add_argument("data", metavar="DATA", help="BEIR name/folder/archive, or a .jsonl of query/positive/negatives rows")
@@ -68,12 +68,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"hard negatives per query and step, drawn from its mined pool (default: {d.hard_negatives})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default: {d.lr})")
     p.add_argument("--flops-query", type=float, default=d.flops_query, help=f"query FLOPS weight (default: {d.flops_query})")
-    p.add_argument("--flops-doc", type=float, default=d.flops_doc, help=f"document FLOPS weight (default: {d.flops_doc})")
+    p.add_argument("--flops-doc", type=float, default=None,
+                   help=f"document FLOPS weight (default: {FLOPS_DOC}; {FLOPS_DOC_INFERENCE_FREE} with --inference-free, "
+                        "whose IDF-aware FLOPS weighs common terms by 1/IDF)")
     p.add_argument("--max-length", type=int, default=d.max_length, help=f"document tokens (default: {d.max_length})")
     p.add_argument("--query-max-length", type=int, default=d.query_max_length,
                    help=f"query tokens (default: {d.query_max_length})")
     p.add_argument("--inference-free", action="store_true",
-                   help="train the document encoder only; queries are IDF-weighted tokens (idf.json in OUT), IDF-aware FLOPS")
+                   help="train the document encoder only; queries are IDF-weighted tokens, no model (the table goes to "
+                        "OUT/idf.json; --eval, dev scores and searches of a collection indexed with OUT use it), "
+                        "IDF-aware FLOPS")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop training after this many minutes and save")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
@@ -171,16 +175,20 @@ def _train(args, config, examples, out: Path, encoding: dict[str, str], say, mod
     from lsr.train.checkpoint import CHECKPOINT_FILE
     from lsr.train.evaluate import quality_scorer, sparse_quality
     from lsr.train.export import save_model_folder
-    from lsr.train.loop import train
+    from lsr.train.loop import idf_queries, train
 
     out.mkdir(parents=True, exist_ok=True)
+    if config.inference_free:
+        idf_queries(model, examples)  # before any scoring: the variant is scored with its IDF queries, as it will serve
+    queries = model.query_encoder()
     before = after = None
     if args.eval:
-        before = sparse_quality(model.encoder, args.eval, data_dir=args.data_dir, progress=not args.quiet)
+        before = sparse_quality(model.encoder, args.eval, data_dir=args.data_dir, progress=not args.quiet,
+                                query_encoder=queries)
         say(f"before: {args.eval} nDCG@10 {before['ndcg@10']:.4f}, doc non-zeros {before['doc_nnz']:.1f}")
     validate = None
     if dev_split is not None:
-        dev = quality_scorer(model.encoder, args.data, dev_split, data_dir=args.data_dir)
+        dev = quality_scorer(model.encoder, args.data, dev_split, data_dir=args.data_dir, query_encoder=queries)
         validate = lambda: dev()["ndcg@10"]  # noqa: E731
         say(f"validating on {args.data} {dev_split} every {config.dev_every} steps; OUT keeps the best weights")
     clock = time.monotonic()
@@ -194,7 +202,8 @@ def _train(args, config, examples, out: Path, encoding: dict[str, str], say, mod
     if result.stopped not in ("time limit", "interrupted"):  # finished, or the guard ended it: nothing to resume
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # none when the last checkpoint step was never reached
     if args.eval:
-        after = sparse_quality(model.encoder, args.eval, data_dir=args.data_dir, progress=not args.quiet)
+        after = sparse_quality(model.encoder, args.eval, data_dir=args.data_dir, progress=not args.quiet,
+                               query_encoder=queries)
     summary = {"model": config.model, "data": args.data, "examples": len(examples), "config": asdict(config),
                "steps": result.steps, "total_steps": result.total_steps, "stopped": result.stopped,
                "dev_split": dev_split, "dev_scores": result.dev_scores, "kept": result.kept,
@@ -225,4 +234,7 @@ def _summary_text(summary: dict, out: Path) -> str:
         lines.append(f"{summary['eval']['dataset']} test nDCG@10 {before['ndcg@10']:.4f} -> {after['ndcg@10']:.4f}; "
                      f"doc non-zeros {before['doc_nnz']:.1f} -> {after['doc_nnz']:.1f}")
     lines.append(f"wrote {out} (SpladeEncoder.from_pretrained, lsr index --model, SparseEncoder all load it)")
+    if summary["config"]["inference_free"]:
+        lines.append("inference-free: queries are the IDF weights in idf.json, with no model; searches of a collection "
+                     "indexed with it use them by default, and so does SparseEncoder.encode_query")
     return "\n".join(lines)

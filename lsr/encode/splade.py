@@ -19,7 +19,7 @@ import torch
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
 from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, check_texts, model_max_tokens, report_truncation, resolve_device,
                                resolve_dtype, token_ids, truncated_token_ids)
-from lsr.encode.models import load_with_hint, quiet_loader
+from lsr.encode.models import load_with_hint, quiet_loader, resolve_model
 from lsr.ingest.progress import progress_bar
 from lsr.kernels import splade_max_pool
 from lsr.kernels.pool_torch import splade_sum_pool_chunked
@@ -28,6 +28,7 @@ from lsr.sparse import SparseBatch
 log = logging.getLogger(__name__)
 
 POOLINGS = ("max", "sum")
+IDF_TABLE = "idf.json"  # {token: weight}: an inference-free model's query side
 
 
 def default_query_length(folder: str, tokenizer: Any) -> int:
@@ -340,13 +341,10 @@ class InferenceFreeQueryEncoder:
         """IDF from (in order): the ``idf`` argument, ``idf.json`` in the model folder, the ``index``'s dfs."""
         from transformers import AutoTokenizer
 
-        from lsr.encode.models import resolve_model
-
         tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
         vocab_size = len(tokenizer.get_vocab())
-        table_path = os.path.join(resolve_model(name_or_path), "idf.json")
-        if idf is None and os.path.isfile(table_path):
-            with open(table_path, encoding="utf-8") as fh:
+        if idf is None and ships_idf_table(name_or_path):
+            with open(os.path.join(resolve_model(name_or_path), IDF_TABLE), encoding="utf-8") as fh:
                 idf = json.load(fh)
         if idf is None and index is not None:
             idf = idf_from_doc_freqs(index.doc_freqs(), index.num_docs)
@@ -386,6 +384,12 @@ class InferenceFreeQueryEncoder:
         batch = SparseBatch(np.asarray(indptr), np.asarray(indices), np.asarray(values), self.vocab_size, self.vocab)
         info = report_truncation(log, lengths, self.query_max_length)
         return (batch, info) if return_info else batch
+
+
+def ships_idf_table(name_or_path: str) -> bool:
+    """Whether a model's folder carries an ``idf.json``: it was trained for IDF queries (``lsr train --inference-free``,
+    OpenSearch's doc-only models), so its query side is ``InferenceFreeQueryEncoder``, not the model itself."""
+    return os.path.isfile(os.path.join(resolve_model(name_or_path), IDF_TABLE))
 
 
 def idf_from_doc_freqs(doc_freqs: np.ndarray, num_docs: int) -> np.ndarray:

@@ -84,9 +84,12 @@ def dot_product_run(queries: Any, docs_t: Any, qids: Sequence[str], doc_ids: Seq
     return run
 
 
-def encoder_run(encoder: Any, dataset: BeirDataset, qids: Sequence[str], k: int, *, progress: bool = False) -> tuple[Run, Any, Any]:
-    """Exact retrieval with a SPLADE ``encoder`` over the whole corpus, no index: (run, query vectors, doc vectors)."""
+def encoder_run(encoder: Any, dataset: BeirDataset, qids: Sequence[str], k: int, *, progress: bool = False,
+                query_encoder: Any = None) -> tuple[Run, Any, Any]:
+    """Exact retrieval with a SPLADE ``encoder`` over the whole corpus, no index: (run, query vectors, doc vectors).
+
+    ``query_encoder`` encodes the queries when they have a side of their own (inference-free: IDF weights)."""
     doc_ids = list(dataset.corpus)
     docs = encoder.encode_documents(dataset.doc_texts(doc_ids), show_progress=progress)
-    queries = encoder.encode_queries([dataset.queries[q] for q in qids])
+    queries = (query_encoder or encoder).encode_queries([dataset.queries[q] for q in qids])
     return dot_product_run(queries.to_scipy(), docs.to_scipy().T.tocsr(), qids, doc_ids, k), queries, docs

@@ -149,7 +149,7 @@ def run_beir(
             backend, searcher, collection_path = remote, None, None
             served = backend.client.stats()
             models = {"sparse": served["model"], "dense": served["dense_model"] or None,
-                      "served_index_version": served["index_version"]}
+                      "sparse_queries": served["query_encoder"], "served_index_version": served["index_version"]}
             index_checksum = served["details"].get("collection_checksum")
             build_seconds = {key.removeprefix("build_seconds_"): float(value) for key, value in served["details"].items()
                              if key.startswith("build_seconds_")}
@@ -165,6 +165,7 @@ def run_beir(
             build_seconds = collection.meta.get("stage_seconds", {})
             clock = time.perf_counter()
             searcher = Searcher.open(collection_path, device=options.device, dtype=options.dtype)
+            models["sparse_queries"] = type(searcher.query_encoder).__name__
             backend = InProcess(searcher)
         timings["load_models"] = time.perf_counter() - clock
         tuner = backend

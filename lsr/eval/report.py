@@ -25,7 +25,10 @@ def markdown(report: dict) -> str:
     for name, metrics in report.get("checks", {}).items():
         lines.append(f"| _{name}_ | " + " | ".join(f"{metrics[m]:.4f}" for m in METRICS) + " |")
     s = report["settings"]
-    lines += ["", f"Models: sparse `{report['models']['sparse']}`, dense `{report['models']['dense']}`; "
+    idf_queries = report["models"].get("sparse_queries") == "InferenceFreeQueryEncoder"
+    lines += ["", f"Models: sparse `{report['models']['sparse']}`"
+                  f"{' with inference-free queries (IDF weights, no model)' if idf_queries else ''}, "
+                  f"dense `{report['models']['dense']}`; "
                   f"bm25: {report['models']['bm25']}."]
     if "alpha" in s:
         lines.append(f"Hybrid: {s['normalization']}, α (sparse weight) = {s['alpha']}; "

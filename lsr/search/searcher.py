@@ -42,7 +42,8 @@ PRF_INTERPOLATIONS = ("before", "after", "both", "none")
 FUSED_FEEDBACK = ("before", "both")  # feedback documents from the fused list
 INTERPOLATE_AFTER = ("after", "both")  # the PRF run interpolated with the first run
 MAX_K = 1000
-QUERY_ENCODERS = ("splade", "inference-free")
+# auto: the model itself, unless its folder ships an idf.json (a model trained for IDF queries: inference-free)
+QUERY_ENCODERS = ("auto", "splade", "inference-free")
 
 
 class FailedPrecondition(RuntimeError):
@@ -182,7 +183,7 @@ class Searcher:
     # ------------------------------------------------------------------ construction
     @classmethod
     def open(
-        cls, path: str | Path, *, query_encoder: str = "splade", device: str = "auto", dtype: str = "auto",
+        cls, path: str | Path, *, query_encoder: str = "auto", device: str = "auto", dtype: str = "auto",
         threads: int | None = None,
     ) -> "Searcher":
         """Open a collection written by ``lsr index`` and load the models its metadata names on ``device``."""
@@ -602,8 +603,10 @@ def load_encoders(meta: dict, query_encoder: str, *, index: Any, device: str, dt
 
     ``index`` gives the inference-free encoder its document frequencies (``doc_freqs()``,
     ``num_docs``): one collection's index, or the sum over a sharded collection's shards."""
-    from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder
+    from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, ships_idf_table
 
+    if query_encoder == "auto":
+        query_encoder = "inference-free" if ships_idf_table(meta["model"]) else "splade"
     doc_encoder = None
     if query_encoder == "splade":
         encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256), device=device,

@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 NEGATIVE_MINERS = ("bm25", "model")
+FLOPS_DOC = 1e-5
+# IDF-aware FLOPS weighs terms by 1 / IDF (SciFact: "of" 1,048, "the" 286, terms no training document has 9,441, the
+# median term 0.17), so the same weight bears down far harder on documents: at 1e-5 the inference-free variant lost a
+# third of its document terms and 0.015 nDCG@10 on a dataset it never saw; at 1e-6 it kept them and scored higher on
+# both (benchmarks/results/train-scifact.md).
+FLOPS_DOC_INFERENCE_FREE = 1e-6
 
 
 @dataclass
@@ -23,7 +29,7 @@ class TrainConfig:
     clip: float = 1.0
     score_scale: float | None = None  # contrastive logits = scale × dot product; None: fitted to each batch
     flops_query: float = 1e-5
-    flops_doc: float = 1e-5
+    flops_doc: float | None = None  # None: FLOPS_DOC, or FLOPS_DOC_INFERENCE_FREE for the inference-free variant
     flops_warmup: float = 0.3  # fraction of steps over which the FLOPS weights grow quadratically
     distill: float = 1.0  # margin-MSE weight, used for rows that carry teacher scores
     inference_free: bool = False  # queries are IDF bags (no model); documents get IDF-aware FLOPS
@@ -33,6 +39,10 @@ class TrainConfig:
     dev_every: int = 50  # steps between held-out evaluations (when a dev split is given)
     patience: int = 2  # held-out evaluations without a gain before the run stops
     collapse_fraction: float = 0.25  # stop when document non-zeros fall below this share of the first steps' (0: never)
+
+    def __post_init__(self) -> None:
+        if self.flops_doc is None:
+            self.flops_doc = FLOPS_DOC_INFERENCE_FREE if self.inference_free else FLOPS_DOC
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "accumulate", "dev_every", "patience"):

@@ -6,19 +6,22 @@ brute-force float32 dot products are the yardstick the index itself is checked a
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from lsr.encode.splade import SpladeEncoder
 
 
 def sparse_quality(encoder: SpladeEncoder, dataset: str, split: str = "test", *, data_dir: str | None = None,
-                   k: int = 100, progress: bool = True) -> dict[str, float]:
-    """{"ndcg@10", ..., "doc_nnz", "query_nnz", "queries", "docs"} of ``encoder`` on ``dataset``'s ``split``."""
-    return quality_scorer(encoder, dataset, split, data_dir=data_dir, k=k, progress=progress)()
+                   k: int = 100, progress: bool = True, query_encoder: Any = None) -> dict[str, float]:
+    """{"ndcg@10", ..., "doc_nnz", "query_nnz", "queries", "docs"} of ``encoder`` on ``dataset``'s ``split``.
+
+    ``query_encoder``: the query side when it is not ``encoder`` (an inference-free model's IDF queries)."""
+    return quality_scorer(encoder, dataset, split, data_dir=data_dir, k=k, progress=progress,
+                          query_encoder=query_encoder)()
 
 
 def quality_scorer(encoder: SpladeEncoder, dataset: str, split: str, *, data_dir: str | None = None, k: int = 100,
-                   progress: bool = False) -> Callable[[], dict[str, float]]:
+                   progress: bool = False, query_encoder: Any = None) -> Callable[[], dict[str, float]]:
     """``sparse_quality`` as a function of the encoder's current weights, the dataset read once (for validation)."""
     from lsr.eval.backends import encoder_run
     from lsr.eval.datasets import load_beir, locate_dataset
@@ -32,7 +35,8 @@ def quality_scorer(encoder: SpladeEncoder, dataset: str, split: str, *, data_dir
     qids = [q for q in qrels if q in data.queries]
 
     def score() -> dict[str, float]:
-        run, queries, docs = encoder_run(encoder, data, qids, k + 1, progress=progress)  # +1: the evaluator drops self-hits
+        # k + 1: the evaluator drops self-hits
+        run, queries, docs = encoder_run(encoder, data, qids, k + 1, progress=progress, query_encoder=query_encoder)
         metrics = evaluate(qrels, run)
         return {**metrics, "doc_nnz": docs.nnz / max(1, len(docs)), "query_nnz": queries.nnz / max(1, len(queries)),
                 "queries": len(qids), "docs": len(data.corpus)}

@@ -1,9 +1,11 @@
 """Write a trained encoder as a model folder every loader understands.
 
 The folder is a plain Hugging Face MLM (config, weights, tokenizer) for ``SpladeEncoder.from_pretrained``,
-``lsr index --model`` and ``lsr beir --model``, plus sentence-transformers' SparseEncoder module files
-(``modules.json``: the MLM transformer at the root, then ``1_SpladePooling``) so ``SparseEncoder(OUT)``
-builds the same max-pooled log1p∘relu vectors without any code of ours.
+``lsr index --model`` and ``lsr beir --model``, plus sentence-transformers' SparseEncoder module files so
+``SparseEncoder(OUT)`` builds the same vectors without any code of ours: the MLM transformer at the root, then
+``1_SpladePooling`` (max-pooled log1p∘relu). An inference-free model also carries its IDF table: ``idf.json`` for
+``InferenceFreeQueryEncoder``, and a sentence-transformers Router whose query route is a ``SparseStaticEmbedding``
+of the same weights and whose document route is the root's MLM (module path ``.``, so the weights are stored once).
 """
 
 from __future__ import annotations
@@ -11,16 +13,21 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from lsr.encode.splade import DecoderSpladeEncoder, SpladeEncoder, output_projection_attached
+import torch
+
+from lsr.encode.splade import IDF_TABLE, DecoderSpladeEncoder, SpladeEncoder, output_projection_attached
 from lsr.files import write_json_atomic
 from lsr.train.model import TrainableSplade
 
 INFERENCE_MAX_LENGTH = inspect.signature(SpladeEncoder.from_pretrained).parameters["max_length"].default
-ST_MODULES = [
-    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer"},
-    {"idx": 1, "name": "1", "path": "1_SpladePooling",
-     "type": "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"},
-]
+ST_MLM = "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer"
+ST_POOLING = "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"
+ST_STATIC = "sentence_transformers.sparse_encoder.modules.sparse_static_embedding.SparseStaticEmbedding"
+ST_ROUTER = "sentence_transformers.base.modules.router.Router"
+ST_MODULES = [{"idx": 0, "name": "0", "path": "", "type": ST_MLM},
+              {"idx": 1, "name": "1", "path": "1_SpladePooling", "type": ST_POOLING}]
+ST_ROUTED = [{"idx": 0, "name": "0", "path": "", "type": ST_ROUTER}]
+QUERY_MODULE, POOLING_MODULE = "query_0_SparseStaticEmbedding", "document_1_SpladePooling"
 
 
 def save_model_folder(trainable: TrainableSplade, out: Path) -> None:
@@ -32,16 +39,35 @@ def save_model_folder(trainable: TrainableSplade, out: Path) -> None:
     encoder.tokenizer.save_pretrained(out)
     if trainable.idf is not None:  # the inference-free query side: InferenceFreeQueryEncoder reads this table
         idf = trainable.idf.cpu().numpy()
-        write_json_atomic(out / "idf.json", {encoder.vocab[i]: float(idf[i]) for i in idf.nonzero()[0]})
+        write_json_atomic(out / IDF_TABLE, {encoder.vocab[i]: float(idf[i]) for i in idf.nonzero()[0]})
     if isinstance(encoder, DecoderSpladeEncoder):
         return  # echo pooling over a causal LM has no SparseEncoder module: DecoderSpladeEncoder loads the folder
-    write_json_atomic(out / "modules.json", ST_MODULES)
     # SparseEncoder truncates where SpladeEncoder.from_pretrained does by default, not at the training length.
     write_json_atomic(out / "sentence_bert_config.json", {"max_seq_length": INFERENCE_MAX_LENGTH, "do_lower_case": False})
     write_json_atomic(out / "config_sentence_transformers.json", {
         "model_type": "SparseEncoder", "prompts": {"query": "", "document": ""}, "default_prompt_name": None,
         "similarity_fn_name": "dot",
     })
-    write_json_atomic(out / "1_SpladePooling" / "config.json", {
-        "pooling_strategy": "max", "activation_function": "relu", "embedding_dimension": encoder.vocab_size,
+    pooling = {"pooling_strategy": "max", "activation_function": "relu", "embedding_dimension": encoder.vocab_size}
+    if trainable.idf is None:
+        write_json_atomic(out / "modules.json", ST_MODULES)
+        write_json_atomic(out / "1_SpladePooling" / "config.json", pooling)
+        return
+    _save_static_query_module(trainable, out / QUERY_MODULE)
+    write_json_atomic(out / POOLING_MODULE / "config.json", pooling)
+    write_json_atomic(out / "router_config.json", {
+        "types": {QUERY_MODULE: ST_STATIC, ".": ST_MLM, POOLING_MODULE: ST_POOLING},
+        "structure": {"query": [QUERY_MODULE], "document": [".", POOLING_MODULE]},
+        "parameters": {"default_route": "document", "allow_empty_key": True, "route_mappings": {}},
     })
+    write_json_atomic(out / "modules.json", ST_ROUTED)
+
+
+def _save_static_query_module(trainable: TrainableSplade, folder: Path) -> None:
+    """sentence-transformers' SparseStaticEmbedding: a weight per vocabulary id (the IDF table) and its tokenizer."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    trainable.encoder.tokenizer.save_pretrained(folder)
+    write_json_atomic(folder / "config.json", {"frozen": True})
+    save_file({"weight": trainable.idf.detach().to("cpu", torch.float32).contiguous()}, str(folder / "model.safetensors"))

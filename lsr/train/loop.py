@@ -218,9 +218,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     batches, relevant = _Epochs(examples, config), relevant_by_query(examples)
     doc_term_weights = None
     if config.inference_free:
-        if model.idf is None:
-            model.use_idf_queries(sorted({text for ex in examples for text in (*ex.positives, *ex.judged, *ex.negatives)}))
-        doc_term_weights = idf_flops_weights(model.idf)
+        doc_term_weights = idf_flops_weights(idf_queries(model, examples))
     guard = Guard(model.parameters, None if validate is None else _in_eval_mode(model, validate), config.dev_every,
                   config.patience, config.collapse_fraction)
     start, seconds = 0, 0.0
@@ -271,6 +269,13 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
         log.warning("%s", kept)
     model.train(False)
     return TrainResult(step, total, seconds, stopped, history, guard.scores, kept)
+
+
+def idf_queries(model: TrainableSplade, examples: list[Example]) -> torch.Tensor:
+    """The inference-free variant's IDF table, from the training documents (once: a resume computes the same)."""
+    if model.idf is None:
+        model.use_idf_queries(sorted({text for ex in examples for text in (*ex.positives, *ex.judged, *ex.negatives)}))
+    return model.idf
 
 
 def _in_eval_mode(model: TrainableSplade, validate: Callable[[], float]) -> Callable[[], float]:

@@ -82,6 +82,16 @@ class TrainableSplade:
         doc_freqs[list(i for i in self.encoder._special_ids if 0 <= i < vocab)] = 0
         self.idf = torch.from_numpy(idf_from_doc_freqs(doc_freqs, len(documents))).to(self.device)
 
+    def query_encoder(self) -> Any:
+        """What encodes queries at search time: the model itself, or for the inference-free variant its IDF table,
+        as ``InferenceFreeQueryEncoder`` reads it back from the exported folder (``--eval`` and dev scores use it)."""
+        if self.idf is None:
+            return self.encoder
+        from lsr.encode.splade import InferenceFreeQueryEncoder
+
+        return InferenceFreeQueryEncoder(self.encoder.tokenizer, self.idf.cpu().numpy(),
+                                         query_max_length=self.encoder.query_max_length, name=self.encoder.name)
+
     def encode_idf_queries(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
         """[B, V] query vectors of the inference-free side: each distinct token's IDF (no model, no gradient)."""
         from lsr.encode.inputs import token_ids
