@@ -145,3 +145,20 @@ def test_a_model_in_the_local_hf_cache_loads_offline_and_an_unknown_one_fails_at
     assert missing.stderr.startswith("lsr encode: error: model 'acme/not-there' is not installed locally, "
                                      "not in the Hugging Face cache, and the hub cannot be reached (offline)")
     assert len(missing.stderr.splitlines()) == 1
+
+
+def test_encode_query_with_an_inference_free_model_prints_its_idf_weights(tmp_path, capsys):
+    """A folder with an idf.json serves IDF queries, so `lsr encode --query` shows those, not the MLM's expansion."""
+    folder = tmp_path / "doc-only"
+    shutil.copytree(resolve_model("splade-tiny"), folder)
+    (folder / "idf.json").write_text(json.dumps({"coffee": 3.0, "heart": 2.0, "blood": 1.0}))
+    text = "coffee and heart attacks"
+    assert cli_main(["encode", text, "--query", "--model", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"coffee": 3.0, "heart": 2.0}
+    assert cli_main(["encode", text, "--query", "--model", str(folder), "--top", "5"]) == 0
+    assert "inference-free: IDF weights from its idf.json" in capsys.readouterr().out.splitlines()[0]
+    # documents still go through the model: the same vector as the bundled model's
+    assert cli_main(["encode", text, "--model", str(folder), "--json"]) == 0
+    doc_only = json.loads(capsys.readouterr().out)
+    assert cli_main(["encode", text, "--json"]) == 0
+    assert doc_only == json.loads(capsys.readouterr().out) and len(doc_only) > 2

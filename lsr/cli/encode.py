@@ -28,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="*", help="the text to encode (several words are joined with spaces)")
     p.add_argument("--model", default="splade-tiny", help="model name, hub id or local folder (default: splade-tiny)")
     side = p.add_mutually_exclusive_group()
-    side.add_argument("--query", dest="side", action="store_const", const="query", help="encode as a query (64 tokens)")
+    side.add_argument("--query", dest="side", action="store_const", const="query",
+                      help="encode as a query (up to the model's limit, at most 512 tokens; a model folder with an "
+                           "idf.json gives its inference-free query: the IDF weights of the query's tokens)")
     side.add_argument("--document", dest="side", action="store_const", const="document", help="encode as a document (default, 256 tokens)")
     p.add_argument("--top", type=int, default=20, help="how many terms to print (default 20; 0 = all)")
     p.add_argument("--no-expansion", action="store_true", help="keep only the text's own tokens")
@@ -49,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.input or args.output:
         return _encode_file(args)
-    from lsr.encode.splade import SpladeEncoder
+    from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, ships_idf_table
 
     if args.top < 0:
         raise ValueError(f"--top must be ≥ 0, got {args.top}")
@@ -57,15 +59,20 @@ def run(args: argparse.Namespace) -> int:
     if not text.strip():
         raise ValueError("give a text to encode (or --input FILE --output VECTORS.parquet)")
     options = {"query_expansion": not args.no_expansion, "doc_expansion": not args.no_expansion}
-    encoder = SpladeEncoder.from_pretrained(args.model, **device_options(args), **options)
-    encode = encoder.encode_queries if args.side == "query" else encoder.encode_documents
-    vector = encode([text])
+    device = device_options(args)
+    source = f"model {args.model}"
+    if args.side == "query" and ships_idf_table(args.model):  # what a search with this model does with the query
+        vector = InferenceFreeQueryEncoder.from_pretrained(args.model).encode_queries([text])
+        source += ", inference-free: IDF weights from its idf.json"
+    else:
+        encoder = SpladeEncoder.from_pretrained(args.model, **device, **options)
+        vector = (encoder.encode_queries if args.side == "query" else encoder.encode_documents)([text])
     terms = vector.to_dicts(top=args.top or None)[0]
     if args.json:
         json.dump(terms, sys.stdout, ensure_ascii=False)
         print()
         return 0
-    print(f"{args.side} vector: {vector.nnz} non-zero terms of {vector.vocab_size} (model {args.model})")
+    print(f"{args.side} vector: {vector.nnz} non-zero terms of {vector.vocab_size} ({source})")
     for token, weight in terms.items():
         print(f"{weight:8.4f}  {token}")
     return 0
