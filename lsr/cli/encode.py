@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.input or args.output:
         return _encode_file(args)
-    from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, ships_idf_table
+    from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, idf_table_path
 
     if args.top < 0:
         raise ValueError(f"--top must be ≥ 0, got {args.top}")
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     options = {"query_expansion": not args.no_expansion, "doc_expansion": not args.no_expansion}
     device = device_options(args)
     source = f"model {args.model}"
-    if args.side == "query" and ships_idf_table(args.model):  # what a search with this model does with the query
+    if args.side == "query" and idf_table_path(args.model) is not None:  # what a search with this model does
         vector = InferenceFreeQueryEncoder.from_pretrained(args.model).encode_queries([text])
         source += ", inference-free: IDF weights from its idf.json"
     else:

@@ -343,8 +343,10 @@ class InferenceFreeQueryEncoder:
 
         tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
         vocab_size = len(tokenizer.get_vocab())
-        if idf is None and ships_idf_table(name_or_path):
-            with open(os.path.join(resolve_model(name_or_path), IDF_TABLE), encoding="utf-8") as fh:
+        folder = resolve_model(name_or_path)
+        table_path = idf_table_path(folder)
+        if idf is None and table_path is not None:
+            with open(table_path, encoding="utf-8") as fh:
                 idf = json.load(fh)
         if idf is None and index is not None:
             idf = idf_from_doc_freqs(index.doc_freqs(), index.num_docs)
@@ -361,7 +363,7 @@ class InferenceFreeQueryEncoder:
                     table[vocab[token]] = weight
             idf = table
         if query_max_length is None:
-            query_max_length = default_query_length(resolve_model(name_or_path), tokenizer)
+            query_max_length = default_query_length(folder, tokenizer)
         return cls(tokenizer, idf, query_max_length=query_max_length, name=str(name_or_path))
 
     def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 0, *, return_info: bool = False, **_: Any):
@@ -386,10 +388,11 @@ class InferenceFreeQueryEncoder:
         return (batch, info) if return_info else batch
 
 
-def ships_idf_table(name_or_path: str) -> bool:
-    """Whether a model's folder carries an ``idf.json``: it was trained for IDF queries (``lsr train --inference-free``,
-    OpenSearch's doc-only models), so its query side is ``InferenceFreeQueryEncoder``, not the model itself."""
-    return os.path.isfile(os.path.join(resolve_model(name_or_path), IDF_TABLE))
+def idf_table_path(name_or_path: str) -> str | None:
+    """The model folder's ``idf.json``, if it ships one: the model was trained for IDF queries (``lsr train
+    --inference-free``, OpenSearch's doc-only models), so its query side is ``InferenceFreeQueryEncoder``."""
+    path = os.path.join(resolve_model(name_or_path), IDF_TABLE)
+    return path if os.path.isfile(path) else None
 
 
 def idf_from_doc_freqs(doc_freqs: np.ndarray, num_docs: int) -> np.ndarray:

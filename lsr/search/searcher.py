@@ -603,10 +603,10 @@ def load_encoders(meta: dict, query_encoder: str, *, index: Any, device: str, dt
 
     ``index`` gives the inference-free encoder its document frequencies (``doc_freqs()``,
     ``num_docs``): one collection's index, or the sum over a sharded collection's shards."""
-    from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, ships_idf_table
+    from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, idf_table_path
 
     if query_encoder == "auto":
-        query_encoder = "inference-free" if ships_idf_table(meta["model"]) else "splade"
+        query_encoder = "splade" if idf_table_path(meta["model"]) is None else "inference-free"
     doc_encoder = None
     if query_encoder == "splade":
         encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256), device=device,
