@@ -159,6 +159,13 @@ class SearchServer:
             raise RuntimeError(f"could not bind {address}: is the port in use?")
 
     def start(self) -> "SearchServer":
+        """Warm the searcher up (``Searcher.warm_up``), then listen: no request pays for a first search."""
+        started = time.monotonic()
+        try:
+            modes = self.searcher.warm_up()
+            log.info("event=warmed_up modes=%s seconds=%.3f", ",".join(modes), time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - only a speed-up: a search that fails here fails its request with a status
+            log.warning("event=warm_up_failed error=%s", " ".join(str(exc).split()))
         self._server.start()
         self.searcher.on_health(self._report_health)  # a sharded searcher reports again whenever a shard comes or goes
         log.info(

@@ -119,6 +119,17 @@ def test_doc_verb_and_searcher_doc(collections, capsys):
         searcher.doc("ghost")
 
 
+def test_an_unknown_flag_is_reported_under_the_verbs_usage_and_k_has_a_short_form(collections, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["search", str(collections["direct"]), "coffee", "--hits-per-page", "2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("usage: lsr search ")
+    assert err.endswith("lsr search: error: unrecognized arguments: --hits-per-page 2\n")
+    assert cli_main(["search", str(collections["direct"]), "coffee and the liver", "-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert len(hits) == 2 and hits[0]["doc_id"] == "coffee"
+
+
 def test_encode_without_text_exits_2(capsys):
     assert cli_main(["encode", ""]) == 2
     assert capsys.readouterr().err == "lsr encode: error: give a text to encode (or --input FILE --output VECTORS.parquet)\n"

@@ -209,16 +209,24 @@ def test_joint_tuning_tries_prf_on_fusions_other_than_the_best_without_prf(tiny,
         assert prf["chosen"]["ndcg@10"] == max(scores) > prf["no_prf_ndcg@10"] and prf["chosen"]["fusion"] in tops + [DEFAULT_FUSION]
 
 
-def test_untuned_collections_use_the_cross_dataset_defaults_without_a_missing_bm25_leg(tiny, searcher, tmp_path):
+def test_untuned_collections_use_the_cross_dataset_defaults_over_the_legs_they_have(tiny, searcher, tmp_path):
+    """Hybrid mode without options fuses the legs a collection has: no FailedPrecondition for an absent one."""
     from lsr.cli.main import main as cli_main
     from lsr.search.searcher import UNTUNED_HYBRID
 
     assert searcher.default_hybrid == UNTUNED_HYBRID and searcher.default_prf == PrfOptions()
-    col = tmp_path / "no-bm25"
-    assert cli_main(["index", str(tiny[0] / "tiny.zip"), str(col), "--bm25", "none", "--quiet"]) == 0
-    plain = Searcher.open(col)
-    assert plain.default_hybrid == replace(UNTUNED_HYBRID, bm25_weight=0.0)
-    assert plain.search(QUERY, mode="hybrid", prf=True).hits  # no FailedPrecondition for the absent leg
+    assert searcher.warm_up() == ["sparse", "dense", "bm25", "hybrid"]
+    for leg, flags, modes in (("bm25", ["--bm25", "none"], ["sparse", "dense", "hybrid"]),
+                              ("dense", ["--dense", "none"], ["sparse", "bm25", "hybrid"])):
+        col = tmp_path / f"no-{leg}"
+        assert cli_main(["index", str(tiny[0] / "tiny.zip"), str(col), *flags, "--quiet"]) == 0
+        plain = Searcher.open(col)
+        assert plain.default_hybrid == replace(UNTUNED_HYBRID, **{f"{leg}_weight": 0.0})
+        hits = plain.search(QUERY, mode="hybrid", prf=True).hits
+        assert hits and all(getattr(h, f"{leg}_score") is None for h in hits)
+        other = "dense" if leg == "bm25" else "bm25"
+        assert any(getattr(h, f"{other}_score") is not None for h in hits)  # the other two legs are fused
+        assert plain.warm_up() == modes
 
 
 def test_cli_prf_flags(tiny, searcher, capsys):

@@ -35,13 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=module.HELP, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The verb's arguments; an unknown flag is reported by the verb's parser (``lsr index: error: ...`` under
+    ``lsr index``'s usage), not by the top level's, whose usage only lists the verbs."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     args._argv = argv  # the command as typed, for hints that repeat it (`lsr index` after Ctrl-C)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

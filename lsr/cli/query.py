@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="+", help="the query (several words are joined with spaces)")
     p.add_argument("--endpoint", required=True, metavar="HOST[:PORT]",
                    help="where `lsr serve` listens (port 50051 if left out)")
-    p.add_argument("--k", type=int, default=10, help="hits to return, 1..1000 (default 10)")
+    p.add_argument("-k", "--k", type=int, default=10, help="hits to return, 1..1000 (default 10)")
     add_fusion_arguments(p)
     add_prf_arguments(p)
     p.add_argument("--text", dest="include_text", action="store_true", help="print each hit's text")

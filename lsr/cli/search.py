@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", default=None, help="run tag in the TREC file (default: lsr-MODE)")
     p.add_argument("--threads", type=int, default=None,
                    help="with --topics: queries searched in parallel, one torch thread each (default: one at a time)")
-    p.add_argument("--k", type=int, default=None, help="hits per query, 1..1000 (default 10; 1000 with --topics)")
+    p.add_argument("-k", "--k", type=int, default=None, help="hits per query, 1..1000 (default 10; 1000 with --topics)")
     add_fusion_arguments(p)
     add_prf_arguments(p)
     add_query_encoder_argument(p)

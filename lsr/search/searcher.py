@@ -37,6 +37,7 @@ from lsr.search.prf import rocchio, vector_prf
 from lsr.sparse import SparseBatch
 
 MODES = ("sparse", "dense", "hybrid", "bm25")
+WARM_UP_QUERY = "what is the warm up query of a search server"  # any text: only its shape is used
 LEGS = ("sparse", "dense", "bm25")
 PRF_INTERPOLATIONS = ("before", "after", "both", "none")
 FUSED_FEEDBACK = ("before", "both")  # feedback documents from the fused list
@@ -85,7 +86,8 @@ class HybridOptions:
 # Collections that `lsr tune` never saw (no judgements) fuse with these weights: chosen ACROSS datasets, never per
 # dataset, by benchmarks/prf_variants.py as the fusion setting with the best mean train/dev nDCG@10 over SciFact
 # (train) and NFCorpus (dev), 0.5363; test qrels were never used. Numbers: benchmarks/results/prf-variants.md. On a
-# collection built with --bm25 none the BM25 leg drops out (the weighted mean renormalises the other two).
+# collection built with --bm25 none the BM25 leg drops out, with --dense none the dense leg (the weighted mean
+# renormalises the other two).
 UNTUNED_HYBRID = HybridOptions("z_score", sparse_weight=0.3, dense_weight=0.4, bm25_weight=0.3)
 
 
@@ -234,11 +236,15 @@ class Searcher:
 
     @cached_property
     def default_hybrid(self) -> HybridOptions:
-        """The fusion `lsr tune` stored in the collection, else the cross-dataset UNTUNED_HYBRID."""
+        """The fusion `lsr tune` stored in the collection, else the cross-dataset UNTUNED_HYBRID over the legs the
+        collection has: without BM25 it fuses sparse and dense, without dense vectors sparse and BM25. A collection
+        with neither keeps the dense leg, so hybrid mode says what is missing."""
         tuned = self.search_defaults.get("hybrid")
         if tuned:
             return HybridOptions(**tuned)
-        return UNTUNED_HYBRID if self.has_bm25 else replace(UNTUNED_HYBRID, bm25_weight=0.0)
+        if not self.has_bm25:
+            return replace(UNTUNED_HYBRID, bm25_weight=0.0)
+        return UNTUNED_HYBRID if self.dense_dim is not None else replace(UNTUNED_HYBRID, dense_weight=0.0)
 
     def hybrid_or_default(self, hybrid: HybridOptions | None) -> HybridOptions:
         return self.default_hybrid if hybrid is None else hybrid
@@ -305,6 +311,20 @@ class Searcher:
         if not self.has_dense:
             raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
         return self.dense_encoder.encode_queries(list(texts), return_info=True)
+
+    def warm_up(self) -> list[str]:
+        """Search once in every mode this collection serves (hybrid with PRF); returns those modes.
+
+        A fresh process pays for lazy set-up on its first search: torch's first forward pass, loading
+        numba's cached kernels, faiss. On splade-tiny that first sparse search took ~200 ms against
+        ~6 ms after, so a server runs this before it reports SERVING and no user request pays it.
+        """
+        modes = ["sparse", *(["dense"] if self.has_dense else []), *(["bm25"] if self.has_bm25 else [])]
+        if len(modes) > 1:
+            modes.append("hybrid")
+        for mode in modes:
+            self.search(WARM_UP_QUERY, k=1, mode=mode, prf=True if mode == "hybrid" else None)
+        return modes
 
     # ------------------------------------------------------------------ search
     def search(
