@@ -106,7 +106,7 @@ def test_eval_names_a_malformed_run_line(tmp_path, capsys):
     assert f"{run} line 2: expected 'qid Q0 docid rank score tag', got 4 fields" in capsys.readouterr().err
 
 
-def test_doc_verb_and_searcher_doc(collections, capsys):
+def test_doc_verb_searcher_doc_and_queries_that_are_not_text(collections, capsys):
     from lsr.search.searcher import Searcher
 
     assert cli_main(["doc", str(collections["pre"]), "coffee"]) == 0
@@ -117,6 +117,10 @@ def test_doc_verb_and_searcher_doc(collections, capsys):
     assert searcher.doc("statins") == DOCS["statins"]
     with pytest.raises(KeyError, match="ghost"):
         searcher.doc("ghost")
+    with pytest.raises(TypeError, match="the query text must be a str, got int"):
+        searcher.search(123)
+    with pytest.raises(ValueError, match="the query text is empty or whitespace"):
+        searcher.search(" \n")
 
 
 def test_an_unknown_flag_is_reported_under_the_verbs_usage_and_k_has_a_short_form(collections, capsys):

@@ -532,7 +532,9 @@ class Searcher:
         if "bm25" in legs and not self.has_bm25:
             raise FailedPrecondition(f"{mode} mode needs the BM25 leg, and this collection has none; "
                                      "re-index without --bm25 none")
-        if text is not None and (not isinstance(text, str) or not text.strip()):
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"the query text must be a str, got {type(text).__name__}")
+        if text is not None and not text.strip():
             raise ValueError("the query text is empty or whitespace")
         if sparse is not None and mode != "sparse":
             raise ValueError(f"a sparse vector query runs in sparse mode only, not {mode}")
