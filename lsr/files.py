@@ -1,4 +1,4 @@
-"""Crash-safe file writes, content hashes and per-file checksum records shared by every store.
+"""Crash-safe file writes, content hashes, per-file checksum records and a one-writer folder lock, shared by every store.
 
 A file is written to ``NAME.PID.tmp``, fsynced and renamed over ``NAME``, so a kill at any moment
 leaves either the old file or the new one, never half of one (the pid keeps two processes writing the same
@@ -9,12 +9,15 @@ truncated or changed, which is what an operator needs to act on.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 
 def cache_dir() -> Path:
@@ -114,3 +117,33 @@ def read_sealed_json(path: Path) -> dict:
     if obj.get("crc32") != zlib.crc32(canonical_json(body)):
         raise CorruptFileError(f"{path} fails its checksum (corrupted)")
     return body
+
+
+class FolderBusyError(RuntimeError):
+    """Another process holds ``exclusive_folder`` on the folder; the message says what to do."""
+
+
+@contextmanager
+def exclusive_folder(path: Path) -> Iterator[None]:
+    """Create folder ``path`` if missing and hold an exclusive lock on it for the block, or fail at once.
+
+    Two builds writing one collection (a second ``lsr index --resume`` or ``--overwrite``, a cron job
+    overlapping a manual run) would interleave their files. The lock is a ``flock`` on the folder's own
+    descriptor: no file inside that an ``--overwrite`` could delete, and the kernel drops it when its
+    process dies, kill -9 included, so a crash never leaves a stale lock behind.
+    """
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder; choose another folder")
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise FolderBusyError(f"another process (`lsr index` or `lsr repair`) is writing {path} right now; "
+                                  "wait for it to finish or stop it, then run this again") from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -143,6 +143,34 @@ def test_ctrl_c_then_kill_9_then_resume_is_bit_identical(corpus, reference, tmp_
     assert checksums(out) == checksums(reference)
 
 
+def test_a_second_build_of_a_collection_being_built_fails_at_once_and_harms_nothing(corpus, reference, tmp_path):
+    """While one build writes a collection, another `lsr index` into it (--resume or --overwrite) or an
+    `lsr repair` of it stops at once with one line; the first build ends as if alone."""
+    from lsr.files import FolderBusyError, exclusive_folder
+    from lsr.ingest.repair import repair_collection
+
+    out = tmp_path / "col"
+    args = [str(corpus), str(out), "--checkpoint-every", str(EVERY), "--max-length", "64", "--threads", "1", "--quiet"]
+    refused = []
+
+    def second_builds(shard: int) -> None:
+        if shard == 2:
+            refused.extend(subprocess.run(_cli(*args, extra), capture_output=True, text=True, timeout=120)
+                           for extra in ("--resume", "--overwrite"))
+
+    build_collection(corpus, out, options(), progress=False, on_shard=second_builds)
+    assert len(refused) == 2
+    for run in refused:
+        assert run.returncode == 2, run.stderr
+        assert run.stderr == (f"lsr index: error: another process (`lsr index` or `lsr repair`) is writing {out} right "
+                              "now; wait for it to finish or stop it, then run this again\n")
+    assert checksums(out) == checksums(reference)
+    with exclusive_folder(out):
+        with pytest.raises(FolderBusyError, match="is writing"):
+            repair_collection(out)
+    assert repair_collection(out)[0].startswith("rebuilt the sparse index")  # free again once the holder is gone
+
+
 def test_existing_output_needs_resume_or_overwrite(reference, corpus, tmp_path):
     with pytest.raises(FileExistsError, match="--resume to continue it or --overwrite"):
         build_collection(corpus, reference, options(), progress=False)

@@ -28,7 +28,7 @@ from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_t
 from lsr.search.bm25_index import DESCRIPTION as BM25_DESCRIPTION
 from lsr.search.bm25_index import BM25_DIR, build_bm25
 from lsr.search.dense_index import DenseIndex
-from lsr.files import file_record, read_sealed_json, sealed, write_json_atomic
+from lsr.files import exclusive_folder, file_record, read_sealed_json, sealed, write_json_atomic
 from lsr.sparse import SparseBatch
 
 if TYPE_CHECKING:
@@ -189,15 +189,11 @@ class StageTimer:
 
 def prepare_output(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> BuildState | None:
     """Decide what to do with an existing OUT. Returns the checkpoint to resume from, or None for a fresh start."""
-    if resume and overwrite:
-        raise ValueError("pass either --resume or --overwrite, not both")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder; choose another COLLECTION folder")
     if out.is_dir() and any(out.iterdir()):
         if not is_collection_dir(out):
             raise FileExistsError(f"{out} is not empty and is not an lsr collection; choose a new or empty folder")
         if overwrite:
-            shutil.rmtree(out)
+            _remove_contents(out, keep_folder=True)  # the folder itself stays: this run holds its lock
         elif not resume:
             raise FileExistsError(f"{out} already holds a collection; pass --resume to continue it or --overwrite to replace it")
         else:
@@ -269,17 +265,25 @@ def build_collection(
     A run that fails before its first shard is checkpointed removes what it created, so the
     same command can simply be run again; later failures keep the shards for ``--resume``.
     """
-    from lsr.encode.cpu_threads import set_threads
-
     options.check()
     if ray is not None:
         from lsr.ingest.ray_engine import check_ray
 
         check_ray(ray, options)  # before OUT is touched: missing Ray or an unreachable cluster is one line
+    if resume and overwrite:
+        raise ValueError("pass either --resume or --overwrite, not both")
     source, out = Path(source).expanduser(), Path(out).expanduser()
     reader = _reader(source, options)
-    settings = options.settings(source)
     folder_was_there = out.is_dir() and not overwrite
+    with exclusive_folder(out):  # one build at a time per collection folder
+        return _build(reader, out, options, folder_was_there, resume, overwrite, progress, on_shard, ray)
+
+
+def _build(reader: CorpusReader, out: Path, options: IndexOptions, folder_was_there: bool, resume: bool,
+           overwrite: bool, progress: bool, on_shard: Callable[[int], None] | None, ray: "RayOptions | None") -> Summary:
+    from lsr.encode.cpu_threads import set_threads
+
+    settings = options.settings(reader.source)
     state = prepare_output(out, settings, resume=resume, overwrite=overwrite)
     if state is not None and state.complete:
         return _summary_of_complete(out)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lsr.files import CorruptFileError
+from lsr.files import CorruptFileError, exclusive_folder
 from lsr.ingest.journal import JOURNAL_FILE, Record, recover
 from lsr.ingest.layout import build_file_problems, read_meta, read_vector_shards, shard_name
 from lsr.search.bm25_index import BM25_DIR, build_bm25
@@ -24,10 +24,16 @@ from lsr.sparse import SparseBatch
 
 
 def repair_collection(path: Path) -> list[str]:
-    """Rebuild every index; returns what was done. Raises CorruptFileError if a source file is damaged."""
+    """Rebuild every index; returns what was done. Raises CorruptFileError if a source file is damaged, and
+    FolderBusyError while an ``lsr index`` or another repair is writing the collection."""
+    meta = read_meta(path)  # a missing or foreign folder fails here, before the lock would create it
+    with exclusive_folder(path):
+        return _rebuild(path, meta)
+
+
+def _rebuild(path: Path, meta: dict) -> list[str]:
     from lsr.index import InvertedIndex
 
-    meta = read_meta(path)
     damaged = build_file_problems(path, meta, skip=BM25_DIR)
     if damaged:
         raise CorruptFileError(f"{damaged[0]}: a source file is damaged, so the indexes cannot be rebuilt; "
