@@ -271,6 +271,33 @@ def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(t
         Collection.open(col)
 
 
+def test_lsr_tune_refuses_a_collection_of_another_corpus_and_warns_on_a_partial_one(tmp_path, capsys):
+    """A collection holding none of the tuning split's relevant documents would score 0 under every setting and
+    store an arbitrary choice: one line, exit 2, nothing stored. Under half of them: tuned, with a warning."""
+    from lsr.eval.datasets import load_beir
+    from lsr.eval.tuning import check_judged_documents
+    from lsr.search.searcher import Searcher
+
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny_beir(data)
+    for name, ids in (("other", [f"other-{topic}" for topic in TOPICS]), ("partial", ["aspirin", "other-x", "other-y"])):
+        corpus = tmp_path / f"{name}.jsonl"
+        corpus.write_text("".join(json.dumps({"_id": i, "text": text}) + "\n" for i, text in zip(ids, TOPICS.values())))
+        assert cli_main(["index", str(corpus), str(tmp_path / name), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli_main(["tune", str(tmp_path / "other"), "--dataset", "tiny", "--data-dir", str(data)]) == 2
+    assert capsys.readouterr().err == (f"lsr tune: error: {tmp_path / 'other'} holds none of the {len(TOPICS)} documents "
+                                       "tiny/train judges relevant: it was not indexed from tiny; tune it on the dataset "
+                                       "it was built from\n")
+    assert not (tmp_path / "other" / "search-defaults.json").exists()
+    said: list[str] = []
+    partial = tmp_path / "partial"
+    check_judged_documents(Searcher.open(partial), load_beir(data / "tiny.zip"), "train", partial, said.append)
+    assert said == [f"warning: {partial} holds only 1 of the {len(TOPICS)} documents tiny/train judges relevant; "
+                    "the tuning sees only part of the dataset"]
+
+
 def test_a_model_folder_retrained_in_place_gets_a_new_index_not_the_cached_one(tmp_path, monkeypatch, capsys):
     import shutil
 

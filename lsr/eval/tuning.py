@@ -133,6 +133,20 @@ def fusion_options(chosen: dict[str, Any]):
                          chosen["dense_weight"], chosen["bm25_weight"])
 
 
+def check_judged_documents(searcher: Any, dataset: BeirDataset, split: str, collection: str | Path,
+                           say: Callable[[str], None]) -> None:
+    """Refuse to tune a collection that holds none of the split's relevant documents (another corpus: every
+    setting would score 0 and the stored choice would be arbitrary); say so when it holds under half of them."""
+    relevant = sorted({doc for docs in dataset.qrels[split].values() for doc, grade in docs.items() if grade > 0})
+    held = sum(text is not None for text in searcher.collection.text(relevant))
+    if held == 0:
+        raise ValueError(f"{collection} holds none of the {len(relevant):,} documents {dataset.name}/{split} judges "
+                         f"relevant: it was not indexed from {dataset.name}; tune it on the dataset it was built from")
+    if held < len(relevant) / 2:
+        say(f"warning: {collection} holds only {held:,} of the {len(relevant):,} documents {dataset.name}/{split} "
+            "judges relevant; the tuning sees only part of the dataset")
+
+
 def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str | None = None, split: str = "test",
                     k: int = 100, say: Callable[[str], None] = print, **open_options: Any) -> dict[str, Any]:
     """``lsr tune``: choose the fusion and the PRF on the dataset's train/dev qrels (never ``split``) and store them
@@ -153,6 +167,7 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
     searcher = Searcher.open(collection, **open_options)
     if not searcher.has_dense or not searcher.has_bm25:
         raise ValueError(f"{collection} needs dense and BM25 legs to tune their fusion; re-index it with both")
+    check_judged_documents(searcher, dataset, tune_split, collection, say)
     backend = InProcess(searcher)
     fusion, prf = tune_fusion_and_prf(backend, dataset, tune_split, k, say)
     chosen = {**fusion, **(prf["chosen"] or {}).get("fusion", {})}  # the fusion PRF was chosen with, if PRF helps
