@@ -246,7 +246,10 @@ def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(t
     assert cli_main(["index", str(data / "tiny.zip"), str(col), "--quiet"]) == 0
     assert Searcher.open(col).default_hybrid == UNTUNED_HYBRID  # chosen across datasets, for untuned collections
     assert cli_main(["tune", str(col), "--dataset", "tiny", "--data-dir", str(data)]) == 0
-    assert "tiny/train" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "tiny/train" in said.out
+    for bar in ("tune fusion: 100%", "tune PRF: 100%", "joint fusion + PRF: 100%"):  # minutes on a real dataset
+        assert bar in said.err
     stored = json.loads((col / "search-defaults.json").read_text())
     assert stored["tuned_on"] == "tiny/train" and stored["not_tuned_on"] == "test"
     chosen = HybridOptions(**stored["hybrid"])

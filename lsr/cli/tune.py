@@ -32,19 +32,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="where BEIR datasets live (default: $LSR_BEIR_DIR, shared/data/beir)")
     p.add_argument("--split", default="test", help="the split you report, never tuned on (default test)")
     add_device_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     from lsr.eval.tuning import tune_collection
 
     defaults = tune_collection(args.collection, args.dataset, data_dir=args.data_dir, split=args.split,
-                               **device_options(args))
+                               progress=not args.quiet, **device_options(args))
     h = defaults["hybrid"]
     print(f"stored in {args.collection}: {h['normalization']}, sparse {h['sparse_weight']}, dense {h['dense_weight']}, "
           f"bm25 {h['bm25_weight']} (nDCG@10 {defaults['ndcg@10']:.4f} on {defaults['tuned_on']})")
     if defaults["prf"]:
+        from lsr.search.searcher import PrfOptions
+
         p = defaults["prf"]
-        print(f"PRF when asked for: m={p['feedback_docs']}, beta {p['weight']}, dense beta {p['dense_weight']}, min IDF "
+        print(f"PRF when asked for: m={p['feedback_docs']}, beta {p['weight']}, dense beta {PrfOptions(**p).dense_beta()}, min IDF "
               f"{p['min_idf']}, interpolate {p['interpolate']} ({'beats' if defaults['prf_helps'] else 'does not beat'} "
               f"the fusion without PRF on {defaults['tuned_on']})")
     return 0

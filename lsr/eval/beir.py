@@ -185,7 +185,7 @@ def run_beir(
             timings["tune_fusion_and_prf"] = time.perf_counter() - clock
         elif "fusion" in neural:
             clock = time.perf_counter()
-            settings["fusion"] = tune_fusion(tuner, dataset, tuning_split(dataset, split), k, say)
+            settings["fusion"] = tune_fusion(tuner, dataset, tuning_split(dataset, split), k, say, progress=progress)
             timings["tune_fusion"] = time.perf_counter() - clock
         fused = fusion_options(settings.get("fusion", DEFAULT_FUSION))
         prf_fusion = (settings.get("prf") or {}).get("chosen") or {}

@@ -126,7 +126,7 @@ def tune_fusion_and_prf(backend: Any, dataset: BeirDataset, tune_split: str | No
     from lsr.ingest.progress import progress_bar
     from lsr.search.searcher import PrfOptions
 
-    fusion = tune_fusion(backend, dataset, tune_split, k, say)
+    fusion = tune_fusion(backend, dataset, tune_split, k, say, progress=progress)
     tuned = tune_prf(backend, dataset, tune_split, k, fusion_options(fusion), say, variants=variants, progress=progress)
     if tune_split is None:
         return fusion, tuned

@@ -85,12 +85,13 @@ def weight_grid(step: float = WEIGHT_STEP) -> list[tuple[float, float, float]]:
 
 
 def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int, say: Callable[[str], None],
-                *, candidates: int = 100) -> dict[str, Any]:
+                *, candidates: int = 100, progress: bool = False) -> dict[str, Any]:
     """Grid-search the three legs' weights and the fusion method by nDCG@10 on ``tune_split``.
 
     Each leg's run is fetched once at the depth hybrid search uses, then every setting is fused with
     ``lsr.search.fusion.fuse``, the function the Searcher calls, so the chosen setting scores the same
     when searched for real."""
+    from lsr.ingest.progress import progress_bar
     from lsr.search.fusion import fuse, rank
 
     settings: dict[str, Any] = {**DEFAULT_FUSION, "candidates": candidates, "tuned_on": tune_split,
@@ -104,10 +105,12 @@ def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: i
     grid = [(method, weights) for method in FUSION_METHODS for weights in weight_grid()]
     say(f"tuning 3-leg fusion on {tune_split} ({len(qids)} queries, {len(grid)} settings)")
     scores = {}
-    for method, weights in grid:
-        used = [(run, w) for run, w in zip(legs, weights) if w > 0]
-        run = {q: dict(rank(fuse([r.get(q, {}) for r, _ in used], [w for _, w in used], method), k + 1)) for q in qids}
-        scores[(method, weights)] = evaluate(qrels, run)["ndcg@10"]
+    with progress_bar("tune fusion", len(grid), enabled=progress, unit="setting") as bar:
+        for method, weights in grid:
+            used = [(run, w) for run, w in zip(legs, weights) if w > 0]
+            run = {q: dict(rank(fuse([r.get(q, {}) for r, _ in used], [w for _, w in used], method), k + 1)) for q in qids}
+            scores[(method, weights)] = evaluate(qrels, run)["ndcg@10"]
+            bar.update(1)
     named = {(m, w): {"normalization": m, "sparse_weight": w[0], "dense_weight": w[1], "bm25_weight": w[2]}
              for m, w in grid}
     ranked = sorted(scores, key=lambda mw: (scores[mw], mw[0] == "min_max", -max(mw[1])), reverse=True)
@@ -148,7 +151,8 @@ def check_judged_documents(searcher: Any, dataset: BeirDataset, split: str, coll
 
 
 def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str | None = None, split: str = "test",
-                    k: int = 100, say: Callable[[str], None] = print, **open_options: Any) -> dict[str, Any]:
+                    k: int = 100, say: Callable[[str], None] = print, progress: bool = False,
+                    **open_options: Any) -> dict[str, Any]:
     """``lsr tune``: choose the fusion and the PRF on the dataset's train/dev qrels (never ``split``) and store them
     in the collection as the defaults of every search that does not set its own (in-process and through the
     server). ``prf`` is the best PRF setting on the tuning split, used when PRF is asked for without settings;
@@ -169,7 +173,7 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
         raise ValueError(f"{collection} needs dense and BM25 legs to tune their fusion; re-index it with both")
     check_judged_documents(searcher, dataset, tune_split, collection, say)
     backend = InProcess(searcher)
-    fusion, prf = tune_fusion_and_prf(backend, dataset, tune_split, k, say)
+    fusion, prf = tune_fusion_and_prf(backend, dataset, tune_split, k, say, progress=progress)
     chosen = {**fusion, **(prf["chosen"] or {}).get("fusion", {})}  # the fusion PRF was chosen with, if PRF helps
     defaults = {"hybrid": {name: chosen[name] for name in ("normalization", "sparse_weight", "dense_weight", "bm25_weight",
                                                            "candidates")},
