@@ -55,13 +55,15 @@ def fuse(runs: Sequence[Ranking], weights: Sequence[float], method: str = "min_m
             for position, (doc, _) in enumerate(rank(ranking), start=1):
                 fused[doc] = fused.get(doc, 0.0) + weight / (rrf_k + position)
         return fused
-    normed = []
-    for ranking in runs:
+    docs = list(dict.fromkeys(doc for ranking in runs for doc in ranking))  # the union, as columns
+    column = {doc: i for i, doc in enumerate(docs)}
+    summed = np.zeros(len(docs))
+    for ranking, weight in zip(runs, weights):  # leg by leg, in order: the same float sums as term by term
         values = normalize(np.fromiter(ranking.values(), np.float64, len(ranking)), method)
-        normed.append((dict(zip(ranking, values.tolist())), float(values.min()) if len(values) else 0.0))
-    for doc in set().union(*runs):
-        fused[doc] = sum(w * scores.get(doc, floor) for w, (scores, floor) in zip(weights, normed)) / total
-    return fused
+        leg = np.full(len(docs), values.min() if len(values) else 0.0)
+        leg[np.fromiter(map(column.__getitem__, ranking), np.int64, len(ranking))] = values
+        summed += weight * leg
+    return dict(zip(docs, (summed / total).tolist()))
 
 
 def interpolate(first: Ranking, second: Ranking, first_weight: float = 0.5, normalization: str = "min_max") -> Ranking:
