@@ -121,7 +121,7 @@ def _interrupt_after(cmd: list[str], out: Path, shards: int, sig: int) -> subpro
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
-def test_ctrl_c_then_kill_9_then_resume_is_bit_identical(corpus, reference, tmp_path):
+def test_ctrl_c_kill_9_and_sigterm_then_resume_is_bit_identical(corpus, reference, tmp_path):
     out = tmp_path / "col"
     args = [str(corpus), str(out), "--checkpoint-every", str(EVERY), "--max-length", "64", "--threads", "1", "--quiet"]
     first = _interrupt_after(_cli(*args), out, 2, signal.SIGINT)
@@ -136,6 +136,12 @@ def test_ctrl_c_then_kill_9_then_resume_is_bit_identical(corpus, reference, tmp_
     second = _interrupt_after(_cli(*args, "--resume"), out, done + 2, signal.SIGKILL)
     assert second.returncode == -signal.SIGKILL
     assert _shards(out) >= done + 2 and not (out / META_FILE).exists()
+
+    done = _shards(out)  # a scheduler's SIGTERM stops it like Ctrl-C: the shards are kept, the hint is printed
+    termed = _interrupt_after(_cli(*args, "--resume"), out, done + 2, signal.SIGTERM)
+    assert termed.returncode == 128 + signal.SIGTERM, termed.stderr
+    assert f"Continue with: {shlex.join(['lsr', 'index', *args, '--resume'])}\n" in termed.stderr
+    assert termed.stderr.endswith("terminated\n") and _shards(out) >= done + 2
 
     third = subprocess.run(_cli(*args, "--resume"), capture_output=True, text=True)
     assert third.returncode == 0, third.stderr

@@ -157,6 +157,25 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tiny_beir, train
     assert uninterrupted_run["dev_split"] == "dev" and len(uninterrupted_run["dev_scores"]) >= 4
 
 
+def test_sigterm_finishes_the_step_checkpoints_it_and_exits_143(tiny_beir, tmp_path):
+    """A scheduler's SIGTERM (pre-emption) stops the run like Ctrl-C: after the current step, with a checkpoint of
+    that step, not of the last periodic one (which a plain exit would fall back to)."""
+    from lsr.train.checkpoint import read_checkpoint
+
+    out = tmp_path / "model"
+    proc = subprocess.Popen(_train_command(tiny_beir, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    line = next(line for line in stderr.splitlines() if line.startswith("interrupted (SIGTERM) at step "))
+    step = int(line.split(" at step ")[1].split()[0])
+    assert read_checkpoint(out)["step"] == step >= 3 and "--resume" in line
+
+
 def _bundled_weights() -> str:
     from lsr.encode.models import resolve_model
 

@@ -2,7 +2,7 @@
 
 SOURCE may be a BEIR folder or its .zip/.tar.gz, a .jsonl/.jsonl.gz, a .parquet, a .csv or a .txt file
 (one document per line, ids are line numbers).
-Encoded vectors are checkpointed in shards; an interrupted run (Ctrl-C or kill -9) continues
+Encoded vectors are checkpointed in shards; an interrupted run (Ctrl-C, SIGTERM or kill -9) continues
 with --resume and produces the same bytes as an uninterrupted one.
 
 Examples:

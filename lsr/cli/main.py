@@ -7,9 +7,12 @@ Modules are imported lazily so ``lsr --help`` stays fast and a verb's heavy impo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 VERBS = ("encode", "index", "search", "doc", "eval", "beir", "tune", "train", "serve", "query", "verify", "repair")
 
@@ -48,6 +51,28 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: every verb that stops cleanly on Ctrl-C (checkpoint,
+    resume hint) does the same when a scheduler or `kill` asks it to stop. ``lsr serve`` and ``lsr train`` handle
+    the signal themselves (drain; finish the step and checkpoint)."""
+
+
+def _raise_terminated(_signum, _frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
@@ -58,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return int(args._run(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args._run(args) or 0)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -7,7 +7,7 @@ for the query), or a JSONL file of
 rows ("negatives" optional; "scores" = teacher scores, adds margin-MSE distillation).
 OUT becomes a model folder that SpladeEncoder.from_pretrained(OUT), `lsr index --model OUT`,
 `lsr beir --model OUT` and sentence-transformers' SparseEncoder(OUT) all load. A checkpoint is
-written every --checkpoint-every steps and on Ctrl-C; --resume continues (after kill -9 too) and,
+written every --checkpoint-every steps and on Ctrl-C or SIGTERM (after the current step); --resume continues (after kill -9 too) and,
 with the same --seed, ends with the same weights as an uninterrupted run.
 
 The defaults are a recipe for a small model on a CPU: many cheap steps rather than few long ones.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -195,9 +196,9 @@ def _train(args, config, examples, out: Path, encoding: dict[str, str], say, mod
     result = train(model, examples, out, config, resume=args.resume, max_minutes=args.max_minutes,
                    checkpoint_every=args.checkpoint_every, progress=not args.quiet, validate=validate)
     if result.stopped == "interrupted":
-        print(f"interrupted at step {result.steps} of {result.total_steps}; checkpoint in {out / CHECKPOINT_FILE}. "
-              f"Continue with: lsr {' '.join(args._argv)} --resume", file=sys.stderr)
-        return 130
+        print(f"interrupted ({signal.Signals(result.signal).name}) at step {result.steps} of {result.total_steps}; "
+              f"checkpoint in {out / CHECKPOINT_FILE}. Continue with: lsr {' '.join(args._argv)} --resume", file=sys.stderr)
+        return 128 + result.signal
     save_model_folder(model, out)
     if result.stopped not in ("time limit", "interrupted"):  # finished, or the guard ended it: nothing to resume
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # none when the last checkpoint step was never reached

@@ -37,10 +37,11 @@ class TrainResult:
     steps: int
     total_steps: int
     seconds: float
-    stopped: str  # "finished", "time limit", "interrupted", or the guard's "collapsed" / "no gain"
+    stopped: str  # "finished", "time limit", "interrupted" (Ctrl-C or SIGTERM), or the guard's "collapsed" / "no gain"
     history: list[dict[str, float]] = field(default_factory=list)  # per step: loss, flops, nnz_q, nnz_d
     dev_scores: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out score), when validating
     kept: str | None = None  # set when the returned weights are an earlier step's: which, and why
+    signal: int | None = None  # what interrupted the run: SIGINT or SIGTERM
 
 
 def fingerprint(config: TrainConfig, examples: list[Example]) -> dict:
@@ -175,26 +176,30 @@ def _distillation(q: torch.Tensor, d: torch.Tensor, batch: list[Row], docs: list
 
 
 class _StopOnInterrupt:
-    """The first Ctrl-C asks the loop to stop after the current step (so the checkpoint is whole); a second one aborts."""
+    """The first Ctrl-C or SIGTERM asks the loop to stop after the current step (so the checkpoint is whole); a second
+    one aborts. A scheduler's SIGTERM (pre-emption, then SIGKILL after a grace period) thus keeps the steps since the
+    last periodic checkpoint."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.requested: int | None = None  # the signal that asked
+        self._previous: dict = {}
 
     def __enter__(self) -> "_StopOnInterrupt":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
-    def _handle(self, _signum, _frame) -> None:
+    def _handle(self, signum, _frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        log.warning("stopping after this step (Ctrl-C again to abort without a checkpoint)")
+        self.requested = signum
+        log.warning("%s: stopping after this step (Ctrl-C again to abort without a checkpoint)", signal.Signals(signum).name)
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def train(model: TrainableSplade, examples: list[Example], out: Path, config: TrainConfig, *, resume: bool = False,
@@ -268,7 +273,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     if kept:
         log.warning("%s", kept)
     model.train(False)
-    return TrainResult(step, total, seconds, stopped, history, guard.scores, kept)
+    return TrainResult(step, total, seconds, stopped, history, guard.scores, kept, interrupt.requested)
 
 
 def idf_queries(model: TrainableSplade, examples: list[Example]) -> torch.Tensor:
