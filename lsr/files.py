@@ -13,6 +13,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import zlib
 from contextlib import contextmanager
@@ -130,7 +131,8 @@ def exclusive_folder(path: Path) -> Iterator[None]:
     Two builds writing one collection (a second ``lsr index --resume`` or ``--overwrite``, a cron job
     overlapping a manual run) would interleave their files. The lock is a ``flock`` on the folder's own
     descriptor: no file inside that an ``--overwrite`` could delete, and the kernel drops it when its
-    process dies, kill -9 included, so a crash never leaves a stale lock behind.
+    process dies, kill -9 included, so a crash never leaves a stale lock behind. A filesystem that cannot
+    lock (some FUSE mounts of object storage) gets a warning and no lock, rather than no build at all.
     """
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder; choose another folder")
@@ -140,10 +142,12 @@ def exclusive_folder(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            raise FolderBusyError(f"another process (`lsr index` or `lsr repair`) is writing {path} right now; "
-                                  "wait for it to finish or stop it, then run this again") from None
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise FolderBusyError(f"another process (`lsr index` or `lsr repair`) is writing {path} right now; "
+                                      "wait for it to finish or stop it, then run this again") from None
+            logging.getLogger(__name__).warning(
+                "cannot lock %s on this filesystem (%s); make sure no other build writes it meanwhile", path,
+                os.strerror(exc.errno) if exc.errno else exc)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

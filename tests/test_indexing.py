@@ -177,6 +177,21 @@ def test_a_second_build_of_a_collection_being_built_fails_at_once_and_harms_noth
     assert repair_collection(out)[0].startswith("rebuilt the sparse index")  # free again once the holder is gone
 
 
+def test_a_filesystem_that_cannot_lock_gets_a_warning_not_a_failed_build(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from lsr.files import exclusive_folder
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # as on some FUSE mounts of object storage
+    with caplog.at_level("WARNING"), exclusive_folder(tmp_path / "col"):
+        assert (tmp_path / "col").is_dir()
+    assert f"cannot lock {tmp_path / 'col'} on this filesystem (No locks available)" in caplog.text
+
+
 def test_existing_output_needs_resume_or_overwrite(reference, corpus, tmp_path):
     with pytest.raises(FileExistsError, match="--resume to continue it or --overwrite"):
         build_collection(corpus, reference, options(), progress=False)
