@@ -90,10 +90,10 @@ def serve_system(system: str, limit: int | None, batch_size: int, threads: int, 
 
 
 class System:
-    """A child process serving one system's encodes."""
+    """A child process serving one system's encodes (``script --child SYSTEM``: this file's, or encode_dense.py's)."""
 
-    def __init__(self, system: str, args: argparse.Namespace, out: Path) -> None:
-        command = [sys.executable, __file__, "--child", system, "--child-out", str(out), "--batch-size", str(args.batch_size),
+    def __init__(self, system: str, args: argparse.Namespace, out: Path, script: str = __file__) -> None:
+        command = [sys.executable, script, "--child", system, "--child-out", str(out), "--batch-size", str(args.batch_size),
                    "--threads", str(args.threads), "--sample", str(args.sample)]
         command += ["--limit", str(args.limit)] if args.limit else []
         self.name = system
