@@ -73,6 +73,18 @@ def serve_system(system: str, limit: int | None, batch_size: int, threads: int, 
             rows, cols = coo.indices().numpy()
             return sp.csr_matrix((coo.values().numpy(), (rows, cols)), shape=tuple(coo.shape))
 
+    parts = answer_chunks(texts, encode, batch_size)
+    vectors = sp.vstack([parts[k] for k in sorted(parts)]).tocsr()
+    np.save(out / f"{system}.npy", vectors[:sample].toarray().astype(np.float32))
+    (out / f"{system}.json").write_text(json.dumps({
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "mean_nnz": float(vectors.getnnz(axis=1).mean()),
+    }))
+
+
+def answer_chunks(texts: list[str], encode, batch_size: int) -> dict[int, object]:
+    """The child's side: warm up, say "ready", then encode each chunk the parent names on stdin ("start stop"),
+    answering one JSON line of wall and CPU seconds; returns the encoded chunks by start."""
     encode(texts[: 2 * batch_size])  # warm-up: kernel compilation, allocator, lazy imports
     print("ready", flush=True)
     parts = {}
@@ -81,12 +93,7 @@ def serve_system(system: str, limit: int | None, batch_size: int, threads: int, 
         clock, cpu = time.perf_counter(), time.process_time()
         parts[start] = encode(texts[start:stop])
         print(json.dumps({"seconds": time.perf_counter() - clock, "cpu_seconds": time.process_time() - cpu}), flush=True)
-    vectors = sp.vstack([parts[k] for k in sorted(parts)]).tocsr()
-    np.save(out / f"{system}.npy", vectors[:sample].toarray().astype(np.float32))
-    (out / f"{system}.json").write_text(json.dumps({
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "mean_nnz": float(vectors.getnnz(axis=1).mean()),
-    }))
+    return parts
 
 
 class System:
@@ -220,33 +227,79 @@ def machine(threads: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--limit", type=int, default=None, help="first N documents only (512: about 7 minutes)")
+def parse_arguments(description: str, minutes: int, sample_help: str, systems: tuple[str, ...],
+                    serve) -> argparse.Namespace | None:
+    """The options every CPU encoding benchmark takes; None once ``serve`` has run this process as a child."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--limit", type=int, default=None, help=f"first N documents only (512: about {minutes} minutes)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sample", type=int, default=256, help="documents compared with the fp32 reference")
+    parser.add_argument("--sample", type=int, default=256, help=sample_help)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of one chunk per condition (3 conditions)")
     parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=systems, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        serve_system(args.child, args.limit, args.batch_size, args.threads, args.sample, args.child_out)
-        return
+        serve(args.child, args.limit, args.batch_size, args.threads, args.sample, args.child_out)
+        return None
+    return args
 
+
+def speed_ratios(runs: dict, systems: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """docs/s of ours over sentence-transformers' per condition, and of each system over its own quiet rate."""
+    return {
+        "speedup_vs_sentence_transformers": {
+            c: runs[f"ours|{c}"]["docs_per_s"] / runs[f"sentence-transformers|{c}"]["docs_per_s"] for c in CONDITIONS},
+        "over_quiet": {f"{name}|{c}": runs[f"{name}|{c}"]["docs_per_s"] / runs[f"{name}|quiet"]["docs_per_s"]
+                       for name in systems for c in CONDITIONS},
+    }
+
+
+def run_systems(args: argparse.Namespace, systems: tuple[str, ...], docs: int, script: str = __file__
+                ) -> tuple[dict, dict, dict]:
+    """A child per system (``script --child``), the chunks handed out taking turns: (runs, each child's facts,
+    each child's sample vectors)."""
     import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        children = [System(name, args, Path(tmp), script) for name in systems]
+        runs = interleaved(children, docs, args.rounds, Path(tmp))
+        for child in children:
+            child.finish()
+        facts = {name: json.loads((Path(tmp) / f"{name}.json").read_text()) for name in systems}
+        vectors = {name: np.load(Path(tmp) / f"{name}.npy") for name in systems}
+    return runs, facts, vectors
+
+
+def write_results(results_dir: Path, name: str, report: dict, table: str) -> None:
+    """Print the table and write ``NAME.json`` and ``NAME.md`` under ``results_dir``."""
+    print(table)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (results_dir / f"{name}.md").write_text(table + "\n")
+
+
+def condition_rows(report: dict, systems: tuple[str, ...]) -> list[str]:
+    """The docs/s table, a row per system and condition, as both encoding benchmarks print it."""
+    lines = ["| system | condition | docs/s | docs per CPU-second | vs quiet |", "|---|---|---:|---:|---:|"]
+    for name in systems:
+        for condition in CONDITIONS:
+            row = report["runs"][f"{name}|{condition}"]
+            ratio = f"{report['over_quiet'][f'{name}|{condition}']:.2f}" if condition != "quiet" else ""
+            lines.append(f"| {name} | {condition} | {row['docs_per_s']:.1f} | {row['docs_per_cpu_s']:.1f} | {ratio} |")
+    return lines
+
+
+def main() -> None:
+    args = parse_arguments(__doc__.split("\n")[0], 7, "documents compared with the fp32 reference", SYSTEMS, serve_system)
+    if args is None:
+        return
 
     info = machine(args.threads)
     texts = scifact_texts(args.limit)
     args.sample = min(args.sample, len(texts))
-    with tempfile.TemporaryDirectory() as tmp:
-        systems = [System(name, args, Path(tmp)) for name in SYSTEMS]
-        runs = interleaved(systems, len(texts), args.rounds, Path(tmp))
-        for system in systems:
-            system.finish()
-        facts = {name: json.loads((Path(tmp) / f"{name}.json").read_text()) for name in SYSTEMS}
-        vectors = {name: np.load(Path(tmp) / f"{name}.npy") for name in SYSTEMS}
+    runs, facts, vectors = run_systems(args, SYSTEMS, len(texts))
     torch.set_num_threads(args.threads)
     reference = naive_reference(texts[: args.sample], args.batch_size)
     for name in SYSTEMS:
@@ -261,45 +314,38 @@ def main() -> None:
     head_gflop = 2 * tokens * config.hidden_size * config.vocab_size / 1e9
     floors = {dtype: len(texts) / (head_gflop / rate) for dtype, rate in rates.items()}
     info["loadavg_end"] = os.getloadavg()[0]
-    speedup = {c: runs[f"ours|{c}"]["docs_per_s"] / runs[f"sentence-transformers|{c}"]["docs_per_s"] for c in CONDITIONS}
+    ratios = speed_ratios(runs, SYSTEMS)
+    speedup = ratios["speedup_vs_sentence_transformers"]
     report = {
         "machine": info, "docs": len(texts), "real_tokens": tokens, "head_gflop": head_gflop, "rounds": args.rounds,
         "matmul_rate_gflops": rates, "head_floor_docs_per_s": floors, "runs": runs, "systems": facts,
-        "speedup_vs_sentence_transformers": speedup,
+        **ratios,
         "cpu_speedup_vs_sentence_transformers": {
             c: runs[f"ours|{c}"]["docs_per_cpu_s"] / runs[f"sentence-transformers|{c}"]["docs_per_cpu_s"] for c in CONDITIONS},
-        "over_quiet": {f"{name}|{c}": runs[f"{name}|{c}"]["docs_per_s"] / runs[f"{name}|quiet"]["docs_per_s"]
-                       for name in SYSTEMS for c in CONDITIONS},
         "ours_vs_fp32_floor": runs["ours|quiet"]["docs_per_s"] / floors["fp32"],
         "targets": {"quiet_4x": speedup["quiet"] >= 4, "one_core_busy_3x": speedup["one core busy"] >= 3,
                     "exact": facts["ours"]["max_abs_diff"] <= 1e-4 and facts["ours"]["same_nonzero_sets"]},
     }
-    table = render(report, args.sample)
-    print(table)
     name = "encode" + ("" if args.limit is None else f"_limit{args.limit}") + ("" if args.threads == 2 else f"_{args.threads}thread")
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.results_dir / f"{name}.md").write_text(table + "\n")
+    write_results(args.results_dir, name, report, render(report, args.sample))
+
+
+def table_head(title: str, report: dict, systems: tuple[str, ...]) -> list[str]:
+    """The title, the machine and the method, and the docs/s table: how both encoding benchmarks' results open."""
+    m = report["machine"]
+    return [f"# {title}", "", machine_sentence(m, report["rounds"]), "", *condition_rows(report, systems)]
+
+
+def machine_sentence(m: dict, rounds: int) -> str:
+    return (f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
+            f"int8 VNNI: {m['int8_vnni']}, bf16 hardware: {m['bf16_hw']}; load average {m['loadavg_start']:.1f} -> "
+            f"{m['loadavg_end']:.1f}. The systems take turns on the same chunks ({rounds} rounds of a chunk per "
+            "condition), so drift hits both; other jobs sharing the cores make absolute figures lower bounds.")
 
 
 def render(report: dict, sample: int) -> str:
-    m = report["machine"]
-    lines = [
-        f"# SciFact document encoding, CPU ({report['docs']} docs, {report['real_tokens']} real tokens, max_length 256)",
-        "",
-        f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
-        f"int8 VNNI: {m['int8_vnni']}, bf16 hardware: {m['bf16_hw']}; load average {m['loadavg_start']:.1f} -> "
-        f"{m['loadavg_end']:.1f}. The systems take turns on the same chunks ({report['rounds']} rounds of a chunk per "
-        "condition), so drift hits both; other jobs sharing the cores make absolute figures lower bounds.",
-        "",
-        "| system | condition | docs/s | docs per CPU-second | vs quiet |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for name in SYSTEMS:
-        for condition in CONDITIONS:
-            row = report["runs"][f"{name}|{condition}"]
-            ratio = f"{report['over_quiet'][f'{name}|{condition}']:.2f}" if condition != "quiet" else ""
-            lines.append(f"| {name} | {condition} | {row['docs_per_s']:.1f} | {row['docs_per_cpu_s']:.1f} | {ratio} |")
+    lines = table_head(f"SciFact document encoding, CPU ({report['docs']} docs, {report['real_tokens']} real tokens, "
+                       "max_length 256)", report, SYSTEMS)
     lines += ["", f"| system | peak RSS MiB | max abs diff vs fp32 reference ({sample} docs) | same non-zero sets | mean nnz |",
               "|---|---:|---:|:---:|---:|"]
     for name, row in report["systems"].items():
