@@ -22,10 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from encode import (CONDITIONS, answer_chunks, machine, parse_arguments, run_systems, scifact_texts, speed_ratios,
-                    table_head, write_results)
-
-SYSTEMS = ("ours", "sentence-transformers")
+from encode import (CONDITIONS, SYSTEMS, answer_chunks, machine, parse_arguments, run_systems, scifact_texts,
+                    speed_ratios, table_head, write_results)
 
 
 def serve_system(system: str, limit: int | None, batch_size: int, threads: int, sample: int, out: Path) -> None:

@@ -49,8 +49,8 @@ def fuse(runs: Sequence[Ranking], weights: Sequence[float], method: str = "min_m
     if len(runs) != len(weights) or any(not 0.0 <= w for w in weights) or sum(weights) <= 0:
         raise ValueError(f"fusion needs one non-negative weight per list, not all zero; got {list(weights)}")
     total = float(sum(weights))
-    fused: Ranking = {}
     if method == "rrf":
+        fused: Ranking = {}
         for ranking, weight in zip(runs, weights):
             for position, (doc, _) in enumerate(rank(ranking), start=1):
                 fused[doc] = fused.get(doc, 0.0) + weight / (rrf_k + position)
