@@ -334,3 +334,15 @@ def test_a_model_folder_retrained_in_place_gets_a_new_index_not_the_cached_one(t
     assert "index built" in capsys.readouterr().out
     assert retrained["index_checksum"] != first["index_checksum"]
     assert len(list((tmp_path / "cache" / "indexes").iterdir())) == 2
+
+
+def test_the_dense_dtype_of_a_cpu_build_keys_its_cache(tmp_path):
+    """A bf16 dense build (a CPU with native bf16) and an fp32 one are different collections, cached apart."""
+    from lsr.encode.inputs import cpu_has_native_bf16
+    from lsr.eval.beir import cache_folder
+    from lsr.ingest.indexing import IndexOptions
+
+    tiny_beir(tmp_path)
+    dataset = load_beir(tmp_path / "tiny.zip")
+    auto, fp32 = (cache_folder(dataset, IndexOptions(device="cpu", dtype=dtype)) for dtype in ("auto", "fp32"))
+    assert (auto != fp32) is cpu_has_native_bf16()

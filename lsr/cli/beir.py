@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     dense = None if args.dense.lower() == "none" else args.dense
     if dense is None and {"dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf", "defaults"} & set(methods):
         raise ValueError("--dense none leaves no dense model; keep only bm25 and sparse in --methods")
-    options = IndexOptions(model=args.model, dense_model=dense, threads=args.threads, **device_options(args))
+    encoding = device_options(args)
+    options = IndexOptions(model=args.model, dense_model=dense, threads=args.threads, **encoding)
     set_threads(args.threads)
     if args.serve and args.endpoint:
         raise ValueError("--serve starts its own server; drop --endpoint (or drop --serve to use yours)")
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
             source = locate_dataset(args.dataset, args.data_dir)
             collection, _ = cached_collection(source, load_beir(source), options, progress=not args.quiet)
-            endpoint = stack.enter_context(_served(collection, args.threads, options.encoding(), _serve_log(args.out)))
+            endpoint = stack.enter_context(_served(collection, args.threads, encoding, _serve_log(args.out)))
         report = run_beir(args.dataset, data_dir=args.data_dir, split=args.split, methods=methods, k=args.k,
                           endpoint=endpoint, tune_locally=collection, out=args.out, options=options,
                           progress=not args.quiet, note=args.note)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 
 DEVICE_HELP = "where models run: auto (a CUDA GPU when torch sees one, else cpu), cpu, cuda or cuda:N (default auto)"
-DTYPE_HELP = "model precision: auto (bf16 on a GPU that has it, fp16 on older GPUs, fp32 on CPU), fp32, bf16 or fp16"
+DTYPE_HELP = ("model precision: auto (bf16 on a GPU that has it, fp16 on older GPUs, fp32 on CPU; but a collection's "
+              "documents get the dense model in bf16 on a CPU with native bf16, AVX512-BF16 or AMX: twice as fast), "
+              "fp32, bf16 or fp16")
 
 
 def add_device_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,10 +25,11 @@ def add_query_encoder_argument(p: argparse.ArgumentParser) -> None:
                         "folder ships an idf.json, as `lsr train --inference-free` writes, else splade)")
 
 
-def device_options(args: argparse.Namespace) -> dict[str, str]:
-    """{"device": "cpu" | "cuda:N", "dtype": "fp32" | "bf16" | "fp16"}, resolved now: a missing GPU is a ValueError
-    (one line, exit 2) before any model loads."""
+def device_options(args: argparse.Namespace, *, concrete_dtype: bool = False) -> dict[str, str]:
+    """{"device": "cpu" | "cuda:N", "dtype": ...}: the device resolved now, so a missing GPU is a ValueError (one
+    line, exit 2) before any model loads. An "auto" dtype is left for each encoder to resolve (``resolve_dtype``:
+    a bulk build's dense model may take bf16 where SPLADE keeps fp32) unless ``concrete_dtype`` (one SPLADE model)."""
     from lsr.encode.inputs import dtype_name, resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
-    return {"device": str(device), "dtype": dtype_name(resolve_dtype(args.dtype, device))}
+    return {"device": str(device), "dtype": dtype_name(resolve_dtype(args.dtype, device)) if concrete_dtype else args.dtype}

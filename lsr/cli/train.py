@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
     out = Path(args.out)
     _check_out(out, args.resume)
-    encoding = device_options(args)
+    encoding = device_options(args, concrete_dtype=True)  # one SPLADE model: its report names the dtype it ran
     from lsr.train.data import load_examples, model_miner
 
     say = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr))

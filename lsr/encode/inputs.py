@@ -125,17 +125,27 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return chosen
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there a bf16 GEMM runs about twice
+    as fast as fp32; elsewhere oneDNN emulates it and it runs slower than fp32."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, *, cpu_bf16: bool = False) -> torch.dtype | None:
     """``auto``: bf16 on a GPU that supports it (fp16 on older ones), fp32 on CPU; None keeps the model's own dtype.
 
-    CPU forward passes stay fp32: this project's CPUs lack bf16 hardware (bf16 GEMMs ran ~3x slower
-    than fp32) and the exact int8-screened pooling needs fp32 hidden states.
+    ``cpu_bf16`` (the dense model of a bulk build) makes ``auto`` bf16 on a CPU with native bf16 too: MiniLM
+    encodes SciFact's documents 2.1x faster there, with cosines ≥ 0.9999 to fp32 and nDCG@10 within 0.001 against
+    fp32 queries. Queries stay fp32 on CPU: a bf16 vector moves by ~1e-3 with its micro-batch neighbours and the
+    thread count, and a served query should not. SPLADE stays fp32 on CPU: its exact int8 screen needs fp32.
     """
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if device.type != "cuda":
-            return torch.float32
+            return torch.bfloat16 if cpu_bf16 and cpu_has_native_bf16() else torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")

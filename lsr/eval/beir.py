@@ -56,14 +56,18 @@ def cache_folder(dataset: BeirDataset, options: Any) -> Path:
     from lsr.encode.models import model_content_key
     from lsr.ingest.layout import FORMAT
 
-    dtype = options.encoding()["dtype"]  # fp32 (CPU) builds keep their old keys; 16-bit GPU vectors differ slightly
+    # fp32 builds keep their old keys; 16-bit vectors differ slightly, and so does a bf16 dense model beside fp32 SPLADE
+    encoding = options.encoding()
+    dtypes = {} if encoding["dtype"] == "fp32" else {"dtype": encoding["dtype"]}
+    if encoding.get("dense_dtype", encoding["dtype"]) != encoding["dtype"]:
+        dtypes["dense_dtype"] = encoding["dense_dtype"]
     contents = {role: key for role, key in (("model_files", model_content_key(options.model)),
                                             ("dense_files", options.dense_model and model_content_key(options.dense_model)))
                 if key}  # bundled and hub models keep their old keys
     key = json.dumps({"format": FORMAT, "model": options.model, "dense": options.dense_model, "max_length": options.max_length,
                       "fields": list(options.fields), "hnsw": options.hnsw_m, "quantization": options.quantization,
                       **({"bm25": True} if options.bm25 else {}), **contents,
-                      "corpus": corpus_checksum(dataset), **({} if dtype == "fp32" else {"dtype": dtype})}, sort_keys=True)
+                      "corpus": corpus_checksum(dataset), **dtypes}, sort_keys=True)
     return cache_dir() / "indexes" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 

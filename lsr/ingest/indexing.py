@@ -75,11 +75,15 @@ class IndexOptions:
             raise ValueError(f"--hnsw M must be in 4..256, got {self.hnsw_m}")
 
     def encoding(self) -> dict[str, str]:
-        """The concrete device and dtype names ("auto" resolved on this machine)."""
+        """The concrete device and dtype names ("auto" resolved on this machine): SPLADE's dtype, and with a dense
+        model its own (``dense_dtype``: bf16 on a CPU with native bf16, where SPLADE keeps fp32)."""
         from lsr.encode.inputs import dtype_name, resolve_device, resolve_dtype
 
         device = resolve_device(self.device)
-        return {"device": str(device), "dtype": dtype_name(resolve_dtype(self.dtype, device))}
+        out = {"device": str(device), "dtype": dtype_name(resolve_dtype(self.dtype, device))}
+        if self.dense_model:
+            out["dense_dtype"] = dtype_name(resolve_dtype(self.dtype, device, cpu_bf16=True))
+        return out
 
     def settings(self, source: Path) -> dict:
         """What a resumed run must agree on with the interrupted one.
@@ -385,12 +389,13 @@ def load_encoders(options: IndexOptions) -> tuple:
     from lsr.encode.splade import SpladeEncoder
 
     how = options.encoding()
-    sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length, **how)
+    sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length, device=how["device"],
+                                           dtype=how["dtype"])
     dense = None
     if options.dense_model:
         from lsr.encode.dense import DenseEncoder
 
-        dense = DenseEncoder.from_pretrained(options.dense_model, **how)
+        dense = DenseEncoder.from_pretrained(options.dense_model, device=how["device"], dtype=how["dense_dtype"])
     return sparse, dense
 
 
