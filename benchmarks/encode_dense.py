@@ -1,6 +1,6 @@
 """Dense document encoding on CPU: our DenseEncoder vs sentence-transformers' SentenceTransformer (MiniLM).
 
-The dense leg is most of a CPU ``lsr index`` (SciFact with the defaults: 241 of its 290 encoding
+The dense leg is most of a CPU ``lsr index`` (SciFact in fp32: 241 of its 290 encoding
 seconds), so it is measured against what a user would run instead, the same way ``encode.py``
 measures SPLADE: each system in its own long-lived subprocess, the same SciFact documents
 (``title + " " + text``, each model's own max_seq_length, 256) in chunks, the systems taking turns,
