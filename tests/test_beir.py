@@ -204,6 +204,7 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
     through = json.loads((remote / "results.json").read_text())
     assert through["index_checksum"] == report["index_checksum"]  # the served collection's, through GetStats
     assert through["index_build_seconds"] == report["index_build_seconds"] and "sparse" in through["index_build_seconds"]
+    assert through["index_encoded_with"] == report["index_encoded_with"]  # the served collection's, through GetStats
     for method in ("sparse", "dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf"):
         assert through["methods"][method] == pytest.approx(report["methods"][method], abs=1e-9), method
     assert {k: through["settings"][k] for k in ("alpha", "prf_docs", "prf_weight")} == \
@@ -228,6 +229,12 @@ def test_lsr_beir_serve_keeps_the_servers_log_out_of_the_results(tmp_path):
     report = json.loads((out / "results.json").read_text())
     assert len(report["index_checksum"]) == 64 and report["index_build_seconds"]["sparse"] > 0
     assert f"Index checksum `{report['index_checksum']}`" in (out / "results.md").read_text()
+    from lsr.ingest.indexing import IndexOptions
+
+    encoded = IndexOptions().encoding()  # what this machine runs: the report names it
+    assert report["index_encoded_with"] == encoded
+    assert (f"Index encoded on {encoded['device']}: SPLADE {encoded['dtype']}, dense {encoded['dense_dtype']}."
+            in (out / "results.md").read_text())
 
 
 def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(tmp_path, capsys):

@@ -147,6 +147,7 @@ def run_beir(
     settings: dict[str, Any] = {}
     models = {"sparse": options.model, "dense": options.dense_model}
     build_seconds: dict[str, float] = {}
+    encoded_with: dict[str, str] = {}  # the device and dtypes the collection was encoded with
     if neural:
         clock = time.perf_counter()
         if endpoint:  # the server's collection is the one evaluated; nothing is indexed or loaded here
@@ -157,6 +158,8 @@ def run_beir(
             index_checksum = served["details"].get("collection_checksum")
             build_seconds = {key.removeprefix("build_seconds_"): float(value) for key, value in served["details"].items()
                              if key.startswith("build_seconds_")}
+            encoded_with = {key.removeprefix("encoded_with_"): value for key, value in served["details"].items()
+                            if key.startswith("encoded_with_")}
         else:
             from lsr.ingest.collection import Collection
             from lsr.search.searcher import Searcher
@@ -167,6 +170,7 @@ def run_beir(
             collection = Collection.open(collection_path)
             index_checksum = collection.checksum
             build_seconds = collection.meta.get("stage_seconds", {})
+            encoded_with = collection.meta.get("encoded_with", {})
             clock = time.perf_counter()
             searcher = Searcher.open(collection_path, device=options.device, dtype=options.dtype)
             models["sparse_queries"] = type(searcher.query_encoder).__name__
@@ -233,6 +237,7 @@ def run_beir(
         "index_checksum": index_checksum,
         "timings": {name: round(seconds, 2) for name, seconds in timings.items()},
         "index_build_seconds": build_seconds,  # when the (possibly cached) collection was built
+        "index_encoded_with": encoded_with,
         "checks": extra,
         "machine": machine(),
         "queries": len(qids),

@@ -292,6 +292,7 @@ class Searcher:
             "query_encoder": type(self.query_encoder).__name__,
             "collection_checksum": self.collection.checksum,
             **{f"build_seconds_{stage}": seconds for stage, seconds in self.collection.meta.get("stage_seconds", {}).items()},
+            **{f"encoded_with_{key}": value for key, value in self.collection.meta.get("encoded_with", {}).items()},
         }
 
     def doc(self, doc_id: str) -> str:
