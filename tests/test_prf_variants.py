@@ -245,3 +245,46 @@ def test_cli_prf_flags(tiny, searcher, capsys):
     assert cli_main(["search", col, QUERY, "--prf-docs", "2"]) == 2
     err = capsys.readouterr().err
     assert err == "lsr search: error: --prf-docs needs --prf\n"
+
+
+def test_the_tuning_backend_searches_each_first_pass_once_and_ranks_as_the_searcher(tiny, searcher, tmp_path):
+    """Tuning reuses each query's first-pass leg runs across settings (``FirstPassMemo``): the same hits and scores as
+    searching afresh, no leg searched again for a repeated first pass, and a changed collection searched anew."""
+    import shutil
+
+    from lsr.eval.backends import InProcess
+    from lsr.eval.datasets import load_beir
+    from lsr.eval.tuning import judged_queries
+    from lsr.search.legs import FirstPassMemo
+    from lsr.search.searcher import row_dict
+
+    _, qids, texts = judged_queries(load_beir(tiny[0] / "tiny.zip"), "train")
+    sparse, _ = searcher.encode_queries(texts)
+    dense = searcher.encode_dense(texts)[0]
+    settings = [("hybrid", HYBRID, None), ("hybrid", HYBRID, VARIANTS[3]), ("hybrid", replace(HYBRID, bm25_weight=0.0),
+                VARIANTS[5]), ("sparse", None, VARIANTS[0]), ("dense", None, VARIANTS[2]), ("bm25", None, None)]
+    backend = InProcess(searcher)
+    for _ in range(2):  # the second round reads every first pass from the memo
+        for mode, hybrid, prf in settings:
+            want = {q: {h.doc_id: h.score for h in searcher.search_encoded(
+                row_dict(sparse, i), dense[i], text=texts[i], k=10, mode=mode, hybrid=hybrid, prf=prf).hits}
+                for i, q in enumerate(qids)}
+            assert backend.run(qids, texts, 10, mode, hybrid, prf) == want, (mode, prf)
+
+    inputs, memo = {"sparse": row_dict(sparse, 0), "dense": dense[0], "bm25": texts[0]}, {}
+    searches = [searcher.search_encoded(inputs["sparse"], inputs["dense"], text=texts[0], k=10, mode="hybrid",
+                                        hybrid=HYBRID, prf=prf, source=FirstPassMemo(searcher.legs(), inputs, memo))
+                for prf in (None, None, VARIANTS[5])]
+    assert {"sparse", "dense", "bm25"} <= set(searches[0].timings)
+    assert not {"sparse", "dense", "bm25"} & set(searches[1].timings) and searches[1].hits == searches[0].hits
+    fresh = searcher.search_encoded(inputs["sparse"], inputs["dense"], text=texts[0], k=10, mode="hybrid", hybrid=HYBRID,
+                                    prf=VARIANTS[5])
+    assert "prf" in searches[2].timings and searches[2].hits == fresh.hits != searches[0].hits  # moved queries searched
+
+    shutil.copytree(tiny[1], tmp_path / "col")
+    changing = Searcher.open(tmp_path / "col")
+    backend = InProcess(changing)
+    before = backend.run(qids[:1], texts[:1], 10, "hybrid", HYBRID)
+    changing.upsert(["echo"], [texts[0]])  # a document that is the query itself
+    after = backend.run(qids[:1], texts[:1], 10, "hybrid", HYBRID)
+    assert "echo" not in before[qids[0]] and rank(after[qids[0]], 1)[0][0] == "echo"

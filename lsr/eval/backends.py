@@ -23,25 +23,34 @@ def bm25_run(dataset: BeirDataset, qids: Sequence[str], k: int) -> Run:
 
 
 class InProcess:
-    """Runs queries through a local Searcher; each query list is encoded once and reused across settings."""
+    """Runs queries through a local Searcher; each query list is encoded once, and each query's first-pass leg runs
+    are searched once (``FirstPassMemo``), then reused across settings while the collection stays the same."""
 
     def __init__(self, searcher: Any) -> None:
         self.searcher = searcher
-        self._encoded: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        self._encoded: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # per query: each leg's input
+        self._memos: dict[tuple[str, ...], list[dict]] = {}
+        self._version = searcher.index_version
 
     def run(self, qids: Sequence[str], texts: Sequence[str], k: int, mode: str, hybrid=None, prf=None) -> Run:
+        from lsr.search.legs import FirstPassMemo
         from lsr.search.searcher import row_dict
 
         key = tuple(qids)
         if key not in self._encoded:
             sparse, _ = self.searcher.encode_queries(list(texts))
             dense = self.searcher.encode_dense(list(texts))[0] if self.searcher.has_dense else None
-            self._encoded[key] = (sparse, dense)
-        sparse, dense = self._encoded[key]
+            self._encoded[key] = [{"sparse": row_dict(sparse, i), "dense": None if dense is None else dense[i],
+                                   "bm25": texts[i]} for i in range(len(qids))]
+        if self.searcher.index_version != self._version:
+            self._memos.clear()
+            self._version = self.searcher.index_version
+        memos = self._memos.setdefault(key, [{} for _ in qids])
         run: Run = {}
-        for i, q in enumerate(qids):
-            result = self.searcher.search_encoded(row_dict(sparse, i), None if dense is None else dense[i], text=texts[i],
-                                                  k=k, mode=mode, hybrid=hybrid, prf=prf)
+        for q, inputs, memo in zip(qids, self._encoded[key], memos):
+            result = self.searcher.search_encoded(inputs["sparse"], inputs["dense"], text=inputs["bm25"], k=k, mode=mode,
+                                                  hybrid=hybrid, prf=prf,
+                                                  source=FirstPassMemo(self.searcher.legs(), inputs, memo))
             run[q] = {h.doc_id: h.score for h in result.hits}
         return run
 

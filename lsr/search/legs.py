@@ -84,3 +84,26 @@ class ViewLegs:
 
     def doc_freqs(self) -> tuple[np.ndarray, int]:
         return np.asarray(self.view.sparse.doc_freqs()), int(self.view.sparse.num_docs)
+
+
+class FirstPassMemo:
+    """Legs that remember each leg's run for one query's own inputs, across searches of that query.
+
+    Why: tuning (``lsr tune``, ``lsr beir``) searches the same queries under a few hundred fusion and PRF
+    settings; every first pass retrieves the same lists, and only the fusion and PRF's second pass differ.
+    A run is reused only for the very objects in ``originals`` (identity), so PRF's moved queries, new
+    objects, are always searched; ``memo`` is the caller's, one per query, and must be dropped when the
+    collection changes."""
+
+    def __init__(self, base: Legs, originals: LegQueries, memo: dict[tuple[str, int], Ranking]) -> None:
+        self.base, self.originals, self.memo = base, originals, memo
+
+    def runs(self, queries: LegQueries, depth: int, timings: dict[str, float]) -> dict[str, Ranking]:
+        own = {leg for leg, query in queries.items() if query is self.originals.get(leg)}
+        todo = {leg: query for leg, query in queries.items() if leg not in own or (leg, depth) not in self.memo}
+        fresh = self.base.runs(todo, depth, timings) if todo else {}
+        self.memo.update({(leg, depth): run for leg, run in fresh.items() if leg in own})
+        return {leg: fresh[leg] if leg in fresh else self.memo[(leg, depth)] for leg in queries}
+
+    def __getattr__(self, name: str) -> Any:  # vectors, texts, doc freqs, shard lists: the base's
+        return getattr(self.base, name)

@@ -430,12 +430,14 @@ class Searcher:
         timings: dict[str, float] | None = None,
         truncated: bool = False,
         deadline: float | None = None,
+        source: Legs | None = None,
     ) -> SearchResult:
         """Search with already-encoded queries (term id → weight dict and/or dense vector; ``text`` for BM25).
 
         Every stage reads one pinned version of the collection, so a concurrent upsert or delete is
-        seen entirely or not at all (per shard when sharded: each shard pins its own version)."""
-        source = self.legs(deadline)
+        seen entirely or not at all (per shard when sharded: each shard pins its own version).
+        ``source`` replaces those legs (tuning passes a ``FirstPassMemo`` over them)."""
+        source = source or self.legs(deadline)
         timings = {} if timings is None else timings
         hybrid = self.hybrid_or_default(hybrid)
         prf = self.prf_or_default(prf)
