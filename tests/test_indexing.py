@@ -216,6 +216,8 @@ def test_existing_output_needs_resume_or_overwrite(reference, corpus, tmp_path):
         build_collection(corpus, reference, options(), progress=False)
     again = build_collection(corpus, reference, options(), resume=True, progress=False)
     assert again.already_complete and again.checksums == checksums(reference)
+    encoded = options().encoding()
+    assert f"encoded on      {encoded['device']}: SPLADE {encoded['dtype']}, dense {encoded['dense_dtype']}" in again.format()
     with pytest.raises(ValueError, match=r"built with fields=\['title', 'text'\] \(now \['title'\]\)"):
         build_collection(corpus, reference, options(fields=("title",)), resume=True, progress=False)
     stranger = tmp_path / "not-a-collection"

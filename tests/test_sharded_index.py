@@ -146,7 +146,7 @@ def test_an_interrupted_sharded_build_resumes_to_the_same_bytes(corpus, sharded,
         assert (json.loads((out / name / META_FILE).read_text())["checksums"]
                 == json.loads((sharded / name / META_FILE).read_text())["checksums"])
     again = build_in_process(corpus, out, options(shards=N_SHARDS), resume=True)
-    assert again.already_complete and again.docs == N_DOCS
+    assert again.already_complete and again.docs == N_DOCS and again.encoded_with == options().encoding() == summary.encoded_with
 
 
 @pytest.mark.parametrize("value", ["0", "-2"])

@@ -50,10 +50,10 @@ def markdown(report: dict) -> str:
     if report.get("index_build_seconds"):
         lines.append("Index build (cold, per stage, s): "
                      + ", ".join(f"{k} {v}" for k, v in report["index_build_seconds"].items()) + ".")
-    encoded = report.get("index_encoded_with")
-    if encoded:
-        lines.append(f"Index encoded on {encoded['device']}: SPLADE {encoded['dtype']}"
-                     + (f", dense {encoded['dense_dtype']}" if "dense_dtype" in encoded else "") + ".")
+    if report.get("index_encoded_with"):
+        from lsr.ingest.indexing import describe_encoding
+
+        lines.append(f"Index encoded on {describe_encoding(report['index_encoded_with'])}.")
     lines.append(f"Machine: {report['machine']}." + (f" {report['note']}" if report.get("note") else ""))
     return "\n".join(lines) + "\n"
 

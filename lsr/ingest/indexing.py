@@ -102,6 +102,12 @@ class IndexOptions:
         return out
 
 
+def describe_encoding(encoded: dict[str, str]) -> str:
+    """"cpu: SPLADE fp32, dense bf16": what a collection's ``encoded_with`` says, for summaries and reports."""
+    dense = f", dense {encoded['dense_dtype']}" if "dense_dtype" in encoded else ""
+    return f"{encoded['device']}: SPLADE {encoded['dtype']}{dense}"
+
+
 @dataclass
 class Summary:
     """End-of-run report."""
@@ -115,6 +121,7 @@ class Summary:
     truncated: int = 0
     resumed_from: int = 0
     already_complete: bool = False
+    encoded_with: dict[str, str] = field(default_factory=dict)  # IndexOptions.encoding() of the build
 
     @property
     def mean_terms(self) -> float:
@@ -130,6 +137,8 @@ class Summary:
             f"mean terms/doc  {self.mean_terms:.1f}",
             f"size on disk    {self.size_bytes / 2**20:,.1f} MiB",
         ]
+        if self.encoded_with:
+            lines.append(f"encoded on      {describe_encoding(self.encoded_with)}")
         lines += [f"time {stage:<10} {seconds:8.1f} s" for stage, seconds in self.stage_seconds.items()]
         return "\n".join(lines)
 
@@ -506,7 +515,7 @@ def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTim
     write_json_atomic(out / META_FILE, sealed(meta))  # last: its presence means "complete"
     (out / BUILD_STATE).unlink(missing_ok=True)
     return Summary(state.docs, skipped, state.postings, disk_size(out), stages.seconds, checksums, state.truncated,
-                   resumed_from)
+                   resumed_from, encoded_with=meta["encoded_with"])
 
 
 def _summary_of_complete(out: Path) -> Summary:
@@ -515,13 +524,15 @@ def _summary_of_complete(out: Path) -> Summary:
     if not is_sharded(out):
         meta = read_sealed_json(out / META_FILE)
         return Summary(meta["n_docs"], meta.get("skipped", {}), meta["postings"], disk_size(out),
-                       meta.get("stage_seconds", {}), meta["checksums"], meta.get("truncated", 0), already_complete=True)
+                       meta.get("stage_seconds", {}), meta["checksums"], meta.get("truncated", 0), already_complete=True,
+                       encoded_with=meta.get("encoded_with", {}))
     shard_map = read_shard_map(out)
     metas = [read_sealed_json(path / META_FILE) for path in shard_map.paths(out)]
     return Summary(sum(m["n_docs"] for m in metas), metas[0].get("skipped", {}), sum(m["postings"] for m in metas),
                    disk_size(out), metas[-1].get("stage_seconds", {}),
                    {name: m["checksums"] for name, m in zip(shard_map.names, metas)},
-                   sum(m.get("truncated", 0) for m in metas), already_complete=True)
+                   sum(m.get("truncated", 0) for m in metas), already_complete=True,
+                   encoded_with=metas[0].get("encoded_with", {}))
 
 
 def _version() -> str:

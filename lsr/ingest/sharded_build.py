@@ -105,4 +105,4 @@ def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stag
     write_shard_map(out, shard_map)  # last: the sharded collection is complete
     (out / BUILD_STATE).unlink(missing_ok=True)
     return Summary(state.docs, skipped, state.postings, disk_size(out), stages.seconds, checksums, state.truncated,
-                   resumed_from)
+                   resumed_from, encoded_with=options.encoding())
