@@ -98,3 +98,24 @@ def test_hybrid_options_choose_their_legs():
         HybridOptions(bm25_weight=-0.1).check()
     with pytest.raises(ValueError, match="unknown normalization"):
         HybridOptions("harmonic").check()
+
+
+@pytest.mark.parametrize("method", ["min_max", "l2", "z_score", "rrf"])
+def test_the_tuning_fusion_grid_gives_fuse_and_rank_exactly(method):
+    """``FusionGrid`` (lsr tune's fusion grid) must rank as ``rank(fuse(...))`` to the last bit: random overlapping
+    lists with tied scores, an empty list, a query missing from a leg, every weight setting of the tuning grid."""
+    from lsr.eval.fusion_grid import FusionGrid
+    from lsr.eval.tuning import weight_grid
+
+    rng = np.random.default_rng(7)
+    qids = [f"q{i}" for i in range(12)]
+    legs = [{q: {f"d{j}": float(np.round(rng.normal(), 1)) for j in rng.choice(40, size=rng.integers(0, 15), replace=False)}
+             for q in qids} for _ in range(3)]
+    del legs[1]["q3"]  # a query one leg has no run for
+    grid = FusionGrid(legs, qids)
+    for weights in weight_grid():
+        used = [(run, w) for run, w in zip(legs, weights) if w > 0]
+        want = {q: rank(fuse([run.get(q, {}) for run, _ in used], [w for _, w in used], method), 7) for q in qids}
+        assert {q: list(hits.items()) for q, hits in grid.run(method, weights, 7).items()} == want, weights
+    with pytest.raises(ValueError, match="one non-negative weight per leg"):
+        grid.run(method, (0.0, 0.0, 0.0), 7)

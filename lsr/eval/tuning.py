@@ -88,11 +88,11 @@ def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: i
                 *, candidates: int = 100, progress: bool = False) -> dict[str, Any]:
     """Grid-search the three legs' weights and the fusion method by nDCG@10 on ``tune_split``.
 
-    Each leg's run is fetched once at the depth hybrid search uses, then every setting is fused with
-    ``lsr.search.fusion.fuse``, the function the Searcher calls, so the chosen setting scores the same
-    when searched for real."""
+    Each leg's run is fetched once at the depth hybrid search uses, then every setting is fused by
+    ``FusionGrid``: the same floats as ``lsr.search.fusion.fuse``, the function the Searcher calls, so the
+    chosen setting scores the same when searched for real."""
+    from lsr.eval.fusion_grid import FusionGrid
     from lsr.ingest.progress import progress_bar
-    from lsr.search.fusion import fuse, rank
 
     settings: dict[str, Any] = {**DEFAULT_FUSION, "candidates": candidates, "tuned_on": tune_split,
                                 "grid": {"normalization": list(FUSION_METHODS), "weight_step": WEIGHT_STEP}}
@@ -101,15 +101,13 @@ def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: i
         return settings
     qrels, qids, texts = judged_queries(dataset, tune_split)
     depth = max(k + 1, candidates)
-    legs = [backend.run(qids, texts, depth, leg) for leg in ("sparse", "dense", "bm25")]
+    fusions = FusionGrid([backend.run(qids, texts, depth, leg) for leg in ("sparse", "dense", "bm25")], qids)
     grid = [(method, weights) for method in FUSION_METHODS for weights in weight_grid()]
     say(f"tuning 3-leg fusion on {tune_split} ({len(qids)} queries, {len(grid)} settings)")
     scores = {}
     with progress_bar("tune fusion", len(grid), enabled=progress, unit="setting") as bar:
         for method, weights in grid:
-            used = [(run, w) for run, w in zip(legs, weights) if w > 0]
-            run = {q: dict(rank(fuse([r.get(q, {}) for r, _ in used], [w for _, w in used], method), k + 1)) for q in qids}
-            scores[(method, weights)] = evaluate(qrels, run)["ndcg@10"]
+            scores[(method, weights)] = evaluate(qrels, fusions.run(method, weights, k + 1))["ndcg@10"]
             bar.update(1)
     named = {(m, w): {"normalization": m, "sparse_weight": w[0], "dense_weight": w[1], "bm25_weight": w[2]}
              for m, w in grid}
