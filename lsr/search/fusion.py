@@ -48,22 +48,36 @@ def fuse(runs: Sequence[Ranking], weights: Sequence[float], method: str = "min_m
     """One ranking over the union of ``runs``: weighted mean of normalised scores, or weighted RRF."""
     if len(runs) != len(weights) or any(not 0.0 <= w for w in weights) or sum(weights) <= 0:
         raise ValueError(f"fusion needs one non-negative weight per list, not all zero; got {list(weights)}")
-    total = float(sum(weights))
-    if method == "rrf":
-        fused: Ranking = {}
-        for ranking, weight in zip(runs, weights):
-            for position, (doc, _) in enumerate(rank(ranking), start=1):
-                fused[doc] = fused.get(doc, 0.0) + weight / (rrf_k + position)
-        return fused
-    docs = list(dict.fromkeys(doc for ranking in runs for doc in ranking))  # the union, as columns
-    column = {doc: i for i, doc in enumerate(docs)}
-    summed = np.zeros(len(docs))
-    for ranking, weight in zip(runs, weights):  # leg by leg, in order: the same float sums as term by term
-        values = normalize(np.fromiter(ranking.values(), np.float64, len(ranking)), method)
-        leg = np.full(len(docs), values.min() if len(values) else 0.0)
-        leg[np.fromiter(map(column.__getitem__, ranking), np.int64, len(ranking))] = values
-        summed += weight * leg
-    return dict(zip(docs, (summed / total).tolist()))
+    docs, columns = leg_columns(runs, method)
+    return dict(zip(docs, combine(columns, weights, method, rrf_k).tolist()))
+
+
+def leg_columns(runs: Sequence[Ranking], method: str) -> tuple[list[str], list[np.ndarray]]:
+    """The union of the lists' documents, and one column per list over it: normalised scores with the list's floor
+    where it lacks a document; for rrf, 1-based ranks (``rank`` order) and 0 where it lacks one. The columns do not
+    depend on the weights (``lsr.eval.fusion_grid`` builds them once for many weightings)."""
+    docs = list(dict.fromkeys(doc for ranking in runs for doc in ranking))
+    column_of = {doc: i for i, doc in enumerate(docs)}
+    columns = []
+    for ranking in runs:
+        if method == "rrf":
+            column = np.zeros(len(docs))
+            column[[column_of[doc] for doc, _ in rank(ranking)]] = np.arange(1, len(ranking) + 1)
+        else:
+            values = normalize(np.fromiter(ranking.values(), np.float64, len(ranking)), method)
+            column = np.full(len(docs), values.min() if len(values) else 0.0)
+            column[np.fromiter(map(column_of.__getitem__, ranking), np.int64, len(ranking))] = values
+        columns.append(column)
+    return docs, columns
+
+
+def combine(columns: Sequence[np.ndarray], weights: Sequence[float], method: str, rrf_k: int = RRF_K) -> np.ndarray:
+    """The fused scores of ``leg_columns``: Σ wᵢ·columnᵢ / Σ wᵢ, or Σ wᵢ / (k + rankᵢ) over the lists holding a
+    document, summed list by list in order (so the floats do not depend on who calls)."""
+    summed = np.zeros(len(columns[0]) if columns else 0)
+    for column, weight in zip(columns, weights):
+        summed += np.where(column > 0, weight / (rrf_k + column), 0.0) if method == "rrf" else weight * column
+    return summed if method == "rrf" else summed / float(sum(weights))
 
 
 def interpolate(first: Ranking, second: Ranking, first_weight: float = 0.5, normalization: str = "min_max") -> Ranking:
