@@ -205,6 +205,7 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
     assert through["index_checksum"] == report["index_checksum"]  # the served collection's, through GetStats
     assert through["index_build_seconds"] == report["index_build_seconds"] and "sparse" in through["index_build_seconds"]
     assert through["index_encoded_with"] == report["index_encoded_with"]  # the served collection's, through GetStats
+    assert through["dense_query_dtype"] == report["dense_query_dtype"] in ("fp32", "bf16")  # the server's, likewise
     for method in ("sparse", "dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf"):
         assert through["methods"][method] == pytest.approx(report["methods"][method], abs=1e-9), method
     assert {k: through["settings"][k] for k in ("alpha", "prf_docs", "prf_weight")} == \
@@ -233,8 +234,9 @@ def test_lsr_beir_serve_keeps_the_servers_log_out_of_the_results(tmp_path):
 
     encoded = IndexOptions().encoding()  # what this machine runs: the report names it
     assert report["index_encoded_with"] == encoded
-    assert (f"Index encoded on {encoded['device']}: SPLADE {encoded['dtype']}, dense {encoded['dense_dtype']}."
-            in (out / "results.md").read_text())
+    assert report["dense_query_dtype"] == encoded["dense_dtype"]  # the served queries run as the documents did
+    assert (f"Index encoded on {encoded['device']}: SPLADE {encoded['dtype']}, dense {encoded['dense_dtype']}; "
+            f"dense queries {encoded['dense_dtype']}." in (out / "results.md").read_text())
 
 
 def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(tmp_path, capsys):

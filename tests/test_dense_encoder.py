@@ -51,7 +51,7 @@ def _folder(tmp_path, pooling_flag: str | None = None, normalize: bool = True, m
 
 
 def _assert_same_as_sentence_transformers(folder: str, texts: list[str]) -> DenseEncoder:
-    ours = DenseEncoder.from_pretrained(folder, device="cpu")
+    ours = DenseEncoder.from_pretrained(folder, device="cpu", dtype="fp32")
     reference = sentence_transformers.SentenceTransformer(folder, device="cpu")
     assert ours.max_length == reference.max_seq_length
     want = reference.encode(texts, batch_size=16, convert_to_numpy=True)
@@ -78,6 +78,33 @@ def test_the_folder_config_decides_pooling_normalisation_and_length(tmp_path, te
     folder = _folder(tmp_path, pooling_flag, normalize, max_seq_length)
     ours = _assert_same_as_sentence_transformers(folder, texts_of_every_length[:10] + texts_of_every_length[-3:])
     assert ours.config.normalize is normalize and ours.max_length == (max_seq_length or 256)
+
+
+@pytest.mark.parametrize("pooling_flag", [None, "pooling_mode_cls_token"])  # packed BERT; a forward per text
+def test_a_bf16_cpu_vector_is_the_same_bits_in_any_batch_at_any_thread_count(tmp_path, texts_of_every_length,
+                                                                              pooling_flag):
+    import torch
+
+    from lsr.encode.inputs import cpu_has_native_bf16
+
+    folder = _folder(tmp_path, pooling_flag)
+    default = DenseEncoder.from_pretrained(folder, device="cpu")
+    assert default.model.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    encoder = DenseEncoder.from_pretrained(folder, device="cpu", dtype="bf16")
+    texts = texts_of_every_length
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = np.concatenate([encoder.encode_queries([text]) for text in texts])
+        torch.set_num_threads(2)
+        mixed = encoder.encode_documents(texts[::-1], batch_size=32)[::-1]
+        eights = encoder.encode_queries(texts, batch_size=8)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(alone, mixed) and np.array_equal(alone, eights)
+    exact = DenseEncoder.from_pretrained(folder, device="cpu", dtype="fp32").encode_queries(texts)
+    cosines = (alone * exact).sum(1) / np.linalg.norm(alone, axis=1) / np.linalg.norm(exact, axis=1)
+    assert cosines.min() > 0.999 and np.abs(alone - exact).max() > 1e-5  # close, and bf16 did run
 
 
 def test_unsupported_pooling_is_one_clear_error(tmp_path):

@@ -3,9 +3,10 @@
 Why: a batch pads every text to its longest, and a BERT layer's linear maps, GELU and LayerNorms
 cost as much per pad as per token. In a service micro-batch of SciFact queries (mean 22 tokens,
 longest up to 50) a third or more of the work was padding. Here those run on the real tokens only,
-packed as [tokens, hidden]; only attention sees the padded [batch, heads, length, head_dim] layout,
-with pad keys masked out. Same arithmetic as ``BertModel`` in eval mode up to fp32 summation order;
-any other model keeps its own forward (``supports``).
+packed as [tokens, hidden]. On CPU attention runs text by text, so a text's vector is the same bits
+whatever else is in its batch (see ``_attention``); on a GPU it runs on the padded
+[batch, heads, length, head_dim] layout with pad keys masked, one launch per layer. Same arithmetic as
+``BertModel`` in eval mode up to fp32 summation order; any other model keeps its own forward (``supports``).
 """
 
 from __future__ import annotations
@@ -50,16 +51,35 @@ def last_hidden_packed(model: torch.nn.Module, input_ids: torch.Tensor, keep: to
     return x
 
 
-def _attention(self_attention: torch.nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Multi-head self-attention of packed tokens ``x`` [N, H] within their own texts; returns [N, H]."""
-    batch, length = keep.shape
+def _attention(self_attention: torch.nn.Module, x: torch.Tensor, keep: torch.Tensor, *,
+               per_text: bool | None = None) -> torch.Tensor:
+    """Multi-head self-attention of packed tokens ``x`` [N, H] within their own texts; returns [N, H].
+
+    On CPU each text attends alone. In the padded layout the batch's longest text sets the row length, and
+    the CPU kernel groups its sums by that length: a bf16 query vector moved by ~1e-3 with its micro-batch
+    neighbours. Text by text it is the same bits in any batch and at any thread count (the linear maps,
+    LayerNorms and GELU are row by row already), at no measured cost on 2 cores. On a GPU one padded launch
+    a layer beats a launch a text. ``per_text`` None: text by text on CPU only.
+    """
     heads, head_dim = self_attention.num_attention_heads, self_attention.attention_head_size
+    q, k, v = (proj(x) for proj in (self_attention.query, self_attention.key, self_attention.value))
+    if x.device.type == "cpu" if per_text is None else per_text:
+        lengths = keep.sum(dim=1).tolist()
+        texts = zip(q.split(lengths), k.split(lengths), v.split(lengths))
+        return torch.cat([_heads_attend(qt, kt, vt, heads, head_dim, None)[0] for qt, kt, vt in texts])
+    batch, length = keep.shape
 
     def padded(t: torch.Tensor) -> torch.Tensor:
         out = t.new_zeros(batch, length, heads * head_dim)
         out[keep] = t
-        return out.view(batch, length, heads, head_dim).transpose(1, 2)
+        return out
 
-    q, k, v = (padded(proj(x)) for proj in (self_attention.query, self_attention.key, self_attention.value))
-    context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
-    return context.transpose(1, 2).reshape(batch, length, heads * head_dim)[keep]
+    return _heads_attend(padded(q), padded(k), padded(v), heads, head_dim, keep[:, None, None, :])[keep]
+
+
+def _heads_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, head_dim: int,
+                  mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of [B, L, H] (or [L, H]: one text) queries, keys and values split into heads; [B, L, H] out."""
+    split = lambda t: t.view(-1, t.shape[-2], heads, head_dim).transpose(1, 2)  # noqa: E731
+    context = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+    return context.transpose(1, 2).reshape(context.shape[0], context.shape[2], heads * head_dim)

@@ -148,6 +148,7 @@ def run_beir(
     models = {"sparse": options.model, "dense": options.dense_model}
     build_seconds: dict[str, float] = {}
     encoded_with: dict[str, str] = {}  # the device and dtypes the collection was encoded with
+    dense_query_dtype = None  # the dtype the dense model encodes queries in
     if neural:
         clock = time.perf_counter()
         if endpoint:  # the server's collection is the one evaluated; nothing is indexed or loaded here
@@ -160,6 +161,7 @@ def run_beir(
                              if key.startswith("build_seconds_")}
             encoded_with = {key.removeprefix("encoded_with_"): value for key, value in served["details"].items()
                             if key.startswith("encoded_with_")}
+            dense_query_dtype = served["details"].get("dense_query_dtype")
         else:
             from lsr.ingest.collection import Collection
             from lsr.search.searcher import Searcher
@@ -174,6 +176,7 @@ def run_beir(
             clock = time.perf_counter()
             searcher = Searcher.open(collection_path, device=options.device, dtype=options.dtype)
             models["sparse_queries"] = type(searcher.query_encoder).__name__
+            dense_query_dtype = searcher.stats().get("dense_query_dtype")
             backend = InProcess(searcher)
         timings["load_models"] = time.perf_counter() - clock
         tuner = backend
@@ -238,6 +241,7 @@ def run_beir(
         "timings": {name: round(seconds, 2) for name, seconds in timings.items()},
         "index_build_seconds": build_seconds,  # when the (possibly cached) collection was built
         "index_encoded_with": encoded_with,
+        "dense_query_dtype": dense_query_dtype,
         "checks": extra,
         "machine": machine(),
         "queries": len(qids),

@@ -53,7 +53,8 @@ def markdown(report: dict) -> str:
     if report.get("index_encoded_with"):
         from lsr.ingest.indexing import describe_encoding
 
-        lines.append(f"Index encoded on {describe_encoding(report['index_encoded_with'])}.")
+        queries = f"; dense queries {report['dense_query_dtype']}" if report.get("dense_query_dtype") else ""
+        lines.append(f"Index encoded on {describe_encoding(report['index_encoded_with'])}{queries}.")
     lines.append(f"Machine: {report['machine']}." + (f" {report['note']}" if report.get("note") else ""))
     return "\n".join(lines) + "\n"
 

@@ -280,6 +280,11 @@ class Searcher:
 
     def stats(self) -> dict[str, Any]:
         view = self.collection.view()
+        dense_query = {}
+        if getattr(self.dense_encoder, "dtype", None) is not None:  # a DenseEncoder: torch is loaded already
+            from lsr.encode.inputs import dtype_name
+
+            dense_query["dense_query_dtype"] = dtype_name(self.dense_encoder.dtype)
         return {
             "num_docs": int(view.sparse.num_docs),
             "num_segments": int(getattr(view.sparse, "num_segments", 1)),
@@ -293,6 +298,7 @@ class Searcher:
             "collection_checksum": self.collection.checksum,
             **{f"build_seconds_{stage}": seconds for stage, seconds in self.collection.meta.get("stage_seconds", {}).items()},
             **{f"encoded_with_{key}": value for key, value in self.collection.meta.get("encoded_with", {}).items()},
+            **dense_query,
         }
 
     def doc(self, doc_id: str) -> str:
