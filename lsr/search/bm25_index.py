@@ -44,6 +44,8 @@ class Bm25Index:
     def __init__(self, retriever, ids: Sequence[str]) -> None:
         import Stemmer
 
+        if getattr(retriever, "nonoccurrence_array", None) is not None:  # bm25l / bm25+: ``bm25_top_k`` adds no such term
+            raise ValueError(f"BM25 method {retriever.method!r} is not supported; the BM25 leg is Lucene BM25")
         self.retriever = retriever
         self.ids = list(ids)
         self._row = {doc_id: row for row, doc_id in enumerate(self.ids)}
@@ -106,18 +108,22 @@ class Bm25Index:
         return cls(retriever, json.loads((folder / IDS_FILE).read_text(encoding="utf-8")))
 
     def search(self, texts: Sequence[str], k: int, hidden: Iterable[str] = ()) -> list[dict[str, float]]:
-        """Top ``k`` ids with a positive score per text; the ``hidden`` ids are never returned."""
-        rows = [self._row[doc_id] for doc_id in hidden if doc_id in self._row]
-        mask = None
-        if rows:
-            mask = np.ones(len(self.ids), np.float32)
-            mask[rows] = 0.0
-        tokens = _bm25s().tokenize(list(texts), stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)
-        depth = min(k, len(self.ids))
-        # n_threads=0: in this thread; any other count starts a thread pool per call (the service runs searches
-        # in parallel already)
-        rows, scores = self.retriever.retrieve(tokens, k=depth, show_progress=False, weight_mask=mask, n_threads=0)
-        return [{self.ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i]) if s > 0} for i in range(len(texts))]
+        """Top ``k`` ids with a positive score per text; the ``hidden`` ids are never returned.
+
+        bm25s tokenises and stems the texts; ``lsr.search.bm25_top_k`` sums the scores, bit for bit bm25s's.
+        """
+        from lsr.search.bm25_top_k import top_k
+
+        hidden_rows = np.asarray([self._row[doc_id] for doc_id in hidden if doc_id in self._row], np.int64)
+        words = _bm25s().tokenize(list(texts), stopwords="en", stemmer=self._stemmer, return_ids=False,
+                                  show_progress=False)
+        vocab, scores = self.retriever.vocab_dict, self.retriever.scores
+        out = []
+        for query in words:
+            terms = np.asarray([vocab[w] for w in query if w in vocab], np.int64)
+            rows, values = top_k(scores, terms, hidden_rows, min(k, len(self.ids)))
+            out.append(dict(zip([self.ids[r] for r in rows.tolist()], values.tolist())))
+        return out
 
 
 def build_bm25(out: Path, n_shards: int) -> list[Path]:
