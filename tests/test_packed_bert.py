@@ -48,10 +48,28 @@ def test_the_gpus_padded_attention_equals_the_cpus_text_by_text(minilm, scifact)
     torch.testing.assert_close(per_text, padded, rtol=0, atol=1e-5)
 
 
+def test_the_splade_models_mlm_transform_runs_padding_free(splade, scifact):
+    """SPLADE's BertForMaskedLM (vocabulary projection swapped out) gives transformers' hidden states at real
+    positions and zeros at pads, which its pooling masks anyway."""
+    assert packed_bert.supports_masked_lm(splade.model)
+    texts = list(scifact.queries.values())[:7] + ["x", scifact.doc_texts([next(iter(scifact.corpus))])[0]]
+    enc = splade.tokenizer(texts, padding=True, truncation=True, max_length=96, return_tensors="pt")
+    keep = enc["attention_mask"].bool()
+    assert not keep.all()
+    with torch.inference_mode():
+        want = splade.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        got = packed_bert.masked_lm_hidden(splade.model, enc["input_ids"], keep)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got[keep], want[keep], rtol=1e-5, atol=1e-5)
+    assert not got[~keep].any()
+
+
 def test_other_models_keep_their_own_forward(minilm, splade):
-    assert not packed_bert.supports(splade.model)  # BertForMaskedLM: the SPLADE encoder's own path
-    minilm.model.train()
-    try:
-        assert not packed_bert.supports(minilm.model)  # dropout would differ
-    finally:
-        minilm.model.eval()
+    assert not packed_bert.supports(splade.model)  # a BertForMaskedLM goes through supports_masked_lm
+    assert not packed_bert.supports_masked_lm(minilm.model)
+    for model, check in ((minilm.model, packed_bert.supports), (splade.model, packed_bert.supports_masked_lm)):
+        model.train()
+        try:
+            assert not check(model)  # dropout would differ
+        finally:
+            model.eval()

@@ -7,6 +7,8 @@ packed as [tokens, hidden]. On CPU attention runs text by text, so a text's vect
 whatever else is in its batch (see ``_attention``); on a GPU it runs on the padded
 [batch, heads, length, head_dim] layout with pad keys masked, one launch per layer. Same arithmetic as
 ``BertModel`` in eval mode up to fp32 summation order; any other model keeps its own forward (``supports``).
+The dense encoder pools it by mean (``mean_pooled``), the SPLADE encoder through the MLM transform
+(``masked_lm_hidden``): a micro-batch of SciFact queries pads to nearly twice its tokens.
 """
 
 from __future__ import annotations
@@ -26,6 +28,24 @@ def supports(model: torch.nn.Module) -> bool:
         and getattr(config, "position_embedding_type", "absolute") == "absolute"
         and not getattr(config, "is_decoder", False)
     )
+
+
+def supports_masked_lm(model: torch.nn.Module) -> bool:
+    """True for a ``BertForMaskedLM`` (SPLADE's usual backbone) whose encoder ``supports`` the packed forward."""
+    from transformers import BertForMaskedLM
+
+    return type(model) is BertForMaskedLM and supports(model.bert)
+
+
+def masked_lm_hidden(model: torch.nn.Module, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The vectors a ``BertForMaskedLM``'s vocabulary projection would take, [B, L, H] with zeros at unkept positions.
+
+    The SPLADE encoder pools these through its own LM head; only the transform (dense, GELU, LayerNorm) runs here.
+    """
+    tokens = model.cls.predictions.transform(last_hidden_packed(model.bert, input_ids, keep))
+    hidden = tokens.new_zeros(*keep.shape, tokens.shape[-1])
+    hidden[keep] = tokens
+    return hidden
 
 
 def mean_pooled(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
