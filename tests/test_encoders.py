@@ -45,6 +45,27 @@ def test_equals_naive_reference_on_scifact(splade, mlm, scifact):
     assert (ours > 0).sum(axis=1).min() > 10  # real vectors, not trivially empty
 
 
+def test_a_non_bert_mlm_keeps_transformers_forward_and_equals_the_reference(splade, scifact, tmp_path):
+    """DistilBERT (splade-v3-distilbert, OpenSearch's doc-only models) is not packed: its padded forward, pooled
+    by the exact screen, still gives the naive reference's vectors, alone or batched."""
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    from lsr.encode import packed_bert
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=splade.vocab_size, dim=64, n_layers=2, n_heads=2, hidden_dim=128)
+    DistilBertForMaskedLM(config).eval().save_pretrained(tmp_path)
+    splade.tokenizer.save_pretrained(tmp_path)
+    encoder = SpladeEncoder.from_pretrained(str(tmp_path), device="cpu")
+    assert not packed_bert.supports_masked_lm(encoder.model)
+    texts = scifact.doc_texts(list(scifact.corpus)[:6]) + list(scifact.queries.values())[:6]
+    ours = encoder.encode_documents(texts, batch_size=4).to_dense()
+    reference = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    ref = naive_splade(reference, splade.tokenizer, texts, 256)
+    assert np.array_equal(ours > 0, ref > 0)
+    assert np.abs(ours - ref).max() <= TOL
+
+
 def test_a_vector_is_the_same_bits_in_any_batch_at_any_thread_count(splade, scifact):
     """A served query's vector does not depend on the micro-batch it joined, nor an indexed document's on its
     neighbours: the BERT forward is padding-free with each text attending alone, and the pooling is exact."""
