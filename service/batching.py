@@ -100,6 +100,8 @@ class MicroBatcher:
     """Submit a text, get a Future of its encoding; with ``max_batch <= 1`` each text encodes alone, inline.
 
     A worker that receives the close marker exits; ``close`` sends one per worker.
+    ``split_by_length``: encode a gathered batch in groups of similar length (``similar_lengths``), for
+    encoders that pad a batch to its longest text; False encodes it whole (the encoder's ``pads_batches``).
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class MicroBatcher:
         busy: Callable[[], int] | None = None,
         workers: int = 1,
         slots: threading.Semaphore | None = None,
+        split_by_length: bool = True,
     ) -> None:
         if window < 0:
             raise ValueError(f"batch window must be ≥ 0 seconds, got {window}")
@@ -118,6 +121,7 @@ class MicroBatcher:
         self._busy = busy or (lambda: self.max_batch)
         self.window = window
         self.max_batch = max(1, int(max_batch))
+        self.split_by_length = split_by_length
         self.stats = BatchStats()
         self._queue = _Queue()
         self._stats_lock = threading.Lock()
@@ -218,6 +222,10 @@ class MicroBatcher:
 
     def _process(self, batch: list[_Pending]) -> None:
         live = self._live(batch)
+        if not self.split_by_length:
+            if live:
+                self._encode_group(live)
+            return
         for group in similar_lengths([item.text for item in live]):
             self._encode_group([live[i] for i in group])
 

@@ -180,8 +180,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         # never wait behind forward passes for a slot.
         sparse_batching = (batching if getattr(searcher.query_encoder, "batch_gain", True)
                            else {**batching, "max_batch": 1, "slots": None})
-        self.sparse_batcher = MicroBatcher(_sparse_encodings(searcher), **sparse_batching)
-        self.dense_batcher = MicroBatcher(_dense_encodings(searcher), **batching)
+        # A padding-free encoder (BERT models on CPU) encodes a gathered batch whole: splitting it by length only
+        # shrinks the GEMMs (SciFact queries, c=32 HYBRID, three alternating runs: +5% QPS pooled, -4% to +15%).
+        self.sparse_batcher = MicroBatcher(_sparse_encodings(searcher), **sparse_batching,
+                                           split_by_length=_pads_batches(searcher.query_encoder))
+        self.dense_batcher = MicroBatcher(_dense_encodings(searcher), **batching,
+                                          split_by_length=_pads_batches(searcher.dense_encoder))
         self.started = time.monotonic()
         self.counters = {"requests": 0, "abandoned": 0}
         self._lock = threading.Lock()
@@ -364,6 +368,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def close(self) -> None:
         self.sparse_batcher.close()
         self.dense_batcher.close()
+
+
+def _pads_batches(encoder) -> bool:
+    """An encoder that does not say (a custom one) is taken to pad its batches."""
+    return getattr(encoder, "pads_batches", True)
 
 
 def _sparse_encodings(searcher):

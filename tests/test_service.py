@@ -3,7 +3,6 @@ SciFact collection, real models. Results are compared with an in-process Searche
 
 from __future__ import annotations
 
-import math
 import shutil
 import signal
 import socket
@@ -104,17 +103,6 @@ def _stub(address: str) -> search_pb2_grpc.SearchServiceStub:
 
 def _hits(result) -> list[tuple]:
     return [(h.doc_id, h.score, h.sparse_score, h.dense_score, h.text, [tuple(e) for e in h.explanation]) for h in result.hits]
-
-
-def _assert_close(remote, reference) -> None:
-    """Same ranking up to float noise: micro-batched encodings pad differently from single ones."""
-    assert len(remote.hits) == len(reference.hits)
-    for got, want in zip(remote.hits, reference.hits):
-        assert math.isclose(got.score, want.score, rel_tol=1e-4, abs_tol=1e-6)
-    for rank, (got, want) in enumerate(zip(remote.hits, reference.hits)):
-        if got.doc_id != want.doc_id:  # only a near-tie may swap places
-            neighbours = reference.hits[max(0, rank - 1): rank + 2]
-            assert any(h.doc_id == got.doc_id for h in neighbours), (rank, got, want)
 
 
 # ---------------------------------------------------------------------------------- health, reflection
@@ -325,8 +313,8 @@ def test_32_concurrent_clients_match_serial_results(servers, queries):
     with ThreadPoolExecutor(32) as pool:
         answers = [pair for batch in pool.map(one_client, range(32)) for pair in batch]
     assert len(answers) == 32 * 50
-    for key, result in answers:
-        _assert_close(result, expected[key])
+    for key, result in answers:  # the same bits: a query's vectors do not depend on the micro-batch it joined
+        assert _hits(result) == _hits(expected[key]), key
     with servers["main"].client() as c:
         details = c.stats()["details"]
     assert float(details["sparse_mean_micro_batch"]) > 1.0  # concurrent encodings really were batched

@@ -45,6 +45,26 @@ def test_queued_texts_are_encoded_together_and_answered_in_place():
         batcher.close()
 
 
+@pytest.mark.parametrize("split_by_length", [True, False])
+def test_a_padding_free_encoder_gets_the_whole_batch_in_one_call(split_by_length):
+    """Texts of very different lengths queue behind a busy encoder: an encoder that pads its batches gets groups of
+    similar length, a padding-free one (``pads_batches`` False) all of them at once."""
+    encoder = GatedEncoder()
+    batcher = MicroBatcher(encoder, window=0.05, max_batch=64, split_by_length=split_by_length)
+    try:
+        batcher.submit("first query")
+        assert encoder.entered.wait(30)
+        texts = ["aspirin", "statins", "x" * 120, "y" * 130]
+        futures = [batcher.submit(t) for t in texts]
+        encoder.release.set()
+        assert [f.result(30) for f in futures] == [t.upper() for t in texts]
+        want = [texts] if not split_by_length else [texts[:2], texts[2:]]
+        assert encoder.calls[1:] == want
+    finally:
+        encoder.release.set()
+        batcher.close()
+
+
 def test_expired_and_cancelled_requests_are_never_encoded():
     encoder = GatedEncoder()
     batcher = MicroBatcher(encoder, window=0.0, max_batch=64)

@@ -103,6 +103,12 @@ class DenseEncoder:
         # Other models pad a batch to its longest text, which changes a low-precision vector's bits on CPU
         self._forward_per_text = not self._packed and self.device.type == "cpu" and self.dtype != torch.float32
 
+    @property
+    def pads_batches(self) -> bool:
+        """Whether a batch costs every text its longest member's length (the service then groups similar lengths):
+        not for packed BERT models, nor for a forward per text."""
+        return not (self._packed or self._forward_per_text)
+
     @classmethod
     def from_pretrained(cls, name_or_path: str = "minilm", *, max_length: int | None = None,
                         device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto") -> "DenseEncoder":

@@ -210,6 +210,16 @@ class SpladeEncoder:
         """Encode queries (``query_max_length`` tokens, ``query_expansion``); returns SparseBatch in input order."""
         return self._encode(texts, self.query_max_length, self.query_expansion, batch_size, show_progress, return_info)
 
+    @property
+    def pads_batches(self) -> bool:
+        """Whether a batch costs every text its longest member's length (the service then groups similar lengths).
+
+        Not for a BERT MLM on CPU: its forward is padding-free (``packed_bert``), which is faster and keeps a
+        text's vector the same bits in any batch, and the int8 screen packs each text's tokens. A GPU keeps
+        the padded forward its tables were measured with (boolean indexing would stall the pipeline on a host sync).
+        """
+        return not (self.device.type == "cpu" and packed_bert.supports_masked_lm(self.model))
+
     # ------------------------------------------------------------------ internals
     def _token_budget(self, max_length: int) -> int:
         """How many tokens of one text a ``max_length`` input holds (what truncation is judged against)."""
@@ -240,10 +250,7 @@ class SpladeEncoder:
     @torch.inference_mode()
     def _encode_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor,
                       expansion: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # Padding-free on CPU: faster, and a text's vector is the same bits in any batch. A GPU keeps the padded
-        # forward its tables were measured with (boolean indexing would stall the pipeline on a host sync).
-        # Checked per batch: ``lsr train`` toggles training mode.
-        if self.device.type == "cpu" and packed_bert.supports_masked_lm(self.model):
+        if not self.pads_batches:  # checked per batch: ``lsr train`` toggles training mode
             hidden = packed_bert.masked_lm_hidden(self.model, input_ids, attention_mask.bool())
         else:
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
