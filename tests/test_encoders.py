@@ -46,8 +46,8 @@ def test_equals_naive_reference_on_scifact(splade, mlm, scifact):
 
 
 def test_a_non_bert_mlm_keeps_transformers_forward_and_equals_the_reference(splade, scifact, tmp_path):
-    """DistilBERT (splade-v3-distilbert, OpenSearch's doc-only models) is not packed: its padded forward, pooled
-    by the exact screen, still gives the naive reference's vectors, alone or batched."""
+    """DistilBERT (splade-v3-distilbert, OpenSearch's doc-only models) is not packed: its padded forward on batches,
+    pooled by the exact screen, still gives the naive one-text-at-a-time reference's vectors."""
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
     from lsr.encode import packed_bert
@@ -78,10 +78,10 @@ def test_a_vector_is_the_same_bits_in_any_batch_at_any_thread_count(splade, scif
             alone = [encode([t]) for t in texts]
             for count, batch_size in ((1, 32), (2, 8), (2, 32)):
                 torch.set_num_threads(count)
-                mixed = others[: len(texts)] + texts  # longer and shorter neighbours, other batch lengths
-                batched = encode(mixed[::-1], batch_size=batch_size)
+                # reversed, then longer and shorter neighbours: other batches, other batch lengths
+                batched = encode(texts[::-1] + others[: len(texts)], batch_size=batch_size)
                 for i, want in enumerate(alone):
-                    ids, values = batched.row(len(mixed) - 1 - len(others[: len(texts)]) - i)
+                    ids, values = batched.row(len(texts) - 1 - i)
                     assert np.array_equal(ids, want.row(0)[0]) and np.array_equal(values, want.row(0)[1]), (
                         f"text {i} at {count} threads, batch {batch_size}")
     finally:
