@@ -212,13 +212,15 @@ class SpladeEncoder:
 
     @property
     def pads_batches(self) -> bool:
-        """Whether a batch costs every text its longest member's length (the service then groups similar lengths).
+        """Whether a batch costs every text its longest member's length (the service then groups similar lengths):
+        not with the padding-free forward, whose int8 screen also packs each text's tokens."""
+        return not self._runs_packed()
 
-        Not for a BERT MLM on CPU: its forward is padding-free (``packed_bert``), which is faster and keeps a
-        text's vector the same bits in any batch, and the int8 screen packs each text's tokens. A GPU keeps
-        the padded forward its tables were measured with (boolean indexing would stall the pipeline on a host sync).
-        """
-        return not (self.device.type == "cpu" and packed_bert.supports_masked_lm(self.model))
+    def _runs_packed(self) -> bool:
+        """A BERT MLM on CPU runs padding-free (``packed_bert``): faster, and a text's vector is the same bits in
+        any batch. A GPU keeps the padded forward its tables were measured with (boolean indexing would stall the
+        pipeline on a host sync). Asked per batch: ``lsr train`` toggles training mode."""
+        return self.device.type == "cpu" and packed_bert.supports_masked_lm(self.model)
 
     # ------------------------------------------------------------------ internals
     def _token_budget(self, max_length: int) -> int:
@@ -250,7 +252,7 @@ class SpladeEncoder:
     @torch.inference_mode()
     def _encode_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor,
                       expansion: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not self.pads_batches:  # checked per batch: ``lsr train`` toggles training mode
+        if self._runs_packed():
             hidden = packed_bert.masked_lm_hidden(self.model, input_ids, attention_mask.bool())
         else:
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
