@@ -123,6 +123,56 @@ def test_doc_verb_searcher_doc_and_queries_that_are_not_text(collections, capsys
         searcher.search(" \n")
 
 
+def test_queries_piped_to_search_get_the_hits_each_gets_alone_and_a_query_with_topics_is_refused(collections,
+                                                                                                  capsys):
+    alone = {}
+    for text in (QUERIES["q-coffee"], QUERIES["q-statins"]):
+        assert cli_main(["search", str(collections["direct"]), text, "-k", "3", "--json"]) == 0
+        alone[text] = json.loads(capsys.readouterr().out)["hits"]
+    piped = subprocess.run([sys.executable, "-m", "lsr", "search", str(collections["direct"]), "-k", "3", "--json"],
+                           input=f"{QUERIES['q-coffee']}\n\n   \n{QUERIES['q-statins']}\n", capture_output=True,
+                           text=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    lines = [json.loads(line) for line in piped.stdout.splitlines()]  # one JSON line a query; blank lines skipped
+    assert [line["query"] for line in lines] == [QUERIES["q-coffee"], QUERIES["q-statins"]]
+    assert [line["hits"] for line in lines] == [alone[line["query"]] for line in lines]  # the same bits
+    assert cli_main(["search", str(collections["direct"]), "coffee", "--topics", "t.tsv", "--output", "r"]) == 2
+    assert "give a QUERY or --topics FILE, not both" in capsys.readouterr().err
+
+
+def test_search_on_a_terminal_prompts_for_queries_until_ctrl_d(collections):
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "lsr", "search", str(collections["direct"]), "-k", "2"],
+                            stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    seen = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 300
+        while marker not in seen and time.monotonic() < deadline:
+            if select.select([leader], [], [], 1.0)[0]:
+                seen += os.read(leader, 4096)
+        assert marker in seen, seen.decode(errors="replace")
+
+    try:
+        read_until(b"query> ")
+        os.write(leader, b"coffee and the liver\n")
+        read_until(b"2 hits (")
+        read_until(b"query> ")
+        os.write(leader, b"\x04")  # Ctrl-D: end of input
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        os.close(leader)
+    answer = seen.decode().replace("\r", "").split("coffee and the liver\n", 1)[1].splitlines()
+    assert answer[0].split()[0::2] == ["1", "coffee"] and answer[1].split()[0::2] == ["2", "statins"]
+    assert answer[2].startswith("2 hits (") and answer[3] == "query> "  # no `> QUERY` echo on a terminal
+
+
 def test_an_unknown_flag_is_reported_under_the_verbs_usage_and_k_has_a_short_form(collections, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["search", str(collections["direct"]), "coffee", "--hits-per-page", "2"])

@@ -4,12 +4,18 @@ With --topics FILE (TSV `qid<TAB>text`, or JSONL with _id/text such as BEIR's qu
 query is searched and a standard TREC run (`qid Q0 docid rank score tag`) is written to --output,
 ready for `lsr eval RUN QRELS` or trec_eval.
 
+With neither a QUERY nor --topics, queries are read from standard input, one per line (with a `query>` prompt
+on a terminal), so the models load once for many queries: Ctrl-D ends. Piped in, each result starts with
+`> QUERY`; with --json each is one JSON line that carries its query.
+
 Examples:
   lsr search runs/scifact "does vitamin d prevent fractures?"
   lsr search runs/scifact "statins and muscle pain" --mode hybrid --prf --k 5 --explain
   lsr search runs/scifact "statins and muscle pain" --mode bm25
   lsr search runs/scifact "statins and muscle pain" --mode hybrid --normalization rrf --bm25-weight 0.3 --sparse-weight 0.35 --dense-weight 0.35
   lsr search runs/scifact --topics queries.tsv --output run.trec --k 100 --mode hybrid --threads 2
+  lsr search runs/scifact --mode hybrid            # then type queries; Ctrl-D ends
+  printf 'statins\nvitamin d\n' | lsr search runs/scifact --json
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, device_options
 from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, hybrid_options, prf_options
@@ -26,7 +33,8 @@ HELP = "search a collection in-process and print the hits"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("collection", metavar="COLLECTION", help="folder written by `lsr index`")
-    p.add_argument("query", nargs="*", help="query text (or use --topics)")
+    p.add_argument("query", nargs="*",
+                   help="query text (or --topics; with neither, queries are read from standard input, one per line)")
     p.add_argument("--topics", metavar="FILE", help="search every query of a TSV/JSONL topics file (needs --output)")
     p.add_argument("--output", metavar="RUN", help="TREC run file to write for --topics")
     p.add_argument("--tag", default=None, help="run tag in the TREC file (default: lsr-MODE)")
@@ -45,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lsr.search.searcher import Searcher
 
-    if bool(args.topics) == bool(args.query):
-        raise ValueError("give either a QUERY or --topics FILE --output RUN")
+    if args.topics and args.query:
+        raise ValueError("give a QUERY or --topics FILE, not both")
     if args.topics and not args.output:
         raise ValueError("--topics needs --output RUN, the TREC run file to write")
     if args.threads is not None and args.threads < 1:
@@ -66,19 +74,50 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(topics):,} queries, {written:,} hits written to {args.output}; score it with: "
               f"lsr eval {args.output} QRELS")
         return 0
+    interactive = not args.query and sys.stdin.isatty()
+    if interactive:
+        print("loading the models…", file=sys.stderr, flush=True)
     searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, **device_options(args))
     prf = prf_options(args, searcher.default_prf)
-    result = searcher.search(
-        " ".join(args.query), k=args.k or 10, mode=args.mode, hybrid=hybrid, prf=prf,
-        include_text=args.text, explain=args.explain,
-    )
-    if args.json:
-        json.dump(
-            {"hits": [vars(h) for h in result.hits], "timings": result.timings, "truncated": result.truncated},
-            sys.stdout, ensure_ascii=False, indent=1,
-        )
-        print()
+
+    def search(text: str) -> Any:
+        return searcher.search(text, k=args.k or 10, mode=args.mode, hybrid=hybrid, prf=prf,
+                               include_text=args.text, explain=args.explain)
+
+    if args.query:
+        _print_result(search(" ".join(args.query)), args)
         return 0
+    for text in _queries_from_stdin(interactive):
+        _print_result(search(text), args, query=text, echo=not interactive)
+    return 0
+
+
+def _queries_from_stdin(interactive: bool) -> Iterator[str]:
+    """The non-blank lines of standard input, stripped; on a terminal each read shows a prompt."""
+    while True:
+        try:
+            line = input("query> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        if not interactive and not line:
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def _print_result(result: Any, args: argparse.Namespace, query: str | None = None, echo: bool = False) -> None:
+    """Hits as a table, or as JSON: indented for the query given as an argument, one line with its ``query``
+    for each read from standard input (``query``); ``echo`` heads the table with ``> QUERY`` (piped queries)."""
+    if args.json:
+        record = {"hits": [vars(h) for h in result.hits], "timings": result.timings, "truncated": result.truncated}
+        if query is None:
+            print(json.dumps(record, ensure_ascii=False, indent=1))
+        else:
+            print(json.dumps({"query": query, **record}, ensure_ascii=False), flush=True)
+        return
+    if echo:
+        print(f"> {query}")
     for rank_no, hit in enumerate(result.hits, start=1):
         print(f"{rank_no:3d}  {hit.score:9.4f}  {hit.doc_id}")
         if hit.explanation:
@@ -86,5 +125,4 @@ def run(args: argparse.Namespace) -> int:
         if hit.text:
             print("      " + hit.text[:300].replace("\n", " "))
     stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in result.timings.items())
-    print(f"{len(result.hits)} hits ({stages})" + ("; query truncated" if result.truncated else ""))
-    return 0
+    print(f"{len(result.hits)} hits ({stages})" + ("; query truncated" if result.truncated else ""), flush=True)
