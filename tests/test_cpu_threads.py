@@ -1,4 +1,5 @@
-"""CPU thread counts: the affinity mask is respected, workers run one torch thread, the caller keeps its own."""
+"""CPU thread counts: the affinity mask is respected, workers and batches computed in the caller's thread run one
+torch thread, the caller keeps its own."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from lsr.encode.cpu_threads import set_threads, start_single_threaded, usable_cpus
+from lsr.encode.cpu_threads import on_one_thread, set_threads, start_single_threaded, usable_cpus
 
 
 def _run(code: str) -> str:
@@ -54,3 +55,20 @@ def test_workers_run_one_thread_and_the_caller_keeps_its_count():
     fresh.start()
     fresh.join()
     assert later == [2]  # threads started afterwards get the caller's default again
+
+
+def test_a_batch_in_the_callers_thread_runs_one_thread_and_the_count_comes_back_even_after_an_error():
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert on_one_thread(lambda x: (x, torch.get_num_threads()))("batch") == ("batch", 1)
+        assert torch.get_num_threads() == 2
+
+        def fail() -> None:
+            raise RuntimeError("out of memory")
+
+        with pytest.raises(RuntimeError, match="out of memory"):
+            on_one_thread(fail)()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

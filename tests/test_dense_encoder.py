@@ -97,11 +97,12 @@ def test_a_bf16_cpu_vector_is_the_same_bits_in_any_batch_at_any_thread_count(tmp
         torch.set_num_threads(1)
         alone = np.concatenate([encoder.encode_queries([text]) for text in texts])
         torch.set_num_threads(2)
+        alone_on_two = np.concatenate([encoder.encode_queries([text]) for text in texts])
         mixed = encoder.encode_documents(texts[::-1], batch_size=32)[::-1]
         eights = encoder.encode_queries(texts, batch_size=8)
     finally:
         torch.set_num_threads(threads)
-    assert np.array_equal(alone, mixed) and np.array_equal(alone, eights)
+    assert np.array_equal(alone, alone_on_two) and np.array_equal(alone, mixed) and np.array_equal(alone, eights)
     exact = DenseEncoder.from_pretrained(folder, device="cpu", dtype="fp32").encode_queries(texts)
     cosines = (alone * exact).sum(1) / np.linalg.norm(alone, axis=1) / np.linalg.norm(exact, axis=1)
     assert cosines.min() > 0.999 and np.abs(alone - exact).max() > 1e-5  # close, and bf16 did run

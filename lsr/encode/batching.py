@@ -9,7 +9,8 @@ Python works, and the CPU idle while the device does. Here
 - on CUDA the main thread copies each batch with ``non_blocking=True`` and runs it while the next one
   is being prepared; the encoder reduces its output on the device and copies it back once;
 - on CPU, batches go to worker threads with one torch thread each (``lsr.encode.cpu_threads`` says
-  why: no barrier to stall on when another process takes a core).
+  why: no barrier to stall on when another process takes a core), and a batch computed in the caller's
+  thread (one text, one batch) runs on one torch thread too, so a text's vector is the same bits either way.
 
 Every batch is independent, so results are those of the one-by-one loop, in any completion order;
 each carries the positions of its texts.
@@ -26,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from lsr.encode.cpu_threads import encode_workers, start_single_threaded
+from lsr.encode.cpu_threads import encode_workers, on_one_thread, start_single_threaded
 
 # Padded lengths on CUDA are multiples of 16: the fused pooling kernel then compiles one variant per
 # length bucket (Triton specialises integer arguments on divisibility by 16), and tensor cores want it.
@@ -102,6 +103,8 @@ class Pipeline:
         """
         windows = self.windows(count)
         workers = 1 if self.device.type == "cuda" else encode_workers()
+        if self.device.type == "cpu":
+            compute = on_one_thread(compute)
         if count <= 1 or (workers == 1 and len(windows) == 1 and count <= self.batch_size):
             yield from self._run_inline(windows, tokenize, prepare, compute)  # one batch: no thread is worth starting
             return

@@ -8,6 +8,10 @@ time slice): on 2 cores with one busy-loop, 128 SciFact documents fell from 117 
 pooling phase 3x slower than on one thread alone. One intra-op thread per worker, each worker taking
 whole batches from a shared queue, has no barrier to wait at: a slowed worker only finishes fewer
 batches (85 docs/s in the same setting, and no slower on a quiet machine).
+
+Every CPU batch runs on one intra-op thread, a lone text too (``on_one_thread``): MKL multiplies a few rows
+(5 to 11 here, a short query's tokens) differently on two threads, so a lone query's vector moved by ~2e-6 from
+the one the same query gets inside a batch, and a served query's hits hung on whether it had company.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+T = TypeVar("T")
 
 
 def usable_cpus() -> int:
@@ -79,3 +84,22 @@ def start_single_threaded(target: Callable[[], None], count: int) -> list[thread
     ready.wait()
     torch.set_num_threads(own)
     return threads
+
+
+def on_one_thread(compute: Callable[..., T]) -> Callable[..., T]:
+    """``compute`` run with one torch intra-op thread in whichever thread calls it, that thread's count restored after.
+
+    A worker of ``start_single_threaded`` has one already; this is for a batch computed in the caller's thread.
+    """
+
+    def run(*args: object) -> T:
+        own = torch.get_num_threads()
+        if own == 1:
+            return compute(*args)
+        torch.set_num_threads(1)
+        try:
+            return compute(*args)
+        finally:
+            torch.set_num_threads(own)
+
+    return run
