@@ -32,8 +32,8 @@ QUERIES = {"q-aspirin": "does aspirin prevent heart attacks", "q-coffee": "coffe
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("verbs")
-    path = root / "docs.jsonl"
-    path.write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in DOCS.items()))
+    path = root / "docs.jsonl"  # pyserini's JSONL: read without --id-field / --fields
+    path.write_text("".join(json.dumps({"id": d, "contents": t}) + "\n" for d, t in DOCS.items()))
     return path
 
 
@@ -51,6 +51,7 @@ def collections(corpus) -> dict[str, Path]:
 def test_pre_encoded_vectors_index_to_the_same_collection(collections, capsys):
     direct, pre = (json.loads((collections[k] / "lsr.json").read_text()) for k in ("direct", "pre"))
     assert pre["model"] == "splade-tiny" and pre["n_docs"] == len(DOCS)
+    assert direct["fields"] == ["contents"] and direct["settings"]["id_field"] == "id"
     assert pre["checksums"]["sparse"] == direct["checksums"]["sparse"]
     assert pre["checksums"]["docs"] == direct["checksums"]["docs"]  # the texts travel in the vectors file
 

@@ -97,6 +97,29 @@ def test_fields_id_field_and_limit(tmp_path):
         read_all(CorpusReader(sources(tmp_path)["parquet"], id_field="doc"))
 
 
+def test_left_at_their_defaults_the_fields_follow_the_corpus(tmp_path, caplog):
+    """pyserini's JSONL ({"id", "contents"}) and a CSV of id,text read without flags; flags still decide."""
+    pyserini = write_jsonl(tmp_path / "p.jsonl.gz", [json.dumps({"id": f"p{i}", "contents": f"text {i}"})
+                                                     for i in range(3)])
+    with caplog.at_level("INFO", logger="lsr.ingest.corpus"):
+        reader = CorpusReader(pyserini)
+    assert read_all(reader)[:2] == (["p0", "p1", "p2"], ["text 0", "text 1", "text 2"])
+    assert (reader.id_field, reader.fields) == ("id", ["contents"])
+    assert "p.jsonl.gz: reading ids from 'id' and text from 'contents'" in caplog.text
+    (tmp_path / "c.csv").write_text("docid,text,url\n7,coffee and the liver,x\n8,statins,y\n", encoding="utf-8")
+    assert read_all(CorpusReader(tmp_path / "c.csv"))[:2] == (["7", "8"], ["coffee and the liver", "statins"])
+    pq.write_table(pa.table({"doc_id": ["a"], "title": ["Only a title"]}), tmp_path / "t.parquet")
+    assert read_all(CorpusReader(tmp_path / "t.parquet"))[:2] == (["a"], ["Only a title"])
+    # a JSONL row may lack the title the next one has: both stay
+    mixed = write_jsonl(tmp_path / "m.jsonl", [json.dumps({"id": "a", "text": "x"}),
+                                               json.dumps({"id": "b", "title": "T", "text": "y"})])
+    assert read_all(CorpusReader(mixed))[:2] == (["a", "b"], ["x", "T y"])
+    with pytest.raises(ValueError, match=r"no column\(s\) \['body'\]"):
+        read_all(CorpusReader(tmp_path / "c.csv", fields=["body"]))  # chosen fields are never swapped
+    with pytest.raises(BadRowError, match="missing id field 'key'"):
+        read_all(CorpusReader(pyserini, id_field="key"))
+
+
 def test_streams_in_bounded_blocks(tmp_path):
     """A block size far below the file size gives many chunks, identical to one big block."""
     lines = [json.dumps({"_id": str(i), "text": "word " * (i % 50)}) for i in range(3000)]

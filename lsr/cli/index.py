@@ -44,8 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="build a BM25 leg (bm25s, English stopwords and stemmer) for --mode bm25 and fusion, or 'none' "
                         "(default: english)")
     p.add_argument("--fields", type=_fields, default=("title", "text"),
-                   help="text fields joined with a space, in order (default: title,text)")
-    p.add_argument("--id-field", default="_id", help="document id field/column (default: _id)")
+                   help="text fields joined with a space, in order (default: title,text, those the corpus has; "
+                        "pyserini's contents when it has neither)")
+    p.add_argument("--id-field", default="_id",
+                   help="document id field/column (default: _id, else id, docid or doc_id, whichever the corpus has)")
     p.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default: 32)")
     p.add_argument("--max-length", type=int, default=256, help="SPLADE document tokens kept (default: 256); the dense model keeps its own max_seq_length")
     p.add_argument("--limit", type=int, default=None, help="index only the first N good documents")

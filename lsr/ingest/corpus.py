@@ -10,9 +10,11 @@ skipped and counted with ``on_error="skip"``. Only the set of seen ids grows wit
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterator, Sequence
@@ -25,8 +27,13 @@ import pyarrow.parquet as pq
 from lsr.ingest.beir_source import BeirSource
 from lsr.sparse import SparseBatch
 
+log = logging.getLogger(__name__)
 ON_ERROR = ("fail", "skip")
 DEFAULT_FIELDS = ("title", "text")
+DEFAULT_ID_FIELD = "_id"
+# Read when the corpus lacks the defaults (BEIR's names): pyserini's JSONL is {"id", "contents"}, CSVs say id/docid
+OTHER_ID_FIELDS = ("id", "docid", "doc_id")
+OTHER_TEXT_FIELD = "contents"
 _BLOCK_BYTES = 8 << 20
 _PARQUET_ROWS = 8192
 _COUNT_MAX_BYTES = 4 << 30  # larger uncompressed files get a streaming estimate instead of a count
@@ -107,6 +114,8 @@ class CorpusReader:
 
     ``fields`` are joined with one space (empty/missing fields are left out), the BEIR
     ``title + " " + text`` convention. ``limit`` stops after that many good documents.
+    Left at their defaults, the id and text fields follow the corpus (``_adopt_columns``): a CSV of
+    ``id,text`` or pyserini's ``{"id", "contents"}`` JSONL reads without flags.
     """
 
     def __init__(
@@ -114,7 +123,7 @@ class CorpusReader:
         source: str | Path,
         *,
         fields: Sequence[str] = DEFAULT_FIELDS,
-        id_field: str = "_id",
+        id_field: str = DEFAULT_ID_FIELD,
         on_error: str = "fail",
         limit: int | None = None,
         chunk_bytes: int = _BLOCK_BYTES,
@@ -139,6 +148,47 @@ class CorpusReader:
         self.format = corpus_format(self.source)
         self.stats = ReadStats()
         self._seen: set[str] = set()
+        if self.format in ("jsonl", "csv", "parquet"):
+            self._adopt_columns(self._column_names(), tables=self.format != "jsonl",
+                                id_given=id_field != DEFAULT_ID_FIELD, fields_given=tuple(fields) != DEFAULT_FIELDS)
+
+    def _column_names(self) -> list[str]:
+        """A table's columns, or the keys of a JSONL file's first row (none if it is not a JSON object)."""
+        if self.format == "parquet":
+            return pq.ParquetFile(self.source).schema_arrow.names
+        if self.format == "csv":
+            return pcsv.open_csv(self.source).schema.names
+        opener = gzip.open if self.source.name.lower().endswith(".gz") else open
+        with opener(self.source, "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        return []  # the read names the bad line
+                    return list(row) if isinstance(row, dict) else []
+        return []
+
+    def _adopt_columns(self, names: Sequence[str], *, tables: bool, id_given: bool, fields_given: bool) -> None:
+        """Where the id or text fields were left at their defaults and the corpus lacks them, take what it has:
+        id, docid or doc_id for the id; pyserini's contents for the text; a table's title or text column alone.
+        (A JSONL row may lack a title the next row has, so JSONL keeps both.)"""
+        adopted = []
+        if not id_given and self.id_field not in names:
+            other = next((name for name in OTHER_ID_FIELDS if name in names), None)
+            if other is not None:
+                self.id_field = other
+                adopted.append(f"ids from {other!r}")
+        if not fields_given:
+            present = [name for name in DEFAULT_FIELDS if name in names]
+            if not present and OTHER_TEXT_FIELD in names:
+                self.fields = [OTHER_TEXT_FIELD]
+            elif present and tables:
+                self.fields = present
+            if self.fields != list(DEFAULT_FIELDS):
+                adopted.append(f"text from {', '.join(map(repr, self.fields))}")
+        if adopted:
+            log.info("%s: reading %s (pass --id-field / --fields to choose)", self.source.name, " and ".join(adopted))
 
     # ------------------------------------------------------------------ public
     def __iter__(self) -> Iterator[DocChunk]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -287,6 +287,8 @@ def build_collection(
         raise ValueError("pass either --resume or --overwrite, not both")
     source, out = Path(source).expanduser(), Path(out).expanduser()
     reader = _reader(source, options)
+    if not options.pre_encoded:  # the fields the corpus was read by, as a resumed run and lsr.json record them
+        options = replace(options, fields=tuple(reader.fields), id_field=reader.id_field)
     folder_was_there = out.is_dir() and not overwrite
     with exclusive_folder(out):  # one build at a time per collection folder
         return _build(reader, out, options, folder_was_there, resume, overwrite, progress, on_shard, ray)
