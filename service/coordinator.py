@@ -203,6 +203,7 @@ class ShardedSearcher(Searcher):
             "model": self._meta.get("model"),
             "dense_model": self._meta.get("dense_model"),
             "query_encoder": type(self.query_encoder).__name__,
+            "modes": ",".join(self.modes()),
             "shards": len(up),
             "shards_up": sum(up),
             "shards_down": ",".join(name for name, ok in zip(self.shards.names, up) if not ok),

@@ -65,7 +65,7 @@ def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
     assert f"3 queries, 9 hits written to {run_file}" in capsys.readouterr().out
     lines = run_file.read_text().splitlines()
     assert len(lines) == 9 and lines[0].split()[:4] == ["q-aspirin", "Q0", "aspirin", "1"]
-    assert all(line.split()[5] == "lsr-sparse" for line in lines)
+    assert all(line.split()[5] == "lsr-hybrid" for line in lines)  # auto: SPLADE and BM25 fused (no dense leg here)
     run = read_trec_run(run_file)
     assert [max(docs, key=docs.get) for docs in run.values()] == ["aspirin", "coffee", "statins"]
     assert cli_main(["search", str(collections["pre"]), QUERIES["q-coffee"], "--k", "3", "--json"]) == 0
@@ -162,7 +162,7 @@ def test_search_on_a_terminal_prompts_for_queries_until_ctrl_d(collections):
     try:
         read_until(b"query> ")
         os.write(leader, b"coffee and the liver\n")
-        read_until(b"2 hits (")
+        read_until(b"2 hits, ")
         read_until(b"query> ")
         os.write(leader, b"\x04")  # Ctrl-D: end of input
         assert proc.wait(timeout=60) == 0
@@ -171,7 +171,7 @@ def test_search_on_a_terminal_prompts_for_queries_until_ctrl_d(collections):
         os.close(leader)
     answer = seen.decode().replace("\r", "").split("coffee and the liver\n", 1)[1].splitlines()
     assert answer[0].split()[0::2] == ["1", "coffee"] and answer[1].split()[0::2] == ["2", "statins"]
-    assert answer[2].startswith("2 hits (") and answer[3] == "query> "  # no `> QUERY` echo on a terminal
+    assert answer[2].startswith("2 hits, hybrid (") and answer[3] == "query> "  # no `> QUERY` echo on a terminal
 
 
 def test_an_unknown_flag_is_reported_under_the_verbs_usage_and_k_has_a_short_form(collections, capsys):
@@ -183,6 +183,10 @@ def test_an_unknown_flag_is_reported_under_the_verbs_usage_and_k_has_a_short_for
     assert cli_main(["search", str(collections["direct"]), "coffee and the liver", "-k", "2", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert len(hits) == 2 and hits[0]["doc_id"] == "coffee"
+    assert cli_main(["search", str(collections["direct"]), "coffee and the liver", "-k", "2", "--json",
+                     "--mode", "hybrid"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"] == hits  # auto is hybrid on a collection with a BM25 leg
+    assert hits[0]["bm25_score"] is not None and hits[0]["sparse_score"] is not None
 
 
 def test_encode_without_text_exits_2(capsys):

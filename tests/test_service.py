@@ -172,7 +172,16 @@ def test_lsr_query_cli_prints_the_endpoints_hits(servers, client, queries):
         check=True, capture_output=True, text=True, timeout=120,
     )
     printed = json.loads(out.stdout)
-    assert [h["doc_id"] for h in printed["hits"]] == [h.doc_id for h in client.search(queries[2], k=3).hits]
+    # --mode auto: hybrid where the collection has other legs (GetStats' modes), sparse where SPLADE is alone
+    assert client.stats()["details"]["modes"] == "sparse,dense,bm25,hybrid"
+    want = client.search(queries[2], k=3, mode="hybrid").hits
+    assert [(h["doc_id"], h["score"]) for h in printed["hits"]] == [(h.doc_id, h.score) for h in want]
+    alone = subprocess.run([sys.executable, "-m", "lsr", "query", "--endpoint", servers["sparse_only"].address,
+                            queries[2], "--k", "3", "--json"], check=True, capture_output=True, text=True, timeout=120)
+    with Client(servers["sparse_only"].address) as sparse_only:
+        assert sparse_only.stats()["details"]["modes"] == "sparse"
+        want = sparse_only.search(queries[2], k=3, mode="sparse").hits
+    assert [(h["doc_id"], h["score"]) for h in json.loads(alone.stdout)["hits"]] == [(h.doc_id, h.score) for h in want]
 
 
 def test_lsr_query_user_errors_exit_2_with_one_line(servers, tls_files):

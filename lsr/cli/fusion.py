@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Sequence
 
 FUSION_HELP = """hybrid fusion: each leg with a positive weight joins (sparse, dense, bm25); min_max / l2 / z_score
 normalise each list and take the weighted mean, rrf sums weight / (rrf_k + rank). With none of these
@@ -14,7 +15,10 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
     from lsr.search.fusion import FUSIONS, RRF_K
     from lsr.search.searcher import MODES
 
-    p.add_argument("--mode", choices=MODES, default="sparse", help="retrieval mode (default sparse)")
+    p.add_argument("--mode", choices=("auto", *MODES), default="auto",
+                   help="retrieval mode; auto (the default): hybrid, fusing every leg the collection has (its tuned "
+                        "fusion, else the cross-dataset one: 0.738 nDCG@10 on SciFact against 0.644 for SPLADE "
+                        "alone), or sparse when SPLADE is its only leg")
     group = p.add_argument_group("hybrid fusion", FUSION_HELP)
     group.add_argument("--normalization", choices=FUSIONS, default=None, help="how lists are fused (default min_max)")
     group.add_argument("--sparse-weight", type=float, default=None, help="weight of the SPLADE list, 0..1 (default 0.5)")
@@ -22,6 +26,13 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--bm25-weight", type=float, default=None, help="weight of the BM25 list, 0..1 (default 0: left out)")
     group.add_argument("--rrf-k", type=int, default=None, help=f"RRF's rank constant (default {RRF_K})")
     group.add_argument("--candidates", type=int, default=None, help="candidates per list before fusion (default 100)")
+
+
+def chosen_mode(mode: str, served: Sequence[str]) -> str:
+    """``--mode``, with auto resolved against the modes a collection serves (``Searcher.modes``)."""
+    if mode != "auto":
+        return mode
+    return "hybrid" if "hybrid" in served else "sparse"
 
 
 def hybrid_options(args: argparse.Namespace):

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, hybrid_options, prf_options
+from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, chosen_mode, hybrid_options, prf_options
 
 HELP = "search a running `lsr serve` endpoint"
 
@@ -47,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     with Client(args.endpoint, token=token, tls=args.tls, timeout=args.timeout) as client:
         client.wait_ready(timeout=min(CONNECT_TIMEOUT, args.timeout))
         try:
+            served = client.stats()["details"].get("modes", "sparse") if args.mode == "auto" else ""
             result = client.search(
-                text, k=args.k, mode=args.mode, hybrid=hybrid, prf=prf_options(args),
+                text, k=args.k, mode=chosen_mode(args.mode, served.split(",")), hybrid=hybrid, prf=prf_options(args),
                 include_text=args.include_text, explain=args.explain,
             )
         except grpc.RpcError as exc:

@@ -9,7 +9,8 @@ on a terminal), so the models load once for many queries: Ctrl-D ends. Piped in,
 `> QUERY`; with --json each is one JSON line that carries its query.
 
 Examples:
-  lsr search runs/scifact "does vitamin d prevent fractures?"
+  lsr search runs/scifact "does vitamin d prevent fractures?"       # hybrid: every leg the collection has
+  lsr search runs/scifact "does vitamin d prevent fractures?" --mode sparse
   lsr search runs/scifact "statins and muscle pain" --mode hybrid --prf --k 5 --explain
   lsr search runs/scifact "statins and muscle pain" --mode bm25
   lsr search runs/scifact "statins and muscle pain" --mode hybrid --normalization rrf --bm25-weight 0.3 --sparse-weight 0.35 --dense-weight 0.35
@@ -26,7 +27,7 @@ import sys
 from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, device_options
-from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, hybrid_options, prf_options
+from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, chosen_mode, hybrid_options, prf_options
 
 HELP = "search a collection in-process and print the hits"
 
@@ -69,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
         searcher = Searcher.open(args.collection, query_encoder=args.query_encoder,
                                  threads=1 if (args.threads or 1) > 1 else None, **device_options(args))
         prf = prf_options(args, searcher.default_prf)
-        written = search_topics(searcher, topics, args.output, k=args.k or 1000, mode=args.mode, hybrid=hybrid, prf=prf,
-                                tag=args.tag or f"lsr-{args.mode}", threads=args.threads or 1, progress=True)
+        mode = chosen_mode(args.mode, searcher.modes())
+        written = search_topics(searcher, topics, args.output, k=args.k or 1000, mode=mode, hybrid=hybrid, prf=prf,
+                                tag=args.tag or f"lsr-{mode}", threads=args.threads or 1, progress=True)
         print(f"{len(topics):,} queries, {written:,} hits written to {args.output}; score it with: "
               f"lsr eval {args.output} QRELS")
         return 0
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print("loading the models…", file=sys.stderr, flush=True)
     searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, **device_options(args))
     prf = prf_options(args, searcher.default_prf)
+    args.mode = chosen_mode(args.mode, searcher.modes())
 
     def search(text: str) -> Any:
         return searcher.search(text, k=args.k or 10, mode=args.mode, hybrid=hybrid, prf=prf,
@@ -125,4 +128,5 @@ def _print_result(result: Any, args: argparse.Namespace, query: str | None = Non
         if hit.text:
             print("      " + hit.text[:300].replace("\n", " "))
     stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in result.timings.items())
-    print(f"{len(result.hits)} hits ({stages})" + ("; query truncated" if result.truncated else ""), flush=True)
+    print(f"{len(result.hits)} hits, {args.mode} ({stages})" + ("; query truncated" if result.truncated else ""),
+          flush=True)

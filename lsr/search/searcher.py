@@ -295,6 +295,7 @@ class Searcher:
             "model": self.collection.meta.get("model"),
             "dense_model": self.collection.meta.get("dense_model"),
             "query_encoder": type(self.query_encoder).__name__,
+            "modes": ",".join(self.modes()),
             "collection_checksum": self.collection.checksum,
             **{f"build_seconds_{stage}": seconds for stage, seconds in self.collection.meta.get("stage_seconds", {}).items()},
             **{f"encoded_with_{key}": value for key, value in self.collection.meta.get("encoded_with", {}).items()},
@@ -326,12 +327,16 @@ class Searcher:
         numba's cached kernels, faiss. On splade-tiny that first sparse search took ~200 ms against
         ~6 ms after, so a server runs this before it reports SERVING and no user request pays it.
         """
-        modes = ["sparse", *(["dense"] if self.has_dense else []), *(["bm25"] if self.has_bm25 else [])]
-        if len(modes) > 1:
-            modes.append("hybrid")
+        modes = self.modes()
         for mode in modes:
             self.search(WARM_UP_QUERY, k=1, mode=mode, prf=True if mode == "hybrid" else None)
         return modes
+
+    def modes(self) -> list[str]:
+        """The modes this collection serves: sparse, then dense and bm25 when it has those legs, and hybrid
+        when it has two or more."""
+        modes = ["sparse", *(["dense"] if self.has_dense else []), *(["bm25"] if self.has_bm25 else [])]
+        return modes + ["hybrid"] if len(modes) > 1 else modes
 
     # ------------------------------------------------------------------ search
     def search(
