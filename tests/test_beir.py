@@ -175,7 +175,10 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
     markdown = (out / "results.md").read_text()
     assert "| hybrid-prf |" in markdown and "Fusion: " in markdown and "Fusion-PRF: " in markdown
     assert all(f"| {name} | m=" in markdown for name in variants)
-    assert "| hybrid-prf |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| hybrid-prf |" in printed
+    (cached,) = (tmp_path / "cache" / "indexes").iterdir()
+    assert report["collection"] == str(cached) and printed.endswith(f"search it: lsr search {cached}\n")
 
     # a second run reuses the cached index and reproduces the numbers
     again = tmp_path / "again"
@@ -202,6 +205,7 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
         server.terminate()
         server.wait(timeout=60)
     through = json.loads((remote / "results.json").read_text())
+    assert through["collection"] is None  # the server's folder is not this process's to name
     assert through["index_checksum"] == report["index_checksum"]  # the served collection's, through GetStats
     assert through["index_build_seconds"] == report["index_build_seconds"] and "sparse" in through["index_build_seconds"]
     assert through["index_encoded_with"] == report["index_encoded_with"]  # the served collection's, through GetStats
@@ -228,6 +232,8 @@ def test_lsr_beir_serve_keeps_the_servers_log_out_of_the_results(tmp_path):
     assert "tuning hybrid α and PRF m, β on train (8 queries, 18 settings)" in run.stdout
     assert f"wrote {out / 'results.md'}" in run.stdout
     report = json.loads((out / "results.json").read_text())
+    assert run.stdout.endswith(f"search it: lsr search {report['collection']}\n")  # the served, cached collection
+    assert Path(report["collection"]).parent == tmp_path / "cache" / "indexes"
     assert len(report["index_checksum"]) == 64 and report["index_build_seconds"]["sparse"] > 0
     assert f"Index checksum `{report['index_checksum']}`" in (out / "results.md").read_text()
     from lsr.ingest.indexing import IndexOptions

@@ -151,13 +151,17 @@ def test_search_on_a_terminal_prompts_for_queries_until_ctrl_d(collections):
     os.close(follower)
     seen = b""
 
+    cursor = 0
+
     def read_until(marker: bytes) -> None:
-        nonlocal seen
+        """Read until ``marker`` appears after the previous marker found; the cursor moves past it."""
+        nonlocal seen, cursor
         deadline = time.monotonic() + 300
-        while marker not in seen and time.monotonic() < deadline:
+        while marker not in seen[cursor:] and time.monotonic() < deadline:
             if select.select([leader], [], [], 1.0)[0]:
                 seen += os.read(leader, 4096)
-        assert marker in seen, seen.decode(errors="replace")
+        assert marker in seen[cursor:], seen.decode(errors="replace")
+        cursor = seen.index(marker, cursor) + len(marker)
 
     try:
         read_until(b"query> ")
@@ -172,6 +176,15 @@ def test_search_on_a_terminal_prompts_for_queries_until_ctrl_d(collections):
     answer = seen.decode().replace("\r", "").split("coffee and the liver\n", 1)[1].splitlines()
     assert answer[0].split()[0::2] == ["1", "coffee"] and answer[1].split()[0::2] == ["2", "statins"]
     assert answer[2].startswith("2 hits, hybrid (") and answer[3] == "query> "  # no `> QUERY` echo on a terminal
+
+
+def test_a_reader_that_goes_away_ends_a_verb_quietly(collections):
+    """`lsr doc ... | head -0`: the closed pipe ends the verb with SIGPIPE's status, not a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "lsr", "doc", str(collections["direct"]), *DOCS],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the verb has printed anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == b""
 
 
 def test_an_unknown_flag_is_reported_under_the_verbs_usage_and_k_has_a_short_form(collections, capsys):

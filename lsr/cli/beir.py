@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
                           progress=not args.quiet, note=args.note)
     print()
     print(markdown(report))
+    if report["collection"]:
+        print(f"\nthe collection is cached at {report['collection']}; search it: lsr search {report['collection']}")
     return 0
 
 

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -84,13 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         with _sigterm_as_interrupt():
-            return int(args._run(args) or 0)
+            code = int(args._run(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
+        return code
     except Terminated:
         print("terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`lsr search ... | head`): stop quietly, as `cat` does, and keep Python's exit-time
+        # flush of stdout from raising again (Python's documented SIGPIPE recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as exc:
         # User-facing errors: one line naming what is wrong, no stack trace.
         print(f"lsr {args.verb}: error: {exc}", file=sys.stderr)

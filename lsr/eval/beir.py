@@ -143,7 +143,7 @@ def run_beir(
         timings["bm25"] = time.perf_counter() - clock
         say(f"bm25        nDCG@10 {results['bm25']['ndcg@10']:.4f}")
 
-    index_checksum = None
+    index_checksum, collection_path = None, None
     settings: dict[str, Any] = {}
     models = {"sparse": options.model, "dense": options.dense_model}
     build_seconds: dict[str, float] = {}
@@ -238,6 +238,7 @@ def run_beir(
         "settings": {**settings, "k": k, "endpoint": endpoint, "index": asdict(options) if neural and not endpoint else None},
         "models": {**models, "bm25": "bm25s (lucene, k1=1.5, b=0.75) + English stopwords + PyStemmer Snowball English"},
         "index_checksum": index_checksum,
+        "collection": str(tune_locally or collection_path or "") or None,  # where to search it next (None: remote)
         "timings": {name: round(seconds, 2) for name, seconds in timings.items()},
         "index_build_seconds": build_seconds,  # when the (possibly cached) collection was built
         "index_encoded_with": encoded_with,
