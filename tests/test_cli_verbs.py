@@ -100,6 +100,34 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def test_eval_compares_runs_with_a_paired_randomization_test(tmp_path, capsys):
+    """30 queries, each with one relevant document: `first` ranks it first, `second` second, `same` is `first` again."""
+    qids = [f"q{i}" for i in range(30)]
+    qrels = _write(tmp_path / "qrels.txt", "".join(f"{q} 0 rel-{q} 1\n" for q in qids))
+    ranked = {"first": ["rel", "other"], "second": ["other", "rel"], "same": ["rel", "other"]}
+    runs = {name: _write(tmp_path / f"{name}.trec", "".join(f"{q} Q0 {d}-{q} {r} {9 - r} {name}\n" for q in qids
+                                                            for r, d in enumerate(docs, start=1)))
+            for name, docs in ranked.items()}
+    assert cli_main(["eval", str(runs["first"]), str(qrels), "--compare", str(runs["second"]), str(runs["same"]),
+                     "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ndcg@10"] == report["mrr@10"] == 1.0 and report["queries"] == 30
+    second, same = report["compare"][str(runs["second"])], report["compare"][str(runs["same"])]
+    assert second["metrics"]["mrr@10"] == 0.5 and second["difference"]["mrr@10"] == -0.5
+    assert second["p_value"]["mrr@10"] == pytest.approx(1 / 10_001)  # 30 losses of one size: no flip does as well
+    assert second["p_value"]["recall@100"] == 1.0 and same["p_value"] == dict.fromkeys(same["p_value"], 1.0)
+    assert cli_main(["eval", str(runs["first"]), str(qrels), "--compare", str(runs["second"])]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].split()[:3] == [str(runs["second"]), "0.6309", "-0.3691*"]  # nDCG@10 of rank 2: 1/log2(3)
+    assert table[-2].startswith("* p < 0.05: two-sided paired randomization test")
+    assert cli_main(["eval", str(runs["first"]), str(qrels), "--compare", str(runs["second"]), "--per-query"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == ["run", "qid", "ndcg@10", "recall@100", "mrr@10", "map@100"] and len(rows) == 1 + 2 * 30
+    assert rows[-1] == [str(runs["second"]), "q29", "0.6309", "1.0000", "0.5000", "0.5000"]
+    assert cli_main(["eval", str(runs["first"]), str(qrels), "--compare", str(runs["first"])]) == 2
+    assert "a run is given twice" in capsys.readouterr().err
+
+
 def test_eval_names_a_malformed_run_line(tmp_path, capsys):
     run = _write(tmp_path / "run.trec", "q1 Q0 d1 1 2.5 tag\nq1 Q0 d2 2\n")
     qrels = _write(tmp_path / "qrels.txt", "q1 0 d1 1\n")

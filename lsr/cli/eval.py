@@ -1,13 +1,19 @@
-"""Score any TREC run file against qrels with pytrec_eval: the metrics `lsr beir` reports.
+"""Score TREC run files against qrels with pytrec_eval: the metrics `lsr beir` reports.
 
 RUN is `qid Q0 docid rank score tag` per line (from `lsr search --topics`, pyserini, anserini, ...).
 QRELS is TREC's `qid 0 docid grade` or BEIR's `query-id corpus-id score` TSV. Queries in QRELS
 that the run lacks score 0; like BEIR, a hit whose id equals its query's id is ignored unless
 --keep-self-hits.
 
+--compare scores other runs beside RUN, each with its difference from RUN and the two-sided p-value
+of a paired randomization test over the judged queries (10,000 sign flips, seeded: the same p every
+time); * marks p < 0.05. --per-query prints every judged query's metrics, for each run, as TSV.
+
 Examples:
   lsr eval run.trec qrels/test.tsv
   lsr eval run.trec qrels.txt --json
+  lsr eval base.trec qrels/test.tsv --compare tuned.trec hybrid.trec
+  lsr eval run.trec qrels/test.tsv --per-query > per-query.tsv
 """
 
 from __future__ import annotations
@@ -15,33 +21,77 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "score a TREC run file against qrels (nDCG@10, Recall@100, MRR@10, MAP@100)"
+HELP = "score TREC run files against qrels (nDCG@10, Recall@100, MRR@10, MAP@100), with significance tests"
+SIGNIFICANT = 0.05
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="TREC run file")
     p.add_argument("qrels", metavar="QRELS", help="TREC qrels or BEIR qrels TSV")
+    p.add_argument("--compare", nargs="+", default=[], metavar="OTHER",
+                   help="other runs to score beside RUN, with their difference from it and its p-value")
+    p.add_argument("--per-query", action="store_true", help="print each judged query's metrics (TSV: run, qid, metrics)")
     p.add_argument("--keep-self-hits", action="store_true", help="count hits whose doc id equals the query id")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.eval.metrics import METRICS, evaluate
+    from lsr.eval.metrics import METRICS, per_query, randomization_p
     from lsr.eval.runs import read_qrels_file, read_trec_run
 
     qrels = read_qrels_file(args.qrels)
-    results = read_trec_run(args.run)
     if not qrels:
         raise ValueError(f"{args.qrels} holds no judgements")
-    scored = set(results) & set(qrels)
-    if not scored:
-        raise ValueError(f"no query of {args.run} is judged in {args.qrels}; do the query ids match?")
-    metrics = evaluate(qrels, results, ignore_identical_ids=not args.keep_self_hits)
-    if args.json:
-        print(json.dumps({"queries": len(qrels), "queries_in_run": len(scored), **metrics}))
+    paths = [args.run, *args.compare]
+    if len(set(paths)) < len(paths):
+        raise ValueError("a run is given twice; --compare takes the runs to score beside RUN")
+    runs = {path: read_trec_run(path) for path in paths}  # every file is read before any is scored
+    for path, results in runs.items():
+        if not set(results) & set(qrels):
+            raise ValueError(f"no query of {path} is judged in {args.qrels}; do the query ids match?")
+    scores = {path: per_query(qrels, results, ignore_identical_ids=not args.keep_self_hits)
+              for path, results in runs.items()}
+    means = {path: {m: sum(q[m] for q in table.values()) / len(qrels) for m in METRICS} for path, table in scores.items()}
+    base = scores[args.run]
+    p_values = {path: {m: randomization_p([base[q][m] for q in qrels], [scores[path][q][m] for q in qrels])
+                       for m in METRICS} for path in args.compare}
+    if args.per_query:
+        print("\t".join(["run", "qid", *METRICS]))
+        for path, table in scores.items():
+            for qid, values in table.items():
+                print("\t".join([path, qid, *(f"{values[m]:.4f}" for m in METRICS)]))
         return 0
-    for name in METRICS:
-        print(f"{name:<11} {metrics[name]:.4f}")
-    print(f"{len(qrels):,} judged queries, {len(scored):,} of them in the run"
-          + (f" ({len(qrels) - len(scored):,} missing score 0)" if len(scored) < len(qrels) else ""))
+    scored = len(set(runs[args.run]) & set(qrels))
+    if args.json:
+        compared = {path: {"metrics": means[path], "difference": {m: means[path][m] - means[args.run][m] for m in METRICS},
+                           "p_value": p_values[path]} for path in args.compare}
+        print(json.dumps({"queries": len(qrels), "queries_in_run": scored, **means[args.run],
+                          **({"compare": compared} if compared else {})}))
+        return 0
+    if not args.compare:
+        for name in METRICS:
+            print(f"{name:<11} {means[args.run][name]:.4f}")
+    else:
+        _print_comparison(paths, means, p_values, METRICS)
+    print(f"{len(qrels):,} judged queries, {scored:,} of them in {args.run}"
+          + (f" ({len(qrels) - scored:,} missing score 0)" if scored < len(qrels) else ""))
     return 0
+
+
+def _print_comparison(paths: list[str], means: dict, p_values: dict, metrics: tuple[str, ...]) -> None:
+    """One row per run: RUN's metrics, then each other run's with its difference and * where p < 0.05."""
+    width = max(len(path) for path in paths)
+    print((f"{'run':<{width}}  " + "  ".join(f"{m:<17}" for m in metrics)).rstrip())
+    for path in paths:
+        cells = []
+        for m in metrics:
+            if path == paths[0]:
+                cells.append(f"{means[path][m]:.4f}".ljust(17))
+                continue
+            p = p_values[path][m]
+            cells.append(f"{means[path][m]:.4f} {means[path][m] - means[paths[0]][m]:+.4f}{'*' if p < SIGNIFICANT else ' '}"
+                         .ljust(17))
+        print(f"{path:<{width}}  " + "  ".join(cells).rstrip())
+    for path in paths[1:]:
+        print(f"p vs {paths[0]}: {path}: " + ", ".join(f"{m} {p_values[path][m]:.6f}" for m in metrics))
+    print(f"* p < {SIGNIFICANT}: two-sided paired randomization test against {paths[0]} (10,000 sign flips, seed 0)")

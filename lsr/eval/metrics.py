@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
 
 Run = dict[str, dict[str, float]]
@@ -21,6 +23,14 @@ def evaluate(qrels: dict[str, dict[str, int]], run: Run, *, ignore_identical_ids
 
     Averaged over the queries in ``qrels``; a query with no results scores 0.
     """
+    scores = per_query(qrels, run, ignore_identical_ids=ignore_identical_ids)
+    n = len(qrels)
+    return {name: float(sum(q[name] for q in scores.values()) / n) if n else 0.0 for name in METRICS}
+
+
+def per_query(qrels: dict[str, dict[str, int]], run: Run, *, ignore_identical_ids: bool = True
+              ) -> dict[str, dict[str, float]]:
+    """Each judged query's metrics (``METRICS``), 0 for a query the run does not answer."""
     import pytrec_eval
 
     if ignore_identical_ids:
@@ -30,10 +40,26 @@ def evaluate(qrels: dict[str, dict[str, int]], run: Run, *, ignore_identical_ids
     run10 = {q: top_k(docs, 10) for q, docs in run100.items()}
     main = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "map_cut.100"}).evaluate(run100)
     rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run10)
-    n = len(qrels)
+    zero = {"ndcg_cut_10": 0.0, "recall_100": 0.0, "map_cut_100": 0.0, "recip_rank": 0.0}
+    out = {}
+    for q in qrels:
+        m, r = main.get(q, zero), rr.get(q, zero)
+        out[q] = {"ndcg@10": m["ndcg_cut_10"], "recall@100": m["recall_100"], "mrr@10": r["recip_rank"],
+                  "map@100": m["map_cut_100"]}
+    return out
 
-    def mean(table: dict, measure: str) -> float:
-        return float(sum(v[measure] for v in table.values()) / n) if n else 0.0
 
-    return {"ndcg@10": mean(main, "ndcg_cut_10"), "recall@100": mean(main, "recall_100"),
-            "mrr@10": mean(rr, "recip_rank"), "map@100": mean(main, "map_cut_100")}
+def randomization_p(baseline: Sequence[float], other: Sequence[float], *, trials: int = 10_000, seed: int = 0) -> float:
+    """Two-sided p-value of a paired randomization test: how often flipping the sign of each query's difference at
+    random gives a mean difference at least as large as the one observed (Smucker et al., CIKM 2007, found it
+    agrees with the t-test on IR metrics while assuming nothing of their distribution). Seeded: the same p each run."""
+    import numpy as np
+
+    diff = np.asarray(other, np.float64) - np.asarray(baseline, np.float64)
+    if not diff.size or not diff.any():
+        return 1.0
+    observed, rng, at_least = abs(diff.mean()), np.random.default_rng(seed), 0
+    for start in range(0, trials, 1000):  # 1,000 trials at a time: 7,000 MS MARCO queries stay at 56 MB
+        signs = rng.choice((-1.0, 1.0), size=(min(1000, trials - start), diff.size))
+        at_least += np.count_nonzero(np.abs(signs @ diff) / diff.size >= observed - 1e-12)
+    return float((at_least + 1) / (trials + 1))
