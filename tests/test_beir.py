@@ -172,8 +172,15 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
     assert settings["prf"]["tuned_on"] == "train" and "no_prf_ndcg@10" in settings["prf"]
     assert len(report["index_checksum"]) == 64 and report["timings"]["total"] > 0
     assert (out / "ndcg.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sig = report["significance"]  # every method's nDCG@10 against BM25's, with a paired test's p-value
+    assert sig["baseline"] == "bm25" and list(sig["p_value"]) == every.split(",")[1:]
+    assert all(0 < p <= 1 for p in sig["p_value"].values())
+    assert sig["difference"]["fusion"] == pytest.approx(report["methods"]["fusion"]["ndcg@10"]
+                                                        - report["methods"]["bm25"]["ndcg@10"])
     markdown = (out / "results.md").read_text()
     assert "| hybrid-prf |" in markdown and "Fusion: " in markdown and "Fusion-PRF: " in markdown
+    assert "| method | ndcg@10 | recall@100 | mrr@10 | map@100 | nDCG@10 vs bm25 |" in markdown
+    assert f"{sig['difference']['fusion']:+.4f}" in markdown.split("| fusion |")[1].splitlines()[0]
     assert all(f"| {name} | m=" in markdown for name in variants)
     printed = capsys.readouterr().out
     assert "| hybrid-prf |" in printed

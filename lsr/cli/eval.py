@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.eval.metrics import METRICS, per_query, randomization_p
+    from lsr.eval.metrics import METRICS, averaged, per_query, randomization_p
     from lsr.eval.runs import read_qrels_file, read_trec_run
 
     qrels = read_qrels_file(args.qrels)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"no query of {path} is judged in {args.qrels}; do the query ids match?")
     scores = {path: per_query(qrels, results, ignore_identical_ids=not args.keep_self_hits)
               for path, results in runs.items()}
-    means = {path: {m: sum(q[m] for q in table.values()) / len(qrels) for m in METRICS} for path, table in scores.items()}
+    means = {path: averaged(table) for path, table in scores.items()}
     base = scores[args.run]
     p_values = {path: {m: randomization_p([base[q][m] for q in qrels], [scores[path][q][m] for q in qrels])
                        for m in METRICS} for path in args.compare}

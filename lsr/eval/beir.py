@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from lsr.eval.backends import InProcess, Remote, bm25_run, exact_sparse_run
 from lsr.eval.datasets import BeirDataset, load_beir, locate_dataset
 from lsr.files import cache_dir
-from lsr.eval.metrics import evaluate
+from lsr.eval.metrics import averaged, evaluate, per_query, randomization_p
 from lsr.eval.prf_tuning import chosen_prf, score_variants, tune_fusion_and_prf
 from lsr.eval.report import machine, write_report
 from lsr.eval.tuning import (DEFAULT_ALPHA, DEFAULT_FUSION, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT, fusion_options, tune,
@@ -89,6 +89,17 @@ def cached_collection(source: Path, dataset: BeirDataset, options: Any, *, progr
     return folder, False
 
 
+def significance_against(baseline: str, per_method: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any] | None:
+    """Each method's nDCG@10 against ``baseline``'s: the difference and a paired randomization test's p-value."""
+    if baseline not in per_method or len(per_method) < 2:
+        return None
+    base = per_method[baseline]
+    scores = {method: [table[q]["ndcg@10"] for q in base] for method, table in per_method.items()}
+    return {"baseline": baseline, "metric": "ndcg@10", "test": "paired randomization, 10,000 sign flips, seed 0",
+            "difference": {m: sum(v) / len(v) - sum(scores[baseline]) / len(v) for m, v in scores.items() if m != baseline},
+            "p_value": {m: randomization_p(scores[baseline], v) for m, v in scores.items() if m != baseline}}
+
+
 # ---------------------------------------------------------------------------- the whole run
 def run_beir(
     dataset_name: str,
@@ -135,11 +146,13 @@ def run_beir(
 
     options = options or IndexOptions()
     results: dict[str, dict[str, float]] = {}
+    per_method: dict[str, dict[str, dict[str, float]]] = {}  # each method's per-query metrics, for significance
     extra: dict[str, Any] = {}
     extra_variants: dict[str, Any] = {}
     if "bm25" in methods:
         clock = time.perf_counter()
-        results["bm25"] = evaluate(qrels, bm25_run(dataset, qids, k + 1))
+        per_method["bm25"] = per_query(qrels, bm25_run(dataset, qids, k + 1))
+        results["bm25"] = averaged(per_method["bm25"])
         timings["bm25"] = time.perf_counter() - clock
         say(f"bm25        nDCG@10 {results['bm25']['ndcg@10']:.4f}")
 
@@ -216,7 +229,8 @@ def run_beir(
         for method in neural:
             clock = time.perf_counter()
             mode, h, prf = plans[method]
-            results[method] = evaluate(qrels, backend.run(qids, texts, k + 1, mode, h, prf))
+            per_method[method] = per_query(qrels, backend.run(qids, texts, k + 1, mode, h, prf))
+            results[method] = averaged(per_method[method])
             timings[method] = time.perf_counter() - clock
             say(f"{method:<11} nDCG@10 {results[method]['ndcg@10']:.4f}")
         if "fusion-prf" in neural:
@@ -244,6 +258,7 @@ def run_beir(
         "index_encoded_with": encoded_with,
         "dense_query_dtype": dense_query_dtype,
         "checks": extra,
+        "significance": significance_against("bm25", per_method),
         "machine": machine(),
         "queries": len(qids),
         "note": note,

@@ -23,8 +23,12 @@ def evaluate(qrels: dict[str, dict[str, int]], run: Run, *, ignore_identical_ids
 
     Averaged over the queries in ``qrels``; a query with no results scores 0.
     """
-    scores = per_query(qrels, run, ignore_identical_ids=ignore_identical_ids)
-    n = len(qrels)
+    return averaged(per_query(qrels, run, ignore_identical_ids=ignore_identical_ids))
+
+
+def averaged(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over ``per_query``'s queries (every judged query)."""
+    n = len(scores)
     return {name: float(sum(q[name] for q in scores.values()) / n) if n else 0.0 for name in METRICS}
 
 

@@ -18,12 +18,19 @@ def machine() -> str:
 
 
 def markdown(report: dict) -> str:
+    sig = report.get("significance")
+    against = [f"nDCG@10 vs {sig['baseline']}"] if sig else []
     lines = [f"# BEIR {report['dataset']} ({report['split']}, {report['queries']} queries)", "",
-             "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+             "| method | " + " | ".join([*METRICS, *against]) + " |", "|---|" + "---|" * (len(METRICS) + len(against))]
     for method, metrics in report["methods"].items():
-        lines.append(f"| {method} | " + " | ".join(f"{metrics[m]:.4f}" for m in METRICS) + " |")
+        versus = [_versus(sig, method)] if sig else []
+        lines.append(f"| {method} | " + " | ".join([*(f"{metrics[m]:.4f}" for m in METRICS), *versus]) + " |")
     for name, metrics in report.get("checks", {}).items():
-        lines.append(f"| _{name}_ | " + " | ".join(f"{metrics[m]:.4f}" for m in METRICS) + " |")
+        lines.append(f"| _{name}_ | " + " | ".join([*(f"{metrics[m]:.4f}" for m in METRICS), *([""] if sig else [])])
+                     + " |")
+    if sig:
+        lines += ["", f"nDCG@10 vs {sig['baseline']}: the difference and the two-sided p-value of a {sig['test']} "
+                      f"over the {report['queries']} queries; * p < 0.05."]
     s = report["settings"]
     idf_queries = report["models"].get("sparse_queries") == "InferenceFreeQueryEncoder"
     lines += ["", f"Models: sparse `{report['models']['sparse']}`"
@@ -57,6 +64,14 @@ def markdown(report: dict) -> str:
         lines.append(f"Index encoded on {describe_encoding(report['index_encoded_with'])}{queries}.")
     lines.append(f"Machine: {report['machine']}." + (f" {report['note']}" if report.get("note") else ""))
     return "\n".join(lines) + "\n"
+
+
+def _versus(sig: dict, method: str) -> str:
+    """``+0.0523* (p 0.0031)`` for a method against the significance baseline; empty for the baseline itself."""
+    if method not in sig["p_value"]:
+        return ""
+    p = sig["p_value"][method]
+    return f"{sig['difference'][method]:+.4f}{'*' if p < 0.05 else ''} (p {p:.4f})"
 
 
 def prf_lines(tuned: dict, variants: dict, split: str) -> list[str]:
