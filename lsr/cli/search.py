@@ -15,7 +15,7 @@ Examples:
   lsr search runs/scifact "statins and muscle pain" --mode bm25
   lsr search runs/scifact "statins and muscle pain" --mode hybrid --normalization rrf --bm25-weight 0.3 --sparse-weight 0.35 --dense-weight 0.35
   lsr search runs/scifact --topics queries.tsv --output run.trec --k 100 --mode hybrid --threads 2
-  lsr search runs/scifact --mode hybrid            # then type queries; Ctrl-D ends
+  lsr search runs/scifact                          # then type queries; Ctrl-D ends
   printf 'statins\nvitamin d\n' | lsr search runs/scifact --json
 """
 
@@ -81,17 +81,17 @@ def run(args: argparse.Namespace) -> int:
         print("loading the models…", file=sys.stderr, flush=True)
     searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, **device_options(args))
     prf = prf_options(args, searcher.default_prf)
-    args.mode = chosen_mode(args.mode, searcher.modes())
+    mode = chosen_mode(args.mode, searcher.modes())
 
     def search(text: str) -> Any:
-        return searcher.search(text, k=args.k or 10, mode=args.mode, hybrid=hybrid, prf=prf,
+        return searcher.search(text, k=args.k or 10, mode=mode, hybrid=hybrid, prf=prf,
                                include_text=args.text, explain=args.explain)
 
     if args.query:
-        _print_result(search(" ".join(args.query)), args)
+        _print_result(search(" ".join(args.query)), mode, args.json)
         return 0
     for text in _queries_from_stdin(interactive):
-        _print_result(search(text), args, query=text, echo=not interactive)
+        _print_result(search(text), mode, args.json, query=text, echo=not interactive)
     return 0
 
 
@@ -109,10 +109,10 @@ def _queries_from_stdin(interactive: bool) -> Iterator[str]:
             yield line.strip()
 
 
-def _print_result(result: Any, args: argparse.Namespace, query: str | None = None, echo: bool = False) -> None:
+def _print_result(result: Any, mode: str, as_json: bool, query: str | None = None, echo: bool = False) -> None:
     """Hits as a table, or as JSON: indented for the query given as an argument, one line with its ``query``
     for each read from standard input (``query``); ``echo`` heads the table with ``> QUERY`` (piped queries)."""
-    if args.json:
+    if as_json:
         record = {"hits": [vars(h) for h in result.hits], "timings": result.timings, "truncated": result.truncated}
         if query is None:
             print(json.dumps(record, ensure_ascii=False, indent=1))
@@ -128,5 +128,5 @@ def _print_result(result: Any, args: argparse.Namespace, query: str | None = Non
         if hit.text:
             print("      " + hit.text[:300].replace("\n", " "))
     stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in result.timings.items())
-    print(f"{len(result.hits)} hits, {args.mode} ({stages})" + ("; query truncated" if result.truncated else ""),
+    print(f"{len(result.hits)} hits, {mode} ({stages})" + ("; query truncated" if result.truncated else ""),
           flush=True)
