@@ -285,6 +285,7 @@ def test_an_inference_free_run_is_scored_and_searched_with_its_idf_queries(grade
     served = sparse_quality(documents, str(data), progress=False, query_encoder=idf_queries)
     own = sparse_quality(documents, str(data), progress=False)
     assert scores["after"] == pytest.approx(served, abs=1e-9)
+    assert 0 < scores["p_value"] <= 1 and scores["test"].startswith("paired randomization")  # after vs before
     assert scores["after"]["query_nnz"] != pytest.approx(own["query_nnz"])  # the model's own queries are not scored
     assert scores["before"]["query_nnz"] == pytest.approx(served["query_nnz"])  # the same IDF queries before training
 

@@ -252,7 +252,7 @@ def run_beir(
         "settings": {**settings, "k": k, "endpoint": endpoint, "index": asdict(options) if neural and not endpoint else None},
         "models": {**models, "bm25": "bm25s (lucene, k1=1.5, b=0.75) + English stopwords + PyStemmer Snowball English"},
         "index_checksum": index_checksum,
-        "collection": str(tune_locally or collection_path or "") or None,  # where to search it next (None: remote)
+        "collection": next((str(c) for c in (tune_locally, collection_path) if c), None),  # where to search it next
         "timings": {name: round(seconds, 2) for name, seconds in timings.items()},
         "index_build_seconds": build_seconds,  # when the (possibly cached) collection was built
         "index_encoded_with": encoded_with,

@@ -17,15 +17,17 @@ def sparse_quality(encoder: SpladeEncoder, dataset: str, split: str = "test", *,
 
     ``query_encoder``: the query side when it is not ``encoder`` (an inference-free model's IDF queries)."""
     return quality_scorer(encoder, dataset, split, data_dir=data_dir, k=k, progress=progress,
-                          query_encoder=query_encoder)()
+                          query_encoder=query_encoder)()[0]
 
 
 def quality_scorer(encoder: SpladeEncoder, dataset: str, split: str, *, data_dir: str | None = None, k: int = 100,
-                   progress: bool = False, query_encoder: Any = None) -> Callable[[], dict[str, float]]:
-    """``sparse_quality`` as a function of the encoder's current weights, the dataset read once (for validation)."""
+                   progress: bool = False, query_encoder: Any = None
+                   ) -> Callable[[], tuple[dict[str, float], list[float]]]:
+    """``sparse_quality`` as a function of the encoder's current weights, the dataset read once (for validation and
+    ``--eval``'s before and after); each call also gives every judged query's nDCG@10, for a paired test."""
     from lsr.eval.backends import encoder_run
     from lsr.eval.datasets import load_beir, locate_dataset
-    from lsr.eval.metrics import evaluate
+    from lsr.eval.metrics import averaged, per_query
 
     source = locate_dataset(dataset, data_dir)
     data = load_beir(source, splits=(split,))
@@ -34,11 +36,12 @@ def quality_scorer(encoder: SpladeEncoder, dataset: str, split: str, *, data_dir
     qrels = data.qrels[split]
     qids = [q for q in qrels if q in data.queries]
 
-    def score() -> dict[str, float]:
+    def score() -> tuple[dict[str, float], list[float]]:
         # k + 1: the evaluator drops self-hits
         run, queries, docs = encoder_run(encoder, data, qids, k + 1, progress=progress, query_encoder=query_encoder)
-        metrics = evaluate(qrels, run)
-        return {**metrics, "doc_nnz": docs.nnz / max(1, len(docs)), "query_nnz": queries.nnz / max(1, len(queries)),
-                "queries": len(qids), "docs": len(data.corpus)}
+        table = per_query(qrels, run)
+        return ({**averaged(table), "doc_nnz": docs.nnz / max(1, len(docs)),
+                 "query_nnz": queries.nnz / max(1, len(queries)), "queries": len(qids), "docs": len(data.corpus)},
+                [table[q]["ndcg@10"] for q in qrels])
 
     return score
