@@ -95,7 +95,7 @@ def significance_against(baseline: str, per_method: dict[str, dict[str, dict[str
         return None
     base = per_method[baseline]
     scores = {method: [table[q]["ndcg@10"] for q in base] for method, table in per_method.items()}
-    return {"baseline": baseline, "metric": "ndcg@10", "test": "paired randomization, 10,000 sign flips, seed 0",
+    return {"baseline": baseline, "metric": "ndcg@10", "test": "paired randomization test (10,000 sign flips, seed 0)",
             "difference": {m: sum(v) / len(v) - sum(scores[baseline]) / len(v) for m, v in scores.items() if m != baseline},
             "p_value": {m: randomization_p(scores[baseline], v) for m, v in scores.items() if m != baseline}}
 
