@@ -150,6 +150,11 @@ def test_doc_verb_searcher_doc_and_queries_that_are_not_text(collections, capsys
         searcher.search(123)
     with pytest.raises(ValueError, match="the query text is empty or whitespace"):
         searcher.search(" \n")
+    for mode in ("sparse", "bm25"):  # bytes Python could not decode (argv, stdin) fail alike in every mode
+        with pytest.raises(ValueError, match="texts\\[0\\] is not UTF-8 text: an undecodable byte at character 3"):
+            searcher.search("caf\udce9 au lait", mode=mode)
+    with pytest.raises(ValueError, match="texts\\[1\\] is not UTF-8 text"):
+        searcher.query_encoder.encode_queries(["fine", "\udcff"])
 
 
 def test_queries_piped_to_search_get_the_hits_each_gets_alone_and_a_query_with_topics_is_refused(collections,

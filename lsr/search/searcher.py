@@ -550,6 +550,10 @@ class Searcher:
             raise TypeError(f"the query text must be a str, got {type(text).__name__}")
         if text is not None and not text.strip():
             raise ValueError("the query text is empty or whitespace")
+        if text is not None:
+            from lsr.encode.inputs import check_texts
+
+            check_texts(text)  # undecodable bytes fail alike in every mode, BM25's too
         if sparse is not None and mode != "sparse":
             raise ValueError(f"a sparse vector query runs in sparse mode only, not {mode}")
         if dense is not None and mode == "sparse":
