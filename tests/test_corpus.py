@@ -120,6 +120,16 @@ def test_left_at_their_defaults_the_fields_follow_the_corpus(tmp_path, caplog):
         read_all(CorpusReader(pyserini, id_field="key"))
 
 
+def test_a_damaged_or_truncated_archive_is_one_clear_error(tmp_path):
+    (tmp_path / "c.jsonl.gz").write_bytes(b"not gzip at all")
+    (tmp_path / "c.csv.gz").write_bytes(b"not gzip either")
+    whole = gzip.compress("".join(json.dumps({"_id": str(i), "text": "x" * 200}) + "\n" for i in range(5000)).encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # its first rows read, then it ends
+    for name in ("c.jsonl.gz", "c.csv.gz", "cut.jsonl.gz"):
+        with pytest.raises(ValueError, match=f"cannot read {tmp_path / name}: .*damaged, truncated or mislabelled"):
+            read_all(CorpusReader(tmp_path / name))
+
+
 def test_streams_in_bounded_blocks(tmp_path):
     """A block size far below the file size gives many chunks, identical to one big block."""
     lines = [json.dumps({"_id": str(i), "text": "word " * (i % 50)}) for i in range(3000)]

@@ -149,8 +149,12 @@ class CorpusReader:
         self.stats = ReadStats()
         self._seen: set[str] = set()
         if self.format in ("jsonl", "csv", "parquet"):
-            self._adopt_columns(self._column_names(), tables=self.format != "jsonl",
-                                id_given=id_field != DEFAULT_ID_FIELD, fields_given=tuple(fields) != DEFAULT_FIELDS)
+            try:
+                names = self._column_names()
+            except (OSError, EOFError) as exc:
+                raise self._unreadable(exc) from None
+            self._adopt_columns(names, tables=self.format != "jsonl", id_given=id_field != DEFAULT_ID_FIELD,
+                                fields_given=tuple(fields) != DEFAULT_FIELDS)
 
     def _column_names(self) -> list[str]:
         """A table's columns, or the keys of a JSONL file's first row (none if it is not a JSON object)."""
@@ -209,6 +213,11 @@ class CorpusReader:
             if before:
                 yield before  # so they are encoded and checkpointed: a fixed corpus resumes after them
             raise
+        except (OSError, EOFError) as exc:  # a damaged or truncated archive, or a disk error
+            raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: BaseException) -> ValueError:
+        return ValueError(f"cannot read {self.source}: {exc} (a damaged, truncated or mislabelled file?)")
 
     def _within_limit(self, chunk: DocChunk) -> DocChunk | None:
         """The part of ``chunk`` within ``limit`` (counted into stats), or None once the limit is reached."""
