@@ -178,9 +178,17 @@ def test_search_on_a_terminal_prompts_for_queries_until_ctrl_d(collections):
     import pty
     import select
 
+    import fcntl
+    import termios
+
+    def own_the_terminal() -> None:  # as a shell's job: Ctrl-C on the terminal is SIGINT to this process
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
     leader, follower = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "lsr", "search", str(collections["direct"]), "-k", "2"],
-                            stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+                            stdin=follower, stdout=follower, stderr=follower, close_fds=True,
+                            preexec_fn=own_the_terminal)
     os.close(follower)
     seen = b""
 
@@ -189,7 +197,7 @@ def test_search_on_a_terminal_prompts_for_queries_until_ctrl_d(collections):
     def read_until(marker: bytes) -> None:
         """Read until ``marker`` appears after the previous marker found; the cursor moves past it."""
         nonlocal seen, cursor
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 120
         while marker not in seen[cursor:] and time.monotonic() < deadline:
             if select.select([leader], [], [], 1.0)[0]:
                 seen += os.read(leader, 4096)
@@ -197,6 +205,8 @@ def test_search_on_a_terminal_prompts_for_queries_until_ctrl_d(collections):
         cursor = seen.index(marker, cursor) + len(marker)
 
     try:
+        read_until(b"query> ")
+        os.write(leader, b"statins and\x03")  # Ctrl-C at the prompt drops the line, not the session
         read_until(b"query> ")
         os.write(leader, b"coffee and the liver\n")
         read_until(b"2 hits, ")

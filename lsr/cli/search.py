@@ -5,7 +5,7 @@ query is searched and a standard TREC run (`qid Q0 docid rank score tag`) is wri
 ready for `lsr eval RUN QRELS` or trec_eval.
 
 With neither a QUERY nor --topics, queries are read from standard input, one per line (with a `query>` prompt
-on a terminal), so the models load once for many queries: Ctrl-D ends. Piped in, each result starts with
+on a terminal, where Ctrl-C drops the line typed), so the models load once for many queries: Ctrl-D ends. Piped in, each result starts with
 `> QUERY`; with --json each is one JSON line that carries its query.
 
 Examples:
@@ -96,13 +96,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _queries_from_stdin(interactive: bool) -> Iterator[str]:
-    """The non-blank lines of standard input, stripped; on a terminal each read shows a prompt."""
+    """The non-blank lines of standard input, stripped; on a terminal each read shows a prompt, and Ctrl-C there
+    drops the line typed so far (as a shell does) rather than ending the session: Ctrl-D ends it."""
+    from lsr.cli.main import Terminated
+
     while True:
         try:
             line = input("query> ") if interactive else sys.stdin.readline()
         except EOFError:
             print(file=sys.stderr)
             return
+        except KeyboardInterrupt as stop:
+            if not interactive or isinstance(stop, Terminated):
+                raise
+            print(file=sys.stderr)
+            continue
         if not interactive and not line:
             return
         if line.strip():
