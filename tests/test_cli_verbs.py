@@ -208,6 +208,7 @@ def test_search_on_a_terminal_prompts_for_queries_until_ctrl_d(collections):
 
     try:
         read_until(b"query> ")
+        time.sleep(1.0)  # as a person types: the prompt is printed just before the read it waits in begins
         os.write(leader, b"statins and\x03")  # Ctrl-C at the prompt drops the line, not the session
         read_until(b"query> ")
         os.write(leader, b"coffee and the liver\n")

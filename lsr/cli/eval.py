@@ -22,7 +22,6 @@ import argparse
 import json
 
 HELP = "score TREC run files against qrels (nDCG@10, Recall@100, MRR@10, MAP@100), with significance tests"
-SIGNIFICANT = 0.05
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,16 +50,16 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"no query of {path} is judged in {args.qrels}; do the query ids match?")
     scores = {path: per_query(qrels, results, ignore_identical_ids=not args.keep_self_hits)
               for path, results in runs.items()}
-    means = {path: averaged(table) for path, table in scores.items()}
-    base = scores[args.run]
-    p_values = {path: {m: randomization_p([base[q][m] for q in qrels], [scores[path][q][m] for q in qrels])
-                       for m in METRICS} for path in args.compare}
     if args.per_query:
         print("\t".join(["run", "qid", *METRICS]))
         for path, table in scores.items():
             for qid, values in table.items():
                 print("\t".join([path, qid, *(f"{values[m]:.4f}" for m in METRICS)]))
         return 0
+    means = {path: averaged(table) for path, table in scores.items()}
+    base = scores[args.run]
+    p_values = {path: {m: randomization_p([base[q][m] for q in qrels], [scores[path][q][m] for q in qrels])
+                       for m in METRICS} for path in args.compare}
     scored = len(set(runs[args.run]) & set(qrels))
     if args.json:
         compared = {path: {"metrics": means[path], "difference": {m: means[path][m] - means[args.run][m] for m in METRICS},
@@ -79,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_comparison(paths: list[str], means: dict, p_values: dict, metrics: tuple[str, ...]) -> None:
-    """One row per run: RUN's metrics, then each other run's with its difference and * where p < 0.05."""
+    """One row per run: RUN's metrics, then each other run's with its difference, * where it is significant."""
+    from lsr.eval.metrics import RANDOMIZATION_TEST, SIGNIFICANT, marked_difference
+
     width = max(len(path) for path in paths)
     print((f"{'run':<{width}}  " + "  ".join(f"{m:<17}" for m in metrics)).rstrip())
     for path in paths:
@@ -88,10 +89,9 @@ def _print_comparison(paths: list[str], means: dict, p_values: dict, metrics: tu
             if path == paths[0]:
                 cells.append(f"{means[path][m]:.4f}".ljust(17))
                 continue
-            p = p_values[path][m]
-            cells.append(f"{means[path][m]:.4f} {means[path][m] - means[paths[0]][m]:+.4f}{'*' if p < SIGNIFICANT else ' '}"
+            cells.append(f"{means[path][m]:.4f} {marked_difference(means[path][m] - means[paths[0]][m], p_values[path][m])}"
                          .ljust(17))
         print(f"{path:<{width}}  " + "  ".join(cells).rstrip())
     for path in paths[1:]:
         print(f"p vs {paths[0]}: {path}: " + ", ".join(f"{m} {p_values[path][m]:.6f}" for m in metrics))
-    print(f"* p < {SIGNIFICANT}: two-sided paired randomization test against {paths[0]} (10,000 sign flips, seed 0)")
+    print(f"* p < {SIGNIFICANT}: two-sided {RANDOMIZATION_TEST} against {paths[0]}")

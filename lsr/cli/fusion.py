@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Callable, Sequence
 
 FUSION_HELP = """hybrid fusion: each leg with a positive weight joins (sparse, dense, bm25); min_max / l2 / z_score
 normalise each list and take the weighted mean, rrf sums weight / (rrf_k + rank). With none of these
@@ -28,11 +28,11 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--candidates", type=int, default=None, help="candidates per list before fusion (default 100)")
 
 
-def chosen_mode(mode: str, served: Sequence[str]) -> str:
-    """``--mode``, with auto resolved against the modes a collection serves (``Searcher.modes``)."""
+def chosen_mode(mode: str, served: Callable[[], Sequence[str]]) -> str:
+    """``--mode``, with auto resolved against the modes a collection serves (``served()``, asked only for auto)."""
     if mode != "auto":
         return mode
-    return "hybrid" if "hybrid" in served else "sparse"
+    return "hybrid" if "hybrid" in served() else "sparse"
 
 
 def hybrid_options(args: argparse.Namespace):

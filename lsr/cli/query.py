@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
     with Client(args.endpoint, token=token, tls=args.tls, timeout=args.timeout) as client:
         client.wait_ready(timeout=min(CONNECT_TIMEOUT, args.timeout))
         try:
-            served = client.stats()["details"].get("modes", "sparse") if args.mode == "auto" else ""
+            mode = chosen_mode(args.mode, lambda: client.stats()["details"].get("modes", "sparse").split(","))
             result = client.search(
-                text, k=args.k, mode=chosen_mode(args.mode, served.split(",")), hybrid=hybrid, prf=prf_options(args),
+                text, k=args.k, mode=mode, hybrid=hybrid, prf=prf_options(args),
                 include_text=args.include_text, explain=args.explain,
             )
         except grpc.RpcError as exc:

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         searcher = Searcher.open(args.collection, query_encoder=args.query_encoder,
                                  threads=1 if (args.threads or 1) > 1 else None, **device_options(args))
         prf = prf_options(args, searcher.default_prf)
-        mode = chosen_mode(args.mode, searcher.modes())
+        mode = chosen_mode(args.mode, searcher.modes)
         written = search_topics(searcher, topics, args.output, k=args.k or 1000, mode=mode, hybrid=hybrid, prf=prf,
                                 tag=args.tag or f"lsr-{mode}", threads=args.threads or 1, progress=True)
         print(f"{len(topics):,} queries, {written:,} hits written to {args.output}; score it with: "
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print("loading the models…", file=sys.stderr, flush=True)
     searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, **device_options(args))
     prf = prf_options(args, searcher.default_prf)
-    mode = chosen_mode(args.mode, searcher.modes())
+    mode = chosen_mode(args.mode, searcher.modes)
 
     def search(text: str) -> Any:
         return searcher.search(text, k=args.k or 10, mode=mode, hybrid=hybrid, prf=prf,

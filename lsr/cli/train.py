@@ -174,7 +174,7 @@ def _check_out(out: Path, resume: bool) -> None:
 
 def _train(args, config, examples, out: Path, encoding: dict[str, str], say, model, dev_split: str | None) -> int:
     from lsr.train.checkpoint import CHECKPOINT_FILE
-    from lsr.eval.metrics import randomization_p
+    from lsr.eval.metrics import RANDOMIZATION_TEST, randomization_p
     from lsr.train.evaluate import quality_scorer
     from lsr.train.export import save_model_folder
     from lsr.train.loop import idf_queries, train
@@ -215,7 +215,7 @@ def _train(args, config, examples, out: Path, encoding: dict[str, str], say, mod
                "first_step": result.history[0] if result.history else None,
                "last_step": result.history[-1] if result.history else None,
                "eval": {"dataset": args.eval, "before": before, "after": after, "p_value": p_value,
-                        "test": "paired randomization over the test queries' nDCG@10, 10,000 sign flips, seed 0"}
+                        "test": f"{RANDOMIZATION_TEST} over the test queries' nDCG@10"}
                if args.eval else None, **encoding}
     (out / "lsr_train.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(_summary_text(summary, out))

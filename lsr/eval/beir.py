@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from lsr.eval.backends import InProcess, Remote, bm25_run, exact_sparse_run
 from lsr.eval.datasets import BeirDataset, load_beir, locate_dataset
 from lsr.files import cache_dir
-from lsr.eval.metrics import averaged, evaluate, per_query, randomization_p
+from lsr.eval.metrics import RANDOMIZATION_TEST, averaged, evaluate, per_query, randomization_p
 from lsr.eval.prf_tuning import chosen_prf, score_variants, tune_fusion_and_prf
 from lsr.eval.report import machine, write_report
 from lsr.eval.tuning import (DEFAULT_ALPHA, DEFAULT_FUSION, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT, fusion_options, tune,
@@ -93,11 +93,11 @@ def significance_against(baseline: str, per_method: dict[str, dict[str, dict[str
     """Each method's nDCG@10 against ``baseline``'s: the difference and a paired randomization test's p-value."""
     if baseline not in per_method or len(per_method) < 2:
         return None
-    base = per_method[baseline]
-    scores = {method: [table[q]["ndcg@10"] for q in base] for method, table in per_method.items()}
-    return {"baseline": baseline, "metric": "ndcg@10", "test": "paired randomization test (10,000 sign flips, seed 0)",
-            "difference": {m: sum(v) / len(v) - sum(scores[baseline]) / len(v) for m, v in scores.items() if m != baseline},
-            "p_value": {m: randomization_p(scores[baseline], v) for m, v in scores.items() if m != baseline}}
+    scores = {method: [table[q]["ndcg@10"] for q in per_method[baseline]] for method, table in per_method.items()}
+    base = scores.pop(baseline)
+    return {"baseline": baseline, "metric": "ndcg@10", "test": RANDOMIZATION_TEST,
+            "difference": {m: (sum(v) - sum(base)) / len(base) for m, v in scores.items()},
+            "p_value": {m: randomization_p(base, v) for m, v in scores.items()}}
 
 
 # ---------------------------------------------------------------------------- the whole run

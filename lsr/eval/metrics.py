@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Sequence
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
+TRIALS = 10_000
+SIGNIFICANT = 0.05  # a difference whose p-value is below this is marked *
+RANDOMIZATION_TEST = f"paired randomization test ({TRIALS:,} sign flips, seed 0)"
 
 Run = dict[str, dict[str, float]]
 
@@ -53,7 +56,7 @@ def per_query(qrels: dict[str, dict[str, int]], run: Run, *, ignore_identical_id
     return out
 
 
-def randomization_p(baseline: Sequence[float], other: Sequence[float], *, trials: int = 10_000, seed: int = 0) -> float:
+def randomization_p(baseline: Sequence[float], other: Sequence[float], *, trials: int = TRIALS, seed: int = 0) -> float:
     """Two-sided p-value of a paired randomization test: how often flipping the sign of each query's difference at
     random gives a mean difference at least as large as the one observed (Smucker et al., CIKM 2007, found it
     agrees with the t-test on IR metrics while assuming nothing of their distribution). Seeded: the same p each run."""
@@ -67,3 +70,8 @@ def randomization_p(baseline: Sequence[float], other: Sequence[float], *, trials
         signs = rng.choice((-1.0, 1.0), size=(min(1000, trials - start), diff.size))
         at_least += np.count_nonzero(np.abs(signs @ diff) / diff.size >= observed - 1e-12)
     return float((at_least + 1) / (trials + 1))
+
+
+def marked_difference(difference: float, p: float) -> str:
+    """``+0.0523*``: a difference, with * when its p-value is below ``SIGNIFICANT``."""
+    return f"{difference:+.4f}{'*' if p < SIGNIFICANT else ''}"

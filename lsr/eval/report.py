@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-from lsr.eval.metrics import METRICS
+from lsr.eval.metrics import METRICS, SIGNIFICANT, marked_difference
 from lsr.eval.prf_tuning import EDGE_BETA
 
 
@@ -30,7 +30,7 @@ def markdown(report: dict) -> str:
                      + " |")
     if sig:
         lines += ["", f"nDCG@10 vs {sig['baseline']}: the difference and the two-sided p-value of a {sig['test']} "
-                      f"over the {report['queries']} queries; * p < 0.05."]
+                      f"over the {report['queries']} queries; * p < {SIGNIFICANT}."]
     s = report["settings"]
     idf_queries = report["models"].get("sparse_queries") == "InferenceFreeQueryEncoder"
     lines += ["", f"Models: sparse `{report['models']['sparse']}`"
@@ -71,7 +71,7 @@ def _versus(sig: dict, method: str) -> str:
     if method not in sig["p_value"]:
         return ""
     p = sig["p_value"][method]
-    return f"{sig['difference'][method]:+.4f}{'*' if p < 0.05 else ''} (p {p:.4f})"
+    return f"{marked_difference(sig['difference'][method], p)} (p {p:.4f})"
 
 
 def prf_lines(tuned: dict, variants: dict, split: str) -> list[str]:
