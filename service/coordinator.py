@@ -22,7 +22,8 @@ from lsr.ingest.layout import read_meta, read_search_defaults
 from lsr.ingest.sharding import global_doc_freqs, read_shard_map
 from lsr.search.fusion import Ranking, rank
 from lsr.search.legs import LegQueries
-from lsr.search.searcher import Searcher, check_query_encoder, load_encoders
+from lsr.search.models import SearchModels
+from lsr.search.searcher import Searcher, check_query_encoder
 from lsr.service.shard_set import ShardOptions, ShardSet
 from lsr.sparse import SparseBatch
 
@@ -131,9 +132,8 @@ class _GlobalDocFreqs:
 class ShardedSearcher(Searcher):
     """A Searcher over a sharded collection: encoders here, legs on the shard servers."""
 
-    def __init__(self, root: Path, shards: ShardSet, meta: dict, encoders: tuple[Any, Any, Any], *,
-                 device: str = "auto", dtype: str = "auto") -> None:
-        super().__init__(None, *encoders, device=device, dtype=dtype)
+    def __init__(self, root: Path, shards: ShardSet, meta: dict, models: SearchModels) -> None:
+        super().__init__(None, models)
         self.root = root
         self.shards = shards
         self._meta = meta
@@ -147,12 +147,13 @@ class ShardedSearcher(Searcher):
         shard_map = read_shard_map(root)
         meta = read_meta(shard_map.paths(root)[0])
         shards = ShardSet(root, shard_map, options or ShardOptions())
+        models = SearchModels(meta, query_encoder, index=_GlobalDocFreqs(shards), device=device, dtype=dtype)
         try:
-            encoders = load_encoders(meta, query_encoder, index=_GlobalDocFreqs(shards), device=device, dtype=dtype)
+            models.query, models.dense  # noqa: B018 - loaded now, while the shard servers start
         except BaseException:
             shards.close()
             raise
-        return cls(root, shards, meta, encoders, device=device, dtype=dtype)
+        return cls(root, shards, meta, models)
 
     # ------------------------------------------------------------------ facts
     @property

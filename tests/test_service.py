@@ -3,6 +3,7 @@ SciFact collection, real models. Results are compared with an in-process Searche
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -165,8 +166,6 @@ def test_vector_queries_and_batches_identical_to_in_process(client, searcher, qu
 
 
 def test_lsr_query_cli_prints_the_endpoints_hits(servers, client, queries):
-    import json
-
     out = subprocess.run(
         [sys.executable, "-m", "lsr", "query", "--endpoint", servers["main"].address, queries[2], "--k", "3", "--json"],
         check=True, capture_output=True, text=True, timeout=120,
@@ -182,6 +181,21 @@ def test_lsr_query_cli_prints_the_endpoints_hits(servers, client, queries):
         assert sparse_only.stats()["details"]["modes"] == "sparse"
         want = sparse_only.search(queries[2], k=3, mode="sparse").hits
     assert [(h["doc_id"], h["score"]) for h in json.loads(alone.stdout)["hits"]] == [(h.doc_id, h.score) for h in want]
+
+
+@pytest.mark.parametrize("mode, never_loaded", [("bm25", ["torch", "transformers"]), ("sparse", ["lsr.encode.dense"]),
+                                                ("dense", ["lsr.encode.splade"])])
+def test_lsr_search_loads_only_the_models_its_mode_needs(collections, searcher, queries, mode, never_loaded):
+    """A BM25 search imports no torch (about 2 s to hits, not 9); a sparse one never loads the dense model and a
+    dense one never SPLADE. The hits are those of a searcher that loaded everything."""
+    script = ("import json, sys\nfrom lsr.cli.main import main\nassert main(sys.argv[1:]) == 0\n"
+              f"print(json.dumps([m for m in {never_loaded!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", script, "search", str(collections["hybrid"]), queries[3], "-k", "5",
+                          "--mode", mode, "--json"], check=True, capture_output=True, text=True, timeout=300)
+    *printed, loaded = out.stdout.splitlines()
+    assert json.loads(loaded) == []
+    want = searcher.search(queries[3], k=5, mode=mode).hits
+    assert [(h["doc_id"], h["score"]) for h in json.loads("\n".join(printed))["hits"]] == [(h.doc_id, h.score) for h in want]
 
 
 def test_lsr_query_user_errors_exit_2_with_one_line(servers, tls_files):

@@ -33,3 +33,11 @@ def device_options(args: argparse.Namespace, *, concrete_dtype: bool = False) ->
 
     device = resolve_device(args.device)
     return {"device": str(device), "dtype": dtype_name(resolve_dtype(args.dtype, device)) if concrete_dtype else args.dtype}
+
+
+def lazy_device_options(args: argparse.Namespace) -> dict[str, str]:
+    """``device_options`` for a verb that may run no model (a BM25 search): auto and cpu are left for the models to
+    resolve when they load, so torch is imported only if one does; a GPU asked for is still checked now."""
+    if args.device in ("auto", "cpu"):
+        return {"device": args.device, "dtype": args.dtype}
+    return device_options(args)

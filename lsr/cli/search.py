@@ -26,7 +26,7 @@ import json
 import sys
 from typing import Any, Iterator
 
-from lsr.cli.device import add_device_arguments, add_query_encoder_argument, device_options
+from lsr.cli.device import add_device_arguments, add_query_encoder_argument, lazy_device_options
 from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, chosen_mode, hybrid_options, prf_options
 
 HELP = "search a collection in-process and print the hits"
@@ -68,9 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
         topics = read_topics(args.topics)  # before the slow model load: a bad file fails at once
         searcher = Searcher.open(args.collection, query_encoder=args.query_encoder,
-                                 threads=1 if (args.threads or 1) > 1 else None, **device_options(args))
+                                 threads=1 if (args.threads or 1) > 1 else None, **lazy_device_options(args))
         prf = prf_options(args, searcher.default_prf)
         mode = chosen_mode(args.mode, searcher.modes)
+        searcher.warm_up(mode, hybrid, prf)
         written = search_topics(searcher, topics, args.output, k=args.k or 1000, mode=mode, hybrid=hybrid, prf=prf,
                                 tag=args.tag or f"lsr-{mode}", threads=args.threads or 1, progress=True)
         print(f"{len(topics):,} queries, {written:,} hits written to {args.output}; score it with: "
@@ -79,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
     interactive = not args.query and sys.stdin.isatty()
     if interactive:
         print("loading the models…", file=sys.stderr, flush=True)
-    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, **device_options(args))
+    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, **lazy_device_options(args))
     prf = prf_options(args, searcher.default_prf)
     mode = chosen_mode(args.mode, searcher.modes)
+    searcher.warm_up(mode, hybrid, prf)
 
     def search(text: str) -> Any:
         return searcher.search(text, k=args.k or 10, mode=mode, hybrid=hybrid, prf=prf,

@@ -20,9 +20,10 @@ import torch
 
 from lsr.encode import packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad
-from lsr.encode.inputs import (EncodeInfo, check_texts, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
+from lsr.encode.inputs import (EncodeInfo, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
                                truncated_token_ids)
 from lsr.encode.models import load_with_hint, quiet_loader, resolve_model
+from lsr.encode.texts import check_texts
 from lsr.ingest.progress import progress_bar
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""What every encoder does before its forward pass: check the texts, tokenise thread-safely, pick the device and dtype."""
+"""What every encoder does before its forward pass: tokenise thread-safely, cut to length, pick the device and dtype
+(checking the texts is `texts.py`, which a BM25 search uses without torch)."""
 
 from __future__ import annotations
 
@@ -7,32 +8,12 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 DEFAULT_MAX_TOKENS = 512  # BERT's position limit: what a model with no stated limit gets, so paragraph-long queries fit
-
-
-def check_texts(texts: Any) -> list[str]:
-    """Accept a string or a sequence of strings; a non-string raises TypeError naming its position, and a string
-    holding lone surrogates (bytes Python could not decode, e.g. from argv or stdin: the tokenizer would fail with
-    an opaque TypeError) raises ValueError naming it."""
-    if isinstance(texts, str):
-        texts = [texts]
-    elif not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
-        raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ValueError(f"texts[{i}] is not UTF-8 text: an undecodable byte at character {exc.start}") from None
-    return texts
 
 
 def token_ids(tokenizer: Any, texts: list[str], **options: Any) -> list[list[int]]:

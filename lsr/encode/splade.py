@@ -18,9 +18,10 @@ import torch
 
 from lsr.encode import packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
-from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, check_texts, model_max_tokens, report_truncation, resolve_device,
+from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, model_max_tokens, report_truncation, resolve_device,
                                resolve_dtype, token_ids, truncated_token_ids)
 from lsr.encode.models import load_with_hint, quiet_loader, resolve_model
+from lsr.encode.texts import check_texts
 from lsr.ingest.progress import progress_bar
 from lsr.kernels import splade_max_pool
 from lsr.kernels.pool_torch import splade_sum_pool_chunked

@@ -33,6 +33,7 @@ import numpy as np
 
 from lsr.search.fusion import FUSIONS, RRF_K, Ranking, fuse, interpolate, rank
 from lsr.search.legs import Legs, ViewLegs
+from lsr.search.models import SearchModels
 from lsr.search.prf import rocchio, vector_prf
 from lsr.sparse import SparseBatch
 
@@ -172,13 +173,9 @@ def _timed(timings: dict[str, float], stage: str):
 class Searcher:
     """Query → hits over one collection (sparse index, optional dense index, optional texts)."""
 
-    def __init__(self, collection: Any, query_encoder: Any, dense_encoder: Any = None, doc_encoder: Any = None,
-                 *, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, collection: Any, models: SearchModels):
         self.collection = collection
-        self.query_encoder = query_encoder
-        self.dense_encoder = dense_encoder
-        self._doc_encoder = doc_encoder
-        self._device, self._dtype = device, dtype  # for a document encoder loaded later
+        self.models = models
         self._write_lock = threading.Lock()
         self._idf_cache: tuple[str, np.ndarray] | None = None
 
@@ -188,13 +185,24 @@ class Searcher:
         cls, path: str | Path, *, query_encoder: str = "auto", device: str = "auto", dtype: str = "auto",
         threads: int | None = None,
     ) -> "Searcher":
-        """Open a collection written by ``lsr index`` and load the models its metadata names on ``device``."""
+        """Open a collection written by ``lsr index``; the models its metadata names load on ``device`` when a
+        search first needs them (``warm_up`` loads them now)."""
         from lsr.ingest.collection import Collection
 
         check_query_encoder(query_encoder, threads)
         collection = Collection.open(path)
-        encoders = load_encoders(collection.meta, query_encoder, index=collection.sparse, device=device, dtype=dtype)
-        return cls(collection, *encoders, device=device, dtype=dtype)
+        return cls(collection, SearchModels(collection.meta, query_encoder, index=collection.sparse, device=device,
+                                            dtype=dtype))
+
+    @property
+    def query_encoder(self) -> Any:
+        """The sparse query encoder (loaded on first use)."""
+        return self.models.query
+
+    @property
+    def dense_encoder(self) -> Any:
+        """The dense encoder (loaded on first use), or None when the collection has no dense model."""
+        return self.models.dense
 
     # ------------------------------------------------------------------ facts
     @property
@@ -208,7 +216,7 @@ class Searcher:
 
     @property
     def has_dense(self) -> bool:
-        return self.dense_dim is not None and self.dense_encoder is not None
+        return self.dense_dim is not None and self.models.has_dense
 
     @property
     def has_bm25(self) -> bool:
@@ -281,7 +289,7 @@ class Searcher:
     def stats(self) -> dict[str, Any]:
         view = self.collection.view()
         dense_query = {}
-        if getattr(self.dense_encoder, "dtype", None) is not None:  # a DenseEncoder: torch is loaded already
+        if self.has_dense:
             from lsr.encode.inputs import dtype_name
 
             dense_query["dense_query_dtype"] = dtype_name(self.dense_encoder.dtype)
@@ -320,16 +328,23 @@ class Searcher:
             raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
         return self.dense_encoder.encode_queries(list(texts), return_info=True)
 
-    def warm_up(self) -> list[str]:
-        """Search once in every mode this collection serves (hybrid with PRF); returns those modes.
+    def warm_up(self, mode: str | None = None, hybrid: HybridOptions | None = None,
+                prf: PrfOptions | bool | None = None) -> list[str]:
+        """Search once in ``mode`` with these options, or (None) in every mode this collection serves, hybrid with
+        PRF; returns the modes searched.
 
-        A fresh process pays for lazy set-up on its first search: torch's first forward pass, loading
-        numba's cached kernels, faiss. On splade-tiny that first sparse search took ~200 ms against
-        ~6 ms after, so a server runs this before it reports SERVING and no user request pays it.
+        A fresh process pays for lazy set-up on its first search: loading the models the mode needs, torch's
+        first forward pass and the screened LM head's int8 copy, numba's cached kernels, faiss. On splade-tiny
+        that first sparse search took ~600 ms against ~6 ms after, so a server runs this before it reports
+        SERVING and `lsr search` before its first query: no user request pays it, no search's timings show it,
+        and a broken model folder fails here.
         """
+        if mode is not None:
+            self.search(WARM_UP_QUERY, k=1, mode=mode, hybrid=hybrid, prf=prf)
+            return [mode]
         modes = self.modes()
-        for mode in modes:
-            self.search(WARM_UP_QUERY, k=1, mode=mode, prf=True if mode == "hybrid" else None)
+        for each in modes:
+            self.search(WARM_UP_QUERY, k=1, mode=each, prf=True if each == "hybrid" else None)
         return modes
 
     def modes(self) -> list[str]:
@@ -551,7 +566,7 @@ class Searcher:
         if text is not None and not text.strip():
             raise ValueError("the query text is empty or whitespace")
         if text is not None:
-            from lsr.encode.inputs import check_texts
+            from lsr.encode.texts import check_texts
 
             check_texts(text)  # undecodable bytes fail alike in every mode, BM25's too
         if sparse is not None and mode != "sparse":
@@ -589,16 +604,6 @@ class Searcher:
         return vec
 
     # ------------------------------------------------------------------ updates
-    def doc_encoder(self):
-        """The document-side SPLADE encoder (loaded on first upsert for inference-free searchers)."""
-        if self._doc_encoder is None:
-            from lsr.encode.splade import SpladeEncoder
-
-            meta = self.meta
-            self._doc_encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256),
-                                                              device=self._device, dtype=self._dtype)
-        return self._doc_encoder
-
     def upsert(self, ids: Sequence[str], texts: Sequence[str], deadline: float | None = None) -> None:
         """Encode and add documents; an existing id is replaced (so a retried upsert is harmless). Durable once
         this returns. ``deadline`` (``time.monotonic()`` seconds) bounds waiting on remote shards."""
@@ -609,7 +614,7 @@ class Searcher:
             raise ValueError("duplicate ids in one upsert")
         if any(not i.strip() for i in ids):
             raise ValueError("document ids must be non-empty")
-        sparse = self.doc_encoder().encode_documents(texts)
+        sparse = self.models.documents.encode_documents(texts)
         dense = self.dense_encoder.encode_documents(texts) if self.has_dense else None
         self.store(ids, texts, sparse, dense, deadline)
 
@@ -636,30 +641,6 @@ def check_query_encoder(query_encoder: str, threads: int | None) -> None:
         from lsr.encode.cpu_threads import set_threads
 
         set_threads(threads)
-
-
-def load_encoders(meta: dict, query_encoder: str, *, index: Any, device: str, dtype: str) -> tuple[Any, Any, Any]:
-    """(query encoder, dense encoder or None, document encoder or None) for a collection's metadata.
-
-    ``index`` gives the inference-free encoder its document frequencies (``doc_freqs()``,
-    ``num_docs``): one collection's index, or the sum over a sharded collection's shards."""
-    from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, idf_table_path
-
-    if query_encoder == "auto":
-        query_encoder = "splade" if idf_table_path(meta["model"]) is None else "inference-free"
-    doc_encoder = None
-    if query_encoder == "splade":
-        encoder = SpladeEncoder.from_pretrained(meta["model"], max_length=meta.get("max_length", 256), device=device,
-                                                dtype=dtype)
-        doc_encoder = encoder
-    else:
-        encoder = InferenceFreeQueryEncoder.from_pretrained(meta["model"], index=index)
-    dense = None
-    if meta.get("dense_model"):
-        from lsr.encode.dense import DenseEncoder
-
-        dense = DenseEncoder.from_pretrained(meta["dense_model"], device=device, dtype=dtype)
-    return encoder, dense, doc_encoder
 
 
 def legs_of(mode: str, hybrid: HybridOptions) -> dict[str, float]:

@@ -1,0 +1,26 @@
+"""Checking the texts an encoder is given, apart from the encoders: a BM25 search checks its query the same way
+without importing torch."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def check_texts(texts: Any) -> list[str]:
+    """Accept a string or a sequence of strings; a non-string raises TypeError naming its position, and a string
+    holding lone surrogates (bytes Python could not decode, e.g. from argv or stdin: the tokenizer would fail with
+    an opaque TypeError) raises ValueError naming it."""
+    if isinstance(texts, str):
+        texts = [texts]
+    elif not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"texts[{i}] is not UTF-8 text: an undecodable byte at character {exc.start}") from None
+    return texts
