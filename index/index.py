@@ -153,6 +153,10 @@ class InvertedIndex:
         """Commit counter; changes with every build, add, delete and merge."""
         return int(self._state.manifest["version"])
 
+    def changed_on_disk(self) -> bool:
+        """Whether another process committed to this index since this object last read or wrote it."""
+        return _disk_version(self.path) != self._state.manifest["version"]
+
     @property
     def journal_seq(self) -> int:
         """The last write-ahead journal record this commit includes (0: none); see ``add``."""

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,29 +126,47 @@ class FolderBusyError(RuntimeError):
 
 
 @contextmanager
-def exclusive_folder(path: Path) -> Iterator[None]:
-    """Create folder ``path`` if missing and hold an exclusive lock on it for the block, or fail at once.
+def exclusive_folder(path: Path, wait: float = 0.0) -> Iterator[None]:
+    """Create folder ``path`` if missing and hold an exclusive lock on it for the block; fail if another process
+    still holds it after ``wait`` seconds.
 
-    Two builds writing one collection (a second ``lsr index --resume`` or ``--overwrite``, a cron job
-    overlapping a manual run) would interleave their files. The lock is a ``flock`` on the folder's own
-    descriptor: no file inside that an ``--overwrite`` could delete, and the kernel drops it when its
-    process dies, kill -9 included, so a crash never leaves a stale lock behind. A filesystem that cannot
-    lock (some FUSE mounts of object storage) gets a warning and no lock, rather than no build at all.
+    Two processes writing one collection (a second ``lsr index --resume`` or ``--overwrite``, a cron job
+    overlapping a manual run, two servers or a script writing beside a server) would interleave their files. The
+    lock is a ``flock`` on the folder's own descriptor: no file inside that an ``--overwrite`` could delete, and
+    the kernel drops it when its process dies, kill -9 included, so a crash never leaves a stale lock behind. A
+    filesystem that cannot lock (some FUSE mounts of object storage) gets a warning, once, and no lock, rather
+    than no build at all.
     """
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder; choose another folder")
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise FolderBusyError(f"another process (`lsr index` or `lsr repair`) is writing {path} right now; "
-                                      "wait for it to finish or stop it, then run this again") from None
-            logging.getLogger(__name__).warning(
-                "cannot lock %s on this filesystem (%s); make sure no other build writes it meanwhile", path,
-                os.strerror(exc.errno) if exc.errno else exc)
+        _lock_folder(fd, path, time.monotonic() + wait)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+_UNLOCKABLE: set[Path] = set()  # folders on filesystems without flock, warned about once
+
+
+def _lock_folder(fd: int, path: Path, deadline: float) -> None:
+    pause = 0.005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                if path not in _UNLOCKABLE:
+                    _UNLOCKABLE.add(path)
+                    logging.getLogger(__name__).warning(
+                        "cannot lock %s on this filesystem (%s); make sure no other process writes it meanwhile",
+                        path, os.strerror(exc.errno) if exc.errno else exc)
+                return
+        if time.monotonic() >= deadline:
+            raise FolderBusyError(f"another process (`lsr index`, `lsr repair` or a writer such as `lsr serve`) is "
+                                  f"writing {path} right now; wait for it to finish or stop it, then run this again")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)

@@ -21,7 +21,8 @@ from typing import Iterator
 import grpc
 import numpy as np
 
-from lsr.files import CorruptFileError
+from lsr.files import CorruptFileError, FolderBusyError
+from lsr.ingest.collection import CollectionReplaced
 from lsr.search.searcher import FailedPrecondition, legs_of
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
@@ -73,13 +74,13 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     if isinstance(exc, Abandoned):
         return grpc.StatusCode.CANCELLED
-    if isinstance(exc, (Draining, ShardUnavailable)):
+    if isinstance(exc, (Draining, ShardUnavailable, FolderBusyError)):  # busy: another process writes the collection
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, TooLarge):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, CorruptFileError):  # before ValueError: a damaged file is the server's problem, not the caller's
         return grpc.StatusCode.DATA_LOSS
-    if isinstance(exc, FailedPrecondition):  # before ValueError: it may subclass it
+    if isinstance(exc, (FailedPrecondition, CollectionReplaced)):  # before ValueError: it may subclass it
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT

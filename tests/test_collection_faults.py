@@ -162,3 +162,71 @@ def test_bm25_never_returns_deleted_or_rewritten_documents(written, encoders, tm
         texts = [old_text, NEW_TEXT, "vitamin d deficiency"]
         found = {doc for run in opened.view().bm25_search(texts, 50) for doc in run}
         assert found and not found & (deleted | {replaced, "new-1"})
+
+
+_WRITER = """
+import pickle, sys, time
+from pathlib import Path
+from lsr.ingest.collection import Collection
+
+col = Collection.open(sys.argv[1])
+writes = pickle.loads(Path(sys.argv[2]).read_bytes())
+Path(sys.argv[2] + ".opened").touch()
+while not Path(sys.argv[3]).exists():  # every writer has opened the collection before any writes
+    time.sleep(0.01)
+for op, args in writes:
+    getattr(col, op)(*args)
+"""
+
+
+def test_processes_writing_one_collection_at_once_lose_nothing(written, encoders, tmp_path):
+    """Two servers, or a script beside a server: two processes open one collection, then both write it at once.
+    Each write waits for the other's, and a process takes up what the other wrote before its own write, so every
+    write is kept (the journal used to get two records of one seq: the collection would not open again)."""
+    import pickle
+    import subprocess
+    import sys
+    import time
+
+    path = _copy(written, tmp_path / "col")
+    originals = Collection.open(path).sparse.doc_ids()
+    go = tmp_path / "go"
+    writers, texts = [], {}
+    for name, victim in (("a", originals[0]), ("b", originals[1])):
+        writes = []
+        for i in range(8):
+            doc, text = f"{name}-{i}", f"Document {i} of writer {name}: {NEW_TEXT}"
+            texts[doc] = text
+            writes.append(("upsert", ([doc], [text], encoders[0].encode_documents([text]),
+                                      encoders[1].encode_documents([text]))))
+        writes.insert(3, ("delete", ([victim],)))
+        plan = tmp_path / f"{name}.pickle"
+        plan.write_bytes(pickle.dumps(writes))
+        writers.append((plan, subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(plan), str(go)])))
+    while not all(Path(f"{plan}.opened").exists() for plan, _ in writers):
+        assert all(proc.poll() is None for _, proc in writers)
+        time.sleep(0.05)
+    go.touch()
+    assert [proc.wait(timeout=300) for _, proc in writers] == [0, 0]
+
+    assert not verify_collection(path).problems
+    col = Collection.open(path)
+    expected = (set(originals) - set(originals[:2])) | set(texts)
+    assert set(col.sparse.doc_ids()) == set(col.dense.ids()) == expected
+    assert col.text(list(texts)) == list(texts.values()) and col.text(originals[:2]) == [None, None]
+    assert col._journal.last_seq == Collection.open(written)._journal.last_seq + 18
+
+
+def test_a_write_after_the_collection_was_indexed_anew_asks_for_a_restart(written, beir_dir, encoders, tmp_path):
+    """`lsr index --overwrite` under a process that has the old build open: its next write refuses, naming why,
+    rather than mixing the old build's stores into the new one."""
+    from lsr.ingest.collection import CollectionReplaced
+
+    path = _copy(written, tmp_path / "col")
+    col = Collection.open(path)
+    assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--limit", "5", "--dense",
+                 "none", "--max-length", "64", "--quiet"]) == 0
+    text = "Tardigrades survive vacuum."
+    with pytest.raises(CollectionReplaced, match="indexed anew .* restart the process"):
+        col.upsert(["new-4"], [text], encoders[0].encode_documents([text]), encoders[1].encode_documents([text]))
+    assert Collection.open(path).sparse.num_docs == 5 and not verify_collection(path).problems

@@ -395,6 +395,39 @@ def test_writes_are_visible_durable_across_kill_9_and_sigterm_drains(collections
         server.kill()
 
 
+def test_a_server_and_a_script_writing_one_collection_keep_each_others_writes(collections, tmp_path):
+    """A script upserts beside a running server: the server takes the script's write up before its own, waits
+    while another process holds the collection, and the script then sees the server's write; nothing is lost."""
+    from lsr.files import exclusive_folder
+    from lsr.ingest.verify import verify_collection
+
+    index_dir = tmp_path / "shared"
+    shutil.copytree(collections["hybrid"], index_dir)
+    server = ServerProcess(index_dir).wait_listening()
+    script = Searcher.open(index_dir)
+    try:
+        with server.client() as c:
+            n_docs = c.stats()["num_docs"]
+            script.upsert(["script-1"], ["Quokka marsupials on Rottnest Island show unusual zinc metabolism."])
+            assert c.upsert(["svc-2"], ["Axolotl limb regeneration depends on macrophages."]) == 1
+            assert c.stats()["num_docs"] == n_docs + 2
+            assert c.search("quokka zinc", k=1, mode="sparse").hits[0].doc_id == "script-1"
+            done: dict = {}
+            with exclusive_folder(index_dir):  # as `lsr repair` or another process's write would
+                worker = threading.Thread(target=lambda: done.update(n=c.upsert(["svc-3"], ["Tardigrades survive vacuum."])))
+                worker.start()
+                time.sleep(1.0)
+                assert worker.is_alive() and not done  # the write waits for the folder
+            worker.join(60)
+            assert done == {"n": 1}
+        script.upsert(["script-4"], ["Naked mole rats resist cancer."])
+        assert script.search("axolotl limb regeneration", k=1, mode="sparse").hits[0].doc_id == "svc-2"
+        assert script.stats()["num_docs"] == n_docs + 4
+    finally:
+        server.kill()
+    assert not verify_collection(index_dir).problems
+
+
 # ---------------------------------------------------------------------------------- auth, TLS, logs
 def test_auth_refuses_requests_without_the_token_over_tls(servers, tls_files):
     cert, _ = tls_files

@@ -3,6 +3,11 @@
 Writes go to the journal first (fsynced), then to the sparse index, the dense index and the doc
 overlay, each recording the journal seq it holds; only then is the new version published. So
 readers never see a half-applied write, and a crash between stores is replayed at the next open.
+
+Several processes may open one collection (two servers, a script beside a server) and write it: each write,
+and each open (whose replay writes), holds the folder's lock, and a process that finds the collection
+written by another since it last looked first takes up the stores as they are on disk. A process sees
+another's writes at its next write or open; until then its searches read what it last saw.
 """
 
 from __future__ import annotations
@@ -17,13 +22,19 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lsr.files import CorruptFileError
+from lsr.files import CorruptFileError, exclusive_folder
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
 from lsr.search.bm25_index import BM25_DIR, Bm25Index
 from lsr.search.dense_index import DenseIndex
 from lsr.sparse import SparseBatch
+
+WRITE_WAIT = 30.0  # seconds a write or an open waits for another process's write, open or repair to end
+
+
+class CollectionReplaced(RuntimeError):
+    """A write found its collection rebuilt since this process opened it: the process must reopen it."""
 
 
 class CollectionView:
@@ -66,11 +77,18 @@ class Collection:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Collection":
-        """Check every file, replay journal records a store missed, and check the stores agree."""
-        from lsr.index import InvertedIndex
-
+        """Check every file, replay journal records a store missed, and check the stores agree. FolderBusyError
+        when another process is still writing the collection after ``WRITE_WAIT`` seconds."""
         path = Path(path).expanduser()
         meta = read_meta(path)
+        with exclusive_folder(path, wait=WRITE_WAIT):  # the replay writes: never beside another process's write
+            return cls._load(path, meta)
+
+    @classmethod
+    def _load(cls, path: Path, meta: dict, bm25: Bm25Index | None = None) -> "Collection":
+        """``open`` once the folder is locked; ``bm25`` (static after the build) is reused when given."""
+        from lsr.index import InvertedIndex
+
         problems = build_file_problems(path, meta)
         if problems:
             raise CorruptFileError(f"{problems[0]}; {_HINT.format(path=path)}")
@@ -87,7 +105,8 @@ class Collection:
         disagreement = agreement_problems(docs.ids(), set(sparse.doc_ids()), None if dense is None else set(dense.ids()))
         if disagreement:
             raise CorruptFileError(f"{path}: {disagreement[0]}; rebuild the indexes with `lsr repair {path}`")
-        bm25 = Bm25Index.open(path / BM25_DIR) if meta.get("bm25") else None
+        if bm25 is None and meta.get("bm25"):
+            bm25 = Bm25Index.open(path / BM25_DIR)
         return cls(path, meta, sparse, dense, docs, Journal(path / JOURNAL_FILE, records[-1].seq if records else 0), bm25)
 
     @property
@@ -124,18 +143,31 @@ class Collection:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """One writer at a time; after a failed apply the process must reopen (and so replay) first."""
+        """One writer at a time, across threads and processes; a collection another process wrote since this one
+        last looked is first taken up from disk. After a failed apply the process must reopen (and so replay) first."""
         with self._lock:
             if self._failed is not None:
                 raise RuntimeError(f"an earlier write failed half-applied ({self._failed}); restart to replay "
                                    "the journal, which holds it")
-            journaled = self._journal.last_seq
-            try:
-                yield
-            except BaseException as exc:
-                if self._journal.last_seq != journaled:
-                    self._failed = exc
-                raise
+            with exclusive_folder(self.path, wait=WRITE_WAIT):
+                if self._journal.changed_on_disk() or self.sparse.changed_on_disk():
+                    self._take_up_disk()
+                journaled = self._journal.last_seq
+                try:
+                    yield
+                except BaseException as exc:
+                    if self._journal.last_seq != journaled:
+                        self._failed = exc
+                    raise
+
+    def _take_up_disk(self) -> None:
+        """Another process wrote the collection (or repaired it): load its stores as they are now, replaying what a
+        writer that died left journaled but unapplied, so this write follows the other's instead of undoing it."""
+        if read_meta(self.path) != self.meta:
+            raise CollectionReplaced(f"{self.path} was indexed anew (`lsr index --overwrite`) since this process opened "
+                                     "it; restart the process to write to the new build")
+        fresh = self._load(self.path, self.meta, self.bm25)
+        self.sparse, self.dense, self._journal, self._view = fresh.sparse, fresh.dense, fresh._journal, fresh._view
 
     def _apply(self, record: Record) -> None:
         apply_record(record, self.sparse, self.dense)

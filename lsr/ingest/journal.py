@@ -144,6 +144,11 @@ class Journal:
     def __init__(self, path: Path, last_seq: int) -> None:
         self.path = path
         self.last_seq = last_seq
+        self.size = _size(path)  # the bytes this process last saw: more or fewer mean another process wrote
+
+    def changed_on_disk(self) -> bool:
+        """Whether another process appended (or cut a torn tail) since this one opened or last appended."""
+        return _size(self.path) != self.size
 
     def append(self, op: str, ids: Sequence[str], texts: Sequence[str] | None = None,
                sparse: SparseBatch | None = None, dense: np.ndarray | None = None) -> Record:
@@ -166,4 +171,12 @@ class Journal:
         if new:
             fsync_dir(self.path.parent)
         self.last_seq = record.seq
+        self.size = _size(self.path)
         return record
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

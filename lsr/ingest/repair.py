@@ -25,7 +25,7 @@ from lsr.sparse import SparseBatch
 
 def repair_collection(path: Path) -> list[str]:
     """Rebuild every index; returns what was done. Raises CorruptFileError if a source file is damaged, and
-    FolderBusyError while an ``lsr index`` or another repair is writing the collection."""
+    FolderBusyError while an ``lsr index``, another repair or a write is under way in the collection."""
     meta = read_meta(path)  # a missing or foreign folder fails here, before the lock would create it
     with exclusive_folder(path):
         return _rebuild(path, meta)
