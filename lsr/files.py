@@ -166,7 +166,8 @@ def _lock_folder(fd: int, path: Path, deadline: float) -> None:
                         path, os.strerror(exc.errno) if exc.errno else exc)
                 return
         if time.monotonic() >= deadline:
-            raise FolderBusyError(f"another process (`lsr index`, `lsr repair` or a writer such as `lsr serve`) is "
-                                  f"writing {path} right now; wait for it to finish or stop it, then run this again")
+            raise FolderBusyError(f"another process (`lsr index`, `lsr train`, `lsr repair` or a writer such as `lsr "
+                                  f"serve`) is writing {path} right now; wait for it to finish or stop it, then run "
+                                  "this again")
         time.sleep(pause)
         pause = min(pause * 2, 0.1)

@@ -157,6 +157,19 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tiny_beir, train
     assert uninterrupted_run["dev_split"] == "dev" and len(uninterrupted_run["dev_scores"]) >= 4
 
 
+def test_a_run_into_an_out_another_run_holds_is_refused_in_one_line(tiny_beir, tmp_path):
+    """A second `lsr train OUT` (or `--resume`) while a run writes OUT would interleave their checkpoints."""
+    from lsr.files import exclusive_folder
+
+    out = tmp_path / "model"
+    with exclusive_folder(out):  # as the run in progress holds it
+        done = subprocess.run(_train_command(tiny_beir, out), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and done.stderr.endswith(
+        f"lsr train: error: another process (`lsr index`, `lsr train`, `lsr repair` or a writer such as `lsr serve`) "
+        f"is writing {out} right now; wait for it to finish or stop it, then run this again\n")
+    assert list(out.iterdir()) == []
+
+
 def test_sigterm_finishes_the_step_checkpoints_it_and_exits_143(tiny_beir, tmp_path):
     """A scheduler's SIGTERM (pre-emption) stops the run like Ctrl-C: after the current step, with a checkpoint of
     that step, not of the last periodic one (which a plain exit would fall back to)."""

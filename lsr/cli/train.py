@@ -173,13 +173,21 @@ def _check_out(out: Path, resume: bool) -> None:
 
 
 def _train(args, config, examples, out: Path, encoding: dict[str, str], say, model, dev_split: str | None) -> int:
+    """One run per OUT: a second `lsr train OUT --resume` while this one runs would interleave the checkpoints."""
+    from lsr.files import exclusive_folder
+
+    with exclusive_folder(out):
+        _check_out(out, args.resume)  # again, now that OUT is ours: a run that held it may have finished meanwhile
+        return _train_in(args, config, examples, out, encoding, say, model, dev_split)
+
+
+def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, model, dev_split: str | None) -> int:
     from lsr.train.checkpoint import CHECKPOINT_FILE
     from lsr.eval.metrics import RANDOMIZATION_TEST, randomization_p
     from lsr.train.evaluate import quality_scorer
     from lsr.train.export import save_model_folder
     from lsr.train.loop import idf_queries, train
 
-    out.mkdir(parents=True, exist_ok=True)
     if config.inference_free:
         idf_queries(model, examples)  # before any scoring: the variant is scored with its IDF queries, as it will serve
     queries = model.query_encoder()
