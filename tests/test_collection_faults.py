@@ -230,3 +230,26 @@ def test_a_write_after_the_collection_was_indexed_anew_asks_for_a_restart(writte
     with pytest.raises(CollectionReplaced, match="indexed anew .* restart the process"):
         col.upsert(["new-4"], [text], encoders[0].encode_documents([text]), encoders[1].encode_documents([text]))
     assert Collection.open(path).sparse.num_docs == 5 and not verify_collection(path).problems
+
+
+def test_writes_leave_the_dense_index_to_the_journal_until_its_save_at_close(written, encoders, tmp_path):
+    """A save rewrites the dense index whole, so writes no longer save it each time: the journal holds the rows
+    since its last save, an open (after a crash too) and `lsr verify` replay them, and close saves them."""
+    from lsr.search.dense_index import DenseIndex
+
+    path = _copy(written, tmp_path / "col")
+    col = Collection.open(path)
+    saved = DenseIndex.open(path / "dense").journal_seq
+    for i in range(3):
+        text = f"Write {i}: {NEW_TEXT}"
+        col.upsert([f"late-{i}"], [text], encoders[0].encode_documents([text]), encoders[1].encode_documents([text]))
+    col.delete(["late-0"])
+    assert DenseIndex.open(path / "dense").journal_seq == saved  # no dense save per write
+    report = verify_collection(path)
+    assert not report.problems and any("ids agree" in line for line in report.checked)
+    crashed = shutil.copytree(path, tmp_path / "crashed")  # as if the process died here, before close
+    for opened in (Collection.open(crashed), col):
+        assert {"late-1", "late-2"} <= set(opened.dense.ids()) and "late-0" not in set(opened.dense.ids())
+    col.close()
+    assert DenseIndex.open(path / "dense").journal_seq == col._journal.last_seq == saved + 4
+    assert set(DenseIndex.open(path / "dense").ids()) == set(Collection.open(path).sparse.doc_ids())

@@ -235,7 +235,9 @@ class Searcher:
         report(True)
 
     def close(self) -> None:
-        """Release what serving holds beyond memory (a sharded searcher's shard servers); nothing here."""
+        """Release what serving holds beyond memory: save the collection's dense rows only its journal holds (a
+        sharded searcher stops its shard servers)."""
+        self.collection.close()
 
     @property
     def search_defaults(self) -> dict:
