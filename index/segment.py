@@ -8,7 +8,7 @@ kernels skip on. The forward store (doc -> terms) serves ``get_vectors`` and ``m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numba import njit
@@ -213,6 +213,10 @@ class Segment:
     @property
     def n_docs(self) -> int:
         return len(self.ids)
+
+    def with_deleted(self, deleted: np.ndarray) -> "Segment":
+        """The same rows under another tombstone mask."""
+        return replace(self, deleted=deleted, live=_live(deleted))
 
     def deleted_rows(self) -> np.ndarray:
         return np.flatnonzero(self.deleted).astype(np.int64)

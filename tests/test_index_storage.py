@@ -223,3 +223,31 @@ def test_readers_during_commits_see_whole_snapshots(tmp_path):
             r.join()
     assert not errors, errors[:3]
     assert [h.doc_id for h in idx.search(query, k=1)] == ["n11"]
+
+
+def test_one_document_upserts_merge_tier_by_tier_and_keep_exact_results(tmp_path):
+    """Each upsert adds a segment; add() merges a size tier once it holds MERGE_FACTOR segments, so a long run of
+    one-document upserts (and deletes) leaves a handful of segments, no unreferenced files, and exact top-k."""
+    from lsr.index.index import MERGE_FACTOR
+
+    vocab = 300
+    built = InvertedIndex.build(tmp_path / "idx", SparseBatch.from_scipy(_vectors(3, 40, vocab)),
+                                [f"base-{i}" for i in range(40)])
+    extra = _vectors(4, 260, vocab)
+    counts = []
+    for i in range(extra.shape[0]):
+        built.add(SparseBatch.from_scipy(extra[i]), [f"new-{i}"])
+        if i % 7 == 0:
+            built.delete([f"new-{i // 2}"] if f"new-{i // 2}" in built else [])
+        counts.append(built.num_segments)
+    assert max(counts) <= 3 * (MERGE_FACTOR - 1)  # three tiers (1-9, 10-99, 100-999 documents) of at most 9
+    tiers = [int(np.log10(max(s.n_docs, 1))) for s in built._state.segments]
+    assert all(tiers.count(t) < MERGE_FACTOR for t in tiers)
+    on_disk = {p.name for p in (tmp_path / "idx").iterdir()} - {"manifest.json", "LOCK"}
+    assert on_disk == {name for _, name in _files(tmp_path / "idx")}
+    reopened = InvertedIndex.open(tmp_path / "idx")
+    assert sorted(reopened.doc_ids()) == sorted(built.doc_ids()) and len(reopened.doc_ids()) == 40 + 260 - 38
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        terms = rng.choice(vocab, 6, replace=False)
+        assert_exact_topk(reopened, {int(t): float(w) for t, w in zip(terms, rng.exponential(1.0, 6))}, k=10)
