@@ -66,6 +66,18 @@ class _State:
                 self._locations = table
             return self._locations
 
+    def locate(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(segment index, local row) of those ``ids`` that are live. A write or a PRF search asks for a few ids
+        after every commit: the segments' own id maps (kept across commits) answer it without a map of every
+        live id, which cost O(documents) each time (~0.5 s at 1M)."""
+        found: dict[str, tuple[int, int]] = {}
+        for si, seg in enumerate(self.segments):
+            for doc_id in ids:
+                row = seg.row(doc_id)
+                if row is not None and not seg.deleted[row]:
+                    found[doc_id] = (si, row)
+        return found
+
     def token_ids(self) -> dict[str, int] | None:
         """token -> term id, built on first use (None when the index stores no vocabulary)."""
         if self.vocab is None:
@@ -164,7 +176,7 @@ class InvertedIndex:
         return int(self._state.manifest.get("journal_seq", 0))
 
     def __contains__(self, doc_id: str) -> bool:
-        return doc_id in self._state.locations()
+        return bool(self._state.locate([doc_id]))
 
     def doc_ids(self) -> list[str]:
         """Ids of the live documents."""
@@ -194,7 +206,7 @@ class InvertedIndex:
         """Stored (dequantized) vectors of live documents, in the given order; KeyError for unknown ids."""
         state = self._state
         ids = doc_id_list(doc_ids)
-        where = state.locations()
+        where = state.locate(ids)
         missing = [i for i in ids if i not in where]
         if missing:
             raise KeyError(f"unknown doc ids: {missing[:10]}")
@@ -316,8 +328,8 @@ class InvertedIndex:
             batch, ids = document_batch(vectors, doc_ids, self.vocab_size)
             if not ids:
                 return
-            where = state.locations()
-            masks = _tombstones(state, [where[i] for i in ids if i in where])
+            where = state.locate(ids)
+            masks = _tombstones(state, list(where.values()))
             manifest = _copy_manifest(state.manifest, journal_seq)
             version = manifest["version"] + 1
             scale = choose_scale(self.quantization, float(batch.values.max(initial=0.0)), state.scale)
@@ -335,7 +347,7 @@ class InvertedIndex:
         with self._write_lock, storage.writer_lock(self.path):
             state = self._fresh_state()
             ids = list(dict.fromkeys(doc_id_list(doc_ids)))
-            where = state.locations()
+            where = state.locate(ids)
             missing = [i for i in ids if i not in where]
             if missing:
                 raise KeyError(f"unknown doc ids, nothing deleted: {missing[:10]}")

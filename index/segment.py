@@ -8,7 +8,7 @@ kernels skip on. The forward store (doc -> terms) serves ``get_vectors`` and ``m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numba import njit
@@ -201,6 +201,8 @@ class Segment:
     term_max: np.ndarray
     term_df: np.ndarray
     live: int  # live documents, counted once: searches ask for it on every query
+    # id -> local row, built on first use and shared by every Segment of these files (``with_deleted`` keeps it)
+    _rows: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def create(cls, name: str, arrays: dict[str, np.ndarray], scale: float, ids: np.ndarray, deleted: np.ndarray) -> "Segment":
@@ -213,6 +215,13 @@ class Segment:
     @property
     def n_docs(self) -> int:
         return len(self.ids)
+
+    def row(self, doc_id: str) -> int | None:
+        """The local row holding ``doc_id``, deleted or not; None when the segment never held it."""
+        rows = self._rows.get("map")
+        if rows is None:
+            rows = self._rows["map"] = {d: r for r, d in enumerate(self.ids.tolist())}
+        return rows.get(doc_id)
 
     def with_deleted(self, deleted: np.ndarray) -> "Segment":
         """The same rows under another tombstone mask."""
