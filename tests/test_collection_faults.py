@@ -239,7 +239,7 @@ def test_writes_leave_the_dense_index_to_the_journal_until_its_save_at_close(wri
 
     path = _copy(written, tmp_path / "col")
     col = Collection.open(path)
-    saved = DenseIndex.open(path / "dense").journal_seq
+    saved, journaled = DenseIndex.open(path / "dense").journal_seq, col._journal.last_seq
     for i in range(3):
         text = f"Write {i}: {NEW_TEXT}"
         col.upsert([f"late-{i}"], [text], encoders[0].encode_documents([text]), encoders[1].encode_documents([text]))
@@ -250,6 +250,7 @@ def test_writes_leave_the_dense_index_to_the_journal_until_its_save_at_close(wri
     crashed = shutil.copytree(path, tmp_path / "crashed")  # as if the process died here, before close
     for opened in (Collection.open(crashed), col):
         assert {"late-1", "late-2"} <= set(opened.dense.ids()) and "late-0" not in set(opened.dense.ids())
+    assert DenseIndex.open(crashed / "dense").journal_seq == saved  # an open that only reads writes nothing there
     col.close()
-    assert DenseIndex.open(path / "dense").journal_seq == col._journal.last_seq == saved + 4
+    assert DenseIndex.open(path / "dense").journal_seq == col._journal.last_seq == journaled + 4
     assert set(DenseIndex.open(path / "dense").ids()) == set(Collection.open(path).sparse.doc_ids())

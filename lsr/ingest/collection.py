@@ -109,7 +109,7 @@ class Collection:
         dense = DenseIndex.open(path / "dense") if meta.get("dense_model") else None
         applied = max(sparse.journal_seq, dense.journal_seq if dense is not None else 0)
         records = recover(path / JOURNAL_FILE, applied)
-        replay(records, sparse, dense, path / "dense")
+        replay(records, sparse, dense)
         docs = DocStore(path / "docs", overlay_of(records))
         disagreement = agreement_problems(docs.ids(), set(sparse.doc_ids()), None if dense is None else set(dense.ids()))
         if disagreement:
@@ -177,7 +177,7 @@ class Collection:
                                      "it; restart the process to write to the new build")
         fresh = self._load(self.path, self.meta, self.bm25)
         self.sparse, self.dense, self._journal, self._view = fresh.sparse, fresh.dense, fresh._journal, fresh._view
-        self._dense_unsaved = 0  # the load saved what it replayed
+        self._dense_unsaved = 0  # the rows it replayed are the other process's to save (or the next threshold's)
 
     def _save_dense(self, seq: int) -> None:
         self.dense.save(self.path / "dense", journal_seq=seq)
@@ -221,14 +221,14 @@ def apply_record(record: Record, sparse: Any | None, dense: DenseIndex | None) -
         dense.remove(record.ids)
 
 
-def replay(records: Sequence[Record], sparse: Any, dense: DenseIndex | None, dense_dir: Path) -> None:
-    """Apply to each store the records it does not hold yet (after a crash between stores)."""
+def replay(records: Sequence[Record], sparse: Any, dense: DenseIndex | None) -> None:
+    """Apply to each store the records it does not hold yet: the sparse index's after a crash between stores
+    (committed), the dense index's since its last save (in memory only: an open that only reads writes nothing
+    there, and the writer's next save or close stores them)."""
     dense_from = dense.journal_seq if dense is not None else 0
     for record in records:
         apply_record(record, sparse if record.seq > sparse.journal_seq else None,
                      dense if dense is not None and record.seq > dense_from else None)
-    if dense is not None and records and records[-1].seq > dense_from:
-        dense.save(dense_dir, journal_seq=records[-1].seq)
 
 
 def overlay_of(records: Sequence[Record]) -> dict[str, str | None]:
