@@ -553,9 +553,12 @@ def _state_from_manifest(path: Path, manifest: dict, previous: _State | None = N
 
 def _same_rows(old: dict, new: dict) -> bool:
     """Whether two manifest entries hold the same segment files (tombstones aside)."""
-    strip = lambda meta: {k: v for k, v in meta.items() if k != "deleted"} | {  # noqa: E731
+    return _without_deleted(old) == _without_deleted(new)
+
+
+def _without_deleted(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if k != "deleted"} | {
         "files": {k: v for k, v in meta["files"].items() if k != "deleted"}}
-    return strip(old) == strip(new)
 
 
 def _deleted_mask(path: Path, meta: dict, n_docs: int) -> np.ndarray:

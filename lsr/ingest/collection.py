@@ -159,7 +159,7 @@ class Collection:
                 raise RuntimeError(f"an earlier write failed half-applied ({self._failed}); restart to replay "
                                    "the journal, which holds it")
             with exclusive_folder(self.path, wait=WRITE_WAIT):
-                if self._journal.changed_on_disk() or self.sparse.changed_on_disk():
+                if self._changed_on_disk():
                     self._take_up_disk()
                 journaled = self._journal.last_seq
                 try:
@@ -168,6 +168,10 @@ class Collection:
                     if self._journal.last_seq != journaled:
                         self._failed = exc
                     raise
+
+    def _changed_on_disk(self) -> bool:
+        """Whether another process wrote (or repaired) the collection since this one last looked."""
+        return self._journal.changed_on_disk() or self.sparse.changed_on_disk()
 
     def _take_up_disk(self) -> None:
         """Another process wrote the collection (or repaired it): load its stores as they are now, replaying what a
@@ -191,7 +195,7 @@ class Collection:
                 return
             try:
                 with exclusive_folder(self.path, wait=WRITE_WAIT):
-                    if not (self._journal.changed_on_disk() or self.sparse.changed_on_disk()):
+                    if not self._changed_on_disk():
                         self._save_dense(self._journal.last_seq)
             except FolderBusyError:
                 pass

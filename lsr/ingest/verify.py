@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lsr.files import CorruptFileError
-from lsr.ingest.collection import agreement_problems, apply_record, overlay_of
+from lsr.ingest.collection import agreement_problems, overlay_of, replay
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, scan
 from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
@@ -79,10 +79,7 @@ def verify_collection(path: Path) -> Report:
             report.notes.append(f"the {name} is {last - seq} journal records behind; the next open replays them")
 
     if not report.problems and seqs.get("sparse index") == last:
-        if dense is not None:  # rows written since its last save: replayed here in memory, as an open would
-            for record in journal.records:
-                if record.seq > dense.journal_seq:
-                    apply_record(record, None, dense)
+        replay(journal.records, sparse, dense)  # the dense rows since its last save, in memory as an open would
         try:
             docs = DocStore(path / "docs", overlay_of(journal.records)).ids()
         except CorruptFileError as exc:
