@@ -66,3 +66,69 @@ def test_a_corrupted_score_matrix_gives_wrong_scores_not_a_crash(leg, scifact):
     damaged = Bm25Index(broken, leg.ids)
     results = damaged.search(list(scifact.queries.values())[:50], 100)
     assert all(set(r) <= set(leg.ids) for r in results) and any(results)
+
+
+def test_documents_written_later_score_the_bits_the_build_gave_them(leg, scifact):
+    """A build document deleted and upserted under a new id with its text, over many writes (so chunks are
+    appended, merged and compacted), scores exactly as it did in the build, in every query's whole run."""
+    from lsr.search.bm25_leg import Bm25Leg
+
+    moved = leg.ids[::7]
+    text = dict(zip(leg.ids, scifact.doc_texts(leg.ids)))
+    version = Bm25Leg(leg)
+    for start in range(0, len(moved), 9):  # ids rewritten twice: the first copies die, and get merged away
+        batch = moved[start : start + 9]
+        version = version.with_updates([f"new-{d}" for d in batch], ["placeholder words"] * len(batch))
+        version = version.with_updates([f"new-{d}" for d in batch] + batch, [text[d] for d in batch] + [None] * len(batch))
+    assert version.live_written == len(moved) and 1 < len(version._chunks) < 8
+    queries = list(scifact.queries.values())[:120]
+    renamed = set(moved)
+    for got, want in zip(version.search(queries, len(leg.ids)), leg.search(queries, len(leg.ids))):
+        assert got == {(f"new-{d}" if d in renamed else d): s for d, s in want.items()}
+        assert list(got.values()) == sorted(got.values(), reverse=True)
+
+
+def test_a_term_the_build_never_saw_takes_its_frequency_from_the_live_written_documents(leg):
+    from lsr.search.bm25_index import Bm25Stats
+    from lsr.search.bm25_leg import Bm25Leg
+
+    assert leg.search(["zorblaxian"], 10) == [{}]
+    one = Bm25Leg(leg).with_updates(["z1"], ["zorblaxian proteins"])
+    two = one.with_updates(["z2"], ["zorblaxian zorblaxian proteins"])
+    idf = Bm25Stats(len(leg.ids), 1.0, np.zeros(0)).idf
+    assert idf(1) > idf(2) > 0 and leg.stats.num_docs == len(leg.ids)
+    first = one.search(["zorblaxian"], 10)[0]
+    assert list(first) == ["z1"] and first["z1"] > 0
+    both = two.search(["zorblaxian"], 10)[0]
+    assert list(both) == ["z2", "z1"] and both["z1"] < first["z1"]  # a second holder lowers the term's IDF
+    assert one.search(["zorblaxian"], 10)[0] == first  # a pinned version is unchanged by later writes
+    gone = two.with_updates(["z1", "z2"], [None, "proteins only"])
+    assert gone.search(["zorblaxian"], 10) == [{}] and gone.live_written == 1
+    assert "z2" in gone.search(["proteins"], len(leg.ids) + 5)[0]
+
+
+def test_the_build_statistics_survive_save_open_and_split(leg, tmp_path):
+    from lsr.search.bm25_index import Bm25Index
+
+    files = {p.name for p in leg.save(tmp_path / "bm25")}
+    assert {"stats.json", "doc_freqs.npy"} <= files
+    opened = Bm25Index.open(tmp_path / "bm25")
+    assert (opened.stats.num_docs, opened.stats.avg_doc_len) == (leg.stats.num_docs, leg.stats.avg_doc_len)
+    np.testing.assert_array_equal(opened.stats.doc_freqs, leg.stats.doc_freqs)
+    assert Bm25Index.open(tmp_path / "bm25", with_stats=False).stats is None
+    parts = leg.split([1500, 500])
+    assert all(part.stats is leg.stats for part in parts)  # a shard scores with the whole collection's statistics
+
+
+def test_a_leg_saved_without_statistics_hides_written_documents_and_says_so(leg, caplog):
+    from lsr.search.bm25_index import Bm25Index
+    from lsr.search.bm25_leg import Bm25Leg
+
+    old = Bm25Index(leg.retriever, leg.ids)
+    victim = leg.ids[0]
+    text = "protein folding in yeast"
+    with caplog.at_level("WARNING"):
+        version = Bm25Leg.written(old, [victim, "new"], [text, text])
+    assert "re-index the collection" in caplog.text and "2 documents upserted" in caplog.text
+    found = version.search([text], len(leg.ids))[0]
+    assert found and victim not in found and "new" not in found

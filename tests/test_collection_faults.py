@@ -147,21 +147,24 @@ def test_a_search_keeps_its_snapshot_while_writes_publish_new_versions(written, 
     assert victim not in col.view().sparse and "new-3" in col.view().dense
 
 
-def test_bm25_never_returns_deleted_or_rewritten_documents(written, encoders, tmp_path):
-    """BM25 holds the build's texts: a deleted document and a replaced one (old text) never come back from it,
-    before and after a reopen; a document upserted later is not in the BM25 leg (documented)."""
+def test_bm25_finds_upserted_documents_and_never_deleted_or_rewritten_ones(written, encoders, tmp_path):
+    """The BM25 leg holds the build's texts and the documents written since: an upserted document is found by its
+    text, a deleted one and a replaced one's old text never come back, before and after a reopen."""
     col = Collection.open(_copy(written, tmp_path / "col"))
     build = Collection.open(written)
     replaced = col.sparse.doc_ids()[1]
     old_text = col.text([replaced])[0]
     assert replaced in col.view().bm25_search([old_text], 5)[0]
     col.upsert([replaced], [NEW_TEXT], encoders[0].encode_documents([NEW_TEXT]), encoders[1].encode_documents([NEW_TEXT]))
-    deleted = set(build.view().bm25.ids) - build.view().docs.ids()
+    deleted = set(build.bm25.ids) - build.view().docs.ids()
     assert deleted  # the fixture deleted one build document
     for opened in (col, Collection.open(col.path)):
-        texts = [old_text, NEW_TEXT, "vitamin d deficiency"]
-        found = {doc for run in opened.view().bm25_search(texts, 50) for doc in run}
-        assert found and not found & (deleted | {replaced, "new-1"})
+        old, new, other = opened.view().bm25_search([old_text, NEW_TEXT, "vitamin d deficiency"], 50)
+        assert replaced not in old and not (set(old) | set(other)) & deleted
+        assert list(new)[:2] == ["new-1", replaced] and new["new-1"] == new[replaced]  # same text: same score, earlier first
+    col.delete(["new-1"])
+    after = col.view().bm25_search([NEW_TEXT], 50)[0]
+    assert list(after)[0] == replaced and "new-1" not in after
 
 
 _WRITER = """
@@ -215,6 +218,24 @@ def test_processes_writing_one_collection_at_once_lose_nothing(written, encoders
     assert set(col.sparse.doc_ids()) == set(col.dense.ids()) == expected
     assert col.text(list(texts)) == list(texts.values()) and col.text(originals[:2]) == [None, None]
     assert col._journal.last_seq == Collection.open(written)._journal.last_seq + 18
+
+
+def test_a_process_taking_up_another_processs_writes_carries_its_bm25_leg_forward(written, encoders, tmp_path):
+    """A write first takes up what another writer added: its BM25 leg then holds those documents (and no longer
+    the old text of one they rewrote) with the scores a fresh open gives."""
+    path = _copy(written, tmp_path / "col")
+    first, second = Collection.open(path), Collection.open(path)
+
+    def upsert(col: Collection, doc: str, text: str) -> None:
+        col.upsert([doc], [text], encoders[0].encode_documents([text]), encoders[1].encode_documents([text]))
+
+    upsert(first, "first-1", "Axolotl limb regrowth after amputation in the laboratory")
+    upsert(first, "new-1", "Narwhal tusks sense salinity")  # rewrites a document both opened with
+    upsert(second, "second-1", "Axolotl limb regrowth")  # takes up the two writes above first
+    queries = ["axolotl limb regrowth", NEW_TEXT, "narwhal tusks"]
+    got = second.view().bm25_search(queries, 20)
+    assert got == Collection.open(path).view().bm25_search(queries, 20)
+    assert {"first-1", "second-1"} <= set(got[0]) and "new-1" not in got[1] and list(got[2])[0] == "new-1"
 
 
 def test_a_write_after_the_collection_was_indexed_anew_asks_for_a_restart(written, beir_dir, encoders, tmp_path):

@@ -153,6 +153,9 @@ def test_upsert_and_delete_route_to_the_owner_and_show_on_the_next_search(client
     assert client.upsert(ids, texts) == 6
     found = client.search("zebrafish heart regeneration", k=6)
     assert {h.doc_id for h in found.hits} == set(ids)
+    # BM25 finds them too, each shard scoring with the whole collection's statistics: one text, one score
+    lexical = client.search("zebrafish heart regeneration", k=6, mode="bm25")
+    assert {h.doc_id for h in lexical.hits} == set(ids) and len({h.score for h in lexical.hits}) == 1
     assert client.delete([ids[0], "never-there"]) == ["never-there"]
     after = client.search("zebrafish heart regeneration", k=6)
     assert ids[0] not in {h.doc_id for h in after.hits} and ids[1] in {h.doc_id for h in after.hits}

@@ -27,7 +27,8 @@ from lsr.files import CorruptFileError, FolderBusyError, exclusive_folder
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
-from lsr.search.bm25_index import BM25_DIR, Bm25Index
+from lsr.search.bm25_index import BM25_DIR, STATS_FILE, Bm25Index
+from lsr.search.bm25_leg import Bm25Leg
 from lsr.search.dense_index import DenseIndex
 from lsr.sparse import SparseBatch
 
@@ -50,12 +51,12 @@ class CollectionView:
 
     __slots__ = ("sparse", "dense", "docs", "bm25")
 
-    def __init__(self, sparse: Any, dense: DenseIndex | None, docs: DocStore, bm25: Bm25Index | None = None) -> None:
+    def __init__(self, sparse: Any, dense: DenseIndex | None, docs: DocStore, bm25: Bm25Leg | None = None) -> None:
         self.sparse, self.dense, self.docs, self.bm25 = sparse, dense, docs, bm25
 
     def bm25_search(self, texts: Sequence[str], k: int) -> list[dict[str, float]]:
-        """BM25 over the build's texts, less every document written since (deleted, or replaced: its old text)."""
-        return self.bm25.search(texts, k, hidden=self.docs.written())
+        """BM25 over the live documents: the build's, less those written since, and those upserted since."""
+        return self.bm25.search(texts, k)
 
     def text(self, doc_ids: Sequence[str]) -> list[str | None]:
         """Stored texts in the given order; None for unknown or deleted ids."""
@@ -71,12 +72,12 @@ class Collection:
     """
 
     def __init__(self, path: Path, meta: dict, sparse: Any, dense: DenseIndex | None, docs: DocStore,
-                 journal: Journal, bm25: Bm25Index | None = None) -> None:
+                 journal: Journal, bm25: Bm25Leg | None = None) -> None:
         self.path = path
         self.meta = meta
         self.sparse = sparse  # the writable stores; readers use view()
         self.dense = dense
-        self.bm25 = bm25  # static: searches mask what later writes changed
+        self.bm25 = bm25.base if bm25 is not None else None  # the build's BM25 index; each view's leg adds later writes
         self.search_defaults = read_search_defaults(path)  # what `lsr tune` chose, or None
         self._journal = journal
         self._lock = threading.Lock()
@@ -94,8 +95,8 @@ class Collection:
             return cls._load(path, meta)
 
     @classmethod
-    def _load(cls, path: Path, meta: dict, bm25: Bm25Index | None = None) -> "Collection":
-        """``open`` once the folder is locked; ``bm25`` (static after the build) is reused when given."""
+    def _load(cls, path: Path, meta: dict, before: CollectionView | None = None) -> "Collection":
+        """``open`` once the folder is locked; the BM25 leg of ``before`` (an earlier view) is carried forward."""
         from lsr.index import InvertedIndex
 
         problems = build_file_problems(path, meta)
@@ -114,8 +115,15 @@ class Collection:
         disagreement = agreement_problems(docs.ids(), set(sparse.doc_ids()), None if dense is None else set(dense.ids()))
         if disagreement:
             raise CorruptFileError(f"{path}: {disagreement[0]}; rebuild the indexes with `lsr repair {path}`")
-        if bm25 is None and meta.get("bm25"):
-            bm25 = Bm25Index.open(path / BM25_DIR)
+        bm25 = None
+        if before is not None and before.bm25 is not None:  # the build's index is static: add what changed since
+            changed = docs.written_since(before.docs)
+            bm25 = before.bm25.with_updates(changed, docs.get(changed))
+        elif meta.get("bm25"):  # statistics a build before they were kept lacks, or whose crc32 it lacks
+            base = Bm25Index.open(path / BM25_DIR, with_stats=any(record["file"] == f"{BM25_DIR}/{STATS_FILE}"
+                                                                  for record in meta["files"]))
+            written = docs.written()
+            bm25 = Bm25Leg.written(base, written, docs.get(written))
         return cls(path, meta, sparse, dense, docs, Journal(path / JOURNAL_FILE, records[-1].seq if records else 0), bm25)
 
     @property
@@ -179,7 +187,7 @@ class Collection:
         if read_meta(self.path) != self.meta:
             raise CollectionReplaced(f"{self.path} was indexed anew (`lsr index --overwrite`) since this process opened "
                                      "it; restart the process to write to the new build")
-        fresh = self._load(self.path, self.meta, self.bm25)
+        fresh = self._load(self.path, self.meta, self._view)
         self.sparse, self.dense, self._journal, self._view = fresh.sparse, fresh.dense, fresh._journal, fresh._view
         self._dense_unsaved = 0  # the rows it replayed are the other process's to save (or the next threshold's)
 
@@ -207,8 +215,10 @@ class Collection:
             if self._dense_unsaved >= dense_save_rows(len(self.dense)):
                 self._save_dense(record.seq)
         texts = record.texts if record.op == "upsert" else [None] * len(record.ids)
+        view = self._view
         self._view = CollectionView(self.sparse.pinned(), self.dense.pinned() if self.dense is not None else None,
-                                    self._view.docs.with_updates(record.ids, texts), self.bm25)
+                                    view.docs.with_updates(record.ids, texts),
+                                    view.bm25.with_updates(record.ids, texts) if view.bm25 is not None else None)
 
 
 def apply_record(record: Record, sparse: Any | None, dense: DenseIndex | None) -> None:

@@ -88,6 +88,11 @@ class DocStore:
         """Ids written (upserted or deleted) after the build: their build-time text is no longer current."""
         return list(self._overlay)
 
+    def written_since(self, before: "DocStore") -> list[str]:
+        """Ids whose text differs from ``before``'s, an earlier version of this store (journaled writes only add)."""
+        missing = object()
+        return [doc_id for doc_id, text in self._overlay.items() if before._overlay.get(doc_id, missing) != text]
+
     def contains(self, doc_id: str) -> bool:
         if doc_id in self._overlay:
             return self._overlay[doc_id] is not None

@@ -10,8 +10,9 @@ Layout (``lsr.json`` is written last, so its presence means the collection is co
     OUT/journal.log                   write-ahead journal of later upserts and deletes (lsr.ingest.journal)
     OUT/dense/manifest.json, faiss-N.index, ids-N.parquet   the DenseIndex (derived)
     OUT/sparse/                       the InvertedIndex (derived)
-    OUT/bm25/                         the BM25 leg over the build's texts (lsr.search.bm25_index; derived, deterministic,
-                                      so its crc32s sit in lsr.json with the build files)
+    OUT/bm25/                         the BM25 index over the build's texts, with the statistics it scored with
+                                      (lsr.search.bm25_index; derived, deterministic, so its crc32s sit in lsr.json
+                                      with the build files); later writes are added at open (lsr.search.bm25_leg)
     OUT/search-defaults.json          fusion settings `lsr tune` chose on train/dev qrels (sealed with its crc32)
     OUT/.lsr-build.json               checkpoint of an unfinished build (removed when done)
 

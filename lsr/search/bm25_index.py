@@ -2,11 +2,10 @@
 
 These are the settings of the BEIR baseline (``lsr.eval.backends.bm25_run`` builds through this
 class), so a collection's BM25 leg scores exactly as the baseline does. The index is built from
-the collection's build-time texts only. Upserts and deletes do not rewrite it: a search masks every
-document written after the build (``weight_mask``), so a deleted document never comes back and a
-replaced one is never scored on its old text; upserted documents are not in the BM25 leg until the
-collection is re-indexed. Building is deterministic, so ``lsr repair`` rebuilds byte-equal files
-whose crc32s ``lsr.json`` records.
+the collection's build-time texts only, and keeps the build's statistics (``Bm25Stats``: document
+count, average length, document frequencies) so that documents written later can be scored as if
+they had been in the build (``lsr.search.bm25_leg``). Building is deterministic, so ``lsr repair``
+rebuilds byte-equal files whose crc32s ``lsr.json`` records.
 """
 
 from __future__ import annotations
@@ -14,17 +13,21 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from lsr.files import atomic_write
+from lsr.files import atomic_write, write_json_atomic
 from lsr.ingest.layout import read_doc_shards
 
 BM25_DIR = "bm25"
 IDS_FILE = "ids.json"
+STATS_FILE = "stats.json"
+DOC_FREQS_FILE = "doc_freqs.npy"
 DESCRIPTION = "bm25s (lucene, k1=1.5, b=0.75) + English stopwords + PyStemmer Snowball English"
 
 
@@ -38,16 +41,30 @@ def _bm25s():
     return bm25s
 
 
+@dataclass(frozen=True)
+class Bm25Stats:
+    """The statistics a build scored its documents with: a shard of a sharded build holds the whole collection's."""
+
+    num_docs: int
+    avg_doc_len: float
+    doc_freqs: np.ndarray  # documents holding each term, by the index's term id
+
+    def idf(self, doc_freq: int) -> np.float32:
+        """Lucene's IDF of a term in ``doc_freq`` documents: bm25s's float32 of ``math.log``'s double."""
+        return np.float32(math.log(1 + (self.num_docs - doc_freq + 0.5) / (doc_freq + 0.5)))
+
+
 class Bm25Index:
     """Text → (doc id, BM25 score) over the documents it was built from."""
 
-    def __init__(self, retriever, ids: Sequence[str]) -> None:
+    def __init__(self, retriever, ids: Sequence[str], stats: Bm25Stats | None = None) -> None:
         import Stemmer
 
         if getattr(retriever, "nonoccurrence_array", None) is not None:  # bm25l / bm25+: ``bm25_top_k`` adds no such term
             raise ValueError(f"BM25 method {retriever.method!r} is not supported; the BM25 leg is Lucene BM25")
         self.retriever = retriever
         self.ids = list(ids)
+        self.stats = stats  # None for a leg saved before builds kept them
         self._row = {doc_id: row for row, doc_id in enumerate(self.ids)}
         self._stemmer = Stemmer.Stemmer("english")
 
@@ -64,7 +81,11 @@ class Bm25Index:
         tokens = bm25s.tokenization.Tokenized(ids=[[vocab[w] for w in doc] for doc in words], vocab=vocab)
         retriever = bm25s.BM25()
         retriever.index(tokens, show_progress=False)
-        return cls(retriever, ids)
+        # bm25s's own average (over the stopword-free token lists) and frequencies: every stored score is positive,
+        # so a term's column holds one entry per document that has it
+        stats = Bm25Stats(len(words), float(np.array([len(doc) for doc in tokens.ids]).mean()) if words else 0.0,
+                          np.diff(retriever.scores["indptr"]).astype(np.int64))
+        return cls(retriever, ids, stats)
 
     def split(self, sizes: Sequence[int]) -> list["Bm25Index"]:
         """Consecutive runs of ``sizes`` documents as separate indexes that keep this index's scores.
@@ -87,7 +108,7 @@ class Bm25Index:
             retriever.scores = {"data": scores["data"][keep], "indices": (rows[keep] - start).astype(rows.dtype),
                                 "indptr": np.concatenate([[0], np.cumsum(counts)]).astype(indptr.dtype),
                                 "num_docs": int(size)}
-            parts.append(Bm25Index(retriever, self.ids[start : start + size]))
+            parts.append(Bm25Index(retriever, self.ids[start : start + size], self.stats))
             start += size
         return parts
 
@@ -97,15 +118,29 @@ class Bm25Index:
         shutil.rmtree(folder, ignore_errors=True)
         self.retriever.save(str(folder), show_progress=False)
         atomic_write(folder / IDS_FILE, lambda fh: fh.write(json.dumps(self.ids).encode("utf-8")))
+        if self.stats is not None:
+            write_json_atomic(folder / STATS_FILE, {"num_docs": self.stats.num_docs, "avg_doc_len": self.stats.avg_doc_len})
+            atomic_write(folder / DOC_FREQS_FILE, lambda fh: np.save(fh, self.stats.doc_freqs, allow_pickle=False))
         return sorted(p for p in folder.iterdir() if p.is_file())
 
     @classmethod
-    def open(cls, folder: Path) -> "Bm25Index":
+    def open(cls, folder: Path, with_stats: bool = True) -> "Bm25Index":
+        """``with_stats=False`` ignores statistics files (a collection whose ``lsr.json`` does not vouch for them)."""
         folder = Path(folder)
         if not (folder / IDS_FILE).is_file():
             raise FileNotFoundError(f"{folder / IDS_FILE} is missing")
         retriever = _bm25s().BM25.load(str(folder), mmap=False, show_progress=False)
-        return cls(retriever, json.loads((folder / IDS_FILE).read_text(encoding="utf-8")))
+        stats = None
+        if with_stats and (folder / STATS_FILE).is_file():
+            recorded = json.loads((folder / STATS_FILE).read_text(encoding="utf-8"))
+            stats = Bm25Stats(int(recorded["num_docs"]), float(recorded["avg_doc_len"]),
+                              np.load(folder / DOC_FREQS_FILE, allow_pickle=False))
+        return cls(retriever, json.loads((folder / IDS_FILE).read_text(encoding="utf-8")), stats)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
+        """bm25s's words of each text (stopwords out, stemmed), as the build tokenised its documents."""
+        return _bm25s().tokenize(list(texts), stopwords="en", stemmer=self._stemmer, return_ids=False,
+                                 show_progress=False)
 
     def search(self, texts: Sequence[str], k: int, hidden: Iterable[str] = ()) -> list[dict[str, float]]:
         """Top ``k`` ids with a positive score per text; the ``hidden`` ids are never returned.
@@ -114,16 +149,17 @@ class Bm25Index:
         """
         from lsr.search.bm25_top_k import top_k
 
-        hidden_rows = np.asarray([self._row[doc_id] for doc_id in hidden if doc_id in self._row], np.int64)
-        words = _bm25s().tokenize(list(texts), stopwords="en", stemmer=self._stemmer, return_ids=False,
-                                  show_progress=False)
-        vocab, scores = self.retriever.vocab_dict, self.retriever.scores
+        hidden_rows, vocab = self.rows(hidden), self.retriever.vocab_dict
         out = []
-        for query in words:
+        for query in self.tokenize(texts):
             terms = np.asarray([vocab[w] for w in query if w in vocab], np.int64)
-            rows, values = top_k(scores, terms, hidden_rows, min(k, len(self.ids)))
+            rows, values = top_k(self.retriever.scores, terms, hidden_rows, min(k, len(self.ids)))
             out.append(dict(zip([self.ids[r] for r in rows.tolist()], values.tolist())))
         return out
+
+    def rows(self, ids: Iterable[str]) -> np.ndarray:
+        """The rows of the ids this index holds (others are left out)."""
+        return np.asarray([self._row[doc_id] for doc_id in ids if doc_id in self._row], np.int64)
 
 
 def build_bm25(out: Path, n_shards: int) -> list[Path]:
