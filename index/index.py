@@ -170,6 +170,11 @@ class InvertedIndex:
         """Whether another process committed to this index since this object last read or wrote it."""
         return _disk_version(self.path) != self._state.manifest["version"]
 
+    def take_up_disk(self) -> None:
+        """Read the commit another process made since, mapping only the segments this object does not hold."""
+        with self._write_lock:
+            self._fresh_state()
+
     @property
     def journal_seq(self) -> int:
         """The last write-ahead journal record this commit includes (0: none); see ``add``."""
@@ -402,7 +407,7 @@ class InvertedIndex:
         """The state to update: ours, or the on-disk one if another process committed since."""
         state = self._state
         if _disk_version(self.path) != state.manifest["version"]:
-            state = self._state = _load_state(self.path)
+            state = self._state = _load_state(self.path, state)
         return state
 
     def _commit(self, manifest: dict, version: int) -> None:
@@ -507,12 +512,13 @@ def _write_quantized_segment(path: Path, name: str, indptr, terms, imps, ids, sc
             "scale": scale, "deleted": 0, "files": files}
 
 
-def _load_state(path: Path) -> _State:
-    """Read the manifest and map its files; retried if a writer's cleanup races the open."""
+def _load_state(path: Path, previous: _State | None = None) -> _State:
+    """Read the manifest and map its files (reusing ``previous``'s unchanged segments); retried if a writer's
+    cleanup races the open."""
     for attempt in range(_OPEN_RETRIES):
         manifest = storage.read_manifest(path)
         try:
-            return _state_from_manifest(path, manifest)
+            return _state_from_manifest(path, manifest, previous)
         except (storage.CorruptIndexError, FileNotFoundError):
             if attempt + 1 < _OPEN_RETRIES and storage.read_manifest(path)["version"] != manifest["version"]:
                 continue  # a commit replaced the files under us; read the new manifest

@@ -238,6 +238,74 @@ def test_a_process_taking_up_another_processs_writes_carries_its_bm25_leg_forwar
     assert {"first-1", "second-1"} <= set(got[0]) and "new-1" not in got[1] and list(got[2])[0] == "new-1"
 
 
+def _searches(col: Collection, encoders) -> tuple:
+    """What every store of ``col``'s current view answers, to compare two processes' views."""
+    view = col.view()
+    ids = sorted(view.docs.ids())
+    query = encoders[0].encode_queries(["zinc metabolism in marsupials"])[0]
+    return (ids, sorted(view.sparse.doc_ids()), sorted(view.dense.ids()), view.text(ids),
+            view.sparse.search(query, k=10), view.bm25_search([NEW_TEXT, "narwhal tusks"], 10))
+
+
+def test_a_reader_takes_up_another_writers_records_within_a_look(written, encoders, tmp_path, monkeypatch):
+    """A process that only reads sees another's upserts, rewrites and deletes at its next look (every
+    LOOK_INTERVAL), by applying the appended journal records to its own stores, exactly as a fresh open sees them."""
+    import lsr.ingest.collection as collection
+
+    monkeypatch.setattr(collection, "LOOK_INTERVAL", 0.0)
+    path = _copy(written, tmp_path / "col")
+    writer, reader = Collection.open(path), Collection.open(path)
+    dense = reader.dense
+    for doc, text in (("w-1", "Narwhal tusks sense salinity"), ("new-1", "Narwhal tusks again"), ("w-2", NEW_TEXT)):
+        writer.upsert([doc], [text], encoders[0].encode_documents([text]), encoders[1].encode_documents([text]))
+    writer.delete(["w-1"])
+    assert _searches(reader, encoders) == _searches(Collection.open(path), encoders)
+    assert reader.dense is dense and {"w-2", "new-1"} <= reader.view().docs.ids()  # taken up, not reopened
+    assert "w-1" not in reader.view().docs.ids()
+
+
+def test_a_look_applies_a_dead_writers_journaled_record_and_cuts_its_torn_tail(written, encoders, tmp_path, monkeypatch):
+    """A writer killed after journaling a record, before any store applied it: the next process to look applies it
+    to the sparse index (committed) and its dense index. A torn tail (killed mid-append) reopens the stores, which
+    cuts it off."""
+    import lsr.ingest.collection as collection
+    from lsr.ingest.journal import JOURNAL_FILE, Journal
+
+    monkeypatch.setattr(collection, "LOOK_INTERVAL", 0.0)
+    path = _copy(written, tmp_path / "col")
+    reader = Collection.open(path)
+    text = "Narwhal tusks sense salinity"
+    Journal(path / JOURNAL_FILE, reader._journal.last_seq).append(  # the dead writer's record, applied nowhere
+        "upsert", ["dead-1"], [text], encoders[0].encode_documents([text]), encoders[1].encode_documents([text]))
+    assert "dead-1" in reader.view().sparse and "dead-1" in reader.view().dense
+    assert Collection.open(path).sparse.journal_seq == reader._journal.last_seq  # committed, not only in memory
+    whole = (path / JOURNAL_FILE).stat().st_size
+    with open(path / JOURNAL_FILE, "ab") as fh:
+        fh.write(b"\x10\x00\x00\x00torn")
+    dense = reader.dense
+    assert "dead-1" in reader.view().sparse and reader.dense is not dense  # reopened
+    assert (path / JOURNAL_FILE).stat().st_size == whole
+    reader.close()
+    assert not verify_collection(path).problems
+
+
+def test_a_look_never_waits_for_a_folder_another_process_holds(written, encoders, tmp_path, monkeypatch):
+    import time
+
+    import lsr.ingest.collection as collection
+    from lsr.files import exclusive_folder
+
+    monkeypatch.setattr(collection, "LOOK_INTERVAL", 0.0)
+    path = _copy(written, tmp_path / "col")
+    writer, reader = Collection.open(path), Collection.open(path)
+    writer.upsert(["w-1"], [NEW_TEXT], encoders[0].encode_documents([NEW_TEXT]), encoders[1].encode_documents([NEW_TEXT]))
+    with exclusive_folder(path):  # as another process's write or `lsr repair` would
+        start = time.monotonic()
+        assert "w-1" not in reader.view().docs.ids()  # the last view, at once
+        assert time.monotonic() - start < 1.0
+    assert "w-1" in reader.view().docs.ids()
+
+
 def test_a_write_after_the_collection_was_indexed_anew_asks_for_a_restart(written, beir_dir, encoders, tmp_path):
     """`lsr index --overwrite` under a process that has the old build open: its next write refuses, naming why,
     rather than mixing the old build's stores into the new one."""

@@ -395,9 +395,20 @@ def test_writes_are_visible_durable_across_kill_9_and_sigterm_drains(collections
         server.kill()
 
 
+def _eventually(check, timeout: float = 10.0) -> bool:
+    """Whether ``check()`` holds within ``timeout`` seconds (tried every 0.1 s)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def test_a_server_and_a_script_writing_one_collection_keep_each_others_writes(collections, tmp_path):
-    """A script upserts beside a running server: the server takes the script's write up before its own, waits
-    while another process holds the collection, and the script then sees the server's write; nothing is lost."""
+    """A script upserts beside a running server: the server's searches find it within a second, the server takes
+    the script's write up before its own, waits while another process holds the collection, and the script's
+    searches then find the server's write; nothing is lost."""
     from lsr.files import exclusive_folder
     from lsr.ingest.verify import verify_collection
 
@@ -409,6 +420,9 @@ def test_a_server_and_a_script_writing_one_collection_keep_each_others_writes(co
         with server.client() as c:
             n_docs = c.stats()["num_docs"]
             script.upsert(["script-1"], ["Quokka marsupials on Rottnest Island show unusual zinc metabolism."])
+            # a server that only reads looks for other processes' writes every second: found in every leg
+            assert _eventually(lambda: c.search("quokka zinc", k=1, mode="hybrid").hits[0].doc_id == "script-1")
+            assert c.search("quokka zinc", k=1, mode="bm25").hits[0].doc_id == "script-1"
             assert c.upsert(["svc-2"], ["Axolotl limb regeneration depends on macrophages."]) == 1
             assert c.stats()["num_docs"] == n_docs + 2
             assert c.search("quokka zinc", k=1, mode="sparse").hits[0].doc_id == "script-1"
@@ -420,8 +434,8 @@ def test_a_server_and_a_script_writing_one_collection_keep_each_others_writes(co
                 assert worker.is_alive() and not done  # the write waits for the folder
             worker.join(60)
             assert done == {"n": 1}
+        assert _eventually(lambda: script.search("axolotl limb regeneration", k=1, mode="sparse").hits[0].doc_id == "svc-2")
         script.upsert(["script-4"], ["Naked mole rats resist cancer."])
-        assert script.search("axolotl limb regeneration", k=1, mode="sparse").hits[0].doc_id == "svc-2"
         assert script.stats()["num_docs"] == n_docs + 4
     finally:
         server.kill()

@@ -7,16 +7,20 @@ lacks after a crash, or the dense rows written since its last save, the next ope
 
 Several processes may open one collection (two servers, a script beside a server) and write it: each write,
 and each open (whose replay writes), holds the folder's lock, and a process that finds the collection
-written by another since it last looked first takes up the stores as they are on disk. A process sees
-another's writes at its next write or open; until then its searches read what it last saw.
+written by another since it last looked first takes up what the other wrote: the journal records past its
+own, applied to its in-memory stores, and the sparse index's new commit (a full reopen only when the journal
+is not simply longer). A process also looks at most every ``LOOK_INTERVAL`` seconds when a search asks for
+the current view, so a server that only reads sees another process's writes within about a second.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -33,6 +37,8 @@ from lsr.search.dense_index import DenseIndex
 from lsr.sparse import SparseBatch
 
 WRITE_WAIT = 30.0  # seconds a write or an open waits for another process's write, open or repair to end
+log = logging.getLogger(__name__)
+LOOK_INTERVAL = 1.0  # seconds between a reader's looks for another process's writes (two stat calls and a read)
 
 
 def dense_save_rows(rows: int) -> int:
@@ -83,6 +89,8 @@ class Collection:
         self._lock = threading.Lock()
         self._failed: BaseException | None = None
         self._dense_unsaved = 0  # rows applied to the dense index since its last save: the journal holds them
+        self._next_look = time.monotonic() + LOOK_INTERVAL
+        self._look_failure_said = False  # warned once about a look at another process's writes that failed
         self._view = CollectionView(sparse.pinned(), dense.pinned() if dense is not None else None, docs, bm25)
 
     @classmethod
@@ -132,8 +140,29 @@ class Collection:
         return hashlib.sha256(json.dumps(self.meta["checksums"], sort_keys=True).encode()).hexdigest()
 
     def view(self) -> CollectionView:
-        """The current version of every store, for one search to read."""
+        """The current version of every store, for one search to read; at most every ``LOOK_INTERVAL`` seconds
+        first taken up from what another process wrote, unless a write here or elsewhere holds the collection."""
+        if time.monotonic() >= self._next_look:
+            self._look_at_disk()
         return self._view
+
+    def _look_at_disk(self) -> None:
+        self._next_look = time.monotonic() + LOOK_INTERVAL
+        if self._failed is not None or not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._changed_on_disk():
+                with exclusive_folder(self.path):  # no wait: a busy folder is looked at again next time
+                    if self._changed_on_disk():
+                        self._take_up_disk()
+        except FolderBusyError:
+            pass
+        except Exception as exc:  # searches go on reading the last whole view; a write here raises it again
+            if not self._look_failure_said:
+                log.warning("%s; searches keep reading what this process last saw", exc)
+                self._look_failure_said = True
+        finally:
+            self._lock.release()
 
     def text(self, doc_ids: Sequence[str]) -> list[str | None]:
         return self._view.text(doc_ids)
@@ -182,11 +211,23 @@ class Collection:
         return self._journal.changed_on_disk() or self.sparse.changed_on_disk()
 
     def _take_up_disk(self) -> None:
-        """Another process wrote the collection (or repaired it): load its stores as they are now, replaying what a
-        writer that died left journaled but unapplied, so this write follows the other's instead of undoing it."""
+        """Another process wrote the collection (or repaired it): apply the journal records it appended to this
+        process's stores (the sparse index from its new commit, and any record a writer that died left unapplied),
+        so this write follows the other's instead of undoing it. Anything but whole records appended after ours
+        (a torn tail, a repair) reloads every store from disk."""
         if read_meta(self.path) != self.meta:
             raise CollectionReplaced(f"{self.path} was indexed anew (`lsr index --overwrite`) since this process opened "
                                      "it; restart the process to write to the new build")
+        appended = self._journal.appended_since()
+        if appended is not None:
+            try:
+                self.sparse.take_up_disk()
+                for record in appended:
+                    self._apply(record)
+            except BaseException as exc:  # the journal counts records the stores may lack: reopen to replay them
+                self._failed = exc
+                raise
+            return
         fresh = self._load(self.path, self.meta, self._view)
         self.sparse, self.dense, self._journal, self._view = fresh.sparse, fresh.dense, fresh._journal, fresh._view
         self._dense_unsaved = 0  # the rows it replayed are the other process's to save (or the next threshold's)
@@ -209,7 +250,9 @@ class Collection:
                 pass
 
     def _apply(self, record: Record) -> None:
-        apply_record(record, self.sparse, self.dense)
+        """Apply ``record`` to the stores that lack it (another process's commit may hold it in the sparse index)
+        and publish the next view."""
+        apply_record(record, self.sparse if record.seq > self.sparse.journal_seq else None, self.dense)
         if self.dense is not None:
             self._dense_unsaved += len(record.ids)
             if self._dense_unsaved >= dense_save_rows(len(self.dense)):

@@ -84,35 +84,45 @@ class Scan:
     problem: str | None = None  # why bytes past ``end`` are unreadable
 
 
-def scan(path: Path) -> Scan:
-    """Read every whole record; a damaged or cut-off one ends the scan and is reported, not raised."""
+def scan(path: Path, start: int = 0) -> Scan:
+    """Read every whole record (from byte ``start``, a record's first byte, when given); a damaged or cut-off one
+    ends the scan and is reported, not raised."""
     if not path.is_file():
         return Scan([], 0, 0)
-    data = path.read_bytes()
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        data = fh.read()
+    if start:
+        return _scan_records(data, 0, start)
     if len(data) < len(MAGIC):
         return Scan([], 0, len(data), "the header is cut off" if data else None)
     if data[: len(MAGIC)] != MAGIC:
         return Scan([], 0, len(data), "the header is not an lsr journal's")
+    return _scan_records(data, len(MAGIC), 0)
+
+
+def _scan_records(data: bytes, offset: int, base: int) -> Scan:
+    """The records in ``data`` from ``offset``; ``base`` is the file offset of ``data[0]``."""
     records: list[Record] = []
-    offset = len(MAGIC)
     while offset < len(data):
+        at = base + offset
         if offset + _HEAD.size > len(data):
-            return Scan(records, offset, len(data), f"a record header at byte {offset} is cut off")
+            return Scan(records, at, base + len(data), f"a record header at byte {at} is cut off")
         length, crc = _HEAD.unpack_from(data, offset)
         payload = data[offset + _HEAD.size : offset + _HEAD.size + length]
         if len(payload) < length:
-            return Scan(records, offset, len(data), f"the record at byte {offset} is cut off")
+            return Scan(records, at, base + len(data), f"the record at byte {at} is cut off")
         if zlib.crc32(payload) != crc:
-            return Scan(records, offset, len(data), f"the record at byte {offset} fails its crc32 checksum")
+            return Scan(records, at, base + len(data), f"the record at byte {at} fails its crc32 checksum")
         try:
             record = Record.from_bytes(payload)
         except (pa.ArrowException, KeyError, ValueError) as exc:
-            return Scan(records, offset, len(data), f"the record at byte {offset} is unreadable ({exc})")
+            return Scan(records, at, base + len(data), f"the record at byte {at} is unreadable ({exc})")
         if records and record.seq != records[-1].seq + 1:
-            return Scan(records, offset, len(data), f"the record at byte {offset} has seq {record.seq} after {records[-1].seq}")
+            return Scan(records, at, base + len(data), f"the record at byte {at} has seq {record.seq} after {records[-1].seq}")
         records.append(record)
         offset += _HEAD.size + length
-    return Scan(records, offset, len(data))
+    return Scan(records, base + offset, base + len(data))
 
 
 def recover(path: Path, applied: int) -> list[Record]:
@@ -149,6 +159,19 @@ class Journal:
     def changed_on_disk(self) -> bool:
         """Whether another process appended (or cut a torn tail) since this one opened or last appended."""
         return _size(self.path) != self.size
+
+    def appended_since(self) -> list[Record] | None:
+        """The records another process appended since this one last looked, now taken as seen; None when the journal
+        is not simply longer by whole records that follow ours (a torn tail, a cut, damage): then reopen."""
+        if _size(self.path) < self.size:
+            return None
+        found = scan(self.path, self.size)
+        if found.problem is not None or (found.records and found.records[0].seq != self.last_seq + 1):
+            return None
+        if found.records:
+            self.last_seq = found.records[-1].seq
+        self.size = found.end
+        return found.records
 
     def append(self, op: str, ids: Sequence[str], texts: Sequence[str] | None = None,
                sparse: SparseBatch | None = None, dense: np.ndarray | None = None) -> Record:
