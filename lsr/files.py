@@ -15,9 +15,10 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import zlib
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -146,6 +147,41 @@ def exclusive_folder(path: Path, wait: float = 0.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+class FolderHold:
+    """``exclusive_folder`` shared by one process's threads: the first holder takes the lock (waiting up to ``wait``
+    seconds), the last one out releases it, from whichever thread. A collection's writes and its background dense
+    save hold it together, so a write never waits for its own process's save, while other processes wait for both."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._guard = threading.Lock()
+        self._holders = 0
+        self._held: ExitStack | None = None
+
+    def acquire(self, wait: float = 0.0) -> None:
+        with self._guard:
+            if not self._holders:
+                held = ExitStack()
+                held.enter_context(exclusive_folder(self.path, wait))
+                self._held = held
+            self._holders += 1
+
+    def release(self) -> None:
+        with self._guard:
+            self._holders -= 1
+            if not self._holders:
+                self._held.close()
+                self._held = None
+
+    @contextmanager
+    def held(self, wait: float = 0.0) -> Iterator[None]:
+        self.acquire(wait)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 _UNLOCKABLE: set[Path] = set()  # folders on filesystems without flock, warned about once

@@ -306,6 +306,53 @@ def test_a_look_never_waits_for_a_folder_another_process_holds(written, encoders
     assert "w-1" in reader.view().docs.ids()
 
 
+def test_a_folder_hold_is_released_by_its_last_holder_from_any_thread(tmp_path):
+    """A collection's write and its background dense save share the folder lock: another process (here another
+    descriptor) is kept out until both are done, whichever thread finishes last."""
+    import threading
+
+    from lsr.files import FolderBusyError, FolderHold, exclusive_folder
+
+    hold = FolderHold(tmp_path)
+    with hold.held():
+        hold.acquire()  # the save, started by the write
+        with pytest.raises(FolderBusyError):
+            with exclusive_folder(tmp_path):
+                pass
+    with pytest.raises(FolderBusyError):  # the write is done, the save still holds it
+        with exclusive_folder(tmp_path):
+            pass
+    saver = threading.Thread(target=hold.release)
+    saver.start()
+    saver.join()
+    with exclusive_folder(tmp_path):
+        pass
+
+
+def test_dense_saves_run_beside_later_writes_and_lose_no_row(written, encoders, tmp_path, monkeypatch):
+    """With a save due at every write, saves run in the background while the next writes apply: the last save
+    and close leave the dense index on disk with every row and the journal's last seq; verify agrees."""
+    import lsr.ingest.collection as collection
+    from lsr.search.dense_index import DenseIndex
+
+    monkeypatch.setattr(collection, "dense_save_rows", lambda rows: 1)
+    path = _copy(written, tmp_path / "col")
+    col = Collection.open(path)
+    texts = [f"Write {i}: {NEW_TEXT}" for i in range(12)]
+    sparse, dense = encoders[0].encode_documents(texts), encoders[1].encode_documents(texts)
+    for i, text in enumerate(texts):
+        col.upsert([f"bg-{i}"], [text], sparse[i : i + 1], dense[i : i + 1])
+        if i % 4 == 3:
+            col.delete([f"bg-{i - 1}"])
+    col.close()
+    saved = DenseIndex.open(path / "dense")
+    assert saved.journal_seq == col._journal.last_seq
+    assert set(saved.ids()) == set(col.sparse.doc_ids()) == set(Collection.open(path).dense.ids())
+    assert {"bg-0", "bg-11"} <= set(saved.ids()) and "bg-2" not in set(saved.ids())
+    np.testing.assert_array_equal(saved.get_vectors(["bg-5"]), dense[5:6])
+    assert not verify_collection(path).problems
+
+
 def test_a_write_after_the_collection_was_indexed_anew_asks_for_a_restart(written, beir_dir, encoders, tmp_path):
     """`lsr index --overwrite` under a process that has the old build open: its next write refuses, naming why,
     rather than mixing the old build's stores into the new one."""

@@ -1,8 +1,8 @@
 """An opened collection: one published version of every store, and atomic writes across them.
 
 Writes go to the journal first (fsynced), then to the sparse index (committed with the journal seq it holds),
-the dense index (in memory; saved with its seq every ``dense_save_rows`` rows and at ``close``) and the doc
-overlay; only then is the new version published. So readers never see a half-applied write, and what a store
+the dense index (in memory; saved with its seq every ``dense_save_rows`` rows, in the background, and at
+``close``) and the doc overlay; only then is the new version published. So readers never see a half-applied write, and what a store
 lacks after a crash, or the dense rows written since its last save, the next open replays from the journal.
 
 Several processes may open one collection (two servers, a script beside a server) and write it: each write,
@@ -27,13 +27,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lsr.files import CorruptFileError, FolderBusyError, exclusive_folder
+from lsr.files import CorruptFileError, FolderBusyError, FolderHold, exclusive_folder
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
 from lsr.search.bm25_index import BM25_DIR, STATS_FILE, Bm25Index
 from lsr.search.bm25_leg import Bm25Leg
-from lsr.search.dense_index import DenseIndex
+from lsr.search.dense_index import DenseIndex, DenseSnapshot
 from lsr.sparse import SparseBatch
 
 WRITE_WAIT = 30.0  # seconds a write or an open waits for another process's write, open or repair to end
@@ -89,6 +89,8 @@ class Collection:
         self._lock = threading.Lock()
         self._failed: BaseException | None = None
         self._dense_unsaved = 0  # rows applied to the dense index since its last save: the journal holds them
+        self._folder = FolderHold(path)  # this process's hold on the folder: its writes and its dense save share it
+        self._saver: threading.Thread | None = None  # the dense save running in the background, if any
         self._next_look = time.monotonic() + LOOK_INTERVAL
         self._look_failure_said = False  # warned once about a look at another process's writes that failed
         self._view = CollectionView(sparse.pinned(), dense.pinned() if dense is not None else None, docs, bm25)
@@ -152,7 +154,7 @@ class Collection:
             return
         try:
             if self._changed_on_disk():
-                with exclusive_folder(self.path):  # no wait: a busy folder is looked at again next time
+                with self._folder.held():  # no wait: a busy folder is looked at again next time
                     if self._changed_on_disk():
                         self._take_up_disk()
         except FolderBusyError:
@@ -195,7 +197,7 @@ class Collection:
             if self._failed is not None:
                 raise RuntimeError(f"an earlier write failed half-applied ({self._failed}); restart to replay "
                                    "the journal, which holds it")
-            with exclusive_folder(self.path, wait=WRITE_WAIT):
+            with self._folder.held(WRITE_WAIT):
                 if self._changed_on_disk():
                     self._take_up_disk()
                 journaled = self._journal.last_seq
@@ -233,19 +235,40 @@ class Collection:
         self._dense_unsaved = 0  # the rows it replayed are the other process's to save (or the next threshold's)
 
     def _save_dense(self, seq: int) -> None:
-        self.dense.save(self.path / "dense", journal_seq=seq)
+        """Save the dense index as of record ``seq`` in the background. A save rewrites it whole (13 to 18 s at 1M
+        MiniLM vectors here), so the write that reaches the threshold no longer waits for it and this process's
+        writes go on meanwhile; other processes wait for the folder as for a write. One save at a time: rows written
+        past a running one wait in the journal for the next threshold or ``close``."""
+        if self._saver is not None and self._saver.is_alive():
+            return
+        snapshot = self.dense.snapshot(seq)  # a copy of the vectors in memory: seconds less than writing them
         self._dense_unsaved = 0
+        self._folder.acquire()  # the calling write holds the folder already, so this never waits
+        self._saver = threading.Thread(target=self._write_dense, args=(snapshot,), name="lsr-dense-save")
+        self._saver.start()
+
+    def _write_dense(self, snapshot: DenseSnapshot) -> None:
+        try:
+            snapshot.write(self.path / "dense")
+        except Exception as exc:  # the journal still holds the rows: an open replays them, a later save retries
+            log.error("saving the dense index of %s failed (%s); its rows stay in the journal", self.path, exc)
+        finally:
+            self._folder.release()
 
     def close(self) -> None:
-        """Save the dense rows only the journal holds, so the next open replays none; skipped when another process
-        wrote since (its saves and the journal hold everything) or holds the collection."""
+        """Wait for a background dense save, then save the dense rows only the journal holds, so the next open
+        replays none; skipped when another process wrote since (its saves and the journal hold everything) or
+        holds the collection."""
         with self._lock:
+            if self._saver is not None:
+                self._saver.join()
             if self.dense is None or not self._dense_unsaved or self._failed is not None:
                 return
             try:
-                with exclusive_folder(self.path, wait=WRITE_WAIT):
+                with self._folder.held(WRITE_WAIT):
                     if not self._changed_on_disk():
-                        self._save_dense(self._journal.last_seq)
+                        self.dense.save(self.path / "dense", journal_seq=self._journal.last_seq)
+                        self._dense_unsaved = 0
             except FolderBusyError:
                 pass
 

@@ -207,29 +207,18 @@ class DenseIndex:
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path, journal_seq: int | None = None) -> None:
         """Write the index and ids under fresh names, then commit them in ``manifest.json``."""
+        self.snapshot(journal_seq).write(directory)
+
+    def snapshot(self, journal_seq: int | None = None) -> "DenseSnapshot":
+        """A copy of this content to write while later adds go on (``journal_seq``: the record it includes). faiss
+        clones an index in one copy; serialising it in memory took 3 to 12 s at 1M vectors, cloning 1 to 2."""
         import faiss
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         if journal_seq is not None:
             self.journal_seq = journal_seq
-        previous = _read_manifest(directory) if (directory / MANIFEST).is_file() else None
-        version = previous["version"] + 1 if previous else 1
-        index_path, ids_path = directory / f"faiss-{version:06d}.index", directory / f"ids-{version:06d}.parquet"
         with self._lock.shared():
-            data = faiss.serialize_index(self.index)
-        atomic_write(index_path, lambda fh: fh.write(data.tobytes()))
-        ids = pa.table({"id": pa.array(self._ids, pa.string())})
-        atomic_write(ids_path, lambda fh: pq.write_table(ids, fh, compression="zstd"))
-        fsync_dir(directory)
-        manifest = {"version": version, "journal_seq": self.journal_seq, "rows": len(self._ids),
-                    "index": file_record(index_path), "ids": file_record(ids_path)}
-        atomic_write(directory / MANIFEST, lambda fh: fh.write(json.dumps(sealed(manifest), indent=1).encode()))
-        fsync_dir(directory)
-        keep = {index_path.name, ids_path.name}
-        for path in directory.iterdir():  # the folder may hold other files (a collection's embeddings)
-            if _SAVED_FILE.match(path.name) and path.name not in keep:
-                path.unlink(missing_ok=True)
+            index = faiss.clone_index(self.index)
+        return DenseSnapshot(index, list(self._ids), self.journal_seq)
 
     @classmethod
     def open(cls, directory: str | Path) -> "DenseIndex":
@@ -287,6 +276,44 @@ class DenseIndex:
         for path in DenseIndex.files(directory)[1:]:
             h.update(file_sha256(path).encode())
         return h.hexdigest()
+
+
+class DenseSnapshot:
+    """A dense index's content at one journal record, a copy no add touches: ``write`` saves it whole."""
+
+    def __init__(self, index: Any, ids: list[str | None], journal_seq: int) -> None:
+        self.index, self.ids, self.journal_seq = index, ids, journal_seq
+
+    def write(self, directory: str | Path) -> None:
+        """Write the index and ids under fresh names, then commit them in ``manifest.json``; a crash leaves the
+        previous save whole."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        previous = _read_manifest(directory) if (directory / MANIFEST).is_file() else None
+        version = previous["version"] + 1 if previous else 1
+        index_path, ids_path = directory / f"faiss-{version:06d}.index", directory / f"ids-{version:06d}.parquet"
+        atomic_write(index_path, self._write_index)
+        ids = pa.table({"id": pa.array(self.ids, pa.string())})
+        atomic_write(ids_path, lambda fh: pq.write_table(ids, fh, compression="zstd"))
+        fsync_dir(directory)
+        manifest = {"version": version, "journal_seq": self.journal_seq, "rows": len(self.ids),
+                    "index": file_record(index_path), "ids": file_record(ids_path)}
+        atomic_write(directory / MANIFEST, lambda fh: fh.write(json.dumps(sealed(manifest), indent=1).encode()))
+        fsync_dir(directory)
+        keep = {index_path.name, ids_path.name}
+        for path in directory.iterdir():  # the folder may hold other files (a collection's embeddings)
+            if _SAVED_FILE.match(path.name) and path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    def _write_index(self, fh) -> None:
+        """faiss writes the index straight into the file: no second copy of it in memory."""
+        import faiss
+
+        writer = faiss.PyCallbackIOWriter(fh.write)
+        try:
+            faiss.write_index(self.index, writer)
+        finally:
+            del writer  # flushes its buffer into fh
 
 
 def _read_manifest(directory: Path) -> dict:
