@@ -129,6 +129,6 @@ def test_a_leg_saved_without_statistics_hides_written_documents_and_says_so(leg,
     text = "protein folding in yeast"
     with caplog.at_level("WARNING"):
         version = Bm25Leg.written(old, [victim, "new"], [text, text])
-    assert "re-index the collection" in caplog.text and "2 documents upserted" in caplog.text
+    assert "`lsr repair` on the collection" in caplog.text and "2 documents upserted" in caplog.text
     found = version.search([text], len(leg.ids))[0]
     assert found and victim not in found and "new" not in found

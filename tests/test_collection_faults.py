@@ -220,6 +220,27 @@ def test_processes_writing_one_collection_at_once_lose_nothing(written, encoders
     assert col._journal.last_seq == Collection.open(written)._journal.last_seq + 18
 
 
+def test_repair_lets_a_collection_built_before_the_bm25_statistics_find_its_upserts(written, tmp_path, caplog):
+    """A collection whose lsr.json records no BM25 statistics (built before they were kept) hides its upserted
+    documents from BM25 and says so; `lsr repair` writes the statistics and records them, and then BM25 finds them."""
+    from lsr.files import sealed, write_json_atomic
+    from lsr.ingest.layout import META_FILE, read_meta
+
+    path = _copy(written, tmp_path / "col")
+    meta = read_meta(path)
+    old = [record for record in meta["files"] if record["file"] not in ("bm25/stats.json", "bm25/doc_freqs.npy")]
+    assert len(old) == len(meta["files"]) - 2
+    write_json_atomic(path / META_FILE, sealed({**meta, "files": old}))
+    for name in ("stats.json", "doc_freqs.npy"):
+        (path / "bm25" / name).unlink()
+    with caplog.at_level("WARNING"):
+        assert "new-1" not in Collection.open(path).view().bm25_search([NEW_TEXT], 10)[0]
+    assert "`lsr repair` on the collection" in caplog.text
+    assert main(["repair", str(path)]) == 0
+    assert "new-1" in Collection.open(path).view().bm25_search([NEW_TEXT], 10)[0]
+    assert len(read_meta(path)["files"]) == len(meta["files"]) and not verify_collection(path).problems
+
+
 def test_a_process_taking_up_another_processs_writes_carries_its_bm25_leg_forward(written, encoders, tmp_path):
     """A write first takes up what another writer added: its BM25 leg then holds those documents (and no longer
     the old text of one they rewrote) with the scores a fresh open gives."""

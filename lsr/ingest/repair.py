@@ -15,10 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from lsr.files import CorruptFileError, exclusive_folder
+from lsr.files import CorruptFileError, exclusive_folder, file_record, sealed, write_json_atomic
 from lsr.ingest.journal import JOURNAL_FILE, Record, recover
-from lsr.ingest.layout import build_file_problems, read_meta, read_vector_shards, shard_name
-from lsr.search.bm25_index import BM25_DIR, build_bm25
+from lsr.ingest.layout import META_FILE, build_file_problems, read_meta, read_vector_shards, shard_name
+from lsr.search.bm25_index import BM25_DIR, DOC_FREQS_FILE, STATS_FILE, build_bm25
 from lsr.search.dense_index import MANIFEST, DenseIndex
 from lsr.sparse import SparseBatch
 
@@ -75,7 +75,20 @@ def _rebuild(path: Path, meta: dict) -> list[str]:
             raise CorruptFileError(f"the rebuilt BM25 leg differs from the one recorded ({differs[0]}); "
                                    "re-index with `lsr index --overwrite`")
         done.append("rebuilt the BM25 leg from the build's texts")
+    if meta.get("bm25") and _record_bm25_statistics(path, meta):
+        done.append("recorded the BM25 leg's statistics: it now finds the documents upserted since the build")
     return done
+
+
+def _record_bm25_statistics(path: Path, meta: dict) -> bool:
+    """A collection built before the BM25 leg kept its statistics: the rebuild wrote them, so record their crc32s in
+    ``lsr.json``, which an open requires before it trusts them. Whether there were any to record."""
+    recorded = {record["file"] for record in meta["files"]}
+    written = [file for file in (path / BM25_DIR / STATS_FILE, path / BM25_DIR / DOC_FREQS_FILE)
+               if file.relative_to(path).as_posix() not in recorded]
+    if written:
+        write_json_atomic(path / META_FILE, sealed({**meta, "files": meta["files"] + [file_record(f, path) for f in written]}))
+    return bool(written)
 
 
 def _applied_seq(path: Path) -> int:

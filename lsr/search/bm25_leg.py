@@ -102,7 +102,8 @@ class Bm25Leg:
         upserted = sum(text is not None for text in texts)
         if upserted and base.stats is None:
             log.warning("this collection's BM25 leg was built before lsr kept the build's statistics: the %d "
-                        "documents upserted since the build are not in it; re-index the collection to add them", upserted)
+                        "documents upserted since the build are not in it; `lsr repair` on the collection (its "
+                        "servers stopped) adds them", upserted)
         return cls(base).with_updates(ids, texts)
 
     @property
