@@ -374,6 +374,43 @@ def test_dense_saves_run_beside_later_writes_and_lose_no_row(written, encoders, 
     assert not verify_collection(path).problems
 
 
+_SAVING_WRITER = """
+import pickle, sys
+from pathlib import Path
+import lsr.ingest.collection as collection
+
+collection.dense_save_rows = lambda rows: 1  # a background save falls due at every write
+col = collection.Collection.open(sys.argv[1])
+for doc, text, sparse, dense in pickle.loads(Path(sys.argv[2]).read_bytes()):
+    col.upsert([doc], [text], sparse, dense)
+    print(doc, flush=True)
+"""
+
+
+def test_kill_9_during_background_dense_saves_loses_no_acknowledged_write(written, encoders, tmp_path):
+    """A writer whose every write starts a background dense save, killed mid-stream: every write it acknowledged is
+    in every store at the next open, and verify agrees (a save cut short leaves the previous one whole)."""
+    import pickle
+    import subprocess
+    import sys
+
+    texts = [f"Write {i}: {NEW_TEXT}" for i in range(40)]
+    sparse, dense = encoders[0].encode_documents(texts), encoders[1].encode_documents(texts)
+    plan = tmp_path / "plan.pickle"
+    plan.write_bytes(pickle.dumps([(f"k-{i}", t, sparse[i : i + 1], dense[i : i + 1]) for i, t in enumerate(texts)]))
+    for kill_after in (3, 11):
+        path = _copy(written, tmp_path / f"col-{kill_after}")
+        proc = subprocess.Popen([sys.executable, "-c", _SAVING_WRITER, str(path), str(plan)], stdout=subprocess.PIPE,
+                                text=True)
+        acked = [proc.stdout.readline().strip() for _ in range(kill_after)]
+        proc.kill()
+        proc.wait(timeout=60)
+        col = Collection.open(path)
+        assert all(doc.startswith("k-") for doc in acked)
+        assert set(acked) <= set(col.sparse.doc_ids()) & set(col.dense.ids()) & col.view().docs.ids()
+        assert not verify_collection(path).problems
+
+
 def test_a_write_after_the_collection_was_indexed_anew_asks_for_a_restart(written, beir_dir, encoders, tmp_path):
     """`lsr index --overwrite` under a process that has the old build open: its next write refuses, naming why,
     rather than mixing the old build's stores into the new one."""
