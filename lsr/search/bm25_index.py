@@ -143,19 +143,11 @@ class Bm25Index:
                                  show_progress=False)
 
     def search(self, texts: Sequence[str], k: int, hidden: Iterable[str] = ()) -> list[dict[str, float]]:
-        """Top ``k`` ids with a positive score per text; the ``hidden`` ids are never returned.
+        """Top ``k`` ids with a positive score per text; the ``hidden`` ids are never returned (the scoring loop of
+        ``lsr.search.bm25_leg``, with no documents written since: bit for bit bm25s's scores)."""
+        from lsr.search.bm25_leg import Bm25Leg
 
-        bm25s tokenises and stems the texts; ``lsr.search.bm25_top_k`` sums the scores, bit for bit bm25s's.
-        """
-        from lsr.search.bm25_top_k import top_k
-
-        hidden_rows, vocab = self.rows(hidden), self.retriever.vocab_dict
-        out = []
-        for query in self.tokenize(texts):
-            terms = np.asarray([vocab[w] for w in query if w in vocab], np.int64)
-            rows, values = top_k(self.retriever.scores, terms, hidden_rows, min(k, len(self.ids)))
-            out.append(dict(zip([self.ids[r] for r in rows.tolist()], values.tolist())))
-        return out
+        return Bm25Leg(self, self.rows(hidden)).search(texts, k)
 
     def rows(self, ids: Iterable[str]) -> np.ndarray:
         """The rows of the ids this index holds (others are left out)."""

@@ -58,13 +58,6 @@ def best_first(heap: tuple) -> tuple[np.ndarray, np.ndarray]:
     return hd[order], hs[order]
 
 
-def top_k(scores: dict, terms: np.ndarray, hidden: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, scores) of the ``k`` best documents with a positive score, best first, ties by lower row."""
-    heap = new_heap(k)
-    push_matrix(scores, terms, hidden, heap)
-    return best_first(heap)
-
-
 @njit(cache=True, nogil=True)
 def bm25_chunk_top_k(term_ids, term_ptr, rows, tfc, alive, query_terms, query_idf, offset, hs, hd, hn):
     """Push every live document of one later-written chunk that scores above zero (its id ``offset + row``).
