@@ -15,7 +15,6 @@ Writes ``benchmarks/results/bm25_writes.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from lsr.eval.datasets import load_beir, locate_dataset
 from lsr.eval.metrics import evaluate
-from lsr.eval.report import machine
+from lsr.eval.report import machine, write_results
 from lsr.search.bm25_index import Bm25Index
 from lsr.search.bm25_leg import Bm25Leg
 
@@ -96,11 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [run(name, built) for name in args.datasets for built in args.built]
     meta = {"machine": machine()}
-    text = markdown(rows, meta)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bm25_writes.md").write_text(text)
-    (RESULTS / "bm25_writes.json").write_text(json.dumps({"rows": rows, **meta}, indent=2) + "\n")
+    write_results(RESULTS, "bm25_writes", {"rows": rows, **meta}, markdown(rows, meta))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What a write pays when the dense index's save falls due: the whole save, as the code before it ran in the
 write (``--before``: a checkout of it), against the copy it now takes before the save goes on in the background
-(``Collection._save_dense``), taking turns.
+(``Collection._save``), taking turns.
 
     git worktree add /tmp/before e2df6f8
     python benchmarks/dense_save.py --before /tmp/before     # 1M MiniLM-sized vectors (1.5 GB), about 4 minutes
@@ -11,7 +11,6 @@ Writes ``benchmarks/results/dense_save.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsr.eval.report import machine
+from lsr.eval.report import machine, write_results
 from lsr.search.dense_index import DenseIndex
 
 RESULTS = Path(__file__).parent / "results"
@@ -91,10 +90,7 @@ def main() -> None:
         "| seconds, each round | " + " / ".join(f"{t:.2f}" for t in whole) + " | "
         + " / ".join(f"{t:.2f}" for t in snapshot) + " | " + " / ".join(f"{t:.2f}" for t in background) + " |",
         "", f"Machine: {machine()}.", ""])
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dense_save.md").write_text(text)
-    (RESULTS / "dense_save.json").write_text(json.dumps({**row, "machine": machine()}, indent=2) + "\n")
+    write_results(RESULTS, "dense_save", {**row, "machine": machine()}, text)
 
 
 if __name__ == "__main__":

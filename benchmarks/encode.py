@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lsr.eval.report import write_results
+
 REPO = Path(__file__).resolve().parents[1]
 SCIFACT = Path(os.environ.get("LSR_BEIR_DIR") or REPO.parent / "shared" / "data" / "beir") / "scifact.tar.gz"
 SYSTEMS = ("ours", "sentence-transformers")
@@ -270,14 +272,6 @@ def run_systems(args: argparse.Namespace, systems: tuple[str, ...], docs: int, s
         facts = {name: json.loads((Path(tmp) / f"{name}.json").read_text()) for name in systems}
         vectors = {name: np.load(Path(tmp) / f"{name}.npy") for name in systems}
     return runs, facts, vectors
-
-
-def write_results(results_dir: Path, name: str, report: dict, table: str) -> None:
-    """Print the table and write ``NAME.json`` and ``NAME.md`` under ``results_dir``."""
-    print(table)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (results_dir / f"{name}.md").write_text(table + "\n")
 
 
 def condition_rows(report: dict, systems: tuple[str, ...]) -> list[str]:

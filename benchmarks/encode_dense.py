@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from encode import (CONDITIONS, SYSTEMS, answer_chunks, machine, parse_arguments, run_systems, scifact_texts,
-                    speed_ratios, table_head, write_results)
+                    speed_ratios, table_head)
+from lsr.eval.report import write_results
 
 ST_BF16 = "sentence-transformers-bf16"  # the peer given bf16 too, as a user who knows their CPU could ask
 DENSE_SYSTEMS = (*SYSTEMS, ST_BF16)

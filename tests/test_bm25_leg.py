@@ -132,3 +132,35 @@ def test_a_leg_saved_without_statistics_hides_written_documents_and_says_so(leg,
     assert "`lsr repair` on the collection" in caplog.text and "2 documents upserted" in caplog.text
     found = version.search([text], len(leg.ids))[0]
     assert found and victim not in found and "new" not in found
+
+
+def test_a_saved_leg_opens_to_the_same_runs_and_goes_on_taking_writes(leg, scifact, tmp_path):
+    """A leg with rewritten, deleted and new-term documents over several chunks, saved and loaded: every query's
+    whole run is the same (scores and tie order), new terms keep their IDF, and later writes apply alike."""
+    from lsr.files import CorruptFileError
+    from lsr.search.bm25_leg import Bm25Leg
+    from lsr.search.bm25_leg_file import LEG_FILE, load_leg, save_leg
+
+    texts = scifact.doc_texts(leg.ids[:60])
+    version = Bm25Leg(leg)
+    for start in range(0, 60, 6):
+        version = version.with_updates([f"w-{i}" for i in range(start, start + 6)] + [leg.ids[start]],
+                                       texts[start : start + 6] + [None])
+    version = version.with_updates(["w-3", "w-7", "z1", "z2"], [None, "zorblaxian quasars", "zorblaxian proteins",
+                                                                 "zorblaxian zorblaxian"])
+    assert len(version._chunks) > 1 and version.live_written == 61
+    assert load_leg(leg, tmp_path) is None
+    save_leg(version, tmp_path, seq=17)
+    loaded, seq = load_leg(leg, tmp_path)
+    queries = list(scifact.queries.values())[:80] + ["zorblaxian", "quasars proteins"]
+    assert seq == 17 and loaded.live_written == version.live_written
+    assert loaded.search(queries, len(leg.ids) + 100) == version.search(queries, len(leg.ids) + 100)
+    later = ["w-7", "z2", "z3", leg.ids[100]], ["quasars", None, "zorblaxian zorblaxian quasars", None]
+    assert loaded.with_updates(*later).search(queries, 500) == version.with_updates(*later).search(queries, 500)
+    other_build = Bm25Index.build(leg.ids[:1000], scifact.doc_texts(leg.ids[:1000]))
+    assert load_leg(other_build, tmp_path) is None  # saved on another build: ignored, not misread
+    data = bytearray((tmp_path / LEG_FILE).read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (tmp_path / LEG_FILE).write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=LEG_FILE):
+        load_leg(leg, tmp_path)

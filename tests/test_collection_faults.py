@@ -356,7 +356,7 @@ def test_dense_saves_run_beside_later_writes_and_lose_no_row(written, encoders, 
     import lsr.ingest.collection as collection
     from lsr.search.dense_index import DenseIndex
 
-    monkeypatch.setattr(collection, "dense_save_rows", lambda rows: 1)
+    monkeypatch.setattr(collection, "save_rows", lambda rows: 1)
     path = _copy(written, tmp_path / "col")
     col = Collection.open(path)
     texts = [f"Write {i}: {NEW_TEXT}" for i in range(12)]
@@ -379,7 +379,7 @@ import pickle, sys
 from pathlib import Path
 import lsr.ingest.collection as collection
 
-collection.dense_save_rows = lambda rows: 1  # a background save falls due at every write
+collection.save_rows = lambda rows: 1  # a background save falls due at every write
 col = collection.Collection.open(sys.argv[1])
 for doc, text, sparse, dense in pickle.loads(Path(sys.argv[2]).read_bytes()):
     col.upsert([doc], [text], sparse, dense)
@@ -448,3 +448,47 @@ def test_writes_leave_the_dense_index_to_the_journal_until_its_save_at_close(wri
     col.close()
     assert DenseIndex.open(path / "dense").journal_seq == col._journal.last_seq == journaled + 4
     assert set(DenseIndex.open(path / "dense").ids()) == set(Collection.open(path).sparse.doc_ids())
+
+
+def _bm25_runs(path: Path) -> list:
+    """BM25 runs over the collection at ``path`` as an open gives them."""
+    return Collection.open(path).view().bm25_search([NEW_TEXT, "vitamin d deficiency", "Write 3", "zorblaxian"], 40)
+
+
+def test_the_bm25_leg_saved_with_the_collection_opens_to_the_runs_the_journal_gives(written, encoders, tmp_path,
+                                                                                     monkeypatch, caplog):
+    """The BM25 leg is saved in the background with the dense index and at close, so an open tokenises only the
+    texts written after the save. After a crash past a save, after close, and with the saved leg damaged (a
+    warning; verify names it; repair removes it), an open's BM25 runs equal those of the leg rebuilt from the
+    journal alone."""
+    import lsr.ingest.collection as collection
+    from lsr.search.bm25_leg_file import LEG_FILE, read_leg_file
+
+    monkeypatch.setattr(collection, "save_rows", lambda rows: 5)
+    path = _copy(written, tmp_path / "col")
+    leg_file = path / "bm25" / LEG_FILE
+    col = Collection.open(path)
+    texts = [f"Write {i}: {NEW_TEXT}" for i in range(6)] + ["zorblaxian quasars"]
+    sparse, dense = encoders[0].encode_documents(texts), encoders[1].encode_documents(texts)
+    for i, text in enumerate(texts):
+        col.upsert([f"s-{i}"], [text], sparse[i : i + 1], dense[i : i + 1])
+    col.delete(["s-1"])
+    col._saver.join()
+    saved_seq = int(read_leg_file(leg_file)["about"][1])
+    assert 0 < saved_seq < col._journal.last_seq  # saved in the background; later writes are only journaled
+    crashed = shutil.copytree(path, tmp_path / "crashed")  # as if killed here
+    journal_only = shutil.copytree(path, tmp_path / "journal-only")
+    (journal_only / "bm25" / LEG_FILE).unlink()
+    want = _bm25_runs(journal_only)
+    assert "s-6" in want[3] and "s-1" not in want[2]
+    assert _bm25_runs(crashed) == want
+    col.close()
+    assert int(read_leg_file(leg_file)["about"][1]) == col._journal.last_seq
+    assert _bm25_runs(path) == want
+    _flip(leg_file)
+    with caplog.at_level("WARNING"):
+        assert _bm25_runs(path) == want
+    assert f"{LEG_FILE} is damaged" in caplog.text
+    assert any(LEG_FILE in problem for problem in verify_collection(path).problems)
+    assert main(["repair", str(path)]) == 0
+    assert not leg_file.exists() and not verify_collection(path).problems and _bm25_runs(path) == want

@@ -15,7 +15,8 @@ import signal
 import sys
 import threading
 
-VERBS = ("encode", "index", "search", "doc", "eval", "beir", "tune", "train", "serve", "query", "verify", "repair")
+VERBS = ("encode", "index", "upsert", "delete", "search", "doc", "eval", "beir", "tune", "train", "serve", "query", "verify",
+         "repair")
 
 
 def _verb_module(verb: str):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from lsr.cli.endpoint import add_endpoint_arguments, connect
 from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, chosen_mode, hybrid_options, prf_options
 
 HELP = "search a running `lsr serve` endpoint"
@@ -20,32 +20,23 @@ HELP = "search a running `lsr serve` endpoint"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="+", help="the query (several words are joined with spaces)")
-    p.add_argument("--endpoint", required=True, metavar="HOST[:PORT]",
-                   help="where `lsr serve` listens (port 50051 if left out)")
+    add_endpoint_arguments(p, required=True)
     p.add_argument("-k", "--k", type=int, default=10, help="hits to return, 1..1000 (default 10)")
     add_fusion_arguments(p)
     add_prf_arguments(p)
     p.add_argument("--text", dest="include_text", action="store_true", help="print each hit's text")
     p.add_argument("--explain", action="store_true", help="print the terms that contributed most to each hit")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
-    p.add_argument("--tls", nargs="?", const=True, default=False, metavar="CA_CERT",
-                   help="use TLS (optionally trusting the given CA certificate)")
-    p.add_argument("--auth-token-file", type=Path, help="file holding the server's bearer token")
-    p.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default 30)")
 
 
 def run(args: argparse.Namespace) -> int:
     import grpc
 
-    from lsr.service.client import CONNECT_TIMEOUT, Client
-
-    token = args.auth_token_file.read_text(encoding="utf-8").strip() if args.auth_token_file else None
     hybrid = hybrid_options(args)
     text = " ".join(args.text)
     if not text.strip():
         raise ValueError("the query is empty; give the words to search for")
-    with Client(args.endpoint, token=token, tls=args.tls, timeout=args.timeout) as client:
-        client.wait_ready(timeout=min(CONNECT_TIMEOUT, args.timeout))
+    with connect(args) as client:
         try:
             mode = chosen_mode(args.mode, lambda: client.stats()["details"].get("modes", "sparse").split(","))
             result = client.search(

@@ -1,4 +1,4 @@
-"""A BEIR report on disk: results.json, results.md and an nDCG@10 bar chart."""
+"""A BEIR report on disk: results.json, results.md and an nDCG@10 bar chart; and any benchmark's table and JSON."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ from pathlib import Path
 
 from lsr.eval.metrics import METRICS, SIGNIFICANT, marked_difference
 from lsr.eval.prf_tuning import EDGE_BETA
+
+
+def write_results(results_dir: Path, name: str, report: dict, table: str) -> None:
+    """Print a benchmark's table and write ``NAME.json`` and ``NAME.md`` under ``results_dir``."""
+    print(table)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (results_dir / f"{name}.md").write_text(table.rstrip("\n") + "\n")
 
 
 def machine() -> str:

@@ -1,9 +1,10 @@
 """An opened collection: one published version of every store, and atomic writes across them.
 
 Writes go to the journal first (fsynced), then to the sparse index (committed with the journal seq it holds),
-the dense index (in memory; saved with its seq every ``dense_save_rows`` rows, in the background, and at
-``close``) and the doc overlay; only then is the new version published. So readers never see a half-applied write, and what a store
-lacks after a crash, or the dense rows written since its last save, the next open replays from the journal.
+the dense index (in memory) and the doc overlay and BM25 leg (in memory too); only then is the new version published.
+The dense index and the BM25 leg are saved with their seq every ``save_rows`` documents written, in the background,
+and at ``close``. So readers never see a half-applied write, and what a store lacks after a crash, or what was
+written since the last save, the next open replays from the journal.
 
 Several processes may open one collection (two servers, a script beside a server) and write it: each write,
 and each open (whose replay writes), holds the folder's lock, and a process that finds the collection
@@ -23,7 +24,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
 from lsr.search.bm25_index import BM25_DIR, STATS_FILE, Bm25Index
 from lsr.search.bm25_leg import Bm25Leg
+from lsr.search.bm25_leg_file import load_leg, save_leg
 from lsr.search.dense_index import DenseIndex, DenseSnapshot
 from lsr.sparse import SparseBatch
 
@@ -41,10 +43,11 @@ log = logging.getLogger(__name__)
 LOOK_INTERVAL = 1.0  # seconds between a reader's looks for another process's writes (two stat calls and a read)
 
 
-def dense_save_rows(rows: int) -> int:
-    """Rows written to the dense index between its saves: a save rewrites it whole (1.5 GB at 1M MiniLM vectors),
-    so saving every write made an upsert cost O(collection); the journal holds the rows between saves and an open
-    replays them. A tenth of the index keeps the saves' amortised cost at ten rows a row written."""
+def save_rows(rows: int) -> int:
+    """Documents written between saves of the dense index and the BM25 leg, for a dense index of ``rows`` rows (or a
+    leg of that many upserted documents): a save rewrites each whole (1.5 GB at 1M MiniLM vectors), so saving every
+    write made an upsert cost O(collection); the journal holds the documents between saves and an open replays
+    them. A tenth of the index keeps the saves' amortised cost at ten rows a row written."""
     return min(10_000, max(1_000, rows // 10))
 
 
@@ -88,7 +91,7 @@ class Collection:
         self._journal = journal
         self._lock = threading.Lock()
         self._failed: BaseException | None = None
-        self._dense_unsaved = 0  # rows applied to the dense index since its last save: the journal holds them
+        self._unsaved = 0  # documents written since the dense index and BM25 leg were saved: the journal holds them
         self._folder = FolderHold(path)  # this process's hold on the folder: its writes and its dense save share it
         self._saver: threading.Thread | None = None  # the dense save running in the background, if any
         self._next_look = time.monotonic() + LOOK_INTERVAL
@@ -132,8 +135,7 @@ class Collection:
         elif meta.get("bm25"):  # statistics a build before they were kept lacks, or whose crc32 it lacks
             base = Bm25Index.open(path / BM25_DIR, with_stats=any(record["file"] == f"{BM25_DIR}/{STATS_FILE}"
                                                                   for record in meta["files"]))
-            written = docs.written()
-            bm25 = Bm25Leg.written(base, written, docs.get(written))
+            bm25 = bm25_leg_at_open(path, base, records, docs)
         return cls(path, meta, sparse, dense, docs, Journal(path / JOURNAL_FILE, records[-1].seq if records else 0), bm25)
 
     @property
@@ -232,59 +234,76 @@ class Collection:
             return
         fresh = self._load(self.path, self.meta, self._view)
         self.sparse, self.dense, self._journal, self._view = fresh.sparse, fresh.dense, fresh._journal, fresh._view
-        self._dense_unsaved = 0  # the rows it replayed are the other process's to save (or the next threshold's)
+        self._unsaved = 0  # the rows it replayed are the other process's to save (or the next threshold's)
 
-    def _save_dense(self, seq: int) -> None:
-        """Save the dense index as of record ``seq`` in the background. A save rewrites it whole (13 to 18 s at 1M
-        MiniLM vectors here), so the write that reaches the threshold no longer waits for it and this process's
-        writes go on meanwhile; other processes wait for the folder as for a write. One save at a time: rows written
-        past a running one wait in the journal for the next threshold or ``close``."""
+    def _save(self, seq: int) -> None:
+        """Save the dense index and the BM25 leg as of record ``seq`` in the background. A dense save rewrites the
+        index whole (13 to 18 s at 1M MiniLM vectors here), so the write that reaches the threshold no longer waits
+        for it and this process's writes go on meanwhile; other processes wait for the folder as for a write. One
+        save at a time: documents written past a running one wait in the journal for the next threshold or ``close``."""
         if self._saver is not None and self._saver.is_alive():
             return
-        snapshot = self.dense.snapshot(seq)  # a copy of the vectors in memory: seconds less than writing them
-        self._dense_unsaved = 0
+        dense = self.dense.snapshot(seq) if self.dense is not None else None  # a copy: seconds less than writing it
+        leg = self._view.bm25 if _savable(self._view.bm25) else None  # immutable: no copy needed
+        self._unsaved = 0
         self._folder.acquire()  # the calling write holds the folder already, so this never waits
-        self._saver = threading.Thread(target=self._write_dense, args=(snapshot,), name="lsr-dense-save")
+        self._saver = threading.Thread(target=self._write_saves, args=(seq, dense, leg), name="lsr-save")
         self._saver.start()
 
-    def _write_dense(self, snapshot: DenseSnapshot) -> None:
+    def _write_saves(self, seq: int, dense: DenseSnapshot | None, leg: Bm25Leg | None) -> None:
         try:
-            snapshot.write(self.path / "dense")
-        except Exception as exc:  # the journal still holds the rows: an open replays them, a later save retries
-            log.error("saving the dense index of %s failed (%s); its rows stay in the journal", self.path, exc)
+            if dense is not None:
+                self._logged_save("dense index", lambda: dense.write(self.path / "dense"))
+            if leg is not None:
+                self._logged_save("BM25 leg", lambda: save_leg(leg, self.path / BM25_DIR, seq))
         finally:
             self._folder.release()
 
+    def _logged_save(self, name: str, save: Callable[[], None]) -> None:
+        try:
+            save()
+        except Exception as exc:  # the journal still holds the rows: an open replays them, a later save retries
+            log.error("saving the %s of %s failed (%s); its rows stay in the journal", name, self.path, exc)
+
     def close(self) -> None:
-        """Wait for a background dense save, then save the dense rows only the journal holds, so the next open
-        replays none; skipped when another process wrote since (its saves and the journal hold everything) or
-        holds the collection."""
+        """Wait for a background save, then save what only the journal holds (the dense rows, the BM25 leg's
+        documents written since its last save), so the next open replays none; skipped when another process wrote
+        since (its saves and the journal hold everything) or holds the collection."""
         with self._lock:
             if self._saver is not None:
                 self._saver.join()
-            if self.dense is None or not self._dense_unsaved or self._failed is not None:
+            if not self._unsaved or self._failed is not None:
                 return
             try:
                 with self._folder.held(WRITE_WAIT):
                     if not self._changed_on_disk():
-                        self.dense.save(self.path / "dense", journal_seq=self._journal.last_seq)
-                        self._dense_unsaved = 0
+                        if self.dense is not None:
+                            self.dense.save(self.path / "dense", journal_seq=self._journal.last_seq)
+                        if _savable(self._view.bm25):
+                            save_leg(self._view.bm25, self.path / BM25_DIR, self._journal.last_seq)
+                        self._unsaved = 0
             except FolderBusyError:
                 pass
 
     def _apply(self, record: Record) -> None:
-        """Apply ``record`` to the stores that lack it (another process's commit may hold it in the sparse index)
-        and publish the next view."""
+        """Apply ``record`` to the stores that lack it (another process's commit may hold it in the sparse index),
+        publish the next view, and start a save when one is due."""
         apply_record(record, self.sparse if record.seq > self.sparse.journal_seq else None, self.dense)
-        if self.dense is not None:
-            self._dense_unsaved += len(record.ids)
-            if self._dense_unsaved >= dense_save_rows(len(self.dense)):
-                self._save_dense(record.seq)
         texts = record.texts if record.op == "upsert" else [None] * len(record.ids)
         view = self._view
         self._view = CollectionView(self.sparse.pinned(), self.dense.pinned() if self.dense is not None else None,
                                     view.docs.with_updates(record.ids, texts),
                                     view.bm25.with_updates(record.ids, texts) if view.bm25 is not None else None)
+        if self.dense is not None or _savable(self._view.bm25):
+            self._unsaved += len(record.ids)
+            rows = len(self.dense) if self.dense is not None else self._view.bm25.live_written
+            if self._unsaved >= save_rows(rows):
+                self._save(record.seq)
+
+
+def _savable(leg: Bm25Leg | None) -> bool:
+    """Whether a BM25 leg is saved with the collection: one whose build kept its statistics."""
+    return leg is not None and leg.base.stats is not None
 
 
 def apply_record(record: Record, sparse: Any | None, dense: DenseIndex | None) -> None:
@@ -317,6 +336,23 @@ def overlay_of(records: Sequence[Record]) -> dict[str, str | None]:
     for record in records:
         overlay.update(zip(record.ids, record.texts if record.op == "upsert" else [None] * len(record.ids)))
     return overlay
+
+
+def bm25_leg_at_open(path: Path, base: Bm25Index, records: Sequence[Record], docs: DocStore) -> Bm25Leg:
+    """The BM25 leg of the journal's ``records``: the one saved with the last save (``bm25_leg_file``) and the
+    records after it, or, when none was saved (or it is stale or damaged), every text the journal wrote."""
+    try:
+        saved = load_leg(base, path / BM25_DIR)
+    except CorruptFileError as exc:
+        log.warning("%s; rebuilding the BM25 leg from the journal (`lsr repair` removes the file)", exc)
+        saved = None
+    last = records[-1].seq if records else 0
+    if saved is not None and saved[1] <= last:
+        leg, seq = saved
+        later = overlay_of([record for record in records if record.seq > seq])
+        return leg.with_updates(list(later), list(later.values())) if later else leg
+    written = docs.written()
+    return Bm25Leg.written(base, written, docs.get(written))
 
 
 _HINT = "run `lsr verify {path}` for a full report; `lsr repair {path}` rebuilds the sparse and dense indexes"

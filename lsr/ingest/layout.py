@@ -13,12 +13,15 @@ Layout (``lsr.json`` is written last, so its presence means the collection is co
     OUT/bm25/                         the BM25 index over the build's texts, with the statistics it scored with
                                       (lsr.search.bm25_index; derived, deterministic, so its crc32s sit in lsr.json
                                       with the build files); later writes are added at open (lsr.search.bm25_leg)
+    OUT/bm25/written.npz              the documents written since the build as the BM25 leg holds them, as of a
+                                      journal record (lsr.search.bm25_leg_file; derived, crc32 per array)
     OUT/search-defaults.json          fusion settings `lsr tune` chose on train/dev qrels (sealed with its crc32)
     OUT/.lsr-build.json               checkpoint of an unfinished build (removed when done)
 
 The build files and the journal are the source of truth; the sparse and dense indexes are
 derived from them and ``lsr repair`` rebuilds them. Every file is covered by a crc32: build files
-in ``lsr.json``, index files in their index's manifest, journal records in their own header.
+in ``lsr.json``, index files in their index's manifest, journal records in their own header, the saved
+BM25 leg's arrays in the file itself.
 """
 
 from __future__ import annotations

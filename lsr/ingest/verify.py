@@ -15,6 +15,8 @@ from lsr.ingest.collection import agreement_problems, overlay_of, replay
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, scan
 from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
+from lsr.search.bm25_index import BM25_DIR
+from lsr.search.bm25_leg_file import LEG_FILE, read_leg_file
 from lsr.search.dense_index import DenseIndex
 
 
@@ -61,6 +63,13 @@ def verify_collection(path: Path) -> Report:
             dense = DenseIndex.open(path / "dense")
             seqs["dense index"] = dense.journal_seq
         report.checked.append("dense index")
+
+    if meta.get("bm25"):
+        try:
+            if read_leg_file(path / BM25_DIR / LEG_FILE) is not None:
+                report.checked.append("saved BM25 leg")
+        except CorruptFileError as exc:
+            report.problems.append(f"{exc}; opens rebuild the leg from the journal meanwhile, `lsr repair` removes it")
 
     journal = scan(path / JOURNAL_FILE)
     last = journal.records[-1].seq if journal.records else 0

@@ -106,6 +106,29 @@ class Bm25Leg:
                         "servers stopped) adds them", upserted)
         return cls(base).with_updates(ids, texts)
 
+    def saved_state(self) -> dict:
+        """All a later open needs to rebuild this version (``bm25_leg_file``): the build rows written since, the live
+        documents upserted since as one chunk's ``ids``, ``term_ids``, ``term_ptr``, ``rows`` and ``tfc``, and the
+        words the build never saw, in term id order. The base must have its statistics."""
+        empty = [np.zeros(0, dtype) for dtype in (np.int64, np.int64, np.float64)]
+        chunk = _merge(self._chunks) if self._chunks else _chunk([], *empty)
+        return {"hidden_rows": self._hidden_rows, "ids": list(chunk.ids), "term_ids": chunk.term_ids,
+                "term_ptr": chunk.term_ptr, "rows": chunk.rows, "tfc": chunk.tfc,
+                "new_words": sorted(self._new_terms, key=self._new_terms.__getitem__)}
+
+    @classmethod
+    def from_saved(cls, base: Bm25Index, state: dict) -> "Bm25Leg":
+        """The version ``saved_state`` described, without tokenising a text again."""
+        ids = state["ids"]
+        chunk = _Chunk(tuple(ids), state["term_ids"], state["term_ptr"], state["rows"], state["tfc"],
+                       np.ones(len(ids), np.bool_))
+        n_vocab = len(base.stats.doc_freqs)
+        new = chunk.term_ids >= n_vocab
+        doc_freqs = dict(zip(chunk.term_ids[new].tolist(), np.diff(chunk.term_ptr)[new].tolist()))
+        where = {doc_id: (0, row) for row, doc_id in enumerate(ids)}
+        return cls(base, state["hidden_rows"], (chunk,) if ids else (), where,
+                   {word: n_vocab + i for i, word in enumerate(state["new_words"])}, doc_freqs)
+
     @property
     def live_written(self) -> int:
         """Documents upserted since the build and still live: those the BM25 leg holds beside the build's."""

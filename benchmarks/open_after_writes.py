@@ -1,0 +1,121 @@
+"""What opening a collection costs as documents upserted since its build pile up in its journal, with the code
+before the BM25 leg was saved (``--before``: a checkout of it) and now, taking turns.
+
+Each version writes its own copy of a built collection (the build's documents upserted again under new ids, 500
+per write, so nothing is encoded), in a fresh process per step: after each step it closes the collection and
+times opening it (after a clean close, and on a copy taken before close, as a crash would leave it), and one-
+document writes after the open.
+
+    git worktree add /tmp/before 7f1a1b3
+    lsr index nfcorpus.tar.gz /tmp/nf --quiet
+    python benchmarks/open_after_writes.py --collection /tmp/nf --before /tmp/before     # about 10 minutes
+
+Writes ``benchmarks/results/open_after_writes.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+STEPS = (10_000, 30_000, 60_000)
+PER_WRITE = 500
+
+
+def step(path: Path, written: int, target: int) -> dict:
+    """In a process running one version: upsert up to ``target`` documents, close, and time opens and writes."""
+    import numpy as np
+
+    from lsr.ingest.collection import Collection
+    from lsr.search.legs import ViewLegs
+
+    col = Collection.open(path)
+    build = sorted(col.sparse.doc_ids())[:2000]
+    view = col.view()
+    texts, sparse, dense = view.docs.get(build), ViewLegs(view).sparse_vectors(build), ViewLegs(view).dense_vectors(build)
+    while written < target:
+        rows = [(written + i) % len(build) for i in range(PER_WRITE)]
+        col.upsert([f"w{written + i}" for i in range(PER_WRITE)], [texts[r] for r in rows], sparse.select(rows),
+                   None if dense is None else dense[rows])
+        written += PER_WRITE
+    saver = getattr(col, "_saver", None)
+    if saver is not None:
+        saver.join()
+    crashed = Path(tempfile.mkdtemp(prefix="crashed-")) / "col"
+    shutil.copytree(path, crashed)  # the folder as a kill -9 before close leaves it
+    col.close()
+    opens = {}
+    for name, folder in (("open_after_crash_s", crashed), ("open_s", path)):  # the writes below go to path
+        start = time.perf_counter()
+        opened = Collection.open(folder)
+        opens[name] = time.perf_counter() - start
+    shutil.rmtree(crashed.parent)
+    writes = []
+    for i in range(20):
+        start = time.perf_counter()
+        opened.upsert([f"one{target}-{i}"], [texts[i]], sparse.select([i]), None if dense is None else dense[[i]])
+        writes.append(time.perf_counter() - start)
+    opened.delete([f"one{target}-{i}" for i in range(20)])
+    opened.close()
+    return {"code": str(Path(sys.modules[Collection.__module__].__file__).parents[2]), "upserted": written, "journal_mb": os.path.getsize(path / "journal.log") / 1e6, **opens,
+            "write_p50_ms": float(np.median(writes)) * 1e3}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--collection", required=True, help="a collection built by `lsr index` (copied, not changed)")
+    parser.add_argument("--before", required=True, help="a checkout of the code before the BM25 leg was saved")
+    parser.add_argument("--step", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:
+        print(json.dumps(step(Path(args.step[0]), int(args.step[1]), int(args.step[2]))))
+        return
+    work = Path(tempfile.mkdtemp(prefix="open-after-writes-"))
+    rows: dict[str, list[dict]] = {"before": [], "now": []}
+    try:
+        copies = {version: shutil.copytree(args.collection, work / version) for version in rows}
+        written = 0
+        for target in STEPS:
+            for version in rows:  # taking turns
+                env = {**os.environ, "PYTHONPATH": args.before} if version == "before" else dict(os.environ)
+                out = subprocess.run([sys.executable, __file__, "--collection", args.collection, "--before", args.before,
+                                      "--step", str(copies[version]), str(written), str(target)],
+                                     env=env, check=True, capture_output=True, text=True).stdout
+                rows[version].append(json.loads(out.strip().splitlines()[-1]))
+                print(version, rows[version][-1], flush=True)
+            written = target
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(args.collection, rows)
+
+
+def report(collection: str, rows: dict[str, list[dict]]) -> None:
+    from lsr.eval.report import machine, write_results
+
+    meta = json.loads((Path(collection) / "lsr.json").read_text())
+    docs, source = meta["n_docs"], Path(meta["settings"]["source"]).name
+    lines = ["# Opening a collection as upserted documents pile up in its journal", "",
+             f"A {docs:,}-document collection (`lsr index {source}`: SPLADE, dense MiniLM and BM25 legs), its documents "
+             f"upserted again under new ids, {PER_WRITE} per write; each version wrote its own copy, taking turns. "
+             "`before`: the code before the BM25 leg was saved; `now`: this code. Open after a clean close, and "
+             "on a copy taken before close (as a kill -9 leaves it); a one-document write after the open, p50 of 20.",
+             "", "| upserted | journal MB | open before | open now | open after a crash before | "
+             "open after a crash now | write p50 before | write p50 now |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for before, now in zip(rows["before"], rows["now"]):
+        lines.append(f"| {now['upserted']:,} | {now['journal_mb']:.0f} | {before['open_s']:.2f} s | {now['open_s']:.2f} s "
+                     f"| {before['open_after_crash_s']:.2f} s | {now['open_after_crash_s']:.2f} s "
+                     f"| {before['write_p50_ms']:.1f} ms | {now['write_p50_ms']:.1f} ms |")
+    lines += ["", f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}.", ""]
+    write_results(RESULTS, "open_after_writes", {"collection_docs": docs, **rows}, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

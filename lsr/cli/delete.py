@@ -1,0 +1,88 @@
+"""Delete documents of a collection by id: in the collection folder, or through a running `lsr serve` (--endpoint).
+
+The ids come as arguments, or one per line from --ids-file (`-` reads standard input). They are deleted in one
+atomic, durable write (in a sharded collection, one per shard); a server holding the collection takes it up
+within a second. Ids the collection does not hold are listed on standard error and change nothing; the exit
+status is 0 when at least one id was deleted, else 1.
+
+Examples:
+  lsr delete runs/scifact 4983 5836
+  lsr delete runs/scifact --ids-file stale-ids.txt
+  cut -f1 removed.tsv | lsr delete --endpoint search.internal:50051 --ids-file -
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lsr.cli.endpoint import add_endpoint_arguments, connect
+from lsr.cli.upsert import uninterrupted
+
+HELP = "delete documents of a collection (or a running server) by id"
+MAX_IDS = 1_000_000  # ids in one delete: a server's request limit is 64 MiB
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("words", nargs="*", metavar="COLLECTION ID",
+                   help="the collection folder, then the ids (with --endpoint: the ids only)")
+    p.add_argument("--ids-file", help="file of ids, one per line (- reads standard input)")
+    add_endpoint_arguments(p, required=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    words = list(args.words)
+    collection = None if args.endpoint else (words.pop(0) if words else None)
+    if collection is None and not args.endpoint:
+        raise ValueError("give COLLECTION (a folder written by `lsr index`) or --endpoint HOST[:PORT]")
+    ids = words + _read_ids(args.ids_file)
+    ids = list(dict.fromkeys(doc_id for doc_id in ids if doc_id))
+    if not ids:
+        raise ValueError("no ids to delete; give them after the collection or with --ids-file")
+    if len(ids) > MAX_IDS:
+        raise ValueError(f"{len(ids):,} ids in one delete; give at most {MAX_IDS:,} per run")
+    where = collection or f"the server at {args.endpoint}"
+    not_found = _delete(collection, ids) if collection else _delete_remote(args, ids)
+    deleted = len(ids) - len(not_found)
+    print(f"deleted {deleted:,} of {len(ids):,} documents from {where}")
+    if not_found:
+        shown = ", ".join(not_found[:10]) + (f" and {len(not_found) - 10:,} more" if len(not_found) > 10 else "")
+        print(f"not in the collection: {shown}", file=sys.stderr)
+    return 0 if deleted else 1
+
+
+def _read_ids(path: str | None) -> list[str]:
+    if path is None:
+        return []
+    if path == "-":
+        return [line.strip() for line in sys.stdin]
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--ids-file {path} does not exist")
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def _delete(collection: str, ids: list[str]) -> list[str]:
+    from lsr.ingest.writer import CollectionWriter
+
+    if not Path(collection).expanduser().is_dir():
+        raise FileNotFoundError(f"{collection} is not a folder; give the collection `lsr index` wrote")
+    writer = CollectionWriter(collection)
+    try:
+        with uninterrupted():
+            return writer.delete(ids)
+    finally:
+        writer.close()
+
+
+def _delete_remote(args: argparse.Namespace, ids: list[str]) -> list[str]:
+    import grpc
+
+    with connect(args) as client:
+        try:
+            with uninterrupted():
+                return client.delete(ids)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:  # the server's answer when it held none of them
+                return ids
+            raise RuntimeError(f"{exc.code().name}: {exc.details()}") from None

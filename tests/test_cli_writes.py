@@ -1,0 +1,148 @@
+"""`lsr upsert` and `lsr delete`: a corpus file into a collection that exists (a folder, a sharded folder, or a
+running server), stopped and continued, and the bad inputs. Real models, real files, a real server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lsr.cli.main import main
+from lsr.ingest.collection import Collection
+from lsr.ingest.verify import verify_collection
+from service_helpers import ServerProcess
+
+DOCS = {
+    "aspirin": "Aspirin lowers the risk of heart attack and stroke in adults.",
+    "vitamin": "Vitamin D supplements improve bone density in older women.",
+    "coffee": "Coffee consumption is linked to lower risk of liver disease.",
+    "statins": "Statins reduce cholesterol and cardiovascular events.",
+}
+NEW = {
+    "narwhal": "Narwhal tusks sense changes in seawater salinity. " * 20,  # longer than the build's 32 tokens
+    "axolotl": "Axolotls regrow whole limbs after amputation.",
+    "coffee": "Decaffeinated coffee still protects the liver from fibrosis.",  # replaces the build's coffee
+}
+
+
+def _jsonl(path: Path, docs: dict[str, str]) -> Path:
+    path.write_text("".join(json.dumps({"id": d, "contents": t}) + "\n" for d, t in docs.items()))  # pyserini's
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("writes")
+    assert main(["index", str(_jsonl(root / "docs.jsonl", DOCS)), str(root / "col"), "--max-length", "32",
+                 "--quiet"]) == 0
+    return root / "col"
+
+
+def test_upsert_writes_a_file_with_the_collections_own_model_length_and_fields(built, splade, tmp_path, capsys):
+    """The new documents are found by every leg, the rewritten one has its new text, the summary counts new and
+    replaced ones, and the stored vectors are the collection's model at the build's 32 tokens, not the default 256."""
+    col = shutil.copytree(built, tmp_path / "col")
+    assert main(["upsert", str(_jsonl(tmp_path / "new.jsonl", NEW)), str(col), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "upserted 3 documents" in out and "2 new, 1 replaced" in out and "1 longer than the collection's 32" in out
+    opened = Collection.open(col)
+    view = opened.view()
+    assert view.text(["coffee", "axolotl"]) == [NEW["coffee"], NEW["axolotl"]]
+    assert list(view.bm25_search(["axolotl limbs"], 3)[0])[0] == "axolotl"
+    from lsr.search.legs import ViewLegs
+
+    stored = ViewLegs(view).sparse_vectors(["narwhal"])
+    want = type(splade).from_pretrained("splade-tiny", max_length=32, device="cpu").encode_documents([NEW["narwhal"]])
+    assert stored.row(0)[0].tolist() == want.row(0)[0].tolist()  # the same terms as the build would give
+    np.testing.assert_allclose(stored.row(0)[1], want.row(0)[1], atol=0.02)  # within uint8 quantization
+    assert not verify_collection(col).problems
+
+
+def test_upsert_routes_each_document_to_the_shard_that_owns_it(tmp_path, capsys):
+    from lsr.ingest.sharding import read_shard_map
+
+    root = tmp_path / "sharded"
+    assert main(["index", str(_jsonl(tmp_path / "docs.jsonl", DOCS)), str(root), "--shards", "2", "--dense", "none",
+                 "--quiet"]) == 0
+    assert main(["upsert", str(_jsonl(tmp_path / "new.jsonl", NEW)), str(root), "--quiet"]) == 0
+    shard_map = read_shard_map(root)
+    shards = [Collection.open(path) for path in shard_map.paths(root)]
+    for doc_id in NEW:
+        holders = [i for i, shard in enumerate(shards) if shard.view().docs.contains(doc_id)]
+        assert holders == [shard_map.owner(doc_id)]
+    assert shards[shard_map.owner("coffee")].text(["coffee"]) == [NEW["coffee"]]
+    assert main(["delete", str(root), "axolotl", "aspirin"]) == 0
+    assert not any(shard.view().docs.contains(d) for shard in (Collection.open(p) for p in shard_map.paths(root))
+                   for d in ("axolotl", "aspirin"))
+
+
+def test_a_stopped_upsert_keeps_its_writes_and_says_how_to_continue(built, tmp_path):
+    """Ctrl-C mid-run: exit 130, every write it finished is kept (and no half one), and the command it prints
+    (--skip) writes exactly the rest."""
+    col = shutil.copytree(built, tmp_path / "col")
+    docs = {f"n{i:03d}": f"Document {i} about marine biology and coral reef number {i}." for i in range(160)}
+    source = _jsonl(tmp_path / "many.jsonl", docs)
+    journal = col / "journal.log"
+    size = journal.stat().st_size if journal.exists() else 0
+    proc = subprocess.Popen([sys.executable, "-m", "lsr", "upsert", str(source), str(col), "--write-every", "4",
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while (not journal.exists() or journal.stat().st_size == size) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    hint = next(line for line in err.splitlines() if "Continue with:" in line)
+    skip = int(hint.rsplit("--skip ", 1)[1])
+    assert 0 < skip < len(docs) and f"stopped after writing {skip} documents" in hint
+    held = {d for d in docs if Collection.open(col).view().docs.contains(d)}
+    assert held == set(list(docs)[:skip])
+    assert not verify_collection(col).problems
+    command = hint.split("Continue with: ", 1)[1].split()
+    assert command[:2] == ["lsr", "upsert"] and main(command[1:]) == 0
+    assert all(Collection.open(col).view().docs.contains(d) for d in docs)
+
+
+def test_upsert_and_delete_through_a_running_server(built, tmp_path, capsys):
+    col = shutil.copytree(built, tmp_path / "col")
+    server = ServerProcess(col).wait_listening()
+    try:
+        assert main(["upsert", str(_jsonl(tmp_path / "new.jsonl", NEW)), "--endpoint", server.address, "--quiet"]) == 0
+        assert f"upserted 3 documents into the server at {server.address}" in capsys.readouterr().out
+        with server.client() as client:
+            assert client.search("axolotl limbs regrow", k=1).hits[0].doc_id == "axolotl"
+        ids = tmp_path / "ids.txt"
+        ids.write_text("axolotl\nnot-there\n\n")
+        assert main(["delete", "--endpoint", server.address, "--ids-file", str(ids)]) == 0
+        captured = capsys.readouterr()
+        assert "deleted 1 of 2 documents" in captured.out and "not in the collection: not-there" in captured.err
+        assert main(["delete", "--endpoint", server.address, "not-there"]) == 1
+        with server.client() as client:
+            assert "axolotl" not in [hit.doc_id for hit in client.search("axolotl limbs regrow", k=10).hits]
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["upsert", "{src}"], "give COLLECTION (a folder written by `lsr index`) or --endpoint"),
+    (["upsert", "{src}", "{col}", "--endpoint", "localhost:1"], "not both"),
+    (["upsert", "{src}", "{col}/nope"], "is not a folder; create the collection with `lsr index`"),
+    (["upsert", "{src}", "{col}", "--write-every", "0"], "--write-every must be positive"),
+    (["upsert", "{col}/missing.jsonl", "{col}"], "does not exist"),
+    (["delete", "{col}"], "no ids to delete"),
+    (["delete", "{col}", "--ids-file", "{col}/none.txt"], "--ids-file"),
+    (["upsert", "{src}", "--endpoint", "127.0.0.1:1", "--timeout", "1"], "no server answered"),
+])
+def test_bad_writes_fail_in_one_line(built, tmp_path, capsys, argv, message):
+    source = _jsonl(tmp_path / "new.jsonl", NEW)
+    argv = [word.format(src=source, col=built) for word in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
