@@ -65,7 +65,8 @@ def step(path: Path, written: int, target: int) -> dict:
         writes.append(time.perf_counter() - start)
     opened.delete([f"one{target}-{i}" for i in range(20)])
     opened.close()
-    return {"code": str(Path(sys.modules[Collection.__module__].__file__).parents[2]), "upserted": written, "journal_mb": os.path.getsize(path / "journal.log") / 1e6, **opens,
+    code = Path(sys.modules[Collection.__module__].__file__).parents[2]  # the checkout this process runs
+    return {"code": str(code), "upserted": written, "journal_mb": os.path.getsize(path / "journal.log") / 1e6, **opens,
             "write_p50_ms": float(np.median(writes)) * 1e3}
 
 
@@ -98,23 +99,22 @@ def main() -> None:
 
 
 def report(collection: str, rows: dict[str, list[dict]]) -> None:
-    from lsr.eval.report import machine, write_results
+    from lsr.eval.report import write_table
 
     meta = json.loads((Path(collection) / "lsr.json").read_text())
     docs, source = meta["n_docs"], Path(meta["settings"]["source"]).name
-    lines = ["# Opening a collection as upserted documents pile up in its journal", "",
-             f"A {docs:,}-document collection (`lsr index {source}`: SPLADE, dense MiniLM and BM25 legs), its documents "
+    intro = (f"A {docs:,}-document collection (`lsr index {source}`: SPLADE, dense MiniLM and BM25 legs), its documents "
              f"upserted again under new ids, {PER_WRITE} per write; each version wrote its own copy, taking turns. "
              "`before`: the code before the BM25 leg was saved; `now`: this code. Open after a clean close, and "
-             "on a copy taken before close (as a kill -9 leaves it); a one-document write after the open, p50 of 20.",
-             "", "| upserted | journal MB | open before | open now | open after a crash before | "
-             "open after a crash now | write p50 before | write p50 now |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for before, now in zip(rows["before"], rows["now"]):
-        lines.append(f"| {now['upserted']:,} | {now['journal_mb']:.0f} | {before['open_s']:.2f} s | {now['open_s']:.2f} s "
-                     f"| {before['open_after_crash_s']:.2f} s | {now['open_after_crash_s']:.2f} s "
-                     f"| {before['write_p50_ms']:.1f} ms | {now['write_p50_ms']:.1f} ms |")
-    lines += ["", f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}.", ""]
-    write_results(RESULTS, "open_after_writes", {"collection_docs": docs, **rows}, "\n".join(lines))
+             "on a copy taken before close (as a kill -9 leaves it); a one-document write after the open, p50 of 20.")
+    header = ["upserted", "journal MB", "open before", "open now", "open after a crash before", "open after a crash now",
+              "write p50 before", "write p50 now"]
+    cells = [[f"{now['upserted']:,}", f"{now['journal_mb']:.0f}", f"{before['open_s']:.2f} s", f"{now['open_s']:.2f} s",
+              f"{before['open_after_crash_s']:.2f} s", f"{now['open_after_crash_s']:.2f} s",
+              f"{before['write_p50_ms']:.1f} ms", f"{now['write_p50_ms']:.1f} ms"]
+             for before, now in zip(rows["before"], rows["now"])]
+    write_table(RESULTS, "open_after_writes", "Opening a collection as upserted documents pile up in its journal", intro,
+                header, cells, {"collection_docs": docs, **rows})
 
 
 if __name__ == "__main__":

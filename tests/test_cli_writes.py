@@ -65,7 +65,9 @@ def test_upsert_writes_a_file_with_the_collections_own_model_length_and_fields(b
     assert not verify_collection(col).problems
 
 
-def test_upsert_routes_each_document_to_the_shard_that_owns_it(tmp_path, capsys):
+def test_a_sharded_collection_takes_upserts_and_deletes_and_doc_verify_repair_work_across_its_shards(tmp_path, capsys):
+    """Each upserted document lands in the shard that owns it (and only there), deletes reach it, `lsr doc` reads it
+    from there, and `lsr verify` / `lsr repair` of the root go through every shard, naming the damaged one."""
     from lsr.ingest.sharding import read_shard_map
 
     root = tmp_path / "sharded"
@@ -81,33 +83,86 @@ def test_upsert_routes_each_document_to_the_shard_that_owns_it(tmp_path, capsys)
     assert main(["delete", str(root), "axolotl", "aspirin"]) == 0
     assert not any(shard.view().docs.contains(d) for shard in (Collection.open(p) for p in shard_map.paths(root))
                    for d in ("axolotl", "aspirin"))
+    capsys.readouterr()
+    assert main(["doc", str(root), "coffee", "narwhal"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"coffee\t{NEW['coffee']}", f"narwhal\t{NEW['narwhal'].strip()}"]
+    assert main(["verify", str(root)]) == 0
+    damaged = shard_map.names[shard_map.owner("narwhal")]
+    shutil.rmtree(root / damaged / "sparse")
+    capsys.readouterr()
+    assert main(["verify", str(root)]) == 1
+    bad = [line for line in capsys.readouterr().out.splitlines() if line.startswith("BAD")]
+    assert bad and all(f"{damaged}: " in line for line in bad)
+    assert main(["repair", str(root)]) == 0 and "is intact" in capsys.readouterr().out
+    assert "narwhal" in set(Collection.open(root / damaged).sparse.doc_ids())  # rebuilt with the journal's upserts
+
+
+def _continue(err: str) -> tuple[int, list[str]]:
+    """(the documents a stopped run says it wrote, the command it prints to continue)."""
+    hint = next(line for line in err.splitlines() if "Continue with:" in line)
+    command = hint.split("Continue with: ", 1)[1].split()
+    skip = int(command[command.index("--skip") + 1])
+    assert f"stopped after writing {skip} documents" in hint and command[:2] == ["lsr", "upsert"]
+    return skip, command[1:]
 
 
 def test_a_stopped_upsert_keeps_its_writes_and_says_how_to_continue(built, tmp_path):
     """Ctrl-C mid-run: exit 130, every write it finished is kept (and no half one), and the command it prints
-    (--skip) writes exactly the rest."""
+    (--skip) writes exactly the rest. Long texts (the dense model reads 256 tokens) keep each write slow enough for
+    the signal to land mid-run on a busy machine."""
     col = shutil.copytree(built, tmp_path / "col")
-    docs = {f"n{i:03d}": f"Document {i} about marine biology and coral reef number {i}." for i in range(160)}
+    filler = " ".join(f"coral reef species {w} spawn under the full moon" for w in range(40))
+    docs = {f"n{i:03d}": f"Document {i}: {filler}" for i in range(120)}
     source = _jsonl(tmp_path / "many.jsonl", docs)
     journal = col / "journal.log"
     size = journal.stat().st_size if journal.exists() else 0
     proc = subprocess.Popen([sys.executable, "-m", "lsr", "upsert", str(source), str(col), "--write-every", "4",
-                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--threads", "1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while (not journal.exists() or journal.stat().st_size == size) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    hint = next(line for line in err.splitlines() if "Continue with:" in line)
-    skip = int(hint.rsplit("--skip ", 1)[1])
-    assert 0 < skip < len(docs) and f"stopped after writing {skip} documents" in hint
+    skip, command = _continue(err)
+    assert 0 < skip < len(docs)
     held = {d for d in docs if Collection.open(col).view().docs.contains(d)}
     assert held == set(list(docs)[:skip])
     assert not verify_collection(col).problems
-    command = hint.split("Continue with: ", 1)[1].split()
-    assert command[:2] == ["lsr", "upsert"] and main(command[1:]) == 0
+    assert main([*command, "--write-every", "200"]) == 0
     assert all(Collection.open(col).view().docs.contains(d) for d in docs)
+
+
+def test_an_upsert_stopped_by_a_bad_row_keeps_the_writes_before_it(built, tmp_path, capsys):
+    col = shutil.copytree(built, tmp_path / "col")
+    lines = [json.dumps({"id": f"b{i}", "contents": f"Bad row test document {i}."}) for i in range(10)]
+    source = tmp_path / "bad.jsonl"
+    source.write_text("\n".join(lines[:6] + ['{"id": "b6", "contents": 7}'] + lines[7:]) + "\n")
+    assert main(["upsert", str(source), str(col), "--write-every", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "line 7" in err and "--on-error skip" in err
+    skip, command = _continue(err)
+    assert skip == 4 and {d for d in (f"b{i}" for i in range(10)) if Collection.open(col).view().docs.contains(d)} == \
+        {"b0", "b1", "b2", "b3"}
+    source.write_text("\n".join(lines) + "\n")  # the row fixed
+    assert main(command) == 0 and "upserted 6 documents" in capsys.readouterr().out
+    assert all(Collection.open(col).view().docs.contains(f"b{i}") for i in range(10))
+
+
+def test_a_signal_during_a_write_waits_for_the_write_then_interrupts():
+    import os
+
+    from lsr.cli.upsert import uninterrupted
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with uninterrupted():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # a handler that raised would have raised by now
+            steps.append("write finished")
+        steps.append("after")  # never: the held Ctrl-C is raised as the block ends
+    assert steps == ["write finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_upsert_and_delete_through_a_running_server(built, tmp_path, capsys):

@@ -1,5 +1,7 @@
 """Print stored documents of a collection by id (no models are loaded).
 
+In a sharded collection each id is read from the shard that owns it.
+
 Examples:
   lsr doc runs/scifact 4983
   lsr doc runs/scifact 4983 5836 --json
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 HELP = "print a stored document of a collection by id"
 
@@ -20,9 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.ingest.collection import Collection
-
-    texts = Collection.open(args.collection).text(args.ids)
+    texts = _texts(Path(args.collection), args.ids)
     missing = [doc_id for doc_id, text in zip(args.ids, texts) if text is None]
     if missing:
         raise ValueError(f"no document {', '.join(map(repr, missing))} in {args.collection}")
@@ -32,3 +33,15 @@ def run(args: argparse.Namespace) -> int:
     for doc_id, text in zip(args.ids, texts):
         print(f"{doc_id}\t{text}" if len(args.ids) > 1 else text)
     return 0
+
+
+def _texts(path: Path, ids: list[str]) -> list[str | None]:
+    """The stored texts of ``ids`` (None where unknown), each from the shard that owns it in a sharded collection."""
+    from lsr.ingest.collection import Collection
+    from lsr.ingest.sharding import is_sharded, read_shard_map
+
+    if not is_sharded(path):
+        return Collection.open(path).text(ids)
+    shard_map = read_shard_map(path)
+    shards = {owner: Collection.open(shard_map.paths(path)[owner]) for owner in {shard_map.owner(i) for i in ids}}
+    return [shards[shard_map.owner(doc_id)].text([doc_id])[0] for doc_id in ids]

@@ -5,8 +5,11 @@ Each damaged file is named on its own line. Exit status 0: all good; 1: problems
 Damage to the inverted or faiss index is fixed by `lsr repair`; damage to a build shard,
 lsr.json or the journal needs a backup or a re-index.
 
+A sharded collection (`lsr index --shards N`) is checked shard by shard, each line naming its shard.
+
 Examples:
   lsr verify runs/scifact
+  lsr verify runs/big-4shards
 """
 
 from __future__ import annotations
@@ -18,23 +21,38 @@ HELP = "check every file of a collection (checksums) and that its stores agree"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("collection", type=Path, metavar="COLLECTION", help="a collection made by `lsr index`")
+    p.add_argument("collection", type=Path, metavar="COLLECTION",
+                   help="a collection made by `lsr index` (a sharded one: every shard)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the report; `lsr repair` ends with it too."""
+    """Print the report of each collection (each shard of a sharded one); `lsr repair` ends with it too."""
     from lsr.ingest.verify import verify_collection
 
-    report = verify_collection(args.collection)
-    for line in report.checked:
-        print(f"checked  {line}")
-    for line in report.notes:
-        print(f"note     {line}")
-    for line in report.problems:
-        print(f"BAD      {line}")
-    if report.problems:
-        print(f"{len(report.problems)} problem(s) in {args.collection}; `lsr repair {args.collection}` rebuilds "
+    problems = 0
+    for name, path in collections_of(args.collection):
+        report = verify_collection(path)
+        prefix = f"{name}: " if name else ""
+        for line in report.checked:
+            print(f"checked  {prefix}{line}")
+        for line in report.notes:
+            print(f"note     {prefix}{line}")
+        for line in report.problems:
+            print(f"BAD      {prefix}{line}")
+        problems += len(report.problems)
+    if problems:
+        print(f"{problems} problem(s) in {args.collection}; `lsr repair {args.collection}` rebuilds "
               "the inverted and faiss indexes")
         return 1
     print(f"{args.collection} is intact")
     return 0
+
+
+def collections_of(path: Path) -> list[tuple[str, Path]]:
+    """(shard name, folder) of each collection under ``path``: its shards, or itself (an empty name)."""
+    from lsr.ingest.sharding import is_sharded, read_shard_map
+
+    if not is_sharded(path):
+        return [("", path)]
+    shard_map = read_shard_map(path)
+    return list(zip(shard_map.names, shard_map.paths(path)))

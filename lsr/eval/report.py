@@ -19,6 +19,16 @@ def write_results(results_dir: Path, name: str, report: dict, table: str) -> Non
     (results_dir / f"{name}.md").write_text(table.rstrip("\n") + "\n")
 
 
+def write_table(results_dir: Path, name: str, title: str, intro: str, header: list[str], rows: list[list[str]],
+                report: dict) -> None:
+    """A benchmark's Markdown: a title, a paragraph, one table (the first column left-aligned, numbers right) and the
+    machine it ran on with its load; ``write_results`` prints it and writes it beside ``report``'s JSON."""
+    lines = [f"# {title}", "", intro, "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
+             *("| " + " | ".join(cells) + " |" for cells in rows),
+             "", f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}.", ""]
+    write_results(results_dir, name, report, "\n".join(lines))
+
+
 def machine() -> str:
     import torch
 

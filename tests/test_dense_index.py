@@ -1,0 +1,89 @@
+"""The dense index under replacements and deletes: every pinned version answers as a fresh index of its live rows
+would, whatever later writes, tombstones and rebuilds do; searches skip tombstones instead of sorting past them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lsr.search.dense_index import DenseIndex
+
+DIM = 16
+
+
+def _vectors(n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _exact(live: dict[str, np.ndarray], queries: np.ndarray, k: int) -> list[list[str]]:
+    """Brute-force top k over the live rows: what a fresh index of them answers."""
+    ids = sorted(live)
+    matrix = np.stack([live[i] for i in ids])
+    scores = queries @ matrix.T
+    return [[ids[j] for j in np.argsort(-row, kind="stable")[:k]] for row in scores]
+
+
+def _answers(index: DenseIndex, queries: np.ndarray, k: int) -> list[list[str]]:
+    ids, _ = index.search(queries, k)
+    return [[i for i in row if i is not None] for row in ids]
+
+
+@pytest.mark.parametrize("hnsw_m", [None, 16], ids=["flat", "hnsw"])
+def test_every_pinned_version_answers_as_its_live_rows_through_replacements_deletes_and_rebuilds(hnsw_m, monkeypatch):
+    import lsr.search.dense_index as dense_index
+
+    monkeypatch.setattr(dense_index, "COMPACT_MIN", 50)
+    index = DenseIndex.create(DIM, hnsw_m=hnsw_m)
+    live = {f"d{i}": v for i, v in enumerate(_vectors(400, 0))}
+    index.add(list(live), np.stack(list(live.values())))
+    queries = _vectors(25, 1)
+    versions = []  # (pinned view, its live rows, the faiss object it searched when pinned)
+    for step in range(8):
+        versions.append((index.pinned(), dict(live), index.index))
+        replaced = [f"d{i}" for i in range(step * 40, step * 40 + 30)]
+        fresh = _vectors(len(replaced), 10 + step)
+        index.add(replaced, fresh)
+        live.update(zip(replaced, fresh))
+        deleted = [f"d{i}" for i in range(step * 40 + 30, step * 40 + 35)]
+        assert index.remove(deleted + ["never"]) == ["never"]
+        for doc_id in deleted:
+            live.pop(doc_id)
+    versions.append((index.pinned(), dict(live), index.index))
+    if hnsw_m is None:  # tombstones passed a quarter of the live rows: rebuilt without them, in new faiss objects
+        assert len({id(obj) for _, _, obj in versions}) > 1 and index.index.ntotal < 400 + 8 * 30
+    for view, held, _ in versions:
+        assert len(view) == len(held) and set(view.ids()) == set(held)
+        if hnsw_m is None:  # exact: the same ids in the same order as a fresh index of the live rows
+            assert _answers(view, queries, 10) == _exact(held, queries, 10)
+        else:  # approximate, but never a row this version does not hold
+            assert all(set(row) <= set(held) and len(row) == 10 for row in _answers(view, queries, 10))
+        some = ["d0", "d35", "d399"]
+        np.testing.assert_array_equal(view.get_vectors([d for d in some if d in held]),
+                                      np.stack([held[d] for d in some if d in held]))
+
+
+def test_a_search_skips_tombstones_without_asking_faiss_for_them():
+    """Before, a search asked faiss for k plus every tombstone, so its cost grew with the documents replaced."""
+    index = DenseIndex.create(DIM)
+    vectors = _vectors(3000, 2)
+    index.add([f"d{i}" for i in range(3000)], vectors)
+    index.remove([f"d{i}" for i in range(0, 3000, 5)])  # 600 tombstones: under the rebuild threshold
+    asked = []
+    real = index.index.search
+    index.index.search = lambda x, k, **kw: (asked.append(k), real(x, k, **kw))[1]
+    got = _answers(index, vectors[:3], 10)
+    assert asked == [10] and all(len(row) == 10 and all(int(d[1:]) % 5 for d in row) for row in got)
+
+
+def test_a_saved_index_keeps_its_tombstones_out_and_reopens_to_the_same_answers(tmp_path):
+    index = DenseIndex.create(DIM)
+    index.add([f"d{i}" for i in range(200)], _vectors(200, 3))
+    index.add(["d5"], _vectors(1, 4))
+    index.remove(["d7"])
+    index.save(tmp_path / "dense", journal_seq=3)
+    opened = DenseIndex.open(tmp_path / "dense")
+    queries = _vectors(5, 5)
+    assert opened.journal_seq == 3 and len(opened) == 199 and "d7" not in opened and "d5" in opened
+    assert _answers(opened, queries, 20) == _answers(index, queries, 20)
+    np.testing.assert_array_equal(opened.get_vectors(["d5"]), index.get_vectors(["d5"]))
