@@ -268,6 +268,12 @@ def _searches(col: Collection, encoders) -> tuple:
             view.sparse.search(query, k=10), view.bm25_search([NEW_TEXT, "narwhal tusks"], 10))
 
 
+def _looked(col: Collection) -> None:
+    """Start a look (LOOK_INTERVAL is 0 in these tests) and wait for it, as searches a second later would."""
+    col.view()
+    col._looker.join()
+
+
 def test_a_reader_takes_up_another_writers_records_within_a_look(written, encoders, tmp_path, monkeypatch):
     """A process that only reads sees another's upserts, rewrites and deletes at its next look (every
     LOOK_INTERVAL), by applying the appended journal records to its own stores, exactly as a fresh open sees them."""
@@ -280,6 +286,7 @@ def test_a_reader_takes_up_another_writers_records_within_a_look(written, encode
     for doc, text in (("w-1", "Narwhal tusks sense salinity"), ("new-1", "Narwhal tusks again"), ("w-2", NEW_TEXT)):
         writer.upsert([doc], [text], encoders[0].encode_documents([text]), encoders[1].encode_documents([text]))
     writer.delete(["w-1"])
+    _looked(reader)
     assert _searches(reader, encoders) == _searches(Collection.open(path), encoders)
     assert reader.dense is dense and {"w-2", "new-1"} <= reader.view().docs.ids()  # taken up, not reopened
     assert "w-1" not in reader.view().docs.ids()
@@ -298,12 +305,14 @@ def test_a_look_applies_a_dead_writers_journaled_record_and_cuts_its_torn_tail(w
     text = "Narwhal tusks sense salinity"
     Journal(path / JOURNAL_FILE, reader._journal.last_seq).append(  # the dead writer's record, applied nowhere
         "upsert", ["dead-1"], [text], encoders[0].encode_documents([text]), encoders[1].encode_documents([text]))
+    _looked(reader)
     assert "dead-1" in reader.view().sparse and "dead-1" in reader.view().dense
     assert Collection.open(path).sparse.journal_seq == reader._journal.last_seq  # committed, not only in memory
     whole = (path / JOURNAL_FILE).stat().st_size
     with open(path / JOURNAL_FILE, "ab") as fh:
         fh.write(b"\x10\x00\x00\x00torn")
     dense = reader.dense
+    _looked(reader)
     assert "dead-1" in reader.view().sparse and reader.dense is not dense  # reopened
     assert (path / JOURNAL_FILE).stat().st_size == whole
     reader.close()
@@ -322,8 +331,10 @@ def test_a_look_never_waits_for_a_folder_another_process_holds(written, encoders
     writer.upsert(["w-1"], [NEW_TEXT], encoders[0].encode_documents([NEW_TEXT]), encoders[1].encode_documents([NEW_TEXT]))
     with exclusive_folder(path):  # as another process's write or `lsr repair` would
         start = time.monotonic()
-        assert "w-1" not in reader.view().docs.ids()  # the last view, at once
-        assert time.monotonic() - start < 1.0
+        _looked(reader)
+        assert time.monotonic() - start < 1.0  # the look gave up at once
+        assert "w-1" not in reader.view().docs.ids()  # the last view
+    _looked(reader)
     assert "w-1" in reader.view().docs.ids()
 
 
