@@ -97,6 +97,11 @@ def test_a_sharded_collection_takes_upserts_and_deletes_and_doc_verify_repair_wo
     assert "narwhal" in set(Collection.open(root / damaged).sparse.doc_ids())  # rebuilt with the journal's upserts
 
 
+def _ctrl_c_as_on_a_terminal() -> None:
+    """A pytest-xdist worker ignores SIGINT, and a child inherits that: give the child a terminal's default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _continue(err: str) -> tuple[int, list[str]]:
     """(the documents a stopped run says it wrote, the command it prints to continue)."""
     hint = next(line for line in err.splitlines() if "Continue with:" in line)
@@ -117,7 +122,8 @@ def test_a_stopped_upsert_keeps_its_writes_and_says_how_to_continue(built, tmp_p
     journal = col / "journal.log"
     size = journal.stat().st_size if journal.exists() else 0
     proc = subprocess.Popen([sys.executable, "-m", "lsr", "upsert", str(source), str(col), "--write-every", "4",
-                             "--threads", "1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--threads", "1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_on_a_terminal)
     deadline = time.monotonic() + 120
     while (not journal.exists() or journal.stat().st_size == size) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -149,20 +155,35 @@ def test_an_upsert_stopped_by_a_bad_row_keeps_the_writes_before_it(built, tmp_pa
     assert all(Collection.open(col).view().docs.contains(f"b{i}") for i in range(10))
 
 
+def test_skip_and_limit_count_positions_in_the_source(built, tmp_path, capsys):
+    """--limit N keeps to the source's first N documents even with --skip, so a stopped `--limit` run continues to
+    the same end."""
+    col = shutil.copytree(built, tmp_path / "col")
+    source = _jsonl(tmp_path / "ten.jsonl", {f"t{i}": f"Position test document {i}." for i in range(10)})
+    assert main(["upsert", str(source), str(col), "--skip", "2", "--limit", "6", "--quiet"]) == 0
+    assert "upserted 4 documents" in capsys.readouterr().out
+    held = {f"t{i}" for i in range(10) if Collection.open(col).view().docs.contains(f"t{i}")}
+    assert held == {"t2", "t3", "t4", "t5"}
+
+
+_HELD_SIGNAL = """
+import os, signal, time
+from lsr.cli.upsert import uninterrupted
+try:
+    with uninterrupted():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # a handler that raised would have raised by now
+        print("write finished", flush=True)
+    print("after", flush=True)  # never: the held Ctrl-C is raised as the block ends
+except KeyboardInterrupt:
+    print("interrupted", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+"""
+
+
 def test_a_signal_during_a_write_waits_for_the_write_then_interrupts():
-    import os
-
-    from lsr.cli.upsert import uninterrupted
-
-    steps = []
-    with pytest.raises(KeyboardInterrupt):
-        with uninterrupted():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # a handler that raised would have raised by now
-            steps.append("write finished")
-        steps.append("after")  # never: the held Ctrl-C is raised as the block ends
-    assert steps == ["write finished"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    out = subprocess.run([sys.executable, "-c", _HELD_SIGNAL], capture_output=True, text=True, timeout=60,
+                         preexec_fn=_ctrl_c_as_on_a_terminal).stdout
+    assert out.splitlines() == ["write finished", "interrupted True"]
 
 
 def test_upsert_and_delete_through_a_running_server(built, tmp_path, capsys):

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                       "`lsr index`, else id, docid or doc_id, whichever the corpus has)")
     p.add_argument("--on-error", choices=ON_ERROR, default="fail",
                    help="bad rows (missing/duplicate id, non-string text, invalid JSON): stop, or skip and count")
-    p.add_argument("--limit", type=int, help="write only the first N good documents")
+    p.add_argument("--limit", type=int, help="write only the first N good documents (those --skip leaves out count)")
     p.add_argument("--skip", type=int, default=0, metavar="N",
                    help="leave out the first N good documents (those a stopped run wrote)")
     p.add_argument("--write-every", type=int, default=WRITE_EVERY, metavar="N",
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     built = getattr(sink, "meta", {})  # a folder's build names the fields it read; a server's is not asked
     fields = args.fields.split(",") if args.fields else built.get("fields", DEFAULT_FIELDS)
     reader = CorpusReader(args.source, fields=fields, id_field=args.id_field or built.get("settings", {}).get("id_field", DEFAULT_ID_FIELD),
-                          on_error=args.on_error, limit=None if args.limit is None else args.limit + args.skip)
+                          on_error=args.on_error, limit=args.limit)
     done = replaced = truncated = seen = 0  # seen: good documents read, the skipped ones too
     started = time.perf_counter()
     try:
