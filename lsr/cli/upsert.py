@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.endpoint import add_endpoint_arguments, connect
@@ -59,7 +59,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.ingest.corpus import DEFAULT_FIELDS, DEFAULT_ID_FIELD, CorpusReader
     from lsr.ingest.indexing import document_blocks
     from lsr.ingest.progress import progress_bar, rows_total, update_total
 
@@ -71,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--skip must be 0 or more and --limit positive")
     sink = _LocalSink(args) if target == "collection" else _RemoteSink(args)
     built = getattr(sink, "meta", {})  # a folder's build names the fields it read; a server's is not asked
-    fields = args.fields.split(",") if args.fields else built.get("fields", DEFAULT_FIELDS)
-    reader = CorpusReader(args.source, fields=fields, id_field=args.id_field or built.get("settings", {}).get("id_field", DEFAULT_ID_FIELD),
-                          on_error=args.on_error, limit=args.limit)
+    reader = _corpus(args, built)
     done = replaced = truncated = seen = 0  # seen: good documents read, the skipped ones too
     started = time.perf_counter()
     try:
@@ -107,6 +104,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"upserted {done:,} documents into {_where(args)} in {seconds:.1f} s ({done / seconds:.1f} docs/s)"
           + (f": {'; '.join(details)}" if details else ""))
     return 0
+
+
+def _corpus(args: argparse.Namespace, built: dict) -> Any:
+    """SOURCE's reader: the fields and id field given, else those the collection's build read."""
+    from lsr.ingest.corpus import DEFAULT_FIELDS, DEFAULT_ID_FIELD, CorpusReader
+
+    fields = args.fields.split(",") if args.fields else built.get("fields", DEFAULT_FIELDS)
+    id_field = args.id_field or built.get("settings", {}).get("id_field", DEFAULT_ID_FIELD)
+    return CorpusReader(args.source, fields=fields, id_field=id_field, on_error=args.on_error, limit=args.limit)
 
 
 @contextlib.contextmanager

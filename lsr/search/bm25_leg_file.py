@@ -8,8 +8,8 @@ that record. The file is derived state: a missing, stale or damaged one is rebui
 damaged one reported by ``lsr verify``; ``lsr repair`` removes it with the rest of the BM25 leg).
 
 Format: one ``.npz`` of the hidden build rows, one chunk of the live upserted documents (``bm25_leg._Chunk``), the
-ids and the new words as UTF-8 bytes with offsets, and ``about``: the format, the journal seq the leg holds, and the build's document and term counts it was made on;
-``crc32`` holds every other array's crc32, checked on read.
+ids and the new words as UTF-8 bytes with offsets, and ``about``: the format, the journal seq the leg holds, and the
+build's document and term counts it was made on; ``crc32`` holds every other array's crc32, checked on read.
 """
 
 from __future__ import annotations
