@@ -10,7 +10,6 @@ feedback vectors fetched from their owners) and the final top-k are the unsharde
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -99,12 +98,8 @@ class ShardLegs:
 
 def _by_owner(shards: ShardSet, doc_ids: Sequence[str]) -> dict[int, tuple[list[int], list[str]]]:
     """shard → (positions in ``doc_ids``, ids) for the ids it owns, in shard order."""
-    groups: dict[int, tuple[list[int], list[str]]] = defaultdict(lambda: ([], []))
-    for position, doc_id in enumerate(doc_ids):
-        positions, ids = groups[shards.shard_map.owner(str(doc_id))]
-        positions.append(position)
-        ids.append(str(doc_id))
-    return dict(sorted(groups.items()))
+    return {shard: (positions, [str(doc_ids[p]) for p in positions])
+            for shard, positions in shards.shard_map.positions_by_owner(doc_ids).items()}
 
 
 @dataclass

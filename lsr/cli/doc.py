@@ -43,5 +43,8 @@ def _texts(path: Path, ids: list[str]) -> list[str | None]:
     if not is_sharded(path):
         return Collection.open(path).text(ids)
     shard_map = read_shard_map(path)
-    shards = {owner: Collection.open(shard_map.paths(path)[owner]) for owner in {shard_map.owner(i) for i in ids}}
-    return [shards[shard_map.owner(doc_id)].text([doc_id])[0] for doc_id in ids]
+    texts: list[str | None] = [None] * len(ids)
+    for shard, positions in shard_map.positions_by_owner(ids).items():
+        for position, text in zip(positions, Collection.open(shard_map.paths(path)[shard]).text([ids[p] for p in positions])):
+            texts[position] = text
+    return texts

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -49,6 +49,13 @@ class ShardMap:
 
     def owner(self, doc_id: str) -> int:
         return shard_of(doc_id, self.n_shards)
+
+    def positions_by_owner(self, doc_ids: Sequence[str]) -> dict[int, list[int]]:
+        """shard → the positions in ``doc_ids`` of the ids it owns, in shard order."""
+        groups: dict[int, list[int]] = {}
+        for position, doc_id in enumerate(doc_ids):
+            groups.setdefault(self.owner(str(doc_id)), []).append(position)
+        return dict(sorted(groups.items()))
 
     def paths(self, root: Path) -> list[Path]:
         return [Path(root) / name for name in self.names]

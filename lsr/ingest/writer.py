@@ -42,7 +42,11 @@ class CollectionWriter:
 
     def known(self, ids: Sequence[str]) -> int:
         """How many of ``ids`` the collection holds now (an upsert of them replaces them)."""
-        return sum(self._owner(doc_id).view().docs.contains(doc_id) for doc_id in ids)
+        held = 0
+        for collection, rows in self._by_owner(ids):
+            docs = collection.view().docs
+            held += sum(docs.contains(ids[r]) for r in rows)
+        return held
 
     def upsert(self, ids: Sequence[str], texts: Sequence[str], sparse: SparseBatch, dense: np.ndarray | None) -> None:
         """Add or replace encoded documents; durable once this returns (per shard in a sharded collection)."""
@@ -62,15 +66,8 @@ class CollectionWriter:
         for collection in self.collections:
             collection.close()
 
-    def _shard(self, doc_id: str) -> int:
-        return self.shard_map.owner(doc_id) if self.shard_map is not None else 0
-
-    def _owner(self, doc_id: str) -> Collection:
-        return self.collections[self._shard(doc_id)]
-
     def _by_owner(self, ids: Sequence[str]) -> list[tuple[Collection, list[int]]]:
         """Each collection holding some of ``ids``, with the positions of its ids."""
-        groups: dict[int, list[int]] = {}
-        for row, doc_id in enumerate(ids):
-            groups.setdefault(self._shard(doc_id), []).append(row)
-        return [(self.collections[shard], rows) for shard, rows in sorted(groups.items())]
+        if self.shard_map is None:
+            return [(self.collections[0], list(range(len(ids))))] if len(ids) else []
+        return [(self.collections[shard], rows) for shard, rows in self.shard_map.positions_by_owner(ids).items()]
