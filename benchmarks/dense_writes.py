@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,9 +74,20 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--one-core-busy", action="store_true",
+                        help="run beside a busy loop pinned to one core (results under NAME-one-core-busy)")
     args = parser.parse_args()
     if args.worker:
         return worker(args.rows, args.dim)
+    from encode import contention
+
+    with contention("one core busy" if args.one_core_busy else "quiet", Path(tempfile.gettempdir())):
+        rows = measure(args)
+    report(args.rows, args.dim, rows, args.one_core_busy)
+
+
+def measure(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Both versions' workers, stepped in turns."""
     workers = {}
     for version in ("before", "now"):
         env = {**os.environ, "PYTHONPATH": args.before} if version == "before" else dict(os.environ)
@@ -93,22 +105,23 @@ def main() -> None:
     for proc in workers.values():
         proc.stdin.close()
         proc.wait()
-    report(args.rows, args.dim, rows)
+    return rows
 
 
-def report(n: int, dim: int, rows: dict[str, list[dict]]) -> None:
+def report(n: int, dim: int, rows: dict[str, list[dict]], one_core_busy: bool = False) -> None:
     from lsr.eval.report import write_table
 
     intro = (f"{n:,} documents of {dim} dimensions (flat), replaced 1,000 per write round robin (an upsert of an id it "
              "holds); the two versions take turns. A search of 1 query and of 8, k = 10, p50; publishing a version "
-             "(`pinned()`, every write does it), p50.")
+             "(`pinned()`, every write does it), p50." + (" A busy loop ran on one of the cores." if one_core_busy else ""))
     header = ["replaced", "faiss rows before / now", "search before", "search now", "8 queries before", "8 queries now",
               "publish before", "publish now"]
     cells = [[f"{now['replaced']:,}", f"{before['faiss_rows']:,} / {now['faiss_rows']:,}", f"{before['search_ms']:.1f} ms",
               f"{now['search_ms']:.1f} ms", f"{before['search8_ms']:.1f} ms", f"{now['search8_ms']:.1f} ms",
               f"{before['pin_ms'] * 1e3:,.0f} µs", f"{now['pin_ms'] * 1e3:,.0f} µs"]
              for before, now in zip(rows["before"], rows["now"])]
-    write_table(RESULTS, "dense_writes", "The dense index as documents are replaced", intro, header, cells,
+    write_table(RESULTS, "dense_writes" + ("-one-core-busy" if one_core_busy else ""),
+                "The dense index as documents are replaced", intro, header, cells,
                 {"rows": n, "dim": dim, **rows})
 
 

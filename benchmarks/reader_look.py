@@ -74,10 +74,21 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="a checkout of the code whose searches took writes up inline")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--reader", help=argparse.SUPPRESS)
+    parser.add_argument("--one-core-busy", action="store_true",
+                        help="run beside a busy loop pinned to one core (results under NAME-one-core-busy)")
     args = parser.parse_args()
     if args.reader:
         print(json.dumps(reader(Path(args.reader))))
         return
+    from encode import contention
+
+    with contention("one core busy" if args.one_core_busy else "quiet", Path(tempfile.gettempdir())):
+        rows = measure(args)
+    report(args.collection, rows, args.one_core_busy)
+
+
+def measure(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """A reader run per version per round, taking turns."""
     rows: dict[str, list[dict]] = {"before": [], "now": []}
     for _ in range(args.rounds):
         for version in rows:  # taking turns
@@ -91,22 +102,24 @@ def main() -> None:
                 shutil.rmtree(work, ignore_errors=True)
             rows[version].append(json.loads(out.strip().splitlines()[-1]))
             print(version, rows[version][-1], flush=True)
-    report(args.collection, rows)
+    return rows
 
 
-def report(collection: str, rows: dict[str, list[dict]]) -> None:
+def report(collection: str, rows: dict[str, list[dict]], one_core_busy: bool = False) -> None:
     from lsr.eval.report import write_table
 
     meta = json.loads((Path(collection) / "lsr.json").read_text())
     intro = (f"A {meta['n_docs']:,}-document collection (`lsr index {Path(meta['settings']['source']).name}`), read by "
              f"one process searching in a loop (BM25 then sparse, 5 ms apart) for {SECONDS + 2:.0f} s, while another "
              f"upserts {BATCH} documents every 0.7 s. `before`: a search that found the other process's writes took "
-             "them up itself; `now`: a background look does. The versions take turns, one row per run.")
+             "them up itself; `now`: a background look does. The versions take turns, one row per run."
+             + (" A busy loop ran on one of the cores." if one_core_busy else ""))
     header = ["version", "writes", "searches", "p50", "p99", "max", "searches over 50 ms"]
     cells = [[version, str(row["writes"]), f"{row['searches']:,}", f"{row['p50_ms']:.2f} ms", f"{row['p99_ms']:.2f} ms",
               f"{row['max_ms']:.1f} ms", str(row["over_50ms"])]
              for pair in zip(rows["before"], rows["now"]) for version, row in zip(rows, pair)]
-    write_table(RESULTS, "reader_look", "Searches beside another process's writes", intro, header, cells, rows)
+    write_table(RESULTS, "reader_look" + ("-one-core-busy" if one_core_busy else ""),
+                "Searches beside another process's writes", intro, header, cells, rows)
 
 
 if __name__ == "__main__":
