@@ -1,16 +1,19 @@
 """What opening a collection costs as documents upserted since its build pile up in its journal, with the code
-before the BM25 leg was saved (``--before``: a checkout of it) and now, taking turns.
+before a change (``--before``: a checkout of it) and now, taking turns.
 
 Each version writes its own copy of a built collection (the build's documents upserted again under new ids, 500
 per write, so nothing is encoded), in a fresh process per step: after each step it closes the collection and
 times opening it (after a clean close, and on a copy taken before close, as a crash would leave it), and one-
-document writes after the open.
+document writes after the open. ``--rewrite N`` writes N ids over and over instead (a corpus re-synced: the
+journal's history grows, its documents do not).
 
-    git worktree add /tmp/before 7f1a1b3
+    git worktree add /tmp/before 7f1a1b3     # before the BM25 leg was saved; f3ba362: before journal compaction
     lsr index nfcorpus.tar.gz /tmp/nf --quiet
     python benchmarks/open_after_writes.py --collection /tmp/nf --before /tmp/before     # about 10 minutes
+    python benchmarks/open_after_writes.py --collection /tmp/nf --before /tmp/before --rewrite 2000
 
-Writes ``benchmarks/results/open_after_writes.{md,json}``.
+Writes ``benchmarks/results/open_after_writes.{md,json}`` (``open_after_rewrites`` with ``--rewrite``, and
+``-one-core-busy`` with a busy loop on one core).
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-STEPS = (10_000, 30_000, 60_000)
+STEPS = "10000,30000,60000"
 PER_WRITE = 500
 
 
-def step(path: Path, written: int, target: int) -> dict:
-    """In a process running one version: upsert up to ``target`` documents, close, and time opens and writes."""
+def step(path: Path, written: int, target: int, rewrite: int = 0) -> dict:
+    """In a process running one version: upsert up to ``target`` documents (under ``rewrite`` ids cycled, when
+    given), close, and time opens and writes."""
     import numpy as np
 
     from lsr.ingest.collection import Collection
@@ -41,11 +45,14 @@ def step(path: Path, written: int, target: int) -> dict:
     build = sorted(col.sparse.doc_ids())[:2000]
     view = col.view()
     texts, sparse, dense = view.docs.get(build), ViewLegs(view).sparse_vectors(build), ViewLegs(view).dense_vectors(build)
+    start, streamed = time.perf_counter(), target - written
     while written < target:
         rows = [(written + i) % len(build) for i in range(PER_WRITE)]
-        col.upsert([f"w{written + i}" for i in range(PER_WRITE)], [texts[r] for r in rows], sparse.select(rows),
+        ids = [f"w{(written + i) % rewrite if rewrite else written + i}" for i in range(PER_WRITE)]
+        col.upsert(ids, [texts[r] for r in rows], sparse.select(rows),
                    None if dense is None else dense[rows])
         written += PER_WRITE
+    stream_s = time.perf_counter() - start  # the background saves (and compactions) run beside these writes
     saver = getattr(col, "_saver", None)
     if saver is not None:
         saver.join()
@@ -67,54 +74,75 @@ def step(path: Path, written: int, target: int) -> dict:
     opened.close()
     code = Path(sys.modules[Collection.__module__].__file__).parents[2]  # the checkout this process runs
     return {"code": str(code), "upserted": written, "journal_mb": os.path.getsize(path / "journal.log") / 1e6, **opens,
-            "write_p50_ms": float(np.median(writes)) * 1e3}
+            "write_p50_ms": float(np.median(writes)) * 1e3, "stream_docs_per_s": streamed / stream_s}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--collection", required=True, help="a collection built by `lsr index` (copied, not changed)")
-    parser.add_argument("--before", required=True, help="a checkout of the code before the BM25 leg was saved")
+    parser.add_argument("--before", required=True, help="a checkout of the code to compare with")
+    parser.add_argument("--rewrite", type=int, default=0, metavar="N",
+                        help="upsert N ids over and over instead of new ones (the journal's history grows)")
+    parser.add_argument("--steps", default=STEPS, help="documents upserted in all at each step (default %(default)s)")
+    parser.add_argument("--one-core-busy", action="store_true",
+                        help="run beside a busy loop pinned to one core (results under NAME-one-core-busy)")
     parser.add_argument("--step", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
-        print(json.dumps(step(Path(args.step[0]), int(args.step[1]), int(args.step[2]))))
+        print(json.dumps(step(Path(args.step[0]), int(args.step[1]), int(args.step[2]), args.rewrite)))
         return
+    from encode import contention
+
+    with contention("one core busy" if args.one_core_busy else "quiet", Path(tempfile.gettempdir())):
+        rows = run_steps(args)
+    report(args.collection, rows, args.rewrite, args.one_core_busy)
+
+
+def run_steps(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Each step in a fresh process per version, the versions taking turns on their own copies."""
     work = Path(tempfile.mkdtemp(prefix="open-after-writes-"))
     rows: dict[str, list[dict]] = {"before": [], "now": []}
     try:
         copies = {version: shutil.copytree(args.collection, work / version) for version in rows}
         written = 0
-        for target in STEPS:
+        for target in map(int, args.steps.split(",")):
             for version in rows:  # taking turns
                 env = {**os.environ, "PYTHONPATH": args.before} if version == "before" else dict(os.environ)
                 out = subprocess.run([sys.executable, __file__, "--collection", args.collection, "--before", args.before,
-                                      "--step", str(copies[version]), str(written), str(target)],
+                                      "--rewrite", str(args.rewrite), "--step", str(copies[version]), str(written),
+                                      str(target)],
                                      env=env, check=True, capture_output=True, text=True).stdout
                 rows[version].append(json.loads(out.strip().splitlines()[-1]))
                 print(version, rows[version][-1], flush=True)
             written = target
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(args.collection, rows)
+    return rows
 
 
-def report(collection: str, rows: dict[str, list[dict]]) -> None:
+def report(collection: str, rows: dict[str, list[dict]], rewrite: int, one_core_busy: bool) -> None:
     from lsr.eval.report import write_table
 
     meta = json.loads((Path(collection) / "lsr.json").read_text())
     docs, source = meta["n_docs"], Path(meta["settings"]["source"]).name
+    ids = f"{rewrite:,} ids written over and over" if rewrite else "new ids"
     intro = (f"A {docs:,}-document collection (`lsr index {source}`: SPLADE, dense MiniLM and BM25 legs), its documents "
-             f"upserted again under new ids, {PER_WRITE} per write; each version wrote its own copy, taking turns. "
-             "`before`: the code before the BM25 leg was saved; `now`: this code. Open after a clean close, and "
-             "on a copy taken before close (as a kill -9 leaves it); a one-document write after the open, p50 of 20.")
-    header = ["upserted", "journal MB", "open before", "open now", "open after a crash before", "open after a crash now",
-              "write p50 before", "write p50 now"]
-    cells = [[f"{now['upserted']:,}", f"{now['journal_mb']:.0f}", f"{before['open_s']:.2f} s", f"{now['open_s']:.2f} s",
+             f"upserted again under {ids}, {PER_WRITE} per write; each version wrote its own copy, taking turns. "
+             "`before`: the code before the change; `now`: this code. Open after a clean close, and "
+             "on a copy taken before close (as a kill -9 leaves it); a one-document write after the open, p50 of 20; "
+             f"the step's {PER_WRITE}-document writes, documents a second (background saves running beside them)."
+             + (" A busy loop ran on one of the cores." if one_core_busy else ""))
+    header = ["upserted", "journal MB before", "journal MB now", "open before", "open now", "open after a crash before",
+              "open after a crash now", "write p50 before", "write p50 now", "writes before", "writes now"]
+    cells = [[f"{now['upserted']:,}", f"{before['journal_mb']:.0f}", f"{now['journal_mb']:.0f}",
+              f"{before['open_s']:.2f} s", f"{now['open_s']:.2f} s",
               f"{before['open_after_crash_s']:.2f} s", f"{now['open_after_crash_s']:.2f} s",
-              f"{before['write_p50_ms']:.1f} ms", f"{now['write_p50_ms']:.1f} ms"]
+              f"{before['write_p50_ms']:.1f} ms", f"{now['write_p50_ms']:.1f} ms",
+              f"{before['stream_docs_per_s']:,.0f}/s", f"{now['stream_docs_per_s']:,.0f}/s"]
              for before, now in zip(rows["before"], rows["now"])]
-    write_table(RESULTS, "open_after_writes", "Opening a collection as upserted documents pile up in its journal", intro,
-                header, cells, {"collection_docs": docs, **rows})
+    name = ("open_after_rewrites" if rewrite else "open_after_writes") + ("-one-core-busy" if one_core_busy else "")
+    write_table(RESULTS, name, "Opening a collection as upserted documents pile up in its journal", intro,
+                header, cells, {"collection_docs": docs, "rewrite": rewrite, **rows})
 
 
 if __name__ == "__main__":

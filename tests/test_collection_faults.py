@@ -14,29 +14,17 @@ from lsr.files import CorruptFileError
 from lsr.ingest.collection import Collection
 from lsr.ingest.verify import verify_collection
 
-N_DOCS = 30
-NEW_TEXT = "Quokka marsupials on Rottnest Island show unusual zinc metabolism in their kidneys."
+from collection_helpers import NEW_TEXT, build_written, load_encoders, looked as _looked, searches as _searches
 
 
 @pytest.fixture(scope="module")
 def encoders():
-    from lsr.encode.dense import DenseEncoder
-    from lsr.encode.splade import SpladeEncoder
-
-    return SpladeEncoder.from_pretrained("splade-tiny", max_length=64, device="cpu"), DenseEncoder.from_pretrained("minilm", device="cpu")
+    return load_encoders()
 
 
 @pytest.fixture(scope="module")
 def written(beir_dir, encoders, tmp_path_factory) -> Path:
-    """A small hybrid collection after one upsert and one delete (so it has a journal and later versions)."""
-    from lsr.ingest.indexing import IndexOptions, build_collection
-
-    out = tmp_path_factory.mktemp("faults") / "col"
-    build_collection(beir_dir / "scifact.tar.gz", out, IndexOptions(limit=N_DOCS, max_length=64), progress=False)
-    col = Collection.open(out)
-    col.upsert(["new-1"], [NEW_TEXT], encoders[0].encode_documents([NEW_TEXT]), encoders[1].encode_documents([NEW_TEXT]))
-    col.delete([col.sparse.doc_ids()[0]])
-    return out
+    return build_written(beir_dir, encoders, tmp_path_factory.mktemp("faults") / "col")
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -257,21 +245,6 @@ def test_a_process_taking_up_another_processs_writes_carries_its_bm25_leg_forwar
     got = second.view().bm25_search(queries, 20)
     assert got == Collection.open(path).view().bm25_search(queries, 20)
     assert {"first-1", "second-1"} <= set(got[0]) and "new-1" not in got[1] and list(got[2])[0] == "new-1"
-
-
-def _searches(col: Collection, encoders) -> tuple:
-    """What every store of ``col``'s current view answers, to compare two processes' views."""
-    view = col.view()
-    ids = sorted(view.docs.ids())
-    query = encoders[0].encode_queries(["zinc metabolism in marsupials"])[0]
-    return (ids, sorted(view.sparse.doc_ids()), sorted(view.dense.ids()), view.text(ids),
-            view.sparse.search(query, k=10), view.bm25_search([NEW_TEXT, "narwhal tusks"], 10))
-
-
-def _looked(col: Collection) -> None:
-    """Start a look (LOOK_INTERVAL is 0 in these tests) and wait for it, as searches a second later would."""
-    col.view()
-    col._looker.join()
 
 
 def test_a_reader_takes_up_another_writers_records_within_a_look(written, encoders, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@
 - ``layout``: the folder format (lsr.json, vector/doc/embedding shards, per-file crc32s)
 - ``collection``: an opened collection: pinned versions for readers, atomic writes across stores
 - ``journal``: the write-ahead journal of upserts and deletes, replayed at open
+- ``journal_compaction``: the journal's history replaced by the state it leads to, when most of it is dead versions
 - ``docstore``: texts by doc id (build parts plus journaled writes)
 - ``verify`` / ``repair``: ``lsr verify`` (every file, store agreement) and ``lsr repair`` (rebuild the indexes)
 """

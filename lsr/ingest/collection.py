@@ -4,7 +4,9 @@ Writes go to the journal first (fsynced), then to the sparse index (committed wi
 the dense index (in memory) and the doc overlay and BM25 leg (in memory too); only then is the new version published.
 The dense index and the BM25 leg are saved with their seq every ``save_rows`` documents written, in the background,
 and at ``close``. So readers never see a half-applied write, and what a store lacks after a crash, or what was
-written since the last save, the next open replays from the journal.
+written since the last save, the next open replays from the journal. After a save, a journal that is mostly dead
+versions (or many small records) is compacted to the state it leads to (``journal_compaction``), so its size and
+the opens that read it follow the documents written, not the writes.
 
 Several processes may open one collection (two servers, a script beside a server) and write it: each write,
 and each open (whose replay writes), holds the folder's lock, and a process that finds the collection
@@ -32,6 +34,7 @@ import numpy as np
 from lsr.files import CorruptFileError, FolderBusyError, FolderHold, exclusive_folder
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
+from lsr.ingest.journal_compaction import compact, compaction_due, remove_leftover
 from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
 from lsr.search.bm25_index import BM25_DIR, STATS_FILE, Bm25Index
 from lsr.search.bm25_leg import Bm25Leg
@@ -114,6 +117,7 @@ class Collection:
         """``open`` once the folder is locked; the BM25 leg of ``before`` (an earlier view) is carried forward."""
         from lsr.index import InvertedIndex
 
+        remove_leftover(path)
         problems = build_file_problems(path, meta)
         if problems:
             raise CorruptFileError(f"{problems[0]}; {_HINT.format(path=path)}")
@@ -138,7 +142,8 @@ class Collection:
             base = Bm25Index.open(path / BM25_DIR, with_stats=any(record["file"] == f"{BM25_DIR}/{STATS_FILE}"
                                                                   for record in meta["files"]))
             bm25 = bm25_leg_at_open(path, base, records, docs)
-        return cls(path, meta, sparse, dense, docs, Journal(path / JOURNAL_FILE, records[-1].seq if records else 0), bm25)
+        return cls(path, meta, sparse, dense, docs, Journal(path / JOURNAL_FILE, records[-1].seq if records else 0, records),
+                   bm25)
 
     @property
     def checksum(self) -> str:
@@ -244,38 +249,59 @@ class Collection:
         self._unsaved = 0  # the rows it replayed are the other process's to save (or the next threshold's)
 
     def _save(self, seq: int) -> None:
-        """Save the dense index and the BM25 leg as of record ``seq`` in the background. A dense save rewrites the
-        index whole (13 to 18 s at 1M MiniLM vectors here), so the write that reaches the threshold no longer waits
-        for it and this process's writes go on meanwhile; other processes wait for the folder as for a write. One
-        save at a time: documents written past a running one wait in the journal for the next threshold or ``close``."""
+        """Save the dense index and the BM25 leg as of record ``seq`` in the background, then compact the journal
+        when that is due. A dense save rewrites the index whole (13 to 18 s at 1M MiniLM vectors here), so the write
+        that reaches the threshold no longer waits for it and this process's writes go on meanwhile; other processes
+        wait for the folder as for a write. One save at a time: documents written past a running one wait in the
+        journal for the next threshold or ``close``."""
         if self._saver is not None and self._saver.is_alive():
             return
         dense = self.dense.snapshot(seq) if self.dense is not None else None  # a copy: seconds less than writing it
         leg = self._view.bm25 if _savable(self._view.bm25) else None  # immutable: no copy needed
+        written = self._view.docs.written_count()
         self._unsaved = 0
         self._folder.acquire()  # the calling write holds the folder already, so this never waits
-        self._saver = threading.Thread(target=self._write_saves, args=(seq, dense, leg), name="lsr-save")
+        self._saver = threading.Thread(target=self._write_saves, args=(seq, dense, leg, written), name="lsr-save")
         self._saver.start()
 
-    def _write_saves(self, seq: int, dense: DenseSnapshot | None, leg: Bm25Leg | None) -> None:
+    def _write_saves(self, seq: int, dense: DenseSnapshot | None, leg: Bm25Leg | None, written: int) -> None:
         try:
+            saved = True
             if dense is not None:
-                self._logged_save("dense index", lambda: dense.write(self.path / "dense"))
+                saved &= self._logged_save("dense index", lambda: dense.write(self.path / "dense"))
             if leg is not None:
-                self._logged_save("BM25 leg", lambda: save_leg(leg, self.path / BM25_DIR, seq))
+                saved &= self._logged_save("BM25 leg", lambda: save_leg(leg, self.path / BM25_DIR, seq))
+            if saved:  # the stores hold ``seq``: an open replays none of the compacted records
+                self._compact_journal(seq, written)
         finally:
             self._folder.release()
 
-    def _logged_save(self, name: str, save: Callable[[], None]) -> None:
+    def _compact_journal(self, seq: int, written: int) -> None:
+        """Compact the journal's records up to ``seq`` when that is due (``written``: the ids written by then). A
+        failure (a full disk) is logged: the journal is left as it was, and the next save tries again."""
+        if not compaction_due(self._journal, written):
+            return
+        try:
+            sizes = compact(self._journal, seq)
+        except Exception as exc:
+            log.error("compacting the journal of %s failed (%s); it stays as it was", self.path, exc)
+            return
+        if sizes is not None:
+            log.info("compacted the journal of %s: %.1f MB -> %.1f MB", self.path, sizes[0] / 1e6, sizes[1] / 1e6)
+
+    def _logged_save(self, name: str, save: Callable[[], None]) -> bool:
+        """Run one save; a failure is logged, not raised (the journal still holds its rows). Whether it succeeded."""
         try:
             save()
         except Exception as exc:  # the journal still holds the rows: an open replays them, a later save retries
             log.error("saving the %s of %s failed (%s); its rows stay in the journal", name, self.path, exc)
+            return False
+        return True
 
     def close(self) -> None:
         """Wait for a background save, then save what only the journal holds (the dense rows, the BM25 leg's
-        documents written since its last save), so the next open replays none; skipped when another process wrote
-        since (its saves and the journal hold everything) or holds the collection."""
+        documents written since its last save), so the next open replays none, and compact the journal when due;
+        skipped when another process wrote since (its saves and the journal hold everything) or holds the collection."""
         with self._lock:
             if self._saver is not None:
                 self._saver.join()
@@ -289,23 +315,28 @@ class Collection:
                         if _savable(self._view.bm25):
                             save_leg(self._view.bm25, self.path / BM25_DIR, self._journal.last_seq)
                         self._unsaved = 0
+                        self._compact_journal(self._journal.last_seq, self._view.docs.written_count())
             except FolderBusyError:
                 pass
 
     def _apply(self, record: Record) -> None:
         """Apply ``record`` to the stores that lack it (another process's commit may hold it in the sparse index),
         publish the next view, and start a save when one is due."""
-        apply_record(record, self.sparse if record.seq > self.sparse.journal_seq else None, self.dense)
+        apply_record(record, self.sparse if record.lacked_by(self.sparse.journal_seq) else None, self.dense)
         texts = record.texts if record.op == "upsert" else [None] * len(record.ids)
         view = self._view
         self._view = CollectionView(self.sparse.pinned(), self.dense.pinned() if self.dense is not None else None,
                                     view.docs.with_updates(record.ids, texts),
                                     view.bm25.with_updates(record.ids, texts) if view.bm25 is not None else None)
-        if self.dense is not None or _savable(self._view.bm25):
-            self._unsaved += len(record.ids)
-            rows = len(self.dense) if self.dense is not None else self._view.bm25.live_written
-            if self._unsaved >= save_rows(rows):
-                self._save(record.seq)
+        self._unsaved += len(record.ids)
+        if self.dense is not None:
+            rows = len(self.dense)
+        elif _savable(self._view.bm25):
+            rows = self._view.bm25.live_written
+        else:  # nothing to save: only the journal's compaction
+            rows = self.sparse.num_docs
+        if self._unsaved >= save_rows(rows):
+            self._save(record.seq)
 
 
 def _savable(leg: Bm25Leg | None) -> bool:
@@ -333,8 +364,8 @@ def replay(records: Sequence[Record], sparse: Any, dense: DenseIndex | None) -> 
     there, and the writer's next save or close stores them)."""
     dense_from = dense.journal_seq if dense is not None else 0
     for record in records:
-        apply_record(record, sparse if record.seq > sparse.journal_seq else None,
-                     dense if dense is not None and record.seq > dense_from else None)
+        apply_record(record, sparse if record.lacked_by(sparse.journal_seq) else None,
+                     dense if dense is not None and record.lacked_by(dense_from) else None)
 
 
 def overlay_of(records: Sequence[Record]) -> dict[str, str | None]:
@@ -356,7 +387,7 @@ def bm25_leg_at_open(path: Path, base: Bm25Index, records: Sequence[Record], doc
     last = records[-1].seq if records else 0
     if saved is not None and saved[1] <= last:
         leg, seq = saved
-        later = overlay_of([record for record in records if record.seq > seq])
+        later = overlay_of([record for record in records if record.lacked_by(seq)])
         return leg.with_updates(list(later), list(later.values())) if later else leg
     written = docs.written()
     return Bm25Leg.written(base, written, docs.get(written))

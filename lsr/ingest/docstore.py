@@ -108,6 +108,10 @@ class DocStore:
         """Ids written (upserted or deleted) after the build: their build-time text is no longer current."""
         return list(self._overlay())
 
+    def written_count(self) -> int:
+        """How many ids were written after the build (``len(written())`` without the copy)."""
+        return len(self._base) + sum(doc_id not in self._base for doc_id in self._recent)
+
     def written_since(self, before: "DocStore") -> list[str]:
         """Ids whose text differs from ``before``'s, an earlier version of this store (journaled writes only add)."""
         missing = object()

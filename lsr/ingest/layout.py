@@ -8,6 +8,7 @@ Layout (``lsr.json`` is written last, so its presence means the collection is co
     OUT/docs/part-00000.parquet       id, text per shard (for include_text / explain)
     OUT/dense/embeddings-00000.npy    float32 embeddings per shard, rows aligned with the parts
     OUT/journal.log                   write-ahead journal of later upserts and deletes (lsr.ingest.journal)
+    OUT/journal.log.compacting        a compacted journal while it is written (lsr.ingest.journal_compaction)
     OUT/dense/manifest.json, faiss-N.index, ids-N.parquet   the DenseIndex (derived)
     OUT/sparse/                       the InvertedIndex (derived)
     OUT/bm25/                         the BM25 index over the build's texts, with the statistics it scored with

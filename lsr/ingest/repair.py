@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from lsr.files import CorruptFileError, exclusive_folder, file_record, sealed, write_json_atomic
-from lsr.ingest.journal import JOURNAL_FILE, Record, recover
+from lsr.ingest.journal import JOURNAL_FILE, Record, latest_writes, recover
 from lsr.ingest.layout import META_FILE, build_file_problems, read_meta, read_vector_shards, shard_name
 from lsr.search.bm25_index import BM25_DIR, DOC_FREQS_FILE, STATS_FILE, build_bm25
 from lsr.search.dense_index import MANIFEST, DenseIndex
@@ -40,7 +39,7 @@ def _rebuild(path: Path, meta: dict) -> list[str]:
                                "restore it from a backup or re-index with `lsr index --overwrite`")
     records = recover(path / JOURNAL_FILE, _applied_seq(path))
     last = records[-1].seq if records else 0
-    latest = _latest(records)
+    latest = latest_writes(records)
 
     chunks = [_without(batch, ids, latest) for batch, ids in read_vector_shards(path, meta["shards"])]
     live = _journaled(latest)
@@ -103,15 +102,6 @@ def _applied_seq(path: Path) -> int:
         except (CorruptFileError, FileNotFoundError, KeyError):
             pass
     return max(seqs)
-
-
-def _latest(records: Sequence[Record]) -> dict[str, tuple[Record, int] | None]:
-    """Each journaled id's last write: (upsert record, row), or None when it was deleted last."""
-    latest: dict[str, tuple[Record, int] | None] = {}
-    for record in records:
-        for row, doc_id in enumerate(record.ids):
-            latest[doc_id] = (record, row) if record.op == "upsert" else None
-    return latest
 
 
 def _without(batch: SparseBatch, ids: list[str], latest: dict) -> tuple[SparseBatch, list[str]]:

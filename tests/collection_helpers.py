@@ -1,0 +1,44 @@
+"""A small written collection for the tests of faults and journal compaction: real SciFact documents, real models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+N_DOCS = 30
+NEW_TEXT = "Quokka marsupials on Rottnest Island show unusual zinc metabolism in their kidneys."
+
+
+def load_encoders() -> tuple:
+    """splade-tiny (64 tokens) and MiniLM on the CPU."""
+    from lsr.encode.dense import DenseEncoder
+    from lsr.encode.splade import SpladeEncoder
+
+    return SpladeEncoder.from_pretrained("splade-tiny", max_length=64, device="cpu"), DenseEncoder.from_pretrained("minilm", device="cpu")
+
+
+def build_written(beir_dir: Path, encoders: tuple, out: Path) -> Path:
+    """A hybrid collection of N_DOCS SciFact documents after one upsert and one delete (so it has a journal and
+    later versions)."""
+    from lsr.ingest.collection import Collection
+    from lsr.ingest.indexing import IndexOptions, build_collection
+
+    build_collection(beir_dir / "scifact.tar.gz", out, IndexOptions(limit=N_DOCS, max_length=64), progress=False)
+    col = Collection.open(out)
+    col.upsert(["new-1"], [NEW_TEXT], encoders[0].encode_documents([NEW_TEXT]), encoders[1].encode_documents([NEW_TEXT]))
+    col.delete([col.sparse.doc_ids()[0]])
+    return out
+
+
+def searches(col, encoders) -> tuple:
+    """What every store of ``col``'s current view answers, to compare two processes' views."""
+    view = col.view()
+    ids = sorted(view.docs.ids())
+    query = encoders[0].encode_queries(["zinc metabolism in marsupials"])[0]
+    return (ids, sorted(view.sparse.doc_ids()), sorted(view.dense.ids()), view.text(ids),
+            view.sparse.search(query, k=10), view.bm25_search([NEW_TEXT, "narwhal tusks"], 10))
+
+
+def looked(col) -> None:
+    """Start a look (with LOOK_INTERVAL set to 0) and wait for it, as searches a second later would."""
+    col.view()
+    col._looker.join()
