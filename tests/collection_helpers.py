@@ -42,3 +42,39 @@ def looked(col) -> None:
     """Start a look (with LOOK_INTERVAL set to 0) and wait for it, as searches a second later would."""
     col.view()
     col._looker.join()
+
+
+WRITER = """
+import pickle, sys, time
+from pathlib import Path
+{setup}
+col = Collection.open(sys.argv[1])
+writes = pickle.loads(Path(sys.argv[2]).read_bytes())
+Path(sys.argv[2] + ".opened").touch()
+while not Path(sys.argv[3]).exists():  # every writer has opened the collection before any writes
+    time.sleep(0.01)
+for op, args in writes:
+    getattr(col, op)(*args)
+col.close()
+"""
+
+
+def write_at_once(path: Path, plans: dict[str, list], setup: str = "from lsr.ingest.collection import Collection") -> list[int]:
+    """One process per plan (name → [(method, args)]), each opening the collection at ``path`` after ``setup``, then
+    all writing at once; their exit codes."""
+    import pickle
+    import subprocess
+    import sys
+    import time
+
+    go, writers = path.parent / "go", []
+    for name, writes in plans.items():
+        plan = path.parent / f"{name}.pickle"
+        plan.write_bytes(pickle.dumps(writes))
+        script = WRITER.format(setup=setup)
+        writers.append((plan, subprocess.Popen([sys.executable, "-c", script, str(path), str(plan), str(go)])))
+    while not all(Path(f"{plan}.opened").exists() for plan, _ in writers):
+        assert all(proc.poll() is None for _, proc in writers)
+        time.sleep(0.05)
+    go.touch()
+    return [proc.wait(timeout=300) for _, proc in writers]

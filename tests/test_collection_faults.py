@@ -14,7 +14,8 @@ from lsr.files import CorruptFileError
 from lsr.ingest.collection import Collection
 from lsr.ingest.verify import verify_collection
 
-from collection_helpers import NEW_TEXT, build_written, load_encoders, looked as _looked, searches as _searches
+from collection_helpers import (NEW_TEXT, build_written, load_encoders, looked as _looked, searches as _searches,
+                                write_at_once)
 
 
 @pytest.fixture(scope="module")
@@ -155,34 +156,13 @@ def test_bm25_finds_upserted_documents_and_never_deleted_or_rewritten_ones(writt
     assert list(after)[0] == replaced and "new-1" not in after
 
 
-_WRITER = """
-import pickle, sys, time
-from pathlib import Path
-from lsr.ingest.collection import Collection
-
-col = Collection.open(sys.argv[1])
-writes = pickle.loads(Path(sys.argv[2]).read_bytes())
-Path(sys.argv[2] + ".opened").touch()
-while not Path(sys.argv[3]).exists():  # every writer has opened the collection before any writes
-    time.sleep(0.01)
-for op, args in writes:
-    getattr(col, op)(*args)
-"""
-
-
 def test_processes_writing_one_collection_at_once_lose_nothing(written, encoders, tmp_path):
     """Two servers, or a script beside a server: two processes open one collection, then both write it at once.
     Each write waits for the other's, and a process takes up what the other wrote before its own write, so every
     write is kept (the journal used to get two records of one seq: the collection would not open again)."""
-    import pickle
-    import subprocess
-    import sys
-    import time
-
     path = _copy(written, tmp_path / "col")
     originals = Collection.open(path).sparse.doc_ids()
-    go = tmp_path / "go"
-    writers, texts = [], {}
+    plans, texts = {}, {}
     for name, victim in (("a", originals[0]), ("b", originals[1])):
         writes = []
         for i in range(8):
@@ -191,14 +171,8 @@ def test_processes_writing_one_collection_at_once_lose_nothing(written, encoders
             writes.append(("upsert", ([doc], [text], encoders[0].encode_documents([text]),
                                       encoders[1].encode_documents([text]))))
         writes.insert(3, ("delete", ([victim],)))
-        plan = tmp_path / f"{name}.pickle"
-        plan.write_bytes(pickle.dumps(writes))
-        writers.append((plan, subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(plan), str(go)])))
-    while not all(Path(f"{plan}.opened").exists() for plan, _ in writers):
-        assert all(proc.poll() is None for _, proc in writers)
-        time.sleep(0.05)
-    go.touch()
-    assert [proc.wait(timeout=300) for _, proc in writers] == [0, 0]
+        plans[name] = writes
+    assert write_at_once(path, plans) == [0, 0]
 
     assert not verify_collection(path).problems
     col = Collection.open(path)

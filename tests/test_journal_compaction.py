@@ -21,7 +21,7 @@ from lsr.ingest.collection import Collection
 from lsr.ingest.journal import JOURNAL_FILE, Journal, scan
 from lsr.ingest.verify import verify_collection
 
-from collection_helpers import NEW_TEXT, build_written, load_encoders, looked, searches
+from collection_helpers import NEW_TEXT, build_written, load_encoders, looked, searches, write_at_once
 
 ROUNDS = 12
 POOL = [f"Rewrite {i}: {NEW_TEXT} Narwhal tusks sense salinity {i}." for i in range(10)]
@@ -262,3 +262,37 @@ def test_a_compaction_that_fails_leaves_the_journal_as_it_was_and_a_later_one_co
     col.upsert(["last"], [POOL[0]], pool[0].select([0]), pool[1][[0]])
     col.close()
     assert (path / JOURNAL_FILE).stat().st_size < len(before) / 2 and not verify_collection(path).problems
+
+
+_COMPACTING = """
+from lsr.ingest.collection import Collection
+import lsr.ingest.collection as collection
+import lsr.ingest.journal_compaction as compaction
+
+collection.save_rows = lambda rows: 1  # a save, and a compaction check, after every write
+compaction.COMPACT_MIN_ROWS, compaction.CHUNK_ROWS = 8, 4
+"""
+
+
+def test_two_processes_rewriting_one_collection_while_each_compacts_lose_nothing(written, encoders, tmp_path):
+    """Two writers, each compacting the journal after its saves while the other writes: each takes up the other's
+    compacted journal before its next write (a reopen), so every last write is kept and verify is clean."""
+    path = _copy(written, tmp_path / "col")
+    plans, expected = {}, {}
+    for name in ("a", "b"):
+        texts = [f"Round {r} of {name}-{j}: {NEW_TEXT}" for r in range(8) for j in range(4)]
+        sparse, dense = encoders[0].encode_documents(texts), encoders[1].encode_documents(texts)
+        plans[name] = [("upsert", ([f"{name}-{j}" for j in range(4)], texts[4 * r : 4 * r + 4],
+                                   sparse[4 * r : 4 * r + 4], dense[4 * r : 4 * r + 4])) for r in range(8)]
+        plans[name].append(("delete", ([f"{name}-3"],)))
+        expected.update({f"{name}-{j}": texts[28 + j] for j in range(3)})
+    assert write_at_once(path, plans, _COMPACTING) == [0, 0]
+
+    assert not verify_collection(path).problems
+    col = Collection.open(path)
+    assert len(scan(path / JOURNAL_FILE).records) < col._journal.last_seq  # compacted
+    assert col._journal.last_seq == Collection.open(written)._journal.last_seq + 18
+    live = col.view().docs.ids()
+    assert {f"{name}-3" for name in "ab"}.isdisjoint(live) and set(expected) <= live
+    assert col.text(list(expected)) == list(expected.values())
+    assert set(col.sparse.doc_ids()) == set(col.dense.ids()) == live
