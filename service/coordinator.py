@@ -23,6 +23,7 @@ from lsr.search.fusion import Ranking, rank
 from lsr.search.legs import LegQueries
 from lsr.search.models import SearchModels
 from lsr.search.searcher import Searcher, check_query_encoder
+from lsr.service.local_shards import LocalShards
 from lsr.service.shard_set import ShardOptions, ShardSet
 from lsr.sparse import SparseBatch
 
@@ -127,7 +128,7 @@ class _GlobalDocFreqs:
 class ShardedSearcher(Searcher):
     """A Searcher over a sharded collection: encoders here, legs on the shard servers."""
 
-    def __init__(self, root: Path, shards: ShardSet, meta: dict, models: SearchModels) -> None:
+    def __init__(self, root: Path, shards: ShardSet | LocalShards, meta: dict, models: SearchModels) -> None:
         super().__init__(None, models)
         self.root = root
         self.shards = shards
@@ -135,13 +136,15 @@ class ShardedSearcher(Searcher):
 
     @classmethod
     def open(cls, path: str | Path, *, query_encoder: str = "auto", device: str = "auto", dtype: str = "auto",
-             threads: int | None = None, options: ShardOptions | None = None) -> "ShardedSearcher":
-        """Start the shard servers (they come up while the models load) and load the models once, here."""
+             threads: int | None = None, options: ShardOptions | None = None,
+             in_process: bool = False) -> "ShardedSearcher":
+        """Start the shard servers (they come up while the models load) and load the models once, here.
+        ``in_process``: open every shard in this process instead, without Ray (``LocalShards``: `lsr search`)."""
         root = Path(path).expanduser()
         check_query_encoder(query_encoder, threads)
         shard_map = read_shard_map(root)
         meta = read_meta(shard_map.paths(root)[0])
-        shards = ShardSet(root, shard_map, options or ShardOptions())
+        shards = LocalShards(root, shard_map) if in_process else ShardSet(root, shard_map, options or ShardOptions())
         models = SearchModels(meta, query_encoder, index=_GlobalDocFreqs(shards), device=device, dtype=dtype)
         try:
             models.query, models.dense  # noqa: B018 - loaded now, while the shard servers start

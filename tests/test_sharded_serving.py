@@ -357,3 +357,39 @@ def test_ray_options_on_an_unsharded_collection_and_an_unreachable_cluster_fail_
         assert done.returncode == 2 and time.monotonic() - started < 30
         assert done.stderr.startswith("lsr serve: error: ") and message in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+# ---------------------------------------------------------------------------------- in-process
+def test_lsr_search_opens_the_shards_in_process_and_answers_like_the_whole_collection(built, whole, queries, tmp_path,
+                                                                                       capsys):
+    """No Ray, no server: `lsr search` on a sharded collection opens its shards here (LocalShards) and gives the
+    whole collection's hits, for one query and for a topics file."""
+    import json
+
+    from lsr.cli.main import main
+    from lsr.service.coordinator import ShardedSearcher
+
+    local = ShardedSearcher.open(built["sharded"], threads=1, device="cpu", in_process=True)
+    try:
+        for mode, prf, hybrid in (("sparse", None, None), ("dense", None, None), ("bm25", None, None),
+                                  ("hybrid", PrfOptions(), HybridOptions("rrf", 0.3))):
+            for text in queries:
+                got = local.search(text, k=10, mode=mode, prf=prf, hybrid=hybrid, include_text=True, explain=True)
+                want = whole.search(text, k=10, mode=mode, prf=prf, hybrid=hybrid, include_text=True, explain=True)
+                assert got.hits and _hits(got) == _hits(want), (mode, text)
+                assert got.shards_answered == ("shard-000", "shard-001", "shard-002")
+    finally:
+        local.close()
+
+    topics = tmp_path / "topics.tsv"
+    topics.write_text("".join(f"q{i}\t{text}\n" for i, text in enumerate(queries)), encoding="utf-8")
+    printed = {}
+    for name in ("sharded", "whole"):
+        assert main(["search", str(built[name]), "--topics", str(topics), "--output", str(tmp_path / f"{name}.trec"),
+                     "--k", "20", "--device", "cpu"]) == 0
+        capsys.readouterr()
+        assert main(["search", str(built[name]), queries[0], "--json", "--text", "--device", "cpu"]) == 0
+        printed[name] = json.loads(capsys.readouterr().out)["hits"]
+    assert (tmp_path / "sharded.trec").read_text() == (tmp_path / "whole.trec").read_text()
+    assert len((tmp_path / "whole.trec").read_text().splitlines()) == 20 * len(queries)
+    assert printed["sharded"] == printed["whole"] and len(printed["whole"]) == 10

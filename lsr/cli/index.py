@@ -131,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out} is already complete; nothing to resume.")
     print(summary.format())
     if options.shards > 1:
-        print(f"sharded collection ({options.shards} shards) written to {args.out}; serve it with: "
-              f"lsr serve {shlex.quote(args.out)}")
+        print(f"sharded collection ({options.shards} shards) written to {args.out}; try: lsr search "
+              f"{shlex.quote(args.out)} \"your question\", or serve it with: lsr serve {shlex.quote(args.out)}")
     else:
         print(f"collection written to {args.out}; try: lsr search {shlex.quote(args.out)} \"your question\"")
     return 0

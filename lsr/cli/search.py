@@ -1,4 +1,6 @@
 """Search a collection built by `lsr index`, in-process (no server): one query, or a whole topics file.
+A sharded collection (`lsr index --shards N`) has its shards opened in this process, with no Ray, and gives the
+results `lsr serve` gives for it.
 
 With --topics FILE (TSV `qid<TAB>text`, or JSONL with _id/text such as BEIR's queries.jsonl) every
 query is searched and a standard TREC run (`qid Q0 docid rank score tag`) is written to --output,
@@ -52,8 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.search.searcher import Searcher
-
     if args.topics and args.query:
         raise ValueError("give a QUERY or --topics FILE, not both")
     if args.topics and not args.output:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         from lsr.search.batch import search_topics
 
         topics = read_topics(args.topics)  # before the slow model load: a bad file fails at once
-        searcher = Searcher.open(args.collection, query_encoder=args.query_encoder,
+        searcher = open_searcher(args.collection, query_encoder=args.query_encoder,
                                  threads=1 if (args.threads or 1) > 1 else None, **lazy_device_options(args))
         prf = prf_options(args, searcher.default_prf)
         mode = chosen_mode(args.mode, searcher.modes)
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     interactive = not args.query and sys.stdin.isatty()
     if interactive:
         print("loading the models…", file=sys.stderr, flush=True)
-    searcher = Searcher.open(args.collection, query_encoder=args.query_encoder, **lazy_device_options(args))
+    searcher = open_searcher(args.collection, query_encoder=args.query_encoder, **lazy_device_options(args))
     prf = prf_options(args, searcher.default_prf)
     mode = chosen_mode(args.mode, searcher.modes)
     searcher.warm_up(mode, hybrid, prf)
@@ -95,6 +95,18 @@ def run(args: argparse.Namespace) -> int:
     for text in _queries_from_stdin(interactive):
         _print_result(search(text), mode, args.json, query=text, echo=not interactive)
     return 0
+
+
+def open_searcher(collection: str, **options: Any) -> Any:
+    """A Searcher over the collection folder, its shards opened here when it is sharded."""
+    from lsr.ingest.sharding import is_sharded
+    from lsr.search.searcher import Searcher
+
+    if is_sharded(collection):
+        from lsr.service.coordinator import ShardedSearcher
+
+        return ShardedSearcher.open(collection, in_process=True, **options)
+    return Searcher.open(collection, **options)
 
 
 def _queries_from_stdin(interactive: bool) -> Iterator[str]:

@@ -118,8 +118,8 @@ def read_meta(path: Path) -> dict:
         from lsr.ingest.sharding import is_sharded
 
         if is_sharded(path):
-            raise ValueError(f"{path} is a sharded collection: serve it with `lsr serve {path}`, "
-                             f"or open one shard ({path}/shard-000 ...)")
+            raise ValueError(f"{path} is a sharded collection: search it with `lsr search {path}` or serve it with "
+                             f"`lsr serve {path}`; other commands take one shard ({path}/shard-000 ...)")
         raise FileNotFoundError(f"{path} is not an lsr collection (no {META_FILE}); create one with `lsr index`")
     meta = read_sealed_json(meta_path)
     if meta.get("format") != FORMAT:
