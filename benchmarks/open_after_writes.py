@@ -5,15 +5,16 @@ Each version writes its own copy of a built collection (the build's documents up
 per write, so nothing is encoded), in a fresh process per step: after each step it closes the collection and
 times opening it (after a clean close, and on a copy taken before close, as a crash would leave it), and one-
 document writes after the open. ``--rewrite N`` writes N ids over and over instead (a corpus re-synced: the
-journal's history grows, its documents do not).
+journal's history grows, its documents do not); ``--per-write 1`` writes one document a write (many small records).
 
     git worktree add /tmp/before 7f1a1b3     # before the BM25 leg was saved; f3ba362: before journal compaction
     lsr index nfcorpus.tar.gz /tmp/nf --quiet
     python benchmarks/open_after_writes.py --collection /tmp/nf --before /tmp/before     # about 10 minutes
     python benchmarks/open_after_writes.py --collection /tmp/nf --before /tmp/before --rewrite 2000
+    python benchmarks/open_after_writes.py --collection /tmp/nf --before /tmp/before --per-write 1 --steps 2000,4000
 
-Writes ``benchmarks/results/open_after_writes.{md,json}`` (``open_after_rewrites`` with ``--rewrite``, and
-``-one-core-busy`` with a busy loop on one core).
+Writes ``benchmarks/results/open_after_writes.{md,json}`` (``open_after_rewrites`` with ``--rewrite``,
+``-N-per-write`` with ``--per-write N``, ``-one-core-busy`` with a busy loop on one core).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ STEPS = "10000,30000,60000"
 PER_WRITE = 500
 
 
-def step(path: Path, written: int, target: int, rewrite: int = 0) -> dict:
+def step(path: Path, written: int, target: int, rewrite: int = 0, per_write: int = PER_WRITE) -> dict:
     """In a process running one version: upsert up to ``target`` documents (under ``rewrite`` ids cycled, when
     given), close, and time opens and writes."""
     import numpy as np
@@ -47,11 +48,11 @@ def step(path: Path, written: int, target: int, rewrite: int = 0) -> dict:
     texts, sparse, dense = view.docs.get(build), ViewLegs(view).sparse_vectors(build), ViewLegs(view).dense_vectors(build)
     start, streamed = time.perf_counter(), target - written
     while written < target:
-        rows = [(written + i) % len(build) for i in range(PER_WRITE)]
-        ids = [f"w{(written + i) % rewrite if rewrite else written + i}" for i in range(PER_WRITE)]
+        rows = [(written + i) % len(build) for i in range(per_write)]
+        ids = [f"w{(written + i) % rewrite if rewrite else written + i}" for i in range(per_write)]
         col.upsert(ids, [texts[r] for r in rows], sparse.select(rows),
                    None if dense is None else dense[rows])
-        written += PER_WRITE
+        written += per_write
     stream_s = time.perf_counter() - start  # the background saves (and compactions) run beside these writes
     saver = getattr(col, "_saver", None)
     if saver is not None:
@@ -83,19 +84,20 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="a checkout of the code to compare with")
     parser.add_argument("--rewrite", type=int, default=0, metavar="N",
                         help="upsert N ids over and over instead of new ones (the journal's history grows)")
+    parser.add_argument("--per-write", type=int, default=PER_WRITE, help="documents a write (default %(default)s)")
     parser.add_argument("--steps", default=STEPS, help="documents upserted in all at each step (default %(default)s)")
     parser.add_argument("--one-core-busy", action="store_true",
                         help="run beside a busy loop pinned to one core (results under NAME-one-core-busy)")
     parser.add_argument("--step", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
-        print(json.dumps(step(Path(args.step[0]), int(args.step[1]), int(args.step[2]), args.rewrite)))
+        print(json.dumps(step(Path(args.step[0]), int(args.step[1]), int(args.step[2]), args.rewrite, args.per_write)))
         return
     from encode import contention
 
     with contention("one core busy" if args.one_core_busy else "quiet", Path(tempfile.gettempdir())):
         rows = run_steps(args)
-    report(args.collection, rows, args.rewrite, args.one_core_busy)
+    report(args.collection, rows, args.rewrite, args.per_write, args.one_core_busy)
 
 
 def run_steps(args: argparse.Namespace) -> dict[str, list[dict]]:
@@ -109,7 +111,7 @@ def run_steps(args: argparse.Namespace) -> dict[str, list[dict]]:
             for version in rows:  # taking turns
                 env = {**os.environ, "PYTHONPATH": args.before} if version == "before" else dict(os.environ)
                 out = subprocess.run([sys.executable, __file__, "--collection", args.collection, "--before", args.before,
-                                      "--rewrite", str(args.rewrite), "--step", str(copies[version]), str(written),
+                                      "--rewrite", str(args.rewrite), "--per-write", str(args.per_write), "--step", str(copies[version]), str(written),
                                       str(target)],
                                      env=env, check=True, capture_output=True, text=True).stdout
                 rows[version].append(json.loads(out.strip().splitlines()[-1]))
@@ -120,17 +122,17 @@ def run_steps(args: argparse.Namespace) -> dict[str, list[dict]]:
     return rows
 
 
-def report(collection: str, rows: dict[str, list[dict]], rewrite: int, one_core_busy: bool) -> None:
+def report(collection: str, rows: dict[str, list[dict]], rewrite: int, per_write: int, one_core_busy: bool) -> None:
     from lsr.eval.report import write_table
 
     meta = json.loads((Path(collection) / "lsr.json").read_text())
     docs, source = meta["n_docs"], Path(meta["settings"]["source"]).name
     ids = f"{rewrite:,} ids written over and over" if rewrite else "new ids"
     intro = (f"A {docs:,}-document collection (`lsr index {source}`: SPLADE, dense MiniLM and BM25 legs), its documents "
-             f"upserted again under {ids}, {PER_WRITE} per write; each version wrote its own copy, taking turns. "
+             f"upserted again under {ids}, {per_write} per write; each version wrote its own copy, taking turns. "
              "`before`: the code before the change; `now`: this code. Open after a clean close, and "
              "on a copy taken before close (as a kill -9 leaves it); a one-document write after the open, p50 of 20; "
-             f"the step's {PER_WRITE}-document writes, documents a second (background saves running beside them)."
+             f"the step's {per_write}-document writes, documents a second (background saves running beside them)."
              + (" A busy loop ran on one of the cores." if one_core_busy else ""))
     header = ["upserted", "journal MB before", "journal MB now", "open before", "open now", "open after a crash before",
               "open after a crash now", "write p50 before", "write p50 now", "writes before", "writes now"]
@@ -140,7 +142,8 @@ def report(collection: str, rows: dict[str, list[dict]], rewrite: int, one_core_
               f"{before['write_p50_ms']:.1f} ms", f"{now['write_p50_ms']:.1f} ms",
               f"{before['stream_docs_per_s']:,.0f}/s", f"{now['stream_docs_per_s']:,.0f}/s"]
              for before, now in zip(rows["before"], rows["now"])]
-    name = ("open_after_rewrites" if rewrite else "open_after_writes") + ("-one-core-busy" if one_core_busy else "")
+    name = ("open_after_rewrites" if rewrite else "open_after_writes") + (
+        f"-{per_write}-per-write" if per_write != PER_WRITE else "") + ("-one-core-busy" if one_core_busy else "")
     write_table(RESULTS, name, "Opening a collection as upserted documents pile up in its journal", intro,
                 header, cells, {"collection_docs": docs, "rewrite": rewrite, **rows})
 

@@ -18,7 +18,7 @@ import lsr.ingest.collection as collection
 import lsr.ingest.journal_compaction as journal_compaction
 from lsr.cli.main import main
 from lsr.ingest.collection import Collection
-from lsr.ingest.journal import JOURNAL_FILE, Journal, scan
+from lsr.ingest.journal import JOURNAL_FILE, Journal, Tally, scan
 from lsr.ingest.verify import verify_collection
 
 from collection_helpers import NEW_TEXT, build_written, load_encoders, looked, searches, write_at_once
@@ -120,7 +120,7 @@ def test_a_compacted_journal_answers_as_its_history_did_and_repairs_to_the_same(
     after = scan(path / JOURNAL_FILE)
     assert after.problem is None and len(after.records) < records_before and after.size < before / 2
     assert after.records[-1].seq == journal.last_seq == len(scan(history / JOURNAL_FILE).records)
-    assert journal.rows == sum(len(record.ids) for record in after.records) and journal.records == len(after.records)
+    assert journal.tally == Tally().add(after.records) and journal.tally.loose == 0
     assert any("compacted the journal" in message for message in caplog.messages)
     assert not (path / journal_compaction.COMPACTING).exists()
 
@@ -225,16 +225,40 @@ def test_background_compactions_beside_writes_lose_nothing_a_reader_sees(written
     assert not verify_collection(path).problems
 
 
-def test_a_journal_is_compacted_only_when_most_of_it_is_history_or_its_records_are_many_and_small(tmp_path):
-    journal = Journal(tmp_path / JOURNAL_FILE, 0)
-    journal.rows, journal.records = 60_000, 120
-    assert not journal_compaction.compaction_due(journal, written=60_000)  # new documents only: nothing to gain
-    assert not journal_compaction.compaction_due(journal, written=40_000)  # a third dead: not yet
-    assert journal_compaction.compaction_due(journal, written=25_000)  # more than half dead
-    journal.rows, journal.records = 2_000, 2_000
-    assert journal_compaction.compaction_due(journal, written=2_000)  # one document a write: pack them
-    journal.records = 500
-    assert not journal_compaction.compaction_due(journal, written=2_000)
+def test_a_journal_is_compacted_when_most_of_it_is_history_or_its_loose_records_are_many_and_small():
+    due = journal_compaction.compaction_due
+    assert due(Tally(120, 60_000, 120, 60_000), written=60_000) is None  # new documents only: nothing to gain
+    assert due(Tally(120, 60_000, 120, 60_000), written=40_000) is None  # a third dead: not yet
+    assert due(Tally(120, 60_000, 120, 60_000), written=25_000) == "all"  # more than half dead
+    assert due(Tally(2_000, 2_000, 2_000, 2_000), written=2_000) == "loose"  # a document a write: pack them
+    assert due(Tally(2_500, 2_000_000, 1_500, 1_500), written=2_000_000) == "loose"  # only the loose ones, not the state
+    assert due(Tally(2_000, 2_000, 500, 500), written=2_000) is None
+    assert due(Tally(1_100, 1_100_000, 1_100, 1_100_000), written=1_100_000) is None  # large records: little to gain
+
+
+def test_many_small_writes_are_packed_leaving_an_earlier_compaction_s_records_as_they_were(written, encoders, pool,
+                                                                                          tmp_path, monkeypatch,
+                                                                                          small_compactions):
+    path = tmp_path / "col"
+    _history(written, path, pool)
+    _last_write(path, pool, compacting=True)
+    compacted = (path / JOURNAL_FILE).read_bytes()
+    history = _copy(path, tmp_path / "history")
+    monkeypatch.setattr(journal_compaction, "COMPACT_MIN_ROWS", 10**9)
+    monkeypatch.setattr(journal_compaction, "COMPACT_MIN_RECORDS", 6)
+    for folder, compacting in ((path, True), (history, False)):
+        col = Collection.open(folder)
+        for i in range(8):  # new documents, one a write: no dead rows, only many loose records
+            col.upsert([f"one-{i}"], [POOL[i]], pool[0].select([i]), pool[1][[i]])
+        if not compacting:
+            col._compact_journal = lambda seq, written: None
+        col.close()
+    packed = (path / JOURNAL_FILE).read_bytes()
+    records, loose = scan(path / JOURNAL_FILE).records, scan(history / JOURNAL_FILE).records
+    assert packed.startswith(compacted) and len(records) == len(scan(history / JOURNAL_FILE).records) - 8 + 2
+    assert [record.checkpoint for record in records[-2:]] == [loose[-1].seq] * 2
+    _assert_same(_answers(path, encoders), _answers(history, encoders))
+    assert not verify_collection(path).problems
 
 
 def test_a_compaction_that_fails_leaves_the_journal_as_it_was_and_a_later_one_compacts(written, encoders, pool, tmp_path,

@@ -279,10 +279,11 @@ class Collection:
     def _compact_journal(self, seq: int, written: int) -> None:
         """Compact the journal's records up to ``seq`` when that is due (``written``: the ids written by then). A
         failure (a full disk) is logged: the journal is left as it was, and the next save tries again."""
-        if not compaction_due(self._journal, written):
+        what = compaction_due(self._journal.tally, written)
+        if what is None:
             return
         try:
-            sizes = compact(self._journal, seq)
+            sizes = compact(self._journal, seq, what)
         except Exception as exc:
             log.error("compacting the journal of %s failed (%s); it stays as it was", self.path, exc)
             return

@@ -142,12 +142,20 @@ def _scan_records(data: bytes, offset: int, base: int) -> Scan:
             record = Record.from_bytes(payload)
         except (pa.ArrowException, KeyError, ValueError) as exc:
             return stop(at, f"the record at byte {at} is unreadable ({exc})")
-        if records and record.seq != records[-1].seq + 1:
+        if records and not _follows(records[-1], record):
             return stop(at, f"the record at byte {at} has seq {record.seq} after {records[-1].seq}")
         records.append(record)
         offset += _HEAD.size + length
         ends.append(base + offset)
     return Scan(records, base + offset, base + len(data), None, ends)
+
+
+def _follows(previous: Record, record: Record) -> bool:
+    """Whether ``record`` may follow ``previous``: the next seq, or a later one where a compaction's records start
+    (they end at their checkpoint, so the seqs of the records they replaced before it go unused)."""
+    if record.seq == previous.seq + 1:
+        return True
+    return record.checkpoint is not None and record.checkpoint != previous.checkpoint and record.seq > previous.seq
 
 
 def recover(path: Path, applied: int) -> list[Record]:
@@ -183,16 +191,39 @@ def latest_writes(records: Sequence[Record]) -> dict[str, tuple[Record, int] | N
     return latest
 
 
+@dataclass
+class Tally:
+    """What a journal holds, to decide on a compaction: its records and the ids they hold, and of those the loose
+    ones (the records after the last compaction's, which are always last)."""
+
+    records: int = 0
+    rows: int = 0
+    loose: int = 0
+    loose_rows: int = 0
+
+    def add(self, records: Sequence[Record]) -> "Tally":
+        for record in records:
+            self.records, self.rows = self.records + 1, self.rows + len(record.ids)
+            if record.checkpoint is None:
+                self.loose, self.loose_rows = self.loose + 1, self.loose_rows + len(record.ids)
+            else:
+                self.loose = self.loose_rows = 0
+        return self
+
+    def add_loose(self, records: int, rows: int) -> "Tally":
+        self.records, self.rows, self.loose, self.loose_rows = (self.records + records, self.rows + rows,
+                                                                self.loose + records, self.loose_rows + rows)
+        return self
+
+
 class Journal:
-    """Appends records durably; ``last_seq`` continues after the records found at open. ``rows`` counts the ids
-    its ``records`` hold (the history a compaction may replace); ``lock`` orders this process's appends with a
-    compaction's swap of the file."""
+    """Appends records durably; ``last_seq`` continues after the records found at open, ``tally`` counts what the
+    file holds, and ``lock`` orders this process's appends with a compaction's swap of the file."""
 
     def __init__(self, path: Path, last_seq: int, records: Sequence[Record] = ()) -> None:
         self.path = path
         self.last_seq = last_seq
-        self.records = len(records)
-        self.rows = sum(len(record.ids) for record in records)
+        self.tally = Tally().add(records)
         self.lock = threading.Lock()
         self.seen = _identity(path)  # the file this process last saw: another size or file means another process wrote
 
@@ -218,14 +249,13 @@ class Journal:
                 return None
             if found.records:
                 self.last_seq = found.records[-1].seq
-            self.records += len(found.records)
-            self.rows += sum(len(record.ids) for record in found.records)
+            self.tally.add(found.records)
             self.seen = (inode, found.end)
             return found.records
 
-    def replaced(self, records: int, rows: int) -> None:
+    def replaced(self, tally: Tally) -> None:
         """This process swapped in a compacted file (holding ``lock``): take it as seen."""
-        self.records, self.rows = records, rows
+        self.tally = tally
         self.seen = _identity(self.path)
 
     def append(self, op: str, ids: Sequence[str], texts: Sequence[str] | None = None,
@@ -249,8 +279,7 @@ class Journal:
             if new:
                 fsync_dir(self.path.parent)
             self.last_seq = record.seq
-            self.records += 1
-            self.rows += len(record.ids)
+            self.tally.add([record])
             self.seen = _identity(self.path)
         return record
 

@@ -6,7 +6,8 @@ replays. A compaction keeps, for the records up to one seq, each document's last
 of ``CHUNK_ROWS``, one delete of the ids deleted last), numbered to end at that same seq and marked with it as
 their checkpoint: a store that holds the seq lacks none of them, and one behind it applies all of them, which
 gives the same state as the history did (``Record.lacked_by``). The records after that seq are copied behind
-them unchanged.
+them unchanged. The same holds for any run of records that ends the history up to that seq, so many small writes
+are packed by compacting only the loose records written since the last compaction, at a cost of what they hold.
 
 Crash safety: the compacted file is written beside the journal, fsynced, and renamed over it while this
 process's appends wait (``Journal.lock``) and other processes wait for the folder the caller holds; a kill -9 at
@@ -22,54 +23,67 @@ from pathlib import Path
 import numpy as np
 
 from lsr.files import fsync_dir
-from lsr.ingest.journal import MAGIC, Journal, Record, latest_writes, scan
+from lsr.ingest.journal import MAGIC, Journal, Record, Tally, latest_writes, scan
 from lsr.sparse import SparseBatch
 
 COMPACTING = "journal.log.compacting"  # the compacted journal while it is written
 CHUNK_ROWS = 2_048  # documents per upsert record of a compacted journal
 COMPACT_MIN_ROWS = 10_000  # dead rows (replaced or deleted versions) a journal holds at least before a compaction
-COMPACT_MIN_RECORDS = 1_024  # records a journal holds at least before many small ones are packed into chunks
+COMPACT_MIN_RECORDS = 1_024  # loose records (written since the last compaction) packed into chunks at least
 
 
-def compaction_due(journal: Journal, written: int) -> bool:
-    """Whether the journal, holding ``journal.rows`` ids in ``journal.records`` records for ``written`` distinct ids, is worth
-    compacting: when half of its rows or more are dead versions, or when its records are many times the chunks
-    its state fills (many small writes: each record costs an Arrow stream's overhead at every open)."""
-    dead = journal.rows - written
-    chunks = -(-written // CHUNK_ROWS) + 1
-    return dead >= max(COMPACT_MIN_ROWS, written) or journal.records >= max(COMPACT_MIN_RECORDS, 4 * chunks)
+def compaction_due(tally: Tally, written: int) -> str | None:
+    """What is worth compacting in a journal that holds ``tally`` for ``written`` distinct ids: ``"all"`` of it
+    when half of its rows or more are dead versions (a compaction then rewrites at most a row per dead row), else
+    ``"loose"`` records when many small ones were written since the last compaction (each costs an Arrow stream's
+    overhead, about 50 microseconds, at every open; packing only them costs what they hold, not the whole state),
+    else None."""
+    if tally.rows - written >= max(COMPACT_MIN_ROWS, written):
+        return "all"
+    if tally.loose >= max(COMPACT_MIN_RECORDS, 4 * -(-tally.loose_rows // CHUNK_ROWS)):
+        return "loose"
+    return None
 
 
-def compact(journal: Journal, upto: int) -> tuple[int, int] | None:
-    """Replace the journal's records up to seq ``upto`` by their state; returns the file's size before and after,
-    or None when there was nothing to gain (or the records up to ``upto`` are not all readable). The caller holds
-    the collection's folder, so only this process appends meanwhile."""
+def compact(journal: Journal, upto: int, what: str = "all") -> tuple[int, int] | None:
+    """Replace the journal's records up to seq ``upto`` (``what="all"``), or its loose records up to it
+    (``"loose"``), by the state they lead to; returns the file's size before and after, or None when there was
+    nothing to gain (or the records up to ``upto`` are not all readable). The caller holds the collection's
+    folder, so only this process appends meanwhile."""
     found = scan(journal.path)
-    held = [record for record in found.records if record.seq <= upto]
-    if not held or held[-1].seq != upto:
+    last = next((i for i, record in enumerate(found.records) if record.seq == upto), None)
+    if last is None:
         return None
+    first = 0
+    if what == "loose":
+        first = last + 1
+        while first and found.records[first - 1].checkpoint is None:
+            first -= 1
+    held = found.records[first : last + 1]
     state = state_records(held)
     if len(state) >= len(held):
         return None
+    kept_end = found.ends[first - 1] if first else len(MAGIC)  # the records before ``held`` are copied as they are
     temp = journal.path.with_name(COMPACTING)
     try:
-        with open(temp, "wb") as fh:
-            fh.write(MAGIC)
+        with open(temp, "wb") as fh, open(journal.path, "rb") as src:
+            fh.write(src.read(kept_end))
             for record in state:
                 fh.write(record.framed())
             fh.flush()
             os.fsync(fh.fileno())  # before the lock: the appends below wait only for the tail's copy
             with journal.lock:  # this process's appends wait for the swap; each one since the scan follows ``upto``
-                before = journal.size
-                with open(journal.path, "rb") as src:
-                    src.seek(found.ends[len(held) - 1])
-                    later = src.read()
+                before, tally = journal.size, journal.tally
+                src.seek(found.ends[last])
+                later = src.read()
                 fh.write(later)
                 fh.flush()
                 os.fsync(fh.fileno())
                 os.replace(temp, journal.path)
                 fsync_dir(journal.path.parent)
-                journal.replaced(journal.records - len(held) + len(state), journal.rows - _rows(held) + _rows(state))
+                up_to = Tally().add(found.records[: last + 1])  # what the file held up to ``upto``; all later is loose
+                journal.replaced(Tally().add(found.records[:first] + state).add_loose(
+                    tally.records - up_to.records, tally.rows - up_to.rows))
     except BaseException:
         temp.unlink(missing_ok=True)  # e.g. a full disk: the journal is as it was
         raise
@@ -109,10 +123,6 @@ def _upsert_of(seq: int, rows: list[tuple[str, tuple[Record, int]]], checkpoint:
         dense = np.concatenate([record.dense[picked] for record, picked in runs])
     texts = [record.texts[row] for record, picked in runs for row in picked]
     return Record(seq, "upsert", [doc_id for doc_id, _ in rows], texts, sparse, dense, checkpoint)
-
-
-def _rows(records: list[Record]) -> int:
-    return sum(len(record.ids) for record in records)
 
 
 def remove_leftover(path: Path) -> None:
