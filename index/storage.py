@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import CorruptFileError, atomic_write, canonical_json, crc32_file, file_record, fsync_dir
+from lsr.files import NUMPY_LOADS, CorruptFileError, atomic_write, canonical_json, crc32_file, file_record, fsync_dir
 
 FORMAT = "lsr-inverted-index"
 FORMAT_VERSION = 1
@@ -76,7 +76,8 @@ def check_file(directory: Path, record: dict, full: bool = False) -> Path:
 def load_array(directory: Path, record: dict, dtype: np.dtype, length: int) -> np.ndarray:
     path = check_file(directory, record)
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        with NUMPY_LOADS:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise CorruptIndexError(f"index file {path} is not a readable .npy array: {exc}") from exc
     if array.dtype != dtype or array.shape != (length,):

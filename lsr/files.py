@@ -23,6 +23,13 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 
+NUMPY_LOADS = threading.Lock()
+"""Held around numpy's loads of saved arrays in stores that several threads of one process may open at once (the
+shards `lsr search` opens, each shard's background look): numpy parses each array's header with
+``ast.literal_eval``, and CPython 3.11 can fail a parse that overlaps another thread's ("SystemError: AST constructor
+recursion depth mismatch", cpython gh-106905; seen here with three shards opening at once)."""
+
+
 def cache_dir() -> Path:
     """``$LSR_CACHE_DIR`` or ``~/.cache/lsr``: downloaded datasets, cached indexes and kernel tunings live here."""
     return Path(os.environ.get("LSR_CACHE_DIR") or Path.home() / ".cache" / "lsr").expanduser()

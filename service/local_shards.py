@@ -24,9 +24,8 @@ class LocalShards:
 
         self.shard_map = shard_map
         self.names = shard_map.names
+        self.servers = [ShardServer(name, path) for name, path in zip(self.names, shard_map.paths(root))]
         self._pool = ThreadPoolExecutor(max_workers=len(self.names), thread_name_prefix="lsr-shard")
-        opening = [self._pool.submit(ShardServer, name, path) for name, path in zip(self.names, shard_map.paths(root))]
-        self.servers = [future.result() for future in opening]
         self.infos: list[dict[str, Any] | None] = [server.info() for server in self.servers]
         self.versions = ["0"] * len(self.names)
 

@@ -66,7 +66,7 @@ def test_verify_is_clean_on_an_intact_collection(written, capsys):
     assert "is intact" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("lost", ["sparse", "dense/faiss", "bm25"])
+@pytest.mark.parametrize("lost", ["sparse", "dense", "bm25"])
 def test_lsr_repair_rebuilds_a_deleted_index(written, tmp_path, capsys, lost):
     col = _copy(written, tmp_path / "col")
     before = Collection.open(col)
@@ -78,10 +78,10 @@ def test_lsr_repair_rebuilds_a_deleted_index(written, tmp_path, capsys, lost):
     elif lost == "bm25":
         shutil.rmtree(col / "bm25")
     else:
-        next((col / "dense").glob("faiss-*.index")).unlink()
+        next((col / "dense").glob("vectors-*.npy")).unlink()
     assert main(["verify", str(col)]) == 1
     out = capsys.readouterr().out
-    assert {"sparse": "manifest.json", "bm25": "bm25/ids.json", "dense/faiss": "faiss-"}[lost] in out and "BAD" in out
+    assert {"sparse": "manifest.json", "bm25": "bm25/ids.json", "dense": "vectors-"}[lost] in out and "BAD" in out
     assert main(["repair", str(col)]) == 0
     assert "is intact" in capsys.readouterr().out
     after = Collection.open(col)

@@ -87,3 +87,58 @@ def test_a_saved_index_keeps_its_tombstones_out_and_reopens_to_the_same_answers(
     assert opened.journal_seq == 3 and len(opened) == 199 and "d7" not in opened and "d5" in opened
     assert _answers(opened, queries, 20) == _answers(index, queries, 20)
     np.testing.assert_array_equal(opened.get_vectors(["d5"]), index.get_vectors(["d5"]))
+
+
+@pytest.mark.parametrize("hnsw_m", [None, 16], ids=["flat", "hnsw"])
+def test_a_snapshot_saves_the_content_it_was_taken_at_while_adds_removes_and_rebuilds_go_on(hnsw_m, tmp_path,
+                                                                                             monkeypatch):
+    """A flat snapshot reads its rows from the live faiss object when it writes (no copy when taken): the adds,
+    replacements and deletes after it, and a rebuild without tombstones, change nothing it saves."""
+    import threading
+
+    import lsr.search.dense_index as dense_index
+
+    monkeypatch.setattr(dense_index, "COMPACT_MIN", 10)
+    monkeypatch.setattr(dense_index, "SAVE_CHUNK", 64)  # several chunks, adds between them
+    index = DenseIndex.create(DIM, hnsw_m)
+    index.add([f"d{i}" for i in range(300)], _vectors(300, 1))
+    index.remove([f"d{i}" for i in range(0, 300, 7)])
+    live = {doc_id: index.get_vectors([doc_id])[0] for doc_id in index.ids()}
+    taken = index.snapshot(journal_seq=9)
+    assert (taken.lock is not None) == (hnsw_m is None)  # flat: shares the faiss object; HNSW: a clone
+
+    def later_writes() -> None:
+        for i in range(40):
+            index.add([f"d{i}", f"new{i}"], _vectors(2, 100 + i))
+            index.remove([f"d{100 + i}"])
+
+    writer = threading.Thread(target=later_writes)
+    writer.start()
+    taken.write(tmp_path / "dense")
+    writer.join()
+    assert hnsw_m is not None or index.index is not taken.index  # the flat index was rebuilt without its tombstones
+    saved = DenseIndex.open(tmp_path / "dense")
+    assert saved.journal_seq == 9 and sorted(saved.ids()) == sorted(live)
+    np.testing.assert_array_equal(saved.get_vectors(sorted(live)), np.stack([live[i] for i in sorted(live)]))
+    saved_files = {p.name for p in (tmp_path / "dense").iterdir()}
+    assert saved_files == {"manifest.json", "ids-000001.parquet",
+                           "vectors-000001.npy" if hnsw_m is None else "faiss-000001.index"}
+    queries = _vectors(4, 7)
+    if hnsw_m is None:
+        assert _answers(saved, queries, 10) == _exact(live, queries, 10)
+
+
+def test_a_flat_index_saved_by_faiss_before_still_opens(tmp_path):
+    """Collections saved before flat indexes were saved as rows hold a faiss file: it opens as it did."""
+    import faiss
+
+    from lsr.search.dense_index import DenseSnapshot
+
+    index = DenseIndex.create(DIM)
+    index.add([f"d{i}" for i in range(50)], _vectors(50, 2))
+    index.remove(["d3"])
+    DenseSnapshot(faiss.clone_index(index.index), index._ids, index._alive[:50].copy(), 4).write(tmp_path / "dense")
+    assert any(p.suffix == ".index" for p in (tmp_path / "dense").iterdir())
+    opened = DenseIndex.open(tmp_path / "dense")
+    queries = _vectors(3, 9)
+    assert opened.journal_seq == 4 and "d3" not in opened and _answers(opened, queries, 10) == _answers(index, queries, 10)

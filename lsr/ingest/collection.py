@@ -256,7 +256,7 @@ class Collection:
         journal for the next threshold or ``close``."""
         if self._saver is not None and self._saver.is_alive():
             return
-        dense = self.dense.snapshot(seq) if self.dense is not None else None  # a copy: seconds less than writing it
+        dense = self.dense.snapshot(seq) if self.dense is not None else None  # flat: its live bits; HNSW: a clone
         leg = self._view.bm25 if _savable(self._view.bm25) else None  # immutable: no copy needed
         written = self._view.docs.written_count()
         self._unsaved = 0

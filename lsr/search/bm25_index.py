@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from lsr.files import atomic_write, write_json_atomic
+from lsr.files import NUMPY_LOADS, atomic_write, write_json_atomic
 from lsr.ingest.layout import read_doc_shards
 
 BM25_DIR = "bm25"
@@ -129,12 +129,13 @@ class Bm25Index:
         folder = Path(folder)
         if not (folder / IDS_FILE).is_file():
             raise FileNotFoundError(f"{folder / IDS_FILE} is missing")
-        retriever = _bm25s().BM25.load(str(folder), mmap=False, show_progress=False)
-        stats = None
-        if with_stats and (folder / STATS_FILE).is_file():
-            recorded = json.loads((folder / STATS_FILE).read_text(encoding="utf-8"))
-            stats = Bm25Stats(int(recorded["num_docs"]), float(recorded["avg_doc_len"]),
-                              np.load(folder / DOC_FREQS_FILE, allow_pickle=False))
+        with NUMPY_LOADS:  # bm25s loads .npy files too
+            retriever = _bm25s().BM25.load(str(folder), mmap=False, show_progress=False)
+            stats = None
+            if with_stats and (folder / STATS_FILE).is_file():
+                recorded = json.loads((folder / STATS_FILE).read_text(encoding="utf-8"))
+                stats = Bm25Stats(int(recorded["num_docs"]), float(recorded["avg_doc_len"]),
+                                  np.load(folder / DOC_FREQS_FILE, allow_pickle=False))
         return cls(retriever, json.loads((folder / IDS_FILE).read_text(encoding="utf-8")), stats)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:

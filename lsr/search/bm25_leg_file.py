@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lsr.files import CorruptFileError, atomic_write
+from lsr.files import NUMPY_LOADS, CorruptFileError, atomic_write
 from lsr.search.bm25_index import Bm25Index
 from lsr.search.bm25_leg import Bm25Leg
 
@@ -57,7 +57,7 @@ def read_leg_file(path: Path) -> dict[str, np.ndarray] | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as saved:
+        with NUMPY_LOADS, np.load(path, allow_pickle=False) as saved:
             arrays = {name: saved[name] for name in saved.files}
         if not np.array_equal(arrays.pop("crc32"), _crc32s(arrays)):
             raise ValueError("an array does not match its crc32")
