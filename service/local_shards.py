@@ -26,8 +26,12 @@ class LocalShards:
         self.names = shard_map.names
         self.servers = [ShardServer(name, path) for name, path in zip(self.names, shard_map.paths(root))]
         self._pool = ThreadPoolExecutor(max_workers=len(self.names), thread_name_prefix="lsr-shard")
-        self.infos: list[dict[str, Any] | None] = [server.info() for server in self.servers]
         self.versions = ["0"] * len(self.names)
+
+    @property
+    def infos(self) -> list[dict[str, Any] | None]:
+        """Each shard's facts as of now (``ShardSet`` keeps its probes' latest answers)."""
+        return [server.info() for server in self.servers]
 
     def is_up(self, shard: int) -> bool:
         return True

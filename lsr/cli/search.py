@@ -26,10 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, lazy_device_options
 from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, chosen_mode, hybrid_options, prf_options
+
+if TYPE_CHECKING:
+    from lsr.search.searcher import Searcher
 
 HELP = "search a collection in-process and print the hits"
 
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_searcher(collection: str, **options: Any) -> Any:
+def open_searcher(collection: str, **options: Any) -> "Searcher":
     """A Searcher over the collection folder, its shards opened here when it is sharded."""
     from lsr.ingest.sharding import is_sharded
     from lsr.search.searcher import Searcher
