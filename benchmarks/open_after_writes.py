@@ -3,11 +3,11 @@ before a change (``--before``: a checkout of it) and now, taking turns.
 
 Each version writes its own copy of a built collection (the build's documents upserted again under new ids, 500
 per write, so nothing is encoded), in a fresh process per step: after each step it closes the collection and
-times opening it (after a clean close, and on a copy taken before close, as a crash would leave it), and one-
-document writes after the open. ``--rewrite N`` writes N ids over and over instead (a corpus re-synced: the
+times opening it in a fresh process, with the memory the open adds (after a clean close, and on a copy taken before
+close, as a crash would leave it), then in the writing process, and one-document writes after that open. ``--rewrite N`` writes N ids over and over instead (a corpus re-synced: the
 journal's history grows, its documents do not); ``--per-write 1`` writes one document a write (many small records).
 
-    git worktree add /tmp/before 7f1a1b3     # before the BM25 leg was saved; f3ba362: before journal compaction
+    git worktree add /tmp/before 6b1e1f0     # before the journal folds (f3ba362: compaction; 7f1a1b3: BM25 leg saves)
     lsr index nfcorpus.tar.gz /tmp/nf --quiet
     python benchmarks/open_after_writes.py --collection /tmp/nf --before /tmp/before     # about 10 minutes
     python benchmarks/open_after_writes.py --collection /tmp/nf --before /tmp/before --rewrite 2000
@@ -60,12 +60,15 @@ def step(path: Path, written: int, target: int, rewrite: int = 0, per_write: int
     crashed = Path(tempfile.mkdtemp(prefix="crashed-")) / "col"
     shutil.copytree(path, crashed)  # the folder as a kill -9 before close leaves it
     col.close()
-    opens = {}
-    for name, folder in (("open_after_crash_s", crashed), ("open_s", path)):  # the writes below go to path
-        start = time.perf_counter()
-        opened = Collection.open(folder)
-        opens[name] = time.perf_counter() - start
+    fresh = {}
+    for name, folder in (("", path), ("_after_crash", crashed)):  # each in a fresh process, as a restart opens it
+        out = subprocess.run([sys.executable, __file__, "--open-only", str(folder)], check=True, capture_output=True,
+                             text=True).stdout.strip().splitlines()[-1]
+        fresh.update({f"{key}{name}": value for key, value in json.loads(out).items()})
     shutil.rmtree(crashed.parent)
+    start = time.perf_counter()
+    opened = Collection.open(path)  # the writes below go to it
+    opens = {"open_s": time.perf_counter() - start}
     writes = []
     for i in range(20):
         start = time.perf_counter()
@@ -74,8 +77,32 @@ def step(path: Path, written: int, target: int, rewrite: int = 0, per_write: int
     opened.delete([f"one{target}-{i}" for i in range(20)])
     opened.close()
     code = Path(sys.modules[Collection.__module__].__file__).parents[2]  # the checkout this process runs
-    return {"code": str(code), "upserted": written, "journal_mb": os.path.getsize(path / "journal.log") / 1e6, **opens,
-            "write_p50_ms": float(np.median(writes)) * 1e3, "stream_docs_per_s": streamed / stream_s}
+    parts = path / "written"
+    return {"code": str(code), "upserted": written, "journal_mb": os.path.getsize(path / "journal.log") / 1e6,
+            "written_mb": sum(p.stat().st_size for p in parts.iterdir()) / 1e6 if parts.is_dir() else 0.0, **opens,
+            **fresh, "write_p50_ms": float(np.median(writes)) * 1e3, "stream_docs_per_s": streamed / stream_s}
+
+
+def open_only(path: Path) -> dict:
+    """In a fresh process: the open's seconds and the memory it adds (resident MB after it, imports excluded)."""
+    import gc
+    import importlib
+
+    from lsr.ingest.collection import Collection
+
+    for module in ("faiss", "numba", "pyarrow.dataset", "lsr.index"):  # imported before the baseline: every open does
+        importlib.import_module(module)
+
+    def resident_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+    gc.collect()
+    before, start = resident_mb(), time.perf_counter()
+    col = Collection.open(path)
+    seconds = time.perf_counter() - start
+    col.view().docs.ids()
+    gc.collect()
+    return {"fresh_open_s": seconds, "open_mb": resident_mb() - before}
 
 
 def main() -> None:
@@ -89,6 +116,10 @@ def main() -> None:
     parser.add_argument("--one-core-busy", action="store_true",
                         help="run beside a busy loop pinned to one core (results under NAME-one-core-busy)")
     parser.add_argument("--step", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--open-only", help=argparse.SUPPRESS)
+    if "--open-only" in sys.argv:
+        print(json.dumps(open_only(Path(sys.argv[sys.argv.index("--open-only") + 1]))))
+        return
     args = parser.parse_args()
     if args.step:
         print(json.dumps(step(Path(args.step[0]), int(args.step[1]), int(args.step[2]), args.rewrite, args.per_write)))
@@ -130,15 +161,21 @@ def report(collection: str, rows: dict[str, list[dict]], rewrite: int, per_write
     ids = f"{rewrite:,} ids written over and over" if rewrite else "new ids"
     intro = (f"A {docs:,}-document collection (`lsr index {source}`: SPLADE, dense MiniLM and BM25 legs), its documents "
              f"upserted again under {ids}, {per_write} per write; each version wrote its own copy, taking turns. "
-             "`before`: the code before the change; `now`: this code. Open after a clean close, and "
-             "on a copy taken before close (as a kill -9 leaves it); a one-document write after the open, p50 of 20; "
+             "`before`: the code before the change; `now`: this code. Opens in a fresh process (the open alone, and "
+             "the resident memory it adds, imports excluded) after a clean close, and on a copy taken before close "
+             "(as a kill -9 leaves it); an open in the process that wrote; a one-document write after it, p50 of 20; "
              f"the step's {per_write}-document writes, documents a second (background saves running beside them)."
              + (" A busy loop ran on one of the cores." if one_core_busy else ""))
-    header = ["upserted", "journal MB before", "journal MB now", "open before", "open now", "open after a crash before",
-              "open after a crash now", "write p50 before", "write p50 now", "writes before", "writes now"]
-    cells = [[f"{now['upserted']:,}", f"{before['journal_mb']:.0f}", f"{now['journal_mb']:.0f}",
+    header = ["upserted", "journal MB before", "journal + parts MB now", "open before", "open now",
+              "memory it adds before", "now", "after a crash: open before", "open now", "memory before", "now",
+              "in the writer: open before", "open now", "write p50 before", "write p50 now", "writes before",
+              "writes now"]
+    cells = [[f"{now['upserted']:,}", f"{before['journal_mb'] + before.get('written_mb', 0):.0f}",
+              f"{now['journal_mb']:.0f} + {now['written_mb']:.0f}", f"{before['fresh_open_s']:.2f} s",
+              f"{now['fresh_open_s']:.2f} s", f"{before['open_mb']:.0f} MB", f"{now['open_mb']:.0f} MB",
+              f"{before['fresh_open_s_after_crash']:.2f} s", f"{now['fresh_open_s_after_crash']:.2f} s",
+              f"{before['open_mb_after_crash']:.0f} MB", f"{now['open_mb_after_crash']:.0f} MB",
               f"{before['open_s']:.2f} s", f"{now['open_s']:.2f} s",
-              f"{before['open_after_crash_s']:.2f} s", f"{now['open_after_crash_s']:.2f} s",
               f"{before['write_p50_ms']:.1f} ms", f"{now['write_p50_ms']:.1f} ms",
               f"{before['stream_docs_per_s']:,.0f}/s", f"{now['stream_docs_per_s']:,.0f}/s"]
              for before, now in zip(rows["before"], rows["now"])]

@@ -1,4 +1,4 @@
-"""A small written collection for the tests of faults and journal compaction: real SciFact documents, real models."""
+"""A small written collection for the tests of faults and journal folds: real SciFact documents, real models."""
 
 from __future__ import annotations
 

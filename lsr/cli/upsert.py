@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.endpoint import add_endpoint_arguments, connect
+from lsr.ingest.layout import is_collection_dir
 
 HELP = "add or replace documents of a collection (or a running server) from a corpus file"
 WRITE_EVERY = 256  # documents per write: a Ctrl-C loses at most their encoding (about 2 s here), never a write
@@ -167,6 +168,9 @@ class _LocalSink:
 
         options = device_options(args)  # a GPU asked for and missing fails here, before the collection opens
         if not Path(args.collection).expanduser().is_dir():
+            if is_collection_dir(Path(args.source).expanduser()):
+                raise ValueError(f"{args.source} is a collection and {args.collection} is not: the corpus comes first "
+                                 f"(`lsr upsert {args.collection} {args.source}`)")
             raise FileNotFoundError(f"{args.collection} is not a folder; create the collection with `lsr index`")
         set_threads(args.threads)
         self.writer = CollectionWriter(args.collection, **options)

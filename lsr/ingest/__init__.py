@@ -8,7 +8,8 @@
 - ``layout``: the folder format (lsr.json, vector/doc/embedding shards, per-file crc32s)
 - ``collection``: an opened collection: pinned versions for readers, atomic writes across stores
 - ``journal``: the write-ahead journal of upserts and deletes, replayed at open
-- ``journal_compaction``: the journal's history replaced by the state it leads to, when most of it is dead versions
-- ``docstore``: texts by doc id (build parts plus journaled writes)
+- ``journal_fold`` / ``written_parts``: the journal's records folded into Parquet parts after a save, so opens and memory
+  follow the writes since the last fold
+- ``docstore``: texts by doc id (build parts, written parts, journaled writes)
 - ``verify`` / ``repair``: ``lsr verify`` (every file, store agreement) and ``lsr repair`` (rebuild the indexes)
 """

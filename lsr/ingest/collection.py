@@ -4,9 +4,9 @@ Writes go to the journal first (fsynced), then to the sparse index (committed wi
 the dense index (in memory) and the doc overlay and BM25 leg (in memory too); only then is the new version published.
 The dense index and the BM25 leg are saved with their seq every ``save_rows`` documents written, in the background,
 and at ``close``. So readers never see a half-applied write, and what a store lacks after a crash, or what was
-written since the last save, the next open replays from the journal. After a save, a journal that is mostly dead
-versions (or many small records) is compacted to the state it leads to (``journal_compaction``), so its size and
-the opens that read it follow the documents written, not the writes.
+written since the last save, the next open replays from the journal. After a save, a journal that holds many
+documents or records is folded into the written parts (``journal_fold``): Parquet the doc store reads texts from
+by row group, so an open decodes, and memory holds, only the writes since the last fold.
 
 Several processes may open one collection (two servers, a script beside a server) and write it: each write,
 and each open (whose replay writes), holds the folder's lock, and a process that finds the collection
@@ -27,15 +27,16 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from lsr.files import CorruptFileError, FolderBusyError, FolderHold, exclusive_folder
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
-from lsr.ingest.journal_compaction import compact, compaction_due, remove_leftover
+from lsr.ingest.journal_fold import fold, fold_due, remove_leftover
 from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
+from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR, STATS_FILE, Bm25Index
 from lsr.search.bm25_leg import Bm25Leg
 from lsr.search.bm25_leg_file import load_leg, save_leg
@@ -85,7 +86,8 @@ class Collection:
     """
 
     def __init__(self, path: Path, meta: dict, sparse: Any, dense: DenseIndex | None, docs: DocStore,
-                 journal: Journal, bm25: Bm25Leg | None = None) -> None:
+                 journal: Journal, bm25: Bm25Leg | None = None, parts: WrittenParts | None = None,
+                 records: Sequence[Record] = ()) -> None:
         self.path = path
         self.meta = meta
         self.sparse = sparse  # the writable stores; readers use view()
@@ -101,6 +103,9 @@ class Collection:
         self._next_look = time.monotonic() + LOOK_INTERVAL
         self._looker: threading.Thread | None = None  # the look running in the background, if any
         self._look_failure_said = False  # warned once about a look at another process's writes that failed
+        self._parts = parts if parts is not None else WrittenParts(path)  # what the journal was folded into
+        self._folded: WrittenParts | None = None  # a fold the background save finished, for a write or look to take up
+        self._since = [_written_by(record) for record in records]  # (seq, ids, texts) the journal holds, for a fold
         self._view = CollectionView(sparse.pinned(), dense.pinned() if dense is not None else None, docs, bm25)
 
     @classmethod
@@ -121,6 +126,8 @@ class Collection:
         problems = build_file_problems(path, meta)
         if problems:
             raise CorruptFileError(f"{problems[0]}; {_HINT.format(path=path)}")
+        parts = WrittenParts.open(path)
+        parts.remove_unnamed()
         try:
             sparse = InvertedIndex.open(path / "sparse")
         except FileNotFoundError as exc:
@@ -128,22 +135,24 @@ class Collection:
         sparse.verify()
         dense = DenseIndex.open(path / "dense") if meta.get("dense_model") else None
         applied = max(sparse.journal_seq, dense.journal_seq if dense is not None else 0)
-        records = recover(path / JOURNAL_FILE, applied)
-        replay(records, sparse, dense)
-        docs = DocStore(path / "docs", overlay_of(records))
+        records = recover(path / JOURNAL_FILE, applied, parts.upto)
+        behind = min(sparse.journal_seq, dense.journal_seq if dense is not None else sparse.journal_seq) < parts.upto
+        replay([*parts.records(), *records] if behind else records, sparse, dense)
+        docs = DocStore(path / "docs", overlay_of(records), parts)
         disagreement = agreement_problems(docs.ids(), set(sparse.doc_ids()), None if dense is None else set(dense.ids()))
         if disagreement:
             raise CorruptFileError(f"{path}: {disagreement[0]}; rebuild the indexes with `lsr repair {path}`")
         bm25 = None
-        if before is not None and before.bm25 is not None:  # the build's index is static: add what changed since
+        if before is not None and before.bm25 is not None and before.docs.folded_upto == parts.upto:
+            # the build's index is static: add what changed since
             changed = docs.written_since(before.docs)
             bm25 = before.bm25.with_updates(changed, docs.get(changed))
         elif meta.get("bm25"):  # statistics a build before they were kept lacks, or whose crc32 it lacks
             base = Bm25Index.open(path / BM25_DIR, with_stats=any(record["file"] == f"{BM25_DIR}/{STATS_FILE}"
                                                                   for record in meta["files"]))
             bm25 = bm25_leg_at_open(path, base, records, docs)
-        return cls(path, meta, sparse, dense, docs, Journal(path / JOURNAL_FILE, records[-1].seq if records else 0, records),
-                   bm25)
+        journal = Journal(path / JOURNAL_FILE, records[-1].seq if records else parts.upto, records)
+        return cls(path, meta, sparse, dense, docs, journal, bm25, parts, records)
 
     @property
     def checksum(self) -> str:
@@ -167,6 +176,7 @@ class Collection:
         if self._failed is not None or not self._lock.acquire(blocking=False):
             return
         try:
+            self._take_up_fold()
             if self._changed_on_disk():
                 with self._folder.held():  # no wait: a busy folder is looked at again next time
                     if self._changed_on_disk():
@@ -212,6 +222,7 @@ class Collection:
                 raise RuntimeError(f"an earlier write failed half-applied ({self._failed}); restart to replay "
                                    "the journal, which holds it")
             with self._folder.held(WRITE_WAIT):
+                self._take_up_fold()
                 if self._changed_on_disk():
                     self._take_up_disk()
                 journaled = self._journal.last_seq
@@ -246,10 +257,23 @@ class Collection:
             return
         fresh = self._load(self.path, self.meta, self._view)
         self.sparse, self.dense, self._journal, self._view = fresh.sparse, fresh.dense, fresh._journal, fresh._view
+        self._parts, self._since, self._folded = fresh._parts, fresh._since, None
         self._unsaved = 0  # the rows it replayed are the other process's to save (or the next threshold's)
 
+    def _take_up_fold(self) -> None:
+        """A fold the background save ran finished: the documents it folded are read from the parts from now on,
+        and only the writes since stay in memory (the caller holds ``_lock``)."""
+        folded, self._folded = self._folded, None
+        if folded is None:
+            return
+        self._parts = folded
+        self._since = [written for written in self._since if written[0] > folded.upto]
+        view = self._view
+        self._view = CollectionView(view.sparse, view.dense, DocStore(self.path / "docs", _overlay(self._since), folded),
+                                    view.bm25)
+
     def _save(self, seq: int) -> None:
-        """Save the dense index and the BM25 leg as of record ``seq`` in the background, then compact the journal
+        """Save the dense index and the BM25 leg as of record ``seq`` in the background, then fold the journal
         when that is due. A dense save rewrites the index whole (13 to 18 s at 1M MiniLM vectors here), so the write
         that reaches the threshold no longer waits for it and this process's writes go on meanwhile; other processes
         wait for the folder as for a write. One save at a time: documents written past a running one wait in the
@@ -258,37 +282,41 @@ class Collection:
             return
         dense = self.dense.snapshot(seq) if self.dense is not None else None  # flat: its live bits; HNSW: a clone
         leg = self._view.bm25 if _savable(self._view.bm25) else None  # immutable: no copy needed
-        written = self._view.docs.written_count()
         self._unsaved = 0
         self._folder.acquire()  # the calling write holds the folder already, so this never waits
-        self._saver = threading.Thread(target=self._write_saves, args=(seq, dense, leg, written), name="lsr-save")
+        self._saver = threading.Thread(target=self._write_saves, args=(seq, dense, leg), name="lsr-save")
         self._saver.start()
 
-    def _write_saves(self, seq: int, dense: DenseSnapshot | None, leg: Bm25Leg | None, written: int) -> None:
+    def _write_saves(self, seq: int, dense: DenseSnapshot | None, leg: Bm25Leg | None) -> None:
         try:
             saved = True
             if dense is not None:
                 saved &= self._logged_save("dense index", lambda: dense.write(self.path / "dense"))
             if leg is not None:
                 saved &= self._logged_save("BM25 leg", lambda: save_leg(leg, self.path / BM25_DIR, seq))
-            if saved:  # the stores hold ``seq``: an open replays none of the compacted records
-                self._compact_journal(seq, written)
+            if saved:  # the stores hold ``seq``: an open applies none of the folded records
+                self._fold_journal(seq)
         finally:
             self._folder.release()
 
-    def _compact_journal(self, seq: int, written: int) -> None:
-        """Compact the journal's records up to ``seq`` when that is due (``written``: the ids written by then). A
-        failure (a full disk) is logged: the journal is left as it was, and the next save tries again."""
-        what = compaction_due(self._journal.tally, written)
-        if what is None:
+    def _fold_journal(self, seq: int) -> None:
+        """Fold the journal's records up to ``seq`` into the written parts when that is due, for a write or look to
+        take up (``_take_up_fold``). A failure (a full disk) is logged: the journal keeps what it held, and the
+        next save tries again."""
+        if not fold_due(self._journal.tally):
             return
+        before = self._journal.size
         try:
-            sizes = compact(self._journal, seq, what)
+            folded = fold(self._journal, self._parts, seq, self.sparse.vocab_size,
+                          self.dense.dim if self.dense is not None else None)
         except Exception as exc:
-            log.error("compacting the journal of %s failed (%s); it stays as it was", self.path, exc)
+            log.error("folding the journal of %s into its written parts failed (%s); it keeps its records", self.path,
+                      exc)
             return
-        if sizes is not None:
-            log.info("compacted the journal of %s: %.1f MB -> %.1f MB", self.path, sizes[0] / 1e6, sizes[1] / 1e6)
+        if folded is not None:
+            self._folded = folded
+            log.info("folded the journal of %s into %d written parts (%d rows): %.1f MB -> %.1f MB", self.path,
+                     len(folded.parts), folded.rows, before / 1e6, self._journal.size / 1e6)
 
     def _logged_save(self, name: str, save: Callable[[], None]) -> bool:
         """Run one save; a failure is logged, not raised (the journal still holds its rows). Whether it succeeded."""
@@ -301,7 +329,7 @@ class Collection:
 
     def close(self) -> None:
         """Wait for a background save, then save what only the journal holds (the dense rows, the BM25 leg's
-        documents written since its last save), so the next open replays none, and compact the journal when due;
+        documents written since its last save), so the next open replays none, and fold the journal when due;
         skipped when another process wrote since (its saves and the journal hold everything) or holds the collection."""
         with self._lock:
             if self._saver is not None:
@@ -316,7 +344,7 @@ class Collection:
                         if _savable(self._view.bm25):
                             save_leg(self._view.bm25, self.path / BM25_DIR, self._journal.last_seq)
                         self._unsaved = 0
-                        self._compact_journal(self._journal.last_seq, self._view.docs.written_count())
+                        self._fold_journal(self._journal.last_seq)
             except FolderBusyError:
                 pass
 
@@ -324,20 +352,27 @@ class Collection:
         """Apply ``record`` to the stores that lack it (another process's commit may hold it in the sparse index),
         publish the next view, and start a save when one is due."""
         apply_record(record, self.sparse if record.lacked_by(self.sparse.journal_seq) else None, self.dense)
-        texts = record.texts if record.op == "upsert" else [None] * len(record.ids)
+        written = _written_by(record)
+        texts = written[2]
         view = self._view
         self._view = CollectionView(self.sparse.pinned(), self.dense.pinned() if self.dense is not None else None,
                                     view.docs.with_updates(record.ids, texts),
                                     view.bm25.with_updates(record.ids, texts) if view.bm25 is not None else None)
+        self._since.append(written)
         self._unsaved += len(record.ids)
         if self.dense is not None:
             rows = len(self.dense)
         elif _savable(self._view.bm25):
             rows = self._view.bm25.live_written
-        else:  # nothing to save: only the journal's compaction
+        else:  # nothing to save: only the journal's fold
             rows = self.sparse.num_docs
         if self._unsaved >= save_rows(rows):
             self._save(record.seq)
+
+
+def _written_by(record: Record) -> tuple[int, list[str], list[str | None]]:
+    """(seq, ids, texts) of a record, None for a deleted id: what the doc store's overlay takes from it."""
+    return record.seq, record.ids, record.texts if record.op == "upsert" else [None] * len(record.ids)
 
 
 def _savable(leg: Bm25Leg | None) -> bool:
@@ -371,22 +406,27 @@ def replay(records: Sequence[Record], sparse: Any, dense: DenseIndex | None) -> 
 
 def overlay_of(records: Sequence[Record]) -> dict[str, str | None]:
     """The doc store's texts of journaled writes (None = deleted), latest write winning."""
+    return _overlay(map(_written_by, records))
+
+
+def _overlay(writes: Iterable[tuple[int, list[str], list[str | None]]]) -> dict[str, str | None]:
     overlay: dict[str, str | None] = {}
-    for record in records:
-        overlay.update(zip(record.ids, record.texts if record.op == "upsert" else [None] * len(record.ids)))
+    for _, ids, texts in writes:
+        overlay.update(zip(ids, texts))
     return overlay
 
 
 def bm25_leg_at_open(path: Path, base: Bm25Index, records: Sequence[Record], docs: DocStore) -> Bm25Leg:
     """The BM25 leg of the journal's ``records``: the one saved with the last save (``bm25_leg_file``) and the
-    records after it, or, when none was saved (or it is stale or damaged), every text the journal wrote."""
+    records after it, or, when none was saved (or it is stale, damaged, or older than the written parts), every
+    text written since the build (the parts' and the journal's)."""
     try:
         saved = load_leg(base, path / BM25_DIR)
     except CorruptFileError as exc:
         log.warning("%s; rebuilding the BM25 leg from the journal (`lsr repair` removes the file)", exc)
         saved = None
-    last = records[-1].seq if records else 0
-    if saved is not None and saved[1] <= last:
+    last = records[-1].seq if records else docs.folded_upto
+    if saved is not None and docs.folded_upto <= saved[1] <= last:
         leg, seq = saved
         later = overlay_of([record for record in records if record.lacked_by(seq)])
         return leg.with_updates(list(later), list(later.values())) if later else leg

@@ -1,12 +1,13 @@
-"""Document texts: the build's Parquet parts plus an overlay of later upserts and deletions.
+"""Document texts: the build's Parquet parts, the written parts the journal was folded into, and an overlay of
+the later upserts and deletions the journal holds.
 
 A ``DocStore`` is immutable: ``with_updates`` returns a new one that shares the parts (and their
 id → row map and row-group cache), so a search that pinned one keeps reading the same texts while
 writers publish the next. The overlay is two layers: a large one shared by many versions and never
-changed, and the writes since it, which each version copies; the writes fold into a new large layer
+changed, and the writes since it, which each version copies; the writes merge into a new large layer
 once they pass an eighth of it, so a write copies a bounded share of the overlay instead of all of it
 (at a million upserted documents, tens of milliseconds a write). The overlay is rebuilt from the
-collection's write-ahead journal at open; the parts never change after the build.
+collection's write-ahead journal at open; the parts never change once written (a fold makes a new store).
 """
 
 from __future__ import annotations
@@ -14,40 +15,79 @@ from __future__ import annotations
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lsr.files import CorruptFileError
 
+if TYPE_CHECKING:
+    from lsr.ingest.written_parts import WrittenParts
+
 DOC_ROW_GROUP = 1024  # rows per Parquet row group in docs parts: one include_text lookup reads one group
 
 
 class _Parts:
-    """The build's docs parts; shared by every DocStore version of a collection."""
+    """The build's docs parts, then the written parts (which win over them, and may delete their ids); shared by
+    every DocStore version of a collection until a fold."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], written: "WrittenParts | None" = None) -> None:
         self.paths = list(paths)
+        self.written = written
         self._where: dict[str, tuple[int, int]] | None = None
+        self._written_ids: list[str] = []
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # one read at a time of an opened written part
         self.row_group = lru_cache(maxsize=64)(self._read_row_group)
         self._mean_text_bytes: float | None = None
 
+    def _files(self) -> list:
+        """Each part as something ``pq.ParquetFile`` reads: the build's by path, the written ones opened."""
+        return self.paths + (self.written.files if self.written is not None else [])
+
     def locations(self) -> dict[str, tuple[int, int]]:
-        """doc id → (part, row); built on first use from the id columns only."""
+        """doc id → (part, row) of its live text; built on first use from the id columns only."""
         with self._lock:
             if self._where is None:
                 where = {}
                 for p, path in enumerate(self.paths):
                     ids = _read(path, lambda: pq.read_table(path, columns=["id"]).column("id").to_pylist())
                     where.update((doc_id, (p, row)) for row, doc_id in enumerate(ids))
+                if self.written is not None:
+                    ids, deleted = self.written.ids()
+                    first = len(self.paths)
+                    for part, (doc_ids, gone) in enumerate(self._by_part(ids, deleted), first):
+                        for row, (doc_id, is_gone) in enumerate(zip(doc_ids, gone)):
+                            if is_gone:
+                                where.pop(doc_id, None)
+                            else:
+                                where[doc_id] = (part, row)
+                    self._written_ids = ids
                 self._where = where
             return self._where
 
+    def _by_part(self, ids: list[str], deleted: list[bool]) -> Iterator[tuple[list[str], list[bool]]]:
+        """``ids`` and ``deleted`` (every written part's, in order) cut into each part's."""
+        start = 0
+        for part in self.written.parts:
+            yield ids[start : start + part.rows], deleted[start : start + part.rows]
+            start += part.rows
+
+    def written_ids(self) -> list[str]:
+        """Ids the written parts hold (upserted or deleted)."""
+        self.locations()
+        return self._written_ids
+
     def _read_row_group(self, part: int, group: int) -> list[str]:
-        path = self.paths[part]
-        return _read(path, lambda: pq.ParquetFile(path).read_row_group(group, columns=["text"]).column("text").to_pylist())
+        if part < len(self.paths):
+            path = self.paths[part]
+            return _read(path, lambda: pq.ParquetFile(path).read_row_group(group, columns=["text"]).column("text")
+                         .to_pylist())
+        with self._reading:
+            file = self.written.files[part - len(self.paths)]
+            return _read(self.written.parts[part - len(self.paths)].file,
+                         lambda: file.read_row_group(group, columns=["text"]).column("text").to_pylist())
 
     def mean_text_bytes(self) -> float:
         """Average uncompressed text size from the Parquet footers (no data is read); computed once."""
@@ -57,8 +97,8 @@ class _Parts:
 
     def _footer_mean_text_bytes(self) -> float:
         total = rows = 0
-        for path in self.paths:
-            meta = _read(path, lambda: pq.ParquetFile(path).metadata)
+        for path in self._files():
+            meta = _read(path, lambda: (path if isinstance(path, pq.ParquetFile) else pq.ParquetFile(path)).metadata)
             text = meta.schema.names.index("text")
             rows += meta.num_rows
             total += sum(meta.row_group(g).column(text).total_uncompressed_size for g in range(meta.num_row_groups))
@@ -79,10 +119,11 @@ FOLD_MIN = 1_024  # writes a version's own layer holds at least before it folds 
 class DocStore:
     """Texts by doc id, as of one version of the collection."""
 
-    def __init__(self, directory: Path, overlay: Mapping[str, str | None] | None = None, *, _parts: _Parts | None = None,
+    def __init__(self, directory: Path, overlay: Mapping[str, str | None] | None = None,
+                 written: "WrittenParts | None" = None, *, _parts: _Parts | None = None,
                  _recent: dict[str, str | None] | None = None):
         self.directory = directory
-        self._parts = _parts or _Parts(sorted(directory.glob("part-*.parquet")))
+        self._parts = _parts or _Parts(sorted(directory.glob("part-*.parquet")), written)
         self._base = overlay if _recent is not None else dict(overlay or {})  # id → text of later writes; None = deleted
         self._recent = _recent or {}  # writes since ``_base``: they win over it
 
@@ -93,6 +134,11 @@ class DocStore:
         if len(recent) <= max(FOLD_MIN, len(self._base) // 8):
             return DocStore(self.directory, self._base, _parts=self._parts, _recent=recent)
         return DocStore(self.directory, {**self._base, **recent}, _parts=self._parts, _recent={})
+
+    @property
+    def folded_upto(self) -> int:
+        """The journal seq the written parts it reads hold (0: none)."""
+        return self._parts.written.upto if self._parts.written is not None else 0
 
     def _overlay(self) -> dict[str, str | None]:
         """Every write after the build, the last one per id (a copy: for the rare whole-overlay questions)."""
@@ -106,11 +152,7 @@ class DocStore:
 
     def written(self) -> list[str]:
         """Ids written (upserted or deleted) after the build: their build-time text is no longer current."""
-        return list(self._overlay())
-
-    def written_count(self) -> int:
-        """How many ids were written after the build (``len(written())`` without the copy)."""
-        return len(self._base) + sum(doc_id not in self._base for doc_id in self._recent)
+        return list(dict.fromkeys([*self._parts.written_ids(), *self._overlay()]))
 
     def written_since(self, before: "DocStore") -> list[str]:
         """Ids whose text differs from ``before``'s, an earlier version of this store (journaled writes only add)."""

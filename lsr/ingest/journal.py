@@ -8,9 +8,11 @@ documents written after the build (their texts and vectors), which ``lsr repair`
 
 File layout: ``MAGIC`` then records of ``<length u32><crc32 u32><payload>``; a payload is an Arrow
 IPC stream of one table (id, and for upserts text, indices, values, dense) whose schema metadata
-holds the op and seq. A cut-off record at the end is a write that was never acknowledged. A compaction
-(``lsr.ingest.journal_compaction``) replaces the records up to one seq by the state they lead to: records that
-carry that seq as their ``checkpoint`` and stand together, so a store lacks all of them or none.
+holds the op and seq. A cut-off record at the end is a write that was never acknowledged. A fold
+(``lsr.ingest.journal_fold``) moves the records up to one seq into Parquet parts (``lsr.ingest.written_parts``) and
+cuts them from the journal, which then starts after that seq. Records that carry a ``checkpoint`` stand for the
+state the writes up to it led to (a part read back, or a journal compacted by lsr before parts existed), so a
+store lacks all of them or none.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ class Record:
     texts: list[str] | None = None
     sparse: SparseBatch | None = None
     dense: np.ndarray | None = None
-    checkpoint: int | None = None  # set on a compaction's records: the last seq of the history they replace
+    checkpoint: int | None = None  # set on records that stand for a state: the last seq of the history it is of
 
     def lacked_by(self, seq: int) -> bool:
-        """Whether a store holding the records up to ``seq`` lacks this one. A compaction's records are one state
+        """Whether a store holding the records up to ``seq`` lacks this one. Records with a checkpoint are one state
         (every document's last write), so a store behind their checkpoint lacks every one of them."""
         return self.seq > seq or (self.checkpoint is not None and self.checkpoint > seq)
 
@@ -73,8 +75,13 @@ class Record:
     def from_bytes(cls, payload: bytes) -> "Record":
         table = pa.ipc.open_stream(payload).read_all()
         meta = table.schema.metadata
-        op, seq = meta[b"lsr.op"].decode(), int(meta[b"lsr.seq"])
         checkpoint = int(meta[b"lsr.checkpoint"]) if b"lsr.checkpoint" in meta else None
+        return cls.from_table(table, meta[b"lsr.op"].decode(), int(meta[b"lsr.seq"]), checkpoint)
+
+    @classmethod
+    def from_table(cls, table: pa.Table, op: str, seq: int, checkpoint: int | None = None) -> "Record":
+        """A record of ``table``'s rows (id, and for upserts text, indices, values, dense; ``lsr.vocab_size`` in
+        its schema metadata)."""
         ids = table.column("id").to_pylist()
         if op != "upsert":
             return cls(seq, op, ids, checkpoint=checkpoint)
@@ -83,7 +90,7 @@ class Record:
             column = table.column("dense").combine_chunks()
             flat = column.flatten().to_numpy(zero_copy_only=False)  # np.asarray on the Arrow array: 5x slower
             dense = np.asarray(flat, np.float32).reshape(len(ids), column.type.list_size)
-        sparse = SparseBatch.from_arrow(table.select(["indices", "values"]).replace_schema_metadata(meta))
+        sparse = SparseBatch.from_arrow(table.select(["indices", "values"]).replace_schema_metadata(table.schema.metadata))
         return cls(seq, op, ids, table.column("text").to_pylist(), sparse, dense, checkpoint)
 
     def framed(self) -> bytes:
@@ -151,34 +158,36 @@ def _scan_records(data: bytes, offset: int, base: int) -> Scan:
 
 
 def _follows(previous: Record, record: Record) -> bool:
-    """Whether ``record`` may follow ``previous``: the next seq, or a later one where a compaction's records start
-    (they end at their checkpoint, so the seqs of the records they replaced before it go unused)."""
+    """Whether ``record`` may follow ``previous``: the next seq, or a later one where a compacted journal's records
+    start (they end at their checkpoint, so the seqs of the records they replaced before it go unused)."""
     if record.seq == previous.seq + 1:
         return True
     return record.checkpoint is not None and record.checkpoint != previous.checkpoint and record.seq > previous.seq
 
 
-def recover(path: Path, applied: int) -> list[Record]:
-    """The journal's records, after cutting off an unacknowledged tail left by a crash.
+def recover(path: Path, applied: int, folded: int = 0) -> list[Record]:
+    """The journal's records after ``folded`` (the seq its written parts hold), after cutting off an
+    unacknowledged tail left by a crash.
 
     ``applied`` is the highest seq any store holds. Stores apply a record only after it was
     fsynced whole, so unreadable bytes that hide an applied record are damage, not a crash:
     that raises CorruptFileError naming the file instead of silently dropping acknowledged writes.
+    Records up to ``folded`` are there when a crash came between a fold's parts and its cut of the journal.
     """
     found = scan(path)
-    last = found.records[-1].seq if found.records else 0
+    last = max(found.records[-1].seq if found.records else 0, folded)
     if found.problem is None:
         if last < applied:
             raise CorruptFileError(f"{path} ends at record {last}, but the stores hold record {applied} "
                                    "(the journal was truncated or replaced); run `lsr repair` to rebuild from it")
-        return found.records
+        return [record for record in found.records if record.seq > folded]
     if last < applied or (found.end == 0 and found.size > len(MAGIC)):
         raise CorruptFileError(f"{path}: {found.problem}, and acknowledged writes lie past it (corrupted)")
     with open(path, "r+b") as fh:  # the cut-off write was never acknowledged: drop it
         fh.truncate(found.end)
         fh.flush()
         os.fsync(fh.fileno())
-    return found.records
+    return [record for record in found.records if record.seq > folded]
 
 
 def latest_writes(records: Sequence[Record]) -> dict[str, tuple[Record, int] | None]:
@@ -193,32 +202,21 @@ def latest_writes(records: Sequence[Record]) -> dict[str, tuple[Record, int] | N
 
 @dataclass
 class Tally:
-    """What a journal holds, to decide on a compaction: its records and the ids they hold, and of those the loose
-    ones (the records after the last compaction's, which are always last)."""
+    """What a journal holds, to decide on a fold: its records and the ids they hold."""
 
     records: int = 0
     rows: int = 0
-    loose: int = 0
-    loose_rows: int = 0
 
     def add(self, records: Sequence[Record]) -> "Tally":
-        for record in records:
-            self.records, self.rows = self.records + 1, self.rows + len(record.ids)
-            if record.checkpoint is None:
-                self.loose, self.loose_rows = self.loose + 1, self.loose_rows + len(record.ids)
-            else:
-                self.loose = self.loose_rows = 0
-        return self
-
-    def add_loose(self, records: int, rows: int) -> "Tally":
-        self.records, self.rows, self.loose, self.loose_rows = (self.records + records, self.rows + rows,
-                                                                self.loose + records, self.loose_rows + rows)
+        self.records += len(records)
+        self.rows += sum(len(record.ids) for record in records)
         return self
 
 
 class Journal:
-    """Appends records durably; ``last_seq`` continues after the records found at open, ``tally`` counts what the
-    file holds, and ``lock`` orders this process's appends with a compaction's swap of the file."""
+    """Appends records durably; ``last_seq`` continues after the records found at open (or the seq the written
+    parts hold), ``tally`` counts what the file holds, and ``lock`` orders this process's appends with a fold's
+    swap of the file."""
 
     def __init__(self, path: Path, last_seq: int, records: Sequence[Record] = ()) -> None:
         self.path = path
@@ -232,13 +230,13 @@ class Journal:
         return self.seen[1]
 
     def changed_on_disk(self) -> bool:
-        """Whether another process appended, cut a torn tail or compacted since this one opened or last appended."""
-        with self.lock:  # not midway through this process's own compaction swap
+        """Whether another process appended, cut a torn tail or folded since this one opened or last appended."""
+        with self.lock:  # not midway through this process's own fold's swap
             return _identity(self.path) != self.seen
 
     def appended_since(self) -> list[Record] | None:
         """The records another process appended since this one last looked, now taken as seen; None when the journal
-        is not simply longer by whole records that follow ours (a torn tail, a cut, a compaction, damage): then
+        is not simply longer by whole records that follow ours (a torn tail, a fold's cut, damage): then
         reopen."""
         with self.lock:
             inode, size = _identity(self.path)
@@ -254,7 +252,7 @@ class Journal:
             return found.records
 
     def replaced(self, tally: Tally) -> None:
-        """This process swapped in a compacted file (holding ``lock``): take it as seen."""
+        """This process swapped in a cut file (holding ``lock``): take it as seen."""
         self.tally = tally
         self.seen = _identity(self.path)
 

@@ -8,7 +8,10 @@ Layout (``lsr.json`` is written last, so its presence means the collection is co
     OUT/docs/part-00000.parquet       id, text per shard (for include_text / explain)
     OUT/dense/embeddings-00000.npy    float32 embeddings per shard, rows aligned with the parts
     OUT/journal.log                   write-ahead journal of later upserts and deletes (lsr.ingest.journal)
-    OUT/journal.log.compacting        a compacted journal while it is written (lsr.ingest.journal_compaction)
+    OUT/journal.log.cutting           the journal less its folded records while it is written (lsr.ingest.journal_fold)
+    OUT/written/manifest.json, part-N.parquet   the documents written since the build that the journal was folded
+                                      into: id, deleted, text, vectors (lsr.ingest.written_parts; sealed manifest
+                                      with each part's crc32)
     OUT/dense/manifest.json, faiss-N.index, ids-N.parquet   the DenseIndex (derived)
     OUT/sparse/                       the InvertedIndex (derived)
     OUT/bm25/                         the BM25 index over the build's texts, with the statistics it scored with
@@ -19,10 +22,10 @@ Layout (``lsr.json`` is written last, so its presence means the collection is co
     OUT/search-defaults.json          fusion settings `lsr tune` chose on train/dev qrels (sealed with its crc32)
     OUT/.lsr-build.json               checkpoint of an unfinished build (removed when done)
 
-The build files and the journal are the source of truth; the sparse and dense indexes are
+The build files, the written parts and the journal are the source of truth; the sparse and dense indexes are
 derived from them and ``lsr repair`` rebuilds them. Every file is covered by a crc32: build files
-in ``lsr.json``, index files in their index's manifest, journal records in their own header, the saved
-BM25 leg's arrays in the file itself.
+in ``lsr.json``, written parts in their manifest, index files in their index's manifest, journal records in their
+own header, the saved BM25 leg's arrays in the file itself.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``lsr repair``: rebuild the derived stores (inverted index, faiss index, BM25 leg) from the source of truth.
 
-The build's vector and embedding shards plus the journal of later writes hold every document's
-current vectors; the doc store and journal hold the texts. The sparse and dense indexes are pure
+The build's vector and embedding shards plus the written parts and journal of later writes hold every
+document's current vectors and texts. The sparse and dense indexes are pure
 functions of them, so a missing or damaged index file is repaired by rebuilding the index. The
 BM25 leg is a deterministic function of the build's texts, so its rebuilt files match the crc32s
 ``lsr.json`` recorded for them.
@@ -17,6 +17,7 @@ import numpy as np
 from lsr.files import CorruptFileError, exclusive_folder, file_record, sealed, write_json_atomic
 from lsr.ingest.journal import JOURNAL_FILE, Record, latest_writes, recover
 from lsr.ingest.layout import META_FILE, build_file_problems, read_meta, read_vector_shards, shard_name
+from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR, DOC_FREQS_FILE, STATS_FILE, build_bm25
 from lsr.search.dense_index import MANIFEST, DenseIndex
 from lsr.sparse import SparseBatch
@@ -37,9 +38,11 @@ def _rebuild(path: Path, meta: dict) -> list[str]:
     if damaged:
         raise CorruptFileError(f"{damaged[0]}: a source file is damaged, so the indexes cannot be rebuilt; "
                                "restore it from a backup or re-index with `lsr index --overwrite`")
-    records = recover(path / JOURNAL_FILE, _applied_seq(path))
-    last = records[-1].seq if records else 0
-    latest = latest_writes(records)
+    parts = WrittenParts.open(path)
+    parts.remove_unnamed()
+    records = recover(path / JOURNAL_FILE, _applied_seq(path), parts.upto)
+    last = records[-1].seq if records else parts.upto
+    latest = latest_writes([*parts.records(), *records])
 
     chunks = [_without(batch, ids, latest) for batch, ids in read_vector_shards(path, meta["shards"])]
     live = _journaled(latest)

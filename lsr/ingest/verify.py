@@ -15,6 +15,7 @@ from lsr.ingest.collection import agreement_problems, overlay_of, replay
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, scan
 from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
+from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR
 from lsr.search.bm25_leg_file import LEG_FILE, read_leg_file
 from lsr.search.dense_index import DenseIndex
@@ -71,8 +72,16 @@ def verify_collection(path: Path) -> Report:
         except CorruptFileError as exc:
             report.problems.append(f"{exc}; opens rebuild the leg from the journal meanwhile, `lsr repair` removes it")
 
+    parts = None
+    try:
+        parts = WrittenParts.open(path)
+        report.checked.append(f"{len(parts.parts)} written parts")
+    except (CorruptFileError, OSError) as exc:
+        report.problems.append(str(exc))
+    folded = parts.upto if parts is not None else 0
     journal = scan(path / JOURNAL_FILE)
-    last = journal.records[-1].seq if journal.records else 0
+    records = [record for record in journal.records if record.seq > folded]
+    last = max(journal.records[-1].seq if journal.records else 0, folded)
     applied = max(seqs.values(), default=0)
     if journal.problem is not None:
         if last < applied or len(seqs) < 1 + bool(meta.get("dense_model")):
@@ -82,15 +91,16 @@ def verify_collection(path: Path) -> Report:
                                 "acknowledged; the next open drops it")
     elif last < applied:
         report.problems.append(f"{path / JOURNAL_FILE} ends at record {last}, but the stores hold record {applied}")
-    report.checked.append(f"journal ({len(journal.records)} records)")
+    report.checked.append(f"journal ({len(records)} records)")
     for name, seq in seqs.items():
         if seq < last:
             report.notes.append(f"the {name} is {last - seq} journal records behind; the next open replays them")
 
     if not report.problems and seqs.get("sparse index") == last:
-        replay(journal.records, sparse, dense)  # the dense rows since its last save, in memory as an open would
+        behind = dense is not None and dense.journal_seq < folded
+        replay([*parts.records(), *records] if behind else records, sparse, dense)  # in memory, as an open would
         try:
-            docs = DocStore(path / "docs", overlay_of(journal.records)).ids()
+            docs = DocStore(path / "docs", overlay_of(records), parts).ids()
         except CorruptFileError as exc:
             report.problems.append(str(exc))
         else:
