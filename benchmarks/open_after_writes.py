@@ -54,9 +54,10 @@ def step(path: Path, written: int, target: int, rewrite: int = 0, per_write: int
                    None if dense is None else dense[rows])
         written += per_write
     stream_s = time.perf_counter() - start  # the background saves (and compactions) run beside these writes
-    saver = getattr(col, "_saver", None)
-    if saver is not None:
-        saver.join()
+    for name in ("_saver", "_folder_thread"):  # the background save, and the fold it may start (as close waits)
+        thread = getattr(col, name, None)
+        if thread is not None:
+            thread.join()
     crashed = Path(tempfile.mkdtemp(prefix="crashed-")) / "col"
     shutil.copytree(path, crashed)  # the folder as a kill -9 before close leaves it
     col.close()

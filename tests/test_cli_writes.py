@@ -210,6 +210,7 @@ def test_upsert_and_delete_through_a_running_server(built, tmp_path, capsys):
     (["upsert", "{src}"], "give COLLECTION (a folder written by `lsr index`) or --endpoint"),
     (["upsert", "{src}", "{col}", "--endpoint", "localhost:1"], "not both"),
     (["upsert", "{src}", "{col}/nope"], "is not a folder; create the collection with `lsr index`"),
+    (["upsert", "{col}", "{src}"], "is a collection and {src} is not: the corpus comes first (`lsr upsert {src} {col}`)"),
     (["upsert", "{src}", "{col}", "--write-every", "0"], "--write-every must be positive"),
     (["upsert", "{col}/missing.jsonl", "{col}"], "does not exist"),
     (["delete", "{col}"], "no ids to delete"),
@@ -219,6 +220,7 @@ def test_upsert_and_delete_through_a_running_server(built, tmp_path, capsys):
 def test_bad_writes_fail_in_one_line(built, tmp_path, capsys, argv, message):
     source = _jsonl(tmp_path / "new.jsonl", NEW)
     argv = [word.format(src=source, col=built) for word in argv]
+    message = message.format(src=source, col=built)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err

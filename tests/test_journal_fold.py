@@ -152,7 +152,7 @@ def test_a_writer_keeps_only_the_writes_since_its_last_fold_in_memory(written, e
     path = _copy(written, tmp_path / "col")
     col = Collection.open(path)
     _write_history(col, pool, rounds=8)
-    col._saver.join()
+    col._settle()
     col.upsert(["after"], [POOL[1]], pool[0].select([1]), pool[1][[1]])
     parts = col._parts
     assert parts.upto > 0 and col.view().docs.folded_upto == parts.upto
@@ -240,7 +240,7 @@ def test_background_folds_beside_writes_lose_nothing_a_reader_sees(written, enco
     path = _copy(written, tmp_path / "col")
     writer, reader = Collection.open(path), Collection.open(path)
     _write_history(writer, pool, rounds=24)
-    writer._saver.join()
+    writer._settle()
     assert WrittenParts.open(path).upto > 0
     looked(reader)
     fresh = Collection.open(path)

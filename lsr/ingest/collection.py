@@ -104,7 +104,9 @@ class Collection:
         self._looker: threading.Thread | None = None  # the look running in the background, if any
         self._look_failure_said = False  # warned once about a look at another process's writes that failed
         self._parts = parts if parts is not None else WrittenParts(path)  # what the journal was folded into
-        self._folded: WrittenParts | None = None  # a fold the background save finished, for a write or look to take up
+        self._folded: WrittenParts | None = None  # a background fold's parts, for a write or look to take up
+        self._folded_lock = threading.Lock()  # hands ``_folded`` from the fold's thread to the one taking it up
+        self._folder_thread: threading.Thread | None = None  # the fold running in the background, if any
         self._since = [_written_by(record) for record in records]  # (seq, ids, texts) the journal holds, for a fold
         self._view = CollectionView(sparse.pinned(), dense.pinned() if dense is not None else None, docs, bm25)
 
@@ -257,13 +259,15 @@ class Collection:
             return
         fresh = self._load(self.path, self.meta, self._view)
         self.sparse, self.dense, self._journal, self._view = fresh.sparse, fresh.dense, fresh._journal, fresh._view
-        self._parts, self._since, self._folded = fresh._parts, fresh._since, None
+        with self._folded_lock:
+            self._parts, self._since, self._folded = fresh._parts, fresh._since, None
         self._unsaved = 0  # the rows it replayed are the other process's to save (or the next threshold's)
 
     def _take_up_fold(self) -> None:
         """A fold the background save ran finished: the documents it folded are read from the parts from now on,
         and only the writes since stay in memory (the caller holds ``_lock``)."""
-        folded, self._folded = self._folded, None
+        with self._folded_lock:
+            folded, self._folded = self._folded, None
         if folded is None:
             return
         self._parts = folded
@@ -295,7 +299,30 @@ class Collection:
             if leg is not None:
                 saved &= self._logged_save("BM25 leg", lambda: save_leg(leg, self.path / BM25_DIR, seq))
             if saved:  # the stores hold ``seq``: an open applies none of the folded records
-                self._fold_journal(seq)
+                self._start_fold(seq)
+        finally:
+            self._folder.release()
+
+    def _start_fold(self, seq: int) -> None:
+        """Fold the journal up to ``seq`` (which every store holds) in a thread of its own when that is due and no
+        fold runs: a fold that merges parts takes seconds, and the saves meanwhile keep their cadence (a crash
+        leaves no more for an open to replay than between two saves)."""
+        if not fold_due(self._journal.tally) or (self._folder_thread is not None and self._folder_thread.is_alive()):
+            return
+        self._folder.acquire()  # the calling save holds the folder already, so this never waits
+        self._folder_thread = threading.Thread(target=self._background_fold, args=(seq,), name="lsr-fold")
+        self._folder_thread.start()
+
+    def _settle(self) -> None:
+        """Wait for the background save, then for the fold it may have started."""
+        if self._saver is not None:
+            self._saver.join()
+        if self._folder_thread is not None:
+            self._folder_thread.join()
+
+    def _background_fold(self, seq: int) -> None:
+        try:
+            self._fold_journal(seq)
         finally:
             self._folder.release()
 
@@ -306,15 +333,18 @@ class Collection:
         if not fold_due(self._journal.tally):
             return
         before = self._journal.size
+        with self._folded_lock:  # the last fold's parts, taken up or not
+            parts = self._folded if self._folded is not None else self._parts
         try:
-            folded = fold(self._journal, self._parts, seq, self.sparse.vocab_size,
+            folded = fold(self._journal, parts, seq, self.sparse.vocab_size,
                           self.dense.dim if self.dense is not None else None)
         except Exception as exc:
             log.error("folding the journal of %s into its written parts failed (%s); it keeps its records", self.path,
                       exc)
             return
         if folded is not None:
-            self._folded = folded
+            with self._folded_lock:
+                self._folded = folded
             log.info("folded the journal of %s into %d written parts (%d rows): %.1f MB -> %.1f MB", self.path,
                      len(folded.parts), folded.rows, before / 1e6, self._journal.size / 1e6)
 
@@ -328,12 +358,11 @@ class Collection:
         return True
 
     def close(self) -> None:
-        """Wait for a background save, then save what only the journal holds (the dense rows, the BM25 leg's
+        """Wait for a background save and fold, then save what only the journal holds (the dense rows, the BM25 leg's
         documents written since its last save), so the next open replays none, and fold the journal when due;
         skipped when another process wrote since (its saves and the journal hold everything) or holds the collection."""
         with self._lock:
-            if self._saver is not None:
-                self._saver.join()
+            self._settle()
             if not self._unsaved or self._failed is not None:
                 return
             try:
