@@ -7,7 +7,8 @@ as one part and cuts them from the journal; an open reads only the parts' ids, a
 row group when asked, as the build's docs parts are.
 
 A part holds each id its records wrote, once: its last text and vectors, or that it was deleted. Later parts win
-over earlier ones (and over the build). A store saved as of a seq before a part's ``upto`` lacks the whole part and
+over earlier ones (and over the build). The last ``FAN_IN`` parts are merged into one once they are of a size, so
+there are few parts and a row is rewritten O(log n) times. A store saved as of a seq before a part's ``upto`` lacks the whole part and
 applies it as records that carry ``upto`` as their checkpoint (``Record.lacked_by``), which gives the same state the
 history did.
 
@@ -43,7 +44,8 @@ from lsr.sparse import SparseBatch
 WRITTEN_DIR = "written"
 MANIFEST = "manifest.json"
 CHUNK_ROWS = 2_048  # rows of a part applied as one record
-MERGE_RATIO = 2  # the last two parts merge while the older holds at most this many times the newer's rows
+FAN_IN = 4  # parts merged into one at a time: a row is rewritten about log4(rows / a fold's rows) times
+MERGE_RATIO = 2  # ... when the oldest of the last FAN_IN holds at most this many times the newest's rows
 _PART = re.compile(r"part-(\d{6})\.parquet")
 
 
@@ -114,8 +116,8 @@ class WrittenParts:
                 yield Record.from_table(held[1], held[0], part.upto, part.upto)
 
     def with_state_of(self, records: Sequence[Record], vocab_size: int, dims: int | None) -> "WrittenParts":
-        """These parts plus the state ``records`` (the journal's, after ``upto``) lead to, merged while the last two
-        parts are of a size (``MERGE_RATIO``), under a new manifest written last; the files it no longer names are
+        """These parts plus the state ``records`` (the journal's, after ``upto``) lead to, the last ``FAN_IN`` parts
+        merged into one while they are of a size (``MERGE_RATIO``), under a new manifest written last; the files it no longer names are
         left for ``remove_unnamed``. ``vocab_size`` and ``dims`` (None: no dense index) are the collection's. The
         caller holds the collection's folder."""
         folder = self.collection / WRITTEN_DIR
@@ -126,10 +128,10 @@ class WrittenParts:
         number += 1  # never a file on disk: one a fold that failed after its manifest left is named there
         state = _state_table(records, vocab_size, dims)
         parts = self.parts + [self._write(number, state.schema, [state], records[-1].seq)]
-        while len(parts) >= 2 and parts[-2].rows <= MERGE_RATIO * parts[-1].rows:
-            older, newer = (pq.ParquetFile(pa.OSFile(str(self.collection / part.file))) for part in parts[-2:])
+        while len(parts) >= FAN_IN and parts[-FAN_IN].rows <= MERGE_RATIO * parts[-1].rows:
+            merging = [pq.ParquetFile(pa.OSFile(str(self.collection / part.file))) for part in parts[-FAN_IN:]]
             number += 1
-            parts[-2:] = [self._write(number, state.schema, _merged(older, newer), parts[-1].upto)]
+            parts[-FAN_IN:] = [self._write(number, state.schema, _merged(merging), parts[-1].upto)]
         fsync_dir(folder)
         write_json_atomic(folder / MANIFEST, sealed({"upto": records[-1].seq, "parts": [vars(part) for part in parts]}))
         fsync_dir(folder)
@@ -144,7 +146,8 @@ class WrittenParts:
         def write(fh: IO[bytes]) -> None:
             nonlocal rows
             pending: list[pa.Table] = []
-            with pq.ParquetWriter(fh, schema, compression="zstd") as writer:
+            # no dictionaries: ids, texts and vectors hardly repeat, and trying them made writes 2x and reads 4x slower
+            with pq.ParquetWriter(fh, schema, compression="zstd", use_dictionary=False) as writer:
                 for table in tables:
                     pending.append(table.replace_schema_metadata(schema.metadata))
                     held = sum(piece.num_rows for piece in pending)
@@ -188,13 +191,14 @@ def _by_op(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
             yield op, rows
 
 
-def _merged(older: pq.ParquetFile, newer: pq.ParquetFile) -> Iterator[pa.Table]:
-    """One part of two, a batch at a time: the older's rows whose ids the newer does not write, then the newer's."""
-    written = newer.read(columns=["id"]).column("id")
-    for batch in older.iter_batches(batch_size=8 * DOC_ROW_GROUP):
-        yield pa.Table.from_batches([batch]).filter(pc.invert(pc.is_in(batch.column("id"), value_set=written)))
-    for batch in newer.iter_batches(batch_size=8 * DOC_ROW_GROUP):
-        yield pa.Table.from_batches([batch])
+def _merged(parts: Sequence[pq.ParquetFile]) -> Iterator[pa.Table]:
+    """One part of several (oldest first), a batch at a time: each part's rows whose ids no later part writes."""
+    later = [part.read(columns=["id"]).column("id") for part in parts]
+    for i, part in enumerate(parts):
+        written = pa.chunked_array([chunk for ids in later[i + 1 :] for chunk in ids.chunks], pa.string())
+        for batch in part.iter_batches(batch_size=8 * DOC_ROW_GROUP):
+            table = pa.Table.from_batches([batch])
+            yield table.filter(pc.invert(pc.is_in(batch.column("id"), value_set=written))) if len(written) else table
 
 
 def _state_table(records: Sequence[Record], vocab_size: int, dims: int | None) -> pa.Table:
