@@ -54,7 +54,7 @@ def step(path: Path, written: int, target: int, rewrite: int = 0, per_write: int
                    None if dense is None else dense[rows])
         written += per_write
     stream_s = time.perf_counter() - start  # the background saves (and compactions) run beside these writes
-    for name in ("_saver", "_folder_thread"):  # the background save, and the fold it may start (as close waits)
+    for name in ("_saver", "_fold_thread"):  # the background save, and the fold it may start (as close waits)
         thread = getattr(col, name, None)
         if thread is not None:
             thread.join()

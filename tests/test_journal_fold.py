@@ -55,8 +55,9 @@ def small_folds(monkeypatch):
     monkeypatch.setattr(written_parts, "CHUNK_ROWS", 4)
 
 
-def _write_history(col: Collection, pool, rounds: int = ROUNDS, start: int = 0) -> None:
-    """Rewrite the same documents round after round (new ones and build ones), deleting some along the way."""
+def _write_history(col: Collection, pool, rounds: int = ROUNDS, start: int = 0, between=lambda: None) -> None:
+    """Rewrite the same documents round after round (new ones and build ones), deleting some along the way;
+    ``between`` runs after each round."""
     sparse, dense = pool
     build = sorted(set(col.sparse.doc_ids()) - {"new-1"} - {f"h-{j}" for j in range(5)})[:3]
     for r in range(start, start + rounds):
@@ -65,14 +66,15 @@ def _write_history(col: Collection, pool, rounds: int = ROUNDS, start: int = 0) 
         col.upsert(ids, [POOL[i] for i in rows], sparse.select(rows), dense[rows])
         if r % 4 == 3:
             col.delete([f"h-{r % 5}", build[(r + 1) % 3]])
+        between()
 
 
-def _history(written: Path, path: Path, pool) -> Collection:
+def _history(written: Path, path: Path, pool, rounds: int = ROUNDS) -> Collection:
     """A copy of ``written`` with ``_write_history`` written and closed, its journal not folded."""
     shutil.copytree(written, path)
     col = Collection.open(path)
     col._fold_journal = lambda seq: None
-    _write_history(col, pool)
+    _write_history(col, pool, rounds)
     col.close()
     return col
 
@@ -285,11 +287,11 @@ def test_parts_merge_so_each_id_is_kept_once_and_they_stay_few(written, encoders
     of a size, so the parts stay few and the rows they hold stay about the ids written, not the writes."""
     monkeypatch.setattr(collection, "save_rows", lambda rows: 6)
     path = tmp_path / "col"
-    history = _history(written, tmp_path / "history", pool)
+    history = _history(written, tmp_path / "history", pool, rounds=2 * ROUNDS)
     shutil.copytree(written, path)
     col = Collection.open(path)
     with caplog.at_level("INFO", logger="lsr.ingest.collection"):
-        _write_history(col, pool)
+        _write_history(col, pool, 2 * ROUNDS, between=col._settle)  # each save and fold done before the next write
         col.close()
     parts = WrittenParts.open(path)
     distinct = len({doc_id for seq, ids, _ in history._since for doc_id in ids})

@@ -106,7 +106,7 @@ class Collection:
         self._parts = parts if parts is not None else WrittenParts(path)  # what the journal was folded into
         self._folded: WrittenParts | None = None  # a background fold's parts, for a write or look to take up
         self._folded_lock = threading.Lock()  # hands ``_folded`` from the fold's thread to the one taking it up
-        self._folder_thread: threading.Thread | None = None  # the fold running in the background, if any
+        self._fold_thread: threading.Thread | None = None  # the fold running in the background, if any
         self._since = [_written_by(record) for record in records]  # (seq, ids, texts) the journal holds, for a fold
         self._view = CollectionView(sparse.pinned(), dense.pinned() if dense is not None else None, docs, bm25)
 
@@ -264,13 +264,13 @@ class Collection:
         self._unsaved = 0  # the rows it replayed are the other process's to save (or the next threshold's)
 
     def _take_up_fold(self) -> None:
-        """A fold the background save ran finished: the documents it folded are read from the parts from now on,
-        and only the writes since stay in memory (the caller holds ``_lock``)."""
-        with self._folded_lock:
+        """A background fold finished: the documents it folded are read from the parts from now on, and only the
+        writes since stay in memory (the caller holds ``_lock``)."""
+        with self._folded_lock:  # a fold starting now reads the parts it finished either way
             folded, self._folded = self._folded, None
-        if folded is None:
-            return
-        self._parts = folded
+            if folded is None:
+                return
+            self._parts = folded
         self._since = [written for written in self._since if written[0] > folded.upto]
         view = self._view
         self._view = CollectionView(view.sparse, view.dense, DocStore(self.path / "docs", _overlay(self._since), folded),
@@ -307,18 +307,18 @@ class Collection:
         """Fold the journal up to ``seq`` (which every store holds) in a thread of its own when that is due and no
         fold runs: a fold that merges parts takes seconds, and the saves meanwhile keep their cadence (a crash
         leaves no more for an open to replay than between two saves)."""
-        if not fold_due(self._journal.tally) or (self._folder_thread is not None and self._folder_thread.is_alive()):
+        if not fold_due(self._journal.tally) or (self._fold_thread is not None and self._fold_thread.is_alive()):
             return
         self._folder.acquire()  # the calling save holds the folder already, so this never waits
-        self._folder_thread = threading.Thread(target=self._background_fold, args=(seq,), name="lsr-fold")
-        self._folder_thread.start()
+        self._fold_thread = threading.Thread(target=self._background_fold, args=(seq,), name="lsr-fold")
+        self._fold_thread.start()
 
     def _settle(self) -> None:
         """Wait for the background save, then for the fold it may have started."""
         if self._saver is not None:
             self._saver.join()
-        if self._folder_thread is not None:
-            self._folder_thread.join()
+        if self._fold_thread is not None:
+            self._fold_thread.join()
 
     def _background_fold(self, seq: int) -> None:
         try:
