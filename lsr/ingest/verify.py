@@ -75,7 +75,7 @@ def verify_collection(path: Path) -> Report:
     parts = None
     try:
         parts = WrittenParts.open(path)
-        report.checked.append(f"{len(parts.parts)} written parts")
+        report.checked.append(f"{len(parts.parts)} written part{'' if len(parts.parts) == 1 else 's'}")
     except (CorruptFileError, OSError) as exc:
         report.problems.append(str(exc))
     folded = parts.upto if parts is not None else 0
