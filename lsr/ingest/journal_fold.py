@@ -43,13 +43,14 @@ def fold(journal: Journal, parts: WrittenParts, upto: int, vocab_size: int, dims
         return None
     held = [record for record in found.records[: last + 1] if record.seq > parts.upto]
     folded = parts.with_state_of(held, vocab_size, dims) if held else parts
-    _cut(journal, found.ends[last])
+    _cut(journal, found.ends[last], Tally().add(held))
     folded.remove_unnamed()
     return folded
 
 
-def _cut(journal: Journal, end: int) -> None:
-    """Drop the journal's bytes before offset ``end`` (a record's end): a new file of what follows replaces it."""
+def _cut(journal: Journal, end: int, cut: Tally) -> None:
+    """Drop the journal's bytes before offset ``end`` (a record's end), which hold ``cut`` of what the journal
+    counts: a new file of what follows replaces it."""
     temp = journal.path.with_name(CUTTING)
     try:
         with open(temp, "wb") as fh, open(journal.path, "rb") as src:
@@ -62,7 +63,7 @@ def _cut(journal: Journal, end: int) -> None:
                 os.fsync(fh.fileno())
                 os.replace(temp, journal.path)
                 fsync_dir(journal.path.parent)
-                journal.replaced(Tally().add(scan(journal.path).records))
+                journal.replaced(Tally(journal.tally.records - cut.records, journal.tally.rows - cut.rows))
     except BaseException:
         temp.unlink(missing_ok=True)  # e.g. a full disk: the journal is as it was
         raise

@@ -82,7 +82,7 @@ class WrittenParts:
             except CorruptFileError as exc:
                 raise CorruptFileError(f"{exc}: it holds documents written since the build; restore it from a "
                                        "backup, or re-index and write them again") from None
-            files.append(_read(checked, lambda: pq.ParquetFile(pa.OSFile(str(checked)))))  # pread: threads share it
+            files.append(_open(checked))
         return cls(collection, manifest["upto"], parts, files)
 
     @property
@@ -129,13 +129,15 @@ class WrittenParts:
         state = _state_table(records, vocab_size, dims)
         parts = self.parts + [self._write(number, state.schema, [state], records[-1].seq)]
         while len(parts) >= FAN_IN and parts[-FAN_IN].rows <= MERGE_RATIO * parts[-1].rows:
-            merging = [pq.ParquetFile(pa.OSFile(str(self.collection / part.file))) for part in parts[-FAN_IN:]]
+            merging = [_open(self.collection / part.file) for part in parts[-FAN_IN:]]
             number += 1
             parts[-FAN_IN:] = [self._write(number, state.schema, _merged(merging), parts[-1].upto)]
         fsync_dir(folder)
         write_json_atomic(folder / MANIFEST, sealed({"upto": records[-1].seq, "parts": [vars(part) for part in parts]}))
         fsync_dir(folder)
-        return WrittenParts.open(self.collection)
+        opened = dict(zip(self.parts, self.files))  # kept parts stay open; new ones were just checksummed as written
+        return WrittenParts(self.collection, records[-1].seq, parts,
+                            [opened[part] if part in opened else _open(self.collection / part.file) for part in parts])
 
     def _write(self, number: int, schema: pa.Schema, tables: Iterable[pa.Table], upto: int) -> Part:
         """Write ``tables``' rows as part ``number`` in row groups of exactly ``DOC_ROW_GROUP`` rows (the doc store
@@ -173,6 +175,10 @@ class WrittenParts:
         for path in folder.iterdir():
             if path.name not in named:
                 path.unlink(missing_ok=True)
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    return _read(path, lambda: pq.ParquetFile(pa.OSFile(str(path))))  # pread: threads share it
 
 
 def _read(name: object, read):
