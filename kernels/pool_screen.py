@@ -190,6 +190,9 @@ class ScreenedHead:
             for doc, tokens, bounds in zip(docs, group, self.upper_bounds(group)):
                 candidates = torch.nonzero(bounds > 0).squeeze(1)
                 if candidates.numel():
+                    # Its own tokens only: with the group's repeats the GEMM's row count, and so its rounding of
+                    # every logit (MKL picks kernels by shape), would depend on the longest document beside it.
+                    tokens = tokens[: int(lengths[doc])]
                     logits = torch.addmm(self.bias[candidates], tokens, self.weight[candidates].t()).amax(dim=0)
                     out[doc, candidates] = torch.log1p(torch.relu(logits))
 

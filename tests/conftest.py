@@ -49,10 +49,12 @@ def scifact(beir_dir):
 
 @pytest.fixture(scope="session")
 def splade():
+    """splade-tiny in transformers' modules, whose forward and tokenizer the kernel tests compare against (the
+    default CPU load, ``native_bert``, gives the same vectors: tests/test_native_bert.py)."""
     from lsr.encode.splade import SpladeEncoder
 
     torch.set_num_threads(2)
-    return SpladeEncoder.from_pretrained("splade-tiny", device="cpu")
+    return SpladeEncoder.from_pretrained("splade-tiny", device="cpu", backend="transformers")
 
 
 @pytest.fixture

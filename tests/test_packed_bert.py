@@ -11,7 +11,7 @@ from lsr.encode.dense import DenseEncoder
 
 @pytest.fixture(scope="module")
 def minilm():
-    return DenseEncoder.from_pretrained("minilm", device="cpu", dtype="fp32")
+    return DenseEncoder.from_pretrained("minilm", device="cpu", dtype="fp32", backend="transformers")
 
 
 def padded_mean(model, input_ids, mask):

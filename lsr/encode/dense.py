@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lsr.encode import packed_bert
+from lsr.encode import native_bert, packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad
 from lsr.encode.inputs import (EncodeInfo, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
                                truncated_token_ids)
@@ -112,13 +112,23 @@ class DenseEncoder:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "minilm", *, max_length: int | None = None,
-                        device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto") -> "DenseEncoder":
-        """Load a bundled short name (``minilm``), a local folder or a hub id."""
-        from transformers import AutoModel, AutoTokenizer
+                        device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto",
+                        backend: str = "auto") -> "DenseEncoder":
+        """Load a bundled short name (``minilm``), a local folder or a hub id.
 
-        tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
-        model = load_with_hint(name_or_path, quiet_loader(AutoModel))
+        ``backend`` "auto" loads a mean-pooled BERT folder for CPU inference without transformers
+        (``native_bert``); "transformers" always uses it.
+        """
         config = SentenceConfig.read(resolve_model(name_or_path))
+        packed = config.pooling == "mean"  # the only pooling ``packed_bert`` gives, so the only one loaded natively
+        loaded = native_bert.load_native(name_or_path, device, backend, native_bert.load_model) if packed else None
+        if loaded is not None:
+            model, tokenizer = loaded
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
+            model = load_with_hint(name_or_path, quiet_loader(AutoModel))
         return cls(model, tokenizer, max_length=max_length, config=config, device=device, dtype=dtype,
                    name=str(name_or_path))
 

@@ -13,12 +13,21 @@ The dense encoder pools it by mean (``mean_pooled``), the SPLADE encoder through
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
+MIN_CPU_ROWS = 16
+
 
 def supports(model: torch.nn.Module) -> bool:
-    """True for a plain ``BertModel`` encoder in eval mode with absolute positions (MiniLM, BERT, …)."""
+    """True for a plain ``BertModel`` encoder in eval mode with absolute positions (MiniLM, BERT, …), and for
+    ``native_bert``'s, which have no other forward."""
+    from lsr.encode.native_bert import NativeBertModel
+
+    if isinstance(model, NativeBertModel):
+        return True
     from transformers import BertModel
 
     config = getattr(model, "config", None)
@@ -32,6 +41,10 @@ def supports(model: torch.nn.Module) -> bool:
 
 def supports_masked_lm(model: torch.nn.Module) -> bool:
     """True for a ``BertForMaskedLM`` (SPLADE's usual backbone) whose encoder ``supports`` the packed forward."""
+    from lsr.encode.native_bert import NativeBertForMaskedLM
+
+    if isinstance(model, NativeBertForMaskedLM):
+        return True
     from transformers import BertForMaskedLM
 
     return type(model) is BertForMaskedLM and supports(model.bert)
@@ -42,7 +55,7 @@ def masked_lm_hidden(model: torch.nn.Module, input_ids: torch.Tensor, keep: torc
 
     The SPLADE encoder pools these through its own LM head; only the transform (dense, GELU, LayerNorm) runs here.
     """
-    tokens = model.cls.predictions.transform(last_hidden_packed(model.bert, input_ids, keep))
+    tokens = last_hidden_packed(model.bert, input_ids, keep, then=model.cls.predictions.transform)
     hidden = tokens.new_zeros(*keep.shape, tokens.shape[-1])
     hidden[keep] = tokens
     return hidden
@@ -59,16 +72,27 @@ def mean_pooled(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Ten
     return sums / keep.sum(dim=1, keepdim=True).float()
 
 
-def last_hidden_packed(model: torch.nn.Module, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The last hidden state of every kept position, [kept tokens, H], in row-major order of ``keep``."""
+def last_hidden_packed(model: torch.nn.Module, input_ids: torch.Tensor, keep: torch.Tensor,
+                       then: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The last hidden state of every kept position, [kept tokens, H], in row-major order of ``keep``; ``then``
+    (the MLM transform) maps it row by row, on the same rows as the layers.
+
+    On CPU fewer than ``MIN_CPU_ROWS`` tokens run with zero rows appended (dropped at the end): MKL multiplies
+    so few rows with other kernels, whose roundings differ, so a lone short query ("x": 3 tokens) would not get
+    the bits it gets in a batch. From 12 rows on, each row's product is the same whatever the row count (measured
+    here up to 1,100 rows, 1 and 2 threads); ``tests/test_encoders.py`` holds the encoders to it.
+    """
     positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
     x = model.embeddings(input_ids=input_ids[keep][None], position_ids=positions[keep][None])[0]
+    tokens = x.shape[0]
+    if x.device.type == "cpu" and tokens < MIN_CPU_ROWS:
+        x = torch.cat([x, x.new_zeros(MIN_CPU_ROWS - tokens, x.shape[1])])
     for layer in model.encoder.layer:
         attention = layer.attention
         context = _attention(attention.self, x, keep)
         x = attention.output.LayerNorm(attention.output.dense(context) + x)
         x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
-    return x
+    return (x if then is None else then(x))[:tokens]
 
 
 def _attention(self_attention: torch.nn.Module, x: torch.Tensor, keep: torch.Tensor, *,
@@ -85,8 +109,10 @@ def _attention(self_attention: torch.nn.Module, x: torch.Tensor, keep: torch.Ten
     q, k, v = (proj(x) for proj in (self_attention.query, self_attention.key, self_attention.value))
     if x.device.type == "cpu" if per_text is None else per_text:
         lengths = keep.sum(dim=1).tolist()
-        texts = zip(q.split(lengths), k.split(lengths), v.split(lengths))
-        return torch.cat([_heads_attend(qt, kt, vt, heads, head_dim, None)[0] for qt, kt, vt in texts])
+        spare = x.shape[0] - sum(lengths)  # ``last_hidden_packed``'s appended rows: no text's, zero context
+        texts = zip(*(t.split(lengths + [spare])[: len(lengths)] for t in (q, k, v)))
+        attended = [_heads_attend(qt, kt, vt, heads, head_dim, None)[0] for qt, kt, vt in texts]
+        return torch.cat(attended + [x.new_zeros(spare, x.shape[1])])
     batch, length = keep.shape
 
     def padded(t: torch.Tensor) -> torch.Tensor:

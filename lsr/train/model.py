@@ -47,7 +47,7 @@ class TrainableSplade:
         config = load_with_hint(name, transformers.AutoConfig.from_pretrained)
         encoder_class = DecoderSpladeEncoder if getattr(config, "is_decoder", False) or _is_causal(config) else SpladeEncoder
         lengths = {"max_length": max_length, "query_max_length": query_max_length}
-        encoder = encoder_class.from_pretrained(name, device=device, dtype="fp32",
+        encoder = encoder_class.from_pretrained(name, device=device, dtype="fp32", backend="transformers",
                                                 **{k: v for k, v in lengths.items() if v is not None})
         autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
         return cls(encoder, autocast_dtype=autocast)

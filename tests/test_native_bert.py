@@ -1,0 +1,167 @@
+"""CPU loads of plain BERT folders skip transformers (``lsr.encode.native_bert``) and give its vectors bit for bit;
+folders it cannot vouch for still load through transformers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lsr.encode import native_bert
+from lsr.encode.dense import DenseEncoder
+from lsr.encode.models import resolve_model
+from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder
+
+ODD_TEXTS = ["Ünïcödé naïve café", "北京大学的研究 mixed 文本", "", "   ", "a\u0301b", "emoji 🙂 and ﬁ ligature",
+             "tab\tnew\nline\r\x00ctrl", "[CLS] [SEP] [MASK] [PAD] literal", "don't stop-words' e.g. U.S.A.",
+             "\u200bzero width", "word " * 700]
+
+IN_A_FRESH_PROCESS = """
+import json, sys
+import numpy as np
+from lsr.cli.main import main
+from lsr.encode.dense import DenseEncoder
+from lsr.encode.splade import SpladeEncoder
+texts = json.load(open(sys.argv[1]))
+assert main(["encode", "vitamin d deficiency"]) == 0
+splade = SpladeEncoder.from_pretrained("splade-tiny", device="cpu")
+docs, queries = splade.encode_documents(texts), splade.encode_queries(texts)
+dense = DenseEncoder.from_pretrained("minilm", device="cpu", dtype="fp32")
+np.savez(sys.argv[2], doc_indptr=docs.indptr, doc_indices=docs.indices, doc_values=docs.values,
+         query_indptr=queries.indptr, query_indices=queries.indices, query_values=queries.values,
+         dense=dense.encode_documents(texts), dense_queries=dense.encode_queries(texts))
+print(json.dumps({"transformers": "transformers" in sys.modules, "models": [type(splade.model).__name__,
+                  type(dense.model).__name__]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def texts(scifact) -> list[str]:
+    return scifact.doc_texts(list(scifact.corpus)[:96]) + list(scifact.queries.values())[:64] + ODD_TEXTS
+
+
+def test_a_fresh_process_encodes_without_transformers_and_gets_its_vectors(texts, tmp_path):
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    done = subprocess.run([sys.executable, "-c", IN_A_FRESH_PROCESS, str(tmp_path / "texts.json"), str(tmp_path / "v.npz")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"transformers": False, "models": ["NativeBertForMaskedLM", "NativeBertModel"]}
+    got = np.load(tmp_path / "v.npz")
+    splade = SpladeEncoder.from_pretrained("splade-tiny", device="cpu", backend="transformers")
+    assert type(splade.model).__name__ == "BertForMaskedLM"
+    for side, want in (("doc", splade.encode_documents(texts)), ("query", splade.encode_queries(texts))):
+        assert want.nnz > 10_000
+        for part in ("indptr", "indices", "values"):
+            assert np.array_equal(got[f"{side}_{part}"], getattr(want, part)), (side, part)
+    dense = DenseEncoder.from_pretrained("minilm", device="cpu", dtype="fp32", backend="transformers")
+    assert type(dense.model).__name__ == "BertModel"
+    assert np.array_equal(got["dense"], dense.encode_documents(texts))
+    assert np.array_equal(got["dense_queries"], dense.encode_queries(texts))
+
+
+@pytest.mark.parametrize("model", ["splade-tiny", "minilm"])
+def test_the_tokenizer_equals_transformers_on_real_and_odd_texts(model, texts):
+    from transformers import AutoTokenizer
+
+    folder = resolve_model(model)
+    ours, theirs = native_bert.load_tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    assert ours is not None
+    for specials in (True, False):
+        want = theirs(texts, add_special_tokens=specials, truncation=False, verbose=False)["input_ids"]
+        assert ours(texts, add_special_tokens=specials)["input_ids"] == want
+    assert max(len(ids) for ids in want) > 600  # nothing was cut: the tokenizer.json's own truncation is off
+    assert ours(texts[0])["input_ids"] == theirs(texts[0])["input_ids"]
+    assert set(ours.all_special_ids) == set(theirs.all_special_ids) and ours.pad_token_id == theirs.pad_token_id
+    assert ours.get_vocab() == theirs.get_vocab() and ours.model_max_length == theirs.model_max_length
+    with pytest.raises(ValueError, match="does not truncate"):
+        ours(texts, truncation=True)
+
+
+def test_inference_free_queries_use_the_native_tokenizer(texts, tmp_path):
+    folder = tmp_path / "doc-only"
+    shutil.copytree(resolve_model("splade-tiny"), folder)
+    (folder / "idf.json").write_text(json.dumps({"vitamin": 2.5, "d": 1.5, "deficiency": 3.0}))
+    encoder = InferenceFreeQueryEncoder.from_pretrained(str(folder))
+    assert isinstance(encoder.tokenizer, native_bert.NativeTokenizer)
+    vector = encoder.encode_queries(["Vitamin D deficiency, vitamin D"])
+    assert vector.to_dicts()[0] == pytest.approx({"vitamin": 2.5, "d": 1.5, "deficiency": 3.0})
+
+
+def _copy(tmp_path, change) -> str:
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model("splade-tiny"), folder)
+    change(folder)
+    return str(folder)
+
+
+def _edit_json(name: str, **fields):
+    def change(folder):
+        data = json.loads((folder / name).read_text())
+        data.update(fields)
+        (folder / name).write_text(json.dumps(data))
+    return change
+
+
+def _edit_weights(edit):
+    def change(folder):
+        weights = load_file(folder / "model.safetensors")
+        edit(weights)
+        save_file(weights, folder / "model.safetensors")
+    return change
+
+
+def _as_bin(folder):
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+
+
+@pytest.mark.parametrize("change", [
+    _edit_json("tokenizer_config.json", do_lower_case=False),  # transformers would build a cased tokenizer
+    _edit_json("tokenizer_config.json", additional_special_tokens=["[unused1]"]),
+    _edit_json("config.json", hidden_act="gelu_new"),
+    _edit_json("config.json", architectures=["BertForSequenceClassification"]),
+    _edit_weights(lambda w: w.update(extra=torch.zeros(3))),
+    _edit_weights(lambda w: w.pop("bert.encoder.layer.1.output.dense.bias")),
+    _as_bin,
+], ids=["cased-config", "extra-specials", "gelu-new", "classifier", "unknown-tensor", "missing-tensor", "bin-weights"])
+def test_folders_it_cannot_vouch_for_are_left_to_transformers(change, tmp_path):
+    assert native_bert.load_masked_lm(_copy(tmp_path, change)) is None
+
+
+def test_a_cased_tokenizer_config_loads_through_transformers_with_its_vectors(tmp_path):
+    folder = _copy(tmp_path, _edit_json("tokenizer_config.json", do_lower_case=False))
+    encoder = SpladeEncoder.from_pretrained(folder, device="cpu")
+    assert type(encoder.model).__name__ == "BertForMaskedLM"
+    cased, lowered = encoder.encode_queries(["Vitamin D"]), encoder.encode_queries(["vitamin d"])
+    assert not np.array_equal(cased.indices, lowered.indices)  # the cased config was honoured, not the json's lowercase
+
+
+def test_an_untied_decoder_loads_its_own_weight(tmp_path):
+    def untie(weights):
+        weights["cls.predictions.decoder.weight"] = weights["bert.embeddings.word_embeddings.weight"] * 0.5
+        weights["cls.predictions.decoder.bias"] = weights["cls.predictions.bias"] - 0.1
+
+    def change(folder):
+        _edit_weights(untie)(folder)
+        _edit_json("config.json", tie_word_embeddings=False)(folder)
+    folder = _copy(tmp_path, change)
+    tied_but_different = _copy(tmp_path / "tied", _edit_weights(untie))
+    assert native_bert.load_masked_lm(tied_but_different) is None  # which of the two transformers keeps is its call
+    ours = SpladeEncoder.from_pretrained(folder, device="cpu")
+    theirs = SpladeEncoder.from_pretrained(folder, device="cpu", backend="transformers")
+    assert type(ours.model).__name__ == "NativeBertForMaskedLM"
+    texts = ["vitamin d deficiency and bone health", "x"]
+    got, want = ours.encode_documents(texts), theirs.encode_documents(texts)
+    assert np.array_equal(got.indices, want.indices) and np.array_equal(got.values, want.values)
+
+
+def test_an_unknown_backend_is_one_clear_error():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SpladeEncoder.from_pretrained("splade-tiny", device="cpu", backend="onnx")
