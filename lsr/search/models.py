@@ -1,7 +1,7 @@
 """The models a collection's searches run, each loaded the first time a search needs it.
 
 A BM25 search needs no model, so `lsr search --mode bm25` starts without importing torch or transformers (about
-2 s instead of 9 here); a sparse search never loads the dense model, a dense one never loads SPLADE. A server
+2 s instead of 5 here); a sparse search never loads the dense model, a dense one never loads SPLADE. A server
 loads them all before it reports SERVING, and `lsr search` those of its mode before its first query
 (``Searcher.warm_up``), so no search's timings include a model load.
 """
