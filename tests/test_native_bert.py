@@ -162,6 +162,7 @@ def test_an_untied_decoder_loads_its_own_weight(tmp_path):
     assert np.array_equal(got.indices, want.indices) and np.array_equal(got.values, want.values)
 
 
-def test_an_unknown_backend_is_one_clear_error():
+@pytest.mark.parametrize("encoder, model", [(SpladeEncoder, "splade-tiny"), (DenseEncoder, "minilm")])
+def test_an_unknown_backend_is_one_clear_error(encoder, model):
     with pytest.raises(ValueError, match="backend must be one of"):
-        SpladeEncoder.from_pretrained("splade-tiny", device="cpu", backend="onnx")
+        encoder.from_pretrained(model, device="cpu", backend="onnx")

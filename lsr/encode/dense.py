@@ -121,7 +121,7 @@ class DenseEncoder:
         """
         config = SentenceConfig.read(resolve_model(name_or_path))
         packed = config.pooling == "mean"  # the only pooling ``packed_bert`` gives, so the only one loaded natively
-        loaded = native_bert.load_native(name_or_path, device, backend, native_bert.load_model) if packed else None
+        loaded = native_bert.load_native(name_or_path, device, backend, native_bert.load_model if packed else None)
         if loaded is not None:
             model, tokenizer = loaded
         else:

@@ -331,15 +331,17 @@ BACKENDS = ("auto", "transformers")
 
 
 def load_native(name_or_path: str, device: str | torch.device, backend: str,
-                loader: Callable[[str], tuple[nn.Module, NativeTokenizer] | None]) -> tuple[nn.Module, NativeTokenizer] | None:
+                loader: Callable[[str], tuple[nn.Module, NativeTokenizer] | None] | None
+                ) -> tuple[nn.Module, NativeTokenizer] | None:
     """``loader``'s (model, tokenizer) for a local folder encoded on the CPU when ``backend`` is "auto"; None means
-    load with transformers ("transformers" always does: training needs its modules and ``save_pretrained``)."""
+    load with transformers ("transformers" always does: training needs its modules and ``save_pretrained``), as
+    does a model kind with no ``loader`` here."""
     from lsr.encode.inputs import resolve_device
     from lsr.encode.models import resolve_model
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend != "auto" or resolve_device(device).type != "cpu":
+    if loader is None or backend != "auto" or resolve_device(device).type != "cpu":
         return None
     folder = resolve_model(name_or_path)
     return loader(folder) if os.path.isdir(folder) else None

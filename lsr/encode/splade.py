@@ -175,7 +175,7 @@ class SpladeEncoder:
         (``native_bert``: about 3 s less at every start, the same vectors); "transformers" always uses it.
         """
         masked_lm = cls.auto_model_class == "AutoModelForMaskedLM"
-        loaded = native_bert.load_native(name_or_path, device, backend, native_bert.load_masked_lm) if masked_lm else None
+        loaded = native_bert.load_native(name_or_path, device, backend, native_bert.load_masked_lm if masked_lm else None)
         if loaded is not None:
             model, tokenizer = loaded
         else:
