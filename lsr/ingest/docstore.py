@@ -52,7 +52,7 @@ class _Parts:
             if self._where is None:
                 where = {}
                 for p, path in enumerate(self.paths):
-                    ids = _read(path, lambda: pq.read_table(path, columns=["id"]).column("id").to_pylist())
+                    ids = _read(path, lambda: _ids(path))
                     where.update((doc_id, (p, row)) for row, doc_id in enumerate(ids))
                 if self.written is not None:
                     ids, deleted = self.written.ids()
@@ -105,11 +105,17 @@ class _Parts:
         return total / rows if rows else 0.0
 
 
+def _ids(path: Path) -> list[str]:
+    """A part's id column (not by ``pq.read_table``: its dataset layer adds 0.35 s to an open, importing pandas)."""
+    with pq.ParquetFile(path) as parquet:
+        return parquet.read(columns=["id"]).column("id").to_pylist()
+
+
 def _read(path: Path, read):
     """Run a Parquet read; a damaged file is the server's data error, named, never the caller's."""
     try:
         return read()
-    except (pa.ArrowException, OSError, ValueError, IndexError) as exc:
+    except (pa.ArrowException, OSError, ValueError, IndexError, KeyError) as exc:
         raise CorruptFileError(f"{path} is unreadable ({exc}); run `lsr verify` on the collection") from None
 
 

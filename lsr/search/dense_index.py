@@ -306,7 +306,8 @@ class DenseIndex:
         except (RuntimeError, ValueError) as exc:
             raise CorruptFileError(f"{index_path} is not a readable faiss index ({str(exc).splitlines()[0]})") from None
         try:
-            ids = pq.read_table(ids_path).column("id").to_pylist()
+            with pq.ParquetFile(ids_path) as parquet:  # not pq.read_table: its dataset layer imports pandas
+                ids = parquet.read(columns=["id"]).column("id").to_pylist()
         except (pa.ArrowException, KeyError) as exc:
             raise CorruptFileError(f"{ids_path} is not a readable id table ({exc})") from None
         if not len(ids) == index.ntotal == manifest["rows"]:
