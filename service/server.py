@@ -11,7 +11,6 @@ import hmac
 import logging
 import os
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -195,17 +194,18 @@ class SearchServer:
 def serve(searcher, config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT, then drain and stop; returns the process exit code."""
     server = SearchServer(searcher, config).start()
-    stop = threading.Event()
     received: list[int] = []
 
     def on_signal(signum, _frame):
+        # Nothing here may take a lock: the handler runs in the main thread between two of its bytecodes, maybe
+        # holding that lock. ``Event.set()`` here deadlocked once in ~50 SIGTERMs, on the lock of the
+        # ``Event.wait(1.0)`` it interrupted as the wait timed out, and the server never drained nor exited.
         received.append(signum)
-        stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while not stop.wait(1.0):
-            pass
+        while not received:
+            time.sleep(0.1)
         started = time.monotonic()
         log.info("event=draining signal=%s in_flight=%d", signal.Signals(received[0]).name, server.servicer.in_flight)
         finished = server.drain(config.grace_seconds)
