@@ -93,8 +93,12 @@ def report(measured: dict, args: argparse.Namespace) -> None:
                       if runs else ["", ""])
         rows.append(cells)
     busy = " A busy loop ran on one of the cores." if args.one_core_busy else ""
+    before = "-"
+    if args.before:
+        commit = subprocess.run(["git", "-C", args.before, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        before = f"{args.before} ({commit.stdout.strip() or 'not a git checkout'})"
     intro = (f"Fresh processes, from spawn to the first answer, median of {args.rounds} rounds (versions taking turns, "
-             f"order flipped each round), and the process's peak resident memory. `before`: {args.before or '-'}; "
+             f"order flipped each round), and the process's peak resident memory. `before`: {before}; "
              f"collection: {args.collection}; query: {QUERY!r}.{busy}")
     name = "cold_start" + ("-one-core-busy" if args.one_core_busy else "")
     write_table(RESULTS, name, "A fresh process's first answer", intro, header, rows,
