@@ -214,3 +214,12 @@ def _lock_folder(fd: int, path: Path, deadline: float) -> None:
                                   "this again")
         time.sleep(pause)
         pause = min(pause * 2, 0.1)
+
+
+def parquet_ids(path: Path | str) -> list[str]:
+    """A Parquet file's ``id`` column. Read with ``pq.ParquetFile``: ``pq.read_table``'s dataset layer and
+    ``to_numpy`` import pandas, 0.35 s of a fresh process's open. Raises pyarrow's errors, KeyError without the column."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as parquet:
+        return parquet.read(columns=["id"]).column("id").to_pylist()

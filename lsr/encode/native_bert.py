@@ -189,9 +189,8 @@ class NativeTokenizer:
         self.backend = backend
         vocab = backend.get_vocab(with_added_tokens=True)
         self._vocab = vocab
-        self.special_ids = {role: vocab[token] for role, token in specials.items()}
-        self.all_special_ids = sorted(set(self.special_ids.values()))
-        self.pad_token_id = self.special_ids.get("pad_token")
+        self.all_special_ids = sorted({vocab[token] for token in specials.values()})
+        self.pad_token_id = vocab[specials["pad_token"]]
         self.bos_token_id = self.eos_token_id = None
         self.model_max_length = model_max_length
 

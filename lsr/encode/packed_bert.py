@@ -18,14 +18,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from lsr.encode.native_bert import NativeBertForMaskedLM, NativeBertModel
+
 MIN_CPU_ROWS = 16
 
 
 def supports(model: torch.nn.Module) -> bool:
     """True for a plain ``BertModel`` encoder in eval mode with absolute positions (MiniLM, BERT, …), and for
     ``native_bert``'s, which have no other forward."""
-    from lsr.encode.native_bert import NativeBertModel
-
     if isinstance(model, NativeBertModel):
         return True
     from transformers import BertModel
@@ -41,8 +41,6 @@ def supports(model: torch.nn.Module) -> bool:
 
 def supports_masked_lm(model: torch.nn.Module) -> bool:
     """True for a ``BertForMaskedLM`` (SPLADE's usual backbone) whose encoder ``supports`` the packed forward."""
-    from lsr.encode.native_bert import NativeBertForMaskedLM
-
     if isinstance(model, NativeBertForMaskedLM):
         return True
     from transformers import BertForMaskedLM

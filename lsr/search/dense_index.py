@@ -35,7 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lsr.files import (
-    NUMPY_LOADS, CorruptFileError, atomic_write, check_record, file_record, file_sha256, fsync_dir, read_sealed_json, sealed,
+    NUMPY_LOADS, CorruptFileError, atomic_write, check_record, file_record, file_sha256, fsync_dir, parquet_ids,
+    read_sealed_json, sealed,
 )
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU-feature probe at INFO
@@ -306,8 +307,7 @@ class DenseIndex:
         except (RuntimeError, ValueError) as exc:
             raise CorruptFileError(f"{index_path} is not a readable faiss index ({str(exc).splitlines()[0]})") from None
         try:
-            with pq.ParquetFile(ids_path) as parquet:  # not pq.read_table: its dataset layer imports pandas
-                ids = parquet.read(columns=["id"]).column("id").to_pylist()
+            ids = parquet_ids(ids_path)
         except (pa.ArrowException, KeyError) as exc:
             raise CorruptFileError(f"{ids_path} is not a readable id table ({exc})") from None
         if not len(ids) == index.ntotal == manifest["rows"]:
