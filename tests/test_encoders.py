@@ -66,9 +66,31 @@ def test_a_non_bert_mlm_keeps_transformers_forward_and_equals_the_reference(spla
     assert np.abs(ours - ref).max() <= TOL
 
 
-def test_a_vector_is_the_same_bits_in_any_batch_at_any_thread_count(splade, scifact):
+@pytest.fixture(scope="module")
+def dense():
+    """MiniLM as the collections run it: ``dtype="auto"`` is bf16 on a CPU that multiplies it natively."""
+    from lsr.encode.dense import DenseEncoder
+
+    return DenseEncoder.from_pretrained("minilm", device="cpu")
+
+
+def _rows(result) -> list[tuple[np.ndarray, ...]]:
+    """Each text's vector: (term ids, weights) of a SparseBatch row, or a dense row."""
+    if isinstance(result, np.ndarray):
+        return [(row,) for row in result]
+    return [result.row(i) for i in range(len(result))]
+
+
+def _same(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kind", ["splade", "dense"])
+def test_a_vector_is_the_same_bits_in_any_batch_at_any_thread_count(kind, request, scifact):
     """A served query's vector does not depend on the micro-batch it joined, nor an indexed document's on its
-    neighbours: the BERT forward is padding-free with each text attending alone, and the pooling is exact."""
+    neighbours: the BERT forward is padding-free with each text attending alone, and the pooling is exact.
+    The dense encoder runs bf16 where the CPU has it (on AMX, oneDNN's row-count-dependent sums are the case)."""
+    encoder = request.getfixturevalue(kind)
     docs = scifact.doc_texts(list(scifact.corpus)[100:112])
     # SciFact's queries, and short ones (3 to 11 tokens: MKL multiplies so few rows differently on 2 threads)
     queries = list(scifact.queries.values())[:24] + ["coffee and the liver", "statins cholesterol", "x", "a\u0301b",
@@ -77,19 +99,17 @@ def test_a_vector_is_the_same_bits_in_any_batch_at_any_thread_count(splade, scif
     others = list(scifact.queries.values())[100:140] + [" ".join(docs[:3])]
     threads = torch.get_num_threads()
     try:
-        for encode, texts in ((splade.encode_documents, docs), (splade.encode_queries, queries)):
+        for encode, texts in ((encoder.encode_documents, docs), (encoder.encode_queries, queries)):
             torch.set_num_threads(1)
-            alone = [encode([t]) for t in texts]
+            alone = [_rows(encode([t]))[0] for t in texts]
             torch.set_num_threads(2)  # a server's lone query, a one-document upsert
-            assert all(np.array_equal(encode([t]).values, want.values) for t, want in zip(texts, alone))
+            assert all(_same(_rows(encode([t]))[0], want) for t, want in zip(texts, alone))
             for count, batch_size in ((1, 32), (2, 8), (2, 32)):
                 torch.set_num_threads(count)
                 # reversed, then longer and shorter neighbours: other batches, other batch lengths
-                batched = encode(texts[::-1] + others[: len(texts)], batch_size=batch_size)
+                batched = _rows(encode(texts[::-1] + others[: len(texts)], batch_size=batch_size))
                 for i, want in enumerate(alone):
-                    ids, values = batched.row(len(texts) - 1 - i)
-                    assert np.array_equal(ids, want.row(0)[0]) and np.array_equal(values, want.row(0)[1]), (
-                        f"text {i} at {count} threads, batch {batch_size}")
+                    assert _same(batched[len(texts) - 1 - i], want), f"text {i} at {count} threads, batch {batch_size}"
     finally:
         torch.set_num_threads(threads)
 
@@ -117,10 +137,7 @@ def test_concurrent_encodes_equal_serial_ones(splade, scifact):
             assert np.array_equal(batch.values, want.values)
 
 
-def test_concurrent_dense_encodes_equal_serial_ones(scifact):
-    from lsr.encode.dense import DenseEncoder
-
-    dense = DenseEncoder.from_pretrained("minilm", device="cpu")
+def test_concurrent_dense_encodes_equal_serial_ones(dense, scifact):
     docs = scifact.doc_texts(list(scifact.corpus)[:8])
     queries = list(scifact.queries.values())[:8]
     jobs = [(dense.encode_documents, docs[i::2]) for i in range(2)] + [(dense.encode_queries, queries[i::2]) for i in range(2)]
