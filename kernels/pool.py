@@ -16,7 +16,7 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     """``LSR_POOL_IMPL`` overrides the argument; "auto" means Triton on CUDA GPUs from sm80 on, chunked elsewhere.
 
     Below sm80 (T4, V100) Triton's dot runs on CUDA cores, so cuBLAS's tensor cores in the chunked
-    path win there. "chunked" serves CPU inference through the int8-screened exact path
+    path win there. "chunked" serves CPU inference through the screened exact path
     (kernels/pool_screen.py) whenever no gradient is needed, and the plain vocabulary-chunked loop otherwise.
     """
     impl = os.environ.get("LSR_POOL_IMPL", impl) or "auto"
@@ -60,8 +60,8 @@ def splade_max_pool(
     if chosen == "chunked":
         from .pool_screen import screen_applies, splade_max_pool_screened
 
-        # CPU inference in fp32: an int8 screen with a proven margin, then exact fp32 on the
-        # ~2% of entries that can be non-zero. Same output as the chunked path, several times faster.
+        # CPU inference in fp32: an int8 (or bf16, with AMX) screen with a proven margin, then exact fp32
+        # on the ~2% of entries that can be non-zero. Same output as the chunked path, several times faster.
         if screen_applies(hidden, weight, bias):
             return splade_max_pool_screened(hidden, weight, bias, attention_mask)
         return splade_max_pool_chunked(hidden, weight, bias, attention_mask)

@@ -1,8 +1,8 @@
-"""Exact SPLADE max pooling for CPU inference: an int8 screen with a proven margin, then fp32 on the survivors.
+"""Exact SPLADE max pooling for CPU inference: an int8 or bf16 screen with a proven margin, then fp32 on the survivors.
 
 Why: ``out[b, v] = log1p(relu(max_l h_l . w_v + b_v))`` is non-zero for only ~1% of the vocabulary,
-yet the plain path pays a full fp32 [tokens x V] GEMM. This CPU has int8 dot products (AVX512-VNNI)
-but no bf16 hardware, so an int8 GEMM runs ~2.5x faster than fp32 here while bf16 runs ~3x slower.
+yet the plain path pays a full fp32 [tokens x V] GEMM. On a CPU with int8 dot products (AVX512-VNNI) an int8
+GEMM runs ~2.5x faster than fp32 (on an EPYC, twice its bf16); with AMX a bf16 one runs 5x the int8 one.
 The screen finds, per document, every entry whose max logit *could* be positive; only those are
 recomputed in fp32, so the output equals the fp32 definition, not an approximation of it.
 
@@ -29,12 +29,21 @@ fp32 max logit from above, and ``U_v <= 0`` proves the output entry is 0. Entrie
 (~1.6% on splade-tiny over SciFact) are recomputed exactly. The int8 screen runs the tokens of many
 documents through one GEMM (a padded position repeats a real token of its document, which changes
 no max), keeps each [rows x chunk] int32 block cache-resident and reduces it at once.
+The bf16 screen (``precision="bf16"``, chosen on CPUs with AMX, where a bf16 GEMM ran 5x the int8 one: 413
+against 83 GFLOP/s on one Sapphire Rapids thread, while an EPYC's VNNI int8 runs twice its bf16) is the same proof
+with ``hq_t = bf16(h_t)`` and ``r_v p_v = bf16(w_v)`` (denormals flushed by us, so the GEMM's own flushing of inputs
+changes nothing). The GEMM's products are exact in fp32; its fp32 sums err by at most ``gamma_H ||hq_t|| ||p_v||``
+(any order) plus ``(H + 2) 2^-125`` for denormal results it flushes, and its bf16 output ``y`` rounds to nearest,
+so the sum is at most ``g(y) = y + |y| u8 / (1 - u8)``, ``u8 = 2^-8``. ``g`` is increasing, so
+``U_v = g(max_t y_tv) + gamma_H A ||p_v|| + (H + 2) 2^-125`` plus the terms above bounds every fp32 max logit.
+``bf16_matmul_is_sound`` checks once that this CPU's bf16 GEMM keeps within that.
 Inference only: the result carries no gradient.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -42,6 +51,8 @@ from dataclasses import dataclass
 import torch
 
 _U = 2.0**-24
+_U_BF16 = 2.0**-8
+_BF16_TINY = 2.0**-126  # smallest normal: the GEMM flushes anything below it
 _NORM_INFLATE = 1.0 + 2.0**-40
 _QMAX = 127
 # Target bytes of one int32 [rows x vocab-chunk] block (this CPU: 2 MiB L2 per core pair; measured
@@ -80,44 +91,116 @@ def int8_matmul_is_exact() -> bool:
     return torch.equal(got, a.to(torch.int32) @ b.to(torch.int32))
 
 
+def _bf16_flushed(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to bf16 with denormals set to zero, as the AMX GEMM reads them."""
+    b = x.to(torch.bfloat16)
+    return torch.where(b.abs() < _BF16_TINY, torch.zeros_like(b), b)
+
+
+def _bf16_output_bound(y: torch.Tensor) -> torch.Tensor:
+    """``g(y)`` of the module docstring in float64, inflated to cover its own rounding."""
+    return y + y.abs() * (_U_BF16 / (1.0 - _U_BF16) * _NORM_INFLATE + 2.0**-50)
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_matmul_is_sound() -> bool:
+    """True when this CPU's bf16 GEMM (bf16 output) stays within the margin the bf16 screen assumes.
+
+    Checked on random and large-magnitude rows at splade-tiny's hidden size and a BERT-base one.
+    """
+    gen = torch.Generator().manual_seed(0)
+    for h in (128, 768):
+        a = _bf16_flushed(torch.randn(64, h, generator=gen) * 8)
+        b = _bf16_flushed(torch.randn(512, h, generator=gen) / 4)
+        a[:4] = a[:4].abs() * 1000
+        b[:4] = b[:4].abs()
+        try:
+            y = (a @ b.t()).double()
+        except RuntimeError:
+            return False
+        a64, b64 = a.double(), b.double()
+        exact = a64 @ b64.t()
+        slack = _gamma(h) * a64.norm(dim=1)[:, None] * b64.norm(dim=1)[None, :] + (h + 2) * 2.0**-125
+        if not bool(((exact <= _bf16_output_bound(y) + slack) & (exact >= -_bf16_output_bound(-y) - slack)).all()):
+            return False
+    return True
+
+
+def best_precision() -> str | None:
+    """The screen this CPU runs fastest and exactly: bf16 with AMX, else int8 with an exact int8 GEMM, else None.
+
+    ``LSR_SCREEN`` (int8 or bf16) picks one instead, where that GEMM is sound (None otherwise: no screen).
+    """
+    forced = os.environ.get("LSR_SCREEN")
+    if forced:
+        if forced not in PRECISIONS:
+            raise ValueError(f"LSR_SCREEN={forced!r} is not a screen; use {' or '.join(PRECISIONS)}")
+        return forced if PRECISIONS[forced]() else None
+    amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    if amx and bf16_matmul_is_sound():
+        return "bf16"
+    return "int8" if int8_matmul_is_exact() else None
+
+
+PRECISIONS = {"int8": int8_matmul_is_exact, "bf16": bf16_matmul_is_sound}  # each screen and its soundness check
+
+
 @dataclass(frozen=True)
 class ScreenedHead:
-    """An LM head prepared for screening: int8 rows, their scales, and the norms the margin needs."""
+    """An LM head prepared for screening: int8 (or bf16) rows, their scales, and the norms the margin needs."""
 
     weight: torch.Tensor  # [V, H] float32, the exact rows for the recompute
     bias: torch.Tensor  # [V] float32 (zeros when the head has none)
-    quantized: torch.Tensor  # [V, H8] int8, H padded to a multiple of 8 for the int8 GEMM
-    row_scale: torch.Tensor  # [V] float64, r_v
-    # [3, V] float64: ||w_v - r_v p_v||, ||w_v|| (both inflated) and gamma_{H+2} |b_v|; a document's
-    # margin is its coefficients (A, B + gamma_{H+2} N, 1) times these rows.
+    precision: str  # "int8" or "bf16": the screen's GEMM
+    quantized: torch.Tensor  # int8 [V, H8] (H padded to a multiple of 8 for the int8 GEMM), or bf16 [V, H]
+    row_scale: torch.Tensor  # [V] float64, r_v (ones for bf16)
+    # [4, V] float64: ||w_v - r_v p_v||, ||w_v|| (both inflated), gamma_{H+2} |b_v| (plus, for bf16, the flushed
+    # denormals' slack) and ||r_v p_v|| (inflated; bf16 only, else zeros); a document's margin is its coefficients
+    # (A, B + gamma_{H+2} N, 1, gamma_H A for bf16) times these rows.
     margin_rows: torch.Tensor
-    bound_rows: torch.Tensor  # margin_rows with b_v added to the last row: the U_v terms that need no GEMM
+    bound_rows: torch.Tensor  # margin_rows with b_v added to the third row: the U_v terms that need no GEMM
     finite: bool  # False when weight or bias holds inf/nan: no margin exists, every document goes dense
 
     @classmethod
-    def prepare(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> ScreenedHead:
+    def prepare(cls, weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "int8") -> ScreenedHead:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown screen precision {precision!r}; use {' or '.join(PRECISIONS)}")
         w = weight.detach().to(torch.float32).contiguous()
         b = torch.zeros(w.shape[0]) if bias is None else bias.detach().to(torch.float32).contiguous()
         w64 = w.double()
-        # float32 scales make q * scale and w - q * scale exact in float64 (24 + 7 and < 53 bits).
-        scale = (w.abs().amax(dim=1) / _QMAX).double()
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = torch.round(w64 / scale[:, None]).clamp_(-_QMAX, _QMAX)
-        residual = w64 - q * scale[:, None]
-        pad = (-w.shape[1]) % 8
-        quantized = torch.nn.functional.pad(q.to(torch.int8), (0, pad)).contiguous()
+        hidden_size = w.shape[1]
+        constant = _gamma(hidden_size + 2) * b.double().abs()
+        if precision == "bf16":
+            quantized = _bf16_flushed(w).contiguous()
+            scale = torch.ones(w.shape[0], dtype=torch.float64)
+            approx = quantized.double()
+            constant = constant + (hidden_size + 2) * 2.0**-125
+            gemm_norm = approx.norm(dim=1) * _NORM_INFLATE
+        else:
+            # float32 scales make q * scale and w - q * scale exact in float64 (24 + 7 and < 53 bits).
+            scale = (w.abs().amax(dim=1) / _QMAX).double()
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            q = torch.round(w64 / scale[:, None]).clamp_(-_QMAX, _QMAX)
+            approx = q * scale[:, None]
+            pad = (-hidden_size) % 8
+            quantized = torch.nn.functional.pad(q.to(torch.int8), (0, pad)).contiguous()
+            gemm_norm = torch.zeros_like(constant)
         margin_rows = torch.stack([
-            residual.norm(dim=1) * _NORM_INFLATE,
+            (w64 - approx).norm(dim=1) * _NORM_INFLATE,
             w64.norm(dim=1) * _NORM_INFLATE,
-            _gamma(w.shape[1] + 2) * b.double().abs(),
+            constant,
+            gemm_norm,
         ])
+        bound_rows = margin_rows.clone()
+        bound_rows[2] += b.double()
         return cls(
             weight=w,
             bias=b,
+            precision=precision,
             quantized=quantized,
             row_scale=scale,
             margin_rows=margin_rows,
-            bound_rows=torch.stack([margin_rows[0], margin_rows[1], margin_rows[2] + b.double()]),
+            bound_rows=bound_rows,
             finite=bool(torch.isfinite(w).all() and torch.isfinite(b).all()),
         )
 
@@ -130,16 +213,22 @@ class ScreenedHead:
         real one: every per-document quantity here is a max over rows.
         """
         h64 = hidden.double()
-        scale = hidden.abs().amax(dim=(1, 2)) / _QMAX  # float32 values, as for the rows
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale)).double()
-        q = torch.round(h64 / scale[:, None, None]).clamp_(-_QMAX, _QMAX)
-        hq = q * scale[:, None, None]
+        if self.precision == "bf16":
+            q = _bf16_flushed(hidden)
+            scale = torch.ones(hidden.shape[0], dtype=torch.float64)
+            hq = q.double()
+        else:
+            scale = hidden.abs().amax(dim=(1, 2)) / _QMAX  # float32 values, as for the rows
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale)).double()
+            hq = torch.round(h64 / scale[:, None, None]).clamp_(-_QMAX, _QMAX)
+            pad = self.quantized.shape[1] - hidden.shape[2]
+            q, hq = torch.nn.functional.pad(hq.to(torch.int8), (0, pad)), hq * scale[:, None, None]
         a = hq.norm(dim=2).amax(dim=1) * _NORM_INFLATE
         b = (h64 - hq).norm(dim=2).amax(dim=1) * _NORM_INFLATE
         n = h64.norm(dim=2).amax(dim=1) * _NORM_INFLATE
-        coefficients = torch.stack([a, b + _gamma(hidden.shape[2] + 2) * n, torch.ones_like(a)], dim=1)
-        pad = self.quantized.shape[1] - hidden.shape[2]
-        return torch.nn.functional.pad(q.to(torch.int8), (0, pad)), scale, coefficients
+        gemm = _gamma(hidden.shape[2]) * a if self.precision == "bf16" else torch.zeros_like(a)
+        coefficients = torch.stack([a, b + _gamma(hidden.shape[2] + 2) * n, torch.ones_like(a), gemm], dim=1)
+        return q, scale, coefficients
 
     def upper_bounds(self, hidden: torch.Tensor) -> torch.Tensor:
         """``U_v`` of the module docstring per document [D, T, H] (rows all real): [D, V] >= every fp32 max logit.
@@ -162,9 +251,14 @@ class ScreenedHead:
         bounds = torch.empty(docs, vocab, dtype=torch.float64)
         for start in range(0, vocab, chunk):
             stop = min(start + chunk, vocab)
+            rest = coefficients @ self.bound_rows[:, start:stop]
+            if self.precision == "bf16":
+                best = (flat @ self.quantized[start:stop].t())[:rows].view(docs, tokens, -1).amax(dim=1)
+                bounds[:, start:stop] = _bf16_output_bound(best.double()) + rest
+                continue
             best = torch._int_mm(flat, self.quantized[start:stop].t())[:rows].view(docs, tokens, -1).amax(dim=1)
             scaled = scale[:, None] * self.row_scale[start:stop]
-            bounds[:, start:stop] = torch.addcmul(coefficients @ self.bound_rows[:, start:stop], scaled, best.double())
+            bounds[:, start:stop] = torch.addcmul(rest, scaled, best.double())
         return bounds
 
     def pool(self, hidden: torch.Tensor, keep: torch.Tensor, out: torch.Tensor) -> None:
@@ -201,56 +295,63 @@ _prepared: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor | None, ScreenedH
 _prepared_lock = threading.Lock()  # encodes run concurrently (the service's micro-batches)
 
 
-def screened_head(weight: torch.Tensor, bias: torch.Tensor | None) -> ScreenedHead:
+def screened_head(weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "int8") -> ScreenedHead:
     """The prepared head for these tensors, cached on storage and version so in-place updates re-prepare.
 
     The entry keeps the tensors alive, so their addresses cannot be reused by other tensors while
     cached. Inference tensors have no version counter and are prepared afresh on every call.
     """
     if weight.is_inference() or (bias is not None and bias.is_inference()):
-        return ScreenedHead.prepare(weight, bias)
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape), tuple(weight.stride()))
+        return ScreenedHead.prepare(weight, bias, precision)
+    key = (precision, weight.data_ptr(), weight._version, tuple(weight.shape), tuple(weight.stride()))
     key += (None,) if bias is None else (bias.data_ptr(), bias._version, tuple(bias.shape))
     with _prepared_lock:
         entry = _prepared.get(key)
         if entry is None:
-            entry = (weight.detach(), None if bias is None else bias.detach(), ScreenedHead.prepare(weight, bias))
+            entry = (weight.detach(), None if bias is None else bias.detach(),
+                     ScreenedHead.prepare(weight, bias, precision))
             _prepared[key] = entry
             while len(_prepared) > _CACHE_SIZE:
                 _prepared.popitem(last=False)
     return entry[2]
 
 
-def screen_applies(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether the screened path is valid: CPU float32 inference (no gradient needed) with an exact int8 GEMM."""
+def screen_applies(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   precision: str | None = None) -> bool:
+    """Whether the screened path is valid: CPU float32 inference (no gradient needed) with a sound screen GEMM
+    (``precision``'s, or this CPU's best)."""
     tensors = [hidden, weight] + ([] if bias is None else [bias])
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     return (
         not needs_grad
         and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        and int8_matmul_is_exact()
+        and (best_precision() is not None if precision is None else PRECISIONS[precision]())
     )
 
 
 def splade_max_pool_screened(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, attention_mask: torch.Tensor
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, attention_mask: torch.Tensor,
+    precision: str | None = None,
 ) -> torch.Tensor:
     """``log1p(relu(max over unmasked positions of hidden @ weight.T + bias))`` as [B, V] float32, not differentiable.
 
     hidden [B, L, H] float32 on CPU, weight [V, H], bias [V] or None, attention_mask [B, L] (non-zero = keep).
     Equal to ``splade_max_pool_reference`` up to fp32 summation order; see the module docstring.
+    ``precision``: the screen's GEMM, "int8" or "bf16"; None picks this CPU's (``best_precision``).
     """
     if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
         raise ValueError(
             f"hidden must be [batch, seq, hidden] and attention_mask [batch, seq]; got {tuple(hidden.shape)} "
             f"and {tuple(attention_mask.shape)}"
         )
-    if not screen_applies(hidden, weight, bias):
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"unknown screen precision {precision!r}; use {' or '.join(PRECISIONS)}")
+    if not screen_applies(hidden, weight, bias, precision):
         raise ValueError(
-            "splade_max_pool_screened needs float32 CPU tensors without gradient, on a CPU with exact int8 "
-            "matmul; use kernels.pool_torch.splade_max_pool_chunked otherwise"
+            "splade_max_pool_screened needs float32 CPU tensors without gradient, on a CPU with an exact int8 "
+            "or sound bf16 matmul; use kernels.pool_torch.splade_max_pool_chunked otherwise"
         )
-    head = screened_head(weight, bias)
+    head = screened_head(weight, bias, precision or best_precision())
     out = torch.zeros(hidden.shape[0], weight.shape[0], dtype=torch.float32)
     with torch.no_grad():
         head.pool(hidden, attention_mask.bool(), out)

@@ -1,19 +1,24 @@
-"""The int8-screened CPU pooling: its margin is a real bound, and its output equals the fp32 reference."""
+"""The screened CPU pooling (int8 and bf16 screens): its margin is a real bound, and its output equals the fp32
+reference. Each test runs every screen this CPU's GEMMs are sound for (bf16 runs emulated where there is no bf16
+hardware: slow, still exact)."""
 
 import pytest
 import torch
 
 from lsr.kernels.pool_screen import (
     ScreenedHead,
+    best_precision,
+    bf16_matmul_is_sound,
     int8_matmul_is_exact,
     screened_head,
     splade_max_pool_screened,
 )
 from lsr.kernels.pool_torch import splade_max_pool_reference
 
-pytestmark = pytest.mark.skipif(
-    not int8_matmul_is_exact(), reason="this CPU's int8 GEMM saturates; the screened path refuses to run here"
-)
+PRECISIONS = [pytest.param("int8", marks=pytest.mark.skipif(not int8_matmul_is_exact(), reason="this CPU's int8 GEMM "
+                                                               "saturates; the int8 screen refuses to run here")),
+              pytest.param("bf16", marks=pytest.mark.skipif(not bf16_matmul_is_sound(), reason="this CPU's bf16 GEMM "
+                                                               "errs beyond the bf16 screen's margin"))]
 
 
 def random_inputs(B, L, H, V, seed, lengths=None):
@@ -26,8 +31,8 @@ def random_inputs(B, L, H, V, seed, lengths=None):
     return hidden, weight, bias, mask
 
 
-def assert_equal_to_reference(hidden, weight, bias, mask):
-    got = splade_max_pool_screened(hidden, weight, bias, mask)
+def assert_equal_to_reference(hidden, weight, bias, mask, precision):
+    got = splade_max_pool_screened(hidden, weight, bias, mask, precision)
     want = splade_max_pool_reference(hidden, weight, bias, mask)
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert torch.equal(got > 0, want > 0), "non-zero sets differ"
@@ -36,46 +41,51 @@ def assert_equal_to_reference(hidden, weight, bias, mask):
 
 
 def full_screen_logits(head: ScreenedHead, h: torch.Tensor):
-    """Every per-token screened logit ``s r_v q_t.p_v + b_v`` (float64) and the margin."""
+    """Every per-token screened logit ``s r_v q_t.p_v + b_v`` (float64, exact) and the margin."""
     q, scale, coefficients = head.quantize(h[None])
     dots = (q[0].double() @ head.quantized.double().t()) * (head.row_scale * scale[0])
     return dots + head.bias.double(), (coefficients @ head.margin_rows)[0]
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize(
     "B,L,H,V,seed",
     [(4, 17, 32, 300, 0), (3, 40, 128, 1000, 1), (5, 9, 20, 77, 2), (2, 300, 64, 5000, 3)],
 )
-def test_random_shapes_and_ragged_masks(B, L, H, V, seed):
+def test_random_shapes_and_ragged_masks(B, L, H, V, seed, precision):
     hidden, weight, bias, mask = random_inputs(B, L, H, V, seed)
-    assert_equal_to_reference(hidden, weight, bias, mask)
+    assert_equal_to_reference(hidden, weight, bias, mask, precision)
 
 
-def test_non_prefix_masks_and_all_masked_rows():
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_non_prefix_masks_and_all_masked_rows(precision):
     hidden, weight, bias, _ = random_inputs(4, 20, 32, 400, seed=4)
     gen = torch.Generator().manual_seed(5)
     mask = (torch.rand(4, 20, generator=gen) < 0.5).long()
     mask[1] = 0
     mask[3] = 1
-    got = assert_equal_to_reference(hidden, weight, bias, mask)
+    got = assert_equal_to_reference(hidden, weight, bias, mask, precision)
     assert not got[1].any()
     assert got[0].any() and got[3].any()
 
 
-def test_all_negative_logits_and_no_bias():
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_all_negative_logits_and_no_bias(precision):
     hidden, weight, bias, mask = random_inputs(3, 16, 32, 500, seed=6, lengths=[16, 3, 1])
-    assert not assert_equal_to_reference(hidden, weight, bias - 100, mask).any()
-    assert assert_equal_to_reference(hidden, weight, None, mask).any()
+    assert not assert_equal_to_reference(hidden, weight, bias - 100, mask, precision).any()
+    assert assert_equal_to_reference(hidden, weight, None, mask, precision).any()
 
 
-def test_zero_hidden_and_single_token():
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_zero_hidden_and_single_token(precision):
     hidden, weight, bias, mask = random_inputs(2, 5, 16, 200, seed=7, lengths=[5, 1])
     hidden[0] = 0
-    got = assert_equal_to_reference(hidden, weight, bias, mask)
+    got = assert_equal_to_reference(hidden, weight, bias, mask, precision)
     assert torch.equal(got[0], torch.log1p(torch.relu(bias)))
 
 
-def test_adversarial_logits_near_zero():
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_adversarial_logits_near_zero(precision):
     """Bias puts every max logit within 1e-5..1e-4 of zero, either side: the screen must keep them all."""
     hidden, weight, bias, mask = random_inputs(3, 24, 64, 2000, seed=8, lengths=[24, 10, 2])
     gen = torch.Generator().manual_seed(9)
@@ -84,18 +94,19 @@ def test_adversarial_logits_near_zero():
     best = logits[row, : int(mask[row].sum())].amax(dim=0)
     offsets = (torch.rand(2000, generator=gen) * 9e-5 + 1e-5) * torch.where(torch.rand(2000, generator=gen) < 0.5, -1, 1)
     bias = -best + offsets
-    got = assert_equal_to_reference(hidden, weight, bias, mask)
+    got = assert_equal_to_reference(hidden, weight, bias, mask, precision)
     # The constructed row really is adversarial: about half its entries sit just above zero.
     assert 700 < int((got[row] > 0).sum()) < 1300
     assert float(got[row].max()) < 2e-4
 
 
-def test_margin_bounds_every_token_logit_on_random_and_real_data(splade, scifact):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_margin_bounds_every_token_logit_on_random_and_real_data(splade, scifact, precision):
     gen = torch.Generator().manual_seed(10)
     weight = torch.randn(3000, 96, generator=gen) / 10
     bias = torch.randn(3000, generator=gen)
-    cases = [(ScreenedHead.prepare(weight, bias), torch.randn(50, 96, generator=gen) * 7)]
-    real_head = ScreenedHead.prepare(splade.weight, splade.bias)
+    cases = [(ScreenedHead.prepare(weight, bias, precision), torch.randn(50, 96, generator=gen) * 7)]
+    real_head = ScreenedHead.prepare(splade.weight, splade.bias, precision)
     cases += [(real_head, h) for h in real_hidden_states(splade, scifact, 3)]
     for head, h in cases:
         screened, margin = full_screen_logits(head, h)
@@ -118,48 +129,73 @@ def real_hidden_states(splade, scifact, count):
     return [hidden[i][enc["attention_mask"][i].bool()].clone() for i in range(count)]
 
 
-def test_real_splade_tiny_head_on_scifact(splade, scifact):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_real_splade_tiny_head_on_scifact(splade, scifact, precision):
     texts = scifact.doc_texts(list(scifact.corpus)[:12])
     enc = splade.tokenizer(texts, truncation=True, max_length=256, padding=True, return_tensors="pt")
     with torch.inference_mode():
         hidden = splade.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        got = assert_equal_to_reference(hidden, splade.weight, splade.bias, enc["attention_mask"])
+        got = assert_equal_to_reference(hidden, splade.weight, splade.bias, enc["attention_mask"], precision)
     nnz = (got > 0).sum(dim=1)
     assert (nnz > 50).all() and (nnz < 2000).all()
-    head = screened_head(splade.weight, splade.bias)
+    head = screened_head(splade.weight, splade.bias, precision)
     kept = sum(int((head.upper_bounds(h[None]) > 0).sum()) for h in real_hidden_states(splade, scifact, 4)) / 4
     assert kept < 0.1 * splade.vocab_size, f"screen kept {kept:.0f} of {splade.vocab_size}: no speed-up left"
 
 
-def test_inplace_weight_update_is_seen():
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_inplace_weight_update_is_seen(precision):
     hidden, weight, bias, mask = random_inputs(2, 8, 16, 100, seed=11)
-    assert_equal_to_reference(hidden, weight, bias, mask)
+    assert_equal_to_reference(hidden, weight, bias, mask, precision)
     weight.mul_(3)
-    assert_equal_to_reference(hidden, weight, bias, mask)
+    assert_equal_to_reference(hidden, weight, bias, mask, precision)
 
 
-def test_inference_tensors_are_served_without_caching():
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_inference_tensors_are_served_without_caching(precision):
     with torch.inference_mode():
         hidden, weight, bias, mask = random_inputs(2, 8, 16, 100, seed=14)
-        assert_equal_to_reference(hidden, weight, bias, mask)
+        assert_equal_to_reference(hidden, weight, bias, mask, precision)
         weight.mul_(-1)
-        assert_equal_to_reference(hidden, weight, bias, mask)
+        assert_equal_to_reference(hidden, weight, bias, mask, precision)
 
 
-def test_non_finite_hidden_propagates_like_the_reference():
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_non_finite_hidden_propagates_like_the_reference(precision):
     hidden, weight, bias, mask = random_inputs(2, 6, 16, 50, seed=12, lengths=[6, 6])
     hidden[0, 2, 3] = float("nan")
-    got = splade_max_pool_screened(hidden, weight, bias, mask)
+    got = splade_max_pool_screened(hidden, weight, bias, mask, precision)
     want = splade_max_pool_reference(hidden, weight, bias, mask)
     assert torch.equal(got.isnan(), want.isnan()) and got[0].isnan().any()
     torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)
     bias[7] = float("inf")
-    got = splade_max_pool_screened(hidden, weight, bias, mask)
+    got = splade_max_pool_screened(hidden, weight, bias, mask, precision)
     want = splade_max_pool_reference(hidden, weight, bias, mask)
     assert torch.isinf(got[1, 7]) and torch.equal(got.isnan(), want.isnan())
     torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-5)
 
 
+def test_each_cpu_screens_with_its_fastest_sound_gemm(monkeypatch):
+    """AMX CPUs multiply bf16 several times faster than int8 (an EPYC's VNNI the other way round); LSR_SCREEN
+    picks one by hand, where its GEMM is sound."""
+    amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    fastest = "bf16" if amx and bf16_matmul_is_sound() else "int8" if int8_matmul_is_exact() else None
+    assert best_precision() == fastest
+    for precision, sound in (("int8", int8_matmul_is_exact()), ("bf16", bf16_matmul_is_sound())):
+        monkeypatch.setenv("LSR_SCREEN", precision)
+        assert best_precision() == (precision if sound else None)
+    monkeypatch.setenv("LSR_SCREEN", "fp4")
+    with pytest.raises(ValueError, match="LSR_SCREEN='fp4' is not a screen; use int8 or bf16"):
+        best_precision()
+    monkeypatch.delenv("LSR_SCREEN")
+    hidden, weight, bias, mask = random_inputs(2, 6, 16, 50, seed=15)
+    with pytest.raises(ValueError, match="unknown screen precision 'fp8'"):
+        splade_max_pool_screened(hidden, weight, bias, mask, "fp8")
+    with pytest.raises(ValueError, match="unknown screen precision"):
+        ScreenedHead.prepare(weight, bias, "int4")
+
+
+@pytest.mark.skipif(best_precision() is None, reason="no sound screen GEMM on this CPU")
 def test_refuses_inputs_it_cannot_serve_exactly():
     hidden, weight, bias, mask = random_inputs(2, 6, 16, 50, seed=13)
     with pytest.raises(ValueError, match="without gradient"):
