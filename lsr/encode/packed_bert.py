@@ -22,6 +22,7 @@ from lsr.encode.native_bert import NativeBertForMaskedLM, NativeBertModel
 
 MIN_CPU_ROWS = 16
 AMX_COLUMNS = 256
+AMX_OTHER_ORDER = (33, 384)  # row counts whose plain bf16 product sums in another order (AMX)
 
 
 def supports(model: torch.nn.Module) -> bool:
@@ -98,14 +99,15 @@ def last_hidden_packed(model: torch.nn.Module, input_ids: torch.Tensor, keep: to
 def _down_projection(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``linear(x)`` for the feed-forward's way back (intermediate → hidden), each row the same bits in any batch.
 
-    On a CPU with AMX, oneDNN's bf16 kernel splits this product's long reduction (MiniLM: 1,536) in an order that
-    changes once a batch passes 32 rows, so a served query's dense vector moved with its micro-batch (measured on
-    a Sapphire Rapids core: ~5 % of rows differ in their last bf16 bit). The transposed product, weight × xᵀ, over
-    at most ``AMX_COLUMNS`` rows at a time keeps one order for every row count there (checked from 1 to 4,096 rows,
-    1 and 2 threads), for 12 % of MiniLM's document speed (5 % on queries). Other CPUs and dtypes keep the plain
-    product.
+    On a CPU with AMX, oneDNN's bf16 kernel sums this product's long reduction (MiniLM: 1,536) in one order up to
+    32 rows and from 384 rows on, and in another between (``AMX_OTHER_ORDER``), so a served query's dense vector
+    moved with its micro-batch (measured on a Sapphire Rapids core: ~5 % of rows differ in their last bf16 bit).
+    There the transposed product, weight × xᵀ, over at most ``AMX_COLUMNS`` rows at a time gives the first order's
+    bits (checked from 1 to 6,000 rows, 1 and 2 threads); document batches, thousands of rows, keep the plain
+    product's speed. Other CPUs and dtypes keep the plain product.
     """
-    if x.device.type != "cpu" or x.dtype != torch.bfloat16 or not _cpu_has_amx():
+    if (x.device.type != "cpu" or x.dtype != torch.bfloat16 or not AMX_OTHER_ORDER[0] <= len(x) < AMX_OTHER_ORDER[1]
+            or not _cpu_has_amx()):
         return linear(x)
     weight, bias = linear.weight, linear.bias
     parts = [weight @ part.t() if bias is None else torch.addmm(bias[:, None], weight, part.t())
