@@ -25,6 +25,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -145,6 +146,18 @@ def contention(condition: str, work: Path):
     finally:
         job.kill()
         job.wait()
+
+
+def run_quiet_or_busy(parser: argparse.ArgumentParser, name: str, measure) -> None:
+    """Parse ``parser`` plus ``--one-core-busy``, run ``measure(args, condition)`` in that condition and write its
+    (report, table) as ``name`` (``name``-one-core-busy beside the busy loop) under ``args.results_dir``."""
+    parser.add_argument("--one-core-busy", action="store_true",
+                        help=f"run beside a busy loop pinned to one core (results under {name}-one-core-busy)")
+    args = parser.parse_args()
+    condition = "one core busy" if args.one_core_busy else "quiet"
+    with contention(condition, Path(tempfile.gettempdir())):
+        report, table = measure(args, condition)
+    write_results(args.results_dir, name + ("-one-core-busy" if args.one_core_busy else ""), report, table)
 
 
 def interleaved(systems: list[System], docs: int, rounds: int, work: Path) -> dict:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from encode import contention, machine, scifact_texts
-from lsr.eval.report import write_results
+from encode import machine, run_quiet_or_busy, scifact_texts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,13 +25,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=256, help="first N SciFact documents (256: about 2 minutes)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--one-core-busy", action="store_true",
-                        help="run beside a busy loop pinned to one core (results under screen-one-core-busy)")
-    args = parser.parse_args()
-    condition = "one core busy" if args.one_core_busy else "quiet"
-    with contention(condition, Path(tempfile.gettempdir())):
-        report, table = measure(args, condition)
-    write_results(args.results_dir, "screen" + ("-one-core-busy" if args.one_core_busy else ""), report, table)
+    run_quiet_or_busy(parser, "screen", measure)
 
 
 def measure(args: argparse.Namespace, condition: str) -> tuple[dict, str]:

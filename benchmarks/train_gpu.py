@@ -16,13 +16,16 @@ theirs is ``SpladeLoss(SparseMultipleNegativesRankingLoss)`` driven step by step
 
     python benchmarks/train_gpu.py        # at most 6 minutes on one GPU; needs CUDA
 
-Writes benchmarks/results/train_gpu.md and .json.
+Writes benchmarks/results/train_gpu.md and .json. The children also run on CPU (fp32, peak RSS for memory):
+``benchmarks/train_cpu.py`` drives them there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -64,36 +67,59 @@ def make_big_vocab_model(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- children (one per measurement)
-def child_ours(path: str, batch: int, steps: int) -> dict:
+def _synchronize(device: str) -> None:
     import torch
 
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device: str) -> float:
+    """Peak GPU memory allocated since ``_reset_peak``; on CPU the process's peak RSS (model loading included)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def child_ours(path: str, batch: int, steps: int, device: str = "cuda", max_length: int = MAX_LENGTH) -> dict:
     from lsr.train.config import TrainConfig
     from lsr.train.data import Example
     from lsr.train.loop import train
     from lsr.train.model import TrainableSplade
 
-    model = TrainableSplade.load(path, device="cuda", dtype="bf16", max_length=MAX_LENGTH, query_max_length=MAX_LENGTH)
+    dtype = "bf16" if device.startswith("cuda") else "fp32"
+    model = TrainableSplade.load(path, device=device, dtype=dtype, max_length=max_length, query_max_length=max_length)
     examples = [Example(q, d) for q, d in pairs(batch * (WARMUP + steps))]
     config = TrainConfig(model=path, batch_size=batch, hard_negatives=0, flops_query=FLOPS_WEIGHT, flops_doc=FLOPS_WEIGHT,
-                         max_length=MAX_LENGTH, query_max_length=MAX_LENGTH, warmup=0.0)
+                         max_length=max_length, query_max_length=max_length, warmup=0.0)
     with tempfile.TemporaryDirectory() as tmp:
         train(model, examples[: batch * WARMUP], Path(tmp) / "warm", config, progress=False, checkpoint_every=10**9)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        _reset_peak(device)
         result = train(model, examples[batch * WARMUP :], Path(tmp) / "run", config, progress=False,
                        checkpoint_every=10**9)
-        torch.cuda.synchronize()
-    return {"steps_per_s": result.steps / result.seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+        _synchronize(device)
+    return {"steps_per_s": result.steps / result.seconds, "peak_gib": _peak_gib(device)}
 
 
-def child_sentence_transformers(path: str, batch: int, steps: int) -> dict:
+def child_sentence_transformers(path: str, batch: int, steps: int, device: str = "cuda",
+                                max_length: int = MAX_LENGTH) -> dict:
     import torch
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.losses import SparseMultipleNegativesRankingLoss, SpladeLoss
     from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
 
-    transformer = MLMTransformer(path, max_seq_length=MAX_LENGTH)
-    model = SparseEncoder(modules=[transformer, SpladePooling("max")], device="cuda")
+    transformer = MLMTransformer(path, max_seq_length=max_length)
+    model = SparseEncoder(modules=[transformer, SpladePooling("max")], device=device)
     loss = SpladeLoss(model, SparseMultipleNegativesRankingLoss(model), document_regularizer_weight=FLOPS_WEIGHT,
                       query_regularizer_weight=FLOPS_WEIGHT)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
@@ -101,9 +127,10 @@ def child_sentence_transformers(path: str, batch: int, steps: int) -> dict:
 
     def step(i: int) -> None:
         chunk = data[i * batch : (i + 1) * batch]
-        features = [{k: v.to("cuda") if isinstance(v, torch.Tensor) else v  # newer versions add non-tensor keys
+        features = [{k: v.to(device) if isinstance(v, torch.Tensor) else v  # newer versions add non-tensor keys
                      for k, v in model.tokenize([t[side] for t in chunk]).items()} for side in (0, 1)]
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        cuda = device.startswith("cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
             value = loss(features, None)
         if isinstance(value, dict):  # SpladeLoss returns its parts (ranking, query and document FLOPS); the trainer sums them
             value = sum(value.values())
@@ -115,23 +142,24 @@ def child_sentence_transformers(path: str, batch: int, steps: int) -> dict:
     model.train()
     for i in range(WARMUP):
         step(i)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    _reset_peak(device)
     clock = time.perf_counter()
     for i in range(WARMUP, WARMUP + steps):
         step(i)
-    torch.cuda.synchronize()
-    return {"steps_per_s": steps / (time.perf_counter() - clock), "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    _synchronize(device)
+    return {"steps_per_s": steps / (time.perf_counter() - clock), "peak_gib": _peak_gib(device)}
 
 
 CHILDREN = {"ours": child_ours, "sentence-transformers": child_sentence_transformers}
 
 
-def run_child(system: str, path: str, batch: int, steps: int) -> dict | None:
+def run_child(system: str, path: str, batch: int, steps: int, device: str = "cuda",
+              max_length: int = MAX_LENGTH) -> dict | None:
     """One measurement in a fresh process; None when it ran out of GPU memory."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         proc = subprocess.run([sys.executable, __file__, "--child", system, "--path", path, "--batch", str(batch),
-                               "--steps", str(steps), "--child-out", out.name], capture_output=True, text=True)
+                               "--steps", str(steps), "--device", device, "--max-length", str(max_length),
+                               "--child-out", out.name], capture_output=True, text=True)
         if proc.returncode != 0:
             if "OutOfMemoryError" in proc.stderr or "out of memory" in proc.stderr:
                 return None
@@ -153,12 +181,15 @@ def main() -> None:
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+    parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    require_cuda("train_gpu.py", "CPU training is measured by `lsr train --eval`, see benchmarks/results/train-scifact.md")
     if args.child:
-        Path(args.child_out).write_text(json.dumps(CHILDREN[args.child](args.path, args.batch, args.steps)))
+        measured = CHILDREN[args.child](args.path, args.batch, args.steps, args.device, args.max_length)
+        Path(args.child_out).write_text(json.dumps(measured))
         return
+    require_cuda("train_gpu.py", "benchmarks/train_cpu.py measures CPU training")
 
     from lsr.encode.models import resolve_model
     from lsr.eval.report import machine

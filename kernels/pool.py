@@ -60,8 +60,9 @@ def splade_max_pool(
     if chosen == "chunked":
         from .pool_screen import screen_applies, splade_max_pool_screened
 
-        # CPU inference in fp32: an int8 (or bf16, with AMX) screen with a proven margin, then exact fp32
-        # on the ~2% of entries that can be non-zero. Same output as the chunked path, several times faster.
+        # CPU in fp32 (inference and training): an int8 (or bf16, with AMX) screen with a proven margin, then exact
+        # fp32 on the ~2% of entries that can be non-zero. Same output and gradients as the chunked path, several
+        # times faster.
         if screen_applies(hidden, weight, bias):
             return splade_max_pool_screened(hidden, weight, bias, attention_mask)
         return splade_max_pool_chunked(hidden, weight, bias, attention_mask)

@@ -31,27 +31,20 @@ def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         yield logits if bias is None else logits + bias[start : start + vocab_chunk]
 
 
-class _ChunkedMaxPool(torch.autograd.Function):
-    """Forward: per vocabulary chunk, masked max + argmax of the logits (no graph kept). Backward: sparse.
+class SparseMaxPoolGrad(torch.autograd.Function):
+    """The backward of a max pool whose forward saved (hidden, weight, max logits [B, V], their positions [B, V]).
 
     Only entries whose pooled logit is positive carry gradient (relu), and each flows to exactly one
     position (the argmax), so the backward gathers/scatter-adds over those non-zeros, typically ~1% of
     B×V, instead of rebuilding B×L×V. ``index_add_`` on the CPU runs in order: gradients are deterministic.
+    Subclasses (the chunked and the screened forward) call ``save`` and return ``log1p(relu(pooled))``.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, attention_mask, vocab_chunk):
-        masked = ~attention_mask.bool().unsqueeze(-1)
-        best, where = [], []
-        with torch.no_grad():
-            for logits in _logit_chunks(hidden, weight, bias, vocab_chunk):
-                value, index = logits.masked_fill(masked, float("-inf")).max(dim=1)
-                best.append(value)
-                where.append(index)
-        pooled = torch.cat(best, dim=1)
-        ctx.save_for_backward(hidden, weight, pooled, torch.cat(where, dim=1))
+    def save(ctx, hidden, weight, bias, pooled, where) -> torch.Tensor:
+        ctx.save_for_backward(hidden, weight, pooled, where)
         ctx.has_bias = bias is not None
-        # relu maps the all-masked -inf to 0, so fully masked rows come out as zeros.
+        # relu maps an all-masked -inf to 0, so fully masked rows come out as zeros.
         return torch.log1p(torch.relu(pooled))
 
     @staticmethod
@@ -71,6 +64,21 @@ class _ChunkedMaxPool(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = torch.zeros(weight.shape[0], dtype=grad.dtype, device=grad.device).index_add_(0, terms, grad)
         return grad_hidden, grad_weight, grad_bias, None, None
+
+
+class _ChunkedMaxPool(SparseMaxPoolGrad):
+    """Forward: per vocabulary chunk, masked max + argmax of the logits (no graph kept). Backward: sparse."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, attention_mask, vocab_chunk):
+        masked = ~attention_mask.bool().unsqueeze(-1)
+        best, where = [], []
+        with torch.no_grad():
+            for logits in _logit_chunks(hidden, weight, bias, vocab_chunk):
+                value, index = logits.masked_fill(masked, float("-inf")).max(dim=1)
+                best.append(value)
+                where.append(index)
+        return SparseMaxPoolGrad.save(ctx, hidden, weight, bias, torch.cat(best, dim=1), torch.cat(where, dim=1))
 
 
 def splade_max_pool_chunked(
