@@ -223,6 +223,7 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("empty-jsonl", "holds no training rows"),
     ("no-positive", "line 2: 'positive' must be a non-empty string"),
     ("batch-size-0", "--batch-size must be positive"),
+    ("threads-0", "--threads must be ≥ 1"),
     ("model-negatives-for-jsonl", "--negatives model mines a BEIR corpus"),
     ("no-dev-split", "has no qrels/dev.tsv to validate on"),
 ])
@@ -237,7 +238,7 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": "q"}) + "\n")
     else:
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
-        extra = ["--batch-size", "0"] if case == "batch-size-0" else ["--negatives", "model"]
+        extra = {"batch-size-0": ["--batch-size", "0"], "threads-0": ["--threads", "0"]}.get(case, ["--negatives", "model"])
     assert main(["train", str(data), str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lsr train: error:") and message in err and len(err.splitlines()) == 1

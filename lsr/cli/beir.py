@@ -56,20 +56,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.serve and args.endpoint:
+        raise ValueError("--serve starts its own server; drop --endpoint (or drop --serve to use yours)")
+    if args.endpoint and set(methods) - {"bm25"}:
+        from lsr.eval.backends import Remote
+
+        Remote(args.endpoint).client.close()  # one that is down fails now, not after torch and the dataset load
+
     from lsr.encode.cpu_threads import set_threads
     from lsr.eval.beir import run_beir
     from lsr.eval.report import markdown
     from lsr.ingest.indexing import IndexOptions
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     dense = None if args.dense.lower() == "none" else args.dense
     if dense is None and {"dense", "hybrid", "hybrid-prf", "fusion", "fusion-prf", "defaults"} & set(methods):
         raise ValueError("--dense none leaves no dense model; keep only bm25 and sparse in --methods")
     encoding = device_options(args)
     options = IndexOptions(model=args.model, dense_model=dense, threads=args.threads, **encoding)
     set_threads(args.threads)
-    if args.serve and args.endpoint:
-        raise ValueError("--serve starts its own server; drop --endpoint (or drop --serve to use yours)")
     with contextlib.ExitStack() as stack:
         endpoint, collection = args.endpoint, None
         if args.serve:

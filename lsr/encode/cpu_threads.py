@@ -24,6 +24,8 @@ from typing import Callable, TypeVar
 
 import torch
 
+from lsr.kernels.threads import one_intra_op_thread
+
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 T = TypeVar("T")
 
@@ -93,13 +95,7 @@ def on_one_thread(compute: Callable[..., T]) -> Callable[..., T]:
     """
 
     def run(*args: object) -> T:
-        own = torch.get_num_threads()
-        if own == 1:
+        with one_intra_op_thread():
             return compute(*args)
-        torch.set_num_threads(1)
-        try:
-            return compute(*args)
-        finally:
-            torch.set_num_threads(own)
 
     return run
