@@ -71,14 +71,22 @@ class _ChunkedMaxPool(SparseMaxPoolGrad):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, attention_mask, vocab_chunk):
-        masked = ~attention_mask.bool().unsqueeze(-1)
+        keep = attention_mask.bool()
+        masked = ~keep.unsqueeze(-1)
         best, where = [], []
         with torch.no_grad():
-            for logits in _logit_chunks(hidden, weight, bias, vocab_chunk):
-                value, index = logits.masked_fill(masked, float("-inf")).max(dim=1)
+            for start in range(0, weight.shape[0], vocab_chunk):
+                # Masked in place and biased after the max: each [B, L, chunk] block is written once and read once.
+                logits = (hidden @ weight[start : start + vocab_chunk].t()).masked_fill_(masked, float("-inf"))
+                value, index = logits.max(dim=1)
                 best.append(value)
                 where.append(index)
-        return SparseMaxPoolGrad.save(ctx, hidden, weight, bias, torch.cat(best, dim=1), torch.cat(where, dim=1))
+        pooled = torch.cat(best, dim=1)
+        if bias is not None:
+            # fl(x + b) is monotone in x, so max(fl(x + b)) = fl(max(x) + b) exactly; a row with no kept position
+            # stays -inf (an inf bias would make it nan).
+            pooled = torch.where(keep.any(dim=1, keepdim=True), pooled + bias, pooled.to(torch.result_type(pooled, bias)))
+        return SparseMaxPoolGrad.save(ctx, hidden, weight, bias, pooled, torch.cat(where, dim=1))
 
 
 def splade_max_pool_chunked(

@@ -66,6 +66,18 @@ def test_chunked_matches_reference_forward_and_backward(vocab_chunk):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
 
+def test_chunked_bias_after_the_max_keeps_the_references_infinities():
+    """The chunked path adds the bias after its max; an infinite bias still gives inf on rows with a kept position
+    and 0 on a row with none, as the reference's activation-then-mask does."""
+    hidden, weight, bias, mask = make_inputs()
+    bias[5], bias[7] = float("inf"), float("-inf")
+    got = splade_max_pool_chunked(hidden, weight, bias, mask, vocab_chunk=64)
+    want = splade_max_pool_reference(hidden, weight, bias, mask)
+    assert torch.isinf(got[:2, 5]).all() and torch.equal(got[2], torch.zeros(203, dtype=torch.float64))
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_sum_pool_chunked_matches_naive_sum():
     hidden, weight, bias, mask = make_inputs()
     naive = (torch.log1p(torch.relu(hidden @ weight.t() + bias)) * mask[..., None]).sum(dim=1)
