@@ -104,6 +104,18 @@ def _bf16_flushed(x: torch.Tensor) -> torch.Tensor:
     return torch.where(b.abs() < _BF16_TINY, torch.zeros_like(b), b)
 
 
+def _bf16_max(y: torch.Tensor, dim: int) -> torch.Tensor:
+    """``y.amax(dim)`` of a bf16 tensor (up to the sign of a zero), read through its bits as int16: 4x faster on a CPU.
+
+    A bf16 number's bits order like an int16's among values with the sign bit clear, and reversed among those with
+    it set, all of which sit below the former. So where some value has its sign bit clear, the int16 max is the
+    max; where none has, the max is the int16 min.
+    """
+    bits = y.view(torch.int16)
+    high = bits.amax(dim)
+    return torch.where(high >= 0, high, bits.amin(dim)).view(torch.bfloat16)
+
+
 def _bf16_output_bound(y: torch.Tensor) -> torch.Tensor:
     """``g(y)`` of the module docstring in float64, inflated to cover its own rounding."""
     return y + y.abs() * (_U_BF16 / (1.0 - _U_BF16) * _NORM_INFLATE + 2.0**-50)
@@ -242,7 +254,7 @@ class ScreenedHead:
 
         All documents' rows go through one int8 GEMM: at 16 rows it runs at a third of the rate it
         reaches at 256, so a batch of short queries costs far less than its queries one by one.
-        Each cache-sized [rows x chunk] int32 block is reduced to ``M_v = max_t q_t . p_v`` and turned
+        Each cache-sized [rows x chunk] block is reduced to ``M_v = max_t q_t . p_v`` and turned
         into bounds at once, while it is hot. Rows are padded to a multiple of ``_ROW_BUCKET`` (the
         int8 GEMM compiles a kernel per shape, so few shapes keep that cost one-off) and ignored.
         """
@@ -260,7 +272,7 @@ class ScreenedHead:
             stop = min(start + chunk, vocab)
             rest = coefficients @ self.bound_rows[:, start:stop]
             if self.precision == "bf16":
-                best = (flat @ self.quantized[start:stop].t())[:rows].view(docs, tokens, -1).amax(dim=1)
+                best = _bf16_max((flat @ self.quantized[start:stop].t())[:rows].view(docs, tokens, -1), dim=1)
                 bounds[:, start:stop] = _bf16_output_bound(best.double()) + rest
                 continue
             best = torch._int_mm(flat, self.quantized[start:stop].t())[:rows].view(docs, tokens, -1).amax(dim=1)
@@ -298,7 +310,7 @@ class ScreenedHead:
             # against 0.56) and round as a lone encode (always on one thread) does.
             with one_intra_op_thread():
                 for doc, tokens, doc_bounds in zip(docs, group, bounds):
-                    candidates = torch.nonzero(doc_bounds > 0).squeeze(1)
+                    candidates = torch.nonzero(~(doc_bounds <= 0)).squeeze(1)  # a nan bound proves nothing
                     if candidates.numel():
                         # Its own tokens only: with the group's repeats the GEMM's row count, and so its rounding of
                         # every logit (MKL picks kernels by shape), would depend on the longest document beside it.

@@ -7,6 +7,7 @@ import torch
 
 from lsr.kernels.pool_screen import (
     ScreenedHead,
+    _bf16_max,
     best_precision,
     bf16_matmul_is_sound,
     int8_matmul_is_exact,
@@ -74,6 +75,21 @@ def test_all_negative_logits_and_no_bias(precision):
     hidden, weight, bias, mask = random_inputs(3, 16, 32, 500, seed=6, lengths=[16, 3, 1])
     assert not assert_equal_to_reference(hidden, weight, bias - 100, mask, precision).any()
     assert assert_equal_to_reference(hidden, weight, None, mask, precision).any()
+
+
+def test_the_bf16_max_read_through_int16_bits_equals_amax():
+    """Columns all negative (where the int16 order is reversed), mixed signs, zeros of both signs and infinities."""
+    gen = torch.Generator().manual_seed(12)
+    y = (torch.randn(6, 40, 9, generator=gen) * 3 - 2).bfloat16()
+    y[:, :, 0] = -y[:, :, 0].abs() - 1  # every value negative
+    y[:, :, 1] = -0.0
+    y[:, ::2, 2] = 0.0
+    y[:, 1::2, 2] = -5.0
+    y[:, 3, 3], y[:, 5, 4], y[:, :, 5] = float("inf"), float("-inf"), float("-inf")
+    y[:, :, 6] = torch.finfo(torch.bfloat16).min
+    y[:, 7, 6] = -torch.finfo(torch.bfloat16).tiny
+    for dim in range(3):
+        assert torch.equal(_bf16_max(y, dim), y.amax(dim)), dim
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
