@@ -77,8 +77,8 @@ def _synchronize(device: str) -> None:
 def _reset_peak(device: str) -> None:
     import torch
 
+    _synchronize(device)
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -62,7 +61,11 @@ class Remote:
         from lsr.service.client import CONNECT_TIMEOUT, Client
 
         self.client = Client(endpoint)
-        self.client.wait_ready(timeout=CONNECT_TIMEOUT)
+        try:
+            self.client.wait_ready(timeout=CONNECT_TIMEOUT)
+        except BaseException:
+            self.client.close()  # a server that is down leaves no channel open behind the error
+            raise
 
     def run(self, qids: Sequence[str], texts: Sequence[str], k: int, mode: str, hybrid=None, prf=None) -> Run:
         results = self.client.search_batch(list(texts), k=k, mode=mode, hybrid=hybrid, prf=prf)
