@@ -52,3 +52,24 @@ def test_index_imports_from_lsr_only_the_shared_modules():
 def test_lsr_keeps_at_most_two_loose_modules():
     loose = {p.name for p in (ROOT / "lsr").glob("*.py")} - {"__init__.py", "__main__.py"}
     assert loose == {"sparse.py", "files.py"}
+
+
+def test_the_checkouts_kernels_folder_does_not_shadow_an_installed_kernels_package():
+    """From the checkout (cwd on sys.path, as under pytest and `python -m`), `import kernels` must be Hugging Face's
+    package, which transformers 5.x imports when installed; lsr's own stays lsr.kernels."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("kernels")
+        installed = True
+    except PackageNotFoundError:
+        installed = False
+    code = ("import lsr.kernels\ntry:\n    import kernels\n    print(kernels.__file__)\nexcept ModuleNotFoundError:\n"
+            "    print('none')\nprint(lsr.kernels.splade_max_pool.__module__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    found, pooling = done.stdout.split()
+    assert pooling == "lsr.kernels.pool"
+    if installed:
+        assert not Path(found).is_relative_to(ROOT / "kernels") and "site-packages" in found
+    else:
+        assert found == "none"
