@@ -1,8 +1,8 @@
 """Training speed on CPU: ``lsr train``'s step vs sentence-transformers' SpladeLoss (MNRL + FLOPS), taking turns.
 
 The same children as ``train_gpu.py`` (same model, batch, data, in-batch negatives, AdamW), run on this CPU in fp32
-at ``lsr train``'s CPU document length (128 tokens, both sides): each measurement is a fresh process, the systems
-alternate which goes first each round, and the table gives the median steps/s and each process's peak RSS.
+at 128 tokens, both sides (``lsr train``'s document length until it moved to 256): each measurement is a fresh
+process, the systems alternate which goes first each round, and the table gives the median steps/s and each process's peak RSS.
 Ours pools through the exact screen (``kernels/pool_screen.py``) and its sparse backward; theirs materialises the
 B x L x V logits.
 
@@ -25,7 +25,7 @@ from encode import machine, run_quiet_or_busy
 from train_gpu import CHILDREN, FLOPS_WEIGHT, run_child
 
 REPO = Path(__file__).resolve().parent.parent
-MAX_LENGTH = 128  # lsr train's CPU default for documents
+MAX_LENGTH = 128  # the step compared (lsr train's documents were 128 tokens until it moved to 256)
 BATCH = 16  # lsr train's default
 STEPS = 8
 

@@ -224,6 +224,7 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("no-positive", "line 2: 'positive' must be a non-empty string"),
     ("batch-size-0", "--batch-size must be positive"),
     ("threads-0", "--threads must be ≥ 1"),
+    ("blend-0", "--blend must be in (0, 1]"),
     ("model-negatives-for-jsonl", "--negatives model mines a BEIR corpus"),
     ("no-dev-split", "has no qrels/dev.tsv to validate on"),
 ])
@@ -238,7 +239,8 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": "q"}) + "\n")
     else:
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
-        extra = {"batch-size-0": ["--batch-size", "0"], "threads-0": ["--threads", "0"]}.get(case, ["--negatives", "model"])
+        extra = {"batch-size-0": ["--batch-size", "0"], "threads-0": ["--threads", "0"],
+                 "blend-0": ["--blend", "0"]}.get(case, ["--negatives", "model"])
     assert main(["train", str(data), str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lsr train: error:") and message in err and len(err.splitlines()) == 1
@@ -446,6 +448,20 @@ def test_fitted_scale_tempers_over_confident_scores_and_keeps_confident_ones():
     masked = no_mask.clone()
     masked[:, 1:] = noisy[:, 1:] > noisy[:, :1]  # hide every document that beats the positive: no longer over-confident
     assert fit_scale(noisy, masked, targets) == 1.0
+
+
+def test_blend_mixes_the_trained_weights_with_the_starting_ones(examples, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=4, lr=2e-4, max_length=32, query_max_length=16, blend=1.0)
+    trained = fresh_model()
+    start = [p.detach().clone() for p in trained.parameters]
+    train(trained, examples, tmp_path / "alone", config, progress=False)
+    blended = fresh_model()
+    train(blended, examples, tmp_path / "blended", TrainConfig(**{**config.__dict__, "blend": 0.25}), progress=False)
+    moved = 0
+    for b, t, s in zip(blended.parameters, trained.parameters, start, strict=True):
+        assert torch.allclose(b, s + 0.25 * (t - s), rtol=0, atol=1e-6)
+        moved += int(not torch.equal(t, s))
+    assert moved > len(start) // 2  # training moved most tensors, so the blend was tested on real differences
 
 
 def test_dev_validation_keeps_the_best_weights_and_stops_without_a_gain(examples, tmp_path):
