@@ -100,7 +100,8 @@ def _doc_nnz(model: TrainableSplade, examples: list[Example]) -> float:
 def test_a_few_steps_lower_the_training_loss(examples, tmp_path):
     model = fresh_model()
     before = _loss(model, examples)
-    config = TrainConfig(epochs=4, batch_size=4, lr=2e-4, max_length=64, query_max_length=16, flops_query=0, flops_doc=0)
+    config = TrainConfig(blend=1.0, epochs=4, batch_size=4, lr=2e-4, max_length=64, query_max_length=16,
+                         flops_query=0, flops_doc=0)
     result = train(model, examples, tmp_path, config, progress=False)
     assert result.stopped == "finished" and result.steps == result.total_steps
     assert _loss(model, examples) < 0.8 * before
@@ -109,7 +110,7 @@ def test_a_few_steps_lower_the_training_loss(examples, tmp_path):
 def test_flops_regularisation_lowers_non_zeros(examples, tmp_path):
     model = fresh_model()
     before = _doc_nnz(model, examples)
-    config = TrainConfig(epochs=3, batch_size=4, lr=2e-4, max_length=64, query_max_length=16,
+    config = TrainConfig(blend=1.0, epochs=3, batch_size=4, lr=2e-4, max_length=64, query_max_length=16,
                          flops_query=0.05, flops_doc=0.05, flops_warmup=0.0)
     train(model, examples, tmp_path / "flops", config, progress=False)
     unregularised = fresh_model()
@@ -262,7 +263,8 @@ def test_inference_free_trains_documents_against_idf_queries_and_exports_the_tab
             return min(float(contrastive(q, d, scale=scale)) for scale in SCALES)
 
     before = loss()
-    config = TrainConfig(epochs=4, batch_size=4, lr=2e-4, max_length=64, query_max_length=16, inference_free=True)
+    config = TrainConfig(blend=1.0, epochs=4, batch_size=4, lr=2e-4, max_length=64, query_max_length=16,
+                         inference_free=True)
     train(model, examples, tmp_path / "run", config, progress=False)
     assert loss() < 0.8 * before
     save_model_folder(model, tmp_path / "out")
@@ -334,8 +336,8 @@ def test_margin_mse_pulls_margins_toward_the_teachers(examples, tmp_path):
     margins = {}
     for distill in (0.0, 1.0):
         model = fresh_model()
-        config = TrainConfig(epochs=4, batch_size=4, lr=2e-4, max_length=64, query_max_length=16, distill=distill,
-                             flops_query=0, flops_doc=0)
+        config = TrainConfig(blend=1.0, epochs=4, batch_size=4, lr=2e-4, max_length=64, query_max_length=16,
+                             distill=distill, flops_query=0, flops_doc=0)
         train(model, rows, tmp_path / f"run{distill}", config, progress=False)
         margins[distill] = _mean_margin(model, rows)
     assert margins[1.0] < 0.7 * margins[0.0]
@@ -366,7 +368,7 @@ def test_a_decoder_only_backbone_trains_and_reloads_as_a_decoder_encoder(example
     model = TrainableSplade.load(str(tmp_path / "start"), device="cpu", dtype="fp32", max_length=64, query_max_length=16)
     assert isinstance(model.encoder, DecoderSpladeEncoder)
     before = _loss(model, examples)
-    config = TrainConfig(epochs=4, batch_size=4, lr=1e-3, max_length=64, query_max_length=16)
+    config = TrainConfig(blend=1.0, epochs=4, batch_size=4, lr=1e-3, max_length=64, query_max_length=16)
     train(model, examples, tmp_path / "run", config, progress=False)
     assert _loss(model, examples) < 0.8 * before
     save_model_folder(model, tmp_path / "out")
