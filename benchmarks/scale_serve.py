@@ -168,9 +168,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "scale_serve.json")
     args = parser.parse_args()
 
-    import ray
-
     from lsr.eval.datasets import load_beir
+    from lsr.ingest.ray_engine import import_ray
+
+    ray = import_ray()
 
     dataset = load_beir(args.beir, splits=("test",))
     texts = [dataset.queries[q] for q in dataset.qrels["test"]]

@@ -4,6 +4,7 @@ single-process build, sharded or not, and a killed job resumes to the same bytes
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ pytest.importorskip("ray")
 from index_helpers import build_in_process, write_scifact_jsonl  # noqa: E402
 from lsr.ingest.indexing import IndexOptions  # noqa: E402
 from lsr.ingest.layout import BUILD_STATE, META_FILE  # noqa: E402
-from lsr.ingest.ray_engine import STAGING_DIR, RayOptions  # noqa: E402
+from lsr.ingest.ray_engine import STAGING_DIR, RayOptions, import_ray  # noqa: E402
 from lsr.ingest.sharding import read_shard_map  # noqa: E402
 
 N_DOCS = 60
@@ -28,8 +29,7 @@ EVERY = 12  # documents per part: 5 parts, so two workers share them and a kill 
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One small local Ray instance for the whole module (starting one costs seconds)."""
-    import ray
-
+    ray = import_ray()
     ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
@@ -133,3 +133,13 @@ def test_a_model_the_actors_could_not_load_is_refused_before_ray_starts(corpus, 
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("lsr index: error: model folder") and "no-model" in line
     assert not (tmp_path / "col").exists()
+
+
+def test_a_local_ray_start_waits_two_minutes_for_its_gcs_unless_the_user_says_otherwise(monkeypatch):
+    """Ray's own 30 s ran out on a busy CI machine; a user's setting is kept."""
+    monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
+    import_ray()
+    assert os.environ["RAY_gcs_server_port_wait_time_s"] == "120"
+    monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "7")
+    import_ray()
+    assert os.environ["RAY_gcs_server_port_wait_time_s"] == "7"

@@ -16,11 +16,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from lsr.ingest.ray_engine import import_ray
 from lsr.ingest.sharding import shard_of
 from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
 from lsr.service import Client
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
+ray = import_ray()  # with its patient start-up
 
 N_DOCS = 90
 N_SHARDS = 3

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 from contextlib import contextmanager
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 INSTALL_HINT = 'pip install -e ".[ray]"'
 STAGING_DIR = ".lsr-input"
 CONNECT_TIMEOUT_S = 10.0
+# Ray gives a new local instance's GCS 30 s to publish its port; on a busy 2-core machine with a cold disk that
+# ran out (a CI run failed every sharded-serving test at start-up), so unless the user set it, it gets 2 minutes.
+GCS_START_WAIT_S = "120"
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class RayOptions:
 
 
 def import_ray() -> Any:
+    """The ``ray`` module, with a patient start-up for the local instances it may launch."""
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", GCS_START_WAIT_S)
     try:
         import ray
     except ImportError:
