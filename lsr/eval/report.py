@@ -97,7 +97,7 @@ def prf_lines(tuned: dict, variants: dict, split: str) -> list[str]:
     chosen = tuned.get("chosen")
     on = tuned["tuned_on"]
     pair = chosen and chosen.get("fusion")
-    lines = [f"Fusion-PRF: " + (f"variant {chosen['variant']} ({prf_settings(chosen['settings'])})" if chosen else
+    lines = ["Fusion-PRF: " + (f"variant {chosen['variant']} ({prf_settings(chosen['settings'])})" if chosen else
                                 "no variant beat fusion without PRF, so PRF is off")
              + (f" on fusion {pair['normalization']} {pair['sparse_weight']}/{pair['dense_weight']}/{pair['bm25_weight']}"
                 if pair else "")
