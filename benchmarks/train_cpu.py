@@ -2,7 +2,8 @@
 
 The same children as ``train_gpu.py`` (same model, batch, data, in-batch negatives, AdamW), run on this CPU in fp32
 at 128 tokens, both sides (``lsr train``'s document length until it moved to 256): each measurement is a fresh
-process, the systems alternate which goes first each round, and the table gives the median steps/s and each process's peak RSS.
+process, the systems alternate which goes first each round, and the table gives the median steps/s and each
+process's peak RSS.
 Ours pools through the exact screen (``kernels/pool_screen.py``) and its sparse backward; theirs materialises the
 B x L x V logits.
 

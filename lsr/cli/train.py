@@ -91,8 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev-split", default=None, metavar="SPLIT",
                    help="BEIR qrels split of DATA held out for validation: scored at the start and every --dev-every "
                         "steps; OUT gets the best-scoring weights (the starting ones if training never beats them; "
-                        "then --blend) and the run stops after --patience scores without a gain (default: dev when DATA has one; "
-                        "none: off)")
+                        "then --blend) and the run stops after --patience scores without a gain (default: dev when "
+                        "DATA has one; none: off)")
     p.add_argument("--dev-every", type=int, default=d.dev_every, help=f"steps between dev scores (default: {d.dev_every})")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"dev scores without a gain before stopping (default: {d.patience})")
@@ -254,9 +254,9 @@ def _summary_text(summary: dict, out: Path) -> str:
                      + ", ".join(f"{step} {score:.4f}" for step, score in summary["dev_scores"]))
     if summary["kept"]:
         lines.append(f"{summary['stopped']}: {summary['kept']}")
-    if summary["config"]["blend"] < 1:
-        lines.append(f"OUT holds {summary['config']['blend']:g} × the trained weights + "
-                     f"{1 - summary['config']['blend']:g} × {summary['model']}'s (--blend)")
+    blend = summary["config"]["blend"]
+    if blend < 1:
+        lines.append(f"OUT holds {blend:g} × the trained weights + {1 - blend:g} × {summary['model']}'s (--blend)")
     first, last = summary["first_step"], summary["last_step"]
     if first and last:
         lines.append(f"loss {first['loss']:.3f} -> {last['loss']:.3f}; non-zeros per query {last['nnz_q']:.0f}, "

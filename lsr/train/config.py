@@ -39,7 +39,7 @@ class TrainConfig:
     dev_every: int = 50  # steps between held-out evaluations (when a dev split is given)
     patience: int = 2  # held-out evaluations without a gain before the run stops
     collapse_fraction: float = 0.25  # stop when document non-zeros fall below this share of the first steps' (0: never)
-    blend: float = 0.5  # OUT = blend × trained + (1 − blend) × starting weights (WiSE-FT); 1: the trained weights alone
+    blend: float = 0.5  # OUT = blend × trained + (1 − blend) × starting weights (WiSE-FT); 1: trained weights alone
 
     def __post_init__(self) -> None:
         if self.flops_doc is None:
