@@ -284,30 +284,37 @@ def test_inference_free_trains_documents_against_idf_queries_and_exports_the_tab
                                rtol=1e-4, atol=1e-5)
 
 
-def test_an_inference_free_run_is_scored_and_searched_with_its_idf_queries(graded_beir, tmp_path):
-    """--eval scores the variant as it will serve (IDF queries, not the model's own), and a collection indexed with
-    the trained folder searches with those IDF queries by default."""
+def test_an_inference_free_run_is_scored_and_searched_with_its_idf_queries(graded_beir, tmp_path, capsys):
+    """--eval scores the variant as it will serve (IDF queries, not the model's own), on each dataset it names, and a
+    collection indexed with the trained folder searches with those IDF queries by default."""
     import shutil
 
     from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder
     from lsr.search.searcher import Searcher
     from lsr.train.evaluate import sparse_quality
 
-    data = tmp_path / "graded"
+    data, other = tmp_path / "graded", tmp_path / "other"
     shutil.copytree(graded_beir, data)
     (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t1\nq2\td4\t1\nq3\td5\t1\n")
+    shutil.copytree(graded_beir, other)  # the same documents judged otherwise: another dataset's scores
+    (other / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\nq3\td9\t1\n")
     out = tmp_path / "out"
-    assert main(["train", str(data), str(out), "--inference-free", "--eval", str(data), "--batch-size", "2",
-                 "--epochs", "2", "--quiet", *SHORT]) == 0
-    scores = json.loads((out / "lsr_train.json").read_text())["eval"]
+    assert main(["train", str(data), str(out), "--inference-free", "--eval", str(data), "--eval", str(other),
+                 "--eval", str(data), "--batch-size", "2", "--epochs", "2", "--quiet", *SHORT]) == 0
+    printed = capsys.readouterr().out
+    evals = json.loads((out / "lsr_train.json").read_text())["eval"]
+    assert [scores["dataset"] for scores in evals] == [str(data), str(other)]  # each named dataset once, in order
     documents = SpladeEncoder.from_pretrained(str(out), device="cpu")
     idf_queries = InferenceFreeQueryEncoder.from_pretrained(str(out))
-    served = sparse_quality(documents, str(data), progress=False, query_encoder=idf_queries)
+    for scores, dataset in zip(evals, (data, other)):
+        served = sparse_quality(documents, str(dataset), progress=False, query_encoder=idf_queries)
+        assert scores["after"] == pytest.approx(served, abs=1e-9)
+        assert scores["before"]["query_nnz"] == pytest.approx(served["query_nnz"])  # the same IDF queries before
+        assert f"{dataset} test nDCG@10 {scores['before']['ndcg@10']:.4f} -> {served['ndcg@10']:.4f}" in printed
+        assert 0 < scores["p_value"] <= 1 and scores["test"].startswith("paired randomization")  # after vs before
+    assert evals[0]["after"]["ndcg@10"] != pytest.approx(evals[1]["after"]["ndcg@10"])
     own = sparse_quality(documents, str(data), progress=False)
-    assert scores["after"] == pytest.approx(served, abs=1e-9)
-    assert 0 < scores["p_value"] <= 1 and scores["test"].startswith("paired randomization")  # after vs before
-    assert scores["after"]["query_nnz"] != pytest.approx(own["query_nnz"])  # the model's own queries are not scored
-    assert scores["before"]["query_nnz"] == pytest.approx(served["query_nnz"])  # the same IDF queries before training
+    assert evals[0]["after"]["query_nnz"] != pytest.approx(own["query_nnz"])  # the model's own queries are not scored
 
     collection = tmp_path / "collection"
     assert main(["index", str(data), str(collection), "--model", str(out), "--dense", "none", "--bm25", "none",

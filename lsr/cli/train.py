@@ -30,7 +30,7 @@ first steps' stops and gives back the best weights it has. Measured on SciFact a
 benchmarks/results/train-scifact.md, train-nfcorpus.md.
 
 Examples:
-  lsr train scifact models/splade-scifact --max-minutes 12 --eval scifact
+  lsr train scifact models/splade-scifact --max-minutes 12 --eval scifact --eval nfcorpus
   lsr train nfcorpus models/splade-nf --max-minutes 12 --eval nfcorpus    # validates on nfcorpus dev
   lsr train scifact models/splade-scifact --negatives model --hard-negatives 2
   lsr train pairs.jsonl models/mine --epochs 2 --batch-size 32 --device cuda --dtype bf16
@@ -87,7 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed for order, negatives and dropout (default: {d.seed})")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT")
-    p.add_argument("--eval", default=None, metavar="DATASET", help="BEIR dataset whose test split is scored before and after")
+    p.add_argument("--eval", action="append", default=[], metavar="DATASET",
+                   help="BEIR dataset whose test split is scored before and after, with a paired randomization "
+                        "test; repeat it to also see what the fine-tune costs on data it never saw")
     p.add_argument("--dev-split", default=None, metavar="SPLIT",
                    help="BEIR qrels split of DATA held out for validation: scored at the start and every --dev-every "
                         "steps; OUT gets the best-scoring weights (the starting ones if training never beats them; "
@@ -206,12 +208,13 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
     if config.inference_free:
         idf_queries(model, examples)  # before any scoring: the variant is scored with its IDF queries, as it will serve
     queries = model.query_encoder()
-    before = after = evaluation = None
-    if args.eval:  # the encoder's weights as they are at each call: before, then after training
-        evaluation = quality_scorer(model.encoder, args.eval, "test", data_dir=args.data_dir, progress=not args.quiet,
-                                    query_encoder=queries)
-        before, before_by_query = evaluation()
-        say(f"before: {args.eval} nDCG@10 {before['ndcg@10']:.4f}, doc non-zeros {before['doc_nnz']:.1f}")
+    evaluations = {}  # each scores the encoder's weights as they are at the call: before, then after training
+    for dataset in dict.fromkeys(args.eval):
+        evaluations[dataset] = quality_scorer(model.encoder, dataset, "test", data_dir=args.data_dir,
+                                              progress=not args.quiet, query_encoder=queries)
+    before = {dataset: evaluation() for dataset, evaluation in evaluations.items()}
+    for dataset, (scores, _) in before.items():
+        say(f"before: {dataset} nDCG@10 {scores['ndcg@10']:.4f}, doc non-zeros {scores['doc_nnz']:.1f}")
     validate = None
     if dev_split is not None:
         dev = quality_scorer(model.encoder, args.data, dev_split, data_dir=args.data_dir, query_encoder=queries)
@@ -227,19 +230,19 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
     save_model_folder(model, out)
     if result.stopped not in ("time limit", "interrupted"):  # finished, or the guard ended it: nothing to resume
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # none when the last checkpoint step was never reached
-    p_value = None
-    if evaluation is not None:
-        after, after_by_query = evaluation()
-        p_value = randomization_p(before_by_query, after_by_query)
+    evals = []
+    for dataset, evaluation in evaluations.items():
+        (first, first_by_query), (after, after_by_query) = before[dataset], evaluation()
+        evals.append({"dataset": dataset, "before": first, "after": after,
+                      "p_value": randomization_p(first_by_query, after_by_query),
+                      "test": f"{RANDOMIZATION_TEST} over the test queries' nDCG@10"})
     summary = {"model": config.model, "data": args.data, "examples": len(examples), "config": asdict(config),
                "steps": result.steps, "total_steps": result.total_steps, "stopped": result.stopped,
                "dev_split": dev_split, "dev_scores": result.dev_scores, "kept": result.kept,
                "train_seconds": round(result.seconds, 1), "wall_seconds": round(time.monotonic() - clock, 1),
                "first_step": result.history[0] if result.history else None,
                "last_step": result.history[-1] if result.history else None,
-               "eval": {"dataset": args.eval, "before": before, "after": after, "p_value": p_value,
-                        "test": f"{RANDOMIZATION_TEST} over the test queries' nDCG@10"}
-               if args.eval else None, **encoding}
+               "eval": evals, **encoding}
     (out / "lsr_train.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(_summary_text(summary, out))
     return 0
@@ -261,11 +264,11 @@ def _summary_text(summary: dict, out: Path) -> str:
     if first and last:
         lines.append(f"loss {first['loss']:.3f} -> {last['loss']:.3f}; non-zeros per query {last['nnz_q']:.0f}, "
                      f"per document {last['nnz_d']:.0f}")
-    if summary["eval"]:
-        before, after = summary["eval"]["before"], summary["eval"]["after"]
-        lines.append(f"{summary['eval']['dataset']} test nDCG@10 {before['ndcg@10']:.4f} -> {after['ndcg@10']:.4f} "
-                     f"(p {summary['eval']['p_value']:.4f}, paired randomization test); "
-                     f"doc non-zeros {before['doc_nnz']:.1f} -> {after['doc_nnz']:.1f}")
+    for scored in summary["eval"]:
+        before, after = scored["before"], scored["after"]
+        lines.append(f"{scored['dataset']} test nDCG@10 {before['ndcg@10']:.4f} -> {after['ndcg@10']:.4f} "
+                     f"({after['ndcg@10'] - before['ndcg@10']:+.4f}, p {scored['p_value']:.4f}, paired randomization "
+                     f"test); doc non-zeros {before['doc_nnz']:.1f} -> {after['doc_nnz']:.1f}")
     lines.append(f"wrote {out} (SpladeEncoder.from_pretrained, lsr index --model, SparseEncoder all load it)")
     if summary["config"]["inference_free"]:
         lines.append("inference-free: queries are the IDF weights in idf.json, with no model; searches of a collection "
