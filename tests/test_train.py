@@ -158,6 +158,23 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tiny_beir, train
     assert uninterrupted_run["dev_split"] == "dev" and len(uninterrupted_run["dev_scores"]) >= 4
 
 
+def test_how_openmp_threads_wait_changes_no_weight(tiny_beir, tmp_path):
+    """lsr train makes its threads wait passively when other work holds the CPUs (lsr.encode.cpu_share): that is safe
+    only because the wait policy changes no arithmetic, so a run trains the same weights whichever it got."""
+    import os
+
+    runs = {}
+    for policy in ("PASSIVE", "ACTIVE"):
+        out = tmp_path / policy
+        env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+        done = subprocess.run(_train_command(tiny_beir, out, "--threads", "2", "--epochs", "2"), capture_output=True,
+                              text=True, timeout=600, env={**env, "OMP_WAIT_POLICY": policy})
+        assert done.returncode == 0, done.stderr
+        assert json.loads((out / "lsr_train.json").read_text())["omp_wait_policy"] == policy
+        runs[policy] = (out / "model.safetensors").read_bytes()
+    assert runs["PASSIVE"] == runs["ACTIVE"]
+
+
 def test_a_run_into_an_out_another_run_holds_is_refused_in_one_line(tiny_beir, tmp_path):
     """A second `lsr train OUT` (or `--resume`) while a run writes OUT would interleave their checkpoints."""
     from lsr.files import exclusive_folder

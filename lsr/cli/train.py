@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -111,9 +112,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "so an over-confident model is not pushed to shrink all its vectors; 1 = raw scores)")
     add_device_arguments(p)
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: every CPU this process may use); where other jobs hold cores, fewer "
-                        "can be faster: on 2 cores, one busy, a step took 0.60 s on 1 thread against 1.27 s on 2 "
-                        "(quiet: 0.60 against 0.41)")
+                   help="torch CPU threads (default: every CPU this process may use). When other work holds those CPUs "
+                        "at the start, the threads wait passively at each barrier instead of spinning "
+                        "(OMP_WAIT_POLICY=PASSIVE, unless you set it: the same weights, and on 2 cores with one busy "
+                        "an epoch of SciFact in 55 s instead of 100)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -128,6 +130,12 @@ def run(args: argparse.Namespace) -> int:
                          dev_every=args.dev_every, patience=args.patience, collapse_fraction=args.collapse_fraction,
                          blend=args.blend)
     config.check()  # bad numbers fail before any data or model loads
+    say = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    from lsr.encode.cpu_share import choose_wait_policy, usable_cpus
+
+    waiting = None if args.device.startswith("cuda") else choose_wait_policy(args.threads or usable_cpus())
+    if waiting:  # chosen before torch loads: OpenMP reads its wait policy once, then
+        say(waiting)
     from lsr.encode.cpu_threads import set_threads
 
     set_threads(args.threads)
@@ -138,7 +146,6 @@ def run(args: argparse.Namespace) -> int:
     encoding = device_options(args, concrete_dtype=True)  # one SPLADE model: its report names the dtype it ran
     from lsr.train.data import load_examples, model_miner
 
-    say = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     dev_split = _dev_split(args)  # before any mining, so a missing split fails at once
     model = None
     if config.negatives == "model":  # the model mines before it trains (a resume mines the same pool again)
@@ -242,7 +249,7 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
                "train_seconds": round(result.seconds, 1), "wall_seconds": round(time.monotonic() - clock, 1),
                "first_step": result.history[0] if result.history else None,
                "last_step": result.history[-1] if result.history else None,
-               "eval": evals, **encoding}
+               "eval": evals, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), **encoding}
     (out / "lsr_train.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(_summary_text(summary, out))
     return 0

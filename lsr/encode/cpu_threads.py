@@ -16,34 +16,15 @@ the one the same query gets inside a batch, and a served query's hits hung on wh
 
 from __future__ import annotations
 
-import math
-import os
 import threading
-from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
 
+from lsr.encode.cpu_share import usable_cpus
 from lsr.kernels.threads import one_intra_op_thread
 
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 T = TypeVar("T")
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask (taskset, cpusets), capped by a cgroup v2 CPU quota."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota = _cgroup_quota()
-    return max(1, min(cpus, quota) if quota else cpus)
-
-
-def _cgroup_quota() -> int | None:
-    """``cpu.max`` as whole CPUs (rounded up), None when unlimited or unreadable."""
-    try:
-        limit, period = CGROUP_CPU_MAX.read_text().split()[:2]
-    except (OSError, ValueError):
-        return None
-    return None if limit == "max" else max(1, math.ceil(int(limit) / int(period)))
 
 
 def set_threads(threads: int | None) -> int:
