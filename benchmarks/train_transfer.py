@@ -103,14 +103,14 @@ def compare(models: list[dict]) -> list[dict]:
     base = models[0]["scores"]
     rows = []
     for model in models:
-        for dataset, tasks in model.pop("scores").items():
+        for dataset, tasks in model["scores"].items():
             cells = {task: {"ndcg@10": float(np.mean(values))} for task, values in tasks.items()}
             if model is not models[0]:
                 for task, values in tasks.items():
                     cells[task]["delta"] = cells[task]["ndcg@10"] - float(np.mean(base[dataset][task]))
                     cells[task]["p"] = randomization_p(base[dataset][task], values)
-            rows.append({**model, "dataset": dataset, "unseen": model["trained_on"] not in (None, dataset),
-                         "tasks": cells})
+            rows.append({**{k: v for k, v in model.items() if k != "scores"}, "dataset": dataset,
+                         "unseen": model["trained_on"] not in (None, dataset), "tasks": cells})
     return rows
 
 

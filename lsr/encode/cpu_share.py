@@ -25,13 +25,9 @@ SAMPLE_SECONDS = 0.3
 
 def usable_cpus() -> int:
     """CPUs this process may run on: its affinity mask (taskset, cpusets), capped by a cgroup v2 CPU quota."""
-    cpus = _affinity_count()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = _cgroup_quota()
     return max(1, min(cpus, quota) if quota else cpus)
-
-
-def _affinity_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _cgroup_quota() -> int | None:
@@ -43,9 +39,9 @@ def _cgroup_quota() -> int | None:
     return None if limit == "max" else max(1, math.ceil(int(limit) / int(period)))
 
 
-def busy_cpus(seconds: float = SAMPLE_SECONDS) -> float | None:
-    """How many of the CPUs in this process's affinity mask were busy over ``seconds`` (this process sleeps meanwhile,
-    so it is other work); None where ``/proc/stat`` cannot be read."""
+def busy_cpus(seconds: float = SAMPLE_SECONDS) -> tuple[float, int] | None:
+    """(how many were busy, how many were sampled) of the CPUs in this process's affinity mask over ``seconds``; this
+    process sleeps meanwhile, so the busy ones ran other work. None where ``/proc/stat`` cannot be read."""
     cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else None
 
     def sample() -> dict[str, tuple[int, int]]:
@@ -67,7 +63,7 @@ def busy_cpus(seconds: float = SAMPLE_SECONDS) -> float | None:
     for name, (work, total) in second.items():
         if name in first and total > first[name][1]:
             busy += (work - first[name][0]) / (total - first[name][1])
-    return busy
+    return busy, len(second)
 
 
 def choose_wait_policy(threads: int) -> str | None:
@@ -75,9 +71,9 @@ def choose_wait_policy(threads: int) -> str | None:
     saying so (None when nothing was set: the user chose, torch already loaded, one thread, or CPUs to spare)."""
     if threads < 2 or any(name in os.environ for name in WAIT_POLICY_VARIABLES) or "torch" in sys.modules:
         return None
-    busy = busy_cpus()
-    if busy is None or _affinity_count() - busy >= threads - 0.5:
+    sampled = busy_cpus()
+    if sampled is None or sampled[1] - sampled[0] >= threads - 0.5:
         return None
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return (f"other work holds {busy:.1f} of this process's CPUs: its {threads} threads wait passively "
+    return (f"other work holds {sampled[0]:.1f} of this process's CPUs: its {threads} threads wait passively "
             "(OMP_WAIT_POLICY=PASSIVE: same results, faster beside other jobs; set it yourself to choose)")
