@@ -7,9 +7,13 @@ Ends with a full `lsr verify`.
 
 A sharded collection is repaired shard by shard.
 
+A journal damaged in the middle stops every open ("acknowledged writes lie past it"): `--salvage` keeps the
+records around the damage, loses the writes inside it, and then repairs.
+
 Examples:
   lsr repair runs/scifact
   lsr repair runs/big-4shards
+  lsr repair runs/scifact --salvage
 """
 
 from __future__ import annotations
@@ -17,15 +21,23 @@ from __future__ import annotations
 import argparse
 
 from lsr.cli import verify
-from lsr.cli.verify import add_arguments, collections_of  # noqa: F401 - the same single COLLECTION argument
+from lsr.cli.verify import collections_of
 
 HELP = "rebuild the inverted and faiss indexes of a collection from its vectors, embeddings and journal"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    verify.add_arguments(p)
+    p.add_argument("--salvage", action="store_true",
+                   help="when the journal is damaged in the middle (a flipped byte), keep every whole record around "
+                        "the damage and drop the rest: the writes in the damaged bytes are lost (upserts gone, "
+                        "deletes undone), everything else is kept; the damaged file stays as journal.log.damaged")
 
 
 def run(args: argparse.Namespace) -> int:
     from lsr.ingest.repair import repair_collection
 
     for name, path in collections_of(args.collection):
-        for line in repair_collection(path):
+        for line in repair_collection(path, salvage=args.salvage):
             print(f"{name}: {line}" if name else line)
     return verify.run(args)

@@ -34,7 +34,7 @@ from lsr.sparse import SparseBatch
 
 JOURNAL_FILE = "journal.log"
 MAGIC = b"LSRJRNL1"
-_HEAD = struct.Struct("<II")
+HEAD = struct.Struct("<II")
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Record:
     def framed(self) -> bytes:
         """The record as the journal stores it: length, crc32, payload."""
         payload = self.to_bytes()
-        return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+        return HEAD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 @dataclass
@@ -119,15 +119,15 @@ def scan(path: Path, start: int = 0) -> Scan:
         fh.seek(start)
         data = fh.read()
     if start:
-        return _scan_records(data, 0, start)
+        return scan_records(data, 0, start)
     if len(data) < len(MAGIC):
         return Scan([], 0, len(data), "the header is cut off" if data else None)
     if data[: len(MAGIC)] != MAGIC:
         return Scan([], 0, len(data), "the header is not an lsr journal's")
-    return _scan_records(data, len(MAGIC), 0)
+    return scan_records(data, len(MAGIC), 0)
 
 
-def _scan_records(data: bytes, offset: int, base: int) -> Scan:
+def scan_records(data: bytes, offset: int, base: int) -> Scan:
     """The records in ``data`` from ``offset``; ``base`` is the file offset of ``data[0]``."""
     records: list[Record] = []
     ends: list[int] = []
@@ -137,10 +137,10 @@ def _scan_records(data: bytes, offset: int, base: int) -> Scan:
 
     while offset < len(data):
         at = base + offset
-        if offset + _HEAD.size > len(data):
+        if offset + HEAD.size > len(data):
             return stop(at, f"a record header at byte {at} is cut off")
-        length, crc = _HEAD.unpack_from(data, offset)
-        payload = data[offset + _HEAD.size : offset + _HEAD.size + length]
+        length, crc = HEAD.unpack_from(data, offset)
+        payload = data[offset + HEAD.size : offset + HEAD.size + length]
         if len(payload) < length:
             return stop(at, f"the record at byte {at} is cut off")
         if zlib.crc32(payload) != crc:
@@ -149,15 +149,15 @@ def _scan_records(data: bytes, offset: int, base: int) -> Scan:
             record = Record.from_bytes(payload)
         except (pa.ArrowException, KeyError, ValueError) as exc:
             return stop(at, f"the record at byte {at} is unreadable ({exc})")
-        if records and not _follows(records[-1], record):
+        if records and not follows(records[-1], record):
             return stop(at, f"the record at byte {at} has seq {record.seq} after {records[-1].seq}")
         records.append(record)
-        offset += _HEAD.size + length
+        offset += HEAD.size + length
         ends.append(base + offset)
     return Scan(records, base + offset, base + len(data), None, ends)
 
 
-def _follows(previous: Record, record: Record) -> bool:
+def follows(previous: Record, record: Record) -> bool:
     """Whether ``record`` may follow ``previous``: the next seq, or a later one where a compacted journal's records
     start (they end at their checkpoint, so the seqs of the records they replaced before it go unused)."""
     if record.seq == previous.seq + 1:
@@ -182,7 +182,9 @@ def recover(path: Path, applied: int, folded: int = 0) -> list[Record]:
                                    "(the journal was truncated or replaced); run `lsr repair` to rebuild from it")
         return [record for record in found.records if record.seq > folded]
     if last < applied or (found.end == 0 and found.size > len(MAGIC)):
-        raise CorruptFileError(f"{path}: {found.problem}, and acknowledged writes lie past it (corrupted)")
+        raise CorruptFileError(f"{path}: {found.problem}, and acknowledged writes lie past it (corrupted); restore "
+                               f"it from a backup, or `lsr repair {path.parent} --salvage` keeps the whole records "
+                               "around the damage and loses the writes inside it")
     with open(path, "r+b") as fh:  # the cut-off write was never acknowledged: drop it
         fh.truncate(found.end)
         fh.flush()
@@ -192,10 +194,11 @@ def recover(path: Path, applied: int, folded: int = 0) -> list[Record]:
 
 def latest_writes(records: Sequence[Record]) -> dict[str, tuple[Record, int] | None]:
     """Each journaled id's last write: (upsert record, row), or None when it was deleted last; ids in the order
-    of their first write."""
+    of their last writes, the order a running collection's indexes hold them in (ties go to the earlier)."""
     latest: dict[str, tuple[Record, int] | None] = {}
     for record in records:
         for row, doc_id in enumerate(record.ids):
+            latest.pop(doc_id, None)
             latest[doc_id] = (record, row) if record.op == "upsert" else None
     return latest
 

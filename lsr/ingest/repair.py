@@ -16,6 +16,7 @@ import numpy as np
 
 from lsr.files import CorruptFileError, exclusive_folder, file_record, sealed, write_json_atomic
 from lsr.ingest.journal import JOURNAL_FILE, Record, latest_writes, recover
+from lsr.ingest.journal_salvage import salvage_journal
 from lsr.ingest.layout import META_FILE, build_file_problems, read_meta, read_vector_shards, shard_name
 from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR, DOC_FREQS_FILE, STATS_FILE, build_bm25
@@ -23,15 +24,16 @@ from lsr.search.dense_index import MANIFEST, DenseIndex
 from lsr.sparse import SparseBatch
 
 
-def repair_collection(path: Path) -> list[str]:
-    """Rebuild every index; returns what was done. Raises CorruptFileError if a source file is damaged, and
+def repair_collection(path: Path, salvage: bool = False) -> list[str]:
+    """Rebuild every index; returns what was done. Raises CorruptFileError if a source file is damaged (with
+    ``salvage``, a journal damaged in the middle first keeps its whole records: ``journal_salvage``), and
     FolderBusyError while an ``lsr index``, another repair or a write is under way in the collection."""
     meta = read_meta(path)  # a missing or foreign folder fails here, before the lock would create it
     with exclusive_folder(path):
-        return _rebuild(path, meta)
+        return _rebuild(path, meta, salvage)
 
 
-def _rebuild(path: Path, meta: dict) -> list[str]:
+def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
     from lsr.index import InvertedIndex
 
     damaged = build_file_problems(path, meta, skip=BM25_DIR)
@@ -40,6 +42,7 @@ def _rebuild(path: Path, meta: dict) -> list[str]:
                                "restore it from a backup or re-index with `lsr index --overwrite`")
     parts = WrittenParts.open(path)
     parts.remove_unnamed()
+    salvaged = salvage_journal(path / JOURNAL_FILE, _applied_seq(path), parts.upto) if salvage else None
     records = recover(path / JOURNAL_FILE, _applied_seq(path), parts.upto)
     last = records[-1].seq if records else parts.upto
     latest = latest_writes([*parts.records(), *records])
@@ -52,7 +55,8 @@ def _rebuild(path: Path, meta: dict) -> list[str]:
     shutil.rmtree(path / "sparse", ignore_errors=True)
     sparse = InvertedIndex.build(path / "sparse", chunks, quantization=meta["settings"]["quantization"],
                                  journal_seq=last, scale=meta.get("sharding", {}).get("sparse_scale"))
-    done = [f"rebuilt the sparse index: {sparse.num_docs:,} documents"]
+    done = [salvaged] if salvaged else []
+    done.append(f"rebuilt the sparse index: {sparse.num_docs:,} documents")
     if meta.get("dense_model"):
         dense = None
         for shard, (_, ids) in enumerate(read_vector_shards(path, meta["shards"])):

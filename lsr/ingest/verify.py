@@ -85,7 +85,8 @@ def verify_collection(path: Path) -> Report:
     applied = max(seqs.values(), default=0)
     if journal.problem is not None:
         if last < applied or len(seqs) < 1 + bool(meta.get("dense_model")):
-            report.problems.append(f"{path / JOURNAL_FILE}: {journal.problem} (corrupted)")
+            report.problems.append(f"{path / JOURNAL_FILE}: {journal.problem} (corrupted; `lsr repair --salvage` "
+                                   "keeps the whole records around the damage)")
         else:
             report.notes.append(f"{path / JOURNAL_FILE}: {journal.problem}: a write cut off by a crash, never "
                                 "acknowledged; the next open drops it")
