@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -223,12 +223,15 @@ class ShardedSearcher(Searcher):
 
     # ------------------------------------------------------------------ writes
     def store(self, ids: list[str], texts: list[str], sparse: SparseBatch, dense: np.ndarray | None,
-              deadline: float | None = None) -> None:
+              deadline: float | None = None, check: Callable[[str], None] | None = None) -> None:
         """Each document to its owner, waiting on the shards no longer than the caller's ``deadline`` (the
         searches' rule, ``ShardSet.call``). A missing owner fails the write, UNAVAILABLE; a late one
         DEADLINE_EXCEEDED, and the write may still land there. Either way the owners that answered keep
         theirs: a write is atomic per shard (its journal), not across shards. Retrying the same upsert is
-        safe: an id always routes to the same shard, which replaces the document it holds."""
+        safe: an id always routes to the same shard, which replaces the document it holds. ``check`` runs
+        before anything is sent; the shards then take writes in the order they were sent."""
+        if check is not None:
+            check("writing")
         args = {}
         for shard, (positions, shard_ids) in _by_owner(self.shards, ids).items():
             args[shard] = (shard_ids, [texts[i] for i in positions], sparse.select(positions),
@@ -237,8 +240,11 @@ class ShardedSearcher(Searcher):
         for shard, version in answers.items():
             self.shards.versions[shard] = version
 
-    def delete(self, ids: Sequence[str], deadline: float | None = None) -> list[str]:
+    def delete(self, ids: Sequence[str], deadline: float | None = None,
+               check: Callable[[str], None] | None = None) -> list[str]:
         """Like ``store``; a retried delete is safe too, and reports the ids its first try removed as not found."""
+        if check is not None:
+            check("deleting")
         ids = [str(i) for i in ids]
         groups = _by_owner(self.shards, ids)
         answers, _ = self.shards.call("delete", {shard: (shard_ids,) for shard, (_, shard_ids) in groups.items()},

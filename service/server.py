@@ -26,7 +26,6 @@ from lsr.service.servicer import SearchServicer, Undecodable
 log = logging.getLogger("lsr.service")
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
-_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _HEALTH_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List")
 
 
@@ -36,7 +35,8 @@ class ServerConfig:
     port: int = 50051  # 0 picks a free port (logged as event=listening)
     workers: int = 64  # handler threads: concurrent requests being served
     max_concurrent_rpcs: int = 512  # beyond this, calls are refused with RESOURCE_EXHAUSTED
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024  # largest request
+    max_response_bytes: int = 64 * 1024 * 1024  # largest answer: a full batch of k=1000 hits is larger than a request
     batch_window_ms: float = 2.0
     max_batch: int = 64  # 1 disables micro-batching: every request encodes on its own
     encode_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # encodes running at once, both encoders together
@@ -48,7 +48,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        for name in ("workers", "max_batch", "encode_workers", "max_concurrent_rpcs", "max_message_bytes"):
+        for name in ("workers", "max_batch", "encode_workers", "max_concurrent_rpcs", "max_message_bytes",
+                     "max_response_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.batch_window_ms < 0 or self.grace_seconds < 0:
@@ -126,14 +127,14 @@ class SearchServer:
     def __init__(self, searcher, config: ServerConfig) -> None:
         self.config = config
         self.searcher = searcher
-        max_response = max(config.max_message_bytes, _MAX_RESPONSE_BYTES)
         self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch,
-                                       encode_workers=config.encode_workers, max_response_bytes=max_response)
+                                       encode_workers=config.encode_workers,
+                                       max_response_bytes=config.max_response_bytes)
         interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
         interceptors.append(LenientDecoding())
-        limits = [  # requests are bounded to protect the server; a full batch of k=1000 answers may be larger
+        limits = [  # both bounded to protect the server
             ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", max_response),
+            ("grpc.max_send_message_length", config.max_response_bytes),
             # gRPC sets SO_REUSEPORT by default: a second server on a taken port would bind too and
             # silently share its traffic; without it the bind fails and says so.
             ("grpc.so_reuseport", 0),

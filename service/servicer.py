@@ -21,6 +21,7 @@ from typing import Iterator
 import grpc
 import numpy as np
 
+from lsr.encode.texts import is_blank
 from lsr.files import CorruptFileError, FolderBusyError
 from lsr.ingest.collection import CollectionReplaced
 from lsr.search.searcher import FailedPrecondition, legs_of
@@ -209,6 +210,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             result = self.searcher.search(text, sparse=sparse, dense=dense, deadline=call.deadline, **options)
         response = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id,
                                    total_ms=call.elapsed_ms())
+        if response.ByteSize() > self.max_response_bytes:  # the estimate was low: these hits' texts are long
+            raise TooLarge(f"the response is {response.ByteSize() / 2**20:,.0f} MiB, over the server's "
+                           f"{self.max_response_bytes / 2**20:.0f} MiB response limit (k={options['k']} with text: "
+                           "these documents are long); ask for fewer hits, or include_text=false and fetch the texts")
         self._count("requests")
         if result.partial:
             call.fields.update(shards_missing=",".join(result.shards_missing))
@@ -225,7 +230,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if len(texts) > MAX_BATCH_TEXTS:
             raise ValueError(f"{len(texts)} texts in one batch; send at most {MAX_BATCH_TEXTS} per request")
         for i, text in enumerate(texts):
-            if not text.strip():
+            if is_blank(text):
                 raise ValueError(f"texts[{i}] is empty or whitespace; every query needs some words")
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None, texts=len(texts))
         self._check_response_size(len(texts), options)
@@ -248,8 +253,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     @_rpc
     def Upsert(self, request_iterator, call: _Call) -> pb.UpsertResponse:
         ids, texts = _read_upsert_stream(request_iterator, call)
-        call.check("writing")
-        self.searcher.upsert(ids, texts, deadline=call.deadline)
+        self.searcher.upsert(ids, texts, deadline=call.deadline, check=call.check)
         call.fields.update(docs=len(ids))
         return pb.UpsertResponse(upserted=len(ids), index_version=self.searcher.index_version)
 
@@ -258,7 +262,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         ids = list(request.ids)
         if not ids:
             raise ValueError("ids is empty; name the documents to delete")
-        not_found = list(self.searcher.delete(ids, deadline=call.deadline))
+        not_found = list(self.searcher.delete(ids, deadline=call.deadline, check=call.check))
         call.fields.update(ids=len(ids), not_found=len(not_found))
         if len(not_found) == len(set(ids)):
             raise KeyError(f"none of the {len(set(ids))} ids is in the collection (first: {not_found[0]!r})")
@@ -413,7 +417,7 @@ def _read_upsert_stream(messages, call: _Call) -> tuple[list[str], list[str]]:
                 raise ValueError(f"{where} has no id")
             if doc.id in seen:
                 raise ValueError(f"{where} repeats id {doc.id!r}; send each id once")
-            if not message.allow_empty_documents and not doc.text.replace("\x00", "").strip():
+            if not message.allow_empty_documents and is_blank(doc.text):
                 raise ValueError(f"{where} ({doc.id!r}) has empty, whitespace or NUL-only text; "
                                  "set allow_empty_documents to store it anyway")
             size += len(doc.id) + len(doc.text)

@@ -43,6 +43,13 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _upsert_each(col: Collection, encoders, ids: list[str], texts: list[str]) -> None:
+    """One write per document, encoded by the real models."""
+    sparse, dense = encoders[0].encode_documents(texts), encoders[1].encode_documents(texts)
+    for i, doc_id in enumerate(ids):
+        col.upsert([doc_id], texts[i : i + 1], sparse[i : i + 1], dense[i : i + 1])
+
+
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -409,8 +416,10 @@ def test_writes_leave_the_dense_index_to_the_journal_until_its_save_at_close(wri
 
 
 def _bm25_runs(path: Path) -> list:
-    """BM25 runs over the collection at ``path`` as an open gives them."""
-    return Collection.open(path).view().bm25_search([NEW_TEXT, "vitamin d deficiency", "Write 3", "zorblaxian"], 40)
+    """BM25 runs over the collection at ``path`` as an open gives them, in order (ties too)."""
+    runs = Collection.open(path).view().bm25_search([NEW_TEXT, "vitamin d deficiency", "Write 3", "zorblaxian",
+                                                     "narwhal tusks"], 40)
+    return [list(run.items()) for run in runs]
 
 
 def test_the_bm25_leg_saved_with_the_collection_opens_to_the_runs_the_journal_gives(written, encoders, tmp_path,
@@ -427,10 +436,12 @@ def test_the_bm25_leg_saved_with_the_collection_opens_to_the_runs_the_journal_gi
     leg_file = path / "bm25" / LEG_FILE
     col = Collection.open(path)
     texts = [f"Write {i}: {NEW_TEXT}" for i in range(6)] + ["zorblaxian quasars"]
-    sparse, dense = encoders[0].encode_documents(texts), encoders[1].encode_documents(texts)
-    for i, text in enumerate(texts):
-        col.upsert([f"s-{i}"], [text], sparse[i : i + 1], dense[i : i + 1])
+    tied = ["Narwhal tusks."] * 3  # one score: their order is their rows', and a rewrite moves s-tie-0 last
+    _upsert_each(col, encoders, [f"s-tie-{i}" for i in range(3)] + [f"s-{i}" for i in range(7)] + ["s-tie-0"],
+                 tied + texts + tied[:1])
     col.delete(["s-1"])
+    assert [doc_id for doc_id, _ in _bm25_runs(path)[4]] == ["s-tie-1", "s-tie-2", "s-tie-0"]  # a fresh open
+    assert list(col.view().bm25_search(["narwhal tusks"], 40)[0]) == ["s-tie-1", "s-tie-2", "s-tie-0"]  # this one
     col._saver.join()
     saved_seq = int(read_leg_file(leg_file)["about"][1])
     assert 0 < saved_seq < col._journal.last_seq  # saved in the background; later writes are only journaled
@@ -438,7 +449,7 @@ def test_the_bm25_leg_saved_with_the_collection_opens_to_the_runs_the_journal_gi
     journal_only = shutil.copytree(path, tmp_path / "journal-only")
     (journal_only / "bm25" / LEG_FILE).unlink()
     want = _bm25_runs(journal_only)
-    assert "s-6" in want[3] and "s-1" not in want[2]
+    assert "s-6" in dict(want[3]) and "s-1" not in dict(want[2])
     assert _bm25_runs(crashed) == want
     col.close()
     assert int(read_leg_file(leg_file)["about"][1]) == col._journal.last_seq
@@ -450,3 +461,52 @@ def test_the_bm25_leg_saved_with_the_collection_opens_to_the_runs_the_journal_gi
     assert any(LEG_FILE in problem for problem in verify_collection(path).problems)
     assert main(["repair", str(path)]) == 0
     assert not leg_file.exists() and not verify_collection(path).problems and _bm25_runs(path) == want
+
+
+def _flip_length(data: bytearray, start: int) -> None:
+    data[start + 3] ^= 0x40  # the record's length: it now runs past the file, so the records after it must be found
+
+
+def _flip_payload(data: bytearray, start: int) -> None:
+    data[start + 40] ^= 0xFF
+
+
+@pytest.mark.parametrize("damage", [_flip_payload, _flip_length], ids=["payload", "length"])
+def test_repair_salvage_keeps_the_journal_records_around_a_damaged_one(written, encoders, tmp_path, capsys, damage):
+    """A flipped byte inside one acknowledged record stops every open; `lsr repair --salvage` keeps the records
+    before and after it (the writes in it are lost, and said so), keeps the damaged file, and the collection then
+    opens, agrees with itself and takes writes."""
+    from lsr.ingest.journal import JOURNAL_FILE, scan
+
+    path = _copy(written, tmp_path / "col")
+    col = Collection.open(path)
+    texts = [f"Salvage {i}: {NEW_TEXT}" for i in range(5)]
+    _upsert_each(col, encoders, [f"v-{i}" for i in range(5)], texts)
+    gone = sorted(col.sparse.doc_ids())[0]
+    col.delete([gone])  # after the damaged record: must stay deleted
+    col.close()
+    assert main(["repair", str(path), "--salvage"]) == 0
+    assert "salvaged" not in capsys.readouterr().out  # a whole journal is left as it is
+    journal = path / JOURNAL_FILE
+    found = scan(journal)
+    hit = next(i for i, record in enumerate(found.records) if record.ids == ["v-2"])
+    data = bytearray(journal.read_bytes())
+    damage(data, found.ends[hit - 1])
+    journal.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="--salvage"):
+        Collection.open(path)
+    assert main(["repair", str(path), "--salvage"]) == 0  # ends with a verify that passes
+    out = capsys.readouterr().out
+    assert f"the writes of seq {found.records[hit].seq} are lost" in out and "journal.log.damaged" in out
+    assert (path / "journal.log.damaged").read_bytes() == bytes(data)
+    col = Collection.open(path)
+    view = col.view()
+    kept = {f"v-{i}" for i in (0, 1, 3, 4)}
+    assert kept <= view.docs.ids() and kept <= set(col.sparse.doc_ids()) and kept <= set(col.dense.ids())
+    assert "v-2" not in view.docs.ids() | set(col.sparse.doc_ids()) | set(col.dense.ids())
+    assert gone not in view.docs.ids() and gone not in set(col.sparse.doc_ids())
+    assert "v-3" in view.bm25_search(["Salvage 3"], 5)[0]
+    _upsert_each(col, encoders, ["v-9"], texts[:1])
+    col.close()
+    assert "v-9" in Collection.open(path).view().docs.ids()
+    assert not verify_collection(path).problems

@@ -156,6 +156,11 @@ def test_fusion_of_any_legs_is_identical_to_in_process(client, searcher, queries
 def test_vector_queries_and_batches_identical_to_in_process(client, searcher, queries):
     sparse = {"vitamin": 1.5, "cancer": 0.75}
     assert _hits(client.search(sparse=sparse, k=5)) == _hits(searcher.search(sparse=sparse, k=5))
+    plain = searcher.search(sparse=sparse, k=5).hits
+    for scale in (1e-25, 1e25):  # far from 1, inside the accepted range: the same ranking, scores scaled alike
+        scaled = client.search(sparse={t: w * scale for t, w in sparse.items()}, k=5).hits
+        assert [h.doc_id for h in scaled] == [h.doc_id for h in plain]
+        assert scaled[0].score == pytest.approx(plain[0].score * scale, rel=1e-5)
     dense = searcher.encode_dense([queries[0]])[0][0].tolist()
     assert _hits(client.search(dense=dense, mode="dense", k=5)) == _hits(searcher.search(dense=dense, mode="dense", k=5))
     both = client.search(queries[1], dense=dense, mode="hybrid", k=5)
@@ -248,6 +253,12 @@ def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
         ("inf weight", pb.SearchRequest(sparse={"cancer": float("inf")}), bad, "finite"),
         ("negative weight", pb.SearchRequest(sparse={"cancer": -1.0}), bad, "non-negative"),
         ("unknown token", pb.SearchRequest(sparse={"no-such-token-xyz": 1.0}), bad, "unknown token"),
+        ("sparse weight overflowing scores", pb.SearchRequest(sparse={"cancer": 3e38, "cell": 1.0}), bad, "between 1e-30 and 1e+30"),
+        ("sparse weights underflowing scores", pb.SearchRequest(sparse={"cancer": 1e-44}), bad, "between 1e-30 and 1e+30"),
+        ("sparse vector in hybrid mode", pb.SearchRequest(sparse={"cancer": 1.0}, mode=pb.HYBRID), bad, "sparse mode only"),
+        ("NUL-only text", pb.SearchRequest(text="\x00\x00"), bad, "empty"),
+        ("dense overflowing scores", pb.SearchRequest(dense=[3e38] * 384, mode=pb.DENSE), bad, "between 1e-30 and 1e+30"),
+        ("all-zero dense", pb.SearchRequest(dense=[0.0] * 384, mode=pb.DENSE), bad, "all zeros"),
         ("wrong dense dimension", pb.SearchRequest(dense=[0.1] * 7, mode=pb.DENSE), bad, "dimensions"),
         ("text and sparse", pb.SearchRequest(text="cancer", sparse={"cancer": 1.0}), bad, "only one"),
         ("dense beside text outside hybrid", pb.SearchRequest(text="cancer", dense=[0.1] * 384, mode=pb.DENSE), bad, "only one"),

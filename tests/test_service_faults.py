@@ -119,6 +119,31 @@ def test_delete_and_reupsert_race_gives_no_errors(server, queries):
     assert sum(done for done, _ in outcomes) >= 12
 
 
+def test_an_upsert_whose_caller_gave_up_never_lands_over_a_later_write(server):
+    """The server encodes an upsert before writing it; a stream whose deadline passed while it was encoded must be
+    dropped, not written seconds later over the write its caller made after the DEADLINE_EXCEEDED."""
+    fillers = [f"late-{i}" for i in range(599)]
+    words = "vitamin d supplementation and bone fracture risk in older adults " * 6
+    with server.client() as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.upsert(["late-victim", *fillers], ["stale quokka version", *[f"{words} {i}" for i in range(599)]],
+                     timeout=1.0)  # several seconds of encoding
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert c.upsert(["late-victim"], ["fresh wombat version"]) == 1
+        give_up = time.monotonic() + 90
+        while not any("rpc=Upsert" in line and ("DEADLINE_EXCEEDED" in line or "docs=600" in line)
+                      for line in server.lines):
+            assert time.monotonic() < give_up, "the expired upsert never ended"
+            time.sleep(0.1)
+        line = next(line for line in server.lines if "rpc=Upsert" in line and "docs=1" not in line)
+        assert "status=DEADLINE_EXCEEDED" in line and "encoding documents" in line
+        (hit,) = c.search("quokka wombat", k=1, mode="bm25", include_text=True).hits
+        assert (hit.doc_id, hit.text) == ("late-victim", "fresh wombat version")
+        with pytest.raises(grpc.RpcError) as err:
+            c.delete(fillers)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # none of the dropped stream was written
+
+
 # ---------------------------------------------------------------------------------- limits
 def test_oversized_search_batch_is_refused_before_any_work(server, queries):
     with server.client() as c:
@@ -130,6 +155,25 @@ def test_oversized_search_batch_is_refused_before_any_work(server, queries):
         assert "MiB response limit" in err.value.details() and "500 texts" in err.value.details()
         assert c.stats()["requests"] == before
     assert _rss_bytes(server.proc.pid) - before_rss < 100 * 2**20
+
+
+def test_a_search_whose_long_texts_pass_the_response_limit_says_so(collection, tmp_path):
+    """The estimate made before a search uses the build's mean text size; upserted texts far longer than those
+    must still get the server's own RESOURCE_EXHAUSTED, not a transport error after an OK in its log."""
+    server = ServerProcess(shutil.copytree(collection, tmp_path / "col"), "--max-response-mb", "1").wait_listening()
+    try:
+        with server.client() as c:
+            long_texts = [f"quokka {i} " + " ".join(f"word{j}" for j in range(40_000)) for i in range(4)]  # ~0.4 MB
+            assert c.upsert([f"long-{i}" for i in range(4)], long_texts) == 4
+            assert len(c.search("quokka", k=2, mode="bm25", include_text=True).hits) == 2  # 0.8 MB: under
+            with pytest.raises(grpc.RpcError) as err:
+                c.search("quokka", k=4, mode="bm25", include_text=True)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "over the server's 1 MiB response limit" in err.value.details()
+        line = next(line for line in reversed(server.lines) if "rpc=Search " in line)
+        assert "status=RESOURCE_EXHAUSTED" in line
+    finally:
+        server.kill()
 
 
 def test_upsert_streams_are_checked_as_they_arrive(server):

@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long concurrent query encodings are collected into one batch (default 2)")
     p.add_argument("--max-batch", type=int, default=64, help="most queries encoded together (default 64; 1 = no batching)")
     p.add_argument("--max-message-mb", type=float, default=4.0, help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default 4)")
+    p.add_argument("--max-response-mb", type=float, default=64.0,
+                   help="largest answer in MiB; a search whose hits (k, texts) would pass it gets RESOURCE_EXHAUSTED "
+                        "naming the limit (default 64)")
     add_device_arguments(p)
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM (default 30)")
     sharded = p.add_argument_group("sharded collections")
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(  # checks its values before the slow collection load
         host=args.host, port=args.port, workers=args.workers,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        max_response_bytes=int(args.max_response_mb * 1024 * 1024),
         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=_read_token(args.auth_token_file),
         grace_seconds=args.grace,

@@ -24,3 +24,8 @@ def check_texts(texts: Any) -> list[str]:
             except UnicodeEncodeError as exc:
                 raise ValueError(f"texts[{i}] is not UTF-8 text: an undecodable byte at character {exc.start}") from None
     return texts
+
+
+def is_blank(text: str) -> bool:
+    """Whether a text has no words: empty, whitespace or NUL characters only (a tokenizer drops them all)."""
+    return not text.replace("\x00", "").strip()

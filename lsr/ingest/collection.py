@@ -439,9 +439,12 @@ def overlay_of(records: Sequence[Record]) -> dict[str, str | None]:
 
 
 def _overlay(writes: Iterable[tuple[int, list[str], list[str | None]]]) -> dict[str, str | None]:
+    """Each id at its last write, in the order of those writes (the order the BM25 leg numbers its rows in)."""
     overlay: dict[str, str | None] = {}
     for _, ids, texts in writes:
-        overlay.update(zip(ids, texts))
+        for doc_id, text in zip(ids, texts):
+            overlay.pop(doc_id, None)
+            overlay[doc_id] = text
     return overlay
 
 

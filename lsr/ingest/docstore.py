@@ -116,6 +116,12 @@ def _read(path: Path, read):
 FOLD_MIN = 1_024  # writes a version's own layer holds at least before it folds into the shared one
 
 
+def _later_wins(earlier: Mapping[str, str | None], later: Mapping[str, str | None]) -> dict[str, str | None]:
+    """``earlier``'s writes then ``later``'s, an id rewritten by ``later`` moving to its place there (the order of the
+    last writes, which a rebuilt BM25 leg numbers its rows in)."""
+    return {**{doc_id: text for doc_id, text in earlier.items() if doc_id not in later}, **later}
+
+
 class DocStore:
     """Texts by doc id, as of one version of the collection."""
 
@@ -129,11 +135,10 @@ class DocStore:
 
     def with_updates(self, ids: Sequence[str], texts: Sequence[str | None]) -> "DocStore":
         """A new version with these texts (None = deleted); this one is unchanged."""
-        recent = dict(self._recent)
-        recent.update(zip(ids, texts))
+        recent = _later_wins(self._recent, dict(zip(ids, texts)))
         if len(recent) <= max(FOLD_MIN, len(self._base) // 8):
             return DocStore(self.directory, self._base, _parts=self._parts, _recent=recent)
-        return DocStore(self.directory, {**self._base, **recent}, _parts=self._parts, _recent={})
+        return DocStore(self.directory, _later_wins(self._base, recent), _parts=self._parts, _recent={})
 
     @property
     def folded_upto(self) -> int:
@@ -141,8 +146,9 @@ class DocStore:
         return self._parts.written.upto if self._parts.written is not None else 0
 
     def _overlay(self) -> dict[str, str | None]:
-        """Every write after the build, the last one per id (a copy: for the rare whole-overlay questions)."""
-        return {**self._base, **self._recent}
+        """Every write after the build, the last one per id, in the order of those writes (a copy: for the rare
+        whole-overlay questions)."""
+        return _later_wins(self._base, self._recent)
 
     def _written(self, doc_id: str, missing: object = None) -> str | None | object:
         """The text a write after the build gave ``doc_id`` (None: deleted), else ``missing``."""
@@ -151,8 +157,10 @@ class DocStore:
         return self._base.get(doc_id, missing)
 
     def written(self) -> list[str]:
-        """Ids written (upserted or deleted) after the build: their build-time text is no longer current."""
-        return list(dict.fromkeys([*self._parts.written_ids(), *self._overlay()]))
+        """Ids written (upserted or deleted) after the build: their build-time text is no longer current. Each comes
+        at its last write, as a running collection's BM25 leg numbered it, so a leg rebuilt from these breaks ties
+        as that one did."""
+        return list(reversed(dict.fromkeys(reversed([*self._parts.written_ids(), *self._overlay()]))))
 
     def written_since(self, before: "DocStore") -> list[str]:
         """Ids whose text differs from ``before``'s, an earlier version of this store (journaled writes only add)."""

@@ -209,7 +209,7 @@ def _merged(parts: Sequence[pq.ParquetFile]) -> Iterator[pa.Table]:
 
 def _state_table(records: Sequence[Record], vocab_size: int, dims: int | None) -> pa.Table:
     """Each id ``records`` wrote, once: its last upsert's text and vectors, else a deletion; in the order of the
-    ids' first writes, live rows first."""
+    ids' last writes, live rows first."""
     latest = latest_writes(records)
     live = [(doc_id, where) for doc_id, where in latest.items() if where is not None]
     deleted = [doc_id for doc_id, where in latest.items() if where is None]

@@ -44,6 +44,8 @@ PRF_INTERPOLATIONS = ("before", "after", "both", "none")
 FUSED_FEEDBACK = ("before", "both")  # feedback documents from the fused list
 INTERPOLATE_AFTER = ("after", "both")  # the PRF run interpolated with the first run
 MAX_K = 1000
+QUERY_SCALE = (1e-30, 1e30)  # a query vector's largest value: float32 scores stay finite and non-zero
+UPSERT_CHECK_EVERY = 128  # documents encoded between two looks at whether an upsert's caller is still there
 # auto: the model itself, unless its folder ships an idf.json (a model trained for IDF queries: inference-free)
 QUERY_ENCODERS = ("auto", "splade", "inference-free")
 
@@ -412,9 +414,11 @@ class Searcher:
 
         ``check(stage)`` runs before each query's search and may raise to stop the rest (the
         service passes its deadline check, so an expired batch stops within one query)."""
+        from lsr.encode.texts import is_blank
+
         texts = list(texts)
         for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(text, str) or is_blank(text):
                 raise ValueError(f"query {i} is empty or not a string")
         self.check_request("x", None, None, k, mode, hybrid, prf)
         hybrid = self.hybrid_or_default(hybrid)
@@ -556,6 +560,8 @@ class Searcher:
             raise ValueError("the query is empty: give text, a sparse vector or a dense vector")
         if len(given) > 1 and not (set(given) == {"text", "dense"} and mode == "hybrid"):
             raise ValueError(f"give only one of text, sparse or dense (got {', '.join(given)}); dense may join text only in hybrid mode")
+        if sparse is not None and mode != "sparse":
+            raise ValueError(f"a sparse vector query runs in sparse mode only, not {mode}")
         hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
         if "bm25" in legs and text is None:
@@ -565,14 +571,12 @@ class Searcher:
                                      "re-index without --bm25 none")
         if text is not None and not isinstance(text, str):
             raise TypeError(f"the query text must be a str, got {type(text).__name__}")
-        if text is not None and not text.strip():
-            raise ValueError("the query text is empty or whitespace")
         if text is not None:
-            from lsr.encode.texts import check_texts
+            from lsr.encode.texts import check_texts, is_blank
 
+            if is_blank(text):
+                raise ValueError("the query text is empty or whitespace")
             check_texts(text)  # undecodable bytes fail alike in every mode, BM25's too
-        if sparse is not None and mode != "sparse":
-            raise ValueError(f"a sparse vector query runs in sparse mode only, not {mode}")
         if dense is not None and mode == "sparse":
             raise ValueError("a dense vector query needs mode dense or hybrid")
         if "dense" in legs and self.dense_dim is None:
@@ -595,6 +599,8 @@ class Searcher:
                     raise ValueError(f"term id {term} is outside the vocabulary (0..{self.vocab_size - 1})")
             if weight > 0:
                 out[term] = max(out.get(term, 0.0), float(weight))
+        if out:
+            _check_scale("the sparse query's largest weight", max(out.values()))
         return out
 
     def _dense_query(self, dense: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -603,12 +609,18 @@ class Searcher:
             raise ValueError(f"dense vector has {len(vec)} dimensions; this collection's have {self.dense_dim}")
         if not np.all(np.isfinite(vec)):
             raise ValueError("dense vector has NaN or infinite values")
+        if not vec.any():
+            raise ValueError("the dense vector is all zeros: it matches every document alike")
+        _check_scale("the dense vector's largest value", float(np.abs(vec).max()))
         return vec
 
     # ------------------------------------------------------------------ updates
-    def upsert(self, ids: Sequence[str], texts: Sequence[str], deadline: float | None = None) -> None:
+    def upsert(self, ids: Sequence[str], texts: Sequence[str], deadline: float | None = None,
+               check: Callable[[str], None] | None = None) -> None:
         """Encode and add documents; an existing id is replaced (so a retried upsert is harmless). Durable once
-        this returns. ``deadline`` (``time.monotonic()`` seconds) bounds waiting on remote shards."""
+        this returns. ``deadline`` (``time.monotonic()`` seconds) bounds waiting on remote shards; ``check(stage)``
+        runs before every ``UPSERT_CHECK_EVERY`` documents are encoded and before the write, and may raise to drop
+        it (the service passes its caller's liveness: nothing is encoded or written for a caller that gave up)."""
         ids, texts = [str(i) for i in ids], list(texts)
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
@@ -616,23 +628,47 @@ class Searcher:
             raise ValueError("duplicate ids in one upsert")
         if any(not i.strip() for i in ids):
             raise ValueError("document ids must be non-empty")
-        sparse = self.models.documents.encode_documents(texts)
-        dense = self.dense_encoder.encode_documents(texts) if self.has_dense else None
-        self.store(ids, texts, sparse, dense, deadline)
+        if not ids:
+            return
+        step = UPSERT_CHECK_EVERY if check is not None else max(1, len(texts))
+        sparse, dense = [], []
+        for start in range(0, len(texts), step):
+            if check is not None:
+                check(f"encoding documents {start}..{len(texts)}")
+            chunk = texts[start : start + step]
+            sparse.append(self.models.documents.encode_documents(chunk))
+            dense.append(self.dense_encoder.encode_documents(chunk) if self.has_dense else None)
+        self.store(ids, texts, SparseBatch.concat(sparse), np.concatenate(dense) if self.has_dense else None,
+                   deadline, check)
 
     def store(self, ids: list[str], texts: list[str], sparse: SparseBatch, dense: np.ndarray | None,
-              deadline: float | None = None) -> None:
+              deadline: float | None = None, check: Callable[[str], None] | None = None) -> None:
         """Write encoded documents; the sharded coordinator sends each to the shard that owns it. A local
-        write has no deadline to honour: it is short, and atomic once started."""
+        write has no deadline to honour: it is short, and atomic once started. ``check`` runs once the write
+        holds the lock: a write whose caller gave up while it waited is dropped, never applied after a later one."""
         with self._write_lock:
+            if check is not None:
+                check("writing")
             self.collection.upsert(ids, texts, sparse, dense)
 
-    def delete(self, ids: Sequence[str], deadline: float | None = None) -> list[str]:
+    def delete(self, ids: Sequence[str], deadline: float | None = None,
+               check: Callable[[str], None] | None = None) -> list[str]:
         """Delete documents; returns the ids that were not in the collection (nothing else changes for them).
-        ``deadline`` as in ``store``."""
+        ``deadline`` and ``check`` as in ``store``."""
         ids = [str(i) for i in ids]
         with self._write_lock:
+            if check is not None:
+                check("deleting")
             return self.collection.delete(ids)
+
+
+def _check_scale(what: str, value: float) -> None:
+    """Scores are float32: a query whose values lie far outside 1 would overflow them to inf (every hit tied)
+    or underflow them to 0 (no hits). Scaling a query does not change its ranking, so the caller can rescale."""
+    low, high = QUERY_SCALE
+    if not low <= value <= high:
+        raise ValueError(f"{what} is {value:g}; scale the query so it lies between {low:g} and {high:g} "
+                         "(scores are float32; scaling keeps the ranking)")
 
 
 def check_query_encoder(query_encoder: str, threads: int | None) -> None:
