@@ -9,6 +9,7 @@ buys at C = 32, against a second micro-batching server in alternating rounds. Ev
 bounded in requests and seconds; the server binds 127.0.0.1 only.
 
     python benchmarks/service.py --index runs/scifact           # writes benchmarks/results/service.{json,md}
+    python benchmarks/service.py --index runs/scifact --one-core-busy   # beside a busy loop: service-one-core-busy.*
 
 Targets (issue 6): gRPC overhead ≤ 15 % of in-process p50 at C = 1; micro-batching ≥ 2× the QPS of
 one-by-one encoding at C = 32; no errors; p99 ≤ 5× p50 at C = 32.
@@ -23,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -322,7 +324,9 @@ def write_markdown(path: Path, report: dict) -> None:
         "target compares `grpc-batched` with `grpc-unbatched` (`--max-batch 1`: every text encoded alone, as many at once as the server has cores), two servers measured in 4 alternating rounds. "
         f"Machine: {report['machine']['cores']} cores, {report['machine']['platform']}, torch {report['machine']['torch']} "
         f"({report['machine']['torch_threads']} thread per encode call), "
-        f"load average at start {report['machine']['load_average_at_start'][0]:.1f}.", "",
+        f"load average at start {report['machine']['load_average_at_start'][0]:.1f}."
+        + (" A busy loop pinned to one core ran throughout (`--one-core-busy`)." if report.get("one_core_busy") else ""),
+        "",
         "Stage columns are the mean per request in ms as the server (or in-process Searcher) timed them; "
         "`queue` is time waiting for a micro-batch. `CPU ms` is the serving process's CPU time per request "
         "(all threads; in-process rows include the load generator).", "",
@@ -350,22 +354,27 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process alike (default 1)")
     parser.add_argument("--max-requests", type=int, default=400, help="requests per level at most")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per level at most")
-    parser.add_argument("--out", type=Path, default=RESULTS / "service.json")
+    parser.add_argument("--one-core-busy", action="store_true",
+                        help="run beside a busy loop pinned to one core (default --out: service-one-core-busy.json)")
+    parser.add_argument("--out", type=Path, help="results JSON, the table beside it (default: results/service.json)")
     args = parser.parse_args()
+    args.out = args.out or RESULTS / ("service-one-core-busy.json" if args.one_core_busy else "service.json")
 
+    from encode import contention
     from lsr.eval.datasets import load_beir
 
     dataset = load_beir(args.beir, splits=("test",))
     texts = [dataset.queries[q] for q in dataset.qrels["test"]]
     report_machine = machine(args.threads)
     levels: list[Level] = []
-    for encoder in args.encoders:
-        run_encoder(encoder, args, texts, levels)
+    with contention("one core busy" if args.one_core_busy else "quiet", Path(tempfile.gettempdir())):
+        for encoder in args.encoders:
+            run_encoder(encoder, args, texts, levels)
     num_docs = json.loads((args.index / "lsr.json").read_text())["n_docs"]
     report = {
         "index": str(args.index), "num_docs": num_docs, "num_queries": len(texts), "max_requests": args.max_requests,
         "seconds": args.seconds, "machine": report_machine, "levels": [asdict(lv) for lv in levels],
-        "targets": targets(levels, args.concurrency),
+        "targets": targets(levels, args.concurrency), "one_core_busy": args.one_core_busy,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
