@@ -37,6 +37,7 @@ class ServerConfig:
     max_concurrent_rpcs: int = 512  # beyond this, calls are refused with RESOURCE_EXHAUSTED
     max_message_bytes: int = 4 * 1024 * 1024  # largest request
     max_response_bytes: int = 64 * 1024 * 1024  # largest answer: a full batch of k=1000 hits is larger than a request
+    max_upsert_bytes_held: int = 256 * 1024 * 1024  # ids + texts of all the Upsert streams held at once
     batch_window_ms: float = 2.0
     max_batch: int = 64  # 1 disables micro-batching: every request encodes on its own
     encode_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # encodes running at once, both encoders together
@@ -49,7 +50,7 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         for name in ("workers", "max_batch", "encode_workers", "max_concurrent_rpcs", "max_message_bytes",
-                     "max_response_bytes"):
+                     "max_response_bytes", "max_upsert_bytes_held"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.batch_window_ms < 0 or self.grace_seconds < 0:
@@ -129,7 +130,8 @@ class SearchServer:
         self.searcher = searcher
         self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch,
                                        encode_workers=config.encode_workers,
-                                       max_response_bytes=config.max_response_bytes)
+                                       max_response_bytes=config.max_response_bytes,
+                                       max_upsert_bytes_held=config.max_upsert_bytes_held)
         interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
         interceptors.append(LenientDecoding())
         limits = [  # both bounded to protect the server

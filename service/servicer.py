@@ -16,7 +16,7 @@ import time
 import uuid
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -38,6 +38,7 @@ log = logging.getLogger("lsr.service")
 MAX_BATCH_TEXTS = 1000
 MAX_UPSERT_DOCS = 10_000  # documents in one Upsert stream
 MAX_UPSERT_BYTES = 64 * 1024 * 1024  # ids + texts of one Upsert stream, checked as messages arrive
+MAX_UPSERT_BYTES_HELD = 256 * 1024 * 1024  # ids + texts of every Upsert stream the server holds at once
 _BATCH_CHUNK = 8  # SearchBatch encodes this many texts at a time (an encode cannot be interrupted)
 # Bytes of one hit in a response beside its text: id, scores, field tags; explain adds up to 10 terms.
 _HIT_BYTES = 64
@@ -54,6 +55,37 @@ class Draining(Exception):
 
 class TooLarge(Exception):
     """The request would need more memory than the server's limits allow; the message names the limit."""
+
+
+class UpsertBytes:
+    """The ids and texts every Upsert stream holds at once, bounded: each stream takes its documents' bytes as they
+    arrive and gives them back when it ends, so many large streams at once cannot exhaust the server's memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[Callable[[int], None]]:
+        """A stream's ``take(n)``, which raises TooLarge while the others hold too much; all given back at exit."""
+        taken = 0
+
+        def take(n: int) -> None:
+            nonlocal taken
+            with self._lock:
+                if self.held + n > self.limit:
+                    raise TooLarge(f"the server holds {self.held / 2**20:,.1f} MiB of upserts being written, and "
+                                   f"this one would pass its {self.limit / 2**20:,.0f} MiB limit for them "
+                                   "(--max-upserts-mb); retry shortly, or send smaller upserts")
+                self.held += n
+            taken += n
+
+        try:
+            yield take
+        finally:
+            with self._lock:
+                self.held -= taken
 
 
 class Undecodable:
@@ -168,9 +200,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     """Validates requests, micro-batches text encodings, and hands the rest to the Searcher."""
 
     def __init__(self, searcher, *, batch_window: float = 0.002, max_batch: int = 64, encode_workers: int = 2,
-                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_response_bytes: int = 64 * 1024 * 1024, max_upsert_bytes_held: int = MAX_UPSERT_BYTES_HELD) -> None:
         self.searcher = searcher
         self.max_response_bytes = max_response_bytes
+        self.upsert_bytes = UpsertBytes(max_upsert_bytes_held)
         # Sparse and dense encoders batch separately, so a hybrid query's two encodings overlap.
         busy = lambda: self.in_flight  # noqa: E731 - requests that may still join a batch
         # One pool of encode slots for both encoders: a hybrid query's two encodings overlap, yet no
@@ -252,8 +285,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @_rpc
     def Upsert(self, request_iterator, call: _Call) -> pb.UpsertResponse:
-        ids, texts = _read_upsert_stream(request_iterator, call)
-        self.searcher.upsert(ids, texts, deadline=call.deadline, check=call.check)
+        with self.upsert_bytes.stream() as take:
+            ids, texts = _read_upsert_stream(request_iterator, call, take)
+            self.searcher.upsert(ids, texts, deadline=call.deadline, check=call.check)
         call.fields.update(docs=len(ids))
         return pb.UpsertResponse(upserted=len(ids), index_version=self.searcher.index_version)
 
@@ -283,6 +317,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         for name, batcher in (("sparse", self.sparse_batcher), ("dense", self.dense_batcher)):
             response.details[f"{name}_micro_batches"] = str(batcher.stats.batches)
             response.details[f"{name}_mean_micro_batch"] = f"{batcher.stats.mean_batch:.2f}"
+        response.details["upsert_bytes_held"] = str(self.upsert_bytes.held)
         return response
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -405,8 +440,9 @@ def _dense_encodings(searcher):
     return encode
 
 
-def _read_upsert_stream(messages, call: _Call) -> tuple[list[str], list[str]]:
-    """The stream's ids and texts, checked as they arrive: bounded count and bytes, no repeats, no empty texts."""
+def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> tuple[list[str], list[str]]:
+    """The stream's ids and texts, checked as they arrive: bounded count and bytes (``take`` each document's from
+    the server's budget for all streams), no repeats, no empty texts."""
     ids, texts, seen, size = [], [], set(), 0
     for message in messages:
         message = decoded(message)
@@ -424,6 +460,7 @@ def _read_upsert_stream(messages, call: _Call) -> tuple[list[str], list[str]]:
             if len(ids) + 1 > MAX_UPSERT_DOCS or size > MAX_UPSERT_BYTES:
                 raise TooLarge(f"the upsert stream passed the server's limit of {MAX_UPSERT_DOCS:,} documents or "
                                f"{MAX_UPSERT_BYTES / 2**20:.0f} MiB at {where}; split it into several upserts")
+            take(len(doc.id) + len(doc.text))
             seen.add(doc.id)
             ids.append(doc.id)
             texts.append(doc.text)

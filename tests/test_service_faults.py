@@ -176,6 +176,37 @@ def test_a_search_whose_long_texts_pass_the_response_limit_says_so(collection, t
         server.kill()
 
 
+def test_upserts_held_at_once_are_bounded_across_streams(collection, tmp_path):
+    """Each stream is bounded on its own; many at once must be too: a stream that would pass the server's budget for
+    all of them gets RESOURCE_EXHAUSTED (to retry) while another holds it, and gets through once that one ends."""
+    server = ServerProcess(shutil.copytree(collection, tmp_path / "col"), "--max-upserts-mb", "1").wait_listening()
+    release = threading.Event()
+    text = "quokka " * 100_000  # 0.7 MB
+
+    def stalled():
+        yield pb.UpsertRequest(documents=[pb.Document(id="held-1", text=text)])
+        release.wait(60)  # the server holds this stream's bytes meanwhile
+
+    try:
+        with server.client() as c, ThreadPoolExecutor(1) as pool:
+            first = pool.submit(_stub(server.address).Upsert, stalled(), timeout=120)
+            give_up = time.monotonic() + 30
+            while int(c.stats()["details"]["upsert_bytes_held"]) < 700_000:
+                assert time.monotonic() < give_up, "the first stream's bytes were never taken"
+                time.sleep(0.05)
+            with pytest.raises(grpc.RpcError) as err:
+                c.upsert(["held-2"], [text])
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-upserts-mb" in err.value.details() and "retry" in err.value.details()
+            release.set()
+            assert first.result().upserted == 1
+            assert c.stats()["details"]["upsert_bytes_held"] == "0"
+            assert c.upsert(["held-2"], [text]) == 1
+    finally:
+        release.set()
+        server.kill()
+
+
 def test_upsert_streams_are_checked_as_they_arrive(server):
     sent = []
 

@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-response-mb", type=float, default=64.0,
                    help="largest answer in MiB; a search whose hits (k, texts) would pass it gets RESOURCE_EXHAUSTED "
                         "naming the limit (default 64)")
+    p.add_argument("--max-upserts-mb", type=float, default=256.0,
+                   help="ids and texts in MiB that all the upserts being written may hold at once; one that would "
+                        "pass it gets RESOURCE_EXHAUSTED, to retry (default 256; one upsert holds at most 64)")
     add_device_arguments(p)
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM (default 30)")
     sharded = p.add_argument_group("sharded collections")
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, workers=args.workers,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         max_response_bytes=int(args.max_response_mb * 1024 * 1024),
+        max_upsert_bytes_held=int(args.max_upserts_mb * 1024 * 1024),
         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=_read_token(args.auth_token_file),
         grace_seconds=args.grace,
