@@ -19,6 +19,7 @@ from lsr.files import fsync_dir
 from lsr.ingest.journal import HEAD, MAGIC, Record, follows, scan_records
 
 DAMAGED_SUFFIX = ".damaged"
+ARROW_STREAM_START = b"\xff\xff\xff\xff"  # every record's payload opens with an Arrow IPC continuation marker
 
 
 @dataclass
@@ -79,8 +80,11 @@ def salvage_records(data: bytes, applied: int, folded: int) -> Salvage:
 
 
 def _next_whole_record(data: bytes, start: int, after_seq: int) -> int:
-    """The first offset from ``start`` where a record reads whole with a seq past ``after_seq``; the end if none."""
-    for at in range(start, len(data) - HEAD.size + 1):
+    """The first offset from ``start`` where a record reads whole with a seq past ``after_seq``; the end if none.
+    Only offsets whose payload would open as an Arrow stream does are tried, so a long journal is searched fast."""
+    candidate = data.find(ARROW_STREAM_START, start + HEAD.size)
+    while candidate >= 0:
+        at, candidate = candidate - HEAD.size, data.find(ARROW_STREAM_START, candidate + 1)
         length, crc = HEAD.unpack_from(data, at)
         end = at + HEAD.size + length
         if end > len(data) or zlib.crc32(data[at + HEAD.size : end]) != crc:
