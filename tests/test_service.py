@@ -296,6 +296,15 @@ def test_overlong_query_is_truncated_and_flagged(client):
     assert client.search(paragraph, mode="dense").truncated and not client.search(paragraph).truncated
 
 
+@pytest.mark.parametrize("flag", ["--max-message-mb", "--max-response-mb", "--max-upserts-mb"])
+def test_a_size_limit_of_zero_is_one_line_naming_the_flag(collections, capsys, flag):
+    from lsr.cli.main import main
+
+    assert main(["serve", str(collections["hybrid"]), flag, "0"]) == 2  # refused before any model loads
+    err = capsys.readouterr().err
+    assert err == f"lsr serve: error: {flag} must be > 0, got 0\n"
+
+
 def test_oversize_message_is_resource_exhausted(client):
     with pytest.raises(grpc.RpcError) as err:
         client.search("protein " * (5 * 1024 * 1024 // 8))  # 5 MiB > the 4 MiB default limit

@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     from lsr.search.searcher import Searcher
     from lsr.service.server import ServerConfig, serve
 
+    for flag in ("max_message_mb", "max_response_mb", "max_upserts_mb"):  # in the flags' words, not the config's
+        if not getattr(args, flag) * 1024 * 1024 >= 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag):g}")
     config = ServerConfig(  # checks its values before the slow collection load
         host=args.host, port=args.port, workers=args.workers,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
