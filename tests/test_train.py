@@ -245,6 +245,7 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("blend-0", "--blend must be in (0, 1]"),
     ("model-negatives-for-jsonl", "--negatives model mines a BEIR corpus"),
     ("no-dev-split", "has no qrels/dev.tsv to validate on"),
+    ("nan-score", "line 1: 'scores' must be 2 finite numbers"),
 ])
 def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
     data, extra = tmp_path / "pairs.jsonl", []
@@ -253,6 +254,8 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         extra = ["--split", "test", "--dev-split", "dev"] if case == "no-dev-split" else []
     elif case == "empty-jsonl":
         data.write_text("\n")
+    elif case == "nan-score":  # one such row made every weight NaN, and the run wrote a dead model with exit 0
+        data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"], "scores": [float("nan"), 1.0]}))
     elif case == "no-positive":
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": "q"}) + "\n")
     else:
@@ -263,6 +266,20 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith("lsr train: error:") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_loss_that_stops_being_finite_stops_the_run_before_the_weights_and_writes_nothing(examples, tmp_path,
+                                                                                           capsys):
+    """A learning rate that blows the weights up: the step whose loss is NaN must not reach the optimizer, and the
+    run fails in one line instead of writing a model that encodes every text to nothing."""
+    data, out = tmp_path / "pairs.jsonl", tmp_path / "out"
+    data.write_text("".join(json.dumps({"query": ex.query, "positive": ex.positive, "negatives": [ex.negatives[0]]})
+                            + "\n" for ex in examples[:8]))
+    assert main(["train", str(data), str(out), "--lr", "1e30", "--epochs", "3", "--batch-size", "4",
+                 "--max-length", "32", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lsr train: error: step ") and "not finite" in err and len(err.splitlines()) == 1
+    assert not (out / "model.safetensors").exists()
 
 
 def test_inference_free_trains_documents_against_idf_queries_and_exports_the_table(examples, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -94,8 +95,9 @@ def _example(line: str, where: str) -> Example:
     scores = row.get("scores")
     if scores is not None:
         if (not isinstance(scores, list) or len(scores) != 1 + len(negatives)
-                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)):
-            raise ValueError(f"{where}: 'scores' must be {1 + len(negatives)} numbers (the positive's, then each negative's)")
+                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores)):
+            raise ValueError(f"{where}: 'scores' must be {1 + len(negatives)} finite numbers (the positive's, then "
+                             "each negative's)")
         scores = tuple(float(s) for s in scores)
     return Example(row["query"], row["positive"], tuple(negatives), scores)
 

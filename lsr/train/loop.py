@@ -318,7 +318,11 @@ def _step(model: TrainableSplade, optimizer: torch.optim.Optimizer, micro_batche
         (loss / len(micro_batches)).backward()
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value / len(micro_batches)
-    torch.nn.utils.clip_grad_norm_(model.parameters, config.clip)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters, config.clip)
+    if not math.isfinite(totals["loss"]) or not torch.isfinite(norm):  # one step would make every weight NaN
+        raise ValueError(f"step {step + 1}: the loss or its gradient is not finite (loss {totals['loss']}); the "
+                         "weights stay as the last checkpoint left them and nothing was written: lower --lr, or "
+                         "look for extreme values in the training data")
     for group in optimizer.param_groups:
         group["lr"] = config.lr * lr_factor(step, total, config.warmup)
     optimizer.step()
