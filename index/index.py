@@ -8,6 +8,7 @@ writer and always see a single committed snapshot.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -26,10 +27,13 @@ from .quantize import choose_scale, dequantize, impact_dtype, quantize
 from .search_numba import ACC_PAD, search_maxscore, search_taat, search_taat_rescore
 from .segment import Segment, build_arrays, expected_dtypes, expected_lengths, structure_problem
 
+log = logging.getLogger(__name__)
+
 WINDOW = 4096  # docs per block-max MaxScore window
 TAAT_WINDOW = 32768  # docs per term-at-a-time window: its 128 KiB of uint32 accumulators stay in L2
 STOP_RATIO = 0.3
 ALGORITHMS = ("auto", "taat", "rescore", "maxscore")
+LOST_WARNING = 0.1  # the share of a segment's non-zero weights that may round to 0 before a write warns
 _OPEN_RETRIES = 5
 
 
@@ -497,6 +501,12 @@ def _write_deleted(path: Path, manifest: dict, masks: dict[int, np.ndarray], ver
 def _write_segment(path: Path, name: str, batch: SparseBatch, ids: list[str], quantization: str, scale: float) -> dict:
     imps = quantize(batch.values, quantization, scale)
     keep = imps != 0
+    lost = int(np.count_nonzero(batch.values[~keep]))
+    if lost > LOST_WARNING * max(1, len(imps)):
+        log.warning("%d of %d non-zero weights (%.0f%%) round to 0 at %s: the largest, %g, sets the scale, and the "
+                    "others are far below it; vectors from one SPLADE model keep nearly all of theirs, so check those "
+                    "of the largest weights", lost, len(imps), 100 * lost / len(imps), quantization,
+                    float(batch.values.max()))
     if keep.all():
         return _write_quantized_segment(path, name, batch.indptr, batch.indices, imps, ids, scale, batch.vocab_size)
     kept_before = np.concatenate([[0], np.cumsum(keep)])

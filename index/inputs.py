@@ -19,7 +19,9 @@ from lsr.sparse import SparseBatch
 def _canonical_csr(batch: SparseBatch) -> SparseBatch:
     """Sum duplicate terms within a row and sort term ids."""
     csr = batch.to_scipy()
-    csr.sum_duplicates()
+    if not csr.has_canonical_format:
+        csr = csr.copy()  # the arrays may be read-only views of a Parquet file's buffers
+        csr.sum_duplicates()
     return SparseBatch(csr.indptr, csr.indices, csr.data, batch.vocab_size, batch.vocab)
 
 

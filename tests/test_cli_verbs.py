@@ -128,11 +128,29 @@ def test_eval_compares_runs_with_a_paired_randomization_test(tmp_path, capsys):
     assert "a run is given twice" in capsys.readouterr().err
 
 
-def test_eval_names_a_malformed_run_line(tmp_path, capsys):
-    run = _write(tmp_path / "run.trec", "q1 Q0 d1 1 2.5 tag\nq1 Q0 d2 2\n")
-    qrels = _write(tmp_path / "qrels.txt", "q1 0 d1 1\n")
+@pytest.mark.parametrize("run_text, qrels_text, message", [
+    ("q1 Q0 d1 1 2.5 tag\nq1 Q0 d2 2\n", "q1 0 d1 1\n", "run.trec line 2: expected 'qid Q0 docid rank score tag', got 4"),
+    ("q1 Q0 d1 1 nan tag\n", "q1 0 d1 1\n", "run.trec line 1: score 'nan' is not a finite number"),
+    ("q1 Q0 d1 1 2 tag\nq1 Q0 d1 2 1 tag\n", "q1 0 d1 1\n", "run.trec line 2: query 'q1' ranks document 'd1' twice"),
+    ("q1 Q0 d1 1 2 tag\n", "q1 0 d1 inf\n", "qrels.txt line 1: grade 'inf' is not a whole number"),
+    ("q1 Q0 d1 1 2 tag\n", "q1 0 d1 1e30\n", "qrels.txt line 1: grade '1e30' is not a whole number"),
+], ids=["fields", "nan-score", "repeated-doc", "inf-grade", "huge-grade"])
+def test_eval_names_a_malformed_line(tmp_path, capsys, run_text, qrels_text, message):
+    """Each was a traceback or a silently wrong score (a NaN run score: nDCG 0.82 for a perfect ranking)."""
+    run, qrels = _write(tmp_path / "run.trec", run_text), _write(tmp_path / "qrels.txt", qrels_text)
     assert cli_main(["eval", str(run), str(qrels)]) == 2
-    assert f"{run} line 2: expected 'qid Q0 docid rank score tag', got 4 fields" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_topics_ids_that_a_run_cannot_hold_are_refused_and_a_bom_is_no_header(tmp_path):
+    from lsr.eval.runs import read_topics
+
+    assert read_topics(_write(tmp_path / "bom.tsv", "\ufeffqid\ttext\nq1\tvitamin d\n")) == [("q1", "vitamin d")]
+    with pytest.raises(ValueError, match=r"spaced.tsv line 2: query id 'q 2' is empty or holds whitespace"):
+        read_topics(_write(tmp_path / "spaced.tsv", "q1\tvitamin d\nq 2\tbones\n"))
+    with pytest.raises(ValueError, match="line 1: a topic needs an id"):
+        read_topics(_write(tmp_path / "odd.jsonl", '{"_id": {"a": 1}, "text": "vitamin d"}\n'))
 
 
 def test_doc_verb_searcher_doc_and_queries_that_are_not_text(collections, capsys):

@@ -510,3 +510,14 @@ def test_repair_salvage_keeps_the_journal_records_around_a_damaged_one(written, 
     col.close()
     assert "v-9" in Collection.open(path).view().docs.ids()
     assert not verify_collection(path).problems
+
+
+def test_a_folder_where_the_journal_should_be_is_named_by_verify_and_open(written, tmp_path):
+    from lsr.ingest.journal import JOURNAL_FILE
+
+    path = _copy(written, tmp_path / "col")
+    (path / JOURNAL_FILE).unlink()
+    (path / JOURNAL_FILE).mkdir()  # verify called this intact, and the next upsert died in a traceback
+    assert any("journal.log is not a file" in problem for problem in verify_collection(path).problems)
+    with pytest.raises(CorruptFileError, match="journal.log is not a file"):
+        Collection.open(path)

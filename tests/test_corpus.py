@@ -130,6 +130,17 @@ def test_a_damaged_or_truncated_archive_is_one_clear_error(tmp_path):
             read_all(CorpusReader(tmp_path / name))
 
 
+def test_a_cut_off_beir_archive_is_one_clear_error(beir_dir, tmp_path, capsys):
+    """A .tar.gz is read through to list it: a cut one failed there, in an EOFError traceback."""
+    from lsr.cli.main import main
+
+    whole = (beir_dir / "scifact.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(whole[: len(whole) // 3])
+    assert main(["index", str(tmp_path / "cut.tar.gz"), str(tmp_path / "out")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the line saying what it starts to index
+    assert last.startswith(f"lsr index: error: cannot read {tmp_path / 'cut.tar.gz'}: ") and "damaged" in last
+
+
 def test_streams_in_bounded_blocks(tmp_path):
     """A block size far below the file size gives many chunks, identical to one big block."""
     lines = [json.dumps({"_id": str(i), "text": "word " * (i % 50)}) for i in range(3000)]
@@ -179,6 +190,17 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     assert rows == [1, 7]
     assert reader.stats.skipped == {"missing id": 1, "duplicate id": 1, "non-string text": 1, "invalid JSON": 1,
                                     "missing text": 1}
+
+
+def test_invalid_utf8_inside_a_json_string_names_its_line_and_is_skipped_on_request(tmp_path):
+    """Arrow parses such a block whole and fails only when the strings are read: no line was named, and skipping
+    did not skip."""
+    path = tmp_path / "bytes.jsonl"
+    path.write_bytes(b'{"_id": "a", "text": "fine"}\n{"_id": "b", "text": "caf\xe9 latte"}\n{"_id": "c", "text": "ok"}\n')
+    with pytest.raises(BadRowError, match=r"bytes.jsonl line 2: invalid JSON \('utf-8' codec can't decode"):
+        read_all(CorpusReader(path))
+    reader = CorpusReader(path, on_error="skip")
+    assert read_all(reader)[0] == ["a", "c"] and reader.stats.skipped == {"invalid JSON": 1}
 
 
 def test_bad_rows_in_parquet_and_csv_name_the_row(tmp_path):

@@ -251,3 +251,17 @@ def test_one_document_upserts_merge_tier_by_tier_and_keep_exact_results(tmp_path
     for _ in range(20):
         terms = rng.choice(vocab, 6, replace=False)
         assert_exact_topk(reopened, {int(t): float(w) for t, w in zip(terms, rng.exponential(1.0, 6))}, k=10)
+
+
+def test_one_outlier_weight_that_rounds_the_others_away_is_a_warning(tmp_path, caplog):
+    """One segment, one uint8 scale: a weight far above the rest (a damaged or foreign vectors file) rounds every
+    other weight to 0, so a search finds only that document; the write says so instead of staying quiet."""
+    matrix = _vectors(2, 200)
+    ids = [f"doc-{i}" for i in range(200)]
+    with caplog.at_level("WARNING", logger="lsr.index.index"):
+        InvertedIndex.build(tmp_path / "plain", SparseBatch.from_scipy(matrix), ids)
+    assert not caplog.records
+    matrix.data[0] = 1e6
+    with caplog.at_level("WARNING", logger="lsr.index.index"):
+        InvertedIndex.build(tmp_path / "outlier", SparseBatch.from_scipy(matrix), ids)
+    assert "round to 0 at uint8: the largest, 1e+06, sets the scale" in caplog.text

@@ -104,4 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         # User-facing errors: one line naming what is wrong, no stack trace.
         print(f"lsr {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine's, not the input's: a read-only folder, a full disk, a folder for a file
+        print(f"lsr {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
 

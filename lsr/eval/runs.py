@@ -9,6 +9,7 @@ and ``text``/``query`` (BEIR's queries.jsonl as it is).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import IO, Iterable
 
@@ -16,12 +17,22 @@ from lsr.eval.metrics import Run
 
 _ID_KEYS = ("_id", "id", "qid", "query_id")
 _TEXT_KEYS = ("text", "query", "title")
+MAX_GRADE = 2**31 - 1  # pytrec_eval keeps grades as C ints
 
 
 def write_trec_run(fh: IO[str], qid: str, hits: Iterable[tuple[str, float]], tag: str) -> None:
-    """Append one query's ranked hits (best first) in TREC format."""
+    """Append one query's ranked hits (best first) in TREC format. An id with whitespace would make a line that
+    reads back as other fields (TREC splits on it), so it is refused, naming it."""
+    _check_field("query id", qid)
     for rank, (doc_id, score) in enumerate(hits, start=1):
+        _check_field("document id", doc_id)
         fh.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+
+
+def _check_field(what: str, value: str) -> None:
+    if not value or len(value.split()) != 1 or value.split()[0] != value:
+        raise ValueError(f"{what} {value!r} is empty or holds whitespace, which a TREC run cannot hold; use ids "
+                         "without it, or `lsr search --json` with the queries on standard input")
 
 
 def read_trec_run(path: str | Path) -> Run:
@@ -31,9 +42,14 @@ def read_trec_run(path: str | Path) -> Run:
         if len(parts) != 6:
             raise ValueError(f"{path} line {line_no}: expected 'qid Q0 docid rank score tag', got {len(parts)} fields")
         try:
-            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+            score = float(parts[4])
         except ValueError:
-            raise ValueError(f"{path} line {line_no}: score {parts[4]!r} is not a number") from None
+            score = math.nan
+        if not math.isfinite(score):
+            raise ValueError(f"{path} line {line_no}: score {parts[4]!r} is not a finite number")
+        if parts[2] in run.get(parts[0], {}):
+            raise ValueError(f"{path} line {line_no}: query {parts[0]!r} ranks document {parts[2]!r} twice")
+        run.setdefault(parts[0], {})[parts[2]] = score
     return run
 
 
@@ -46,9 +62,12 @@ def read_qrels_file(path: str | Path) -> dict[str, dict[str, int]]:
         if len(parts) not in (3, 4):
             raise ValueError(f"{path} line {line_no}: expected 'qid 0 docid grade' or 'query-id corpus-id score'")
         try:
-            qrels.setdefault(parts[0], {})[parts[-2]] = int(float(parts[-1]))
+            grade = float(parts[-1])
         except ValueError:
-            raise ValueError(f"{path} line {line_no}: grade {parts[-1]!r} is not a number") from None
+            grade = math.nan
+        if not (grade.is_integer() and abs(grade) <= MAX_GRADE):
+            raise ValueError(f"{path} line {line_no}: grade {parts[-1]!r} is not a whole number up to {MAX_GRADE:,}")
+        qrels.setdefault(parts[0], {})[parts[-2]] = int(grade)
     return qrels
 
 
@@ -60,7 +79,7 @@ def read_topics(path: str | Path) -> list[tuple[str, str]]:
     jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
     topics: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):  # a BOM is no qid
         if not line.strip():
             continue
         qid, text = _json_topic(path, line_no, line) if jsonl else _tsv_topic(path, line_no, line)
@@ -68,6 +87,10 @@ def read_topics(path: str | Path) -> list[tuple[str, str]]:
             continue  # the TSV header
         if qid in seen:
             raise ValueError(f"{path} line {line_no}: duplicate query id {qid!r}")
+        try:
+            _check_field("query id", qid)
+        except ValueError as exc:
+            raise ValueError(f"{path} line {line_no}: {exc}") from None
         if not text.strip():
             raise ValueError(f"{path} line {line_no}: query {qid!r} has no text")
         seen.add(qid)
@@ -91,7 +114,8 @@ def _json_topic(path: Path, line_no: int, line: str) -> tuple[str, str]:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} line {line_no}: invalid JSON ({exc.msg})") from None
-    qid = next((row[k] for k in _ID_KEYS if isinstance(row, dict) and k in row), None)
+    qid = next((row[k] for k in _ID_KEYS if isinstance(row, dict) and isinstance(row.get(k), (str, int))
+                and not isinstance(row[k], bool)), None)
     text = next((row[k] for k in _TEXT_KEYS if isinstance(row, dict) and isinstance(row.get(k), str)), None)
     if qid is None or text is None:
         raise ValueError(f"{path} line {line_no}: a topic needs an id ({'/'.join(_ID_KEYS)}) and a text ({'/'.join(_TEXT_KEYS)})")
@@ -102,7 +126,7 @@ def _rows(path: str | Path) -> Iterable[tuple[int, list[str]]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, start=1):
             parts = line.split()
             if parts:

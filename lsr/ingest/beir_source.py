@@ -22,8 +22,11 @@ class BeirSource:
             self.kind, self.archive = "zip", zipfile.ZipFile(path)
             self.names = {n for n in self.archive.namelist() if not n.endswith("/")}
         elif tarfile.is_tarfile(path):
-            self.kind, self.archive = "tar", tarfile.open(path)
-            self.names = {m.name for m in self.archive.getmembers() if m.isfile()}
+            try:  # listing a .tar.gz reads it through: a cut-off one fails here
+                self.kind, self.archive = "tar", tarfile.open(path)
+                self.names = {m.name for m in self.archive.getmembers() if m.isfile()}
+            except (OSError, EOFError, tarfile.TarError) as exc:
+                raise ValueError(f"cannot read {path}: {exc} (a damaged or truncated archive?)") from None
         else:
             raise ValueError(f"{path} is not a BEIR folder, .zip or .tar.gz archive")
         corpus = sorted((n for n in self.names if n.endswith("corpus.jsonl")), key=len)

@@ -241,8 +241,11 @@ class CorpusReader:
             src = BeirSource(self.source)
             if src.size("corpus.jsonl") > _COUNT_MAX_BYTES // 8:
                 return None
-            with src.open("corpus.jsonl") as fh:
-                return _count_lines(fh)
+            try:
+                with src.open("corpus.jsonl") as fh:
+                    return _count_lines(fh)
+            except (OSError, EOFError) as exc:  # a cut-off archive: before the reading would find it
+                raise self._unreadable(exc) from None
         if self.source.name.lower().endswith(".gz") or self.source.stat().st_size > _COUNT_MAX_BYTES:
             return None
         with open(self.source, "rb") as fh:
@@ -343,8 +346,13 @@ class CorpusReader:
                                     read_options=pjson.ReadOptions(block_size=max(1 << 20, sum(map(len, lines)) + 1)))
         except pa.ArrowInvalid:
             table = None
+        columns = None
         if table is not None and table.num_rows == len(lines):
-            columns = [table.column(c).to_pylist() for c in [self.id_field, *self.fields]]
+            try:
+                columns = [table.column(c).to_pylist() for c in [self.id_field, *self.fields]]
+            except UnicodeDecodeError:  # Arrow keeps invalid UTF-8 in strings: the lines below name the row
+                columns = None
+        if columns is not None:
             for i, row_no in enumerate(numbers):
                 self._accept(row_no, columns[0][i], [col[i] for col in columns[1:]], out,
                              keys=lambda line=lines[i]: list(json.loads(line)))

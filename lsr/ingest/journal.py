@@ -114,6 +114,8 @@ def scan(path: Path, start: int = 0) -> Scan:
     """Read every whole record (from byte ``start``, a record's first byte, when given); a damaged or cut-off one
     ends the scan and is reported, not raised."""
     if not path.is_file():
+        if path.exists() or path.is_symlink():  # a folder or a dangling link where the journal should be
+            raise CorruptFileError(f"{path} is not a file (corrupted)")
         return Scan([], 0, 0)
     with open(path, "rb") as fh:
         fh.seek(start)

@@ -84,6 +84,10 @@ class VectorFileReader(CorpusReader):
         missing = [c for c in _COLUMNS if c not in schema.names]
         if missing:
             raise ValueError(f"{source} is not a vectors file: it has no column(s) {missing} (it has {schema.names})")
+        for name, holds, what in (("indices", pa.types.is_integer, "integers"), ("values", pa.types.is_floating, "numbers")):
+            kind = schema.field(name).type
+            if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not holds(kind.value_type):
+                raise ValueError(f"{source} is not a vectors file: its column {name!r} holds {kind}, not lists of {what}")
         self.metadata = schema.metadata or {}
         self.has_text = "text" in schema.names
 
@@ -94,7 +98,13 @@ class VectorFileReader(CorpusReader):
 
     @property
     def max_length(self) -> int | None:
-        return int(self.metadata[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in self.metadata else None
+        if MAX_LENGTH_KEY not in self.metadata:
+            return None
+        try:
+            return int(self.metadata[MAX_LENGTH_KEY])
+        except ValueError:
+            raise ValueError(f"{self.source}: its {MAX_LENGTH_KEY.decode()} is {self.metadata[MAX_LENGTH_KEY]!r}, "
+                             "not a whole number (a damaged vectors file?)") from None
 
     def _parquet_chunks(self) -> Iterator[DocChunk]:
         pf = pq.ParquetFile(self.source)

@@ -79,7 +79,11 @@ def verify_collection(path: Path) -> Report:
     except (CorruptFileError, OSError) as exc:
         report.problems.append(str(exc))
     folded = parts.upto if parts is not None else 0
-    journal = scan(path / JOURNAL_FILE)
+    try:
+        journal = scan(path / JOURNAL_FILE)
+    except CorruptFileError as exc:
+        report.problems.append(str(exc))
+        return report
     records = [record for record in journal.records if record.seq > folded]
     last = max(journal.records[-1].seq if journal.records else 0, folded)
     applied = max(seqs.values(), default=0)
