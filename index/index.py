@@ -368,26 +368,27 @@ class InvertedIndex:
             self._commit(manifest, version)
 
     def merge(self) -> None:
-        """Compact all segments into one and drop tombstoned documents."""
+        """Compact the segments into one per quantization scale (most indexes have one) and drop tombstoned
+        documents; segments of different scales stay apart, as in ``add`` (``_crowded_tier``)."""
         with self._write_lock, storage.writer_lock(self.path):
-            state = self._fresh_state()
-            if len(state.segments) <= 1 and all(s.live == s.n_docs for s in state.segments):
-                return
-            self._merge(state, list(range(len(state.segments))))
+            scales = sorted({seg.scale for seg in self._fresh_state().segments})
+            for scale in scales:
+                state = self._state
+                chosen = [i for i, seg in enumerate(state.segments) if seg.scale == scale]
+                if len(chosen) > 1 or any(state.segments[i].live < state.segments[i].n_docs for i in chosen):
+                    self._merge(state, chosen)
 
     def _merge(self, state: _State, chosen: list[int]) -> None:
-        """Replace the ``chosen`` segments (ascending) by one holding their live documents, where the first was."""
+        """Replace the ``chosen`` segments (ascending, of one scale) by one holding their live documents, where the
+        first was."""
         manifest = _copy_manifest(state.manifest)
         version = manifest["version"] + 1
         merging = [state.segments[i] for i in chosen]
-        scale = max(s.scale for s in merging)
+        (scale,) = {s.scale for s in merging}
         parts, ids = [], []
         for seg in merging:
             live = np.flatnonzero(seg.deleted == 0)
-            indptr, terms, imps = seg.rows(live)
-            if seg.scale != scale:
-                imps = quantize(dequantize(imps, seg.scale), self.quantization, scale)
-            parts.append((indptr, terms, imps))
+            parts.append(seg.rows(live))
             ids.extend(seg.ids[live].tolist())
         gone = set(chosen)
         kept = [s for i, s in enumerate(manifest["segments"]) if i not in gone]
@@ -454,15 +455,17 @@ MERGE_FACTOR = 10  # segments of one size tier (a power of ten documents) that a
 
 
 def _crowded_tier(segments: Sequence[Segment]) -> list[int] | None:
-    """The segments of the smallest size tier holding MERGE_FACTOR of them, if any.
+    """The segments of the smallest size tier holding MERGE_FACTOR of one quantization scale, if any.
 
     Every upsert adds a segment, and each costs searches a pass and the manifest an entry (300 one-document
     segments made a sparse search 53x slower and a write 1.1 s). Merging tier by tier, as Lucene's tiered policy
     does, keeps fewer than MERGE_FACTOR segments a tier, so their number grows with the log of the documents
-    written, and each document is rewritten once a tier."""
-    tiers: dict[int, list[int]] = {}
+    written, and each document is rewritten once a tier. Segments of another scale (a write whose largest weight
+    the collection's scale could not hold starts a larger one) never merge: their impacts would be rounded a
+    second time, and a document's score would move with writes to other documents."""
+    tiers: dict[tuple[int, float], list[int]] = {}
     for i, seg in enumerate(segments):
-        tiers.setdefault(int(math.log10(max(seg.n_docs, 1))), []).append(i)
+        tiers.setdefault((int(math.log10(max(seg.n_docs, 1))), seg.scale), []).append(i)
     return next((tiers[t] for t in sorted(tiers) if len(tiers[t]) >= MERGE_FACTOR), None)
 
 
@@ -503,10 +506,10 @@ def _write_segment(path: Path, name: str, batch: SparseBatch, ids: list[str], qu
     keep = imps != 0
     lost = int(np.count_nonzero(batch.values[~keep]))
     if lost > LOST_WARNING * max(1, len(imps)):
-        log.warning("%d of %d non-zero weights (%.0f%%) round to 0 at %s: the largest, %g, sets the scale, and the "
-                    "others are far below it; vectors from one SPLADE model keep nearly all of theirs, so check those "
-                    "of the largest weights", lost, len(imps), 100 * lost / len(imps), quantization,
-                    float(batch.values.max()))
+        log.warning("%d of %d non-zero weights (%.0f%%) round to 0 at %s, whose scale (set by the largest weight "
+                    "written) holds weights up to %g, far above them; vectors from one SPLADE model keep nearly all "
+                    "of theirs, so check the largest weights written", lost, len(imps), 100 * lost / len(imps),
+                    quantization, scale * float(np.iinfo(impact_dtype(quantization)).max))
     if keep.all():
         return _write_quantized_segment(path, name, batch.indptr, batch.indices, imps, ids, scale, batch.vocab_size)
     kept_before = np.concatenate([[0], np.cumsum(keep)])

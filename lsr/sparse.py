@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from lsr.files import atomic_write
 
 _VOCAB_KEY = b"lsr.vocab"
-_VOCAB_SIZE_KEY = b"lsr.vocab_size"
+VOCAB_SIZE_KEY = b"lsr.vocab_size"
 
 
 @dataclass
@@ -168,7 +168,7 @@ class SparseBatch:
             if len(ids) != len(self):
                 raise ValueError(f"{len(ids)} ids for {len(self)} vectors")
             columns = {"id": pa.array([str(i) for i in ids], pa.string()), **columns}
-        meta = {_VOCAB_SIZE_KEY: str(self.vocab_size).encode()}
+        meta = {VOCAB_SIZE_KEY: str(self.vocab_size).encode()}
         if with_vocab and self.vocab is not None:
             meta[_VOCAB_KEY] = json.dumps(list(self.vocab)).encode()
         return pa.table(columns).replace_schema_metadata(meta)
@@ -178,8 +178,8 @@ class SparseBatch:
         meta = table.schema.metadata or {}
         if vocab is None and _VOCAB_KEY in meta:
             vocab = json.loads(meta[_VOCAB_KEY])
-        if _VOCAB_SIZE_KEY in meta:
-            vocab_size = int(meta[_VOCAB_SIZE_KEY])
+        if VOCAB_SIZE_KEY in meta:
+            vocab_size = int(meta[VOCAB_SIZE_KEY])
         elif vocab is not None:
             vocab_size = len(vocab)
         else:

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lsr.cli import main as cli_main
@@ -98,6 +100,22 @@ def test_bad_topics_fail_in_one_line_before_any_model_loads(collections, tmp_pat
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda t: t.set_column(t.schema.get_field_index("indices"), "indices", pa.array([1] * t.num_rows, pa.int32())),
+     "its column 'indices' holds int32, not lists of integers"),
+    (lambda t: t.replace_schema_metadata({**t.schema.metadata, b"lsr.vocab_size": b"sixty"}),
+     "its lsr.vocab_size is b'sixty', not a whole number"),
+], ids=["scalar-indices", "vocab-size-text"])
+def test_a_tampered_vectors_file_is_one_line_naming_it(collections, tmp_path, capsys, tamper, message):
+    """Each was a traceback, or an error that did not say which file."""
+    table = pq.read_table(collections["direct"].parent / "vectors.parquet")
+    pq.write_table(tamper(table), tmp_path / "bad.parquet")
+    assert cli_main(["index", str(tmp_path / "bad.parquet"), str(tmp_path / "out"), "--pre-encoded", "--dense",
+                     "none", "--quiet"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"lsr index: error: {tmp_path / 'bad.parquet'}") and message in last
 
 
 def test_eval_compares_runs_with_a_paired_randomization_test(tmp_path, capsys):

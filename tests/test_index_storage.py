@@ -138,8 +138,9 @@ def test_kill_9_during_commit_leaves_previous_state(tmp_path, op):
     path = tmp_path / "idx"
     base = _vectors(5, 3000, vocab=3000, density=0.01)
     InvertedIndex.build(path, base, [f"b{i}" for i in range(3000)])
-    if op == "merge":
-        InvertedIndex.open(path).add(_vectors(6, 100000, vocab=3000, density=0.01), [f"k{i}" for i in range(100000)])
+    if op == "merge":  # at the base's scale, so that merge() has both segments to merge
+        extra = _vectors(6, 100000, vocab=3000, density=0.01)
+        InvertedIndex.open(path).add(extra * (base.max() / extra.max()), [f"k{i}" for i in range(100000)])
     before = InvertedIndex.open(path)
     old = (before.version, before.checksum, len(before))
     query = {int(t): 1.0 for t in range(0, 3000, 11)}
@@ -264,4 +265,23 @@ def test_one_outlier_weight_that_rounds_the_others_away_is_a_warning(tmp_path, c
     matrix.data[0] = 1e6
     with caplog.at_level("WARNING", logger="lsr.index.index"):
         InvertedIndex.build(tmp_path / "outlier", SparseBatch.from_scipy(matrix), ids)
-    assert "round to 0 at uint8: the largest, 1e+06, sets the scale" in caplog.text
+    assert "round to 0 at uint8, whose scale (set by the largest weight written) holds weights up to 1e+06" in caplog.text
+
+
+def test_a_larger_scale_never_re_rounds_the_documents_written_before_it(tmp_path):
+    """A write whose largest weight the index's uint8 scale cannot hold starts a larger scale. Merging the older
+    segments into it rounded their impacts a second time, so re-upserting some documents moved the scores of
+    others; segments of different scales now stay apart, in add()'s merges and in merge()."""
+    from lsr.index.index import MERGE_FACTOR
+
+    rng = np.random.default_rng(3)
+    idx = InvertedIndex.build(tmp_path / "idx", SparseBatch.from_scipy(_vectors(4, 5)), [f"old-{i}" for i in range(5)])
+    query = SparseBatch.from_scipy(sp.csr_matrix(np.ones((1, 300), np.float32)))[0]
+    before = {hit.doc_id: hit.score for hit in idx.search(query, k=5)}
+    for i in range(3 * MERGE_FACTOR):  # one-document writes, most at a larger scale: the tier merges repeatedly
+        vector = sp.csr_matrix(rng.random((1, 300)) * (5.0 if i % 3 else 0.5))
+        idx.add(SparseBatch.from_scipy(vector), [f"new-{i}"])
+    idx.merge()
+    after = {hit.doc_id: hit.score for hit in idx.search(query, k=len(idx)) if hit.doc_id.startswith("old-")}
+    assert after == before  # the same bits
+    assert len({seg.scale for seg in idx._state.segments}) == idx.num_segments >= 2

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from lsr.files import atomic_write
 from lsr.ingest.corpus import BadRowError, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, update_total
-from lsr.sparse import SparseBatch
+from lsr.sparse import VOCAB_SIZE_KEY, SparseBatch
 
 MODEL_KEY = b"lsr.model"
 MAX_LENGTH_KEY = b"lsr.max_length"
@@ -89,6 +89,10 @@ class VectorFileReader(CorpusReader):
             if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not holds(kind.value_type):
                 raise ValueError(f"{source} is not a vectors file: its column {name!r} holds {kind}, not lists of {what}")
         self.metadata = schema.metadata or {}
+        for key in (MAX_LENGTH_KEY, VOCAB_SIZE_KEY):
+            if key in self.metadata and not self.metadata[key].isdigit():
+                raise ValueError(f"{source}: its {key.decode()} is {self.metadata[key]!r}, not a whole number "
+                                 "(a damaged vectors file?)")
         self.has_text = "text" in schema.names
 
     @property
@@ -98,13 +102,7 @@ class VectorFileReader(CorpusReader):
 
     @property
     def max_length(self) -> int | None:
-        if MAX_LENGTH_KEY not in self.metadata:
-            return None
-        try:
-            return int(self.metadata[MAX_LENGTH_KEY])
-        except ValueError:
-            raise ValueError(f"{self.source}: its {MAX_LENGTH_KEY.decode()} is {self.metadata[MAX_LENGTH_KEY]!r}, "
-                             "not a whole number (a damaged vectors file?)") from None
+        return int(self.metadata[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in self.metadata else None
 
     def _parquet_chunks(self) -> Iterator[DocChunk]:
         pf = pq.ParquetFile(self.source)
