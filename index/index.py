@@ -504,14 +504,14 @@ def _write_deleted(path: Path, manifest: dict, masks: dict[int, np.ndarray], ver
 def _write_segment(path: Path, name: str, batch: SparseBatch, ids: list[str], quantization: str, scale: float) -> dict:
     imps = quantize(batch.values, quantization, scale)
     keep = imps != 0
+    if keep.all():
+        return _write_quantized_segment(path, name, batch.indptr, batch.indices, imps, ids, scale, batch.vocab_size)
     lost = int(np.count_nonzero(batch.values[~keep]))
-    if lost > LOST_WARNING * max(1, len(imps)):
+    if lost > LOST_WARNING * len(imps):
         log.warning("%d of %d non-zero weights (%.0f%%) round to 0 at %s, whose scale (set by the largest weight "
                     "written) holds weights up to %g, far above them; vectors from one SPLADE model keep nearly all "
                     "of theirs, so check the largest weights written", lost, len(imps), 100 * lost / len(imps),
                     quantization, scale * float(np.iinfo(impact_dtype(quantization)).max))
-    if keep.all():
-        return _write_quantized_segment(path, name, batch.indptr, batch.indices, imps, ids, scale, batch.vocab_size)
     kept_before = np.concatenate([[0], np.cumsum(keep)])
     indptr = kept_before[batch.indptr].astype(np.int64)
     return _write_quantized_segment(path, name, indptr, batch.indices[keep], imps[keep], ids, scale, batch.vocab_size)

@@ -243,8 +243,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             result = self.searcher.search(text, sparse=sparse, dense=dense, deadline=call.deadline, **options)
         response = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id,
                                    total_ms=call.elapsed_ms())
-        if response.ByteSize() > self.max_response_bytes:  # the estimate was low: these hits' texts are long
-            raise TooLarge(f"the response is {response.ByteSize() / 2**20:,.0f} MiB, over the server's "
+        size = response.ByteSize() if options["include_text"] else 0  # else the estimate before the work bounds it
+        if size > self.max_response_bytes:  # the estimate was low: these hits' texts are long
+            raise TooLarge(f"the response is {size / 2**20:,.0f} MiB, over the server's "
                            f"{self.max_response_bytes / 2**20:.0f} MiB response limit (k={options['k']} with text: "
                            "these documents are long); ask for fewer hits, or include_text=false and fetch the texts")
         self._count("requests")
@@ -456,11 +457,12 @@ def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> t
             if not message.allow_empty_documents and is_blank(doc.text):
                 raise ValueError(f"{where} ({doc.id!r}) has empty, whitespace or NUL-only text; "
                                  "set allow_empty_documents to store it anyway")
-            size += len(doc.id) + len(doc.text)
+            doc_bytes = len(doc.id) + len(doc.text)
+            size += doc_bytes
             if len(ids) + 1 > MAX_UPSERT_DOCS or size > MAX_UPSERT_BYTES:
                 raise TooLarge(f"the upsert stream passed the server's limit of {MAX_UPSERT_DOCS:,} documents or "
                                f"{MAX_UPSERT_BYTES / 2**20:.0f} MiB at {where}; split it into several upserts")
-            take(len(doc.id) + len(doc.text))
+            take(doc_bytes)
             seen.add(doc.id)
             ids.append(doc.id)
             texts.append(doc.text)

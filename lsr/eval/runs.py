@@ -30,7 +30,7 @@ def write_trec_run(fh: IO[str], qid: str, hits: Iterable[tuple[str, float]], tag
 
 
 def _check_field(what: str, value: str) -> None:
-    if not value or len(value.split()) != 1 or value.split()[0] != value:
+    if value.split() != [value]:  # empty, or whitespace inside or around it
         raise ValueError(f"{what} {value!r} is empty or holds whitespace, which a TREC run cannot hold; use ids "
                          "without it, or `lsr search --json` with the queries on standard input")
 
