@@ -155,6 +155,17 @@ def test_an_upsert_stopped_by_a_bad_row_keeps_the_writes_before_it(built, tmp_pa
     assert all(Collection.open(col).view().docs.contains(f"b{i}") for i in range(10))
 
 
+def test_delete_ids_file_keeps_each_id_as_written(built, tmp_path, capsys):
+    """An id may start or end with a space; the ids file's lines are those ids, so they are not stripped."""
+    col = shutil.copytree(built, tmp_path / "col")
+    assert main(["upsert", str(_jsonl(tmp_path / "pad.jsonl", {" padded": "A padded id's text."})), str(col),
+                 "--quiet"]) == 0
+    (tmp_path / "ids.txt").write_text(" padded\r\n\n  \n")
+    assert main(["delete", str(col), "--ids-file", str(tmp_path / "ids.txt")]) == 0
+    assert "deleted 1 of 1 documents" in capsys.readouterr().out
+    assert not Collection.open(col).view().docs.contains(" padded")
+
+
 def test_skip_and_limit_count_positions_in_the_source(built, tmp_path, capsys):
     """--limit N keeps to the source's first N documents even with --skip, so a stopped `--limit` run continues to
     the same end."""

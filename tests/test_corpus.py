@@ -219,6 +219,16 @@ def test_bad_rows_in_parquet_and_csv_name_the_row(tmp_path):
         read_all(CorpusReader(tmp_path / "int.parquet"))
 
 
+def test_a_csv_row_with_the_wrong_number_of_columns_is_named_or_skipped(tmp_path):
+    path = tmp_path / "cols.csv"
+    path.write_text('id,text\nd1,hello world\nd2,foo,bar\nd3,"quoted, comma"\n', encoding="utf-8")
+    with pytest.raises(BadRowError, match=r"cols.csv line 3: 3 columns where the header has 2 \('d2,foo,bar'"):
+        read_all(CorpusReader(path))
+    reader = CorpusReader(path, on_error="skip")
+    assert read_all(reader)[:2] == (["d1", "d3"], ["hello world", "quoted, comma"])
+    assert reader.stats.skipped == {"wrong column count": 1}
+
+
 def test_unknown_format_and_missing_source(tmp_path):
     (tmp_path / "c.docx").write_text("hello")
     with pytest.raises(ValueError, match="cannot tell the format"):

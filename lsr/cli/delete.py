@@ -56,10 +56,12 @@ def _read_ids(path: str | None) -> list[str]:
     if path is None:
         return []
     if path == "-":
-        return [line.strip() for line in sys.stdin]
-    if not Path(path).is_file():
+        lines = sys.stdin.read().splitlines()
+    elif not Path(path).is_file():
         raise FileNotFoundError(f"--ids-file {path} does not exist")
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    else:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line.strip()]  # ids are kept as written: " d1" and "d1" are two documents
 
 
 def _delete(collection: str, ids: list[str]) -> list[str]:

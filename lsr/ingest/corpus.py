@@ -161,7 +161,8 @@ class CorpusReader:
         if self.format == "parquet":
             return pq.ParquetFile(self.source).schema_arrow.names
         if self.format == "csv":
-            return pcsv.open_csv(self.source).schema.names
+            return pcsv.open_csv(self.source, parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: "skip")
+                                 ).schema.names  # a bad row is named when the rows are read
         opener = gzip.open if self.source.name.lower().endswith(".gz") else open
         with opener(self.source, "rb") as fh:
             for line in fh:
@@ -389,21 +390,40 @@ class CorpusReader:
 
     def _csv_chunks(self) -> Iterator[DocChunk]:
         columns = [self.id_field, *self.fields]
-        header = pcsv.open_csv(self.source).schema.names
-        self._check_columns(header)
+        self._check_columns(self._column_names())
         self.stats.bytes_total = self.source.stat().st_size
         convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns,
                                       strings_can_be_null=True, quoted_strings_can_be_null=False)
         with open(self.source, "rb") as raw:
             compression = "gzip" if self.source.name.lower().endswith(".gz") else None
             stream = pa.input_stream(raw, compression=compression) if compression else raw
-            reader = pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=self.chunk_bytes),
-                                   convert_options=convert)
-            line_no = 1  # the header; the first data row is line 2 (quoted newlines would shift this)
-            for batch in reader:
-                yield self._table_chunk(batch, line_no)
-                line_no += batch.num_rows
-                self.stats.bytes_read = raw.tell()
+            bad_rows: list = []
+            try:  # single-threaded, so pyarrow numbers a row with the wrong number of columns
+                reader = pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=self.chunk_bytes, use_threads=False),
+                                       parse_options=pcsv.ParseOptions(invalid_row_handler=self._csv_row_handler(bad_rows)),
+                                       convert_options=convert)
+                line_no = 1  # the header; the first data row is line 2 (quoted newlines would shift this)
+                for batch in reader:
+                    yield self._table_chunk(batch, line_no)
+                    line_no += batch.num_rows + len(bad_rows)
+                    bad_rows.clear()
+                    self.stats.bytes_read = raw.tell()
+            except pa.ArrowInvalid:
+                if not bad_rows:
+                    raise
+                row = bad_rows[0]
+                self._bad("wrong column count", row.number, f"{row.actual_columns} columns where the header has "
+                          f"{row.expected_columns} ({row.text[:80]!r}; quote a value that holds a comma)", DocChunk([], [], []))
+
+    def _csv_row_handler(self, bad_rows: list) -> Callable:
+        """pyarrow's handler for a row with the wrong number of columns: skip and count it, or stop on it."""
+        def handle(row) -> str:
+            bad_rows.append(row)
+            if self.on_error == "fail":
+                return "error"
+            self.stats.skipped["wrong column count"] = self.stats.skipped.get("wrong column count", 0) + 1
+            return "skip"
+        return handle
 
     def _text_chunks(self) -> Iterator[DocChunk]:
         self.stats.bytes_total = self.source.stat().st_size
