@@ -316,6 +316,8 @@ def test_lsr_tune_refuses_a_collection_of_another_corpus_and_warns_on_a_partial_
                                        "tiny/train judges relevant: it was not indexed from tiny; tune it on the dataset "
                                        "it was built from\n")
     assert not (tmp_path / "other" / "search-defaults.json").exists()
+    assert cli_main(["tune", str(tmp_path / "partial"), "--dataset", "tiny", "--data-dir", str(data), "--split", "tset"]) == 2
+    assert "tiny.zip has no qrels/tset.tsv for --split; it has test, train" in capsys.readouterr().err
     said: list[str] = []
     partial = tmp_path / "partial"
     check_judged_documents(Searcher.open(partial), load_beir(data / "tiny.zip"), "train", partial, said.append)

@@ -161,7 +161,10 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
     from lsr.ingest.layout import write_search_defaults
     from lsr.search.searcher import Searcher
 
-    dataset = load_beir(locate_dataset(dataset_name, data_dir))
+    source = locate_dataset(dataset_name, data_dir)
+    dataset = load_beir(source, splits=tuple(dict.fromkeys(("test", "train", "dev", split))))
+    if split not in dataset.qrels:  # a misspelt --split would otherwise be tuned on without notice
+        raise ValueError(f"{source} has no qrels/{split}.tsv for --split; it has {', '.join(sorted(dataset.qrels)) or 'none'}")
     tune_split = tuning_split(dataset, split)
     if tune_split is None:
         raise ValueError(f"{dataset.name} has no train or dev qrels apart from {split!r}: nothing to tune on without "
