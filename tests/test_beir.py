@@ -143,6 +143,23 @@ def test_lsr_beir_with_an_unknown_dataset_lists_the_known_ones(capsys):
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--k", "5"], "--k must be in 10..999"),
+    (["--methods", "sparse,splade"], "unknown method(s) splade; choose from bm25,"),
+    (["--methods", ","], "--methods names no method"),
+    (["--split", "tset"], "tiny.zip has no qrels/tset.tsv; it has test, train"),
+])
+def test_lsr_beir_serve_refuses_bad_flags_before_it_builds_an_index(tmp_path, monkeypatch, capsys, flags, message):
+    monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny_beir(data)
+    assert cli_main(["beir", "--dataset", "tiny", "--data-dir", str(data), "--serve", "--quiet", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "cache" / "indexes").exists()
+
+
 def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, free_port):
     monkeypatch.setenv("LSR_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "data"

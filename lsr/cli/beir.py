@@ -56,7 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lsr.eval.beir import check_methods_and_depth
+
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    check_methods_and_depth(methods, args.k)  # before a --serve index build, which can take minutes
     if args.serve and args.endpoint:
         raise ValueError("--serve starts its own server; drop --endpoint (or drop --serve to use yours)")
     if args.endpoint and set(methods) - {"bm25"}:
@@ -78,11 +81,13 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         endpoint, collection = args.endpoint, None
         if args.serve:
-            from lsr.eval.beir import cached_collection
+            from lsr.eval.beir import cached_collection, reported_qrels
             from lsr.eval.datasets import load_beir, locate_dataset
 
             source = locate_dataset(args.dataset, args.data_dir)
-            collection, _ = cached_collection(source, load_beir(source), options, progress=not args.quiet)
+            dataset = load_beir(source)
+            reported_qrels(dataset, args.split, source)
+            collection, _ = cached_collection(source, dataset, options, progress=not args.quiet)
             endpoint = stack.enter_context(_served(collection, args.threads, encoding, _serve_log(args.out)))
         report = run_beir(args.dataset, data_dir=args.data_dir, split=args.split, methods=methods, k=args.k,
                           endpoint=endpoint, tune_locally=collection, out=args.out, options=options,

@@ -101,6 +101,23 @@ def significance_against(baseline: str, per_method: dict[str, dict[str, dict[str
 
 
 # ---------------------------------------------------------------------------- the whole run
+def check_methods_and_depth(methods: Sequence[str], k: int) -> None:
+    """Refuse unknown methods and a depth nDCG@10 cannot use, before any dataset is read or indexed."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}" if unknown
+                         else f"--methods names no method; choose from {', '.join(METHODS)}")
+    if not 10 <= k <= 999:
+        raise ValueError(f"--k must be in 10..999 (nDCG@10 needs 10, the searcher returns at most 1000), got {k}")
+
+
+def reported_qrels(dataset: BeirDataset, split: str, source: Path) -> dict[str, dict[str, int]]:
+    """The judgements of the reported split, or one line naming the splits the dataset has."""
+    if split not in dataset.qrels:
+        raise ValueError(f"{source} has no qrels/{split}.tsv; it has {', '.join(sorted(dataset.qrels)) or 'none'}")
+    return dataset.qrels[split]
+
+
 def run_beir(
     dataset_name: str,
     *,
@@ -125,20 +142,14 @@ def run_beir(
     from lsr.ingest.indexing import IndexOptions
     from lsr.search.searcher import UNTUNED_HYBRID, HybridOptions, PrfOptions
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    if not 10 <= k <= 999:
-        raise ValueError(f"--k must be in 10..999 (nDCG@10 needs 10, the searcher returns at most 1000), got {k}")
+    check_methods_and_depth(methods, k)
     neural = [m for m in methods if m != "bm25"]
     remote = Remote(endpoint) if endpoint and neural else None  # an unreachable endpoint fails before any work
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     source = locate_dataset(dataset_name, data_dir)
     dataset = load_beir(source)
-    if split not in dataset.qrels:
-        raise ValueError(f"{source} has no qrels/{split}.tsv; it has {', '.join(sorted(dataset.qrels)) or 'none'}")
-    qrels = dataset.qrels[split]
+    qrels = reported_qrels(dataset, split, source)
     qids = [q for q in qrels if q in dataset.queries]
     texts = [dataset.queries[q] for q in qids]
     timings["load"] = time.perf_counter() - clock
