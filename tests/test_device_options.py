@@ -11,19 +11,20 @@ import torch
 
 from lsr.encode.inputs import resolve_device, resolve_dtype
 
-VERB_ARGS = {
-    "encode": ["some text"],
-    "index": ["no-such-corpus.jsonl", "out-folder"],
-    "search": ["no-such-collection", "a query"],
-    "serve": ["no-such-collection"],
-    "beir": ["--dataset", "scifact"],
-}
+VERB_ARGS = [
+    ("encode", ["some text"]),
+    ("encode", ["--input", "no-such-corpus.jsonl", "--output", "vectors.parquet"]),
+    ("index", ["no-such-corpus.jsonl", "out-folder"]),
+    ("search", ["no-such-collection", "a query"]),
+    ("serve", ["no-such-collection"]),
+    ("beir", ["--dataset", "scifact"]),
+]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
-@pytest.mark.parametrize("verb", sorted(VERB_ARGS))
-def test_cuda_without_a_gpu_is_one_clean_line_and_exit_2(verb, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lsr", verb, *VERB_ARGS[verb], "--device", "cuda"],
+@pytest.mark.parametrize("verb, args", VERB_ARGS)
+def test_cuda_without_a_gpu_is_one_clean_line_and_exit_2(verb, args, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lsr", verb, *args, "--device", "cuda"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -53,3 +54,18 @@ def test_cpu_bf16_encoder_runs_and_stays_close_to_fp32(splade):
     got = half.encode_documents([text]).to_dense()[0]
     assert half.model.dtype == torch.bfloat16
     assert np.linalg.norm(got - want) <= 5e-2 * np.linalg.norm(want)
+
+
+def test_a_vectors_file_is_encoded_in_the_dtype_asked_for(splade, tmp_path):
+    from lsr.ingest.vector_file import VectorFileReader, encode_file
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "a", "text": "vitamin d deficiency and bone density in older adults"}\n')
+    vectors = {}
+    for dtype in ("fp32", "bf16"):
+        encode_file(corpus, tmp_path / f"{dtype}.parquet", device="cpu", dtype=dtype, progress=False)
+        vectors[dtype] = next(iter(VectorFileReader(tmp_path / f"{dtype}.parquet"))).vectors.to_dense()[0]
+    want = splade.encode_documents(["vitamin d deficiency and bone density in older adults"]).to_dense()[0]
+    np.testing.assert_array_equal(vectors["fp32"], want)
+    assert not np.array_equal(vectors["bf16"], want)  # bf16 ran: its weights keep 8 bits
+    assert np.linalg.norm(vectors["bf16"] - want) <= 5e-2 * np.linalg.norm(want)

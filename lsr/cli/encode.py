@@ -87,9 +87,10 @@ def _encode_file(args: argparse.Namespace) -> int:
         raise ValueError("give either a TEXT or --input FILE, not both")
     if args.batch_size <= 0 or args.max_length < 4:
         raise ValueError("--batch-size must be positive and --max-length at least 4")
+    device = device_options(args)  # a GPU asked for and missing is one line before the corpus is read
     summary = encode_file(args.input, args.output, model=args.model, fields=args.fields, id_field=args.id_field,
                           on_error=args.on_error, batch_size=args.batch_size, max_length=args.max_length,
-                          progress=not args.quiet)
+                          progress=not args.quiet, **device)
     skipped = sum(summary.skipped.values())
     print(f"{summary.docs:,} documents encoded into {args.output} ({summary.postings:,} postings, "
           f"{summary.truncated:,} truncated at {args.max_length} tokens, {skipped:,} bad rows skipped"

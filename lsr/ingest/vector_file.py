@@ -35,7 +35,7 @@ class EncodeSummary:
 
 def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-tiny", fields: Sequence[str] = ("title", "text"),
                 id_field: str = "_id", on_error: str = "fail", batch_size: int = 32, max_length: int = 256,
-                progress: bool = True) -> EncodeSummary:
+                device: str = "auto", dtype: str = "auto", progress: bool = True) -> EncodeSummary:
     """Encode every document of a corpus (any format ``lsr index`` reads) into one vectors file, atomically."""
     from lsr.encode.splade import SpladeEncoder
 
@@ -43,7 +43,7 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
     output = Path(output).expanduser()
     if output.suffix != ".parquet":
         raise ValueError(f"--output must be a .parquet file, got {output}")
-    encoder = SpladeEncoder.from_pretrained(model, max_length=max_length, device="cpu")
+    encoder = SpladeEncoder.from_pretrained(model, max_length=max_length, device=device, dtype=dtype)
     summary = EncodeSummary(0)
 
     def write(fh) -> None:
