@@ -39,12 +39,8 @@ def searches(col, encoders) -> tuple:
 
 
 def looked(col) -> None:
-    """Start a look (with LOOK_INTERVAL set to 0) and wait for it, as searches a second later would. A look still
-    running (any ``view()`` starts one) is waited for first: it may have begun before what the caller wants seen."""
-    if col._looker is not None:
-        col._looker.join()
-    col.view()
-    col._looker.join()
+    """Look now, as the background look within a second would."""
+    col.look()
 
 
 WRITER = """

@@ -228,12 +228,9 @@ def test_a_process_taking_up_another_processs_writes_carries_its_bm25_leg_forwar
     assert {"first-1", "second-1"} <= set(got[0]) and "new-1" not in got[1] and list(got[2])[0] == "new-1"
 
 
-def test_a_reader_takes_up_another_writers_records_within_a_look(written, encoders, tmp_path, monkeypatch):
+def test_a_reader_takes_up_another_writers_records_within_a_look(written, encoders, tmp_path):
     """A process that only reads sees another's upserts, rewrites and deletes at its next look (every
     LOOK_INTERVAL), by applying the appended journal records to its own stores, exactly as a fresh open sees them."""
-    import lsr.ingest.collection as collection
-
-    monkeypatch.setattr(collection, "LOOK_INTERVAL", 0.0)
     path = _copy(written, tmp_path / "col")
     writer, reader = Collection.open(path), Collection.open(path)
     dense = reader.dense
@@ -246,14 +243,34 @@ def test_a_reader_takes_up_another_writers_records_within_a_look(written, encode
     assert "w-1" not in reader.view().docs.ids()
 
 
-def test_a_look_applies_a_dead_writers_journaled_record_and_cuts_its_torn_tail(written, encoders, tmp_path, monkeypatch):
+def test_a_quiet_reader_takes_up_writes_with_no_search_to_start_the_look(written, encoders, tmp_path, monkeypatch):
+    """The looks run on a timer: a server that had no search for a while answered its first one from before the
+    writes other processes made meanwhile, when a look waited for a search and ran behind it."""
+    import time
+
+    import lsr.ingest.collection as collection
+
+    monkeypatch.setattr(collection, "LOOK_INTERVAL", 0.1)
+    path = _copy(written, tmp_path / "col")
+    reader = Collection.open(path)
+    assert "w-1" not in reader.view().docs.ids()
+    writer = Collection.open(path)
+    writer.upsert(["w-1"], [NEW_TEXT], encoders[0].encode_documents([NEW_TEXT]), encoders[1].encode_documents([NEW_TEXT]))
+    time.sleep(3)
+    assert "w-1" in reader.view().docs.ids() and "w-1" in reader.view().dense  # the first search after the quiet
+    reader.close()
+    time.sleep(0.5)
+    writer.delete(["w-1"])
+    time.sleep(1)
+    assert "w-1" in reader.view().docs.ids()  # closed: it no longer looks
+
+
+def test_a_look_applies_a_dead_writers_journaled_record_and_cuts_its_torn_tail(written, encoders, tmp_path):
     """A writer killed after journaling a record, before any store applied it: the next process to look applies it
     to the sparse index (committed) and its dense index. A torn tail (killed mid-append) reopens the stores, which
     cuts it off."""
-    import lsr.ingest.collection as collection
     from lsr.ingest.journal import JOURNAL_FILE, Journal
 
-    monkeypatch.setattr(collection, "LOOK_INTERVAL", 0.0)
     path = _copy(written, tmp_path / "col")
     reader = Collection.open(path)
     text = "Narwhal tusks sense salinity"
@@ -273,13 +290,11 @@ def test_a_look_applies_a_dead_writers_journaled_record_and_cuts_its_torn_tail(w
     assert not verify_collection(path).problems
 
 
-def test_a_look_never_waits_for_a_folder_another_process_holds(written, encoders, tmp_path, monkeypatch):
+def test_a_look_never_waits_for_a_folder_another_process_holds(written, encoders, tmp_path):
     import time
 
-    import lsr.ingest.collection as collection
     from lsr.files import exclusive_folder
 
-    monkeypatch.setattr(collection, "LOOK_INTERVAL", 0.0)
     path = _copy(written, tmp_path / "col")
     writer, reader = Collection.open(path), Collection.open(path)
     writer.upsert(["w-1"], [NEW_TEXT], encoders[0].encode_documents([NEW_TEXT]), encoders[1].encode_documents([NEW_TEXT]))

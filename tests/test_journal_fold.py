@@ -257,7 +257,6 @@ def test_background_folds_beside_writes_lose_nothing_a_reader_sees(written, enco
                                                                    small_folds):
     """A save (and so a fold check) after every write, in the background while the next writes go on; a reader
     holding the collection since before takes up each fold at its next look."""
-    monkeypatch.setattr(collection, "LOOK_INTERVAL", 0.0)
     monkeypatch.setattr(collection, "save_rows", lambda rows: 1)
     path = _copy(written, tmp_path / "col")
     writer, reader = Collection.open(path), Collection.open(path)

@@ -12,9 +12,9 @@ Several processes may open one collection (two servers, a script beside a server
 and each open (whose replay writes), holds the folder's lock, and a process that finds the collection
 written by another since it last looked first takes up what the other wrote: the journal records past its
 own, applied to its in-memory stores, and the sparse index's new commit (a full reopen only when the journal
-is not simply longer). A process also looks at most every ``LOOK_INTERVAL`` seconds when a search asks for
-the current view, in a background thread, so a server that only reads sees another process's writes within about a
-second, and no search waits for them to be taken up.
+is not simply longer). An opened collection also looks every ``LOOK_INTERVAL`` seconds, in a background thread,
+so a server that only reads sees another process's writes within about a second of them, however long it has had no
+search, and no search waits for them to be taken up.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import threading
-import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -100,8 +100,7 @@ class Collection:
         self._unsaved = 0  # documents written since the dense index and BM25 leg were saved: the journal holds them
         self._folder = FolderHold(path)  # this process's hold on the folder: its writes and its dense save share it
         self._saver: threading.Thread | None = None  # the dense save running in the background, if any
-        self._next_look = time.monotonic() + LOOK_INTERVAL
-        self._looker: threading.Thread | None = None  # the look running in the background, if any
+        self._watch_stop: threading.Event | None = None  # set to end the background looks (``watch``)
         self._look_failure_said = False  # warned once about a look at another process's writes that failed
         self._parts = parts if parts is not None else WrittenParts(path)  # what the journal was folded into
         self._folded: WrittenParts | None = None  # a background fold's parts, for a write or look to take up
@@ -117,7 +116,9 @@ class Collection:
         path = Path(path).expanduser()
         meta = read_meta(path)
         with exclusive_folder(path, wait=WRITE_WAIT):  # the replay writes: never beside another process's write
-            return cls._load(path, meta)
+            opened = cls._load(path, meta)
+        opened.watch()
+        return opened
 
     @classmethod
     def _load(cls, path: Path, meta: dict, before: CollectionView | None = None) -> "Collection":
@@ -162,20 +163,29 @@ class Collection:
         return hashlib.sha256(json.dumps(self.meta["checksums"], sort_keys=True).encode()).hexdigest()
 
     def view(self) -> CollectionView:
-        """The current version of every store, for one search to read. At most every ``LOOK_INTERVAL`` seconds it
-        also starts a look at what other processes wrote, in the background: no search waits while another process's
-        writes are taken up (a batch of 256 documents: about 0.1 s of tokenising for the BM25 leg alone)."""
-        if time.monotonic() >= self._next_look:
-            self._next_look = time.monotonic() + LOOK_INTERVAL
-            if self._looker is None or not self._looker.is_alive():
-                self._looker = threading.Thread(target=self._look_at_disk, name="lsr-look", daemon=True)
-                self._looker.start()
+        """The current version of every store, for one search to read; the background looks keep it current with
+        other processes' writes, so no search waits while they are taken up (a batch of 256 documents: about 0.1 s of
+        tokenising for the BM25 leg alone)."""
         return self._view
 
-    def _look_at_disk(self) -> None:
-        """Take up what another process wrote, unless a write here or elsewhere holds the collection (the next look
-        tries again). Runs in the look thread; a crash in it is a crash like any other (the journal holds the writes)."""
-        if self._failed is not None or not self._lock.acquire(blocking=False):
+    def watch(self) -> None:
+        """Look for other processes' writes every ``LOOK_INTERVAL`` seconds in a daemon thread, until ``close`` or
+        until nothing else holds this collection. A look that waited for a search left a server that had been quiet
+        answering its first search from before writes made seconds or hours earlier."""
+        if self._watch_stop is None or self._watch_stop.is_set():
+            self._watch_stop = threading.Event()
+            threading.Thread(target=_watch, args=(weakref.ref(self), self._watch_stop), name="lsr-look",
+                             daemon=True).start()
+
+    def look(self) -> None:
+        """Take up what other processes wrote now, waiting for a look or write of this process under way (but not for
+        another process's: a folder held elsewhere is looked at again next time)."""
+        self._look_at_disk(wait=True)
+
+    def _look_at_disk(self, wait: bool = False) -> None:
+        """Take up what another process wrote, unless a write elsewhere (or, unless ``wait``, here) holds the collection
+        (the next look tries again). A crash in the look thread is a crash like any other (the journal holds the writes)."""
+        if self._failed is not None or not self._lock.acquire(blocking=wait):
             return
         try:
             self._take_up_fold()
@@ -361,6 +371,8 @@ class Collection:
         """Wait for a background save and fold, then save what only the journal holds (the dense rows, the BM25 leg's
         documents written since its last save), so the next open replays none, and fold the journal when due;
         skipped when another process wrote since (its saves and the journal hold everything) or holds the collection."""
+        if self._watch_stop is not None:
+            self._watch_stop.set()
         with self._lock:
             self._settle()
             if not self._unsaved or self._failed is not None:
@@ -481,3 +493,13 @@ def agreement_problems(docs: set[str], sparse: set[str], dense: set[str] | None)
         if missing:
             problems.append(f"the {name} lacks {len(missing)} ids of the doc store (first: {missing[0]!r})")
     return problems
+
+
+def _watch(ref: "weakref.ref[Collection]", stop: threading.Event) -> None:
+    """The look thread: it holds the collection only while looking, so a collection nothing else holds is freed."""
+    while not stop.wait(LOOK_INTERVAL):
+        collection = ref()
+        if collection is None:
+            return
+        collection._look_at_disk()
+        del collection
