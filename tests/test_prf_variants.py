@@ -288,3 +288,13 @@ def test_the_tuning_backend_searches_each_first_pass_once_and_ranks_as_the_searc
     changing.upsert(["echo"], [texts[0]])  # a document that is the query itself
     after = backend.run(qids[:1], texts[:1], 10, "hybrid", HYBRID)
     assert "echo" not in before[qids[0]] and rank(after[qids[0]], 1)[0][0] == "echo"
+
+
+@pytest.mark.parametrize("mode", ["sparse", "dense", "bm25", "hybrid"])
+def test_k_may_be_a_numpy_integer_in_every_mode(searcher, mode):
+    """A k from numpy (a length, an argmax) reached faiss as numpy, whose bindings refused it with a SWIG TypeError."""
+    want = [(h.doc_id, h.score) for h in searcher.search("aspirin heart attack", k=3, mode=mode).hits]
+    assert want  # BM25 finds only the documents holding a query word
+    assert [(h.doc_id, h.score) for h in searcher.search("aspirin heart attack", k=np.int64(3), mode=mode).hits] == want
+    batch = searcher.search_batch(["aspirin heart attack"], k=np.int32(3), mode=mode)[0]
+    assert [(h.doc_id, h.score) for h in batch.hits] == want

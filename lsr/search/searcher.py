@@ -375,6 +375,7 @@ class Searcher:
         """One query given as text, as a ``{token or term id: weight}`` dict, or as a dense vector.
 
         ``deadline`` (``time.monotonic()`` seconds) bounds waiting on remote shards."""
+        k = check_k(k)  # a numpy integer becomes an int, which faiss needs
         self.check_request(text, sparse, dense, k, mode, hybrid, prf)
         hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
@@ -420,6 +421,7 @@ class Searcher:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or is_blank(text):
                 raise ValueError(f"query {i} is empty or not a string")
+        k = check_k(k)
         self.check_request("x", None, None, k, mode, hybrid, prf)
         hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
