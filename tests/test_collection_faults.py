@@ -536,3 +536,39 @@ def test_a_folder_where_the_journal_should_be_is_named_by_verify_and_open(writte
     assert any("journal.log is not a file" in problem for problem in verify_collection(path).problems)
     with pytest.raises(CorruptFileError, match="journal.log is not a file"):
         Collection.open(path)
+
+
+def test_verify_checks_problems_again_after_a_write_under_way(written, tmp_path, monkeypatch):
+    """A check beside a write can find a file that write just replaced (here a sparse segment file missing while the
+    folder is held, as a merge leaves it between its commit and the new view): it is checked again once the write is
+    done, so a whole collection is not reported damaged. A folder held too long keeps the problems, with a note."""
+    import threading
+    import time
+
+    import lsr.ingest.verify as verify
+    from lsr.files import exclusive_folder
+
+    path = _copy(written, tmp_path / "col")
+    segment = sorted((path / "sparse").glob("s*.npy"))[0]
+    aside = tmp_path / segment.name
+    segment.rename(aside)
+    held = threading.Event()
+
+    def write_under_way() -> None:
+        with exclusive_folder(path):
+            held.set()
+            time.sleep(2)
+            aside.rename(segment)
+
+    writer = threading.Thread(target=write_under_way)
+    writer.start()
+    held.wait()
+    report = verify_collection(path)
+    writer.join()
+    assert not report.problems and not any("another process held" in line for line in report.notes)
+    segment.rename(aside)
+    monkeypatch.setattr(verify, "WRITE_WAIT", 0.5)
+    with exclusive_folder(path):
+        report = verify_collection(path)
+    assert any(segment.name in line for line in report.problems)
+    assert report.notes[-1].startswith(f"another process held {path} for 0 s, so these problems were not checked")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lsr.files import CorruptFileError
-from lsr.ingest.collection import agreement_problems, overlay_of, replay
+from lsr.files import CorruptFileError, FolderBusyError, exclusive_folder
+from lsr.ingest.collection import WRITE_WAIT, agreement_problems, overlay_of, replay
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, scan
 from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
@@ -29,6 +29,21 @@ class Report:
 
 
 def verify_collection(path: Path) -> Report:
+    """Check the collection without its lock, so a server's writes go on meanwhile. A check beside another process's
+    write can find a file that write just replaced (a merged segment, a folded journal): problems are checked again
+    holding the folder's lock, once the write is done, and only those that hold are reported."""
+    report = _verify(path)
+    if report.problems and path.is_dir():
+        try:
+            with exclusive_folder(path, wait=WRITE_WAIT):
+                return _verify(path)
+        except FolderBusyError:
+            report.notes.append(f"another process held {path} for {WRITE_WAIT:.0f} s, so these problems were not checked "
+                                "again: a write under way can make a whole collection look damaged; run lsr verify again")
+    return report
+
+
+def _verify(path: Path) -> Report:
     from lsr.index import InvertedIndex
     from lsr.index import storage
 
