@@ -3,6 +3,7 @@ between stores, and stores that disagree. Real SciFact documents, real models, r
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -63,8 +64,9 @@ def test_damage_to_any_file_is_found_by_open_and_verify_naming_the_file(written,
         damage(col / relative)
         problems = verify_collection(col).problems
         assert any(relative.name in p for p in problems), (relative, problems)
-        with pytest.raises(CorruptFileError, match=relative.name.replace(".", r"\.")):
+        with pytest.raises(CorruptFileError, match=relative.name.replace(".", r"\.")) as raised:
             Collection.open(col)
+        assert re.search(r"`lsr (repair|verify|index)[^`]*`|restore", str(raised.value)), str(raised.value)  # what to do
         shutil.rmtree(col)
 
 

@@ -186,7 +186,7 @@ def test_a_second_build_of_a_collection_being_built_fails_at_once_and_harms_noth
     build_collection(corpus, out, options(), progress=False, on_shard=second_builds)
     assert len(refused) == 2
     for run in refused:
-        assert run.returncode == 2, run.stderr
+        assert run.returncode == 1, run.stderr
         assert run.stderr == (f"lsr index: error: another process (`lsr index`, `lsr train`, `lsr repair` or a "
                               f"writer such as `lsr serve`) is writing {out} right now; wait for it to finish or stop "
                               "it, then run this again\n")

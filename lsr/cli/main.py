@@ -15,6 +15,8 @@ import signal
 import sys
 import threading
 
+from lsr.files import FolderBusyError
+
 VERBS = ("encode", "index", "upsert", "delete", "search", "doc", "eval", "beir", "tune", "train", "serve", "query", "verify",
          "repair")
 
@@ -100,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         # flush of stdout from raising again (Python's documented SIGPIPE recipe).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except FolderBusyError as exc:  # the machine's state, not the input: the same command works once the other ends
+        print(f"lsr {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as exc:
         # User-facing errors: one line naming what is wrong, no stack trace.
         print(f"lsr {args.verb}: error: {exc}", file=sys.stderr)

@@ -124,7 +124,11 @@ def read_meta(path: Path) -> dict:
             raise ValueError(f"{path} is a sharded collection: search it with `lsr search {path}` or serve it with "
                              f"`lsr serve {path}`; other commands take one shard ({path}/shard-000 ...)")
         raise FileNotFoundError(f"{path} is not an lsr collection (no {META_FILE}); create one with `lsr index`")
-    meta = read_sealed_json(meta_path)
+    try:
+        meta = read_sealed_json(meta_path)
+    except CorruptFileError as exc:  # it holds the checksums every other file is checked by: nothing rebuilds it
+        raise CorruptFileError(f"{exc}; restore {META_FILE} from a backup or index the corpus again "
+                               f"(`lsr index SOURCE {path} --overwrite`)") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} has collection format {meta.get('format')!r}; this lsr reads format {FORMAT}. "
                          "Re-index with `lsr index --overwrite`")
