@@ -235,3 +235,26 @@ def test_bad_writes_fail_in_one_line(built, tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_hnsw_collection_under_rewrites_is_noted_by_verify_and_rebuilt_by_repair(tmp_path, capsys):
+    """Rewrites leave dead rows in an HNSW graph (filtered out, searched past with a wider beam): verify notes a graph
+    holding more dead rows than live ones, and repair rebuilds it without them, still HNSW, with the same answers."""
+    docs = _jsonl(tmp_path / "docs.jsonl", DOCS)
+    col = tmp_path / "col"
+    assert main(["index", str(docs), str(col), "--hnsw", "8", "--max-length", "32", "--quiet"]) == 0
+    for _ in range(2):
+        assert main(["upsert", str(docs), str(col), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(col)]) == 0
+    assert "the HNSW index holds 8 rows of replaced or deleted documents beside 4 live ones" in capsys.readouterr().out
+    assert main(["search", str(col), "aspirin heart attack", "--mode", "dense", "-k", "1"]) == 0
+    top = capsys.readouterr().out.splitlines()[0]  # rank, score, id (the next line is timings)
+    assert "aspirin" in top
+    assert main(["repair", str(col)]) == 0
+    out = capsys.readouterr().out
+    assert "is intact" in out and "HNSW index holds" not in out
+    dense = Collection.open(col).dense
+    assert dense.kind == "hnsw" and dense.dead_rows == 0 and len(dense) == 4
+    assert main(["search", str(col), "aspirin heart attack", "--mode", "dense", "-k", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == top

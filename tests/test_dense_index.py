@@ -142,3 +142,23 @@ def test_a_flat_index_saved_by_faiss_before_still_opens(tmp_path):
     opened = DenseIndex.open(tmp_path / "dense")
     queries = _vectors(3, 9)
     assert opened.journal_seq == 4 and "d3" not in opened and _answers(opened, queries, 10) == _answers(index, queries, 10)
+
+
+def test_hnsw_recall_holds_as_rewrites_and_deletes_pile_up_dead_rows():
+    """A graph walk passes dead rows without keeping them: at the build's efSearch, every document rewritten 10 times
+    gave recall@10 0.86 and a collection 99.5 % deleted returned fewer hits than its live documents."""
+    index = DenseIndex.create(64, hnsw_m=16)
+    rng = np.random.default_rng(1)
+    ids = [f"d{i}" for i in range(2_000)]
+    vectors = rng.standard_normal((2_000, 64)).astype(np.float32)
+    index.add(ids, vectors)
+    for _ in range(10):  # small edits, as rewrites of a document's text are
+        vectors = vectors + 0.05 * rng.standard_normal(vectors.shape).astype(np.float32)
+        index.add(ids, vectors)
+    assert index.dead_rows == 10 * len(index) == 20_000
+    queries = rng.standard_normal((200, 64)).astype(np.float32)
+    live = dict(zip(ids, vectors))
+    truth, got = _exact(live, queries, 10), _answers(index, queries, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)]) >= 0.99
+    index.remove(ids[15:])
+    assert _answers(index, queries[:20], 20) == _exact({i: live[i] for i in ids[:15]}, queries[:20], 15)

@@ -119,6 +119,10 @@ def _verify(path: Path) -> Report:
     if not report.problems and seqs.get("sparse index") == last:
         behind = dense is not None and dense.journal_seq < folded
         replay([*parts.records(), *records] if behind else records, sparse, dense)  # in memory, as an open would
+        if dense is not None and dense.kind == "hnsw" and dense.dead_rows > len(dense):
+            report.notes.append(f"the HNSW index holds {dense.dead_rows:,} rows of replaced or deleted documents beside "
+                                f"{len(dense):,} live ones, so its searches walk {dense.dead_rows / max(len(dense), 1) + 1:.1f}× "
+                                f"the rows for the same recall; `lsr repair {path}` rebuilds it without them")
         try:
             docs = DocStore(path / "docs", overlay_of(records), parts).ids()
         except CorruptFileError as exc:

@@ -245,11 +245,22 @@ class DenseIndex:
             bits = np.packbits(self._alive[: self._rows], bitorder="little")  # faiss reads bit i & 7 of byte i >> 3
             selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # its size in bytes: rows past it are out
             if self.kind == "hnsw":
-                params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.index.hnsw.efSearch)
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=self._filtered_ef())
             else:
                 params = faiss.SearchParameters(sel=selector)
             self._selector = (bits, selector, params)  # the bits and selector must outlive the parameters
         return self._selector[2]
+
+    def _filtered_ef(self) -> int:
+        """efSearch scaled by rows per live row: a graph walk passes dead rows without keeping them, so at the build's
+        ef recall fell as rewrites piled them up (10 rows a document: recall@10 0.86; scaled: 1.00, 9× the time)."""
+        base = int(self.index.hnsw.efSearch)
+        return min(base * -(-self._rows // max(self._live, 1)), max(base, self._rows))
+
+    @property
+    def dead_rows(self) -> int:
+        """Rows of removed or replaced documents that the faiss object still holds (filtered out of searches)."""
+        return self._rows - self._live
 
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
         """Stored embeddings of the given ids, [n, dim]; unknown ids raise KeyError naming them."""
