@@ -3,9 +3,11 @@
 Ray places the actors (a local instance, or a cluster at ``--ray-address``) and restarts a dead
 one (``max_restarts``); this module only decides what a caller sees meanwhile. A probe thread
 asks every shard for its ``info()`` every ``probe_seconds``: a shard is *up* once it answers and
-*down* from the first failed call or probe until it answers again. Calls skip down shards at
-once rather than wait on a restart, so a search returns the other shards' hits marked partial
-(or fails UNAVAILABLE under ``require_all``), and health reports SERVING only while all are up.
+*down* from the first failed call or probe until it answers again; one Ray gave up on (its start
+failed) is created again, backing off. Searches skip down shards at once rather than wait on a
+restart, so a search returns the other shards' hits marked partial (or fails UNAVAILABLE under
+``require_all``, or when no shard answered); a write that needs a down shard is sent nowhere and
+fails UNAVAILABLE. Health reports SERVING only while all are up.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lsr.ingest.ray_engine import check_reachable, import_ray
+from lsr.ingest.ray_engine import check_reachable, import_ray, start_ray
 from lsr.ingest.sharding import ShardMap
 from lsr.service.batching import DeadlinePassed
 
 log = logging.getLogger("lsr.service")
 
 REPLY_MARGIN_S = 0.1  # the wait on shards ends this long before the caller's deadline, to leave time to reply
+MAX_SHARD_TIMEOUT = 86_400.0  # a day: Ray's and threading's timeouts overflow on larger ones (inf broke every call)
+MAX_SHARD_CPUS = 4_096
+RECREATE_BACKOFF_S = (1.0, 30.0)  # a shard server that failed to start is created again after 1, 2, 4 ... 30 s
+DEAD_AFTER_S = 2.0  # probes failing at once for this long: Ray will not restart the shard server
 
 
 class ShardUnavailable(Exception):
@@ -43,8 +49,10 @@ class ShardOptions:
     max_restarts: int = -1  # Ray restarts a dead shard server this many times (-1: always)
 
     def __post_init__(self) -> None:
-        if not self.shard_cpus >= 0 or not self.concurrency >= 1 or not self.shard_timeout > 0:
-            raise ValueError("shard CPUs must be ≥ 0, shard concurrency ≥ 1 and the shard timeout > 0")
+        if not 0 <= self.shard_cpus <= MAX_SHARD_CPUS or not self.concurrency >= 1 \
+                or not 0 < self.shard_timeout <= MAX_SHARD_TIMEOUT:
+            raise ValueError(f"shard CPUs must be in 0..{MAX_SHARD_CPUS}, shard concurrency ≥ 1 and the shard timeout "
+                             f"in (0, {MAX_SHARD_TIMEOUT:g}] seconds")
 
 
 def connect_ray(address: str | None, cpus_needed: float) -> None:
@@ -55,11 +63,7 @@ def connect_ray(address: str | None, cpus_needed: float) -> None:
         return
     check_reachable(address)
     local = {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus_needed))} if address is None else {}
-    try:
-        ray.init(address=address or "local",  # "local": a new instance, never a cluster someone else started here
-                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **local)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
-        raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
+    start_ray(address or "local", **local)  # "local": a new instance, never a cluster someone else started here
 
 
 def _give_up_at(deadline: float | None, started: float, method: str) -> float:
@@ -96,7 +100,11 @@ class ShardSet:
             max_restarts=options.max_restarts, max_task_retries=0, num_cpus=options.shard_cpus,
             max_concurrency=options.concurrency,
         )
-        self.actors = [actor.remote(name, str(path.resolve())) for name, path in zip(self.names, shard_map.paths(root))]
+        self._actor, self._paths = actor, [str(path.resolve()) for path in shard_map.paths(root)]
+        self.actors = [actor.remote(name, path) for name, path in zip(self.names, self._paths)]
+        self._recreate_at = [0.0] * len(self.names)  # when a dead shard server may be created again
+        self._dead_since: list[float | None] = [None] * len(self.names)  # the first of a run of ActorDiedErrors
+        self._backoff = [RECREATE_BACKOFF_S[0]] * len(self.names)
         self.infos: list[dict[str, Any] | None] = [None] * len(self.names)
         self.versions = ["0"] * len(self.names)
         self._up = [False] * len(self.names)
@@ -147,6 +155,8 @@ class ShardSet:
         A probe stays pending while its shard is being placed or restarted, so a slow shard
         never holds up the probes of the others."""
         ray = import_ray()
+        from ray.exceptions import ActorDiedError
+
         pending: dict[int, tuple[Any, float]] = {}
         while not self._closed.is_set():
             now = time.monotonic()
@@ -160,14 +170,34 @@ class ShardSet:
                 del pending[shard]
                 try:
                     self.infos[shard] = ray.get(ref)
+                except ActorDiedError as exc:  # Ray restarts a server that dies, never one whose start failed
+                    self._set_up(shard, False, _reason(exc))
+                    self._recreate_if_dead(shard)
                 except Exception as exc:  # noqa: BLE001 - any failure to answer means down
+                    self._dead_since[shard] = None
                     self._set_up(shard, False, _reason(exc))
                 else:
+                    self._dead_since[shard], self._backoff[shard] = None, RECREATE_BACKOFF_S[0]
                     self._set_up(shard, True)
             for shard, (ref, sent) in list(pending.items()):
                 if time.monotonic() - sent > self.options.shard_timeout:
                     self._set_up(shard, False, f"no answer within {self.options.shard_timeout:g} s")
             self._closed.wait(self.options.probe_seconds if ready else 0.0)
+
+    def _recreate_if_dead(self, shard: int) -> None:
+        """Create a shard server again once Ray has given up on it, backing off: a server whose start failed (its
+        folder briefly gone on shared storage, a lock held by a repair) stayed down until the coordinator restarted.
+        A server Ray is restarting fails the probe that was running when it died, then holds the next one until it
+        is back; one that Ray will not restart fails every probe at once, so it is dead after ``DEAD_AFTER_S``."""
+        now = time.monotonic()
+        since = self._dead_since[shard] = self._dead_since[shard] or now
+        if now - since < DEAD_AFTER_S or now < self._recreate_at[shard] or self._closed.is_set():
+            return
+        self._recreate_at[shard], self._dead_since[shard] = now + self._backoff[shard], None
+        self._backoff[shard] = min(self._backoff[shard] * 2, RECREATE_BACKOFF_S[1])
+        log.info("event=shard_recreate shard=%s", self.names[shard])
+        import_ray().kill(self.actors[shard], no_restart=True)
+        self.actors[shard] = self._actor.remote(self.names[shard], self._paths[shard])
 
     # ------------------------------------------------------------------ calls
     def call(self, method: str, args: dict[int, tuple], deadline: float | None, *,
@@ -190,11 +220,15 @@ class ShardSet:
         give_up = _give_up_at(deadline, started, method)
         limit = started + self.options.shard_timeout
         up = [shard for shard in args if self._up[shard]]
+        down = [shard for shard in args if shard not in up]
+        if down and (strict or write):  # known before anything is sent: a write lands on all its shards or none
+            raise ShardUnavailable(f"shard {self.names[down[0]]} is down ({self._reasons[down[0]] or 'starting'}), so "
+                                   f"this {method} was not sent to any shard (nothing was written); retry shortly")
         refs = self._send_writes(method, {shard: args[shard] for shard in up}, give_up, limit) if write else \
             {shard: getattr(self.actors[shard], method).remote(*args[shard]) for shard in up}
         answers: dict[int, Any] = {}
-        missing = [shard for shard in args if shard not in refs]
-        reasons = {shard: "it is down (restarting)" for shard in missing}
+        missing = list(down)
+        reasons = {shard: f"it is down ({self._reasons[shard] or 'starting'})" for shard in missing}
         for shard, ref in refs.items():
             try:
                 answers[shard] = ray.get(ref, timeout=max(0.0, min(give_up, limit) - time.monotonic()))
@@ -213,10 +247,13 @@ class ShardSet:
         if missing:
             log.warning("event=shards_missing method=%s %s", method,
                         " ".join(f"{self.names[s]}={reasons[s]!r}" for s in sorted(missing)))
-        if missing and (strict or self.options.require_all):
+        if missing and (strict or self.options.require_all or not answers):
             shard = min(missing)
+            applied = ", ".join(self.names[s] for s in sorted(answers))
+            where = f"; it was applied on {applied} (each shard applies a write whole or not at all)" if write and \
+                answers else ""
             raise ShardUnavailable(f"shard {self.names[shard]} did not answer: {reasons[shard]}; "
-                                   f"{len(missing)} of {len(self.names)} shards missing, retry shortly")
+                                   f"{len(missing)} of {len(args)} shards missing{where}, retry shortly")
         return answers, sorted(missing)
 
     def _send_writes(self, method: str, args: dict[int, tuple], give_up: float, limit: float) -> dict[int, Any]:

@@ -100,6 +100,25 @@ def test_a_killed_ray_job_resumes_only_its_unfinished_parts(ray_cluster, corpus,
     assert checksums(out) == checksums(reference)
 
 
+def test_sigterm_stops_a_ray_build_as_ctrl_c_does(ray_cluster, corpus, tmp_path):
+    """ray.init replaced our SIGTERM handler with one that exits 15 at once, with C++ stack lines and no --resume
+    line; a scheduler's SIGTERM now stops the build as everywhere else: exit 143, the resume command printed."""
+    out = tmp_path / "col"
+    cmd = [sys.executable, "-m", "lsr", "index", str(corpus), str(out), "--checkpoint-every", str(EVERY),
+           "--max-length", "64", "--threads", "1", "--quiet", "--engine", "ray", "--ray-address", ray_cluster,
+           "--workers", "1"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _parts_written(out) < 1 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.poll() is None, f"the job ended before it could be stopped: {job.communicate()}"
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 143, err
+    assert "--resume" in err and "SIGTERM received" not in err
+    assert (out / BUILD_STATE).exists() and not (out / META_FILE).exists()
+
+
 def _lsr_index(*args: str, prelude: str = "") -> subprocess.CompletedProcess:
     code = f"import sys; {prelude}from lsr.cli.main import main; sys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, "index", *args], capture_output=True, text=True, timeout=120)

@@ -173,3 +173,23 @@ def test_repairing_a_shard_rebuilds_it_with_the_collection_wide_statistics(shard
     repaired = Collection.open(shard)  # checks the rebuilt BM25 files against the crc32s the build recorded
     assert repaired.sparse.checksum == sparse_before
     assert repaired.view().bm25_search(["cancer"], 3) == Collection.open(sharded / "shard-001").view().bm25_search(["cancer"], 3)
+
+
+def test_verify_and_repair_name_a_missing_shard_folder(sharded, tmp_path, capsys):
+    """verify's line said to create the shard with `lsr index` (an unsharded collection of the whole corpus inside
+    the sharded one) and exit 2; repair failed on pyarrow's bare FileNotFoundError while rebuilding another shard."""
+    import shutil
+
+    from lsr.cli.main import main
+
+    col = tmp_path / "col"
+    shutil.copytree(sharded, col)
+    shutil.rmtree(col / "shard-002")
+    assert main(["verify", str(col)]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD      shard-002: the shard's folder {col / 'shard-002'} is missing; its documents are nowhere else" in out
+    assert "checked  shard-000:" in out and "1 problem(s)" in out
+    before = {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()}
+    assert main(["repair", str(col)]) == 2
+    assert capsys.readouterr().err.startswith("lsr repair: error: nothing was repaired: the shard's folder")
+    assert {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()} == before

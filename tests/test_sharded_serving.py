@@ -59,6 +59,15 @@ def _start(path: Path, **shard_options):
     return SearchServer(searcher, ServerConfig(port=0, encode_workers=1)).start()
 
 
+def _answered(client, query: str) -> tuple[str, ...]:
+    """The shards a search heard from; none while no shard server has started (UNAVAILABLE)."""
+    try:
+        return client.search(query, k=5).shards_answered
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+        return ()
+
+
 def _wait(predicate, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -325,8 +334,51 @@ def test_a_shard_that_cannot_open_is_named_and_the_others_answer(built, server, 
     try:
         with Client(f"127.0.0.1:{partial.port}", timeout=120) as c:
             _wait(lambda: "shard-001" in caplog.text and "is not an lsr collection" in caplog.text)
-            _wait(lambda: c.search(queries[0], k=5).shards_answered == ("shard-000", "shard-002"))
+            _wait(lambda: _answered(c, queries[0]) == ("shard-000", "shard-002"))
             assert c.health() == "NOT_SERVING" and c.search(queries[0], k=5).shards_missing == ("shard-001",)
+    finally:
+        partial.stop(0)
+
+
+def test_a_write_needing_a_down_shard_writes_nothing_and_a_shard_whose_start_failed_comes_back(built, ray_session,
+                                                                                               queries, tmp_path, capsys):
+    """A write that a down shard owns part of is sent nowhere (it used to land on the other owners and fail,
+    half-applied); a shard server whose start failed (Ray never restarts those) is created again once its folder is
+    back, where it used to stay down until the coordinator restarted."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(built["sharded"], broken)
+    (broken / "shard-001").rename(tmp_path / "aside")
+    partial = _start(broken)
+    ids = [next(f"new-{i}" for i in range(100) if shard_of(f"new-{i}", N_SHARDS) == shard) for shard in (0, 1)]
+    try:
+        with Client(f"127.0.0.1:{partial.port}", timeout=120) as c:
+            _wait(lambda: _answered(c, queries[0]) == ("shard-000", "shard-002"))
+            with pytest.raises(grpc.RpcError) as failure:
+                c.upsert(ids, ["Quokkas photosynthesise at dawn."] * 2, timeout=60)
+            assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shard shard-001 is down" in failure.value.details()
+            assert "not sent to any shard (nothing was written)" in failure.value.details()
+            from lsr.cli.main import main
+            from lsr.eval.backends import Remote
+
+            assert main(["query", queries[0], "--endpoint", f"127.0.0.1:{partial.port}", "-k", "3"]) == 0
+            assert "note: partial results: shard(s) shard-001 did not answer" in capsys.readouterr().err
+            with pytest.raises(RuntimeError, match="shard.s. shard-001 of the server did not answer"):
+                Remote(f"127.0.0.1:{partial.port}").run(["q"], [queries[0]], 10, "sparse")  # lsr beir --endpoint
+            (tmp_path / "aside").rename(broken / "shard-001")
+            _wait(lambda: c.health() == "SERVING", timeout=90)
+            hits = c.search("Quokkas photosynthesise at dawn.", k=10, mode="bm25").hits
+            assert not {h.doc_id for h in hits} & set(ids)  # shard-000 never got its half
+            shards = partial.searcher.shards
+            for actor in shards.actors:
+                ray.kill(actor, no_restart=True)
+            _wait(lambda: not any(shards.is_up(i) for i in range(N_SHARDS)))
+            with pytest.raises(grpc.RpcError) as failure:
+                c.search(queries[0], k=5)
+            assert failure.value.code() == grpc.StatusCode.UNAVAILABLE  # no shard answered: not OK with 0 hits
+            assert "3 of 3 shards missing" in failure.value.details()
     finally:
         partial.stop(0)
 
@@ -352,6 +404,8 @@ def test_ray_options_on_an_unsharded_collection_and_an_unreachable_cluster_fail_
     for collection, flags, message in (
         (built["whole"], ["--require-all-shards"], "is not a sharded collection"),
         (built["sharded"], ["--ray-address", f"127.0.0.1:{free_port}"], "cannot reach a Ray cluster at"),
+        (built["sharded"], ["--shard-timeout", "inf"], "the shard timeout in (0, 86400] seconds"),  # broke every call
+        (built["sharded"], ["--shard-cpus", "inf"], "shard CPUs must be in 0..4096"),  # a traceback
     ):
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "lsr", "serve", str(collection), "--port", "0", *flags],

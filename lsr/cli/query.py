@@ -53,11 +53,15 @@ def run(args: argparse.Namespace) -> int:
             for h in result.hits
         ]
         json.dump({"hits": hits, "truncated": result.truncated, "index_version": client.last_index_version,
+                   "partial": result.partial, "shards_missing": list(result.shards_missing),
                    "timings_ms": {s: round(1000 * t, 3) for s, t in result.timings.items()}}, sys.stdout, ensure_ascii=False)
         print()
         return 0
     if result.truncated:
         print("note: the query was longer than the encoder's limit and was truncated", file=sys.stderr)
+    if result.partial:
+        print(f"note: partial results: shard(s) {', '.join(result.shards_missing)} did not answer, so their documents "
+              "are missing", file=sys.stderr)
     for rank, hit in enumerate(result.hits, 1):
         print(f"{rank:3d}  {hit.score:9.4f}  {hit.doc_id}")
         if args.include_text and hit.text:

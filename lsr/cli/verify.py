@@ -27,11 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the report of each collection (each shard of a sharded one); `lsr repair` ends with it too."""
-    from lsr.ingest.verify import verify_collection
+    from lsr.ingest.verify import Report, verify_collection
 
     problems = 0
     for name, path in collections_of(args.collection):
-        report = verify_collection(path)
+        report = verify_collection(path) if not name or path.is_dir() else Report(problems=[missing_shard(name, args.collection)])
         prefix = f"{name}: " if name else ""
         for line in report.checked:
             print(f"checked  {prefix}{line}")
@@ -46,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.collection} is intact")
     return 0
+
+
+def missing_shard(name: str, root: Path) -> str:
+    """A shard whose folder is gone: nothing in the other shards can rebuild its documents."""
+    return (f"the shard's folder {root / name} is missing; its documents are nowhere else: restore the folder from a "
+            f"backup, or index the corpus again (`lsr index SOURCE {root} --shards N --overwrite`)")
 
 
 def collections_of(path: Path) -> list[tuple[str, Path]]:

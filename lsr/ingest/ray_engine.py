@@ -22,7 +22,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,16 +102,28 @@ def ray_session(address: str | None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    try:
-        with quiet_logger("ray"):  # its start-up notices would land in the middle of our progress bars
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                     configure_logging=False)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
-        raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
+    with quiet_logger("ray"):  # its start-up notices would land in the middle of our progress bars
+        start_ray(address, configure_logging=False)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def start_ray(address: str | None, **options: Any) -> None:
+    """``ray.init`` without a dashboard or worker logs, keeping our SIGTERM and SIGINT handlers: Ray's own SIGTERM
+    handler exits at once (status 15, C++ stack lines), so a stopped `lsr index --engine ray` lost its exit 143 and
+    the `--resume` line it prints. Any failure to start or join is one line."""
+    ray = import_ray()
+    main_thread = threading.current_thread() is threading.main_thread()
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **options)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
+        raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
+    finally:
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
 
 
 def _staged(out: Path, part: int) -> Path:
