@@ -193,3 +193,24 @@ def test_verify_and_repair_name_a_missing_shard_folder(sharded, tmp_path, capsys
     assert main(["repair", str(col)]) == 2
     assert capsys.readouterr().err.startswith("lsr repair: error: nothing was repaired: the shard's folder")
     assert {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()} == before
+
+
+def test_tied_documents_are_kept_by_doc_id_sharded_or_not(tmp_path):
+    """20 copies of one text tie in every leg. Each leg cut ties by its own row order, so 3 shards kept other copies
+    than one collection did, and the sharded top 3 was not the start of its top 7; ties are now settled by doc id."""
+    from lsr.search.searcher import Searcher
+    from lsr.service.coordinator import ShardedSearcher
+
+    corpus = tmp_path / "ties.jsonl"
+    texts = {f"d{i:03d}": "zebrafish heart regeneration study" if i % 3 == 0 else f"unrelated note number {i} on soil"
+             for i in range(60)}
+    order = [f"d{(7 * i) % 60:03d}" for i in range(60)]  # rows not in id order: a row cut keeps other copies
+    corpus.write_text("".join(json.dumps({"_id": d, "text": texts[d]}) + "\n" for d in order))
+    one = Searcher.open(build(corpus, tmp_path / "one"), threads=1, device="cpu")
+    three = ShardedSearcher.open(build(corpus, tmp_path / "three", shards=N_SHARDS), in_process=True, threads=1,
+                                 device="cpu")  # as `lsr search` opens the shards: the coordinator's merge, no Ray
+    copies = sorted(d for d, t in texts.items() if t.startswith("zebrafish"))
+    for mode in ("sparse", "dense", "bm25", "hybrid"):
+        for k in (3, 7):
+            got = [[h.doc_id for h in s.search("zebrafish heart regeneration", k=k, mode=mode).hits] for s in (one, three)]
+            assert got[0] == got[1] == copies[:k], (mode, k, got)

@@ -65,9 +65,11 @@ def _verify(path: Path) -> Report:
     sparse = None
     try:
         manifest = storage.read_manifest(path / "sparse")
-        report.problems += storage.file_problems(path / "sparse", manifest)
+        sparse_problems = storage.file_problems(path / "sparse", manifest)
+        report.problems += sparse_problems
         seqs["sparse index"] = int(manifest.get("journal_seq", 0))
-        sparse = InvertedIndex.open(path / "sparse")
+        if not sparse_problems:  # opening would name the same damaged file again
+            sparse = InvertedIndex.open(path / "sparse")
     except (CorruptFileError, FileNotFoundError) as exc:
         report.problems.append(str(exc))
     report.checked.append("sparse index")

@@ -16,11 +16,12 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from lsr.search.fusion import Ranking
+from lsr.search.fusion import Ranking, rank
 from lsr.sparse import SparseBatch
 
 # A leg's query: a {term id: weight} dict (sparse), a vector (dense) or the text (bm25).
 LegQueries = dict[str, Any]
+TIE_WIDENING = 256  # documents past the cut a leg may fetch to find all those tied at it
 
 
 class Legs(Protocol):
@@ -61,6 +62,22 @@ class ViewLegs:
         return out
 
     def _run(self, leg: str, query: Any, depth: int) -> Ranking:
+        """The leg's top ``depth`` with ties across the cut settled by doc id, as ``rank`` orders them. A leg cuts ties
+        by its own row order, which differs between one collection and its shards, so a sharded search could keep
+        other tied documents than the unsharded one (and a top 3 that was not the start of the top 7): the cut is
+        widened until it ends below the tied score (``TIE_WIDENING``: up to 4× ``depth``, and at least 256 more)."""
+        asked, limit = depth + 1, max(4 * depth, depth + TIE_WIDENING)
+        while True:
+            run = self._search(leg, query, asked)
+            if len(run) < asked or asked >= limit:
+                break
+            scores = sorted(run.values(), reverse=True)
+            if scores[-1] < scores[depth - 1]:  # every document tied with the last one kept is in the run
+                break
+            asked = min(2 * asked, limit)
+        return dict(rank(run, depth))
+
+    def _search(self, leg: str, query: Any, depth: int) -> Ranking:
         if leg == "sparse":
             return {h.doc_id: h.score for h in self.view.sparse.search(query, k=depth)} if query else {}
         if leg == "dense":
