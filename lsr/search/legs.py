@@ -69,13 +69,15 @@ class ViewLegs:
         asked, limit = depth + 1, max(4 * depth, depth + TIE_WIDENING)
         while True:
             run = self._search(leg, query, asked)
-            if len(run) < asked or asked >= limit:
-                break
+            if len(run) <= depth:
+                return run
             scores = sorted(run.values(), reverse=True)
-            if scores[-1] < scores[depth - 1]:  # every document tied with the last one kept is in the run
-                break
+            cut = scores[depth - 1]
+            if scores[depth] < cut:  # no tie across the cut (most searches): no ranking by id needed
+                return {doc: score for doc, score in run.items() if score >= cut}
+            if len(run) < asked or scores[-1] < cut or asked >= limit:  # every document tied at the cut is here
+                return dict(rank(run, depth))
             asked = min(2 * asked, limit)
-        return dict(rank(run, depth))
 
     def _search(self, leg: str, query: Any, depth: int) -> Ranking:
         if leg == "sparse":
