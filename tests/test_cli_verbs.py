@@ -70,6 +70,10 @@ def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
     assert all(line.split()[5] == "lsr-hybrid" for line in lines)  # auto: SPLADE and BM25 fused (no dense leg here)
     run = read_trec_run(run_file)
     assert [max(docs, key=docs.get) for docs in run.values()] == ["aspirin", "coffee", "statins"]
+    assert cli_main(["search", str(collections["pre"]), "--topics", str(topics), "--output", "-", "--k", "3",
+                     "--quiet"]) == 0  # standard output, for a pipe (it wrote a file named "-")
+    piped = capsys.readouterr()
+    assert piped.out.splitlines() == lines and piped.err == "3 queries, 9 hits written to standard output\n"
     assert cli_main(["search", str(collections["pre"]), QUERIES["q-coffee"], "--k", "3", "--json"]) == 0
     single = json.loads(capsys.readouterr().out)
     assert [h["doc_id"] for h in single["hits"]] == list(run["q-coffee"])  # batch encoding pads: scores to float noise

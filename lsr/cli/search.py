@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("query", nargs="*",
                    help="query text (or --topics; with neither, queries are read from standard input, one per line)")
     p.add_argument("--topics", metavar="FILE", help="search every query of a TSV/JSONL topics file (needs --output)")
-    p.add_argument("--output", metavar="RUN", help="TREC run file to write for --topics")
+    p.add_argument("--output", metavar="RUN", help="TREC run file to write for --topics (- writes it to standard output)")
     p.add_argument("--tag", default=None, help="run tag in the TREC file (default: lsr-MODE)")
     p.add_argument("--threads", type=int, default=None,
                    help="with --topics: queries searched in parallel, one torch thread each (default: one at a time)")
@@ -53,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", action="store_true", help="print each hit's text")
     p.add_argument("--explain", action="store_true", help="print each hit's top contributing terms")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="with --topics: no progress bar")
     add_device_arguments(p)
 
 
@@ -76,9 +77,12 @@ def run(args: argparse.Namespace) -> int:
         mode = chosen_mode(args.mode, searcher.modes)
         searcher.warm_up(mode, hybrid, prf)
         written = search_topics(searcher, topics, args.output, k=args.k or 1000, mode=mode, hybrid=hybrid, prf=prf,
-                                tag=args.tag or f"lsr-{mode}", threads=args.threads or 1, progress=True)
-        print(f"{len(topics):,} queries, {written:,} hits written to {args.output}; score it with: "
-              f"lsr eval {args.output} QRELS")
+                                tag=args.tag or f"lsr-{mode}", threads=args.threads or 1, progress=not args.quiet)
+        if args.output == "-":  # the run went to standard output: the summary must not mix into it
+            print(f"{len(topics):,} queries, {written:,} hits written to standard output", file=sys.stderr)
+        else:
+            print(f"{len(topics):,} queries, {written:,} hits written to {args.output}; score it with: "
+                  f"lsr eval {args.output} QRELS")
         return 0
     interactive = not args.query and sys.stdin.isatty()
     if interactive:

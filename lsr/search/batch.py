@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +19,8 @@ CHUNK = 64  # queries encoded together
 def search_topics(searcher: Searcher, topics: Sequence[tuple[str, str]], output: str | Path, *, k: int = 1000,
                   mode: str = "sparse", hybrid: HybridOptions | None = None, prf: PrfOptions | None = None,
                   tag: str = "lsr", threads: int = 1, progress: bool = True) -> int:
-    """Search every (qid, text) and write the run atomically (a stopped run leaves no half file); returns hits written."""
+    """Search every (qid, text) and write the run atomically (a stopped run leaves no half file), or to standard
+    output when ``output`` is ``-``; returns hits written."""
     if any(c.isspace() for c in tag) or not tag:
         raise ValueError(f"the run tag must be one word, got {tag!r}")
     chunks = [topics[i : i + CHUNK] for i in range(0, len(topics), CHUNK)]
@@ -41,5 +43,9 @@ def search_topics(searcher: Searcher, topics: Sequence[tuple[str, str]], output:
         text.flush()
         text.detach()
 
-    atomic_write(Path(output), write)
+    if str(output) == "-":  # standard output, for a pipe: nothing to keep atomic
+        write(sys.stdout.buffer)
+        sys.stdout.flush()
+    else:
+        atomic_write(Path(output), write)
     return written
