@@ -298,3 +298,13 @@ def test_k_may_be_a_numpy_integer_in_every_mode(searcher, mode):
     assert [(h.doc_id, h.score) for h in searcher.search("aspirin heart attack", k=np.int64(3), mode=mode).hits] == want
     batch = searcher.search_batch(["aspirin heart attack"], k=np.int32(3), mode=mode)[0]
     assert [(h.doc_id, h.score) for h in batch.hits] == want
+
+
+def test_a_query_in_the_wrong_argument_says_where_it_goes(searcher):
+    """search_batch("vitamin d") searched its characters and failed on "query 7 is empty"; a dict given as the text
+    did not say that sparse= takes it."""
+    with pytest.raises(TypeError, match="search_batch takes a list of query texts, got one str"):
+        searcher.search_batch("aspirin heart attack", k=3)
+    with pytest.raises(TypeError, match=r"a \{term: weight\} dict goes in sparse="):
+        searcher.search({"aspirin": 1.0}, k=3)
+    assert searcher.search(sparse={"heart": 1.0}, k=3).hits  # where it goes, it is searched

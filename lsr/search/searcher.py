@@ -417,6 +417,8 @@ class Searcher:
         service passes its deadline check, so an expired batch stops within one query)."""
         from lsr.encode.texts import is_blank
 
+        if isinstance(texts, str):  # a str is a sequence of one-character queries
+            raise TypeError("search_batch takes a list of query texts, got one str; search() takes one")
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str) or is_blank(text):
@@ -572,7 +574,8 @@ class Searcher:
             raise FailedPrecondition(f"{mode} mode needs the BM25 leg, and this collection has none; "
                                      "re-index without --bm25 none")
         if text is not None and not isinstance(text, str):
-            raise TypeError(f"the query text must be a str, got {type(text).__name__}")
+            raise TypeError(f"the query text must be a str, got {type(text).__name__} (a {{term: weight}} dict goes in "
+                            "sparse=, a vector in dense=; many texts go to search_batch)")
         if text is not None:
             from lsr.encode.texts import check_texts, is_blank
 
