@@ -80,17 +80,23 @@ def _parts_written(out: Path) -> int:
     return state["shards"] + len(state.get("ahead", {}))
 
 
-def test_a_killed_ray_job_resumes_only_its_unfinished_parts(ray_cluster, corpus, reference, tmp_path):
-    out = tmp_path / "col"
+def _ray_build_signalled(ray_cluster: str, corpus: Path, out: Path, parts: int, signum: int) -> subprocess.Popen:
+    """`lsr index --engine ray` in a subprocess, sent ``signum`` once ``parts`` parts are checkpointed."""
     cmd = [sys.executable, "-m", "lsr", "index", str(corpus), str(out), "--checkpoint-every", str(EVERY),
            "--max-length", "64", "--threads", "1", "--quiet", "--engine", "ray", "--ray-address", ray_cluster,
            "--workers", "1"]
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while _parts_written(out) < 2 and job.poll() is None and time.monotonic() < deadline:
+    while _parts_written(out) < parts and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert job.poll() is None, f"the job ended before it could be killed: {job.communicate()}"
-    job.send_signal(signal.SIGKILL)
+    assert job.poll() is None, f"the job ended before it could be signalled: {job.communicate()}"
+    job.send_signal(signum)
+    return job
+
+
+def test_a_killed_ray_job_resumes_only_its_unfinished_parts(ray_cluster, corpus, reference, tmp_path):
+    out = tmp_path / "col"
+    job = _ray_build_signalled(ray_cluster, corpus, out, 2, signal.SIGKILL)
     job.communicate(timeout=60)
     written = _parts_written(out)
     assert 2 <= written < N_DOCS // EVERY and not (out / META_FILE).exists()
@@ -104,15 +110,7 @@ def test_sigterm_stops_a_ray_build_as_ctrl_c_does(ray_cluster, corpus, tmp_path)
     """ray.init replaced our SIGTERM handler with one that exits 15 at once, with C++ stack lines and no --resume
     line; a scheduler's SIGTERM now stops the build as everywhere else: exit 143, the resume command printed."""
     out = tmp_path / "col"
-    cmd = [sys.executable, "-m", "lsr", "index", str(corpus), str(out), "--checkpoint-every", str(EVERY),
-           "--max-length", "64", "--threads", "1", "--quiet", "--engine", "ray", "--ray-address", ray_cluster,
-           "--workers", "1"]
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while _parts_written(out) < 1 and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert job.poll() is None, f"the job ended before it could be stopped: {job.communicate()}"
-    job.send_signal(signal.SIGTERM)
+    job = _ray_build_signalled(ray_cluster, corpus, out, 1, signal.SIGTERM)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 143, err
     assert "--resume" in err and "SIGTERM received" not in err
