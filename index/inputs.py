@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
+from lsr.encode.texts import id_list
 from lsr.sparse import SparseBatch
 
 
@@ -52,7 +53,7 @@ def document_batch(vectors, doc_ids: Sequence | None, vocab_size: int | None) ->
     batches, ids = [], []
     for chunk, chunk_ids in chunks:
         batch = chunk if isinstance(chunk, SparseBatch) else SparseBatch.from_scipy(sp.csr_matrix(chunk))
-        chunk_ids = [str(i) for i in chunk_ids]
+        chunk_ids = doc_id_list(chunk_ids)
         if len(chunk_ids) != len(batch):
             raise ValueError(f"{len(chunk_ids)} doc ids for {len(batch)} vectors")
         if vocab_size is None:
@@ -167,6 +168,4 @@ def keep_top_terms(terms: np.ndarray, weights: np.ndarray, top_terms: int | None
 
 
 def doc_id_list(doc_ids: Iterable) -> list[str]:
-    if isinstance(doc_ids, (str, bytes)):
-        raise TypeError("doc_ids must be a sequence of ids, not a single string")
-    return [str(i) for i in doc_ids]
+    return id_list(doc_ids, "doc_ids")

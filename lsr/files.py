@@ -40,13 +40,28 @@ class CorruptFileError(ValueError):
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write ``path`` whole or not at all: into a temporary file beside it, renamed over it once complete. A write
+    that fails or is interrupted (Ctrl-C, SIGTERM) removes its temporary file; a folder at ``path`` fails first."""
+    if path.is_dir():  # found before the work, not at the rename after it
+        raise IsADirectoryError(f"{path} is a folder; give the path of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def text_lines(text: str) -> list[str]:
+    """A text file's lines, split at \\n only (a trailing \\r dropped): ``str.splitlines`` also splits at U+2028,
+    U+0085 and form feeds, which may sit inside a query or an id."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    return lines[:-1] if lines and not lines[-1] else lines
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

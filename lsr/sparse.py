@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lsr.encode.texts import id_list
 from lsr.files import atomic_write
 
 _VOCAB_KEY = b"lsr.vocab"
@@ -85,6 +86,9 @@ class SparseBatch:
     def concat(cls, batches: Sequence["SparseBatch"]) -> "SparseBatch":
         if not batches:
             raise ValueError("concat needs at least one batch")
+        sizes = {b.vocab_size for b in batches}
+        if len(sizes) > 1:
+            raise ValueError(f"concat of batches over different vocabularies (vocab sizes {sorted(sizes)})")
         offsets = np.cumsum([0] + [b.nnz for b in batches[:-1]])
         indptr = np.concatenate([[0]] + [b.indptr[1:] + off for b, off in zip(batches, offsets)])
         return cls(
@@ -122,7 +126,9 @@ class SparseBatch:
         if isinstance(item, slice):
             return self.select(np.arange(len(self))[item])
         if isinstance(item, (int, np.integer)):
-            return self.select([int(item) % len(self) if len(self) else int(item)])
+            if not -len(self) <= item < len(self):  # it wrapped around: b[5] of 3 rows was row 2
+                raise IndexError(f"row {item} of a batch of {len(self)}")
+            return self.select([int(item) % len(self)])
         return self.select(item)
 
     def to_scipy(self):
@@ -165,9 +171,10 @@ class SparseBatch:
             "values": list_type.from_arrays(offsets, pa.array(self.values, pa.float32())),
         }
         if ids is not None:
+            ids = id_list(ids)
             if len(ids) != len(self):
                 raise ValueError(f"{len(ids)} ids for {len(self)} vectors")
-            columns = {"id": pa.array([str(i) for i in ids], pa.string()), **columns}
+            columns = {"id": pa.array(ids, pa.string()), **columns}
         meta = {VOCAB_SIZE_KEY: str(self.vocab_size).encode()}
         if with_vocab and self.vocab is not None:
             meta[_VOCAB_KEY] = json.dumps(list(self.vocab)).encode()

@@ -331,3 +331,41 @@ def test_encode_query_with_an_inference_free_model_prints_its_idf_weights(tmp_pa
     doc_only = json.loads(capsys.readouterr().out)
     assert cli_main(["encode", text, "--json"]) == 0
     assert doc_only == json.loads(capsys.readouterr().out) and len(doc_only) > 2
+
+
+def test_topics_and_run_files_under_odd_input(collections, tmp_path, capsys):
+    """A U+2028 inside a query split it in two; a NUL-only query passed the topics check and failed mid-run as
+    "query 5 is empty"; --k 0 meant the default; a run whose write failed (or was stopped) left its temporary file,
+    and a folder given as --output failed only after every query was searched."""
+    from lsr.files import atomic_write
+
+    topics = tmp_path / "t.tsv"
+    topics.write_text("q1\tcoffee\u2028and the liver\nq2\taspirin\n", encoding="utf-8")
+    assert [qid for qid, _ in read_topics(topics)] == ["q1", "q2"]
+    topics.write_text("q1\tcoffee\nq2\t\x00\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="t.tsv line 2: query 'q2' has no text"):
+        read_topics(topics)
+    assert cli_main(["search", str(collections["direct"]), "coffee", "--k", "0"]) == 2
+    assert "k must be an integer in 1..1000, got 0" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    topics.write_text("q1\tcoffee\n", encoding="utf-8")
+    assert cli_main(["search", str(collections["direct"]), "--topics", str(topics), "--output",
+                     str(tmp_path / "folder"), "--quiet"]) == 1
+    assert "folder is a folder; give the path of a file to write" in capsys.readouterr().err
+
+    def fails(fh) -> None:
+        fh.write(b"half a run")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "run.trec", fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "t.tsv"]  # no run, no run.trec.PID.tmp
+
+
+def test_encode_text_keeps_to_max_length(capsys):
+    long_text = " ".join(f"word{i} topic{i % 7}" for i in range(300))
+    counts = []
+    for flags in ([], ["--max-length", "8"]):
+        assert cli_main(["encode", long_text, "--top", "0", "--json", *flags]) == 0
+        counts.append(len(json.loads(capsys.readouterr().out)))
+    assert counts[1] < counts[0]  # the flag was ignored for a TEXT

@@ -155,10 +155,11 @@ def test_results_come_back_in_input_order(splade):
 
 
 def test_empty_and_whitespace_give_empty_vectors(splade):
-    batch = splade.encode_documents(["", "   \n\t", "protein folding"])
-    assert len(batch) == 3
+    batch = splade.encode_documents(["", "   \n\t", "protein folding", "\x00 \x00"])
+    assert len(batch) == 4
     assert batch.row(0)[0].size == 0 and batch.row(1)[0].size == 0
     assert batch.row(2)[0].size > 0
+    assert batch.row(3)[0].size == 0  # NUL-only has no words: it used to get 'is', 'means', 'and' ... and match queries
     assert len(splade.encode_queries([])) == 0
 
 
@@ -273,3 +274,9 @@ def test_paragraph_long_queries_are_not_cut(splade, scifact):
     assert not info.truncated[0]
     free = InferenceFreeQueryEncoder.from_pretrained("splade-tiny", idf=np.ones(splade.vocab_size, np.float32))
     assert free.query_max_length == 512
+
+
+def test_a_length_past_the_models_positions_is_refused_at_construction():
+    """max_length 600 on a 512-position BERT was accepted, then a long text failed deep in torch (IndexError)."""
+    with pytest.raises(ValueError, match="max_length 600 is more than the 512 token positions the model has"):
+        SpladeEncoder.from_pretrained("splade-tiny", device="cpu", max_length=600)

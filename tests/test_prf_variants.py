@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lsr.sparse import SparseBatch
+
 from lsr.search.fusion import fuse, rank
 from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
 from test_beir import tiny_beir
@@ -308,3 +310,29 @@ def test_a_query_in_the_wrong_argument_says_where_it_goes(searcher):
     with pytest.raises(TypeError, match=r"a \{term: weight\} dict goes in sparse="):
         searcher.search({"aspirin": 1.0}, k=3)
     assert searcher.search(sparse={"heart": 1.0}, k=3).hits  # where it goes, it is searched
+
+
+def test_one_str_is_never_taken_for_a_list_of_ids(searcher, tmp_path):
+    """delete("12") deleted documents "1" and "2" and kept "12"; upsert, the index and SparseBatch files split a str
+    into characters the same way. A batch's row out of range wrapped around, and batches over different vocabularies
+    concatenated."""
+    from lsr import InvertedIndex
+
+    with pytest.raises(TypeError, match=r"ids must be a list of ids, not one str: pass \['aspirin'\]"):
+        searcher.delete("aspirin")
+    with pytest.raises(TypeError, match="not one str"):
+        searcher.upsert("d1", "t1")
+    assert "aspirin" in searcher.collection.view().docs.ids()
+    batch = searcher.encode_queries(["aspirin", "heart", "sleep"])[0]
+    with pytest.raises(TypeError, match="doc_ids must be a list of ids"):
+        InvertedIndex.build(tmp_path / "idx", batch, "abc")
+    with pytest.raises(TypeError, match="ids must be a list of ids"):
+        batch.to_arrow("abc")
+    with pytest.raises(TypeError, match="search_batch takes a list"):
+        searcher.encode_queries("abc")
+    assert batch[-3].row(0)[0].tolist() == batch[0].row(0)[0].tolist()
+    with pytest.raises(IndexError, match="row 5 of a batch of 3"):
+        batch[5]
+    other = SparseBatch(np.array([0, 1]), np.array([3]), np.array([1.0], np.float32), 100)
+    with pytest.raises(ValueError, match="different vocabularies"):
+        SparseBatch.concat([batch, other])

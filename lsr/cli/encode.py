@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     files.add_argument("--fields", type=_fields, default=("title", "text"), help="text fields of --input (default: title,text, those it has; else contents)")
     files.add_argument("--id-field", default="_id", help="id field of --input (default: _id, else id, docid or doc_id)")
     files.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default: 32)")
-    files.add_argument("--max-length", type=int, default=256, help="document tokens kept (default: 256)")
+    files.add_argument("--max-length", type=int, default=256,
+                       help="document tokens kept (default: 256), for a TEXT encoded as a document too")
     files.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad rows: stop, or skip and count")
     files.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_arguments(p)
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         vector = InferenceFreeQueryEncoder.from_pretrained(args.model).encode_queries([text])
         source += ", inference-free: IDF weights from its idf.json"
     else:
-        encoder = SpladeEncoder.from_pretrained(args.model, **device, **options)
+        encoder = SpladeEncoder.from_pretrained(args.model, max_length=args.max_length, **device, **options)
         vector = (encoder.encode_queries if args.side == "query" else encoder.encode_documents)([text])
     terms = vector.to_dicts(top=args.top or None)[0]
     if args.json:

@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         prf = prf_options(args, searcher.default_prf)
         mode = chosen_mode(args.mode, searcher.modes)
         searcher.warm_up(mode, hybrid, prf)
-        written = search_topics(searcher, topics, args.output, k=args.k or 1000, mode=mode, hybrid=hybrid, prf=prf,
+        written = search_topics(searcher, topics, args.output, k=1000 if args.k is None else args.k, mode=mode,
+                                hybrid=hybrid, prf=prf,
                                 tag=args.tag or f"lsr-{mode}", threads=args.threads or 1, progress=not args.quiet)
         if args.output == "-":  # the run went to standard output: the summary must not mix into it
             print(f"{len(topics):,} queries, {written:,} hits written to standard output", file=sys.stderr)
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     searcher.warm_up(mode, hybrid, prf)
 
     def search(text: str) -> Any:
-        return searcher.search(text, k=args.k or 10, mode=mode, hybrid=hybrid, prf=prf,
+        return searcher.search(text, k=10 if args.k is None else args.k, mode=mode, hybrid=hybrid, prf=prf,
                                include_text=args.text, explain=args.explain)
 
     if args.query:

@@ -23,7 +23,7 @@ from lsr.encode.batching import Pipeline, pad_multiple, right_pad
 from lsr.encode.inputs import (EncodeInfo, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
                                truncated_token_ids)
 from lsr.encode.models import load_with_hint, quiet_loader, resolve_model
-from lsr.encode.texts import check_texts
+from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class DenseEncoder:
         if self.config.lowercase:
             texts = [t.lower() for t in texts]
         out = np.zeros((len(texts), self.dim), np.float32)
-        live = np.asarray([i for i, t in enumerate(texts) if t.strip()], np.int64)
+        live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)
         n_tokens = np.zeros(len(texts), np.int64)
         pad = self.tokenizer.pad_token_id or 0
 

@@ -21,7 +21,7 @@ from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
 from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, model_max_tokens, report_truncation, resolve_device,
                                resolve_dtype, token_ids, truncated_token_ids)
 from lsr.encode.models import load_with_hint, quiet_loader, resolve_model
-from lsr.encode.texts import check_texts
+from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
 from lsr.kernels import splade_max_pool
 from lsr.kernels.pool_torch import splade_sum_pool_chunked
@@ -128,9 +128,12 @@ class SpladeEncoder:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if query_max_length is None:
             query_max_length = default_query_length(str(getattr(model, "name_or_path", "")), tokenizer)
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         for label, value in (("max_length", max_length), ("query_max_length", query_max_length)):
             if not isinstance(value, int) or value < 4:
                 raise ValueError(f"{label} must be an integer ≥ 4, got {value!r}")
+            if isinstance(positions, int) and value > positions:  # a longer text failed deep in torch (IndexError)
+                raise ValueError(f"{label} {value} is more than the {positions} token positions the model has")
         if top_k is not None and top_k <= 0:
             raise ValueError(f"top_k must be positive or None, got {top_k}")
         self.device = resolve_device(device)
@@ -282,7 +285,7 @@ class SpladeEncoder:
         texts = check_texts(texts)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        live = np.asarray([i for i, t in enumerate(texts) if t.strip()], np.int64)
+        live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)  # NUL-only: no words
         n_tokens = np.zeros(len(texts), np.int64)
 
         def tokenize(start: int, stop: int) -> list[list[int]]:
@@ -403,7 +406,7 @@ class InferenceFreeQueryEncoder:
         lengths = np.zeros(len(texts), np.int64)
         for i, (text, ids) in enumerate(zip(texts, enc)):
             lengths[i] = len(ids)
-            if not text.strip():
+            if is_blank(text):
                 ids = []
             terms = np.unique(np.asarray([t for t in ids[: self.query_max_length] if t not in self._special_ids], np.int64))
             terms = terms[terms < self.vocab_size]

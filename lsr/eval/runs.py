@@ -13,7 +13,9 @@ import math
 from pathlib import Path
 from typing import IO, Iterable
 
+from lsr.encode.texts import is_blank
 from lsr.eval.metrics import Run
+from lsr.files import text_lines
 
 _ID_KEYS = ("_id", "id", "qid", "query_id")
 _TEXT_KEYS = ("text", "query", "title")
@@ -79,7 +81,7 @@ def read_topics(path: str | Path) -> list[tuple[str, str]]:
     jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
     topics: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):  # a BOM is no qid
+    for line_no, line in enumerate(text_lines(path.read_text(encoding="utf-8-sig")), start=1):  # a BOM is no qid
         if not line.strip():
             continue
         qid, text = _json_topic(path, line_no, line) if jsonl else _tsv_topic(path, line_no, line)
@@ -91,7 +93,7 @@ def read_topics(path: str | Path) -> list[tuple[str, str]]:
             _check_field("query id", qid)
         except ValueError as exc:
             raise ValueError(f"{path} line {line_no}: {exc}") from None
-        if not text.strip():
+        if is_blank(text):  # as search_batch judges it, before the model loads
             raise ValueError(f"{path} line {line_no}: query {qid!r} has no text")
         seen.add(qid)
         topics.append((qid, text))

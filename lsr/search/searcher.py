@@ -34,6 +34,7 @@ import numpy as np
 from lsr.search.fusion import FUSIONS, RRF_K, Ranking, fuse, interpolate, rank
 from lsr.search.legs import Legs, ViewLegs
 from lsr.search.models import SearchModels
+from lsr.encode.texts import id_list
 from lsr.search.prf import rocchio, vector_prf
 from lsr.sparse import SparseBatch
 
@@ -324,13 +325,13 @@ class Searcher:
     # ------------------------------------------------------------------ encoding
     def encode_queries(self, texts: Sequence[str]):
         """(SparseBatch, EncodeInfo) for many query texts at once; the service micro-batches through this."""
-        return self.query_encoder.encode_queries(list(texts), return_info=True)
+        return self.query_encoder.encode_queries(query_list(texts), return_info=True)
 
     def encode_dense(self, texts: Sequence[str]):
         """([n, dim] vectors, EncodeInfo) for many query texts at once."""
         if not self.has_dense:
             raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
-        return self.dense_encoder.encode_queries(list(texts), return_info=True)
+        return self.dense_encoder.encode_queries(query_list(texts), return_info=True)
 
     def warm_up(self, mode: str | None = None, hybrid: HybridOptions | None = None,
                 prf: PrfOptions | bool | None = None) -> list[str]:
@@ -417,9 +418,7 @@ class Searcher:
         service passes its deadline check, so an expired batch stops within one query)."""
         from lsr.encode.texts import is_blank
 
-        if isinstance(texts, str):  # a str is a sequence of one-character queries
-            raise TypeError("search_batch takes a list of query texts, got one str; search() takes one")
-        texts = list(texts)
+        texts = query_list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str) or is_blank(text):
                 raise ValueError(f"query {i} is empty or not a string")
@@ -626,7 +625,9 @@ class Searcher:
         this returns. ``deadline`` (``time.monotonic()`` seconds) bounds waiting on remote shards; ``check(stage)``
         runs before every ``UPSERT_CHECK_EVERY`` documents are encoded and before the write, and may raise to drop
         it (the service passes its caller's liveness: nothing is encoded or written for a caller that gave up)."""
-        ids, texts = [str(i) for i in ids], list(texts)
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of texts, one per id, not one str")
+        ids, texts = id_list(ids), list(texts)
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
         if len(set(ids)) != len(ids):
@@ -660,11 +661,18 @@ class Searcher:
                check: Callable[[str], None] | None = None) -> list[str]:
         """Delete documents; returns the ids that were not in the collection (nothing else changes for them).
         ``deadline`` and ``check`` as in ``store``."""
-        ids = [str(i) for i in ids]
+        ids = id_list(ids)
         with self._write_lock:
             if check is not None:
                 check("deleting")
             return self.collection.delete(ids)
+
+
+def query_list(texts: Sequence[str]) -> list[str]:
+    """Many query texts as a list; one str would be iterated as one-character queries."""
+    if isinstance(texts, str):
+        raise TypeError("search_batch takes a list of query texts, got one str; search() takes one")
+    return list(texts)
 
 
 def _check_scale(what: str, value: float) -> None:
