@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from numba import njit
 
 from lsr.encode.texts import id_list
-from lsr.sparse import SparseBatch
+from lsr.sparse import QUERY_SCALE, SparseBatch
 
 
 def _canonical_csr(batch: SparseBatch) -> SparseBatch:
@@ -103,11 +103,15 @@ def query_terms(query, vocab_size: int, token_ids: TokenIds) -> tuple[np.ndarray
 
 def _clean_query(terms, weights, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     terms = np.asarray(terms, np.int64)
-    weights = np.asarray(weights, np.float64)
-    ok, terms, weights = _canonical_query(terms, weights, vocab_size)
+    given = np.asarray(weights, np.float64)
+    ok, terms, weights = _canonical_query(terms, given, vocab_size)
     if not ok:  # the checks name the offending value
         _check_weights(weights, "query")
         _check_terms(terms, vocab_size, "query")
+    top = float(given.max()) if len(given) else 0.0
+    if top > 0 and not QUERY_SCALE[0] <= top <= QUERY_SCALE[1]:  # 1e300 scored every hit inf; 1e-300 found nothing
+        raise ValueError(f"the query's largest weight {top:g} is outside {QUERY_SCALE[0]:g}..{QUERY_SCALE[1]:g}, where "
+                         "float32 scores overflow to inf or round to 0; scale the query (the ranking is the same)")
     return terms, weights
 
 

@@ -21,6 +21,7 @@ from lsr.files import atomic_write
 
 _VOCAB_KEY = b"lsr.vocab"
 VOCAB_SIZE_KEY = b"lsr.vocab_size"
+QUERY_SCALE = (1e-30, 1e30)  # a query vector's largest value: float32 scores stay finite and non-zero
 
 
 @dataclass

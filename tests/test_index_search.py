@@ -215,3 +215,13 @@ def test_bad_queries_and_deletes(tmp_path):
     assert len(idx) == 4
     with pytest.raises(ValueError, match="outside the vocabulary"):
         InvertedIndex.build(tmp_path / "bad", SparseBatch(np.array([0, 1]), np.array([7]), np.array([1.0]), 5), ["q"])
+
+
+def test_a_query_weight_past_float32_is_refused_not_scored_inf_or_lost(tmp_path):
+    """{t: 1e300} scored every hit inf (all tied) and {t: 1e-300} returned nothing: float32 scores overflow or vanish."""
+    matrix = sp.csr_matrix(np.array([[1.0, 0.5, 0.0], [0.2, 0.0, 1.0]], np.float32))
+    index = InvertedIndex.build(tmp_path / "idx", matrix, ["a", "b"])
+    for weight in (1e300, 1e-300):
+        with pytest.raises(ValueError, match="outside 1e-30..1e\\+30, where float32 scores overflow to inf or round to 0"):
+            index.search({0: weight}, k=2)
+    assert [h.doc_id for h in index.search({0: 1e20}, k=2)] == [h.doc_id for h in index.search({0: 1.0}, k=2)]

@@ -310,6 +310,8 @@ def test_a_query_in_the_wrong_argument_says_where_it_goes(searcher):
     with pytest.raises(TypeError, match=r"a \{term: weight\} dict goes in sparse="):
         searcher.search({"aspirin": 1.0}, k=3)
     assert searcher.search(sparse={"heart": 1.0}, k=3).hits  # where it goes, it is searched
+    numpy_weight = searcher.search(sparse={"heart": np.float32(1.0)}, k=3).hits  # was refused as not a number
+    assert [h.doc_id for h in numpy_weight] == [h.doc_id for h in searcher.search(sparse={"heart": 1.0}, k=3).hits]
 
 
 def test_one_str_is_never_taken_for_a_list_of_ids(searcher, tmp_path):

@@ -36,7 +36,7 @@ from lsr.search.legs import Legs, ViewLegs
 from lsr.search.models import SearchModels
 from lsr.encode.texts import id_list
 from lsr.search.prf import rocchio, vector_prf
-from lsr.sparse import SparseBatch
+from lsr.sparse import QUERY_SCALE, SparseBatch
 
 MODES = ("sparse", "dense", "hybrid", "bm25")
 WARM_UP_QUERY = "what is the warm up query of a search server"  # any text: only its shape is used
@@ -45,7 +45,6 @@ PRF_INTERPOLATIONS = ("before", "after", "both", "none")
 FUSED_FEEDBACK = ("before", "both")  # feedback documents from the fused list
 INTERPOLATE_AFTER = ("after", "both")  # the PRF run interpolated with the first run
 MAX_K = 1000
-QUERY_SCALE = (1e-30, 1e30)  # a query vector's largest value: float32 scores stay finite and non-zero
 UPSERT_CHECK_EVERY = 128  # documents encoded between two looks at whether an upsert's caller is still there
 # auto: the model itself, unless its folder ships an idf.json (a model trained for IDF queries: inference-free)
 QUERY_ENCODERS = ("auto", "splade", "inference-free")
@@ -591,7 +590,8 @@ class Searcher:
             raise ValueError("the sparse query has no terms")
         out: dict[int, float] = {}
         for token, weight in sparse.items():
-            if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"sparse weight for {token!r} must be a finite non-negative number, got {weight!r}")
             if isinstance(token, str):
                 term = self._token_ids.get(token)
