@@ -185,7 +185,7 @@ class InvertedIndex:
         return int(self._state.manifest.get("journal_seq", 0))
 
     def __contains__(self, doc_id: str) -> bool:
-        return bool(self._state.locate([doc_id]))
+        return bool(self._state.locate([str(doc_id)]))  # add() stores ids as strings: 7 is "7"
 
     def doc_ids(self) -> list[str]:
         """Ids of the live documents."""

@@ -148,6 +148,8 @@ class SparseBatch:
 
     def to_dicts(self, top: int | None = None) -> list[dict[str, float]]:
         """Per row, ``{token: weight}`` ordered by weight descending (ties: lower term id first)."""
+        if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1):
+            raise ValueError(f"top must be a positive whole number or None, got {top!r}")  # -1 dropped the last term
         out = []
         for i in range(len(self)):
             ids, vals = self.row(i)

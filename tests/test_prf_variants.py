@@ -338,3 +338,29 @@ def test_one_str_is_never_taken_for_a_list_of_ids(searcher, tmp_path):
     other = SparseBatch(np.array([0, 1]), np.array([3]), np.array([1.0], np.float32), 100)
     with pytest.raises(ValueError, match="different vocabularies"):
         SparseBatch.concat([batch, other])
+
+
+def test_options_of_the_wrong_kind_fail_in_one_clear_line(searcher, splade):
+    """A dict for hybrid, 2.5 feedback documents, top=-1, threshold -1 or NaN, batch_size "8": each failed deep inside
+    (no attribute 'check', slice indices) or was taken silently (every term kept, the last term dropped)."""
+    from lsr.encode.splade import SpladeEncoder
+
+    with pytest.raises(TypeError, match="hybrid must be a HybridOptions, got dict"):
+        searcher.search("aspirin", k=3, mode="hybrid", hybrid={"normalization": "rrf"})
+    with pytest.raises(TypeError, match="prf must be a PrfOptions"):
+        searcher.search("aspirin", k=3, prf={"feedback_docs": 2})
+    with pytest.raises(TypeError, match="PRF feedback_docs must be a whole number, got 2.5"):
+        searcher.search("aspirin", k=3, prf=PrfOptions(feedback_docs=2.5))
+    assert searcher.search("aspirin", k=3, mode="hybrid", hybrid=HybridOptions(normalization="rrf")).hits
+    with pytest.raises(ValueError, match="key is a token or a whole term id, got 2.7"):
+        searcher.search(sparse={2.7: 1.0}, k=3)
+    with pytest.raises(ValueError, match=r"a dense query is one vector, got an array of shape \(2, 192\)"):
+        searcher.search(dense=np.ones((2, 192)), k=3, mode="dense")
+    batch = splade.encode_documents(["aspirin lowers heart attack risk"])
+    with pytest.raises(ValueError, match="top must be a positive whole number"):
+        batch.to_dicts(top=-1)
+    with pytest.raises(ValueError, match=r"batch_size must be a positive whole number, got '8'"):
+        splade.encode_documents(["x"], batch_size="8")
+    for threshold in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="threshold must be a finite number"):
+            SpladeEncoder.from_pretrained("splade-tiny", device="cpu", threshold=threshold)

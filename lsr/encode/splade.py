@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from typing import Any, Sequence
 
@@ -134,8 +135,10 @@ class SpladeEncoder:
                 raise ValueError(f"{label} must be an integer ≥ 4, got {value!r}")
             if isinstance(positions, int) and value > positions:  # a longer text failed deep in torch (IndexError)
                 raise ValueError(f"{label} {value} is more than the {positions} token positions the model has")
-        if top_k is not None and top_k <= 0:
-            raise ValueError(f"top_k must be positive or None, got {top_k}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0):
+            raise ValueError(f"top_k must be a positive whole number or None, got {top_k!r}")
+        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
+            raise ValueError(f"threshold must be a finite number ≥ 0, got {threshold!r}")  # -1 kept every term, NaN none
         self.device = resolve_device(device)
         self.model = model.to(self.device, dtype=resolve_dtype(dtype, self.device)).eval()
         self.weight, self.bias = _detach_output_projection(self.model)
@@ -283,8 +286,8 @@ class SpladeEncoder:
     ):
         """Batches of up to ``batch_size x max_length`` padded tokens through ``lsr.encode.batching``."""
         texts = check_texts(texts)
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
         live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)  # NUL-only: no words
         n_tokens = np.zeros(len(texts), np.int64)
 

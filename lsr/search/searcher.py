@@ -118,6 +118,10 @@ class PrfOptions:
     def check(self) -> None:
         if self.interpolate not in PRF_INTERPOLATIONS:
             raise ValueError(f"unknown PRF interpolation {self.interpolate!r}; choose one of {', '.join(PRF_INTERPOLATIONS)}")
+        for name in ("feedback_docs", "max_terms"):  # 2.5 failed later as "slice indices must be integers"
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"PRF {name} must be a whole number, got {value!r}")
         if not 1 <= self.feedback_docs <= 100:
             raise ValueError(f"PRF feedback_docs must be in 1..100, got {self.feedback_docs}")
         if not (0.0 <= self.weight <= 10.0 and math.isfinite(self.weight)):
@@ -271,6 +275,8 @@ class Searcher:
         """``True`` asks for PRF with the collection's defaults; None (or False) for none."""
         if prf is True:
             return self.default_prf
+        if prf not in (None, False) and not isinstance(prf, PrfOptions):
+            raise TypeError(f"prf must be a PrfOptions, True or None, got {type(prf).__name__}: PrfOptions(**options)")
         return prf or None
 
     @property
@@ -554,6 +560,8 @@ class Searcher:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if hybrid is not None:
+            if not isinstance(hybrid, HybridOptions):  # a dict failed as "'dict' object has no attribute 'check'"
+                raise TypeError(f"hybrid must be a HybridOptions, got {type(hybrid).__name__}: HybridOptions(**options)")
             hybrid.check()
         if prf is not None:
             prf.check()
@@ -598,6 +606,8 @@ class Searcher:
                 if term is None:
                     raise ValueError(f"unknown token {token!r} in the sparse query (not in the model's vocabulary)")
             else:
+                if isinstance(token, bool) or not isinstance(token, (int, np.integer)):  # 2.7 was read as term 2
+                    raise ValueError(f"a sparse query's key is a token or a whole term id, got {token!r}")
                 term = int(token)
                 if not 0 <= term < self.vocab_size:
                     raise ValueError(f"term id {term} is outside the vocabulary (0..{self.vocab_size - 1})")
@@ -608,7 +618,10 @@ class Searcher:
         return out
 
     def _dense_query(self, dense: Sequence[float] | np.ndarray) -> np.ndarray:
-        vec = np.asarray(dense, dtype=np.float32).reshape(-1)
+        vec = np.asarray(dense, dtype=np.float32)
+        if vec.ndim != 1 and not (vec.ndim == 2 and len(vec) == 1):  # a (2, 192) array was read as one 384-d vector
+            raise ValueError(f"a dense query is one vector, got an array of shape {vec.shape}")
+        vec = vec.reshape(-1)
         if self.dense_dim is not None and len(vec) != self.dense_dim:
             raise ValueError(f"dense vector has {len(vec)} dimensions; this collection's have {self.dense_dim}")
         if not np.all(np.isfinite(vec)):
