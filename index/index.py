@@ -251,6 +251,7 @@ class InvertedIndex:
         state = self._state
         _check_search_args(k, bound_factor, algorithm)
         terms, weights = query_terms(query, self.vocab_size, state.token_ids)
+        k = min(int(k), max(1, sum(s.live for s in state.segments)))  # no more hits than documents (10**12: a MemoryError)
         internal, scores = self._search_terms(state, terms, weights, k, top_terms, bound_factor, algorithm)
         return [Hit(d, s) for d, s in zip(state.doc_ids(internal), scores.tolist())]
 
@@ -425,7 +426,7 @@ class InvertedIndex:
 
 # ---------------------------------------------------------------------- helpers
 def _check_search_args(k: int, bound_factor: float, algorithm: str) -> None:
-    if not isinstance(k, (int, np.integer)) or k <= 0:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not np.isfinite(bound_factor) or bound_factor < 1.0:
         raise ValueError(f"bound_factor must be >= 1.0 (1.0 is exact), got {bound_factor}")

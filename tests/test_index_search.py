@@ -225,3 +225,12 @@ def test_a_query_weight_past_float32_is_refused_not_scored_inf_or_lost(tmp_path)
         with pytest.raises(ValueError, match="outside 1e-30..1e\\+30, where float32 scores overflow to inf or round to 0"):
             index.search({0: weight}, k=2)
     assert [h.doc_id for h in index.search({0: 1e20}, k=2)] == [h.doc_id for h in index.search({0: 1.0}, k=2)]
+
+
+def test_k_is_a_whole_number_and_at_most_the_documents_are_allocated(tmp_path):
+    matrix = sp.csr_matrix(np.array([[1.0, 0.5, 0.0], [0.2, 0.0, 1.0]], np.float32))
+    index = InvertedIndex.build(tmp_path / "idx", matrix, ["a", "b"])
+    assert [h.doc_id for h in index.search({0: 1.0}, k=10**12)] == ["a", "b"]  # a MemoryError of 3.6 TiB before
+    with pytest.raises(ValueError, match="k must be a positive integer, got True"):
+        index.search({0: 1.0}, k=True)
+    assert "a" in index and 7 not in index
