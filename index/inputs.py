@@ -13,8 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
-from lsr.encode.texts import id_list
-from lsr.sparse import QUERY_SCALE, SparseBatch
+from lsr.sparse import QUERY_SCALE, SparseBatch, id_list
 
 
 def _canonical_csr(batch: SparseBatch) -> SparseBatch:

@@ -10,18 +10,25 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.encode.texts import id_list
 from lsr.files import atomic_write
 
 _VOCAB_KEY = b"lsr.vocab"
 VOCAB_SIZE_KEY = b"lsr.vocab_size"
 QUERY_SCALE = (1e-30, 1e30)  # a query vector's largest value: float32 scores stay finite and non-zero
+
+
+def id_list(ids: Any, name: str = "ids") -> list[str]:
+    """Ids as strings; one str is refused, since iterating it gives its characters (``delete("12")`` deleted "1" and
+    "2" and kept "12")."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{name} must be a list of ids, not one {type(ids).__name__}: pass [{ids!r}]")
+    return [str(i) for i in ids]
 
 
 @dataclass

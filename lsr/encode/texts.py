@@ -29,11 +29,3 @@ def check_texts(texts: Any) -> list[str]:
 def is_blank(text: str) -> bool:
     """Whether a text has no words: empty, whitespace or NUL characters only (a tokenizer drops them all)."""
     return not text.replace("\x00", "").strip()
-
-
-def id_list(ids: Any, name: str = "ids") -> list[str]:
-    """Ids as strings; one str is refused, since iterating it gives its characters (``delete("12")`` deleted "1" and
-    "2" and kept "12")."""
-    if isinstance(ids, (str, bytes)):
-        raise TypeError(f"{name} must be a list of ids, not one {type(ids).__name__}: pass [{ids!r}]")
-    return [str(i) for i in ids]

@@ -34,9 +34,8 @@ import numpy as np
 from lsr.search.fusion import FUSIONS, RRF_K, Ranking, fuse, interpolate, rank
 from lsr.search.legs import Legs, ViewLegs
 from lsr.search.models import SearchModels
-from lsr.encode.texts import id_list
 from lsr.search.prf import rocchio, vector_prf
-from lsr.sparse import QUERY_SCALE, SparseBatch
+from lsr.sparse import QUERY_SCALE, SparseBatch, id_list
 
 MODES = ("sparse", "dense", "hybrid", "bm25")
 WARM_UP_QUERY = "what is the warm up query of a search server"  # any text: only its shape is used
