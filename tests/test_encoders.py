@@ -155,8 +155,8 @@ def test_results_come_back_in_input_order(splade):
 
 
 def test_empty_and_whitespace_give_empty_vectors(splade):
-    batch = splade.encode_documents(["", "   \n\t", "protein folding", "\x00 \x00"])
-    assert len(batch) == 4
+    batch = splade.encode_documents(["", "   \n\t", "protein folding", "\x00 \x00", "\u200b\ufeff"])
+    assert len(batch) == 5 and batch.row(4)[0].size == 0
     assert batch.row(0)[0].size == 0 and batch.row(1)[0].size == 0
     assert batch.row(2)[0].size > 0
     assert batch.row(3)[0].size == 0  # NUL-only has no words: it used to get 'is', 'means', 'and' ... and match queries

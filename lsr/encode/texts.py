@@ -26,6 +26,10 @@ def check_texts(texts: Any) -> list[str]:
     return texts
 
 
+_NO_WORDS = dict.fromkeys(map(ord, "\x00\u200b\u200c\u200d\u2060\ufeff"))  # NUL, zero-width chars, BOM
+
+
 def is_blank(text: str) -> bool:
-    """Whether a text has no words: empty, whitespace or NUL characters only (a tokenizer drops them all)."""
-    return not text.replace("\x00", "").strip()
+    """Whether a text has no words: empty, or whitespace, NUL and zero-width characters only (a tokenizer drops
+    them all, and an encoder given nothing encodes its special tokens: 'is', 'means', 'and' ...)."""
+    return not text.translate(_NO_WORDS).strip()
