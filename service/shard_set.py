@@ -221,9 +221,10 @@ class ShardSet:
         limit = started + self.options.shard_timeout
         up = [shard for shard in args if self._up[shard]]
         down = [shard for shard in args if shard not in up]
-        if down and (strict or write):  # known before anything is sent: a write lands on all its shards or none
+        if down and strict:  # known before anything is sent: a write lands on all its shards or none
+            nothing = "nothing was written" if write else "nothing was asked"
             raise ShardUnavailable(f"shard {self.names[down[0]]} is down ({self._reasons[down[0]] or 'starting'}), so "
-                                   f"this {method} was not sent to any shard (nothing was written); retry shortly")
+                                   f"this {method} was not sent to any shard ({nothing}); retry shortly")
         refs = self._send_writes(method, {shard: args[shard] for shard in up}, give_up, limit) if write else \
             {shard: getattr(self.actors[shard], method).remote(*args[shard]) for shard in up}
         answers: dict[int, Any] = {}
