@@ -13,6 +13,7 @@
 #   train   benchmarks/train_gpu.py, issue 16's table                      (limit 240 s)
 #   tests   the CUDA kernel, launch table, pooling and pipeline tests      (what is left: pytest-xdist, 8 workers
 #           sharing the GPU, compiles Triton kernels in parallel)
+# LSR_ENCODE_PIECES (encode_gpu.py --pieces) and LSR_GPU_TESTS (test files) narrow a rerun to what failed.
 # The setup (install lsr, unpack the kit, print versions) takes about half a minute and is skipped when a
 # warm machine already has it. --rehearse runs the same code here, on the CPU at toy sizes, without the
 # device's wheels (LSR_BENCH_REHEARSE=1).
@@ -60,10 +61,12 @@ limit() {  # WANTED: WANTED seconds, or what is left of the budget (less a margi
 
 for name in "$@"; do
   case "$name" in
-    encode) stage encode "$(limit 300)" "$PY" benchmarks/encode_gpu.py --results-dir "$OUT" ;;
+    encode) stage encode "$(limit 300)" "$PY" benchmarks/encode_gpu.py --results-dir "$OUT" \
+              --pieces "${LSR_ENCODE_PIECES:-splade-tiny,bert-base-random,index}" ;;
     train) t=$(limit 240); stage train "$t" "$PY" benchmarks/train_gpu.py --results-dir "$OUT" --budget-seconds $((t - 15)) ;;
-    tests) stage tests "$(limit 300)" "$PY" -m pytest -v -n 8 -p no:cacheprovider -o addopts="" tests/test_pool_triton.py \
-             tests/test_pool.py tests/test_launch.py tests/test_batching.py ;;
+    tests) # shellcheck disable=SC2086
+           stage tests "$(limit 300)" "$PY" -m pytest -v -n 8 -p no:cacheprovider -o addopts="" \
+             ${LSR_GPU_TESTS:-tests/test_pool_triton.py tests/test_pool.py tests/test_launch.py tests/test_batching.py} ;;
     *) echo "gpu_session.sh: error: unknown stage '$name' (encode, train, tests)"; exit 2 ;;
   esac
 done

@@ -60,14 +60,22 @@ def test_pipeline_on_cpu_equals_one_text_at_a_time(splade, scifact):
 
 
 def test_dense_pipeline_equals_one_text_at_a_time(scifact):
-    """The same bits, in the dtype this CPU runs by default (bf16 where native): each text attends alone."""
+    """Each text attends alone, in the dtype this CPU runs by default: the same bits in fp32; in bf16 (where native)
+    the pipeline's one-thread workers and the caller's threads split the matrix products differently, so the
+    vectors agree to bf16 rounding (seen on a lent H200's 16-core host: entries a few 1e-4 apart)."""
+    import torch
+
     from lsr.encode.dense import DenseEncoder
 
     dense = DenseEncoder.from_pretrained("minilm", device="cpu")
     texts = scifact.doc_texts(list(scifact.corpus)[:24])
     together = dense.encode_documents(texts, batch_size=4)
     alone = np.concatenate([dense.encode_documents([t]) for t in texts])
-    assert np.array_equal(together, alone)
+    if dense.dtype == torch.float32:
+        assert np.array_equal(together, alone)
+    else:
+        assert np.einsum("ij,ij->i", together, alone).min() > 0.9999  # unit vectors
+        assert np.abs(together - alone).max() < 5e-3
 
 
 def test_a_failing_batch_raises_in_the_caller_and_stops_the_threads():
