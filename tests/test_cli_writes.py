@@ -258,3 +258,37 @@ def test_an_hnsw_collection_under_rewrites_is_noted_by_verify_and_rebuilt_by_rep
     assert dense.kind == "hnsw" and dense.dead_rows == 0 and len(dense) == 4
     assert main(["search", str(col), "aspirin heart attack", "--mode", "dense", "-k", "1"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == top
+
+
+SWALLOWED = """
+import os, signal, sys, time
+from lsr.cli.main import Terminated, _sigterm_as_interrupt
+
+class Finalized:
+    def __del__(self):  # a signal arriving here is raised here, and Python ignores exceptions from finalizers
+        os.kill(os.getpid(), signal.{signal})
+        for _ in range(1000):
+            pass
+
+try:
+    with _sigterm_as_interrupt():
+        obj = Finalized()
+        del obj
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            pass
+    print("finished")
+except Terminated:
+    print("terminated")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("signal_name, outcome", [("SIGTERM", "terminated"), ("SIGINT", "interrupted")])
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_command(signal_name, outcome):
+    """A SIGTERM raised inside Ray's ActorHandle.__del__ was printed as "Exception ignored" and the build ran to its
+    end (seen in CI); the swallowed signal is now sent again and stops the command where Ctrl-C would."""
+    done = subprocess.run([sys.executable, "-c", SWALLOWED.format(signal=signal_name)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == [outcome], done.stderr

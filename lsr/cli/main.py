@@ -61,8 +61,32 @@ class Terminated(KeyboardInterrupt):
     the signal themselves (drain; finish the step and checkpoint)."""
 
 
+RESEND_AFTER_S = 0.05  # a swallowed signal's second delivery: past the hook, well under a person's patience
+
+
 def _raise_terminated(_signum, _frame) -> None:
     raise Terminated
+
+
+def _redeliver_swallowed_interrupts(previous_hook):
+    """An unraisable-exception hook that sends a swallowed SIGTERM or Ctrl-C again.
+
+    A signal's exception is raised in whatever the main thread runs at the time; inside a finalizer (Ray's
+    ``ActorHandle.__del__``, seen in CI) Python prints "Exception ignored" and goes on, so a build that was asked
+    to stop ran to its end. Sent again a moment later, the signal is handled once the finalizer and this hook have
+    returned (one sent at once would be handled, and swallowed, in this hook; one that lands in another finalizer
+    comes back here and goes round again).
+    """
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+            resend = threading.Timer(RESEND_AFTER_S, os.kill, (os.getpid(), signum))
+            resend.daemon = True
+            resend.start()
+            return
+        previous_hook(unraisable)
+
+    return hook
 
 
 @contextlib.contextmanager
@@ -70,11 +94,13 @@ def _sigterm_as_interrupt():
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous, previous_hook = signal.signal(signal.SIGTERM, _raise_terminated), sys.unraisablehook
+    sys.unraisablehook = _redeliver_swallowed_interrupts(previous_hook)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
 
 
 def main(argv: list[str] | None = None) -> int:
