@@ -246,6 +246,11 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("model-negatives-for-jsonl", "--negatives model mines a BEIR corpus"),
     ("no-dev-split", "has no qrels/dev.tsv to validate on"),
     ("nan-score", "line 1: 'scores' must be 2 finite numbers"),
+    ("max-minutes-nan", "--max-minutes must be a positive number"),  # NaN was no limit at all
+    ("seed-negative", "--seed must be in [0, 2**32)"),
+    ("flops-inf", "--flops-query and --flops-doc must be numbers ≥ 0"),  # these failed at step 1, as "lower --lr"
+    ("checkpoint-every-0", "--checkpoint-every must be positive"),  # after the data and the model had loaded
+    ("not-utf8", "pairs.jsonl line 2: not UTF-8 text (byte 0xff at column 3)"),  # named neither file nor line
 ])
 def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
     data, extra = tmp_path / "pairs.jsonl", []
@@ -256,12 +261,16 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_text("\n")
     elif case == "nan-score":  # one such row made every weight NaN, and the run wrote a dead model with exit 0
         data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"], "scores": [float("nan"), 1.0]}))
+    elif case == "not-utf8":
+        data.write_bytes(b"\xef\xbb\xbf" + json.dumps({"query": "q", "positive": "p"}).encode() + b"\n{\"\xff\"}\n")  # a BOM is fine
     elif case == "no-positive":
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": "q"}) + "\n")
     else:
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
         extra = {"batch-size-0": ["--batch-size", "0"], "threads-0": ["--threads", "0"],
-                 "blend-0": ["--blend", "0"]}.get(case, ["--negatives", "model"])
+                 "blend-0": ["--blend", "0"], "max-minutes-nan": ["--max-minutes", "nan"], "seed-negative": ["--seed", "-1"],
+                 "flops-inf": ["--flops-doc", "inf"], "checkpoint-every-0": ["--checkpoint-every", "0"],
+                 }.get(case, ["--negatives", "model"])
     assert main(["train", str(data), str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lsr train: error:") and message in err and len(err.splitlines()) == 1
@@ -556,3 +565,66 @@ def test_cli_validates_on_dev_and_writes_the_best_scoring_weights(graded_beir, t
     assert best > summary["dev_scores"][-1][1] and f"step {best_step} " in summary["kept"]  # an earlier step won
     written = sparse_quality(SpladeEncoder.from_pretrained(str(out), device="cpu"), str(data), "dev", progress=False)
     assert written["ndcg@10"] == pytest.approx(best, abs=1e-9)
+
+
+def _checkpointed(examples, out: Path, model: str = "splade-tiny") -> TrainConfig:
+    config = TrainConfig(model=model, blend=1.0, epochs=1, batch_size=4, max_length=64, query_max_length=16)
+    train(fresh_model(), examples, out, config, progress=False, checkpoint_every=1)
+    return config
+
+
+def test_a_damaged_or_planted_checkpoint_is_refused_and_runs_no_code(examples, tmp_path):
+    """One flipped bit in checkpoint.pt resumed with exit 0 into weights of -4e36; a pickled payload ran its code."""
+    import hashlib
+
+    from lsr.train.checkpoint import CHECKPOINT_FILE, MAGIC, read_checkpoint
+
+    config = _checkpointed(examples, tmp_path / "run")
+    path = tmp_path / "run" / CHECKPOINT_FILE
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="damaged"):
+        train(fresh_model(), examples, tmp_path / "run", config, progress=False, resume=True)
+
+    marker = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"step": 1, "payload": Planted()}, buffer)
+    payload = buffer.getvalue()
+    path.write_bytes(MAGIC + hashlib.sha256(payload).digest() + payload)
+    with pytest.raises(ValueError, match="not a readable training checkpoint"):
+        read_checkpoint(tmp_path / "run")
+    assert not marker.exists()
+
+
+def test_a_resume_from_a_model_folder_whose_files_changed_is_refused(examples, tmp_path):
+    """The run was keyed on --model's name: a folder retrained in place resumed, and blended with the wrong start."""
+    import shutil
+
+    from lsr.encode.models import resolve_model
+
+    folder = tmp_path / "start"
+    shutil.copytree(resolve_model("splade-tiny"), folder)
+    config = _checkpointed(examples, tmp_path / "run", model=str(folder))
+    (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")
+    with pytest.raises(ValueError, match="the --model folder's files differ"):
+        train(fresh_model(), examples, tmp_path / "run", config, progress=False, resume=True)
+
+
+def test_a_checkpoint_write_cut_short_leaves_an_out_a_new_run_can_use(examples, tmp_path):
+    """kill -9 during the first checkpoint write left only checkpoint.pt.PID.tmp: neither a new run nor --resume
+    could use OUT. A new run now takes it and sweeps the leftover; a later checkpoint sweeps one too."""
+    data, out = tmp_path / "pairs.jsonl", tmp_path / "out"
+    data.write_text("".join(json.dumps({"query": ex.query, "positive": ex.positive}) + "\n" for ex in examples[:8]))
+    out.mkdir()
+    (out / "checkpoint.pt.4242.tmp").write_bytes(b"half a checkpoint")
+    assert main(["train", str(data), str(out), "--epochs", "1", "--batch-size", "4", "--max-length", "32",
+                 "--dev-split", "none", "--quiet"]) == 0
+    assert (out / "model.safetensors").exists() and not list(out.glob("*.tmp"))

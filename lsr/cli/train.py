@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -139,8 +140,10 @@ def run(args: argparse.Namespace) -> int:
     from lsr.encode.cpu_threads import set_threads
 
     set_threads(args.threads)
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
+    if args.max_minutes is not None and not 0 < args.max_minutes < math.inf:
+        raise ValueError(f"--max-minutes must be a positive number of minutes, got {args.max_minutes}")
+    if args.checkpoint_every <= 0:
+        raise ValueError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     out = Path(args.out)
     _check_out(out, args.resume)
     encoding = device_options(args, concrete_dtype=True)  # one SPLADE model: its report names the dtype it ran
@@ -185,14 +188,15 @@ def _load(config, encoding: dict[str, str]):
 
 
 def _check_out(out: Path, resume: bool) -> None:
-    from lsr.train.checkpoint import CHECKPOINT_FILE
+    """A checkpoint write that a kill -9 cut short leaves only a temporary file: OUT is still empty then."""
+    from lsr.train.checkpoint import CHECKPOINT_FILE, leftovers
 
     if resume:
         if not (out / CHECKPOINT_FILE).is_file():
             raise ValueError(f"nothing to resume: {out} holds no {CHECKPOINT_FILE}")
     elif (out / CHECKPOINT_FILE).is_file():
         raise ValueError(f"{out} holds an unfinished run; add --resume to continue it, or choose another folder")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and (not out.is_dir() or set(out.iterdir()) - set(leftovers(out))):
         raise FileExistsError(f"{out} already exists and is not an empty folder; choose a new OUT")
 
 
@@ -200,12 +204,17 @@ def _train(args, config, examples, out: Path, encoding: dict[str, str], say, mod
     """One run per OUT: a second `lsr train OUT --resume` while this one runs would interleave the checkpoints."""
     from lsr.files import exclusive_folder
 
+    from lsr.train.checkpoint import leftovers
+
     with exclusive_folder(out):
         _check_out(out, args.resume)  # again, now that OUT is ours: a run that held it may have finished meanwhile
+        for stale in leftovers(out):  # OUT is ours: no write of another run is under way
+            stale.unlink()
         return _train_in(args, config, examples, out, encoding, say, model, dev_split)
 
 
 def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, model, dev_split: str | None) -> int:
+    from lsr.cli.index import resume_command
     from lsr.train.checkpoint import CHECKPOINT_FILE
     from lsr.eval.metrics import RANDOMIZATION_TEST, randomization_p
     from lsr.train.evaluate import quality_scorer
@@ -229,10 +238,11 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
         say(f"validating on {args.data} {dev_split} every {config.dev_every} steps; OUT keeps the best weights")
     clock = time.monotonic()
     result = train(model, examples, out, config, resume=args.resume, max_minutes=args.max_minutes,
-                   checkpoint_every=args.checkpoint_every, progress=not args.quiet, validate=validate)
+                   checkpoint_every=args.checkpoint_every, progress=not args.quiet, validate=validate,
+                   validation=dev_split)
     if result.stopped == "interrupted":
         print(f"interrupted ({signal.Signals(result.signal).name}) at step {result.steps} of {result.total_steps}; "
-              f"checkpoint in {out / CHECKPOINT_FILE}. Continue with: lsr {' '.join(args._argv)} --resume", file=sys.stderr)
+              f"checkpoint in {out / CHECKPOINT_FILE}. Continue with: {resume_command(args._argv)}", file=sys.stderr)
         return 128 + result.signal
     save_model_folder(model, out)
     if result.stopped not in ("time limit", "interrupted"):  # finished, or the guard ended it: nothing to resume
@@ -252,6 +262,9 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
                "eval": evals, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), **encoding}
     (out / "lsr_train.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(_summary_text(summary, out))
+    if result.stopped == "time limit":
+        print(f"{out / CHECKPOINT_FILE} is kept (delete it if done); to train on from step {result.steps}: "
+              f"{resume_command(args._argv)}")
     return 0
 
 

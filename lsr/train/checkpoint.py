@@ -1,11 +1,14 @@
-"""Resumable training state: weights, optimiser moments, step, RNG state, written atomically.
+"""Resumable training state: weights, optimiser moments, step, RNG state, written atomically and checksummed.
 
-A kill -9 at any line leaves either the previous checkpoint or the new one, never a torn file;
-restoring the RNG state makes dropout after a resume draw what the uninterrupted run drew.
+A kill -9 at any line leaves either the previous checkpoint or the new one, never a torn file; a flipped
+bit is refused (the file is ``MAGIC`` + the sha256 of the payload + ``torch.save``'s payload), and the
+payload loads with ``weights_only=True``, so a planted file cannot run code. Restoring the RNG state
+makes dropout after a resume draw what the uninterrupted run drew.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,13 @@ import torch
 from lsr.files import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.pt"
+MAGIC = b"lsr-train-checkpoint/1\n"
+KEYS = {"guard", "step", "seconds", "run", "parameters", "optimizer", "torch_rng", "cuda_rng"}
+
+
+def leftovers(out: Path) -> list[Path]:
+    """Temporary files of checkpoint writes a kill -9 cut short (``atomic_write`` names them NAME.PID.tmp)."""
+    return sorted(out.glob(f"{CHECKPOINT_FILE}.*.tmp"))
 
 
 def save_checkpoint(out: Path, parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
@@ -31,17 +41,31 @@ def save_checkpoint(out: Path, parameters: list[torch.nn.Parameter], optimizer: 
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write(out / CHECKPOINT_FILE, lambda fh: fh.write(buffer.getvalue()))
+    payload = buffer.getvalue()
+    atomic_write(out / CHECKPOINT_FILE, lambda fh: fh.writelines([MAGIC, hashlib.sha256(payload).digest(), payload]))
+    for stale in leftovers(out):  # a killed earlier write's; this one's own was renamed into place
+        stale.unlink(missing_ok=True)
 
 
 def read_checkpoint(out: Path) -> dict[str, Any] | None:
     path = out / CHECKPOINT_FILE
     if not path.is_file():
         return None
+    raw = path.read_bytes()
+    start = len(MAGIC) + hashlib.sha256().digest_size
+    if not raw.startswith(MAGIC):
+        raise ValueError(f"{path} is not an lsr training checkpoint (or one from before checkpoints were checksummed); "
+                         "train into a new folder")
+    if hashlib.sha256(raw[start:]).digest() != raw[len(MAGIC):start]:
+        raise ValueError(f"{path} is damaged (its checksum does not match); delete it to start over, or train into a "
+                         "new folder")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a foreign or damaged file: say which, do not guess
+        state = torch.load(io.BytesIO(raw[start:]), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a payload lsr did not write: say so, do not guess
         raise ValueError(f"{path} is not a readable training checkpoint ({exc})") from None
+    if not isinstance(state, dict) or not KEYS <= state.keys():
+        raise ValueError(f"{path} is not an lsr training checkpoint (it lacks the training state)")
+    return state
 
 
 def restore_checkpoint(state: dict[str, Any], parameters: list[torch.nn.Parameter],

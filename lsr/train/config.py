@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 NEGATIVE_MINERS = ("bm25", "model")
@@ -53,15 +54,18 @@ class TrainConfig:
             raise ValueError(f"--hard-negatives must be ≥ 0, got {self.hard_negatives}")
         if self.negatives not in NEGATIVE_MINERS:
             raise ValueError(f"--negatives must be one of {', '.join(NEGATIVE_MINERS)}, got {self.negatives!r}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
-        if self.score_scale is not None and not self.score_scale > 0:
-            raise ValueError(f"--score-scale must be positive, got {self.score_scale}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.score_scale is not None and not 0 < self.score_scale < math.inf:
+            raise ValueError(f"--score-scale must be a positive number, got {self.score_scale}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be in [0, 2**32), got {self.seed}")
         if not 0 < self.blend <= 1:
             raise ValueError(f"--blend must be in (0, 1], got {self.blend}")
         if not 0 <= self.collapse_fraction < 1:
             raise ValueError(f"--collapse-fraction must be in [0, 1), got {self.collapse_fraction}")
-        if self.flops_query < 0 or self.flops_doc < 0:
-            raise ValueError("--flops-query and --flops-doc must be ≥ 0")
+        if not (0 <= self.flops_query < math.inf and 0 <= self.flops_doc < math.inf):
+            raise ValueError(f"--flops-query and --flops-doc must be numbers ≥ 0, got {self.flops_query} and "
+                             f"{self.flops_doc}")
         if self.max_length < 4 or self.query_max_length < 4:
             raise ValueError("--max-length and --query-max-length must be at least 4")

@@ -69,11 +69,17 @@ def model_miner(encoder: Any, *, progress: bool = False) -> Miner:
 
 
 def read_jsonl(path: Path) -> list[Example]:
+    """Training rows, one JSON object a line, in UTF-8 (a byte-order mark is allowed); a bad line is named."""
     examples = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            where = f"{path} line {line_no}"
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
             if line.strip():
-                examples.append(_example(line, f"{path} line {line_no}"))
+                examples.append(_example(line, where))
     if not examples:
         raise ValueError(f"{path} holds no training rows; expected JSON lines with \"query\" and \"positive\"")
     return examples

@@ -44,12 +44,26 @@ class TrainResult:
     signal: int | None = None  # what interrupted the run: SIGINT or SIGTERM
 
 
-def fingerprint(config: TrainConfig, examples: list[Example]) -> dict:
-    """What a resume must match: the settings and the exact data."""
+def fingerprint(config: TrainConfig, examples: list[Example], validation: str | None = None) -> dict:
+    """What a resume must match: the settings, the exact data, what a folder ``config.model`` holds (retrained in
+    place, the same name is another start) and what ``validation`` names (the held-out split the guard scores)."""
+    from lsr.encode.models import model_content_key
+
     digest = hashlib.sha256()
     for ex in examples:
         digest.update(json.dumps(asdict(ex)).encode())
-    return {"config": asdict(config), "examples": len(examples), "data_sha256": digest.hexdigest()}
+    return {"config": asdict(config), "examples": len(examples), "data_sha256": digest.hexdigest(),
+            "model_content": model_content_key(config.model), "validation": validation}
+
+
+def _differences(saved: dict, now: dict) -> list[str]:
+    """Which parts of two fingerprints differ, named as a user would look for them."""
+    names = {"examples": "the training data", "data_sha256": "the training data", "model_content": "the --model folder's files",
+             "validation": "--dev-split"}
+    found = [f"--{key.replace('_', '-')}" for key in sorted(set(saved.get("config", {})) | set(now["config"]))
+             if saved.get("config", {}).get(key) != now["config"].get(key)]
+    found += [names[key] for key in names if saved.get(key) != now.get(key)]
+    return list(dict.fromkeys(found))
 
 
 def steps_per_epoch(config: TrainConfig, n_examples: int) -> int:
@@ -205,16 +219,17 @@ class _StopOnInterrupt:
 def train(model: TrainableSplade, examples: list[Example], out: Path, config: TrainConfig, *, resume: bool = False,
           max_minutes: float | None = None, checkpoint_every: int = 100, progress: bool = True,
           on_step: Callable[[int, dict[str, float]], None] | None = None,
-          validate: Callable[[], float] | None = None) -> TrainResult:
+          validate: Callable[[], float] | None = None, validation: str | None = None) -> TrainResult:
     """Optimise ``model`` on ``examples``; checkpoints go to ``out``. Returns how far it got and the per-step stats.
 
     ``validate`` (a held-out score, higher is better) runs at the start and every ``config.dev_every`` steps; the
-    model ends with the best-scoring weights (see ``Guard``)."""
+    model ends with the best-scoring weights (see ``Guard``). ``validation`` names what it scores, for the
+    resume check."""
     config.check()
     if checkpoint_every <= 0:
         raise ValueError(f"--checkpoint-every must be positive, got {checkpoint_every}")
     torch.manual_seed(config.seed)
-    run = fingerprint(config, examples)
+    run = fingerprint(config, examples, validation)
     total = config.epochs * steps_per_epoch(config, len(examples))
     decay = [p for p in model.parameters if p.dim() >= 2]
     plain = [p for p in model.parameters if p.dim() < 2]
@@ -233,8 +248,9 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
         if state is None:
             raise ValueError(f"nothing to resume: {out} holds no checkpoint")
         if state["run"] != run:
-            raise ValueError(f"{out}'s checkpoint was made with other settings or data; resume with the same "
-                             "arguments, or train into a new folder")
+            differ = ", ".join(_differences(state["run"], run)) or "the run"
+            raise ValueError(f"{out}'s checkpoint was made with other settings or data ({differ} differ); resume "
+                             "with the same arguments and data, or train into a new folder")
         restore_checkpoint(state, model.parameters, optimizer)
         guard.load(state["guard"])
         start, seconds = state["step"], state["seconds"]
