@@ -264,6 +264,8 @@ SWALLOWED = """
 import os, signal, sys, time
 from lsr.cli.main import Terminated, _sigterm_as_interrupt
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with SIGINT ignored; a terminal's has it
+
 class Finalized:
     def __del__(self):  # a signal arriving here is raised here, and Python ignores exceptions from finalizers
         os.kill(os.getpid(), signal.{signal})
