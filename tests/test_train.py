@@ -620,7 +620,7 @@ def test_a_resume_from_a_model_folder_whose_files_changed_is_refused(examples, t
 
 def test_a_checkpoint_write_cut_short_leaves_an_out_a_new_run_can_use(examples, tmp_path):
     """kill -9 during the first checkpoint write left only checkpoint.pt.PID.tmp: neither a new run nor --resume
-    could use OUT. A new run now takes it and sweeps the leftover; a later checkpoint sweeps one too."""
+    could use OUT. A new run now takes it, and a run (new or resumed) sweeps such leftovers when it starts."""
     data, out = tmp_path / "pairs.jsonl", tmp_path / "out"
     data.write_text("".join(json.dumps({"query": ex.query, "positive": ex.positive}) + "\n" for ex in examples[:8]))
     out.mkdir()

@@ -204,12 +204,8 @@ def _train(args, config, examples, out: Path, encoding: dict[str, str], say, mod
     """One run per OUT: a second `lsr train OUT --resume` while this one runs would interleave the checkpoints."""
     from lsr.files import exclusive_folder
 
-    from lsr.train.checkpoint import leftovers
-
     with exclusive_folder(out):
         _check_out(out, args.resume)  # again, now that OUT is ours: a run that held it may have finished meanwhile
-        for stale in leftovers(out):  # OUT is ours: no write of another run is under way
-            stale.unlink()
         return _train_in(args, config, examples, out, encoding, say, model, dev_split)
 
 

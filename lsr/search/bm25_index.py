@@ -59,7 +59,7 @@ def _jax_hidden() -> Iterator[None]:
     try:
         yield
     finally:
-        if "jax" in sys.modules and sys.modules["jax"] is None:
+        if sys.modules.get("jax", False) is None:  # still our marker: no other import put jax there meanwhile
             del sys.modules["jax"]
 
 

@@ -43,8 +43,6 @@ def save_checkpoint(out: Path, parameters: list[torch.nn.Parameter], optimizer: 
     torch.save(state, buffer)
     payload = buffer.getvalue()
     atomic_write(out / CHECKPOINT_FILE, lambda fh: fh.writelines([MAGIC, hashlib.sha256(payload).digest(), payload]))
-    for stale in leftovers(out):  # a killed earlier write's; this one's own was renamed into place
-        stale.unlink(missing_ok=True)
 
 
 def read_checkpoint(out: Path) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lsr.ingest.progress import progress_bar
-from lsr.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+from lsr.train.checkpoint import leftovers, read_checkpoint, restore_checkpoint, save_checkpoint
 from lsr.train.config import TrainConfig
 from lsr.train.data import Example
 from lsr.train.guard import Guard
@@ -229,6 +229,8 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     if checkpoint_every <= 0:
         raise ValueError(f"--checkpoint-every must be positive, got {checkpoint_every}")
     torch.manual_seed(config.seed)
+    for stale in leftovers(out):  # checkpoint writes a kill -9 cut short (the caller holds OUT: none is under way)
+        stale.unlink()
     run = fingerprint(config, examples, validation)
     total = config.epochs * steps_per_epoch(config, len(examples))
     decay = [p for p in model.parameters if p.dim() >= 2]
