@@ -14,6 +14,7 @@ heuristic, or ``LSR_AUTOTUNE=1``), keyed on power-of-two length buckets, so no n
 process with tuning.
 """
 
+import inspect
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import MIN_BUCKET, LaunchChooser, LaunchConfig, LaunchKey, autotune_enabled, launch_key, length_bucket
+from .launch import MAX_PACKED_SEQS, MIN_BUCKET, LaunchChooser, LaunchConfig, LaunchKey, autotune_enabled, launch_key, length_bucket
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -312,14 +313,16 @@ def _forward(
     arg = torch.empty(saved, dtype=torch.int32, device=hidden.device)
     if out.numel() == 0:
         return out, pooled, arg
-    key, launch = _plan(hidden, weight, bias, mask, out, pooled, arg, store_arg)
+    key, launch, _ = _plan(hidden, weight, bias, mask, out, pooled, arg, store_arg)
     _CHOOSER.launch(key, hidden.device, INTERPRET, launch)
     return out, pooled, arg
 
 
 def _plan(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], mask: torch.Tensor,
-          out: torch.Tensor, pooled: torch.Tensor, arg: torch.Tensor, store_arg: bool) -> tuple[LaunchKey, Callable]:
-    """The forward's launch key and ``launch(config, warmup=False)``; with ``warmup`` Triton only compiles."""
+          out: torch.Tensor, pooled: torch.Tensor, arg: torch.Tensor, store_arg: bool
+          ) -> tuple[LaunchKey, Callable, Callable[[LaunchConfig], tuple]]:
+    """The forward's launch key, ``launch(config, warmup=False)`` (with ``warmup`` Triton only compiles) and
+    ``variant(config)``, what Triton compiles that launch for (``compile_variant``)."""
     B, L, H = hidden.shape
     V = weight.shape[0]
     mask = _mask_view(mask)
@@ -341,19 +344,55 @@ def _plan(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     bucket = length_bucket(L)
     kind = "packed" if bucket <= PACK_MAX_LEN else "tiled"
     key = launch_key(hidden.device, INTERPRET, kind, hidden.dtype, H, L, store_arg)
+    kernel, extra = (_splade_pool_packed_kernel, {"LP": bucket}) if kind == "packed" else (_splade_pool_fwd_kernel, {})
 
     def launch(config: LaunchConfig, warmup: bool = False) -> None:
         if kind == "packed":  # each sequence padded to the bucket inside its tile
             tiles = triton.cdiv(B, config.block_n // bucket) * triton.cdiv(V, config.block_v)
-            kernel, grid, extra = _splade_pool_packed_kernel, (min(tiles, _program_slots(hidden.device)),), {"LP": bucket}
+            grid = (min(tiles, _program_slots(hidden.device)),)
         else:
-            kernel, grid, extra = _splade_pool_fwd_kernel, (triton.cdiv(V, config.block_v) * B,), {}
+            grid = (triton.cdiv(V, config.block_v) * B,)
         if warmup:
             kernel.warmup(*args, grid=grid, **extra, **flags, **config.meta(kind))
         else:
             kernel[grid](*args, **extra, **flags, **config.meta(kind))
 
-    return key, launch
+    def variant(config: LaunchConfig) -> tuple:
+        names = [name for name, _, _ in _kernel_params(kernel)]
+        return compile_variant(kernel, {**dict(zip(names, args)), **extra, **flags, **config.meta(kind)})
+
+    return key, launch, variant
+
+
+def _kernel_params(kernel) -> list[tuple[str, bool, bool]]:
+    """(name, is a constexpr, is specialised) per parameter of a kernel under its wrappers, compiled or interpreted."""
+    unspecialised: list = []
+    while not inspect.isfunction(kernel):
+        options = getattr(kernel, "kwargs", None) or {}  # the interpreter keeps @triton.jit's options here
+        unspecialised = getattr(kernel, "do_not_specialize", None) or options.get("do_not_specialize") or unspecialised
+        kernel = kernel.fn
+    return [(p.name, p.annotation is tl.constexpr, p.name not in unspecialised)
+            for p in inspect.signature(kernel).parameters.values()]
+
+
+def compile_variant(kernel, args: dict) -> tuple:
+    """The part of Triton's compile key that a launch's arguments decide: each tensor's dtype, each
+    specialised integer's class (1, a multiple of 16, other), every constexpr, ``@triton.heuristics``
+    values included, and the launch options. Launches with equal variants share one compiled kernel;
+    any other variant compiles on first use (about a second)."""
+    values = dict(args)
+    for name, rule in getattr(kernel, "values", {}).items():
+        values[name] = rule(values)
+    found = []
+    for name, constexpr, specialised in _kernel_params(kernel):
+        value = values.pop(name)
+        if constexpr:
+            found.append((name, value))
+        elif isinstance(value, torch.Tensor):
+            found.append((name, value.dtype))
+        elif specialised:
+            found.append((name, "1" if value == 1 else "D" if value % 16 == 0 else "i"))
+    return (*found, *sorted(values.items()))
 
 
 def precompile(shapes: Sequence[tuple[int, int]], weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -364,9 +403,10 @@ def precompile(shapes: Sequence[tuple[int, int]], weight: torch.Tensor, bias: Op
     threads against 11.0 s on one, on this project's CPU machine), so a fresh process compiles its
     warm-up set in about the time of its slowest kernel rather than their sum. Hidden states are
     taken to be contiguous [batch, length, H] in weight's dtype, as a model returns them. Returns
-    how many launches were compiled so: 0 under the interpreter, with ``LSR_AUTOTUNE=1`` (tuning
-    compiles as it measures), or with a Triton that has no AsyncCompileMode; the caller's own
-    launches then compile as usual, as they also do after any failure here.
+    how many kernels were compiled so (one per ``compile_variant``; shapes may share one): 0 under the
+    interpreter, with ``LSR_AUTOTUNE=1`` (tuning compiles as it measures), or with a Triton that has
+    no AsyncCompileMode; the caller's own launches then compile as usual, as they also do after any
+    failure here.
     """
     try:
         from triton.runtime._async_compile import AsyncCompileMode
@@ -375,19 +415,21 @@ def precompile(shapes: Sequence[tuple[int, int]], weight: torch.Tensor, bias: Op
     device = weight.device
     if INTERPRET or device.type != "cuda" or autotune_enabled() or not shapes:
         return 0
-    plans = []
+    plans = {}
     for batch, length in shapes:
         hidden = torch.empty((batch, length, weight.shape[1]), dtype=weight.dtype, device=device)
         mask = torch.ones((batch, length), dtype=mask_dtype, device=device)
         out = torch.empty((batch, weight.shape[0]), dtype=weight.dtype, device=device)
-        plans.append(_plan(hidden, weight, bias, mask, out, out.new_empty(0, dtype=torch.float32),
-                           out.new_empty(0, dtype=torch.int32), False))
+        key, launch, variant = _plan(hidden, weight, bias, mask, out, out.new_empty(0, dtype=torch.float32),
+                                     out.new_empty(0, dtype=torch.int32), False)
+        config = _CHOOSER.choose(key, device, False, launch)
+        plans.setdefault(variant(config), (config, launch))  # shapes of one variant share a kernel
     try:
         # ignore_errors: a kernel that fails here is left for its launch to compile and report; raising from
         # AsyncCompileMode's exit would also leave the mode active for every later launch in this thread.
         with ThreadPoolExecutor(min(len(plans), os.cpu_count() or 1)) as pool, AsyncCompileMode(pool, ignore_errors=True):
-            for key, launch in plans:
-                launch(_CHOOSER.choose(key, device, False, launch), warmup=True)
+            for config, launch in plans.values():
+                launch(config, warmup=True)
     except Exception as error:  # noqa: BLE001 - an optimisation: the real launches compile (and report) anyway
         log.warning("compiling the pooling kernels in parallel failed (%s: %s); they compile on first use",
                     type(error).__name__, error)
@@ -397,11 +439,21 @@ def precompile(shapes: Sequence[tuple[int, int]], weight: torch.Tensor, bias: Op
 
 def warm_up_shapes(max_length: int) -> list[tuple[int, int]]:
     """(batch, length) pairs that compile every forward variant an encoder of up to ``max_length`` tokens
-    launches, its lengths padded to multiples of 16 (``lsr.encode.batching``): per length bucket, one
-    batch that fills whole packed tiles at the bucket length and one that leaves a ragged tail."""
+    launches, its lengths padded to multiples of 16 (``lsr.encode.batching``).
+
+    Per length bucket: a batch that fills whole packed tiles at the bucket's length (a tile holds 1, 2, 4
+    or 8 sequences, ``launch.MAX_PACKED_SEQS``), a ragged one (3 sequences) at that length, and a ragged
+    one shorter than the bucket where the bucket has such lengths: the packed kernel compiles apart for
+    each. No length passes the longest an encoder pads to, so a model with no more positions is never
+    run past them.
+    """
+    longest = -(-max_length // MIN_BUCKET) * MIN_BUCKET
     shapes, bucket = [], MIN_BUCKET
-    while bucket <= length_bucket(max_length):
-        shapes += [(8, bucket), (3, max(MIN_BUCKET, bucket - MIN_BUCKET))]
+    while bucket <= length_bucket(longest):
+        full = min(bucket, longest)
+        shapes += [(MAX_PACKED_SEQS, full), (3, full)]
+        if bucket // 2 < full - MIN_BUCKET:  # a shorter length in the same bucket
+            shapes.append((3, full - MIN_BUCKET))
         bucket *= 2
     return shapes
 

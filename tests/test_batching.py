@@ -105,3 +105,19 @@ def test_cuda_pipeline_fp32_matches_the_cpu_encoder(splade, scifact):
     want = splade.encode_documents(texts, batch_size=32).to_dense()
     assert np.abs(got - want).max() <= 1e-3
     assert ((got > 0) != (want > 0)).sum() <= 1e-4 * (want > 0).sum()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_first_pass_compiles_nothing_after_load(scifact, monkeypatch):
+    """The encoder compiles at load (warm_up) every kernel a pass launches: ragged batches of every length, bf16."""
+    import triton
+
+    from lsr.encode.splade import SpladeEncoder
+
+    encoder = SpladeEncoder.from_pretrained("splade-tiny", device="cuda", dtype="bf16", max_length=200)
+    compiles = []
+    monkeypatch.setattr(triton.knobs.runtime, "jit_cache_hook", lambda **kw: compiles.append(kw["repr"]))
+    texts = scifact.doc_texts(list(scifact.corpus)[:700])
+    encoder.encode_documents(texts, batch_size=37)
+    encoder.encode_queries([t[:40] for t in texts[:50]], batch_size=5)
+    assert compiles == []

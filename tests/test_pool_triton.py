@@ -287,3 +287,61 @@ def test_precompiled_kernels_are_the_ones_later_launches_use(monkeypatch):
         out = splade_max_pool_triton(hidden, weight, bias, mask)
         assert rel_err(out, splade_max_pool_reference(hidden.double(), weight.double(), bias.double(), mask)) < 1e-2
     assert compiles == []
+
+
+# GPU families and their opt-in shared memory (KiB): the configurations a launch gets differ between them.
+FAMILIES = [("sm75", 64), ("sm80", 163), ("sm86", 99), ("sm90", 227), ("sm100", 227), ("sm120", 99)]
+
+
+def _variants(shapes, family: str, shared_kib: int, dtype: torch.dtype, H: int) -> dict:
+    """The compiled kernels these (batch, length) inference launches would need on that GPU family, each with
+    the first shape that needs it."""
+    from dataclasses import replace
+
+    from lsr.kernels import launch
+    from lsr.kernels.pool_triton import _plan
+
+    weight, bias = torch.empty((30522, H), dtype=dtype, device="meta"), torch.empty(30522, dtype=dtype, device="meta")
+    found = {}
+    for B, L in shapes:
+        hidden = torch.empty((B, L, H), dtype=dtype, device="meta")
+        mask = torch.empty((B, L), dtype=torch.int64, device="meta")
+        out = torch.empty((B, 30522), dtype=dtype, device="meta")
+        key, _, variant = _plan(hidden, weight, bias, mask, out, out.new_empty(0), out.new_empty(0, dtype=torch.int32), False)
+        key = replace(key, gpu=family)
+        found.setdefault(variant(launch.launch_table().get(key.text()) or launch.heuristic(key, shared_kib * 1024)), (B, L))
+    return found
+
+
+@pytest.mark.parametrize("max_length", [48, 128, 200, 256, 512])
+def test_warm_up_compiles_every_kernel_an_encode_pass_launches(max_length, monkeypatch):
+    """A fresh process must not compile during its first pass (an H200 run compiled ~1.8 s there): every
+    batch an encoder of up to max_length tokens launches (any row count, lengths padded to 16) needs a
+    kernel that the warm-up shapes already compiled, on every GPU family, dtype and hidden size."""
+    from lsr.kernels import pool_triton
+
+    monkeypatch.setattr(pool_triton, "INTERPRET", True)  # launch keys without asking a GPU; families are set below
+    shapes = pool_triton.warm_up_shapes(max_length)
+    assert all(16 <= L <= -(-max_length // 16) * 16 and L % 16 == 0 for _, L in shapes), shapes
+    launched = [(B, L) for L in range(16, -(-max_length // 16) * 16 + 1, 16)
+                for B in [*range(1, 18), 24, 32, 63, 64, 127, 128, 256, 2047, 2048]]
+    for family, shared_kib in FAMILIES:
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for H in (128, 768):
+                warm = _variants(shapes, family, shared_kib, dtype, H)
+                needed = _variants(launched, family, shared_kib, dtype, H)
+                missed = [shape for variant, shape in needed.items() if variant not in warm]
+                assert not missed, f"{family} {dtype} H={H}: (batch, length) {missed} compile in the first pass"
+                assert len(warm) > len({L for _, L in shapes}) // 2  # not one kernel for all: variants are told apart
+
+
+def test_compile_variant_tells_apart_what_triton_compiles_apart(monkeypatch):
+    """Batches of one bucket share a kernel unless a constexpr differs: whole packed tiles or a ragged tail."""
+    from lsr.kernels import pool_triton
+
+    monkeypatch.setattr(pool_triton, "INTERPRET", True)
+    one = lambda B, L: set(_variants([(B, L)], "sm90", 227, torch.bfloat16, 128))  # noqa: E731
+    assert one(8, 32) == one(2048, 32)  # whole tiles of 8 sequences (do_not_specialize B: no new kernel)
+    assert one(3, 32) == one(2047, 32) != one(8, 32)  # a ragged last tile
+    assert one(4, 48) != one(4, 64)  # shorter than the bucket: columns are masked (4 whole sequences fill a tile at 64)
+    assert one(3, 176) == one(2048, 256)  # the tiled kernel has no such variants
