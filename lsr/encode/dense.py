@@ -116,12 +116,12 @@ class DenseEncoder:
                         backend: str = "auto") -> "DenseEncoder":
         """Load a bundled short name (``minilm``), a local folder or a hub id.
 
-        ``backend`` "auto" loads a mean-pooled BERT folder for CPU inference without transformers
+        ``backend`` "auto" loads a mean-pooled BERT folder for inference without transformers
         (``native_bert``); "transformers" always uses it.
         """
         config = SentenceConfig.read(resolve_model(name_or_path))
         packed = config.pooling == "mean"  # the only pooling ``packed_bert`` gives, so the only one loaded natively
-        loaded = native_bert.load_native(name_or_path, device, backend, native_bert.load_model if packed else None)
+        loaded = native_bert.load_native(name_or_path, backend, native_bert.load_model if packed else None)
         if loaded is not None:
             model, tokenizer = loaded
         else:

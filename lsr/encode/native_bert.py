@@ -1,14 +1,14 @@
-"""BERT encoders for CPU inference, loaded from a model folder without importing transformers.
+"""BERT encoders for inference, loaded from a model folder without importing transformers.
 
 Why: importing transformers' BERT pulls in torch._dynamo and torch.distributed and costs about 3 s and
 250 MB at every process start, more than ``lsr search`` then spends on everything else. A plain BERT
 folder (config.json, model.safetensors, tokenizer.json: the bundled models, ``lsr train``'s output,
 most SPLADE and sentence-transformers BERT checkpoints) needs only its weights, its WordPiece tokenizer
-and the padding-free forward of ``packed_bert``, which runs every CPU encode anyway. The modules here
-carry the names ``BertModel`` gives its parts, so that forward and the safetensors keys fit them as
-they are, and the vectors are the same bits. Anything else (other architectures, .bin or sharded
-weights, a tokenizer.json that its tokenizer_config.json contradicts, training, a GPU) returns None
-here and loads through transformers.
+and the forwards of ``packed_bert`` (padding-free on CPU, padded on a GPU), which run every BERT encode
+anyway. The modules here carry the names ``BertModel`` gives its parts, so those forwards and the
+safetensors keys fit them as they are, and the vectors are the same bits. Anything else (other
+architectures, .bin or sharded weights, a tokenizer.json that its tokenizer_config.json contradicts,
+training) returns None here and loads through transformers.
 """
 
 from __future__ import annotations
@@ -200,7 +200,9 @@ class NativeTokenizer:
         if truncation:
             raise ValueError("NativeTokenizer does not truncate; lsr.encode.inputs.truncated_token_ids does")
         single = isinstance(texts, str)
-        rows = [e.ids for e in self.backend.encode_batch([texts] if single else texts, add_special_tokens=add_special_tokens)]
+        # encode_batch_fast skips the character offsets, which nothing here reads: 8% less time on SciFact's documents
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        rows = [e.ids for e in encode([texts] if single else texts, add_special_tokens=add_special_tokens)]
         return {"input_ids": rows[0] if single else rows}
 
     def get_vocab(self) -> dict[str, int]:
@@ -329,18 +331,17 @@ def _read_json(folder: str, name: str) -> dict | None:
 BACKENDS = ("auto", "transformers")
 
 
-def load_native(name_or_path: str, device: str | torch.device, backend: str,
+def load_native(name_or_path: str, backend: str,
                 loader: Callable[[str], tuple[nn.Module, NativeTokenizer] | None] | None
                 ) -> tuple[nn.Module, NativeTokenizer] | None:
-    """``loader``'s (model, tokenizer) for a local folder encoded on the CPU when ``backend`` is "auto"; None means
+    """``loader``'s (model, tokenizer) for a local folder when ``backend`` is "auto" (CPU or GPU); None means
     load with transformers ("transformers" always does: training needs its modules and ``save_pretrained``), as
     does a model kind with no ``loader`` here."""
-    from lsr.encode.inputs import resolve_device
     from lsr.encode.models import resolve_model
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if loader is None or backend != "auto" or resolve_device(device).type != "cpu":
+    if loader is None or backend != "auto":
         return None
     folder = resolve_model(name_or_path)
     return loader(folder) if os.path.isdir(folder) else None

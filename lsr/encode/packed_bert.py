@@ -7,6 +7,7 @@ packed as [tokens, hidden]. On CPU attention runs text by text, so a text's vect
 whatever else is in its batch (see ``_attention``); on a GPU it runs on the padded
 [batch, heads, length, head_dim] layout with pad keys masked, one launch per layer. Same arithmetic as
 ``BertModel`` in eval mode up to fp32 summation order; any other model keeps its own forward (``supports``).
+The SPLADE encoder's GPU forward keeps the whole batch padded (``masked_lm_hidden_padded``): no host sync.
 The dense encoder pools it by mean (``mean_pooled``), the SPLADE encoder through the MLM transform
 (``masked_lm_hidden``): a micro-batch of SciFact queries pads to nearly twice its tokens.
 """
@@ -59,6 +60,25 @@ def masked_lm_hidden(model: torch.nn.Module, input_ids: torch.Tensor, keep: torc
     hidden = tokens.new_zeros(*keep.shape, tokens.shape[-1])
     hidden[keep] = tokens
     return hidden
+
+
+def masked_lm_hidden_padded(model: torch.nn.Module, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``masked_lm_hidden`` in the padded layout, for a GPU: [B, L, H], pad positions left as computed.
+
+    Packing gathers the kept tokens by a boolean mask, whose size the host must read back: a GPU would stall on
+    it at every batch, and the pooling kernel's launch tables were measured on padded batches anyway. The
+    pooling masks pad positions out, so their values do not matter.
+    """
+    positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
+    x = model.bert.embeddings(input_ids=input_ids, position_ids=positions)
+    pad_keys = keep[:, None, None, :]
+    for layer in model.bert.encoder.layer:
+        self_attention = layer.attention.self
+        q, k, v = (proj(x) for proj in (self_attention.query, self_attention.key, self_attention.value))
+        context = _heads_attend(q, k, v, self_attention.num_attention_heads, self_attention.attention_head_size, pad_keys)
+        x = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + x)
+        x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+    return model.cls.predictions.transform(x)
 
 
 def mean_pooled(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -177,11 +177,11 @@ class SpladeEncoder:
     ):
         """Load a hub id, a local folder, or a bundled short name (``splade-tiny``).
 
-        ``backend`` "auto" loads a plain BERT MLM folder for CPU inference without transformers
+        ``backend`` "auto" loads a plain BERT MLM folder for inference without transformers
         (``native_bert``: about 3 s less at every start, the same vectors); "transformers" always uses it.
         """
         masked_lm = cls.auto_model_class == "AutoModelForMaskedLM"
-        loaded = native_bert.load_native(name_or_path, device, backend, native_bert.load_masked_lm if masked_lm else None)
+        loaded = native_bert.load_native(name_or_path, backend, native_bert.load_masked_lm if masked_lm else None)
         if loaded is not None:
             model, tokenizer = loaded
         else:
@@ -239,6 +239,11 @@ class SpladeEncoder:
         pipeline on a host sync). Asked per batch: ``lsr train`` toggles training mode."""
         return self.device.type == "cpu" and packed_bert.supports_masked_lm(self.model)
 
+    def _runs_bert_padded(self) -> bool:
+        """A BERT MLM on a GPU runs ``packed_bert``'s padded forward: native models (loaded without transformers)
+        have no forward of their own, and it launches fewer ops than transformers' (a 2-layer model is host-bound)."""
+        return self.device.type != "cpu" and packed_bert.supports_masked_lm(self.model)
+
     # ------------------------------------------------------------------ internals
     def _token_budget(self, max_length: int) -> int:
         """How many tokens of one text a ``max_length`` input holds (what truncation is judged against)."""
@@ -271,6 +276,8 @@ class SpladeEncoder:
                       expansion: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._runs_packed():
             hidden = packed_bert.masked_lm_hidden(self.model, input_ids, attention_mask.bool())
+        elif self._runs_bert_padded():
+            hidden = packed_bert.masked_lm_hidden_padded(self.model, input_ids, attention_mask.bool())
         else:
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         pooled = self._pool(hidden, pool_mask)
