@@ -84,6 +84,40 @@ def test_the_tokenizer_equals_transformers_on_real_and_odd_texts(model, texts):
         ours(texts, truncation=True)
 
 
+def test_long_texts_are_read_only_as_far_as_they_are_kept(texts, beir_dir):
+    """A long text is tokenised from a prefix cut at a space: the kept tokens are transformers' own truncation's,
+    whatever stands at the cut (long words, no spaces, CJK, accents, control characters, a prefix that falls short)."""
+    from transformers import AutoTokenizer
+
+    from lsr.encode.inputs import PREFIX_CHARS_PER_TOKEN, truncated_token_ids
+    from lsr.eval.datasets import load_beir
+
+    folder = resolve_model("splade-tiny")
+    ours, theirs = native_bert.load_tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    reach = PREFIX_CHARS_PER_TOKEN * 64
+    adversarial = [
+        "x" * 150 + " " + "word " * 400,  # a 150-character word: one [UNK]
+        ("y" * 120 + " ") * 40,  # [UNK]s only: the prefix keeps 3 of them, so the text is read again in full
+        "nospace" * 300,  # no break to cut at
+        "北京大学的研究" * 90 + " tail",
+        " ".join(["cafe\u0301 na\u00efve"] * 120),
+        "a" * (reach - 1) + " b\x00c " + "d " * 300,  # the cut lands beside a control character
+        ("word " * (reach // 5))[:-1] + "\n" + "e " * 200,
+        "tab\tsep " * 200,
+    ]
+    nfcorpus = load_beir(beir_dir / "nfcorpus.tar.gz")
+    corpus = texts + adversarial + nfcorpus.doc_texts(list(nfcorpus.corpus)[:300])
+    specials = set(theirs.all_special_ids)
+    for max_length in (64, 256):
+        rows, lengths = truncated_token_ids(ours, corpus, max_length, specials)
+        want = theirs(corpus, truncation=True, max_length=max_length, verbose=False)["input_ids"]
+        full = np.array([len(ids) for ids in theirs(corpus, truncation=False, verbose=False)["input_ids"]])
+        assert rows == want
+        assert np.array_equal(lengths > max_length, full > max_length)
+        assert (lengths <= full).all() and (lengths[full <= max_length] == full[full <= max_length]).all()
+        assert (lengths < full).sum() > 20  # long texts were read only in part
+
+
 def test_inference_free_queries_use_the_native_tokenizer(texts, tmp_path):
     folder = tmp_path / "doc-only"
     shutil.copytree(resolve_model("splade-tiny"), folder)

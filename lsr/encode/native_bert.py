@@ -185,6 +185,10 @@ class NativeTokenizer:
     """A BERT WordPiece tokenizer.json behind the calls our encoders make of a transformers tokenizer
     (``backend`` is the ``tokenizers.Tokenizer`` for anything else)."""
 
+    # Its normaliser works character by character and its pre-tokenizer splits at spaces before WordPiece reads
+    # each word alone, so a text cut at a space gives the whole text's first tokens (inputs.truncated_token_ids).
+    reads_words_alone = True
+
     def __init__(self, backend: Any, specials: dict[str, str], model_max_length: int | None) -> None:
         self.backend = backend
         vocab = backend.get_vocab(with_added_tokens=True)
