@@ -59,6 +59,15 @@ class _State:
     def scale(self) -> float | None:
         return max((s.scale for s in self.segments), default=None)
 
+    @property
+    def live(self) -> int:
+        """Documents not deleted: no search returns more hits."""
+        return sum(s.live for s in self.segments)
+
+    def hit_count(self, k: int) -> int:
+        """How many hits a top-``k`` search can return (k = 10**12 allocated for each: a MemoryError)."""
+        return min(int(k), max(1, self.live))
+
     def locations(self) -> dict[str, tuple[int, int]]:
         """doc id -> (segment index, local row) of live documents, built on first use."""
         with self._lock:
@@ -151,7 +160,7 @@ class InvertedIndex:
 
     @property
     def num_docs(self) -> int:
-        return sum(s.live for s in self._state.segments)
+        return self._state.live
 
     @property
     def vocab_size(self) -> int:
@@ -251,7 +260,7 @@ class InvertedIndex:
         state = self._state
         _check_search_args(k, bound_factor, algorithm)
         terms, weights = query_terms(query, self.vocab_size, state.token_ids)
-        k = min(int(k), max(1, sum(s.live for s in state.segments)))  # no more hits than documents (10**12: a MemoryError)
+        k = state.hit_count(k)
         internal, scores = self._search_terms(state, terms, weights, k, top_terms, bound_factor, algorithm)
         return [Hit(d, s) for d, s in zip(state.doc_ids(internal), scores.tolist())]
 
@@ -260,10 +269,11 @@ class InvertedIndex:
         """Search many queries in parallel threads (the kernels release the GIL).
 
         Returns ``ids`` (object [n, k], None where a query has fewer than k hits) and ``scores``
-        (float32 [n, k], -inf in those places).
+        (float32 [n, k], -inf in those places); k is at most the number of documents.
         """
         state = self._state
         _check_search_args(k, bound_factor, algorithm)
+        k = state.hit_count(k)
         rows = query_rows(queries, self.vocab_size, state.token_ids)
         ids = np.full((len(rows), k), None, dtype=object)
         scores = np.full((len(rows), k), -np.inf, dtype=np.float32)

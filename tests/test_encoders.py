@@ -170,6 +170,15 @@ def test_non_string_raises_type_error_naming_position(splade):
         splade.encode_queries([None])
 
 
+def test_unordered_texts_are_refused(splade):
+    """Vectors come back in input order: a set or a dict has none (a dict gave its keys' vectors, a set any order)."""
+    for texts in ({"protein folding", "vitamin d"}, frozenset({"a b"}), {"d1": "protein folding"}):
+        with pytest.raises(TypeError, match=f"ordered.*got a {type(texts).__name__}"):
+            splade.encode_documents(texts)
+    assert len(splade.encode_documents(("a tuple", "is ordered"))) == 2
+    assert len(splade.encode_documents(t for t in ["a generator", "is too"])) == 2
+
+
 def test_truncation_is_counted_reported_and_applied(splade, caplog):
     long_text = " ".join(f"word{i}" for i in range(600))
     with caplog.at_level(logging.WARNING, logger="lsr.encode.splade"):

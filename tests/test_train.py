@@ -246,6 +246,7 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("model-negatives-for-jsonl", "--negatives model mines a BEIR corpus"),
     ("no-dev-split", "has no qrels/dev.tsv to validate on"),
     ("nan-score", "line 1: 'scores' must be 2 finite numbers"),
+    ("huge-score", "line 1: teacher 'scores' must lie within ±10,000, got 1e+308"),  # inf in float32: "lower --lr"
     ("max-minutes-nan", "--max-minutes must be a positive number"),  # NaN was no limit at all
     ("seed-negative", "--seed must be in [0, 2**32)"),
     ("flops-inf", "--flops-query and --flops-doc must be numbers ≥ 0"),  # these failed at step 1, as "lower --lr"
@@ -261,6 +262,8 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_text("\n")
     elif case == "nan-score":  # one such row made every weight NaN, and the run wrote a dead model with exit 0
         data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"], "scores": [float("nan"), 1.0]}))
+    elif case == "huge-score":
+        data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"], "scores": [1e308, 1.0]}))
     elif case == "not-utf8":
         data.write_bytes(b"\xef\xbb\xbf" + json.dumps({"query": "q", "positive": "p"}).encode() + b"\n{\"\xff\"}\n")  # a BOM is fine
     elif case == "no-positive":
@@ -618,7 +621,7 @@ def test_a_resume_from_a_model_folder_whose_files_changed_is_refused(examples, t
         train(fresh_model(), examples, tmp_path / "run", config, progress=False, resume=True)
 
 
-def test_a_checkpoint_write_cut_short_leaves_an_out_a_new_run_can_use(examples, tmp_path):
+def test_a_checkpoint_write_cut_short_leaves_an_out_a_new_run_can_use(examples, tmp_path, capfd):
     """kill -9 during the first checkpoint write left only checkpoint.pt.PID.tmp: neither a new run nor --resume
     could use OUT. A new run now takes it, and a run (new or resumed) sweeps such leftovers when it starts."""
     data, out = tmp_path / "pairs.jsonl", tmp_path / "out"
@@ -628,3 +631,4 @@ def test_a_checkpoint_write_cut_short_leaves_an_out_a_new_run_can_use(examples, 
     assert main(["train", str(data), str(out), "--epochs", "1", "--batch-size", "4", "--max-length", "32",
                  "--dev-split", "none", "--quiet"]) == 0
     assert (out / "model.safetensors").exists() and not list(out.glob("*.tmp"))
+    assert "%|" not in capfd.readouterr().err  # --quiet: no bar, transformers' "Writing model shards" neither

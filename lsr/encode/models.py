@@ -9,13 +9,14 @@ cannot be reached (or ``HF_HUB_OFFLINE`` is set), instead of after transformers'
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlparse
 
 T = TypeVar("T")
@@ -140,20 +141,28 @@ def load_with_hint(name: str, loader: Callable[[str], T]) -> T:
         ) from None
 
 
+@contextlib.contextmanager
+def transformers_quiet() -> Iterator[None]:
+    """transformers' reports and progress bars ("Loading weights", "Writing model shards") silenced for the block:
+    our own progress says what is happening, and ``--quiet`` means quiet."""
+    from transformers.utils import logging as hf_logging
+
+    previous, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def quiet_loader(auto_cls: Any) -> Callable[[str], Any]:
-    """``auto_cls.from_pretrained`` with transformers' weight-loading report and progress bar silenced."""
+    """``auto_cls.from_pretrained`` under ``transformers_quiet``."""
 
     def load(path: str) -> Any:
-        from transformers.utils import logging as hf_logging
-
-        previous, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
+        with transformers_quiet():
             return auto_cls.from_pretrained(path)
-        finally:
-            hf_logging.set_verbosity(previous)
-            if bar:
-                hf_logging.enable_progress_bar()
 
     return load

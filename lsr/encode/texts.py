@@ -3,6 +3,7 @@ without importing torch."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set as AbstractSet
 from typing import Any, Sequence
 
 
@@ -12,6 +13,8 @@ def check_texts(texts: Any) -> list[str]:
     an opaque TypeError) raises ValueError naming it."""
     if isinstance(texts, str):
         texts = [texts]
+    elif isinstance(texts, (AbstractSet, Mapping)):  # vectors come back in input order, which these do not have
+        raise TypeError(f"texts must be ordered (a list or tuple of strings), got a {type(texts).__name__}")
     elif not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
         raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
     texts = list(texts)

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 MINED_NEGATIVES = 20  # pool size per query; each epoch draws from it
 
 
+# Teacher scores are matched as margins to the student's dot products (tens): a margin of millions would swamp the
+# loss, and one past float32's range trained on inf.
+MAX_TEACHER_SCORE = 10_000.0
+
+
 @dataclass(frozen=True)
 class Example:
     query: str
@@ -104,6 +109,10 @@ def _example(line: str, where: str) -> Example:
                 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores)):
             raise ValueError(f"{where}: 'scores' must be {1 + len(negatives)} finite numbers (the positive's, then "
                              "each negative's)")
+        if max(abs(s) for s in scores) > MAX_TEACHER_SCORE:  # 1e308 became inf in float32 and failed as "lower --lr"
+            raise ValueError(f"{where}: teacher 'scores' must lie within ±{MAX_TEACHER_SCORE:,.0f}, got "
+                             f"{max(scores, key=abs):g}; divide them by a constant (margin-MSE matches their differences "
+                             "to the model's dot products, which stay in the tens)")
         scores = tuple(float(s) for s in scores)
     return Example(row["query"], row["positive"], tuple(negatives), scores)
 

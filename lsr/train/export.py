@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from lsr.encode.models import transformers_quiet
 from lsr.encode.splade import IDF_TABLE, DecoderSpladeEncoder, SpladeEncoder, output_projection_attached
 from lsr.files import write_json_atomic
 from lsr.train.model import TrainableSplade
@@ -34,7 +35,7 @@ def save_model_folder(trainable: TrainableSplade, out: Path) -> None:
     """Weights, tokenizer, the IDF table (inference-free) and, for MLMs, the SparseEncoder description into ``out``."""
     encoder = trainable.encoder
     out.mkdir(parents=True, exist_ok=True)
-    with output_projection_attached(trainable.model) as model:
+    with output_projection_attached(trainable.model) as model, transformers_quiet():
         model.save_pretrained(out)
     encoder.tokenizer.save_pretrained(out)
     if trainable.idf is not None:  # the inference-free query side: InferenceFreeQueryEncoder reads this table
