@@ -354,6 +354,12 @@ def test_options_of_the_wrong_kind_fail_in_one_clear_line(searcher, splade):
     assert searcher.search("aspirin", k=3, mode="hybrid", hybrid=HybridOptions(normalization="rrf")).hits
     with pytest.raises(ValueError, match="key is a token or a whole term id, got 2.7"):
         searcher.search(sparse={2.7: 1.0}, k=3)
+    term = searcher._token_ids["heart"]  # a term given as a token and as its id adds up, as the index's queries do
+    both = searcher.search(sparse={"heart": 1.0, term: 2.0, "risk": 0.5}, k=5, mode="sparse")
+    assert [(h.doc_id, h.score) for h in both.hits] == [(h.doc_id, h.score) for h in searcher.search(
+        sparse={"heart": 3.0, "risk": 0.5}, k=5, mode="sparse").hits]
+    assert both.hits[0].score != pytest.approx(searcher.search(sparse={"heart": 2.0, "risk": 0.5}, k=5,
+                                                                mode="sparse").hits[0].score)
     with pytest.raises(ValueError, match=r"a dense query is one vector, got an array of shape \(2, 192\)"):
         searcher.search(dense=np.ones((2, 192)), k=3, mode="dense")
     batch = splade.encode_documents(["aspirin lowers heart attack risk"])

@@ -610,8 +610,8 @@ class Searcher:
                 term = int(token)
                 if not 0 <= term < self.vocab_size:
                     raise ValueError(f"term id {term} is outside the vocabulary (0..{self.vocab_size - 1})")
-            if weight > 0:
-                out[term] = max(out.get(term, 0.0), float(weight))
+            if weight > 0:  # a term given twice (as a token and as its id) adds up, as in the index's own queries
+                out[term] = out.get(term, 0.0) + float(weight)
         if out:
             _check_scale("the sparse query's largest weight", max(out.values()))
         return out
@@ -718,9 +718,13 @@ def _combine(runs: dict[str, Ranking], legs: dict[str, float], hybrid: HybridOpt
 
 
 def row_dict(batch: SparseBatch, i: int) -> dict[int, float]:
-    """Row i of a SparseBatch as a {term id: weight} dict, the form search_encoded takes."""
+    """Row i of a SparseBatch as a {term id: weight} dict, the form search_encoded takes (a term id that a
+    hand-built batch repeats adds up, as a sparse matrix's duplicates do)."""
     ids, vals = batch.row(i)
-    return dict(zip(ids.tolist(), vals.tolist()))
+    out: dict[int, float] = {}
+    for term, weight in zip(ids.tolist(), vals.tolist()):
+        out[term] = out.get(term, 0.0) + weight
+    return out
 
 
 def _top(run: Ranking, m: int) -> tuple[list[str], np.ndarray]:
