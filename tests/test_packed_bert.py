@@ -48,39 +48,27 @@ def test_the_gpus_padded_attention_equals_the_cpus_text_by_text(minilm, scifact)
     torch.testing.assert_close(per_text, padded, rtol=0, atol=1e-5)
 
 
-def test_the_splade_models_mlm_transform_runs_padding_free(splade, scifact):
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_the_splade_models_mlm_transform_equals_transformers(layout, splade, scifact):
     """SPLADE's BertForMaskedLM (vocabulary projection swapped out) gives transformers' hidden states at real
-    positions and zeros at pads, which its pooling masks anyway."""
+    positions: packed (CPU) with zeros at pads, which its pooling masks anyway, and padded (a GPU's: no host
+    sync) for transformers' modules and native_bert's alike."""
+    from lsr.encode import native_bert
+    from lsr.encode.models import resolve_model
+
     assert packed_bert.supports_masked_lm(splade.model)
     texts = list(scifact.queries.values())[:7] + ["x", scifact.doc_texts([next(iter(scifact.corpus))])[0]]
     enc = splade.tokenizer(texts, padding=True, truncation=True, max_length=96, return_tensors="pt")
     keep = enc["attention_mask"].bool()
     assert not keep.all()
+    forward = packed_bert.masked_lm_hidden if layout == "packed" else packed_bert.masked_lm_hidden_padded
     with torch.inference_mode():
         want = splade.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        got = packed_bert.masked_lm_hidden(splade.model, enc["input_ids"], keep)
-    assert got.shape == want.shape
-    torch.testing.assert_close(got[keep], want[keep], rtol=1e-5, atol=1e-5)
-    assert not got[~keep].any()
-
-
-def test_the_gpus_padded_splade_forward_equals_transformers(splade, scifact):
-    """A GPU runs BERT MLMs, transformers' and native_bert's alike, through the padded forward (no host sync):
-    transformers' hidden states at every real position, for both kinds of model."""
-    from lsr.encode import native_bert
-    from lsr.encode.models import resolve_model
-
-    native, _ = native_bert.load_masked_lm(resolve_model("splade-tiny"))
-    texts = list(scifact.queries.values())[:7] + ["x", scifact.doc_texts([next(iter(scifact.corpus))])[0]]
-    enc = splade.tokenizer(texts, padding=True, truncation=True, max_length=96, return_tensors="pt")
-    keep = enc["attention_mask"].bool()
-    assert not keep.all()
-    with torch.inference_mode():
-        want = splade.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        for model in (splade.model, native):
-            got = packed_bert.masked_lm_hidden_padded(model, enc["input_ids"], keep)
+        for model in (splade.model, native_bert.load_masked_lm(resolve_model("splade-tiny"))[0]):
+            got = forward(model, enc["input_ids"], keep)
             assert got.shape == want.shape
             torch.testing.assert_close(got[keep], want[keep], rtol=1e-5, atol=1e-5)
+            assert layout == "padded" or not got[~keep].any()
 
 
 def test_other_models_keep_their_own_forward(minilm, splade):
