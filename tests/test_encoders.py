@@ -170,6 +170,20 @@ def test_non_string_raises_type_error_naming_position(splade):
         splade.encode_queries([None])
 
 
+def test_a_text_of_unknown_tokens_is_cut_to_max_length(splade):
+    """600 emoji are 600 [UNK]s: truncation kept every trailing [UNK] as if the tokenizer had appended it, so past
+    max_length = 512 the model's position table ran out (IndexError / 'index 512 is out of bounds')."""
+    from lsr.encode.splade import SpladeEncoder
+
+    text = "\U0001F600 " * 600
+    for encoder in (splade, SpladeEncoder.from_pretrained("splade-tiny", device="cpu", max_length=512)):
+        rows, lengths = encoder._tokenize([text, "plain words " + text], encoder.max_length)
+        assert [len(r) for r in rows] == [encoder.max_length] * 2 and lengths.tolist() == [602, 604]
+        assert rows[1][:4] == [101, 5810, 2616, 100] and rows[1][-1] == 102 and rows[1].count(102) == 1
+        batch, info = encoder.encode_documents([text], return_info=True)
+        assert len(batch) == 1 and info.truncated.tolist() == [True]
+
+
 def test_unordered_texts_are_refused(splade):
     """Vectors come back in input order: a set or a dict has none (a dict gave its keys' vectors, a set any order)."""
     for texts in ({"protein folding", "vitamin d"}, frozenset({"a b"}), {"d1": "protein folding"}):

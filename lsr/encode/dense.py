@@ -98,7 +98,6 @@ class DenseEncoder:
         self.config = config
         self.name = name or getattr(model, "name_or_path", type(model).__name__)
         self.dim = int(model.config.hidden_size)
-        self._special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
         # BERT encoders with mean pooling skip the padding (lsr.encode.packed_bert)
         self._packed = config.pooling == "mean" and packed_bert.supports(self.model)
         # Other models pad a batch to its longest text, which changes a low-precision vector's bits on CPU
@@ -160,8 +159,7 @@ class DenseEncoder:
         pad = self.tokenizer.pad_token_id or 0
 
         def tokenize(start: int, stop: int) -> list[list[int]]:
-            rows, lengths = truncated_token_ids(self.tokenizer, [texts[i] for i in live[start:stop]], self.max_length,
-                                                self._special_ids)
+            rows, lengths = truncated_token_ids(self.tokenizer, [texts[i] for i in live[start:stop]], self.max_length)
             n_tokens[live[start:stop]] = lengths
             return rows
 

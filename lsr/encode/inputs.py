@@ -42,10 +42,9 @@ class EncodeInfo:
 PREFIX_CHARS_PER_TOKEN = 6
 
 
-def truncated_token_ids(tokenizer: Any, texts: list[str], max_length: int,
-                        special_ids: set[int]) -> tuple[list[list[int]], np.ndarray]:
-    """Token ids with special tokens, cut to ``max_length`` keeping the trailing special tokens (as a
-    tokenizer's own truncation does), and every text's length before the cut.
+def truncated_token_ids(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids with special tokens, cut to ``max_length`` keeping the special tokens the tokenizer appends (as its
+    own truncation does), and every text's length before the cut.
 
     A tokenizer with ``reads_words_alone`` (``native_bert``'s WordPiece) reads a long text only up to a space
     past ``PREFIX_CHARS_PER_TOKEN x max_length`` characters; its length is then that prefix's, a lower bound
@@ -60,15 +59,24 @@ def truncated_token_ids(tokenizer: Any, texts: list[str], max_length: int,
         for i, ids in zip(short, token_ids(tokenizer, [texts[i] for i in short], add_special_tokens=True, truncation=False)):
             enc[i] = ids
     lengths = np.fromiter((len(ids) for ids in enc), dtype=np.int64, count=len(enc))
-    out = []
-    for ids in enc:
-        if len(ids) > max_length:
-            tail = 0
-            while tail < len(ids) and ids[len(ids) - 1 - tail] in special_ids:
-                tail += 1
-            ids = ids[: max_length - tail] + ids[len(ids) - tail :]
-        out.append(ids)
-    return out, lengths
+    tail = _appended_specials(tokenizer)
+    return [ids[: max_length - tail] + ids[len(ids) - tail :] if len(ids) > max_length else ids for ids in enc], lengths
+
+
+def _appended_specials(tokenizer: Any) -> int:
+    """How many special tokens the tokenizer appends after a text (BERT: [SEP]), read once from a sample.
+
+    Not "the trailing ids that are special": an [UNK] (an emoji, a 100-character word) or a literal "[SEP]" at the
+    cut was kept in place of the last word, and 512 emoji kept more than max_length ids, which crashed the model.
+    """
+    found = tokenizer.__dict__.get("_lsr_appended_specials")
+    if found is None:
+        bare = token_ids(tokenizer, ["a"], add_special_tokens=False, truncation=False)[0]
+        full = token_ids(tokenizer, ["a"], add_special_tokens=True, truncation=False)[0]
+        starts = [i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare]
+        found = len(full) - starts[0] - len(bare) if starts and bare else 0
+        tokenizer.__dict__["_lsr_appended_specials"] = found
+    return found
 
 
 def _word_prefix(text: str, chars: int) -> str:

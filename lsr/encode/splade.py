@@ -250,7 +250,7 @@ class SpladeEncoder:
         return max_length
 
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
-        return truncated_token_ids(self.tokenizer, texts, max_length, self._special_ids)
+        return truncated_token_ids(self.tokenizer, texts, max_length)
 
     def _batch_inputs(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, pool_mask); the pool mask marks positions that may win the max."""
