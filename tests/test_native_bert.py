@@ -107,6 +107,14 @@ def test_long_texts_are_read_only_as_far_as_they_are_kept(texts, beir_dir):
         "a " * 191 + "\U0001F600 " + "b " * 300,  # an [UNK] is the cut's last token: it was kept as if appended
         "a " * 189 + "[SEP] " + "b " * 300,  # so was a literal [SEP]
         "\U0001F600 " * 600,  # [UNK]s only: more than max_length ids were kept (512 crashed the model)
+        "a," * 3000,  # no space: cut before punctuation
+        # The last break before 6 x 64 characters is the "]" of a written [SEP], which the tokenizer matches before
+        # splitting words: cut there, the prefix's 63rd token was "[" (3 [UNK]s, 58 commas, then the token).
+        ("x" * 105 + " ") * 3 + "," * 58 + "   " + "[SEP]" + "b" * 50 + " tail" * 100,
+        "北京大学的研究文本" * 400,  # no space: cut before an ideograph
+        "a\x1cb" * 2000,  # \x1c is whitespace to Python but dropped by the normaliser: never a break
+        "protein " * 2000,  # 8 characters a token: the prefix falls short and is read four times as far
+        "fluorodeoxyglucose " * 600,  # longer still
     ]
     nfcorpus = load_beir(beir_dir / "nfcorpus.tar.gz")
     corpus = texts + adversarial + nfcorpus.doc_texts(list(nfcorpus.corpus)[:300])
@@ -118,6 +126,8 @@ def test_long_texts_are_read_only_as_far_as_they_are_kept(texts, beir_dir):
         assert np.array_equal(lengths > max_length, full > max_length)
         assert (lengths <= full).all() and (lengths[full <= max_length] == full[full <= max_length]).all()
         assert max_length == 512 or (lengths < full).sum() > 20  # long texts were read only in part
+    huge = "protein " * 500_000  # 4 MB, which a query may be: its tokens were all read (1.9 GB for 4M of them)
+    assert truncated_token_ids(ours, [huge], 512)[1][0] < 10_000
 
 
 def test_inference_free_queries_use_the_native_tokenizer(texts, tmp_path):

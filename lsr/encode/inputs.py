@@ -36,9 +36,10 @@ class EncodeInfo:
     n_tokens: np.ndarray  # int per input text, before truncation (at least that many for a long text cut unread)
 
 
-# A text longer than this many characters per kept token is tokenised from a prefix that ends at a space: SciFact's
-# documents average 4.5 characters a token, and a tokenizer that reads words one by one gives that prefix's tokens
-# exactly as the whole text's first ones. A 50,000-character document costs what its first 1,536 do (max_length 256).
+# A text longer than this many characters per kept token is tokenised from a prefix that ends before a word break:
+# SciFact's documents average 4.5 characters a token, and a tokenizer that reads words one by one gives that prefix's
+# tokens exactly as the whole text's first ones. A 50,000-character document costs what its first 1,536 do
+# (max_length 256), and a 4 MB query no more than the few thousand characters it keeps.
 PREFIX_CHARS_PER_TOKEN = 6
 
 
@@ -46,18 +47,25 @@ def truncated_token_ids(tokenizer: Any, texts: list[str], max_length: int) -> tu
     """Token ids with special tokens, cut to ``max_length`` keeping the special tokens the tokenizer appends (as its
     own truncation does), and every text's length before the cut.
 
-    A tokenizer with ``reads_words_alone`` (``native_bert``'s WordPiece) reads a long text only up to a space
-    past ``PREFIX_CHARS_PER_TOKEN x max_length`` characters; its length is then that prefix's, a lower bound
-    that is still over ``max_length`` (a prefix that falls short is read again in full).
+    A tokenizer with ``word_prefix`` (``native_bert``'s WordPiece: a text cut where its tokens stay the whole
+    text's first ones) reads a long text only up to ``PREFIX_CHARS_PER_TOKEN x max_length`` characters, four
+    times as far while that falls short; a cut text's length is then its prefix's, a lower bound that is still
+    over ``max_length``.
     """
-    prefixes = texts
-    if getattr(tokenizer, "reads_words_alone", False):
-        prefixes = [_word_prefix(text, PREFIX_CHARS_PER_TOKEN * max_length) for text in texts]
-    enc = token_ids(tokenizer, prefixes, add_special_tokens=True, truncation=False)
-    short = [i for i, (prefix, text) in enumerate(zip(prefixes, texts)) if prefix is not text and len(enc[i]) <= max_length]
-    if short:
-        for i, ids in zip(short, token_ids(tokenizer, [texts[i] for i in short], add_special_tokens=True, truncation=False)):
-            enc[i] = ids
+    enc: list = [None] * len(texts)
+    word_prefix = getattr(tokenizer, "word_prefix", None)
+    reach = PREFIX_CHARS_PER_TOKEN * max_length if word_prefix is not None else None
+    todo = list(range(len(texts)))
+    while todo:
+        prefixes = [texts[i] if reach is None else word_prefix(texts[i], reach) for i in todo]
+        short = []
+        for i, prefix, ids in zip(todo, prefixes, token_ids(tokenizer, prefixes, add_special_tokens=True,
+                                                             truncation=False)):
+            if prefix is not texts[i] and len(ids) <= max_length:
+                short.append(i)  # long words: the prefix holds too few tokens to know the first max_length
+            else:
+                enc[i] = ids
+        todo, reach = short, reach and 4 * reach
     lengths = np.fromiter((len(ids) for ids in enc), dtype=np.int64, count=len(enc))
     tail = _appended_specials(tokenizer)
     return [ids[: max_length - tail] + ids[len(ids) - tail :] if len(ids) > max_length else ids for ids in enc], lengths
@@ -77,16 +85,6 @@ def _appended_specials(tokenizer: Any) -> int:
         found = len(full) - starts[0] - len(bare) if starts and bare else 0
         tokenizer.__dict__["_lsr_appended_specials"] = found
     return found
-
-
-def _word_prefix(text: str, chars: int) -> str:
-    """``text`` up to its last space or newline within ``chars`` characters (the same object when it is not cut:
-    shorter, or no break in the second half of that span). Only ASCII breaks: a character that a normaliser
-    drops (a control character) would join the words around it."""
-    if len(text) <= chars:
-        return text
-    cut = max(text.rfind(" ", 0, chars), text.rfind("\n", 0, chars))
-    return text[:cut] if cut > chars // 2 else text
 
 
 def report_truncation(log: logging.Logger, n_tokens: np.ndarray, max_length: int) -> EncodeInfo:

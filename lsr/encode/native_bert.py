@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,6 +26,10 @@ WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 SPECIAL_ROLES = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 IGNORED_KEYS = ("pooler.", "embeddings.position_ids", "embeddings.token_type_ids")  # unused by our forward
+# A character class, left open: ASCII whitespace and punctuation. Not other whitespace: Python's ``\s`` takes
+# \x1c-\x1f, control characters the normaliser drops, which joins the words around them.
+WORD_BREAKS = r"[ \t\n\r!-/:-@\[-`{-~"
+CJK_IDEOGRAPHS = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # within those BERT's normaliser spaces
 
 
 @dataclass(frozen=True)
@@ -185,12 +190,14 @@ class NativeTokenizer:
     """A BERT WordPiece tokenizer.json behind the calls our encoders make of a transformers tokenizer
     (``backend`` is the ``tokenizers.Tokenizer`` for anything else)."""
 
-    # Its normaliser works character by character and its pre-tokenizer splits at spaces before WordPiece reads
-    # each word alone, so a text cut at a space gives the whole text's first tokens (inputs.truncated_token_ids).
-    reads_words_alone = True
-
-    def __init__(self, backend: Any, specials: dict[str, str], model_max_length: int | None) -> None:
+    def __init__(self, backend: Any, specials: dict[str, str], model_max_length: int | None, *,
+                 chinese_chars: bool = True) -> None:
         self.backend = backend
+        # Its normaliser works character by character, and its pre-tokenizer starts a new word before ASCII
+        # whitespace and punctuation (and CJK ideographs, where the normaliser spaces them) before WordPiece reads
+        # each word alone: a text cut there gives the whole text's first tokens (inputs.truncated_token_ids).
+        self._word_breaks = re.compile(WORD_BREAKS + (CJK_IDEOGRAPHS if chinese_chars else "") + "]")
+        self._special_texts = sorted(set(specials.values()))
         vocab = backend.get_vocab(with_added_tokens=True)
         self._vocab = vocab
         self.all_special_ids = sorted({vocab[token] for token in specials.values()})
@@ -208,6 +215,25 @@ class NativeTokenizer:
         encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
         rows = [e.ids for e in encode([texts] if single else texts, add_special_tokens=add_special_tokens)]
         return {"input_ids": rows[0] if single else rows}
+
+    def word_prefix(self, text: str, chars: int) -> str:
+        """``text`` cut before its last word break within ``chars`` characters, so that its tokens are the whole
+        text's first ones; the same object when it is not cut (shorter, or no break in the second half of the span).
+        A special token written in the text ("[SEP]") is matched before any word is split, so a cut never falls
+        inside one."""
+        if len(text) <= chars:
+            return text
+        cut = None
+        for cut in self._word_breaks.finditer(text, chars // 2, chars):
+            pass
+        if cut is None:
+            return text
+        at = cut.start()
+        for token in self._special_texts:
+            inside = text.rfind(token, max(0, at - len(token) + 1), at + len(token) - 1)  # one spanning the cut
+            if inside != -1:
+                at = inside
+        return text[:at]
 
     def get_vocab(self) -> dict[str, int]:
         return dict(self._vocab)
@@ -246,7 +272,8 @@ def load_tokenizer(folder: str) -> NativeTokenizer | None:
     if any(backend.token_to_id(token) is None for token in specials.values()):
         return None
     limit = config.get("model_max_length")
-    return NativeTokenizer(backend, specials, int(limit) if isinstance(limit, int) else None)
+    return NativeTokenizer(backend, specials, int(limit) if isinstance(limit, int) else None,
+                           chinese_chars=expected_normalizer["handle_chinese_chars"])
 
 
 def load_masked_lm(folder: str) -> tuple[NativeBertForMaskedLM, NativeTokenizer] | None:
