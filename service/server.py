@@ -131,7 +131,8 @@ class SearchServer:
         self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch,
                                        encode_workers=config.encode_workers,
                                        max_response_bytes=config.max_response_bytes,
-                                       max_upsert_bytes_held=config.max_upsert_bytes_held)
+                                       max_upsert_bytes_held=config.max_upsert_bytes_held,
+                                       max_upsert_streams=max(1, config.workers // 4))
         interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
         interceptors.append(LenientDecoding())
         limits = [  # both bounded to protect the server

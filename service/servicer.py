@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import threading
 import time
 import uuid
@@ -24,11 +25,12 @@ import numpy as np
 from lsr.encode.texts import is_blank
 from lsr.files import CorruptFileError, FolderBusyError
 from lsr.ingest.collection import CollectionReplaced
-from lsr.search.searcher import FailedPrecondition, legs_of
+from lsr.search.searcher import FailedPrecondition, check_query_length, legs_of
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.batching import DeadlinePassed, MicroBatcher
 from lsr.service.shard_set import ShardUnavailable
+from lsr.sparse import id_problem, short_repr
 from lsr.service.convert import (
     TIMING_FIELDS, hybrid_from_proto, k_from_proto, mode_from_proto, prf_from_proto, result_to_proto,
 )
@@ -40,6 +42,9 @@ MAX_UPSERT_DOCS = 10_000  # documents in one Upsert stream
 MAX_UPSERT_BYTES = 64 * 1024 * 1024  # ids + texts of one Upsert stream, checked as messages arrive
 MAX_UPSERT_BYTES_HELD = 256 * 1024 * 1024  # ids + texts of every Upsert stream the server holds at once
 _BATCH_CHUNK = 8  # SearchBatch encodes this many texts at a time (an encode cannot be interrupted)
+# A caller's x-request-id is logged and echoed only if it is one short word: "abc status=OK" forged log fields.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
+MAX_MESSAGE_CHARS = 1000  # of an error's status message: gRPC's trailers hold 8-16 KB, and a long id once passed them
 # Bytes of one hit in a response beside its text: id, scores, field tags; explain adds up to 10 terms.
 _HIT_BYTES = 64
 _EXPLAIN_BYTES = 10 * 32
@@ -137,7 +142,8 @@ class _Call:
     def __init__(self, method: str, context: grpc.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata())
         self.method = method
-        self.request_id = metadata.get("x-request-id") or uuid.uuid4().hex[:16]
+        given = metadata.get("x-request-id")
+        self.request_id = given if isinstance(given, str) and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
         self.started = time.perf_counter()
         self.fields: dict[str, object] = {}
         remaining = context.time_remaining()
@@ -173,7 +179,7 @@ def _rpc(method):
                     raise Draining("the server is shutting down; retry on another replica")
                 response = method(self, decoded(request), call)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status code
-                code, message = _status_of(exc), _message_of(exc)
+                code, message = _status_of(exc), _message_of(exc)[:MAX_MESSAGE_CHARS]
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("rpc=%s request_id=%s internal error", name, call.request_id)
                     message = f"internal error (request id {call.request_id}); the server log has details"
@@ -200,10 +206,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     """Validates requests, micro-batches text encodings, and hands the rest to the Searcher."""
 
     def __init__(self, searcher, *, batch_window: float = 0.002, max_batch: int = 64, encode_workers: int = 2,
-                 max_response_bytes: int = 64 * 1024 * 1024, max_upsert_bytes_held: int = MAX_UPSERT_BYTES_HELD) -> None:
+                 max_response_bytes: int = 64 * 1024 * 1024, max_upsert_bytes_held: int = MAX_UPSERT_BYTES_HELD,
+                 max_upsert_streams: int = 16) -> None:
         self.searcher = searcher
         self.max_response_bytes = max_response_bytes
         self.upsert_bytes = UpsertBytes(max_upsert_bytes_held)
+        # An Upsert holds a handler thread while its client streams (or stalls): 64 stalled streams took every
+        # thread, health checks included. Writes run one at a time anyway, so a few streams at once are plenty.
+        self.max_upsert_streams = max_upsert_streams
+        self._upsert_streams = threading.BoundedSemaphore(max_upsert_streams)
         # Sparse and dense encoders batch separately, so a hybrid query's two encodings overlap.
         busy = lambda: self.in_flight  # noqa: E731 - requests that may still join a batch
         # One pool of encode slots for both encoders: a hybrid query's two encodings overlap, yet no
@@ -243,11 +254,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             result = self.searcher.search(text, sparse=sparse, dense=dense, deadline=call.deadline, **options)
         response = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id,
                                    total_ms=call.elapsed_ms())
-        size = response.ByteSize() if options["include_text"] else 0  # else the estimate before the work bounds it
-        if size > self.max_response_bytes:  # the estimate was low: these hits' texts are long
+        size = response.ByteSize()
+        if size > self.max_response_bytes:  # the estimate was low: these hits' texts (or ids) are long
             raise TooLarge(f"the response is {size / 2**20:,.0f} MiB, over the server's "
-                           f"{self.max_response_bytes / 2**20:.0f} MiB response limit (k={options['k']} with text: "
-                           "these documents are long); ask for fewer hits, or include_text=false and fetch the texts")
+                           f"{self.max_response_bytes / 2**20:.0f} MiB response limit (k={options['k']}: these "
+                           "documents are long); ask for fewer hits, or include_text=false and fetch the texts")
         self._count("requests")
         if result.partial:
             call.fields.update(shards_missing=",".join(result.shards_missing))
@@ -266,6 +277,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         for i, text in enumerate(texts):
             if is_blank(text):
                 raise ValueError(f"texts[{i}] is empty or whitespace; every query needs some words")
+            check_query_length(text, f"texts[{i}]")
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None, texts=len(texts))
         self._check_response_size(len(texts), options)
         out = pb.SearchBatchResponse()
@@ -286,9 +298,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @_rpc
     def Upsert(self, request_iterator, call: _Call) -> pb.UpsertResponse:
-        with self.upsert_bytes.stream() as take:
-            ids, texts = _read_upsert_stream(request_iterator, call, take)
-            self.searcher.upsert(ids, texts, deadline=call.deadline, check=call.check)
+        if not self._upsert_streams.acquire(blocking=False):
+            raise TooLarge(f"{self.max_upsert_streams} upsert streams are open, the server's limit (a quarter of its "
+                           "--workers, so that searches and health checks keep threads); retry shortly")
+        try:
+            with self.upsert_bytes.stream() as take:
+                ids, texts = _read_upsert_stream(request_iterator, call, take)
+                self.searcher.upsert(ids, texts, deadline=call.deadline, check=call.check)
+        finally:
+            self._upsert_streams.release()
         call.fields.update(docs=len(ids))
         return pb.UpsertResponse(upserted=len(ids), index_version=self.searcher.index_version)
 
@@ -300,7 +318,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         not_found = list(self.searcher.delete(ids, deadline=call.deadline, check=call.check))
         call.fields.update(ids=len(ids), not_found=len(not_found))
         if len(not_found) == len(set(ids)):
-            raise KeyError(f"none of the {len(set(ids))} ids is in the collection (first: {not_found[0]!r})")
+            raise KeyError(f"none of the {len(set(ids))} ids is in the collection (first: {short_repr(not_found[0])})")
         return pb.DeleteResponse(deleted=len(set(ids)) - len(not_found), not_found=not_found,
                                  index_version=self.searcher.index_version)
 
@@ -445,13 +463,14 @@ def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> t
     """The stream's ids and texts, checked as they arrive: bounded count and bytes (``take`` each document's from
     the server's budget for all streams), no repeats, no empty texts."""
     ids, texts, seen, size = [], [], set(), 0
-    for message in messages:
+    for message in _stream(messages, call):
         message = decoded(message)
         call.check("reading the upsert stream")
         for doc in message.documents:
             where = f"document {len(ids)} of the stream"
-            if not doc.id:
-                raise ValueError(f"{where} has no id")
+            problem = id_problem(doc.id)
+            if problem is not None:
+                raise ValueError(f"{where}: its id {short_repr(doc.id)} {problem}")
             if doc.id in seen:
                 raise ValueError(f"{where} repeats id {doc.id!r}; send each id once")
             if not message.allow_empty_documents and is_blank(doc.text):
@@ -469,6 +488,20 @@ def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> t
     if not ids:
         raise ValueError("the upsert stream held no documents")
     return ids, texts
+
+
+def _stream(messages, call: _Call) -> Iterator:
+    """A client stream's messages; one that ends early (the caller cancelled, or its deadline passed: gRPC raises
+    RpcError from the read) is CANCELLED or DEADLINE_EXCEEDED, not an internal error with a traceback."""
+    messages = iter(messages)
+    while True:
+        try:
+            yield next(messages)
+        except StopIteration:
+            return
+        except grpc.RpcError:
+            call.check("reading the upsert stream")
+            raise Abandoned("the upsert stream ended before its last message") from None
 
 
 def _query_of(request: pb.SearchRequest):

@@ -155,15 +155,16 @@ def test_an_upsert_stopped_by_a_bad_row_keeps_the_writes_before_it(built, tmp_pa
     assert all(Collection.open(col).view().docs.contains(f"b{i}") for i in range(10))
 
 
-def test_delete_ids_file_keeps_each_id_as_written(built, tmp_path, capsys):
-    """An id may start or end with a space; the ids file's lines are those ids, so they are not stripped."""
+def test_an_id_a_trec_run_cannot_hold_is_refused_naming_its_line(built, tmp_path, capsys):
+    """" padded" was stored, and then every TREC run of the collection failed at that document."""
     col = shutil.copytree(built, tmp_path / "col")
-    assert main(["upsert", str(_jsonl(tmp_path / "pad.jsonl", {" padded": "A padded id's text."})), str(col),
-                 "--quiet"]) == 0
-    (tmp_path / "ids.txt").write_text(" padded\r\n\n  \n")
-    assert main(["delete", str(col), "--ids-file", str(tmp_path / "ids.txt")]) == 0
-    assert "deleted 1 of 1 documents" in capsys.readouterr().out
-    assert not Collection.open(col).view().docs.contains(" padded")
+    source = _jsonl(tmp_path / "pad.jsonl", {"fine": "A fine id's text.", " padded": "A padded id's text."})
+    assert main(["upsert", str(source), str(col), "--quiet"]) == 2
+    assert "line 2: id ' padded' holds ' ' at character 0" in capsys.readouterr().err
+    view = Collection.open(col).view()
+    assert not view.docs.contains(" padded") and not view.docs.contains("fine")  # the upsert wrote nothing
+    assert main(["upsert", str(source), str(col), "--quiet", "--on-error", "skip"]) == 0
+    assert Collection.open(col).view().docs.contains("fine")
 
 
 def test_skip_and_limit_count_positions_in_the_source(built, tmp_path, capsys):

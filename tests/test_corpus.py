@@ -164,6 +164,7 @@ BAD_LINES = [
     "",                                                   # blank lines are not rows
     json.dumps({"_id": "d", "text": "also fine", "title": None}),
     json.dumps({"_id": "e", "body": "the text sits under another key"}),  # line 8: no configured text field
+    json.dumps({"_id": "doc 9", "text": "an id a TREC run cannot hold"}),  # line 9: bad id
 ]
 
 
@@ -174,6 +175,7 @@ BAD_LINES = [
     (5, "invalid JSON", "invalid JSON"),
     (8, "missing text", r"none of the text fields \['title', 'text'\] is present \(the row has \['_id', 'body'\]\); "
                         "choose them with --fields"),
+    (9, "bad id", r"id 'doc 9' holds ' ' at character 3; an id is one word"),
 ])
 def test_bad_rows_fail_naming_the_line(tmp_path, line, reason, message):
     lines = [BAD_LINES[0], BAD_LINES[line - 1], BAD_LINES[6]]
@@ -189,7 +191,7 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     assert ids == ["a", "d"] and texts == ["fine", "also fine"]
     assert rows == [1, 7]
     assert reader.stats.skipped == {"missing id": 1, "duplicate id": 1, "non-string text": 1, "invalid JSON": 1,
-                                    "missing text": 1}
+                                    "missing text": 1, "bad id": 1}
 
 
 def test_invalid_utf8_inside_a_json_string_names_its_line_and_is_skipped_on_request(tmp_path):

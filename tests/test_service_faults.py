@@ -8,7 +8,7 @@ import shutil
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import grpc
@@ -229,6 +229,99 @@ def test_upsert_streams_are_checked_as_they_arrive(server):
         with pytest.raises(grpc.RpcError) as err:
             c.upsert([f"many-{i}" for i in range(10_001)], ["t"] * 10_001, chunk_size=2000)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "10,000 documents" in err.value.details()
+
+
+def test_stalled_upsert_streams_cannot_take_every_thread(collection, tmp_path):
+    """64 stalled Upsert streams held all 64 handler threads: searches and health checks timed out. Past a quarter of
+    --workers, a stream is refused at once (RESOURCE_EXHAUSTED, retry) and searches keep answering."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = ServerProcess(shutil.copytree(collection, tmp_path / "col"), "--workers", "8").wait_listening()
+    release = threading.Event()
+
+    def stalled(i: int):
+        yield pb.UpsertRequest(documents=[pb.Document(id=f"stalled-{i}", text="quokka")])
+        release.wait(60)
+
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            streams = [pool.submit(_stub(server.address).Upsert, stalled(i), timeout=120) for i in range(3)]
+            done, _ = wait(streams, timeout=30, return_when=FIRST_COMPLETED)  # 8 // 4 = 2 streams at once
+            assert len(done) == 1
+            refused = done.pop()
+            assert refused.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "upsert streams are open" in refused.exception().details()
+            with server.client() as c:
+                assert c.search("quokka habitat", k=3, timeout=10).hits is not None
+            health = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+            release.set()
+            assert sorted(f.result().upserted for f in streams if f is not refused) == [1, 1]
+    finally:
+        release.set()
+        server.kill()
+
+
+def test_a_cancelled_upsert_stream_is_abandoned_not_internal(server):
+    """A client that cancels mid-stream (or whose deadline passes) made the read raise RpcError inside the handler:
+    logged as an internal error with a traceback, and not counted as abandoned."""
+    release = threading.Event()
+
+    def slow():
+        yield pb.UpsertRequest(documents=[pb.Document(id="cancelled-1", text="quokka")])
+        release.wait(5)
+        yield pb.UpsertRequest(documents=[pb.Document(id="cancelled-2", text="quokka")])
+
+    with server.client() as c:
+        before = c.stats()["abandoned"]
+        future = _stub(server.address).Upsert.future(slow(), timeout=60)
+        time.sleep(1.0)
+        future.cancel()
+        release.set()
+        deadline = time.monotonic() + 30
+        while c.stats()["abandoned"] == before:
+            assert time.monotonic() < deadline, "the cancelled stream was never counted as abandoned"
+            time.sleep(0.05)
+        with pytest.raises(grpc.RpcError) as err:
+            c.delete(["cancelled-1"])
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # nothing was written
+    line = next(line for line in reversed(server.lines) if "rpc=Upsert" in line)
+    assert "status=CANCELLED" in line and "internal error" not in server.log()
+
+
+@pytest.mark.parametrize("doc_id, problem", [
+    ("spaced id", "holds ' ' at character 6"), ("nul\x00id", "holds '\\x00'"), ("tab\tid", "holds '\\t'"),
+    ("x" * 600, "is 600 bytes long; an id may hold at most 512"),
+])
+def test_ids_a_trec_run_or_a_trailer_cannot_hold_are_refused(server, doc_id, problem):
+    """Ids with whitespace or NUL were stored, then broke every TREC run of the collection; a 20 KB id echoed in an
+    error passed gRPC's trailer limit, so the caller got RESOURCE_EXHAUSTED ('Stream removed') for a NOT_FOUND."""
+    with server.client() as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.upsert([doc_id], ["quokka"])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and problem in err.value.details()
+        assert len(err.value.details()) < 400
+        with pytest.raises(grpc.RpcError) as err:
+            c.delete(["Z" * 20_000])
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "20,000 characters" in err.value.details()
+
+
+def test_a_forged_request_id_is_replaced_and_a_huge_query_refused(server):
+    """x-request-id 'abc status=OK ...' forged log fields; a 4 MB query held the tokenizer (and 1.9 GB) for seconds."""
+    stub = _stub(server.address)
+    _, call = stub.Search.with_call(pb.SearchRequest(text="quokka", k=3),
+                                    metadata=(("x-request-id", "abc status=OK fake=1"),), timeout=30)
+    given = dict(call.trailing_metadata())["x-request-id"]
+    assert given != "abc status=OK fake=1" and " " not in given
+    _, call = stub.Search.with_call(pb.SearchRequest(text="quokka", k=3), metadata=(("x-request-id", "req-42"),),
+                                    timeout=30)
+    assert dict(call.trailing_metadata())["x-request-id"] == "req-42"
+    assert "fake=1" not in server.log()
+    for request in (pb.SearchRequest(text="protein " * 500_000), pb.SearchBatchRequest(texts=["ok", "protein " * 20_000])):
+        with pytest.raises(grpc.RpcError) as err:
+            (stub.Search if isinstance(request, pb.SearchRequest) else stub.SearchBatch)(request, timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "a query may hold at most 100,000" in err.value.details()
 
 
 # ---------------------------------------------------------------------------------- statuses

@@ -25,7 +25,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from lsr.ingest.beir_source import BeirSource
-from lsr.sparse import SparseBatch
+from lsr.sparse import SparseBatch, id_problem, short_repr
 
 log = logging.getLogger(__name__)
 ON_ERROR = ("fail", "skip")
@@ -279,6 +279,9 @@ class CorpusReader:
             return self._bad("missing text", row_no,
                              f"none of the text fields {self.fields} is present{has}; choose them with --fields", out)
         doc_id = str(doc_id)
+        problem = id_problem(doc_id)
+        if problem is not None:
+            return self._bad("bad id", row_no, f"id {short_repr(doc_id)} {problem}", out)
         parts = []
         for name, value in zip(self.fields, values):
             if value is None:
