@@ -22,10 +22,10 @@ from typing import Callable, Iterator
 import grpc
 import numpy as np
 
-from lsr.encode.texts import is_blank
+from lsr.encode.texts import check_query_length, is_blank
 from lsr.files import CorruptFileError, FolderBusyError
 from lsr.ingest.collection import CollectionReplaced
-from lsr.search.searcher import FailedPrecondition, check_query_length, legs_of
+from lsr.search.searcher import FailedPrecondition, legs_of
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.batching import DeadlinePassed, MicroBatcher

@@ -173,6 +173,8 @@ def test_topics_ids_that_a_run_cannot_hold_are_refused_and_a_bom_is_no_header(tm
         read_topics(_write(tmp_path / "spaced.tsv", "q1\tvitamin d\nq 2\tbones\n"))
     with pytest.raises(ValueError, match="line 1: a topic needs an id"):
         read_topics(_write(tmp_path / "odd.jsonl", '{"_id": {"a": 1}, "text": "vitamin d"}\n'))
+    with pytest.raises(ValueError, match=r"long.tsv line 2: query 'q2' is 160,000 characters; a query may hold at most"):
+        read_topics(_write(tmp_path / "long.tsv", "q1\tvitamin d\nq2\t" + "protein " * 20_000 + "\n"))  # before loading
 
 
 def test_doc_verb_searcher_doc_and_queries_that_are_not_text(collections, capsys):

@@ -36,3 +36,13 @@ def is_blank(text: str) -> bool:
     """Whether a text has no words: empty, or whitespace, NUL and zero-width characters only (a tokenizer drops
     them all, and an encoder given nothing encodes its special tokens: 'is', 'means', 'and' ...)."""
     return not text.translate(_NO_WORDS).strip()
+
+
+# A question or a passage; a longer "query" is a mistake (a document pasted whole), and BM25 reads every word of it
+# (2.2 s for 3.9 MB, on a server thread).
+MAX_QUERY_CHARS = 100_000
+
+
+def check_query_length(text: str, what: str = "the query text") -> None:
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValueError(f"{what} is {len(text):,} characters; a query may hold at most {MAX_QUERY_CHARS:,}")

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import IO, Iterable
 
-from lsr.encode.texts import is_blank
+from lsr.encode.texts import check_query_length, is_blank
 from lsr.eval.metrics import Run
 from lsr.files import text_lines
 
@@ -95,6 +95,7 @@ def read_topics(path: str | Path) -> list[tuple[str, str]]:
             raise ValueError(f"{path} line {line_no}: {exc}") from None
         if is_blank(text):  # as search_batch judges it, before the model loads
             raise ValueError(f"{path} line {line_no}: query {qid!r} has no text")
+        check_query_length(text, f"{path} line {line_no}: query {qid!r}")
         seen.add(qid)
         topics.append((qid, text))
     if not topics:

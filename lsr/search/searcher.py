@@ -44,9 +44,6 @@ PRF_INTERPOLATIONS = ("before", "after", "both", "none")
 FUSED_FEEDBACK = ("before", "both")  # feedback documents from the fused list
 INTERPOLATE_AFTER = ("after", "both")  # the PRF run interpolated with the first run
 MAX_K = 1000
-# A question or a passage; a longer "query" is a mistake (a document pasted whole), and BM25 reads every word of it
-# (2.2 s for 3.9 MB, on a server thread).
-MAX_QUERY_CHARS = 100_000
 UPSERT_CHECK_EVERY = 128  # documents encoded between two looks at whether an upsert's caller is still there
 # auto: the model itself, unless its folder ships an idf.json (a model trained for IDF queries: inference-free)
 QUERY_ENCODERS = ("auto", "splade", "inference-free")
@@ -423,7 +420,7 @@ class Searcher:
 
         ``check(stage)`` runs before each query's search and may raise to stop the rest (the
         service passes its deadline check, so an expired batch stops within one query)."""
-        from lsr.encode.texts import is_blank
+        from lsr.encode.texts import check_query_length, is_blank
 
         texts = query_list(texts)
         for i, text in enumerate(texts):
@@ -586,7 +583,7 @@ class Searcher:
             raise TypeError(f"the query text must be a str, got {type(text).__name__} (a {{term: weight}} dict goes in "
                             "sparse=, a vector in dense=; many texts go to search_batch)")
         if text is not None:
-            from lsr.encode.texts import check_texts, is_blank
+            from lsr.encode.texts import check_query_length, check_texts, is_blank
 
             if is_blank(text):
                 raise ValueError("the query text is empty or whitespace")
@@ -699,11 +696,6 @@ def _check_scale(what: str, value: float) -> None:
     if not low <= value <= high:
         raise ValueError(f"{what} is {value:g}; scale the query so it lies between {low:g} and {high:g} "
                          "(scores are float32; scaling keeps the ranking)")
-
-
-def check_query_length(text: str, what: str) -> None:
-    if len(text) > MAX_QUERY_CHARS:
-        raise ValueError(f"{what} is {len(text):,} characters; a query may hold at most {MAX_QUERY_CHARS:,}")
 
 
 def check_query_encoder(query_encoder: str, threads: int | None) -> None:
