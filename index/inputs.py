@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
-from lsr.sparse import QUERY_SCALE, SparseBatch, check_ids, id_list
+from lsr.sparse import QUERY_SCALE, SparseBatch, id_list
 
 
 def _canonical_csr(batch: SparseBatch) -> SparseBatch:
@@ -63,7 +63,6 @@ def document_batch(vectors, doc_ids: Sequence | None, vocab_size: int | None) ->
         ids.extend(chunk_ids)
     if not batches:
         raise ValueError("no vectors given")
-    check_ids(ids)
     duplicates = [i for i, n in Counter(ids).items() if n > 1]
     if duplicates:
         raise ValueError(f"duplicate doc ids in one batch: {duplicates[:10]}; each id may appear once")
