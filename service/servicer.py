@@ -25,7 +25,7 @@ import numpy as np
 from lsr.encode.texts import check_query_length, is_blank
 from lsr.files import CorruptFileError, FolderBusyError
 from lsr.ingest.collection import CollectionReplaced
-from lsr.search.searcher import FailedPrecondition, legs_of
+from lsr.search.searcher import FailedPrecondition, legs_of, row_dict
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.batching import DeadlinePassed, MicroBatcher
@@ -441,8 +441,7 @@ def _sparse_encodings(searcher):
         started = time.perf_counter()
         batch, info = searcher.encode_queries(texts)
         elapsed = time.perf_counter() - started
-        rows = (batch.row(i) for i in range(len(texts)))
-        return [(dict(zip(ids.tolist(), vals.tolist())), bool(cut), elapsed) for (ids, vals), cut in zip(rows, info.truncated)]
+        return [(row_dict(batch, i), bool(cut), elapsed) for i, cut in enumerate(info.truncated)]
 
     return encode
 

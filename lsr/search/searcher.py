@@ -723,9 +723,11 @@ def row_dict(batch: SparseBatch, i: int) -> dict[int, float]:
     """Row i of a SparseBatch as a {term id: weight} dict, the form search_encoded takes (a term id that a
     hand-built batch repeats adds up, as a sparse matrix's duplicates do)."""
     ids, vals = batch.row(i)
-    out: dict[int, float] = {}
-    for term, weight in zip(ids.tolist(), vals.tolist()):
-        out[term] = out.get(term, 0.0) + weight
+    out = dict(zip(ids.tolist(), vals.tolist()))
+    if len(out) < len(ids):  # only a hand-built batch repeats a term: an encoder's rows take the line above alone
+        out = {}
+        for term, weight in zip(ids.tolist(), vals.tolist()):
+            out[term] = out.get(term, 0.0) + weight
     return out
 
 
