@@ -142,6 +142,8 @@ class SpladeEncoder:
         self.device = resolve_device(device)
         self.model = model.to(self.device, dtype=resolve_dtype(dtype, self.device)).eval()
         self.weight, self.bias = _detach_output_projection(self.model)
+        if self._runs_bert_padded() and self.weight.dtype in (torch.bfloat16, torch.float16):
+            packed_bert.keep_norms_float32(self.model)  # the head, detached first, keeps its half copy even when tied
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.query_max_length = query_max_length
@@ -207,8 +209,7 @@ class SpladeEncoder:
 
         shapes = warm_up_shapes(max(self.max_length, self.query_max_length))
         if self.pooling == "max" and resolve_impl(self.impl, self.device) == "triton":
-            dtype = next(self.model.parameters()).dtype
-            precompile(shapes, self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype))
+            precompile(shapes, self.weight, None if self.bias is None else self.bias.to(self.weight.dtype))
         token = next(i for i in range(self.vocab_size) if i not in self._special_ids)
         for batch, length in shapes:
             ids = torch.full((batch, length), token, device=self.device)
