@@ -358,3 +358,14 @@ def test_dense_index_upserts_removes_and_round_trips(tmp_path, hnsw_m):
         index.search(np.zeros((1, 8), np.float32), k=1)
     missing, padded = index.search(vectors[:1], k=400)
     assert missing[0, -1] is None and padded[0, -1] == -np.inf
+
+
+def test_a_build_warms_up_no_length_past_its_documents():
+    """A build encodes documents only: its SPLADE encoder's query side is no longer than they are, so a GPU's
+    load-time warm-up (``warm_up_shapes`` up to the longer of the two) compiles no bucket a build never runs."""
+    from lsr.ingest.indexing import load_encoders
+    from lsr.kernels.pool_triton import warm_up_shapes
+
+    sparse, _ = load_encoders(IndexOptions(max_length=100, dense_model=None))
+    assert sparse.max_length == sparse.query_max_length == 100
+    assert max(length for _, length in warm_up_shapes(max(sparse.max_length, sparse.query_max_length))) == 112

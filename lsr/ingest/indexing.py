@@ -396,12 +396,13 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
 
 def load_encoders(options: IndexOptions) -> tuple:
     """(SpladeEncoder, DenseEncoder or None): SPLADE documents of ``options.max_length`` tokens, dense ones of
-    the dense model's own ``max_seq_length`` (so the vectors equal sentence-transformers')."""
+    the dense model's own ``max_seq_length`` (so the vectors equal sentence-transformers'). A build encodes no
+    query, so on a GPU the SPLADE encoder compiles and warms up no length past the documents'."""
     from lsr.encode.splade import SpladeEncoder
 
     how = options.encoding()
-    sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length, device=how["device"],
-                                           dtype=how["dtype"])
+    sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length,
+                                           query_max_length=options.max_length, device=how["device"], dtype=how["dtype"])
     dense = None
     if options.dense_model:
         from lsr.encode.dense import DenseEncoder

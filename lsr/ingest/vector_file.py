@@ -43,7 +43,8 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
     output = Path(output).expanduser()
     if output.suffix != ".parquet":
         raise ValueError(f"--output must be a .parquet file, got {output}")
-    encoder = SpladeEncoder.from_pretrained(model, max_length=max_length, device=device, dtype=dtype)
+    encoder = SpladeEncoder.from_pretrained(model, max_length=max_length, query_max_length=max_length, device=device,
+                                            dtype=dtype)  # documents only: a GPU warms up no longer length
     summary = EncodeSummary(0)
 
     def write(fh) -> None:
