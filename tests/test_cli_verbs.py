@@ -371,3 +371,16 @@ def test_encode_text_keeps_to_max_length(capsys):
         assert cli_main(["encode", long_text, "--top", "0", "--json", *flags]) == 0
         counts.append(len(json.loads(capsys.readouterr().out)))
     assert counts[1] < counts[0]  # the flag was ignored for a TEXT
+
+
+def test_a_model_without_an_lm_head_is_refused_as_splade(capsys):
+    """MiniLM is a BertModel: loaded as a masked LM its head would be random weights (~29,000 random terms a text,
+    other ones at each load). It is refused in one line, in Python and on the command line."""
+    from lsr.encode.models import ModelNotFoundError
+    from lsr.encode.splade import SpladeEncoder
+
+    with pytest.raises(ModelNotFoundError, match="no BertForMaskedLM head .* not a SPLADE model"):
+        SpladeEncoder.from_pretrained("minilm", device="cpu")
+    assert cli_main(["encode", "aspirin heart attack", "--model", "minilm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a SPLADE model" in err

@@ -158,11 +158,19 @@ def transformers_quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def quiet_loader(auto_cls: Any) -> Callable[[str], Any]:
-    """``auto_cls.from_pretrained`` under ``transformers_quiet``."""
+def quiet_loader(auto_cls: Any, *, head_required: bool = False) -> Callable[[str], Any]:
+    """``auto_cls.from_pretrained`` under ``transformers_quiet``. ``head_required``: refuse (ValueError) a checkpoint
+    that lacks the head ``auto_cls`` puts on the base model (a SPLADE model's LM head): transformers would start it
+    from random weights, and every text would get ~29,000 random terms, different at each load."""
 
     def load(path: str) -> Any:
         with transformers_quiet():
-            return auto_cls.from_pretrained(path)
+            model, info = auto_cls.from_pretrained(path, output_loading_info=True)
+        head = sorted(k for k in info["missing_keys"] if not k.startswith(f"{model.base_model_prefix}."))
+        if head_required and head:
+            raise ValueError(f"its checkpoint has no {type(model).__name__} head ({len(head)} weights missing, such as "
+                             f"{head[0]}), so it is not a SPLADE model; sentence embedders such as MiniLM are dense "
+                             "models (lsr index --dense)")
+        return model
 
     return load

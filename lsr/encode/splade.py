@@ -190,7 +190,7 @@ class SpladeEncoder:
             import transformers
 
             tokenizer = load_with_hint(name_or_path, transformers.AutoTokenizer.from_pretrained)
-            model = load_with_hint(name_or_path, quiet_loader(getattr(transformers, cls.auto_model_class)))
+            model = load_with_hint(name_or_path, quiet_loader(getattr(transformers, cls.auto_model_class), head_required=True))
         return cls(
             model, tokenizer, max_length=max_length, query_max_length=query_max_length,
             device=device, dtype=dtype, name=str(name_or_path), **options,
