@@ -387,3 +387,61 @@ def test_the_dense_dtype_of_a_cpu_build_keys_its_cache(tmp_path):
     dataset = load_beir(tmp_path / "tiny.zip")
     auto, fp32 = (cache_folder(dataset, IndexOptions(device="cpu", dtype=dtype)) for dtype in ("auto", "fp32"))
     assert (auto != fp32) is cpu_has_native_bf16()
+
+
+def _beir_folder(root: Path, corpus: str, queries: str, qrels: str) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(corpus)
+    (root / "queries.jsonl").write_text(queries)
+    (root / "qrels" / "test.tsv").write_text(qrels)
+    return root
+
+
+GOOD_CORPUS = '{"_id": "d0", "text": "aspirin and the heart"}\n{"_id": "d1", "text": "coffee in the morning"}\n'
+GOOD_QUERIES = '{"_id": "q0", "text": "aspirin heart"}\n'
+
+
+@pytest.mark.parametrize("corpus, message", [
+    ('{"text": "no id here"}\n', "corpus.jsonl line 1: no _id"),
+    ('["d0", "text"]\n', "corpus.jsonl line 1: expected a JSON object, got list"),
+    (GOOD_CORPUS + '{"_id": "d0", "text": "again"}\n', "corpus.jsonl line 3: _id 'd0' is given twice"),
+    ('{"_id": "d 9", "text": "x"}\n', "corpus.jsonl line 1: _id 'd 9' holds ' '"),
+    ('{"_id": "d9", "text": 7}\n', "corpus.jsonl line 1: text is a int, not text"),
+    ("\n", "corpus.jsonl holds no rows"),
+])
+def test_a_corpus_the_indexer_would_refuse_is_refused_before_any_method_runs(tmp_path, capsys, corpus, message):
+    """One line naming the file and line, before BM25 is scored (a duplicate id used to keep its last copy silently,
+    score BM25, and only then fail in the indexer; a row without _id was a KeyError traceback)."""
+    folder = _beir_folder(tmp_path / "odd", corpus, GOOD_QUERIES, "query-id\tcorpus-id\tscore\nq0\td0\t1\n")
+    assert cli_main(["beir", "--dataset", str(folder), "--methods", "bm25", "--dense", "none", "--k", "10"]) == 2
+    out, err = capsys.readouterr()
+    assert message in err and err.count("\n") == 1 and "nDCG" not in out + err
+
+
+def test_judgements_of_unknown_queries_are_left_out_with_a_warning_and_trec_qrels_are_read(tmp_path, caplog):
+    """Qrels naming queries that queries.jsonl lacks scored them as misses (two such lines took nDCG@10 from 1.0 to
+    0.67); TREC's four-field qrels (which ``lsr eval`` reads) gave 0 queries; a split judging none is one line."""
+    qrels = "query-id\tcorpus-id\tscore\nq0\td0\t1\nqGhost\td1\t1\n"
+    dataset = load_beir(_beir_folder(tmp_path / "ghost", GOOD_CORPUS, GOOD_QUERIES, qrels))
+    assert dataset.qrels == {"test": {"q0": {"d0": 1}}}
+    assert "judges 1 queries that queries.jsonl does not hold (such as 'qGhost')" in caplog.text
+    trec = load_beir(_beir_folder(tmp_path / "trec", GOOD_CORPUS, GOOD_QUERIES, "q0 0 d0 2\r\n"))
+    assert trec.qrels == {"test": {"q0": {"d0": 2}}}
+    folder = _beir_folder(tmp_path / "none", GOOD_CORPUS, GOOD_QUERIES, "qX\td0\t1\n")
+    with pytest.raises(ValueError, match="qrels/test.tsv judges no query of its queries.jsonl"):
+        reported_test_qrels(folder)
+    with pytest.raises(ValueError, match="qrels/test.tsv line 2: grade 'high' is not a whole number"):
+        load_beir(_beir_folder(tmp_path / "grade", GOOD_CORPUS, GOOD_QUERIES, "q0\td0\t1\nq0\td1\thigh\n"))
+
+
+def reported_test_qrels(folder: Path) -> dict:
+    from lsr.eval.beir import reported_qrels
+
+    return reported_qrels(load_beir(folder), "test", folder)
+
+
+def test_a_file_that_only_ends_in_corpus_jsonl_is_not_the_corpus(tmp_path):
+    folder = _beir_folder(tmp_path / "suffix", GOOD_CORPUS, GOOD_QUERIES, "q0\td0\t1\n")
+    (folder / "corpus.jsonl").rename(folder / "notcorpus.jsonl")
+    with pytest.raises(FileNotFoundError, match="holds no corpus.jsonl"):
+        load_beir(folder)

@@ -115,6 +115,8 @@ def reported_qrels(dataset: BeirDataset, split: str, source: Path) -> dict[str, 
     """The judgements of the reported split, or one line naming the splits the dataset has."""
     if split not in dataset.qrels:
         raise ValueError(f"{source} has no qrels/{split}.tsv; it has {', '.join(sorted(dataset.qrels)) or 'none'}")
+    if not dataset.qrels[split]:
+        raise ValueError(f"{source}'s qrels/{split}.tsv judges no query of its queries.jsonl")
     return dataset.qrels[split]
 
 

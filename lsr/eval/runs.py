@@ -57,18 +57,24 @@ def read_trec_run(path: str | Path) -> Run:
 
 def read_qrels_file(path: str | Path) -> dict[str, dict[str, int]]:
     """TREC (4 fields) or BEIR TSV (3 fields, header skipped) qrels: qid → {docid: grade}."""
+    return parse_qrels(_rows(path), str(path))
+
+
+def parse_qrels(rows: Iterable[tuple[int, list[str]]], source: str) -> dict[str, dict[str, int]]:
+    """qid → {docid: grade} from (line number, whitespace-split fields) rows of TREC or BEIR qrels; a bad line
+    names ``source`` and itself."""
     qrels: dict[str, dict[str, int]] = {}
-    for line_no, parts in _rows(path):
+    for line_no, parts in rows:
         if len(parts) == 3 and parts[0] == "query-id":
             continue
         if len(parts) not in (3, 4):
-            raise ValueError(f"{path} line {line_no}: expected 'qid 0 docid grade' or 'query-id corpus-id score'")
+            raise ValueError(f"{source} line {line_no}: expected 'qid 0 docid grade' or 'query-id corpus-id score'")
         try:
             grade = float(parts[-1])
         except ValueError:
             grade = math.nan
         if not (grade.is_integer() and abs(grade) <= MAX_GRADE):
-            raise ValueError(f"{path} line {line_no}: grade {parts[-1]!r} is not a whole number up to {MAX_GRADE:,}")
+            raise ValueError(f"{source} line {line_no}: grade {parts[-1]!r} is not a whole number up to {MAX_GRADE:,}")
         qrels.setdefault(parts[0], {})[parts[-2]] = int(grade)
     return qrels
 

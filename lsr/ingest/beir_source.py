@@ -29,7 +29,7 @@ class BeirSource:
                 raise ValueError(f"cannot read {path}: {exc} (a damaged or truncated archive?)") from None
         else:
             raise ValueError(f"{path} is not a BEIR folder, .zip or .tar.gz archive")
-        corpus = sorted((n for n in self.names if n.endswith("corpus.jsonl")), key=len)
+        corpus = sorted((n for n in self.names if n == "corpus.jsonl" or n.endswith("/corpus.jsonl")), key=len)
         if not corpus:
             raise FileNotFoundError(f"{path} holds no corpus.jsonl; is it a BEIR dataset?")
         self.root = corpus[0][: -len("corpus.jsonl")]
