@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
-from lsr.sparse import QUERY_SCALE, SparseBatch, id_list
+from lsr.sparse import MAX_DOC_WEIGHT, QUERY_SCALE, SparseBatch, id_list
 
 
 def _canonical_csr(batch: SparseBatch) -> SparseBatch:
@@ -25,12 +25,12 @@ def _canonical_csr(batch: SparseBatch) -> SparseBatch:
     return SparseBatch(csr.indptr, csr.indices, csr.data, batch.vocab_size, batch.vocab)
 
 
-def _check_weights(values: np.ndarray, what: str, indptr: np.ndarray | None = None) -> None:
-    bad = ~np.isfinite(values) | (values < 0)
+def _check_weights(values: np.ndarray, what: str, indptr: np.ndarray | None = None, top: float = np.inf) -> None:
+    bad = ~np.isfinite(values) | (values < 0) | (values > top)
     if bad.any():
         where = f" (row {int(np.searchsorted(indptr, np.argmax(bad), side='right')) - 1})" if indptr is not None else ""
-        raise ValueError(f"{what} has a negative or non-finite weight {values[bad][0]}{where}; "
-                         "SPLADE weights must be finite and >= 0")
+        limit = "finite and >= 0" if np.isinf(top) else f"between 0 and {top:,g}"
+        raise ValueError(f"{what} has a weight {values[bad][0]:g} out of range{where}; SPLADE weights must be {limit}")
 
 
 def _check_terms(indices: np.ndarray, vocab_size: int, what: str) -> None:
@@ -67,7 +67,7 @@ def document_batch(vectors, doc_ids: Sequence | None, vocab_size: int | None) ->
     if duplicates:
         raise ValueError(f"duplicate doc ids in one batch: {duplicates[:10]}; each id may appear once")
     batch = SparseBatch.concat(batches) if len(batches) > 1 else batches[0]
-    _check_weights(batch.values, "document vectors", batch.indptr)
+    _check_weights(batch.values, "document vectors", batch.indptr, MAX_DOC_WEIGHT)
     _check_terms(batch.indices, vocab_size, "document vectors")
     return _canonical_csr(batch), ids
 

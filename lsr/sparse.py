@@ -22,6 +22,9 @@ from lsr.files import atomic_write
 _VOCAB_KEY = b"lsr.vocab"
 VOCAB_SIZE_KEY = b"lsr.vocab_size"
 QUERY_SCALE = (1e-30, 1e30)  # a query vector's largest value: float32 scores stay finite and non-zero
+# A document's largest weight. SPLADE's are a few units (sum pooling: thousands); 3.4e38 scored hits inf, and with
+# QUERY_SCALE's top a query needs hundreds of such terms before a float32 score overflows.
+MAX_DOC_WEIGHT = 1e6
 
 
 # A document id is one word of at most this many UTF-8 bytes: a TREC run line splits at whitespace, a control
@@ -239,12 +242,17 @@ class SparseBatch:
         elif vocab is not None:
             vocab_size = len(vocab)
         else:
-            raise ValueError("table carries no vocabulary size; pass vocab")
+            raise ValueError("its metadata has no lsr.vocab_size (a vectors file `lsr encode --output` writes has it), "
+                             "and no vocabulary was passed")
         ind = table.column("indices").combine_chunks()
         val = table.column("values").combine_chunks()
         indptr = np.asarray(ind.offsets, dtype=np.int64)
         indptr = indptr - indptr[0]
-        return cls(indptr, np.asarray(ind.flatten(), np.int32), np.asarray(val.flatten(), np.float32), vocab_size, vocab)
+        terms = np.asarray(ind.flatten())
+        if len(terms) and (terms.min() < 0 or terms.max() >= vocab_size):  # before int32: 2**32 + 5 would wrap to 5
+            bad = terms[(terms < 0) | (terms >= vocab_size)][0]
+            raise ValueError(f"the vectors have term id {int(bad)} outside the vocabulary [0, {vocab_size})")
+        return cls(indptr, terms.astype(np.int32), np.asarray(val.flatten(), np.float32), vocab_size, vocab)
 
     def write_parquet(self, path: str | Path, ids: Sequence[str] | None = None, *, with_vocab: bool = False) -> None:
         """Write atomically (temp file renamed into place, so a crash never leaves half a file); see ``to_arrow``."""

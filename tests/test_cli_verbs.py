@@ -111,7 +111,11 @@ def _write(path: Path, text: str) -> Path:
      "its column 'indices' holds int32, not lists of integers"),
     (lambda t: t.replace_schema_metadata({**t.schema.metadata, b"lsr.vocab_size": b"sixty"}),
      "its lsr.vocab_size is b'sixty', not a whole number"),
-], ids=["scalar-indices", "vocab-size-text"])
+    (lambda t: t.set_column(t.schema.get_field_index("indices"), "indices", pa.array(
+        [[2**32 + 5]] * t.num_rows, pa.list_(pa.int64()))).set_column(t.schema.get_field_index("values"), "values",
+                                                                      pa.array([[1.0]] * t.num_rows, pa.list_(pa.float32()))),
+     "term id 4294967301 outside the vocabulary"),  # was taken as term 5: int64 ids wrapped to int32
+], ids=["scalar-indices", "vocab-size-text", "int64-term-id"])
 def test_a_tampered_vectors_file_is_one_line_naming_it(collections, tmp_path, capsys, tamper, message):
     """Each was a traceback, or an error that did not say which file."""
     table = pq.read_table(collections["direct"].parent / "vectors.parquet")
@@ -169,8 +173,17 @@ def test_topics_ids_that_a_run_cannot_hold_are_refused_and_a_bom_is_no_header(tm
     from lsr.eval.runs import read_topics
 
     assert read_topics(_write(tmp_path / "bom.tsv", "\ufeffqid\ttext\nq1\tvitamin d\n")) == [("q1", "vitamin d")]
-    with pytest.raises(ValueError, match=r"spaced.tsv line 2: query id 'q 2' is empty or holds whitespace"):
+    with pytest.raises(ValueError, match=r"spaced.tsv line 2: query id 'q 2' holds ' ' at character 1"):
         read_topics(_write(tmp_path / "spaced.tsv", "q1\tvitamin d\nq 2\tbones\n"))
+    with pytest.raises(ValueError, match=r"nul.tsv line 1: query id 'q\\x001' holds '\\x00'"):  # went into the run
+        read_topics(_write(tmp_path / "nul.tsv", "q\x001\tvitamin d\n"))
+    with pytest.raises(ValueError, match=r"latin1.tsv is not UTF-8 text \(invalid continuation byte at byte 6\)"):
+        (tmp_path / "latin1.tsv").write_bytes("q1\tcaf\u00e9 au lait\n".encode("latin-1"))
+        read_topics(tmp_path / "latin1.tsv")
+    with pytest.raises(ValueError, match=r"lone.jsonl line 1: query 'q1' holds a lone surrogate"):
+        read_topics(_write(tmp_path / "lone.jsonl", '{"_id": "q1", "text": "vitamin \\ud800 d"}\n'))
+    with pytest.raises(ValueError, match=r"long.jsonl line 1: query id .* is 100,000 bytes long; an id may hold at most"):
+        read_topics(_write(tmp_path / "long.jsonl", json.dumps({"_id": "q" * 100_000, "text": "vitamin d"}) + "\n"))
     with pytest.raises(ValueError, match="line 1: a topic needs an id"):
         read_topics(_write(tmp_path / "odd.jsonl", '{"_id": {"a": 1}, "text": "vitamin d"}\n'))
     with pytest.raises(ValueError, match=r"long.tsv line 2: query 'q2' is 160,000 characters; a query may hold at most"):
@@ -384,3 +397,14 @@ def test_a_model_without_an_lm_head_is_refused_as_splade(capsys):
     assert cli_main(["encode", "aspirin heart attack", "--model", "minilm"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a SPLADE model" in err
+
+
+def test_encode_input_failing_midway_is_one_line_and_leaves_no_file(tmp_path):
+    """A bad row after good ones: the Parquet writer left open printed 'Exception ignored ... write to closed file'
+    with a traceback when collected, after the one-line error."""
+    corpus = _write(tmp_path / "dup.jsonl", '{"_id": "a", "text": "aspirin"}\n{"_id": "a", "text": "again"}\n')
+    out = tmp_path / "v.parquet"
+    proc = subprocess.run([sys.executable, "-m", "lsr", "encode", "--input", str(corpus), "--output", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and not out.exists() and not list(tmp_path.glob("*.tmp*"))
+    assert "duplicate id 'a'" in proc.stderr and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr

@@ -16,6 +16,7 @@ from typing import IO, Iterable
 from lsr.encode.texts import check_query_length, is_blank
 from lsr.eval.metrics import Run
 from lsr.files import text_lines
+from lsr.sparse import id_problem, short_repr
 
 _ID_KEYS = ("_id", "id", "qid", "query_id")
 _TEXT_KEYS = ("text", "query", "title")
@@ -87,18 +88,27 @@ def read_topics(path: str | Path) -> list[tuple[str, str]]:
     jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
     topics: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for line_no, line in enumerate(text_lines(path.read_text(encoding="utf-8-sig")), start=1):  # a BOM is no qid
+    try:
+        content = path.read_text(encoding="utf-8-sig")  # a BOM is no qid
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start:,})") from None
+    for line_no, line in enumerate(text_lines(content), start=1):
         if not line.strip():
             continue
         qid, text = _json_topic(path, line_no, line) if jsonl else _tsv_topic(path, line_no, line)
         if qid is None:
             continue  # the TSV header
+        if not (qid + text).isascii():
+            try:  # JSON's "\ud800" decodes to a lone surrogate, which failed only after the model had loaded
+                (qid + text).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{path} line {line_no}: query {short_repr(qid)} holds a lone surrogate, not UTF-8 "
+                                 "text") from None
         if qid in seen:
             raise ValueError(f"{path} line {line_no}: duplicate query id {qid!r}")
-        try:
-            _check_field("query id", qid)
-        except ValueError as exc:
-            raise ValueError(f"{path} line {line_no}: {exc}") from None
+        problem = id_problem(qid)  # as a document's: a NUL or a 100,000-character id went into the run
+        if problem is not None:
+            raise ValueError(f"{path} line {line_no}: query id {short_repr(qid)} {problem}")
         if is_blank(text):  # as search_batch judges it, before the model loads
             raise ValueError(f"{path} line {line_no}: query {qid!r} has no text")
         check_query_length(text, f"{path} line {line_no}: query {qid!r}")

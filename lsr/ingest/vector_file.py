@@ -50,24 +50,27 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
     def write(fh) -> None:
         writer = None
         expected = reader.expected_rows()
-        with progress_bar("encode", expected, enabled=progress) as bar, quiet_logger("lsr.encode.splade"):
-            for chunk in reader:
-                for start in range(0, len(chunk), batch_size * 2):
-                    part = chunk.slice(start, start + batch_size * 2)
-                    vectors, info = encoder.encode_documents(part.texts, batch_size=batch_size, return_info=True)
-                    table = vectors.to_arrow(part.ids).append_column("text", pa.array(part.texts, pa.string()))
-                    table = table.replace_schema_metadata({**table.schema.metadata, MODEL_KEY: model.encode(),
-                                                           MAX_LENGTH_KEY: str(max_length).encode()})
-                    writer = writer or pq.ParquetWriter(fh, table.schema, compression="zstd")
-                    writer.write_table(table)
-                    summary.docs += len(part)
-                    summary.truncated += int(info.truncated.sum())
-                    summary.postings += vectors.nnz
-                    bar.update(len(part))
-                    update_total(bar, reader, expected, None)
+        try:
+            with progress_bar("encode", expected, enabled=progress) as bar, quiet_logger("lsr.encode.splade"):
+                for chunk in reader:
+                    for start in range(0, len(chunk), batch_size * 2):
+                        part = chunk.slice(start, start + batch_size * 2)
+                        vectors, info = encoder.encode_documents(part.texts, batch_size=batch_size, return_info=True)
+                        table = vectors.to_arrow(part.ids).append_column("text", pa.array(part.texts, pa.string()))
+                        table = table.replace_schema_metadata({**table.schema.metadata, MODEL_KEY: model.encode(),
+                                                               MAX_LENGTH_KEY: str(max_length).encode()})
+                        writer = writer or pq.ParquetWriter(fh, table.schema, compression="zstd")
+                        writer.write_table(table)
+                        summary.docs += len(part)
+                        summary.truncated += int(info.truncated.sum())
+                        summary.postings += vectors.nnz
+                        bar.update(len(part))
+                        update_total(bar, reader, expected, None)
+        finally:  # also on an error or Ctrl-C: a writer left open printed a traceback when collected, after the file shut
+            if writer is not None:
+                writer.close()
         if writer is None:
             raise ValueError(f"{source} has no documents to encode")
-        writer.close()
 
     atomic_write(output, write)
     summary.skipped = dict(reader.stats.skipped)
@@ -114,7 +117,10 @@ class VectorFileReader(CorpusReader):
             table = pa.Table.from_batches([batch]).replace_schema_metadata(self.metadata)
             if not self.has_text:
                 table = table.append_column("text", pa.array([""] * table.num_rows, pa.string()))
-            vectors = SparseBatch.from_arrow(table)
+            try:
+                vectors = SparseBatch.from_arrow(table)
+            except ValueError as exc:
+                raise ValueError(f"{self.source}: {exc}") from None
             try:
                 chunk = self._table_chunk(table, first)
             except BadRowError as error:  # the good rows before the bad one go on, with their vectors
