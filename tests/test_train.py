@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -188,6 +189,40 @@ def test_a_run_into_an_out_another_run_holds_is_refused_in_one_line(tiny_beir, t
     assert list(out.iterdir()) == []
 
 
+def test_kill_9_while_the_model_folder_is_written_leaves_nothing_loadable_and_resume_writes_it(tiny_beir, trained,
+                                                                                               tmp_path):
+    """The folder is written aside and moved in with config.json last, after a checkpoint of the last step: a kill
+    that once left config, weights and a vocabulary-less tokenizer_config.json (a folder that loaded and made every
+    word [UNK]) now leaves no config.json, and --resume writes the uninterrupted run's folder."""
+    from lsr.encode.models import ModelNotFoundError
+    from lsr.encode.splade import SpladeEncoder
+    from lsr.train.checkpoint import read_checkpoint
+    from lsr.train.export import STAGING
+
+    out = tmp_path / "model"
+    proc = subprocess.Popen(_train_command(tiny_beir, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / STAGING).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "config.json").exists()
+    with pytest.raises((ModelNotFoundError, ValueError, OSError)):
+        SpladeEncoder.from_pretrained(str(out), device="cpu")
+    state = read_checkpoint(out)
+    assert state["step"] == json.loads((trained / "lsr_train.json").read_text())["total_steps"]
+    again = subprocess.run(_train_command(tiny_beir, out), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "add --resume" in again.stderr
+    done = subprocess.run(_train_command(tiny_beir, out, "--resume"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert not (out / STAGING).exists() and not (out / "checkpoint.pt").exists()
+    resumed, uninterrupted = load_file(out / "model.safetensors"), load_file(trained / "model.safetensors")
+    assert all(torch.equal(resumed[name], tensor) for name, tensor in uninterrupted.items())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # transformers left it 0600
+
+
 def test_sigterm_finishes_the_step_checkpoints_it_and_exits_143(tiny_beir, tmp_path):
     """A scheduler's SIGTERM (pre-emption) stops the run like Ctrl-C: after the current step, with a checkpoint of
     that step, not of the last periodic one (which a plain exit would fall back to)."""
@@ -252,6 +287,8 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("flops-inf", "--flops-query and --flops-doc must be numbers ≥ 0"),  # these failed at step 1, as "lower --lr"
     ("checkpoint-every-0", "--checkpoint-every must be positive"),  # after the data and the model had loaded
     ("not-utf8", "pairs.jsonl line 2: not UTF-8 text (byte 0xff at column 3)"),  # named neither file nor line
+    ("lone-surrogate", "pairs.jsonl line 2: holds a lone surrogate"),  # failed when its batch came up, unnamed
+    ("max-length-1024", "--max-length 1024 is more than the 512 token positions splade-tiny has"),  # at a long text
 ])
 def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
     data, extra = tmp_path / "pairs.jsonl", []
@@ -268,12 +305,15 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_bytes(b"\xef\xbb\xbf" + json.dumps({"query": "q", "positive": "p"}).encode() + b"\n{\"\xff\"}\n")  # a BOM is fine
     elif case == "no-positive":
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": "q"}) + "\n")
+    elif case == "lone-surrogate":
+        data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": "bad \ud800", "positive": "p"})
+                        + "\n")
     else:
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
         extra = {"batch-size-0": ["--batch-size", "0"], "threads-0": ["--threads", "0"],
                  "blend-0": ["--blend", "0"], "max-minutes-nan": ["--max-minutes", "nan"], "seed-negative": ["--seed", "-1"],
                  "flops-inf": ["--flops-doc", "inf"], "checkpoint-every-0": ["--checkpoint-every", "0"],
-                 }.get(case, ["--negatives", "model"])
+                 "max-length-1024": ["--max-length", "1024"]}.get(case, ["--negatives", "model"])
     assert main(["train", str(data), str(tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lsr train: error:") and message in err and len(err.splitlines()) == 1
@@ -605,6 +645,26 @@ def test_a_damaged_or_planted_checkpoint_is_refused_and_runs_no_code(examples, t
     with pytest.raises(ValueError, match="not a readable training checkpoint"):
         read_checkpoint(tmp_path / "run")
     assert not marker.exists()
+
+
+def test_a_checkpoint_with_a_good_checksum_but_not_this_runs_state_is_one_line(examples, tmp_path):
+    """Forged with a recomputed checksum: an empty guard was a KeyError traceback, a step past the end trained nothing
+    and exited 0, a missing parameter was zip()'s message."""
+    import hashlib
+    import io
+
+    from lsr.train.checkpoint import CHECKPOINT_FILE, MAGIC, read_checkpoint
+
+    config = _checkpointed(examples, tmp_path / "run")
+    path = tmp_path / "run" / CHECKPOINT_FILE
+    good = read_checkpoint(tmp_path / "run")
+    for forged in ({**good, "guard": {}}, {**good, "step": 10**9}, {**good, "parameters": good["parameters"][:-1]}):
+        buffer = io.BytesIO()
+        torch.save(forged, buffer)
+        payload = buffer.getvalue()
+        path.write_bytes(MAGIC + hashlib.sha256(payload).digest() + payload)
+        with pytest.raises(ValueError, match=r"checkpoint.pt is not a usable training checkpoint for this run \("):
+            train(fresh_model(), examples, tmp_path / "run", config, progress=False, resume=True)
 
 
 def test_a_resume_from_a_model_folder_whose_files_changed_is_refused(examples, tmp_path):

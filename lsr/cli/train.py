@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     out = Path(args.out)
     _check_out(out, args.resume)
+    _check_lengths(config)
     encoding = device_options(args, concrete_dtype=True)  # one SPLADE model: its report names the dtype it ran
     from lsr.train.data import load_examples, model_miner
 
@@ -185,6 +186,18 @@ def _load(config, encoding: dict[str, str]):
     from lsr.train.model import TrainableSplade
 
     return TrainableSplade.load(config.model, **encoding)
+
+
+def _check_lengths(config) -> None:
+    """Lengths the model has positions for, before any data loads (a longer one failed at the first text that long)."""
+    import transformers
+
+    from lsr.encode.models import load_with_hint
+
+    positions = getattr(load_with_hint(config.model, transformers.AutoConfig.from_pretrained), "max_position_embeddings", None)
+    for flag, length in (("--max-length", config.max_length), ("--query-max-length", config.query_max_length)):
+        if isinstance(positions, int) and length > positions:
+            raise ValueError(f"{flag} {length} is more than the {positions} token positions {config.model} has")
 
 
 def _check_out(out: Path, resume: bool) -> None:

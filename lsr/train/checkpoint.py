@@ -55,8 +55,8 @@ def read_checkpoint(out: Path) -> dict[str, Any] | None:
         raise ValueError(f"{path} is not an lsr training checkpoint (or one from before checkpoints were checksummed); "
                          "train into a new folder")
     if hashlib.sha256(raw[start:]).digest() != raw[len(MAGIC):start]:
-        raise ValueError(f"{path} is damaged (its checksum does not match); delete it to start over, or train into a "
-                         "new folder")
+        raise ValueError(f"{path} is damaged (its checksum does not match); delete {out} to start over, or train into "
+                         "a new folder")
     try:
         state = torch.load(io.BytesIO(raw[start:]), map_location="cpu", weights_only=True)
     except Exception as exc:  # a payload lsr did not write: say so, do not guess

@@ -97,6 +97,12 @@ def _example(line: str, where: str) -> Example:
         raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object")
+    if "\\u" in line:
+        try:  # JSON's "\ud800" is a lone surrogate: the tokenizer refused it when its batch came up, hours in
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where}: holds a lone surrogate (an escaped \\ud800-\\udfff), which is not UTF-8 "
+                             "text") from None
     for key in ("query", "positive"):
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise ValueError(f"{where}: {key!r} must be a non-empty string")

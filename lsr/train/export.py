@@ -11,13 +11,15 @@ of the same weights and whose document route is the root's MLM (module path ``.`
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from lsr.encode.models import transformers_quiet
 from lsr.encode.splade import IDF_TABLE, DecoderSpladeEncoder, SpladeEncoder, output_projection_attached
-from lsr.files import write_json_atomic
+from lsr.files import fsync_dir, write_json_atomic
 from lsr.train.model import TrainableSplade
 
 INFERENCE_MAX_LENGTH = inspect.signature(SpladeEncoder.from_pretrained).parameters["max_length"].default
@@ -29,10 +31,43 @@ ST_MODULES = [{"idx": 0, "name": "0", "path": "", "type": ST_MLM},
               {"idx": 1, "name": "1", "path": "1_SpladePooling", "type": ST_POOLING}]
 ST_ROUTED = [{"idx": 0, "name": "0", "path": "", "type": ST_ROUTER}]
 QUERY_MODULE, POOLING_MODULE = "query_0_SparseStaticEmbedding", "document_1_SpladePooling"
+STAGING = ".model.partial"  # where the folder is written before it is moved into OUT
 
 
 def save_model_folder(trainable: TrainableSplade, out: Path) -> None:
-    """Weights, tokenizer, the IDF table (inference-free) and, for MLMs, the SparseEncoder description into ``out``."""
+    """Weights, tokenizer, the IDF table (inference-free) and, for MLMs, the SparseEncoder description into ``out``.
+
+    Written whole into ``out/STAGING`` first, then moved in with ``config.json`` last: a kill -9 while transformers
+    wrote the folder left config and weights beside a tokenizer_config.json without its vocabulary, a folder that
+    loaded without error and made every word [UNK]. Cut short now, ``out`` has no config.json, which no loader takes.
+    """
+    staging = out / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # a write a kill cut short
+    _write_model_files(trainable, staging)
+    _publish(staging, out)
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Each file of ``staging`` synced and readable as the umask allows (transformers leaves the weights 0600, which
+    a service running as another user could not read), then each entry renamed into ``out``, config.json last."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in staging.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
+        target = out / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+        fsync_dir(out)
+    staging.rmdir()
+    fsync_dir(out)
+
+
+def _write_model_files(trainable: TrainableSplade, out: Path) -> None:
     encoder = trainable.encoder
     out.mkdir(parents=True, exist_ok=True)
     with output_projection_attached(trainable.model) as model, transformers_quiet():

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lsr.ingest.progress import progress_bar
-from lsr.train.checkpoint import leftovers, read_checkpoint, restore_checkpoint, save_checkpoint
+from lsr.train.checkpoint import CHECKPOINT_FILE, leftovers, read_checkpoint, restore_checkpoint, save_checkpoint
 from lsr.train.config import TrainConfig
 from lsr.train.data import Example
 from lsr.train.guard import Guard
@@ -253,9 +253,15 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             differ = ", ".join(_differences(state["run"], run)) or "the run"
             raise ValueError(f"{out}'s checkpoint was made with other settings or data ({differ} differ); resume "
                              "with the same arguments and data, or train into a new folder")
-        restore_checkpoint(state, model.parameters, optimizer)
-        guard.load(state["guard"])
-        start, seconds = state["step"], state["seconds"]
+        try:  # a checkpoint with a good checksum that lsr did not write: one line, not a traceback or a no-op
+            restore_checkpoint(state, model.parameters, optimizer)
+            guard.load(state["guard"])
+            start, seconds = int(state["step"]), float(state["seconds"])
+            if not 0 <= start <= total:
+                raise ValueError(f"step {start} is outside 0..{total}")
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise ValueError(f"{out / CHECKPOINT_FILE} is not a usable training checkpoint for this run ({exc}); "
+                             "train into a new folder") from None
         log.info("resuming at step %d of %d", start, total)
     guard.start(start)
     flops_warm = int(min(total, steps_per_epoch(config, len(examples))) * config.flops_warmup)  # within the first epoch
@@ -280,7 +286,8 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             bar.update(1)
             halt = guard.after_step(step, stats)
             out_of_time = deadline is not None and time.monotonic() >= deadline
-            if step % checkpoint_every == 0 or interrupt.requested or out_of_time or halt:
+            # the last step too: a kill while OUT's model folder is written then loses no training (--resume exports)
+            if step % checkpoint_every == 0 or step == total or interrupt.requested or out_of_time or halt:
                 save_checkpoint(out, model.parameters, optimizer, step, run, seconds, guard.state())
             if interrupt.requested or out_of_time or halt:
                 stopped = "interrupted" if interrupt.requested else "time limit" if out_of_time else halt.split(":")[0]
