@@ -445,3 +445,9 @@ def test_a_file_that_only_ends_in_corpus_jsonl_is_not_the_corpus(tmp_path):
     (folder / "corpus.jsonl").rename(folder / "notcorpus.jsonl")
     with pytest.raises(FileNotFoundError, match="holds no corpus.jsonl"):
         load_beir(folder)
+
+
+def test_a_data_dir_that_is_no_folder_is_an_error_not_a_fallback(tmp_path):
+    """A misspelt --data-dir fell through to the shared copies without a word: a run on other data than asked."""
+    with pytest.raises(FileNotFoundError, match="data folder .*nowhere does not exist"):
+        locate_dataset("scifact", tmp_path / "nowhere")

@@ -40,7 +40,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
@@ -227,6 +226,7 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
     from lsr.train.checkpoint import CHECKPOINT_FILE
     from lsr.eval.metrics import RANDOMIZATION_TEST, randomization_p
     from lsr.train.evaluate import quality_scorer
+    from lsr.files import write_json_atomic
     from lsr.train.export import save_model_folder
     from lsr.train.loop import idf_queries, train
 
@@ -269,7 +269,7 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
                "first_step": result.history[0] if result.history else None,
                "last_step": result.history[-1] if result.history else None,
                "eval": evals, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), **encoding}
-    (out / "lsr_train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / "lsr_train.json", summary)
     print(_summary_text(summary, out))
     if result.stopped == "time limit":
         print(f"{out / CHECKPOINT_FILE} is kept (delete it if done); to train on from step {result.steps}: "

@@ -141,7 +141,10 @@ def shared_dirs() -> list[Path]:
 
 
 def search_dirs(data_dir: str | Path | None = None) -> list[Path]:
-    """Where a dataset NAME is looked for, in order: ``data_dir``, ``$LSR_BEIR_DIR``, shared folders, the cache."""
+    """Where a dataset NAME is looked for, in order: ``data_dir``, ``$LSR_BEIR_DIR``, shared folders, the cache.
+    A ``data_dir`` that is no folder is an error: a misspelt --data-dir fell through to the shared copies unsaid."""
+    if data_dir and not Path(data_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"data folder {data_dir} does not exist")
     folders = [Path(d).expanduser() for d in (data_dir, os.environ.get("LSR_BEIR_DIR")) if d]
     return folders + shared_dirs() + [cache_dir() / "beir"]
 

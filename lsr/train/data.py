@@ -53,7 +53,7 @@ def load_examples(data: str, split: str = "train", *, data_dir: str | None = Non
         if miner is not None:
             raise ValueError("--negatives model mines a BEIR corpus; a JSONL file brings its own negatives")
         if not path.is_file():
-            raise FileNotFoundError(f"training file {data} does not exist")
+            raise FileNotFoundError(f"training file {data} {'is a folder' if path.is_dir() else 'does not exist'}")
         return read_jsonl(path)
     return beir_examples(data, split, data_dir=data_dir, miner=miner)
 
