@@ -166,8 +166,8 @@ def quiet_loader(auto_cls: Any, *, head_required: bool = False) -> Callable[[str
     def load(path: str) -> Any:
         with transformers_quiet():
             model, info = auto_cls.from_pretrained(path, output_loading_info=True)
-        head = sorted(k for k in info["missing_keys"] if not k.startswith(f"{model.base_model_prefix}."))
-        if head_required and head:
+        head = head_required and sorted(k for k in info["missing_keys"] if not k.startswith(f"{model.base_model_prefix}."))
+        if head:
             raise ValueError(f"its checkpoint has no {type(model).__name__} head ({len(head)} weights missing, such as "
                              f"{head[0]}), so it is not a SPLADE model; sentence embedders such as MiniLM are dense "
                              "models (lsr index --dense)")

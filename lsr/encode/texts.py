@@ -21,12 +21,22 @@ def check_texts(texts: Any) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
-        if not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ValueError(f"texts[{i}] is not UTF-8 text: an undecodable byte at character {exc.start}") from None
+        at = surrogate_at(text)
+        if at is not None:
+            raise ValueError(f"texts[{i}] is not UTF-8 text: an undecodable byte at character {at}")
     return texts
+
+
+def surrogate_at(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate (an undecodable byte kept by Python, or JSON's escaped "\\ud800"),
+    which no UTF-8 tokenizer takes; None for UTF-8 text."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 _NO_WORDS = dict.fromkeys(map(ord, "\x00\u200b\u200c\u200d\u2060\ufeff"))  # NUL, zero-width chars, BOM

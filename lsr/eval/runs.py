@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import IO, Iterable
 
-from lsr.encode.texts import check_query_length, is_blank
+from lsr.encode.texts import check_query_length, is_blank, surrogate_at
 from lsr.eval.metrics import Run
 from lsr.files import text_lines
 from lsr.sparse import id_problem, short_repr
@@ -98,12 +98,8 @@ def read_topics(path: str | Path) -> list[tuple[str, str]]:
         qid, text = _json_topic(path, line_no, line) if jsonl else _tsv_topic(path, line_no, line)
         if qid is None:
             continue  # the TSV header
-        if not (qid + text).isascii():
-            try:  # JSON's "\ud800" decodes to a lone surrogate, which failed only after the model had loaded
-                (qid + text).encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"{path} line {line_no}: query {short_repr(qid)} holds a lone surrogate, not UTF-8 "
-                                 "text") from None
+        if surrogate_at(qid + text) is not None:  # it failed only after the model had loaded
+            raise ValueError(f"{path} line {line_no}: query {short_repr(qid)} holds a lone surrogate, not UTF-8 text")
         if qid in seen:
             raise ValueError(f"{path} line {line_no}: duplicate query id {qid!r}")
         problem = id_problem(qid)  # as a document's: a NUL or a 100,000-character id went into the run

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from lsr.encode.texts import surrogate_at
+
 if TYPE_CHECKING:
     from lsr.eval.datasets import BeirDataset
     from lsr.eval.metrics import Run
@@ -97,18 +99,15 @@ def _example(line: str, where: str) -> Example:
         raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object")
-    if "\\u" in line:
-        try:  # JSON's "\ud800" is a lone surrogate: the tokenizer refused it when its batch came up, hours in
-            json.dumps(row, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{where}: holds a lone surrogate (an escaped \\ud800-\\udfff), which is not UTF-8 "
-                             "text") from None
     for key in ("query", "positive"):
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise ValueError(f"{where}: {key!r} must be a non-empty string")
     negatives = row.get("negatives", [])
     if not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives):
         raise ValueError(f"{where}: 'negatives' must be a list of non-empty strings")
+    if any(surrogate_at(text) is not None for text in (row["query"], row["positive"], *negatives)):
+        # the tokenizer refused it when its batch came up, hours in
+        raise ValueError(f"{where}: holds a lone surrogate (an escaped \\ud800-\\udfff), which is not UTF-8 text")
     scores = row.get("scores")
     if scores is not None:
         if (not isinstance(scores, list) or len(scores) != 1 + len(negatives)
