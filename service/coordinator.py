@@ -190,8 +190,11 @@ class ShardedSearcher(Searcher):
         return sum(info["mean_text_bytes"] * info["num_docs"] for info in infos) / docs if docs else 0.0
 
     def stats(self) -> dict[str, Any]:
-        infos = [info for info in self.shards.infos if info]
+        """Counts of the shards that answer now (what a search reaches); a down shard's last known documents
+        are ``num_docs_down``, unknown ("?") for one that never answered."""
         up = [self.shards.is_up(s) for s in range(len(self.shards.names))]
+        infos = [info for info, ok in zip(self.shards.infos, up) if info and ok]
+        last_known = [info for info, ok in zip(self.shards.infos, up) if not ok]
         return {
             "num_docs": sum(info["num_docs"] for info in infos),
             "num_segments": sum(info["num_segments"] for info in infos),
@@ -206,6 +209,7 @@ class ShardedSearcher(Searcher):
             "shards": len(up),
             "shards_up": sum(up),
             "shards_down": ",".join(name for name, ok in zip(self.shards.names, up) if not ok),
+            "num_docs_down": "?" if None in last_known else sum(info["num_docs"] for info in last_known),
         }
 
     def doc(self, doc_id: str) -> str:

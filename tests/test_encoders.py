@@ -289,6 +289,17 @@ def test_missing_model_error_says_how_to_fix(tmp_path):
         SpladeEncoder.from_pretrained(str(tmp_path / "nope"))
 
 
+def test_a_folder_that_is_no_model_gets_a_one_line_error(tmp_path):
+    """A folder without config.json (a mistyped path such as ../../etc) is named as no model folder, and a model
+    folder transformers cannot read gets the first line of its several-line message."""
+    with pytest.raises(ModelNotFoundError, match="is not a model folder: it has no config.json") as plain:
+        SpladeEncoder.from_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelNotFoundError, match="could not load model from folder") as broken:
+        SpladeEncoder.from_pretrained(str(tmp_path))
+    assert "\n" not in str(plain.value) and "\n" not in str(broken.value)
+
+
 def test_paragraph_long_queries_are_not_cut(splade, scifact):
     """The query limit comes from the model (512 positions for splade-tiny), not a fixed 64 tokens."""
     assert splade.query_max_length == 512

@@ -336,6 +336,12 @@ def test_a_shard_that_cannot_open_is_named_and_the_others_answer(built, server, 
             _wait(lambda: "shard-001" in caplog.text and "is not an lsr collection" in caplog.text)
             _wait(lambda: _answered(c, queries[0]) == ("shard-000", "shard-002"))
             assert c.health() == "NOT_SERVING" and c.search(queries[0], k=5).shards_missing == ("shard-001",)
+            from lsr.ingest.collection import Collection
+
+            stats = c.stats()  # counts what a search reaches: the two shards that answer
+            answering = [Collection.open(broken / name).view().sparse.num_docs for name in ("shard-000", "shard-002")]
+            assert stats["num_docs"] == sum(answering)
+            assert stats["details"]["shards_down"] == "shard-001" and stats["details"]["num_docs_down"] == "?"
     finally:
         partial.stop(0)
 

@@ -157,6 +157,10 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tiny_beir, train
     resumed_run, uninterrupted_run = (json.loads((folder / "lsr_train.json").read_text()) for folder in (out, trained))
     assert {f: resumed_run[f] for f in fields} == {f: uninterrupted_run[f] for f in fields}
     assert uninterrupted_run["dev_split"] == "dev" and len(uninterrupted_run["dev_scores"]) >= 4
+    # The resumed run's first logged step is the one after the checkpoint, and the summary says so.
+    assert uninterrupted_run["first_step"]["step"] == 1
+    assert 1 < resumed_run["first_step"]["step"] <= resumed_run["last_step"]["step"] == resumed_run["total_steps"]
+    assert f"at step {resumed_run['first_step']['step']} ->" in done.stdout
 
 
 def test_how_openmp_threads_wait_changes_no_weight(tiny_beir, tmp_path):

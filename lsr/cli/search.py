@@ -18,7 +18,7 @@ Examples:
   lsr search runs/scifact "statins and muscle pain" --mode hybrid --normalization rrf --bm25-weight 0.3 --sparse-weight 0.35 --dense-weight 0.35
   lsr search runs/scifact --topics queries.tsv --output run.trec --k 100 --mode hybrid --threads 2
   lsr search runs/scifact                          # then type queries; Ctrl-D ends
-  printf 'statins\nvitamin d\n' | lsr search runs/scifact --json
+  printf 'statins\\nvitamin d\\n' | lsr search runs/scifact --json
 """
 
 from __future__ import annotations

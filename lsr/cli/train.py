@@ -291,7 +291,8 @@ def _summary_text(summary: dict, out: Path) -> str:
         lines.append(f"OUT holds {blend:g} × the trained weights + {1 - blend:g} × {summary['model']}'s (--blend)")
     first, last = summary["first_step"], summary["last_step"]
     if first and last:
-        lines.append(f"loss {first['loss']:.3f} -> {last['loss']:.3f}; non-zeros per query {last['nnz_q']:.0f}, "
+        lines.append(f"loss {first['loss']:.3f} at step {first['step']:,} -> {last['loss']:.3f} at step {last['step']:,}; "
+                     f"non-zeros per query {last['nnz_q']:.0f}, "
                      f"per document {last['nnz_d']:.0f}")
     for scored in summary["eval"]:
         before, after = scored["before"], scored["after"]

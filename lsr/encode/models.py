@@ -130,11 +130,14 @@ def load_with_hint(name: str, loader: Callable[[str], T]) -> T:
             f"model {name!r} is not installed locally, not in the Hugging Face cache, and the hub cannot be reached "
             f"(offline). To fix: {how_to_fix(name)}."
         )
+    if os.path.isdir(resolved) and not os.path.isfile(os.path.join(resolved, "config.json")):
+        raise ModelNotFoundError(f"folder {resolved!r} is not a model folder: it has no config.json")
     try:
         return loader(resolved)
     except (OSError, ValueError) as exc:
-        if os.path.isdir(resolved):
-            raise ModelNotFoundError(f"could not load model from folder {resolved!r}: {exc}") from None
+        if os.path.isdir(resolved):  # transformers' messages run to several lines: the first says what failed
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ModelNotFoundError(f"could not load model from folder {resolved!r}: {first.strip()}") from None
         raise ModelNotFoundError(
             f"model {name!r} is not installed locally and could not be fetched from the Hugging Face hub "
             f"as {resolved!r}. To fix: {how_to_fix(name)}."

@@ -38,7 +38,7 @@ class TrainResult:
     total_steps: int
     seconds: float
     stopped: str  # "finished", "time limit", "interrupted" (Ctrl-C or SIGTERM), or the guard's "collapsed" / "no gain"
-    history: list[dict[str, float]] = field(default_factory=list)  # per step: loss, flops, nnz_q, nnz_d
+    history: list[dict[str, float]] = field(default_factory=list)  # per step of this run: step, loss, flops, nnz_q, nnz_d
     dev_scores: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out score), when validating
     kept: str | None = None  # set when the returned weights are an earlier step's: which, and why
     signal: int | None = None  # what interrupted the run: SIGINT or SIGTERM
@@ -277,7 +277,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
                           relevant, config.score_scale)
             seconds += time.perf_counter() - clock
             step += 1
-            history.append(stats)
+            history.append({"step": step, **stats})  # after a resume the first is not step 1
             if on_step is not None:
                 on_step(step, stats)
             dev = {"dev": f"{guard.scores[-1][1]:.4f}"} if guard.scores else {}
