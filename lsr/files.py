@@ -64,6 +64,21 @@ def text_lines(text: str) -> list[str]:
     return lines[:-1] if lines and not lines[-1] else lines
 
 
+def read_text_file(path: str | Path, what: str = "") -> str:
+    """A UTF-8 text file's content (a BOM dropped: it is no id); a folder, a missing file and undecodable bytes are
+    one line each that names the file (``what`` says which: "topics file"), not a decoder's bare message."""
+    path = Path(path)
+    label = f"{what} {path}".strip()
+    if path.is_dir():
+        raise ValueError(f"{label} is a folder, not a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{label} does not exist")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{label} is not UTF-8 text ({exc.reason} at byte {exc.start:,})") from None
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     atomic_write(path, lambda fh: fh.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")))
 
@@ -169,6 +184,15 @@ def exclusive_folder(path: Path, wait: float = 0.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def folder_busy(path: Path) -> bool:
+    """Whether another process holds ``exclusive_folder`` on the folder ``path`` now (False where none can)."""
+    try:
+        with exclusive_folder(path):
+            return False
+    except FolderBusyError:
+        return True
 
 
 class FolderHold:

@@ -70,12 +70,26 @@ def id_list(ids: Any, name: str = "ids") -> list[str]:
     "2" and kept "12")."""
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"{name} must be a list of ids, not one {type(ids).__name__}: pass [{ids!r}]")
-    return [str(i) for i in ids]
+    out = []
+    for i in ids:
+        if not isinstance(i, str):  # str(None) stored a document named "None"
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                raise TypeError(f"{name}[{len(out)}] is {i!r}; an id is a str (or a whole number)")
+            i = str(i)
+        out.append(i)
+    return out
 
 
-@dataclass
+def _term_id(key: Any) -> int:
+    if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+        raise TypeError(f"a key is a token or a whole term id, got {key!r}")  # int(2.7) was term 2
+    return int(key)
+
+
+@dataclass(eq=False)
 class SparseBatch:
-    """Rows of sparse vectors in CSR form; row i is ``indices/values[indptr[i]:indptr[i+1]]``."""
+    """Rows of sparse vectors in CSR form; row i is ``indices/values[indptr[i]:indptr[i+1]]``, term ids in
+    0..vocab_size-1. Two batches are equal when their vocabularies and rows are."""
 
     indptr: np.ndarray
     indices: np.ndarray
@@ -85,7 +99,11 @@ class SparseBatch:
 
     def __post_init__(self) -> None:
         self.indptr = np.ascontiguousarray(self.indptr, dtype=np.int64)
-        self.indices = np.ascontiguousarray(self.indices, dtype=np.int32)
+        indices = np.asarray(self.indices)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.vocab_size):  # checked before the int32 cast
+            bad = indices.min() if indices.min() < 0 else indices.max()
+            raise ValueError(f"term id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+        self.indices = np.ascontiguousarray(indices, dtype=np.int32)
         self.values = np.ascontiguousarray(self.values, dtype=np.float32)
         if self.indptr.ndim != 1 or len(self.indptr) == 0 or self.indptr[0] != 0:
             raise ValueError("indptr must be a 1-D array starting at 0")
@@ -121,16 +139,20 @@ class SparseBatch:
 
     @classmethod
     def from_dicts(cls, rows: Iterable[dict], vocab: Sequence[str], vocab_size: int | None = None) -> "SparseBatch":
-        """Build from ``{token or term id: weight}`` dicts; unknown tokens raise KeyError naming them."""
+        """Build from ``{token or term id: weight}`` dicts; unknown tokens raise KeyError naming them. A term named
+        twice in a row (as a token and as its id) has the sum of its weights, as the index scores such a query."""
         lookup = {tok: i for i, tok in enumerate(vocab)}
         indptr, indices, values = [0], [], []
         for row in rows:
-            ids = [lookup[t] if isinstance(t, str) else int(t) for t in row]
-            order = np.argsort(ids, kind="stable")
-            indices.extend(np.asarray(ids)[order].tolist())
-            values.extend(np.asarray(list(row.values()), np.float32)[order].tolist())
+            ids = np.asarray([lookup[t] if isinstance(t, str) else _term_id(t) for t in row], np.int64)
+            terms, where = np.unique(ids, return_inverse=True)
+            weights = np.zeros(len(terms), np.float64)
+            np.add.at(weights, where, np.asarray(list(row.values()), np.float64))
+            indices.extend(terms.tolist())
+            values.extend(weights.tolist())
             indptr.append(len(indices))
-        return cls(np.asarray(indptr), np.asarray(indices), np.asarray(values), vocab_size or len(vocab), vocab)
+        return cls(np.asarray(indptr), np.asarray(indices, np.int64), np.asarray(values, np.float32),
+                   vocab_size or len(vocab), vocab)
 
     @classmethod
     def concat(cls, batches: Sequence["SparseBatch"]) -> "SparseBatch":
@@ -157,14 +179,42 @@ class SparseBatch:
     def nnz(self) -> int:
         return int(self.indptr[-1])
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SparseBatch):
+            return NotImplemented
+        return (self.vocab_size == other.vocab_size and np.array_equal(self.indptr, other.indptr)
+                and np.array_equal(self.indices, other.indices) and np.array_equal(self.values, other.values)
+                and (self.vocab is other.vocab or self.vocab is None or other.vocab is None
+                     or list(self.vocab) == list(other.vocab)))
+
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(term ids, weights) of row i, as views."""
+        """(term ids, weights) of row i (-1: the last), as views."""
+        i = self._row_positions([i])[0]
         lo, hi = self.indptr[i], self.indptr[i + 1]
         return self.indices[lo:hi], self.values[lo:hi]
 
+    def _row_positions(self, rows: Any) -> np.ndarray:
+        """Row numbers (negative ones from the end) or a boolean mask of every row, as row numbers; IndexError past
+        the end (b[[-1]] read indptr[-1:0]), TypeError for anything else (a bool alone was row 0 or 1)."""
+        if isinstance(rows, (bool, np.bool_)):
+            raise TypeError("a bool is not a row number; select rows with a mask of one bool per row")
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise IndexError(f"a mask of {rows.size} bools for a batch of {len(self)} rows")
+            return np.flatnonzero(rows)
+        if rows.size == 0:
+            return np.zeros(0, np.int64)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"rows are whole numbers or a boolean mask, got {rows.dtype} of shape {rows.shape}")
+        if rows.min() < -len(self) or rows.max() >= len(self):
+            bad = rows.min() if rows.min() < -len(self) else rows.max()
+            raise IndexError(f"row {bad} of a batch of {len(self)}")
+        return rows.astype(np.int64) % max(len(self), 1)
+
     def select(self, rows: Sequence[int] | np.ndarray) -> "SparseBatch":
-        """A new batch of the given rows, in the given order."""
-        rows = np.asarray(rows, dtype=np.int64)
+        """A new batch of the given rows (negative: from the end; or a boolean mask), in the given order."""
+        rows = self._row_positions(rows)
         lengths = self.indptr[rows + 1] - self.indptr[rows]
         indptr = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(lengths, out=indptr[1:])
@@ -175,10 +225,8 @@ class SparseBatch:
     def __getitem__(self, item) -> "SparseBatch":
         if isinstance(item, slice):
             return self.select(np.arange(len(self))[item])
-        if isinstance(item, (int, np.integer)):
-            if not -len(self) <= item < len(self):  # it wrapped around: b[5] of 3 rows was row 2
-                raise IndexError(f"row {item} of a batch of {len(self)}")
-            return self.select([int(item) % len(self)])
+        if isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_)):
+            return self.select([item])  # b[5] of 3 rows is an IndexError, not row 2
         return self.select(item)
 
     def to_scipy(self):

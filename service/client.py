@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lsr.search.searcher import HybridOptions, PrfOptions, SearchResult
+from lsr.search.searcher import HybridOptions, PrfOptions, SearchResult, query_list
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.convert import options_to_proto, request_to_proto, result_from_proto
@@ -111,6 +111,7 @@ class Client:
     ) -> list[SearchResult]:
         """Results in input order; long lists go as several requests of at most ``chunk_size`` texts,
         fewer for large k, so that each response stays a few MiB."""
+        texts = query_list(texts)
         fields = options_to_proto(k, mode, hybrid, prf)
         chunk_size = max(1, min(chunk_size, _HITS_PER_RESPONSE // max(1, k)))
         results: list[SearchResult] = []

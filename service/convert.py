@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping, Sequence
 
-from lsr.search.searcher import HybridOptions, PrfOptions, ScoredHit, SearchResult
+from lsr.search.searcher import HybridOptions, PrfOptions, ScoredHit, SearchResult, check_options
 from lsr.service import search_pb2 as pb
 
 DEFAULT_K = 10
@@ -120,7 +120,9 @@ def result_to_proto(result: SearchResult, *, index_version: str, request_id: str
 def options_to_proto(
     k: int, mode: str, hybrid: HybridOptions | None, prf: PrfOptions | bool | None
 ) -> dict:
-    """Fields shared by SearchRequest and SearchBatchRequest."""
+    """Fields shared by SearchRequest and SearchBatchRequest, checked as the Searcher checks them: k=0 would be
+    proto3's "unset" (10 hits), and a bad option is one ValueError here rather than a server round trip."""
+    check_options(k, mode, hybrid, prf)
     fields = {"k": k, "mode": _enum_value(_MODES, mode, "mode")}
     if hybrid is not None:
         fields["hybrid"] = pb.HybridOptions(
@@ -143,6 +145,9 @@ def request_to_proto(
     text: str | None, sparse: Mapping[str, float] | None, dense: Sequence[float] | None, **options
 ) -> pb.SearchRequest:
     include_text, explain = options.pop("include_text", False), options.pop("explain", False)
+    bad = next((key for key in (sparse or {}) if not isinstance(key, str)), None)
+    if bad is not None:  # protobuf said only "bad argument type for built-in operation"
+        raise TypeError(f"a sparse query sent to a server maps tokens (str) to weights, got the key {bad!r}")
     return pb.SearchRequest(
         text=text or "", sparse=dict(sparse or {}), dense=list(dense) if dense is not None else [],
         include_text=include_text, explain=explain, **options_to_proto(**options),

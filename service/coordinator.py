@@ -17,12 +17,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lsr.ingest.layout import read_meta, read_search_defaults
+from lsr.ingest.layout import read_meta, usable_search_defaults
 from lsr.ingest.sharding import global_doc_freqs, read_shard_map
 from lsr.search.fusion import Ranking, rank
 from lsr.search.legs import LegQueries
 from lsr.search.models import SearchModels
-from lsr.search.searcher import Searcher, check_query_encoder
+from lsr.search.searcher import Searcher, check_open_options
 from lsr.service.local_shards import LocalShards
 from lsr.service.shard_set import ShardOptions, ShardSet
 from lsr.sparse import SparseBatch
@@ -104,25 +104,24 @@ def _by_owner(shards: ShardSet, doc_ids: Sequence[str]) -> dict[int, tuple[list[
 
 
 @dataclass
-class _GlobalDocFreqs:
-    """The whole collection's document frequencies (the sum over shards), for the inference-free query IDF."""
+class _WholeCollection:
+    """The whole collection's document frequencies (the sum over shards), for the inference-free query IDF. The
+    first sum waits for every shard to come up; later ones (after writes) fail at once while one is down."""
 
     shards: ShardSet
     timeout: float = 300.0
+    _summed_once: bool = False
 
-    @cached_property
-    def _summed(self) -> tuple[np.ndarray, int]:
-        if not self.shards.wait_all_up(self.timeout):
+    def doc_freqs_version(self) -> str:
+        return "/".join(self.shards.versions)
+
+    def doc_freqs(self) -> tuple[np.ndarray, int]:
+        if not self._summed_once and not self.shards.wait_all_up(self.timeout):
             raise RuntimeError(f"not every shard came up within {self.timeout:g} s; the inference-free query "
                                "encoder needs all of their document frequencies")
-        return ShardLegs(self.shards, None).doc_freqs()
-
-    def doc_freqs(self) -> np.ndarray:
-        return self._summed[0]
-
-    @property
-    def num_docs(self) -> int:
-        return self._summed[1]
+        summed = ShardLegs(self.shards, None).doc_freqs()
+        self._summed_once = True
+        return summed
 
 
 class ShardedSearcher(Searcher):
@@ -141,11 +140,12 @@ class ShardedSearcher(Searcher):
         """Start the shard servers (they come up while the models load) and load the models once, here.
         ``in_process``: open every shard in this process instead, without Ray (``LocalShards``: `lsr search`)."""
         root = Path(path).expanduser()
-        check_query_encoder(query_encoder, threads)
+        check_open_options(query_encoder, threads, device, dtype)
         shard_map = read_shard_map(root)
         meta = read_meta(shard_map.paths(root)[0])
         shards = LocalShards(root, shard_map) if in_process else ShardSet(root, shard_map, options or ShardOptions())
-        models = SearchModels(meta, query_encoder, index=_GlobalDocFreqs(shards), device=device, dtype=dtype)
+        whole = _WholeCollection(shards)
+        models = SearchModels(meta, query_encoder, doc_freqs=lambda: whole, device=device, dtype=dtype)
         try:
             models.query, models.dense  # noqa: B018 - loaded now, while the shard servers start
         except BaseException:
@@ -178,7 +178,7 @@ class ShardedSearcher(Searcher):
     @cached_property
     def search_defaults(self) -> dict:
         """What `lsr tune` stored beside the shard map, else in the first shard."""
-        return read_search_defaults(self.root) or read_search_defaults(self.shard_map_paths[0]) or {}
+        return usable_search_defaults(self.root) or usable_search_defaults(self.shard_map_paths[0]) or {}
 
     @property
     def shard_map_paths(self) -> list[Path]:
@@ -261,3 +261,12 @@ class ShardedSearcher(Searcher):
 
     def close(self) -> None:
         self.shards.close()
+
+
+def open_in_process(collection: str | Path, **options: Any) -> Searcher:
+    """A Searcher over the collection folder, its shards opened in this process (no Ray) when it is sharded."""
+    from lsr.ingest.sharding import is_sharded
+
+    if is_sharded(collection):
+        return ShardedSearcher.open(collection, in_process=True, **options)
+    return Searcher.open(collection, **options)

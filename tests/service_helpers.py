@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 from lsr.service import Client
 
@@ -43,6 +45,17 @@ class ServerProcess:
 
     def log(self) -> str:
         return "".join(self.lines)
+
+    def wait_for_line(self, wanted: Callable[[str], bool], timeout: float = 30.0) -> str:
+        """The latest log line ``wanted`` takes, waiting for it: the log is read on a thread, so a line the server
+        wrote before answering may not be in ``lines`` yet when the answer is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = next((line for line in reversed(self.lines) if wanted(line)), None)
+            if found is not None:
+                return found
+            assert time.monotonic() < deadline, f"no such log line within {timeout:g} s:\n{self.log()[-3000:]}"
+            time.sleep(0.05)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

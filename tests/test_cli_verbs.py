@@ -126,6 +126,20 @@ def test_a_tampered_vectors_file_is_one_line_naming_it(collections, tmp_path, ca
     assert last.startswith(f"lsr index: error: {tmp_path / 'bad.parquet'}") and message in last
 
 
+def test_eval_cuts_tied_scores_where_trec_eval_ranks_them():
+    """trec_eval ranks tied documents by id descending; the cuts at 10 and 100 took ascending ids, so a relevant
+    "a" tied with d00..d09 scored nDCG@10 0 (ranked 11th) but MRR@10 0.1 (kept in the top 10), and tied with 150
+    others it counted as recalled at 100 though ranked 151st."""
+    from lsr.eval.metrics import evaluate
+
+    qrels = {"q1": {"a": 1}}
+    for others, rank in ((10, 11), (150, 151)):
+        run = {"q1": {"a": 1.0, **{f"d{i:03d}": 1.0 for i in range(others)}}}
+        scores = evaluate(qrels, run)
+        assert scores["ndcg@10"] == scores["mrr@10"] == 0.0 and scores["recall@100"] == (rank <= 100)
+    assert evaluate(qrels, {"q1": {"a": 1.0, **{f"b{i}": 1.0 for i in range(9)}}})["mrr@10"] == 0.1  # "a" ranks 10th
+
+
 def test_eval_compares_runs_with_a_paired_randomization_test(tmp_path, capsys):
     """30 queries, each with one relevant document: `first` ranks it first, `second` second, `same` is `first` again."""
     qids = [f"q{i}" for i in range(30)]
@@ -160,10 +174,16 @@ def test_eval_compares_runs_with_a_paired_randomization_test(tmp_path, capsys):
     ("q1 Q0 d1 1 2 tag\nq1 Q0 d1 2 1 tag\n", "q1 0 d1 1\n", "run.trec line 2: query 'q1' ranks document 'd1' twice"),
     ("q1 Q0 d1 1 2 tag\n", "q1 0 d1 inf\n", "qrels.txt line 1: grade 'inf' is not a whole number"),
     ("q1 Q0 d1 1 2 tag\n", "q1 0 d1 1e30\n", "qrels.txt line 1: grade '1e30' is not a whole number"),
-], ids=["fields", "nan-score", "repeated-doc", "inf-grade", "huge-grade"])
+    ("q1 Q0 d1 1 2 tag\n", "query-id\tcorpus-id\tscore\nq1\td 1\t1\n",  # was read as TREC: doc '1', grade 1
+     "qrels.txt line 2: id 'd 1' is empty or holds whitespace"),
+    ("q1 Q0 d1 1 2 tag\n", "q1 0 d1 1\nq1 0 d2 1\nq1 0 d1 2\n",  # the last grade was kept without a word
+     "qrels.txt line 3: judges document 'd1' for query 'q1' again, with grade 2 after 1"),
+    ("q1 Q0 d\xff1 1 2 tag\n", "q1 0 d1 1\n", "run.trec is not UTF-8 text (invalid start byte at byte 7)"),
+], ids=["fields", "nan-score", "repeated-doc", "inf-grade", "huge-grade", "spaced-beir-id", "regraded", "latin1"])
 def test_eval_names_a_malformed_line(tmp_path, capsys, run_text, qrels_text, message):
     """Each was a traceback or a silently wrong score (a NaN run score: nDCG 0.82 for a perfect ranking)."""
-    run, qrels = _write(tmp_path / "run.trec", run_text), _write(tmp_path / "qrels.txt", qrels_text)
+    run, qrels = tmp_path / "run.trec", _write(tmp_path / "qrels.txt", qrels_text)
+    run.write_bytes(run_text.encode("utf-8").replace("\xc3\xbf".encode("latin-1"), b"\xff"))  # ÿ: a raw 0xff
     assert cli_main(["eval", str(run), str(qrels)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
@@ -208,6 +228,8 @@ def test_doc_verb_searcher_doc_and_queries_that_are_not_text(collections, capsys
     for mode in ("sparse", "bm25"):  # bytes Python could not decode (argv, stdin) fail alike in every mode
         with pytest.raises(ValueError, match="texts\\[0\\] is not UTF-8 text: an undecodable byte at character 3"):
             searcher.search("caf\udce9 au lait", mode=mode)
+        with pytest.raises(ValueError, match="texts\\[1\\] is not UTF-8 text"):  # search_batch's BM25 took them
+            searcher.search_batch(["statins", "vitamin\ud800"], mode=mode)
     with pytest.raises(ValueError, match="texts\\[1\\] is not UTF-8 text"):
         searcher.query_encoder.encode_queries(["fine", "\udcff"])
 

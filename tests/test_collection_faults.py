@@ -529,6 +529,52 @@ def test_repair_salvage_keeps_the_journal_records_around_a_damaged_one(written, 
     assert not verify_collection(path).problems
 
 
+def test_repair_without_salvage_never_cuts_a_damaged_last_record_it_cannot_judge(written, encoders, tmp_path, capsys):
+    """With the sparse index gone, the dense index's older seq was all repair knew: a damaged last record (which
+    verify reports as corruption) was cut as a crash's torn tail and its acknowledged write lost without a word."""
+    from lsr.ingest.journal import JOURNAL_FILE, scan
+
+    path = _copy(written, tmp_path / "col")
+    col = Collection.open(path)
+    _upsert_each(col, encoders, ["last-1", "last-2"], [NEW_TEXT, f"Again: {NEW_TEXT}"])
+    col.close()
+    journal = path / JOURNAL_FILE
+    found = scan(journal)
+    data = bytearray(journal.read_bytes())
+    _flip_payload(data, found.ends[-2])  # inside the last record, whole and acknowledged
+    journal.write_bytes(bytes(data))
+    shutil.rmtree(path / "sparse")
+    assert main(["verify", str(path)]) == 1 and "--salvage" in capsys.readouterr().out
+    assert main(["repair", str(path)]) == 2
+    assert "nothing tells that from a write a crash cut off" in capsys.readouterr().err
+    assert journal.read_bytes() == bytes(data) and not (path / "sparse").exists()  # nothing cut, nothing half-built
+    assert main(["repair", str(path), "--salvage"]) == 0
+    assert f"the writes of seq {found.records[-1].seq} are lost" in capsys.readouterr().out  # lost, and said so
+
+
+def test_kill_9_during_repair_leaves_the_old_index_that_opens(written, tmp_path):
+    """repair deleted sparse/ and rebuilt it in place: a Ctrl-C or kill -9 meanwhile left a collection that every
+    open refused. It now builds beside it and swaps it in."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = _copy(written, tmp_path / "col")
+    want = sorted(Collection.open(path).sparse.doc_ids())
+    proc = subprocess.Popen([sys.executable, "-m", "lsr", "repair", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (path / "sparse.rebuild").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert sorted(Collection.open(path).sparse.doc_ids()) == want and not verify_collection(path).problems
+    assert main(["repair", str(path)]) == 0  # the next repair clears what the killed one left
+    assert not (path / "sparse.rebuild").exists() and not (path / "sparse.replaced").exists()
+    assert sorted(Collection.open(path).sparse.doc_ids()) == want
+
+
 def test_a_folder_where_the_journal_should_be_is_named_by_verify_and_open(written, tmp_path):
     from lsr.ingest.journal import JOURNAL_FILE
 

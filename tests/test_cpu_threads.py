@@ -33,6 +33,9 @@ def test_threads_flag_wins_and_is_checked():
         assert set_threads(None) == usable_cpus()
         with pytest.raises(ValueError, match="--threads"):
             set_threads(0)
+        with pytest.raises(ValueError, match=f"--threads 100000 is more than 4 x the {usable_cpus()} CPUs"):
+            set_threads(100_000)  # OpenBLAS crashed on it (exit 139)
+        assert set_threads(4 * usable_cpus()) == 4 * usable_cpus()
     finally:
         torch.set_num_threads(previous)
 

@@ -69,3 +69,22 @@ def test_a_vectors_file_is_encoded_in_the_dtype_asked_for(splade, tmp_path):
     np.testing.assert_array_equal(vectors["fp32"], want)
     assert not np.array_equal(vectors["bf16"], want)  # bf16 ran: its weights keep 8 bits
     assert np.linalg.norm(vectors["bf16"] - want) <= 5e-2 * np.linalg.norm(want)
+
+
+def test_searcher_open_refuses_a_bad_device_dtype_or_thread_count_before_opening_anything(tmp_path):
+    """Each was taken at open and failed at the first search, deep in torch (device "tpu", "cuda" on a CPU-only
+    build, threads 2.5), or was dropped silently (threads 0). The folder does not exist: the checks come first."""
+    from lsr import Searcher
+
+    missing = tmp_path / "no-collection"
+    with pytest.raises(ValueError, match="(unknown|unsupported) device 'tpu'"):
+        Searcher.open(missing, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            Searcher.open(missing, device="cuda")
+    with pytest.raises(ValueError, match="dtype must be one of auto, fp32, bf16, fp16, got 'int8'"):
+        Searcher.open(missing, dtype="int8")
+    with pytest.raises(TypeError, match="threads must be a whole number, got 2.5"):
+        Searcher.open(missing, threads=2.5)
+    with pytest.raises(ValueError, match="threads must be ≥ 1, got 0"):
+        Searcher.open(missing, threads=0)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, idf_from_doc_freqs
+from lsr.encode.idf import idf_from_doc_freqs
+from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder
 from lsr.encode.models import ModelNotFoundError, resolve_model
 from lsr.sparse import SparseBatch
 
@@ -161,6 +162,13 @@ def test_empty_and_whitespace_give_empty_vectors(splade):
     assert batch.row(2)[0].size > 0
     assert batch.row(3)[0].size == 0  # NUL-only has no words: it used to get 'is', 'means', 'and' ... and match queries
     assert len(splade.encode_queries([])) == 0
+    # Every character the tokenizer drops, alone: soft hyphen, direction mark, controls, a lone accent, U+FFFD,
+    # invisible times, the Mongolian vowel separator, private use. Each gave the special tokens' vector.
+    dropped = ["\xad\xad", "\u200e", "\x01", "\x7f", "\u0301", "\ufffd", "\u2062", "\u180e", "\ue000"]
+    assert all(ids == [101, 102] for ids in splade.tokenizer(dropped)["input_ids"])
+    assert all(batch.row(i)[0].size == 0 for i in range(len(dropped)) for batch in [splade.encode_documents(dropped)])
+    kept = splade.encode_documents(["\xadprotein", "\u0301a", "😀"])  # a word beside them, or one [UNK]
+    assert all(kept.row(i)[0].size > 0 for i in range(3))
 
 
 def test_non_string_raises_type_error_naming_position(splade):

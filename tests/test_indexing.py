@@ -182,9 +182,15 @@ def test_a_second_build_of_a_collection_being_built_fails_at_once_and_harms_noth
         if shard == 2:
             refused.extend(subprocess.run(_cli(*args, extra), capture_output=True, text=True, timeout=120)
                            for extra in ("--resume", "--overwrite"))
+            # a search of it meanwhile is told it is being built, not that a build was interrupted (and to --resume)
+            refused.append(subprocess.run([sys.executable, "-m", "lsr", "search", str(out), "aspirin", "--quiet"],
+                                          capture_output=True, text=True, timeout=120))
 
     build_collection(corpus, out, options(), progress=False, on_shard=second_builds)
-    assert len(refused) == 2
+    assert len(refused) == 3
+    searched = refused.pop()
+    assert searched.returncode == 1 and searched.stderr == (f"lsr search: error: {out} is being indexed right now by "
+                                                            "another process; it opens once that `lsr index` has finished\n")
     for run in refused:
         assert run.returncode == 1, run.stderr
         assert run.stderr == (f"lsr index: error: another process (`lsr index`, `lsr train`, `lsr repair` or a "

@@ -3,6 +3,7 @@ stored PRF defaults through a real gRPC server, and a tuner that never reads the
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -122,7 +123,6 @@ STORED = {"feedback_docs": 4, "weight": 1.0, "max_terms": 20, "interpolate": "no
 def test_stored_prf_defaults_are_used_in_process_and_through_grpc(tiny, tmp_path):
     """A PRF search without settings takes search-defaults.json's PRF: in-process (prf=True), through a real
     server (PrfOptions.enabled with unset fields), and a set field overrides only itself."""
-    import shutil
 
     from lsr.ingest.layout import write_search_defaults
     from lsr.service import search_pb2 as pb
@@ -252,7 +252,6 @@ def test_cli_prf_flags(tiny, searcher, capsys):
 def test_the_tuning_backend_searches_each_first_pass_once_and_ranks_as_the_searcher(tiny, searcher, tmp_path):
     """Tuning reuses each query's first-pass leg runs across settings (``FirstPassMemo``): the same hits and scores as
     searching afresh, no leg searched again for a repeated first pass, and a changed collection searched anew."""
-    import shutil
 
     from lsr.eval.backends import InProcess
     from lsr.eval.datasets import load_beir
@@ -290,6 +289,33 @@ def test_the_tuning_backend_searches_each_first_pass_once_and_ranks_as_the_searc
     changing.upsert(["echo"], [texts[0]])  # a document that is the query itself
     after = backend.run(qids[:1], texts[:1], 10, "hybrid", HYBRID)
     assert "echo" not in before[qids[0]] and rank(after[qids[0]], 1)[0][0] == "echo"
+
+
+def test_explain_with_prf_explains_the_moved_query_that_scored_the_hits(searcher):
+    """The explanation showed the original query's terms while sparse_score came from PRF's moved query (12.5 of
+    101.3 explained, and in the other order): now it names the expansion terms that scored."""
+    asked = set(searcher.query_encoder.encode_queries([QUERY]).to_dicts()[0])
+    hits = searcher.search(QUERY, k=3, mode="sparse", prf=PrfOptions(3, 1.0, interpolate="none"), explain=True).hits
+    for hit in hits:
+        assert sum(weight for _, weight in hit.explanation) <= hit.sparse_score * 1.01
+    assert set(dict(hits[0].explanation)) - asked  # the top hit fed the expansion: its own terms score
+
+
+def test_inference_free_query_weights_follow_upserts_and_deletes(tiny, tmp_path):
+    """The IDF weights come from the collection's document frequencies as they are at each search: a Searcher that
+    searched before an upsert ranks afterwards as one opened after it (it kept its first table, and ranked on)."""
+    shutil.copytree(tiny[1], tmp_path / "col")
+    live = Searcher.open(tmp_path / "col", query_encoder="inference-free")
+    first = live.query_encoder.encode_queries([QUERY]).to_dicts()[0]
+    live.search(QUERY, k=5, mode="sparse")
+    live.upsert([f"v{i}" for i in range(40)], ["vitamin vitamin supplements"] * 40)
+    fresh = Searcher.open(tmp_path / "col", query_encoder="inference-free")
+    after = live.query_encoder.encode_queries([QUERY]).to_dicts()[0]
+    assert after == fresh.query_encoder.encode_queries([QUERY]).to_dicts()[0]
+    assert after["vitamin"] < first["vitamin"]  # now a common word
+    assert _hits(live.search(QUERY, k=10, mode="sparse")) == _hits(fresh.search(QUERY, k=10, mode="sparse"))
+    live.delete([f"v{i}" for i in range(40)])
+    assert live.query_encoder.encode_queries([QUERY]).to_dicts()[0] == first
 
 
 @pytest.mark.parametrize("mode", ["sparse", "dense", "bm25", "hybrid"])
@@ -335,6 +361,23 @@ def test_one_str_is_never_taken_for_a_list_of_ids(searcher, tmp_path):
     assert batch[-3].row(0)[0].tolist() == batch[0].row(0)[0].tolist()
     with pytest.raises(IndexError, match="row 5 of a batch of 3"):
         batch[5]
+    # Negative rows and masks pick what numpy would (row(-1) was empty, a mask was read as rows 0 and 1, b[[-1]]
+    # failed on its own indptr), a bool alone is no row, and batches compare by content (== raised).
+    assert batch.row(-1)[0].tolist() == batch.row(2)[0].tolist() and batch[[-1]] == batch[2] == batch[np.array([0, 0, 1], bool)]
+    with pytest.raises(TypeError, match="a bool is not a row number"):
+        batch[True]
+    with pytest.raises(IndexError, match="row -4 of a batch of 3"):
+        batch.row(-4)
+    assert batch != batch[[0, 1]] and batch == SparseBatch.concat([batch[:1], batch[1:]])
+    # A term named twice adds up everywhere (to_dicts kept the first weight, to_dense the last, to_scipy the sum),
+    # and a term id outside the vocabulary is refused at once (-1 became the last term).
+    twice = SparseBatch.from_dicts([{"heart": 1.0, searcher._token_ids["heart"]: 2.0}], searcher.vocab)
+    assert twice.to_dicts() == [{"heart": 3.0}] and twice.to_dense().max() == twice.to_scipy().max() == 3.0
+    for key, error in ((-1, ValueError), (len(searcher.vocab), ValueError), (2.7, TypeError)):
+        with pytest.raises(error, match="outside the vocabulary|a token or a whole term id"):
+            SparseBatch.from_dicts([{key: 1.0}], searcher.vocab)
+    with pytest.raises(TypeError, match=r"ids\[0\] is None; an id is a str"):
+        searcher.upsert([None], ["a document named None"])
     other = SparseBatch(np.array([0, 1]), np.array([3]), np.array([1.0], np.float32), 100)
     with pytest.raises(ValueError, match="different vocabularies"):
         SparseBatch.concat([batch, other])
@@ -365,8 +408,52 @@ def test_options_of_the_wrong_kind_fail_in_one_clear_line(searcher, splade):
     batch = splade.encode_documents(["aspirin lowers heart attack risk"])
     with pytest.raises(ValueError, match="top must be a positive whole number"):
         batch.to_dicts(top=-1)
-    with pytest.raises(ValueError, match=r"batch_size must be a positive whole number, got '8'"):
+    with pytest.raises(TypeError, match=r"batch_size must be a whole number, got '8'"):
         splade.encode_documents(["x"], batch_size="8")
     for threshold in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="threshold must be a finite number"):
             SpladeEncoder.from_pretrained("splade-tiny", device="cpu", threshold=threshold)
+    # numpy's numbers are numbers; a count that is no whole number, or a string, is one TypeError naming the option
+    # (candidates=2.5 failed nine frames deep, rrf_k="60" in numpy, PRF weight="1" on "'<=' not supported")
+    numpy_weights = HybridOptions(sparse_weight=np.float32(0.4), dense_weight=np.float64(0.6), candidates=np.int64(50))
+    assert _hits(searcher.search("aspirin", k=3, mode="hybrid", hybrid=numpy_weights)) == _hits(
+        searcher.search("aspirin", k=3, mode="hybrid", hybrid=HybridOptions(sparse_weight=0.4, candidates=50)))
+    for options, words in ((HybridOptions(candidates=2.5), "hybrid candidates must be a whole number, got 2.5"),
+                           (HybridOptions(candidates="50"), "hybrid candidates must be a whole number, got '50'"),
+                           (HybridOptions(rrf_k=60.7), "hybrid rrf_k must be a whole number, got 60.7"),
+                           (HybridOptions(sparse_weight="0.5"), "hybrid sparse_weight must be a number, got '0.5'")):
+        with pytest.raises(TypeError, match=words):
+            searcher.search("aspirin", k=3, mode="hybrid", hybrid=options)
+    with pytest.raises(TypeError, match="PRF weight must be a number, got '1'"):
+        searcher.search("aspirin", k=3, prf=PrfOptions(weight="1"))
+    small = SpladeEncoder.from_pretrained("splade-tiny", device="cpu", max_length=np.int64(64), threshold=np.float32(0.5))
+    assert small.max_length == 64 and type(small.max_length) is int and small.threshold == 0.5
+
+
+def _hits(result) -> list[tuple[str, float]]:
+    return [(h.doc_id, round(h.score, 4)) for h in result.hits]
+
+
+def test_search_topics_takes_pairs_from_any_iterable_and_writes_scores_that_keep_the_order(searcher, tmp_path):
+    """A generator of topics failed (len), an int qid failed (AttributeError), a repeated qid wrote its hits twice;
+    and RRF scores printed at 6 decimals tied, so trec_eval re-sorted them by doc id, away from the Searcher's order."""
+    from lsr.eval.runs import read_trec_run
+    from lsr.search.batch import search_topics
+
+    texts = [QUERY, "statins and muscle pain", "aspirin lowers heart attack risk"]
+    rrf = HybridOptions("rrf", sparse_weight=0.35, dense_weight=0.35, bm25_weight=0.3)
+    out = tmp_path / "run.trec"
+    search_topics(searcher, ((i, text) for i, text in enumerate(texts)), out, k=20, mode="hybrid", hybrid=rrf,
+                  progress=False)
+    run = read_trec_run(out)
+    assert sorted(run) == ["0", "1", "2"]
+    for qid, text in enumerate(texts):
+        scores = run[str(qid)]
+        by_score = sorted(scores, key=lambda doc: -scores[doc])  # as trec_eval reads it: scores alone
+        assert by_score == [h.doc_id for h in searcher.search(text, k=20, mode="hybrid", hybrid=rrf).hits]
+        assert len(set(scores.values())) == len(scores)
+    with pytest.raises(ValueError, match="query id 'q1' appears twice in the topics"):
+        search_topics(searcher, [("q1", "aspirin"), ("q1", "statins")], tmp_path / "twice.trec", progress=False)
+    with pytest.raises(TypeError, match=r"topics\[0\] has the query id None"):
+        search_topics(searcher, [(None, "aspirin")], tmp_path / "none.trec", progress=False)
+    assert not (tmp_path / "twice.trec").exists()

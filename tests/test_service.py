@@ -238,6 +238,24 @@ def test_a_bare_host_means_the_default_port_50051():
 
 
 # ---------------------------------------------------------------------------------- bad input
+def test_the_client_checks_what_the_searcher_checks_before_sending(free_port):
+    """k=0 went out as proto3's "unset" and came back as 10 hits; one str to search_batch went as one-character
+    queries; an int sparse key failed inside protobuf. Nothing listens at the port: each fails before a send."""
+    client = Client(f"127.0.0.1:{free_port}", timeout=2)
+    with pytest.raises(ValueError, match="k must be an integer in 1..1000, got 0"):
+        client.search("cancer", k=0)
+    with pytest.raises(TypeError, match="search_batch takes a list of query texts, got one str"):
+        client.search_batch("cancer")
+    with pytest.raises(TypeError, match="maps tokens .str. to weights, got the key 3"):
+        client.search(sparse={3: 1.0})
+    with pytest.raises(TypeError, match="hybrid candidates must be a whole number, got 2.5"):
+        client.search("cancer", mode="hybrid", hybrid=HybridOptions(candidates=2.5))
+    with pytest.raises(ValueError, match=r"PRF weight must be in \[0, 10\], got 11"):
+        client.search_batch(["cancer"], prf=PrfOptions(weight=11))
+    with pytest.raises(ValueError, match="unknown mode 'fuzzy'"):
+        client.search("cancer", mode="fuzzy")
+
+
 def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
     bad = grpc.StatusCode.INVALID_ARGUMENT
     return [
@@ -257,6 +275,7 @@ def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
         ("sparse weights underflowing scores", pb.SearchRequest(sparse={"cancer": 1e-44}), bad, "between 1e-30 and 1e+30"),
         ("sparse vector in hybrid mode", pb.SearchRequest(sparse={"cancer": 1.0}, mode=pb.HYBRID), bad, "sparse mode only"),
         ("NUL-only text", pb.SearchRequest(text="\x00\x00"), bad, "empty"),
+        ("soft hyphens and a direction mark only", pb.SearchRequest(text="\xad\u200e\xad"), bad, "empty"),
         ("dense overflowing scores", pb.SearchRequest(dense=[3e38] * 384, mode=pb.DENSE), bad, "between 1e-30 and 1e+30"),
         ("all-zero dense", pb.SearchRequest(dense=[0.0] * 384, mode=pb.DENSE), bad, "all zeros"),
         ("wrong dense dimension", pb.SearchRequest(dense=[0.1] * 7, mode=pb.DENSE), bad, "dimensions"),
@@ -494,11 +513,7 @@ def test_servers_warm_up_every_mode_before_they_listen(servers):
 
 def test_logs_carry_request_id_and_stage_timings(servers, client):
     client.search("sodium intake and blood pressure", mode="hybrid")
-    deadline = time.monotonic() + 10
-    while not any("rpc=Search" in line and "mode=hybrid" in line for line in servers["main"].lines):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    line = next(line for line in servers["main"].lines if "rpc=Search" in line and "mode=hybrid" in line)
+    line = servers["main"].wait_for_line(lambda line: "rpc=Search" in line and "mode=hybrid" in line)
     fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
     assert len(fields["request_id"]) >= 8 and fields["status"] == "OK"
     for stage in ("encode", "sparse", "dense", "fuse", "prf", "queue", "total"):

@@ -193,6 +193,11 @@ def test_verify_and_repair_name_a_missing_shard_folder(sharded, tmp_path, capsys
     assert main(["repair", str(col)]) == 2
     assert capsys.readouterr().err.startswith("lsr repair: error: nothing was repaired: the shard's folder")
     assert {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()} == before
+    data = bytearray((col / SHARDS_FILE).read_bytes())  # a damaged shard map is a finding (1), not bad input (2)
+    data[len(data) // 2] ^= 0x01
+    (col / SHARDS_FILE).write_bytes(bytes(data))
+    assert main(["verify", str(col)]) == 1
+    assert capsys.readouterr().out.startswith(f"BAD      {col / SHARDS_FILE}")
 
 
 def test_tied_documents_are_kept_by_doc_id_sharded_or_not(tmp_path):

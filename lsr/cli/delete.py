@@ -55,14 +55,9 @@ def run(args: argparse.Namespace) -> int:
 def _read_ids(path: str | None) -> list[str]:
     if path is None:
         return []
-    from lsr.files import text_lines
+    from lsr.files import read_text_file, text_lines
 
-    if path == "-":
-        lines = text_lines(sys.stdin.read())
-    elif not Path(path).is_file():
-        raise FileNotFoundError(f"--ids-file {path} does not exist")
-    else:
-        lines = text_lines(Path(path).read_text(encoding="utf-8"))
+    lines = text_lines(sys.stdin.read() if path == "-" else read_text_file(path, "--ids-file"))
     return [line for line in lines if line.strip()]  # ids are kept as written: " d1" and "d1" are two documents
 
 

@@ -13,7 +13,9 @@ DTYPE_HELP = ("model precision: auto (bf16 on a GPU that has it, fp16 on older G
 
 def add_device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help=DTYPE_HELP)
+    from lsr.search.models import DTYPE_CHOICES
+
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
 
 
 def add_query_encoder_argument(p: argparse.ArgumentParser) -> None:

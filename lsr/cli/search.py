@@ -26,13 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, lazy_device_options
 from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, chosen_mode, hybrid_options, prf_options
-
-if TYPE_CHECKING:
-    from lsr.search.searcher import Searcher
 
 HELP = "search a collection in-process and print the hits"
 
@@ -58,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lsr.service.coordinator import open_in_process
+
     if args.topics and args.query:
         raise ValueError("give a QUERY or --topics FILE, not both")
     if args.topics and not args.output:
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         from lsr.search.batch import search_topics
 
         topics = read_topics(args.topics)  # before the slow model load: a bad file fails at once
-        searcher = open_searcher(args.collection, query_encoder=args.query_encoder,
+        searcher = open_in_process(args.collection, query_encoder=args.query_encoder,
                                  threads=1 if (args.threads or 1) > 1 else None, **lazy_device_options(args))
         prf = prf_options(args, searcher.default_prf)
         mode = chosen_mode(args.mode, searcher.modes)
@@ -88,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     interactive = not args.query and sys.stdin.isatty()
     if interactive:
         print("loading the models…", file=sys.stderr, flush=True)
-    searcher = open_searcher(args.collection, query_encoder=args.query_encoder, **lazy_device_options(args))
+    searcher = open_in_process(args.collection, query_encoder=args.query_encoder, **lazy_device_options(args))
     prf = prf_options(args, searcher.default_prf)
     mode = chosen_mode(args.mode, searcher.modes)
     searcher.warm_up(mode, hybrid, prf)
@@ -103,18 +102,6 @@ def run(args: argparse.Namespace) -> int:
     for text in _queries_from_stdin(interactive):
         _print_result(search(text), mode, args.json, query=text, echo=not interactive)
     return 0
-
-
-def open_searcher(collection: str, **options: Any) -> "Searcher":
-    """A Searcher over the collection folder, its shards opened here when it is sharded."""
-    from lsr.ingest.sharding import is_sharded
-    from lsr.search.searcher import Searcher
-
-    if is_sharded(collection):
-        from lsr.service.coordinator import ShardedSearcher
-
-        return ShardedSearcher.open(collection, in_process=True, **options)
-    return Searcher.open(collection, **options)
 
 
 def _queries_from_stdin(interactive: bool) -> Iterator[str]:

@@ -27,10 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the report of each collection (each shard of a sharded one); `lsr repair` ends with it too."""
+    from lsr.files import CorruptFileError
     from lsr.ingest.verify import Report, verify_collection
 
     problems = 0
-    for name, path in collections_of(args.collection):
+    try:
+        collections = collections_of(args.collection)
+    except CorruptFileError as exc:  # a damaged shard map is a finding (exit 1), not bad input (exit 2)
+        print(f"BAD      {exc}; it names the shards: restore it from a backup or index the corpus again")
+        return 1
+    for name, path in collections:
         report = verify_collection(path) if not name or path.is_dir() else Report(problems=[missing_shard(name, args.collection)])
         prefix = f"{name}: " if name else ""
         for line in report.checked:
@@ -41,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"BAD      {prefix}{line}")
         problems += len(report.problems)
     if problems:
-        print(f"{problems} problem(s) in {args.collection}; `lsr repair {args.collection}` rebuilds "
-              "the inverted and faiss indexes")
+        print(f"{problems} problem(s) in {args.collection}; `lsr repair {args.collection}` rebuilds the inverted, "
+              "faiss and BM25 indexes (add --salvage for a damaged journal); any other damaged file needs a backup "
+              "or a re-index")
         return 1
     print(f"{args.collection} is intact")
     return 0

@@ -27,6 +27,9 @@ from lsr.kernels.threads import one_intra_op_thread
 T = TypeVar("T")
 
 
+OVERSUBSCRIBE = 4  # threads per usable CPU at most: past that, threads only take turns
+
+
 def set_threads(threads: int | None) -> int:
     """Apply ``--threads``: that many torch threads, or every usable CPU when None. Returns the count.
 
@@ -34,7 +37,10 @@ def set_threads(threads: int | None) -> int:
     """
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {threads}")
-    count = threads or usable_cpus()
+    cpus = usable_cpus()
+    if threads is not None and threads > OVERSUBSCRIBE * cpus:  # 100,000 crashed OpenBLAS (segfault, exit 139)
+        raise ValueError(f"--threads {threads} is more than {OVERSUBSCRIBE} x the {cpus} CPUs this process may use")
+    count = threads or cpus
     torch.set_num_threads(count)
     return count
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from lsr.encode.checks import check_whole
 from lsr.encode import native_bert, packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad
 from lsr.encode.inputs import (EncodeInfo, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
@@ -93,8 +94,7 @@ class DenseEncoder:
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer
         self.max_length = max_length or model_max_tokens(str(getattr(model, "name_or_path", "")), tokenizer)
-        if not isinstance(self.max_length, int) or self.max_length < 4:
-            raise ValueError(f"max_length must be an integer ≥ 4, got {self.max_length!r}")
+        self.max_length = check_whole(self.max_length, "max_length", 4)
         self.config = config
         self.name = name or getattr(model, "name_or_path", type(model).__name__)
         self.dim = int(model.config.hidden_size)
@@ -149,8 +149,7 @@ class DenseEncoder:
         Batches of up to ``batch_size x max_length`` padded tokens through ``lsr.encode.batching``.
         """
         texts = check_texts(texts)
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        batch_size = check_whole(batch_size, "batch_size", 1)
         if self.config.lowercase:
             texts = [t.lower() for t in texts]
         out = np.zeros((len(texts), self.dim), np.float32)

@@ -10,17 +10,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from lsr.encode.checks import check_number, check_whole
 from lsr.encode import native_bert, packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
 from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, model_max_tokens, report_truncation, resolve_device,
                                resolve_dtype, token_ids, truncated_token_ids)
+from lsr.encode.idf import idf_of_index
 from lsr.encode.models import load_with_hint, quiet_loader, resolve_model
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
@@ -131,22 +132,19 @@ class SpladeEncoder:
             query_max_length = default_query_length(str(getattr(model, "name_or_path", "")), tokenizer)
         positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         for label, value in (("max_length", max_length), ("query_max_length", query_max_length)):
-            if not isinstance(value, int) or value < 4:
-                raise ValueError(f"{label} must be an integer ≥ 4, got {value!r}")
+            check_whole(value, label, 4)
             if isinstance(positions, int) and value > positions:  # a longer text failed deep in torch (IndexError)
                 raise ValueError(f"{label} {value} is more than the {positions} token positions the model has")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0):
-            raise ValueError(f"top_k must be a positive whole number or None, got {top_k!r}")
-        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
-            raise ValueError(f"threshold must be a finite number ≥ 0, got {threshold!r}")  # -1 kept every term, NaN none
+        top_k = None if top_k is None else check_whole(top_k, "top_k", 1)
+        threshold = check_number(threshold, "threshold", 0.0)  # -1 kept every term, NaN none
         self.device = resolve_device(device)
         self.model = model.to(self.device, dtype=resolve_dtype(dtype, self.device)).eval()
         self.weight, self.bias = _detach_output_projection(self.model)
         if self._runs_bert_padded() and self.weight.dtype in (torch.bfloat16, torch.float16):
             packed_bert.keep_norms_float32(self.model)  # the head, detached first, keeps its half copy even when tied
         self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.query_max_length = query_max_length
+        self.max_length = int(max_length)
+        self.query_max_length = int(query_max_length)
         self.pooling = pooling
         self.top_k = top_k
         self.threshold = float(threshold)
@@ -294,8 +292,7 @@ class SpladeEncoder:
     ):
         """Batches of up to ``batch_size x max_length`` padded tokens through ``lsr.encode.batching``."""
         texts = check_texts(texts)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+        batch_size = check_whole(batch_size, "batch_size", 1)
         live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)  # NUL-only: no words
         n_tokens = np.zeros(len(texts), np.int64)
 
@@ -364,11 +361,13 @@ class InferenceFreeQueryEncoder:
 
     batch_gain = False  # a batch costs the sum of its texts, so the service encodes these without micro-batching
 
-    def __init__(self, tokenizer: Any, idf: np.ndarray, *, query_max_length: int = DEFAULT_MAX_TOKENS, name: str | None = None):
+    def __init__(self, tokenizer: Any, idf: np.ndarray | Callable[[], np.ndarray], *,
+                 query_max_length: int = DEFAULT_MAX_TOKENS, name: str | None = None):
+        """``idf``: the weights, or a function giving the current ones at each encode (an index's document
+        frequencies change with every upsert and delete; a weight table read once would go stale)."""
         self.tokenizer = tokenizer
-        self.idf = np.asarray(idf, dtype=np.float32)
-        if self.idf.ndim != 1 or not np.all(np.isfinite(self.idf)) or (self.idf < 0).any():
-            raise ValueError("idf must be a 1-D array of finite non-negative weights")
+        self._idf_now = idf if callable(idf) else None
+        self.idf = _checked_idf(idf() if callable(idf) else idf)
         self.vocab_size = len(self.idf)
         self.query_max_length = query_max_length
         self.name = name
@@ -379,7 +378,8 @@ class InferenceFreeQueryEncoder:
     def from_pretrained(
         cls, name_or_path: str = "splade-tiny", *, idf: Any = None, index: Any = None, query_max_length: int | None = None
     ) -> "InferenceFreeQueryEncoder":
-        """IDF from (in order): the ``idf`` argument, ``idf.json`` in the model folder, the ``index``'s dfs."""
+        """IDF from (in order): the ``idf`` argument (weights, or a function that gives the current ones), ``idf.json``
+        in the model folder, the ``index``'s document frequencies as they are at each encode."""
         folder = resolve_model(name_or_path)
         tokenizer = native_bert.load_tokenizer(folder) if os.path.isdir(folder) else None
         if tokenizer is None:
@@ -392,7 +392,7 @@ class InferenceFreeQueryEncoder:
             with open(table_path, encoding="utf-8") as fh:
                 idf = json.load(fh)
         if idf is None and index is not None:
-            idf = idf_from_doc_freqs(index.doc_freqs(), index.num_docs)
+            idf = idf_of_index(index)
         if idf is None:
             raise ValueError(
                 f"no IDF table for {name_or_path!r}: its folder has no idf.json; pass idf= or index= "
@@ -412,6 +412,7 @@ class InferenceFreeQueryEncoder:
     def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 0, *, return_info: bool = False, **_: Any):
         """One weight per distinct query token: its IDF. ``batch_size`` is accepted for API symmetry."""
         texts = check_texts(texts)
+        idf = self._current_idf()
         enc = token_ids(self.tokenizer, texts, add_special_tokens=False, truncation=False)
         indptr, indices, values = [0], [], []
         lengths = np.zeros(len(texts), np.int64)
@@ -421,7 +422,7 @@ class InferenceFreeQueryEncoder:
                 ids = []
             terms = np.unique(np.asarray([t for t in ids[: self.query_max_length] if t not in self._special_ids], np.int64))
             terms = terms[terms < self.vocab_size]
-            weights = self.idf[terms]
+            weights = idf[terms]
             keep = weights > 0
             indices.extend(terms[keep].tolist())
             values.extend(weights[keep].tolist())
@@ -431,16 +432,26 @@ class InferenceFreeQueryEncoder:
         return (batch, info) if return_info else batch
 
 
+    def _current_idf(self) -> np.ndarray:
+        if self._idf_now is not None:
+            idf = self._idf_now()
+            if idf is not self.idf:  # a new version of the index: check it once
+                idf = _checked_idf(idf)
+                if len(idf) != self.vocab_size:
+                    raise ValueError(f"the IDF table changed size: {len(idf)} weights for a {self.vocab_size}-term vocabulary")
+                self.idf = idf
+        return self.idf
+
+
+def _checked_idf(idf: Any) -> np.ndarray:
+    idf = np.asarray(idf, dtype=np.float32)
+    if idf.ndim != 1 or not np.all(np.isfinite(idf)) or (idf < 0).any():
+        raise ValueError("idf must be a 1-D array of finite non-negative weights")
+    return idf
+
+
 def idf_table_path(name_or_path: str) -> str | None:
     """The model folder's ``idf.json``, if it ships one: the model was trained for IDF queries (``lsr train
     --inference-free``, OpenSearch's doc-only models), so its query side is ``InferenceFreeQueryEncoder``."""
     path = os.path.join(resolve_model(name_or_path), IDF_TABLE)
     return path if os.path.isfile(path) else None
-
-
-def idf_from_doc_freqs(doc_freqs: np.ndarray, num_docs: int) -> np.ndarray:
-    """BM25's non-negative IDF, ``log(1 + (N - df + 0.5) / (df + 0.5))``; 0 for terms no document has."""
-    df = np.asarray(doc_freqs, dtype=np.float64)
-    idf = np.log1p((num_docs - df + 0.5) / (df + 0.5))
-    idf[df == 0] = 0.0
-    return idf.astype(np.float32)

@@ -3,6 +3,7 @@ without importing torch."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Set as AbstractSet
 from typing import Any, Sequence
 
@@ -39,13 +40,19 @@ def surrogate_at(text: str) -> int | None:
     return None
 
 
-_NO_WORDS = dict.fromkeys(map(ord, "\x00\u200b\u200c\u200d\u2060\ufeff"))  # NUL, zero-width chars, BOM
+# What tokenizers drop: control, format and private-use characters (NUL, soft hyphen, zero-width and direction marks,
+# BOM), combining marks with no letter to sit on, separators; and U+FFFD, which BERT's normaliser removes.
+_NO_WORD_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Mn", "Me", "Zs", "Zl", "Zp"})
 
 
 def is_blank(text: str) -> bool:
-    """Whether a text has no words: empty, or whitespace, NUL and zero-width characters only (a tokenizer drops
-    them all, and an encoder given nothing encodes its special tokens: 'is', 'means', 'and' ...)."""
-    return not text.translate(_NO_WORDS).strip()
+    """Whether a text has no words: nothing but whitespace, control and format characters, lone combining marks
+    and U+FFFD (a tokenizer drops them all, and an encoder given nothing encodes its special tokens: 'is', 'means',
+    'and' ...). Stops at the first word character, so a real text costs a few characters' look."""
+    for char in text:
+        if char != "\ufffd" and not char.isspace() and unicodedata.category(char) not in _NO_WORD_CATEGORIES:
+            return False
+    return True
 
 
 # A question or a passage; a longer "query" is a mistake (a document pasted whole), and BM25 reads every word of it

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-from lsr.eval.runs import parse_qrels
+from lsr.eval.runs import fields, parse_qrels
 from lsr.files import cache_dir
 from lsr.ingest.beir_source import BeirSource
 from lsr.sparse import id_problem, short_repr
@@ -94,7 +94,7 @@ def _rows_by_id(fh: IO[bytes], what: str, fields: tuple[str, ...]) -> dict[str, 
 
 def read_qrels(fh: IO[bytes], what: str = "qrels") -> dict[str, dict[str, int]]:
     """BEIR's ``query-id  corpus-id  score`` TSV with a header (or TREC's four fields); CRLF or LF."""
-    return parse_qrels(((n, line.split()) for n, line in enumerate(_utf8_lines(fh, what), start=1) if line.split()),
+    return parse_qrels(((n, fields(line)) for n, line in enumerate(_utf8_lines(fh, what), start=1) if line.split()),
                        what)
 
 
@@ -162,13 +162,19 @@ def known_names(folders: list[Path]) -> list[str]:
 
 
 def locate_dataset(name_or_path: str, data_dir: str | Path | None = None, *, download: bool = True) -> Path:
-    """A path as given; else NAME in :func:`search_dirs`; else download it (known names only)."""
+    """A path as given; else NAME in :func:`search_dirs`; else download it (known names only). A NAME is looked for
+    in ``data_dir`` first: a folder of that name in the current directory (a collection called "scifact") was taken
+    over the dataset the user pointed at."""
+    folders = search_dirs(data_dir)  # a --data-dir that is no folder fails, whatever NAME is
     given = Path(name_or_path).expanduser()
+    bare = os.sep not in name_or_path and not name_or_path.endswith((".zip", ".tar.gz"))
+    in_data_dir = [c for c in _candidates(folders[0], name_or_path) if c.exists()] if data_dir and bare else []
+    if in_data_dir:
+        return in_data_dir[0]
     if given.exists():
         return given
-    if os.sep in name_or_path or name_or_path.endswith((".zip", ".tar.gz")):
+    if not bare:
         raise FileNotFoundError(f"BEIR dataset {name_or_path} does not exist")
-    folders = search_dirs(data_dir)
     for folder in folders:
         for candidate in _candidates(folder, name_or_path):
             if candidate.exists():

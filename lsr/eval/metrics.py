@@ -18,7 +18,10 @@ def drop_self_hits(run: Run) -> Run:
 
 
 def top_k(docs: dict[str, float], k: int) -> dict[str, float]:
-    return dict(sorted(docs.items(), key=lambda item: (-item[1], item[0]))[:k])
+    """The ``k`` best as trec_eval ranks them: by score, ties by doc id descending (its ``comp_sim_docno``). Cut by
+    ascending ids, tied documents that pytrec_eval then ranked last were kept over the ones it ranks first."""
+    by_id = sorted(docs.items(), key=lambda item: item[0], reverse=True)
+    return dict(sorted(by_id, key=lambda item: -item[1])[:k])
 
 
 def evaluate(qrels: dict[str, dict[str, int]], run: Run, *, ignore_identical_ids: bool = True) -> dict[str, float]:

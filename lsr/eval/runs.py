@@ -15,7 +15,7 @@ from typing import IO, Iterable
 
 from lsr.encode.texts import check_query_length, is_blank, surrogate_at
 from lsr.eval.metrics import Run
-from lsr.files import text_lines
+from lsr.files import read_text_file, text_lines
 from lsr.sparse import id_problem, short_repr
 
 _ID_KEYS = ("_id", "id", "qid", "query_id")
@@ -29,7 +29,7 @@ def write_trec_run(fh: IO[str], qid: str, hits: Iterable[tuple[str, float]], tag
     _check_field("query id", qid)
     for rank, (doc_id, score) in enumerate(hits, start=1):
         _check_field("document id", doc_id)
-        fh.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+        fh.write(f"{qid} Q0 {doc_id} {rank} {score:.9g} {tag}\n")  # .6f tied fused scores 1e-7 apart
 
 
 def _check_field(what: str, value: str) -> None:
@@ -70,28 +70,31 @@ def parse_qrels(rows: Iterable[tuple[int, list[str]]], source: str) -> dict[str,
             continue
         if len(parts) not in (3, 4):
             raise ValueError(f"{source} line {line_no}: expected 'qid 0 docid grade' or 'query-id corpus-id score'")
+        spaced = next((part for part in (parts[0], parts[-2]) if part.split() != [part]), None)
+        if spaced is not None:
+            raise ValueError(f"{source} line {line_no}: id {spaced!r} is empty or holds whitespace, which no run can "
+                             "name")
         try:
             grade = float(parts[-1])
         except ValueError:
             grade = math.nan
         if not (grade.is_integer() and abs(grade) <= MAX_GRADE):
             raise ValueError(f"{source} line {line_no}: grade {parts[-1]!r} is not a whole number up to {MAX_GRADE:,}")
-        qrels.setdefault(parts[0], {})[parts[-2]] = int(grade)
+        judged = qrels.setdefault(parts[0], {})
+        if judged.get(parts[-2], int(grade)) != int(grade):  # the last grade was kept without a word
+            raise ValueError(f"{source} line {line_no}: judges document {parts[-2]!r} for query {parts[0]!r} again, "
+                             f"with grade {int(grade)} after {judged[parts[-2]]}")
+        judged[parts[-2]] = int(grade)
     return qrels
 
 
 def read_topics(path: str | Path) -> list[tuple[str, str]]:
     """(qid, text) pairs in file order from a TSV or JSONL topics file; duplicate or empty ones are errors."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"topics file {path} does not exist")
+    content = read_text_file(path, "topics file")
     jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
     topics: list[tuple[str, str]] = []
     seen: set[str] = set()
-    try:
-        content = path.read_text(encoding="utf-8-sig")  # a BOM is no qid
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start:,})") from None
     for line_no, line in enumerate(text_lines(content), start=1):
         if not line.strip():
             continue
@@ -138,11 +141,13 @@ def _json_topic(path: Path, line_no: int, line: str) -> tuple[str, str]:
 
 
 def _rows(path: str | Path) -> Iterable[tuple[int, list[str]]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    with open(path, encoding="utf-8-sig") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            parts = line.split()
-            if parts:
-                yield line_no, parts
+    for line_no, line in enumerate(text_lines(read_text_file(path)), start=1):
+        parts = fields(line)
+        if parts:
+            yield line_no, parts
+
+
+def fields(line: str) -> list[str]:
+    """A run or qrels line's fields: split at tabs where it has them (BEIR's TSV: an id with a space stays one
+    field, which the checks then name, rather than shifting the grade into the doc id), else at whitespace."""
+    return [part.strip() for part in line.split("\t")] if "\t" in line else line.split()

@@ -139,7 +139,7 @@ def check_judged_documents(searcher: Any, dataset: BeirDataset, split: str, coll
     """Refuse to tune a collection that holds none of the split's relevant documents (another corpus: every
     setting would score 0 and the stored choice would be arbitrary); say so when it holds under half of them."""
     relevant = sorted({doc for docs in dataset.qrels[split].values() for doc, grade in docs.items() if grade > 0})
-    held = sum(text is not None for text in searcher.collection.text(relevant))
+    held = sum(text is not None for text in searcher.legs().text(relevant))
     if held == 0:
         raise ValueError(f"{collection} holds none of the {len(relevant):,} documents {dataset.name}/{split} judges "
                          f"relevant: it was not indexed from {dataset.name}; tune it on the dataset it was built from")
@@ -158,9 +158,12 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
     from lsr.eval.backends import InProcess
     from lsr.eval.datasets import load_beir, locate_dataset
     from lsr.eval.prf_tuning import best_prf_settings, tune_fusion_and_prf
-    from lsr.ingest.layout import write_search_defaults
-    from lsr.search.searcher import Searcher
+    from lsr.ingest.layout import SEARCH_DEFAULTS, write_search_defaults
+    from lsr.service.coordinator import open_in_process
 
+    target = Path(collection) / SEARCH_DEFAULTS
+    if target.exists() and not target.is_file():  # found only at the end, after the whole grid
+        raise ValueError(f"{target} is not a file; move it away so `lsr tune` can store its choice there")
     source = locate_dataset(dataset_name, data_dir)
     dataset = load_beir(source, splits=tuple(dict.fromkeys(("test", "train", "dev", split))))
     if split not in dataset.qrels:  # a misspelt --split would otherwise be tuned on without notice
@@ -169,7 +172,7 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
     if tune_split is None:
         raise ValueError(f"{dataset.name} has no train or dev qrels apart from {split!r}: nothing to tune on without "
                          "touching the reported split; the documented defaults stay")
-    searcher = Searcher.open(collection, **open_options)
+    searcher = open_in_process(collection, **open_options)  # a sharded one's choice goes beside its shard map
     if not searcher.has_dense or not searcher.has_bm25:
         raise ValueError(f"{collection} needs dense and BM25 legs to tune their fusion; re-index it with both")
     check_judged_documents(searcher, dataset, tune_split, collection, say)

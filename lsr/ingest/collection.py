@@ -35,7 +35,7 @@ from lsr.files import CorruptFileError, FolderBusyError, FolderHold, exclusive_f
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.journal_fold import fold, fold_due, remove_leftover
-from lsr.ingest.layout import build_file_problems, read_meta, read_search_defaults
+from lsr.ingest.layout import build_file_problems, read_meta, usable_search_defaults
 from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR, STATS_FILE, Bm25Index
 from lsr.search.bm25_leg import Bm25Leg
@@ -93,7 +93,7 @@ class Collection:
         self.sparse = sparse  # the writable stores; readers use view()
         self.dense = dense
         self.bm25 = bm25.base if bm25 is not None else None  # the build's BM25 index; each view's leg adds later writes
-        self.search_defaults = read_search_defaults(path)  # what `lsr tune` chose, or None
+        self.search_defaults = usable_search_defaults(path)  # what `lsr tune` chose, or None
         self._journal = journal
         self._lock = threading.Lock()
         self._failed: BaseException | None = None

@@ -70,5 +70,7 @@ def _cut(journal: Journal, end: int, cut: Tally) -> None:
 
 
 def remove_leftover(path: Path) -> None:
-    """Drop a cut journal a crash left unfinished (the journal beside it is whole); the caller holds the folder."""
-    (path / CUTTING).unlink(missing_ok=True)
+    """Drop a cut journal a crash left unfinished (the journal beside it is whole); the caller holds the folder.
+    Looked for first: an unlink, even of nothing, fails on a read-only mount, and opening for search must not."""
+    if (path / CUTTING).exists():
+        (path / CUTTING).unlink()

@@ -32,10 +32,10 @@ class Salvage:
 
     def summary(self, path: Path, kept_as: Path) -> str:
         spans = ", ".join(f"bytes {start:,}..{end:,}" for start, end in self.dropped) or "no bytes"
-        seqs = _ranges(self.lost_seqs) or "none"
         whole = len(self.records) - len(self.lost_seqs)
-        return (f"salvaged {path.name}: dropped {spans}; kept {whole} whole records; the writes of seq {seqs} are "
-                f"lost (their upserts gone unless rewritten later, their deletes undone); the damaged file is kept "
+        lost = (f"the writes of seq {_ranges(self.lost_seqs)} are lost (their upserts gone unless rewritten later, "
+                "their deletes undone)" if self.lost_seqs else "no acknowledged write was in them")
+        return (f"salvaged {path.name}: dropped {spans}; kept {whole} whole records; {lost}; the damaged file is kept "
                 f"as {kept_as.name}")
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -39,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import (CorruptFileError, atomic_write, check_record, file_sha256, read_sealed_json, sealed,
-                       write_json_atomic)
+from lsr.files import (CorruptFileError, FolderBusyError, atomic_write, check_record, file_sha256, folder_busy,
+                       read_sealed_json, sealed, write_json_atomic)
 from lsr.ingest.docstore import DOC_ROW_GROUP
 from lsr.sparse import SparseBatch
 
@@ -114,6 +115,9 @@ def read_meta(path: Path) -> dict:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         if (path / BUILD_STATE).is_file():
+            if folder_busy(path):  # a build in progress is no interrupted one: --resume would wait on its lock
+                raise FolderBusyError(f"{path} is being indexed right now by another process; it opens once that "
+                                      "`lsr index` has finished")
             raise ValueError(f"{path} is an unfinished collection (indexing was interrupted); "
                              "finish it with `lsr index SOURCE COLLECTION --resume`")
         if not path.exists():
@@ -138,6 +142,17 @@ def read_meta(path: Path) -> dict:
 def read_search_defaults(path: Path) -> dict | None:
     """The settings `lsr tune` stored (None when it has not run); a damaged file is a CorruptFileError naming it."""
     return read_sealed_json(path / SEARCH_DEFAULTS) if (path / SEARCH_DEFAULTS).is_file() else None
+
+
+def usable_search_defaults(path: Path) -> dict | None:
+    """``read_search_defaults`` for searching: a damaged file is a warning and the untuned defaults, not a
+    collection that no verb (`lsr tune`, which rewrites it, included) can open; `lsr verify` still reports it."""
+    try:
+        return read_search_defaults(path)
+    except (CorruptFileError, OSError) as exc:
+        logging.getLogger(__name__).warning("%s; searching with the untuned defaults until `lsr tune` rewrites it",
+                                            exc)
+        return None
 
 
 def write_search_defaults(path: Path, defaults: dict) -> None:

@@ -9,19 +9,23 @@ BM25 leg is a deterministic function of the build's texts, so its rebuilt files 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 
-from lsr.files import CorruptFileError, exclusive_folder, file_record, sealed, write_json_atomic
-from lsr.ingest.journal import JOURNAL_FILE, Record, latest_writes, recover
+from lsr.files import CorruptFileError, exclusive_folder, file_record, fsync_dir, sealed, write_json_atomic
+from lsr.ingest.journal import JOURNAL_FILE, Record, latest_writes, recover, scan
 from lsr.ingest.journal_salvage import salvage_journal
 from lsr.ingest.layout import META_FILE, build_file_problems, read_meta, read_vector_shards, shard_name
 from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR, DOC_FREQS_FILE, STATS_FILE, build_bm25
 from lsr.search.dense_index import MANIFEST, DenseIndex
 from lsr.sparse import SparseBatch
+
+T = TypeVar("T")
 
 
 def repair_collection(path: Path, salvage: bool = False) -> list[str]:
@@ -42,8 +46,14 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
                                "restore it from a backup or re-index with `lsr index --overwrite`")
     parts = WrittenParts.open(path)
     parts.remove_unnamed()
-    salvaged = salvage_journal(path / JOURNAL_FILE, _applied_seq(path), parts.upto) if salvage else None
-    records = recover(path / JOURNAL_FILE, _applied_seq(path), parts.upto)
+    applied, every_store = _applied_seq(path, meta)
+    salvaged = salvage_journal(path / JOURNAL_FILE, applied, parts.upto) if salvage else None
+    problem = scan(path / JOURNAL_FILE).problem
+    if problem is not None and not every_store:  # as `lsr verify` judges it
+        raise CorruptFileError(f"{path / JOURNAL_FILE}: {problem}; with an index unreadable, nothing tells that from "
+                               "a write a crash cut off, so it is not cut as one (acknowledged writes may lie in it): "
+                               f"`lsr repair {path} --salvage` keeps the whole records around it")
+    records = recover(path / JOURNAL_FILE, applied, parts.upto)
     last = records[-1].seq if records else parts.upto
     latest = latest_writes([*parts.records(), *records])
 
@@ -52,9 +62,9 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
     if live:
         chunks.append((SparseBatch.concat([record.sparse[row : row + 1] for _, record, row in live]),
                        [doc_id for doc_id, _, _ in live]))
-    shutil.rmtree(path / "sparse", ignore_errors=True)
-    sparse = InvertedIndex.build(path / "sparse", chunks, quantization=meta["settings"]["quantization"],
-                                 journal_seq=last, scale=meta.get("sharding", {}).get("sparse_scale"))
+    sparse = _swapped_in(path / "sparse", lambda folder: InvertedIndex.build(
+        folder, chunks, quantization=meta["settings"]["quantization"], journal_seq=last,
+        scale=meta.get("sharding", {}).get("sparse_scale")))
     done = [salvaged] if salvaged else []
     done.append(f"rebuilt the sparse index: {sparse.num_docs:,} documents")
     if meta.get("dense_model"):
@@ -67,7 +77,8 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
             dense.add([ids[i] for i in keep], vectors[keep])
         if live:
             dense.add([doc_id for doc_id, _, _ in live], np.stack([record.dense[row] for _, record, row in live]))
-        (path / "dense" / MANIFEST).unlink(missing_ok=True)  # a damaged manifest must not stop the new save
+        if _committed_seq(lambda: DenseIndex.committed_seq(path / "dense")) is None:  # a damaged manifest must not
+            (path / "dense" / MANIFEST).unlink(missing_ok=True)  # stop the new save; a sound one stays till replaced
         dense.save(path / "dense", journal_seq=last)
         done.append(f"rebuilt the dense index: {len(dense):,} documents")
     if meta.get("bm25") and "sharding" in meta:  # scored with the whole collection's statistics
@@ -97,18 +108,41 @@ def _record_bm25_statistics(path: Path, meta: dict) -> bool:
     return bool(written)
 
 
-def _applied_seq(path: Path) -> int:
-    """The highest journal seq a readable store claims (so a damaged journal is not mistaken for a cut-off one)."""
+def _applied_seq(path: Path, meta: dict) -> tuple[int, bool]:
+    """The highest journal seq a readable store claims (so a damaged journal is not mistaken for a cut-off one), and
+    whether every store the collection has could be read (if not, the journal's damage may hide applied records)."""
     from lsr.index import storage
 
-    seqs = [0]
-    for read in (lambda: storage.read_manifest(path / "sparse").get("journal_seq", 0),
-                 lambda: DenseIndex.committed_seq(path / "dense")):
-        try:
-            seqs.append(int(read()))
-        except (CorruptFileError, FileNotFoundError, KeyError):
-            pass
-    return max(seqs)
+    reads = [lambda: storage.read_manifest(path / "sparse").get("journal_seq", 0)]
+    if meta.get("dense_model"):
+        reads.append(lambda: DenseIndex.committed_seq(path / "dense"))
+    seqs = [_committed_seq(read) for read in reads]
+    return max([0] + [seq for seq in seqs if seq is not None]), None not in seqs
+
+
+def _committed_seq(read: Callable[[], object]) -> int | None:
+    """A store's committed journal seq, None when it cannot be read (missing or damaged)."""
+    try:
+        return int(read())
+    except (CorruptFileError, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _swapped_in(folder: Path, build: Callable[[Path], T]) -> T:
+    """``build(a new folder)`` beside ``folder``, then swapped in by two renames: a repair interrupted while it
+    builds (Ctrl-C, kill -9) leaves the old store as it was, where it used to leave none and every open failed."""
+    fresh, replaced = folder.with_name(folder.name + ".rebuild"), folder.with_name(folder.name + ".replaced")
+    for leftover in (fresh, replaced):  # an earlier repair's, cut short
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    built = build(fresh)
+    if folder.exists():
+        os.rename(folder, replaced)
+    os.rename(fresh, folder)
+    fsync_dir(folder.parent)
+    if replaced.exists():
+        shutil.rmtree(replaced)
+    return built
 
 
 def _without(batch: SparseBatch, ids: list[str], latest: dict) -> tuple[SparseBatch, list[str]]:

@@ -6,23 +6,47 @@ import io
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Sequence
+
+import numpy as np
 
 from lsr.eval.runs import write_trec_run
 from lsr.files import atomic_write
 from lsr.ingest.progress import progress_bar
 from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
+from lsr.sparse import short_repr
 
 CHUNK = 64  # queries encoded together
 
 
-def search_topics(searcher: Searcher, topics: Sequence[tuple[str, str]], output: str | Path, *, k: int = 1000,
+def topic_list(topics: Iterable[tuple[Any, str]]) -> list[tuple[str, str]]:
+    """(qid, text) pairs as a list, each qid a str (a whole number becomes one) and given once: a repeated qid
+    wrote its hits twice into one run, which evaluation then refused or counted twice."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for i, pair in enumerate(topics):
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise TypeError(f"topics[{i}] is not a (qid, text) pair: {short_repr(repr(pair))}")
+        qid, text = pair
+        if isinstance(qid, (int, np.integer)) and not isinstance(qid, bool):
+            qid = str(qid)
+        if not isinstance(qid, str):
+            raise TypeError(f"topics[{i}] has the query id {qid!r}; a query id is a str (or a whole number)")
+        if qid in seen:
+            raise ValueError(f"query id {qid!r} appears twice in the topics (again at topics[{i}])")
+        seen.add(qid)
+        out.append((qid, text))
+    return out
+
+
+def search_topics(searcher: Searcher, topics: Iterable[tuple[str, str]], output: str | Path, *, k: int = 1000,
                   mode: str = "sparse", hybrid: HybridOptions | None = None, prf: PrfOptions | None = None,
                   tag: str = "lsr", threads: int = 1, progress: bool = True) -> int:
     """Search every (qid, text) and write the run atomically (a stopped run leaves no half file), or to standard
     output when ``output`` is ``-``; returns hits written."""
     if any(c.isspace() for c in tag) or not tag:
         raise ValueError(f"the run tag must be one word, got {tag!r}")
+    topics = topic_list(topics)
     chunks = [topics[i : i + CHUNK] for i in range(0, len(topics), CHUNK)]
 
     def search(chunk):

@@ -8,22 +8,34 @@ loads them all before it reports SERVING, and `lsr search` those of its mode bef
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable
+
+import numpy as np
+
+from lsr.encode.idf import VersionedIdf
+
+log = logging.getLogger(__name__)
+
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")  # a model's precision, by name (``lsr.encode.inputs.resolve_dtype``)
 
 
 class SearchModels:
     """A collection's query encoder, dense encoder and (for upserts) document encoder, loaded on first use.
 
-    ``query_encoder``: "splade" (the collection's model), "inference-free" (IDF weights from ``index``'s document
-    frequencies: one collection's index, or the sum over a sharded collection's shards) or "auto" (inference-free
-    when the model folder ships an idf.json). Loading is thread-safe: concurrent first uses load once."""
+    ``query_encoder``: "splade" (the collection's model), "inference-free" (IDF weights from the document frequencies
+    of ``doc_freqs()``, the collection as it is now: one index, or the sum over a sharded collection's shards) or
+    "auto" (inference-free when the model folder ships an idf.json). Loading is thread-safe: concurrent first uses
+    load once."""
 
-    def __init__(self, meta: dict, query_encoder: str = "auto", *, index: Any = None, device: str = "auto",
-                 dtype: str = "auto") -> None:
+    def __init__(self, meta: dict, query_encoder: str = "auto", *, doc_freqs: Callable[[], Any] | None = None,
+                 device: str = "auto", dtype: str = "auto") -> None:
         self.meta = meta
         self._query_kind = query_encoder
-        self._index = index
+        self._doc_freqs = doc_freqs
+        self._idf = VersionedIdf()
+        self._stale_warned: str | None = None
         self._device, self._dtype = device, dtype
         self._loaded: dict[str, Any] = {}
         self._lock = threading.RLock()
@@ -48,6 +60,26 @@ class SearchModels:
         """The SPLADE document encoder (upserts): the query encoder itself unless queries are inference-free."""
         return self._load("documents", self._build_documents)
 
+    def idf(self, source: Any) -> np.ndarray:
+        """BM25 IDF over the live documents ``source`` reads (``doc_freqs_version()``, ``doc_freqs()``: a search's
+        pinned legs, or the collection as it is now), computed once per version of its document frequencies."""
+        return self._idf.of(source.doc_freqs_version(), source.doc_freqs)
+
+    def _query_idf(self) -> np.ndarray:
+        """The inference-free query weights now: they follow upserts and deletes. While the sum cannot be had (a
+        shard down), the last table stands in, with a warning: stale weights rank nearly as well, failing fails all."""
+        source = self._doc_freqs()
+        try:
+            return self.idf(source)
+        except Exception as exc:  # noqa: BLE001 - any failure to sum the shards' counts
+            last, version = self._idf.last, source.doc_freqs_version()
+            if last is None:
+                raise
+            if self._stale_warned != version:
+                self._stale_warned = version
+                log.warning("inference-free queries keep their previous IDF weights: %s", exc)
+            return last
+
     def _load(self, name: str, build: Callable[[], Any]) -> Any:
         if name in self._loaded:
             return self._loaded[name]
@@ -64,7 +96,8 @@ class SearchModels:
             kind = "splade" if idf_table_path(self.meta["model"]) is None else "inference-free"
         if kind == "splade":
             return self.documents
-        return InferenceFreeQueryEncoder.from_pretrained(self.meta["model"], index=self._index)
+        live = self._query_idf if self._doc_freqs is not None and idf_table_path(self.meta["model"]) is None else None
+        return InferenceFreeQueryEncoder.from_pretrained(self.meta["model"], idf=live)
 
     def _build_documents(self) -> Any:
         from lsr.encode.splade import SpladeEncoder

@@ -31,9 +31,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lsr.encode.checks import check_number, check_whole
 from lsr.search.fusion import FUSIONS, RRF_K, Ranking, fuse, interpolate, rank
 from lsr.search.legs import Legs, ViewLegs
-from lsr.search.models import SearchModels
+from lsr.search.models import DTYPE_CHOICES, SearchModels
 from lsr.search.prf import rocchio, vector_prf
 from lsr.sparse import QUERY_SCALE, SparseBatch, check_ids, id_list, short_repr
 
@@ -74,15 +75,12 @@ class HybridOptions:
         if self.normalization not in FUSIONS:
             raise ValueError(f"unknown normalization {self.normalization!r}; choose one of {', '.join(FUSIONS)}")
         for name in ("sparse_weight", "dense_weight", "bm25_weight"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-                raise ValueError(f"hybrid {name} must be in [0, 1], got {value}")
+            if getattr(self, name) is not None:
+                check_number(getattr(self, name), f"hybrid {name}", 0.0, 1.0)
         if not self.weights():
             raise ValueError("hybrid needs at least one leg with a positive weight (sparse, dense or bm25)")
-        if not 1 <= int(self.candidates) <= MAX_K:
-            raise ValueError(f"hybrid candidates must be in 1..{MAX_K}, got {self.candidates}")
-        if not 1 <= int(self.rrf_k) <= 10_000:
-            raise ValueError(f"hybrid rrf_k must be in 1..10000, got {self.rrf_k}")
+        check_whole(self.candidates, "hybrid candidates", 1, MAX_K)
+        check_whole(self.rrf_k, "hybrid rrf_k", 1, 10_000)
 
 
 # Collections that `lsr tune` never saw (no judgements) fuse with these weights: chosen ACROSS datasets, never per
@@ -117,22 +115,13 @@ class PrfOptions:
     def check(self) -> None:
         if self.interpolate not in PRF_INTERPOLATIONS:
             raise ValueError(f"unknown PRF interpolation {self.interpolate!r}; choose one of {', '.join(PRF_INTERPOLATIONS)}")
-        for name in ("feedback_docs", "max_terms"):  # 2.5 failed later as "slice indices must be integers"
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"PRF {name} must be a whole number, got {value!r}")
-        if not 1 <= self.feedback_docs <= 100:
-            raise ValueError(f"PRF feedback_docs must be in 1..100, got {self.feedback_docs}")
-        if not (0.0 <= self.weight <= 10.0 and math.isfinite(self.weight)):
-            raise ValueError(f"PRF weight must be in [0, 10], got {self.weight}")
-        if not 0 <= self.max_terms <= 10_000:
-            raise ValueError(f"PRF max_terms must be in 0..10000, got {self.max_terms}")
-        if not 0.0 <= self.after_weight <= 1.0:
-            raise ValueError(f"PRF after_weight must be in [0, 1], got {self.after_weight}")
-        if self.dense_weight is not None and not (0.0 <= self.dense_weight <= 10.0 and math.isfinite(self.dense_weight)):
-            raise ValueError(f"PRF dense_weight must be in [0, 10], got {self.dense_weight}")
-        if not (0.0 <= self.min_idf <= 100.0 and math.isfinite(self.min_idf)):
-            raise ValueError(f"PRF min_idf must be in [0, 100], got {self.min_idf}")
+        check_whole(self.feedback_docs, "PRF feedback_docs", 1, 100)  # 2.5 failed later as "slice indices must be integers"
+        check_whole(self.max_terms, "PRF max_terms", 0, 10_000)
+        check_number(self.weight, "PRF weight", 0.0, 10.0)
+        check_number(self.after_weight, "PRF after_weight", 0.0, 1.0)
+        if self.dense_weight is not None:
+            check_number(self.dense_weight, "PRF dense_weight", 0.0, 10.0)
+        check_number(self.min_idf, "PRF min_idf", 0.0, 100.0)
 
 
 @dataclass
@@ -165,6 +154,21 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
+def check_options(k: Any, mode: Any, hybrid: Any, prf: Any) -> None:
+    """k, mode, hybrid and PRF options as a search takes them (``lsr.service.Client`` checks them before sending)."""
+    check_k(k)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if hybrid is not None:
+        if not isinstance(hybrid, HybridOptions):  # a dict failed as "'dict' object has no attribute 'check'"
+            raise TypeError(f"hybrid must be a HybridOptions, got {type(hybrid).__name__}: HybridOptions(**options)")
+        hybrid.check()
+    if prf not in (None, False, True):
+        if not isinstance(prf, PrfOptions):
+            raise TypeError(f"prf must be a PrfOptions, True or None, got {type(prf).__name__}: PrfOptions(**options)")
+        prf.check()
+
+
 @contextmanager
 def _timed(timings: dict[str, float], stage: str):
     """Add the block's wall time to ``timings[stage]``."""
@@ -182,7 +186,6 @@ class Searcher:
         self.collection = collection
         self.models = models
         self._write_lock = threading.Lock()
-        self._idf_cache: tuple[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -194,10 +197,10 @@ class Searcher:
         search first needs them (``warm_up`` loads them now)."""
         from lsr.ingest.collection import Collection
 
-        check_query_encoder(query_encoder, threads)
+        check_open_options(query_encoder, threads, device, dtype)
         collection = Collection.open(path)
-        return cls(collection, SearchModels(collection.meta, query_encoder, index=collection.sparse, device=device,
-                                            dtype=dtype))
+        return cls(collection, SearchModels(collection.meta, query_encoder, doc_freqs=lambda: ViewLegs(collection.view()),
+                                            device=device, dtype=dtype))
 
     @property
     def query_encoder(self) -> Any:
@@ -420,13 +423,14 @@ class Searcher:
 
         ``check(stage)`` runs before each query's search and may raise to stop the rest (the
         service passes its deadline check, so an expired batch stops within one query)."""
-        from lsr.encode.texts import check_query_length, is_blank
+        from lsr.encode.texts import check_query_length, check_texts, is_blank
 
         texts = query_list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str) or is_blank(text):
                 raise ValueError(f"query {i} is empty or not a string")
             check_query_length(text, f"query {i}")
+        check_texts(texts)  # undecodable bytes fail alike in every mode, BM25's too (as search() fails them)
         k = check_k(k)
         self.check_request("x", None, None, k, mode, hybrid, prf)
         hybrid = self.hybrid_or_default(hybrid)
@@ -494,10 +498,11 @@ class Searcher:
         runs = source.runs(queries, depth, timings)
         with _timed(timings, "fuse"):
             first = _combine(runs, legs, hybrid)
-        final, last_runs = first, runs
+        final, last_runs, scored_sparse = first, runs, q_sparse
         if prf is not None:
             with _timed(timings, "prf"):
-                final, last_runs = self._prf(source, q_sparse, q_dense, runs, first, legs, hybrid, prf, depth)
+                final, last_runs, scored_sparse = self._prf(source, q_sparse, q_dense, runs, first, legs, hybrid, prf,
+                                                            depth)
         hits = [
             ScoredHit(doc, float(score), _maybe(last_runs.get("sparse"), doc), _maybe(last_runs.get("dense"), doc),
                       bm25_score=_maybe(last_runs.get("bm25"), doc))
@@ -506,19 +511,20 @@ class Searcher:
         if include_text and hits:
             for hit, body in zip(hits, source.text([h.doc_id for h in hits])):
                 hit.text = body
-        if explain and hits and q_sparse:
-            self._explain(source, hits, q_sparse)
+        if explain and hits and scored_sparse:  # the query that gave sparse_score: PRF's moved one, if it ran
+            self._explain(source, hits, scored_sparse)
         return SearchResult(hits, timings, truncated, source.answered, source.missing)
 
     # ------------------------------------------------------------------ pipeline pieces
     def _prf(self, source: Legs, q_sparse, q_dense, runs, first, legs, hybrid, prf: PrfOptions, depth):
-        """Second retrieval with moved queries, both run at once; see the module docstring for the variants."""
+        """Second retrieval with moved queries, both run at once; see the module docstring for the variants.
+        Returns (fused run, each leg's last run, the sparse query that scored the last sparse run)."""
         fused_feedback = prf.interpolate in FUSED_FEEDBACK
         moved: dict[str, Any] = {}
         if "sparse" in runs and prf.weight > 0:
             docs, scores = _top(first if fused_feedback else runs["sparse"], prf.feedback_docs)
             if docs:
-                idf = self._idf(source) if prf.min_idf > 0 else None
+                idf = self.models.idf(source) if prf.min_idf > 0 else None
                 moved["sparse"] = rocchio(q_sparse, source.sparse_vectors(docs), scores, prf.weight, prf.max_terms,
                                           idf, prf.min_idf)
         if "dense" in runs and prf.dense_beta() > 0:
@@ -532,17 +538,7 @@ class Searcher:
         prf_run = _combine(new_runs, legs, hybrid)
         if prf.interpolate in INTERPOLATE_AFTER:
             prf_run = interpolate(prf_run, first, prf.after_weight, hybrid.normalization)
-        return prf_run, new_runs
-
-    def _idf(self, source: Legs) -> np.ndarray:
-        """BM25 IDF of every term over the live documents the search reads, computed once per index version."""
-        version = source.doc_freqs_version()
-        cached = self._idf_cache
-        if cached is None or cached[0] != version:
-            from lsr.encode.splade import idf_from_doc_freqs
-
-            cached = self._idf_cache = (version, idf_from_doc_freqs(*source.doc_freqs()))
-        return cached[1]
+        return prf_run, new_runs, moved.get("sparse", q_sparse)
 
     def _explain(self, source: Legs, hits: list[ScoredHit], q: dict[int, float], top: int = 10) -> None:
         vectors = source.sparse_vectors([h.doc_id for h in hits])
@@ -555,16 +551,10 @@ class Searcher:
     # ------------------------------------------------------------------ validation
     def check_request(self, text, sparse, dense, k, mode, hybrid, prf) -> None:
         """Validate a request before any work (the service calls it ahead of micro-batched encoding)."""
-        check_k(k)
+        check_options(k, mode, hybrid, prf)
         prf = self.prf_or_default(prf)
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if hybrid is not None:
-            if not isinstance(hybrid, HybridOptions):  # a dict failed as "'dict' object has no attribute 'check'"
-                raise TypeError(f"hybrid must be a HybridOptions, got {type(hybrid).__name__}: HybridOptions(**options)")
-            hybrid.check()
         if prf is not None:
-            prf.check()
+            prf.check()  # the collection's stored defaults
         given = [name for name, value in (("text", text), ("sparse", sparse), ("dense", dense)) if value is not None]
         if not given:
             raise ValueError("the query is empty: give text, a sparse vector or a dense vector")
@@ -698,14 +688,22 @@ def _check_scale(what: str, value: float) -> None:
                          "(scores are float32; scaling keeps the ranking)")
 
 
-def check_query_encoder(query_encoder: str, threads: int | None) -> None:
-    """Refuse an unknown query encoder before loading anything; apply the torch thread count."""
+def check_open_options(query_encoder: str, threads: int | None, device: Any, dtype: Any) -> None:
+    """Refuse, before loading anything, what the first search would fail on deep inside: an unknown query encoder or
+    dtype, a device that is not there (torch is imported only when one other than auto or cpu is asked for), a
+    thread count that is no positive whole number; then apply the thread count."""
     if query_encoder not in QUERY_ENCODERS:
         raise ValueError(f"query_encoder must be one of {', '.join(QUERY_ENCODERS)}, got {query_encoder!r}")
-    if threads:
+    if isinstance(dtype, str) and dtype not in DTYPE_CHOICES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
+    if str(device) not in ("auto", "cpu"):
+        from lsr.encode.inputs import resolve_device
+
+        resolve_device(device)
+    if threads is not None:
         from lsr.encode.cpu_threads import set_threads
 
-        set_threads(threads)
+        set_threads(check_whole(threads, "threads", 1))
 
 
 def legs_of(mode: str, hybrid: HybridOptions) -> dict[str, float]:

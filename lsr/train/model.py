@@ -72,7 +72,7 @@ class TrainableSplade:
         The same table is exported as ``idf.json``, which ``InferenceFreeQueryEncoder`` reads at search time.
         """
         from lsr.encode.inputs import token_ids
-        from lsr.encode.splade import idf_from_doc_freqs
+        from lsr.encode.idf import idf_from_doc_freqs
 
         vocab = self.encoder.vocab_size
         doc_freqs = np.zeros(vocab, np.int64)

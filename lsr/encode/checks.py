@@ -1,0 +1,32 @@
+"""Checks of the numbers a caller passes (sizes, weights, limits), shared by the encoders, the Searcher and its
+options: Python's and numpy's numbers alike, one line that names the argument, TypeError for the wrong kind (2.5 or
+"50" where a count goes) and ValueError out of range, before anything deep in torch or numba sees them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def check_whole(value: Any, what: str, low: int, high: int | None = None) -> int:
+    """A whole number (numpy's too) in low..high (no upper bound: None), as an int: TypeError for another kind
+    (2.5, "50"), ValueError out of range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be a whole number, got {value!r}")
+    if not low <= value <= (value if high is None else high):
+        bounds = f"≥ {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{what} must be {bounds}, got {value}")
+    return int(value)
+
+
+def check_number(value: Any, what: str, low: float, high: float = math.inf) -> float:
+    """A finite real number (numpy's too) in [low, high], as a float: TypeError for another kind ("1"), ValueError
+    out of range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what} must be a number, got {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        bounds = f"a finite number ≥ {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise ValueError(f"{what} must be {bounds}, got {value}")
+    return float(value)
