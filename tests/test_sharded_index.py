@@ -193,6 +193,10 @@ def test_verify_and_repair_name_a_missing_shard_folder(sharded, tmp_path, capsys
     assert main(["repair", str(col)]) == 2
     assert capsys.readouterr().err.startswith("lsr repair: error: nothing was repaired: the shard's folder")
     assert {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()} == before
+    from lsr.ingest.collection import Collection  # doc, upsert, delete: they said `lsr index SOURCE col/shard-002`
+
+    with pytest.raises(FileNotFoundError, match=f"the shard's folder {col / 'shard-002'} is missing; its documents"):
+        Collection.open(col / "shard-002")
     data = bytearray((col / SHARDS_FILE).read_bytes())  # a damaged shard map is a finding (1), not bad input (2)
     data[len(data) // 2] ^= 0x01
     (col / SHARDS_FILE).write_bytes(bytes(data))

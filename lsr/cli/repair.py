@@ -36,10 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lsr.ingest.repair import repair_collection
+    from lsr.ingest.sharding import missing_shard
 
-    lost = [name for name, path in collections_of(args.collection) if name and not path.is_dir()]
+    lost = [path for name, path in collections_of(args.collection) if name and not path.is_dir()]
     if lost:  # every shard's BM25 statistics are rebuilt from all the shards' documents
-        raise ValueError(f"nothing was repaired: {verify.missing_shard(lost[0], args.collection)}")
+        raise ValueError(f"nothing was repaired: {missing_shard(lost[0])}")
     for name, path in collections_of(args.collection):
         for line in repair_collection(path, salvage=args.salvage):
             print(f"{name}: {line}" if name else line)

@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the report of each collection (each shard of a sharded one); `lsr repair` ends with it too."""
     from lsr.files import CorruptFileError
+    from lsr.ingest.sharding import missing_shard
     from lsr.ingest.verify import Report, verify_collection
 
     problems = 0
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"BAD      {exc}; it names the shards: restore it from a backup or index the corpus again")
         return 1
     for name, path in collections:
-        report = verify_collection(path) if not name or path.is_dir() else Report(problems=[missing_shard(name, args.collection)])
+        report = verify_collection(path) if not name or path.is_dir() else Report(problems=[missing_shard(path)])
         prefix = f"{name}: " if name else ""
         for line in report.checked:
             print(f"checked  {prefix}{line}")
@@ -53,12 +54,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.collection} is intact")
     return 0
-
-
-def missing_shard(name: str, root: Path) -> str:
-    """A shard whose folder is gone: nothing in the other shards can rebuild its documents."""
-    return (f"the shard's folder {root / name} is missing; its documents are nowhere else: restore the folder from a "
-            f"backup, or index the corpus again (`lsr index SOURCE {root} --shards N --overwrite`)")
 
 
 def collections_of(path: Path) -> list[tuple[str, Path]]:

@@ -120,9 +120,12 @@ def read_meta(path: Path) -> dict:
                                       "`lsr index` has finished")
             raise ValueError(f"{path} is an unfinished collection (indexing was interrupted); "
                              "finish it with `lsr index SOURCE COLLECTION --resume`")
+        from lsr.ingest.sharding import is_sharded, missing_shard
+
+        if not path.exists() and is_sharded(path.parent):  # `lsr index SOURCE shard-001` would make a stray collection
+            raise FileNotFoundError(missing_shard(path))
         if not path.exists():
             raise FileNotFoundError(f"collection {path} does not exist; create it with `lsr index SOURCE {path}`")
-        from lsr.ingest.sharding import is_sharded
 
         if is_sharded(path):
             raise ValueError(f"{path} is a sharded collection: search it with `lsr search {path}` or serve it with "

@@ -71,6 +71,12 @@ def is_sharded(path: Path) -> bool:
     return (Path(path) / SHARDS_FILE).is_file()
 
 
+def missing_shard(folder: Path) -> str:
+    """A shard whose folder is gone: nothing in the other shards can rebuild its documents."""
+    return (f"the shard's folder {folder} is missing; its documents are nowhere else: restore the folder from a "
+            f"backup, or index the corpus again (`lsr index SOURCE {folder.parent} --shards N --overwrite`)")
+
+
 def read_shard_map(path: Path) -> ShardMap:
     """The map of a sharded collection; a damaged file is a CorruptFileError naming it."""
     data = read_sealed_json(Path(path) / SHARDS_FILE)
