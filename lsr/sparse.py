@@ -281,7 +281,9 @@ class SparseBatch:
         return pa.table(columns).replace_schema_metadata(meta)
 
     @classmethod
-    def from_arrow(cls, table: pa.Table, vocab: Sequence[str] | None = None) -> "SparseBatch":
+    def from_arrow(cls, table: pa.Table, vocab: Sequence[str] | None = None, *, first_row: int = 0) -> "SparseBatch":
+        """The inverse of ``to_arrow``; a row whose term ids and weights differ in number, or whose weight is not
+        finite, negative or over ``MAX_DOC_WEIGHT``, is a ValueError naming it (``first_row`` + its 1-based row)."""
         meta = table.schema.metadata or {}
         if vocab is None and _VOCAB_KEY in meta:
             vocab = json.loads(meta[_VOCAB_KEY])
@@ -296,11 +298,24 @@ class SparseBatch:
         val = table.column("values").combine_chunks()
         indptr = np.asarray(ind.offsets, dtype=np.int64)
         indptr = indptr - indptr[0]
+        weights_ptr = np.asarray(val.offsets, dtype=np.int64)
+        weights_ptr = weights_ptr - weights_ptr[0]
+        if not np.array_equal(indptr, weights_ptr):  # the weights were read by the ids' offsets: shifted between rows
+            row = int(np.flatnonzero(np.diff(indptr) != np.diff(weights_ptr))[0])
+            raise ValueError(f"row {first_row + row + 1} has {indptr[row + 1] - indptr[row]} term ids but "
+                             f"{weights_ptr[row + 1] - weights_ptr[row]} weights")
         terms = np.asarray(ind.flatten())
         if len(terms) and (terms.min() < 0 or terms.max() >= vocab_size):  # before int32: 2**32 + 5 would wrap to 5
             bad = terms[(terms < 0) | (terms >= vocab_size)][0]
             raise ValueError(f"the vectors have term id {int(bad)} outside the vocabulary [0, {vocab_size})")
-        return cls(indptr, terms.astype(np.int32), np.asarray(val.flatten(), np.float32), vocab_size, vocab)
+        weights = np.asarray(val.flatten(), np.float32)
+        bad = ~(np.isfinite(weights) & (weights >= 0) & (weights <= MAX_DOC_WEIGHT))
+        if bad.any():  # found at the index stage, after the encode, with no file or row named
+            at = int(np.flatnonzero(bad)[0])
+            row = int(np.searchsorted(indptr, at, side="right")) - 1
+            raise ValueError(f"row {first_row + row + 1} has the weight {weights[at]}; a weight is finite, ≥ 0 and at "
+                             f"most {MAX_DOC_WEIGHT:g}")
+        return cls(indptr, terms.astype(np.int32), weights, vocab_size, vocab)
 
     def write_parquet(self, path: str | Path, ids: Sequence[str] | None = None, *, with_vocab: bool = False) -> None:
         """Write atomically (temp file renamed into place, so a crash never leaves half a file); see ``to_arrow``."""

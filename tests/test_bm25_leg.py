@@ -51,6 +51,19 @@ def test_stopwords_only_unknown_words_and_an_empty_leg(leg, scifact):
     assert tiny.search(["protein"], 10, hidden=["a"]) == [{}]
 
 
+def test_a_build_with_no_word_matches_nothing_and_its_later_documents_score(recwarn):
+    """Empty texts and stopwords only: bm25s failed ("max() arg is an empty sequence") at the end of a whole
+    `lsr index`, and the written documents then scored 0 (an average length of 0), with a divide warning."""
+    from lsr.search.bm25_leg import Bm25Leg
+
+    empty = Bm25Index.build(["a", "b"], ["", "the and of"])
+    assert empty.search(["the", "protein"], 10) == [{}, {}]
+    later = Bm25Leg(empty).with_updates(["c"], ["aspirin lowers heart attack risk"])
+    scores = later.search(["aspirin"], 10)[0]
+    assert list(scores) == ["c"] and np.isfinite(scores["c"]) and scores["c"] > 0
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_a_corrupted_score_matrix_gives_wrong_scores_not_a_crash(leg, scifact):
     import copy
 

@@ -115,7 +115,13 @@ def _write(path: Path, text: str) -> Path:
         [[2**32 + 5]] * t.num_rows, pa.list_(pa.int64()))).set_column(t.schema.get_field_index("values"), "values",
                                                                       pa.array([[1.0]] * t.num_rows, pa.list_(pa.float32()))),
      "term id 4294967301 outside the vocabulary"),  # was taken as term 5: int64 ids wrapped to int32
-], ids=["scalar-indices", "vocab-size-text", "int64-term-id"])
+    (lambda t: t.set_column(t.schema.get_field_index("values"), "values", pa.array(
+        [[0.5]] * (t.num_rows - 1) + [[0.5] * (len(t.column("indices")[t.num_rows - 1]) + 1)], pa.list_(pa.float32()))),
+     "row 1 has 36 term ids but 1 weights"),  # the weights were read by the ids' offsets: shifted row to row
+    (lambda t: t.set_column(t.schema.get_field_index("values"), "values", pa.array(
+        [[float("nan")] * len(row) for row in t.column("indices").to_pylist()], pa.list_(pa.float32()))),
+     "row 1 has the weight nan; a weight is finite, ≥ 0 and at most 1e+06"),  # found only at the index stage
+], ids=["scalar-indices", "vocab-size-text", "int64-term-id", "misaligned-weights", "nan-weight"])
 def test_a_tampered_vectors_file_is_one_line_naming_it(collections, tmp_path, capsys, tamper, message):
     """Each was a traceback, or an error that did not say which file."""
     table = pq.read_table(collections["direct"].parent / "vectors.parquet")

@@ -93,6 +93,11 @@ def test_fields_id_field_and_limit(tmp_path):
     assert ids == ["x0", "x1", "x2"]
     assert texts == ["body 0 h0", "body 1 h1", "body 2 h2"]
     assert rows == [1, 2, 3]
+    bad_later = write_jsonl(tmp_path / "bad-later.jsonl", [json.dumps({"_id": "a", "text": "x"}),
+                                                            json.dumps({"_id": "b", "text": "y"}), json.dumps({"text": "no id"})])
+    assert read_all(CorpusReader(bad_later, limit=2))[0] == ["a", "b"]  # line 3 is past the limit: it failed the run
+    with pytest.raises(BadRowError, match="line 3: missing id"):
+        read_all(CorpusReader(bad_later, limit=3))
     with pytest.raises(ValueError, match="no column"):
         read_all(CorpusReader(sources(tmp_path)["parquet"], id_field="doc"))
 
@@ -125,7 +130,11 @@ def test_a_damaged_or_truncated_archive_is_one_clear_error(tmp_path):
     (tmp_path / "c.csv.gz").write_bytes(b"not gzip either")
     whole = gzip.compress("".join(json.dumps({"_id": str(i), "text": "x" * 200}) + "\n" for i in range(5000)).encode())
     (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])  # its first rows read, then it ends
-    for name in ("c.jsonl.gz", "c.csv.gz", "cut.jsonl.gz"):
+    # pyarrow's own words named no file: "Empty CSV file", "Parquet magic bytes not found", "invalid UTF8 data"
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not a parquet file")
+    (tmp_path / "latin1.csv").write_bytes(b"_id,text\na,caf\xe9\n")
+    for name in ("c.jsonl.gz", "c.csv.gz", "cut.jsonl.gz", "empty.csv", "bad.parquet", "latin1.csv"):
         with pytest.raises(ValueError, match=f"cannot read {tmp_path / name}: .*damaged, truncated or mislabelled"):
             read_all(CorpusReader(tmp_path / name))
 
@@ -243,9 +252,23 @@ def test_unknown_format_and_missing_source(tmp_path):
 
 def test_a_text_file_holds_one_document_per_line(tmp_path):
     path = tmp_path / "texts.txt"
-    path.write_bytes("Aspirin lowers heart attack risk.\n\n  Statins and muscle pain \r\nCafé\n".encode())
-    ids, texts, rows = read_all(CorpusReader(path))
+    path.write_bytes("\ufeffAspirin lowers heart attack risk.\n\n  Statins and muscle pain \r\nCafé\n".encode())
+    ids, texts, rows = read_all(CorpusReader(path))  # the BOM was kept in the first document's text
     assert ids == ["1", "3", "4"] and texts == ["Aspirin lowers heart attack risk.", "Statins and muscle pain", "Café"]
+
+
+def test_csv_words_that_pyarrow_reads_as_null_are_text_and_a_lone_surrogate_is_a_bad_row(tmp_path):
+    """A CSV id or title NA, null, N/A, nan or NULL was read as missing (the row refused, or the title dropped); a
+    JSON "\\ud800" got past the reader and failed the encoder, naming neither file nor line, ignoring skip."""
+    path = tmp_path / "nulls.csv"
+    path.write_text("id,title,text\nNA,NULL,first\nnull,N/A,second\nnan,,third\n", encoding="utf-8")
+    ids, texts, _ = read_all(CorpusReader(path, fields=("title", "text"), id_field="id"))
+    assert ids == ["NA", "null", "nan"] and texts == ["NULL first", "N/A second", "third"]
+    lone = write_jsonl(tmp_path / "lone.jsonl", ['{"_id": "a", "text": "fine"}', '{"_id": "b", "text": "x \\ud800 y"}'])
+    with pytest.raises(BadRowError, match=r"lone.jsonl line 2: field 'text' holds a lone surrogate at character 2"):
+        read_all(CorpusReader(lone))
+    reader = CorpusReader(lone, on_error="skip")
+    assert read_all(reader)[0] == ["a"] and reader.stats.skipped == {"invalid UTF-8": 1}
 
 
 def test_corpus_hash_depends_on_documents_not_chunking():

@@ -162,8 +162,10 @@ def test_ctrl_c_kill_9_and_sigterm_then_resume_is_bit_identical(corpus, referenc
     assert f"Continue with: {shlex.join(['lsr', 'index', *args, '--resume'])}\n" in termed.stderr
     assert termed.stderr.endswith("terminated\n") and _shards(out) >= done + 2
 
+    (out / ".lsr-build.json.4242.tmp").write_text('{"docs": ')  # a kill -9 inside the checkpoint's write leaves it
     third = subprocess.run(_cli(*args, "--resume"), capture_output=True, text=True)
     assert third.returncode == 0, third.stderr
+    assert not list(out.glob("*.tmp"))  # it stayed in the finished collection
     assert f"docs            {N_DOCS}" in third.stdout and "resumed after" in third.stdout
     assert checksums(out) == checksums(reference)
 
@@ -253,10 +255,32 @@ def test_resume_refuses_a_changed_source_and_overwrite_starts_over(corpus, tmp_p
         build_collection(source, out, options(dense_model=None), resume=True, progress=False)
     with pytest.raises(ValueError, match=r"started with checkpoint_every=6 \(now 16\); rerun with the same options"):
         build_collection(source, out, options(dense_model=None, checkpoint_every=16), resume=True, progress=False)
+    # --shards 2 went on into shard folders beside the first run's parts (then no verb could open or repair it),
+    # and another dtype went on in a second precision and recorded it for the whole collection
+    with pytest.raises(ValueError, match=r"started with shards=1 \(now 2\)"):
+        build_collection(source, out, options(dense_model=None, shards=2), resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"started with precision=\{'dtype': 'fp32'\} \(now \{'dtype': 'bf16'\}\)"):
+        build_collection(source, out, options(dense_model=None, dtype="bf16"), resume=True, progress=False)
+    assert not any(out.glob("shard-*"))
     summary = build_collection(source, out, options(dense_model=None, limit=20), overwrite=True, progress=False)
-    assert summary.docs == 20
+    assert summary.docs == 20 and not (out / ".lsr-replaced").exists()  # the replaced build went once this was whole
     col = Collection.open(out)
     assert col.dense is None and col.text([json.loads(lines[3])["_id"]]) == ["a different title"]
+    before = checksums(out)
+    # An --overwrite that fails before its first checkpoint (a bad row, a misspelt model) used to leave nothing:
+    # the collection it would have replaced is back, whole. A corpus inside the folder it clears is refused.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines[:2] + [json.dumps({"text": "no id"})]) + "\n")
+    with pytest.raises(ValueError, match="line 3"):
+        build_collection(bad, out, options(dense_model=None), overwrite=True, progress=False)
+    with pytest.raises(Exception, match="no-such-model"):
+        build_collection(source, out, options(dense_model=None, model="no-such-model"), overwrite=True, progress=False)
+    assert checksums(out) == before and not (out / ".lsr-replaced").exists()
+    assert Collection.open(out).text([json.loads(lines[3])["_id"]]) == ["a different title"]
+    inside = out / "corpus.jsonl"
+    inside.write_text(source.read_text())
+    with pytest.raises(ValueError, match="lies inside .*, which --overwrite clears; move it out first"):
+        build_collection(inside, out, options(dense_model=None), overwrite=True, progress=False)
 
 
 def test_bad_rows_stop_with_the_line_or_are_skipped(tmp_path, capsys):

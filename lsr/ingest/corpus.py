@@ -24,6 +24,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
+from lsr.encode.texts import surrogate_at
 from lsr.ingest.beir_source import BeirSource
 from lsr.sparse import SparseBatch, id_problem, short_repr
 
@@ -151,7 +152,7 @@ class CorpusReader:
         if self.format in ("jsonl", "csv", "parquet"):
             try:
                 names = self._column_names()
-            except (OSError, EOFError) as exc:
+            except (OSError, EOFError, pa.ArrowException) as exc:  # "Empty CSV file", "Parquet magic bytes not found"
                 raise self._unreadable(exc) from None
             self._adopt_columns(names, tables=self.format != "jsonl", id_given=id_field != DEFAULT_ID_FIELD,
                                 fields_given=tuple(fields) != DEFAULT_FIELDS)
@@ -210,12 +211,14 @@ class CorpusReader:
                 if len(chunk):
                     yield chunk
         except BadRowError as error:
+            past_limit = self.limit is not None and self.stats.docs + len(error.good_before) >= self.limit
             before = self._within_limit(error.good_before)
             if before:
                 yield before  # so they are encoded and checkpointed: a fixed corpus resumes after them
-            raise
-        except (OSError, EOFError) as exc:  # a damaged or truncated archive, or a disk error
-            raise self._unreadable(exc) from None
+            if not past_limit:  # a bad row after the --limit'th document is no row of this run
+                raise
+        except (OSError, EOFError, pa.ArrowException, UnicodeDecodeError) as exc:  # a damaged or truncated archive
+            raise self._unreadable(exc) from None  # or Parquet, a disk error, pyarrow's CSV errors: none named the file
 
     def _unreadable(self, exc: BaseException) -> ValueError:
         return ValueError(f"cannot read {self.source}: {exc} (a damaged, truncated or mislabelled file?)")
@@ -289,6 +292,10 @@ class CorpusReader:
             if not isinstance(value, str):
                 return self._bad("non-string text", row_no,
                                  f"field {name!r} is {type(value).__name__}, expected a string", out)
+            at = surrogate_at(value)
+            if at is not None:  # JSON's "\ud800": the encoder failed on it, naming neither file nor line
+                return self._bad("invalid UTF-8", row_no, f"field {name!r} holds a lone surrogate at character {at}, "
+                                 "not UTF-8 text", out)
             if value:
                 parts.append(value)
         if doc_id in self._seen:
@@ -396,7 +403,8 @@ class CorpusReader:
         self._check_columns(self._column_names())
         self.stats.bytes_total = self.source.stat().st_size
         convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns,
-                                      strings_can_be_null=True, quoted_strings_can_be_null=False)
+                                      strings_can_be_null=True, quoted_strings_can_be_null=False,
+                                      null_values=[""])  # not pyarrow's NA, null, N/A, nan...: ids and words here
         with open(self.source, "rb") as raw:
             compression = "gzip" if self.source.name.lower().endswith(".gz") else None
             stream = pa.input_stream(raw, compression=compression) if compression else raw
@@ -434,7 +442,7 @@ class CorpusReader:
             out = DocChunk([], [], [])
             for line_no, line in enumerate(raw, start=1):
                 try:
-                    text = line.decode("utf-8").strip()
+                    text = line.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()  # a BOM is no text
                 except UnicodeDecodeError as exc:
                     self._bad("invalid UTF-8", line_no, f"invalid UTF-8 ({exc.reason})", out)
                     continue

@@ -10,6 +10,7 @@ different corpora are never mixed. Index building (cheap) runs from the shards a
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -20,15 +21,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from lsr.ingest.layout import (
-    BUILD_STATE, FORMAT, META_FILE, VOCAB_FILE, disk_size, files_checksum, is_collection_dir, read_vector_shards,
-    shard_name, write_shard,
+    BUILD_STATE, FORMAT, META_FILE, VOCAB_FILE, disk_size, drop_build_state, files_checksum, is_collection_dir,
+    read_vector_shards, shard_name, write_shard,
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_total
 from lsr.search.bm25_index import DESCRIPTION as BM25_DESCRIPTION
 from lsr.search.bm25_index import BM25_DIR, build_bm25
 from lsr.search.dense_index import DenseIndex
-from lsr.files import exclusive_folder, file_record, read_sealed_json, sealed, write_json_atomic
+from lsr.files import exclusive_folder, file_record, fsync_dir, read_sealed_json, sealed, write_json_atomic
 from lsr.sparse import SparseBatch
 
 if TYPE_CHECKING:
@@ -96,8 +97,11 @@ class IndexOptions:
         for how in ("threads", "on_error", "device", "dtype"):
             out.pop(how)
         out["fields"] = list(self.fields)
-        if self.shards == 1:  # unsharded settings stay as they were, so older checkpoints still resume
+        if self.shards == 1:  # unsharded settings stay as they were (``_changes`` reads a missing count as 1)
             out.pop("shards")
+        # the precision the vectors are encoded in, not the device: another dtype (or "auto" on another device)
+        # resumed a build in two precisions and recorded the second for all
+        out["precision"] = {key: value for key, value in self.encoding().items() if key != "device"}
         out["source"] = str(source.resolve())
         return out
 
@@ -203,10 +207,10 @@ class StageTimer:
 def prepare_output(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> BuildState | None:
     """Decide what to do with an existing OUT. Returns the checkpoint to resume from, or None for a fresh start."""
     if out.is_dir() and any(out.iterdir()):
-        if not is_collection_dir(out):
+        if not is_collection_dir(out) and not (out / REPLACED).is_dir():
             raise FileExistsError(f"{out} is not empty and is not an lsr collection; choose a new or empty folder")
         if overwrite:
-            _remove_contents(out, keep_folder=True)  # the folder itself stays: this run holds its lock
+            _set_aside(out)
         elif not resume:
             raise FileExistsError(f"{out} already holds a collection; pass --resume to continue it or --overwrite to replace it")
         else:
@@ -243,8 +247,14 @@ def _finished_meta(out: Path) -> Path | None:
     return read_shard_map(out).paths(out)[0] / META_FILE if is_sharded(out) else None
 
 
+# A setting left out where it has this value (an unsharded build records no shard count).
+_UNRECORDED = {"shards": 1}
+
+
 def _changes(old: dict, new: dict) -> str:
-    """``name=old (now new)`` for each setting that differs; settings the old run did not record are ignored."""
+    """``name=old (now new)`` for each setting that differs; settings the old run did not record are ignored, but
+    for those left out at their usual value (a resume with --shards 2 of an unsharded build mixed both layouts)."""
+    old, new = {**_UNRECORDED, **old}, {**_UNRECORDED, **new}
     return ", ".join(f"{key}={old.get(key)!r} (now {new[key]!r})" for key in sorted(new)
                      if key in old and old[key] != new[key])
 
@@ -289,7 +299,9 @@ def build_collection(
     reader = _reader(source, options)
     if not options.pre_encoded:  # the fields the corpus was read by, as a resumed run and lsr.json record them
         options = replace(options, fields=tuple(reader.fields), id_field=reader.id_field)
-    folder_was_there = out.is_dir() and not overwrite
+    if overwrite and out.resolve() in source.resolve().parents:
+        raise ValueError(f"the corpus {source} lies inside {out}, which --overwrite clears; move it out first")
+    folder_was_there = out.is_dir()
     with exclusive_folder(out):  # one build at a time per collection folder
         return _build(reader, out, options, folder_was_there, resume, overwrite, progress, on_shard, ray)
 
@@ -317,12 +329,19 @@ def _build(reader: CorpusReader, out: Path, options: IndexOptions, folder_was_th
         if options.shards > 1:
             from lsr.ingest.sharded_build import finish_sharded
 
-            return finish_sharded(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
-        return finish(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
+            summary = finish_sharded(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
+        else:
+            summary = finish(out, state, options, stages, reader.stats.skipped, resumed_from, progress)
     except BaseException:
         if state.shards == 0 and not state.ahead:  # nothing worth resuming: leave OUT as this run found it
-            _remove_contents(out, keep_folder=folder_was_there)
+            if (out / REPLACED).is_dir():
+                _restore_aside(out)
+            else:
+                _remove_contents(out, keep_folder=folder_was_there)
         raise
+    if (out / REPLACED).exists():  # the new collection is whole: the one it replaces goes
+        shutil.rmtree(out / REPLACED)
+    return summary
 
 
 def _reader(source: Path, options: IndexOptions) -> CorpusReader:
@@ -338,6 +357,38 @@ def _reader(source: Path, options: IndexOptions) -> CorpusReader:
     if options.dense_model and not reader.has_text:
         raise ValueError(f"{source} has no text column to compute dense embeddings from; pass --dense none")
     return reader
+
+
+# --overwrite moves the collection it replaces in here, and deletes it once the new one is complete: a bad row, a
+# misspelt --model or a Ctrl-C before the first checkpoint used to leave neither collection, and now restores it.
+REPLACED = ".lsr-replaced"
+
+
+def _set_aside(out: Path) -> None:
+    """Move OUT's collection into ``REPLACED``; a partial build an earlier --overwrite left beside one is dropped."""
+    aside = out / REPLACED
+    if aside.is_dir():  # that earlier run's own partial build is what lies beside it: the whole one is kept
+        for child in out.iterdir():
+            if child.name != REPLACED:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return
+    aside.mkdir()
+    for child in out.iterdir():
+        if child.name != REPLACED:
+            os.rename(child, aside / child.name)
+    fsync_dir(out)
+
+
+def _restore_aside(out: Path) -> None:
+    """Put the collection ``_set_aside`` moved back, in place of what this run wrote."""
+    aside = out / REPLACED
+    for child in out.iterdir():
+        if child.name != REPLACED:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    for child in aside.iterdir():
+        os.rename(child, out / child.name)
+    aside.rmdir()
+    fsync_dir(out)
 
 
 def _remove_contents(out: Path, keep_folder: bool) -> None:
@@ -516,7 +567,7 @@ def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTim
         **(extra_meta or {}),
     }
     write_json_atomic(out / META_FILE, sealed(meta))  # last: its presence means "complete"
-    (out / BUILD_STATE).unlink(missing_ok=True)
+    drop_build_state(out)
     return Summary(state.docs, skipped, state.postings, disk_size(out), stages.seconds, checksums, state.truncated,
                    resumed_from, encoded_with=meta["encoded_with"])
 

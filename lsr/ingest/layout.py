@@ -110,6 +110,13 @@ def is_collection_dir(path: Path) -> bool:
     return any((path / name).is_file() for name in (META_FILE, BUILD_STATE, SHARDS_FILE))
 
 
+def drop_build_state(path: Path) -> None:
+    """Remove a finished build's checkpoint, and the temporary copies of it a kill -9 mid-write left behind."""
+    for leftover in path.glob(f"{BUILD_STATE}.*.tmp"):
+        leftover.unlink()
+    (path / BUILD_STATE).unlink(missing_ok=True)
+
+
 def read_meta(path: Path) -> dict:
     """``lsr.json`` of a complete collection; every error names the file and what to run."""
     meta_path = path / META_FILE

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lsr.ingest.layout import BUILD_STATE, disk_size, read_doc_shards, read_vector_shards, write_shard
+from lsr.ingest.layout import disk_size, drop_build_state, read_doc_shards, read_vector_shards, write_shard
 from lsr.ingest.sharding import HASH_NAME, ShardMap, shard_dir_name, shard_of, write_shard_map
 from lsr.sparse import SparseBatch
 
@@ -103,6 +103,6 @@ def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stag
                          bm25=legs[shard], extra_meta={"sharding": sharding})
         checksums[name] = summary.checksums
     write_shard_map(out, shard_map)  # last: the sharded collection is complete
-    (out / BUILD_STATE).unlink(missing_ok=True)
+    drop_build_state(out)
     return Summary(state.docs, skipped, state.postings, disk_size(out), stages.seconds, checksums, state.truncated,
                    resumed_from, encoded_with=options.encoding())

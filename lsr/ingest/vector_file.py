@@ -118,7 +118,7 @@ class VectorFileReader(CorpusReader):
             if not self.has_text:
                 table = table.append_column("text", pa.array([""] * table.num_rows, pa.string()))
             try:
-                vectors = SparseBatch.from_arrow(table)
+                vectors = SparseBatch.from_arrow(table, first_row=first)
             except ValueError as exc:
                 raise ValueError(f"{self.source}: {exc}") from None
             try:

@@ -102,7 +102,11 @@ class Bm25Index:
         vocab = {token: i for i, token in enumerate(sorted({w for doc in words for w in doc}))}
         tokens = bm25s.tokenization.Tokenized(ids=[[vocab[w] for w in doc] for doc in words], vocab=vocab)
         retriever = bm25s.BM25()
-        retriever.index(tokens, show_progress=False)
+        # A corpus of stopwords and empty texts has no word: bm25s failed on it (max() of an empty sequence) at the
+        # end of a whole build. One term no document holds gives an index that matches nothing, as it should.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            retriever.index(tokens if vocab else bm25s.tokenization.Tokenized(ids=tokens.ids, vocab={"\x00": 0}),
+                            show_progress=False)
         # bm25s's own average (over the stopword-free token lists) and frequencies: every stored score is positive,
         # so a term's column holds one entry per document that has it
         stats = Bm25Stats(len(words), float(np.array([len(doc) for doc in tokens.ids]).mean()) if words else 0.0,

@@ -178,7 +178,9 @@ class Bm25Leg:
         retriever, stats = self.base.retriever, self.base.stats
         tfc_of = _select_tfc_scorer(retriever.method)
         vocab, n_vocab = retriever.vocab_dict, len(stats.doc_freqs)
-        avg_doc_len = np.float64(stats.avg_doc_len)  # a numpy scalar, as bm25s's mean is: it sets tfc's dtype
+        # a numpy scalar, as bm25s's mean is: it sets tfc's dtype. A build with no word has no average length (0:
+        # every later score was 0, with a divide warning); 1 scores later documents as a one-word average would
+        avg_doc_len = np.float64(stats.avg_doc_len or 1.0)
         terms, rows, tfc = [], [], []
         for row, words in enumerate(self.base.tokenize(texts)):
             counts = Counter(words)
