@@ -60,7 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bad rows (missing/duplicate id, non-string text, invalid JSON): stop, or skip and count")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue an interrupted run into COLLECTION")
-    again.add_argument("--overwrite", action="store_true", help="replace the collection already in COLLECTION")
+    again.add_argument("--overwrite", action="store_true", help="replace the collection already in COLLECTION; it is kept (in COLLECTION/.lsr-replaced) "
+                                                             "until the new one is whole, and put back if the run fails "
+                                                             "before its first checkpoint")
     p.add_argument("--shards", type=int, default=1, metavar="N",
                    help="split the collection into N shards by a hash of the document id (each a complete collection, "
                         "with collection-wide statistics; served by `lsr serve`); default 1: one unsharded collection")
