@@ -53,8 +53,9 @@ class ServerConfig:
                      "max_response_bytes", "max_upsert_bytes_held"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.batch_window_ms < 0 or self.grace_seconds < 0:
-            raise ValueError("batch window and grace period must be ≥ 0")
+        if not (0 <= self.batch_window_ms < 10_000 and 0 <= self.grace_seconds < 86_400):  # NaN failed no "< 0"
+            raise ValueError(f"the batch window must be in [0, 10000) ms and the grace period in [0, 86400) s, got "
+                             f"{self.batch_window_ms:g} ms and {self.grace_seconds:g} s")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
         if self.auth_token is not None and not self.auth_token:

@@ -319,9 +319,13 @@ def test_overlong_query_is_truncated_and_flagged(client):
 def test_a_size_limit_of_zero_is_one_line_naming_the_flag(collections, capsys, flag):
     from lsr.cli.main import main
 
-    assert main(["serve", str(collections["hybrid"]), flag, "0"]) == 2  # refused before any model loads
-    err = capsys.readouterr().err
-    assert err == f"lsr serve: error: {flag} must be > 0, got 0\n"
+    for value in ("0", "2048", "inf", "nan"):  # 2048 and inf crashed gRPC's channel arguments in a traceback
+        assert main(["serve", str(collections["hybrid"]), flag, value]) == 2  # refused before any model loads
+        err = capsys.readouterr().err
+        assert err == f"lsr serve: error: {flag} must be at least 1 KiB (0.001) and under 2048 MB, got {value}\n"
+    for other in ("--batch-window-ms", "--grace"):  # NaN passed "< 0": searches then waited out their deadlines
+        assert main(["serve", str(collections["hybrid"]), other, "nan"]) == 2
+        assert "must be in [0, 10000) ms and the grace period in [0, 86400) s" in capsys.readouterr().err
 
 
 def test_oversize_message_is_resource_exhausted(client):

@@ -176,6 +176,33 @@ def test_a_search_whose_long_texts_pass_the_response_limit_says_so(collection, t
         server.kill()
 
 
+def test_a_write_waiting_on_another_process_ends_at_its_deadline_and_is_never_applied(collection, tmp_path):
+    """While another process held the folder, a write waited up to 30 s whatever its deadline, holding a handler
+    thread, and was then applied after its caller had been told DEADLINE_EXCEEDED, over a newer write."""
+    from lsr.files import exclusive_folder
+
+    path = shutil.copytree(collection, tmp_path / "col")
+    server = ServerProcess(path).wait_listening()
+    try:
+        with server.client() as c:
+            kept = c.search("protein", k=1, mode="bm25").hits[0].doc_id
+            with exclusive_folder(path):  # as `lsr upsert COLLECTION` or `lsr repair` would
+                started = time.monotonic()
+                for write in (lambda: c.upsert(["stale"], ["quokka version one"], timeout=1.0),
+                              lambda: c.delete([kept], timeout=1.0)):
+                    with pytest.raises(grpc.RpcError) as err:
+                        write()
+                    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert time.monotonic() - started < 10  # each was held 19.5 s or more
+                assert c.health() == "SERVING"
+            time.sleep(2.0)  # nothing is left to apply them once the folder is free
+            assert not c.search("quokka", k=5, mode="bm25").hits
+            assert c.search("protein", k=1, mode="bm25").hits[0].doc_id == kept
+            assert c.upsert(["fresh"], ["wombat"]) == 1
+    finally:
+        server.kill()
+
+
 def test_upserts_held_at_once_are_bounded_across_streams(collection, tmp_path):
     """Each stream is bounded on its own; many at once must be too: a stream that would pass the server's budget for
     all of them gets RESOURCE_EXHAUSTED (to retry) while another holds it, and gets through once that one ends."""

@@ -85,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
     from lsr.service.server import ServerConfig, serve
 
     for flag in ("max_message_mb", "max_response_mb", "max_upserts_mb"):  # in the flags' words, not the config's
-        if not getattr(args, flag) * 1024 * 1024 >= 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag):g}")
+        # gRPC takes a C int: 2048 MB or inf crashed its channel arguments in a traceback, 0.001 MB printed as 0
+        if not 1 / 1024 <= getattr(args, flag) < 2048:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1 KiB (0.001) and under 2048 MB, "
+                             f"got {getattr(args, flag):g}")
     config = ServerConfig(  # checks its values before the slow collection load
         host=args.host, port=args.port, workers=args.workers,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),

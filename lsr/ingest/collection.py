@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
@@ -205,18 +206,21 @@ class Collection:
     def text(self, doc_ids: Sequence[str]) -> list[str | None]:
         return self._view.text(doc_ids)
 
-    def upsert(self, ids: Sequence[str], texts: Sequence[str], sparse: SparseBatch, dense: np.ndarray | None) -> None:
-        """Add or replace documents in every store; durable and visible once this returns."""
+    def upsert(self, ids: Sequence[str], texts: Sequence[str], sparse: SparseBatch, dense: np.ndarray | None, *,
+               deadline: float | None = None, check: Callable[[str], None] | None = None) -> None:
+        """Add or replace documents in every store; durable and visible once this returns. ``deadline`` and
+        ``check`` as in ``_writing``."""
         ids = [str(i) for i in ids]
         if self.dense is not None and dense is None:
             raise ValueError("this collection has a dense index; upserts need dense vectors too")
-        with self._writing():
+        with self._writing(deadline, check):
             self._apply(self._journal.append("upsert", ids, list(texts), sparse, dense if self.dense is not None else None))
 
-    def delete(self, ids: Sequence[str]) -> list[str]:
+    def delete(self, ids: Sequence[str], *, deadline: float | None = None,
+               check: Callable[[str], None] | None = None) -> list[str]:
         """Delete ids found in any store from every store; returns the ids no store held."""
         ids = list(dict.fromkeys(str(i) for i in ids))
-        with self._writing():
+        with self._writing(deadline, check):
             view = self._view
             known = [i for i in ids if view.docs.contains(i) or i in self.sparse
                      or (self.dense is not None and i in self.dense)]
@@ -226,14 +230,27 @@ class Collection:
             return [i for i in ids if i not in known_ids]
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
+    def _writing(self, deadline: float | None = None, check: Callable[[str], None] | None = None) -> Iterator[None]:
         """One writer at a time, across threads and processes; a collection another process wrote since this one
-        last looked is first taken up from disk. After a failed apply the process must reopen (and so replay) first."""
+        last looked is first taken up from disk. After a failed apply the process must reopen (and so replay) first.
+
+        The folder is waited for until ``deadline`` (``time.monotonic()``), at most ``WRITE_WAIT`` s, and
+        ``check(stage)`` (the service's: has the caller gone?) runs once it is held: a write whose caller gave up
+        while another process held the folder was applied up to 30 s later, over a newer acknowledged one."""
+        wait = WRITE_WAIT if deadline is None else max(0.0, min(WRITE_WAIT, deadline - time.monotonic()))
         with self._lock:
             if self._failed is not None:
                 raise RuntimeError(f"an earlier write failed half-applied ({self._failed}); restart to replay "
                                    "the journal, which holds it")
-            with self._folder.held(WRITE_WAIT):
+            try:
+                self._folder.acquire(wait)
+            except FolderBusyError:
+                if check is not None:
+                    check("waiting for the collection folder")  # gone: its own status, not UNAVAILABLE
+                raise
+            try:
+                if check is not None:
+                    check("writing")
                 self._take_up_fold()
                 if self._changed_on_disk():
                     self._take_up_disk()
@@ -244,6 +261,8 @@ class Collection:
                     if self._journal.last_seq != journaled:
                         self._failed = exc
                     raise
+            finally:
+                self._folder.release()
 
     def _changed_on_disk(self) -> bool:
         """Whether another process wrote (or repaired) the collection since this one last looked."""

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -653,23 +653,34 @@ class Searcher:
 
     def store(self, ids: list[str], texts: list[str], sparse: SparseBatch, dense: np.ndarray | None,
               deadline: float | None = None, check: Callable[[str], None] | None = None) -> None:
-        """Write encoded documents; the sharded coordinator sends each to the shard that owns it. A local
-        write has no deadline to honour: it is short, and atomic once started. ``check`` runs once the write
-        holds the lock: a write whose caller gave up while it waited is dropped, never applied after a later one."""
-        with self._write_lock:
-            if check is not None:
-                check("writing")
-            self.collection.upsert(ids, texts, sparse, dense)
+        """Write encoded documents; the sharded coordinator sends each to the shard that owns it. Waiting for this
+        process's other writes and another process's hold on the folder ends at ``deadline``; ``check`` runs once
+        the write holds both: a write whose caller gave up while it waited is dropped, never applied after a later
+        one. Once started, a local write is short and atomic."""
+        with self._writing(deadline, check):
+            self.collection.upsert(ids, texts, sparse, dense, deadline=deadline, check=check)
 
     def delete(self, ids: Sequence[str], deadline: float | None = None,
                check: Callable[[str], None] | None = None) -> list[str]:
         """Delete documents; returns the ids that were not in the collection (nothing else changes for them).
         ``deadline`` and ``check`` as in ``store``."""
         ids = id_list(ids)
-        with self._write_lock:
+        with self._writing(deadline, check):
+            return self.collection.delete(ids, deadline=deadline, check=check)
+
+    @contextmanager
+    def _writing(self, deadline: float | None, check: Callable[[str], None] | None) -> Iterator[None]:
+        """This process's writes one at a time, each waiting no longer than its caller's deadline: a server's
+        handler threads all waited on one write held up by another process, health checks' threads too."""
+        timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._write_lock.acquire(timeout=timeout):
             if check is not None:
-                check("deleting")
-            return self.collection.delete(ids)
+                check("waiting for another write")
+            raise TimeoutError("another write of this collection took past the deadline")
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
 
 def query_list(texts: Sequence[str]) -> list[str]:
