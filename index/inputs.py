@@ -67,8 +67,7 @@ def document_batch(vectors, doc_ids: Sequence | None, vocab_size: int | None) ->
     if duplicates:
         raise ValueError(f"duplicate doc ids in one batch: {duplicates[:10]}; each id may appear once")
     batch = SparseBatch.concat(batches) if len(batches) > 1 else batches[0]
-    _check_weights(batch.values, "document vectors", batch.indptr, MAX_DOC_WEIGHT)
-    _check_terms(batch.indices, vocab_size, "document vectors")
+    _check_weights(batch.values, "document vectors", batch.indptr, MAX_DOC_WEIGHT)  # term ids: SparseBatch checks them
     return _canonical_csr(batch), ids
 
 

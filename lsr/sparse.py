@@ -100,9 +100,9 @@ class SparseBatch:
     def __post_init__(self) -> None:
         self.indptr = np.ascontiguousarray(self.indptr, dtype=np.int64)
         indices = np.asarray(self.indices)
-        if indices.size and (indices.min() < 0 or indices.max() >= self.vocab_size):  # checked before the int32 cast
-            bad = indices.min() if indices.min() < 0 else indices.max()
-            raise ValueError(f"term id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+        low, high = (indices.min(), indices.max()) if indices.size else (0, 0)
+        if low < 0 or high >= self.vocab_size:  # checked before the int32 cast: 2**32 + 5 would wrap to term 5
+            raise ValueError(f"term id {low if low < 0 else high} outside the vocabulary [0, {self.vocab_size})")
         self.indices = np.ascontiguousarray(indices, dtype=np.int32)
         self.values = np.ascontiguousarray(self.values, dtype=np.float32)
         if self.indptr.ndim != 1 or len(self.indptr) == 0 or self.indptr[0] != 0:
@@ -304,10 +304,7 @@ class SparseBatch:
             row = int(np.flatnonzero(np.diff(indptr) != np.diff(weights_ptr))[0])
             raise ValueError(f"row {first_row + row + 1} has {indptr[row + 1] - indptr[row]} term ids but "
                              f"{weights_ptr[row + 1] - weights_ptr[row]} weights")
-        terms = np.asarray(ind.flatten())
-        if len(terms) and (terms.min() < 0 or terms.max() >= vocab_size):  # before int32: 2**32 + 5 would wrap to 5
-            bad = terms[(terms < 0) | (terms >= vocab_size)][0]
-            raise ValueError(f"the vectors have term id {int(bad)} outside the vocabulary [0, {vocab_size})")
+        terms = np.asarray(ind.flatten())  # range-checked by the constructor, before its int32 cast
         weights = np.asarray(val.flatten(), np.float32)
         bad = ~(np.isfinite(weights) & (weights >= 0) & (weights <= MAX_DOC_WEIGHT))
         if bad.any():  # found at the index stage, after the encode, with no file or row named
@@ -315,7 +312,7 @@ class SparseBatch:
             row = int(np.searchsorted(indptr, at, side="right")) - 1
             raise ValueError(f"row {first_row + row + 1} has the weight {weights[at]}; a weight is finite, ≥ 0 and at "
                              f"most {MAX_DOC_WEIGHT:g}")
-        return cls(indptr, terms.astype(np.int32), weights, vocab_size, vocab)
+        return cls(indptr, terms, weights, vocab_size, vocab)
 
     def write_parquet(self, path: str | Path, ids: Sequence[str] | None = None, *, with_vocab: bool = False) -> None:
         """Write atomically (temp file renamed into place, so a crash never leaves half a file); see ``to_arrow``."""

@@ -368,9 +368,7 @@ def _set_aside(out: Path) -> None:
     """Move OUT's collection into ``REPLACED``; a partial build an earlier --overwrite left beside one is dropped."""
     aside = out / REPLACED
     if aside.is_dir():  # that earlier run's own partial build is what lies beside it: the whole one is kept
-        for child in out.iterdir():
-            if child.name != REPLACED:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        _remove_contents(out, keep_folder=True)
         return
     aside.mkdir()
     for child in out.iterdir():
@@ -382,9 +380,7 @@ def _set_aside(out: Path) -> None:
 def _restore_aside(out: Path) -> None:
     """Put the collection ``_set_aside`` moved back, in place of what this run wrote."""
     aside = out / REPLACED
-    for child in out.iterdir():
-        if child.name != REPLACED:
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    _remove_contents(out, keep_folder=True)
     for child in aside.iterdir():
         os.rename(child, out / child.name)
     aside.rmdir()
@@ -396,7 +392,8 @@ def _remove_contents(out: Path, keep_folder: bool) -> None:
         shutil.rmtree(out, ignore_errors=True)
         return
     for child in out.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if child.name != REPLACED:  # the collection an --overwrite set aside stays until the new one is whole
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state: BuildState, stages: StageTimer,

@@ -91,12 +91,12 @@ class SearchModels:
     def _build_query(self) -> Any:
         from lsr.encode.splade import InferenceFreeQueryEncoder, idf_table_path
 
-        kind = self._query_kind
+        kind, table = self._query_kind, idf_table_path(self.meta["model"])
         if kind == "auto":
-            kind = "splade" if idf_table_path(self.meta["model"]) is None else "inference-free"
+            kind = "splade" if table is None else "inference-free"
         if kind == "splade":
             return self.documents
-        live = self._query_idf if self._doc_freqs is not None and idf_table_path(self.meta["model"]) is None else None
+        live = self._query_idf if self._doc_freqs is not None and table is None else None
         return InferenceFreeQueryEncoder.from_pretrained(self.meta["model"], idf=live)
 
     def _build_documents(self) -> Any:
