@@ -52,8 +52,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # numpy's short write on a full disk said "49803
+            # requested and 49088 written" and no more
+            raise OSError(f"could not write {path}: {exc.strerror or exc}"
+                          f"{'' if exc.errno else ' (a short write: is the disk full?)'}") from exc
         raise
 
 

@@ -7,10 +7,13 @@ requests finish, then the server stops and the process exits 0.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
 import os
 import signal
+import socket
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lsr.service import search_pb2, search_pb2_grpc
 from lsr.service.servicer import SearchServicer, Undecodable
+from lsr.service.streams import StreamGuard
 
 log = logging.getLogger("lsr.service")
 
@@ -45,6 +49,7 @@ class ServerConfig:
     tls_key: Path | None = None
     auth_token: str | None = None
     grace_seconds: float = 30.0
+    stream_idle_seconds: float = 60.0  # a client stream (upsert, reflection) silent this long is cancelled
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -53,13 +58,53 @@ class ServerConfig:
                      "max_response_bytes", "max_upsert_bytes_held"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if not (0 <= self.batch_window_ms < 10_000 and 0 <= self.grace_seconds < 86_400):  # NaN failed no "< 0"
-            raise ValueError(f"the batch window must be in [0, 10000) ms and the grace period in [0, 86400) s, got "
-                             f"{self.batch_window_ms:g} ms and {self.grace_seconds:g} s")
+        for flag, value, low, high in (("--batch-window-ms", self.batch_window_ms, 0, 10_000),
+                                       ("--grace", self.grace_seconds, 0, 86_400),
+                                       ("--stream-idle-s", self.stream_idle_seconds, 0, 86_400)):
+            if not (low <= value < high and (value > 0 or flag != "--stream-idle-s")):  # NaN failed no "< 0"
+                interval = f"(0, {high})" if flag == "--stream-idle-s" else f"[0, {high})"
+                raise ValueError(f"{flag} must be in {interval}, got {value:g}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+        if self.tls_cert is not None:
+            check_tls_pair(Path(self.tls_cert), Path(self.tls_key))
+        check_port_free(self.host, self.port)  # before the slow collection load; again at bind
         if self.auth_token is not None and not self.auth_token:
             raise ValueError("the auth token is empty; put a non-empty token in the --auth-token-file")
+
+
+def check_tls_pair(cert: Path, key: Path) -> None:
+    """gRPC takes any PEM bytes and then fails to bind ("Failed to bind", as if the port were taken) when the key
+    does not match the certificate; Python's ssl says which of the two is wrong."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise ValueError(f"no such TLS file: {exc.filename}") from None
+    except ssl.SSLError as exc:
+        what = ("--tls-key is not the private key of --tls-cert" if "KEY_VALUES_MISMATCH" in str(exc)
+                else "--tls-cert must be a PEM certificate chain and --tls-key its unencrypted PEM private key")
+        raise ValueError(f"{what} ({cert}, {key}: {exc.reason or exc})") from None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """gRPC binds each address a host name resolves to and succeeds if any binds: with 127.0.0.1:P taken by another
+    server, ``--host localhost`` bound only [::1]:P and took the clients that try IPv6 first. Every address must be
+    free (addresses this machine lacks, such as ::1 without IPv6, are left to gRPC, which skips them)."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot bind --host {host!r}: {exc.strerror}") from None
+    for family, kind, proto, _name, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no conflict
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(f"could not bind {host}:{port}: {address[0]} port {port} is in use "
+                                  "(another server? pick another --port, or 0 for a free one)") from None
 
 
 class BearerTokenAuth(grpc.ServerInterceptor):
@@ -132,10 +177,10 @@ class SearchServer:
         self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch,
                                        encode_workers=config.encode_workers,
                                        max_response_bytes=config.max_response_bytes,
-                                       max_upsert_bytes_held=config.max_upsert_bytes_held,
-                                       max_upsert_streams=max(1, config.workers // 4))
+                                       max_upsert_bytes_held=config.max_upsert_bytes_held)
         interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
-        interceptors.append(LenientDecoding())
+        interceptors += [LenientDecoding(), StreamGuard(max(1, config.workers // 4), config.stream_idle_seconds,
+                                                        config.workers)]
         limits = [  # both bounded to protect the server
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_response_bytes),
@@ -154,6 +199,7 @@ class SearchServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         address = f"{config.host}:{config.port}"
+        check_port_free(config.host, config.port)
         if config.tls_cert is not None:
             creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
             self.port = self._server.add_secure_port(address, creds)

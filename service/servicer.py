@@ -32,7 +32,7 @@ from lsr.service.batching import DeadlinePassed, MicroBatcher
 from lsr.service.shard_set import ShardUnavailable
 from lsr.sparse import id_problem, short_repr
 from lsr.service.convert import (
-    TIMING_FIELDS, hybrid_from_proto, k_from_proto, mode_from_proto, prf_from_proto, result_to_proto,
+    TIMING_FIELDS, hybrid_from_proto, k_from_proto, mode_from_proto, prf_from_proto, result_to_proto, size_in_batch,
 )
 
 log = logging.getLogger("lsr.service")
@@ -206,15 +206,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     """Validates requests, micro-batches text encodings, and hands the rest to the Searcher."""
 
     def __init__(self, searcher, *, batch_window: float = 0.002, max_batch: int = 64, encode_workers: int = 2,
-                 max_response_bytes: int = 64 * 1024 * 1024, max_upsert_bytes_held: int = MAX_UPSERT_BYTES_HELD,
-                 max_upsert_streams: int = 16) -> None:
+                 max_response_bytes: int = 64 * 1024 * 1024, max_upsert_bytes_held: int = MAX_UPSERT_BYTES_HELD) -> None:
         self.searcher = searcher
         self.max_response_bytes = max_response_bytes
         self.upsert_bytes = UpsertBytes(max_upsert_bytes_held)
-        # An Upsert holds a handler thread while its client streams (or stalls): 64 stalled streams took every
-        # thread, health checks included. Writes run one at a time anyway, so a few streams at once are plenty.
-        self.max_upsert_streams = max_upsert_streams
-        self._upsert_streams = threading.BoundedSemaphore(max_upsert_streams)
         # Sparse and dense encoders batch separately, so a hybrid query's two encodings overlap.
         busy = lambda: self.in_flight  # noqa: E731 - requests that may still join a batch
         # One pool of encode slots for both encoders: a hybrid query's two encodings overlap, yet no
@@ -288,7 +283,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                                                  deadline=call.deadline, **options)
             for result in results:
                 message = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id)
-                size += message.ByteSize()
+                size += size_in_batch(message)
                 if size > self.max_response_bytes:  # the estimate was low (unusually long texts): stop now
                     raise TooLarge(f"the response passed the server's {self.max_response_bytes / 2**20:.0f} MiB limit "
                                    f"after {len(out.results)} of {len(texts)} texts; send fewer texts or a smaller k")
@@ -298,15 +293,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @_rpc
     def Upsert(self, request_iterator, call: _Call) -> pb.UpsertResponse:
-        if not self._upsert_streams.acquire(blocking=False):
-            raise TooLarge(f"{self.max_upsert_streams} upsert streams are open, the server's limit (a quarter of its "
-                           "--workers, so that searches and health checks keep threads); retry shortly")
-        try:
-            with self.upsert_bytes.stream() as take:
-                ids, texts = _read_upsert_stream(request_iterator, call, take)
-                self.searcher.upsert(ids, texts, deadline=call.deadline, check=call.check)
-        finally:
-            self._upsert_streams.release()
+        with self.upsert_bytes.stream() as take:  # StreamGuard bounds how many streams are open at once
+            ids, texts = _read_upsert_stream(request_iterator, call, take)
+            self.searcher.upsert(ids, texts, deadline=call.deadline, check=call.check)
         call.fields.update(docs=len(ids))
         return pb.UpsertResponse(upserted=len(ids), index_version=self.searcher.index_version)
 

@@ -96,6 +96,8 @@ def test_fields_id_field_and_limit(tmp_path):
     bad_later = write_jsonl(tmp_path / "bad-later.jsonl", [json.dumps({"_id": "a", "text": "x"}),
                                                             json.dumps({"_id": "b", "text": "y"}), json.dumps({"text": "no id"})])
     assert read_all(CorpusReader(bad_later, limit=2))[0] == ["a", "b"]  # line 3 is past the limit: it failed the run
+    skipping = CorpusReader(bad_later, limit=2, on_error="skip")
+    assert read_all(skipping)[0] == ["a", "b"] and skipping.stats.n_skipped == 0  # it was counted as skipped
     with pytest.raises(BadRowError, match="line 3: missing id"):
         read_all(CorpusReader(bad_later, limit=3))
     with pytest.raises(ValueError, match="no column"):
@@ -223,8 +225,11 @@ def test_bad_rows_in_parquet_and_csv_name_the_row(tmp_path):
     assert read_all(reader)[0] == ["a", "b"]
     assert reader.stats.skipped == {"missing id": 1, "duplicate id": 1}
     (tmp_path / "bad.csv").write_text("_id,title,text\na,t,x\nb,t,y\na,t,z\n", encoding="utf-8")
-    with pytest.raises(BadRowError, match="line 4: duplicate id 'a'"):
+    with pytest.raises(BadRowError, match="bad.csv row 4: duplicate id 'a'"):
         read_all(CorpusReader(tmp_path / "bad.csv"))
+    (tmp_path / "spans.csv").write_text('_id,title,text\na,t,"two\nlines"\na,t,z\n', encoding="utf-8")
+    with pytest.raises(BadRowError, match="spans.csv row 3: duplicate id 'a'"):  # line 4: it said "line 3"
+        read_all(CorpusReader(tmp_path / "spans.csv"))
     pq.write_table(pa.table({"_id": ["a"], "title": ["t"], "text": [3]}), tmp_path / "int.parquet")
     with pytest.raises(BadRowError, match="row 1: field 'text' is int"):
         read_all(CorpusReader(tmp_path / "int.parquet"))
@@ -233,7 +238,7 @@ def test_bad_rows_in_parquet_and_csv_name_the_row(tmp_path):
 def test_a_csv_row_with_the_wrong_number_of_columns_is_named_or_skipped(tmp_path):
     path = tmp_path / "cols.csv"
     path.write_text('id,text\nd1,hello world\nd2,foo,bar\nd3,"quoted, comma"\n', encoding="utf-8")
-    with pytest.raises(BadRowError, match=r"cols.csv line 3: 3 columns where the header has 2 \('d2,foo,bar'"):
+    with pytest.raises(BadRowError, match=r"cols.csv row 3: 3 columns where the header has 2 \('d2,foo,bar'"):
         read_all(CorpusReader(path))
     reader = CorpusReader(path, on_error="skip")
     assert read_all(reader)[:2] == (["d1", "d3"], ["hello world", "quoted, comma"])

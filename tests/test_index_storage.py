@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -285,3 +286,27 @@ def test_a_larger_scale_never_re_rounds_the_documents_written_before_it(tmp_path
     after = {hit.doc_id: hit.score for hit in idx.search(query, k=len(idx)) if hit.doc_id.startswith("old-")}
     assert after == before  # the same bits
     assert len({seg.scale for seg in idx._state.segments}) == idx.num_segments >= 2
+
+
+def test_a_short_write_names_the_file_and_leaves_no_temporary(tmp_path):
+    """On a full disk numpy's save said only "49803 requested and 49088 written", not which file: the index stage
+    failed with no clue where. A file-size limit (RLIMIT_FSIZE) makes the same short write here."""
+    script = textwrap.dedent("""
+        import resource, signal, sys
+        from pathlib import Path
+        import numpy as np
+        from lsr.files import atomic_write
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+        for name, write in [("a.npy", lambda fh: np.save(fh, np.zeros(100_000))), ("b.bin", lambda fh: fh.write(bytes(100_000)))]:
+            try:
+                atomic_write(Path(sys.argv[1]) / name, write)
+            except OSError as exc:
+                print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    short, too_large = out.stdout.splitlines()
+    assert re.fullmatch(rf"could not write {re.escape(str(tmp_path / 'a.npy'))}: 100000 requested and \d+ written "
+                        r"\(a short write: is the disk full\?\)", short), out.stderr
+    assert too_large == f"could not write {tmp_path / 'b.bin'}: File too large"
+    assert list(tmp_path.iterdir()) == []

@@ -323,9 +323,44 @@ def test_a_size_limit_of_zero_is_one_line_naming_the_flag(collections, capsys, f
         assert main(["serve", str(collections["hybrid"]), flag, value]) == 2  # refused before any model loads
         err = capsys.readouterr().err
         assert err == f"lsr serve: error: {flag} must be at least 1 KiB (0.001) and under 2048 MB, got {value}\n"
-    for other in ("--batch-window-ms", "--grace"):  # NaN passed "< 0": searches then waited out their deadlines
-        assert main(["serve", str(collections["hybrid"]), other, "nan"]) == 2
-        assert "must be in [0, 10000) ms and the grace period in [0, 86400) s" in capsys.readouterr().err
+    for other, value, says in [("--batch-window-ms", "nan", "[0, 10000)"), ("--grace", "nan", "[0, 86400)"),
+                               ("--stream-idle-s", "0", "(0, 86400)")]:  # NaN passed "< 0": searches waited forever
+        assert main(["serve", str(collections["hybrid"]), other, value]) == 2
+        assert capsys.readouterr().err == f"lsr serve: error: {other} must be in {says}, got {value}\n"
+
+
+def test_a_taken_port_or_a_wrong_tls_key_is_named_before_the_load(collections, tls_files, tmp_path, capsys):
+    """With 127.0.0.1:P taken, `--host localhost` bound only [::1]:P and served the clients that try IPv6 first; a key
+    that is not the certificate's was reported as gRPC's "Failed to bind", after the whole collection had loaded."""
+    import socket
+
+    from lsr.cli.main import main
+
+    cert, _ = tls_files
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(collections["hybrid"]), "--host", "localhost", "--port", str(port)]) == 1
+        assert capsys.readouterr().err == (f"lsr serve: error: could not bind localhost:{port}: 127.0.0.1 port {port} "
+                                           "is in use (another server? pick another --port, or 0 for a free one)\n")
+    other_key = tmp_path / "other.key"
+    subprocess.run(["openssl", "genrsa", "-out", str(other_key), "2048"], check=True, capture_output=True)
+    for key, says in [(other_key, "--tls-key is not the private key of --tls-cert"),
+                      (cert, "--tls-cert must be a PEM certificate chain and --tls-key its unencrypted PEM private key")]:
+        assert main(["serve", str(collections["hybrid"]), "--tls-cert", str(cert), "--tls-key", str(key)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lsr serve: error: {says} (") and err.count("\n") == 1
+
+
+def test_a_batch_response_is_sized_as_grpc_counts_it():
+    """SearchBatch summed its results' ByteSize(): a batch just under --max-response-mb passed the server's check and
+    then failed in gRPC's own size check, without the server's message (each result also costs a tag and a length)."""
+    from lsr.service.convert import size_in_batch
+
+    results = [pb.SearchResponse(hits=[pb.Hit(doc_id="d", text="x" * n)]) for n in (0, 100, 130, 20_000, 3_000_000)]
+    results.append(pb.SearchResponse())  # an empty result still costs its tag and length
+    assert sum(size_in_batch(r) for r in results) == pb.SearchBatchResponse(results=results).ByteSize()
 
 
 def test_oversize_message_is_resource_exhausted(client):

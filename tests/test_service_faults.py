@@ -258,32 +258,52 @@ def test_upsert_streams_are_checked_as_they_arrive(server):
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "10,000 documents" in err.value.details()
 
 
-def test_stalled_upsert_streams_cannot_take_every_thread(collection, tmp_path):
-    """64 stalled Upsert streams held all 64 handler threads: searches and health checks timed out. Past a quarter of
-    --workers, a stream is refused at once (RESOURCE_EXHAUSTED, retry) and searches keep answering."""
+def test_stalled_client_streams_cannot_take_every_thread(collection, tmp_path):
+    """64 stalled Upsert streams, or 64 idle reflection sessions, held all 64 handler threads: searches and health
+    checks timed out. Past a quarter of --workers, a client stream is refused at once (RESOURCE_EXHAUSTED, retry);
+    searches keep answering; a stream silent for --stream-idle-s is cancelled, its upsert not applied, and the
+    slot it held serves the next stream."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    server = ServerProcess(shutil.copytree(collection, tmp_path / "col"), "--workers", "8").wait_listening()
+    server = ServerProcess(shutil.copytree(collection, tmp_path / "col"), "--workers", "8",
+                           "--stream-idle-s", "3").wait_listening()
     release = threading.Event()
 
     def stalled(i: int):
         yield pb.UpsertRequest(documents=[pb.Document(id=f"stalled-{i}", text="quokka")])
         release.wait(60)
 
+    def reflection_session():
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+        release.wait(60)
+
+    sessions = []  # held open: a dropped response iterator cancels its call
+
+    def listed_services() -> list[str]:
+        sessions.append(reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(server.address))
+                        .ServerReflectionInfo(reflection_session(), timeout=120))
+        return [s.name for s in next(sessions[-1]).list_services_response.service]
+
     try:
         with ThreadPoolExecutor(3) as pool:
-            streams = [pool.submit(_stub(server.address).Upsert, stalled(i), timeout=120) for i in range(3)]
-            done, _ = wait(streams, timeout=30, return_when=FIRST_COMPLETED)  # 8 // 4 = 2 streams at once
+            assert "lsr.v1.SearchService" in listed_services()  # answered, then idle, holding 1 of 8 // 4 = 2 slots
+            streams = [pool.submit(_stub(server.address).Upsert, stalled(i), timeout=120) for i in range(2)]
+            done, _ = wait(streams, timeout=30, return_when=FIRST_COMPLETED)
             assert len(done) == 1
             refused = done.pop()
             assert refused.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "upsert streams are open" in refused.exception().details()
+            assert "2 client streams (upserts, reflection) are open" in refused.exception().details()
             with server.client() as c:
                 assert c.search("quokka habitat", k=3, timeout=10).hits is not None
             health = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
             assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
-            release.set()
-            assert sorted(f.result().upserted for f in streams if f is not refused) == [1, 1]
+            stalled_upsert = next(f for f in streams if f is not refused)
+            assert stalled_upsert.exception(timeout=30).code() == grpc.StatusCode.CANCELLED  # idle for 3 s
+            server.wait_for_line(lambda line: "event=stream_idle_cancelled" in line)
+            assert "lsr.v1.SearchService" in listed_services()  # the idle session's slot is free again
+            with server.client() as c:
+                assert c.stats(timeout=10)["num_docs"] == N_DOCS  # neither stalled upsert was applied
     finally:
         release.set()
         server.kill()
@@ -449,6 +469,35 @@ def test_kill_9_during_writes_loses_no_acknowledged_write(collection, tmp_path):
             for doc_id, states in allowed.items():
                 assert stored.get(doc_id) in states, (doc_id, stored.get(doc_id), states)
             assert c.delete(list(stored)) == []  # every remaining id is deletable
+    finally:
+        server.kill()
+    assert not verify_collection(path).problems
+
+
+def test_a_server_whose_collection_was_indexed_anew_reports_not_serving(collection, beir_dir, tmp_path):
+    """`lsr index --overwrite` under a running server: the server's next write went into the new build from its old
+    stores (both builds' journals empty, both sparse commits at version 1) and left it unopenable; or, where the
+    write was refused, health still said SERVING. The server's background look now finds the new build within
+    seconds: health turns NOT_SERVING, writes fail FAILED_PRECONDITION, searches answer from the opened build, and
+    the new build stays whole."""
+    from lsr.cli.main import main
+    from lsr.ingest.verify import verify_collection
+
+    path = shutil.copytree(collection, tmp_path / "col")
+    server = ServerProcess(path).wait_listening()
+    try:
+        with server.client() as c:
+            assert c.health() == "SERVING"
+            assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--limit", "5",
+                         "--max-length", "64", "--quiet"]) == 0
+            deadline = time.monotonic() + 30
+            while c.health() == "SERVING" and time.monotonic() < deadline:  # no write: the look finds it
+                time.sleep(0.2)
+            assert c.health() == "NOT_SERVING" and c.health("lsr.v1.SearchService") == "NOT_SERVING"
+            with pytest.raises(grpc.RpcError) as err:
+                c.upsert(["after-overwrite"], ["tardigrades survive vacuum"], timeout=60)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "restart" in err.value.details()
+            assert len(c.search("cancer", k=N_DOCS, timeout=30).hits) > 5  # the opened build, not the new one
     finally:
         server.kill()
     assert not verify_collection(path).problems

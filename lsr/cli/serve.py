@@ -56,6 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "pass it gets RESOURCE_EXHAUSTED, to retry (default 256; one upsert holds at most 64)")
     add_device_arguments(p)
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM (default 30)")
+    p.add_argument("--stream-idle-s", type=float, default=60.0,
+                   help="seconds a client stream (an upsert, a reflection session) may send nothing before the "
+                        "server cancels it (the client gets CANCELLED; nothing of an upsert is applied) and frees its "
+                        "handler thread (default 60); at most a quarter of --workers such streams are open at once")
     sharded = p.add_argument_group("sharded collections")
     sharded.add_argument("--ray-address", metavar="ADDRESS",
                          help="Ray cluster for the shard servers: auto, HOST:PORT or ray://HOST:PORT (default: start a local instance)")
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         max_upsert_bytes_held=int(args.max_upserts_mb * 1024 * 1024),
         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=_read_token(args.auth_token_file),
-        grace_seconds=args.grace,
+        grace_seconds=args.grace, stream_idle_seconds=args.stream_idle_s,
     )
     if args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")

@@ -36,7 +36,7 @@ from lsr.files import CorruptFileError, FolderBusyError, FolderHold, exclusive_f
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.journal_fold import fold, fold_due, remove_leftover
-from lsr.ingest.layout import build_file_problems, read_meta, usable_search_defaults
+from lsr.ingest.layout import META_FILE, build_file_problems, read_meta, usable_search_defaults
 from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR, STATS_FILE, Bm25Index
 from lsr.search.bm25_leg import Bm25Leg
@@ -91,6 +91,9 @@ class Collection:
                  records: Sequence[Record] = ()) -> None:
         self.path = path
         self.meta = meta
+        self._meta_seen = _file_identity(path / META_FILE)  # a new build (`lsr index --overwrite`) writes a new lsr.json
+        self.replaced = False  # this process found the collection indexed anew: only a reopen writes again
+        self._on_replaced: list[Callable[[], None]] = []
         self.sparse = sparse  # the writable stores; readers use view()
         self.dense = dense
         self.bm25 = bm25.base if bm25 is not None else None  # the build's BM25 index; each view's leg adds later writes
@@ -265,17 +268,30 @@ class Collection:
                 self._folder.release()
 
     def _changed_on_disk(self) -> bool:
-        """Whether another process wrote (or repaired) the collection since this one last looked."""
-        return self._journal.changed_on_disk() or self.sparse.changed_on_disk()
+        """Whether another process wrote, repaired or rebuilt the collection since this one last looked (a rebuild's
+        journal and sparse commit can look like the old ones: both new, both empty, both at version 1)."""
+        return (self._journal.changed_on_disk() or self.sparse.changed_on_disk()
+                or _file_identity(self.path / META_FILE) != self._meta_seen)
+
+    def when_replaced(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` once this process finds the collection indexed anew, by a write or a background look
+        (a server then reports NOT_SERVING: its writes fail until it restarts)."""
+        self._on_replaced.append(listener)
 
     def _take_up_disk(self) -> None:
         """Another process wrote the collection (or repaired it): apply the journal records it appended to this
         process's stores (the sparse index from its new commit, and any record a writer that died left unapplied),
         so this write follows the other's instead of undoing it. Anything but whole records appended after ours
         (a torn tail, a repair) reloads every store from disk."""
+        meta_seen = _file_identity(self.path / META_FILE)
         if read_meta(self.path) != self.meta:
+            if not self.replaced:
+                self.replaced = True
+                for listener in self._on_replaced:
+                    listener()
             raise CollectionReplaced(f"{self.path} was indexed anew (`lsr index --overwrite`) since this process opened "
                                      "it; restart the process to write to the new build")
+        self._meta_seen = meta_seen  # rewritten alike (a repair)
         appended = self._journal.appended_since()
         if appended is not None:
             try:
@@ -522,3 +538,12 @@ def _watch(ref: "weakref.ref[Collection]", stop: threading.Event) -> None:
             return
         collection._look_at_disk()
         del collection
+
+
+def _file_identity(path: Path) -> tuple[int, int, int]:
+    """(inode, size, mtime) of a file that is only ever replaced whole; zeros when there is none."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return 0, 0, 0
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns

@@ -211,12 +211,10 @@ class CorpusReader:
                 if len(chunk):
                     yield chunk
         except BadRowError as error:
-            past_limit = self.limit is not None and self.stats.docs + len(error.good_before) >= self.limit
             before = self._within_limit(error.good_before)
             if before:
                 yield before  # so they are encoded and checkpointed: a fixed corpus resumes after them
-            if not past_limit:  # a bad row after the --limit'th document is no row of this run
-                raise
+            raise
         except (OSError, EOFError, pa.ArrowException, UnicodeDecodeError) as exc:  # a damaged or truncated archive
             raise self._unreadable(exc) from None  # or Parquet, a disk error, pyarrow's CSV errors: none named the file
 
@@ -256,12 +254,17 @@ class CorpusReader:
             return _count_lines(fh) - (1 if self.format == "csv" else 0)
 
     def unit(self) -> str:
-        """What a row number means in messages: ``line`` for JSONL/CSV text, ``row`` for Parquet."""
-        return "row" if self.format == "parquet" else "line"
+        """What a row number means in messages: ``line`` for JSONL and text; ``row`` for Parquet and CSV, whose rows
+        are numbered as a spreadsheet shows them, the header being row 1 (a quoted value may span lines, so a CSV row
+        is not a line)."""
+        return "row" if self.format in ("parquet", "csv") else "line"
 
     # ------------------------------------------------------------------ validation
     def _bad(self, reason: str, where: int, detail: str, good_before: DocChunk) -> None:
-        """Count a bad row, or (``fail``) raise naming it, carrying the chunk's good rows before it."""
+        """Count a bad row, or (``fail``) raise naming it, carrying the chunk's good rows before it. A row after the
+        ``limit``'th good document is no row of this run: neither (it failed the run, then it was counted as skipped)."""
+        if self.limit is not None and self.stats.docs + len(good_before) >= self.limit:
+            return
         if self.on_error == "fail":
             error = BadRowError(
                 f"{self.source} {self.unit()} {where}: {detail}. Fix the row, or pass --on-error skip to skip and count bad rows"
@@ -413,7 +416,7 @@ class CorpusReader:
                 reader = pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=self.chunk_bytes, use_threads=False),
                                        parse_options=pcsv.ParseOptions(invalid_row_handler=self._csv_row_handler(bad_rows)),
                                        convert_options=convert)
-                line_no = 1  # the header; the first data row is line 2 (quoted newlines would shift this)
+                line_no = 1  # the header; the first data row is row 2 (pyarrow's numbers, which count rows, not lines)
                 for batch in reader:
                     yield self._table_chunk(batch, line_no)
                     line_no += batch.num_rows + len(bad_rows)

@@ -239,8 +239,12 @@ class Searcher:
         return ViewLegs(self.collection.view())
 
     def on_health(self, report: Callable[[bool], None]) -> None:
-        """Tell ``report`` whether searches can be served, now and whenever it changes: a local collection always can."""
-        report(True)
+        """Tell ``report`` whether the collection can be served, now and whenever it changes: a local one can until
+        this process finds it indexed anew (``lsr index --overwrite``; by a write, or a background look). Searches
+        then still answer from the build it opened, but writes fail until a restart, so it is NOT_SERVING: a load
+        balancer sends the traffic elsewhere and an orchestrator restarts it."""
+        report(not self.collection.replaced)
+        self.collection.when_replaced(lambda: report(False))
 
     def close(self) -> None:
         """Release what serving holds beyond memory: save the collection's dense rows only its journal holds (a

@@ -1,0 +1,111 @@
+"""Client streams (Upsert, reflection) may not hold the server's handler threads.
+
+gRPC's sync server gives each call a handler thread for its whole life, and a call whose client streams holds it
+while the client thinks, stalls or forgets to close: 64 idle reflection streams took every thread, health checks'
+too. ``StreamGuard`` lets at most a quarter of the threads serve client streams (one more is refused at once with
+RESOURCE_EXHAUSTED, to retry) and cancels a stream whose client sends nothing for ``idle_seconds`` while the server
+waits on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+log = logging.getLogger("lsr.service")
+
+
+class _Waiting:
+    """A stream's request iterator that notes since when the handler has been waiting for the client's next message."""
+
+    def __init__(self, messages, context: grpc.ServicerContext) -> None:
+        self.messages = iter(messages)
+        self.context = context
+        self.since: float | None = None  # monotonic time the wait began; None while the server works
+
+    def __iter__(self) -> "_Waiting":
+        return self
+
+    def __next__(self):
+        self.since = time.monotonic()
+        try:
+            return next(self.messages)
+        finally:
+            self.since = None
+
+
+class StreamGuard(grpc.ServerInterceptor):
+    """At most ``slots`` client-streaming calls at once, each cancelled after ``idle_seconds`` without a message."""
+
+    def __init__(self, slots: int, idle_seconds: float, workers: int) -> None:
+        self.slots = slots
+        self.idle_seconds = idle_seconds
+        self.workers = workers
+        self._free = threading.BoundedSemaphore(slots)
+        self._open: set[_Waiting] = set()
+        self._lock = threading.Lock()
+        self._watchdog: threading.Thread | None = None
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or not handler.request_streaming:
+            return handler
+        if handler.response_streaming:
+            behaviour = handler.stream_stream
+
+            def guarded(messages, context):
+                with self._holding(messages, context) as waiting:
+                    yield from behaviour(waiting, context)
+
+            kind = grpc.stream_stream_rpc_method_handler
+        else:
+            behaviour = handler.stream_unary
+
+            def guarded(messages, context):
+                with self._holding(messages, context) as waiting:
+                    return behaviour(waiting, context)
+
+            kind = grpc.stream_unary_rpc_method_handler
+        return kind(guarded, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+    @contextmanager
+    def _holding(self, messages, context: grpc.ServicerContext) -> Iterator[_Waiting]:
+        if not self._free.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.slots} client streams (upserts, reflection) are open, the server's limit (a quarter "
+                          f"of its {self.workers} --workers, so that searches and health checks keep threads); "
+                          "retry shortly")
+        waiting = _Waiting(messages, context)
+        with self._lock:
+            self._open.add(waiting)
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, name="lsr-stream-watchdog", daemon=True)
+                self._watchdog.start()
+        try:
+            yield waiting
+        finally:
+            with self._lock:
+                self._open.discard(waiting)
+            self._free.release()
+
+    def _watch(self) -> None:
+        """Cancel the streams idle too long; ends when none is open (the next one starts it again)."""
+        tick = min(1.0, self.idle_seconds / 4)
+        while True:
+            time.sleep(tick)
+            now = time.monotonic()
+            with self._lock:
+                if not self._open:
+                    self._watchdog = None
+                    return
+                idle = [w for w in self._open if w.since is not None and now - w.since > self.idle_seconds]
+            for waiting in idle:
+                log.warning("event=stream_idle_cancelled seconds=%g", self.idle_seconds)
+                waiting.since = None  # cancelled once
+                waiting.context.cancel()  # the blocked read raises; the handler thread is free again
