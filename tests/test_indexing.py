@@ -325,6 +325,13 @@ def test_a_bad_row_after_checkpoints_resumes_with_on_error_skip(tmp_path, capsys
     assert cli_main([*args, "--resume", "--on-error", "skip"]) == 0
     report = capsys.readouterr().out
     assert "docs            14 (resumed after 12)" in report and "duplicate id: 1" in report
+    # an --overwrite that fails after a checkpoint keeps the collection it replaces aside, and says where
+    assert cli_main([*args, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"the collection --overwrite replaces stays in {out / '.lsr-replaced'} until the new one is whole" in err
+    assert (out / ".lsr-replaced" / "lsr.json").is_file()
+    assert cli_main([*args, "--resume", "--on-error", "skip"]) == 0
+    assert not (out / ".lsr-replaced").exists()
 
 
 def test_open_explains_unfinished_and_missing_collections(tmp_path):

@@ -298,6 +298,7 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("not-utf8", "pairs.jsonl line 2: not UTF-8 text (byte 0xff at column 3)"),  # named neither file nor line
     ("lone-surrogate", "pairs.jsonl line 2: holds a lone surrogate"),  # failed when its batch came up, unnamed
     ("max-length-1024", "--max-length 1024 is more than the 512 token positions splade-tiny has"),  # at a long text
+    ("out-under-a-file", "cannot create the model folder"),  # a bare errno, once the data and the model had loaded
 ])
 def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
     data, extra = tmp_path / "pairs.jsonl", []
@@ -322,8 +323,11 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         extra = {"batch-size-0": ["--batch-size", "0"], "threads-0": ["--threads", "0"],
                  "blend-0": ["--blend", "0"], "max-minutes-nan": ["--max-minutes", "nan"], "seed-negative": ["--seed", "-1"],
                  "flops-inf": ["--flops-doc", "inf"], "checkpoint-every-0": ["--checkpoint-every", "0"],
-                 "max-length-1024": ["--max-length", "1024"]}.get(case, ["--negatives", "model"])
-    assert main(["train", str(data), str(tmp_path / "out"), *extra]) == 2
+                 "max-length-1024": ["--max-length", "1024"], "out-under-a-file": []}.get(case, ["--negatives", "model"])
+    out = tmp_path / "out"
+    if case == "out-under-a-file":
+        out = data / "model"
+    assert main(["train", str(data), str(out), *extra]) == (1 if case == "out-under-a-file" else 2)
     err = capsys.readouterr().err.strip()
     assert err.startswith("lsr train: error:") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()

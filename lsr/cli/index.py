@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lsr.ingest.layout import BUILD_STATE
-    from lsr.ingest.indexing import IndexOptions, build_collection
+    from lsr.ingest.indexing import REPLACED, IndexOptions, build_collection
 
     if args.shards <= 0:
         raise ValueError(f"--shards must be at least 1, got {args.shards}")
@@ -123,10 +123,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = build_collection(args.source, args.out, options, resume=args.resume, overwrite=args.overwrite,
                                    progress=not args.quiet, ray=ray)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        interrupted, aside = isinstance(exc, KeyboardInterrupt), Path(args.out) / REPLACED
         if (Path(args.out) / BUILD_STATE).is_file():
-            print(f"stopped; the encoded shards are kept. Continue with: {resume_command(args._argv)}", file=sys.stderr)
-        else:
+            if interrupted:
+                print(f"stopped; the encoded shards are kept. Continue with: {resume_command(args._argv)}", file=sys.stderr)
+            if aside.is_dir():  # twice the disk until then: say where it is and how to keep it instead
+                print(f"the collection --overwrite replaces stays in {aside} until the new one is whole (to keep it "
+                      f"instead, delete the rest of {args.out} and move its contents back)", file=sys.stderr)
+        elif interrupted and args.overwrite:
+            print(f"stopped before the first checkpoint; {args.out} holds the collection it had.", file=sys.stderr)
+        elif interrupted:
             print("stopped before the first checkpoint; nothing was kept. Run the same command again.", file=sys.stderr)
         raise
     if summary.already_complete:

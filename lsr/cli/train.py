@@ -40,6 +40,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -210,6 +211,21 @@ def _check_out(out: Path, resume: bool) -> None:
         raise ValueError(f"{out} holds an unfinished run; add --resume to continue it, or choose another folder")
     elif out.exists() and (not out.is_dir() or set(out.iterdir()) - set(leftovers(out))):
         raise FileExistsError(f"{out} already exists and is not an empty folder; choose a new OUT")
+    _check_creatable(out)
+
+
+def _check_creatable(out: Path) -> None:
+    """Make OUT and take it away again: one that cannot be made failed only once the data and model had loaded,
+    as a bare errno; a run that fails before training leaves nothing behind."""
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the model folder {out}: {exc.strerror}") from None
+    finally:
+        for folder in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _train(args, config, examples, out: Path, encoding: dict[str, str], say, model, dev_split: str | None) -> int:
