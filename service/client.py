@@ -7,6 +7,8 @@ Server errors surface as ``grpc.RpcError`` with the server's status code and mes
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -39,10 +41,15 @@ def endpoint_address(endpoint: str) -> str:
     if "://" in endpoint or endpoint.startswith("unix:"):
         return endpoint
     if endpoint.startswith("["):
-        return endpoint if "]:" in endpoint else f"{endpoint}:{DEFAULT_PORT}"
-    if endpoint.count(":") > 1:  # a bare IPv6 address
-        return f"[{endpoint}]:{DEFAULT_PORT}"
-    return endpoint if ":" in endpoint else f"{endpoint}:{DEFAULT_PORT}"
+        address = endpoint if "]:" in endpoint else f"{endpoint}:{DEFAULT_PORT}"
+    elif endpoint.count(":") > 1:  # a bare IPv6 address
+        address = f"[{endpoint}]:{DEFAULT_PORT}"
+    else:
+        address = endpoint if ":" in endpoint else f"{endpoint}:{DEFAULT_PORT}"
+    port = address.rsplit(":", 1)[1]
+    if not (port.isdigit() and 1 <= int(port) <= 65535):  # gRPC only waited out the timeout on port 99999
+        raise ValueError(f"the endpoint {endpoint!r} has no valid port ({port!r}); give HOST:PORT with a port in 1..65535")
+    return address
 
 
 class Client:
@@ -61,6 +68,8 @@ class Client:
         max_message_bytes: int = 64 * _MiB,
     ) -> None:
         endpoint = endpoint_address(endpoint)
+        if timeout is not None and not 0 < timeout < math.inf:  # 0 failed every call at once as DEADLINE_EXCEEDED
+            raise ValueError(f"the timeout must be a positive number of seconds (or None: no deadline), got {timeout}")
         options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
         if tls:
             roots = None if tls is True else Path(tls).read_bytes()

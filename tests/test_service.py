@@ -229,6 +229,12 @@ def test_a_bare_host_means_the_default_port_50051():
     assert endpoint_address("search.internal:443") == "search.internal:443"
     assert endpoint_address("[::1]") == "[::1]:50051" and endpoint_address("::1") == "[::1]:50051"
     assert endpoint_address("[::1]:7000") == "[::1]:7000" and endpoint_address("unix:/tmp/s") == "unix:/tmp/s"
+    for bad in ("localhost:99999", "localhost:0", "localhost:http", "[::1]:"):  # gRPC waited out the timeout on them
+        with pytest.raises(ValueError, match="no valid port .* a port in 1..65535"):
+            endpoint_address(bad)
+    for timeout in (0, -1, float("nan"), float("inf")):  # 0 failed every call at once as DEADLINE_EXCEEDED
+        with pytest.raises(ValueError, match="the timeout must be a positive number of seconds"):
+            Client("localhost", timeout=timeout)
     with socket.socket() as probe:  # through the CLI too, when nothing real listens on 50051 here
         if probe.connect_ex(("127.0.0.1", 50051)) == 0:
             return
