@@ -76,10 +76,14 @@ class ServerConfig:
 def check_tls_pair(cert: Path, key: Path) -> None:
     """gRPC takes any PEM bytes and then fails to bind ("Failed to bind", as if the port were taken) when the key
     does not match the certificate; Python's ssl says which of the two is wrong."""
+    def encrypted() -> bytes:  # else OpenSSL asks for the pass phrase on the terminal, and the start hangs there
+        raise ValueError(f"--tls-key {key} is encrypted; gRPC needs it unencrypted (openssl pkey -in KEY -out PLAIN)")
+
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not path.is_file():
+            raise FileNotFoundError(f"{flag} {path} is not a file")
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise ValueError(f"no such TLS file: {exc.filename}") from None
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=encrypted)
     except ssl.SSLError as exc:
         what = ("--tls-key is not the private key of --tls-cert" if "KEY_VALUES_MISMATCH" in str(exc)
                 else "--tls-cert must be a PEM certificate chain and --tls-key its unencrypted PEM private key")

@@ -342,7 +342,7 @@ def test_a_taken_port_or_a_wrong_tls_key_is_named_before_the_load(collections, t
 
     from lsr.cli.main import main
 
-    cert, _ = tls_files
+    cert, key = tls_files
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -352,11 +352,16 @@ def test_a_taken_port_or_a_wrong_tls_key_is_named_before_the_load(collections, t
                                            "is in use (another server? pick another --port, or 0 for a free one)\n")
     other_key = tmp_path / "other.key"
     subprocess.run(["openssl", "genrsa", "-out", str(other_key), "2048"], check=True, capture_output=True)
-    for key, says in [(other_key, "--tls-key is not the private key of --tls-cert"),
-                      (cert, "--tls-cert must be a PEM certificate chain and --tls-key its unencrypted PEM private key")]:
-        assert main(["serve", str(collections["hybrid"]), "--tls-cert", str(cert), "--tls-key", str(key)]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith(f"lsr serve: error: {says} (") and err.count("\n") == 1
+    encrypted_key = tmp_path / "encrypted.key"
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:secret", "-out", str(encrypted_key)],
+                   check=True, capture_output=True)
+    for bad_key, says in [(other_key, "--tls-key is not the private key of --tls-cert"),
+                          (encrypted_key, f"--tls-key {encrypted_key} is encrypted; gRPC needs it unencrypted"),
+                          (tmp_path / "absent.key", f"--tls-key {tmp_path / 'absent.key'} is not a file"),
+                          (cert, "--tls-cert must be a PEM certificate chain and --tls-key its unencrypted PEM private key")]:
+        assert main(["serve", str(collections["hybrid"]), "--tls-cert", str(cert), "--tls-key", str(bad_key)]) == 2
+        err = capsys.readouterr().err  # an encrypted key made OpenSSL ask for its pass phrase on the terminal
+        assert err.startswith(f"lsr serve: error: {says}") and err.count("\n") == 1
 
 
 def test_a_batch_response_is_sized_as_grpc_counts_it():
