@@ -185,7 +185,12 @@ def test_eval_compares_runs_with_a_paired_randomization_test(tmp_path, capsys):
     ("q1 Q0 d1 1 2 tag\n", "q1 0 d1 1\nq1 0 d2 1\nq1 0 d1 2\n",  # the last grade was kept without a word
      "qrels.txt line 3: judges document 'd1' for query 'q1' again, with grade 2 after 1"),
     ("q1 Q0 d\xff1 1 2 tag\n", "q1 0 d1 1\n", "run.trec is not UTF-8 text (invalid start byte at byte 7)"),
-], ids=["fields", "nan-score", "repeated-doc", "inf-grade", "huge-grade", "spaced-beir-id", "regraded", "latin1"])
+    ("q1 0 d1 1\n", "q1 Q0 d1 1 2 tag\n",  # RUN and QRELS given the other way round
+     "qrels.txt line 1: expected 'qid 0 docid grade' or 'query-id corpus-id score' (a TREC run's 6 fields: the run "
+     "comes first, `lsr eval RUN QRELS`)"),
+    ("", "q1 0 d1 1\n", "run.trec holds no results"),  # "no query of run.trec is judged; do the query ids match?"
+], ids=["fields", "nan-score", "repeated-doc", "inf-grade", "huge-grade", "spaced-beir-id", "regraded", "latin1",
+        "swapped", "empty-run"])
 def test_eval_names_a_malformed_line(tmp_path, capsys, run_text, qrels_text, message):
     """Each was a traceback or a silently wrong score (a NaN run score: nDCG 0.82 for a perfect ranking)."""
     run, qrels = tmp_path / "run.trec", _write(tmp_path / "qrels.txt", qrels_text)

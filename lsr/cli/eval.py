@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("a run is given twice; --compare takes the runs to score beside RUN")
     runs = {path: read_trec_run(path) for path in paths}  # every file is read before any is scored
     for path, results in runs.items():
+        if not results:
+            raise ValueError(f"{path} holds no results")
         if not set(results) & set(qrels):
             raise ValueError(f"no query of {path} is judged in {args.qrels}; do the query ids match?")
     scores = {path: per_query(qrels, results, ignore_identical_ids=not args.keep_self_hits)

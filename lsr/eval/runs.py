@@ -69,7 +69,9 @@ def parse_qrels(rows: Iterable[tuple[int, list[str]]], source: str) -> dict[str,
         if len(parts) == 3 and parts[0] == "query-id":
             continue
         if len(parts) not in (3, 4):
-            raise ValueError(f"{source} line {line_no}: expected 'qid 0 docid grade' or 'query-id corpus-id score'")
+            swapped = " (a TREC run's 6 fields: the run comes first, `lsr eval RUN QRELS`)" if len(parts) == 6 else ""
+            raise ValueError(f"{source} line {line_no}: expected 'qid 0 docid grade' or 'query-id corpus-id score'"
+                             f"{swapped}")
         spaced = next((part for part in (parts[0], parts[-2]) if part.split() != [part]), None)
         if spaced is not None:
             raise ValueError(f"{source} line {line_no}: id {spaced!r} is empty or holds whitespace, which no run can "
