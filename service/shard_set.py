@@ -125,29 +125,41 @@ class ShardSet:
     def on_health(self, report: Callable[[bool], None]) -> None:
         with self._lock:
             self._reporters.append(report)
-            healthy = all(self._up)
+            healthy = self._healthy
         report(healthy)
+
+    @property
+    def _healthy(self) -> bool:
+        """Every shard up, and none indexed anew under its server (``lsr index --overwrite``: it still answers
+        searches from the build it opened, but its writes fail until the coordinator restarts)."""
+        return all(self._up) and not any(info is not None and info.get("replaced") for info in self.infos)
 
     def wait_all_up(self, timeout: float) -> bool:
         return self._all_up.wait(timeout)
 
-    def _set_up(self, shard: int, up: bool, why: str = "") -> None:
-        """Record a shard's state; log each change, and each new reason a down shard gives (a shard whose
-        server cannot start, say on a damaged file, stays down from the start and says why only here)."""
+    def _set_up(self, shard: int, up: bool, why: str = "", info: dict[str, Any] | None = None) -> None:
+        """Record a shard's state (``info``: what an up shard answered the probe); log each change, and each new reason
+        a down shard gives (a shard whose server cannot start, say on a damaged file, stays down from the start and
+        says why only here). Health is reported whenever ``_healthy`` changes."""
         with self._lock:
-            changed, told = self._up[shard] != up, self._reasons[shard] == why
+            changed, told, was_healthy = self._up[shard] != up, self._reasons[shard] == why, self._healthy
+            replaced_now = info is not None and info.get("replaced") and not (self.infos[shard] or {}).get("replaced")
             self._up[shard], self._reasons[shard] = up, why
-            healthy = all(self._up)
+            if info is not None:
+                self.infos[shard] = info
+            healthy, all_up = self._healthy, all(self._up)
             reporters = list(self._reporters)
         if up and changed:
             log.info("event=shard_up shard=%s", self.names[shard])
         if not up and not told:
             log.warning("event=shard_down shard=%s reason=%r", self.names[shard], why)
-        if not changed:
-            return
-        (self._all_up.set if healthy else self._all_up.clear)()
-        for report in reporters:
-            report(healthy)
+        if replaced_now:
+            log.warning("event=shard_replaced shard=%s: indexed anew under this server, whose writes to it fail until "
+                        "it restarts", self.names[shard])
+        (self._all_up.set if all_up else self._all_up.clear)()
+        if healthy != was_healthy:
+            for report in reporters:
+                report(healthy)
 
     def _probe_loop(self) -> None:
         """Ask every shard for its info; an answer means up, an error or no answer within the shard timeout down.
@@ -169,7 +181,7 @@ class ShardSet:
                 shard = refs[ref]
                 del pending[shard]
                 try:
-                    self.infos[shard] = ray.get(ref)
+                    info = ray.get(ref)
                 except ActorDiedError as exc:  # Ray restarts a server that dies, never one whose start failed
                     self._set_up(shard, False, _reason(exc))
                     self._recreate_if_dead(shard)
@@ -178,7 +190,7 @@ class ShardSet:
                     self._set_up(shard, False, _reason(exc))
                 else:
                     self._dead_since[shard], self._backoff[shard] = None, RECREATE_BACKOFF_S[0]
-                    self._set_up(shard, True)
+                    self._set_up(shard, True, info=info)
             for shard, (ref, sent) in list(pending.items()):
                 if time.monotonic() - sent > self.options.shard_timeout:
                     self._set_up(shard, False, f"no answer within {self.options.shard_timeout:g} s")

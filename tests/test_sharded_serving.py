@@ -318,6 +318,32 @@ def test_health_and_require_all_shards_follow_the_shards(built, client, queries)
         ray.kill(hog)
 
 
+def test_a_sharded_collection_indexed_anew_under_its_server_turns_health_not_serving(built, ray_session, beir_dir,
+                                                                                     queries, tmp_path):
+    """`lsr index --shards 3 --overwrite` under a running sharded server: the shard servers kept writing the new
+    shards from the old builds' stores (health SERVING). Each shard's look finds the new build: writes fail, health
+    is NOT_SERVING, searches answer from the opened builds, and the new shards stay whole."""
+    import shutil
+
+    from lsr.cli.main import main
+
+    path = shutil.copytree(built["sharded"], tmp_path / "sharded")
+    server = _start(path)
+    try:
+        with Client(f"127.0.0.1:{server.port}", timeout=120) as c:
+            _wait(lambda: c.health() == "SERVING")
+            assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--shards", "3",
+                         "--limit", "12", "--max-length", "32", "--quiet"]) == 0
+            _wait(lambda: c.health() == "NOT_SERVING")
+            with pytest.raises(grpc.RpcError) as failure:
+                c.upsert(["after-overwrite"], ["tardigrades survive vacuum"])
+            assert "indexed anew" in failure.value.details()
+            assert len(c.search(queries[0], k=N_DOCS).hits) > 12  # the builds it opened
+    finally:
+        server.stop(0)
+    assert main(["verify", str(path)]) == 0
+
+
 def test_a_deadline_shorter_than_the_shards_answer_is_deadline_exceeded(client, queries):
     with pytest.raises(grpc.RpcError) as failure:
         client.search(queries[1], k=10, mode="hybrid", prf=PrfOptions(), timeout=0.001)
