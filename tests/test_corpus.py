@@ -243,6 +243,11 @@ def test_a_csv_row_with_the_wrong_number_of_columns_is_named_or_skipped(tmp_path
     reader = CorpusReader(path, on_error="skip")
     assert read_all(reader)[:2] == (["d1", "d3"], ["hello world", "quoted, comma"])
     assert reader.stats.skipped == {"wrong column count": 1}
+    limited = CorpusReader(path, on_error="skip", limit=1)
+    assert read_all(limited)[0] == ["d1"] and limited.stats.skipped == {}  # row 3 is past the limit
+    path.write_text("id,text\nd1,a\nd2,foo,bar\nd3,b\nd4,c\n", encoding="utf-8")
+    ids, _, rows = read_all(CorpusReader(path, on_error="skip"))  # the rows after a skipped one were numbered as
+    assert ids == ["d1", "d3", "d4"] and rows == [2, 4, 5]  # if it came last: 2, 3, 4
 
 
 def test_unknown_format_and_missing_source(tmp_path):

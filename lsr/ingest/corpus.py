@@ -17,7 +17,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator, Sequence
+from typing import IO, Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -418,7 +418,9 @@ class CorpusReader:
                                        convert_options=convert)
                 line_no = 1  # the header; the first data row is row 2 (pyarrow's numbers, which count rows, not lines)
                 for batch in reader:
-                    yield self._table_chunk(batch, line_no)
+                    chunk = self._table_chunk(batch, line_no, [row.number for row in bad_rows])
+                    self._count_skipped_rows(bad_rows, chunk)
+                    yield chunk
                     line_no += batch.num_rows + len(bad_rows)
                     bad_rows.clear()
                     self.stats.bytes_read = raw.tell()
@@ -430,14 +432,20 @@ class CorpusReader:
                           f"{row.expected_columns} ({row.text[:80]!r}; quote a value that holds a comma)", DocChunk([], [], []))
 
     def _csv_row_handler(self, bad_rows: list) -> Callable:
-        """pyarrow's handler for a row with the wrong number of columns: skip and count it, or stop on it."""
+        """pyarrow's handler for a row with the wrong number of columns: skip it (counted with its batch), or stop."""
         def handle(row) -> str:
             bad_rows.append(row)
-            if self.on_error == "fail":
-                return "error"
-            self.stats.skipped["wrong column count"] = self.stats.skipped.get("wrong column count", 0) + 1
-            return "skip"
+            return "error" if self.on_error == "fail" else "skip"
         return handle
+
+    def _count_skipped_rows(self, bad_rows: list, chunk: DocChunk) -> None:
+        """Count the skipped rows of a batch that come before the ``limit``'th good document (the rest are no rows
+        of this run)."""
+        room = None if self.limit is None else self.limit - self.stats.docs
+        last = chunk.rows[room - 1] if room is not None and 0 < room <= len(chunk) else None
+        within = [row for row in bad_rows if (room is None or room > 0) and (last is None or row.number < last)]
+        if within:
+            self.stats.skipped["wrong column count"] = self.stats.skipped.get("wrong column count", 0) + len(within)
 
     def _text_chunks(self) -> Iterator[DocChunk]:
         self.stats.bytes_total = self.source.stat().st_size
@@ -460,7 +468,14 @@ class CorpusReader:
             self.stats.bytes_read = raw.tell()
             yield out
 
-    def _table_chunk(self, batch: pa.RecordBatch | pa.Table, first: int) -> DocChunk:
+    def _table_chunk(self, batch: pa.RecordBatch | pa.Table, first: int, skipped: Iterable[int] = ()) -> DocChunk:
+        """The batch's good rows; its rows are numbered from ``first + 1``, past the ``skipped`` numbers (a CSV's
+        rows with the wrong column count, which pyarrow left out of the batch wherever they fell)."""
+        numbers, gaps, number = [], set(skipped), first
+        while len(numbers) < batch.num_rows:
+            number += 1
+            if number not in gaps:
+                numbers.append(number)
         out = DocChunk([], [], [])
         columns = []
         for name in [self.id_field, *self.fields]:
@@ -468,8 +483,8 @@ class CorpusReader:
             if pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type):
                 col = col.cast(pa.string())
             columns.append(col.to_pylist())
-        for i in range(batch.num_rows):
-            self._accept(first + i + 1, columns[0][i], [col[i] for col in columns[1:]], out)
+        for i, number in enumerate(numbers):
+            self._accept(number, columns[0][i], [col[i] for col in columns[1:]], out)
         return out
 
 
