@@ -11,6 +11,7 @@ beats the best fusion without PRF, is written to COLLECTION/search-defaults.json
 best PRF setting): `lsr search`, `lsr serve` and the gRPC API use the fusion for every hybrid search that
 sets no fusion options of its own, and the PRF for every search that asks for PRF without settings.
 A collection never tuned uses the cross-dataset defaults of HybridOptions and PrfOptions (see README).
+A server already running reads them at its start: restart `lsr serve` to use new ones.
 
 Examples:
   lsr tune runs/scifact --dataset scifact
@@ -50,4 +51,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"PRF when asked for: m={p['feedback_docs']}, beta {p['weight']}, dense beta {PrfOptions(**p).dense_beta()}, min IDF "
               f"{p['min_idf']}, interpolate {p['interpolate']} ({'beats' if defaults['prf_helps'] else 'does not beat'} "
               f"the fusion without PRF on {defaults['tuned_on']})")
+    print("a running `lsr serve` of this collection uses them once restarted")
     return 0
