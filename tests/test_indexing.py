@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import torch
 
 from lsr.cli import main as cli_main
 from lsr.ingest.collection import Collection
-from lsr.ingest.layout import BUILD_STATE, META_FILE
+from lsr.ingest.layout import BUILD_STATE, META_FILE, MOVING
 from lsr.ingest.indexing import IndexOptions, build_collection
 
 N_DOCS = 96
@@ -281,6 +283,56 @@ def test_resume_refuses_a_changed_source_and_overwrite_starts_over(corpus, tmp_p
     inside.write_text(source.read_text())
     with pytest.raises(ValueError, match="lies inside .*, which --overwrite clears; move it out first"):
         build_collection(inside, out, options(dense_model=None), overwrite=True, progress=False)
+
+
+class _Killed(BaseException):
+    """Stands for a kill -9 at one rename: nothing of the build's own clean-up runs for it (it is outside them)."""
+
+
+def test_a_kill_at_any_move_of_an_overwrite_loses_nothing_of_the_collection_it_replaces(reference, corpus, tmp_path,
+                                                                                    monkeypatch):
+    """--overwrite moves the old collection's files aside one by one, and back when the run fails before its first
+    checkpoint. A kill between two moves left the files split between COLLECTION and .lsr-replaced, and the next
+    --overwrite deleted COLLECTION's part as a partial build. At every rename: a kill there, then any `lsr index`
+    into the folder (this one fails on a bad row, so it puts the old collection back) leaves the collection whole."""
+    from lsr.ingest.layout import read_meta
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(corpus.read_text().splitlines()[0] + "\n" + json.dumps({"text": "no id"}) + "\n")
+    before, rename, kill_at = checksums(reference), os.rename, 1
+    while True:
+        out = shutil.copytree(reference, tmp_path / f"col-{kill_at}")
+        calls = []
+
+        def killing_rename(src, dst):
+            calls.append(src)
+            if len(calls) == kill_at:
+                raise _Killed
+            rename(src, dst)
+
+        monkeypatch.setattr(os, "rename", killing_rename)
+        try:
+            build_collection(bad, out, options(), overwrite=True, progress=False)
+        except _Killed:
+            pass
+        except ValueError as exc:  # the run's renames ended before the kill_at'th: every point was tried
+            assert "line 2" in str(exc) and kill_at > 10
+            break
+        finally:
+            monkeypatch.setattr(os, "rename", rename)
+        try:
+            read_meta(out)
+        except ValueError as exc:  # "is not an lsr collection", where the old one lay aside whole
+            assert "an `lsr index --overwrite` stopped before the new collection was whole; the one it replaces" in str(exc)
+        if not (out / MOVING).is_dir() and not (out / META_FILE).is_file():  # only the old one, set aside whole
+            with pytest.raises(ValueError, match="nothing to resume .* stopped before its first checkpoint"):
+                build_collection(bad, out, options(), resume=True, progress=False)  # it read a missing file
+        with pytest.raises(ValueError, match="line 2"):
+            build_collection(bad, out, options(), overwrite=True, progress=False)
+        assert checksums(out) == before and sorted(p.name for p in out.iterdir()) == sorted(
+            p.name for p in reference.iterdir()), f"killed at rename {kill_at}"
+        assert Collection.open(out).sparse.num_docs == Collection.open(reference).sparse.num_docs
+        kill_at += 1
 
 
 def test_bad_rows_stop_with_the_line_or_are_skipped(tmp_path, capsys):

@@ -83,8 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.ingest.layout import BUILD_STATE
-    from lsr.ingest.indexing import REPLACED, IndexOptions, build_collection
+    from lsr.ingest.layout import BUILD_STATE, REPLACED
+    from lsr.ingest.indexing import IndexOptions, build_collection
 
     if args.shards <= 0:
         raise ValueError(f"--shards must be at least 1, got {args.shards}")

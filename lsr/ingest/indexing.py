@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from lsr.ingest.layout import (
-    BUILD_STATE, FORMAT, META_FILE, VOCAB_FILE, disk_size, drop_build_state, files_checksum, is_collection_dir,
-    read_vector_shards, shard_name, write_shard,
+    BUILD_STATE, FORMAT, META_FILE, MOVING, REPLACED, VOCAB_FILE, disk_size, drop_build_state, files_checksum,
+    is_collection_dir, read_vector_shards, shard_name, write_shard,
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_total
@@ -206,6 +206,8 @@ class StageTimer:
 
 def prepare_output(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> BuildState | None:
     """Decide what to do with an existing OUT. Returns the checkpoint to resume from, or None for a fresh start."""
+    if (out / MOVING).is_dir():
+        _move_back(out)
     if out.is_dir() and any(out.iterdir()):
         if not is_collection_dir(out) and not (out / REPLACED).is_dir():
             raise FileExistsError(f"{out} is not empty and is not an lsr collection; choose a new or empty folder")
@@ -229,6 +231,9 @@ def _load_state(out: Path, settings: dict) -> BuildState:
         if changed:
             raise ValueError(f"{out} holds a finished collection built with {changed}; use --overwrite to replace it")
         return BuildState(settings, complete=True)
+    if not (out / BUILD_STATE).is_file():  # only a collection --overwrite set aside: its new build never checkpointed
+        raise ValueError(f"nothing to resume in {out}: its new build stopped before its first checkpoint; run it "
+                         "with --overwrite instead")
     raw = json.loads((out / BUILD_STATE).read_text(encoding="utf-8"))
     changed = _changes(raw.get("settings", {}), settings)
     if changed:
@@ -359,31 +364,44 @@ def _reader(source: Path, options: IndexOptions) -> CorpusReader:
     return reader
 
 
-# --overwrite moves the collection it replaces in here, and deletes it once the new one is complete: a bad row, a
-# misspelt --model or a Ctrl-C before the first checkpoint used to leave neither collection, and now restores it.
-REPLACED = ".lsr-replaced"
+# --overwrite moves the collection it replaces into REPLACED, and deletes it once the new one is complete: a bad row,
+# a misspelt --model or a Ctrl-C before the first checkpoint used to leave neither collection, and now restores it.
+# Files move one by one, through MOVING: a kill between two moves left the old collection split between OUT and
+# REPLACED, and the next --overwrite deleted OUT's part as a partial build. Whatever lies in MOVING belongs in OUT.
 
 
 def _set_aside(out: Path) -> None:
-    """Move OUT's collection into ``REPLACED``; a partial build an earlier --overwrite left beside one is dropped."""
+    """Move OUT's collection into ``REPLACED``; a partial build an earlier --overwrite left beside one is dropped.
+    Files move into ``MOVING``, which becomes ``REPLACED`` in one rename once all are there."""
     aside = out / REPLACED
     if aside.is_dir():  # that earlier run's own partial build is what lies beside it: the whole one is kept
         _remove_contents(out, keep_folder=True)
         return
-    aside.mkdir()
+    moving = out / MOVING
+    moving.mkdir()
     for child in out.iterdir():
-        if child.name != REPLACED:
-            os.rename(child, aside / child.name)
+        if child.name not in (REPLACED, MOVING):
+            os.rename(child, moving / child.name)
+    fsync_dir(moving)
+    os.rename(moving, aside)
     fsync_dir(out)
 
 
 def _restore_aside(out: Path) -> None:
-    """Put the collection ``_set_aside`` moved back, in place of what this run wrote."""
-    aside = out / REPLACED
+    """Put the collection ``_set_aside`` moved back, in place of what this run wrote: ``REPLACED`` becomes
+    ``MOVING`` in one rename once this run's files are gone, and ``_move_back`` empties it into OUT."""
     _remove_contents(out, keep_folder=True)
-    for child in aside.iterdir():
+    os.rename(out / REPLACED, out / MOVING)
+    fsync_dir(out)
+    _move_back(out)
+
+
+def _move_back(out: Path) -> None:
+    """Move everything in ``MOVING`` into OUT: it finishes a restore, or undoes a set-aside a kill cut short."""
+    moving = out / MOVING
+    for child in moving.iterdir():
         os.rename(child, out / child.name)
-    aside.rmdir()
+    moving.rmdir()
     fsync_dir(out)
 
 
@@ -392,7 +410,7 @@ def _remove_contents(out: Path, keep_folder: bool) -> None:
         shutil.rmtree(out, ignore_errors=True)
         return
     for child in out.iterdir():
-        if child.name != REPLACED:  # the collection an --overwrite set aside stays until the new one is whole
+        if child.name not in (REPLACED, MOVING):  # the collection --overwrite set aside stays until the new one is whole
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 

@@ -47,6 +47,8 @@ from lsr.sparse import SparseBatch
 
 FORMAT = 2  # 2: journal, per-file crc32s, sealed lsr.json, versioned dense files
 META_FILE = "lsr.json"
+REPLACED = ".lsr-replaced"  # where --overwrite keeps the collection it replaces until the new one is whole
+MOVING = ".lsr-moving"  # its moves of that collection's files pass through here (lsr.ingest.indexing)
 BUILD_STATE = ".lsr-build.json"
 VOCAB_FILE = "vocab.json"
 SEARCH_DEFAULTS = "search-defaults.json"
@@ -137,6 +139,11 @@ def read_meta(path: Path) -> dict:
         if is_sharded(path):
             raise ValueError(f"{path} is a sharded collection: search it with `lsr search {path}` or serve it with "
                              f"`lsr serve {path}`; other commands take one shard ({path}/shard-000 ...)")
+        kept = next((path / name for name in (MOVING, REPLACED) if (path / name).is_dir()), None)
+        if kept is not None:
+            raise ValueError(f"{path}: an `lsr index --overwrite` stopped before the new collection was whole; the one "
+                             f"it replaces is kept in {kept}. Run that `lsr index` again: one that fails before its first "
+                             "checkpoint puts the old collection back")
         raise FileNotFoundError(f"{path} is not an lsr collection (no {META_FILE}); create one with `lsr index`")
     try:
         meta = read_sealed_json(meta_path)
