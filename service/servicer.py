@@ -29,7 +29,7 @@ from lsr.search.searcher import FailedPrecondition, legs_of, row_dict
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.batching import DeadlinePassed, MicroBatcher
-from lsr.service.shard_set import ShardUnavailable
+from lsr.service.shard_set import ShardUnavailable, ShardWriteFailed
 from lsr.sparse import id_problem, short_repr
 from lsr.service.convert import (
     TIMING_FIELDS, hybrid_from_proto, k_from_proto, mode_from_proto, prf_from_proto, result_to_proto, size_in_batch,
@@ -108,6 +108,8 @@ def decoded(message):
 
 
 def _status_of(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, ShardWriteFailed):
+        return _status_of(exc.cause)
     if isinstance(exc, (DeadlinePassed, FutureTimeout)):
         return grpc.StatusCode.DEADLINE_EXCEEDED
     if isinstance(exc, Abandoned):
@@ -183,6 +185,8 @@ def _rpc(method):
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("rpc=%s request_id=%s internal error", name, call.request_id)
                     message = f"internal error (request id {call.request_id}); the server log has details"
+                    if isinstance(exc, ShardWriteFailed):  # where the write landed is the caller's to know
+                        message = f"shard {exc.shard}: {message}; {exc.applied}"
                 failure = code, message
         if failure is not None:
             code, message = failure

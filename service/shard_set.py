@@ -38,6 +38,15 @@ class ShardUnavailable(Exception):
     """A shard the call needs did not answer (gRPC UNAVAILABLE); the message names it."""
 
 
+class ShardWriteFailed(Exception):
+    """A write failed on a shard (``cause``, whose gRPC status it takes) after others applied it: the message names
+    the shard and where the write was applied (``applied``), so the caller knows a retry is needed and safe."""
+
+    def __init__(self, shard: str, applied: str, cause: BaseException) -> None:
+        self.shard, self.applied, self.cause = shard, applied, cause
+        super().__init__(f"shard {shard} failed: {type(cause).__name__}: {cause}; {applied}")
+
+
 @dataclass(frozen=True)
 class ShardOptions:
     ray_address: str | None = None  # None: start a local Ray instance; "auto" or "ray://host:port": join a cluster
@@ -240,6 +249,7 @@ class ShardSet:
         refs = self._send_writes(method, {shard: args[shard] for shard in up}, give_up, limit) if write else \
             {shard: getattr(self.actors[shard], method).remote(*args[shard]) for shard in up}
         answers: dict[int, Any] = {}
+        failed: dict[int, BaseException] = {}  # a write's shards that raised: the others' answers are waited for
         missing = list(down)
         reasons = {shard: f"it is down ({self._reasons[shard] or 'starting'})" for shard in missing}
         for shard, ref in refs.items():
@@ -252,11 +262,16 @@ class ShardSet:
                 missing.append(shard)
                 reasons[shard] = f"no answer within {self.options.shard_timeout:g} s"
             except RayTaskError as exc:
-                raise exc.cause from None
+                if not write:
+                    raise exc.cause from None
+                failed[shard] = exc.cause
             except Exception as exc:  # noqa: BLE001 - RayActorError, ActorUnavailableError: the shard is gone
                 self._set_up(shard, False, _reason(exc))
                 missing.append(shard)
-                reasons[shard] = "its server died (Ray is restarting it)"
+                reasons[shard] = "its server died (Ray is restarting it)" + (
+                    " during the write, which may have been applied there" if write else "")
+        if failed:
+            raise self._write_failed(method, failed, answers)
         if missing:
             log.warning("event=shards_missing method=%s %s", method,
                         " ".join(f"{self.names[s]}={reasons[s]!r}" for s in sorted(missing)))
@@ -268,6 +283,16 @@ class ShardSet:
             raise ShardUnavailable(f"shard {self.names[shard]} did not answer: {reasons[shard]}; "
                                    f"{len(missing)} of {len(args)} shards missing{where}, retry shortly")
         return answers, sorted(missing)
+
+    def _write_failed(self, method: str, failed: dict[int, BaseException], answers: dict[int, Any]) -> BaseException:
+        """A write one shard refused (a bad request: every shard refuses it alike) is its error as itself; one that
+        failed on a shard where others applied it names both (it was a bare INTERNAL, 7 of 9 documents written)."""
+        shard, cause = min(failed.items())
+        if not answers:
+            return cause
+        applied = (f"this {method} was applied on {', '.join(self.names[s] for s in sorted(answers))} (each shard "
+                   f"applies a write whole or not at all): retrying is safe once {self.names[shard]} is fixed")
+        return ShardWriteFailed(self.names[shard], applied, cause)
 
     def _send_writes(self, method: str, args: dict[int, tuple], give_up: float, limit: float) -> dict[int, Any]:
         """Send a write to each shard once that shard's previous write has finished (applied, failed, or

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,8 @@ pytest.importorskip("ray")
 from index_helpers import build_in_process, write_scifact_jsonl  # noqa: E402
 from lsr.ingest.indexing import IndexOptions  # noqa: E402
 from lsr.ingest.layout import BUILD_STATE, META_FILE  # noqa: E402
-from lsr.ingest.ray_engine import STAGING_DIR, RayOptions, import_ray  # noqa: E402
+from lsr.ingest.layout import RAY_INPUT  # noqa: E402
+from lsr.ingest.ray_engine import RayOptions, import_ray  # noqa: E402
 from lsr.ingest.sharding import read_shard_map  # noqa: E402
 
 N_DOCS = 60
@@ -61,7 +63,7 @@ def reference(corpus, tmp_path_factory) -> Path:
 def test_two_ray_workers_write_the_single_process_bytes(ray_cluster, corpus, reference, tmp_path):
     out = build(corpus, tmp_path / "col", RayOptions(workers=2))
     assert checksums(out) == checksums(reference)
-    assert not (out / STAGING_DIR).exists() and not (out / BUILD_STATE).exists()
+    assert not (out / RAY_INPUT).exists() and not (out / BUILD_STATE).exists()
 
 
 def test_a_sharded_ray_build_equals_the_sharded_single_process_build(ray_cluster, corpus, tmp_path):
@@ -101,9 +103,12 @@ def test_a_killed_ray_job_resumes_only_its_unfinished_parts(ray_cluster, corpus,
     written = _parts_written(out)
     assert 2 <= written < N_DOCS // EVERY and not (out / META_FILE).exists()
     state = json.loads((out / BUILD_STATE).read_text())
+    locally = shutil.copytree(out, tmp_path / "resumed-locally")
     summary = build_in_process(corpus, out, options(), resume=True, ray=RayOptions(workers=2))
     assert summary.resumed_from == state["docs"] > 0
     assert checksums(out) == checksums(reference)
+    build_in_process(corpus, locally, options(), resume=True)  # it kept the Ray build's copy of the corpus
+    assert checksums(locally) == checksums(reference) and not (locally / RAY_INPUT).exists()
 
 
 def test_sigterm_stops_a_ray_build_as_ctrl_c_does(ray_cluster, corpus, tmp_path):

@@ -344,6 +344,36 @@ def test_a_sharded_collection_indexed_anew_under_its_server_turns_health_not_ser
     assert main(["verify", str(path)]) == 0
 
 
+def test_a_write_one_shard_fails_names_it_and_the_shards_that_applied_it(built, ray_session, tmp_path):
+    """One shard whose journal cannot be written (here immutable): the upsert landed on the other shards and the
+    caller got a bare INTERNAL, so it could not know that 7 of its 9 documents were written and a retry was due."""
+    import shutil
+
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is needed to make a journal unwritable")
+    path = shutil.copytree(built["sharded"], tmp_path / "sharded")
+    journal = path / "shard-002" / "journal.log"
+    journal.touch()
+    if subprocess.run(["chattr", "+i", str(journal)], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem cannot make a file immutable")
+    server = _start(path)
+    try:
+        ids = [f"imm-{i}" for i in range(9)]
+        assert {shard_of(i, N_SHARDS) for i in ids} == {0, 1, 2}
+        with Client(f"127.0.0.1:{server.port}", timeout=120) as c:
+            _wait(lambda: c.health() == "SERVING")
+            with pytest.raises(grpc.RpcError) as failure:
+                c.upsert(ids, [f"immutable journal test {i}" for i in ids])
+            assert failure.value.code() == grpc.StatusCode.INTERNAL
+            assert failure.value.details().startswith("shard shard-002: internal error (request id ")
+            assert failure.value.details().endswith("this upsert was applied on shard-000, shard-001 (each shard "
+                                                    "applies a write whole or not at all): retrying is safe once "
+                                                    "shard-002 is fixed")
+    finally:
+        server.stop(0)
+        subprocess.run(["chattr", "-i", str(journal)], check=True)
+
+
 def test_a_deadline_shorter_than_the_shards_answer_is_deadline_exceeded(client, queries):
     with pytest.raises(grpc.RpcError) as failure:
         client.search(queries[1], k=10, mode="hybrid", prf=PrfOptions(), timeout=0.001)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -47,6 +48,7 @@ from lsr.sparse import SparseBatch
 
 FORMAT = 2  # 2: journal, per-file crc32s, sealed lsr.json, versioned dense files
 META_FILE = "lsr.json"
+RAY_INPUT = ".lsr-input"  # the ids and texts a Ray build stages for its encoder actors (lsr.ingest.ray_engine)
 REPLACED = ".lsr-replaced"  # where --overwrite keeps the collection it replaces until the new one is whole
 MOVING = ".lsr-moving"  # its moves of that collection's files pass through here (lsr.ingest.indexing)
 BUILD_STATE = ".lsr-build.json"
@@ -113,9 +115,12 @@ def is_collection_dir(path: Path) -> bool:
 
 
 def drop_build_state(path: Path) -> None:
-    """Remove a finished build's checkpoint, and the temporary copies of it a kill -9 mid-write left behind."""
+    """Remove a finished build's checkpoint, the temporary copies of it a kill -9 mid-write left behind, and the
+    corpus copy a Ray build staged (``RAY_INPUT``: a Ray build resumed by the local engine kept it, a copy of the
+    corpus's ids and texts in the finished collection)."""
     for leftover in path.glob(f"{BUILD_STATE}.*.tmp"):
         leftover.unlink()
+    shutil.rmtree(path / RAY_INPUT, ignore_errors=True)
     (path / BUILD_STATE).unlink(missing_ok=True)
 
 

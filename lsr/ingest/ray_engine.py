@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lsr.files import atomic_write
+from lsr.ingest.layout import RAY_INPUT
 from lsr.ingest.corpus import CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from lsr.ingest.indexing import BuildState, IndexOptions, StageTimer
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
-STAGING_DIR = ".lsr-input"
 CONNECT_TIMEOUT_S = 10.0
 # Ray gives a new local instance's GCS 30 s to publish its port; on a busy 2-core machine with a cold disk that
 # ran out (a CI run failed every sharded-serving test at start-up), so unless the user set it, it gets 2 minutes.
@@ -127,7 +127,7 @@ def start_ray(address: str | None, **options: Any) -> None:
 
 
 def _staged(out: Path, part: int) -> Path:
-    return out / STAGING_DIR / f"part-{part:05d}.parquet"
+    return out / RAY_INPUT / f"part-{part:05d}.parquet"
 
 
 def _stage_parts(reader: CorpusReader, out: Path, options: "IndexOptions", state: "BuildState",
@@ -227,7 +227,7 @@ def encode_on_ray(reader: CorpusReader, out: Path, options: "IndexOptions", stat
     if todo:
         with stages.time("encode"):
             _run_actors(out, options, state, stages, progress, ray_options, todo, hashes, done, sum(sizes))
-    shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
+    shutil.rmtree(out / RAY_INPUT, ignore_errors=True)
 
 
 def _run_actors(out: Path, options: "IndexOptions", state: "BuildState", stages: "StageTimer", progress: bool,
