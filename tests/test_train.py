@@ -585,6 +585,14 @@ def test_dev_validation_keeps_the_best_weights_and_stops_without_a_gain(examples
     assert result.stopped == "no gain" and result.steps == 2 < result.total_steps
     assert [step for step, _ in result.dev_scores] == [0, 1, 2] and "step 0" in result.kept
     assert all(torch.equal(p, s) for p, s in zip(model.parameters, start))
+    from lsr.cli.train import _summary_text
+
+    summary = {"model": "splade-tiny", "data": "pairs.jsonl", "examples": 8, "steps": result.steps, "total_steps": 8,
+               "stopped": result.stopped, "train_seconds": 6.0, "device": "cpu", "dtype": "fp32", "dev_scores": [],
+               "kept": result.kept, "config": {"blend": 0.5, "inference_free": False}, "first_step": None,
+               "last_step": None, "eval": []}
+    text = _summary_text(summary, tmp_path)  # it said "OUT holds 0.5 × the trained weights + 0.5 × splade-tiny's"
+    assert "OUT is splade-tiny unchanged: training never beat it" in text and "OUT holds" not in text
 
 
 def test_a_collapse_stops_the_run_and_gives_back_the_starting_weights(examples, tmp_path):

@@ -303,7 +303,9 @@ def _summary_text(summary: dict, out: Path) -> str:
     if summary["kept"]:
         lines.append(f"{summary['stopped']}: {summary['kept']}")
     blend = summary["config"]["blend"]
-    if blend < 1:
+    if (summary["kept"] or "").startswith("kept the weights of step 0 "):  # a blend of the start with itself
+        lines.append(f"OUT is {summary['model']} unchanged: training never beat it")
+    elif blend < 1:
         lines.append(f"OUT holds {blend:g} × the trained weights + {1 - blend:g} × {summary['model']}'s (--blend)")
     first, last = summary["first_step"], summary["last_step"]
     if first and last:

@@ -41,9 +41,15 @@ def save_model_folder(trainable: TrainableSplade, out: Path) -> None:
     wrote the folder left config and weights beside a tokenizer_config.json without its vocabulary, a folder that
     loaded without error and made every word [UNK]. Cut short now, ``out`` has no config.json, which no loader takes.
     """
+    from safetensors import SafetensorError
+
     staging = out / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # a write a kill cut short
-    _write_model_files(trainable, staging)
+    try:
+        _write_model_files(trainable, staging)
+    except SafetensorError as exc:  # a full disk: not an OSError, so it was a traceback
+        raise OSError(f"could not write the model into {staging}: {exc}; free space and run the same command with "
+                      "--resume (the last checkpoint is kept)") from None
     _publish(staging, out)
 
 
