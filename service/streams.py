@@ -23,9 +23,10 @@ log = logging.getLogger("lsr.service")
 class _Waiting:
     """A stream's request iterator that notes since when the handler has been waiting for the client's next message."""
 
-    def __init__(self, messages, context: grpc.ServicerContext) -> None:
+    def __init__(self, messages, context: grpc.ServicerContext, method: str) -> None:
         self.messages = iter(messages)
         self.context = context
+        self.method = method
         self.since: float | None = None  # monotonic time the wait began; None while the server works
 
     def __iter__(self) -> "_Waiting":
@@ -55,11 +56,12 @@ class StreamGuard(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or not handler.request_streaming:
             return handler
+        method = details.method
         if handler.response_streaming:
             behaviour = handler.stream_stream
 
             def guarded(messages, context):
-                with self._holding(messages, context) as waiting:
+                with self._holding(messages, context, method) as waiting:
                     yield from behaviour(waiting, context)
 
             kind = grpc.stream_stream_rpc_method_handler
@@ -67,7 +69,7 @@ class StreamGuard(grpc.ServerInterceptor):
             behaviour = handler.stream_unary
 
             def guarded(messages, context):
-                with self._holding(messages, context) as waiting:
+                with self._holding(messages, context, method) as waiting:
                     return behaviour(waiting, context)
 
             kind = grpc.stream_unary_rpc_method_handler
@@ -75,13 +77,13 @@ class StreamGuard(grpc.ServerInterceptor):
                     response_serializer=handler.response_serializer)
 
     @contextmanager
-    def _holding(self, messages, context: grpc.ServicerContext) -> Iterator[_Waiting]:
+    def _holding(self, messages, context: grpc.ServicerContext, method: str) -> Iterator[_Waiting]:
         if not self._free.acquire(blocking=False):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"{self.slots} client streams (upserts, reflection) are open, the server's limit (a quarter "
                           f"of its {self.workers} --workers, so that searches and health checks keep threads); "
                           "retry shortly")
-        waiting = _Waiting(messages, context)
+        waiting = _Waiting(messages, context, method)
         with self._lock:
             self._open.add(waiting)
             if self._watchdog is None:
@@ -91,7 +93,13 @@ class StreamGuard(grpc.ServerInterceptor):
             yield waiting
         finally:
             with self._lock:
-                self._open.discard(waiting)
+                self._release(waiting)
+
+    def _release(self, waiting: _Waiting) -> None:
+        """Free ``waiting``'s slot once (the watchdog frees it before cancelling, the handler when it ends); holds
+        the lock."""
+        if waiting in self._open:
+            self._open.discard(waiting)
             self._free.release()
 
     def _watch(self) -> None:
@@ -105,7 +113,8 @@ class StreamGuard(grpc.ServerInterceptor):
                     self._watchdog = None
                     return
                 idle = [w for w in self._open if w.since is not None and now - w.since > self.idle_seconds]
+                for waiting in idle:  # free before cancelling: a client told CANCELLED may retry at once
+                    self._release(waiting)
             for waiting in idle:
-                log.warning("event=stream_idle_cancelled seconds=%g", self.idle_seconds)
-                waiting.since = None  # cancelled once
-                waiting.context.cancel()  # the blocked read raises; the handler thread is free again
+                log.warning("event=stream_idle_cancelled method=%s seconds=%g", waiting.method, self.idle_seconds)
+                waiting.context.cancel()  # the blocked read raises, and the handler thread ends

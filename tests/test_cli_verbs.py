@@ -266,19 +266,11 @@ def test_search_on_a_terminal_prompts_for_queries_until_ctrl_d(collections):
     import pty
     import select
 
-    import fcntl
-    import signal
-    import termios
-
-    def own_the_terminal() -> None:  # as a shell's job: Ctrl-C on the terminal is SIGINT to this process
-        os.setsid()
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a pytest-xdist worker ignores SIGINT, and children inherit that
+    from signal_helpers import interruptible
 
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "lsr", "search", str(collections["direct"]), "-k", "2"],
-                            stdin=follower, stdout=follower, stderr=follower, close_fds=True,
-                            preexec_fn=own_the_terminal)
+    proc = subprocess.Popen(interruptible("-m", "lsr", "search", str(collections["direct"]), "-k", "2", own_terminal=True),
+                            stdin=follower, stdout=follower, stderr=follower, close_fds=True, start_new_session=True)
     os.close(follower)
     seen = b""
 

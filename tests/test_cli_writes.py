@@ -18,6 +18,7 @@ from lsr.cli.main import main
 from lsr.ingest.collection import Collection
 from lsr.ingest.verify import verify_collection
 from service_helpers import ServerProcess
+from signal_helpers import interruptible
 
 DOCS = {
     "aspirin": "Aspirin lowers the risk of heart attack and stroke in adults.",
@@ -97,11 +98,6 @@ def test_a_sharded_collection_takes_upserts_and_deletes_and_doc_verify_repair_wo
     assert "narwhal" in set(Collection.open(root / damaged).sparse.doc_ids())  # rebuilt with the journal's upserts
 
 
-def _ctrl_c_as_on_a_terminal() -> None:
-    """A pytest-xdist worker ignores SIGINT, and a child inherits that: give the child a terminal's default."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _continue(err: str) -> tuple[int, list[str]]:
     """(the documents a stopped run says it wrote, the command it prints to continue)."""
     hint = next(line for line in err.splitlines() if "Continue with:" in line)
@@ -121,12 +117,13 @@ def test_a_stopped_upsert_keeps_its_writes_and_says_how_to_continue(built, tmp_p
     source = _jsonl(tmp_path / "many.jsonl", docs)
     journal = col / "journal.log"
     size = journal.stat().st_size if journal.exists() else 0
-    proc = subprocess.Popen([sys.executable, "-m", "lsr", "upsert", str(source), str(col), "--write-every", "4",
-                             "--threads", "1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_ctrl_c_as_on_a_terminal)
+    proc = subprocess.Popen(interruptible("-m", "lsr", "upsert", str(source), str(col), "--write-every", "4",
+                                          "--threads", "1", "--quiet"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while (not journal.exists() or journal.stat().st_size == size) and time.monotonic() < deadline:
+    while (not journal.exists() or journal.stat().st_size == size) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -193,8 +190,7 @@ except KeyboardInterrupt:
 
 
 def test_a_signal_during_a_write_waits_for_the_write_then_interrupts():
-    out = subprocess.run([sys.executable, "-c", _HELD_SIGNAL], capture_output=True, text=True, timeout=60,
-                         preexec_fn=_ctrl_c_as_on_a_terminal).stdout
+    out = subprocess.run(interruptible("-c", _HELD_SIGNAL), capture_output=True, text=True, timeout=60).stdout
     assert out.splitlines() == ["write finished", "interrupted True"]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from signal_helpers import interruptible
 
 from lsr.cli import main as cli_main
 from lsr.ingest.collection import Collection
@@ -118,7 +119,8 @@ def test_the_vocabulary_is_stored_once_per_collection(reference, tmp_path):
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lsr", "index", *args]
+    """`lsr index args` in a child that takes Ctrl-C as a terminal's job does."""
+    return interruptible("-m", "lsr", "index", *args)
 
 
 def _shards(out: Path) -> int:
@@ -129,10 +131,7 @@ def _shards(out: Path) -> int:
 
 
 def _interrupt_after(cmd: list[str], out: Path, shards: int, sig: int) -> subprocess.CompletedProcess:
-    # A shell's background job inherits SIGINT as ignored, and then Python never raises
-    # KeyboardInterrupt: give the child the default disposition so Ctrl-C is simulated faithfully.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while _shards(out) < shards and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
