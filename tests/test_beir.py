@@ -320,9 +320,11 @@ def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(t
     assert not verify_collection(col).problems and Searcher.open(col).default_hybrid == chosen
 
 
-def test_lsr_tune_refuses_a_collection_of_another_corpus_and_warns_on_a_partial_one(tmp_path, capsys):
+def test_lsr_tune_and_beir_refuse_a_collection_of_another_corpus_and_tune_warns_on_a_partial_one(tmp_path, capsys):
     """A collection holding none of the tuning split's relevant documents would score 0 under every setting and
-    store an arbitrary choice: one line, exit 2, nothing stored. Under half of them: tuned, with a warning."""
+    store an arbitrary choice: one line, exit 2, nothing stored. Under half of them: tuned, with a warning. `lsr
+    beir --endpoint` at a server of another corpus printed a table of zeros and exited 0: one line, exit 2."""
+    from service_helpers import ServerProcess
     from lsr.eval.datasets import load_beir
     from lsr.eval.tuning import check_judged_documents
     from lsr.search.searcher import Searcher
@@ -347,6 +349,18 @@ def test_lsr_tune_refuses_a_collection_of_another_corpus_and_warns_on_a_partial_
     check_judged_documents(Searcher.open(partial), load_beir(data / "tiny.zip"), "train", partial, said.append)
     assert said == [f"warning: {partial} holds only 1 of the {len(TOPICS)} documents tiny/train judges relevant; "
                     "the tuning sees only part of the dataset"]
+    server = ServerProcess(tmp_path / "other").wait_listening()
+    try:
+        capsys.readouterr()
+        assert cli_main(["beir", "--dataset", "tiny", "--data-dir", str(data), "--endpoint", server.address,
+                         "--methods", "bm25,sparse,hybrid", "--quiet"]) == 2
+    finally:
+        server.kill()
+    said = capsys.readouterr()
+    assert said.err == (f"lsr beir: error: the server at {server.address} does not serve tiny: none of the "
+                        f"{len(TOPICS)} documents it returned for tiny's first {len(QUESTIONS) + 1} queries is in its "
+                        "corpus; serve a collection indexed from tiny, or use --serve\n")
+    assert "sparse " not in said.out  # refused before any method was scored through it
 
 
 def test_lsr_tune_tunes_a_sharded_collection_whole_and_refuses_a_defaults_path_it_cannot_write(tmp_path, capsys):

@@ -146,6 +146,29 @@ def test_eval_cuts_tied_scores_where_trec_eval_ranks_them():
     assert evaluate(qrels, {"q1": {"a": 1.0, **{f"b{i}": 1.0 for i in range(9)}}})["mrr@10"] == 0.1  # "a" ranks 10th
 
 
+def test_eval_says_when_ids_formats_or_columns_cannot_be_what_the_user_meant(tmp_path, capsys, caplog):
+    """Each scored 0.0000 (or wrong) and exited 0 without a word: a run of document ids the qrels never judge, TREC
+    qrels missing their grade (the doc id was read as BEIR's score), a run with rank and score swapped."""
+    qrels = _write(tmp_path / "qrels.txt", "q1 0 d1 1\nq2 0 d2 1\n")
+    prefixed = _write(tmp_path / "prefixed.trec", "q1 Q0 doc-d1 1 2.0 t\nq2 Q0 doc-d2 1 2.0 t\n")
+    assert cli_main(["eval", str(prefixed), str(qrels)]) == 0
+    assert capsys.readouterr().err == (f"warning: no document {prefixed} ranks is judged in {qrels}, so every score is "
+                                       "0; do the document ids match (the run has 'doc-d1', the qrels 'd1')?\n")
+    no_grade = _write(tmp_path / "no-grade.txt", "1 0 4983\n2 0 5012\n")  # BEIR's reading: doc "0", grade 4983
+    assert cli_main(["eval", str(prefixed), str(no_grade)]) == 2
+    assert capsys.readouterr().err == (f"lsr eval: error: {no_grade} line 1: 'qid 0 docid' lacks TREC's grade (BEIR's "
+                                       "qrels are 'query-id corpus-id score' under that header)\n")
+    mixed = _write(tmp_path / "mixed.txt", "q1 0 d1 1\nq2 d2 1\n")
+    assert cli_main(["eval", str(prefixed), str(mixed)]) == 2
+    assert "mixed.txt line 2: 3 fields where the file's first judgement has 4" in capsys.readouterr().err
+    swapped = _write(tmp_path / "swapped.trec", "".join(f"q1 Q0 d{r} {9 - r} {r} t\n" for r in range(1, 4)))  # scores 8, 7, 6
+    with caplog.at_level("WARNING"):
+        assert cli_main(["eval", str(swapped), str(qrels)]) == 0
+    assert "scores rise from line to line in 2 of 2 steps" in caplog.text and "rank and score columns swapped?" in caplog.text
+    assert cli_main(["eval", str(_write(tmp_path / "bad-rank.trec", "q1 Q0 d1 first 2.0 t\n")), str(qrels)]) == 2
+    assert "line 1: rank 'first' is not a whole number" in capsys.readouterr().err
+
+
 def test_eval_compares_runs_with_a_paired_randomization_test(tmp_path, capsys):
     """30 queries, each with one relevant document: `first` ranks it first, `second` second, `same` is `first` again."""
     qids = [f"q{i}" for i in range(30)]

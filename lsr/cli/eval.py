@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 HELP = "score TREC run files against qrels (nDCG@10, Recall@100, MRR@10, MAP@100), with significance tests"
 
@@ -50,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{path} holds no results")
         if not set(results) & set(qrels):
             raise ValueError(f"no query of {path} is judged in {args.qrels}; do the query ids match?")
+        if not any(doc in qrels.get(qid, {}) for qid, hits in results.items() for doc in hits):
+            ranked = next(doc for hits in results.values() for doc in hits)
+            judged = next(doc for docs in qrels.values() for doc in docs)
+            print(f"warning: no document {path} ranks is judged in {args.qrels}, so every score is 0; do the document "
+                  f"ids match (the run has {ranked!r}, the qrels {judged!r})?", file=sys.stderr)
     scores = {path: per_query(qrels, results, ignore_identical_ids=not args.keep_self_hits)
               for path, results in runs.items()}
     if args.per_query:

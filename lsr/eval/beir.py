@@ -120,6 +120,25 @@ def reported_qrels(dataset: BeirDataset, split: str, source: Path) -> dict[str, 
     return dataset.qrels[split]
 
 
+def check_served_corpus(remote: Remote, dataset: BeirDataset, texts: Sequence[str], mode: str, endpoint: str,
+                        say: Callable[[str], None]) -> None:
+    """Refuse a server that holds another corpus before anything is tuned or scored through it: every nDCG would be
+    0 and the table would read as a model's failure. Its hits for the first queries are looked up in the dataset's
+    corpus; under half of them found there (a subset, many upserts) is a warning."""
+    run = remote.run([str(i) for i in range(min(32, len(texts)))], texts[:32], 10, mode)
+    returned = {doc for hits in run.values() for doc in hits}
+    held = sum(doc in dataset.corpus for doc in returned)
+    if held == 0:
+        raise ValueError(f"the server at {endpoint} does not serve {dataset.name}: "
+                         + (f"none of the {len(returned):,} documents it returned for {dataset.name}'s first "
+                            f"{len(run)} queries is in its corpus" if returned else
+                            f"it returned no document for {dataset.name}'s first {len(run)} queries")
+                         + f"; serve a collection indexed from {dataset.name}, or use --serve")
+    if held < len(returned) / 2:
+        say(f"warning: only {held:,} of the {len(returned):,} documents the server at {endpoint} returned for "
+            f"{dataset.name}'s first {len(run)} queries are in its corpus; the scores cover part of the dataset")
+
+
 def run_beir(
     dataset_name: str,
     *,
@@ -179,6 +198,7 @@ def run_beir(
         clock = time.perf_counter()
         if endpoint:  # the server's collection is the one evaluated; nothing is indexed or loaded here
             backend, searcher, collection_path = remote, None, None
+            check_served_corpus(remote, dataset, texts, "dense" if neural == ["dense"] else "sparse", endpoint, say)
             served = backend.client.stats()
             models = {"sparse": served["model"], "dense": served["dense_model"] or None,
                       "sparse_queries": served["query_encoder"], "served_index_version": served["index_version"]}

@@ -9,6 +9,7 @@ and ``text``/``query`` (BEIR's queries.jsonl as it is).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import IO, Iterable
@@ -21,6 +22,8 @@ from lsr.sparse import id_problem, short_repr
 _ID_KEYS = ("_id", "id", "qid", "query_id")
 _TEXT_KEYS = ("text", "query", "title")
 MAX_GRADE = 2**31 - 1  # pytrec_eval keeps grades as C ints
+
+log = logging.getLogger(__name__)
 
 
 def write_trec_run(fh: IO[str], qid: str, hits: Iterable[tuple[str, float]], tag: str) -> None:
@@ -39,8 +42,10 @@ def _check_field(what: str, value: str) -> None:
 
 
 def read_trec_run(path: str | Path) -> Run:
-    """qid → {docid: score}; a line that is not six fields names itself."""
+    """qid → {docid: score}; a line that is not six fields names itself. Scores decide the order, as in trec_eval;
+    a run whose scores mostly rise from line to line (rank and score columns swapped) is read with a warning."""
     run: Run = {}
+    rising = falling = 0
     for line_no, parts in _rows(path):
         if len(parts) != 6:
             raise ValueError(f"{path} line {line_no}: expected 'qid Q0 docid rank score tag', got {len(parts)} fields")
@@ -50,9 +55,20 @@ def read_trec_run(path: str | Path) -> Run:
             score = math.nan
         if not math.isfinite(score):
             raise ValueError(f"{path} line {line_no}: score {parts[4]!r} is not a finite number")
+        if not parts[3].isdigit():
+            raise ValueError(f"{path} line {line_no}: rank {parts[3]!r} is not a whole number (the fields are "
+                             "'qid Q0 docid rank score tag')")
         if parts[2] in run.get(parts[0], {}):
             raise ValueError(f"{path} line {line_no}: query {parts[0]!r} ranks document {parts[2]!r} twice")
-        run.setdefault(parts[0], {})[parts[2]] = score
+        hits = run.setdefault(parts[0], {})
+        if hits:  # runs are written best first
+            last = next(reversed(hits.values()))
+            rising, falling = rising + (score > last), falling + (score < last)
+        hits[parts[2]] = score
+    if rising > falling:
+        log.warning("%s: scores rise from line to line in %d of %d steps; scores decide the order (as in trec_eval), "
+                    "so each query's last line counts as its best: are the rank and score columns swapped?", path,
+                    rising, rising + falling)
     return run
 
 
@@ -65,13 +81,22 @@ def parse_qrels(rows: Iterable[tuple[int, list[str]]], source: str) -> dict[str,
     """qid → {docid: grade} from (line number, whitespace-split fields) rows of TREC or BEIR qrels; a bad line
     names ``source`` and itself."""
     qrels: dict[str, dict[str, int]] = {}
+    width, beir_header = 0, False  # the first judgement's field count is the file's format
     for line_no, parts in rows:
         if len(parts) == 3 and parts[0] == "query-id":
+            beir_header = True
             continue
         if len(parts) not in (3, 4):
             swapped = " (a TREC run's 6 fields: the run comes first, `lsr eval RUN QRELS`)" if len(parts) == 6 else ""
             raise ValueError(f"{source} line {line_no}: expected 'qid 0 docid grade' or 'query-id corpus-id score'"
                              f"{swapped}")
+        if len(parts) == 3 and not beir_header and parts[1] in ("0", "Q0"):  # its doc id would be read as the grade
+            raise ValueError(f"{source} line {line_no}: 'qid 0 docid' lacks TREC's grade (BEIR's qrels are "
+                             "'query-id corpus-id score' under that header)")
+        width = width or len(parts)
+        if len(parts) != width:
+            raise ValueError(f"{source} line {line_no}: {len(parts)} fields where the file's first judgement has "
+                             f"{width}; TREC's are 'qid 0 docid grade', BEIR's 'query-id corpus-id score'")
         spaced = next((part for part in (parts[0], parts[-2]) if part.split() != [part]), None)
         if spaced is not None:
             raise ValueError(f"{source} line {line_no}: id {spaced!r} is empty or holds whitespace, which no run can "
