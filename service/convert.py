@@ -10,14 +10,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping, Sequence
 
-from lsr.search.searcher import HybridOptions, PrfOptions, ScoredHit, SearchResult, check_options
+from lsr.search.searcher import AUTO, HybridOptions, PrfOptions, ScoredHit, SearchResult, check_options
 from lsr.service import search_pb2 as pb
 
 DEFAULT_K = 10
 TIMING_FIELDS = [f.name for f in pb.Timings.DESCRIPTOR.fields]  # every stage, and "total"
 _TIMING_FIELDS = [name for name in TIMING_FIELDS if name != "total"]  # seconds in SearchResult.timings
 
-_MODES = {pb.MODE_UNSPECIFIED: "sparse", pb.SPARSE: "sparse", pb.DENSE: "dense", pb.HYBRID: "hybrid", pb.BM25: "bm25"}
+_MODES = {pb.MODE_UNSPECIFIED: "sparse", pb.SPARSE: "sparse", pb.DENSE: "dense", pb.HYBRID: "hybrid", pb.BM25: "bm25",
+          pb.AUTO: AUTO}
 _NORMALIZATIONS = {
     pb.HybridOptions.NORMALIZATION_UNSPECIFIED: "min_max",
     pb.HybridOptions.MIN_MAX: "min_max",

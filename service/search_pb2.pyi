@@ -14,11 +14,13 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DENSE: _ClassVar[Mode]
     HYBRID: _ClassVar[Mode]
     BM25: _ClassVar[Mode]
+    AUTO: _ClassVar[Mode]
 MODE_UNSPECIFIED: Mode
 SPARSE: Mode
 DENSE: Mode
 HYBRID: Mode
 BM25: Mode
+AUTO: Mode
 
 class HybridOptions(_message.Message):
     __slots__ = ("normalization", "sparse_weight", "candidates", "dense_weight", "bm25_weight", "rrf_k")

@@ -243,6 +243,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def Search(self, request: pb.SearchRequest, call: _Call) -> pb.SearchResponse:
         options = self._options(request)
         text, sparse, dense = _query_of(request)
+        options["mode"] = self.searcher.resolve_mode(options["mode"], sparse=sparse, dense=dense, text=text)
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None)
         self.searcher.check_request(text, sparse, dense, *(options[key] for key in ("k", "mode", "hybrid", "prf")))
         self._check_response_size(1, options)
@@ -277,6 +278,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             if is_blank(text):
                 raise ValueError(f"texts[{i}] is empty or whitespace; every query needs some words")
             check_query_length(text, f"texts[{i}]")
+        options["mode"] = self.searcher.resolve_mode(options["mode"])
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None, texts=len(texts))
         self._check_response_size(len(texts), options)
         out = pb.SearchBatchResponse()

@@ -313,6 +313,42 @@ def test_modes_without_their_index_fail_precondition(servers, mode, hybrid, miss
         assert c.search("vitamin d").hits
 
 
+def test_auto_mode_is_hybrid_over_every_leg_or_sparse_alone_in_process_and_through_the_server(servers, client, searcher,
+                                                                                          queries, collections, capsys):
+    """The CLI's default mode was unknown to the API, the client and the wire ("unknown mode 'auto'"): now each
+    resolves it as the CLI does; a vector query in auto mode runs its own leg; PRF in bm25 mode (a no-op that
+    returned the BM25 list) is refused, and so is a fusion weight outside hybrid mode (ignored before)."""
+    for text in queries[:3]:
+        want = _hits(searcher.search(text, k=10, mode="hybrid"))
+        assert _hits(searcher.search(text, k=10, mode="auto")) == want == _hits(client.search(text, k=10, mode="auto"))
+    assert [_hits(r) for r in client.search_batch(queries[:3], k=5, mode="auto")] == \
+        [_hits(searcher.search(q, k=5, mode="hybrid")) for q in queries[:3]]
+    sparse = {"vitamin": 1.5, "cancer": 0.75}
+    assert _hits(client.search(sparse=sparse, k=5, mode="auto")) == _hits(searcher.search(sparse=sparse, k=5))
+    with servers["sparse_only"].client() as c:
+        alone = Searcher.open(collections["sparse_only"])
+        assert _hits(c.search(queries[0], k=5, mode="auto")) == _hits(alone.search(queries[0], k=5)) != []
+    with pytest.raises(ValueError, match="PRF moves the SPLADE and dense queries, and bm25 mode has neither"):
+        client.search(queries[0], mode="bm25", prf=True)
+    with pytest.raises(ValueError, match="bm25 mode has neither"):
+        searcher.search(queries[0], mode="bm25", prf=PrfOptions())
+    from lsr.cli import main as cli_main
+
+    for argv, said in (
+        (["query", "--endpoint", servers["main"].address, "vitamin", "--mode", "sparse", "--bm25-weight", "0.3"],
+         "lsr query: error: --bm25-weight weighs a list of hybrid fusion, and --mode sparse runs one list; use --mode "
+         "hybrid"),
+        (["search", str(collections["sparse_only"]), "vitamin", "--sparse-weight", "0.3"],
+         "lsr search: error: --sparse-weight weighs a list of hybrid fusion, and --mode auto (sparse here: SPLADE is "
+         "its only leg) runs one list; use --mode hybrid"),
+        (["search", str(collections["hybrid"]), "vitamin", "--mode", "bm25", "--prf"],
+         "lsr search: error: PRF moves the SPLADE and dense queries, and bm25 mode has neither; use it in sparse, "
+         "dense, hybrid or auto mode"),
+    ):
+        assert cli_main(argv) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == said
+
+
 def test_overlong_query_is_truncated_and_flagged(client):
     result = client.search("vitamin deficiency and bone density " * 400)
     assert result.truncated and result.hits

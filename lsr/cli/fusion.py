@@ -28,11 +28,19 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--candidates", type=int, default=None, help="candidates per list before fusion (default 100)")
 
 
-def chosen_mode(mode: str, served: Callable[[], Sequence[str]]) -> str:
-    """``--mode``, with auto resolved against the modes a collection serves (``served()``, asked only for auto)."""
-    if mode != "auto":
-        return mode
-    return "hybrid" if "hybrid" in served() else "sparse"
+def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -> str:
+    """``--mode``, with auto resolved against the modes a collection serves (``served()``, asked only for auto); a
+    fusion weight flag outside hybrid would be ignored, so it is refused."""
+    from lsr.search.searcher import resolve_mode
+
+    mode = resolve_mode(args.mode, served)
+    weighed = next((flag for flag in ("sparse_weight", "dense_weight", "bm25_weight") if getattr(args, flag) is not None),
+                   None)
+    if weighed and mode != "hybrid":
+        raise ValueError(f"--{weighed.replace('_', '-')} weighs a list of hybrid fusion, and --mode "
+                         f"{args.mode}{' (sparse here: SPLADE is its only leg)' if args.mode == 'auto' else ''} runs "
+                         "one list; use --mode hybrid")
+    return mode
 
 
 def hybrid_options(args: argparse.Namespace):

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the query is empty; give the words to search for")
     with connect(args) as client:
         try:
-            mode = chosen_mode(args.mode, lambda: client.stats()["details"].get("modes", "sparse").split(","))
+            mode = chosen_mode(args, lambda: client.stats()["details"].get("modes", "sparse").split(","))
             result = client.search(
                 text, k=args.k, mode=mode, hybrid=hybrid, prf=prf_options(args),
                 include_text=args.include_text, explain=args.explain,

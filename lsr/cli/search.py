@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         searcher = open_in_process(args.collection, query_encoder=args.query_encoder,
                                  threads=1 if (args.threads or 1) > 1 else None, **lazy_device_options(args))
         prf = prf_options(args, searcher.default_prf)
-        mode = chosen_mode(args.mode, searcher.modes)
+        mode = chosen_mode(args, searcher.modes)
         searcher.warm_up(mode, hybrid, prf)
         written = search_topics(searcher, topics, args.output, k=1000 if args.k is None else args.k, mode=mode,
                                 hybrid=hybrid, prf=prf,
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print("loading the models…", file=sys.stderr, flush=True)
     searcher = open_in_process(args.collection, query_encoder=args.query_encoder, **lazy_device_options(args))
     prf = prf_options(args, searcher.default_prf)
-    mode = chosen_mode(args.mode, searcher.modes)
+    mode = chosen_mode(args, searcher.modes)
     searcher.warm_up(mode, hybrid, prf)
 
     def search(text: str) -> Any:

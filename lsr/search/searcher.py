@@ -39,6 +39,7 @@ from lsr.search.prf import rocchio, vector_prf
 from lsr.sparse import QUERY_SCALE, SparseBatch, check_ids, id_list, short_repr
 
 MODES = ("sparse", "dense", "hybrid", "bm25")
+AUTO = "auto"  # the CLI's default mode: hybrid over every leg the collection has, or sparse when SPLADE is its only one
 WARM_UP_QUERY = "what is the warm up query of a search server"  # any text: only its shape is used
 LEGS = ("sparse", "dense", "bm25")
 PRF_INTERPOLATIONS = ("before", "after", "both", "none")
@@ -157,8 +158,8 @@ def check_k(k: Any) -> int:
 def check_options(k: Any, mode: Any, hybrid: Any, prf: Any) -> None:
     """k, mode, hybrid and PRF options as a search takes them (``lsr.service.Client`` checks them before sending)."""
     check_k(k)
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode not in (AUTO, *MODES):
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join((AUTO, *MODES))}")
     if hybrid is not None:
         if not isinstance(hybrid, HybridOptions):  # a dict failed as "'dict' object has no attribute 'check'"
             raise TypeError(f"hybrid must be a HybridOptions, got {type(hybrid).__name__}: HybridOptions(**options)")
@@ -167,6 +168,16 @@ def check_options(k: Any, mode: Any, hybrid: Any, prf: Any) -> None:
         if not isinstance(prf, PrfOptions):
             raise TypeError(f"prf must be a PrfOptions, True or None, got {type(prf).__name__}: PrfOptions(**options)")
         prf.check()
+    if mode == "bm25" and prf not in (None, False):  # it ran, and returned the BM25 list unchanged
+        raise ValueError("PRF moves the SPLADE and dense queries, and bm25 mode has neither; use it in sparse, dense, "
+                         "hybrid or auto mode")
+
+
+def resolve_mode(mode: str, served: Callable[[], Sequence[str]]) -> str:
+    """``mode``, with auto resolved against the modes a collection serves (``served()``, asked only for auto)."""
+    if mode != AUTO:
+        return mode
+    return "hybrid" if "hybrid" in served() else "sparse"
 
 
 @contextmanager
@@ -363,6 +374,13 @@ class Searcher:
             self.search(WARM_UP_QUERY, k=1, mode=each, prf=True if each == "hybrid" else None)
         return modes
 
+    def resolve_mode(self, mode: str, *, sparse: Any = None, dense: Any = None, text: Any = None) -> str:
+        """``mode`` with auto resolved: hybrid when this collection has two legs or more, else sparse; a query
+        given only as a sparse (or dense) vector has one leg to run."""
+        if mode == AUTO and text is None and (sparse is None) != (dense is None):
+            return "sparse" if sparse is not None else "dense"
+        return resolve_mode(mode, self.modes)
+
     def modes(self) -> list[str]:
         """The modes this collection serves: sparse, then dense and bm25 when it has those legs, and hybrid
         when it has two or more."""
@@ -386,8 +404,11 @@ class Searcher:
     ) -> SearchResult:
         """One query given as text, as a ``{token or term id: weight}`` dict, or as a dense vector.
 
-        ``deadline`` (``time.monotonic()`` seconds) bounds waiting on remote shards."""
+        ``mode`` "auto" is the CLI's default: hybrid over every leg the collection has, or sparse when SPLADE is its
+        only one (a sparse or dense vector query picks its own mode). ``deadline`` (``time.monotonic()`` seconds)
+        bounds waiting on remote shards."""
         k = check_k(k)  # a numpy integer becomes an int, which faiss needs
+        mode = self.resolve_mode(mode, sparse=sparse, dense=dense, text=text)
         self.check_request(text, sparse, dense, k, mode, hybrid, prf)
         hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
@@ -436,6 +457,7 @@ class Searcher:
             check_query_length(text, f"query {i}")
         check_texts(texts)  # undecodable bytes fail alike in every mode, BM25's too (as search() fails them)
         k = check_k(k)
+        mode = self.resolve_mode(mode)
         self.check_request("x", None, None, k, mode, hybrid, prf)
         hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
@@ -487,6 +509,7 @@ class Searcher:
         ``source`` replaces those legs (tuning passes a ``FirstPassMemo`` over them)."""
         source = source or self.legs(deadline)
         timings = {} if timings is None else timings
+        mode = self.resolve_mode(mode)
         hybrid = self.hybrid_or_default(hybrid)
         prf = self.prf_or_default(prf)
         legs = legs_of(mode, hybrid)
