@@ -75,8 +75,9 @@ QUESTIONS = {
 }
 
 
-def tiny_beir(root: Path) -> Path:
-    """A BEIR zip with a distractor per topic, train and test qrels (CRLF), and a query whose id is a doc id."""
+def tiny_beir(root: Path, name: str = "tiny", with_train: bool = True) -> Path:
+    """A BEIR zip with a distractor per topic, train (unless not ``with_train``) and test qrels (CRLF), and a query
+    whose id is a doc id."""
     docs = []
     for topic, text in TOPICS.items():
         docs.append({"_id": topic, "title": topic.title(), "text": text})
@@ -88,13 +89,14 @@ def tiny_beir(root: Path) -> Path:
         test.append(f"te-{topic}\t{topic}\t1")
     queries.append({"_id": "aspirin-x", "text": "unrelated note about tables"})  # its own id is a doc: a self-hit
     test.append("aspirin-x\tvitamin-x\t1")
-    path = root / "tiny.zip"
+    path = root / f"{name}.zip"
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("tiny/corpus.jsonl", "".join(json.dumps(d) + "\n" for d in docs))
-        zf.writestr("tiny/queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
+        zf.writestr(f"{name}/corpus.jsonl", "".join(json.dumps(d) + "\n" for d in docs))
+        zf.writestr(f"{name}/queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
         header = "query-id\tcorpus-id\tscore\r\n"
-        zf.writestr("tiny/qrels/train.tsv", header + "\r\n".join(train) + "\r\n")
-        zf.writestr("tiny/qrels/test.tsv", header + "\r\n".join(test) + "\r\n")
+        if with_train:
+            zf.writestr(f"{name}/qrels/train.tsv", header + "\r\n".join(train) + "\r\n")
+        zf.writestr(f"{name}/qrels/test.tsv", header + "\r\n".join(test) + "\r\n")
     return path
 
 
@@ -242,6 +244,12 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
         assert through["methods"][method] == pytest.approx(report["methods"][method], abs=1e-9), method
     assert {k: through["settings"][k] for k in ("alpha", "prf_docs", "prf_weight")} == \
         {k: settings[k] for k in ("alpha", "prf_docs", "prf_weight")}
+    tiny_beir(data, "untrained", with_train=False)  # no train or dev qrels: the report said "tuned on `None`"
+    assert cli_main(["beir", "--dataset", "untrained", "--data-dir", str(data), "--methods", "hybrid,fusion,fusion-prf",
+                     "--out", str(tmp_path / "untrained"), "--quiet"]) == 0
+    written = (tmp_path / "untrained" / "results.md").read_text()
+    assert "None" not in written and written.count("not tuned: the dataset has no train or dev qrels besides `test`, "
+                                                   "so these are the defaults.") == 3
 
 
 

@@ -58,12 +58,14 @@ def markdown(report: dict) -> str:
     if "alpha" in s:
         lines.append(f"Hybrid: {s['normalization']}, α (sparse weight) = {s['alpha']}; "
                      f"PRF: m = {s['prf_docs']} feedback docs, β = {s['prf_weight']}, interpolation {s['prf_interpolate']}; "
-                     f"tuned on `{s['tuned_on']}` qrels, frozen for `{report['split']}`.")
+                     f"{_tuned(s['tuned_on'], report['split'])}.")
     if "fusion" in s:
         f = s["fusion"]
         lines.append(f"Fusion: {f['normalization']}, weights sparse {f['sparse_weight']}, dense {f['dense_weight']}, "
-                     f"bm25 {f['bm25_weight']}; tuned on `{f['tuned_on']}` qrels over {len(f.get('tuning_ndcg10', {}))} "
-                     f"settings (all in results.json), frozen for `{report['split']}`.")
+                     f"bm25 {f['bm25_weight']}; "
+                     + (f"tuned on `{f['tuned_on']}` qrels over {len(f.get('tuning_ndcg10', {}))} settings (all in "
+                        f"results.json), frozen for `{report['split']}`." if f["tuned_on"] else
+                        f"{_tuned(None, report['split'])}."))
     if "defaults" in report["methods"]:
         lines.append("Defaults: what an untuned collection serves with PRF asked for (UNTUNED_HYBRID + PrfOptions()), "
                      "chosen across datasets on SciFact train + NFCorpus dev (benchmarks/results/prf-variants.md), "
@@ -98,11 +100,12 @@ def prf_lines(tuned: dict, variants: dict, split: str) -> list[str]:
     on = tuned["tuned_on"]
     pair = chosen and chosen.get("fusion")
     lines = ["Fusion-PRF: " + (f"variant {chosen['variant']} ({prf_settings(chosen['settings'])})" if chosen else
-                                "no variant beat fusion without PRF, so PRF is off")
+                                "PRF is off" if on is None else "no variant beat fusion without PRF, so PRF is off")
              + (f" on fusion {pair['normalization']} {pair['sparse_weight']}/{pair['dense_weight']}/{pair['bm25_weight']}"
                 if pair else "")
-             + f"; chosen on `{on}` qrels (nDCG@10 {chosen['ndcg@10'] if chosen else '-'}; the best fusion without PRF "
-               f"there: {tuned.get('no_prf_ndcg@10')}), frozen for `{split}`."]
+             + (f"; chosen on `{on}` qrels (nDCG@10 {chosen['ndcg@10'] if chosen else '-'}; the best fusion without "
+                f"PRF there: {tuned.get('no_prf_ndcg@10')}), frozen for `{split}`." if on else
+                f"; {_tuned(None, split)}.")]
     if "joint" in tuned:
         lines.append(f"Fusion and PRF chosen jointly: every variant's grid on the best fusion without PRF, then "
                      f"{len(tuned['joint'])} (fusion, PRF) pairs: the PRF shortlist (each variant's best, β "
@@ -115,6 +118,13 @@ def prf_lines(tuned: dict, variants: dict, split: str) -> list[str]:
                   for name, v in variants.items()]
         lines.append("")
     return lines
+
+
+def _tuned(on: str | None, split: str) -> str:
+    """Where the settings were chosen, or that nothing was (a dataset without train/dev qrels)."""
+    if on is None:
+        return f"not tuned: the dataset has no train or dev qrels besides `{split}`, so these are the defaults"
+    return f"tuned on `{on}` qrels, frozen for `{split}`"
 
 
 def prf_settings(s: dict) -> str:
