@@ -149,6 +149,57 @@ def test_an_unreachable_ray_address_fails_in_one_line_quickly(corpus, tmp_path):
         assert not (tmp_path / "col").exists()
 
 
+def test_a_port_that_is_not_rays_fails_in_one_line_quickly(corpus, tmp_path):
+    """A web server's port (a typo, the dashboard's 8265) made Ray retry for minutes, printing C++ warnings."""
+    import http.server
+    import threading
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        for address in (f"127.0.0.1:{web.server_port}", f"ray://127.0.0.1:{web.server_port}"):
+            start = time.monotonic()
+            result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--ray-address", address)
+            assert time.monotonic() - start < 60 and result.returncode == 2
+            (line,) = result.stderr.strip().splitlines()
+            assert line.startswith(f"lsr index: error: {address} answers, but not as Ray does")
+            assert not (tmp_path / "col").exists()
+    finally:
+        web.shutdown()
+
+
+@pytest.mark.parametrize("status, said", [
+    ("UNIMPLEMENTED", "is a gRPC service but not a Ray head"),
+    ("UNAUTHENTICATED", "is a Ray head that requires a token (started with RAY_AUTH_MODE=token); set RAY_AUTH_MODE=token "
+                        "and RAY_AUTH_TOKEN"),
+])
+def test_a_grpc_port_that_is_no_ray_head_or_wants_a_token_fails_in_one_line(corpus, tmp_path, status, said):
+    """Both passed the TCP check and then hung in ray.init for minutes. A head started with RAY_AUTH_MODE=token
+    answers Ray's GetClusterId with UNAUTHENTICATED to a caller without the token (as Ray 2.60's does, checked by
+    hand: a token head in a test would be joined by other tests' ray.init()); other gRPC servers say UNIMPLEMENTED."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    class Refusing(grpc.GenericRpcHandler):
+        def service(self, details):
+            if status == "UNIMPLEMENTED":
+                return None
+            return grpc.unary_unary_rpc_method_handler(
+                lambda request, context: context.abort(grpc.StatusCode.UNAUTHENTICATED, "InvalidAuthToken"))
+
+    server = grpc.server(ThreadPoolExecutor(2), handlers=[Refusing()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--ray-address", f"127.0.0.1:{port}")
+    finally:
+        server.stop(None)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"lsr index: error: 127.0.0.1:{port} {said}")
+
+
 def test_a_model_the_actors_could_not_load_is_refused_before_ray_starts(corpus, tmp_path):
     result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--model", str(tmp_path / "no-model"))
     assert result.returncode == 2

@@ -82,7 +82,8 @@ def check_ray(ray_options: RayOptions, options: "IndexOptions") -> None:
 
 
 def check_reachable(address: str | None) -> None:
-    """A TCP connect with a short timeout: Ray itself retries an unreachable cluster for minutes."""
+    """A TCP connect, then a gRPC handshake, each with a short timeout: Ray itself retries an unreachable cluster,
+    or a port that is no Ray's (a web server's), for minutes, printing C++ warnings."""
     if address in (None, "auto", "local"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -93,6 +94,38 @@ def check_reachable(address: str | None) -> None:
     except OSError as exc:
         raise RuntimeError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}; "
                            "check the address, or start one with `ray start --head`") from None
+    problem = _not_a_ray_head(f"{host}:{port}", client=address.startswith("ray://"))
+    if problem:
+        raise RuntimeError(f"{address} {problem}")
+
+
+def _not_a_ray_head(target: str, client: bool) -> str | None:
+    """Why ``target`` is no Ray head Ray could join (None when it may be): no gRPC handshake (another service's
+    port), no Ray GCS behind it, or a head that wants a token this environment does not give. Ray's client server
+    (``client``: ray://) gets the handshake only."""
+    import grpc
+
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
+        if client:
+            return None
+        cluster_id = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
+                                         request_serializer=bytes, response_deserializer=bytes)
+        cluster_id(b"", timeout=CONNECT_TIMEOUT_S)
+    except grpc.FutureTimeoutError:
+        return (f"answers, but not as Ray does (no gRPC within {CONNECT_TIMEOUT_S:g} s): it is another service's "
+                "port; Ray's head listens on 6379 (HOST:PORT) and its client server on 10001 (ray://HOST:10001)")
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return ("is a gRPC service but not a Ray head (an `lsr serve`?); give the head's GCS port (6379 unless "
+                    "`ray start --head --port` chose another), or ray://HOST:10001 for Ray's client server")
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED and os.environ.get("RAY_AUTH_MODE") != "token":
+            return ("is a Ray head that requires a token (started with RAY_AUTH_MODE=token); set RAY_AUTH_MODE=token "
+                    "and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) here as on the head")
+    finally:
+        channel.close()
+    return None  # Ray's own errors (a wrong token, a version mismatch) come from ray.init, one line
 
 
 @contextmanager
