@@ -299,6 +299,10 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("lone-surrogate", "pairs.jsonl line 2: holds a lone surrogate"),  # failed when its batch came up, unnamed
     ("max-length-1024", "--max-length 1024 is more than the 512 token positions splade-tiny has"),  # at a long text
     ("out-under-a-file", "cannot create the model folder"),  # a bare errno, once the data and the model had loaded
+    # a contrastive loss of 0: the run trained only sparsity and exited 0
+    ("one-example", 'nothing to learn from: with one example a query has no in-batch negatives, and '),
+    ("batch-size-1", "nothing to learn from: with --batch-size 1 a query has no in-batch negatives, and --hard-negatives 0"),
+    ("eval-unknown", "unknown BEIR dataset 'nosuchdataset'"),  # after the model loaded, leaving an empty OUT
 ])
 def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
     data, extra = tmp_path / "pairs.jsonl", []
@@ -323,7 +327,8 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         extra = {"batch-size-0": ["--batch-size", "0"], "threads-0": ["--threads", "0"],
                  "blend-0": ["--blend", "0"], "max-minutes-nan": ["--max-minutes", "nan"], "seed-negative": ["--seed", "-1"],
                  "flops-inf": ["--flops-doc", "inf"], "checkpoint-every-0": ["--checkpoint-every", "0"],
-                 "max-length-1024": ["--max-length", "1024"], "out-under-a-file": []}.get(case, ["--negatives", "model"])
+                 "max-length-1024": ["--max-length", "1024"], "out-under-a-file": [], "one-example": [],
+                 "batch-size-1": ["--batch-size", "1", "--hard-negatives", "0"], "eval-unknown": ["--eval", "nosuchdataset"]}.get(case, ["--negatives", "model"])
     out = tmp_path / "out"
     if case == "out-under-a-file":
         out = data / "model"
@@ -585,14 +590,21 @@ def test_dev_validation_keeps_the_best_weights_and_stops_without_a_gain(examples
     assert result.stopped == "no gain" and result.steps == 2 < result.total_steps
     assert [step for step, _ in result.dev_scores] == [0, 1, 2] and "step 0" in result.kept
     assert all(torch.equal(p, s) for p, s in zip(model.parameters, start))
+    # its checkpoint stays until `lsr train` has written the summary; a resume (after a Ctrl-C in --eval) trained on
+    again = train(model, examples, tmp_path, config, resume=True, progress=False, validate=closeness_to_start)
+    assert (again.stopped, again.steps, again.history, again.kept) == ("no gain", 2, [], result.kept)
+    assert all(torch.equal(p, s) for p, s in zip(model.parameters, start))
     from lsr.cli.train import _summary_text
 
     summary = {"model": "splade-tiny", "data": "pairs.jsonl", "examples": 8, "steps": result.steps, "total_steps": 8,
                "stopped": result.stopped, "train_seconds": 6.0, "device": "cpu", "dtype": "fp32", "dev_scores": [],
                "kept": result.kept, "config": {"blend": 0.5, "inference_free": False}, "first_step": None,
-               "last_step": None, "eval": []}
+               "last_step": None, "eval": [], "dev_split": "dev"}
     text = _summary_text(summary, tmp_path)  # it said "OUT holds 0.5 × the trained weights + 0.5 × splade-tiny's"
-    assert "OUT is splade-tiny unchanged: training never beat it" in text and "OUT holds" not in text
+    assert "OUT is splade-tiny unchanged: training never beat it on dev" in text and "OUT holds" not in text
+    collapsed = _summary_text({**summary, "stopped": "collapsed", "dev_split": None,
+                               "kept": "kept the weights of step 0 (the starting model)"}, tmp_path)
+    assert "OUT is splade-tiny unchanged: the run collapsed, and without dev scores" in collapsed  # "never beat it"
 
 
 def test_a_collapse_stops_the_run_and_gives_back_the_starting_weights(examples, tmp_path):

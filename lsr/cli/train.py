@@ -151,13 +151,40 @@ def run(args: argparse.Namespace) -> int:
     from lsr.train.data import load_examples, model_miner
 
     dev_split = _dev_split(args)  # before any mining, so a missing split fails at once
+    _check_eval_datasets(args.eval, args.data_dir)
     model = None
     if config.negatives == "model":  # the model mines before it trains (a resume mines the same pool again)
         model = _load(config, encoding)
     examples = load_examples(args.data, args.split, data_dir=args.data_dir,
                              miner=None if model is None else model_miner(model.encoder, progress=not args.quiet))
-    say(f"{len(examples):,} training examples from {args.data}")
+    _check_negatives(config, examples, args.data)
+    say(f"{len(examples):,} training example{'s' * (len(examples) != 1)} from {args.data}")
     return _train(args, config, examples, out, encoding, say, model or _load(config, encoding), dev_split)
+
+
+def _check_negatives(config, examples: list, data: str) -> None:
+    """A query with no negative has a contrastive loss of 0: such a run trained only the FLOPS term (sparser, no
+    better) and exited 0. Negatives come from the other queries of a batch, or from each example's own list."""
+    in_batch = min(config.batch_size, len(examples)) > 1
+    own = config.hard_negatives > 0 and any(example.negatives for example in examples)
+    if not (in_batch or own):
+        raise ValueError(f"nothing to learn from: with {'--batch-size 1' if config.batch_size == 1 else 'one example'} "
+                         "a query has no in-batch negatives, and "
+                         + ("--hard-negatives 0 draws none of its own" if config.hard_negatives == 0 else
+                            f"{data} gives no \"negatives\"")
+                         + "; use a --batch-size of 2 or more (and more than one example), or give negatives")
+
+
+def _check_eval_datasets(names: list[str], data_dir: str | None) -> None:
+    """Each --eval dataset found, with test qrels, before the model loads (a misspelt one failed after it, leaving an
+    empty OUT)."""
+    from lsr.eval.datasets import locate_dataset
+    from lsr.ingest.beir_source import BeirSource
+
+    for name in dict.fromkeys(names):
+        if not BeirSource(locate_dataset(name, data_dir)).has("qrels/test.tsv"):
+            raise ValueError(f"--eval {name}: it has no qrels/test.tsv to score; --eval takes a BEIR dataset with a "
+                             "test split")
 
 
 def _dev_split(args: argparse.Namespace) -> str | None:
@@ -232,9 +259,16 @@ def _train(args, config, examples, out: Path, encoding: dict[str, str], say, mod
     """One run per OUT: a second `lsr train OUT --resume` while this one runs would interleave the checkpoints."""
     from lsr.files import exclusive_folder
 
-    with exclusive_folder(out):
-        _check_out(out, args.resume)  # again, now that OUT is ours: a run that held it may have finished meanwhile
-        return _train_in(args, config, examples, out, encoding, say, model, dev_split)
+    created = not out.exists()
+    try:
+        with exclusive_folder(out):
+            _check_out(out, args.resume)  # again, now that OUT is ours: a run that held it may have finished meanwhile
+            return _train_in(args, config, examples, out, encoding, say, model, dev_split)
+    except BaseException:
+        if created:  # a run that failed before its first checkpoint leaves no empty OUT behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
 
 def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, model, dev_split: str | None) -> int:
@@ -270,8 +304,6 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
               f"checkpoint in {out / CHECKPOINT_FILE}. Continue with: {resume_command(args._argv)}", file=sys.stderr)
         return 128 + result.signal
     save_model_folder(model, out)
-    if result.stopped not in ("time limit", "interrupted"):  # finished, or the guard ended it: nothing to resume
-        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # none when the last checkpoint step was never reached
     evals = []
     for dataset, evaluation in evaluations.items():
         (first, first_by_query), (after, after_by_query) = before[dataset], evaluation()
@@ -286,6 +318,8 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
                "last_step": result.history[-1] if result.history else None,
                "eval": evals, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), **encoding}
     write_json_atomic(out / "lsr_train.json", summary)
+    if result.stopped != "time limit":  # finished, or the guard ended it: nothing to resume now that the summary is
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # written (a Ctrl-C in --eval left no way to get it)
     print(_summary_text(summary, out))
     if result.stopped == "time limit":
         print(f"{out / CHECKPOINT_FILE} is kept (delete it if done); to train on from step {result.steps}: "
@@ -304,7 +338,9 @@ def _summary_text(summary: dict, out: Path) -> str:
         lines.append(f"{summary['stopped']}: {summary['kept']}")
     blend = summary["config"]["blend"]
     if (summary["kept"] or "").startswith("kept the weights of step 0 "):  # a blend of the start with itself
-        lines.append(f"OUT is {summary['model']} unchanged: training never beat it")
+        lines.append(f"OUT is {summary['model']} unchanged: "
+                     + (f"training never beat it on {summary['dev_split']}" if summary["dev_split"] else
+                        "the run collapsed, and without dev scores its starting weights are the last known good ones"))
     elif blend < 1:
         lines.append(f"OUT holds {blend:g} × the trained weights + {1 - blend:g} × {summary['model']}'s (--blend)")
     first, last = summary["first_step"], summary["last_step"]

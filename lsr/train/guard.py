@@ -30,6 +30,7 @@ class Guard:
         self.scores: list[tuple[int, float]] = []  # (step, dev score) in order
         self.since_best = 0  # scores since the best one
         self.nnz: list[float] = []
+        self.halted: str | None = None  # the reason after_step gave to stop: a resume of a stopped run trains no more
 
     def start(self, step: int) -> None:
         """Score the weights training starts from (a resume brings its own state instead)."""
@@ -38,6 +39,10 @@ class Guard:
 
     def after_step(self, step: int, stats: dict[str, float]) -> str | None:
         """A reason to stop after ``step``, or None."""
+        self.halted = self._reason_to_stop(step, stats)
+        return self.halted
+
+    def _reason_to_stop(self, step: int, stats: dict[str, float]) -> str | None:
         self.nnz.append(stats["nnz_d"])
         start = sum(self.nnz[:COLLAPSE_WINDOW]) / len(self.nnz[:COLLAPSE_WINDOW])
         recent = self.nnz[-COLLAPSE_WINDOW:]
@@ -70,10 +75,12 @@ class Guard:
             f" (dev nDCG@10 {self.best['score']:.4f})" if self.validate is not None else " (the starting model)")
 
     def state(self) -> dict[str, Any]:
-        return {"best": self.best, "scores": self.scores, "since_best": self.since_best, "nnz": self.nnz}
+        return {"best": self.best, "scores": self.scores, "since_best": self.since_best, "nnz": self.nnz,
+                "halted": self.halted}
 
     def load(self, state: dict[str, Any]) -> None:
         self.best, self.scores, self.since_best, self.nnz = state["best"], state["scores"], state["since_best"], state["nnz"]
+        self.halted = state.get("halted")  # checkpoints before it was kept: none
 
     def _consider(self, step: int) -> None:
         score = float("-inf")

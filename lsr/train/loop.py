@@ -268,10 +268,11 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     bar = progress_bar("train", total, initial=start, enabled=progress, unit="step")
     history: list[dict[str, float]] = []
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
-    stopped, step, halt = "finished", start, None
+    step, halt = start, guard.halted  # a checkpoint of a run the guard stopped, kept until its summary was written
+    stopped = halt.split(":")[0] if halt else "finished"
     model.train()
     with _StopOnInterrupt() as interrupt:
-        while step < total:
+        while step < total and halt is None:
             clock = time.perf_counter()
             stats = _step(model, optimizer, batches.micro_batches(step), config, step, total, flops_warm, doc_term_weights,
                           relevant, config.score_scale)
