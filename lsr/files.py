@@ -54,11 +54,25 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:  # numpy's short write on a full disk said "49803
-            # requested and 49088 written" and no more
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):  # numpy's short write on a full disk said
+            # "49803 requested and 49088 written" and no more; a folder that takes no file named the temporary one
             raise OSError(f"could not write {path}: {exc.strerror or exc}"
                           f"{'' if exc.errno else ' (a short write: is the disk full?)'}") from exc
         raise
+
+
+def check_writable(path: Path) -> None:
+    """Fail now, in one line, where a file cannot be written at ``path``, rather than after the work that fills it:
+    its folder is made (and kept), and a file is created beside it and removed."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the path of a file to write")
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        open(probe, "xb").close()
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def text_lines(text: str) -> list[str]:

@@ -250,6 +250,9 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
     written = (tmp_path / "untrained" / "results.md").read_text()
     assert "None" not in written and written.count("not tuned: the dataset has no train or dev qrels besides `test`, "
                                                    "so these are the defaults.") == 3
+    assert cli_main(["beir", "--dataset", "untrained", "--data-dir", str(data), "--methods", "bm25",
+                     "--out", str(tmp_path / "bm25-only"), "--quiet"]) == 0
+    assert "None" not in (tmp_path / "bm25-only" / "results.md").read_text()  # "Index checksum `None`": no index
 
 
 
@@ -500,6 +503,17 @@ def test_a_file_that_only_ends_in_corpus_jsonl_is_not_the_corpus(tmp_path):
     (folder / "corpus.jsonl").rename(folder / "notcorpus.jsonl")
     with pytest.raises(FileNotFoundError, match="holds no corpus.jsonl"):
         load_beir(folder)
+
+
+def test_a_folder_of_several_datasets_is_refused_not_one_picked_by_listing_order(tmp_path):
+    for name in ("b-set", "a-set"):
+        _beir_folder(tmp_path / "many" / name, GOOD_CORPUS, GOOD_QUERIES, "q0\td0\t1\n")
+    with pytest.raises(ValueError, match=r"many holds 2 datasets \(a-set/, b-set/\); give the one you mean"):
+        load_beir(tmp_path / "many")
+    assert list(load_beir(tmp_path / "many" / "a-set").corpus) == ["d0", "d1"]
+    nested = _beir_folder(tmp_path / "nested", GOOD_CORPUS, GOOD_QUERIES, "q0\td0\t1\n")
+    _beir_folder(nested / "old", '{"_id": "x", "text": "old copy"}\n', GOOD_QUERIES, "q0\tx\t1\n")
+    assert list(load_beir(nested).corpus) == ["d0", "d1"]  # the dataset at the top, not its nested copy
 
 
 def test_a_data_dir_that_is_no_folder_is_an_error_not_a_fallback(tmp_path):

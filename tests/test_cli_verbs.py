@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lsr.cli import main as cli_main
+from lsr.cli.main import VERBS
 from lsr.encode.models import resolve_model
 from lsr.eval.runs import read_qrels_file, read_topics, read_trec_run
 
@@ -130,6 +131,18 @@ def test_a_tampered_vectors_file_is_one_line_naming_it(collections, tmp_path, ca
                      "none", "--quiet"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"lsr index: error: {tmp_path / 'bad.parquet'}") and message in last
+
+
+def test_an_output_that_cannot_be_written_fails_before_the_work_naming_it(collections, corpus, tmp_path, capsys):
+    """Found after every document was encoded (or every query searched), as a bare errno naming a temporary file."""
+    topics = _write(tmp_path / "q.tsv", "q1\tcoffee\n")
+    for argv, target in ((["encode", "--input", str(corpus), "--output"], "/proc/vectors.parquet"),
+                         (["search", str(collections["direct"]), "--topics", str(topics), "--output"], "/proc/run.trec")):
+        assert cli_main([*argv, target]) == 1
+        assert capsys.readouterr().err == f"lsr {argv[0]}: error: cannot write {target}: No such file or directory\n"
+    assert cli_main(["encode", "--input", str(corpus), "--output", str(tmp_path)]) == 1
+    assert f"{tmp_path} is a folder; give the path of a file to write" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*probe"))
 
 
 def test_eval_cuts_tied_scores_where_trec_eval_ranks_them():
@@ -250,7 +263,8 @@ def test_doc_verb_searcher_doc_and_queries_that_are_not_text(collections, capsys
     assert cli_main(["doc", str(collections["pre"]), "coffee"]) == 0
     assert capsys.readouterr().out == DOCS["coffee"] + "\n"
     assert cli_main(["doc", str(collections["pre"]), "coffee", "ghost"]) == 2
-    assert "no document 'ghost' in" in capsys.readouterr().err
+    said = capsys.readouterr()  # the ones found are printed (they were not), the rest named
+    assert said.out == f"coffee\t{DOCS['coffee']}\n" and "no document 'ghost' in" in said.err
     searcher = Searcher.open(collections["direct"])
     assert searcher.doc("statins") == DOCS["statins"]
     with pytest.raises(KeyError, match="ghost"):
@@ -259,6 +273,9 @@ def test_doc_verb_searcher_doc_and_queries_that_are_not_text(collections, capsys
         searcher.search(123)
     with pytest.raises(ValueError, match="the query text is empty or whitespace"):
         searcher.search(" \n")
+    assert cli_main(["search", str(collections["direct"] / "missing"), " ", "\t"]) == 2  # before the collection opens
+    assert capsys.readouterr().err == ("lsr search: error: QUERY is empty; give some words (or no QUERY, to type "
+                                       "queries or pipe them in)\n")
     for mode in ("sparse", "bm25"):  # bytes Python could not decode (argv, stdin) fail alike in every mode
         with pytest.raises(ValueError, match="texts\\[0\\] is not UTF-8 text: an undecodable byte at character 3"):
             searcher.search("caf\udce9 au lait", mode=mode)
@@ -336,12 +353,20 @@ def test_a_reader_that_goes_away_ends_a_verb_quietly(collections):
     assert proc.wait(timeout=120) == 141 and err == b""
 
 
-def test_an_unknown_flag_is_reported_under_the_verbs_usage_and_k_has_a_short_form(collections, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["search", str(collections["direct"]), "coffee", "--hits-per-page", "2"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.startswith("usage: lsr search ")
-    assert err.endswith("lsr search: error: unrecognized arguments: --hits-per-page 2\n")
+def test_a_usage_error_is_one_line_with_a_guess_and_k_has_a_short_form(collections, capsys):
+    """argparse printed its usage block first (ten lines for `lsr index`), burying the error."""
+    for argv, said in (
+        (["search", str(collections["direct"]), "coffee", "--hits-per-page", "2"],
+         "lsr search: error: unrecognized arguments: --hits-per-page 2; see lsr search --help\n"),
+        (["search", str(collections["direct"]), "coffee", "--treads=2"],  # (a prefix, --thread, is --threads)
+         "lsr search: error: unrecognized arguments: --treads=2 (did you mean --threads?); see lsr search --help\n"),
+        (["serch", "x"], "lsr: error: argument VERB: invalid choice: 'serch' (choose from "
+                         + ", ".join(f"'{verb}'" for verb in VERBS) + ") (did you mean search?); see lsr --help\n"),
+        (["index"], "lsr index: error: the following arguments are required: SOURCE, COLLECTION; see lsr index --help\n"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(argv)
+        assert exit_info.value.code == 2 and capsys.readouterr().err == said
     assert cli_main(["search", str(collections["direct"]), "coffee and the liver", "-k", "2", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert len(hits) == 2 and hits[0]["doc_id"] == "coffee"

@@ -371,7 +371,10 @@ def test_a_bad_row_after_checkpoints_resumes_with_on_error_skip(tmp_path, capsys
     out = tmp_path / "col"
     args = ["index", str(source), str(out), "--dense", "none", "--quiet", "--checkpoint-every", "6", "--max-length", "16"]
     assert cli_main(args) == 2
-    assert "line 14: duplicate id 'd3'" in capsys.readouterr().err
+    err = capsys.readouterr().err  # a failure, not only a Ctrl-C, says how to keep the checkpointed parts
+    assert "line 14: duplicate id 'd3'" in err
+    assert (f"the encoded shards are kept; once the cause below is fixed, continue with: "
+            f"{shlex.join(['lsr', *args, '--resume'])}\n") in err
     assert _shards(out) == 2  # the encoded shards are kept
     assert cli_main([*args, "--resume", "--on-error", "skip"]) == 0
     report = capsys.readouterr().out

@@ -122,9 +122,10 @@ def test_sigterm_stops_a_ray_build_as_ctrl_c_does(ray_cluster, corpus, tmp_path)
     assert (out / BUILD_STATE).exists() and not (out / META_FILE).exists()
 
 
-def _lsr_index(*args: str, prelude: str = "") -> subprocess.CompletedProcess:
+def _lsr_index(*args: str, prelude: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     code = f"import sys; {prelude}from lsr.cli.main import main; sys.exit(main())"
-    return subprocess.run([sys.executable, "-c", code, "index", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code, "index", *args], capture_output=True, text=True, timeout=120,
+                          env=env)
 
 
 def test_without_ray_installed_the_engine_says_how_to_install_it(corpus, tmp_path):
@@ -168,15 +169,18 @@ def test_a_port_that_is_not_rays_fails_in_one_line_quickly(corpus, tmp_path):
         web.shutdown()
 
 
-@pytest.mark.parametrize("status, said", [
-    ("UNIMPLEMENTED", "is a gRPC service but not a Ray head"),
-    ("UNAUTHENTICATED", "is a Ray head that requires a token (started with RAY_AUTH_MODE=token); set RAY_AUTH_MODE=token "
-                        "and RAY_AUTH_TOKEN"),
+@pytest.mark.parametrize("status, token, said", [
+    ("UNIMPLEMENTED", None, "is a gRPC service but not a Ray head"),
+    ("UNAUTHENTICATED", None, "is a Ray head that requires a token (token authentication), and this machine has none; "
+                              "set RAY_AUTH_TOKEN to the head's (its ~/.ray/auth_token)"),
+    ("UNAUTHENTICATED", "not-the-heads", "is a Ray head that rejects this machine's token ($RAY_AUTH_TOKEN); set "
+                                         "RAY_AUTH_TOKEN to the head's"),
 ])
-def test_a_grpc_port_that_is_no_ray_head_or_wants_a_token_fails_in_one_line(corpus, tmp_path, status, said):
-    """Both passed the TCP check and then hung in ray.init for minutes. A head started with RAY_AUTH_MODE=token
-    answers Ray's GetClusterId with UNAUTHENTICATED to a caller without the token (as Ray 2.60's does, checked by
-    hand: a token head in a test would be joined by other tests' ray.init()); other gRPC servers say UNIMPLEMENTED."""
+def test_a_grpc_port_that_is_no_ray_head_or_wants_a_token_fails_in_one_line(corpus, tmp_path, status, token, said):
+    """Each passed the TCP check and then hung in ray.init for minutes. A token head (Ray's default for new
+    clusters, RAY_AUTH_MODE=token) answers Ray's GetClusterId with UNAUTHENTICATED to a caller without its token (as
+    Ray 2.60's does, checked by hand: a real token head here would be joined by other tests' ray.init()); other gRPC
+    servers say UNIMPLEMENTED. HOME is a new folder, so no ~/.ray/auth_token of this machine's is sent."""
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
@@ -192,7 +196,9 @@ def test_a_grpc_port_that_is_no_ray_head_or_wants_a_token_fails_in_one_line(corp
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--ray-address", f"127.0.0.1:{port}")
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_AUTH")}
+        result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--ray-address", f"127.0.0.1:{port}",
+                            env={**env, "HOME": str(tmp_path), **({"RAY_AUTH_TOKEN": token} if token else {})})
     finally:
         server.stop(None)
     assert result.returncode == 2

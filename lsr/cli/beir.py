@@ -1,7 +1,8 @@
 """Evaluate on a BEIR dataset: BM25, SPLADE, MiniLM, hybrid, hybrid+PRF, fusion and fusion+PRF in one run.
 
-The dataset is found in --data-dir, then $LSR_BEIR_DIR, then the cache (~/.cache/lsr or
-$LSR_CACHE_DIR), and otherwise downloaded from the official BEIR mirror (md5 checked).
+The dataset is found in --data-dir, then $LSR_BEIR_DIR, then a shared/data/beir folder beside the
+checkout or beside (or inside) the current directory, then the cache (~/.cache/lsr or $LSR_CACHE_DIR),
+and otherwise downloaded from the official BEIR mirror (md5 checked).
 The index is built once and cached under a key of models + corpus checksum. Hybrid α, PRF m, β,
 the fusion's method and weights and the PRF variant (Rocchio, high-IDF Rocchio, Vector-PRF, feedback
 from the fused list, interpolation before/after/both; chosen jointly with the fusion: the PRF

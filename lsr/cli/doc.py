@@ -24,14 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     texts = _texts(Path(args.collection), args.ids)
-    missing = [doc_id for doc_id, text in zip(args.ids, texts) if text is None]
+    found = {doc_id: text for doc_id, text in zip(args.ids, texts) if text is not None}  # printed even if some are not
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False))
+    else:
+        for doc_id, text in found.items():
+            print(f"{doc_id}\t{text}" if len(args.ids) > 1 else text)
+    missing = [doc_id for doc_id in args.ids if doc_id not in found]
     if missing:
         raise ValueError(f"no document {', '.join(map(repr, missing))} in {args.collection}")
-    if args.json:
-        print(json.dumps(dict(zip(args.ids, texts)), ensure_ascii=False))
-        return 0
-    for doc_id, text in zip(args.ids, texts):
-        print(f"{doc_id}\t{text}" if len(args.ids) > 1 else text)
     return 0
 
 

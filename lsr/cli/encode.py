@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
+from lsr.files import check_writable
 
 HELP = "show the weighted terms SPLADE gives a text, or encode a file of texts into a vectors file"
 
@@ -89,6 +91,7 @@ def _encode_file(args: argparse.Namespace) -> int:
     if args.batch_size <= 0 or args.max_length < 4:
         raise ValueError("--batch-size must be positive and --max-length at least 4")
     device = device_options(args)  # a GPU asked for and missing is one line before the corpus is read
+    check_writable(Path(args.output))  # before the model loads and the corpus is encoded
     summary = encode_file(args.input, args.output, model=args.model, fields=args.fields, id_field=args.id_field,
                           on_error=args.on_error, batch_size=args.batch_size, max_length=args.max_length,
                           progress=not args.quiet, **device)

@@ -22,6 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from lsr.files import FolderBusyError
 from lsr.cli.device import add_device_arguments, device_options
 
 HELP = "index a corpus (BEIR folder/archive, JSONL, Parquet, CSV, text) into a searchable collection"
@@ -128,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
         if (Path(args.out) / BUILD_STATE).is_file():
             if interrupted:
                 print(f"stopped; the encoded shards are kept. Continue with: {resume_command(args._argv)}", file=sys.stderr)
+            elif not isinstance(exc, FolderBusyError):  # a full disk, a lost Ray cluster, a bad row: parts kept
+                print(f"the encoded shards are kept; once the cause below is fixed, continue with: "
+                      f"{resume_command(args._argv)}", file=sys.stderr)
             if aside.is_dir():  # twice the disk until then: say where it is and how to keep it instead
                 print(f"the collection --overwrite replaces stays in {aside} until the new one is whole (to keep it "
                       f"instead, delete the rest of {args.out} and move its contents back)", file=sys.stderr)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import logging
 import os
 import signal
 import sys
 import threading
+from typing import NoReturn
 
 from lsr.files import FolderBusyError
 
@@ -25,8 +27,28 @@ def _verb_module(verb: str):
     return importlib.import_module(f"lsr.cli.{verb}")
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line with a guess at what was meant: its usage block (ten lines
+    for `lsr index`) came first and buried the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}{self._guess(message)}; see {self.prog} --help\n")
+
+    def _guess(self, message: str) -> str:
+        """" (did you mean X?)" for a misspelt verb or flag, else ""."""
+        if "invalid choice: '" in message:
+            typed, choices = message.split("invalid choice: '", 1)[1].split("'", 1)[0], VERBS
+        elif message.startswith("unrecognized arguments: "):
+            typed = next((word.split("=", 1)[0] for word in message.split()[2:] if word.startswith("--")), "")
+            choices = [option for option in self._option_string_actions if option.startswith("--")]
+        else:
+            return ""
+        close = difflib.get_close_matches(typed, choices, n=1, cutoff=0.6)
+        return f" (did you mean {close[0]}?)" if typed and close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="lsr",
         description="Learned sparse retrieval: encode, index, search, serve and evaluate SPLADE models.",
     )
@@ -47,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    """The verb's arguments; an unknown flag is reported by the verb's parser (``lsr index: error: ...`` under
-    ``lsr index``'s usage), not by the top level's, whose usage only lists the verbs."""
+    """The verb's arguments; an unknown flag is reported by the verb's parser (``lsr index: error: ...``, with a
+    guess among its flags), not by the top level's, which knows only the verbs."""
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:
         args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")

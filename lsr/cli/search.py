@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, lazy_device_options
@@ -63,6 +64,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--topics needs --output RUN, the TREC run file to write")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
+    if args.query:  # checked as a search would check it, before the slow model load
+        from lsr.encode.texts import check_query_length, check_texts, is_blank
+
+        if is_blank(" ".join(args.query)):
+            raise ValueError("QUERY is empty; give some words (or no QUERY, to type queries or pipe them in)")
+        check_query_length(" ".join(args.query), "QUERY")
+        check_texts(" ".join(args.query))
     hybrid = hybrid_options(args)
     prf_options(args)  # bad flag combinations fail before the slow model load
     if args.topics:
@@ -70,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         from lsr.search.batch import search_topics
 
         topics = read_topics(args.topics)  # before the slow model load: a bad file fails at once
+        if args.output != "-":
+            from lsr.files import check_writable
+
+            check_writable(Path(args.output))  # and an output it could not write, after every query was searched
         searcher = open_in_process(args.collection, query_encoder=args.query_encoder,
                                  threads=1 if (args.threads or 1) > 1 else None, **lazy_device_options(args))
         prf = prf_options(args, searcher.default_prf)

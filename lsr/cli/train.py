@@ -171,7 +171,8 @@ def _check_negatives(config, examples: list, data: str) -> None:
         raise ValueError(f"nothing to learn from: with {'--batch-size 1' if config.batch_size == 1 else 'one example'} "
                          "a query has no in-batch negatives, and "
                          + ("--hard-negatives 0 draws none of its own" if config.hard_negatives == 0 else
-                            f"{data} gives no \"negatives\"")
+                            f"{data} gives no \"negatives\"" if Path(data).suffix == ".jsonl" else
+                            f"{data}'s corpus holds no unjudged document to mine as one")
                          + "; use a --batch-size of 2 or more (and more than one example), or give negatives")
 
 

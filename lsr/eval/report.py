@@ -72,8 +72,8 @@ def markdown(report: dict) -> str:
                      "not tuned by this run.")
     if "prf" in s:
         lines += prf_lines(s["prf"], report.get("prf_variants", {}), report["split"])
-    lines.append(f"Index checksum `{report['index_checksum']}`. Timings (s): "
-                 + ", ".join(f"{k} {v}" for k, v in report["timings"].items()) + ".")
+    lines.append((f"Index checksum `{report['index_checksum']}`. " if report["index_checksum"] else "")
+                 + "Timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()) + ".")
     if report.get("index_build_seconds"):
         lines.append("Index build (cold, per stage, s): "
                      + ", ".join(f"{k} {v}" for k, v in report["index_build_seconds"].items()) + ".")

@@ -29,9 +29,15 @@ class BeirSource:
                 raise ValueError(f"cannot read {path}: {exc} (a damaged or truncated archive?)") from None
         else:
             raise ValueError(f"{path} is not a BEIR folder, .zip or .tar.gz archive")
-        corpus = sorted((n for n in self.names if n == "corpus.jsonl" or n.endswith("/corpus.jsonl")), key=len)
+        corpus = sorted((n for n in self.names if n == "corpus.jsonl" or n.endswith("/corpus.jsonl")),
+                        key=lambda name: (name.count("/"), name))
         if not corpus:
             raise FileNotFoundError(f"{path} holds no corpus.jsonl; is it a BEIR dataset?")
+        alike = [name for name in corpus if name.count("/") == corpus[0].count("/")]
+        if len(alike) > 1:  # one of them was read, whichever the listing gave first
+            shown = ", ".join(name[: -len("corpus.jsonl")] or "./" for name in alike[:4])
+            raise ValueError(f"{path} holds {len(alike)} datasets ({shown}{', ...' if len(alike) > 4 else ''}); "
+                             "give the one you mean")
         self.root = corpus[0][: -len("corpus.jsonl")]
 
     def has(self, member: str) -> bool:

@@ -101,10 +101,11 @@ def check_reachable(address: str | None) -> None:
 
 def _not_a_ray_head(target: str, client: bool) -> str | None:
     """Why ``target`` is no Ray head Ray could join (None when it may be): no gRPC handshake (another service's
-    port), no Ray GCS behind it, or a head that wants a token this environment does not give. Ray's client server
-    (``client``: ray://) gets the handshake only."""
+    port), no Ray GCS behind it, or a head that refuses the token this machine would send (or its lack). Ray's
+    client server (``client``: ray://) gets the handshake only."""
     import grpc
 
+    token = _ray_token()
     channel = grpc.insecure_channel(target)
     try:
         grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
@@ -112,7 +113,7 @@ def _not_a_ray_head(target: str, client: bool) -> str | None:
             return None
         cluster_id = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
                                          request_serializer=bytes, response_deserializer=bytes)
-        cluster_id(b"", timeout=CONNECT_TIMEOUT_S)
+        cluster_id(b"", timeout=CONNECT_TIMEOUT_S, metadata=token and (("authorization", f"Bearer {token[1]}"),))
     except grpc.FutureTimeoutError:
         return (f"answers, but not as Ray does (no gRPC within {CONNECT_TIMEOUT_S:g} s): it is another service's "
                 "port; Ray's head listens on 6379 (HOST:PORT) and its client server on 10001 (ray://HOST:10001)")
@@ -120,12 +121,31 @@ def _not_a_ray_head(target: str, client: bool) -> str | None:
         if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
             return ("is a gRPC service but not a Ray head (an `lsr serve`?); give the head's GCS port (6379 unless "
                     "`ray start --head --port` chose another), or ray://HOST:10001 for Ray's client server")
-        if exc.code() == grpc.StatusCode.UNAUTHENTICATED and os.environ.get("RAY_AUTH_MODE") != "token":
-            return ("is a Ray head that requires a token (started with RAY_AUTH_MODE=token); set RAY_AUTH_MODE=token "
-                    "and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) here as on the head")
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            return ((f"is a Ray head that rejects this machine's token ({token[0]})" if token else
+                     "is a Ray head that requires a token (token authentication), and this machine has none")
+                    + "; set RAY_AUTH_TOKEN to the head's (its ~/.ray/auth_token), or RAY_AUTH_TOKEN_PATH to a file "
+                      "holding it, with RAY_AUTH_MODE=token or unset")
     finally:
         channel.close()
-    return None  # Ray's own errors (a wrong token, a version mismatch) come from ray.init, one line
+    return None  # Ray's own errors (a version mismatch, ...) come from ray.init, one line
+
+
+def _ray_token() -> tuple[str, str] | None:
+    """(where it is from, the token) that ray.init would send to a head, by Ray 2.60's rules: none when RAY_AUTH_MODE
+    is set to anything but token; else $RAY_AUTH_TOKEN, the file at $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (which
+    a new local instance writes: token authentication is Ray's default there)."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() != "token":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "$RAY_AUTH_TOKEN", os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return (str(path), token) if token else None
 
 
 @contextmanager
