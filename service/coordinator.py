@@ -20,7 +20,7 @@ import numpy as np
 from lsr.ingest.layout import read_meta, usable_search_defaults
 from lsr.ingest.sharding import global_doc_freqs, read_shard_map
 from lsr.search.fusion import Ranking, rank
-from lsr.search.legs import LegQueries
+from lsr.search.legs import Bm25Query, LegQueries
 from lsr.search.models import SearchModels
 from lsr.search.searcher import Searcher, check_open_options
 from lsr.service.local_shards import LocalShards
@@ -57,12 +57,35 @@ class ShardLegs:
         everyone = range(len(self.shards.names))
         answers, missing = self.shards.call("runs", {shard: (queries, depth) for shard in everyone}, self.deadline)
         self._missing.update(missing)
-        for shard, (token, _runs, leg_seconds, version) in answers.items():
+        for shard, (token, _runs, leg_seconds, version, _new_words) in answers.items():
             self._tokens.setdefault(shard, token)
             self.shards.versions[shard] = version
         for leg in queries:  # the slowest shard is what the caller waited for
             timings[leg] = timings.get(leg, 0.0) + max((a[2].get(leg, 0.0) for a in answers.values()), default=0.0)
-        return {leg: merge_runs([a[1][leg] for a in answers.values()], depth) for leg in queries}
+        runs = {leg: [a[1][leg] for a in answers.values()] for leg in queries}
+        if "bm25" in queries:
+            runs["bm25"] = self._bm25_with_whole_doc_freqs(queries["bm25"], depth, answers, runs["bm25"], timings)
+        return {leg: merge_runs(parts, depth) for leg, parts in runs.items()}
+
+    def _bm25_with_whole_doc_freqs(self, text: str, depth: int, answers: dict, parts: list[Ranking],
+                                   timings: dict[str, float]) -> list[Ranking]:
+        """The BM25 runs again where a shard scored a word the build never saw with its own document frequency but
+        others hold it too: with the sum, as the unsharded collection scores it (a second round only then)."""
+        summed: dict[str, int] = {}
+        for answer in answers.values():
+            for word, count in answer[4].items():
+                summed[word] = summed.get(word, 0) + count
+        again = [shard for shard, answer in answers.items() if any(summed[word] != count for word, count in answer[4].items())]
+        if not again:
+            return parts
+        query = {"bm25": Bm25Query(text, summed)}
+        redone, missing = self.shards.call("runs", {shard: (query, depth) for shard in again}, self.deadline)
+        self._missing.update(missing)
+        timings["bm25"] = timings.get("bm25", 0.0) + max((a[2].get("bm25", 0.0) for a in redone.values()), default=0.0)
+        positions = {shard: i for i, shard in enumerate(answers)}
+        for shard in again:  # one lost now is reported missing, its first answer dropped
+            parts[positions[shard]] = redone[shard][1]["bm25"] if shard in redone else {}
+        return parts
 
     def sparse_vectors(self, doc_ids: Sequence[str]) -> SparseBatch:
         parts, order = self._fetch("sparse_vectors", doc_ids)

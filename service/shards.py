@@ -72,12 +72,16 @@ class ShardServer:
         return np.asarray(sparse.doc_freqs()), int(sparse.num_docs)
 
     # ------------------------------------------------------------------ reads
-    def runs(self, queries: LegQueries, depth: int) -> tuple[int, dict[str, Ranking], dict[str, float], str]:
-        """(view token, each leg's top ``depth``, seconds per leg, index version) for pre-encoded queries."""
+    def runs(self, queries: LegQueries, depth: int) -> tuple[int, dict[str, Ranking], dict[str, float], str,
+                                                             dict[str, int]]:
+        """(view token, each leg's top ``depth``, seconds per leg, index version, and the document frequencies here
+        of the BM25 query's words the build never saw) for pre-encoded queries."""
         token, view = self._pin()
         timings: dict[str, float] = {}
         runs = ViewLegs(view).runs(queries, depth, timings)
-        return token, runs, timings, str(view.sparse.version)
+        text = queries.get("bm25")
+        new_words = view.bm25.new_word_doc_freqs(text) if isinstance(text, str) and view.bm25 is not None else {}
+        return token, runs, timings, str(view.sparse.version), new_words
 
     def sparse_vectors(self, doc_ids: Sequence[str], token: int | None = None) -> SparseBatch:
         return ViewLegs(self._view(token)).sparse_vectors(doc_ids)

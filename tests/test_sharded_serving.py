@@ -478,6 +478,34 @@ def test_ray_options_on_an_unsharded_collection_and_an_unreachable_cluster_fail_
 
 
 # ---------------------------------------------------------------------------------- in-process
+def test_a_word_the_build_never_saw_is_scored_with_the_whole_collections_document_frequency(built, tmp_path):
+    """Upserted into two shards, such a word was scored by each with its own count (1) where the whole collection
+    has 2: another IDF, so BM25 and hybrid scores differed from the unsharded collection's (a README caveat)."""
+    import shutil
+
+    from lsr.service.coordinator import ShardedSearcher
+
+    ids = ["quokka-a", "quokka-b", "quokka-c"]
+    assert len({shard_of(i, N_SHARDS) for i in ids}) >= 2
+    texts = [f"Quokkazoid marsupials number {i} grazing on Rottnest Island" for i in range(3)]
+    whole = Searcher.open(shutil.copytree(built["whole"], tmp_path / "whole"), threads=1, device="cpu")
+    sharded = ShardedSearcher.open(shutil.copytree(built["sharded"], tmp_path / "sharded"), threads=1, device="cpu",
+                                   in_process=True)
+    try:
+        for searcher in (whole, sharded):
+            searcher.upsert(ids, texts)
+        assert list(whole.collection.view().bm25.new_word_doc_freqs("quokkazoid").values()) == [3]  # new: not SciFact's
+        held = [sum(server.collection.view().bm25.new_word_doc_freqs("quokkazoid").values())
+                for server in sharded.shards.servers]
+        assert sum(held) == 3 and sum(1 for count in held if count) >= 2  # each shard alone would count 1 or 2
+        for mode, hybrid in (("bm25", None), ("hybrid", HybridOptions("min_max", 0.4, dense_weight=0.3, bm25_weight=0.3))):
+            got = sharded.search("quokkazoid grazing", k=5, mode=mode, hybrid=hybrid)
+            want = whole.search("quokkazoid grazing", k=5, mode=mode, hybrid=hybrid)
+            assert {h.doc_id for h in want.hits[:3]} == set(ids) and _hits(got) == _hits(want), mode
+    finally:
+        sharded.close()
+
+
 def test_lsr_search_opens_the_shards_in_process_and_answers_like_the_whole_collection(built, whole, queries, tmp_path,
                                                                                        capsys):
     """No Ray, no server: `lsr search` on a sharded collection opens its shards here (LocalShards) and gives the

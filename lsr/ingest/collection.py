@@ -28,7 +28,7 @@ import time
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -69,9 +69,11 @@ class CollectionView:
     def __init__(self, sparse: Any, dense: DenseIndex | None, docs: DocStore, bm25: Bm25Leg | None = None) -> None:
         self.sparse, self.dense, self.docs, self.bm25 = sparse, dense, docs, bm25
 
-    def bm25_search(self, texts: Sequence[str], k: int) -> list[dict[str, float]]:
-        """BM25 over the live documents: the build's, less those written since, and those upserted since."""
-        return self.bm25.search(texts, k)
+    def bm25_search(self, texts: Sequence[str], k: int,
+                    new_word_doc_freqs: Mapping[str, int] | None = None) -> list[dict[str, float]]:
+        """BM25 over the live documents: the build's, less those written since, and those upserted since (words
+        the build never saw scored with ``new_word_doc_freqs`` where given: a sharded collection's sums)."""
+        return self.bm25.search(texts, k, new_word_doc_freqs)
 
     def text(self, doc_ids: Sequence[str]) -> list[str | None]:
         """Stored texts in the given order; None for unknown or deleted ids."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -192,19 +192,32 @@ class Bm25Leg:
         return _chunk(ids, *(np.concatenate([np.zeros(0, dtype)] + column) for column, dtype in
                              ((terms, np.int64), (rows, np.int64), (tfc, np.float64))))
 
-    def search(self, texts: Sequence[str], k: int) -> list[dict[str, float]]:
+    def search(self, texts: Sequence[str], k: int,
+               new_word_doc_freqs: Mapping[str, int] | None = None) -> list[dict[str, float]]:
         """Top ``k`` ids with a positive score per text, best first; ties go to the build's documents (the lower
-        row first), then to the later-written ones."""
-        return [self._search_words(words, k) for words in self.base.tokenize(texts)]
+        row first), then to the later-written ones. ``new_word_doc_freqs`` replaces this leg's document frequency of
+        a word the build never saw (a sharded collection's sum over its shards, so each shard scores as the whole
+        collection would)."""
+        return [self._search_words(words, k, new_word_doc_freqs or {}) for words in self.base.tokenize(texts)]
 
-    def _search_words(self, words: list[str], k: int) -> dict[str, float]:
+    def new_word_doc_freqs(self, text: str) -> dict[str, int]:
+        """The live documents of this version holding each word of ``text`` that the build never saw (none left
+        out): what a sharded search sums over the shards."""
+        if self.base.stats is None:
+            return {}
+        vocab = self.base.retriever.vocab_dict
+        found = {word: self._new_doc_freqs.get(self._new_terms.get(word, -1), 0)
+                 for word in self.base.tokenize([text])[0] if word not in vocab}
+        return {word: count for word, count in found.items() if count}
+
+    def _search_words(self, words: list[str], k: int, new_word_doc_freqs: Mapping[str, int]) -> dict[str, float]:
         base = self.base
         heap = new_heap(min(k, len(base.ids) + len(self._where)))
         vocab = base.retriever.vocab_dict
         push_matrix(base.retriever.scores, np.asarray([vocab[w] for w in words if w in vocab], np.int64),
                     self._hidden_rows, heap)
         if self._where and len(heap[0]):
-            terms, idf = self._query_terms(words)
+            terms, idf = self._query_terms(words, new_word_doc_freqs)
             if len(terms):
                 for chunk, offset in zip(self._chunks, self._offsets.tolist()):
                     bm25_chunk_top_k(chunk.term_ids, chunk.term_ptr, chunk.rows, chunk.tfc, chunk.alive, terms, idf,
@@ -212,8 +225,9 @@ class Bm25Leg:
         rows, scores = best_first(heap)
         return dict(zip(map(self._doc_id, rows.tolist()), scores.tolist()))
 
-    def _query_terms(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The query's term ids in order (repeats kept) that a later-written document may hold, with their IDF."""
+    def _query_terms(self, words: list[str], new_word_doc_freqs: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The query's term ids in order (repeats kept) that a later-written document may hold, with their IDF (a
+        new word's from ``new_word_doc_freqs`` where it is given)."""
         stats, vocab = self.base.stats, self.base.retriever.vocab_dict
         terms, idf = [], []
         for word in words:
@@ -223,6 +237,7 @@ class Bm25Leg:
             else:
                 term = self._new_terms.get(word, -1)
                 doc_freq = self._new_doc_freqs.get(term, 0)
+                doc_freq = doc_freq and new_word_doc_freqs.get(word, doc_freq)  # held here: the given count
             if doc_freq:
                 terms.append(term)
                 idf.append(stats.idf(doc_freq))

@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from lsr.search.fusion import Ranking, rank
 from lsr.sparse import SparseBatch
 
-# A leg's query: a {term id: weight} dict (sparse), a vector (dense) or the text (bm25).
+# A leg's query: a {term id: weight} dict (sparse), a vector (dense) or the text (bm25, or a Bm25Query).
 LegQueries = dict[str, Any]
 TIE_WIDENING = 256  # documents past the cut a leg may fetch to find all those tied at it
+
+
+class Bm25Query(NamedTuple):
+    """A BM25 query with the document frequencies its words the build never saw have in the whole collection: a
+    shard counts only its own upserts, so a word upserted into two shards scored with another IDF than unsharded."""
+
+    text: str
+    new_word_doc_freqs: dict[str, int]
 
 
 class Legs(Protocol):
@@ -86,7 +94,8 @@ class ViewLegs:
             ids, scores = self.view.dense.search(np.asarray(query, np.float32)[None, :], depth)
             return {d: float(s) for d, s in zip(ids[0], scores[0]) if d is not None and math.isfinite(s)}
         if leg == "bm25":
-            return self.view.bm25_search([query], depth)[0]
+            text, freqs = query if isinstance(query, Bm25Query) else (query, None)
+            return self.view.bm25_search([text], depth, freqs)[0]
         raise ValueError(f"unknown leg {leg!r}")
 
     def sparse_vectors(self, doc_ids: Sequence[str]) -> SparseBatch:
