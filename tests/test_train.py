@@ -232,6 +232,33 @@ def test_kill_9_while_the_model_folder_is_written_leaves_nothing_loadable_and_re
     assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # transformers left it 0600
 
 
+def test_a_second_export_cut_short_leaves_no_config_beside_the_first_exports_files(tmp_path, monkeypatch):
+    """A --max-minutes run resumed exports into a folder that holds the first export: a kill between two renames
+    left the old config.json beside new weights, a mix that loaded without error. Now config.json goes first."""
+    from lsr.encode.models import ModelNotFoundError
+    from lsr.encode.splade import SpladeEncoder
+    from lsr.train import export
+
+    out = tmp_path / "out"
+    export.save_model_folder(fresh_model(), out)
+    SpladeEncoder.from_pretrained(str(out), device="cpu")  # the first export loads
+    renames = []
+
+    def killed_after_one(src, dst):
+        if Path(dst).parent == out:  # a move into OUT, not a staged file's own atomic write
+            if renames:
+                raise KeyboardInterrupt  # where a kill -9 could land: one entry moved in, the rest still staged
+            renames.append(dst)
+        os.rename(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        export.save_model_folder(fresh_model(), out)
+    assert len(renames) == 1 and not (out / "config.json").exists()
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        SpladeEncoder.from_pretrained(str(out), device="cpu")
+
+
 def test_sigterm_finishes_the_step_checkpoints_it_and_exits_143(tiny_beir, tmp_path):
     """A scheduler's SIGTERM (pre-emption) stops the run like Ctrl-C: after the current step, with a checkpoint of
     that step, not of the last periodic one (which a plain exit would fall back to)."""

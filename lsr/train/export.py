@@ -55,7 +55,12 @@ def save_model_folder(trainable: TrainableSplade, out: Path) -> None:
 
 def _publish(staging: Path, out: Path) -> None:
     """Each file of ``staging`` synced and readable as the umask allows (transformers leaves the weights 0600, which
-    a service running as another user could not read), then each entry renamed into ``out``, config.json last."""
+    a service running as another user could not read), then each entry renamed into ``out``, config.json last.
+
+    A folder already in ``out`` (a ``--max-minutes`` run resumed, exported again) loses its config.json first: a kill
+    between two renames left the old config.json beside some new files, a mix that loaded without error."""
+    (out / "config.json").unlink(missing_ok=True)
+    fsync_dir(out)
     umask = os.umask(0)
     os.umask(umask)
     for path in staging.rglob("*"):
