@@ -177,7 +177,12 @@ def read_sealed_json(path: Path) -> dict:
     return body
 
 
-class FolderBusyError(RuntimeError):
+class MachineStateError(RuntimeError):
+    """A failure of the machine's state, not of the input: the same command can work later (another writer gone, a
+    server up again). The CLI exits 1 on it, and 2 on a bad input, so a script can tell a retry from a fix."""
+
+
+class FolderBusyError(MachineStateError):
     """Another process holds ``exclusive_folder`` on the folder; the message says what to do."""
 
 

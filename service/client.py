@@ -15,6 +15,7 @@ from typing import Iterable, Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lsr.files import MachineStateError
 from lsr.search.searcher import HybridOptions, PrfOptions, SearchResult, query_list
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
@@ -26,8 +27,21 @@ CONNECT_TIMEOUT = 5.0  # seconds the CLI verbs give an endpoint to answer before
 _HITS_PER_RESPONSE = 50_000  # ~2 MiB of hits per SearchBatch response
 
 
-class EndpointUnavailable(RuntimeError):
+class EndpointUnavailable(MachineStateError):
     """No server answered at the endpoint in time (down, wrong address, or still loading)."""
+
+
+# Codes that say the server or the network failed, not the request: the same call can work later.
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED,
+                             grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
+
+
+def call_failed(exc: grpc.RpcError) -> RuntimeError:
+    """A failed call as one line, ``CODE: the server's message``: a ``MachineStateError`` when the server or the
+    network failed (the CLI exits 1: retry), a plain RuntimeError when the request was refused (exit 2: fix it)."""
+    kind = MachineStateError if exc.code() in RETRYABLE_CODES else RuntimeError
+    return kind(f"{exc.code().name}: {exc.details()}")
 
 
 def endpoint_address(endpoint: str) -> str:

@@ -211,6 +211,22 @@ def test_lsr_query_user_errors_exit_2_with_one_line(servers, tls_files):
     assert refused.stderr.startswith("lsr query: error: UNAUTHENTICATED") and len(refused.stderr.splitlines()) == 1
 
 
+def test_a_failed_call_says_whether_to_retry_or_fix_the_request(servers, tls_files, free_port):
+    """Every failed call was exit 2, "fix your input", even a server that went away: a script could not tell a retry
+    from a fix. The server's or the network's failure is a MachineStateError (exit 1), a refusal a RuntimeError."""
+    from lsr.files import MachineStateError
+    from lsr.service.client import call_failed
+
+    with Client(f"127.0.0.1:{free_port}", timeout=2) as client, pytest.raises(grpc.RpcError) as down:
+        client.search("statins", k=3)
+    failure = call_failed(down.value)
+    assert isinstance(failure, MachineStateError) and str(failure).startswith("UNAVAILABLE: ")
+    with Client(servers["secure"].address, tls=str(tls_files[0])) as client, pytest.raises(grpc.RpcError) as refused:
+        client.search("statins", k=3)  # no token
+    failure = call_failed(refused.value)
+    assert type(failure) is RuntimeError and str(failure).startswith("UNAUTHENTICATED: ")
+
+
 @pytest.mark.parametrize("verb", [["query", "statins"], ["beir", "--dataset", "scifact", "--quiet"]])
 def test_an_endpoint_that_is_down_fails_in_one_line_within_10_s(verb, free_port):
     address = f"127.0.0.1:{free_port}"
@@ -218,7 +234,7 @@ def test_an_endpoint_that_is_down_fails_in_one_line_within_10_s(verb, free_port)
     started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "lsr", *verb], capture_output=True, text=True, timeout=60)
     assert time.monotonic() - started < 10
-    assert run.returncode == 2 and run.stdout == ""
+    assert run.returncode == 1 and run.stdout == ""  # the machine's state (retry later), not a bad input (2)
     assert run.stderr == f"lsr {verb[0]}: error: no server answered at {address} within 5 s; is `lsr serve` running there?\n"
 
 
@@ -240,7 +256,7 @@ def test_a_bare_host_means_the_default_port_50051():
             return
     run = subprocess.run([sys.executable, "-m", "lsr", "query", "--endpoint", "127.0.0.1", "statins"],
                          capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and "no server answered at 127.0.0.1:50051" in run.stderr
+    assert run.returncode == 1 and "no server answered at 127.0.0.1:50051" in run.stderr
 
 
 # ---------------------------------------------------------------------------------- bad input

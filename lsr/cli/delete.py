@@ -77,6 +77,8 @@ def _delete(collection: str, ids: list[str]) -> list[str]:
 def _delete_remote(args: argparse.Namespace, ids: list[str]) -> list[str]:
     import grpc
 
+    from lsr.service.client import call_failed
+
     with connect(args) as client:
         try:
             with uninterrupted():
@@ -84,4 +86,4 @@ def _delete_remote(args: argparse.Namespace, ids: list[str]) -> list[str]:
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:  # the server's answer when it held none of them
                 return ids
-            raise RuntimeError(f"{exc.code().name}: {exc.details()}") from None
+            raise call_failed(exc) from None

@@ -17,7 +17,7 @@ import sys
 import threading
 from typing import NoReturn
 
-from lsr.files import FolderBusyError
+from lsr.files import MachineStateError
 
 VERBS = ("encode", "index", "upsert", "delete", "search", "doc", "eval", "beir", "tune", "train", "serve", "query", "verify",
          "repair")
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         # flush of stdout from raising again (Python's documented SIGPIPE recipe).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    except FolderBusyError as exc:  # the machine's state, not the input: the same command works once the other ends
+    except MachineStateError as exc:  # the machine's state, not the input: the same command can work later
         print(f"lsr {args.verb}: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as exc:

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import grpc
 
+    from lsr.service.client import call_failed
+
     hybrid = hybrid_options(args)
     text = " ".join(args.text)
     if not text.strip():
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                 include_text=args.include_text, explain=args.explain,
             )
         except grpc.RpcError as exc:
-            raise RuntimeError(f"{exc.code().name}: {exc.details()}") from None
+            raise call_failed(exc) from None
     if args.json:
         hits = [
             {"doc_id": h.doc_id, "score": h.score, "sparse_score": h.sparse_score, "dense_score": h.dense_score, "bm25_score": h.bm25_score,

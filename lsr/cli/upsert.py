@@ -200,10 +200,12 @@ class _RemoteSink:
     def write(self, ids: list[str], texts: list[str]) -> tuple[int, int]:
         import grpc
 
+        from lsr.service.client import call_failed
+
         try:
             self.client.upsert(ids, texts, allow_empty=True)  # as `lsr index` indexes an empty document
         except grpc.RpcError as exc:
-            raise RuntimeError(f"{exc.code().name}: {exc.details()}") from None
+            raise call_failed(exc) from None
         return 0, 0
 
     def close(self) -> None:

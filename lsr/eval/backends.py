@@ -68,10 +68,18 @@ class Remote:
             raise
 
     def run(self, qids: Sequence[str], texts: Sequence[str], k: int, mode: str, hybrid=None, prf=None) -> Run:
-        results = self.client.search_batch(list(texts), k=k, mode=mode, hybrid=hybrid, prf=prf)
+        import grpc
+
+        from lsr.files import MachineStateError
+        from lsr.service.client import call_failed
+
+        try:
+            results = self.client.search_batch(list(texts), k=k, mode=mode, hybrid=hybrid, prf=prf)
+        except grpc.RpcError as exc:  # a server stopped mid-run: one line, not a gRPC traceback
+            raise call_failed(exc) from None
         missing = sorted({shard for r in results for shard in r.shards_missing})
         if missing:  # a score over part of the collection would be reported as the collection's
-            raise RuntimeError(f"shard(s) {', '.join(missing)} of the server did not answer, so its results miss their "
+            raise MachineStateError(f"shard(s) {', '.join(missing)} of the server did not answer, so its results miss their "
                                "documents; evaluate once every shard is up (its health is SERVING)")
         return {q: {h.doc_id: h.score for h in r.hits} for q, r in zip(qids, results)}
 
