@@ -42,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)} (default: all but fusion-prf, whose "
                         "joint fusion + PRF grid on train/dev takes many minutes on a CPU)")
-    p.add_argument("-k", "--k", type=int, default=100, help="retrieval depth (default: 100)")
+    p.add_argument("-k", "--k", type=int, default=100,
+                   help="retrieval depth, 10..999 (default: 100; the metrics read the top 100; hybrid fuses the "
+                        "top max(k, 100))")
     p.add_argument("--endpoint", default=None, metavar="HOST[:PORT]",
                    help="query a running `lsr serve` instead of searching in-process (port 50051 if left out)")
     p.add_argument("--serve", action="store_true",

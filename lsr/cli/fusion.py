@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 FUSION_HELP = """hybrid fusion: each leg with a positive weight joins (sparse, dense, bm25); min_max / l2 / z_score
 normalise each list and take the weighted mean, rrf sums weight / (rrf_k + rank). With none of these
-flags, the collection's tuned defaults (`lsr tune`) apply, else the cross-dataset default (README)"""
+flags, the collection's tuned defaults (`lsr tune`) apply, else the cross-dataset default (docs/quality.md)"""
 FLAGS = ("normalization", "sparse_weight", "candidates", "dense_weight", "bm25_weight", "rrf_k")
 
 

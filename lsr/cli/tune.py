@@ -10,7 +10,7 @@ fusion, since a fusion a little worse without PRF can be better with it. The bes
 beats the best fusion without PRF, is written to COLLECTION/search-defaults.json (else that fusion and the
 best PRF setting): `lsr search`, `lsr serve` and the gRPC API use the fusion for every hybrid search that
 sets no fusion options of its own, and the PRF for every search that asks for PRF without settings.
-A collection never tuned uses the cross-dataset defaults of HybridOptions and PrfOptions (see README).
+A collection never tuned uses the cross-dataset defaults of HybridOptions and PrfOptions (see docs/quality.md).
 A server already running reads them at its start: restart `lsr serve` to use new ones.
 
 Examples:

@@ -108,7 +108,9 @@ def check_methods_and_depth(methods: Sequence[str], k: int) -> None:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}" if unknown
                          else f"--methods names no method; choose from {', '.join(METHODS)}")
     if not 10 <= k <= 999:
-        raise ValueError(f"--k must be in 10..999 (nDCG@10 needs 10, the searcher returns at most 1000), got {k}")
+        raise ValueError(f"--k must be in 10..999, got {k}: nDCG@10 needs 10 hits, and each query fetches k + 1 (BEIR "
+                         "drops a hit whose id is the query's) of the searcher's 1000 at most; the metrics read the "
+                         "top 100")
 
 
 def reported_qrels(dataset: BeirDataset, split: str, source: Path) -> dict[str, dict[str, int]]:
