@@ -258,7 +258,7 @@ class InvertedIndex:
         rescoring over a float accumulator) or "maxscore" (windowed block-max MaxScore).
         """
         state = self._state
-        _check_search_args(k, bound_factor, algorithm)
+        _check_search_args(k, top_terms, bound_factor, algorithm)
         terms, weights = query_terms(query, self.vocab_size, state.token_ids)
         k = state.hit_count(k)
         internal, scores = self._search_terms(state, terms, weights, k, top_terms, bound_factor, algorithm)
@@ -272,7 +272,7 @@ class InvertedIndex:
         (float32 [n, k], -inf in those places); k is at most the number of documents.
         """
         state = self._state
-        _check_search_args(k, bound_factor, algorithm)
+        _check_search_args(k, top_terms, bound_factor, algorithm)
         k = state.hit_count(k)
         rows = query_rows(queries, self.vocab_size, state.token_ids)
         ids = np.full((len(rows), k), None, dtype=object)
@@ -435,9 +435,12 @@ class InvertedIndex:
 
 
 # ---------------------------------------------------------------------- helpers
-def _check_search_args(k: int, bound_factor: float, algorithm: str) -> None:
+def _check_search_args(k: int, top_terms: int | None, bound_factor: float, algorithm: str) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    if top_terms is not None and (isinstance(top_terms, bool) or not isinstance(top_terms, (int, np.integer))
+                                  or top_terms <= 0):  # 2.5 failed deep inside as "slice indices must be integers"
+        raise ValueError(f"top_terms must be a positive integer or None, got {top_terms!r}")
     if not np.isfinite(bound_factor) or bound_factor < 1.0:
         raise ValueError(f"bound_factor must be >= 1.0 (1.0 is exact), got {bound_factor}")
     if algorithm not in ALGORITHMS:

@@ -46,9 +46,15 @@ def document_batch(vectors, doc_ids: Sequence | None, vocab_size: int | None) ->
             raise ValueError("doc_ids is required with a SparseBatch or scipy matrix")
         chunks = [(vectors, doc_ids)]
     else:
+        if isinstance(vectors, np.ndarray):  # its rows were taken for chunks
+            raise TypeError("vectors is a dense array: pass SparseBatch.from_dense(vectors) or a scipy matrix")
+        chunks = list(vectors)
+        for n, chunk in enumerate(chunks):  # a list of dicts failed as "not enough values to unpack"
+            if not (isinstance(chunk, (tuple, list)) and len(chunk) == 2):
+                raise TypeError(f"vectors is a SparseBatch, a scipy matrix or (vectors, ids) chunks; chunk {n} is a "
+                                f"{type(chunk).__name__}")
         if doc_ids is not None:
             raise ValueError("pass doc_ids inside the (SparseBatch, ids) chunks, not separately")
-        chunks = list(vectors)
     batches, ids = [], []
     for chunk, chunk_ids in chunks:
         batch = chunk if isinstance(chunk, SparseBatch) else SparseBatch.from_scipy(sp.csr_matrix(chunk))
@@ -82,10 +88,12 @@ def query_terms(query, vocab_size: int, token_ids: TokenIds) -> tuple[np.ndarray
     if isinstance(query, SparseBatch):
         if len(query) != 1:
             raise ValueError(f"a query SparseBatch must have one row, got {len(query)}; use search_batch")
+        _check_query_vocab(query.vocab_size, vocab_size)
         terms, weights = query.row(0)
     elif sp.issparse(query):
         if query.shape[0] != 1:
             raise ValueError(f"a query matrix must have one row, got {query.shape[0]}; use search_batch")
+        _check_query_vocab(query.shape[1], vocab_size)
         row = sp.csr_matrix(query)
         terms, weights = row.indices, row.data
     elif isinstance(query, Mapping):
@@ -97,6 +105,14 @@ def query_terms(query, vocab_size: int, token_ids: TokenIds) -> tuple[np.ndarray
     else:
         raise TypeError(f"unsupported query type {type(query).__name__}: pass a SparseBatch row, a scipy row or a dict")
     return _clean_query(terms, weights, vocab_size)
+
+
+def _check_query_vocab(query_vocab_size: int, vocab_size: int) -> None:
+    """Refuse query vectors over another vocabulary than the index's (another model's): their term ids name other
+    tokens, and those below the index's vocabulary size were searched, a silently wrong result."""
+    if query_vocab_size != vocab_size:
+        raise ValueError(f"the query vectors have {query_vocab_size:,} terms but the index's vocabulary has "
+                         f"{vocab_size:,}: encode queries with the model that encoded the documents")
 
 
 def _clean_query(terms, weights, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +168,11 @@ def _term_id(term, token_ids: TokenIds) -> int:
 def query_rows(queries, vocab_size: int, token_ids: TokenIds) -> list[tuple[np.ndarray, np.ndarray]]:
     """Validated terms per query from a SparseBatch, a scipy matrix or an iterable of queries."""
     if isinstance(queries, SparseBatch):
+        _check_query_vocab(queries.vocab_size, vocab_size)
         return [_clean_query(*queries.row(i), vocab_size) for i in range(len(queries))]
+    if isinstance(queries, Mapping):  # iterating it gave its keys: "unsupported query type int"
+        raise TypeError("search_batch takes many queries (a SparseBatch, a scipy matrix or a list of dicts), got one "
+                        "dict: pass [query], or search(query)")
     if sp.issparse(queries):
         csr = sp.csr_matrix(queries)
         return [query_terms(csr[i], vocab_size, token_ids) for i in range(csr.shape[0])]
@@ -160,11 +180,10 @@ def query_rows(queries, vocab_size: int, token_ids: TokenIds) -> list[tuple[np.n
 
 
 def keep_top_terms(terms: np.ndarray, weights: np.ndarray, top_terms: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The approximate knob: the ``top_terms`` heaviest query terms (ties: lower term id)."""
+    """The approximate knob: the ``top_terms`` heaviest query terms (ties: lower term id); ``top_terms`` is checked
+    by the search (``_check_search_args``)."""
     if top_terms is None or len(terms) <= top_terms:
         return terms, weights
-    if top_terms <= 0:
-        raise ValueError(f"top_terms must be positive or None, got {top_terms}")
     keep = np.sort(np.lexsort((terms, -weights))[:top_terms])
     return terms[keep], weights[keep]
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from lsr.sparse import SparseBatch
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """Import the module that holds ``name`` on first use (PEP 562)."""
     module = _PUBLIC.get(name)
     if module is None:

@@ -72,18 +72,34 @@ def id_list(ids: Any, name: str = "ids") -> list[str]:
         raise TypeError(f"{name} must be a list of ids, not one {type(ids).__name__}: pass [{ids!r}]")
     out = []
     for i in ids:
-        if not isinstance(i, str):  # str(None) stored a document named "None"
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-                raise TypeError(f"{name}[{len(out)}] is {i!r}; an id is a str (or a whole number)")
-            i = str(i)
-        out.append(i)
+        out.append(i if isinstance(i, str) else as_id(i, f"{name}[{len(out)}]"))
     return out
+
+
+def as_id(doc_id: Any, what: str = "doc_id") -> str:
+    """One id as a str: a whole number becomes its digits; anything else is a TypeError (str(None) stored a document
+    named "None", and looked one up)."""
+    if isinstance(doc_id, str):
+        return doc_id
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (int, np.integer)):
+        raise TypeError(f"{what} is {doc_id!r}; an id is a str (or a whole number)")
+    return str(doc_id)
 
 
 def _term_id(key: Any) -> int:
     if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
         raise TypeError(f"a key is a token or a whole term id, got {key!r}")  # int(2.7) was term 2
     return int(key)
+
+
+def _bad_weight(weights: np.ndarray, indptr: np.ndarray) -> tuple[int, np.floating] | None:
+    """(row, weight) of the first weight a vectors file may not hold: not finite, negative or over MAX_DOC_WEIGHT
+    (the index refuses such a document); None when every weight is fine."""
+    bad = ~(np.isfinite(weights) & (weights >= 0) & (weights <= MAX_DOC_WEIGHT))
+    if not bad.any():
+        return None
+    at = int(np.flatnonzero(bad)[0])
+    return int(np.searchsorted(indptr, at, side="right")) - 1, weights[at]  # float32: -0.1 reads "-0.1"
 
 
 @dataclass(eq=False)
@@ -98,6 +114,13 @@ class SparseBatch:
     vocab: Sequence[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        # Checked first: 10.0 was kept and written as "10.0", which no read could parse back; None or "10" failed
+        # inside numpy's comparisons.
+        if isinstance(self.vocab_size, (bool, np.bool_)) or not isinstance(self.vocab_size, (int, np.integer)):
+            raise TypeError(f"vocab_size must be a whole number, got {self.vocab_size!r}")
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be ≥ 1, got {self.vocab_size}")
+        self.vocab_size = int(self.vocab_size)
         self.indptr = np.ascontiguousarray(self.indptr, dtype=np.int64)
         indices = np.asarray(self.indices)
         low, high = (indices.min(), indices.max()) if indices.size else (0, 0)
@@ -126,6 +149,9 @@ class SparseBatch:
     def from_dense(cls, dense: np.ndarray, vocab: Sequence[str] | None = None) -> "SparseBatch":
         """Keep the non-zero entries of a [rows, vocab] array, term ids ascending within a row."""
         dense = np.asarray(dense)
+        if dense.ndim != 2:  # a 1-D vector failed as "not enough values to unpack"
+            raise ValueError(f"from_dense takes a [rows, vocab] array, got shape {dense.shape}; one vector is "
+                             "vector[None, :]")
         rows, cols = np.nonzero(dense)
         indptr = np.zeros(dense.shape[0] + 1, np.int64)
         np.cumsum(np.bincount(rows, minlength=dense.shape[0]), out=indptr[1:])
@@ -161,6 +187,9 @@ class SparseBatch:
         sizes = {b.vocab_size for b in batches}
         if len(sizes) > 1:
             raise ValueError(f"concat of batches over different vocabularies (vocab sizes {sorted(sizes)})")
+        named = [b.vocab for b in batches if b.vocab is not None]
+        if any(v is not named[0] and list(v) != list(named[0]) for v in named[1:]):  # the first's names were kept
+            raise ValueError("concat of batches over different vocabularies (same size, other tokens)")
         offsets = np.cumsum([0] + [b.nnz for b in batches[:-1]])
         indptr = np.concatenate([[0]] + [b.indptr[1:] + off for b, off in zip(batches, offsets)])
         return cls(
@@ -263,7 +292,14 @@ class SparseBatch:
         The vocabulary size travels in the schema metadata; the vocabulary itself (about 0.7 MB for
         BERT's 30k tokens, however few the rows) only with ``with_vocab``, for a self-describing file.
         A collection stores it once in ``vocab.json`` instead.
+
+        A weight ``from_arrow`` refuses (not finite, negative, over ``MAX_DOC_WEIGHT``) is a ValueError naming its
+        row here, where it was made: ``write_parquet`` wrote a NaN that only a later ``read_parquet`` failed on.
         """
+        bad = _bad_weight(self.values, self.indptr)
+        if bad is not None:
+            raise ValueError(f"row {bad[0]} has the weight {bad[1]}; a weight is finite, ≥ 0 and at most "
+                             f"{MAX_DOC_WEIGHT:g}")
         offsets = pa.array(self.indptr.astype(np.int32) if self.nnz < 2**31 else self.indptr)
         list_type = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
         columns = {
@@ -306,11 +342,9 @@ class SparseBatch:
                              f"{weights_ptr[row + 1] - weights_ptr[row]} weights")
         terms = np.asarray(ind.flatten())  # range-checked by the constructor, before its int32 cast
         weights = np.asarray(val.flatten(), np.float32)
-        bad = ~(np.isfinite(weights) & (weights >= 0) & (weights <= MAX_DOC_WEIGHT))
-        if bad.any():  # found at the index stage, after the encode, with no file or row named
-            at = int(np.flatnonzero(bad)[0])
-            row = int(np.searchsorted(indptr, at, side="right")) - 1
-            raise ValueError(f"row {first_row + row + 1} has the weight {weights[at]}; a weight is finite, ≥ 0 and at "
+        bad = _bad_weight(weights, indptr)
+        if bad is not None:  # found at the index stage, after the encode, with no file or row named
+            raise ValueError(f"row {first_row + bad[0] + 1} has the weight {bad[1]}; a weight is finite, ≥ 0 and at "
                              f"most {MAX_DOC_WEIGHT:g}")
         return cls(indptr, terms, weights, vocab_size, vocab)
 

@@ -25,7 +25,7 @@ from lsr.search.models import SearchModels
 from lsr.search.searcher import Searcher, check_open_options
 from lsr.service.local_shards import LocalShards
 from lsr.service.shard_set import ShardOptions, ShardSet
-from lsr.sparse import SparseBatch
+from lsr.sparse import SparseBatch, as_id
 
 
 def merge_runs(parts: Sequence[Ranking], depth: int) -> Ranking:
@@ -236,7 +236,7 @@ class ShardedSearcher(Searcher):
         }
 
     def doc(self, doc_id: str) -> str:
-        (text,) = ShardLegs(self.shards, None).text([doc_id])
+        (text,) = ShardLegs(self.shards, None).text([as_id(doc_id)])
         if text is None:
             raise KeyError(f"no document {doc_id!r} in {self.root}")
         return text

@@ -272,6 +272,44 @@ def test_parquet_round_trip(splade, tmp_path):
     assert SparseBatch.read_parquet(lean)[0].vocab is None
 
 
+
+@pytest.mark.parametrize("weight", [np.nan, np.inf, -0.5, 2e6])
+def test_a_batch_write_parquet_writes_is_one_read_parquet_reads(tmp_path, weight):
+    """write_parquet wrote a NaN (a negative, an inf, a weight past MAX_DOC_WEIGHT) that read_parquet then refused:
+    the error came at the read, far from where the bad vector was made. Now the write refuses it, naming the row."""
+    batch = SparseBatch(np.array([0, 1, 3]), np.array([1, 2, 5]), np.array([0.5, weight, 1.0]), 10)
+    path = tmp_path / "vectors.parquet"
+    with pytest.raises(ValueError, match=f"row 1 has the weight {np.float32(weight)}; a weight is finite"):
+        batch.write_parquet(path, ids=["a", "b"])
+    assert not path.exists()
+
+
+def test_vocab_size_is_a_whole_number_that_survives_a_round_trip(tmp_path):
+    """A vocab_size of 10.0 was kept and written as "10.0", which read_parquet could not parse back; None and "10"
+    failed inside numpy, and 0 as "term id 0 outside the vocabulary [0, 0)" for a batch with no terms at all."""
+    for size in (10.0, None, "10", True):
+        with pytest.raises(TypeError, match=f"vocab_size must be a whole number, got {size!r}"):
+            SparseBatch(np.array([0, 1]), np.array([1]), np.array([1.0]), size)
+    with pytest.raises(ValueError, match="vocab_size must be ≥ 1, got 0"):
+        SparseBatch.empty(1, 0)
+    batch = SparseBatch(np.array([0, 1]), np.array([1]), np.array([1.0]), np.int64(10))
+    batch.write_parquet(tmp_path / "v.parquet")
+    back, _ = SparseBatch.read_parquet(tmp_path / "v.parquet")
+    assert back == batch and type(back.vocab_size) is int is type(batch.vocab_size)
+    with pytest.raises(ValueError, match=r"from_dense takes a \[rows, vocab\] array, got shape \(3,\)"):
+        SparseBatch.from_dense(np.ones(3))
+
+
+def test_concat_refuses_batches_whose_vocabularies_differ_in_their_tokens():
+    """Two vocabularies of one size (two models' tokenizers) were concatenated under the first one's token names."""
+    one = SparseBatch.from_dense(np.array([[1.0, 0.0]], np.float32), vocab=["a", "b"])
+    other = SparseBatch.from_dense(np.array([[0.0, 2.0]], np.float32), vocab=["x", "y"])
+    same = SparseBatch.from_dense(np.array([[0.0, 2.0]], np.float32), vocab=["a", "b"])
+    with pytest.raises(ValueError, match="different vocabularies .same size, other tokens"):
+        SparseBatch.concat([one, other])
+    assert SparseBatch.concat([one, same]).to_dicts() == [{"a": 1.0}, {"b": 2.0}]
+
+
 def test_inference_free_queries_use_idf_json(splade, tmp_path):
     folder = tmp_path / "doc-only-model"
     shutil.copytree(resolve_model("splade-tiny"), folder)

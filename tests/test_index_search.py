@@ -239,3 +239,42 @@ def test_k_is_a_whole_number_and_at_most_the_documents_are_allocated(tmp_path):
     with pytest.raises(ValueError, match="k must be a positive integer, got True"):
         index.search({0: 1.0}, k=True)
     assert "a" in index and 7 not in index
+
+
+def test_query_vectors_over_another_vocabulary_are_refused(tmp_path):
+    """A query encoded by another model (30522 terms) against a 4-term index was searched by whichever of its term
+    ids happened to be below 4: hits for tokens the query never held, and no error."""
+    index = InvertedIndex.build(tmp_path / "idx", sp.csr_matrix(np.eye(4, dtype=np.float32)), list("abcd"))
+    other = SparseBatch(np.array([0, 1]), np.array([2]), np.array([1.0]), 30522)
+    message = "the query vectors have 30,522 terms but the index's vocabulary has 4"
+    for search in (lambda: index.search(other), lambda: index.search(other.to_scipy()),
+                   lambda: index.search_batch(other), lambda: index.search_batch(other.to_scipy())):
+        with pytest.raises(ValueError, match=message):
+            search()
+    assert index.search(SparseBatch(np.array([0, 1]), np.array([2]), np.array([1.0]), 4)) == [Hit("c", 1.0)]
+
+
+def test_a_dict_or_a_fractional_top_terms_is_one_clear_error(tmp_path):
+    """search_batch({2: 1.0}) failed as "unsupported query type int" (it iterated the dict's keys), and top_terms=2.5
+    as "slice indices must be integers" from inside the search."""
+    index = InvertedIndex.build(tmp_path / "idx", sp.csr_matrix(np.eye(4, dtype=np.float32)), list("abcd"))
+    with pytest.raises(TypeError, match="got one dict: pass \\[query\\], or search\\(query\\)"):
+        index.search_batch({2: 1.0})
+    for top_terms in (2.5, 0, True):
+        with pytest.raises(ValueError, match=f"top_terms must be a positive integer or None, got {top_terms}"):
+            index.search({0: 1.0, 1: 2.0, 2: 3.0}, top_terms=top_terms)
+    assert [h.doc_id for h in index.search({0: 1.0, 1: 2.0, 2: 3.0}, top_terms=np.int64(1))] == ["c"]
+
+
+def test_vectors_of_another_form_are_named_not_unpacked(tmp_path):
+    """A list of {term: weight} dicts failed as "not enough values to unpack (expected 2, got 1)", and with doc_ids
+    (or a dense array with them) as "pass doc_ids inside the (SparseBatch, ids) chunks": neither said what to pass."""
+    for vectors, doc_ids, message in (
+            ([{0: 1.0}, {1: 1.0}], None, "chunk 0 is a dict"),
+            ([{0: 1.0}, {1: 1.0}], ["a", "b"], "chunk 0 is a dict"),
+            ([SparseBatch.empty(1, 4)], None, "chunk 0 is a SparseBatch"),
+            (np.eye(2, dtype=np.float32), ["a", "b"], r"a dense array: pass SparseBatch.from_dense\(vectors\)")):
+        with pytest.raises(TypeError, match=message):
+            InvertedIndex.build(tmp_path / "idx", vectors, doc_ids)
+    built = InvertedIndex.build(tmp_path / "idx", [[SparseBatch.from_dense(np.eye(2, dtype=np.float32)), ["a", "b"]]])
+    assert built.search({1: 1.0}) == [Hit("b", 1.0)]

@@ -32,6 +32,16 @@ def test_unknown_top_level_name_is_an_attribute_error():
         lsr.NoSuchThing  # noqa: B018
 
 
+
+def test_the_lazy_loaders_annotations_resolve():
+    """``lsr.__getattr__`` was annotated ``-> Any`` without importing it: typing.get_type_hints (documentation tools,
+    runtime type checkers) raised NameError on the package's own entry point."""
+    import typing
+
+    import lsr
+
+    assert typing.get_type_hints(lsr.__getattr__) == {"name": str, "return": object}
+
 def test_python_dash_m_lsr_is_the_cli():
     out = subprocess.run([sys.executable, "-m", "lsr", "--help"], check=True, capture_output=True, text=True).stdout
     assert out.startswith("usage: lsr") and "index" in out and "serve" in out

@@ -3,6 +3,7 @@ stored PRF defaults through a real gRPC server, and a tuner that never reads the
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import replace
@@ -457,3 +458,30 @@ def test_search_topics_takes_pairs_from_any_iterable_and_writes_scores_that_keep
     with pytest.raises(TypeError, match=r"topics\[0\] has the query id None"):
         search_topics(searcher, [(None, "aspirin")], tmp_path / "none.trec", progress=False)
     assert not (tmp_path / "twice.trec").exists()
+
+
+def test_searcher_doc_takes_one_id_and_refuses_what_is_none(searcher):
+    """doc(None) looked up a document named "None" and doc(["aspirin"]) one named "['aspirin']": a KeyError at best,
+    another document's text when a corpus held such an id. A whole number is still its digits, as in every id list."""
+    assert "aspirin" in searcher.doc("aspirin").lower()
+    for bad in (None, ["aspirin"], 1.5, True):
+        with pytest.raises(TypeError, match=f"doc_id is {re.escape(repr(bad))}; an id is a str"):
+            searcher.doc(bad)
+    with pytest.raises(KeyError, match="no document '7'"):
+        searcher.doc(7)
+
+
+def test_search_batch_refuses_unordered_queries_and_sparse_takes_only_a_dict(searcher):
+    """search_batch(dataset.queries), BEIR's {query id: text}, searched the ids as query texts, and a set's results
+    came back in an order no caller could match; sparse=SparseBatch failed as "has no attribute 'items'"."""
+    assert [r.hits[0].doc_id for r in searcher.search_batch(["aspirin", "statins"], k=1)] == \
+        [searcher.search(q, k=1).hits[0].doc_id for q in ("aspirin", "statins")]
+    for queries in ({"q1": "aspirin"}, {"aspirin"}, frozenset({"aspirin"})):
+        with pytest.raises(TypeError, match=f"search_batch takes an ordered list of query texts, got a "
+                                            f"{type(queries).__name__}"):
+            searcher.search_batch(queries)
+    batch = searcher.encode_queries(["aspirin"])[0]
+    with pytest.raises(TypeError, match=r"a sparse query is a \{token or term id: weight\} dict, got SparseBatch: "
+                                        r"batch.to_dicts\(\)\[0\]"):
+        searcher.search(sparse=batch)
+    assert searcher.search(sparse=batch.to_dicts()[0]).hits == searcher.search("aspirin").hits

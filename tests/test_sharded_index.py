@@ -223,3 +223,7 @@ def test_tied_documents_are_kept_by_doc_id_sharded_or_not(tmp_path):
         for k in (3, 7):
             got = [[h.doc_id for h in s.search("zebrafish heart regeneration", k=k, mode=mode).hits] for s in (one, three)]
             assert got[0] == got[1] == copies[:k], (mode, k, got)
+    for searcher in (one, three):  # both look up ids alike: None was looked up as a document named "None"
+        assert searcher.doc(copies[0]) == texts[copies[0]]
+        with pytest.raises(TypeError, match="doc_id is None; an id is a str"):
+            searcher.doc(None)

@@ -21,6 +21,7 @@ list); "after" interpolates the fused PRF run with the original fused run; "both
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Set as AbstractSet
 from contextlib import contextmanager
 import threading
 import time
@@ -36,7 +37,7 @@ from lsr.search.fusion import FUSIONS, RRF_K, Ranking, fuse, interpolate, rank
 from lsr.search.legs import Legs, ViewLegs
 from lsr.search.models import DTYPE_CHOICES, SearchModels
 from lsr.search.prf import rocchio, vector_prf
-from lsr.sparse import QUERY_SCALE, SparseBatch, check_ids, id_list, short_repr
+from lsr.sparse import QUERY_SCALE, SparseBatch, as_id, check_ids, id_list, short_repr
 
 MODES = ("sparse", "dense", "hybrid", "bm25")
 AUTO = "auto"  # the CLI's default mode: hybrid over every leg the collection has, or sparse when SPLADE is its only one
@@ -338,7 +339,9 @@ class Searcher:
         }
 
     def doc(self, doc_id: str) -> str:
-        """The stored text of a document; KeyError for an unknown or deleted id."""
+        """The stored text of a document; KeyError for an unknown or deleted id, TypeError for what is no id (None
+        was looked up as "None", a list as "['4983']")."""
+        doc_id = as_id(doc_id)
         (text,) = self.collection.text([doc_id])
         if text is None:
             raise KeyError(f"no document {doc_id!r} in {self.collection.path}")
@@ -612,6 +615,9 @@ class Searcher:
             raise FailedPrecondition(f"{mode} mode needs dense vectors, and this collection has none; re-index with --dense minilm")
 
     def _sparse_query(self, sparse: dict[str | int, float]) -> dict[int, float]:
+        if not isinstance(sparse, Mapping):  # a SparseBatch failed as "'SparseBatch' object has no attribute 'items'"
+            hint = ": batch.to_dicts()[0] is its first row's" if isinstance(sparse, SparseBatch) else ""
+            raise TypeError(f"a sparse query is a {{token or term id: weight}} dict, got {type(sparse).__name__}{hint}")
         if not sparse:
             raise ValueError("the sparse query has no terms")
         out: dict[int, float] = {}
@@ -711,9 +717,13 @@ class Searcher:
 
 
 def query_list(texts: Sequence[str]) -> list[str]:
-    """Many query texts as a list; one str would be iterated as one-character queries."""
+    """Many query texts as a list; one str would be iterated as one-character queries, a dict as its keys (BEIR's
+    ``{query id: text}`` searched the ids) and a set in no order the results could be matched to."""
     if isinstance(texts, str):
         raise TypeError("search_batch takes a list of query texts, got one str; search() takes one")
+    if isinstance(texts, (Mapping, AbstractSet)):
+        raise TypeError(f"search_batch takes an ordered list of query texts, got a {type(texts).__name__} (for "
+                        "{query id: text}, pass list(queries.values()))")
     return list(texts)
 
 
