@@ -50,7 +50,11 @@ class OneLineErrors(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(
         prog="lsr",
-        description="Learned sparse retrieval: encode, index, search, serve and evaluate SPLADE models.",
+        description="Learned sparse retrieval: encode, index, search, serve, evaluate and train SPLADE models.",
+        epilog="Start: lsr index ../shared/data/beir/scifact.tar.gz runs/scifact, then lsr search runs/scifact "
+               "\"your question\". Exit status: 0 done; 1 the machine's state (a server down, a collection another "
+               "process writes, a full disk: retry); 2 a bad input (fix it); 130 / 143 stopped by Ctrl-C / SIGTERM, "
+               "checkpoints kept. Each verb has --help; README.md and docs/cli.md have the rest.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
