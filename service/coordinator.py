@@ -140,8 +140,8 @@ class _WholeCollection:
 
     def doc_freqs(self) -> tuple[np.ndarray, int]:
         if not self._summed_once and not self.shards.wait_all_up(self.timeout):
-            raise RuntimeError(f"not every shard came up within {self.timeout:g} s; the inference-free query "
-                               "encoder needs all of their document frequencies")
+            raise RuntimeError(f"not every shard came up within {self.timeout:g} s ({self.shards.down_reasons()}); "
+                               "the inference-free query encoder needs all of their document frequencies")
         summed = ShardLegs(self.shards, None).doc_freqs()
         self._summed_once = True
         return summed

@@ -7,7 +7,9 @@ asks every shard for its ``info()`` every ``probe_seconds``: a shard is *up* onc
 failed) is created again, backing off. Searches skip down shards at once rather than wait on a
 restart, so a search returns the other shards' hits marked partial (or fails UNAVAILABLE under
 ``require_all``, or when no shard answered); a write that needs a down shard is sent nowhere and
-fails UNAVAILABLE. Health reports SERVING only while all are up.
+fails UNAVAILABLE. Health reports SERVING only while all are up. Shard servers that the cluster could
+never place (too many CPUs asked of its nodes) are refused before any is created; one that waits for
+CPUs others hold is down "pending placement", not late.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from lsr.ingest.ray_engine import check_reachable, import_ray, start_ray
 from lsr.ingest.sharding import ShardMap
@@ -75,6 +77,25 @@ def connect_ray(address: str | None, cpus_needed: float) -> None:
     start_ray(address or "local", **local)  # "local": a new instance, never a cluster someone else started here
 
 
+def _check_placeable(names: Sequence[str], cpus: float) -> None:
+    """Refuse, in one line and before any is created, shard servers that the Ray cluster could never place: Ray keeps
+    such an actor pending without a word, so they were reported as shards that did not answer in time. A shard
+    server must fit on one node, and all of them in the cluster at once."""
+    nodes = [node["Resources"].get("CPU", 0.0) for node in import_ray().nodes() if node.get("Alive")]
+    total, largest = sum(nodes), max(nodes, default=0.0)
+    shards = ", ".join(names) if len(names) <= 4 else f"the {len(names)} shards {names[0]} to {names[-1]}"
+    if cpus > largest:
+        has = f"the cluster has {total:g}" if len(nodes) == 1 else f"the largest node of the cluster has {largest:g}"
+        raise RuntimeError(f"Ray cannot place {shards}: each asks for {_cpus(cpus)} and {has} (lower --shard-cpus)")
+    if round(cpus * len(names), 4) > total:  # Ray counts resources in units of 1/10000
+        raise RuntimeError(f"Ray cannot place all of {shards}: they ask for {_cpus(cpus)} each, "
+                           f"{cpus * len(names):g} in all, and the cluster has {total:g} (lower --shard-cpus)")
+
+
+def _cpus(amount: float) -> str:
+    return f"{amount:g} CPU{'' if amount == 1 else 's'}"
+
+
 def _give_up_at(deadline: float | None, started: float, method: str) -> float:
     """When to stop waiting on shards: never (``inf``) without a deadline, else a little before it, so the
     status and its message reach the caller before its own gRPC deadline ends the call with a bare
@@ -105,6 +126,7 @@ class ShardSet:
         self.names = shard_map.names
         self.options = options
         connect_ray(options.ray_address, options.shard_cpus * shard_map.n_shards)
+        _check_placeable(self.names, options.shard_cpus)
         actor = ray.remote(ShardServer).options(
             max_restarts=options.max_restarts, max_task_retries=0, num_cpus=options.shard_cpus,
             max_concurrency=options.concurrency,
@@ -145,6 +167,12 @@ class ShardSet:
 
     def wait_all_up(self, timeout: float) -> bool:
         return self._all_up.wait(timeout)
+
+    def down_reasons(self) -> str:
+        """Each shard that is down and why, for messages: "shard-001 (pending placement, ...)"."""
+        with self._lock:
+            down = [(name, why) for name, up, why in zip(self.names, self._up, self._reasons) if not up]
+        return "; ".join(f"{name} ({why or 'starting'})" for name, why in down)
 
     def _set_up(self, shard: int, up: bool, why: str = "", info: dict[str, Any] | None = None) -> None:
         """Record a shard's state (``info``: what an up shard answered the probe); log each change, and each new reason
@@ -201,9 +229,34 @@ class ShardSet:
                     self._dead_since[shard], self._backoff[shard] = None, RECREATE_BACKOFF_S[0]
                     self._set_up(shard, True, info=info)
             for shard, (ref, sent) in list(pending.items()):
-                if time.monotonic() - sent > self.options.shard_timeout:
+                waiting = None if self._up[shard] else self._pending_placement(shard)
+                if waiting:
+                    self._set_up(shard, False, waiting)
+                elif time.monotonic() - sent > self.options.shard_timeout:
                     self._set_up(shard, False, f"no answer within {self.options.shard_timeout:g} s")
             self._closed.wait(self.options.probe_seconds if ready else 0.0)
+
+    def _pending_placement(self, shard: int) -> str | None:
+        """Why a shard server that is not up has not answered, when Ray has not placed it (created, or restarted after
+        a crash) because no node has the CPUs it asks for free; else None. Such a shard read as one that did not answer
+        in time. The GCS actor table tells a pending actor that has no worker yet (Ray's state API would need the
+        dashboard, which lsr does not start); a Ray Client session (ray://) cannot read it, and gets no reason."""
+        from ray._private import state
+        from ray.exceptions import RaySystemError
+
+        try:
+            actor = state.actors(self.actors[shard]._actor_id.hex())
+        except RaySystemError:  # "Ray has not been started yet": this process holds no GCS connection of its own
+            return None
+        if actor.get("State") not in ("PENDING_CREATION", "RESTARTING") or actor["Address"]["Port"]:
+            return None  # placed: starting, or answering late
+        cpus = self.options.shard_cpus
+        free = [node.get("CPU", 0.0) for node in state.available_resources_per_node().values()]
+        if max(free, default=0.0) >= cpus:
+            return None  # Ray is placing it now
+        total = import_ray().cluster_resources().get("CPU", 0.0)
+        return (f"pending placement, waiting for resources: it asks for {_cpus(cpus)} and the cluster has "
+                f"{sum(free):g} of {total:g} free")
 
     def _recreate_if_dead(self, shard: int) -> None:
         """Create a shard server again once Ray has given up on it, backing off: a server whose start failed (its

@@ -318,6 +318,44 @@ def test_health_and_require_all_shards_follow_the_shards(built, client, queries)
         ray.kill(hog)
 
 
+def _settled_free_cpus() -> float:
+    """The Ray instance's free CPUs once the actors that earlier tests killed have let theirs go (ray.kill returns
+    at once, and Ray frees their CPUs a little later)."""
+    before, now = None, ray.available_resources().get("CPU", 0.0)
+    while now != before:
+        time.sleep(1.0)
+        before, now = now, ray.available_resources().get("CPU", 0.0)
+    return now
+
+
+def test_shard_servers_ray_has_no_room_for_yet_are_down_pending_placement_not_late(built, ray_session, queries):
+    """Shard servers the cluster could hold but has no CPUs free for: Ray keeps them pending without a word, and they
+    were down as "starting", then "no answer within 30 s". They now say they wait to be placed, and for what."""
+    from lsr.service.coordinator import _WholeCollection
+
+    hog = _Hog.options(num_cpus=_settled_free_cpus() - 0.1).remote()
+    ray.get(hog.ready.remote())
+    server = _start(built["sharded"])  # 0.25 CPUs a shard server, 0.1 free
+    try:
+        waiting = "pending placement, waiting for resources: it asks for 0.25 CPUs and the cluster has 0.1 of 2 free"
+        with Client(f"127.0.0.1:{server.port}", timeout=120) as c:
+            def unavailable() -> str:
+                with pytest.raises(grpc.RpcError) as failure:
+                    c.search(queries[0], k=3)
+                assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+                return failure.value.details()
+
+            _wait(lambda: unavailable().startswith(f"shard shard-000 did not answer: it is down ({waiting}); 3 of 3"))
+        shards = server.searcher.shards
+        _wait(lambda: shards.down_reasons().count(waiting) == N_SHARDS)
+        with pytest.raises(RuntimeError) as late:  # the inference-free query encoder waits for every shard
+            _WholeCollection(shards, timeout=0.1).doc_freqs()
+        assert f"within 0.1 s (shard-000 ({waiting}); shard-001 ({waiting})" in str(late.value)
+    finally:
+        server.stop(0)
+        ray.kill(hog)
+
+
 def test_a_sharded_collection_indexed_anew_under_its_server_turns_health_not_serving(built, ray_session, beir_dir,
                                                                                      queries, tmp_path):
     """`lsr index --shards 3 --overwrite` under a running sharded server: the shard servers kept writing the new
@@ -462,17 +500,41 @@ def test_lsr_serve_starts_its_own_ray_and_serves_the_shards(built, whole, querie
         server.kill()
 
 
+def test_sigterm_while_lsr_serve_starts_ray_ends_it_as_everywhere_else(built):
+    """ray.init's own SIGTERM handler exited 15 without a word, in the seconds a local Ray instance takes to start."""
+    from signal_helpers import signalled_while_ray_starts
+
+    done, left = signalled_while_ray_starts("-m", "lsr", "serve", str(built["sharded"]), "--port", "0", "--device", "cpu")
+    assert done.returncode == 143 and done.stderr.splitlines()[-1] == "terminated", done.stderr
+    assert "Traceback" not in done.stderr and left == []
+
+
+def test_shard_servers_the_cluster_can_never_place_are_refused_up_front_in_one_line(built, ray_session):
+    """Ray keeps an actor no node can hold pending without a word: the shards were reported as not answering."""
+    address = ray.get_runtime_context().gcs_address  # 2 CPUs on one node
+    shards = "shard-000, shard-001, shard-002"
+    for cpus, message in (("64", f"Ray cannot place {shards}: each asks for 64 CPUs and the cluster has 2"),
+                          ("1", f"Ray cannot place all of {shards}: they ask for 1 CPU each, 3 in all, and the "
+                                "cluster has 2")):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "lsr", "serve", str(built["sharded"]), "--port", "0",
+                               "--ray-address", address, "--shard-cpus", cpus], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2 and time.monotonic() - started < 60
+        assert done.stderr.splitlines() == [f"lsr serve: error: {message} (lower --shard-cpus)"], done.stderr
+
+
 def test_ray_options_on_an_unsharded_collection_and_an_unreachable_cluster_fail_in_one_line(built, free_port):
-    for collection, flags, message in (
-        (built["whole"], ["--require-all-shards"], "is not a sharded collection"),
-        (built["sharded"], ["--ray-address", f"127.0.0.1:{free_port}"], "cannot reach a Ray cluster at"),
-        (built["sharded"], ["--shard-timeout", "inf"], "the shard timeout in (0, 86400] seconds"),  # broke every call
-        (built["sharded"], ["--shard-cpus", "inf"], "shard CPUs must be in 0..4096"),  # a traceback
+    for collection, flags, message, code in (
+        (built["whole"], ["--require-all-shards"], "is not a sharded collection", 2),
+        (built["sharded"], ["--ray-address", f"127.0.0.1:{free_port}"], "cannot reach a Ray cluster at", 1),
+        (built["sharded"], ["--shard-timeout", "inf"], "the shard timeout in (0, 86400] seconds", 2),  # broke calls
+        (built["sharded"], ["--shard-cpus", "inf"], "shard CPUs must be in 0..4096", 2),  # a traceback
     ):
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "lsr", "serve", str(collection), "--port", "0", *flags],
                               capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and time.monotonic() - started < 30
+        assert done.returncode == code and time.monotonic() - started < 30
         assert done.stderr.startswith("lsr serve: error: ") and message in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 

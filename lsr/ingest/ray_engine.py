@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import atomic_write
+from lsr.files import MachineStateError, atomic_write
 from lsr.ingest.layout import RAY_INPUT
 from lsr.ingest.corpus import CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total
@@ -92,8 +92,8 @@ def check_reachable(address: str | None) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        raise RuntimeError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}; "
-                           "check the address, or start one with `ray start --head`") from None
+        raise MachineStateError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}; "
+                                "check the address, or start one with `ray start --head`") from None
     problem = _not_a_ray_head(f"{host}:{port}", client=address.startswith("ray://"))
     if problem:
         raise RuntimeError(f"{address} {problem}")
@@ -160,23 +160,68 @@ def ray_session(address: str | None) -> Iterator[Any]:
     try:
         yield ray
     finally:
-        ray.shutdown()
+        with _signals_deferred():
+            ray.shutdown()
 
 
 def start_ray(address: str | None, **options: Any) -> None:
-    """``ray.init`` without a dashboard or worker logs, keeping our SIGTERM and SIGINT handlers: Ray's own SIGTERM
-    handler exits at once (status 15, C++ stack lines), so a stopped `lsr index --engine ray` lost its exit 143 and
-    the `--resume` line it prints. Any failure to start or join is one line."""
+    """``ray.init`` without a dashboard or worker logs, keeping our SIGTERM and SIGINT handlers (Ray's exit at once,
+    with status 15): a stopped `lsr index --engine ray` lost its exit 143 and the `--resume` line it prints, and one
+    stopped while Ray started (seconds, for a local instance) exited 15 without a word. A signal received meanwhile
+    stops us once Ray has started, and Ray is shut down before it propagates, so nothing we started outlives us.
+    Any failure to start or join is one line."""
     ray = import_ray()
-    main_thread = threading.current_thread() is threading.main_thread()
-    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
+    from ray._private import ray_constants
+
+    # Ray's C++ crash handler, which the driver's core worker would install beneath ours at the end of the start,
+    # takes SIGTERM too (stack lines on stderr); Ray enables Python's faulthandler for the driver's crashes anyway.
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **options)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
-        raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
+        with _signals_deferred():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                     **options)
+    except BaseException as exc:
+        with _signals_deferred():
+            ray.shutdown()
+        if isinstance(exc, Exception):  # Ray raises ConnectionError, RuntimeError or its own types here
+            raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
+        raise
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT while Ray starts or shuts down, then hand the first one received to our handler.
+
+    ray.init replaces our SIGTERM handler first thing with one that calls ``sys.exit(15)``, and ray.shutdown leaves
+    its own in place. Raised in the middle of the start, even our ``Terminated`` left a half-started local instance
+    behind (its raylet's agents outlived us). So meanwhile a signal is only noted and Python code cannot set another
+    handler for either (Ray defers SIGINT the same way); after, ours are set again and the signal noted is raised,
+    for them to handle as if it came then.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread has handlers to keep
+        yield
+        return
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    received: list[int] = []
+    set_handler = signal.signal
+
+    def note(signum: int, _frame: Any) -> None:
+        received.append(signum)
+
+    def keep_ours(signum: int, handler: Any) -> Any:
+        return note if signum in kept else set_handler(signum, handler)
+
+    for sig in kept:
+        set_handler(sig, note)
+    signal.signal = keep_ours
+    try:
+        yield
     finally:
+        signal.signal = set_handler
         for sig, handler in kept.items():
-            signal.signal(sig, handler)
+            set_handler(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def _staged(out: Path, part: int) -> Path:
