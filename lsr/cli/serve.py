@@ -65,7 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          help="Ray cluster for the shard servers: auto, HOST:PORT or ray://HOST:PORT (default: start a local instance)")
     sharded.add_argument("--require-all-shards", action="store_true",
                          help="fail searches with UNAVAILABLE while a shard is down, instead of answering from the others")
-    sharded.add_argument("--shard-cpus", type=float, default=1.0, help="CPUs Ray reserves per shard server (default 1)")
+    sharded.add_argument("--shard-cpus", type=float, default=1.0,
+                         help="CPUs Ray reserves per shard server (default 1); each must fit on one node and all of "
+                              "them in the cluster's CPUs, else serve refuses to start (fractions like 0.25 are fine)")
     sharded.add_argument("--shard-concurrency", type=int, default=8,
                          help="calls one shard server runs at once (default 8)")
     sharded.add_argument("--shard-timeout", type=float, default=30.0,
