@@ -520,3 +520,42 @@ def test_a_data_dir_that_is_no_folder_is_an_error_not_a_fallback(tmp_path):
     """A misspelt --data-dir fell through to the shared copies without a word: a run on other data than asked."""
     with pytest.raises(FileNotFoundError, match="data folder .*nowhere does not exist"):
         locate_dataset("scifact", tmp_path / "nowhere")
+
+
+def _eval_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """BEIR qrels of q1..q3, a run answering all three and one answering q1 alone."""
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n")
+    full, partial = tmp_path / "full.trec", tmp_path / "partial.trec"
+    full.write_text("q1 Q0 d1 1 3 a\nq2 Q0 d2 1 3 a\nq3 Q0 d9 1 3 a\n")
+    partial.write_text("q1 Q0 d1 1 3 b\n")
+    return qrels, full, partial
+
+
+def test_lsr_eval_reads_gzipped_runs_and_qrels(tmp_path, capsys):
+    """A .gz run was refused as "not UTF-8 text (invalid start byte at byte 1)"."""
+    import gzip
+
+    qrels, full, _ = _eval_files(tmp_path)
+    for path in (qrels, full):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+    assert cli_main(["eval", str(full), str(qrels), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert cli_main(["eval", f"{full}.gz", f"{qrels}.gz", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == plain
+    (tmp_path / "bad.trec.gz").write_bytes(full.read_bytes())  # named .gz, not compressed
+    assert cli_main(["eval", str(tmp_path / "bad.trec.gz"), str(qrels)]) == 2
+    assert "bad.trec.gz is not a whole gzip file" in capsys.readouterr().err
+
+
+def test_lsr_eval_compare_says_when_the_runs_answer_other_queries(tmp_path, capsys):
+    """A compared run that lacks judged queries scores 0 on them, in its mean and in the paired test: it showed a
+    loss with only RUN's coverage printed."""
+    qrels, full, partial = _eval_files(tmp_path)
+    assert cli_main(["eval", str(full), str(qrels), "--compare", str(partial), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["compare"][str(partial)]["queries_in_run"] == 1
+    assert f"warning: {partial} answers 1 judged queries, {full} 3 (2 only in {full}, 0 only in {partial})" in captured.err
+    (tmp_path / "same.trec").write_text(full.read_text())
+    assert cli_main(["eval", str(full), str(qrels), "--compare", str(tmp_path / "same.trec")]) == 0
+    assert "warning" not in capsys.readouterr().err

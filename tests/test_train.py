@@ -330,12 +330,24 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("one-example", 'nothing to learn from: with one example a query has no in-batch negatives, and '),
     ("batch-size-1", "nothing to learn from: with --batch-size 1 a query has no in-batch negatives, and --hard-negatives 0"),
     ("eval-unknown", "unknown BEIR dataset 'nosuchdataset'"),  # after the model loaded, leaving an empty OUT
+    ("damaged-gzip", "pairs.jsonl.gz is not a whole gzip file"),  # was taken for a BEIR name: "not a BEIR folder"
+    ("negative-is-positive", "line 1: 'negatives' holds the positive itself"),  # silently no negative for the row
+    # its files changed the --model folder's, so every --resume was refused as "the --model folder's files differ"
+    ("out-inside-model", "lies inside the --model folder"),
+    # a test "gain" measured on the training queries, printed with a p-value as if held out
+    ("eval-trained-split", "beir scores the test split this run trains on"),
 ])
 def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
     data, extra = tmp_path / "pairs.jsonl", []
-    if case in ("no-train-split", "no-dev-split"):
+    if case in ("no-train-split", "no-dev-split", "eval-trained-split"):
         data = _only_test_split(scifact, tmp_path / "beir")
-        extra = ["--split", "test", "--dev-split", "dev"] if case == "no-dev-split" else []
+        extra = {"no-dev-split": ["--split", "test", "--dev-split", "dev"],
+                 "eval-trained-split": ["--split", "test", "--eval", str(data)]}.get(case, [])
+    elif case == "damaged-gzip":
+        data = tmp_path / "pairs.jsonl.gz"
+        data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")  # named .gz, not compressed
+    elif case == "negative-is-positive":
+        data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n", "p"]}) + "\n")
     elif case == "empty-jsonl":
         data.write_text("\n")
     elif case == "nan-score":  # one such row made every weight NaN, and the run wrote a dead model with exit 0
@@ -359,10 +371,33 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
     out = tmp_path / "out"
     if case == "out-under-a-file":
         out = data / "model"
+    elif case == "out-inside-model":
+        (tmp_path / "base").mkdir()
+        out, extra = tmp_path / "base" / "out", ["--model", str(tmp_path / "base")]
     assert main(["train", str(data), str(out), *extra]) == (1 if case == "out-under-a-file" else 2)
     err = capsys.readouterr().err.strip()
     assert err.startswith("lsr train: error:") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_gzipped_or_upper_case_jsonl_file_is_read_as_training_rows(tmp_path):
+    """pairs.jsonl.gz and PAIRS.JSONL were taken for BEIR names and refused as "not a BEIR folder"."""
+    import gzip
+
+    rows = "".join(json.dumps({"query": f"q{i}", "positive": f"p{i}", "negatives": [f"n{i}"]}) + "\n" for i in range(3))
+    (tmp_path / "pairs.jsonl").write_text(rows)
+    (tmp_path / "PAIRS.JSONL").write_text(rows)
+    (tmp_path / "pairs.jsonl.gz").write_bytes(gzip.compress(rows.encode()))
+    plain = load_examples(str(tmp_path / "pairs.jsonl"))
+    assert len(plain) == 3
+    assert load_examples(str(tmp_path / "pairs.jsonl.gz")) == plain == load_examples(str(tmp_path / "PAIRS.JSONL"))
+
+
+def test_a_time_limit_that_runs_out_on_the_last_step_is_a_finished_run(examples, tmp_path):
+    """It said "time limit", kept its checkpoint and offered a --resume with no step left to train."""
+    config = TrainConfig(epochs=1, batch_size=len(examples), max_length=32, query_max_length=16)
+    result = train(fresh_model(), examples, tmp_path / "out", config, max_minutes=1e-9, progress=False)
+    assert (result.steps, result.total_steps, result.stopped) == (1, 1, "finished")
 
 
 def test_a_loss_that_stops_being_finite_stops_the_run_before_the_weights_and_writes_nothing(examples, tmp_path,

@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
             judged = next(doc for docs in qrels.values() for doc in docs)
             print(f"warning: no document {path} ranks is judged in {args.qrels}, so every score is 0; do the document "
                   f"ids match (the run has {ranked!r}, the qrels {judged!r})?", file=sys.stderr)
+    answered = {path: set(results) & set(qrels) for path, results in runs.items()}
+    _warn_of_unanswered(args.run, answered)
     scores = {path: per_query(qrels, results, ignore_identical_ids=not args.keep_self_hits)
               for path, results in runs.items()}
     if args.per_query:
@@ -68,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
     base = scores[args.run]
     p_values = {path: {m: randomization_p([base[q][m] for q in qrels], [scores[path][q][m] for q in qrels])
                        for m in METRICS} for path in args.compare}
-    scored = len(set(runs[args.run]) & set(qrels))
+    scored = len(answered[args.run])
     if args.json:
         compared = {path: {"metrics": means[path], "difference": {m: means[path][m] - means[args.run][m] for m in METRICS},
-                           "p_value": p_values[path]} for path in args.compare}
+                           "p_value": p_values[path], "queries_in_run": len(answered[path])} for path in args.compare}
         print(json.dumps({"queries": len(qrels), "queries_in_run": scored, **means[args.run],
                           **({"compare": compared} if compared else {})}))
         return 0
@@ -83,6 +85,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(qrels):,} judged queries, {scored:,} of them in {args.run}"
           + (f" ({len(qrels) - scored:,} missing score 0)" if scored < len(qrels) else ""))
     return 0
+
+
+def _warn_of_unanswered(base: str, answered: dict[str, set[str]]) -> None:
+    """A compared run that answers other judged queries than RUN: each missing one scores 0 in its mean and in the
+    paired test, so a run cut short showed a "significant" loss, with only RUN's coverage printed."""
+    for path, queries in answered.items():
+        lacks, extra = len(answered[base] - queries), len(queries - answered[base])
+        if path != base and (lacks or extra):
+            print(f"warning: {path} answers {len(queries):,} judged queries, {base} {len(answered[base]):,} "
+                  f"({lacks:,} only in {base}, {extra:,} only in {path}); a query a run lacks scores 0 in its mean and "
+                  "in the paired test, so part of the difference is coverage, not ranking", file=sys.stderr)
 
 
 def _print_comparison(paths: list[str], means: dict, p_values: dict, metrics: tuple[str, ...]) -> None:

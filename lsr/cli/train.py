@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from lsr.train.config import FLOPS_DOC, FLOPS_DOC_INFERENCE_FREE, NEGATIVE_MINERS, TrainConfig
 
     d = TrainConfig()
-    p.add_argument("data", metavar="DATA", help="BEIR name/folder/archive, or a .jsonl of query/positive/negatives rows")
+    p.add_argument("data", metavar="DATA", help="BEIR name/folder/archive, or a .jsonl(.gz) of query/positive/negatives rows")
     p.add_argument("out", metavar="OUT", help="model folder to write (must be new or empty unless --resume)")
     p.add_argument("--model", default=d.model, help=f"starting SPLADE model (default: {d.model})")
     p.add_argument("--split", default="train", help="BEIR qrels split to train on (default: train)")
@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint_every <= 0:
         raise ValueError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     out = Path(args.out)
+    _check_out_apart_from_model(out, config.model)
     _check_out(out, args.resume)
     _check_lengths(config)
     encoding = device_options(args, concrete_dtype=True)  # one SPLADE model: its report names the dtype it ran
@@ -152,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
     dev_split = _dev_split(args)  # before any mining, so a missing split fails at once
     _check_eval_datasets(args.eval, args.data_dir)
+    _check_eval_held_out(args, dev_split)
     model = None
     if config.negatives == "model":  # the model mines before it trains (a resume mines the same pool again)
         model = _load(config, encoding)
@@ -165,13 +167,15 @@ def run(args: argparse.Namespace) -> int:
 def _check_negatives(config, examples: list, data: str) -> None:
     """A query with no negative has a contrastive loss of 0: such a run trained only the FLOPS term (sparser, no
     better) and exited 0. Negatives come from the other queries of a batch, or from each example's own list."""
+    from lsr.train.data import is_jsonl
+
     in_batch = min(config.batch_size, len(examples)) > 1
     own = config.hard_negatives > 0 and any(example.negatives for example in examples)
     if not (in_batch or own):
         raise ValueError(f"nothing to learn from: with {'--batch-size 1' if config.batch_size == 1 else 'one example'} "
                          "a query has no in-batch negatives, and "
                          + ("--hard-negatives 0 draws none of its own" if config.hard_negatives == 0 else
-                            f"{data} gives no \"negatives\"" if Path(data).suffix == ".jsonl" else
+                            f"{data} gives no \"negatives\"" if is_jsonl(data) else
                             f"{data}'s corpus holds no unjudged document to mine as one")
                          + "; use a --batch-size of 2 or more (and more than one example), or give negatives")
 
@@ -188,14 +192,33 @@ def _check_eval_datasets(names: list[str], data_dir: str | None) -> None:
                              "test split")
 
 
+def _check_eval_held_out(args: argparse.Namespace, dev_split: str | None) -> None:
+    """--eval scores DATA's own test split only when training and validation stay off it: `--split test --eval DATA`
+    printed a test "gain" measured on the training queries, and `--dev-split test` one on the queries that picked
+    the kept weights, with a p-value, as if held out."""
+    from lsr.eval.datasets import locate_dataset
+    from lsr.train.data import is_jsonl
+
+    use = "trains" if args.split == "test" else "validates" if dev_split == "test" else None
+    if use is None or is_jsonl(args.data) or not args.eval:
+        return
+    data = locate_dataset(args.data, args.data_dir).resolve()
+    for name in dict.fromkeys(args.eval):
+        if locate_dataset(name, args.data_dir).resolve() == data:
+            raise ValueError(f"--eval {name} scores the test split this run {use} on, so its before/after would not "
+                             "be held out; train and validate on other splits (--split, --dev-split), or --eval "
+                             "another dataset")
+
+
 def _dev_split(args: argparse.Namespace) -> str | None:
     """The held-out split to validate on: as asked (it must exist), else dev when a BEIR DATA has it, else none."""
     from lsr.eval.datasets import locate_dataset
     from lsr.ingest.beir_source import BeirSource
+    from lsr.train.data import is_jsonl
 
-    if args.dev_split == "none" or (args.dev_split is None and Path(args.data).suffix == ".jsonl"):
+    if args.dev_split == "none" or (args.dev_split is None and is_jsonl(args.data)):
         return None
-    if Path(args.data).suffix == ".jsonl":
+    if is_jsonl(args.data):
         raise ValueError("--dev-split needs a BEIR DATA; a JSONL file has no held-out split")
     split = args.dev_split or "dev"
     if split == args.split:
@@ -240,6 +263,17 @@ def _check_out(out: Path, resume: bool) -> None:
     elif out.exists() and (not out.is_dir() or set(out.iterdir()) - set(leftovers(out))):
         raise FileExistsError(f"{out} already exists and is not an empty folder; choose a new OUT")
     _check_creatable(out)
+
+
+def _check_out_apart_from_model(out: Path, model: str) -> None:
+    """OUT neither is nor lies inside a --model folder: its files would change that folder's, which a resume
+    fingerprints, so every --resume of the run was refused as "the --model folder's files differ"."""
+    from lsr.encode.models import BUNDLED
+
+    folder = Path(model).expanduser()
+    if model not in BUNDLED and folder.is_dir() and out.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"OUT {out} {'is' if out.resolve() == folder.resolve() else 'lies inside'} the --model "
+                         f"folder {model}; write the trained model to a folder outside it")
 
 
 def _check_creatable(out: Path) -> None:

@@ -9,9 +9,11 @@ never a judged document of that query), or a JSONL file of
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -48,10 +50,16 @@ class Example:
         return (self.positive, *self.alternatives)
 
 
+def is_jsonl(data: str) -> bool:
+    """DATA names a JSONL training file (``.jsonl`` or gzip'd ``.jsonl.gz``, any case), not a BEIR dataset: a
+    pairs.jsonl.gz or PAIRS.JSONL was taken for a BEIR name and refused as "not a BEIR folder"."""
+    return Path(data).name.lower().endswith((".jsonl", ".jsonl.gz"))
+
+
 def load_examples(data: str, split: str = "train", *, data_dir: str | None = None, miner: Miner | None = None) -> list[Example]:
-    """A ``.jsonl`` file, else a BEIR name, folder or archive (its ``split`` qrels, negatives from ``miner``)."""
+    """A ``.jsonl(.gz)`` file, else a BEIR name, folder or archive (its ``split`` qrels, negatives from ``miner``)."""
     path = Path(data)
-    if path.suffix == ".jsonl":
+    if is_jsonl(data):
         if miner is not None:
             raise ValueError("--negatives model mines a BEIR corpus; a JSONL file brings its own negatives")
         if not path.is_file():
@@ -76,17 +84,24 @@ def model_miner(encoder: Any, *, progress: bool = False) -> Miner:
 
 
 def read_jsonl(path: Path) -> list[Example]:
-    """Training rows, one JSON object a line, in UTF-8 (a byte-order mark is allowed); a bad line is named."""
+    """Training rows, one JSON object a line, in UTF-8 (a byte-order mark is allowed), gzip'd when the name ends in
+    ``.gz``; a bad line is named, and so is a damaged gzip stream (a bare OSError or EOFError otherwise)."""
     examples = []
-    with open(path, "rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            where = f"{path} line {line_no}"
-            try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
-            if line.strip():
-                examples.append(_example(line, where))
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            for line_no, raw in enumerate(fh, start=1):
+                where = f"{path} line {line_no}"
+                try:
+                    line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ValueError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                     f"{exc.start + 1})") from None
+                if line.strip():
+                    examples.append(_example(line, where))
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path} is not a whole gzip file ({exc}); compress it again, or pass "
+                         "the plain .jsonl") from None
     if not examples:
         raise ValueError(f"{path} holds no training rows; expected JSON lines with \"query\" and \"positive\"")
     return examples
@@ -105,6 +120,8 @@ def _example(line: str, where: str) -> Example:
     negatives = row.get("negatives", [])
     if not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives):
         raise ValueError(f"{where}: 'negatives' must be a list of non-empty strings")
+    if row["positive"] in negatives:  # scored as the positive itself: no negative, and a teacher margin for one text
+        raise ValueError(f"{where}: 'negatives' holds the positive itself; drop it from the list")
     if any(surrogate_at(text) is not None for text in (row["query"], row["positive"], *negatives)):
         # the tokenizer refused it when its batch came up, hours in
         raise ValueError(f"{where}: holds a lone surrogate (an escaped \\ud800-\\udfff), which is not UTF-8 text")

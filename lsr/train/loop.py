@@ -286,7 +286,9 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
                             nnz_q=f"{stats['nnz_q']:.0f}", nnz_d=f"{stats['nnz_d']:.0f}", **dev, refresh=False)
             bar.update(1)
             halt = guard.after_step(step, stats)
-            out_of_time = deadline is not None and time.monotonic() >= deadline
+            # a limit that runs out on the last step cut nothing: that run finished (it said "time limit", kept its
+            # checkpoint and offered a --resume with no step left to train)
+            out_of_time = step < total and deadline is not None and time.monotonic() >= deadline
             # the last step too: a kill while OUT's model folder is written then loses no training (--resume exports)
             if step % checkpoint_every == 0 or step == total or interrupt.requested or out_of_time or halt:
                 save_checkpoint(out, model.parameters, optimizer, step, run, seconds, guard.state())
