@@ -332,6 +332,7 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("eval-unknown", "unknown BEIR dataset 'nosuchdataset'"),  # after the model loaded, leaving an empty OUT
     ("damaged-gzip", "pairs.jsonl.gz is not a whole gzip file"),  # was taken for a BEIR name: "not a BEIR folder"
     ("negative-is-positive", "line 1: 'negatives' holds the positive itself"),  # silently no negative for the row
+    ("misspelt-key", "line 1: unknown key 'score'; did you mean 'scores'?"),  # dropped: trained without the teacher
     # its files changed the --model folder's, so every --resume was refused as "the --model folder's files differ"
     ("out-inside-model", "lies inside the --model folder"),
     # a test "gain" measured on the training queries, printed with a p-value as if held out
@@ -348,6 +349,8 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")  # named .gz, not compressed
     elif case == "negative-is-positive":
         data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n", "p"]}) + "\n")
+    elif case == "misspelt-key":
+        data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"], "score": [2.0, 1.0]}) + "\n")
     elif case == "empty-jsonl":
         data.write_text("\n")
     elif case == "nan-score":  # one such row made every weight NaN, and the run wrote a dead model with exit 0
@@ -787,3 +790,14 @@ def test_a_checkpoint_write_cut_short_leaves_an_out_a_new_run_can_use(examples, 
                  "--dev-split", "none", "--quiet"]) == 0
     assert (out / "model.safetensors").exists() and not list(out.glob("*.tmp"))
     assert "%|" not in capfd.readouterr().err  # --quiet: no bar, transformers' "Writing model shards" neither
+
+
+def test_sentence_transformers_column_names_are_read_as_ours(tmp_path):
+    """(anchor, positive, negative) and negative_1..N rows, sentence-transformers' training columns, lost their
+    negatives ("negative" was not "negatives") and failed on "anchor"; an extra key such as an id is still ignored."""
+    data = tmp_path / "st.jsonl"
+    data.write_text(json.dumps({"anchor": "q1", "positive": "p1", "negative": "n1"}) + "\n"
+                    + json.dumps({"query": "q2", "positive": "p2", "negative_2": "b", "negative_1": "a", "id": 7}) + "\n")
+    first, second = load_examples(str(data))
+    assert (first.query, first.positive, first.negatives) == ("q1", "p1", ("n1",))
+    assert (second.query, second.negatives) == ("q2", ("a", "b"))

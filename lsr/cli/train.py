@@ -4,7 +4,8 @@ DATA is a BEIR name, folder or archive (its --split qrels, default train; hard n
 with BM25, or with --negatives model by the starting model's own retrieval, never a document judged
 for the query), or a JSONL file of
   {"query": "...", "positive": "...", "negatives": ["...", ...], "scores": [pos, neg1, ...]}
-rows ("negatives" optional; "scores" = teacher scores, adds margin-MSE distillation).
+rows, gzip'd or not ("negatives" optional; "scores" = teacher scores, adds margin-MSE distillation;
+sentence-transformers' "anchor" and "negative" / "negative_1".."negative_N" columns are read as ours).
 OUT becomes a model folder that SpladeEncoder.from_pretrained(OUT), `lsr index --model OUT`,
 `lsr beir --model OUT` and sentence-transformers' SparseEncoder(OUT) all load. A checkpoint is
 written every --checkpoint-every steps and on Ctrl-C or SIGTERM (after the current step); --resume continues (after kill -9 too) and,

@@ -4,11 +4,13 @@ Two sources: a BEIR dataset's train split (one example per query, whose positive
 highest-graded judged documents; hard negatives mined with BM25 or with the starting model's own exact retrieval,
 never a judged document of that query), or a JSONL file of
 ``{"query": ..., "positive": ..., "negatives": [...], "scores": [pos, neg1, ...]}`` rows where
-``negatives`` and ``scores`` (teacher scores for margin-MSE, same order) are optional.
+``negatives`` and ``scores`` (teacher scores for margin-MSE, same order) are optional; sentence-transformers'
+columns (``anchor``, ``negative`` or ``negative_1``..``N``) are read as those.
 """
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import json
 import logging
@@ -114,6 +116,7 @@ def _example(line: str, where: str) -> Example:
         raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object")
+    row = _our_names(row, where)
     for key in ("query", "positive"):
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise ValueError(f"{where}: {key!r} must be a non-empty string")
@@ -137,6 +140,28 @@ def _example(line: str, where: str) -> Example:
                              "to the model's dot products, which stay in the tens)")
         scores = tuple(float(s) for s in scores)
     return Example(row["query"], row["positive"], tuple(negatives), scores)
+
+
+KEYS = ("query", "positive", "negatives", "scores")
+
+
+def _our_names(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """The row with sentence-transformers' column names read as ours (``anchor`` for the query, ``negative`` or
+    ``negative_1``, ``negative_2``, ... for the negatives), and a key that looks like a misspelt one of ours refused:
+    a "negative" or "score" key was dropped without a word, and the run trained without hard negatives."""
+    row = dict(row)
+    if "anchor" in row and "query" not in row:
+        row["query"] = row.pop("anchor")
+    numbered = sorted((k for k in row if k.startswith("negative_") and k[9:].isdigit()), key=lambda k: int(k[9:]))
+    singles = (["negative"] if "negative" in row else []) + numbered
+    if singles and "negatives" not in row:
+        row["negatives"] = [row.pop(k) for k in singles]
+    for key in row:
+        close = difflib.get_close_matches(key.lower(), KEYS, n=1, cutoff=0.75) if key not in KEYS else []
+        if close:
+            raise ValueError(f"{where}: unknown key {key!r}; did you mean {close[0]!r}? (keys: query or anchor, "
+                             "positive, negatives or negative / negative_1..N, scores)")
+    return row
 
 
 def beir_examples(data: str, split: str, *, data_dir: str | None = None, miner: Miner | None = None) -> list[Example]:
