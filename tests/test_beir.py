@@ -353,6 +353,9 @@ def test_lsr_tune_and_beir_refuse_a_collection_of_another_corpus_and_tune_warns_
                                        "tiny/train judges relevant: it was not indexed from tiny; tune it on the dataset "
                                        "it was built from\n")
     assert not (tmp_path / "other" / "search-defaults.json").exists()
+    # the collection is checked before the dataset loads (minutes on a large corpus), not after
+    assert cli_main(["tune", str(tmp_path / "missing"), "--dataset", "nosuchdataset"]) == 2
+    assert "collection " + str(tmp_path / "missing") + " does not exist" in capsys.readouterr().err
     assert cli_main(["tune", str(tmp_path / "partial"), "--dataset", "tiny", "--data-dir", str(data), "--split", "tset"]) == 2
     assert "tiny.zip has no qrels/tset.tsv for --split; it has test, train" in capsys.readouterr().err
     said: list[str] = []

@@ -164,6 +164,9 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
     target = Path(collection) / SEARCH_DEFAULTS
     if target.exists() and not target.is_file():  # found only at the end, after the whole grid
         raise ValueError(f"{target} is not a file; move it away so `lsr tune` can store its choice there")
+    searcher = open_in_process(collection, **open_options)  # a sharded one's choice goes beside its shard map
+    if not searcher.has_dense or not searcher.has_bm25:  # before the dataset loads: minutes on a large corpus
+        raise ValueError(f"{collection} needs dense and BM25 legs to tune their fusion; re-index it with both")
     source = locate_dataset(dataset_name, data_dir)
     dataset = load_beir(source, splits=tuple(dict.fromkeys(("test", "train", "dev", split))))
     if split not in dataset.qrels:  # a misspelt --split would otherwise be tuned on without notice
@@ -172,9 +175,6 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
     if tune_split is None:
         raise ValueError(f"{dataset.name} has no train or dev qrels apart from {split!r}: nothing to tune on without "
                          "touching the reported split; the documented defaults stay")
-    searcher = open_in_process(collection, **open_options)  # a sharded one's choice goes beside its shard map
-    if not searcher.has_dense or not searcher.has_bm25:
-        raise ValueError(f"{collection} needs dense and BM25 legs to tune their fusion; re-index it with both")
     check_judged_documents(searcher, dataset, tune_split, collection, say)
     backend = InProcess(searcher)
     fusion, prf = tune_fusion_and_prf(backend, dataset, tune_split, k, say, progress=progress)
