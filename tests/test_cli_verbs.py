@@ -206,6 +206,10 @@ def test_eval_compares_runs_with_a_paired_randomization_test(tmp_path, capsys):
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
     assert rows[0] == ["run", "qid", "ndcg@10", "recall@100", "mrr@10", "map@100"] and len(rows) == 1 + 2 * 30
     assert rows[-1] == [str(runs["second"]), "q29", "0.6309", "1.0000", "0.5000", "0.5000"]
+    assert cli_main(["eval", str(runs["first"]), str(qrels), "--per-query", "--json"]) == 0  # --json was ignored
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 30 and lines[-1] == {"run": str(runs["first"]), "qid": "q29", "ndcg@10": 1.0,
+                                              "recall@100": 1.0, "mrr@10": 1.0, "map@100": 1.0}
     assert cli_main(["eval", str(runs["first"]), str(qrels), "--compare", str(runs["first"])]) == 2
     assert "a run is given twice" in capsys.readouterr().err
 

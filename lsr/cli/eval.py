@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("qrels", metavar="QRELS", help="TREC qrels or BEIR qrels TSV")
     p.add_argument("--compare", nargs="+", default=[], metavar="OTHER",
                    help="other runs to score beside RUN, with their difference from it and its p-value")
-    p.add_argument("--per-query", action="store_true", help="print each judged query's metrics (TSV: run, qid, metrics)")
+    p.add_argument("--per-query", action="store_true",
+                   help="print each judged query's metrics (TSV: run, qid, metrics; a JSON line each with --json)")
     p.add_argument("--keep-self-hits", action="store_true", help="count hits whose doc id equals the query id")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
@@ -60,11 +61,13 @@ def run(args: argparse.Namespace) -> int:
     _warn_of_unanswered(args.run, answered)
     scores = {path: per_query(qrels, results, ignore_identical_ids=not args.keep_self_hits)
               for path, results in runs.items()}
-    if args.per_query:
-        print("\t".join(["run", "qid", *METRICS]))
+    if args.per_query:  # TSV, or with --json a JSON line per (run, query): --json was ignored here
+        if not args.json:
+            print("\t".join(["run", "qid", *METRICS]))
         for path, table in scores.items():
             for qid, values in table.items():
-                print("\t".join([path, qid, *(f"{values[m]:.4f}" for m in METRICS)]))
+                print(json.dumps({"run": path, "qid": qid, **values}) if args.json else
+                      "\t".join([path, qid, *(f"{values[m]:.4f}" for m in METRICS)]))
         return 0
     means = {path: averaged(table) for path, table in scores.items()}
     base = scores[args.run]
