@@ -355,7 +355,18 @@ class SparseBatch:
 
     @classmethod
     def read_parquet(cls, path: str | Path, vocab: Sequence[str] | None = None) -> tuple["SparseBatch", list[str] | None]:
-        """Returns (batch, ids or None); ``vocab`` names the terms when the file does not carry them."""
-        table = pq.read_table(path, columns=[c for c in ("id", "indices", "values") if c in pq.read_schema(path).names])
+        """Returns (batch, ids or None); ``vocab`` names the terms when the file does not carry them. A missing path,
+        a folder or a file that is no Parquet is one error naming the path (pyarrow's named no file, or said only
+        "Parquet magic bytes not found in footer")."""
+        path = Path(path)
+        if not path.is_file():
+            raise (IsADirectoryError if path.is_dir() else FileNotFoundError)(
+                f"{path} is {'a folder' if path.is_dir() else 'not there'}; give a vectors file (`lsr encode --output`"
+                " or SparseBatch.write_parquet)")
+        try:
+            names = pq.read_schema(path).names
+        except pa.ArrowInvalid as exc:
+            raise ValueError(f"{path} is not a Parquet file ({exc})") from None
+        table = pq.read_table(path, columns=[c for c in ("id", "indices", "values") if c in names])
         ids = table.column("id").to_pylist() if "id" in table.column_names else None
         return cls.from_arrow(table, vocab), ids

@@ -300,6 +300,17 @@ def test_vocab_size_is_a_whole_number_that_survives_a_round_trip(tmp_path):
         SparseBatch.from_dense(np.ones(3))
 
 
+def test_read_parquet_names_the_path_it_cannot_read(tmp_path):
+    """pyarrow named no file ("Parquet magic bytes not found in footer") or called a folder "Cannot open for reading"."""
+    (tmp_path / "notes.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'notes.parquet'} is not a Parquet file"):
+        SparseBatch.read_parquet(tmp_path / "notes.parquet")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'none.parquet'} is not there"):
+        SparseBatch.read_parquet(tmp_path / "none.parquet")
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a folder"):
+        SparseBatch.read_parquet(tmp_path)
+
+
 def test_concat_refuses_batches_whose_vocabularies_differ_in_their_tokens():
     """Two vocabularies of one size (two models' tokenizers) were concatenated under the first one's token names."""
     one = SparseBatch.from_dense(np.array([[1.0, 0.0]], np.float32), vocab=["a", "b"])
