@@ -273,6 +273,9 @@ class InvertedIndex:
         """
         state = self._state
         _check_search_args(k, top_terms, bound_factor, algorithm)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):  # -1 (joblib's "all cores") ran on one thread without a word
+            raise ValueError(f"threads must be a positive integer or None (every CPU), got {threads!r}")
         k = state.hit_count(k)
         rows = query_rows(queries, self.vocab_size, state.token_ids)
         ids = np.full((len(rows), k), None, dtype=object)

@@ -254,6 +254,14 @@ def test_query_vectors_over_another_vocabulary_are_refused(tmp_path):
     assert index.search(SparseBatch(np.array([0, 1]), np.array([2]), np.array([1.0]), 4)) == [Hit("c", 1.0)]
 
 
+def test_threads_below_one_are_refused_not_run_on_one(tmp_path):
+    idx = InvertedIndex.build(tmp_path / "idx", sp.csr_matrix(np.eye(4, dtype=np.float32)), list("abcd"))
+    for threads in (-1, 0, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive integer or None"):
+            idx.search_batch([{0: 1.0}], k=1, threads=threads)
+    assert idx.search_batch([{0: 1.0}], k=1, threads=2)[0].tolist() == [["a"]]
+
+
 def test_a_dict_or_a_fractional_top_terms_is_one_clear_error(tmp_path):
     """search_batch({2: 1.0}) failed as "unsupported query type int" (it iterated the dict's keys), and top_terms=2.5
     as "slice indices must be integers" from inside the search."""
