@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
 import hashlib
 import json
 import logging
@@ -82,9 +83,19 @@ def text_lines(text: str) -> list[str]:
     return lines[:-1] if lines and not lines[-1] else lines
 
 
+GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)  # what reading a damaged or fake .gz raises
+
+
+def open_maybe_gzip(path: Path) -> IO[bytes]:
+    """``path`` opened for reading bytes, gunzipped as it is read when its name ends in .gz (any case); a damaged
+    stream raises one of ``GZIP_ERRORS`` as it is read."""
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
 def read_text_file(path: str | Path, what: str = "") -> str:
-    """A UTF-8 text file's content (a BOM dropped: it is no id); a folder, a missing file and undecodable bytes are
-    one line each that names the file (``what`` says which: "topics file"), not a decoder's bare message."""
+    """A UTF-8 text file's content (a BOM dropped: it is no id), gunzipped when its name ends in .gz (runs and qrels
+    are often handed out so); a folder, a missing file, a damaged gzip stream and undecodable bytes are one line each
+    that names the file (``what`` says which: "topics file"), not a decoder's bare message."""
     path = Path(path)
     label = f"{what} {path}".strip()
     if path.is_dir():
@@ -92,7 +103,12 @@ def read_text_file(path: str | Path, what: str = "") -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{label} does not exist")
     try:
-        return path.read_text(encoding="utf-8-sig")
+        with open_maybe_gzip(path) as fh:
+            raw = fh.read()
+    except GZIP_ERRORS as exc:
+        raise ValueError(f"{label} is not a whole gzip file ({exc}); compress it again, or pass it uncompressed") from None
+    try:
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{label} is not UTF-8 text ({exc.reason} at byte {exc.start:,})") from None
 

@@ -8,11 +8,9 @@ and ``text``/``query`` (BEIR's queries.jsonl as it is).
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
-import zlib
 from pathlib import Path
 from typing import IO, Iterable
 
@@ -170,24 +168,10 @@ def _json_topic(path: Path, line_no: int, line: str) -> tuple[str, str]:
 
 
 def _rows(path: str | Path) -> Iterable[tuple[int, list[str]]]:
-    for line_no, line in enumerate(text_lines(_run_text(Path(path))), start=1):
+    for line_no, line in enumerate(text_lines(read_text_file(path)), start=1):
         parts = fields(line)
         if parts:
             yield line_no, parts
-
-
-def _run_text(path: Path) -> str:
-    """A run or qrels file's text, gunzipped when its name ends in .gz (runs are often handed out so): one was
-    refused as "not UTF-8 text (invalid start byte at byte 1)"."""
-    if not (path.name.lower().endswith(".gz") and path.is_file()):
-        return read_text_file(path)  # which names a missing file or a folder
-    raw = path.read_bytes()
-    try:
-        return gzip.decompress(raw).decode("utf-8-sig")
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise ValueError(f"{path} is not a whole gzip file ({exc}); compress it again, or pass it uncompressed") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text once decompressed ({exc.reason} at byte {exc.start:,})") from None
 
 
 def fields(line: str) -> list[str]:

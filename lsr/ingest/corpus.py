@@ -10,7 +10,6 @@ skipped and counted with ``on_error="skip"``. Only the set of seen ids grows wit
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -25,6 +24,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from lsr.encode.texts import surrogate_at
+from lsr.files import open_maybe_gzip
 from lsr.ingest.beir_source import BeirSource
 from lsr.sparse import SparseBatch, id_problem, short_repr
 
@@ -164,8 +164,7 @@ class CorpusReader:
         if self.format == "csv":
             return pcsv.open_csv(self.source, parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: "skip")
                                  ).schema.names  # a bad row is named when the rows are read
-        opener = gzip.open if self.source.name.lower().endswith(".gz") else open
-        with opener(self.source, "rb") as fh:
+        with open_maybe_gzip(self.source) as fh:
             for line in fh:
                 if line.strip():
                     try:

@@ -11,16 +11,15 @@ columns (``anchor``, ``negative`` or ``negative_1``..``N``) are read as those.
 from __future__ import annotations
 
 import difflib
-import gzip
 import json
 import logging
 import math
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from lsr.encode.texts import surrogate_at
+from lsr.files import GZIP_ERRORS, open_maybe_gzip
 
 if TYPE_CHECKING:
     from lsr.eval.datasets import BeirDataset
@@ -89,9 +88,8 @@ def read_jsonl(path: Path) -> list[Example]:
     """Training rows, one JSON object a line, in UTF-8 (a byte-order mark is allowed), gzip'd when the name ends in
     ``.gz``; a bad line is named, and so is a damaged gzip stream (a bare OSError or EOFError otherwise)."""
     examples = []
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rb") as fh:
+        with open_maybe_gzip(path) as fh:
             for line_no, raw in enumerate(fh, start=1):
                 where = f"{path} line {line_no}"
                 try:
@@ -101,7 +99,7 @@ def read_jsonl(path: Path) -> list[Example]:
                                      f"{exc.start + 1})") from None
                 if line.strip():
                     examples.append(_example(line, where))
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+    except GZIP_ERRORS as exc:
         raise ValueError(f"{path} is not a whole gzip file ({exc}); compress it again, or pass "
                          "the plain .jsonl") from None
     if not examples:
