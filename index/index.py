@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -273,9 +273,7 @@ class InvertedIndex:
         """
         state = self._state
         _check_search_args(k, top_terms, bound_factor, algorithm)
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
-                                    or threads < 1):  # -1 (joblib's "all cores") ran on one thread without a word
-            raise ValueError(f"threads must be a positive integer or None (every CPU), got {threads!r}")
+        _check_positive_or_none(threads, "threads")  # -1 (joblib's "all cores") ran on one thread without a word
         k = state.hit_count(k)
         rows = query_rows(queries, self.vocab_size, state.token_ids)
         ids = np.full((len(rows), k), None, dtype=object)
@@ -441,13 +439,16 @@ class InvertedIndex:
 def _check_search_args(k: int, top_terms: int | None, bound_factor: float, algorithm: str) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    if top_terms is not None and (isinstance(top_terms, bool) or not isinstance(top_terms, (int, np.integer))
-                                  or top_terms <= 0):  # 2.5 failed deep inside as "slice indices must be integers"
-        raise ValueError(f"top_terms must be a positive integer or None, got {top_terms!r}")
+    _check_positive_or_none(top_terms, "top_terms")  # 2.5 failed deep inside as "slice indices must be integers"
     if not np.isfinite(bound_factor) or bound_factor < 1.0:
         raise ValueError(f"bound_factor must be >= 1.0 (1.0 is exact), got {bound_factor}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+
+
+def _check_positive_or_none(value: Any, name: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
 
 def _choose_algorithm(algorithm: str, bound_factor: float) -> str:

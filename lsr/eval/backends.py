@@ -79,8 +79,8 @@ class Remote:
             raise call_failed(exc) from None
         missing = sorted({shard for r in results for shard in r.shards_missing})
         if missing:  # a score over part of the collection would be reported as the collection's
-            raise MachineStateError(f"shard(s) {', '.join(missing)} of the server did not answer, so its results miss their "
-                               "documents; evaluate once every shard is up (its health is SERVING)")
+            raise MachineStateError(f"shard(s) {', '.join(missing)} of the server did not answer, so its results miss "
+                                    "their documents; evaluate once every shard is up (its health is SERVING)")
         return {q: {h.doc_id: h.score for h in r.hits} for q, r in zip(qids, results)}
 
 
