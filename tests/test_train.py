@@ -383,6 +383,33 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def _empty_folder_we_cannot_write(tmp_path: Path) -> Path | None:
+    """A folder of our own made read-only, or (root writes anywhere) an empty one of the kernel's, if there is one."""
+    own = tmp_path / "read-only"
+    own.mkdir()
+    own.chmod(0o555)
+    for folder in (own, Path("/sys/kernel/security"), Path("/sys/fs/pstore"), Path("/sys/kernel/software_nodes")):
+        try:
+            if folder.is_dir() and not any(folder.iterdir()):
+                (folder / "probe").touch()
+                (folder / "probe").unlink()
+        except OSError:
+            return folder
+    return None
+
+
+def test_an_existing_out_that_cannot_be_written_is_refused_before_anything_loads(tmp_path, capsys):
+    out = _empty_folder_we_cannot_write(tmp_path)
+    if out is None:
+        pytest.skip("no empty folder here refuses this user's writes")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
+    assert main(["train", str(data), str(out), "--negatives", "model"]) == 1  # was an errno at the first checkpoint
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lsr train: error: cannot write in the model folder {out}:") and len(err.splitlines()) == 1
+    assert out.is_dir() and not any(out.iterdir())
+
+
 def test_a_gzipped_or_upper_case_jsonl_file_is_read_as_training_rows(tmp_path):
     """pairs.jsonl.gz and PAIRS.JSONL were taken for BEIR names and refused as "not a BEIR folder"."""
     import gzip

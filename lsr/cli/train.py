@@ -46,6 +46,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -278,13 +279,15 @@ def _check_out_apart_from_model(out: Path, model: str) -> None:
 
 
 def _check_creatable(out: Path) -> None:
-    """Make OUT and take it away again: one that cannot be made failed only once the data and model had loaded,
-    as a bare errno; a run that fails before training leaves nothing behind."""
+    """Make OUT, write a file in it and take both away again: an OUT that cannot be made, or an existing one that
+    cannot be written, failed only once the data and model had loaded, as a bare errno; a run that fails before
+    training leaves nothing behind."""
     missing = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
     except OSError as exc:
-        raise OSError(f"cannot create the model folder {out}: {exc.strerror}") from None
+        raise OSError(f"cannot {'create' if missing else 'write in'} the model folder {out}: {exc.strerror}") from None
     finally:
         for folder in missing:  # deepest first
             with contextlib.suppress(OSError):
