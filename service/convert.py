@@ -126,11 +126,12 @@ def result_to_proto(result: SearchResult, *, index_version: str, request_id: str
 
 # ---------------------------------------------------------------------------------------- client side
 def options_to_proto(
-    k: int, mode: str, hybrid: HybridOptions | None, prf: PrfOptions | bool | None
+    k: int, mode: str, hybrid: HybridOptions | None, prf: PrfOptions | Mapping | bool | None
 ) -> dict:
     """Fields shared by SearchRequest and SearchBatchRequest, checked as the Searcher checks them: k=0 would be
-    proto3's "unset" (10 hits), and a bad option is one ValueError here rather than a server round trip."""
-    check_options(k, mode, hybrid, prf)
+    proto3's "unset" (10 hits), and a bad option is one ValueError here rather than a server round trip. ``prf`` may
+    be a mapping of PrfOptions fields: only those are sent, and the server's stored PRF settings give the rest."""
+    check_options(k, mode, hybrid, replace(PrfOptions(), **prf) if isinstance(prf, Mapping) else prf)
     fields = {"k": k, "mode": _enum_value(_MODES, mode, "mode")}
     if hybrid is not None:
         fields["hybrid"] = pb.HybridOptions(
@@ -140,6 +141,10 @@ def options_to_proto(
         )
     if prf is True:  # PRF with the server's stored defaults
         fields["prf"] = pb.PrfOptions(enabled=True)
+    elif isinstance(prf, Mapping):  # these settings, over the server's stored defaults
+        fields["prf"] = pb.PrfOptions(enabled=True, **{
+            name: _enum_value(_INTERPOLATIONS, value, "PRF interpolation") if name == "interpolate" else value
+            for name, value in prf.items()})
     elif prf:
         fields["prf"] = pb.PrfOptions(
             enabled=True, feedback_docs=prf.feedback_docs, weight=prf.weight, max_terms=prf.max_terms,

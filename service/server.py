@@ -93,13 +93,13 @@ def check_tls_pair(cert: Path, key: Path) -> None:
 def check_port_free(host: str, port: int) -> None:
     """gRPC binds each address a host name resolves to and succeeds if any binds: with 127.0.0.1:P taken by another
     server, ``--host localhost`` bound only [::1]:P and took the clients that try IPv6 first. Every address must be
-    free (addresses this machine lacks, such as ::1 without IPv6, are left to gRPC, which skips them)."""
-    if port == 0:
-        return
+    free (addresses this machine lacks, such as ::1 without IPv6, are left to gRPC, which skips them), and at least one
+    must be this machine's (port 0 probes a free port)."""
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise ValueError(f"cannot bind --host {host!r}: {exc.strerror}") from None
+    lacked = 0
     for family, kind, proto, _name, address in addresses:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no conflict
@@ -109,6 +109,10 @@ def check_port_free(host: str, port: int) -> None:
                 if exc.errno == errno.EADDRINUSE:
                     raise OSError(f"could not bind {host}:{port}: {address[0]} port {port} is in use "
                                   "(another server? pick another --port, or 0 for a free one)") from None
+                lacked += exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+    if addresses and lacked == len(addresses):  # gRPC said "Failed to bind ... set GRPC_VERBOSITY=debug"
+        raise ValueError(f"cannot bind --host {host}: this machine has no such address; give one of its own "
+                         "addresses, 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
 
 
 class BearerTokenAuth(grpc.ServerInterceptor):

@@ -485,3 +485,84 @@ def test_encode_input_failing_midway_is_one_line_and_leaves_no_file(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and not out.exists() and not list(tmp_path.glob("*.tmp*"))
     assert "duplicate id 'a'" in proc.stderr and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["encode", "--input", "{corpus}", "--output", "{tmp}/v.parquet", "--query"],
+     "--query does nothing here: an --input file is encoded as documents, with expansion, into --output"),
+    (["encode", "--input", "{corpus}", "--output", "{tmp}/v.parquet", "--no-expansion", "--top", "5"],
+     "--top, --no-expansion do nothing here"),
+    (["encode", "aspirin", "--batch-size", "8"],
+     "--batch-size does nothing here: a TEXT is given, not an --input file"),
+    (["search", "{direct}", "coffee", "--tag", "mine"], "--tag does nothing here: without --topics no TREC run"),
+    (["search", "{direct}", "--topics", "{tmp}/t.tsv", "--output", "{tmp}/run", "--text", "--explain"],
+     "--text, --explain do nothing here: --topics writes a TREC run, which holds ids and scores only"),
+    (["serve", "{direct}", "--shard-timeout", "5"], "--shard-timeout does nothing here: {direct} is not a sharded"),
+    (["index", "{vectors}", "{tmp}/out", "--pre-encoded", "--id-field", "docid"], "--id-field does nothing here"),
+    (["index", "{vectors}", "{tmp}/out", "--pre-encoded", "--max-length", "64"],
+     "--max-length does nothing here: {vectors} holds the ids, texts and vectors to index (encoded at 256 tokens)"),
+    (["index", "{corpus}", "{tmp}/out", "--dense", "none", "--hnsw"], "--dense none builds no dense index"),
+    (["beir", "--dataset", "scifact", "--endpoint", "127.0.0.1:1", "--dtype", "bf16"],
+     "--dtype does nothing here: with --endpoint the server's collection and models are evaluated"),
+])
+def test_a_flag_that_would_do_nothing_is_refused_in_one_line(collections, corpus, tmp_path, capsys, argv, message):
+    """Each was accepted and ignored: `encode --input --query` wrote document vectors, `index --pre-encoded
+    --max-length 64` recorded the file's 256, `serve --shard-timeout` on an unsharded collection did nothing."""
+    names = {"corpus": corpus, "tmp": tmp_path, "direct": collections["direct"],
+             "vectors": corpus.parent / "vectors.parquet"}
+    (tmp_path / "t.tsv").write_text("q1\tcoffee\n")
+    assert cli_main([word.format(**names) for word in argv]) == 2
+    err = capsys.readouterr().err
+    assert message.format(**names) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "v.parquet").exists()
+
+
+def test_prf_flags_through_a_server_override_the_collections_stored_prf_as_in_process(collections, tmp_path, capsys):
+    """`lsr query --prf --prf-docs 1` sent every other PRF setting too, at the untuned defaults, so the server's stored
+    (`lsr tune`) ones were dropped and its hits differed from `lsr search` with the same flags."""
+    from lsr.ingest.layout import write_search_defaults
+    from service_helpers import ServerProcess
+
+    col = shutil.copytree(collections["direct"], tmp_path / "tuned")
+    write_search_defaults(col, {"prf": {"feedback_docs": 2, "weight": 3.0, "max_terms": 5, "interpolate": "none",
+                                        "after_weight": 0.5, "dense_weight": None, "min_idf": 0.0}})
+    flags = ["heart attack risk", "--mode", "sparse", "--prf", "--prf-docs", "1", "--json"]
+
+    def hits(argv: list[str]) -> list[tuple[str, float]]:
+        assert cli_main(argv) == 0
+        return [(hit["doc_id"], hit["score"]) for hit in json.loads(capsys.readouterr().out)["hits"]]
+
+    in_process = hits(["search", str(col), *flags])
+    assert in_process != hits(["search", str(collections["direct"]), *flags])  # the stored PRF counts
+    server = ServerProcess(col).wait_listening()
+    try:
+        served = hits(["query", "--endpoint", server.address, *flags])
+    finally:
+        server.kill()
+    assert [doc for doc, _ in served] == [doc for doc, _ in in_process]
+    assert [score for _, score in served] == pytest.approx([score for _, score in in_process], rel=1e-6)
+
+
+def test_docs_cli_md_names_every_flag_of_every_verb_and_no_flag_they_lack():
+    """docs/cli.md is the full reference: its Flags table names each verb's flags (a group such as "device flags" by
+    its bullet), and a flag it names anywhere exists (a removed one left there is a bug)."""
+    import re
+
+    from lsr.cli.main import build_parser
+
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = doc.split("\n## Flags\n", 1)[1].split("\n## ", 1)[0]
+    groups = {name: set(flag.findall(text)) for name, text in re.findall(r"^- \*\*(\w+ flags)\*\*: (.*?)(?=^- |^\n)",
+                                                                         section, re.M | re.S)}
+    assert sorted(groups) == ["PRF flags", "connection flags", "device flags", "fusion flags"]
+    verbs = build_parser()._subparsers._group_actions[0].choices
+    known = {"--verbose", "--help"}
+    for verb, parser in verbs.items():
+        options = {o for action in parser._actions for o in action.option_strings if o.startswith("--")} - {"--help"}
+        known |= options
+        row = next(line for line in section.splitlines() if line.startswith(f"| `lsr {verb}` |"))
+        named = set(flag.findall(row)).union(*(groups[name] for name in groups if name in row))
+        assert options - named == set(), f"lsr {verb}: flags missing from docs/cli.md's Flags table"
+        assert named - options == set(), f"lsr {verb}: docs/cli.md's Flags table names flags it does not take"
+    assert set(flag.findall(doc)) - known == set()

@@ -223,6 +223,9 @@ def test_upsert_and_delete_through_a_running_server(built, tmp_path, capsys):
     (["upsert", "{col}/missing.jsonl", "{col}"], "does not exist"),
     (["delete", "{col}"], "no ids to delete"),
     (["delete", "{col}", "--ids-file", "{col}/none.txt"], "--ids-file"),
+    (["upsert", "{src}", "{col}", "--auth-token-file", "{src}"],  # it was read by nobody
+     "--auth-token-file does nothing here: COLLECTION is a folder written here, not a server (--endpoint)"),
+    (["delete", "{col}", "not-there", "--tls", "--timeout", "5"], "--tls, --timeout do nothing here"),
 ])
 def test_bad_writes_fail_in_one_line(built, tmp_path, capsys, argv, message):
     source = _jsonl(tmp_path / "new.jsonl", NEW)

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
+from lsr.cli.main import flags_given, refuse_unused
 
 HELP = "evaluate BM25 / sparse / dense / hybrid / PRF / fusion on a BEIR dataset"
 
@@ -49,10 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="query a running `lsr serve` instead of searching in-process (port 50051 if left out)")
     p.add_argument("--serve", action="store_true",
                    help="index the dataset, start `lsr serve` on a free loopback port, evaluate through it, then stop it")
-    p.add_argument("--out", default=None, help="folder for results.md, results.json and ndcg.png")
+    p.add_argument("--out", default=None,
+                   help="folder for results.md, results.json and ndcg.png (default: none, the table is only printed)")
     p.add_argument("--model", default="splade-tiny", help="SPLADE model (default: splade-tiny)")
     p.add_argument("--dense", default="minilm", help="dense model, or 'none' (default: minilm)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: every CPU this process may use); with --serve also the server's "
+                        "--threads (default 1 there)")
     add_device_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--note", default=None, help="a sentence added to the report (e.g. that the CPU was shared)")
@@ -65,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     check_methods_and_depth(methods, args.k)  # before a --serve index build, which can take minutes
     if args.serve and args.endpoint:
         raise ValueError("--serve starts its own server; drop --endpoint (or drop --serve to use yours)")
+    if args.endpoint:
+        refuse_unused(flags_given(args, "model", "dense", "threads", "device", "dtype"),
+                      "with --endpoint the server's collection and models are evaluated (`lsr serve --device ...`)")
     if args.endpoint and set(methods) - {"bm25"}:
         from lsr.eval.backends import Remote
 

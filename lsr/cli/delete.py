@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lsr.cli.endpoint import add_endpoint_arguments, connect
+from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_flags
 from lsr.cli.upsert import uninterrupted
 
 HELP = "delete documents of a collection (or a running server) by id"
@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     collection = None if args.endpoint else (words.pop(0) if words else None)
     if collection is None and not args.endpoint:
         raise ValueError("give COLLECTION (a folder written by `lsr index`) or --endpoint HOST[:PORT]")
+    if collection is not None:
+        refuse_connection_flags(args)
     ids = words + _read_ids(args.ids_file)
     ids = list(dict.fromkeys(doc_id for doc_id in ids if doc_id))
     if not ids:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
+from lsr.cli.main import flags_given, refuse_unused
 from lsr.files import check_writable
 
 HELP = "show the weighted terms SPLADE gives a text, or encode a file of texts into a vectors file"
@@ -33,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     side.add_argument("--query", dest="side", action="store_const", const="query",
                       help="encode as a query (up to the model's limit, at most 512 tokens; a model folder with an "
                            "idf.json gives its inference-free query: the IDF weights of the query's tokens)")
-    side.add_argument("--document", dest="side", action="store_const", const="document", help="encode as a document (default, 256 tokens)")
+    side.add_argument("--document", dest="side", action="store_const", const="document",
+                      help="encode as a document (default; --max-length tokens)")
     p.add_argument("--top", type=int, default=20, help="how many terms to print (default 20; 0 = all)")
     p.add_argument("--no-expansion", action="store_true", help="keep only the text's own tokens")
     p.add_argument("--json", action="store_true", help="print {token: weight} as JSON")
@@ -55,12 +57,16 @@ def run(args: argparse.Namespace) -> int:
     if args.input or args.output:
         return _encode_file(args)
     from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, idf_table_path
+    from lsr.encode.texts import check_utf8
 
+    refuse_unused(flags_given(args, "fields", "id_field", "batch_size", "on_error", "quiet"),
+                  "a TEXT is given, not an --input file")
     if args.top < 0:
         raise ValueError(f"--top must be ≥ 0, got {args.top}")
     text = " ".join(args.text)
     if not text.strip():
         raise ValueError("give a text to encode (or --input FILE --output VECTORS.parquet)")
+    check_utf8(text, "TEXT")  # before the model loads
     options = {"query_expansion": not args.no_expansion, "doc_expansion": not args.no_expansion}
     device = device_options(args)
     source = f"model {args.model}"
@@ -88,6 +94,8 @@ def _encode_file(args: argparse.Namespace) -> int:
         raise ValueError("--input and --output go together: lsr encode --input FILE --output VECTORS.parquet")
     if args.text:
         raise ValueError("give either a TEXT or --input FILE, not both")
+    refuse_unused(["--query"] * (args.side == "query") + flags_given(args, "top", "no_expansion", "json"),
+                  "an --input file is encoded as documents, with expansion, into --output (nothing is printed)")
     if args.batch_size <= 0 or args.max_length < 4:
         raise ValueError("--batch-size must be positive and --max-length at least 4")
     device = device_options(args)  # a GPU asked for and missing is one line before the corpus is read

@@ -17,11 +17,21 @@ def add_endpoint_arguments(p: argparse.ArgumentParser, *, required: bool, timeou
     p.add_argument("--timeout", type=float, default=timeout, help=f"deadline in seconds of each call (default {timeout:g})")
 
 
+def refuse_connection_flags(args: argparse.Namespace) -> None:
+    """--tls, --auth-token-file and --timeout reach a server: a verb writing a collection folder refuses them."""
+    from lsr.cli.main import flags_given, refuse_unused
+
+    refuse_unused(flags_given(args, "tls", "auth_token_file", "timeout"),
+                  "COLLECTION is a folder written here, not a server (--endpoint)")
+
+
 def connect(args: argparse.Namespace) -> Any:
     """A ``Client`` to ``args.endpoint``, connected (EndpointUnavailable, one line, when no server answers)."""
     from lsr.service.client import CONNECT_TIMEOUT, Client
 
-    token = args.auth_token_file.read_text(encoding="utf-8").strip() if args.auth_token_file else None
+    token = read_token(args.auth_token_file)
+    if isinstance(args.tls, str):  # a CA certificate: read by gRPC, whose errors name neither the flag nor the file
+        check_file(Path(args.tls), "--tls")
     client = Client(args.endpoint, token=token, tls=args.tls, timeout=args.timeout)
     try:
         client.wait_ready(timeout=min(CONNECT_TIMEOUT, args.timeout))
@@ -29,3 +39,25 @@ def connect(args: argparse.Namespace) -> Any:
         client.close()
         raise
     return client
+
+
+def check_file(path: Path, flag: str) -> None:
+    """A file a flag names must be one: a folder or a missing path is one line naming the flag (a bare
+    ``[Errno 21] Is a directory`` exited 1, as if the machine were at fault)."""
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder, not a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path} does not exist")
+
+
+def read_token(path: Path | None) -> str | None:
+    """The bearer token in ``path`` (--auth-token-file), stripped; None without one. A missing, folder, empty or
+    non-UTF-8 file is one line naming the flag (exit 2), for `lsr serve` and its clients alike."""
+    if path is None:
+        return None
+    from lsr.files import read_text_file
+
+    token = read_text_file(path, "--auth-token-file").strip()
+    if not token:
+        raise ValueError(f"--auth-token-file {path} is empty; write the bearer token into it")
+    return token

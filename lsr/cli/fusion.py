@@ -7,7 +7,8 @@ from typing import Callable, Sequence
 
 FUSION_HELP = """hybrid fusion: each leg with a positive weight joins (sparse, dense, bm25); min_max / l2 / z_score
 normalise each list and take the weighted mean, rrf sums weight / (rrf_k + rank). With none of these
-flags, the collection's tuned defaults (`lsr tune`) apply, else the cross-dataset default (docs/quality.md)"""
+flags, the collection's tuned defaults (`lsr tune`) apply, else the cross-dataset default (docs/quality.md);
+with any of them, those not given take the defaults below"""
 FLAGS = ("normalization", "sparse_weight", "candidates", "dense_weight", "bm25_weight", "rrf_k")
 
 
@@ -53,36 +54,43 @@ def hybrid_options(args: argparse.Namespace):
 
 
 PRF_HELP = """pseudo-relevance feedback: --prf alone uses the collection's tuned PRF (`lsr tune`), else the
-cross-dataset default; each --prf-* flag overrides one setting. interpolate: before = feedback documents
-from the fused list, after = PRF run interpolated with the first run, both, none"""
+cross-dataset default (shown below as "untuned"); each --prf-* flag overrides one setting. interpolate:
+before = feedback documents from the fused list, after = PRF run interpolated with the first run, both, none"""
 PRF_FLAGS = {"prf_docs": "feedback_docs", "prf_weight": "weight", "prf_terms": "max_terms", "prf_interpolate": "interpolate",
              "prf_after_weight": "after_weight", "prf_dense_weight": "dense_weight", "prf_min_idf": "min_idf"}
 
 
 def add_prf_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.search.searcher import PRF_INTERPOLATIONS
+    from lsr.search.searcher import PRF_INTERPOLATIONS, PrfOptions
 
+    d = PrfOptions()
     group = p.add_argument_group("pseudo-relevance feedback", PRF_HELP)
     group.add_argument("--prf", action="store_true", help="apply pseudo-relevance feedback")
-    group.add_argument("--prf-docs", type=int, default=None, help="feedback documents")
-    group.add_argument("--prf-weight", type=float, default=None, help="Rocchio β for the sparse query (0: leave it)")
-    group.add_argument("--prf-dense-weight", type=float, default=None, help="Vector-PRF β for the dense query (0: leave it)")
-    group.add_argument("--prf-terms", type=int, default=None, help="new sparse terms at most")
-    group.add_argument("--prf-min-idf", type=float, default=None, help="expansion terms need at least this BM25 IDF")
-    group.add_argument("--prf-interpolate", choices=PRF_INTERPOLATIONS, default=None, help="where to interpolate")
-    group.add_argument("--prf-after-weight", type=float, default=None, help="weight of the PRF run in after/both")
+    group.add_argument("--prf-docs", type=int, default=None, help=f"feedback documents (untuned {d.feedback_docs})")
+    group.add_argument("--prf-weight", type=float, default=None,
+                       help=f"Rocchio β for the sparse query (0: leave it; untuned {d.weight:g})")
+    group.add_argument("--prf-dense-weight", type=float, default=None,
+                       help="Vector-PRF β for the dense query (0: leave it; untuned: the sparse β)")
+    group.add_argument("--prf-terms", type=int, default=None, help=f"new sparse terms at most (untuned {d.max_terms})")
+    group.add_argument("--prf-min-idf", type=float, default=None,
+                       help=f"expansion terms need at least this BM25 IDF (untuned {d.min_idf:g}: any)")
+    group.add_argument("--prf-interpolate", choices=PRF_INTERPOLATIONS, default=None,
+                       help=f"where to interpolate (untuned {d.interpolate})")
+    group.add_argument("--prf-after-weight", type=float, default=None,
+                       help=f"weight of the PRF run in after/both (untuned {d.after_weight:g})")
 
 
 def prf_options(args: argparse.Namespace, defaults=None):
-    """None without --prf; True (the collection's stored PRF) with no --prf-* flag; else ``defaults`` (or
-    PrfOptions()) with the given flags replaced."""
+    """None without --prf; True (the collection's stored PRF) with no --prf-* flag; else ``defaults`` (the
+    collection's PRF, in-process) with the given flags replaced, or without ``defaults`` the given settings alone,
+    which a server sets over its collection's."""
     from dataclasses import replace
-
-    from lsr.search.searcher import PrfOptions
 
     given = {field: getattr(args, flag) for flag, field in PRF_FLAGS.items() if getattr(args, flag) is not None}
     if given and not args.prf:
         raise ValueError(f"--{next(f for f in PRF_FLAGS if getattr(args, f) is not None).replace('_', '-')} needs --prf")
     if not args.prf:
         return None
-    return replace(defaults or PrfOptions(), **given) if given else True
+    if not given:
+        return True
+    return replace(defaults, **given) if defaults else given

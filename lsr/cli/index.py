@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lsr.files import FolderBusyError
 from lsr.cli.device import add_device_arguments, device_options
+from lsr.cli.main import flags_given, refuse_unused
 
 HELP = "index a corpus (BEIR folder/archive, JSONL, Parquet, CSV, text) into a searchable collection"
 
@@ -52,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default: 32)")
     p.add_argument("--max-length", type=int, default=256, help="SPLADE document tokens kept (default: 256); the dense model keeps its own max_seq_length")
     p.add_argument("--limit", type=int, default=None, help="index only the first N good documents")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: every CPU this process may use)")
     p.add_argument("--checkpoint-every", type=int, default=10_000, metavar="N",
                    help="documents per checkpointed shard (default: 10000)")
     p.add_argument("--hnsw", type=int, nargs="?", const=32, default=None, metavar="M",
@@ -96,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
         from lsr.ingest.vector_file import VectorFileReader
 
         named = VectorFileReader(args.source)
+        other_length = named.max_length is not None and args.max_length != named.max_length
+        refuse_unused(flags_given(args, "fields", "id_field", *["max_length"] * other_length),
+                      f"{args.source} holds the ids, texts and vectors to index"
+                      + (f" (encoded at {named.max_length} tokens)" if named.max_length else ""))
         model, max_length = args.model or named.model or model, named.max_length or max_length
     options = IndexOptions(
         model=model,
@@ -114,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         shards=args.shards,
         **device_options(args),
     )
+    if options.dense_model is None and args.hnsw is not None:
+        raise ValueError("--hnsw builds the dense index as HNSW, and --dense none builds no dense index")
     ray = _ray_options(args, options)
     if not args.quiet:
         layout = "vectors/, docs/, sparse/" + (", dense/" if options.dense_model else "") + (", bm25/" if options.bm25 else "")

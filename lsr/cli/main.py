@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learned sparse retrieval: encode, index, search, serve, evaluate and train SPLADE models.",
         epilog="Start: lsr index ../shared/data/beir/scifact.tar.gz runs/scifact, then lsr search runs/scifact "
                "\"your question\". Exit status: 0 done; 1 the machine's state (a server down, a collection another "
-               "process writes, a full disk: retry); 2 a bad input (fix it); 130 / 143 stopped by Ctrl-C / SIGTERM, "
-               "checkpoints kept. Each verb has --help; README.md and docs/cli.md have the rest.",
+               "process writes, a full disk: retry), or damage `lsr verify` found, or no id `lsr delete` could "
+               "delete; 2 a bad input (fix it); 130 / 143 stopped by Ctrl-C / SIGTERM, checkpoints kept. Each verb "
+               "has --help; README.md and docs/cli.md (every flag and default) have the rest.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -79,6 +80,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if unknown:
         args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
+
+
+def flags_given(args: argparse.Namespace, *dests: str) -> list[str]:
+    """The flags among ``dests`` set to other than their defaults, as typed (``--shard-cpus``): a verb refuses those
+    that would do nothing the way it was called, rather than ignore them."""
+    return [f"--{dest.replace('_', '-')}" for dest in dests if getattr(args, dest) != args._parser.get_default(dest)]
+
+
+def refuse_unused(flags: list[str], why: str) -> None:
+    """One line naming ``flags`` (those ``flags_given`` found) and ``why`` they do nothing here."""
+    if flags:
+        raise ValueError(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} nothing here: {why}")
 
 
 class Terminated(KeyboardInterrupt):

@@ -32,12 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import grpc
 
+    from lsr.encode.texts import check_utf8
     from lsr.service.client import call_failed
 
     hybrid = hybrid_options(args)
     text = " ".join(args.text)
     if not text.strip():
         raise ValueError("the query is empty; give the words to search for")
+    check_utf8(text, "the query")  # gRPC's encoder said only "surrogates not allowed"
     with connect(args) as client:
         try:
             mode = chosen_mode(args, lambda: client.stats()["details"].get("modes", "sparse").split(","))

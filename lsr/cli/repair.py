@@ -1,6 +1,6 @@
-"""Rebuild a collection's inverted index and faiss index from its source of truth.
+"""Rebuild a collection's inverted index, faiss index and BM25 leg from its source of truth.
 
-The build's vector and embedding shards plus the journal of later upserts and deletes hold every
+The build's vector, embedding and text shards plus the journal of later upserts and deletes hold every
 document, so the derived indexes can always be rebuilt: after a damaged or deleted index file,
 or when `lsr verify` reports that the stores disagree. Stop any server on the collection first.
 Ends with a full `lsr verify`.
@@ -23,7 +23,7 @@ import argparse
 from lsr.cli import verify
 from lsr.cli.verify import collections_of
 
-HELP = "rebuild the inverted and faiss indexes of a collection from its vectors, embeddings and journal"
+HELP = "rebuild the inverted, faiss and BM25 indexes of a collection from its vectors, embeddings, texts and journal"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

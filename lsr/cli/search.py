@@ -7,7 +7,8 @@ query is searched and a standard TREC run (`qid Q0 docid rank score tag`) is wri
 ready for `lsr eval RUN QRELS` or trec_eval.
 
 With neither a QUERY nor --topics, queries are read from standard input, one per line (with a `query>` prompt
-on a terminal, where Ctrl-C drops the line typed), so the models load once for many queries: Ctrl-D ends. Piped in, each result starts with
+on a terminal, where Ctrl-C drops the line typed and a query it refuses is an error line, not the end), so the
+models load once for many queries: Ctrl-D ends. Piped in, each result starts with
 `> QUERY`; with --json each is one JSON line that carries its query.
 
 Examples:
@@ -31,6 +32,7 @@ from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, lazy_device_options
 from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, chosen_mode, hybrid_options, prf_options
+from lsr.cli.main import flags_given, refuse_unused
 
 HELP = "search a collection in-process and print the hits"
 
@@ -64,13 +66,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--topics needs --output RUN, the TREC run file to write")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
+    if args.topics:
+        refuse_unused(flags_given(args, "text", "explain", "json"), "--topics writes a TREC run, which holds ids and "
+                      "scores only")
+    else:
+        refuse_unused(flags_given(args, "tag", "threads"), "without --topics no TREC run is written")
     if args.query:  # checked as a search would check it, before the slow model load
-        from lsr.encode.texts import check_query_length, check_texts, is_blank
+        from lsr.encode.texts import is_blank
 
         if is_blank(" ".join(args.query)):
             raise ValueError("QUERY is empty; give some words (or no QUERY, to type queries or pipe them in)")
-        check_query_length(" ".join(args.query), "QUERY")
-        check_texts(" ".join(args.query))
+        _check_query(" ".join(args.query), "QUERY")
     hybrid = hybrid_options(args)
     prf_options(args)  # bad flag combinations fail before the slow model load
     if args.topics:
@@ -111,16 +117,33 @@ def run(args: argparse.Namespace) -> int:
     if args.query:
         _print_result(search(" ".join(args.query)), mode, args.json)
         return 0
-    for text in _queries_from_stdin(interactive):
+    for line_no, text in _queries_from_stdin(interactive):
+        try:
+            _check_query(text, "the query" if interactive else f"standard input line {line_no}")
+        except ValueError as exc:
+            if not interactive:  # a piped stream stops at its bad line, as a topics file does
+                raise
+            print(f"lsr search: error: {exc}", file=sys.stderr)  # a typo ended the session and its loaded models
+            continue
         _print_result(search(text), mode, args.json, query=text, echo=not interactive)
     return 0
 
 
-def _queries_from_stdin(interactive: bool) -> Iterator[str]:
-    """The non-blank lines of standard input, stripped; on a terminal each read shows a prompt, and Ctrl-C there
-    drops the line typed so far (as a shell does) rather than ending the session: Ctrl-D ends it."""
+def _check_query(text: str, what: str) -> None:
+    """What a search would refuse in ``text``, named as the user gave it (``what``), before it is searched."""
+    from lsr.encode.texts import check_query_length, check_utf8
+
+    check_query_length(text, what)
+    check_utf8(text, what)
+
+
+def _queries_from_stdin(interactive: bool) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the non-blank lines of standard input, stripped; on a terminal each read shows a
+    prompt, and Ctrl-C there drops the line typed so far (as a shell does) rather than ending the session: Ctrl-D
+    ends it."""
     from lsr.cli.main import Terminated
 
+    line_no = 0
     while True:
         try:
             line = input("query> ") if interactive else sys.stdin.readline()
@@ -134,8 +157,9 @@ def _queries_from_stdin(interactive: bool) -> Iterator[str]:
             continue
         if not interactive and not line:
             return
+        line_no += 1
         if line.strip():
-            yield line.strip()
+            yield line_no, line.strip()
 
 
 def _print_result(result: Any, mode: str, as_json: bool, query: str | None = None, echo: bool = False) -> None:

@@ -27,6 +27,8 @@ import argparse
 from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, device_options
+from lsr.cli.endpoint import read_token
+from lsr.cli.main import flags_given, refuse_unused
 
 HELP = "serve a collection over gRPC"
 
@@ -76,15 +78,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                               "and then fails DEADLINE_EXCEEDED naming the late shards (a write may still land there)")
 
 
-def _read_token(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    token = path.read_text(encoding="utf-8").strip()
-    if not token:
-        raise ValueError(f"{path} is empty; write the bearer token into it")
-    return token
-
-
 def run(args: argparse.Namespace) -> int:
     from lsr.ingest.sharding import is_sharded
     from lsr.search.searcher import Searcher
@@ -101,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         max_response_bytes=int(args.max_response_mb * 1024 * 1024),
         max_upsert_bytes_held=int(args.max_upserts_mb * 1024 * 1024),
         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
-        tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=_read_token(args.auth_token_file),
+        tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=read_token(args.auth_token_file),
         grace_seconds=args.grace, stream_idle_seconds=args.stream_idle_s,
     )
     if args.threads < 1:
@@ -115,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                               concurrency=args.shard_concurrency, require_all=args.require_all_shards,
                               shard_timeout=args.shard_timeout)
         return serve(ShardedSearcher.open(args.collection, options=shards, **options), config)
-    if args.ray_address or args.require_all_shards:
-        raise ValueError(f"{args.collection} is not a sharded collection; --ray-address and --require-all-shards "
-                         "apply to collections made with `lsr index --shards N`")
+    refuse_unused(flags_given(args, "ray_address", "require_all_shards", "shard_cpus", "shard_concurrency",
+                              "shard_timeout"),
+                  f"{args.collection} is not a sharded collection (`lsr index --shards N` makes those)")
     return serve(Searcher.open(args.collection, **options), config)

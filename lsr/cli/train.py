@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "OUT/idf.json; --eval, dev scores and searches of a collection indexed with OUT use it), "
                         "IDF-aware FLOPS")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop training after this many minutes and save")
+                   help="stop training after this many minutes and save (default: no limit)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed for order, negatives and dropout (default: {d.seed})")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT")

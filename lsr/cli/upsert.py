@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, device_options
-from lsr.cli.endpoint import add_endpoint_arguments, connect
+from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_flags
 from lsr.ingest.layout import is_collection_dir
 
 HELP = "add or replace documents of a collection (or a running server) from a corpus file"
@@ -166,6 +166,7 @@ class _LocalSink:
         from lsr.encode.cpu_threads import set_threads
         from lsr.ingest.writer import CollectionWriter
 
+        refuse_connection_flags(args)
         options = device_options(args)  # a GPU asked for and missing fails here, before the collection opens
         if not Path(args.collection).expanduser().is_dir():
             if is_collection_dir(Path(args.source).expanduser()):
@@ -205,8 +206,27 @@ class _RemoteSink:
         try:
             self.client.upsert(ids, texts, allow_empty=True)  # as `lsr index` indexes an empty document
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or ""):
+                raise _over_request_limit(exc.details(), ids, texts) from None
             raise call_failed(exc) from None
         return 0, 0
 
     def close(self) -> None:
         self.client.close()
+
+
+def _over_request_limit(details: str, ids: list[str], texts: list[str]) -> ValueError:
+    """gRPC's "Received message larger than max (N vs. M)" as what to fix (exit 2: a retry meets the same limit).
+    The client sends messages of at most 512 KiB, a longer document alone: that document is too long, or the
+    server's limit is under 512 KiB."""
+    import re
+
+    size, doc_id = max((len(text.encode("utf-8", "surrogatepass")), doc_id) for doc_id, text in zip(ids, texts))
+    found = re.search(r"vs\.? (\d+)\)", details)
+    limit = int(found.group(1)) if found else None
+    said = f"the server's {limit / 2**20:g} MiB request limit" if limit else "the server's request limit"
+    if limit is not None and size + 1024 < limit:  # the largest document fits: the message held several
+        return ValueError(f"a request of several documents passed {said} ({details}); start `lsr serve` with "
+                          "--max-message-mb 1 or more")
+    return ValueError(f"document {doc_id!r} holds {size / 2**20:.1f} MiB of text, over {said}; start `lsr serve` with "
+                      "a larger --max-message-mb, or leave the document out")

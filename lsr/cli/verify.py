@@ -1,8 +1,8 @@
 """Check every file of a collection against its checksum, and that its stores agree.
 
-Reads everything (build shards, inverted index, faiss index, journal) and changes nothing.
+Reads everything (build shards, inverted index, faiss index, BM25 leg, journal) and changes nothing.
 Each damaged file is named on its own line. Exit status 0: all good; 1: problems found.
-Damage to the inverted or faiss index is fixed by `lsr repair`; damage to a build shard,
+Damage to the inverted, faiss or BM25 index is fixed by `lsr repair`; damage to a build shard,
 lsr.json or the journal needs a backup or a re-index.
 
 A sharded collection (`lsr index --shards N`) is checked shard by shard, each line naming its shard.

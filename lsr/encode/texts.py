@@ -28,6 +28,14 @@ def check_texts(texts: Any) -> list[str]:
     return texts
 
 
+def check_utf8(text: str, what: str) -> None:
+    """A text typed or piped to the CLI (``what``: "QUERY", "standard input line 3") is UTF-8: bytes Python could not
+    decode are one line naming where they came from, not check_texts' "texts[0]", a list the user never saw."""
+    at = surrogate_at(text)
+    if at is not None:
+        raise ValueError(f"{what} is not UTF-8 text: an undecodable byte at character {at}; give it as UTF-8")
+
+
 def surrogate_at(text: str) -> int | None:
     """Where ``text`` holds a lone surrogate (an undecodable byte kept by Python, or JSON's escaped "\\ud800"),
     which no UTF-8 tokenizer takes; None for UTF-8 text."""

@@ -132,7 +132,10 @@ class Collection:
         from lsr.index import InvertedIndex
 
         remove_leftover(path)
-        problems = build_file_problems(path, meta)
+        sources = build_file_problems(path, meta, skip=BM25_DIR)  # no repair rebuilds these: it reads them
+        if sources:
+            raise CorruptFileError(f"{sources[0]}; {_SOURCE_HINT.format(path=path)}")
+        problems = build_file_problems(path, meta, under=BM25_DIR)
         if problems:
             raise CorruptFileError(f"{problems[0]}; {_HINT.format(path=path)}")
         parts = WrittenParts.open(path)
@@ -515,7 +518,10 @@ def bm25_leg_at_open(path: Path, base: Bm25Index, records: Sequence[Record], doc
     return Bm25Leg.written(base, written, docs.get(written))
 
 
-_HINT = "run `lsr verify {path}` for a full report; `lsr repair {path}` rebuilds the sparse and dense indexes"
+_HINT = "run `lsr verify {path}` for a full report; `lsr repair {path}` rebuilds the sparse, dense and BM25 indexes"
+# a build's vectors, texts, embeddings or vocabulary: `lsr repair` rebuilds the indexes from them, so it cannot help
+_SOURCE_HINT = ("run `lsr verify {path}` for a full report; this file is a source no repair can rebuild: restore it "
+                "from a backup or re-index with `lsr index SOURCE {path} --overwrite`")
 
 
 def agreement_problems(docs: set[str], sparse: set[str], dense: set[str] | None) -> list[str]:

@@ -240,7 +240,9 @@ class Bm25Leg:
                 doc_freq = doc_freq and new_word_doc_freqs.get(word, doc_freq)  # held here: the given count
             if doc_freq:
                 terms.append(term)
-                idf.append(stats.idf(doc_freq))
+                # a new word may be in more live documents than the build counted: its IDF went negative, and the
+                # documents holding it, the more of them the surer, were never found (a hit needs a positive score)
+                idf.append(stats.idf(min(doc_freq, stats.num_docs)))
         return np.asarray(terms, np.int64), np.asarray(idf, np.float32)
 
     def _doc_id(self, row: int) -> str:

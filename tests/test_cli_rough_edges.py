@@ -1,0 +1,189 @@
+"""What a new user trips over in the verbs that manage and serve a collection: long documents sent to a server,
+token and certificate files that are no files, a damaged file that `lsr repair` cannot rebuild, text that is not
+UTF-8, and an address the machine lacks. Real models, real files, a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lsr.cli.main import main
+from service_helpers import ServerProcess
+
+DOCS = {
+    "aspirin": "Aspirin lowers the risk of heart attack and stroke in adults.",
+    "vitamin": "Vitamin D supplements improve bone density in older women.",
+    "coffee": "Coffee consumption is linked to lower risk of liver disease.",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("edges")
+    source = root / "docs.jsonl"
+    source.write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in DOCS.items()))
+    assert main(["index", str(source), str(root / "col"), "--dense", "none", "--max-length", "32", "--quiet"]) == 0
+    return root / "col"
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_upsert_through_a_server_sends_long_documents_under_its_request_limit(built, tmp_path, capsys):
+    """64 documents of 20 KB went in one 1.3 MB message, over a 1 MiB server's limit, and failed RESOURCE_EXHAUSTED
+    (exit 1: retry) on every retry; a document over the limit is one line naming it and the flag to raise."""
+    col = shutil.copytree(built, tmp_path / "col")
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join(json.dumps({"_id": f"paper-{i}", "text": f"kinase {i} " + "signalling pathway " * 1100})
+                            + "\n" for i in range(64)))
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text(json.dumps({"_id": "tome", "text": "volume " * 200_000}) + "\n")  # 1.3 MiB
+    server = ServerProcess(col, "--max-message-mb", "1").wait_listening()
+    try:
+        assert main(["upsert", str(many), "--endpoint", server.address, "--quiet"]) == 0
+        assert "upserted 64 documents" in capsys.readouterr().out
+        with server.client() as client:
+            assert client.search("kinase 17 signalling", k=1, mode="sparse").hits[0].doc_id == "paper-17"
+        assert main(["upsert", str(huge), "--endpoint", server.address, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("lsr upsert: error: document 'tome' holds 1.3 MiB of text, over the server's 1 MiB request "
+                       "limit; start `lsr serve` with a larger --max-message-mb, or leave the document out")
+    finally:
+        server.kill()
+
+
+TOKEN_CASES = [(None, "--auth-token-file {path} is a folder, not a file"),
+               (b"", "--auth-token-file {path} is empty; write the bearer token into it"),
+               (b"\xffsecret", "--auth-token-file {path} is not UTF-8 text")]
+
+
+@pytest.mark.parametrize("verb, flag, content, message", [
+    *[(verb, "--auth-token-file", content, message) for verb in ("query", "serve") for content, message in TOKEN_CASES],
+    ("query", "--tls", None, "--tls {path} is a folder, not a file"),
+    ("query", "--tls", "missing", "--tls {path} does not exist"),
+])
+def test_a_token_or_certificate_file_that_is_no_file_is_one_line_naming_its_flag(built, tmp_path, capsys, verb, flag,
+                                                                                 content, message):
+    """A folder was `[Errno 21] Is a directory` and exit 1, as if the machine were at fault; a missing file named
+    no flag, and undecodable bytes were a codec's message."""
+    path = tmp_path / "secret"
+    if content is None:
+        path.mkdir()
+    elif content == "missing":
+        path = tmp_path / "missing.pem"
+    else:
+        path.write_bytes(content)
+    where = (["query", "--endpoint", "127.0.0.1:1", "coffee"] if verb == "query"
+             else ["serve", str(built), "--port", "0"])
+    assert main([*where, flag, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message.format(path=path) in err and len(err.splitlines()) == 1
+
+
+def test_a_damaged_source_file_is_not_sent_to_repair_which_cannot_rebuild_it(built, tmp_path, capsys):
+    """A damaged text, vector or vocabulary file said "`lsr repair` rebuilds the sparse and dense indexes", and the
+    repair it sent the user to failed: such files are its sources. A damaged BM25 file is what repair rebuilds."""
+    col = shutil.copytree(built, tmp_path / "col")
+    _flip_a_byte(col / "docs" / "part-00000.parquet")
+    assert main(["search", str(col), "coffee", "--mode", "bm25"]) == 2
+    err = capsys.readouterr().err
+    assert "docs/part-00000.parquet fails its crc32 checksum" in err and "lsr repair" not in err
+    assert f"restore it from a backup or re-index with `lsr index SOURCE {col} --overwrite`" in err
+    col = shutil.copytree(built, tmp_path / "col2")
+    _flip_a_byte(col / "bm25" / "ids.json")
+    assert main(["doc", str(col), "coffee"]) == 2
+    assert f"`lsr repair {col}` rebuilds the sparse, dense and BM25 indexes" in capsys.readouterr().err
+    assert main(["repair", str(col)]) == 0
+    assert main(["doc", str(col), "coffee"]) == 0 and capsys.readouterr().out.endswith(DOCS["coffee"] + "\n")
+
+
+def test_text_that_is_not_utf8_is_named_as_the_user_gave_it(built, capsys):
+    """Bytes Python could not decode from argv were "texts[0] is not UTF-8 text" (`lsr encode`, `lsr search`), a list
+    the user never saw, or gRPC's "surrogates not allowed" (`lsr query`)."""
+    for argv, what in ((["encode", "caf\udce9 au lait"], "TEXT"),
+                       (["search", str(built), "caf\udce9", "--mode", "bm25"], "QUERY"),
+                       (["query", "--endpoint", "127.0.0.1:1", "caf\udce9"], "the query")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (f"lsr {argv[0]}: error: {what} is not UTF-8 text: an undecodable byte at "
+                                           "character 3; give it as UTF-8\n")
+
+
+def test_a_bad_piped_query_names_its_line_and_a_bad_typed_one_keeps_the_session(built):
+    """Piped, a bad line stops the stream naming it (the lines before it were answered); typed at the prompt, it was
+    the end of the session (exit 2, the models loaded again for the next query), now an error and the next prompt."""
+    piped = subprocess.run([sys.executable, "-m", "lsr", "search", str(built), "--mode", "bm25", "-k", "1"],
+                           input=b"coffee\ncaf\xe9\nvitamin\n", capture_output=True, timeout=300)
+    assert piped.returncode == 2
+    lines = piped.stdout.decode().splitlines()
+    assert lines[0] == "> coffee" and lines[1].split()[2] == "coffee" and "vitamin" not in piped.stdout.decode()
+    assert piped.stderr.decode() == ("lsr search: error: standard input line 2 is not UTF-8 text: an undecodable byte "
+                                     "at character 3; give it as UTF-8\n")
+
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "lsr", "search", str(built), "--mode", "bm25", "-k", "1"],
+                            stdin=follower, stdout=follower, stderr=follower, close_fds=True, start_new_session=True)
+    os.close(follower)
+    seen = b""
+
+    def read_until(marker: bytes, after: int) -> int:
+        nonlocal seen
+        deadline = time.monotonic() + 120
+        while marker not in seen[after:] and time.monotonic() < deadline:
+            if select.select([leader], [], [], 1.0)[0]:
+                seen += os.read(leader, 4096)
+        assert marker in seen[after:], seen.decode(errors="replace")
+        return seen.index(marker, after) + len(marker)
+
+    try:
+        at = read_until(b"query> ", 0)
+        os.write(leader, b"caf\xe9\n")
+        at = read_until(b"the query is not UTF-8 text", at)
+        at = read_until(b"query> ", at)
+        os.write(leader, b"coffee liver\n")
+        at = read_until(b"1 hits, bm25", at)
+        read_until(b"query> ", at)
+        os.write(leader, b"\x04")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        os.close(leader)
+    assert b"coffee" in seen.split(b"coffee liver", 1)[1]
+
+
+def test_serve_on_an_address_this_machine_lacks_says_so(built):
+    """gRPC's "Failed to bind to address ...; set GRPC_VERBOSITY=debug", after a log line of its own."""
+    run = subprocess.run([sys.executable, "-m", "lsr", "serve", str(built), "--host", "192.0.2.1", "--port", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        "lsr serve: error: cannot bind --host 192.0.2.1: this machine has no such address; give one of its own "
+        "addresses, 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
+    assert "GRPC_VERBOSITY" not in run.stderr
+
+
+def test_a_new_word_in_more_upserted_documents_than_the_build_held_is_still_found_by_bm25(built, tmp_path, capsys):
+    """BM25 keeps the build's statistics; a word the build never saw, once in more live documents than the build
+    counted (3 here), took a negative IDF, and `lsr search --mode bm25` found none of the documents holding it."""
+    col = shutil.copytree(built, tmp_path / "col")
+    new = tmp_path / "quokkas.jsonl"
+    new.write_text("".join(json.dumps({"_id": f"quokka-{i}", "text": f"Quokka colony {i} on Rottnest Island."}) + "\n"
+                           for i in range(4)))
+    assert main(["upsert", str(new), str(col), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(col), "quokka", "--mode", "bm25", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert sorted(hit["doc_id"] for hit in hits) == [f"quokka-{i}" for i in range(4)]
+    assert all(hit["score"] > 0 for hit in hits)
