@@ -101,6 +101,7 @@ class Client:
             self._channel = grpc.insecure_channel(endpoint, options=options)
         self.endpoint = endpoint
         self.timeout = timeout
+        self._tls = bool(tls)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._stub = search_pb2_grpc.SearchServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -209,8 +210,10 @@ class Client:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
-            raise EndpointUnavailable(f"no server answered at {self.endpoint} within {timeout:g} s; "
-                                      "is `lsr serve` running there?") from None
+            over = " over TLS" if self._tls else ""
+            tls_hint = " with --tls-cert (a plain server never finishes a TLS handshake)" if self._tls else ""
+            raise EndpointUnavailable(f"no server answered{over} at {self.endpoint} within {timeout:g} s; "
+                                      f"is `lsr serve` running there{tls_hint}?") from None
 
     def close(self) -> None:
         self._channel.close()

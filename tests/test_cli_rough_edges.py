@@ -187,3 +187,21 @@ def test_a_new_word_in_more_upserted_documents_than_the_build_held_is_still_foun
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert sorted(hit["doc_id"] for hit in hits) == [f"quokka-{i}" for i in range(4)]
     assert all(hit["score"] > 0 for hit in hits)
+
+
+def test_tls_to_a_plain_server_is_one_line_that_says_so(built):
+    """gRPC's core logged a handshake failure a second (at INFO, on stderr) and the error asked only whether a server
+    was running, where one was: it does not speak TLS."""
+    col = built.parent / "tls-plain"
+    shutil.copytree(built, col)
+    server = ServerProcess(col).wait_listening()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+        done = subprocess.run([sys.executable, "-m", "lsr", "query", "--endpoint", server.address, "--tls",
+                               "--timeout", "3", "--", "aspirin"], capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        server.kill()
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"lsr query: error: no server answered over TLS at {server.address} within 3 s; is "
+                                   "`lsr serve` running there with --tls-cert (a plain server never finishes a TLS "
+                                   "handshake)?")

@@ -226,6 +226,7 @@ def test_upsert_and_delete_through_a_running_server(built, tmp_path, capsys):
     (["upsert", "{src}", "{col}", "--auth-token-file", "{src}"],  # it was read by nobody
      "--auth-token-file does nothing here: COLLECTION is a folder written here, not a server (--endpoint)"),
     (["delete", "{col}", "not-there", "--tls", "--timeout", "5"], "--tls, --timeout do nothing here"),
+    (["delete", "{col}", "d1", "--endpoint", "localhost:1"], "not both"),  # COLLECTION went to the server as an id
 ])
 def test_bad_writes_fail_in_one_line(built, tmp_path, capsys, argv, message):
     source = _jsonl(tmp_path / "new.jsonl", NEW)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_flags
 from lsr.cli.upsert import uninterrupted
+from lsr.ingest.layout import is_collection_dir
 
 HELP = "delete documents of a collection (or a running server) by id"
 MAX_IDS = 1_000_000  # ids in one delete: a server's request limit is 64 MiB
@@ -33,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     words = list(args.words)
+    if args.endpoint and words and is_collection_dir(Path(words[0]).expanduser()):  # was deleted as an id, "not found"
+        raise ValueError(f"give either COLLECTION ({words[0]}) or --endpoint {args.endpoint} (a running server), not "
+                         "both: with --endpoint every word is an id")
     collection = None if args.endpoint else (words.pop(0) if words else None)
     if collection is None and not args.endpoint:
         raise ValueError("give COLLECTION (a folder written by `lsr index`) or --endpoint HOST[:PORT]")

@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     args._argv = argv  # the command as typed, for hints that repeat it (`lsr index` after Ctrl-C)
+    # gRPC's core logs at INFO to stderr (a TLS handshake to a plain server: a line a second) beside our one-line
+    # errors; before grpc loads, keep it to its errors unless -v or the user set it
+    os.environ.setdefault("GRPC_VERBOSITY", "INFO" if args.verbose else "ERROR")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
