@@ -188,6 +188,31 @@ def test_lsr_query_cli_prints_the_endpoints_hits(servers, client, queries):
     assert [(h["doc_id"], h["score"]) for h in json.loads(alone.stdout)["hits"]] == [(h.doc_id, h.score) for h in want]
 
 
+def test_lsr_search_and_lsr_query_print_one_result_alike(servers, collections, queries, capsys):
+    """In-process and through a server, the same hits print the same JSON keys and the same table: the two had
+    other keys (``timings`` in seconds against ``timings_ms``; text and explanation always there against on request)."""
+    def printed(argv: list[str]) -> str:
+        from lsr.cli.main import main
+
+        assert main(argv) == 0
+        return capsys.readouterr().out
+
+    common = [queries[2], "-k", "3", "--mode", "sparse"]
+    for extra in (["--json"], ["--json", "--text", "--explain"]):
+        local = json.loads(printed(["search", str(collections["hybrid"]), *common, *extra]))
+        remote = json.loads(printed(["query", "--endpoint", servers["main"].address, *common, *extra]))
+        assert set(remote) - set(local) == {"index_version"} and set(local) <= set(remote)
+        assert set(local["timings_ms"]) <= set(remote["timings_ms"]) and local["timings_ms"]["encode"] > 0
+        assert [set(hit) for hit in local["hits"]] == [set(hit) for hit in remote["hits"]]
+        assert [hit["doc_id"] for hit in local["hits"]] == [hit["doc_id"] for hit in remote["hits"]]
+        assert ("text" in local["hits"][0]) == ("--text" in extra) == ("explanation" in local["hits"][0])
+    local = printed(["search", str(collections["hybrid"]), *common, "--text", "--explain"]).splitlines()
+    remote = printed(["query", "--endpoint", servers["main"].address, *common, "--text", "--explain"]).splitlines()
+    assert [line.split()[-1] for line in local[:-1:3]] == [line.split()[-1] for line in remote[:-1:3]]  # the doc ids
+    assert local[-1].startswith("3 hits, sparse (") and remote[-1].startswith("3 hits, sparse (")
+    assert len(local) == len(remote) == 3 * 3 + 1  # a hit's id, explanation and text lines, then the footer
+
+
 @pytest.mark.parametrize("mode, never_loaded", [("bm25", ["torch", "transformers"]), ("sparse", ["lsr.encode.dense"]),
                                                 ("dense", ["lsr.encode.splade"])])
 def test_lsr_search_loads_only_the_models_its_mode_needs(collections, searcher, queries, mode, never_loaded):

@@ -9,8 +9,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 from lsr.cli.endpoint import add_endpoint_arguments, connect
 from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, chosen_mode, hybrid_options, prf_options
@@ -49,27 +47,11 @@ def run(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as exc:
             raise call_failed(exc) from None
+    from lsr.cli.hits import print_json, print_table, result_record
+
     if args.json:
-        hits = [
-            {"doc_id": h.doc_id, "score": h.score, "sparse_score": h.sparse_score, "dense_score": h.dense_score, "bm25_score": h.bm25_score,
-             **({"text": h.text} if args.include_text else {}),
-             **({"explanation": [list(e) for e in h.explanation]} if args.explain else {})}
-            for h in result.hits
-        ]
-        json.dump({"hits": hits, "truncated": result.truncated, "index_version": client.last_index_version,
-                   "partial": result.partial, "shards_missing": list(result.shards_missing),
-                   "timings_ms": {s: round(1000 * t, 3) for s, t in result.timings.items()}}, sys.stdout, ensure_ascii=False)
-        print()
-        return 0
-    if result.truncated:
-        print("note: the query was longer than the encoder's limit and was truncated", file=sys.stderr)
-    if result.partial:
-        print(f"note: partial results: shard(s) {', '.join(result.shards_missing)} did not answer, so their documents "
-              "are missing", file=sys.stderr)
-    for rank, hit in enumerate(result.hits, 1):
-        print(f"{rank:3d}  {hit.score:9.4f}  {hit.doc_id}")
-        if args.include_text and hit.text:
-            print(f"     {hit.text[:300]}")
-        if args.explain and hit.explanation:
-            print("     " + ", ".join(f"{term} {weight:.3f}" for term, weight in hit.explanation))
+        print_json(result_record(result, text=args.include_text, explain=args.explain,
+                                index_version=client.last_index_version))
+    else:
+        print_table(result, mode)
     return 0

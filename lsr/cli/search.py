@@ -25,7 +25,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -115,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                                include_text=args.text, explain=args.explain)
 
     if args.query:
-        _print_result(search(" ".join(args.query)), mode, args.json)
+        _print_result(search(" ".join(args.query)), mode, args)
         return 0
     for line_no, text in _queries_from_stdin(interactive):
         try:
@@ -125,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 raise
             print(f"lsr search: error: {exc}", file=sys.stderr)  # a typo ended the session and its loaded models
             continue
-        _print_result(search(text), mode, args.json, query=text, echo=not interactive)
+        _print_result(search(text), mode, args, query=text, echo=not interactive)
     return 0
 
 
@@ -162,24 +161,15 @@ def _queries_from_stdin(interactive: bool) -> Iterator[tuple[int, str]]:
             yield line_no, line.strip()
 
 
-def _print_result(result: Any, mode: str, as_json: bool, query: str | None = None, echo: bool = False) -> None:
-    """Hits as a table, or as JSON: indented for the query given as an argument, one line with its ``query``
-    for each read from standard input (``query``); ``echo`` heads the table with ``> QUERY`` (piped queries)."""
-    if as_json:
-        record = {"hits": [vars(h) for h in result.hits], "timings": result.timings, "truncated": result.truncated}
-        if query is None:
-            print(json.dumps(record, ensure_ascii=False, indent=1))
-        else:
-            print(json.dumps({"query": query, **record}, ensure_ascii=False), flush=True)
+def _print_result(result: Any, mode: str, args: argparse.Namespace, query: str | None = None,
+                  echo: bool = False) -> None:
+    """Hits as ``lsr query`` prints them (``lsr.cli.hits``); JSON carries its ``query`` on one line for each one read
+    from standard input, and ``echo`` heads the table with ``> QUERY`` (piped queries)."""
+    from lsr.cli.hits import print_json, print_table, result_record
+
+    if args.json:
+        print_json(result_record(result, text=args.text, explain=args.explain), query=query)
         return
     if echo:
         print(f"> {query}")
-    for rank_no, hit in enumerate(result.hits, start=1):
-        print(f"{rank_no:3d}  {hit.score:9.4f}  {hit.doc_id}")
-        if hit.explanation:
-            print("      " + ", ".join(f"{t} {w:.2f}" for t, w in hit.explanation))
-        if hit.text:
-            print("      " + hit.text[:300].replace("\n", " "))
-    stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in result.timings.items())
-    print(f"{len(result.hits)} hits, {mode} ({stages})" + ("; query truncated" if result.truncated else ""),
-          flush=True)
+    print_table(result, mode)
