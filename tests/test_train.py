@@ -337,6 +337,8 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("out-inside-model", "lies inside the --model folder"),
     # a test "gain" measured on the training queries, printed with a p-value as if held out
     ("eval-trained-split", "beir scores the test split this run trains on"),
+    ("jsonl-with-split", "--split does nothing here: "),  # ignored: the rows were trained on as if it were not given
+    ("jsonl-with-data-dir", "--data-dir does nothing here: "),
 ])
 def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
     data, extra = tmp_path / "pairs.jsonl", []
@@ -370,7 +372,8 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
                  "blend-0": ["--blend", "0"], "max-minutes-nan": ["--max-minutes", "nan"], "seed-negative": ["--seed", "-1"],
                  "flops-inf": ["--flops-doc", "inf"], "checkpoint-every-0": ["--checkpoint-every", "0"],
                  "max-length-1024": ["--max-length", "1024"], "out-under-a-file": [], "one-example": [],
-                 "batch-size-1": ["--batch-size", "1", "--hard-negatives", "0"], "eval-unknown": ["--eval", "nosuchdataset"]}.get(case, ["--negatives", "model"])
+                 "batch-size-1": ["--batch-size", "1", "--hard-negatives", "0"], "eval-unknown": ["--eval", "nosuchdataset"],
+                 "jsonl-with-split": ["--split", "dev"], "jsonl-with-data-dir": ["--data-dir", str(tmp_path)]}.get(case, ["--negatives", "model"])
     out = tmp_path / "out"
     if case == "out-under-a-file":
         out = data / "model"

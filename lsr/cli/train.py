@@ -52,6 +52,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
+from lsr.cli.main import flags_given, refuse_unused
 
 HELP = "fine-tune a SPLADE model on a BEIR train split or JSONL pairs (contrastive + FLOPS)"
 
@@ -218,6 +219,9 @@ def _dev_split(args: argparse.Namespace) -> str | None:
     from lsr.ingest.beir_source import BeirSource
     from lsr.train.data import is_jsonl
 
+    if is_jsonl(args.data):  # --split and --data-dir were read by nobody; --data-dir still finds --eval's datasets
+        refuse_unused(flags_given(args, "split", *["data_dir"] * (not args.eval)),
+                      f"{args.data} is a JSONL file, its rows the training examples (they choose a BEIR split)")
     if args.dev_split == "none" or (args.dev_split is None and is_jsonl(args.data)):
         return None
     if is_jsonl(args.data):
