@@ -250,6 +250,20 @@ def test_a_csv_row_with_the_wrong_number_of_columns_is_named_or_skipped(tmp_path
     assert ids == ["d1", "d3", "d4"] and rows == [2, 4, 5]  # if it came last: 2, 3, 4
 
 
+def test_a_csv_quote_that_never_closes_is_named_not_indexed_as_the_rest_of_the_file(tmp_path):
+    """CSV values may hold newlines: a quote opened in a row's last field and never closed took every later row into
+    that one document, and the build said nothing. A quoted value over several lines still reads as one."""
+    path = tmp_path / "open.csv"
+    path.write_text('id,text\r\nd1,"one\r\nline two"\r\nd2,"never closed\r\nd3,three\r\nd4,four\r\n', encoding="utf-8")
+    with pytest.raises(BadRowError, match=r"open.csv row 3: a quote opens in its 'text' value and never closes, so "
+                                          r"that value ran to the end of the file \(3 lines, rows after it included\)"):
+        read_all(CorpusReader(path))
+    reader = CorpusReader(path, on_error="skip")
+    assert read_all(reader)[:2] == (["d1"], ["one\r\nline two"]) and reader.stats.skipped == {"unclosed quote": 1}
+    path.write_text('id,text\nd1,"one\nline two"\nd2,"closed\nat last"\n', encoding="utf-8")
+    assert read_all(CorpusReader(path))[:2] == (["d1", "d2"], ["one\nline two", "closed\nat last"])
+
+
 def test_unknown_format_and_missing_source(tmp_path):
     (tmp_path / "c.docx").write_text("hello")
     with pytest.raises(ValueError, match="cannot tell the format"):

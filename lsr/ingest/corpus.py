@@ -402,7 +402,9 @@ class CorpusReader:
 
     def _csv_chunks(self) -> Iterator[DocChunk]:
         columns = [self.id_field, *self.fields]
-        self._check_columns(self._column_names())
+        names = self._column_names()
+        self._check_columns(names)
+        last_column = names[-1] if names and names[-1] in columns else None
         self.stats.bytes_total = self.source.stat().st_size
         convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns,
                                       strings_can_be_null=True, quoted_strings_can_be_null=False,
@@ -419,7 +421,7 @@ class CorpusReader:
                 for batch in reader:
                     chunk = self._table_chunk(batch, line_no, [row.number for row in bad_rows])
                     self._count_skipped_rows(bad_rows, chunk)
-                    yield chunk
+                    yield self._without_unclosed_quote(batch, chunk, last_column)
                     line_no += batch.num_rows + len(bad_rows)
                     bad_rows.clear()
                     self.stats.bytes_read = raw.tell()
@@ -429,6 +431,28 @@ class CorpusReader:
                 row = bad_rows[0]
                 self._bad("wrong column count", row.number, f"{row.actual_columns} columns where the header has "
                           f"{row.expected_columns} ({row.text[:80]!r}; quote a value that holds a comma)", DocChunk([], [], []))
+
+    def _without_unclosed_quote(self, batch: pa.RecordBatch, chunk: DocChunk, last_column: str | None) -> DocChunk:
+        """``chunk`` less a last row whose last field opens a quote that never closes: CSV values may hold newlines,
+        so that field took every line after it to the end of the file, and those rows were indexed as one document
+        without a word. Such a field holds the file's whole tail, and the file does not end in a quote; checked on
+        uncompressed files, for a last field read as a text or id."""
+        if last_column is None or not len(chunk) or self.source.name.lower().endswith(".gz"):
+            return chunk
+        value = batch.column(batch.schema.get_field_index(last_column))[-1].as_py()
+        if not value or "\n" not in value or (value != chunk.ids[-1] and value.strip() not in chunk.texts[-1]):
+            return chunk  # no newline, or the batch's last row was not the chunk's (a bad row, skipped)
+        tail = value.encode("utf-8", "surrogatepass").rstrip(b"\r\n")
+        with open(self.source, "rb") as fh:
+            fh.seek(max(0, self.source.stat().st_size - len(tail) - 8))
+            end = fh.read().rstrip(b"\r\n")
+        if not end.endswith(tail) or end.endswith(b'"'):
+            return chunk
+        lines = value.rstrip("\r\n").count("\n") + 1
+        self._bad("unclosed quote", chunk.rows[-1], f"a quote opens in its {last_column!r} value and never closes, so "
+                  f"that value ran to the end of the file ({lines:,} lines, rows after it included); close the quote, "
+                  'or double a quote inside a value ("")', chunk.slice(0, len(chunk) - 1))
+        return chunk.slice(0, len(chunk) - 1)
 
     def _csv_row_handler(self, bad_rows: list) -> Callable:
         """pyarrow's handler for a row with the wrong number of columns: skip it (counted with its batch), or stop."""
