@@ -100,7 +100,7 @@ def read_text_file(path: str | Path, what: str = "") -> str:
     label = f"{what} {path}".strip()
     if path.is_dir():
         raise ValueError(f"{label} is a folder, not a file")
-    if not path.is_file():
+    if not path.exists():  # not is_file(): a pipe, `lsr eval <(zcat run.gz) qrels`, was said not to exist
         raise FileNotFoundError(f"{label} does not exist")
     try:
         with open_maybe_gzip(path) as fh:
@@ -110,6 +110,9 @@ def read_text_file(path: str | Path, what: str = "") -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if raw.startswith(b"\x1f\x8b"):  # gzip's magic: "invalid start byte at byte 1" said nothing of it
+            raise ValueError(f"{label} is gzip-compressed but its name does not end in .gz; gunzip it, or name it "
+                             f"{path.name}.gz") from None
         raise ValueError(f"{label} is not UTF-8 text ({exc.reason} at byte {exc.start:,})") from None
 
 

@@ -562,3 +562,125 @@ def test_lsr_eval_compare_says_when_the_runs_answer_other_queries(tmp_path, caps
     (tmp_path / "same.trec").write_text(full.read_text())
     assert cli_main(["eval", str(full), str(qrels), "--compare", str(tmp_path / "same.trec")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_lsr_eval_reads_a_pipe_and_names_an_unnamed_gzip_file(tmp_path, capsys):
+    """`lsr eval <(zcat run.gz) qrels` said "/dev/fd/63 does not exist"; a gzip'd run not named .gz was "not UTF-8
+    text (invalid start byte at byte 1)"."""
+    import gzip
+
+    qrels, full, _ = _eval_files(tmp_path)
+    assert cli_main(["eval", str(full), str(qrels), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    fifo = tmp_path / "run.fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen([sys.executable, "-c", f"open({str(fifo)!r}, 'wb').write({full.read_bytes()!r})"])
+    try:
+        assert cli_main(["eval", str(fifo), str(qrels), "--json"]) == 0
+    finally:
+        try:
+            writer.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # the run never opened the pipe: the writer still waits for a reader
+            writer.kill()
+            writer.wait()
+    assert json.loads(capsys.readouterr().out) == plain
+    (tmp_path / "zipped.trec").write_bytes(gzip.compress(full.read_bytes()))
+    assert cli_main(["eval", str(tmp_path / "zipped.trec"), str(qrels)]) == 2
+    assert "zipped.trec is gzip-compressed but its name does not end in .gz" in capsys.readouterr().err
+
+
+def test_lsr_eval_refuses_a_tab_separated_run_id_holding_a_space(tmp_path, capsys):
+    """A tab-separated line's doc id 'd 1' matched no judgement (qrels refuse such ids): a relevant hit scored as a
+    miss without a word (nDCG@10 0.667 for a perfect run here)."""
+    qrels, _, _ = _eval_files(tmp_path)
+    run = tmp_path / "tabs.trec"
+    run.write_text("q1\tQ0\td1\t1\t3\ta\nq2\tQ0\td 2\t1\t3\ta\nq3\tQ0\td3\t1\t3\ta\n")
+    assert cli_main(["eval", str(run), str(qrels)]) == 2
+    err = capsys.readouterr().err
+    assert "tabs.trec line 2: id 'd 2' is empty or holds whitespace" in err and len(err.strip().splitlines()) == 1
+    run.write_text(run.read_text().replace("d 2", "d2"))
+    assert cli_main(["eval", str(run), str(qrels), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ndcg@10"] == 1.0
+
+
+def test_a_judged_query_without_text_is_refused_not_scored_as_a_miss(tmp_path, capsys):
+    """A test query with no text (or no "text" key) was searched as nothing and scored 0: BM25's nDCG@10 fell
+    without a word. One line naming it, before any method runs; an unjudged one stays harmless."""
+    queries = GOOD_QUERIES + '{"_id": "q1"}\n{"_id": "q2", "text": "  "}\n'
+    folder = _beir_folder(tmp_path / "blank", GOOD_CORPUS, queries, "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\n")
+    assert cli_main(["beir", "--dataset", str(folder), "--methods", "bm25", "--dense", "none", "--k", "10"]) == 2
+    out, err = capsys.readouterr()
+    assert "query 'q1', judged in qrels/test.tsv, has no text" in err and err.count("\n") == 1 and "nDCG" not in out
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\n")  # q1, q2 unjudged
+    assert list(load_beir(folder).qrels["test"]) == ["q0"]
+
+
+def test_lsr_beir_refuses_an_out_that_is_a_file_before_scoring_and_writes_its_files_whole(tmp_path, capsys):
+    """--out at a file failed only after every method ran, as "[Errno 17] File exists: 'OUT'"; results.json was
+    written before the chart, so a chart that could not be saved left this run's results.json beside the last
+    run's results.md."""
+    folder = _beir_folder(tmp_path / "ok", GOOD_CORPUS, GOOD_QUERIES, "query-id\tcorpus-id\tscore\nq0\td0\t1\n")
+    command = ["beir", "--dataset", str(folder), "--methods", "bm25", "--dense", "none", "--k", "10", "--quiet"]
+    (tmp_path / "file").write_text("keep me\n")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert cli_main([*command, "--out", str(out)]) == 2
+        printed, err = capsys.readouterr()
+        assert f"{tmp_path / 'file'} exists and is not a folder" in err and err.count("\n") == 1 and "nDCG" not in printed
+    assert (tmp_path / "file").read_text() == "keep me\n"
+    out = tmp_path / "res"
+    (out / "ndcg.png").mkdir(parents=True)  # the chart cannot be written
+    assert cli_main([*command, "--out", str(out)]) == 1
+    assert "ndcg.png is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["ndcg.png"]
+    (out / "ndcg.png").rmdir()
+    assert cli_main([*command, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ndcg.png", "results.json", "results.md"]
+    assert json.loads((out / "results.json").read_text())["methods"]["bm25"]["ndcg@10"] == 1.0
+
+
+def test_a_truncated_zip_is_named_as_damaged_not_as_no_zip(tmp_path, capsys):
+    """A zip cut off mid-download was "not a BEIR folder, .zip or .tar.gz archive", though it was named .zip."""
+    whole = tiny_beir(tmp_path)
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert cli_main(["beir", "--dataset", str(cut), "--methods", "bm25", "--dense", "none", "--k", "10"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {cut}: it is no whole zip archive (a damaged or truncated archive?)" in err
+    assert err.count("\n") == 1
+
+
+def test_a_report_cut_at_a_depth_under_100_says_so_beside_its_recall_and_map_at_100(tmp_path, capsys):
+    """`--k 10` printed "recall@100 0.9600" for a run of 10 hits (0.9800 at the default depth) without a word."""
+    folder = _beir_folder(tmp_path / "ok", GOOD_CORPUS, GOOD_QUERIES, "query-id\tcorpus-id\tscore\nq0\td0\t1\n")
+    command = ["beir", "--dataset", str(folder), "--methods", "bm25", "--dense", "none", "--quiet"]
+    assert cli_main([*command, "--k", "10"]) == 0
+    assert ("Depth `--k 10`: each method retrieved its top 10 only, so recall@100 and map@100 are over those 10 hits"
+            in capsys.readouterr().out)
+    assert cli_main(command) == 0
+    assert "Depth" not in capsys.readouterr().out
+
+
+def test_lsr_eval_drops_a_bom_that_opens_a_later_line_of_concatenated_files(tmp_path, capsys):
+    """`cat a.trec b.trec` of two files saved with a BOM put one inside: query '\\ufeffq2' matched no judgement and
+    scored 0 (nDCG@10 0.667 for a perfect run), as did a judgement of qrels concatenated so."""
+    qrels, _, _ = _eval_files(tmp_path)
+    run = tmp_path / "cat.trec"
+    run.write_text("\ufeffq1 Q0 d1 1 3 a\n\ufeffq2 Q0 d2 1 3 a\nq3 Q0 d3 1 3 a\n", encoding="utf-8")
+    glued = tmp_path / "glued.tsv"
+    glued.write_text(qrels.read_text().replace("q2\t", "\ufeffq2\t"), encoding="utf-8")
+    for judged in (qrels, glued):
+        assert cli_main(["eval", str(run), str(judged), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["ndcg@10"] == 1.0
+
+
+def test_lsr_eval_reads_lines_that_end_in_a_tab(tmp_path, capsys):
+    """A spreadsheet's export ends each line in a tab: the run was refused as "got 7 fields" (six visible), the
+    qrels as "grade '' is not a whole number"."""
+    qrels, full, _ = _eval_files(tmp_path)
+    run, judged = tmp_path / "tabbed.trec", tmp_path / "tabbed.tsv"
+    run.write_text("".join(line.replace(" ", "\t") + "\t\n" for line in full.read_text().splitlines()))
+    judged.write_text("".join(line + "\t\n" for line in qrels.read_text().splitlines()))
+    assert cli_main(["eval", str(full), str(qrels), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert cli_main(["eval", str(run), str(judged), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == plain

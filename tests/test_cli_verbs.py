@@ -487,6 +487,17 @@ def test_encode_input_failing_midway_is_one_line_and_leaves_no_file(tmp_path):
     assert "duplicate id 'a'" in proc.stderr and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
 
 
+def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsys):
+    """`lsr encode --input c.parquet --output ./c.parquet` replaced the corpus with its vectors, exit 0."""
+    corpus = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"_id": ["a", "b"], "text": ["aspirin", "coffee"]}), corpus)
+    before = corpus.read_bytes()
+    assert cli_main(["encode", "--input", str(corpus), "--output", str(tmp_path / "." / "c.parquet")]) == 2
+    assert capsys.readouterr().err == (f"lsr encode: error: --output {tmp_path / '.' / 'c.parquet'} is the --input "
+                                       "file; give another path for the vectors\n")
+    assert corpus.read_bytes() == before
+
+
 @pytest.mark.parametrize("argv, message", [
     (["encode", "--input", "{corpus}", "--output", "{tmp}/v.parquet", "--query"],
      "--query does nothing here: an --input file is encoded as documents, with expansion, into --output"),

@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     check_methods_and_depth(methods, args.k)  # before a --serve index build, which can take minutes
+    if args.out is not None:
+        _check_out_folder(Path(args.out))
     if args.serve and args.endpoint:
         raise ValueError("--serve starts its own server; drop --endpoint (or drop --serve to use yours)")
     if args.endpoint:
@@ -107,6 +109,17 @@ def run(args: argparse.Namespace) -> int:
     if report["collection"]:
         print(f"\nthe collection is cached at {report['collection']}; search it: lsr search {report['collection']}")
     return 0
+
+
+def _check_out_folder(out: Path) -> None:
+    """Refuse an --out that is (or lies under) a file now: it failed only after the whole evaluation, as
+    "[Errno 17] File exists: 'OUT'"."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise FileExistsError(f"--out {out}: {folder} exists and is not a folder; give a folder for results.md, "
+                                      "results.json and ndcg.png")
+            return
 
 
 def _serve_log(out: str | None) -> Path:

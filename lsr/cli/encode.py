@@ -98,6 +98,8 @@ def _encode_file(args: argparse.Namespace) -> int:
                   "an --input file is encoded as documents, with expansion, into --output (nothing is printed)")
     if args.batch_size <= 0 or args.max_length < 4:
         raise ValueError("--batch-size must be positive and --max-length at least 4")
+    if Path(args.output).resolve() == Path(args.input).resolve():  # the corpus was replaced by its vectors
+        raise ValueError(f"--output {args.output} is the --input file; give another path for the vectors")
     device = device_options(args)  # a GPU asked for and missing is one line before the corpus is read
     check_writable(Path(args.output))  # before the model loads and the corpus is encoded
     summary = encode_file(args.input, args.output, model=args.model, fields=args.fields, id_field=args.id_field,

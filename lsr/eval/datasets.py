@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
+from lsr.encode.texts import is_blank
 from lsr.eval.runs import fields, parse_qrels
 from lsr.files import cache_dir
 from lsr.ingest.beir_source import BeirSource
@@ -121,6 +122,10 @@ def load_beir(path: str | Path, splits: tuple[str, ...] = ("test", "train", "dev
                 log.warning("qrels/%s.tsv judges %d queries that queries.jsonl does not hold (such as %s); they are "
                             "left out", split, len(judged) - len(qrels[split]),
                             short_repr(next(q for q in judged if q not in queries)))
+            blank = next((q for q in qrels[split] if is_blank(queries[q])), None)
+            if blank is not None:  # searched as nothing, it scored 0 and lowered every method's mean unsaid
+                raise ValueError(f"queries.jsonl: query {short_repr(blank)}, judged in qrels/{split}.tsv, has no text; "
+                                 "give it its text, or drop its judgements")
     return BeirDataset(name, corpus, queries, qrels)
 
 

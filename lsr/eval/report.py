@@ -6,6 +6,7 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import IO
 
 from lsr.eval.metrics import METRICS, SIGNIFICANT, marked_difference
 from lsr.eval.prf_tuning import EDGE_BETA
@@ -50,6 +51,9 @@ def markdown(report: dict) -> str:
         lines += ["", f"nDCG@10 vs {sig['baseline']}: the difference and the two-sided p-value of a {sig['test']} "
                       f"over the {report['queries']} queries; * p < {SIGNIFICANT}."]
     s = report["settings"]
+    if s.get("k", 100) < 100:  # the columns said recall@100 and map@100 of a run cut at k, with no word of k
+        lines += ["", f"Depth `--k {s['k']}`: each method retrieved its top {s['k']} only, so recall@100 and map@100 "
+                      f"are over those {s['k']} hits (the default --k 100 gives the metrics' full depth)."]
     idf_queries = report["models"].get("sparse_queries") == "InferenceFreeQueryEncoder"
     lines += ["", f"Models: sparse `{report['models']['sparse']}`"
                   f"{' with inference-free queries (IDF weights, no model)' if idf_queries else ''}, "
@@ -134,13 +138,17 @@ def prf_settings(s: dict) -> str:
 
 
 def write_report(report: dict, out: Path) -> None:
+    """Each file whole or not at all (Ctrl-C while the chart was drawn left a results.json of this run beside a
+    truncated or earlier one): the chart and the Markdown first, results.json, what scripts read, last."""
+    from lsr.files import atomic_write
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(markdown(report), encoding="utf-8")
-    plot_ndcg(report, out / "ndcg.png")
+    atomic_write(out / "ndcg.png", lambda fh: plot_ndcg(report, fh))
+    atomic_write(out / "results.md", lambda fh: fh.write(markdown(report).encode("utf-8")))
+    atomic_write(out / "results.json", lambda fh: fh.write((json.dumps(report, indent=2) + "\n").encode("utf-8")))
 
 
-def plot_ndcg(report: dict, path: Path) -> None:
+def plot_ndcg(report: dict, path: Path | IO[bytes]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,5 +163,5 @@ def plot_ndcg(report: dict, path: Path) -> None:
     ax.set_title(f"BEIR {report['dataset']} ({report['split']})")
     ax.set_ylim(0, max(values + [0.01]) * 1.15)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)

@@ -58,6 +58,10 @@ def read_trec_run(path: str | Path) -> Run:
         if not parts[3].isdigit():
             raise ValueError(f"{path} line {line_no}: rank {parts[3]!r} is not a whole number (the fields are "
                              "'qid Q0 docid rank score tag')")
+        spaced = next((part for part in (parts[0], parts[2]) if part.split() != [part]), None)
+        if spaced is not None:  # a tab-separated line's 'doc 1' matched no judgement and scored as a miss unsaid
+            raise ValueError(f"{path} line {line_no}: id {spaced!r} is empty or holds whitespace, which no qrels can "
+                             "judge")
         if parts[2] in run.get(parts[0], {}):
             raise ValueError(f"{path} line {line_no}: query {parts[0]!r} ranks document {parts[2]!r} twice")
         hits = run.setdefault(parts[0], {})
@@ -176,5 +180,8 @@ def _rows(path: str | Path) -> Iterable[tuple[int, list[str]]]:
 
 def fields(line: str) -> list[str]:
     """A run or qrels line's fields: split at tabs where it has them (BEIR's TSV: an id with a space stays one
-    field, which the checks then name, rather than shifting the grade into the doc id), else at whitespace."""
+    field, which the checks then name, rather than shifting the grade into the doc id), else at whitespace. A BOM
+    opening a line (files concatenated with `cat`) is dropped: it went into that line's query id, which then matched
+    no judgement; so is whitespace ending it (a trailing tab was a seventh, empty field: "got 7 fields")."""
+    line = line.removeprefix("\ufeff").rstrip()
     return [part.strip() for part in line.split("\t")] if "\t" in line else line.split()

@@ -27,6 +27,8 @@ class BeirSource:
                 self.names = {m.name for m in self.archive.getmembers() if m.isfile()}
             except (OSError, EOFError, tarfile.TarError) as exc:
                 raise ValueError(f"cannot read {path}: {exc} (a damaged or truncated archive?)") from None
+        elif path.name.lower().endswith(".zip"):  # a cut-off zip lacks its directory, at the end: "not a ... .zip"
+            raise ValueError(f"cannot read {path}: it is no whole zip archive (a damaged or truncated archive?)")
         else:
             raise ValueError(f"{path} is not a BEIR folder, .zip or .tar.gz archive")
         corpus = sorted((n for n in self.names if n == "corpus.jsonl" or n.endswith("/corpus.jsonl")),
