@@ -264,6 +264,32 @@ def test_a_csv_quote_that_never_closes_is_named_not_indexed_as_the_rest_of_the_f
     assert read_all(CorpusReader(path))[:2] == (["d1", "d2"], ["one\nline two", "closed\nat last"])
 
 
+@pytest.mark.parametrize("closed", [False, True])
+def test_a_gzipped_csv_quote_that_never_closes_is_named_too(tmp_path, closed):
+    """The check read the end of the file by seeking, so a .csv.gz was not checked: its rows after the open quote
+    were one document again."""
+    rows = "".join(f"d{i},row {i}\n" for i in range(2, 300))
+    opened, closing = ("", '"') if closed else ("never closed", "")
+    text = f'id,text\nd1,"one\nline two"\nd0,"{opened}\n{rows}{closing}\n'
+    path = tmp_path / "open.csv.gz"
+    path.write_bytes(gzip.compress(text.encode("utf-8")))
+    reader = CorpusReader(path, on_error="skip")
+    ids = read_all(reader)[0]
+    assert (ids, reader.stats.skipped) == ((["d1", "d0"], {}) if closed else (["d1"], {"unclosed quote": 1}))
+
+
+def test_csv_values_over_several_lines_read_across_blocks_and_one_over_two_blocks_is_named(tmp_path):
+    """A CSV of quoted multi-line values over one block failed as "CSV parser got out of sync with chunker"; a
+    quote that never closes in a big file took the rest past two blocks: pyarrow's "straddling object" message."""
+    path = tmp_path / "lines.csv"
+    path.write_text("id,text\n" + "".join(f'd{i},"line one of {i}\nline two"\n' for i in range(2000)))
+    assert len(read_all(CorpusReader(path, chunk_bytes=4096))[0]) == 2000
+    path.write_text('id,text\nd1,one\nd2,"never closed\n' + "".join(f"d{i},row {i}\n" for i in range(3, 3000)))
+    with pytest.raises(ValueError, match=r"lines.csv: a quoted value after row 2 runs over 0.0078125 MiB, so its quote "
+                                         r"likely never closes"):
+        read_all(CorpusReader(path, chunk_bytes=4096, on_error="skip"))
+
+
 def test_unknown_format_and_missing_source(tmp_path):
     (tmp_path / "c.docx").write_text("hello")
     with pytest.raises(ValueError, match="cannot tell the format"):

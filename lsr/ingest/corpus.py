@@ -110,6 +110,32 @@ def corpus_format(source: Path) -> str:
                      ".parquet, .csv or .txt")
 
 
+def _csv_parsing(invalid_row_handler: Callable) -> pcsv.ParseOptions:
+    """Quoted values may span lines: without ``newlines_in_values`` pyarrow split blocks at any newline, so a CSV
+    of multi-line values over one block (8 MiB) failed as "CSV parser got out of sync with chunker"."""
+    return pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid_row_handler)
+
+
+class _StreamEnd:
+    """A binary stream read through, keeping its last bytes and whether it has ended: a CSV value that runs to the
+    end of the file can then be told in a gzip stream too, which cannot seek to its end."""
+
+    KEEP = 1 << 16
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream, self.last_bytes, self.ended = stream, b"", False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.ended = self.ended or not data or size is None or size < 0
+        self.last_bytes = (self.last_bytes + data)[-self.KEEP:]
+        return data
+
+    @property
+    def closed(self) -> bool:
+        return self.stream.closed
+
+
 class CorpusReader:
     """Iterate :class:`DocChunk` s over a corpus; ``stats`` tracks progress and skipped rows.
 
@@ -162,7 +188,7 @@ class CorpusReader:
         if self.format == "parquet":
             return pq.ParquetFile(self.source).schema_arrow.names
         if self.format == "csv":
-            return pcsv.open_csv(self.source, parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: "skip")
+            return pcsv.open_csv(self.source, parse_options=_csv_parsing(lambda row: "skip")
                                  ).schema.names  # a bad row is named when the rows are read
         with open_maybe_gzip(self.source) as fh:
             for line in fh:
@@ -411,41 +437,44 @@ class CorpusReader:
                                       null_values=[""])  # not pyarrow's NA, null, N/A, nan...: ids and words here
         with open(self.source, "rb") as raw:
             compression = "gzip" if self.source.name.lower().endswith(".gz") else None
-            stream = pa.input_stream(raw, compression=compression) if compression else raw
+            stream = _StreamEnd(pa.input_stream(raw, compression=compression) if compression else raw)
             bad_rows: list = []
             try:  # single-threaded, so pyarrow numbers a row with the wrong number of columns
                 reader = pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=self.chunk_bytes, use_threads=False),
-                                       parse_options=pcsv.ParseOptions(invalid_row_handler=self._csv_row_handler(bad_rows)),
+                                       parse_options=_csv_parsing(self._csv_row_handler(bad_rows)),
                                        convert_options=convert)
                 line_no = 1  # the header; the first data row is row 2 (pyarrow's numbers, which count rows, not lines)
                 for batch in reader:
                     chunk = self._table_chunk(batch, line_no, [row.number for row in bad_rows])
                     self._count_skipped_rows(bad_rows, chunk)
-                    yield self._without_unclosed_quote(batch, chunk, last_column)
+                    yield self._without_unclosed_quote(batch, chunk, last_column, stream)
                     line_no += batch.num_rows + len(bad_rows)
                     bad_rows.clear()
                     self.stats.bytes_read = raw.tell()
-            except pa.ArrowInvalid:
+            except pa.ArrowInvalid as exc:
+                if "straddles two block boundaries" in str(exc):  # one row over two blocks: no other reaches that
+                    raise ValueError(f"{self.source}: a quoted value after row {line_no:,} runs over "
+                                     f"{self.chunk_bytes * 2 / (1 << 20):g} MiB, so its quote likely never closes; close "
+                                     'it, or double a quote inside a value ("")') from None
                 if not bad_rows:
                     raise
                 row = bad_rows[0]
                 self._bad("wrong column count", row.number, f"{row.actual_columns} columns where the header has "
                           f"{row.expected_columns} ({row.text[:80]!r}; quote a value that holds a comma)", DocChunk([], [], []))
 
-    def _without_unclosed_quote(self, batch: pa.RecordBatch, chunk: DocChunk, last_column: str | None) -> DocChunk:
+    def _without_unclosed_quote(self, batch: pa.RecordBatch, chunk: DocChunk, last_column: str | None,
+                                stream: _StreamEnd) -> DocChunk:
         """``chunk`` less a last row whose last field opens a quote that never closes: CSV values may hold newlines,
         so that field took every line after it to the end of the file, and those rows were indexed as one document
-        without a word. Such a field holds the file's whole tail, and the file does not end in a quote; checked on
-        uncompressed files, for a last field read as a text or id."""
-        if last_column is None or not len(chunk) or self.source.name.lower().endswith(".gz"):
+        without a word. Such a field ends where the file (plain or gunzipped) ends, and the file does not end in a
+        quote; checked for a last field read as a text or id."""
+        if last_column is None or not len(chunk) or not stream.ended:
             return chunk
         value = batch.column(batch.schema.get_field_index(last_column))[-1].as_py()
         if not value or "\n" not in value or (value != chunk.ids[-1] and value.strip() not in chunk.texts[-1]):
             return chunk  # no newline, or the batch's last row was not the chunk's (a bad row, skipped)
-        tail = value.encode("utf-8", "surrogatepass").rstrip(b"\r\n")
-        with open(self.source, "rb") as fh:
-            fh.seek(max(0, self.source.stat().st_size - len(tail) - 8))
-            end = fh.read().rstrip(b"\r\n")
+        tail = value.encode("utf-8", "surrogatepass").rstrip(b"\r\n")[-_StreamEnd.KEEP // 2:]
+        end = stream.last_bytes.rstrip(b"\r\n")
         if not end.endswith(tail) or end.endswith(b'"'):
             return chunk
         lines = value.rstrip("\r\n").count("\n") + 1
