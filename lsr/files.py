@@ -16,10 +16,11 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 import zlib
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -74,6 +75,28 @@ def check_writable(path: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise OSError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def check_folder_writable(folder: Path, label: str) -> None:
+    """Fail now, in one line, where files cannot be written in ``folder`` (one that lies under a file, cannot be
+    made, or takes no file), rather than as a bare errno after the work that fills it. Folders made to test this
+    are taken away again, so a run that fails later leaves nothing behind. ``label`` names the folder's role."""
+    missing = []
+    for existing in (folder, *folder.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise FileExistsError(f"cannot create {label} {folder}: {existing} is a file, not a folder")
+            break
+        missing.append(existing)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise OSError(f"cannot {'create' if missing else 'write in'} {label} {folder}: {exc.strerror or exc}") from None
+    finally:
+        for made in missing:  # deepest first
+            with suppress(OSError):
+                made.rmdir()
 
 
 def text_lines(text: str) -> list[str]:

@@ -63,3 +63,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path) -> Path:
+    """An empty folder that refuses this user's writes: one of our own made read-only, or (root writes anywhere) an
+    empty one of the kernel's; the test is skipped where there is none."""
+    own = tmp_path / "read-only"
+    own.mkdir()
+    own.chmod(0o555)
+    for folder in (own, Path("/sys/kernel/security"), Path("/sys/fs/pstore"), Path("/sys/kernel/software_nodes")):
+        try:
+            if folder.is_dir() and not any(folder.iterdir()):
+                (folder / "probe").touch()
+                (folder / "probe").unlink()
+        except OSError:
+            return folder
+    pytest.skip("no empty folder here refuses this user's writes")

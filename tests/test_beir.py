@@ -625,8 +625,10 @@ def test_lsr_beir_refuses_an_out_that_is_a_file_before_scoring_and_writes_its_fi
     for out in (tmp_path / "file", tmp_path / "file" / "sub"):
         assert cli_main([*command, "--out", str(out)]) == 2
         printed, err = capsys.readouterr()
-        assert f"{tmp_path / 'file'} exists and is not a folder" in err and err.count("\n") == 1 and "nDCG" not in printed
+        assert f"cannot create the --out folder {out}: {tmp_path / 'file'} is a file, not a folder" in err and err.count("\n") == 1 and "nDCG" not in printed
     assert (tmp_path / "file").read_text() == "keep me\n"
+    assert cli_main([*command, "--out", str(tmp_path / "new" / "res")]) == 0  # a folder made on the way is kept
+    assert (tmp_path / "new" / "res" / "results.json").is_file()
     out = tmp_path / "res"
     (out / "ndcg.png").mkdir(parents=True)  # the chart cannot be written
     assert cli_main([*command, "--out", str(out)]) == 1
@@ -636,6 +638,16 @@ def test_lsr_beir_refuses_an_out_that_is_a_file_before_scoring_and_writes_its_fi
     assert cli_main([*command, "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["ndcg.png", "results.json", "results.md"]
     assert json.loads((out / "results.json").read_text())["methods"]["bm25"]["ndcg@10"] == 1.0
+
+
+def test_lsr_beir_refuses_an_out_it_cannot_write_in_before_scoring(tmp_path, capsys, unwritable_folder):
+    """Each method ran, and only then did the report fail, as a bare errno."""
+    folder = _beir_folder(tmp_path / "ok", GOOD_CORPUS, GOOD_QUERIES, "query-id\tcorpus-id\tscore\nq0\td0\t1\n")
+    assert cli_main(["beir", "--dataset", str(folder), "--methods", "bm25", "--dense", "none", "--k", "10", "--quiet",
+                     "--out", str(unwritable_folder)]) == 1
+    printed, err = capsys.readouterr()
+    assert err.startswith(f"lsr beir: error: cannot write in the --out folder {unwritable_folder}:")
+    assert err.count("\n") == 1 and "nDCG" not in printed
 
 
 def test_a_truncated_zip_is_named_as_damaged_not_as_no_zip(tmp_path, capsys):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.main import flags_given, refuse_unused
+from lsr.files import check_folder_writable
 
 HELP = "evaluate BM25 / sparse / dense / hybrid / PRF / fusion on a BEIR dataset"
 
@@ -67,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     check_methods_and_depth(methods, args.k)  # before a --serve index build, which can take minutes
-    if args.out is not None:
-        _check_out_folder(Path(args.out))
+    if args.out is not None:  # it failed only after the whole evaluation, as "[Errno 17] File exists: 'OUT'"
+        check_folder_writable(Path(args.out), "the --out folder")
+    if methods == ["bm25"]:  # a --serve built an index and started a server that nothing asked
+        refuse_unused(flags_given(args, "endpoint", "serve"), "bm25 is scored in this process, with bm25s")
     if args.serve and args.endpoint:
         raise ValueError("--serve starts its own server; drop --endpoint (or drop --serve to use yours)")
     if args.endpoint:
@@ -109,17 +112,6 @@ def run(args: argparse.Namespace) -> int:
     if report["collection"]:
         print(f"\nthe collection is cached at {report['collection']}; search it: lsr search {report['collection']}")
     return 0
-
-
-def _check_out_folder(out: Path) -> None:
-    """Refuse an --out that is (or lies under) a file now: it failed only after the whole evaluation, as
-    "[Errno 17] File exists: 'OUT'"."""
-    for folder in (out, *out.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise FileExistsError(f"--out {out}: {folder} exists and is not a folder; give a folder for results.md, "
-                                      "results.json and ndcg.png")
-            return
 
 
 def _serve_log(out: str | None) -> Path:

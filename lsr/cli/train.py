@@ -46,13 +46,13 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.main import flags_given, refuse_unused
+from lsr.files import check_folder_writable
 
 HELP = "fine-tune a SPLADE model on a BEIR train split or JSONL pairs (contrastive + FLOPS)"
 
@@ -220,7 +220,7 @@ def _dev_split(args: argparse.Namespace) -> str | None:
     from lsr.train.data import is_jsonl
 
     if is_jsonl(args.data):  # --split and --data-dir were read by nobody; --data-dir still finds --eval's datasets
-        refuse_unused(flags_given(args, "split", *["data_dir"] * (not args.eval)),
+        refuse_unused(flags_given(args, "split", *([] if args.eval else ["data_dir"])),
                       f"{args.data} is a JSONL file, its rows the training examples (they choose a BEIR split)")
     if args.dev_split == "none" or (args.dev_split is None and is_jsonl(args.data)):
         return None
@@ -268,7 +268,7 @@ def _check_out(out: Path, resume: bool) -> None:
         raise ValueError(f"{out} holds an unfinished run; add --resume to continue it, or choose another folder")
     elif out.exists() and (not out.is_dir() or set(out.iterdir()) - set(leftovers(out))):
         raise FileExistsError(f"{out} already exists and is not an empty folder; choose a new OUT")
-    _check_creatable(out)
+    check_folder_writable(out, "the model folder")  # not once the data and the model have loaded
 
 
 def _check_out_apart_from_model(out: Path, model: str) -> None:
@@ -280,22 +280,6 @@ def _check_out_apart_from_model(out: Path, model: str) -> None:
     if model not in BUNDLED and folder.is_dir() and out.resolve().is_relative_to(folder.resolve()):
         raise ValueError(f"OUT {out} {'is' if out.resolve() == folder.resolve() else 'lies inside'} the --model "
                          f"folder {model}; write the trained model to a folder outside it")
-
-
-def _check_creatable(out: Path) -> None:
-    """Make OUT, write a file in it and take both away again: an OUT that cannot be made, or an existing one that
-    cannot be written, failed only once the data and model had loaded, as a bare errno; a run that fails before
-    training leaves nothing behind."""
-    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as exc:
-        raise OSError(f"cannot {'create' if missing else 'write in'} the model folder {out}: {exc.strerror}") from None
-    finally:
-        for folder in missing:  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
 
 
 def _train(args, config, examples, out: Path, encoding: dict[str, str], say, model, dev_split: str | None) -> int:
