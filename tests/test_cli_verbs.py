@@ -505,6 +505,9 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
      "--top, --no-expansion do nothing here"),
     (["encode", "aspirin", "--batch-size", "8"],
      "--batch-size does nothing here: a TEXT is given, not an --input file"),
+    (["encode", "aspirin", "--query", "--max-length", "64"],
+     "--max-length does nothing here: a query keeps up to the model's limit, at most 512 tokens"),
+    (["encode", "aspirin", "--max-length", "0"], "--max-length must be at least 4, got 0"),  # named max_length
     (["search", "{direct}", "coffee", "--tag", "mine"], "--tag does nothing here: without --topics no TREC run"),
     (["search", "{direct}", "--topics", "{tmp}/t.tsv", "--output", "{tmp}/run", "--text", "--explain"],
      "--text, --explain do nothing here: --topics writes a TREC run, which holds ids and scores only"),
@@ -513,6 +516,8 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
     (["index", "{vectors}", "{tmp}/out", "--pre-encoded", "--max-length", "64"],
      "--max-length does nothing here: {vectors} holds the ids, texts and vectors to index (encoded at 256 tokens)"),
     (["index", "{corpus}", "{tmp}/out", "--dense", "none", "--hnsw"], "--dense none builds no dense index"),
+    (["beir", "--dataset", "scifact", "--methods", "bm25", "--serve"],
+     "--serve does nothing here: bm25 is scored in this process, with bm25s"),
     (["beir", "--dataset", "scifact", "--endpoint", "127.0.0.1:1", "--dtype", "bf16"],
      "--dtype does nothing here: with --endpoint the server's collection and models are evaluated"),
 ])

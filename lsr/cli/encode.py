@@ -54,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_length < 4:  # named as the constructor's max_length, once the model had loaded
+        raise ValueError(f"--max-length must be at least 4, got {args.max_length}")
     if args.input or args.output:
         return _encode_file(args)
     from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, idf_table_path
@@ -61,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     refuse_unused(flags_given(args, "fields", "id_field", "batch_size", "on_error", "quiet"),
                   "a TEXT is given, not an --input file")
+    if args.side == "query":
+        refuse_unused(flags_given(args, "max_length"), "a query keeps up to the model's limit, at most 512 tokens")
     if args.top < 0:
         raise ValueError(f"--top must be ≥ 0, got {args.top}")
     text = " ".join(args.text)
@@ -94,10 +98,10 @@ def _encode_file(args: argparse.Namespace) -> int:
         raise ValueError("--input and --output go together: lsr encode --input FILE --output VECTORS.parquet")
     if args.text:
         raise ValueError("give either a TEXT or --input FILE, not both")
-    refuse_unused(["--query"] * (args.side == "query") + flags_given(args, "top", "no_expansion", "json"),
+    refuse_unused((["--query"] if args.side == "query" else []) + flags_given(args, "top", "no_expansion", "json"),
                   "an --input file is encoded as documents, with expansion, into --output (nothing is printed)")
-    if args.batch_size <= 0 or args.max_length < 4:
-        raise ValueError("--batch-size must be positive and --max-length at least 4")
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if Path(args.output).resolve() == Path(args.input).resolve():  # the corpus was replaced by its vectors
         raise ValueError(f"--output {args.output} is the --input file; give another path for the vectors")
     device = device_options(args)  # a GPU asked for and missing is one line before the corpus is read

@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
         named = VectorFileReader(args.source)
         other_length = named.max_length is not None and args.max_length != named.max_length
-        refuse_unused(flags_given(args, "fields", "id_field", *["max_length"] * other_length),
+        given = flags_given(args, "fields", "id_field", *(["max_length"] if other_length else []))
+        refuse_unused(given,
                       f"{args.source} holds the ids, texts and vectors to index"
                       + (f" (encoded at {named.max_length} tokens)" if named.max_length else ""))
         model, max_length = args.model or named.model or model, named.max_length or max_length
