@@ -380,9 +380,11 @@ def test_a_usage_error_is_one_line_with_a_guess_and_k_has_a_short_form(collectio
     assert hits[0]["bm25_score"] is not None and hits[0]["sparse_score"] is not None
 
 
-def test_encode_without_text_exits_2(capsys):
-    assert cli_main(["encode", ""]) == 2
-    assert capsys.readouterr().err == "lsr encode: error: give a text to encode (or --input FILE --output VECTORS.parquet)\n"
+@pytest.mark.parametrize("text", ["", "\u200b \t"])  # a zero-width space printed "0 non-zero terms", exit 0
+def test_encode_without_words_exits_2(capsys, text):
+    assert cli_main(["encode", text]) == 2
+    assert capsys.readouterr().err == ("lsr encode: error: TEXT has no words; give a text to encode (or --input FILE "
+                                       "--output VECTORS.parquet)\n")
 
 
 def test_a_model_in_the_local_hf_cache_loads_offline_and_an_unknown_one_fails_at_once(tmp_path):

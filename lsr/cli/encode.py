@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.input or args.output:
         return _encode_file(args)
     from lsr.encode.splade import InferenceFreeQueryEncoder, SpladeEncoder, idf_table_path
-    from lsr.encode.texts import check_utf8
+    from lsr.encode.texts import check_utf8, is_blank
 
     refuse_unused(flags_given(args, "fields", "id_field", "batch_size", "on_error", "quiet"),
                   "a TEXT is given, not an --input file")
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 0:
         raise ValueError(f"--top must be ≥ 0, got {args.top}")
     text = " ".join(args.text)
-    if not text.strip():
-        raise ValueError("give a text to encode (or --input FILE --output VECTORS.parquet)")
+    if is_blank(text):  # a zero-width space printed "0 non-zero terms" and exit 0
+        raise ValueError("TEXT has no words; give a text to encode (or --input FILE --output VECTORS.parquet)")
     check_utf8(text, "TEXT")  # before the model loads
     options = {"query_expansion": not args.no_expansion, "doc_expansion": not args.no_expansion}
     device = device_options(args)
