@@ -561,6 +561,14 @@ def test_prf_flags_through_a_server_override_the_collections_stored_prf_as_in_pr
     assert [score for _, score in served] == pytest.approx([score for _, score in in_process], rel=1e-6)
 
 
+def test_lsr_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"lsr {version('lsr')}\n"
+
+
 def test_docs_cli_md_names_every_flag_of_every_verb_and_no_flag_they_lack():
     """docs/cli.md is the full reference: its Flags table names each verb's flags (a group such as "device flags" by
     its bullet), and a flag it names anywhere exists (a removed one left there is a bug)."""
@@ -575,7 +583,7 @@ def test_docs_cli_md_names_every_flag_of_every_verb_and_no_flag_they_lack():
                                                                          section, re.M | re.S)}
     assert sorted(groups) == ["PRF flags", "connection flags", "device flags", "fusion flags"]
     verbs = build_parser()._subparsers._group_actions[0].choices
-    known = {"--verbose", "--help"}
+    known = {"--verbose", "--version", "--help"}
     for verb, parser in verbs.items():
         options = {o for action in parser._actions for o in action.option_strings if o.startswith("--")} - {"--help"}
         known |= options

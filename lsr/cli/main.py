@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                "has --help; README.md and docs/cli.md (every flag and default) have the rest.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-V", "--version", action=_PrintVersion, help="print lsr's version (quote it in a bug report) "
+                        "and exit")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb in VERBS:
         try:
@@ -71,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_run=module.run, _parser=p)
     return parser
+
+
+class _PrintVersion(argparse.Action):
+    """The version pip installed (pyproject.toml's), looked up only when asked: the lookup reads every installed
+    package's metadata (20 ms), which each command's start would pay."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("lsr")
+        except PackageNotFoundError:
+            installed = "(not installed: run from a checkout)"
+        print(f"lsr {installed}")  # to stdout, as argparse's own version action does
+        parser.exit()
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
