@@ -15,11 +15,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lsr.encode.texts import check_utf8
 from lsr.files import MachineStateError
 from lsr.search.searcher import HybridOptions, PrfOptions, SearchResult, query_list
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.convert import options_to_proto, request_to_proto, result_from_proto
+from lsr.sparse import id_list
 
 _MiB = 1024 * 1024
 DEFAULT_PORT = 50051  # what `lsr serve` listens on unless told otherwise
@@ -41,8 +43,25 @@ RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLI
 def call_failed(exc: grpc.RpcError) -> RuntimeError:
     """A failed call as one line, ``CODE: the server's message``: a ``MachineStateError`` when the server or the
     network failed (the CLI exits 1: retry), a plain RuntimeError when the request was refused (exit 2: fix it)."""
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        # gRPC's message size limit: the same request meets it on every retry (`lsr delete --ids-file` of 400,000 ids
+        # exited 1, "retry"), so it is the request to fix, as `lsr upsert` says for a document over the limit.
+        return RuntimeError(f"{exc.code().name}: {details}; a retry meets the same limit: send less per call (fewer "
+                            "ids, texts or hits), or start `lsr serve` with a larger --max-message-mb")
     kind = MachineStateError if exc.code() in RETRYABLE_CODES else RuntimeError
-    return kind(f"{exc.code().name}: {exc.details()}")
+    return kind(f"{exc.code().name}: {details}")
+
+
+def token_problem(token: str) -> str | None:
+    """What keeps ``token`` out of an ``authorization`` header, or None. gRPC sends only printable ASCII in metadata:
+    a token with a newline or an accented letter failed every call client-side as INTERNAL "Invalid metadata" (exit 1,
+    "retry", with a C-core error on stderr), and a server given one started but could be called by no client."""
+    bad = next((i for i, char in enumerate(token) if not " " <= char <= "~"), None)
+    if bad is None:
+        return None
+    return (f"holds {token[bad]!r} at character {bad}; a bearer token is printable ASCII on one line "
+            "(gRPC metadata carries nothing else)")
 
 
 def _utf8_len(text: str) -> int:
@@ -51,6 +70,11 @@ def _utf8_len(text: str) -> int:
     if not isinstance(text, str):
         return 0
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not 0 < timeout < math.inf:  # 0 failed every call at once as DEADLINE_EXCEEDED
+        raise ValueError(f"the timeout must be a positive number of seconds (or None: no deadline), got {timeout}")
 
 
 def endpoint_address(endpoint: str) -> str:
@@ -91,8 +115,10 @@ class Client:
         max_message_bytes: int = 64 * _MiB,
     ) -> None:
         endpoint = endpoint_address(endpoint)
-        if timeout is not None and not 0 < timeout < math.inf:  # 0 failed every call at once as DEADLINE_EXCEEDED
-            raise ValueError(f"the timeout must be a positive number of seconds (or None: no deadline), got {timeout}")
+        _check_timeout(timeout)
+        problem = token_problem(token) if token else None
+        if problem is not None:
+            raise ValueError(f"the auth token {problem}")
         options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
         if tls:
             roots = None if tls is True else Path(tls).read_bytes()
@@ -167,8 +193,18 @@ class Client:
         ``_UPSERT_MESSAGE_BYTES`` (a longer document alone), each under the server's request limit: 64 documents
         of 70 KB, long papers, made a 4.5 MB message that the default 4 MiB limit refused, on every retry.
         ``allow_empty``: store empty or whitespace-only texts instead of refusing them (INVALID_ARGUMENT)."""
+        # Checked as Searcher.upsert checks them, before the stream opens: one str was sent as one document per
+        # character; an int id or a text with a lone surrogate failed inside the request stream, which gRPC reports
+        # as UNKNOWN "Exception iterating requests!" (to retry), and a None id or text went as "" (proto3's unset).
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of texts, one per id, not one str")
+        ids, texts = id_list(ids), list(texts)
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] (id {ids[i]!r}) must be a str, got {type(text).__name__}")
+            check_utf8(text, f"texts[{i}] (id {ids[i]!r})")
 
         def messages() -> Iterable[pb.UpsertRequest]:
             docs: list[pb.Document] = []
@@ -189,7 +225,8 @@ class Client:
 
     def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> list[str]:
         """Remove documents; returns the ids the server did not know (all unknown raises NOT_FOUND)."""
-        response = self._call(self._stub.Delete, pb.DeleteRequest(ids=list(ids)), timeout)
+        ids = id_list(ids)  # as Searcher.delete: delete("ab") deleted the documents "a" and "b"
+        response = self._call(self._stub.Delete, pb.DeleteRequest(ids=ids), timeout)
         self.last_index_version = response.index_version
         return list(response.not_found)
 
@@ -225,4 +262,5 @@ class Client:
         self.close()
 
     def _call(self, method, request, timeout: float | None):
+        _check_timeout(timeout)  # a call's own timeout too: 0, -1 or NaN failed at once as DEADLINE_EXCEEDED ("retry")
         return method(request, timeout=timeout if timeout is not None else self.timeout, metadata=self._metadata)

@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lsr.service import search_pb2, search_pb2_grpc
+from lsr.service.client import token_problem
 from lsr.service.servicer import SearchServicer, Undecodable
 from lsr.service.streams import StreamGuard
 
@@ -71,6 +72,9 @@ class ServerConfig:
         check_port_free(self.host, self.port)  # before the slow collection load; again at bind
         if self.auth_token is not None and not self.auth_token:
             raise ValueError("the auth token is empty; put a non-empty token in the --auth-token-file")
+        problem = token_problem(self.auth_token) if self.auth_token else None
+        if problem is not None:  # no client could send it
+            raise ValueError(f"the auth token {problem}")
 
 
 def check_tls_pair(cert: Path, key: Path) -> None:
@@ -119,14 +123,16 @@ class BearerTokenAuth(grpc.ServerInterceptor):
     """Refuse calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED; health checks stay open."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
         if handler is None or details.method in _HEALTH_METHODS:
             return handler
         sent = dict(details.invocation_metadata).get("authorization", "")
-        if hmac.compare_digest(sent.encode(), self._expected):
+        scheme, _, token = sent.partition(" ") if isinstance(sent, str) else ("", "", "")
+        # The scheme is case-insensitive (RFC 7235): clients that send "bearer TOKEN" were refused with the right token
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self._expected):
             return handler
         return _refusing_handler(handler, "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'")
 

@@ -236,6 +236,26 @@ def test_lsr_query_user_errors_exit_2_with_one_line(servers, tls_files):
     assert refused.stderr.startswith("lsr query: error: UNAUTHENTICATED") and len(refused.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize("token, at", [("s3cr\u00e9t", 4), ("s3cret\nsecond-line", 6)], ids=["accented", "two-lines"])
+def test_a_token_grpc_metadata_cannot_carry_is_one_line_naming_the_flag(servers, collections, tls_files, tmp_path,
+                                                                        capsys, token, at):
+    """A token with an accented letter or a newline inside failed every call in the client as INTERNAL "Invalid
+    metadata" (exit 1, "retry", under a C-core error), and `lsr serve` took it and then could be called by no one."""
+    from lsr.cli.main import main
+
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n", encoding="utf-8")
+    says = f"--auth-token-file {token_file} holds {token[at]!r} at character {at}; a bearer token is printable ASCII"
+    assert main(["query", "--endpoint", servers["secure"].address, "--tls", str(tls_files[0]),
+                 "--auth-token-file", str(token_file), "vitamin d"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lsr query: error: {says}") and len(err.splitlines()) == 1
+    assert main(["serve", str(collections["sparse_only"]), "--port", "0", "--auth-token-file", str(token_file)]) == 2
+    assert capsys.readouterr().err.startswith(f"lsr serve: error: {says}")  # refused before the model loads
+    with pytest.raises(ValueError, match="the auth token holds"):
+        Client(servers["secure"].address, token=token, tls=str(tls_files[0]))
+
+
 def test_a_failed_call_says_whether_to_retry_or_fix_the_request(servers, tls_files, free_port):
     """Every failed call was exit 2, "fix your input", even a server that went away: a script could not tell a retry
     from a fix. The server's or the network's failure is a MachineStateError (exit 1), a refusal a RuntimeError."""
@@ -301,6 +321,9 @@ def test_the_client_checks_what_the_searcher_checks_before_sending(free_port):
         client.search_batch(["cancer"], prf=PrfOptions(weight=11))
     with pytest.raises(ValueError, match="unknown mode 'fuzzy'"):
         client.search("cancer", mode="fuzzy")
+    for timeout in (0, -1, float("nan")):  # a call's own timeout failed at once as DEADLINE_EXCEEDED, "retry"
+        with pytest.raises(ValueError, match="the timeout must be a positive number of seconds"):
+            client.search("cancer", timeout=timeout)
 
 
 def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
@@ -456,6 +479,19 @@ def test_oversize_message_is_resource_exhausted(client):
         client.search("protein " * (5 * 1024 * 1024 // 8))  # 5 MiB > the 4 MiB default limit
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert client.health() == "SERVING"
+
+
+def test_a_request_over_the_servers_size_limit_exits_2_not_retry(servers, tmp_path, capsys):
+    """400,000 ids to `lsr delete --endpoint` passed the server's 4 MiB request limit: RESOURCE_EXHAUSTED, exit 1 ("the
+    machine: retry"), though every retry meets the same limit. Nothing is deleted."""
+    from lsr.cli.main import main
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"missing-id-{i:08d}\n" for i in range(400_000)))
+    assert main(["delete", "--endpoint", servers["main"].address, "--ids-file", str(ids)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lsr delete: error: RESOURCE_EXHAUSTED: ") and "a retry meets the same limit" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_delete_of_unknown_ids_is_not_found(client):
@@ -623,6 +659,14 @@ def test_auth_refuses_requests_without_the_token_over_tls(servers, tls_files):
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with Client(address, token="s3cret-token", tls=cert) as c:
         assert c.search("vitamin d").hits
+    with grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(cert).read_bytes())) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)  # the scheme is case-insensitive (RFC 7235); the token not
+        assert stub.Search(pb.SearchRequest(text="vitamin d"), metadata=(("authorization", "bearer s3cret-token"),),
+                           timeout=30).hits
+        for sent in ("bearer S3CRET-TOKEN", "Bearer", "s3cret-token", "Basic s3cret-token", "Bearer  s3cret-token"):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Search(pb.SearchRequest(text="vitamin d"), metadata=(("authorization", sent),), timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, sent
     with Client(address, token="s3cret-token") as plain:  # TLS is required, not optional
         with pytest.raises(grpc.RpcError):
             plain.search("vitamin d", timeout=5)

@@ -354,6 +354,27 @@ def test_ids_a_trec_run_or_a_trailer_cannot_hold_are_refused(server, doc_id, pro
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and "20,000 characters" in err.value.details()
 
 
+def test_the_client_checks_writes_as_the_searcher_does_before_sending(server):
+    """Client.delete("ab") deleted the documents "a" and "b" (Searcher.delete refuses one str), upsert("xy", "pq")
+    stored one document per character, and an int id or a text with a lone surrogate failed inside the request
+    stream: UNKNOWN "Exception iterating requests!", which the CLI reads as "retry"."""
+    with server.client() as c:
+        assert c.upsert(["a", "b"], ["quokka one", "quokka two"]) == 2
+        with pytest.raises(TypeError, match=r"ids must be a list of ids, not one str: pass \['ab'\]"):
+            c.delete("ab")
+        with pytest.raises(TypeError, match="texts must be a list of texts, one per id, not one str"):
+            c.upsert("xy", "pq")
+        with pytest.raises(ValueError, match=r"texts\[0\] \(id 'lone'\) is not UTF-8 text"):
+            c.upsert(["lone"], ["quokka \udcff"])
+        with pytest.raises(TypeError, match=r"ids\[0\] is None"):
+            c.upsert([None], ["quokka"])
+        assert c.upsert([77], ["quokka seventy-seven"]) == 1  # a whole number is its digits, as in-process
+        assert c.delete(["a", "b", 77]) == []  # "a" and "b" were still there; "77" was stored
+        with pytest.raises(grpc.RpcError) as err:
+            c.delete(["x", "y"])
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # upsert("xy", "pq") sent nothing
+
+
 def test_a_forged_request_id_is_replaced_and_a_huge_query_refused(server):
     """x-request-id 'abc status=OK ...' forged log fields; a 4 MB query held the tokenizer (and 1.9 GB) for seconds."""
     stub = _stub(server.address)

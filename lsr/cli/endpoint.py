@@ -52,7 +52,8 @@ def check_file(path: Path, flag: str) -> None:
 
 def read_token(path: Path | None) -> str | None:
     """The bearer token in ``path`` (--auth-token-file), stripped; None without one. A missing, folder, empty or
-    non-UTF-8 file is one line naming the flag (exit 2), for `lsr serve` and its clients alike."""
+    non-UTF-8 file, or a token gRPC metadata cannot carry, is one line naming the flag (exit 2), for `lsr serve` and
+    its clients alike."""
     if path is None:
         return None
     from lsr.files import read_text_file
@@ -60,4 +61,9 @@ def read_token(path: Path | None) -> str | None:
     token = read_text_file(path, "--auth-token-file").strip()
     if not token:
         raise ValueError(f"--auth-token-file {path} is empty; write the bearer token into it")
+    from lsr.service.client import token_problem
+
+    problem = token_problem(token)  # checked here, where the flag is known: `lsr serve` too, else no client could call
+    if problem is not None:
+        raise ValueError(f"--auth-token-file {path} {problem}")
     return token
