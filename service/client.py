@@ -20,7 +20,7 @@ from lsr.files import MachineStateError
 from lsr.search.searcher import HybridOptions, PrfOptions, SearchResult, query_list
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
-from lsr.service.convert import options_to_proto, request_to_proto, result_from_proto
+from lsr.service.convert import NO_RETRY, options_to_proto, request_to_proto, result_from_proto
 from lsr.sparse import id_list
 
 _MiB = 1024 * 1024
@@ -40,17 +40,29 @@ RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLI
                              grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
 
 
-def call_failed(exc: grpc.RpcError) -> RuntimeError:
+def call_failed(exc: grpc.RpcError, rerun: str = "") -> RuntimeError:
     """A failed call as one line, ``CODE: the server's message``: a ``MachineStateError`` when the server or the
-    network failed (the CLI exits 1: retry), a plain RuntimeError when the request was refused (exit 2: fix it)."""
+    network failed (the CLI exits 1: retry), a plain RuntimeError when the request was refused (exit 2: fix it).
+    ``rerun``, for a write: what rerunning it does, said where the caller gave up waiting (the write may have landed
+    after all; "Deadline Exceeded" alone left that unsaid)."""
     details = exc.details() or ""
+    if rerun and exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        details += f"; the write may still have been applied: {rerun}"
     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
         # gRPC's message size limit: the same request meets it on every retry (`lsr delete --ids-file` of 400,000 ids
         # exited 1, "retry"), so it is the request to fix, as `lsr upsert` says for a document over the limit.
         return RuntimeError(f"{exc.code().name}: {details}; a retry meets the same limit: send less per call (fewer "
                             "ids, texts or hits), or start `lsr serve` with a larger --max-message-mb")
+    if _metadata(exc).get(NO_RETRY) == "no":  # the server's own size limits for this request (k, texts, documents)
+        return RuntimeError(f"{exc.code().name}: {details}")
     kind = MachineStateError if exc.code() in RETRYABLE_CODES else RuntimeError
     return kind(f"{exc.code().name}: {details}")
+
+
+def _metadata(exc: grpc.RpcError) -> dict[str, str]:
+    """A failed call's trailing metadata (none where the call never reached a server)."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    return dict(trailing() or ()) if callable(trailing) else {}
 
 
 def token_problem(token: str) -> str | None:

@@ -14,6 +14,7 @@ from lsr.search.searcher import AUTO, HybridOptions, PrfOptions, ScoredHit, Sear
 from lsr.service import search_pb2 as pb
 
 DEFAULT_K = 10
+NO_RETRY = "lsr-retry"  # trailing metadata key of a failed call: "no" where the same request can only fail again
 TIMING_FIELDS = [f.name for f in pb.Timings.DESCRIPTOR.fields]  # every stage, and "total"
 _TIMING_FIELDS = [name for name in TIMING_FIELDS if name != "total"]  # seconds in SearchResult.timings
 

@@ -32,7 +32,7 @@ from lsr.service.batching import DeadlinePassed, MicroBatcher
 from lsr.service.shard_set import ShardUnavailable, ShardWriteFailed
 from lsr.sparse import id_problem, short_repr
 from lsr.service.convert import (
-    TIMING_FIELDS, hybrid_from_proto, k_from_proto, mode_from_proto, prf_from_proto, result_to_proto, size_in_batch,
+    NO_RETRY, TIMING_FIELDS, hybrid_from_proto, k_from_proto, mode_from_proto, prf_from_proto, result_to_proto, size_in_batch,
 )
 
 log = logging.getLogger("lsr.service")
@@ -60,6 +60,11 @@ class Draining(Exception):
 
 class TooLarge(Exception):
     """The request would need more memory than the server's limits allow; the message names the limit."""
+
+
+class RequestTooLarge(TooLarge):
+    """TooLarge whatever else the server holds: the same request fails on every retry. Its RESOURCE_EXHAUSTED carries
+    the trailing metadata ``lsr-retry: no``, so a client tells it from a busy server's (``lsr.service.client``)."""
 
 
 class UpsertBytes:
@@ -188,6 +193,8 @@ def _rpc(method):
                     if isinstance(exc, ShardWriteFailed):  # where the write landed is the caller's to know
                         message = f"shard {exc.shard}: {message}; {exc.applied}"
                 failure = code, message
+                if isinstance(exc, RequestTooLarge):
+                    context.set_trailing_metadata((("x-request-id", call.request_id), (NO_RETRY, "no")))
         if failure is not None:
             code, message = failure
             if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
@@ -256,7 +263,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                                    total_ms=call.elapsed_ms())
         size = response.ByteSize()
         if size > self.max_response_bytes:  # the estimate was low: these hits' texts (or ids) are long
-            raise TooLarge(f"the response is {size / 2**20:,.0f} MiB, over the server's "
+            raise RequestTooLarge(f"the response is {size / 2**20:,.0f} MiB, over the server's "
                            f"{self.max_response_bytes / 2**20:.0f} MiB response limit (k={options['k']}: these "
                            "documents are long); ask for fewer hits, or include_text=false and fetch the texts")
         self._count("requests")
@@ -291,7 +298,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 message = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id)
                 size += size_in_batch(message)
                 if size > self.max_response_bytes:  # the estimate was low (unusually long texts): stop now
-                    raise TooLarge(f"the response passed the server's {self.max_response_bytes / 2**20:.0f} MiB limit "
+                    raise RequestTooLarge(f"the response passed the server's {self.max_response_bytes / 2**20:.0f} MiB limit "
                                    f"after {len(out.results)} of {len(texts)} texts; send fewer texts or a smaller k")
                 out.results.append(message)
         self._count("requests", len(texts))
@@ -361,7 +368,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             per_hit += self.searcher.mean_text_bytes()
         estimate = n_texts * options["k"] * per_hit
         if estimate > self.max_response_bytes:
-            raise TooLarge(
+            raise RequestTooLarge(
                 f"the response would be about {estimate / 2**20:,.0f} MiB ({n_texts} texts × k={options['k']}"
                 f"{' with text' if options['include_text'] else ''}), over the server's "
                 f"{self.max_response_bytes / 2**20:.0f} MiB response limit; send fewer texts per request, "
@@ -473,7 +480,7 @@ def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> t
             doc_bytes = len(doc.id) + len(doc.text)
             size += doc_bytes
             if len(ids) + 1 > MAX_UPSERT_DOCS or size > MAX_UPSERT_BYTES:
-                raise TooLarge(f"the upsert stream passed the server's limit of {MAX_UPSERT_DOCS:,} documents or "
+                raise RequestTooLarge(f"the upsert stream passed the server's limit of {MAX_UPSERT_DOCS:,} documents or "
                                f"{MAX_UPSERT_BYTES / 2**20:.0f} MiB at {where}; split it into several upserts")
             take(doc_bytes)
             seen.add(doc.id)

@@ -214,6 +214,29 @@ def test_upsert_and_delete_through_a_running_server(built, tmp_path, capsys):
         server.kill()
 
 
+def test_a_write_past_its_deadline_says_it_may_have_landed_and_what_a_rerun_does(built, tmp_path, capsys):
+    """The client gave up waiting, but the server may still apply the write: "DEADLINE_EXCEEDED: Deadline Exceeded"
+    left the user to guess whether to rerun it."""
+    from lsr.files import exclusive_folder
+
+    col = shutil.copytree(built, tmp_path / "col")
+    server = ServerProcess(col).wait_listening()
+    try:
+        with exclusive_folder(col):  # another process writes the collection: the server's writes wait past 1 s
+            assert main(["upsert", str(_jsonl(tmp_path / "new.jsonl", NEW)), "--endpoint", server.address,
+                         "--timeout", "1", "--quiet"]) == 1
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("lsr upsert: error: DEADLINE_EXCEEDED: ") and len(err.splitlines()) == 1
+            assert err.endswith("; the write may still have been applied: rerunning it is safe (an upsert replaces by id)")
+            assert main(["delete", "--endpoint", server.address, "--timeout", "1", "d1"]) == 1
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("lsr delete: error: DEADLINE_EXCEEDED: ") and err.endswith(
+                "the write may still have been applied: a rerun names the ids it removed as not there (exit 1 when "
+                "that is all of them)")
+    finally:
+        server.kill()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["upsert", "{src}"], "give COLLECTION (a folder written by `lsr index`) or --endpoint"),
     (["upsert", "{src}", "{col}", "--endpoint", "localhost:1"], "not both"),
@@ -241,7 +264,8 @@ def test_a_write_to_a_server_that_is_down_exits_1_to_say_retry(tmp_path, capsys)
     source = _jsonl(tmp_path / "new.jsonl", NEW)
     assert main(["upsert", str(source), "--endpoint", "127.0.0.1:1", "--timeout", "1"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "lsr upsert: error: no server answered at 127.0.0.1:1 within 1 s; is `lsr serve` running there?"
+    assert err == ("lsr upsert: error: no server answered at 127.0.0.1:1 within 1 s; is `lsr serve` running there? "
+                   "Or is --timeout 1 too short to connect?")  # under the 5 s it waits otherwise
 
 
 def test_an_hnsw_collection_under_rewrites_is_noted_by_verify_and_rebuilt_by_repair(tmp_path, capsys):

@@ -145,6 +145,14 @@ def test_an_upsert_whose_caller_gave_up_never_lands_over_a_later_write(server):
 
 
 # ---------------------------------------------------------------------------------- limits
+def _fix_not_retry(error: grpc.RpcError) -> bool:
+    """Whether the client takes a refusal for a request to fix (the CLI exits 2), not a retry (exit 1)."""
+    from lsr.files import MachineStateError
+    from lsr.service.client import call_failed
+
+    return not isinstance(call_failed(error), MachineStateError)
+
+
 def test_oversized_search_batch_is_refused_before_any_work(server, queries):
     with server.client() as c:
         before_rss, before = _rss_bytes(server.proc.pid), c.stats()["requests"]
@@ -170,6 +178,7 @@ def test_a_search_whose_long_texts_pass_the_response_limit_says_so(collection, t
                 c.search("quokka", k=4, mode="bm25", include_text=True)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "over the server's 1 MiB response limit" in err.value.details()
+            assert _fix_not_retry(err.value)  # it was exit 1, "retry", which meets the same limit
         line = server.wait_for_line(lambda line: "rpc=Search " in line and " k=2 " not in line)
         assert "status=RESOURCE_EXHAUSTED" in line
     finally:
@@ -225,6 +234,7 @@ def test_upserts_held_at_once_are_bounded_across_streams(collection, tmp_path):
                 c.upsert(["held-2"], [text])
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "--max-upserts-mb" in err.value.details() and "retry" in err.value.details()
+            assert not _fix_not_retry(err.value)  # the others' load: a retry can pass
             release.set()
             assert first.result().upserted == 1
             assert c.stats()["details"]["upsert_bytes_held"] == "0"
@@ -256,6 +266,7 @@ def test_upsert_streams_are_checked_as_they_arrive(server):
         with pytest.raises(grpc.RpcError) as err:
             c.upsert([f"many-{i}" for i in range(10_001)], ["t"] * 10_001, chunk_size=2000)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "10,000 documents" in err.value.details()
+        assert _fix_not_retry(err.value)
 
 
 def test_stalled_client_streams_cannot_take_every_thread(collection, tmp_path):

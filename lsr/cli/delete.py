@@ -92,4 +92,5 @@ def _delete_remote(args: argparse.Namespace, ids: list[str]) -> list[str]:
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:  # the server's answer when it held none of them
                 return ids
-            raise call_failed(exc) from None
+            raise call_failed(exc, "a rerun names the ids it removed as not there (exit 1 when that is all of "
+                                   "them)") from None

@@ -27,7 +27,7 @@ def refuse_connection_flags(args: argparse.Namespace) -> None:
 
 def connect(args: argparse.Namespace) -> Any:
     """A ``Client`` to ``args.endpoint``, connected (EndpointUnavailable, one line, when no server answers)."""
-    from lsr.service.client import CONNECT_TIMEOUT, Client
+    from lsr.service.client import CONNECT_TIMEOUT, Client, EndpointUnavailable
 
     token = read_token(args.auth_token_file)
     if isinstance(args.tls, str):  # a CA certificate: read by gRPC, whose errors name neither the flag nor the file
@@ -35,6 +35,11 @@ def connect(args: argparse.Namespace) -> Any:
     client = Client(args.endpoint, token=token, tls=args.tls, timeout=args.timeout)
     try:
         client.wait_ready(timeout=min(CONNECT_TIMEOUT, args.timeout))
+    except EndpointUnavailable as exc:
+        client.close()
+        if args.timeout >= CONNECT_TIMEOUT:
+            raise
+        raise EndpointUnavailable(f"{exc} Or is --timeout {args.timeout:g} too short to connect?") from None
     except BaseException:
         client.close()
         raise

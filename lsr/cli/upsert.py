@@ -208,7 +208,7 @@ class _RemoteSink:
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or ""):
                 raise _over_request_limit(exc.details(), ids, texts) from None
-            raise call_failed(exc) from None
+            raise call_failed(exc, "rerunning it is safe (an upsert replaces by id)") from None
         return 0, 0
 
     def close(self) -> None:
