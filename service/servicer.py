@@ -464,9 +464,11 @@ def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> t
     """The stream's ids and texts, checked as they arrive: bounded count and bytes (``take`` each document's from
     the server's budget for all streams), no repeats, no empty texts."""
     ids, texts, seen, size = [], [], set(), 0
-    for message in _stream(messages, call):
+    for number, message in enumerate(_stream(messages, call)):
         message = decoded(message)
         call.check("reading the upsert stream")
+        if not message.documents:  # free against every limit, so a trickle of them held a stream slot for good
+            raise ValueError(f"message {number} of the upsert stream holds no documents; send some in each message")
         for doc in message.documents:
             where = f"document {len(ids)} of the stream"
             problem = id_problem(doc.id)

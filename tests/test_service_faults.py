@@ -269,6 +269,19 @@ def test_upsert_streams_are_checked_as_they_arrive(server):
         assert _fix_not_retry(err.value)
 
 
+def test_an_upsert_message_without_documents_is_refused(server):
+    """Empty messages cost nothing against the stream's limits: a client trickling them held one of the few stream
+    slots as long as it liked, and 16 such clients refused every upsert."""
+    doc = pb.Document(id="trickle", text="zyzzyva")
+    for messages in ([pb.UpsertRequest()], [pb.UpsertRequest(documents=[doc]), pb.UpsertRequest()]):
+        with pytest.raises(grpc.RpcError) as err:
+            _stub(server.address).Upsert(iter(messages), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"message {len(messages) - 1} of the upsert stream holds no documents" in err.value.details()
+    with server.client() as c:
+        assert not c.search("zyzzyva", k=1, mode="bm25").hits  # nothing of the refused stream was written
+
+
 def test_stalled_client_streams_cannot_take_every_thread(collection, tmp_path):
     """64 stalled Upsert streams, or 64 idle reflection sessions, held all 64 handler threads: searches and health
     checks timed out. Past a quarter of --workers, a client stream is refused at once (RESOURCE_EXHAUSTED, retry);
