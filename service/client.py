@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lsr.encode.texts import check_utf8
+from lsr.encode.texts import check_texts, check_utf8
 from lsr.files import MachineStateError
 from lsr.search.searcher import HybridOptions, PrfOptions, SearchResult, query_list
 from lsr.service import search_pb2 as pb
@@ -184,7 +184,7 @@ class Client:
     ) -> list[SearchResult]:
         """Results in input order; long lists go as several requests of at most ``chunk_size`` texts,
         fewer for large k, so that each response stays a few MiB."""
-        texts = query_list(texts)
+        texts = check_texts(query_list(texts))  # a None or a lone surrogate: protobuf's bare error named no text
         fields = options_to_proto(k, mode, hybrid, prf)
         chunk_size = max(1, min(chunk_size, _HITS_PER_RESPONSE // max(1, k)))
         results: list[SearchResult] = []

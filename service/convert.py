@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping, Sequence
 
+from lsr.encode.texts import check_utf8
 from lsr.search.searcher import AUTO, HybridOptions, PrfOptions, ScoredHit, SearchResult, check_options
 from lsr.service import search_pb2 as pb
 
@@ -159,6 +160,10 @@ def request_to_proto(
     text: str | None, sparse: Mapping[str, float] | None, dense: Sequence[float] | None, **options
 ) -> pb.SearchRequest:
     include_text, explain = options.pop("include_text", False), options.pop("explain", False)
+    if text is not None:  # protobuf's bare UnicodeEncodeError or "bad argument type" named no field
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str (the query), got {type(text).__name__}")
+        check_utf8(text, "text")
     bad = next((key for key in (sparse or {}) if not isinstance(key, str)), None)
     if bad is not None:  # protobuf said only "bad argument type for built-in operation"
         raise TypeError(f"a sparse query sent to a server maps tokens (str) to weights, got the key {bad!r}")

@@ -324,6 +324,12 @@ def test_the_client_checks_what_the_searcher_checks_before_sending(free_port):
     for timeout in (0, -1, float("nan")):  # a call's own timeout failed at once as DEADLINE_EXCEEDED, "retry"
         with pytest.raises(ValueError, match="the timeout must be a positive number of seconds"):
             client.search("cancer", timeout=timeout)
+    with pytest.raises(ValueError, match="text is not UTF-8 text: an undecodable byte at character 3"):
+        client.search("can\udcffcer")  # these two were protobuf's bare UnicodeEncodeError and "bad argument type"
+    with pytest.raises(TypeError, match="text must be a str"):
+        client.search(b"cancer")
+    with pytest.raises(TypeError, match=r"texts\[1\] is NoneType, expected str"):
+        client.search_batch(["cancer", None])
 
 
 def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
