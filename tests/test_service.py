@@ -236,6 +236,18 @@ def test_lsr_query_user_errors_exit_2_with_one_line(servers, tls_files):
     assert refused.stderr.startswith("lsr query: error: UNAUTHENTICATED") and len(refused.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--tls", "vitamin d"], "the query is empty; give the words to search for (--tls took 'vitamin d' as its CA "
+                             "certificate: put the query before --tls, or write --tls=CA_CERT)"),  # "required: text"
+    (["\u200b"], "the query is empty; give the words to search for"),  # a zero-width space went to the server
+])
+def test_lsr_query_without_words_says_so_before_connecting(free_port, capsys, argv, message):
+    from lsr.cli.main import main
+
+    assert main(["query", "--endpoint", f"127.0.0.1:{free_port}", *argv]) == 2
+    assert capsys.readouterr().err == f"lsr query: error: {message}\n"
+
+
 @pytest.mark.parametrize("token, at", [("s3cr\u00e9t", 4), ("s3cret\nsecond-line", 6)], ids=["accented", "two-lines"])
 def test_a_token_grpc_metadata_cannot_carry_is_one_line_naming_the_flag(servers, collections, tls_files, tmp_path,
                                                                         capsys, token, at):

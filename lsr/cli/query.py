@@ -17,7 +17,7 @@ HELP = "search a running `lsr serve` endpoint"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("text", nargs="+", help="the query (several words are joined with spaces)")
+    p.add_argument("text", nargs="*", help="the query (several words are joined with spaces)")
     add_endpoint_arguments(p, required=True)
     p.add_argument("-k", "--k", type=int, default=10, help="hits to return, 1..1000 (default 10)")
     add_fusion_arguments(p)
@@ -30,13 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import grpc
 
-    from lsr.encode.texts import check_utf8
+    from lsr.encode.texts import check_utf8, is_blank
     from lsr.service.client import call_failed
 
     hybrid = hybrid_options(args)
     text = " ".join(args.text)
-    if not text.strip():
-        raise ValueError("the query is empty; give the words to search for")
+    if is_blank(text):
+        # `lsr query --endpoint H --tls "my query"`: --tls takes an optional CA file, so it took the query
+        took = (f" (--tls took {args.tls!r} as its CA certificate: put the query before --tls, or write "
+                "--tls=CA_CERT)") if isinstance(args.tls, str) and not args.text else ""
+        raise ValueError(f"the query is empty; give the words to search for{took}")
     check_utf8(text, "the query")  # gRPC's encoder said only "surrogates not allowed"
     with connect(args) as client:
         try:
