@@ -440,6 +440,8 @@ def _check_search_args(k: int, top_terms: int | None, bound_factor: float, algor
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     _check_positive_or_none(top_terms, "top_terms")  # 2.5 failed deep inside as "slice indices must be integers"
+    if isinstance(bound_factor, bool) or not isinstance(bound_factor, (int, float, np.integer, np.floating)):
+        raise TypeError(f"bound_factor must be a number, got {bound_factor!r}")  # None failed inside numpy's isfinite
     if not np.isfinite(bound_factor) or bound_factor < 1.0:
         raise ValueError(f"bound_factor must be >= 1.0 (1.0 is exact), got {bound_factor}")
     if algorithm not in ALGORITHMS:

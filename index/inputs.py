@@ -97,7 +97,7 @@ def query_terms(query, vocab_size: int, token_ids: TokenIds) -> tuple[np.ndarray
         row = sp.csr_matrix(query)
         terms, weights = row.indices, row.data
     elif isinstance(query, Mapping):
-        if set(map(type, query)) <= {int} or all(isinstance(t, (int, np.integer)) for t in query):
+        if set(map(type, query)) <= {int} or all(_is_term_id(t) for t in query):
             terms = np.fromiter(query.keys(), np.int64, len(query))  # the type test first: fast for plain ints
         else:
             terms = np.asarray([_term_id(t, token_ids) for t in query], np.int64)
@@ -154,9 +154,16 @@ def _canonical_query(terms, weights, vocab_size):
     return True, out_terms[:m], out_weights[:m].astype(np.float32)
 
 
+def _is_term_id(term) -> bool:
+    """A whole number that names a term; not a bool (True searched term 1)."""
+    return isinstance(term, (int, np.integer)) and not isinstance(term, bool)
+
+
 def _term_id(term, token_ids: TokenIds) -> int:
-    if isinstance(term, (int, np.integer)):
+    if _is_term_id(term):
         return int(term)
+    if not isinstance(term, str):  # 1.5 was "query token 1.5 is not in the index vocabulary"
+        raise TypeError(f"a query's key is a token or a whole term id, got {term!r}")
     lookup = token_ids()
     if lookup is None:
         raise ValueError(f"query term {term!r} is a token but the index stores no vocabulary; use term ids")

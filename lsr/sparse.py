@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -92,6 +92,17 @@ def _term_id(key: Any) -> int:
     return int(key)
 
 
+def _row_weights(row: Mapping, n: int) -> np.ndarray:
+    """A from_dicts row's weights as float64; a weight that is no real number is a TypeError naming its row (None
+    became NaN and "1" the weight 1)."""
+    weights = np.asarray(list(row.values()))
+    if weights.size and weights.dtype.kind not in "iuf":
+        bad = next(w for w in row.values() if isinstance(w, bool) or not isinstance(w, (int, float, np.integer,
+                                                                                         np.floating)))
+        raise TypeError(f"row {n}'s weights must be numbers, got {bad!r}")
+    return weights.astype(np.float64)
+
+
 def _bad_weight(weights: np.ndarray, indptr: np.ndarray) -> tuple[int, np.floating] | None:
     """(row, weight) of the first weight a vectors file may not hold: not finite, negative or over MAX_DOC_WEIGHT
     (the index refuses such a document); None when every weight is fine."""
@@ -100,6 +111,19 @@ def _bad_weight(weights: np.ndarray, indptr: np.ndarray) -> tuple[int, np.floati
         return None
     at = int(np.flatnonzero(bad)[0])
     return int(np.searchsorted(indptr, at, side="right")) - 1, weights[at]  # float32: -0.1 reads "-0.1"
+
+
+def _list_column(table: pa.Table, name: str) -> pa.Array:
+    """Column ``name`` of a vectors table as one list array of numbers; another type is a ValueError naming it (an
+    int64 column failed as "'Int64Array' object has no attribute 'offsets'", a list of strings inside numpy)."""
+    column = table.column(name).combine_chunks()
+    kind = column.type
+    if not ((pa.types.is_list(kind) or pa.types.is_large_list(kind))
+            and (pa.types.is_integer(kind.value_type) if name == "indices" else
+                 pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type))):
+        wanted = "list<int32>" if name == "indices" else "list<float32>"
+        raise ValueError(f"column {name!r} is {kind}; a vectors file's {name} are {wanted}")
+    return column
 
 
 @dataclass(eq=False)
@@ -123,6 +147,8 @@ class SparseBatch:
         self.vocab_size = int(self.vocab_size)
         self.indptr = np.ascontiguousarray(self.indptr, dtype=np.int64)
         indices = np.asarray(self.indices)
+        if indices.size and not np.issubdtype(indices.dtype, np.integer):  # 1.5 was cast to term 1, NaN to -2**31
+            raise TypeError(f"indices must be whole term ids, got an array of {indices.dtype}")
         low, high = (indices.min(), indices.max()) if indices.size else (0, 0)
         if low < 0 or high >= self.vocab_size:  # checked before the int32 cast: 2**32 + 5 would wrap to term 5
             raise ValueError(f"term id {low if low < 0 else high} outside the vocabulary [0, {self.vocab_size})")
@@ -169,16 +195,18 @@ class SparseBatch:
         twice in a row (as a token and as its id) has the sum of its weights, as the index scores such a query."""
         lookup = {tok: i for i, tok in enumerate(vocab)}
         indptr, indices, values = [0], [], []
-        for row in rows:
+        for n, row in enumerate(rows):
+            if not isinstance(row, Mapping):  # one dict was iterated as its keys: "'str' object has no attribute"
+                raise TypeError(f"rows must be {{token or term id: weight}} dicts; row {n} is a {type(row).__name__}")
             ids = np.asarray([lookup[t] if isinstance(t, str) else _term_id(t) for t in row], np.int64)
             terms, where = np.unique(ids, return_inverse=True)
             weights = np.zeros(len(terms), np.float64)
-            np.add.at(weights, where, np.asarray(list(row.values()), np.float64))
+            np.add.at(weights, where, _row_weights(row, n))
             indices.extend(terms.tolist())
             values.extend(weights.tolist())
             indptr.append(len(indices))
         return cls(np.asarray(indptr), np.asarray(indices, np.int64), np.asarray(values, np.float32),
-                   vocab_size or len(vocab), vocab)
+                   len(vocab) if vocab_size is None else vocab_size, vocab)  # 0 was taken as "not given"
 
     @classmethod
     def concat(cls, batches: Sequence["SparseBatch"]) -> "SparseBatch":
@@ -330,8 +358,7 @@ class SparseBatch:
         else:
             raise ValueError("its metadata has no lsr.vocab_size (a vectors file `lsr encode --output` writes has it), "
                              "and no vocabulary was passed")
-        ind = table.column("indices").combine_chunks()
-        val = table.column("values").combine_chunks()
+        ind, val = _list_column(table, "indices"), _list_column(table, "values")
         indptr = np.asarray(ind.offsets, dtype=np.int64)
         indptr = indptr - indptr[0]
         weights_ptr = np.asarray(val.offsets, dtype=np.int64)
@@ -340,6 +367,9 @@ class SparseBatch:
             row = int(np.flatnonzero(np.diff(indptr) != np.diff(weights_ptr))[0])
             raise ValueError(f"row {first_row + row + 1} has {indptr[row + 1] - indptr[row]} term ids but "
                              f"{weights_ptr[row + 1] - weights_ptr[row]} weights")
+        if ind.flatten().null_count:  # numpy read a null term id as NaN, which the int32 cast made -2**31
+            row = int(np.searchsorted(indptr, int(np.flatnonzero(ind.flatten().is_null())[0]), side="right")) - 1
+            raise ValueError(f"row {first_row + row + 1} has a null term id")
         terms = np.asarray(ind.flatten())  # range-checked by the constructor, before its int32 cast
         weights = np.asarray(val.flatten(), np.float32)
         bad = _bad_weight(weights, indptr)

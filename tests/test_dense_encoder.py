@@ -122,3 +122,13 @@ def test_long_queries_are_cut_with_a_warning_and_a_flag(caplog):
     assert info.truncated.tolist() == [True, False] and info.n_tokens[0] > 256
     assert any("1 of 2" in r.getMessage() and "256 tokens" in r.getMessage() for r in caplog.records)
     assert np.abs(np.linalg.norm(vectors, axis=1) - 1).max() < 1e-5
+
+
+def test_a_max_length_of_zero_or_past_the_models_positions_is_refused():
+    """max_length=0 was read as "not given" (the folder's 256), and 10**9 was accepted until a long text failed deep
+    in torch (IndexError: index out of range in self)."""
+    with pytest.raises(ValueError, match="max_length must be ≥ 4, got 0"):
+        DenseEncoder.from_pretrained("minilm", max_length=0, device="cpu")
+    with pytest.raises(ValueError, match="max_length 1000000000 is more than the 512 token positions the model has"):
+        DenseEncoder.from_pretrained("minilm", max_length=10**9, device="cpu")
+    assert DenseEncoder.from_pretrained("minilm", max_length=512, device="cpu").encode_documents(["x " * 600]).shape == (1, 384)

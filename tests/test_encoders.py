@@ -371,3 +371,51 @@ def test_a_length_past_the_models_positions_is_refused_at_construction():
     """max_length 600 on a 512-position BERT was accepted, then a long text failed deep in torch (IndexError)."""
     with pytest.raises(ValueError, match="max_length 600 is more than the 512 token positions the model has"):
         SpladeEncoder.from_pretrained("splade-tiny", device="cpu", max_length=600)
+
+
+def test_fractional_or_non_numeric_term_ids_are_refused_not_truncated():
+    """SparseBatch(indptr, [1.5], ...) kept term 1 (the int32 cast), and indices of strings failed inside numpy."""
+    for indices in ([1.5], [np.nan], ["1"]):
+        with pytest.raises(TypeError, match="indices must be whole term ids"):
+            SparseBatch([0, 1], indices, [1.0], 4)
+    assert SparseBatch([0, 0], [], [], 4).nnz == 0  # an empty list (float64 to numpy) is no term
+
+
+def test_a_vectors_file_with_a_null_term_or_columns_of_another_type_is_named(tmp_path):
+    """A null term id was read as term -2**31 (NaN cast to int32), an int64 column failed as "'Int64Array' object has
+    no attribute 'offsets'" and a list of strings inside numpy."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = {b"lsr.vocab_size": b"4"}
+    for columns, message in (({"indices": [[1], [1, None]], "values": [[1.0], [1.0, 2.0]]}, "row 2 has a null term id"),
+                             ({"indices": [1], "values": [1.0]}, "column 'indices' is int64"),
+                             ({"indices": [[1]], "values": [["x"]]}, "column 'values' is list<element: string>")):
+        pq.write_table(pa.table(columns).replace_schema_metadata(meta), tmp_path / "v.parquet")
+        with pytest.raises(ValueError, match=message):
+            SparseBatch.read_parquet(tmp_path / "v.parquet")
+
+
+def test_from_dicts_refuses_weights_that_are_no_numbers_and_rows_that_are_no_dicts():
+    """A None weight became NaN and "1" the weight 1; one dict passed as the rows failed as "'str' object has no
+    attribute 'values'"; vocab_size=0 was read as "not given"."""
+    vocab = ["a", "b"]
+    for weight in (None, "1", True):
+        with pytest.raises(TypeError, match=f"row 0's weights must be numbers, got {weight!r}"):
+            SparseBatch.from_dicts([{"a": weight}], vocab)
+    with pytest.raises(TypeError, match="row 0 is a str"):
+        SparseBatch.from_dicts({"a": 1.0}, vocab)
+    with pytest.raises(ValueError, match="vocab_size must be ≥ 1, got 0"):
+        SparseBatch.from_dicts([{"a": 1.0}], vocab, vocab_size=0)
+    assert SparseBatch.from_dicts([{"a": 1, "b": np.float32(0.5)}, {}], vocab).to_dicts() == [{"a": 1.0, "b": 0.5}, {}]
+
+
+def test_inference_free_refuses_a_short_idf_and_a_query_length_below_one():
+    """An IDF table shorter than the tokenizer's vocabulary dropped every token past its end from the queries, and
+    query_max_length 0 gave every query no terms; both only logged, if anything."""
+    with pytest.raises(ValueError, match="idf has 10 weights but the tokenizer has 30,522 tokens"):
+        InferenceFreeQueryEncoder.from_pretrained("splade-tiny", idf=np.ones(10, np.float32))
+    for length, error in ((0, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match="query_max_length must be"):
+            InferenceFreeQueryEncoder.from_pretrained("splade-tiny", idf=np.ones(30522, np.float32),
+                                                      query_max_length=length)

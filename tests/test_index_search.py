@@ -286,3 +286,18 @@ def test_vectors_of_another_form_are_named_not_unpacked(tmp_path):
             InvertedIndex.build(tmp_path / "idx", vectors, doc_ids)
     built = InvertedIndex.build(tmp_path / "idx", [[SparseBatch.from_dense(np.eye(2, dtype=np.float32)), ["a", "b"]]])
     assert built.search({1: 1.0}) == [Hit("b", 1.0)]
+
+
+def test_a_bool_or_fractional_query_key_and_a_bound_factor_of_another_kind_are_refused(tmp_path):
+    """{True: 1.0} searched term 1, {1.5: 1.0} was "query token 1.5 is not in the index vocabulary", and a
+    bound_factor of None or "2" failed inside numpy ("ufunc 'isfinite' not supported")."""
+    index = InvertedIndex.build(tmp_path / "idx", sp.csr_matrix(np.eye(4, dtype=np.float32)), list("abcd"))
+    for key in (True, 1.5, np.bool_(True), None):
+        with pytest.raises(TypeError, match="a query's key is a token or a whole term id"):
+            index.search({key: 1.0})
+        with pytest.raises(TypeError, match="a query's key is a token or a whole term id"):
+            index.search({0: 1.0, key: 1.0})
+    for factor, error in ((None, TypeError), ("2", TypeError), (float("nan"), ValueError), (0.5, ValueError)):
+        with pytest.raises(error, match="bound_factor"):
+            index.search({0: 1.0}, bound_factor=factor)
+    assert index.search({np.int64(1): 1.0}, bound_factor=np.float64(2.0)) == [Hit("b", 1.0)]

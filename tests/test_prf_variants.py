@@ -357,7 +357,7 @@ def test_one_str_is_never_taken_for_a_list_of_ids(searcher, tmp_path):
         InvertedIndex.build(tmp_path / "idx", batch, "abc")
     with pytest.raises(TypeError, match="ids must be a list of ids"):
         batch.to_arrow("abc")
-    with pytest.raises(TypeError, match="search_batch takes a list"):
+    with pytest.raises(TypeError, match="encode_queries takes a list"):
         searcher.encode_queries("abc")
     assert batch[-3].row(0)[0].tolist() == batch[0].row(0)[0].tolist()
     with pytest.raises(IndexError, match="row 5 of a batch of 3"):
@@ -485,3 +485,12 @@ def test_search_batch_refuses_unordered_queries_and_sparse_takes_only_a_dict(sea
                                         r"batch.to_dicts\(\)\[0\]"):
         searcher.search(sparse=batch)
     assert searcher.search(sparse=batch.to_dicts()[0]).hits == searcher.search("aspirin").hits
+
+
+def test_one_str_given_to_encode_queries_names_encode_queries(searcher):
+    """encode_queries("x") was told that "search_batch takes a list of query texts": a method it never called."""
+    with pytest.raises(TypeError, match=r"encode_queries takes a list of query texts, got one str; pass \['aspirin'\]"):
+        searcher.encode_queries("aspirin")
+    with pytest.raises(TypeError, match="encode_dense takes an ordered list of query texts, got a dict"):
+        searcher.encode_dense({"q1": "aspirin"})
+    assert len(searcher.encode_queries(["aspirin"])[0]) == 1

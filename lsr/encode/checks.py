@@ -30,3 +30,13 @@ def check_number(value: Any, what: str, low: float, high: float = math.inf) -> f
         bounds = f"a finite number ≥ {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
         raise ValueError(f"{what} must be {bounds}, got {value}")
     return float(value)
+
+
+def check_length(value: Any, what: str, model: Any) -> int:
+    """A token length of at least 4 that the model's position embeddings reach, as an int: a longer one was taken,
+    and a text past the model's positions then failed deep in torch (IndexError)."""
+    value = check_whole(value, what, 4)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and value > positions:
+        raise ValueError(f"{what} {value} is more than the {positions} token positions the model has")
+    return value

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lsr.encode.checks import check_whole
+from lsr.encode.checks import check_length, check_whole
 from lsr.encode import native_bert, packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad
 from lsr.encode.inputs import (EncodeInfo, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
@@ -93,8 +93,9 @@ class DenseEncoder:
         self.dtype = resolve_dtype(dtype, self.device, cpu_bf16=True) or next(model.parameters()).dtype
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer
-        self.max_length = max_length or model_max_tokens(str(getattr(model, "name_or_path", "")), tokenizer)
-        self.max_length = check_whole(self.max_length, "max_length", 4)
+        if max_length is None:  # not `max_length or`: 0 silently became the folder's length
+            max_length = model_max_tokens(str(getattr(model, "name_or_path", "")), tokenizer)
+        self.max_length = check_length(max_length, "max_length", model)
         self.config = config
         self.name = name or getattr(model, "name_or_path", type(model).__name__)
         self.dim = int(model.config.hidden_size)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lsr.encode.checks import check_number, check_whole
+from lsr.encode.checks import check_length, check_number, check_whole
 from lsr.encode import native_bert, packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
 from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, model_max_tokens, report_truncation, resolve_device,
@@ -130,11 +130,8 @@ class SpladeEncoder:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if query_max_length is None:
             query_max_length = default_query_length(str(getattr(model, "name_or_path", "")), tokenizer)
-        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        for label, value in (("max_length", max_length), ("query_max_length", query_max_length)):
-            check_whole(value, label, 4)
-            if isinstance(positions, int) and value > positions:  # a longer text failed deep in torch (IndexError)
-                raise ValueError(f"{label} {value} is more than the {positions} token positions the model has")
+        max_length = check_length(max_length, "max_length", model)
+        query_max_length = check_length(query_max_length, "query_max_length", model)
         top_k = None if top_k is None else check_whole(top_k, "top_k", 1)
         threshold = check_number(threshold, "threshold", 0.0)  # -1 kept every term, NaN none
         self.device = resolve_device(device)
@@ -368,8 +365,12 @@ class InferenceFreeQueryEncoder:
         self.tokenizer = tokenizer
         self._idf_now = idf if callable(idf) else None
         self.idf = _checked_idf(idf() if callable(idf) else idf)
+        tokens = getattr(tokenizer, "vocab_size", None) or len(tokenizer.get_vocab())  # not the added tokens
+        if len(self.idf) < tokens:  # the tokens past its end were dropped from every query without a word
+            raise ValueError(f"idf has {len(self.idf):,} weights but the tokenizer has {tokens:,} tokens; give one "
+                             "weight per token id")
         self.vocab_size = len(self.idf)
-        self.query_max_length = query_max_length
+        self.query_max_length = check_whole(query_max_length, "query_max_length", 1)  # 0 gave every query no terms
         self.name = name
         self.vocab = vocabulary_of(tokenizer, self.vocab_size)
         self._special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])

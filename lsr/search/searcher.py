@@ -350,13 +350,13 @@ class Searcher:
     # ------------------------------------------------------------------ encoding
     def encode_queries(self, texts: Sequence[str]):
         """(SparseBatch, EncodeInfo) for many query texts at once; the service micro-batches through this."""
-        return self.query_encoder.encode_queries(query_list(texts), return_info=True)
+        return self.query_encoder.encode_queries(query_list(texts, "encode_queries"), return_info=True)
 
     def encode_dense(self, texts: Sequence[str]):
         """([n, dim] vectors, EncodeInfo) for many query texts at once."""
         if not self.has_dense:
             raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
-        return self.dense_encoder.encode_queries(query_list(texts), return_info=True)
+        return self.dense_encoder.encode_queries(query_list(texts, "encode_dense"), return_info=True)
 
     def warm_up(self, mode: str | None = None, hybrid: HybridOptions | None = None,
                 prf: PrfOptions | bool | None = None) -> list[str]:
@@ -716,13 +716,15 @@ class Searcher:
             self._write_lock.release()
 
 
-def query_list(texts: Sequence[str]) -> list[str]:
+def query_list(texts: Sequence[str], caller: str = "search_batch") -> list[str]:
     """Many query texts as a list; one str would be iterated as one-character queries, a dict as its keys (BEIR's
-    ``{query id: text}`` searched the ids) and a set in no order the results could be matched to."""
+    ``{query id: text}`` searched the ids) and a set in no order the results could be matched to. ``caller`` names
+    the method in the message (``encode_queries("x")`` was told that search_batch takes a list)."""
     if isinstance(texts, str):
-        raise TypeError("search_batch takes a list of query texts, got one str; search() takes one")
+        hint = "search() takes one" if caller == "search_batch" else f"pass [{short_repr(texts)}]"
+        raise TypeError(f"{caller} takes a list of query texts, got one str; {hint}")
     if isinstance(texts, (Mapping, AbstractSet)):
-        raise TypeError(f"search_batch takes an ordered list of query texts, got a {type(texts).__name__} (for "
+        raise TypeError(f"{caller} takes an ordered list of query texts, got a {type(texts).__name__} (for "
                         "{query id: text}, pass list(queries.values()))")
     return list(texts)
 
