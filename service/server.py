@@ -258,6 +258,10 @@ class SearchServer:
 
 def serve(searcher, config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT, then drain and stop; returns the process exit code."""
+    for encoder_log in ("lsr.encode.splade", "lsr.encode.dense"):
+        # Each request's log line says truncated=; the encoders' own warning, a line per long query, let a client
+        # write the log as fast as it could send queries.
+        logging.getLogger(encoder_log).setLevel(logging.ERROR)
     server = SearchServer(searcher, config).start()
     received: list[int] = []
 

@@ -431,9 +431,13 @@ def test_auto_mode_is_hybrid_over_every_leg_or_sparse_alone_in_process_and_throu
         assert capsys.readouterr().err.splitlines()[-1] == said
 
 
-def test_overlong_query_is_truncated_and_flagged(client):
+def test_overlong_query_is_truncated_and_flagged(servers, client):
+    """Flagged in the response and the request's log line, with no warning line besides: one a long query let a
+    client fill the server's log."""
     result = client.search("vitamin deficiency and bone density " * 400)
     assert result.truncated and result.hits
+    assert " truncated=True" in servers["main"].wait_for_line(lambda line: "rpc=Search " in line and "truncated=True" in line)
+    assert not [line for line in servers["main"].lines if "were truncated" in line]
     assert not client.search("vitamin deficiency").truncated
     paragraph = "vitamin deficiency and bone density " * 60  # ~300 tokens: past MiniLM's 256, within SPLADE's 512
     assert client.search(paragraph, mode="dense").truncated and not client.search(paragraph).truncated
