@@ -513,6 +513,8 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
     (["search", "{direct}", "coffee", "--tag", "mine"], "--tag does nothing here: without --topics no TREC run"),
     (["search", "{direct}", "--topics", "{tmp}/t.tsv", "--output", "{tmp}/run", "--text", "--explain"],
      "--text, --explain do nothing here: --topics writes a TREC run, which holds ids and scores only"),
+    (["search", "{direct}", "coffee", "--mode", "bm25", "--explain"],  # its explanations came back empty, unsaid
+     "--explain lists the SPLADE terms each hit shares with the query, and --mode bm25 has none"),
     (["serve", "{direct}", "--shard-timeout", "5"], "--shard-timeout does nothing here: {direct} is not a sharded"),
     (["index", "{vectors}", "{tmp}/out", "--pre-encoded", "--id-field", "docid"], "--id-field does nothing here"),
     (["index", "{vectors}", "{tmp}/out", "--pre-encoded", "--max-length", "64"],

@@ -366,6 +366,7 @@ def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
         ("soft hyphens and a direction mark only", pb.SearchRequest(text="\xad\u200e\xad"), bad, "empty"),
         ("dense overflowing scores", pb.SearchRequest(dense=[3e38] * 384, mode=pb.DENSE), bad, "between 1e-30 and 1e+30"),
         ("all-zero dense", pb.SearchRequest(dense=[0.0] * 384, mode=pb.DENSE), bad, "all zeros"),
+        ("all-zero sparse", pb.SearchRequest(sparse={"cancer": 0.0, "cell": 0.0}), bad, "all 0"),  # was OK, no hits
         ("wrong dense dimension", pb.SearchRequest(dense=[0.1] * 7, mode=pb.DENSE), bad, "dimensions"),
         ("text and sparse", pb.SearchRequest(text="cancer", sparse={"cancer": 1.0}), bad, "only one"),
         ("dense beside text outside hybrid", pb.SearchRequest(text="cancer", dense=[0.1] * 384, mode=pb.DENSE), bad, "only one"),
@@ -429,6 +430,14 @@ def test_auto_mode_is_hybrid_over_every_leg_or_sparse_alone_in_process_and_throu
     ):
         assert cli_main(argv) == 2
         assert capsys.readouterr().err.splitlines()[-1] == said
+
+
+def test_query_vectors_that_are_no_numbers_or_all_zero_are_refused_in_process_too(searcher):
+    """Strings in a dense vector were converted ("1" searched as 1.0); an all-zero sparse query said OK, no hits."""
+    with pytest.raises(TypeError, match="a dense query is a vector of numbers"):
+        searcher.search(dense=["1"] * 384, mode="dense")
+    with pytest.raises(ValueError, match="the sparse query's weights are all 0: it matches nothing"):
+        searcher.search(sparse={"cancer": 0.0})
 
 
 def test_overlong_query_is_truncated_and_flagged(servers, client):

@@ -37,7 +37,7 @@ def connect(args: argparse.Namespace) -> Any:
         client.wait_ready(timeout=min(CONNECT_TIMEOUT, args.timeout))
     except EndpointUnavailable as exc:
         client.close()
-        if args.timeout >= CONNECT_TIMEOUT:
+        if args.timeout >= CONNECT_TIMEOUT or args.tls:  # over TLS it names a likelier cause: a plain server
             raise
         raise EndpointUnavailable(f"{exc} Or is --timeout {args.timeout:g} too short to connect?") from None
     except BaseException:

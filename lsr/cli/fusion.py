@@ -35,6 +35,9 @@ def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -
     from lsr.search.searcher import resolve_mode
 
     mode = resolve_mode(args.mode, served)
+    if getattr(args, "explain", False) and mode in ("dense", "bm25"):  # its explanations came back empty, unsaid
+        raise ValueError(f"--explain lists the SPLADE terms each hit shares with the query, and --mode {mode} has "
+                         "none; use --mode sparse, hybrid or auto")
     weighed = next((flag for flag in ("sparse_weight", "dense_weight", "bm25_weight") if getattr(args, flag) is not None),
                    None)
     if weighed and mode != "hybrid":

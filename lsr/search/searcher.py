@@ -638,12 +638,16 @@ class Searcher:
                     raise ValueError(f"term id {term} is outside the vocabulary (0..{self.vocab_size - 1})")
             if weight > 0:  # a term given twice (as a token and as its id) adds up, as in the index's own queries
                 out[term] = out.get(term, 0.0) + float(weight)
-        if out:
-            _check_scale("the sparse query's largest weight", max(out.values()))
+        if not out:  # it matched nothing and said OK, where an all-zero dense vector was refused
+            raise ValueError("the sparse query's weights are all 0: it matches nothing")
+        _check_scale("the sparse query's largest weight", max(out.values()))
         return out
 
     def _dense_query(self, dense: Sequence[float] | np.ndarray) -> np.ndarray:
-        vec = np.asarray(dense, dtype=np.float32)
+        vec = np.asarray(dense)
+        if vec.dtype.kind not in "iuf":  # strings were converted ("1" searched as 1.0), None failed inside numpy
+            raise TypeError(f"a dense query is a vector of numbers, got an array of {vec.dtype}")
+        vec = vec.astype(np.float32, copy=False)
         if vec.ndim != 1 and not (vec.ndim == 2 and len(vec) == 1):  # a (2, 192) array was read as one 384-d vector
             raise ValueError(f"a dense query is one vector, got an array of shape {vec.shape}")
         vec = vec.reshape(-1)
