@@ -132,6 +132,11 @@ class InvertedIndex:
         ``journal_seq``: the last record of the owner's write-ahead journal this content includes.
         """
         impact_dtype(quantization)
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating))
+                                  or not 0 < scale < math.inf):  # NaN, 0 and -1 were ignored, "1" failed in a compare
+            raise ValueError(f"scale must be a positive finite number (or None: chosen from the vectors), got {scale!r}")
+        if isinstance(journal_seq, bool) or not isinstance(journal_seq, (int, np.integer)) or journal_seq < 0:
+            raise ValueError(f"journal_seq must be a whole number >= 0, got {journal_seq!r}")  # 1.5 became 1
         path = Path(path)
         storage.check_build_target(path, overwrite)
         batch, ids = document_batch(vectors, doc_ids, None)

@@ -101,6 +101,11 @@ def query_terms(query, vocab_size: int, token_ids: TokenIds) -> tuple[np.ndarray
             terms = np.fromiter(query.keys(), np.int64, len(query))  # the type test first: fast for plain ints
         else:
             terms = np.asarray([_term_id(t, token_ids) for t in query], np.int64)
+        if not set(map(type, query.values())) <= {float}:  # the type test first: fast for plain floats
+            bad = [w for w in query.values() if isinstance(w, bool) or not isinstance(w, (int, float, np.integer,
+                                                                                           np.floating))]
+            if bad:  # "1" was read as 1.0, None as "weight nan"
+                raise TypeError(f"a query's weights are numbers, got {bad[0]!r}")
         weights = np.fromiter(query.values(), np.float64, len(query))
     else:
         raise TypeError(f"unsupported query type {type(query).__name__}: pass a SparseBatch row, a scipy row or a dict")

@@ -111,6 +111,9 @@ def load_json(directory: Path, record: dict):
 def read_manifest(directory: Path) -> dict:
     path = directory / MANIFEST
     if not path.is_file():
+        if (directory / "sparse" / MANIFEST).is_file():  # a collection `lsr index` wrote: "rebuild it" misled
+            raise FileNotFoundError(f"{directory} is a collection folder, not an inverted index: open it with "
+                                    f"lsr.Searcher.open, or its inverted index at {directory / 'sparse'}")
         raise FileNotFoundError(f"no index at {directory}: {MANIFEST} is missing (in a collection, rebuild it with "
                                 f"`lsr repair COLLECTION`; elsewhere with InvertedIndex.build)")
     try:

@@ -301,3 +301,23 @@ def test_a_bool_or_fractional_query_key_and_a_bound_factor_of_another_kind_are_r
         with pytest.raises(error, match="bound_factor"):
             index.search({0: 1.0}, bound_factor=factor)
     assert index.search({np.int64(1): 1.0}, bound_factor=np.float64(2.0)) == [Hit("b", 1.0)]
+    for weight in ("1", None, True):  # "1" was read as 1.0, None was "weight nan"
+        with pytest.raises(TypeError, match="a query's weights are numbers"):
+            index.search({0: weight})
+    assert index.search({0: np.float32(1.0), 1: 0}) == [Hit("a", 1.0)]
+
+
+def test_build_refuses_a_scale_or_journal_seq_of_no_use_and_open_names_a_collection_folder(tmp_path):
+    """A scale of NaN, 0 or -1 was ignored (one computed instead) and "1" failed in a bare compare; a journal_seq of
+    1.5 became 1. InvertedIndex.open on a collection folder said to rebuild an index that was there."""
+    vectors = sp.csr_matrix(np.eye(2, dtype=np.float32))
+    for scale in (float("nan"), 0, -1.0, "1", True):
+        with pytest.raises(ValueError, match="scale must be a positive finite number"):
+            InvertedIndex.build(tmp_path / "idx", vectors, ["a", "b"], scale=scale)
+    for seq in (-1, 1.5):
+        with pytest.raises(ValueError, match="journal_seq must be a whole number"):
+            InvertedIndex.build(tmp_path / "idx", vectors, ["a", "b"], journal_seq=seq)
+    InvertedIndex.build(tmp_path / "col" / "sparse", vectors, ["a", "b"])
+    with pytest.raises(FileNotFoundError, match="is a collection folder, not an inverted index: open it with "
+                                                "lsr.Searcher.open"):
+        InvertedIndex.open(tmp_path / "col")
