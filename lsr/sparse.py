@@ -298,6 +298,10 @@ class SparseBatch:
         return out
 
     def token(self, term_id: int) -> str:
+        """The token of ``term_id``, or its digits where the batch carries no vocabulary; an id outside the vocabulary
+        is an IndexError naming it (-1 named the last token, and 99 past a vocabulary of 4 read "99")."""
+        if isinstance(term_id, bool) or not isinstance(term_id, (int, np.integer)) or not 0 <= term_id < self.vocab_size:
+            raise IndexError(f"term id {term_id!r} is outside the vocabulary [0, {self.vocab_size})")
         return self.vocab[term_id] if self.vocab is not None else str(term_id)
 
     def to_dicts(self, top: int | None = None) -> list[dict[str, float]]:

@@ -396,6 +396,14 @@ def test_a_vectors_file_with_a_null_term_or_columns_of_another_type_is_named(tmp
             SparseBatch.read_parquet(tmp_path / "v.parquet")
 
 
+def test_token_of_an_id_outside_the_vocabulary_is_refused():
+    batch = SparseBatch.from_dicts([{"b": 1.0}], vocab=["a", "b", "c", "d"])
+    assert [batch.token(i) for i in (0, 3)] == ["a", "d"]
+    for term in (-1, 4, 99, True, 1.0):  # -1 named the last token
+        with pytest.raises(IndexError, match="outside the vocabulary"):
+            batch.token(term)
+
+
 def test_from_dicts_refuses_weights_that_are_no_numbers_and_rows_that_are_no_dicts():
     """A None weight became NaN and "1" the weight 1; one dict passed as the rows failed as "'str' object has no
     attribute 'values'"; vocab_size=0 was read as "not given"."""
@@ -419,3 +427,9 @@ def test_inference_free_refuses_a_short_idf_and_a_query_length_below_one():
         with pytest.raises(error, match="query_max_length must be"):
             InferenceFreeQueryEncoder.from_pretrained("splade-tiny", idf=np.ones(30522, np.float32),
                                                       query_max_length=length)
+    encoder = InferenceFreeQueryEncoder.from_pretrained("splade-tiny", idf=np.ones(30522, np.float32))
+    assert encoder.encode_queries(["heart"], batch_size=8, show_progress=True).nnz == 1  # as SpladeEncoder takes them
+    with pytest.raises(ValueError, match="batch_size must be"):
+        encoder.encode_queries(["heart"], batch_size=-1)  # it and any misspelt keyword were swallowed
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'"):
+        encoder.encode_queries(["heart"], batchsize=8)

@@ -410,8 +410,11 @@ class InferenceFreeQueryEncoder:
             query_max_length = default_query_length(folder, tokenizer)
         return cls(tokenizer, idf, query_max_length=query_max_length, name=str(name_or_path))
 
-    def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 0, *, return_info: bool = False, **_: Any):
-        """One weight per distinct query token: its IDF. ``batch_size`` is accepted for API symmetry."""
+    def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 64, *, show_progress: bool = False,
+                       return_info: bool = False):
+        """One weight per distinct query token: its IDF. ``batch_size`` and ``show_progress`` are checked and then
+        unused (no model runs), so code written for ``SpladeEncoder`` runs unchanged; another keyword is refused."""
+        check_whole(batch_size, "batch_size", 1)  # -1 was taken, and any misspelt keyword with it
         texts = check_texts(texts)
         idf = self._current_idf()
         enc = token_ids(self.tokenizer, texts, add_special_tokens=False, truncation=False)
