@@ -334,6 +334,10 @@ def test_a_query_in_the_wrong_argument_says_where_it_goes(searcher):
     did not say that sparse= takes it."""
     with pytest.raises(TypeError, match="search_batch takes a list of query texts, got one str"):
         searcher.search_batch("aspirin heart attack", k=3)
+    with pytest.raises(TypeError, match=r"texts\[1\] is NoneType, expected str"):  # was "query 1 is empty or not a string"
+        searcher.search_batch(["aspirin", None], k=3)
+    with pytest.raises(ValueError, match="query 1 is empty"):
+        searcher.search_batch(["aspirin", " \u200b"], k=3)
     with pytest.raises(TypeError, match=r"a \{term: weight\} dict goes in sparse="):
         searcher.search({"aspirin": 1.0}, k=3)
     assert searcher.search(sparse={"heart": 1.0}, k=3).hits  # where it goes, it is searched

@@ -453,12 +453,11 @@ class Searcher:
         service passes its deadline check, so an expired batch stops within one query)."""
         from lsr.encode.texts import check_query_length, check_texts, is_blank
 
-        texts = query_list(texts)
+        texts = check_texts(query_list(texts))  # a non-str (TypeError) or undecodable bytes, in every mode
         for i, text in enumerate(texts):
-            if not isinstance(text, str) or is_blank(text):
-                raise ValueError(f"query {i} is empty or not a string")
+            if is_blank(text):
+                raise ValueError(f"query {i} is empty")
             check_query_length(text, f"query {i}")
-        check_texts(texts)  # undecodable bytes fail alike in every mode, BM25's too (as search() fails them)
         k = check_k(k)
         mode = self.resolve_mode(mode)
         self.check_request("x", None, None, k, mode, hybrid, prf)
