@@ -57,7 +57,9 @@ class _State:
 
     @property
     def scale(self) -> float | None:
-        return max((s.scale for s in self.segments), default=None)
+        # an index with no segment (a shard empty at its build, or every document deleted and compacted away) keeps
+        # the scale its build was given: adds chose their own, so a sharded collection's scores left the unsharded one's
+        return max((s.scale for s in self.segments), default=self.manifest.get("scale"))
 
     @property
     def live(self) -> int:
@@ -143,12 +145,14 @@ class InvertedIndex:
         path.mkdir(parents=True, exist_ok=True)
         with storage.writer_lock(path):
             version = _disk_version(path) + 1
-            scale = choose_scale(quantization, float(batch.values.max(initial=0.0)), scale)
+            chosen = choose_scale(quantization, float(batch.values.max(initial=0.0)), scale)
             base = {"vocab_size": batch.vocab_size, "quantization": quantization, "vocab": None, "segments": [],
                     "journal_seq": journal_seq}
+            if scale is not None:  # the scale a sharded collection's shards share, for adds to a shard with no segment
+                base["scale"] = chosen
             if batch.vocab is not None:
                 base["vocab"] = storage.write_json(path, f"vocab.{version:06d}.json", list(batch.vocab))
-            segments = [_write_segment(path, f"s{version:06d}", batch, ids, quantization, scale)] if len(ids) else []
+            segments = [_write_segment(path, f"s{version:06d}", batch, ids, quantization, chosen)] if len(ids) else []
             manifest = dict(base, version=version, segments=segments)
             storage.commit_manifest(path, manifest)
         return cls.open(path)

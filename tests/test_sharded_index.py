@@ -227,3 +227,75 @@ def test_tied_documents_are_kept_by_doc_id_sharded_or_not(tmp_path):
         assert searcher.doc(copies[0]) == texts[copies[0]]
         with pytest.raises(TypeError, match="doc_id is None; an id is a str"):
             searcher.doc(None)
+
+
+def _garble_texts(shard: Path) -> Path:
+    """Rewrite a shard's build texts as a valid parquet file with other words: a flipped byte that still decodes."""
+    import pyarrow.parquet as pq
+
+    path = shard / "docs" / "part-00000.parquet"
+    table = pq.read_table(path)
+    texts = [f"garbled{i} quokka{i}" for i in range(table.num_rows)]
+    pq.write_table(table.set_column(table.schema.get_field_index("text"), "text", [texts]), path)
+    return path
+
+
+def test_repairing_a_shard_beside_one_with_damaged_texts_leaves_it_intact_and_names_the_damage(sharded, tmp_path):
+    """The BM25 leg was cut from every shard's texts unchecked: another shard's damaged texts changed the global IDF,
+    so repairing a sound shard rewrote its BM25 files into ones its own checksums refuse."""
+    import shutil
+
+    from lsr.files import CorruptFileError
+    from lsr.ingest.repair import repair_collection
+
+    col = tmp_path / "col"
+    shutil.copytree(sharded, col)
+    damaged = _garble_texts(col / "shard-002")
+    with pytest.raises(CorruptFileError, match=f"{damaged}.*re-index the sharded collection with `lsr index SOURCE "
+                                               f"{col} --shards {N_SHARDS} --overwrite`"):
+        repair_collection(col / "shard-000")
+    Collection.open(col / "shard-000")  # its BM25 files still match the crc32s the build recorded
+
+
+def test_a_shard_s_damaged_source_file_says_to_re_index_the_whole_sharded_collection(sharded, tmp_path):
+    """The hints said `lsr index SOURCE col/shard-002 --overwrite`: the whole corpus as one collection inside the
+    sharded one."""
+    import shutil
+
+    from lsr.files import CorruptFileError
+
+    col = tmp_path / "col"
+    shutil.copytree(sharded, col)
+    command = f"`lsr index SOURCE {col} --shards {N_SHARDS} --overwrite`"
+    _garble_texts(col / "shard-002")
+    with pytest.raises(CorruptFileError, match=f"re-index with {command}"):
+        Collection.open(col / "shard-002")
+    meta = col / "shard-001" / META_FILE
+    meta.write_bytes(meta.read_bytes().replace(b'"docs"', b'"dpcs"', 1))
+    with pytest.raises(CorruptFileError, match=f"{meta} fails its checksum.*index the corpus again \\({command}\\)"):
+        Collection.open(col / "shard-001")
+
+
+def test_upserts_to_a_shard_empty_at_its_build_score_like_the_unsharded_collection(corpus, queries, tmp_path):
+    """A shard the build left empty had no segment to hold the collection's quantization scale, so its first upsert
+    chose one from its own documents: their sparse scores (and every fused score) differed from the unsharded ones."""
+    from lsr.cli.main import main
+    from lsr.search.searcher import Searcher
+    from lsr.service.coordinator import ShardedSearcher
+
+    lines = corpus.read_text().splitlines(keepends=True)
+    (tmp_path / "three.jsonl").write_text("".join(lines[:3]))
+    one, many = (build(tmp_path / "three.jsonl", tmp_path / name, **extra) for name, extra in
+                 (("one", {}), ("many", {"shards": 8})))
+    docs = [json.loads(line) for line in lines[:3]]
+    built = {shard_of(doc["_id"], 8) for doc in docs}
+    ids = [f"copy{i}" for i in range(40) if shard_of(f"copy{i}", 8) not in built][:6]  # owned by empty shards; the
+    (tmp_path / "new.jsonl").write_text("".join(  # built texts again, so the build's scale holds their weights
+        json.dumps({**docs[i % 3], "_id": doc_id}) + "\n" for i, doc_id in enumerate(ids)))
+    for col in (one, many):
+        assert main(["upsert", str(tmp_path / "new.jsonl"), str(col), "--quiet"]) == 0
+    searchers = (Searcher.open(one, threads=1, device="cpu"),
+                 ShardedSearcher.open(many, in_process=True, threads=1, device="cpu"))
+    for query in queries[:4]:
+        got = [[(h.doc_id, h.score) for h in s.search(query, k=5, mode="sparse").hits] for s in searchers]
+        assert got[0] == got[1], query

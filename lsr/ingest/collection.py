@@ -37,6 +37,7 @@ from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.journal_fold import fold, fold_due, remove_leftover
 from lsr.ingest.layout import META_FILE, build_file_problems, read_meta, usable_search_defaults
+from lsr.ingest.sharding import reindex_command
 from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR, STATS_FILE, Bm25Index
 from lsr.search.bm25_leg import Bm25Leg
@@ -134,7 +135,7 @@ class Collection:
         remove_leftover(path)
         sources = build_file_problems(path, meta, skip=BM25_DIR)  # no repair rebuilds these: it reads them
         if sources:
-            raise CorruptFileError(f"{sources[0]}; {_SOURCE_HINT.format(path=path)}")
+            raise CorruptFileError(f"{sources[0]}; {_SOURCE_HINT.format(path=path, reindex=reindex_command(path))}")
         problems = build_file_problems(path, meta, under=BM25_DIR)
         if problems:
             raise CorruptFileError(f"{problems[0]}; {_HINT.format(path=path)}")
@@ -521,7 +522,7 @@ def bm25_leg_at_open(path: Path, base: Bm25Index, records: Sequence[Record], doc
 _HINT = "run `lsr verify {path}` for a full report; `lsr repair {path}` rebuilds the sparse, dense and BM25 indexes"
 # a build's vectors, texts, embeddings or vocabulary: `lsr repair` rebuilds the indexes from them, so it cannot help
 _SOURCE_HINT = ("run `lsr verify {path}` for a full report; this file is a source no repair can rebuild: restore it "
-                "from a backup or re-index with `lsr index SOURCE {path} --overwrite`")
+                "from a backup or re-index with `{reindex}`")
 
 
 def agreement_problems(docs: set[str], sparse: set[str], dense: set[str] | None) -> list[str]:

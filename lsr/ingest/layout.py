@@ -153,8 +153,10 @@ def read_meta(path: Path) -> dict:
     try:
         meta = read_sealed_json(meta_path)
     except CorruptFileError as exc:  # it holds the checksums every other file is checked by: nothing rebuilds it
+        from lsr.ingest.sharding import reindex_command
+
         raise CorruptFileError(f"{exc}; restore {META_FILE} from a backup or index the corpus again "
-                               f"(`lsr index SOURCE {path} --overwrite`)") from None
+                               f"(`{reindex_command(path)}`)") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} has collection format {meta.get('format')!r}; this lsr reads format {FORMAT}. "
                          "Re-index with `lsr index --overwrite`")

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lsr.ingest.layout import disk_size, drop_build_state, read_doc_shards, read_vector_shards, write_shard
-from lsr.ingest.sharding import HASH_NAME, ShardMap, shard_dir_name, shard_of, write_shard_map
+from lsr.files import CorruptFileError
+from lsr.ingest.layout import (build_file_problems, disk_size, drop_build_state, read_doc_shards, read_meta,
+                               read_vector_shards, write_shard)
+from lsr.ingest.sharding import HASH_NAME, ShardMap, reindex_command, shard_dir_name, shard_of, write_shard_map
 from lsr.sparse import SparseBatch
 
 if TYPE_CHECKING:
@@ -78,8 +80,22 @@ def rebuild_shard_bm25(path: Path, meta: dict) -> list[Path]:
     if not is_sharded(root):
         raise ValueError(f"{path} is a shard whose BM25 leg needs its sibling shards to be rebuilt, but {root} holds "
                          "no lsr-shards.json; repair it inside its sharded collection")
-    legs = global_bm25_legs(read_shard_map(root).paths(root), meta["shards"])
+    folders = read_shard_map(root).paths(root)
+    _check_sibling_texts(folders)
+    legs = global_bm25_legs(folders, meta["shards"])
     return legs[meta["sharding"]["shard"]].save(path / BM25_DIR)
+
+
+def _check_sibling_texts(folders: list[Path]) -> None:
+    """Every shard's build texts against their crc32s, before any feeds the leg: a sibling's flipped byte still
+    decoded, and its garbage words changed the global IDF, so repairing a sound shard rewrote its BM25 files to ones
+    its own checksums refuse (and the whole collection's `lsr repair` damaged every shard before the broken one)."""
+    for folder in folders:
+        damaged = build_file_problems(folder, read_meta(folder), under="docs")
+        if damaged:
+            raise CorruptFileError(f"{damaged[0]}: every shard's BM25 leg is cut from all the shards' texts, so none "
+                                   f"was rebuilt; restore the file from a backup or re-index the sharded collection "
+                                   f"with `{reindex_command(folder)}`")
 
 
 def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stages, skipped: dict[str, int],

@@ -77,6 +77,19 @@ def missing_shard(folder: Path) -> str:
             f"backup, or index the corpus again (`lsr index SOURCE {folder.parent} --shards N --overwrite`)")
 
 
+def reindex_command(path: Path) -> str:
+    """The `lsr index` that rebuilds ``path`` from its corpus: for a shard, its whole sharded collection (hints said
+    `lsr index SOURCE col/shard-001 --overwrite`, which put every document of the corpus in that one shard)."""
+    path = Path(path)
+    if not is_sharded(path.parent):
+        return f"lsr index SOURCE {path} --overwrite"
+    try:
+        shards = str(read_shard_map(path.parent).n_shards)
+    except (OSError, ValueError):  # a damaged map: the count is the one its build was given
+        shards = "N"
+    return f"lsr index SOURCE {path.parent} --shards {shards} --overwrite"
+
+
 def read_shard_map(path: Path) -> ShardMap:
     """The map of a sharded collection; a damaged file is a CorruptFileError naming it."""
     data = read_sealed_json(Path(path) / SHARDS_FILE)
