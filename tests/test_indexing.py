@@ -376,6 +376,9 @@ def test_a_bad_row_after_checkpoints_resumes_with_on_error_skip(tmp_path, capsys
     assert (f"the encoded shards are kept; once the cause below is fixed, continue with: "
             f"{shlex.join(['lsr', *args, '--resume'])}\n") in err
     assert _shards(out) == 2  # the encoded shards are kept
+    assert cli_main([*args, "--resume", "--checkpoint-every", "5"]) == 2  # a resume refused: it offered itself again
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "checkpoint_every=6 (now 5)" in err and "continue with" not in err
     assert cli_main([*args, "--resume", "--on-error", "skip"]) == 0
     report = capsys.readouterr().out
     assert "docs            14 (resumed after 12)" in report and "duplicate id: 1" in report

@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lsr.ingest.layout import BUILD_STATE, REPLACED
-    from lsr.ingest.indexing import IndexOptions, build_collection
+    from lsr.ingest.indexing import IndexOptions, ResumeRefused, build_collection
 
     if args.shards <= 0:
         raise ValueError(f"--shards must be at least 1, got {args.shards}")
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         if (Path(args.out) / BUILD_STATE).is_file():
             if interrupted:
                 print(f"stopped; the encoded shards are kept. Continue with: {resume_command(args._argv)}", file=sys.stderr)
-            elif not isinstance(exc, FolderBusyError):  # a full disk, a lost Ray cluster, a bad row: parts kept
+            elif not isinstance(exc, (FolderBusyError, ResumeRefused)):  # a full disk, a lost Ray cluster, a bad row
                 print(f"the encoded shards are kept; once the cause below is fixed, continue with: "
                       f"{resume_command(args._argv)}", file=sys.stderr)
             if aside.is_dir():  # twice the disk until then: say where it is and how to keep it instead

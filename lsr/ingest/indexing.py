@@ -36,6 +36,11 @@ if TYPE_CHECKING:
     from lsr.ingest.ray_engine import RayOptions
 
 
+class ResumeRefused(ValueError):
+    """--resume of a build whose source or settings changed: the command that continues it is no longer the one
+    typed, so `lsr index` does not offer it again."""
+
+
 @dataclass
 class IndexOptions:
     """Everything that decides the collection's content (``threads`` and ``device`` only decide speed).
@@ -237,7 +242,7 @@ def _load_state(out: Path, settings: dict) -> BuildState:
     raw = json.loads((out / BUILD_STATE).read_text(encoding="utf-8"))
     changed = _changes(raw.get("settings", {}), settings)
     if changed:
-        raise ValueError(f"cannot resume {out}: it was started with {changed}; "
+        raise ResumeRefused(f"cannot resume {out}: it was started with {changed}; "
                          "rerun with the same options, or use --overwrite to start over")
     raw["settings"] = settings
     return BuildState(**raw)
@@ -437,7 +442,7 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
                 running.update(block.ids, block.texts)
                 shard += 1
                 if shard == state.shards and running.hexdigest != state.corpus_hash:
-                    raise ValueError(f"cannot resume {out}: the first {state.docs:,} documents of {source} differ from "
+                    raise ResumeRefused(f"cannot resume {out}: the first {state.docs:,} documents of {source} differ from "
                                      "the ones already encoded (the source changed); use --overwrite to start over")
                 continue
             if encoders is None:  # loaded only now, so a bad first row fails fast
@@ -453,7 +458,7 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
             if on_shard is not None:
                 on_shard(shard)
     if shard < state.shards:
-        raise ValueError(f"cannot resume {out}: {source} now has fewer documents than were already encoded; "
+        raise ResumeRefused(f"cannot resume {out}: {source} now has fewer documents than were already encoded; "
                          "use --overwrite to start over")
     if state.docs == 0:
         raise ValueError(f"{source} has no indexable documents"

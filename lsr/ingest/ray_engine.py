@@ -234,7 +234,7 @@ def _stage_parts(reader: CorpusReader, out: Path, options: "IndexOptions", state
 
     The checksums check a resumed job's source against the parts already written, as the single-process build does.
     """
-    from lsr.ingest.indexing import document_blocks
+    from lsr.ingest.indexing import ResumeRefused, document_blocks
 
     running = CorpusHash()
     hashes: list[str] = []
@@ -252,11 +252,11 @@ def _stage_parts(reader: CorpusReader, out: Path, options: "IndexOptions", state
                 table = pa.table({"id": pa.array(block.ids, pa.string()), "text": pa.array(block.texts, pa.string())})
                 atomic_write(_staged(out, part), lambda fh, table=table: pq.write_table(table, fh))
             if expected is not None and expected != hashes[-1]:
-                raise ValueError(f"cannot resume {out}: documents of {reader.source} differ from the ones already "
+                raise ResumeRefused(f"cannot resume {out}: documents of {reader.source} differ from the ones already "
                                  "encoded (the source changed); use --overwrite to start over")
             bar.update(len(block))
     if len(hashes) < state.shards or any(int(part) >= len(hashes) for part in state.ahead):
-        raise ValueError(f"cannot resume {out}: {reader.source} now has fewer documents than were already encoded; "
+        raise ResumeRefused(f"cannot resume {out}: {reader.source} now has fewer documents than were already encoded; "
                          "use --overwrite to start over")
     return hashes, sizes
 
