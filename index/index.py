@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.sparse import SparseBatch
+from lsr.sparse import SparseBatch, is_real, is_whole
 
 from . import storage
 from .inputs import doc_id_list, document_batch, keep_top_terms, query_rows, query_terms
@@ -134,10 +134,9 @@ class InvertedIndex:
         ``journal_seq``: the last record of the owner's write-ahead journal this content includes.
         """
         impact_dtype(quantization)
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating))
-                                  or not 0 < scale < math.inf):  # NaN, 0 and -1 were ignored, "1" failed in a compare
+        if scale is not None and (not is_real(scale) or not 0 < scale < math.inf):  # NaN, 0 and -1 were ignored, "1" failed in a compare
             raise ValueError(f"scale must be a positive finite number (or None: chosen from the vectors), got {scale!r}")
-        if isinstance(journal_seq, bool) or not isinstance(journal_seq, (int, np.integer)) or journal_seq < 0:
+        if not is_whole(journal_seq) or journal_seq < 0:
             raise ValueError(f"journal_seq must be a whole number >= 0, got {journal_seq!r}")  # 1.5 became 1
         path = Path(path)
         storage.check_build_target(path, overwrite)
@@ -446,10 +445,10 @@ class InvertedIndex:
 
 # ---------------------------------------------------------------------- helpers
 def _check_search_args(k: int, top_terms: int | None, bound_factor: float, algorithm: str) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+    if not is_whole(k) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     _check_positive_or_none(top_terms, "top_terms")  # 2.5 failed deep inside as "slice indices must be integers"
-    if isinstance(bound_factor, bool) or not isinstance(bound_factor, (int, float, np.integer, np.floating)):
+    if not is_real(bound_factor):
         raise TypeError(f"bound_factor must be a number, got {bound_factor!r}")  # None failed inside numpy's isfinite
     if not np.isfinite(bound_factor) or bound_factor < 1.0:
         raise ValueError(f"bound_factor must be >= 1.0 (1.0 is exact), got {bound_factor}")
@@ -458,7 +457,7 @@ def _check_search_args(k: int, top_terms: int | None, bound_factor: float, algor
 
 
 def _check_positive_or_none(value: Any, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+    if value is not None and (not is_whole(value) or value < 1):
         raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
 

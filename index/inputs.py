@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
-from lsr.sparse import MAX_DOC_WEIGHT, QUERY_SCALE, SparseBatch, id_list
+from lsr.sparse import MAX_DOC_WEIGHT, QUERY_SCALE, SparseBatch, id_list, is_real, is_whole
 
 
 def _canonical_csr(batch: SparseBatch) -> SparseBatch:
@@ -97,13 +97,12 @@ def query_terms(query, vocab_size: int, token_ids: TokenIds) -> tuple[np.ndarray
         row = sp.csr_matrix(query)
         terms, weights = row.indices, row.data
     elif isinstance(query, Mapping):
-        if set(map(type, query)) <= {int} or all(_is_term_id(t) for t in query):
+        if set(map(type, query)) <= {int} or all(is_whole(t) for t in query):
             terms = np.fromiter(query.keys(), np.int64, len(query))  # the type test first: fast for plain ints
         else:
             terms = np.asarray([_term_id(t, token_ids) for t in query], np.int64)
         if not set(map(type, query.values())) <= {float}:  # the type test first: fast for plain floats
-            bad = [w for w in query.values() if isinstance(w, bool) or not isinstance(w, (int, float, np.integer,
-                                                                                           np.floating))]
+            bad = [w for w in query.values() if not is_real(w)]
             if bad:  # "1" was read as 1.0, None as "weight nan"
                 raise TypeError(f"a query's weights are numbers, got {bad[0]!r}")
         weights = np.fromiter(query.values(), np.float64, len(query))
@@ -159,13 +158,8 @@ def _canonical_query(terms, weights, vocab_size):
     return True, out_terms[:m], out_weights[:m].astype(np.float32)
 
 
-def _is_term_id(term) -> bool:
-    """A whole number that names a term; not a bool (True searched term 1)."""
-    return isinstance(term, (int, np.integer)) and not isinstance(term, bool)
-
-
 def _term_id(term, token_ids: TokenIds) -> int:
-    if _is_term_id(term):
+    if is_whole(term):
         return int(term)
     if not isinstance(term, str):  # 1.5 was "query token 1.5 is not in the index vocabulary"
         raise TypeError(f"a query's key is a token or a whole term id, got {term!r}")

@@ -76,18 +76,29 @@ def id_list(ids: Any, name: str = "ids") -> list[str]:
     return out
 
 
+def is_whole(value: Any) -> bool:
+    """A whole number, Python's or numpy's, and no bool (True searched term 1, 1.5 was cast to 1): the one test every
+    count, id and term id passes, in the index and the Searcher alike."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """A real number, Python's or numpy's, and no bool or str ("1" was read as 1.0, None as NaN)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def as_id(doc_id: Any, what: str = "doc_id") -> str:
     """One id as a str: a whole number becomes its digits; anything else is a TypeError (str(None) stored a document
     named "None", and looked one up)."""
     if isinstance(doc_id, str):
         return doc_id
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (int, np.integer)):
+    if not is_whole(doc_id):
         raise TypeError(f"{what} is {doc_id!r}; an id is a str (or a whole number)")
     return str(doc_id)
 
 
 def _term_id(key: Any) -> int:
-    if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+    if not is_whole(key):
         raise TypeError(f"a key is a token or a whole term id, got {key!r}")  # int(2.7) was term 2
     return int(key)
 
@@ -97,8 +108,7 @@ def _row_weights(row: Mapping, n: int) -> np.ndarray:
     became NaN and "1" the weight 1)."""
     weights = np.asarray(list(row.values()))
     if weights.size and weights.dtype.kind not in "iuf":
-        bad = next(w for w in row.values() if isinstance(w, bool) or not isinstance(w, (int, float, np.integer,
-                                                                                         np.floating)))
+        bad = next((w for w in row.values() if not is_real(w)), weights.dtype)  # complex numbers pass is_real
         raise TypeError(f"row {n}'s weights must be numbers, got {bad!r}")
     return weights.astype(np.float64)
 
@@ -300,13 +310,13 @@ class SparseBatch:
     def token(self, term_id: int) -> str:
         """The token of ``term_id``, or its digits where the batch carries no vocabulary; an id outside the vocabulary
         is an IndexError naming it (-1 named the last token, and 99 past a vocabulary of 4 read "99")."""
-        if isinstance(term_id, bool) or not isinstance(term_id, (int, np.integer)) or not 0 <= term_id < self.vocab_size:
+        if not is_whole(term_id) or not 0 <= term_id < self.vocab_size:
             raise IndexError(f"term id {term_id!r} is outside the vocabulary [0, {self.vocab_size})")
         return self.vocab[term_id] if self.vocab is not None else str(term_id)
 
     def to_dicts(self, top: int | None = None) -> list[dict[str, float]]:
         """Per row, ``{token: weight}`` ordered by weight descending (ties: lower term id first)."""
-        if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1):
+        if top is not None and (not is_whole(top) or top < 1):
             raise ValueError(f"top must be a positive whole number or None, got {top!r}")  # -1 dropped the last term
         out = []
         for i in range(len(self)):

@@ -7,13 +7,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
+from lsr.sparse import is_real, is_whole
 
 
 def check_whole(value: Any, what: str, low: int, high: int | None = None) -> int:
     """A whole number (numpy's too) in low..high (no upper bound: None), as an int: TypeError for another kind
     (2.5, "50"), ValueError out of range."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_whole(value):
         raise TypeError(f"{what} must be a whole number, got {value!r}")
     if not low <= value <= (value if high is None else high):
         bounds = f"≥ {low}" if high is None else f"in {low}..{high}"
@@ -24,7 +24,7 @@ def check_whole(value: Any, what: str, low: int, high: int | None = None) -> int
 def check_number(value: Any, what: str, low: float, high: float = math.inf) -> float:
     """A finite real number (numpy's too) in [low, high], as a float: TypeError for another kind ("1"), ValueError
     out of range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_real(value):
         raise TypeError(f"{what} must be a number, got {value!r}")
     if not (math.isfinite(value) and low <= value <= high):
         bounds = f"a finite number ≥ {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"

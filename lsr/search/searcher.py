@@ -37,7 +37,7 @@ from lsr.search.fusion import FUSIONS, RRF_K, Ranking, fuse, interpolate, rank
 from lsr.search.legs import Legs, ViewLegs
 from lsr.search.models import DTYPE_CHOICES, SearchModels
 from lsr.search.prf import rocchio, vector_prf
-from lsr.sparse import QUERY_SCALE, SparseBatch, as_id, check_ids, id_list, short_repr
+from lsr.sparse import QUERY_SCALE, SparseBatch, as_id, check_ids, id_list, is_real, is_whole, short_repr
 
 MODES = ("sparse", "dense", "hybrid", "bm25")
 AUTO = "auto"  # the CLI's default mode: hybrid over every leg the collection has, or sparse when SPLADE is its only one
@@ -151,7 +151,7 @@ class SearchResult:
 
 
 def check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+    if not is_whole(k) or not 1 <= k <= MAX_K:
         raise ValueError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
     return int(k)
 
@@ -621,8 +621,7 @@ class Searcher:
             raise ValueError("the sparse query has no terms")
         out: dict[int, float] = {}
         for token, weight in sparse.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
-                    or not math.isfinite(weight) or weight < 0:
+            if not is_real(weight) or not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"sparse weight for {token!r} must be a finite non-negative number, got {weight!r}")
             if isinstance(token, str):
                 term = self._token_ids.get(token)
@@ -630,7 +629,7 @@ class Searcher:
                     raise ValueError(f"unknown token {short_repr(token)} in the sparse query (not in the model's "
                                      "vocabulary)")
             else:
-                if isinstance(token, bool) or not isinstance(token, (int, np.integer)):  # 2.7 was read as term 2
+                if not is_whole(token):  # 2.7 was read as term 2
                     raise ValueError(f"a sparse query's key is a token or a whole term id, got {token!r}")
                 term = int(token)
                 if not 0 <= term < self.vocab_size:
