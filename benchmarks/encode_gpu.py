@@ -236,8 +236,54 @@ def pass_split(encoder, texts: list[str]) -> dict:
             "main_thread_profile": [line for line in stream.getvalue().splitlines() if line.strip()][-13:]}
 
 
+def batch_clock(encoder) -> list:
+    """Clock every batch the encoder computes from now on: (rows, padded length, seconds) each. A batch ends in its one
+    copy back to the host, which waits for the device, so a call's time is its launches plus its device work; a pass's
+    time past the sum is the main thread waiting for the tokenising thread."""
+    clocked, compute = [], encoder._encode_batch
+
+    def timed(input_ids, *rest):
+        began = time.perf_counter()
+        out = compute(input_ids, *rest)
+        clocked.append((int(input_ids.shape[0]), int(input_ids.shape[1]), time.perf_counter() - began))
+        return out
+
+    encoder._encode_batch = timed
+    return clocked
+
+
+def batch_summary(clocked: list, seconds: float) -> dict:
+    """A pass's batches: how many, their summed time against the pass, and the five slowest with their shapes."""
+    slowest = sorted(clocked, key=lambda b: -b[2])[:5]
+    return {"batches": len(clocked), "compute_seconds": sum(b[2] for b in clocked), "pass_seconds": seconds,
+            "slowest": [f"{rows}x{length} {s * 1000:.1f} ms" for rows, length, s in slowest]}
+
+
+def device_profile(encoder, texts: list[str]) -> dict:
+    """One warm pass under torch.profiler: the device's busy time (its kernels' summed time) against the pass, the
+    kernel launches, and the host's top operators by own time; a device far from busy means the host limits."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        encoder.encode_documents(texts, batch_size=BATCH)
+        synchronize(DEVICE)
+        seconds = time.perf_counter() - start
+    events = prof.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events
+                    if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
+    launches = sum(e.count for e in events if "LaunchKernel" in e.key or e.key.startswith("cuLaunch"))
+    host = sorted((e for e in events if getattr(e, "device_type", None) != torch.autograd.DeviceType.CUDA),
+                  key=lambda e: -e.self_cpu_time_total)[:10]
+    return {"pass_seconds": seconds, "device_busy_seconds": device_us / 1e6, "kernel_launches": launches,
+            "host_top": [f"{e.key[:60]} x{e.count} {e.self_cpu_time_total / 1e3:.0f} ms" for e in host]}
+
+
 def child_ours(model: str, path: str) -> dict:
-    """Cold first pass, warm second pass, then impl="torch"; agreement of each with the fp32 reference."""
+    """Cold first pass, warm second pass, then impl="torch"; agreement of each with the fp32 reference.
+    ``LSR_BENCH_PIPELINE_WARM_UP=1``: before the cold pass, one encode of 2 x BATCH synthetic documents through the
+    whole pipeline (the variant that says whether a load-time warm-up of the pipeline would close a cold gap)."""
     texts = texts_for(model)
     start = time.perf_counter()
     import torch
@@ -269,16 +315,29 @@ def child_ours(model: str, path: str) -> dict:
     load_parts["warm-up"] = sum(warm_up_seconds)
     loaded_transformers = "transformers" in sys.modules  # a plain BERT folder loads natively, without it
     encode = lambda xs: encoder.encode_documents(xs, batch_size=BATCH)  # noqa: E731  (to scipy after the clock)
+    pipeline_warm_up = os.environ.get("LSR_BENCH_PIPELINE_WARM_UP") == "1"
+    if pipeline_warm_up:
+        began = time.perf_counter()
+        encode([" ".join(["retrieval"] * MAX_LENGTH)] * (2 * BATCH))
+        synchronize(DEVICE)
+        load_parts["pipeline warm-up"] = time.perf_counter() - began
     cached = triton_cache_entries()
+    clocked = batch_clock(encoder)
     cold = timed_pass(encode, texts)
+    cold_batches = batch_summary(clocked, cold["seconds"])
     compiled_in_first_pass = triton_cache_entries() - cached
+    clocked.clear()
     warm = timed_pass(encode, texts)
+    warm_batches = batch_summary(clocked, warm["seconds"])
+    del encoder._encode_batch  # the class's own again
     split = pass_split(encoder, texts)
+    profiled = device_profile(encoder, texts)
     eager = SpladeEncoder(encoder.model, encoder.tokenizer, max_length=MAX_LENGTH, device=DEVICE, dtype="bf16", impl="torch")
     torch_pass = timed_pass(lambda xs: eager.encode_documents(xs, batch_size=BATCH), texts)
     reference = fp32_reference(path, texts[:SAMPLE])
     out = {"load_and_warm_up_seconds": load_seconds, "load_parts": load_parts,
-           "loaded_transformers": loaded_transformers, **split,
+           "loaded_transformers": loaded_transformers, **split, "profile": profiled, "pipeline_warm_up": pipeline_warm_up,
+           "batches": {"cold": cold_batches, "warm": warm_batches},
            "triton_compiles_in_first_pass": compiled_in_first_pass}
     eager_sample = torch_pass["vectors"].to_scipy()[:SAMPLE].toarray()
     for name, run in (("cold", cold), ("warm", warm), ("torch", torch_pass)):
@@ -396,6 +455,8 @@ def main() -> None:
             row = report["models"][model] = {"docs": len(texts_for(model))}
             row["ours"] = run_child("ours", model, paths[model], triton_cache)
             row["ours_triton_cache_warm"] = run_child("ours", model, paths[model], triton_cache)
+            row["ours_pipeline_warm_up"] = run_child("ours", model, paths[model],
+                                                     {**triton_cache, "LSR_BENCH_PIPELINE_WARM_UP": "1"})
             row["sentence_transformers"] = run_child("sentence-transformers", model, paths[model])
 
         pieces = args.pieces.split(",")
@@ -431,8 +492,9 @@ def render(report: dict) -> str:
         st = row["sentence_transformers"]["warm"]["docs_per_s"]
         runs = [("ours, cold (fresh process, empty Triton cache)", row["ours"]["cold"]),
                 ("ours, cold (fresh process, Triton cache warm)", row["ours_triton_cache_warm"]["cold"]),
+                ("ours, cold after a pipeline warm-up (Triton cache warm)", row.get("ours_pipeline_warm_up", {}).get("cold")),
                 ("ours, warm (second pass)", row["ours"]["warm"]), ('ours, impl="torch"', row["ours"]["torch"])]
-        for name, run in runs:
+        for name, run in (r for r in runs if r[1] is not None):
             lines.append(f"| {model} | {name} | {run['docs_per_s']:.0f} | {run['docs_per_s'] / st:.2f}x | {run['peak_gpu_mib']:.0f} | "
                          f"{run['entry_agreement']:.5f} | {run['nonzero_agreement']:.4f} | {run['relative_error']:.1e} | "
                          f"{run['relative_error_vs_torch']:.1e} | {run['mean_nnz']:.0f} |")
@@ -455,6 +517,17 @@ def render(report: dict) -> str:
                      f"({load_parts(row['ours_triton_cache_warm'])}) | {tokenise} | "
                      f"{row['ours']['cold']['docs_per_s'] / st:.2f}x ({target['cold']:.0f}x) | "
                      f"{row['ours']['warm']['docs_per_s'] / st:.2f}x ({target['warm']:.0f}x) |")
+    for model, row in complete.items():
+        for name, ours in (("empty Triton cache", row["ours"]), ("Triton cache warm", row["ours_triton_cache_warm"]),
+                           ("pipeline warm-up", row.get("ours_pipeline_warm_up"))):
+            for which, b in (ours or {}).get("batches", {}).items():
+                lines.append(f"- {model}, {name}, {which} pass: {b['batches']} batches, {b['compute_seconds']:.2f} s in "
+                             f"batch calls of a {b['pass_seconds']:.2f} s pass; slowest: {', '.join(b['slowest'])}")
+        profiled = row["ours"].get("profile")
+        if profiled:
+            lines += [f"- {model}, a warm pass under torch.profiler: {profiled['pass_seconds']:.2f} s, device busy "
+                      f"{profiled['device_busy_seconds']:.2f} s, {profiled['kernel_launches']} kernel launches; host's top "
+                      f"operators by own time: {'; '.join(profiled['host_top'])}"]
     for model, row in complete.items():
         if "main_thread_profile" in row["ours"]:
             lines += ["", f"{model}, the main thread's profile of a warm pass (top functions by own time):", "```",

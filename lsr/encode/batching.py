@@ -33,7 +33,8 @@ from lsr.encode.cpu_threads import encode_workers, on_one_thread, start_single_t
 # length bucket (Triton specialises integer arguments on divisibility by 16), and tensor cores want it.
 CUDA_PAD_MULTIPLE = 16
 # The first window is two batches' worth, so the device starts early; later ones grow to this many
-# batches, so sorting by length still keeps padding low.
+# batches, so sorting by length still keeps padding low. On CUDA the queue holds a whole window of ready
+# batches, so the device does not wait while the tokenising thread reads the next window.
 MAX_WINDOW_BATCHES = 16
 _POLL_SECONDS = 0.1
 
@@ -108,7 +109,7 @@ class Pipeline:
         if count <= 1 or (workers == 1 and len(windows) == 1 and count <= self.batch_size):
             yield from self._run_inline(windows, tokenize, prepare, compute)  # one batch: no thread is worth starting
             return
-        todo: queue.Queue = queue.Queue(maxsize=2 * workers + 2)
+        todo: queue.Queue = queue.Queue(maxsize=MAX_WINDOW_BATCHES if self.device.type == "cuda" else 2 * workers + 2)
         stop = threading.Event()
         producer = threading.Thread(
             target=self._produce, args=(windows, tokenize, prepare, todo, stop, workers), name="lsr-tokenize",
@@ -135,11 +136,11 @@ class Pipeline:
             for part in budget_batches(lengths, budget, pad_multiple(self.device)):
                 tensors = prepare([rows[i] for i in part])
                 if self.device.type == "cuda":
-                    tensors = tuple(t.pin_memory() for t in tensors)
+                    tensors = _each_once(tensors, torch.Tensor.pin_memory)
                 yield start + part, tensors
 
     def _to_device(self, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(t.to(self.device, non_blocking=True) for t in tensors)
+        return _each_once(tensors, lambda t: t.to(self.device, non_blocking=True))
 
     def _run_inline(self, windows, tokenize, prepare, compute):
         for positions, tensors in self._batches(windows, tokenize, prepare):
@@ -190,6 +191,17 @@ class Pipeline:
             stop.set()
             for thread in threads:
                 thread.join()
+
+
+def _each_once(tensors: tuple[torch.Tensor, ...], convert: Callable[[torch.Tensor], torch.Tensor]
+               ) -> tuple[torch.Tensor, ...]:
+    """``convert`` applied to each distinct tensor once: a SPLADE batch gives one mask as both its attention and its
+    pool mask, which is then pinned and copied to the device once, and stays one tensor."""
+    done: dict[int, torch.Tensor] = {}
+    for tensor in tensors:
+        if id(tensor) not in done:
+            done[id(tensor)] = convert(tensor)
+    return tuple(done[id(tensor)] for tensor in tensors)
 
 
 @dataclass(frozen=True)
