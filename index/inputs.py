@@ -6,14 +6,13 @@ the error says which row, id or term is wrong.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
-from lsr.sparse import MAX_DOC_WEIGHT, QUERY_SCALE, SparseBatch, id_list, is_real, is_whole
+from lsr.sparse import MAX_DOC_WEIGHT, QUERY_SCALE, SparseBatch, id_list, is_real, is_whole, repeated_ids
 
 
 def _canonical_csr(batch: SparseBatch) -> SparseBatch:
@@ -69,9 +68,8 @@ def document_batch(vectors, doc_ids: Sequence | None, vocab_size: int | None) ->
         ids.extend(chunk_ids)
     if not batches:
         raise ValueError("no vectors given")
-    duplicates = [i for i, n in Counter(ids).items() if n > 1]
-    if duplicates:
-        raise ValueError(f"duplicate doc ids in one batch: {duplicates[:10]}; each id may appear once")
+    if repeated := repeated_ids(ids):
+        raise ValueError(f"duplicate doc ids in one batch: {repeated}; each id may appear once")
     batch = SparseBatch.concat(batches) if len(batches) > 1 else batches[0]
     _check_weights(batch.values, "document vectors", batch.indptr, MAX_DOC_WEIGHT)  # term ids: SparseBatch checks them
     return _canonical_csr(batch), ids

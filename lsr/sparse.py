@@ -76,6 +76,17 @@ def id_list(ids: Any, name: str = "ids") -> list[str]:
     return out
 
 
+def repeated_ids(ids: Sequence[str], shown: int = 10) -> list[str]:
+    """The first ``shown`` ids that appear more than once, in order of first appearance: every place that takes a
+    batch of ids names them the same way (one id keys one vector, in a vectors file as in a collection)."""
+    seen, repeated = set(), {}
+    for i in ids:
+        if i in seen and len(repeated) < shown:
+            repeated[i] = None
+        seen.add(i)
+    return list(repeated)
+
+
 def is_whole(value: Any) -> bool:
     """A whole number, Python's or numpy's, and no bool (True searched term 1, 1.5 was cast to 1): the one test every
     count, id and term id passes, in the index and the Searcher alike."""
@@ -352,6 +363,8 @@ class SparseBatch:
             ids = id_list(ids)
             if len(ids) != len(self):
                 raise ValueError(f"{len(ids)} ids for {len(self)} vectors")
+            if repeated := repeated_ids(ids):  # a collection refused the file only when it was indexed
+                raise ValueError(f"ids repeat: {repeated}; each vector needs its own id")
             columns = {"id": pa.array(ids, pa.string()), **columns}
         meta = {VOCAB_SIZE_KEY: str(self.vocab_size).encode()}
         if with_vocab and self.vocab is not None:

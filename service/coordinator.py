@@ -236,6 +236,7 @@ class ShardedSearcher(Searcher):
         }
 
     def doc(self, doc_id: str) -> str:
+        self.check_open()
         (text,) = ShardLegs(self.shards, None).text([as_id(doc_id)])
         if text is None:
             raise KeyError(f"no document {doc_id!r} in {self.root}")
@@ -257,6 +258,7 @@ class ShardedSearcher(Searcher):
         theirs: a write is atomic per shard (its journal), not across shards. Retrying the same upsert is
         safe: an id always routes to the same shard, which replaces the document it holds. ``check`` runs
         before anything is sent; the shards then take writes in the order they were sent."""
+        self.check_open()
         if check is not None:
             check("writing")
         args = {}
@@ -270,6 +272,7 @@ class ShardedSearcher(Searcher):
     def delete(self, ids: Sequence[str], deadline: float | None = None,
                check: Callable[[str], None] | None = None) -> list[str]:
         """Like ``store``; a retried delete is safe too, and reports the ids its first try removed as not found."""
+        self.check_open()
         if check is not None:
             check("deleting")
         ids = [str(i) for i in ids]
@@ -282,7 +285,7 @@ class ShardedSearcher(Searcher):
             self.shards.versions[shard] = version
         return [i for i in dict.fromkeys(ids) if i in unknown]
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.shards.close()
 
 

@@ -51,6 +51,7 @@ class ServerConfig:
     auth_token: str | None = None
     grace_seconds: float = 30.0
     stream_idle_seconds: float = 60.0  # a client stream (upsert, reflection) silent this long is cancelled
+    stream_max_seconds: float = 600.0  # ... and one open this long, while the server waits on its client
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -61,9 +62,11 @@ class ServerConfig:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         for flag, value, low, high in (("--batch-window-ms", self.batch_window_ms, 0, 10_000),
                                        ("--grace", self.grace_seconds, 0, 86_400),
-                                       ("--stream-idle-s", self.stream_idle_seconds, 0, 86_400)):
-            if not (low <= value < high and (value > 0 or flag != "--stream-idle-s")):  # NaN failed no "< 0"
-                interval = f"(0, {high})" if flag == "--stream-idle-s" else f"[0, {high})"
+                                       ("--stream-idle-s", self.stream_idle_seconds, 0, 86_400),
+                                       ("--stream-max-s", self.stream_max_seconds, 0, 86_400)):
+            positive = flag.startswith("--stream-")
+            if not (low <= value < high and (value > 0 or not positive)):  # NaN failed no "< 0"
+                interval = f"(0, {high})" if positive else f"[0, {high})"
                 raise ValueError(f"{flag} must be in {interval}, got {value:g}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
@@ -194,7 +197,7 @@ class SearchServer:
                                        max_upsert_bytes_held=config.max_upsert_bytes_held)
         interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
         interceptors += [LenientDecoding(), StreamGuard(max(1, config.workers // 4), config.stream_idle_seconds,
-                                                        config.workers)]
+                                                        config.workers, config.stream_max_seconds)]
         limits = [  # both bounded to protect the server
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_response_bytes),

@@ -3,8 +3,9 @@
 gRPC's sync server gives each call a handler thread for its whole life, and a call whose client streams holds it
 while the client thinks, stalls or forgets to close: 64 idle reflection streams took every thread, health checks'
 too. ``StreamGuard`` lets at most a quarter of the threads serve client streams (one more is refused at once with
-RESOURCE_EXHAUSTED, to retry) and cancels a stream whose client sends nothing for ``idle_seconds`` while the server
-waits on it.
+RESOURCE_EXHAUSTED, to retry) and cancels a stream while the server waits on it when its client has sent nothing for
+``idle_seconds``, or when it has been open for ``max_seconds``: a client trickling one small message just inside
+the idle limit held a slot for as long as it liked.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class _Waiting:
         self.messages = iter(messages)
         self.context = context
         self.method = method
+        self.opened = time.monotonic()
         self.since: float | None = None  # monotonic time the wait began; None while the server works
 
     def __iter__(self) -> "_Waiting":
@@ -41,11 +43,13 @@ class _Waiting:
 
 
 class StreamGuard(grpc.ServerInterceptor):
-    """At most ``slots`` client-streaming calls at once, each cancelled after ``idle_seconds`` without a message."""
+    """At most ``slots`` client-streaming calls at once, each cancelled after ``idle_seconds`` without a message or
+    ``max_seconds`` open, whichever comes first."""
 
-    def __init__(self, slots: int, idle_seconds: float, workers: int) -> None:
+    def __init__(self, slots: int, idle_seconds: float, workers: int, max_seconds: float) -> None:
         self.slots = slots
         self.idle_seconds = idle_seconds
+        self.max_seconds = max_seconds
         self.workers = workers
         self._free = threading.BoundedSemaphore(slots)
         self._open: set[_Waiting] = set()
@@ -102,9 +106,17 @@ class StreamGuard(grpc.ServerInterceptor):
             self._open.discard(waiting)
             self._free.release()
 
+    def _expired(self, waiting: _Waiting, now: float) -> str | None:
+        """Why ``waiting`` is to be cancelled now ("idle" or "too_long"), or None; never while the server works on it."""
+        if waiting.since is None:
+            return None
+        if now - waiting.since > self.idle_seconds:
+            return "idle"
+        return "too_long" if now - waiting.opened > self.max_seconds else None
+
     def _watch(self) -> None:
-        """Cancel the streams idle too long; ends when none is open (the next one starts it again)."""
-        tick = min(1.0, self.idle_seconds / 4)
+        """Cancel the streams waited on too long; ends when none is open (the next one starts it again)."""
+        tick = min(1.0, self.idle_seconds / 4, self.max_seconds / 4)
         while True:
             time.sleep(tick)
             now = time.monotonic()
@@ -112,9 +124,10 @@ class StreamGuard(grpc.ServerInterceptor):
                 if not self._open:
                     self._watchdog = None
                     return
-                idle = [w for w in self._open if w.since is not None and now - w.since > self.idle_seconds]
-                for waiting in idle:  # free before cancelling: a client told CANCELLED may retry at once
+                expired = [(w, why) for w in self._open if (why := self._expired(w, now)) is not None]
+                for waiting, _ in expired:  # free before cancelling: a client told CANCELLED may retry at once
                     self._release(waiting)
-            for waiting in idle:
-                log.warning("event=stream_idle_cancelled method=%s seconds=%g", waiting.method, self.idle_seconds)
+            for waiting, why in expired:
+                seconds = self.idle_seconds if why == "idle" else self.max_seconds
+                log.warning("event=stream_%s_cancelled method=%s seconds=%g", why, waiting.method, seconds)
                 waiting.context.cancel()  # the blocked read raises, and the handler thread ends

@@ -284,6 +284,18 @@ def test_a_batch_write_parquet_writes_is_one_read_parquet_reads(tmp_path, weight
     assert not path.exists()
 
 
+def test_write_parquet_refuses_ids_that_repeat(tmp_path):
+    """write_parquet wrote a file with one id on two vectors, which `lsr index --vectors` refused only later (one id
+    keys one vector there); now the write names the repeated ids and leaves no file."""
+    batch = SparseBatch(np.array([0, 1, 2, 3]), np.array([1, 2, 5]), np.array([0.5, 1.0, 1.0]), 10)
+    path = tmp_path / "vectors.parquet"
+    with pytest.raises(ValueError, match=r"ids repeat: \['a'\]; each vector needs its own id"):
+        batch.write_parquet(path, ids=["a", "b", "a"])
+    assert not path.exists()
+    batch.write_parquet(path, ids=["a", "b", "c"])
+    assert SparseBatch.read_parquet(path)[1] == ["a", "b", "c"]
+
+
 def test_vocab_size_is_a_whole_number_that_survives_a_round_trip(tmp_path):
     """A vocab_size of 10.0 was kept and written as "10.0", which read_parquet could not parse back; None and "10"
     failed inside numpy, and 0 as "term id 0 outside the vocabulary [0, 0)" for a batch with no terms at all."""

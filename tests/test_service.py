@@ -461,7 +461,7 @@ def test_a_size_limit_of_zero_is_one_line_naming_the_flag(collections, capsys, f
         err = capsys.readouterr().err
         assert err == f"lsr serve: error: {flag} must be at least 1 KiB (0.001) and under 2048 MB, got {value}\n"
     for other, value, says in [("--batch-window-ms", "nan", "[0, 10000)"), ("--grace", "nan", "[0, 86400)"),
-                               ("--stream-idle-s", "0", "(0, 86400)")]:  # NaN passed "< 0": searches waited forever
+                               ("--stream-idle-s", "0", "(0, 86400)"), ("--stream-max-s", "nan", "(0, 86400)")]:  # NaN passed "< 0": searches waited forever
         assert main(["serve", str(collections["hybrid"]), other, value]) == 2
         assert capsys.readouterr().err == f"lsr serve: error: {other} must be in {says}, got {value}\n"
 

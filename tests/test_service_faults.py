@@ -334,6 +334,32 @@ def test_stalled_client_streams_cannot_take_every_thread(collection, tmp_path):
         server.kill()
 
 
+def test_a_stream_that_trickles_within_the_idle_limit_is_cancelled_at_the_stream_limit(collection, tmp_path):
+    """One small document a second, each inside --stream-idle-s, held an upsert stream slot for as long as the client
+    liked (10,000 documents: hours); past --stream-max-s it is cancelled like an idle one, and nothing of it is
+    applied."""
+    server = ServerProcess(shutil.copytree(collection, tmp_path / "col"), "--workers", "4", "--stream-idle-s", "5",
+                           "--stream-max-s", "3").wait_listening()
+
+    def trickle():
+        for i in range(30):
+            yield pb.UpsertRequest(documents=[pb.Document(id=f"trickle-{i}", text="quokka")])
+            time.sleep(0.5)
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            _stub(server.address).Upsert(trickle(), timeout=60)
+        assert err.value.code() == grpc.StatusCode.CANCELLED and time.monotonic() - started < 10
+        server.wait_for_line(lambda line: "event=stream_too_long_cancelled method=/lsr.v1.SearchService/Upsert" in line)
+        with server.client() as c:
+            assert c.stats(timeout=10)["num_docs"] == N_DOCS
+            c.upsert(["after"], ["quokka habitat"], timeout=30)  # the slot is free again
+            assert c.stats(timeout=10)["num_docs"] == N_DOCS + 1
+    finally:
+        server.kill()
+
+
 def test_a_cancelled_upsert_stream_is_abandoned_not_internal(server):
     """A client that cancels mid-stream (or whose deadline passes) made the read raise RpcError inside the handler:
     logged as an internal error with a traceback, and not counted as abandoned."""

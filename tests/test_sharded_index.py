@@ -229,6 +229,31 @@ def test_tied_documents_are_kept_by_doc_id_sharded_or_not(tmp_path):
             searcher.doc(None)
 
 
+def test_a_closed_searcher_refuses_searches_writes_and_lookups_sharded_or_not(unsharded, sharded, tmp_path):
+    """After close() a local searcher still answered, and took writes that only its journal kept; a sharded one failed
+    deep in a stopped shard. Both now refuse every call in one line, as a closed file does; `with` closes them."""
+    import shutil
+
+    from lsr.search.searcher import Searcher
+    from lsr.service.coordinator import ShardedSearcher
+
+    one, three = (shutil.copytree(c, tmp_path / name) for c, name in ((unsharded, "one"), (sharded, "three")))
+    opened = (Searcher.open(one, threads=1, device="cpu"),
+              ShardedSearcher.open(three, in_process=True, threads=1, device="cpu"))
+    for searcher in opened:
+        with searcher as same:
+            assert same is searcher and searcher.search("heart", k=1).hits
+        searcher.close()  # a second close does nothing
+        calls = (lambda: searcher.search("heart", k=1), lambda: searcher.search_batch(["heart"], k=1),
+                 lambda: searcher.search_encoded({5: 1.0}, None), lambda: searcher.upsert(["new"], ["heart text"]),
+                 lambda: searcher.delete(["new"]), lambda: searcher.doc("new"))
+        for call in calls:
+            with pytest.raises(ValueError, match=r"^this Searcher is closed; open the collection again"):
+                call()
+    with Searcher.open(one, threads=1, device="cpu") as reopened, pytest.raises(KeyError):
+        reopened.doc("new")  # the refused upsert wrote nothing
+
+
 def _garble_texts(shard: Path) -> Path:
     """Rewrite a shard's build texts as a valid parquet file with other words: a flipped byte that still decodes."""
     import pyarrow.parquet as pq

@@ -62,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds a client stream (an upsert, a reflection session) may send nothing before the "
                         "server cancels it (the client gets CANCELLED; nothing of an upsert is applied) and frees its "
                         "handler thread (default 60); at most a quarter of --workers such streams are open at once")
+    p.add_argument("--stream-max-s", type=float, default=600.0,
+                   help="seconds a client stream may stay open while the server waits on it, however often it sends "
+                        "(default 600: 64 MiB, an upsert's limit, at 1 Mbit/s); past it the stream is cancelled as an "
+                        "idle one is")
     sharded = p.add_argument_group("sharded collections")
     sharded.add_argument("--ray-address", metavar="ADDRESS",
                          help="Ray cluster for the shard servers: auto, HOST:PORT or ray://HOST:PORT (default: start a local instance)")
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=read_token(args.auth_token_file),
         grace_seconds=args.grace, stream_idle_seconds=args.stream_idle_s,
+        stream_max_seconds=args.stream_max_s,
     )
     if args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")

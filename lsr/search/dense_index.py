@@ -38,6 +38,7 @@ from lsr.files import (
     NUMPY_LOADS, CorruptFileError, atomic_write, check_record, file_record, file_sha256, fsync_dir, parquet_ids,
     read_sealed_json, sealed,
 )
+from lsr.sparse import repeated_ids
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU-feature probe at INFO
 
@@ -152,8 +153,8 @@ class DenseIndex:
         ids = [str(i) for i in ids]
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
-        if len(set(ids)) != len(ids):
-            raise ValueError("duplicate ids in one add() call")
+        if repeated := repeated_ids(ids):
+            raise ValueError(f"duplicate ids in one add() call: {repeated}")
         self.remove([i for i in ids if i in self._row])
         start = self._rows
         with self._lock.exclusive():

@@ -37,7 +37,7 @@ from lsr.search.fusion import FUSIONS, RRF_K, Ranking, fuse, interpolate, rank
 from lsr.search.legs import Legs, ViewLegs
 from lsr.search.models import DTYPE_CHOICES, SearchModels
 from lsr.search.prf import rocchio, vector_prf
-from lsr.sparse import QUERY_SCALE, SparseBatch, as_id, check_ids, id_list, is_real, is_whole, short_repr
+from lsr.sparse import QUERY_SCALE, SparseBatch, as_id, check_ids, id_list, is_real, is_whole, repeated_ids, short_repr
 
 MODES = ("sparse", "dense", "hybrid", "bm25")
 AUTO = "auto"  # the CLI's default mode: hybrid over every leg the collection has, or sparse when SPLADE is its only one
@@ -198,6 +198,7 @@ class Searcher:
         self.collection = collection
         self.models = models
         self._write_lock = threading.Lock()
+        self._closed = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -260,8 +261,26 @@ class Searcher:
 
     def close(self) -> None:
         """Release what serving holds beyond memory: save the collection's dense rows only its journal holds (a
-        sharded searcher stops its shard servers)."""
+        sharded searcher stops its shard servers). Later searches, writes and lookups are refused, as a closed
+        file's are; closing again does nothing."""
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
         self.collection.close()
+
+    def check_open(self) -> None:
+        """ValueError once ``close`` has run: a write after it was kept only in the journal, and a search of a
+        sharded collection failed deep in a stopped shard."""
+        if self._closed:
+            raise ValueError("this Searcher is closed; open the collection again (Searcher.open)")
+
+    def __enter__(self) -> "Searcher":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     @property
     def search_defaults(self) -> dict:
@@ -341,6 +360,7 @@ class Searcher:
     def doc(self, doc_id: str) -> str:
         """The stored text of a document; KeyError for an unknown or deleted id, TypeError for what is no id (None
         was looked up as "None", a list as "['4983']")."""
+        self.check_open()
         doc_id = as_id(doc_id)
         (text,) = self.collection.text([doc_id])
         if text is None:
@@ -509,6 +529,7 @@ class Searcher:
         Every stage reads one pinned version of the collection, so a concurrent upsert or delete is
         seen entirely or not at all (per shard when sharded: each shard pins its own version).
         ``source`` replaces those legs (tuning passes a ``FirstPassMemo`` over them)."""
+        self.check_open()
         source = source or self.legs(deadline)
         timings = {} if timings is None else timings
         mode = self.resolve_mode(mode)
@@ -580,6 +601,7 @@ class Searcher:
     # ------------------------------------------------------------------ validation
     def check_request(self, text, sparse, dense, k, mode, hybrid, prf) -> None:
         """Validate a request before any work (the service calls it ahead of micro-batched encoding)."""
+        self.check_open()
         check_options(k, mode, hybrid, prf)
         prf = self.prf_or_default(prf)
         if prf is not None:
@@ -665,13 +687,14 @@ class Searcher:
         this returns. ``deadline`` (``time.monotonic()`` seconds) bounds waiting on remote shards; ``check(stage)``
         runs before every ``UPSERT_CHECK_EVERY`` documents are encoded and before the write, and may raise to drop
         it (the service passes its caller's liveness: nothing is encoded or written for a caller that gave up)."""
+        self.check_open()
         if isinstance(texts, str):
             raise TypeError("texts must be a list of texts, one per id, not one str")
         ids, texts = id_list(ids), list(texts)
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
-        if len(set(ids)) != len(ids):
-            raise ValueError("duplicate ids in one upsert")
+        if repeated := repeated_ids(ids):
+            raise ValueError(f"duplicate ids in one upsert: {repeated}")
         check_ids(ids)
         if not ids:
             return
@@ -699,6 +722,7 @@ class Searcher:
                check: Callable[[str], None] | None = None) -> list[str]:
         """Delete documents; returns the ids that were not in the collection (nothing else changes for them).
         ``deadline`` and ``check`` as in ``store``."""
+        self.check_open()
         ids = id_list(ids)
         with self._writing(deadline, check):
             return self.collection.delete(ids, deadline=deadline, check=check)
@@ -707,6 +731,7 @@ class Searcher:
     def _writing(self, deadline: float | None, check: Callable[[str], None] | None) -> Iterator[None]:
         """This process's writes one at a time, each waiting no longer than its caller's deadline: a server's
         handler threads all waited on one write held up by another process, health checks' threads too."""
+        self.check_open()
         timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._write_lock.acquire(timeout=timeout):
             if check is not None:
