@@ -205,3 +205,20 @@ def test_tls_to_a_plain_server_is_one_line_that_says_so(built):
     assert done.stderr.strip() == (f"lsr query: error: no server answered over TLS at {server.address} within 3 s; is "
                                    "`lsr serve` running there with --tls-cert (a plain server never finishes a TLS "
                                    "handshake)?")
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["index", "", "out"], "SOURCE"), (["index", "docs.jsonl", ""], "COLLECTION"), (["train", "pairs.jsonl", ""], "OUT"),
+    (["train", "", "out"], "DATA"), (["search", "", "q"], "COLLECTION"), (["upsert", "docs.jsonl", ""], "COLLECTION"),
+    (["doc", "", "1"], "COLLECTION"), (["eval", "run.trec", ""], "QRELS"), (["tune", "", "--dataset", "scifact"], "COLLECTION"),
+    (["serve", ""], "COLLECTION"), (["verify", ""], "COLLECTION"),
+])
+def test_an_empty_path_argument_is_refused_not_read_as_the_current_folder(argv, name, tmp_path, monkeypatch, capsys):
+    """"" was read as ".": `lsr train data.jsonl ""` wanted to write its model into the current folder, `lsr index ""`
+    read every dataset below it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert f"lsr {argv[0]}: error: argument {name}: an empty path; name a file or folder" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

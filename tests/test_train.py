@@ -232,6 +232,35 @@ def test_kill_9_while_the_model_folder_is_written_leaves_nothing_loadable_and_re
     assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # transformers left it 0600
 
 
+def test_a_stop_during_the_closing_eval_prints_the_resume_command_and_the_resume_finishes(tiny_beir, tmp_path):
+    """SIGTERM (or Ctrl-C) while the trained model was scored printed a bare "terminated": OUT held a checkpoint and
+    no summary, a rerun was refused as an unfinished run, and nothing said --resume finishes it."""
+    import shutil
+
+    evalset = shutil.copytree(tiny_beir, tmp_path / "evalset")
+    shutil.copy(evalset / "qrels" / "dev.tsv", evalset / "qrels" / "test.tsv")
+    for attempt in range(3):  # the closing eval lasts about a second: on a busy machine the poll may miss it
+        out = tmp_path / f"model-{attempt}"
+        command = _train_command(tiny_beir, out, "--eval", str(evalset))
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while not (out / "config.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=300)[1]
+        if proc.returncode == 128 + signal.SIGTERM:
+            break
+        assert proc.returncode == 0, err  # it had finished before the signal came
+    else:
+        pytest.fail("each run had finished before it could be stopped in its closing eval")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted (SIGTERM) after step ") and "while writing the model and its scores" in last
+    assert last.endswith("--resume") and not (out / "lsr_train.json").exists() and (out / "checkpoint.pt").exists()
+    done = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "lsr_train.json").read_text())["eval"] and not (out / "checkpoint.pt").exists()
+
+
 def test_a_second_export_cut_short_leaves_no_config_beside_the_first_exports_files(tmp_path, monkeypatch):
     """A --max-minutes run resumed exports into a folder that holds the first export: a kill between two renames
     left the old config.json beside new weights, a mix that loaded without error. Now config.json goes first."""
@@ -329,6 +358,10 @@ def _only_test_split(scifact, folder: Path) -> Path:
     # a contrastive loss of 0: the run trained only sparsity and exited 0
     ("one-example", 'nothing to learn from: with one example a query has no in-batch negatives, and '),
     ("batch-size-1", "nothing to learn from: with --batch-size 1 a query has no in-batch negatives, and --hard-negatives 0"),
+    # every in-batch document was masked as relevant: the same query, or the same positive, in every row
+    ("one-query", "nothing to learn from: with every positive relevant to every query (one query, or one positive, in "
+                  "all the rows) a query has no in-batch negatives, and "),
+    ("one-positive", "nothing to learn from: with every positive relevant to every query"),
     ("eval-unknown", "unknown BEIR dataset 'nosuchdataset'"),  # after the model loaded, leaving an empty OUT
     ("damaged-gzip", "pairs.jsonl.gz is not a whole gzip file"),  # was taken for a BEIR name: "not a BEIR folder"
     ("negative-is-positive", "line 1: 'negatives' holds the positive itself"),  # silently no negative for the row
@@ -339,6 +372,10 @@ def _only_test_split(scifact, folder: Path) -> Path:
     ("eval-trained-split", "beir scores the test split this run trains on"),
     ("jsonl-with-split", "--split does nothing here: "),  # ignored: the rows were trained on as if it were not given
     ("jsonl-with-data-dir", "--data-dir does nothing here: "),
+    # taken and ignored, then a --resume that changed them was refused as a change of settings
+    ("dev-every-without-dev", "--dev-every, --patience do nothing here: this run has no held-out split to validate on"),
+    ("accumulate-huge", "--accumulate 1000000000 is more than the 1 batch of --batch-size 16 in an epoch of 2 examples"),
+    ("json-name", "pairs.json is neither a training file (named .jsonl or .jsonl.gz) nor a BEIR .zip or .tar.gz archive"),
 ])
 def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
     data, extra = tmp_path / "pairs.jsonl", []
@@ -361,6 +398,16 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"], "scores": [1e308, 1.0]}))
     elif case == "not-utf8":
         data.write_bytes(b"\xef\xbb\xbf" + json.dumps({"query": "q", "positive": "p"}).encode() + b"\n{\"\xff\"}\n")  # a BOM is fine
+    elif case == "accumulate-huge":  # one step looped over 10^9 empty micro-batches, deaf to SIGTERM for minutes
+        data.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"p{i}"}) + "\n" for i in range(2)))
+        extra = ["--accumulate", "1000000000"]
+    elif case == "json-name":  # was "not a BEIR folder, .zip or .tar.gz archive"
+        data = tmp_path / "pairs.json"
+        data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"]}) + "\n")
+    elif case in ("one-query", "one-positive"):
+        data.write_text("".join(json.dumps({"query": "red fruit" if case == "one-query" else f"red fruit {i}",
+                                            "positive": f"apple {i}" if case == "one-query" else "an apple"}) + "\n"
+                                for i in range(8)))
     elif case == "no-positive":
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": "q"}) + "\n")
     elif case == "lone-surrogate":
@@ -373,7 +420,8 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
                  "flops-inf": ["--flops-doc", "inf"], "checkpoint-every-0": ["--checkpoint-every", "0"],
                  "max-length-1024": ["--max-length", "1024"], "out-under-a-file": [], "one-example": [],
                  "batch-size-1": ["--batch-size", "1", "--hard-negatives", "0"], "eval-unknown": ["--eval", "nosuchdataset"],
-                 "jsonl-with-split": ["--split", "dev"], "jsonl-with-data-dir": ["--data-dir", str(tmp_path)]}.get(case, ["--negatives", "model"])
+                 "jsonl-with-split": ["--split", "dev"], "jsonl-with-data-dir": ["--data-dir", str(tmp_path)],
+                 "dev-every-without-dev": ["--dev-every", "10", "--patience", "5"]}.get(case, ["--negatives", "model"])
     out = tmp_path / "out"
     if case == "out-under-a-file":
         out = data / "model"
@@ -427,7 +475,16 @@ def test_a_loss_that_stops_being_finite_stops_the_run_before_the_weights_and_wri
                  "--max-length", "32", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lsr train: error: step ") and "not finite" in err and len(err.splitlines()) == 1
+    assert "nothing was written: lower --lr" in err
     assert not (out / "model.safetensors").exists()
+    # A checkpoint of the wrecked weights was written at step 1, yet the line said nothing was; and the progress bar
+    # was drawn again after the error, which was glued onto its line.
+    again = tmp_path / "again"
+    assert main(["train", str(data), str(again), "--lr", "1e30", "--epochs", "3", "--batch-size", "4",
+                 "--max-length", "32", "--checkpoint-every", "1"]) == 2
+    last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+    assert last.startswith("lsr train: error: step 2: the loss or its gradient is not finite"), last
+    assert f"{again}'s checkpoint (step 1) holds the weights before it, which may already have diverged" in last
 
 
 def test_inference_free_trains_documents_against_idf_queries_and_exports_the_table(examples, tmp_path):
@@ -788,8 +845,30 @@ def test_a_resume_from_a_model_folder_whose_files_changed_is_refused(examples, t
     shutil.copytree(resolve_model("splade-tiny"), folder)
     config = _checkpointed(examples, tmp_path / "run", model=str(folder))
     (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")
-    with pytest.raises(ValueError, match="the --model folder's files differ"):
+    with pytest.raises(ValueError, match="the --model folder's files"):
         train(fresh_model(), examples, tmp_path / "run", config, progress=False, resume=True)
+
+
+def test_a_resume_in_another_dtype_or_thread_count_is_refused_naming_both_values(examples, tmp_path):
+    """Resumed in bf16 (or with another --threads, as the default is on a machine with more cores), a run ended with
+    other weights than the uninterrupted one and its summary named only the last dtype; the flags that differ are
+    named with their values then and now (a changed --lr was named without either)."""
+    from dataclasses import replace
+
+    config = _checkpointed(examples, tmp_path / "run")
+    bf16 = TrainableSplade.load("splade-tiny", device="cpu", dtype="bf16", max_length=64, query_max_length=16)
+    with pytest.raises(ValueError, match=r"other settings or data \(--dtype fp32 then, bf16 now\); resume with"):
+        train(bf16, examples, tmp_path / "run", config, progress=False, resume=True)
+    model = fresh_model()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(ValueError, match=r"\(--threads 2 then, 1 now\)"):
+            train(model, examples, tmp_path / "run", config, progress=False, resume=True)
+    finally:
+        torch.set_num_threads(2)
+    with pytest.raises(ValueError, match=r"\(--lr 0.0001 then, 0.001 now\)"):
+        train(fresh_model(), examples, tmp_path / "run", replace(config, lr=1e-3), progress=False, resume=True)
+    assert train(fresh_model(), examples, tmp_path / "run", config, progress=False, resume=True).stopped == "finished"
 
 
 def test_a_checkpoint_write_cut_short_leaves_an_out_a_new_run_can_use(examples, tmp_path, capfd):

@@ -13,11 +13,13 @@ import argparse
 import json
 from pathlib import Path
 
+from lsr.cli.main import path_argument
+
 HELP = "print a stored document of a collection by id"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("collection", metavar="COLLECTION", help="folder written by `lsr index`")
+    p.add_argument("collection", type=path_argument, metavar="COLLECTION", help="folder written by `lsr index`")
     p.add_argument("ids", nargs="+", metavar="ID", help="document id(s)")
     p.add_argument("--json", action="store_true", help="print {id: text} as JSON")
 

@@ -22,12 +22,14 @@ import argparse
 import json
 import sys
 
+from lsr.cli.main import path_argument
+
 HELP = "score TREC run files against qrels (nDCG@10, Recall@100, MRR@10, MAP@100), with significance tests"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="TREC run file")
-    p.add_argument("qrels", metavar="QRELS", help="TREC qrels or BEIR qrels TSV")
+    p.add_argument("run", type=path_argument, metavar="RUN", help="TREC run file")
+    p.add_argument("qrels", type=path_argument, metavar="QRELS", help="TREC qrels or BEIR qrels TSV")
     p.add_argument("--compare", nargs="+", default=[], metavar="OTHER",
                    help="other runs to score beside RUN, with their difference from it and its p-value")
     p.add_argument("--per-query", action="store_true",

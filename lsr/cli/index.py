@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lsr.files import FolderBusyError
 from lsr.cli.device import add_device_arguments, device_options
-from lsr.cli.main import flags_given, refuse_unused
+from lsr.cli.main import flags_given, path_argument, refuse_unused
 
 HELP = "index a corpus (BEIR folder/archive, JSONL, Parquet, CSV, text) into a searchable collection"
 
@@ -37,8 +37,8 @@ def _fields(value: str) -> tuple[str, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv or .txt")
-    p.add_argument("out", metavar="COLLECTION", help="collection folder to create")
+    p.add_argument("source", type=path_argument, metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv or .txt")
+    p.add_argument("out", type=path_argument, metavar="COLLECTION", help="collection folder to create")
     p.add_argument("--model", default=None,
                    help="SPLADE model name, hub id or folder (default: splade-tiny, or what a --pre-encoded file names)")
     p.add_argument("--dense", default="minilm", help="dense model for hybrid search, or 'none' (default: minilm)")

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import NoReturn
 
 from lsr.files import MachineStateError
@@ -106,6 +107,19 @@ def flags_given(args: argparse.Namespace, *dests: str) -> list[str]:
     """The flags among ``dests`` set to other than their defaults, as typed (``--shard-cpus``): a verb refuses those
     that would do nothing the way it was called, rather than ignore them."""
     return [f"--{dest.replace('_', '-')}" for dest in dests if getattr(args, dest) != args._parser.get_default(dest)]
+
+
+def path_argument(text: str) -> str:
+    """A file or folder given as a positional argument: "" was read as the current folder (`lsr train data.jsonl ""`
+    tried to write its model into ".", `lsr index ""` read every dataset below it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; name a file or folder")
+    return text
+
+
+def folder_argument(text: str) -> Path:
+    """``path_argument`` as a Path."""
+    return Path(path_argument(text))
 
 
 def refuse_unused(flags: list[str], why: str) -> None:

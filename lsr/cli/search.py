@@ -31,13 +31,13 @@ from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, lazy_device_options
 from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, chosen_mode, hybrid_options, prf_options
-from lsr.cli.main import flags_given, refuse_unused
+from lsr.cli.main import flags_given, path_argument, refuse_unused
 
 HELP = "search a collection in-process and print the hits"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("collection", metavar="COLLECTION", help="folder written by `lsr index`")
+    p.add_argument("collection", type=path_argument, metavar="COLLECTION", help="folder written by `lsr index`")
     p.add_argument("query", nargs="*",
                    help="query text (or --topics; with neither, queries are read from standard input, one per line)")
     p.add_argument("--topics", metavar="FILE", help="search every query of a TSV/JSONL topics file (needs --output)")

@@ -28,13 +28,13 @@ from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, device_options
 from lsr.cli.endpoint import read_token
-from lsr.cli.main import flags_given, refuse_unused
+from lsr.cli.main import flags_given, folder_argument, refuse_unused
 
 HELP = "serve a collection over gRPC"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("collection", type=Path, metavar="COLLECTION", help="a collection made by `lsr index`")
+    p.add_argument("collection", type=folder_argument, metavar="COLLECTION", help="a collection made by `lsr index`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one and logs it)")
     p.add_argument("--workers", type=int, default=64, help="requests served concurrently (default 64)")

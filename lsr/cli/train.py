@@ -51,7 +51,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
-from lsr.cli.main import flags_given, refuse_unused
+from lsr.cli.main import flags_given, path_argument, refuse_unused
 from lsr.files import check_folder_writable
 
 HELP = "fine-tune a SPLADE model on a BEIR train split or JSONL pairs (contrastive + FLOPS)"
@@ -61,8 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from lsr.train.config import FLOPS_DOC, FLOPS_DOC_INFERENCE_FREE, NEGATIVE_MINERS, TrainConfig
 
     d = TrainConfig()
-    p.add_argument("data", metavar="DATA", help="BEIR name/folder/archive, or a .jsonl(.gz) of query/positive/negatives rows")
-    p.add_argument("out", metavar="OUT", help="model folder to write (must be new or empty unless --resume)")
+    p.add_argument("data", type=path_argument, metavar="DATA", help="BEIR name/folder/archive, or a .jsonl(.gz) of query/positive/negatives rows")
+    p.add_argument("out", type=path_argument, metavar="OUT", help="model folder to write (must be new or empty unless --resume)")
     p.add_argument("--model", default=d.model, help=f"starting SPLADE model (default: {d.model})")
     p.add_argument("--split", default="train", help="BEIR qrels split to train on (default: train)")
     p.add_argument("--data-dir", default=None, help="folder holding BEIR datasets (before $LSR_BEIR_DIR)")
@@ -153,8 +153,12 @@ def run(args: argparse.Namespace) -> int:
     _check_lengths(config)
     encoding = device_options(args, concrete_dtype=True)  # one SPLADE model: its report names the dtype it ran
     from lsr.train.data import load_examples, model_miner
+    from lsr.train.loop import check_accumulate
 
+    _check_data_file(args.data)
     dev_split = _dev_split(args)  # before any mining, so a missing split fails at once
+    if dev_split is None:  # they were taken and ignored, then refused a --resume that changed them
+        refuse_unused(flags_given(args, "dev_every", "patience"), "this run has no held-out split to validate on (--dev-split)")
     _check_eval_datasets(args.eval, args.data_dir)
     _check_eval_held_out(args, dev_split)
     model = None
@@ -163,24 +167,50 @@ def run(args: argparse.Namespace) -> int:
     examples = load_examples(args.data, args.split, data_dir=args.data_dir,
                              miner=None if model is None else model_miner(model.encoder, progress=not args.quiet))
     _check_negatives(config, examples, args.data)
+    check_accumulate(config, len(examples))  # before any scoring or model load
     say(f"{len(examples):,} training example{'s' * (len(examples) != 1)} from {args.data}")
     return _train(args, config, examples, out, encoding, say, model or _load(config, encoding), dev_split)
 
 
-def _check_negatives(config, examples: list, data: str) -> None:
-    """A query with no negative has a contrastive loss of 0: such a run trained only the FLOPS term (sparser, no
-    better) and exited 0. Negatives come from the other queries of a batch, or from each example's own list."""
+def _check_data_file(data: str) -> None:
+    """A DATA file is training rows (named .jsonl or .jsonl.gz) or a BEIR archive: JSONL rows in pairs.json were
+    refused as "not a BEIR folder, .zip or .tar.gz archive", which never said how a training file is recognised."""
+    import tarfile
+    import zipfile
+
     from lsr.train.data import is_jsonl
 
-    in_batch = min(config.batch_size, len(examples)) > 1
-    own = config.hard_negatives > 0 and any(example.negatives for example in examples)
+    path = Path(data)
+    if path.is_file() and not is_jsonl(data) and not (zipfile.is_zipfile(path) or tarfile.is_tarfile(path)):
+        raise ValueError(f"{data} is neither a training file (named .jsonl or .jsonl.gz) nor a BEIR .zip or .tar.gz "
+                         "archive; name a file of JSONL training rows .jsonl")
+
+
+def _check_negatives(config, examples: list, data: str) -> None:
+    """A query with no negative has a contrastive loss of 0: such a run trained only the FLOPS term (sparser, no
+    better) and exited 0. Negatives come from the other examples' positives in a batch, unless judged relevant to
+    the query (so rows that all share one query, or one positive, give none), or from each example's own list."""
+    from lsr.train.data import is_jsonl
+    from lsr.train.loop import relevant_by_query
+
+    relevant = relevant_by_query(examples)
+    documents = {doc for example in examples for doc in example.positives}
+    others = any(len(judged & documents) < len(documents) for judged in relevant.values())
+    in_batch = min(config.batch_size, len(examples)) > 1 and others
+    own = config.hard_negatives > 0 and any(negative not in relevant[example.query]
+                                            for example in examples for negative in example.negatives)
     if not (in_batch or own):
-        raise ValueError(f"nothing to learn from: with {'--batch-size 1' if config.batch_size == 1 else 'one example'} "
+        few = config.batch_size == 1 or len(examples) == 1
+        why = ("with --batch-size 1" if config.batch_size == 1 else "with one example" if len(examples) == 1 else
+               "with every positive relevant to every query (one query, or one positive, in all the rows)")
+        remedy = ("use a --batch-size of 2 or more (and more than one example)" if few else
+                  "give rows with other queries and other positives")
+        raise ValueError(f"nothing to learn from: {why} "
                          "a query has no in-batch negatives, and "
                          + ("--hard-negatives 0 draws none of its own" if config.hard_negatives == 0 else
                             f"{data} gives no \"negatives\"" if is_jsonl(data) else
                             f"{data}'s corpus holds no unjudged document to mine as one")
-                         + "; use a --batch-size of 2 or more (and more than one example), or give negatives")
+                         + f"; {remedy}, or give negatives")
 
 
 def _check_eval_datasets(names: list[str], data_dir: str | None) -> None:
@@ -330,28 +360,35 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
         print(f"interrupted ({signal.Signals(result.signal).name}) at step {result.steps} of {result.total_steps}; "
               f"checkpoint in {out / CHECKPOINT_FILE}. Continue with: {resume_command(args._argv)}", file=sys.stderr)
         return 128 + result.signal
-    save_model_folder(model, out)
-    evals = []
-    for dataset, evaluation in evaluations.items():
-        (first, first_by_query), (after, after_by_query) = before[dataset], evaluation()
-        evals.append({"dataset": dataset, "before": first, "after": after,
-                      "p_value": randomization_p(first_by_query, after_by_query),
-                      "test": f"{RANDOMIZATION_TEST} over the test queries' nDCG@10"})
-    summary = {"model": config.model, "data": args.data, "examples": len(examples), "config": asdict(config),
-               "steps": result.steps, "total_steps": result.total_steps, "stopped": result.stopped,
-               "dev_split": dev_split, "dev_scores": result.dev_scores, "kept": result.kept,
-               "train_seconds": round(result.seconds, 1), "wall_seconds": round(time.monotonic() - clock, 1),
-               "first_step": result.history[0] if result.history else None,
-               "last_step": result.history[-1] if result.history else None,
-               "eval": evals, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), **encoding}
-    write_json_atomic(out / "lsr_train.json", summary)
-    if result.stopped != "time limit":  # finished, or the guard ended it: nothing to resume now that the summary is
-        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # written (a Ctrl-C in --eval left no way to get it)
-    print(_summary_text(summary, out))
-    if result.stopped == "time limit":
-        print(f"{out / CHECKPOINT_FILE} is kept (delete it if done); to train on from step {result.steps}: "
-              f"{resume_command(args._argv)}")
-    return 0
+    try:  # the training is done and checkpointed: a stop from here on resumes to export and score
+        save_model_folder(model, out)
+        evals = []
+        for dataset, evaluation in evaluations.items():
+            (first, first_by_query), (after, after_by_query) = before[dataset], evaluation()
+            evals.append({"dataset": dataset, "before": first, "after": after,
+                          "p_value": randomization_p(first_by_query, after_by_query),
+                          "test": f"{RANDOMIZATION_TEST} over the test queries' nDCG@10"})
+        summary = {"model": config.model, "data": args.data, "examples": len(examples), "config": asdict(config),
+                   "steps": result.steps, "total_steps": result.total_steps, "stopped": result.stopped,
+                   "dev_split": dev_split, "dev_scores": result.dev_scores, "kept": result.kept,
+                   "train_seconds": round(result.seconds, 1), "wall_seconds": round(time.monotonic() - clock, 1),
+                   "first_step": result.history[0] if result.history else None,
+                   "last_step": result.history[-1] if result.history else None,
+                   "eval": evals, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), **encoding}
+        write_json_atomic(out / "lsr_train.json", summary)
+        if result.stopped != "time limit":  # finished, or the guard ended it: nothing to resume now that the summary is
+            (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # written (a Ctrl-C in --eval left no way to get it)
+        print(_summary_text(summary, out))
+        if result.stopped == "time limit":
+            print(f"{out / CHECKPOINT_FILE} is kept (delete it if done); to train on from step {result.steps}: "
+                  f"{resume_command(args._argv)}")
+        return 0
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (main's Terminated)
+        stopped_by = signal.SIGINT if type(stop) is KeyboardInterrupt else signal.SIGTERM
+        print(f"interrupted ({stopped_by.name}) after step {result.steps} of {result.total_steps}, while writing the "
+              f"model and its scores; the training is in {out / CHECKPOINT_FILE}. Continue with: "
+              f"{resume_command(args._argv)}", file=sys.stderr)
+        return 128 + stopped_by
 
 
 def _summary_text(summary: dict, out: Path) -> str:

@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 
 from lsr.cli.device import add_device_arguments, device_options
+from lsr.cli.main import path_argument
 
 HELP = "choose a collection's hybrid fusion and PRF on train/dev qrels and store them as its defaults"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("collection", metavar="COLLECTION", help="a collection made by `lsr index` from the dataset's corpus")
+    p.add_argument("collection", type=path_argument, metavar="COLLECTION", help="a collection made by `lsr index` from the dataset's corpus")
     p.add_argument("--dataset", required=True, help="BEIR dataset name, folder or archive whose qrels judge it")
     p.add_argument("--data-dir", default=None,
                    help="folder holding NAME/, NAME.zip or NAME.tar.gz (looked in before $LSR_BEIR_DIR, "

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_flags
+from lsr.cli.main import path_argument
 from lsr.ingest.layout import is_collection_dir
 
 HELP = "add or replace documents of a collection (or a running server) from a corpus file"
@@ -37,8 +38,8 @@ WRITE_EVERY = 256  # documents per write: a Ctrl-C loses at most their encoding 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from lsr.ingest.corpus import ON_ERROR
 
-    p.add_argument("source", metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv or .txt")
-    p.add_argument("collection", metavar="COLLECTION", nargs="?",
+    p.add_argument("source", type=path_argument, metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv or .txt")
+    p.add_argument("collection", type=path_argument, metavar="COLLECTION", nargs="?",
                    help="collection folder written by `lsr index` (or give --endpoint)")
     p.add_argument("--fields", help="text fields joined with a space, in order (default: those the collection was "
                                      "built from; title,text with --endpoint; as `lsr index`, pyserini's contents when "

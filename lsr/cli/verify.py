@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lsr.cli.main import folder_argument
+
 HELP = "check every file of a collection (checksums) and that its stores agree"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("collection", type=Path, metavar="COLLECTION",
+    p.add_argument("collection", type=folder_argument, metavar="COLLECTION",
                    help="a collection made by `lsr index` (a sharded one: every shard)")
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -44,26 +44,57 @@ class TrainResult:
     signal: int | None = None  # what interrupted the run: SIGINT or SIGTERM
 
 
-def fingerprint(config: TrainConfig, examples: list[Example], validation: str | None = None) -> dict:
+def fingerprint(config: TrainConfig, examples: list[Example], validation: str | None = None,
+                numerics: dict | None = None) -> dict:
     """What a resume must match: the settings, the exact data, what a folder ``config.model`` holds (retrained in
-    place, the same name is another start) and what ``validation`` names (the held-out split the guard scores)."""
+    place, the same name is another start), what ``validation`` names (the held-out split the guard scores) and
+    ``numerics`` (``numerics_of``: device, dtype and CPU threads, which change the weights' last bits)."""
     from lsr.encode.models import model_content_key
 
     digest = hashlib.sha256()
     for ex in examples:
         digest.update(json.dumps(asdict(ex)).encode())
     return {"config": asdict(config), "examples": len(examples), "data_sha256": digest.hexdigest(),
-            "model_content": model_content_key(config.model), "validation": validation}
+            "model_content": model_content_key(config.model), "validation": validation, "numerics": numerics}
+
+
+def numerics_of(model: TrainableSplade) -> dict:
+    """Where and how the steps compute: another dtype, device or CPU thread count sums in another order, so a run
+    resumed with one (bf16 after fp32, or on a machine with more cores) ended with other weights, and its summary
+    named only the last dtype."""
+    from lsr.encode.inputs import dtype_name
+
+    cpu = model.device.type == "cpu"
+    return {"device": model.device.type, "dtype": dtype_name(model.autocast_dtype or torch.float32),
+            "threads": torch.get_num_threads() if cpu else None}
+
+
+def _same_run(saved: dict, now: dict) -> bool:
+    """A checkpoint from before ``numerics`` was kept matches on the rest."""
+    return saved == (now if "numerics" in saved else {k: v for k, v in now.items() if k != "numerics"})
 
 
 def _differences(saved: dict, now: dict) -> list[str]:
-    """Which parts of two fingerprints differ, named as a user would look for them."""
+    """Which parts of two fingerprints differ, named as a user would look for them, with both values for a flag."""
     names = {"examples": "the training data", "data_sha256": "the training data", "model_content": "the --model folder's files",
              "validation": "--dev-split"}
-    found = [f"--{key.replace('_', '-')}" for key in sorted(set(saved.get("config", {})) | set(now["config"]))
-             if saved.get("config", {}).get(key) != now["config"].get(key)]
+    found = []
+    for part in ("config", "numerics"):
+        before, after = saved.get(part) or {}, now.get(part) or {}
+        found += [f"--{key.replace('_', '-')} {before.get(key)} then, {after.get(key)} now"
+                  for key in sorted(set(before) | set(after)) if part in saved and before.get(key) != after.get(key)]
     found += [names[key] for key in names if saved.get(key) != now.get(key)]
     return list(dict.fromkeys(found))
+
+
+def check_accumulate(config: TrainConfig, n_examples: int) -> None:
+    """At most an epoch's batches per optimiser step: --accumulate 10^9 made one step loop over a billion empty
+    micro-batches for minutes, deaf to --max-minutes and to SIGTERM."""
+    batches = math.ceil(n_examples / config.batch_size)
+    if config.accumulate > batches:
+        raise ValueError(f"--accumulate {config.accumulate} is more than the {batches:,} batch{'es' * (batches != 1)} "
+                         f"of --batch-size {config.batch_size} in an epoch of {n_examples:,} examples; use at most "
+                         f"{batches:,}")
 
 
 def steps_per_epoch(config: TrainConfig, n_examples: int) -> int:
@@ -226,12 +257,13 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     model ends with the best-scoring weights (see ``Guard``). ``validation`` names what it scores, for the
     resume check."""
     config.check()
+    check_accumulate(config, len(examples))
     if checkpoint_every <= 0:
         raise ValueError(f"--checkpoint-every must be positive, got {checkpoint_every}")
     torch.manual_seed(config.seed)
     for stale in leftovers(out):  # checkpoint writes a kill -9 cut short (the caller holds OUT: none is under way)
         stale.unlink()
-    run = fingerprint(config, examples, validation)
+    run = fingerprint(config, examples, validation, numerics_of(model))
     total = config.epochs * steps_per_epoch(config, len(examples))
     decay = [p for p in model.parameters if p.dim() >= 2]
     plain = [p for p in model.parameters if p.dim() < 2]
@@ -244,19 +276,20 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     guard = Guard(model.parameters, None if validate is None else _in_eval_mode(model, validate), config.dev_every,
                   config.patience, config.collapse_fraction)
     starting = [p.detach().clone() for p in model.parameters] if config.blend < 1 else None  # before a resume restores
-    start, seconds = 0, 0.0
+    start, seconds, checkpointed = 0, 0.0, None
     if resume:
         state = read_checkpoint(out)
         if state is None:
             raise ValueError(f"nothing to resume: {out} holds no checkpoint")
-        if state["run"] != run:
+        if not _same_run(state["run"], run):
             differ = ", ".join(_differences(state["run"], run)) or "the run"
-            raise ValueError(f"{out}'s checkpoint was made with other settings or data ({differ} differ); resume "
-                             "with the same arguments and data, or train into a new folder")
+            raise ValueError(f"{out}'s checkpoint was made with other settings or data ({differ}); resume with the "
+                             "same arguments and data, or train into a new folder")
         try:  # a checkpoint with a good checksum that lsr did not write: one line, not a traceback or a no-op
             restore_checkpoint(state, model.parameters, optimizer)
             guard.load(state["guard"])
             start, seconds = int(state["step"]), float(state["seconds"])
+            checkpointed = start
             if not 0 <= start <= total:
                 raise ValueError(f"step {start} is outside 0..{total}")
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
@@ -265,37 +298,37 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
         log.info("resuming at step %d of %d", start, total)
     guard.start(start)
     flops_warm = int(min(total, steps_per_epoch(config, len(examples))) * config.flops_warmup)  # within the first epoch
-    bar = progress_bar("train", total, initial=start, enabled=progress, unit="step")
     history: list[dict[str, float]] = []
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     step, halt = start, guard.halted  # a checkpoint of a run the guard stopped, kept until its summary was written
     stopped = halt.split(":")[0] if halt else "finished"
     model.train()
-    with _StopOnInterrupt() as interrupt:
+    bar = progress_bar("train", total, initial=start, enabled=progress, unit="step")
+    with bar, _StopOnInterrupt() as interrupt:  # the bar ends its line before an error prints: the error is the last line
         while step < total and halt is None:
             clock = time.perf_counter()
-            stats = _step(model, optimizer, batches.micro_batches(step), config, step, total, flops_warm, doc_term_weights,
-                          relevant, config.score_scale)
+            try:
+                stats = _step(model, optimizer, batches.micro_batches(step), config, step, total, flops_warm,
+                              doc_term_weights, relevant, config.score_scale)
+            except NonFiniteLoss as error:
+                raise _after_non_finite(error, out, checkpointed) from None
             seconds += time.perf_counter() - clock
             step += 1
             history.append({"step": step, **stats})  # after a resume the first is not step 1
             if on_step is not None:
                 on_step(step, stats)
-            dev = {"dev": f"{guard.scores[-1][1]:.4f}"} if guard.scores else {}
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", flops=f"{stats['flops_d']:.1f}",
-                            nnz_q=f"{stats['nnz_q']:.0f}", nnz_d=f"{stats['nnz_d']:.0f}", **dev, refresh=False)
-            bar.update(1)
             halt = guard.after_step(step, stats)
+            _show_step(bar, stats, guard.scores, deadline)
             # a limit that runs out on the last step cut nothing: that run finished (it said "time limit", kept its
             # checkpoint and offered a --resume with no step left to train)
             out_of_time = step < total and deadline is not None and time.monotonic() >= deadline
             # the last step too: a kill while OUT's model folder is written then loses no training (--resume exports)
             if step % checkpoint_every == 0 or step == total or interrupt.requested or out_of_time or halt:
                 save_checkpoint(out, model.parameters, optimizer, step, run, seconds, guard.state())
+                checkpointed = step
             if interrupt.requested or out_of_time or halt:
                 stopped = "interrupted" if interrupt.requested else "time limit" if out_of_time else halt.split(":")[0]
                 break
-    bar.close()
     if halt:
         log.warning("stopped at step %d: %s", step, halt)
     kept = None if stopped == "interrupted" else guard.finish(step, collapsed=stopped == "collapsed")
@@ -305,6 +338,34 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
         blend_weights(model.parameters, starting, config.blend)
     model.train(False)
     return TrainResult(step, total, seconds, stopped, history, guard.scores, kept, interrupt.requested)
+
+
+def _show_step(bar: Any, stats: dict[str, float], scores: list[tuple[int, float]], deadline: float | None) -> None:
+    """Advance the bar by a step: its loss and sparsity, the latest held-out score (this step's when it was just
+    scored; it showed the one before), and under --max-minutes the time left (tqdm's ETA counts the whole schedule:
+    hundreds of millions of hours for a run that stopped after 3 seconds)."""
+    extra = {"dev": f"{scores[-1][1]:.4f}"} if scores else {}
+    if deadline is not None:
+        extra["time_left"] = bar.format_interval(max(0.0, deadline - time.monotonic()))
+    bar.set_postfix(loss=f"{stats['loss']:.3f}", flops=f"{stats['flops_d']:.1f}", nnz_q=f"{stats['nnz_q']:.0f}",
+                    nnz_d=f"{stats['nnz_d']:.0f}", **extra, refresh=False)
+    bar.update(1)
+
+
+class NonFiniteLoss(ValueError):
+    """A step whose loss or gradient is NaN or infinite; ``train`` says what OUT then holds."""
+
+
+def _after_non_finite(error: NonFiniteLoss, out: Path, checkpointed: int | None) -> ValueError:
+    """The one-line error: a checkpoint already in OUT holds weights that may have diverged before this step (a
+    --lr of 1e30 wrecked them at step 1 and failed at step 2, yet the line said nothing was written), and a
+    --resume would only meet the same step again."""
+    remedy = "lower --lr, or look for extreme values in the training data"
+    if checkpointed is None:
+        return ValueError(f"{error}; nothing was written: {remedy}")
+    return ValueError(f"{error}; {out}'s checkpoint (step {checkpointed}) holds the weights before it, which may "
+                      f"already have diverged, and --resume would meet this step again: train into a new folder and "
+                      f"{remedy}")
 
 
 def blend_weights(parameters: list[torch.nn.Parameter], starting: list[torch.Tensor], share: float) -> None:
@@ -348,9 +409,8 @@ def _step(model: TrainableSplade, optimizer: torch.optim.Optimizer, micro_batche
             totals[key] = totals.get(key, 0.0) + value / len(micro_batches)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters, config.clip)
     if not math.isfinite(totals["loss"]) or not torch.isfinite(norm):  # one step would make every weight NaN
-        raise ValueError(f"step {step + 1}: the loss or its gradient is not finite (loss {totals['loss']}); the "
-                         "weights stay as the last checkpoint left them and nothing was written: lower --lr, or "
-                         "look for extreme values in the training data")
+        raise NonFiniteLoss(f"step {step + 1}: the loss or its gradient is not finite (loss {totals['loss']}), so the "
+                            "step was not applied")
     for group in optimizer.param_groups:
         group["lr"] = config.lr * lr_factor(step, total, config.warmup)
     optimizer.step()
