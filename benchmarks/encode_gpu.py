@@ -16,6 +16,13 @@ masked max) on ``SAMPLE`` documents: the share of non-zero entries both agree on
 union) and the norm-wise relative error. Last, ``lsr index`` of SciFact with MiniLM on the GPU, twice (the machine's first run compiles what later ones reuse)
 (model loading included), wall time per stage.
 
+Where the time goes, for the next change: every batch of the cold and warm passes is clocked with its shape (a pass's
+time past its batches' sum is the device waiting for the tokenising thread), a warm pass is split into tokenising,
+padding and device work and profiled (the main thread's top functions; torch.profiler's device busy time and kernel
+launches against the pass), and a third fresh process runs its cold pass after one encode of synthetic documents
+through the whole pipeline (``LSR_BENCH_PIPELINE_WARM_UP=1``): whether a load-time warm-up of the pipeline would
+close the gap between the cold and warm passes.
+
     python benchmarks/encode_gpu.py        # about 3 minutes on one H200; needs CUDA
 
 Writes benchmarks/results/encode_gpu.md and .json, again after each model, so a run cut off at its limit keeps
