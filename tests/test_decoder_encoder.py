@@ -74,3 +74,62 @@ def test_echo_budget_is_halved_once_not_twice(tiny_decoder):
     np.testing.assert_allclose(batch.to_dense()[0], whole, atol=1e-5)
     np.testing.assert_allclose(batch.to_dense()[1], whole, atol=1e-5)  # the ninth token is what was cut
     assert not np.allclose(whole, manual_echo(reference_model, tokenizer, fits, 4), atol=1e-5)
+
+
+def _saved_gpt2(folder, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=128)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_causal_lm_folder_loads_as_a_decoder_encoder_in_the_api_and_every_verb(tiny_decoder, tmp_path, capsys):
+    """`lsr encode/index/search --model` built SpladeEncoder, which refused a Llama folder as no masked LM (yet `lsr
+    train` wrote such folders and said `lsr index --model` loads them), and GPT-2's GPT2LMHeadModel was not taken for
+    a causal LM at all."""
+    import json
+
+    from lsr.cli.main import main
+    from lsr.encode.splade import SpladeEncoder
+
+    model, _, tokenizer = tiny_decoder
+    llama = tmp_path / "llama"
+    LlamaForCausalLM(model.config).save_pretrained(llama)  # the fixture's model lent its head to an encoder
+    tokenizer.save_pretrained(llama)
+    gpt2 = _saved_gpt2(tmp_path / "gpt2", tokenizer)
+    for folder in (llama, gpt2):
+        encoder = SpladeEncoder.from_pretrained(str(folder), device="cpu", max_length=32)
+        assert type(encoder) is DecoderSpladeEncoder and encoder.echo
+        assert encoder.encode_documents(["protein folding"]).nnz > 0
+    assert main(["encode", "--model", str(gpt2), "--max-length", "32", "--json", "enzyme kinetics"]) == 0
+    assert json.loads(capsys.readouterr().out)
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in
+                              enumerate(["protein folding in cells", "enzyme kinetics and rates", "soil bacteria"])))
+    assert main(["index", str(corpus), str(tmp_path / "col"), "--model", str(llama), "--dense", "none",
+                 "--max-length", "32", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "col"), "protein folding", "--mode", "sparse", "--k", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 3
+
+
+def test_a_folder_without_its_tokenizer_or_with_a_larger_one_is_refused_at_load(tiny_decoder, tmp_path):
+    """With no tokenizer files transformers made a 5-token stand-in: every word [UNK], every vector noise, no error.
+    A tokenizer with tokens the model has no rows for failed inside the forward, at the first text holding one."""
+    from lsr.encode.splade import SpladeEncoder
+
+    _, _, tokenizer = tiny_decoder
+    bare = _saved_gpt2(tmp_path / "bare", tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"knows \d+ tokens for the model's 30,522 embedding rows: its folder lacks"):
+        SpladeEncoder.from_pretrained(str(bare), device="cpu")
+    wide = _saved_gpt2(tmp_path / "wide", tokenizer)
+    bigger = AutoTokenizer.from_pretrained(wide)
+    bigger.add_tokens(["zyzzyvase", "quokkanine"])
+    bigger.save_pretrained(wide)
+    with pytest.raises(ValueError, match="has 30,524 tokens, more than the model's 30,522 embedding rows"):
+        SpladeEncoder.from_pretrained(str(wide), device="cpu")

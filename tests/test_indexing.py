@@ -463,3 +463,23 @@ def test_a_build_warms_up_no_length_past_its_documents():
     sparse, _ = load_encoders(IndexOptions(max_length=100, dense_model=None))
     assert sparse.max_length == sparse.query_max_length == 100
     assert max(length for _, length in warm_up_shapes(max(sparse.max_length, sparse.query_max_length))) == 112
+
+
+def test_a_model_folder_given_relative_is_recorded_absolute_and_searches_from_anywhere(tmp_path, monkeypatch, capsys):
+    """`--model mymodel` was stored as typed: a search from another folder said the model was not installed, and from
+    a folder holding another `mymodel` it searched with that model without a word."""
+    from lsr.encode.models import resolve_model
+
+    shutil.copytree(resolve_model("splade-tiny"), tmp_path / "mymodel")
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in
+                                                 enumerate(["aspirin and the heart", "vitamin d and bones"])))
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["index", "docs.jsonl", "col", "--model", "mymodel", "--dense", "none", "--max-length", "32",
+                          "--quiet"]) == 0
+    assert json.loads((tmp_path / "col" / META_FILE).read_text())["model"] == str(tmp_path / "mymodel")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert cli_main(["search", str(tmp_path / "col"), "aspirin heart", "--mode", "sparse", "--k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["doc_id"] == "d0"

@@ -163,6 +163,25 @@ def _edit_weights(edit):
     return change
 
 
+def _edit_wordpiece(**fields):
+    def change(folder):
+        data = json.loads((folder / "tokenizer.json").read_text())
+        data["model"].update(fields)
+        (folder / "tokenizer.json").write_text(json.dumps(data))
+    return change
+
+
+def _declare_special(folder):
+    (folder / "special_tokens_map.json").write_text(json.dumps({"additional_special_tokens": ["[unused0]"]}))
+
+
+def _add_token_in_config(folder):
+    data = json.loads((folder / "tokenizer_config.json").read_text())
+    data.setdefault("added_tokens_decoder", {})["1"] = {"content": "[unused0]", "special": True, "lstrip": False,
+                                                         "rstrip": False, "normalized": False, "single_word": False}
+    (folder / "tokenizer_config.json").write_text(json.dumps(data))
+
+
 def _as_bin(folder):
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
@@ -176,7 +195,12 @@ def _as_bin(folder):
     _edit_weights(lambda w: w.update(extra=torch.zeros(3))),
     _edit_weights(lambda w: w.pop("bert.encoder.layer.1.output.dense.bias")),
     _as_bin,
-], ids=["cased-config", "extra-specials", "gelu-new", "classifier", "unknown-tensor", "missing-tensor", "bin-weights"])
+    # transformers rebuilds WordPiece from the vocabulary with its defaults, and adds the special tokens these declare:
+    # the native tokenizer read tokenizer.json as written, and the vectors differed without a word
+    _edit_wordpiece(max_input_chars_per_word=6), _edit_wordpiece(continuing_subword_prefix="@@"),
+    _declare_special, _add_token_in_config,
+], ids=["cased-config", "extra-specials", "gelu-new", "classifier", "unknown-tensor", "missing-tensor", "bin-weights",
+        "word-length", "subword-prefix", "special-tokens-map", "added-tokens-decoder"])
 def test_folders_it_cannot_vouch_for_are_left_to_transformers(change, tmp_path):
     assert native_bert.load_masked_lm(_copy(tmp_path, change)) is None
 
@@ -212,3 +236,17 @@ def test_an_untied_decoder_loads_its_own_weight(tmp_path):
 def test_an_unknown_backend_is_one_clear_error(encoder, model):
     with pytest.raises(ValueError, match="backend must be one of"):
         encoder.from_pretrained(model, device="cpu", backend="onnx")
+
+
+def test_a_head_without_its_bias_is_named_as_such_not_as_no_splade_model(tmp_path):
+    """It said the checkpoint had no MLM head, "so it is not a SPLADE model; sentence embedders such as MiniLM are
+    dense models", when the head was there and only its bias was missing."""
+    from lsr.encode.models import ModelNotFoundError
+
+    def drop_bias(weights):
+        for key in [k for k in weights if k.startswith("cls.predictions") and k.endswith("bias")]:
+            weights.pop(key)
+
+    folder = _copy(tmp_path, _edit_weights(drop_bias))
+    with pytest.raises(ModelNotFoundError, match=r"head lacks cls\.predictions\.bias.*, which would start from random"):
+        SpladeEncoder.from_pretrained(folder, device="cpu")

@@ -417,7 +417,12 @@ def _summary_text(summary: dict, out: Path) -> str:
         lines.append(f"{scored['dataset']} test nDCG@10 {before['ndcg@10']:.4f} -> {after['ndcg@10']:.4f} "
                      f"({after['ndcg@10'] - before['ndcg@10']:+.4f}, p {scored['p_value']:.4f}, paired randomization "
                      f"test); doc non-zeros {before['doc_nnz']:.1f} -> {after['doc_nnz']:.1f}")
-    lines.append(f"wrote {out} (SpladeEncoder.from_pretrained, lsr index --model, SparseEncoder all load it)")
+    from lsr.encode.splade import is_causal_folder
+
+    loaders = ("SpladeEncoder.from_pretrained and lsr index --model load it as a DecoderSpladeEncoder"
+               if is_causal_folder(str(out)) else "SpladeEncoder.from_pretrained, lsr index --model, SparseEncoder all "
+               "load it")
+    lines.append(f"wrote {out} ({loaders})")
     if summary["config"]["inference_free"]:
         lines.append("inference-free: queries are the IDF weights in idf.json, with no model; searches of a collection "
                      "indexed with it use them by default, and so does SparseEncoder.encode_query")

@@ -23,7 +23,7 @@ from lsr.encode import native_bert, packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad
 from lsr.encode.inputs import (EncodeInfo, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
                                truncated_token_ids)
-from lsr.encode.models import load_with_hint, quiet_loader, resolve_model
+from lsr.encode.models import check_tokenizer_fits, load_with_hint, quiet_loader, resolve_model
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
 
@@ -90,6 +90,7 @@ class DenseEncoder:
                  config: SentenceConfig = SentenceConfig(), device: str | torch.device = "auto",
                  dtype: str | torch.dtype | None = "auto", name: str | None = None) -> None:
         self.device = resolve_device(device)
+        check_tokenizer_fits(tokenizer, model, name or getattr(model, "name_or_path", type(model).__name__))
         self.dtype = resolve_dtype(dtype, self.device, cpu_bf16=True) or next(model.parameters()).dtype
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer

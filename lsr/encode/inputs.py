@@ -106,7 +106,8 @@ def model_max_tokens(folder: str, tokenizer: Any) -> int:
     st_config = _read_json(folder, "sentence_bert_config.json")
     if isinstance(st_config.get("max_seq_length"), int) and st_config["max_seq_length"] > 0:
         return int(st_config["max_seq_length"])
-    limits = [getattr(tokenizer, "model_max_length", None), _read_json(folder, "config.json").get("max_position_embeddings")]
+    config = _read_json(folder, "config.json")  # GPT-2 names its limit n_positions
+    limits = [getattr(tokenizer, "model_max_length", None), config.get("max_position_embeddings", config.get("n_positions"))]
     limits = [int(n) for n in limits if isinstance(n, int) and 0 < n < 100_000]  # tokenizers say 1e30 for "unknown"
     return min(limits) if limits else DEFAULT_MAX_TOKENS
 

@@ -66,6 +66,16 @@ def resolve_model(name_or_path: str) -> str:
     return _hub_cache_folder(name) or name
 
 
+def lasting_name(name_or_path: str) -> str:
+    """How a collection or a vectors file records its model: a local folder as its absolute path (a relative one no
+    longer resolved once a search ran from another folder, or named another model that sat there, without a word);
+    bundled names and hub ids as given."""
+    name = str(name_or_path)
+    if name in BUNDLED or not os.path.isdir(os.path.expanduser(name)):
+        return name
+    return os.path.abspath(os.path.expanduser(name))
+
+
 MODEL_CONTENT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt")
 NOT_MODEL_CONTENT = {"lsr_train.json", "checkpoint.pt"}  # a training run's report and resume state, not the model
 
@@ -109,6 +119,22 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     except OSError:
         return False
     return True
+
+
+def check_tokenizer_fits(tokenizer: Any, model: Any, name: str) -> None:
+    """The tokenizer's ids index the model's embedding rows. A larger tokenizer (tokens added without rows for them)
+    failed inside the forward at the first text holding one, so `lsr index` died partway; a far smaller one is a
+    folder without its tokenizer files, which transformers answers with a 5-token stand-in that makes every word
+    [UNK] and every vector noise."""
+    rows = model.get_input_embeddings().num_embeddings
+    tokens = len(tokenizer.get_vocab())
+    if tokens > rows:
+        raise ValueError(f"the tokenizer of {name} has {tokens:,} tokens, more than the model's {rows:,} embedding "
+                         "rows; give the model its own tokenizer, or resize its embeddings (resize_token_embeddings)")
+    if tokens < rows // 2:
+        raise ValueError(f"the tokenizer of {name} knows {tokens:,} tokens for the model's {rows:,} embedding rows: "
+                         "its folder lacks its tokenizer files (tokenizer.json or vocab.txt); copy them from the model "
+                         "it was trained from")
 
 
 def how_to_fix(name: str) -> str:
@@ -170,6 +196,9 @@ def quiet_loader(auto_cls: Any, *, head_required: bool = False) -> Callable[[str
         with transformers_quiet():
             model, info = auto_cls.from_pretrained(path, output_loading_info=True)
         head = head_required and sorted(k for k in info["missing_keys"] if not k.startswith(f"{model.base_model_prefix}."))
+        if head and all(k.endswith("bias") for k in head):  # a head of its own, missing only what would start random
+            raise ValueError(f"its checkpoint's {type(model).__name__} head lacks {', '.join(head)}, which would start "
+                             "from random values; save the model with its whole head")
         if head:
             raise ValueError(f"its checkpoint has no {type(model).__name__} head ({len(head)} weights missing, such as "
                              f"{head[0]}), so it is not a SPLADE model; sentence embedders such as MiniLM are dense "

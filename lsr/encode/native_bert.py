@@ -150,6 +150,9 @@ class NativeBertModel(_Native):
         self.embeddings = _Embeddings(shape)
         self.encoder = _Layers(shape)
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.word_embeddings
+
 
 class _Transform(nn.Module):
     def __init__(self, shape: BertShape) -> None:
@@ -181,6 +184,9 @@ class NativeBertForMaskedLM(_Native):
         super().__init__(shape, name_or_path)
         self.bert = NativeBertModel(shape, name_or_path)
         self.cls = _MaskedLMHead(shape)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.bert.get_input_embeddings()
 
     def get_output_embeddings(self) -> nn.Module:
         return self.cls.predictions.decoder
@@ -254,10 +260,19 @@ def load_tokenizer(folder: str) -> NativeTokenizer | None:
                            "strip_accents": config.get("strip_accents"), "lowercase": config.get("do_lower_case", True)}
     template = [{"SpecialToken": {"id": specials["cls_token"], "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
                 {"SpecialToken": {"id": specials["sep_token"], "type_id": 0}}]
+    wordpiece = raw.get("model") or {}
+    declared = (_read_json(folder, "special_tokens_map.json") or {}).get("additional_special_tokens")
+    added = {entry.get("content") for entry in (config.get("added_tokens_decoder") or {}).values()
+             if isinstance(entry, dict)}
+    # transformers builds its WordPiece from the vocabulary with the default settings, and adds the special tokens
+    # that special_tokens_map.json and added_tokens_decoder declare: a folder that says otherwise loads with it
     agrees = (raw.get("normalizer") == expected_normalizer
               and raw.get("pre_tokenizer") == {"type": "BertPreTokenizer"}
-              and (raw.get("model") or {}).get("type") == "WordPiece"
-              and (raw.get("model") or {}).get("unk_token") == specials["unk_token"]
+              and wordpiece.get("type") == "WordPiece"
+              and wordpiece.get("unk_token") == specials["unk_token"]
+              and wordpiece.get("continuing_subword_prefix", "##") == "##"
+              and wordpiece.get("max_input_chars_per_word", 100) == 100
+              and not declared and added <= set(specials.values())
               and (raw.get("post_processor") or {}).get("type") == "TemplateProcessing"
               and raw["post_processor"].get("single") == template
               and {t.get("content") for t in raw.get("added_tokens", [])} <= set(specials.values())

@@ -22,7 +22,7 @@ from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
 from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, model_max_tokens, report_truncation, resolve_device,
                                resolve_dtype, token_ids, truncated_token_ids)
 from lsr.encode.idf import idf_of_index
-from lsr.encode.models import load_with_hint, quiet_loader, resolve_model
+from lsr.encode.models import check_tokenizer_fits, load_with_hint, quiet_loader, resolve_model
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
 from lsr.kernels import splade_max_pool
@@ -126,6 +126,7 @@ class SpladeEncoder:
         impl: str = "auto",
         name: str | None = None,
     ) -> None:
+        check_tokenizer_fits(tokenizer, model, name or getattr(model, "name_or_path", type(model).__name__))
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if query_max_length is None:
@@ -176,7 +177,13 @@ class SpladeEncoder:
 
         ``backend`` "auto" loads a plain BERT MLM folder for inference without transformers
         (``native_bert``: about 3 s less at every start, the same vectors); "transformers" always uses it.
+        ``SpladeEncoder.from_pretrained`` of a causal LM's folder (Llama, Mistral, GPT-2) gives a
+        ``DecoderSpladeEncoder``, so every verb's ``--model`` takes one (they refused it as no masked LM).
         """
+        if cls is SpladeEncoder and is_causal_folder(name_or_path):
+            return DecoderSpladeEncoder.from_pretrained(
+                name_or_path, max_length=max_length, query_max_length=query_max_length, device=device, dtype=dtype,
+                backend=backend, **options)
         masked_lm = cls.auto_model_class == "AutoModelForMaskedLM"
         loaded = native_bert.load_native(name_or_path, backend, native_bert.load_masked_lm if masked_lm else None)
         if loaded is not None:
@@ -347,6 +354,26 @@ class DecoderSpladeEncoder(SpladeEncoder):
         start = len(self._bos) + lengths
         position = torch.arange(mask.shape[1])
         return input_ids, mask, ((position >= start) & (position < start + lengths)).long()
+
+
+def is_causal_lm(config: Any) -> bool:
+    """A decoder-only LM, pooled by ``DecoderSpladeEncoder``'s echo: Llama and Mistral (``...ForCausalLM``), GPT-2
+    (``GPT2LMHeadModel``, which the ``ForCausalLM`` test alone missed). ``config``: a transformers config or the
+    dict of a config.json."""
+    fields = config if isinstance(config, dict) else config.to_dict()
+    return bool(fields.get("is_decoder")) or any(
+        str(name).endswith(("ForCausalLM", "LMHeadModel")) for name in fields.get("architectures") or [])
+
+
+def is_causal_folder(name_or_path: str) -> bool:
+    """``is_causal_lm`` of a model folder on disk (a local folder, a bundled name or a cached hub snapshot); False when
+    it has no config.json to read (the loader then says what is wrong)."""
+    try:
+        with open(os.path.join(resolve_model(name_or_path), "config.json"), encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and is_causal_lm(config)
 
 
 class InferenceFreeQueryEncoder:

@@ -66,6 +66,12 @@ class IndexOptions:
     dtype: str = "auto"
     shards: int = 1  # > 1: a sharded collection (lsr.ingest.sharded_build), documents routed by shard_of(id)
 
+    def __post_init__(self) -> None:
+        from lsr.encode.models import lasting_name
+
+        self.model = lasting_name(self.model)  # the collection names it for every later search, from any folder
+        self.dense_model = self.dense_model and lasting_name(self.dense_model)
+
     def check(self) -> None:
         if self.shards <= 0:
             raise ValueError(f"--shards must be at least 1, got {self.shards}")

@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lsr.encode.models import lasting_name
 from lsr.files import atomic_write
 from lsr.ingest.corpus import BadRowError, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, update_total
@@ -57,7 +58,7 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
                         part = chunk.slice(start, start + batch_size * 2)
                         vectors, info = encoder.encode_documents(part.texts, batch_size=batch_size, return_info=True)
                         table = vectors.to_arrow(part.ids).append_column("text", pa.array(part.texts, pa.string()))
-                        table = table.replace_schema_metadata({**table.schema.metadata, MODEL_KEY: model.encode(),
+                        table = table.replace_schema_metadata({**table.schema.metadata, MODEL_KEY: lasting_name(model).encode(),
                                                                MAX_LENGTH_KEY: str(max_length).encode()})
                         writer = writer or pq.ParquetWriter(fh, table.schema, compression="zstd")
                         writer.write_table(table)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lsr.encode.models import load_with_hint
-from lsr.encode.splade import DecoderSpladeEncoder, SpladeEncoder
+from lsr.encode.splade import DecoderSpladeEncoder, SpladeEncoder, is_causal_lm
 from lsr.kernels import splade_max_pool
 
 
@@ -45,7 +45,7 @@ class TrainableSplade:
         import transformers
 
         config = load_with_hint(name, transformers.AutoConfig.from_pretrained)
-        encoder_class = DecoderSpladeEncoder if getattr(config, "is_decoder", False) or _is_causal(config) else SpladeEncoder
+        encoder_class = DecoderSpladeEncoder if is_causal_lm(config) else SpladeEncoder
         lengths = {"max_length": max_length, "query_max_length": query_max_length}
         encoder = encoder_class.from_pretrained(name, device=device, dtype="fp32", backend="transformers",
                                                 **{k: v for k, v in lengths.items() if v is not None})
@@ -108,7 +108,3 @@ class TrainableSplade:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-
-def _is_causal(config: Any) -> bool:
-    return any(arch.endswith("ForCausalLM") for arch in (getattr(config, "architectures", None) or []))
