@@ -66,8 +66,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
 def check_writable(path: Path) -> None:
     """Fail now, in one line, where a file cannot be written at ``path``, rather than after the work that fills it:
     its folder is made (and kept), and a file is created beside it and removed."""
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give the path of a file to write")
+    if path.is_dir():  # the input, not the machine: exit 2, as `lsr beir --out FILE`
+        raise ValueError(f"{path} is a folder; give the path of a file to write")
     probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

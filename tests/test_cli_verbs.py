@@ -90,6 +90,29 @@ def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
     assert metrics["queries"] == metrics["queries_in_run"] == 3
 
 
+def test_gzipped_topics_and_runs_round_trip_and_a_run_never_replaces_its_inputs(collections, tmp_path, capsys):
+    """A .jsonl.gz topics file was read as TSV and refused; --output run.trec.gz wrote plain text that `lsr eval`
+    then refused; and --output could name the topics file or a collection file, which the run replaced."""
+    import gzip
+
+    topics = tmp_path / "queries.jsonl.gz"
+    topics.write_bytes(gzip.compress("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()).encode()))
+    packed, plain = tmp_path / "run.trec.gz", tmp_path / "run.trec"
+    for output in (packed, plain):
+        assert cli_main(["search", str(collections["pre"]), "--topics", str(topics), "--output", str(output),
+                         "--k", "3", "--quiet"]) == 0
+    assert gzip.decompress(packed.read_bytes()) == plain.read_bytes() and read_trec_run(packed) == read_trec_run(plain)
+    qrels = _write(tmp_path / "qrels.tsv", "q-aspirin\t0\taspirin\t1\n")
+    capsys.readouterr()
+    assert cli_main(["eval", str(packed), str(qrels)]) == 0
+    col = collections["pre"]
+    before = {p: p.read_bytes() for p in (topics, col / "lsr.json")}
+    for output, says in ((topics, "is the --topics file"), (col / "lsr.json", f"lies inside the collection {col}")):
+        assert cli_main(["search", str(col), "--topics", str(topics), "--output", str(output), "--quiet"]) == 2
+        assert f"lsr search: error: --output {output} {says}" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
+
+
 @pytest.mark.parametrize("content, message", [
     ("q1\tfine\nq1\tagain\n", "line 2: duplicate query id 'q1'"),
     ("just one column\n", "line 1: expected 'qid<TAB>text'"),
@@ -140,7 +163,7 @@ def test_an_output_that_cannot_be_written_fails_before_the_work_naming_it(collec
                          (["search", str(collections["direct"]), "--topics", str(topics), "--output"], "/proc/run.trec")):
         assert cli_main([*argv, target]) == 1
         assert capsys.readouterr().err == f"lsr {argv[0]}: error: cannot write {target}: No such file or directory\n"
-    assert cli_main(["encode", "--input", str(corpus), "--output", str(tmp_path)]) == 1
+    assert cli_main(["encode", "--input", str(corpus), "--output", str(tmp_path)]) == 2  # bad input, not the machine
     assert f"{tmp_path} is a folder; give the path of a file to write" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*probe"))
 
@@ -444,7 +467,7 @@ def test_topics_and_run_files_under_odd_input(collections, tmp_path, capsys):
     (tmp_path / "folder").mkdir()
     topics.write_text("q1\tcoffee\n", encoding="utf-8")
     assert cli_main(["search", str(collections["direct"]), "--topics", str(topics), "--output",
-                     str(tmp_path / "folder"), "--quiet"]) == 1
+                     str(tmp_path / "folder"), "--quiet"]) == 2
     assert "folder is a folder; give the path of a file to write" in capsys.readouterr().err
 
     def fails(fh) -> None:

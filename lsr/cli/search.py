@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if args.output != "-":
             from lsr.files import check_writable
 
+            _check_output_apart(Path(args.output), Path(args.topics), Path(args.collection))
             check_writable(Path(args.output))  # and an output it could not write, after every query was searched
         searcher = open_in_process(args.collection, query_encoder=args.query_encoder,
                                  threads=1 if (args.threads or 1) > 1 else None, **lazy_device_options(args))
@@ -127,6 +128,16 @@ def run(args: argparse.Namespace) -> int:
         _print_result(search(text), mode, args, query=text, echo=not interactive)
     return 0
 
+
+
+def _check_output_apart(output: Path, topics: Path, collection: Path) -> None:
+    """The run may not replace its topics file or a file of the collection: both were overwritten without a word (a
+    run in place of lsr.json left a collection that no longer opened)."""
+    where = output.resolve()
+    if where == topics.resolve():
+        raise ValueError(f"--output {output} is the --topics file; write the run to another file")
+    if where.is_relative_to(collection.resolve()):
+        raise ValueError(f"--output {output} lies inside the collection {collection}; write the run outside it")
 
 def _check_query(text: str, what: str) -> None:
     """What a search would refuse in ``text``, named as the user gave it (``what``), before it is searched."""

@@ -123,7 +123,7 @@ def read_topics(path: str | Path) -> list[tuple[str, str]]:
     """(qid, text) pairs in file order from a TSV or JSONL topics file; duplicate or empty ones are errors."""
     path = Path(path)
     content = read_text_file(path, "topics file")
-    jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+    jsonl = Path(path.name.lower().removesuffix(".gz")).suffix in (".jsonl", ".json", ".ndjson")  # read gunzipped
     topics: list[tuple[str, str]] = []
     seen: set[str] = set()
     for line_no, line in enumerate(text_lines(content), start=1):

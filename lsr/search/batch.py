@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,14 @@ def search_topics(searcher: Searcher, topics: Iterable[tuple[str, str]], output:
     if str(output) == "-":  # standard output, for a pipe: nothing to keep atomic
         write(sys.stdout.buffer)
         sys.stdout.flush()
+    elif str(output).lower().endswith(".gz"):  # as named: `lsr eval` reads it so (it was plain text, which it refused)
+        atomic_write(Path(output), lambda fh: _gzipped(fh, write))
     else:
         atomic_write(Path(output), write)
     return written
+
+
+def _gzipped(fh, write) -> None:
+    """``write`` through gzip into ``fh``; no time stamp in the header, so the same run gives the same bytes."""
+    with gzip.GzipFile(fileobj=fh, mode="wb", mtime=0) as packed:
+        write(packed)
