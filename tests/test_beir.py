@@ -313,6 +313,11 @@ def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(t
     query = "Does vitamin D help bones?"
     want = [(h.doc_id, h.score) for h in searcher.search(query, mode="hybrid", hybrid=chosen).hits]
     assert [(h.doc_id, h.score) for h in searcher.search(query, mode="hybrid").hits] == want
+    # a fusion flag sets the tuned fusion aside: said, since the run looked like the tuned one (same tag) and scored less
+    assert cli_main(["search", str(col), query, "--candidates", "50"]) == 0
+    assert f"note: the fusion flags replace {col}'s tuned fusion ({chosen.normalization} " in capsys.readouterr().err
+    assert cli_main(["search", str(col), query]) == 0
+    assert "note:" not in capsys.readouterr().err
     server = ServerProcess(col).wait_listening()
     try:
         with server.client() as client:
