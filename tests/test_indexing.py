@@ -483,3 +483,28 @@ def test_a_model_folder_given_relative_is_recorded_absolute_and_searches_from_an
     capsys.readouterr()
     assert cli_main(["search", str(tmp_path / "col"), "aspirin heart", "--mode", "sparse", "--k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["hits"][0]["doc_id"] == "d0"
+
+
+def test_a_search_warns_when_the_model_folder_changed_since_the_build(tmp_path, caplog):
+    """A folder retrained or replaced in place after `lsr index` encoded the queries with another model than the
+    documents: the hits moved and nothing said why. The build records what the folder held; a search that loads the
+    model compares, and warns once."""
+    from lsr.encode.models import model_content_key, resolve_model
+    from lsr.search.searcher import Searcher
+
+    folder = tmp_path / "mymodel"
+    shutil.copytree(resolve_model("splade-tiny"), folder)
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"_id": "d0", "text": "aspirin and the heart"}) + "\n")
+    assert cli_main(["index", str(tmp_path / "docs.jsonl"), str(tmp_path / "col"), "--model", str(folder),
+                     "--dense", "none", "--max-length", "32", "--quiet"]) == 0
+    assert json.loads((tmp_path / "col" / META_FILE).read_text())["model_content"] == model_content_key(str(folder))
+    with caplog.at_level("WARNING"):
+        Searcher.open(tmp_path / "col", device="cpu").search("aspirin", k=1)
+    assert "changed since this collection was indexed" not in caplog.text
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-6}))
+    with caplog.at_level("WARNING"):
+        searcher = Searcher.open(tmp_path / "col", device="cpu")
+        searcher.search("aspirin", k=1)
+        searcher.search("heart", k=1)
+    assert caplog.text.count(f"the model folder {folder} changed since this collection was indexed") == 1

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
+from lsr.encode.models import lasting_name, model_content_key
 from lsr.ingest.layout import (
     BUILD_STATE, FORMAT, META_FILE, MOVING, REPLACED, VOCAB_FILE, disk_size, drop_build_state, files_checksum,
     is_collection_dir, read_vector_shards, shard_name, write_shard,
@@ -67,8 +68,6 @@ class IndexOptions:
     shards: int = 1  # > 1: a sharded collection (lsr.ingest.sharded_build), documents routed by shard_of(id)
 
     def __post_init__(self) -> None:
-        from lsr.encode.models import lasting_name
-
         self.model = lasting_name(self.model)  # the collection names it for every later search, from any folder
         self.dense_model = self.dense_model and lasting_name(self.dense_model)
 
@@ -574,6 +573,9 @@ def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTim
         "format": FORMAT,
         "model": options.model,
         "dense_model": options.dense_model,
+        # what a local model folder held (None for bundled names and hub ids): searches warn once it changes
+        "model_content": model_content_key(options.model),
+        "dense_model_content": options.dense_model and model_content_key(options.dense_model),
         "bm25": BM25_DESCRIPTION if options.bm25 else None,
         "max_length": options.max_length,
         "fields": list(options.fields),

@@ -38,6 +38,7 @@ class SearchModels:
         self._stale_warned: str | None = None
         self._device, self._dtype = device, dtype
         self._loaded: dict[str, Any] = {}
+        self._checked: set[str] = set()  # model folders compared with the build's (once each: hashing reads them)
         self._lock = threading.RLock()
 
     @property
@@ -85,8 +86,23 @@ class SearchModels:
             return self._loaded[name]
         with self._lock:
             if name not in self._loaded:
+                self._check_unchanged("dense_model" if name == "dense" else "model")
                 self._loaded[name] = build()
             return self._loaded[name]
+
+    def _check_unchanged(self, model: str) -> None:
+        """Warn when a model folder's files changed since the build (retrained or replaced in place): queries are then
+        encoded by another model than the documents were, and the hits moved without a word."""
+        from lsr.encode.models import model_content_key
+
+        if model in self._checked:
+            return
+        self._checked.add(model)
+        recorded = self.meta.get(f"{model}_content")
+        if recorded and model_content_key(self.meta[model]) not in (recorded, None):
+            log.warning("the model folder %s changed since this collection was indexed: its queries are now encoded "
+                        "by another model than its documents were; index the collection again (or restore the "
+                        "folder)", self.meta[model])
 
     def _build_query(self) -> Any:
         from lsr.encode.splade import InferenceFreeQueryEncoder, idf_table_path
