@@ -538,9 +538,13 @@ def search_taat_rescore(terms, weights, term_bound, term_blocks, block_posts, bl
     k = len(hs)
     vocab = len(qdense)
     order = np.argsort(-term_bound)
-    remaining = np.float32(0.0)
-    for i in range(nq):
-        remaining += term_bound[i]
+    # remaining[j]: the bounds of the terms from the j-th on, summed smallest first. Subtracting each done term's bound
+    # from the total drifted below zero, which left every term a segment lacks (bound 0) "to do" and then dropped the
+    # documents scoring exactly theta.
+    remaining_from = np.zeros(nq + 1, np.float32)
+    for r in range(nq - 1, -1, -1):
+        remaining_from[r] = remaining_from[r + 1] + term_bound[order[r]]
+    remaining = remaining_from[0]
     half = remaining * np.float32(0.5)
     theta = np.float32(-1.0)
     if hn[0] == k:
@@ -556,13 +560,11 @@ def search_taat_rescore(terms, weights, term_bound, term_blocks, block_posts, bl
         t = terms[i]
         w = weights[i]
         bad += _accumulate(t, w, term_blocks, block_posts, block_base, post_delta, post_imp, acc, n_docs)
-        remaining -= term_bound[i]
         j += 1
+        remaining = remaining_from[j]
         if not checked and remaining <= half:
             theta = _kth_largest(acc, deleted, k, theta)
             checked = True
-    if j == nq:
-        remaining = np.float32(0.0)
     for r in range(j, nq):
         qdense[terms[order[r]]] = weights[order[r]]
     limit = theta

@@ -99,6 +99,26 @@ def test_multi_window_multi_segment_large(tmp_path):
             assert_exact_topk(idx, query, 10, algorithm=algorithm)
 
 
+def test_a_query_term_no_document_holds_drops_no_hit_from_any_algorithm(tmp_path):
+    """rescore subtracted each term's bound from the sum of all of them: rounding left that remainder below zero, a
+    term the segment lacks (bound 0) kept the loop from declaring it empty, and the documents scoring exactly the
+    k-th partial score were dropped (1 hit of 3 here)."""
+    m = sp.csr_matrix(np.array([[255, 255, 255] + [0] * 7] + [[0, 0, 1] + [0] * 7] * 3, np.float32))
+    idx = InvertedIndex.build(tmp_path / "idx", m, ["a", "b", "c", "d"])
+    query = {0: 0.94, 1: 0.82, 2: 0.01, 9: 1.0}  # term 9 is in no document
+    for algorithm in ALGORITHMS:
+        assert [h.doc_id for h in idx.search(query, k=3, algorithm=algorithm)] == ["a", "b", "c"], algorithm
+    rng = np.random.default_rng(3)
+    matrix = random_csr(rng, 3000, 200, 0.02)
+    matrix.resize((3000, 300))  # a vocabulary of 300, of which no document holds terms 200..299
+    idx = InvertedIndex.build(tmp_path / "random", matrix, [f"d{i}" for i in range(3000)])
+    for _ in range(20):
+        terms = rng.choice(300, int(rng.integers(2, 40)), replace=False)  # terms 200..299: in no document
+        query = {int(t): float(w) for t, w in zip(terms, rng.exponential(1.0, len(terms)))}
+        for algorithm in ("taat", "rescore", "maxscore"):
+            assert_exact_topk(idx, query, 10, algorithm=algorithm)
+
+
 def test_ties_break_by_ascending_internal_id(tmp_path):
     row = sp.csr_matrix(np.array([[0.0, 1.0, 2.0]], np.float32))
     idx = InvertedIndex.build(tmp_path / "idx", sp.vstack([row] * 7).tocsr(), [f"x{i}" for i in range(7)])
