@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -69,10 +70,9 @@ class ShardOptions:
 def connect_ray(address: str | None, cpus_needed: float) -> None:
     """Join the cluster at ``address`` (checked reachable first: Ray retries for minutes), or start a local
     instance big enough to place every shard; a session already started in this process is used as is."""
-    ray = import_ray()
-    if ray.is_initialized():
+    if "ray" in sys.modules and import_ray().is_initialized():
         return
-    check_reachable(address)
+    check_reachable(address)  # before Ray loads: it reads RAY_AUTH_MODE, which this may set, at import
     local = {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus_needed))} if address is None else {}
     start_ray(address or "local", **local)  # "local": a new instance, never a cluster someone else started here
 
@@ -108,8 +108,17 @@ def _give_up_at(deadline: float | None, started: float, method: str) -> float:
     return deadline - min(REPLY_MARGIN_S, left / 10)
 
 
+# Ray's errors for a shard server that is gone, in words: its own text (an actor id, "the task may or may not have
+# been executed") sat beside "nothing was written" in the error a write got
+_SERVER_GONE = {"ActorDiedError": "its server died", "RayActorError": "its server died",
+                "ActorUnavailableError": "its server is unreachable"}
+
+
 def _reason(exc: BaseException) -> str:
     """One line on why a shard did not answer: Ray's messages end with the shard's own error (after a traceback)."""
+    gone = _SERVER_GONE.get(type(exc).__name__)
+    if gone:
+        return f"{gone}; it is being restarted"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{type(exc).__name__}: {(lines[-1] if lines else '')[:300]}"
 
@@ -120,12 +129,11 @@ class ShardSet:
     def __init__(self, root: Path, shard_map: ShardMap, options: ShardOptions) -> None:
         from lsr.service.shards import ShardServer
 
-        ray = import_ray()
-
         self.shard_map = shard_map
         self.names = shard_map.names
         self.options = options
-        connect_ray(options.ray_address, options.shard_cpus * shard_map.n_shards)
+        connect_ray(options.ray_address, options.shard_cpus * shard_map.n_shards)  # before Ray loads: see there
+        ray = import_ray()
         _check_placeable(self.names, options.shard_cpus)
         actor = ray.remote(ShardServer).options(
             max_restarts=options.max_restarts, max_task_retries=0, num_cpus=options.shard_cpus,

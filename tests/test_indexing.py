@@ -508,3 +508,19 @@ def test_a_search_warns_when_the_model_folder_changed_since_the_build(tmp_path, 
         searcher.search("aspirin", k=1)
         searcher.search("heart", k=1)
     assert caplog.text.count(f"the model folder {folder} changed since this collection was indexed") == 1
+
+
+def test_ctrl_c_of_an_overwrite_into_a_new_folder_says_nothing_was_kept(corpus, tmp_path):
+    """It said "<out> holds the collection it had" of a folder that held none (there was nothing to overwrite)."""
+    out = tmp_path / "new"
+    proc = subprocess.Popen(_cli(str(corpus), str(out), "--overwrite", "--max-length", "64", "--threads", "1",
+                                 "--dense", "none", "--quiet"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # into the models' load or the encoding, long before the end
+    assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, stderr
+    assert "nothing was kept. Run the same command again." in stderr and "holds the collection it had" not in stderr

@@ -247,3 +247,54 @@ def test_a_local_ray_start_waits_two_minutes_for_its_gcs_unless_the_user_says_ot
     monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "7")
     import_ray()
     assert os.environ["RAY_gcs_server_port_wait_time_s"] == "7"
+
+
+def test_a_token_head_this_machine_can_open_is_joined_in_token_mode(tmp_path):
+    """Ray 2.60's driver sends its token only with RAY_AUTH_MODE=token, read when Ray is imported: with it unset,
+    `--ray-address HOST:PORT` to a token head passed the check (the token opened it) and then retried the head every
+    second, forever, deaf to Ctrl-C and SIGTERM. The check now sets token mode before Ray loads, and says what to set
+    where Ray is already loaded. A fake head: UNAUTHENTICATED unless the right token comes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    class TokenHead(grpc.GenericRpcHandler):
+        def service(self, details):
+            def answer(request, context):
+                if ("authorization", "Bearer right") not in context.invocation_metadata():
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, "InvalidAuthToken")
+                return b""
+            return grpc.unary_unary_rpc_method_handler(answer)
+
+    server = grpc.server(ThreadPoolExecutor(2), handlers=[TokenHead()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}, "HOME": str(tmp_path),
+           "RAY_AUTH_TOKEN": "right"}
+    check = ("import os, sys\nfrom lsr.ingest.ray_engine import check_reachable\n"
+             f"{{}}check_reachable('127.0.0.1:{port}')\nprint(os.environ.get('RAY_AUTH_MODE'), 'ray' in sys.modules)")
+    try:
+        fresh = subprocess.run([sys.executable, "-c", check.format("")], env=env, capture_output=True, text=True,
+                               timeout=120)
+        loaded = subprocess.run([sys.executable, "-c", check.format("import ray\n")], env=env, capture_output=True,
+                                text=True, timeout=120)
+    finally:
+        server.stop(None)
+    assert fresh.returncode == 0 and fresh.stdout.split() == ["token", "False"], fresh.stderr
+    assert loaded.returncode == 1
+    assert (f"127.0.0.1:{port} takes a token, which Ray, already loaded in this process, will not send; set "
+            "RAY_AUTH_MODE=token") in loaded.stderr
+
+
+def test_a_malformed_ray_address_is_bad_input_and_auto_with_no_cluster_is_worth_a_retry(corpus, tmp_path):
+    """http://HOST:PORT and a port past 65535 were reported as unreachable clusters (exit 1, retry); `auto` with no
+    cluster up was exit 2. Both the other way round now."""
+    for address in ("http://127.0.0.1:18080", "127.0.0.1:99999"):
+        result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--ray-address", address)
+        assert result.returncode == 2
+        assert f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT, got '{address}'" in result.stderr
+    # its own temporary folder: another test's local Ray (under /tmp/ray) would be the running cluster `auto` finds
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(tmp_path), "TMPDIR": str(tmp_path)}
+    result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--ray-address", "auto", env=env)
+    assert result.returncode == 1 and "--ray-address auto found no running Ray cluster on this machine" in result.stderr
+    assert not (tmp_path / "col").exists()

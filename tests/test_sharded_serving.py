@@ -284,6 +284,21 @@ def test_a_killed_shard_gives_partial_results_then_comes_back(server, client, qu
     assert any(shard_of(h.doc_id, N_SHARDS) == 1 for h in client.search(queries[0], k=30).hits)
 
 
+def test_a_shard_whose_server_is_gone_is_named_in_words_not_in_rays_text():
+    """A write after a shard server's kill -9 said "shard-002 is down (ActorUnavailableError: The actor 993a... is
+    unavailable: ... The task may or may not have been executed on the actor.), so this upsert was not sent to any
+    shard (nothing was written)": an actor id, and a "may" beside "nothing"."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    from lsr.service.shard_set import _reason
+
+    unavailable = ActorUnavailableError("The actor 993a3b is unavailable: The actor is restarting.. The task may or "
+                                        "may not have been executed on the actor.", b"\x01" * 16)
+    assert _reason(unavailable) == "its server is unreachable; it is being restarted"
+    assert _reason(ActorDiedError()) == "its server died; it is being restarted"
+    assert _reason(ValueError("Traceback ...\n  line\nshard folder is gone")) == "ValueError: shard folder is gone"
+
+
 @ray.remote
 class _Hog:
     """Holds CPUs of the Ray instance so that only one new shard server can be placed."""

@@ -86,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.ingest.layout import BUILD_STATE, REPLACED
+    from lsr.ingest.layout import BUILD_STATE, REPLACED, is_collection_dir
     from lsr.ingest.indexing import IndexOptions, ResumeRefused, build_collection
 
     if args.shards <= 0:
@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             layout = f"{options.shards} shards shard-000/.. each with {layout}"
         print(f"indexing {args.source} into {args.out} ({layout}; checkpointed every {args.checkpoint_every:,} docs)",
               file=sys.stderr)
+    had_collection = is_collection_dir(Path(args.out))
     try:
         summary = build_collection(args.source, args.out, options, resume=args.resume, overwrite=args.overwrite,
                                    progress=not args.quiet, ray=ray)
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             if aside.is_dir():  # twice the disk until then: say where it is and how to keep it instead
                 print(f"the collection --overwrite replaces stays in {aside} until the new one is whole (to keep it "
                       f"instead, delete the rest of {args.out} and move its contents back)", file=sys.stderr)
-        elif interrupted and args.overwrite:
+        elif interrupted and args.overwrite and had_collection:  # with no collection there, nothing was had
             print(f"stopped before the first checkpoint; {args.out} holds the collection it had.", file=sys.stderr)
         elif interrupted:
             print("stopped before the first checkpoint; nothing was kept. Run the same command again.", file=sys.stderr)

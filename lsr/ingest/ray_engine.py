@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,17 +78,18 @@ def check_ray(ray_options: RayOptions, options: "IndexOptions") -> None:
 
     for model in filter(None, (options.model, options.dense_model)):  # an actor that cannot load would be restarted
         resolve_model(model)
+    check_reachable(ray_options.address)  # before Ray loads: it reads RAY_AUTH_MODE, which this may set, at import
     import_ray()
-    check_reachable(ray_options.address)
 
 
 def check_reachable(address: str | None) -> None:
     """A TCP connect, then a gRPC handshake, each with a short timeout: Ray itself retries an unreachable cluster,
-    or a port that is no Ray's (a web server's), for minutes, printing C++ warnings."""
+    or a port that is no Ray's (a web server's), for minutes, printing C++ warnings. A head that takes a token gets
+    this machine's from the ``ray.init`` that follows (``RAY_AUTH_MODE=token`` when unset)."""
     if address in (None, "auto", "local"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    if not host or "://" in host or not port.isdigit() or not 0 < int(port) < 65536:  # http://, port 99999: input
         raise ValueError(f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
@@ -113,7 +115,17 @@ def _not_a_ray_head(target: str, client: bool) -> str | None:
             return None
         cluster_id = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
                                          request_serializer=bytes, response_deserializer=bytes)
-        cluster_id(b"", timeout=CONNECT_TIMEOUT_S, metadata=token and (("authorization", f"Bearer {token[1]}"),))
+        try:
+            cluster_id(b"", timeout=CONNECT_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED or token is None:
+                raise
+            cluster_id(b"", timeout=CONNECT_TIMEOUT_S, metadata=(("authorization", f"Bearer {token[1]}"),))
+            # a token head, and this machine's token opens it: Ray 2.60's driver sends its token only in token mode,
+            # which it reads when it is imported, and without it ray.init retried the head every second, forever
+            if "RAY_AUTH_MODE" not in os.environ and "ray" in sys.modules:
+                return "takes a token, which Ray, already loaded in this process, will not send; set RAY_AUTH_MODE=token"
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
     except grpc.FutureTimeoutError:
         return (f"answers, but not as Ray does (no gRPC within {CONNECT_TIMEOUT_S:g} s): it is another service's "
                 "port; Ray's head listens on 6379 (HOST:PORT) and its client server on 10001 (ray://HOST:10001)")
@@ -183,6 +195,9 @@ def start_ray(address: str | None, **options: Any) -> None:
     except BaseException as exc:
         with _signals_deferred():
             ray.shutdown()
+        if address == "auto" and isinstance(exc, ConnectionError):  # no cluster up (yet): the same command can work later
+            raise MachineStateError("--ray-address auto found no running Ray cluster on this machine; start one with "
+                                    "`ray start --head`, or leave --ray-address out for a new local instance") from None
         if isinstance(exc, Exception):  # Ray raises ConnectionError, RuntimeError or its own types here
             raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
         raise
