@@ -108,17 +108,13 @@ def _give_up_at(deadline: float | None, started: float, method: str) -> float:
     return deadline - min(REPLY_MARGIN_S, left / 10)
 
 
-# Ray's errors for a shard server that is gone, in words: its own text (an actor id, "the task may or may not have
-# been executed") sat beside "nothing was written" in the error a write got
-_SERVER_GONE = {"ActorDiedError": "its server died", "RayActorError": "its server died",
-                "ActorUnavailableError": "its server is unreachable"}
-
-
 def _reason(exc: BaseException) -> str:
-    """One line on why a shard did not answer: Ray's messages end with the shard's own error (after a traceback)."""
-    gone = _SERVER_GONE.get(type(exc).__name__)
-    if gone:
-        return f"{gone}; it is being restarted"
+    """One line on why a shard did not answer: Ray's messages end with the shard's own error (after a traceback). A
+    server Ray is restarting is said in words: Ray's text (an actor id, "the task may or may not have been executed")
+    sat beside "nothing was written" in the error a write got. (A server that died keeps Ray's last line: after a
+    failed start, that is the shard's own error, such as its folder being no collection.)"""
+    if type(exc).__name__ == "ActorUnavailableError":
+        return "its server is unreachable; it is being restarted"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{type(exc).__name__}: {(lines[-1] if lines else '')[:300]}"
 

@@ -293,8 +293,10 @@ def test_a_malformed_ray_address_is_bad_input_and_auto_with_no_cluster_is_worth_
         result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--ray-address", address)
         assert result.returncode == 2
         assert f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT, got '{address}'" in result.stderr
-    # its own temporary folder: another test's local Ray (under /tmp/ray) would be the running cluster `auto` finds
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(tmp_path), "TMPDIR": str(tmp_path)}
-    result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--ray-address", "auto", env=env)
+    # Ray's own answer when no cluster runs (auto finds one by its processes too, so another test's would be joined)
+    none_running = ("import ray; ray.init = lambda *a, **k: (_ for _ in ()).throw(ConnectionError('Could not find any "
+                    "running Ray instance.')); ")
+    result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--ray-address", "auto",
+                        prelude=none_running)
     assert result.returncode == 1 and "--ray-address auto found no running Ray cluster on this machine" in result.stderr
     assert not (tmp_path / "col").exists()
