@@ -90,7 +90,7 @@ class DenseEncoder:
                  config: SentenceConfig = SentenceConfig(), device: str | torch.device = "auto",
                  dtype: str | torch.dtype | None = "auto", name: str | None = None) -> None:
         self.device = resolve_device(device)
-        check_tokenizer_fits(tokenizer, model, name or getattr(model, "name_or_path", type(model).__name__))
+        check_tokenizer_fits(tokenizer, model)
         self.dtype = resolve_dtype(dtype, self.device, cpu_bf16=True) or next(model.parameters()).dtype
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer

@@ -94,8 +94,17 @@ def model_content_key(name_or_path: str) -> str | None:
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
         if path.is_file() and path.suffix in MODEL_CONTENT_SUFFIXES and path.name not in NOT_MODEL_CONTENT:
-            digest.update(f"{path.relative_to(root).as_posix()}\0{file_sha256(path)}\n".encode())
+            stat = path.stat()  # a file rewritten since gets a new size or time, so a new hash
+            seen = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            if seen not in _FILE_DIGESTS:
+                _FILE_DIGESTS[seen] = file_sha256(path)
+            digest.update(f"{path.relative_to(root).as_posix()}\0{_FILE_DIGESTS[seen]}\n".encode())
     return digest.hexdigest()
+
+
+# A model file's sha256 by (path, size, mtime): a sharded build records the key in every shard, `lsr beir` keys its
+# cache and builds, a search checks it; each read a model's weights through once more without this
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def _hub_cache_folder(repo_id: str) -> str | None:
@@ -121,13 +130,14 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     return True
 
 
-def check_tokenizer_fits(tokenizer: Any, model: Any, name: str) -> None:
+def check_tokenizer_fits(tokenizer: Any, model: Any) -> None:
     """The tokenizer's ids index the model's embedding rows. A larger tokenizer (tokens added without rows for them)
     failed inside the forward at the first text holding one, so `lsr index` died partway; a far smaller one is a
     folder without its tokenizer files, which transformers answers with a 5-token stand-in that makes every word
     [UNK] and every vector noise."""
     rows = model.get_input_embeddings().num_embeddings
     tokens = len(tokenizer.get_vocab())
+    name = getattr(model, "name_or_path", "") or type(model).__name__
     if tokens > rows:
         raise ValueError(f"the tokenizer of {name} has {tokens:,} tokens, more than the model's {rows:,} embedding "
                          "rows; give the model its own tokenizer, or resize its embeddings (resize_token_embeddings)")

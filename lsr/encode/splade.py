@@ -126,7 +126,7 @@ class SpladeEncoder:
         impl: str = "auto",
         name: str | None = None,
     ) -> None:
-        check_tokenizer_fits(tokenizer, model, name or getattr(model, "name_or_path", type(model).__name__))
+        check_tokenizer_fits(tokenizer, model)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if query_max_length is None:
