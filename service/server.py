@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from lsr.service import search_pb2, search_pb2_grpc
 from lsr.service.client import token_problem
@@ -32,6 +32,25 @@ log = logging.getLogger("lsr.service")
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 _HEALTH_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List")
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(service_names: tuple[str, ...], server: grpc.Server) -> None:
+    """Serve reflection as both ``grpc.reflection.v1`` and ``v1alpha``.
+
+    grpcio-reflection serves only v1alpha; current grpcurl, Postman and Evans ask v1 first. The two protocols'
+    messages are the same on the wire, so one servicer answers both names.
+    """
+    servicer = reflection.ReflectionServicer(service_names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    info = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": info}),))
 
 
 @dataclass
@@ -212,9 +231,7 @@ class SearchServer:
         search_pb2_grpc.add_SearchServiceServicer_to_server(self.servicer, self._server)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        enable_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         address = f"{config.host}:{config.port}"
         check_port_free(config.host, config.port)
         if config.tls_cert is not None:

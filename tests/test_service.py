@@ -107,16 +107,20 @@ def _hits(result) -> list[tuple]:
 
 
 # ---------------------------------------------------------------------------------- health, reflection
-def test_health_is_serving_and_reflection_lists_the_service(servers, client):
-    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+@pytest.mark.parametrize("protocol", ["v1alpha", "v1"])
+def test_health_is_serving_and_reflection_lists_the_service(servers, client, protocol):
+    """grpcurl, Postman and Evans ask reflection v1 first; older clients ask v1alpha: both answer."""
+    from grpc_reflection.v1alpha import reflection_pb2
 
     assert client.health() == "SERVING"
     assert client.health("lsr.v1.SearchService") == "SERVING"
     channel = grpc.insecure_channel(servers["main"].address)
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    info = channel.stream_stream(f"/grpc.reflection.{protocol}.ServerReflection/ServerReflectionInfo",
+                                 request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                 response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
     requests = iter([reflection_pb2.ServerReflectionRequest(list_services=""),
                      reflection_pb2.ServerReflectionRequest(file_containing_symbol="lsr.v1.SearchService")])
-    listed, described = list(stub.ServerReflectionInfo(requests, timeout=10))
+    listed, described = list(info(requests, timeout=10))
     names = {service.name for service in listed.list_services_response.service}
     assert {"lsr.v1.SearchService", "grpc.health.v1.Health"} <= names
     assert described.file_descriptor_response.file_descriptor_proto  # descriptors are served, not just names
