@@ -28,7 +28,7 @@ from lsr.eval.datasets import BeirDataset, load_beir, locate_dataset
 from lsr.files import cache_dir
 from lsr.eval.metrics import RANDOMIZATION_TEST, averaged, evaluate, per_query, randomization_p
 from lsr.eval.prf_tuning import chosen_prf, score_variants, tune_fusion_and_prf
-from lsr.eval.report import machine, write_report
+from lsr.eval.report import earlier_report, machine, write_report
 from lsr.eval.tuning import (DEFAULT_ALPHA, DEFAULT_FUSION, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT, fusion_options, tune,
                              tune_fusion, tuning_split)
 
@@ -300,6 +300,8 @@ def run_beir(
     }
     report["timings"]["total"] = round(sum(timings.values()), 2)
     if out is not None:
+        replaced = earlier_report(Path(out))
         write_report(report, Path(out))
-        say(f"wrote {Path(out) / 'results.md'}, results.json and ndcg.png")
+        say(f"wrote {Path(out) / 'results.md'}, results.json and ndcg.png"
+            + (f", in place of an earlier report ({replaced})" if replaced else ""))
     return report

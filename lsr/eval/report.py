@@ -137,6 +137,22 @@ def prf_settings(s: dict) -> str:
             f"interpolate {s['interpolate']}")
 
 
+def earlier_report(out: Path) -> str | None:
+    """What an earlier run left in ``out`` (dataset, split, when), so replacing it is said, not silent."""
+    import time
+
+    path = out / "results.json"
+    try:
+        written = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+    except OSError:
+        return None
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        return f"{earlier['dataset']} {earlier['split']}, written {written}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"written {written}"
+
+
 def write_report(report: dict, out: Path) -> None:
     """Each file whole or not at all (Ctrl-C while the chart was drawn left a results.json of this run beside a
     truncated or earlier one): the chart and the Markdown first, results.json, what scripts read, last."""
