@@ -33,6 +33,20 @@ def test_interpolate_gives_missing_docs_the_list_floor():
         interpolate(sparse, dense, 1.5)
 
 
+@pytest.mark.parametrize("method", ["min_max", "l2", "z_score"])
+def test_a_list_whose_scores_all_tie_still_ranks_its_hits_above_the_documents_it_lacks(method):
+    """BM25's one hit for a rare word, or its two tied ones, gave every document it lacked the same credit: the leg
+    moved nothing. OpenSearch gives a lone hit 1 under min_max and a missing document 0."""
+    first = {"a": 5.0, "b": 3.0, "c": 1.0}
+    for second in ({"c": 2.0}, {"b": 2.0, "c": 2.0}, {"c": -0.5}, {"c": 0.0}):
+        fused = fuse([first, second], [0.0001, 1.0], method)
+        assert min(fused[doc] for doc in second) > max(fused[doc] for doc in first if doc not in second), second
+    if method == "min_max":
+        assert fuse([first, {"c": 2.0}], [0.5, 0.5], method) == pytest.approx({"a": 0.5, "b": 0.25, "c": 0.5})
+    alone = fuse([first], [1.0], method)
+    assert fuse([first, {}], [0.5, 0.5], method) == pytest.approx({doc: v / 2 for doc, v in alone.items()})
+
+
 def test_rank_breaks_ties_by_doc_id():
     assert rank({"b": 1.0, "a": 1.0, "c": 2.0}) == [("c", 2.0), ("a", 1.0), ("b", 1.0)]
     assert rank({"b": 1.0, "a": 1.0}, 1) == [("a", 1.0)]

@@ -431,9 +431,21 @@ def test_auto_mode_is_hybrid_over_every_leg_or_sparse_alone_in_process_and_throu
         (["search", str(collections["hybrid"]), "vitamin", "--mode", "bm25", "--prf"],
          "lsr search: error: PRF moves the SPLADE and dense queries, and bm25 mode has neither; use it in sparse, "
          "dense, hybrid or auto mode"),
+        (["search", str(collections["hybrid"]), "vitamin", "--mode", "bm25", "--normalization", "rrf"],  # ignored before
+         "lsr search: error: --normalization sets how hybrid fusion joins lists, and --mode bm25 runs one list; use "
+         "--mode hybrid (or --prf, whose second run they shape)"),
+        (["query", "--endpoint", servers["main"].address, "vitamin", "--mode", "dense", "--candidates", "50"],
+         "lsr query: error: --candidates sets how hybrid fusion joins lists, and --mode dense runs one list; use "
+         "--mode hybrid (or --prf, whose second run they shape)"),
+        (["search", str(collections["hybrid"]), "vitamin", "--mode", "hybrid", "--rrf-k", "5"],
+         "lsr search: error: --rrf-k is RRF's rank constant, and --normalization is min_max; add --normalization rrf"),
     ):
         assert cli_main(argv) == 2
         assert capsys.readouterr().err.splitlines()[-1] == said
+    # with PRF the depth and the after-run fusion are used, so they are taken
+    assert cli_main(["search", str(collections["hybrid"]), "vitamin", "--mode", "sparse", "--prf", "--candidates",
+                     "50", "--normalization", "rrf", "--rrf-k", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"]
 
 
 def test_query_vectors_that_are_no_numbers_or_all_zero_are_refused_in_process_too(searcher):

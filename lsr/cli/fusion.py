@@ -31,7 +31,8 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
 
 def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -> str:
     """``--mode``, with auto resolved against the modes a collection serves (``served()``, asked only for auto); a
-    fusion weight flag outside hybrid would be ignored, so it is refused."""
+    fusion flag that would be ignored (a weight outside hybrid, a fusion setting outside hybrid without PRF, an RRF
+    constant without RRF) is refused."""
     from lsr.search.searcher import resolve_mode
 
     mode = resolve_mode(args.mode, served)
@@ -40,10 +41,16 @@ def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -
                          "none; use --mode sparse, hybrid or auto")
     weighed = next((flag for flag in ("sparse_weight", "dense_weight", "bm25_weight") if getattr(args, flag) is not None),
                    None)
+    one_list = f"--mode {args.mode}{' (sparse here: SPLADE is its only leg)' if args.mode == 'auto' else ''} runs one list"
     if weighed and mode != "hybrid":
-        raise ValueError(f"--{weighed.replace('_', '-')} weighs a list of hybrid fusion, and --mode "
-                         f"{args.mode}{' (sparse here: SPLADE is its only leg)' if args.mode == 'auto' else ''} runs "
-                         "one list; use --mode hybrid")
+        raise ValueError(f"--{weighed.replace('_', '-')} weighs a list of hybrid fusion, and {one_list}; use --mode hybrid")
+    fusing = next((flag for flag in ("normalization", "rrf_k", "candidates") if getattr(args, flag) is not None), None)
+    if fusing and mode != "hybrid" and not getattr(args, "prf", False):  # PRF's depth and its after-run fusion use them
+        raise ValueError(f"--{fusing.replace('_', '-')} sets how hybrid fusion joins lists, and {one_list}; use "
+                         "--mode hybrid (or --prf, whose second run they shape)")
+    if args.rrf_k is not None and args.normalization != "rrf":
+        raise ValueError(f"--rrf-k is RRF's rank constant, and --normalization is {args.normalization or 'min_max'}; "
+                         "add --normalization rrf")
     return mode
 
 

@@ -4,7 +4,9 @@ Sparse dot products, dense cosines and BM25 scores live on different scales, so 
 normalised (min_max, l2, z_score) and combined by a weighted arithmetic mean, ``Σ wᵢ·norm(sᵢ) / Σ wᵢ``,
 as OpenSearch's ``arithmetic_mean`` combination does. A document missing from one list gets that
 list's floor (its lowest normalised score): being absent is evidence the retriever ranked it below
-everything it kept. ``rrf`` ignores scores: ``Σ wᵢ / (k + rankᵢ)`` with 1-based ranks and k = 60 by
+everything it kept. When all of a list's scores tie (one hit, or a word only two documents hold), its
+floor lies below them: 0 (OpenSearch's value for a missing document) or, for tied scores of 0 or less,
+one less. ``rrf`` ignores scores: ``Σ wᵢ / (k + rankᵢ)`` with 1-based ranks and k = 60 by
 default (OpenSearch's ``rank_constant``); a missing document adds nothing.
 """
 
@@ -65,10 +67,21 @@ def leg_columns(runs: Sequence[Ranking], method: str) -> tuple[list[str], list[n
             column[[column_of[doc] for doc, _ in rank(ranking)]] = np.arange(1, len(ranking) + 1)
         else:
             values = normalize(np.fromiter(ranking.values(), np.float64, len(ranking)), method)
-            column = np.full(len(docs), values.min() if len(values) else 0.0)
+            column = np.full(len(docs), floor(values))
             column[np.fromiter(map(column_of.__getitem__, ranking), np.int64, len(ranking))] = values
         columns.append(column)
     return docs, columns
+
+
+def floor(values: np.ndarray) -> float:
+    """The normalised score a list gives a document it lacks: its lowest, or below it when all of them tie. A list
+    whose hits all tie had given the documents it lacks their score: BM25's only hit for a rare word moved nothing."""
+    if not len(values):
+        return 0.0
+    lowest = float(values.min())
+    if values.max() > lowest:
+        return lowest
+    return 0.0 if lowest > 0 else lowest - 1.0
 
 
 def combine(columns: Sequence[np.ndarray], weights: Sequence[float], method: str, rrf_k: int = RRF_K) -> np.ndarray:
@@ -80,8 +93,9 @@ def combine(columns: Sequence[np.ndarray], weights: Sequence[float], method: str
     return summed if method == "rrf" else summed / float(sum(weights))
 
 
-def interpolate(first: Ranking, second: Ranking, first_weight: float = 0.5, normalization: str = "min_max") -> Ranking:
-    """``w·norm(first) + (1−w)·norm(second)`` over the union of both lists."""
+def interpolate(first: Ranking, second: Ranking, first_weight: float = 0.5, normalization: str = "min_max",
+                rrf_k: int = RRF_K) -> Ranking:
+    """``w·norm(first) + (1−w)·norm(second)`` over the union of both lists (or their weighted RRF)."""
     if not 0.0 <= first_weight <= 1.0:
         raise ValueError(f"interpolation weight must be in [0, 1], got {first_weight}")
-    return fuse([first, second], [first_weight, 1.0 - first_weight], normalization)
+    return fuse([first, second], [first_weight, 1.0 - first_weight], normalization, rrf_k)

@@ -587,7 +587,7 @@ class Searcher:
             new_runs.update(source.runs(moved, depth, {}))
         prf_run = _combine(new_runs, legs, hybrid)
         if prf.interpolate in INTERPOLATE_AFTER:
-            prf_run = interpolate(prf_run, first, prf.after_weight, hybrid.normalization)
+            prf_run = interpolate(prf_run, first, prf.after_weight, hybrid.normalization, hybrid.rrf_k)
         return prf_run, new_runs, moved.get("sparse", q_sparse)
 
     def _explain(self, source: Legs, hits: list[ScoredHit], q: dict[int, float], top: int = 10) -> None:
