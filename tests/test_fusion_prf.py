@@ -55,6 +55,8 @@ def test_rank_breaks_ties_by_doc_id():
 def test_feedback_weights():
     np.testing.assert_allclose(feedback_weights(np.array([3.0, 1.0])), [0.75, 0.25])
     np.testing.assert_allclose(feedback_weights(np.array([0.0, 0.0])), [0.5, 0.5])
+    for signed in ([-1.0, -2.0], [0.5, -0.1], [3.0, 0.0]):  # the last document had weight 0
+        np.testing.assert_allclose(feedback_weights(np.array(signed)), [0.5, 0.5])
     assert feedback_weights(np.array([])).size == 0
 
 

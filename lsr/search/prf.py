@@ -16,13 +16,12 @@ from lsr.sparse import SparseBatch
 
 
 def feedback_weights(scores: np.ndarray) -> np.ndarray:
-    """Score-proportional weights over the feedback docs (uniform if scores are flat or non-positive)."""
+    """Score-proportional weights over the feedback docs, uniform unless every score is positive (fused z-scores
+    and cosines can be negative: shifting them to start at 0 had given the last feedback doc no weight)."""
     scores = np.asarray(scores, dtype=np.float64)
     if len(scores) == 0:
         return scores
-    shifted = scores - scores.min() if scores.min() < 0 else scores
-    total = shifted.sum()
-    return np.full(len(scores), 1.0 / len(scores)) if total <= 0 else shifted / total
+    return scores / scores.sum() if scores.min() > 0 else np.full(len(scores), 1.0 / len(scores))
 
 
 def rocchio(
