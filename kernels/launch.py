@@ -266,26 +266,56 @@ class TuningCache:
         self.stamp = stamp
 
     def load(self) -> dict[str, LaunchConfig]:
+        """This stamp's entries that are well formed; the rest (a file of another shape, an entry edited by hand or
+        written by another version) are set aside with a warning and tuned again."""
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
-            return {k: LaunchConfig(*v) for k, v in raw.get(self.stamp, {}).items()}
-        except (OSError, ValueError, TypeError):
-            return {}  # missing, half-written by a crashed old version, or foreign: tune again
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:  # half-written by a crashed old version, or unreadable
+            log.warning("ignoring the Triton tuning cache %s (%s); tuning again", self.path, error)
+            return {}
+        entries = raw.get(self.stamp, {}) if isinstance(raw, dict) else None
+        if not isinstance(entries, dict):
+            log.warning("ignoring the Triton tuning cache %s: not a map of stamps to entries; tuning again", self.path)
+            return {}
+        kept = {key: config for key, config in ((key, well_formed(value)) for key, value in entries.items()) if config}
+        if len(kept) < len(entries):
+            log.warning("ignoring %d malformed entry(ies) of the Triton tuning cache %s; tuning again",
+                        len(entries) - len(kept), self.path)
+        return kept
 
     def store(self, key: str, config: LaunchConfig) -> None:
+        """Merge one entry under an exclusive lock; a cache that cannot be written costs later processes a tuning
+        run, never this launch (a warning says so)."""
         from lsr.files import write_json_atomic
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                raw = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                raw = {}
-            device = self.stamp.split("|")[1]
-            raw = {s: v for s, v in raw.items() if s == self.stamp or s.split("|")[1:2] != [device]}
-            raw.setdefault(self.stamp, {})[key] = list(astuple(config))
-            write_json_atomic(self.path, raw)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    raw = json.loads(self.path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    raw = {}
+                device = self.stamp.split("|")[1]
+                raw = {s: v for s, v in raw.items() if isinstance(v, dict) and (s == self.stamp or s.split("|")[1:2] != [device])
+                       } if isinstance(raw, dict) else {}
+                mine = {k: v for k, v in raw.get(self.stamp, {}).items() if well_formed(v)}
+                raw[self.stamp] = {**mine, key: list(astuple(config))}
+                write_json_atomic(self.path, raw)
+        except OSError as error:
+            log.warning("could not save a tuned launch in %s (%s); later processes will tune it again", self.path, error)
+
+
+def well_formed(value) -> LaunchConfig | None:
+    """A cached entry as a configuration Triton can launch (five positive whole numbers, power-of-two tiles and
+    warps), or None."""
+    if not isinstance(value, list) or len(value) != 5 or not all(type(v) is int and v > 0 for v in value):
+        return None
+    config = LaunchConfig(*value)
+    tiles = (config.block_v, config.block_n, config.block_h, config.warps)
+    return config if all(v & (v - 1) == 0 for v in tiles) else None
 
 
 def tuning_stamp(device_name: str, kernel_source: str) -> str:
@@ -370,6 +400,10 @@ class LaunchChooser:
         if autotune_enabled():
             cache = tuning_cache(device, interpret, self.kernel_source)
             config = cache.load().get(key.text())
+            if config is not None and not fits(key.kernel, key.bucket, config):
+                log.warning("the Triton tuning cache's %s for %s does not fit the kernel; tuning again",
+                            astuple(config), key.text())
+                config = None
             if config is None:
                 config = tune(key, launch, wall_timer if interpret else cuda_timer)
                 cache.store(key.text(), config)

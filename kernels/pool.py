@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from .pool_torch import splade_max_pool_chunked, splade_max_pool_reference
+from .pool_torch import check_pool_inputs, splade_max_pool_chunked, splade_max_pool_reference
 
 IMPLS = ("auto", "triton", "chunked", "torch")
 
@@ -19,7 +19,7 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     path win there. "chunked" serves CPU inference through the screened exact path
     (kernels/pool_screen.py) whenever no gradient is needed, and the plain vocabulary-chunked loop otherwise.
     """
-    impl = os.environ.get("LSR_POOL_IMPL", impl) or "auto"
+    impl = os.environ.get("LSR_POOL_IMPL") or impl or "auto"  # an empty LSR_POOL_IMPL is unset, not "auto"
     if impl not in IMPLS:
         raise ValueError(f"unknown pooling impl {impl!r}; choose one of {', '.join(IMPLS)} (argument or LSR_POOL_IMPL)")
     if impl == "auto":
@@ -54,6 +54,7 @@ def splade_max_pool(
     ``deterministic`` asks the Triton backward for bitwise-reproducible gradients (no atomics);
     the PyTorch paths ignore it.
     """
+    check_pool_inputs(hidden, weight, bias, attention_mask)
     chosen = resolve_impl(impl, hidden.device)
     if chosen == "torch":
         return splade_max_pool_reference(hidden, weight, bias, attention_mask)

@@ -22,9 +22,11 @@ The margin (all quantities per document, h_t its real tokens, w_v weight rows, H
   ``u = 2^-24`` (Higham, Thm 3.1 plus one rounding for the bias). We use gamma_{H+2} with
   ``N = max_t ||h_t||``; the spare unit covers the float64 arithmetic of the bound itself (a few
   operations at 2^-53 on terms no larger than ``2 (N ||w_v|| + |b_v|)``).
+* Higham's bound assumes no underflow: a product that underflows errs by at most 2^-150 more and a sum of
+  denormals is exact, so ``(H + 2) 2^-125`` is added for it (a logit just below 0 evaluated to +2.2e-44).
 * Norms are computed in float64 and inflated by ``1 + 2^-40`` (their float64 rounding is < H 2^-53).
 
-So ``U_v = s r_v M_v + b_v + A||f_v|| + B||w_v|| + gamma_{H+2} (N ||w_v|| + |b_v|)`` bounds every
+So ``U_v = s r_v M_v + b_v + A||f_v|| + B||w_v|| + gamma_{H+2} (N ||w_v|| + |b_v|) + (H + 2) 2^-125`` bounds every
 fp32 max logit from above, and ``U_v <= 0`` proves the output entry is 0. Entries with ``U_v > 0``
 (~1.6% on splade-tiny over SciFact) are recomputed exactly. The int8 screen runs the tokens of many
 documents through one GEMM (a padded position repeats a real token of its document, which changes
@@ -173,8 +175,8 @@ class ScreenedHead:
     precision: str  # "int8" or "bf16": the screen's GEMM
     quantized: torch.Tensor  # int8 [V, H8] (H padded to a multiple of 8 for the int8 GEMM), or bf16 [V, H]
     row_scale: torch.Tensor  # [V] float64, r_v (ones for bf16)
-    # [4, V] float64: ||w_v - r_v p_v||, ||w_v|| (both inflated), gamma_{H+2} |b_v| (plus, for bf16, the flushed
-    # denormals' slack) and ||r_v p_v|| (inflated; bf16 only, else zeros); a document's margin is its coefficients
+    # [4, V] float64: ||w_v - r_v p_v||, ||w_v|| (both inflated), gamma_{H+2} |b_v| plus the underflow slack (twice for bf16,
+    # whose GEMM also flushes denormals) and ||r_v p_v|| (inflated; bf16 only, else zeros); a document's margin is its coefficients
     # (A, B + gamma_{H+2} N, 1, gamma_H A for bf16) times these rows.
     margin_rows: torch.Tensor
     bound_rows: torch.Tensor  # margin_rows with b_v added to the third row: the U_v terms that need no GEMM
@@ -188,7 +190,10 @@ class ScreenedHead:
         b = torch.zeros(w.shape[0]) if bias is None else bias.detach().to(torch.float32).contiguous()
         w64 = w.double()
         hidden_size = w.shape[1]
-        constant = _gamma(hidden_size + 2) * b.double().abs()
+        # Higham's bound assumes no underflow; an fp32 product that underflows errs by at most 2^-150 more (sums
+        # of denormals are exact), so (H + 2) 2^-125 covers it with room: a logit 0.8 of the smallest denormal
+        # below 0 had evaluated to +2.2e-44 in fp32 and been screened out.
+        constant = _gamma(hidden_size + 2) * b.double().abs() + (hidden_size + 2) * 2.0**-125
         if precision == "bf16":
             quantized = _bf16_flushed(w).contiguous()
             scale = torch.ones(w.shape[0], dtype=torch.float64)
@@ -331,12 +336,29 @@ def _write_max(out: torch.Tensor, where: torch.Tensor | None, doc: int, columns,
     where[doc, columns] = positions[doc, row]
 
 
-_prepared: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor | None, ScreenedHead]] = OrderedDict()
+_prepared: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor | None, tuple, ScreenedHead]] = OrderedDict()
 _prepared_lock = threading.Lock()  # encodes run concurrently (the service's micro-batches)
+_SAMPLED_ROWS = 64
+
+
+def _fingerprint(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Copies of 64 evenly spaced weight rows and of the bias: writes through ``.data`` (a re-initialisation, a
+    scaling, another model's weights copied in) leave the version counters unchanged, and a screen prepared from
+    the old weights then dropped entries of the new ones (an error of 1.5 after ``weight.data.mul_(-3)``)."""
+    step = max(1, weight.shape[0] // _SAMPLED_ROWS)
+    return weight.detach()[::step].clone(), None if bias is None else bias.detach().clone()
+
+
+def _same(fingerprint: tuple, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    rows, kept_bias = fingerprint
+    step = max(1, weight.shape[0] // _SAMPLED_ROWS)
+    return torch.equal(weight.detach()[::step], rows) and (bias is None or torch.equal(bias.detach(), kept_bias))
 
 
 def screened_head(weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "int8") -> ScreenedHead:
-    """The prepared head for these tensors, cached on storage and version so in-place updates re-prepare.
+    """The prepared head for these tensors, cached on storage and version so in-place updates re-prepare, and
+    checked against a sample of the weights so whole-tensor writes through ``.data`` do too (a write through
+    ``.data`` to a few rows can pass unseen: call ``forget_screened_heads()`` after one).
 
     The entry keeps the tensors alive, so their addresses cannot be reused by other tensors while
     cached. Inference tensors have no version counter and are prepared afresh on every call.
@@ -347,13 +369,19 @@ def screened_head(weight: torch.Tensor, bias: torch.Tensor | None, precision: st
     key += (None,) if bias is None else (bias.data_ptr(), bias._version, tuple(bias.shape))
     with _prepared_lock:
         entry = _prepared.get(key)
-        if entry is None:
-            entry = (weight.detach(), None if bias is None else bias.detach(),
+        if entry is None or not _same(entry[2], weight, bias):
+            entry = (weight.detach(), None if bias is None else bias.detach(), _fingerprint(weight, bias),
                      ScreenedHead.prepare(weight, bias, precision))
             _prepared[key] = entry
             while len(_prepared) > _CACHE_SIZE:
                 _prepared.popitem(last=False)
-    return entry[2]
+    return entry[3]
+
+
+def forget_screened_heads() -> None:
+    """Drop every prepared head, after weights were changed in a way the cache cannot see."""
+    with _prepared_lock:
+        _prepared.clear()
 
 
 def screen_applies(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -12,16 +12,39 @@ import torch
 DEFAULT_VOCAB_CHUNK = 4096
 
 
+def check_pool_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      attention_mask: torch.Tensor) -> None:
+    """One clear error for shapes every implementation refuses: a [1, L] mask for two documents was broadcast, a
+    2-D hidden gave [B, V] of the wrong rows, and H = 0 left the packed Triton kernel's output unwritten."""
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
+    if hidden.shape[2] == 0:
+        raise ValueError("hidden must have a hidden size of at least 1, got 0")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
+        raise ValueError(f"weight must be [vocab, {hidden.shape[2]}] to match hidden, got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be [vocab]=[{weight.shape[0]}] or None, got {tuple(bias.shape)}")
+    if tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(f"attention_mask must be [batch, seq]={tuple(hidden.shape[:2])}, got {tuple(attention_mask.shape)}")
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"hidden and weight must share one dtype, got {hidden.dtype} and {weight.dtype}; cast them "
+                        "(e.g. weight.to(hidden.dtype))")
+
+
 def splade_max_pool_reference(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Naive definition: materialise all logits, activate, masked max. Used as the test oracle."""
-    logits = hidden @ weight.t()
+    """Naive definition: materialise all logits, activate, masked max. Used as the test oracle.
+
+    Masked positions are zeroed before the product: an inf or nan there, times its zero gradient, had made every
+    weight gradient nan."""
+    check_pool_inputs(hidden, weight, bias, attention_mask)
+    keep = attention_mask.bool().unsqueeze(-1)
+    logits = hidden.masked_fill(~keep, 0.0) @ weight.t()
     if bias is not None:
         logits = logits + bias
-    act = torch.log1p(torch.relu(logits))
-    act = act.masked_fill(~attention_mask.bool().unsqueeze(-1), 0.0)
-    return act.amax(dim=1)
+    act = torch.log1p(torch.relu(logits)).masked_fill(~keep, 0.0)
+    return act.amax(dim=1) if act.shape[1] else act.sum(dim=1)  # no positions: zeros, still in the graph
 
 
 def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, vocab_chunk: int):
@@ -75,12 +98,15 @@ class _ChunkedMaxPool(SparseMaxPoolGrad):
         masked = ~keep.unsqueeze(-1)
         best, where = [], []
         with torch.no_grad():
-            for start in range(0, weight.shape[0], vocab_chunk):
+            for start in range(0, weight.shape[0] if hidden.shape[1] else 0, vocab_chunk):
                 # Masked in place and biased after the max: each [B, L, chunk] block is written once and read once.
                 logits = (hidden @ weight[start : start + vocab_chunk].t()).masked_fill_(masked, float("-inf"))
                 value, index = logits.max(dim=1)
                 best.append(value)
                 where.append(index)
+        if hidden.shape[1] == 0:  # no positions at all: every entry is a fully masked row's -inf
+            best = [hidden.new_full((hidden.shape[0], weight.shape[0]), float("-inf"))]
+            where = [torch.zeros(best[0].shape, dtype=torch.int64, device=hidden.device)]
         pooled = torch.cat(best, dim=1)
         if bias is not None:
             # fl(x + b) is monotone in x, so max(fl(x + b)) = fl(max(x) + b) exactly; a row with no kept position
@@ -101,8 +127,7 @@ def splade_max_pool_chunked(
     Peak extra memory is B×L×vocab_chunk; autograd keeps the inputs and the [B, V] argmax, and the
     backward touches only the non-zero outputs (``_ChunkedMaxPool``), so training through it is cheap too.
     """
-    if hidden.dim() != 3:
-        raise ValueError(f"hidden must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
+    check_pool_inputs(hidden, weight, bias, attention_mask)
     return _ChunkedMaxPool.apply(hidden, weight, bias, attention_mask, vocab_chunk)
 
 

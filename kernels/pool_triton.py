@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from .launch import MAX_PACKED_SEQS, MIN_BUCKET, LaunchChooser, LaunchConfig, LaunchKey, autotune_enabled, launch_key, length_bucket
+from .pool_torch import check_pool_inputs
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -51,9 +52,11 @@ PACK_MAX_LEN = 128
 @triton.jit
 def _log1p(x):
     # Goldberg's trick: log(u) * x / (u - 1) cancels the rounding in u = 1 + x; exact where u == 1.
+    # +inf stays inf (inf / inf was nan).
     u = 1.0 + x
     tiny = u == 1.0
-    return tl.where(tiny, x, tl.log(u) * (x / tl.where(tiny, 1.0, u - 1.0)))
+    exact = tiny | (x == float("inf"))
+    return tl.where(exact, x, tl.log(u) * (x / tl.where(exact, 1.0, u - 1.0)))
 
 
 @triton.jit
@@ -270,19 +273,10 @@ _CHOOSER = LaunchChooser(Path(__file__).read_text(encoding="utf-8"))
 
 
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], mask: torch.Tensor) -> None:
-    if hidden.dim() != 3:
-        raise ValueError(f"hidden must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
-    if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
-        raise ValueError(f"weight must be [vocab, {hidden.shape[2]}] to match hidden, got {tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"bias must be [vocab]=[{weight.shape[0]}] or None, got {tuple(bias.shape)}")
-    if tuple(mask.shape) != tuple(hidden.shape[:2]):
-        raise ValueError(f"attention_mask must be [batch, seq]={tuple(hidden.shape[:2])}, got {tuple(mask.shape)}")
-    if hidden.dtype not in SUPPORTED_DTYPES or weight.dtype != hidden.dtype:
-        raise TypeError(
-            f"hidden and weight must share one dtype of float32/bfloat16/float16, got {hidden.dtype} and {weight.dtype}; "
-            "cast them (e.g. weight.to(hidden.dtype))"
-        )
+    check_pool_inputs(hidden, weight, bias, mask)
+    if hidden.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"the Triton kernel takes float32/bfloat16/float16 inputs, got {hidden.dtype}; cast them "
+                        "or use impl='chunked'")
 
 
 def _check_devices(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], mask: torch.Tensor) -> None:
@@ -480,9 +474,7 @@ def _backward(
     # d log1p(relu(m)) / dm = 1 / (1 + m) where m > 0; 0 where m <= 0 or the row is fully masked (-inf).
     g = torch.where(pooled > 0, grad_out.float() / (1.0 + pooled.clamp_min(0)), 0.0).contiguous()
     grad_bias = g.sum(dim=0)
-    empty = hidden.new_empty(0)
-
-    grad_weight = empty
+    grad_weight = hidden.new_empty(0)  # each return its own tensor: a custom op's outputs may not alias
     if need_weight:
         grad_weight = torch.empty((V, H), dtype=weight.dtype, device=weight.device)
         if grad_weight.numel():
@@ -493,7 +485,7 @@ def _backward(
                 BLOCK_V=block_v, BLOCK_H=block_h, num_warps=warps,
             )
 
-    grad_hidden = empty
+    grad_hidden = hidden.new_empty(0)
     if need_hidden:
         if deterministic or H > ATOMIC_MAX_HIDDEN:
             grad_hidden = _grad_hidden_sorted(g, arg, weight, B, L, H)

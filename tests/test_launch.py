@@ -161,5 +161,24 @@ def test_autotune_results_persist_are_reused_and_ignored_when_stale(monkeypatch,
 
         path.write_text("{not json")
         assert len(run_fresh()) == 1  # a damaged file is ignored too
+
+        # JSON of another shape, and entries edited by hand or written by another version, crashed the launch (a
+        # TypeError, a ZeroDivisionError, Triton's "power of 2") or made every later process tune every key again
+        for damaged in ([], 7, {stamp: []}, {stamp: {key.text(): [32, 16]}}, {stamp: {key.text(): [32, 12, 32, 4, 1]}},
+                        {stamp: {key.text(): [32, 0, 32, 4, 1]}}, {stamp: {key.text(): "12345"}},
+                        {stamp: {key.text(): [32, 16, 32, 4, 1]}}):  # the last does not fit the packed kernel at L32
+            path.write_text(json.dumps(damaged))
+            assert len(run_fresh()) == 1, damaged
+            assert json.loads(path.read_text())[stamp][key.text()] == entries[key.text()]
+            assert run_fresh() == []  # the repaired file serves the next process
+        other = "other/key"
+        path.write_text(json.dumps({stamp: {other: [1, 2], key.text(): entries[key.text()]}}))
+        assert run_fresh() == []  # a malformed entry beside it costs only itself
+        assert any("ignoring 1 malformed entry(ies)" in r.getMessage() for r in caplog.records)
+
+        monkeypatch.setenv("LSR_CACHE_DIR", str(path))  # a file where the cache folder should be: nothing is saved
+        caplog.clear()
+        assert len(run_fresh()) == 1
+        assert any("could not save a tuned launch" in r.getMessage() for r in caplog.records)
     finally:
         pool_triton._CHOOSER.forget()

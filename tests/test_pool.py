@@ -52,6 +52,42 @@ def test_environment_overrides_the_argument(monkeypatch):
     monkeypatch.setenv("LSR_POOL_IMPL", "fused")
     with pytest.raises(ValueError, match="LSR_POOL_IMPL"):
         splade_max_pool(*make_inputs(), impl="auto")
+    monkeypatch.setenv("LSR_POOL_IMPL", "")  # set but empty is unset: it overrode impl="torch" with auto
+    assert resolve_impl("torch", torch.device("cpu")) == "torch"
+
+
+@pytest.mark.parametrize("impl", ["torch", "chunked"])
+def test_shapes_every_impl_refuses_and_an_empty_sequence(impl):
+    """A [1, L] mask for two documents was broadcast, a 2-D hidden gave [B, V] of wrong rows, mixed dtypes failed
+    inside a matmul, and L = 0 raised amax's IndexError (the screened and Triton paths gave zeros)."""
+    hidden, weight, bias, mask = (t.float() if t.is_floating_point() else t for t in make_inputs(B=2))
+    for args, error, message in (
+        ((hidden, weight, bias, mask[:1]), ValueError, r"attention_mask must be \[batch, seq\]=\(2, 13\)"),
+        ((hidden[0], weight, bias, mask), ValueError, "hidden must be"),
+        ((hidden[:, :, :0], weight[:, :0], bias, mask), ValueError, "hidden size of at least 1"),
+        ((hidden, weight.double(), bias, mask), TypeError, "share one dtype"),
+    ):
+        with pytest.raises(error, match=message):
+            splade_max_pool(*args, impl=impl)
+    for dtype in (torch.float32, torch.float64):  # fp64: the plain chunked loop, not the screen
+        leaf = weight.detach().to(dtype).clone().requires_grad_()
+        out = splade_max_pool(hidden[:, :0].to(dtype), leaf, bias.to(dtype), mask[:, :0], impl=impl)
+        assert out.shape == (2, weight.shape[0]) and not out.any()
+        out.sum().backward()
+        assert not leaf.grad.any()
+
+
+def test_the_reference_keeps_weight_gradients_finite_past_a_non_finite_padding_position():
+    """impl="torch" masked after log1p: an inf at a padded position, times its zero gradient, made every weight
+    gradient nan."""
+    hidden, weight, bias, mask = make_inputs(B=2)
+    hidden[0, 12] = float("inf")
+    mask[0, 12] = 0
+    got = grads_of(splade_max_pool_reference, hidden, weight, bias, mask, torch.ones(2, 203, dtype=torch.float64))
+    want = grads_of(splade_max_pool_chunked, hidden, weight, bias, mask, torch.ones(2, 203, dtype=torch.float64))
+    assert all(bool(torch.isfinite(g).all()) for g in got)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g[:1] if g.dim() == 3 else g, w[:1] if w.dim() == 3 else w)
 
 
 @pytest.mark.parametrize("vocab_chunk", [1, 64, 203, 4096])

@@ -11,6 +11,7 @@ from lsr.kernels.pool_screen import (
     best_precision,
     bf16_matmul_is_sound,
     int8_matmul_is_exact,
+    forget_screened_heads,
     screened_head,
     splade_max_pool_screened,
 )
@@ -192,6 +193,33 @@ def test_inplace_weight_update_is_seen(precision):
     assert_equal_to_reference(hidden, weight, bias, mask, precision)
     weight.mul_(3)
     assert_equal_to_reference(hidden, weight, bias, mask, precision)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_writes_through_data_are_seen(precision):
+    """``.data`` writes (re-initialisation, weight tying, copying another model in) do not bump the version counters
+    the cache was keyed on: the stale screen's output was off by 1.5."""
+    hidden, weight, bias, mask = random_inputs(2, 8, 16, 100, seed=12)
+    assert_equal_to_reference(hidden, weight, bias, mask, precision)
+    weight.data.mul_(-3)
+    assert_equal_to_reference(hidden, weight, bias, mask, precision)
+    bias.data.copy_(torch.randn(100))
+    assert_equal_to_reference(hidden, weight, bias, mask, precision)
+    weight.data[5] += 10  # one row: the sample may miss it, and forgetting the prepared heads is the way
+    forget_screened_heads()
+    assert_equal_to_reference(hidden, weight, bias, mask, precision)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_logits_that_underflow_into_denormals_are_kept(precision):
+    """Higham's bound assumes no underflow: this logit is exactly -0.8 of the smallest denormal, but each positive
+    product rounds up to one denormal in fp32, so the reference gives 2.2e-44 and the int8 screen had dropped it."""
+    hidden = (torch.tensor([1.0, -1.0, -1.0] * 16) * 2.0**-70).reshape(1, 1, 48)
+    weight = (torch.tensor([0.55, 0.3, 0.3] * 16) * 2.0**-79).reshape(1, 48)
+    mask = torch.ones(1, 1, dtype=torch.long)
+    want = splade_max_pool_reference(hidden, weight, None, mask)
+    got = splade_max_pool_screened(hidden, weight, None, mask, precision=precision)
+    assert torch.equal(got, want) and (want > 0).all()
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

@@ -111,6 +111,28 @@ def test_backward_without_bias_and_frozen_weight():
     assert rel_err(leaf.grad, want_hidden) <= TOLERANCE[torch.float32]
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_backward_of_the_bias_alone(deterministic):
+    """Bias-only fine-tuning (frozen encoder and head) broke the custom op's rule that outputs may not alias: both
+    unneeded gradients were one empty tensor."""
+    hidden, weight, b, mask = make_inputs(2, 19, 72, 133, torch.float32, seed=6)
+    grad_out = torch.randn(2, 133).to(DEVICE)
+    _, _, _, want = reference_grads(hidden, weight, b, mask, grad_out)
+    leaf = b.clone().requires_grad_()
+    splade_max_pool_triton(hidden, weight, leaf, mask, deterministic=deterministic).backward(grad_out)
+    assert rel_err(leaf.grad, want) <= TOLERANCE[torch.float32]
+
+
+def test_an_infinite_pooled_logit_gives_inf_not_nan():
+    """log1p's rounding fix computed inf * (inf / inf) = nan where the reference gives inf."""
+    hidden, weight, _, mask = make_inputs(1, 3, 16, 3, torch.float32, seed=7)
+    bias = torch.tensor([float("inf"), 0.0, float("-inf")], device=DEVICE)
+    want = splade_max_pool_reference(hidden.double(), weight.double(), bias.double(), mask)
+    got = splade_max_pool_triton(hidden, weight, bias, mask)
+    assert got[0, 0] == float("inf") and got[0, 2] == 0
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_all_negative_logits_give_zeros_and_zero_grads():
     hidden, weight, b, mask = make_inputs(2, 19, 72, 133, torch.float32, seed=2)
     hidden, weight, b = hidden.abs(), -weight.abs(), -b.abs()
@@ -242,6 +264,10 @@ def test_bad_inputs_are_rejected_with_a_clear_message():
         splade_max_pool_triton(hidden, weight, b, mask[:, :3])
     with pytest.raises(ValueError, match="bias must be"):
         splade_max_pool_triton(hidden, weight, b[:5], mask)
+    with pytest.raises(ValueError, match="hidden size of at least 1"):  # the packed kernel left its output unwritten
+        splade_max_pool_triton(hidden[:, :, :0], weight[:, :0], b, mask)
+    with pytest.raises(TypeError, match="float32/bfloat16/float16"):
+        splade_max_pool_triton(hidden.double(), weight.double(), b, mask)
 
 
 def test_cpu_tensors_without_interpreter_are_rejected():
