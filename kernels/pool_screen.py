@@ -341,18 +341,21 @@ _prepared_lock = threading.Lock()  # encodes run concurrently (the service's mic
 _SAMPLED_ROWS = 64
 
 
-def _fingerprint(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Copies of 64 evenly spaced weight rows and of the bias: writes through ``.data`` (a re-initialisation, a
-    scaling, another model's weights copied in) leave the version counters unchanged, and a screen prepared from
-    the old weights then dropped entries of the new ones (an error of 1.5 after ``weight.data.mul_(-3)``)."""
+def _sample(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """64 evenly spaced weight rows and bias entries (views): about 20 us to compare on splade-tiny's head."""
     step = max(1, weight.shape[0] // _SAMPLED_ROWS)
-    return weight.detach()[::step].clone(), None if bias is None else bias.detach().clone()
+    return weight.detach()[::step], None if bias is None else bias.detach()[::step]
+
+
+def _fingerprint(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A copy of ``_sample``: writes through ``.data`` (a re-initialisation, a scaling, another model's weights
+    copied in) leave the version counters unchanged, and a screen prepared from the old weights then dropped
+    entries of the new ones (an error of 1.5 after ``weight.data.mul_(-3)``)."""
+    return tuple(None if t is None else t.clone() for t in _sample(weight, bias))
 
 
 def _same(fingerprint: tuple, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    rows, kept_bias = fingerprint
-    step = max(1, weight.shape[0] // _SAMPLED_ROWS)
-    return torch.equal(weight.detach()[::step], rows) and (bias is None or torch.equal(bias.detach(), kept_bias))
+    return all(a is None or torch.equal(a, b) for a, b in zip(_sample(weight, bias), fingerprint))
 
 
 def screened_head(weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "int8") -> ScreenedHead:
