@@ -23,7 +23,7 @@ from lsr.sparse import SparseBatch, is_real, is_whole
 
 from . import storage
 from .inputs import doc_id_list, document_batch, keep_top_terms, query_rows, query_terms
-from .quantize import choose_scale, dequantize, impact_dtype, quantize
+from .quantize import choose_scale, dequantize, impact_dtype, quantize, row_scales
 from .search_numba import ACC_PAD, search_maxscore, search_taat, search_taat_rescore
 from .segment import Segment, build_arrays, expected_dtypes, expected_lengths, structure_problem
 
@@ -56,10 +56,12 @@ class _State:
         self._lock = threading.Lock()
 
     @property
-    def scale(self) -> float | None:
-        # an index with no segment (a shard empty at its build, or every document deleted and compacted away) keeps
-        # the scale its build was given: adds chose their own, so a sharded collection's scores left the unsharded one's
-        return max((s.scale for s in self.segments), default=self.manifest.get("scale"))
+    def base_scale(self) -> float | None:
+        """The scale documents are rounded at where it holds their largest weight (``row_scales``): the build's, in
+        the manifest (kept by an index with no segment left, so a shard empty at its build scores as the unsharded
+        index does); an older index's smallest segment scale (its build's: later writes only grew it); None before
+        the first document."""
+        return self.manifest.get("scale") or min((s.scale for s in self.segments), default=None)
 
     @property
     def live(self) -> int:
@@ -144,14 +146,14 @@ class InvertedIndex:
         path.mkdir(parents=True, exist_ok=True)
         with storage.writer_lock(path):
             version = _disk_version(path) + 1
-            chosen = choose_scale(quantization, float(batch.values.max(initial=0.0)), scale)
+            chosen = scale if scale is not None else choose_scale(quantization, float(batch.values.max(initial=0.0)))
             base = {"vocab_size": batch.vocab_size, "quantization": quantization, "vocab": None, "segments": [],
                     "journal_seq": journal_seq}
-            if scale is not None:  # the scale a sharded collection's shards share, for adds to a shard with no segment
+            if scale is not None or len(ids):  # an empty build without one: the first add chooses it
                 base["scale"] = chosen
             if batch.vocab is not None:
                 base["vocab"] = storage.write_json(path, f"vocab.{version:06d}.json", list(batch.vocab))
-            segments = [_write_segment(path, f"s{version:06d}", batch, ids, quantization, chosen)] if len(ids) else []
+            segments = _write_segments(path, version, batch, ids, quantization, chosen) if len(ids) else []
             manifest = dict(base, version=version, segments=segments)
             storage.commit_manifest(path, manifest)
         return cls.open(path)
@@ -181,6 +183,11 @@ class InvertedIndex:
     @property
     def quantization(self) -> str:
         return self._state.manifest["quantization"]
+
+    @property
+    def base_scale(self) -> float | None:
+        """The scale a document is rounded at where it holds its largest weight (see ``row_scales``)."""
+        return self._state.base_scale
 
     @property
     def version(self) -> int:
@@ -361,10 +368,10 @@ class InvertedIndex:
             masks = _tombstones(state, list(where.values()))
             manifest = _copy_manifest(state.manifest, journal_seq)
             version = manifest["version"] + 1
-            scale = choose_scale(self.quantization, float(batch.values.max(initial=0.0)), state.scale)
+            base = state.base_scale or choose_scale(self.quantization, float(batch.values.max(initial=0.0)))
+            manifest["scale"] = base
             _write_deleted(self.path, manifest, masks, version)
-            manifest["segments"].append(
-                _write_segment(self.path, f"s{version:06d}", batch, ids, self.quantization, scale))
+            manifest["segments"].extend(_write_segments(self.path, version, batch, ids, self.quantization, base))
             self._commit(manifest, version)
             while (crowded := _crowded_tier(self._state.segments)) is not None:
                 self._merge(self._state, crowded)
@@ -527,6 +534,21 @@ def _write_deleted(path: Path, manifest: dict, masks: dict[int, np.ndarray], ver
             continue
         seg["files"]["deleted"] = storage.write_array(path, f"{seg['name']}.del{version:06d}", rows)
     manifest["segments"] = [s for i, s in enumerate(manifest["segments"]) if i not in empty]
+
+
+def _write_segments(path: Path, version: int, batch: SparseBatch, ids: list[str], quantization: str,
+                    base: float) -> list[dict]:
+    """One segment per scale the documents need (``row_scales``): almost always one, at the base scale."""
+    scales = row_scales(quantization, batch.row_maxima(), base)
+    distinct = np.unique(scales)
+    if len(distinct) == 1:
+        return [_write_segment(path, f"s{version:06d}", batch, ids, quantization, float(distinct[0]))]
+    segments = []
+    for i, scale in enumerate(distinct):
+        rows = np.flatnonzero(scales == scale)
+        segments.append(_write_segment(path, f"s{version:06d}" + (f"-{i}" if i else ""), batch.select(rows),
+                                       [ids[r] for r in rows], quantization, float(scale)))
+    return segments
 
 
 def _write_segment(path: Path, name: str, batch: SparseBatch, ids: list[str], quantization: str, scale: float) -> dict:

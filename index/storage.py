@@ -30,7 +30,7 @@ MANIFEST = "manifest.json"
 LOCK = "LOCK"
 _HEAD_BYTES = 1 << 16
 _FULL_CHECK_ON_OPEN = 1 << 20
-_DATA_FILE = re.compile(r"^(s\d+\..+|vocab\..+|.+\.tmp)$")
+_DATA_FILE = re.compile(r"^(s\d+(-\d+)?\..+|vocab\..+|.+\.tmp)$")  # s000012-1: a write's segment of another scale
 
 
 class CorruptIndexError(CorruptFileError):

@@ -290,6 +290,14 @@ class SparseBatch:
             raise IndexError(f"row {bad} of a batch of {len(self)}")
         return rows.astype(np.int64) % max(len(self), 1)
 
+    def row_maxima(self) -> np.ndarray:
+        """Each row's largest weight (0 for an empty row), float64."""
+        out = np.zeros(len(self), np.float64)
+        filled = np.diff(self.indptr) > 0
+        if filled.any():  # an empty row between two filled ones adds nothing to the first one's span
+            out[filled] = np.maximum.reduceat(self.values, self.indptr[:-1][filled])
+        return out
+
     def select(self, rows: Sequence[int] | np.ndarray) -> "SparseBatch":
         """A new batch of the given rows (negative: from the end; or a boolean mask), in the given order."""
         rows = self._row_positions(rows)

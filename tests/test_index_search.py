@@ -80,8 +80,9 @@ def test_search_after_add_delete_merge(tmp_path_factory, small_windows, shape, d
                 assert_exact_topk(idx, query, k, algorithm=algorithm)
                 assert not {h.doc_id for h in idx.search(query, k=k, algorithm=algorithm)} & set(doomed), stage
         idx.merge()
-    segments = idx._state.segments  # one per quantization scale (the upserts' doubled weights may need a larger one)
-    assert len(segments) == len({seg.scale for seg in segments}) <= 2 and all(s.live == s.n_docs for s in segments)
+    segments = idx._state.segments  # one per quantization scale: the base, or base·2^k where a document needs it
+    assert len(segments) == len({seg.scale for seg in segments}) and all(s.live == s.n_docs for s in segments)
+    assert all(float(np.log2(seg.scale / idx.base_scale)).is_integer() for seg in segments)
 
 
 def test_multi_window_multi_segment_large(tmp_path):

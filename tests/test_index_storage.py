@@ -288,6 +288,39 @@ def test_a_larger_scale_never_re_rounds_the_documents_written_before_it(tmp_path
     assert len({seg.scale for seg in idx._state.segments}) == idx.num_segments >= 2
 
 
+def test_a_documents_scores_depend_on_it_and_the_base_scale_alone_not_on_earlier_writes(tmp_path):
+    """With one scale grown by the largest write so far, a document written after a larger one rounded coarser: a
+    rerun after a crash (some documents written twice) and `lsr repair` (all at once) moved sparse scores by up to
+    1.2 % from the uninterrupted run's. Now each document takes the base scale, or base·2^k where it must."""
+    build = SparseBatch.from_scipy(_vectors(4, 20))
+    big = SparseBatch.from_scipy(_vectors(5, 6) * 7.0)  # needs base·8: a segment of its own scale
+    small = SparseBatch.from_scipy(_vectors(6, 9))
+    big_ids, small_ids = [f"big-{i}" for i in range(6)], [f"small-{i}" for i in range(9)]
+    query = SparseBatch.from_scipy(sp.csr_matrix(np.ones((1, 300), np.float32)))[0]
+
+    def scores(idx: InvertedIndex) -> dict[str, float]:
+        return {hit.doc_id: hit.score for hit in idx.search(query, k=len(idx))}
+
+    first = InvertedIndex.build(tmp_path / "first", build, [f"b{i}" for i in range(20)])
+    first.add(big, big_ids)
+    first.add(small, small_ids)
+    other = InvertedIndex.build(tmp_path / "other", build, [f"b{i}" for i in range(20)])
+    other.add(small, small_ids)
+    other.add(big, big_ids)
+    assert scores(first) == scores(other)
+    want = scores(first)
+    first.add(small, small_ids)  # a rerun writes them again
+    first.add(big[:3], big_ids[:3])
+    assert scores(first) == want
+    rebuilt = InvertedIndex.build(tmp_path / "rebuilt", SparseBatch.concat([build, big, small]),  # as lsr repair does
+                                  [f"b{i}" for i in range(20)] + big_ids + small_ids, scale=first.base_scale)
+    assert scores(rebuilt) == want
+    steps = sorted(seg.scale / first.base_scale for seg in rebuilt._state.segments)  # one segment per step used
+    assert steps[0] == 1.0 and len(steps) > 1 and all(float(np.log2(step)).is_integer() for step in steps)
+    reopened = InvertedIndex.open(tmp_path / "first")
+    assert reopened.base_scale == first.base_scale == InvertedIndex.open(tmp_path / "rebuilt").base_scale
+
+
 def test_a_short_write_names_the_file_and_leaves_no_temporary(tmp_path):
     """On a full disk numpy's save said only "49803 requested and 49088 written", not which file: the index stage
     failed with no clue where. A file-size limit (RLIMIT_FSIZE) makes the same short write here."""

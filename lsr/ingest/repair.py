@@ -57,14 +57,15 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
     last = records[-1].seq if records else parts.upto
     latest = latest_writes([*parts.records(), *records])
 
-    chunks = [_without(batch, ids, latest) for batch, ids in read_vector_shards(path, meta["shards"])]
+    built = list(read_vector_shards(path, meta["shards"]))
+    chunks = [_without(batch, ids, latest) for batch, ids in built]
     live = _journaled(latest)
     if live:
         chunks.append((SparseBatch.concat([record.sparse[row : row + 1] for _, record, row in live]),
                        [doc_id for doc_id, _, _ in live]))
     sparse = _swapped_in(path / "sparse", lambda folder: InvertedIndex.build(
         folder, chunks, quantization=meta["settings"]["quantization"], journal_seq=last,
-        scale=meta.get("sharding", {}).get("sparse_scale")))
+        scale=_build_scale(meta, built)))
     done = [salvaged] if salvaged else []
     done.append(f"rebuilt the sparse index: {sparse.num_docs:,} documents")
     if meta.get("dense_model"):
@@ -95,6 +96,18 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
     if meta.get("bm25") and _record_bm25_statistics(path, meta):
         done.append("recorded the BM25 leg's statistics: it now finds the documents upserted since the build")
     return done
+
+
+def _build_scale(meta: dict, built: list) -> float | None:
+    """The sparse index's base scale as its build chose it (a sharded collection's shared one, else from the build's
+    vectors), so a document written since scores as it did before the rebuild (``row_scales``); None for an empty
+    build, whose first write chose it."""
+    from lsr.index.quantize import choose_scale
+
+    if "sharding" in meta:
+        return meta["sharding"].get("sparse_scale")
+    top = max((float(batch.values.max(initial=0.0)) for batch, _ in built), default=0.0)
+    return choose_scale(meta["settings"]["quantization"], top) if top > 0 else None
 
 
 def _record_bm25_statistics(path: Path, meta: dict) -> bool:
