@@ -68,6 +68,22 @@ def test_bundled_minilm_equals_sentence_transformers_at_every_length(texts_of_ev
     assert min(lengths) < 16 and max(lengths) > 256  # both ends are covered, including cut texts
 
 
+def test_a_folder_sentence_transformers_6_saves_loads_and_its_prompts_are_put_first(tmp_path, texts_of_every_length):
+    """sentence-transformers 6 writes ``"pooling_mode": "mean"``, which was refused ("exactly one of
+    pooling_mode_mean_tokens, ... got none"); and a folder's prompts (e5's "query: ") were left out."""
+    folder = str(tmp_path / "st6")
+    sentence_transformers.SentenceTransformer(resolve_model("minilm"), device="cpu",
+                                              prompts={"query": "query: ", "document": "passage: "}).save(folder)
+    assert "pooling_mode" in json.loads(open(os.path.join(folder, "1_Pooling", "config.json")).read())
+    ours = DenseEncoder.from_pretrained(folder, device="cpu", dtype="fp32")
+    reference = sentence_transformers.SentenceTransformer(folder, device="cpu")
+    texts = texts_of_every_length[:6] + texts_of_every_length[-3:]
+    for got, want in ((ours.encode_queries(texts), reference.encode_query(texts, convert_to_numpy=True)),
+                      (ours.encode_documents(texts), reference.encode_document(texts, convert_to_numpy=True))):
+        assert np.abs(got - want).max() <= 1e-5
+    assert np.abs(ours.encode_queries(texts) - ours.encode_documents(texts)).max() > 1e-3  # the prompts differ
+
+
 @pytest.mark.parametrize("pooling_flag, normalize, max_seq_length", [
     ("pooling_mode_cls_token", False, 32),
     ("pooling_mode_max_tokens", True, None),

@@ -590,6 +590,33 @@ def test_margin_mse_pulls_margins_toward_the_teachers(examples, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_a_folders_prompts_and_activation_are_trained_through_and_exported(tmp_path):
+    """Training ignored a sentence-transformers folder's prompts and its log1p_relu activation, and the export wrote
+    empty prompts and max/relu pooling: the trained model was used otherwise than it was trained and saved."""
+    st = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+
+    from lsr.encode.models import resolve_model
+    from lsr.encode.splade import SpladeEncoder
+    from lsr.train.export import save_model_folder
+
+    st.SparseEncoder(modules=[MLMTransformer(resolve_model("splade-tiny")),
+                              SpladePooling(pooling_strategy="max", activation_function="log1p_relu")],
+                     prompts={"query": "query: ", "document": "passage: "}, device="cpu").save(str(tmp_path / "st"))
+    model = TrainableSplade.load(str(tmp_path / "st"), device="cpu", dtype="fp32")
+    texts = ["vitamin d and bone density", "statins cause muscle pain"]
+    with torch.no_grad():
+        for side, length in (("query", 16), ("document", 64)):
+            trained = model.encode(texts, length, getattr(model.encoder.prompts, side)).numpy()
+            model.encoder.query_max_length = model.encoder.max_length = length
+            served = model.encoder.encode_queries if side == "query" else model.encoder.encode_documents
+            np.testing.assert_allclose(trained, served(texts).to_dense(), atol=1e-5)
+    save_model_folder(model, tmp_path / "out")
+    reloaded = SpladeEncoder.from_pretrained(str(tmp_path / "out"), device="cpu", dtype="fp32")
+    assert (reloaded.activation, reloaded.prompts.query, reloaded.prompts.document) == ("log1p_relu", "query: ",
+                                                                                        "passage: ")
+
+
 def test_gpu_benchmark_without_cuda_fails_fast_in_one_line(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_gpu.py"
     proc = subprocess.run([sys.executable, str(script), "--results-dir", str(tmp_path)], capture_output=True, text=True,

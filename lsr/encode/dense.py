@@ -9,7 +9,6 @@ folder without them gets mean pooling and L2 normalisation (cosine similarity by
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -24,12 +23,13 @@ from lsr.encode.batching import Pipeline, pad_multiple, right_pad
 from lsr.encode.inputs import (EncodeInfo, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
                                truncated_token_ids)
 from lsr.encode.models import check_tokenizer_fits, load_with_hint, quiet_loader, resolve_model
+from lsr.encode.st_folder import Prompts, read_json, read_json_list, read_prompts, with_prompt
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-POOLING_KEYS = {  # 1_Pooling/config.json flag → our pooling name
+POOLING_KEYS = {  # 1_Pooling/config.json flag (sentence-transformers before 6) → our pooling name
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
@@ -44,34 +44,43 @@ class SentenceConfig:
     pooling: str = "mean"
     normalize: bool = True
     lowercase: bool = False
+    prompts: Prompts = Prompts()
 
     @classmethod
     def read(cls, folder: str) -> "SentenceConfig":
         """The folder's modules.json pipeline; the plain-transformers default when it has none."""
-        modules_path = os.path.join(folder, "modules.json")
-        if not os.path.isfile(modules_path):
+        modules = read_json_list(folder, "modules.json")
+        if not modules:
             return cls()
-        with open(modules_path, encoding="utf-8") as fh:
-            modules = json.load(fh)
         kinds = {m["type"].rsplit(".", 1)[-1]: m.get("path", "") for m in modules}
         unknown = set(kinds) - {"Transformer", "Pooling", "Normalize"}
         if unknown:
             raise ValueError(f"{folder}: sentence-transformers modules {sorted(unknown)} are not supported "
                              "(only Transformer, Pooling, Normalize)")
-        pooling = "mean"
+        pooling, prompts = "mean", read_prompts(folder)
         if "Pooling" in kinds:
-            with open(os.path.join(folder, kinds["Pooling"], "config.json"), encoding="utf-8") as fh:
-                config = json.load(fh)
-            chosen = [key for key, on in config.items() if key.startswith("pooling_mode_") and on is True]
-            if len(chosen) != 1 or chosen[0] not in POOLING_KEYS:
-                raise ValueError(f"{folder}: exactly one of {', '.join(POOLING_KEYS)} is supported, got {chosen or 'none'}")
-            pooling = POOLING_KEYS[chosen[0]]
-        lowercase = False
-        st_config = os.path.join(folder, "sentence_bert_config.json")
-        if os.path.isfile(st_config):
-            with open(st_config, encoding="utf-8") as fh:
-                lowercase = bool(json.load(fh).get("do_lower_case", False))
-        return cls(pooling, "Normalize" in kinds, lowercase)
+            config = read_json(os.path.join(folder, kinds["Pooling"]), "config.json")
+            pooling = _pooling_mode(folder, config)
+            if config.get("include_prompt") is False and (prompts.query or prompts.document):
+                raise ValueError(f"{folder}: pooling that leaves the prompt's tokens out (include_prompt false) is "
+                                 "not supported")
+        lowercase = bool(read_json(folder, "sentence_bert_config.json").get("do_lower_case", False))
+        return cls(pooling, "Normalize" in kinds, lowercase, prompts)
+
+
+def _pooling_mode(folder: str, config: dict) -> str:
+    """``pooling_mode`` (sentence-transformers 6: "mean", or a list of one) or one ``pooling_mode_*_tokens`` flag."""
+    supported = sorted(set(POOLING_KEYS.values()))
+    if "pooling_mode" in config:
+        mode = config["pooling_mode"]
+        mode = mode[0] if isinstance(mode, list) and len(mode) == 1 else mode
+        if mode not in supported:
+            raise ValueError(f"{folder}: pooling {mode!r} is not supported (one of {', '.join(supported)})")
+        return mode
+    chosen = [key for key, on in config.items() if key.startswith("pooling_mode_") and on is True]
+    if len(chosen) != 1 or chosen[0] not in POOLING_KEYS:
+        raise ValueError(f"{folder}: exactly one of {', '.join(POOLING_KEYS)} is supported, got {chosen or 'none'}")
+    return POOLING_KEYS[chosen[0]]
 
 
 class DenseEncoder:
@@ -135,27 +144,28 @@ class DenseEncoder:
 
     def encode_documents(self, texts: Sequence[str] | str, batch_size: int = 32, *, show_progress: bool = False,
                          return_info: bool = False):
-        """[n, dim] float32 (with an EncodeInfo when ``return_info``)."""
-        return self._encode(texts, batch_size, show_progress, return_info)
+        """[n, dim] float32 (with an EncodeInfo when ``return_info``); the folder's document prompt goes first."""
+        return self._encode(texts, batch_size, show_progress, return_info, self.config.prompts.document)
 
     def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 8, *, show_progress: bool = False,
                        return_info: bool = False):
         """Passes of 8 length-sorted queries, padding-free for BERT models (``lsr.encode.packed_bert``). On
         one CPU thread a random micro-batch of 8 SciFact queries costs 8.7 ms a query (12-14 ms with
-        padding), one of 32 costs 8.4 ms, and one query alone 20 ms."""
-        return self._encode(texts, batch_size, show_progress, return_info)
+        padding), one of 32 costs 8.4 ms, and one query alone 20 ms. The folder's query prompt goes first."""
+        return self._encode(texts, batch_size, show_progress, return_info, self.config.prompts.query)
 
-    def _encode(self, texts: Any, batch_size: int, show_progress: bool, return_info: bool):
+    def _encode(self, texts: Any, batch_size: int, show_progress: bool, return_info: bool, prompt: str):
         """[n, dim] float32; empty texts get a zero vector (they match nothing, like an empty sparse vector).
 
         Batches of up to ``batch_size x max_length`` padded tokens through ``lsr.encode.batching``.
         """
         texts = check_texts(texts)
         batch_size = check_whole(batch_size, "batch_size", 1)
+        live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)
+        texts = with_prompt(texts, prompt)
         if self.config.lowercase:
             texts = [t.lower() for t in texts]
         out = np.zeros((len(texts), self.dim), np.float32)
-        live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)
         n_tokens = np.zeros(len(texts), np.int64)
         pad = self.tokenizer.pad_token_id or 0
 

@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from lsr.encode.st_folder import read_json
 
 DEFAULT_MAX_TOKENS = 512  # BERT's position limit: what a model with no stated limit gets, so paragraph-long queries fit
 
@@ -103,21 +103,13 @@ def model_max_tokens(folder: str, tokenizer: Any) -> int:
     tokenizer's ``model_max_length``, else the config's position limit, else ``DEFAULT_MAX_TOKENS``.
 
     This is how ``SentenceTransformer`` sizes its inputs, so our vectors match its for the same folder."""
-    st_config = _read_json(folder, "sentence_bert_config.json")
+    st_config = read_json(folder, "sentence_bert_config.json")
     if isinstance(st_config.get("max_seq_length"), int) and st_config["max_seq_length"] > 0:
         return int(st_config["max_seq_length"])
-    config = _read_json(folder, "config.json")  # GPT-2 names its limit n_positions
+    config = read_json(folder, "config.json")  # GPT-2 names its limit n_positions
     limits = [getattr(tokenizer, "model_max_length", None), config.get("max_position_embeddings", config.get("n_positions"))]
     limits = [int(n) for n in limits if isinstance(n, int) and 0 < n < 100_000]  # tokenizers say 1e30 for "unknown"
     return min(limits) if limits else DEFAULT_MAX_TOKENS
-
-
-def _read_json(folder: str, name: str) -> dict:
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

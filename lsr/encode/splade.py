@@ -23,6 +23,7 @@ from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, model_max_tokens, report_trun
                                resolve_dtype, token_ids, truncated_token_ids)
 from lsr.encode.idf import idf_of_index
 from lsr.encode.models import check_tokenizer_fits, load_with_hint, quiet_loader, resolve_model
+from lsr.encode.st_folder import ACTIVATIONS, Prompts, read_prompts, read_splade_pooling, with_prompt
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
 from lsr.kernels import splade_max_pool
@@ -103,8 +104,10 @@ def sparse_rows(pooled: torch.Tensor, top_k: int | None, threshold: float) -> tu
 class SpladeEncoder:
     """Symmetric SPLADE: the same MLM encodes queries and documents.
 
-    Options: ``pooling`` ("max" or "sum"), ``top_k`` / ``threshold`` pruning per vector,
-    ``query_expansion`` / ``doc_expansion`` (False keeps only the input's own tokens).
+    Options: ``pooling`` ("max" or "sum"), ``activation`` ("relu": log1p∘relu; "log1p_relu": log1p∘log1p∘relu, as
+    OpenSearch's doc-only models declare), ``prompts`` (texts put before queries and documents), ``top_k`` /
+    ``threshold`` pruning per vector, ``query_expansion`` / ``doc_expansion`` (False keeps only the input's own
+    tokens). ``from_pretrained`` takes pooling, activation and prompts from a sentence-transformers folder.
     """
 
     auto_model_class = "AutoModelForMaskedLM"
@@ -119,6 +122,8 @@ class SpladeEncoder:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = "auto",
         pooling: str = "max",
+        activation: str = "relu",
+        prompts: Prompts = Prompts(),
         top_k: int | None = None,
         threshold: float = 0.0,
         query_expansion: bool = True,
@@ -129,6 +134,9 @@ class SpladeEncoder:
         check_tokenizer_fits(tokenizer, model)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if activation not in ACTIVATIONS or (activation, pooling) == ("log1p_relu", "sum"):
+            raise ValueError(f"activation must be one of {ACTIVATIONS} (log1p_relu with max pooling), got {activation!r}"
+                             f" with {pooling} pooling")
         if query_max_length is None:
             query_max_length = default_query_length(str(getattr(model, "name_or_path", "")), tokenizer)
         max_length = check_length(max_length, "max_length", model)
@@ -144,6 +152,8 @@ class SpladeEncoder:
         self.max_length = int(max_length)
         self.query_max_length = int(query_max_length)
         self.pooling = pooling
+        self.activation = activation
+        self.prompts = prompts
         self.top_k = top_k
         self.threshold = float(threshold)
         self.query_expansion = query_expansion
@@ -193,6 +203,10 @@ class SpladeEncoder:
 
             tokenizer = load_with_hint(name_or_path, transformers.AutoTokenizer.from_pretrained)
             model = load_with_hint(name_or_path, quiet_loader(getattr(transformers, cls.auto_model_class), head_required=True))
+        declared = read_splade_pooling(resolve_model(name_or_path))
+        if declared is not None:
+            options = {"pooling": declared[0], "activation": declared[1], **options}
+        options.setdefault("prompts", read_prompts(resolve_model(name_or_path)))
         return cls(
             model, tokenizer, max_length=max_length, query_max_length=query_max_length,
             device=device, dtype=dtype, name=str(name_or_path), **options,
@@ -222,13 +236,15 @@ class SpladeEncoder:
         self, texts: Sequence[str] | str, batch_size: int = 32, *, show_progress: bool = False, return_info: bool = False
     ):
         """Encode documents (``max_length`` tokens, ``doc_expansion``); returns SparseBatch in input order."""
-        return self._encode(texts, self.max_length, self.doc_expansion, batch_size, show_progress, return_info)
+        return self._encode(texts, self.max_length, self.doc_expansion, batch_size, show_progress, return_info,
+                            self.prompts.document)
 
     def encode_queries(
         self, texts: Sequence[str] | str, batch_size: int = 64, *, show_progress: bool = False, return_info: bool = False
     ):
         """Encode queries (``query_max_length`` tokens, ``query_expansion``); returns SparseBatch in input order."""
-        return self._encode(texts, self.query_max_length, self.query_expansion, batch_size, show_progress, return_info)
+        return self._encode(texts, self.query_max_length, self.query_expansion, batch_size, show_progress, return_info,
+                            self.prompts.query)
 
     @property
     def pads_batches(self) -> bool:
@@ -265,7 +281,8 @@ class SpladeEncoder:
         bias = None if self.bias is None else self.bias.to(hidden.dtype)
         if self.pooling == "sum":
             return splade_sum_pool_chunked(hidden, weight, bias, pool_mask)
-        return splade_max_pool(hidden, weight, bias, pool_mask, impl=self.impl)
+        pooled = splade_max_pool(hidden, weight, bias, pool_mask, impl=self.impl)
+        return torch.log1p(pooled) if self.activation == "log1p_relu" else pooled  # log1p is monotone: max commutes
 
     def _own_tokens_mask(self, input_ids: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
         """[B, V] bool: the non-special tokens among each row's pooled positions."""
@@ -292,12 +309,14 @@ class SpladeEncoder:
         return Pipeline(self.device, max_tokens=batch_size * max_length, batch_size=batch_size)
 
     def _encode(
-        self, texts: Any, max_length: int, expansion: bool, batch_size: int, show_progress: bool, return_info: bool
+        self, texts: Any, max_length: int, expansion: bool, batch_size: int, show_progress: bool, return_info: bool,
+        prompt: str = "",
     ):
         """Batches of up to ``batch_size x max_length`` padded tokens through ``lsr.encode.batching``."""
         texts = check_texts(texts)
         batch_size = check_whole(batch_size, "batch_size", 1)
         live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)  # NUL-only: no words
+        texts = with_prompt(texts, prompt)
         n_tokens = np.zeros(len(texts), np.int64)
 
         def tokenize(start: int, stop: int) -> list[list[int]]:

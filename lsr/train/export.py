@@ -3,7 +3,7 @@
 The folder is a plain Hugging Face MLM (config, weights, tokenizer) for ``SpladeEncoder.from_pretrained``,
 ``lsr index --model`` and ``lsr beir --model``, plus sentence-transformers' SparseEncoder module files so
 ``SparseEncoder(OUT)`` builds the same vectors without any code of ours: the MLM transformer at the root, then
-``1_SpladePooling`` (max-pooled log1p∘relu). An inference-free model also carries its IDF table: ``idf.json`` for
+``1_SpladePooling`` (the encoder's pooling and activation; its prompts in ``config_sentence_transformers.json``). An inference-free model also carries its IDF table: ``idf.json`` for
 ``InferenceFreeQueryEncoder``, and a sentence-transformers Router whose query route is a ``SparseStaticEmbedding``
 of the same weights and whose document route is the root's MLM (module path ``.``, so the weights are stored once).
 """
@@ -92,10 +92,11 @@ def _write_model_files(trainable: TrainableSplade, out: Path) -> None:
     # SparseEncoder truncates where SpladeEncoder.from_pretrained does by default, not at the training length.
     write_json_atomic(out / "sentence_bert_config.json", {"max_seq_length": INFERENCE_MAX_LENGTH, "do_lower_case": False})
     write_json_atomic(out / "config_sentence_transformers.json", {
-        "model_type": "SparseEncoder", "prompts": {"query": "", "document": ""}, "default_prompt_name": None,
-        "similarity_fn_name": "dot",
+        "model_type": "SparseEncoder", "prompts": {"query": encoder.prompts.query, "document": encoder.prompts.document},
+        "default_prompt_name": None, "similarity_fn_name": "dot",
     })
-    pooling = {"pooling_strategy": "max", "activation_function": "relu", "embedding_dimension": encoder.vocab_size}
+    pooling = {"pooling_strategy": encoder.pooling, "activation_function": encoder.activation,
+               "embedding_dimension": encoder.vocab_size}
     if trainable.idf is None:
         write_json_atomic(out / "modules.json", ST_MODULES)
         write_json_atomic(out / "1_SpladePooling" / "config.json", pooling)

@@ -175,9 +175,9 @@ def _encode_batch(model: TrainableSplade, batch: list[Row], config: TrainConfig,
     if config.inference_free:
         q = model.encode_idf_queries(queries, config.query_max_length)
     else:
-        q = model.encode(queries, config.query_max_length)
+        q = model.encode(queries, config.query_max_length, model.encoder.prompts.query)
     docs, targets, mask = batch_documents(batch, relevant)
-    d = model.encode(docs, config.max_length)
+    d = model.encode(docs, config.max_length, model.encoder.prompts.document)
     return q, d, torch.tensor(mask, device=q.device), torch.tensor(targets, device=q.device), docs
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from lsr.encode.models import load_with_hint
+from lsr.encode.st_folder import with_prompt
 from lsr.encode.splade import DecoderSpladeEncoder, SpladeEncoder, is_causal_lm
 from lsr.kernels import splade_max_pool
 
@@ -49,22 +50,25 @@ class TrainableSplade:
         lengths = {"max_length": max_length, "query_max_length": query_max_length}
         encoder = encoder_class.from_pretrained(name, device=device, dtype="fp32", backend="transformers",
                                                 **{k: v for k, v in lengths.items() if v is not None})
+        if encoder.pooling != "max":
+            raise ValueError(f"{name} declares {encoder.pooling} pooling; lsr train trains max-pooled SPLADE")
         autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
         return cls(encoder, autocast_dtype=autocast)
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
 
-    def encode(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
-        """[len(texts), V] vectors with gradients; the fused Triton backward on CUDA, the chunked path on CPU."""
-        ids, _ = self.encoder._tokenize(list(texts), max_length)
+    def encode(self, texts: Sequence[str], max_length: int, prompt: str = "") -> torch.Tensor:
+        """[len(texts), V] vectors with gradients; the fused Triton backward on CUDA, the chunked path on CPU.
+        ``prompt`` (the folder's query or document prompt) goes before each text, as the encoder puts it."""
+        ids, _ = self.encoder._tokenize(with_prompt(list(texts), prompt), max_length)
         input_ids, mask, pool_mask = (t.to(self.device) for t in self.encoder._batch_inputs(ids))
         with self._autocast():
             hidden = self.model(input_ids=input_ids, attention_mask=mask).logits
             weight = self.head.weight.to(hidden.dtype)
             bias = None if self.head.bias is None else self.head.bias.to(hidden.dtype)
             pooled = splade_max_pool(hidden, weight, bias, pool_mask, impl=self.encoder.impl, deterministic=True)
-        return pooled.float()
+        return (torch.log1p(pooled) if self.encoder.activation == "log1p_relu" else pooled).float()
 
     def use_idf_queries(self, documents: Sequence[str]) -> None:
         """Inference-free variant: queries become IDF-weighted bags of their tokens, IDF from ``documents``.

@@ -1,0 +1,81 @@
+"""What a sentence-transformers folder declares beside its transformer: prompts and SPLADE pooling.
+
+Our encoders give ``SentenceTransformer``'s and ``SparseEncoder``'s vectors for the same folder, so they read what
+those read: a folder's prompts were left out (an e5-style "query: " prefix), and its ``SpladePooling`` settings
+(sum pooling, OpenSearch's ``log1p_relu``) were replaced by max over log1p∘relu, without a word.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+ACTIVATIONS = ("relu", "log1p_relu")  # log1p∘relu, and log1p∘log1p∘relu (OpenSearch's doc-only SPLADE)
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")  # SparseEncoder.encode_document's order
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The texts put before each query and each document, as ``encode_query`` / ``encode_document`` do."""
+
+    query: str = ""
+    document: str = ""
+
+
+def with_prompt(texts: list[str], prompt: str) -> list[str]:
+    """Each text with ``prompt`` before it (sentence-transformers tokenises the two as one text)."""
+    return [prompt + text for text in texts] if prompt else texts
+
+
+def read_json(folder: str, name: str) -> dict:
+    """``folder/name`` as a dict; {} when it is not there."""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_prompts(folder: str) -> Prompts:
+    """``config_sentence_transformers.json``'s prompts: "query" for queries, the first of document / passage / corpus
+    for documents, else the ``default_prompt_name``'s."""
+    config = read_json(folder, "config_sentence_transformers.json")
+    prompts = config.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(p, str) for p in prompts.values()):
+        raise ValueError(f"{folder}: config_sentence_transformers.json's prompts must map names to texts")
+    default = prompts.get(config.get("default_prompt_name") or "", "")
+    document = next((prompts[name] for name in DOCUMENT_PROMPT_NAMES if name in prompts), default)
+    return Prompts(prompts.get("query", default), document)
+
+
+def read_splade_pooling(folder: str) -> tuple[str, str] | None:
+    """(pooling, activation) of the folder's ``SpladePooling`` module (a plain or a routed SparseEncoder folder), or
+    None when it has none (a plain masked-LM folder)."""
+    modules = read_json_list(folder, "modules.json")
+    paths = [m.get("path", "") for m in modules if str(m.get("type", "")).endswith("SpladePooling")]
+    router = read_json(folder, "router_config.json")
+    paths += [path for path, kind in (router.get("types") or {}).items() if str(kind).endswith("SpladePooling")]
+    if not paths:
+        return None
+    config = read_json(os.path.join(folder, paths[0]), "config.json")
+    pooling, activation = config.get("pooling_strategy", "max"), config.get("activation_function", "relu")
+    if pooling not in ("max", "sum") or activation not in ACTIVATIONS:
+        raise ValueError(f"{folder}: SpladePooling {pooling!r} with {activation!r} is not supported (pooling max or "
+                         f"sum, activation {' or '.join(ACTIVATIONS)})")
+    return pooling, activation
+
+
+def read_json_list(folder: str, name: str) -> list[dict]:
+    """``folder/name`` as a list of objects (modules.json); [] when it is not there."""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
+        raise ValueError(f"{path}: expected a JSON list of modules")
+    return data
