@@ -156,6 +156,29 @@ def test_a_tampered_vectors_file_is_one_line_naming_it(collections, tmp_path, ca
     assert last.startswith(f"lsr index: error: {tmp_path / 'bad.parquet'}") and message in last
 
 
+def test_a_vectors_file_naming_its_terms_otherwise_or_without_texts_for_bm25_is_refused(collections, tmp_path, capsys):
+    """A file's own term names were replaced by the model's without a word (term 17663 said "muscle" in the file and
+    "vitamin" in the collection); a file without texts got a BM25 leg of empty texts, which found nothing."""
+    from lsr.sparse import SparseBatch
+
+    vocab = json.loads((collections["direct"] / "vocab.json").read_text())
+    batch, ids = SparseBatch.read_parquet(collections["direct"].parent / "vectors.parquet", vocab)
+    swapped = list(vocab)
+    swapped[2000], swapped[2001] = swapped[2001], swapped[2000]
+    SparseBatch(batch.indptr, batch.indices, batch.values, batch.vocab_size, swapped).write_parquet(
+        tmp_path / "swapped.parquet", ids, with_vocab=True)
+    assert cli_main(["index", str(tmp_path / "swapped.parquet"), str(tmp_path / "a"), "--pre-encoded", "--dense",
+                     "none", "--bm25", "none", "--quiet"]) == 2
+    assert (f"the pre-encoded vectors name term 2000 {swapped[2000]!r}, but model 'splade-tiny' names it "
+            f"{vocab[2000]!r}") in capsys.readouterr().err
+    batch.write_parquet(tmp_path / "bare.parquet", ids)  # no text column
+    assert cli_main(["index", str(tmp_path / "bare.parquet"), str(tmp_path / "b"), "--pre-encoded", "--dense",
+                     "none", "--quiet"]) == 2
+    assert "has no text column to build the BM25 leg from; pass --bm25 none" in capsys.readouterr().err
+    assert cli_main(["index", str(tmp_path / "bare.parquet"), str(tmp_path / "b"), "--pre-encoded", "--dense",
+                     "none", "--bm25", "none", "--quiet"]) == 0
+
+
 def test_an_output_that_cannot_be_written_fails_before_the_work_naming_it(collections, corpus, tmp_path, capsys):
     """Found after every document was encoded (or every query searched), as a bare errno naming a temporary file."""
     topics = _write(tmp_path / "q.tsv", "q1\tcoffee\n")

@@ -371,6 +371,8 @@ def _reader(source: Path, options: IndexOptions) -> CorpusReader:
                          f"pass --model {reader.model} (or leave --model out)")
     if options.dense_model and not reader.has_text:
         raise ValueError(f"{source} has no text column to compute dense embeddings from; pass --dense none")
+    if options.bm25 and not reader.has_text:  # a BM25 leg of empty texts found nothing, and auto fused it in
+        raise ValueError(f"{source} has no text column to build the BM25 leg from; pass --bm25 none")
     return reader
 
 
@@ -518,6 +520,10 @@ def _named_terms(vectors: SparseBatch, encoder) -> SparseBatch:
     if vectors.vocab_size != encoder.vocab_size:
         raise ValueError(f"the pre-encoded vectors have {vectors.vocab_size:,} terms but model {encoder.name!r} has "
                          f"{encoder.vocab_size:,}; pass the --model that encoded them")
+    if vectors.vocab is not None and list(vectors.vocab) != list(encoder.vocab):  # the file's names were replaced
+        term = next(i for i, (a, b) in enumerate(zip(vectors.vocab, encoder.vocab)) if a != b)
+        raise ValueError(f"the pre-encoded vectors name term {term} {vectors.vocab[term]!r}, but model {encoder.name!r} "
+                         f"names it {encoder.vocab[term]!r}; pass the --model that encoded them")
     return SparseBatch(vectors.indptr, vectors.indices, vectors.values, vectors.vocab_size, encoder.vocab)
 
 
