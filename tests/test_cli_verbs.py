@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -177,6 +178,25 @@ def test_a_vectors_file_naming_its_terms_otherwise_or_without_texts_for_bm25_is_
     assert "has no text column to build the BM25 leg from; pass --bm25 none" in capsys.readouterr().err
     assert cli_main(["index", str(tmp_path / "bare.parquet"), str(tmp_path / "b"), "--pre-encoded", "--dense",
                      "none", "--bm25", "none", "--quiet"]) == 0
+
+
+def test_a_pre_encoded_build_records_how_the_file_was_encoded_and_what_it_cut(corpus, tmp_path, capsys):
+    """The build said this machine's "cpu: SPLADE fp32" of bf16 vectors, and 0 truncated where lsr encode cut
+    documents; a file of an older version, which records neither, is said to be so."""
+    vectors = tmp_path / "v.parquet"
+    assert cli_main(["encode", "--input", str(corpus), "--output", str(vectors), "--dtype", "bf16", "--max-length", "8",
+                     "--quiet"]) == 0
+    cut = int(re.search(r"([0-9,]+) truncated at 8 tokens", capsys.readouterr().out).group(1))
+    assert cut > 0
+    assert cli_main(["index", str(vectors), str(tmp_path / "c"), "--pre-encoded", "--dense", "none", "--quiet"]) == 0
+    assert f"truncated docs  {cut:,}" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "c" / "lsr.json").read_text())
+    assert meta["encoded_with"] == {"device": "cpu", "dtype": "bf16"} and meta["truncated"] == cut
+    table = pq.read_table(vectors).drop_columns(["truncated"])
+    pq.write_table(table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items()
+                                                  if k != b"lsr.encoded_with"}), tmp_path / "old.parquet")
+    assert cli_main(["index", str(tmp_path / "old.parquet"), str(tmp_path / "d"), "--pre-encoded", "--dense", "none"]) == 0
+    assert "encoded on      SPLADE as the vectors file did not record" in capsys.readouterr().out
 
 
 def test_an_output_that_cannot_be_written_fails_before_the_work_naming_it(collections, corpus, tmp_path, capsys):

@@ -49,12 +49,14 @@ class BadRowError(ValueError):
 @dataclass
 class DocChunk:
     """Consecutive good documents: ids, the indexed text (fields joined by a space), source line/row numbers,
-    and their sparse vectors when the source already holds them (a pre-encoded vectors file)."""
+    and their sparse vectors when the source already holds them (a pre-encoded vectors file), with which of them
+    were cut at the encoder's length when the file says."""
 
     ids: list[str]
     texts: list[str]
     rows: list[int]
     vectors: SparseBatch | None = None
+    truncated: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -62,14 +64,16 @@ class DocChunk:
     def slice(self, start: int, stop: int | None = None) -> "DocChunk":
         part = slice(start, stop)
         return DocChunk(self.ids[part], self.texts[part], self.rows[part],
-                        None if self.vectors is None else self.vectors[part])
+                        None if self.vectors is None else self.vectors[part],
+                        None if self.truncated is None else self.truncated[part])
 
     def extend(self, other: "DocChunk") -> "DocChunk":
         """This chunk followed by ``other`` (a new chunk)."""
         vectors = None
         if other.vectors is not None:
             vectors = other.vectors if not len(self) else SparseBatch.concat([self.vectors, other.vectors])
-        return DocChunk(self.ids + other.ids, self.texts + other.texts, self.rows + other.rows, vectors)
+        truncated = None if other.truncated is None else (self.truncated or []) + other.truncated
+        return DocChunk(self.ids + other.ids, self.texts + other.texts, self.rows + other.rows, vectors, truncated)
 
 
 @dataclass

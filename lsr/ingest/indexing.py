@@ -66,6 +66,8 @@ class IndexOptions:
     device: str = "auto"
     dtype: str = "auto"
     shards: int = 1  # > 1: a sharded collection (lsr.ingest.sharded_build), documents routed by shard_of(id)
+    # a vectors file's own device and dtype ({} where it does not say: files of older versions), set as it is opened
+    pre_encoded_with: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.model = lasting_name(self.model)  # the collection names it for every later search, from any folder
@@ -96,6 +98,18 @@ class IndexOptions:
             out["dense_dtype"] = dtype_name(resolve_dtype(self.dtype, device, cpu_bf16=True))
         return out
 
+    def recorded_encoding(self) -> dict[str, str]:
+        """``encoding()`` as the collection records it: a pre-encoded build's SPLADE ran where its vectors file was
+        made ("unknown" where the file does not say: an older version's), its dense model here (the summary had said
+        this machine's "cpu: SPLADE fp32" of bf16 vectors)."""
+        out = self.encoding()
+        if self.pre_encoded:
+            here = out.pop("device")
+            out = {"device": "unknown", "dtype": "unknown", **out, **(self.pre_encoded_with or {})}
+            if self.dense_model:
+                out["dense_device"] = here
+        return out
+
     def settings(self, source: Path) -> dict:
         """What a resumed run must agree on with the interrupted one.
 
@@ -104,7 +118,7 @@ class IndexOptions:
         stops at a bad row in the prefix as it should.
         """
         out = asdict(self)
-        for how in ("threads", "on_error", "device", "dtype"):
+        for how in ("threads", "on_error", "device", "dtype", "pre_encoded_with"):  # the last: under "precision"
             out.pop(how)
         out["fields"] = list(self.fields)
         if self.shards == 1:  # unsharded settings stay as they were (``_changes`` reads a missing count as 1)
@@ -119,6 +133,9 @@ class IndexOptions:
 def describe_encoding(encoded: dict[str, str]) -> str:
     """"cpu: SPLADE fp32, dense bf16": what a collection's ``encoded_with`` says, for summaries and reports."""
     dense = f", dense {encoded['dense_dtype']}" if "dense_dtype" in encoded else ""
+    dense += f" on {encoded['dense_device']}" if dense and "dense_device" in encoded else ""
+    if encoded["device"] == "unknown":  # a vectors file of an older version
+        return f"SPLADE as the vectors file did not record{dense}"
     return f"{encoded['device']}: SPLADE {encoded['dtype']}{dense}"
 
 
@@ -373,6 +390,7 @@ def _reader(source: Path, options: IndexOptions) -> CorpusReader:
         raise ValueError(f"{source} has no text column to compute dense embeddings from; pass --dense none")
     if options.bm25 and not reader.has_text:  # a BM25 leg of empty texts found nothing, and auto fused it in
         raise ValueError(f"{source} has no text column to build the BM25 leg from; pass --bm25 none")
+    options.pre_encoded_with = reader.encoded_with or {}  # the summary said this machine's "cpu: SPLADE fp32"
     return reader
 
 
@@ -502,6 +520,8 @@ def encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: IndexO
         texts = block.texts[start : start + step]
         if options.pre_encoded:  # the model names the terms and must agree on how many there are
             sparse_parts.append(_named_terms(block.vectors[start : start + step], sparse_encoder))
+            if block.truncated is not None:  # the file's own count: this build cut nothing
+                truncated.append(np.asarray(block.truncated[start : start + step], bool))
         else:
             with stages.time("sparse"), quiet_logger("lsr.encode.splade"):  # truncation is counted for the summary
                 batch, info = sparse_encoder.encode_documents(texts, batch_size=options.batch_size, return_info=True)
@@ -596,7 +616,7 @@ def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTim
         "settings": state.settings,
         "skipped": skipped,
         "stage_seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
-        "encoded_with": options.encoding(),
+        "encoded_with": options.recorded_encoding(),
         "created_with": f"lsr {_version()}",
         **(extra_meta or {}),
     }

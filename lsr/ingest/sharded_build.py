@@ -121,4 +121,4 @@ def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stag
     write_shard_map(out, shard_map)  # last: the sharded collection is complete
     drop_build_state(out)
     return Summary(state.docs, skipped, state.postings, disk_size(out), stages.seconds, checksums, state.truncated,
-                   resumed_from, encoded_with=options.encoding())
+                   resumed_from, encoded_with=options.recorded_encoding())

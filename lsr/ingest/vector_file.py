@@ -1,12 +1,14 @@
 """A standalone vectors file: ``lsr encode --input FILE --output vectors.parquet`` writes it, ``lsr index --pre-encoded`` reads it.
 
-One row per document: ``id``, ``text``, ``indices: list<int32>``, ``values: list<float32>``. The schema
-metadata names the model and its document length, so the index built from the file searches with the
-same model; the vocabulary is not repeated in the file (the model has it).
+One row per document: ``id``, ``text``, ``indices: list<int32>``, ``values: list<float32>``, ``truncated: bool``
+(cut at the document length). The schema metadata names the model and its document length, so the index built from
+the file searches with the same model, and the device and dtype it was encoded on, which the collection records; the
+vocabulary is not repeated in the file (the model has it).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -14,6 +16,7 @@ from typing import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lsr.encode.inputs import dtype_name
 from lsr.encode.models import lasting_name
 from lsr.files import atomic_write
 from lsr.ingest.corpus import BadRowError, CorpusReader, DocChunk
@@ -22,6 +25,7 @@ from lsr.sparse import VOCAB_SIZE_KEY, SparseBatch
 
 MODEL_KEY = b"lsr.model"
 MAX_LENGTH_KEY = b"lsr.max_length"
+ENCODED_WITH_KEY = b"lsr.encoded_with"  # {"device", "dtype"} as JSON
 _COLUMNS = ("id", "indices", "values")
 _ROWS = 8192  # rows read at a time
 
@@ -47,6 +51,7 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
     encoder = SpladeEncoder.from_pretrained(model, max_length=max_length, query_max_length=max_length, device=device,
                                             dtype=dtype)  # documents only: a GPU warms up no longer length
     summary = EncodeSummary(0)
+    encoded_with = json.dumps({"device": str(encoder.device), "dtype": dtype_name(encoder.weight.dtype)})
 
     def write(fh) -> None:
         writer = None
@@ -58,8 +63,10 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
                         part = chunk.slice(start, start + batch_size * 2)
                         vectors, info = encoder.encode_documents(part.texts, batch_size=batch_size, return_info=True)
                         table = vectors.to_arrow(part.ids).append_column("text", pa.array(part.texts, pa.string()))
+                        table = table.append_column("truncated", pa.array(info.truncated.tolist(), pa.bool_()))
                         table = table.replace_schema_metadata({**table.schema.metadata, MODEL_KEY: lasting_name(model).encode(),
-                                                               MAX_LENGTH_KEY: str(max_length).encode()})
+                                                               MAX_LENGTH_KEY: str(max_length).encode(),
+                                                               ENCODED_WITH_KEY: encoded_with.encode()})
                         writer = writer or pq.ParquetWriter(fh, table.schema, compression="zstd")
                         writer.write_table(table)
                         summary.docs += len(part)
@@ -99,11 +106,21 @@ class VectorFileReader(CorpusReader):
                 raise ValueError(f"{source}: its {key.decode()} is {self.metadata[key]!r}, not a whole number "
                                  "(a damaged vectors file?)")
         self.has_text = "text" in schema.names
+        self.has_truncated = "truncated" in schema.names and pa.types.is_boolean(schema.field("truncated").type)
 
     @property
     def model(self) -> str | None:
         """The model that encoded the vectors, if the file says."""
         return self.metadata[MODEL_KEY].decode() if MODEL_KEY in self.metadata else None
+
+    @property
+    def encoded_with(self) -> dict[str, str] | None:
+        """The device and dtype that encoded the vectors, if the file says (files of older versions do not)."""
+        try:
+            found = json.loads(self.metadata[ENCODED_WITH_KEY])
+        except (KeyError, ValueError):
+            return None
+        return found if isinstance(found, dict) and {"device", "dtype"} <= set(found) else None
 
     @property
     def max_length(self) -> int | None:
@@ -112,7 +129,7 @@ class VectorFileReader(CorpusReader):
     def _parquet_chunks(self) -> Iterator[DocChunk]:
         pf = pq.ParquetFile(self.source)
         self.stats.bytes_total = pf.metadata.num_rows
-        columns = [*_COLUMNS, *(["text"] if self.has_text else [])]
+        columns = [*_COLUMNS, *(["text"] if self.has_text else []), *(["truncated"] if self.has_truncated else [])]
         first = 0
         for batch in pf.iter_batches(batch_size=_ROWS, columns=columns):
             table = pa.Table.from_batches([batch]).replace_schema_metadata(self.metadata)
@@ -122,12 +139,20 @@ class VectorFileReader(CorpusReader):
                 vectors = SparseBatch.from_arrow(table, first_row=first)
             except ValueError as exc:
                 raise ValueError(f"{self.source}: {exc}") from None
+            flags = table.column("truncated").to_pylist() if self.has_truncated else None
             try:
                 chunk = self._table_chunk(table, first)
             except BadRowError as error:  # the good rows before the bad one go on, with their vectors
-                error.good_before.vectors = vectors.select([row - first - 1 for row in error.good_before.rows])
+                _attach(error.good_before, vectors, flags, first)
                 raise
-            chunk.vectors = vectors.select([row - first - 1 for row in chunk.rows])
+            _attach(chunk, vectors, flags, first)
             first += table.num_rows
             self.stats.bytes_read = first
             yield chunk
+
+
+def _attach(chunk: DocChunk, vectors: SparseBatch, flags: list | None, first: int) -> None:
+    """Give the chunk its rows' vectors and truncation flags (rows are 1-based, ``first`` rows before the table)."""
+    positions = [row - first - 1 for row in chunk.rows]
+    chunk.vectors = vectors.select(positions)
+    chunk.truncated = None if flags is None else [bool(flags[p]) for p in positions]
