@@ -524,3 +524,22 @@ def test_ctrl_c_of_an_overwrite_into_a_new_folder_says_nothing_was_kept(corpus, 
     stderr = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, stderr
     assert "nothing was kept. Run the same command again." in stderr and "holds the collection it had" not in stderr
+
+
+def test_a_plain_rerun_after_a_kill_before_any_checkpoint_names_the_unfinished_build(corpus, tmp_path):
+    """It said "the encoded shards are kept" (none were) above "already holds a collection" (it held none)."""
+    out = tmp_path / "killed"
+    flags = ("--max-length", "64", "--threads", "1", "--dense", "none", "--quiet")
+    proc = subprocess.Popen(_cli(str(corpus), str(out), *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / BUILD_STATE).is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
+    proc.kill()
+    proc.communicate(timeout=60)
+    rerun = subprocess.run(_cli(str(corpus), str(out), *flags), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode != 0
+    assert rerun.stderr.strip().splitlines()[-1].endswith(f"{out} holds an unfinished build; pass --resume to "
+                                                          "continue it or --overwrite to start over")
+    assert "kept" not in rerun.stderr
+    assert subprocess.run(_cli(str(corpus), str(out), *flags, "--resume"), capture_output=True, timeout=600).returncode == 0

@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         if (Path(args.out) / BUILD_STATE).is_file():
             if interrupted:
                 print(f"stopped; the encoded shards are kept. Continue with: {resume_command(args._argv)}", file=sys.stderr)
-            elif not isinstance(exc, (FolderBusyError, ResumeRefused)):  # a full disk, a lost Ray cluster, a bad row
+            elif not isinstance(exc, (FolderBusyError, ResumeRefused, FileExistsError)):  # a full disk, a lost Ray
+                # cluster, a bad row (a refused start into an unfinished build says itself how to go on)
                 print(f"the encoded shards are kept; once the cause below is fixed, continue with: "
                       f"{resume_command(args._argv)}", file=sys.stderr)
             if aside.is_dir():  # twice the disk until then: say where it is and how to keep it instead

@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # torch's exit-time INFO lines (FakeTensor cache stats) came after a Ctrl-C's message
+        logging.getLogger("torch").setLevel(logging.WARNING)
     try:
         with _sigterm_as_interrupt():
             code = int(args._run(args) or 0)

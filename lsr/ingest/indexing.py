@@ -240,6 +240,9 @@ def prepare_output(out: Path, settings: dict, *, resume: bool, overwrite: bool) 
             raise FileExistsError(f"{out} is not empty and is not an lsr collection; choose a new or empty folder")
         if overwrite:
             _set_aside(out)
+        elif not resume and (out / BUILD_STATE).is_file():  # an interrupted build, not a finished collection
+            raise FileExistsError(f"{out} holds an unfinished build; pass --resume to continue it or --overwrite to "
+                                  "start over")
         elif not resume:
             raise FileExistsError(f"{out} already holds a collection; pass --resume to continue it or --overwrite to replace it")
         else:
