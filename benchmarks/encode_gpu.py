@@ -232,7 +232,7 @@ def pass_split(encoder, texts: list[str]) -> dict:
                for part in budget_batches(lengths, BATCH * MAX_LENGTH, pad_multiple(encoder.device))]
     padded = time.perf_counter()
     for tensors in batches:
-        encoder._encode_batch(*(t.to(encoder.device) for t in tensors), True)
+        encoder._encode_batch(*(t.to(encoder.device) for t in tensors), None)
     synchronize(DEVICE)
     computed = time.perf_counter()
     profile = cProfile.Profile()

@@ -645,7 +645,7 @@ def test_lsr_beir_refuses_an_out_that_is_a_file_before_scoring_and_writes_its_fi
     assert json.loads((out / "results.json").read_text())["methods"]["bm25"]["ndcg@10"] == 1.0
     assert "in place of an earlier report" not in capsys.readouterr().out
     assert cli_main([*command, "--out", str(out)]) == 0  # a second run replaces the first's report, and says so
-    assert f"in place of an earlier report (ok test, written " in capsys.readouterr().out
+    assert "in place of an earlier report (ok test, written " in capsys.readouterr().out
 
 
 def test_lsr_beir_refuses_an_out_it_cannot_write_in_before_scoring(tmp_path, capsys, unwritable_folder):

@@ -273,6 +273,37 @@ def test_a_sparse_encoder_folders_pooling_activation_and_prompts_are_followed(tm
         np.testing.assert_allclose(got.to_dense(), want.to_dense().numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="log1p_relu with max pooling"):
         SpladeEncoder(ours.model, ours.tokenizer, pooling="sum", activation="log1p_relu", device="cpu")
+    # without expansion the prompt's tokens are not the text's own (every query had held "query" and ":")
+    own = SpladeEncoder.from_pretrained(str(tmp_path / "st"), device="cpu", query_expansion=False, doc_expansion=False)
+    assert set(own.encode_queries(["cats"]).to_dicts()[0]) == {"cats"}
+    assert set(own.encode_queries(["query cats"]).to_dicts()[0]) == {"query", "cats"}  # the text's own "query"
+    assert set(own.encode_documents(["cats"]).to_dicts()[0]) == {"cats"}
+    # inference-free queries put the folder's query prompt first too, as SparseEncoder.encode_query does
+    idf_side = InferenceFreeQueryEncoder.from_pretrained(str(tmp_path / "st"), idf=np.ones(30522, np.float32))
+    assert set(idf_side.encode_queries(["cats"]).to_dicts()[0]) == {"query", ":", "cats"}
+
+
+def test_documents_are_cut_where_the_folder_says_when_it_says_fewer_than_256_tokens(tmp_path, scifact):
+    """A SparseEncoder saved with max_seq_length 128 cut its documents there; we encoded 256 tokens of them (vectors
+    2.1 away from sentence-transformers'). An explicit length still wins."""
+    st = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+
+    from lsr.cli import main as cli_main
+
+    mlm = MLMTransformer(resolve_model("splade-tiny"))
+    mlm.max_seq_length = 128
+    st.SparseEncoder(modules=[mlm, SpladePooling()], device="cpu").save(str(tmp_path / "st"))
+    ours = SpladeEncoder.from_pretrained(str(tmp_path / "st"), device="cpu", dtype="fp32")
+    assert ours.max_length == 128
+    assert SpladeEncoder.from_pretrained(str(tmp_path / "st"), max_length=200, device="cpu").max_length == 200
+    long_docs = sorted(scifact.doc_texts(list(scifact.corpus)[:200]), key=len)[-3:]
+    want = st.SparseEncoder(str(tmp_path / "st"), device="cpu").encode_document(long_docs, convert_to_tensor=True)
+    np.testing.assert_allclose(ours.encode_documents(long_docs).to_dense(), want.to_dense().numpy(), atol=1e-4)
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"_id": "d0", "text": long_docs[0]}) + "\n")
+    assert cli_main(["index", str(tmp_path / "docs.jsonl"), str(tmp_path / "col"), "--model", str(tmp_path / "st"),
+                     "--dense", "none", "--bm25", "none", "--quiet"]) == 0
+    assert json.loads((tmp_path / "col" / "lsr.json").read_text())["settings"]["max_length"] == 128
 
 
 def test_parquet_round_trip(splade, tmp_path):

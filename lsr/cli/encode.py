@@ -45,8 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     files.add_argument("--fields", type=_fields, default=("title", "text"), help="text fields of --input (default: title,text, those it has; else contents)")
     files.add_argument("--id-field", default="_id", help="id field of --input (default: _id, else id, docid or doc_id)")
     files.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default: 32)")
-    files.add_argument("--max-length", type=int, default=256,
-                       help="document tokens kept (default: 256), for a TEXT encoded as a document too")
+    files.add_argument("--max-length", type=int, default=None,
+                       help="document tokens kept (default: 256, or the model folder's max_seq_length where smaller), "
+                            "for a TEXT encoded as a document too")
     files.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad rows: stop, or skip and count")
     files.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_arguments(p)
@@ -54,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_length < 4:  # named as the constructor's max_length, once the model had loaded
+    if args.max_length is not None and args.max_length < 4:  # named as the constructor's max_length, once loaded
         raise ValueError(f"--max-length must be at least 4, got {args.max_length}")
     if args.input or args.output:
         return _encode_file(args)
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _encode_file(args: argparse.Namespace) -> int:
+    from lsr.encode.models import document_length
     from lsr.ingest.vector_file import encode_file
 
     if not (args.input and args.output):
@@ -106,12 +108,13 @@ def _encode_file(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {args.output} is the --input file; give another path for the vectors")
     device = device_options(args)  # a GPU asked for and missing is one line before the corpus is read
     check_writable(Path(args.output))  # before the model loads and the corpus is encoded
+    length = args.max_length or document_length(args.model)
     summary = encode_file(args.input, args.output, model=args.model, fields=args.fields, id_field=args.id_field,
-                          on_error=args.on_error, batch_size=args.batch_size, max_length=args.max_length,
+                          on_error=args.on_error, batch_size=args.batch_size, max_length=length,
                           progress=not args.quiet, **device)
     skipped = sum(summary.skipped.values())
     print(f"{summary.docs:,} documents encoded into {args.output} ({summary.postings:,} postings, "
-          f"{summary.truncated:,} truncated at {args.max_length} tokens, {skipped:,} bad rows skipped"
+          f"{summary.truncated:,} truncated at {length} tokens, {skipped:,} bad rows skipped"
           + (f": {', '.join(f'{k} {v}' for k, v in sorted(summary.skipped.items()))}" if skipped else "") + ")")
     print(f"index them with: lsr index {args.output} COLLECTION --pre-encoded")
     return 0

@@ -51,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-field", default="_id",
                    help="document id field/column (default: _id, else id, docid or doc_id, whichever the corpus has)")
     p.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default: 32)")
-    p.add_argument("--max-length", type=int, default=256, help="SPLADE document tokens kept (default: 256); the dense model keeps its own max_seq_length")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="SPLADE document tokens kept (default: 256, or the model folder's max_seq_length where smaller); "
+                        "the dense model keeps its own max_seq_length")
     p.add_argument("--limit", type=int, default=None, help="index only the first N good documents")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: every CPU this process may use)")

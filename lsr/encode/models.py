@@ -66,6 +66,24 @@ def resolve_model(name_or_path: str) -> str:
     return _hub_cache_folder(name) or name
 
 
+DOCUMENT_TOKENS = 256  # SPLADE documents' default length: on SciFact 256 beat 128 by +0.011 nDCG@10
+
+
+def document_length(name_or_path: str) -> int:
+    """The document tokens a SPLADE model keeps unless told otherwise: 256, or fewer where its folder declares fewer
+    (``SparseEncoder`` cuts its documents there, and we had cut past it): ``sentence_bert_config.json``'s
+    ``max_seq_length``, else (sentence-transformers 6 keeps it there) ``tokenizer_config.json``'s ``model_max_length``."""
+    from lsr.encode.st_folder import read_json
+
+    try:
+        folder = resolve_model(name_or_path)
+        declared = (read_json(folder, "sentence_bert_config.json").get("max_seq_length")
+                    or read_json(folder, "tokenizer_config.json").get("model_max_length"))
+    except (OSError, ValueError, ModelNotFoundError):  # the loader says what is wrong with the folder
+        return DOCUMENT_TOKENS
+    return min(DOCUMENT_TOKENS, declared) if isinstance(declared, int) and declared > 0 else DOCUMENT_TOKENS
+
+
 def lasting_name(name_or_path: str) -> str:
     """How a collection or a vectors file records its model: a local folder as its absolute path (a relative one no
     longer resolved once a search ran from another folder, or named another model that sat there, without a word);

@@ -22,7 +22,7 @@ from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
 from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, model_max_tokens, report_truncation, resolve_device,
                                resolve_dtype, token_ids, truncated_token_ids)
 from lsr.encode.idf import idf_of_index
-from lsr.encode.models import check_tokenizer_fits, load_with_hint, quiet_loader, resolve_model
+from lsr.encode.models import check_tokenizer_fits, document_length, load_with_hint, quiet_loader, resolve_model
 from lsr.encode.st_folder import ACTIVATIONS, Prompts, read_prompts, read_splade_pooling, with_prompt
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
@@ -176,7 +176,7 @@ class SpladeEncoder:
         cls,
         name_or_path: str = "splade-tiny",
         *,
-        max_length: int = 256,
+        max_length: int | None = None,
         query_max_length: int | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = "auto",
@@ -189,7 +189,10 @@ class SpladeEncoder:
         (``native_bert``: about 3 s less at every start, the same vectors); "transformers" always uses it.
         ``SpladeEncoder.from_pretrained`` of a causal LM's folder (Llama, Mistral, GPT-2) gives a
         ``DecoderSpladeEncoder``, so every verb's ``--model`` takes one (they refused it as no masked LM).
+        ``max_length`` (document tokens): 256, or the folder's ``max_seq_length`` where smaller (``document_length``).
         """
+        if max_length is None:
+            max_length = document_length(name_or_path)
         if cls is SpladeEncoder and is_causal_folder(name_or_path):
             return DecoderSpladeEncoder.from_pretrained(
                 name_or_path, max_length=max_length, query_max_length=query_max_length, device=device, dtype=dtype,
@@ -230,7 +233,7 @@ class SpladeEncoder:
         for batch, length in shapes:
             ids = torch.full((batch, length), token, device=self.device)
             mask = torch.ones_like(ids)
-            self._encode_batch(ids, mask, mask, True)
+            self._encode_batch(ids, mask, mask, None)
 
     def encode_documents(
         self, texts: Sequence[str] | str, batch_size: int = 32, *, show_progress: bool = False, return_info: bool = False
@@ -284,16 +287,26 @@ class SpladeEncoder:
         pooled = splade_max_pool(hidden, weight, bias, pool_mask, impl=self.impl)
         return torch.log1p(pooled) if self.activation == "log1p_relu" else pooled  # log1p is monotone: max commutes
 
-    def _own_tokens_mask(self, input_ids: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
-        """[B, V] bool: the non-special tokens among each row's pooled positions."""
+    def _own_tokens_mask(self, input_ids: torch.Tensor, pool_mask: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """[B, V] bool: the non-special tokens among each row's pooled positions, less the prompt's: a token counts
+        where a row holds it more often than ``prompt`` ([V + 1] counts of the prompt's tokens) does (with a "query: "
+        prompt and no expansion, every query had matched documents holding "query" or ":")."""
         vocab = self.vocab_size
         ids = torch.where(pool_mask.bool() & (input_ids < vocab), input_ids, vocab)  # others land in a spare column
-        keep = torch.zeros((input_ids.shape[0], vocab + 1), dtype=torch.bool, device=input_ids.device)
-        return keep.scatter_(1, ids, True)[:, :vocab] & ~self._special_mask
+        counts = torch.zeros((input_ids.shape[0], vocab + 1), dtype=torch.int32, device=input_ids.device)
+        counts.scatter_add_(1, ids, torch.ones_like(ids, dtype=torch.int32))
+        return (counts > prompt)[:, :vocab] & ~self._special_mask
+
+    def _prompt_counts(self, prompt: str) -> torch.Tensor:
+        """[V + 1] int32: how often each token occurs in ``prompt`` (tokenised as it is inside a text)."""
+        ids = token_ids(self.tokenizer, [prompt], add_special_tokens=False, truncation=False)[0] if prompt else []
+        ids = torch.tensor([i for i in ids if 0 <= i < self.vocab_size], dtype=torch.int64)
+        return torch.bincount(ids, minlength=self.vocab_size + 1).to(torch.int32).to(self.device)
 
     @torch.inference_mode()
     def _encode_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor,
-                      expansion: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      own_only: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``own_only``: None to expand, else the prompt's token counts (``_prompt_counts``) to keep the text's own."""
         if self._runs_packed():
             hidden = packed_bert.masked_lm_hidden(self.model, input_ids, attention_mask.bool())
         elif self._runs_bert_padded():
@@ -301,8 +314,8 @@ class SpladeEncoder:
         else:
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         pooled = self._pool(hidden, pool_mask)
-        if not expansion:
-            pooled = pooled * self._own_tokens_mask(input_ids, pool_mask)
+        if own_only is not None:
+            pooled = pooled * self._own_tokens_mask(input_ids, pool_mask, own_only)
         return sparse_rows(pooled, self.top_k, self.threshold)
 
     def _pipeline(self, batch_size: int, max_length: int) -> Pipeline:
@@ -317,6 +330,7 @@ class SpladeEncoder:
         batch_size = check_whole(batch_size, "batch_size", 1)
         live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)  # NUL-only: no words
         texts = with_prompt(texts, prompt)
+        own_only = None if expansion else self._prompt_counts(prompt)
         n_tokens = np.zeros(len(texts), np.int64)
 
         def tokenize(start: int, stop: int) -> list[list[int]]:
@@ -327,7 +341,7 @@ class SpladeEncoder:
         parts = []
         progress = progress_bar("encode", len(live), enabled=show_progress and len(live) > 0)
         for positions, (counts, columns, values) in self._pipeline(batch_size, max_length).run(
-            len(live), tokenize, self._batch_inputs, lambda *tensors: self._encode_batch(*tensors, expansion)
+            len(live), tokenize, self._batch_inputs, lambda *tensors: self._encode_batch(*tensors, own_only)
         ):
             parts.append((live[positions], counts, columns, values))
             progress.update(len(positions))
@@ -405,10 +419,12 @@ class InferenceFreeQueryEncoder:
     batch_gain = False  # a batch costs the sum of its texts, so the service encodes these without micro-batching
 
     def __init__(self, tokenizer: Any, idf: np.ndarray | Callable[[], np.ndarray], *,
-                 query_max_length: int = DEFAULT_MAX_TOKENS, name: str | None = None):
+                 query_max_length: int = DEFAULT_MAX_TOKENS, name: str | None = None, prompt: str = ""):
         """``idf``: the weights, or a function giving the current ones at each encode (an index's document
-        frequencies change with every upsert and delete; a weight table read once would go stale)."""
+        frequencies change with every upsert and delete; a weight table read once would go stale). ``prompt``: put
+        before each query, as ``SparseEncoder.encode_query`` puts the folder's query prompt."""
         self.tokenizer = tokenizer
+        self.prompt = prompt
         self._idf_now = idf if callable(idf) else None
         self.idf = _checked_idf(idf() if callable(idf) else idf)
         tokens = getattr(tokenizer, "vocab_size", None) or len(tokenizer.get_vocab())  # not the added tokens
@@ -454,7 +470,8 @@ class InferenceFreeQueryEncoder:
             idf = table
         if query_max_length is None:
             query_max_length = default_query_length(folder, tokenizer)
-        return cls(tokenizer, idf, query_max_length=query_max_length, name=str(name_or_path))
+        prompt = read_prompts(folder).query if os.path.isdir(folder) else ""
+        return cls(tokenizer, idf, query_max_length=query_max_length, name=str(name_or_path), prompt=prompt)
 
     def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 64, *, show_progress: bool = False,
                        return_info: bool = False):
@@ -463,7 +480,7 @@ class InferenceFreeQueryEncoder:
         check_whole(batch_size, "batch_size", 1)  # -1 was taken, and any misspelt keyword with it
         texts = check_texts(texts)
         idf = self._current_idf()
-        enc = token_ids(self.tokenizer, texts, add_special_tokens=False, truncation=False)
+        enc = token_ids(self.tokenizer, with_prompt(texts, self.prompt), add_special_tokens=False, truncation=False)
         indptr, indices, values = [0], [], []
         lengths = np.zeros(len(texts), np.int64)
         for i, (text, ids) in enumerate(zip(texts, enc)):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from lsr.encode.models import lasting_name, model_content_key
+from lsr.encode.models import document_length, lasting_name, model_content_key
 from lsr.ingest.layout import (
     BUILD_STATE, FORMAT, META_FILE, MOVING, REPLACED, VOCAB_FILE, disk_size, drop_build_state, files_checksum,
     is_collection_dir, read_vector_shards, shard_name, write_shard,
@@ -55,7 +55,7 @@ class IndexOptions:
     fields: tuple[str, ...] = DEFAULT_FIELDS
     id_field: str = "_id"
     batch_size: int = 32
-    max_length: int = 256
+    max_length: int | None = None  # SPLADE document tokens; None: 256, or the model folder's max_seq_length if smaller
     limit: int | None = None
     on_error: str = "fail"
     checkpoint_every: int = 10_000
@@ -70,6 +70,8 @@ class IndexOptions:
     pre_encoded_with: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
+        if self.max_length is None:  # resolved here, so the collection and a resume record the length used
+            self.max_length = document_length(self.model)
         self.model = lasting_name(self.model)  # the collection names it for every later search, from any folder
         self.dense_model = self.dense_model and lasting_name(self.dense_model)
 

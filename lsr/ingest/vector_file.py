@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lsr.encode.inputs import dtype_name
-from lsr.encode.models import lasting_name
+from lsr.encode.models import document_length, lasting_name
 from lsr.files import atomic_write
 from lsr.ingest.corpus import BadRowError, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, update_total
@@ -39,11 +39,13 @@ class EncodeSummary:
 
 
 def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-tiny", fields: Sequence[str] = ("title", "text"),
-                id_field: str = "_id", on_error: str = "fail", batch_size: int = 32, max_length: int = 256,
+                id_field: str = "_id", on_error: str = "fail", batch_size: int = 32, max_length: int | None = None,
                 device: str = "auto", dtype: str = "auto", progress: bool = True) -> EncodeSummary:
-    """Encode every document of a corpus (any format ``lsr index`` reads) into one vectors file, atomically."""
+    """Encode every document of a corpus (any format ``lsr index`` reads) into one vectors file, atomically;
+    ``max_length`` None: ``document_length`` of the model."""
     from lsr.encode.splade import SpladeEncoder
 
+    max_length = max_length or document_length(model)
     reader = CorpusReader(source, fields=fields, id_field=id_field, on_error=on_error)
     output = Path(output).expanduser()
     if output.suffix != ".parquet":

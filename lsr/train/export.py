@@ -10,19 +10,17 @@ of the same weights and whose document route is the root's MLM (module path ``.`
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from lsr.encode.models import transformers_quiet
-from lsr.encode.splade import IDF_TABLE, DecoderSpladeEncoder, SpladeEncoder, output_projection_attached
+from lsr.encode.models import DOCUMENT_TOKENS, transformers_quiet
+from lsr.encode.splade import IDF_TABLE, DecoderSpladeEncoder, output_projection_attached
 from lsr.files import fsync_dir, write_json_atomic
 from lsr.train.model import TrainableSplade
 
-INFERENCE_MAX_LENGTH = inspect.signature(SpladeEncoder.from_pretrained).parameters["max_length"].default
 ST_MLM = "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer"
 ST_POOLING = "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"
 ST_STATIC = "sentence_transformers.sparse_encoder.modules.sparse_static_embedding.SparseStaticEmbedding"
@@ -90,7 +88,7 @@ def _write_model_files(trainable: TrainableSplade, out: Path) -> None:
     if isinstance(encoder, DecoderSpladeEncoder):
         return  # echo pooling over a causal LM has no SparseEncoder module: DecoderSpladeEncoder loads the folder
     # SparseEncoder truncates where SpladeEncoder.from_pretrained does by default, not at the training length.
-    write_json_atomic(out / "sentence_bert_config.json", {"max_seq_length": INFERENCE_MAX_LENGTH, "do_lower_case": False})
+    write_json_atomic(out / "sentence_bert_config.json", {"max_seq_length": DOCUMENT_TOKENS, "do_lower_case": False})
     write_json_atomic(out / "config_sentence_transformers.json", {
         "model_type": "SparseEncoder", "prompts": {"query": encoder.prompts.query, "document": encoder.prompts.document},
         "default_prompt_name": None, "similarity_fn_name": "dot",

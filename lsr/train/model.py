@@ -94,15 +94,17 @@ class TrainableSplade:
         from lsr.encode.splade import InferenceFreeQueryEncoder
 
         return InferenceFreeQueryEncoder(self.encoder.tokenizer, self.idf.cpu().numpy(),
-                                         query_max_length=self.encoder.query_max_length, name=self.encoder.name)
+                                         query_max_length=self.encoder.query_max_length, name=self.encoder.name,
+                                         prompt=self.encoder.prompts.query)
 
     def encode_idf_queries(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
-        """[B, V] query vectors of the inference-free side: each distinct token's IDF (no model, no gradient)."""
+        """[B, V] query vectors of the inference-free side: each distinct token's IDF (no model, no gradient), the
+        folder's query prompt first, as ``InferenceFreeQueryEncoder`` and ``SparseEncoder.encode_query`` put it."""
         from lsr.encode.inputs import token_ids
 
         out = torch.zeros(len(texts), self.encoder.vocab_size, device=self.device)
-        for row, ids in enumerate(token_ids(self.encoder.tokenizer, list(texts), add_special_tokens=False,
-                                            truncation=False)):
+        for row, ids in enumerate(token_ids(self.encoder.tokenizer, with_prompt(list(texts), self.encoder.prompts.query),
+                                            add_special_tokens=False, truncation=False)):
             terms = torch.tensor([t for t in ids[:max_length] if t < self.encoder.vocab_size], dtype=torch.long,
                                  device=self.device)
             out[row, terms] = self.idf[terms]
