@@ -59,9 +59,9 @@ class _State:
     def base_scale(self) -> float | None:
         """The scale documents are rounded at where it holds their largest weight (``row_scales``): the build's, in
         the manifest (kept by an index with no segment left, so a shard empty at its build scores as the unsharded
-        index does); an older index's smallest segment scale (its build's: later writes only grew it); None before
-        the first document."""
-        return self.manifest.get("scale") or min((s.scale for s in self.segments), default=None)
+        index does); an older index's smallest segment scale among those holding postings (its build's: later writes
+        only grew it); None before the first weight."""
+        return self.manifest.get("scale") or min((s.scale for s in self.segments if s.term_df.any()), default=None)
 
     @property
     def live(self) -> int:
@@ -149,7 +149,7 @@ class InvertedIndex:
             chosen = scale if scale is not None else choose_scale(quantization, float(batch.values.max(initial=0.0)))
             base = {"vocab_size": batch.vocab_size, "quantization": quantization, "vocab": None, "segments": [],
                     "journal_seq": journal_seq}
-            if scale is not None or len(ids):  # an empty build without one: the first add chooses it
+            if scale is not None or batch.values.max(initial=0.0) > 0:  # else (no weight at all) the first add does
                 base["scale"] = chosen
             if batch.vocab is not None:
                 base["vocab"] = storage.write_json(path, f"vocab.{version:06d}.json", list(batch.vocab))
@@ -558,8 +558,8 @@ def _write_segment(path: Path, name: str, batch: SparseBatch, ids: list[str], qu
         return _write_quantized_segment(path, name, batch.indptr, batch.indices, imps, ids, scale, batch.vocab_size)
     lost = int(np.count_nonzero(batch.values[~keep]))
     if lost > LOST_WARNING * len(imps):
-        log.warning("%d of %d non-zero weights (%.0f%%) round to 0 at %s, whose scale (set by the largest weight "
-                    "written) holds weights up to %g, far above them; vectors from one SPLADE model keep nearly all "
+        log.warning("%d of %d non-zero weights (%.0f%%) round to 0 at %s, whose scale (the base scale, set by the "
+                    "build's largest weight) holds weights up to %g, far above them; vectors from one SPLADE model keep nearly all "
                     "of theirs, so check the largest weights written", lost, len(imps), 100 * lost / len(imps),
                     quantization, scale * float(np.iinfo(impact_dtype(quantization)).max))
     kept_before = np.concatenate([[0], np.cumsum(keep)])

@@ -266,7 +266,7 @@ def test_one_outlier_weight_that_rounds_the_others_away_is_a_warning(tmp_path, c
     matrix.data[0] = 1e6
     with caplog.at_level("WARNING", logger="lsr.index.index"):
         InvertedIndex.build(tmp_path / "outlier", SparseBatch.from_scipy(matrix), ids)
-    assert "round to 0 at uint8, whose scale (set by the largest weight written) holds weights up to 1e+06" in caplog.text
+    assert "round to 0 at uint8, whose scale (the base scale, set by the build's largest weight) holds weights up to 1e+06" in caplog.text
 
 
 def test_a_larger_scale_never_re_rounds_the_documents_written_before_it(tmp_path):
@@ -319,6 +319,20 @@ def test_a_documents_scores_depend_on_it_and_the_base_scale_alone_not_on_earlier
     assert steps[0] == 1.0 and len(steps) > 1 and all(float(np.log2(step)).is_integer() for step in steps)
     reopened = InvertedIndex.open(tmp_path / "first")
     assert reopened.base_scale == first.base_scale == InvertedIndex.open(tmp_path / "rebuilt").base_scale
+
+    # a build without a weight leaves the base to the first write, and repair takes it from the index's record
+    from lsr.ingest.repair import _build_scale
+
+    blank = SparseBatch(np.zeros(3, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), 300)
+    bare = InvertedIndex.build(tmp_path / "bare" / "sparse", blank, ["e0", "e1"])
+    assert bare.base_scale is None  # it had recorded 1.0, rounding every later weight to a whole number
+    bare.add(small, small_ids)
+    bare.add(big, big_ids)
+    scale = _build_scale(tmp_path / "bare", {"settings": {"quantization": "uint8"}}, [(blank, ["e0", "e1"])])
+    assert scale == bare.base_scale
+    again = InvertedIndex.build(tmp_path / "again", [(blank, ["e0", "e1"]), (small, small_ids), (big, big_ids)],
+                                scale=scale)
+    assert scores(again) == scores(bare)
 
 
 def test_a_short_write_names_the_file_and_leaves_no_temporary(tmp_path):

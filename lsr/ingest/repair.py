@@ -65,7 +65,7 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
                        [doc_id for doc_id, _, _ in live]))
     sparse = _swapped_in(path / "sparse", lambda folder: InvertedIndex.build(
         folder, chunks, quantization=meta["settings"]["quantization"], journal_seq=last,
-        scale=_build_scale(meta, built)))
+        scale=_build_scale(path, meta, built)))
     done = [salvaged] if salvaged else []
     done.append(f"rebuilt the sparse index: {sparse.num_docs:,} documents")
     if meta.get("dense_model"):
@@ -98,16 +98,22 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
     return done
 
 
-def _build_scale(meta: dict, built: list) -> float | None:
+def _build_scale(path: Path, meta: dict, built: list) -> float | None:
     """The sparse index's base scale as its build chose it (a sharded collection's shared one, else from the build's
-    vectors), so a document written since scores as it did before the rebuild (``row_scales``); None for an empty
-    build, whose first write chose it."""
+    vectors), so a document written since scores as it did before the rebuild (``row_scales``). A build without a
+    weight left it to the first write: the index's record of it, while the index opens (else None: chosen anew)."""
+    from lsr.index import InvertedIndex
     from lsr.index.quantize import choose_scale
 
     if "sharding" in meta:
         return meta["sharding"].get("sparse_scale")
     top = max((float(batch.values.max(initial=0.0)) for batch, _ in built), default=0.0)
-    return choose_scale(meta["settings"]["quantization"], top) if top > 0 else None
+    if top > 0:
+        return choose_scale(meta["settings"]["quantization"], top)
+    try:
+        return InvertedIndex.open(path / "sparse").base_scale
+    except (OSError, ValueError):  # a damaged index among them: what repair is for
+        return None
 
 
 def _record_bm25_statistics(path: Path, meta: dict) -> bool:
