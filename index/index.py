@@ -368,10 +368,12 @@ class InvertedIndex:
             masks = _tombstones(state, list(where.values()))
             manifest = _copy_manifest(state.manifest, journal_seq)
             version = manifest["version"] + 1
-            base = state.base_scale or choose_scale(self.quantization, float(batch.values.max(initial=0.0)))
-            manifest["scale"] = base
+            top = float(batch.values.max(initial=0.0))
+            base = state.base_scale or (choose_scale(self.quantization, top) if top > 0 else None)
+            if base is not None:  # a write without a weight leaves it to the first one with a weight
+                manifest["scale"] = base
             _write_deleted(self.path, manifest, masks, version)
-            manifest["segments"].extend(_write_segments(self.path, version, batch, ids, self.quantization, base))
+            manifest["segments"].extend(_write_segments(self.path, version, batch, ids, self.quantization, base or 1.0))
             self._commit(manifest, version)
             while (crowded := _crowded_tier(self._state.segments)) is not None:
                 self._merge(self._state, crowded)

@@ -304,6 +304,30 @@ def test_documents_are_cut_where_the_folder_says_when_it_says_fewer_than_256_tok
     assert cli_main(["index", str(tmp_path / "docs.jsonl"), str(tmp_path / "col"), "--model", str(tmp_path / "st"),
                      "--dense", "none", "--bm25", "none", "--quiet"]) == 0
     assert json.loads((tmp_path / "col" / "lsr.json").read_text())["settings"]["max_length"] == 128
+    # a build recorded at 256 (as every build before this default was) resumes without --max-length
+    build = ["index", str(tmp_path / "docs.jsonl"), str(tmp_path / "old"), "--model", str(tmp_path / "st"), "--dense",
+             "none", "--bm25", "none", "--quiet"]
+    assert cli_main([*build, "--max-length", "256"]) == 0 and cli_main([*build, "--resume"]) == 0
+
+
+@pytest.mark.parametrize("declared, positions, want", [(2, 512, 256), (10**30, 128, 128), (10**30, 512, 256),
+                                                       (64, 512, 64), (None, 100, 100)])
+def test_the_default_document_length_is_what_the_folder_declares_if_under_256(tmp_path, declared, positions, want):
+    """A declared 2 or 3 (no word fits) was taken and then refused as a --max-length never given; a model with 128
+    positions and a tokenizer saying 1e30 ("unknown") got 256, past its positions, where SparseEncoder uses 128."""
+    from lsr.encode.models import document_length
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "max_position_embeddings": positions}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({} if declared is None else {"model_max_length": declared}))
+    assert document_length(str(tmp_path)) == want
+
+
+def test_encode_file_refuses_a_length_of_0_rather_than_taking_the_default(tmp_path):
+    from lsr.ingest.vector_file import encode_file
+
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"_id": "d0", "text": "aspirin"}) + "\n")
+    with pytest.raises(ValueError, match="max_length must be"):
+        encode_file(tmp_path / "docs.jsonl", tmp_path / "v.parquet", max_length=0, progress=False)
 
 
 def test_parquet_round_trip(splade, tmp_path):

@@ -326,11 +326,14 @@ def test_a_documents_scores_depend_on_it_and_the_base_scale_alone_not_on_earlier
     blank = SparseBatch(np.zeros(3, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), 300)
     bare = InvertedIndex.build(tmp_path / "bare" / "sparse", blank, ["e0", "e1"])
     assert bare.base_scale is None  # it had recorded 1.0, rounding every later weight to a whole number
+    bare.add(blank[:1], ["e2"])  # a write without a weight leaves it unset too
+    assert InvertedIndex.open(tmp_path / "bare" / "sparse").base_scale is None
     bare.add(small, small_ids)
     bare.add(big, big_ids)
     scale = _build_scale(tmp_path / "bare", {"settings": {"quantization": "uint8"}}, [(blank, ["e0", "e1"])])
     assert scale == bare.base_scale
-    again = InvertedIndex.build(tmp_path / "again", [(blank, ["e0", "e1"]), (small, small_ids), (big, big_ids)],
+    again = InvertedIndex.build(tmp_path / "again", [(blank, ["e0", "e1"]), (blank[:1], ["e2"]), (small, small_ids),
+                                                     (big, big_ids)],
                                 scale=scale)
     assert scores(again) == scores(bare)
 

@@ -108,7 +108,7 @@ def _encode_file(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {args.output} is the --input file; give another path for the vectors")
     device = device_options(args)  # a GPU asked for and missing is one line before the corpus is read
     check_writable(Path(args.output))  # before the model loads and the corpus is encoded
-    length = args.max_length or document_length(args.model)
+    length = document_length(args.model) if args.max_length is None else args.max_length
     summary = encode_file(args.input, args.output, model=args.model, fields=args.fields, id_field=args.id_field,
                           on_error=args.on_error, batch_size=args.batch_size, max_length=length,
                           progress=not args.quiet, **device)

@@ -89,13 +89,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lsr.ingest.layout import BUILD_STATE, REPLACED, is_collection_dir
-    from lsr.ingest.indexing import IndexOptions, ResumeRefused, build_collection
+    from lsr.ingest.indexing import IndexOptions, ResumeRefused, build_collection, recorded_max_length
 
     if args.shards <= 0:
         raise ValueError(f"--shards must be at least 1, got {args.shards}")
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be positive, got {args.limit}")
     model, max_length = args.model or "splade-tiny", args.max_length
+    if args.resume and max_length is None:  # continue at the length the build recorded
+        max_length = recorded_max_length(Path(args.out))
     if args.pre_encoded:
         from lsr.ingest.vector_file import VectorFileReader
 

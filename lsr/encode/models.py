@@ -70,18 +70,29 @@ DOCUMENT_TOKENS = 256  # SPLADE documents' default length: on SciFact 256 beat 1
 
 
 def document_length(name_or_path: str) -> int:
-    """The document tokens a SPLADE model keeps unless told otherwise: 256, or fewer where its folder declares fewer
-    (``SparseEncoder`` cuts its documents there, and we had cut past it): ``sentence_bert_config.json``'s
-    ``max_seq_length``, else (sentence-transformers 6 keeps it there) ``tokenizer_config.json``'s ``model_max_length``."""
+    """The document tokens a SPLADE model keeps unless told otherwise: 256, or fewer where its folder declares fewer,
+    as ``SparseEncoder`` reads it (it cuts its documents there, and we had cut past it): ``sentence_bert_config.json``'s
+    ``max_seq_length``, else the smaller of the tokenizer's ``model_max_length`` (where sentence-transformers 6 keeps
+    it) and the model's positions."""
     from lsr.encode.st_folder import read_json
 
     try:
         folder = resolve_model(name_or_path)
-        declared = (read_json(folder, "sentence_bert_config.json").get("max_seq_length")
-                    or read_json(folder, "tokenizer_config.json").get("model_max_length"))
+        declared = read_json(folder, "sentence_bert_config.json").get("max_seq_length")
+        if not _token_limit(declared):
+            config = read_json(folder, "config.json")
+            limits = [read_json(folder, "tokenizer_config.json").get("model_max_length"),
+                      config.get("max_position_embeddings", config.get("n_positions"))]
+            declared = min((n for n in limits if _token_limit(n)), default=None)
     except (OSError, ValueError, ModelNotFoundError):  # the loader says what is wrong with the folder
         return DOCUMENT_TOKENS
-    return min(DOCUMENT_TOKENS, declared) if isinstance(declared, int) and declared > 0 else DOCUMENT_TOKENS
+    return min(DOCUMENT_TOKENS, declared) if _token_limit(declared) else DOCUMENT_TOKENS
+
+
+def _token_limit(n: Any) -> bool:
+    """A declared length to honour: fewer than 4 tokens holds no word between [CLS] and [SEP], and tokenizers say
+    1e30 for "unknown"."""
+    return isinstance(n, int) and not isinstance(n, bool) and 4 <= n < 100_000
 
 
 def lasting_name(name_or_path: str) -> str:

@@ -275,6 +275,19 @@ def _load_state(out: Path, settings: dict) -> BuildState:
     return BuildState(**raw)
 
 
+def recorded_max_length(out: Path) -> int | None:
+    """The document length the build in ``out`` (unfinished or finished) recorded, for a ``--resume`` that does not
+    give one: a build begun before the default followed the model folder recorded 256, and its resume was refused."""
+    import json
+
+    try:
+        path = out / BUILD_STATE if (out / BUILD_STATE).is_file() else _finished_meta(out)
+        length = json.loads(path.read_text(encoding="utf-8"))["settings"]["max_length"] if path else None
+    except (OSError, ValueError, KeyError, TypeError):  # no build there, or a damaged record: the default, checked
+        return None
+    return length if isinstance(length, int) else None
+
+
 def _finished_meta(out: Path) -> Path | None:
     """The ``lsr.json`` that records a finished build's settings (a sharded one's first shard), or None."""
     from lsr.ingest.sharding import is_sharded, read_shard_map

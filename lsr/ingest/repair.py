@@ -105,14 +105,15 @@ def _build_scale(path: Path, meta: dict, built: list) -> float | None:
     from lsr.index import InvertedIndex
     from lsr.index.quantize import choose_scale
 
-    if "sharding" in meta:
-        return meta["sharding"].get("sparse_scale")
+    shared = meta.get("sharding", {}).get("sparse_scale")  # None where no document of any shard held a weight
+    if shared is not None:
+        return shared
     top = max((float(batch.values.max(initial=0.0)) for batch, _ in built), default=0.0)
     if top > 0:
         return choose_scale(meta["settings"]["quantization"], top)
     try:
         return InvertedIndex.open(path / "sparse").base_scale
-    except (OSError, ValueError):  # a damaged index among them: what repair is for
+    except Exception:  # noqa: BLE001 - whatever the damage (a manifest that is a list: AttributeError), repair rebuilds
         return None
 
 

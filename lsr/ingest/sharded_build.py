@@ -47,13 +47,15 @@ def route_part(out: Path, part: int, ids: list[str], texts: list[str], sparse: S
     return counts
 
 
-def global_scale(folders: list[Path], n_parts: int, quantization: str) -> float:
-    """The quantization scale the unsharded index would choose: from the largest weight of any shard."""
+def global_scale(folders: list[Path], n_parts: int, quantization: str) -> float | None:
+    """The quantization scale the unsharded index would choose: from the largest weight of any shard; None where no
+    document holds a weight (the unsharded index leaves it to the first write with one: 1.0 rounded weights to whole
+    numbers)."""
     from lsr.index.quantize import choose_scale
 
     top = max((float(batch.values.max(initial=0.0)) for folder in folders
                for batch, _ in read_vector_shards(folder, n_parts)), default=0.0)
-    return choose_scale(quantization, top)
+    return choose_scale(quantization, top) if top > 0 else None
 
 
 def global_bm25_legs(folders: list[Path], n_parts: int) -> list:

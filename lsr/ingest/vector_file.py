@@ -45,7 +45,7 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
     ``max_length`` None: ``document_length`` of the model."""
     from lsr.encode.splade import SpladeEncoder
 
-    max_length = max_length or document_length(model)
+    max_length = document_length(model) if max_length is None else max_length  # 0 is refused, not the default
     reader = CorpusReader(source, fields=fields, id_field=id_field, on_error=on_error)
     output = Path(output).expanduser()
     if output.suffix != ".parquet":
