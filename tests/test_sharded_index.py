@@ -324,3 +324,35 @@ def test_upserts_to_a_shard_empty_at_its_build_score_like_the_unsharded_collecti
     for query in queries[:4]:
         got = [[(h.doc_id, h.score) for h in s.search(query, k=5, mode="sparse").hits] for s in searchers]
         assert got[0] == got[1], query
+
+
+def test_upserts_past_the_builds_scale_score_like_the_unsharded_collection(tmp_path):
+    """An upsert whose weights the build's scale could not hold grew a shard's scale from its own documents, so sharded
+    scores left the unsharded ones by ~0.2 %; each document now takes the shared base scale or base·2^k alone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lsr.cli.main import main
+    from lsr.sparse import SparseBatch
+
+    rng = np.random.default_rng(0)
+    terms = [np.sort(rng.choice(np.arange(2000, 3000), 20, replace=False)) for _ in range(40)]
+    weak = SparseBatch(np.arange(0, 820, 20), np.concatenate(terms).astype(np.int32),
+                       (rng.random(800) * 0.3).astype(np.float32), 30522)  # far below splade-tiny's weights
+    table = weak.to_arrow([f"d{i}" for i in range(40)]).append_column(
+        "text", pa.array([f"document number {i} about aspirin" for i in range(40)]))
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"lsr.model": b"splade-tiny",
+                                                  b"lsr.max_length": b"256"}), tmp_path / "weak.parquet")
+    (tmp_path / "up.jsonl").write_text("".join(json.dumps({"_id": f"u{i}", "text": f"aspirin stroke prevention {i}"})
+                                               + "\n" for i in range(6)))
+    (tmp_path / "q.tsv").write_text("q1\taspirin heart\nq2\tstroke prevention\n")
+    runs = []
+    for shards in ("1", "2"):
+        col = tmp_path / f"c{shards}"
+        assert main(["index", str(tmp_path / "weak.parquet"), str(col), "--pre-encoded", "--dense", "none", "--bm25",
+                     "none", "--shards", shards, "--quiet"]) == 0
+        assert main(["upsert", str(tmp_path / "up.jsonl"), str(col), "--quiet"]) == 0
+        assert main(["search", str(col), "--topics", str(tmp_path / "q.tsv"), "--output", str(col) + ".trec",
+                     "--mode", "sparse", "--k", "20", "--quiet"]) == 0
+        runs.append((tmp_path / f"c{shards}.trec").read_text())
+    assert runs[0] == runs[1] and "u1" in runs[0]
