@@ -149,11 +149,11 @@ class InvertedIndex:
             chosen = scale if scale is not None else choose_scale(quantization, float(batch.values.max(initial=0.0)))
             base = {"vocab_size": batch.vocab_size, "quantization": quantization, "vocab": None, "segments": [],
                     "journal_seq": journal_seq}
-            if scale is not None or batch.values.max(initial=0.0) > 0:  # else (no weight at all) the first add does
+            if chosen is not None:  # else (no weight at all) the first add chooses it
                 base["scale"] = chosen
             if batch.vocab is not None:
                 base["vocab"] = storage.write_json(path, f"vocab.{version:06d}.json", list(batch.vocab))
-            segments = _write_segments(path, version, batch, ids, quantization, chosen) if len(ids) else []
+            segments = _write_segments(path, version, batch, ids, quantization, chosen or 1.0) if len(ids) else []
             manifest = dict(base, version=version, segments=segments)
             storage.commit_manifest(path, manifest)
         return cls.open(path)
@@ -368,8 +368,7 @@ class InvertedIndex:
             masks = _tombstones(state, list(where.values()))
             manifest = _copy_manifest(state.manifest, journal_seq)
             version = manifest["version"] + 1
-            top = float(batch.values.max(initial=0.0))
-            base = state.base_scale or (choose_scale(self.quantization, top) if top > 0 else None)
+            base = state.base_scale or choose_scale(self.quantization, float(batch.values.max(initial=0.0)))
             if base is not None:  # a write without a weight leaves it to the first one with a weight
                 manifest["scale"] = base
             _write_deleted(self.path, manifest, masks, version)

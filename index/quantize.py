@@ -22,13 +22,14 @@ def impact_dtype(quantization: str) -> np.dtype:
         raise ValueError(f"quantization must be one of {sorted(QUANTIZATIONS)}, got {quantization!r}") from None
 
 
-def choose_scale(quantization: str, max_weight: float) -> float:
-    """Scale mapping ``max_weight`` to the top of the integer range: an index's base scale, chosen at its build."""
+def choose_scale(quantization: str, max_weight: float) -> float | None:
+    """Scale mapping ``max_weight`` to the top of the integer range: an index's base scale, chosen at its build, or
+    by the first write with a weight: None where nothing holds one (1.0 had rounded every later weight to a whole
+    number)."""
     dtype = impact_dtype(quantization)
-    if dtype.kind == "f":
-        return 1.0
-    needed = float(max_weight) / float(np.iinfo(dtype).max) if max_weight > 0 else 0.0
-    return needed if needed > 0 else 1.0
+    if not max_weight > 0:
+        return None
+    return 1.0 if dtype.kind == "f" else float(max_weight) / float(np.iinfo(dtype).max)
 
 
 def row_scales(quantization: str, row_max: np.ndarray, base: float) -> np.ndarray:

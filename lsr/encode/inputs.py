@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lsr.encode.st_folder import read_json
+from lsr.encode.st_folder import declared_max_tokens
 
 DEFAULT_MAX_TOKENS = 512  # BERT's position limit: what a model with no stated limit gets, so paragraph-long queries fit
 
@@ -99,17 +99,10 @@ def report_truncation(log: logging.Logger, n_tokens: np.ndarray, max_length: int
 
 
 def model_max_tokens(folder: str, tokenizer: Any) -> int:
-    """The longest input a model folder declares: sentence-transformers' ``max_seq_length``, else the
-    tokenizer's ``model_max_length``, else the config's position limit, else ``DEFAULT_MAX_TOKENS``.
+    """The longest input a model folder declares (``declared_max_tokens``), else ``DEFAULT_MAX_TOKENS``.
 
     This is how ``SentenceTransformer`` sizes its inputs, so our vectors match its for the same folder."""
-    st_config = read_json(folder, "sentence_bert_config.json")
-    if isinstance(st_config.get("max_seq_length"), int) and st_config["max_seq_length"] > 0:
-        return int(st_config["max_seq_length"])
-    config = read_json(folder, "config.json")  # GPT-2 names its limit n_positions
-    limits = [getattr(tokenizer, "model_max_length", None), config.get("max_position_embeddings", config.get("n_positions"))]
-    limits = [int(n) for n in limits if isinstance(n, int) and 0 < n < 100_000]  # tokenizers say 1e30 for "unknown"
-    return min(limits) if limits else DEFAULT_MAX_TOKENS
+    return declared_max_tokens(folder, getattr(tokenizer, "model_max_length", None)) or DEFAULT_MAX_TOKENS
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -70,29 +70,18 @@ DOCUMENT_TOKENS = 256  # SPLADE documents' default length: on SciFact 256 beat 1
 
 
 def document_length(name_or_path: str) -> int:
-    """The document tokens a SPLADE model keeps unless told otherwise: 256, or fewer where its folder declares fewer,
-    as ``SparseEncoder`` reads it (it cuts its documents there, and we had cut past it): ``sentence_bert_config.json``'s
-    ``max_seq_length``, else the smaller of the tokenizer's ``model_max_length`` (where sentence-transformers 6 keeps
-    it) and the model's positions."""
-    from lsr.encode.st_folder import read_json
+    """The document tokens a SPLADE model keeps unless told otherwise: 256, or fewer where its folder declares fewer
+    (``declared_max_tokens``, as ``SparseEncoder`` reads it: it cuts its documents there, and we had cut past it; the
+    tokenizer's limit is where sentence-transformers 6 keeps it). Fewer than 4 tokens holds no word between [CLS] and
+    [SEP]: not a limit to honour."""
+    from lsr.encode.st_folder import declared_max_tokens, read_json
 
     try:
         folder = resolve_model(name_or_path)
-        declared = read_json(folder, "sentence_bert_config.json").get("max_seq_length")
-        if not _token_limit(declared):
-            config = read_json(folder, "config.json")
-            limits = [read_json(folder, "tokenizer_config.json").get("model_max_length"),
-                      config.get("max_position_embeddings", config.get("n_positions"))]
-            declared = min((n for n in limits if _token_limit(n)), default=None)
+        declared = declared_max_tokens(folder, read_json(folder, "tokenizer_config.json").get("model_max_length"))
     except (OSError, ValueError, ModelNotFoundError):  # the loader says what is wrong with the folder
         return DOCUMENT_TOKENS
-    return min(DOCUMENT_TOKENS, declared) if _token_limit(declared) else DOCUMENT_TOKENS
-
-
-def _token_limit(n: Any) -> bool:
-    """A declared length to honour: fewer than 4 tokens holds no word between [CLS] and [SEP], and tokenizers say
-    1e30 for "unknown"."""
-    return isinstance(n, int) and not isinstance(n, bool) and 4 <= n < 100_000
+    return min(DOCUMENT_TOKENS, declared) if declared is not None and declared >= 4 else DOCUMENT_TOKENS
 
 
 def lasting_name(name_or_path: str) -> str:

@@ -206,10 +206,11 @@ class SpladeEncoder:
 
             tokenizer = load_with_hint(name_or_path, transformers.AutoTokenizer.from_pretrained)
             model = load_with_hint(name_or_path, quiet_loader(getattr(transformers, cls.auto_model_class), head_required=True))
-        declared = read_splade_pooling(resolve_model(name_or_path))
+        folder = resolve_model(name_or_path)
+        declared = read_splade_pooling(folder)
         if declared is not None:
             options = {"pooling": declared[0], "activation": declared[1], **options}
-        options.setdefault("prompts", read_prompts(resolve_model(name_or_path)))
+        options.setdefault("prompts", read_prompts(folder))
         return cls(
             model, tokenizer, max_length=max_length, query_max_length=query_max_length,
             device=device, dtype=dtype, name=str(name_or_path), **options,

@@ -30,14 +30,42 @@ def with_prompt(texts: list[str], prompt: str) -> list[str]:
 
 def read_json(folder: str, name: str) -> dict:
     """``folder/name`` as a dict; {} when it is not there."""
+    return _read(folder, name, dict, "a JSON object") or {}
+
+
+def read_json_list(folder: str, name: str) -> list[dict]:
+    """``folder/name`` as a list of objects (modules.json); [] when it is not there."""
+    found = _read(folder, name, list, "a JSON list of modules") or []
+    if not all(isinstance(m, dict) for m in found):
+        raise ValueError(f"{os.path.join(folder, name)}: expected a JSON list of modules")
+    return found
+
+
+def _read(folder: str, name: str, kind: type, what: str):
     path = os.path.join(folder, name)
     if not os.path.isfile(path):
-        return {}
+        return None
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+    if not isinstance(data, kind):
+        raise ValueError(f"{path}: expected {what}")
     return data
+
+
+def declared_max_tokens(folder: str, tokenizer_limit: object) -> int | None:
+    """The longest input a model folder declares, as ``SentenceTransformer`` reads it: ``sentence_bert_config.json``'s
+    ``max_seq_length``, else the smaller of the tokenizer's ``model_max_length`` and the model's positions (GPT-2
+    names them ``n_positions``); None where it declares none (tokenizers say 1e30 for "unknown")."""
+    def usable(n: object) -> bool:
+        return isinstance(n, int) and 0 < n < 100_000
+
+    declared = read_json(folder, "sentence_bert_config.json").get("max_seq_length")
+    if usable(declared):
+        return int(declared)
+    config = read_json(folder, "config.json")
+    limits = [int(n) for n in (tokenizer_limit, config.get("max_position_embeddings", config.get("n_positions")))
+              if usable(n)]
+    return min(limits) if limits else None
 
 
 def read_prompts(folder: str) -> Prompts:
@@ -67,15 +95,3 @@ def read_splade_pooling(folder: str) -> tuple[str, str] | None:
         raise ValueError(f"{folder}: SpladePooling {pooling!r} with {activation!r} is not supported (pooling max or "
                          f"sum, activation {' or '.join(ACTIVATIONS)})")
     return pooling, activation
-
-
-def read_json_list(folder: str, name: str) -> list[dict]:
-    """``folder/name`` as a list of objects (modules.json); [] when it is not there."""
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
-        raise ValueError(f"{path}: expected a JSON list of modules")
-    return data

@@ -109,8 +109,9 @@ def _build_scale(path: Path, meta: dict, built: list) -> float | None:
     if shared is not None:
         return shared
     top = max((float(batch.values.max(initial=0.0)) for batch, _ in built), default=0.0)
-    if top > 0:
-        return choose_scale(meta["settings"]["quantization"], top)
+    chosen = choose_scale(meta["settings"]["quantization"], top)
+    if chosen is not None:
+        return chosen
     try:
         return InvertedIndex.open(path / "sparse").base_scale
     except Exception:  # noqa: BLE001 - whatever the damage (a manifest that is a list: AttributeError), repair rebuilds

@@ -55,7 +55,7 @@ def global_scale(folders: list[Path], n_parts: int, quantization: str) -> float 
 
     top = max((float(batch.values.max(initial=0.0)) for folder in folders
                for batch, _ in read_vector_shards(folder, n_parts)), default=0.0)
-    return choose_scale(quantization, top) if top > 0 else None
+    return choose_scale(quantization, top)
 
 
 def global_bm25_legs(folders: list[Path], n_parts: int) -> list:
