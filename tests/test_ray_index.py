@@ -145,6 +145,34 @@ def test_sigterm_while_ray_starts_stops_the_build_as_ctrl_c_does(corpus, tmp_pat
         f"stopped; the encoded shards are kept. Continue with: {shlex.join(['lsr', *command])}", "terminated"]
     assert left == []
     assert _parts_written(out) == 1 and not (out / META_FILE).exists()
+    assert "lsr: stopping once Ray starts; a second Ctrl-C or SIGTERM stops at once" in done.stderr
+
+
+def test_a_second_signal_while_ray_starts_is_handled_at_once(capfd):
+    """The first signal waits for ray.init to return; a start that hung (a head that never answers) kept every
+    later Ctrl-C and SIGTERM too, leaving kill -9 as the only way out."""
+    from lsr.ingest.ray_engine import _signals_deferred
+
+    class Stopped(Exception):
+        pass
+
+    def ours(_signum, _frame):
+        raise Stopped
+
+    set_handler = signal.signal
+    kept = signal.signal(signal.SIGTERM, ours)
+    try:
+        with pytest.raises(Stopped):
+            with _signals_deferred("starts"):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # a Python handler runs between bytecodes: the first signal is only noted
+                assert "stopping once Ray starts" in capfd.readouterr().err
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                pytest.fail("the second signal waited too")
+        assert signal.getsignal(signal.SIGTERM) is ours and signal.signal is set_handler  # both ours again
+    finally:
+        signal.signal(signal.SIGTERM, kept)
 
 
 def _lsr_index(*args: str, prelude: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

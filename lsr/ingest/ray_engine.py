@@ -172,7 +172,7 @@ def ray_session(address: str | None) -> Iterator[Any]:
     try:
         yield ray
     finally:
-        with _signals_deferred():
+        with _signals_deferred("shuts down"):
             ray.shutdown()
 
 
@@ -189,11 +189,11 @@ def start_ray(address: str | None, **options: Any) -> None:
     # takes SIGTERM too (stack lines on stderr); Ray enables Python's faulthandler for the driver's crashes anyway.
     ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
     try:
-        with _signals_deferred():
+        with _signals_deferred("starts"):
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                      **options)
     except BaseException as exc:
-        with _signals_deferred():
+        with _signals_deferred("shuts down"):
             ray.shutdown()
         if address == "auto" and isinstance(exc, ConnectionError):  # no cluster up (yet): the same command can work later
             raise MachineStateError("--ray-address auto found no running Ray cluster on this machine; start one with "
@@ -204,14 +204,15 @@ def start_ray(address: str | None, **options: Any) -> None:
 
 
 @contextmanager
-def _signals_deferred() -> Iterator[None]:
+def _signals_deferred(while_ray: str) -> Iterator[None]:
     """Hold SIGTERM and SIGINT while Ray starts or shuts down, then hand the first one received to our handler.
 
     ray.init replaces our SIGTERM handler first thing with one that calls ``sys.exit(15)``, and ray.shutdown leaves
     its own in place. Raised in the middle of the start, even our ``Terminated`` left a half-started local instance
     behind (its raylet's agents outlived us). So meanwhile a signal is only noted and Python code cannot set another
     handler for either (Ray defers SIGINT the same way); after, ours are set again and the signal noted is raised,
-    for them to handle as if it came then.
+    for them to handle as if it came then. A second signal is handled at once: a start that hangs (a head that
+    never answers) must not leave the user without a way out but kill -9.
     """
     if threading.current_thread() is not threading.main_thread():  # only the main thread has handlers to keep
         yield
@@ -222,6 +223,18 @@ def _signals_deferred() -> Iterator[None]:
 
     def note(signum: int, _frame: Any) -> None:
         received.append(signum)
+        if len(received) == 1:
+            print(f"lsr: stopping once Ray {while_ray}; a second Ctrl-C or SIGTERM stops at once, which may leave "
+                  "Ray's processes behind", file=sys.stderr, flush=True)
+            return
+        received.clear()
+        restore()
+        signal.raise_signal(signum)
+
+    def restore() -> None:
+        signal.signal = set_handler
+        for sig, handler in kept.items():
+            set_handler(sig, handler)
 
     def keep_ours(signum: int, handler: Any) -> Any:
         return note if signum in kept else set_handler(signum, handler)
@@ -232,9 +245,7 @@ def _signals_deferred() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal = set_handler
-        for sig, handler in kept.items():
-            set_handler(sig, handler)
+        restore()
         if received:
             signal.raise_signal(received[0])
 
