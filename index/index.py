@@ -22,10 +22,10 @@ import numpy as np
 from lsr.sparse import SparseBatch, is_real, is_whole
 
 from . import storage
-from .inputs import doc_id_list, document_batch, keep_top_terms, query_rows, query_terms
+from .inputs import check_unique, doc_id_list, document_chunks, keep_top_terms, query_rows, query_terms, validated_chunks
 from .quantize import choose_scale, dequantize, impact_dtype, quantize, row_scales
 from .search_numba import ACC_PAD, search_maxscore, search_taat, search_taat_rescore
-from .segment import Segment, build_arrays, expected_dtypes, expected_lengths, structure_problem
+from .segment import Segment, build_arrays, expected_dtypes, expected_lengths, structure_problem, term_dtype
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,11 @@ class InvertedIndex:
               scale: float | None = None) -> "InvertedIndex":
         """Create the index at ``path`` holding exactly these vectors.
 
+        ``vectors``: a SparseBatch or scipy matrix (with ``doc_ids``), or (SparseBatch, ids) chunks. Chunks are
+        read twice, sizes first, so a build never holds the whole collection's float weights: an iterable that
+        reads them from files anew each time (not a generator, which is listed) keeps the build's memory at about
+        ten bytes a non-zero weight (``benchmarks/results/build_memory.md``).
+
         ``scale``: the quantization scale to keep whenever it can represent these vectors (the shards of a
         sharded collection share the whole collection's scale, so their scores equal the unsharded index's).
 
@@ -142,18 +147,19 @@ class InvertedIndex:
             raise ValueError(f"journal_seq must be a whole number >= 0, got {journal_seq!r}")  # 1.5 became 1
         path = Path(path)
         storage.check_build_target(path, overwrite)
-        batch, ids = document_batch(vectors, doc_ids, None)
+        chunks = document_chunks(vectors, doc_ids)
+        plan = _Plan.read(chunks, None)
         path.mkdir(parents=True, exist_ok=True)
         with storage.writer_lock(path):
             version = _disk_version(path) + 1
-            chosen = scale if scale is not None else choose_scale(quantization, float(batch.values.max(initial=0.0)))
-            base = {"vocab_size": batch.vocab_size, "quantization": quantization, "vocab": None, "segments": [],
+            chosen = scale if scale is not None else choose_scale(quantization, float(plan.row_max.max(initial=0.0)))
+            base = {"vocab_size": plan.vocab_size, "quantization": quantization, "vocab": None, "segments": [],
                     "journal_seq": journal_seq}
             if chosen is not None:  # else (no weight at all) the first add chooses it
                 base["scale"] = chosen
-            if batch.vocab is not None:
-                base["vocab"] = storage.write_json(path, f"vocab.{version:06d}.json", list(batch.vocab))
-            segments = _write_segments(path, version, batch, ids, quantization, chosen or 1.0) if len(ids) else []
+            if plan.vocab is not None:
+                base["vocab"] = storage.write_json(path, f"vocab.{version:06d}.json", list(plan.vocab))
+            segments = _write_segments(path, version, chunks, plan, quantization, chosen or 1.0) if plan.ids else []
             manifest = dict(base, version=version, segments=segments)
             storage.commit_manifest(path, manifest)
         return cls.open(path)
@@ -361,18 +367,20 @@ class InvertedIndex:
         """
         with self._write_lock, storage.writer_lock(self.path):
             state = self._fresh_state()
-            batch, ids = document_batch(vectors, doc_ids, self.vocab_size)
+            chunks = document_chunks(vectors, doc_ids)
+            plan = _Plan.read(chunks, self.vocab_size)
+            ids = plan.ids
             if not ids:
                 return
             where = state.locate(ids)
             masks = _tombstones(state, list(where.values()))
             manifest = _copy_manifest(state.manifest, journal_seq)
             version = manifest["version"] + 1
-            base = state.base_scale or choose_scale(self.quantization, float(batch.values.max(initial=0.0)))
+            base = state.base_scale or choose_scale(self.quantization, float(plan.row_max.max(initial=0.0)))
             if base is not None:  # a write without a weight leaves it to the first one with a weight
                 manifest["scale"] = base
             _write_deleted(self.path, manifest, masks, version)
-            manifest["segments"].extend(_write_segments(self.path, version, batch, ids, self.quantization, base or 1.0))
+            manifest["segments"].extend(_write_segments(self.path, version, chunks, plan, self.quantization, base or 1.0))
             self._commit(manifest, version)
             while (crowded := _crowded_tier(self._state.segments)) is not None:
                 self._merge(self._state, crowded)
@@ -537,39 +545,101 @@ def _write_deleted(path: Path, manifest: dict, masks: dict[int, np.ndarray], ver
     manifest["segments"] = [s for i, s in enumerate(manifest["segments"]) if i not in empty]
 
 
-def _write_segments(path: Path, version: int, batch: SparseBatch, ids: list[str], quantization: str,
-                    base: float) -> list[dict]:
-    """One segment per scale the documents need (``row_scales``): almost always one, at the base scale."""
-    scales = row_scales(quantization, batch.row_maxima(), base)
+@dataclass(slots=True)
+class _Plan:
+    """What a first reading of a write's chunks learns, so that the second one fills arrays of their final size:
+    the ids, each document's largest weight (its scale) and its stored entries (its room)."""
+
+    ids: list[str]
+    row_max: np.ndarray
+    row_len: np.ndarray
+    vocab_size: int
+    vocab: Sequence[str] | None
+
+    @classmethod
+    def read(cls, chunks, vocab_size: int | None) -> "_Plan":
+        ids, maxima, lengths, vocab = [], [], [], None
+        for batch, chunk_ids in validated_chunks(chunks, vocab_size):
+            ids.extend(chunk_ids)
+            maxima.append(batch.row_maxima())
+            lengths.append(np.diff(batch.indptr))
+            vocab_size, vocab = batch.vocab_size, vocab if vocab is not None else batch.vocab
+        check_unique(ids)
+        return cls(ids, np.concatenate(maxima), np.concatenate(lengths), vocab_size, vocab)
+
+
+_CHANGED = ("the vectors changed between the build's two readings of them; pass a list, or an iterable that reads "
+            "the same chunks each time")
+
+
+def _write_segments(path: Path, version: int, chunks, plan: _Plan, quantization: str, base: float) -> list[dict]:
+    """One segment per scale the documents need (``row_scales``): almost always one, at the base scale. The chunks
+    are quantized one at a time into arrays sized by ``plan``."""
+    scales = row_scales(quantization, plan.row_max, base)
     distinct = np.unique(scales)
-    if len(distinct) == 1:
-        return [_write_segment(path, f"s{version:06d}", batch, ids, quantization, float(distinct[0]))]
+    fills = {s: _Impacts(scales == s, plan.row_len, quantization, plan.vocab_size) for s in distinct}
+    start = 0
+    for batch, ids in validated_chunks(chunks, plan.vocab_size):
+        if ids != plan.ids[start : start + len(ids)]:
+            raise RuntimeError(_CHANGED)
+        here = scales[start : start + len(batch)]
+        for scale in np.unique(here):
+            part = batch if len(distinct) == 1 else batch.select(np.flatnonzero(here == scale))
+            fills[scale].append(part, quantize(part.values, quantization, float(scale)))
+        start += len(batch)
+    if start != len(plan.ids):
+        raise RuntimeError(_CHANGED)
     segments = []
     for i, scale in enumerate(distinct):
-        rows = np.flatnonzero(scales == scale)
-        segments.append(_write_segment(path, f"s{version:06d}" + (f"-{i}" if i else ""), batch.select(rows),
-                                       [ids[r] for r in rows], quantization, float(scale)))
+        ids = plan.ids if len(distinct) == 1 else [plan.ids[r] for r in np.flatnonzero(scales == scale)]
+        name = f"s{version:06d}" + (f"-{i}" if i else "")
+        segments.append(fills[scale].write(path, name, ids, quantization, float(scale)))
     return segments
 
 
-def _write_segment(path: Path, name: str, batch: SparseBatch, ids: list[str], quantization: str, scale: float) -> dict:
-    imps = quantize(batch.values, quantization, scale)
-    keep = imps != 0
-    if keep.all():
-        return _write_quantized_segment(path, name, batch.indptr, batch.indices, imps, ids, scale, batch.vocab_size)
-    lost = int(np.count_nonzero(batch.values[~keep]))
-    if lost > LOST_WARNING * len(imps):
-        log.warning("%d of %d non-zero weights (%.0f%%) round to 0 at %s, whose scale (the base scale, set by the "
-                    "build's largest weight) holds weights up to %g, far above them; vectors from one SPLADE model keep nearly all "
-                    "of theirs, so check the largest weights written", lost, len(imps), 100 * lost / len(imps),
-                    quantization, scale * float(np.iinfo(impact_dtype(quantization)).max))
-    kept_before = np.concatenate([[0], np.cumsum(keep)])
-    indptr = kept_before[batch.indptr].astype(np.int64)
-    return _write_quantized_segment(path, name, indptr, batch.indices[keep], imps[keep], ids, scale, batch.vocab_size)
+class _Impacts:
+    """One segment's quantized CSR, filled chunk by chunk, its zero impacts dropped, into arrays sized by a
+    ``_Plan``: about three bytes a non-zero weight, where the float chunks and their concatenation took 16."""
+
+    def __init__(self, rows: np.ndarray, row_len: np.ndarray, quantization: str, vocab_size: int):
+        room = int(row_len[rows].sum())
+        self.indptr = np.zeros(int(np.count_nonzero(rows)) + 1, np.int64)
+        self.terms = np.empty(room, term_dtype(vocab_size))
+        self.imps = np.empty(room, impact_dtype(quantization))
+        self.vocab_size, self.docs, self.nnz, self.stored, self.lost = vocab_size, 0, 0, 0, 0
+
+    def append(self, batch: SparseBatch, imps: np.ndarray) -> None:
+        gone = np.flatnonzero(imps == 0)
+        lengths = np.diff(batch.indptr) - np.diff(np.searchsorted(gone, batch.indptr))
+        kept = len(imps) - len(gone)
+        np.cumsum(lengths, out=self.indptr[self.docs + 1 : self.docs + len(batch) + 1])
+        self.indptr[self.docs + 1 : self.docs + len(batch) + 1] += self.nnz
+        if len(gone):
+            keep = np.ones(len(imps), bool)
+            keep[gone] = False
+            self.terms[self.nnz : self.nnz + kept] = batch.indices[keep]
+            self.imps[self.nnz : self.nnz + kept] = imps[keep]
+            self.lost += int(np.count_nonzero(batch.values[gone]))
+        else:
+            self.terms[self.nnz : self.nnz + kept] = batch.indices
+            self.imps[self.nnz : self.nnz + kept] = imps
+        self.docs += len(batch)
+        self.nnz += kept
+        self.stored += len(imps)
+
+    def write(self, path: Path, name: str, ids: list[str], quantization: str, scale: float) -> dict:
+        if self.lost > LOST_WARNING * self.stored:
+            log.warning("%d of %d non-zero weights (%.0f%%) round to 0 at %s, whose scale (the base scale, set by "
+                        "the build's largest weight) holds weights up to %g, far above them; vectors from one SPLADE "
+                        "model keep nearly all of theirs, so check the largest weights written", self.lost,
+                        self.stored, 100 * self.lost / self.stored, quantization,
+                        scale * float(np.iinfo(impact_dtype(quantization)).max))
+        return _write_quantized_segment(path, name, self.indptr, self.terms[: self.nnz], self.imps[: self.nnz], ids,
+                                        scale, self.vocab_size)
 
 
 def _write_quantized_segment(path: Path, name: str, indptr, terms, imps, ids, scale: float, vocab_size: int) -> dict:
-    arrays = build_arrays(indptr, np.asarray(terms, np.int32), imps, vocab_size)
+    arrays = build_arrays(indptr, np.asarray(terms, term_dtype(vocab_size)), imps, vocab_size)
     files = {role: storage.write_array(path, f"{name}.{role}", arr) for role, arr in arrays.items()}
     files["ids"] = storage.write_ids(path, f"{name}.ids", ids)
     return {"name": name, "n_docs": len(ids), "nnz": len(terms), "n_blocks": len(arrays["block_base"]),

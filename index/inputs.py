@@ -6,7 +6,7 @@ the error says which row, id or term is wrong.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,10 +24,12 @@ def _canonical_csr(batch: SparseBatch) -> SparseBatch:
     return SparseBatch(csr.indptr, csr.indices, csr.data, batch.vocab_size, batch.vocab)
 
 
-def _check_weights(values: np.ndarray, what: str, indptr: np.ndarray | None = None, top: float = np.inf) -> None:
+def _check_weights(values: np.ndarray, what: str, indptr: np.ndarray | None = None, top: float = np.inf,
+                   first_row: int = 0) -> None:
     bad = ~np.isfinite(values) | (values < 0) | (values > top)
     if bad.any():
-        where = f" (row {int(np.searchsorted(indptr, np.argmax(bad), side='right')) - 1})" if indptr is not None else ""
+        row = first_row + int(np.searchsorted(indptr, np.argmax(bad), side="right")) - 1 if indptr is not None else 0
+        where = f" (row {row})" if indptr is not None else ""
         limit = "finite and >= 0" if np.isinf(top) else f"between 0 and {top:,g}"
         raise ValueError(f"{what} has a weight {values[bad][0]:g} out of range{where}; SPLADE weights must be {limit}")
 
@@ -38,41 +40,60 @@ def _check_terms(indices: np.ndarray, vocab_size: int, what: str) -> None:
         raise ValueError(f"{what} has term id {int(bad)} outside the vocabulary [0, {vocab_size})")
 
 
-def document_batch(vectors, doc_ids: Sequence | None, vocab_size: int | None) -> tuple[SparseBatch, list[str]]:
-    """One validated CSR batch with its ids from a SparseBatch, a scipy matrix or (batch, ids) chunks."""
+def document_chunks(vectors, doc_ids: Sequence | None) -> Iterable:
+    """``vectors`` as (batch, ids) chunks that can be read more than once (a build reads them twice, sizes first,
+    so it never holds the whole collection's float weights): a SparseBatch or a scipy matrix is one chunk, a
+    one-shot iterator is listed, any other iterable (a list, an object reading files) is taken as it is."""
     if isinstance(vectors, SparseBatch) or sp.issparse(vectors):
         if doc_ids is None:
             raise ValueError("doc_ids is required with a SparseBatch or scipy matrix")
-        chunks = [(vectors, doc_ids)]
-    else:
-        if isinstance(vectors, np.ndarray):  # its rows were taken for chunks
-            raise TypeError("vectors is a dense array: pass SparseBatch.from_dense(vectors) or a scipy matrix")
-        chunks = list(vectors)
-        for n, chunk in enumerate(chunks):  # a list of dicts failed as "not enough values to unpack"
-            if not (isinstance(chunk, (tuple, list)) and len(chunk) == 2):
-                raise TypeError(f"vectors is a SparseBatch, a scipy matrix or (vectors, ids) chunks; chunk {n} is a "
-                                f"{type(chunk).__name__}")
-        if doc_ids is not None:
-            raise ValueError("pass doc_ids inside the (SparseBatch, ids) chunks, not separately")
-    batches, ids = [], []
-    for chunk, chunk_ids in chunks:
-        batch = chunk if isinstance(chunk, SparseBatch) else SparseBatch.from_scipy(sp.csr_matrix(chunk))
+        return [(vectors, doc_ids)]
+    if isinstance(vectors, np.ndarray):  # its rows were taken for chunks
+        raise TypeError("vectors is a dense array: pass SparseBatch.from_dense(vectors) or a scipy matrix")
+    chunks = list(vectors) if iter(vectors) is vectors else vectors
+    if doc_ids is not None:
+        for n, chunk in enumerate(chunks):  # chunks of another form are the likelier mistake: say so first
+            _check_chunk(n, chunk)
+        raise ValueError("pass doc_ids inside the (SparseBatch, ids) chunks, not separately")
+    return chunks
+
+
+def validated_chunks(chunks: Iterable, vocab_size: int | None) -> Iterator[tuple[SparseBatch, list[str]]]:
+    """Each chunk as a canonical CSR batch (duplicate terms summed, terms sorted) and its ids, checked: one
+    vocabulary for all (``vocab_size``, else the first chunk's), an id a vector, weights in range (a bad one is
+    named by its row among all chunks'). Ids repeated across chunks are the caller's to check (``check_unique``)."""
+    rows, names, n = 0, None, -1
+    for n, chunk in enumerate(chunks):
+        _check_chunk(n, chunk)
+        batch, chunk_ids = chunk
+        batch = batch if isinstance(batch, SparseBatch) else SparseBatch.from_scipy(sp.csr_matrix(batch))
         chunk_ids = doc_id_list(chunk_ids)
         if len(chunk_ids) != len(batch):
             raise ValueError(f"{len(chunk_ids)} doc ids for {len(batch)} vectors")
-        if vocab_size is None:
-            vocab_size = batch.vocab_size
+        vocab_size = batch.vocab_size if vocab_size is None else vocab_size
         if batch.vocab_size != vocab_size:
             raise ValueError(f"vectors have vocab_size {batch.vocab_size}, the index uses {vocab_size}")
-        batches.append(batch)
-        ids.extend(chunk_ids)
-    if not batches:
+        if batch.vocab is not None:
+            names = batch.vocab if names is None else names
+            if batch.vocab is not names and list(batch.vocab) != list(names):
+                raise ValueError(f"vectors chunk {n} names other terms than the chunks before it (same vocab size, "
+                                 "other tokens)")
+        _check_weights(batch.values, "document vectors", batch.indptr, MAX_DOC_WEIGHT, rows)  # term ids: SparseBatch checks them
+        rows += len(batch)
+        yield _canonical_csr(batch), chunk_ids
+    if n < 0:
         raise ValueError("no vectors given")
+
+
+def _check_chunk(n: int, chunk: Any) -> None:
+    if not (isinstance(chunk, (tuple, list)) and len(chunk) == 2):  # a list of dicts failed as "not enough values to unpack"
+        raise TypeError(f"vectors is a SparseBatch, a scipy matrix or (vectors, ids) chunks; chunk {n} is a "
+                        f"{type(chunk).__name__}")
+
+
+def check_unique(ids: Sequence[str]) -> None:
     if repeated := repeated_ids(ids):
         raise ValueError(f"duplicate doc ids in one batch: {repeated}; each id may appear once")
-    batch = SparseBatch.concat(batches) if len(batches) > 1 else batches[0]
-    _check_weights(batch.values, "document vectors", batch.indptr, MAX_DOC_WEIGHT)  # term ids: SparseBatch checks them
-    return _canonical_csr(batch), ids
 
 
 TokenIds = Callable[[], Optional[Mapping[str, int]]]  # token -> term id, built only when a query uses tokens

@@ -13,6 +13,7 @@ QUANTIZATIONS: dict[str, np.dtype] = {
     "uint16": np.dtype(np.uint16),
     "float32": np.dtype(np.float32),
 }
+_SLICE = 1 << 20  # weights quantized at a time
 
 
 def impact_dtype(quantization: str) -> np.dtype:
@@ -59,7 +60,11 @@ def quantize(values: np.ndarray, quantization: str, scale: float) -> np.ndarray:
     if dtype.kind == "f":
         return np.ascontiguousarray(values, dtype=dtype)
     top = np.iinfo(dtype).max
-    return np.clip(np.rint(np.asarray(values, np.float64) / scale), 0, top).astype(dtype)
+    out = np.empty(len(values), dtype)
+    for start in range(0, len(values), _SLICE):  # float64 temporaries of one slice, not of every weight written
+        part = np.asarray(values[start : start + _SLICE], np.float64) / scale
+        out[start : start + _SLICE] = np.clip(np.rint(part, out=part), 0, top, out=part)
+    return out
 
 
 def dequantize(impacts: np.ndarray, scale: float) -> np.ndarray:

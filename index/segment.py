@@ -114,7 +114,7 @@ def build_arrays(indptr: np.ndarray, indices: np.ndarray, impacts: np.ndarray, v
     _fill_blocks(block_posts, block_base, post_doc, post_imp, block_last, block_max, post_delta)
     return {
         "doc_ptr": np.ascontiguousarray(indptr, np.int64),
-        "doc_terms": indices.astype(term_dtype(vocab_size)),
+        "doc_terms": np.asarray(indices, term_dtype(vocab_size)),
         "doc_imp": impacts,
         "term_blocks": term_blocks,
         "block_posts": block_posts,

@@ -56,6 +56,54 @@ def test_round_trip_and_stable_checksum(tmp_path):
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")]
 
 
+class _Reread:
+    """(batch, ids) chunks made anew at each reading, as an object reading files is: none is kept between readings."""
+
+    def __init__(self, n_chunks: int, docs: int, per_doc: int, renamed_on: int | None = None):
+        self.n_chunks, self.docs, self.per_doc, self.renamed_on, self.readings = n_chunks, docs, per_doc, renamed_on, 0
+
+    def __iter__(self):
+        self.readings += 1
+        for c in range(self.n_chunks):
+            rng = np.random.default_rng(c)
+            terms = np.arange(self.per_doc, dtype=np.int32) * 100 + rng.integers(0, 100, (self.docs, self.per_doc))
+            weights = (rng.gamma(1.0, 0.5, (self.docs, self.per_doc)) + 0.01).astype(np.float32)
+            batch = SparseBatch(np.arange(self.docs + 1, dtype=np.int64) * self.per_doc, terms.ravel().astype(np.int32),
+                                weights.ravel(), self.per_doc * 100)
+            prefix = "x" if self.readings == self.renamed_on and c == 1 else "d"
+            yield batch, [f"{prefix}{c}-{i}" for i in range(self.docs)]
+
+
+def test_a_build_reads_its_chunks_twice_and_never_holds_their_float_weights_whole(tmp_path):
+    """A build listed every chunk, concatenated them and quantized through float64 temporaries: about 40 bytes a
+    non-zero weight at its peak, where the index keeps 6 (a collection's build held 8 more: its chunk list). Chunks
+    that can be read again are now read twice, sizes then impacts, each quantized into arrays of the final size."""
+    import tracemalloc
+
+    InvertedIndex.build(tmp_path / "warm", _Reread(n_chunks=1, docs=10, per_doc=5))  # numba's first load is counted too
+    chunks = _Reread(n_chunks=8, docs=2_500, per_doc=100)
+    nnz = 8 * 2_500 * 100
+    tracemalloc.start()
+    streamed = InvertedIndex.build(tmp_path / "streamed", chunks)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert chunks.readings == 2 and peak < 16 * nnz, f"{peak / nnz:.1f} bytes a weight at the peak"
+    listed = InvertedIndex.build(tmp_path / "listed", list(chunks))
+    assert streamed.checksum == listed.checksum and len(streamed) == 20_000
+    query = {int(t): 1.0 for t in range(0, 10_000, 37)}
+    assert streamed.search(query, k=10) == listed.search(query, k=10)
+    with pytest.raises(RuntimeError, match="the vectors changed between the build's two readings of them"):
+        InvertedIndex.build(tmp_path / "changed", _Reread(n_chunks=2, docs=10, per_doc=5, renamed_on=2))
+
+
+def test_a_bad_weight_is_named_by_its_row_among_all_chunks(tmp_path):
+    good = SparseBatch.from_dense(np.eye(3, dtype=np.float32))
+    bad = SparseBatch.from_dense(np.array([[1, 0, 0], [0, -2, 0]], np.float32))
+    with pytest.raises(ValueError, match=r"weight -2 out of range \(row 4\)"):
+        InvertedIndex.build(tmp_path / "idx", [(good, ["a", "b", "c"]), (bad, ["d", "e"])])
+    assert not (tmp_path / "idx").exists()
+
+
 def test_build_refuses_a_folder_holding_other_files(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not part of an index \\(notes.txt\\)"):

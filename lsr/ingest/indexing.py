@@ -23,7 +23,7 @@ import numpy as np
 from lsr.encode.models import document_length, lasting_name, model_content_key
 from lsr.ingest.layout import (
     BUILD_STATE, FORMAT, META_FILE, MOVING, REPLACED, VOCAB_FILE, disk_size, drop_build_state, files_checksum,
-    is_collection_dir, read_vector_shards, shard_name, write_shard,
+    Rereadable, is_collection_dir, read_vector_shards, shard_name, write_shard,
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_total
@@ -579,14 +579,11 @@ def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTim
     doc_files = [out / shard_name("docs", s) for s in range(state.shards)]
     embedding_files = [out / shard_name("dense", s) for s in range(state.shards)] if options.dense_model else []
     vocab_files = [out / VOCAB_FILE] if (out / VOCAB_FILE).is_file() else []
-    with stages.time("index"), progress_bar("index", state.docs, enabled=progress) as bar:
-        chunks = []
-        for batch, ids in read_vector_shards(out, state.shards):
-            chunks.append((batch, ids))
-            bar.update(len(ids))
-        sparse = InvertedIndex.build(out / "sparse", chunks, quantization=options.quantization, overwrite=True,
+    # the build reads the shards twice (sizes, then impacts), so the bar counts two readings of every document
+    with stages.time("index"), progress_bar("index (2 readings)", 2 * state.docs, enabled=progress) as bar:
+        shards = Rereadable(lambda: read_vector_shards(out, state.shards), bar.update)
+        sparse = InvertedIndex.build(out / "sparse", shards, quantization=options.quantization, overwrite=True,
                                      scale=scale)
-        del chunks
     dense_checksum = None
     if options.dense_model:
         with stages.time("dense-index"), progress_bar("dense-index", state.docs, enabled=progress) as bar:

@@ -35,7 +35,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +82,22 @@ def read_vector_shards(out: Path, n_shards: int) -> Iterator[tuple[SparseBatch, 
     for shard in range(n_shards):
         batch, ids = SparseBatch.read_parquet(out / shard_name("vectors", shard), vocab)
         yield batch, ids
+
+
+class Rereadable:
+    """(batch, ids) chunks made anew by ``make()`` each time they are iterated, from files: the sparse index build
+    reads them twice (sizes, then impacts) rather than hold every float weight of the collection. ``on_chunk`` is
+    told each chunk's document count (a progress bar)."""
+
+    def __init__(self, make: Callable[[], Iterator[tuple[SparseBatch, list[str]]]],
+                 on_chunk: Callable[[int], Any] | None = None):
+        self.make, self.on_chunk = make, on_chunk
+
+    def __iter__(self) -> Iterator[tuple[SparseBatch, list[str]]]:
+        for batch, ids in self.make():
+            yield batch, ids
+            if self.on_chunk is not None:
+                self.on_chunk(len(ids))
 
 
 def read_doc_shards(out: Path, n_shards: int) -> tuple[list[str], list[str]]:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
 from lsr.files import CorruptFileError, exclusive_folder, file_record, fsync_dir, sealed, write_json_atomic
 from lsr.ingest.journal import JOURNAL_FILE, Record, latest_writes, recover, scan
 from lsr.ingest.journal_salvage import salvage_journal
-from lsr.ingest.layout import META_FILE, build_file_problems, read_meta, read_vector_shards, shard_name
+from lsr.ingest.layout import META_FILE, Rereadable, build_file_problems, read_meta, read_vector_shards, shard_name
 from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR, DOC_FREQS_FILE, STATS_FILE, build_bm25
 from lsr.search.dense_index import MANIFEST, DenseIndex
@@ -57,15 +57,11 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
     last = records[-1].seq if records else parts.upto
     latest = latest_writes([*parts.records(), *records])
 
-    built = list(read_vector_shards(path, meta["shards"]))
-    chunks = [_without(batch, ids, latest) for batch, ids in built]
+    built = Rereadable(lambda: read_vector_shards(path, meta["shards"]))
     live = _journaled(latest)
-    if live:
-        chunks.append((SparseBatch.concat([record.sparse[row : row + 1] for _, record, row in live]),
-                       [doc_id for doc_id, _, _ in live]))
     sparse = _swapped_in(path / "sparse", lambda folder: InvertedIndex.build(
-        folder, chunks, quantization=meta["settings"]["quantization"], journal_seq=last,
-        scale=_build_scale(path, meta, built)))
+        folder, Rereadable(lambda: _current_vectors(built, latest, live)), journal_seq=last,
+        quantization=meta["settings"]["quantization"], scale=_build_scale(path, meta, built)))
     done = [salvaged] if salvaged else []
     done.append(f"rebuilt the sparse index: {sparse.num_docs:,} documents")
     if meta.get("dense_model"):
@@ -98,7 +94,17 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
     return done
 
 
-def _build_scale(path: Path, meta: dict, built: list) -> float | None:
+def _current_vectors(built: Iterable, latest: dict, live: list) -> Iterator[tuple[SparseBatch, list[str]]]:
+    """Every live document's vectors: the build's shards less what later writes replaced or deleted, then the
+    journal's upserts (``live``)."""
+    for batch, ids in built:
+        yield _without(batch, ids, latest)
+    if live:
+        yield (SparseBatch.concat([record.sparse[row : row + 1] for _, record, row in live]),
+               [doc_id for doc_id, _, _ in live])
+
+
+def _build_scale(path: Path, meta: dict, built: Iterable) -> float | None:
     """The sparse index's base scale as its build chose it (a sharded collection's shared one, else from the build's
     vectors), so a document written since scores as it did before the rebuild (``row_scales``). A build without a
     weight left it to the first write: the index's record of it, while the index opens (else None: chosen anew)."""
