@@ -166,6 +166,28 @@ def test_streams_in_bounded_blocks(tmp_path):
     assert ids == read_all(CorpusReader(path))[0] == [str(i) for i in range(3000)]
 
 
+def test_a_parquet_corpus_is_read_in_memory_bounded_by_a_row_group(tmp_path, monkeypatch):
+    """pyarrow's iter_batches over a whole file kept what it had read allocated until the file ended
+    (apache/arrow#39808): a 200,000-document vectors file held 590 MB, and MS MARCO's would have held its size. Row
+    groups are now read one after another; small ones (lsr encode writes one per batch) still join into blocks."""
+    import numpy as np
+
+    import lsr.ingest.corpus as corpus
+
+    monkeypatch.setattr(corpus, "_PARQUET_ROWS", 500)  # blocks far smaller than the file
+    words = np.array([f"w{i:05x}" for i in range(50_000)])
+    rng = np.random.default_rng(0)
+    texts = [" ".join(words[rng.integers(0, len(words), 150)]) for _ in range(20_000)]  # 20 MB that barely compress
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"_id": [str(i) for i in range(20_000)], "text": texts}), path, row_group_size=100)
+    peak, ids = 0, []
+    for chunk in CorpusReader(path):
+        ids += chunk.ids
+        peak = max(peak, pa.total_allocated_bytes())
+    assert ids == [str(i) for i in range(20_000)]
+    assert peak < 4 << 20, f"{peak / 2**20:.0f} MiB held by pyarrow"
+
+
 BAD_LINES = [
     json.dumps({"_id": "a", "text": "fine"}),
     json.dumps({"title": "no id", "text": "x"}),           # line 2: missing id

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from lsr.encode.inputs import dtype_name
 from lsr.encode.models import document_length, lasting_name
 from lsr.files import atomic_write
-from lsr.ingest.corpus import BadRowError, CorpusReader, DocChunk
+from lsr.ingest.corpus import BadRowError, CorpusReader, DocChunk, parquet_batches
 from lsr.ingest.progress import progress_bar, quiet_logger, update_total
 from lsr.sparse import VOCAB_SIZE_KEY, SparseBatch
 
@@ -133,8 +133,8 @@ class VectorFileReader(CorpusReader):
         self.stats.bytes_total = pf.metadata.num_rows
         columns = [*_COLUMNS, *(["text"] if self.has_text else []), *(["truncated"] if self.has_truncated else [])]
         first = 0
-        for batch in pf.iter_batches(batch_size=_ROWS, columns=columns):
-            table = pa.Table.from_batches([batch]).replace_schema_metadata(self.metadata)
+        for batch in parquet_batches(pf, _ROWS, columns):
+            table = batch.replace_schema_metadata(self.metadata)
             if not self.has_text:
                 table = table.append_column("text", pa.array([""] * table.num_rows, pa.string()))
             try:
