@@ -183,13 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     # gRPC's core logs at INFO to stderr (a TLS handshake to a plain server: a line a second) beside our one-line
     # errors; before grpc loads, keep it to its errors unless -v or the user set it
     os.environ.setdefault("GRPC_VERBOSITY", "INFO" if args.verbose else "ERROR")
+    # our INFO lines, and other libraries' warnings only: torch's exit-time INFO lines (FakeTensor cache stats) came
+    # after a Ctrl-C's message, and matplotlib's "generated new fontManager" in the README's first run
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    if not args.verbose:  # torch's exit-time INFO lines (FakeTensor cache stats) came after a Ctrl-C's message
-        logging.getLogger("torch").setLevel(logging.WARNING)
+    logging.getLogger("lsr").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         with _sigterm_as_interrupt():
             code = int(args._run(args) or 0)
