@@ -59,6 +59,14 @@ def call_failed(exc: grpc.RpcError, rerun: str = "") -> RuntimeError:
     return kind(f"{exc.code().name}: {details}")
 
 
+def _response_too_large(exc: grpc.RpcError) -> bool:
+    """Whether a SearchBatch was refused for the size of its response (the server's limit, or gRPC's own on the
+    message this client receives), which fewer texts per request avoid."""
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    return _metadata(exc).get(NO_RETRY) == "no" or "larger than max" in (exc.details() or "")
+
+
 def _metadata(exc: grpc.RpcError) -> dict[str, str]:
     """A failed call's trailing metadata (none where the call never reached a server)."""
     trailing = getattr(exc, "trailing_metadata", None)
@@ -183,16 +191,23 @@ class Client:
         timeout: float | None = None,
     ) -> list[SearchResult]:
         """Results in input order; long lists go as several requests of at most ``chunk_size`` texts,
-        fewer for large k, so that each response stays a few MiB."""
+        fewer for large k, so that each response stays a few MiB. A request whose response would pass the server's
+        limit (the texts of the hits, or their explanations, count too) goes again as two halves."""
         texts = check_texts(query_list(texts))  # a None or a lone surrogate: protobuf's bare error named no text
         fields = options_to_proto(k, mode, hybrid, prf)
         chunk_size = max(1, min(chunk_size, _HITS_PER_RESPONSE // max(1, k)))
         results: list[SearchResult] = []
-        for start in range(0, len(texts), chunk_size):
-            request = pb.SearchBatchRequest(
-                texts=list(texts[start : start + chunk_size]), include_text=include_text, explain=explain, **fields
-            )
-            response = self._call(self._stub.SearchBatch, request, timeout)
+        pending = [list(texts[start : start + chunk_size]) for start in range(0, len(texts), chunk_size)]
+        while pending:
+            chunk = pending.pop(0)
+            request = pb.SearchBatchRequest(texts=chunk, include_text=include_text, explain=explain, **fields)
+            try:
+                response = self._call(self._stub.SearchBatch, request, timeout)
+            except grpc.RpcError as exc:  # 50 texts at k=1000 with their texts: 75 MiB, refused on every retry
+                if len(chunk) == 1 or not _response_too_large(exc):
+                    raise
+                pending[:0] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+                continue
             results.extend(result_from_proto(r) for r in response.results)
         return results
 

@@ -370,9 +370,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if estimate > self.max_response_bytes:
             raise RequestTooLarge(
                 f"the response would be about {estimate / 2**20:,.0f} MiB ({n_texts} texts × k={options['k']}"
-                f"{' with text' if options['include_text'] else ''}), over the server's "
-                f"{self.max_response_bytes / 2**20:.0f} MiB response limit; send fewer texts per request, "
-                "a smaller k, or include_text=false")
+                f"{' with text' if options['include_text'] else ''}{' and explain' if options['explain'] else ''}), "
+                f"over the server's {self.max_response_bytes / 2**20:.0f} MiB response limit; send fewer texts per "
+                "request, a smaller k" + ("".join(f", or {o}=false" for o in ("include_text", "explain") if options[o])))
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:

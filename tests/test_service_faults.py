@@ -185,6 +185,30 @@ def test_a_search_whose_long_texts_pass_the_response_limit_says_so(collection, t
         server.kill()
 
 
+def test_search_batch_splits_a_request_whose_texts_pass_the_response_limit(collection, tmp_path, queries):
+    """The client sized its requests by hits alone: with the hits' texts (or explanations) a plain search_batch was
+    refused RESOURCE_EXHAUSTED on every retry (50 texts at k=1000 with text: 75 MiB). A refused request now goes again
+    as two halves, down to one text, whose refusal is the caller's to fix."""
+    server = ServerProcess(shutil.copytree(collection, tmp_path / "col"), "--max-response-mb", "1").wait_listening()
+    try:
+        with server.client() as c:
+            texts = queries * 5  # 60 texts × k=150 × the mean text: about 14 MiB were asked for at once
+            for extra in ({"include_text": True}, {"include_text": True, "explain": True}):
+                batch = c.search_batch(texts, k=150, mode="sparse", **extra)
+                alone = [c.search(q, k=150, mode="sparse", **extra) for q in texts]
+                assert [[(h.doc_id, h.score, h.text) for h in r.hits] for r in batch] == \
+                       [[(h.doc_id, h.score, h.text) for h in r.hits] for r in alone]
+                assert sum(len(r.hits) for r in batch) > 60 * 20 and all(h.text for r in batch for h in r.hits)
+            with pytest.raises(grpc.RpcError) as err:  # one text whose own response is too large
+                c.search_batch(queries[:3], k=1000, mode="bm25", include_text=True, explain=True)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "with text and explain" in err.value.details() and "or explain=false" in err.value.details()
+        assert "status=RESOURCE_EXHAUSTED" in server.wait_for_line(lambda line: "rpc=SearchBatch " in line
+                                                                   and "RESOURCE_EXHAUSTED" in line)
+    finally:
+        server.kill()
+
+
 def test_a_write_waiting_on_another_process_ends_at_its_deadline_and_is_never_applied(collection, tmp_path):
     """While another process held the folder, a write waited up to 30 s whatever its deadline, holding a handler
     thread, and was then applied after its caller had been told DEADLINE_EXCEEDED, over a newer write."""
