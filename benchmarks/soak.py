@@ -10,7 +10,7 @@ Phases, each bounded in count and seconds:
   batch     one SearchBatch of 500 texts × k=1000 with text: refused, and the server's RSS growth
   files     a byte flip and a truncation in every file of the collection: found by `lsr verify`
             and by opening, each naming the file; then `lsr repair` after deleting the inverted
-            index and the faiss file
+            index and the dense index's saved rows
 
     python benchmarks/soak.py --index runs/nfcorpus      # writes benchmarks/results/soak.{json,md}
 
@@ -262,7 +262,11 @@ def phase_files(path: Path, scratch: Path) -> dict:
     intact = not verify_collection(path).problems
     copy = shutil.copytree(path, scratch / "repaired")
     shutil.rmtree(copy / "sparse")
-    next((copy / "dense").glob("faiss-*.index")).unlink()
+    rows = [*(copy / "dense").glob("vectors-*.npy"), *(copy / "dense").glob("faiss-*.index")]  # flat, HNSW
+    if not rows:
+        raise SystemExit(f"{copy / 'dense'} holds no saved rows to delete")
+    for saved in rows:
+        saved.unlink()
     with open(os.devnull, "w") as quiet:
         stdout, sys.stdout = sys.stdout, quiet
         try:

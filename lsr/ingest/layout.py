@@ -12,7 +12,7 @@ Layout (``lsr.json`` is written last, so its presence means the collection is co
     OUT/written/manifest.json, part-N.parquet   the documents written since the build that the journal was folded
                                       into: id, deleted, text, vectors (lsr.ingest.written_parts; sealed manifest
                                       with each part's crc32)
-    OUT/dense/manifest.json, faiss-N.index, ids-N.parquet   the DenseIndex (derived)
+    OUT/dense/manifest.json, vectors-N.npy (flat) or faiss-N.index (HNSW), ids-N.parquet   the DenseIndex (derived)
     OUT/sparse/                       the InvertedIndex (derived)
     OUT/bm25/                         the BM25 index over the build's texts, with the statistics it scored with
                                       (lsr.search.bm25_index; derived, deterministic, so its crc32s sit in lsr.json
