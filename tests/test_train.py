@@ -336,6 +336,25 @@ def _only_test_split(scifact, folder: Path) -> Path:
     return folder
 
 
+def test_a_bad_data_file_is_one_line_beside_other_work_too(tmp_path):
+    """Where other work held the CPUs, the wait-policy notice came first, and a bad file took two lines."""
+    from lsr.encode.cpu_share import WAIT_POLICY_VARIABLES, usable_cpus
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n")
+    env = {key: value for key, value in os.environ.items() if key not in WAIT_POLICY_VARIABLES}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cpus())]
+    try:
+        time.sleep(0.5)
+        done = subprocess.run([sys.executable, "-m", "lsr", "train", str(data), str(tmp_path / "out"), "--threads", "2"],
+                              capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        for loop in busy:
+            loop.kill()
+            loop.wait()
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 @pytest.mark.parametrize("case, message", [
     ("no-train-split", "has no qrels/train.tsv"),
     ("empty-jsonl", "holds no training rows"),

@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("lsr").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    quiet = getattr(args, "quiet", False)  # the verb's --quiet: its warnings only
+    logging.getLogger("lsr").setLevel(logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO)
     try:
         with _sigterm_as_interrupt():
             code = int(args._run(args) or 0)

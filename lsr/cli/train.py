@@ -137,9 +137,9 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     from lsr.encode.cpu_share import choose_wait_policy, usable_cpus
 
+    # chosen before torch loads (OpenMP reads its wait policy once, then), said once the data holds: a bad file is
+    # one line
     waiting = None if args.device.startswith("cuda") else choose_wait_policy(args.threads or usable_cpus())
-    if waiting:  # chosen before torch loads: OpenMP reads its wait policy once, then
-        say(waiting)
     from lsr.encode.cpu_threads import set_threads
 
     set_threads(args.threads)
@@ -168,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
                              miner=None if model is None else model_miner(model.encoder, progress=not args.quiet))
     _check_negatives(config, examples, args.data)
     check_accumulate(config, len(examples))  # before any scoring or model load
+    if waiting:
+        say(waiting)
     say(f"{len(examples):,} training example{'s' * (len(examples) != 1)} from {args.data}")
     return _train(args, config, examples, out, encoding, say, model or _load(config, encoding), dev_split)
 
