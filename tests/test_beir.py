@@ -336,6 +336,34 @@ def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(t
     assert not verify_collection(col).problems and Searcher.open(col).default_hybrid == chosen
 
 
+def test_lsr_tune_fuses_the_legs_a_collection_has(tmp_path, capsys):
+    """A collection built with `--bm25 none` or `--dense none` was refused ("needs dense and BM25 legs"), though
+    hybrid search fuses any two legs; now the fusion of the two it has is tuned, and one with SPLADE alone is told
+    there is nothing to fuse."""
+    from lsr.search.searcher import HybridOptions, Searcher
+
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny_beir(data)
+    for absent, flags in (("bm25", ["--bm25", "none"]), ("dense", ["--dense", "none"])):
+        col = tmp_path / f"no-{absent}"
+        assert cli_main(["index", str(data / "tiny.zip"), str(col), *flags, "--quiet"]) == 0
+        assert cli_main(["tune", str(col), "--dataset", "tiny", "--data-dir", str(data)]) == 0
+        said = capsys.readouterr()
+        assert "tuning 2-leg fusion" in said.err + said.out
+        stored = json.loads((col / "search-defaults.json").read_text())
+        assert stored["hybrid"][f"{absent}_weight"] == 0.0 and stored["hybrid"]["sparse_weight"] > 0
+        assert ("vector-prf" in stored["prf_variants_ndcg@10"]) == (absent != "dense")  # it moves only the dense query
+        searcher = Searcher.open(col)
+        assert searcher.default_hybrid == HybridOptions(**stored["hybrid"])
+        assert searcher.search("Does vitamin D help bones?", mode="hybrid").hits
+    bare = tmp_path / "sparse-only"
+    assert cli_main(["index", str(data / "tiny.zip"), str(bare), "--bm25", "none", "--dense", "none", "--quiet"]) == 0
+    assert cli_main(["tune", str(bare), "--dataset", "tiny", "--data-dir", str(data)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "has only the sparse leg: there is no fusion to tune" in line
+
+
 def test_lsr_tune_and_beir_refuse_a_collection_of_another_corpus_and_tune_warns_on_a_partial_one(tmp_path, capsys):
     """A collection holding none of the tuning split's relevant documents would score 0 under every setting and
     store an arbitrary choice: one line, exit 2, nothing stored. Under half of them: tuned, with a warning. `lsr

@@ -16,7 +16,7 @@ cross-dataset default fusion, and the best (fusion, PRF) pair on the tuning spli
 from __future__ import annotations
 
 from dataclasses import asdict, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from lsr.eval.datasets import BeirDataset
 from lsr.eval.metrics import evaluate
@@ -118,21 +118,25 @@ def shortlist(tuned: dict[str, Any]) -> dict[Any, str]:
 
 def tune_fusion_and_prf(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
                         say: Callable[[str], None], *, variants: dict[str, dict[str, Any]] = VARIANTS,
+                        legs: Sequence[str] = ("sparse", "dense", "bm25"),
                         progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The fusion tuned without PRF, and the PRF tuning: every variant's grid on that fusion, then the shortlist on
-    the other top fusions and the cross-dataset default fusion. ``prf["chosen"]["fusion"]`` is the fusion of the
-    best (fusion, PRF) pair; ``prf["joint"]`` has every pair's tuning-split nDCG@10."""
-    from lsr.eval.tuning import DEFAULT_FUSION, fusion_options, judged_queries, tune_fusion
+    """The fusion of ``legs`` tuned without PRF, and the PRF tuning: every variant's grid on that fusion, then the
+    shortlist on the other top fusions and the cross-dataset default fusion. ``prf["chosen"]["fusion"]`` is the
+    fusion of the best (fusion, PRF) pair; ``prf["joint"]`` has every pair's tuning-split nDCG@10. Without a dense
+    leg, the variants that move only the dense query (Vector-PRF) are left out: they would change nothing."""
+    from lsr.eval.tuning import default_fusion, fusion_options, judged_queries, tune_fusion
     from lsr.ingest.progress import progress_bar
     from lsr.search.searcher import PrfOptions
 
-    fusion = tune_fusion(backend, dataset, tune_split, k, say, progress=progress)
+    if "dense" not in legs:
+        variants = {name: v for name, v in variants.items() if v["beta"] != "dense"}
+    fusion = tune_fusion(backend, dataset, tune_split, k, say, legs=legs, progress=progress)
     tuned = tune_prf(backend, dataset, tune_split, k, fusion_options(fusion), say, variants=variants, progress=progress)
     if tune_split is None:
         return fusion, tuned
     keys = ("normalization", "sparse_weight", "dense_weight", "bm25_weight")
     fusions = [{key: top[key] for key in keys} for top in fusion["top"]]
-    fusions += [DEFAULT_FUSION] if DEFAULT_FUSION not in fusions else []
+    fusions += [default_fusion(legs)] if default_fusion(legs) not in fusions else []
     scored = {PrfOptions(**v["settings"]) for v in tuned["variants"].values()}  # on fusions[0], by tune_prf
     pairs = [(f, prf, name) for i, f in enumerate(fusions) for prf, name in shortlist(tuned).items()
              if i > 0 or prf not in scored]

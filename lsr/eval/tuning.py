@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from lsr.eval.datasets import BeirDataset
 from lsr.eval.metrics import evaluate
@@ -69,6 +69,7 @@ def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
     return settings
 
 
+LEGS = ("sparse", "dense", "bm25")  # a fusion's weights, in this order
 FUSION_METHODS = ("min_max", "z_score", "rrf")
 WEIGHT_STEP = 0.1
 TOP_FUSIONS = 3  # the fusions, by score without PRF, that joint fusion + PRF tuning tries PRF on
@@ -77,16 +78,22 @@ DEFAULT_FUSION = {name: getattr(UNTUNED_HYBRID, name) for name in ("normalizatio
                                                                    "bm25_weight")}
 
 
-def weight_grid(step: float = WEIGHT_STEP) -> list[tuple[float, float, float]]:
-    """(sparse, dense, bm25) weights summing to 1 in steps of ``step``, with at least two legs."""
+def default_fusion(legs: Sequence[str] = LEGS) -> dict[str, Any]:
+    """DEFAULT_FUSION over the legs a collection has (the Searcher's untuned default does the same)."""
+    return {**DEFAULT_FUSION, **{f"{leg}_weight": 0.0 for leg in LEGS if leg not in legs}}
+
+
+def weight_grid(step: float = WEIGHT_STEP, legs: Sequence[str] = LEGS) -> list[tuple[float, float, float]]:
+    """(sparse, dense, bm25) weights summing to 1 in steps of ``step``, with at least two legs, all of ``legs``."""
     n = round(1 / step)
-    return [(i / n, j / n, (n - i - j) / n) for i in range(n + 1) for j in range(n + 1 - i)
+    grid = [(i / n, j / n, (n - i - j) / n) for i in range(n + 1) for j in range(n + 1 - i)
             if sum(part > 0 for part in (i, j, n - i - j)) >= 2]
+    return [w for w in grid if all(weight == 0 or leg in legs for leg, weight in zip(LEGS, w))]
 
 
 def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int, say: Callable[[str], None],
-                *, candidates: int = 100, progress: bool = False) -> dict[str, Any]:
-    """Grid-search the three legs' weights and the fusion method by nDCG@10 on ``tune_split``.
+                *, legs: Sequence[str] = LEGS, candidates: int = 100, progress: bool = False) -> dict[str, Any]:
+    """Grid-search the weights of ``legs`` (two or three of LEGS) and the fusion method by nDCG@10 on ``tune_split``.
 
     Each leg's run is fetched once at the depth hybrid search uses, then every setting is fused by
     ``FusionGrid``: the same floats as ``lsr.search.fusion.fuse``, the function the Searcher calls, so the
@@ -94,16 +101,16 @@ def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: i
     from lsr.eval.fusion_grid import FusionGrid
     from lsr.ingest.progress import progress_bar
 
-    settings: dict[str, Any] = {**DEFAULT_FUSION, "candidates": candidates, "tuned_on": tune_split,
+    settings: dict[str, Any] = {**default_fusion(legs), "candidates": candidates, "tuned_on": tune_split,
                                 "grid": {"normalization": list(FUSION_METHODS), "weight_step": WEIGHT_STEP}}
     if tune_split is None:
         settings["note"] = "no train/dev qrels: the documented defaults are used"
         return settings
     qrels, qids, texts = judged_queries(dataset, tune_split)
     depth = max(k + 1, candidates)
-    fusions = FusionGrid([backend.run(qids, texts, depth, leg) for leg in ("sparse", "dense", "bm25")], qids)
-    grid = [(method, weights) for method in FUSION_METHODS for weights in weight_grid()]
-    say(f"tuning 3-leg fusion on {tune_split} ({len(qids)} queries, {len(grid)} settings)")
+    fusions = FusionGrid([backend.run(qids, texts, depth, leg) if leg in legs else {} for leg in LEGS], qids)
+    grid = [(method, weights) for method in FUSION_METHODS for weights in weight_grid(legs=legs)]
+    say(f"tuning {len(legs)}-leg fusion ({', '.join(legs)}) on {tune_split} ({len(qids)} queries, {len(grid)} settings)")
     scores = {}
     with progress_bar("tune fusion", len(grid), enabled=progress, unit="setting") as bar:
         for method, weights in grid:
@@ -165,8 +172,10 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
     if target.exists() and not target.is_file():  # found only at the end, after the whole grid
         raise ValueError(f"{target} is not a file; move it away so `lsr tune` can store its choice there")
     searcher = open_in_process(collection, **open_options)  # a sharded one's choice goes beside its shard map
-    if not searcher.has_dense or not searcher.has_bm25:  # before the dataset loads: minutes on a large corpus
-        raise ValueError(f"{collection} needs dense and BM25 legs to tune their fusion; re-index it with both")
+    legs = tuple(leg for leg, held in zip(LEGS, (True, searcher.has_dense, searcher.has_bm25)) if held)
+    if len(legs) < 2:  # before the dataset loads: minutes on a large corpus
+        raise ValueError(f"{collection} has only the sparse leg: there is no fusion to tune; re-index it with a "
+                         "dense or BM25 leg (--dense, --bm25)")
     source = locate_dataset(dataset_name, data_dir)
     dataset = load_beir(source, splits=tuple(dict.fromkeys(("test", "train", "dev", split))))
     if split not in dataset.qrels:  # a misspelt --split would otherwise be tuned on without notice
@@ -177,7 +186,7 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
                          "touching the reported split; the documented defaults stay")
     check_judged_documents(searcher, dataset, tune_split, collection, say)
     backend = InProcess(searcher)
-    fusion, prf = tune_fusion_and_prf(backend, dataset, tune_split, k, say, progress=progress)
+    fusion, prf = tune_fusion_and_prf(backend, dataset, tune_split, k, say, legs=legs, progress=progress)
     chosen = {**fusion, **(prf["chosen"] or {}).get("fusion", {})}  # the fusion PRF was chosen with, if PRF helps
     defaults = {"hybrid": {name: chosen[name] for name in ("normalization", "sparse_weight", "dense_weight", "bm25_weight",
                                                            "candidates")},
