@@ -2,8 +2,8 @@
 
 Grid-searches the fusion method (min_max, z_score, rrf) and the weights of the SPLADE, dense and
 BM25 legs (or of the two a collection built with --dense none or --bm25 none has) by nDCG@10 on the
-dataset's dev qrels (train when it has no dev), never on --split (the one you report). Then, on that fusion and the same qrels, it tries every PRF variant (Rocchio, Rocchio
-on high-IDF terms, Vector-PRF, both, feedback from the fused list, interpolation before/after/both) over
+dataset's dev qrels (train when it has no dev), never on --split (the one you report). Then, on that
+fusion and the same qrels, it tries every PRF variant (Rocchio, Rocchio on high-IDF terms, Vector-PRF, both, feedback from the fused list, interpolation before/after/both) over
 a small grid of feedback docs, β and min IDF; then each variant's best setting (and β 2.0 where β hit the
 grid's edge, and the cross-dataset default PRF) on the next 2 best fusions and the cross-dataset default
 fusion, since a fusion a little worse without PRF can be better with it. The best (fusion, PRF) pair, if it
