@@ -1,17 +1,18 @@
 """Choose a collection's hybrid fusion on a BEIR dataset's train/dev judgements and store it as its default.
 
-Grid-searches the fusion method (min_max, z_score, rrf) and the weights of the SPLADE, dense and
-BM25 legs (or of the two a collection built with --dense none or --bm25 none has) by nDCG@10 on the
-dataset's dev qrels (train when it has no dev), never on --split (the one you report). Then, on that
-fusion and the same qrels, it tries every PRF variant (Rocchio, Rocchio on high-IDF terms, Vector-PRF, both, feedback from the fused list, interpolation before/after/both) over
-a small grid of feedback docs, β and min IDF; then each variant's best setting (and β 2.0 where β hit the
-grid's edge, and the cross-dataset default PRF) on the next 2 best fusions and the cross-dataset default
-fusion, since a fusion a little worse without PRF can be better with it. The best (fusion, PRF) pair, if it
-beats the best fusion without PRF, is written to COLLECTION/search-defaults.json (else that fusion and the
-best PRF setting): `lsr search`, `lsr serve` and the gRPC API use the fusion for every hybrid search that
-sets no fusion options of its own, and the PRF for every search that asks for PRF without settings.
-A collection never tuned uses the cross-dataset defaults of HybridOptions and PrfOptions (see docs/quality.md).
-A server already running reads them at its start: restart `lsr serve` to use new ones.
+Grid-searches the fusion method (min_max, z_score, rrf) and the weights of the SPLADE, dense and BM25
+legs (or of the two a collection built with --dense none or --bm25 none has) by nDCG@10 on the dataset's
+dev qrels (train when it has no dev), never on --split (the one you report). Then, on that fusion and
+the same qrels, it tries every PRF variant (Rocchio, Rocchio on high-IDF terms, Vector-PRF, both,
+feedback from the fused list, interpolation before/after/both) over a small grid of feedback docs, β and
+min IDF; then each variant's best setting (and β 2.0 where β hit the grid's edge, and the cross-dataset
+default PRF) on the next 2 best fusions and the cross-dataset default fusion, since a fusion a little
+worse without PRF can be better with it. The best (fusion, PRF) pair, if it beats the best fusion
+without PRF, is written to COLLECTION/search-defaults.json (else that fusion and the best PRF setting):
+`lsr search`, `lsr serve` and the gRPC API use the fusion for every hybrid search that sets no fusion
+options of its own, and the PRF for every search that asks for PRF without settings. A collection never
+tuned uses the cross-dataset defaults of HybridOptions and PrfOptions (see docs/quality.md). A server
+already running reads them at its start: restart `lsr serve` to use new ones.
 
 Examples:
   lsr tune runs/scifact --dataset scifact
