@@ -130,8 +130,8 @@ class InvertedIndex:
 
         ``vectors``: a SparseBatch or scipy matrix (with ``doc_ids``), or (SparseBatch, ids) chunks. Chunks are
         read twice, sizes first, so a build never holds the whole collection's float weights: an iterable that
-        reads them from files anew each time (not a generator, which is listed) keeps the build's memory at about
-        ten bytes a non-zero weight (``benchmarks/results/build_memory.md``).
+        reads them from files anew each time (not a generator, which is listed) keeps what the build adds to about
+        12 bytes a non-zero weight (``benchmarks/results/build_memory.md``).
 
         ``scale``: the quantization scale to keep whenever it can represent these vectors (the shards of a
         sharded collection share the whole collection's scale, so their scores equal the unsharded index's).
