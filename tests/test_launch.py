@@ -169,7 +169,8 @@ def test_autotune_results_persist_are_reused_and_ignored_when_stale(monkeypatch,
                         {stamp: {key.text(): [32, 16, 32, 4, 1]}}):  # the last does not fit the packed kernel at L32
             path.write_text(json.dumps(damaged))
             assert len(run_fresh()) == 1, damaged
-            assert json.loads(path.read_text())[stamp][key.text()] == entries[key.text()]
+            retuned = launch.LaunchConfig(*json.loads(path.read_text())[stamp][key.text()])
+            assert retuned in launch.candidates(key)  # the fastest of them: another one than before on a busy machine
             assert run_fresh() == []  # the repaired file serves the next process
         other = "other/key"
         path.write_text(json.dumps({stamp: {other: [1, 2], key.text(): entries[key.text()]}}))
