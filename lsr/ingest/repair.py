@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 
 from lsr.files import CorruptFileError, exclusive_folder, file_record, fsync_dir, sealed, write_json_atomic
+from lsr.ingest.collection import Collection
 from lsr.ingest.journal import JOURNAL_FILE, Record, latest_writes, recover, scan
 from lsr.ingest.journal_salvage import salvage_journal
 from lsr.ingest.layout import META_FILE, Rereadable, build_file_problems, read_meta, read_vector_shards, shard_name
@@ -91,6 +92,8 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
         done.append("rebuilt the BM25 leg from the build's texts")
     if meta.get("bm25") and _record_bm25_statistics(path, meta):
         done.append("recorded the BM25 leg's statistics: it now finds the documents upserted since the build")
+    if meta.get("bm25") and live and Collection._load(path, read_meta(path)).save_bm25_leg():
+        done.append(f"saved the BM25 leg of the {len(live):,} documents written since the build")
     return done
 
 

@@ -87,7 +87,7 @@ def _verify(path: Path) -> Report:
             if read_leg_file(path / BM25_DIR / LEG_FILE) is not None:
                 report.checked.append("saved BM25 leg")
         except CorruptFileError as exc:
-            report.problems.append(f"{exc}; opens rebuild the leg from the journal meanwhile, `lsr repair` removes it")
+            report.problems.append(f"{exc}; opens rebuild the leg from the journal meanwhile, `lsr repair` saves it anew")
 
     parts = None
     try:
