@@ -156,7 +156,7 @@ class Bm25Index:
         if not (folder / IDS_FILE).is_file():
             raise FileNotFoundError(f"{folder / IDS_FILE} is missing")
         with NUMPY_LOADS:  # bm25s loads .npy files too
-            retriever = _bm25s().BM25.load(str(folder), mmap=False, show_progress=False)
+            retriever = _bm25s().BM25.load(str(folder), mmap=True, show_progress=False)
             stats = None
             if with_stats and (folder / STATS_FILE).is_file():
                 recorded = json.loads((folder / STATS_FILE).read_text(encoding="utf-8"))
