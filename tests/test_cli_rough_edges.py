@@ -222,3 +222,18 @@ def test_an_empty_path_argument_is_refused_not_read_as_the_current_folder(argv, 
     assert stop.value.code == 2
     assert f"lsr {argv[0]}: error: argument {name}: an empty path; name a file or folder" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_cli_logs_our_info_lines_and_only_other_libraries_warnings(quiet):
+    """matplotlib's "generated new fontManager" (INFO) came out in the README's first run on a fresh machine, and
+    torch's exit-time INFO lines after a Ctrl-C's message; a verb's --quiet left our own INFO lines in."""
+    code = ("import logging, sys\nfrom lsr.cli.main import main\n"
+            f"main(['encode', 'protein folding', '--top', '1'{', ' + repr('--quiet') if quiet else ''}])\n"
+            "logging.getLogger('matplotlib.font_manager').info('generated new fontManager')\n"
+            "logging.getLogger('matplotlib').warning('a warning of theirs')\n"
+            "logging.getLogger('lsr.somewhere').info('an INFO line of ours')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "fontManager" not in done.stderr and "a warning of theirs" in done.stderr
+    assert ("an INFO line of ours" in done.stderr) != quiet
