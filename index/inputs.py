@@ -28,8 +28,7 @@ def _check_weights(values: np.ndarray, what: str, indptr: np.ndarray | None = No
                    first_row: int = 0) -> None:
     bad = ~np.isfinite(values) | (values < 0) | (values > top)
     if bad.any():
-        row = first_row + int(np.searchsorted(indptr, np.argmax(bad), side="right")) - 1 if indptr is not None else 0
-        where = f" (row {row})" if indptr is not None else ""
+        where = "" if indptr is None else f" (row {first_row + int(np.searchsorted(indptr, np.argmax(bad), side='right')) - 1})"
         limit = "finite and >= 0" if np.isinf(top) else f"between 0 and {top:,g}"
         raise ValueError(f"{what} has a weight {values[bad][0]:g} out of range{where}; SPLADE weights must be {limit}")
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from lsr.eval.datasets import BeirDataset
 from lsr.eval.metrics import evaluate
+from lsr.eval.tuning import LEGS
 
 PRF_DOCS = (2, 3, 5, 10)
 PRF_BETAS = (0.25, 0.5, 1.0)
@@ -118,7 +119,7 @@ def shortlist(tuned: dict[str, Any]) -> dict[Any, str]:
 
 def tune_fusion_and_prf(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
                         say: Callable[[str], None], *, variants: dict[str, dict[str, Any]] = VARIANTS,
-                        legs: Sequence[str] = ("sparse", "dense", "bm25"),
+                        legs: Sequence[str] = LEGS,
                         progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """The fusion of ``legs`` tuned without PRF, and the PRF tuning: every variant's grid on that fusion, then the
     shortlist on the other top fusions and the cross-dataset default fusion. ``prf["chosen"]["fusion"]`` is the
