@@ -81,14 +81,17 @@ def store_sizes(out: Path, n_docs: int) -> tuple[dict[str, float], int]:
     import tempfile
 
     from lsr.index import InvertedIndex
-    from lsr.ingest.layout import read_doc_shards, read_vector_shards
+    from lsr.ingest.layout import doc_chunks, read_vector_shards
     from lsr.search.bm25_index import Bm25Index
     from lsr.sparse import SparseBatch
 
     n_parts = json.loads((out / "lsr.json").read_text())["shards"]
     chunks = list(read_vector_shards(out, n_parts))
     vectors, vector_ids = SparseBatch.concat([batch for batch, _ in chunks]), [i for _, ids_ in chunks for i in ids_]
-    ids, texts = read_doc_shards(out, n_parts)
+    ids, texts = [], []
+    for chunk_ids, chunk_texts in doc_chunks(out, n_parts):
+        ids += chunk_ids
+        texts += chunk_texts
     half = n_docs // 2
     sizes, fixed = {}, (out / "vocab.json").stat().st_size
     with tempfile.TemporaryDirectory() as tmp:

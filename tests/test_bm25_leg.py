@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsr.search.bm25_index import Bm25Index, _bm25s
+from lsr.search.bm25_build import tokenize
+from lsr.search.bm25_index import Bm25Index
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def leg(scifact):
 
 def bm25s_scores(leg: Bm25Index, text: str, hidden_rows=()) -> np.ndarray:
     """Every document's score as bm25s's own ``get_scores`` gives it (0 for a hidden row)."""
-    words = _bm25s().tokenize([text], stopwords="en", stemmer=leg._stemmer, return_ids=False, show_progress=False)[0]
+    words = tokenize([text], leg._stemmer)[0]
     mask = np.ones(len(leg.ids), np.float32)
     mask[list(hidden_rows)] = 0.0
     if not [w for w in words if w in leg.retriever.vocab_dict]:
@@ -28,7 +29,7 @@ def bm25s_scores(leg: Bm25Index, text: str, hidden_rows=()) -> np.ndarray:
 def test_scores_are_bm25s_bits_and_ties_at_the_cut_go_to_the_lower_row(leg, scifact, k):
     texts = list(scifact.queries.values())[:150] + ["the of and", "protein protein protein", "zzzqx unknownword"]
     hidden = leg.ids[5::40]
-    hidden_rows = [leg._row[i] for i in hidden]
+    hidden_rows = leg.rows(hidden).tolist()
     tied = 0
     for text, got in zip(texts, leg.search(texts, k, hidden=hidden)):
         want = bm25s_scores(leg, text, hidden_rows)
@@ -195,10 +196,11 @@ def top_k(x, k):
 BUILD = """
 import sys
 {before}
-from lsr.search.bm25_index import Bm25Index, _bm25s
+from lsr.search.bm25_build import bm25s_module
+from lsr.search.bm25_index import Bm25Index
 leg = Bm25Index.build(["a", "b"], ["hello world", "foo bar"])
 print(*leg.search(["hello"], 1)[0], 'jax' in sys.modules and sys.modules['jax'] is not None,
-      _bm25s().selection.JAX_IS_AVAILABLE)
+      bm25s_module().selection.JAX_IS_AVAILABLE)
 """
 
 

@@ -598,8 +598,8 @@ def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTim
         dense_checksum = DenseIndex.checksum(out / "dense")
     bm25_files = []
     if options.bm25:
-        with stages.time("bm25"):
-            bm25_files = bm25.save(out / BM25_DIR) if bm25 is not None else build_bm25(out, state.shards)
+        with stages.time("bm25"), progress_bar("bm25", state.docs, enabled=progress and bm25 is None) as bar:
+            bm25_files = bm25.save(out / BM25_DIR) if bm25 is not None else build_bm25(out, state.shards, bar.update)
     checksums = {
         "corpus": state.corpus_hash,
         "vectors": files_checksum(vector_files),

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from lsr.files import (CorruptFileError, FolderBusyError, atomic_write, check_record, file_sha256, folder_busy,
                        read_sealed_json, sealed, write_json_atomic)
+from lsr.ingest.corpus import parquet_batches
 from lsr.ingest.docstore import DOC_ROW_GROUP
 from lsr.sparse import SparseBatch
 
@@ -100,15 +101,12 @@ class Rereadable:
                 self.on_chunk(len(ids))
 
 
-def read_doc_shards(out: Path, n_shards: int) -> tuple[list[str], list[str]]:
-    """Every build document's id and text, in shard order (what the BM25 leg is built from)."""
-    ids: list[str] = []
-    texts: list[str] = []
+def doc_chunks(out: Path, n_shards: int, rows: int = 10_000) -> Iterator[tuple[list[str], list[str]]]:
+    """Every build document's (ids, texts), about ``rows`` at a time, in shard order (what the BM25 leg is built
+    from: a chunk at a time, never the whole corpus's texts)."""
     for shard in range(n_shards):
-        table = pq.read_table(out / shard_name("docs", shard), columns=["id", "text"])
-        ids += table.column("id").to_pylist()
-        texts += table.column("text").to_pylist()
-    return ids, texts
+        for table in parquet_batches(pq.ParquetFile(out / shard_name("docs", shard)), rows, ["id", "text"]):
+            yield table.column("id").to_pylist(), table.column("text").to_pylist()
 
 
 def files_checksum(paths: Sequence[Path]) -> str:

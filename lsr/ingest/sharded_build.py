@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lsr.files import CorruptFileError
-from lsr.ingest.layout import (build_file_problems, disk_size, drop_build_state, read_doc_shards, read_meta,
+from lsr.ingest.layout import (build_file_problems, disk_size, doc_chunks, drop_build_state, read_meta,
                                read_vector_shards, write_shard)
 from lsr.ingest.sharding import HASH_NAME, ShardMap, reindex_command, shard_dir_name, shard_of, write_shard_map
 from lsr.sparse import SparseBatch
@@ -62,15 +62,15 @@ def global_bm25_legs(folders: list[Path], n_parts: int) -> list:
     """One BM25 leg per shard, cut from a leg over every document (global IDF and average length)."""
     from lsr.search.bm25_index import Bm25Index
 
-    ids: list[str] = []
-    texts: list[str] = []
-    sizes = []
-    for folder in folders:
-        shard_ids, shard_texts = read_doc_shards(folder, n_parts)
-        ids += shard_ids
-        texts += shard_texts
-        sizes.append(len(shard_ids))
-    return Bm25Index.build(ids, texts).split(sizes)
+    sizes = [0] * len(folders)
+
+    def chunks():
+        for shard, folder in enumerate(folders):
+            for ids, texts in doc_chunks(folder, n_parts):
+                sizes[shard] += len(ids)
+                yield ids, texts
+
+    return Bm25Index.build_from(chunks()).split(sizes)
 
 
 def rebuild_shard_bm25(path: Path, meta: dict) -> list[Path]:

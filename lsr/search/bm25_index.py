@@ -12,55 +12,24 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import shutil
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from lsr.files import NUMPY_LOADS, atomic_write, write_json_atomic
-from lsr.ingest.layout import read_doc_shards
+from lsr.ingest.layout import doc_chunks
+from lsr.search.bm25_build import Bm25Builder, bm25s_module, tokenize
 
 BM25_DIR = "bm25"
 IDS_FILE = "ids.json"
 STATS_FILE = "stats.json"
 DOC_FREQS_FILE = "doc_freqs.npy"
+BUILD_CHUNK = 10_000  # documents tokenised at a time by a build
 DESCRIPTION = "bm25s (lucene, k1=1.5, b=0.75) + English stopwords + PyStemmer Snowball English"
-
-
-@functools.cache
-def _bm25s():
-    """bm25s, imported on first use with its logger quietened once (it sets DEBUG on import; setting a level
-    clears every logger's cache, 0.3 ms that a search must not pay per query), and without jax (``_jax_hidden``)."""
-    with _jax_hidden():
-        import bm25s
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
-    return bm25s
-
-
-@contextmanager
-def _jax_hidden() -> Iterator[None]:
-    """While it stands, ``import jax`` fails, unless this process imported jax already.
-
-    Where jax is installed, bm25s imports it on import, for a top-k lsr never calls, and runs one op with it: jax
-    then starts its default backend, which on a GPU takes 75% of the card's memory (its default preallocation)
-    from the encoder beside it. On a lent H200 that made `lsr index`'s BM25 stage 6.2 s against 1.0 s here.
-    """
-    if "jax" in sys.modules:
-        yield
-        return
-    sys.modules["jax"] = None  # an import finding None here raises ImportError, which bm25s takes as "no jax"
-    try:
-        yield
-    finally:
-        if sys.modules.get("jax", False) is None:  # still our marker: no other import put jax there meanwhile
-            del sys.modules["jax"]
 
 
 @dataclass(frozen=True)
@@ -87,31 +56,22 @@ class Bm25Index:
         self.retriever = retriever
         self.ids = list(ids)
         self.stats = stats  # None for a leg saved before builds kept them
-        self._row = {doc_id: row for row, doc_id in enumerate(self.ids)}
         self._stemmer = Stemmer.Stemmer("english")
 
     @classmethod
     def build(cls, ids: Sequence[str], texts: Sequence[str]) -> "Bm25Index":
-        import Stemmer
+        return cls.build_from(zip(_chunked(ids), _chunked(texts)))
 
-        bm25s = _bm25s()
-        words = bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False,
-                               show_progress=False)
-        # bm25s numbers tokens in set order, which changes with the process's hash seed; sorted ids make
-        # the files a function of the texts alone (so resumed builds and repairs are byte-identical)
-        vocab = {token: i for i, token in enumerate(sorted({w for doc in words for w in doc}))}
-        tokens = bm25s.tokenization.Tokenized(ids=[[vocab[w] for w in doc] for doc in words], vocab=vocab)
-        retriever = bm25s.BM25()
-        # A corpus of stopwords and empty texts has no word: bm25s failed on it (max() of an empty sequence) at the
-        # end of a whole build. One term no document holds gives an index that matches nothing, as it should.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            retriever.index(tokens if vocab else bm25s.tokenization.Tokenized(ids=tokens.ids, vocab={"\x00": 0}),
-                            show_progress=False)
-        # bm25s's own average (over the stopword-free token lists) and frequencies: every stored score is positive,
-        # so a term's column holds one entry per document that has it
-        stats = Bm25Stats(len(words), float(np.array([len(doc) for doc in tokens.ids]).mean()) if words else 0.0,
-                          np.diff(retriever.scores["indptr"]).astype(np.int64))
-        return cls(retriever, ids, stats)
+    @classmethod
+    def build_from(cls, chunks: Iterable[tuple[Sequence[str], Sequence[str]]]) -> "Bm25Index":
+        """The index of (ids, texts) chunks in order, holding one chunk's texts at a time (``bm25_build``)."""
+        builder = Bm25Builder()
+        ids: list[str] = []
+        for chunk_ids, texts in chunks:
+            builder.add(texts)
+            ids += chunk_ids
+        retriever, n_docs, avg_doc_len, doc_freqs = builder.finish()
+        return cls(retriever, ids, Bm25Stats(n_docs, avg_doc_len, doc_freqs))
 
     def split(self, sizes: Sequence[int]) -> list["Bm25Index"]:
         """Consecutive runs of ``sizes`` documents as separate indexes that keep this index's scores.
@@ -125,7 +85,7 @@ class Bm25Index:
             raise ValueError(f"the sizes add up to {sum(sizes)} documents, the index holds {len(self.ids)}")
         scores = self.retriever.scores
         indptr, rows = scores["indptr"], scores["indices"]
-        term_of = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        term_of = np.repeat(np.arange(len(indptr) - 1, dtype=np.int32), np.diff(indptr))
         parts, start = [], 0
         for size in sizes:
             keep = (rows >= start) & (rows < start + size)
@@ -156,7 +116,7 @@ class Bm25Index:
         if not (folder / IDS_FILE).is_file():
             raise FileNotFoundError(f"{folder / IDS_FILE} is missing")
         with NUMPY_LOADS:  # bm25s loads .npy files too
-            retriever = _bm25s().BM25.load(str(folder), mmap=True, show_progress=False)
+            retriever = bm25s_module().BM25.load(str(folder), mmap=True, show_progress=False)
             stats = None
             if with_stats and (folder / STATS_FILE).is_file():
                 recorded = json.loads((folder / STATS_FILE).read_text(encoding="utf-8"))
@@ -166,8 +126,7 @@ class Bm25Index:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         """bm25s's words of each text (stopwords out, stemmed), as the build tokenised its documents."""
-        return _bm25s().tokenize(list(texts), stopwords="en", stemmer=self._stemmer, return_ids=False,
-                                 show_progress=False)
+        return tokenize(texts, self._stemmer)
 
     def search(self, texts: Sequence[str], k: int, hidden: Iterable[str] = ()) -> list[dict[str, float]]:
         """Top ``k`` ids with a positive score per text; the ``hidden`` ids are never returned (the scoring loop of
@@ -178,9 +137,27 @@ class Bm25Index:
 
     def rows(self, ids: Iterable[str]) -> np.ndarray:
         """The rows of the ids this index holds (others are left out)."""
-        return np.asarray([self._row[doc_id] for doc_id in ids if doc_id in self._row], np.int64)
+        row = self._row_of
+        return np.asarray([row[doc_id] for doc_id in ids if doc_id in row], np.int64)
+
+    @functools.cached_property
+    def _row_of(self) -> dict[str, int]:
+        """doc id → row, built when first asked (a leg with documents written since the build): a server that only
+        searches never holds it (about 100 bytes a document)."""
+        return {doc_id: row for row, doc_id in enumerate(self.ids)}
 
 
-def build_bm25(out: Path, n_shards: int) -> list[Path]:
-    """Build a collection's BM25 leg from its build texts into ``out/bm25``; returns the files written."""
-    return Bm25Index.build(*read_doc_shards(out, n_shards)).save(out / BM25_DIR)
+def build_bm25(out: Path, n_shards: int, on_chunk: Callable[[int], object] = lambda n: None) -> list[Path]:
+    """Build a collection's BM25 leg from its build texts into ``out/bm25``; returns the files written.
+    ``on_chunk`` is told each chunk's document count (progress)."""
+    return Bm25Index.build_from(_counted(doc_chunks(out, n_shards), on_chunk)).save(out / BM25_DIR)
+
+
+def _counted(chunks: Iterable[tuple[list[str], list[str]]], on_chunk: Callable[[int], object]):
+    for ids, texts in chunks:
+        yield ids, texts
+        on_chunk(len(ids))
+
+
+def _chunked(items: Sequence, size: int = BUILD_CHUNK) -> Iterator[Sequence]:
+    return (items[start : start + size] for start in range(0, len(items), size))

@@ -1,0 +1,89 @@
+"""The chunked BM25 build writes the bytes bm25s's own ``BM25.index`` writes, whatever the chunking."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import Stemmer
+
+from lsr.search.bm25_build import bm25s_module, tokenize
+from lsr.search.bm25_index import Bm25Index, Bm25Stats
+
+
+def bm25s_build(ids: list[str], texts: list[str]) -> Bm25Index:
+    """The index as bm25s builds it from every document's word list at once (the leg's build before chunking)."""
+    bm25s = bm25s_module()
+    words = tokenize(texts, Stemmer.Stemmer("english"))
+    vocab = {token: i for i, token in enumerate(sorted({w for doc in words for w in doc}))}
+    tokens = bm25s.tokenization.Tokenized(ids=[[vocab[w] for w in doc] for doc in words], vocab=vocab)
+    retriever = bm25s.BM25()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        retriever.index(tokens if vocab else bm25s.tokenization.Tokenized(ids=tokens.ids, vocab={"\x00": 0}),
+                        show_progress=False)
+    stats = Bm25Stats(len(words), float(np.array([len(doc) for doc in tokens.ids]).mean()) if words else 0.0,
+                      np.diff(retriever.scores["indptr"]).astype(np.int64))
+    return Bm25Index(retriever, ids, stats)
+
+
+def saved(index: Bm25Index, folder) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in index.save(folder)}
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 500, 10_000])
+def test_chunked_build_writes_bm25s_bytes(scifact, tmp_path, chunk):
+    ids = list(scifact.corpus)[:1500]
+    texts = scifact.doc_texts(ids)
+    expected = saved(bm25s_build(ids, texts), tmp_path / "bm25s")
+    chunks = ((ids[i : i + chunk], texts[i : i + chunk]) for i in range(0, len(ids), chunk))
+    got = saved(Bm25Index.build_from(chunks), tmp_path / "ours")
+    assert sorted(got) == sorted(expected)
+    different = [name for name in expected if got[name] != expected[name]]
+    assert not different, different
+
+
+@pytest.mark.parametrize("texts", [
+    ["protein folding"],
+    ["", "the and of"],  # no word at all: an index that matches nothing
+    ["", "cell cell cell", "the cell", "Cells, cells; CELL!"],
+    ["ünïcödé wörds", "日本語 テキスト", "x", "a b c"],  # one-letter tokens are not words (bm25s's pattern)
+])
+def test_small_corpora_match_bm25s(tmp_path, texts):
+    ids = [f"d{i}" for i in range(len(texts))]
+    assert saved(Bm25Index.build(ids, texts), tmp_path / "ours") == saved(bm25s_build(ids, texts), tmp_path / "ref")
+
+
+def test_whole_scifact_matches_bm25s_and_its_stats(scifact, tmp_path):
+    ids = list(scifact.corpus)
+    texts = scifact.doc_texts(ids)
+    ours, reference = Bm25Index.build(ids, texts), bm25s_build(ids, texts)
+    assert saved(ours, tmp_path / "ours") == saved(reference, tmp_path / "ref")
+    assert (ours.stats.num_docs, ours.stats.avg_doc_len) == (reference.stats.num_docs, reference.stats.avg_doc_len)
+    assert np.array_equal(ours.stats.doc_freqs, reference.stats.doc_freqs)
+    query = scifact.queries[next(iter(scifact.qrels["test"]))]
+    assert ours.search([query], 10) == reference.search([query], 10)
+
+
+def test_build_memory_grows_a_fraction_as_fast_as_bm25s(scifact):
+    """Chunks made anew, as a collection's docs files are read: the build must not hold every text's word list.
+    What 1,500 more documents add to the peak is compared, so fixed costs (compiled code, and the vocabulary: the
+    corpus is 750 documents repeated) cancel."""
+    texts = scifact.doc_texts(list(scifact.corpus)[:750]) * 4
+    ids = [str(i) for i in range(len(texts))]
+
+    def peak(build, n: int) -> int:
+        tracemalloc.start()
+        try:
+            build(ids[:n], texts[:n])
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    def chunked(ids, texts):
+        return Bm25Index.build_from((ids[i : i + 250], texts[i : i + 250]) for i in range(0, len(ids), 250))
+
+    chunked(ids[:10], texts[:10]), bm25s_build(ids[:10], texts[:10])  # imports and compiled code come first
+    ours = peak(chunked, 3000) - peak(chunked, 1500)
+    theirs = peak(bm25s_build, 3000) - peak(bm25s_build, 1500)
+    assert ours < theirs / 3, (ours, theirs)
