@@ -23,7 +23,7 @@ def random_csr(rng: np.random.Generator, n_docs: int, vocab: int, density: float
 
 
 def live_ids(idx: InvertedIndex) -> list[str]:
-    return sorted(idx._state.locations())
+    return sorted(idx.doc_ids())
 
 
 def brute_scores(idx: InvertedIndex, query: dict[int, float]) -> dict[str, float]:

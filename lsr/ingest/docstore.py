@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from lsr.ingest.written_parts import WrittenParts
 
 DOC_ROW_GROUP = 1024  # rows per Parquet row group in docs parts: one include_text lookup reads one group
+ROW_BITS = 32  # a docs part holds fewer rows than 2**32 (a build's shard, a fold's part)
+ROW_MASK = (1 << ROW_BITS) - 1
 
 
 class _Parts:
@@ -35,7 +37,7 @@ class _Parts:
     def __init__(self, paths: Sequence[Path], written: "WrittenParts | None" = None) -> None:
         self.paths = list(paths)
         self.written = written
-        self._where: dict[str, tuple[int, int]] | None = None
+        self._where: dict[str, int] | None = None  # see ``locations``
         self._written_ids: list[str] = []
         self._lock = threading.Lock()
         self._reading = threading.Lock()  # one read at a time of an opened written part
@@ -46,14 +48,15 @@ class _Parts:
         """Each part as something ``pq.ParquetFile`` reads: the build's by path, the written ones opened."""
         return self.paths + (self.written.files if self.written is not None else [])
 
-    def locations(self) -> dict[str, tuple[int, int]]:
-        """doc id → (part, row) of its live text; built on first use from the id columns only."""
+    def locations(self) -> dict[str, int]:
+        """doc id → ``part << ROW_BITS | row`` of its live text; built on first use from the id columns only. One
+        int a document, where a (part, row) tuple took 56 bytes more (28 MB at 500,000 documents)."""
         with self._lock:
             if self._where is None:
                 where = {}
                 for p, path in enumerate(self.paths):
                     ids = _read(path, lambda: parquet_ids(path))
-                    where.update((doc_id, (p, row)) for row, doc_id in enumerate(ids))
+                    where.update(zip(ids, range(p << ROW_BITS, (p << ROW_BITS) + len(ids))))
                 if self.written is not None:
                     ids, deleted = self.written.ids()
                     first = len(self.paths)
@@ -62,7 +65,7 @@ class _Parts:
                             if is_gone:
                                 where.pop(doc_id, None)
                             else:
-                                where[doc_id] = (part, row)
+                                where[doc_id] = part << ROW_BITS | row
                     self._written_ids = ids
                 self._where = where
             return self._where
@@ -190,7 +193,7 @@ class DocStore:
             if text is not missing:
                 out.append(text)
             elif doc_id in where:
-                part, row = where[doc_id]
+                part, row = where[doc_id] >> ROW_BITS, where[doc_id] & ROW_MASK
                 out.append(self._parts.row_group(part, row // DOC_ROW_GROUP)[row % DOC_ROW_GROUP])
             else:
                 out.append(None)
