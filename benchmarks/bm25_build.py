@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
-SYSTEMS = ("lsr: docs files read a chunk at a time", "bm25s: every text and word list at once (peer)")
+SYSTEMS = ("lsr: docs files read a chunk at a time, tokenised on every CPU (as `lsr index` builds)",
+           "lsr: the same in one process", "bm25s: every text and word list at once (peer)")
 SHARD_DOCS = 10_000
 
 
@@ -75,6 +76,8 @@ def child(system: str, folder: Path, shards: int) -> dict:
     if system == SYSTEMS[0]:
         build_bm25(folder, shards)
         data = np.load(folder / "bm25" / "data.csc.index.npy")
+    elif system == SYSTEMS[1]:
+        data = Bm25Index.build_from(doc_chunks(folder, shards), workers=1).retriever.scores["data"]
     else:  # as a bm25s user builds: every text in a list, tokenised at once, indexed, saved
         texts = [text for _, chunk in doc_chunks(folder, shards) for text in chunk]
         bm25s = bm25s_module()

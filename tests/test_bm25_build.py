@@ -43,6 +43,16 @@ def test_chunked_build_writes_bm25s_bytes(scifact, tmp_path, chunk):
     assert not different, different
 
 
+def test_worker_processes_write_the_same_bytes(scifact, tmp_path):
+    ids = list(scifact.corpus)[:2000]
+    texts = scifact.doc_texts(ids)
+    chunks = [(ids[i : i + 150], texts[i : i + 150]) for i in range(0, len(ids), 150)]
+    told = []
+    pooled = Bm25Index.build_from(iter(chunks), workers=2, on_chunk=told.append)
+    assert told == [len(chunk_ids) for chunk_ids, _ in chunks]
+    assert saved(pooled, tmp_path / "pooled") == saved(bm25s_build(ids, texts), tmp_path / "ref")
+
+
 @pytest.mark.parametrize("texts", [
     ["protein folding"],
     ["", "the and of"],  # no word at all: an index that matches nothing
@@ -87,3 +97,48 @@ def test_build_memory_grows_a_fraction_as_fast_as_bm25s(scifact):
     ours = peak(chunked, 3000) - peak(chunked, 1500)
     theirs = peak(bm25s_build, 3000) - peak(bm25s_build, 1500)
     assert ours < theirs / 3, (ours, theirs)
+
+
+ENDLESS_BUILD = """
+import itertools
+from lsr.search.bm25_index import Bm25Index
+
+def chunks():
+    for i in itertools.count():
+        if i == 6:
+            print("pooled", flush=True)
+        yield [f"{i}-{j}" for j in range(300)], ["protein folding in yeast cells"] * 300
+
+Bm25Index.build_from(chunks(), workers=2)
+"""
+
+
+@pytest.mark.parametrize("stop", ["kill -9 of the building process", "Ctrl-C to the process group"])
+def test_tokenising_workers_end_with_the_build(tmp_path, stop):
+    """Forked workers hold the task pipe's write end: without a parent-death signal they outlived a kill -9 and
+    waited forever. Ctrl-C reaches the workers too (the whole group), and only the building process reports it."""
+    import os
+    import signal
+    import subprocess
+    import uuid
+
+    from signal_helpers import _outliving, interruptible
+
+    marker = f"LSR_TEST_BM25_POOL={uuid.uuid4().hex}"
+    key, value = marker.split("=")
+    job = subprocess.Popen(interruptible("-c", ENDLESS_BUILD), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env={**os.environ, key: value}, start_new_session=True)
+    try:
+        assert job.stdout.readline().strip() == "pooled", job.communicate(timeout=60)
+        if stop.startswith("kill"):
+            job.kill()
+        else:
+            os.killpg(job.pid, signal.SIGINT)
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert _outliving(marker + "\0", wait_s=10.0) == []
+    if not stop.startswith("kill"):
+        assert job.returncode != 0 and stderr.count("KeyboardInterrupt") == 1, stderr

@@ -60,6 +60,7 @@ def global_scale(folders: list[Path], n_parts: int, quantization: str) -> float 
 
 def global_bm25_legs(folders: list[Path], n_parts: int) -> list:
     """One BM25 leg per shard, cut from a leg over every document (global IDF and average length)."""
+    from lsr.encode.cpu_share import usable_cpus
     from lsr.search.bm25_index import Bm25Index
 
     sizes = [0] * len(folders)
@@ -70,7 +71,7 @@ def global_bm25_legs(folders: list[Path], n_parts: int) -> list:
                 sizes[shard] += len(ids)
                 yield ids, texts
 
-    return Bm25Index.build_from(chunks()).split(sizes)
+    return Bm25Index.build_from(chunks(), usable_cpus()).split(sizes)
 
 
 def rebuild_shard_bm25(path: Path, meta: dict) -> list[Path]:

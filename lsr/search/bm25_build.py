@@ -1,29 +1,37 @@
 """Building the BM25 leg from texts given a chunk at a time: bm25s's index, bit for bit, in bounded memory.
 
-``bm25s.BM25.index`` needs every document's word list at once, as Python strings: about 8 KB a SciFact
-document (1M documents: 8 GB before bm25s allocates its own arrays), on one core. Here bm25s tokenises
-one chunk at a time, and each (document, word) pair is kept as a word id and a count, 8 bytes. The scores
-need the corpus's statistics (document count, average length, document frequencies), so they are
-computed once the last chunk is in, with bm25s's formulas in bm25s's order of float operations, and laid
-out term by term as bm25s's CSC matrix. The files ``Bm25Index.save`` writes are byte-equal to bm25s's own
-build (a test builds both).
+``bm25s.BM25.index`` needs every text and every document's word list at once, as Python lists, on one core: 1M
+SciFact-sized documents peaked at 7.0 GB. Here bm25s tokenises one chunk at a time, in worker processes where
+there are several chunks, and each (document, word) pair is kept as a word id and a count, 8 bytes. The scores need
+the corpus's statistics (document count, average length, document frequencies), so they are computed once the last
+chunk is in, with bm25s's formulas in bm25s's order of float operations, and laid out term by term as bm25s's CSC
+matrix. The files ``Bm25Index.save`` writes are byte-equal to bm25s's own build (``tests/test_bm25_build.py``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import logging
 import math
+import multiprocessing
+import os
+import signal
 import sys
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from numba import njit
 
 K1 = 1.5  # bm25s's defaults: the Lucene BM25 of the BEIR baseline
 B = 0.75
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+MAX_WORKERS = 8  # tokenising processes at most: past it, the merge in the building process keeps up no more
 SCORE_DOCS = 1024  # documents scored at a time: bounds the float64 temporaries (about 40 bytes a pair)
 
 
@@ -62,35 +70,93 @@ def tokenize(texts: Sequence[str], stemmer) -> list[list[str]]:
     return bm25s_module().tokenize(list(texts), stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
 
 
+@dataclass
+class ChunkCounts:
+    """A chunk's word counts: each (document, word) pair of its documents, in document order, with words numbered by
+    the chunk (``words``); what a tokenising worker sends back, a fraction of the word lists bm25s gives."""
+
+    words: list[str]  # the chunk's word number -> word
+    pair_words: np.ndarray  # int32, the chunk's numbers
+    pair_counts: np.ndarray  # float32: the word's count in the document (bm25s's tf)
+    pairs_per_doc: np.ndarray  # int64
+    lengths: np.ndarray  # int64: words per document, repeats counted (bm25s's document length)
+
+
+def count_words(texts: Sequence[str]) -> ChunkCounts:
+    """Tokenise a chunk of documents as bm25s does and count each document's words."""
+    import Stemmer
+
+    tokens = bm25s_module().tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=True,
+                                     show_progress=False)
+    lengths = np.fromiter(map(len, tokens.ids), np.int64, count=len(tokens.ids))
+    flat = np.fromiter(itertools.chain.from_iterable(tokens.ids), np.int64, count=int(lengths.sum()))
+    n_words = max(len(tokens.vocab), 1)
+    pairs, counts = np.unique(np.repeat(np.arange(len(lengths), dtype=np.int64), lengths) * n_words + flat,
+                              return_counts=True)
+    return ChunkCounts(sorted(tokens.vocab, key=tokens.vocab.__getitem__), (pairs % n_words).astype(np.int32),
+                       counts.astype(np.float32), np.bincount(pairs // n_words, minlength=len(lengths)).astype(np.int64),
+                       lengths)
+
+
+def counted_chunks(chunks: Iterable[tuple[Sequence[str], Sequence[str]]],
+                   workers: int) -> Iterator[tuple[Sequence[str], ChunkCounts]]:
+    """(ids, counts) of each (ids, texts) chunk, in order; tokenised by ``workers`` processes where there is more
+    than one chunk (bm25s's tokeniser is Python: one core does about 9,000 SciFact documents a second)."""
+    chunks = iter(chunks)
+    first = list(itertools.islice(chunks, 2))
+    if workers <= 1 or len(first) < 2 or sys.platform != "linux":
+        for ids, texts in itertools.chain(first, chunks):
+            yield ids, count_words(texts)
+        return
+    workers = min(workers, MAX_WORKERS)
+    # forked, as PyTorch's DataLoader workers are: spawned ones import the caller's __main__ again, which runs a
+    # script's top-level code (not under `if __name__ == "__main__"`) in every worker
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
+                               initargs=(os.getpid(),))
+    try:
+        pending: deque = deque()  # at most two chunks a worker read ahead: memory stays a few chunks' texts
+        for ids, texts in itertools.chain(first, chunks):
+            pending.append((ids, pool.submit(count_words, texts)))
+            if len(pending) > 2 * workers:
+                ids, counted = pending.popleft()
+                yield ids, counted.result()
+        while pending:
+            ids, counted = pending.popleft()
+            yield ids, counted.result()
+    finally:  # a failure, Ctrl-C or SIGTERM here: the queued chunks are dropped, the running ones end
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_start(parent: int) -> None:
+    """A worker dies with the building process, even by kill -9 (forked, it holds the task pipe's write end too, so it
+    would never read end-of-file, and waited forever), and ignores Ctrl-C and SIGTERM sent to the whole process
+    group: the building process stops the pool, each worker ending the chunk it holds."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class Bm25Builder:
-    """Takes texts chunk by chunk (``add``), then gives the bm25s retriever and its statistics (``finish``)."""
+    """Takes chunks' word counts in corpus order (``add``), then gives the bm25s retriever and its statistics
+    (``finish``)."""
 
     def __init__(self) -> None:
-        import Stemmer
-
-        self._stemmer = Stemmer.Stemmer("english")
         self._words: dict[str, int] = {}  # word -> id, in the order first seen
         self._pair_words: list[np.ndarray] = []  # per chunk: the word id of each (document, word) pair
         self._pair_counts: list[np.ndarray] = []  # per chunk: its count in the document (float32, as bm25s's tf)
         self._pairs_per_doc: list[np.ndarray] = []
         self._lengths: list[np.ndarray] = []  # per chunk: words per document, repeats counted (int64)
 
-    def add(self, texts: Sequence[str]) -> None:
-        """Tokenise a chunk of documents (in corpus order) and keep their word counts."""
-        tokens = bm25s_module().tokenize(list(texts), stopwords="en", stemmer=self._stemmer, return_ids=True,
-                                         show_progress=False)
-        to_word = np.empty(len(tokens.vocab), np.int64)
-        for word, local in tokens.vocab.items():
-            to_word[local] = self._words.setdefault(word, len(self._words))
-        lengths = np.fromiter(map(len, tokens.ids), np.int64, count=len(tokens.ids))
-        flat = np.fromiter(itertools.chain.from_iterable(tokens.ids), np.int64, count=int(lengths.sum()))
-        n_words = max(len(self._words), 1)
-        keys = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths) * n_words + to_word[flat]
-        pairs, counts = np.unique(keys, return_counts=True)
-        self._pair_words.append((pairs % n_words).astype(np.int32))
-        self._pair_counts.append(counts.astype(np.float32))
-        self._pairs_per_doc.append(np.bincount(pairs // n_words, minlength=len(lengths)).astype(np.int64))
-        self._lengths.append(lengths)
+    def add(self, counts: ChunkCounts) -> None:
+        """Keep a chunk's counts, its words numbered as the builder's."""
+        to_word = np.fromiter((self._words.setdefault(word, len(self._words)) for word in counts.words), np.int32,
+                              count=len(counts.words))
+        self._pair_words.append(to_word[counts.pair_words])
+        self._pair_counts.append(counts.pair_counts)
+        self._pairs_per_doc.append(counts.pairs_per_doc)
+        self._lengths.append(counts.lengths)
 
     def finish(self):
         """(bm25s retriever, document count, average length, document frequencies); the builder is spent."""

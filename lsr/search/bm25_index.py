@@ -20,9 +20,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from lsr.encode.cpu_share import usable_cpus
 from lsr.files import NUMPY_LOADS, atomic_write, write_json_atomic
 from lsr.ingest.layout import doc_chunks
-from lsr.search.bm25_build import Bm25Builder, bm25s_module, tokenize
+from lsr.search.bm25_build import Bm25Builder, bm25s_module, counted_chunks, tokenize
 
 BM25_DIR = "bm25"
 IDS_FILE = "ids.json"
@@ -59,17 +60,20 @@ class Bm25Index:
         self._stemmer = Stemmer.Stemmer("english")
 
     @classmethod
-    def build(cls, ids: Sequence[str], texts: Sequence[str]) -> "Bm25Index":
-        return cls.build_from(zip(_chunked(ids), _chunked(texts)))
+    def build(cls, ids: Sequence[str], texts: Sequence[str], workers: int = 1) -> "Bm25Index":
+        return cls.build_from(zip(_chunked(ids), _chunked(texts)), workers)
 
     @classmethod
-    def build_from(cls, chunks: Iterable[tuple[Sequence[str], Sequence[str]]]) -> "Bm25Index":
-        """The index of (ids, texts) chunks in order, holding one chunk's texts at a time (``bm25_build``)."""
+    def build_from(cls, chunks: Iterable[tuple[Sequence[str], Sequence[str]]], workers: int = 1,
+                   on_chunk: Callable[[int], object] = lambda n: None) -> "Bm25Index":
+        """The index of (ids, texts) chunks in order, holding a few chunks' texts at a time, tokenised by ``workers``
+        processes (``bm25_build``); ``on_chunk`` is told each chunk's document count once it is counted."""
         builder = Bm25Builder()
         ids: list[str] = []
-        for chunk_ids, texts in chunks:
-            builder.add(texts)
+        for chunk_ids, counts in counted_chunks(chunks, workers):
+            builder.add(counts)
             ids += chunk_ids
+            on_chunk(len(chunk_ids))
         retriever, n_docs, avg_doc_len, doc_freqs = builder.finish()
         return cls(retriever, ids, Bm25Stats(n_docs, avg_doc_len, doc_freqs))
 
@@ -148,15 +152,9 @@ class Bm25Index:
 
 
 def build_bm25(out: Path, n_shards: int, on_chunk: Callable[[int], object] = lambda n: None) -> list[Path]:
-    """Build a collection's BM25 leg from its build texts into ``out/bm25``; returns the files written.
-    ``on_chunk`` is told each chunk's document count (progress)."""
-    return Bm25Index.build_from(_counted(doc_chunks(out, n_shards), on_chunk)).save(out / BM25_DIR)
-
-
-def _counted(chunks: Iterable[tuple[list[str], list[str]]], on_chunk: Callable[[int], object]):
-    for ids, texts in chunks:
-        yield ids, texts
-        on_chunk(len(ids))
+    """Build a collection's BM25 leg from its build texts into ``out/bm25``, tokenised on every CPU this process may
+    use; returns the files written. ``on_chunk`` is told each chunk's document count (progress)."""
+    return Bm25Index.build_from(doc_chunks(out, n_shards), usable_cpus(), on_chunk).save(out / BM25_DIR)
 
 
 def _chunked(items: Sequence, size: int = BUILD_CHUNK) -> Iterator[Sequence]:
