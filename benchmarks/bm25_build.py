@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -89,7 +90,9 @@ def child(system: str, folder: Path, shards: int) -> dict:
     seconds = time.perf_counter() - start
     # bm25s numbers its words in set order: equal scores are equal sorted score arrays
     digest = hashlib.sha256(np.sort(data).tobytes()).hexdigest()
-    return {"system": system, "seconds": seconds, "peak_mb": peak_mb(), "before_mb": before, "scores_sha256": digest}
+    workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker's, once joined
+    return {"system": system, "seconds": seconds, "peak_mb": peak_mb(), "before_mb": before,
+            "worker_peak_mb": workers_mb, "scores_sha256": digest}
 
 
 def main() -> None:
@@ -120,15 +123,18 @@ def main() -> None:
 
     same = len({r["scores_sha256"] for r in runs}) == 1
     rows = [[r["system"], f"{args.docs:,}", f"{r['before_mb']:,.0f}", f"{r['peak_mb']:,.0f}",
-             f"{(r['peak_mb'] - r['before_mb']) * 2**20 / args.docs:,.0f}", f"{r['seconds']:.1f}",
+             f"{(r['peak_mb'] - r['before_mb']) * 2**20 / args.docs:,.0f}",
+             f"{r['worker_peak_mb']:,.0f}" if r["worker_peak_mb"] else "-", f"{r['seconds']:.1f}",
              "yes" if same else "NO"] for r in runs]
     load = os.getloadavg()[0]
     write_table(args.out, "bm25_build", "Building the BM25 leg: peak memory and time",
                 f"{args.docs:,} documents (SciFact's texts repeated, one extra word each of 100,000), in docs files of "
                 f"{SHARD_DOCS:,}; fresh process per row, one run each. `before MB`: RSS as the build starts (imports); "
-                f"`bytes/doc`: what the build added to it, per document. `same scores`: the score arrays, sorted, are "
-                f"equal (bm25s numbers its words in another order). Load average {load:.1f} at the end. {args.note}",
-                ["system", "docs", "before MB", "peak MB", "bytes/doc", "s", "same scores"], rows,
+                f"`bytes/doc`: what the build added to it, per document; `worker peak MB`: the largest tokenising "
+                f"worker's peak RSS (forked: the pages it shares with the building process count in both). `same "
+                f"scores`: the score arrays, sorted, are equal (bm25s numbers its words in another order). Load "
+                f"average {load:.1f} at the end. {args.note}",
+                ["system", "docs", "before MB", "peak MB", "bytes/doc", "worker peak MB", "s", "same scores"], rows,
                 {"docs": args.docs, "rows": runs, "note": args.note})
 
 
