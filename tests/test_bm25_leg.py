@@ -123,6 +123,7 @@ def test_a_term_the_build_never_saw_takes_its_frequency_from_the_live_written_do
 
 def test_the_build_statistics_survive_save_open_and_split(leg, tmp_path):
     from lsr.search.bm25_index import Bm25Index
+    from lsr.search.bm25_leg import Bm25Leg
 
     files = {p.name for p in leg.save(tmp_path / "bm25")}
     assert {"stats.json", "doc_freqs.npy"} <= files
@@ -130,6 +131,8 @@ def test_the_build_statistics_survive_save_open_and_split(leg, tmp_path):
     # mapped, not read into memory: a server opening 201,000 documents held 269 MB for them, now 114 (ids and vocab)
     assert all(isinstance(opened.retriever.scores[name], np.memmap) for name in ("data", "indices", "indptr"))
     assert opened.search(["protein folding"], 10) == leg.search(["protein folding"], 10)
+    Bm25Leg.written(opened, [], [])  # as a collection with no writes since the build opens its leg
+    assert "_row_of" not in vars(opened)  # its id → row map is built for a write, not at open (28 MB at 500,000 docs)
     assert (opened.stats.num_docs, opened.stats.avg_doc_len) == (leg.stats.num_docs, leg.stats.avg_doc_len)
     np.testing.assert_array_equal(opened.stats.doc_freqs, leg.stats.doc_freqs)
     assert Bm25Index.open(tmp_path / "bm25", with_stats=False).stats is None

@@ -141,6 +141,9 @@ class Bm25Index:
 
     def rows(self, ids: Iterable[str]) -> np.ndarray:
         """The rows of the ids this index holds (others are left out)."""
+        ids = list(ids)
+        if not ids:  # an open with no writes since the build asks for none: the map is not built for it
+            return np.zeros(0, np.int64)
         row = self._row_of
         return np.asarray([row[doc_id] for doc_id in ids if doc_id in row], np.int64)
 
