@@ -28,6 +28,7 @@ HELP = "rebuild the inverted, faiss and BM25 indexes of a collection from its ve
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     verify.add_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--salvage", action="store_true",
                    help="when the journal is damaged in the middle (a flipped byte), keep every whole record around "
                         "the damage and drop the rest: the writes in the damaged bytes are lost (upserts gone, "
@@ -42,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
     if lost:  # every shard's BM25 statistics are rebuilt from all the shards' documents
         raise ValueError(f"nothing was repaired: {missing_shard(lost[0])}")
     for name, path in collections_of(args.collection):
-        for line in repair_collection(path, salvage=args.salvage):
+        for line in repair_collection(path, salvage=args.salvage, progress=not args.quiet):
             print(f"{name}: {line}" if name else line)
     return verify.run(args)

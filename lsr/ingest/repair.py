@@ -21,6 +21,7 @@ from lsr.ingest.collection import Collection
 from lsr.ingest.journal import JOURNAL_FILE, Record, latest_writes, recover, scan
 from lsr.ingest.journal_salvage import salvage_journal
 from lsr.ingest.layout import META_FILE, Rereadable, build_file_problems, read_meta, read_vector_shards, shard_name
+from lsr.ingest.progress import progress_bar
 from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR, DOC_FREQS_FILE, STATS_FILE, build_bm25
 from lsr.search.dense_index import MANIFEST, DenseIndex
@@ -29,16 +30,17 @@ from lsr.sparse import SparseBatch
 T = TypeVar("T")
 
 
-def repair_collection(path: Path, salvage: bool = False) -> list[str]:
+def repair_collection(path: Path, salvage: bool = False, progress: bool = False) -> list[str]:
     """Rebuild every index; returns what was done. Raises CorruptFileError if a source file is damaged (with
     ``salvage``, a journal damaged in the middle first keeps its whole records: ``journal_salvage``), and
-    FolderBusyError while an ``lsr index``, another repair or a write is under way in the collection."""
+    FolderBusyError while an ``lsr index``, another repair or a write is under way in the collection. ``progress``:
+    a bar with an ETA for each index rebuilt (on stderr)."""
     meta = read_meta(path)  # a missing or foreign folder fails here, before the lock would create it
     with exclusive_folder(path):
-        return _rebuild(path, meta, salvage)
+        return _rebuild(path, meta, salvage, progress)
 
 
-def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
+def _rebuild(path: Path, meta: dict, salvage: bool, progress: bool) -> list[str]:
     from lsr.index import InvertedIndex
 
     damaged = build_file_problems(path, meta, skip=BM25_DIR)
@@ -58,21 +60,26 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
     last = records[-1].seq if records else parts.upto
     latest = latest_writes([*parts.records(), *records])
 
-    built = Rereadable(lambda: read_vector_shards(path, meta["shards"]))
     live = _journaled(latest)
-    sparse = _swapped_in(path / "sparse", lambda folder: InvertedIndex.build(
-        folder, Rereadable(lambda: _current_vectors(built, latest, live)), journal_seq=last,
-        quantization=meta["settings"]["quantization"], scale=_build_scale(path, meta, built)))
+    scale = _build_scale(path, meta, Rereadable(lambda: read_vector_shards(path, meta["shards"])))
+    # the build reads the shards twice (sizes, then impacts), as `lsr index`'s does
+    with progress_bar("sparse index (2 readings)", 2 * meta["n_docs"], enabled=progress) as bar:
+        built = Rereadable(lambda: read_vector_shards(path, meta["shards"]), bar.update)
+        sparse = _swapped_in(path / "sparse", lambda folder: InvertedIndex.build(
+            folder, Rereadable(lambda: _current_vectors(built, latest, live)), journal_seq=last,
+            quantization=meta["settings"]["quantization"], scale=scale))
     done = [salvaged] if salvaged else []
     done.append(f"rebuilt the sparse index: {sparse.num_docs:,} documents")
     if meta.get("dense_model"):
         dense = None
-        for shard, (_, ids) in enumerate(read_vector_shards(path, meta["shards"])):
-            vectors = np.load(path / shard_name("dense", shard))
-            if dense is None:
-                dense = DenseIndex.create(vectors.shape[1], meta["settings"]["hnsw_m"])
-            keep = [i for i, doc_id in enumerate(ids) if doc_id not in latest]
-            dense.add([ids[i] for i in keep], vectors[keep])
+        with progress_bar("dense index", meta["n_docs"], enabled=progress) as bar:
+            for shard, (_, ids) in enumerate(read_vector_shards(path, meta["shards"])):
+                vectors = np.load(path / shard_name("dense", shard))
+                if dense is None:
+                    dense = DenseIndex.create(vectors.shape[1], meta["settings"]["hnsw_m"])
+                keep = [i for i, doc_id in enumerate(ids) if doc_id not in latest]
+                dense.add([ids[i] for i in keep], vectors[keep])
+                bar.update(len(ids))
         if live:
             dense.add([doc_id for doc_id, _, _ in live], np.stack([record.dense[row] for _, record, row in live]))
         if _committed_seq(lambda: DenseIndex.committed_seq(path / "dense")) is None:  # a damaged manifest must not
@@ -82,9 +89,10 @@ def _rebuild(path: Path, meta: dict, salvage: bool) -> list[str]:
     if meta.get("bm25") and "sharding" in meta:  # scored with the whole collection's statistics
         from lsr.ingest.sharded_build import rebuild_shard_bm25
 
-        rebuild_shard_bm25(path, meta)
+        rebuild_shard_bm25(path, meta, progress)
     elif meta.get("bm25"):
-        build_bm25(path, meta["shards"])
+        with progress_bar("bm25", meta["n_docs"], enabled=progress) as bar:
+            build_bm25(path, meta["shards"], bar.update)
         differs = build_file_problems(path, meta, under=BM25_DIR)
         if differs:
             raise CorruptFileError(f"the rebuilt BM25 leg differs from the one recorded ({differs[0]}); "

@@ -19,13 +19,14 @@ of every part, possibly empty. Each shard is then finished like any collection e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from lsr.files import CorruptFileError
 from lsr.ingest.layout import (build_file_problems, disk_size, doc_chunks, drop_build_state, read_meta,
                                read_vector_shards, write_shard)
+from lsr.ingest.progress import progress_bar
 from lsr.ingest.sharding import HASH_NAME, ShardMap, reindex_command, shard_dir_name, shard_of, write_shard_map
 from lsr.sparse import SparseBatch
 
@@ -58,8 +59,9 @@ def global_scale(folders: list[Path], n_parts: int, quantization: str) -> float 
     return choose_scale(quantization, top)
 
 
-def global_bm25_legs(folders: list[Path], n_parts: int) -> list:
-    """One BM25 leg per shard, cut from a leg over every document (global IDF and average length)."""
+def global_bm25_legs(folders: list[Path], n_parts: int, on_chunk: Callable[[int], object] = lambda n: None) -> list:
+    """One BM25 leg per shard, cut from a leg over every document (global IDF and average length); ``on_chunk`` is
+    told each chunk's document count (progress)."""
     from lsr.encode.cpu_share import usable_cpus
     from lsr.search.bm25_index import Bm25Index
 
@@ -71,10 +73,10 @@ def global_bm25_legs(folders: list[Path], n_parts: int) -> list:
                 sizes[shard] += len(ids)
                 yield ids, texts
 
-    return Bm25Index.build_from(chunks(), usable_cpus()).split(sizes)
+    return Bm25Index.build_from(chunks(), usable_cpus(), on_chunk).split(sizes)
 
 
-def rebuild_shard_bm25(path: Path, meta: dict) -> list[Path]:
+def rebuild_shard_bm25(path: Path, meta: dict, progress: bool = False) -> list[Path]:
     """``lsr repair`` of one shard's BM25 leg: cut again from a leg over every shard's texts, as the build did."""
     from lsr.ingest.sharding import is_sharded, read_shard_map
     from lsr.search.bm25_index import BM25_DIR
@@ -85,7 +87,9 @@ def rebuild_shard_bm25(path: Path, meta: dict) -> list[Path]:
                          "no lsr-shards.json; repair it inside its sharded collection")
     folders = read_shard_map(root).paths(root)
     _check_sibling_texts(folders)
-    legs = global_bm25_legs(folders, meta["shards"])
+    total = sum(read_meta(folder)["n_docs"] for folder in folders)
+    with progress_bar("bm25 (every shard's texts)", total, enabled=progress) as bar:
+        legs = global_bm25_legs(folders, meta["shards"], bar.update)
     return legs[meta["sharding"]["shard"]].save(path / BM25_DIR)
 
 
@@ -110,7 +114,10 @@ def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stag
     folders = shard_map.paths(out)
     with stages.time("statistics"):
         scale = global_scale(folders, state.shards, options.quantization)
-        legs = global_bm25_legs(folders, state.shards) if options.bm25 else [None] * len(folders)
+        legs = [None] * len(folders)
+        if options.bm25:
+            with progress_bar("bm25 (every shard's texts)", state.docs, enabled=progress) as bar:
+                legs = global_bm25_legs(folders, state.shards, bar.update)
     checksums = {}
     for shard, (name, folder) in enumerate(zip(shard_map.names, folders)):
         docs, postings, truncated = state.per_shard[shard]
