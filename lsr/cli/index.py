@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the dense model keeps its own max_seq_length")
     p.add_argument("--limit", type=int, default=None, help="index only the first N good documents")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: every CPU this process may use)")
+                   help="torch CPU threads, and processes tokenising for the BM25 leg (default: every CPU this "
+                        "process may use)")
     p.add_argument("--checkpoint-every", type=int, default=10_000, metavar="N",
                    help="documents per checkpointed shard (default: 10000)")
     p.add_argument("--hnsw", type=int, nargs="?", const=32, default=None, metavar="M",

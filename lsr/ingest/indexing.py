@@ -599,7 +599,10 @@ def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTim
     bm25_files = []
     if options.bm25:
         with stages.time("bm25"), progress_bar("bm25", state.docs, enabled=progress and bm25 is None) as bar:
-            bm25_files = bm25.save(out / BM25_DIR) if bm25 is not None else build_bm25(out, state.shards, bar.update)
+            if bm25 is not None:  # a shard's cut of the global leg (``sharded_build``)
+                bm25_files = bm25.save(out / BM25_DIR)
+            else:
+                bm25_files = build_bm25(out, state.shards, bar.update, workers=options.threads)
     checksums = {
         "corpus": state.corpus_hash,
         "vectors": files_checksum(vector_files),

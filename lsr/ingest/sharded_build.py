@@ -59,9 +59,10 @@ def global_scale(folders: list[Path], n_parts: int, quantization: str) -> float 
     return choose_scale(quantization, top)
 
 
-def global_bm25_legs(folders: list[Path], n_parts: int, on_chunk: Callable[[int], object] = lambda n: None) -> list:
-    """One BM25 leg per shard, cut from a leg over every document (global IDF and average length); ``on_chunk`` is
-    told each chunk's document count (progress)."""
+def global_bm25_legs(folders: list[Path], n_parts: int, on_chunk: Callable[[int], object] = lambda n: None,
+                     workers: int | None = None) -> list:
+    """One BM25 leg per shard, cut from a leg over every document (global IDF and average length), tokenised by
+    ``workers`` processes (default: one per usable CPU); ``on_chunk`` is told each chunk's document count."""
     from lsr.encode.cpu_share import usable_cpus
     from lsr.search.bm25_index import Bm25Index
 
@@ -73,7 +74,7 @@ def global_bm25_legs(folders: list[Path], n_parts: int, on_chunk: Callable[[int]
                 sizes[shard] += len(ids)
                 yield ids, texts
 
-    return Bm25Index.build_from(chunks(), usable_cpus(), on_chunk).split(sizes)
+    return Bm25Index.build_from(chunks(), workers or usable_cpus(), on_chunk).split(sizes)
 
 
 def rebuild_shard_bm25(path: Path, meta: dict, progress: bool = False) -> list[Path]:
@@ -117,7 +118,7 @@ def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stag
         legs = [None] * len(folders)
         if options.bm25:
             with progress_bar("bm25 (every shard's texts)", state.docs, enabled=progress) as bar:
-                legs = global_bm25_legs(folders, state.shards, bar.update)
+                legs = global_bm25_legs(folders, state.shards, bar.update, workers=options.threads)
     checksums = {}
     for shard, (name, folder) in enumerate(zip(shard_map.names, folders)):
         docs, postings, truncated = state.per_shard[shard]

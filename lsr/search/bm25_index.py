@@ -154,10 +154,12 @@ class Bm25Index:
         return {doc_id: row for row, doc_id in enumerate(self.ids)}
 
 
-def build_bm25(out: Path, n_shards: int, on_chunk: Callable[[int], object] = lambda n: None) -> list[Path]:
-    """Build a collection's BM25 leg from its build texts into ``out/bm25``, tokenised on every CPU this process may
-    use; returns the files written. ``on_chunk`` is told each chunk's document count (progress)."""
-    return Bm25Index.build_from(doc_chunks(out, n_shards), usable_cpus(), on_chunk).save(out / BM25_DIR)
+def build_bm25(out: Path, n_shards: int, on_chunk: Callable[[int], object] = lambda n: None,
+               workers: int | None = None) -> list[Path]:
+    """Build a collection's BM25 leg from its build texts into ``out/bm25``, tokenised by ``workers`` processes
+    (default: one per CPU this process may use); returns the files written. ``on_chunk`` is told each chunk's
+    document count (progress)."""
+    return Bm25Index.build_from(doc_chunks(out, n_shards), workers or usable_cpus(), on_chunk).save(out / BM25_DIR)
 
 
 def _chunked(items: Sequence, size: int = BUILD_CHUNK) -> Iterator[Sequence]:
