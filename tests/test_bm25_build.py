@@ -53,6 +53,11 @@ def test_worker_processes_write_the_same_bytes(scifact, tmp_path):
     assert saved(pooled, tmp_path / "pooled") == saved(bm25s_build(ids, texts), tmp_path / "ref")
 
 
+def test_ids_and_texts_of_different_lengths_are_refused():
+    with pytest.raises(ValueError, match="3 ids for 2 texts"):
+        Bm25Index.build(["a", "b", "c"], ["protein", "folding"])
+
+
 @pytest.mark.parametrize("texts", [
     ["protein folding"],
     ["", "the and of"],  # no word at all: an index that matches nothing
@@ -107,19 +112,39 @@ def chunks():
     for i in itertools.count():
         if i == 6:
             print("pooled", flush=True)
-        yield [f"{i}-{j}" for j in range(300)], ["protein folding in yeast cells"] * 300
+        yield [f"{i}-{j}" for j in range(300)], [f"protein folding in yeast cells {i} " * 300] * 300  # ~0.5 s a chunk
 
 Bm25Index.build_from(chunks(), workers=2)
 """
 
 
-@pytest.mark.parametrize("stop", ["kill -9 of the building process", "Ctrl-C to the process group"])
+def _worker_pids(parent: int) -> list[int]:
+    from pathlib import Path
+
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == parent:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+STOPS = ["kill -9 of the building process", "Ctrl-C to the process group", "Ctrl-C twice", "kill -9 of a worker"]
+
+
+@pytest.mark.parametrize("stop", STOPS)
 def test_tokenising_workers_end_with_the_build(tmp_path, stop):
-    """Forked workers hold the task pipe's write end: without a parent-death signal they outlived a kill -9 and
-    waited forever. Ctrl-C reaches the workers too (the whole group), and only the building process reports it."""
+    """Forked workers hold the task pipe's write end: without a parent-death signal they outlived a kill -9 and waited
+    forever. They ignored Ctrl-C and SIGTERM, so the pool could not stop them: a worker killed (the OOM killer) left
+    the build waiting for ever, as did a second Ctrl-C during the first one's clean-up. Now the building process
+    alone takes the signal and kills its workers; a worker's death is one line."""
     import os
     import signal
     import subprocess
+    import time
     import uuid
 
     from signal_helpers import _outliving, interruptible
@@ -130,15 +155,22 @@ def test_tokenising_workers_end_with_the_build(tmp_path, stop):
                            text=True, env={**os.environ, key: value}, start_new_session=True)
     try:
         assert job.stdout.readline().strip() == "pooled", job.communicate(timeout=60)
-        if stop.startswith("kill"):
+        if stop == "kill -9 of the building process":
             job.kill()
+        elif stop == "kill -9 of a worker":
+            os.kill(_worker_pids(job.pid)[0], signal.SIGKILL)
         else:
             os.killpg(job.pid, signal.SIGINT)
+            if stop == "Ctrl-C twice":
+                time.sleep(0.3)  # while the first one's clean-up waits for the workers
+                os.killpg(job.pid, signal.SIGINT)
         _, stderr = job.communicate(timeout=60)
     finally:
         if job.poll() is None:
             job.kill()
             job.wait()
     assert _outliving(marker + "\0", wait_s=10.0) == []
-    if not stop.startswith("kill"):
+    if stop == "kill -9 of a worker":
+        assert job.returncode != 0 and "tokenising texts for the BM25 leg ended abruptly" in stderr, stderr
+    elif stop == "Ctrl-C to the process group":
         assert job.returncode != 0 and stderr.count("KeyboardInterrupt") == 1, stderr

@@ -21,12 +21,15 @@ import signal
 import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from numba import njit
+
+from lsr.files import MachineStateError
 
 K1 = 1.5  # bm25s's defaults: the Lucene BM25 of the BEIR baseline
 B = 0.75
@@ -118,24 +121,42 @@ def counted_chunks(chunks: Iterable[tuple[Sequence[str], Sequence[str]]],
         for ids, texts in itertools.chain(first, chunks):
             pending.append((ids, pool.submit(count_words, texts)))
             if len(pending) > 2 * workers:
-                ids, counted = pending.popleft()
-                yield ids, counted.result()
+                yield _result(*pending.popleft())
         while pending:
-            ids, counted = pending.popleft()
-            yield ids, counted.result()
-    finally:  # a failure, Ctrl-C or SIGTERM here: the queued chunks are dropped, the running ones end
+            yield _result(*pending.popleft())
+    except BaseException:  # a failure, Ctrl-C, SIGTERM, or the consumer gone: the workers' chunks are not waited for
+        _kill_workers(pool)
+        raise
+    finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(ids: Sequence[str], counted) -> tuple[Sequence[str], ChunkCounts]:
+    try:
+        return ids, counted.result()
+    except BrokenProcessPool:
+        raise MachineStateError("a process tokenising texts for the BM25 leg ended abruptly (killed, or out of "
+                                "memory: each holds about 300 MB)") from None
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Python 3.14's ``ProcessPoolExecutor.kill_workers``, on the versions before it."""
+    if hasattr(pool, "kill_workers"):
+        pool.kill_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
 
 
 def _worker_start(parent: int) -> None:
     """A worker dies with the building process, even by kill -9 (forked, it holds the task pipe's write end too, so it
-    would never read end-of-file, and waited forever), and ignores Ctrl-C and SIGTERM sent to the whole process
-    group: the building process stops the pool, each worker ending the chunk it holds."""
+    would never read end-of-file, and waited forever), and sits in a process group of its own: a Ctrl-C or SIGTERM to
+    the building process's group is that process's to handle (it kills the workers), while the pool's own SIGTERM (a
+    worker died: the others are stopped) still ends it."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.setpgid(0, 0)
 
 
 class Bm25Builder:

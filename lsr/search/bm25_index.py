@@ -70,7 +70,7 @@ class Bm25Index:
         processes (``bm25_build``); ``on_chunk`` is told each chunk's document count once it is counted."""
         builder = Bm25Builder()
         ids: list[str] = []
-        for chunk_ids, counts in counted_chunks(chunks, workers):
+        for chunk_ids, counts in counted_chunks(_same_lengths(chunks), workers):
             builder.add(counts)
             ids += chunk_ids
             on_chunk(len(chunk_ids))
@@ -160,6 +160,15 @@ def build_bm25(out: Path, n_shards: int, on_chunk: Callable[[int], object] = lam
     (default: one per CPU this process may use); returns the files written. ``on_chunk`` is told each chunk's
     document count (progress)."""
     return Bm25Index.build_from(doc_chunks(out, n_shards), workers or usable_cpus(), on_chunk).save(out / BM25_DIR)
+
+
+def _same_lengths(chunks: Iterable[tuple[Sequence[str], Sequence[str]]]):
+    """The chunks, each checked to hold as many ids as texts (a mismatch built an index whose rows named the wrong
+    documents)."""
+    for ids, texts in chunks:
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids for {len(texts)} texts: the BM25 index needs one id a text")
+        yield ids, texts
 
 
 def _chunked(items: Sequence, size: int = BUILD_CHUNK) -> Iterator[Sequence]:
