@@ -56,6 +56,11 @@ def test_worker_processes_write_the_same_bytes(scifact, tmp_path):
 def test_ids_and_texts_of_different_lengths_are_refused():
     with pytest.raises(ValueError, match="3 ids for 2 texts"):
         Bm25Index.build(["a", "b", "c"], ["protein", "folding"])
+    ids = [str(i) for i in range(25_000)]
+    with pytest.raises(ValueError, match="25000 ids for 12000 texts"):  # whole chunks apart: zip dropped them
+        Bm25Index.build(ids, ["protein folding"] * 12_000)
+    with pytest.raises(ValueError, match="2 ids for 3 texts"):
+        Bm25Index.build_from([(ids[:5], ["a"] * 5), (ids[5:7], ["b"] * 3)])
 
 
 @pytest.mark.parametrize("texts", [

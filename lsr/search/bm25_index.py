@@ -61,6 +61,8 @@ class Bm25Index:
 
     @classmethod
     def build(cls, ids: Sequence[str], texts: Sequence[str], workers: int = 1) -> "Bm25Index":
+        if len(ids) != len(texts):  # else zip would drop the longer one's last chunks without a word
+            raise ValueError(f"{len(ids)} ids for {len(texts)} texts: the BM25 index needs one id a text")
         return cls.build_from(zip(_chunked(ids), _chunked(texts)), workers)
 
     @classmethod
