@@ -175,6 +175,26 @@ def test_repairing_a_shard_rebuilds_it_with_the_collection_wide_statistics(shard
     assert repaired.view().bm25_search(["cancer"], 3) == Collection.open(sharded / "shard-001").view().bm25_search(["cancer"], 3)
 
 
+def test_repairing_every_shard_builds_the_collection_wide_bm25_leg_once(sharded, tmp_path, capsys):
+    """Each shard's leg is cut from a leg over every shard's texts: `lsr repair` of the sharded collection built that
+    leg again for every shard (N shards, N builds of the whole corpus's leg)."""
+    import shutil
+
+    from lsr.cli.main import main
+
+    col = tmp_path / "col"
+    shutil.copytree(sharded, col)
+    shards = sorted(col.glob("shard-*"))
+    for shard in shards:
+        shutil.rmtree(shard / "bm25")
+    assert main(["repair", str(col)]) == 0  # ends with a verify: every rebuilt leg matches its recorded crc32s
+    bars = capsys.readouterr().err
+    assert bars.count("bm25 (every shard's texts): 100%") == 1, bars
+    for shard in shards:
+        got = Collection.open(shard).view().bm25_search(["cancer"], 3)
+        assert got == Collection.open(sharded / shard.name).view().bm25_search(["cancer"], 3)
+
+
 def test_verify_and_repair_name_a_missing_shard_folder(sharded, tmp_path, capsys):
     """verify's line said to create the shard with `lsr index` (an unsharded collection of the whole corpus inside
     the sharded one) and exit 2; repair failed on pyarrow's bare FileNotFoundError while rebuilding another shard."""

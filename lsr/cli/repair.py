@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     lost = [path for name, path in collections_of(args.collection) if name and not path.is_dir()]
     if lost:  # every shard's BM25 statistics are rebuilt from all the shards' documents
         raise ValueError(f"nothing was repaired: {missing_shard(lost[0])}")
+    bm25_legs: dict = {}  # a sharded collection's BM25 legs, built once for all its shards
     for name, path in collections_of(args.collection):
-        for line in repair_collection(path, salvage=args.salvage, progress=not args.quiet):
+        for line in repair_collection(path, salvage=args.salvage, progress=not args.quiet, bm25_legs=bm25_legs):
             print(f"{name}: {line}" if name else line)
     return verify.run(args)

@@ -30,17 +30,19 @@ from lsr.sparse import SparseBatch
 T = TypeVar("T")
 
 
-def repair_collection(path: Path, salvage: bool = False, progress: bool = False) -> list[str]:
+def repair_collection(path: Path, salvage: bool = False, progress: bool = False,
+                      bm25_legs: dict | None = None) -> list[str]:
     """Rebuild every index; returns what was done. Raises CorruptFileError if a source file is damaged (with
     ``salvage``, a journal damaged in the middle first keeps its whole records: ``journal_salvage``), and
     FolderBusyError while an ``lsr index``, another repair or a write is under way in the collection. ``progress``:
-    a bar with an ETA for each index rebuilt (on stderr)."""
+    a bar with an ETA for each index rebuilt (on stderr). ``bm25_legs``: one dict passed to the repairs of every
+    shard of a sharded collection, so the collection-wide BM25 leg they are cut from is built once."""
     meta = read_meta(path)  # a missing or foreign folder fails here, before the lock would create it
     with exclusive_folder(path):
-        return _rebuild(path, meta, salvage, progress)
+        return _rebuild(path, meta, salvage, progress, bm25_legs)
 
 
-def _rebuild(path: Path, meta: dict, salvage: bool, progress: bool) -> list[str]:
+def _rebuild(path: Path, meta: dict, salvage: bool, progress: bool, bm25_legs: dict | None) -> list[str]:
     from lsr.index import InvertedIndex
 
     damaged = build_file_problems(path, meta, skip=BM25_DIR)
@@ -89,7 +91,7 @@ def _rebuild(path: Path, meta: dict, salvage: bool, progress: bool) -> list[str]
     if meta.get("bm25") and "sharding" in meta:  # scored with the whole collection's statistics
         from lsr.ingest.sharded_build import rebuild_shard_bm25
 
-        rebuild_shard_bm25(path, meta, progress)
+        rebuild_shard_bm25(path, meta, progress, bm25_legs)
     elif meta.get("bm25"):
         with progress_bar("bm25", meta["n_docs"], enabled=progress) as bar:
             build_bm25(path, meta["shards"], bar.update)

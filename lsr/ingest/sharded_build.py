@@ -77,8 +77,10 @@ def global_bm25_legs(folders: list[Path], n_parts: int, on_chunk: Callable[[int]
     return Bm25Index.build_from(chunks(), workers or usable_cpus(), on_chunk).split(sizes)
 
 
-def rebuild_shard_bm25(path: Path, meta: dict, progress: bool = False) -> list[Path]:
-    """``lsr repair`` of one shard's BM25 leg: cut again from a leg over every shard's texts, as the build did."""
+def rebuild_shard_bm25(path: Path, meta: dict, progress: bool = False, legs_of: dict | None = None) -> list[Path]:
+    """``lsr repair`` of one shard's BM25 leg: cut again from a leg over every shard's texts, as the build did.
+    ``legs_of`` (sharded collection → its legs) keeps them for the next shard of one repair of every shard, which
+    built the whole collection's leg once a shard."""
     from lsr.ingest.sharding import is_sharded, read_shard_map
     from lsr.search.bm25_index import BM25_DIR
 
@@ -88,9 +90,13 @@ def rebuild_shard_bm25(path: Path, meta: dict, progress: bool = False) -> list[P
                          "no lsr-shards.json; repair it inside its sharded collection")
     folders = read_shard_map(root).paths(root)
     _check_sibling_texts(folders)
-    total = sum(read_meta(folder)["n_docs"] for folder in folders)
-    with progress_bar("bm25 (every shard's texts)", total, enabled=progress) as bar:
-        legs = global_bm25_legs(folders, meta["shards"], bar.update)
+    legs = (legs_of or {}).get(root)
+    if legs is None:
+        total = sum(read_meta(folder)["n_docs"] for folder in folders)
+        with progress_bar("bm25 (every shard's texts)", total, enabled=progress) as bar:
+            legs = global_bm25_legs(folders, meta["shards"], bar.update)
+        if legs_of is not None:
+            legs_of[root] = legs
     return legs[meta["sharding"]["shard"]].save(path / BM25_DIR)
 
 
