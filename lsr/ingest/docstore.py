@@ -192,8 +192,8 @@ class DocStore:
             text = self._written(doc_id, missing)
             if text is not missing:
                 out.append(text)
-            elif doc_id in where:
-                part, row = where[doc_id] >> ROW_BITS, where[doc_id] & ROW_MASK
+            elif (at := where.get(doc_id)) is not None:
+                part, row = at >> ROW_BITS, at & ROW_MASK
                 out.append(self._parts.row_group(part, row // DOC_ROW_GROUP)[row % DOC_ROW_GROUP])
             else:
                 out.append(None)

@@ -47,6 +47,8 @@ from lsr.ingest.corpus import parquet_batches
 from lsr.ingest.docstore import DOC_ROW_GROUP
 from lsr.sparse import SparseBatch
 
+DOC_CHUNK = 10_000  # documents a BM25 build tokenises at a time
+
 FORMAT = 2  # 2: journal, per-file crc32s, sealed lsr.json, versioned dense files
 META_FILE = "lsr.json"
 RAY_INPUT = ".lsr-input"  # the ids and texts a Ray build stages for its encoder actors (lsr.ingest.ray_engine)
@@ -101,7 +103,7 @@ class Rereadable:
                 self.on_chunk(len(ids))
 
 
-def doc_chunks(out: Path, n_shards: int, rows: int = 10_000) -> Iterator[tuple[list[str], list[str]]]:
+def doc_chunks(out: Path, n_shards: int, rows: int = DOC_CHUNK) -> Iterator[tuple[list[str], list[str]]]:
     """Every build document's (ids, texts), about ``rows`` at a time, in shard order (what the BM25 leg is built
     from: a chunk at a time, never the whole corpus's texts)."""
     for shard in range(n_shards):

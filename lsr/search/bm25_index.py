@@ -22,14 +22,13 @@ import numpy as np
 
 from lsr.encode.cpu_share import usable_cpus
 from lsr.files import NUMPY_LOADS, atomic_write, write_json_atomic
-from lsr.ingest.layout import doc_chunks
+from lsr.ingest.layout import DOC_CHUNK, doc_chunks
 from lsr.search.bm25_build import Bm25Builder, bm25s_module, counted_chunks, tokenize
 
 BM25_DIR = "bm25"
 IDS_FILE = "ids.json"
 STATS_FILE = "stats.json"
 DOC_FREQS_FILE = "doc_freqs.npy"
-BUILD_CHUNK = 10_000  # documents tokenised at a time by a build
 DESCRIPTION = "bm25s (lucene, k1=1.5, b=0.75) + English stopwords + PyStemmer Snowball English"
 
 
@@ -173,5 +172,5 @@ def _same_lengths(chunks: Iterable[tuple[Sequence[str], Sequence[str]]]):
         yield ids, texts
 
 
-def _chunked(items: Sequence, size: int = BUILD_CHUNK) -> Iterator[Sequence]:
+def _chunked(items: Sequence, size: int = DOC_CHUNK) -> Iterator[Sequence]:
     return (items[start : start + size] for start in range(0, len(items), size))
