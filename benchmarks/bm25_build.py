@@ -4,6 +4,7 @@ its leg before). Both compute the same scores; each runs in a fresh process.
 
     python benchmarks/bm25_build.py                     # 1M documents (SciFact's texts, repeated), about 8 minutes
     python benchmarks/bm25_build.py --docs 100000 --note "quick run"
+    python benchmarks/bm25_build.py --one-core-busy   # beside a busy loop pinned to one core
 
 The corpus repeats SciFact's 5,183 texts, each with one extra word of 100,000 (so the vocabulary grows as a
 real corpus's does), written as a collection's docs files of 10,000 documents. Writes
@@ -104,12 +105,17 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--shards", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--one-core-busy", action="store_true",
+                        help="run beside a busy loop pinned to one core (results under bm25_build-one-core-busy)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.folder, args.shards)))
         return
+    from encode import contention
+
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contention("one core busy" if args.one_core_busy else "quiet",
+                                                          Path(tmp)):
         shards = write_docs(Path(tmp), args.beir, args.docs)
         for system in SYSTEMS:
             done = subprocess.run([sys.executable, __file__, "--child", system, "--folder", tmp,
@@ -127,7 +133,8 @@ def main() -> None:
              f"{r['worker_peak_mb']:,.0f}" if r["worker_peak_mb"] else "-", f"{r['seconds']:.1f}",
              "yes" if same else "NO"] for r in runs]
     load = os.getloadavg()[0]
-    write_table(args.out, "bm25_build", "Building the BM25 leg: peak memory and time",
+    write_table(args.out, "bm25_build" + ("-one-core-busy" if args.one_core_busy else ""),
+                "Building the BM25 leg: peak memory and time" + (", one core busy" if args.one_core_busy else ""),
                 f"{args.docs:,} documents (SciFact's texts repeated, one extra word each of 100,000), in docs files of "
                 f"{SHARD_DOCS:,}; fresh process per row, one run each. `before MB`: RSS as the build starts (imports); "
                 f"`bytes/doc`: what the build added to it, per document; `worker peak MB`: the largest tokenising "
