@@ -18,7 +18,7 @@ import pytest
 
 from lsr.cli import main as cli_main
 from lsr.cli.main import VERBS
-from lsr.encode.models import resolve_model
+from lsr.encode.models import model_content_key, resolve_model
 from lsr.eval.runs import read_qrels_file, read_topics, read_trec_run
 
 DOCS = {
@@ -58,6 +58,32 @@ def test_pre_encoded_vectors_index_to_the_same_collection(collections, capsys):
     assert direct["fields"] == ["contents"] and direct["settings"]["id_field"] == "id"
     assert pre["checksums"]["sparse"] == direct["checksums"]["sparse"]
     assert pre["checksums"]["docs"] == direct["checksums"]["docs"]  # the texts travel in the vectors file
+
+
+def test_pre_encoded_vectors_need_the_models_terms_not_its_weights(corpus, collections, tmp_path, capsys):
+    """The build loaded the SPLADE weights only to read the vocabulary: a decoder backbone's many GB on a machine
+    that encodes nothing. A folder without its weights now indexes the file to the same collection; one whose
+    config names no vocabulary head (a dense model) still loads the encoder, which refuses it in one line."""
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model("splade-tiny"), model)
+    vectors = str(tmp_path / "vectors.parquet")
+    assert cli_main(["encode", "--input", str(corpus), "--output", vectors, "--model", str(model), "--quiet"]) == 0
+    encoded_by = model_content_key(str(model))
+    for weights in ("model.safetensors", "heads.pt"):
+        (model / weights).unlink()
+    assert cli_main(["index", vectors, str(tmp_path / "c"), "--pre-encoded", "--dense", "none", "--quiet"]) == 0
+    built, pre = (json.loads((folder / "lsr.json").read_text()) for folder in (tmp_path / "c", collections["pre"]))
+    assert built["checksums"]["sparse"] == pre["checksums"]["sparse"]
+    assert built["model_content"] == encoded_by  # the folder that encoded the file, not the weightless one here
+    assert (tmp_path / "c" / "vocab.json").read_bytes() == (collections["pre"] / "vocab.json").read_bytes()
+    minilm = tmp_path / "minilm-named"
+    shutil.copytree(resolve_model("minilm"), minilm)
+    table = pq.read_table(vectors)  # a file that says a dense model encoded it
+    meta = {**table.schema.metadata, b"lsr.model": str(minilm).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "dense-named.parquet")
+    assert cli_main(["index", str(tmp_path / "dense-named.parquet"), str(tmp_path / "d"), "--pre-encoded",
+                     "--dense", "none", "--quiet"]) == 2
+    assert "not a SPLADE model" in capsys.readouterr().err
 
 
 def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):

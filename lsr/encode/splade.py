@@ -24,6 +24,7 @@ from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, model_max_tokens, report_trun
 from lsr.encode.idf import idf_of_index
 from lsr.encode.models import check_tokenizer_fits, document_length, load_with_hint, quiet_loader, resolve_model
 from lsr.encode.st_folder import ACTIVATIONS, Prompts, read_prompts, read_splade_pooling, with_prompt
+from lsr.encode.terms import load_tokenizer, vocabulary_of
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
 from lsr.kernels import splade_max_pool
@@ -72,15 +73,6 @@ def output_projection_attached(model: torch.nn.Module):
         yield model
     finally:
         setattr(module, child_name, torch.nn.Identity())
-
-
-def vocabulary_of(tokenizer: Any, vocab_size: int) -> list[str]:
-    """Token string per term id; ids the tokenizer does not name (padding rows of the head) get a placeholder."""
-    vocab = [""] * vocab_size
-    for token, i in tokenizer.get_vocab().items():
-        if 0 <= i < vocab_size:
-            vocab[i] = token
-    return [token or f"[unused:{i}]" for i, token in enumerate(vocab)]
 
 
 def sparse_rows(pooled: torch.Tensor, top_k: int | None, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -445,11 +437,7 @@ class InferenceFreeQueryEncoder:
         """IDF from (in order): the ``idf`` argument (weights, or a function that gives the current ones), ``idf.json``
         in the model folder, the ``index``'s document frequencies as they are at each encode."""
         folder = resolve_model(name_or_path)
-        tokenizer = native_bert.load_tokenizer(folder) if os.path.isdir(folder) else None
-        if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
+        tokenizer = load_tokenizer(name_or_path)
         vocab_size = len(tokenizer.get_vocab())
         table_path = idf_table_path(folder)
         if idf is None and table_path is not None:

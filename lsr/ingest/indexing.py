@@ -68,6 +68,9 @@ class IndexOptions:
     shards: int = 1  # > 1: a sharded collection (lsr.ingest.sharded_build), documents routed by shard_of(id)
     # a vectors file's own device and dtype ({} where it does not say: files of older versions), set as it is opened
     pre_encoded_with: dict[str, str] | None = None
+    # what the model folder held when it encoded the file (None where the file does not say), set as it is opened:
+    # the collection records it, not what the folder holds here (a folder with no weights serves a pre-encoded build)
+    pre_encoded_content: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_length is None:  # resolved here, so the collection and a resume record the length used
@@ -120,7 +123,8 @@ class IndexOptions:
         stops at a bad row in the prefix as it should.
         """
         out = asdict(self)
-        for how in ("threads", "on_error", "device", "dtype", "pre_encoded_with"):  # the last: under "precision"
+        # the vectors file's own device and dtype are under "precision"; its content key is read again at a resume
+        for how in ("threads", "on_error", "device", "dtype", "pre_encoded_with", "pre_encoded_content"):
             out.pop(how)
         out["fields"] = list(self.fields)
         if self.shards == 1:  # unsharded settings stay as they were (``_changes`` reads a missing count as 1)
@@ -409,6 +413,7 @@ def _reader(source: Path, options: IndexOptions) -> CorpusReader:
     if options.bm25 and not reader.has_text:  # a BM25 leg of empty texts found nothing, and auto fused it in
         raise ValueError(f"{source} has no text column to build the BM25 leg from; pass --bm25 none")
     options.pre_encoded_with = reader.encoded_with or {}  # the summary said this machine's "cpu: SPLADE fp32"
+    options.pre_encoded_content = reader.model_content
     return reader
 
 
@@ -511,12 +516,17 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
 def load_encoders(options: IndexOptions) -> tuple:
     """(SpladeEncoder, DenseEncoder or None): SPLADE documents of ``options.max_length`` tokens, dense ones of
     the dense model's own ``max_seq_length`` (so the vectors equal sentence-transformers'). A build encodes no
-    query, so on a GPU the SPLADE encoder compiles and warms up no length past the documents'."""
+    query, so on a GPU the SPLADE encoder compiles and warms up no length past the documents'. A pre-encoded
+    build gets the SPLADE model's terms (``lsr.encode.terms``) in place of its encoder where its folder allows."""
     from lsr.encode.splade import SpladeEncoder
+    from lsr.encode.terms import model_terms
 
     how = options.encoding()
-    sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length,
-                                           query_max_length=options.max_length, device=how["device"], dtype=how["dtype"])
+    sparse = model_terms(options.model) if options.pre_encoded else None
+    if sparse is None:
+        sparse = SpladeEncoder.from_pretrained(options.model, max_length=options.max_length,
+                                               query_max_length=options.max_length, device=how["device"],
+                                               dtype=how["dtype"])
     dense = None
     if options.dense_model:
         from lsr.encode.dense import DenseEncoder
@@ -532,7 +542,8 @@ def encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: IndexO
     On CPU a sub-chunk is four batches (about a second here): enough for every single-threaded worker to
     take a length-sorted batch. A GPU gets 64 batches at a time, so its pipeline stays full.
     """
-    step = options.batch_size * (64 if sparse_encoder.device.type == "cuda" else 4)
+    on_gpu = not options.pre_encoded and sparse_encoder.device.type == "cuda"
+    step = options.batch_size * (64 if on_gpu else 4)
     sparse_parts, dense_parts, truncated = [], [], []
     for start in range(0, len(block), step):
         texts = block.texts[start : start + step]
@@ -618,7 +629,7 @@ def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTim
         "model": options.model,
         "dense_model": options.dense_model,
         # what a local model folder held (None for bundled names and hub ids): searches warn once it changes
-        "model_content": model_content_key(options.model),
+        "model_content": options.pre_encoded_content or model_content_key(options.model),
         "dense_model_content": options.dense_model and model_content_key(options.dense_model),
         "bm25": BM25_DESCRIPTION if options.bm25 else None,
         "max_length": options.max_length,

@@ -2,8 +2,9 @@
 
 One row per document: ``id``, ``text``, ``indices: list<int32>``, ``values: list<float32>``, ``truncated: bool``
 (cut at the document length). The schema metadata names the model and its document length, so the index built from
-the file searches with the same model, and the device and dtype it was encoded on, which the collection records; the
-vocabulary is not repeated in the file (the model has it).
+the file searches with the same model; what a model folder held when it encoded the file (its content key), so a
+search warns once the folder has changed since; and the device and dtype it was encoded on, which the collection
+records. The vocabulary is not repeated in the file (the model has it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lsr.encode.inputs import dtype_name
-from lsr.encode.models import document_length, lasting_name
+from lsr.encode.models import document_length, lasting_name, model_content_key
 from lsr.files import atomic_write
 from lsr.ingest.corpus import BadRowError, CorpusReader, DocChunk, parquet_batches
 from lsr.ingest.progress import progress_bar, quiet_logger, update_total
@@ -26,6 +27,7 @@ from lsr.sparse import VOCAB_SIZE_KEY, SparseBatch
 MODEL_KEY = b"lsr.model"
 MAX_LENGTH_KEY = b"lsr.max_length"
 ENCODED_WITH_KEY = b"lsr.encoded_with"  # {"device", "dtype"} as JSON
+MODEL_CONTENT_KEY = b"lsr.model_content"  # models.model_content_key of a local folder; absent for bundled and hub names
 _COLUMNS = ("id", "indices", "values")
 _ROWS = 8192  # rows read at a time
 
@@ -54,6 +56,9 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
                                             dtype=dtype)  # documents only: a GPU warms up no longer length
     summary = EncodeSummary(0)
     encoded_with = json.dumps({"device": str(encoder.device), "dtype": dtype_name(encoder.weight.dtype)})
+    content = model_content_key(model)
+    file_metadata = {MODEL_KEY: lasting_name(model).encode(), MAX_LENGTH_KEY: str(max_length).encode(),
+                     ENCODED_WITH_KEY: encoded_with.encode(), **({MODEL_CONTENT_KEY: content.encode()} if content else {})}
 
     def write(fh) -> None:
         writer = None
@@ -66,9 +71,7 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
                         vectors, info = encoder.encode_documents(part.texts, batch_size=batch_size, return_info=True)
                         table = vectors.to_arrow(part.ids).append_column("text", pa.array(part.texts, pa.string()))
                         table = table.append_column("truncated", pa.array(info.truncated.tolist(), pa.bool_()))
-                        table = table.replace_schema_metadata({**table.schema.metadata, MODEL_KEY: lasting_name(model).encode(),
-                                                               MAX_LENGTH_KEY: str(max_length).encode(),
-                                                               ENCODED_WITH_KEY: encoded_with.encode()})
+                        table = table.replace_schema_metadata({**table.schema.metadata, **file_metadata})
                         writer = writer or pq.ParquetWriter(fh, table.schema, compression="zstd")
                         writer.write_table(table)
                         summary.docs += len(part)
@@ -114,6 +117,13 @@ class VectorFileReader(CorpusReader):
     def model(self) -> str | None:
         """The model that encoded the vectors, if the file says."""
         return self.metadata[MODEL_KEY].decode() if MODEL_KEY in self.metadata else None
+
+    @property
+    def model_content(self) -> str | None:
+        """What the model folder held when it encoded the vectors (``model_content_key``), if the file says: files
+        of bundled or hub models, and of older versions, do not."""
+        found = self.metadata.get(MODEL_CONTENT_KEY, b"").decode("ascii", "replace")
+        return found if len(found) == 64 and all(c in "0123456789abcdef" for c in found) else None
 
     @property
     def encoded_with(self) -> dict[str, str] | None:

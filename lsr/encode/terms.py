@@ -1,0 +1,70 @@
+"""A SPLADE model's term space (its vocabulary size and the token of every term id), read from its tokenizer and
+config.json without loading its weights.
+
+Why: indexing vectors that were encoded elsewhere (`lsr index --pre-encoded`) needs only the model's terms, to
+check the file against them and to name them in the collection. Loading the weights for that cost a decoder
+backbone's many GB of memory on a machine that encodes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from lsr.encode.models import load_with_hint, resolve_model
+
+# config.json architectures whose head projects onto the vocabulary, as SpladeEncoder.from_pretrained loads them
+VOCABULARY_HEADS = ("ForMaskedLM", "ForCausalLM", "LMHeadModel")
+
+
+@dataclass(frozen=True)
+class ModelTerms:
+    """What an index needs of a SPLADE model that encodes nothing: its name, vocabulary size and token per id."""
+
+    name: str
+    vocab_size: int
+    vocab: list[str]
+
+
+def vocabulary_of(tokenizer: Any, vocab_size: int) -> list[str]:
+    """Token string per term id; ids the tokenizer does not name (padding rows of the head) get a placeholder."""
+    vocab = [""] * vocab_size
+    for token, i in tokenizer.get_vocab().items():
+        if 0 <= i < vocab_size:
+            vocab[i] = token
+    return [token or f"[unused:{i}]" for i, token in enumerate(vocab)]
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """The model's tokenizer alone: a plain BERT WordPiece folder without importing transformers (the tokenizer
+    ``native_bert`` loads with its model, and the same one transformers would build), else transformers'."""
+    from lsr.encode import native_bert
+
+    folder = resolve_model(name_or_path)
+    tokenizer = native_bert.load_tokenizer(folder) if os.path.isdir(folder) else None
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
+    return tokenizer
+
+
+def model_terms(name_or_path: str) -> ModelTerms | None:
+    """The terms of a model folder on disk (local, bundled or a cached hub snapshot) whose config.json names a
+    vocabulary head and states ``vocab_size``; None otherwise: load the encoder, whose loader then downloads the
+    model or says what is wrong with it."""
+    folder = resolve_model(name_or_path)
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    size, heads = config.get("vocab_size"), config.get("architectures") or []
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 \
+            or not any(str(name).endswith(VOCABULARY_HEADS) for name in heads):
+        return None
+    return ModelTerms(str(name_or_path), size, vocabulary_of(load_tokenizer(name_or_path), size))
