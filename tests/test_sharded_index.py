@@ -169,10 +169,29 @@ def test_repairing_a_shard_rebuilds_it_with_the_collection_wide_statistics(shard
     sparse_before = Collection.open(shard).sparse.checksum
     shutil.rmtree(shard / "bm25")
     shutil.rmtree(shard / "sparse")
-    repair_collection(shard)
+    assert "rebuilt the BM25 leg from every shard's build texts" in repair_collection(shard)
     repaired = Collection.open(shard)  # checks the rebuilt BM25 files against the crc32s the build recorded
     assert repaired.sparse.checksum == sparse_before
     assert repaired.view().bm25_search(["cancer"], 3) == Collection.open(sharded / "shard-001").view().bm25_search(["cancer"], 3)
+
+
+def test_a_shards_rebuilt_bm25_leg_is_checked_against_its_recorded_crc32s(sharded, tmp_path):
+    """A plain collection's repair compared its rebuilt BM25 files with the crc32s the build recorded; a shard's did
+    not, and reported the repair done (only a later open or verify said the leg was wrong)."""
+    import shutil
+
+    from lsr.files import CorruptFileError, sealed, write_json_atomic
+    from lsr.ingest.layout import META_FILE, read_meta
+    from lsr.ingest.repair import repair_collection
+
+    shard = tmp_path / "col" / "shard-000"
+    shutil.copytree(sharded, tmp_path / "col")
+    meta = read_meta(shard)
+    record = next(r for r in meta["files"] if r["file"] == "bm25/doc_freqs.npy")
+    record["crc32"] ^= 1  # the build recorded other files than the texts now give
+    write_json_atomic(shard / META_FILE, sealed({k: v for k, v in meta.items() if k != "crc32"}))
+    with pytest.raises(CorruptFileError, match="the rebuilt BM25 leg differs from the one recorded .*doc_freqs.npy"):
+        repair_collection(shard)
 
 
 def test_repairing_every_shard_builds_the_collection_wide_bm25_leg_once(sharded, tmp_path, capsys):

@@ -88,18 +88,20 @@ def _rebuild(path: Path, meta: dict, salvage: bool, progress: bool, bm25_legs: d
             (path / "dense" / MANIFEST).unlink(missing_ok=True)  # stop the new save; a sound one stays till replaced
         dense.save(path / "dense", journal_seq=last)
         done.append(f"rebuilt the dense index: {len(dense):,} documents")
-    if meta.get("bm25") and "sharding" in meta:  # scored with the whole collection's statistics
-        from lsr.ingest.sharded_build import rebuild_shard_bm25
+    if meta.get("bm25"):
+        if "sharding" in meta:  # scored with the whole collection's statistics
+            from lsr.ingest.sharded_build import rebuild_shard_bm25
 
-        rebuild_shard_bm25(path, meta, progress, bm25_legs)
-    elif meta.get("bm25"):
-        with progress_bar("bm25", meta["n_docs"], enabled=progress) as bar:
-            build_bm25(path, meta["shards"], bar.update)
+            rebuild_shard_bm25(path, meta, progress, bm25_legs)
+        else:
+            with progress_bar("bm25", meta["n_docs"], enabled=progress) as bar:
+                build_bm25(path, meta["shards"], bar.update)
         differs = build_file_problems(path, meta, under=BM25_DIR)
         if differs:
             raise CorruptFileError(f"the rebuilt BM25 leg differs from the one recorded ({differs[0]}); "
                                    "re-index with `lsr index --overwrite`")
-        done.append("rebuilt the BM25 leg from the build's texts")
+        done.append("rebuilt the BM25 leg from " + ("every shard's build texts" if "sharding" in meta
+                                                    else "the build's texts"))
     if meta.get("bm25") and _record_bm25_statistics(path, meta):
         done.append("recorded the BM25 leg's statistics: it now finds the documents upserted since the build")
     if meta.get("bm25") and live and Collection._load(path, read_meta(path)).save_bm25_leg():
