@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import (NUMPY_LOADS, CorruptFileError, atomic_write, canonical_json, crc32_file, file_record, fsync_dir,
-                       parquet_ids)
+from lsr.files import (NUMPY_LOADS, CorruptFileError, atomic_write, canonical_json, crc32_file, each_problem,
+                       file_record, fsync_dir, parquet_ids)
 
 FORMAT = "lsr-inverted-index"
 FORMAT_VERSION = 1
@@ -153,13 +153,8 @@ def file_problems(directory: Path, manifest: dict) -> list[str]:
     """Full check of every file the manifest names: one message per missing or damaged file."""
     records = ([manifest["vocab"]] if manifest.get("vocab") else []) + [
         record for seg in manifest["segments"] for record in seg["files"].values()]
-    problems = []
-    for record in sorted(records, key=lambda r: r["file"]):
-        try:
-            check_file(directory, record, full=True)
-        except CorruptIndexError as exc:
-            problems.append(str(exc))
-    return problems
+    return each_problem(sorted(records, key=lambda r: r["file"]),
+                        lambda record: check_file(directory, record, full=True), CorruptIndexError)
 
 
 def remove_unreferenced(directory: Path, manifest: dict) -> None:

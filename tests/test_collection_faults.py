@@ -70,6 +70,23 @@ def test_damage_to_any_file_is_found_by_open_and_verify_naming_the_file(written,
         shutil.rmtree(col)
 
 
+def test_verify_names_every_damaged_file_at_once_in_order(written, tmp_path):
+    """Files are checksummed on several threads (``lsr.files.each_problem``): every damaged one is still named once,
+    in the order of the collection's records, and the first names the file open refuses."""
+    from lsr.ingest.layout import read_meta
+
+    col = _copy(written, tmp_path / "col")
+    damaged = [r["file"] for r in read_meta(col)["files"] if not r["file"].startswith("bm25/")]
+    assert len(damaged) >= 3, damaged
+    for name in damaged:
+        _flip(col / name)
+    problems = [p for p in verify_collection(col).problems if "crc32" in p]
+    named = [next(name for name in damaged if str(col / name) in p) for p in problems]
+    assert named == damaged, problems
+    with pytest.raises(CorruptFileError, match=re.escape(str(col / damaged[0]))):
+        Collection.open(col)
+
+
 def test_verify_is_clean_on_an_intact_collection(written, capsys):
     assert main(["verify", str(written)]) == 0
     assert "is intact" in capsys.readouterr().out

@@ -41,8 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import (CorruptFileError, FolderBusyError, atomic_write, check_record, file_sha256, folder_busy,
-                       read_sealed_json, sealed, write_json_atomic)
+from lsr.files import (CorruptFileError, FolderBusyError, atomic_write, check_record, each_problem, file_sha256,
+                       folder_busy, read_sealed_json, sealed, write_json_atomic)
 from lsr.ingest.corpus import parquet_batches
 from lsr.ingest.docstore import DOC_ROW_GROUP
 from lsr.sparse import SparseBatch
@@ -202,13 +202,9 @@ def write_search_defaults(path: Path, defaults: dict) -> None:
 def build_file_problems(path: Path, meta: dict, *, under: str | None = None, skip: str | None = None) -> list[str]:
     """The build's files (vectors, docs, embeddings, BM25) checked against their recorded crc32s; ``under`` /
     ``skip`` keep / leave out the files in one folder."""
-    problems = []
-    for record in meta["files"]:
+    def kept(record: dict) -> bool:
         folder = record["file"].split("/", 1)[0]
-        if (under is not None and folder != under) or (skip is not None and folder == skip):
-            continue
-        try:
-            check_record(path, record)
-        except CorruptFileError as exc:
-            problems.append(str(exc))
-    return problems
+        return (under is None or folder == under) and (skip is None or folder != skip)
+
+    return each_problem([r for r in meta["files"] if kept(r)], lambda record: check_record(path, record),
+                        CorruptFileError)
