@@ -184,6 +184,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.verb == "pack":
         pack(args.kit, args.beir_dir)
+    elif not (args.kit / "models").is_dir():  # a bare traceback named one missing model file
+        parser.error(f"{args.kit} holds no packed kit: run `python benchmarks/device_kit.py pack` here, then carry "
+                     f"{KIT.name} to the device")
     else:
         unpack(args.kit, args.root, wheels=not args.no_wheels)
 

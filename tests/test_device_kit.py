@@ -42,3 +42,17 @@ def test_a_packed_model_is_smaller_and_decodes_to_the_bundled_weights(kit, tmp_p
     original = load_file(weights)
     assert back.keys() == original.keys()
     assert all(torch.equal(back[k], original[k].to(torch.bfloat16).to(original[k].dtype)) for k in original)
+
+
+def test_unpacking_where_no_kit_was_packed_says_to_pack_it_in_one_line(tmp_path):
+    """It was a traceback naming one missing model file, on a device whose time is counted."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "device_kit.py"
+    result = subprocess.run([sys.executable, str(script), "unpack", str(tmp_path / "kit")], capture_output=True,
+                            text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"device_kit.py: error: {tmp_path / 'kit'} holds no packed kit: run `python benchmarks/device_kit.py pack` "
+        "here, then carry .device-kit to the device")
