@@ -149,7 +149,7 @@ def _integer_query(weights, term_max):
 @njit(cache=True, nogil=True)
 def search_taat(terms, weights, scale, integer_impacts, term_df, term_max, term_blocks, block_posts, block_base,
                 block_last, post_delta, post_imp, doc_ptr, doc_terms, doc_imp, deleted, window, acc_int, acc_float,
-                qdense, base_id, hs, hd, hn):
+                qdense, base_id, hs, hd, hn, bound_factor):
     """One segment's term-at-a-time search with its per-query set-up compiled too.
 
     Scales the query to stored impact units (float32, like the other kernels), derives integer
@@ -171,10 +171,12 @@ def search_taat(terms, weights, scale, integer_impacts, term_df, term_max, term_
     qweights, q_scale, q_err, ok = _integer_query(w, tmax)
     if integer_impacts and ok:
         _taat(terms, qweights, w, q_scale, q_err, term_blocks, block_posts, block_base, block_last, post_delta,
-              post_imp, tmax, doc_ptr, doc_terms, doc_imp, deleted, window, acc_int, qdense, base_id, hs, hd, hn)
+              post_imp, tmax, doc_ptr, doc_terms, doc_imp, deleted, window, acc_int, qdense, base_id, hs, hd, hn,
+              np.float64(bound_factor))
     else:
         _taat(terms, w, w, 1.0, 0.0, term_blocks, block_posts, block_base, block_last, post_delta, post_imp,
-              tmax, doc_ptr, doc_terms, doc_imp, deleted, window, acc_float, qdense, base_id, hs, hd, hn)
+              tmax, doc_ptr, doc_terms, doc_imp, deleted, window, acc_float, qdense, base_id, hs, hd, hn,
+              np.float64(bound_factor))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -236,7 +238,7 @@ def _skip_window(b, e, p, lo, hi, block_posts, block_base, block_last, post_delt
 @njit(cache=True, nogil=True)
 def _taat(terms, qweights, weights, q_scale, q_err, term_blocks, block_posts, block_base, block_last,
           post_delta, post_imp, term_max, doc_ptr, doc_terms, doc_imp, deleted, window, acc, qdense, base_id,
-          hs, hd, hn):
+          hs, hd, hn, factor):
     """Term-at-a-time scoring in cache-sized doc windows with MaxScore, exact top-k by rescoring.
 
     Each window of ``window`` docs is scored into ``acc`` (``window + ACC_PAD`` slots, zeros,
@@ -252,6 +254,13 @@ def _taat(terms, qweights, weights, q_scale, q_err, term_blocks, block_posts, bl
     skipping whole blocks, and if its full value still reaches the cut it is rescored exactly from
     the forward store (float32 ``weights`` via ``qdense``, vocab-sized, zeros, left zeroed) and
     offered to the heap. Float impacts pass float ``qweights``/``acc``, ``q_scale`` 1, ``q_err`` 0.
+
+    ``factor`` (``bound_factor``) > 1 is the approximate mode: the low-bound terms are taken to add at most
+    1/factor of their bound, and terms worth up to factor x the usual share of the cut are left out. Fewer
+    postings are scattered and fewer candidates completed; a document that owes much of its score to those
+    terms can be missed. Every hit's score is still exact. (On 200,000 synthetic documents: factor 3 took
+    0.33 ms at recall@10 0.986, 5 took 0.29 ms at 0.936, exact 0.45 ms; block-max MaxScore's inflated
+    threshold had taken 3.9 ms for 0.55 at 1.2, since SPLADE's top scores lie within a few percent.)
     """
     n_docs = len(deleted)
     nq = len(terms)
@@ -273,18 +282,19 @@ def _taat(terms, qweights, weights, q_scale, q_err, term_blocks, block_posts, bl
     floor = np.zeros(1, acc.dtype)  # cut less the skipped terms' bound, in the accumulator's type
     cand = np.empty(_CANDIDATES, np.uint64)  # window slots that passed the floor, resolved in batches
     value = np.empty(_CANDIDATES, acc.dtype)  # their accumulator values, completed by _resolve
+    share = min(_NON_ESSENTIAL * factor, 0.9)
     for lo in range(0, n_docs, window):
         hi = min(lo + window, n_docs)
         skipped = 0.0
         n_skip = 0
-        while n_skip < nq - 1 and skipped + bound[order[n_skip]] <= cut[0] * _NON_ESSENTIAL:
+        while n_skip < nq - 1 and skipped + bound[order[n_skip]] <= cut[0] * share:
             skipped += bound[order[n_skip]]
             n_skip += 1
         for r in range(n_skip, nq):
             i = order[r]
             bc[i], pc[i] = _scatter_window(qweights[i], bc[i], be[i], pc[i], lo, hi, block_posts, block_base,
                                            block_last, post_delta, post_imp, acc)
-        floor[0] = max(0.0, cut[0] - skipped)
+        floor[0] = max(0.0, cut[0] - skipped / factor)
         c = floor[0]  # a local, so the scan stays a tight compare loop
         nc = 0
         span = np.uint64(hi - lo)
@@ -304,7 +314,7 @@ def _taat(terms, qweights, weights, q_scale, q_err, term_blocks, block_posts, bl
                                      block_base, block_last, post_delta, post_imp, cut, q_scale, q_err, doc_ptr,
                                      doc_terms, doc_imp, qdense, base_id, hs, hd, hn, vs, vd, vn)
                             nc = 0
-                        floor[0] = max(0.0, cut[0] - skipped)
+                        floor[0] = max(0.0, cut[0] - skipped / factor)
                         c = floor[0]
                         cand[nc] = j
                         value[nc] = v
