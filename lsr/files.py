@@ -26,7 +26,6 @@ from typing import IO, Any, Callable, Iterator
 
 
 NUMPY_LOADS = threading.Lock()
-CHECK_THREADS = min(4, len(os.sched_getaffinity(0)))  # files checksummed at once (``each_problem``)
 """Held around numpy's loads of saved arrays in stores that several threads of one process may open at once (the
 shards `lsr search` opens, each shard's background look): numpy parses each array's header with
 ``ast.literal_eval``, and CPython 3.11 can fail a parse that overlaps another thread's ("SystemError: AST constructor
@@ -162,6 +161,8 @@ def file_sha256(path: Path) -> str:
 
 
 CRC_BLOCK = 1 << 20
+# files checksummed at once (``each_problem``): the CPUs this process may use, at most 4
+CHECK_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def crc32_file(path: Path, limit: int | None = None) -> int:
