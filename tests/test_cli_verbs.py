@@ -75,6 +75,17 @@ def test_pre_encoded_vectors_need_the_models_terms_not_its_weights(corpus, colle
     built, pre = (json.loads((folder / "lsr.json").read_text()) for folder in (tmp_path / "c", collections["pre"]))
     assert built["checksums"]["sparse"] == pre["checksums"]["sparse"]
     assert built["model_content"] == encoded_by  # the folder that encoded the file, not the weightless one here
+    table = pq.read_table(vectors)  # a file of an older version, which does not say what encoded it
+    pq.write_table(table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items()
+                                                  if k != b"lsr.model_content"}), tmp_path / "old.parquet")
+    assert cli_main(["index", str(tmp_path / "old.parquet"), str(tmp_path / "o"), "--pre-encoded", "--dense", "none",
+                     "--quiet"]) == 0  # the weightless folder's key made every later search warn of a changed model
+    assert json.loads((tmp_path / "o" / "lsr.json").read_text())["model_content"] is None
+    for tokenizer_file in ("tokenizer.json", "tokenizer_config.json"):  # transformers then makes a 5-token stand-in,
+        (model / tokenizer_file).unlink()  # which named 30,517 terms "[unused:i]"
+    assert cli_main(["index", vectors, str(tmp_path / "t"), "--pre-encoded", "--dense", "none", "--quiet"]) == 2
+    assert "knows 5 tokens for the model's 30,522 embedding rows: its folder lacks its tokenizer files" in \
+        capsys.readouterr().err
     assert (tmp_path / "c" / "vocab.json").read_bytes() == (collections["pre"] / "vocab.json").read_bytes()
     minilm = tmp_path / "minilm-named"
     shutil.copytree(resolve_model("minilm"), minilm)

@@ -3,6 +3,7 @@ between stores, and stores that disagree. Real SciFact documents, real models, r
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -85,6 +86,42 @@ def test_verify_names_every_damaged_file_at_once_in_order(written, tmp_path):
     assert named == damaged, problems
     with pytest.raises(CorruptFileError, match=re.escape(str(col / damaged[0]))):
         Collection.open(col)
+
+
+def test_ctrl_c_while_files_are_checksummed_stops_the_checks_within_a_read(tmp_path):
+    """Files are checked on several threads: a Ctrl-C (or an error from one check) waited for the files under way to
+    be read to their end, 7.8 s on 3 GB files, where checking one file at a time stopped at once."""
+    import signal
+    import threading
+
+    from lsr.files import check_record, each_problem
+
+    records = []
+    for i in range(8):
+        with open(tmp_path / f"f{i}", "wb") as fh:
+            fh.truncate(4 << 30)  # sparse: reading it costs memory bandwidth, not disk
+        records.append({"file": f"f{i}", "bytes": 4 << 30, "crc32": 1})
+    read_through, started = [], []
+
+    def check(record: dict) -> None:
+        started.append(record["file"])
+        try:
+            check_record(tmp_path, record)
+        except CorruptFileError:  # the whole file read: its crc32 is not 1
+            read_through.append(record["file"])
+            raise
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            each_problem(records, check, CorruptFileError)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert started and len(started) < len(records) and read_through == [], (started, read_through)
+    assert not [t for t in threading.enumerate() if t.name.startswith("lsr-check")]
 
 
 def test_verify_is_clean_on_an_intact_collection(written, capsys):

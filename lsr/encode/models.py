@@ -153,9 +153,13 @@ def check_tokenizer_fits(tokenizer: Any, model: Any) -> None:
     failed inside the forward at the first text holding one, so `lsr index` died partway; a far smaller one is a
     folder without its tokenizer files, which transformers answers with a 5-token stand-in that makes every word
     [UNK] and every vector noise."""
-    rows = model.get_input_embeddings().num_embeddings
+    check_tokenizer_rows(tokenizer, model.get_input_embeddings().num_embeddings,
+                         getattr(model, "name_or_path", "") or type(model).__name__)
+
+
+def check_tokenizer_rows(tokenizer: Any, rows: int, name: str) -> None:
+    """``check_tokenizer_fits`` against a row count (a config.json's ``vocab_size``: no weights loaded)."""
     tokens = len(tokenizer.get_vocab())
-    name = getattr(model, "name_or_path", "") or type(model).__name__
     if tokens > rows:
         raise ValueError(f"the tokenizer of {name} has {tokens:,} tokens, more than the model's {rows:,} embedding "
                          "rows; give the model its own tokenizer, or resize its embeddings (resize_token_embeddings)")

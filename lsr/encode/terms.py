@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from lsr.encode.models import load_with_hint, resolve_model
+from lsr.encode.models import check_tokenizer_rows, load_with_hint, resolve_model
 
 # config.json architectures whose head projects onto the vocabulary, as SpladeEncoder.from_pretrained loads them
 VOCABULARY_HEADS = ("ForMaskedLM", "ForCausalLM", "LMHeadModel")
@@ -67,4 +67,6 @@ def model_terms(name_or_path: str) -> ModelTerms | None:
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0 \
             or not any(str(name).endswith(VOCABULARY_HEADS) for name in heads):
         return None
-    return ModelTerms(str(name_or_path), size, vocabulary_of(load_tokenizer(name_or_path), size))
+    tokenizer = load_tokenizer(name_or_path)
+    check_tokenizer_rows(tokenizer, size, folder)  # a folder without tokenizer files gets a 5-token stand-in
+    return ModelTerms(str(name_or_path), size, vocabulary_of(tokenizer, size))

@@ -69,7 +69,8 @@ class IndexOptions:
     # a vectors file's own device and dtype ({} where it does not say: files of older versions), set as it is opened
     pre_encoded_with: dict[str, str] | None = None
     # what the model folder held when it encoded the file (None where the file does not say), set as it is opened:
-    # the collection records it, not what the folder holds here (a folder with no weights serves a pre-encoded build)
+    # the collection records it, not what the folder holds here (a folder with no weights serves a pre-encoded
+    # build, and its key would make every later search warn that the model changed)
     pre_encoded_content: str | None = None
 
     def __post_init__(self) -> None:
@@ -629,7 +630,9 @@ def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTim
         "model": options.model,
         "dense_model": options.dense_model,
         # what a local model folder held (None for bundled names and hub ids): searches warn once it changes
-        "model_content": options.pre_encoded_content or model_content_key(options.model),
+        # a pre-encoded build: what encoded the file, as it says (none for older files), not the folder here,
+        # which may lack the weights
+        "model_content": options.pre_encoded_content if options.pre_encoded else model_content_key(options.model),
         "dense_model_content": options.dense_model and model_content_key(options.dense_model),
         "bm25": BM25_DESCRIPTION if options.bm25 else None,
         "max_length": options.max_length,
