@@ -113,6 +113,14 @@ def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
                      "--quiet"]) == 0  # standard output, for a pipe (it wrote a file named "-")
     piped = capsys.readouterr()
     assert piped.out.splitlines() == lines and piped.err == "3 queries, 9 hits written to standard output\n"
+    some = tmp_path / "some.jsonl"
+    some.write_text(json.dumps({"_id": "q-none", "text": "the of and"}) + "\n"  # stopwords: BM25 finds nothing
+                    + json.dumps({"_id": "q-coffee", "text": QUERIES["q-coffee"]}) + "\n")
+    assert cli_main(["search", str(collections["pre"]), "--topics", str(some), "--output", str(tmp_path / "some.trec"),
+                     "--mode", "bm25", "--quiet"]) == 0
+    assert "1 of 2 queries found no document (q-none); the run has no line for them, so trec_eval leaves them out " \
+        "of its means unless run with -c (lsr eval scores them 0)" in capsys.readouterr().err
+    assert set(read_trec_run(tmp_path / "some.trec")) == {"q-coffee"}
     assert cli_main(["search", str(collections["pre"]), QUERIES["q-coffee"], "--k", "3", "--json"]) == 0
     single = json.loads(capsys.readouterr().out)
     assert [h["doc_id"] for h in single["hits"]] == list(run["q-coffee"])  # batch encoding pads: scores to float noise

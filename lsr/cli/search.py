@@ -98,10 +98,15 @@ def run(args: argparse.Namespace) -> int:
                                 hybrid=hybrid, prf=prf,
                                 tag=args.tag or f"lsr-{mode}", threads=args.threads or 1, progress=not args.quiet)
         if args.output == "-":  # the run went to standard output: the summary must not mix into it
-            print(f"{len(topics):,} queries, {written:,} hits written to standard output", file=sys.stderr)
+            print(f"{len(topics):,} queries, {written.hits:,} hits written to standard output", file=sys.stderr)
         else:
-            print(f"{len(topics):,} queries, {written:,} hits written to {args.output}; score it with: "
+            print(f"{len(topics):,} queries, {written.hits:,} hits written to {args.output}; score it with: "
                   f"lsr eval {args.output} QRELS")
+        if written.without_hits:
+            named = ", ".join(written.without_hits[:5]) + (", …" if len(written.without_hits) > 5 else "")
+            print(f"lsr search: note: {len(written.without_hits):,} of {len(topics):,} queries found no document "
+                  f"({named}); the run has no line for them, so trec_eval leaves them out of its means unless run "
+                  "with -c (lsr eval scores them 0)", file=sys.stderr)
         return 0
     interactive = not args.query and sys.stdin.isatty()
     if interactive:

@@ -6,6 +6,7 @@ import gzip
 import io
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -18,6 +19,15 @@ from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
 from lsr.sparse import short_repr
 
 CHUNK = 64  # queries encoded together
+
+
+@dataclass
+class WrittenRun:
+    """What ``search_topics`` wrote: hits, and the queries that found no document (a TREC run has no line for them,
+    so trec_eval leaves them out of its means unless run with -c)."""
+
+    hits: int = 0
+    without_hits: list[str] = field(default_factory=list)
 
 
 def topic_list(topics: Iterable[tuple[Any, str]]) -> list[tuple[str, str]]:
@@ -42,9 +52,9 @@ def topic_list(topics: Iterable[tuple[Any, str]]) -> list[tuple[str, str]]:
 
 def search_topics(searcher: Searcher, topics: Iterable[tuple[str, str]], output: str | Path, *, k: int = 1000,
                   mode: str = "sparse", hybrid: HybridOptions | None = None, prf: PrfOptions | None = None,
-                  tag: str = "lsr", threads: int = 1, progress: bool = True) -> int:
+                  tag: str = "lsr", threads: int = 1, progress: bool = True) -> WrittenRun:
     """Search every (qid, text) and write the run atomically (a stopped run leaves no half file), or to standard
-    output when ``output`` is ``-``; returns hits written."""
+    output when ``output`` is ``-``."""
     if any(c.isspace() for c in tag) or not tag:
         raise ValueError(f"the run tag must be one word, got {tag!r}")
     topics = topic_list(topics)
@@ -53,17 +63,18 @@ def search_topics(searcher: Searcher, topics: Iterable[tuple[str, str]], output:
     def search(chunk):
         return searcher.search_batch([text for _, text in chunk], k=k, mode=mode, hybrid=hybrid, prf=prf)
 
-    written = 0
+    written = WrittenRun()
 
     def write(fh) -> None:
-        nonlocal written
         text = io.TextIOWrapper(fh, encoding="utf-8", newline="\n")
         with progress_bar("search", len(topics), enabled=progress, unit="query") as bar, \
                 ThreadPoolExecutor(max(1, threads)) as pool:
             for chunk, results in zip(chunks, pool.map(search, chunks)):
                 for (qid, _), result in zip(chunk, results):
                     write_trec_run(text, qid, [(h.doc_id, h.score) for h in result.hits], tag)
-                    written += len(result.hits)
+                    written.hits += len(result.hits)
+                    if not result.hits:
+                        written.without_hits.append(qid)
                 bar.update(len(chunk))
         text.flush()
         text.detach()
