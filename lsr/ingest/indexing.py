@@ -543,8 +543,8 @@ def encode_block(block: DocChunk, sparse_encoder, dense_encoder, options: IndexO
     On CPU a sub-chunk is four batches (about a second here): enough for every single-threaded worker to
     take a length-sorted batch. A GPU gets 64 batches at a time, so its pipeline stays full.
     """
-    on_gpu = not options.pre_encoded and sparse_encoder.device.type == "cuda"
-    step = options.batch_size * (64 if on_gpu else 4)
+    encoding = dense_encoder if options.pre_encoded else sparse_encoder  # a pre-encoded build encodes dense only
+    step = options.batch_size * (64 if encoding is not None and encoding.device.type == "cuda" else 4)
     sparse_parts, dense_parts, truncated = [], [], []
     for start in range(0, len(block), step):
         texts = block.texts[start : start + step]
