@@ -161,13 +161,13 @@ def file_sha256(path: Path) -> str:
 
 
 CRC_BLOCK = 1 << 20
+# files checksummed at once (``each_problem``): the CPUs this process may use, at most 4
+CHECK_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 _CHECKING = threading.local()  # ``stop``: the Event of the ``each_problem`` call this worker thread runs a check for
 
 
 class _CheckStopped(Exception):
     """A check ``each_problem`` stopped mid-file: its caller was interrupted, or another check raised."""
-# files checksummed at once (``each_problem``): the CPUs this process may use, at most 4
-CHECK_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def crc32_file(path: Path, limit: int | None = None) -> int:
