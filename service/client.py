@@ -167,11 +167,13 @@ class Client:
         include_text: bool = False,
         explain: bool = False,
         timeout: float | None = None,
+        bound_factor: float = 1.0,
     ) -> SearchResult:
         """``prf``: PrfOptions, True (the server's stored PRF settings), or a mapping of PrfOptions fields set over
-        those."""
+        those. ``bound_factor`` > 1: the SPLADE leg searched approximately (``Searcher.search``)."""
         request = request_to_proto(
-            text, sparse, dense, k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text, explain=explain
+            text, sparse, dense, k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text, explain=explain,
+            bound_factor=bound_factor,
         )
         response = self._call(self._stub.Search, request, timeout)
         self.last_index_version = response.index_version
@@ -189,12 +191,13 @@ class Client:
         explain: bool = False,
         chunk_size: int = 256,
         timeout: float | None = None,
+        bound_factor: float = 1.0,
     ) -> list[SearchResult]:
         """Results in input order; long lists go as several requests of at most ``chunk_size`` texts,
         fewer for large k, so that each response stays a few MiB. A request whose response would pass the server's
         limit (the texts of the hits, or their explanations, count too) goes again as two halves."""
         texts = check_texts(query_list(texts))  # a None or a lone surrogate: protobuf's bare error named no text
-        fields = options_to_proto(k, mode, hybrid, prf)
+        fields = options_to_proto(k, mode, hybrid, prf, bound_factor)
         chunk_size = max(1, min(chunk_size, _HITS_PER_RESPONSE // max(1, k)))
         results: list[SearchResult] = []
         pending = [list(texts[start : start + chunk_size]) for start in range(0, len(texts), chunk_size)]

@@ -128,13 +128,13 @@ def result_to_proto(result: SearchResult, *, index_version: str, request_id: str
 
 # ---------------------------------------------------------------------------------------- client side
 def options_to_proto(
-    k: int, mode: str, hybrid: HybridOptions | None, prf: PrfOptions | Mapping | bool | None
+    k: int, mode: str, hybrid: HybridOptions | None, prf: PrfOptions | Mapping | bool | None, bound_factor: float = 1.0
 ) -> dict:
     """Fields shared by SearchRequest and SearchBatchRequest, checked as the Searcher checks them: k=0 would be
     proto3's "unset" (10 hits), and a bad option is one ValueError here rather than a server round trip. ``prf`` may
     be a mapping of PrfOptions fields: only those are sent, and the server's stored PRF settings give the rest."""
-    check_options(k, mode, hybrid, replace(PrfOptions(), **prf) if isinstance(prf, Mapping) else prf)
-    fields = {"k": k, "mode": _enum_value(_MODES, mode, "mode")}
+    check_options(k, mode, hybrid, replace(PrfOptions(), **prf) if isinstance(prf, Mapping) else prf, bound_factor)
+    fields = {"k": k, "mode": _enum_value(_MODES, mode, "mode"), "bound_factor": float(bound_factor)}
     if hybrid is not None:
         fields["hybrid"] = pb.HybridOptions(
             normalization=_enum_value(_NORMALIZATIONS, hybrid.normalization, "normalization"),

@@ -83,7 +83,7 @@ class PrfOptions(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., feedback_docs: _Optional[int] = ..., weight: _Optional[float] = ..., max_terms: _Optional[int] = ..., interpolate: _Optional[_Union[PrfOptions.Interpolate, str]] = ..., after_weight: _Optional[float] = ..., dense_weight: _Optional[float] = ..., min_idf: _Optional[float] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("text", "sparse", "dense", "k", "mode", "hybrid", "prf", "include_text", "explain")
+    __slots__ = ("text", "sparse", "dense", "k", "mode", "hybrid", "prf", "include_text", "explain", "bound_factor")
     class SparseEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class SearchRequest(_message.Message):
     PRF_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TEXT_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    BOUND_FACTOR_FIELD_NUMBER: _ClassVar[int]
     text: str
     sparse: _containers.ScalarMap[str, float]
     dense: _containers.RepeatedScalarFieldContainer[float]
@@ -109,7 +110,8 @@ class SearchRequest(_message.Message):
     prf: PrfOptions
     include_text: bool
     explain: bool
-    def __init__(self, text: _Optional[str] = ..., sparse: _Optional[_Mapping[str, float]] = ..., dense: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., hybrid: _Optional[_Union[HybridOptions, _Mapping]] = ..., prf: _Optional[_Union[PrfOptions, _Mapping]] = ..., include_text: _Optional[bool] = ..., explain: _Optional[bool] = ...) -> None: ...
+    bound_factor: float
+    def __init__(self, text: _Optional[str] = ..., sparse: _Optional[_Mapping[str, float]] = ..., dense: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., hybrid: _Optional[_Union[HybridOptions, _Mapping]] = ..., prf: _Optional[_Union[PrfOptions, _Mapping]] = ..., include_text: _Optional[bool] = ..., explain: _Optional[bool] = ..., bound_factor: _Optional[float] = ...) -> None: ...
 
 class TermContribution(_message.Message):
     __slots__ = ("term", "weight")
@@ -178,7 +180,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., index_version: _Optional[str] = ..., truncated: _Optional[bool] = ..., request_id: _Optional[str] = ..., partial: _Optional[bool] = ..., shards_answered: _Optional[_Iterable[str]] = ..., shards_missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
-    __slots__ = ("texts", "k", "mode", "hybrid", "prf", "include_text", "explain")
+    __slots__ = ("texts", "k", "mode", "hybrid", "prf", "include_text", "explain", "bound_factor")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +188,7 @@ class SearchBatchRequest(_message.Message):
     PRF_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TEXT_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    BOUND_FACTOR_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     k: int
     mode: Mode
@@ -193,7 +196,8 @@ class SearchBatchRequest(_message.Message):
     prf: PrfOptions
     include_text: bool
     explain: bool
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., hybrid: _Optional[_Union[HybridOptions, _Mapping]] = ..., prf: _Optional[_Union[PrfOptions, _Mapping]] = ..., include_text: _Optional[bool] = ..., explain: _Optional[bool] = ...) -> None: ...
+    bound_factor: float
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., hybrid: _Optional[_Union[HybridOptions, _Mapping]] = ..., prf: _Optional[_Union[PrfOptions, _Mapping]] = ..., include_text: _Optional[bool] = ..., explain: _Optional[bool] = ..., bound_factor: _Optional[float] = ...) -> None: ...
 
 class SearchBatchResponse(_message.Message):
     __slots__ = ("results",)

@@ -252,7 +252,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         text, sparse, dense = _query_of(request)
         options["mode"] = self.searcher.resolve_mode(options["mode"], sparse=sparse, dense=dense, text=text)
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None)
-        self.searcher.check_request(text, sparse, dense, *(options[key] for key in ("k", "mode", "hybrid", "prf")))
+        self.searcher.check_request(text, sparse, dense,
+                                    *(options[key] for key in ("k", "mode", "hybrid", "prf", "bound_factor")))
         self._check_response_size(1, options)
         call.check("encoding")
         if text is not None and dense is None:
@@ -387,6 +388,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             "prf": prf_from_proto(request.prf, self.searcher.default_prf),
             "include_text": request.include_text,
             "explain": request.explain,
+            "bound_factor": request.bound_factor or 1.0,  # proto3's unset 0: exact
         }
 
     def _search_text(self, text: str, options: dict, call: _Call):

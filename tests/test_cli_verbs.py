@@ -121,6 +121,10 @@ def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
     assert "1 of 2 queries found no document (q-none); the run has no line for them, so trec_eval leaves them out " \
         "of its means unless run with -c (lsr eval scores them 0)" in capsys.readouterr().err
     assert set(read_trec_run(tmp_path / "some.trec")) == {"q-coffee"}
+    assert cli_main(["search", str(collections["pre"]), "--topics", str(topics), "--output", str(tmp_path / "a.trec"),
+                     "--k", "3", "--bound-factor", "3", "--quiet"]) == 0  # approximate: the same on six documents
+    capsys.readouterr()
+    assert (tmp_path / "a.trec").read_text().splitlines() == lines
     assert cli_main(["search", str(collections["pre"]), QUERIES["q-coffee"], "--k", "3", "--json"]) == 0
     single = json.loads(capsys.readouterr().out)
     assert [h["doc_id"] for h in single["hits"]] == list(run["q-coffee"])  # batch encoding pads: scores to float noise
@@ -626,6 +630,9 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
      "--text, --explain do nothing here: --topics writes a TREC run, which holds ids and scores only"),
     (["search", "{direct}", "coffee", "--mode", "bm25", "--explain"],  # its explanations came back empty, unsaid
      "--explain lists the SPLADE terms each hit shares with the query, and --mode bm25 has none"),
+    (["search", "{direct}", "coffee", "--mode", "bm25", "--bound-factor", "3"],
+     "--bound-factor approximates the SPLADE list, and --mode bm25 has none"),
+    (["search", "{direct}", "coffee", "--bound-factor", "0.5"], "--bound-factor must be a number >= 1 (1 is exact)"),
     (["serve", "{direct}", "--shard-timeout", "5"], "--shard-timeout does nothing here: {direct} is not a sharded"),
     (["index", "{vectors}", "{tmp}/out", "--pre-encoded", "--id-field", "docid"], "--id-field does nothing here"),
     (["index", "{vectors}", "{tmp}/out", "--pre-encoded", "--max-length", "64"],

@@ -202,7 +202,7 @@ def test_lsr_search_and_lsr_query_print_one_result_alike(servers, collections, q
         return capsys.readouterr().out
 
     common = [queries[2], "-k", "3", "--mode", "sparse"]
-    for extra in (["--json"], ["--json", "--text", "--explain"]):
+    for extra in (["--json"], ["--json", "--text", "--explain"], ["--json", "--bound-factor", "3"]):
         local = json.loads(printed(["search", str(collections["hybrid"]), *common, *extra]))
         remote = json.loads(printed(["query", "--endpoint", servers["main"].address, *common, *extra]))
         assert set(remote) - set(local) == {"index_version"} and set(local) <= set(remote)
@@ -348,6 +348,35 @@ def test_the_client_checks_what_the_searcher_checks_before_sending(free_port):
         client.search_batch(["cancer", None])
 
 
+def test_bound_factor_searches_the_splade_list_approximately_in_process_and_over_grpc(client, searcher, queries,
+                                                                                     monkeypatch):
+    """``bound_factor`` was an InvertedIndex argument only: Searcher, the service and the CLI searched exactly. Every
+    hit still carries its exact score; a served search equals the in-process one; a sharded search sends it along
+    (a SparseQuery through the shards' legs)."""
+    import lsr.index.index as index_module
+
+    for query in queries[:4]:  # one 32k-document window: nothing is left out at SciFact's size
+        served = client.search(query, k=10, mode="hybrid", prf=True, bound_factor=3.0)
+        here = searcher.search(query, k=10, mode="hybrid", prf=True, bound_factor=3.0)
+        assert [h.doc_id for h in served.hits] == [h.doc_id for h in here.hits]
+    monkeypatch.setattr(index_module, "TAAT_WINDOW", 64)  # many windows: from the second on, terms are left out
+    differs = 0
+    for query in queries:
+        exact = searcher.search(query, k=10, mode="sparse")
+        approx = searcher.search(query, k=10, mode="sparse", bound_factor=1e6)
+        full = {h.doc_id: h.score for h in searcher.search(query, k=1000, mode="sparse").hits}
+        assert all(h.score == pytest.approx(full[h.doc_id], rel=1e-6) for h in approx.hits)  # rescored exactly
+        differs += [h.doc_id for h in approx.hits] != [h.doc_id for h in exact.hits]
+    assert differs > 0  # the factor reached the index
+    batch = searcher.search_batch(queries[:3], k=10, mode="sparse", bound_factor=1e6)
+    assert [[h.doc_id for h in r.hits] for r in batch] == [
+        [h.doc_id for h in searcher.search(q, k=10, mode="sparse", bound_factor=1e6).hits] for q in queries[:3]]
+    with pytest.raises(ValueError, match="bound_factor must be a number >= 1"):
+        searcher.search(queries[0], bound_factor=0.9)
+    with pytest.raises(ValueError, match="bound_factor must be a number >= 1"):
+        client.search(queries[0], bound_factor=float("nan"))
+
+
 def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
     bad = grpc.StatusCode.INVALID_ARGUMENT
     return [
@@ -373,6 +402,9 @@ def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
         ("all-zero sparse", pb.SearchRequest(sparse={"cancer": 0.0, "cell": 0.0}), bad, "all 0"),  # was OK, no hits
         ("wrong dense dimension", pb.SearchRequest(dense=[0.1] * 7, mode=pb.DENSE), bad, "dimensions"),
         ("text and sparse", pb.SearchRequest(text="cancer", sparse={"cancer": 1.0}), bad, "only one"),
+        ("bound_factor below 1", pb.SearchRequest(text="cancer", bound_factor=0.5), bad, "bound_factor must be"),
+        ("NaN bound_factor", pb.SearchRequest(text="cancer", bound_factor=float("nan")), bad, "bound_factor must be"),
+        ("inf bound_factor", pb.SearchRequest(text="cancer", bound_factor=float("inf")), bad, "bound_factor must be"),
         ("dense beside text outside hybrid", pb.SearchRequest(text="cancer", dense=[0.1] * 384, mode=pb.DENSE), bad, "only one"),
     ]
 

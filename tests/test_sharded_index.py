@@ -395,3 +395,29 @@ def test_upserts_past_the_builds_scale_score_like_the_unsharded_collection(tmp_p
                      "--mode", "sparse", "--k", "20", "--quiet"]) == 0
         runs.append((tmp_path / f"c{shards}.trec").read_text())
     assert runs[0] == runs[1] and "u1" in runs[0]
+
+
+def test_a_sharded_search_carries_bound_factor_to_every_shard(sharded, scifact, monkeypatch):
+    """A Searcher's ``bound_factor`` goes to each shard with the SPLADE query (a ``SparseQuery``), so shards search
+    approximately as one collection does (tests/test_service.py shows the index honouring it); hits keep exact
+    scores, and an exact search sends the plain weights as before."""
+    from lsr.search import legs
+    from lsr.service.coordinator import ShardedSearcher
+
+    received, search = [], legs.ViewLegs._search
+
+    def recorded(self, leg, query, depth):  # the real search, noting what each shard's legs were asked
+        if leg == "sparse":
+            received.append(query)
+        return search(self, leg, query, depth)
+
+    monkeypatch.setattr(legs.ViewLegs, "_search", recorded)
+    query = list(scifact.queries.values())[0]
+    with ShardedSearcher.open(sharded, in_process=True, threads=1, device="cpu") as searcher:
+        received.clear()  # the shards' warm-up searches
+        exact = searcher.search(query, k=5, mode="sparse")
+        assert len(received) == N_SHARDS and all(isinstance(q, dict) for q in received)
+        received.clear()
+        approx = searcher.search(query, k=5, mode="sparse", bound_factor=3.0)
+    assert len(received) == N_SHARDS and {(type(q), q.bound_factor) for q in received} == {(legs.SparseQuery, 3.0)}
+    assert [(h.doc_id, h.score) for h in approx.hits] == [(h.doc_id, h.score) for h in exact.hits]  # 30 docs a shard

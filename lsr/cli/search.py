@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         _note_untuned(searcher, mode, hybrid)
         searcher.warm_up(mode, hybrid, prf)
         written = search_topics(searcher, topics, args.output, k=1000 if args.k is None else args.k, mode=mode,
-                                hybrid=hybrid, prf=prf,
+                                hybrid=hybrid, prf=prf, bound_factor=args.bound_factor,
                                 tag=args.tag or f"lsr-{mode}", threads=args.threads or 1, progress=not args.quiet)
         if args.output == "-":  # the run went to standard output: the summary must not mix into it
             print(f"{len(topics):,} queries, {written.hits:,} hits written to standard output", file=sys.stderr)
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     def search(text: str) -> Any:
         return searcher.search(text, k=10 if args.k is None else args.k, mode=mode, hybrid=hybrid, prf=prf,
-                               include_text=args.text, explain=args.explain)
+                               include_text=args.text, explain=args.explain, bound_factor=args.bound_factor)
 
     if args.query:
         _print_result(search(" ".join(args.query)), mode, args)

@@ -52,7 +52,7 @@ def topic_list(topics: Iterable[tuple[Any, str]]) -> list[tuple[str, str]]:
 
 def search_topics(searcher: Searcher, topics: Iterable[tuple[str, str]], output: str | Path, *, k: int = 1000,
                   mode: str = "sparse", hybrid: HybridOptions | None = None, prf: PrfOptions | None = None,
-                  tag: str = "lsr", threads: int = 1, progress: bool = True) -> WrittenRun:
+                  tag: str = "lsr", threads: int = 1, progress: bool = True, bound_factor: float = 1.0) -> WrittenRun:
     """Search every (qid, text) and write the run atomically (a stopped run leaves no half file), or to standard
     output when ``output`` is ``-``."""
     if any(c.isspace() for c in tag) or not tag:
@@ -61,7 +61,8 @@ def search_topics(searcher: Searcher, topics: Iterable[tuple[str, str]], output:
     chunks = [topics[i : i + CHUNK] for i in range(0, len(topics), CHUNK)]
 
     def search(chunk):
-        return searcher.search_batch([text for _, text in chunk], k=k, mode=mode, hybrid=hybrid, prf=prf)
+        return searcher.search_batch([text for _, text in chunk], k=k, mode=mode, hybrid=hybrid, prf=prf,
+                                     bound_factor=bound_factor)
 
     written = WrittenRun()
 

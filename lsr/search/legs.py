@@ -19,9 +19,23 @@ import numpy as np
 from lsr.search.fusion import Ranking, rank
 from lsr.sparse import SparseBatch
 
-# A leg's query: a {term id: weight} dict (sparse), a vector (dense) or the text (bm25, or a Bm25Query).
+# A leg's query: a {term id: weight} dict (sparse, or a SparseQuery), a vector (dense) or the text (bm25, or a
+# Bm25Query).
 LegQueries = dict[str, Any]
 TIE_WIDENING = 256  # documents past the cut a leg may fetch to find all those tied at it
+
+
+class SparseQuery(NamedTuple):
+    """A SPLADE query searched approximately: ``InvertedIndex.search``'s ``bound_factor`` (> 1), which a sharded
+    search carries to every shard with the query."""
+
+    weights: dict[int, float]
+    bound_factor: float
+
+
+def sparse_query(weights: dict[int, float] | None, bound_factor: float) -> Any:
+    """The sparse leg's query: the weights as they are for an exact search (1.0), else a SparseQuery."""
+    return weights if weights is None or bound_factor == 1.0 else SparseQuery(weights, bound_factor)
 
 
 class Bm25Query(NamedTuple):
@@ -89,7 +103,9 @@ class ViewLegs:
 
     def _search(self, leg: str, query: Any, depth: int) -> Ranking:
         if leg == "sparse":
-            return {h.doc_id: h.score for h in self.view.sparse.search(query, k=depth)} if query else {}
+            weights, factor = query if isinstance(query, SparseQuery) else (query, 1.0)
+            return ({h.doc_id: h.score for h in self.view.sparse.search(weights, k=depth, bound_factor=factor)}
+                    if weights else {})
         if leg == "dense":
             ids, scores = self.view.dense.search(np.asarray(query, np.float32)[None, :], depth)
             return {d: float(s) for d, s in zip(ids[0], scores[0]) if d is not None and math.isfinite(s)}
