@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.sparse import SparseBatch, is_real, is_whole
+from lsr.sparse import SparseBatch, check_bound_factor, is_real, is_whole
 
 from . import storage
 from .inputs import check_unique, doc_id_list, document_chunks, keep_top_terms, query_rows, query_terms, validated_chunks
@@ -456,10 +456,7 @@ def _check_search_args(k: int, top_terms: int | None, bound_factor: float, algor
     if not is_whole(k) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     _check_positive_or_none(top_terms, "top_terms")  # 2.5 failed deep inside as "slice indices must be integers"
-    if not is_real(bound_factor):
-        raise TypeError(f"bound_factor must be a number, got {bound_factor!r}")  # None failed inside numpy's isfinite
-    if not np.isfinite(bound_factor) or bound_factor < 1.0:
-        raise ValueError(f"bound_factor must be >= 1.0 (1.0 is exact), got {bound_factor}")
+    check_bound_factor(bound_factor)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
 

@@ -98,6 +98,15 @@ def is_real(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def check_bound_factor(value: Any, name: str = "bound_factor") -> None:
+    """An approximate search's factor (``InvertedIndex.search``): a finite number, at least 1 (exact). Checked alike
+    by the index, the Searcher, the client and the CLI (None or "2" had failed inside numpy's isfinite)."""
+    if not is_real(value):
+        raise TypeError(f"{name} must be a number >= 1 (1 is exact), got {value!r}")
+    if not np.isfinite(value) or value < 1.0:
+        raise ValueError(f"{name} must be a number >= 1 (1 is exact), got {value!r}")
+
+
 def as_id(doc_id: Any, what: str = "doc_id") -> str:
     """One id as a str: a whole number becomes its digits; anything else is a TypeError (str(None) stored a document
     named "None", and looked one up)."""

@@ -39,8 +39,9 @@ def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -
     constant without RRF) is refused."""
     from lsr.search.searcher import resolve_mode
 
-    if not args.bound_factor >= 1.0 or args.bound_factor == float("inf"):  # NaN too, before any model loads
-        raise ValueError(f"--bound-factor must be a number >= 1 (1 is exact), got {args.bound_factor}")
+    from lsr.sparse import check_bound_factor
+
+    check_bound_factor(args.bound_factor, "--bound-factor")  # before any model loads
     mode = resolve_mode(args.mode, served)
     if args.bound_factor != 1.0 and mode in ("dense", "bm25"):  # it was taken and did nothing
         raise ValueError(f"--bound-factor approximates the SPLADE list, and --mode {mode} has none; use --mode sparse, "

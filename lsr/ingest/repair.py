@@ -89,7 +89,8 @@ def _rebuild(path: Path, meta: dict, salvage: bool, progress: bool, bm25_legs: d
         dense.save(path / "dense", journal_seq=last)
         done.append(f"rebuilt the dense index: {len(dense):,} documents")
     if meta.get("bm25"):
-        if "sharding" in meta:  # scored with the whole collection's statistics
+        sharded = "sharding" in meta
+        if sharded:  # scored with the whole collection's statistics
             from lsr.ingest.sharded_build import rebuild_shard_bm25
 
             rebuild_shard_bm25(path, meta, progress, bm25_legs)
@@ -100,8 +101,7 @@ def _rebuild(path: Path, meta: dict, salvage: bool, progress: bool, bm25_legs: d
         if differs:
             raise CorruptFileError(f"the rebuilt BM25 leg differs from the one recorded ({differs[0]}); "
                                    "re-index with `lsr index --overwrite`")
-        done.append("rebuilt the BM25 leg from " + ("every shard's build texts" if "sharding" in meta
-                                                    else "the build's texts"))
+        done.append("rebuilt the BM25 leg from " + ("every shard's build texts" if sharded else "the build's texts"))
     if meta.get("bm25") and _record_bm25_statistics(path, meta):
         done.append("recorded the BM25 leg's statistics: it now finds the documents upserted since the build")
     if meta.get("bm25") and live and Collection._load(path, read_meta(path)).save_bm25_leg():

@@ -58,7 +58,9 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
     encoded_with = json.dumps({"device": str(encoder.device), "dtype": dtype_name(encoder.weight.dtype)})
     content = model_content_key(model)
     file_metadata = {MODEL_KEY: lasting_name(model).encode(), MAX_LENGTH_KEY: str(max_length).encode(),
-                     ENCODED_WITH_KEY: encoded_with.encode(), **({MODEL_CONTENT_KEY: content.encode()} if content else {})}
+                     ENCODED_WITH_KEY: encoded_with.encode()}
+    if content is not None:
+        file_metadata[MODEL_CONTENT_KEY] = content.encode()
 
     def write(fh) -> None:
         writer = None

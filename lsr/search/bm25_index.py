@@ -60,8 +60,7 @@ class Bm25Index:
 
     @classmethod
     def build(cls, ids: Sequence[str], texts: Sequence[str], workers: int = 1) -> "Bm25Index":
-        if len(ids) != len(texts):  # else zip would drop the longer one's last chunks without a word
-            raise ValueError(f"{len(ids)} ids for {len(texts)} texts: the BM25 index needs one id a text")
+        _check_one_id_a_text(ids, texts)  # else zip would drop the longer one's last chunks without a word
         return cls.build_from(zip(_chunked(ids), _chunked(texts)), workers)
 
     @classmethod
@@ -167,9 +166,13 @@ def _same_lengths(chunks: Iterable[tuple[Sequence[str], Sequence[str]]]):
     """The chunks, each checked to hold as many ids as texts (a mismatch built an index whose rows named the wrong
     documents)."""
     for ids, texts in chunks:
-        if len(ids) != len(texts):
-            raise ValueError(f"{len(ids)} ids for {len(texts)} texts: the BM25 index needs one id a text")
+        _check_one_id_a_text(ids, texts)
         yield ids, texts
+
+
+def _check_one_id_a_text(ids: Sequence[str], texts: Sequence[str]) -> None:
+    if len(ids) != len(texts):
+        raise ValueError(f"{len(ids)} ids for {len(texts)} texts: the BM25 index needs one id a text")
 
 
 def _chunked(items: Sequence, size: int = DOC_CHUNK) -> Iterator[Sequence]:

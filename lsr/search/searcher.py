@@ -37,7 +37,7 @@ from lsr.search.fusion import FUSIONS, RRF_K, Ranking, fuse, interpolate, rank
 from lsr.search.legs import Legs, ViewLegs, sparse_query
 from lsr.search.models import DTYPE_CHOICES, SearchModels
 from lsr.search.prf import rocchio, vector_prf
-from lsr.sparse import QUERY_SCALE, SparseBatch, as_id, check_ids, id_list, is_real, is_whole, repeated_ids, short_repr
+from lsr.sparse import QUERY_SCALE, SparseBatch, as_id, check_bound_factor, check_ids, id_list, is_real, is_whole, repeated_ids, short_repr
 
 MODES = ("sparse", "dense", "hybrid", "bm25")
 AUTO = "auto"  # the CLI's default mode: hybrid over every leg the collection has, or sparse when SPLADE is its only one
@@ -159,8 +159,7 @@ def check_k(k: Any) -> int:
 def check_options(k: Any, mode: Any, hybrid: Any, prf: Any, bound_factor: Any = 1.0) -> None:
     """k, mode, hybrid and PRF options as a search takes them (``lsr.service.Client`` checks them before sending)."""
     check_k(k)
-    if not is_real(bound_factor) or not math.isfinite(bound_factor) or bound_factor < 1.0:
-        raise ValueError(f"bound_factor must be a number >= 1 (1 is exact; 3 or 5 approximate), got {bound_factor!r}")
+    check_bound_factor(bound_factor)
     if mode not in (AUTO, *MODES):
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join((AUTO, *MODES))}")
     if hybrid is not None:
