@@ -133,7 +133,7 @@ class InvertedIndex:
             raise ValueError(f"scale must be a positive finite number (or None: chosen from the vectors), got {scale!r}")
         if not is_whole(journal_seq) or journal_seq < 0:
             raise ValueError(f"journal_seq must be a whole number >= 0, got {journal_seq!r}")  # 1.5 became 1
-        path = Path(path)
+        path = Path(path).absolute()  # a later os.chdir must not move where it writes
         storage.check_build_target(path, overwrite)
         chunks = document_chunks(vectors, doc_ids)
         plan = _Plan.read(chunks, None)
@@ -155,7 +155,7 @@ class InvertedIndex:
     @classmethod
     def open(cls, path: str | os.PathLike) -> "InvertedIndex":
         """Memory-map the committed index; cheap checks name any missing or damaged file."""
-        path = Path(path)
+        path = Path(path).absolute()  # its later reads and writes: a relative path moved with os.chdir
         return cls(path, _load_state(path))
 
     # ------------------------------------------------------------------ properties

@@ -36,7 +36,12 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> object:
-    """Import the module that holds ``name`` on first use (PEP 562)."""
+    """Import the module that holds ``name`` on first use (PEP 562); ``__version__`` is the installed version."""
+    if name == "__version__":
+        from importlib.metadata import version
+
+        globals()[name] = version("lsr")
+        return globals()[name]
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'lsr' has no attribute {name!r}")
@@ -46,4 +51,4 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    return sorted(set(globals()) | set(_PUBLIC) | {"__version__"})

@@ -143,6 +143,22 @@ def _bad_weight(weights: np.ndarray, indptr: np.ndarray) -> tuple[int, np.floati
     return int(np.searchsorted(indptr, at, side="right")) - 1, weights[at]  # float32: -0.1 reads "-0.1"
 
 
+def _repeated_term(indptr: np.ndarray, indices: np.ndarray) -> tuple[int, int] | None:
+    """(row, term) of a term found twice in one row, else None. Rows whose ids ascend (the encoders',
+    ``from_dense``'s, ``from_scipy``'s) cost one comparison of neighbours; only a batch with another order is sorted."""
+    if len(indices) < 2:
+        return None
+    descending = indices[1:] <= indices[:-1]
+    starts = indptr[1:-1]
+    descending[starts[(starts > 0) & (starts < len(indices))] - 1] = False  # the pairs across two rows
+    if not descending.any():
+        return None
+    keys = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64) * (1 << 32), np.diff(indptr)) + indices
+    keys.sort()
+    twice = np.flatnonzero(keys[1:] == keys[:-1])
+    return None if not len(twice) else (int(keys[twice[0]] >> 32), int(keys[twice[0]] & 0xFFFFFFFF))
+
+
 def _list_column(table: pa.Table, name: str) -> pa.Array:
     """Column ``name`` of a vectors table as one list array of numbers; another type is a ValueError naming it (an
     int64 column failed as "'Int64Array' object has no attribute 'offsets'", a list of strings inside numpy)."""
@@ -159,7 +175,8 @@ def _list_column(table: pa.Table, name: str) -> pa.Array:
 @dataclass(eq=False)
 class SparseBatch:
     """Rows of sparse vectors in CSR form; row i is ``indices/values[indptr[i]:indptr[i+1]]``, term ids in
-    0..vocab_size-1. Two batches are equal when their vocabularies and rows are."""
+    0..vocab_size-1. Two batches are equal when their rows are and, where both carry a vocabulary, their
+    vocabularies are: a file written without its vocabulary reads back equal to the batch it came from."""
 
     indptr: np.ndarray
     indices: np.ndarray
@@ -193,6 +210,10 @@ class SparseBatch:
             )
         if np.any(np.diff(self.indptr) < 0):
             raise ValueError("indptr must be non-decreasing")
+        repeated = _repeated_term(self.indptr, self.indices)
+        if repeated is not None:  # to_dicts kept one weight, to_dense the last, to_scipy and the index their sum
+            raise ValueError(f"row {repeated[0]} holds term {repeated[1]} twice; a row holds each term once "
+                             "(SparseBatch.from_dicts adds a repeated term's weights together)")
         if self.vocab is not None and len(self.vocab) != self.vocab_size:
             raise ValueError(f"vocab has {len(self.vocab)} entries but vocab_size is {self.vocab_size}")
 
@@ -342,8 +363,10 @@ class SparseBatch:
             raise IndexError(f"term id {term_id!r} is outside the vocabulary [0, {self.vocab_size})")
         return self.vocab[term_id] if self.vocab is not None else str(term_id)
 
-    def to_dicts(self, top: int | None = None) -> list[dict[str, float]]:
-        """Per row, ``{token: weight}`` ordered by weight descending (ties: lower term id first)."""
+    def to_dicts(self, top: int | None = None) -> list[dict[str | int, float]]:
+        """Per row, ``{token: weight}`` ordered by weight descending (ties: lower term id first); ``{term id: weight}``
+        where the batch carries no vocabulary, so a row feeds back into a search or ``from_dicts`` (its digits as a
+        string were read as a token's name: unknown, or another term where a token is a number, as "1996" is)."""
         if top is not None and (not is_whole(top) or top < 1):
             raise ValueError(f"top must be a positive whole number or None, got {top!r}")  # -1 dropped the last term
         out = []
@@ -352,7 +375,7 @@ class SparseBatch:
             order = np.lexsort((ids, -vals))
             if top is not None:
                 order = order[:top]
-            out.append({self.token(int(ids[j])): float(vals[j]) for j in order})
+            out.append({(int(ids[j]) if self.vocab is None else self.vocab[ids[j]]): float(vals[j]) for j in order})
         return out
 
     # ----------------------------------------------------------------- Arrow / Parquet

@@ -162,7 +162,7 @@ class ShardedSearcher(Searcher):
              in_process: bool = False) -> "ShardedSearcher":
         """Start the shard servers (they come up while the models load) and load the models once, here.
         ``in_process``: open every shard in this process instead, without Ray (``LocalShards``: `lsr search`)."""
-        root = Path(path).expanduser()
+        root = Path(path).expanduser().absolute()  # the shard servers' paths, whatever their working folder
         check_open_options(query_encoder, threads, device, dtype)
         shard_map = read_shard_map(root)
         meta = read_meta(shard_map.paths(root)[0])

@@ -253,7 +253,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         options["mode"] = self.searcher.resolve_mode(options["mode"], sparse=sparse, dense=dense, text=text)
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None)
         self.searcher.check_request(text, sparse, dense,
-                                    *(options[key] for key in ("k", "mode", "hybrid", "prf", "bound_factor")))
+                                    *(options[key] for key in ("k", "mode", "hybrid", "prf", "bound_factor")),
+                                    explain=options["explain"], include_text=options["include_text"])
         self._check_response_size(1, options)
         call.check("encoding")
         if text is not None and dense is None:

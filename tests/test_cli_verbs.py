@@ -195,7 +195,11 @@ def _write(path: Path, text: str) -> Path:
     (lambda t: t.set_column(t.schema.get_field_index("values"), "values", pa.array(
         [[float("nan")] * len(row) for row in t.column("indices").to_pylist()], pa.list_(pa.float32()))),
      "row 1 has the weight nan; a weight is finite, ≥ 0 and at most 1e+06"),  # found only at the index stage
-], ids=["scalar-indices", "vocab-size-text", "int64-term-id", "misaligned-weights", "nan-weight"])
+    (lambda t: t.set_column(t.schema.get_field_index("indices"), "indices", pa.array(
+        [[3, 3]] * t.num_rows, pa.list_(pa.int32()))).set_column(t.schema.get_field_index("values"), "values",
+                                                                pa.array([[0.5, 1.5]] * t.num_rows, pa.list_(pa.float32()))),
+     "row 0 holds term 3 twice"),  # indexed as the sum of both weights, while to_dicts kept one of them
+], ids=["scalar-indices", "vocab-size-text", "int64-term-id", "misaligned-weights", "nan-weight", "repeated-term"])
 def test_a_tampered_vectors_file_is_one_line_naming_it(collections, tmp_path, capsys, tamper, message):
     """Each was a traceback, or an error that did not say which file."""
     table = pq.read_table(collections["direct"].parent / "vectors.parquet")

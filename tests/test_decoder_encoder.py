@@ -104,6 +104,9 @@ def test_a_causal_lm_folder_loads_as_a_decoder_encoder_in_the_api_and_every_verb
         encoder = SpladeEncoder.from_pretrained(str(folder), device="cpu", max_length=32)
         assert type(encoder) is DecoderSpladeEncoder and encoder.echo
         assert encoder.encode_documents(["protein folding"]).nnz > 0
+    # and the other way round: a masked LM (splade-tiny's BertForMaskedLM) ran causally with plausible vectors
+    with pytest.raises(ValueError, match="splade-tiny is BertForMaskedLM, a masked language model, not a causal one"):
+        DecoderSpladeEncoder.from_pretrained("splade-tiny", device="cpu")
     assert main(["encode", "--model", str(gpt2), "--max-length", "32", "--json", "enzyme kinetics"]) == 0
     assert json.loads(capsys.readouterr().out)
     corpus = tmp_path / "docs.jsonl"

@@ -390,6 +390,22 @@ def test_vocab_size_is_a_whole_number_that_survives_a_round_trip(tmp_path):
         SparseBatch.from_dense(np.ones(3))
 
 
+def test_a_row_holds_each_term_once_and_a_batch_without_vocabulary_gives_term_ids(tmp_path):
+    """A row naming term 1 twice gave four views three weights (to_dicts 1, to_dense 2, to_scipy and the index 3);
+    without a vocabulary, to_dicts gave "1996", which a search read as the token "1996", not term 1996 ("the")."""
+    for indices in ([1, 1], [3, 1, 2, 1]):
+        with pytest.raises(ValueError, match="row 0 holds term 1 twice"):
+            SparseBatch(np.array([0, len(indices)]), np.array(indices), np.ones(len(indices)), 10)
+    unordered = SparseBatch(np.array([0, 3, 5]), np.array([3, 1, 2, 1, 2]), np.arange(1.0, 6.0), 10)
+    assert unordered.to_dicts() == [{2: 3.0, 1: 2.0, 3: 1.0}, {2: 5.0, 1: 4.0}]
+    assert SparseBatch.from_dicts(unordered.to_dicts(), [f"t{i}" for i in range(10)], 10).to_dicts() == \
+        [{"t2": 3.0, "t1": 2.0, "t3": 1.0}, {"t2": 5.0, "t1": 4.0}]
+    from lsr.index import InvertedIndex
+
+    index = InvertedIndex.build(tmp_path / "idx", unordered, ["a", "b"])
+    assert [h.doc_id for h in index.search(unordered.to_dicts()[1], k=2)] == ["b", "a"]
+
+
 def test_read_parquet_names_the_path_it_cannot_read(tmp_path):
     """pyarrow named no file ("Parquet magic bytes not found in footer") or called a folder "Cannot open for reading"."""
     (tmp_path / "notes.parquet").write_text("not parquet")

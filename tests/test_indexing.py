@@ -485,6 +485,34 @@ def test_a_model_folder_given_relative_is_recorded_absolute_and_searches_from_an
     assert json.loads(capsys.readouterr().out)["hits"][0]["doc_id"] == "d0"
 
 
+def test_a_collection_and_an_index_opened_by_a_relative_path_survive_a_change_of_folder(tmp_path, monkeypatch):
+    """They kept the path as given: after os.chdir, `doc` said a file was damaged, an upsert said the folder was no
+    collection, and empty folders and a LOCK were made under the new working folder."""
+    from lsr.index import InvertedIndex
+    from lsr.search.searcher import Searcher
+    from lsr.sparse import SparseBatch
+
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"_id": "d0", "text": "aspirin and the heart"}) + "\n")
+    assert cli_main(["index", str(tmp_path / "docs.jsonl"), str(tmp_path / "col"), "--dense", "none", "--bm25", "none",
+                     "--max-length", "32", "--quiet"]) == 0
+    InvertedIndex.build(tmp_path / "idx", SparseBatch(np.array([0, 1]), np.array([1]), np.array([1.0]), 10), ["a"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)
+    with Searcher.open("col") as searcher:
+        index = InvertedIndex.open("idx")
+        monkeypatch.chdir(elsewhere)
+        assert searcher.doc("d0") == "aspirin and the heart"
+        searcher.upsert(["d1"], ["vitamin d and bones"])
+        assert searcher.search("vitamin bones", k=1).hits[0].doc_id == "d1"
+        index.add(SparseBatch(np.array([0, 1]), np.array([2]), np.array([1.0]), 10), ["b"])
+        assert [h.doc_id for h in index.search({2: 1.0}, k=1)] == ["b"]
+    assert list(elsewhere.iterdir()) == []
+    with Searcher.open(tmp_path / "col") as again:
+        assert again.doc("d1") == "vitamin d and bones"
+    assert [h.doc_id for h in InvertedIndex.open(tmp_path / "idx").search({2: 1.0}, k=1)] == ["b"]
+
+
 def test_a_search_warns_when_the_model_folder_changed_since_the_build(tmp_path, caplog):
     """A folder retrained or replaced in place after `lsr index` encoded the queries with another model than the
     documents: the hits moved and nothing said why. The build records what the folder held; a search that loads the

@@ -526,8 +526,19 @@ def test_inference_free_trains_documents_against_idf_queries_and_exports_the_tab
     train(model, examples, tmp_path / "run", config, progress=False)
     assert loss() < 0.8 * before
     save_model_folder(model, tmp_path / "out")
-    served = InferenceFreeQueryEncoder.from_pretrained(str(tmp_path / "out")).encode_queries(queries).to_dense()
-    np.testing.assert_allclose(served, model.encode_idf_queries(queries, 64).cpu().numpy(), rtol=1e-6)
+    served_side = InferenceFreeQueryEncoder.from_pretrained(str(tmp_path / "out"))
+    served = served_side.encode_queries(queries).to_dense()
+    trained = model.encode_idf_queries(queries, 64).cpu().numpy()
+    seen = trained > 0  # the training table's words: the served weights are the trained ones
+    np.testing.assert_allclose(served[seen], trained[seen], rtol=1e-6)
+    # a word no training document had weighs as the rarest one, where a 0 dropped it from every query (a collection
+    # holding it returned nothing); --eval's query side (query_encoder) weighs it alike
+    vocab = model.encoder.vocab
+    word = next(vocab[i] for i in range(2000, len(vocab)) if model.idf[i] == 0 and vocab[i].isalpha())
+    unseen = served_side.encode_queries([word]).to_dicts()[0]
+    assert unseen == {word: pytest.approx(float(model.idf.max()))}, unseen
+    assert model.query_encoder().encode_queries([word]).to_dicts()[0] == unseen
+    assert model.encode_idf_queries([word], 16).abs().sum() == 0  # training keeps 0 (IDF-aware FLOPS)
 
     # sentence-transformers loads the same two sides: a Router, IDF weights for queries, the MLM for documents
     from sentence_transformers import SparseEncoder
@@ -914,6 +925,12 @@ def test_a_resume_in_another_dtype_or_thread_count_is_refused_naming_both_values
         torch.set_num_threads(2)
     with pytest.raises(ValueError, match=r"\(--lr 0.0001 then, 0.001 now\)"):
         train(fresh_model(), examples, tmp_path / "run", replace(config, lr=1e-3), progress=False, resume=True)
+    # changed data was named "(the training data)", with neither what changed nor how
+    with pytest.raises(ValueError, match=rf"\(the training data: {len(examples)} examples then, {len(examples) - 1} now\)"):
+        train(fresh_model(), examples[:-1], tmp_path / "run", config, progress=False, resume=True)
+    edited = [replace(examples[0], query=examples[0].query + " again"), *examples[1:]]
+    with pytest.raises(ValueError, match=rf"\(the training data: as many examples \({len(examples)}\), other texts\)"):
+        train(fresh_model(), edited, tmp_path / "run", config, progress=False, resume=True)
     assert train(fresh_model(), examples, tmp_path / "run", config, progress=False, resume=True).stopped == "finished"
 
 

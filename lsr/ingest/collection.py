@@ -120,7 +120,7 @@ class Collection:
     def open(cls, path: str | os.PathLike) -> "Collection":
         """Check every file, replay journal records a store missed, and check the stores agree. FolderBusyError
         when another process is still writing the collection after ``WRITE_WAIT`` seconds."""
-        path = Path(path).expanduser()
+        path = Path(path).expanduser().absolute()  # a relative path moved with os.chdir: false damage, stray folders
         meta = read_meta(path)
         with exclusive_folder(path, wait=WRITE_WAIT):  # the replay writes: never beside another process's write
             opened = cls._load(path, meta)

@@ -175,6 +175,19 @@ def check_options(k: Any, mode: Any, hybrid: Any, prf: Any, bound_factor: Any = 
                          "hybrid or auto mode")
 
 
+def check_switches(mode: str, explain: Any, include_text: Any, deadline: Any) -> None:
+    """The on/off options and the deadline, checked as strictly as the rest: "no" was taken as on, a deadline of
+    "soon" was ignored, and ``explain`` in a mode without SPLADE gave every hit an empty explanation, unsaid."""
+    for name, value in (("explain", explain), ("include_text", include_text)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if deadline is not None and (not is_real(deadline) or math.isnan(deadline)):
+        raise TypeError(f"deadline must be a time.monotonic() instant in seconds, or None; got {deadline!r}")
+    if explain and mode in ("bm25", "dense"):
+        raise ValueError(f"explain names the SPLADE terms behind each hit, and {mode} mode has no SPLADE leg; use "
+                         "sparse, hybrid or auto")
+
+
 def resolve_mode(mode: str, served: Callable[[], Sequence[str]]) -> str:
     """``mode``, with auto resolved against the modes a collection serves (``served()``, asked only for auto)."""
     if mode != AUTO:
@@ -435,7 +448,8 @@ class Searcher:
         (``InvertedIndex.search``: at 1M documents 3 kept recall@10 0.98 in two thirds of the exact time)."""
         k = check_k(k)  # a numpy integer becomes an int, which faiss needs
         mode = self.resolve_mode(mode, sparse=sparse, dense=dense, text=text)
-        self.check_request(text, sparse, dense, k, mode, hybrid, prf, bound_factor)
+        self.check_request(text, sparse, dense, k, mode, hybrid, prf, bound_factor, explain=explain,
+                           include_text=include_text, deadline=deadline)
         hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
         timings: dict[str, float] = {}
@@ -484,7 +498,8 @@ class Searcher:
             check_query_length(text, f"query {i}")
         k = check_k(k)
         mode = self.resolve_mode(mode)
-        self.check_request("x", None, None, k, mode, hybrid, prf, bound_factor)
+        self.check_request("x", None, None, k, mode, hybrid, prf, bound_factor, explain=explain,
+                           include_text=include_text, deadline=deadline)
         hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
         encode_timings: dict[str, float] = {}
@@ -608,10 +623,12 @@ class Searcher:
             hit.explanation = sorted(parts, key=lambda p: (-p[1], p[0]))[:top]
 
     # ------------------------------------------------------------------ validation
-    def check_request(self, text, sparse, dense, k, mode, hybrid, prf, bound_factor: float = 1.0) -> None:
+    def check_request(self, text, sparse, dense, k, mode, hybrid, prf, bound_factor: float = 1.0, *,
+                      explain: Any = False, include_text: Any = False, deadline: Any = None) -> None:
         """Validate a request before any work (the service calls it ahead of micro-batched encoding)."""
         self.check_open()
         check_options(k, mode, hybrid, prf, bound_factor)
+        check_switches(mode, explain, include_text, deadline)
         prf = self.prf_or_default(prf)
         if prf is not None:
             prf.check()  # the collection's stored defaults

@@ -83,7 +83,7 @@ def _write_model_files(trainable: TrainableSplade, out: Path) -> None:
         model.save_pretrained(out)
     encoder.tokenizer.save_pretrained(out)
     if trainable.idf is not None:  # the inference-free query side: InferenceFreeQueryEncoder reads this table
-        idf = trainable.idf.cpu().numpy()
+        idf = trainable.search_idf()
         write_json_atomic(out / IDF_TABLE, {encoder.vocab[i]: float(idf[i]) for i in idf.nonzero()[0]})
     if isinstance(encoder, DecoderSpladeEncoder):
         return  # echo pooling over a causal LM has no SparseEncoder module: DecoderSpladeEncoder loads the folder
@@ -116,4 +116,4 @@ def _save_static_query_module(trainable: TrainableSplade, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     trainable.encoder.tokenizer.save_pretrained(folder)
     write_json_atomic(folder / "config.json", {"frozen": True})
-    save_file({"weight": trainable.idf.detach().to("cpu", torch.float32).contiguous()}, str(folder / "model.safetensors"))
+    save_file({"weight": torch.from_numpy(trainable.search_idf())}, str(folder / "model.safetensors"))

@@ -76,15 +76,20 @@ def _same_run(saved: dict, now: dict) -> bool:
 
 def _differences(saved: dict, now: dict) -> list[str]:
     """Which parts of two fingerprints differ, named as a user would look for them, with both values for a flag."""
-    names = {"examples": "the training data", "data_sha256": "the training data", "model_content": "the --model folder's files",
-             "validation": "--dev-split"}
     found = []
     for part in ("config", "numerics"):
         before, after = saved.get(part) or {}, now.get(part) or {}
         found += [f"--{key.replace('_', '-')} {before.get(key)} then, {after.get(key)} now"
                   for key in sorted(set(before) | set(after)) if part in saved and before.get(key) != after.get(key)]
-    found += [names[key] for key in names if saved.get(key) != now.get(key)]
-    return list(dict.fromkeys(found))
+    if saved.get("examples") != now.get("examples"):
+        found.append(f"the training data: {saved.get('examples')} examples then, {now.get('examples')} now")
+    elif saved.get("data_sha256") != now.get("data_sha256"):
+        found.append(f"the training data: as many examples ({now.get('examples')}), other texts")
+    if saved.get("model_content") != now.get("model_content"):
+        found.append("the --model folder's files")
+    if saved.get("validation") != now.get("validation"):
+        found.append(f"--dev-split {saved.get('validation')} then, {now.get('validation')} now")
+    return found
 
 
 def check_accumulate(config: TrainConfig, n_examples: int) -> None:

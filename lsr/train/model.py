@@ -93,9 +93,17 @@ class TrainableSplade:
             return self.encoder
         from lsr.encode.splade import InferenceFreeQueryEncoder
 
-        return InferenceFreeQueryEncoder(self.encoder.tokenizer, self.idf.cpu().numpy(),
+        return InferenceFreeQueryEncoder(self.encoder.tokenizer, self.search_idf(),
                                          query_max_length=self.encoder.query_max_length, name=self.encoder.name,
                                          prompt=self.encoder.prompts.query)
+
+    def search_idf(self) -> np.ndarray:
+        """The inference-free query side's table at search time (exported as ``idf.json``): the training table, with
+        the words no training document had weighing as the rarest (``unseen_as_rarest``). Training keeps 0 for them:
+        its IDF-aware FLOPS penalises documents' expansion into them most."""
+        from lsr.encode.idf import unseen_as_rarest
+
+        return unseen_as_rarest(self.idf.cpu().numpy(), self.encoder._special_ids)
 
     def encode_idf_queries(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
         """[B, V] query vectors of the inference-free side: each distinct token's IDF (no model, no gradient), the
