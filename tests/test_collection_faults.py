@@ -126,6 +126,53 @@ def test_ctrl_c_while_files_are_checksummed_stops_the_checks_within_a_read(tmp_p
     assert not [t for t in threading.enumerate() if t.name.startswith("lsr-check")]
 
 
+_TRIP_DURING_PANDAS_IMPORT = """\
+import importlib.abc, signal, sys
+class Trip(importlib.abc.MetaPathFinder):  # Ctrl-C lands while pandas is being imported
+    def find_spec(self, name, path, target=None):
+        if name == "pandas.core.api":
+            signal.raise_signal(signal.SIGINT)
+sys.meta_path.insert(0, Trip())
+from lsr.cli.main import main
+sys.exit(main(["verify", sys.argv[1]]))
+"""
+
+
+def test_a_ctrl_c_while_pandas_loads_stops_lsr_verify(written, tmp_path):
+    """pyarrow's first array conversion imports pandas from C++ and drops what that import raises: a Ctrl-C or
+    SIGTERM landing there was lost, and `lsr verify` (or `lsr repair`) ran on, printed "intact" and exited 0."""
+    import subprocess
+
+    from signal_helpers import interruptible
+
+    done = subprocess.run(interruptible("-c", _TRIP_DURING_PANDAS_IMPORT, str(written)), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 130 and "intact" not in done.stdout, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert done.stderr.strip().splitlines()[-1] == "interrupted"
+
+
+def test_a_signal_a_library_swallowed_still_stops_the_verb():
+    """Whatever library drops a signal's exception, a verb that then runs to its end exits as stopped."""
+    import importlib
+    import signal
+
+    cli = importlib.import_module("lsr.cli.main")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # an xdist worker ignores SIGINT
+    try:
+        with cli._signals_as_exceptions():
+            for signum, stopped in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, cli.Terminated)):
+                try:
+                    signal.raise_signal(signum)
+                except KeyboardInterrupt:  # a library's broad except
+                    pass
+                with pytest.raises(stopped):
+                    cli._stop_if_swallowed()
+            cli.interrupt_handled()  # the interactive prompt took it as "drop this line"
+            cli._stop_if_swallowed()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_verify_is_clean_on_an_intact_collection(written, capsys):
     assert main(["verify", str(written)]) == 0
     assert "is intact" in capsys.readouterr().out

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from lsr.files import MachineStateError
+from lsr.files import MachineStateError, arrow_conversions_ready
 
 VERBS = ("encode", "index", "upsert", "delete", "search", "doc", "eval", "beir", "tune", "train", "serve", "query", "verify",
          "repair")
@@ -137,8 +137,30 @@ class Terminated(KeyboardInterrupt):
 RESEND_AFTER_S = 0.05  # a swallowed signal's second delivery: past the hook, well under a person's patience
 
 
+_RAISED: list[int] = []  # each SIGINT / SIGTERM raised as an exception since the verb began, until one is handled
+
+
 def _raise_terminated(_signum, _frame) -> None:
+    _RAISED.append(signal.SIGTERM)
     raise Terminated
+
+
+def _raise_interrupt(_signum, _frame) -> None:
+    _RAISED.append(signal.SIGINT)
+    raise KeyboardInterrupt
+
+
+def interrupt_handled() -> None:
+    """A verb that takes Ctrl-C as an instruction (the interactive prompt drops the typed line) says so here."""
+    _RAISED.clear()
+
+
+def _stop_if_swallowed() -> None:
+    """Raise a signal's exception again when the verb ended as if none had come: a library dropped it (pyarrow's
+    first conversion of an array to numpy imports pandas from C++ and discards what the import raised), and a
+    `lsr verify` stopped by Ctrl-C printed "intact" and exited 0."""
+    if _RAISED:
+        raise Terminated if _RAISED[-1] == signal.SIGTERM else KeyboardInterrupt
 
 
 def _redeliver_swallowed_interrupts(previous_hook):
@@ -163,16 +185,22 @@ def _redeliver_swallowed_interrupts(previous_hook):
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
+def _signals_as_exceptions():
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
+    _RAISED.clear()
     previous, previous_hook = signal.signal(signal.SIGTERM, _raise_terminated), sys.unraisablehook
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:  # not where the shell made us ignore it (a background job)
+        signal.signal(signal.SIGINT, _raise_interrupt)
     sys.unraisablehook = _redeliver_swallowed_interrupts(previous_hook)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
         sys.unraisablehook = previous_hook
 
 
@@ -193,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False)  # the verb's --quiet: its warnings only
     logging.getLogger("lsr").setLevel(logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO)
     try:
-        with _sigterm_as_interrupt():
+        with _signals_as_exceptions():
+            if args.verb not in ("query", "eval"):  # the verbs that read Parquet (the others need no pandas)
+                arrow_conversions_ready()
             code = int(args._run(args) or 0)
+            _stop_if_swallowed()
         sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
         return code
     except Terminated:

@@ -172,7 +172,7 @@ def _queries_from_stdin(interactive: bool) -> Iterator[tuple[int, str]]:
     """(line number, text) of the non-blank lines of standard input, stripped; on a terminal each read shows a
     prompt, and Ctrl-C there drops the line typed so far (as a shell does) rather than ending the session: Ctrl-D
     ends it."""
-    from lsr.cli.main import Terminated
+    from lsr.cli.main import Terminated, interrupt_handled
 
     line_no = 0
     while True:
@@ -184,6 +184,7 @@ def _queries_from_stdin(interactive: bool) -> Iterator[tuple[int, str]]:
         except KeyboardInterrupt as stop:
             if not interactive or isinstance(stop, Terminated):
                 raise
+            interrupt_handled()
             print(file=sys.stderr)
             continue
         if not interactive and not line:
