@@ -60,6 +60,17 @@ def test_pre_encoded_vectors_index_to_the_same_collection(collections, capsys):
     assert pre["checksums"]["docs"] == direct["checksums"]["docs"]  # the texts travel in the vectors file
 
 
+def test_fusion_flags_on_a_collection_without_dense_vectors_fuse_the_legs_it_has(collections, capsys):
+    """The dense weight a flag leaves unset (1 - the sparse weight) asked for a leg the collection lacks: any fusion
+    flag failed with "re-index with --dense minilm", where a plain --mode hybrid worked."""
+    assert cli_main(["search", str(collections["direct"]), "coffee", "--normalization", "rrf", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"]
+    assert cli_main(["search", str(collections["direct"]), "coffee", "--sparse-weight", "0.5", "--bm25-weight", "0.5",
+                     "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert hits and any(hit.get("bm25_score") is not None for hit in hits), hits
+
+
 def test_pre_encoded_vectors_need_the_models_terms_not_its_weights(corpus, collections, tmp_path, capsys):
     """The build loaded the SPLADE weights only to read the vocabulary: a decoder backbone's many GB on a machine
     that encodes nothing. A folder without its weights now indexes the file to the same collection; one whose
@@ -630,6 +641,8 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
      "--max-length does nothing here: a query keeps up to the model's limit, at most 512 tokens"),
     (["encode", "aspirin", "--max-length", "0"], "--max-length must be at least 4, got 0"),  # named max_length
     (["search", "{direct}", "coffee", "--tag", "mine"], "--tag does nothing here: without --topics no TREC run"),
+    (["search", "{direct}", "coffee", "--output", "run.trec"],  # exit 0 and no file
+     "--output does nothing here: without --topics no TREC run"),
     (["search", "{direct}", "--topics", "{tmp}/t.tsv", "--output", "{tmp}/run", "--text", "--explain"],
      "--text, --explain do nothing here: --topics writes a TREC run, which holds ids and scores only"),
     (["search", "{direct}", "coffee", "--mode", "bm25", "--explain"],  # its explanations came back empty, unsaid

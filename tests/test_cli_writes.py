@@ -293,7 +293,7 @@ def test_an_hnsw_collection_under_rewrites_is_noted_by_verify_and_rebuilt_by_rep
 
 SWALLOWED = """
 import os, signal, sys, time
-from lsr.cli.main import Terminated, _sigterm_as_interrupt
+from lsr.cli.main import Terminated, _signals_as_exceptions
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with SIGINT ignored; a terminal's has it
 
@@ -304,7 +304,7 @@ class Finalized:
             pass
 
 try:
-    with _sigterm_as_interrupt():
+    with _signals_as_exceptions():
         obj = Finalized()
         del obj
         end = time.monotonic() + 5

@@ -400,7 +400,7 @@ def test_options_of_the_wrong_kind_fail_in_one_clear_line(searcher, splade):
     with pytest.raises(TypeError, match="PRF feedback_docs must be a whole number, got 2.5"):
         searcher.search("aspirin", k=3, prf=PrfOptions(feedback_docs=2.5))
     assert searcher.search("aspirin", k=3, mode="hybrid", hybrid=HybridOptions(normalization="rrf")).hits
-    # "no" was taken as on, a deadline "soon" ignored, and explain in bm25 mode gave empty explanations, unsaid
+    # "no" was taken as on, and a deadline "soon" ignored
     for name in ("explain", "include_text"):
         with pytest.raises(TypeError, match=f"{name} must be True or False, got 'no'"):
             searcher.search("aspirin", k=3, **{name: "no"})
@@ -408,8 +408,6 @@ def test_options_of_the_wrong_kind_fail_in_one_clear_line(searcher, splade):
             searcher.search_batch(["aspirin"], k=3, **{name: "no"})
     with pytest.raises(TypeError, match="deadline must be a time.monotonic"):
         searcher.search("aspirin", k=3, deadline="soon")
-    with pytest.raises(ValueError, match="bm25 mode has no SPLADE leg"):
-        searcher.search("aspirin", k=3, mode="bm25", explain=True)
     assert searcher.search("aspirin", k=3, mode="hybrid", explain=True).hits[0].explanation
     with pytest.raises(ValueError, match="key is a token or a whole term id, got 2.7"):
         searcher.search(sparse={2.7: 1.0}, k=3)

@@ -385,7 +385,6 @@ def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
         ("negative k", pb.SearchRequest(text="cancer", k=-1), bad, "k must"),
         ("k over 1000", pb.SearchRequest(text="cancer", k=1001), bad, "k must"),
         ("unknown mode", pb.SearchRequest(text="cancer", mode=7), bad, "mode"),
-        ("explain without SPLADE", pb.SearchRequest(text="cancer", mode=pb.BM25, explain=True), bad, "no SPLADE leg"),
         ("unknown normalization", pb.SearchRequest(text="cancer", mode=pb.HYBRID, hybrid=pb.HybridOptions(normalization=9)), bad, "normalization"),
         ("unknown interpolation", pb.SearchRequest(text="cancer", prf=pb.PrfOptions(enabled=True, interpolate=5)), bad, "interpolation"),
         ("sparse weight out of range", pb.SearchRequest(text="cancer", mode=pb.HYBRID, hybrid=pb.HybridOptions(sparse_weight=1.5)), bad, "sparse_weight"),

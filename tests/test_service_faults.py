@@ -594,6 +594,30 @@ def test_a_server_whose_collection_was_indexed_anew_reports_not_serving(collecti
                 c.upsert(["after-overwrite"], ["tardigrades survive vacuum"], timeout=60)
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "restart" in err.value.details()
             assert len(c.search("cancer", k=N_DOCS, timeout=30).hits) > 5  # the opened build, not the new one
+            with pytest.raises(grpc.RpcError) as err:  # its texts were DATA_LOSS, "run `lsr verify`": it found nothing
+                c.search("cancer", k=N_DOCS, include_text=True, timeout=30)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+            assert "indexed anew" in err.value.details() and "restart" in err.value.details()
     finally:
         server.kill()
     assert not verify_collection(path).problems
+
+
+def test_a_server_whose_collection_was_moved_away_says_so(collection, tmp_path):
+    """A write to a moved collection failed INTERNAL with a traceback in the log, its texts DATA_LOSS, and health
+    stayed SERVING."""
+    path = shutil.copytree(collection, tmp_path / "col")
+    server = ServerProcess(path).wait_listening()
+    try:
+        with server.client() as c:
+            path.rename(tmp_path / "moved")
+            for call in (lambda: c.upsert(["after-move"], ["tardigrades survive vacuum"], timeout=60),
+                         lambda: c.search("cancer", k=N_DOCS, include_text=True, timeout=30)):
+                with pytest.raises(grpc.RpcError) as err:
+                    call()
+                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+                assert "was moved or deleted" in err.value.details() and "restart" in err.value.details()
+            assert c.health() == "NOT_SERVING"
+            assert c.search("cancer", k=3, timeout=30).hits  # what it had loaded
+    finally:
+        server.kill()

@@ -149,12 +149,13 @@ def test_an_interrupted_sharded_build_resumes_to_the_same_bytes(corpus, sharded,
     assert again.already_complete and again.docs == N_DOCS and again.encoded_with == options().encoding() == summary.encoded_with
 
 
-@pytest.mark.parametrize("value", ["0", "-2"])
-def test_shards_below_one_are_refused_in_one_line(corpus, tmp_path, value):
+@pytest.mark.parametrize("value", ["0", "-2", "257", "100000"])  # 100,000 would have filled a disk, 0.8 MB a shard
+def test_a_shard_count_out_of_range_is_refused_in_one_line(corpus, tmp_path, value):
     result = subprocess.run([sys.executable, "-m", "lsr", "index", str(corpus), str(tmp_path / "col"), "--shards", value],
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"lsr index: error: --shards must be at least 1, got {value}"]
+    assert result.stderr.strip().splitlines() == [f"lsr index: error: --shards must be between 1 and 256, got {value} "
+                                                  "(each shard is a whole collection, served by a process of its own)"]
     assert not (tmp_path / "col").exists()
 
 

@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                              "before its first checkpoint")
     p.add_argument("--shards", type=int, default=1, metavar="N",
                    help="split the collection into N shards by a hash of the document id (each a complete collection, "
-                        "with collection-wide statistics; served by `lsr serve`); default 1: one unsharded collection")
+                        "with collection-wide statistics; served by `lsr serve`); default 1: one unsharded collection; "
+                        "at most 256")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="where documents are encoded: this process (local, default) or a pool of Ray encoder actors "
                         "(one GPU each, else a CPU share); the collection is byte-identical either way for the same "
@@ -91,9 +92,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lsr.ingest.layout import BUILD_STATE, REPLACED, is_collection_dir
     from lsr.ingest.indexing import IndexOptions, ResumeRefused, build_collection, recorded_max_length
+    from lsr.ingest.sharding import check_shard_count
 
-    if args.shards <= 0:
-        raise ValueError(f"--shards must be at least 1, got {args.shards}")
+    check_shard_count(args.shards)
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be positive, got {args.limit}")
     model, max_length = args.model or "splade-tiny", args.max_length

@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.verb not in ("query", "eval"):  # the verbs that read Parquet (the others need no pandas)
                 arrow_conversions_ready()
             code = int(args._run(args) or 0)
-            _stop_if_swallowed()
+            if code == 0:  # a verb that caught the signal returns 130 or 143 itself
+                _stop_if_swallowed()
         sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
         return code
     except Terminated:

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         refuse_unused(flags_given(args, "text", "explain", "json"), "--topics writes a TREC run, which holds ids and "
                       "scores only")
     else:
-        refuse_unused(flags_given(args, "tag", "threads"), "without --topics no TREC run is written")
+        refuse_unused(flags_given(args, "tag", "threads", "output"), "without --topics no TREC run is written")
     if args.query:  # checked as a search would check it, before the slow model load
         from lsr.encode.texts import is_blank
 

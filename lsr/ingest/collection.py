@@ -95,7 +95,8 @@ class Collection:
         self.path = path
         self.meta = meta
         self._meta_seen = _file_identity(path / META_FILE)  # a new build (`lsr index --overwrite`) writes a new lsr.json
-        self.replaced = False  # this process found the collection indexed anew: only a reopen writes again
+        self.replaced = False  # this process found the collection indexed anew (or gone): only a reopen writes again
+        self._replaced_why = ("", "")  # what happened to it, and where to restart
         self._on_replaced: list[Callable[[], None]] = []
         self.sparse = sparse  # the writable stores; readers use view()
         self.dense = dense
@@ -284,19 +285,34 @@ class Collection:
         (a server then reports NOT_SERVING: its writes fail until it restarts)."""
         self._on_replaced.append(listener)
 
+    def check_in_place(self) -> None:
+        """CollectionReplaced unless the folder still holds the build this process opened: indexed anew, or moved or
+        deleted (a write failed INTERNAL; a text read failed DATA_LOSS, pointing at `lsr verify`, which found nothing,
+        or read another build's file of the same name). One stat while lsr.json is the file this process last saw.
+        The listeners hear of it once (a server reports NOT_SERVING)."""
+        if not self.replaced:
+            if _file_identity(self.path / META_FILE) == self._meta_seen:
+                return
+            try:
+                if read_meta(self.path) == self.meta:
+                    return
+                self._replaced_why = "was indexed anew (`lsr index --overwrite`)", "to use the new build"
+            except FileNotFoundError:
+                self._replaced_why = "was moved or deleted", "on the collection where it is now"
+            self.replaced = True
+            for listener in self._on_replaced:
+                listener()
+        why, then = self._replaced_why
+        raise CollectionReplaced(f"{self.path} {why} since this process opened it; searches answer from what it had "
+                                 f"loaded, but its texts and writes are gone: restart the process {then}")
+
     def _take_up_disk(self) -> None:
         """Another process wrote the collection (or repaired it): apply the journal records it appended to this
         process's stores (the sparse index from its new commit, and any record a writer that died left unapplied),
         so this write follows the other's instead of undoing it. Anything but whole records appended after ours
         (a torn tail, a repair) reloads every store from disk."""
         meta_seen = _file_identity(self.path / META_FILE)
-        if read_meta(self.path) != self.meta:
-            if not self.replaced:
-                self.replaced = True
-                for listener in self._on_replaced:
-                    listener()
-            raise CollectionReplaced(f"{self.path} was indexed anew (`lsr index --overwrite`) since this process opened "
-                                     "it; restart the process to write to the new build")
+        self.check_in_place()
         self._meta_seen = meta_seen  # rewritten alike (a repair)
         appended = self._journal.appended_since()
         if appended is not None:

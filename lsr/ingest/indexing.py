@@ -27,6 +27,7 @@ from lsr.ingest.layout import (
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_total
+from lsr.ingest.sharding import check_shard_count
 from lsr.search.bm25_index import DESCRIPTION as BM25_DESCRIPTION
 from lsr.search.bm25_index import BM25_DIR, build_bm25
 from lsr.search.dense_index import DenseIndex
@@ -80,8 +81,7 @@ class IndexOptions:
         self.dense_model = self.dense_model and lasting_name(self.dense_model)
 
     def check(self) -> None:
-        if self.shards <= 0:
-            raise ValueError(f"--shards must be at least 1, got {self.shards}")
+        check_shard_count(self.shards)
         if self.batch_size <= 0:
             raise ValueError(f"--batch-size must be positive, got {self.batch_size}")
         if self.max_length < 4:

@@ -175,17 +175,14 @@ def check_options(k: Any, mode: Any, hybrid: Any, prf: Any, bound_factor: Any = 
                          "hybrid or auto mode")
 
 
-def check_switches(mode: str, explain: Any, include_text: Any, deadline: Any) -> None:
-    """The on/off options and the deadline, checked as strictly as the rest: "no" was taken as on, a deadline of
-    "soon" was ignored, and ``explain`` in a mode without SPLADE gave every hit an empty explanation, unsaid."""
+def check_switches(explain: Any, include_text: Any, deadline: Any) -> None:
+    """The on/off options and the deadline, checked as strictly as the rest: "no" was taken as on, and a deadline of
+    "soon" was ignored."""
     for name, value in (("explain", explain), ("include_text", include_text)):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{name} must be True or False, got {value!r}")
     if deadline is not None and (not is_real(deadline) or math.isnan(deadline)):
         raise TypeError(f"deadline must be a time.monotonic() instant in seconds, or None; got {deadline!r}")
-    if explain and mode in ("bm25", "dense"):
-        raise ValueError(f"explain names the SPLADE terms behind each hit, and {mode} mode has no SPLADE leg; use "
-                         "sparse, hybrid or auto")
 
 
 def resolve_mode(mode: str, served: Callable[[], Sequence[str]]) -> str:
@@ -314,7 +311,11 @@ class Searcher:
         return UNTUNED_HYBRID if self.dense_dim is not None else replace(UNTUNED_HYBRID, dense_weight=0.0)
 
     def hybrid_or_default(self, hybrid: HybridOptions | None) -> HybridOptions:
-        return self.default_hybrid if hybrid is None else hybrid
+        """``hybrid``, or the collection's default; an unset dense weight (1 - sparse_weight) is 0 where the
+        collection has no dense leg: `--normalization rrf` alone failed there, asking for a re-index."""
+        if hybrid is None:
+            return self.default_hybrid
+        return replace(hybrid, dense_weight=0.0) if hybrid.dense_weight is None and not self.has_dense else hybrid
 
     @cached_property
     def default_prf(self) -> PrfOptions:
@@ -345,7 +346,22 @@ class Searcher:
 
     def mean_text_bytes(self) -> float:
         """Average stored text size of the build's documents: what include_text adds per hit."""
-        return self.collection.view().docs.mean_text_bytes()
+        with self._texts_in_place():
+            return self.collection.view().docs.mean_text_bytes()
+
+    @contextmanager
+    def _texts_in_place(self) -> Iterator[None]:
+        """Reads of stored texts from the folder this process opened: one indexed anew, moved or deleted since is
+        CollectionReplaced (a read gave DATA_LOSS, "run `lsr verify`", which found nothing, or another build's
+        texts); a damaged file stays itself. None: a sharded search, whose shards say it themselves."""
+        if self.collection is not None:
+            self.collection.check_in_place()
+        try:
+            yield
+        except Exception:
+            if self.collection is not None:  # replaced while it read
+                self.collection.check_in_place()
+            raise
 
     def stats(self) -> dict[str, Any]:
         view = self.collection.view()
@@ -376,7 +392,8 @@ class Searcher:
         was looked up as "None", a list as "['4983']")."""
         self.check_open()
         doc_id = as_id(doc_id)
-        (text,) = self.collection.text([doc_id])
+        with self._texts_in_place():
+            (text,) = self.collection.text([doc_id])
         if text is None:
             raise KeyError(f"no document {doc_id!r} in {self.collection.path}")
         return text
@@ -580,7 +597,9 @@ class Searcher:
             for doc, score in rank(final, k)
         ]
         if include_text and hits:
-            for hit, body in zip(hits, source.text([h.doc_id for h in hits])):
+            with self._texts_in_place():
+                texts = source.text([h.doc_id for h in hits])
+            for hit, body in zip(hits, texts):
                 hit.text = body
         if explain and hits and scored_sparse:  # the query that gave sparse_score: PRF's moved one, if it ran
             self._explain(source, hits, scored_sparse)
@@ -628,7 +647,7 @@ class Searcher:
         """Validate a request before any work (the service calls it ahead of micro-batched encoding)."""
         self.check_open()
         check_options(k, mode, hybrid, prf, bound_factor)
-        check_switches(mode, explain, include_text, deadline)
+        check_switches(explain, include_text, deadline)
         prf = self.prf_or_default(prf)
         if prf is not None:
             prf.check()  # the collection's stored defaults
