@@ -94,7 +94,8 @@ def _utf8_len(text: str) -> int:
 
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and not 0 < timeout < math.inf:  # 0 failed every call at once as DEADLINE_EXCEEDED
-        raise ValueError(f"the timeout must be a positive number of seconds (or None: no deadline), got {timeout}")
+        raise ValueError(f"the timeout must be a positive number of seconds, got {timeout} (the Python client takes "
+                         "None for no deadline)")
 
 
 def endpoint_address(endpoint: str) -> str:
@@ -108,6 +109,9 @@ def endpoint_address(endpoint: str) -> str:
     if "://" in endpoint or endpoint.startswith("unix:"):
         return endpoint
     if endpoint.startswith("["):
+        if "]" not in endpoint or not endpoint.endswith("]") and "]:" not in endpoint:  # "[::1" was dialled as is
+            raise ValueError(f"the endpoint {endpoint!r} opens an IPv6 address with [ but does not close it; give "
+                             "[ADDRESS]:PORT, e.g. [::1]:50051")
         address = endpoint if "]:" in endpoint else f"{endpoint}:{DEFAULT_PORT}"
     elif endpoint.count(":") > 1:  # a bare IPv6 address
         address = f"[{endpoint}]:{DEFAULT_PORT}"

@@ -203,7 +203,7 @@ def test_upsert_and_delete_through_a_running_server(built, tmp_path, capsys):
         with server.client() as client:
             assert client.search("axolotl limbs regrow", k=1).hits[0].doc_id == "axolotl"
         ids = tmp_path / "ids.txt"
-        ids.write_text("axolotl\nnot-there\n\n")
+        ids.write_text(" axolotl \nnot-there\n\n")  # spaces around an id (none holds one): " axolotl " was not found
         assert main(["delete", "--endpoint", server.address, "--ids-file", str(ids)]) == 0
         captured = capsys.readouterr()
         assert "deleted 1 of 2 documents" in captured.out and "not in the collection: not-there" in captured.err

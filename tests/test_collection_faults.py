@@ -668,6 +668,22 @@ def test_repair_without_salvage_never_cuts_a_damaged_last_record_it_cannot_judge
     assert f"the writes of seq {found.records[-1].seq} are lost" in capsys.readouterr().out  # lost, and said so
 
 
+def test_an_emptied_journal_names_the_repair_that_works(written, encoders, tmp_path, capsys):
+    """An emptied journal behind applied writes said "run `lsr repair` to rebuild from it", and that repair refused
+    with the same line: only --salvage, which the message never named, rebuilds."""
+    from lsr.ingest.journal import JOURNAL_FILE
+
+    path = _copy(written, tmp_path / "col")
+    col = Collection.open(path)
+    _upsert_each(col, encoders, ["gone-1"], [NEW_TEXT])
+    col.close()
+    (path / JOURNAL_FILE).write_bytes(b"")
+    assert main(["repair", str(path)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"`lsr repair {path} --salvage` rebuilds from the build and the records left" in last, last
+    assert main(["repair", str(path), "--salvage"]) == 0 and not verify_collection(path).problems
+
+
 def test_kill_9_during_repair_leaves_the_old_index_that_opens(written, tmp_path):
     """repair deleted sparse/ and rebuilt it in place: a Ctrl-C or kill -9 meanwhile left a collection that every
     open refused. It now builds beside it and swaps it in."""

@@ -217,6 +217,18 @@ def test_bad_rows_fail_naming_the_line(tmp_path, line, reason, message):
         read_all(CorpusReader(path))
 
 
+@pytest.mark.parametrize("row, message", [
+    ({"_id": "", "text": "x"}, "empty id field '_id'"),
+    ({"_id": "n", "title": None, "text": None}, r"the text fields \['title', 'text'\] are all null"),
+])
+def test_an_empty_id_and_null_texts_are_named_as_such(tmp_path, row, message):
+    """"_id": "" was called a missing field, and a null title and text "not present (the row has ['_id', 'title',
+    'text'])": both sent the user looking for a typo."""
+    path = write_jsonl(tmp_path / "bad.jsonl", [BAD_LINES[0], json.dumps(row)])
+    with pytest.raises(BadRowError, match=rf"line 2: {message}"):
+        read_all(CorpusReader(path))
+
+
 def test_bad_rows_are_skipped_and_counted(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", BAD_LINES)
     reader = CorpusReader(path, on_error="skip")

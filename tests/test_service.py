@@ -309,6 +309,9 @@ def test_a_bare_host_means_the_default_port_50051():
     for bad in ("localhost:99999", "localhost:0", "localhost:http", "[::1]:"):  # gRPC waited out the timeout on them
         with pytest.raises(ValueError, match="no valid port .* a port in 1..65535"):
             endpoint_address(bad)
+    for bad in ("[::1", "[::1]x"):  # dialled as given, then "no server answered"
+        with pytest.raises(ValueError, match="opens an IPv6 address with \\[ but does not close it"):
+            endpoint_address(bad)
     for timeout in (0, -1, float("nan"), float("inf")):  # 0 failed every call at once as DEADLINE_EXCEEDED
         with pytest.raises(ValueError, match="the timeout must be a positive number of seconds"):
             Client("localhost", timeout=timeout)
@@ -578,6 +581,9 @@ def test_delete_of_unknown_ids_is_not_found(client):
         client.delete(["no-such-doc-1", "no-such-doc-2"])
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert "no-such-doc" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # NOT_FOUND "(first: '')", where an upsert refuses an empty id
+        client.delete(["no-such-doc-1", ""])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ids[1] is empty" in err.value.details()
 
 
 def test_deadlines_are_honoured_and_abandoned_work_stops(client, queries):

@@ -64,7 +64,7 @@ def _read_ids(path: str | None) -> list[str]:
     from lsr.files import read_text_file, text_lines
 
     lines = text_lines(sys.stdin.read() if path == "-" else read_text_file(path, "--ids-file"))
-    return [line for line in lines if line.strip()]  # ids are kept as written: " d1" and "d1" are two documents
+    return [line.strip() for line in lines if line.strip()]  # an id holds no space: " d1 " meant d1
 
 
 def _delete(collection: str, ids: list[str]) -> list[str]:

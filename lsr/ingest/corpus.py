@@ -305,12 +305,16 @@ class CorpusReader:
     def _accept(self, row_no: int, doc_id, values: Sequence, out: DocChunk, keys: Callable[[], list] | None = None) -> None:
         """Validate one row and append it to ``out``, or report it as bad; ``keys()`` lists a JSON row's fields."""
         if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-            return self._bad("missing id", row_no, f"missing id field {self.id_field!r}", out)
+            said = "missing" if doc_id is None else "empty"  # "missing" for an "_id": "" row sent one looking for a typo
+            return self._bad("missing id", row_no, f"{said} id field {self.id_field!r}", out)
         if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
             return self._bad("missing id", row_no,
                              f"id field {self.id_field!r} is {type(doc_id).__name__}, expected a string", out)
         if all(value is None for value in values):
-            has = f" (the row has {keys()})" if keys is not None else ""
+            named = keys() if keys is not None else None
+            if named is not None and all(field in named for field in self.fields):  # "title": null, "text": null
+                return self._bad("missing text", row_no, f"the text fields {self.fields} are all null", out)
+            has = f" (the row has {named})" if named is not None else ""
             return self._bad("missing text", row_no,
                              f"none of the text fields {self.fields} is present{has}; choose them with --fields", out)
         doc_id = str(doc_id)

@@ -310,8 +310,19 @@ def _changes(old: dict, new: dict) -> str:
     """``name=old (now new)`` for each setting that differs; settings the old run did not record are ignored, but
     for those left out at their usual value (a resume with --shards 2 of an unsharded build mixed both layouts)."""
     old, new = {**_UNRECORDED, **old}, {**_UNRECORDED, **new}
-    return ", ".join(f"{key}={old.get(key)!r} (now {new[key]!r})" for key in sorted(new)
+    return ", ".join(f"{key}={_plain(old.get(key))} (now {_plain(new[key])})" for key in sorted(new)
                      if key in old and old[key] != new[key])
+
+
+def _plain(value: Any) -> str:
+    """A setting as a user would write it (Python's reprs read "dense_model='minilm' (now None)")."""
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        return " ".join(f"{key}:{_plain(item)}" for key, item in sorted(value.items()))
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_plain, value))
+    return str(value)
 
 
 def document_blocks(reader: CorpusReader, size: int) -> Iterator[DocChunk]:

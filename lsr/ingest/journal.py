@@ -180,8 +180,10 @@ def recover(path: Path, applied: int, folded: int = 0) -> list[Record]:
     last = max(found.records[-1].seq if found.records else 0, folded)
     if found.problem is None:
         if last < applied:
-            raise CorruptFileError(f"{path} ends at record {last}, but the stores hold record {applied} "
-                                   "(the journal was truncated or replaced); run `lsr repair` to rebuild from it")
+            raise CorruptFileError(f"{path} ends at record {last}, but the stores hold record {applied} (the journal "
+                                   f"was truncated or replaced); restore it from a backup, or `lsr repair {path.parent} "
+                                   f"--salvage` rebuilds from the build and the records left, losing the writes after "
+                                   f"record {last}")
         return [record for record in found.records if record.seq > folded]
     if last < applied or (found.end == 0 and found.size > len(MAGIC)):
         raise CorruptFileError(f"{path}: {found.problem}, and acknowledged writes lie past it (corrupted); restore "

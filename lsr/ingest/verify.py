@@ -112,7 +112,9 @@ def _verify(path: Path) -> Report:
             report.notes.append(f"{path / JOURNAL_FILE}: {journal.problem}: a write cut off by a crash, never "
                                 "acknowledged; the next open drops it")
     elif last < applied:
-        report.problems.append(f"{path / JOURNAL_FILE} ends at record {last}, but the stores hold record {applied}")
+        report.problems.append(f"{path / JOURNAL_FILE} ends at record {last}, but the stores hold record {applied} "
+                               "(truncated or replaced: restore it from a backup, or `lsr repair --salvage` loses the "
+                               "writes after it)")
     report.checked.append(f"journal ({len(records)} records)")
     for name, seq in seqs.items():
         if seq < last:
