@@ -200,9 +200,8 @@ def arrow_conversions_ready() -> None:
 
 
 def leave_signals_to_main() -> None:
-    """Run first in a worker thread: Ctrl-C and SIGTERM then reach the main thread, interrupting its wait. One the
-    kernel handed to a worker running Python code was only noted, and the main thread raised it at exit: `lsr verify`
-    stopped by Ctrl-C went on to print "intact"."""
+    """Run first in a worker thread: the kernel then hands Ctrl-C and SIGTERM to the main thread, whose wait on the
+    workers they interrupt at once; one handed to a worker waited, noted only, until the file under check ended."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
