@@ -332,7 +332,7 @@ def test_a_fold_that_fails_leaves_the_journal_and_a_later_one_folds(written, enc
     assert "last" in Collection.open(path).view().docs.ids()
 
 
-def test_a_damaged_part_is_named_by_open_verify_and_repair(written, pool, tmp_path, small_folds):
+def test_a_damaged_part_is_named_by_open_verify_and_repair(written, pool, tmp_path, small_folds, capsys):
     path = tmp_path / "col"
     _history(written, path, pool)
     _last_write(path, pool, folding=True)
@@ -343,7 +343,10 @@ def test_a_damaged_part_is_named_by_open_verify_and_repair(written, pool, tmp_pa
     with pytest.raises(CorruptFileError, match=part.name):
         Collection.open(path)
     assert any(part.name in problem for problem in verify_collection(path).problems)
+    capsys.readouterr()
     assert main(["repair", str(path)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # it named the file, and no next step
+    assert part.name in last and "restore the file from a backup, or re-index" in last, last
 
 
 def test_a_version_pinned_before_a_fold_reads_its_texts_after_its_parts_are_merged_away(written, encoders, pool,
