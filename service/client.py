@@ -146,9 +146,15 @@ class Client:
         options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
         if tls:
             roots = None if tls is True else Path(tls).read_bytes()
-            self._channel = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials(roots), options=options)
+            if roots is not None and b"-----BEGIN CERTIFICATE-----" not in roots:  # gRPC's core logged two lines, and
+                # every call then timed out as "no server answered"
+                raise ValueError(f"the TLS CA file {tls} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give "
+                                 "the certificate of the authority that signed the server's")
+            credentials = grpc.ssl_channel_credentials(roots)
+            self._new_channel = lambda extra=(): grpc.secure_channel(endpoint, credentials, options=[*options, *extra])
         else:
-            self._channel = grpc.insecure_channel(endpoint, options=options)
+            self._new_channel = lambda extra=(): grpc.insecure_channel(endpoint, options=[*options, *extra])
+        self._channel = self._new_channel()
         self.endpoint = endpoint
         self.timeout = timeout
         self._tls = bool(tls)
@@ -281,10 +287,31 @@ class Client:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
+            self._refused_handshake()
             over = " over TLS" if self._tls else ""
             tls_hint = " with --tls-cert (a plain server never finishes a TLS handshake)" if self._tls else ""
             raise EndpointUnavailable(f"no server answered{over} at {self.endpoint} within {timeout:g} s; "
                                       f"is `lsr serve` running there{tls_hint}?") from None
+
+    def _refused_handshake(self) -> None:
+        """ValueError when the server answered but the connection failed in a way a retry cannot mend: a TLS
+        handshake refused (an untrusted certificate, a name it does not hold), or a plain client at a TLS server
+        (which closes the socket). Both read "no server answered" (exit 1: retry)."""
+        # a channel of its own subchannels tries every address afresh: one in back-off repeats its last error, which
+        # for localhost may be ::1's refusal where 127.0.0.1 refused the handshake
+        with self._new_channel([("grpc.use_local_subchannel_pool", 1)]) as channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+                return
+            except grpc.RpcError as exc:
+                details = exc.details() or ""
+        if "handshake failed" in details.lower():
+            reason = details.split("Tls handshake failed", 1)[-1].split("SSL_ERROR_SSL:")[-1].removesuffix(": OK").strip(" :()")
+            raise ValueError(f"the TLS handshake with {self.endpoint} failed ({reason}); give --tls the certificate of "
+                             "the authority that signed the server's, and an endpoint name that certificate holds")
+        if not self._tls and details.endswith("Socket closed"):
+            raise ValueError(f"the server at {self.endpoint} closed the connection at once: it serves TLS, or is not "
+                             "an lsr server; add --tls (with the CA file of its certificate)")
 
     def close(self) -> None:
         self._channel.close()

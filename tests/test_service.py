@@ -240,6 +240,22 @@ def test_lsr_query_user_errors_exit_2_with_one_line(servers, tls_files):
     assert refused.stderr.startswith("lsr query: error: UNAUTHENTICATED") and len(refused.stderr.splitlines()) == 1
 
 
+def test_a_tls_mismatch_is_a_fix_named_in_one_line_not_a_missing_server(servers, tls_files, tmp_path, capsys):
+    """A server whose certificate the client does not trust, a plain client at a TLS server and a CA file that is no
+    certificate all read "no server answered" (exit 1: retry), after seconds, under gRPC's own log lines."""
+    from lsr.cli.main import main
+
+    address = servers["secure"].address
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    for flags, says in ((["--tls"], f"the TLS handshake with {address} failed (")  # system roots: self-signed is untrusted
+                        , ([], f"the server at {address} closed the connection at once: it serves TLS"),
+                        (["--tls", str(garbage)], f"the TLS CA file {garbage} holds no PEM certificate")):
+        assert main(["query", "--endpoint", address, "vitamin d", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lsr query: error: {says}") and len(err.splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--tls", "vitamin d"], "the query is empty; give the words to search for (--tls took 'vitamin d' as its CA "
                              "certificate: put the query before --tls, or write --tls=CA_CERT)"),  # "required: text"
