@@ -256,6 +256,20 @@ def test_a_tls_mismatch_is_a_fix_named_in_one_line_not_a_missing_server(servers,
         assert err.startswith(f"lsr query: error: {says}") and len(err.splitlines()) == 1, err
 
 
+def test_lsr_beir_evaluates_a_server_behind_tls_and_a_token(servers, tls_files, capsys):
+    """`lsr beir --endpoint` had no --tls or --auth-token-file: a secured server could not be evaluated."""
+    from lsr.cli.main import main
+
+    command = servers["secure"].command
+    token_file = command[command.index("--auth-token-file") + 1]
+    assert main(["beir", "--dataset", "scifact", "--methods", "sparse", "--quiet", "--endpoint",
+                 servers["secure"].address, "--tls", str(tls_files[0]), "--auth-token-file", token_file]) == 0
+    out = capsys.readouterr().out  # through TLS and the token, on the SciFact documents that server holds
+    assert any(line.startswith("| sparse") for line in out.splitlines()), out
+    assert main(["beir", "--dataset", "scifact", "--quiet", "--tls"]) == 2
+    assert "--tls does nothing here: they reach a server given by --endpoint" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--tls", "vitamin d"], "the query is empty; give the words to search for (--tls took 'vitamin d' as its CA "
                              "certificate: put the query before --tls, or write --tls=CA_CERT)"),  # "required: text"

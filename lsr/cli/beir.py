@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
+from lsr.cli.endpoint import add_endpoint_arguments, read_token
 from lsr.cli.main import flags_given, refuse_unused
 from lsr.files import check_folder_writable
 
@@ -47,8 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--k", type=int, default=100,
                    help="retrieval depth, 10..999 (default: 100; the metrics read the top 100; hybrid fuses the "
                         "top max(k, 100))")
-    p.add_argument("--endpoint", default=None, metavar="HOST[:PORT]",
-                   help="query a running `lsr serve` instead of searching in-process (port 50051 if left out)")
+    add_endpoint_arguments(p, required=False, timeout=60.0)  # a running `lsr serve` instead of in-process search
     p.add_argument("--serve", action="store_true",
                    help="index the dataset, start `lsr serve` on a free loopback port, evaluate through it, then stop it")
     p.add_argument("--out", default=None,
@@ -77,10 +77,13 @@ def run(args: argparse.Namespace) -> int:
     if args.endpoint:
         refuse_unused(flags_given(args, "model", "dense", "threads", "device", "dtype"),
                       "with --endpoint the server's collection and models are evaluated (`lsr serve --device ...`)")
+    if not args.endpoint:  # a secured server's flags: a --serve server is plain and local
+        refuse_unused(flags_given(args, "tls", "auth_token_file", "timeout"), "they reach a server given by --endpoint")
+    connection = {"token": read_token(args.auth_token_file), "tls": args.tls, "timeout": args.timeout}
     if args.endpoint and set(methods) - {"bm25"}:
         from lsr.eval.backends import Remote
 
-        Remote(args.endpoint).client.close()  # one that is down fails now, not after torch and the dataset load
+        Remote(args.endpoint, **connection).client.close()  # one that is down fails now, not after the dataset load
 
     from lsr.encode.cpu_threads import set_threads
     from lsr.eval.beir import run_beir
@@ -105,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
             collection, _ = cached_collection(source, dataset, options, progress=not args.quiet)
             endpoint = stack.enter_context(_served(collection, args.threads, encoding, _serve_log(args.out)))
         report = run_beir(args.dataset, data_dir=args.data_dir, split=args.split, methods=methods, k=args.k,
-                          endpoint=endpoint, tune_locally=collection, out=args.out, options=options,
+                          endpoint=endpoint, connection=None if args.serve else connection, tune_locally=collection,
+                          out=args.out, options=options,
                           progress=not args.quiet, note=args.note)
     print()
     print(markdown(report))

@@ -1,5 +1,5 @@
 """The flags and the connection of every verb that talks to a running `lsr serve` (``query``, ``upsert``,
-``delete``): one place for the address, TLS, the bearer token and the deadline."""
+``delete``, ``beir``): one place for the address, TLS, the bearer token and the deadline."""
 
 from __future__ import annotations
 

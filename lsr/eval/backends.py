@@ -57,10 +57,11 @@ class InProcess:
 class Remote:
     """Runs queries through the gRPC service (``lsr serve``) with the same options."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, **connection: Any) -> None:
+        """``connection``: ``Client``'s token, tls and timeout, for a secured server."""
         from lsr.service.client import CONNECT_TIMEOUT, Client
 
-        self.client = Client(endpoint)
+        self.client = Client(endpoint, **connection)
         try:
             self.client.wait_ready(timeout=CONNECT_TIMEOUT)
         except BaseException:

@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from lsr.eval.backends import InProcess, Remote, bm25_run, exact_sparse_run
 from lsr.eval.datasets import BeirDataset, load_beir, locate_dataset
@@ -149,6 +149,7 @@ def run_beir(
     methods: Sequence[str] = DEFAULT_METHODS,
     k: int = 100,
     endpoint: str | None = None,
+    connection: Mapping[str, Any] | None = None,
     tune_locally: str | Path | None = None,
     out: str | Path | None = None,
     options: Any = None,
@@ -158,6 +159,7 @@ def run_beir(
 ) -> dict:
     """Evaluate ``methods`` on ``split``; writes results.md/.json and ndcg.png into ``out`` when given.
 
+    ``connection``: the ``Client`` token, tls and timeout of a secured ``endpoint``.
     ``tune_locally`` (a collection folder, with ``endpoint``): tune α, m, β in-process on that
     collection, which reuses one encoding of the tuning queries across the grid, while every reported
     number still comes through the endpoint. ``lsr beir --serve`` uses it for the collection it serves.
@@ -167,7 +169,7 @@ def run_beir(
 
     check_methods_and_depth(methods, k)
     neural = [m for m in methods if m != "bm25"]
-    remote = Remote(endpoint) if endpoint and neural else None  # an unreachable endpoint fails before any work
+    remote = Remote(endpoint, **(connection or {})) if endpoint and neural else None  # one down fails before any work
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     source = locate_dataset(dataset_name, data_dir)
