@@ -4,6 +4,7 @@ results equal the unsharded collection's (collection-wide statistics), resumable
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -242,6 +243,26 @@ def test_verify_and_repair_name_a_missing_shard_folder(sharded, tmp_path, capsys
     (col / SHARDS_FILE).write_bytes(bytes(data))
     assert main(["verify", str(col)]) == 1
     assert capsys.readouterr().out.startswith(f"BAD      {col / SHARDS_FILE}")
+
+
+def test_a_write_or_build_aimed_at_one_shard_is_refused(sharded, corpus, tmp_path, capsys):
+    """`lsr upsert X col/shard-001` put a document the hash gives shard-000 into shard-001: a later upsert through the
+    collection made a second copy, a delete through it left the first, and `lsr verify` said "intact". `lsr index
+    SOURCE col/shard-001 --overwrite` filled one shard with documents of every shard."""
+    from lsr.cli.main import main
+
+    col = shutil.copytree(sharded, tmp_path / "col")
+    before = {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()}
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"_id": "zz-a", "text": "alpha wombat misrouted"}) + "\n")
+    shard = col / read_shard_map(col).names[1]
+    for argv, verb in ((["upsert", str(new), str(shard)], "write to"), (["delete", str(shard), "zz-a"], "write to"),
+                       (["index", str(corpus), str(shard), "--overwrite"], "index into")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == (f"lsr {argv[0]}: error: {shard} is a shard of the sharded collection "
+                                                   f"{col}; {verb} the collection itself, which sends each document "
+                                                   "to the shard that owns it")
+    assert {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()} == before
 
 
 def test_tied_documents_are_kept_by_doc_id_sharded_or_not(tmp_path):

@@ -92,9 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lsr.ingest.layout import BUILD_STATE, REPLACED, is_collection_dir
     from lsr.ingest.indexing import IndexOptions, ResumeRefused, build_collection, recorded_max_length
-    from lsr.ingest.sharding import check_shard_count
+    from lsr.ingest.sharding import check_shard_count, refuse_shard_folder
 
     check_shard_count(args.shards)
+    refuse_shard_folder(Path(args.out), "index into")
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be positive, got {args.limit}")
     model, max_length = args.model or "splade-tiny", args.max_length

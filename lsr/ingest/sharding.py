@@ -87,6 +87,21 @@ def missing_shard(folder: Path) -> str:
             f"backup, or index the corpus again (`lsr index SOURCE {folder.parent} --shards N --overwrite`)")
 
 
+def refuse_shard_folder(path: Path, verb: str) -> None:
+    """ValueError when ``path`` is one shard of a sharded collection: documents written or built there sit in a shard
+    that may not own them, where a delete through the collection missed them and `lsr verify` said "intact"."""
+    path = Path(path).expanduser().absolute()
+    if not is_sharded(path.parent):
+        return
+    try:
+        names = read_shard_map(path.parent).names
+    except (OSError, ValueError):  # a damaged map: what reads the collection says so
+        return
+    if path.name in names:
+        raise ValueError(f"{path} is a shard of the sharded collection {path.parent}; {verb} the collection itself, "
+                         "which sends each document to the shard that owns it")
+
+
 def reindex_command(path: Path) -> str:
     """The `lsr index` that rebuilds ``path`` from its corpus: for a shard, its whole sharded collection (hints said
     `lsr index SOURCE col/shard-001 --overwrite`, which put every document of the corpus in that one shard)."""

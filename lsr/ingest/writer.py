@@ -15,7 +15,7 @@ import numpy as np
 
 from lsr.ingest.collection import Collection
 from lsr.ingest.progress import quiet_logger
-from lsr.ingest.sharding import ShardMap, is_sharded, read_shard_map
+from lsr.ingest.sharding import ShardMap, is_sharded, read_shard_map, refuse_shard_folder
 from lsr.search.models import SearchModels
 from lsr.sparse import SparseBatch
 
@@ -25,6 +25,7 @@ class CollectionWriter:
 
     def __init__(self, path: str | Path, *, device: str = "auto", dtype: str = "auto") -> None:
         path = Path(path).expanduser()
+        refuse_shard_folder(path, "write to")
         self.shard_map: ShardMap | None = read_shard_map(path) if is_sharded(path) else None
         paths = self.shard_map.paths(path) if self.shard_map is not None else [path]
         self.collections = [Collection.open(p) for p in paths]
