@@ -249,7 +249,7 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
                      "--out", str(tmp_path / "untrained"), "--quiet"]) == 0
     written = (tmp_path / "untrained" / "results.md").read_text()
     assert "None" not in written and written.count("not tuned: the dataset has no train or dev qrels besides `test`, "
-                                                   "so these are the defaults.") == 3
+                                                   "so these are fixed values chosen without its qrels.") == 3
     assert cli_main(["beir", "--dataset", "untrained", "--data-dir", str(data), "--methods", "bm25",
                      "--out", str(tmp_path / "bm25-only"), "--quiet"]) == 0
     assert "None" not in (tmp_path / "bm25-only" / "results.md").read_text()  # "Index checksum `None`": no index

@@ -127,7 +127,8 @@ def prf_lines(tuned: dict, variants: dict, split: str) -> list[str]:
 def _tuned(on: str | None, split: str) -> str:
     """Where the settings were chosen, or that nothing was (a dataset without train/dev qrels)."""
     if on is None:
-        return f"not tuned: the dataset has no train or dev qrels besides `{split}`, so these are the defaults"
+        return (f"not tuned: the dataset has no train or dev qrels besides `{split}`, so these are fixed values "
+                "chosen without its qrels")
     return f"tuned on `{on}` qrels, frozen for `{split}`"
 
 
