@@ -115,6 +115,7 @@ def test_lookup_order_data_dir_then_env_then_cache(tmp_path, monkeypatch):
     assert locate_dataset("tiny") == second / "tiny.zip"
     monkeypatch.delenv("LSR_BEIR_DIR")
     assert locate_dataset("tiny") == cache / "beir" / "tiny.zip"
+    (cache / "beir" / "out1").mkdir()  # a folder holding no corpus is no dataset: it was listed as a known one
     with pytest.raises(FileNotFoundError, match="unknown BEIR dataset 'no-such-dataset'; known: arguana, nfcorpus, scifact, tiny"):
         locate_dataset("no-such-dataset")
 

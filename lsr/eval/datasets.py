@@ -161,8 +161,8 @@ def known_names(folders: list[Path]) -> list[str]:
         if folder.is_dir():
             for entry in folder.iterdir():
                 name = entry.name.removesuffix(".zip").removesuffix(".tar.gz").removesuffix(".tgz")
-                if entry.is_dir() or name != entry.name:
-                    names.add(name)
+                if name != entry.name or any((entry / f).is_file() for f in ("corpus.jsonl", "corpus.jsonl.gz")):
+                    names.add(name)  # an archive, or a folder holding a corpus: not any folder (a cache, an output)
     return sorted(names)
 
 
