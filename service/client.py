@@ -305,6 +305,9 @@ class Client:
                 return
             except grpc.RpcError as exc:
                 details = exc.details() or ""
+        if "WRONG_VERSION_NUMBER" in details:  # a plain server's answer to a TLS hello
+            raise ValueError(f"the server at {self.endpoint} does not speak TLS (a plain `lsr serve`, without "
+                             "--tls-cert): drop --tls, or start it with --tls-cert and --tls-key")
         if "handshake failed" in details.lower():
             reason = details.split("Tls handshake failed", 1)[-1].split("SSL_ERROR_SSL:")[-1].removesuffix(": OK").strip(" :()")
             raise ValueError(f"the TLS handshake with {self.endpoint} failed ({reason}); give --tls the certificate of "

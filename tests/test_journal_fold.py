@@ -419,8 +419,8 @@ def test_merged_parts_keep_each_id_s_last_write_in_whole_row_groups(tmp_path):
         ids = [f"d{i}" for i in rng.choice(5_000, 2_500, replace=False)]
         texts = [f"{doc_id} in round {round_}" for doc_id in ids]
         indptr = np.arange(len(ids) + 1, dtype=np.int64) * 3
-        sparse = SparseBatch(indptr, rng.integers(0, 30, 3 * len(ids)).astype(np.int32),
-                             rng.random(3 * len(ids), dtype=np.float32), 30)
+        terms = np.concatenate([rng.choice(30, 3, replace=False) for _ in ids]).astype(np.int32)  # each once a row
+        sparse = SparseBatch(indptr, terms, rng.random(3 * len(ids), dtype=np.float32), 30)
         dense = rng.random((len(ids), 4), dtype=np.float32)
         records = [Record(seq + 1, "upsert", ids, texts, sparse, dense), Record(seq + 2, "delete", ids[:100])]
         seq += 2

@@ -616,7 +616,7 @@ def test_a_server_whose_collection_was_moved_away_says_so(collection, tmp_path):
                 with pytest.raises(grpc.RpcError) as err:
                     call()
                 assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
-                assert "was moved or deleted" in err.value.details() and "restart" in err.value.details()
+                assert "was moved, deleted or is being indexed anew" in err.value.details() and "restart" in err.value.details()
             assert c.health() == "NOT_SERVING"
             assert c.search("cancer", k=3, timeout=30).hits  # what it had loaded
     finally:

@@ -96,7 +96,6 @@ class Collection:
         self.meta = meta
         self._meta_seen = _file_identity(path / META_FILE)  # a new build (`lsr index --overwrite`) writes a new lsr.json
         self.replaced = False  # this process found the collection indexed anew (or gone): only a reopen writes again
-        self._replaced_why = ("", "")  # what happened to it, and where to restart
         self._on_replaced: list[Callable[[], None]] = []
         self.sparse = sparse  # the writable stores; readers use view()
         self.dense = dense
@@ -290,19 +289,18 @@ class Collection:
         deleted (a write failed INTERNAL; a text read failed DATA_LOSS, pointing at `lsr verify`, which found nothing,
         or read another build's file of the same name). One stat while lsr.json is the file this process last saw.
         The listeners hear of it once (a server reports NOT_SERVING)."""
-        if not self.replaced:
-            if _file_identity(self.path / META_FILE) == self._meta_seen:
+        if not self.replaced and _file_identity(self.path / META_FILE) == self._meta_seen:
+            return
+        try:  # asked again each time: a rebuild under way leaves the folder missing for a moment
+            if read_meta(self.path) == self.meta and not self.replaced:
                 return
-            try:
-                if read_meta(self.path) == self.meta:
-                    return
-                self._replaced_why = "was indexed anew (`lsr index --overwrite`)", "to use the new build"
-            except FileNotFoundError:
-                self._replaced_why = "was moved or deleted", "on the collection where it is now"
+            why, then = "was indexed anew (`lsr index --overwrite`)", "to use the new build"
+        except (FileNotFoundError, ValueError, FolderBusyError):  # gone, or a rebuild under way or unfinished
+            why, then = "was moved, deleted or is being indexed anew", "on the collection where it is now"
+        if not self.replaced:
             self.replaced = True
             for listener in self._on_replaced:
                 listener()
-        why, then = self._replaced_why
         raise CollectionReplaced(f"{self.path} {why} since this process opened it; searches answer from what it had "
                                  f"loaded, but its texts and writes are gone: restart the process {then}")
 
