@@ -187,12 +187,13 @@ class SpladeEncoder:
         """
         if max_length is None:
             max_length = document_length(name_or_path)
-        if cls is SpladeEncoder and is_causal_folder(name_or_path):
+        config = folder_config(name_or_path) or {}
+        if cls is SpladeEncoder and is_causal_lm(config):
             return DecoderSpladeEncoder.from_pretrained(
                 name_or_path, max_length=max_length, query_max_length=query_max_length, device=device, dtype=dtype,
                 backend=backend, **options)
         masked_lm = cls.auto_model_class == "AutoModelForMaskedLM"
-        architectures = [str(a) for a in ((folder_config(name_or_path) or {}).get("architectures") or [])]
+        architectures = [str(a) for a in config.get("architectures") or []]
         if not masked_lm and architectures and all(a.endswith("ForMaskedLM") for a in architectures):
             # a BERT MLM ran causally, and its echoed vectors looked plausible
             raise ValueError(f"{name_or_path} is {', '.join(architectures)}, a masked language model, not a causal "

@@ -76,19 +76,22 @@ def _same_run(saved: dict, now: dict) -> bool:
 
 def _differences(saved: dict, now: dict) -> list[str]:
     """Which parts of two fingerprints differ, named as a user would look for them, with both values for a flag."""
+    def then_now(name: str, before: Any, after: Any) -> str:
+        return f"{name} {before} then, {after} now"
+
     found = []
     for part in ("config", "numerics"):
         before, after = saved.get(part) or {}, now.get(part) or {}
-        found += [f"--{key.replace('_', '-')} {before.get(key)} then, {after.get(key)} now"
+        found += [then_now(f"--{key.replace('_', '-')}", before.get(key), after.get(key))
                   for key in sorted(set(before) | set(after)) if part in saved and before.get(key) != after.get(key)]
     if saved.get("examples") != now.get("examples"):
-        found.append(f"the training data: {saved.get('examples')} examples then, {now.get('examples')} now")
+        found.append(then_now("the training data:", f"{saved.get('examples')} examples", now.get("examples")))
     elif saved.get("data_sha256") != now.get("data_sha256"):
         found.append(f"the training data: as many examples ({now.get('examples')}), other texts")
     if saved.get("model_content") != now.get("model_content"):
         found.append("the --model folder's files")
     if saved.get("validation") != now.get("validation"):
-        found.append(f"--dev-split {saved.get('validation')} then, {now.get('validation')} now")
+        found.append(then_now("--dev-split", saved.get("validation"), now.get("validation")))
     return found
 
 
