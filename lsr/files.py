@@ -294,9 +294,9 @@ class FolderBusyError(MachineStateError):
 
 
 @contextmanager
-def exclusive_folder(path: Path, wait: float = 0.0) -> Iterator[None]:
-    """Create folder ``path`` if missing and hold an exclusive lock on it for the block; fail if another process
-    still holds it after ``wait`` seconds.
+def exclusive_folder(path: Path, wait: float = 0.0, create: bool = True) -> Iterator[None]:
+    """Create folder ``path`` if missing (FileNotFoundError instead, unless ``create``) and hold an exclusive lock
+    on it for the block; fail if another process still holds it after ``wait`` seconds.
 
     Two processes writing one collection (a second ``lsr index --resume`` or ``--overwrite``, a cron job
     overlapping a manual run, two servers or a script writing beside a server) would interleave their files. The
@@ -307,7 +307,8 @@ def exclusive_folder(path: Path, wait: float = 0.0) -> Iterator[None]:
     """
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder; choose another folder")
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         _lock_folder(fd, path, time.monotonic() + wait)
@@ -328,7 +329,9 @@ def folder_busy(path: Path) -> bool:
 class FolderHold:
     """``exclusive_folder`` shared by one process's threads: the first holder takes the lock (waiting up to ``wait``
     seconds), the last one out releases it, from whichever thread. A collection's writes and its background dense
-    save hold it together, so a write never waits for its own process's save, while other processes wait for both."""
+    save hold it together, so a write never waits for its own process's save, while other processes wait for both.
+    The folder must exist (FileNotFoundError): a hold on a collection that was moved away made it anew, empty, where
+    `mv` would then put the collection moved back inside it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -340,7 +343,7 @@ class FolderHold:
         with self._guard:
             if not self._holders:
                 held = ExitStack()
-                held.enter_context(exclusive_folder(self.path, wait))
+                held.enter_context(exclusive_folder(self.path, wait, create=False))
                 self._held = held
             self._holders += 1
 

@@ -2,7 +2,8 @@
 
 ``serve()`` is what ``lsr serve`` runs. Shutdown order matters for zero-error deploys: health
 turns NOT_SERVING first (load balancers stop routing), new searches get UNAVAILABLE, in-flight
-requests finish, then the server stops and the process exits 0.
+requests finish, then the server stops and the process exits 0. A collection indexed anew under it
+is opened again and swapped in (``lsr.service.reload``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +27,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from lsr.service import search_pb2, search_pb2_grpc
 from lsr.service.client import token_problem
+from lsr.service.reload import Reloader
 from lsr.service.servicer import SearchServicer, Undecodable
 from lsr.service.streams import StreamGuard
 
@@ -207,13 +210,16 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcM
 class SearchServer:
     """A started gRPC server around one Searcher; ``drain()`` then ``stop()`` shuts it down in order."""
 
-    def __init__(self, searcher, config: ServerConfig) -> None:
+    def __init__(self, searcher, config: ServerConfig, reopen: Callable[[], Any] | None = None) -> None:
+        """``reopen``: opens the collection again, for a reload once it is indexed anew (``lsr.service.reload``);
+        without it the server stays NOT_SERVING until a restart."""
         self.config = config
-        self.searcher = searcher
+        self._reloader = Reloader(reopen, self._swap_in) if reopen is not None else None
         self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch,
                                        encode_workers=config.encode_workers,
                                        max_response_bytes=config.max_response_bytes,
                                        max_upsert_bytes_held=config.max_upsert_bytes_held)
+        self.servicer.reloads_replaced = self._reloader is not None
         interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
         interceptors += [LenientDecoding(), StreamGuard(max(1, config.workers // 4), config.stream_idle_seconds,
                                                         config.workers, config.stream_max_seconds)]
@@ -252,6 +258,8 @@ class SearchServer:
             log.warning("event=warm_up_failed error=%s", " ".join(str(exc).split()))
         self._server.start()
         self.searcher.on_health(self._report_health)  # a sharded searcher reports again whenever a shard comes or goes
+        if self._reloader is not None:
+            self._reloader.watch(self.searcher)
         log.info(
             "event=listening address=%s:%d tls=%s auth=%s workers=%d batching=%s window_ms=%g max_batch=%d encode_workers=%d",
             self.config.host, self.port, self.config.tls_cert is not None, self.config.auth_token is not None,
@@ -259,6 +267,16 @@ class SearchServer:
             self.config.encode_workers,
         )
         return self
+
+    @property
+    def searcher(self):
+        """The searcher new requests use."""
+        return self.servicer.searcher
+
+    def _swap_in(self, searcher) -> None:
+        """A reload's new build: served from the next request on, and SERVING again."""
+        self.servicer.swap(searcher)
+        searcher.on_health(self._report_health)
 
     def _report_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -271,18 +289,21 @@ class SearchServer:
         return self.servicer.drain(timeout)
 
     def stop(self, grace: float | None = None) -> None:
+        if self._reloader is not None:
+            self._reloader.stop()
         self._server.stop(grace).wait()
         self.servicer.close()
         self.searcher.close()
 
 
-def serve(searcher, config: ServerConfig) -> int:
-    """Run until SIGTERM/SIGINT, then drain and stop; returns the process exit code."""
+def serve(searcher, config: ServerConfig, reopen: Callable[[], Any] | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then drain and stop; returns the process exit code. ``reopen`` as in
+    ``SearchServer``."""
     for encoder_log in ("lsr.encode.splade", "lsr.encode.dense"):
         # Each request's log line says truncated=; the encoders' own warning, a line per long query, let a client
         # write the log as fast as it could send queries.
         logging.getLogger(encoder_log).setLevel(logging.ERROR)
-    server = SearchServer(searcher, config).start()
+    server = SearchServer(searcher, config, reopen).start()
     received: list[int] = []
 
     def on_signal(signum, _frame):

@@ -134,6 +134,11 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _reloading_message(exc: CollectionReplaced) -> str:
+    return (f"{exc.what} since the server opened it; it answers searches from the build it had loaded, but texts "
+            "and writes only once it has opened the collection there again, which it does by itself: retry shortly")
+
+
 def _message_of(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])  # str(KeyError) adds quotes
@@ -144,7 +149,7 @@ NO_DEADLINE_S = 30 * 24 * 3600.0  # a longer remaining time means the caller set
 
 
 class _Call:
-    """What one RPC records for its log line."""
+    """What one RPC records for its log line, and the searcher it uses (``serving``, set once it is in flight)."""
 
     def __init__(self, method: str, context: grpc.ServicerContext) -> None:
         metadata = dict(context.invocation_metadata())
@@ -157,6 +162,7 @@ class _Call:
         # A call without a deadline reports an enormous remaining time, which waits cannot take (OverflowError)
         self.deadline = None if remaining is None or not remaining < NO_DEADLINE_S else time.monotonic() + remaining
         self.context = context
+        self.serving: Serving | None = None
 
     def check(self, stage: str) -> None:
         """Raise if the caller is gone or its deadline passed; called between stages."""
@@ -180,13 +186,15 @@ def _rpc(method):
         call = _Call(name, context)
         context.set_trailing_metadata((("x-request-id", call.request_id),))
         failure: tuple[grpc.StatusCode, str] | None = None
-        with self._tracked():
+        with self._tracked() as call.serving:
             try:
                 if self._draining.is_set() and name != "GetStats":
                     raise Draining("the server is shutting down; retry on another replica")
                 response = method(self, decoded(request), call)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status code
                 code, message = _status_of(exc), _message_of(exc)[:MAX_MESSAGE_CHARS]
+                if isinstance(exc, CollectionReplaced) and self.reloads_replaced:  # soon served again: retry
+                    code, message = grpc.StatusCode.UNAVAILABLE, _reloading_message(exc)[:MAX_MESSAGE_CHARS]
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("rpc=%s request_id=%s internal error", name, call.request_id)
                     message = f"internal error (request id {call.request_id}); the server log has details"
@@ -218,50 +226,63 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def __init__(self, searcher, *, batch_window: float = 0.002, max_batch: int = 64, encode_workers: int = 2,
                  max_response_bytes: int = 64 * 1024 * 1024, max_upsert_bytes_held: int = MAX_UPSERT_BYTES_HELD) -> None:
-        self.searcher = searcher
         self.max_response_bytes = max_response_bytes
         self.upsert_bytes = UpsertBytes(max_upsert_bytes_held)
-        # Sparse and dense encoders batch separately, so a hybrid query's two encodings overlap.
-        busy = lambda: self.in_flight  # noqa: E731 - requests that may still join a batch
         # One pool of encode slots for both encoders: a hybrid query's two encodings overlap, yet no
         # more forward passes run at once than there are cores to run them.
-        slots = threading.Semaphore(max(1, encode_workers))
-        batching = {"window": batch_window, "max_batch": max_batch, "busy": busy, "workers": encode_workers, "slots": slots}
-        # An encoder without a model (inference-free: tokenize and look up weights) costs the same per
-        # text in a batch as alone, so its texts are encoded on the handler thread, one by one, and
-        # never wait behind forward passes for a slot.
-        sparse_batching = (batching if getattr(searcher.query_encoder, "batch_gain", True)
-                           else {**batching, "max_batch": 1, "slots": None})
-        # A padding-free encoder (BERT models on CPU) encodes a gathered batch whole: splitting it by length only
-        # shrinks the GEMMs (SciFact queries, c=32 HYBRID, three alternating runs: +5% QPS pooled, -4% to +15%).
-        self.sparse_batcher = MicroBatcher(_sparse_encodings(searcher), **sparse_batching,
-                                           split_by_length=_pads_batches(searcher.query_encoder))
-        self.dense_batcher = MicroBatcher(_dense_encodings(searcher), **batching,
-                                          split_by_length=_pads_batches(searcher.dense_encoder))
+        busy = lambda: self.in_flight  # noqa: E731 - requests that may still join a batch
+        self._batching = {"window": batch_window, "max_batch": max_batch, "busy": busy, "workers": encode_workers,
+                          "slots": threading.Semaphore(max(1, encode_workers))}
+        self._serving = Serving(searcher, self._batching)
         self.started = time.monotonic()
         self.counters = {"requests": 0, "abandoned": 0}
+        self.reloads = 0  # new builds swapped in
+        self.reloads_replaced = False  # the server opens a collection indexed anew by itself (``lsr.service.reload``)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.in_flight = 0
         self._draining = threading.Event()
 
+    @property
+    def searcher(self):
+        """The searcher new requests use (a reload swaps in another)."""
+        return self._serving.searcher
+
+    @property
+    def sparse_batcher(self) -> MicroBatcher:
+        return self._serving.sparse_batcher
+
+    def swap(self, searcher) -> None:
+        """Serve ``searcher`` from the next request on; the one it replaces is closed, with its batchers, once the
+        requests that started on it have finished (in the background: a long one keeps only it waiting)."""
+        with self._lock:
+            old, self._serving = self._serving, Serving(searcher, self._batching)
+            self.reloads += 1
+        threading.Thread(target=self._retire, args=(old,), name="lsr-retire", daemon=True).start()
+
+    def _retire(self, old: "Serving") -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: old.users == 0)
+        old.close()
+        old.searcher.close()
+
     # ------------------------------------------------------------------------------- RPCs
     @_rpc
     def Search(self, request: pb.SearchRequest, call: _Call) -> pb.SearchResponse:
-        options = self._options(request)
+        searcher = call.serving.searcher
+        options = self._options(request, searcher)
         text, sparse, dense = _query_of(request)
-        options["mode"] = self.searcher.resolve_mode(options["mode"], sparse=sparse, dense=dense, text=text)
+        options["mode"] = searcher.resolve_mode(options["mode"], sparse=sparse, dense=dense, text=text)
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None)
-        self.searcher.check_request(text, sparse, dense,
-                                    *(options[key] for key in ("k", "mode", "hybrid", "prf", "bound_factor")),
-                                    explain=options["explain"], include_text=options["include_text"])
-        self._check_response_size(1, options)
+        searcher.check_request(text, sparse, dense, *(options[key] for key in ("k", "mode", "hybrid", "prf", "bound_factor")),
+                               explain=options["explain"], include_text=options["include_text"])
+        self._check_response_size(1, options, searcher)
         call.check("encoding")
         if text is not None and dense is None:
-            result = self._search_text(text, options, call)
+            result = self._search_text(text, options, call, call.serving)
         else:  # vectors given: nothing to encode except text beside a dense vector, which is rare
-            result = self.searcher.search(text, sparse=sparse, dense=dense, deadline=call.deadline, **options)
-        response = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id,
+            result = searcher.search(text, sparse=sparse, dense=dense, deadline=call.deadline, **options)
+        response = result_to_proto(result, index_version=searcher.index_version, request_id=call.request_id,
                                    total_ms=call.elapsed_ms())
         size = response.ByteSize()
         if size > self.max_response_bytes:  # the estimate was low: these hits' texts (or ids) are long
@@ -277,7 +298,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @_rpc
     def SearchBatch(self, request: pb.SearchBatchRequest, call: _Call) -> pb.SearchBatchResponse:
-        options = self._options(request)
+        searcher = call.serving.searcher
+        options = self._options(request, searcher)
         texts = list(request.texts)
         if not texts:
             raise ValueError("texts is empty; send at least one query")
@@ -287,17 +309,17 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             if is_blank(text):
                 raise ValueError(f"texts[{i}] is empty or whitespace; every query needs some words")
             check_query_length(text, f"texts[{i}]")
-        options["mode"] = self.searcher.resolve_mode(options["mode"])
+        options["mode"] = searcher.resolve_mode(options["mode"])
         call.fields.update(mode=options["mode"], k=options["k"], prf=options["prf"] is not None, texts=len(texts))
-        self._check_response_size(len(texts), options)
+        self._check_response_size(len(texts), options, searcher)
         out = pb.SearchBatchResponse()
         size = 0
         for start in range(0, len(texts), _BATCH_CHUNK):
             call.check(f"texts[{start}:]")
-            results = self.searcher.search_batch(texts[start : start + _BATCH_CHUNK], check=call.check,
-                                                 deadline=call.deadline, **options)
+            results = searcher.search_batch(texts[start : start + _BATCH_CHUNK], check=call.check,
+                                            deadline=call.deadline, **options)
             for result in results:
-                message = result_to_proto(result, index_version=self.searcher.index_version, request_id=call.request_id)
+                message = result_to_proto(result, index_version=searcher.index_version, request_id=call.request_id)
                 size += size_in_batch(message)
                 if size > self.max_response_bytes:  # the estimate was low (unusually long texts): stop now
                     raise RequestTooLarge(f"the response passed the server's {self.max_response_bytes / 2**20:.0f} MiB limit "
@@ -310,37 +332,41 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def Upsert(self, request_iterator, call: _Call) -> pb.UpsertResponse:
         with self.upsert_bytes.stream() as take:  # StreamGuard bounds how many streams are open at once
             ids, texts = _read_upsert_stream(request_iterator, call, take)
-            self.searcher.upsert(ids, texts, deadline=call.deadline, check=call.check)
+            searcher = call.serving.searcher
+            searcher.upsert(ids, texts, deadline=call.deadline, check=call.check)
         call.fields.update(docs=len(ids))
-        return pb.UpsertResponse(upserted=len(ids), index_version=self.searcher.index_version)
+        return pb.UpsertResponse(upserted=len(ids), index_version=searcher.index_version)
 
     @_rpc
     def Delete(self, request: pb.DeleteRequest, call: _Call) -> pb.DeleteResponse:
         ids = list(request.ids)
         if not ids:
             raise ValueError("ids is empty; name the documents to delete")
-        not_found = list(self.searcher.delete(ids, deadline=call.deadline, check=call.check))
+        searcher = call.serving.searcher
+        not_found = list(searcher.delete(ids, deadline=call.deadline, check=call.check))
         call.fields.update(ids=len(ids), not_found=len(not_found))
         if len(not_found) == len(set(ids)):
             raise KeyError(f"none of the {len(set(ids))} ids is in the collection (first: {short_repr(not_found[0])})")
         return pb.DeleteResponse(deleted=len(set(ids)) - len(not_found), not_found=not_found,
-                                 index_version=self.searcher.index_version)
+                                 index_version=searcher.index_version)
 
     @_rpc
     def GetStats(self, request: pb.StatsRequest, call: _Call) -> pb.StatsResponse:
-        stats = dict(self.searcher.stats())
+        searcher = call.serving.searcher
+        stats = dict(searcher.stats())
         known = {f.name for f in pb.StatsResponse.DESCRIPTOR.fields}
         fields = {key: value for key, value in stats.items() if key in known and value is not None}
-        fields.update(self.counters, index_version=self.searcher.index_version,
+        fields.update(self.counters, index_version=searcher.index_version,
                       uptime_seconds=time.monotonic() - self.started, in_flight=self.in_flight - 1)
         response = pb.StatsResponse(**fields)
         for key, value in stats.items():
             if key not in known:
                 response.details[key] = str(value)
-        for name, batcher in (("sparse", self.sparse_batcher), ("dense", self.dense_batcher)):
+        for name, batcher in (("sparse", call.serving.sparse_batcher), ("dense", call.serving.dense_batcher)):
             response.details[f"{name}_micro_batches"] = str(batcher.stats.batches)
             response.details[f"{name}_mean_micro_batch"] = f"{batcher.stats.mean_batch:.2f}"
         response.details["upsert_bytes_held"] = str(self.upsert_bytes.held)
+        response.details["reloads"] = str(self.reloads)
         return response
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -352,22 +378,26 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     # ------------------------------------------------------------------------------- helpers
     @contextlib.contextmanager
-    def _tracked(self) -> Iterator[None]:
-        """Count the call as in flight (what the batchers' ``busy`` and the SIGTERM drain see) while it runs."""
+    def _tracked(self) -> Iterator["Serving"]:
+        """Count the call as in flight (what the batchers' ``busy`` and the SIGTERM drain see) while it runs, and give
+        it the searcher it uses throughout (held from retiring until it ends)."""
         with self._lock:
             self.in_flight += 1
+            serving = self._serving
+            serving.users += 1
         try:
-            yield
+            yield serving
         finally:
             with self._lock:
                 self.in_flight -= 1
+                serving.users -= 1
                 self._idle.notify_all()
 
-    def _check_response_size(self, n_texts: int, options: dict) -> None:
+    def _check_response_size(self, n_texts: int, options: dict, searcher) -> None:
         """Refuse before any work a response that would pass the limit (k hits per text, maybe with texts)."""
         per_hit = _HIT_BYTES + (_EXPLAIN_BYTES if options["explain"] else 0)
         if options["include_text"]:
-            per_hit += self.searcher.mean_text_bytes()
+            per_hit += searcher.mean_text_bytes()
         estimate = n_texts * options["k"] * per_hit
         if estimate > self.max_response_bytes:
             raise RequestTooLarge(
@@ -380,32 +410,34 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         with self._lock:
             self.counters[key] += n
 
-    def _options(self, request) -> dict:
+    @staticmethod
+    def _options(request, searcher) -> dict:
         mode = mode_from_proto(request.mode)
         return {
             "k": k_from_proto(request.k),
             "mode": mode,
             "hybrid": hybrid_from_proto(request.hybrid) if request.HasField("hybrid") else None,  # None: the collection's
-            "prf": prf_from_proto(request.prf, self.searcher.default_prf),
+            "prf": prf_from_proto(request.prf, searcher.default_prf),
             "include_text": request.include_text,
             "explain": request.explain,
             "bound_factor": request.bound_factor or 1.0,  # proto3's unset 0: exact
         }
 
-    def _search_text(self, text: str, options: dict, call: _Call):
+    def _search_text(self, text: str, options: dict, call: _Call, serving: "Serving"):
         """Encode through the micro-batchers (deadline and cancellation honoured), then search."""
-        legs = legs_of(options["mode"], self.searcher.hybrid_or_default(options["hybrid"]))
+        legs = legs_of(options["mode"], serving.searcher.hybrid_or_default(options["hybrid"]))
         submitted = time.perf_counter()
-        wanted = [batcher for batcher, needed in ((self.dense_batcher, "dense" in legs),
-                                                  (self.sparse_batcher, "sparse" in legs)) if needed]
+        wanted = [batcher for batcher, needed in ((serving.dense_batcher, "dense" in legs),
+                                                  (serving.sparse_batcher, "sparse" in legs)) if needed]
         # Submit every encoding before waiting on any, so a hybrid query's two encodings overlap; only
         # the last may run on this thread (when nothing else is in flight), after the other is queued.
         pending = {batcher: self._submit(batcher, text, call, inline=batcher is wanted[-1]) for batcher in wanted}
-        sparse, dense = (self._wait(pending[b], call) if b in pending else None for b in (self.sparse_batcher, self.dense_batcher))
+        sparse, dense = (self._wait(pending[b], call) if b in pending else None
+                         for b in (serving.sparse_batcher, serving.dense_batcher))
         waited = time.perf_counter() - submitted
         encode = max((item[2] for item in (sparse, dense) if item is not None), default=0.0)
         call.check("search")
-        result = self.searcher.search_encoded(
+        result = serving.searcher.search_encoded(
             sparse and sparse[0], dense and dense[0], text=text, timings={"encode": encode},
             truncated=any(item[1] for item in (sparse, dense) if item is not None), deadline=call.deadline, **options,
         )
@@ -428,6 +460,31 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         except CancelledError:  # gRPC cancelled it when the call ended: deadline passed or caller left
             call.check("search")
             raise Abandoned("the call ended while its query was waiting for the encoder") from None
+
+    def close(self) -> None:
+        self._serving.close()
+
+
+class Serving:
+    """One searcher and its micro-batchers: what a request uses from start to end, so a reload (a new build swapped
+    in) never encodes a query with one build's model and searches another's index. ``users``: requests in flight on
+    it (the servicer's lock guards it)."""
+
+    def __init__(self, searcher, batching: dict) -> None:
+        self.searcher = searcher
+        self.users = 0
+        # An encoder without a model (inference-free: tokenize and look up weights) costs the same per
+        # text in a batch as alone, so its texts are encoded on the handler thread, one by one, and
+        # never wait behind forward passes for a slot.
+        sparse_batching = (batching if getattr(searcher.query_encoder, "batch_gain", True)
+                           else {**batching, "max_batch": 1, "slots": None})
+        # Sparse and dense encoders batch separately, so a hybrid query's two encodings overlap. A padding-free
+        # encoder (BERT models on CPU) encodes a gathered batch whole: splitting it by length only shrinks the
+        # GEMMs (SciFact queries, c=32 HYBRID, three alternating runs: +5% QPS pooled, -4% to +15%).
+        self.sparse_batcher = MicroBatcher(_sparse_encodings(searcher), **sparse_batching,
+                                           split_by_length=_pads_batches(searcher.query_encoder))
+        self.dense_batcher = MicroBatcher(_dense_encodings(searcher), **batching,
+                                          split_by_length=_pads_batches(searcher.dense_encoder))
 
     def close(self) -> None:
         self.sparse_batcher.close()

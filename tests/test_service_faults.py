@@ -570,42 +570,60 @@ def test_kill_9_during_writes_loses_no_acknowledged_write(collection, tmp_path):
     assert not verify_collection(path).problems
 
 
-def test_a_server_whose_collection_was_indexed_anew_reports_not_serving(collection, beir_dir, tmp_path):
+def _wait_until(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.2)
+
+
+def test_a_server_serves_its_collection_indexed_anew_without_a_restart(collection, beir_dir, tmp_path):
     """`lsr index --overwrite` under a running server: the server's next write went into the new build from its old
-    stores (both builds' journals empty, both sparse commits at version 1) and left it unopenable; or, where the
-    write was refused, health still said SERVING. The server's background look now finds the new build within
-    seconds: health turns NOT_SERVING, writes fail FAILED_PRECONDITION, searches answer from the opened build, and
-    the new build stays whole."""
+    stores (both builds' journals empty, both sparse commits at version 1) and left it unopenable; later the server
+    went NOT_SERVING until someone restarted it. It now opens the new build by itself, warms it up and serves it:
+    SERVING again, searches, texts and writes all on the new build, which stays whole."""
     from lsr.cli.main import main
     from lsr.ingest.verify import verify_collection
 
     path = shutil.copytree(collection, tmp_path / "col")
     server = ServerProcess(path).wait_listening()
+    stop, failures, answered = threading.Event(), [], []
+
+    def search_on() -> None:  # every search before, during and after the swap is answered
+        with server.client() as searching:
+            while not stop.is_set():
+                try:
+                    answered.append(len(searching.search("cancer", k=N_DOCS, mode="hybrid", timeout=30).hits))
+                except grpc.RpcError as exc:
+                    failures.append(exc.details())
+
     try:
-        with server.client() as c:
-            assert c.health() == "SERVING"
+        with server.client() as c, ThreadPoolExecutor(2) as pool:
+            assert len(c.search("cancer", k=N_DOCS, timeout=30).hits) > 5
+            searching = [pool.submit(search_on) for _ in range(2)]
             assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--limit", "5",
                          "--max-length", "64", "--quiet"]) == 0
-            deadline = time.monotonic() + 30
-            while c.health() == "SERVING" and time.monotonic() < deadline:  # no write: the look finds it
-                time.sleep(0.2)
-            assert c.health() == "NOT_SERVING" and c.health("lsr.v1.SearchService") == "NOT_SERVING"
-            with pytest.raises(grpc.RpcError) as err:
-                c.upsert(["after-overwrite"], ["tardigrades survive vacuum"], timeout=60)
-            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "restart" in err.value.details()
-            assert len(c.search("cancer", k=N_DOCS, timeout=30).hits) > 5  # the opened build, not the new one
-            with pytest.raises(grpc.RpcError) as err:  # its texts were DATA_LOSS, "run `lsr verify`": it found nothing
-                c.search("cancer", k=N_DOCS, include_text=True, timeout=30)
-            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
-            assert "indexed anew" in err.value.details() and "restart" in err.value.details()
+            _wait_until(lambda: c.stats(timeout=30)["details"]["reloads"] == "1")  # no write: the look finds it
+            time.sleep(0.5)
+            stop.set()
+            [future.result() for future in searching]
+            assert not failures and max(answered) > 5 and answered[-1] <= 5, (failures, answered)
+            server.wait_for_line(lambda line: "event=reloaded" in line)
+            assert c.health() == "SERVING" and c.health("lsr.v1.SearchService") == "SERVING"
+            assert c.stats(timeout=30)["num_docs"] == 5
+            hits = c.search("cancer", k=N_DOCS, include_text=True, timeout=30).hits
+            assert 0 < len(hits) <= 5 and all(hit.text for hit in hits)  # the new build's documents, with texts
+            c.upsert(["after-overwrite"], ["tardigrades survive vacuum"], timeout=60)
+            assert c.search("tardigrades vacuum", k=1, timeout=30).hits[0].doc_id == "after-overwrite"
     finally:
         server.kill()
     assert not verify_collection(path).problems
 
 
-def test_a_server_whose_collection_was_moved_away_says_so(collection, tmp_path):
+def test_a_server_whose_collection_was_moved_away_says_so_and_serves_it_once_it_is_back(collection, tmp_path):
     """A write to a moved collection failed INTERNAL with a traceback in the log, its texts DATA_LOSS, and health
-    stayed SERVING."""
+    stayed SERVING. Now both are UNAVAILABLE, to retry, health is NOT_SERVING, and once a collection is there again
+    the server opens it and serves it."""
     path = shutil.copytree(collection, tmp_path / "col")
     server = ServerProcess(path).wait_listening()
     try:
@@ -615,9 +633,16 @@ def test_a_server_whose_collection_was_moved_away_says_so(collection, tmp_path):
                          lambda: c.search("cancer", k=N_DOCS, include_text=True, timeout=30)):
                 with pytest.raises(grpc.RpcError) as err:
                     call()
-                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
-                assert "was moved, deleted or is being indexed anew" in err.value.details() and "restart" in err.value.details()
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+                details = err.value.details()
+                assert "was moved, deleted or is being indexed anew" in details and "retry" in details, details
             assert c.health() == "NOT_SERVING"
             assert c.search("cancer", k=3, timeout=30).hits  # what it had loaded
+            time.sleep(3)  # the background looks go on
+            assert not path.exists()  # they made it anew, empty: `mv moved col` then put the collection inside it
+            (tmp_path / "moved").rename(path)
+            _wait_until(lambda: c.health() == "SERVING")
+            assert c.search("cancer", k=3, include_text=True, timeout=30).hits[0].text
+            c.upsert(["after-move"], ["tardigrades survive vacuum"], timeout=60)
     finally:
         server.kill()

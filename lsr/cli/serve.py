@@ -3,6 +3,11 @@
 Binds to loopback unless --host says otherwise. SIGTERM (or Ctrl-C) drains: health turns
 NOT_SERVING, in-flight requests finish, the process exits 0.
 
+The collection may be indexed anew while it is served (`lsr index --overwrite`, same folder): health
+turns NOT_SERVING and searches answer from the old build until the new one is whole; the server
+then opens it, warms it up and serves it (SERVING again) without a restart. Texts and writes fail
+FAILED_PRECONDITION in between. For that moment both builds are in memory.
+
 A sharded collection (`lsr index --shards N`) is served by a coordinator: it starts one shard
 server per shard as a Ray actor (a local Ray instance, or the cluster at --ray-address), encodes
 each query once and merges the shards' answers into exactly the unsharded results. Ray restarts a
@@ -116,4 +121,5 @@ def run(args: argparse.Namespace) -> int:
     refuse_unused(flags_given(args, "ray_address", "require_all_shards", "shard_cpus", "shard_concurrency",
                               "shard_timeout"),
                   f"{args.collection} is not a sharded collection (`lsr index --shards N` makes those)")
-    return serve(Searcher.open(args.collection, **options), config)
+    return serve(Searcher.open(args.collection, **options), config,
+                 reopen=lambda: Searcher.open(args.collection, **options))

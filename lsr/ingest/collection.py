@@ -59,7 +59,14 @@ def save_rows(rows: int) -> int:
 
 
 class CollectionReplaced(RuntimeError):
-    """A write found its collection rebuilt since this process opened it: the process must reopen it."""
+    """A write or text read found its collection rebuilt (or moved) since this process opened it: the process must
+    reopen it. ``what``: the path and what happened to it, for a caller that words the remedy itself (a server
+    that reopens it by itself)."""
+
+    def __init__(self, what: str, then: str) -> None:
+        super().__init__(f"{what} since this process opened it; searches answer from what it had loaded, but its "
+                         f"texts and writes are gone: restart the process {then}")
+        self.what = what
 
 
 class CollectionView:
@@ -200,13 +207,14 @@ class Collection:
         try:
             self._take_up_fold()
             if self._changed_on_disk():
-                with self._folder.held():  # no wait: a busy folder is looked at again next time
+                with self._folder_held():  # no wait: a busy folder is looked at again next time
                     if self._changed_on_disk():
                         self._take_up_disk()
         except FolderBusyError:
             pass
         except Exception as exc:  # searches go on reading the last whole view; a write here raises it again
-            if not self._look_failure_said:
+            heard = isinstance(exc, CollectionReplaced) and self._on_replaced  # they say what they do (a server reloads)
+            if not self._look_failure_said and not heard:
                 log.warning("%s; searches keep reading what this process last saw", exc)
                 self._look_failure_said = True
         finally:
@@ -252,7 +260,7 @@ class Collection:
                 raise RuntimeError(f"an earlier write failed half-applied ({self._failed}); restart to replay "
                                    "the journal, which holds it")
             try:
-                self._folder.acquire(wait)
+                self._take_folder(wait)
             except FolderBusyError:
                 if check is not None:
                     check("waiting for the collection folder")  # gone: its own status, not UNAVAILABLE
@@ -280,8 +288,8 @@ class Collection:
                 or _file_identity(self.path / META_FILE) != self._meta_seen)
 
     def when_replaced(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` once this process finds the collection indexed anew, by a write or a background look
-        (a server then reports NOT_SERVING: its writes fail until it restarts)."""
+        """Call ``listener`` once this process finds the collection indexed anew (or moved), by a write, a text read
+        or a background look (a server then reports NOT_SERVING and opens it again: ``lsr.service.reload``)."""
         self._on_replaced.append(listener)
 
     def check_in_place(self) -> None:
@@ -301,8 +309,7 @@ class Collection:
             self.replaced = True
             for listener in self._on_replaced:
                 listener()
-        raise CollectionReplaced(f"{self.path} {why} since this process opened it; searches answer from what it had "
-                                 f"loaded, but its texts and writes are gone: restart the process {then}")
+        raise CollectionReplaced(f"{self.path} {why}", then)
 
     def _take_up_disk(self) -> None:
         """Another process wrote the collection (or repaired it): apply the journal records it appended to this
@@ -442,7 +449,7 @@ class Collection:
             if not self._unsaved or self._failed is not None:
                 return
             try:
-                with self._folder.held(WRITE_WAIT):
+                with self._folder_held(WRITE_WAIT):
                     if not self._changed_on_disk():
                         if self.dense is not None:
                             self.dense.save(self.path / "dense", journal_seq=self._journal.last_seq)
@@ -450,8 +457,24 @@ class Collection:
                             save_leg(self._view.bm25, self.path / BM25_DIR, self._journal.last_seq)
                         self._unsaved = 0
                         self._fold_journal(self._journal.last_seq)
-            except FolderBusyError:
+            except (FolderBusyError, CollectionReplaced):  # the journal holds them; a new build is another's
                 pass
+
+    def _take_folder(self, wait: float = 0.0) -> None:
+        """Take the folder's hold; one that is gone (moved or deleted) is CollectionReplaced."""
+        try:
+            self._folder.acquire(wait)
+        except FileNotFoundError:
+            self.check_in_place()
+            raise
+
+    @contextmanager
+    def _folder_held(self, wait: float = 0.0) -> Iterator[None]:
+        self._take_folder(wait)
+        try:
+            yield
+        finally:
+            self._folder.release()
 
     def _apply(self, record: Record) -> None:
         """Apply ``record`` to the stores that lack it (another process's commit may hold it in the sparse index),

@@ -265,8 +265,8 @@ class Searcher:
     def on_health(self, report: Callable[[bool], None]) -> None:
         """Tell ``report`` whether the collection can be served, now and whenever it changes: a local one can until
         this process finds it indexed anew (``lsr index --overwrite``; by a write, or a background look). Searches
-        then still answer from the build it opened, but writes fail until a restart, so it is NOT_SERVING: a load
-        balancer sends the traffic elsewhere and an orchestrator restarts it."""
+        then still answer from the build it opened, but texts and writes fail, so it is NOT_SERVING (a load
+        balancer sends the traffic elsewhere) until a server has opened the new build (``lsr.service.reload``)."""
         report(not self.collection.replaced)
         self.collection.when_replaced(lambda: report(False))
 

@@ -1,0 +1,76 @@
+"""Serve a collection's new build without a restart.
+
+`lsr index --overwrite` under a running server replaces the folder the server opened. The server
+notices (its background look, or a write or text read; `Collection.check_in_place`), reports
+NOT_SERVING and goes on answering searches from the build it had loaded. ``Reloader`` then tries
+to open the folder again every ``interval`` seconds: while the new build is unfinished (or the
+folder is gone) that fails and the old build keeps answering; once it opens, it is warmed up and
+swapped in, and health turns SERVING again. Requests that started on the old build finish on it
+(``SearchServicer.swap``), so no request mixes one build's query encoder with another's index.
+For a moment both builds are in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+log = logging.getLogger("lsr.service")
+
+
+class Reloader:
+    """Opens the collection again with ``reopen`` once the served one was found indexed anew, warms it up and hands
+    it to ``swap``; ``stop`` ends a reload under way (the searcher it opened is closed)."""
+
+    def __init__(self, reopen: Callable[[], Any], swap: Callable[[Any], None], interval: float = 1.0) -> None:
+        self._reopen = reopen
+        self._swap = swap
+        self._interval = interval
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, searcher: Any) -> None:
+        """Reload when ``searcher``'s collection is found indexed anew (or moved or deleted: reopening then waits
+        until a collection is there again)."""
+        searcher.collection.when_replaced(self._start)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _start(self) -> None:
+        with self._lock:  # one reload at a time: a second notice while one runs changes nothing
+            if self._stop.is_set() or (self._thread is not None and self._thread.is_alive()):
+                return
+            log.info("event=reloading reason=%r", "the collection was indexed anew, moved or deleted: searches answer "
+                     "from the loaded build until the collection there opens")
+            self._thread = threading.Thread(target=self._reload, name="lsr-reload", daemon=True)
+            self._thread.start()
+
+    def _reload(self) -> None:
+        noticed = time.monotonic()
+        said = ""
+        while not self._stop.wait(self._interval):
+            try:
+                searcher = self._reopen()
+            except Exception as exc:  # noqa: BLE001 - unfinished, gone, or damaged: the old build answers meanwhile
+                reason = " ".join(str(exc).split())
+                if reason != said:  # once per reason, not once a second
+                    log.info("event=reload_waiting reason=%r", reason)
+                    said = reason
+                continue
+            try:
+                searcher.warm_up()
+            except Exception as exc:  # noqa: BLE001 - only a speed-up, as at start
+                log.warning("event=warm_up_failed error=%s", " ".join(str(exc).split()))
+            if self._stop.is_set():  # the server is stopping: nothing to swap in
+                searcher.close()
+                return
+            with self._lock:  # done: a rebuild found from here on starts the next reload
+                self._thread = None
+            self.watch(searcher)
+            self._swap(searcher)
+            log.info("event=reloaded index_version=%s seconds=%.3f", searcher.index_version, time.monotonic() - noticed)
+            return
