@@ -66,7 +66,10 @@ class CollectionReplaced(RuntimeError):
     def __init__(self, what: str, then: str) -> None:
         super().__init__(f"{what} since this process opened it; searches answer from what it had loaded, but its "
                          f"texts and writes are gone: restart the process {then}")
-        self.what = what
+        self.what, self.then = what, then
+
+    def __reduce__(self):  # a shard server's, through Ray: unpickled with both arguments
+        return type(self), (self.what, self.then)
 
 
 class CollectionView:
