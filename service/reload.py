@@ -3,7 +3,8 @@
 `lsr index --overwrite` under a running server replaces the folder the server opened. The server
 notices (its background look, or a write or text read; `Collection.check_in_place`), reports
 NOT_SERVING and goes on answering searches from the build it had loaded. ``Reloader`` then tries
-to open the folder again every ``interval`` seconds: while the new build is unfinished (or the
+to open the folder again every ``interval`` seconds (``Searcher.reopen``: models the new build
+names as the old one did are shared, not loaded again): while the new build is unfinished (or the
 folder is gone) that fails and the old build keeps answering; once it opens, it is warmed up and
 swapped in, and health turns SERVING again. Requests that started on the old build finish on it
 (``SearchServicer.swap``), so no request mixes one build's query encoder with another's index.
@@ -21,11 +22,11 @@ log = logging.getLogger("lsr.service")
 
 
 class Reloader:
-    """Opens the collection again with ``reopen`` once the served one was found indexed anew, warms it up and hands
-    it to ``swap``; ``stop`` ends a reload under way (the searcher it opened is closed)."""
+    """Opens the collection of ``current()`` (the searcher being served) again once it was found indexed anew, warms
+    it up and hands it to ``swap``; ``stop`` ends a reload under way (the searcher it opened is closed)."""
 
-    def __init__(self, reopen: Callable[[], Any], swap: Callable[[Any], None], interval: float = 1.0) -> None:
-        self._reopen = reopen
+    def __init__(self, current: Callable[[], Any], swap: Callable[[Any], None], interval: float = 1.0) -> None:
+        self._current = current
         self._swap = swap
         self._interval = interval
         self._stop = threading.Event()
@@ -54,7 +55,7 @@ class Reloader:
         said = ""
         while not self._stop.wait(self._interval):
             try:
-                searcher = self._reopen()
+                searcher = self._current().reopen()
             except Exception as exc:  # noqa: BLE001 - unfinished, gone, or damaged: the old build answers meanwhile
                 reason = " ".join(str(exc).split())
                 if reason != said:  # once per reason, not once a second

@@ -19,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -210,11 +209,11 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcM
 class SearchServer:
     """A started gRPC server around one Searcher; ``drain()`` then ``stop()`` shuts it down in order."""
 
-    def __init__(self, searcher, config: ServerConfig, reopen: Callable[[], Any] | None = None) -> None:
-        """``reopen``: opens the collection again, for a reload once it is indexed anew (``lsr.service.reload``);
-        without it the server stays NOT_SERVING until a restart."""
+    def __init__(self, searcher, config: ServerConfig, reload: bool = False) -> None:
+        """``reload``: serve the collection again once it is indexed anew (``lsr.service.reload``; a ``Searcher`` of
+        one collection folder); without it the server stays NOT_SERVING until a restart."""
         self.config = config
-        self._reloader = Reloader(reopen, self._swap_in) if reopen is not None else None
+        self._reloader = Reloader(lambda: self.searcher, self._swap_in) if reload else None
         self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch,
                                        encode_workers=config.encode_workers,
                                        max_response_bytes=config.max_response_bytes,
@@ -296,14 +295,14 @@ class SearchServer:
         self.searcher.close()
 
 
-def serve(searcher, config: ServerConfig, reopen: Callable[[], Any] | None = None) -> int:
-    """Run until SIGTERM/SIGINT, then drain and stop; returns the process exit code. ``reopen`` as in
+def serve(searcher, config: ServerConfig, reload: bool = False) -> int:
+    """Run until SIGTERM/SIGINT, then drain and stop; returns the process exit code. ``reload`` as in
     ``SearchServer``."""
     for encoder_log in ("lsr.encode.splade", "lsr.encode.dense"):
         # Each request's log line says truncated=; the encoders' own warning, a line per long query, let a client
         # write the log as fast as it could send queries.
         logging.getLogger(encoder_log).setLevel(logging.ERROR)
-    server = SearchServer(searcher, config, reopen).start()
+    server = SearchServer(searcher, config, reload).start()
     received: list[int] = []
 
     def on_signal(signum, _frame):

@@ -646,3 +646,24 @@ def test_a_server_whose_collection_was_moved_away_says_so_and_serves_it_once_it_
             c.upsert(["after-move"], ["tardigrades survive vacuum"], timeout=60)
     finally:
         server.kill()
+
+
+def test_a_reopened_searcher_shares_the_models_its_new_build_names_alike(collection, beir_dir, tmp_path):
+    """A server's reload loaded every model again: a second or more, and memory for two copies (its RSS grew
+    150 MB a reload, 650 to 1,250 MB over four). The new build's models are now those of the old where it names
+    them alike; one built with another SPLADE length gets its own."""
+    from lsr.cli.main import main
+    from lsr.search.searcher import Searcher
+
+    path = shutil.copytree(collection, tmp_path / "col")
+    index = ["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--limit", "5", "--quiet"]
+    with Searcher.open(path) as first:
+        first.warm_up()
+        assert main([*index, "--max-length", "64"]) == 0
+        with first.reopen() as same:
+            assert same.query_encoder is first.query_encoder and same.dense_encoder is first.dense_encoder
+            assert same.stats()["num_docs"] == 5 and same.search("cancer", k=3).hits
+        assert main([*index, "--max-length", "32"]) == 0
+        with first.reopen() as other:
+            assert other.query_encoder is not first.query_encoder and other.query_encoder.max_length == 32
+            assert other.dense_encoder is first.dense_encoder

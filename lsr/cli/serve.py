@@ -121,5 +121,4 @@ def run(args: argparse.Namespace) -> int:
     refuse_unused(flags_given(args, "ray_address", "require_all_shards", "shard_cpus", "shard_concurrency",
                               "shard_timeout"),
                   f"{args.collection} is not a sharded collection (`lsr index --shards N` makes those)")
-    return serve(Searcher.open(args.collection, **options), config,
-                 reopen=lambda: Searcher.open(args.collection, **options))
+    return serve(Searcher.open(args.collection, **options), config, reload=True)

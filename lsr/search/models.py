@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")  # a model's precision, by name (``lsr.encode.inputs.resolve_dtype``)
 
 
+# What a loaded encoder depends on in a build's lsr.json: equal values in another build load the same encoder.
+_SHAREABLE = {"documents": ("model", "model_content", "max_length"), "dense": ("dense_model", "dense_model_content")}
+
+
 class SearchModels:
     """A collection's query encoder, dense encoder and (for upserts) document encoder, loaded on first use.
 
@@ -40,6 +44,19 @@ class SearchModels:
         self._loaded: dict[str, Any] = {}
         self._checked: set[str] = set()  # model folders compared with the build's (once each: hashing reads them)
         self._lock = threading.RLock()
+
+    def like(self, meta: dict, doc_freqs: Callable[[], Any] | None = None) -> "SearchModels":
+        """The models of another build of the collection (``meta``), with these options. An encoder loaded here is
+        shared where that build names the same model the same way (a server's reload: loading it again took seconds,
+        and memory for two copies). Inference-free query weights follow ``doc_freqs``, so they are made anew."""
+        other = SearchModels(meta, self._query_kind, doc_freqs=doc_freqs, device=self._device, dtype=self._dtype)
+        with self._lock:
+            for name, keys in _SHAREABLE.items():
+                if name in self._loaded and all(meta.get(key) == self.meta.get(key) for key in keys):
+                    other._loaded[name] = self._loaded[name]
+            if "documents" in other._loaded and self._loaded.get("query") is self._loaded["documents"]:
+                other._loaded["query"] = other._loaded["documents"]  # SPLADE queries: the document encoder
+        return other
 
     @property
     def has_dense(self) -> bool:

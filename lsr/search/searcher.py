@@ -226,6 +226,14 @@ class Searcher:
         return cls(collection, SearchModels(collection.meta, query_encoder, doc_freqs=lambda: ViewLegs(collection.view()),
                                             device=device, dtype=dtype))
 
+    def reopen(self) -> "Searcher":
+        """This searcher's folder opened again (a new build there), with its options; the models that build names as
+        this one did are shared, not loaded again."""
+        from lsr.ingest.collection import Collection
+
+        collection = Collection.open(self.collection.path)
+        return Searcher(collection, self.models.like(collection.meta, doc_freqs=lambda: ViewLegs(collection.view())))
+
     @property
     def query_encoder(self) -> Any:
         """The sparse query encoder (loaded on first use)."""
