@@ -59,9 +59,17 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):  # numpy's short write on a full disk said
             # "49803 requested and 49088 written" and no more; a folder that takes no file named the temporary one
-            raise OSError(f"could not write {path}: {exc.strerror or exc}"
-                          f"{'' if exc.errno else ' (a short write: is the disk full?)'}") from exc
+            raise write_failed(path, exc) from exc
         raise
+
+
+def write_failed(path: Path, cause: OSError) -> OSError:
+    """A failed write as one line naming ``path``, keeping ``cause``'s errno, by which a server tells a full disk or a
+    folder that takes no writes (RESOURCE_EXHAUSTED, UNAVAILABLE) from its own bug (INTERNAL)."""
+    error = OSError(f"could not write {path}: {cause.strerror or cause}"
+                    f"{'' if cause.errno else ' (a short write: is the disk full?)'}")
+    error.errno = cause.errno
+    return error
 
 
 def check_writable(path: Path) -> None:

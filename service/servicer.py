@@ -9,6 +9,7 @@ the caller's liveness between stages, so work for a caller that gave up stops ea
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import re
@@ -121,8 +122,10 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.CANCELLED
     if isinstance(exc, (Draining, ShardUnavailable, FolderBusyError)):  # busy: another process writes the collection
         return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, TooLarge):
+    if isinstance(exc, TooLarge) or _disk_error(exc, errno.ENOSPC, errno.EDQUOT):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if _disk_error(exc, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO):  # the server's folder: not the request
+        return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, CorruptFileError):  # before ValueError: a damaged file is the server's problem, not the caller's
         return grpc.StatusCode.DATA_LOSS
     if isinstance(exc, (FailedPrecondition, CollectionReplaced)):  # before ValueError: it may subclass it
@@ -134,14 +137,21 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _disk_error(exc: BaseException, *numbers: int) -> bool:
+    """A full disk or a folder that takes no writes: the request was fine (it got INTERNAL, with a traceback)."""
+    return isinstance(exc, OSError) and exc.errno in numbers
+
+
 def _reloading_message(exc: CollectionReplaced) -> str:
-    return (f"{exc.what} since the server opened it; it answers searches from the build it had loaded, but texts "
-            "and writes only once it has opened the collection there again, which it does by itself: retry shortly")
+    return (f"{exc.what}; the server answers searches from what it had loaded, and texts and writes once it has "
+            "opened the collection again, which it does by itself: retry shortly")
 
 
 def _message_of(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])  # str(KeyError) adds quotes
+    if _disk_error(exc, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO):
+        return f"the server could not write its collection ({exc}); retry once its folder takes writes again"
     return str(exc) or type(exc).__name__
 
 

@@ -179,3 +179,21 @@ def test_tokenising_workers_end_with_the_build(tmp_path, stop):
         assert job.returncode != 0 and "tokenising texts for the BM25 leg ended abruptly" in stderr, stderr
     elif stop == "Ctrl-C to the process group":
         assert job.returncode != 0 and stderr.count("KeyboardInterrupt") == 1, stderr
+
+
+def test_a_full_disk_while_saving_names_the_folder_and_the_cause(scifact, tmp_path):
+    """bm25s writes its arrays itself: on a full disk `lsr index` failed "28950 requested and 17376 written", naming
+    neither the file nor the disk (a tmpfs of 64 KiB here)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        ids, texts = list(scifact.corpus)[:2000], [doc["text"] for doc in list(scifact.corpus.values())[:2000]]
+        with pytest.raises(OSError, match=r"could not write .*bm25.*(is the disk full|No space left)") as err:
+            Bm25Index.build(ids, texts).save(disk / "bm25")
+        assert err.value.errno in (None, 28)
+    finally:
+        subprocess.run(["umount", str(disk)])

@@ -518,7 +518,7 @@ def test_a_write_after_the_collection_was_indexed_anew_asks_for_a_restart(writte
     assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--limit", "5", "--dense",
                  "none", "--max-length", "64", "--quiet"]) == 0
     text = "Tardigrades survive vacuum."
-    with pytest.raises(CollectionReplaced, match="indexed anew .* restart the process"):
+    with pytest.raises(CollectionReplaced, match="indexed anew .* restart it to use the new build"):
         col.upsert(["new-4"], [text], encoders[0].encode_documents([text]), encoders[1].encode_documents([text]))
     assert Collection.open(path).sparse.num_docs == 5 and not verify_collection(path).problems
 

@@ -667,3 +667,37 @@ def test_a_reopened_searcher_shares_the_models_its_new_build_names_alike(collect
         with first.reopen() as other:
             assert other.query_encoder is not first.query_encoder and other.query_encoder.max_length == 32
             assert other.dense_encoder is first.dense_encoder
+
+
+def test_a_write_that_failed_half_applied_is_replayed_by_the_server_once_the_folder_takes_writes(collection, tmp_path):
+    """A write that failed after its journal record (a full disk; here an immutable sparse folder) left the server
+    refusing every later write INTERNAL ("restart to replay the journal") with health SERVING, until someone restarted
+    it. Now those writes get UNAVAILABLE, health turns NOT_SERVING, and once the folder takes writes again the server
+    opens the collection anew, which replays the journal: SERVING, the failed write there, writes accepted."""
+    import subprocess
+
+    from lsr.ingest.verify import verify_collection
+
+    path = shutil.copytree(collection, tmp_path / "col")
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path / "sparse")]).returncode != 0:
+        pytest.skip("chattr +i is needed to make a folder refuse writes")
+    server = ServerProcess(path).wait_listening()
+    try:
+        with server.client() as c:
+            with pytest.raises(grpc.RpcError) as err:  # it was INTERNAL, with a traceback in the log
+                c.upsert(["stuck"], ["tardigrades survive the vacuum of space"], timeout=60)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            assert "could not write its collection" in err.value.details() and "Traceback" not in server.log()
+            _wait_until(lambda: c.health() == "NOT_SERVING")
+            with pytest.raises(grpc.RpcError) as err:
+                c.upsert(["next"], ["water bears"], timeout=60)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            assert "failed half-applied" in err.value.details() and "retry" in err.value.details()
+            subprocess.run(["chattr", "-i", str(path / "sparse")], check=True)
+            _wait_until(lambda: c.health() == "SERVING")
+            assert c.search("tardigrades vacuum space", k=1, timeout=30).hits[0].doc_id == "stuck"  # from the journal
+            c.upsert(["next"], ["water bears"], timeout=60)
+    finally:
+        subprocess.run(["chattr", "-i", str(path / "sparse")])
+        server.kill()
+    assert not verify_collection(path).problems

@@ -6,7 +6,7 @@ NOT_SERVING, in-flight requests finish, the process exits 0.
 The collection may be indexed anew while it is served (`lsr index --overwrite`, same folder): health
 turns NOT_SERVING and searches answer from the old build until the new one is whole; the server
 then opens it, warms it up and serves it (SERVING again) without a restart. Texts and writes fail
-FAILED_PRECONDITION in between. For that moment both builds are in memory.
+UNAVAILABLE (retry) in between. For that moment both builds are in memory.
 
 A sharded collection (`lsr index --shards N`) is served by a coordinator: it starts one shard
 server per shard as a Ray actor (a local Ray instance, or the cluster at --ray-address), encodes

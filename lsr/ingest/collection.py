@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from lsr.files import CorruptFileError, FolderBusyError, FolderHold, exclusive_folder
+from lsr.files import CorruptFileError, FolderBusyError, FolderHold, MachineStateError, exclusive_folder
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.journal_fold import fold, fold_due, remove_leftover
@@ -58,14 +58,13 @@ def save_rows(rows: int) -> int:
     return min(10_000, max(1_000, rows // 10))
 
 
-class CollectionReplaced(RuntimeError):
-    """A write or text read found its collection rebuilt (or moved) since this process opened it: the process must
-    reopen it. ``what``: the path and what happened to it, for a caller that words the remedy itself (a server
-    that reopens it by itself)."""
+class CollectionReplaced(MachineStateError):
+    """What this process opened is no longer what it may write: the folder was indexed anew, moved or deleted, or a
+    write failed half-applied (a full disk); only opening it again (which replays the journal) writes again.
+    ``what``: the path and what happened, for a caller that words the remedy itself (a server reopens it by itself)."""
 
     def __init__(self, what: str, then: str) -> None:
-        super().__init__(f"{what} since this process opened it; searches answer from what it had loaded, but its "
-                         f"texts and writes are gone: restart the process {then}")
+        super().__init__(f"{what}; searches answer from what this process had loaded: restart it {then}")
         self.what, self.then = what, then
 
     def __reduce__(self):  # a shard server's, through Ray: unpickled with both arguments
@@ -107,6 +106,7 @@ class Collection:
         self._meta_seen = _file_identity(path / META_FILE)  # a new build (`lsr index --overwrite`) writes a new lsr.json
         self.replaced = False  # this process found the collection indexed anew (or gone): only a reopen writes again
         self._on_replaced: list[Callable[[], None]] = []
+        self._told = False  # the listeners heard that only a reopen writes again (replaced, or a failed write)
         self.sparse = sparse  # the writable stores; readers use view()
         self.dense = dense
         self.bm25 = bm25.base if bm25 is not None else None  # the build's BM25 index; each view's leg adds later writes
@@ -260,8 +260,8 @@ class Collection:
         wait = WRITE_WAIT if deadline is None else max(0.0, min(WRITE_WAIT, deadline - time.monotonic()))
         with self._lock:
             if self._failed is not None:
-                raise RuntimeError(f"an earlier write failed half-applied ({self._failed}); restart to replay "
-                                   "the journal, which holds it")
+                raise CollectionReplaced(f"{self.path}: an earlier write failed half-applied ({self._failed})",
+                                         "to replay the journal, which holds it")
             try:
                 self._take_folder(wait)
             except FolderBusyError:
@@ -279,7 +279,7 @@ class Collection:
                     yield
                 except BaseException as exc:
                     if self._journal.last_seq != journaled:
-                        self._failed = exc
+                        self._fail(exc)
                     raise
             finally:
                 self._folder.release()
@@ -292,8 +292,22 @@ class Collection:
 
     def when_replaced(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` once this process finds the collection indexed anew (or moved), by a write, a text read
-        or a background look (a server then reports NOT_SERVING and opens it again: ``lsr.service.reload``)."""
+        or a background look, or once a write fails half-applied: only opening it again writes again (a server
+        reports NOT_SERVING and opens it again: ``lsr.service.reload``)."""
         self._on_replaced.append(listener)
+
+    def _tell_listeners(self) -> None:
+        if not self._told:
+            self._told = True
+            for listener in self._on_replaced:
+                listener()
+
+    def _fail(self, exc: BaseException) -> None:
+        """A write or a take-up failed half-applied (a full disk, a read-only folder): the journal holds records the
+        stores may lack, and only a reopen replays them. A server's reload does that once it can: it stayed stale,
+        refusing every write INTERNAL with health SERVING, until someone restarted it."""
+        self._failed = exc
+        self._tell_listeners()
 
     def check_in_place(self) -> None:
         """CollectionReplaced unless the folder still holds the build this process opened: indexed anew, or moved or
@@ -308,11 +322,9 @@ class Collection:
             why, then = "was indexed anew (`lsr index --overwrite`)", "to use the new build"
         except (FileNotFoundError, ValueError, FolderBusyError):  # gone, or a rebuild under way or unfinished
             why, then = "was moved, deleted or is being indexed anew", "on the collection where it is now"
-        if not self.replaced:
-            self.replaced = True
-            for listener in self._on_replaced:
-                listener()
-        raise CollectionReplaced(f"{self.path} {why}", then)
+        self.replaced = True
+        self._tell_listeners()
+        raise CollectionReplaced(f"{self.path} {why} since it was opened", then)
 
     def _take_up_disk(self) -> None:
         """Another process wrote the collection (or repaired it): apply the journal records it appended to this
@@ -329,7 +341,7 @@ class Collection:
                 for record in appended:
                     self._apply(record)
             except BaseException as exc:  # the journal counts records the stores may lack: reopen to replay them
-                self._failed = exc
+                self._fail(exc)
                 raise
             return
         fresh = self._load(self.path, self.meta, self._view)

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from lsr.encode.cpu_share import usable_cpus
-from lsr.files import NUMPY_LOADS, atomic_write, write_json_atomic
+from lsr.files import NUMPY_LOADS, atomic_write, write_failed, write_json_atomic
 from lsr.ingest.layout import DOC_CHUNK, doc_chunks
 from lsr.search.bm25_build import Bm25Builder, bm25s_module, counted_chunks, tokenize
 
@@ -106,7 +106,10 @@ class Bm25Index:
         """Write the index into ``folder`` (replacing it); returns the files, for their crc32 records."""
         folder = Path(folder)
         shutil.rmtree(folder, ignore_errors=True)
-        self.retriever.save(str(folder), show_progress=False)
+        try:
+            self.retriever.save(str(folder), show_progress=False)
+        except OSError as exc:  # numpy's short write on a full disk said "28950 requested and 17376 written", no more
+            raise write_failed(folder, exc) from exc
         atomic_write(folder / IDS_FILE, lambda fh: fh.write(json.dumps(self.ids).encode("utf-8")))
         if self.stats is not None:
             write_json_atomic(folder / STATS_FILE, {"num_docs": self.stats.num_docs, "avg_doc_len": self.stats.avg_doc_len})
