@@ -35,6 +35,35 @@ if TYPE_CHECKING:
     from lsr.sparse import SparseBatch
 
 
+def numba_cache_folder(package: str, env: dict) -> str | None:
+    """Where numba should cache compiled kernels when it cannot on its own, else None. numba's ``cache=True`` fails at
+    import ("cannot cache function ... no locator available") where neither the folders of the sources nor the
+    user's cache folder take files: a read-only image run as a user whose HOME is /nonexistent failed every verb."""
+    import os
+
+    if env.get("NUMBA_CACHE_DIR") or (os.path.isdir(package) and os.access(package, os.W_OK)):
+        return None
+    folder = os.path.join(env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or "/nonexistent", ".cache"), "numba")
+    while not os.path.exists(folder):  # numba makes the folders it lacks
+        folder = os.path.dirname(folder)
+    if os.path.isdir(folder) and os.access(folder, os.W_OK):
+        return None
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"lsr-numba-cache-{os.getuid()}")
+
+
+def _cache_numba_where_it_can() -> None:
+    import os
+
+    folder = numba_cache_folder(os.path.dirname(os.path.abspath(__file__)), os.environ)
+    if folder is not None:
+        os.environ["NUMBA_CACHE_DIR"] = folder
+
+
+_cache_numba_where_it_can()
+
+
 def __getattr__(name: str) -> object:
     """Import the module that holds ``name`` on first use (PEP 562); ``__version__`` is the installed version."""
     if name == "__version__":
