@@ -78,7 +78,12 @@ def check_shard_count(n_shards: int) -> None:
 
 
 def is_sharded(path: Path) -> bool:
-    return (Path(path) / SHARDS_FILE).is_file()
+    """Whether ``path`` holds a sharded collection; a folder this user may not read is named as such (it was named
+    by a file it lacks, lsr-shards.json)."""
+    try:
+        return (Path(path) / SHARDS_FILE).is_file()
+    except PermissionError:
+        raise PermissionError(f"cannot read the folder {path}: permission denied (made under another user's umask?)") from None
 
 
 def missing_shard(folder: Path) -> str:
