@@ -237,3 +237,75 @@ def test_the_cli_logs_our_info_lines_and_only_other_libraries_warnings(quiet):
     assert done.returncode == 0, done.stderr
     assert "fontManager" not in done.stderr and "a warning of theirs" in done.stderr
     assert ("an INFO line of ours" in done.stderr) != quiet
+
+
+def test_a_topics_line_with_a_third_column_is_refused_not_searched(built, tmp_path, capsys):
+    """`1<TAB>qqqxyz<TAB>vitamin` searched "qqqxyz\\tvitamin": a narrative or a second field went into the query."""
+    topics = tmp_path / "q.tsv"
+    topics.write_text("1\tqqqxyz\tvitamin\n")
+    assert main(["search", str(built), "--topics", str(topics), "--output", "-", "--mode", "bm25", "--k", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (f"lsr search: error: {topics} line 1: expected 'qid<TAB>text', the two columns of a "
+                                 "topics TSV, got 3 (for JSON topics use a .jsonl file)\n")
+
+
+@pytest.mark.parametrize("content", ["\nqid\tquery\n1\tvitamin bone\n", "topic\tquery\n1\tvitamin bone\n"])
+def test_a_topics_header_below_a_blank_line_or_naming_its_text_column_is_skipped(built, tmp_path, capsys, content):
+    """A header was skipped only on line 1 and only by its id column: below a blank line, or as `topic<TAB>query`,
+    it was searched as a query "query" and named in the run."""
+    topics = tmp_path / "q.tsv"
+    topics.write_text(content)
+    assert main(["search", str(built), "--topics", str(topics), "--output", "-", "--mode", "bm25", "--k", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert {line.split()[0] for line in out.splitlines()} == {"1"} and out.split()[2] == "vitamin"
+    assert err.endswith("\n1 queries, 1 hits written to standard output\n") and "found no document" not in err
+
+
+def _delete_piped(col: Path, ids: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lsr", "delete", str(col), "--ids-file", "-"], input=ids,
+                          capture_output=True, timeout=300)
+
+
+def test_ids_piped_to_delete_are_read_as_a_file_and_checked_line_by_line(built, tmp_path):
+    """Standard input was read bare: a BOM stayed in the first id ("not in the collection: \\ufeffvitamin"), bytes
+    that are not UTF-8 became surrogates, and `coffee<TAB>comment` was one id, not there, so coffee stayed (exit 0)."""
+    col = shutil.copytree(built, tmp_path / "col")
+    bad = _delete_piped(col, b"aspirin\ncoffee\tstale since May\n")
+    assert bad.returncode == 2 and bad.stderr.decode() == (
+        "lsr delete: error: --ids-file standard input line 2: id 'coffee\\tstale since May' holds '\\t' at character "
+        "6; an id is one word without whitespace or control characters (a TREC run could not hold it)\n")
+    undecodable = _delete_piped(col, b"caf\xe9\n")
+    assert undecodable.returncode == 2 and "is not UTF-8 text" in undecodable.stderr.decode()
+    done = _delete_piped(col, b"\xef\xbb\xbfvitamin\r\n")
+    assert done.returncode == 0 and done.stderr == b""
+    assert done.stdout.decode() == f"deleted 1 of 1 documents from {col}\n"
+    assert main(["doc", str(col), "aspirin"]) == 0  # the refused files deleted nothing
+
+
+def test_eval_of_an_empty_run_scores_every_judged_query_0_with_a_warning(built, tmp_path, capsys):
+    """`lsr search --topics` where no query found anything writes an empty run and prints "score it with: lsr eval
+    RUN QRELS", which then refused it ("holds no results")."""
+    topics, run, qrels = tmp_path / "q.tsv", tmp_path / "none.trec", tmp_path / "q.qrels"
+    topics.write_text("1\tqqqxyz\n")
+    qrels.write_text("1 0 vitamin 1\n")
+    assert main(["search", str(built), "--topics", str(topics), "--output", str(run), "--mode", "bm25"]) == 0
+    assert run.read_bytes() == b"" and f"lsr eval {run} QRELS" in capsys.readouterr().out
+    assert main(["eval", str(run), str(qrels)]) == 0
+    out, err = capsys.readouterr()
+    assert "ndcg@10     0.0000" in out and f"1 judged queries, 0 of them in {run} (1 missing score 0)" in out
+    assert err == f"warning: {run} holds no results, so every judged query scores 0\n"
+
+
+def test_eval_says_when_it_drops_a_self_hit_the_qrels_judge_relevant(tmp_path, capsys):
+    """A hit whose doc id is its query's is dropped, as BEIR does; judged relevant, it scored 0 without a word."""
+    run, qrels = tmp_path / "self.trec", tmp_path / "self.qrels"
+    run.write_text("q1 Q0 q1 1 3.0 t\nq1 Q0 dB 2 2.0 t\n")
+    qrels.write_text("q1 0 q1 1\n")
+    assert main(["eval", str(run), str(qrels)]) == 0
+    out, err = capsys.readouterr()
+    assert "ndcg@10     0.0000" in out
+    assert err == (f"warning: 1 hit of {run} whose doc id is its query's id was dropped though {qrels} judges it "
+                   "relevant (pass --keep-self-hits to keep them)\n")
+    assert main(["eval", str(run), str(qrels), "--keep-self-hits"]) == 0
+    out, err = capsys.readouterr()
+    assert "ndcg@10     1.0000" in out and err == ""

@@ -1,9 +1,9 @@
 """Delete documents of a collection by id: in the collection folder, or through a running `lsr serve` (--endpoint).
 
-The ids come as arguments, or one per line from --ids-file (`-` reads standard input). They are deleted in one
-atomic, durable write (in a sharded collection, one per shard); a server holding the collection takes it up
-within a second. Ids the collection does not hold are listed on standard error and change nothing; the exit
-status is 0 when at least one id was deleted, else 1.
+The ids come as arguments, or one per line from --ids-file (`-` reads standard input; a line that is not one id
+is refused, naming it). They are deleted in one atomic, durable write (in a sharded collection, one per shard); a
+server holding the collection takes it up within a second. Ids the collection does not hold are listed on standard
+error and change nothing; the exit status is 0 when at least one id was deleted, else 1.
 
 Examples:
   lsr delete runs/scifact 4983 5836
@@ -59,12 +59,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read_ids(path: str | None) -> list[str]:
+    """The ids of --ids-file, read as any text file (standard input too: its BOM went into the first id, its
+    undecodable bytes into surrogate escapes); a line that is no id (`72159<TAB>comment`) is refused before anything
+    is deleted, where it was "not in the collection" and the document stayed."""
     if path is None:
         return []
     from lsr.files import read_text_file, text_lines
+    from lsr.sparse import id_problem, short_repr
 
-    lines = text_lines(sys.stdin.read() if path == "-" else read_text_file(path, "--ids-file"))
-    return [line.strip() for line in lines if line.strip()]  # an id holds no space: " d1 " meant d1
+    lines = text_lines(read_text_file("/dev/stdin" if path == "-" else path, "--ids-file"))
+    ids = [(line_no, line.strip()) for line_no, line in enumerate(lines, start=1) if line.strip()]  # " d1 " meant d1
+    for line_no, doc_id in ids:
+        problem = id_problem(doc_id)
+        if problem is not None:
+            source = "standard input" if path == "-" else path
+            raise ValueError(f"--ids-file {source} line {line_no}: id {short_repr(doc_id)} {problem}")
+    return [doc_id for _, doc_id in ids]
 
 
 def _delete(collection: str, ids: list[str]) -> list[str]:

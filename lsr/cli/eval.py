@@ -2,8 +2,9 @@
 
 RUN is `qid Q0 docid rank score tag` per line (from `lsr search --topics`, pyserini, anserini, ...).
 QRELS is TREC's `qid 0 docid grade` or BEIR's `query-id corpus-id score` TSV. Queries in QRELS
-that the run lacks score 0; like BEIR, a hit whose id equals its query's id is ignored unless
---keep-self-hits.
+that the run lacks score 0 (all of them, with a warning, where the run is empty); like BEIR, a hit
+whose id equals its query's id is ignored unless --keep-self-hits (a warning counts those the
+qrels judge relevant).
 
 --compare scores other runs beside RUN, each with its difference from RUN and the two-sided p-value
 of a paired randomization test over the judged queries (10,000 sign flips, seeded: the same p every
@@ -21,8 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from lsr.cli.main import path_argument
+
+if TYPE_CHECKING:
+    from lsr.eval.metrics import Run
 
 HELP = "score TREC run files against qrels (nDCG@10, Recall@100, MRR@10, MAP@100), with significance tests"
 
@@ -50,15 +55,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("a run is given twice; --compare takes the runs to score beside RUN")
     runs = {path: read_trec_run(path) for path in paths}  # every file is read before any is scored
     for path, results in runs.items():
-        if not results:
-            raise ValueError(f"{path} holds no results")
-        if not set(results) & set(qrels):
-            raise ValueError(f"no query of {path} is judged in {args.qrels}; do the query ids match?")
-        if not any(doc in qrels.get(qid, {}) for qid, hits in results.items() for doc in hits):
-            ranked = next(doc for hits in results.values() for doc in hits)
-            judged = next(doc for docs in qrels.values() for doc in docs)
-            print(f"warning: no document {path} ranks is judged in {args.qrels}, so every score is 0; do the document "
-                  f"ids match (the run has {ranked!r}, the qrels {judged!r})?", file=sys.stderr)
+        _check_run(path, results, args.qrels, qrels)
+        if not args.keep_self_hits:
+            _warn_of_judged_self_hits(path, results, args.qrels, qrels)
     answered = {path: set(results) & set(qrels) for path, results in runs.items()}
     _warn_of_unanswered(args.run, answered)
     scores = {path: per_query(qrels, results, ignore_identical_ids=not args.keep_self_hits)
@@ -90,6 +89,32 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(qrels):,} judged queries, {scored:,} of them in {args.run}"
           + (f" ({len(qrels) - scored:,} missing score 0)" if scored < len(qrels) else ""))
     return 0
+
+
+def _check_run(path: str, results: Run, qrels_path: str, qrels: dict[str, dict[str, int]]) -> None:
+    """Refuse a run none of whose queries is judged (the ids do not match); warn of one none of whose documents is.
+    An empty run, what `lsr search --topics` writes where no query found anything, scores 0 with a warning: it was
+    refused, so the `lsr eval` command that search prints failed."""
+    if not results:
+        print(f"warning: {path} holds no results, so every judged query scores 0", file=sys.stderr)
+        return
+    if not set(results) & set(qrels):
+        raise ValueError(f"no query of {path} is judged in {qrels_path}; do the query ids match?")
+    if not any(doc in qrels.get(qid, {}) for qid, hits in results.items() for doc in hits):
+        ranked = next(doc for hits in results.values() for doc in hits)
+        judged = next(doc for docs in qrels.values() for doc in docs)
+        print(f"warning: no document {path} ranks is judged in {qrels_path}, so every score is 0; do the document "
+              f"ids match (the run has {ranked!r}, the qrels {judged!r})?", file=sys.stderr)
+
+
+def _warn_of_judged_self_hits(path: str, results: Run, qrels_path: str, qrels: dict[str, dict[str, int]]) -> None:
+    """Hits whose doc id is their query's are dropped (BEIR's rule, for corpora that hold the queries); where the
+    qrels judge such a hit relevant, the drop costs score without a word, so it is counted."""
+    judged = sum(qrels.get(qid, {}).get(qid, 0) > 0 for qid, hits in results.items() if qid in hits)
+    if judged:
+        print(f"warning: {judged:,} hit{'s' * (judged != 1)} of {path} whose doc id is its query's id "
+              f"{'were' if judged != 1 else 'was'} dropped though {qrels_path} judges "
+              f"{'them' if judged != 1 else 'it'} relevant (pass --keep-self-hits to keep them)", file=sys.stderr)
 
 
 def _warn_of_unanswered(base: str, answered: dict[str, set[str]]) -> None:

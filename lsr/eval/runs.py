@@ -2,8 +2,8 @@
 
 A run line is ``qid Q0 docid rank score tag`` (whitespace separated, ranks from 1). Qrels are
 either TREC's ``qid 0 docid grade`` or BEIR's TSV ``query-id corpus-id score`` with a header.
-Topics are a TSV ``qid<TAB>text`` (an optional header is skipped) or JSONL with ``_id``/``id``/``qid``
-and ``text``/``query`` (BEIR's queries.jsonl as it is).
+Topics are a TSV ``qid<TAB>text`` (an optional header, the first non-blank line, is skipped) or JSONL with
+``_id``/``id``/``qid`` and ``text``/``query`` (BEIR's queries.jsonl as it is).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from lsr.sparse import id_problem, short_repr
 
 _ID_KEYS = ("_id", "id", "qid", "query_id")
 _TEXT_KEYS = ("text", "query", "title")
+_ID_COLUMNS = ("qid", "query-id", "query_id", "id", "_id")  # a TSV header's names for its columns
+_TEXT_COLUMNS = ("query", "text", "title", "question")
 MAX_GRADE = 2**31 - 1  # pytrec_eval keeps grades as C ints
 
 log = logging.getLogger(__name__)
@@ -124,14 +126,13 @@ def read_topics(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     content = read_text_file(path, "topics file")
     jsonl = Path(path.name.lower().removesuffix(".gz")).suffix in (".jsonl", ".json", ".ndjson")  # read gunzipped
+    lines = [(line_no, line) for line_no, line in enumerate(text_lines(content), start=1) if line.strip()]
+    if not jsonl and lines and _is_tsv_header(lines[0][1]):
+        lines = lines[1:]
     topics: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for line_no, line in enumerate(text_lines(content), start=1):
-        if not line.strip():
-            continue
+    for line_no, line in lines:
         qid, text = _json_topic(path, line_no, line) if jsonl else _tsv_topic(path, line_no, line)
-        if qid is None:
-            continue  # the TSV header
         if surrogate_at(qid + text) is not None:  # it failed only after the model had loaded
             raise ValueError(f"{path} line {line_no}: query {short_repr(qid)} holds a lone surrogate, not UTF-8 text")
         if qid in seen:
@@ -149,13 +150,21 @@ def read_topics(path: str | Path) -> list[tuple[str, str]]:
     return topics
 
 
-def _tsv_topic(path: Path, line_no: int, line: str) -> tuple[str | None, str]:
-    parts = line.rstrip("\r\n").split("\t")
-    if len(parts) < 2:
-        raise ValueError(f"{path} line {line_no}: expected 'qid<TAB>text' (for JSON topics use a .jsonl file)")
-    if line_no == 1 and parts[0].lower() in ("qid", "query-id", "query_id", "id", "_id"):
-        return None, ""
-    return parts[0].strip(), "\t".join(parts[1:])
+def _is_tsv_header(line: str) -> bool:
+    """A header is the first non-blank line (a blank line above it made it a query) naming an id column (qid, id,
+    ...) or a text column (query, text, title, question: `topic<TAB>query`); a topic whose whole text is such a word
+    is as unlikely as a qid "qid", and searching the header cost a wrong query in the run."""
+    parts = [part.strip().lower() for part in line.split("\t")]
+    return parts[0] in _ID_COLUMNS or (len(parts) > 1 and parts[1] in _TEXT_COLUMNS)
+
+
+def _tsv_topic(path: Path, line_no: int, line: str) -> tuple[str, str]:
+    """A line's (qid, text); a third column (a narrative, a second field) was searched as part of the query."""
+    parts = line.split("\t")
+    if len(parts) != 2:
+        raise ValueError(f"{path} line {line_no}: expected 'qid<TAB>text', the two columns of a topics TSV, got "
+                         f"{len(parts)} (for JSON topics use a .jsonl file)")
+    return parts[0].strip(), parts[1]
 
 
 def _json_topic(path: Path, line_no: int, line: str) -> tuple[str, str]:
