@@ -250,6 +250,8 @@ def test_a_write_past_its_deadline_says_it_may_have_landed_and_what_a_rerun_does
      "--auth-token-file does nothing here: COLLECTION is a folder written here, not a server (--endpoint)"),
     (["delete", "{col}", "not-there", "--tls", "--timeout", "5"], "--tls, --timeout do nothing here"),
     (["delete", "{col}", "d1", "--endpoint", "localhost:1"], "not both"),  # COLLECTION went to the server as an id
+    (["upsert", "{src}", "--endpoint", "localhost:1", "--batch-size", "8"],  # it was ignored: the server encodes
+     "--batch-size does nothing here: they choose how this process encodes"),
 ])
 def test_bad_writes_fail_in_one_line(built, tmp_path, capsys, argv, message):
     source = _jsonl(tmp_path / "new.jsonl", NEW)

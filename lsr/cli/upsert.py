@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_flags
-from lsr.cli.main import path_argument
+from lsr.cli.main import flags_given, path_argument, refuse_unused
 from lsr.ingest.layout import is_collection_dir
 
 HELP = "add or replace documents of a collection (or a running server) from a corpus file"
@@ -194,9 +194,8 @@ class _RemoteSink:
     """Sends the texts to a running server, which encodes and writes them."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        if args.threads is not None or args.device != "auto" or args.dtype != "auto":
-            raise ValueError("--threads, --device and --dtype choose how this process encodes; with --endpoint the "
-                             "server encodes (`lsr serve --device ...`)")
+        refuse_unused(flags_given(args, "threads", "device", "dtype", "batch_size"),  # --batch-size was ignored
+                      "they choose how this process encodes; with --endpoint the server encodes (`lsr serve --device ...`)")
         self.client = connect(args)
 
     def write(self, ids: list[str], texts: list[str]) -> tuple[int, int]:
