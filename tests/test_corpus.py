@@ -7,6 +7,7 @@ import json
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -372,3 +373,95 @@ def test_shared_scifact_archive_streams(beir_dir, scifact):
     assert len(ids) == 5183 and len(set(ids)) == 5183
     assert ids == list(scifact.corpus)
     assert texts == scifact.doc_texts(ids)
+
+
+def test_a_text_field_under_another_name_is_a_warning_naming_the_fields_to_pass(tmp_path, caplog):
+    """A corpus of title and abstract was indexed by its titles alone, silently (an INFO line --quiet hid)."""
+    from lsr.cli.main import main
+
+    jsonl = write_jsonl(tmp_path / "abstract.jsonl", [json.dumps({"_id": "a", "title": "Vitamin D", "year": 2001,
+                                                                  "abstract": "Long abstract about bone fractures"})])
+    assert main(["index", str(jsonl), str(tmp_path / "c"), "--dense", "none", "--bm25", "none", "--quiet"]) == 0
+    assert ("abstract.jsonl has no 'text' field: reading 'title' only; its other fields 'abstract' are not indexed "
+            "(pass --fields title,abstract to index them)") in [r.getMessage() for r in caplog.records]  # past --quiet
+    caplog.clear()
+    table = tmp_path / "abstract.csv"
+    table.write_text("_id,title,abstract,year,url\na,Vitamin D,Long abstract,2001,x\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="lsr.ingest.corpus"):
+        assert read_all(CorpusReader(table))[1] == ["Vitamin D"]  # what it said: the title only
+        read_all(CorpusReader(table, fields=["title"]))  # chosen: no warning
+        read_all(CorpusReader(sources(tmp_path)["csv"]))  # all the default fields: none either
+    assert [r.getMessage() for r in caplog.records] == [
+        "abstract.csv has no 'text' field: reading 'title' only; its other fields 'abstract', 'url' are not indexed "
+        "(pass --fields title,abstract,url to index them)"]  # not the id, nor the numbers of 'year'
+
+
+def test_a_pipe_as_source_is_refused_at_once(tmp_path):
+    """A named pipe was opened three times (columns, row count, the read): the second open waited forever."""
+    import os
+    import threading
+
+    from lsr.cli.main import main
+
+    pipe = tmp_path / "ff.jsonl"
+    os.mkfifo(pipe)
+    outcome = []
+    opener = threading.Thread(target=lambda: outcome.append(_raised(lambda: CorpusReader(pipe))), daemon=True)
+    opener.start()
+    opener.join(10)
+    if not outcome:  # its open waits for a writer: give it one that writes nothing, so it ends
+        os.close(os.open(pipe, os.O_RDWR))
+    assert outcome and isinstance(outcome[0], ValueError) and "is not a regular file (a pipe?)" in str(outcome[0])
+    assert main(["index", str(pipe), str(tmp_path / "c"), "--dense", "none", "--bm25", "none"]) == 2
+
+
+def _raised(call: Callable[[], object]) -> BaseException | None:
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - the test looks at it
+        return exc
+    return None
+
+
+def test_a_csv_whose_first_row_holds_a_value_over_a_mib_reads(tmp_path):
+    """The columns were sniffed in pyarrow's 1 MiB blocks: "straddling object straddles two block boundaries"."""
+    path = tmp_path / "big3.csv"
+    path.write_text('_id,title,text\nd1,T,"' + "word " * 600_000 + '"\nd2,T,small\n', encoding="utf-8")
+    ids, texts, _ = read_all(CorpusReader(path))
+    assert ids == ["d1", "d2"] and texts[1] == "T small" and len(texts[0]) == 2 + len("word " * 600_000) - 1
+    with pytest.raises(ValueError, match=r"big3.csv: a quoted value after row 1 runs over 1 MiB, so its quote"):
+        CorpusReader(path, chunk_bytes=1 << 19)  # a value over two blocks is named as in the read
+
+
+def test_encode_refuses_an_output_that_is_not_parquet_before_it_opens_the_corpus(tmp_path, capsys):
+    """The corpus was opened first (a CSV's threaded reader, never closed, aborted the process at exit, 134)."""
+    from lsr.cli.main import main
+
+    (tmp_path / "empty.csv").write_bytes(b"")  # a corpus read first fails otherwise
+    assert main(["encode", "--input", str(tmp_path / "empty.csv"), "--output", str(tmp_path / "out.csv")]) == 2
+    assert f"--output must be a .parquet file, got {tmp_path / 'out.csv'}" in capsys.readouterr().err
+
+
+def test_a_pyserini_jsonl_whose_first_line_is_bad_still_adopts_its_fields(tmp_path):
+    """Only the first line was sniffed: a bad one left _id/title/text, and every row was skipped as missing."""
+    path = write_jsonl(tmp_path / "p.jsonl", ['{"id": "p0", "contents": ', "[1, 2]"]
+                       + [json.dumps({"id": f"p{i}", "contents": f"text {i}"}) for i in (1, 2)])
+    reader = CorpusReader(path, on_error="skip")
+    assert read_all(reader)[:2] == (["p1", "p2"], ["text 1", "text 2"])
+    assert reader.stats.skipped == {"invalid JSON": 2}
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc")
+def test_a_source_the_system_cannot_read_is_the_machines_error_not_a_damaged_file(tmp_path, capsys):
+    """Every OSError was "a damaged, truncated or mislabelled file?", exit 2, a permission denied too. Reading
+    /proc/self/mem at its start is an I/O error (EIO) for root too."""
+    from lsr.cli.main import main
+
+    (tmp_path / "mem.jsonl").symlink_to("/proc/self/mem")
+    assert main(["index", str(tmp_path / "mem.jsonl"), str(tmp_path / "c"), "--dense", "none", "--bm25", "none"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lsr index: error: cannot read {tmp_path / 'mem.jsonl'}: Input/output error")
+    reader = CorpusReader(sources(tmp_path)["jsonl"])
+    denied = reader._unreadable(PermissionError(13, "Permission denied"))
+    assert type(denied) is OSError and str(denied) == f"cannot read {reader.source}: Permission denied"
+    assert isinstance(reader._unreadable(gzip.BadGzipFile("Not a gzipped file")), ValueError)  # the bytes'

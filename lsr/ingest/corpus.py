@@ -10,6 +10,7 @@ skipped and counted with ``on_error="skip"``. Only the set of seen ids grows wit
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -38,6 +39,10 @@ OTHER_TEXT_FIELD = "contents"
 _BLOCK_BYTES = 8 << 20
 _PARQUET_ROWS = 8192
 _COUNT_MAX_BYTES = 4 << 30  # larger uncompressed files get a streaming estimate instead of a count
+# an OSError of these is the machine's (exit 1), not the file's content: the same file may read on another try
+_MACHINE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.ESTALE,
+                   errno.ETIMEDOUT, errno.ENOSPC}
+_STRADDLES = "straddles two block boundaries"  # pyarrow's words for one CSV row over two blocks
 
 
 class BadRowError(ValueError):
@@ -162,6 +167,9 @@ class CorpusReader:
         self.source = Path(source).expanduser()
         if not self.source.exists():
             raise FileNotFoundError(f"corpus {self.source} does not exist")
+        if not (self.source.is_file() or self.source.is_dir()):  # a pipe's second open waited for a writer forever
+            raise ValueError(f"{self.source} is not a regular file (a pipe?); lsr reads a corpus more than once: "
+                             "save it to a file first")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         fields = [f.strip() for f in fields if f.strip()]
@@ -181,28 +189,50 @@ class CorpusReader:
         self._seen: set[str] = set()
         if self.format in ("jsonl", "csv", "parquet"):
             try:
-                names = self._column_names()
+                columns = self._columns()
             except (OSError, EOFError, pa.ArrowException) as exc:  # "Empty CSV file", "Parquet magic bytes not found"
                 raise self._unreadable(exc) from None
-            self._adopt_columns(names, tables=self.format != "jsonl", id_given=id_field != DEFAULT_ID_FIELD,
-                                fields_given=tuple(fields) != DEFAULT_FIELDS)
+            fields_given = tuple(fields) != DEFAULT_FIELDS
+            self._adopt_columns(list(columns), tables=self.format != "jsonl", id_given=id_field != DEFAULT_ID_FIELD,
+                                fields_given=fields_given)
+            if not fields_given:
+                self._warn_unread_fields(columns)
 
-    def _column_names(self) -> list[str]:
-        """A table's columns, or the keys of a JSONL file's first row (none if it is not a JSON object)."""
+    def _columns(self) -> dict[str, bool]:
+        """A table's columns, or the keys of a JSONL file's first JSON object (bad lines before it are named by the
+        read), each with whether it may hold text: a string or empty column, a string or null JSON value."""
         if self.format == "parquet":
-            return pq.ParquetFile(self.source).schema_arrow.names
+            return _text_columns(pq.ParquetFile(self.source).schema_arrow)
         if self.format == "csv":
-            return pcsv.open_csv(self.source, parse_options=_csv_parsing(lambda row: "skip")
-                                 ).schema.names  # a bad row is named when the rows are read
+            return _text_columns(self._csv_schema())
         with open_maybe_gzip(self.source) as fh:
             for line in fh:
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except (json.JSONDecodeError, UnicodeDecodeError):
-                        return []  # the read names the bad line
-                    return list(row) if isinstance(row, dict) else []
-        return []
+                try:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                if isinstance(row, dict):
+                    return {name: value is None or isinstance(value, str) for name, value in row.items()}
+        return {}
+
+    def _csv_schema(self) -> pa.Schema:
+        """The CSV's columns with the types of its first block, read in blocks as large as the rows' (a first row
+        over pyarrow's 1 MiB default failed) on this thread, by a reader closed at once, not left to the exit."""
+        options = pcsv.ReadOptions(block_size=self.chunk_bytes, use_threads=False)
+        try:
+            with pcsv.open_csv(self.source, read_options=options,
+                               parse_options=_csv_parsing(lambda row: "skip")) as reader:  # the read names a bad row
+                return reader.schema
+        except pa.ArrowInvalid as exc:
+            if _STRADDLES in str(exc):
+                raise self._straddling(1) from None
+            raise
+
+    def _straddling(self, row: int) -> ValueError:
+        """pyarrow's "straddling object" error, which named no file: only a quote that never closes reaches it."""
+        return ValueError(f"{self.source}: a quoted value after row {row:,} runs over "
+                          f"{self.chunk_bytes * 2 / (1 << 20):g} MiB, so its quote likely never closes; close it, or "
+                          'double a quote inside a value ("")')
 
     def _adopt_columns(self, names: Sequence[str], *, tables: bool, id_given: bool, fields_given: bool) -> None:
         """Where the id or text fields were left at their defaults and the corpus lacks them, take what it has:
@@ -224,6 +254,18 @@ class CorpusReader:
                 adopted.append(f"text from {', '.join(map(repr, self.fields))}")
         if adopted:
             log.info("%s: reading %s (pass --id-field / --fields to choose)", self.source.name, " and ".join(adopted))
+
+    def _warn_unread_fields(self, columns: dict[str, bool]) -> None:
+        """The default fields found in part, beside other text fields: a corpus of title and abstract was indexed by
+        its titles alone, silently. Say so, even under --quiet, with the --fields that reads them."""
+        read = [name for name in DEFAULT_FIELDS if name in columns]
+        missing = [name for name in DEFAULT_FIELDS if name not in columns]
+        ids = {self.id_field, DEFAULT_ID_FIELD, *OTHER_ID_FIELDS}
+        unread = [name for name, text in columns.items() if text and name not in ids and name not in self.fields]
+        if read and missing and unread:
+            log.warning("%s has no %s field: reading %s only; its other fields %s are not indexed (pass --fields %s "
+                        "to index them)", self.source.name, " or ".join(map(repr, missing)),
+                        ", ".join(map(repr, read)), ", ".join(map(repr, unread)), ",".join(read + unread))
 
     # ------------------------------------------------------------------ public
     def __iter__(self) -> Iterator[DocChunk]:
@@ -247,7 +289,11 @@ class CorpusReader:
         except (OSError, EOFError, pa.ArrowException, UnicodeDecodeError) as exc:  # a damaged or truncated archive
             raise self._unreadable(exc) from None  # or Parquet, a disk error, pyarrow's CSV errors: none named the file
 
-    def _unreadable(self, exc: BaseException) -> ValueError:
+    def _unreadable(self, exc: BaseException) -> ValueError | OSError:
+        """One line naming the source: an OSError the system raised (permission denied, an I/O error) stays one, the
+        machine's (exit 1); the rest (pyarrow's, gzip's and zip's words about the bytes) mean a damaged file (exit 2)."""
+        if isinstance(exc, OSError) and exc.errno in _MACHINE_ERRNOS:
+            return OSError(f"cannot read {self.source}: {exc.strerror or exc}")
         return ValueError(f"cannot read {self.source}: {exc} (a damaged, truncated or mislabelled file?)")
 
     def _within_limit(self, chunk: DocChunk) -> DocChunk | None:
@@ -436,7 +482,7 @@ class CorpusReader:
 
     def _csv_chunks(self) -> Iterator[DocChunk]:
         columns = [self.id_field, *self.fields]
-        names = self._column_names()
+        names = list(self._columns())
         self._check_columns(names)
         last_column = names[-1] if names and names[-1] in columns else None
         self.stats.bytes_total = self.source.stat().st_size
@@ -460,10 +506,8 @@ class CorpusReader:
                     bad_rows.clear()
                     self.stats.bytes_read = raw.tell()
             except pa.ArrowInvalid as exc:
-                if "straddles two block boundaries" in str(exc):  # one row over two blocks: no other reaches that
-                    raise ValueError(f"{self.source}: a quoted value after row {line_no:,} runs over "
-                                     f"{self.chunk_bytes * 2 / (1 << 20):g} MiB, so its quote likely never closes; close "
-                                     'it, or double a quote inside a value ("")') from None
+                if _STRADDLES in str(exc):  # one row over two blocks
+                    raise self._straddling(line_no) from None
                 if not bad_rows:
                     raise
                 row = bad_rows[0]
@@ -546,6 +590,12 @@ class CorpusReader:
         for i, number in enumerate(numbers):
             self._accept(number, columns[0][i], [col[i] for col in columns[1:]], out)
         return out
+
+
+def _text_columns(schema: pa.Schema) -> dict[str, bool]:
+    """Each column's name and whether it may hold text: a string column, or one pyarrow found empty."""
+    return {f.name: pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_string_view(f.type)
+            or pa.types.is_null(f.type) for f in schema}
 
 
 def parquet_batches(pf: pq.ParquetFile, rows: int, columns: list[str]) -> Iterator[pa.Table]:

@@ -48,10 +48,10 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
     from lsr.encode.splade import SpladeEncoder
 
     max_length = document_length(model) if max_length is None else max_length  # 0 is refused, not the default
-    reader = CorpusReader(source, fields=fields, id_field=id_field, on_error=on_error)
     output = Path(output).expanduser()
-    if output.suffix != ".parquet":
+    if output.suffix != ".parquet":  # before the corpus is opened: a wrong flag is told at once
         raise ValueError(f"--output must be a .parquet file, got {output}")
+    reader = CorpusReader(source, fields=fields, id_field=id_field, on_error=on_error)
     encoder = SpladeEncoder.from_pretrained(model, max_length=max_length, query_max_length=max_length, device=device,
                                             dtype=dtype)  # documents only: a GPU warms up no longer length
     summary = EncodeSummary(0)
