@@ -1,7 +1,8 @@
 """Serve a collection's new build without a restart.
 
-`lsr index --overwrite` under a running server replaces the folder the server opened. The server
-notices (its background look, or a write or text read; `Collection.check_in_place`), reports
+`lsr index --overwrite` under a running server replaces the folder the server opened (and a write
+that failed half-applied, a full disk, leaves its stores behind its journal). The server notices
+(its background look, or a write or text read; `Collection.check_in_place`), reports
 NOT_SERVING and goes on answering searches from the build it had loaded. ``Reloader`` then tries
 to open the folder again every ``interval`` seconds (``Searcher.reopen``: models the new build
 names as the old one did are shared, not loaded again): while the new build is unfinished (or the
@@ -19,6 +20,8 @@ import time
 from typing import Any, Callable
 
 log = logging.getLogger("lsr.service")
+
+MAX_PAUSE = 60.0  # seconds at most between two tries to open the collection again
 
 
 class Reloader:
@@ -45,15 +48,16 @@ class Reloader:
         with self._lock:  # one reload at a time: a second notice while one runs changes nothing
             if self._stop.is_set() or (self._thread is not None and self._thread.is_alive()):
                 return
-            log.info("event=reloading reason=%r", "the collection was indexed anew, moved or deleted: searches answer "
-                     "from the loaded build until the collection there opens")
+            log.info("event=reloading reason=%r", "the collection was indexed anew, moved or deleted, or a write failed "
+                     "half-applied: searches answer from the loaded build until the collection there opens")
             self._thread = threading.Thread(target=self._reload, name="lsr-reload", daemon=True)
             self._thread.start()
 
     def _reload(self) -> None:
         noticed = time.monotonic()
-        said = ""
-        while not self._stop.wait(self._interval):
+        said, pause = "", self._interval
+        while not self._stop.wait(pause):
+            tried = time.monotonic()
             try:
                 searcher = self._current().reopen()
             except Exception as exc:  # noqa: BLE001 - unfinished, gone, or damaged: the old build answers meanwhile
@@ -61,6 +65,9 @@ class Reloader:
                 if reason != said:  # once per reason, not once a second
                     log.info("event=reload_waiting reason=%r", reason)
                     said = reason
+                # A build under way fails at once, and is looked at every second; a damaged one fails after its
+                # checksums, which would keep a core busy: it is looked at less often, at most a fifth of the time.
+                pause = min(MAX_PAUSE, max(self._interval, 4 * (time.monotonic() - tried)))
                 continue
             try:
                 searcher.warm_up()
