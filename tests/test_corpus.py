@@ -136,8 +136,7 @@ def test_a_damaged_or_truncated_archive_is_one_clear_error(tmp_path):
     # pyarrow's own words named no file: "Empty CSV file", "Parquet magic bytes not found", "invalid UTF8 data"
     (tmp_path / "empty.csv").write_bytes(b"")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not a parquet file")
-    (tmp_path / "latin1.csv").write_bytes(b"_id,text\na,caf\xe9\n")
-    for name in ("c.jsonl.gz", "c.csv.gz", "cut.jsonl.gz", "empty.csv", "bad.parquet", "latin1.csv"):
+    for name in ("c.jsonl.gz", "c.csv.gz", "cut.jsonl.gz", "empty.csv", "bad.parquet"):  # a Latin-1 byte: its row's
         with pytest.raises(ValueError, match=f"cannot read {tmp_path / name}: .*damaged, truncated or mislabelled"):
             read_all(CorpusReader(tmp_path / name))
 
@@ -283,6 +282,19 @@ def test_a_csv_row_with_the_wrong_number_of_columns_is_named_or_skipped(tmp_path
     path.write_text("id,text\nd1,a\nd2,foo,bar\nd3,b\nd4,c\n", encoding="utf-8")
     ids, _, rows = read_all(CorpusReader(path, on_error="skip"))  # the rows after a skipped one were numbered as
     assert ids == ["d1", "d3", "d4"] and rows == [2, 4, 5]  # if it came last: 2, 3, 4
+
+
+def test_a_csv_byte_of_another_encoding_is_its_rows_error_not_the_files(tmp_path):
+    """A Latin-1 byte (a spreadsheet's export) made pyarrow refuse the whole CSV, "invalid UTF8 data", even under
+    --on-error skip; it is now its row's bad value, named, or skipped and counted."""
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"_id,title,text\nd1,T1,a\nd2,T2,b\nd3,T3,caf\xe9\nd4,T4,x\nd5,T5,\"last, caf\xe9\"\n")
+    with pytest.raises(BadRowError, match=r"latin1.csv row 4: field 'text' holds a lone surrogate at character 3, not "
+                                          r"UTF-8 text \(a byte of another encoding, such as Latin-1, reads as one\)"):
+        read_all(CorpusReader(path))
+    reader = CorpusReader(path, on_error="skip")
+    assert read_all(reader)[:2] == (["d1", "d2", "d4"], ["T1 a", "T2 b", "T4 x"])
+    assert reader.stats.skipped == {"invalid UTF-8": 2}
 
 
 def test_a_csv_quote_that_never_closes_is_named_not_indexed_as_the_rest_of_the_file(tmp_path):

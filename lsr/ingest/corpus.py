@@ -377,7 +377,7 @@ class CorpusReader:
             at = surrogate_at(value)
             if at is not None:  # JSON's "\ud800": the encoder failed on it, naming neither file nor line
                 return self._bad("invalid UTF-8", row_no, f"field {name!r} holds a lone surrogate at character {at}, "
-                                 "not UTF-8 text", out)
+                                 "not UTF-8 text (a byte of another encoding, such as Latin-1, reads as one)", out)
             if value:
                 parts.append(value)
         if doc_id in self._seen:
@@ -486,7 +486,7 @@ class CorpusReader:
         self._check_columns(names)
         last_column = names[-1] if names and names[-1] in columns else None
         self.stats.bytes_total = self.source.stat().st_size
-        convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns,
+        convert = pcsv.ConvertOptions(column_types={c: pa.binary() for c in columns}, include_columns=columns,
                                       strings_can_be_null=True, quoted_strings_can_be_null=False,
                                       null_values=[""])  # not pyarrow's NA, null, N/A, nan...: ids and words here
         with open(self.source, "rb") as raw:
@@ -522,10 +522,11 @@ class CorpusReader:
         quote; checked for a last field read as a text or id."""
         if last_column is None or not len(chunk) or not stream.ended:
             return chunk
-        value = batch.column(batch.schema.get_field_index(last_column))[-1].as_py()
+        column = batch.column(batch.schema.get_field_index(last_column))
+        value = _utf8_values(column.slice(len(column) - 1))[0]
         if not value or "\n" not in value or (value != chunk.ids[-1] and value.strip() not in chunk.texts[-1]):
             return chunk  # no newline, or the batch's last row was not the chunk's (a bad row, skipped)
-        tail = value.encode("utf-8", "surrogatepass").rstrip(b"\r\n")[-_StreamEnd.KEEP // 2:]
+        tail = value.encode("utf-8", "surrogateescape").rstrip(b"\r\n")[-_StreamEnd.KEEP // 2:]
         end = stream.last_bytes.rstrip(b"\r\n")
         if not end.endswith(tail) or end.endswith(b'"'):
             return chunk
@@ -586,10 +587,20 @@ class CorpusReader:
             col = batch.column(batch.schema.get_field_index(name))
             if pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type):
                 col = col.cast(pa.string())
-            columns.append(col.to_pylist())
+            columns.append(_utf8_values(col) if pa.types.is_binary(col.type) else col.to_pylist())
         for i, number in enumerate(numbers):
             self._accept(number, columns[0][i], [col[i] for col in columns[1:]], out)
         return out
+
+
+def _utf8_values(col: pa.Array) -> list:
+    """A CSV column, read as bytes, as text. Read as text, one value that was not UTF-8 (a Latin-1 byte from a
+    spreadsheet) made the whole file unreadable, --on-error skip or not; the byte now makes a lone surrogate, which
+    makes its row a bad one, named."""
+    try:
+        return col.cast(pa.string()).to_pylist()
+    except pa.ArrowInvalid:
+        return [None if value is None else value.decode("utf-8", "surrogateescape") for value in col.to_pylist()]
 
 
 def _text_columns(schema: pa.Schema) -> dict[str, bool]:
