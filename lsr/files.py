@@ -338,11 +338,12 @@ class FolderHold:
     """``exclusive_folder`` shared by one process's threads: the first holder takes the lock (waiting up to ``wait``
     seconds), the last one out releases it, from whichever thread. A collection's writes and its background dense
     save hold it together, so a write never waits for its own process's save, while other processes wait for both.
-    The folder must exist (FileNotFoundError): a hold on a collection that was moved away made it anew, empty, where
-    `mv` would then put the collection moved back inside it."""
+    The folder must exist: a hold on a collection that was moved away made it anew, empty, where `mv` would then put
+    the collection moved back inside it. ``missing()`` raises what a missing folder means (else FileNotFoundError)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, missing: Callable[[], None] = lambda: None) -> None:
         self.path = path
+        self._missing = missing
         self._guard = threading.Lock()
         self._holders = 0
         self._held: ExitStack | None = None
@@ -351,7 +352,11 @@ class FolderHold:
         with self._guard:
             if not self._holders:
                 held = ExitStack()
-                held.enter_context(exclusive_folder(self.path, wait, create=False))
+                try:
+                    held.enter_context(exclusive_folder(self.path, wait, create=False))
+                except FileNotFoundError:
+                    self._missing()
+                    raise
                 self._held = held
             self._holders += 1
 

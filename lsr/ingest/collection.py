@@ -115,7 +115,8 @@ class Collection:
         self._lock = threading.Lock()
         self._failed: BaseException | None = None
         self._unsaved = 0  # documents written since the dense index and BM25 leg were saved: the journal holds them
-        self._folder = FolderHold(path)  # this process's hold on the folder: its writes and its dense save share it
+        # this process's hold on the folder: its writes and its dense save share it; one gone is CollectionReplaced
+        self._folder = FolderHold(path, missing=self.check_in_place)
         self._saver: threading.Thread | None = None  # the dense save running in the background, if any
         self._watch_stop: threading.Event | None = None  # set to end the background looks (``watch``)
         self._look_failure_said = False  # warned once about a look at another process's writes that failed
@@ -210,7 +211,7 @@ class Collection:
         try:
             self._take_up_fold()
             if self._changed_on_disk():
-                with self._folder_held():  # no wait: a busy folder is looked at again next time
+                with self._folder.held():  # no wait: a busy folder is looked at again next time
                     if self._changed_on_disk():
                         self._take_up_disk()
         except FolderBusyError:
@@ -263,7 +264,7 @@ class Collection:
                 raise CollectionReplaced(f"{self.path}: an earlier write failed half-applied ({self._failed})",
                                          "to replay the journal, which holds it")
             try:
-                self._take_folder(wait)
+                self._folder.acquire(wait)
             except FolderBusyError:
                 if check is not None:
                     check("waiting for the collection folder")  # gone: its own status, not UNAVAILABLE
@@ -464,7 +465,7 @@ class Collection:
             if not self._unsaved or self._failed is not None:
                 return
             try:
-                with self._folder_held(WRITE_WAIT):
+                with self._folder.held(WRITE_WAIT):
                     if not self._changed_on_disk():
                         if self.dense is not None:
                             self.dense.save(self.path / "dense", journal_seq=self._journal.last_seq)
@@ -474,22 +475,6 @@ class Collection:
                         self._fold_journal(self._journal.last_seq)
             except (FolderBusyError, CollectionReplaced):  # the journal holds them; a new build is another's
                 pass
-
-    def _take_folder(self, wait: float = 0.0) -> None:
-        """Take the folder's hold; one that is gone (moved or deleted) is CollectionReplaced."""
-        try:
-            self._folder.acquire(wait)
-        except FileNotFoundError:
-            self.check_in_place()
-            raise
-
-    @contextmanager
-    def _folder_held(self, wait: float = 0.0) -> Iterator[None]:
-        self._take_folder(wait)
-        try:
-            yield
-        finally:
-            self._folder.release()
 
     def _apply(self, record: Record) -> None:
         """Apply ``record`` to the stores that lack it (another process's commit may hold it in the sparse index),
