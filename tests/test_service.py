@@ -319,12 +319,13 @@ def test_a_failed_call_says_whether_to_retry_or_fix_the_request(servers, tls_fil
 
 
 @pytest.mark.parametrize("verb", [["query", "statins"], ["beir", "--dataset", "scifact", "--quiet"]])
-def test_an_endpoint_that_is_down_fails_in_one_line_within_10_s(verb, free_port):
+def test_an_endpoint_that_is_down_fails_in_one_line_after_its_5_s_connect_wait(verb, free_port):
+    """Not after a call's own timeout (60 s for lsr beir); 20 s holds the imports on a busy 2-core machine too."""
     address = f"127.0.0.1:{free_port}"
     verb = verb[:1] + ["--endpoint", address] + verb[1:]
     started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "lsr", *verb], capture_output=True, text=True, timeout=60)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 20
     assert run.returncode == 1 and run.stdout == ""  # the machine's state (retry later), not a bad input (2)
     assert run.stderr == f"lsr {verb[0]}: error: no server answered at {address} within 5 s; is `lsr serve` running there?\n"
 
