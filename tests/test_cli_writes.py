@@ -152,6 +152,26 @@ def test_an_upsert_stopped_by_a_bad_row_keeps_the_writes_before_it(built, tmp_pa
     assert all(Collection.open(col).view().docs.contains(f"b{i}") for i in range(10))
 
 
+def test_a_write_that_fails_half_applied_says_its_documents_may_be_kept(built, tmp_path, capsys):
+    """A full disk (here an immutable sparse folder) failed a write after its journal record: "stopped after writing
+    0 documents" said nothing of the 3 that the next open replayed from the journal (the audit's: 20 said, 40 kept)."""
+    import subprocess
+
+    col = shutil.copytree(built, tmp_path / "col")
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(col / "sparse")]).returncode != 0:
+        pytest.skip("chattr +i is needed to make a folder refuse writes")
+    source = _jsonl(tmp_path / "new.jsonl", {f"h{i}": f"Half applied write document {i}." for i in range(6)})
+    try:
+        assert main(["upsert", str(source), str(col), "--write-every", "3", "--quiet"]) == 1
+    finally:
+        subprocess.run(["chattr", "-i", str(col / "sparse")], check=True)
+    err = capsys.readouterr().err
+    assert "The 3 after them failed as they were written and may be kept too" in err, err
+    skip, command = _continue(err)
+    assert skip == 0 and all(Collection.open(col).view().docs.contains(f"h{i}") for i in range(3))  # replayed
+    assert main(command) == 0 and "upserted 6 documents" in capsys.readouterr().out
+
+
 def test_an_id_a_trec_run_cannot_hold_is_refused_naming_its_line(built, tmp_path, capsys):
     """" padded" was stored, and then every TREC run of the collection failed at that document."""
     col = shutil.copytree(built, tmp_path / "col")

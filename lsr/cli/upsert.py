@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     built = getattr(sink, "meta", {})  # a folder's build names the fields it read; a server's is not asked
     reader = _corpus(args, built)
     done = replaced = truncated = seen = 0  # seen: good documents read, the skipped ones too
+    writing = 0  # documents of the write under way: one that fails after its journal record may have been kept
     started = time.perf_counter()
     try:
         with progress_bar("upsert", rows_total(reader.expected_rows(), reader.limit), enabled=not args.quiet) as bar:
@@ -83,15 +84,20 @@ def run(args: argparse.Namespace) -> int:
                 if first < len(block):
                     block = block.slice(first)
                     with uninterrupted():  # a Ctrl-C waits for the write it falls in (and its count): never half-done
+                        writing = len(block)
                         replaced_now, cut = sink.write(block.ids, block.texts)
                         done, replaced, truncated = done + len(block), replaced + replaced_now, truncated + cut
+                        writing = 0
                 bar.update(seen - bar.n)
                 update_total(bar, reader, reader.expected_rows(), reader.limit)
     except BaseException:
         sink.close()
-        if done or args.skip:
-            print(f"stopped after writing {done:,} documents into {_where(args)}; they are kept. Continue with: "
-                  f"{_continue_command(args._argv, args.skip + done)}", file=sys.stderr)
+        if done or args.skip or writing:
+            failed = (f" The {writing:,} after them failed as they were written and may be kept too (a full disk: "
+                      "the journal holds them until the collection is opened again); rewriting them is harmless."
+                      if writing else "")
+            print(f"stopped after writing {done:,} documents into {_where(args)}; they are kept.{failed} Continue "
+                  f"with: {_continue_command(args._argv, args.skip + done)}", file=sys.stderr)
         raise
     sink.close()
     seconds = time.perf_counter() - started
