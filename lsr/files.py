@@ -68,7 +68,7 @@ def write_failed(path: Path, cause: OSError) -> OSError:
     folder that takes no writes (RESOURCE_EXHAUSTED, UNAVAILABLE) from its own bug (INTERNAL)."""
     error = OSError(f"could not write {path}: {cause.strerror or cause}"
                     f"{'' if cause.errno else ' (a short write: is the disk full?)'}")
-    error.errno = cause.errno
+    error.errno = cause.errno or errno.ENOSPC  # numpy's short write on a full disk carries none
     return error
 
 

@@ -151,7 +151,8 @@ def _message_of(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])  # str(KeyError) adds quotes
     if _disk_error(exc, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO):
-        return f"the server could not write its collection ({exc}); retry once its folder takes writes again"
+        return (f"the server could not write its collection ({exc}); retry once its folder takes writes again (the "
+                "write may yet be applied from the collection's journal: retrying it is safe)")
     return str(exc) or type(exc).__name__
 
 

@@ -701,3 +701,26 @@ def test_a_write_that_failed_half_applied_is_replayed_by_the_server_once_the_fol
         subprocess.run(["chattr", "-i", str(path / "sparse")])
         server.kill()
     assert not verify_collection(path).problems
+
+
+def test_a_rebuild_holding_the_folder_is_found_at_once_not_when_it_lets_go(collection, tmp_path):
+    """`lsr index --overwrite` holds the folder's lock for the whole build: the server's look found the folder busy
+    and said nothing, so health stayed SERVING through the build (texts failing) and turned NOT_SERVING for a
+    second at its end. Here the test holds the lock with lsr.json gone, as a build does."""
+    import os
+
+    from lsr.files import exclusive_folder
+
+    path = shutil.copytree(collection, tmp_path / "col")
+    server = ServerProcess(path).wait_listening()
+    try:
+        with server.client() as c:
+            with exclusive_folder(path):
+                os.rename(path / "lsr.json", tmp_path / "lsr.json")
+                _wait_until(lambda: c.health() == "NOT_SERVING", seconds=15)
+                assert c.search("cancer", k=3, timeout=30).hits  # the loaded build answers
+                os.rename(tmp_path / "lsr.json", path / "lsr.json")
+            _wait_until(lambda: c.health() == "SERVING")
+            assert c.search("cancer", k=3, include_text=True, timeout=30).hits[0].text
+    finally:
+        server.kill()

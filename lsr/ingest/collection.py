@@ -211,6 +211,7 @@ class Collection:
         try:
             self._take_up_fold()
             if self._changed_on_disk():
+                self.check_in_place()  # a rebuild holds the folder for minutes: found now, not once it lets go
                 with self._folder.held():  # no wait: a busy folder is looked at again next time
                     if self._changed_on_disk():
                         self._take_up_disk()
