@@ -297,6 +297,9 @@ class MachineStateError(RuntimeError):
     server up again). The CLI exits 1 on it, and 2 on a bad input, so a script can tell a retry from a fix."""
 
 
+WRITE_WAIT = 30.0  # seconds a write, an open, a repair or a build waits for another process's write to end
+
+
 class FolderBusyError(MachineStateError):
     """Another process holds ``exclusive_folder`` on the folder; the message says what to do."""
 

@@ -171,10 +171,13 @@ def test_ctrl_c_kill_9_and_sigterm_then_resume_is_bit_identical(corpus, referenc
     assert checksums(out) == checksums(reference)
 
 
-def test_a_second_build_of_a_collection_being_built_fails_at_once_and_harms_nothing(corpus, reference, tmp_path):
-    """While one build writes a collection, another `lsr index` into it (--resume or --overwrite) or an
-    `lsr repair` of it stops at once with one line; the first build ends as if alone."""
+def test_a_second_build_of_a_collection_being_built_fails_at_once_and_harms_nothing(corpus, reference, tmp_path,
+                                                                                      monkeypatch):
+    """While one build writes a collection, another `lsr index` into it (--resume or --overwrite) stops at once with
+    one line, and an `lsr repair` of it once it has waited for the write (a server's) it takes it for; the first build
+    ends as if alone."""
     from lsr.files import FolderBusyError, exclusive_folder
+    from lsr.ingest import repair
     from lsr.ingest.repair import repair_collection
 
     out = tmp_path / "col"
@@ -200,10 +203,39 @@ def test_a_second_build_of_a_collection_being_built_fails_at_once_and_harms_noth
                               f"writer such as `lsr serve`) is writing {out} right now; wait for it to finish or stop "
                               "it, then run this again\n")
     assert checksums(out) == checksums(reference)
+    monkeypatch.setattr(repair, "WRITE_WAIT", 0.5)
     with exclusive_folder(out):
         with pytest.raises(FolderBusyError, match="is writing"):
             repair_collection(out)
     assert repair_collection(out)[0].startswith("rebuilt the sparse index")  # free again once the holder is gone
+
+
+def test_an_overwrite_waits_for_a_write_under_way_in_the_collection(corpus, reference, tmp_path):
+    """A server taking writes holds a collection's folder for each one: `lsr index --overwrite` under it failed at
+    once ("is writing ... right now") 4 times in 7; it now waits for the write, as writes wait for each other."""
+    import shutil
+    import threading
+
+    from lsr.files import exclusive_folder
+
+    out = shutil.copytree(reference, tmp_path / "col")
+    held, release = threading.Event(), threading.Event()
+
+    def write_under_way() -> None:
+        with exclusive_folder(out):
+            held.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=write_under_way)
+    writer.start()
+    held.wait(30)
+    threading.Timer(2.0, release.set).start()
+    try:
+        summary = build_collection(corpus, out, options(limit=5), overwrite=True, progress=False)
+    finally:
+        release.set()
+        writer.join()
+    assert summary.docs == 5
 
 
 def test_a_filesystem_that_cannot_lock_gets_a_warning_not_a_failed_build(tmp_path, monkeypatch, caplog):

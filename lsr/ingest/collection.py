@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from lsr.files import CorruptFileError, FolderBusyError, FolderHold, MachineStateError, exclusive_folder
+from lsr.files import WRITE_WAIT, CorruptFileError, FolderBusyError, FolderHold, MachineStateError, exclusive_folder
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.journal_fold import fold, fold_due, remove_leftover
@@ -45,7 +45,6 @@ from lsr.search.bm25_leg_file import load_leg, save_leg
 from lsr.search.dense_index import DenseIndex, DenseSnapshot
 from lsr.sparse import SparseBatch
 
-WRITE_WAIT = 30.0  # seconds a write or an open waits for another process's write, open or repair to end
 log = logging.getLogger(__name__)
 LOOK_INTERVAL = 1.0  # seconds between a reader's looks for another process's writes (two stat calls and a read)
 

@@ -31,7 +31,7 @@ from lsr.ingest.sharding import check_shard_count
 from lsr.search.bm25_index import DESCRIPTION as BM25_DESCRIPTION
 from lsr.search.bm25_index import BM25_DIR, build_bm25
 from lsr.search.dense_index import DenseIndex
-from lsr.files import exclusive_folder, file_record, fsync_dir, read_sealed_json, sealed, write_json_atomic
+from lsr.files import WRITE_WAIT, exclusive_folder, file_record, fsync_dir, read_sealed_json, sealed, write_json_atomic
 from lsr.sparse import SparseBatch
 
 if TYPE_CHECKING:
@@ -368,7 +368,9 @@ def build_collection(
     if overwrite and out.resolve() in source.resolve().parents:
         raise ValueError(f"the corpus {source} lies inside {out}, which --overwrite clears; move it out first")
     folder_was_there = out.is_dir()
-    with exclusive_folder(out):  # one build at a time per collection folder
+    # One build at a time per collection folder, at once; a whole collection's writer (a server's upsert) is waited
+    # for, as writes wait for each other: an --overwrite under a server taking writes failed 4 times in 7.
+    with exclusive_folder(out, wait=WRITE_WAIT if (out / META_FILE).is_file() else 0.0):
         return _build(reader, out, options, folder_was_there, resume, overwrite, progress, on_shard, ray)
 
 

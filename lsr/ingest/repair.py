@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-from lsr.files import CorruptFileError, exclusive_folder, file_record, fsync_dir, sealed, write_json_atomic
+from lsr.files import WRITE_WAIT, CorruptFileError, exclusive_folder, file_record, fsync_dir, sealed, write_json_atomic
 from lsr.ingest.collection import Collection
 from lsr.ingest.journal import JOURNAL_FILE, Record, latest_writes, recover, scan
 from lsr.ingest.journal_salvage import salvage_journal
@@ -38,7 +38,7 @@ def repair_collection(path: Path, salvage: bool = False, progress: bool = False,
     a bar with an ETA for each index rebuilt (on stderr). ``bm25_legs``: one dict passed to the repairs of every
     shard of a sharded collection, so the collection-wide BM25 leg they are cut from is built once."""
     meta = read_meta(path)  # a missing or foreign folder fails here, before the lock would create it
-    with exclusive_folder(path):
+    with exclusive_folder(path, wait=WRITE_WAIT):  # a server's write under way ends soon
         return _rebuild(path, meta, salvage, progress, bm25_legs)
 
 
