@@ -26,7 +26,8 @@ MAX_PAUSE = 60.0  # seconds at most between two tries to open the collection aga
 
 class Reloader:
     """Opens the collection of ``current()`` (the searcher being served) again once it was found indexed anew, warms
-    it up and hands it to ``swap``; ``stop`` ends a reload under way (the searcher it opened is closed)."""
+    it up and hands it to ``swap``; ``stop`` ends a reload under way (the searcher it opened is closed). ``blocked``:
+    why no reload can serve the folder until the server restarts (a sharded collection was built there), else None."""
 
     def __init__(self, current: Callable[[], Any], swap: Callable[[Any], None], interval: float = 1.0) -> None:
         self._current = current
@@ -35,6 +36,8 @@ class Reloader:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._again = False  # found replaced again while a reload ran: once it has swapped in, reload again
+        self.blocked: str | None = None
 
     def watch(self, searcher: Any) -> None:
         """Reload when ``searcher``'s collection is found indexed anew (or moved or deleted: reopening then waits
@@ -45,8 +48,11 @@ class Reloader:
         self._stop.set()
 
     def _start(self) -> None:
-        with self._lock:  # one reload at a time: a second notice while one runs changes nothing
-            if self._stop.is_set() or (self._thread is not None and self._thread.is_alive()):
+        with self._lock:  # one reload at a time
+            if self._stop.is_set():
+                return
+            if self._thread is not None:  # its build was found replaced before it was swapped in
+                self._again = True
                 return
             log.info("event=reloading reason=%r", "the collection was indexed anew, moved or deleted, or a write failed "
                      "half-applied: searches answer from the loaded build until the collection there opens")
@@ -55,6 +61,28 @@ class Reloader:
 
     def _reload(self) -> None:
         noticed = time.monotonic()
+        while True:
+            searcher = self._reopened()
+            if searcher is None:  # the server is stopping
+                return
+            try:
+                searcher.warm_up()
+            except Exception as exc:  # noqa: BLE001 - only a speed-up, as at start
+                log.warning("event=warm_up_failed error=%s", " ".join(str(exc).split()))
+            if self._stop.is_set():
+                searcher.close()
+                return
+            self._swap(searcher)
+            log.info("event=reloaded index_version=%s seconds=%.3f", searcher.index_version, time.monotonic() - noticed)
+            with self._lock:
+                if not self._again:
+                    self._thread = None
+                    return
+                self._again = False
+
+    def _reopened(self) -> Any | None:
+        """The collection opened again, watched from that moment (its own look may find it replaced before it is
+        swapped in), once that succeeds; None once ``stop`` is called."""
         said, pause = "", self._interval
         while not self._stop.wait(pause):
             tried = time.monotonic()
@@ -63,22 +91,24 @@ class Reloader:
             except Exception as exc:  # noqa: BLE001 - unfinished, gone, or damaged: the old build answers meanwhile
                 reason = " ".join(str(exc).split())
                 if reason != said:  # once per reason, not once a second
-                    log.info("event=reload_waiting reason=%r", reason)
+                    self._say_waiting(reason)
                     said = reason
                 # A build under way fails at once, and is looked at every second; a damaged one fails after its
                 # checksums, which would keep a core busy: it is looked at less often, at most a fifth of the time.
                 pause = min(MAX_PAUSE, max(self._interval, 4 * (time.monotonic() - tried)))
                 continue
-            try:
-                searcher.warm_up()
-            except Exception as exc:  # noqa: BLE001 - only a speed-up, as at start
-                log.warning("event=warm_up_failed error=%s", " ".join(str(exc).split()))
-            if self._stop.is_set():  # the server is stopping: nothing to swap in
-                searcher.close()
-                return
-            with self._lock:  # done: a rebuild found from here on starts the next reload
-                self._thread = None
+            self.blocked = None
             self.watch(searcher)
-            self._swap(searcher)
-            log.info("event=reloaded index_version=%s seconds=%.3f", searcher.index_version, time.monotonic() - noticed)
-            return
+            return searcher
+        return None
+
+    def _say_waiting(self, reason: str) -> None:
+        from lsr.ingest.sharding import is_sharded
+
+        path = self._current().collection.path
+        self.blocked = (f"{path} was indexed anew as a sharded collection, which `lsr serve` serves through a "
+                        "coordinator: restart the server" if is_sharded(path) else None)
+        if self.blocked:
+            log.warning("event=reload_waiting reason=%r", self.blocked)
+        else:
+            log.info("event=reload_waiting reason=%r", reason)

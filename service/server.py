@@ -218,7 +218,7 @@ class SearchServer:
                                        encode_workers=config.encode_workers,
                                        max_response_bytes=config.max_response_bytes,
                                        max_upsert_bytes_held=config.max_upsert_bytes_held)
-        self.servicer.reloads_replaced = self._reloader is not None
+        self.servicer.reloader = self._reloader
         interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
         interceptors += [LenientDecoding(), StreamGuard(max(1, config.workers // 4), config.stream_idle_seconds,
                                                         config.workers, config.stream_max_seconds)]

@@ -142,9 +142,14 @@ def _disk_error(exc: BaseException, *numbers: int) -> bool:
     return isinstance(exc, OSError) and exc.errno in numbers
 
 
-def _reloading_message(exc: CollectionReplaced) -> str:
-    return (f"{exc.what}; the server answers searches from what it had loaded, and texts and writes once it has "
-            "opened the collection again, which it does by itself: retry shortly")
+def _reloading_status(exc: CollectionReplaced, blocked: str | None) -> tuple[grpc.StatusCode, str]:
+    """A text read or write while the server opens its collection again: retry shortly; or, where no reload can
+    serve what is there now (``blocked``), what the operator must do (it said "retry shortly" for good)."""
+    if blocked:
+        return grpc.StatusCode.FAILED_PRECONDITION, f"{blocked}; searches answer from the build it had loaded"
+    return grpc.StatusCode.UNAVAILABLE, (f"{exc.what}; the server answers searches from what it had loaded, and texts "
+                                         "and writes once it has opened the collection again, which it does by "
+                                         "itself: retry shortly")
 
 
 def _message_of(exc: BaseException) -> str:
@@ -204,8 +209,9 @@ def _rpc(method):
                 response = method(self, decoded(request), call)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status code
                 code, message = _status_of(exc), _message_of(exc)[:MAX_MESSAGE_CHARS]
-                if isinstance(exc, CollectionReplaced) and self.reloads_replaced:  # soon served again: retry
-                    code, message = grpc.StatusCode.UNAVAILABLE, _reloading_message(exc)[:MAX_MESSAGE_CHARS]
+                if isinstance(exc, CollectionReplaced) and self.reloader is not None:  # soon served again: retry
+                    code, message = _reloading_status(exc, self.reloader.blocked)
+                    message = message[:MAX_MESSAGE_CHARS]
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("rpc=%s request_id=%s internal error", name, call.request_id)
                     message = f"internal error (request id {call.request_id}); the server log has details"
@@ -248,7 +254,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.started = time.monotonic()
         self.counters = {"requests": 0, "abandoned": 0}
         self.reloads = 0  # new builds swapped in
-        self.reloads_replaced = False  # the server opens a collection indexed anew by itself (``lsr.service.reload``)
+        self.reloader = None  # opens a collection indexed anew by itself (``lsr.service.reload``), if the server has one
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.in_flight = 0

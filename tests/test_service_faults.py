@@ -724,3 +724,23 @@ def test_a_rebuild_holding_the_folder_is_found_at_once_not_when_it_lets_go(colle
             assert c.search("cancer", k=3, include_text=True, timeout=30).hits[0].text
     finally:
         server.kill()
+
+
+def test_a_collection_indexed_anew_as_sharded_under_its_server_asks_for_a_restart(collection, beir_dir, tmp_path):
+    """No reload serves a sharded build (a coordinator does): the server told clients "retry shortly" for good."""
+    from lsr.cli.main import main
+
+    path = shutil.copytree(collection, tmp_path / "col")
+    server = ServerProcess(path).wait_listening()
+    try:
+        with server.client() as c:
+            assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--shards", "2",
+                         "--limit", "6", "--max-length", "32", "--quiet"]) == 0
+            server.wait_for_line(lambda line: "event=reload_waiting" in line and "restart the server" in line)
+            with pytest.raises(grpc.RpcError) as err:
+                c.search("cancer", k=3, include_text=True, timeout=30)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+            assert "indexed anew as a sharded collection" in err.value.details() and "restart" in err.value.details()
+            assert c.health() == "NOT_SERVING" and c.search("cancer", k=3, timeout=30).hits
+    finally:
+        server.kill()
