@@ -9,8 +9,10 @@ the caller's liveness between stages, so work for a caller that gave up stops ea
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
+import gc
 import logging
 import re
 import threading
@@ -275,9 +277,16 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         with self._lock:
             old, self._serving = self._serving, Serving(searcher, self._batching)
             self.reloads += 1
-        threading.Thread(target=self._retire, args=(old,), name="lsr-retire", daemon=True).start()
+        threading.Thread(target=self._retire, args=([old],), name="lsr-retire", daemon=True).start()
 
-    def _retire(self, old: "Serving") -> None:
+    def _retire(self, held: list["Serving"]) -> None:
+        """Close the build in ``held`` once idle, then, with no reference to it left, give its memory back."""
+        old = held.pop()
+        self._close_when_idle(old)
+        del old
+        _return_freed_memory()
+
+    def _close_when_idle(self, old: "Serving") -> None:
         with self._idle:
             self._idle.wait_for(lambda: old.users == 0)
         old.close()
@@ -506,6 +515,17 @@ class Serving:
     def close(self) -> None:
         self.sparse_batcher.close()
         self.dense_batcher.close()
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps what a retired build freed in its arenas: reloads that loaded their models anew (another SPLADE
+    length) grew a server 614 to 990 MB over six, with no old encoder left alive; malloc_trim gives it back (555 to
+    637 MB). Other C libraries lack it, and keep their own ways."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _pads_batches(encoder) -> bool:
