@@ -90,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
                         writing = 0
                 bar.update(seen - bar.n)
                 update_total(bar, reader, reader.expected_rows(), reader.limit)
-    except BaseException:
+    except BaseException as exc:
         sink.close()
+        writing = writing if isinstance(exc, OSError) else 0  # the disk's failure, not a refused or late request
         if done or args.skip or writing:
             failed = (f" The {writing:,} after them failed as they were written and may be kept too (a full disk: "
                       "the journal holds them until the collection is opened again); rewriting them is harmless."
