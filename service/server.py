@@ -217,8 +217,7 @@ class SearchServer:
         self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch,
                                        encode_workers=config.encode_workers,
                                        max_response_bytes=config.max_response_bytes,
-                                       max_upsert_bytes_held=config.max_upsert_bytes_held)
-        self.servicer.reloader = self._reloader
+                                       max_upsert_bytes_held=config.max_upsert_bytes_held, reloader=self._reloader)
         interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
         interceptors += [LenientDecoding(), StreamGuard(max(1, config.workers // 4), config.stream_idle_seconds,
                                                         config.workers, config.stream_max_seconds)]

@@ -244,7 +244,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     """Validates requests, micro-batches text encodings, and hands the rest to the Searcher."""
 
     def __init__(self, searcher, *, batch_window: float = 0.002, max_batch: int = 64, encode_workers: int = 2,
-                 max_response_bytes: int = 64 * 1024 * 1024, max_upsert_bytes_held: int = MAX_UPSERT_BYTES_HELD) -> None:
+                 max_response_bytes: int = 64 * 1024 * 1024, max_upsert_bytes_held: int = MAX_UPSERT_BYTES_HELD,
+                 reloader=None) -> None:
+        """``reloader``: opens a collection indexed anew by itself (``lsr.service.reload``), if the server has one."""
         self.max_response_bytes = max_response_bytes
         self.upsert_bytes = UpsertBytes(max_upsert_bytes_held)
         # One pool of encode slots for both encoders: a hybrid query's two encodings overlap, yet no
@@ -256,7 +258,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.started = time.monotonic()
         self.counters = {"requests": 0, "abandoned": 0}
         self.reloads = 0  # new builds swapped in
-        self.reloader = None  # opens a collection indexed anew by itself (``lsr.service.reload``), if the server has one
+        self.reloader = reloader
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.in_flight = 0
