@@ -282,6 +282,28 @@ def test_ids_piped_to_delete_are_read_as_a_file_and_checked_line_by_line(built, 
     assert main(["doc", str(col), "aspirin"]) == 0  # the refused files deleted nothing
 
 
+def test_eval_warns_of_judged_queries_without_a_relevant_document(tmp_path, capsys):
+    """Qrels whose grades were all 0 (a column mixed up) scored every run 0 without a word; a query with no relevant
+    document scores 0 too and pulls each mean down."""
+    run, zero, half = tmp_path / "run.trec", tmp_path / "zero.qrels", tmp_path / "half.qrels"
+    run.write_text("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.0 t\nq2 Q0 d3 1 1.0 t\n")
+    zero.write_text("q1\t0\td1\t0\nq2\t0\td3\t0\n")
+    half.write_text("q1\t0\td1\t1\nq2\t0\td3\t0\n")
+    assert main(["eval", str(run), str(zero)]) == 0
+    out, err = capsys.readouterr()
+    assert "ndcg@10     0.0000" in out and err == (
+        f"warning: {zero} judges no document relevant (every grade is 0 or less), so every score is 0; is its grade "
+        "column the third (BEIR's TSV) or the fourth (TREC's)?\n")
+    assert main(["eval", str(run), str(half)]) == 0
+    out, err = capsys.readouterr()
+    assert "ndcg@10     0.5000" in out and err == (
+        f"warning: 1 of the 2 queries {half} judges have no relevant document (the first: 'q2'); they score 0 in every "
+        "run, as in BEIR, and pull the means down\n")
+    run.write_text("q1 Q0 d1 1 2.0 t\n")
+    half.write_text("q1\t0\td1\t1\nq1\t0\td3\t0\n")
+    assert main(["eval", str(run), str(half)]) == 0 and capsys.readouterr().err == ""
+
+
 def test_eval_of_an_empty_run_scores_every_judged_query_0_with_a_warning(built, tmp_path, capsys):
     """`lsr search --topics` where no query found anything writes an empty run and prints "score it with: lsr eval
     RUN QRELS", which then refused it ("holds no results")."""

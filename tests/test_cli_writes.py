@@ -172,6 +172,29 @@ def test_a_write_that_fails_half_applied_says_its_documents_may_be_kept(built, t
     assert main(command) == 0 and "upserted 6 documents" in capsys.readouterr().out
 
 
+def test_a_collection_whose_sparse_index_lags_its_journal_and_takes_no_writes_says_how_to_open_it(built, tmp_path,
+                                                                                                    capsys):
+    """A read-only copy of a collection whose last write a full disk stopped: every open failed with "[Errno 30]
+    Read-only file system: .../sparse/LOCK", while `lsr verify` said it was intact and "the next open replays them"."""
+    col = shutil.copytree(built, tmp_path / "col")
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(col / "sparse")]).returncode != 0:
+        pytest.skip("chattr +i is needed to make a folder refuse writes")
+    try:
+        source = _jsonl(tmp_path / "new.jsonl", {"lagging": "A write the sparse index lacks."})
+        assert main(["upsert", str(source), str(col), "--quiet"]) == 1
+        capsys.readouterr()
+        assert main(["search", str(col), "lacks", "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "lacks the last 1 write(s) of its journal" in err and "open it once where it can be written" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert main(["verify", str(col)]) == 0
+        assert "replays them into its folder, which must take writes" in capsys.readouterr().out
+    finally:
+        subprocess.run(["chattr", "-i", str(col / "sparse")], check=True)
+    assert main(["search", str(col), "write the sparse index lacks", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["doc_id"] == "lagging"
+
+
 def test_an_id_a_trec_run_cannot_hold_is_refused_naming_its_line(built, tmp_path, capsys):
     """" padded" was stored, and then every TREC run of the collection failed at that document."""
     col = shutil.copytree(built, tmp_path / "col")

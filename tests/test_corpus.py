@@ -408,6 +408,19 @@ def test_a_text_field_under_another_name_is_a_warning_naming_the_fields_to_pass(
         "(pass --fields title,abstract,url to index them)"]  # not the id, nor the numbers of 'year'
 
 
+def test_documents_without_text_are_counted_in_a_warning(tmp_path, caplog):
+    """Blank documents were indexed without a word: never found by a search, yet counted as indexed."""
+    from lsr.cli.main import main
+
+    jsonl = write_jsonl(tmp_path / "blank.jsonl", [json.dumps(row) for row in (
+        {"_id": "a", "text": "Vitamin D and bone fractures"}, {"_id": "b", "text": ""}, {"_id": "c", "text": " \t"},
+        {"_id": "d", "title": "", "text": "Statins"})])
+    assert main(["index", str(jsonl), str(tmp_path / "c"), "--dense", "none", "--bm25", "none", "--quiet"]) == 0
+    said = [r.getMessage() for r in caplog.records if "have no text" in r.getMessage()]  # past --quiet
+    assert said == [f"{jsonl}: 2 of the documents read have no text in their fields title,text (the first: id 'b'); "
+                    "they are indexed, but no search finds them"]
+
+
 def test_a_pipe_as_source_is_refused_at_once(tmp_path):
     """A named pipe was opened three times (columns, row count, the read): the second open waited forever."""
     import os

@@ -581,7 +581,8 @@ def test_a_server_serves_its_collection_indexed_anew_without_a_restart(collectio
     """`lsr index --overwrite` under a running server: the server's next write went into the new build from its old
     stores (both builds' journals empty, both sparse commits at version 1) and left it unopenable; later the server
     went NOT_SERVING until someone restarted it. It now opens the new build by itself, warms it up and serves it:
-    SERVING again, searches, texts and writes all on the new build, which stays whole."""
+    SERVING again, searches, texts and writes all on the new build, which stays whole. Its index_version differs
+    from the old build's (which restarted at "1", so a client could not tell the builds apart)."""
     from lsr.cli.main import main
     from lsr.ingest.verify import verify_collection
 
@@ -600,6 +601,7 @@ def test_a_server_serves_its_collection_indexed_anew_without_a_restart(collectio
     try:
         with server.client() as c, ThreadPoolExecutor(2) as pool:
             assert len(c.search("cancer", k=N_DOCS, timeout=30).hits) > 5
+            old_version = c.last_index_version
             searching = [pool.submit(search_on) for _ in range(2)]
             assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--limit", "5",
                          "--max-length", "64", "--quiet"]) == 0
@@ -613,8 +615,11 @@ def test_a_server_serves_its_collection_indexed_anew_without_a_restart(collectio
             assert c.stats(timeout=30)["num_docs"] == 5
             hits = c.search("cancer", k=N_DOCS, include_text=True, timeout=30).hits
             assert 0 < len(hits) <= 5 and all(hit.text for hit in hits)  # the new build's documents, with texts
+            new_version = c.last_index_version
+            assert new_version != old_version and new_version == c.stats(timeout=30)["index_version"]
             c.upsert(["after-overwrite"], ["tardigrades survive vacuum"], timeout=60)
             assert c.search("tardigrades vacuum", k=1, timeout=30).hits[0].doc_id == "after-overwrite"
+            assert c.last_index_version not in (new_version, old_version)
     finally:
         server.kill()
     assert not verify_collection(path).problems

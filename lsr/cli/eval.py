@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     qrels = read_qrels_file(args.qrels)
     if not qrels:
         raise ValueError(f"{args.qrels} holds no judgements")
+    _warn_of_queries_without_relevant(args.qrels, qrels)
     paths = [args.run, *args.compare]
     if len(set(paths)) < len(paths):
         raise ValueError("a run is given twice; --compare takes the runs to score beside RUN")
@@ -105,6 +106,19 @@ def _check_run(path: str, results: Run, qrels_path: str, qrels: dict[str, dict[s
         judged = next(doc for docs in qrels.values() for doc in docs)
         print(f"warning: no document {path} ranks is judged in {qrels_path}, so every score is 0; do the document "
               f"ids match (the run has {ranked!r}, the qrels {judged!r})?", file=sys.stderr)
+
+
+def _warn_of_queries_without_relevant(qrels_path: str, qrels: dict[str, dict[str, int]]) -> None:
+    """A judged query none of whose documents is relevant (every grade 0 or less) scores 0 in every run, as in BEIR,
+    and pulls each mean down; qrels of grades 0 only (a column mixed up, a negatives file) scored 0 without a word."""
+    empty = [qid for qid, judged in qrels.items() if not any(grade > 0 for grade in judged.values())]
+    if len(empty) == len(qrels):
+        print(f"warning: {qrels_path} judges no document relevant (every grade is 0 or less), so every score is 0; "
+              "is its grade column the third (BEIR's TSV) or the fourth (TREC's)?", file=sys.stderr)
+    elif empty:
+        print(f"warning: {len(empty):,} of the {len(qrels):,} queries {qrels_path} judges have no relevant document "
+              f"(the first: {empty[0]!r}); they score 0 in every run, as in BEIR, and pull the means down",
+              file=sys.stderr)
 
 
 def _warn_of_judged_self_hits(path: str, results: Run, qrels_path: str, qrels: dict[str, dict[str, int]]) -> None:

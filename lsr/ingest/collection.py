@@ -19,6 +19,7 @@ search, and no search waits for them to be taken up.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -26,13 +27,15 @@ import os
 import threading
 import time
 import weakref
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from lsr.files import WRITE_WAIT, CorruptFileError, FolderBusyError, FolderHold, MachineStateError, exclusive_folder
+from lsr.files import (WRITE_WAIT, CorruptFileError, FolderBusyError, FolderHold, MachineStateError, canonical_json,
+                       exclusive_folder)
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.journal_fold import fold, fold_due, remove_leftover
@@ -102,6 +105,7 @@ class Collection:
                  records: Sequence[Record] = ()) -> None:
         self.path = path
         self.meta = meta
+        self.build_tag = f"{zlib.crc32(canonical_json(meta)):08x}"  # lsr.json's seal: every build's differs (build_id)
         self._meta_seen = _file_identity(path / META_FILE)  # a new build (`lsr index --overwrite`) writes a new lsr.json
         self.replaced = False  # this process found the collection indexed anew (or gone): only a reopen writes again
         self._on_replaced: list[Callable[[], None]] = []
@@ -160,7 +164,17 @@ class Collection:
         applied = max(sparse.journal_seq, dense.journal_seq if dense is not None else 0)
         records = recover(path / JOURNAL_FILE, applied, parts.upto)
         behind = min(sparse.journal_seq, dense.journal_seq if dense is not None else sparse.journal_seq) < parts.upto
-        replay([*parts.records(), *records] if behind else records, sparse, dense)
+        replayed = [*parts.records(), *records] if behind else records
+        try:
+            replay(replayed, sparse, dense)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            lacked = sum(record.lacked_by(sparse.journal_seq) for record in replayed)
+            raise MachineStateError(
+                f"{path}: its sparse index lacks the last {lacked} write(s) of its journal (a crash or a full disk "
+                f"stopped them) and the folder takes no writes ({exc.strerror}); open it once where it can be written "
+                "(any `lsr search` there), which applies them, then make it read-only again") from None
         docs = DocStore(path / "docs", overlay_of(records), parts)
         disagreement = agreement_problems(docs.ids(), set(sparse.doc_ids()), None if dense is None else set(dense.ids()))
         if disagreement:

@@ -87,6 +87,8 @@ class ReadStats:
 
     docs: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    blank: int = 0  # good documents whose text is empty or whitespace (a vectors file's, which need none, aside)
+    first_blank: str | None = None  # the id of the first of them, for the warning that counts them
     bytes_read: int = 0
     bytes_total: int | None = None
 
@@ -304,6 +306,10 @@ class CorpusReader:
                 return None
             chunk = chunk.slice(0, room)
         self.stats.docs += len(chunk)
+        if chunk.vectors is None:
+            blank = [doc_id for doc_id, text in zip(chunk.ids, chunk.texts) if not text or text.isspace()]
+            self.stats.blank += len(blank)
+            self.stats.first_blank = self.stats.first_blank or (blank[0] if blank else None)
         return chunk
 
     def expected_rows(self) -> int | None:

@@ -10,9 +10,11 @@ different corpora are never mixed. Index building (cheap) runs from the shards a
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,6 +38,8 @@ from lsr.sparse import SparseBatch
 
 if TYPE_CHECKING:
     from lsr.ingest.ray_engine import RayOptions
+
+log = logging.getLogger(__name__)
 
 
 class ResumeRefused(ValueError):
@@ -525,6 +529,10 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
     if state.docs == 0:
         raise ValueError(f"{source} has no indexable documents"
                          + (f" ({reader.stats.n_skipped} bad rows skipped)" if reader.stats.n_skipped else ""))
+    if reader.stats.blank:  # indexed (their ids stay fetchable, as BEIR keeps them), yet no search can find them
+        log.warning("%s: %s of the documents read have no text in their fields %s (the first: id %r); they are "
+                    "indexed, but no search finds them", source, f"{reader.stats.blank:,}", ",".join(options.fields),
+                    reader.stats.first_blank)
 
 
 def load_encoders(options: IndexOptions) -> tuple:
@@ -663,6 +671,7 @@ def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTim
         "stage_seconds": {k: round(v, 3) for k, v in stages.seconds.items()},
         "encoded_with": options.recorded_encoding(),
         "created_with": f"lsr {_version()}",
+        "build_id": uuid.uuid4().hex,  # sets this build's seal apart from an identical one's (index_version)
         **(extra_meta or {}),
     }
     write_json_atomic(out / META_FILE, sealed(meta))  # last: its presence means "complete"

@@ -118,7 +118,8 @@ def _verify(path: Path) -> Report:
     report.checked.append(f"journal ({len(records)} records)")
     for name, seq in seqs.items():
         if seq < last:
-            report.notes.append(f"the {name} is {last - seq} journal records behind; the next open replays them")
+            writes = " into its folder, which must take writes" if name == "sparse index" else ""
+            report.notes.append(f"the {name} is {last - seq} journal records behind; the next open replays them{writes}")
 
     if not report.problems and seqs.get("sparse index") == last:
         behind = dense is not None and dense.journal_seq < folded

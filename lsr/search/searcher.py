@@ -247,7 +247,12 @@ class Searcher:
     # ------------------------------------------------------------------ facts
     @property
     def index_version(self) -> str:
-        return str(self.collection.view().sparse.version)
+        """``<build>-<write>``: the build's tag (its ``lsr.json`` seal, new with every build) and the sparse index's
+        version, which counts writes from 1 again in every build; a client can key a cache on it."""
+        return self._version_of(self.collection.view())
+
+    def _version_of(self, view: Any) -> str:
+        return f"{self.collection.build_tag}-{view.sparse.version}"
 
     @property
     def meta(self) -> dict:
@@ -384,7 +389,7 @@ class Searcher:
             "vocab_size": int(view.sparse.vocab_size),
             "dense_docs": len(view.dense) if view.dense is not None else 0,
             "dense_dim": self.dense_dim or 0,
-            "index_version": str(view.sparse.version),
+            "index_version": self._version_of(view),
             "model": self.collection.meta.get("model"),
             "dense_model": self.collection.meta.get("dense_model"),
             "query_encoder": type(self.query_encoder).__name__,
