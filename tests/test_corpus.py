@@ -311,6 +311,32 @@ def test_a_csv_quote_that_never_closes_is_named_not_indexed_as_the_rest_of_the_f
     assert read_all(CorpusReader(path))[:2] == (["d1", "d2"], ["one\nline two", "closed\nat last"])
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_a_csv_quote_closed_by_a_later_rows_quote_is_refused_naming_both_lines(tmp_path, suffix):
+    """pyarrow takes text after a closing quote into the value, so a quote opened in row 2 and closed by the quote
+    inside row 4's value made rows 2 to 4 one document, silently (with --on-error skip as well)."""
+    text = 'id,text\nd1,"unclosed she said\nd2,plain row\nd3,x"y\nd4,"fine ""quoted"" text"\nd5,last\n'
+    path = tmp_path / f"merged{suffix}"
+    path.write_bytes(gzip.compress(text.encode()) if suffix.endswith(".gz") else text.encode())
+    for on_error in ("fail", "skip"):
+        with pytest.raises(ValueError, match=r"merged.csv(.gz)? line 4: text follows the quote that closes a value "
+                                             r"\(in the row from line 2\); a quote inside a value is doubled"):
+            read_all(CorpusReader(path, on_error=on_error))
+    fixed = text.replace('"unclosed she said', "closed she said").replace('x"y', '"x""y"')
+    path.write_bytes(gzip.compress(fixed.encode()) if suffix.endswith(".gz") else fixed.encode())
+    assert read_all(CorpusReader(path))[1] == ["closed she said", "plain row", 'x"y', 'fine "quoted" text', "last"]
+
+
+def test_a_csv_quote_left_open_after_a_doubled_quote_is_named(tmp_path):
+    """A value whose doubled quote ("") came before the end of the file it ran to: the check compared the value's
+    end, one quote, with the file's two, and took the rest of the file as one document."""
+    path = tmp_path / "open.csv"
+    path.write_text('id,text\nd1,fine\nd2,"another"" row\nd3,last\nd4,fine\n', encoding="utf-8")
+    with pytest.raises(BadRowError, match="open.csv row 3: a quote opens in its 'text' value and never closes"):
+        read_all(CorpusReader(path))
+    assert read_all(CorpusReader(path, on_error="skip"))[0] == ["d1"]
+
+
 @pytest.mark.parametrize("closed", [False, True])
 def test_a_gzipped_csv_quote_that_never_closes_is_named_too(tmp_path, closed):
     """The check read the end of the file by seeking, so a .csv.gz was not checked: its rows after the open quote

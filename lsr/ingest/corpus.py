@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from lsr.encode.texts import surrogate_at
 from lsr.files import open_maybe_gzip
 from lsr.ingest.beir_source import BeirSource
+from lsr.ingest.csv_quotes import strict_rows
 from lsr.sparse import SparseBatch, id_problem, short_repr
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,12 @@ def _csv_parsing(invalid_row_handler: Callable) -> pcsv.ParseOptions:
     """Quoted values may span lines: without ``newlines_in_values`` pyarrow split blocks at any newline, so a CSV
     of multi-line values over one block (8 MiB) failed as "CSV parser got out of sync with chunker"."""
     return pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid_row_handler)
+
+
+def _advance(rows: Iterator[int], count: int | None) -> None:
+    """Take ``count`` rows from ``rows`` (all that are left where None), or as many as it has."""
+    for _ in itertools.islice(rows, count):
+        pass
 
 
 class _StreamEnd:
@@ -504,13 +512,17 @@ class CorpusReader:
                                        parse_options=_csv_parsing(self._csv_row_handler(bad_rows)),
                                        convert_options=convert)
                 line_no = 1  # the header; the first data row is row 2 (pyarrow's numbers, which count rows, not lines)
+                quoting = strict_rows(self.source)
+                _advance(quoting, 1)
                 for batch in reader:
+                    _advance(quoting, batch.num_rows + len(bad_rows))  # the batch's rows, before they are indexed
                     chunk = self._table_chunk(batch, line_no, [row.number for row in bad_rows])
                     self._count_skipped_rows(bad_rows, chunk)
                     yield self._without_unclosed_quote(batch, chunk, last_column, stream)
                     line_no += batch.num_rows + len(bad_rows)
                     bad_rows.clear()
                     self.stats.bytes_read = raw.tell()
+                _advance(quoting, None)  # the rows it lags by (blank lines, which pyarrow skips)
             except pa.ArrowInvalid as exc:
                 if _STRADDLES in str(exc):  # one row over two blocks
                     raise self._straddling(line_no) from None
@@ -532,7 +544,8 @@ class CorpusReader:
         value = _utf8_values(column.slice(len(column) - 1))[0]
         if not value or "\n" not in value or (value != chunk.ids[-1] and value.strip() not in chunk.texts[-1]):
             return chunk  # no newline, or the batch's last row was not the chunk's (a bad row, skipped)
-        tail = value.encode("utf-8", "surrogateescape").rstrip(b"\r\n")[-_StreamEnd.KEEP // 2:]
+        # the value's end as the file holds it: after its last quote, which the file doubles
+        tail = value.rsplit('"', 1)[-1].encode("utf-8", "surrogateescape").rstrip(b"\r\n")[-_StreamEnd.KEEP // 2:]
         end = stream.last_bytes.rstrip(b"\r\n")
         if not end.endswith(tail) or end.endswith(b'"'):
             return chunk
