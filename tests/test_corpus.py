@@ -244,10 +244,10 @@ def test_invalid_utf8_inside_a_json_string_names_its_line_and_is_skipped_on_requ
     did not skip."""
     path = tmp_path / "bytes.jsonl"
     path.write_bytes(b'{"_id": "a", "text": "fine"}\n{"_id": "b", "text": "caf\xe9 latte"}\n{"_id": "c", "text": "ok"}\n')
-    with pytest.raises(BadRowError, match=r"bytes.jsonl line 2: invalid JSON \('utf-8' codec can't decode"):
+    with pytest.raises(BadRowError, match=r"bytes.jsonl line 2: field 'text' holds byte 0xE9 at character 3, not UTF-8"):
         read_all(CorpusReader(path))
     reader = CorpusReader(path, on_error="skip")
-    assert read_all(reader)[0] == ["a", "c"] and reader.stats.skipped == {"invalid JSON": 1}
+    assert read_all(reader)[0] == ["a", "c"] and reader.stats.skipped == {"invalid UTF-8": 1}
 
 
 def test_bad_rows_in_parquet_and_csv_name_the_row(tmp_path):
@@ -289,7 +289,7 @@ def test_a_csv_byte_of_another_encoding_is_its_rows_error_not_the_files(tmp_path
     --on-error skip; it is now its row's bad value, named, or skipped and counted."""
     path = tmp_path / "latin1.csv"
     path.write_bytes(b"_id,title,text\nd1,T1,a\nd2,T2,b\nd3,T3,caf\xe9\nd4,T4,x\nd5,T5,\"last, caf\xe9\"\n")
-    with pytest.raises(BadRowError, match=r"latin1.csv row 4: field 'text' holds a lone surrogate at character 3, not "
+    with pytest.raises(BadRowError, match=r"latin1.csv row 4: field 'text' holds byte 0xE9 at character 3, not "
                                           r"UTF-8 text \(a byte of another encoding, such as Latin-1, reads as one\)"):
         read_all(CorpusReader(path))
     reader = CorpusReader(path, on_error="skip")
@@ -378,6 +378,18 @@ def test_a_text_file_holds_one_document_per_line(tmp_path):
     path.write_bytes("\ufeffAspirin lowers heart attack risk.\n\n  Statins and muscle pain \r\nCafé\n".encode())
     ids, texts, rows = read_all(CorpusReader(path))  # the BOM was kept in the first document's text
     assert ids == ["1", "3", "4"] and texts == ["Aspirin lowers heart attack risk.", "Statins and muscle pain", "Café"]
+
+
+@pytest.mark.parametrize("other_row", [b"", b'{"_id": "c", "text": 5}\n'])
+def test_a_byte_that_is_not_utf8_in_a_field_not_read_passes_whatever_its_block_holds(tmp_path, other_row):
+    """A Latin-1 byte in a field the build does not read passed where pyarrow read the block, and failed the row as
+    "invalid JSON" where another bad row in the block sent it down the line-by-line path."""
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(b'{"_id": "a", "text": "fine", "note": "caf\xe9"}\n' + other_row
+                     + b'{"_id": "d", "text": "read caf\xe9"}\n')
+    reader = CorpusReader(path, on_error="skip")
+    assert read_all(reader)[:2] == (["a"], ["fine"])
+    assert reader.stats.skipped == {"invalid UTF-8": 1, **({"non-string text": 1} if other_row else {})}
 
 
 def test_csv_words_that_pyarrow_reads_as_null_are_text_and_a_lone_surrogate_is_a_bad_row(tmp_path):

@@ -129,6 +129,19 @@ def _csv_parsing(invalid_row_handler: Callable) -> pcsv.ParseOptions:
     return pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid_row_handler)
 
 
+def _not_utf8(surrogate: str) -> str:
+    """A lone surrogate as what it was: a byte kept by a decode with ``surrogateescape``, or JSON's "\ud800"."""
+    code = ord(surrogate)
+    return f"holds byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else "holds a lone surrogate"
+
+
+def _json_row(line: bytes):
+    """A JSONL line parsed, a byte that is not UTF-8 kept as a lone surrogate: in a field that is read, the row is
+    refused as "invalid UTF-8" by ``_accept``; in one that is not, the row is read, as pyarrow's path reads it (a
+    strict decode refused it only where another row sent its block down this path)."""
+    return json.loads(line.decode("utf-8", "surrogateescape"))
+
+
 def _advance(rows: Iterator[int], count: int | None) -> None:
     """Take ``count`` rows from ``rows`` (all that are left where None), or as many as it has."""
     for _ in itertools.islice(rows, count):
@@ -218,8 +231,8 @@ class CorpusReader:
         with open_maybe_gzip(self.source) as fh:
             for line in fh:
                 try:
-                    row = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
+                    row = _json_row(line)
+                except json.JSONDecodeError:
                     continue
                 if isinstance(row, dict):
                     return {name: value is None or isinstance(value, str) for name, value in row.items()}
@@ -390,7 +403,7 @@ class CorpusReader:
                                  f"field {name!r} is {type(value).__name__}, expected a string", out)
             at = surrogate_at(value)
             if at is not None:  # JSON's "\ud800": the encoder failed on it, naming neither file nor line
-                return self._bad("invalid UTF-8", row_no, f"field {name!r} holds a lone surrogate at character {at}, "
+                return self._bad("invalid UTF-8", row_no, f"field {name!r} {_not_utf8(value[at])} at character {at}, "
                                  "not UTF-8 text (a byte of another encoding, such as Latin-1, reads as one)", out)
             if value:
                 parts.append(value)
@@ -462,13 +475,13 @@ class CorpusReader:
         if columns is not None:
             for i, row_no in enumerate(numbers):
                 self._accept(row_no, columns[0][i], [col[i] for col in columns[1:]], out,
-                             keys=lambda line=lines[i]: list(json.loads(line)))
+                             keys=lambda line=lines[i]: list(_json_row(line)))
             return out
         for line, row_no in zip(lines, numbers):
             try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                self._bad("invalid JSON", row_no, f"invalid JSON ({getattr(exc, 'msg', exc)})", out)
+                row = _json_row(line)
+            except json.JSONDecodeError as exc:
+                self._bad("invalid JSON", row_no, f"invalid JSON ({exc.msg})", out)
                 continue
             if not isinstance(row, dict):
                 self._bad("invalid JSON", row_no, f"expected a JSON object, got {type(row).__name__}", out)
