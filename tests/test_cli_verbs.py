@@ -658,6 +658,8 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
      "--serve does nothing here: bm25 is scored in this process, with bm25s"),
     (["beir", "--dataset", "scifact", "--endpoint", "127.0.0.1:1", "--dtype", "bf16"],
      "--dtype does nothing here: with --endpoint the server's collection and models are evaluated"),
+    (["beir", "--dataset", "scifact", "--endpoint", "127.0.0.1:1", "--mod=splade-tiny"],  # typed, though the default
+     "--model does nothing here: with --endpoint the server's collection and models are evaluated"),
 ])
 def test_a_flag_that_would_do_nothing_is_refused_in_one_line(collections, corpus, tmp_path, capsys, argv, message):
     """Each was accepted and ignored: `encode --input --query` wrote document vectors, `index --pre-encoded

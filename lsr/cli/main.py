@@ -104,9 +104,27 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def flags_given(args: argparse.Namespace, *dests: str) -> list[str]:
-    """The flags among ``dests`` set to other than their defaults, as typed (``--shard-cpus``): a verb refuses those
-    that would do nothing the way it was called, rather than ignore them."""
-    return [f"--{dest.replace('_', '-')}" for dest in dests if getattr(args, dest) != args._parser.get_default(dest)]
+    """The flags among ``dests`` typed, or set to other than their defaults, as typed (``--shard-cpus``): a verb
+    refuses those that would do nothing the way it was called, rather than ignore them (``--model splade-tiny``, the
+    default, typed beside ``--endpoint`` too)."""
+    typed = _typed_dests(args)
+    return [f"--{dest.replace('_', '-')}" for dest in dests
+            if dest in typed or getattr(args, dest) != args._parser.get_default(dest)]
+
+
+def _typed_dests(args: argparse.Namespace) -> set[str]:
+    """The dests of the verb's flags in the command as typed, abbreviations (``--mod``) and ``--flag=value`` too."""
+    options = args._parser._option_string_actions
+    typed = set()
+    for token in getattr(args, "_argv", ()):
+        if token == "--":
+            break
+        name = token.split("=", 1)[0]
+        matches = [option for option in options if option == name] or [
+            option for option in options if name.startswith("--") and len(name) > 2 and option.startswith(name)]
+        if len({options[option].dest for option in matches}) == 1:
+            typed.add(options[matches[0]].dest)
+    return typed
 
 
 def path_argument(text: str) -> str:
