@@ -290,6 +290,20 @@ def test_tied_documents_are_kept_by_doc_id_sharded_or_not(tmp_path):
             searcher.doc(None)
 
 
+def test_hundreds_of_tied_documents_are_cut_by_doc_id_too(tmp_path):
+    """300 copies of one text, written in reverse id order: a leg widened its cut for ties up to 256 more documents
+    only, so the top 2 were the first rows written (t042, t043), not the lowest ids (t000, t001) that 3 shards kept."""
+    from lsr.search.searcher import Searcher
+
+    corpus = tmp_path / "ties.jsonl"
+    rows = [(f"t{i:03d}", "identical tardigrade text") for i in reversed(range(300))]
+    rows += [(f"u{i:02d}", f"unrelated soil note {i}") for i in range(20)]
+    corpus.write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in rows))
+    searcher = Searcher.open(build(corpus, tmp_path / "col", max_length=16), threads=1, device="cpu")
+    for mode in ("sparse", "dense", "bm25", "hybrid"):
+        assert [h.doc_id for h in searcher.search("identical tardigrade text", k=2, mode=mode).hits] == ["t000", "t001"]
+
+
 def test_a_closed_searcher_refuses_searches_writes_and_lookups_sharded_or_not(unsharded, sharded, tmp_path):
     """After close() a local searcher still answered, and took writes that only its journal kept; a sharded one failed
     deep in a stopped shard. Both now refuse every call in one line, as a closed file does; `with` closes them."""

@@ -22,7 +22,6 @@ from lsr.sparse import SparseBatch
 # A leg's query: a {term id: weight} dict (sparse, or a SparseQuery), a vector (dense) or the text (bm25, or a
 # Bm25Query).
 LegQueries = dict[str, Any]
-TIE_WIDENING = 256  # documents past the cut a leg may fetch to find all those tied at it
 
 
 class SparseQuery(NamedTuple):
@@ -87,8 +86,9 @@ class ViewLegs:
         """The leg's top ``depth`` with ties across the cut settled by doc id, as ``rank`` orders them. A leg cuts ties
         by its own row order, which differs between one collection and its shards, so a sharded search could keep
         other tied documents than the unsharded one (and a top 3 that was not the start of the top 7): the cut is
-        widened until it ends below the tied score (``TIE_WIDENING``: up to 4× ``depth``, and at least 256 more)."""
-        asked, limit = depth + 1, max(4 * depth, depth + TIE_WIDENING)
+        widened, doubling, until it ends below the tied score: as far as it takes (a cap of 4× ``depth`` or 256 more
+        kept the first rows of 300 tied copies, not the lowest ids, where 3 shards kept the lowest)."""
+        asked = depth + 1
         while True:
             run = self._search(leg, query, asked)
             if len(run) <= depth:
@@ -97,9 +97,9 @@ class ViewLegs:
             cut = scores[depth - 1]
             if scores[depth] < cut:  # no tie across the cut (most searches): no ranking by id needed
                 return {doc: score for doc, score in run.items() if score >= cut}
-            if len(run) < asked or scores[-1] < cut or asked >= limit:  # every document tied at the cut is here
+            if len(run) < asked or scores[-1] < cut:  # every document tied at the cut is here
                 return dict(rank(run, depth))
-            asked = min(2 * asked, limit)
+            asked *= 2
 
     def _search(self, leg: str, query: Any, depth: int) -> Ranking:
         if leg == "sparse":
