@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -157,10 +158,9 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tiny_beir, train
     resumed_run, uninterrupted_run = (json.loads((folder / "lsr_train.json").read_text()) for folder in (out, trained))
     assert {f: resumed_run[f] for f in fields} == {f: uninterrupted_run[f] for f in fields}
     assert uninterrupted_run["dev_split"] == "dev" and len(uninterrupted_run["dev_scores"]) >= 4
-    # The resumed run's first logged step is the one after the checkpoint, and the summary says so.
-    assert uninterrupted_run["first_step"]["step"] == 1
-    assert 1 < resumed_run["first_step"]["step"] <= resumed_run["last_step"]["step"] == resumed_run["total_steps"]
-    assert f"at step {resumed_run['first_step']['step']} ->" in done.stdout
+    # The run's first step travels in the checkpoint too: a resumed summary said "loss ... at step 74", its own first.
+    assert uninterrupted_run["first_step"]["step"] == 1 and resumed_run["first_step"] == uninterrupted_run["first_step"]
+    assert resumed_run["last_step"]["step"] == resumed_run["total_steps"] and "at step 1 ->" in done.stdout
 
 
 def test_how_openmp_threads_wait_changes_no_weight(tiny_beir, tmp_path):
@@ -358,7 +358,10 @@ def test_a_bad_data_file_is_one_line_beside_other_work_too(tmp_path):
 @pytest.mark.parametrize("case, message", [
     ("no-train-split", "has no qrels/train.tsv"),
     ("empty-jsonl", "holds no training rows"),
-    ("no-positive", "line 2: 'positive' must be a non-empty string"),
+    ("no-positive", "line 2: no 'positive' key (the row has 'query'; keys: query or anchor, positive, "),
+    ("other-keys", "line 1: no 'query' key (the row has 'q', 'pos'; keys: query or anchor, positive, "),
+    ("query-and-anchor", "line 1: both 'query' and 'anchor', which name the same thing; keep one"),  # anchor dropped
+    ("blank-positive", "line 1: 'positive' must be a non-empty string"),
     ("batch-size-0", "--batch-size must be positive"),
     ("threads-0", "--threads must be ≥ 1"),
     ("blend-0", "--blend must be in (0, 1]"),
@@ -427,6 +430,10 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_text("".join(json.dumps({"query": "red fruit" if case == "one-query" else f"red fruit {i}",
                                             "positive": f"apple {i}" if case == "one-query" else "an apple"}) + "\n"
                                 for i in range(8)))
+    elif case in ("other-keys", "query-and-anchor", "blank-positive"):
+        data.write_text(json.dumps({"other-keys": {"q": "a query", "pos": "a document"},
+                                    "query-and-anchor": {"query": "q", "anchor": "a", "positive": "p"},
+                                    "blank-positive": {"query": "q", "positive": " "}}[case]) + "\n")
     elif case == "no-positive":
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n" + json.dumps({"query": "q"}) + "\n")
     elif case == "lone-surrogate":
@@ -718,6 +725,24 @@ def graded_beir(tmp_path_factory) -> Path:
     (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td0\t2\nq1\td1\t2\nq1\td2\t1\n"
                                                 "q1\td3\t1\nq2\td4\t1\nq3\td5\t2\n")
     return folder
+
+
+def test_judged_documents_absent_or_blank_leave_their_queries_out_with_a_warning(graded_beir, tmp_path, caplog):
+    """Qrels judging documents the corpus lacks trained on the queries left, without a word; a blank document was
+    trained on as a query's positive."""
+    folder = shutil.copytree(graded_beir, tmp_path / "mismatched")
+    corpus = [json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines()]
+    for row in corpus:
+        row["text"] = "" if row["_id"] == "d4" else row["text"]  # q2's only positive
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus if row["_id"] != "d5"))
+    with caplog.at_level("WARNING", logger="lsr"):
+        examples = load_examples(str(folder))
+    assert [ex.query for ex in examples] == ["vitamin d"]
+    said = [r.getMessage() for r in caplog.records]
+    assert "qrels/train.tsv judges 1 documents relevant that corpus.jsonl does not hold (such as 'd5'); no search " \
+           "can find them" in said
+    assert any(m.startswith("2 of the 3 queries ") and "judges have no relevant document with text in its corpus "
+               "(such as 'q2'); they are left out of training" in m for m in said), said
 
 
 def test_beir_examples_are_one_per_query_and_each_epoch_draws_one_top_grade_positive(graded_beir):

@@ -88,7 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "OUT/idf.json; --eval, dev scores and searches of a collection indexed with OUT use it), "
                         "IDF-aware FLOPS")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop training after this many minutes and save (default: no limit)")
+                   help="stop training after this many minutes and save (default: no limit); loading "
+                        "the data and model, mining negatives and --eval come on top")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed for order, negatives and dropout (default: {d.seed})")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT")
@@ -374,7 +375,7 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
                    "steps": result.steps, "total_steps": result.total_steps, "stopped": result.stopped,
                    "dev_split": dev_split, "dev_scores": result.dev_scores, "kept": result.kept,
                    "train_seconds": round(result.seconds, 1), "wall_seconds": round(time.monotonic() - clock, 1),
-                   "first_step": result.history[0] if result.history else None,
+                   "first_step": result.first_step,
                    "last_step": result.history[-1] if result.history else None,
                    "eval": evals, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), **encoding}
         write_json_atomic(out / "lsr_train.json", summary)
@@ -393,10 +394,15 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
         return 128 + stopped_by
 
 
+def _duration(seconds: float) -> str:
+    """"12 s" or "3.4 min": a short run said "in 0.0 min"."""
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def _summary_text(summary: dict, out: Path) -> str:
     lines = [f"trained {summary['model']} on {summary['data']} ({summary['examples']:,} examples): "
              f"{summary['steps']:,} of {summary['total_steps']:,} steps ({summary['stopped']}) "
-             f"in {summary['train_seconds'] / 60:.1f} min on {summary['device']} {summary['dtype']}"]
+             f"in {_duration(summary['train_seconds'])} on {summary['device']} {summary['dtype']}"]
     if summary["dev_scores"]:
         lines.append(f"{summary['dev_split']} nDCG@10 by step: "
                      + ", ".join(f"{step} {score:.4f}" for step, score in summary["dev_scores"]))

@@ -122,6 +122,10 @@ def load_beir(path: str | Path, splits: tuple[str, ...] = ("test", "train", "dev
                 log.warning("qrels/%s.tsv judges %d queries that queries.jsonl does not hold (such as %s); they are "
                             "left out", split, len(judged) - len(qrels[split]),
                             short_repr(next(q for q in judged if q not in queries)))
+            absent = {d for docs in qrels[split].values() for d, grade in docs.items() if grade > 0 and d not in corpus}
+            if absent:  # no search finds them (scored as misses, as BEIR does), and training drops them
+                log.warning("qrels/%s.tsv judges %d documents relevant that corpus.jsonl does not hold (such as %s); "
+                            "no search can find them", split, len(absent), short_repr(min(absent)))
             blank = next((q for q in qrels[split] if is_blank(queries[q])), None)
             if blank is not None:  # searched as nothing, it scored 0 and lowered every method's mean unsaid
                 raise ValueError(f"queries.jsonl: query {short_repr(blank)}, judged in qrels/{split}.tsv, has no text; "

@@ -28,11 +28,13 @@ def leftovers(out: Path) -> list[Path]:
 
 
 def save_checkpoint(out: Path, parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-                    step: int, run: dict[str, Any], seconds: float, guard: dict[str, Any]) -> None:
+                    step: int, run: dict[str, Any], seconds: float, guard: dict[str, Any],
+                    first: dict[str, float] | None = None) -> None:
     state = {
         "guard": guard,  # the best weights so far and the stop rules' counters
         "step": step,
         "seconds": seconds,
+        "first": first,  # the run's first step (its loss), for the summary of a resumed run
         "run": run,
         "parameters": [p.detach().cpu().clone() for p in parameters],
         "optimizer": optimizer.state_dict(),

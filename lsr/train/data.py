@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from lsr.encode.texts import surrogate_at
 from lsr.files import GZIP_ERRORS, open_maybe_gzip
+from lsr.sparse import short_repr
 
 if TYPE_CHECKING:
     from lsr.eval.datasets import BeirDataset
@@ -116,7 +117,10 @@ def _example(line: str, where: str) -> Example:
         raise ValueError(f"{where}: expected a JSON object")
     row = _our_names(row, where)
     for key in ("query", "positive"):
-        if not isinstance(row.get(key), str) or not row[key].strip():
+        if key not in row:
+            raise ValueError(f"{where}: no {key!r} key (the row has {', '.join(map(repr, row)) or 'none'}; keys: "
+                             f"{_KEYS_SAID})")
+        if not isinstance(row[key], str) or not row[key].strip():
             raise ValueError(f"{where}: {key!r} must be a non-empty string")
     negatives = row.get("negatives", [])
     if not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives):
@@ -141,6 +145,7 @@ def _example(line: str, where: str) -> Example:
 
 
 KEYS = ("query", "positive", "negatives", "scores")
+_KEYS_SAID = "query or anchor, positive, negatives or negative / negative_1..N, scores"
 
 
 def _our_names(row: dict[str, Any], where: str) -> dict[str, Any]:
@@ -148,7 +153,9 @@ def _our_names(row: dict[str, Any], where: str) -> dict[str, Any]:
     ``negative_1``, ``negative_2``, ... for the negatives), and a key that looks like a misspelt one of ours refused:
     a "negative" or "score" key was dropped without a word, and the run trained without hard negatives."""
     row = dict(row)
-    if "anchor" in row and "query" not in row:
+    if "anchor" in row and "query" in row:  # one was dropped without a word
+        raise ValueError(f"{where}: both 'query' and 'anchor', which name the same thing; keep one")
+    if "anchor" in row:
         row["query"] = row.pop("anchor")
     numbered = sorted((k for k in row if k.startswith("negative_") and k[9:].isdigit()), key=lambda k: int(k[9:]))
     singles = (["negative"] if "negative" in row else []) + numbered
@@ -157,8 +164,7 @@ def _our_names(row: dict[str, Any], where: str) -> dict[str, Any]:
     for key in row:
         close = difflib.get_close_matches(key.lower(), KEYS, n=1, cutoff=0.75) if key not in KEYS else []
         if close:
-            raise ValueError(f"{where}: unknown key {key!r}; did you mean {close[0]!r}? (keys: query or anchor, "
-                             "positive, negatives or negative / negative_1..N, scores)")
+            raise ValueError(f"{where}: unknown key {key!r}; did you mean {close[0]!r}? (keys: {_KEYS_SAID})")
     return row
 
 
@@ -179,10 +185,18 @@ def beir_examples(data: str, split: str, *, data_dir: str | None = None, miner: 
         raise ValueError(f"{source} has no qrels/{split}.tsv, so no {split} split to train on; "
                          "pass --split, or a JSONL file of query/positive rows")
     qrels = {q: docs for q, docs in dataset.qrels[split].items() if q in dataset.queries}
-    positives = {q: {d: grade for d, grade in docs.items() if grade > 0 and d in dataset.corpus} for q, docs in qrels.items()}
+    def has_text(doc: str) -> bool:  # a blank document is no positive
+        return doc in dataset.corpus and bool(dataset.doc_texts([doc])[0])
+
+    positives = {q: {d: grade for d, grade in docs.items() if grade > 0 and has_text(d)} for q, docs in qrels.items()}
     qids = [q for q, docs in positives.items() if docs]
     if not qids:
-        raise ValueError(f"{source}'s {split} split judges no query relevant to any document in its corpus")
+        raise ValueError(f"{source}'s {split} split judges no query relevant to any document with text in its corpus")
+    if len(qids) < len(qrels):  # a corpus and qrels that do not match trained on what was left, unsaid
+        dropped = next(q for q in qrels if q not in qids)
+        log.warning("%d of the %d queries %s's %s split judges have no relevant document with text in its corpus "
+                    "(such as %s); they are left out of training", len(qrels) - len(qids), len(qrels), source, split,
+                    short_repr(dropped))
     depth = MINED_NEGATIVES + max(len(qrels[q]) for q in qids)
     mined = (miner or bm25_run)(dataset, qids, depth)
     examples = []

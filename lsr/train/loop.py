@@ -42,6 +42,7 @@ class TrainResult:
     dev_scores: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out score), when validating
     kept: str | None = None  # set when the returned weights are an earlier step's: which, and why
     signal: int | None = None  # what interrupted the run: SIGINT or SIGTERM
+    first_step: dict[str, float] | None = None  # the run's first step, before any resume: step, loss, ...
 
 
 def fingerprint(config: TrainConfig, examples: list[Example], validation: str | None = None,
@@ -284,7 +285,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     guard = Guard(model.parameters, None if validate is None else _in_eval_mode(model, validate), config.dev_every,
                   config.patience, config.collapse_fraction)
     starting = [p.detach().clone() for p in model.parameters] if config.blend < 1 else None  # before a resume restores
-    start, seconds, checkpointed = 0, 0.0, None
+    start, seconds, checkpointed, first = 0, 0.0, None, None
     if resume:
         state = read_checkpoint(out)
         if state is None:
@@ -296,7 +297,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
         try:  # a checkpoint with a good checksum that lsr did not write: one line, not a traceback or a no-op
             restore_checkpoint(state, model.parameters, optimizer)
             guard.load(state["guard"])
-            start, seconds = int(state["step"]), float(state["seconds"])
+            start, seconds, first = int(state["step"]), float(state["seconds"]), state.get("first")
             checkpointed = start
             if not 0 <= start <= total:
                 raise ValueError(f"step {start} is outside 0..{total}")
@@ -323,6 +324,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             seconds += time.perf_counter() - clock
             step += 1
             history.append({"step": step, **stats})  # after a resume the first is not step 1
+            first = first or history[0]
             if on_step is not None:
                 on_step(step, stats)
             halt = guard.after_step(step, stats)
@@ -332,7 +334,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             out_of_time = step < total and deadline is not None and time.monotonic() >= deadline
             # the last step too: a kill while OUT's model folder is written then loses no training (--resume exports)
             if step % checkpoint_every == 0 or step == total or interrupt.requested or out_of_time or halt:
-                save_checkpoint(out, model.parameters, optimizer, step, run, seconds, guard.state())
+                save_checkpoint(out, model.parameters, optimizer, step, run, seconds, guard.state(), first)
                 checkpointed = step
             if interrupt.requested or out_of_time or halt:
                 stopped = "interrupted" if interrupt.requested else "time limit" if out_of_time else halt.split(":")[0]
@@ -345,7 +347,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     if starting is not None and stopped != "interrupted":
         blend_weights(model.parameters, starting, config.blend)
     model.train(False)
-    return TrainResult(step, total, seconds, stopped, history, guard.scores, kept, interrupt.requested)
+    return TrainResult(step, total, seconds, stopped, history, guard.scores, kept, interrupt.requested, first)
 
 
 def _show_step(bar: Any, stats: dict[str, float], scores: list[tuple[int, float]], deadline: float | None) -> None:
