@@ -21,6 +21,8 @@ _PUBLIC = {
     "HybridOptions": "lsr.search.searcher",
     "PrfOptions": "lsr.search.searcher",
     "SearchResult": "lsr.search.searcher",
+    "ScoredHit": "lsr.search.searcher",
+    "search_topics": "lsr.search.batch",
     "SparseBatch": "lsr.sparse",
     "InvertedIndex": "lsr.index",
 }
@@ -31,7 +33,8 @@ if TYPE_CHECKING:
     from lsr.encode.dense import DenseEncoder
     from lsr.encode.splade import DecoderSpladeEncoder, InferenceFreeQueryEncoder, SpladeEncoder
     from lsr.index import InvertedIndex
-    from lsr.search.searcher import HybridOptions, PrfOptions, Searcher, SearchResult
+    from lsr.search.batch import search_topics
+    from lsr.search.searcher import HybridOptions, PrfOptions, ScoredHit, Searcher, SearchResult
     from lsr.sparse import SparseBatch
 
 

@@ -283,6 +283,9 @@ class SparseBatch:
     def __len__(self) -> int:
         return len(self.indptr) - 1
 
+    def __repr__(self) -> str:  # not the CSR arrays: 936 characters for two documents
+        return f"SparseBatch(rows={len(self)}, vocab_size={self.vocab_size}, nnz={self.nnz})"
+
     @property
     def nnz(self) -> int:
         return int(self.indptr[-1])

@@ -178,6 +178,10 @@ class ShardedSearcher(Searcher):
 
     # ------------------------------------------------------------------ facts
     @property
+    def path(self) -> Path:
+        return self.root
+
+    @property
     def meta(self) -> dict:
         return self._meta
 

@@ -151,6 +151,37 @@ def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
     assert metrics["queries"] == metrics["queries_in_run"] == 3
 
 
+def test_the_python_api_searches_as_pyserini_does_and_its_batch_search_equals_the_cli_run(collections, tmp_path):
+    """pyserini's habits (helper audit): `search(q, 5)` was a TypeError (k keyword-only), a result was no sequence
+    of hits, hits had no `docid`, and there was no `batch_search(queries, qids)` nor an exported TREC writer."""
+    import lsr
+
+    run_file = tmp_path / "cli.trec"
+    topics = tmp_path / "queries.jsonl"
+    topics.write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()))
+    assert cli_main(["search", str(collections["direct"]), "--topics", str(topics), "--output", str(run_file),
+                     "--k", "3", "--mode", "sparse", "--quiet"]) == 0
+    with lsr.Searcher.open(collections["direct"]) as searcher:
+        assert repr(searcher) == f"Searcher({str(collections['direct'])!r}, model='splade-tiny')"
+        result = searcher.search(QUERIES["q-coffee"], 3)
+        assert len(result) == 3 and result[0] is result.hits[0] and list(result) == result.hits
+        assert result[0].docid == result[0].doc_id == "coffee"
+        batch = searcher.batch_search(list(QUERIES.values()), list(QUERIES), k=3, threads=2)
+        assert list(batch) == list(QUERIES) and all(isinstance(hit, lsr.ScoredHit) for hit in batch["q-coffee"])
+        cli = read_trec_run(run_file)  # 9 significant digits
+        assert {q: [h.doc_id for h in hits] for q, hits in batch.items()} == {q: list(d) for q, d in cli.items()}
+        assert all([h.score for h in batch[q]] == pytest.approx(list(cli[q].values()), rel=1e-8) for q in cli)
+        assert [h.doc_id for h in batch["q-coffee"]] == [h.doc_id for h in result]
+        with pytest.raises(ValueError, match="3 queries but 2 qids; give one qid per query"):
+            searcher.batch_search(list(QUERIES.values()), ["a", "b"])
+        with pytest.raises(ValueError, match="query id 'a' appears twice"):
+            searcher.batch_search(["x", "y"], ["a", "a"])
+        written = lsr.search_topics(searcher, QUERIES.items(), tmp_path / "api.trec", k=3, progress=False)
+        assert written.hits == 9 and (tmp_path / "api.trec").read_text() == run_file.read_text().replace("lsr-sparse",
+                                                                                                         "lsr")
+    assert repr(searcher).endswith(", closed)")
+
+
 def test_gzipped_topics_and_runs_round_trip_and_a_run_never_replaces_its_inputs(collections, tmp_path, capsys):
     """A .jsonl.gz topics file was read as TSV and refused; --output run.trec.gz wrote plain text that `lsr eval`
     then refused; and --output could name the topics file or a collection file, which the run replaced."""

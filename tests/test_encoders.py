@@ -148,6 +148,13 @@ def test_concurrent_dense_encodes_equal_serial_ones(dense, scifact):
             np.testing.assert_allclose(vectors, want, rtol=0, atol=1e-5)
 
 
+def test_an_encoder_and_its_vectors_print_what_they_are(splade):
+    """Both printed as `<... object at 0x...>` and as their raw CSR arrays (936 characters for two documents)."""
+    assert repr(splade) == "SpladeEncoder('splade-tiny', device='cpu', dtype='torch.float32', max_length=256)"
+    batch = splade.encode_documents(["aspirin lowers fever", "coffee"])
+    assert repr(batch) == f"SparseBatch(rows=2, vocab_size=30522, nnz={batch.nnz})" and batch.nnz > 2
+
+
 def test_results_come_back_in_input_order(splade):
     texts = ["a b c d e f g h i j k l m n o p", "aspirin", "heart attack risk of smoking"]
     together = splade.encode_queries(texts).to_dicts()

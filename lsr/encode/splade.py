@@ -216,6 +216,10 @@ class SpladeEncoder:
             device=device, dtype=dtype, name=str(name_or_path), **options,
         )
 
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.name!r}, device={str(self.device)!r}, dtype={str(self.weight.dtype)!r}, "
+                f"max_length={self.max_length})")
+
     # ------------------------------------------------------------------ public API
     def warm_up(self) -> None:
         """Run one batch of every shape the pooling kernel compiles for (``warm_up_shapes``) now.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -17,8 +16,6 @@ from lsr.files import atomic_write
 from lsr.ingest.progress import progress_bar
 from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
 from lsr.sparse import short_repr
-
-CHUNK = 64  # queries encoded together
 
 
 @dataclass
@@ -58,19 +55,13 @@ def search_topics(searcher: Searcher, topics: Iterable[tuple[str, str]], output:
     if any(c.isspace() for c in tag) or not tag:
         raise ValueError(f"the run tag must be one word, got {tag!r}")
     topics = topic_list(topics)
-    chunks = [topics[i : i + CHUNK] for i in range(0, len(topics), CHUNK)]
-
-    def search(chunk):
-        return searcher.search_batch([text for _, text in chunk], k=k, mode=mode, hybrid=hybrid, prf=prf,
-                                     bound_factor=bound_factor)
-
     written = WrittenRun()
 
     def write(fh) -> None:
         text = io.TextIOWrapper(fh, encoding="utf-8", newline="\n")
-        with progress_bar("search", len(topics), enabled=progress, unit="query") as bar, \
-                ThreadPoolExecutor(max(1, threads)) as pool:
-            for chunk, results in zip(chunks, pool.map(search, chunks)):
+        with progress_bar("search", len(topics), enabled=progress, unit="query") as bar:
+            for chunk, results in searcher.search_chunks(topics, k, max(1, threads), mode=mode, hybrid=hybrid, prf=prf,
+                                                         bound_factor=bound_factor):
                 for (qid, _), result in zip(chunk, results):
                     write_trec_run(text, qid, [(h.doc_id, h.score) for h in result.hits], tag)
                     written.hits += len(result.hits)

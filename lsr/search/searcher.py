@@ -47,6 +47,7 @@ PRF_INTERPOLATIONS = ("before", "after", "both", "none")
 FUSED_FEEDBACK = ("before", "both")  # feedback documents from the fused list
 INTERPOLATE_AFTER = ("after", "both")  # the PRF run interpolated with the first run
 MAX_K = 1000
+BATCH_CHUNK = 64  # queries a batch search encodes together
 UPSERT_CHECK_EVERY = 128  # documents encoded between two looks at whether an upsert's caller is still there
 # auto: the model itself, unless its folder ships an idf.json (a model trained for IDF queries: inference-free)
 QUERY_ENCODERS = ("auto", "splade", "inference-free")
@@ -128,6 +129,8 @@ class PrfOptions:
 
 @dataclass
 class ScoredHit:
+    """One hit: ``doc_id`` and its fused ``score``, with each leg's score where that leg found it."""
+
     doc_id: str
     score: float
     sparse_score: float | None = None
@@ -136,9 +139,17 @@ class ScoredHit:
     explanation: list[tuple[str, float]] = field(default_factory=list)
     bm25_score: float | None = None
 
+    @property
+    def docid(self) -> str:
+        """``doc_id`` under pyserini's name, so code written for its hits reads ours."""
+        return self.doc_id
+
 
 @dataclass
 class SearchResult:
+    """A search's ``hits``, best first, and how it went. It is also the sequence of its hits (``result[0]``,
+    ``len(result)``, ``for hit in result``), as pyserini's ``search`` returns a list."""
+
     hits: list[ScoredHit]
     timings: dict[str, float]  # seconds per stage: encode, sparse, dense, bm25, fuse, prf
     truncated: bool = False
@@ -148,6 +159,15 @@ class SearchResult:
     @property
     def partial(self) -> bool:
         return bool(self.shards_missing)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __iter__(self) -> Iterator[ScoredHit]:
+        return iter(self.hits)
+
+    def __getitem__(self, index: int) -> ScoredHit:
+        return self.hits[index]
 
 
 def check_k(k: Any) -> int:
@@ -299,6 +319,15 @@ class Searcher:
         sharded collection failed deep in a stopped shard."""
         if self._closed:
             raise ValueError("this Searcher is closed; open the collection again (Searcher.open)")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, model={self.meta.get('model')!r}" + \
+            (", closed)" if self._closed else ")")
+
+    @property
+    def path(self) -> Path:
+        """The collection's folder."""
+        return self.collection.path
 
     def __enter__(self) -> "Searcher":
         return self
@@ -458,10 +487,10 @@ class Searcher:
     def search(
         self,
         text: str | None = None,
+        k: int = 10,
         *,
         sparse: dict[str | int, float] | None = None,
         dense: Sequence[float] | np.ndarray | None = None,
-        k: int = 10,
         mode: str = "sparse",
         hybrid: HybridOptions | None = None,
         prf: PrfOptions | bool | None = None,
@@ -473,7 +502,7 @@ class Searcher:
         """One query given as text, as a ``{token or term id: weight}`` dict, or as a dense vector.
 
         ``mode`` "auto" is the CLI's default: hybrid over every leg the collection has, or sparse when SPLADE is its
-        only one (a sparse or dense vector query picks its own mode). ``deadline`` (``time.monotonic()`` seconds)
+        only one (under "auto" a sparse or dense vector query picks its own mode; here the default is "sparse"). ``deadline`` (``time.monotonic()`` seconds)
         bounds waiting on remote shards. ``bound_factor`` > 1 searches the SPLADE leg approximately
         (``InvertedIndex.search``: at 1M documents 3 kept recall@10 0.98 in two thirds of the exact time)."""
         k = check_k(k)  # a numpy integer becomes an int, which faiss needs
@@ -555,6 +584,35 @@ class Searcher:
                 )
             )
         return results
+
+    def batch_search(self, queries: Sequence[str], qids: Sequence[str], k: int = 10, threads: int = 1,
+                     **options: Any) -> dict[str, list[ScoredHit]]:
+        """pyserini's batch habit: ``{qid: hits}``, the queries encoded ``BATCH_CHUNK`` at a time and those chunks
+        searched on ``threads`` threads; ``options`` as ``search_batch`` takes them (``mode``, ``hybrid``, ...).
+        ``lsr.search_topics`` writes such a search as a TREC run."""
+        from lsr.search.batch import topic_list
+
+        queries, qids = query_list(queries), list(qids)  # a str was taken as its characters
+        if len(queries) != len(qids):
+            raise ValueError(f"{len(queries)} queries but {len(qids)} qids; give one qid per query")
+        return {qid: result.hits for chunk, results in self.search_chunks(topic_list(zip(qids, queries)), k, threads,
+                                                                         **options)
+                for (qid, _), result in zip(chunk, results)}
+
+    def search_chunks(self, topics: list[tuple[str, str]], k: int, threads: int,
+                      **options: Any) -> Iterator[tuple[list[tuple[str, str]], list[SearchResult]]]:
+        """(chunk, its results) for ``BATCH_CHUNK`` (qid, text) topics at a time, in order, the chunks searched on
+        ``threads`` threads (``search_batch`` each)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        check_whole(threads, "threads", 1)
+        chunks = [topics[i : i + BATCH_CHUNK] for i in range(0, len(topics), BATCH_CHUNK)]
+
+        def search(chunk: list[tuple[str, str]]) -> list[SearchResult]:
+            return self.search_batch([text for _, text in chunk], k=k, **options)
+
+        with ThreadPoolExecutor(threads) as pool:
+            yield from zip(chunks, pool.map(search, chunks))
 
     def search_encoded(
         self,
