@@ -70,6 +70,8 @@ def id_list(ids: Any, name: str = "ids") -> list[str]:
     "2" and kept "12")."""
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"{name} must be a list of ids, not one {type(ids).__name__}: pass [{ids!r}]")
+    if not isinstance(ids, Iterable):  # "'NoneType' object is not iterable" named no argument
+        raise TypeError(f"{name} must be a list of ids, got {type(ids).__name__}")
     out = []
     for i in ids:
         out.append(i if isinstance(i, str) else as_id(i, f"{name}[{len(out)}]"))

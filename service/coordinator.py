@@ -22,7 +22,7 @@ from lsr.ingest.sharding import global_doc_freqs, read_shard_map
 from lsr.search.fusion import Ranking, rank
 from lsr.search.legs import Bm25Query, LegQueries
 from lsr.search.models import SearchModels
-from lsr.search.searcher import Searcher, check_open_options
+from lsr.search.searcher import Searcher, check_open_options, check_path
 from lsr.service.local_shards import LocalShards
 from lsr.service.shard_set import ShardOptions, ShardSet
 from lsr.sparse import SparseBatch, as_id
@@ -162,7 +162,7 @@ class ShardedSearcher(Searcher):
              in_process: bool = False) -> "ShardedSearcher":
         """Start the shard servers (they come up while the models load) and load the models once, here.
         ``in_process``: open every shard in this process instead, without Ray (``LocalShards``: `lsr search`)."""
-        root = Path(path).expanduser().absolute()  # the shard servers' paths, whatever their working folder
+        root = Path(check_path(path)).expanduser().absolute()  # the shard servers' paths, whatever their working folder
         check_open_options(query_encoder, threads, device, dtype)
         shard_map = read_shard_map(root)
         meta = read_meta(shard_map.paths(root)[0])

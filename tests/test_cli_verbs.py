@@ -176,6 +176,13 @@ def test_the_python_api_searches_as_pyserini_does_and_its_batch_search_equals_th
             searcher.batch_search(list(QUERIES.values()), ["a", "b"])
         with pytest.raises(ValueError, match="query id 'a' appears twice"):
             searcher.batch_search(["x", "y"], ["a", "a"])
+        with pytest.raises(TypeError, match="qids must be a list of ids, got NoneType"):
+            searcher.batch_search(["x"], None)
+        with pytest.raises(TypeError, match="ids must be a list of ids, got NoneType"):  # "'NoneType' is not iterable"
+            searcher.delete(None)
+    with pytest.raises(TypeError, match="path must be a collection's folder \\(a str or Path\\), got NoneType"):
+        lsr.Searcher.open(None)
+    with lsr.Searcher.open(collections["direct"]) as searcher:
         written = lsr.search_topics(searcher, QUERIES.items(), tmp_path / "api.trec", k=3, progress=False)
         assert written.hits == 9 and (tmp_path / "api.trec").read_text() == run_file.read_text().replace("lsr-sparse",
                                                                                                          "lsr")

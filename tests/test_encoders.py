@@ -153,6 +153,9 @@ def test_an_encoder_and_its_vectors_print_what_they_are(splade):
     assert repr(splade) == "SpladeEncoder('splade-tiny', device='cpu', dtype='torch.float32', max_length=256)"
     batch = splade.encode_documents(["aspirin lowers fever", "coffee"])
     assert repr(batch) == f"SparseBatch(rows=2, vocab_size=30522, nnz={batch.nnz})" and batch.nnz > 2
+    # sentence-transformers' method names, for code moving over
+    assert splade.encode_document(["aspirin lowers fever", "coffee"]) == batch
+    assert splade.encode_query(["aspirin"]) == splade.encode_queries(["aspirin"])
 
 
 def test_results_come_back_in_input_order(splade):

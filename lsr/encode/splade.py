@@ -254,6 +254,9 @@ class SpladeEncoder:
         return self._encode(texts, self.query_max_length, self.query_expansion, batch_size, show_progress, return_info,
                             self.prompts.query)
 
+    encode_query = encode_queries  # sentence-transformers' names (SparseEncoder.encode_query), for code moving over
+    encode_document = encode_documents
+
     @property
     def pads_batches(self) -> bool:
         """Whether a batch costs every text its longest member's length (the service then groups similar lengths):
@@ -505,6 +508,7 @@ class InferenceFreeQueryEncoder:
         info = report_truncation(log, lengths, self.query_max_length)
         return (batch, info) if return_info else batch
 
+    encode_query = encode_queries  # sentence-transformers' name (SparseEncoder.encode_query)
 
     def _current_idf(self) -> np.ndarray:
         if self._idf_now is not None:

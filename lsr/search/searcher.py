@@ -21,6 +21,7 @@ list); "after" interpolates the fused PRF run with the original fused run; "both
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Set as AbstractSet
 from contextlib import contextmanager
 import threading
@@ -242,7 +243,7 @@ class Searcher:
         from lsr.ingest.collection import Collection
 
         check_open_options(query_encoder, threads, device, dtype)
-        collection = Collection.open(path)
+        collection = Collection.open(check_path(path))
         return cls(collection, SearchModels(collection.meta, query_encoder, doc_freqs=lambda: ViewLegs(collection.view()),
                                             device=device, dtype=dtype))
 
@@ -592,7 +593,7 @@ class Searcher:
         ``lsr.search_topics`` writes such a search as a TREC run."""
         from lsr.search.batch import topic_list
 
-        queries, qids = query_list(queries), list(qids)  # a str was taken as its characters
+        queries, qids = query_list(queries, "batch_search"), id_list(qids, "qids")  # a str was taken as its characters
         if len(queries) != len(qids):
             raise ValueError(f"{len(queries)} queries but {len(qids)} qids; give one qid per query")
         return {qid: result.hits for chunk, results in self.search_chunks(topic_list(zip(qids, queries)), k, threads,
@@ -860,6 +861,13 @@ class Searcher:
             yield
         finally:
             self._write_lock.release()
+
+
+def check_path(path: Any) -> str | os.PathLike:
+    """A collection's folder as ``open`` takes it: None was refused as "expected str, bytes or os.PathLike object"."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a collection's folder (a str or Path), got {type(path).__name__}")
+    return path
 
 
 def query_list(texts: Sequence[str], caller: str = "search_batch") -> list[str]:
