@@ -513,7 +513,7 @@ def test_a_loss_that_stops_being_finite_stops_the_run_before_the_weights_and_wri
     assert f"{again}'s checkpoint (step 1) holds the weights before it, which may already have diverged" in last
 
 
-def test_inference_free_trains_documents_against_idf_queries_and_exports_the_table(examples, tmp_path):
+def test_inference_free_trains_documents_against_idf_queries_and_exports_the_table(examples, tmp_path, caplog):
     from lsr.encode.splade import InferenceFreeQueryEncoder
     from lsr.train.export import save_model_folder
 
@@ -555,9 +555,15 @@ def test_inference_free_trains_documents_against_idf_queries_and_exports_the_tab
     theirs = SparseEncoder(str(tmp_path / "out"), device="cpu")
     documents = [ex.positive for ex in examples[:4]]
     np.testing.assert_allclose(theirs.encode_query(queries, convert_to_tensor=True).to_dense().numpy(), served, rtol=1e-6)
-    ours = SpladeEncoder.from_pretrained(str(tmp_path / "out"), device="cpu").encode_documents(documents).to_dense()
+    both = SpladeEncoder.from_pretrained(str(tmp_path / "out"), device="cpu")
+    ours = both.encode_documents(documents).to_dense()
     np.testing.assert_allclose(theirs.encode_document(documents, convert_to_tensor=True).to_dense().numpy(), ours,
                                rtol=1e-4, atol=1e-5)
+    # its queries through SpladeEncoder are the model's expansions, where SparseEncoder gives the IDF weights: said once
+    with caplog.at_level("WARNING", logger="lsr.encode.splade"):
+        both.encode_queries(queries[:1]), both.encode_queries(queries[:1])
+    said = [r.getMessage() for r in caplog.records if "idf.json" in r.getMessage()]
+    assert len(said) == 1 and "was trained for IDF queries" in said[0] and "InferenceFreeQueryEncoder" in said[0], said
 
 
 def test_an_inference_free_run_is_scored_and_searched_with_its_idf_queries(graded_beir, tmp_path, capsys):

@@ -161,6 +161,9 @@ class SpladeEncoder:
         self._special_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
         self._special_mask[[i for i in special if 0 <= i < self.vocab_size]] = True
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # the folder ships idf.json: trained for IDF queries (``InferenceFreeQueryEncoder``), which encode_queries
+        # warns of once (the Python API expanded them with the model, unsaid, where SparseEncoder.encode_query does not)
+        self.idf_queries = False
         if self.device.type == "cuda":
             self.warm_up()
 
@@ -211,10 +214,12 @@ class SpladeEncoder:
         if declared is not None:
             options = {"pooling": declared[0], "activation": declared[1], **options}
         options.setdefault("prompts", read_prompts(folder))
-        return cls(
+        encoder = cls(
             model, tokenizer, max_length=max_length, query_max_length=query_max_length,
             device=device, dtype=dtype, name=str(name_or_path), **options,
         )
+        encoder.idf_queries = idf_table_path(folder) is not None
+        return encoder
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, device={str(self.device)!r}, dtype={str(self.weight.dtype)!r}, "
@@ -251,6 +256,11 @@ class SpladeEncoder:
         self, texts: Sequence[str] | str, batch_size: int = 64, *, show_progress: bool = False, return_info: bool = False
     ) -> SparseBatch | tuple[SparseBatch, EncodeInfo]:
         """Encode queries (``query_max_length`` tokens, ``query_expansion``); returns SparseBatch in input order."""
+        if self.idf_queries:
+            self.idf_queries = False  # said once
+            log.warning("%s was trained for IDF queries (it ships idf.json), and encode_queries expands them with the "
+                        "model; InferenceFreeQueryEncoder.from_pretrained(%r) encodes them as it was trained (as lsr "
+                        "search and SparseEncoder.encode_query do)", self.name, self.name)
         return self._encode(texts, self.query_max_length, self.query_expansion, batch_size, show_progress, return_info,
                             self.prompts.query)
 

@@ -127,7 +127,8 @@ class SearchModels:
         kind, table = self._query_kind, idf_table_path(self.meta["model"])
         if kind == "auto":
             kind = "splade" if table is None else "inference-free"
-        if kind == "splade":
+        if kind == "splade":  # chosen (--query-encoder splade): no warning that the model was trained otherwise
+            self.documents.idf_queries = False
             return self.documents
         live = self._query_idf if self._doc_freqs is not None and table is None else None
         return InferenceFreeQueryEncoder.from_pretrained(self.meta["model"], idf=live)
