@@ -363,6 +363,7 @@ def test_a_bad_data_file_is_one_line_beside_other_work_too(tmp_path):
     ("query-and-anchor", "line 1: both 'query' and 'anchor', which name the same thing; keep one"),  # anchor dropped
     ("blank-positive", "line 1: 'positive' must be a non-empty string"),
     ("batch-size-0", "--batch-size must be positive"),
+    ("max-steps-0", "--max-steps must be positive, got 0"),
     ("threads-0", "--threads must be ≥ 1"),
     ("blend-0", "--blend must be in (0, 1]"),
     ("model-negatives-for-jsonl", "--negatives model mines a BEIR corpus"),
@@ -441,7 +442,7 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
                         + "\n")
     else:
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
-        extra = {"batch-size-0": ["--batch-size", "0"], "threads-0": ["--threads", "0"],
+        extra = {"batch-size-0": ["--batch-size", "0"], "threads-0": ["--threads", "0"], "max-steps-0": ["--max-steps", "0"],
                  "blend-0": ["--blend", "0"], "max-minutes-nan": ["--max-minutes", "nan"], "seed-negative": ["--seed", "-1"],
                  "flops-inf": ["--flops-doc", "inf"], "checkpoint-every-0": ["--checkpoint-every", "0"],
                  "max-length-1024": ["--max-length", "1024"], "out-under-a-file": [], "one-example": [],
@@ -488,6 +489,16 @@ def test_a_time_limit_that_runs_out_on_the_last_step_is_a_finished_run(examples,
     config = TrainConfig(epochs=1, batch_size=len(examples), max_length=32, query_max_length=16)
     result = train(fresh_model(), examples, tmp_path / "out", config, max_minutes=1e-9, progress=False)
     assert (result.steps, result.total_steps, result.stopped) == (1, 1, "finished")
+
+
+def test_max_steps_caps_the_run_and_its_learning_rate_decays_over_them(examples, tmp_path):
+    """There was no way to cap the steps (sentence-transformers' max_steps), and --epochs takes whole passes only."""
+    from lsr.train.loop import lr_factor
+
+    config = TrainConfig(epochs=4, max_steps=3, batch_size=2, max_length=32, query_max_length=16)
+    result = train(fresh_model(), examples, tmp_path / "out", config, progress=False)
+    assert (result.steps, result.total_steps, result.stopped) == (3, 3, "finished") and 4 * len(examples) // 2 > 3
+    assert lr_factor(2, result.total_steps, config.warmup) > 0 == lr_factor(3, result.total_steps, config.warmup)
 
 
 def test_a_loss_that_stops_being_finite_stops_the_run_before_the_weights_and_writes_nothing(examples, tmp_path,

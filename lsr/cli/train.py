@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="BEIR qrels split to train on (default: train)")
     p.add_argument("--data-dir", default=None, help="folder holding BEIR datasets (before $LSR_BEIR_DIR)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the data (default: {d.epochs})")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="at most N optimiser steps, fewer than --epochs would take (the learning rate decays over "
+                        "them; default: all of the epochs')")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"queries per micro-batch; their documents are each other's negatives (default: {d.batch_size})")
     p.add_argument("--accumulate", type=int, default=d.accumulate, help="micro-batches per optimiser step (default: 1)")
@@ -127,7 +130,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lsr.train.config import TrainConfig
 
-    config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
+    config = TrainConfig(model=args.model, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+                         accumulate=args.accumulate,
                          hard_negatives=args.hard_negatives, negatives=args.negatives, lr=args.lr,
                          flops_query=args.flops_query, flops_doc=args.flops_doc,
                          max_length=args.max_length, query_max_length=args.query_max_length, seed=args.seed,

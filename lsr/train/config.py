@@ -20,6 +20,7 @@ class TrainConfig:
 
     model: str = "splade-tiny"
     epochs: int = 4
+    max_steps: int | None = None  # at most this many optimiser steps (sentence-transformers' max_steps); None: epochs'
     batch_size: int = 16
     accumulate: int = 1
     hard_negatives: int = 1  # drawn per query and step from its mined pool
@@ -50,6 +51,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accumulate", "dev_every", "patience"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"--max-steps must be positive, got {self.max_steps}")
         if self.hard_negatives < 0:
             raise ValueError(f"--hard-negatives must be ≥ 0, got {self.hard_negatives}")
         if self.negatives not in NEGATIVE_MINERS:

@@ -273,7 +273,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     for stale in leftovers(out):  # checkpoint writes a kill -9 cut short (the caller holds OUT: none is under way)
         stale.unlink()
     run = fingerprint(config, examples, validation, numerics_of(model))
-    total = config.epochs * steps_per_epoch(config, len(examples))
+    total = min(config.epochs * steps_per_epoch(config, len(examples)), config.max_steps or math.inf)
     decay = [p for p in model.parameters if p.dim() >= 2]
     plain = [p for p in model.parameters if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
