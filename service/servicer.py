@@ -361,7 +361,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         with self.upsert_bytes.stream() as take:  # StreamGuard bounds how many streams are open at once
             ids, texts = _read_upsert_stream(request_iterator, call, take)
             searcher = call.serving.searcher
-            searcher.upsert(ids, texts, deadline=call.deadline, check=call.check)
+            searcher.upsert(ids, texts, deadline=call.deadline, check=call.check, allow_empty=True)  # checked above
         call.fields.update(docs=len(ids))
         return pb.UpsertResponse(upserted=len(ids), index_version=searcher.index_version)
 

@@ -180,6 +180,14 @@ def test_the_python_api_searches_as_pyserini_does_and_its_batch_search_equals_th
             searcher.batch_search(["x"], None)
         with pytest.raises(TypeError, match="ids must be a list of ids, got NoneType"):  # "'NoneType' is not iterable"
             searcher.delete(None)
+    copy = shutil.copytree(collections["direct"], tmp_path / "copy")
+    with lsr.Searcher.open(copy) as searcher:  # an empty text was stored, where the server refuses it
+        with pytest.raises(ValueError, match=r"texts\[1\] \(id 'e'\) is empty or whitespace, which no search finds; "
+                                             r"pass allow_empty=True"):
+            searcher.upsert(["d", "e"], ["a text", " \n"])
+        assert not searcher.collection.view().docs.contains("d")  # nothing of the upsert was written
+        searcher.upsert(["e"], [""], allow_empty=True)
+        assert searcher.collection.view().docs.contains("e")
     with pytest.raises(TypeError, match="path must be a collection's folder \\(a str or Path\\), got NoneType"):
         lsr.Searcher.open(None)
     with lsr.Searcher.open(collections["direct"]) as searcher:

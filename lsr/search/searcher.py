@@ -799,17 +799,25 @@ class Searcher:
 
     # ------------------------------------------------------------------ updates
     def upsert(self, ids: Sequence[str], texts: Sequence[str], deadline: float | None = None,
-               check: Callable[[str], None] | None = None) -> None:
+               check: Callable[[str], None] | None = None, *, allow_empty: bool = False) -> None:
         """Encode and add documents; an existing id is replaced (so a retried upsert is harmless). Durable once
         this returns. ``deadline`` (``time.monotonic()`` seconds) bounds waiting on remote shards; ``check(stage)``
         runs before every ``UPSERT_CHECK_EVERY`` documents are encoded and before the write, and may raise to drop
-        it (the service passes its caller's liveness: nothing is encoded or written for a caller that gave up)."""
+        it (the service passes its caller's liveness: nothing is encoded or written for a caller that gave up).
+        A text that is empty or whitespace (found by no search: almost always a bug) is refused unless
+        ``allow_empty``, as the server refuses it unless ``allow_empty_documents``."""
+        from lsr.encode.texts import is_blank
+
         self.check_open()
         if isinstance(texts, str):
             raise TypeError("texts must be a list of texts, one per id, not one str")
         ids, texts = id_list(ids), list(texts)
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
+        blank = next((i for i, text in enumerate(texts) if isinstance(text, str) and is_blank(text)), None)
+        if blank is not None and not allow_empty:
+            raise ValueError(f"texts[{blank}] (id {ids[blank]!r}) is empty or whitespace, which no search finds; pass "
+                             "allow_empty=True to store it anyway")
         if repeated := repeated_ids(ids):
             raise ValueError(f"duplicate ids in one upsert: {repeated}")
         check_ids(ids)
