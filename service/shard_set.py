@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lsr.ingest.ray_engine import check_reachable, import_ray, start_ray
+from lsr.ingest.ray_engine import check_reachable, chosen_address, import_ray, start_ray
 from lsr.ingest.sharding import ShardMap
 from lsr.service.batching import DeadlinePassed
 
@@ -74,7 +74,7 @@ def connect_ray(address: str | None, cpus_needed: float) -> None:
         return
     check_reachable(address)  # before Ray loads: it reads RAY_AUTH_MODE, which this may set, at import
     local = {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus_needed))} if address is None else {}
-    start_ray(address or "local", **local)  # "local": a new instance, never a cluster someone else started here
+    start_ray(chosen_address(address), **local)
 
 
 def _check_placeable(names: Sequence[str], cpus: float) -> None:

@@ -203,6 +203,22 @@ def test_an_unreachable_ray_address_fails_in_one_line_quickly(corpus, tmp_path):
         assert not (tmp_path / "col").exists()
 
 
+def test_without_ray_address_a_new_local_instance_starts_whatever_ray_address_says(corpus, reference, tmp_path):
+    """RAY_ADDRESS pointing nowhere, and no --ray-address: ray.init read it and retried for over 11 minutes, deaf to
+    SIGTERM (helper audit); without it, a cluster already up on the machine was joined. The help promises a new local
+    instance: it starts, and a warning says how to use that cluster."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", "--workers", "1", "--checkpoint-every",
+                        str(EVERY), "--max-length", "64", "--threads", "1", "--quiet", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (f"RAY_ADDRESS=127.0.0.1:{port} is set, and a new local Ray instance starts all the same; pass "
+            f"--ray-address 127.0.0.1:{port} to use that cluster") in result.stderr
+    assert checksums(tmp_path / "col") == checksums(reference)
+
+
 def test_a_port_that_is_not_rays_fails_in_one_line_quickly(corpus, tmp_path):
     """A web server's port (a typo, the dashboard's 8265) made Ray retry for minutes, printing C++ warnings."""
     import http.server

@@ -80,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         'share as --threads). Ray is an extra: pip install -e ".[ray]"')
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="--engine ray: auto, HOST:PORT or ray://HOST:PORT of a running cluster (default: start a "
-                        "local Ray instance); COLLECTION must be on storage every node sees")
+                        "local Ray instance, whatever RAY_ADDRESS says); COLLECTION must be on storage every node sees")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="--engine ray: encoder actors (default: one per GPU, else one per node using all its CPUs)")
     p.add_argument("--pre-encoded", action="store_true",

@@ -43,6 +43,8 @@ from lsr.ingest.progress import progress_bar, quiet_logger, rows_total
 if TYPE_CHECKING:
     from lsr.ingest.indexing import BuildState, IndexOptions, StageTimer
 
+log = logging.getLogger(__name__)
+
 INSTALL_HINT = 'pip install -e ".[ray]"'
 CONNECT_TIMEOUT_S = 10.0
 # Ray gives a new local instance's GCS 30 s to publish its port; on a busy 2-core machine with a cold disk that
@@ -168,12 +170,22 @@ def ray_session(address: str | None) -> Iterator[Any]:
         yield ray
         return
     with quiet_logger("ray"):  # its start-up notices would land in the middle of our progress bars
-        start_ray(address, configure_logging=False)
+        start_ray(chosen_address(address), configure_logging=False)
     try:
         yield ray
     finally:
         with _signals_deferred("shuts down"):
             ray.shutdown()
+
+
+def chosen_address(address: str | None) -> str:
+    """``--ray-address``, or "local": a new instance. Ray's own default joined a cluster someone else had started on
+    this machine, and read ``RAY_ADDRESS``: one that pointed nowhere was retried for minutes, deaf to SIGTERM."""
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        log.warning(
+            "RAY_ADDRESS=%s is set, and a new local Ray instance starts all the same; pass --ray-address %s to use "
+            "that cluster", os.environ["RAY_ADDRESS"], os.environ["RAY_ADDRESS"])
+    return address or "local"
 
 
 def start_ray(address: str | None, **options: Any) -> None:
@@ -199,7 +211,8 @@ def start_ray(address: str | None, **options: Any) -> None:
             raise MachineStateError("--ray-address auto found no running Ray cluster on this machine; start one with "
                                     "`ray start --head`, or leave --ray-address out for a new local instance") from None
         if isinstance(exc, Exception):  # Ray raises ConnectionError, RuntimeError or its own types here
-            raise RuntimeError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from None
+            raise RuntimeError(f"cannot connect to Ray at {'a new local instance' if address == 'local' else address}: "
+                               f"{exc}") from None
         raise
 
 
