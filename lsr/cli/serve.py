@@ -73,8 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "idle one is")
     sharded = p.add_argument_group("sharded collections")
     sharded.add_argument("--ray-address", metavar="ADDRESS",
-                         help="Ray cluster for the shard servers: auto, HOST:PORT or ray://HOST:PORT (default: start a local "
-                              "instance, whatever RAY_ADDRESS says)")
+                         help="Ray cluster for the shard servers: auto, HOST:PORT or ray://HOST:PORT (default: start "
+                              "a local instance, whatever RAY_ADDRESS says)")
     sharded.add_argument("--require-all-shards", action="store_true",
                          help="fail searches with UNAVAILABLE while a shard is down, instead of answering from the others")
     sharded.add_argument("--shard-cpus", type=float, default=1.0,
