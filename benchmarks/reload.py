@@ -118,18 +118,21 @@ def run(way: str, builds: int, docs: int, clients: int) -> dict:
             "rss_mb_before": round(rss_before), "rss_mb_after": round(rss_after)}
 
 
-def write(rows: list[dict], meta: dict) -> None:
+def write(rows: list[dict], meta: dict, one_core_busy: bool) -> None:
+    name = "reload-one-core-busy" if one_core_busy else "reload"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "reload.json").write_text(json.dumps({"machine": meta, "rows": rows}, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": meta, "one_core_busy": one_core_busy, "rows": rows},
+                                                     indent=2) + "\n")
     lines = [
-        "# A collection indexed anew under its server", "",
+        "# A collection indexed anew under its server" + (", one core busy" if one_core_busy else ""), "",
         f"{rows[0]['clients']} clients search (sparse, splade-tiny, k = 10) in closed loops while `lsr index` "
         f"makes a new build {rows[0]['builds']} times, each from another {rows[0]['docs']} SciFact documents "
         "(`--dense none`, 128 tokens). `reload`: `lsr index --overwrite` of the served folder, one `lsr serve` "
         "throughout, swapping each build in by itself. `restart`: the build made in a new folder, then the server "
         "stopped (SIGTERM) and one started on it. `served after`: seconds from a build's end (its lsr.json written) "
         "to the first answer holding only its documents. `failed`: searches refused or unanswered. "
-        "`python benchmarks/reload.py` reproduces it.",
+        "`python benchmarks/reload.py` reproduces it"
+        + (" (`--one-core-busy`: a busy loop pinned to one of the two cores ran throughout)." if one_core_busy else "."),
         "", f"Machine: {meta['cpu']}, {meta['cores']} cores, Python {meta['python']}, load average at start "
         f"{' '.join(f'{x:.1f}' for x in meta['load_average_at_start'])}.", "",
         "| way | answered | failed | served after (s) | p50 ms | p99 ms | server RSS MB, first → last |",
@@ -138,7 +141,7 @@ def write(rows: list[dict], meta: dict) -> None:
     for r in rows:
         lines.append(f"| {r['way']} | {r['answered']:,} | {r['failed']:,} | {', '.join(map(str, r['new_build_served_after_s']))} "
                      f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['rss_mb_before']} → {r['rss_mb_after']} |")
-    (RESULTS / "reload.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -147,10 +150,15 @@ def main() -> int:
     parser.add_argument("--builds", type=int, default=3)
     parser.add_argument("--docs", type=int, default=300, help="documents a build (default 300)")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--one-core-busy", action="store_true",
+                        help="run beside a busy loop pinned to one core (results: reload-one-core-busy.*)")
     args = parser.parse_args()
+    from encode import contention
+
     meta = machine()
-    rows = [run(way, args.builds, args.docs, args.clients) for way in ("reload", "restart")]
-    write(rows, meta)
+    with contention("one core busy" if args.one_core_busy else "quiet", Path(tempfile.gettempdir())):
+        rows = [run(way, args.builds, args.docs, args.clients) for way in ("reload", "restart")]
+    write(rows, meta, args.one_core_busy)
     return 0
 
 
