@@ -31,7 +31,7 @@ from lsr.ingest.collection import CollectionReplaced
 from lsr.search.searcher import FailedPrecondition, legs_of, row_dict
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
-from lsr.service.batching import DeadlinePassed, MicroBatcher
+from lsr.service.batching import BatchStats, DeadlinePassed, MicroBatcher
 from lsr.service.shard_set import ShardUnavailable, ShardWriteFailed
 from lsr.sparse import id_problem, short_repr
 from lsr.service.convert import (
@@ -258,6 +258,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.started = time.monotonic()
         self.counters = {"requests": 0, "abandoned": 0}
         self.reloads = 0  # new builds swapped in
+        self._retired = {"sparse": BatchStats(), "dense": BatchStats()}  # micro-batches of builds swapped out
         self.reloader = reloader
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -293,6 +294,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             self._idle.wait_for(lambda: old.users == 0)
         old.close()
         old.searcher.close()
+        with self._lock:  # GetStats counts on from them: its counters restarted with each build
+            for name, batcher in (("sparse", old.sparse_batcher), ("dense", old.dense_batcher)):
+                self._retired[name].batches += batcher.stats.batches
+                self._retired[name].texts += batcher.stats.texts
 
     # ------------------------------------------------------------------------------- RPCs
     @_rpc
@@ -391,8 +396,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             if key not in known:
                 response.details[key] = str(value)
         for name, batcher in (("sparse", call.serving.sparse_batcher), ("dense", call.serving.dense_batcher)):
-            response.details[f"{name}_micro_batches"] = str(batcher.stats.batches)
-            response.details[f"{name}_mean_micro_batch"] = f"{batcher.stats.mean_batch:.2f}"
+            with self._lock:
+                total = BatchStats(self._retired[name].batches + batcher.stats.batches,
+                                   self._retired[name].texts + batcher.stats.texts)
+            response.details[f"{name}_micro_batches"] = str(total.batches)
+            response.details[f"{name}_mean_micro_batch"] = f"{total.mean_batch:.2f}"
         response.details["upsert_bytes_held"] = str(self.upsert_bytes.held)
         response.details["reloads"] = str(self.reloads)
         return response

@@ -611,6 +611,12 @@ def test_a_server_serves_its_collection_indexed_anew_without_a_restart(collectio
             [future.result() for future in searching]
             assert not failures and max(answered) > 5 and answered[-1] <= 5, (failures, answered)
             server.wait_for_line(lambda line: "event=reloaded" in line)
+
+            def encoded() -> float:  # the query texts GetStats counts: every build's (they restarted with each)
+                details = c.stats(timeout=30)["details"]
+                return int(details["sparse_micro_batches"]) * float(details["sparse_mean_micro_batch"])
+
+            _wait_until(lambda: encoded() >= 0.95 * (len(answered) + 1), 30)  # once the old build is retired
             assert c.health() == "SERVING" and c.health("lsr.v1.SearchService") == "SERVING"
             assert c.stats(timeout=30)["num_docs"] == 5
             hits = c.search("cancer", k=N_DOCS, include_text=True, timeout=30).hits
