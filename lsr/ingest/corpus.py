@@ -25,7 +25,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
-from lsr.encode.texts import surrogate_at
+from lsr.encode.texts import is_blank, surrogate_at
 from lsr.files import open_maybe_gzip
 from lsr.ingest.beir_source import BeirSource
 from lsr.ingest.csv_quotes import strict_rows
@@ -328,7 +328,7 @@ class CorpusReader:
             chunk = chunk.slice(0, room)
         self.stats.docs += len(chunk)
         if chunk.vectors is None:
-            blank = [doc_id for doc_id, text in zip(chunk.ids, chunk.texts) if not text or text.isspace()]
+            blank = [doc_id for doc_id, text in zip(chunk.ids, chunk.texts) if is_blank(text)]
             self.stats.blank += len(blank)
             self.stats.first_blank = self.stats.first_blank or (blank[0] if blank else None)
         return chunk

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from lsr.encode.texts import surrogate_at
+from lsr.encode.texts import is_blank, surrogate_at
 from lsr.files import GZIP_ERRORS, open_maybe_gzip
 from lsr.sparse import short_repr
 
@@ -186,7 +186,7 @@ def beir_examples(data: str, split: str, *, data_dir: str | None = None, miner: 
                          "pass --split, or a JSONL file of query/positive rows")
     qrels = {q: docs for q, docs in dataset.qrels[split].items() if q in dataset.queries}
     def has_text(doc: str) -> bool:  # a blank document is no positive
-        return doc in dataset.corpus and bool(dataset.doc_texts([doc])[0])
+        return doc in dataset.corpus and not is_blank(dataset.doc_texts([doc])[0])
 
     positives = {q: {d: grade for d, grade in docs.items() if grade > 0 and has_text(d)} for q, docs in qrels.items()}
     qids = [q for q, docs in positives.items() if docs]
