@@ -167,10 +167,10 @@ class Client:
     def search(
         self,
         text: str | None = None,
+        k: int = 10,
         *,
         sparse: Mapping[str, float] | None = None,
         dense: Sequence[float] | None = None,
-        k: int = 10,
         mode: str = "sparse",
         hybrid: HybridOptions | None = None,
         prf: PrfOptions | Mapping[str, Any] | bool | None = None,

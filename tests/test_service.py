@@ -141,6 +141,13 @@ def test_results_identical_to_in_process_search(client, searcher, queries, mode,
     assert client.last_index_version == searcher.index_version
 
 
+def test_the_client_takes_k_second_as_the_searcher_does(client, searcher, queries):
+    """pyserini's habit, `search(q, 5)`, worked on a Searcher but was a TypeError on the Client (k keyword-only)."""
+    assert _hits(client.search(queries[0], 5)) == _hits(searcher.search(queries[0], 5)) == \
+        _hits(client.search(queries[0], k=5))
+    assert len(client.search(queries[0], 5).hits) == 5
+
+
 @pytest.mark.parametrize("hybrid", [
     HybridOptions("rrf", 0.3, dense_weight=0.3, bm25_weight=0.4, rrf_k=20),
     HybridOptions("z_score", 0.0, dense_weight=0.6, bm25_weight=0.4),
