@@ -27,6 +27,14 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
+def check_impl(impl: str, device: torch.device) -> None:
+    """Refuse, when an encoder is made, an ``impl`` its first encode would fail on: an unknown name, or Triton on a
+    CPU outside Triton's interpreter (``TRITON_INTERPRET=1``, which the tests run it under)."""
+    if resolve_impl(impl, device) == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("impl 'triton' runs on a CUDA GPU (or under TRITON_INTERPRET=1); on CPU use 'auto' or "
+                         "'chunked'")
+
+
 def fused_kernel_has_tensor_cores(device: torch.device) -> bool:
     """Whether the Triton kernel's 16-bit dot uses tensor cores on this GPU (compute capability 8.0 or newer)."""
     from .launch import gpu_family, tensor_core_dot

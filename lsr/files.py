@@ -57,8 +57,10 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):  # numpy's short write on a full disk said
-            # "49803 requested and 49088 written" and no more; a folder that takes no file named the temporary one
+        # numpy's short write on a full disk said "49803 requested and 49088 written" and no more (a plain OSError,
+        # as a full disk's is); a folder that takes no file named the temporary one. Any other error is the work's
+        # own (an input that is not there), not the write's.
+        if isinstance(exc, OSError) and (exc.filename == str(tmp) or exc.filename is None and type(exc) is OSError):
             raise write_failed(path, exc) from exc
         raise
 

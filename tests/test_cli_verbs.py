@@ -776,3 +776,32 @@ def test_docs_cli_md_names_every_flag_of_every_verb_and_no_flag_they_lack():
         assert options - named == set(), f"lsr {verb}: flags missing from docs/cli.md's Flags table"
         assert named - options == set(), f"lsr {verb}: docs/cli.md's Flags table names flags it does not take"
     assert set(flag.findall(doc)) - known == set()
+
+
+def test_lsr_encode_names_a_bad_input_as_the_input_not_as_a_full_disk_and_counts_blank_lines(tmp_path, capsys):
+    """An --input folder without corpus.jsonl said "could not write o.parquet: ... (a short write: is the disk full?)",
+    exit 1; a JSON null text said no text field was present while naming it among the row's; a .txt file's blank lines
+    vanished from the summary (0 bad rows skipped) and the bar stopped at 3/5."""
+    (tmp_path / "notbeir").mkdir()
+    assert cli_main(["encode", "--input", str(tmp_path / "notbeir"), "--output", str(tmp_path / "o.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no corpus.jsonl; is it a BEIR dataset?" in err and "disk" not in err and "could not write" not in err
+    nulls = tmp_path / "null.jsonl"
+    nulls.write_text('{"_id": "x", "text": null}\n{"_id": "y", "text": "ok"}\n')
+    assert cli_main(["encode", "--input", str(nulls), "--output", str(tmp_path / "n.parquet")]) == 2
+    assert "line 1: the text field ['text'] is null and the others of ['title', 'text'] absent" in capsys.readouterr().err
+    lines = tmp_path / "lines.txt"
+    lines.write_text("alpha\n   \nbeta\n\t\n\ngamma\n")
+    assert cli_main(["encode", "--input", str(lines), "--output", str(tmp_path / "t.parquet"), "--quiet"]) == 0
+    assert "3 documents encoded" in (out := capsys.readouterr().out) and "3 blank lines passed over" in out
+    assert pq.read_table(tmp_path / "t.parquet").column("id").to_pylist() == ["1", "3", "6"]
+
+
+def test_no_expansion_is_refused_for_an_inference_free_models_queries(tmp_path, capsys):
+    """`lsr encode --query --no-expansion` with an idf.json folder ran and printed the IDF weights: the flag did
+    nothing, where the other flags that would do nothing are refused."""
+    folder = tmp_path / "doc-only"
+    shutil.copytree(resolve_model("splade-tiny"), folder)
+    (folder / "idf.json").write_text(json.dumps({"coffee": 3.0}))
+    assert cli_main(["encode", "coffee", "--query", "--no-expansion", "--model", str(folder)]) == 2
+    assert "--no-expansion does nothing here" in capsys.readouterr().err

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -549,3 +551,80 @@ def test_inference_free_refuses_a_short_idf_and_a_query_length_below_one():
         encoder.encode_queries(["heart"], batch_size=-1)  # it and any misspelt keyword were swallowed
     with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'"):
         encoder.encode_queries(["heart"], batchsize=8)
+
+
+def test_a_folders_do_lower_case_is_followed_as_sparse_encoder_follows_it(tmp_path):
+    """sentence_bert_config.json's do_lower_case was ignored: with a cased tokenizer, "Hello WORLD" gave "query,
+    database" where SparseEncoder gave "hello, world" (2.7 apart)."""
+    st = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+
+    st.SparseEncoder(modules=[MLMTransformer(resolve_model("splade-tiny"), tokenizer_args={"do_lower_case": False}),
+                              SpladePooling()], prompts={"query": "Query: "}, device="cpu").save(str(tmp_path / "st"))
+    saved = tmp_path / "st" / "sentence_bert_config.json"  # sentence-transformers 6 reads it, as older ones wrote it
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "do_lower_case": True}))
+    reference = st.SparseEncoder(str(tmp_path / "st"), device="cpu")
+    ours = SpladeEncoder.from_pretrained(str(tmp_path / "st"), device="cpu", dtype="fp32")
+    cased = SpladeEncoder.from_pretrained(str(tmp_path / "st"), device="cpu", dtype="fp32", lowercase=False)
+    assert ours.lowercase and not cased.lowercase
+    texts = ["Hello WORLD", "Vitamin D Prevents FRACTURES"]
+    assert cased.encode_documents(texts[:1]).to_dicts() != ours.encode_documents(texts[:1]).to_dicts()  # it is cased
+    for got, want in ((ours.encode_queries(texts), reference.encode_query(texts, convert_to_tensor=True)),
+                      (ours.encode_documents(texts), reference.encode_document(texts, convert_to_tensor=True))):
+        np.testing.assert_allclose(got.to_dense(), want.to_dense().numpy(), atol=TOL)
+
+
+def test_model_folders_that_fail_to_load_say_why_in_one_line(tmp_path):
+    """A weights file cut short was a SafetensorError traceback; a config.json that does not fit the weights pointed
+    to "the above report", which was never printed; a folder without a tokenizer ended at "from one of:"."""
+    source = resolve_model("splade-tiny")
+    cut = tmp_path / "cut"
+    shutil.copytree(source, cut)
+    (cut / "model.safetensors").write_bytes((Path(source) / "model.safetensors").read_bytes()[:100_000])
+    for backend in ("auto", "transformers"):
+        with pytest.raises(ModelNotFoundError, match="its weights file is damaged or cut short"):
+            SpladeEncoder.from_pretrained(str(cut), backend=backend)
+    wrong = tmp_path / "wrong"
+    shutil.copytree(source, wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    (wrong / "config.json").write_text(json.dumps({**config, "hidden_size": 64}))
+    with pytest.raises(ModelNotFoundError, match="its config.json does not fit its weights"):
+        SpladeEncoder.from_pretrained(str(wrong))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text('{"foo": 1}')
+    with pytest.raises(ModelNotFoundError) as caught:
+        SpladeEncoder.from_pretrained(str(bare))
+    assert "\n" not in str(caught.value) and not str(caught.value).endswith("from one of:")
+
+
+def test_a_roberta_models_position_offset_bounds_its_lengths(tmp_path, splade):
+    """RoBERTa's positions start after its padding id, so 130 positions hold 128 tokens: 129 and 130 were accepted
+    (and the default became 130), then every long text failed in torch with "index 130 is out of bounds"."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    config = RobertaConfig(vocab_size=splade.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=130, pad_token_id=1)
+    RobertaForMaskedLM(config).save_pretrained(tmp_path / "rob")
+    splade.tokenizer.save_pretrained(tmp_path / "rob")
+    encoder = SpladeEncoder.from_pretrained(str(tmp_path / "rob"), device="cpu")
+    assert (encoder.max_length, encoder.query_max_length) == (128, 128)
+    assert encoder.encode_documents(["word " * 600]).nnz > 0
+    with pytest.raises(ValueError, match="max_length 129 is more than the 128 token positions"):
+        SpladeEncoder.from_pretrained(str(tmp_path / "rob"), max_length=129)
+
+
+def test_wrong_texts_dtypes_and_impls_fail_at_once_in_one_line(splade):
+    """bytes were iterated ("texts[0] is int"), a 0-d array failed as "iteration over a 0-d array", an int8 dtype in
+    torch's .to, a complex one only at encode, and impl "bogus" or "triton" on a CPU only at the first encode."""
+    with pytest.raises(TypeError, match="got bytes: decode it first"):
+        splade.encode_documents(b"hello")
+    assert splade.encode_documents(np.array("hello")).to_dicts() == splade.encode_documents(["hello"]).to_dicts()
+    for dtype in (torch.int8, torch.complex64):
+        with pytest.raises(ValueError, match="dtype must be a floating-point type"):
+            SpladeEncoder(splade.model, splade.tokenizer, device="cpu", dtype=dtype)
+    with pytest.raises(ValueError, match="unknown pooling impl 'bogus'"):
+        SpladeEncoder(splade.model, splade.tokenizer, device="cpu", impl="bogus")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        with pytest.raises(ValueError, match="impl 'triton' runs on a CUDA GPU"):
+            SpladeEncoder(splade.model, splade.tokenizer, device="cpu", impl="triton")

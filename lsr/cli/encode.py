@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     device = device_options(args)
     source = f"model {args.model}"
     if args.side == "query" and idf_table_path(args.model) is not None:  # what a search with this model does
+        refuse_unused(flags_given(args, "no_expansion"), f"{args.model}'s queries are inference-free (its idf.json): "
+                      "a query's vector holds its own tokens only")
         vector = InferenceFreeQueryEncoder.from_pretrained(args.model).encode_queries([text])
         source += ", inference-free: IDF weights from its idf.json"
     else:
@@ -115,6 +117,7 @@ def _encode_file(args: argparse.Namespace) -> int:
     skipped = sum(summary.skipped.values())
     print(f"{summary.docs:,} documents encoded into {args.output} ({summary.postings:,} postings, "
           f"{summary.truncated:,} truncated at {length} tokens, {skipped:,} bad rows skipped"
-          + (f": {', '.join(f'{k} {v}' for k, v in sorted(summary.skipped.items()))}" if skipped else "") + ")")
+          + (f": {', '.join(f'{k} {v}' for k, v in sorted(summary.skipped.items()))}" if skipped else "")
+          + (f", {summary.blank_lines:,} blank lines passed over" if summary.blank_lines else "") + ")")
     print(f"index them with: lsr index {args.output} COLLECTION --pre-encoded")
     return 0

@@ -32,11 +32,33 @@ def check_number(value: Any, what: str, low: float, high: float = math.inf) -> f
     return float(value)
 
 
+# models whose position ids start after the padding id (RoBERTa's create_position_ids_from_input_ids): a model with
+# 514 positions and pad id 1 reaches 512 tokens
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer",
+                           "mpnet", "roberta-prelayernorm", "xmod")
+
+
+def usable_positions(config: Any) -> int | None:
+    """The longest input a model's position embeddings reach (``config``: a transformers config or its config.json
+    as a dict); None where it declares none."""
+    def get(key: str) -> Any:
+        return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+    positions = get("max_position_embeddings")
+    if positions is None:
+        positions = get("n_positions")  # GPT-2's name
+    if not is_whole(positions):
+        return None
+    if get("model_type") in POSITIONS_AFTER_PADDING and is_whole(get("pad_token_id")):
+        positions -= get("pad_token_id") + 1
+    return int(positions)
+
+
 def check_length(value: Any, what: str, model: Any) -> int:
     """A token length of at least 4 that the model's position embeddings reach, as an int: a longer one was taken,
     and a text past the model's positions then failed deep in torch (IndexError)."""
     value = check_whole(value, what, 4)
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(positions, int) and value > positions:
+    positions = usable_positions(getattr(model, "config", None))
+    if positions is not None and value > positions:
         raise ValueError(f"{what} {value} is more than the {positions} token positions the model has")
     return value

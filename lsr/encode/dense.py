@@ -23,7 +23,7 @@ from lsr.encode.batching import Pipeline, pad_multiple, right_pad
 from lsr.encode.inputs import (EncodeInfo, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
                                truncated_token_ids)
 from lsr.encode.models import check_tokenizer_fits, load_with_hint, quiet_loader, resolve_model
-from lsr.encode.st_folder import Prompts, read_json, read_json_list, read_prompts, with_prompt
+from lsr.encode.st_folder import Prompts, read_json, read_json_list, read_lowercase, read_prompts, with_prompt
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
 
@@ -64,8 +64,7 @@ class SentenceConfig:
             if config.get("include_prompt") is False and (prompts.query or prompts.document):
                 raise ValueError(f"{folder}: pooling that leaves the prompt's tokens out (include_prompt false) is "
                                  "not supported")
-        lowercase = bool(read_json(folder, "sentence_bert_config.json").get("do_lower_case", False))
-        return cls(pooling, "Normalize" in kinds, lowercase, prompts)
+        return cls(pooling, "Normalize" in kinds, read_lowercase(folder), prompts)
 
 
 def _pooling_mode(folder: str, config: dict) -> str:

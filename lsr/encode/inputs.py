@@ -148,6 +148,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, *, cpu_
     documents 2.1x faster there and a lone query 1.6x, with cosines ≥ 0.9999 to fp32 and nDCG@10 within 0.001.
     SPLADE stays fp32 on CPU: its exact int8 screen needs fp32.
     """
+    if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:  # int8 failed in torch's .to, complex at encode
+        raise ValueError(f"dtype must be a floating-point type (auto, {', '.join(DTYPES)}), got {dtype}")
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":

@@ -192,16 +192,30 @@ def load_with_hint(name: str, loader: Callable[[str], T]) -> T:
         )
     if os.path.isdir(resolved) and not os.path.isfile(os.path.join(resolved, "config.json")):
         raise ModelNotFoundError(f"folder {resolved!r} is not a model folder: it has no config.json")
+    from safetensors import SafetensorError  # a weights file cut short or damaged
+
     try:
         return loader(resolved)
-    except (OSError, ValueError) as exc:
-        if os.path.isdir(resolved):  # transformers' messages run to several lines: the first says what failed
-            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise ModelNotFoundError(f"could not load model from folder {resolved!r}: {first.strip()}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        if os.path.isdir(resolved):
+            raise ModelNotFoundError(f"could not load model from folder {resolved!r}: {load_failure(exc)}") from None
+        if isinstance(exc, (RuntimeError, SafetensorError)):  # a hub model that was fetched, and failed to load
+            raise
         raise ModelNotFoundError(
             f"model {name!r} is not installed locally and could not be fetched from the Hugging Face hub "
             f"as {resolved!r}. To fix: {how_to_fix(name)}."
         ) from None
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why a model folder failed to load, in one line: transformers' messages run to several lines (the first alone
+    ended in "from one of:"), and its size-mismatch error points to a report its silenced log never printed."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if "ignore_mismatched_sizes" in text:
+        return "its config.json does not fit its weights (tensor sizes differ): is config.json another model's?"
+    if type(exc).__name__ == "SafetensorError":
+        return f"its weights file is damaged or cut short ({text})"
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 @contextlib.contextmanager

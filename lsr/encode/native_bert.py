@@ -333,11 +333,18 @@ def _load(folder: str, architectures: tuple[str, ...], kind: type) -> tuple[nn.M
     tokenizer = load_tokenizer(folder)
     if tokenizer is None:
         return None
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     with torch.device("meta"):
         model = kind(shape, folder)
-    return model, load_file(os.path.join(folder, WEIGHTS)), tokenizer
+    try:
+        weights = load_file(os.path.join(folder, WEIGHTS))
+    except SafetensorError as exc:
+        from lsr.encode.models import ModelNotFoundError, load_failure
+
+        raise ModelNotFoundError(f"could not load model from folder {folder!r}: {load_failure(exc)}") from None
+    return model, weights, tokenizer
 
 
 def _tied(*tensors: torch.Tensor | None) -> torch.Tensor | None:

@@ -23,11 +23,12 @@ from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, EncodeInfo, model_max_tokens,
                                resolve_dtype, token_ids, truncated_token_ids)
 from lsr.encode.idf import idf_of_index
 from lsr.encode.models import check_tokenizer_fits, document_length, load_with_hint, quiet_loader, resolve_model
-from lsr.encode.st_folder import ACTIVATIONS, Prompts, read_prompts, read_splade_pooling, with_prompt
+from lsr.encode.st_folder import ACTIVATIONS, Prompts, read_lowercase, read_prompts, read_splade_pooling, with_prompt
 from lsr.encode.terms import load_tokenizer, vocabulary_of
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
 from lsr.kernels import splade_max_pool
+from lsr.kernels.pool import check_impl
 from lsr.kernels.pool_torch import splade_sum_pool_chunked
 from lsr.sparse import SparseBatch
 
@@ -97,9 +98,14 @@ class SpladeEncoder:
     """Symmetric SPLADE: the same MLM encodes queries and documents.
 
     Options: ``pooling`` ("max" or "sum"), ``activation`` ("relu": log1p∘relu; "log1p_relu": log1p∘log1p∘relu, as
-    OpenSearch's doc-only models declare), ``prompts`` (texts put before queries and documents), ``top_k`` /
-    ``threshold`` pruning per vector, ``query_expansion`` / ``doc_expansion`` (False keeps only the input's own
-    tokens). ``from_pretrained`` takes pooling, activation and prompts from a sentence-transformers folder.
+    OpenSearch's doc-only models declare), ``prompts`` (texts put before queries and documents), ``lowercase``
+    (each text lowercased, prompt included, before tokenising), ``top_k`` / ``threshold`` pruning per vector,
+    ``query_expansion`` / ``doc_expansion`` (False keeps only the input's own tokens). ``from_pretrained`` takes
+    pooling, activation, prompts and lowercasing from a sentence-transformers folder. A blank text (no characters but
+    whitespace) encodes to a vector with no terms: it matches nothing (``SparseEncoder`` expands its [CLS] [SEP]).
+    The encoder takes ``model`` over, as ``SparseEncoder`` takes its modules: it moves it to ``device`` and ``dtype``
+    and detaches its vocabulary projection, so its own forward then returns hidden states; give each encoder a model
+    of its own (``copy.deepcopy`` one that is still used elsewhere).
     A folder with an ``idf.json`` (an inference-free model) was trained for queries that run no model:
     ``InferenceFreeQueryEncoder.from_pretrained`` gives those; this class's ``encode_queries`` runs the model on them.
     """
@@ -118,6 +124,7 @@ class SpladeEncoder:
         pooling: str = "max",
         activation: str = "relu",
         prompts: Prompts = Prompts(),
+        lowercase: bool = False,
         top_k: int | None = None,
         threshold: float = 0.0,
         query_expansion: bool = True,
@@ -138,6 +145,7 @@ class SpladeEncoder:
         top_k = None if top_k is None else check_whole(top_k, "top_k", 1)
         threshold = check_number(threshold, "threshold", 0.0)  # -1 kept every term, NaN none
         self.device = resolve_device(device)
+        check_impl(impl, self.device)
         self.model = model.to(self.device, dtype=resolve_dtype(dtype, self.device)).eval()
         self.weight, self.bias = _detach_output_projection(self.model)
         if self._runs_bert_padded() and self.weight.dtype in (torch.bfloat16, torch.float16):
@@ -148,6 +156,7 @@ class SpladeEncoder:
         self.pooling = pooling
         self.activation = activation
         self.prompts = prompts
+        self.lowercase = bool(lowercase)
         self.top_k = top_k
         self.threshold = float(threshold)
         self.query_expansion = query_expansion
@@ -214,6 +223,7 @@ class SpladeEncoder:
         if declared is not None:
             options = {"pooling": declared[0], "activation": declared[1], **options}
         options.setdefault("prompts", read_prompts(folder))
+        options.setdefault("lowercase", read_lowercase(folder))
         encoder = cls(
             model, tokenizer, max_length=max_length, query_max_length=query_max_length,
             device=device, dtype=dtype, name=str(name_or_path), **options,
@@ -347,6 +357,8 @@ class SpladeEncoder:
         texts = check_texts(texts)
         batch_size = check_whole(batch_size, "batch_size", 1)
         live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)  # NUL-only: no words
+        if self.lowercase:  # as sentence-transformers does: the prompt too
+            texts, prompt = [t.lower() for t in texts], prompt.lower()
         texts = with_prompt(texts, prompt)
         own_only = None if expansion else self._prompt_counts(prompt)
         n_tokens = np.zeros(len(texts), np.int64)

@@ -1,4 +1,4 @@
-"""What a sentence-transformers folder declares beside its transformer: prompts and SPLADE pooling.
+"""What a sentence-transformers folder declares beside its transformer: prompts, lowercasing and SPLADE pooling.
 
 Our encoders give ``SentenceTransformer``'s and ``SparseEncoder``'s vectors for the same folder, so they read what
 those read: a folder's prompts were left out (an e5-style "query: " prefix), and its ``SpladePooling`` settings
@@ -62,10 +62,16 @@ def declared_max_tokens(folder: str, tokenizer_limit: object) -> int | None:
     declared = read_json(folder, "sentence_bert_config.json").get("max_seq_length")
     if usable(declared):
         return int(declared)
-    config = read_json(folder, "config.json")
-    limits = [int(n) for n in (tokenizer_limit, config.get("max_position_embeddings", config.get("n_positions")))
-              if usable(n)]
+    from lsr.encode.checks import usable_positions
+
+    limits = [int(n) for n in (tokenizer_limit, usable_positions(read_json(folder, "config.json"))) if usable(n)]
     return min(limits) if limits else None
+
+
+def read_lowercase(folder: str) -> bool:
+    """``sentence_bert_config.json``'s ``do_lower_case``: sentence-transformers lowercases each text (after its prompt)
+    before the tokenizer sees it, whatever the tokenizer itself does."""
+    return bool(read_json(folder, "sentence_bert_config.json").get("do_lower_case", False))
 
 
 def read_prompts(folder: str) -> Prompts:

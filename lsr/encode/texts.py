@@ -14,6 +14,10 @@ def check_texts(texts: Any) -> list[str]:
     an opaque TypeError) raises ValueError naming it."""
     if isinstance(texts, str):
         texts = [texts]
+    elif isinstance(texts, (bytes, bytearray)):  # iterated, they were their byte values: "texts[0] is int"
+        raise TypeError(f"texts must be str, got {type(texts).__name__}: decode it first (e.g. .decode('utf-8'))")
+    elif getattr(texts, "ndim", None) == 0:  # a 0-d numpy array: "iteration over a 0-d array"
+        return check_texts(texts.item())
     elif isinstance(texts, (AbstractSet, Mapping)):  # vectors come back in input order, which these do not have
         raise TypeError(f"texts must be ordered (a list or tuple of strings), got a {type(texts).__name__}")
     elif not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):

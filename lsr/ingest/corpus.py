@@ -91,6 +91,7 @@ class ReadStats:
     skipped: dict[str, int] = field(default_factory=dict)
     blank: int = 0  # good documents whose text is empty or whitespace (a vectors file's, which need none, aside)
     first_blank: str | None = None  # the id of the first of them, for the warning that counts them
+    blank_lines: int = 0  # a .txt file's lines without text: no document (its ids are line numbers), and no row
     bytes_read: int = 0
     bytes_total: int | None = None
 
@@ -387,6 +388,10 @@ class CorpusReader:
             named = keys() if keys is not None else None
             if named is not None and all(field in named for field in self.fields):  # "title": null, "text": null
                 return self._bad("missing text", row_no, f"the text fields {self.fields} are all null", out)
+            if named is not None and any(field in named for field in self.fields):  # "text": null, no "title"
+                null = [field for field in self.fields if field in named]
+                return self._bad("missing text", row_no, f"the text field{'s' if len(null) > 1 else ''} {null} "
+                                 f"{'are' if len(null) > 1 else 'is'} null and the others of {self.fields} absent", out)
             has = f" (the row has {named})" if named is not None else ""
             return self._bad("missing text", row_no,
                              f"none of the text fields {self.fields} is present{has}; choose them with --fields", out)
@@ -598,6 +603,8 @@ class CorpusReader:
                     out.ids.append(str(line_no))
                     out.texts.append(text)
                     out.rows.append(line_no)
+                else:
+                    self.stats.blank_lines += 1
                 if len(out) == _PARQUET_ROWS:
                     self.stats.bytes_read = raw.tell()
                     yield out

@@ -34,7 +34,7 @@ def rows_total(rows: int | None, limit: int | None) -> int | None:
 def update_total(bar: Any, reader: Any, expected: int | None, limit: int | None) -> None:
     """Re-aim a CorpusReader's bar: the counted rows less those skipped, or an estimate from the share read so far."""
     if expected is not None:
-        total = rows_total(expected - reader.stats.n_skipped, limit)
+        total = rows_total(expected - reader.stats.n_skipped - reader.stats.blank_lines, limit)
     elif reader.stats.fraction:
         total = rows_total(int(round(reader.stats.docs / reader.stats.fraction)), limit)
     else:

@@ -36,6 +36,7 @@ _ROWS = 8192  # rows read at a time
 class EncodeSummary:
     docs: int
     skipped: dict[str, int] = field(default_factory=dict)
+    blank_lines: int = 0  # a .txt input's lines without text
     truncated: int = 0
     postings: int = 0
 
@@ -52,6 +53,7 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
     if output.suffix != ".parquet":  # before the corpus is opened: a wrong flag is told at once
         raise ValueError(f"--output must be a .parquet file, got {output}")
     reader = CorpusReader(source, fields=fields, id_field=id_field, on_error=on_error)
+    expected = reader.expected_rows()  # opens the corpus: a folder that is no BEIR dataset is told before the model loads
     encoder = SpladeEncoder.from_pretrained(model, max_length=max_length, query_max_length=max_length, device=device,
                                             dtype=dtype)  # documents only: a GPU warms up no longer length
     summary = EncodeSummary(0)
@@ -64,7 +66,6 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
 
     def write(fh) -> None:
         writer = None
-        expected = reader.expected_rows()
         try:
             with progress_bar("encode", expected, enabled=progress) as bar, quiet_logger("lsr.encode.splade"):
                 for chunk in reader:
@@ -89,6 +90,7 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
 
     atomic_write(output, write)
     summary.skipped = dict(reader.stats.skipped)
+    summary.blank_lines = reader.stats.blank_lines
     return summary
 
 
