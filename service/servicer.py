@@ -124,7 +124,7 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.CANCELLED
     if isinstance(exc, (Draining, ShardUnavailable, FolderBusyError)):  # busy: another process writes the collection
         return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, TooLarge) or _disk_error(exc, errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, TooLarge) or _disk_error(exc, errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     if _disk_error(exc, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO):  # the server's folder: not the request
         return grpc.StatusCode.UNAVAILABLE
@@ -157,7 +157,7 @@ def _reloading_status(exc: CollectionReplaced, blocked: str | None) -> tuple[grp
 def _message_of(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])  # str(KeyError) adds quotes
-    if _disk_error(exc, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO):
+    if _disk_error(exc, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO):
         return (f"the server could not write its collection ({exc}); retry once its folder takes writes again (the "
                 "write may yet be applied from the collection's journal: retrying it is safe)")
     return str(exc) or type(exc).__name__

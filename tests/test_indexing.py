@@ -395,6 +395,34 @@ def test_bad_rows_stop_with_the_line_or_are_skipped(tmp_path, capsys):
     assert f"lsr index: error: {only_missing} line 2: none of the text fields ['title', 'text'] is present" in err
 
 
+def test_a_resume_refuses_a_part_damaged_after_its_checkpoint_naming_it(corpus, tmp_path, capsys):
+    """A dense part changed between the kill and --resume was built in, and its crc sealed into lsr.json: one
+    document came first for every dense query and `lsr verify` called the collection intact. A part cut short or
+    gone failed in numpy or zstd, naming no file, and the message offered the same --resume again."""
+    out = tmp_path / "col"
+
+    def stop(shard: int) -> None:
+        if shard == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_collection(corpus, out, options(), progress=False, on_shard=stop)
+    part = out / "dense" / "embeddings-00001.npy"
+    data = bytearray(part.read_bytes())
+    data[-1] ^= 0x40  # one float of the last document grows
+    part.write_bytes(bytes(data))
+    args = ["index", str(corpus), str(out), "--quiet", "--checkpoint-every", str(EVERY), "--max-length", "64",
+            "--threads", "1", "--resume"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume {out}: an encoded part changed after its checkpoint ({part} fails its crc32" in err
+    assert "use --overwrite to start over" in err and "continue with" not in err
+    part.unlink()
+    assert cli_main(args) == 2
+    assert f"({part} is missing)" in capsys.readouterr().err
+    assert not (out / META_FILE).exists()
+
+
 def test_a_bad_row_after_checkpoints_resumes_with_on_error_skip(tmp_path, capsys):
     rows = [json.dumps({"_id": f"d{i}", "text": f"note {i} about aspirin"}) for i in range(14)]
     rows.insert(13, json.dumps({"_id": "d3", "text": "a duplicate after two shards"}))
@@ -419,6 +447,8 @@ def test_a_bad_row_after_checkpoints_resumes_with_on_error_skip(tmp_path, capsys
     err = capsys.readouterr().err
     assert f"the collection --overwrite replaces stays in {out / '.lsr-replaced'} until the new one is whole" in err
     assert (out / ".lsr-replaced" / "lsr.json").is_file()
+    with pytest.raises(ValueError, match=r"--resume`; the collection `--overwrite` replaces is kept in .*\.lsr-replaced"):
+        Collection.open(out)  # every verb said only "unfinished ... --resume", not where the old collection is
     assert cli_main([*args, "--resume", "--on-error", "skip"]) == 0
     assert not (out / ".lsr-replaced").exists()
 

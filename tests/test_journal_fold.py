@@ -445,3 +445,30 @@ def test_merged_parts_keep_each_id_s_last_write_in_whole_row_groups(tmp_path):
         doc_id: text for doc_id, text in expected.items() if text is not None}
     for doc_id, (record, row) in live.items():
         np.testing.assert_array_equal(record.dense[row], vectors[doc_id])
+
+
+def test_a_write_past_the_file_size_limit_leaves_no_half_record_and_keeps_its_error(tmp_path):
+    """The append's cleanup truncated through its buffered file, whose flush failed again (EFBIG, as a full disk's
+    ENOSPC would): the half record stayed in the journal and the cleanup's error replaced the write's."""
+    script = """
+import resource, sys
+from pathlib import Path
+from lsr.ingest.journal import Journal, scan
+path = Path(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (8000, 8000))
+journal = Journal(path, 0)
+for i in range(1000):
+    try:
+        journal.append("delete", [f"doc-{i}-" + "x" * 97])
+    except OSError as exc:
+        print(exc.errno, i)
+        break
+found = scan(path)
+print(len(found.records), found.problem, found.end, found.size)
+"""
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "journal.log")], capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split("\n")
+    failed_errno, written = map(int, out[0].split())
+    assert failed_errno == errno.EFBIG and written > 5
+    records, problem, end, size = out[1].split()
+    assert (int(records), problem, int(end)) == (written, "None", int(size))

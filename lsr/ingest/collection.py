@@ -39,7 +39,7 @@ from lsr.files import (WRITE_WAIT, CorruptFileError, FolderBusyError, FolderHold
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.journal_fold import fold, fold_due, remove_leftover
-from lsr.ingest.layout import META_FILE, build_file_problems, read_meta, usable_search_defaults
+from lsr.ingest.layout import META_FILE, build_file_problems, read_meta, remove_swap_leftovers, usable_search_defaults
 from lsr.ingest.sharding import reindex_command
 from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR, STATS_FILE, Bm25Index
@@ -147,6 +147,7 @@ class Collection:
         from lsr.index import InvertedIndex
 
         remove_leftover(path)
+        remove_swap_leftovers(path / "sparse")
         sources = build_file_problems(path, meta, skip=BM25_DIR)  # no repair rebuilds these: it reads them
         if sources:
             raise CorruptFileError(f"{sources[0]}; {_SOURCE_HINT.format(path=path, reindex=reindex_command(path))}")
@@ -489,6 +490,9 @@ class Collection:
                         self._fold_journal(self._journal.last_seq)
             except (FolderBusyError, CollectionReplaced):  # the journal holds them; a new build is another's
                 pass
+            except OSError as exc:  # a full disk: every write is in the journal, which the next open replays
+                log.warning("%s: the writes are kept in its journal, but saving its derived indexes failed (%s); the "
+                            "next open replays them", self.path, " ".join(str(exc).split()))
 
     def _apply(self, record: Record) -> None:
         """Apply ``record`` to the stores that lack it (another process's commit may hold it in the sparse index),

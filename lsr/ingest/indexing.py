@@ -29,11 +29,12 @@ from lsr.ingest.layout import (
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_total
-from lsr.ingest.sharding import check_shard_count
+from lsr.ingest.sharding import check_shard_count, shard_dir_name
 from lsr.search.bm25_index import DESCRIPTION as BM25_DESCRIPTION
 from lsr.search.bm25_index import BM25_DIR, build_bm25
 from lsr.search.dense_index import DenseIndex
-from lsr.files import WRITE_WAIT, exclusive_folder, file_record, fsync_dir, read_sealed_json, sealed, write_json_atomic
+from lsr.files import (WRITE_WAIT, CorruptFileError, check_record, exclusive_folder, file_record, fsync_dir,
+                       read_sealed_json, sealed, write_json_atomic)
 from lsr.sparse import SparseBatch
 
 if TYPE_CHECKING:
@@ -199,14 +200,18 @@ class BuildState:
     complete: bool = False  # set only when OUT already holds the finished collection
     per_shard: list[list[int]] | None = None  # sharded builds: [docs, postings, truncated] per shard
     ahead: dict[str, dict] = field(default_factory=dict)  # parts written beyond ``shards`` (engines that run parts
-    # out of order): part -> {"counts": per-shard counts, "corpus_hash": the running checksum after that part}
+    # out of order): part -> {"counts": per-shard counts, "corpus_hash": the running checksum after that part,
+    # "files": its files' records}
+    files: list[dict] = field(default_factory=list)  # crc32 records of the prefix's part files (``part_records``)
 
     def save(self, out: Path) -> None:
         write_json_atomic(out / BUILD_STATE, asdict(self))
 
-    def add_part(self, counts: list[list[int]]) -> None:
-        """Count the next part of the prefix: [docs, postings, truncated] per shard (one row when unsharded)."""
+    def add_part(self, counts: list[list[int]], records: list[dict]) -> None:
+        """Count the next part of the prefix: [docs, postings, truncated] per shard (one row when unsharded), and
+        keep its files' ``records``."""
         self.ahead.pop(str(self.shards), None)
+        self.files += records
         self.shards += 1
         self.docs += sum(row[0] for row in counts)
         self.postings += sum(row[1] for row in counts)
@@ -214,6 +219,25 @@ class BuildState:
         if len(counts) > 1:
             totals = self.per_shard or [[0, 0, 0] for _ in counts]
             self.per_shard = [[a + b for a, b in zip(total, row)] for total, row in zip(totals, counts)]
+
+
+def part_records(out: Path, part: int, n_shards: int) -> list[dict]:
+    """crc32 records of one encoded part's files (each shard's, when sharded), taken as it is checkpointed: a resume
+    checks them (``check_parts``), so a part damaged since is named, not built into the collection and sealed."""
+    folders = [out] if n_shards == 1 else [out / shard_dir_name(s) for s in range(n_shards)]
+    paths = [folder / shard_name(kind, part) for folder in folders for kind in ("vectors", "docs", "dense")]
+    return [file_record(path, out) for path in paths if path.is_file()]
+
+
+def check_parts(out: Path, state: BuildState) -> None:
+    """Refuse a resume whose checkpointed parts are no longer what was written (a byte flipped, a file cut short or
+    gone since the build stopped): resumed, a damaged dense part ranked one document first for every query."""
+    for record in state.files + [r for entry in state.ahead.values() for r in entry.get("files", [])]:
+        try:
+            check_record(out, record)
+        except CorruptFileError as exc:
+            raise ResumeRefused(f"cannot resume {out}: an encoded part changed after its checkpoint ({exc}); use "
+                                "--overwrite to start over") from None
 
 
 def write_part(out: Path, part: int, block: DocChunk, sparse: SparseBatch, dense: np.ndarray | None,
@@ -386,6 +410,8 @@ def _build(reader: CorpusReader, out: Path, options: IndexOptions, folder_was_th
     state = prepare_output(out, settings, resume=resume, overwrite=overwrite)
     if state is not None and state.complete:
         return _summary_of_complete(out)
+    if state is not None:
+        check_parts(out, state)
     resumed_from = state.docs if state is not None else 0
     state = state or BuildState(settings)
     try:
@@ -516,7 +542,8 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
                     encoders = load_encoders(options)
             sparse, dense, truncated = encode_block(block, *encoders, options, stages, advance)
             with stages.time("write"):
-                state.add_part(write_part(out, shard, block, sparse, dense, truncated, options.shards))
+                counts = write_part(out, shard, block, sparse, dense, truncated, options.shards)
+                state.add_part(counts, part_records(out, shard, options.shards))
             state.corpus_hash = running.update(block.ids, block.texts)
             shard += 1
             state.stage_seconds = stages.seconds

@@ -271,22 +271,30 @@ class Journal:
         with self.lock:
             size = _identity(self.path)[1]
             new = size == 0
-            with open(self.path, "ab") as fh:
-                try:
-                    if new:
-                        fh.write(MAGIC)
-                    fh.write(framed)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                except BaseException:
-                    fh.truncate(size)  # e.g. a full disk: leave no half record for the next append to follow
-                    raise
+            # unbuffered: a buffered file's truncate flushed its buffer first, failed as the write had (a full disk,
+            # a file-size limit) and left the half record, masking the first error
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                _write_all(fd, MAGIC + framed if new else framed)
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, size)  # leave no half record for the next append to follow
+                raise
+            finally:
+                os.close(fd)
             if new:
                 fsync_dir(self.path.parent)
             self.last_seq = record.seq
             self.tally.add([record])
             self.seen = _identity(self.path)
         return record
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (it may write fewer, and then says why only on the next call)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _identity(path: Path) -> tuple[int, int]:

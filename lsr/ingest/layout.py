@@ -111,6 +111,22 @@ def doc_chunks(out: Path, n_shards: int, rows: int = DOC_CHUNK) -> Iterator[tupl
             yield table.column("id").to_pylist(), table.column("text").to_pylist()
 
 
+def swap_names(folder: Path) -> tuple[Path, Path]:
+    """Where ``lsr repair`` builds a store anew beside ``folder``, and where it moves the old one while it swaps."""
+    return folder.with_name(folder.name + ".rebuild"), folder.with_name(folder.name + ".replaced")
+
+
+def remove_swap_leftovers(folder: Path) -> None:
+    """Drop what a repair killed before its swap left beside ``folder`` (a half-built index: disk, and nothing
+    else, until the next repair); kept while ``folder`` is missing (killed between the renames), for that repair.
+    Looked for first, and left where it cannot go (a read-only mount)."""
+    if not folder.is_dir():
+        return
+    for leftover in swap_names(folder):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def files_checksum(paths: Sequence[Path]) -> str:
     """sha256 over the files' sha256s, in order: equal content ⇔ equal checksum."""
     h = hashlib.sha256()
@@ -148,8 +164,10 @@ def read_meta(path: Path) -> dict:
             if folder_busy(path):  # a build in progress is no interrupted one: --resume would wait on its lock
                 raise FolderBusyError(f"{path} is being indexed right now by another process; it opens once that "
                                       "`lsr index` has finished")
+            aside = (f"; the collection `--overwrite` replaces is kept in {path / REPLACED} until then (to keep it "
+                     "instead, move that folder out and use it)") if (path / REPLACED).is_dir() else ""
             raise ValueError(f"{path} is an unfinished collection (indexing was interrupted); "
-                             "finish it with `lsr index SOURCE COLLECTION --resume`")
+                             f"finish it with `lsr index SOURCE {path} --resume`{aside}")
         from lsr.ingest.sharding import is_sharded, missing_shard
 
         if not path.exists() and is_sharded(path.parent):  # `lsr index SOURCE shard-001` would make a stray collection

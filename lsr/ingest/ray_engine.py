@@ -370,6 +370,8 @@ def encode_on_ray(reader: CorpusReader, out: Path, options: "IndexOptions", stat
 def _run_actors(out: Path, options: "IndexOptions", state: "BuildState", stages: "StageTimer", progress: bool,
                 ray_options: RayOptions, todo: list[int], hashes: list[str], done: int, total: int) -> None:
     """Map the encoder actors over the ``todo`` parts; checkpoint each part as it lands, whatever its order."""
+    from lsr.ingest.indexing import part_records
+
     with ray_session(ray_options.address) as ray:
         context = ray.data.DataContext.get_current()  # importing Ray Data sets up its loggers: quiet them after
         context.enable_progress_bars = False  # ours counts documents across workers
@@ -384,10 +386,12 @@ def _run_actors(out: Path, options: "IndexOptions", state: "BuildState", stages:
                 _actor_errors(ray):
             for row in encoded.iter_rows():
                 part, counts = int(row["part"]), json.loads(row["counts"])
-                state.ahead[str(part)] = {"counts": counts, "corpus_hash": hashes[part]}
+                state.ahead[str(part)] = {"counts": counts, "corpus_hash": hashes[part],
+                                          "files": part_records(out, part, options.shards)}
                 while str(state.shards) in state.ahead:  # the prefix grows as its next part lands
                     state.corpus_hash = hashes[state.shards]
-                    state.add_part(state.ahead[str(state.shards)]["counts"])
+                    landed = state.ahead[str(state.shards)]
+                    state.add_part(landed["counts"], landed.get("files", []))
                 state.stage_seconds = stages.seconds
                 state.save(out)
                 bar.update(sum(row[0] for row in counts))

@@ -20,7 +20,8 @@ from lsr.files import WRITE_WAIT, CorruptFileError, exclusive_folder, file_recor
 from lsr.ingest.collection import Collection
 from lsr.ingest.journal import JOURNAL_FILE, Record, latest_writes, recover, scan
 from lsr.ingest.journal_salvage import salvage_journal
-from lsr.ingest.layout import META_FILE, Rereadable, build_file_problems, read_meta, read_vector_shards, shard_name
+from lsr.ingest.layout import (META_FILE, Rereadable, build_file_problems, read_meta, read_vector_shards, shard_name,
+                               swap_names)
 from lsr.ingest.progress import progress_bar
 from lsr.ingest.written_parts import WrittenParts
 from lsr.search.bm25_index import BM25_DIR, DOC_FREQS_FILE, STATS_FILE, build_bm25
@@ -178,7 +179,7 @@ def _committed_seq(read: Callable[[], object]) -> int | None:
 def _swapped_in(folder: Path, build: Callable[[Path], T]) -> T:
     """``build(a new folder)`` beside ``folder``, then swapped in by two renames: a repair interrupted while it
     builds (Ctrl-C, kill -9) leaves the old store as it was, where it used to leave none and every open failed."""
-    fresh, replaced = folder.with_name(folder.name + ".rebuild"), folder.with_name(folder.name + ".replaced")
+    fresh, replaced = swap_names(folder)
     for leftover in (fresh, replaced):  # an earlier repair's, cut short
         if leftover.exists():
             shutil.rmtree(leftover)

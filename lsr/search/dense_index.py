@@ -439,5 +439,5 @@ def _flat_from_rows(path: Path) -> Any:
 def _read_manifest(directory: Path) -> dict:
     path = directory / MANIFEST
     if not path.is_file():
-        raise CorruptFileError(f"{path} is missing; rebuild the dense index with `lsr repair COLLECTION`")
+        raise CorruptFileError(f"{path} is missing (the dense index's manifest)")  # a collection names its repair
     return read_sealed_json(path)
