@@ -755,3 +755,16 @@ def test_a_collection_indexed_anew_as_sharded_under_its_server_asks_for_a_restar
             assert c.health() == "NOT_SERVING" and c.search("cancer", k=3, timeout=30).hits
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("number, code", [(28, "RESOURCE_EXHAUSTED"), (27, "RESOURCE_EXHAUSTED"), (30, "UNAVAILABLE")])
+def test_a_write_the_disk_refuses_is_the_servers_state_not_an_internal_error(number, code):
+    """A journal past the process's file-size limit (EFBIG, 27) answered INTERNAL with a traceback on every write,
+    where a full disk (ENOSPC, 28) answered RESOURCE_EXHAUSTED and said to retry once the folder takes writes."""
+    import os
+
+    from lsr.service.servicer import _message_of, _status_of
+
+    error = OSError(number, os.strerror(number))
+    assert _status_of(error) == getattr(grpc.StatusCode, code)
+    assert _message_of(error).startswith("the server could not write its collection")
