@@ -447,6 +447,10 @@ def test_inference_free_queries_use_idf_json(splade, tmp_path):
     batch = enc.encode_queries(["The diabetes diabetes insulin question", "   "])
     assert batch.to_dicts()[0] == pytest.approx({"diabetes": 3.5, "insulin": 2.0, "the": 0.1})
     assert batch.row(1)[0].size == 0
+    # every token of the text weighs what the table says, [UNK] and a typed [SEP] too, as SparseEncoder.encode_query
+    # weighs them (they were dropped: "🙂" had no terms); trained and index tables give those tokens 0
+    weighted = InferenceFreeQueryEncoder.from_pretrained(str(folder), idf={"[UNK]": 4.0, "[SEP]": 5.0, "hello": 1.0})
+    assert weighted.encode_queries(["🙂", "[SEP] hello"]).to_dicts() == [{"[UNK]": 4.0}, {"[SEP]": 5.0, "hello": 1.0}]
 
 
 def test_inference_free_without_idf_explains_what_to_pass():
@@ -466,7 +470,7 @@ def test_missing_model_error_says_how_to_fix(tmp_path):
 
 def test_a_folder_that_is_no_model_gets_a_one_line_error(tmp_path):
     """A folder without config.json (a mistyped path such as ../../etc) is named as no model folder, and a model
-    folder transformers cannot read gets the first line of its several-line message."""
+    folder transformers cannot read gets its several-line message on one line."""
     with pytest.raises(ModelNotFoundError, match="is not a model folder: it has no config.json") as plain:
         SpladeEncoder.from_pretrained(str(tmp_path))
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')

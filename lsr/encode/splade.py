@@ -471,7 +471,6 @@ class InferenceFreeQueryEncoder:
         self.query_max_length = check_whole(query_max_length, "query_max_length", 1)  # 0 gave every query no terms
         self.name = name
         self.vocab = vocabulary_of(tokenizer, self.vocab_size)
-        self._special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
 
     @classmethod
     def from_pretrained(
@@ -519,7 +518,7 @@ class InferenceFreeQueryEncoder:
             lengths[i] = len(ids)
             if is_blank(text):
                 ids = []
-            terms = np.unique(np.asarray([t for t in ids[: self.query_max_length] if t not in self._special_ids], np.int64))
+            terms = np.unique(np.asarray(ids[: self.query_max_length], np.int64))  # a special's weight is the table's
             terms = terms[terms < self.vocab_size]
             weights = idf[terms]
             keep = weights > 0
