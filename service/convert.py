@@ -151,7 +151,8 @@ def options_to_proto(
         fields["prf"] = pb.PrfOptions(
             enabled=True, feedback_docs=prf.feedback_docs, weight=prf.weight, max_terms=prf.max_terms,
             interpolate=_enum_value(_INTERPOLATIONS, prf.interpolate, "PRF interpolation"),
-            after_weight=prf.after_weight, dense_weight=prf.dense_weight, min_idf=prf.min_idf,
+            after_weight=prf.after_weight, dense_weight=prf.dense_beta(), min_idf=prf.min_idf,  # every field set:
+            # an unset dense β took the server's stored (tuned) one, where PrfOptions' None means "as weight"
         )
     return fields
 

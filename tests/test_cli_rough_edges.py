@@ -326,8 +326,17 @@ def test_eval_says_when_it_drops_a_self_hit_the_qrels_judge_relevant(tmp_path, c
     assert main(["eval", str(run), str(qrels)]) == 0
     out, err = capsys.readouterr()
     assert "ndcg@10     0.0000" in out
-    assert err == (f"warning: 1 hit of {run} whose doc id is its query's id was dropped though {qrels} judges it "
-                   "relevant (pass --keep-self-hits to keep them)\n")
+    assert err == (f"warning: 1 hit of {run} whose doc id is its query's id (the first: query 'q1') was dropped, as "
+                   f"BEIR does, 1 of them judged relevant by {qrels}; the hits below move up a rank, unlike trec_eval "
+                   "(pass --keep-self-hits to keep them)\n")
     assert main(["eval", str(run), str(qrels), "--keep-self-hits"]) == 0
     out, err = capsys.readouterr()
     assert "ndcg@10     1.0000" in out and err == ""
+    # an unjudged self-hit moved the relevant hit below it to rank 1 without a word: 1.0 where trec_eval gives 0.63
+    run.write_text("1048585 Q0 1048585 1 9.0 t\n1048585 Q0 7187158 2 8.0 t\n")
+    qrels.write_text("1048585 0 7187158 1\n")
+    assert main(["eval", str(run), str(qrels)]) == 0
+    out, err = capsys.readouterr()
+    assert "ndcg@10     1.0000" in out and "1 hit of" in err and "judged relevant" not in err and "unlike trec_eval" in err
+    assert main(["eval", str(run), str(qrels), "--keep-self-hits"]) == 0
+    assert "ndcg@10     0.6309" in capsys.readouterr().out

@@ -813,3 +813,16 @@ def test_logs_carry_request_id_and_stage_timings(servers, client):
     for stage in ("encode", "sparse", "dense", "fuse", "prf", "queue", "total"):
         assert float(fields[f"{stage}_ms"]) >= 0.0
     assert float(fields["encode_ms"]) > 0.0
+
+
+def test_prf_options_travel_whole_so_a_tuned_servers_stored_prf_fills_none_of_them():
+    """PrfOptions(dense_weight=None) means a dense β equal to weight, but it went as an unset field, which the server
+    fills from the collection's stored (tuned) PRF: `lsr beir --endpoint` scored hybrid-prf with the tuned dense β
+    (0.9266 against 0.9255 in-process) and took a tuning split's choice into its report."""
+    from lsr.service.convert import options_to_proto, prf_from_proto
+
+    asked = PrfOptions(feedback_docs=3, weight=0.25, interpolate="both")
+    sent = options_to_proto(10, "hybrid", None, asked)["prf"]
+    got = prf_from_proto(sent, PrfOptions(feedback_docs=5, weight=0.1, dense_weight=1.0, min_idf=2.0))
+    assert got.dense_beta() == asked.dense_beta() == 0.25
+    assert (got.feedback_docs, got.weight, got.interpolate, got.min_idf) == (3, 0.25, "both", 0.0)
