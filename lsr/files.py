@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -113,6 +114,8 @@ def check_folder_writable(folder: Path, label: str) -> None:
 def text_lines(text: str) -> list[str]:
     """A text file's lines, split at \\n only (a trailing \\r dropped): ``str.splitlines`` also splits at U+2028,
     U+0085 and form feeds, which may sit inside a query or an id."""
+    if "\n" not in text:  # a file of old Mac line ends read as one line: "line 1 ... got 12 fields"
+        text = text.replace("\r", "\n")
     lines = [line.removesuffix("\r") for line in text.split("\n")]
     return lines[:-1] if lines and not lines[-1] else lines
 
@@ -130,6 +133,10 @@ def read_text_file(path: str | Path, what: str = "") -> str:
     """A UTF-8 text file's content (a BOM dropped: it is no id), gunzipped when its name ends in .gz (runs and qrels
     are often handed out so); a folder, a missing file, a damaged gzip stream and undecodable bytes are one line each
     that names the file (``what`` says which: "topics file"), not a decoder's bare message."""
+    if str(path) == "-":  # `lsr search --topics q.tsv --output - | lsr eval - qrels`
+        raw = sys.stdin.buffer.read()
+        path, label = Path("-"), f"{what} standard input".strip()
+        return _decoded(raw, path, label)
     path = Path(path)
     label = f"{what} {path}".strip()
     if path.is_dir():
@@ -141,6 +148,10 @@ def read_text_file(path: str | Path, what: str = "") -> str:
             raw = fh.read()
     except GZIP_ERRORS as exc:
         raise ValueError(f"{label} is not a whole gzip file ({exc}); compress it again, or pass it uncompressed") from None
+    return _decoded(raw, path, label)
+
+
+def _decoded(raw: bytes, path: Path, label: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -301,7 +301,7 @@ def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(t
     assert Searcher.open(col).default_hybrid == UNTUNED_HYBRID  # chosen across datasets, for untuned collections
     assert cli_main(["tune", str(col), "--dataset", "tiny", "--data-dir", str(data)]) == 0
     said = capsys.readouterr()
-    assert "tiny/train" in said.out
+    assert "tiny/train" in said.out and f"stored in {col / 'search-defaults.json'} (" in said.out  # it named no file
     for bar in ("tune fusion: 100%", "tune PRF: 100%", "joint fusion + PRF: 100%"):  # minutes on a real dataset
         assert bar in said.err
     stored = json.loads((col / "search-defaults.json").read_text())

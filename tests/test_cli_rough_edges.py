@@ -340,3 +340,19 @@ def test_eval_says_when_it_drops_a_self_hit_the_qrels_judge_relevant(tmp_path, c
     assert "ndcg@10     1.0000" in out and "1 hit of" in err and "judged relevant" not in err and "unlike trec_eval" in err
     assert main(["eval", str(run), str(qrels), "--keep-self-hits"]) == 0
     assert "ndcg@10     0.6309" in capsys.readouterr().out
+
+
+def test_eval_reads_a_run_from_standard_input_and_old_mac_line_ends(tmp_path, capsys, monkeypatch):
+    """`lsr search --output - | lsr eval - QRELS` said "- does not exist"; a qrels file with CR line ends was one
+    line of 12 fields; a line mixing tabs and spaces was "id 'q1 0' is empty or holds whitespace" and no more."""
+    import io
+
+    qrels = tmp_path / "cr.qrels"
+    qrels.write_bytes(b"q1 0 d2 1\rq2 0 d3 1\r")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.0 t\n")))
+    assert main(["eval", "-", str(qrels)]) == 0
+    assert "ndcg@10     0.3155" in capsys.readouterr().out  # q1 at rank 2 (0.6309), q2 unanswered (0)
+    mixed = tmp_path / "mixed.qrels"
+    mixed.write_text("q1 0\td2\t1\n")
+    assert main(["eval", str(tmp_path / "cr.qrels"), str(mixed)]) == 2
+    assert "mixes tabs and spaces between its fields" in capsys.readouterr().err

@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.main import path_argument
@@ -42,11 +43,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lsr.eval.tuning import tune_collection
+    from lsr.ingest.layout import SEARCH_DEFAULTS
 
     defaults = tune_collection(args.collection, args.dataset, data_dir=args.data_dir, split=args.split,
                                progress=not args.quiet, **device_options(args))
     h = defaults["hybrid"]
-    print(f"stored in {args.collection}: {h['normalization']}, sparse {h['sparse_weight']}, dense {h['dense_weight']}, "
+    where = Path(args.collection) / SEARCH_DEFAULTS
+    print(f"stored in {where} (lsr search, serve and beir use it; delete it to go back to the defaults): "
+          f"{h['normalization']}, sparse {h['sparse_weight']}, dense {h['dense_weight']}, "
           f"bm25 {h['bm25_weight']} (nDCG@10 {defaults['ndcg@10']:.4f} on {defaults['tuned_on']})")
     if defaults["prf"]:
         from lsr.search.searcher import PrfOptions

@@ -37,6 +37,10 @@ def write_trec_run(fh: IO[str], qid: str, hits: Iterable[tuple[str, float]], tag
         fh.write(f"{qid} Q0 {doc_id} {rank} {score:.9g} {tag}\n")  # .6f tied fused scores 1e-7 apart
 
 
+# a line that has tabs is split at tabs (BEIR's TSV), so one that mixes tabs and spaces keeps a space in a field
+MIXED = " (where a line mixes tabs and spaces between its fields, use one or the other)"
+
+
 def _check_field(what: str, value: str) -> None:
     if value.split() != [value]:  # empty, or whitespace inside or around it
         raise ValueError(f"{what} {value!r} is empty or holds whitespace, which a TREC run cannot hold; use ids "
@@ -58,12 +62,12 @@ def read_trec_run(path: str | Path) -> Run:
         if not math.isfinite(score):
             raise ValueError(f"{path} line {line_no}: score {parts[4]!r} is not a finite number")
         if not parts[3].isdigit():
-            raise ValueError(f"{path} line {line_no}: rank {parts[3]!r} is not a whole number (the fields are "
+            raise ValueError(f"{path} line {line_no}: rank {parts[3]!r} is not a whole number ≥ 0 (the fields are "
                              "'qid Q0 docid rank score tag')")
         spaced = next((part for part in (parts[0], parts[2]) if part.split() != [part]), None)
         if spaced is not None:  # a tab-separated line's 'doc 1' matched no judgement and scored as a miss unsaid
             raise ValueError(f"{path} line {line_no}: id {spaced!r} is empty or holds whitespace, which no qrels can "
-                             "judge")
+                             f"judge{MIXED}")
         if parts[2] in run.get(parts[0], {}):
             raise ValueError(f"{path} line {line_no}: query {parts[0]!r} ranks document {parts[2]!r} twice")
         hits = run.setdefault(parts[0], {})
@@ -106,7 +110,7 @@ def parse_qrels(rows: Iterable[tuple[int, list[str]]], source: str) -> dict[str,
         spaced = next((part for part in (parts[0], parts[-2]) if part.split() != [part]), None)
         if spaced is not None:
             raise ValueError(f"{source} line {line_no}: id {spaced!r} is empty or holds whitespace, which no run can "
-                             "name")
+                             f"name{MIXED}")
         try:
             grade = float(parts[-1])
         except ValueError:
