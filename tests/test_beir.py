@@ -253,7 +253,10 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
                                                    "so these are fixed values chosen without its qrels.") == 3
     assert cli_main(["beir", "--dataset", "untrained", "--data-dir", str(data), "--methods", "bm25",
                      "--out", str(tmp_path / "bm25-only"), "--quiet"]) == 0
-    assert "None" not in (tmp_path / "bm25-only" / "results.md").read_text()  # "Index checksum `None`": no index
+    bm25_only = (tmp_path / "bm25-only" / "results.md").read_text()
+    assert "None" not in bm25_only  # "Index checksum `None`": no index
+    assert "Models: bm25: " in bm25_only and "splade" not in bm25_only  # it named the models no method ran
+    assert "PRF: m =" not in written and "Hybrid: " in written  # PRF was tuned, but no method that ran used it
 
 
 

@@ -11,6 +11,9 @@ from typing import IO
 from lsr.eval.metrics import METRICS, SIGNIFICANT, marked_difference
 from lsr.eval.prf_tuning import EDGE_BETA
 
+# the legs each method's runs search (the fused ones: every leg the collection has)
+METHOD_LEGS = {"bm25": {"bm25"}, "sparse": {"sparse"}, "dense": {"dense"}, "hybrid": {"sparse", "dense", "bm25"}}
+
 
 def write_results(results_dir: Path, name: str, report: dict, table: str) -> None:
     """Print a benchmark's table and write ``NAME.json`` and ``NAME.md`` under ``results_dir``."""
@@ -55,13 +58,16 @@ def markdown(report: dict) -> str:
         lines += ["", f"Depth `--k {s['k']}`: each method retrieved its top {s['k']} only, so recall@100 and map@100 "
                       f"are over those {s['k']} hits (the default --k 100 gives the metrics' full depth)."]
     idf_queries = report["models"].get("sparse_queries") == "InferenceFreeQueryEncoder"
-    lines += ["", f"Models: sparse `{report['models']['sparse']}`"
-                  f"{' with inference-free queries (IDF weights, no model)' if idf_queries else ''}, "
-                  f"dense `{report['models']['dense']}`; "
-                  f"bm25: {report['models']['bm25']}."]
+    legs = set().union(*(METHOD_LEGS.get(method, set(METHOD_LEGS["hybrid"])) for method in report["methods"]))
+    models = [f"sparse `{report['models']['sparse']}`"
+              f"{' with inference-free queries (IDF weights, no model)' if idf_queries else ''}" * ("sparse" in legs),
+              f"dense `{report['models']['dense']}`" * ("dense" in legs),
+              f"bm25: {report['models']['bm25']}" * ("bm25" in legs)]  # a bm25-only run named SPLADE and MiniLM
+    lines += ["", "Models: " + "; ".join(model for model in models if model) + "."]
     if "alpha" in s:
-        lines.append(f"Hybrid: {s['normalization']}, α (sparse weight) = {s['alpha']}; "
-                     f"PRF: m = {s['prf_docs']} feedback docs, β = {s['prf_weight']}, interpolation {s['prf_interpolate']}; "
+        prf = (f"PRF: m = {s['prf_docs']} feedback docs, β = {s['prf_weight']}, interpolation {s['prf_interpolate']}; "
+               if "hybrid-prf" in report["methods"] else "")  # tuned always, reported where a method ran it
+        lines.append(f"Hybrid: {s['normalization']}, α (sparse weight) = {s['alpha']}; {prf}"
                      f"{_tuned(s['tuned_on'], report['split'])}.")
     if "fusion" in s:
         f = s["fusion"]
