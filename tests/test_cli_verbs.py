@@ -695,6 +695,16 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
     (["search", "{direct}", "coffee", "--mode", "bm25", "--bound-factor", "3"],
      "--bound-factor approximates the SPLADE list, and --mode bm25 has none"),
     (["search", "{direct}", "coffee", "--bound-factor", "0.5"], "--bound-factor must be a number >= 1 (1 is exact)"),
+    (["search", "{direct}", "coffee", "--mode", "sparse", "--prf", "--prf-dense-weight", "0.7"],
+     "--prf-dense-weight does nothing here: it moves the dense query, and --mode sparse has none"),
+    (["search", "{direct}", "coffee", "--prf", "--prf-interpolate", "before", "--prf-after-weight", "0.9"],
+     "--prf-after-weight does nothing here: it weighs the PRF run in after/both interpolation, not before"),
+    (["search", "{direct}", "coffee", "--mode", "dense", "--prf", "--prf-min-idf", "5"],
+     "--prf-min-idf does nothing here: they move the SPLADE query, and --mode dense has none"),
+    (["search", "{direct}", "coffee", "--mode", "bm25", "--query-encoder", "splade"],
+     "--query-encoder does nothing here: it encodes SPLADE queries, and --mode bm25 runs none"),
+    (["encode", "--input", "{tmp}/lines.txt", "--output", "{tmp}/v.parquet", "--fields", "title"],
+     "--fields names a column, and lines.txt is a text file"),
     (["serve", "{direct}", "--shard-timeout", "5"], "--shard-timeout does nothing here: {direct} is not a sharded"),
     (["index", "{vectors}", "{tmp}/out", "--pre-encoded", "--id-field", "docid"], "--id-field does nothing here"),
     (["index", "{vectors}", "{tmp}/out", "--pre-encoded", "--max-length", "64"],
@@ -713,6 +723,7 @@ def test_a_flag_that_would_do_nothing_is_refused_in_one_line(collections, corpus
     names = {"corpus": corpus, "tmp": tmp_path, "direct": collections["direct"],
              "vectors": corpus.parent / "vectors.parquet"}
     (tmp_path / "t.tsv").write_text("q1\tcoffee\n")
+    (tmp_path / "lines.txt").write_text("aspirin\ncoffee\n")
     assert cli_main([word.format(**names) for word in argv]) == 2
     err = capsys.readouterr().err
     assert message.format(**names) in err and len(err.splitlines()) == 1
@@ -805,3 +816,12 @@ def test_no_expansion_is_refused_for_an_inference_free_models_queries(tmp_path, 
     (folder / "idf.json").write_text(json.dumps({"coffee": 3.0}))
     assert cli_main(["encode", "coffee", "--query", "--no-expansion", "--model", str(folder)]) == 2
     assert "--no-expansion does nothing here" in capsys.readouterr().err
+
+
+def test_lsr_search_without_arguments_names_only_the_collection_as_required(capsys):
+    """It said "the following arguments are required: COLLECTION, query", though without a query it reads them from
+    standard input."""
+    with pytest.raises(SystemExit) as stopped:
+        cli_main(["search"])
+    assert stopped.value.code == 2
+    assert "the following arguments are required: COLLECTION; see lsr search --help" in capsys.readouterr().err

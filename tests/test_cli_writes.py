@@ -415,3 +415,14 @@ def test_verify_checks_the_stores_agree_while_the_sparse_index_lags_its_journal(
     capsys.readouterr()
     assert main(["verify", str(col)]) == 1
     assert "the sparse index holds 1 ids the doc store does not (first: 'walrus')" in capsys.readouterr().out
+
+
+def test_a_text_file_upserts_into_a_collection_built_from_named_fields(built, tmp_path, capsys):
+    """The build's fields ("contents") were passed to the .txt reader, which refuses fields it cannot have."""
+    col = shutil.copytree(built, tmp_path / "col")
+    (tmp_path / "more.txt").write_text("Walruses haul out on sea ice.\n\nNarwhals dive deep.\n")
+    assert main(["upsert", str(tmp_path / "more.txt"), str(col), "--quiet"]) == 0
+    assert "upserted 2 documents" in capsys.readouterr().out
+    assert Collection.open(col).view().text(["1", "3"]) == ["Walruses haul out on sea ice.", "Narwhals dive deep."]
+    assert main(["upsert", str(tmp_path / "more.txt"), str(col), "--fields", "contents"]) == 2
+    assert "--fields names a column, and more.txt is a text file" in capsys.readouterr().err

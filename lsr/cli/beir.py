@@ -1,8 +1,10 @@
-"""Evaluate on a BEIR dataset: BM25, SPLADE, MiniLM, hybrid, hybrid+PRF, fusion and fusion+PRF in one run.
+"""Evaluate on a BEIR dataset: BM25, SPLADE, MiniLM, hybrid, hybrid+PRF, fusion and the untuned defaults in one run
+(fusion+PRF with --methods: its joint grid takes many minutes).
 
 The dataset is found in --data-dir, then $LSR_BEIR_DIR, then a shared/data/beir folder beside the
 checkout or beside (or inside) the current directory, then the cache (~/.cache/lsr or $LSR_CACHE_DIR),
-and otherwise downloaded from the official BEIR mirror (md5 checked).
+and otherwise, for arguana, nfcorpus and scifact (the datasets whose md5 is known here), downloaded from the
+official BEIR mirror and checked; any other BEIR dataset: download its zip and pass --data-dir or the path.
 The index is built once and cached under a key of models + corpus checksum. Hybrid α, PRF m, β,
 the fusion's method and weights and the PRF variant (Rocchio, high-IDF Rocchio, Vector-PRF, feedback
 from the fused list, interpolation before/after/both; chosen jointly with the fusion: the PRF
@@ -39,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from lsr.eval.beir import DEFAULT_METHODS, METHODS
 
     p.add_argument("--dataset", required=True, metavar="NAME_OR_PATH",
-                   help="BEIR name (scifact, nfcorpus, ...) or a BEIR folder/.zip/.tar.gz")
+                   help="BEIR name (scifact, nfcorpus, arguana download; others are found in --data-dir) or a BEIR "
+                        "folder/.zip/.tar.gz")
     p.add_argument("--data-dir", default=None, help="folder holding NAME/, NAME.zip or NAME.tar.gz (before $LSR_BEIR_DIR)")
     p.add_argument("--split", default="test", help="qrels split to report (default: test)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),

@@ -1,7 +1,7 @@
 """Print the weighted terms of a text's SPLADE vector (the explainability tool), or encode a whole file of texts.
 
 A file (--input: any corpus `lsr index` reads, or a .txt with one text per line) becomes one
-Parquet vectors file (--output: id, text, indices, values; the model is named in its metadata),
+Parquet vectors file (--output: id, text, indices, values, truncated; the model is named in its metadata),
 which `lsr index --pre-encoded` turns into a collection without encoding again.
 
 Examples:

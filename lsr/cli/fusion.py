@@ -61,7 +61,25 @@ def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -
     if args.rrf_k is not None and args.normalization != "rrf":
         raise ValueError(f"--rrf-k is RRF's rank constant, and --normalization is {args.normalization or 'min_max'}; "
                          "add --normalization rrf")
+    _refuse_idle_prf_flags(args, mode)
     return mode
+
+
+def _refuse_idle_prf_flags(args: argparse.Namespace, mode: str) -> None:
+    """PRF flags, and the query encoder, that the mode leaves with nothing to do: each ran, and the hits were those
+    without it."""
+    from lsr.cli.main import flags_given, refuse_unused
+
+    if mode in ("sparse", "bm25"):
+        refuse_unused(flags_given(args, "prf_dense_weight"), f"it moves the dense query, and --mode {mode} has none")
+    if mode == "dense":
+        refuse_unused(flags_given(args, "prf_weight", "prf_terms", "prf_min_idf"),
+                      "they move the SPLADE query, and --mode dense has none")
+    if getattr(args, "prf_interpolate", None) in ("before", "none"):
+        refuse_unused(flags_given(args, "prf_after_weight"),
+                      f"it weighs the PRF run in after/both interpolation, not {args.prf_interpolate}")
+    if mode in ("dense", "bm25") and hasattr(args, "query_encoder"):
+        refuse_unused(flags_given(args, "query_encoder"), f"it encodes SPLADE queries, and --mode {mode} runs none")
 
 
 def hybrid_options(args: argparse.Namespace):

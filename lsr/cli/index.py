@@ -37,7 +37,7 @@ def _fields(value: str) -> tuple[str, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", type=path_argument, metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv or .txt")
+    p.add_argument("source", type=path_argument, metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv(.gz) or .txt")
     p.add_argument("out", type=path_argument, metavar="COLLECTION", help="collection folder to create")
     p.add_argument("--model", default=None,
                    help="SPLADE model name, hub id or folder (default: splade-tiny, or what a --pre-encoded file names)")

@@ -38,7 +38,7 @@ HELP = "search a collection in-process and print the hits"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("collection", type=path_argument, metavar="COLLECTION", help="folder written by `lsr index`")
-    p.add_argument("query", nargs="*",
+    p.add_argument("query", nargs="*", default=[], metavar="QUERY",  # without a default argparse called it required
                    help="query text (or --topics; with neither, queries are read from standard input, one per line)")
     p.add_argument("--topics", metavar="FILE", help="search every query of a TSV/JSONL topics file (needs --output)")
     p.add_argument("--output", metavar="RUN", help="TREC run file to write for --topics (- writes it to standard output)")
@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", action="store_true", help="print each hit's text")
     p.add_argument("--explain", action="store_true", help="print each hit's top contributing terms")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--quiet", action="store_true", help="with --topics: no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="with --topics: no progress bar; reading standard input: no \"loading the models\" line")
     add_device_arguments(p)
 
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                   "with -c (lsr eval scores them 0)", file=sys.stderr)
         return 0
     interactive = not args.query and sys.stdin.isatty()
-    if interactive:
+    if interactive and args.mode != "bm25" and not args.quiet:  # bm25 loads none
         print("loading the models…", file=sys.stderr, flush=True)
     searcher = open_in_process(args.collection, query_encoder=args.query_encoder, **lazy_device_options(args))
     prf = prf_options(args, searcher.default_prf)

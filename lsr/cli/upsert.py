@@ -38,7 +38,7 @@ WRITE_EVERY = 256  # documents per write: a Ctrl-C loses at most their encoding 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from lsr.ingest.corpus import ON_ERROR
 
-    p.add_argument("source", type=path_argument, metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv or .txt")
+    p.add_argument("source", type=path_argument, metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv(.gz) or .txt")
     p.add_argument("collection", type=path_argument, metavar="COLLECTION", nargs="?",
                    help="collection folder written by `lsr index` (or give --endpoint)")
     p.add_argument("--fields", help="text fields joined with a space, in order (default: those the collection was "
@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     sink.close()
     seconds = time.perf_counter() - started
     if not done:
-        raise ValueError(f"{args.source} has no documents to write" + (f" after the first {args.skip:,}" if args.skip else ""))
+        raise ValueError(f"{args.source} has no documents to write" + (f" after the first {args.skip:,}" if args.skip else "")
+                         + (f" (--limit {args.limit:,} counts the documents --skip leaves out)" if args.limit else ""))
     details = [f"{done - replaced:,} new, {replaced:,} replaced"] if target == "collection" else []
     if truncated:
         details.append(f"{truncated:,} longer than the collection's {built.get('max_length', 256)} SPLADE tokens, cut")
@@ -119,6 +120,8 @@ def _corpus(args: argparse.Namespace, built: dict) -> Any:
     """SOURCE's reader: the fields and id field given, else those the collection's build read."""
     from lsr.ingest.corpus import DEFAULT_FIELDS, DEFAULT_ID_FIELD, CorpusReader
 
+    if str(args.source).lower().endswith(".txt"):  # lines, no columns: the build's fields name none of them
+        built = {}
     fields = args.fields.split(",") if args.fields else built.get("fields", DEFAULT_FIELDS)
     id_field = args.id_field or built.get("settings", {}).get("id_field", DEFAULT_ID_FIELD)
     return CorpusReader(args.source, fields=fields, id_field=id_field, on_error=args.on_error, limit=args.limit)

@@ -121,7 +121,7 @@ def corpus_format(source: Path) -> str:
     if name.endswith(".txt"):
         return "text"
     raise ValueError(f"cannot tell the format of {source}: expected a BEIR folder, .zip, .tar.gz, .jsonl, .jsonl.gz, "
-                     ".parquet, .csv or .txt")
+                     ".parquet, .csv, .csv.gz or .txt")
 
 
 def _csv_parsing(invalid_row_handler: Callable) -> pcsv.ParseOptions:
@@ -211,6 +211,10 @@ class CorpusReader:
         self.format = corpus_format(self.source)
         self.stats = ReadStats()
         self._seen: set[str] = set()
+        if self.format == "text" and (tuple(fields) != DEFAULT_FIELDS or id_field != DEFAULT_ID_FIELD):
+            flag = "--fields" if tuple(fields) != DEFAULT_FIELDS else "--id-field"  # taken, and did nothing
+            raise ValueError(f"{flag} names a column, and {self.source.name} is a text file: one document a line, "
+                             "its id the line number")
         if self.format in ("jsonl", "csv", "parquet"):
             try:
                 columns = self._columns()
