@@ -84,6 +84,7 @@ def _verify(path: Path) -> Report:
         report.checked.append("dense index")
 
     if meta.get("bm25"):
+        report.checked.append("BM25 index (its files among the build files)")  # no line named it: was it read?
         try:
             if read_leg_file(path / BM25_DIR / LEG_FILE) is not None:
                 report.checked.append("saved BM25 leg")
