@@ -395,32 +395,33 @@ def test_bad_rows_stop_with_the_line_or_are_skipped(tmp_path, capsys):
     assert f"lsr index: error: {only_missing} line 2: none of the text fields ['title', 'text'] is present" in err
 
 
-def test_a_resume_refuses_a_part_damaged_after_its_checkpoint_naming_it(corpus, tmp_path, capsys):
+def test_a_resume_encodes_again_a_part_damaged_after_its_checkpoint(corpus, reference, tmp_path, caplog):
     """A dense part changed between the kill and --resume was built in, and its crc sealed into lsr.json: one
     document came first for every dense query and `lsr verify` called the collection intact. A part cut short or
-    gone failed in numpy or zstd, naming no file, and the message offered the same --resume again."""
+    gone failed in numpy or zstd, naming no file, and the message offered the same --resume again. The resume now
+    names the part and encodes it, and those after it, again."""
     out = tmp_path / "col"
 
-    def stop(shard: int) -> None:
-        if shard == 3:
-            raise KeyboardInterrupt
+    def stop_at(last: int):
+        def stop(shard: int) -> None:
+            if shard == last:
+                raise KeyboardInterrupt
+        return stop
 
     with pytest.raises(KeyboardInterrupt):
-        build_collection(corpus, out, options(), progress=False, on_shard=stop)
+        build_collection(corpus, out, options(), progress=False, on_shard=stop_at(4))
     part = out / "dense" / "embeddings-00001.npy"
     data = bytearray(part.read_bytes())
-    data[-1] ^= 0x40  # one float of the last document grows
+    data[-1] ^= 0x40  # one float of the part's last document grows
     part.write_bytes(bytes(data))
-    args = ["index", str(corpus), str(out), "--quiet", "--checkpoint-every", str(EVERY), "--max-length", "64",
-            "--threads", "1", "--resume"]
-    assert cli_main(args) == 2
-    err = capsys.readouterr().err
-    assert f"cannot resume {out}: an encoded part changed after its checkpoint ({part} fails its crc32" in err
-    assert "use --overwrite to start over" in err and "continue with" not in err
-    part.unlink()
-    assert cli_main(args) == 2
-    assert f"({part} is missing)" in capsys.readouterr().err
-    assert not (out / META_FILE).exists()
+    (out / "docs" / "part-00003.parquet").unlink()
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING", logger="lsr.ingest.indexing"):
+        build_collection(corpus, out, options(), resume=True, progress=False, on_shard=stop_at(2))
+    assert f"part 1 changed after its checkpoint ({part} fails its crc32 checksum" in caplog.text
+    assert "encoding it and the 2 after it again" in caplog.text
+    summary = build_collection(corpus, out, options(), resume=True, progress=False)
+    assert summary.resumed_from == 2 * EVERY  # the rewound checkpoint's parts were kept
+    assert checksums(out) == checksums(reference)
 
 
 def test_a_bad_row_after_checkpoints_resumes_with_on_error_skip(tmp_path, capsys):

@@ -202,16 +202,17 @@ class BuildState:
     ahead: dict[str, dict] = field(default_factory=dict)  # parts written beyond ``shards`` (engines that run parts
     # out of order): part -> {"counts": per-shard counts, "corpus_hash": the running checksum after that part,
     # "files": its files' records}
-    files: list[dict] = field(default_factory=list)  # crc32 records of the prefix's part files (``part_records``)
+    parts: list[dict] = field(default_factory=list)  # the prefix's parts: {"counts", "corpus_hash" after it, "files":
+    # crc32 records of its files (``part_records``)}, so a resume finds a part damaged since and encodes it again
 
     def save(self, out: Path) -> None:
         write_json_atomic(out / BUILD_STATE, asdict(self))
 
     def add_part(self, counts: list[list[int]], records: list[dict]) -> None:
-        """Count the next part of the prefix: [docs, postings, truncated] per shard (one row when unsharded), and
-        keep its files' ``records``."""
+        """Count the next part of the prefix: [docs, postings, truncated] per shard (one row when unsharded), with
+        ``corpus_hash`` already the checksum after it, and keep its files' ``records``."""
         self.ahead.pop(str(self.shards), None)
-        self.files += records
+        self.parts.append({"counts": counts, "corpus_hash": self.corpus_hash, "files": records})
         self.shards += 1
         self.docs += sum(row[0] for row in counts)
         self.postings += sum(row[1] for row in counts)
@@ -219,6 +220,15 @@ class BuildState:
         if len(counts) > 1:
             totals = self.per_shard or [[0, 0, 0] for _ in counts]
             self.per_shard = [[a + b for a, b in zip(total, row)] for total, row in zip(totals, counts)]
+
+    def rewind(self, part: int) -> None:
+        """Keep the prefix's first ``part`` parts only (and no part ahead of it), as if the build had stopped there."""
+        kept = self.parts[:part]
+        self.shards, self.docs, self.postings, self.truncated, self.per_shard = 0, 0, 0, 0, None
+        self.corpus_hash, self.parts, self.ahead = CorpusHash().hexdigest, [], {}
+        for entry in kept:
+            self.corpus_hash = entry["corpus_hash"]
+            self.add_part(entry["counts"], entry["files"])
 
 
 def part_records(out: Path, part: int, n_shards: int) -> list[dict]:
@@ -230,14 +240,28 @@ def part_records(out: Path, part: int, n_shards: int) -> list[dict]:
 
 
 def check_parts(out: Path, state: BuildState) -> None:
-    """Refuse a resume whose checkpointed parts are no longer what was written (a byte flipped, a file cut short or
-    gone since the build stopped): resumed, a damaged dense part ranked one document first for every query."""
-    for record in state.files + [r for entry in state.ahead.values() for r in entry.get("files", [])]:
+    """Rewind the checkpoint to the first part whose files are no longer what was written (a byte flipped, a file cut
+    short or gone since the build stopped), so the resume encodes it and those after it again; a damaged part ahead
+    of the prefix is dropped. Resumed as it was, a damaged dense part ranked one document first for every query."""
+    for part, entry in enumerate(state.parts):
+        problem = _part_problem(out, entry)
+        if problem is not None:
+            log.warning("%s: part %d changed after its checkpoint (%s); encoding it and the %d after it again", out,
+                        part, problem, len(state.parts) - part - 1)
+            state.rewind(part)
+            return
+    for part, entry in list(state.ahead.items()):
+        if _part_problem(out, entry) is not None:
+            del state.ahead[part]
+
+
+def _part_problem(out: Path, entry: dict) -> str | None:
+    for record in entry.get("files", []):
         try:
             check_record(out, record)
         except CorruptFileError as exc:
-            raise ResumeRefused(f"cannot resume {out}: an encoded part changed after its checkpoint ({exc}); use "
-                                "--overwrite to start over") from None
+            return str(exc)
+    return None
 
 
 def write_part(out: Path, part: int, block: DocChunk, sparse: SparseBatch, dense: np.ndarray | None,
@@ -543,8 +567,8 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
             sparse, dense, truncated = encode_block(block, *encoders, options, stages, advance)
             with stages.time("write"):
                 counts = write_part(out, shard, block, sparse, dense, truncated, options.shards)
+                state.corpus_hash = running.update(block.ids, block.texts)
                 state.add_part(counts, part_records(out, shard, options.shards))
-            state.corpus_hash = running.update(block.ids, block.texts)
             shard += 1
             state.stage_seconds = stages.seconds
             state.save(out)
