@@ -198,7 +198,7 @@ def load_with_hint(name: str, loader: Callable[[str], T]) -> T:
         return loader(resolved)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         if os.path.isdir(resolved):
-            raise ModelNotFoundError(f"could not load model from folder {resolved!r}: {load_failure(exc)}") from None
+            raise load_error(resolved, exc) from None
         if isinstance(exc, (RuntimeError, SafetensorError)):  # a hub model that was fetched, and failed to load
             raise
         raise ModelNotFoundError(
@@ -207,9 +207,13 @@ def load_with_hint(name: str, loader: Callable[[str], T]) -> T:
         ) from None
 
 
-def load_failure(exc: BaseException) -> str:
-    """Why a model folder failed to load, in one line: transformers' messages run to several lines (the first alone
-    ended in "from one of:"), and its size-mismatch error points to a report its silenced log never printed."""
+def load_error(folder: str, exc: BaseException) -> ModelNotFoundError:
+    """Why the model in ``folder`` failed to load, in one line: transformers' messages run to several lines (the first
+    alone ended in "from one of:"), and its size-mismatch error points to a report its silenced log never printed."""
+    return ModelNotFoundError(f"could not load model from folder {folder!r}: {_failure(exc)}")
+
+
+def _failure(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if "ignore_mismatched_sizes" in text:
         return "its config.json does not fit its weights (tensor sizes differ): is config.json another model's?"

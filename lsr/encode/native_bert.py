@@ -341,9 +341,9 @@ def _load(folder: str, architectures: tuple[str, ...], kind: type) -> tuple[nn.M
     try:
         weights = load_file(os.path.join(folder, WEIGHTS))
     except SafetensorError as exc:
-        from lsr.encode.models import ModelNotFoundError, load_failure
+        from lsr.encode.models import load_error
 
-        raise ModelNotFoundError(f"could not load model from folder {folder!r}: {load_failure(exc)}") from None
+        raise load_error(folder, exc) from None
     return model, weights, tokenizer
 
 
