@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lsr.ingest.collection import build_tag
 from lsr.ingest.layout import read_meta, usable_search_defaults
 from lsr.ingest.sharding import global_doc_freqs, read_shard_map
 from lsr.search.fusion import Ranking, rank
@@ -26,6 +27,9 @@ from lsr.search.searcher import Searcher, check_open_options, check_path
 from lsr.service.local_shards import LocalShards
 from lsr.service.shard_set import ShardOptions, ShardSet
 from lsr.sparse import SparseBatch, as_id
+
+
+REOPEN_WAIT_S = 120.0  # a reload waits this long for the new build's shard servers, then closes them and tries again
 
 
 def merge_runs(parts: Sequence[Ranking], depth: int) -> Ranking:
@@ -150,11 +154,16 @@ class _WholeCollection:
 class ShardedSearcher(Searcher):
     """A Searcher over a sharded collection: encoders here, legs on the shard servers."""
 
-    def __init__(self, root: Path, shards: ShardSet | LocalShards, meta: dict, models: SearchModels) -> None:
+    sharded = True
+
+    def __init__(self, root: Path, shards: ShardSet | LocalShards, meta: dict, models: SearchModels,
+                 options: ShardOptions | None = None) -> None:
+        """``options``: how ``shards`` were started on Ray (None: in this process), for ``reopen``."""
         super().__init__(None, models)
         self.root = root
         self.shards = shards
         self._meta = meta
+        self._options = options
 
     @classmethod
     def open(cls, path: str | Path, *, query_encoder: str = "auto", device: str = "auto", dtype: str = "auto",
@@ -164,17 +173,40 @@ class ShardedSearcher(Searcher):
         ``in_process``: open every shard in this process instead, without Ray (``LocalShards``: `lsr search`)."""
         root = Path(check_path(path)).expanduser().absolute()  # the shard servers' paths, whatever their working folder
         check_open_options(query_encoder, threads, device, dtype)
+        return cls._started(root, None if in_process else options or ShardOptions(),
+                            lambda meta, whole: SearchModels(meta, query_encoder, doc_freqs=lambda: whole,
+                                                             device=device, dtype=dtype))
+
+    @classmethod
+    def _started(cls, root: Path, options: ShardOptions | None,
+                 models_for: Callable[[dict, _WholeCollection], SearchModels]) -> "ShardedSearcher":
         shard_map = read_shard_map(root)
         meta = read_meta(shard_map.paths(root)[0])
-        shards = LocalShards(root, shard_map) if in_process else ShardSet(root, shard_map, options or ShardOptions())
-        whole = _WholeCollection(shards)
-        models = SearchModels(meta, query_encoder, doc_freqs=lambda: whole, device=device, dtype=dtype)
+        shards = LocalShards(root, shard_map) if options is None else ShardSet(root, shard_map, options)
         try:
+            models = models_for(meta, _WholeCollection(shards))
             models.query, models.dense  # noqa: B018 - loaded now, while the shard servers start
         except BaseException:
             shards.close()
             raise
-        return cls(root, shards, meta, models)
+        return cls(root, shards, meta, models, options)
+
+    def reopen(self, wait: float = REOPEN_WAIT_S) -> "ShardedSearcher":
+        """The collection opened again (a new build there, with as many shards as it has now) with these options,
+        once every one of its shard servers is up (at most ``wait`` seconds: a reload must not swap in a partial
+        collection); the models that build names as this one did are shared, not loaded again. The shard servers
+        serving now keep theirs until this one is closed: for a moment both builds hold their CPUs on Ray."""
+        searcher = self._started(self.root, self._options,
+                                 lambda meta, whole: self.models.like(meta, doc_freqs=lambda: whole))
+        if not searcher.shards.wait_all_up(wait):
+            reasons = searcher.shards.down_reasons()
+            searcher.close()
+            raise RuntimeError(f"the new build's shard servers did not all come up within {wait:g} s: {reasons}")
+        return searcher
+
+    def when_replaced(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` once a shard server finds its shard indexed anew (or moved or deleted)."""
+        self.shards.when_replaced(listener)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -187,8 +219,9 @@ class ShardedSearcher(Searcher):
 
     @property
     def index_version(self) -> str:
-        """One version per shard, as last seen: it changes whenever any shard's does."""
-        return ".".join(self.shards.versions)
+        """``<build>-<versions>``: the build's tag (its first shard's seal) and one version per shard, as last seen:
+        it changes whenever any shard's does, and with every build (each shard's counts writes from 1 again)."""
+        return f"{build_tag(self._meta)}-{'.'.join(self.shards.versions)}"
 
     @property
     def has_bm25(self) -> bool:

@@ -9,6 +9,7 @@ to open fails the open.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -37,10 +38,26 @@ class LocalShards:
         return True
 
     def on_health(self, report: Callable[[bool], None]) -> None:
+        """Servable until a shard is found indexed anew (its texts and writes fail until the new build is opened)."""
         report(True)
+        self.when_replaced(lambda: report(False))
 
     def wait_all_up(self, timeout: float) -> bool:
         return True
+
+    def when_replaced(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` once, the first time a shard's collection is found indexed anew (or moved or deleted)."""
+        lock, told = threading.Lock(), []
+
+        def tell_once() -> None:
+            with lock:
+                if told:
+                    return
+                told.append(True)
+            listener()
+
+        for server in self.servers:
+            server.collection.when_replaced(tell_once)
 
     def call(self, method: str, args: dict[int, tuple], deadline: float | None, *,
              strict: bool = False, write: bool = False) -> tuple[dict[int, Any], list[int]]:

@@ -9,7 +9,11 @@ names as the old one did are shared, not loaded again): while the new build is u
 folder is gone) that fails and the old build keeps answering; once it opens, it is warmed up and
 swapped in, and health turns SERVING again. Requests that started on the old build finish on it
 (``SearchServicer.swap``), so no request mixes one build's query encoder with another's index.
-For a moment both builds are in memory.
+For a moment both builds are in memory. A sharded collection is served again the same way
+(``ShardedSearcher.reopen``): the first shard server to find its shard indexed anew starts the
+reload, which starts shard servers for the new build (as many as it has now) beside the old ones,
+waits until all are up, then swaps; the old ones stop once their requests have finished. A folder
+indexed anew as the other kind (sharded or not) needs a restart, and writes say so.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ MAX_PAUSE = 60.0  # seconds at most between two tries to open the collection aga
 class Reloader:
     """Opens the collection of ``current()`` (the searcher being served) again once it was found indexed anew, warms
     it up and hands it to ``swap``; ``stop`` ends a reload under way (the searcher it opened is closed). ``blocked``:
-    why no reload can serve the folder until the server restarts (a sharded collection was built there), else None."""
+    why no reload can serve the folder until the server restarts (the other kind of collection was built there), else
+    None."""
 
     def __init__(self, current: Callable[[], Any], swap: Callable[[Any], None], interval: float = 1.0) -> None:
         self._current = current
@@ -42,7 +47,7 @@ class Reloader:
     def watch(self, searcher: Any) -> None:
         """Reload when ``searcher``'s collection is found indexed anew (or moved or deleted: reopening then waits
         until a collection is there again)."""
-        searcher.collection.when_replaced(self._start)
+        searcher.when_replaced(self._start)
 
     def stop(self) -> None:
         self._stop.set()
@@ -103,11 +108,17 @@ class Reloader:
         return None
 
     def _say_waiting(self, reason: str) -> None:
+        from lsr.ingest.layout import META_FILE
         from lsr.ingest.sharding import is_sharded
 
-        path = self._current().collection.path
-        self.blocked = (f"{path} was indexed anew as a sharded collection, which `lsr serve` serves through a "
-                        "coordinator: restart the server" if is_sharded(path) else None)
+        current = self._current()
+        path = current.path
+        # The other kind of collection there now (not a build under way, nor a folder moved away)
+        sharded = is_sharded(path) and not current.sharded
+        unsharded = current.sharded and not is_sharded(path) and (path / META_FILE).is_file()
+        self.blocked = None if not (sharded or unsharded) else (
+            f"{path} was indexed anew as {'a sharded' if sharded else 'an unsharded'} collection, which `lsr serve` "
+            f"serves {'through a coordinator' if sharded else 'without one'}: restart the server")
         if self.blocked:
             log.warning("event=reload_waiting reason=%r", self.blocked)
         else:

@@ -210,8 +210,8 @@ class SearchServer:
     """A started gRPC server around one Searcher; ``drain()`` then ``stop()`` shuts it down in order."""
 
     def __init__(self, searcher, config: ServerConfig, reload: bool = False) -> None:
-        """``reload``: serve the collection again once it is indexed anew (``lsr.service.reload``; a ``Searcher`` of
-        one collection folder); without it the server stays NOT_SERVING until a restart."""
+        """``reload``: serve the collection again once it is indexed anew (``lsr.service.reload``); without it the
+        server stays NOT_SERVING until a restart."""
         self.config = config
         self._reloader = Reloader(lambda: self.searcher, self._swap_in) if reload else None
         self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch,

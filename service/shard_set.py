@@ -69,11 +69,12 @@ class ShardOptions:
 
 def connect_ray(address: str | None, cpus_needed: float) -> None:
     """Join the cluster at ``address`` (checked reachable first: Ray retries for minutes), or start a local
-    instance big enough to place every shard; a session already started in this process is used as is."""
+    instance big enough to place every shard twice (a reload starts the new build's shard servers before it stops
+    the old ones); a session already started in this process is used as is."""
     if "ray" in sys.modules and import_ray().is_initialized():
         return
     check_reachable(address)  # before Ray loads: it reads RAY_AUTH_MODE, which this may set, at import
-    local = {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus_needed))} if address is None else {}
+    local = {"num_cpus": max(os.cpu_count() or 1, math.ceil(2 * cpus_needed))} if address is None else {}
     start_ray(chosen_address(address), **local)
 
 
@@ -148,6 +149,7 @@ class ShardSet:
         self._write_locks = [threading.Lock() for _ in self.names]
         self._last_writes: list[Any] = [None] * len(self.names)  # each shard's latest write (a Ray ref)
         self._reporters: list[Callable[[bool], None]] = []
+        self._on_replaced: list[Callable[[], None]] = []
         self._closed = threading.Event()
         self._all_up = threading.Event()
         self._probe = threading.Thread(target=self._probe_loop, name="lsr-shard-probe", daemon=True)
@@ -163,10 +165,19 @@ class ShardSet:
             healthy = self._healthy
         report(healthy)
 
+    def when_replaced(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` the first time a shard server reports its shard indexed anew (or moved or deleted); at once
+        if one already has."""
+        with self._lock:
+            self._on_replaced.append(listener)
+            already = any((info or {}).get("replaced") for info in self.infos)
+        if already:
+            listener()
+
     @property
     def _healthy(self) -> bool:
         """Every shard up, and none indexed anew under its server (``lsr index --overwrite``: it still answers
-        searches from the build it opened, but its writes fail until the coordinator restarts)."""
+        searches from the build it opened, but its writes fail until the coordinator opens the new build)."""
         return all(self._up) and not any(info is not None and info.get("replaced") for info in self.infos)
 
     def wait_all_up(self, timeout: float) -> bool:
@@ -185,18 +196,21 @@ class ShardSet:
         with self._lock:
             changed, told, was_healthy = self._up[shard] != up, self._reasons[shard] == why, self._healthy
             replaced_now = info is not None and info.get("replaced") and not (self.infos[shard] or {}).get("replaced")
+            first_replaced = replaced_now and not any((known or {}).get("replaced") for known in self.infos)
             self._up[shard], self._reasons[shard] = up, why
             if info is not None:
                 self.infos[shard] = info
             healthy, all_up = self._healthy, all(self._up)
-            reporters = list(self._reporters)
+            reporters, listeners = list(self._reporters), list(self._on_replaced) if first_replaced else []
         if up and changed:
             log.info("event=shard_up shard=%s", self.names[shard])
         if not up and not told:
             log.warning("event=shard_down shard=%s reason=%r", self.names[shard], why)
         if replaced_now:
-            log.warning("event=shard_replaced shard=%s: indexed anew under this server, whose writes to it fail until "
-                        "it restarts", self.names[shard])
+            log.warning("event=shard_replaced shard=%s: indexed anew under this server, whose writes fail until it "
+                        "serves the new build", self.names[shard])
+            for listener in listeners:
+                listener()
         (self._all_up.set if all_up else self._all_up.clear)()
         if healthy != was_healthy:
             for report in reporters:

@@ -49,14 +49,14 @@ def ray_session():
     ray.shutdown()
 
 
-def _start(path: Path, **shard_options):
+def _start(path: Path, reload: bool = False, **shard_options):
     from lsr.service.coordinator import ShardedSearcher
     from lsr.service.server import SearchServer, ServerConfig
     from lsr.service.shard_set import ShardOptions
 
     searcher = ShardedSearcher.open(path, threads=1, device="cpu",
                                     options=ShardOptions(shard_cpus=0.25, probe_seconds=0.2, **shard_options))
-    return SearchServer(searcher, ServerConfig(port=0, encode_workers=1)).start()
+    return SearchServer(searcher, ServerConfig(port=0, encode_workers=1), reload).start()
 
 
 def _answered(client, query: str) -> tuple[str, ...]:
@@ -395,6 +395,97 @@ def test_a_sharded_collection_indexed_anew_under_its_server_turns_health_not_ser
     finally:
         server.stop(0)
     assert main(["verify", str(path)]) == 0
+
+
+def test_a_sharded_collection_indexed_anew_under_its_server_is_served_without_a_restart(built, ray_session, beir_dir,
+                                                                                        queries, tmp_path):
+    """`lsr serve` of a sharded collection stayed NOT_SERVING after `lsr index --overwrite` until someone restarted it.
+    It now starts the new build's shard servers (here 2 where there were 3), swaps them in once all are up, serves
+    the new build (searches, texts and writes) and stops the old shard servers."""
+    import shutil
+
+    from lsr.cli.main import main
+
+    path = shutil.copytree(built["sharded"], tmp_path / "sharded")
+    server = _start(path, reload=True)
+    old = server.searcher
+    try:
+        with Client(f"127.0.0.1:{server.port}", timeout=120) as c:
+            _wait(lambda: c.health() == "SERVING")
+            c.search(queries[0], k=1)  # the shards' versions as a search saw them
+            before = c.stats()
+            assert before["details"]["shards"] == str(N_SHARDS)
+            assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--shards", "2",
+                         "--limit", "12", "--max-length", "32", "--quiet"]) == 0
+            _wait(lambda: server.searcher is not old, timeout=180)
+            _wait(lambda: c.health() == "SERVING")
+            hits = c.search(queries[0], k=N_DOCS, include_text=True).hits
+            assert len(hits) == 12 and all(hit.text for hit in hits)
+            stats = c.stats()
+            details = stats["details"]
+            assert (stats["num_docs"], details["shards"], details["shards_up"], details["reloads"]) == (12, "2", "2", "1")
+            # "<build>-<each shard's writes>": the new build's counts start again, under another build tag
+            (old_tag, old_counts), (new_tag, new_counts) = (v["index_version"].split("-") for v in (before, stats))
+            assert len(old_counts.split(".")) == N_SHARDS and new_counts == "1.1" and old_tag != new_tag
+            c.upsert(["after-overwrite"], ["tardigrades survive the vacuum of space"])
+            assert c.search("tardigrades vacuum", k=1).hits[0].doc_id == "after-overwrite"
+            _wait(lambda: old.shards._closed.is_set())  # the old build's shard servers stop once idle
+    finally:
+        server.stop(0)
+    assert main(["verify", str(path)]) == 0
+
+
+def test_shards_opened_in_process_are_served_again_once_indexed_anew(built, beir_dir, queries, tmp_path):
+    """The Python API may serve a sharded collection whose shards it opened in process (no Ray): a reload opens the
+    new build's shards alike."""
+    import shutil
+
+    from lsr.cli.main import main
+    from lsr.service.coordinator import ShardedSearcher
+    from lsr.service.server import SearchServer, ServerConfig
+
+    path = shutil.copytree(built["sharded"], tmp_path / "sharded")
+    searcher = ShardedSearcher.open(path, threads=1, device="cpu", in_process=True)
+    servable: list[bool] = []
+    searcher.on_health(servable.append)
+    server = SearchServer(searcher, ServerConfig(port=0, encode_workers=1), reload=True).start()
+    try:
+        assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--shards", "2",
+                     "--limit", "12", "--max-length", "32", "--quiet"]) == 0
+        _wait(lambda: server.searcher is not searcher, timeout=120)
+        assert servable == [True, False]  # NOT_SERVING once found indexed anew, until the new build is swapped in
+        assert server.searcher.stats()["shards"] == 2
+        assert len(server.searcher.search(queries[0], k=N_DOCS)) == 12
+    finally:
+        server.stop(0)
+
+
+def test_a_sharded_collection_indexed_anew_unsharded_under_its_server_asks_for_a_restart(built, ray_session,
+                                                                                         beir_dir, tmp_path):
+    """A sharded collection indexed anew without --shards: its coordinator cannot serve it, so writes say to restart
+    (FAILED_PRECONDITION), not "retry shortly" for good; searches answer from the shards it had."""
+    import shutil
+
+    from lsr.cli.main import main
+
+    path = shutil.copytree(built["sharded"], tmp_path / "sharded")
+    server = _start(path, reload=True)
+    try:
+        with Client(f"127.0.0.1:{server.port}", timeout=120) as c:
+            _wait(lambda: c.health() == "SERVING")
+            assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--limit", "6",
+                         "--max-length", "32", "--quiet"]) == 0
+
+            def refused() -> str:
+                with pytest.raises(grpc.RpcError) as failure:
+                    c.upsert(["after-overwrite"], ["tardigrades survive vacuum"])
+                return f"{failure.value.code().name}: {failure.value.details()}"
+
+            _wait(lambda: refused().startswith("FAILED_PRECONDITION: "), timeout=120)
+            assert f"{path} was indexed anew as an unsharded collection" in refused() and "restart" in refused()
+            assert c.health() == "NOT_SERVING" and len(c.search("cancer", k=N_DOCS).hits) > 6
+    finally:
+        server.stop(0)
 
 
 def test_a_write_one_shard_fails_names_it_and_the_shards_that_applied_it(built, ray_session, tmp_path):

@@ -6,7 +6,9 @@ NOT_SERVING, in-flight requests finish, the process exits 0.
 The collection may be indexed anew while it is served (`lsr index --overwrite`, same folder): health
 turns NOT_SERVING and searches answer from the old build until the new one is whole; the server
 then opens it, warms it up and serves it (SERVING again) without a restart. Texts and writes fail
-UNAVAILABLE (retry) in between. For that moment both builds are in memory.
+UNAVAILABLE (retry) in between. For that moment both builds are in memory. A sharded collection
+is served again the same way: the new build's shard servers start beside the old ones (Ray needs
+the CPUs for both for that moment; a local instance reserves them) and take over once all are up.
 
 A sharded collection (`lsr index --shards N`) is served by a coordinator: it starts one shard
 server per shard as a Ray actor (a local Ray instance, or the cluster at --ray-address), encodes
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         shards = ShardOptions(ray_address=args.ray_address, shard_cpus=args.shard_cpus,
                               concurrency=args.shard_concurrency, require_all=args.require_all_shards,
                               shard_timeout=args.shard_timeout)
-        return serve(ShardedSearcher.open(args.collection, options=shards, **options), config)
+        return serve(ShardedSearcher.open(args.collection, options=shards, **options), config, reload=True)
     refuse_unused(flags_given(args, "ray_address", "require_all_shards", "shard_cpus", "shard_concurrency",
                               "shard_timeout"),
                   f"{args.collection} is not a sharded collection (`lsr index --shards N` makes those)")

@@ -60,6 +60,12 @@ def save_rows(rows: int) -> int:
     return min(10_000, max(1_000, rows // 10))
 
 
+
+def build_tag(meta: dict) -> str:
+    """A short tag of a build's ``lsr.json`` seal, which differs in every build (its build_id): index versions start
+    with it, so a client can tell two builds' versions apart (each counts writes from 1)."""
+    return f"{zlib.crc32(canonical_json(meta)):08x}"
+
 class CollectionReplaced(MachineStateError):
     """What this process opened is no longer what it may write: the folder was indexed anew, moved or deleted, or a
     write failed half-applied (a full disk); only opening it again (which replays the journal) writes again.
@@ -105,7 +111,7 @@ class Collection:
                  records: Sequence[Record] = ()) -> None:
         self.path = path
         self.meta = meta
-        self.build_tag = f"{zlib.crc32(canonical_json(meta)):08x}"  # lsr.json's seal: every build's differs (build_id)
+        self.build_tag = build_tag(meta)
         self._meta_seen = _file_identity(path / META_FILE)  # a new build (`lsr index --overwrite`) writes a new lsr.json
         self.replaced = False  # this process found the collection indexed anew (or gone): only a reopen writes again
         self._on_replaced: list[Callable[[], None]] = []

@@ -226,6 +226,8 @@ def _timed(timings: dict[str, float], stage: str):
 class Searcher:
     """Query → hits over one collection (sparse index, optional dense index, optional texts)."""
 
+    sharded = False  # a ShardedSearcher's legs run on shard servers
+
     def __init__(self, collection: Any, models: SearchModels):
         self.collection = collection
         self.models = models
@@ -254,6 +256,11 @@ class Searcher:
 
         collection = Collection.open(self.collection.path)
         return Searcher(collection, self.models.like(collection.meta, doc_freqs=lambda: ViewLegs(collection.view())))
+
+    def when_replaced(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` once this process finds the collection indexed anew, moved or deleted, or a write failed
+        half-applied (``Collection.when_replaced``): only ``reopen`` serves it again."""
+        self.collection.when_replaced(listener)
 
     @property
     def query_encoder(self) -> Any:
