@@ -705,6 +705,10 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
      "--query-encoder does nothing here: it encodes SPLADE queries, and --mode bm25 runs none"),
     (["encode", "--input", "{tmp}/lines.txt", "--output", "{tmp}/v.parquet", "--fields", "title"],
      "--fields names a column, and lines.txt is a text file"),
+    (["index", "{tmp}/lines.txt", "{tmp}/out", "--fields", "title"],  # after its "indexing ..." line
+     "--fields names a column, and lines.txt is a text file"),
+    (["index", "{tmp}/lines.txt", "{tmp}/out", "--id-field", "title"],  # said the id field could not be a text field
+     "--id-field names a column, and lines.txt is a text file"),
     (["serve", "{direct}", "--shard-timeout", "5"], "--shard-timeout does nothing here: {direct} is not a sharded"),
     (["index", "{vectors}", "{tmp}/out", "--pre-encoded", "--id-field", "docid"], "--id-field does nothing here"),
     (["index", "{vectors}", "{tmp}/out", "--pre-encoded", "--max-length", "64"],

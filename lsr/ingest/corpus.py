@@ -169,6 +169,31 @@ class _StreamEnd:
         return self.stream.closed
 
 
+
+def check_read_options(source: Path, fields: Sequence[str], id_field: str, on_error: str,
+                       limit: int | None) -> list[str]:
+    """The text fields to read (blank names dropped), once the checks that read nothing hold: a verb runs them before
+    it says what it starts, so a bad flag is its only line."""
+    if not source.exists():
+        raise FileNotFoundError(f"corpus {source} does not exist")
+    if not (source.is_file() or source.is_dir()):  # a pipe's second open waited for a writer forever
+        raise ValueError(f"{source} is not a regular file (a pipe?); lsr reads a corpus more than once: "
+                         "save it to a file first")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    fields = [f.strip() for f in fields if f.strip()]
+    if corpus_format(source) == "text" and (tuple(fields) != DEFAULT_FIELDS or id_field != DEFAULT_ID_FIELD):
+        flag = "--fields" if tuple(fields) != DEFAULT_FIELDS else "--id-field"  # taken, and did nothing
+        raise ValueError(f"{flag} names a column, and {source.name} is a text file: one document a line, "
+                         "its id the line number")
+    if not fields:
+        raise ValueError("--fields must name at least one text field, e.g. title,text")
+    if id_field in fields:
+        raise ValueError(f"the id field {id_field!r} cannot also be a text field")
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    return fields
+
 class CorpusReader:
     """Iterate :class:`DocChunk` s over a corpus; ``stats`` tracks progress and skipped rows.
 
@@ -189,20 +214,7 @@ class CorpusReader:
         chunk_bytes: int = _BLOCK_BYTES,
     ) -> None:
         self.source = Path(source).expanduser()
-        if not self.source.exists():
-            raise FileNotFoundError(f"corpus {self.source} does not exist")
-        if not (self.source.is_file() or self.source.is_dir()):  # a pipe's second open waited for a writer forever
-            raise ValueError(f"{self.source} is not a regular file (a pipe?); lsr reads a corpus more than once: "
-                             "save it to a file first")
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        fields = [f.strip() for f in fields if f.strip()]
-        if not fields:
-            raise ValueError("--fields must name at least one text field, e.g. title,text")
-        if id_field in fields:
-            raise ValueError(f"the id field {id_field!r} cannot also be a text field")
-        if limit is not None and limit <= 0:
-            raise ValueError(f"limit must be positive, got {limit}")
+        fields = check_read_options(self.source, fields, id_field, on_error, limit)
         self.fields = fields
         self.id_field = id_field
         self.on_error = on_error
@@ -211,10 +223,6 @@ class CorpusReader:
         self.format = corpus_format(self.source)
         self.stats = ReadStats()
         self._seen: set[str] = set()
-        if self.format == "text" and (tuple(fields) != DEFAULT_FIELDS or id_field != DEFAULT_ID_FIELD):
-            flag = "--fields" if tuple(fields) != DEFAULT_FIELDS else "--id-field"  # taken, and did nothing
-            raise ValueError(f"{flag} names a column, and {self.source.name} is a text file: one document a line, "
-                             "its id the line number")
         if self.format in ("jsonl", "csv", "parquet"):
             try:
                 columns = self._columns()
