@@ -354,6 +354,10 @@ def test_eval_says_when_ids_formats_or_columns_cannot_be_what_the_user_meant(tmp
     with caplog.at_level("WARNING"):
         assert cli_main(["eval", str(swapped), str(qrels)]) == 0
     assert "scores rise from line to line in 2 of 2 steps" in caplog.text and "rank and score columns swapped?" in caplog.text
+    # in a shell it reads as the verb's other warnings do, without a server log's time and logger name
+    shell = subprocess.run([sys.executable, "-m", "lsr", "eval", str(swapped), str(qrels)], capture_output=True,
+                           text=True, check=True)
+    assert shell.stderr.startswith(f"warning: {swapped}: scores rise from line to line in 2 of 2 steps"), shell.stderr
     assert cli_main(["eval", str(_write(tmp_path / "bad-rank.trec", "q1 Q0 d1 first 2.0 t\n")), str(qrels)]) == 2
     assert "line 1: rank 'first' is not a whole number" in capsys.readouterr().err
 

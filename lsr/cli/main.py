@@ -222,6 +222,21 @@ def _signals_as_exceptions():
         sys.unraisablehook = previous_hook
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LOGGING_VERBS = ("serve", "train")  # long runs whose log lines keep their time (a server's are its log)
+
+
+class OwnLinesBare(logging.Formatter):
+    """lsr's log lines in a one-shot verb read as its other messages do ("warning: ..."), not as a server's log with
+    a time and a logger name; other libraries' lines keep theirs, which say whose they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name != "lsr" and not record.name.startswith("lsr.") or record.exc_info:
+            return super().format(record)
+        prefix = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return prefix + record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
@@ -231,11 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "INFO" if args.verbose else "ERROR")
     # our INFO lines, and other libraries' warnings only: torch's exit-time INFO lines (FakeTensor cache stats) came
     # after a Ctrl-C's message, and matplotlib's "generated new fontManager" in the README's first run
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if args.verb not in LOGGING_VERBS and not args.verbose:
+        handler.setFormatter(OwnLinesBare(LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format=LOG_FORMAT,
+                        handlers=[handler])
     quiet = getattr(args, "quiet", False)  # the verb's --quiet: its warnings only
     logging.getLogger("lsr").setLevel(logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO)
     try:
