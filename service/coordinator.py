@@ -10,6 +10,7 @@ feedback vectors fetched from their owners) and the final top-k are the unsharde
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -198,10 +199,13 @@ class ShardedSearcher(Searcher):
         serving now keep theirs until this one is closed: for a moment both builds hold their CPUs on Ray."""
         searcher = self._started(self.root, self._options,
                                  lambda meta, whole: self.models.like(meta, doc_freqs=lambda: whole))
-        if not searcher.shards.wait_all_up(wait):
-            reasons = searcher.shards.down_reasons()
-            searcher.close()
-            raise RuntimeError(f"the new build's shard servers did not all come up within {wait:g} s: {reasons}")
+        give_up = time.monotonic() + wait
+        while not searcher.shards.wait_all_up(0.1) or searcher.shards.replaced:
+            if searcher.shards.replaced or time.monotonic() > give_up:
+                why = ("it was indexed anew again while they started" if searcher.shards.replaced else
+                       f"not all came up within {wait:g} s: {searcher.shards.down_reasons()}")
+                searcher.close()
+                raise RuntimeError(f"the new build's shard servers are not served: {why}")
         return searcher
 
     def when_replaced(self, listener: Callable[[], None]) -> None:

@@ -45,6 +45,10 @@ class LocalShards:
     def wait_all_up(self, timeout: float) -> bool:
         return True
 
+    @property
+    def replaced(self) -> bool:
+        return any(server.collection.replaced for server in self.servers)
+
     def when_replaced(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` once, the first time a shard's collection is found indexed anew (or moved or deleted)."""
         lock, told = threading.Lock(), []

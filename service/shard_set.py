@@ -20,10 +20,12 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from lsr.ingest.collection import build_tag
+from lsr.ingest.layout import read_meta
 from lsr.ingest.ray_engine import check_reachable, chosen_address, import_ray, start_ray
 from lsr.ingest.sharding import ShardMap
 from lsr.service.batching import DeadlinePassed
@@ -35,6 +37,8 @@ MAX_SHARD_TIMEOUT = 86_400.0  # a day: Ray's and threading's timeouts overflow o
 MAX_SHARD_CPUS = 4_096
 RECREATE_BACKOFF_S = (1.0, 30.0)  # a shard server that failed to start is created again after 1, 2, 4 ... 30 s
 DEAD_AFTER_S = 2.0  # probes failing at once for this long: Ray will not restart the shard server
+PLACEMENT_GRACE_S = 5.0  # a shard server that holds its CPUs starts within this: only then is "pending placement" said
+_OWN_LOCAL_INSTANCE = threading.Event()  # connect_ray started this process's Ray instance: its CPUs are ours to share
 
 
 class ShardUnavailable(Exception):
@@ -76,6 +80,25 @@ def connect_ray(address: str | None, cpus_needed: float) -> None:
     check_reachable(address)  # before Ray loads: it reads RAY_AUTH_MODE, which this may set, at import
     local = {"num_cpus": max(os.cpu_count() or 1, math.ceil(2 * cpus_needed))} if address is None else {}
     start_ray(chosen_address(address), **local)
+    if address is None:
+        _OWN_LOCAL_INSTANCE.set()
+
+
+def _fitted(options: ShardOptions, shards: int) -> ShardOptions:
+    """``options`` with the CPUs a shard server reserves lowered to what is free, where this process started its local
+    Ray instance and asking for more would leave shard servers pending for good: a reload to more shards than the
+    instance was sized for, beside the shard servers of the build still served. On one machine Ray's CPUs only count
+    who may start; they bound nothing. On a cluster a reload waits for room, and its shard servers say so."""
+    if not _OWN_LOCAL_INSTANCE.is_set() or options.shard_cpus * shards <= (free := _free_cpus()):
+        return options
+    cpus = math.floor(free / shards * 10_000) / 10_000  # Ray counts resources in units of 1/10000
+    log.info("event=shard_cpus_lowered shards=%d cpus=%g asked=%g: the local Ray instance has %g CPUs free beside "
+             "the build still served", shards, cpus, options.shard_cpus, free)
+    return replace(options, shard_cpus=cpus)
+
+
+def _free_cpus() -> float:
+    return import_ray().available_resources().get("CPU", 0.0)
 
 
 def _check_placeable(names: Sequence[str], cpus: float) -> None:
@@ -91,6 +114,14 @@ def _check_placeable(names: Sequence[str], cpus: float) -> None:
     if round(cpus * len(names), 4) > total:  # Ray counts resources in units of 1/10000
         raise RuntimeError(f"Ray cannot place all of {shards}: they ask for {_cpus(cpus)} each, "
                            f"{cpus * len(names):g} in all, and the cluster has {total:g} (lower --shard-cpus)")
+
+
+def _build_of(path: str) -> str | None:
+    """The tag of the build in a shard's folder now; None where it cannot be read (its server then says why)."""
+    try:
+        return build_tag(read_meta(Path(path)))
+    except Exception:  # noqa: BLE001 - missing, damaged, being built: the shard server's start says which
+        return None
 
 
 def _cpus(amount: float) -> str:
@@ -128,20 +159,22 @@ class ShardSet:
 
         self.shard_map = shard_map
         self.names = shard_map.names
-        self.options = options
         connect_ray(options.ray_address, options.shard_cpus * shard_map.n_shards)  # before Ray loads: see there
         ray = import_ray()
+        self.options = options = _fitted(options, shard_map.n_shards)
         _check_placeable(self.names, options.shard_cpus)
         actor = ray.remote(ShardServer).options(
             max_restarts=options.max_restarts, max_task_retries=0, num_cpus=options.shard_cpus,
             max_concurrency=options.concurrency,
         )
         self._actor, self._paths = actor, [str(path.resolve()) for path in shard_map.paths(root)]
+        self._builds = [_build_of(path) for path in self._paths]  # each shard's build this set serves
         self.actors = [actor.remote(name, path) for name, path in zip(self.names, self._paths)]
         self._recreate_at = [0.0] * len(self.names)  # when a dead shard server may be created again
         self._dead_since: list[float | None] = [None] * len(self.names)  # the first of a run of ActorDiedErrors
         self._backoff = [RECREATE_BACKOFF_S[0]] * len(self.names)
         self.infos: list[dict[str, Any] | None] = [None] * len(self.names)
+        self._not_up_since = [time.monotonic()] * len(self.names)  # created, or down since
         self.versions = ["0"] * len(self.names)
         self._up = [False] * len(self.names)
         self._reasons = [""] * len(self.names)
@@ -175,6 +208,12 @@ class ShardSet:
             listener()
 
     @property
+    def replaced(self) -> bool:
+        """Whether a shard server found its shard indexed anew (or moved or deleted), or opened a newer build."""
+        with self._lock:
+            return any((info or {}).get("replaced") for info in self.infos)
+
+    @property
     def _healthy(self) -> bool:
         """Every shard up, and none indexed anew under its server (``lsr index --overwrite``: it still answers
         searches from the build it opened, but its writes fail until the coordinator opens the new build)."""
@@ -198,6 +237,8 @@ class ShardSet:
             replaced_now = info is not None and info.get("replaced") and not (self.infos[shard] or {}).get("replaced")
             first_replaced = replaced_now and not any((known or {}).get("replaced") for known in self.infos)
             self._up[shard], self._reasons[shard] = up, why
+            if changed and not up:
+                self._not_up_since[shard] = time.monotonic()
             if info is not None:
                 self.infos[shard] = info
             healthy, all_up = self._healthy, all(self._up)
@@ -245,7 +286,12 @@ class ShardSet:
                     self._set_up(shard, False, _reason(exc))
                 else:
                     self._dead_since[shard], self._backoff[shard] = None, RECREATE_BACKOFF_S[0]
-                    self._set_up(shard, True, info=info)
+                    self._builds[shard] = self._builds[shard] or info["build"]
+                    if info["build"] == self._builds[shard]:
+                        self._set_up(shard, True, info=info)
+                    else:  # (re)started after its folder was indexed anew: its hits would mix two builds
+                        self._set_up(shard, False, "it opened a newer build of its folder than the other shards "
+                                     "(indexed anew under this server)", info={**info, "replaced": True})
             for shard, (ref, sent) in list(pending.items()):
                 waiting = None if self._up[shard] else self._pending_placement(shard)
                 if waiting:
@@ -266,8 +312,9 @@ class ShardSet:
             actor = state.actors(self.actors[shard]._actor_id.hex())
         except RaySystemError:  # "Ray has not been started yet": this process holds no GCS connection of its own
             return None
-        if actor.get("State") not in ("PENDING_CREATION", "RESTARTING") or actor["Address"]["Port"]:
-            return None  # placed: starting, or answering late
+        if actor.get("State") not in ("PENDING_CREATION", "RESTARTING") or actor["Address"]["Port"] \
+                or time.monotonic() - self._not_up_since[shard] < PLACEMENT_GRACE_S:
+            return None  # placed: starting (holding its CPUs before its worker has a port), or answering late
         cpus = self.options.shard_cpus
         free = [node.get("CPU", 0.0) for node in state.available_resources_per_node().values()]
         if max(free, default=0.0) >= cpus:
@@ -290,6 +337,7 @@ class ShardSet:
         log.info("event=shard_recreate shard=%s", self.names[shard])
         import_ray().kill(self.actors[shard], no_restart=True)
         self.actors[shard] = self._actor.remote(self.names[shard], self._paths[shard])
+        self._not_up_since[shard] = time.monotonic()
 
     # ------------------------------------------------------------------ calls
     def call(self, method: str, args: dict[int, tuple], deadline: float | None, *,

@@ -63,6 +63,7 @@ class ShardServer:
             "version": str(view.sparse.version),
             "mean_text_bytes": float(view.docs.mean_text_bytes()),
             "checksum": self.collection.checksum,
+            "build": self.collection.build_tag,  # which build of the folder it opened (a restart opens the newest)
             "replaced": self.collection.replaced,  # indexed anew under it: writes fail until a restart
         }
 

@@ -524,6 +524,34 @@ def test_a_write_after_the_collection_was_indexed_anew_asks_for_a_restart(writte
     assert Collection.open(path).sparse.num_docs == 5 and not verify_collection(path).problems
 
 
+def test_a_write_after_a_half_applied_one_names_a_rebuild_since(written, beir_dir, encoders, tmp_path):
+    """After a write failed half-applied, every later write said so ("an earlier write failed half-applied ...") even
+    once the folder was indexed anew, where a reopen serves the new build (and a write that failed because the rebuild
+    took its files away named a missing manifest). They now say the collection was indexed anew."""
+    import shutil
+    import subprocess
+
+    from lsr.ingest.collection import CollectionReplaced
+
+    path = _copy(written, tmp_path / "col")
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path / "sparse")]).returncode != 0:
+        pytest.skip("chattr +i is needed to make a folder refuse writes")
+    col = Collection.open(path)
+    text = "Tardigrades survive vacuum."
+    vectors = encoders[0].encode_documents([text]), encoders[1].encode_documents([text])
+    try:
+        with pytest.raises(OSError):
+            col.upsert(["new-4"], [text], *vectors)
+        with pytest.raises(CollectionReplaced, match="an earlier write failed half-applied"):
+            col.upsert(["new-5"], [text], *vectors)
+    finally:
+        subprocess.run(["chattr", "-i", str(path / "sparse")], check=True)
+    assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--limit", "5", "--dense",
+                 "none", "--max-length", "64", "--quiet"]) == 0
+    with pytest.raises(CollectionReplaced, match="was indexed anew"):
+        col.upsert(["new-5"], [text], *vectors)
+
+
 def test_writes_leave_the_dense_index_to_the_journal_until_its_save_at_close(written, encoders, tmp_path):
     """A save rewrites the dense index whole, so writes no longer save it each time: the journal holds the rows
     since its last save, an open (after a crash too) and `lsr verify` replay them, and close saves them."""

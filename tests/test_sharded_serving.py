@@ -435,6 +435,35 @@ def test_a_sharded_collection_indexed_anew_under_its_server_is_served_without_a_
     assert main(["verify", str(path)]) == 0
 
 
+def test_a_shard_server_restarted_on_a_newer_build_is_down_not_mixed_in(built, ray_session, beir_dir, queries,
+                                                                       tmp_path):
+    """A shard server that Ray restarts (or the coordinator creates again) opens its folder as it is now: after
+    `lsr index --overwrite`, the newer build, whose hits joined the other shards' from the build they had loaded (and
+    a reload whose shards came up so swapped in such a mix). It is now down, named, and counts as indexed anew."""
+    import shutil
+
+    from lsr.cli.main import main
+    from lsr.service.coordinator import ShardedSearcher
+    from lsr.service.shard_set import ShardOptions
+
+    path = shutil.copytree(built["sharded"], tmp_path / "sharded")
+    assert main(["index", str(beir_dir / "scifact.tar.gz"), str(tmp_path / "newer"), "--shards", str(N_SHARDS),
+                 "--limit", "12", "--max-length", "32", "--quiet"]) == 0
+    searcher = ShardedSearcher.open(path, threads=1, device="cpu",
+                                    options=ShardOptions(shard_cpus=0.25, probe_seconds=0.2))
+    try:
+        assert searcher.shards.wait_all_up(60) and not searcher.shards.replaced
+        shutil.rmtree(path)
+        (tmp_path / "newer").rename(path)
+        ray.kill(searcher.shards.actors[1], no_restart=False)
+        _wait(lambda: "opened a newer build of its folder" in searcher.shards.down_reasons())
+        assert searcher.shards.replaced
+        result = searcher.search(queries[0], k=N_DOCS)
+        assert result.shards_missing == ("shard-001",) and all(shard_of(h.doc_id, N_SHARDS) != 1 for h in result)
+    finally:
+        searcher.close()
+
+
 def test_shards_opened_in_process_are_served_again_once_indexed_anew(built, beir_dir, queries, tmp_path):
     """The Python API may serve a sharded collection whose shards it opened in process (no Ray): a reload opens the
     new build's shards alike."""
@@ -603,6 +632,32 @@ def test_lsr_serve_starts_its_own_ray_and_serves_the_shards(built, whole, querie
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0
         assert "event=shard_up shard=shard-002" in server.log()
+    finally:
+        server.kill()
+
+
+def test_lsr_serve_reloads_a_collection_indexed_anew_with_more_shards_than_its_ray_was_sized_for(built, beir_dir,
+                                                                                                   tmp_path):
+    """The local Ray instance `lsr serve` starts has CPUs for its shard servers twice over (6 for 3), and the old
+    build's keep theirs until the new build's are up: 5 new shard servers asking for 1 CPU each stayed pending for
+    good, the reload retrying every three minutes. They now share what is free. Nor does a shard server that holds
+    its CPUs while its worker starts read as "pending placement" (a warning on every reload)."""
+    import shutil
+
+    from lsr.cli.main import main
+    from service_helpers import ServerProcess
+
+    path = shutil.copytree(built["sharded"], tmp_path / "sharded")
+    server = ServerProcess(path, "--threads", "1", "--device", "cpu")
+    try:
+        with server.wait_listening().client(timeout=120) as c:
+            _wait(lambda: c.health() == "SERVING", timeout=120)
+            assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--shards", "5",
+                         "--limit", "12", "--max-length", "32", "--quiet"]) == 0
+            _wait(lambda: c.stats()["details"]["shards"] == "5" and c.health() == "SERVING", timeout=120)
+            assert c.stats()["num_docs"] == 12 and c.search("cancer", k=3).shards_answered[-1] == "shard-004"
+        assert "event=shard_cpus_lowered shards=5 cpus=0.6 asked=1" in server.log()
+        assert "pending placement" not in server.log()
     finally:
         server.kill()
 

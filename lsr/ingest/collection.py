@@ -282,6 +282,7 @@ class Collection:
         wait = WRITE_WAIT if deadline is None else max(0.0, min(WRITE_WAIT, deadline - time.monotonic()))
         with self._lock:
             if self._failed is not None:
+                self.check_in_place()  # indexed anew since: say that, not what the old build's write hit
                 raise CollectionReplaced(f"{self.path}: an earlier write failed half-applied ({self._failed})",
                                          "to replay the journal, which holds it")
             try:
@@ -303,6 +304,10 @@ class Collection:
                     if self._journal.last_seq != journaled:
                         self._fail(exc)
                     raise
+            except Exception as exc:
+                if not isinstance(exc, CollectionReplaced):  # a file gone under `lsr index --overwrite`: say so
+                    self.check_in_place()
+                raise
             finally:
                 self._folder.release()
 
