@@ -89,16 +89,15 @@ def _fitted(options: ShardOptions, shards: int) -> ShardOptions:
     Ray instance and asking for more would leave shard servers pending for good: a reload to more shards than the
     instance was sized for, beside the shard servers of the build still served. On one machine Ray's CPUs only count
     who may start; they bound nothing. On a cluster a reload waits for room, and its shard servers say so."""
-    if not _OWN_LOCAL_INSTANCE.is_set() or options.shard_cpus * shards <= (free := _free_cpus()):
+    if not _OWN_LOCAL_INSTANCE.is_set():
+        return options
+    free = import_ray().available_resources().get("CPU", 0.0)
+    if options.shard_cpus * shards <= free:
         return options
     cpus = math.floor(free / shards * 10_000) / 10_000  # Ray counts resources in units of 1/10000
     log.info("event=shard_cpus_lowered shards=%d cpus=%g asked=%g: the local Ray instance has %g CPUs free beside "
              "the build still served", shards, cpus, options.shard_cpus, free)
     return replace(options, shard_cpus=cpus)
-
-
-def _free_cpus() -> float:
-    return import_ray().available_resources().get("CPU", 0.0)
 
 
 def _check_placeable(names: Sequence[str], cpus: float) -> None:

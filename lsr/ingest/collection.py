@@ -60,11 +60,11 @@ def save_rows(rows: int) -> int:
     return min(10_000, max(1_000, rows // 10))
 
 
-
 def build_tag(meta: dict) -> str:
     """A short tag of a build's ``lsr.json`` seal, which differs in every build (its build_id): index versions start
     with it, so a client can tell two builds' versions apart (each counts writes from 1)."""
     return f"{zlib.crc32(canonical_json(meta)):08x}"
+
 
 class CollectionReplaced(MachineStateError):
     """What this process opened is no longer what it may write: the folder was indexed anew, moved or deleted, or a

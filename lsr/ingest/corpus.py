@@ -169,7 +169,6 @@ class _StreamEnd:
         return self.stream.closed
 
 
-
 def check_read_options(source: Path, fields: Sequence[str], id_field: str, on_error: str,
                        limit: int | None) -> list[str]:
     """The text fields to read (blank names dropped), once the checks that read nothing hold: a verb runs them before
@@ -193,6 +192,7 @@ def check_read_options(source: Path, fields: Sequence[str], id_field: str, on_er
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
     return fields
+
 
 class CorpusReader:
     """Iterate :class:`DocChunk` s over a corpus; ``stats`` tracks progress and skipped rows.
