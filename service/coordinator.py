@@ -10,6 +10,7 @@ feedback vectors fetched from their owners) and the final top-k are the unsharde
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lsr.ingest.collection import build_tag
+from lsr.ingest.collection import CollectionReplaced, build_tag
 from lsr.ingest.layout import read_meta, usable_search_defaults
 from lsr.ingest.sharding import global_doc_freqs, read_shard_map
 from lsr.search.fusion import Ranking, rank
@@ -192,20 +193,24 @@ class ShardedSearcher(Searcher):
             raise
         return cls(root, shards, meta, models, options)
 
-    def reopen(self, wait: float = REOPEN_WAIT_S) -> "ShardedSearcher":
+    def reopen(self, stop: threading.Event | None = None, wait: float = REOPEN_WAIT_S) -> "ShardedSearcher":
         """The collection opened again (a new build there, with as many shards as it has now) with these options,
-        once every one of its shard servers is up (at most ``wait`` seconds: a reload must not swap in a partial
-        collection); the models that build names as this one did are shared, not loaded again. The shard servers
-        serving now keep theirs until this one is closed: for a moment both builds hold their CPUs on Ray."""
+        once every one of its shard servers is up (at most ``wait`` seconds, or until ``stop`` is set: a reload must
+        not swap in a partial collection); CollectionReplaced where the folder changed again meanwhile. The models
+        that build names as this one did are shared, not loaded again. The shard servers serving now keep theirs
+        until this one is closed: for a moment both builds hold their CPUs on Ray."""
         searcher = self._started(self.root, self._options,
                                  lambda meta, whole: self.models.like(meta, doc_freqs=lambda: whole))
         give_up = time.monotonic() + wait
         while not searcher.shards.wait_all_up(0.1) or searcher.shards.replaced:
-            if searcher.shards.replaced or time.monotonic() > give_up:
-                why = ("it was indexed anew again while they started" if searcher.shards.replaced else
-                       f"not all came up within {wait:g} s: {searcher.shards.down_reasons()}")
+            if searcher.shards.replaced or time.monotonic() > give_up or stop is not None and stop.is_set():
+                replaced, down = searcher.shards.replaced, searcher.shards.down_reasons()
                 searcher.close()
-                raise RuntimeError(f"the new build's shard servers are not served: {why}")
+                if replaced:
+                    raise CollectionReplaced(f"{self.root} was indexed anew again while its shard servers started",
+                                             "to serve the newest build")
+                raise RuntimeError("the server is stopping" if stop is not None and stop.is_set() else
+                                   f"the new build's shard servers did not all come up within {wait:g} s: {down}")
         return searcher
 
     def when_replaced(self, listener: Callable[[], None]) -> None:

@@ -23,9 +23,12 @@ import threading
 import time
 from typing import Any, Callable
 
+from lsr.ingest.collection import CollectionReplaced
+
 log = logging.getLogger("lsr.service")
 
 MAX_PAUSE = 60.0  # seconds at most between two tries to open the collection again
+STOP_WAIT_S = 10.0  # a stopping server waits this long for a reload under way to close what it opened
 
 
 class Reloader:
@@ -50,7 +53,11 @@ class Reloader:
         searcher.when_replaced(self._start)
 
     def stop(self) -> None:
+        """End a reload under way: it closes what it opened (a sharded build's shard servers, before Ray stops)."""
         self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(STOP_WAIT_S)
 
     def _start(self) -> None:
         with self._lock:  # one reload at a time
@@ -92,15 +99,20 @@ class Reloader:
         while not self._stop.wait(pause):
             tried = time.monotonic()
             try:
-                searcher = self._current().reopen()
+                searcher = self._current().reopen(self._stop)
             except Exception as exc:  # noqa: BLE001 - unfinished, gone, or damaged: the old build answers meanwhile
+                if self._stop.is_set():
+                    return None
                 reason = " ".join(str(exc).split())
                 if reason != said:  # once per reason, not once a second
                     self._say_waiting(reason)
                     said = reason
                 # A build under way fails at once, and is looked at every second; a damaged one fails after its
                 # checksums, which would keep a core busy: it is looked at less often, at most a fifth of the time.
-                pause = min(MAX_PAUSE, max(self._interval, 4 * (time.monotonic() - tried)))
+                # One found indexed anew again as it opened (a sharded build's shard servers take seconds) is tried
+                # again at once: that wait kept a whole new build waiting up to a minute.
+                slow = not isinstance(exc, CollectionReplaced)
+                pause = min(MAX_PAUSE, max(self._interval, 4 * (time.monotonic() - tried) * slow))
                 continue
             self.blocked = None
             self.watch(searcher)

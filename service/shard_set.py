@@ -231,6 +231,8 @@ class ShardSet:
         """Record a shard's state (``info``: what an up shard answered the probe); log each change, and each new reason
         a down shard gives (a shard whose server cannot start, say on a damaged file, stays down from the start and
         says why only here). Health is reported whenever ``_healthy`` changes."""
+        if self._closed.is_set():  # its shard servers killed on purpose: a probe under way says nothing
+            return
         with self._lock:
             changed, told, was_healthy = self._up[shard] != up, self._reasons[shard] == why, self._healthy
             replaced_now = info is not None and info.get("replaced") and not (self.infos[shard] or {}).get("replaced")
@@ -265,7 +267,7 @@ class ShardSet:
         from ray.exceptions import ActorDiedError
 
         pending: dict[int, tuple[Any, float]] = {}
-        while not self._closed.is_set():
+        while not self._closed.is_set() and ray.is_initialized():  # Ray shut down as the process exits: nothing to ask
             now = time.monotonic()
             for shard, actor in enumerate(self.actors):
                 if shard not in pending:

@@ -238,6 +238,9 @@ def test_verify_and_repair_name_a_missing_shard_folder(sharded, tmp_path, capsys
 
     with pytest.raises(FileNotFoundError, match=f"the shard's folder {col / 'shard-002'} is missing; its documents"):
         Collection.open(col / "shard-002")
+    (col / ".lsr-replaced").mkdir()  # `lsr index --overwrite` under way: no backup is needed (a server said so)
+    with pytest.raises(FileNotFoundError, match="shard-002 is missing: the collection is being indexed"):
+        Collection.open(col / "shard-002")
     data = bytearray((col / SHARDS_FILE).read_bytes())  # a damaged shard map is a finding (1), not bad input (2)
     data[len(data) // 2] ^= 0x01
     (col / SHARDS_FILE).write_bytes(bytes(data))

@@ -662,6 +662,38 @@ def test_lsr_serve_reloads_a_collection_indexed_anew_with_more_shards_than_its_r
         server.kill()
 
 
+def test_sigterm_during_a_reload_stops_its_shard_servers_and_starts_no_other_ray(built, beir_dir, tmp_path):
+    """SIGTERM while a reload waited on a new build's shard server that could not start (a damaged file): the reload
+    went on after Ray had shut down, and its next call started a second local Ray instance, whose agents outlived
+    the server. The reload now ends with the server, and lsr never lets Ray start itself."""
+    import shutil
+
+    from lsr.cli.main import main
+    from service_helpers import ServerProcess
+
+    path = shutil.copytree(built["sharded"], tmp_path / "sharded")
+    damaged = tmp_path / "damaged"
+    assert main(["index", str(beir_dir / "scifact.tar.gz"), str(damaged), "--shards", str(N_SHARDS), "--limit", "12",
+                 "--max-length", "32", "--dense", "none", "--quiet"]) == 0
+    part = next((damaged / "shard-001" / "sparse").glob("*.doc_ptr.npy"))
+    part.write_bytes(part.read_bytes()[:-1] + bytes([part.read_bytes()[-1] ^ 0xFF]))
+    server = ServerProcess(path, "--shard-cpus", "0.25", "--threads", "1", "--device", "cpu")
+    try:
+        with server.wait_listening().client(timeout=120) as c:
+            _wait(lambda: c.health() == "SERVING", timeout=120)
+        sessions = lambda: sorted(Path("/tmp/ray").glob(f"session_*_{server.proc.pid}"))  # noqa: E731
+        assert len(sessions()) == 1
+        shutil.rmtree(path)
+        damaged.rename(path)
+        _wait(lambda: "fails its crc32 checksum" in server.log(), timeout=120)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
+        time.sleep(3)  # the second instance came 0.6 s after the server stopped
+        assert len(sessions()) == 1, sessions()
+    finally:
+        server.kill()
+
+
 def test_sigterm_while_lsr_serve_starts_ray_ends_it_as_everywhere_else(built):
     """ray.init's own SIGTERM handler exited 15 without a word, in the seconds a local Ray instance takes to start."""
     from signal_helpers import signalled_while_ray_starts

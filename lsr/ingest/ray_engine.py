@@ -63,6 +63,9 @@ class RayOptions:
 def import_ray() -> Any:
     """The ``ray`` module, with a patient start-up for the local instances it may launch."""
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", GCS_START_WAIT_S)
+    # lsr starts or joins Ray itself (start_ray): a call after ray.shutdown, say from a server's reload under way as it
+    # stopped, started a new local instance whose agents outlived the process
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     try:
         import ray
     except ImportError:

@@ -87,7 +87,13 @@ def is_sharded(path: Path) -> bool:
 
 
 def missing_shard(folder: Path) -> str:
-    """A shard whose folder is gone: nothing in the other shards can rebuild its documents."""
+    """A shard whose folder is gone: nothing in the other shards can rebuild its documents (unless a build of the
+    collection is under way, or was stopped, and writes it)."""
+    from lsr.ingest.layout import BUILD_STATE, REPLACED
+
+    if (folder.parent / BUILD_STATE).is_file() or (folder.parent / REPLACED).is_dir():
+        return (f"the shard's folder {folder} is missing: the collection is being indexed (or its indexing was "
+                f"stopped: finish it with `lsr index SOURCE {folder.parent} --resume`)")
     return (f"the shard's folder {folder} is missing; its documents are nowhere else: restore the folder from a "
             f"backup, or index the corpus again (`lsr index SOURCE {folder.parent} --shards N --overwrite`)")
 

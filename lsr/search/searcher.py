@@ -249,9 +249,10 @@ class Searcher:
         return cls(collection, SearchModels(collection.meta, query_encoder, doc_freqs=lambda: ViewLegs(collection.view()),
                                             device=device, dtype=dtype))
 
-    def reopen(self) -> "Searcher":
+    def reopen(self, stop: threading.Event | None = None) -> "Searcher":
         """This searcher's folder opened again (a new build there), with its options; the models that build names as
-        this one did are shared, not loaded again."""
+        this one did are shared, not loaded again. (``stop`` ends a sharded open's wait on its shard servers; one
+        folder opens without waiting.)"""
         from lsr.ingest.collection import Collection
 
         collection = Collection.open(self.collection.path)
