@@ -37,6 +37,7 @@ MAX_SHARD_TIMEOUT = 86_400.0  # a day: Ray's and threading's timeouts overflow o
 MAX_SHARD_CPUS = 4_096
 RECREATE_BACKOFF_S = (1.0, 30.0)  # a shard server that failed to start is created again after 1, 2, 4 ... 30 s
 DEAD_AFTER_S = 2.0  # probes failing at once for this long: Ray will not restart the shard server
+MISSING_LOG_EVERY_S = 10.0  # the same shards missing are logged again after this long
 PLACEMENT_GRACE_S = 5.0  # a shard server that holds its CPUs starts within this: only then is "pending placement" said
 _OWN_LOCAL_INSTANCE = threading.Event()  # connect_ray started this process's Ray instance: its CPUs are ours to share
 
@@ -182,6 +183,7 @@ class ShardSet:
         self._last_writes: list[Any] = [None] * len(self.names)  # each shard's latest write (a Ray ref)
         self._reporters: list[Callable[[bool], None]] = []
         self._on_replaced: list[Callable[[], None]] = []
+        self._missing_said = ("", 0.0)  # the shards a call last logged as missing, and when
         self._closed = threading.Event()
         self._all_up = threading.Event()
         self._probe = threading.Thread(target=self._probe_loop, name="lsr-shard-probe", daemon=True)
@@ -393,8 +395,7 @@ class ShardSet:
         if failed:
             raise self._write_failed(method, failed, answers)
         if missing:
-            log.warning("event=shards_missing method=%s %s", method,
-                        " ".join(f"{self.names[s]}={reasons[s]!r}" for s in sorted(missing)))
+            self._say_missing(method, " ".join(f"{self.names[s]}={reasons[s]!r}" for s in sorted(missing)))
         if missing and (strict or self.options.require_all or not answers):
             shard = min(missing)
             applied = ", ".join(self.names[s] for s in sorted(answers))
@@ -403,6 +404,16 @@ class ShardSet:
             raise ShardUnavailable(f"shard {self.names[shard]} did not answer: {reasons[shard]}; "
                                    f"{len(missing)} of {len(args)} shards missing{where}, retry shortly")
         return answers, sorted(missing)
+
+    def _say_missing(self, method: str, which: str) -> None:
+        """Log the shards a call missed once per change, then at most every ``MISSING_LOG_EVERY_S`` while it lasts: every
+        search logged it, hundreds of lines a second under load while a shard was down."""
+        now = time.monotonic()
+        with self._lock:
+            if which == self._missing_said[0] and now - self._missing_said[1] < MISSING_LOG_EVERY_S:
+                return
+            self._missing_said = which, now
+        log.warning("event=shards_missing method=%s %s", method, which)
 
     def _write_failed(self, method: str, failed: dict[int, BaseException], answers: dict[int, Any]) -> BaseException:
         """A write one shard refused (a bad request: every shard refuses it alike) is its error as itself; one that

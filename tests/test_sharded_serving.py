@@ -566,6 +566,11 @@ def test_a_shard_that_cannot_open_is_named_and_the_others_answer(built, server, 
             _wait(lambda: "shard-001" in caplog.text and "is not an lsr collection" in caplog.text)
             _wait(lambda: _answered(c, queries[0]) == ("shard-000", "shard-002"))
             assert c.health() == "NOT_SERVING" and c.search(queries[0], k=5).shards_missing == ("shard-001",)
+            assert "event=shards_missing" in caplog.text
+            caplog.clear()
+            for _ in range(10):  # each logged the missing shard: 671 lines in 20 s under load
+                assert c.search(queries[0], k=5).shards_missing == ("shard-001",)
+            assert caplog.text.count("event=shards_missing") <= 2  # 2: its reason changed as it was recreated
             from lsr.ingest.collection import Collection
 
             stats = c.stats()  # counts what a search reaches: the two shards that answer
