@@ -204,7 +204,7 @@ class ShardSet:
         if one already has."""
         with self._lock:
             self._on_replaced.append(listener)
-            already = any((info or {}).get("replaced") for info in self.infos)
+            already = self._any_replaced()
         if already:
             listener()
 
@@ -212,13 +212,16 @@ class ShardSet:
     def replaced(self) -> bool:
         """Whether a shard server found its shard indexed anew (or moved or deleted), or opened a newer build."""
         with self._lock:
-            return any((info or {}).get("replaced") for info in self.infos)
+            return self._any_replaced()
+
+    def _any_replaced(self) -> bool:  # under self._lock
+        return any((info or {}).get("replaced") for info in self.infos)
 
     @property
     def _healthy(self) -> bool:
         """Every shard up, and none indexed anew under its server (``lsr index --overwrite``: it still answers
         searches from the build it opened, but its writes fail until the coordinator opens the new build)."""
-        return all(self._up) and not any(info is not None and info.get("replaced") for info in self.infos)
+        return all(self._up) and not self._any_replaced()
 
     def wait_all_up(self, timeout: float) -> bool:
         return self._all_up.wait(timeout)
@@ -238,7 +241,7 @@ class ShardSet:
         with self._lock:
             changed, told, was_healthy = self._up[shard] != up, self._reasons[shard] == why, self._healthy
             replaced_now = info is not None and info.get("replaced") and not (self.infos[shard] or {}).get("replaced")
-            first_replaced = replaced_now and not any((known or {}).get("replaced") for known in self.infos)
+            first_replaced = replaced_now and not self._any_replaced()
             self._up[shard], self._reasons[shard] = up, why
             if changed and not up:
                 self._not_up_since[shard] = time.monotonic()
