@@ -25,13 +25,14 @@ from lsr.ingest.sharding import global_doc_freqs, read_shard_map
 from lsr.search.fusion import Ranking, rank
 from lsr.search.legs import Bm25Query, LegQueries
 from lsr.search.models import SearchModels
-from lsr.search.searcher import Searcher, check_open_options, check_path
+from lsr.search.searcher import WARM_UP_QUERY, HybridOptions, PrfOptions, Searcher, check_open_options, check_path
 from lsr.service.local_shards import LocalShards
 from lsr.service.shard_set import ShardOptions, ShardSet
 from lsr.sparse import SparseBatch, as_id
 
 
 REOPEN_WAIT_S = 120.0  # a reload waits this long for the new build's shard servers, then closes them and tries again
+WARM_UP_WAIT_S = 5.0  # a server's warm-up waits this long for shard servers still starting, then warms its encoders only
 
 
 def merge_runs(parts: Sequence[Ranking], depth: int) -> Ranking:
@@ -289,6 +290,22 @@ class ShardedSearcher(Searcher):
         return text
 
     # ------------------------------------------------------------------ search
+    def warm_up(self, mode: str | None = None, hybrid: HybridOptions | None = None,
+                prf: PrfOptions | bool | None = None) -> list[str]:
+        """``Searcher.warm_up`` once every shard server is up, waiting up to ``WARM_UP_WAIT_S`` for those still
+        starting (they start as the models load); past that, the encoders here only, with no search: a server
+        must not wait to listen on a shard that may never come (pending placement, a damaged folder), nor log
+        shards missing that have not yet started. A shard server warms its own kernels before it answers."""
+        if self.shards.wait_all_up(WARM_UP_WAIT_S):
+            return super().warm_up(mode, hybrid, prf)
+        modes = [mode] if mode is not None else self.modes()
+        if {"sparse", "hybrid"} & set(modes):
+            self.encode_queries([WARM_UP_QUERY])
+        if self.has_dense and {"dense", "hybrid"} & set(modes):
+            self.encode_dense([WARM_UP_QUERY])
+        down = ",".join(name for shard, name in enumerate(self.shards.names) if not self.shards.is_up(shard))
+        return [f"encoders only for {'/'.join(modes)} (shards down: {down})"]
+
     def legs(self, deadline: float | None = None) -> ShardLegs:
         return ShardLegs(self.shards, deadline)
 

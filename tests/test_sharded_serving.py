@@ -6,7 +6,9 @@ coordinator on a free loopback port, the real models, a SciFact subset indexed w
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -560,8 +562,11 @@ def test_a_shard_that_cannot_open_is_named_and_the_others_answer(built, server, 
     broken = tmp_path / "broken"
     shutil.copytree(built["sharded"], broken)
     (broken / "shard-001" / "lsr.json").unlink()
-    partial = _start(broken)
-    try:
+    with caplog.at_level(logging.INFO, logger="lsr.service"):
+        partial = _start(broken)
+    try:  # the warm-up waited for it a while, then warmed the encoders without a search (which logged it missing)
+        assert re.search(r"event=warmed_up modes=encoders only for sparse/dense/bm25/hybrid "
+                         r"\(shards down: [\w,-]*shard-001", caplog.text), caplog.text
         with Client(f"127.0.0.1:{partial.port}", timeout=120) as c:
             _wait(lambda: "shard-001" in caplog.text and "is not an lsr collection" in caplog.text)
             _wait(lambda: _answered(c, queries[0]) == ("shard-000", "shard-002"))
@@ -637,6 +642,9 @@ def test_lsr_serve_starts_its_own_ray_and_serves_the_shards(built, whole, querie
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0
         assert "event=shard_up shard=shard-002" in server.log()
+        # its warm-up waited for the shard servers: it searched none before they were up (it logged them missing)
+        assert "event=warmed_up modes=" in server.log()
+        assert "warm_up_failed" not in server.log() and "shards_missing" not in server.log()
     finally:
         server.kill()
 
