@@ -79,6 +79,8 @@ def connect_ray(address: str | None, cpus_needed: float) -> None:
     if "ray" in sys.modules and import_ray().is_initialized():
         return
     check_reachable(address)  # before Ray loads: it reads RAY_AUTH_MODE, which this may set, at import
+    if address is None and "ray" not in sys.modules:  # token authentication, Ray's default for a new instance, which
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # it chooses with a WARNING line in every server's log
     local = {"num_cpus": max(os.cpu_count() or 1, math.ceil(2 * cpus_needed))} if address is None else {}
     start_ray(chosen_address(address), **local)
     if address is None:

@@ -645,6 +645,7 @@ def test_lsr_serve_starts_its_own_ray_and_serves_the_shards(built, whole, querie
         # its warm-up waited for the shard servers: it searched none before they were up (it logged them missing)
         assert "event=warmed_up modes=" in server.log()
         assert "warm_up_failed" not in server.log() and "shards_missing" not in server.log()
+        assert "WARNING" not in server.log()  # Ray's 'Token authentication is enabled', its default, on every start
     finally:
         server.kill()
 
