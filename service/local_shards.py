@@ -38,7 +38,7 @@ class LocalShards:
         return True
 
     def on_health(self, report: Callable[[bool], None]) -> None:
-        """Servable until a shard is found indexed anew (its texts and writes fail until the new build is opened)."""
+        """Servable until a shard is found indexed anew (its writes fail until the new build is opened)."""
         report(True)
         self.when_replaced(lambda: report(False))
 

@@ -145,11 +145,11 @@ def _disk_error(exc: BaseException, *numbers: int) -> bool:
 
 
 def _reloading_status(exc: CollectionReplaced, blocked: str | None) -> tuple[grpc.StatusCode, str]:
-    """A text read or write while the server opens its collection again: retry shortly; or, where no reload can
+    """A write while the server opens its collection again: retry shortly; or, where no reload can
     serve what is there now (``blocked``), what the operator must do (it said "retry shortly" for good)."""
     if blocked:
-        return grpc.StatusCode.FAILED_PRECONDITION, f"{blocked}; searches answer from the build it had loaded"
-    return grpc.StatusCode.UNAVAILABLE, (f"{exc.what}; the server answers searches from what it had loaded, and texts "
+        return grpc.StatusCode.FAILED_PRECONDITION, f"{blocked}; searches and texts answer from the build it had loaded"
+    return grpc.StatusCode.UNAVAILABLE, (f"{exc.what}; the server answers searches and texts from what it had loaded, "
                                          "and writes once it has opened the collection again, which it does by "
                                          "itself: retry shortly")
 

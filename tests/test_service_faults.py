@@ -582,7 +582,8 @@ def test_a_server_serves_its_collection_indexed_anew_without_a_restart(collectio
     stores (both builds' journals empty, both sparse commits at version 1) and left it unopenable; later the server
     went NOT_SERVING until someone restarted it. It now opens the new build by itself, warms it up and serves it:
     SERVING again, searches, texts and writes all on the new build, which stays whole. Its index_version differs
-    from the old build's (which restarted at "1", so a client could not tell the builds apart)."""
+    from the old build's (which restarted at "1", so a client could not tell the builds apart). Searches with texts
+    are answered throughout: texts read by path failed UNAVAILABLE for the whole rebuild."""
     from lsr.cli.main import main
     from lsr.ingest.verify import verify_collection
 
@@ -594,9 +595,12 @@ def test_a_server_serves_its_collection_indexed_anew_without_a_restart(collectio
         with server.client() as searching:
             while not stop.is_set():
                 try:
-                    answered.append(len(searching.search("cancer", k=N_DOCS, mode="hybrid", timeout=30).hits))
+                    hits = searching.search("cancer", k=N_DOCS, mode="hybrid", include_text=True, timeout=30).hits
                 except grpc.RpcError as exc:
                     failures.append(exc.details())
+                    continue
+                answered.append(len(hits))
+                failures.extend(f"{hit.doc_id} came without its text" for hit in hits if not hit.text)
 
     try:
         with server.client() as c, ThreadPoolExecutor(2) as pool:
@@ -631,24 +635,51 @@ def test_a_server_serves_its_collection_indexed_anew_without_a_restart(collectio
     assert not verify_collection(path).problems
 
 
+def test_the_texts_of_the_build_a_searcher_opened_outlive_the_folder_indexed_anew(collection, beir_dir, tmp_path):
+    """A server answers from the build it opened until its reload swaps the new one in, and texts were read by path
+    when a search asked for them: once `lsr index --overwrite` began, a search with texts failed UNAVAILABLE for the
+    whole rebuild, and a shard server's read the new build's file of the same name (other documents' texts, or none).
+    Each docs part is now mapped at open."""
+    import pyarrow.parquet as pq
+
+    from lsr.cli.main import main
+    from lsr.search.searcher import Searcher
+    from lsr.service.shards import ShardServer
+
+    path = shutil.copytree(collection, tmp_path / "col")
+    (part,) = (path / "docs").glob("part-*.parquet")
+    table = pq.read_table(part)
+    want = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
+    searcher, shard = Searcher.open(path, device="cpu", threads=1), ShardServer("shard-000", path)
+    ids = [hit.doc_id for hit in searcher.search("cancer", k=N_DOCS).hits]  # no text read yet: none is cached
+    assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--limit", "5",
+                 "--max-length", "32", "--quiet"]) == 0  # the same first 5 documents, the others gone
+    assert len(ids) > 5 and shard.text(ids) == [want[doc_id] for doc_id in ids]
+    hits = searcher.search("cancer", k=N_DOCS, include_text=True).hits
+    assert [hit.doc_id for hit in hits] == ids and [hit.text for hit in hits] == [want[doc_id] for doc_id in ids]
+    assert searcher.doc(ids[-1]) == want[ids[-1]]
+    with pytest.raises(Exception, match="indexed anew"):  # writes still refuse the build no longer there
+        searcher.delete([ids[0]])
+    searcher.close()
+
+
 def test_a_server_whose_collection_was_moved_away_says_so_and_serves_it_once_it_is_back(collection, tmp_path):
     """A write to a moved collection failed INTERNAL with a traceback in the log, its texts DATA_LOSS, and health
-    stayed SERVING. Now both are UNAVAILABLE, to retry, health is NOT_SERVING, and once a collection is there again
-    the server opens it and serves it."""
+    stayed SERVING. Now the write is UNAVAILABLE, to retry, health is NOT_SERVING, searches and texts answer from
+    the build it had loaded, and once a collection is there again the server opens it and serves it."""
     path = shutil.copytree(collection, tmp_path / "col")
     server = ServerProcess(path).wait_listening()
     try:
         with server.client() as c:
             path.rename(tmp_path / "moved")
-            for call in (lambda: c.upsert(["after-move"], ["tardigrades survive vacuum"], timeout=60),
-                         lambda: c.search("cancer", k=N_DOCS, include_text=True, timeout=30)):
-                with pytest.raises(grpc.RpcError) as err:
-                    call()
-                assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
-                details = err.value.details()
-                assert "was moved, deleted or is being indexed anew" in details and "retry" in details, details
+            with pytest.raises(grpc.RpcError) as err:
+                c.upsert(["after-move"], ["tardigrades survive vacuum"], timeout=60)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            details = err.value.details()
+            assert "was moved, deleted or is being indexed anew" in details and "retry" in details, details
             assert c.health() == "NOT_SERVING"
-            assert c.search("cancer", k=3, timeout=30).hits  # what it had loaded
+            hits = c.search("cancer", k=N_DOCS, include_text=True, timeout=30).hits  # what it had loaded
+            assert hits and all(hit.text for hit in hits)
             time.sleep(3)  # the background looks go on
             assert not path.exists()  # they made it anew, empty: `mv moved col` then put the collection inside it
             (tmp_path / "moved").rename(path)
@@ -749,10 +780,10 @@ def test_a_collection_indexed_anew_as_sharded_under_its_server_asks_for_a_restar
                          "--limit", "6", "--max-length", "32", "--quiet"]) == 0
             server.wait_for_line(lambda line: "event=reload_waiting" in line and "restart the server" in line)
             with pytest.raises(grpc.RpcError) as err:
-                c.search("cancer", k=3, include_text=True, timeout=30)
+                c.upsert(["after-overwrite"], ["tardigrades survive vacuum"], timeout=60)
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
             assert "indexed anew as a sharded collection" in err.value.details() and "restart" in err.value.details()
-            assert c.health() == "NOT_SERVING" and c.search("cancer", k=3, timeout=30).hits
+            assert c.health() == "NOT_SERVING" and c.search("cancer", k=3, include_text=True, timeout=30).hits[0].text
     finally:
         server.kill()
 

@@ -7,11 +7,13 @@ writers publish the next. The overlay is two layers: a large one shared by many 
 changed, and the writes since it, which each version copies; the writes merge into a new large layer
 once they pass an eighth of it, so a write copies a bounded share of the overlay instead of all of it
 (at a million upserted documents, tens of milliseconds a write). The overlay is rebuilt from the
-collection's write-ahead journal at open; the parts never change once written (a fold makes a new store).
+collection's write-ahead journal at open; the parts never change once written (a fold makes a new store), and
+each is read as this process opened it (``_pinned``), whatever happens to the folder after.
 """
 
 from __future__ import annotations
 
+import mmap
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +38,7 @@ class _Parts:
 
     def __init__(self, paths: Sequence[Path], written: "WrittenParts | None" = None) -> None:
         self.paths = list(paths)
+        self._sources = [_pinned(path) for path in self.paths]
         self.written = written
         self._where: dict[str, int] | None = None  # see ``locations``
         self._written_ids: list[str] = []
@@ -45,8 +48,8 @@ class _Parts:
         self._mean_text_bytes: float | None = None
 
     def _files(self) -> list:
-        """Each part as something ``pq.ParquetFile`` reads: the build's by path, the written ones opened."""
-        return self.paths + (self.written.files if self.written is not None else [])
+        """Each part as something ``pq.ParquetFile`` reads: the build's pinned, the written ones opened."""
+        return [_reader(source) for source in self._sources] + (self.written.files if self.written is not None else [])
 
     def locations(self) -> dict[str, int]:
         """doc id → ``part << ROW_BITS | row`` of its live text; built on first use from the id columns only. One
@@ -54,8 +57,8 @@ class _Parts:
         with self._lock:
             if self._where is None:
                 where = {}
-                for p, path in enumerate(self.paths):
-                    ids = _read(path, lambda: parquet_ids(path))
+                for p, (path, source) in enumerate(zip(self.paths, self._sources)):
+                    ids = _read(path, lambda: parquet_ids(_reader(source)))
                     where.update(zip(ids, range(p << ROW_BITS, (p << ROW_BITS) + len(ids))))
                 if self.written is not None:
                     ids, deleted = self.written.ids()
@@ -84,9 +87,9 @@ class _Parts:
 
     def _read_row_group(self, part: int, group: int) -> list[str]:
         if part < len(self.paths):
-            path = self.paths[part]
-            return _read(path, lambda: pq.ParquetFile(path).read_row_group(group, columns=["text"]).column("text")
-                         .to_pylist())
+            path, source = self.paths[part], self._sources[part]
+            return _read(path, lambda: pq.ParquetFile(_reader(source)).read_row_group(group, columns=["text"])
+                         .column("text").to_pylist())
         with self._reading:
             file = self.written.files[part - len(self.paths)]
             return _read(self.written.parts[part - len(self.paths)].file,
@@ -100,12 +103,30 @@ class _Parts:
 
     def _footer_mean_text_bytes(self) -> float:
         total = rows = 0
-        for path in self._files():
-            meta = _read(path, lambda: (path if isinstance(path, pq.ParquetFile) else pq.ParquetFile(path)).metadata)
+        written = self.written.parts if self.written is not None else []
+        for path, file in zip([*self.paths, *(part.file for part in written)], self._files()):
+            meta = _read(path, lambda: (file if isinstance(file, pq.ParquetFile) else pq.ParquetFile(file)).metadata)
             text = meta.schema.names.index("text")
             rows += meta.num_rows
             total += sum(meta.row_group(g).column(text).total_uncompressed_size for g in range(meta.num_row_groups))
         return total / rows if rows else 0.0
+
+
+def _pinned(path: Path) -> "pa.Buffer | Path":
+    """A build part's bytes as this process found them: a read-only map, its descriptor closed. `lsr index
+    --overwrite` under a server moves the build's files aside, then deletes them, and the texts a search found were
+    read by path: gone for the whole rebuild (UNAVAILABLE), or another build's file of the same name. Every write of
+    lsr's replaces a file (temp + rename), so the mapped bytes never change. A part that cannot be mapped stays its
+    path, for its read to name what is wrong."""
+    try:
+        with open(path, "rb") as file:
+            return pa.py_buffer(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+    except (OSError, ValueError):  # missing or unreadable; ValueError: empty
+        return path
+
+
+def _reader(source: "pa.Buffer | Path"):
+    return pa.BufferReader(source) if isinstance(source, pa.Buffer) else source
 
 
 def _read(path: Path, read):

@@ -307,7 +307,7 @@ class Searcher:
     def on_health(self, report: Callable[[bool], None]) -> None:
         """Tell ``report`` whether the collection can be served, now and whenever it changes: a local one can until
         this process finds it indexed anew (``lsr index --overwrite``; by a write, or a background look). Searches
-        then still answer from the build it opened, but texts and writes fail, so it is NOT_SERVING (a load
+        then still answer from the build it opened (texts too), but writes fail, so it is NOT_SERVING (a load
         balancer sends the traffic elsewhere) until a server has opened the new build (``lsr.service.reload``)."""
         report(not self.collection.replaced)
         self.collection.when_replaced(lambda: report(False))
@@ -397,22 +397,7 @@ class Searcher:
 
     def mean_text_bytes(self) -> float:
         """Average stored text size of the build's documents: what include_text adds per hit."""
-        with self._texts_in_place():
-            return self.collection.view().docs.mean_text_bytes()
-
-    @contextmanager
-    def _texts_in_place(self) -> Iterator[None]:
-        """Reads of stored texts from the folder this process opened: one indexed anew, moved or deleted since is
-        CollectionReplaced (a read gave DATA_LOSS, "run `lsr verify`", which found nothing, or another build's
-        texts); a damaged file stays itself. None: a sharded search, whose shards say it themselves."""
-        if self.collection is not None:
-            self.collection.check_in_place()
-        try:
-            yield
-        except Exception:
-            if self.collection is not None:  # replaced while it read
-                self.collection.check_in_place()
-            raise
+        return self.collection.view().docs.mean_text_bytes()
 
     def stats(self) -> dict[str, Any]:
         view = self.collection.view()
@@ -443,8 +428,7 @@ class Searcher:
         was looked up as "None", a list as "['4983']")."""
         self.check_open()
         doc_id = as_id(doc_id)
-        with self._texts_in_place():
-            (text,) = self.collection.text([doc_id])
+        (text,) = self.collection.text([doc_id])
         if text is None:
             raise KeyError(f"no document {doc_id!r} in {self.collection.path}")
         return text
@@ -677,8 +661,7 @@ class Searcher:
             for doc, score in rank(final, k)
         ]
         if include_text and hits:
-            with self._texts_in_place():
-                texts = source.text([h.doc_id for h in hits])
+            texts = source.text([h.doc_id for h in hits])
             for hit, body in zip(hits, texts):
                 hit.text = body
         if explain and hits and scored_sparse:  # the query that gave sparse_score: PRF's moved one, if it ran
