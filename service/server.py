@@ -33,7 +33,8 @@ from lsr.service.streams import StreamGuard
 log = logging.getLogger("lsr.service")
 
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
-_HEALTH_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List")
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_HEALTH_METHODS = (_HEALTH_CHECK, "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List")
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -161,6 +162,27 @@ class BearerTokenAuth(grpc.ServerInterceptor):
         return _refusing_handler(handler, "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'")
 
 
+class HealthOnOwnThreads(grpc.ServerInterceptor):
+    """Health checks run on threads of their own: behind a full pool (every --workers thread busy, a hundred heavy
+    searches queued) a probe timed out for seconds, and a liveness probe would restart a server that is only busy.
+    gRPC runs a behaviour that names an ``experimental_thread_pool`` there."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lsr-health")
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or details.method != _HEALTH_CHECK:
+            return handler
+        check = handler.unary_unary
+
+        def on_own_thread(request, context):
+            return check(request, context)
+
+        on_own_thread.experimental_thread_pool = self.pool
+        return _handler_like(handler, on_own_thread, handler.request_deserializer)
+
+
 class LenientDecoding(grpc.ServerInterceptor):
     """Hand undecodable request bytes to the servicer as ``Undecodable`` instead of failing in gRPC.
 
@@ -218,7 +240,9 @@ class SearchServer:
                                        encode_workers=config.encode_workers,
                                        max_response_bytes=config.max_response_bytes,
                                        max_upsert_bytes_held=config.max_upsert_bytes_held, reloader=self._reloader)
-        interceptors = [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
+        self._health_threads = HealthOnOwnThreads()
+        interceptors = [self._health_threads]  # first: the handler it returns is the one gRPC runs
+        interceptors += [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []
         interceptors += [LenientDecoding(), StreamGuard(max(1, config.workers // 4), config.stream_idle_seconds,
                                                         config.workers, config.stream_max_seconds)]
         limits = [  # both bounded to protect the server
@@ -290,6 +314,7 @@ class SearchServer:
         if self._reloader is not None:
             self._reloader.stop()
         self._server.stop(grace).wait()
+        self._health_threads.pool.shutdown(wait=False)
         self.servicer.close()
         self.searcher.close()
 

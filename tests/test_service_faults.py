@@ -799,3 +799,56 @@ def test_a_write_the_disk_refuses_is_the_servers_state_not_an_internal_error(num
     error = OSError(number, os.strerror(number))
     assert _status_of(error) == getattr(grpc.StatusCode, code)
     assert _message_of(error).startswith("the server could not write its collection")
+
+
+@pytest.fixture()
+def two_workers(collection, tmp_path):
+    """A server in this process with 2 handler threads and 1 encode slot, which a test can hold: every search and
+    upsert then waits for it, on a handler thread."""
+    from lsr.search.searcher import Searcher
+    from lsr.service.server import SearchServer, ServerConfig
+
+    path = shutil.copytree(collection, tmp_path / "col")
+    searcher = Searcher.open(path, device="cpu", threads=1)
+    server = SearchServer(searcher, ServerConfig(port=0, workers=2, encode_workers=1)).start()
+    yield server
+    server.stop(0)
+
+
+def test_health_checks_answer_while_every_handler_thread_waits(two_workers, queries):
+    """Health checks shared the --workers threads: behind a full pool a probe timed out for seconds, and a liveness
+    probe would restart a server that was only busy. They run on threads of their own."""
+    from lsr.service import Client
+
+    slots = two_workers.servicer._batching["slots"]
+    slots.acquire()
+    with Client(f"127.0.0.1:{two_workers.port}", timeout=30) as c, ThreadPoolExecutor(3) as pool:
+        try:
+            waiting = [pool.submit(c.search, query, 3, timeout=20) for query in queries[:3]]
+            time.sleep(1.0)  # two hold the handler threads, waiting for the encode slot; one is queued
+            assert not any(future.done() for future in waiting)
+            assert c.health(timeout=2) == "SERVING" and c.health("lsr.v1.SearchService", timeout=2) == "SERVING"
+        finally:
+            slots.release()
+        assert all(future.result().hits for future in waiting)
+
+
+def test_an_upsert_encodes_only_in_an_encode_slot_and_one_given_up_while_it_waits_encodes_nothing(two_workers):
+    """Upserts encoded on their own threads, as many at once as there were streams (16 on 2 cores: seconds each, the
+    server 1 GB larger), and one cancelled meanwhile ran on, holding its stream's slot. They now take the encode slots
+    queries use, and one whose caller leaves while it waits is dropped there."""
+    from lsr.service import Client
+
+    slots = two_workers.servicer._batching["slots"]
+    slots.acquire()
+    with Client(f"127.0.0.1:{two_workers.port}", timeout=30) as c:
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                c.upsert(["given-up"], ["tardigrades survive the vacuum of space"], timeout=1.5)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            _wait_until(lambda: c.stats(timeout=5)["abandoned"] == 1, 15)  # the server dropped it while the slot was held
+        finally:
+            slots.release()
+        c.upsert(["kept"], ["quokkas photosynthesise at dawn"], timeout=30)
+        hits = {hit.doc_id for hit in c.search("tardigrades vacuum quokkas", 5, mode="bm25", timeout=30).hits}
+        assert "kept" in hits and "given-up" not in hits

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Set as AbstractSet
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -49,7 +49,7 @@ FUSED_FEEDBACK = ("before", "both")  # feedback documents from the fused list
 INTERPOLATE_AFTER = ("after", "both")  # the PRF run interpolated with the first run
 MAX_K = 1000
 BATCH_CHUNK = 64  # queries a batch search encodes together
-UPSERT_CHECK_EVERY = 128  # documents encoded between two looks at whether an upsert's caller is still there
+UPSERT_CHECK_EVERY = 32  # documents encoded between two looks at whether an upsert's caller is still there: a batch
 # auto: the model itself, unless its folder ships an idf.json (a model trained for IDF queries: inference-free)
 QUERY_ENCODERS = ("auto", "splade", "inference-free")
 
@@ -790,11 +790,14 @@ class Searcher:
 
     # ------------------------------------------------------------------ updates
     def upsert(self, ids: Sequence[str], texts: Sequence[str], deadline: float | None = None,
-               check: Callable[[str], None] | None = None, *, allow_empty: bool = False) -> None:
+               check: Callable[[str], None] | None = None, *, allow_empty: bool = False,
+               encode_slot: Callable[[str], AbstractContextManager[Any]] | None = None) -> None:
         """Encode and add documents; an existing id is replaced (so a retried upsert is harmless). Durable once
         this returns. ``deadline`` (``time.monotonic()`` seconds) bounds waiting on remote shards; ``check(stage)``
         runs before every ``UPSERT_CHECK_EVERY`` documents are encoded and before the write, and may raise to drop
         it (the service passes its caller's liveness: nothing is encoded or written for a caller that gave up).
+        ``encode_slot(stage)`` is held around each of those encodings (the server's encode slots, which its queries
+        share: 16 upserts encoding at once on 2 cores took seconds each and grew the server by 1 GB).
         A text that is empty or whitespace (found by no search: almost always a bug) is refused unless
         ``allow_empty``, as the server refuses it unless ``allow_empty_documents``."""
         from lsr.encode.texts import is_blank
@@ -817,11 +820,13 @@ class Searcher:
         step = UPSERT_CHECK_EVERY if check is not None else max(1, len(texts))
         sparse, dense = [], []
         for start in range(0, len(texts), step):
+            stage = f"encoding documents {start}..{len(texts)}"
             if check is not None:
-                check(f"encoding documents {start}..{len(texts)}")
+                check(stage)
             chunk = texts[start : start + step]
-            sparse.append(self.models.documents.encode_documents(chunk))
-            dense.append(self.dense_encoder.encode_documents(chunk) if self.has_dense else None)
+            with encode_slot(stage) if encode_slot is not None else nullcontext():
+                sparse.append(self.models.documents.encode_documents(chunk))
+                dense.append(self.dense_encoder.encode_documents(chunk) if self.has_dense else None)
         self.store(ids, texts, SparseBatch.concat(sparse), np.concatenate(dense) if self.has_dense else None,
                    deadline, check)
 
