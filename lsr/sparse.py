@@ -29,9 +29,13 @@ MAX_DOC_WEIGHT = 1e6
 
 # A document id is one word of at most this many UTF-8 bytes: a TREC run line splits at whitespace, a control
 # character (NUL, a newline) breaks logs and the files that hold ids, and an id of megabytes once echoed in an error
-# passed gRPC's 16 KB trailer limit (the caller got RESOURCE_EXHAUSTED, not NOT_FOUND).
+# passed gRPC's 16 KB trailer limit (the caller got RESOURCE_EXHAUSTED, not NOT_FOUND). Nor may it hold what shows as
+# nothing or reorders what follows (a zero-width space, a byte-order mark, a right-to-left override: the id printed in
+# a run, a log or a terminal is not the id stored), or a Unicode noncharacter; the joiners scripts and emoji use may.
 MAX_ID_BYTES = 512
-_NOT_IN_IDS = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NOT_IN_IDS = re.compile("[\\s\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\u061c"
+                         "\ufeff\ufdd0-\ufdef" + "".join(f"{chr(plane + 0xfffe)}{chr(plane + 0xffff)}" for plane in
+                                                     range(0, 0x110000, 0x10000)) + "]")
 
 
 def id_problem(doc_id: str) -> str | None:
@@ -43,8 +47,8 @@ def id_problem(doc_id: str) -> str | None:
         return f"is {size:,} bytes long; an id may hold at most {MAX_ID_BYTES}"
     bad = _NOT_IN_IDS.search(doc_id)
     if bad is not None:
-        return (f"holds {bad.group()!r} at character {bad.start()}; an id is one word without whitespace or control "
-                "characters (a TREC run could not hold it)")
+        return (f"holds {bad.group()!r} at character {bad.start()}; an id is one visible word, without whitespace, "
+                "control, invisible or direction characters (a TREC run, a log or a terminal must show the id stored)")
     return None
 
 

@@ -80,19 +80,20 @@ def hybrid_from_proto(msg: pb.HybridOptions) -> HybridOptions:
 
 
 def prf_from_proto(msg: pb.PrfOptions, defaults: PrfOptions | None = None) -> PrfOptions | None:
-    """Set fields override ``defaults`` (the collection's stored PRF settings, else PrfOptions())."""
-    interpolate = _lookup(_INTERPOLATIONS, msg.interpolate, "PRF interpolation")
-    if not msg.enabled:
-        return None
+    """Set fields override ``defaults`` (the collection's stored PRF settings, else PrfOptions()); None unless
+    ``enabled``. Set fields are checked either way: a NaN weight passed when PRF was off, and an unknown
+    interpolation did not."""
     options = {}
     if msg.interpolate:
-        options["interpolate"] = interpolate
+        options["interpolate"] = _lookup(_INTERPOLATIONS, msg.interpolate, "PRF interpolation")
     if msg.feedback_docs:
         options["feedback_docs"] = msg.feedback_docs
     for name in ("weight", "max_terms", "after_weight", "dense_weight", "min_idf"):
         if msg.HasField(name):
             options[name] = getattr(msg, name)
-    return replace(defaults or PrfOptions(), **options)
+    checked = replace(defaults or PrfOptions(), **options)
+    checked.check()
+    return checked if msg.enabled else None
 
 
 def size_in_batch(message: pb.SearchResponse) -> int:

@@ -231,6 +231,9 @@ def _rpc(method):
             log.info("rpc=%s request_id=%s status=%s ms=%.2f %s error=%r", name, call.request_id, code.name,
                      call.elapsed_ms(), _format(call.fields), message)
             context.abort(code, message)
+        if name in ("Upsert", "Delete") and call.deadline is not None and time.monotonic() >= call.deadline:
+            call.fields["past_deadline"] = True  # applied; its caller may be told DEADLINE_EXCEEDED (a retry is safe)
+            self._count("writes_past_deadline")
         log.info("rpc=%s request_id=%s status=OK ms=%.2f %s", name, call.request_id, call.elapsed_ms(), _format(call.fields))
         return response
 
@@ -257,7 +260,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                           "slots": threading.Semaphore(max(1, encode_workers))}
         self._serving = Serving(searcher, self._batching)
         self.started = time.monotonic()
-        self.counters = {"requests": 0, "abandoned": 0}
+        # writes_past_deadline: applied, as they held the write lock when their deadline passed (a details entry)
+        self.counters = {"requests": 0, "abandoned": 0, "writes_past_deadline": 0}
         self.reloads = 0  # new builds swapped in
         self._retired = {"sparse": BatchStats(), "dense": BatchStats()}  # micro-batches of builds swapped out
         self.reloader = reloader
@@ -391,7 +395,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         stats = dict(searcher.stats())
         known = {f.name for f in pb.StatsResponse.DESCRIPTOR.fields}
         fields = {key: value for key, value in stats.items() if key in known and value is not None}
-        fields.update(self.counters, index_version=searcher.index_version,
+        fields.update({key: n for key, n in self.counters.items() if key in known}, index_version=searcher.index_version,
                       uptime_seconds=time.monotonic() - self.started, in_flight=self.in_flight - 1)
         response = pb.StatsResponse(**fields)
         for key, value in stats.items():
@@ -405,6 +409,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             response.details[f"{name}_mean_micro_batch"] = f"{total.mean_batch:.2f}"
         response.details["upsert_bytes_held"] = str(self.upsert_bytes.held)
         response.details["reloads"] = str(self.reloads)
+        response.details["writes_past_deadline"] = str(self.counters["writes_past_deadline"])
         return response
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -617,8 +622,9 @@ def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> t
 
 
 def _stream(messages, call: _Call) -> Iterator:
-    """A client stream's messages; one that ends early (the caller cancelled, or its deadline passed: gRPC raises
-    RpcError from the read) is CANCELLED or DEADLINE_EXCEEDED, not an internal error with a traceback."""
+    """A client stream's messages; one that ends early (gRPC raises RpcError from the read) is DEADLINE_EXCEEDED where
+    the deadline passed, else CANCELLED, not an internal error with a traceback. gRPC itself refused a message past
+    --max-message-mb (the caller got RESOURCE_EXHAUSTED), which looks the same here, so the log names both."""
     messages = iter(messages)
     while True:
         try:
@@ -626,8 +632,10 @@ def _stream(messages, call: _Call) -> Iterator:
         except StopIteration:
             return
         except grpc.RpcError:
-            call.check("reading the upsert stream")
-            raise Abandoned("the upsert stream ended before its last message") from None
+            if call.deadline is not None and time.monotonic() >= call.deadline:
+                raise DeadlinePassed("deadline exceeded before reading the upsert stream") from None
+            raise Abandoned("the upsert stream ended early: the caller cancelled, or sent a message past the server's "
+                            "--max-message-mb, which gRPC refused with RESOURCE_EXHAUSTED") from None
 
 
 def _query_of(request: pb.SearchRequest):

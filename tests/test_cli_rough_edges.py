@@ -59,6 +59,17 @@ def test_upsert_through_a_server_sends_long_documents_under_its_request_limit(bu
         err = capsys.readouterr().err.strip()
         assert err == ("lsr upsert: error: document 'tome' holds 1.3 MiB of text, over the server's 1 MiB request "
                        "limit; start `lsr serve` with a larger --max-message-mb, or leave the document out")
+        import grpc
+
+        from lsr.service import search_pb2 as pb, search_pb2_grpc
+
+        with grpc.insecure_channel(server.address) as channel:  # a raw client: gRPC refuses the message itself
+            message = pb.UpsertRequest(documents=[pb.Document(id="tome", text="volume " * 200_000)])
+            with pytest.raises(grpc.RpcError) as refused:
+                search_pb2_grpc.SearchServiceStub(channel).Upsert(iter([message]), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # the server's log said the caller cancelled, which it had not
+        server.wait_for_line(lambda line: "rpc=Upsert" in line and "past the server's --max-message-mb" in line)
     finally:
         server.kill()
 
@@ -273,7 +284,8 @@ def test_ids_piped_to_delete_are_read_as_a_file_and_checked_line_by_line(built, 
     bad = _delete_piped(col, b"aspirin\ncoffee\tstale since May\n")
     assert bad.returncode == 2 and bad.stderr.decode() == (
         "lsr delete: error: --ids-file standard input line 2: id 'coffee\\tstale since May' holds '\\t' at character "
-        "6; an id is one word without whitespace or control characters (a TREC run could not hold it)\n")
+        "6; an id is one visible word, without whitespace, control, invisible or direction characters (a TREC run, a log "
+        "or a terminal must show the id stored)\n")
     undecodable = _delete_piped(col, b"caf\xe9\n")
     assert undecodable.returncode == 2 and "is not UTF-8 text" in undecodable.stderr.decode()
     done = _delete_piped(col, b"\xef\xbb\xbfvitamin\r\n")

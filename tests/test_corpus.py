@@ -208,13 +208,25 @@ BAD_LINES = [
     (5, "invalid JSON", "invalid JSON"),
     (8, "missing text", r"none of the text fields \['title', 'text'\] is present \(the row has \['_id', 'body'\]\); "
                         "choose them with --fields"),
-    (9, "bad id", r"id 'doc 9' holds ' ' at character 3; an id is one word"),
+    (9, "bad id", r"id 'doc 9' holds ' ' at character 3; an id is one visible word"),
 ])
 def test_bad_rows_fail_naming_the_line(tmp_path, line, reason, message):
     lines = [BAD_LINES[0], BAD_LINES[line - 1], BAD_LINES[6]]
     path = write_jsonl(tmp_path / "bad.jsonl", lines)
     with pytest.raises(BadRowError, match=rf"line 2: {message}.*--on-error skip"):
         read_all(CorpusReader(path))
+
+
+@pytest.mark.parametrize("doc_id, shown", [("doc\u200b9", r"\\u200b"), ("\ufeffdoc", r"\\ufeff"),
+                                           ("\u202egnp.exe", r"\\u202e"), ("doc\uffff", r"\\uffff")])
+def test_an_id_that_shows_otherwise_than_it_is_stored_is_refused(tmp_path, doc_id, shown):
+    """A zero-width space, a byte-order mark, a right-to-left override or a noncharacter in an id were stored: the
+    id a run, a log or a terminal then shows is not the id a lookup needs."""
+    path = write_jsonl(tmp_path / "bad.jsonl", [BAD_LINES[0], json.dumps({"_id": doc_id, "text": "x"})])
+    with pytest.raises(BadRowError, match=rf"line 2: id .* holds '{shown}' at character \d+; an id is one visible word"):
+        read_all(CorpusReader(path))
+    joined = write_jsonl(tmp_path / "joined.jsonl", [json.dumps({"_id": "emoji-\U0001f469\u200d\U0001f52c", "text": "x"})])
+    assert read_all(CorpusReader(joined))[0] == ["emoji-\U0001f469\u200d\U0001f52c"]  # a joiner is no problem
 
 
 @pytest.mark.parametrize("row, message", [

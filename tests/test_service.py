@@ -428,6 +428,8 @@ def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
         ("unknown mode", pb.SearchRequest(text="cancer", mode=7), bad, "mode"),
         ("unknown normalization", pb.SearchRequest(text="cancer", mode=pb.HYBRID, hybrid=pb.HybridOptions(normalization=9)), bad, "normalization"),
         ("unknown interpolation", pb.SearchRequest(text="cancer", prf=pb.PrfOptions(enabled=True, interpolate=5)), bad, "interpolation"),
+        ("unknown interpolation, PRF off", pb.SearchRequest(text="cancer", prf=pb.PrfOptions(interpolate=5)), bad, "interpolation"),
+        ("NaN PRF weight, PRF off", pb.SearchRequest(text="cancer", prf=pb.PrfOptions(weight=float("nan"))), bad, "weight"),  # was OK
         ("sparse weight out of range", pb.SearchRequest(text="cancer", mode=pb.HYBRID, hybrid=pb.HybridOptions(sparse_weight=1.5)), bad, "sparse_weight"),
         ("NaN weight", pb.SearchRequest(sparse={"cancer": float("nan")}), bad, "finite"),
         ("inf weight", pb.SearchRequest(sparse={"cancer": float("inf")}), bad, "finite"),
@@ -790,6 +792,12 @@ def test_auth_refuses_requests_without_the_token_over_tls(servers, tls_files):
             with pytest.raises(grpc.RpcError) as err:
                 stub.Search(pb.SearchRequest(text="vitamin d"), metadata=(("authorization", sent),), timeout=30)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, sent
+        for first, last in (("Bearer nope", "Bearer s3cret-token"), ("Bearer s3cret-token", "Bearer nope")):
+            with pytest.raises(grpc.RpcError) as err:  # the last one counted: a proxy checking the first disagreed
+                stub.Search(pb.SearchRequest(text="vitamin d"), timeout=30,
+                            metadata=(("authorization", first), ("authorization", last)))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "more than one authorization header" in err.value.details()
     with Client(address, token="s3cret-token") as plain:  # TLS is required, not optional
         with pytest.raises(grpc.RpcError):
             plain.search("vitamin d", timeout=5)
