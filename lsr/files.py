@@ -417,9 +417,30 @@ def _lock_folder(fd: int, path: Path, deadline: float) -> None:
         pause = min(pause * 2, 0.1)
 
 
-def parquet_ids(path: Path | str) -> list[str]:
-    """A Parquet file's ``id`` column. Read with ``pq.ParquetFile``: ``pq.read_table``'s dataset layer and
-    ``to_numpy`` import pandas, 0.35 s of a fresh process's open. Raises pyarrow's errors, KeyError without the column."""
+def allow_open_files(count: int) -> bool:
+    """Whether ``count`` more files may be held open beside those open now and 256 to spare (sockets, logs), the soft
+    limit raised toward the hard one where it must be (Linux's common soft default, 1024, is no real bound)."""
+    import resource
+
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc: assume a few
+        open_now = 64
+    needed = open_now + count + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return True
+    raised = needed if hard == resource.RLIM_INFINITY else min(hard, max(needed, soft))
+    with suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft = raised
+    return needed <= soft
+
+
+def parquet_ids(path: "Path | str | Any") -> list[str]:
+    """A Parquet file's ``id`` column (a path, or a file held open, which stays open). Read with ``pq.ParquetFile``:
+    ``pq.read_table``'s dataset layer and ``to_numpy`` import pandas, 0.35 s of a fresh process's open. Raises
+    pyarrow's errors, KeyError without the column."""
     import pyarrow.parquet as pq
 
     with pq.ParquetFile(path) as parquet:

@@ -338,7 +338,8 @@ class Collection:
 
     def check_in_place(self) -> None:
         """CollectionReplaced unless the folder still holds the build this process opened: indexed anew, or moved or
-        deleted (a write failed INTERNAL). One stat while lsr.json is the file this process last saw.
+        deleted (a write failed INTERNAL; a text read by path, DATA_LOSS, pointing at `lsr verify`, which found
+        nothing). One stat while lsr.json is the file this process last saw.
         The listeners hear of it once (a server reports NOT_SERVING)."""
         if not self.replaced and _file_identity(self.path / META_FILE) == self._meta_seen:
             return

@@ -13,7 +13,7 @@ each is read as this process opened it (``_pinned``), whatever happens to the fo
 
 from __future__ import annotations
 
-import mmap
+import logging
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import CorruptFileError, parquet_ids
+from lsr.files import CorruptFileError, allow_open_files, parquet_ids
 
 if TYPE_CHECKING:
     from lsr.ingest.written_parts import WrittenParts
+
+log = logging.getLogger(__name__)
 
 DOC_ROW_GROUP = 1024  # rows per Parquet row group in docs parts: one include_text lookup reads one group
 ROW_BITS = 32  # a docs part holds fewer rows than 2**32 (a build's shard, a fold's part)
@@ -38,7 +40,7 @@ class _Parts:
 
     def __init__(self, paths: Sequence[Path], written: "WrittenParts | None" = None) -> None:
         self.paths = list(paths)
-        self._sources = [_pinned(path) for path in self.paths]
+        self._sources = _pinned(self.paths)
         self.written = written
         self._where: dict[str, int] | None = None  # see ``locations``
         self._written_ids: list[str] = []
@@ -49,7 +51,7 @@ class _Parts:
 
     def _files(self) -> list:
         """Each part as something ``pq.ParquetFile`` reads: the build's pinned, the written ones opened."""
-        return [_reader(source) for source in self._sources] + (self.written.files if self.written is not None else [])
+        return self._sources + (self.written.files if self.written is not None else [])
 
     def locations(self) -> dict[str, int]:
         """doc id → ``part << ROW_BITS | row`` of its live text; built on first use from the id columns only. One
@@ -58,7 +60,7 @@ class _Parts:
             if self._where is None:
                 where = {}
                 for p, (path, source) in enumerate(zip(self.paths, self._sources)):
-                    ids = _read(path, lambda: parquet_ids(_reader(source)))
+                    ids = _read(path, lambda: parquet_ids(source))
                     where.update(zip(ids, range(p << ROW_BITS, (p << ROW_BITS) + len(ids))))
                 if self.written is not None:
                     ids, deleted = self.written.ids()
@@ -88,7 +90,7 @@ class _Parts:
     def _read_row_group(self, part: int, group: int) -> list[str]:
         if part < len(self.paths):
             path, source = self.paths[part], self._sources[part]
-            return _read(path, lambda: pq.ParquetFile(_reader(source)).read_row_group(group, columns=["text"])
+            return _read(path, lambda: pq.ParquetFile(source).read_row_group(group, columns=["text"])
                          .column("text").to_pylist())
         with self._reading:
             file = self.written.files[part - len(self.paths)]
@@ -112,21 +114,26 @@ class _Parts:
         return total / rows if rows else 0.0
 
 
-def _pinned(path: Path) -> "pa.Buffer | Path":
-    """A build part's bytes as this process found them: a read-only map, its descriptor closed. `lsr index
-    --overwrite` under a server moves the build's files aside, then deletes them, and the texts a search found were
-    read by path: gone for the whole rebuild (UNAVAILABLE), or another build's file of the same name. Every write of
-    lsr's replaces a file (temp + rename), so the mapped bytes never change. A part that cannot be mapped stays its
-    path, for its read to name what is wrong."""
-    try:
-        with open(path, "rb") as file:
-            return pa.py_buffer(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
-    except (OSError, ValueError):  # missing or unreadable; ValueError: empty
-        return path
+def _pinned(paths: list[Path]) -> list["pa.OSFile | Path"]:
+    """The build's parts as this process found them: each held open (reads at an offset, so threads share it). `lsr
+    index --overwrite` under a server moves the build's files aside, then deletes them, and the texts a search found
+    were read by path: gone for the whole rebuild (UNAVAILABLE), or another build's file of the same name. Every
+    write of lsr's replaces a file (temp + rename), so an open part never changes; one damaged in place fails its
+    read, named (a memory map of it crashed the server with SIGBUS once truncated). A part that cannot be opened
+    stays its path, for its read to name what is wrong; so do all where the process may not open that many files."""
+    if not allow_open_files(len(paths)):
+        log.warning("%d docs parts are read by path, not held open (this process may not open that many files: raise "
+                    "`ulimit -n`): while the collection is indexed anew under a server, its texts are unavailable",
+                    len(paths))
+        return list(paths)
+    sources: list[pa.OSFile | Path] = []
+    for path in paths:
+        try:
+            sources.append(pa.OSFile(str(path)))
+        except (OSError, pa.ArrowException):  # missing or unreadable: its read says so
+            sources.append(path)
+    return sources
 
-
-def _reader(source: "pa.Buffer | Path"):
-    return pa.BufferReader(source) if isinstance(source, pa.Buffer) else source
 
 
 def _read(path: Path, read):

@@ -397,7 +397,21 @@ class Searcher:
 
     def mean_text_bytes(self) -> float:
         """Average stored text size of the build's documents: what include_text adds per hit."""
-        return self.collection.view().docs.mean_text_bytes()
+        with self._texts_read():
+            return self.collection.view().docs.mean_text_bytes()
+
+    @contextmanager
+    def _texts_read(self) -> Iterator[None]:
+        """A read of stored texts that fails where the folder was indexed anew, moved or deleted since this process
+        opened it is CollectionReplaced (retry once the server reloads), not a damaged file's DATA_LOSS ("run `lsr
+        verify`", which finds nothing): a collection's docs parts are held open, but read by path where the process
+        may not open that many files. None: a sharded search, whose shards say it themselves."""
+        try:
+            yield
+        except Exception:
+            if self.collection is not None:
+                self.collection.check_in_place()
+            raise
 
     def stats(self) -> dict[str, Any]:
         view = self.collection.view()
@@ -428,7 +442,8 @@ class Searcher:
         was looked up as "None", a list as "['4983']")."""
         self.check_open()
         doc_id = as_id(doc_id)
-        (text,) = self.collection.text([doc_id])
+        with self._texts_read():
+            (text,) = self.collection.text([doc_id])
         if text is None:
             raise KeyError(f"no document {doc_id!r} in {self.collection.path}")
         return text
@@ -661,7 +676,8 @@ class Searcher:
             for doc, score in rank(final, k)
         ]
         if include_text and hits:
-            texts = source.text([h.doc_id for h in hits])
+            with self._texts_read():
+                texts = source.text([h.doc_id for h in hits])
             for hit, body in zip(hits, texts):
                 hit.text = body
         if explain and hits and scored_sparse:  # the query that gave sparse_score: PRF's moved one, if it ran
