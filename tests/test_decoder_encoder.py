@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaModel
 
 from lsr.encode.splade import DecoderSpladeEncoder
 from lsr.encode.models import resolve_model
@@ -136,3 +136,81 @@ def test_a_folder_without_its_tokenizer_or_with_a_larger_one_is_refused_at_load(
     bigger.save_pretrained(wide)
     with pytest.raises(ValueError, match="has 30,524 tokens, more than the model's 30,522 embedding rows"):
         SpladeEncoder.from_pretrained(str(wide), device="cpu")
+
+
+def test_a_model_that_caps_its_logits_is_pooled_over_the_capped_logits():
+    """Gemma 2 caps its logits, cap * tanh(logits / cap), in its forward; with the head detached that capped the hidden
+    states instead (a weight of 4.40 where the logits gave 3.43). The cap is now applied to the pooled logits, and put
+    back in the config a saved model writes."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from lsr.encode.splade import output_projection_attached
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("splade-tiny"))
+    config = Gemma2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+                          pad_token_id=0, final_logit_softcapping=30.0)
+    model = Gemma2ForCausalLM(config).eval()
+    with torch.no_grad():  # logits of a trained model's size (tens), where the cap bites
+        model.get_output_embeddings().weight.mul_(100.0)
+    reference = Gemma2ForCausalLM(config).eval()
+    reference.load_state_dict(model.state_dict())
+    texts = ["vitamin d deficiency and heart disease", "protein"]
+    expected = np.stack([manual_echo(reference, tokenizer, t, 32) for t in texts])
+    encoder = DecoderSpladeEncoder(model, tokenizer, max_length=64, query_max_length=64, device="cpu")
+    got = encoder.encode_documents(texts).to_dense()
+    assert expected.max() > 3.0 and np.log1p(30.0) >= got.max()  # the cap bit: uncapped logits reach ~100
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert model.config.final_logit_softcapping is None  # the forward no longer caps the hidden states
+    with output_projection_attached(model):
+        assert model.config.final_logit_softcapping == 30.0
+
+
+def test_a_folder_whose_architectures_name_no_head_is_loaded_by_its_model_type(tiny_decoder, tmp_path, capsys):
+    """A causal LM's folder without ``architectures`` was loaded as a masked LM and refused in transformers' words
+    (AutoModelForMaskedLM "should be one of ..."), and so was a headless Llama, whose error never said what it lacked."""
+    import json
+
+    from lsr.encode.models import ModelNotFoundError
+    from lsr.encode.splade import SpladeEncoder
+
+    model, _, tokenizer = tiny_decoder
+    for name, kind in (("no-architectures", LlamaForCausalLM), ("headless", LlamaModel)):
+        folder = tmp_path / name
+        kind(model.config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        if name == "no-architectures":
+            config = json.loads((folder / "config.json").read_text())
+            del config["architectures"]
+            (folder / "config.json").write_text(json.dumps(config))
+    encoder = SpladeEncoder.from_pretrained(str(tmp_path / "no-architectures"), device="cpu", query_max_length=64)
+    assert type(encoder) is DecoderSpladeEncoder and encoder.encode_documents(["enzymes fold"]).nnz > 0
+    from lsr.cli.main import main
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"_id": "long", "text": "enzyme " * 100}) + "\n")
+    assert main(["encode", "--model", str(tmp_path / "no-architectures"), "--input", str(corpus), "--output",
+                 str(tmp_path / "vectors.parquet"), "--max-length", "64", "--device", "cpu", "--quiet"]) == 0
+    assert "1 truncated at 32 tokens" in capsys.readouterr().out  # each echoed copy keeps half: it said 64
+    with pytest.raises(ModelNotFoundError, match="has no LlamaForCausalLM head .* not a SPLADE model"):
+        SpladeEncoder.from_pretrained(str(tmp_path / "headless"), device="cpu", query_max_length=64)
+    LlamaForCausalLM(model.config).save_pretrained(tmp_path / "no-tokenizer")  # was told to install sentencepiece or tiktoken
+    with pytest.raises(ModelNotFoundError, match="its folder lacks its tokenizer files"):
+        SpladeEncoder.from_pretrained(str(tmp_path / "no-tokenizer"), device="cpu", query_max_length=64)
+
+
+def test_each_constructor_refuses_the_other_kind_of_model(tiny_decoder):
+    """``from_pretrained`` picks the class by the folder; a model given to the wrong constructor was pooled silently
+    (a causal LM without its echo, a masked LM run causally)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from lsr.encode.splade import SpladeEncoder
+
+    _, reference, tokenizer = tiny_decoder
+    with pytest.raises(ValueError, match="LlamaForCausalLM is a causal language model; give it to DecoderSpladeEncoder"):
+        SpladeEncoder(reference, tokenizer, max_length=64, query_max_length=64, device="cpu")
+    masked = BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(ValueError, match="BertForMaskedLM is a masked language model, not a causal one"):
+        DecoderSpladeEncoder(masked, tokenizer, max_length=64, query_max_length=64, device="cpu")

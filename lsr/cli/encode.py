@@ -116,7 +116,7 @@ def _encode_file(args: argparse.Namespace) -> int:
                           progress=not args.quiet, **device)
     skipped = sum(summary.skipped.values())
     print(f"{summary.docs:,} documents encoded into {args.output} ({summary.postings:,} postings, "
-          f"{summary.truncated:,} truncated at {length} tokens, {skipped:,} bad rows skipped"
+          f"{summary.truncated:,} truncated at {summary.kept_tokens} tokens, {skipped:,} bad rows skipped"
           + (f": {', '.join(f'{k} {v}' for k, v in sorted(summary.skipped.items()))}" if skipped else "")
           + (f", {summary.blank_lines:,} blank lines passed over" if summary.blank_lines else "") + ")")
     print(f"index them with: lsr index {args.output} COLLECTION --pre-encoded")

@@ -65,15 +65,56 @@ def _detach_output_projection(model: torch.nn.Module) -> tuple[torch.Tensor, tor
     raise ValueError("could not locate the output projection inside the model")
 
 
+def _check_model_kind(model: torch.nn.Module, *, decoder: bool) -> None:
+    """A causal LM given to SpladeEncoder was pooled at every position, without the echo, and a masked LM given to
+    DecoderSpladeEncoder ran causally, both silently: ``from_pretrained`` picks the class, and the constructors
+    refuse the other kind."""
+    kind = type(model).__name__
+    if decoder and kind.endswith("ForMaskedLM"):
+        raise ValueError(f"{kind} is a masked language model, not a causal one; give it to SpladeEncoder")
+    if not decoder and kind.endswith(("ForCausalLM", "LMHeadModel")):
+        raise ValueError(f"{kind} is a causal language model; give it to DecoderSpladeEncoder (SpladeEncoder."
+                         "from_pretrained picks it for a causal LM's folder)")
+
+
+def _take_logit_softcap(model: torch.nn.Module) -> float | None:
+    """The cap of a model whose forward caps its logits, ``cap * tanh(logits / cap)`` (Gemma 2's
+    ``final_logit_softcapping``), turned off in its forward: with the projection detached it capped the hidden states
+    instead (a Gemma 2 weight of 4.40 where the logits gave 3.43). The encoder caps the pooled logits itself
+    (``softcapped``). None for a model that caps nothing."""
+    if hasattr(model, "_lsr_softcap"):  # taken already
+        return model._lsr_softcap
+    config = getattr(model, "config", None)
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is not None:
+        config.final_logit_softcapping = None
+        cap = float(cap)
+    object.__setattr__(model, "_lsr_softcap", cap)
+    return cap
+
+
+def softcapped(pooled: torch.Tensor, cap: float) -> torch.Tensor:
+    """Max-pooled ``log1p(relu(logits))`` as if the logits had been capped, ``cap * tanh(logits / cap)``: the cap
+    rises with its input and keeps its sign, so the max over positions commutes with it, and the pooled logit is
+    ``expm1`` of the pooled weight."""
+    return torch.log1p(cap * torch.tanh(torch.expm1(pooled.float()) / cap)).to(pooled.dtype)
+
+
 @contextlib.contextmanager
 def output_projection_attached(model: torch.nn.Module):
-    """Put the detached vocabulary projection back for the block, so ``save_pretrained`` writes a complete MLM."""
+    """Put the detached vocabulary projection (and the logit cap) back for the block, so ``save_pretrained`` writes
+    the complete model."""
     module, child_name = model._lsr_projection_slot
     setattr(module, child_name, model._lsr_projection)
+    cap = getattr(model, "_lsr_softcap", None)
+    if cap is not None:
+        model.config.final_logit_softcapping = cap
     try:
         yield model
     finally:
         setattr(module, child_name, torch.nn.Identity())
+        if cap is not None:
+            model.config.final_logit_softcapping = None
 
 
 def sparse_rows(pooled: torch.Tensor, top_k: int | None, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -132,6 +173,7 @@ class SpladeEncoder:
         impl: str = "auto",
         name: str | None = None,
     ) -> None:
+        _check_model_kind(model, decoder=isinstance(self, DecoderSpladeEncoder))
         check_tokenizer_fits(tokenizer, model)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -148,6 +190,9 @@ class SpladeEncoder:
         check_impl(impl, self.device)
         self.model = model.to(self.device, dtype=resolve_dtype(dtype, self.device)).eval()
         self.weight, self.bias = _detach_output_projection(self.model)
+        self.logit_softcap = _take_logit_softcap(self.model)
+        if self.logit_softcap is not None and pooling == "sum":
+            raise ValueError(f"{type(model).__name__} caps its logits, which sum pooling cannot undo; use max pooling")
         if self._runs_bert_padded() and self.weight.dtype in (torch.bfloat16, torch.float16):
             packed_bert.keep_norms_float32(self.model)  # the head, detached first, keeps its half copy even when tied
         self.tokenizer = tokenizer
@@ -294,6 +339,11 @@ class SpladeEncoder:
         have no forward of their own, and it launches fewer ops than transformers' (a 2-layer model is host-bound)."""
         return self.device.type != "cpu" and packed_bert.supports_masked_lm(self.model)
 
+    @property
+    def document_tokens(self) -> int:
+        """Tokens of a document it keeps: ``max_length``, or a decoder's copy of the echoed text (about half)."""
+        return self._token_budget(self.max_length)
+
     # ------------------------------------------------------------------ internals
     def _token_budget(self, max_length: int) -> int:
         """How many tokens of one text a ``max_length`` input holds (what truncation is judged against)."""
@@ -312,8 +362,14 @@ class SpladeEncoder:
         bias = None if self.bias is None else self.bias.to(hidden.dtype)
         if self.pooling == "sum":
             return splade_sum_pool_chunked(hidden, weight, bias, pool_mask)
-        pooled = splade_max_pool(hidden, weight, bias, pool_mask, impl=self.impl)
-        return torch.log1p(pooled) if self.activation == "log1p_relu" else pooled  # log1p is monotone: max commutes
+        return self.activated(splade_max_pool(hidden, weight, bias, pool_mask, impl=self.impl))
+
+    def activated(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Max-pooled ``log1p(relu(logits))`` with the rest of the model's activation: its logit cap, and the second
+        log1p of "log1p_relu" (both rise with their input, so the max over positions commutes with them)."""
+        if self.logit_softcap is not None:
+            pooled = softcapped(pooled, self.logit_softcap)
+        return torch.log1p(pooled) if self.activation == "log1p_relu" else pooled
 
     def _own_tokens_mask(self, input_ids: torch.Tensor, pool_mask: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         """[B, V] bool: the non-special tokens among each row's pooled positions, less the prompt's: a token counts
@@ -421,11 +477,21 @@ class DecoderSpladeEncoder(SpladeEncoder):
 
 def is_causal_lm(config: Any) -> bool:
     """A decoder-only LM, pooled by ``DecoderSpladeEncoder``'s echo: Llama and Mistral (``...ForCausalLM``), GPT-2
-    (``GPT2LMHeadModel``, which the ``ForCausalLM`` test alone missed). ``config``: a transformers config or the
-    dict of a config.json."""
+    (``GPT2LMHeadModel``, which the ``ForCausalLM`` test alone missed). Where the architectures name neither head (none
+    listed, a bare ``LlamaModel``, a classifier), the model type says: one transformers loads only as a causal LM is
+    one (a GPT-2 folder without ``architectures`` was loaded as a masked LM, and refused in transformers' words; a
+    headless Llama's error did not say it lacked its head). ``config``: a transformers config or a config.json dict."""
     fields = config if isinstance(config, dict) else config.to_dict()
-    return bool(fields.get("is_decoder")) or any(
-        str(name).endswith(("ForCausalLM", "LMHeadModel")) for name in fields.get("architectures") or [])
+    names = [str(name) for name in fields.get("architectures") or []]
+    if fields.get("is_decoder") or any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names):
+        return True
+    if any(name.endswith("ForMaskedLM") for name in names) or not fields.get("model_type"):
+        return False
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    kind = fields["model_type"]
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def folder_config(name_or_path: str) -> dict | None:

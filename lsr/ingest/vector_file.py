@@ -39,6 +39,7 @@ class EncodeSummary:
     blank_lines: int = 0  # a .txt input's lines without text
     truncated: int = 0
     postings: int = 0
+    kept_tokens: int = 0  # of a document's: --max-length, or what a decoder's echo leaves of it
 
 
 def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-tiny", fields: Sequence[str] = ("title", "text"),
@@ -56,7 +57,7 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
     expected = reader.expected_rows()  # opens the corpus: a folder that is no BEIR dataset is told before the model loads
     encoder = SpladeEncoder.from_pretrained(model, max_length=max_length, query_max_length=max_length, device=device,
                                             dtype=dtype)  # documents only: a GPU warms up no longer length
-    summary = EncodeSummary(0)
+    summary = EncodeSummary(0, kept_tokens=encoder.document_tokens)
     encoded_with = json.dumps({"device": str(encoder.device), "dtype": dtype_name(encoder.weight.dtype)})
     content = model_content_key(model)
     file_metadata = {MODEL_KEY: lasting_name(model).encode(), MAX_LENGTH_KEY: str(max_length).encode(),

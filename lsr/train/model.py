@@ -68,7 +68,7 @@ class TrainableSplade:
             weight = self.head.weight.to(hidden.dtype)
             bias = None if self.head.bias is None else self.head.bias.to(hidden.dtype)
             pooled = splade_max_pool(hidden, weight, bias, pool_mask, impl=self.encoder.impl, deterministic=True)
-        return (torch.log1p(pooled) if self.encoder.activation == "log1p_relu" else pooled).float()
+        return self.encoder.activated(pooled).float()
 
     def use_idf_queries(self, documents: Sequence[str]) -> None:
         """Inference-free variant: queries become IDF-weighted bags of their tokens, IDF from ``documents``.
