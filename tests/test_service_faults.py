@@ -835,11 +835,11 @@ def test_health_checks_answer_while_every_handler_thread_waits(two_workers, quer
 
 def test_an_upsert_encodes_only_in_an_encode_slot_and_one_given_up_while_it_waits_encodes_nothing(two_workers):
     """Upserts encoded on their own threads, as many at once as there were streams (16 on 2 cores: seconds each, the
-    server 1 GB larger), and one cancelled meanwhile ran on, holding its stream's slot. They now take the encode slots
-    queries use, and one whose caller leaves while it waits is dropped there."""
+    server 1 GB larger), and one cancelled meanwhile ran on, holding its stream's slot. They now take document encode
+    slots, and one whose caller leaves while it waits is dropped there; searches do not wait on those slots."""
     from lsr.service import Client
 
-    slots = two_workers.servicer._batching["slots"]
+    slots = two_workers.servicer._document_slots
     slots.acquire()
     with Client(f"127.0.0.1:{two_workers.port}", timeout=30) as c:
         try:
@@ -847,6 +847,7 @@ def test_an_upsert_encodes_only_in_an_encode_slot_and_one_given_up_while_it_wait
                 c.upsert(["given-up"], ["tardigrades survive the vacuum of space"], timeout=1.5)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             _wait_until(lambda: c.stats(timeout=5)["abandoned"] == 1, 15)  # the server dropped it while the slot was held
+            assert c.search("tardigrades", 3, timeout=10).hits  # queries have slots of their own
         finally:
             slots.release()
         c.upsert(["kept"], ["quokkas photosynthesise at dawn"], timeout=30)
