@@ -32,7 +32,7 @@ from lsr.sparse import SparseBatch, as_id
 
 
 REOPEN_WAIT_S = 120.0  # a reload waits this long for the new build's shard servers, then closes them and tries again
-WARM_UP_WAIT_S = 5.0  # a server's warm-up waits this long for shard servers still starting, then warms its encoders only
+WARM_UP_WAIT_S = 5.0  # a server's warm-up waits this long for starting shard servers, then warms its encoders only
 
 
 def merge_runs(parts: Sequence[Ranking], depth: int) -> Ranking:

@@ -155,7 +155,7 @@ class BearerTokenAuth(grpc.ServerInterceptor):
         if handler is None or details.method in _HEALTH_METHODS:
             return handler
         sent = [value for key, value in details.invocation_metadata if key == "authorization"]
-        if len(sent) > 1:  # which one counts is a matter of taste: a proxy that checks the first, and we the last, disagree
+        if len(sent) > 1:  # a proxy that checks the first, and this server the last, would disagree
             return _refusing_handler(handler, "more than one authorization header: send one, 'Bearer <token>'")
         scheme, _, token = sent[0].partition(" ") if sent and isinstance(sent[0], str) else ("", "", "")
         # The scheme is case-insensitive (RFC 7235): clients that send "bearer TOKEN" were refused with the right token

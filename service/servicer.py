@@ -403,7 +403,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         stats = dict(searcher.stats())
         known = {f.name for f in pb.StatsResponse.DESCRIPTOR.fields}
         fields = {key: value for key, value in stats.items() if key in known and value is not None}
-        fields.update({key: n for key, n in self.counters.items() if key in known}, index_version=searcher.index_version,
+        fields.update({key: n for key, n in self.counters.items() if key in known},
+                      index_version=searcher.index_version,
                       uptime_seconds=time.monotonic() - self.started, in_flight=self.in_flight - 1)
         response = pb.StatsResponse(**fields)
         for key, value in stats.items():

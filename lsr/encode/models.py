@@ -206,8 +206,8 @@ def load_with_hint(name: str, loader: Callable[[str], T]) -> T:
         ) from None
 
 
-NO_TOKENIZER_FILES = ("its folder lacks its tokenizer files (tokenizer.json, vocab.txt, or a vocab.json with merges.txt); "
-                      "copy them from the model it was trained from")
+NO_TOKENIZER_FILES = ("its folder lacks its tokenizer files (tokenizer.json, vocab.txt, or a vocab.json with "
+                      "merges.txt); copy them from the model it was trained from")
 # what a tokenizer loads from: one of these in a folder without them says so, not transformers' guess (a Llama folder
 # without them was told to install sentencepiece or tiktoken)
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
@@ -217,7 +217,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.mode
 def load_error(folder: str, exc: BaseException) -> ModelNotFoundError:
     """Why the model in ``folder`` failed to load, in one line: transformers' messages run to several lines (the first
     alone ended in "from one of:"), and its size-mismatch error points to a report its silenced log never printed."""
-    if "tokenizer" in str(exc).lower() and not any(os.path.isfile(os.path.join(folder, name)) for name in _TOKENIZER_FILES):
+    tokenizer_files = any(os.path.isfile(os.path.join(folder, name)) for name in _TOKENIZER_FILES)
+    if "tokenizer" in str(exc).lower() and not tokenizer_files:
         return ModelNotFoundError(f"could not load model from folder {folder!r}: {NO_TOKENIZER_FILES}")
     return ModelNotFoundError(f"could not load model from folder {folder!r}: {_failure(exc)}")
 
