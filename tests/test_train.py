@@ -388,6 +388,7 @@ def test_a_bad_data_file_is_one_line_beside_other_work_too(tmp_path):
     ("eval-unknown", "unknown BEIR dataset 'nosuchdataset'"),  # after the model loaded, leaving an empty OUT
     ("damaged-gzip", "pairs.jsonl.gz is not a whole gzip file"),  # was taken for a BEIR name: "not a BEIR folder"
     ("negative-is-positive", "line 1: 'negatives' holds the positive itself"),  # silently no negative for the row
+    ("zero-width-positive", "line 1: 'positive' must be a non-empty string"),  # trained on a text with no word
     ("misspelt-key", "line 1: unknown key 'score'; did you mean 'scores'?"),  # dropped: trained without the teacher
     # its files changed the --model folder's, so every --resume was refused as "the --model folder's files differ"
     ("out-inside-model", "lies inside the --model folder"),
@@ -411,6 +412,8 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")  # named .gz, not compressed
     elif case == "negative-is-positive":
         data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n", "p"]}) + "\n")
+    elif case == "zero-width-positive":
+        data.write_text(json.dumps({"query": "q", "positive": "\u200b\u200b"}) + "\n")
     elif case == "misspelt-key":
         data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"], "score": [2.0, 1.0]}) + "\n")
     elif case == "empty-jsonl":
@@ -657,10 +660,17 @@ def test_a_folders_prompts_and_activation_are_trained_through_and_exported(tmp_p
     st.SparseEncoder(modules=[MLMTransformer(resolve_model("splade-tiny")),
                               SpladePooling(pooling_strategy="max", activation_function="log1p_relu")],
                      prompts={"query": "query: ", "document": "passage: "}, device="cpu").save(str(tmp_path / "st"))
+    # a cased tokenizer in a folder that lowercases, and a shorter length: training read cased text, and the export
+    # wrote do_lower_case false and 256 tokens
+    for name, changes in (("sentence_bert_config.json", {"do_lower_case": True, "max_seq_length": 48}),
+                          ("tokenizer_config.json", {"do_lower_case": False})):
+        config = json.loads((tmp_path / "st" / name).read_text())
+        (tmp_path / "st" / name).write_text(json.dumps({**config, **changes}))
     model = TrainableSplade.load(str(tmp_path / "st"), device="cpu", dtype="fp32")
-    texts = ["vitamin d and bone density", "statins cause muscle pain"]
+    assert (model.encoder.lowercase, model.encoder.max_length) == (True, 48)
+    texts = ["Vitamin D and Bone Density", "Statins cause MUSCLE pain"]
     with torch.no_grad():
-        for side, length in (("query", 16), ("document", 64)):
+        for side, length in (("query", 16), ("document", 48)):
             trained = model.encode(texts, length, getattr(model.encoder.prompts, side)).numpy()
             model.encoder.query_max_length = model.encoder.max_length = length
             served = model.encoder.encode_queries if side == "query" else model.encoder.encode_documents
@@ -669,6 +679,7 @@ def test_a_folders_prompts_and_activation_are_trained_through_and_exported(tmp_p
     reloaded = SpladeEncoder.from_pretrained(str(tmp_path / "out"), device="cpu", dtype="fp32")
     assert (reloaded.activation, reloaded.prompts.query, reloaded.prompts.document) == ("log1p_relu", "query: ",
                                                                                         "passage: ")
+    assert (reloaded.lowercase, reloaded.max_length) == (True, 48)
 
 
 def test_gpu_benchmark_without_cuda_fails_fast_in_one_line(tmp_path):

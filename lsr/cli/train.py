@@ -404,7 +404,8 @@ def _duration(seconds: float) -> str:
 
 
 def _summary_text(summary: dict, out: Path) -> str:
-    lines = [f"trained {summary['model']} on {summary['data']} ({summary['examples']:,} examples): "
+    examples = summary["examples"]
+    lines = [f"trained {summary['model']} on {summary['data']} ({examples:,} example{'s' * (examples != 1)}): "
              f"{summary['steps']:,} of {summary['total_steps']:,} steps ({summary['stopped']}) "
              f"in {_duration(summary['train_seconds'])} on {summary['device']} {summary['dtype']}"]
     if summary["dev_scores"]:
@@ -437,5 +438,6 @@ def _summary_text(summary: dict, out: Path) -> str:
     lines.append(f"wrote {out} ({loaders})")
     if summary["config"]["inference_free"]:
         lines.append("inference-free: queries are the IDF weights in idf.json, with no model; searches of a collection "
-                     "indexed with it use them by default, and so does SparseEncoder.encode_query")
+                     "indexed with it use them by default" + ("" if is_causal_folder(str(out)) else
+                                                             ", and so does SparseEncoder.encode_query"))
     return "\n".join(lines)

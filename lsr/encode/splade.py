@@ -402,6 +402,13 @@ class SpladeEncoder:
             pooled = pooled * self._own_tokens_mask(input_ids, pool_mask, own_only)
         return sparse_rows(pooled, self.top_k, self.threshold)
 
+    def model_texts(self, texts: list[str], prompt: str = "") -> list[str]:
+        """The texts as the model reads them: lowercased where its folder says (the prompt too, as sentence-transformers
+        does), after the prompt. Training reads them so too (it trained a lowercasing model on cased text)."""
+        if self.lowercase:
+            texts, prompt = [t.lower() for t in texts], prompt.lower()
+        return with_prompt(texts, prompt)
+
     def _pipeline(self, batch_size: int, max_length: int) -> Pipeline:
         return Pipeline(self.device, max_tokens=batch_size * max_length, batch_size=batch_size)
 
@@ -413,9 +420,8 @@ class SpladeEncoder:
         texts = check_texts(texts)
         batch_size = check_whole(batch_size, "batch_size", 1)
         live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)  # NUL-only: no words
-        if self.lowercase:  # as sentence-transformers does: the prompt too
-            texts, prompt = [t.lower() for t in texts], prompt.lower()
-        texts = with_prompt(texts, prompt)
+        texts = self.model_texts(texts, prompt)
+        prompt = prompt.lower() if self.lowercase else prompt
         own_only = None if expansion else self._prompt_counts(prompt)
         n_tokens = np.zeros(len(texts), np.int64)
 

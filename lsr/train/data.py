@@ -120,10 +120,10 @@ def _example(line: str, where: str) -> Example:
         if key not in row:
             raise ValueError(f"{where}: no {key!r} key (the row has {', '.join(map(repr, row)) or 'none'}; keys: "
                              f"{_KEYS_SAID})")
-        if not isinstance(row[key], str) or not row[key].strip():
+        if not isinstance(row[key], str) or is_blank(row[key]):  # NUL or zero-width only: no word, as the encoder sees it
             raise ValueError(f"{where}: {key!r} must be a non-empty string")
     negatives = row.get("negatives", [])
-    if not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives):
+    if not isinstance(negatives, list) or not all(isinstance(n, str) and not is_blank(n) for n in negatives):
         raise ValueError(f"{where}: 'negatives' must be a list of non-empty strings")
     if row["positive"] in negatives:  # scored as the positive itself: no negative, and a teacher margin for one text
         raise ValueError(f"{where}: 'negatives' holds the positive itself; drop it from the list")

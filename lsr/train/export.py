@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lsr.encode.models import DOCUMENT_TOKENS, transformers_quiet
+from lsr.encode.models import transformers_quiet
 from lsr.encode.splade import IDF_TABLE, DecoderSpladeEncoder, output_projection_attached
 from lsr.files import fsync_dir, write_json_atomic
 from lsr.train.model import TrainableSplade
@@ -87,8 +87,10 @@ def _write_model_files(trainable: TrainableSplade, out: Path) -> None:
         write_json_atomic(out / IDF_TABLE, {encoder.vocab[i]: float(idf[i]) for i in idf.nonzero()[0]})
     if isinstance(encoder, DecoderSpladeEncoder):
         return  # echo pooling over a causal LM has no SparseEncoder module: DecoderSpladeEncoder loads the folder
-    # SparseEncoder truncates where SpladeEncoder.from_pretrained does by default, not at the training length.
-    write_json_atomic(out / "sentence_bert_config.json", {"max_seq_length": DOCUMENT_TOKENS, "do_lower_case": False})
+    # SparseEncoder truncates where the encoder did at inference (the start's length: 256, or fewer where its folder or
+    # its positions say), not at the training length; it lowercases where the start did (it wrote 256 and false)
+    write_json_atomic(out / "sentence_bert_config.json", {"max_seq_length": encoder.max_length,
+                                                          "do_lower_case": encoder.lowercase})
     write_json_atomic(out / "config_sentence_transformers.json", {
         "model_type": "SparseEncoder", "prompts": {"query": encoder.prompts.query, "document": encoder.prompts.document},
         "default_prompt_name": None, "similarity_fn_name": "dot",

@@ -61,7 +61,7 @@ class TrainableSplade:
     def encode(self, texts: Sequence[str], max_length: int, prompt: str = "") -> torch.Tensor:
         """[len(texts), V] vectors with gradients; the fused Triton backward on CUDA, the chunked path on CPU.
         ``prompt`` (the folder's query or document prompt) goes before each text, as the encoder puts it."""
-        ids, _ = self.encoder._tokenize(with_prompt(list(texts), prompt), max_length)
+        ids, _ = self.encoder._tokenize(self.encoder.model_texts(list(texts), prompt), max_length)
         input_ids, mask, pool_mask = (t.to(self.device) for t in self.encoder._batch_inputs(ids))
         with self._autocast():
             hidden = self.model(input_ids=input_ids, attention_mask=mask).logits
@@ -80,7 +80,8 @@ class TrainableSplade:
 
         vocab = self.encoder.vocab_size
         doc_freqs = np.zeros(vocab, np.int64)
-        for ids in token_ids(self.encoder.tokenizer, list(documents), add_special_tokens=False, truncation=False):
+        for ids in token_ids(self.encoder.tokenizer, self.encoder.model_texts(list(documents)), add_special_tokens=False,
+                             truncation=False):
             terms = np.unique(np.asarray(ids, np.int64))
             doc_freqs[terms[terms < vocab]] += 1
         doc_freqs[list(i for i in self.encoder._special_ids if 0 <= i < vocab)] = 0
