@@ -93,8 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lsr.ingest.sharding import is_sharded
     from lsr.search.searcher import Searcher
-    from lsr.service.server import ServerConfig, serve
+    from lsr.service.server import ServerConfig, one_malloc_arena_per_core, serve
 
+    one_malloc_arena_per_core()  # before the models load: torch's threads allocate too
     for flag in ("max_message_mb", "max_response_mb", "max_upserts_mb"):  # in the flags' words, not the config's
         # gRPC takes a C int: 2048 MB or inf crashed its channel arguments in a traceback, 0.001 MB printed as 0
         if not 1 / 1024 <= getattr(args, flag) < 2048:
