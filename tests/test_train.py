@@ -620,6 +620,11 @@ def test_an_inference_free_run_is_scored_and_searched_with_its_idf_queries(grade
     query = "vitamin d and green tea"
     assert searcher.query_encoder.encode_queries([query]).to_dicts() == idf_queries.encode_queries([query]).to_dicts()
     assert searcher.search(query, k=3).hits
+    capsys.readouterr()
+    again = tmp_path / "again"  # from the inference-free folder, without --inference-free: it dropped idf.json unsaid
+    assert main(["train", str(data), str(again), "--model", str(out), "--batch-size", "2", "--epochs", "1", "--quiet",
+                 *SHORT]) == 0
+    assert "ships idf.json" in capsys.readouterr().err and not (again / "idf.json").exists()
 
 
 def _mean_margin(model: TrainableSplade, examples: list[Example]) -> float:

@@ -346,6 +346,9 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
 
     if config.inference_free:
         idf_queries(model, examples)  # before any scoring: the variant is scored with its IDF queries, as it will serve
+    elif model.encoder.idf_queries:  # the export would silently be a symmetric model: its queries run the model
+        print(f"warning: {config.model} ships idf.json (its queries are IDF weights, no model); without --inference-free "
+              "this run trains and exports a symmetric model, whose queries run the model", file=sys.stderr)
     queries = model.query_encoder()
     evaluations = {}  # each scores the encoder's weights as they are at the call: before, then after training
     for dataset in dict.fromkeys(args.eval):
