@@ -95,7 +95,7 @@ class Reloader:
     def _reopened(self) -> Any | None:
         """The collection opened again, watched from that moment (its own look may find it replaced before it is
         swapped in), once that succeeds; None once ``stop`` is called."""
-        said, pause = "", self._interval
+        said, pause = None, self._interval
         while not self._stop.wait(pause):
             tried = time.monotonic()
             try:
@@ -104,9 +104,12 @@ class Reloader:
                 if self._stop.is_set():
                     return None
                 reason = " ".join(str(exc).split())
-                if reason != said:  # once per reason, not once a second
+                # looked at each time: a rebuild into the other kind failed alike under way and once done, and under
+                # load the server kept saying "retry shortly" for good
+                self.blocked = self._kind_changed()
+                if (reason, self.blocked) != said:  # once per reason, not once a second
                     self._say_waiting(reason)
-                    said = reason
+                    said = reason, self.blocked
                 # A build under way fails at once, and is looked at every second; a damaged one fails after its
                 # checksums, which would keep a core busy: it is looked at less often, at most a fifth of the time.
                 # One found indexed anew again as it opened (a sharded build's shard servers take seconds) is tried
@@ -119,18 +122,21 @@ class Reloader:
             return searcher
         return None
 
-    def _say_waiting(self, reason: str) -> None:
+    def _kind_changed(self) -> str | None:
+        """What to do where the other kind of collection is there now (not a build under way, nor a folder moved
+        away): no reload can serve it."""
         from lsr.ingest.layout import META_FILE
         from lsr.ingest.sharding import is_sharded
 
         current = self._current()
         path = current.path
-        # The other kind of collection there now (not a build under way, nor a folder moved away)
         sharded = is_sharded(path) and not current.sharded
         unsharded = current.sharded and not is_sharded(path) and (path / META_FILE).is_file()
-        self.blocked = None if not (sharded or unsharded) else (
+        return None if not (sharded or unsharded) else (
             f"{path} was indexed anew as {'a sharded' if sharded else 'an unsharded'} collection, which `lsr serve` "
             f"serves {'through a coordinator' if sharded else 'without one'}: restart the server")
+
+    def _say_waiting(self, reason: str) -> None:
         if self.blocked:
             log.warning("event=reload_waiting reason=%r", self.blocked)
         else:
