@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from soak import RESULTS, Server, machine  # noqa: E402
+from soak import RESULTS, Server, machine, machine_line  # noqa: E402
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact.tar.gz"
 QUERIES = ["vitamin d fractures", "statins muscle pain", "cancer stem cells", "antibiotic resistance",
@@ -133,8 +133,7 @@ def write(rows: list[dict], meta: dict, one_core_busy: bool) -> None:
         "to the first answer holding only its documents. `failed`: searches refused or unanswered. "
         "`python benchmarks/reload.py` reproduces it"
         + (" (`--one-core-busy`: a busy loop pinned to one of the two cores ran throughout)." if one_core_busy else "."),
-        "", f"Machine: {meta['cpu']}, {meta['cores']} cores, Python {meta['python']}, load average at start "
-        f"{' '.join(f'{x:.1f}' for x in meta['load_average_at_start'])}.", "",
+        "", machine_line(meta), "",
         "| way | answered | failed | served after (s) | p50 ms | p99 ms | server RSS MB, first → last |",
         "|---|---:|---:|---|---:|---:|---|",
     ]

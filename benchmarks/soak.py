@@ -284,6 +284,12 @@ def machine() -> dict:
             "note": "shared with other developers' jobs during the run (timings are not benchmarks)"}
 
 
+def machine_line(meta: dict) -> str:
+    """The "Machine: ..." line of a results table, from ``machine()``."""
+    return (f"Machine: {meta['cpu']}, {meta['cores']} cores, Python {meta['python']}, load average at start "
+            f"{' '.join(f'{x:.1f}' for x in meta['load_average_at_start'])}.")
+
+
 def write_markdown(path: Path, report: dict) -> None:
     m = report["machine"]
     p = report["phases"]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from soak import RESULTS, Server, machine  # noqa: E402
+from soak import RESULTS, Server, machine, machine_line  # noqa: E402
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact.tar.gz"
 
@@ -94,8 +94,7 @@ def write(rows: list[dict], meta: dict, name: str) -> None:
         "reproduces it. Before upserts had encode slots of their own (8 streams, same machine, a /tmp A/B): "
         "33-34 documents/s, search p50 41-43 ms, p90 83-90 ms, RSS 2.1-2.2 GB after; with glibc's default malloc "
         "arenas (8 per core, not `lsr serve`'s one) the 8-stream peak was 3.0 GB.", "",
-        f"Machine: {meta['cpu']}, {meta['cores']} cores, Python {meta['python']}, load average at start "
-        f"{' '.join(f'{x:.1f}' for x in meta['load_average_at_start'])}.", "",
+        machine_line(meta), "",
         "| streams | docs/s | searches | search p50 ms | search p90 ms | RSS MB before → peak → after |",
         "|---:|---:|---:|---:|---:|---|",
     ]
