@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import signal
 import shutil
@@ -504,6 +506,39 @@ def test_max_steps_caps_the_run_and_its_learning_rate_decays_over_them(examples,
     assert lr_factor(2, result.total_steps, config.warmup) > 0 == lr_factor(3, result.total_steps, config.warmup)
 
 
+def test_max_steps_overrides_epochs_and_trains_past_them(examples, tmp_path):
+    """--max-steps capped the run at the epochs' steps, where sentence-transformers' max_steps (and HF's) overrides
+    num_train_epochs: asking for more steps than one epoch holds trained one epoch and said "finished"."""
+    config = TrainConfig(epochs=1, max_steps=5, batch_size=len(examples) // 2, max_length=32, query_max_length=16)
+    result = train(fresh_model(), examples, tmp_path / "out", config, progress=False)
+    assert (result.steps, result.total_steps, result.stopped) == (5, 5, "finished")
+    assert [row["step"] for row in result.history] == [1, 2, 3, 4, 5]  # steps 3..5 run the next epochs' batches
+
+
+def test_fp16_scales_the_loss_skips_overflowing_steps_and_resumes_with_its_scale(examples, tmp_path):
+    """fp16 trained with no loss scale: a SPLADE gradient's small entries underflow fp16 to zero, and ``--dtype
+    auto`` picks fp16 on a GPU without bf16. The scale starts at 2^16, where a step's gradient can overflow: such a
+    step is skipped (the weights stay), the scale halves, and the run goes on where it raised "not finite"."""
+    from lsr.train.checkpoint import read_checkpoint
+
+    torch.set_num_threads(2)
+    model = TrainableSplade.load("splade-tiny", device="cpu", dtype="fp16", max_length=64, query_max_length=16)
+    config = TrainConfig(epochs=1, max_steps=4, batch_size=4, max_length=32, query_max_length=16)
+    out = tmp_path / "out"
+    result = train(model, examples, out, config, progress=False, checkpoint_every=1, max_minutes=1e-9)
+    assert (result.steps, result.stopped) == (1, "time limit")
+    scale = read_checkpoint(out)["loss_scale"]
+    assert scale["scale"] in (2.0 ** 16, 2.0 ** 15) and scale["scale"] == 2.0 ** (16 - result.history[0]["skipped"])
+    resumed = TrainableSplade.load("splade-tiny", device="cpu", dtype="fp16", max_length=64, query_max_length=16)
+    result = train(resumed, examples, out, config, resume=True, progress=False, checkpoint_every=1)
+    assert (result.steps, result.stopped) == (4, "finished") and all(math.isfinite(row["loss"]) for row in result.history)
+    skipped = sum(row["skipped"] for row in result.history)
+    assert read_checkpoint(out)["loss_scale"]["scale"] == scale["scale"] / 2 ** skipped  # resumed from the saved scale
+    assert skipped < 3  # the other steps trained: the weights moved
+    start = TrainableSplade.load("splade-tiny", device="cpu", dtype="fp32", max_length=64, query_max_length=16)
+    assert any(not torch.equal(a, b) for a, b in zip(start.parameters, resumed.parameters))
+
+
 def test_a_loss_that_stops_being_finite_stops_the_run_before_the_weights_and_writes_nothing(examples, tmp_path,
                                                                                            capsys):
     """A learning rate that blows the weights up: the step whose loss is NaN must not reach the optimizer, and the
@@ -891,6 +926,20 @@ def test_cli_validates_on_dev_and_writes_the_best_scoring_weights(graded_beir, t
     assert best > summary["dev_scores"][-1][1] and f"step {best_step} " in summary["kept"]  # an earlier step won
     written = sparse_quality(SpladeEncoder.from_pretrained(str(out), device="cpu"), str(data), "dev", progress=False)
     assert written["ndcg@10"] == pytest.approx(best, abs=1e-9)
+
+
+def test_a_scorer_says_once_that_it_truncates(tiny_beir, caplog):
+    """Dev validation every 50 steps printed the same truncation line each time, into the progress bar's line."""
+    from lsr.encode.splade import SpladeEncoder
+    from lsr.train.evaluate import quality_scorer
+
+    encoder = SpladeEncoder.from_pretrained("splade-tiny", device="cpu", max_length=32)
+    score = quality_scorer(encoder, str(tiny_beir), "dev")
+    with caplog.at_level(logging.WARNING, logger="lsr.encode.splade"):
+        first, again = score(), score()
+    said = [record for record in caplog.records if "were truncated" in record.getMessage()]
+    assert len(said) == 1 and first == again
+    assert not logging.getLogger("lsr.encode.splade").filters  # the filter goes with the call
 
 
 def _checkpointed(examples, out: Path, model: str = "splade-tiny") -> TrainConfig:

@@ -68,8 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder holding BEIR datasets (before $LSR_BEIR_DIR)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the data (default: {d.epochs})")
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
-                   help="at most N optimiser steps, fewer than --epochs would take (the learning rate decays over "
-                        "them; default: all of the epochs')")
+                   help="train N optimiser steps, overriding --epochs: fewer or more than its passes take (the "
+                        "learning rate decays over them; default: as many as --epochs take)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"queries per micro-batch; their documents are each other's negatives (default: {d.batch_size})")
     p.add_argument("--accumulate", type=int, default=d.accumulate, help="micro-batches per optimiser step (default: 1)")
@@ -384,6 +384,7 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
                    "train_seconds": round(result.seconds, 1), "wall_seconds": round(time.monotonic() - clock, 1),
                    "first_step": result.first_step,
                    "last_step": result.history[-1] if result.history else None,
+                   "skipped_steps": int(sum(row["skipped"] for row in result.history)),  # fp16 overflows, this run's
                    "eval": evals, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), **encoding}
         write_json_atomic(out / "lsr_train.json", summary)
         if result.stopped != "time limit":  # finished, or the guard ended it: nothing to resume now that the summary is

@@ -29,7 +29,8 @@ def leftovers(out: Path) -> list[Path]:
 
 def save_checkpoint(out: Path, parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                     step: int, run: dict[str, Any], seconds: float, guard: dict[str, Any],
-                    first: dict[str, float] | None = None) -> None:
+                    first: dict[str, float] | None = None, loss_scale: dict[str, Any] | None = None) -> None:
+    """``loss_scale``: fp16's GradScaler state (an empty dict when off), so a resumed run scales as it did."""
     state = {
         "guard": guard,  # the best weights so far and the stop rules' counters
         "step": step,
@@ -38,6 +39,7 @@ def save_checkpoint(out: Path, parameters: list[torch.nn.Parameter], optimizer: 
         "run": run,
         "parameters": [p.detach().cpu().clone() for p in parameters],
         "optimizer": optimizer.state_dict(),
+        "loss_scale": loss_scale or {},
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -69,11 +71,13 @@ def read_checkpoint(out: Path) -> dict[str, Any] | None:
 
 
 def restore_checkpoint(state: dict[str, Any], parameters: list[torch.nn.Parameter],
-                       optimizer: torch.optim.Optimizer) -> None:
+                       optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
     with torch.no_grad():
         for param, saved in zip(parameters, state["parameters"], strict=True):
             param.copy_(saved)
     optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("loss_scale"):  # fp16's (a checkpoint from before it was kept has none)
+        scaler.load_state_dict(state["loss_scale"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -20,7 +20,7 @@ class TrainConfig:
 
     model: str = "splade-tiny"
     epochs: int = 4
-    max_steps: int | None = None  # at most this many optimiser steps (sentence-transformers' max_steps); None: epochs'
+    max_steps: int | None = None  # this many optimiser steps, overriding epochs (sentence-transformers' max_steps)
     batch_size: int = 16
     accumulate: int = 1
     hard_negatives: int = 1  # drawn per query and step from its mined pool

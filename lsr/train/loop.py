@@ -38,7 +38,8 @@ class TrainResult:
     total_steps: int
     seconds: float
     stopped: str  # "finished", "time limit", "interrupted" (Ctrl-C or SIGTERM), or the guard's "collapsed" / "no gain"
-    history: list[dict[str, float]] = field(default_factory=list)  # per step of this run: step, loss, flops, nnz_q, nnz_d
+    history: list[dict[str, float]] = field(default_factory=list)  # per step of this run: step, loss, flops, nnz_q, nnz_d,
+    # skipped (1.0 where fp16's scaled gradient overflowed)
     dev_scores: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out score), when validating
     kept: str | None = None  # set when the returned weights are an earlier step's: which, and why
     signal: int | None = None  # what interrupted the run: SIGINT or SIGTERM
@@ -273,11 +274,12 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     for stale in leftovers(out):  # checkpoint writes a kill -9 cut short (the caller holds OUT: none is under way)
         stale.unlink()
     run = fingerprint(config, examples, validation, numerics_of(model))
-    total = min(config.epochs * steps_per_epoch(config, len(examples)), config.max_steps or math.inf)
+    total = config.max_steps or config.epochs * steps_per_epoch(config, len(examples))  # max_steps overrides (as in ST)
     decay = [p for p in model.parameters if p.dim() >= 2]
     plain = [p for p in model.parameters if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": plain, "weight_decay": 0.0}], lr=config.lr)
+    scaler = loss_scaler(model)
     batches, relevant = _Epochs(examples, config), relevant_by_query(examples)
     doc_term_weights = None
     if config.inference_free:
@@ -295,7 +297,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             raise ValueError(f"{out}'s checkpoint was made with other settings or data ({differ}); resume with the "
                              "same arguments and data, or train into a new folder")
         try:  # a checkpoint with a good checksum that lsr did not write: one line, not a traceback or a no-op
-            restore_checkpoint(state, model.parameters, optimizer)
+            restore_checkpoint(state, model.parameters, optimizer, scaler)
             guard.load(state["guard"])
             start, seconds, first = int(state["step"]), float(state["seconds"]), state.get("first")
             checkpointed = start
@@ -317,7 +319,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
         while step < total and halt is None:
             clock = time.perf_counter()
             try:
-                stats = _step(model, optimizer, batches.micro_batches(step), config, step, total, flops_warm,
+                stats = _step(model, optimizer, scaler, batches.micro_batches(step), config, step, total, flops_warm,
                               doc_term_weights, relevant, config.score_scale)
             except NonFiniteLoss as error:
                 raise _after_non_finite(error, out, checkpointed) from None
@@ -334,7 +336,8 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             out_of_time = step < total and deadline is not None and time.monotonic() >= deadline
             # the last step too: a kill while OUT's model folder is written then loses no training (--resume exports)
             if step % checkpoint_every == 0 or step == total or interrupt.requested or out_of_time or halt:
-                save_checkpoint(out, model.parameters, optimizer, step, run, seconds, guard.state(), first)
+                save_checkpoint(out, model.parameters, optimizer, step, run, seconds, guard.state(), first,
+                                scaler.state_dict())
                 checkpointed = step
             if interrupt.requested or out_of_time or halt:
                 stopped = "interrupted" if interrupt.requested else "time limit" if out_of_time else halt.split(":")[0]
@@ -407,22 +410,33 @@ def _in_eval_mode(model: TrainableSplade, validate: Callable[[], float]) -> Call
     return run
 
 
-def _step(model: TrainableSplade, optimizer: torch.optim.Optimizer, micro_batches, config: TrainConfig, step: int,
-          total: int, flops_warm: int, doc_term_weights: torch.Tensor | None,
+def loss_scaler(model: TrainableSplade) -> torch.amp.GradScaler:
+    """fp16's dynamic loss scale (off for fp32 and bf16): unscaled, a SPLADE gradient's small entries underflow
+    fp16's range to zero, and ``--dtype auto`` picks fp16 on a GPU without bf16 (a T4, a V100). A step whose scaled
+    gradient overflows is skipped and the scale halved, as sentence-transformers' fp16 training does."""
+    return torch.amp.GradScaler(model.device.type, enabled=model.autocast_dtype == torch.float16)
+
+
+def _step(model: TrainableSplade, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, micro_batches,
+          config: TrainConfig, step: int, total: int, flops_warm: int, doc_term_weights: torch.Tensor | None,
           relevant: dict[str, frozenset[str]], scale: float | None) -> dict[str, float]:
+    """One optimiser step; its stats carry ``skipped`` 1.0 where fp16's scaled gradient overflowed."""
     flops_scale = quadratic_warmup(1.0, step, flops_warm)
     totals: dict[str, float] = {}
     for batch in micro_batches:
         loss, stats = _batch_loss(model, batch, config, flops_scale, doc_term_weights, relevant, scale)
-        (loss / len(micro_batches)).backward()
+        scaler.scale(loss / len(micro_batches)).backward()
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value / len(micro_batches)
+    scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters, config.clip)
-    if not math.isfinite(totals["loss"]) or not torch.isfinite(norm):  # one step would make every weight NaN
+    overflowed = scaler.is_enabled() and math.isfinite(totals["loss"]) and not torch.isfinite(norm)
+    if not overflowed and (not math.isfinite(totals["loss"]) or not torch.isfinite(norm)):  # every weight NaN
         raise NonFiniteLoss(f"step {step + 1}: the loss or its gradient is not finite (loss {totals['loss']}), so the "
                             "step was not applied")
     for group in optimizer.param_groups:
         group["lr"] = config.lr * lr_factor(step, total, config.warmup)
-    optimizer.step()
+    scaler.step(optimizer)  # skips the update where the unscaled gradient holds an inf or a NaN
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return totals
+    return {**totals, "skipped": float(overflowed)}
