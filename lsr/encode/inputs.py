@@ -87,14 +87,14 @@ def _appended_specials(tokenizer: Any) -> int:
     return found
 
 
+TRUNCATION_WARNING = "%d of %d texts were longer than %d tokens and were truncated (longest: at least %d tokens)"
+
+
 def report_truncation(log: logging.Logger, n_tokens: np.ndarray, max_length: int) -> EncodeInfo:
     """EncodeInfo for texts of ``n_tokens`` tokens, with one warning when any was cut at ``max_length``."""
     truncated = n_tokens > max_length
     if truncated.any():
-        log.warning(
-            "%d of %d texts were longer than %d tokens and were truncated (longest: at least %d tokens)",
-            int(truncated.sum()), len(n_tokens), max_length, int(n_tokens.max()),
-        )
+        log.warning(TRUNCATION_WARNING, int(truncated.sum()), len(n_tokens), max_length, int(n_tokens.max()))
     return EncodeInfo(truncated, n_tokens)
 
 

@@ -6,7 +6,9 @@ brute-force float32 dot products are the yardstick the index itself is checked a
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import logging
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from lsr.encode.splade import SpladeEncoder
 
@@ -36,12 +38,34 @@ def quality_scorer(encoder: SpladeEncoder, dataset: str, split: str, *, data_dir
     qrels = data.qrels[split]
     qids = [q for q in qrels if q in data.queries]
 
+    calls = 0
+
     def score() -> tuple[dict[str, float], list[float]]:
-        # k + 1: the evaluator drops self-hits
-        run, queries, docs = encoder_run(encoder, data, qids, k + 1, progress=progress, query_encoder=query_encoder)
+        nonlocal calls
+        with _truncation_unsaid(calls > 0):  # k + 1: the evaluator drops self-hits
+            run, queries, docs = encoder_run(encoder, data, qids, k + 1, progress=progress, query_encoder=query_encoder)
+        calls += 1
         table = per_query(qrels, run)
         return ({**averaged(table), "doc_nnz": docs.nnz / max(1, len(docs)),
                  "query_nnz": queries.nnz / max(1, len(queries)), "queries": len(qids), "docs": len(data.corpus)},
                 [table[q]["ndcg@10"] for q in qrels])
 
     return score
+
+
+@contextmanager
+def _truncation_unsaid(quiet: bool) -> Iterator[None]:
+    """The encoder's truncation warning, left out where ``quiet``: a scorer's later calls cut the same texts as its
+    first, and dev validation every 50 steps printed the same line into the progress bar's each time."""
+    if not quiet:
+        yield
+        return
+    from lsr.encode.inputs import TRUNCATION_WARNING
+
+    logger = logging.getLogger(SpladeEncoder.__module__)
+    keep = lambda record: record.msg != TRUNCATION_WARNING  # noqa: E731
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
