@@ -28,6 +28,12 @@ _NORMALIZATIONS = {
     pb.HybridOptions.Z_SCORE: "z_score",
     pb.HybridOptions.RRF: "rrf",
 }
+_COMBINATIONS = {
+    pb.HybridOptions.COMBINATION_UNSPECIFIED: "arithmetic_mean",
+    pb.HybridOptions.ARITHMETIC_MEAN: "arithmetic_mean",
+    pb.HybridOptions.GEOMETRIC_MEAN: "geometric_mean",
+    pb.HybridOptions.HARMONIC_MEAN: "harmonic_mean",
+}
 _INTERPOLATIONS = {
     pb.PrfOptions.INTERPOLATE_UNSPECIFIED: "before",
     pb.PrfOptions.BEFORE: "before",
@@ -76,6 +82,9 @@ def hybrid_from_proto(msg: pb.HybridOptions) -> HybridOptions:
             options[name] = getattr(msg, name)
     if msg.rrf_k:
         options["rrf_k"] = msg.rrf_k
+    combination = _lookup(_COMBINATIONS, msg.combination, "combination")
+    if msg.combination:
+        options["combination"] = combination
     return HybridOptions(**options)
 
 
@@ -141,6 +150,7 @@ def options_to_proto(
             normalization=_enum_value(_NORMALIZATIONS, hybrid.normalization, "normalization"),
             sparse_weight=hybrid.sparse_weight, candidates=hybrid.candidates, dense_weight=hybrid.dense_weight,
             bm25_weight=hybrid.bm25_weight, rrf_k=hybrid.rrf_k,
+            combination=_enum_value(_COMBINATIONS, hybrid.combination, "combination"),
         )
     if prf is True:  # PRF with the server's stored defaults
         fields["prf"] = pb.PrfOptions(enabled=True)

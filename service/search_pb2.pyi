@@ -23,7 +23,7 @@ BM25: Mode
 AUTO: Mode
 
 class HybridOptions(_message.Message):
-    __slots__ = ("normalization", "sparse_weight", "candidates", "dense_weight", "bm25_weight", "rrf_k")
+    __slots__ = ("normalization", "sparse_weight", "candidates", "dense_weight", "bm25_weight", "rrf_k", "combination")
     class Normalization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         NORMALIZATION_UNSPECIFIED: _ClassVar[HybridOptions.Normalization]
@@ -36,19 +36,31 @@ class HybridOptions(_message.Message):
     L2: HybridOptions.Normalization
     Z_SCORE: HybridOptions.Normalization
     RRF: HybridOptions.Normalization
+    class Combination(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        COMBINATION_UNSPECIFIED: _ClassVar[HybridOptions.Combination]
+        ARITHMETIC_MEAN: _ClassVar[HybridOptions.Combination]
+        GEOMETRIC_MEAN: _ClassVar[HybridOptions.Combination]
+        HARMONIC_MEAN: _ClassVar[HybridOptions.Combination]
+    COMBINATION_UNSPECIFIED: HybridOptions.Combination
+    ARITHMETIC_MEAN: HybridOptions.Combination
+    GEOMETRIC_MEAN: HybridOptions.Combination
+    HARMONIC_MEAN: HybridOptions.Combination
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
     SPARSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     DENSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     BM25_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     RRF_K_FIELD_NUMBER: _ClassVar[int]
+    COMBINATION_FIELD_NUMBER: _ClassVar[int]
     normalization: HybridOptions.Normalization
     sparse_weight: float
     candidates: int
     dense_weight: float
     bm25_weight: float
     rrf_k: int
-    def __init__(self, normalization: _Optional[_Union[HybridOptions.Normalization, str]] = ..., sparse_weight: _Optional[float] = ..., candidates: _Optional[int] = ..., dense_weight: _Optional[float] = ..., bm25_weight: _Optional[float] = ..., rrf_k: _Optional[int] = ...) -> None: ...
+    combination: HybridOptions.Combination
+    def __init__(self, normalization: _Optional[_Union[HybridOptions.Normalization, str]] = ..., sparse_weight: _Optional[float] = ..., candidates: _Optional[int] = ..., dense_weight: _Optional[float] = ..., bm25_weight: _Optional[float] = ..., rrf_k: _Optional[int] = ..., combination: _Optional[_Union[HybridOptions.Combination, str]] = ...) -> None: ...
 
 class PrfOptions(_message.Message):
     __slots__ = ("enabled", "feedback_docs", "weight", "max_terms", "interpolate", "after_weight", "dense_weight", "min_idf")

@@ -5,7 +5,7 @@ import warnings
 
 from lsr.service import search_pb2 as lsr_dot_v1_dot_search__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -79,14 +79,17 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Upsert(self, request_iterator, context):
-        """Add or replace documents; acknowledged only once the write is durable.
+        """Add or replace documents; acknowledged only once the write is durable. A write whose deadline
+        passes once it holds the collection's write lock is still applied: DEADLINE_EXCEEDED may come
+        back for a stored write (GetStats' writes_past_deadline counts them); retrying is safe, as an
+        upsert replaces by id and a delete of a deleted id reports it not found.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Remove documents; unknown ids are reported per id (all unknown: NOT_FOUND).
+        """Remove documents; unknown ids are reported per id (all unknown: NOT_FOUND). Deadlines as Upsert.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

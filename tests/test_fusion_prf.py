@@ -103,6 +103,52 @@ def test_rrf_sums_weight_over_k_plus_rank_and_ignores_scores():
     assert fuse([first], [1.0], "rrf", rrf_k=1)["a"] == pytest.approx(0.5)
 
 
+def _opensearch_mean(scores: list[float], weights: list[float], combination: str) -> float:
+    """OpenSearch's GeometricMean/HarmonicMeanScoreCombinationTechnique: scores of 0 or less are skipped."""
+    kept = [(s, w) for s, w in zip(scores, weights) if s > 0]
+    if not kept:
+        return 0.0
+    total = sum(w for _, w in kept)
+    if combination == "geometric_mean":
+        return float(np.exp(sum(w * np.log(s) for s, w in kept) / total))
+    return total / sum(w / s for s, w in kept)
+
+
+@pytest.mark.parametrize("combination", ["geometric_mean", "harmonic_mean"])
+def test_geometric_and_harmonic_means_are_opensearchs_over_scores_above_zero(combination):
+    """OpenSearch's normalization processor combines by arithmetic, geometric or harmonic mean; only the first was
+    here. A min_max list's lowest score (and so a missing document's floor) counts as 0.001, OpenSearch's min_max
+    floor: skipped, a document one list lacks would score as though that list had not run."""
+    sparse, dense, bm25 = {"a": 10.0, "b": 4.0, "c": 0.0}, {"a": 0.1, "c": 0.9, "d": 0.5}, {"b": 3.0, "d": 1.0}
+    weights = [0.5, 0.3, 0.2]
+    fused = fuse([sparse, dense, bm25], weights, "min_max", combination=combination)
+    column = {  # min_max by hand, 0 → 0.001, a missing document at its list's floor (0.001)
+        "a": [1.0, 0.001, 0.001], "b": [0.4, 0.001, 1.0], "c": [0.001, 1.0, 0.001], "d": [0.001, 0.5, 0.001]}
+    assert fused == pytest.approx({doc: _opensearch_mean(col, weights, combination) for doc, col in column.items()})
+    arithmetic = fuse([sparse, dense, bm25], weights, "min_max")
+    assert rank(fused) != rank(arithmetic)  # the option changes the ranking: "c" (1.0 in one list only) falls
+    # l2 keeps signs: a list's negative scores (dense cosines) are skipped, as OpenSearch skips them
+    signed = {"a": -0.5, "b": 0.5}
+    l2 = fuse([signed, {"a": 2.0, "b": 1.0}], [0.5, 0.5], "l2", combination=combination)
+    assert l2["a"] == pytest.approx(2 / np.sqrt(5))  # its negative score skipped: the other list's alone
+    assert l2["b"] == pytest.approx(_opensearch_mean([0.5 / np.sqrt(0.5), 1 / np.sqrt(5)], [0.5, 0.5], combination))
+    assert fuse([{"a": -1.0}, {"b": 1.0}], [0.5, 0.5], "l2", combination=combination)["a"] == 0.0  # nothing above 0
+    assert interpolate(sparse, dense, 0.7, "min_max", combination=combination) == pytest.approx(
+        fuse([sparse, dense], [0.7, 0.3], "min_max", combination=combination))
+
+
+def test_a_combination_other_than_the_arithmetic_mean_needs_min_max_or_l2_scores():
+    from lsr.search.searcher import HybridOptions
+
+    with pytest.raises(ValueError, match="harmonic_mean combines min_max or l2 scores, and the normalization is "
+                                         "z_score: it takes arithmetic_mean only, as in OpenSearch"):
+        HybridOptions("z_score", combination="harmonic_mean").check()
+    with pytest.raises(ValueError, match="normalization is rrf: it sums reciprocal ranks"):
+        fuse([{"a": 1.0}], [1.0], "rrf", combination="geometric_mean")
+    with pytest.raises(ValueError, match="unknown combination 'mean'; choose one of arithmetic_mean, geometric_mean"):
+        HybridOptions(combination="mean").check()
+
+
 def test_hybrid_options_choose_their_legs():
     from lsr.search.searcher import HybridOptions
 

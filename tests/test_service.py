@@ -152,6 +152,8 @@ def test_the_client_takes_k_second_as_the_searcher_does(client, searcher, querie
     HybridOptions("rrf", 0.3, dense_weight=0.3, bm25_weight=0.4, rrf_k=20),
     HybridOptions("z_score", 0.0, dense_weight=0.6, bm25_weight=0.4),
     HybridOptions("min_max", 0.5, dense_weight=0.0, bm25_weight=0.5),
+    HybridOptions("min_max", 0.4, dense_weight=0.3, bm25_weight=0.3, combination="geometric_mean"),
+    HybridOptions("l2", 0.2, dense_weight=0.5, bm25_weight=0.3, combination="harmonic_mean"),
 ])
 def test_fusion_of_any_legs_is_identical_to_in_process(client, searcher, queries, hybrid):
     for text in queries[:4]:
@@ -222,6 +224,23 @@ def test_lsr_search_and_lsr_query_print_one_result_alike(servers, collections, q
     assert [line.split()[-1] for line in local[:-1:3]] == [line.split()[-1] for line in remote[:-1:3]]  # the doc ids
     assert local[-1].startswith("3 hits, sparse (") and remote[-1].startswith("3 hits, sparse (")
     assert len(local) == len(remote) == 3 * 3 + 1  # a hit's id, explanation and text lines, then the footer
+
+
+def test_lsr_search_and_lsr_query_combine_by_the_mean_asked_for(servers, collections, searcher, queries, capsys):
+    """--combination, OpenSearch's combination technique, in process and through a server: the hits of the
+    HybridOptions it names, not those of the arithmetic mean."""
+    from lsr.cli.main import main
+
+    flags = ["-k", "5", "--mode", "hybrid", "--bm25-weight", "0.3", "--combination", "geometric_mean", "--json"]
+    want = searcher.search(queries[1], k=5, mode="hybrid", hybrid=HybridOptions(bm25_weight=0.3,
+                                                                                 combination="geometric_mean"))
+    arithmetic = searcher.search(queries[1], k=5, mode="hybrid", hybrid=HybridOptions(bm25_weight=0.3))
+    assert _hits(want) != _hits(arithmetic)
+    for argv in (["search", str(collections["hybrid"])], ["query", "--endpoint", servers["main"].address]):
+        assert main([*argv, queries[1], *flags]) == 0
+        hits = json.loads(capsys.readouterr().out)["hits"]
+        assert [hit["doc_id"] for hit in hits] == [hit.doc_id for hit in want.hits]
+        assert [hit["score"] for hit in hits] == pytest.approx([hit.score for hit in want.hits])
 
 
 @pytest.mark.parametrize("mode, never_loaded", [("bm25", ["torch", "transformers"]), ("sparse", ["lsr.encode.dense"]),
@@ -430,6 +449,9 @@ def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
         ("unknown interpolation", pb.SearchRequest(text="cancer", prf=pb.PrfOptions(enabled=True, interpolate=5)), bad, "interpolation"),
         ("unknown interpolation, PRF off", pb.SearchRequest(text="cancer", prf=pb.PrfOptions(interpolate=5)), bad, "interpolation"),
         ("NaN PRF weight, PRF off", pb.SearchRequest(text="cancer", prf=pb.PrfOptions(weight=float("nan"))), bad, "weight"),  # was OK
+        ("unknown combination", pb.SearchRequest(text="cancer", mode=pb.HYBRID, hybrid=pb.HybridOptions(combination=9)), bad, "combination"),
+        ("geometric mean of z-scores", pb.SearchRequest(text="cancer", mode=pb.HYBRID, hybrid=pb.HybridOptions(
+            normalization=pb.HybridOptions.Z_SCORE, combination=pb.HybridOptions.GEOMETRIC_MEAN)), bad, "min_max or l2"),
         ("sparse weight out of range", pb.SearchRequest(text="cancer", mode=pb.HYBRID, hybrid=pb.HybridOptions(sparse_weight=1.5)), bad, "sparse_weight"),
         ("NaN weight", pb.SearchRequest(sparse={"cancer": float("nan")}), bad, "finite"),
         ("inf weight", pb.SearchRequest(sparse={"cancer": float("inf")}), bad, "finite"),
@@ -512,6 +534,13 @@ def test_auto_mode_is_hybrid_over_every_leg_or_sparse_alone_in_process_and_throu
         (["query", "--endpoint", servers["main"].address, "vitamin", "--mode", "dense", "--candidates", "50"],
          "lsr query: error: --candidates sets how hybrid fusion joins lists, and --mode dense runs one list; use "
          "--mode hybrid (or --prf, whose second run they shape)"),
+        (["search", str(collections["hybrid"]), "vitamin", "--mode", "sparse", "--combination", "harmonic_mean"],
+         "lsr search: error: --combination sets how hybrid fusion joins lists, and --mode sparse runs one list; use "
+         "--mode hybrid (or --prf, whose second run they shape)"),
+        (["query", "--endpoint", servers["main"].address, "vitamin", "--normalization", "rrf", "--combination",
+          "geometric_mean"],
+         "lsr query: error: geometric_mean combines min_max or l2 scores, and the normalization is rrf: it sums "
+         "reciprocal ranks"),
         (["search", str(collections["hybrid"]), "vitamin", "--mode", "hybrid", "--rrf-k", "5"],
          "lsr search: error: --rrf-k is RRF's rank constant, and --normalization is min_max; add --normalization rrf"),
     ):

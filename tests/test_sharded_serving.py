@@ -113,6 +113,8 @@ def _hits(result) -> list[tuple]:
     ("hybrid", None, HybridOptions("rrf", 0.3)), ("hybrid", PrfOptions(interpolate="before"), HybridOptions("z_score", 0.6)),
     ("bm25", None, None), ("hybrid", PrfOptions(interpolate="none", min_idf=2.0, dense_weight=0.3), None),
     ("sparse", PrfOptions(interpolate="after", min_idf=1.5), None), ("hybrid", PrfOptions(), HybridOptions("min_max", 0.3, dense_weight=0.3, bm25_weight=0.4)),
+    ("hybrid", PrfOptions(interpolate="after"), HybridOptions("min_max", 0.3, dense_weight=0.3, bm25_weight=0.4,
+                                                              combination="harmonic_mean")),
 ])
 def test_three_shards_answer_exactly_like_the_whole_collection(client, whole, queries, mode, prf, hybrid):
     for text in queries:

@@ -6,14 +6,15 @@ import argparse
 from typing import Callable, Sequence
 
 FUSION_HELP = """hybrid fusion: each leg with a positive weight joins (sparse, dense, bm25); min_max / l2 / z_score
-normalise each list and take the weighted mean, rrf sums weight / (rrf_k + rank). With none of these
+normalise each list and take the weighted mean (for min_max and l2 also the geometric or harmonic one, as OpenSearch's
+normalization processor does), rrf sums weight / (rrf_k + rank). With none of these
 flags, the collection's tuned defaults (`lsr tune`) apply, else the cross-dataset default (docs/quality.md);
 with any of them, those not given take the defaults below"""
-FLAGS = ("normalization", "sparse_weight", "candidates", "dense_weight", "bm25_weight", "rrf_k")
+FLAGS = ("normalization", "sparse_weight", "candidates", "dense_weight", "bm25_weight", "rrf_k", "combination")
 
 
 def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.search.fusion import FUSIONS, RRF_K
+    from lsr.search.fusion import COMBINATIONS, FUSIONS, RRF_K
     from lsr.search.searcher import MODES
 
     p.add_argument("--mode", choices=("auto", *MODES), default="auto",
@@ -26,6 +27,8 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--dense-weight", type=float, default=None, help="weight of the dense list, 0..1 (default 1 - sparse weight)")
     group.add_argument("--bm25-weight", type=float, default=None, help="weight of the BM25 list, 0..1 (default 0: left out)")
     group.add_argument("--rrf-k", type=int, default=None, help=f"RRF's rank constant (default {RRF_K})")
+    group.add_argument("--combination", choices=COMBINATIONS, default=None,
+                       help="how min_max or l2 scores are combined (default arithmetic_mean)")
     group.add_argument("--candidates", type=int, default=None, help="candidates per list before fusion (default 100)")
     p.add_argument("--bound-factor", type=float, default=1.0, metavar="F",
                    help="search the SPLADE list approximately: F > 1 leaves out more of the query's low-weight terms "
@@ -54,7 +57,8 @@ def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -
     one_list = f"--mode {args.mode}{' (sparse here: SPLADE is its only leg)' if args.mode == 'auto' else ''} runs one list"
     if weighed and mode != "hybrid":
         raise ValueError(f"--{weighed.replace('_', '-')} weighs a list of hybrid fusion, and {one_list}; use --mode hybrid")
-    fusing = next((flag for flag in ("normalization", "rrf_k", "candidates") if getattr(args, flag) is not None), None)
+    fusing = next((flag for flag in ("normalization", "rrf_k", "candidates", "combination")
+                   if getattr(args, flag) is not None), None)
     if fusing and mode != "hybrid" and not getattr(args, "prf", False):  # PRF's depth and its after-run fusion use them
         raise ValueError(f"--{fusing.replace('_', '-')} sets how hybrid fusion joins lists, and {one_list}; use "
                          "--mode hybrid (or --prf, whose second run they shape)")

@@ -149,7 +149,9 @@ def _note_untuned(searcher: Any, mode: str, hybrid: Any) -> None:
 
 def _fusion_text(options: dict) -> str:
     weights = "/".join(f"{options.get(leg, 0):g}" for leg in ("sparse_weight", "dense_weight", "bm25_weight"))
-    return f"{options.get('normalization', 'min_max')} {weights}"
+    combination = options.get("combination", "arithmetic_mean")
+    return f"{options.get('normalization', 'min_max')} {weights}" + ("" if combination == "arithmetic_mean" else
+                                                                      f" {combination}")
 
 
 def _check_output_apart(output: Path, topics: Path, collection: Path) -> None:

@@ -8,6 +8,13 @@ everything it kept. When all of a list's scores tie (one hit, or a word only two
 floor lies below them: 0 (OpenSearch's value for a missing document) or, for tied scores of 0 or less,
 one less. ``rrf`` ignores scores: ``Σ wᵢ / (k + rankᵢ)`` with 1-based ranks and k = 60 by
 default (OpenSearch's ``rank_constant``); a missing document adds nothing.
+
+OpenSearch's other combinations are there too, for min_max and l2 scores (OpenSearch allows z_score only
+with the arithmetic mean): ``geometric_mean``, ``exp(Σ wᵢ·ln sᵢ / Σ wᵢ)``, and ``harmonic_mean``,
+``Σ wᵢ / Σ (wᵢ / sᵢ)``, each over the lists whose score is above 0 (a document with none scores 0), as
+OpenSearch's do. Their min_max scores of 0 (each list's lowest, and so the floor of a document a list lacks)
+count as 0.001, OpenSearch's min_max floor: skipped, they would let a document one list lacks score as if that
+list had not run.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ import numpy as np
 
 NORMALIZATIONS = ("min_max", "l2", "z_score")
 FUSIONS = NORMALIZATIONS + ("rrf",)
+COMBINATIONS = ("arithmetic_mean", "geometric_mean", "harmonic_mean")
+MEANS_OF_POSITIVES = ("min_max", "l2")  # the normalizations the geometric and harmonic means combine
+MIN_MAX_FLOOR = 0.001  # OpenSearch's min_max score for a list's lowest, where a mean skips scores of 0
 RRF_K = 60
 
 Ranking = dict[str, float]  # doc id → score
@@ -46,12 +56,24 @@ def rank(scores: Ranking, k: int | None = None) -> list[tuple[str, float]]:
     return ordered if k is None else ordered[:k]
 
 
-def fuse(runs: Sequence[Ranking], weights: Sequence[float], method: str = "min_max", rrf_k: int = RRF_K) -> Ranking:
+def check_combination(combination: str, method: str) -> None:
+    """A ValueError naming the choices for an unknown combination, or one a normalization cannot take."""
+    if combination not in COMBINATIONS:
+        raise ValueError(f"unknown combination {combination!r}; choose one of {', '.join(COMBINATIONS)}")
+    if combination != "arithmetic_mean" and method not in MEANS_OF_POSITIVES:
+        why = "it sums reciprocal ranks" if method == "rrf" else "it takes arithmetic_mean only, as in OpenSearch"
+        raise ValueError(f"{combination} combines {' or '.join(MEANS_OF_POSITIVES)} scores, and the normalization is "
+                         f"{method}: {why}")
+
+
+def fuse(runs: Sequence[Ranking], weights: Sequence[float], method: str = "min_max", rrf_k: int = RRF_K,
+         combination: str = "arithmetic_mean") -> Ranking:
     """One ranking over the union of ``runs``: weighted mean of normalised scores, or weighted RRF."""
     if len(runs) != len(weights) or any(not 0.0 <= w for w in weights) or sum(weights) <= 0:
         raise ValueError(f"fusion needs one non-negative weight per list, not all zero; got {list(weights)}")
+    check_combination(combination, method)
     docs, columns = leg_columns(runs, method)
-    return dict(zip(docs, combine(columns, weights, method, rrf_k).tolist()))
+    return dict(zip(docs, combine(columns, weights, method, rrf_k, combination).tolist()))
 
 
 def leg_columns(runs: Sequence[Ranking], method: str) -> tuple[list[str], list[np.ndarray]]:
@@ -84,18 +106,39 @@ def floor(values: np.ndarray) -> float:
     return 0.0 if lowest > 0 else lowest - 1.0
 
 
-def combine(columns: Sequence[np.ndarray], weights: Sequence[float], method: str, rrf_k: int = RRF_K) -> np.ndarray:
+def combine(columns: Sequence[np.ndarray], weights: Sequence[float], method: str, rrf_k: int = RRF_K,
+            combination: str = "arithmetic_mean") -> np.ndarray:
     """The fused scores of ``leg_columns``: Σ wᵢ·columnᵢ / Σ wᵢ, or Σ wᵢ / (k + rankᵢ) over the lists holding a
-    document, summed list by list in order (so the floats do not depend on who calls)."""
+    document, summed list by list in order (so the floats do not depend on who calls); or the geometric or
+    harmonic mean over each document's scores above 0 (the module's docstring)."""
+    if combination != "arithmetic_mean":
+        return _mean_of_positives(columns, weights, method, combination)
     summed = np.zeros(len(columns[0]) if columns else 0)
     for column, weight in zip(columns, weights):
         summed += np.where(column > 0, weight / (rrf_k + column), 0.0) if method == "rrf" else weight * column
     return summed if method == "rrf" else summed / float(sum(weights))
 
 
+def _mean_of_positives(columns: Sequence[np.ndarray], weights: Sequence[float], method: str,
+                       combination: str) -> np.ndarray:
+    """OpenSearch's weighted geometric or harmonic mean of each document's scores above 0 (0 where it has none)."""
+    size = len(columns[0]) if columns else 0
+    summed, weight_of_positives = np.zeros(size), np.zeros(size)
+    for column, weight in zip(columns, weights):
+        scores = np.maximum(column, MIN_MAX_FLOOR) if method == "min_max" else column
+        positive = scores > 0
+        safe = np.where(positive, scores, 1.0)
+        summed += np.where(positive, weight * np.log(safe) if combination == "geometric_mean" else weight / safe, 0.0)
+        weight_of_positives += np.where(positive, weight, 0.0)
+    scored = weight_of_positives > 0
+    held = np.where(scored, weight_of_positives, 1.0)
+    mean = np.exp(summed / held) if combination == "geometric_mean" else held / np.where(summed > 0, summed, 1.0)
+    return np.where(scored, mean, 0.0)
+
+
 def interpolate(first: Ranking, second: Ranking, first_weight: float = 0.5, normalization: str = "min_max",
-                rrf_k: int = RRF_K) -> Ranking:
-    """``w·norm(first) + (1−w)·norm(second)`` over the union of both lists (or their weighted RRF)."""
+                rrf_k: int = RRF_K, combination: str = "arithmetic_mean") -> Ranking:
+    """``w·norm(first) + (1−w)·norm(second)`` over the union of both lists (or their weighted RRF, or another mean)."""
     if not 0.0 <= first_weight <= 1.0:
         raise ValueError(f"interpolation weight must be in [0, 1], got {first_weight}")
-    return fuse([first, second], [first_weight, 1.0 - first_weight], normalization, rrf_k)
+    return fuse([first, second], [first_weight, 1.0 - first_weight], normalization, rrf_k, combination)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from lsr.encode.checks import check_number, check_whole
-from lsr.search.fusion import FUSIONS, RRF_K, Ranking, fuse, interpolate, rank
+from lsr.search.fusion import FUSIONS, RRF_K, Ranking, check_combination, fuse, interpolate, rank
 from lsr.search.legs import Legs, ViewLegs, sparse_query
 from lsr.search.models import DTYPE_CHOICES, SearchModels
 from lsr.search.prf import rocchio, vector_prf
@@ -60,7 +60,8 @@ class FailedPrecondition(RuntimeError):
 
 @dataclass(frozen=True)
 class HybridOptions:
-    """How hybrid mode fuses its legs: one weight per leg (0 leaves it out), and min_max / l2 / z_score / rrf."""
+    """How hybrid mode fuses its legs: one weight per leg (0 leaves it out), min_max / l2 / z_score / rrf, and for
+    min_max or l2 OpenSearch's combination (``lsr.search.fusion``)."""
 
     normalization: str = "min_max"
     sparse_weight: float = 0.5
@@ -68,6 +69,7 @@ class HybridOptions:
     dense_weight: float | None = None  # None: 1 - sparse_weight
     bm25_weight: float = 0.0
     rrf_k: int = RRF_K
+    combination: str = "arithmetic_mean"  # or geometric_mean, harmonic_mean (min_max and l2 only)
 
     def weights(self) -> dict[str, float]:
         """The legs hybrid mode runs, with their weights."""
@@ -78,6 +80,7 @@ class HybridOptions:
     def check(self) -> None:
         if self.normalization not in FUSIONS:
             raise ValueError(f"unknown normalization {self.normalization!r}; choose one of {', '.join(FUSIONS)}")
+        check_combination(self.combination, self.normalization)
         for name in ("sparse_weight", "dense_weight", "bm25_weight"):
             if getattr(self, name) is not None:
                 check_number(getattr(self, name), f"hybrid {name}", 0.0, 1.0)
@@ -709,7 +712,8 @@ class Searcher:
             new_runs.update(source.runs(moved, depth, {}))
         prf_run = _combine(new_runs, legs, hybrid)
         if prf.interpolate in INTERPOLATE_AFTER:
-            prf_run = interpolate(prf_run, first, prf.after_weight, hybrid.normalization, hybrid.rrf_k)
+            prf_run = interpolate(prf_run, first, prf.after_weight, hybrid.normalization, hybrid.rrf_k,
+                                  hybrid.combination)
         return prf_run, new_runs, moved_sparse
 
     def _explain(self, source: Legs, hits: list[ScoredHit], q: dict[int, float], top: int = 10) -> None:
@@ -938,7 +942,8 @@ def legs_of(mode: str, hybrid: HybridOptions) -> dict[str, float]:
 def _combine(runs: dict[str, Ranking], legs: dict[str, float], hybrid: HybridOptions) -> Ranking:
     if len(legs) == 1:
         return runs[next(iter(legs))]
-    return fuse([runs[leg] for leg in legs], list(legs.values()), hybrid.normalization, hybrid.rrf_k)
+    return fuse([runs[leg] for leg in legs], list(legs.values()), hybrid.normalization, hybrid.rrf_k,
+                hybrid.combination)
 
 
 def row_dict(batch: SparseBatch, i: int) -> dict[int, float]:
