@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import atomic_write
+from lsr.files import write_output
 
 _VOCAB_KEY = b"lsr.vocab"
 VOCAB_SIZE_KEY = b"lsr.vocab_size"
@@ -457,7 +457,7 @@ class SparseBatch:
     def write_parquet(self, path: str | Path, ids: Sequence[str] | None = None, *, with_vocab: bool = False) -> None:
         """Write atomically (temp file renamed into place, so a crash never leaves half a file); see ``to_arrow``."""
         table = self.to_arrow(ids, with_vocab=with_vocab)
-        atomic_write(Path(path), lambda fh: pq.write_table(table, fh, compression="zstd"))
+        write_output(Path(path), lambda fh: pq.write_table(table, fh, compression="zstd"))
 
     @classmethod
     def read_parquet(cls, path: str | Path, vocab: Sequence[str] | None = None) -> tuple["SparseBatch", list[str] | None]:

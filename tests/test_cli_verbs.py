@@ -220,6 +220,41 @@ def test_gzipped_topics_and_runs_round_trip_and_a_run_never_replaces_its_inputs(
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_a_run_goes_through_a_symlink_and_into_a_fifo_which_stay(collections, tmp_path, capsys):
+    """--output replaced whatever stood at its path with a regular file: a symlink (its target kept the old run), a
+    FIFO (its reader got nothing and hung) and, run as root, /dev/full itself (exit 0, the device gone)."""
+    import stat
+    import threading
+
+    topics = _write(tmp_path / "queries.jsonl", "".join(json.dumps({"_id": q, "text": t}) + "\n"
+                                                        for q, t in QUERIES.items()))
+    search = ["search", str(collections["pre"]), "--topics", str(topics), "--k", "3", "--mode", "bm25", "--quiet"]
+    target, link = tmp_path / "runs" / "latest.trec", tmp_path / "link.trec"
+    target.parent.mkdir()
+    target.write_text("an older run\n")
+    link.symlink_to(target)
+    assert cli_main([*search, "--output", str(link)]) == 0
+    assert link.is_symlink() and target.read_text().startswith("q-aspirin Q0 aspirin 1 ")
+    assert not [p for p in (*tmp_path.iterdir(), *target.parent.iterdir()) if p.name.endswith((".tmp", ".probe"))]
+    fifo = tmp_path / "run.fifo"
+    os.mkfifo(fifo)
+    read = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()), daemon=True)
+    reader.start()
+    assert cli_main([*search, "--output", str(fifo)]) == 0
+    reader.join(60)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and read == [target.read_text()]
+    capsys.readouterr()
+
+
+def test_a_file_written_into_a_full_device_fails_in_one_line_and_leaves_the_device():
+    from lsr.files import write_output
+
+    with pytest.raises(OSError, match=r"^could not write /dev/full: No space left on device$") as failed:
+        write_output(Path("/dev/full"), lambda fh: fh.write(b"x" * (1 << 20)))
+    assert failed.value.errno == 28 and Path("/dev/full").is_char_device()
+
+
 @pytest.mark.parametrize("content, message", [
     ("q1\tfine\nq1\tagain\n", "line 2: duplicate query id 'q1'"),
     ("just one column\n", "line 1: expected 'qid<TAB>text'"),

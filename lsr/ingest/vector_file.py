@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from lsr.encode.inputs import dtype_name
 from lsr.encode.models import document_length, lasting_name, model_content_key
-from lsr.files import atomic_write
+from lsr.files import write_output
 from lsr.ingest.corpus import BadRowError, CorpusReader, DocChunk, parquet_batches
 from lsr.ingest.progress import progress_bar, quiet_logger, update_total
 from lsr.sparse import VOCAB_SIZE_KEY, SparseBatch
@@ -89,7 +89,7 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
         if writer is None:
             raise ValueError(f"{source} has no documents to encode")
 
-    atomic_write(output, write)
+    write_output(output, write)
     summary.skipped = dict(reader.stats.skipped)
     summary.blank_lines = reader.stats.blank_lines
     return summary

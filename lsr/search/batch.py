@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from lsr.eval.runs import write_trec_run
-from lsr.files import atomic_write
+from lsr.files import write_output
 from lsr.ingest.progress import progress_bar
 from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
 from lsr.sparse import short_repr
@@ -75,9 +75,9 @@ def search_topics(searcher: Searcher, topics: Iterable[tuple[str, str]], output:
         write(sys.stdout.buffer)
         sys.stdout.flush()
     elif str(output).lower().endswith(".gz"):  # as named: `lsr eval` reads it so (it was plain text, which it refused)
-        atomic_write(Path(output), lambda fh: _gzipped(fh, write))
+        write_output(Path(output), lambda fh: _gzipped(fh, write))
     else:
-        atomic_write(Path(output), write)
+        write_output(Path(output), write)
     return written
 
 
