@@ -368,3 +368,18 @@ def test_eval_reads_a_run_from_standard_input_and_old_mac_line_ends(tmp_path, ca
     mixed.write_text("q1 0\td2\t1\n")
     assert main(["eval", str(tmp_path / "cr.qrels"), str(mixed)]) == 2
     assert "mixes tabs and spaces between its fields" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--threads", "0"], "--threads must be positive"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be positive"),
+])
+def test_a_bad_number_for_lsr_index_is_the_only_line(tmp_path, capsys, flags, said):
+    """These were checked once the build began, after the "indexing SOURCE into OUT ..." line."""
+    source = tmp_path / "docs.jsonl"
+    source.write_text(json.dumps({"_id": "a", "text": "vitamin d"}) + "\n")
+    assert main(["index", str(source), str(tmp_path / "out"), "--dense", "none", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lsr index: error: ") and said in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -195,6 +195,22 @@ def test_a_collection_whose_sparse_index_lags_its_journal_and_takes_no_writes_sa
     assert json.loads(capsys.readouterr().out)["hits"][0]["doc_id"] == "lagging"
 
 
+def test_an_upsert_into_a_folder_that_takes_no_files_says_so_and_blames_no_full_disk(built, tmp_path, capsys):
+    """It said the documents "failed as they were written and may be kept too (a full disk: the journal holds them
+    ...)", where the folder took no file and kept nothing, after "[Errno 1] Operation not permitted: '...'"."""
+    col = shutil.copytree(built, tmp_path / "col")
+    (col / "journal.log").unlink(missing_ok=True)
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(col)]).returncode != 0:
+        pytest.skip("chattr +i is needed to make a folder refuse writes")
+    try:
+        source = _jsonl(tmp_path / "new.jsonl", {"refused": "A write the folder refuses."})
+        assert main(["upsert", str(source), str(col), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert err == f"lsr upsert: error: {col / 'journal.log'}: Operation not permitted\n", err
+    finally:
+        subprocess.run(["chattr", "-i", str(col)], check=True)
+
+
 def test_an_id_a_trec_run_cannot_hold_is_refused_naming_its_line(built, tmp_path, capsys):
     """" padded" was stored, and then every TREC run of the collection failed at that document."""
     col = shutil.copytree(built, tmp_path / "col")

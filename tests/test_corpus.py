@@ -205,7 +205,7 @@ BAD_LINES = [
     (2, "missing id", "missing id field '_id'"),
     (3, "duplicate id", "duplicate id 'a'"),
     (4, "non-string text", "field 'text' is int"),
-    (5, "invalid JSON", "invalid JSON"),
+    (5, "invalid JSON", r"invalid JSON \(Unterminated string starting at column 22\)"),  # where on the line
     (8, "missing text", r"none of the text fields \['title', 'text'\] is present \(the row has \['_id', 'body'\]\); "
                         "choose them with --fields"),
     (9, "bad id", r"id 'doc 9' holds ' ' at character 3; an id is one visible word"),
@@ -458,7 +458,7 @@ def test_a_text_field_under_another_name_is_a_warning_naming_the_fields_to_pass(
         "(pass --fields title,abstract,url to index them)"]  # not the id, nor the numbers of 'year'
 
 
-def test_documents_without_text_are_counted_in_a_warning(tmp_path, caplog):
+def test_documents_without_text_are_counted_in_a_warning(tmp_path, caplog, capsys):
     """Blank documents were indexed without a word: never found by a search, yet counted as indexed."""
     from lsr.cli.main import main
 
@@ -469,6 +469,10 @@ def test_documents_without_text_are_counted_in_a_warning(tmp_path, caplog):
     said = [r.getMessage() for r in caplog.records if "have no text" in r.getMessage()]  # past --quiet
     assert said == [f"{jsonl}: 2 of the documents read have no text in their fields title,text (the first: id 'b'); "
                     "they are indexed, but no search finds them"]
+    # `lsr upsert` wrote such documents without a word (its server refuses them unless allowed)
+    assert main(["upsert", str(jsonl), str(tmp_path / "c"), "--quiet"]) == 0
+    assert f"warning: {jsonl}: 2 of the documents read have no text in their fields title,text (the first: id 'b'); " \
+        "they are written, but no search finds them" in capsys.readouterr().err
 
 
 def test_a_pipe_as_source_is_refused_at_once(tmp_path):

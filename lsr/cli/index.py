@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if options.dense_model is None and args.hnsw is not None:
         raise ValueError("--hnsw builds the dense index as HNSW, and --dense none builds no dense index")
+    options.check()  # a bad number (--batch-size 0, --threads 0) is the only line too, not one after "indexing ..."
     ray = _ray_options(args, options)
     if not args.pre_encoded:  # a bad flag is the only line, not one after "indexing ..."
         check_read_options(Path(args.source).expanduser(), options.fields, options.id_field, options.on_error,

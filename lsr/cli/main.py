@@ -278,9 +278,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as exc:
         # User-facing errors: one line naming what is wrong, no stack trace.
-        print(f"lsr {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"lsr {args.verb}: error: {_error_text(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # the machine's, not the input's: a read-only folder, a full disk, a folder for a file
-        print(f"lsr {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"lsr {args.verb}: error: {_error_text(exc)}", file=sys.stderr)
         return 1
+
+
+def _error_text(exc: BaseException) -> str:
+    """``exc`` as its line says it: an OS error the system raised as "[Errno 30] Read-only file system: 'x'" reads
+    "x: Read-only file system", as the errors lsr words itself name the path first."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror and str(exc).startswith("[Errno"):
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import shlex
 import signal
 import sys
@@ -30,6 +31,8 @@ from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_flags
 from lsr.cli.main import flags_given, path_argument, refuse_unused
 from lsr.ingest.layout import is_collection_dir
+
+NOT_WRITTEN = (errno.EROFS, errno.EACCES, errno.EPERM)  # errors under which a write kept nothing
 
 HELP = "add or replace documents of a collection (or a running server) from a corpus file"
 WRITE_EVERY = 256  # documents per write: a Ctrl-C loses at most their encoding (about 2 s here), never a write
@@ -92,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                 update_total(bar, reader, reader.expected_rows(), reader.limit)
     except BaseException as exc:
         sink.close()
-        writing = writing if isinstance(exc, OSError) else 0  # the disk's failure, not a refused or late request
+        # the disk's failure, not a refused or late request, nor a folder that takes no write (nothing is kept there)
+        writing = writing if isinstance(exc, OSError) and exc.errno not in NOT_WRITTEN else 0
         if done or args.skip or writing:
             failed = (f" The {writing:,} after them failed as they were written and may be kept too (a full disk: "
                       "the journal holds them until the collection is opened again); rewriting them is harmless."
@@ -113,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
                        + ", ".join(f"{count:,} {reason}" for reason, count in reader.stats.skipped.items()) + ")")
     print(f"upserted {done:,} documents into {_where(args)} in {seconds:.1f} s ({done / seconds:.1f} docs/s)"
           + (f": {'; '.join(details)}" if details else ""))
+    if blank := reader.stats.blank_warning(args.source, reader.fields, "written"):  # as `lsr index` says it
+        print(f"warning: {blank}", file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@ without importing torch."""
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Mapping, Set as AbstractSet
 from typing import Any, Sequence
@@ -75,3 +76,9 @@ MAX_QUERY_CHARS = 100_000
 def check_query_length(text: str, what: str = "the query text") -> None:
     if len(text) > MAX_QUERY_CHARS:
         raise ValueError(f"{what} is {len(text):,} characters; a query may hold at most {MAX_QUERY_CHARS:,}")
+
+
+def invalid_json(exc: json.JSONDecodeError) -> str:
+    """A JSON line that would not parse, as an error says it: the parser's reason and where on the line (a bare
+    "Unterminated string starting at" named no place)."""
+    return f"invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-from lsr.encode.texts import is_blank
+from lsr.encode.texts import invalid_json, is_blank
 from lsr.eval.runs import fields, parse_qrels
 from lsr.files import cache_dir
 from lsr.ingest.beir_source import BeirSource
@@ -57,7 +57,7 @@ def _jsonl(fh: IO[bytes], what: str) -> Iterator[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{what} line {line_no}: invalid JSON ({exc.msg})") from None
+                raise ValueError(f"{what} line {line_no}: {invalid_json(exc)}") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{what} line {line_no}: expected a JSON object, got {type(row).__name__}")
             yield line_no, row

@@ -25,7 +25,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
-from lsr.encode.texts import is_blank, surrogate_at
+from lsr.encode.texts import invalid_json, is_blank, surrogate_at
 from lsr.files import open_maybe_gzip
 from lsr.ingest.beir_source import BeirSource
 from lsr.ingest.csv_quotes import strict_rows
@@ -98,6 +98,14 @@ class ReadStats:
     @property
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
+
+    def blank_warning(self, source: object, fields: Sequence[str], stored: str) -> str | None:
+        """The line that says how many documents read had no text, or None: ``stored`` says what became of them
+        ("indexed", "written"). Their ids stay fetchable, as BEIR keeps them, yet no search can find them."""
+        if not self.blank:
+            return None
+        return (f"{source}: {self.blank:,} of the documents read have no text in their fields {','.join(fields)} (the "
+                f"first: id {self.first_blank!r}); they are {stored}, but no search finds them")
 
     @property
     def fraction(self) -> float | None:
@@ -498,7 +506,7 @@ class CorpusReader:
             try:
                 row = _json_row(line)
             except json.JSONDecodeError as exc:
-                self._bad("invalid JSON", row_no, f"invalid JSON ({exc.msg})", out)
+                self._bad("invalid JSON", row_no, invalid_json(exc), out)
                 continue
             if not isinstance(row, dict):
                 self._bad("invalid JSON", row_no, f"expected a JSON object, got {type(row).__name__}", out)
@@ -581,8 +589,8 @@ class CorpusReader:
             return chunk
         lines = value.rstrip("\r\n").count("\n") + 1
         self._bad("unclosed quote", chunk.rows[-1], f"a quote opens in its {last_column!r} value and never closes, so "
-                  f"that value ran to the end of the file ({lines:,} lines, rows after it included); close the quote, "
-                  'or double a quote inside a value ("")', chunk.slice(0, len(chunk) - 1))
+                  f"that value ran to the end of the file ({lines:,} line{'s' * (lines != 1)}, rows after it "
+                  'included); close the quote, or double a quote inside a value ("")', chunk.slice(0, len(chunk) - 1))
         return chunk.slice(0, len(chunk) - 1)
 
     def _csv_row_handler(self, bad_rows: list) -> Callable:

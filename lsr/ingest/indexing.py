@@ -580,10 +580,8 @@ def _encode_shards(reader: CorpusReader, out: Path, options: IndexOptions, state
     if state.docs == 0:
         raise ValueError(f"{source} has no indexable documents"
                          + (f" ({reader.stats.n_skipped} bad rows skipped)" if reader.stats.n_skipped else ""))
-    if reader.stats.blank:  # indexed (their ids stay fetchable, as BEIR keeps them), yet no search can find them
-        log.warning("%s: %s of the documents read have no text in their fields %s (the first: id %r); they are "
-                    "indexed, but no search finds them", source, f"{reader.stats.blank:,}", ",".join(options.fields),
-                    reader.stats.first_blank)
+    if blank := reader.stats.blank_warning(source, options.fields, "indexed"):
+        log.warning("%s", blank)
 
 
 def load_encoders(options: IndexOptions) -> tuple:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from lsr.encode.texts import is_blank, surrogate_at
+from lsr.encode.texts import invalid_json, is_blank, surrogate_at
 from lsr.files import GZIP_ERRORS, open_maybe_gzip
 from lsr.sparse import short_repr
 
@@ -112,7 +112,7 @@ def _example(line: str, where: str) -> Example:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+        raise ValueError(f"{where}: {invalid_json(exc)}") from None
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object")
     row = _our_names(row, where)
