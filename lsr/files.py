@@ -70,7 +70,7 @@ def write_output(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Write a file the user named (a run, vectors, a report): ``atomic_write`` into the file a symlink points to (the
     link stays), and straight into a device, FIFO or socket (``/dev/stdout``, a pipe): those were replaced by a regular
     file, so ``--output /dev/full`` said nothing and, run as root, left a text file where the device had been."""
-    if _is_stream(path):
+    if is_stream(path):
         try:
             with open(path, "wb") as fh:
                 write(fh)
@@ -82,7 +82,7 @@ def write_output(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     atomic_write(Path(os.path.realpath(path)), write)
 
 
-def _is_stream(path: Path) -> bool:
+def is_stream(path: Path) -> bool:
     """Whether ``path`` (its symlinks followed) is there and is no regular file or folder: a device, FIFO or socket."""
     return path.exists() and not path.is_file() and not path.is_dir()
 
@@ -101,7 +101,7 @@ def check_writable(path: Path) -> None:
     its folder is made (and kept), and a file is created beside it and removed."""
     if path.is_dir():  # the input, not the machine: exit 2, as `lsr beir --out FILE`
         raise ValueError(f"{path} is a folder; give the path of a file to write")
-    if _is_stream(path):  # written straight into (``write_output``): no file is made beside it
+    if is_stream(path):  # written straight into (``write_output``): no file is made beside it
         if not os.access(path, os.W_OK):
             raise OSError(f"cannot write {path}: {os.strerror(errno.EACCES)}")
         return

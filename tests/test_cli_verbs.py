@@ -243,8 +243,8 @@ def test_a_run_goes_through_a_symlink_and_into_a_fifo_which_stay(collections, tm
     reader.start()
     assert cli_main([*search, "--output", str(fifo)]) == 0
     reader.join(60)
-    assert stat.S_ISFIFO(fifo.stat().st_mode) and read == [target.read_text()]
-    capsys.readouterr()
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and read == [target.read_text()]  # the run alone: the summary went
+    assert capsys.readouterr().err == f"3 queries, 3 hits written to {fifo}\n"  # to stderr, with no `lsr eval` hint
 
 
 def test_a_file_written_into_a_full_device_fails_in_one_line_and_leaves_the_device():

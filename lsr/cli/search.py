@@ -81,12 +81,11 @@ def run(args: argparse.Namespace) -> int:
     prf_options(args)  # bad flag combinations fail before the slow model load
     if args.topics:
         from lsr.eval.runs import read_topics
+        from lsr.files import check_writable, is_stream
         from lsr.search.batch import search_topics
 
         topics = read_topics(args.topics)  # before the slow model load: a bad file fails at once
         if args.output != "-":
-            from lsr.files import check_writable
-
             _check_output_apart(Path(args.output), Path(args.topics), Path(args.collection))
             check_writable(Path(args.output))  # and an output it could not write, after every query was searched
         searcher = open_in_process(args.collection, query_encoder=args.query_encoder,
@@ -98,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
         written = search_topics(searcher, topics, args.output, k=1000 if args.k is None else args.k, mode=mode,
                                 hybrid=hybrid, prf=prf, bound_factor=args.bound_factor,
                                 tag=args.tag or f"lsr-{mode}", threads=args.threads or 1, progress=not args.quiet)
-        if args.output == "-":  # the run went to standard output: the summary must not mix into it
-            print(f"{len(topics):,} queries, {written.hits:,} hits written to standard output", file=sys.stderr)
+        if args.output == "-" or is_stream(Path(args.output)):  # a pipe or /dev/stdout: the summary stays out of it
+            where = "standard output" if args.output == "-" else args.output
+            print(f"{len(topics):,} queries, {written.hits:,} hits written to {where}", file=sys.stderr)
         else:
             print(f"{len(topics):,} queries, {written.hits:,} hits written to {args.output}; score it with: "
                   f"lsr eval {args.output} QRELS")
