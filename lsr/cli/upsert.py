@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import shlex
 import signal
 import sys
@@ -31,8 +30,6 @@ from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_flags
 from lsr.cli.main import flags_given, path_argument, refuse_unused
 from lsr.ingest.layout import is_collection_dir
-
-NOT_WRITTEN = (errno.EROFS, errno.EACCES, errno.EPERM)  # errors under which a write kept nothing
 
 HELP = "add or replace documents of a collection (or a running server) from a corpus file"
 WRITE_EVERY = 256  # documents per write: a Ctrl-C loses at most their encoding (about 2 s here), never a write
@@ -95,11 +92,10 @@ def run(args: argparse.Namespace) -> int:
                 update_total(bar, reader, reader.expected_rows(), reader.limit)
     except BaseException as exc:
         sink.close()
-        # the disk's failure, not a refused or late request, nor a folder that takes no write (nothing is kept there)
-        writing = writing if isinstance(exc, OSError) and exc.errno not in NOT_WRITTEN else 0
+        writing = writing if isinstance(exc, OSError) else 0  # the disk's failure, not a refused or late request
         if done or args.skip or writing:
-            failed = (f" The {writing:,} after them failed as they were written and may be kept too (a full disk: "
-                      "the journal holds them until the collection is opened again); rewriting them is harmless."
+            failed = (f" The {writing:,} after them failed as they were written and may be kept too (what the "
+                      "journal took is applied when the collection is next opened); rewriting them is harmless."
                       if writing else "")
             print(f"stopped after writing {done:,} documents into {_where(args)}; they are kept.{failed} Continue "
                   f"with: {_continue_command(args._argv, args.skip + done)}", file=sys.stderr)
@@ -115,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if reader.stats.n_skipped:
         details.append(f"{reader.stats.n_skipped:,} bad rows skipped ("
                        + ", ".join(f"{count:,} {reason}" for reason, count in reader.stats.skipped.items()) + ")")
-    print(f"upserted {done:,} documents into {_where(args)} in {seconds:.1f} s ({done / seconds:.1f} docs/s)"
+    print(f"upserted {done:,} document{'s' * (done != 1)} into {_where(args)} in {seconds:.1f} s "
+          f"({done / seconds:.1f} docs/s)"
           + (f": {'; '.join(details)}" if details else ""))
     if blank := reader.stats.blank_warning(args.source, reader.fields, "written"):  # as `lsr index` says it
         print(f"warning: {blank}", file=sys.stderr)
