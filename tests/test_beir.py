@@ -188,9 +188,9 @@ def test_end_to_end_lsr_beir_on_a_tiny_dataset(tmp_path, monkeypatch, capsys, fr
     settings = report["settings"]
     assert settings["tuned_on"] == "train" and 0 < settings["alpha"] < 1 and settings["prf_docs"] in (2, 3, 5)
     fusion = settings["fusion"]
-    assert fusion["tuned_on"] == "train" and fusion["normalization"] in ("min_max", "z_score", "rrf")
+    assert fusion["tuned_on"] == "train" and fusion["normalization"] in ("min_max", "l2", "z_score", "rrf")
     assert fusion["sparse_weight"] + fusion["dense_weight"] + fusion["bm25_weight"] == pytest.approx(1.0)
-    assert len(fusion["tuning_ndcg10"]) == 3 * 63  # every setting of the grid is reported
+    assert len(fusion["tuning_ndcg10"]) == 4 * 63  # every setting of the grid, each normalization (l2 too), is reported
     variants = report["prf_variants"]  # every PRF variant, losers too, with its frozen settings and both splits
     assert len(variants) == 8 and all(v["tuned_on"] == "train" and 0 <= v["ndcg@10"] <= 1 for v in variants.values())
     assert settings["prf"]["tuned_on"] == "train" and "no_prf_ndcg@10" in settings["prf"]

@@ -1,6 +1,6 @@
 """Choose a collection's hybrid fusion on a BEIR dataset's train/dev judgements and store it as its default.
 
-Grid-searches the fusion method (min_max, z_score, rrf) and the weights of the SPLADE, dense and BM25
+Grid-searches the fusion method (min_max, l2, z_score, rrf) and the weights of the SPLADE, dense and BM25
 legs (or of the two a collection built with --dense none or --bm25 none has) by nDCG@10 on the dataset's
 dev qrels (train when it has no dev), never on --split (the one you report). Then, on that fusion and
 the same qrels, it tries every PRF variant (Rocchio, Rocchio on high-IDF terms, Vector-PRF, both,

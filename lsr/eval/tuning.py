@@ -70,7 +70,7 @@ def tune(backend: Any, dataset: BeirDataset, tune_split: str | None, k: int,
 
 
 LEGS = ("sparse", "dense", "bm25")  # a fusion's weights, in this order
-FUSION_METHODS = ("min_max", "z_score", "rrf")
+FUSION_METHODS = ("min_max", "l2", "z_score", "rrf")  # OpenSearch's normalizations, and RRF
 WEIGHT_STEP = 0.1
 TOP_FUSIONS = 3  # the fusions, by score without PRF, that joint fusion + PRF tuning tries PRF on
 # Without train/dev qrels: the Searcher's untuned default, chosen across datasets (UNTUNED_HYBRID)
