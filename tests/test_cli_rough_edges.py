@@ -383,3 +383,17 @@ def test_a_bad_number_for_lsr_index_is_the_only_line(tmp_path, capsys, flags, sa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lsr index: error: ") and said in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("verb", ["index", "upsert", "encode"])
+def test_an_empty_corpus_file_is_one_line_before_any_progress_bar(built, tmp_path, capsys, verb):
+    """It was said after an empty progress bar ("encode: 0doc", twice in a log file), and after the "indexing ..."
+    line of lsr index."""
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()
+    argv = {"index": ["index", str(empty), str(tmp_path / "out"), "--dense", "none"],
+            "upsert": ["upsert", str(empty), str(built)],
+            "encode": ["encode", "--input", str(empty), "--output", str(tmp_path / "v.parquet")]}[verb]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"lsr {verb}: error: {empty} is empty: it holds no documents\n" and not captured.out

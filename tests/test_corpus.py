@@ -136,9 +136,11 @@ def test_a_damaged_or_truncated_archive_is_one_clear_error(tmp_path):
     # pyarrow's own words named no file: "Empty CSV file", "Parquet magic bytes not found", "invalid UTF8 data"
     (tmp_path / "empty.csv").write_bytes(b"")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not a parquet file")
-    for name in ("c.jsonl.gz", "c.csv.gz", "cut.jsonl.gz", "empty.csv", "bad.parquet"):  # a Latin-1 byte: its row's
+    for name in ("c.jsonl.gz", "c.csv.gz", "cut.jsonl.gz", "bad.parquet"):  # a Latin-1 byte: its row's
         with pytest.raises(ValueError, match=f"cannot read {tmp_path / name}: .*damaged, truncated or mislabelled"):
             read_all(CorpusReader(tmp_path / name))
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'empty.csv'} is empty: it holds no documents$"):
+        CorpusReader(tmp_path / "empty.csv")
 
 
 def test_a_cut_off_beir_archive_is_one_clear_error(beir_dir, tmp_path, capsys):

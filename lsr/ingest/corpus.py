@@ -186,6 +186,8 @@ def check_read_options(source: Path, fields: Sequence[str], id_field: str, on_er
     if not (source.is_file() or source.is_dir()):  # a pipe's second open waited for a writer forever
         raise ValueError(f"{source} is not a regular file (a pipe?); lsr reads a corpus more than once: "
                          "save it to a file first")
+    if _holds_no_bytes(source):  # said after an empty progress bar (two, into a log file)
+        raise ValueError(f"{source} is empty: it holds no documents")
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     fields = [f.strip() for f in fields if f.strip()]
@@ -200,6 +202,17 @@ def check_read_options(source: Path, fields: Sequence[str], id_field: str, on_er
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
     return fields
+
+
+def _holds_no_bytes(source: Path) -> bool:
+    """Whether a file reads as nothing at all. Its size alone does not say: /proc's files report 0 and hold more."""
+    if not source.is_file() or source.stat().st_size:
+        return False
+    try:
+        with open(source, "rb") as fh:
+            return fh.read(1) == b""
+    except OSError:  # the read that follows says why, as the machine's error
+        return False
 
 
 class CorpusReader:
