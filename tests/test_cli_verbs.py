@@ -247,6 +247,24 @@ def test_a_run_goes_through_a_symlink_and_into_a_fifo_which_stay(collections, tm
     assert capsys.readouterr().err == f"3 queries, 3 hits written to {fifo}\n"  # to stderr, with no `lsr eval` hint
 
 
+def test_vectors_encoded_into_a_fifo_are_the_parquet_file_alone(corpus, tmp_path, capsys):
+    """The summary went to stdout after the file's bytes: a FIFO read as a vectors file ended in "... documents
+    encoded into ..." and pyarrow found no Parquet footer."""
+    import io
+    import threading
+
+    fifo = tmp_path / "vectors.parquet"
+    os.mkfifo(fifo)
+    read = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert cli_main(["encode", "--input", str(corpus), "--output", str(fifo), "--quiet"]) == 0
+    reader.join(60)
+    assert pq.read_table(io.BytesIO(read[0])).num_rows == len(DOCS)
+    captured = capsys.readouterr()
+    assert not captured.out and f"{len(DOCS)} documents encoded into {fifo}" in captured.err
+
+
 def test_a_file_written_into_a_full_device_fails_in_one_line_and_leaves_the_device():
     from lsr.files import write_output
 

@@ -103,36 +103,33 @@ def test_rrf_sums_weight_over_k_plus_rank_and_ignores_scores():
     assert fuse([first], [1.0], "rrf", rrf_k=1)["a"] == pytest.approx(0.5)
 
 
-def _opensearch_mean(scores: list[float], weights: list[float], combination: str) -> float:
-    """OpenSearch's GeometricMean/HarmonicMeanScoreCombinationTechnique: scores of 0 or less are skipped."""
-    kept = [(s, w) for s, w in zip(scores, weights) if s > 0]
-    if not kept:
-        return 0.0
-    total = sum(w for _, w in kept)
+def _weighted_mean(scores: list[float], weights: list[float], combination: str) -> float:
+    """OpenSearch's GeometricMean/HarmonicMeanScoreCombinationTechnique over scores that are all above 0."""
+    total = sum(weights)
     if combination == "geometric_mean":
-        return float(np.exp(sum(w * np.log(s) for s, w in kept) / total))
-    return total / sum(w / s for s, w in kept)
+        return float(np.exp(sum(w * np.log(s) for s, w in zip(scores, weights)) / total))
+    return total / sum(w / s for s, w in zip(scores, weights))
 
 
 @pytest.mark.parametrize("combination", ["geometric_mean", "harmonic_mean"])
-def test_geometric_and_harmonic_means_are_opensearchs_over_scores_above_zero(combination):
+def test_geometric_and_harmonic_means_are_opensearchs_with_every_score_at_least_its_floor(combination):
     """OpenSearch's normalization processor combines by arithmetic, geometric or harmonic mean; only the first was
-    here. A min_max list's lowest score (and so a missing document's floor) counts as 0.001, OpenSearch's min_max
-    floor: skipped, a document one list lacks would score as though that list had not run."""
+    here. OpenSearch skips scores of 0 or less; here each counts as 0.001, OpenSearch's min_max floor: skipped, a
+    list's lowest score (a missing document's floor, a negative cosine) counted as though that list had not run."""
     sparse, dense, bm25 = {"a": 10.0, "b": 4.0, "c": 0.0}, {"a": 0.1, "c": 0.9, "d": 0.5}, {"b": 3.0, "d": 1.0}
     weights = [0.5, 0.3, 0.2]
     fused = fuse([sparse, dense, bm25], weights, "min_max", combination=combination)
     column = {  # min_max by hand, 0 → 0.001, a missing document at its list's floor (0.001)
         "a": [1.0, 0.001, 0.001], "b": [0.4, 0.001, 1.0], "c": [0.001, 1.0, 0.001], "d": [0.001, 0.5, 0.001]}
-    assert fused == pytest.approx({doc: _opensearch_mean(col, weights, combination) for doc, col in column.items()})
+    assert fused == pytest.approx({doc: _weighted_mean(col, weights, combination) for doc, col in column.items()})
     arithmetic = fuse([sparse, dense, bm25], weights, "min_max")
     assert rank(fused) != rank(arithmetic)  # the option changes the ranking: "c" (1.0 in one list only) falls
-    # l2 keeps signs: a list's negative scores (dense cosines) are skipped, as OpenSearch skips them
-    signed = {"a": -0.5, "b": 0.5}
-    l2 = fuse([signed, {"a": 2.0, "b": 1.0}], [0.5, 0.5], "l2", combination=combination)
-    assert l2["a"] == pytest.approx(2 / np.sqrt(5))  # its negative score skipped: the other list's alone
-    assert l2["b"] == pytest.approx(_opensearch_mean([0.5 / np.sqrt(0.5), 1 / np.sqrt(5)], [0.5, 0.5], combination))
-    assert fuse([{"a": -1.0}, {"b": 1.0}], [0.5, 0.5], "l2", combination=combination)["a"] == 0.0  # nothing above 0
+    # a list whose hits tie keeps them above the documents it lacks; a worse l2 score (a negative cosine) never fuses
+    # higher than a better one (both fused above a document the tied list held, or a worse dense score)
+    tied, dense = {"a": 1.0, "x": 1.0, "y": 1.0, "z": 1.0}, {"a": 0.5, "c": 0.5, "b": 0.01, "e": -0.5}
+    l2 = fuse([dense, tied], [0.5, 0.5], "l2", combination=combination)
+    assert l2["a"] > l2["c"] and l2["b"] > l2["e"]
+    assert l2["e"] == pytest.approx(_weighted_mean([0.001, 0.001], [0.5, 0.5], combination))
     assert interpolate(sparse, dense, 0.7, "min_max", combination=combination) == pytest.approx(
         fuse([sparse, dense], [0.7, 0.3], "min_max", combination=combination))
 

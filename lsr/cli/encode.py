@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.main import flags_given, refuse_unused
-from lsr.files import check_writable
+from lsr.files import check_writable, is_stream
 
 HELP = "show the weighted terms SPLADE gives a text, or encode a file of texts into a vectors file"
 
@@ -115,9 +115,12 @@ def _encode_file(args: argparse.Namespace) -> int:
                           on_error=args.on_error, batch_size=args.batch_size, max_length=length,
                           progress=not args.quiet, **device)
     skipped = sum(summary.skipped.values())
+    streamed = is_stream(Path(args.output))  # a pipe (or standard output): the summary must not follow the file's bytes
     print(f"{summary.docs:,} documents encoded into {args.output} ({summary.postings:,} postings, "
           f"{summary.truncated:,} truncated at {summary.kept_tokens} tokens, {skipped:,} bad rows skipped"
           + (f": {', '.join(f'{k} {v}' for k, v in sorted(summary.skipped.items()))}" if skipped else "")
-          + (f", {summary.blank_lines:,} blank lines passed over" if summary.blank_lines else "") + ")")
-    print(f"index them with: lsr index {args.output} COLLECTION --pre-encoded")
+          + (f", {summary.blank_lines:,} blank lines passed over" if summary.blank_lines else "") + ")",
+          file=sys.stderr if streamed else sys.stdout)
+    if not streamed:
+        print(f"index them with: lsr index {args.output} COLLECTION --pre-encoded")
     return 0

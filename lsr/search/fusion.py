@@ -11,10 +11,10 @@ default (OpenSearch's ``rank_constant``); a missing document adds nothing.
 
 OpenSearch's other combinations are there too, for min_max and l2 scores (OpenSearch allows z_score only
 with the arithmetic mean): ``geometric_mean``, ``exp(Σ wᵢ·ln sᵢ / Σ wᵢ)``, and ``harmonic_mean``,
-``Σ wᵢ / Σ (wᵢ / sᵢ)``, each over the lists whose score is above 0 (a document with none scores 0), as
-OpenSearch's do. Their min_max scores of 0 (each list's lowest, and so the floor of a document a list lacks)
-count as 0.001, OpenSearch's min_max floor: skipped, they would let a document one list lacks score as if that
-list had not run.
+``Σ wᵢ / Σ (wᵢ / sᵢ)``. Each score counts as at least 0.001, OpenSearch's min_max floor, where OpenSearch
+skips scores of 0 or less: skipped, a list's lowest score (min_max's 0, the floor of a document a list lacks, a
+negative l2 cosine) would count as though that list had not run, and rank such a document above one the list
+holds.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy as np
 NORMALIZATIONS = ("min_max", "l2", "z_score")
 FUSIONS = NORMALIZATIONS + ("rrf",)
 COMBINATIONS = ("arithmetic_mean", "geometric_mean", "harmonic_mean")
-MEANS_OF_POSITIVES = ("min_max", "l2")  # the normalizations the geometric and harmonic means combine
-MIN_MAX_FLOOR = 0.001  # OpenSearch's min_max score for a list's lowest, where a mean skips scores of 0
+MEAN_NORMALIZATIONS = ("min_max", "l2")  # the normalizations the geometric and harmonic means combine
+SCORE_FLOOR = 0.001  # the least score the geometric and harmonic means take (OpenSearch's min_max floor)
 RRF_K = 60
 
 Ranking = dict[str, float]  # doc id → score
@@ -60,9 +60,9 @@ def check_combination(combination: str, method: str) -> None:
     """A ValueError naming the choices for an unknown combination, or one a normalization cannot take."""
     if combination not in COMBINATIONS:
         raise ValueError(f"unknown combination {combination!r}; choose one of {', '.join(COMBINATIONS)}")
-    if combination != "arithmetic_mean" and method not in MEANS_OF_POSITIVES:
+    if combination != "arithmetic_mean" and method not in MEAN_NORMALIZATIONS:
         why = "it sums reciprocal ranks" if method == "rrf" else "it takes arithmetic_mean only, as in OpenSearch"
-        raise ValueError(f"{combination} combines {' or '.join(MEANS_OF_POSITIVES)} scores, and the normalization is "
+        raise ValueError(f"{combination} combines {' or '.join(MEAN_NORMALIZATIONS)} scores, and the normalization is "
                          f"{method}: {why}")
 
 
@@ -110,30 +110,24 @@ def combine(columns: Sequence[np.ndarray], weights: Sequence[float], method: str
             combination: str = "arithmetic_mean") -> np.ndarray:
     """The fused scores of ``leg_columns``: Σ wᵢ·columnᵢ / Σ wᵢ, or Σ wᵢ / (k + rankᵢ) over the lists holding a
     document, summed list by list in order (so the floats do not depend on who calls); or the geometric or
-    harmonic mean over each document's scores above 0 (the module's docstring)."""
+    harmonic mean (the module's docstring)."""
     if combination != "arithmetic_mean":
-        return _mean_of_positives(columns, weights, method, combination)
+        check_combination(combination, method)
+        return _geometric_or_harmonic(columns, weights, combination)
     summed = np.zeros(len(columns[0]) if columns else 0)
     for column, weight in zip(columns, weights):
         summed += np.where(column > 0, weight / (rrf_k + column), 0.0) if method == "rrf" else weight * column
     return summed if method == "rrf" else summed / float(sum(weights))
 
 
-def _mean_of_positives(columns: Sequence[np.ndarray], weights: Sequence[float], method: str,
-                       combination: str) -> np.ndarray:
-    """OpenSearch's weighted geometric or harmonic mean of each document's scores above 0 (0 where it has none)."""
-    size = len(columns[0]) if columns else 0
-    summed, weight_of_positives = np.zeros(size), np.zeros(size)
+def _geometric_or_harmonic(columns: Sequence[np.ndarray], weights: Sequence[float], combination: str) -> np.ndarray:
+    """OpenSearch's weighted geometric or harmonic mean of each document's scores, each at least SCORE_FLOOR."""
+    summed = np.zeros(len(columns[0]) if columns else 0)
     for column, weight in zip(columns, weights):
-        scores = np.maximum(column, MIN_MAX_FLOOR) if method == "min_max" else column
-        positive = scores > 0
-        safe = np.where(positive, scores, 1.0)
-        summed += np.where(positive, weight * np.log(safe) if combination == "geometric_mean" else weight / safe, 0.0)
-        weight_of_positives += np.where(positive, weight, 0.0)
-    scored = weight_of_positives > 0
-    held = np.where(scored, weight_of_positives, 1.0)
-    mean = np.exp(summed / held) if combination == "geometric_mean" else held / np.where(summed > 0, summed, 1.0)
-    return np.where(scored, mean, 0.0)
+        scores = np.maximum(column, SCORE_FLOOR)
+        summed += weight * np.log(scores) if combination == "geometric_mean" else weight / scores
+    total = float(sum(weights))
+    return np.exp(summed / total) if combination == "geometric_mean" else total / summed
 
 
 def interpolate(first: Ranking, second: Ranking, first_weight: float = 0.5, normalization: str = "min_max",
