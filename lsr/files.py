@@ -58,12 +58,16 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        # numpy's short write on a full disk said "49803 requested and 49088 written" and no more (a plain OSError,
-        # as a full disk's is); a folder that takes no file named the temporary one. Any other error is the work's
-        # own (an input that is not there), not the write's.
-        if isinstance(exc, OSError) and (exc.filename == str(tmp) or exc.filename is None and type(exc) is OSError):
+        if isinstance(exc, OSError) and _failed_writing(exc, tmp):
             raise write_failed(path, exc) from exc
         raise
+
+
+def _failed_writing(exc: OSError, written: Path) -> bool:
+    """Whether ``exc`` is the write's own failure: numpy's short write on a full disk said "49803 requested and 49088
+    written" and no more (a plain OSError, as a full disk's is), and a folder that takes no file names the file
+    written. Any other error is the work's own (an input that is not there), not the write's."""
+    return exc.filename == str(written) or exc.filename is None and type(exc) is OSError
 
 
 def write_output(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -75,7 +79,7 @@ def write_output(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
             with open(path, "wb") as fh:
                 write(fh)
         except OSError as exc:
-            if exc.filename == str(path) or exc.filename is None and type(exc) is OSError:
+            if _failed_writing(exc, path):
                 raise write_failed(path, exc) from exc
             raise
         return

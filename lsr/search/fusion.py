@@ -71,7 +71,6 @@ def fuse(runs: Sequence[Ranking], weights: Sequence[float], method: str = "min_m
     """One ranking over the union of ``runs``: weighted mean of normalised scores, or weighted RRF."""
     if len(runs) != len(weights) or any(not 0.0 <= w for w in weights) or sum(weights) <= 0:
         raise ValueError(f"fusion needs one non-negative weight per list, not all zero; got {list(weights)}")
-    check_combination(combination, method)
     docs, columns = leg_columns(runs, method)
     return dict(zip(docs, combine(columns, weights, method, rrf_k, combination).tolist()))
 
@@ -112,7 +111,7 @@ def combine(columns: Sequence[np.ndarray], weights: Sequence[float], method: str
     document, summed list by list in order (so the floats do not depend on who calls); or the geometric or
     harmonic mean (the module's docstring)."""
     if combination != "arithmetic_mean":
-        check_combination(combination, method)
+        check_combination(combination, method)  # fuse's and the tuning grid's one check
         return _geometric_or_harmonic(columns, weights, combination)
     summed = np.zeros(len(columns[0]) if columns else 0)
     for column, weight in zip(columns, weights):

@@ -430,8 +430,8 @@ def _step(model: TrainableSplade, optimizer: torch.optim.Optimizer, scaler: torc
             totals[key] = totals.get(key, 0.0) + value / len(micro_batches)
     scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters, config.clip)
-    overflowed = scaler.is_enabled() and math.isfinite(totals["loss"]) and not torch.isfinite(norm)
-    if not overflowed and (not math.isfinite(totals["loss"]) or not torch.isfinite(norm)):  # every weight NaN
+    overflowed = not bool(torch.isfinite(norm))  # one host sync: under fp16's scale, the step is skipped
+    if not math.isfinite(totals["loss"]) or overflowed and not scaler.is_enabled():  # every weight NaN
         raise NonFiniteLoss(f"step {step + 1}: the loss or its gradient is not finite (loss {totals['loss']}), so the "
                             "step was not applied")
     for group in optimizer.param_groups:
