@@ -617,6 +617,11 @@ def _dense_encodings(searcher):
     return encode
 
 
+_ENDED_EARLY = ("the upsert stream ended early: the caller cancelled, or sent a message past the server's "
+                "--max-message-mb, which gRPC refused with RESOURCE_EXHAUSTED")
+REFUSAL_NOTICE_S = 0.5  # how long an empty upsert stream waits to learn it was a refused message, not an empty one
+
+
 def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> tuple[list[str], list[str]]:
     """The stream's ids and texts, checked as they arrive: bounded count and bytes (``take`` each document's from
     the server's budget for all streams), no repeats, no empty texts."""
@@ -646,8 +651,21 @@ def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> t
             ids.append(doc.id)
             texts.append(doc.text)
     if not ids:
+        if _cancelled_within(call.context, REFUSAL_NOTICE_S):
+            raise Abandoned(_ENDED_EARLY)
         raise ValueError("the upsert stream held no documents")
     return ids, texts
+
+
+def _cancelled_within(context: grpc.ServicerContext, seconds: float) -> bool:
+    """Whether the call turns out cancelled within ``seconds``: gRPC ends the stream at a message past
+    --max-message-mb as if the client had closed it, and may mark the call cancelled only a moment later."""
+    until = time.monotonic() + seconds
+    while context.is_active():
+        if time.monotonic() >= until:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _stream(messages, call: _Call) -> Iterator:
@@ -663,8 +681,7 @@ def _stream(messages, call: _Call) -> Iterator:
         except grpc.RpcError:
             if call.deadline is not None and time.monotonic() >= call.deadline:
                 raise DeadlinePassed("deadline exceeded before reading the upsert stream") from None
-            raise Abandoned("the upsert stream ended early: the caller cancelled, or sent a message past the server's "
-                            "--max-message-mb, which gRPC refused with RESOURCE_EXHAUSTED") from None
+            raise Abandoned(_ENDED_EARLY) from None
 
 
 def _query_of(request: pb.SearchRequest):

@@ -63,13 +63,24 @@ def test_upsert_through_a_server_sends_long_documents_under_its_request_limit(bu
 
         from lsr.service import search_pb2 as pb, search_pb2_grpc
 
+        message = pb.UpsertRequest(documents=[pb.Document(id="tome", text="volume " * 200_000)])
         with grpc.insecure_channel(server.address) as channel:  # a raw client: gRPC refuses the message itself
-            message = pb.UpsertRequest(documents=[pb.Document(id="tome", text="volume " * 200_000)])
-            with pytest.raises(grpc.RpcError) as refused:
-                search_pb2_grpc.SearchServiceStub(channel).Upsert(iter([message]), timeout=30)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        # the server's log said the caller cancelled, which it had not
-        server.wait_for_line(lambda line: "rpc=Upsert" in line and "past the server's --max-message-mb" in line)
+            for _ in range(5):  # gRPC may end the stream before it marks the call cancelled: a race, so try it often
+                with pytest.raises(grpc.RpcError) as refused:
+                    search_pb2_grpc.SearchServiceStub(channel).Upsert(iter([message]), timeout=30)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for _ in range(5):  # refused after a good message: the good one must not be written either
+                good = pb.UpsertRequest(documents=[pb.Document(id="forerunner", text="zyzzyva")])
+                with pytest.raises(grpc.RpcError) as refused:
+                    search_pb2_grpc.SearchServiceStub(channel).Upsert(iter([good, message]), timeout=30)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # the server's log said the caller cancelled, which it had not; and then, when gRPC ended the stream before it
+        # marked the call cancelled, that the stream held no documents
+        refusals = lambda: [line for line in server.lines if "rpc=Upsert" in line and "upsert stream" in line]
+        server.wait_for_line(lambda line: len(refusals()) >= 5)
+        assert all("past the server's --max-message-mb" in line for line in refusals()), refusals()
+        with server.client() as client:
+            assert not client.search("zyzzyva", k=1, mode="bm25").hits
     finally:
         server.kill()
 

@@ -302,6 +302,10 @@ def test_an_upsert_message_without_documents_is_refused(server):
             _stub(server.address).Upsert(iter(messages), timeout=30)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"message {len(messages) - 1} of the upsert stream holds no documents" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # no message at all: the client's bug, not a refused message
+        _stub(server.address).Upsert(iter([]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "the upsert stream held no documents"
     with server.client() as c:
         assert not c.search("zyzzyva", k=1, mode="bm25").hits  # nothing of the refused stream was written
 
