@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -513,6 +514,21 @@ def test_max_steps_overrides_epochs_and_trains_past_them(examples, tmp_path):
     result = train(fresh_model(), examples, tmp_path / "out", config, progress=False)
     assert (result.steps, result.total_steps, result.stopped) == (5, 5, "finished")
     assert [row["step"] for row in result.history] == [1, 2, 3, 4, 5]  # steps 3..5 run the next epochs' batches
+
+
+def test_a_run_under_max_steps_resumes_with_another_epochs_but_not_other_max_steps(examples, tmp_path):
+    """--epochs stayed in the resume check under --max-steps, which overrides it: a resume that changed only
+    --epochs, which decides nothing there, was refused."""
+    out = tmp_path / "out"
+    config = TrainConfig(epochs=1, max_steps=3, batch_size=4, max_length=32, query_max_length=16)
+    result = train(fresh_model(), examples, out, config, progress=False, checkpoint_every=1, max_minutes=1e-9)
+    assert (result.steps, result.stopped) == (1, "time limit")
+    with pytest.raises(ValueError, match=r"\(--max-steps 3 then, 4 now\)"):
+        train(fresh_model(), examples, out, TrainConfig(**{**asdict(config), "max_steps": 4}), resume=True,
+              progress=False)
+    result = train(fresh_model(), examples, out, TrainConfig(**{**asdict(config), "epochs": 7}), resume=True,
+                   progress=False)
+    assert (result.steps, result.total_steps, result.stopped) == (3, 3, "finished")
 
 
 def test_fp16_scales_the_loss_skips_overflowing_steps_and_resumes_with_its_scale(examples, tmp_path):

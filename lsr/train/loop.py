@@ -73,7 +73,19 @@ def numerics_of(model: TrainableSplade) -> dict:
 
 def _same_run(saved: dict, now: dict) -> bool:
     """A checkpoint from before ``numerics`` was kept matches on the rest."""
+    saved, now = _deciding(saved, now)
     return saved == (now if "numerics" in saved else {k: v for k, v in now.items() if k != "numerics"})
+
+
+def _deciding(saved: dict, now: dict) -> tuple[dict, dict]:
+    """Two fingerprints less what leaves the weights alone: ``epochs`` where both runs take ``max_steps``, which
+    overrides it (a run resumed with another --epochs and the same --max-steps was refused)."""
+    configs = [run.get("config") or {} for run in (saved, now)]
+    if any(config.get("max_steps") is None for config in configs):
+        return saved, now
+    saved, now = ({**run, "config": {k: v for k, v in config.items() if k != "epochs"}}
+                  for run, config in zip((saved, now), configs))
+    return saved, now
 
 
 def _differences(saved: dict, now: dict) -> list[str]:
@@ -81,7 +93,7 @@ def _differences(saved: dict, now: dict) -> list[str]:
     def then_now(name: str, before: Any, after: Any) -> str:
         return f"{name} {before} then, {after} now"
 
-    found = []
+    found, (saved, now) = [], _deciding(saved, now)
     for part in ("config", "numerics"):
         before, after = saved.get(part) or {}, now.get(part) or {}
         found += [then_now(f"--{key.replace('_', '-')}", before.get(key), after.get(key))
