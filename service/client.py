@@ -231,7 +231,8 @@ class Client:
 
         They go as one stream (one atomic write) of messages of at most ``chunk_size`` documents and
         ``_UPSERT_MESSAGE_BYTES`` (a longer document alone), each under the server's request limit: 64 documents
-        of 70 KB, long papers, made a 4.5 MB message that the default 4 MiB limit refused, on every retry.
+        of 70 KB, long papers, made a 4.5 MB message that the default 4 MiB limit refused, on every retry. The final
+        message is marked ``last``, so the server knows the stream whole and writes it without waiting.
         ``allow_empty``: store empty or whitespace-only texts instead of refusing them (INVALID_ARGUMENT)."""
         # Checked as Searcher.upsert checks them, before the stream opens: one str was sent as one document per
         # character; an int id or a text with a lone surrogate failed inside the request stream, which gRPC reports
@@ -256,8 +257,7 @@ class Client:
                     docs, size = [], 0
                 docs.append(pb.Document(id=doc_id, text=text))
                 size += doc_bytes
-            if docs:
-                yield pb.UpsertRequest(documents=docs, allow_empty_documents=allow_empty)
+            yield pb.UpsertRequest(documents=docs, allow_empty_documents=allow_empty, last=True)  # written at once
 
         response = self._call(self._stub.Upsert, messages(), timeout)
         self.last_index_version = response.index_version

@@ -226,12 +226,14 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("documents", "allow_empty_documents")
+    __slots__ = ("documents", "allow_empty_documents", "last")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_EMPTY_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     allow_empty_documents: bool
-    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., allow_empty_documents: _Optional[bool] = ...) -> None: ...
+    last: bool
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., allow_empty_documents: _Optional[bool] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted", "index_version")

@@ -310,6 +310,7 @@ class SearchServer:
 
     def drain(self, timeout: float) -> bool:
         """NOT_SERVING, refuse new searches, wait for in-flight ones; True if they all finished in time."""
+        self.servicer.refuse_new()  # first: a search sent on seeing NOT_SERVING could slip in before the refusal
         self.health.enter_graceful_shutdown()
         return self.servicer.drain(timeout)
 

@@ -226,11 +226,12 @@ def _rpc(method):
                     context.set_trailing_metadata((("x-request-id", call.request_id), (NO_RETRY, "no")))
         if failure is not None:
             code, message = failure
-            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-                # Counted once the call has left in_flight: whoever sees it abandoned also sees it gone.
-                self._count("abandoned")
             log.info("rpc=%s request_id=%s status=%s ms=%.2f %s error=%r", name, call.request_id, code.name,
                      call.elapsed_ms(), _format(call.fields), message)
+            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                # Counted once the call has left in_flight and is logged: whoever sees it abandoned also sees it gone,
+                # and its log line written.
+                self._count("abandoned")
             context.abort(code, message)
         if name in ("Upsert", "Delete") and call.deadline is not None and time.monotonic() >= call.deadline:
             call.fields["past_deadline"] = True  # applied; its caller may be told DEADLINE_EXCEEDED (a retry is safe)
@@ -422,9 +423,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return response
 
     # ------------------------------------------------------------------------------- lifecycle
+    def refuse_new(self) -> None:
+        """Every call from now on but GetStats is UNAVAILABLE: the server is shutting down."""
+        self._draining.set()
+
     def drain(self, timeout: float) -> bool:
         """Refuse new searches and wait up to ``timeout`` seconds for in-flight ones; True if none remain."""
-        self._draining.set()
+        self.refuse_new()
         with self._idle:
             return self._idle.wait_for(lambda: self.in_flight == 0, timeout=timeout)
 
@@ -619,18 +624,23 @@ def _dense_encodings(searcher):
 
 _ENDED_EARLY = ("the upsert stream ended early: the caller cancelled, or sent a message past the server's "
                 "--max-message-mb, which gRPC refused with RESOURCE_EXHAUSTED")
-REFUSAL_NOTICE_S = 0.5  # how long an empty upsert stream waits to learn it was a refused message, not an empty one
+REFUSAL_NOTICE_S = 0.5  # how long a stream with no message marked last waits to learn whether it was cut short
 
 
 def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> tuple[list[str], list[str]]:
     """The stream's ids and texts, checked as they arrive: bounded count and bytes (``take`` each document's from
     the server's budget for all streams), no repeats, no empty texts."""
-    ids, texts, seen, size = [], [], set(), 0
+    ids, texts, seen, size, whole = [], [], set(), 0, False
     for number, message in enumerate(_stream(messages, call)):
         message = decoded(message)
         call.check("reading the upsert stream")
-        if not message.documents:  # free against every limit, so a trickle of them held a stream slot for good
-            raise ValueError(f"message {number} of the upsert stream holds no documents; send some in each message")
+        if whole:
+            raise ValueError(f"message {number} of the upsert stream follows the one marked last; set last on the "
+                             "final message only")
+        whole = message.last
+        if not message.documents and not whole:  # free against every limit: a trickle of them held a slot for good
+            raise ValueError(f"message {number} of the upsert stream holds no documents; send some in each message "
+                             "(only the one marked last may hold none)")
         for doc in message.documents:
             where = f"document {len(ids)} of the stream"
             problem = id_problem(doc.id)
@@ -650,16 +660,17 @@ def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> t
             seen.add(doc.id)
             ids.append(doc.id)
             texts.append(doc.text)
+    if not whole and _cancelled_within(call.context, REFUSAL_NOTICE_S):
+        raise Abandoned(_ENDED_EARLY)
     if not ids:
-        if _cancelled_within(call.context, REFUSAL_NOTICE_S):
-            raise Abandoned(_ENDED_EARLY)
         raise ValueError("the upsert stream held no documents")
     return ids, texts
 
 
 def _cancelled_within(context: grpc.ServicerContext, seconds: float) -> bool:
-    """Whether the call turns out cancelled within ``seconds``: gRPC ends the stream at a message past
-    --max-message-mb as if the client had closed it, and may mark the call cancelled only a moment later."""
+    """Whether the call turns out cancelled within ``seconds``: gRPC ends a stream cut short (a cancel, a message
+    past --max-message-mb) as if the client had closed it, and may mark the call cancelled only a moment later; a
+    cut stream written anyway stored what its caller was told failed."""
     until = time.monotonic() + seconds
     while context.is_active():
         if time.monotonic() >= until:

@@ -32,7 +32,8 @@ from lsr.service.batching import DeadlinePassed
 
 log = logging.getLogger("lsr.service")
 
-REPLY_MARGIN_S = 0.1  # the wait on shards ends this long before the caller's deadline, to leave time to reply
+REPLY_MARGIN_S = 0.25  # the wait on shards ends this long before the caller's deadline, to leave time to reply
+# (0.1 s was sometimes too little on a busy machine: the caller's own deadline came first, with a bare message)
 MAX_SHARD_TIMEOUT = 86_400.0  # a day: Ray's and threading's timeouts overflow on larger ones (inf broke every call)
 MAX_SHARD_CPUS = 4_096
 RECREATE_BACKOFF_S = (1.0, 30.0)  # a shard server that failed to start is created again after 1, 2, 4 ... 30 s
@@ -133,13 +134,13 @@ def _cpus(amount: float) -> str:
 def _give_up_at(deadline: float | None, started: float, method: str) -> float:
     """When to stop waiting on shards: never (``inf``) without a deadline, else a little before it, so the
     status and its message reach the caller before its own gRPC deadline ends the call with a bare
-    "Deadline Exceeded" (the margin is REPLY_MARGIN_S, or a tenth of the time left when that is shorter)."""
+    "Deadline Exceeded" (the margin is REPLY_MARGIN_S, or a quarter of the time left when that is shorter)."""
     if deadline is None:
         return math.inf
     left = deadline - started
     if left <= 0:
         raise DeadlinePassed(f"deadline exceeded before the {method} call was sent to the shards (nothing was sent)")
-    return deadline - min(REPLY_MARGIN_S, left / 10)
+    return deadline - min(REPLY_MARGIN_S, left / 4)
 
 
 def _reason(exc: BaseException) -> str:

@@ -69,10 +69,12 @@ def test_upsert_through_a_server_sends_long_documents_under_its_request_limit(bu
                 with pytest.raises(grpc.RpcError) as refused:
                     search_pb2_grpc.SearchServiceStub(channel).Upsert(iter([message]), timeout=30)
                 assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            for _ in range(5):  # refused after a good message: the good one must not be written either
+            for last in (False, True) * 3:  # refused after a good message: the good one must not be written either,
+                # though gRPC may end the stream as if whole before it marks the call cancelled
                 good = pb.UpsertRequest(documents=[pb.Document(id="forerunner", text="zyzzyva")])
+                huge = pb.UpsertRequest(documents=message.documents, last=last)
                 with pytest.raises(grpc.RpcError) as refused:
-                    search_pb2_grpc.SearchServiceStub(channel).Upsert(iter([good, message]), timeout=30)
+                    search_pb2_grpc.SearchServiceStub(channel).Upsert(iter([good, huge]), timeout=30)
                 assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         # the server's log said the caller cancelled, which it had not; and then, when gRPC ended the stream before it
         # marked the call cancelled, that the stream held no documents

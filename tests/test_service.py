@@ -746,7 +746,7 @@ def test_writes_are_visible_durable_across_kill_9_and_sigterm_drains(collections
             worker.join(300)
             assert len(batch["results"]) == len(queries) * 4
         assert server.proc.wait(60) == 0
-        assert "event=stopped drained=True" in server.log()
+        server.wait_for_line(lambda line: "event=stopped drained=True" in line)  # the log is read on a thread
     finally:
         server.kill()
 

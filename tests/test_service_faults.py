@@ -17,6 +17,7 @@ import pytest
 from lsr.search.searcher import PrfOptions
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
+from lsr.service.servicer import REFUSAL_NOTICE_S
 from service_helpers import ServerProcess
 
 N_DOCS = 40
@@ -302,12 +303,35 @@ def test_an_upsert_message_without_documents_is_refused(server):
             _stub(server.address).Upsert(iter(messages), timeout=30)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"message {len(messages) - 1} of the upsert stream holds no documents" in err.value.details()
-    with pytest.raises(grpc.RpcError) as err:  # no message at all: the client's bug, not a refused message
-        _stub(server.address).Upsert(iter([]), timeout=30)
+    for messages in ([], [pb.UpsertRequest(last=True)]):  # none at all: the client's bug, not a refused message
+        with pytest.raises(grpc.RpcError) as err:
+            _stub(server.address).Upsert(iter(messages), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "the upsert stream held no documents"
+    with pytest.raises(grpc.RpcError) as err:  # marked last too early: the rest would have been lost unsaid
+        _stub(server.address).Upsert(iter([pb.UpsertRequest(documents=[doc], last=True),
+                                           pb.UpsertRequest(documents=[pb.Document(id="late", text="t")])]), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details() == "the upsert stream held no documents"
+    assert "message 1 of the upsert stream follows the one marked last" in err.value.details()
     with server.client() as c:
-        assert not c.search("zyzzyva", k=1, mode="bm25").hits  # nothing of the refused stream was written
+        assert not c.search("zyzzyva", k=1, mode="bm25").hits  # nothing of the refused streams was written
+
+
+def test_an_upsert_stream_is_written_whole_marked_last_or_not(server):
+    """A cut stream can reach the server as one that ended; the final message marked ``last`` (which may hold no
+    documents) says it is whole, and a stream without the mark is written once the server waited to learn it was
+    not cut. Each is written, the unmarked one a little later."""
+    docs = [pb.Document(id=f"whole-{i}", text="numbat termite mound") for i in range(3)]
+    timings = {}
+    for name, messages in {"marked": [pb.UpsertRequest(documents=docs[:2]), pb.UpsertRequest(documents=docs[2:], last=True)],
+                           "empty last": [pb.UpsertRequest(documents=docs), pb.UpsertRequest(last=True)],
+                           "unmarked": [pb.UpsertRequest(documents=docs[:1]), pb.UpsertRequest(documents=docs[1:])]}.items():
+        started = time.monotonic()
+        assert _stub(server.address).Upsert(iter(messages), timeout=60).upserted == 3, name
+        timings[name] = time.monotonic() - started
+    assert timings["unmarked"] >= REFUSAL_NOTICE_S
+    with server.client() as c:
+        assert {hit.doc_id for hit in c.search("numbat termite", k=5, mode="bm25").hits} >= {d.id for d in docs}
 
 
 def test_stalled_client_streams_cannot_take_every_thread(collection, tmp_path):
@@ -411,8 +435,8 @@ def test_a_cancelled_upsert_stream_is_abandoned_not_internal(server):
         with pytest.raises(grpc.RpcError) as err:
             c.delete(["cancelled-1"])
         assert err.value.code() == grpc.StatusCode.NOT_FOUND  # nothing was written
-    line = server.wait_for_line(lambda line: "rpc=Upsert" in line)
-    assert "status=CANCELLED" in line and "internal error" not in server.log()
+    server.wait_for_line(lambda line: "rpc=Upsert" in line and "status=CANCELLED" in line)
+    assert "internal error" not in server.log()
 
 
 @pytest.mark.parametrize("doc_id, problem", [
@@ -503,9 +527,9 @@ def test_expired_search_batch_stops_promptly_logged_at_info_and_counted(server, 
         while c.stats()["abandoned"] == before:
             assert time.monotonic() < deadline, "the expired batch was never counted as abandoned"
             time.sleep(0.05)
-    line = server.wait_for_line(lambda line: "rpc=SearchBatch" in line)
-    assert " INFO " in line and "status=DEADLINE_EXCEEDED" in line
-    assert float(line.split(" ms=")[1].split()[0]) < 1500  # stopped within a query or two of the deadline
+    line = server.wait_for_line(lambda line: "rpc=SearchBatch" in line and "status=DEADLINE_EXCEEDED" in line)
+    assert " INFO " in line
+    assert float(line.split(" ms=")[1].split()[0]) < 5000  # stopped within a few queries of the deadline, not ~30 s on
 
 
 def test_a_file_damaged_while_serving_is_data_loss_naming_it(collection, queries, tmp_path):

@@ -30,6 +30,8 @@ N_DOCS = 90
 N_SHARDS = 3
 MAX_LENGTH = 96
 SHARD_TIMEOUT = 120.0  # far beyond every deadline the tests set: only a deadline can end their waits
+STALL_DEADLINE = 5.0  # a call's deadline while a shard is stalled: at 2 s, on a busy machine, the healthy shards had
+# not acknowledged an upsert in time either, so the message named all three
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +227,9 @@ def test_writes_wait_on_a_stalled_shard_only_until_the_callers_deadline_and_a_re
     owners = {doc_id: shard_of(doc_id, N_SHARDS) for doc_id in ids}
     assert 1 in owners.values() and len(set(owners.values())) > 1
     texts = [f"axolotl limb blastema regrowth, sample {i}" for i in range(6)]
-    query, deadline = "axolotl limb blastema regrowth", 2.0
+    query, deadline = "axolotl limb blastema regrowth", STALL_DEADLINE
+    client.upsert(ids, texts, timeout=120)  # every shard's first write loads its code: many seconds on a busy machine
+    client.delete(ids, timeout=120)
     with _stalled(server.searcher.shards.actors[1]):
         details = _fails_by_the_deadline(lambda: client.upsert(ids, texts, timeout=deadline), deadline)
         assert "before shard shard-001 acknowledged the upsert" in details and "may still be applied" in details
@@ -253,8 +257,8 @@ def test_a_write_given_up_on_is_never_applied_after_the_write_that_follows_it(se
     doc = next(f"order-{i}" for i in range(100) if shard_of(f"order-{i}", N_SHARDS) == 1)
     old, new = "quokka burrow humidity, old text", "quokka burrow humidity, new text"
     with _stalled(server.searcher.shards.actors[1]):
-        _fails_by_the_deadline(lambda: client.upsert([doc], [old], timeout=2.0), 2.0)
-        details = _fails_by_the_deadline(lambda: client.upsert([doc], [new], timeout=2.0), 2.0)
+        _fails_by_the_deadline(lambda: client.upsert([doc], [old], timeout=STALL_DEADLINE), STALL_DEADLINE)
+        details = _fails_by_the_deadline(lambda: client.upsert([doc], [new], timeout=STALL_DEADLINE), STALL_DEADLINE)
         assert details.startswith("deadline exceeded: shard shard-001 is still applying an earlier write")
         assert "(nothing was sent)" in details
     assert client.upsert([doc], [new], timeout=60) == 1
