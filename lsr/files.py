@@ -265,6 +265,8 @@ def each_problem(items: list, check: Callable[[Any], object], errors: type[Excep
     stop = threading.Event()
 
     def problem(item) -> str | None:
+        if stop.is_set():  # the pool may hand out queued items before the stop cancels them: start none
+            raise _CheckStopped(item)
         _CHECKING.stop = stop
         try:
             check(item)

@@ -75,22 +75,25 @@ def test_a_sharded_ray_build_equals_the_sharded_single_process_build(ray_cluster
     assert read_shard_map(distributed) == read_shard_map(local)
 
 
-def _parts_written(out: Path) -> int:
+def _parts_written(out: Path, in_order: bool = False) -> int:
+    """Parts checkpointed; ``in_order``: only those before the first missing one (Ray may finish a later part
+    first: it is kept "ahead" of them, and a resume starts after the in-order ones)."""
     try:
         state = json.loads((out / BUILD_STATE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return 0
-    return state["shards"] + len(state.get("ahead", {}))
+    return state["shards"] + (0 if in_order else len(state.get("ahead", {})))
 
 
-def _ray_build_signalled(ray_cluster: str, corpus: Path, out: Path, parts: int, signum: int) -> subprocess.Popen:
+def _ray_build_signalled(ray_cluster: str, corpus: Path, out: Path, parts: int, signum: int,
+                         in_order: bool = False) -> subprocess.Popen:
     """`lsr index --engine ray` in a subprocess, sent ``signum`` once ``parts`` parts are checkpointed."""
     cmd = [sys.executable, "-m", "lsr", "index", str(corpus), str(out), "--checkpoint-every", str(EVERY),
            "--max-length", "64", "--threads", "1", "--quiet", "--engine", "ray", "--ray-address", ray_cluster,
            "--workers", "1"]
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while _parts_written(out) < parts and job.poll() is None and time.monotonic() < deadline:
+    while _parts_written(out, in_order) < parts and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert job.poll() is None, f"the job ended before it could be signalled: {job.communicate()}"
     job.send_signal(signum)
@@ -99,10 +102,11 @@ def _ray_build_signalled(ray_cluster: str, corpus: Path, out: Path, parts: int, 
 
 def test_a_killed_ray_job_resumes_only_its_unfinished_parts(ray_cluster, corpus, reference, tmp_path):
     out = tmp_path / "col"
-    job = _ray_build_signalled(ray_cluster, corpus, out, 2, signal.SIGKILL)
+    # at 2 parts of 5, a poll a second late found the job done: the last parts land within a second of each other
+    job = _ray_build_signalled(ray_cluster, corpus, out, 1, signal.SIGKILL, in_order=True)
     job.communicate(timeout=60)
     written = _parts_written(out)
-    assert 2 <= written < N_DOCS // EVERY and not (out / META_FILE).exists()
+    assert 1 <= written < N_DOCS // EVERY and not (out / META_FILE).exists()
     state = json.loads((out / BUILD_STATE).read_text())
     locally = shutil.copytree(out, tmp_path / "resumed-locally")
     summary = build_in_process(corpus, out, options(), resume=True, ray=RayOptions(workers=2))

@@ -216,7 +216,8 @@ def test_kill_9_while_the_model_folder_is_written_leaves_nothing_loadable_and_re
         killed = proc.wait() == -signal.SIGKILL
         if killed and not (out / "config.json").exists():
             break
-        assert not (out / STAGING).exists()  # the kill came after the write: config.json went in last
+        # the kill came after the write: config.json went in last (the emptied staging folder may still be there)
+        assert not (out / STAGING).exists() or not any((out / STAGING).iterdir())
     else:
         pytest.fail("each run had written its folder before it could be killed")
     with pytest.raises((ModelNotFoundError, ValueError, OSError)):
@@ -251,9 +252,11 @@ def test_a_stop_during_the_closing_eval_prints_the_resume_command_and_the_resume
             time.sleep(0.001)
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=300)[1]
-        if proc.returncode == 128 + signal.SIGTERM:
+        if proc.returncode == 128 + signal.SIGTERM and not (out / "lsr_train.json").exists():
             break
-        assert proc.returncode == 0, err  # it had finished before the signal came
+        # it had finished before the signal came, or the signal came once its summary was written (no resume then)
+        assert proc.returncode in (0, 128 + signal.SIGTERM, -signal.SIGTERM), err
+        assert (out / "lsr_train.json").exists() and not (out / "checkpoint.pt").exists() and "--resume" not in err
     else:
         pytest.fail("each run had finished before it could be stopped in its closing eval")
     last = err.strip().splitlines()[-1]

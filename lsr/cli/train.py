@@ -340,6 +340,7 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
     from lsr.train.checkpoint import CHECKPOINT_FILE
     from lsr.eval.metrics import RANDOMIZATION_TEST, randomization_p
     from lsr.train.evaluate import quality_scorer
+    from lsr.cli.upsert import uninterrupted
     from lsr.files import write_json_atomic
     from lsr.train.export import save_model_folder
     from lsr.train.loop import idf_queries, train
@@ -370,6 +371,7 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
         print(f"interrupted ({signal.Signals(result.signal).name}) at step {result.steps} of {result.total_steps}; "
               f"checkpoint in {out / CHECKPOINT_FILE}. Continue with: {resume_command(args._argv)}", file=sys.stderr)
         return 128 + result.signal
+    finished = False  # set once the summary is written: the run is whole, and a stop after it resumes nothing
     try:  # the training is done and checkpointed: a stop from here on resumes to export and score
         save_model_folder(model, out)
         evals = []
@@ -386,15 +388,19 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
                    "last_step": result.history[-1] if result.history else None,
                    "skipped_steps": int(sum(row["skipped"] for row in result.history)),  # fp16 overflows, this run's
                    "eval": evals, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), **encoding}
-        write_json_atomic(out / "lsr_train.json", summary)
-        if result.stopped != "time limit":  # finished, or the guard ended it: nothing to resume now that the summary is
-            (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # written (a Ctrl-C in --eval left no way to get it)
+        with uninterrupted():  # a stop here said "Continue with: --resume" of a run whose checkpoint it removed
+            write_json_atomic(out / "lsr_train.json", summary)
+            if result.stopped != "time limit":  # finished, or the guard ended it: nothing to resume now that the
+                (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # summary is written (a Ctrl-C in --eval left no way)
+            finished = True
         print(_summary_text(summary, out))
         if result.stopped == "time limit":
             print(f"{out / CHECKPOINT_FILE} is kept (delete it if done); to train on from step {result.steps}: "
                   f"{resume_command(args._argv)}")
         return 0
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (main's Terminated)
+        if finished:  # the model and its summary are written: main says "interrupted", with nothing to resume
+            raise
         stopped_by = signal.SIGINT if type(stop) is KeyboardInterrupt else signal.SIGTERM
         print(f"interrupted ({stopped_by.name}) after step {result.steps} of {result.total_steps}, while writing the "
               f"model and its scores; the training is in {out / CHECKPOINT_FILE}. Continue with: "
