@@ -661,6 +661,9 @@ def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> t
             ids.append(doc.id)
             texts.append(doc.text)
     if not whole and _cancelled_within(call.context, REFUSAL_NOTICE_S):
+        if call.deadline is not None and time.monotonic() >= call.deadline:  # what ended it while the server waited
+            raise DeadlinePassed("deadline exceeded while the server waited to learn whether the upsert stream, with "
+                                 "no message marked last, was whole")
         raise Abandoned(_ENDED_EARLY)
     if not ids:
         raise ValueError("the upsert stream held no documents")

@@ -330,8 +330,14 @@ def test_an_upsert_stream_is_written_whole_marked_last_or_not(server):
         assert _stub(server.address).Upsert(iter(messages), timeout=60).upserted == 3, name
         timings[name] = time.monotonic() - started
     assert timings["unmarked"] >= REFUSAL_NOTICE_S
+    with pytest.raises(grpc.RpcError) as err:  # unmarked, with less time than the wait: nothing written
+        _stub(server.address).Upsert(iter([pb.UpsertRequest(documents=[pb.Document(id="hasty", text="numbat")])]),
+                                     timeout=REFUSAL_NOTICE_S * 0.8)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # not CANCELLED: the log names what ended it
+    server.wait_for_line(lambda line: "rpc=Upsert" in line and "status=DEADLINE_EXCEEDED" in line)
     with server.client() as c:
         assert {hit.doc_id for hit in c.search("numbat termite", k=5, mode="bm25").hits} >= {d.id for d in docs}
+        assert "hasty" not in {hit.doc_id for hit in c.search("numbat", k=10, mode="bm25").hits}
 
 
 def test_stalled_client_streams_cannot_take_every_thread(collection, tmp_path):
