@@ -539,6 +539,7 @@ def test_fp16_scales_the_loss_skips_overflowing_steps_and_resumes_with_its_scale
     auto`` picks fp16 on a GPU without bf16. The scale starts at 2^16, where a step's gradient can overflow: such a
     step is skipped (the weights stay), the scale halves, and the run goes on where it raised "not finite"."""
     from lsr.train.checkpoint import read_checkpoint
+    from lsr.train.loop import lr_factor
 
     torch.set_num_threads(2)
     model = TrainableSplade.load("splade-tiny", device="cpu", dtype="fp16", max_length=64, query_max_length=16)
@@ -546,6 +547,7 @@ def test_fp16_scales_the_loss_skips_overflowing_steps_and_resumes_with_its_scale
     out = tmp_path / "out"
     result = train(model, examples, out, config, progress=False, checkpoint_every=1, max_minutes=1e-9)
     assert (result.steps, result.stopped) == (1, "time limit")
+    rows = list(result.history)
     scale = read_checkpoint(out)["loss_scale"]
     assert scale["scale"] in (2.0 ** 16, 2.0 ** 15) and scale["scale"] == 2.0 ** (16 - result.history[0]["skipped"])
     resumed = TrainableSplade.load("splade-tiny", device="cpu", dtype="fp16", max_length=64, query_max_length=16)
@@ -554,6 +556,14 @@ def test_fp16_scales_the_loss_skips_overflowing_steps_and_resumes_with_its_scale
     skipped = sum(row["skipped"] for row in result.history)
     assert read_checkpoint(out)["loss_scale"]["scale"] == scale["scale"] / 2 ** skipped  # resumed from the saved scale
     assert skipped < 3  # the other steps trained: the weights moved
+    # A skipped step does not advance the learning-rate schedule (as in sentence-transformers' trainer), across the
+    # resume too: it advanced, so the run decayed past steps it never applied.
+    rows += result.history
+    assert sum(row["skipped"] for row in rows) >= 1  # 2^16 overflows this model's first steps
+    skipped_before = 0
+    for row in rows:
+        assert row["lr"] == pytest.approx(config.lr * lr_factor(row["step"] - 1 - skipped_before, 4, config.warmup))
+        skipped_before += int(row["skipped"])
     start = TrainableSplade.load("splade-tiny", device="cpu", dtype="fp32", max_length=64, query_max_length=16)
     assert any(not torch.equal(a, b) for a, b in zip(start.parameters, resumed.parameters))
 

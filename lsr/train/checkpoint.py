@@ -29,8 +29,10 @@ def leftovers(out: Path) -> list[Path]:
 
 def save_checkpoint(out: Path, parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                     step: int, run: dict[str, Any], seconds: float, guard: dict[str, Any],
-                    first: dict[str, float] | None = None, loss_scale: dict[str, Any] | None = None) -> None:
-    """``loss_scale``: fp16's GradScaler state (an empty dict when off), so a resumed run scales as it did."""
+                    first: dict[str, float] | None = None, loss_scale: dict[str, Any] | None = None,
+                    skipped: int = 0) -> None:
+    """``loss_scale``: fp16's GradScaler state (an empty dict when off), so a resumed run scales as it did;
+    ``skipped``: the steps fp16's overflow skipped so far, which the learning-rate schedule does not count."""
     state = {
         "guard": guard,  # the best weights so far and the stop rules' counters
         "step": step,
@@ -40,6 +42,7 @@ def save_checkpoint(out: Path, parameters: list[torch.nn.Parameter], optimizer: 
         "parameters": [p.detach().cpu().clone() for p in parameters],
         "optimizer": optimizer.state_dict(),
         "loss_scale": loss_scale or {},
+        "skipped_steps": skipped,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }

@@ -39,7 +39,7 @@ class TrainResult:
     seconds: float
     stopped: str  # "finished", "time limit", "interrupted" (Ctrl-C or SIGTERM), or the guard's "collapsed" / "no gain"
     history: list[dict[str, float]] = field(default_factory=list)  # per step of this run: step, loss, flops, nnz_q, nnz_d,
-    # skipped (1.0 where fp16's scaled gradient overflowed)
+    # skipped (1.0 where fp16's scaled gradient overflowed), lr
     dev_scores: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out score), when validating
     kept: str | None = None  # set when the returned weights are an earlier step's: which, and why
     signal: int | None = None  # what interrupted the run: SIGINT or SIGTERM
@@ -299,7 +299,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     guard = Guard(model.parameters, None if validate is None else _in_eval_mode(model, validate), config.dev_every,
                   config.patience, config.collapse_fraction)
     starting = [p.detach().clone() for p in model.parameters] if config.blend < 1 else None  # before a resume restores
-    start, seconds, checkpointed, first = 0, 0.0, None, None
+    start, seconds, checkpointed, first, skipped = 0, 0.0, None, None, 0
     if resume:
         state = read_checkpoint(out)
         if state is None:
@@ -312,6 +312,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             restore_checkpoint(state, model.parameters, optimizer, scaler)
             guard.load(state["guard"])
             start, seconds, first = int(state["step"]), float(state["seconds"]), state.get("first")
+            skipped = int(state.get("skipped_steps", 0))  # none in a checkpoint from before they were kept
             checkpointed = start
             if not 0 <= start <= total:
                 raise ValueError(f"step {start} is outside 0..{total}")
@@ -331,12 +332,12 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
         while step < total and halt is None:
             clock = time.perf_counter()
             try:
-                stats = _step(model, optimizer, scaler, batches.micro_batches(step), config, step, total, flops_warm,
-                              doc_term_weights, relevant, config.score_scale)
+                stats = _step(model, optimizer, scaler, batches.micro_batches(step), config, step, step - skipped,
+                              total, flops_warm, doc_term_weights, relevant, config.score_scale)
             except NonFiniteLoss as error:
                 raise _after_non_finite(error, out, checkpointed) from None
             seconds += time.perf_counter() - clock
-            step += 1
+            step, skipped = step + 1, skipped + int(stats["skipped"])
             history.append({"step": step, **stats})  # after a resume the first is not step 1
             first = first or history[0]
             if on_step is not None:
@@ -349,7 +350,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             # the last step too: a kill while OUT's model folder is written then loses no training (--resume exports)
             if step % checkpoint_every == 0 or step == total or interrupt.requested or out_of_time or halt:
                 save_checkpoint(out, model.parameters, optimizer, step, run, seconds, guard.state(), first,
-                                scaler.state_dict())
+                                scaler.state_dict(), skipped)
                 checkpointed = step
             if interrupt.requested or out_of_time or halt:
                 stopped = "interrupted" if interrupt.requested else "time limit" if out_of_time else halt.split(":")[0]
@@ -430,9 +431,12 @@ def loss_scaler(model: TrainableSplade) -> torch.amp.GradScaler:
 
 
 def _step(model: TrainableSplade, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, micro_batches,
-          config: TrainConfig, step: int, total: int, flops_warm: int, doc_term_weights: torch.Tensor | None,
-          relevant: dict[str, frozenset[str]], scale: float | None) -> dict[str, float]:
-    """One optimiser step; its stats carry ``skipped`` 1.0 where fp16's scaled gradient overflowed."""
+          config: TrainConfig, step: int, scheduled: int, total: int, flops_warm: int,
+          doc_term_weights: torch.Tensor | None, relevant: dict[str, frozenset[str]],
+          scale: float | None) -> dict[str, float]:
+    """One optimiser step; its stats carry ``skipped`` 1.0 where fp16's scaled gradient overflowed, and ``lr``.
+    The learning rate follows ``scheduled``, the steps applied so far: a step fp16 skipped does not advance the
+    schedule (sentence-transformers' trainer steps its scheduler only after an optimiser step that was run)."""
     flops_scale = quadratic_warmup(1.0, step, flops_warm)
     totals: dict[str, float] = {}
     for batch in micro_batches:
@@ -446,9 +450,10 @@ def _step(model: TrainableSplade, optimizer: torch.optim.Optimizer, scaler: torc
     if not math.isfinite(totals["loss"]) or overflowed and not scaler.is_enabled():  # every weight NaN
         raise NonFiniteLoss(f"step {step + 1}: the loss or its gradient is not finite (loss {totals['loss']}), so the "
                             "step was not applied")
+    lr = config.lr * lr_factor(scheduled, total, config.warmup)
     for group in optimizer.param_groups:
-        group["lr"] = config.lr * lr_factor(step, total, config.warmup)
+        group["lr"] = lr
     scaler.step(optimizer)  # skips the update where the unscaled gradient holds an inf or a NaN
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return {**totals, "skipped": float(overflowed)}
+    return {**totals, "skipped": float(overflowed), "lr": lr}
