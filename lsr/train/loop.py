@@ -44,6 +44,7 @@ class TrainResult:
     kept: str | None = None  # set when the returned weights are an earlier step's: which, and why
     signal: int | None = None  # what interrupted the run: SIGINT or SIGTERM
     first_step: dict[str, float] | None = None  # the run's first step, before any resume: step, loss, ...
+    skipped_steps: int = 0  # the steps fp16's overflow skipped, before any resume too
 
 
 def fingerprint(config: TrainConfig, examples: list[Example], validation: str | None = None,
@@ -363,7 +364,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     if starting is not None and stopped != "interrupted":
         blend_weights(model.parameters, starting, config.blend)
     model.train(False)
-    return TrainResult(step, total, seconds, stopped, history, guard.scores, kept, interrupt.requested, first)
+    return TrainResult(step, total, seconds, stopped, history, guard.scores, kept, interrupt.requested, first, skipped)
 
 
 def _show_step(bar: Any, stats: dict[str, float], scores: list[tuple[int, float]], deadline: float | None) -> None:
