@@ -184,9 +184,12 @@ class _Call:
         self.context = context
         self.serving: Serving | None = None
 
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
     def check(self, stage: str) -> None:
         """Raise if the caller is gone or its deadline passed; called between stages."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:  # first: an expired call is inactive too
+        if self.expired():  # first: an expired call is inactive too
             raise DeadlinePassed(f"deadline exceeded before {stage}")
         if not self.context.is_active():
             raise Abandoned(f"the caller cancelled before {stage}")
@@ -233,7 +236,7 @@ def _rpc(method):
                 # and its log line written.
                 self._count("abandoned")
             context.abort(code, message)
-        if name in ("Upsert", "Delete") and call.deadline is not None and time.monotonic() >= call.deadline:
+        if name in ("Upsert", "Delete") and call.expired():
             call.fields["past_deadline"] = True  # applied; its caller may be told DEADLINE_EXCEEDED (a retry is safe)
             self._count("writes_past_deadline")
         log.info("rpc=%s request_id=%s status=OK ms=%.2f %s", name, call.request_id, call.elapsed_ms(), _format(call.fields))
@@ -661,10 +664,8 @@ def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> t
             ids.append(doc.id)
             texts.append(doc.text)
     if not whole and _cancelled_within(call.context, REFUSAL_NOTICE_S):
-        if call.deadline is not None and time.monotonic() >= call.deadline:  # what ended it while the server waited
-            raise DeadlinePassed("deadline exceeded while the server waited to learn whether the upsert stream, with "
-                                 "no message marked last, was whole")
-        raise Abandoned(_ENDED_EARLY)
+        raise _cut_short(call, "while the server waited to learn whether the upsert stream, with no message marked "
+                               "last, was whole")
     if not ids:
         raise ValueError("the upsert stream held no documents")
     return ids, texts
@@ -693,9 +694,12 @@ def _stream(messages, call: _Call) -> Iterator:
         except StopIteration:
             return
         except grpc.RpcError:
-            if call.deadline is not None and time.monotonic() >= call.deadline:
-                raise DeadlinePassed("deadline exceeded before reading the upsert stream") from None
-            raise Abandoned(_ENDED_EARLY) from None
+            raise _cut_short(call, "before reading the upsert stream") from None
+
+
+def _cut_short(call: _Call, when: str) -> Exception:
+    """What ended an upsert stream early: its deadline, or else its caller (a cancel, or a refused message)."""
+    return DeadlinePassed(f"deadline exceeded {when}") if call.expired() else Abandoned(_ENDED_EARLY)
 
 
 def _query_of(request: pb.SearchRequest):
