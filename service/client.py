@@ -21,7 +21,7 @@ from lsr.search.searcher import HybridOptions, PrfOptions, SearchResult, query_l
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.convert import NO_RETRY, options_to_proto, request_to_proto, result_from_proto
-from lsr.sparse import id_list
+from lsr.sparse import id_list, is_real
 
 _MiB = 1024 * 1024
 DEFAULT_PORT = 50051  # what `lsr serve` listens on unless told otherwise
@@ -93,6 +93,8 @@ def _utf8_len(text: str) -> int:
 
 
 def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not is_real(timeout):  # "5" failed deep in a comparison with an int
+        raise TypeError(f"the timeout must be a number of seconds or None, got {timeout!r}")
     if timeout is not None and not 0 < timeout < math.inf:  # 0 failed every call at once as DEADLINE_EXCEEDED
         raise ValueError(f"the timeout must be a positive number of seconds, got {timeout} (the Python client takes "
                          "None for no deadline)")
@@ -103,6 +105,8 @@ def endpoint_address(endpoint: str) -> str:
 
     Targets with a scheme (``dns:///``, ``unix:``) and bracketed IPv6 with a port pass unchanged.
     """
+    if not isinstance(endpoint, str):  # None failed as "'NoneType' object has no attribute 'strip'"
+        raise TypeError(f"the endpoint must be a str HOST[:PORT], e.g. \"localhost:50051\"; got {endpoint!r}")
     endpoint = endpoint.strip()
     if not endpoint:
         raise ValueError("the endpoint is empty; give HOST:PORT, e.g. localhost:50051")

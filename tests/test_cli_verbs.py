@@ -194,6 +194,13 @@ def test_the_python_api_searches_as_pyserini_does_and_its_batch_search_equals_th
         written = lsr.search_topics(searcher, QUERIES.items(), tmp_path / "api.trec", k=3, progress=False)
         assert written.hits == 9 and (tmp_path / "api.trec").read_text() == run_file.read_text().replace("lsr-sparse",
                                                                                                          "lsr")
+        with pytest.raises(ValueError, match="threads must be ≥ 1, got -3"):  # it ran on one thread
+            lsr.search_topics(searcher, QUERIES.items(), tmp_path / "bad.trec", threads=-3, progress=False)
+        with pytest.raises(TypeError, match="output must be a file path, or \"-\" for standard output; got NoneType"):
+            lsr.search_topics(searcher, QUERIES.items(), None, progress=False)
+        with pytest.raises(ValueError, match="lies inside the collection .*; write the run outside it"):  # as the CLI
+            lsr.search_topics(searcher, QUERIES.items(), collections["direct"] / "run.trec", progress=False)
+        assert not (tmp_path / "bad.trec").exists() and not (collections["direct"] / "run.trec").exists()
     assert repr(searcher).endswith(", closed)")
 
 

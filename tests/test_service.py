@@ -137,7 +137,8 @@ def test_results_identical_to_in_process_search(client, searcher, queries, mode,
         assert remote.hits, text
         assert _hits(remote) == _hits(local)
         assert remote.truncated == local.truncated
-        assert remote.timings["total"] > 0 and (remote.timings["encode"] > 0) == (mode != "bm25")
+        assert remote.timings["total"] > 0 and ("encode" in remote.timings) == (mode != "bm25")
+        assert set(remote.timings) - {"queue"} <= set(local.timings) | {"total"}  # only the stages that ran
     assert client.last_index_version == searcher.index_version
 
 
@@ -372,6 +373,10 @@ def test_a_bare_host_means_the_default_port_50051():
     for timeout in (0, -1, float("nan"), float("inf")):  # 0 failed every call at once as DEADLINE_EXCEEDED
         with pytest.raises(ValueError, match="the timeout must be a positive number of seconds"):
             Client("localhost", timeout=timeout)
+    with pytest.raises(TypeError, match="the timeout must be a number of seconds or None, got '5'"):
+        Client("localhost", timeout="5")  # failed deep in a comparison of an int with a str
+    with pytest.raises(TypeError, match="the endpoint must be a str HOST\\[:PORT\\]"):
+        Client(None)  # "'NoneType' object has no attribute 'strip'"
     with socket.socket() as probe:  # through the CLI too, when nothing real listens on 50051 here
         if probe.connect_ex(("127.0.0.1", 50051)) == 0:
             return
@@ -435,6 +440,11 @@ def test_bound_factor_searches_the_splade_list_approximately_in_process_and_over
         searcher.search(queries[0], bound_factor=0.9)
     with pytest.raises(ValueError, match="bound_factor must be a number >= 1"):
         client.search(queries[0], bound_factor=float("nan"))
+    with pytest.raises(ValueError, match="bound_factor approximates the SPLADE list, and mode dense has none"):
+        searcher.search(queries[0], mode="dense", bound_factor=3.0)
+    with pytest.raises(ValueError, match="hybrid options set how hybrid fusion joins lists, and mode sparse runs one"):
+        searcher.search_batch(queries[:2], mode="sparse", hybrid=HybridOptions("rrf"))
+    assert searcher.search(queries[0], mode="sparse", hybrid=HybridOptions("rrf"), prf=True).hits  # PRF fuses by them
 
 
 def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
@@ -460,6 +470,11 @@ def _bad_requests() -> list[tuple[str, pb.SearchRequest, grpc.StatusCode, str]]:
         ("sparse weight overflowing scores", pb.SearchRequest(sparse={"cancer": 3e38, "cell": 1.0}), bad, "between 1e-30 and 1e+30"),
         ("sparse weights underflowing scores", pb.SearchRequest(sparse={"cancer": 1e-44}), bad, "between 1e-30 and 1e+30"),
         ("sparse vector in hybrid mode", pb.SearchRequest(sparse={"cancer": 1.0}, mode=pb.HYBRID), bad, "sparse mode only"),
+        # options the mode gives nothing to do were taken, and the hits were those without them (the CLI refused them)
+        ("hybrid options in sparse mode", pb.SearchRequest(text="cancer", mode=pb.SPARSE, hybrid=pb.HybridOptions(
+            normalization=pb.HybridOptions.RRF)), bad, "hybrid options set how hybrid fusion joins lists, and mode sparse"),
+        ("bound factor in bm25 mode", pb.SearchRequest(text="cancer", mode=pb.BM25, bound_factor=3.0), bad,
+         "bound_factor approximates the SPLADE list, and mode bm25 has none"),
         ("NUL-only text", pb.SearchRequest(text="\x00\x00"), bad, "empty"),
         ("soft hyphens and a direction mark only", pb.SearchRequest(text="\xad\u200e\xad"), bad, "empty"),
         ("dense overflowing scores", pb.SearchRequest(dense=[3e38] * 384, mode=pb.DENSE), bad, "between 1e-30 and 1e+30"),

@@ -40,15 +40,13 @@ def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -
     """``--mode``, with auto resolved against the modes a collection serves (``served()``, asked only for auto); a
     fusion flag that would be ignored (a weight outside hybrid, a fusion setting outside hybrid without PRF, an RRF
     constant without RRF) is refused."""
-    from lsr.search.searcher import resolve_mode
+    from lsr.search.searcher import check_idle_options, resolve_mode
 
     from lsr.sparse import check_bound_factor
 
     check_bound_factor(args.bound_factor, "--bound-factor")  # before any model loads
     mode = resolve_mode(args.mode, served)
-    if args.bound_factor != 1.0 and mode in ("dense", "bm25"):  # it was taken and did nothing
-        raise ValueError(f"--bound-factor approximates the SPLADE list, and --mode {mode} has none; use --mode sparse, "
-                         "hybrid or auto")
+    check_idle_options(mode, None, None, args.bound_factor, flag=lambda name: "--" + name.replace("_", "-"))
     if getattr(args, "explain", False) and mode in ("dense", "bm25"):  # its explanations came back empty, unsaid
         raise ValueError(f"--explain lists the SPLADE terms each hit shares with the query, and --mode {mode} has "
                          "none; use --mode sparse, hybrid or auto")

@@ -157,11 +157,11 @@ def _fusion_text(options: dict) -> str:
 def _check_output_apart(output: Path, topics: Path, collection: Path) -> None:
     """The run may not replace its topics file or a file of the collection: both were overwritten without a word (a
     run in place of lsr.json left a collection that no longer opened)."""
-    where = output.resolve()
-    if where == topics.resolve():
+    from lsr.search.batch import check_outside
+
+    if output.resolve() == topics.resolve():
         raise ValueError(f"--output {output} is the --topics file; write the run to another file")
-    if where.is_relative_to(collection.resolve()):
-        raise ValueError(f"--output {output} lies inside the collection {collection}; write the run outside it")
+    check_outside(output, collection, "--output")
 
 def _check_query(text: str, what: str) -> None:
     """What a search would refuse in ``text``, named as the user gave it (``what``), before it is searched."""

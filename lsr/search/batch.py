@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from lsr.encode.checks import check_whole
 from lsr.eval.runs import write_trec_run
 from lsr.files import write_output
 from lsr.ingest.progress import progress_bar
@@ -54,13 +56,18 @@ def search_topics(searcher: Searcher, topics: Iterable[tuple[str, str]], output:
     output when ``output`` is ``-``."""
     if any(c.isspace() for c in tag) or not tag:
         raise ValueError(f"the run tag must be one word, got {tag!r}")
+    if not isinstance(output, (str, os.PathLike)):
+        raise TypeError(f"output must be a file path, or \"-\" for standard output; got {type(output).__name__}")
+    if str(output) != "-":
+        check_outside(Path(output), searcher.path)
+    check_whole(threads, "threads", 1)  # -3 ran on one thread, where batch_search refused it
     topics = topic_list(topics)
     written = WrittenRun()
 
     def write(fh) -> None:
         text = io.TextIOWrapper(fh, encoding="utf-8", newline="\n")
         with progress_bar("search", len(topics), enabled=progress, unit="query") as bar:
-            for chunk, results in searcher.search_chunks(topics, k, max(1, threads), mode=mode, hybrid=hybrid, prf=prf,
+            for chunk, results in searcher.search_chunks(topics, k, threads, mode=mode, hybrid=hybrid, prf=prf,
                                                          bound_factor=bound_factor):
                 for (qid, _), result in zip(chunk, results):
                     write_trec_run(text, qid, [(h.doc_id, h.score) for h in result.hits], tag)
@@ -79,6 +86,13 @@ def search_topics(searcher: Searcher, topics: Iterable[tuple[str, str]], output:
     else:
         write_output(Path(output), write)
     return written
+
+
+def check_outside(output: Path, collection: Path, name: str = "output") -> None:
+    """A run may not be written into the collection it searched: a run in place of lsr.json left a collection that
+    no longer opened, and any other file there is one ``lsr verify`` does not know."""
+    if output.resolve().is_relative_to(collection.resolve()):
+        raise ValueError(f"{name} {output} lies inside the collection {collection}; write the run outside it")
 
 
 def _gzipped(fh, write) -> None:

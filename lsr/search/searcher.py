@@ -210,6 +210,19 @@ def check_switches(explain: Any, include_text: Any, deadline: Any) -> None:
         raise TypeError(f"deadline must be a time.monotonic() instant in seconds, or None; got {deadline!r}")
 
 
+def check_idle_options(mode: str, hybrid: HybridOptions | None, prf: Any, bound_factor: float, *,
+                       flag: Callable[[str], str] = str) -> None:
+    """Refuse an option that ``mode`` (resolved: auto is hybrid or sparse by now) gives nothing to do: each was
+    taken, and the hits were those without it. ``flag`` names an option as the caller knows it (the CLI's --flags).
+    (``explain`` is no such option here: a dense or BM25 hit's empty explanation says what there is to say.)"""
+    if hybrid is not None and mode != "hybrid" and prf in (None, False):  # PRF's second run is fused by them
+        raise ValueError(f"hybrid options set how hybrid fusion joins lists, and mode {mode} runs one list; use mode "
+                         "hybrid (or PRF, whose second run they shape), or leave hybrid out")
+    if bound_factor != 1.0 and mode in ("dense", "bm25"):
+        raise ValueError(f"{flag('bound_factor')} approximates the SPLADE list, and {flag('mode')} {mode} has none; "
+                         f"use {flag('mode')} sparse, hybrid or auto")
+
+
 def resolve_mode(mode: str, served: Callable[[], Sequence[str]]) -> str:
     """``mode``, with auto resolved against the modes a collection serves (``served()``, asked only for auto)."""
     if mode != AUTO:
@@ -742,6 +755,7 @@ class Searcher:
             raise ValueError(f"give only one of text, sparse or dense (got {', '.join(given)}); dense may join text only in hybrid mode")
         if sparse is not None and mode != "sparse":
             raise ValueError(f"a sparse vector query runs in sparse mode only, not {mode}")
+        check_idle_options(mode, hybrid, prf, bound_factor)
         hybrid = self.hybrid_or_default(hybrid)
         legs = legs_of(mode, hybrid)
         if "bm25" in legs and text is None:
