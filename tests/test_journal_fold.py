@@ -253,6 +253,48 @@ def test_kill_9_at_any_step_of_a_fold_leaves_a_whole_collection(written, encoder
     assert not scan(path / JOURNAL_FILE).records and not verify_collection(path).problems
 
 
+def test_a_first_fold_killed_before_its_manifest_leaves_parts_the_next_open_removes(written, encoders, pool, tmp_path,
+                                                                                     small_folds):
+    """No manifest yet, and the journal holds every record from seq 1: the part is a fold's leftover, not writes."""
+    path = tmp_path / "col"
+    _history(written, path, pool)
+    expected = _answers(path, encoders)
+    done = subprocess.run([sys.executable, "-c", _DYING_FOLD, str(path), "part"], timeout=120)
+    assert done.returncode == -9 and _files(path) and MANIFEST not in _files(path)
+    _assert_same(_answers(path, encoders), expected)
+    assert not _files(path) and not verify_collection(path).problems
+
+
+@pytest.mark.parametrize("later", [0, 1])
+def test_a_lost_manifest_is_named_and_its_parts_are_kept(written, encoders, pool, tmp_path, small_folds, capsys, later):
+    """Its journal cut by the fold, a collection whose written/manifest.json went missing: every open deleted the
+    parts (the only copy of the writes before the journal's first record) and then blamed a truncated journal, whose
+    `lsr repair --salvage` made the loss final. Now the open, verify and repair name the manifest and keep the parts;
+    the manifest put back, nothing is lost."""
+    path = tmp_path / "col"
+    _history(written, path, pool)
+    _last_write(path, pool, folding=True)
+    if later:  # records after the fold: the journal reads whole, from a seq past 1
+        _write_history(Collection.open(path), pool, rounds=later, start=30)
+    expected, kept = _answers(path, encoders), _files(path)
+    manifest = path / WRITTEN_DIR / MANIFEST
+    saved = manifest.read_bytes()
+    manifest.unlink()
+    lost = f"{manifest} is missing, yet {path / WRITTEN_DIR} holds 1 part file"
+    with pytest.raises(CorruptFileError, match=lost):
+        Collection.open(path)
+    problems = verify_collection(path).problems
+    assert len(problems) == 1 and lost in problems[0], problems  # not also "journal.log ends at record ..."
+    for salvage in ([], ["--salvage"]):
+        capsys.readouterr()
+        assert main(["repair", str(path), *salvage]) == 2
+        assert lost in capsys.readouterr().err
+    assert _files(path) == kept - {MANIFEST} and (path / JOURNAL_FILE).is_file()
+    manifest.write_bytes(saved)
+    _assert_same(_answers(path, encoders), expected)
+    assert not verify_collection(path).problems
+
+
 def test_background_folds_beside_writes_lose_nothing_a_reader_sees(written, encoders, pool, tmp_path, monkeypatch,
                                                                    small_folds):
     """A save (and so a fold check) after every write, in the background while the next writes go on; a reader
@@ -346,7 +388,9 @@ def test_a_damaged_part_is_named_by_open_verify_and_repair(written, pool, tmp_pa
     capsys.readouterr()
     assert main(["repair", str(path)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # it named the file, and no next step
-    assert part.name in last and "restore the file from a backup, or re-index" in last, last
+    assert part.name in last and "restore it from a backup, or re-index with `lsr index --overwrite`" in last, last
+    problems = verify_collection(path).problems  # the part's problem alone: the journal is whole
+    assert len(problems) == 1 and part.name in problems[0], problems
 
 
 def test_a_version_pinned_before_a_fold_reads_its_texts_after_its_parts_are_merged_away(written, encoders, pool,

@@ -167,7 +167,8 @@ class Collection:
             sparse.verify()
             dense = DenseIndex.open(path / "dense") if meta.get("dense_model") else None
         except (CorruptFileError, FileNotFoundError) as exc:  # built from the build's files and the journal
-            raise CorruptFileError(f"{exc}; `lsr repair {path}` rebuilds the sparse and dense indexes") from None
+            rebuilt = "the sparse and dense indexes" if meta.get("dense_model") else "the sparse index"
+            raise CorruptFileError(f"{exc}; `lsr repair {path}` rebuilds {rebuilt}") from None
         applied = max(sparse.journal_seq, dense.journal_seq if dense is not None else 0)
         records = recover(path / JOURNAL_FILE, applied, parts.upto)
         behind = min(sparse.journal_seq, dense.journal_seq if dense is not None else sparse.journal_seq) < parts.upto

@@ -50,12 +50,7 @@ def _rebuild(path: Path, meta: dict, salvage: bool, progress: bool, bm25_legs: d
     if damaged:
         raise CorruptFileError(f"{damaged[0]}: a source file is damaged, so the indexes cannot be rebuilt; "
                                "restore it from a backup or re-index with `lsr index --overwrite`")
-    try:
-        parts = WrittenParts.open(path)
-    except CorruptFileError as exc:  # it was the whole message: no next step
-        raise CorruptFileError(f"{exc}: the written parts hold the documents upserted since the build, so the indexes "
-                               "cannot be rebuilt without them; restore the file from a backup, or re-index with "
-                               "`lsr index --overwrite` and upsert those documents again") from None
+    parts = WrittenParts.open(path)  # a damaged or lost part or manifest: its error says what to restore
     parts.remove_unnamed()
     applied, every_store = _applied_seq(path, meta)
     salvaged = salvage_journal(path / JOURNAL_FILE, applied, parts.upto) if salvage else None

@@ -98,6 +98,8 @@ def _verify(path: Path) -> Report:
     except (CorruptFileError, OSError) as exc:
         report.problems.append(str(exc))
     folded = parts.upto if parts is not None else 0
+    compared = parts is not None  # with the parts unreadable, where the journal should start is unknown: a "journal
+    # truncated" problem, with `--salvage` for its fix, was then reported beside the parts' own
     try:
         journal = scan(path / JOURNAL_FILE)
     except CorruptFileError as exc:
@@ -107,13 +109,13 @@ def _verify(path: Path) -> Report:
     last = max(journal.records[-1].seq if journal.records else 0, folded)
     applied = max(seqs.values(), default=0)
     if journal.problem is not None:
-        if last < applied or len(seqs) < 1 + bool(meta.get("dense_model")):
+        if compared and last < applied or len(seqs) < 1 + bool(meta.get("dense_model")):
             report.problems.append(f"{path / JOURNAL_FILE}: {journal.problem} (corrupted; `lsr repair --salvage` "
                                    "keeps the whole records around the damage)")
         else:
             report.notes.append(f"{path / JOURNAL_FILE}: {journal.problem}: a write cut off by a crash, never "
                                 "acknowledged; the next open drops it")
-    elif last < applied:
+    elif compared and last < applied:
         report.problems.append(f"{path / JOURNAL_FILE} ends at record {last}, but the stores hold record {applied} "
                                "(truncated or replaced: restore it from a backup, or `lsr repair --salvage` loses the "
                                "writes after it)")

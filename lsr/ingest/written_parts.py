@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from lsr.files import (CorruptFileError, atomic_write, check_record, file_record, fsync_dir, read_sealed_json,
                        sealed, write_json_atomic)
 from lsr.ingest.docstore import DOC_ROW_GROUP
-from lsr.ingest.journal import Record, latest_writes
+from lsr.ingest.journal import JOURNAL_FILE, Record, latest_writes, scan
 from lsr.sparse import SparseBatch
 
 WRITTEN_DIR = "written"
@@ -69,19 +69,23 @@ class WrittenParts:
 
     @classmethod
     def open(cls, collection: Path) -> "WrittenParts":
-        """The parts the manifest names, each checked against its size and crc32 and kept open; none without one."""
+        """The parts the manifest names, each checked against its size and crc32 and kept open; none without one
+        (unless the journal was cut: then parts lie there that only a lost manifest named)."""
         path = collection / WRITTEN_DIR / MANIFEST
         if not path.is_file():
+            _check_no_manifest_was_lost(collection)
             return cls(collection)
-        manifest = read_sealed_json(path)
+        try:
+            manifest = read_sealed_json(path)
+        except CorruptFileError as exc:  # it was the whole message: no next step
+            raise CorruptFileError(f"{exc}{_HOLDS_WRITES}") from None
         parts = [Part(**record) for record in manifest["parts"]]
         files = []
         for part in parts:
             try:
                 checked = check_record(collection, {"file": part.file, "bytes": part.bytes, "crc32": part.crc32})
             except CorruptFileError as exc:
-                raise CorruptFileError(f"{exc}: it holds documents written since the build; restore it from a "
-                                       "backup, or re-index and write them again") from None
+                raise CorruptFileError(f"{exc}{_HOLDS_WRITES}") from None
             files.append(_open(checked))
         return cls(collection, manifest["upto"], parts, files)
 
@@ -175,6 +179,29 @@ class WrittenParts:
         for path in folder.iterdir():
             if path.name not in named:
                 path.unlink(missing_ok=True)
+
+
+_HOLDS_WRITES = (": it holds documents written since the build, which nothing else holds; restore it from a backup, "
+                 "or re-index with `lsr index --overwrite` and upsert those documents again")
+
+
+def _check_no_manifest_was_lost(collection: Path) -> None:
+    """With no manifest, part files are a first fold cut short before its manifest (the journal still holds every
+    record, from seq 1, and the next open removes them) or the parts of a manifest that was lost after the journal
+    was cut: then they hold the only copy of the writes before the journal's first record, and were deleted by the
+    open that then failed on the journal, whose salvage lost them for good."""
+    folder = collection / WRITTEN_DIR
+    named = sorted(path.name for path in folder.iterdir() if _PART.fullmatch(path.name)) if folder.is_dir() else []
+    if not named:
+        return
+    first = next(iter(scan(collection / JOURNAL_FILE).records), None)
+    if first is not None and (first.seq == 1 or first.checkpoint is not None):
+        return
+    starts = f"starts at record {first.seq}" if first is not None else "holds no record"
+    raise CorruptFileError(f"{folder / MANIFEST} is missing, yet {folder} holds {len(named)} part file(s) "
+                           f"({', '.join(named[:3])}{', ...' if len(named) > 3 else ''}) and the journal {starts}: the "
+                           "documents written before it lie in those parts, which only the manifest names; restore "
+                           "it from a backup (nothing was removed)")
 
 
 def _open(path: Path) -> pq.ParquetFile:
