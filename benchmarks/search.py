@@ -167,7 +167,8 @@ APPROX = [("approx bound_factor=3", {"bound_factor": 3.0}),
           ("approx top_terms=16", {"top_terms": 16}),
           ("approx top_terms=28", {"top_terms": 28})]
 SEISMIC_REAL = [({"n_postings": 1000, "centroid_fraction": 0.1, "summary_energy": 0.4}, 10, (0.7, 0.9))]
-SEISMIC_SENTENCES = [({"n_postings": 2000, "centroid_fraction": 0.1, "summary_energy": 0.4}, 10, (0.7, 0.9))]
+SEISMIC_SENTENCES = [({"n_postings": n, "centroid_fraction": 0.1, "summary_energy": 0.4}, 10, (0.7, 0.9))
+                     for n in (1000, 2000)]  # its best two of 1000 / 2000 / 4000 in a trial run
 SEISMIC_SYNTHETIC = [({"n_postings": 3500, "centroid_fraction": 0.1, "summary_energy": 0.4}, 10, (0.7, 0.9))]
 
 
@@ -303,14 +304,26 @@ def _targets(rows: list[dict]) -> list[str]:
                    f"| {'yes' if vs_scipy >= 10 else 'no'} |")
         out.append(f"| exact p50 ≥ 3× faster than the numba accumulator | {vs_acc:.1f}× ({ours['p50_ms']:.3f} vs "
                    f"{acc['p50_ms']:.3f} ms) | {'yes' if vs_acc >= 3 else 'no'} |")
-    seismic, fast = best("pyseismic-lsr", 0.95), best("lsr.index", 0.95)
-    if seismic and fast:
-        out.append(f"| recall@10 ≥ 0.95 no slower than pyseismic-lsr | ours {fast['p50_ms']:.3f} ms ({fast['setting']}, "
-                   f"recall {fast['recall@10']:.3f}) vs {seismic['p50_ms']:.3f} ms (recall {seismic['recall@10']:.3f}) | "
-                   f"{'yes' if fast['p50_ms'] <= seismic['p50_ms'] else 'no'} |")
+    for recall in (0.95, 0.99):  # each side's fastest setting that keeps the recall
+        seismic, fast = best("pyseismic-lsr", recall), best("lsr.index", recall)
+        if seismic and fast:
+            out.append(f"| recall@10 ≥ {recall} no slower than pyseismic-lsr | ours {fast['p50_ms']:.3f} ms "
+                       f"({fast['setting']}, recall {fast['recall@10']:.3f}) vs {seismic['p50_ms']:.3f} ms "
+                       f"({_seismic_short(seismic['setting'])}, recall {seismic['recall@10']:.3f}) | "
+                       f"{'yes' if fast['p50_ms'] <= seismic['p50_ms'] else 'no'} |")
+    seismic = best("pyseismic-lsr")
+    if seismic and ours:
         out.append(f"| index no larger than pyseismic-lsr's | {ours['index_mb']:.1f} vs {seismic['index_mb']:.1f} MB | "
                    f"{'yes' if ours['index_mb'] <= seismic['index_mb'] else 'no'} |")
     return out + [""] if len(out) > 4 else []
+
+
+def _seismic_short(setting: str) -> str:
+    """"n_postings 1000, heap_factor 0.7" of a pyseismic-lsr row's setting."""
+    import re
+
+    values = {name: re.search(name + r"\W*([\d.]+)", setting).group(1) for name in ("n_postings", "heap_factor")}
+    return ", ".join(f"{name} {value}" for name, value in values.items())
 
 
 def main() -> None:
