@@ -4,6 +4,7 @@ results equal the unsharded collection's (collection-wide statistics), resumable
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -266,6 +267,69 @@ def test_a_write_or_build_aimed_at_one_shard_is_refused(sharded, corpus, tmp_pat
                                                    f"{col}; {verb} the collection itself, which sends each document "
                                                    "to the shard that owns it")
     assert {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()} == before
+
+
+def test_shard_folders_out_of_their_place_are_refused_by_every_open_verify_and_repair(sharded, unsharded, tmp_path,
+                                                                                       capsys):
+    """Swapped shard folders, a map of another build and an unsharded collection in a shard's place were searched as
+    if whole (documents silently missing, deletes of them "not in the collection", upserts duplicating them),
+    `lsr verify` said "intact", and `lsr repair` wrote each folder another's BM25 leg (helper audit)."""
+    from lsr.cli.main import main
+    from lsr.files import CorruptFileError
+    from lsr.ingest.sharding import ShardMap, write_shard_map
+
+    col = shutil.copytree(sharded, tmp_path / "col")
+    one, two = col / "shard-001", col / "shard-002"
+    one.rename(tmp_path / "aside")
+    two.rename(one)
+    (tmp_path / "aside").rename(two)
+    swapped = f"{one} is shard 1 of 3 in {col / SHARDS_FILE}, but its lsr.json says shard 2 of 3 (folders swapped"
+    with pytest.raises(CorruptFileError, match=re.escape(swapped)):
+        Collection.open(one)
+    assert main(["search", str(col), "cancer", "--mode", "bm25"]) == 2
+    assert swapped in capsys.readouterr().err
+    assert main(["verify", str(col)]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD      shard-001: {swapped}" in out
+    assert f"BAD      shard-002: {two} is shard 2 of 3 in {col / SHARDS_FILE}, but its lsr.json says shard 1 of 3" in out
+    before = {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()}
+    assert main(["repair", str(col)]) == 2 and swapped in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()} == before  # nothing was rewritten
+    one.rename(tmp_path / "aside")
+    two.rename(one)
+    (tmp_path / "aside").rename(two)
+    assert main(["verify", str(col)]) == 0
+    capsys.readouterr()
+
+    names = read_shard_map(col).names
+    write_shard_map(col, ShardMap(names, "0" * 32))  # a map restored from another build
+    with pytest.raises(CorruptFileError, match="but it holds a shard of another build of the collection"):
+        Collection.open(col / names[0])
+    write_shard_map(col, ShardMap(names))  # a map written before maps named their build: not compared
+    assert main(["verify", str(col)]) == 0
+    capsys.readouterr()
+
+    shutil.rmtree(one)
+    shutil.copytree(unsharded, one)
+    with pytest.raises(CorruptFileError, match=re.escape(f"{one} is shard 1 of 3 in {col / SHARDS_FILE}, but holds an "
+                                                         "unsharded collection")):
+        Collection.open(one)
+    (col / SHARDS_FILE).unlink()  # "not an lsr collection (no lsr.json)" sent its operator to re-index
+    with pytest.raises(FileNotFoundError, match="holds shard folders but no shard map"):
+        Collection.open(col)
+
+
+def test_a_link_to_a_shard_folder_is_that_shard(sharded, tmp_path, capsys):
+    """Through a symbolic link, `lsr upsert` wrote into one shard documents that others own (helper audit)."""
+    from lsr.cli.main import main
+
+    col = shutil.copytree(sharded, tmp_path / "col")
+    link = tmp_path / "link"
+    link.symlink_to(col / "shard-001")
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"_id": "zz-a", "text": "alpha wombat misrouted"}) + "\n")
+    assert main(["upsert", str(new), str(link)]) == 2
+    assert "is a shard of the sharded collection" in capsys.readouterr().err
 
 
 def test_tied_documents_are_kept_by_doc_id_sharded_or_not(tmp_path):

@@ -36,12 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lsr.ingest.layout import read_meta
     from lsr.ingest.repair import repair_collection
     from lsr.ingest.sharding import missing_shard
 
     lost = [path for name, path in collections_of(args.collection) if name and not path.is_dir()]
     if lost:  # every shard's BM25 statistics are rebuilt from all the shards' documents
         raise ValueError(f"nothing was repaired: {missing_shard(lost[0])}")
+    for _, path in collections_of(args.collection):  # every shard readable and in its place before any is rewritten:
+        read_meta(path)  # swapped folders each got another's BM25 leg, and a damaged lsr.json stopped it halfway
     bm25_legs: dict = {}  # a sharded collection's BM25 legs, built once for all its shards
     for name, path in collections_of(args.collection):
         for line in repair_collection(path, salvage=args.salvage, progress=not args.quiet, bm25_legs=bm25_legs):

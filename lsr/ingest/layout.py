@@ -178,6 +178,9 @@ def read_meta(path: Path) -> dict:
         if is_sharded(path):
             raise ValueError(f"{path} is a sharded collection: search it with `lsr search {path}` or serve it with "
                              f"`lsr serve {path}`; other commands take one shard ({path}/shard-000 ...)")
+        if (path / "shard-000" / META_FILE).is_file():  # "not an lsr collection" sent its operator to re-index
+            raise FileNotFoundError(f"{path} holds shard folders but no shard map ({path}/lsr-shards.json): restore "
+                                    "it from a backup (its shards are whole)")
         kept = next((path / name for name in (MOVING, REPLACED) if (path / name).is_dir()), None)
         if kept is not None:
             raise ValueError(f"{path}: an `lsr index --overwrite` stopped before the new collection was whole; the one "
@@ -194,6 +197,9 @@ def read_meta(path: Path) -> dict:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} has collection format {meta.get('format')!r}; this lsr reads format {FORMAT}. "
                          "Re-index with `lsr index --overwrite`")
+    from lsr.ingest.sharding import check_shard_place
+
+    check_shard_place(path, meta)
     return meta
 
 

@@ -18,6 +18,7 @@ of every part, possibly empty. Each shard is then finished like any collection e
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -117,7 +118,7 @@ def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stag
     """Finish every shard with the global statistics, then write the shard map (last)."""
     from lsr.ingest.indexing import BuildState, Summary, finish
 
-    shard_map = ShardMap.of_size(options.shards)
+    shard_map = ShardMap.of_size(options.shards, uuid.uuid4().hex)  # each shard's lsr.json names the build it is of
     folders = shard_map.paths(out)
     with stages.time("statistics"):
         scale = global_scale(folders, state.shards, options.quantization)
@@ -131,7 +132,7 @@ def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stag
         part_state = BuildState(state.settings, shards=state.shards, docs=docs, postings=postings, truncated=truncated,
                                 corpus_hash=state.corpus_hash)
         sharding = {"shard": shard, "n_shards": shard_map.n_shards, "hash": HASH_NAME, "sparse_scale": scale,
-                    "bm25_statistics": "global"}
+                    "bm25_statistics": "global", "build": shard_map.build}
         summary = finish(folder, part_state, options, stages, skipped, resumed_from, progress, scale=scale,
                          bm25=legs[shard], extra_meta={"sharding": sharding})
         checksums[name] = summary.checksums

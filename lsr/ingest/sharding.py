@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from lsr.files import read_sealed_json, sealed, write_json_atomic
+from lsr.files import CorruptFileError, read_sealed_json, sealed, write_json_atomic
 
 SHARDS_FILE = "lsr-shards.json"
 SHARDS_FORMAT = 1
@@ -39,9 +39,11 @@ def shard_dir_name(shard: int) -> str:
 
 @dataclass(frozen=True)
 class ShardMap:
-    """The shards of a sharded collection, in shard order; ``names[i]`` owns ids with ``shard_of(id, n) == i``."""
+    """The shards of a sharded collection, in shard order; ``names[i]`` owns ids with ``shard_of(id, n) == i``.
+    ``build``: the id its build gave every shard (``sharding.build`` in their lsr.json); None in maps written before."""
 
     names: tuple[str, ...]
+    build: str | None = None
 
     @property
     def n_shards(self) -> int:
@@ -61,9 +63,9 @@ class ShardMap:
         return [Path(root) / name for name in self.names]
 
     @classmethod
-    def of_size(cls, n_shards: int) -> "ShardMap":
+    def of_size(cls, n_shards: int, build: str | None = None) -> "ShardMap":
         check_shard_count(n_shards)
-        return cls(tuple(shard_dir_name(i) for i in range(n_shards)))
+        return cls(tuple(shard_dir_name(i) for i in range(n_shards)), build)
 
 
 MAX_SHARDS = 256  # each shard is a whole collection (its files, and a server process when served): 1,000 shards of 20
@@ -101,7 +103,7 @@ def missing_shard(folder: Path) -> str:
 def refuse_shard_folder(path: Path, verb: str) -> None:
     """ValueError when ``path`` is one shard of a sharded collection: documents written or built there sit in a shard
     that may not own them, where a delete through the collection missed them and `lsr verify` said "intact"."""
-    path = Path(path).expanduser().absolute()
+    path = Path(path).expanduser().resolve()  # a link to a shard folder is that shard
     if not is_sharded(path.parent):
         return
     try:
@@ -132,13 +134,40 @@ def read_shard_map(path: Path) -> ShardMap:
     if data.get("format") != SHARDS_FORMAT or data.get("hash") != HASH_NAME:
         raise ValueError(f"{Path(path) / SHARDS_FILE}: unknown sharding format {data.get('format')!r} / "
                          f"hash {data.get('hash')!r}; re-index with `lsr index --shards N --overwrite`")
-    return ShardMap(tuple(data["shards"]))
+    return ShardMap(tuple(data["shards"]), data.get("build"))
+
+
+def check_shard_place(path: Path, meta: dict) -> None:
+    """CorruptFileError unless the folder at ``path``, when its sharded collection's map names it, holds the shard
+    the map puts there: of as many shards, and of the same build. Swapped shard folders, a map of another build, an
+    unsharded collection or another build's shard in a shard's place were searched as if whole (their documents
+    silently missing, deletes of them "not in the collection", upserts duplicating them) and `lsr verify` said
+    "intact"; `lsr repair` then wrote each folder another's BM25 leg."""
+    folder = Path(path).expanduser().resolve()
+    try:
+        shard_map = read_shard_map(folder.parent) if is_sharded(folder.parent) else None
+    except (OSError, ValueError):  # a damaged map: what reads the collection says so
+        return
+    if shard_map is None or folder.name not in shard_map.names:
+        return  # a shard copied out on its own is a collection of its documents
+    position, sharding = shard_map.names.index(folder.name), meta.get("sharding") or {}
+    where = f"{folder} is shard {position} of {shard_map.n_shards} in {folder.parent / SHARDS_FILE}, but"
+    fix = (f"put the shard folders back as their lsr.json says, or restore {folder.name} from a backup (or index the "
+           f"corpus again: `{reindex_command(folder)}`)")
+    if not sharding:
+        raise CorruptFileError(f"{where} holds an unsharded collection; {fix}")
+    if (sharding.get("shard"), sharding.get("n_shards")) != (position, shard_map.n_shards):
+        raise CorruptFileError(f"{where} its lsr.json says shard {sharding.get('shard')} of {sharding.get('n_shards')} "
+                               f"(folders swapped, or the map replaced?); {fix}")
+    if shard_map.build is not None and sharding.get("build") != shard_map.build:
+        raise CorruptFileError(f"{where} it holds a shard of another build of the collection; {fix}")
 
 
 def write_shard_map(path: Path, shard_map: ShardMap) -> None:
     """Write the map last, once every shard is complete: its presence means the sharded collection is."""
     write_json_atomic(Path(path) / SHARDS_FILE,
-                      sealed({"format": SHARDS_FORMAT, "hash": HASH_NAME, "shards": list(shard_map.names)}))
+                      sealed({"format": SHARDS_FORMAT, "hash": HASH_NAME, "shards": list(shard_map.names),
+                              "build": shard_map.build}))
 
 
 def global_doc_freqs(parts: Iterable[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
