@@ -325,6 +325,29 @@ def test_a_csv_quote_that_never_closes_is_named_not_indexed_as_the_rest_of_the_f
     assert read_all(CorpusReader(path))[:2] == (["d1", "d2"], ["one\nline two", "closed\nat last"])
 
 
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_a_never_closed_quote_in_a_column_not_read_is_refused_too(tmp_path, on_error):
+    """In a last column lsr does not index (a url), the quote took the later rows into that value, and the build
+    said "docs 1, skipped rows 0" (helper audit)."""
+    path = tmp_path / "url.csv"
+    path.write_text('id,text,url\nd1,hello vitamin,"http://a\nd2,world vitamin,http://b\nd3,foo vitamin,http://c\n',
+                    encoding="utf-8")
+    with pytest.raises(ValueError, match=r"url.csv line 2: a quote opens in the row from that line and never closes, "
+                                         r"so its value ran to the end of the file \(3 lines, rows after it included\)"):
+        read_all(CorpusReader(path, fields=("text",), on_error=on_error))
+
+
+def test_a_csv_column_named_twice_is_refused(tmp_path):
+    """pyarrow read the first 'text' column and left the second out, without a word (helper audit)."""
+    path = tmp_path / "twice.csv"
+    path.write_text("id,text,text\nd1,a,b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="twice.csv: the header names the column 'text' 2 times, so which one to "
+                                         "read is unclear; rename the others"):
+        read_all(CorpusReader(path, fields=("text",)))
+    path.write_text("id,text,url,url\nd1,a,b,c\n", encoding="utf-8")  # a column not read may repeat
+    assert read_all(CorpusReader(path, fields=("text",)))[:2] == (["d1"], ["a"])
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
 def test_a_csv_quote_closed_by_a_later_rows_quote_is_refused_naming_both_lines(tmp_path, suffix):
     """pyarrow takes text after a closing quote into the value, so a quote opened in row 2 and closed by the quote

@@ -366,6 +366,27 @@ def test_a_kill_at_any_move_of_an_overwrite_loses_nothing_of_the_collection_it_r
         kill_at += 1
 
 
+def test_a_ctrl_c_right_after_the_set_aside_of_an_overwrite_puts_the_collection_back(reference, corpus, tmp_path,
+                                                                                     monkeypatch):
+    """Between moving the old collection aside and the build's own clean-up, a Ctrl-C left only .lsr-replaced, and
+    `lsr index` said the folder "holds the collection it had" (helper audit)."""
+    import lsr.ingest.indexing as indexing
+
+    out, before, fsync_dir = shutil.copytree(reference, tmp_path / "col"), checksums(reference), indexing.fsync_dir
+
+    def interrupted_after_the_set_aside(path):
+        fsync_dir(path)
+        if (path / ".lsr-replaced").is_dir():
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(indexing, "fsync_dir", interrupted_after_the_set_aside)
+    with pytest.raises(KeyboardInterrupt):
+        build_collection(corpus, out, options(), overwrite=True, progress=False)
+    monkeypatch.undo()
+    assert checksums(out) == before and sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for p in reference.iterdir())
+
+
 def test_bad_rows_stop_with_the_line_or_are_skipped(tmp_path, capsys):
     rows = [
         json.dumps({"_id": "a", "text": "aspirin and heart attacks"}),

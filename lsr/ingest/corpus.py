@@ -549,6 +549,11 @@ class CorpusReader:
         columns = [self.id_field, *self.fields]
         names = list(self._columns())
         self._check_columns(names)
+        header = self._csv_schema().names
+        twice = next((name for name in columns if header.count(name) > 1), None)
+        if twice is not None:  # pyarrow read the first and left the others out, without a word
+            raise ValueError(f"{self.source}: the header names the column {twice!r} {header.count(twice)} times, so "
+                             "which one to read is unclear; rename the others")
         last_column = names[-1] if names and names[-1] in columns else None
         self.stats.bytes_total = self.source.stat().st_size
         convert = pcsv.ConvertOptions(column_types={c: pa.binary() for c in columns}, include_columns=columns,
@@ -563,7 +568,7 @@ class CorpusReader:
                                        parse_options=_csv_parsing(self._csv_row_handler(bad_rows)),
                                        convert_options=convert)
                 line_no = 1  # the header; the first data row is row 2 (pyarrow's numbers, which count rows, not lines)
-                quoting = strict_rows(self.source)
+                quoting = strict_rows(self.source, unclosed_named_here=last_column is not None)
                 _advance(quoting, 1)
                 for batch in reader:
                     _advance(quoting, batch.num_rows + len(bad_rows))  # the batch's rows, before they are indexed

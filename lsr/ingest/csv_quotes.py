@@ -15,11 +15,14 @@ from typing import Iterator
 from lsr.files import open_maybe_gzip
 
 _TEXT_AFTER_QUOTE = "expected after '\"'"  # the words of Python's strict reader for text after a closing quote
+_UNCLOSED = "unexpected end of data"  # ... and for a quoted value the file ends in
 
 
-def strict_rows(source: Path) -> Iterator[int]:
-    """Yield once per row of ``source`` (blank lines included), raising ValueError at text after a closing quote.
-    Other faults are pyarrow's to name: a quote open to the end of the file, a wrong column count, NUL bytes."""
+def strict_rows(source: Path, unclosed_named_here: bool = False) -> Iterator[int]:
+    """Yield once per row of ``source`` (blank lines included), raising ValueError at text after a closing quote,
+    and at a quote open to the end of the file unless ``unclosed_named_here`` (the caller names it when the value
+    is one it reads: pyarrow takes such a value, and every row after it, without a word). Other faults are
+    pyarrow's to name: a wrong column count, NUL bytes."""
     with _unlimited_fields(), io.TextIOWrapper(open_maybe_gzip(source), "utf-8", "surrogateescape", newline="") as fh:
         reader = csv.reader(fh, strict=True)  # pyarrow's dialect: comma, '"', a doubled quote inside a quoted value
         start = 1
@@ -29,6 +32,11 @@ def strict_rows(source: Path) -> Iterator[int]:
             except StopIteration:
                 return
             except csv.Error as exc:
+                if _UNCLOSED in str(exc) and not unclosed_named_here:
+                    raise ValueError(
+                        f"{source} line {start}: a quote opens in the row from that line and never closes, so its "
+                        f"value ran to the end of the file ({reader.line_num - start + 1:,} lines, rows after it "
+                        "included); close the quote, or double a quote inside a value (\"\")") from None
                 if _TEXT_AFTER_QUOTE not in str(exc):
                     return
                 raise ValueError(

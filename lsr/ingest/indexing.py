@@ -431,7 +431,15 @@ def _build(reader: CorpusReader, out: Path, options: IndexOptions, folder_was_th
     from lsr.encode.cpu_threads import set_threads
 
     settings = options.settings(reader.source)
-    state = prepare_output(out, settings, resume=resume, overwrite=overwrite)
+    try:
+        state = prepare_output(out, settings, resume=resume, overwrite=overwrite)
+    except (Exception, KeyboardInterrupt):  # a Ctrl-C in or right after the set-aside left the collection aside,
+        if overwrite and not (out / BUILD_STATE).is_file():
+            if (out / MOVING).is_dir():
+                _move_back(out)
+            elif (out / REPLACED).is_dir():  # and no build
+                _restore_aside(out)
+        raise
     if state is not None and state.complete:
         return _summary_of_complete(out)
     if state is not None:
