@@ -337,6 +337,17 @@ def test_a_never_closed_quote_in_a_column_not_read_is_refused_too(tmp_path, on_e
         read_all(CorpusReader(path, fields=("text",), on_error=on_error))
 
 
+def test_a_table_row_whose_text_columns_are_null_says_so(tmp_path):
+    """A Parquet text column that is there but null was "none of the text fields is present; choose them with
+    --fields", the wrong advice (helper audit)."""
+    pq.write_table(pa.table({"_id": ["a", "b"], "text": ["some words", None]}), tmp_path / "t.parquet")
+    with pytest.raises(BadRowError, match=r"t.parquet row 2: the text fields \['text'\] are all null or empty"):
+        read_all(CorpusReader(tmp_path / "t.parquet"))
+    (tmp_path / "t.csv").write_text("_id,text\na,some words\nb,\n", encoding="utf-8")
+    with pytest.raises(BadRowError, match=r"t.csv row 3: the text fields \['text'\] are all null or empty"):
+        read_all(CorpusReader(tmp_path / "t.csv"))
+
+
 def test_a_csv_column_named_twice_is_refused(tmp_path):
     """pyarrow read the first 'text' column and left the second out, without a word (helper audit)."""
     path = tmp_path / "twice.csv"

@@ -418,16 +418,17 @@ class CorpusReader:
             return self._bad("missing id", row_no,
                              f"id field {self.id_field!r} is {type(doc_id).__name__}, expected a string", out)
         if all(value is None for value in values):
-            named = keys() if keys is not None else None
-            if named is not None and all(field in named for field in self.fields):  # "title": null, "text": null
-                return self._bad("missing text", row_no, f"the text fields {self.fields} are all null", out)
-            if named is not None and any(field in named for field in self.fields):  # "text": null, no "title"
+            named = keys() if keys is not None else self.fields  # a table has every column read: they were checked
+            if all(field in named for field in self.fields):  # "title": null, "text": null; or empty table cells
+                empty = " or empty" if keys is None else ""  # not "none ... is present; choose them with --fields"
+                return self._bad("missing text", row_no, f"the text fields {self.fields} are all null{empty}", out)
+            if any(field in named for field in self.fields):  # "text": null, no "title"
                 null = [field for field in self.fields if field in named]
                 return self._bad("missing text", row_no, f"the text field{'s' if len(null) > 1 else ''} {null} "
                                  f"{'are' if len(null) > 1 else 'is'} null and the others of {self.fields} absent", out)
-            has = f" (the row has {named})" if named is not None else ""
             return self._bad("missing text", row_no,
-                             f"none of the text fields {self.fields} is present{has}; choose them with --fields", out)
+                             f"none of the text fields {self.fields} is present (the row has {named}); choose them "
+                             "with --fields", out)
         doc_id = str(doc_id)
         problem = id_problem(doc_id)
         if problem is not None:
