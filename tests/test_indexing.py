@@ -268,6 +268,10 @@ def test_existing_output_needs_resume_or_overwrite(reference, corpus, tmp_path):
     with pytest.raises(FileExistsError, match="not an lsr collection"):
         build_collection(corpus, stranger, options(), overwrite=True, progress=False)
     assert (stranger / "precious.txt").exists()
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")  # it failed as "dangling: File exists"
+    with pytest.raises(ValueError, match=f"dangling is a link to {tmp_path / 'nowhere'}, which does not exist"):
+        build_collection(corpus, dangling, options(), progress=False)
 
 
 def test_resume_refuses_a_changed_source_and_overwrite_starts_over(corpus, tmp_path):

@@ -414,6 +414,9 @@ def build_collection(
     if resume and overwrite:
         raise ValueError("pass either --resume or --overwrite, not both")
     source, out = Path(source).expanduser(), Path(out).expanduser()
+    if out.is_symlink() and not out.exists():  # it failed as "OUT: File exists"
+        raise ValueError(f"{out} is a link to {os.readlink(out)}, which does not exist; create that folder, or give "
+                         "another COLLECTION")
     reader = _reader(source, options)
     if not options.pre_encoded:  # the fields the corpus was read by, as a resumed run and lsr.json record them
         options = replace(options, fields=tuple(reader.fields), id_field=reader.id_field)
