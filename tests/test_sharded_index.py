@@ -230,6 +230,7 @@ def test_verify_and_repair_name_a_missing_shard_folder(sharded, tmp_path, capsys
     assert main(["verify", str(col)]) == 1
     out = capsys.readouterr().out
     assert f"BAD      shard-002: the shard's folder {col / 'shard-002'} is missing; its documents are nowhere else" in out
+    assert f"(`lsr index SOURCE {col} --shards 3 --overwrite`)" in out  # the map knows the count: it said N
     assert "checked  shard-000:" in out and "1 problem(s)" in out
     before = {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()}
     assert main(["repair", str(col)]) == 2
@@ -247,6 +248,8 @@ def test_verify_and_repair_name_a_missing_shard_folder(sharded, tmp_path, capsys
     (col / SHARDS_FILE).write_bytes(bytes(data))
     assert main(["verify", str(col)]) == 1
     assert capsys.readouterr().out.startswith(f"BAD      {col / SHARDS_FILE}")
+    assert main(["search", str(col), "cancer", "--mode", "bm25"]) == 2  # it said only "fails its checksum"
+    assert "; it names the shards: restore it from a backup (the shards are whole)" in capsys.readouterr().err
 
 
 def test_a_write_or_build_aimed_at_one_shard_is_refused(sharded, corpus, tmp_path, capsys):

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         collections = collections_of(args.collection)
     except CorruptFileError as exc:  # a damaged shard map is a finding (exit 1), not bad input (exit 2)
-        print(f"BAD      {exc}; it names the shards: restore it from a backup or index the corpus again")
+        print(f"BAD      {exc}")
         return 1
     for name, path in collections:
         report = verify_collection(path) if not name or path.is_dir() else Report(problems=[missing_shard(path)])

@@ -97,7 +97,7 @@ def missing_shard(folder: Path) -> str:
         return (f"the shard's folder {folder} is missing: the collection is being indexed (or its indexing was "
                 f"stopped: finish it with `lsr index SOURCE {folder.parent} --resume`)")
     return (f"the shard's folder {folder} is missing; its documents are nowhere else: restore the folder from a "
-            f"backup, or index the corpus again (`lsr index SOURCE {folder.parent} --shards N --overwrite`)")
+            f"backup, or index the corpus again (`{reindex_command(folder)}`)")
 
 
 def refuse_shard_folder(path: Path, verb: str) -> None:
@@ -129,8 +129,12 @@ def reindex_command(path: Path) -> str:
 
 
 def read_shard_map(path: Path) -> ShardMap:
-    """The map of a sharded collection; a damaged file is a CorruptFileError naming it."""
-    data = read_sealed_json(Path(path) / SHARDS_FILE)
+    """The map of a sharded collection; a damaged file is a CorruptFileError naming it and what to do."""
+    try:
+        data = read_sealed_json(Path(path) / SHARDS_FILE)
+    except CorruptFileError as exc:  # it was the whole message: no next step
+        raise CorruptFileError(f"{exc}; it names the shards: restore it from a backup (the shards are whole) or index "
+                               "the corpus again") from None
     if data.get("format") != SHARDS_FORMAT or data.get("hash") != HASH_NAME:
         raise ValueError(f"{Path(path) / SHARDS_FILE}: unknown sharding format {data.get('format')!r} / "
                          f"hash {data.get('hash')!r}; re-index with `lsr index --shards N --overwrite`")
