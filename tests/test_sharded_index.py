@@ -322,6 +322,21 @@ def test_shard_folders_out_of_their_place_are_refused_by_every_open_verify_and_r
         Collection.open(col)
 
 
+def test_verify_names_documents_in_a_shard_that_does_not_own_them(sharded, tmp_path, capsys):
+    """Written into one shard by its own folder, a document another shard owns was found by searches but missed by
+    deletes and upserts through the collection, and `lsr verify` said "intact" (helper audit)."""
+    from lsr.cli.main import main
+    from lsr.search.searcher import Searcher
+
+    col = shutil.copytree(sharded, tmp_path / "col")
+    stray = next(f"stray-{i}" for i in range(100) if shard_of(f"stray-{i}", N_SHARDS) != 1)
+    with Searcher.open(col / "shard-001") as searcher:  # the API's own writer does not route
+        searcher.upsert([stray], ["a document in the wrong shard"])
+    assert main(["verify", str(col)]) == 1
+    assert (f"BAD      shard-001: {col / 'shard-001'} holds 1 document(s) other shards own ('{stray}'): deletes and "
+            "upserts through the collection miss them") in capsys.readouterr().out
+
+
 def test_a_link_to_a_shard_folder_is_that_shard(sharded, tmp_path, capsys):
     """Through a symbolic link, `lsr upsert` wrote into one shard documents that others own (helper audit)."""
     from lsr.cli.main import main

@@ -139,7 +139,23 @@ def _verify(path: Path) -> Report:
         else:
             report.problems += agreement_problems(docs, sparse_ids, None if dense is None else set(dense.ids()))
             report.checked.append(f"{len(docs):,} ids agree across the stores")
+            report.problems += _misplaced(path, meta.get("sharding"), docs)
     return report
+
+
+def _misplaced(path: Path, sharding: dict | None, ids) -> list[str]:
+    """A shard's documents whose ids hash to another shard (written into the shard folder itself, by hand or by an
+    lsr that let it): a search found them, but a delete or upsert through the collection went to their owner."""
+    from lsr.ingest.sharding import reindex_command, shard_of
+
+    if not sharding:
+        return []
+    foreign = sorted(doc_id for doc_id in ids if shard_of(doc_id, sharding["n_shards"]) != sharding["shard"])
+    if not foreign:
+        return []
+    return [f"{path} holds {len(foreign):,} document(s) other shards own ({', '.join(map(repr, foreign[:3]))}"
+            f"{', ...' if len(foreign) > 3 else ''}): deletes and upserts through the collection miss them; restore "
+            f"the shard from a backup, or index the corpus again (`{reindex_command(path)}`)"]
 
 
 def _replayed(records: list, sparse: Any, dense: Any) -> set[str]:
