@@ -406,9 +406,13 @@ def test_csv_values_over_several_lines_read_across_blocks_and_one_over_two_block
     path.write_text("id,text\n" + "".join(f'd{i},"line one of {i}\nline two"\n' for i in range(2000)))
     assert len(read_all(CorpusReader(path, chunk_bytes=4096))[0]) == 2000
     path.write_text('id,text\nd1,one\nd2,"never closed\n' + "".join(f"d{i},row {i}\n" for i in range(3, 3000)))
-    with pytest.raises(ValueError, match=r"lines.csv: a quoted value after row 2 runs over 0.0078125 MiB, so its quote "
+    with pytest.raises(ValueError, match=r"lines.csv: a row after row 2 runs over 0.0078125 MiB: a quote in it "
                                          r"likely never closes"):
         read_all(CorpusReader(path, chunk_bytes=4096, on_error="skip"))
+    path.write_text("id,text\nd1,one\nd2," + "word " * 3000 + "\nd3,three\n")  # no quote at all: a long value
+    with pytest.raises(ValueError, match=r"or one of its values is that long, more than a CSV value may hold here "
+                                         r"\(give such documents as JSONL\)"):
+        read_all(CorpusReader(path, chunk_bytes=4096))
 
 
 def test_unknown_format_and_missing_source(tmp_path):
@@ -544,7 +548,7 @@ def test_a_csv_whose_first_row_holds_a_value_over_a_mib_reads(tmp_path):
     path.write_text('_id,title,text\nd1,T,"' + "word " * 600_000 + '"\nd2,T,small\n', encoding="utf-8")
     ids, texts, _ = read_all(CorpusReader(path))
     assert ids == ["d1", "d2"] and texts[1] == "T small" and len(texts[0]) == 2 + len("word " * 600_000) - 1
-    with pytest.raises(ValueError, match=r"big3.csv: a quoted value after row 1 runs over 1 MiB, so its quote"):
+    with pytest.raises(ValueError, match=r"big3.csv: a row after row 1 runs over 1 MiB: a quote in it likely never closes"):
         CorpusReader(path, chunk_bytes=1 << 19)  # a value over two blocks is named as in the read
 
 

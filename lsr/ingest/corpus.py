@@ -286,10 +286,12 @@ class CorpusReader:
             raise
 
     def _straddling(self, row: int) -> ValueError:
-        """pyarrow's "straddling object" error, which named no file: only a quote that never closes reaches it."""
-        return ValueError(f"{self.source}: a quoted value after row {row:,} runs over "
-                          f"{self.chunk_bytes * 2 / (1 << 20):g} MiB, so its quote likely never closes; close it, or "
-                          'double a quote inside a value ("")')
+        """pyarrow's "straddling object" error, which named no file: a quote that never closes, or a row that long
+        (a 22 MB unquoted value was blamed on a quote)."""
+        return ValueError(f"{self.source}: a row after row {row:,} runs over {self.chunk_bytes * 2 / (1 << 20):g} MiB: "
+                          'a quote in it likely never closes (close it, or double a quote inside a value: ""), or '
+                          "one of its values is that long, more than a CSV value may hold here (give such documents "
+                          "as JSONL)")
 
     def _adopt_columns(self, names: Sequence[str], *, tables: bool, id_given: bool, fields_given: bool) -> None:
         """Where the id or text fields were left at their defaults and the corpus lacks them, take what it has:
