@@ -337,6 +337,20 @@ def test_verify_names_documents_in_a_shard_that_does_not_own_them(sharded, tmp_p
             "upserts through the collection miss them") in capsys.readouterr().out
 
 
+def test_repair_reads_every_shard_before_it_rewrites_any(sharded, tmp_path, capsys):
+    """A damaged lsr.json in shard-001: repair rebuilt shard-000, then stopped on it (helper audit)."""
+    from lsr.cli.main import main
+
+    col = shutil.copytree(sharded, tmp_path / "col")
+    meta = col / "shard-001" / META_FILE
+    data = bytearray(meta.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    meta.write_bytes(bytes(data))
+    before = {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()}
+    assert main(["repair", str(col)]) == 2 and f"{meta}" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in col.rglob("*") if p.is_file()} == before
+
+
 def test_a_link_to_a_shard_folder_is_that_shard(sharded, tmp_path, capsys):
     """Through a symbolic link, `lsr upsert` wrote into one shard documents that others own (helper audit)."""
     from lsr.cli.main import main
