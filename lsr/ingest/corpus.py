@@ -550,9 +550,9 @@ class CorpusReader:
 
     def _csv_chunks(self) -> Iterator[DocChunk]:
         columns = [self.id_field, *self.fields]
-        names = list(self._columns())
+        header = self._csv_schema().names  # read once: the columns, and a name given twice
+        names = list(dict.fromkeys(header))
         self._check_columns(names)
-        header = self._csv_schema().names
         twice = next((name for name in columns if header.count(name) > 1), None)
         if twice is not None:  # pyarrow read the first and left the others out, without a word
             raise ValueError(f"{self.source}: the header names the column {twice!r} {header.count(twice)} times, so "

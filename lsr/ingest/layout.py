@@ -168,7 +168,7 @@ def read_meta(path: Path) -> dict:
                      "instead, move that folder out and use it)") if (path / REPLACED).is_dir() else ""
             raise ValueError(f"{path} is an unfinished collection (indexing was interrupted); "
                              f"finish it with `lsr index SOURCE {path} --resume`{aside}")
-        from lsr.ingest.sharding import is_sharded, missing_shard
+        from lsr.ingest.sharding import SHARDS_FILE, is_sharded, missing_shard, shard_dir_name
 
         if not path.exists() and is_sharded(path.parent):  # `lsr index SOURCE shard-001` would make a stray collection
             raise FileNotFoundError(missing_shard(path))
@@ -178,8 +178,8 @@ def read_meta(path: Path) -> dict:
         if is_sharded(path):
             raise ValueError(f"{path} is a sharded collection: search it with `lsr search {path}` or serve it with "
                              f"`lsr serve {path}`; other commands take one shard ({path}/shard-000 ...)")
-        if (path / "shard-000" / META_FILE).is_file():  # "not an lsr collection" sent its operator to re-index
-            raise FileNotFoundError(f"{path} holds shard folders but no shard map ({path}/lsr-shards.json): restore "
+        if (path / shard_dir_name(0) / META_FILE).is_file():  # "not an lsr collection" sent its operator to re-index
+            raise FileNotFoundError(f"{path} holds shard folders but no shard map ({path / SHARDS_FILE}): restore "
                                     "it from a backup (its shards are whole)")
         kept = next((path / name for name in (MOVING, REPLACED) if (path / name).is_dir()), None)
         if kept is not None:
