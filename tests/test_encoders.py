@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -293,6 +294,35 @@ def test_a_sparse_encoder_folders_pooling_activation_and_prompts_are_followed(tm
     # inference-free queries put the folder's query prompt first too, as SparseEncoder.encode_query does
     idf_side = InferenceFreeQueryEncoder.from_pretrained(str(tmp_path / "st"), idf=np.ones(30522, np.float32))
     assert set(idf_side.encode_queries(["cats"]).to_dicts()[0]) == {"query", ":", "cats"}
+
+
+def test_a_sparse_encoder_folders_max_active_dims_caps_our_vectors_too(tmp_path):
+    """``SparseEncoder(..., max_active_dims=8).save`` keeps 8 terms a vector when loaded; we kept all of them (30 for
+    this text) without a word. A damaged value, or config that is no JSON, is one line naming the file."""
+    st = pytest.importorskip("sentence_transformers")
+    folder = tmp_path / "st"
+    st.SparseEncoder(resolve_model("splade-tiny"), device="cpu", max_active_dims=8).save(str(folder))
+    reference = st.SparseEncoder(str(folder), device="cpu")
+    ours = SpladeEncoder.from_pretrained(str(folder), device="cpu", dtype="fp32")
+    assert ours.top_k == 8
+    texts = ["Aspirin lowers heart attack risk and statins cause muscle pain.", "vitamin d"]
+    for got, want in ((ours.encode_queries(texts), reference.encode_query(texts, convert_to_tensor=True)),
+                      (ours.encode_documents(texts), reference.encode_document(texts, convert_to_tensor=True))):
+        assert list(np.diff(got.indptr)) == [8, 8]
+        np.testing.assert_allclose(got.to_dense(), want.to_dense().numpy(), atol=1e-4)
+    assert SpladeEncoder.from_pretrained(str(folder), device="cpu", top_k=None).top_k is None  # asked for: all
+    config = folder / "config_sentence_transformers.json"
+    saved = config.read_text()
+    config.write_text(json.dumps({**json.loads(saved), "max_active_dims": -1}))
+    with pytest.raises(ValueError, match=f"^{re.escape(str(config))}: max_active_dims must be a positive whole"):
+        SpladeEncoder.from_pretrained(str(folder), device="cpu")
+    config.write_text("{bad")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(config))} is not valid JSON"):
+        SpladeEncoder.from_pretrained(str(folder), device="cpu")
+    config.write_text(saved)
+    (folder / "idf.json").write_text('{"hello": 1.0,')
+    with pytest.raises(ValueError, match=f"^{re.escape(str(folder / 'idf.json'))} is not valid JSON"):
+        InferenceFreeQueryEncoder.from_pretrained(str(folder))
 
 
 def test_documents_are_cut_where_the_folder_says_when_it_says_fewer_than_256_tokens(tmp_path, scifact):

@@ -23,7 +23,8 @@ from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, EncodeInfo, model_max_tokens,
                                resolve_dtype, token_ids, truncated_token_ids)
 from lsr.encode.idf import idf_of_index
 from lsr.encode.models import check_tokenizer_fits, document_length, load_with_hint, quiet_loader, resolve_model
-from lsr.encode.st_folder import ACTIVATIONS, Prompts, read_lowercase, read_prompts, read_splade_pooling, with_prompt
+from lsr.encode.st_folder import (ACTIVATIONS, Prompts, load_json, read_lowercase, read_max_active_dims, read_prompts,
+                                  read_splade_pooling, with_prompt)
 from lsr.encode.terms import load_tokenizer, vocabulary_of
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
@@ -269,6 +270,7 @@ class SpladeEncoder:
             options = {"pooling": declared[0], "activation": declared[1], **options}
         options.setdefault("prompts", read_prompts(folder))
         options.setdefault("lowercase", read_lowercase(folder))
+        options.setdefault("top_k", read_max_active_dims(folder))
         encoder = cls(
             model, tokenizer, max_length=max_length, query_max_length=query_max_length,
             device=device, dtype=dtype, name=str(name_or_path), **options,
@@ -555,8 +557,7 @@ class InferenceFreeQueryEncoder:
         vocab_size = len(tokenizer.get_vocab())
         table_path = idf_table_path(folder)
         if idf is None and table_path is not None:
-            with open(table_path, encoding="utf-8") as fh:
-                idf = json.load(fh)
+            idf = load_json(table_path)
         if idf is None and index is not None:
             idf = idf_of_index(index)
         if idf is None:

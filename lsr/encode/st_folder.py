@@ -41,12 +41,20 @@ def read_json_list(folder: str, name: str) -> list[dict]:
     return found
 
 
+def load_json(path: str):
+    """The JSON in ``path``; a ValueError naming the file where it is not JSON (json's own message named none)."""
+    with open(path, encoding="utf-8") as fh:
+        try:
+            return json.load(fh)
+        except ValueError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}): restore the model folder's file") from None
+
+
 def _read(folder: str, name: str, kind: type, what: str):
     path = os.path.join(folder, name)
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
+    data = load_json(path)
     if not isinstance(data, kind):
         raise ValueError(f"{path}: expected {what}")
     return data
@@ -84,6 +92,16 @@ def read_prompts(folder: str) -> Prompts:
     default = prompts.get(config.get("default_prompt_name") or "", "")
     document = next((prompts[name] for name in DOCUMENT_PROMPT_NAMES if name in prompts), default)
     return Prompts(prompts.get("query", default), document)
+
+
+def read_max_active_dims(folder: str) -> int | None:
+    """``config_sentence_transformers.json``'s ``max_active_dims``: ``SparseEncoder`` keeps at most that many terms
+    per vector (``SparseEncoder(..., max_active_dims=N).save``), which our ``top_k`` is; None where it sets none."""
+    path = os.path.join(folder, "config_sentence_transformers.json")
+    found = read_json(folder, "config_sentence_transformers.json").get("max_active_dims")
+    if found is not None and (isinstance(found, bool) or not isinstance(found, int) or found <= 0):
+        raise ValueError(f"{path}: max_active_dims must be a positive whole number or null, got {found!r}")
+    return found
 
 
 def read_splade_pooling(folder: str) -> tuple[str, str] | None:
