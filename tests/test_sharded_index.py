@@ -151,6 +151,40 @@ def test_an_interrupted_sharded_build_resumes_to_the_same_bytes(corpus, sharded,
     assert again.already_complete and again.docs == N_DOCS and again.encoded_with == options().encoding() == summary.encoded_with
 
 
+def test_a_sharded_build_stopped_as_it_finishes_refuses_writes_to_its_shards_and_resumes_to_the_same_bytes(
+        corpus, sharded, tmp_path, monkeypatch, capsys):
+    """Stopped after shard-000 was finished but before the map: `lsr upsert X col/shard-000` was taken, and the resume
+    folded it in (a document searched in a shard that does not own it, which `lsr doc` could not find); the resumed
+    shard's indexes were named as a second generation, not the uninterrupted build's bytes."""
+    import lsr.ingest.sharded_build as sharded_build
+    from lsr.cli.main import main
+
+    out = tmp_path / "col"
+
+    def stopped(*_args) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sharded_build, "write_shard_map", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            build_in_process(corpus, out, options(shards=N_SHARDS))
+    shard = out / "shard-000"
+    assert (shard / META_FILE).is_file() and (out / BUILD_STATE).is_file() and not (out / SHARDS_FILE).exists()
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"_id": "zz-a", "text": "alpha wombat misrouted"}) + "\n")
+    assert main(["upsert", str(new), str(shard)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lsr upsert: error: {shard} is a shard of {out}, whose sharded build was stopped before it finished: finish "
+        f"it with `lsr index SOURCE {out} --resume`, then write to the collection itself")
+    build_in_process(corpus, out, options(shards=N_SHARDS), resume=True)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name not in (META_FILE, SHARDS_FILE)}  # those name their build and its timings
+
+    assert files(out) == files(sharded)
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "257", "100000"])  # 100,000 would have filled a disk, 0.8 MB a shard
 def test_a_shard_count_out_of_range_is_refused_in_one_line(corpus, tmp_path, value):
     result = subprocess.run([sys.executable, "-m", "lsr", "index", str(corpus), str(tmp_path / "col"), "--shards", value],

@@ -658,6 +658,19 @@ def _named_terms(vectors: SparseBatch, encoder) -> SparseBatch:
     return SparseBatch(vectors.indptr, vectors.indices, vectors.values, vectors.vocab_size, encoder.vocab)
 
 
+def unfinish(out: Path, parts: int) -> None:
+    """Take back what ``finish`` wrote in ``out``, keeping the encoded parts: a shard an interrupted sharded build had
+    finished (its map never written) is finished again, and its indexes built over the old ones took the next
+    generation's file names, so the resumed build was not the same bytes as an uninterrupted one."""
+    (out / META_FILE).unlink(missing_ok=True)  # first: stopped anywhere after this, the shard is an unfinished one
+    shutil.rmtree(out / "sparse", ignore_errors=True)
+    shutil.rmtree(out / BM25_DIR, ignore_errors=True)
+    embeddings = {out / shard_name("dense", s) for s in range(parts)}
+    for path in (out / "dense").glob("*"):
+        if path not in embeddings:
+            path.unlink()
+
+
 def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTimer, skipped: dict[str, int],
            resumed_from: int, progress: bool, *, scale: float | None = None, bm25=None,
            extra_meta: dict | None = None) -> Summary:

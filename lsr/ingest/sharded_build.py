@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from lsr.files import CorruptFileError
-from lsr.ingest.layout import (build_file_problems, disk_size, doc_chunks, drop_build_state, read_meta,
+from lsr.ingest.layout import (META_FILE, build_file_problems, disk_size, doc_chunks, drop_build_state, read_meta,
                                read_vector_shards, write_shard)
 from lsr.ingest.progress import progress_bar
 from lsr.ingest.sharding import HASH_NAME, ShardMap, reindex_command, shard_dir_name, shard_of, write_shard_map
@@ -116,7 +116,7 @@ def _check_sibling_texts(folders: list[Path]) -> None:
 def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stages, skipped: dict[str, int],
                    resumed_from: int, progress: bool) -> "Summary":
     """Finish every shard with the global statistics, then write the shard map (last)."""
-    from lsr.ingest.indexing import BuildState, Summary, finish
+    from lsr.ingest.indexing import BuildState, Summary, finish, unfinish
 
     shard_map = ShardMap.of_size(options.shards, uuid.uuid4().hex)  # each shard's lsr.json names the build it is of
     folders = shard_map.paths(out)
@@ -133,6 +133,8 @@ def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stag
                                 corpus_hash=state.corpus_hash)
         sharding = {"shard": shard, "n_shards": shard_map.n_shards, "hash": HASH_NAME, "sparse_scale": scale,
                     "bm25_statistics": "global", "build": shard_map.build}
+        if (folder / META_FILE).is_file():  # finished by a build stopped before its map was written
+            unfinish(folder, state.shards)
         summary = finish(folder, part_state, options, stages, skipped, resumed_from, progress, scale=scale,
                          bm25=legs[shard], extra_meta={"sharding": sharding})
         checksums[name] = summary.checksums

@@ -9,6 +9,7 @@ tool agree on the owner of an id without asking anyone.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -35,6 +36,9 @@ def shard_of(doc_id: str, n_shards: int) -> int:
 
 def shard_dir_name(shard: int) -> str:
     return f"shard-{shard:03d}"
+
+
+SHARD_DIR_PATTERN = r"shard-\d{3}"  # the names shard_dir_name gives
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,14 @@ def missing_shard(folder: Path) -> str:
 def refuse_shard_folder(path: Path, verb: str) -> None:
     """ValueError when ``path`` is one shard of a sharded collection: documents written or built there sit in a shard
     that may not own them, where a delete through the collection missed them and `lsr verify` said "intact"."""
+    from lsr.ingest.layout import BUILD_STATE
+
     path = Path(path).expanduser().resolve()  # a link to a shard folder is that shard
+    if (path.parent / BUILD_STATE).is_file() and re.fullmatch(SHARD_DIR_PATTERN, path.name):
+        # a shard finished before its build stopped: writes there were folded in by the resume, into a shard that
+        # may not own them (searched, but out of reach of `lsr doc` and deletes)
+        raise ValueError(f"{path} is a shard of {path.parent}, whose sharded build was stopped before it finished: "
+                         f"finish it with `lsr index SOURCE {path.parent} --resume`, then {verb} the collection itself")
     if not is_sharded(path.parent):
         return
     try:
