@@ -212,6 +212,25 @@ def test_joint_tuning_tries_prf_on_fusions_other_than_the_best_without_prf(tiny,
         assert prf["chosen"]["ndcg@10"] == max(scores) > prf["no_prf_ndcg@10"] and prf["chosen"]["fusion"] in tops + [DEFAULT_FUSION]
 
 
+@pytest.mark.parametrize("legs", [("sparse", "bm25"), ("sparse", "dense"), ("sparse", "dense", "bm25")])
+def test_fusion_tuning_scores_the_default_fusion_the_joint_stage_may_choose(tiny, searcher, legs):
+    """The joint fusion + PRF stage also tries the cross-dataset default fusion, whose weights with a leg absent
+    (l2 0.3/0.0/0.2) are off the grid; where it won, `lsr tune` failed at its very end (KeyError looking up its
+    score without PRF). Its score is the fused run's, as every grid setting's is."""
+    from lsr.eval.backends import InProcess
+    from lsr.eval.datasets import load_beir
+    from lsr.eval.metrics import evaluate
+    from lsr.eval.tuning import default_fusion, fusion_key, fusion_options, judged_queries, tune_fusion
+
+    dataset = load_beir(tiny[0] / "tiny.zip")
+    backend = InProcess(searcher)
+    fusion = tune_fusion(backend, dataset, "train", 10, lambda _: None, legs=legs, candidates=12)
+    default = default_fusion(legs)
+    qrels, qids, texts = judged_queries(dataset, "train")
+    run = backend.run(qids, texts, 11, "hybrid", fusion_options({**default, "candidates": 12}))
+    assert fusion["tuning_ndcg10"][fusion_key(default)] == round(evaluate(qrels, run)["ndcg@10"], 4)
+
+
 def test_untuned_collections_use_the_cross_dataset_defaults_over_the_legs_they_have(tiny, searcher, tmp_path):
     """Hybrid mode without options fuses the legs a collection has: no FailedPrecondition for an absent one."""
     from lsr.cli.main import main as cli_main

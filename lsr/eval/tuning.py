@@ -110,6 +110,9 @@ def tune_fusion(backend: Any, dataset: BeirDataset, tune_split: str | None, k: i
     depth = max(k + 1, candidates)
     fusions = FusionGrid([backend.run(qids, texts, depth, leg) if leg in legs else {} for leg in LEGS], qids)
     grid = [(method, weights) for method in FUSION_METHODS for weights in weight_grid(legs=legs)]
+    default = default_fusion(legs)  # off the grid with a leg missing (0.3/0.0/0.2): PRF's joint stage tries it too
+    default_setting = (default["normalization"], tuple(default[f"{leg}_weight"] for leg in LEGS))
+    grid += [default_setting] if default_setting not in grid else []
     say(f"tuning {len(legs)}-leg fusion ({', '.join(legs)}) on {tune_split} ({len(qids)} queries, {len(grid)} settings)")
     scores = {}
     with progress_bar("tune fusion", len(grid), enabled=progress, unit="setting") as bar:
