@@ -251,6 +251,28 @@ def test_untuned_collections_use_the_cross_dataset_defaults_over_the_legs_they_h
         assert plain.warm_up() == modes
 
 
+def test_hybrid_weights_that_leave_one_list_are_refused_not_run_as_that_list(tiny, tmp_path, capsys):
+    """On a collection built with `--dense none`, `--mode hybrid --normalization rrf` gave the dense weight's share to
+    no list and ran SPLADE alone, its raw scores labelled hybrid; `--sparse-weight 0` failed with "fusion needs one
+    non-negative weight per list, not all zero; got []"."""
+    from lsr.cli.main import main as cli_main
+
+    col = tmp_path / "no-dense"
+    assert cli_main(["index", str(tiny[0] / "tiny.zip"), str(col), "--dense", "none", "--quiet"]) == 0
+    searcher = Searcher.open(col)
+    with pytest.raises(ValueError, match="needs two lists with a positive weight, and these weights leave sparse, as "
+                                         "this collection has no dense leg"):
+        searcher.search(QUERY, mode="hybrid", hybrid=HybridOptions("rrf"))
+    capsys.readouterr()
+    assert cli_main(["search", str(col), QUERY, "--mode", "hybrid", "--sparse-weight", "0"]) == 2
+    assert "these weights leave no list" in capsys.readouterr().err
+    fused = searcher.search(QUERY, mode="hybrid", hybrid=HybridOptions("rrf", bm25_weight=0.5)).hits
+    assert fused and any(hit.bm25_score is not None for hit in fused) and fused[0].score < 0.1  # RRF, not raw SPLADE
+    # outside hybrid mode the weights weigh nothing: PRF's second run takes only the normalization
+    assert searcher.search(QUERY, mode="sparse", hybrid=HybridOptions("rrf"), prf=True).hits
+    assert searcher.search(QUERY, mode="hybrid").hits  # the untuned default: SPLADE and BM25
+
+
 def test_cli_prf_flags(tiny, searcher, capsys):
     """--prf alone takes the collection's PRF; a --prf-* flag overrides one setting; a --prf-* flag without --prf
     is a one-line error."""

@@ -385,6 +385,15 @@ class Searcher:
             return self.default_hybrid
         return replace(hybrid, dense_weight=0.0) if hybrid.dense_weight is None and not self.has_dense else hybrid
 
+    def _one_list_left(self, hybrid: HybridOptions) -> str:
+        """Why weights that leave hybrid mode one list (or none) are refused: the hits were that list's alone, its raw
+        scores labelled hybrid (`--normalization rrf` on a collection built with `--dense none`)."""
+        left = " ".join(hybrid.weights()) or "no list"
+        why = "" if self.has_dense else (
+            ", as this collection has no dense leg to take the dense weight (1 - sparse weight unless given)")
+        return (f"hybrid fusion needs two lists with a positive weight, and these weights leave {left}{why}; weigh "
+                "another list (the BM25 weight is 0 unless given), or search one list in its own mode")
+
     @cached_property
     def default_prf(self) -> PrfOptions:
         """The PRF `lsr tune` stored in the collection, else the cross-dataset PrfOptions()."""
@@ -756,7 +765,9 @@ class Searcher:
         if sparse is not None and mode != "sparse":
             raise ValueError(f"a sparse vector query runs in sparse mode only, not {mode}")
         check_idle_options(mode, hybrid, prf, bound_factor)
-        hybrid = self.hybrid_or_default(hybrid)
+        given_hybrid, hybrid = hybrid, self.hybrid_or_default(hybrid)
+        if mode == "hybrid" and given_hybrid is not None and len(hybrid.weights()) < 2:
+            raise ValueError(self._one_list_left(hybrid))
         legs = legs_of(mode, hybrid)
         if "bm25" in legs and text is None:
             raise ValueError(f"{mode} mode with a BM25 leg needs the query text")
