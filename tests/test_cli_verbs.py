@@ -393,6 +393,10 @@ def test_eval_cuts_tied_scores_where_trec_eval_ranks_them():
         scores = evaluate(qrels, run)
         assert scores["ndcg@10"] == scores["mrr@10"] == 0.0 and scores["recall@100"] == (rank <= 100)
     assert evaluate(qrels, {"q1": {"a": 1.0, **{f"b{i}": 1.0 for i in range(9)}}})["mrr@10"] == 0.1  # "a" ranks 10th
+    # scores that differ only past float32's precision tie in trec_eval (its sim is a float): "z", last by the doubles,
+    # ranks 42nd among 101 by id there, and was cut at 100
+    run = {"q1": {**{f"d{i:03d}": 1.0 + (100 - i) * 1e-9 for i in range(100)}, "z": 1.0}}
+    assert evaluate({"q1": {"z": 1}}, run)["recall@100"] == 1.0
 
 
 def test_eval_says_when_ids_formats_or_columns_cannot_be_what_the_user_meant(tmp_path, capsys, caplog):

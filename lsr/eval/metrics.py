@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
 TRIALS = 10_000
 SIGNIFICANT = 0.05  # a difference whose p-value is below this is marked *
@@ -18,10 +20,11 @@ def drop_self_hits(run: Run) -> Run:
 
 
 def top_k(docs: dict[str, float], k: int) -> dict[str, float]:
-    """The ``k`` best as trec_eval ranks them: by score, ties by doc id descending (its ``comp_sim_docno``). Cut by
-    ascending ids, tied documents that pytrec_eval then ranked last were kept over the ones it ranks first."""
+    """The ``k`` best as trec_eval ranks them: by score as a float32 (its ``sim``), ties by doc id descending (its
+    ``comp_sim_docno``). Cut by ascending ids, tied documents that pytrec_eval then ranked last were kept over the
+    ones it ranks first; cut by double scores, a document tied only in float32 was cut where trec_eval kept it."""
     by_id = sorted(docs.items(), key=lambda item: item[0], reverse=True)
-    return dict(sorted(by_id, key=lambda item: -item[1])[:k])
+    return dict(sorted(by_id, key=lambda item: -np.float32(item[1]))[:k])
 
 
 def evaluate(qrels: dict[str, dict[str, int]], run: Run, *, ignore_identical_ids: bool = True) -> dict[str, float]:
@@ -63,8 +66,6 @@ def randomization_p(baseline: Sequence[float], other: Sequence[float], *, trials
     """Two-sided p-value of a paired randomization test: how often flipping the sign of each query's difference at
     random gives a mean difference at least as large as the one observed (Smucker et al., CIKM 2007, found it
     agrees with the t-test on IR metrics while assuming nothing of their distribution). Seeded: the same p each run."""
-    import numpy as np
-
     diff = np.asarray(other, np.float64) - np.asarray(baseline, np.float64)
     if not diff.size or not diff.any():
         return 1.0
