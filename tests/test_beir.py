@@ -111,6 +111,10 @@ def test_lookup_order_data_dir_then_env_then_cache(tmp_path, monkeypatch):
     (tmp_path / "tiny").mkdir()  # a collection named like the dataset, in the current directory
     monkeypatch.chdir(tmp_path)
     assert locate_dataset("tiny", first) == first / "tiny.zip"  # --data-dir first: it was the folder here
+    assert locate_dataset("tiny") == second / "tiny.zip"  # without it too (`lsr tune tiny --dataset tiny` said
+    # "tiny holds no corpus.jsonl"), while a folder here that holds the dataset is taken, as a path
+    zipfile.ZipFile(first / "tiny.zip").extractall(tmp_path)  # tiny/corpus.jsonl ...
+    assert locate_dataset("tiny") == Path("tiny")
     monkeypatch.chdir(first)
     assert locate_dataset("tiny") == second / "tiny.zip"
     monkeypatch.delenv("LSR_BEIR_DIR")

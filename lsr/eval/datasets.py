@@ -133,6 +133,11 @@ def load_beir(path: str | Path, splits: tuple[str, ...] = ("test", "train", "dev
     return BeirDataset(name, corpus, queries, qrels)
 
 
+def _holds_corpus(folder: Path) -> bool:
+    """Whether a folder holds a BEIR dataset's corpus.jsonl, itself or in a folder in it (an unpacked archive)."""
+    return (folder / "corpus.jsonl").is_file() or any(folder.glob("*/corpus.jsonl"))
+
+
 def _candidates(folder: Path, name: str) -> list[Path]:
     return [folder / name, folder / f"{name}.zip", folder / f"{name}.tar.gz", folder / f"{name}.tgz"]
 
@@ -180,8 +185,8 @@ def locate_dataset(name_or_path: str, data_dir: str | Path | None = None, *, dow
     in_data_dir = [c for c in _candidates(folders[0], name_or_path) if c.exists()] if data_dir and bare else []
     if in_data_dir:
         return in_data_dir[0]
-    if given.exists():
-        return given
+    if given.exists() and not (bare and given.is_dir() and not _holds_corpus(given)):
+        return given  # a bare NAME's folder here that holds no dataset (the collection `lsr index` made) is passed over
     if not bare:
         raise FileNotFoundError(f"BEIR dataset {name_or_path} does not exist")
     for folder in folders:
