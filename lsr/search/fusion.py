@@ -14,7 +14,9 @@ with the arithmetic mean): ``geometric_mean``, ``exp(Σ wᵢ·ln sᵢ / Σ wᵢ)
 ``Σ wᵢ / Σ (wᵢ / sᵢ)``. Each score counts as at least 0.001, OpenSearch's min_max floor, where OpenSearch
 skips scores of 0 or less: skipped, a list's lowest score (min_max's 0, the floor of a document a list lacks, a
 negative l2 cosine) would count as though that list had not run, and rank such a document above one the list
-holds.
+holds. z_score divides by the population deviation and keeps scores below the mean: OpenSearch divides by the
+sample deviation (n - 1) and clips every score at or below the mean to 0.001, which ties all of a list's below-average
+hits, throwing away the order that list gave them (the tuning grid was chosen with this z_score).
 """
 
 from __future__ import annotations
