@@ -400,6 +400,7 @@ def test_a_bad_data_file_is_one_line_beside_other_work_too(tmp_path):
     ("out-inside-model", "lies inside the --model folder"),
     # a test "gain" measured on the training queries, printed with a p-value as if held out
     ("eval-trained-split", "beir scores the test split this run trains on"),
+    ("eval-trained-split-archived", "beir.zip scores the test split this run trains on"),  # a folder and its zip: passed
     ("jsonl-with-split", "--split does nothing here: "),  # ignored: the rows were trained on as if it were not given
     ("jsonl-with-data-dir", "--data-dir does nothing here: "),
     # taken and ignored, then a --resume that changed them was refused as a change of settings
@@ -409,10 +410,12 @@ def test_a_bad_data_file_is_one_line_beside_other_work_too(tmp_path):
 ])
 def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_path, capsys):
     data, extra = tmp_path / "pairs.jsonl", []
-    if case in ("no-train-split", "no-dev-split", "eval-trained-split"):
+    if case in ("no-train-split", "no-dev-split", "eval-trained-split", "eval-trained-split-archived"):
         data = _only_test_split(scifact, tmp_path / "beir")
+        archived = shutil.make_archive(str(tmp_path / "beir"), "zip", tmp_path, "beir")
         extra = {"no-dev-split": ["--split", "test", "--dev-split", "dev"],
-                 "eval-trained-split": ["--split", "test", "--eval", str(data)]}.get(case, [])
+                 "eval-trained-split": ["--split", "test", "--eval", str(data)],
+                 "eval-trained-split-archived": ["--split", "test", "--eval", archived]}.get(case, [])
     elif case == "damaged-gzip":
         data = tmp_path / "pairs.jsonl.gz"
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")  # named .gz, not compressed

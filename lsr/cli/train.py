@@ -242,12 +242,27 @@ def _check_eval_held_out(args: argparse.Namespace, dev_split: str | None) -> Non
     use = "trains" if args.split == "test" else "validates" if dev_split == "test" else None
     if use is None or is_jsonl(args.data) or not args.eval:
         return
-    data = locate_dataset(args.data, args.data_dir).resolve()
+    data = _test_qrels(locate_dataset(args.data, args.data_dir))
     for name in dict.fromkeys(args.eval):
-        if locate_dataset(name, args.data_dir).resolve() == data:
+        if _test_qrels(locate_dataset(name, args.data_dir)) == data:
             raise ValueError(f"--eval {name} scores the test split this run {use} on, so its before/after would not "
                              "be held out; train and validate on other splits (--split, --dev-split), or --eval "
                              "another dataset")
+
+
+def _test_qrels(path: Path) -> str:
+    """A digest of a BEIR dataset's qrels/test.tsv, which tells one dataset apart from another however it is found:
+    compared by path, a folder and an archive of one dataset (`lsr train ./scifact --split test --eval scifact`)
+    passed as two."""
+    import hashlib
+
+    from lsr.ingest.beir_source import BeirSource
+
+    source = BeirSource(path)
+    if not source.has("qrels/test.tsv"):
+        return str(path.resolve())  # no test split to compare (--eval then says it has none)
+    with source.open("qrels/test.tsv") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
 
 
 def _dev_split(args: argparse.Namespace) -> str | None:
