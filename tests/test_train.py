@@ -378,7 +378,8 @@ def test_a_bad_data_file_is_one_line_beside_other_work_too(tmp_path):
     ("huge-score", "line 1: teacher 'scores' must lie within ±10,000, got 1e+308"),  # inf in float32: "lower --lr"
     ("max-minutes-nan", "--max-minutes must be a positive number"),  # NaN was no limit at all
     ("seed-negative", "--seed must be in [0, 2**32)"),
-    ("flops-inf", "--flops-query and --flops-doc must be numbers ≥ 0"),  # these failed at step 1, as "lower --lr"
+    ("flops-inf", "--flops-query and --flops-doc must be numbers from 0 to 1000"),  # these failed at step 1, as
+    ("flops-huge", "--flops-query and --flops-doc must be numbers from 0 to 1000, got 1e-05 and 1e+300"),  # "lower --lr"
     ("checkpoint-every-0", "--checkpoint-every must be positive"),  # after the data and the model had loaded
     ("not-utf8", "pairs.jsonl line 2: not UTF-8 text (byte 0xff at column 3)"),  # named neither file nor line
     ("lone-surrogate", "pairs.jsonl line 2: holds a lone surrogate"),  # failed when its batch came up, unnamed
@@ -456,7 +457,7 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
         extra = {"batch-size-0": ["--batch-size", "0"], "threads-0": ["--threads", "0"], "max-steps-0": ["--max-steps", "0"],
                  "blend-0": ["--blend", "0"], "max-minutes-nan": ["--max-minutes", "nan"], "seed-negative": ["--seed", "-1"],
-                 "flops-inf": ["--flops-doc", "inf"], "checkpoint-every-0": ["--checkpoint-every", "0"],
+                 "flops-inf": ["--flops-doc", "inf"], "flops-huge": ["--flops-doc", "1e300"], "checkpoint-every-0": ["--checkpoint-every", "0"],
                  "max-length-1024": ["--max-length", "1024"], "out-under-a-file": [], "one-example": [],
                  "batch-size-1": ["--batch-size", "1", "--hard-negatives", "0"], "eval-unknown": ["--eval", "nosuchdataset"],
                  "jsonl-with-split": ["--split", "dev"], "jsonl-with-data-dir": ["--data-dir", str(tmp_path)],

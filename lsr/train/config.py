@@ -12,6 +12,8 @@ FLOPS_DOC = 1e-5
 # third of its document terms and 0.015 nDCG@10 on a dataset it never saw; at 1e-6 it kept them and scored higher on
 # both (benchmarks/results/train-scifact.md).
 FLOPS_DOC_INFERENCE_FREE = 1e-6
+MAX_FLOPS_WEIGHT = 1_000.0  # far past any that trains (1e-5 .. 1e-1): 1e300 was taken, overflowed float32 to inf, and the
+# run then failed at its first step with a loss of NaN and the advice to lower --lr
 
 
 @dataclass
@@ -67,8 +69,8 @@ class TrainConfig:
             raise ValueError(f"--blend must be in (0, 1], got {self.blend}")
         if not 0 <= self.collapse_fraction < 1:
             raise ValueError(f"--collapse-fraction must be in [0, 1), got {self.collapse_fraction}")
-        if not (0 <= self.flops_query < math.inf and 0 <= self.flops_doc < math.inf):
-            raise ValueError(f"--flops-query and --flops-doc must be numbers ≥ 0, got {self.flops_query} and "
-                             f"{self.flops_doc}")
+        if not (0 <= self.flops_query <= MAX_FLOPS_WEIGHT and 0 <= self.flops_doc <= MAX_FLOPS_WEIGHT):
+            raise ValueError(f"--flops-query and --flops-doc must be numbers from 0 to {MAX_FLOPS_WEIGHT:g}, got "
+                             f"{self.flops_query:g} and {self.flops_doc:g}")
         if self.max_length < 4 or self.query_max_length < 4:
             raise ValueError("--max-length and --query-max-length must be at least 4")
