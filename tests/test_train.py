@@ -523,7 +523,7 @@ def test_max_steps_overrides_epochs_and_trains_past_them(examples, tmp_path):
     assert [row["step"] for row in result.history] == [1, 2, 3, 4, 5]  # steps 3..5 run the next epochs' batches
 
 
-def test_a_run_under_max_steps_resumes_with_another_epochs_but_not_other_max_steps(examples, tmp_path):
+def test_a_run_under_max_steps_resumes_with_another_epochs_but_not_other_max_steps(examples, tmp_path, capsys):
     """--epochs stayed in the resume check under --max-steps, which overrides it: a resume that changed only
     --epochs, which decides nothing there, was refused."""
     out = tmp_path / "out"
@@ -533,6 +533,13 @@ def test_a_run_under_max_steps_resumes_with_another_epochs_but_not_other_max_ste
     with pytest.raises(ValueError, match=r"\(--max-steps 3 then, 4 now\)"):
         train(fresh_model(), examples, out, TrainConfig(**{**asdict(config), "max_steps": 4}), resume=True,
               progress=False)
+    # `lsr train --resume` says so before the data, the model or an --eval loads (it did once all had: 88 s here)
+    from lsr.cli.main import main
+
+    flags = ["--epochs", "1", "--batch-size", "4", "--max-length", "32", "--query-max-length", "16", "--resume",
+             "--eval", "nosuchdataset"]
+    assert main(["train", str(tmp_path / "unread.jsonl"), str(out), "--max-steps", "4", *flags]) == 2
+    assert "(--max-steps 3 then, 4 now)" in capsys.readouterr().err
     result = train(fresh_model(), examples, out, TrainConfig(**{**asdict(config), "epochs": 7}), resume=True,
                    progress=False)
     assert (result.steps, result.total_steps, result.stopped) == (3, 3, "finished")

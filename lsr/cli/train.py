@@ -155,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_out_apart_from_model(out, config.model)
     _check_out(out, args.resume)
+    if args.resume:
+        from lsr.train.loop import check_resume_settings
+
+        check_resume_settings(out, config)
     _check_lengths(config)
     encoding = device_options(args, concrete_dtype=True)  # one SPLADE model: its report names the dtype it ran
     from lsr.train.data import load_examples, model_miner

@@ -78,6 +78,22 @@ def _same_run(saved: dict, now: dict) -> bool:
     return saved == (now if "numerics" in saved else {k: v for k, v in now.items() if k != "numerics"})
 
 
+def _check_same_run(out: Path, saved: dict, now: dict) -> None:
+    if not _same_run(saved, now):
+        differ = ", ".join(_differences(saved, now)) or "the run"
+        raise ValueError(f"{out}'s checkpoint was made with other settings or data ({differ}); resume with the "
+                         "same arguments and data, or train into a new folder")
+
+
+def check_resume_settings(out: Path, config: TrainConfig) -> None:
+    """Refuse, before the data, the model and any --eval load, a resume whose checkpoint is damaged or was made with
+    other flags: both were found only once all of them had (88 s on 2 cores). The data, the model's files and the
+    numerics are compared later, when they are known."""
+    state = read_checkpoint(out)
+    if state is not None:
+        _check_same_run(out, state["run"], {**state["run"], "config": asdict(config)})
+
+
 def _deciding(saved: dict, now: dict) -> tuple[dict, dict]:
     """Two fingerprints less what leaves the weights alone: ``epochs`` where both runs take ``max_steps``, which
     overrides it (a run resumed with another --epochs and the same --max-steps was refused)."""
@@ -305,10 +321,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
         state = read_checkpoint(out)
         if state is None:
             raise ValueError(f"nothing to resume: {out} holds no checkpoint")
-        if not _same_run(state["run"], run):
-            differ = ", ".join(_differences(state["run"], run)) or "the run"
-            raise ValueError(f"{out}'s checkpoint was made with other settings or data ({differ}); resume with the "
-                             "same arguments and data, or train into a new folder")
+        _check_same_run(out, state["run"], run)
         try:  # a checkpoint with a good checksum that lsr did not write: one line, not a traceback or a no-op
             restore_checkpoint(state, model.parameters, optimizer, scaler)
             guard.load(state["guard"])
