@@ -267,6 +267,27 @@ def test_a_stop_during_the_closing_eval_prints_the_resume_command_and_the_resume
     assert json.loads((out / "lsr_train.json").read_text())["eval"] and not (out / "checkpoint.pt").exists()
 
 
+def test_a_stop_in_the_closing_dev_scoring_prints_the_resume_command(tiny_beir, tmp_path, monkeypatch, capsys):
+    """The last step's checkpoint was written, then a Ctrl-C while the guard scored the dev split a last time (or a
+    second Ctrl-C in a step) printed a bare "interrupted": nothing said --resume finishes the run."""
+    from lsr.cli.main import main
+    from lsr.train import guard
+
+    def stopped(*_args, **_kwargs):
+        raise KeyboardInterrupt  # where a Ctrl-C lands in that scoring
+
+    out = tmp_path / "out"
+    argv = _train_command(tiny_beir, out, "--max-steps", "2")[3:]  # the arguments after `-m lsr`
+    with monkeypatch.context() as patch:
+        patch.setattr(guard.Guard, "finish", stopped)
+        assert main(argv) == 128 + signal.SIGINT
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted (SIGINT); the training up to its last checkpoint is in {out / 'checkpoint.pt'}")
+    assert last.endswith("--resume") and (out / "checkpoint.pt").is_file() and not (out / "config.json").exists()
+    assert main(argv + ["--resume"]) == 0
+    assert (out / "config.json").is_file() and json.loads((out / "lsr_train.json").read_text())["steps"] == 2
+
+
 def test_a_second_export_cut_short_leaves_no_config_beside_the_first_exports_files(tmp_path, monkeypatch):
     """A --max-minutes run resumed exports into a folder that holds the first export: a kill between two renames
     left the old config.json beside new weights, a mix that loaded without error. Now config.json goes first."""

@@ -383,9 +383,17 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
         validate = lambda: dev()[0]["ndcg@10"]  # noqa: E731
         say(f"validating on {args.data} {dev_split} every {config.dev_every} steps; OUT keeps the best weights")
     clock = time.monotonic()
-    result = train(model, examples, out, config, resume=args.resume, max_minutes=args.max_minutes,
-                   checkpoint_every=args.checkpoint_every, progress=not args.quiet, validate=validate,
-                   validation=dev_split)
+    try:
+        result = train(model, examples, out, config, resume=args.resume, max_minutes=args.max_minutes,
+                       checkpoint_every=args.checkpoint_every, progress=not args.quiet, validate=validate,
+                       validation=dev_split)
+    except KeyboardInterrupt as stop:  # a second Ctrl-C, or one in the closing dev scoring: main said "interrupted"
+        if not (out / CHECKPOINT_FILE).is_file():
+            raise
+        stopped_by = signal.SIGINT if type(stop) is KeyboardInterrupt else signal.SIGTERM
+        print(f"interrupted ({stopped_by.name}); the training up to its last checkpoint is in {out / CHECKPOINT_FILE}. "
+              f"Continue with: {resume_command(args._argv)}", file=sys.stderr)
+        return 128 + stopped_by
     if result.stopped == "interrupted":
         print(f"interrupted ({signal.Signals(result.signal).name}) at step {result.steps} of {result.total_steps}; "
               f"checkpoint in {out / CHECKPOINT_FILE}. Continue with: {resume_command(args._argv)}", file=sys.stderr)
