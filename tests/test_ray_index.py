@@ -61,6 +61,17 @@ def reference(corpus, tmp_path_factory) -> Path:
     return build(corpus, tmp_path_factory.mktemp("local") / "col")
 
 
+def test_more_workers_than_cpus_start_one_encoder_actor_per_cpu(ray_cluster, caplog):
+    """--workers 64 on 2 CPUs started an actor (a model in memory, 0.4 GB) per part, up to 64 of them."""
+    from lsr.ingest.ray_engine import _actor_resources
+
+    ray = import_ray()
+    with caplog.at_level("WARNING", "lsr.ingest.ray_engine"):
+        assert _actor_resources(ray, 64, options()) == (2, {"num_cpus": 1.0}, 1)
+    assert "--workers 64: 2 encoder actors, one per CPU of the Ray cluster" in caplog.text
+    assert _actor_resources(ray, 2, options()) == (2, {"num_cpus": 1.0}, 1)
+
+
 def test_two_ray_workers_write_the_single_process_bytes(ray_cluster, corpus, reference, tmp_path):
     out = build(corpus, tmp_path / "col", RayOptions(workers=2))
     assert checksums(out) == checksums(reference)

@@ -341,7 +341,9 @@ def _actor_errors(ray: Any) -> Iterator[None]:
 def _actor_resources(ray: Any, workers: int | None, options: "IndexOptions") -> tuple[int, dict[str, float], int]:
     """(actors, Ray resources per actor, torch threads per actor): a GPU each where there are GPUs, else CPU shares.
 
-    More actors than GPUs or CPUs share them (fractional resources), so a large --workers never waits forever.
+    More actors than GPUs share them (fractional resources), so a large --workers never waits forever. On CPUs the
+    actors are at most the cluster's CPUs: more only share them, each holding a model (--workers 64 on 2 CPUs started
+    one per part, 0.4 GB apiece, enough to run this 24 GB machine out of memory on a corpus of 100 parts).
     """
     cluster = ray.cluster_resources()
     gpus, cpus = int(cluster.get("GPU", 0)), max(1, int(cluster.get("CPU", 1)))
@@ -350,6 +352,10 @@ def _actor_resources(ray: Any, workers: int | None, options: "IndexOptions") -> 
         return workers, {"num_gpus": min(1.0, gpus / workers)}, 1
     # one actor per node by default: on one machine that is `lsr index`'s own thread count, so the same bytes
     workers = workers or max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+    if workers > cpus:
+        log.warning("--workers %d: %d encoder actors, one per CPU of the Ray cluster (more would only share them, each "
+                    "holding a model in memory)", workers, cpus)
+        workers = cpus
     return workers, {"num_cpus": min(float(cpus // workers or 1), cpus / workers)}, max(1, cpus // workers)
 
 
