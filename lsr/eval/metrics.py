@@ -23,8 +23,12 @@ def top_k(docs: dict[str, float], k: int) -> dict[str, float]:
     """The ``k`` best as trec_eval ranks them: by score as a float32 (its ``sim``), ties by doc id descending (its
     ``comp_sim_docno``). Cut by ascending ids, tied documents that pytrec_eval then ranked last were kept over the
     ones it ranks first; cut by double scores, a document tied only in float32 was cut where trec_eval kept it."""
-    by_id = sorted(docs.items(), key=lambda item: item[0], reverse=True)
-    return dict(sorted(by_id, key=lambda item: -np.float32(item[1]))[:k])
+    if len(docs) <= k:  # nothing to cut (pytrec_eval ranks what it is given)
+        return docs
+    ids = list(docs)
+    scores = np.fromiter(docs.values(), np.float64, len(ids)).astype(np.float32)
+    ranked = np.lexsort((np.array(ids), scores))[::-1][:k]  # score, then id, both descending
+    return {ids[i]: docs[ids[i]] for i in ranked}
 
 
 def evaluate(qrels: dict[str, dict[str, int]], run: Run, *, ignore_identical_ids: bool = True) -> dict[str, float]:
