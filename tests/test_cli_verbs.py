@@ -487,6 +487,9 @@ def test_topics_ids_that_a_run_cannot_hold_are_refused_and_a_bom_is_no_header(tm
     from lsr.eval.runs import read_topics
 
     assert read_topics(_write(tmp_path / "bom.tsv", "\ufeffqid\ttext\nq1\tvitamin d\n")) == [("q1", "vitamin d")]
+    # a header names its columns; a numbered topic whose text is "query" is none (it was dropped as one)
+    assert read_topics(_write(tmp_path / "word.tsv", "1\tquery\n2\tbones\n")) == [("1", "query"), ("2", "bones")]
+    assert read_topics(_write(tmp_path / "topic.tsv", "topic\tquery\n1\tbones\n")) == [("1", "bones")]
     with pytest.raises(ValueError, match=r"spaced.tsv line 2: query id 'q 2' holds ' ' at character 1"):
         read_topics(_write(tmp_path / "spaced.tsv", "q1\tvitamin d\nq 2\tbones\n"))
     with pytest.raises(ValueError, match=r"nul.tsv line 1: query id 'q\\x001' holds '\\x00'"):  # went into the run

@@ -156,10 +156,11 @@ def read_topics(path: str | Path) -> list[tuple[str, str]]:
 
 def _is_tsv_header(line: str) -> bool:
     """A header is the first non-blank line (a blank line above it made it a query) naming an id column (qid, id,
-    ...) or a text column (query, text, title, question: `topic<TAB>query`); a topic whose whole text is such a word
-    is as unlikely as a qid "qid", and searching the header cost a wrong query in the run."""
+    ...) or a text column (query, text, title, question: `topic<TAB>query`) beside a name that is no number; a topic
+    whose whole text is such a word is as unlikely as a qid "qid", and searching the header cost a wrong query in the
+    run (`1<TAB>query` is a topic: a numbered one was dropped)."""
     parts = [part.strip().lower() for part in line.split("\t")]
-    return parts[0] in _ID_COLUMNS or (len(parts) > 1 and parts[1] in _TEXT_COLUMNS)
+    return parts[0] in _ID_COLUMNS or (len(parts) > 1 and parts[1] in _TEXT_COLUMNS and not parts[0].isdigit())
 
 
 def _tsv_topic(path: Path, line_no: int, line: str) -> tuple[str, str]:
