@@ -145,6 +145,8 @@ def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
     qrels.write_text("query-id\tcorpus-id\tscore\nq-aspirin\taspirin\t1\nq-coffee\tcoffee\t1\nq-statins\tsleep\t1\n")
     (tmp_path / "qrels.txt").write_text("q-aspirin 0 aspirin 1\nq-coffee 0 coffee 1\nq-statins 0 sleep 1\n")
     assert read_qrels_file(qrels) == read_qrels_file(tmp_path / "qrels.txt")
+    headed = _write(tmp_path / "headed.txt", "qid iter docno rel\n" + (tmp_path / "qrels.txt").read_text())
+    assert read_qrels_file(headed) == read_qrels_file(qrels)  # TREC's header: its grade 'rel' was refused
     assert cli_main(["eval", str(run_file), str(qrels), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["mrr@10"] == pytest.approx(2 / 3) and metrics["recall@100"] == pytest.approx(2 / 3)

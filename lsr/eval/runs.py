@@ -47,6 +47,14 @@ def _check_field(what: str, value: str) -> None:
                          "without it, or `lsr search --json` with the queries on standard input")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_trec_run(path: str | Path) -> Run:
     """qid → {docid: score}; a line that is not six fields names itself. Scores decide the order, as in trec_eval;
     a run whose scores mostly rise from line to line (rank and score columns swapped) is read with a warning."""
@@ -96,6 +104,8 @@ def parse_qrels(rows: Iterable[tuple[int, list[str]]], source: str) -> dict[str,
         if len(parts) == 3 and parts[0] == "query-id":
             beir_header = True
             continue
+        if not width and len(parts) == 4 and parts[0].lower() in _ID_COLUMNS + ("topic",) and not _is_number(parts[-1]):
+            continue  # a TREC qrels file's header line, `qid iter docno rel`: its grade 'rel' was refused
         if len(parts) not in (3, 4):
             swapped = " (a TREC run's 6 fields: the run comes first, `lsr eval RUN QRELS`)" if len(parts) == 6 else ""
             raise ValueError(f"{source} line {line_no}: expected 'qid 0 docid grade' or 'query-id corpus-id score'"
