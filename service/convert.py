@@ -11,7 +11,8 @@ from dataclasses import replace
 from typing import Mapping, Sequence
 
 from lsr.encode.texts import check_utf8
-from lsr.search.searcher import AUTO, HybridOptions, PrfOptions, ScoredHit, SearchResult, check_options
+from lsr.search.searcher import (AUTO, HybridOptions, PrfOptions, ScoredHit, SearchResult, check_after_weight,
+                                 check_options)
 from lsr.service import search_pb2 as pb
 
 DEFAULT_K = 10
@@ -102,6 +103,8 @@ def prf_from_proto(msg: pb.PrfOptions, defaults: PrfOptions | None = None) -> Pr
             options[name] = getattr(msg, name)
     checked = replace(defaults or PrfOptions(), **options)
     checked.check()
+    if msg.enabled and msg.HasField("after_weight") and not msg.interpolate:  # set alone: the collection's rules
+        check_after_weight(checked, "prf.after_weight")
     return checked if msg.enabled else None
 
 

@@ -878,3 +878,10 @@ def test_prf_options_travel_whole_so_a_tuned_servers_stored_prf_fills_none_of_th
     got = prf_from_proto(sent, PrfOptions(feedback_docs=5, weight=0.1, dense_weight=1.0, min_idf=2.0))
     assert got.dense_beta() == asked.dense_beta() == 0.25
     assert (got.feedback_docs, got.weight, got.interpolate, got.min_idf) == (3, 0.25, "both", 0.0)
+    # an after-weight set alone (`lsr query --prf --prf-after-weight 0.9`) meets the collection's interpolation:
+    # before, untuned, where it was taken and ignored; PrfOptions sent whole name their own
+    alone = pb.PrfOptions(enabled=True, after_weight=0.9)
+    with pytest.raises(ValueError, match="the interpolation here is 'before' .* set it to after or both"):
+        prf_from_proto(alone, PrfOptions())
+    assert prf_from_proto(alone, PrfOptions(interpolate="both")).after_weight == 0.9
+    assert prf_from_proto(options_to_proto(10, "hybrid", None, PrfOptions())["prf"], None).after_weight == 0.5

@@ -133,4 +133,11 @@ def prf_options(args: argparse.Namespace, defaults=None):
         return None
     if not given:
         return True
-    return replace(defaults, **given) if defaults else given
+    if not defaults:
+        return given
+    from lsr.search.searcher import check_after_weight
+
+    chosen = replace(defaults, **given)
+    if "after_weight" in given and "interpolate" not in given:  # the collection's: an untuned one's is before
+        check_after_weight(chosen, "--prf-after-weight")
+    return chosen

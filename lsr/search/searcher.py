@@ -210,6 +210,14 @@ def check_switches(explain: Any, include_text: Any, deadline: Any) -> None:
         raise TypeError(f"deadline must be a time.monotonic() instant in seconds, or None; got {deadline!r}")
 
 
+def check_after_weight(prf: PrfOptions, name: str) -> None:
+    """Refuse a PRF after-weight that was given where the interpolation, given or the collection's tuned or untuned
+    one, never fuses a PRF run after the first (before, none): it was taken and ignored."""
+    if prf.interpolate in ("before", "none"):
+        raise ValueError(f"{name} weighs the PRF run in after/both interpolation, and the interpolation here is "
+                         f"{prf.interpolate!r} (the collection's, unless given): set it to after or both")
+
+
 def check_idle_options(mode: str, hybrid: HybridOptions | None, prf: Any, bound_factor: float, *,
                        flag: Callable[[str], str] = str) -> None:
     """Refuse an option that ``mode`` (resolved: auto is hybrid or sparse by now) gives nothing to do: each was
