@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "joint fusion + PRF grid on train/dev takes many minutes on a CPU)")
     p.add_argument("-k", "--k", type=int, default=100,
                    help="retrieval depth, 10..999 (default: 100; the metrics read the top 100; hybrid fuses the "
-                        "top max(k, 100))")
+                        "top max(k + 1, 100): one spare for a dropped self-hit)")
     add_endpoint_arguments(p, required=False, timeout=60.0)  # a running `lsr serve` instead of in-process search
     p.add_argument("--serve", action="store_true",
                    help="index the dataset, start `lsr serve` on a free loopback port, evaluate through it, then stop it")
