@@ -8,6 +8,7 @@ names. A crash at any point leaves the previous manifest and every file it names
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -30,6 +31,8 @@ MANIFEST = "manifest.json"
 LOCK = "LOCK"
 _HEAD_BYTES = 1 << 16
 _FULL_CHECK_ON_OPEN = 1 << 20
+# out of file handles or memory, or no permission: the machine, not the file (the CLI exits 1 on a bare OSError)
+MACHINE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EACCES, errno.EPERM})
 _DATA_FILE = re.compile(r"^(s\d+(-\d+)?\..+|vocab\..+|.+\.tmp)$")  # s000012-1: a write's segment of another scale
 
 
@@ -80,6 +83,8 @@ def load_array(directory: Path, record: dict, dtype: np.dtype, length: int) -> n
         with NUMPY_LOADS:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
+        if getattr(exc, "errno", None) in MACHINE_ERRNOS:  # the file may be whole: "corrupted, lsr repair" misled
+            raise
         raise CorruptIndexError(f"index file {path} is not a readable .npy array: {exc}") from exc
     if array.dtype != dtype or array.shape != (length,):
         raise CorruptIndexError(

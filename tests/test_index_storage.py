@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import signal
 import subprocess
@@ -137,6 +138,35 @@ def test_corruption_of_each_file_kind_is_named_on_open(tmp_path, damage):
             InvertedIndex.open(path)
         target.write_bytes(original)
     InvertedIndex.open(path).verify()
+
+
+def test_running_out_of_file_handles_is_the_machines_error_not_a_corrupt_file(tmp_path):
+    """An open that met the process's file limit (EMFILE) at an array's memory map said the file was "not a readable
+    .npy array" and to run `lsr repair`, on a whole index."""
+    _index_with_every_file_kind(tmp_path / "idx")
+    script = f"""
+import os, resource, sys
+from lsr.index import InvertedIndex
+from lsr.index.storage import CorruptIndexError
+InvertedIndex.open({str(tmp_path / "idx")!r})  # warm: every import and compile done before the limit
+found = set()
+base = len(os.listdir("/proc/self/fd"))
+for spare in range(0, 40):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (base + spare, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    try:
+        InvertedIndex.open({str(tmp_path / "idx")!r})
+        found.add("opened")
+    except CorruptIndexError as exc:
+        found.add("corrupt: " + str(exc))
+    except OSError as exc:
+        found.add(exc.errno)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(sorted(map(str, found)))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    found = done.stdout.strip()
+    assert "corrupt" not in found and str(errno.EMFILE) in found and "opened" in found, found
 
 
 def test_verify_finds_corruption_past_the_cheaply_checked_head(tmp_path):
