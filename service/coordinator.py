@@ -232,6 +232,7 @@ class ShardedSearcher(Searcher):
     def index_version(self) -> str:
         """``<build>-<versions>``: the build's tag (its first shard's seal) and one version per shard, as last seen:
         it changes whenever any shard's does, and with every build (each shard's counts writes from 1 again)."""
+        self.check_open()
         return f"{build_tag(self._meta)}-{'.'.join(self.shards.versions)}"
 
     @property
@@ -263,6 +264,7 @@ class ShardedSearcher(Searcher):
     def stats(self) -> dict[str, Any]:
         """Counts of the shards that answer now (what a search reaches); a down shard's last known documents
         are ``num_docs_down``, unknown ("?") for one that never answered."""
+        self.check_open()
         up = [self.shards.is_up(s) for s in range(len(self.shards.names))]
         infos = [info for info, ok in zip(self.shards.infos, up) if info and ok]
         last_known = [info for info, ok in zip(self.shards.infos, up) if not ok]

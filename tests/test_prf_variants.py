@@ -449,6 +449,14 @@ def test_options_of_the_wrong_kind_fail_in_one_clear_line(searcher, splade):
             searcher.search_batch(["aspirin"], k=3, **{name: "no"})
     with pytest.raises(TypeError, match="deadline must be a time.monotonic"):
         searcher.search("aspirin", k=3, deadline="soon")
+    # a write's: "soon" failed after its documents were encoded, NaN waited 30 s, and nothing was written either way
+    for write in (lambda deadline: searcher.upsert(["zz"], ["aspirin text"], deadline=deadline),
+                  lambda deadline: searcher.delete(["zz"], deadline=deadline)):
+        for deadline in ("soon", float("nan"), [1]):
+            with pytest.raises(TypeError, match="deadline must be a time.monotonic"):
+                write(deadline)
+    with pytest.raises(KeyError):
+        searcher.doc("zz")
     assert searcher.search("aspirin", k=3, mode="hybrid", explain=True).hits[0].explanation
     with pytest.raises(ValueError, match="key is a token or a whole term id, got 2.7"):
         searcher.search(sparse={2.7: 1.0}, k=3)

@@ -456,7 +456,8 @@ def test_a_closed_searcher_refuses_searches_writes_and_lookups_sharded_or_not(un
         searcher.close()  # a second close does nothing
         calls = (lambda: searcher.search("heart", k=1), lambda: searcher.search_batch(["heart"], k=1),
                  lambda: searcher.search_encoded({5: 1.0}, None), lambda: searcher.upsert(["new"], ["heart text"]),
-                 lambda: searcher.delete(["new"]), lambda: searcher.doc("new"))
+                 lambda: searcher.delete(["new"]), lambda: searcher.doc("new"), lambda: searcher.stats(),
+                 lambda: searcher.index_version, lambda: searcher.encode_queries(["heart"]))  # the last three answered
         for call in calls:
             with pytest.raises(ValueError, match=r"^this Searcher is closed; open the collection again"):
                 call()

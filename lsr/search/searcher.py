@@ -206,6 +206,12 @@ def check_switches(explain: Any, include_text: Any, deadline: Any) -> None:
     for name, value in (("explain", explain), ("include_text", include_text)):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{name} must be True or False, got {value!r}")
+    check_deadline(deadline)
+
+
+def check_deadline(deadline: Any) -> None:
+    """A search's or a write's deadline: None or a number (a write's "soon" failed only after its documents were
+    encoded, and NaN waited 30 s)."""
     if deadline is not None and (not is_real(deadline) or math.isnan(deadline)):
         raise TypeError(f"deadline must be a time.monotonic() instant in seconds, or None; got {deadline!r}")
 
@@ -303,6 +309,7 @@ class Searcher:
     def index_version(self) -> str:
         """``<build>-<write>``: the build's tag (its ``lsr.json`` seal, new with every build) and the sparse index's
         version, which counts writes from 1 again in every build; a client can key a cache on it."""
+        self.check_open()
         return self._version_of(self.collection.view())
 
     def _version_of(self, view: Any) -> str:
@@ -448,6 +455,7 @@ class Searcher:
             raise
 
     def stats(self) -> dict[str, Any]:
+        self.check_open()
         view = self.collection.view()
         dense_query = {}
         if self.has_dense:
@@ -485,10 +493,12 @@ class Searcher:
     # ------------------------------------------------------------------ encoding
     def encode_queries(self, texts: Sequence[str]):
         """(SparseBatch, EncodeInfo) for many query texts at once; the service micro-batches through this."""
+        self.check_open()
         return self.query_encoder.encode_queries(query_list(texts, "encode_queries"), return_info=True)
 
     def encode_dense(self, texts: Sequence[str]):
         """([n, dim] vectors, EncodeInfo) for many query texts at once."""
+        self.check_open()
         if not self.has_dense:
             raise FailedPrecondition("this collection has no dense index; re-index with --dense minilm to use dense or hybrid mode")
         return self.dense_encoder.encode_queries(query_list(texts, "encode_dense"), return_info=True)
@@ -857,6 +867,7 @@ class Searcher:
         from lsr.encode.texts import is_blank
 
         self.check_open()
+        check_deadline(deadline)
         if isinstance(texts, str):
             raise TypeError("texts must be a list of texts, one per id, not one str")
         ids, texts = id_list(ids), list(texts)
@@ -898,6 +909,7 @@ class Searcher:
         """Delete documents; returns the ids that were not in the collection (nothing else changes for them).
         ``deadline`` and ``check`` as in ``store``."""
         self.check_open()
+        check_deadline(deadline)
         ids = id_list(ids)
         if "" in ids:  # NOT_FOUND "(first: '')" where an upsert refused it; other ids, even ones today's check refuses,
             # stay deletable: a collection may hold them from before it
