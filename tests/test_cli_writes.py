@@ -270,6 +270,11 @@ def test_upsert_and_delete_through_a_running_server(built, tmp_path, capsys):
         assert main(["delete", "--endpoint", server.address, "not-there"]) == 1
         with server.client() as client:
             assert "axolotl" not in [hit.doc_id for hit in client.search("axolotl limbs regrow", k=10).hits]
+        long_id = "z" * 300  # a legal id no path can be: its look for a collection folder said "File name too long"
+        assert main(["upsert", str(_jsonl(tmp_path / "long.jsonl", {long_id: "giraffes"})), "--endpoint",
+                     server.address, "--quiet"]) == 0
+        assert main(["delete", "--endpoint", server.address, long_id]) == 0
+        assert "deleted 1 of 1 documents" in capsys.readouterr().out
     finally:
         server.kill()
 
@@ -310,6 +315,7 @@ def test_a_write_past_its_deadline_says_it_may_have_landed_and_what_a_rerun_does
      "--auth-token-file does nothing here: COLLECTION is a folder written here, not a server (--endpoint)"),
     (["delete", "{col}", "not-there", "--tls", "--timeout", "5"], "--tls, --timeout do nothing here"),
     (["delete", "{col}", "d1", "--endpoint", "localhost:1"], "not both"),  # COLLECTION went to the server as an id
+    (["delete", "{col}", "bad id"], "id 'bad id' holds ' ' at character 3"),  # "not in the collection", exit 1
     (["upsert", "{src}", "--endpoint", "localhost:1", "--batch-size", "8"],  # it was ignored: the server encodes
      "--batch-size does nothing here: they choose how this process encodes"),
 ])

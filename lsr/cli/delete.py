@@ -33,8 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lsr.sparse import id_problem, short_repr
+
     words = list(args.words)
-    if args.endpoint and words and is_collection_dir(Path(words[0]).expanduser()):  # was deleted as an id, "not found"
+    if args.endpoint and words and _names_a_collection(words[0]):  # was deleted as an id, "not found"
         raise ValueError(f"give either COLLECTION ({words[0]}) or --endpoint {args.endpoint} (a running server), not "
                          "both: with --endpoint every word is an id")
     collection = None if args.endpoint else (words.pop(0) if words else None)
@@ -42,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give COLLECTION (a folder written by `lsr index`) or --endpoint HOST[:PORT]")
     if collection is not None:
         refuse_connection_flags(args)
+    for doc_id in words:  # as --ids-file's are: "not in the collection", exit 1 (retry), for `lsr delete col "a b"`
+        problem = id_problem(doc_id)
+        if problem is not None:
+            raise ValueError(f"id {short_repr(doc_id)} {problem}")
     ids = words + _read_ids(args.ids_file)
     ids = list(dict.fromkeys(doc_id for doc_id in ids if doc_id))
     if not ids:
@@ -56,6 +62,15 @@ def run(args: argparse.Namespace) -> int:
         shown = ", ".join(not_found[:10]) + (f" and {len(not_found) - 10:,} more" if len(not_found) > 10 else "")
         print(f"not in the collection: {shown}", file=sys.stderr)
     return 0 if deleted else 1
+
+
+def _names_a_collection(word: str) -> bool:
+    """Whether the first word after --endpoint is a collection's folder; an id no path can be (300 bytes: "File name
+    too long") is none."""
+    try:
+        return is_collection_dir(Path(word).expanduser())
+    except OSError:
+        return False
 
 
 def _read_ids(path: str | None) -> list[str]:
