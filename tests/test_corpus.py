@@ -200,6 +200,8 @@ BAD_LINES = [
     json.dumps({"_id": "d", "text": "also fine", "title": None}),
     json.dumps({"_id": "e", "body": "the text sits under another key"}),  # line 8: no configured text field
     json.dumps({"_id": "doc 9", "text": "an id a TREC run cannot hold"}),  # line 9: bad id
+    # line 10: fine, though no int holds its number (a bare ValueError, naming no line, ended even --on-error skip)
+    '{"_id": "f", "text": "x", "unread": ' + "9" * 5000 + "}",
 ]
 
 
@@ -247,8 +249,8 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", BAD_LINES)
     reader = CorpusReader(path, on_error="skip")
     ids, texts, rows = read_all(reader)
-    assert ids == ["a", "d"] and texts == ["fine", "also fine"]
-    assert rows == [1, 7]
+    assert ids == ["a", "d", "f"] and texts == ["fine", "also fine", "x"]
+    assert rows == [1, 7, 10]
     assert reader.stats.skipped == {"missing id": 1, "duplicate id": 1, "non-string text": 1, "invalid JSON": 1,
                                     "missing text": 1, "bad id": 1}
 

@@ -78,6 +78,20 @@ def check_query_length(text: str, what: str = "the query text") -> None:
         raise ValueError(f"{what} is {len(text):,} characters; a query may hold at most {MAX_QUERY_CHARS:,}")
 
 
+def json_line(line: str):
+    """``json.loads`` of one line, an integer past Python's digit limit (4,300) read as a float, as pyarrow reads
+    it: ``int`` refused it with a bare ValueError that named no line, and ended even an `--on-error skip` build over
+    a field nobody reads, whenever its block was read line by line."""
+    return json.loads(line, parse_int=_whole)
+
+
+def _whole(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def invalid_json(exc: json.JSONDecodeError) -> str:
     """A JSON line that would not parse, as an error says it: the parser's reason and where on the line (a bare
     "Unterminated string starting at" named no place)."""

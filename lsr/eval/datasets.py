@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-from lsr.encode.texts import invalid_json, is_blank
+from lsr.encode.texts import invalid_json, is_blank, json_line
 from lsr.eval.runs import fields, parse_qrels
 from lsr.files import cache_dir
 from lsr.ingest.beir_source import BeirSource
@@ -55,7 +55,7 @@ def _jsonl(fh: IO[bytes], what: str) -> Iterator[tuple[int, dict]]:
     for line_no, line in enumerate(_utf8_lines(fh, what), start=1):
         if line.strip():
             try:
-                row = json.loads(line)
+                row = json_line(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{what} line {line_no}: {invalid_json(exc)}") from None
             if not isinstance(row, dict):

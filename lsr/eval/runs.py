@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import IO, Iterable
 
-from lsr.encode.texts import check_query_length, invalid_json, is_blank, surrogate_at
+from lsr.encode.texts import check_query_length, invalid_json, is_blank, json_line, surrogate_at
 from lsr.eval.metrics import Run
 from lsr.files import read_text_file, text_lines
 from lsr.sparse import id_problem, short_repr
@@ -184,7 +184,7 @@ def _tsv_topic(path: Path, line_no: int, line: str) -> tuple[str, str]:
 
 def _json_topic(path: Path, line_no: int, line: str) -> tuple[str, str]:
     try:
-        row = json.loads(line)
+        row = json_line(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} line {line_no}: {invalid_json(exc)}") from None
     qid = next((row[k] for k in _ID_KEYS if isinstance(row, dict) and isinstance(row.get(k), (str, int))

@@ -25,7 +25,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
-from lsr.encode.texts import invalid_json, is_blank, surrogate_at
+from lsr.encode.texts import invalid_json, is_blank, json_line, surrogate_at
 from lsr.files import open_maybe_gzip
 from lsr.ingest.beir_source import BeirSource
 from lsr.ingest.csv_quotes import strict_rows
@@ -148,7 +148,7 @@ def _json_row(line: bytes):
     """A JSONL line parsed, a byte that is not UTF-8 kept as a lone surrogate: in a field that is read, the row is
     refused as "invalid UTF-8" by ``_accept``; in one that is not, the row is read, as pyarrow's path reads it (a
     strict decode refused it only where another row sent its block down this path)."""
-    return json.loads(line.decode("utf-8", "surrogateescape"))
+    return json_line(line.decode("utf-8", "surrogateescape"))
 
 
 def _advance(rows: Iterator[int], count: int | None) -> None:

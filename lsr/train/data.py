@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from lsr.encode.texts import invalid_json, is_blank, surrogate_at
+from lsr.encode.texts import invalid_json, is_blank, json_line, surrogate_at
 from lsr.files import GZIP_ERRORS, open_maybe_gzip
 from lsr.sparse import short_repr
 
@@ -110,7 +110,7 @@ def read_jsonl(path: Path) -> list[Example]:
 
 def _example(line: str, where: str) -> Example:
     try:
-        row = json.loads(line)
+        row = json_line(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{where}: {invalid_json(exc)}") from None
     if not isinstance(row, dict):
