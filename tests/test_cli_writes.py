@@ -87,6 +87,14 @@ def test_a_sharded_collection_takes_upserts_and_deletes_and_doc_verify_repair_wo
     capsys.readouterr()
     assert main(["doc", str(root), "coffee", "narwhal"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"coffee\t{NEW['coffee']}", f"narwhal\t{NEW['narwhal'].strip()}"]
+    # a text's line break and tab read as another document's line ("narwhal<TAB>forged"): escaped in this form
+    forged = {"m1": "first line\nnarwhal\tforged text \\ done"}
+    assert main(["upsert", str(_jsonl(tmp_path / "forged.jsonl", forged)), str(root), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["doc", str(root), "m1", "narwhal", "m1"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["m1\tfirst line\\nnarwhal\\tforged text \\\\ done",
+                                                    f"narwhal\t{NEW['narwhal'].strip()}"]
+    assert main(["doc", str(root), "m1"]) == 0 and capsys.readouterr().out == forged["m1"] + "\n"  # one: as stored
     assert main(["verify", str(root)]) == 0
     damaged = shard_map.names[shard_map.owner("narwhal")]
     shutil.rmtree(root / damaged / "sparse")

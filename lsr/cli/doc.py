@@ -20,22 +20,33 @@ HELP = "print a stored document of a collection by id"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("collection", type=path_argument, metavar="COLLECTION", help="folder written by `lsr index`")
-    p.add_argument("ids", nargs="+", metavar="ID", help="document id(s)")
+    p.add_argument("ids", nargs="+", metavar="ID",
+                   help="document id(s); one prints its text as stored, several an `ID<TAB>TEXT` line each, the text's "
+                        "backslashes, tabs and line breaks written as \\\\, \\t, \\n and \\r")
     p.add_argument("--json", action="store_true", help="print {id: text} as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    texts = _texts(Path(args.collection), args.ids)
-    found = {doc_id: text for doc_id, text in zip(args.ids, texts) if text is not None}  # printed even if some are not
+    from lsr.sparse import short_repr
+
+    ids = list(dict.fromkeys(args.ids))  # an id given twice is printed once
+    texts = _texts(Path(args.collection), ids)
+    found = {doc_id: text for doc_id, text in zip(ids, texts) if text is not None}  # printed even if some are not
     if args.json:
         print(json.dumps(found, ensure_ascii=False))
     else:
         for doc_id, text in found.items():
-            print(f"{doc_id}\t{text}" if len(args.ids) > 1 else text)
-    missing = [doc_id for doc_id in args.ids if doc_id not in found]
+            print(f"{doc_id}\t{_one_line(text)}" if len(ids) > 1 else text)
+    missing = [doc_id for doc_id in ids if doc_id not in found]
     if missing:
-        raise ValueError(f"no document {', '.join(map(repr, missing))} in {args.collection}")
+        raise ValueError(f"no document {', '.join(map(short_repr, missing))} in {args.collection}")
     return 0
+
+
+def _one_line(text: str) -> str:
+    """A text on its line of `ID<TAB>TEXT`: a line break or tab in it read as another document's line ("d2<TAB>forged
+    text"), so they are escaped, as PostgreSQL's text COPY format does."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _texts(path: Path, ids: list[str]) -> list[str | None]:
