@@ -654,7 +654,7 @@ def _read_upsert_stream(messages, call: _Call, take: Callable[[int], None]) -> t
             if not message.allow_empty_documents and is_blank(doc.text):
                 raise ValueError(f"{where} ({doc.id!r}) has empty, whitespace or NUL-only text; "
                                  "set allow_empty_documents to store it anyway")
-            doc_bytes = len(doc.id) + len(doc.text)
+            doc_bytes = doc.ByteSize()  # UTF-8 bytes: len() counted characters, a quarter of an emoji text's
             size += doc_bytes
             if len(ids) + 1 > MAX_UPSERT_DOCS or size > MAX_UPSERT_BYTES:
                 raise RequestTooLarge(f"the upsert stream passed the server's limit of {MAX_UPSERT_DOCS:,} documents or "

@@ -264,6 +264,9 @@ def test_upserts_held_at_once_are_bounded_across_streams(collection, tmp_path):
             assert first.result().upserted == 1
             assert c.stats()["details"]["upsert_bytes_held"] == "0"
             assert c.upsert(["held-2"], [text]) == 1
+            with pytest.raises(grpc.RpcError) as err:  # 1.2 MB of UTF-8 in 300,000 characters: it counted those
+                c.upsert(["emoji"], ["\U0001f642" * 300_000])
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-upserts-mb" in err.value.details()
     finally:
         release.set()
         server.kill()
