@@ -285,7 +285,9 @@ def test_a_stop_in_the_closing_dev_scoring_prints_the_resume_command(tiny_beir, 
     assert last.startswith(f"interrupted (SIGINT); the training up to its last checkpoint is in {out / 'checkpoint.pt'}")
     assert last.endswith("--resume") and (out / "checkpoint.pt").is_file() and not (out / "config.json").exists()
     assert main(argv + ["--resume"]) == 0
-    assert (out / "config.json").is_file() and json.loads((out / "lsr_train.json").read_text())["steps"] == 2
+    summary = json.loads((out / "lsr_train.json").read_text())
+    assert (out / "config.json").is_file() and summary["steps"] == 2
+    assert summary["last_step"]["step"] == 2 and summary["first_step"]["step"] == 1  # it had no last: null, no loss line
 
 
 def test_a_second_export_cut_short_leaves_no_config_beside_the_first_exports_files(tmp_path, monkeypatch):

@@ -412,7 +412,7 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
                    "dev_split": dev_split, "dev_scores": result.dev_scores, "kept": result.kept,
                    "train_seconds": round(result.seconds, 1), "wall_seconds": round(time.monotonic() - clock, 1),
                    "first_step": result.first_step,
-                   "last_step": result.history[-1] if result.history else None,
+                   "last_step": result.last_step,
                    "skipped_steps": result.skipped_steps,  # fp16 overflows, a resumed run's before it too
                    "eval": evals, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), **encoding}
         with uninterrupted():  # a stop here said "Continue with: --resume" of a run whose checkpoint it removed

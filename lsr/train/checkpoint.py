@@ -30,7 +30,7 @@ def leftovers(out: Path) -> list[Path]:
 def save_checkpoint(out: Path, parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                     step: int, run: dict[str, Any], seconds: float, guard: dict[str, Any],
                     first: dict[str, float] | None = None, loss_scale: dict[str, Any] | None = None,
-                    skipped: int = 0) -> None:
+                    skipped: int = 0, last: dict[str, float] | None = None) -> None:
     """``loss_scale``: fp16's GradScaler state (an empty dict when off), so a resumed run scales as it did;
     ``skipped``: the steps fp16's overflow skipped so far, which the learning-rate schedule does not count."""
     state = {
@@ -38,6 +38,7 @@ def save_checkpoint(out: Path, parameters: list[torch.nn.Parameter], optimizer: 
         "step": step,
         "seconds": seconds,
         "first": first,  # the run's first step (its loss), for the summary of a resumed run
+        "last": last,  # and this one's: a run resumed only to export had none to show
         "run": run,
         "parameters": [p.detach().cpu().clone() for p in parameters],
         "optimizer": optimizer.state_dict(),

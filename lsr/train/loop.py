@@ -44,6 +44,7 @@ class TrainResult:
     kept: str | None = None  # set when the returned weights are an earlier step's: which, and why
     signal: int | None = None  # what interrupted the run: SIGINT or SIGTERM
     first_step: dict[str, float] | None = None  # the run's first step, before any resume: step, loss, ...
+    last_step: dict[str, float] | None = None  # and its last, after any resume
     skipped_steps: int = 0  # the steps fp16's overflow skipped, before any resume too
 
 
@@ -316,7 +317,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     guard = Guard(model.parameters, None if validate is None else _in_eval_mode(model, validate), config.dev_every,
                   config.patience, config.collapse_fraction)
     starting = [p.detach().clone() for p in model.parameters] if config.blend < 1 else None  # before a resume restores
-    start, seconds, checkpointed, first, skipped = 0, 0.0, None, None, 0
+    start, seconds, checkpointed, first, skipped, last = 0, 0.0, None, None, 0, None
     if resume:
         state = read_checkpoint(out)
         if state is None:
@@ -326,6 +327,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             restore_checkpoint(state, model.parameters, optimizer, scaler)
             guard.load(state["guard"])
             start, seconds, first = int(state["step"]), float(state["seconds"]), state.get("first")
+            last = state.get("last")  # none in a checkpoint from before it was kept
             skipped = int(state.get("skipped_steps", 0))  # none in a checkpoint from before they were kept
             checkpointed = start
             if not 0 <= start <= total:
@@ -353,7 +355,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             seconds += time.perf_counter() - clock
             step, skipped = step + 1, skipped + int(stats["skipped"])
             history.append({"step": step, **stats})  # after a resume the first is not step 1
-            first = first or history[0]
+            first, last = first or history[0], history[-1]
             if on_step is not None:
                 on_step(step, stats)
             halt = guard.after_step(step, stats)
@@ -364,7 +366,7 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             # the last step too: a kill while OUT's model folder is written then loses no training (--resume exports)
             if step % checkpoint_every == 0 or step == total or interrupt.requested or out_of_time or halt:
                 save_checkpoint(out, model.parameters, optimizer, step, run, seconds, guard.state(), first,
-                                scaler.state_dict(), skipped)
+                                scaler.state_dict(), skipped, last)
                 checkpointed = step
             if interrupt.requested or out_of_time or halt:
                 stopped = "interrupted" if interrupt.requested else "time limit" if out_of_time else halt.split(":")[0]
@@ -377,7 +379,8 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     if starting is not None and stopped != "interrupted":
         blend_weights(model.parameters, starting, config.blend)
     model.train(False)
-    return TrainResult(step, total, seconds, stopped, history, guard.scores, kept, interrupt.requested, first, skipped)
+    return TrainResult(step, total, seconds, stopped, history, guard.scores, kept, interrupt.requested, first, last,
+                       skipped)
 
 
 def _show_step(bar: Any, stats: dict[str, float], scores: list[tuple[int, float]], deadline: float | None) -> None:
