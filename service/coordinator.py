@@ -184,8 +184,7 @@ class ShardedSearcher(Searcher):
     def _started(cls, root: Path, options: ShardOptions | None,
                  models_for: Callable[[dict, _WholeCollection], SearchModels]) -> "ShardedSearcher":
         shard_map = read_shard_map(root)
-        meta, *_ = [read_meta(path) for path in shard_map.paths(root)]  # a missing or misplaced shard refuses the start:
-        # its server would be created again and again, and every search answer partial
+        meta = read_meta(shard_map.paths(root)[0])
         shards = LocalShards(root, shard_map) if options is None else ShardSet(root, shard_map, options)
         try:
             models = models_for(meta, _WholeCollection(shards))
