@@ -35,6 +35,19 @@ REOPEN_WAIT_S = 120.0  # a reload waits this long for the new build's shard serv
 WARM_UP_WAIT_S = 5.0  # a server's warm-up waits this long for starting shard servers, then warms its encoders only
 
 
+def _first_meta(paths: Sequence[Path]) -> dict:
+    """The first shard's ``lsr.json`` that reads (the models and settings are the whole collection's): a shard whose
+    folder is missing or damaged at the start is served as down, its searches partial and health NOT_SERVING, until it
+    comes back; shard-000 so refused the start, where any other did not."""
+    failed: Exception | None = None
+    for path in paths:
+        try:
+            return read_meta(path)
+        except (OSError, ValueError) as exc:
+            failed = failed or exc
+    raise failed
+
+
 def merge_runs(parts: Sequence[Ranking], depth: int) -> Ranking:
     """The global top ``depth`` of disjoint shards' top-``depth`` lists, best first (ties by doc id)."""
     merged: Ranking = {}
@@ -184,7 +197,7 @@ class ShardedSearcher(Searcher):
     def _started(cls, root: Path, options: ShardOptions | None,
                  models_for: Callable[[dict, _WholeCollection], SearchModels]) -> "ShardedSearcher":
         shard_map = read_shard_map(root)
-        meta = read_meta(shard_map.paths(root)[0])
+        meta = _first_meta(shard_map.paths(root))
         shards = LocalShards(root, shard_map) if options is None else ShardSet(root, shard_map, options)
         try:
             models = models_for(meta, _WholeCollection(shards))

@@ -62,9 +62,10 @@ def test_pre_encoded_vectors_index_to_the_same_collection(collections, capsys):
 
 def test_fusion_flags_on_a_collection_without_dense_vectors_fuse_the_legs_it_has(collections, capsys):
     """The dense weight a flag leaves unset (1 - the sparse weight) asked for a leg the collection lacks: any fusion
-    flag failed with "re-index with --dense minilm", where a plain --mode hybrid worked."""
-    assert cli_main(["search", str(collections["direct"]), "coffee", "--normalization", "rrf", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["hits"]
+    flag failed with "re-index with --dense minilm", where a plain --mode hybrid worked. That weight is now 0, and
+    weights that then leave one list are refused (SPLADE alone ran, its raw scores labelled hybrid)."""
+    assert cli_main(["search", str(collections["direct"]), "coffee", "--normalization", "rrf", "--json"]) == 2
+    assert "these weights leave sparse, as this collection has no dense leg" in capsys.readouterr().err
     assert cli_main(["search", str(collections["direct"]), "coffee", "--sparse-weight", "0.5", "--bm25-weight", "0.5",
                      "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]

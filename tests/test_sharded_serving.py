@@ -562,32 +562,34 @@ def test_a_deadline_shorter_than_the_shards_answer_is_deadline_exceeded(client, 
     assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_a_shard_that_cannot_open_is_named_and_the_others_answer(built, server, queries, tmp_path, caplog):
+@pytest.mark.parametrize("down", ["shard-001", "shard-000"])  # shard-000's refused the start: its lsr.json was read
+def test_a_shard_that_cannot_open_is_named_and_the_others_answer(built, server, queries, tmp_path, caplog, down):
     import shutil
 
+    others = tuple(name for name in ("shard-000", "shard-001", "shard-002") if name != down)
     broken = tmp_path / "broken"
     shutil.copytree(built["sharded"], broken)
-    (broken / "shard-001" / "lsr.json").unlink()
+    (broken / down / "lsr.json").unlink()
     with caplog.at_level(logging.INFO, logger="lsr.service"):
         partial = _start(broken)
     try:  # the warm-up waited for it a while, then warmed the encoders without a search (which logged it missing)
         assert re.search(r"event=warmed_up modes=encoders only for sparse/dense/bm25/hybrid "
-                         r"\(shards down: [\w,-]*shard-001", caplog.text), caplog.text
+                         rf"\(shards down: [\w,-]*{down}", caplog.text), caplog.text
         with Client(f"127.0.0.1:{partial.port}", timeout=120) as c:
-            _wait(lambda: "shard-001" in caplog.text and "is not an lsr collection" in caplog.text)
-            _wait(lambda: _answered(c, queries[0]) == ("shard-000", "shard-002"))
-            assert c.health() == "NOT_SERVING" and c.search(queries[0], k=5).shards_missing == ("shard-001",)
+            _wait(lambda: down in caplog.text and "is not an lsr collection" in caplog.text)
+            _wait(lambda: _answered(c, queries[0]) == others)
+            assert c.health() == "NOT_SERVING" and c.search(queries[0], k=5).shards_missing == (down,)
             assert "event=shards_missing" in caplog.text
             caplog.clear()
             for _ in range(10):  # each logged the missing shard: 671 lines in 20 s under load
-                assert c.search(queries[0], k=5).shards_missing == ("shard-001",)
+                assert c.search(queries[0], k=5).shards_missing == (down,)
             assert caplog.text.count("event=shards_missing") <= 2  # 2: its reason changed as it was recreated
             from lsr.ingest.collection import Collection
 
             stats = c.stats()  # counts what a search reaches: the two shards that answer
-            answering = [Collection.open(broken / name).view().sparse.num_docs for name in ("shard-000", "shard-002")]
+            answering = [Collection.open(broken / name).view().sparse.num_docs for name in others]
             assert stats["num_docs"] == sum(answering)
-            assert stats["details"]["shards_down"] == "shard-001" and stats["details"]["num_docs_down"] == "?"
+            assert stats["details"]["shards_down"] == down and stats["details"]["num_docs_down"] == "?"
     finally:
         partial.stop(0)
 
