@@ -773,7 +773,8 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
      "--prf-dense-weight does nothing here: it moves the dense query, and --mode sparse has none"),
     (["search", "{direct}", "coffee", "--prf", "--prf-interpolate", "before", "--prf-after-weight", "0.9"],
      "--prf-after-weight does nothing here: it weighs the PRF run in after/both interpolation, not before"),
-    (["search", "{direct}", "coffee", "--prf", "--prf-after-weight", "0.9"],  # the untuned interpolation: ignored, unsaid
+    # the untuned interpolation (before): it was ignored, unsaid
+    (["search", "{direct}", "coffee", "--prf", "--prf-after-weight", "0.9"],
      "--prf-after-weight weighs the PRF run in after/both interpolation, and the interpolation here is 'before'"),
     (["search", "{direct}", "coffee", "--mode", "dense", "--prf", "--prf-min-idf", "5"],
      "--prf-min-idf does nothing here: they move the SPLADE query, and --mode dense has none"),

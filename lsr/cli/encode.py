@@ -116,7 +116,8 @@ def _encode_file(args: argparse.Namespace) -> int:
                           progress=not args.quiet, **device)
     skipped = sum(summary.skipped.values())
     streamed = is_stream(Path(args.output))  # a pipe (or standard output): the summary must not follow the file's bytes
-    print(f"{summary.docs:,} document{'s' * (summary.docs != 1)} encoded into {args.output} ({summary.postings:,} postings, "
+    documents = f"{summary.docs:,} document{'s' * (summary.docs != 1)}"
+    print(f"{documents} encoded into {args.output} ({summary.postings:,} postings, "
           f"{summary.truncated:,} truncated at {summary.kept_tokens} tokens, {skipped:,} bad rows skipped"
           + (f": {', '.join(f'{k} {v}' for k, v in sorted(summary.skipped.items()))}" if skipped else "")
           + (f", {summary.blank_lines:,} blank lines passed over" if summary.blank_lines else "") + ")",

@@ -12,8 +12,9 @@ FLOPS_DOC = 1e-5
 # third of its document terms and 0.015 nDCG@10 on a dataset it never saw; at 1e-6 it kept them and scored higher on
 # both (benchmarks/results/train-scifact.md).
 FLOPS_DOC_INFERENCE_FREE = 1e-6
-MAX_FLOPS_WEIGHT = 1_000.0  # far past any that trains (1e-5 .. 1e-1): 1e300 was taken, overflowed float32 to inf, and the
-# run then failed at its first step with a loss of NaN and the advice to lower --lr
+# far past any FLOPS weight that trains (1e-5 .. 1e-1): 1e300 was taken, overflowed float32 to inf, and the run then
+# failed at its first step with a loss of NaN and the advice to lower --lr
+MAX_FLOPS_WEIGHT = 1_000.0
 
 
 @dataclass
