@@ -32,6 +32,7 @@ from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_t
 from lsr.ingest.sharding import check_shard_count, shard_dir_name
 from lsr.search.bm25_index import DESCRIPTION as BM25_DESCRIPTION
 from lsr.search.bm25_index import BM25_DIR, build_bm25
+from lsr.search.dense_index import MANIFEST as DENSE_MANIFEST
 from lsr.search.dense_index import DenseIndex
 from lsr.files import (WRITE_WAIT, CorruptFileError, check_record, exclusive_folder, file_record, fsync_dir,
                        read_sealed_json, sealed, write_json_atomic)
@@ -658,17 +659,15 @@ def _named_terms(vectors: SparseBatch, encoder) -> SparseBatch:
     return SparseBatch(vectors.indptr, vectors.indices, vectors.values, vectors.vocab_size, encoder.vocab)
 
 
-def unfinish(out: Path, parts: int) -> None:
+def unfinish(out: Path) -> None:
     """Take back what ``finish`` wrote in ``out``, keeping the encoded parts: a shard an interrupted sharded build had
     finished (its map never written) is finished again, and its indexes built over the old ones took the next
-    generation's file names, so the resumed build was not the same bytes as an uninterrupted one."""
+    generation's file names, so the resumed build was not the same bytes as an uninterrupted one. The dense index
+    loses its manifest only, as `lsr repair` does: its next save starts at the first generation's names again."""
     (out / META_FILE).unlink(missing_ok=True)  # first: stopped anywhere after this, the shard is an unfinished one
     shutil.rmtree(out / "sparse", ignore_errors=True)
     shutil.rmtree(out / BM25_DIR, ignore_errors=True)
-    embeddings = {out / shard_name("dense", s) for s in range(parts)}
-    for path in (out / "dense").glob("*"):
-        if path not in embeddings:
-            path.unlink()
+    (out / "dense" / DENSE_MANIFEST).unlink(missing_ok=True)
 
 
 def finish(out: Path, state: BuildState, options: IndexOptions, stages: StageTimer, skipped: dict[str, int],

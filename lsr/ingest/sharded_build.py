@@ -134,7 +134,7 @@ def finish_sharded(out: Path, state: "BuildState", options: "IndexOptions", stag
         sharding = {"shard": shard, "n_shards": shard_map.n_shards, "hash": HASH_NAME, "sparse_scale": scale,
                     "bm25_statistics": "global", "build": shard_map.build}
         if (folder / META_FILE).is_file():  # finished by a build stopped before its map was written
-            unfinish(folder, state.shards)
+            unfinish(folder)
         summary = finish(folder, part_state, options, stages, skipped, resumed_from, progress, scale=scale,
                          bm25=legs[shard], extra_meta={"sharding": sharding})
         checksums[name] = summary.checksums
