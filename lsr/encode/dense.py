@@ -24,6 +24,7 @@ from lsr.encode.inputs import (EncodeInfo, model_max_tokens, report_truncation, 
                                truncated_token_ids)
 from lsr.encode.models import check_tokenizer_fits, load_with_hint, quiet_loader, resolve_model
 from lsr.encode.st_folder import Prompts, read_json, read_json_list, read_lowercase, read_prompts, with_prompt
+from lsr.encode.terms import transformers_tokenizer
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
 
@@ -134,9 +135,9 @@ class DenseEncoder:
         if loaded is not None:
             model, tokenizer = loaded
         else:
-            from transformers import AutoModel, AutoTokenizer
+            from transformers import AutoModel
 
-            tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
+            tokenizer = transformers_tokenizer(name_or_path)
             model = load_with_hint(name_or_path, quiet_loader(AutoModel))
         return cls(model, tokenizer, max_length=max_length, config=config, device=device, dtype=dtype,
                    name=str(name_or_path))

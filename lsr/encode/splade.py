@@ -25,7 +25,7 @@ from lsr.encode.idf import idf_of_index
 from lsr.encode.models import check_tokenizer_fits, document_length, load_with_hint, quiet_loader, resolve_model
 from lsr.encode.st_folder import (ACTIVATIONS, Prompts, load_json, read_lowercase, read_max_active_dims, read_prompts,
                                   read_splade_pooling, with_prompt)
-from lsr.encode.terms import load_tokenizer, vocabulary_of
+from lsr.encode.terms import load_tokenizer, transformers_tokenizer, vocabulary_of
 from lsr.encode.texts import check_texts, is_blank
 from lsr.ingest.progress import progress_bar
 from lsr.kernels import splade_max_pool
@@ -262,7 +262,7 @@ class SpladeEncoder:
         else:
             import transformers
 
-            tokenizer = load_with_hint(name_or_path, transformers.AutoTokenizer.from_pretrained)
+            tokenizer = transformers_tokenizer(name_or_path)
             model = load_with_hint(name_or_path, quiet_loader(getattr(transformers, cls.auto_model_class), head_required=True))
         folder = resolve_model(name_or_path)
         declared = read_splade_pooling(folder)

@@ -44,10 +44,21 @@ def load_tokenizer(name_or_path: str) -> Any:
 
     folder = resolve_model(name_or_path)
     tokenizer = native_bert.load_tokenizer(folder) if os.path.isdir(folder) else None
-    if tokenizer is None:
-        from transformers import AutoTokenizer
+    return tokenizer if tokenizer is not None else transformers_tokenizer(name_or_path)
 
-        tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
+
+def transformers_tokenizer(name_or_path: str) -> Any:
+    """transformers' tokenizer of the model. One built from a BERT WordPiece tokenizer.json that ``native_bert``
+    reads gets that reader's ``word_prefix``, so a long text is tokenised only as far as its kept tokens
+    (``inputs.truncated_token_ids``): ``lsr train`` read a 21 MB text whole, 28 s and 2.7 GB for 256 tokens."""
+    from lsr.encode import native_bert
+    from transformers import AutoTokenizer
+
+    tokenizer = load_with_hint(name_or_path, AutoTokenizer.from_pretrained)
+    folder = resolve_model(name_or_path)
+    native = native_bert.load_tokenizer(folder) if os.path.isdir(folder) else None
+    if native is not None:
+        tokenizer.word_prefix = native.word_prefix
     return tokenizer
 
 
