@@ -30,12 +30,16 @@ MAX_DOC_WEIGHT = 1e6
 # A document id is one word of at most this many UTF-8 bytes: a TREC run line splits at whitespace, a control
 # character (NUL, a newline) breaks logs and the files that hold ids, and an id of megabytes once echoed in an error
 # passed gRPC's 16 KB trailer limit (the caller got RESOURCE_EXHAUSTED, not NOT_FOUND). Nor may it hold what shows as
-# nothing or reorders what follows (a zero-width space, a byte-order mark, a right-to-left override: the id printed in
-# a run, a log or a terminal is not the id stored), or a Unicode noncharacter; the joiners scripts and emoji use may.
+# nothing or reorders what follows (a zero-width space, a soft hyphen, a Hangul filler, a byte-order mark, a
+# right-to-left override: the id printed in a run, a log or a terminal is not the id stored), or a Unicode
+# noncharacter; the joiners and variation selectors scripts and emoji use may, and tag characters only in an emoji's
+# tag sequence (a subdivision flag: a black flag, then tags).
 MAX_ID_BYTES = 512
-_NOT_IN_IDS = re.compile("[\\s\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\u061c"
-                         "\ufeff\ufdd0-\ufdef" + "".join(f"{chr(plane + 0xfffe)}{chr(plane + 0xffff)}" for plane in
-                                                     range(0, 0x110000, 0x10000)) + "]")
+_NOT_IN_IDS = re.compile("[\\s\x00-\x1f\x7f-\x9f\xad\ud800-\udfff\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b"
+                         "\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb\ufdd0-\ufdef"
+                         "\U0001d173-\U0001d17a" + "".join(f"{chr(plane + 0xfffe)}{chr(plane + 0xffff)}" for plane in
+                                                            range(0, 0x110000, 0x10000)) +
+                         "]|(?<![\U0001f3f4\U000e0020-\U000e007f])[\U000e0000-\U000e007f]")
 
 
 def id_problem(doc_id: str) -> str | None:
@@ -47,7 +51,7 @@ def id_problem(doc_id: str) -> str | None:
         return f"is {size:,} bytes long; an id may hold at most {MAX_ID_BYTES}"
     bad = _NOT_IN_IDS.search(doc_id)
     if bad is not None:
-        return (f"holds {bad.group()!r} at character {bad.start()}; an id is one visible word, without whitespace, "
+        return (f"holds {ascii(bad.group())} at character {bad.start()}; an id is one visible word, without whitespace, "
                 "control, invisible or direction characters (a TREC run, a log or a terminal must show the id stored)")
     return None
 
@@ -56,7 +60,7 @@ def check_ids(ids: Sequence[str], what: str = "document") -> None:
     """Raise ValueError naming the first of ``ids`` that ``id_problem`` refuses (one regex pass over them all when
     none is: 8.8M MS MARCO ids are checked in about a second). Checked where documents come in (a corpus, an
     upsert), not by the index: a journal or a repair replays ids stored before the check existed."""
-    if ids and (_NOT_IN_IDS.search("".join(ids)) or min(map(len, ids)) == 0 or 4 * max(map(len, ids)) > MAX_ID_BYTES):
+    if ids and (_NOT_IN_IDS.search("/".join(ids)) or min(map(len, ids)) == 0 or 4 * max(map(len, ids)) > MAX_ID_BYTES):
         for n, doc_id in enumerate(ids):
             problem = id_problem(doc_id)
             if problem is not None:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lsr.ingest.corpus import BadRowError, CorpusHash, CorpusReader
+from lsr.sparse import check_ids
 
 ROWS = [
     {"_id": "d1", "title": "Aspirin", "text": "Aspirin lowers the risk of heart attack.", "metadata": {"year": 2001}},
@@ -222,15 +223,23 @@ def test_bad_rows_fail_naming_the_line(tmp_path, line, reason, message):
 
 
 @pytest.mark.parametrize("doc_id, shown", [("doc\u200b9", r"\\u200b"), ("\ufeffdoc", r"\\ufeff"),
-                                           ("\u202egnp.exe", r"\\u202e"), ("doc\uffff", r"\\uffff")])
+                                           ("\u202egnp.exe", r"\\u202e"), ("doc\uffff", r"\\uffff"),
+                                           ("doc\xad9", r"\\xad"), ("doc\u3164", r"\\u3164"), ("\uffa0", r"\\uffa0"),
+                                           ("doc\U000e0041", r"\\U000e0041"), ("x\u2063y", r"\\u2063")])
 def test_an_id_that_shows_otherwise_than_it_is_stored_is_refused(tmp_path, doc_id, shown):
-    """A zero-width space, a byte-order mark, a right-to-left override or a noncharacter in an id were stored: the
-    id a run, a log or a terminal then shows is not the id a lookup needs."""
+    """A zero-width space, a byte-order mark, a right-to-left override, a noncharacter, a soft hyphen, a Hangul
+    filler, a tag character or an invisible operator in an id were stored: the id a run, a log or a terminal then
+    shows is not the id a lookup needs."""
     path = write_jsonl(tmp_path / "bad.jsonl", [BAD_LINES[0], json.dumps({"_id": doc_id, "text": "x"})])
     with pytest.raises(BadRowError, match=rf"line 2: id .* holds '{shown}' at character \d+; an id is one visible word"):
         read_all(CorpusReader(path))
     joined = write_jsonl(tmp_path / "joined.jsonl", [json.dumps({"_id": "emoji-\U0001f469\u200d\U0001f52c", "text": "x"})])
     assert read_all(CorpusReader(joined))[0] == ["emoji-\U0001f469\u200d\U0001f52c"]  # a joiner is no problem
+    flag = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"  # Scotland's: a flag, then tags
+    tagged = write_jsonl(tmp_path / "flag.jsonl", [json.dumps({"_id": f"flag-{flag}", "text": "x"})])
+    assert read_all(CorpusReader(tagged))[0] == [f"flag-{flag}"]
+    with pytest.raises(ValueError, match="document 1's id"):  # an upsert's ids are searched joined: not into a flag
+        check_ids(["\U0001f3f4", "\U000e0041x"])
 
 
 @pytest.mark.parametrize("row, message", [
