@@ -14,8 +14,8 @@ The margin (all quantities per document, h_t its real tokens, w_v weight rows, H
   Cauchy-Schwarz ``h_t.w_v <= s r_v (q_t.p_v) + A ||f_v|| + B ||w_v||`` with
   ``A = max_t ||hq_t||``, ``B = max_t ||e_t||``.
 * ``q_t.p_v`` is an integer sum of H products of magnitude <= 127^2, computed exactly in int32
-  (no overflow for H < 2^17; ``int8_matmul_is_exact`` checks once that this CPU's int8 GEMM does not
-  saturate, else the screen is refused). Hence ``max_t h_t.w_v <= s r_v M_v + A||f_v|| + B||w_v||``
+  (no overflow for H <= 133,144, ``MAX_INT8_HIDDEN``; ``int8_matmul_is_exact`` checks once that this CPU's int8
+  GEMM does not saturate, else the screen is refused). Hence ``max_t h_t.w_v <= s r_v M_v + A||f_v|| + B||w_v||``
   with ``M_v = max_t q_t.p_v``.
 * Any fp32 evaluation of the logit (the reference's, ours, any summation order, FMA or not) satisfies
   ``|fl(h.w + b) - (h.w + b)| <= gamma_{H+1} (||h|| ||w|| + |b|)``, ``gamma_n = n u / (1 - n u)``,
@@ -164,6 +164,7 @@ def best_precision() -> str | None:
 
 
 PRECISIONS = {"int8": int8_matmul_is_exact, "bf16": bf16_matmul_is_sound}  # each screen and its soundness check
+MAX_INT8_HIDDEN = (2**31 - 1) // 127**2  # 133,144: the widest hidden size whose int8 dot products fit int32
 
 
 @dataclass(frozen=True)
@@ -390,12 +391,13 @@ def forget_screened_heads() -> None:
 def screen_applies(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    precision: str | None = None) -> bool:
     """Whether the screened path is valid: float32 CPU tensors and a sound screen GEMM (``precision``'s, or this
-    CPU's best)."""
+    CPU's best), whose int8 sums fit int32 (H at most ``MAX_INT8_HIDDEN``: at H = 140,000 they wrapped negative
+    and "proved" every entry zero)."""
     tensors = [hidden, weight] + ([] if bias is None else [bias])
-    return (
-        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        and (best_precision() is not None if precision is None else PRECISIONS[precision]())
-    )
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return False
+    chosen = best_precision() if precision is None else precision if PRECISIONS[precision]() else None
+    return chosen is not None and (chosen != "int8" or hidden.shape[-1] <= MAX_INT8_HIDDEN)
 
 
 def splade_max_pool_screened(
@@ -417,8 +419,9 @@ def splade_max_pool_screened(
         raise ValueError(f"unknown screen precision {precision!r}; use {' or '.join(PRECISIONS)}")
     if not screen_applies(hidden, weight, bias, precision):
         raise ValueError(
-            "splade_max_pool_screened needs float32 CPU tensors, on a CPU with an exact int8 "
-            "or sound bf16 matmul; use kernels.pool_torch.splade_max_pool_chunked otherwise"
+            "splade_max_pool_screened needs float32 CPU tensors, on a CPU with an exact int8 (then a hidden size "
+            f"of at most {MAX_INT8_HIDDEN:,}) or sound bf16 matmul; use kernels.pool_torch.splade_max_pool_chunked "
+            "otherwise"
         )
     head = screened_head(weight, bias, precision or best_precision())
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):

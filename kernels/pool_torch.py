@@ -44,7 +44,8 @@ def splade_max_pool_reference(
     if bias is not None:
         logits = logits + bias
     act = torch.log1p(torch.relu(logits)).masked_fill(~keep, 0.0)
-    return act.amax(dim=1) if act.shape[1] else act.sum(dim=1)  # no positions: zeros, still in the graph
+    # max, not amax: a tie's gradient goes to its first position, as the chunked, screened and Triton paths send it
+    return act.max(dim=1).values if act.shape[1] else act.sum(dim=1)  # no positions: zeros, still in the graph
 
 
 def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, vocab_chunk: int):
@@ -104,7 +105,7 @@ class _ChunkedMaxPool(SparseMaxPoolGrad):
                 value, index = logits.max(dim=1)
                 best.append(value)
                 where.append(index)
-        if hidden.shape[1] == 0:  # no positions at all: every entry is a fully masked row's -inf
+        if not best:  # no positions (every entry is a fully masked row's -inf) or no vocabulary
             best = [hidden.new_full((hidden.shape[0], weight.shape[0]), float("-inf"))]
             where = [torch.zeros(best[0].shape, dtype=torch.int64, device=hidden.device)]
         pooled = torch.cat(best, dim=1)
@@ -138,10 +139,14 @@ def splade_sum_pool_chunked(
     attention_mask: torch.Tensor,
     vocab_chunk: int = DEFAULT_VOCAB_CHUNK,
 ) -> torch.Tensor:
-    """Sum pooling (SPLADE v1): the activation must precede the sum, so it runs per chunk."""
-    keep = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    """Sum pooling (SPLADE v1): the activation must precede the sum, so it runs per chunk. Masked positions are
+    dropped, not multiplied by 0 (an inf there made the row nan), and any non-zero mask value keeps a position, as
+    the max pool reads it."""
+    check_pool_inputs(hidden, weight, bias, attention_mask)
+    drop = ~attention_mask.bool().unsqueeze(-1)
+    hidden = hidden.masked_fill(drop, 0.0)
     chunks = [
-        (torch.log1p(torch.relu(logits)) * keep).sum(dim=1)
+        torch.log1p(torch.relu(logits)).masked_fill(drop, 0.0).sum(dim=1)
         for logits in _logit_chunks(hidden, weight, bias, vocab_chunk)
     ]
-    return torch.cat(chunks, dim=1)
+    return torch.cat(chunks, dim=1) if chunks else hidden.new_zeros(hidden.shape[0], 0)

@@ -118,6 +118,25 @@ def test_sum_pool_chunked_matches_naive_sum():
     hidden, weight, bias, mask = make_inputs()
     naive = (torch.log1p(torch.relu(hidden @ weight.t() + bias)) * mask[..., None]).sum(dim=1)
     torch.testing.assert_close(splade_sum_pool_chunked(hidden, weight, bias, mask, vocab_chunk=50), naive)
+    # an inf at a masked position made its row nan (times 0), and a mask of 2 doubled a position: any non-zero keeps
+    hidden[0, 12], mask[0, 12], mask[1, 0] = float("inf"), 0, 2
+    keep = (mask != 0)[..., None]
+    want = (torch.log1p(torch.relu(hidden.where(keep, 0.0) @ weight.t() + bias)) * keep).sum(dim=1)
+    torch.testing.assert_close(splade_sum_pool_chunked(hidden, weight, bias, mask, vocab_chunk=50), want)
+    with pytest.raises(ValueError, match="attention_mask must be"):  # broadcast where the max pool refused it
+        splade_sum_pool_chunked(hidden, weight, bias, mask[:1])
+    assert splade_sum_pool_chunked(hidden, weight[:0], bias[:0], mask).shape == (3, 0)
+
+
+@pytest.mark.parametrize("impl", ["torch", "chunked"])
+def test_a_tied_max_sends_its_gradient_to_the_first_position_and_no_vocabulary_gives_no_columns(impl):
+    """impl="torch" (amax) split a tie's gradient between its positions, where the chunked, screened and Triton
+    paths send it to the first; an empty vocabulary failed the chunked path's torch.cat."""
+    hidden = torch.tensor([[[1.0, 2.0], [1.0, 2.0]]], dtype=torch.float64, requires_grad=True)
+    weight = torch.tensor([[0.5, 0.25]], dtype=torch.float64)
+    splade_max_pool(hidden, weight, None, torch.ones(1, 2), impl=impl).sum().backward()
+    assert hidden.grad[0, 1].abs().sum() == 0 and hidden.grad[0, 0].abs().sum() > 0
+    assert splade_max_pool(hidden.detach(), weight[:0], None, torch.ones(1, 2), impl=impl).shape == (1, 0)  # fp64: no screen
 
 
 @pytest.mark.parametrize("impl", ["torch", "chunked", "triton"])

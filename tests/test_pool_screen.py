@@ -2,16 +2,21 @@
 reference. Each test runs every screen this CPU's GEMMs are sound for (bf16 runs emulated where there is no bf16
 hardware: slow, still exact)."""
 
+import math
+
 import pytest
 import torch
 
+from lsr.kernels import splade_max_pool
 from lsr.kernels.pool_screen import (
+    MAX_INT8_HIDDEN,
     ScreenedHead,
     _bf16_max,
     best_precision,
     bf16_matmul_is_sound,
     int8_matmul_is_exact,
     forget_screened_heads,
+    screen_applies,
     screened_head,
     splade_max_pool_screened,
 )
@@ -273,3 +278,18 @@ def test_refuses_inputs_it_cannot_serve_exactly():
         splade_max_pool_screened(hidden.double(), weight.detach().double(), bias.double(), mask)
     with pytest.raises(ValueError, match="attention_mask"):
         splade_max_pool_screened(hidden[0], weight.detach(), bias, mask)
+
+
+def test_a_hidden_size_whose_int8_sums_overflow_int32_is_pooled_without_the_int8_screen(monkeypatch):
+    """At H = 140,000 the int8 screen's sums wrapped negative and "proved" every entry zero: [[0, 0]] for
+    [[11.85, 11.85]]. Past 133,144 the dispatch takes the chunked path and the int8 screen refuses."""
+    monkeypatch.setenv("LSR_SCREEN", "int8")
+    if best_precision() is None:
+        pytest.skip("no exact int8 GEMM on this CPU")
+    for H, applies in ((MAX_INT8_HIDDEN, True), (MAX_INT8_HIDDEN + 1, False)):
+        assert screen_applies(torch.ones(1, 1, H), torch.ones(2, H), None) is applies
+    hidden, weight, mask = torch.ones(1, 1, 140_000), torch.ones(2, 140_000), torch.ones(1, 1)
+    got = splade_max_pool(hidden, weight, None, mask)
+    torch.testing.assert_close(got, torch.full((1, 2), math.log1p(140_000.0)))
+    with pytest.raises(ValueError, match="a hidden size of at most 133,144"):
+        splade_max_pool_screened(hidden, weight, None, mask, precision="int8")
