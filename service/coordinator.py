@@ -75,7 +75,8 @@ class ShardLegs:
 
     def runs(self, queries: LegQueries, depth: int, timings: dict[str, float]) -> dict[str, Ranking]:
         everyone = range(len(self.shards.names))
-        answers, missing = self.shards.call("runs", {shard: (queries, depth) for shard in everyone}, self.deadline)
+        pinned = {shard: (queries, depth, self._tokens.get(shard)) for shard in everyone}  # a PRF pass: the first's
+        answers, missing = self.shards.call("runs", pinned, self.deadline)
         self._missing.update(missing)
         for shard, (token, _runs, leg_seconds, version, _new_words) in answers.items():
             self._tokens.setdefault(shard, token)
@@ -99,7 +100,8 @@ class ShardLegs:
         if not again:
             return parts
         query = {"bm25": Bm25Query(text, summed)}
-        redone, missing = self.shards.call("runs", {shard: (query, depth) for shard in again}, self.deadline)
+        pinned = {shard: (query, depth, self._tokens.get(shard)) for shard in again}
+        redone, missing = self.shards.call("runs", pinned, self.deadline)
         self._missing.update(missing)
         timings["bm25"] = timings.get("bm25", 0.0) + max((a[2].get("bm25", 0.0) for a in redone.values()), default=0.0)
         positions = {shard: i for i, shard in enumerate(answers)}

@@ -73,11 +73,13 @@ class ShardServer:
         return np.asarray(sparse.doc_freqs()), int(sparse.num_docs)
 
     # ------------------------------------------------------------------ reads
-    def runs(self, queries: LegQueries, depth: int) -> tuple[int, dict[str, Ranking], dict[str, float], str,
-                                                             dict[str, int]]:
+    def runs(self, queries: LegQueries, depth: int, token: int | None = None) -> tuple[
+            int, dict[str, Ranking], dict[str, float], str, dict[str, int]]:
         """(view token, each leg's top ``depth``, seconds per leg, index version, and the document frequencies here
-        of the BM25 query's words the build never saw) for pre-encoded queries."""
-        token, view = self._pin()
+        of the BM25 query's words the build never saw) for pre-encoded queries; ``token`` reads the view a search
+        pinned in its first call (its second BM25 round and its PRF pass read the current one, and a document
+        written in between came back without its text)."""
+        token, view = self._pinned(token)
         timings: dict[str, float] = {}
         runs = ViewLegs(view).runs(queries, depth, timings)
         text = queries.get("bm25")
@@ -117,7 +119,15 @@ class ShardServer:
                 self._views.popitem(last=False)
             return self._next_token, view
 
+    def _pinned(self, token: int | None) -> tuple[int, Any]:
+        """``token`` and its view while it is kept, else the current view pinned."""
+        view = self._kept(token)
+        return (token, view) if view is not None else self._pin()
+
     def _view(self, token: int | None) -> Any:
-        with self._lock:
-            view = self._views.get(token) if token is not None else None
+        view = self._kept(token)
         return view if view is not None else self.collection.view()
+
+    def _kept(self, token: int | None) -> Any:
+        with self._lock:
+            return self._views.get(token) if token is not None else None

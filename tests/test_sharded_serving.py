@@ -784,6 +784,31 @@ def test_a_word_the_build_never_saw_is_scored_with_the_whole_collections_documen
         sharded.close()
 
 
+def test_every_pass_of_one_search_reads_the_shard_views_its_first_pass_pinned(built, tmp_path):
+    """A search's second BM25 round (a word the build never saw) and its PRF pass asked the shards for their current
+    view: a document written after the first pass came back from them, then without its text (the fetch reads the
+    pinned view), and one answer mixed two versions of the collection."""
+    import shutil
+
+    from lsr.service.coordinator import ShardedSearcher
+
+    sharded = ShardedSearcher.open(shutil.copytree(built["sharded"], tmp_path / "sharded"), threads=1, device="cpu",
+                                   in_process=True)
+    try:
+        sharded.upsert(["quokka-a", "quokka-b"], ["Quokkazoid marsupials grazing", "Quokkazoid grazing at dusk"])
+        legs = sharded.legs()
+        queries = {"bm25": "quokkazoid grazing", "sparse": sharded.query_encoder.encode_queries(["quokkazoid"])}
+        queries["sparse"] = dict(zip(queries["sparse"].indices.tolist(), queries["sparse"].values.tolist()))
+        first = legs.runs(queries, 10, {})
+        sharded.upsert(["quokka-new"], ["Quokkazoid quokkazoid grazing grazing quokkazoid"])
+        again = legs.runs(queries, 10, {})
+        assert again == first and "quokka-new" not in again["bm25"]
+        assert None not in legs.text(list(again["bm25"]))
+        assert "quokka-new" in sharded.legs().runs(queries, 10, {})["bm25"]  # a new search reads the new view
+    finally:
+        sharded.close()
+
+
 def test_lsr_search_opens_the_shards_in_process_and_answers_like_the_whole_collection(built, whole, queries, tmp_path,
                                                                                        capsys):
     """No Ray, no server: `lsr search` on a sharded collection opens its shards here (LocalShards) and gives the
