@@ -132,6 +132,29 @@ def test_a_damaged_source_file_is_not_sent_to_repair_which_cannot_rebuild_it(bui
     assert main(["doc", str(col), "coffee"]) == 0 and capsys.readouterr().out.endswith(DOCS["coffee"] + "\n")
 
 
+def test_outputs_into_a_collection_folders_not_in_utf8_and_bad_flags_without_a_server_are_refused_up_front(
+        built, tmp_path, capsys):
+    """`lsr encode --output col/docs/part-00000.parquet` replaced the collection's texts (exit 0; no repair rebuilds
+    them); a collection in a folder named in Latin-1 was "damaged: run lsr repair" (or failed a build once every
+    document was encoded); `lsr query --k 0` with no server up was "no server answered" (exit 1: retry)."""
+    col = shutil.copytree(built, tmp_path / "col")
+    (tmp_path / "t.txt").write_text("coffee and liver\n")
+    assert main(["encode", "--input", str(tmp_path / "t.txt"), "--output", str(col / "docs" / "part-00000.parquet")]) == 2
+    assert f"lies inside the collection {col}; write the vectors outside it" in capsys.readouterr().err
+    assert main(["verify", str(col)]) == 0
+    latin1 = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    shutil.copytree(built, latin1)
+    for argv in (["search", str(latin1), "coffee"], ["verify", str(latin1)],
+                 ["index", str(tmp_path / "t.txt"), str(latin1 / "new")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is not named in UTF-8; rename it" in err and "repair" not in err, argv
+    assert not (latin1 / "new").exists()
+    for flag in (["--k", "0"], ["--bound-factor", "0.5"]):
+        assert main(["query", "--endpoint", "127.0.0.1:1", "coffee", *flag]) == 2
+        assert "no server answered" not in capsys.readouterr().err
+
+
 def test_text_that_is_not_utf8_is_named_as_the_user_gave_it(built, capsys):
     """Bytes Python could not decode from argv were "texts[0] is not UTF-8 text" (`lsr encode`, `lsr search`), a list
     the user never saw, or gRPC's "surrogates not allowed" (`lsr query`)."""

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _encode_file(args: argparse.Namespace) -> int:
     from lsr.encode.models import document_length
+    from lsr.ingest.layout import collection_holding
     from lsr.ingest.vector_file import encode_file
 
     if not (args.input and args.output):
@@ -108,6 +109,9 @@ def _encode_file(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if Path(args.output).resolve() == Path(args.input).resolve():  # the corpus was replaced by its vectors
         raise ValueError(f"--output {args.output} is the --input file; give another path for the vectors")
+    holder = collection_holding(Path(args.output))
+    if holder is not None:  # exit 0, and the collection's part-00000.parquet was its vectors: no repair rebuilt it
+        raise ValueError(f"--output {args.output} lies inside the collection {holder}; write the vectors outside it")
     device = device_options(args)  # a GPU asked for and missing is one line before the corpus is read
     check_writable(Path(args.output))  # before the model loads and the corpus is encoded
     length = document_length(args.model) if args.max_length is None else args.max_length

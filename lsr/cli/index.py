@@ -90,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsr.ingest.layout import BUILD_STATE, REPLACED, is_collection_dir
+    from lsr.ingest.layout import BUILD_STATE, REPLACED, check_utf8_path, is_collection_dir
     from lsr.ingest.corpus import check_read_options
     from lsr.ingest.indexing import IndexOptions, ResumeRefused, build_collection, recorded_max_length
     from lsr.ingest.sharding import check_shard_count, refuse_shard_folder
@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if options.dense_model is None and args.hnsw is not None:
         raise ValueError("--hnsw builds the dense index as HNSW, and --dense none builds no dense index")
     options.check()  # a bad number (--batch-size 0, --threads 0) is the only line too, not one after "indexing ..."
+    check_utf8_path(Path(args.out).expanduser().absolute())
     ray = _ray_options(args, options)
     if not args.pre_encoded:  # a bad flag is the only line, not one after "indexing ..."
         check_read_options(Path(args.source).expanduser(), options.fields, options.id_field, options.on_error,

@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     import grpc
 
     from lsr.encode.texts import check_utf8, is_blank
+    from lsr.search.searcher import check_k
+    from lsr.sparse import check_bound_factor
     from lsr.service.client import call_failed
 
     hybrid = hybrid_options(args)
@@ -41,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
                 "--tls=CA_CERT)") if isinstance(args.tls, str) and not args.text else ""
         raise ValueError(f"the query is empty; give the words to search for{took}")
     check_utf8(text, "the query")  # gRPC's encoder said only "surrogates not allowed"
+    check_k(args.k)  # with no server up, --k 0 was "no server answered" (exit 1: retry) where a live one said exit 2
+    check_bound_factor(args.bound_factor)
     with connect(args) as client:
         try:
             mode = chosen_mode(args, lambda: client.stats()["details"].get("modes", "sparse").split(","))

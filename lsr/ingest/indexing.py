@@ -24,7 +24,8 @@ import numpy as np
 
 from lsr.encode.models import document_length, lasting_name, model_content_key
 from lsr.ingest.layout import (
-    BUILD_STATE, FORMAT, META_FILE, MOVING, REPLACED, VOCAB_FILE, disk_size, drop_build_state, files_checksum,
+    BUILD_STATE, FORMAT, META_FILE, MOVING, REPLACED, VOCAB_FILE, check_utf8_path, disk_size, drop_build_state,
+    files_checksum,
     Rereadable, is_collection_dir, read_vector_shards, shard_name, write_shard,
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
@@ -415,6 +416,7 @@ def build_collection(
     if resume and overwrite:
         raise ValueError("pass either --resume or --overwrite, not both")
     source, out = Path(source).expanduser(), Path(out).expanduser()
+    check_utf8_path(out.absolute())
     if out.is_symlink() and not out.exists():  # it failed as "OUT: File exists"
         raise ValueError(f"{out} is a link to {os.readlink(out)}, which does not exist; create that folder, or give "
                          "another COLLECTION")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -146,6 +147,25 @@ def is_collection_dir(path: Path) -> bool:
     return any((path / name).is_file() for name in (META_FILE, BUILD_STATE, SHARDS_FILE))
 
 
+def check_utf8_path(path: Path) -> None:
+    """A collection's folder must be named in UTF-8: Parquet's reader takes its paths as UTF-8, so a folder named in
+    another encoding was reported as damaged ("run lsr repair"), and a build failed once every document was encoded."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"the collection folder {ascii(str(path))} is not named in UTF-8; rename it (or a folder "
+                         "above it)") from None
+
+
+def collection_holding(path: Path) -> Path | None:
+    """The collection folder ``path`` lies in (symlinks followed), or None: a file written there replaces one of its
+    files or is one ``lsr verify`` does not know."""
+    for folder in Path(os.path.realpath(path)).parents:
+        if is_collection_dir(folder):
+            return folder
+    return None
+
+
 def drop_build_state(path: Path) -> None:
     """Remove a finished build's checkpoint, the temporary copies of it a kill -9 mid-write left behind, and the
     corpus copy a Ray build staged (``RAY_INPUT``: a Ray build resumed by the local engine kept it, a copy of the
@@ -158,6 +178,7 @@ def drop_build_state(path: Path) -> None:
 
 def read_meta(path: Path) -> dict:
     """``lsr.json`` of a complete collection; every error names the file and what to run."""
+    check_utf8_path(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
         if (path / BUILD_STATE).is_file():
