@@ -111,7 +111,7 @@ class InvertedIndex:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def build(cls, path: str | os.PathLike, vectors, doc_ids: Sequence | None = None,
+    def build(cls, path: str | os.PathLike, vectors: Any, doc_ids: Sequence | None = None,
               quantization: str = "uint8", *, journal_seq: int = 0, overwrite: bool = False,
               scale: float | None = None) -> "InvertedIndex":
         """Create the index at ``path`` holding exactly these vectors.
@@ -257,7 +257,7 @@ class InvertedIndex:
         return SparseBatch(indptr, indices, values, self.vocab_size, state.vocab)
 
     # ------------------------------------------------------------------ search
-    def search(self, query, k: int = 10, top_terms: int | None = None, bound_factor: float = 1.0,
+    def search(self, query: Any, k: int = 10, top_terms: int | None = None, bound_factor: float = 1.0,
                algorithm: str = "auto") -> list[Hit]:
         """Top-k documents by dot product; exact unless ``top_terms``/``bound_factor`` are set.
 
@@ -276,7 +276,7 @@ class InvertedIndex:
         internal, scores = self._search_terms(state, terms, weights, k, top_terms, bound_factor, algorithm)
         return [Hit(d, s) for d, s in zip(state.doc_ids(internal), scores.tolist())]
 
-    def search_batch(self, queries, k: int = 10, threads: int | None = None, top_terms: int | None = None,
+    def search_batch(self, queries: Any, k: int = 10, threads: int | None = None, top_terms: int | None = None,
                      bound_factor: float = 1.0, algorithm: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """Search many queries in parallel threads (the kernels release the GIL).
 
@@ -351,7 +351,7 @@ class InvertedIndex:
         return hd[:n][order], hs[:n][order]
 
     # ------------------------------------------------------------------ updates
-    def add(self, vectors, doc_ids: Sequence | None = None, journal_seq: int | None = None) -> None:
+    def add(self, vectors: Any, doc_ids: Sequence | None = None, journal_seq: int | None = None) -> None:
         """Upsert: new documents go into a new segment; an existing id's old vector is tombstoned.
 
         ``journal_seq`` is stored in the same commit, so an owner replaying a write-ahead journal

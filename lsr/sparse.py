@@ -245,9 +245,16 @@ class SparseBatch:
         return cls(indptr, cols, dense[rows, cols], dense.shape[1], vocab)
 
     @classmethod
-    def from_scipy(cls, matrix, vocab: Sequence[str] | None = None) -> "SparseBatch":
-        csr = matrix.tocsr()
-        csr.sort_indices()
+    def from_scipy(cls, matrix: Any, vocab: Sequence[str] | None = None) -> "SparseBatch":
+        """Any scipy sparse matrix (or array), as scipy reads it: duplicate entries summed, explicit zeros dropped;
+        the caller's matrix is left as it was (its indices were sorted in place)."""
+        import scipy.sparse as sp
+
+        if not sp.issparse(matrix):  # a torch sparse tensor: "'Tensor' object has no attribute 'tocsr'"
+            raise TypeError(f"from_scipy takes a scipy sparse matrix, got {type(matrix).__name__}")
+        csr = sp.csr_matrix(matrix, copy=True)
+        csr.sum_duplicates()  # sorts the indices too
+        csr.eliminate_zeros()
         return cls(csr.indptr, csr.indices, csr.data, csr.shape[1], vocab)
 
     @classmethod
@@ -358,7 +365,7 @@ class SparseBatch:
             return self.select([item])  # b[5] of 3 rows is an IndexError, not row 2
         return self.select(item)
 
-    def to_scipy(self):
+    def to_scipy(self) -> Any:
         import scipy.sparse as sp
 
         return sp.csr_matrix((self.values, self.indices, self.indptr), shape=(len(self), self.vocab_size))

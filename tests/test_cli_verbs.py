@@ -207,6 +207,47 @@ def test_the_python_api_searches_as_pyserini_does_and_its_batch_search_equals_th
     assert repr(searcher).endswith(", closed)")
 
 
+def test_habits_from_pyserini_scipy_and_sentence_transformers_get_what_they_expect(collections, tmp_path):
+    """From an API audit: a blank topic 66 of 70 was "query 2 is empty" once 64 topics were searched; an encoder
+    could not be pickled after its first encode (a lock in its tokenizer); ids as a generator were "0 doc ids for
+    3 vectors"; from_scipy sorted the caller's matrix in place and refused the duplicates scipy sums;
+    `Searcher(path)` and `max_active_dims=` were Python's bare "missing/unexpected argument"."""
+    import pickle
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    import lsr
+
+    with lsr.Searcher.open(collections["direct"]) as searcher:
+        topics = [(f"q{i}", "coffee and the liver") for i in range(70)]
+        topics[66] = ("q66", "  ")
+        for run in (lambda: searcher.batch_search([t for _, t in topics], [q for q, _ in topics]),
+                    lambda: lsr.search_topics(searcher, topics, tmp_path / "run.trec", progress=False)):
+            with pytest.raises(ValueError, match="query 66 is empty"):
+                run()
+        assert not (tmp_path / "run.trec").exists()
+        encoder = searcher.query_encoder
+        want = encoder.encode_queries(["coffee and the liver"])
+        got = pickle.loads(pickle.dumps(encoder)).encode_queries(["coffee and the liver"])
+        assert np.array_equal(got.indices, want.indices) and np.array_equal(got.values, want.values)
+    with pytest.raises(TypeError, match=r"open a collection with Searcher.open\('col'\)"):
+        lsr.Searcher("col")
+    matrix = sp.csr_matrix((np.array([1.0, 2.0, 0.0, 3.0, 4.0]), np.array([5, 1, 3, 1, 1]), np.array([0, 3, 5])),
+                           shape=(2, 10))
+    before = matrix.indices.copy()
+    batch = lsr.SparseBatch.from_scipy(matrix)
+    assert np.array_equal(matrix.indices, before)  # the caller's matrix as it was
+    assert (batch.indptr.tolist(), batch.indices.tolist(), batch.values.tolist()) == ([0, 2, 3], [1, 5, 1],
+                                                                                      [2.0, 1.0, 7.0])  # summed, no 0
+    with pytest.raises(TypeError, match="from_scipy takes a scipy sparse matrix, got list"):
+        lsr.SparseBatch.from_scipy([[1.0]])
+    index = lsr.InvertedIndex.build(tmp_path / "index", matrix, (f"d{i}" for i in range(2)))
+    assert [(h.doc_id, round(h.score, 1)) for h in index.search({1: 1.0}, k=2)] == [("d1", 7.0), ("d0", 2.0)]
+    kept = lsr.SpladeEncoder.from_pretrained("splade-tiny", device="cpu", max_active_dims=5)
+    assert kept.top_k == 5 and np.diff(kept.encode_documents(["coffee and the liver"]).indptr).tolist() == [5]
+
+
 def test_gzipped_topics_and_runs_round_trip_and_a_run_never_replaces_its_inputs(collections, tmp_path, capsys):
     """A .jsonl.gz topics file was read as TSV and refused; --output run.trec.gz wrote plain text that `lsr eval`
     then refused; and --output could name the topics file or a collection file, which the run replaced."""

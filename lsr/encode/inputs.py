@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +24,16 @@ def token_ids(tokenizer: Any, texts: list[str], **options: Any) -> list[list[int
     state; two threads overlapping there fail with "Already borrowed". Serialising only this call
     lets the forward passes of concurrent encodes (the service's micro-batches) run in parallel.
     """
-    lock = tokenizer.__dict__.setdefault("_lsr_call_lock", threading.Lock())
+    with _locks_lock:
+        lock = _call_locks.setdefault(tokenizer, threading.Lock())
     with lock:
         return tokenizer(texts, verbose=False, **options)["input_ids"]
+
+
+# Kept beside the tokenizers, not on them: a lock in a tokenizer's __dict__ made it, and every encoder holding it,
+# fail to pickle (a spawn pool, datasets.map) and to deepcopy after the first encode.
+_call_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_locks_lock = threading.Lock()
 
 
 @dataclass
@@ -126,7 +134,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
             raise ValueError(f"device {device!r} asked for, but torch {torch.__version__} ({build}) sees no CUDA GPU; "
-                             "use --device cpu or auto")
+                             "use the device cpu or auto (--device on the command line)")
         count = torch.cuda.device_count()
         if chosen.index is not None and chosen.index >= count:
             raise ValueError(f"device {device!r} asked for, but this machine has {count} CUDA GPU(s): cuda:0..cuda:{count - 1}")

@@ -270,6 +270,10 @@ class SpladeEncoder:
             options = {"pooling": declared[0], "activation": declared[1], **options}
         options.setdefault("prompts", read_prompts(folder))
         options.setdefault("lowercase", read_lowercase(folder))
+        if "max_active_dims" in options:  # sentence-transformers' name for it
+            if options.get("top_k") is not None:
+                raise ValueError("give top_k or max_active_dims (its sentence-transformers name), not both")
+            options["top_k"] = options.pop("max_active_dims")
         options.setdefault("top_k", read_max_active_dims(folder))
         encoder = cls(
             model, tokenizer, max_length=max_length, query_max_length=query_max_length,

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from lsr.search.legs import Legs, ViewLegs, sparse_query
 from lsr.search.models import DTYPE_CHOICES, SearchModels
 from lsr.search.prf import rocchio, vector_prf
 from lsr.sparse import QUERY_SCALE, SparseBatch, as_id, check_bound_factor, check_ids, id_list, is_real, is_whole, repeated_ids, short_repr
+
+if TYPE_CHECKING:  # torch loads with the encoders, not with this module
+    from lsr.encode.inputs import EncodeInfo
 
 MODES = ("sparse", "dense", "hybrid", "bm25")
 AUTO = "auto"  # the CLI's default mode: hybrid over every leg the collection has, or sparse when SPLADE is its only one
@@ -259,7 +262,9 @@ class Searcher:
 
     sharded = False  # a ShardedSearcher's legs run on shard servers
 
-    def __init__(self, collection: Any, models: SearchModels):
+    def __init__(self, collection: Any, models: SearchModels | None = None):
+        if models is None:  # pyserini's LuceneSearcher(path) habit: "missing argument 'models'"
+            raise TypeError(f"open a collection with Searcher.open({short_repr(str(collection))})")
         self.collection = collection
         self.models = models
         self._write_lock = threading.Lock()
@@ -491,12 +496,12 @@ class Searcher:
         return text
 
     # ------------------------------------------------------------------ encoding
-    def encode_queries(self, texts: Sequence[str]):
+    def encode_queries(self, texts: Sequence[str]) -> tuple[SparseBatch, EncodeInfo]:
         """(SparseBatch, EncodeInfo) for many query texts at once; the service micro-batches through this."""
         self.check_open()
         return self.query_encoder.encode_queries(query_list(texts, "encode_queries"), return_info=True)
 
-    def encode_dense(self, texts: Sequence[str]):
+    def encode_dense(self, texts: Sequence[str]) -> tuple[np.ndarray, EncodeInfo]:
         """([n, dim] vectors, EncodeInfo) for many query texts at once."""
         self.check_open()
         if not self.has_dense:
@@ -600,13 +605,7 @@ class Searcher:
 
         ``check(stage)`` runs before each query's search and may raise to stop the rest (the
         service passes its deadline check, so an expired batch stops within one query)."""
-        from lsr.encode.texts import check_query_length, check_texts, is_blank
-
-        texts = check_texts(query_list(texts))  # a non-str (TypeError) or undecodable bytes, in every mode
-        for i, text in enumerate(texts):
-            if is_blank(text):
-                raise ValueError(f"query {i} is empty")
-            check_query_length(text, f"query {i}")
+        texts = query_texts(texts)
         k = check_k(k)
         mode = self.resolve_mode(mode)
         self.check_request("x", None, None, k, mode, hybrid, prf, bound_factor, explain=explain,
@@ -658,6 +657,7 @@ class Searcher:
         from concurrent.futures import ThreadPoolExecutor
 
         check_whole(threads, "threads", 1)
+        query_texts([text for _, text in topics])  # chunk 2's blank query 66 was "query 2", after chunk 1's search
         chunks = [topics[i : i + BATCH_CHUNK] for i in range(0, len(topics), BATCH_CHUNK)]
 
         def search(chunk: list[tuple[str, str]]) -> list[SearchResult]:
@@ -938,6 +938,19 @@ def check_path(path: Any) -> str | os.PathLike:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a collection's folder (a str or Path), got {type(path).__name__}")
     return path
+
+
+def query_texts(texts: Sequence[str]) -> list[str]:
+    """Query texts as a list, each a non-blank str of UTF-8 text within the length limit; an error names its
+    position in ``texts``."""
+    from lsr.encode.texts import check_query_length, check_texts, is_blank
+
+    texts = check_texts(query_list(texts))  # a non-str (TypeError) or undecodable bytes, in every mode
+    for i, text in enumerate(texts):
+        if is_blank(text):
+            raise ValueError(f"query {i} is empty")
+        check_query_length(text, f"query {i}")
+    return texts
 
 
 def query_list(texts: Sequence[str], caller: str = "search_batch") -> list[str]:
