@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
         shards = ShardOptions(ray_address=args.ray_address, shard_cpus=args.shard_cpus,
                               concurrency=args.shard_concurrency, require_all=args.require_all_shards,
                               shard_timeout=args.shard_timeout)
-        return serve(ShardedSearcher.open(args.collection, options=shards, **options), config, reload=True)
+        return serve(lambda: ShardedSearcher.open(args.collection, options=shards, **options), config, reload=True)
     refuse_unused(flags_given(args, "ray_address", "require_all_shards", "shard_cpus", "shard_concurrency",
                               "shard_timeout"),
                   f"{args.collection} is not a sharded collection (`lsr index --shards N` makes those)")
-    return serve(Searcher.open(args.collection, **options), config, reload=True)
+    return serve(lambda: Searcher.open(args.collection, **options), config, reload=True)
