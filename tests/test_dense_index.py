@@ -162,3 +162,22 @@ def test_hnsw_recall_holds_as_rewrites_and_deletes_pile_up_dead_rows():
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)]) >= 0.99
     index.remove(ids[15:])
     assert _answers(index, queries[:20], 20) == _exact({i: live[i] for i in ids[:15]}, queries[:20], 15)
+
+
+@pytest.mark.parametrize("deleted", [0, 100], ids=["whole", "with-dead-rows"])
+def test_hnsw_keeps_as_many_candidates_as_the_hits_asked_for(deleted):
+    """The walk kept the build's efSearch (128) candidates whatever k: a top-1000 (a TREC run's depth) found 79 % of
+    the true top-1000 on SciFact's MiniLM vectors."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((20, 32)).astype(np.float32)
+    vectors = centres[rng.integers(0, 20, 6_000)] + 0.3 * rng.standard_normal((6_000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # as MiniLM's are
+    ids = [f"d{i}" for i in range(len(vectors))]
+    index = DenseIndex.create(32, hnsw_m=16)
+    index.add(ids, vectors)
+    index.remove(ids[:deleted])
+    queries = vectors[rng.integers(0, len(vectors), 20)] + 0.1 * rng.standard_normal((20, 32)).astype(np.float32)
+    live = dict(zip(ids[deleted:], vectors[deleted:]))
+    truth, got = _exact(live, queries, 1_000), _answers(index, queries, 1_000)
+    assert np.mean([len(set(a) & set(b)) / 1_000 for a, b in zip(got, truth)]) >= 0.97
+    assert index.index.hnsw.efSearch == 128  # the build's own setting is left as it was

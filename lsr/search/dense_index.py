@@ -224,9 +224,11 @@ class DenseIndex:
         with self._lock.shared():
             if self._live == self._rows:  # no tombstones: faiss's fastest path, past the rows added since
                 ntotal = self.index.ntotal
-                scores, rows = self.index.search(vectors, min(k + ntotal - self._rows, ntotal))
+                want = min(k + ntotal - self._rows, ntotal)
+                scores, rows = self.index.search(vectors, want, params=self._walk_wide(want))
             else:
-                scores, rows = self.index.search(vectors, min(k, self._live), params=self._search_parameters())
+                want = min(k, self._live)
+                scores, rows = self.index.search(vectors, want, params=self._search_parameters(want))
         for q in range(n):
             got = 0
             for score, row in zip(scores[q], rows[q].tolist()):
@@ -238,8 +240,18 @@ class DenseIndex:
                     break
         return out_ids, out_scores
 
-    def _search_parameters(self) -> Any:
-        """faiss search parameters that skip every row this version does not hold live."""
+    def _walk_wide(self, want: int) -> Any:
+        """HNSW parameters whose walk keeps at least ``want`` candidates, where the build's efSearch keeps fewer, else
+        None: at efSearch 128 a top-1000 found 79 % of the true one on SciFact (a TREC run's depth), 99 % at 1000."""
+        if self.kind != "hnsw" or want <= self.index.hnsw.efSearch:
+            return None
+        import faiss
+
+        return faiss.SearchParametersHNSW(efSearch=want)
+
+    def _search_parameters(self, want: int) -> Any:
+        """faiss search parameters that skip every row this version does not hold live (an HNSW walk keeping at
+        least ``want`` candidates, as ``_walk_wide``)."""
         import faiss
 
         if self._selector is None:
@@ -250,7 +262,10 @@ class DenseIndex:
             else:
                 params = faiss.SearchParameters(sel=selector)
             self._selector = (bits, selector, params)  # the bits and selector must outlive the parameters
-        return self._selector[2]
+        params = self._selector[2]
+        if self.kind == "hnsw" and want > params.efSearch:
+            return faiss.SearchParametersHNSW(sel=self._selector[1], efSearch=want)
+        return params
 
     def _filtered_ef(self) -> int:
         """efSearch scaled by rows per live row: a graph walk passes dead rows without keeping them, so at the build's
