@@ -110,7 +110,7 @@ def _continue(err: str) -> tuple[int, list[str]]:
     """(the documents a stopped run says it wrote, the command it prints to continue)."""
     hint = next(line for line in err.splitlines() if "Continue with:" in line)
     command = hint.split("Continue with: ", 1)[1].split()
-    skip = int(command[command.index("--skip") + 1])
+    skip = int(command[command.index("--skip") + 1]) if "--skip" in command else 0
     assert f"stopped after writing {skip} documents" in hint and command[:2] == ["lsr", "upsert"]
     return skip, command[1:]
 
@@ -215,9 +215,35 @@ def test_an_upsert_into_a_folder_that_takes_no_files_says_so_and_blames_no_full_
         assert main(["upsert", str(source), str(col), "--quiet"]) == 1
         err = capsys.readouterr().err
         assert err.splitlines()[-1] == f"lsr upsert: error: {col / 'journal.log'}: Operation not permitted", err
-        assert "full disk" not in err
+        assert "full disk" not in err and "stopped after" not in err, err  # "... may be kept too; --skip 0"
     finally:
         subprocess.run(["chattr", "-i", str(col)], check=True)
+
+
+def test_an_upsert_cut_off_by_an_overwrite_says_to_run_it_again_whole(built, tmp_path, capsys, monkeypatch):
+    """`lsr index --overwrite` under a running upsert: "stopped after writing 3 documents; they are kept. Continue
+    with: ... --skip 3", and the command it gave skipped the 3 documents the new build had dropped."""
+    from lsr.cli import upsert as upsert_cli
+
+    col = shutil.copytree(built, tmp_path / "col")
+    source = _jsonl(tmp_path / "new.jsonl", {f"o{i}": f"Overwritten upsert document {i}." for i in range(6)})
+    rebuild = ["index", str(_jsonl(tmp_path / "docs.jsonl", DOCS)), str(col), "--overwrite", "--max-length", "32",
+               "--quiet"]
+    write, written = upsert_cli._LocalSink.write, []
+
+    def write_then_overwrite(sink, ids, texts):
+        if written:
+            assert main(rebuild) == 0
+        written.append(ids)
+        return write(sink, ids, texts)
+
+    monkeypatch.setattr(upsert_cli._LocalSink, "write", write_then_overwrite)
+    assert main(["upsert", str(source), str(col), "--write-every", "3", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "stopped after" not in err and "--skip" not in err, err
+    assert f"the 3 documents written went with the build it had opened: run the whole upsert again, lsr upsert " \
+           f"{source} {col} --write-every 3 --quiet" in err, err
+    assert not Collection.open(col).view().docs.contains("o0")
 
 
 def test_an_id_a_trec_run_cannot_hold_is_refused_naming_its_line(built, tmp_path, capsys):

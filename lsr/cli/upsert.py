@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import shlex
 import signal
 import sys
@@ -29,6 +30,7 @@ from typing import Any, Iterator
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_flags
 from lsr.cli.main import flags_given, path_argument, refuse_unused
+from lsr.files import MachineStateError
 from lsr.ingest.layout import is_collection_dir
 
 HELP = "add or replace documents of a collection (or a running server) from a corpus file"
@@ -61,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lsr.ingest.collection import CollectionReplaced
     from lsr.ingest.indexing import document_blocks
     from lsr.ingest.progress import progress_bar, rows_total, update_total
 
@@ -92,7 +95,13 @@ def run(args: argparse.Namespace) -> int:
                 update_total(bar, reader, reader.expected_rows(), reader.limit)
     except BaseException as exc:
         sink.close()
-        writing = writing if isinstance(exc, OSError) else 0  # the disk's failure, not a refused or late request
+        if isinstance(exc, CollectionReplaced) and exc.gone:  # "they are kept ... --skip 96" dropped 96 documents
+            gone = f"; the {done:,} documents written went with the build it had opened" if done else ""
+            raise MachineStateError(f"{exc.what} (`lsr index --overwrite`?){gone}: run the whole upsert again, "
+                                    f"{_continue_command(args._argv, args.skip)}") from None
+        # the disk's failure, not a refused or late request; a journal that could not be opened for writing (a
+        # read-only folder) took nothing
+        writing = writing if isinstance(exc, OSError) and not _journal_refused(exc) else 0
         if done or args.skip or writing:
             failed = (f" The {writing:,} after them failed as they were written and may be kept too (what the "
                       "journal took is applied when the collection is next opened); rewriting them is harmless."
@@ -160,8 +169,16 @@ def _where(args: argparse.Namespace) -> str:
     return args.collection or f"the server at {args.endpoint}"
 
 
+def _journal_refused(exc: OSError) -> bool:
+    """Whether the journal could not be opened for writing at all (a read-only folder): nothing of the write was
+    kept, where "the 3 after them ... may be kept too; continue with --skip 0" was said."""
+    from lsr.ingest.journal import JOURNAL_FILE
+
+    return exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and Path(exc.filename or "").name == JOURNAL_FILE
+
+
 def _continue_command(argv: list[str], skip: int) -> str:
-    """The command as typed, with ``--skip`` set to ``skip``, ready to copy."""
+    """The command as typed, with ``--skip`` set to ``skip`` (none for 0), ready to copy."""
     words, drop = [], False
     for word in argv:
         if drop:
@@ -170,7 +187,7 @@ def _continue_command(argv: list[str], skip: int) -> str:
             drop = True
         elif not word.startswith("--skip="):
             words.append(word)
-    return shlex.join(["lsr", *words, "--skip", str(skip)])
+    return shlex.join(["lsr", *words, *(["--skip", str(skip)] if skip else [])])
 
 
 class _LocalSink:

@@ -69,14 +69,16 @@ def build_tag(meta: dict) -> str:
 class CollectionReplaced(MachineStateError):
     """What this process opened is no longer what it may write: the folder was indexed anew, moved or deleted, or a
     write failed half-applied (a full disk); only opening it again (which replays the journal) writes again.
-    ``what``: the path and what happened, for a caller that words the remedy itself (a server reopens it by itself)."""
+    ``what``: the path and what happened, for a caller that words the remedy itself (a server reopens it by itself);
+    ``gone``: the folder was indexed anew, moved or deleted, and what this process wrote went with the build it opened
+    (else the journal holds it)."""
 
-    def __init__(self, what: str, then: str) -> None:
+    def __init__(self, what: str, then: str, gone: bool = False) -> None:
         super().__init__(f"{what}; searches answer from what this process had loaded: restart it {then}")
-        self.what, self.then = what, then
+        self.what, self.then, self.gone = what, then, gone
 
-    def __reduce__(self):  # a shard server's, through Ray: unpickled with both arguments
-        return type(self), (self.what, self.then)
+    def __reduce__(self):  # a shard server's, through Ray: unpickled with every argument
+        return type(self), (self.what, self.then, self.gone)
 
 
 class CollectionView:
@@ -352,7 +354,7 @@ class Collection:
             why, then = "was moved, deleted or is being indexed anew", "on the collection where it is now"
         self.replaced = True
         self._tell_listeners()
-        raise CollectionReplaced(f"{self.path} {why} since it was opened", then)
+        raise CollectionReplaced(f"{self.path} {why} since it was opened", then, gone=True)
 
     def _take_up_disk(self) -> None:
         """Another process wrote the collection (or repaired it): apply the journal records it appended to this
