@@ -153,6 +153,9 @@ def test_outputs_into_a_collection_folders_not_in_utf8_and_bad_flags_without_a_s
     for flag in (["--k", "0"], ["--bound-factor", "0.5"]):
         assert main(["query", "--endpoint", "127.0.0.1:1", "coffee", *flag]) == 2
         assert "no server answered" not in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text("not json\n")  # its folders a/b were left behind
+    assert main(["index", str(tmp_path / "bad.jsonl"), str(tmp_path / "a" / "b" / "col"), "--quiet"]) == 2
+    assert "line 1: invalid JSON" in capsys.readouterr().err and not (tmp_path / "a").exists()
 
 
 def test_text_that_is_not_utf8_is_named_as_the_user_gave_it(built, capsys):

@@ -425,14 +425,14 @@ def build_collection(
         options = replace(options, fields=tuple(reader.fields), id_field=reader.id_field)
     if overwrite and out.resolve() in source.resolve().parents:
         raise ValueError(f"the corpus {source} lies inside {out}, which --overwrite clears; move it out first")
-    folder_was_there = out.is_dir()
+    made = next((folder for folder in (*reversed(out.parents), out) if not folder.exists()), None)  # and made now
     # One build at a time per collection folder, at once; a whole collection's writer (a server's upsert) is waited
     # for, as writes wait for each other: an --overwrite under a server taking writes failed 4 times in 7.
     with exclusive_folder(out, wait=WRITE_WAIT if (out / META_FILE).is_file() else 0.0):
-        return _build(reader, out, options, folder_was_there, resume, overwrite, progress, on_shard, ray)
+        return _build(reader, out, options, made, resume, overwrite, progress, on_shard, ray)
 
 
-def _build(reader: CorpusReader, out: Path, options: IndexOptions, folder_was_there: bool, resume: bool,
+def _build(reader: CorpusReader, out: Path, options: IndexOptions, made: Path | None, resume: bool,
            overwrite: bool, progress: bool, on_shard: Callable[[int], None] | None, ray: "RayOptions | None") -> Summary:
     from lsr.encode.cpu_threads import set_threads
 
@@ -473,7 +473,7 @@ def _build(reader: CorpusReader, out: Path, options: IndexOptions, folder_was_th
             if (out / REPLACED).is_dir():
                 _restore_aside(out)
             else:
-                _remove_contents(out, keep_folder=folder_was_there)
+                _remove_made(out, made)
         raise
     if (out / REPLACED).exists():  # the new collection is whole: the one it replaces goes
         shutil.rmtree(out / REPLACED)
@@ -538,6 +538,19 @@ def _move_back(out: Path) -> None:
         os.rename(child, out / child.name)
     moving.rmdir()
     fsync_dir(out)
+
+
+def _remove_made(out: Path, made: Path | None) -> None:
+    """OUT's contents, and OUT with the folders above it up to ``made`` where this build made them (a first build
+    failing on its corpus's first row left the empty folders of /a/b/c/collection behind)."""
+    _remove_contents(out, keep_folder=made is None)
+    for folder in out.parents if made is not None else ():
+        if not folder.is_relative_to(made):
+            break
+        try:
+            folder.rmdir()
+        except OSError:  # something else was put there meanwhile
+            break
 
 
 def _remove_contents(out: Path, keep_folder: bool) -> None:
