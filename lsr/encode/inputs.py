@@ -24,9 +24,7 @@ def token_ids(tokenizer: Any, texts: list[str], **options: Any) -> list[list[int
     state; two threads overlapping there fail with "Already borrowed". Serialising only this call
     lets the forward passes of concurrent encodes (the service's micro-batches) run in parallel.
     """
-    with _locks_lock:
-        lock = _call_locks.setdefault(tokenizer, threading.Lock())
-    with lock:
+    with _call_lock(tokenizer):
         return tokenizer(texts, verbose=False, **options)["input_ids"]
 
 
@@ -34,6 +32,15 @@ def token_ids(tokenizer: Any, texts: list[str], **options: Any) -> list[list[int
 # fail to pickle (a spawn pool, datasets.map) and to deepcopy after the first encode.
 _call_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _locks_lock = threading.Lock()
+_shared_lock = threading.Lock()  # for tokenizers a weak map cannot key (unhashable, no weak references)
+
+
+def _call_lock(tokenizer: Any) -> threading.Lock:
+    with _locks_lock:
+        try:
+            return _call_locks.setdefault(tokenizer, threading.Lock())
+        except TypeError:
+            return _shared_lock
 
 
 @dataclass
