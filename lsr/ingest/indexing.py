@@ -25,8 +25,7 @@ import numpy as np
 from lsr.encode.models import document_length, lasting_name, model_content_key
 from lsr.ingest.layout import (
     BUILD_STATE, FORMAT, META_FILE, MOVING, REPLACED, VOCAB_FILE, check_utf8_path, disk_size, drop_build_state,
-    files_checksum,
-    Rereadable, is_collection_dir, read_vector_shards, shard_name, write_shard,
+    files_checksum, Rereadable, is_collection_dir, read_vector_shards, shard_name, write_shard,
 )
 from lsr.ingest.corpus import DEFAULT_FIELDS, CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total, update_total
