@@ -14,12 +14,13 @@ heuristic, or ``LSR_AUTOTUNE=1``), keyed on power-of-two length buckets, so no n
 process with tuning.
 """
 
+import contextlib
 import inspect
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import triton
@@ -421,7 +422,8 @@ def precompile(shapes: Sequence[tuple[int, int]], weight: torch.Tensor, bias: Op
     try:
         # ignore_errors: a kernel that fails here is left for its launch to compile and report; raising from
         # AsyncCompileMode's exit would also leave the mode active for every later launch in this thread.
-        with ThreadPoolExecutor(min(len(plans), os.cpu_count() or 1)) as pool, AsyncCompileMode(pool, ignore_errors=True):
+        with _on(device), ThreadPoolExecutor(min(len(plans), os.cpu_count() or 1)) as pool, \
+                AsyncCompileMode(pool, ignore_errors=True):
             for config, launch in plans.values():
                 launch(config, warmup=True)
     except Exception as error:  # noqa: BLE001 - an optimisation: the real launches compile (and report) anyway
@@ -431,17 +433,24 @@ def precompile(shapes: Sequence[tuple[int, int]], weight: torch.Tensor, bias: Op
     return len(plans)
 
 
-def warm_up_shapes(max_length: int) -> list[tuple[int, int]]:
+def _on(device: torch.device) -> Any:
+    """Launch on ``device``: Triton launches on the current CUDA device, not its tensors' (a model on cuda:1 failed
+    to load: "Pointer argument cannot be accessed from Triton")."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def warm_up_shapes(max_length: int, positions: int | None = None) -> list[tuple[int, int]]:
     """(batch, length) pairs that compile every forward variant an encoder of up to ``max_length`` tokens
     launches, its lengths padded to multiples of 16 (``lsr.encode.batching``).
 
     Per length bucket: a batch that fills whole packed tiles at the bucket's length (a tile holds 1, 2, 4
     or 8 sequences, ``launch.MAX_PACKED_SEQS``), a ragged one (3 sequences) at that length, and a ragged
     one shorter than the bucket where the bucket has such lengths: the packed kernel compiles apart for
-    each. No length passes the longest an encoder pads to, so a model with no more positions is never
-    run past them.
+    each. No length passes the longest an encoder pads to, nor the model's ``positions``.
     """
     longest = -(-max_length // MIN_BUCKET) * MIN_BUCKET
+    if positions is not None:  # a model whose positions are no multiple of 16 pads its longest texts to them
+        longest = min(longest, max(positions, max_length))
     shapes, bucket = [], MIN_BUCKET
     while bucket <= length_bucket(longest):
         full = min(bucket, longest)
@@ -541,7 +550,8 @@ def _pool_op(
     The last two are what the backward needs; they are empty when ``save_for_backward`` is False.
     ``deterministic`` only selects the backward's grad_hidden strategy.
     """
-    return _forward(hidden, weight, bias, attention_mask, save_for_backward)
+    with _on(hidden.device):
+        return _forward(hidden, weight, bias, attention_mask, save_for_backward)
 
 
 @_pool_op.register_fake
@@ -568,7 +578,8 @@ def _pool_backward_op(
     need_weight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (grad_hidden, grad_weight, grad_bias fp32); a grad not asked for comes back empty."""
-    return _backward(grad_out, hidden, weight, pooled, arg, deterministic, need_hidden, need_weight)
+    with _on(hidden.device):
+        return _backward(grad_out, hidden, weight, pooled, arg, deterministic, need_hidden, need_weight)
 
 
 @_pool_backward_op.register_fake

@@ -28,6 +28,17 @@ def test_right_pad_rounds_the_width_and_masks_the_padding():
     assert mask.sum(dim=1).tolist() == [3, 1, 5]
 
 
+def test_padding_and_warm_up_shapes_stop_at_the_models_positions():
+    """On CUDA lengths round up to 16: a BERT with 40 positions got a full-length text, and its own warm-up, padded
+    to 48 (a device-side assert)."""
+    from lsr.kernels.pool_triton import warm_up_shapes
+
+    assert right_pad([[1] * 40, [2] * 3], pad_id=0, multiple=16, positions=40)[0].shape == (2, 40)
+    assert right_pad([[1] * 20], pad_id=0, multiple=16, positions=40)[0].shape == (1, 32)
+    assert max(length for _, length in warm_up_shapes(40, positions=40)) == 40
+    assert warm_up_shapes(256, positions=512) == warm_up_shapes(256)  # a multiple of 16: as before
+
+
 def test_scatter_csr_puts_batches_back_in_input_order():
     rng = np.random.default_rng(0)
     rows = [rng.choice(50, size=rng.integers(0, 6), replace=False) for _ in range(9)]

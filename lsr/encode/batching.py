@@ -63,10 +63,15 @@ def budget_batches(lengths: np.ndarray, max_tokens: int, multiple: int = 1) -> l
     return batches
 
 
-def right_pad(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) int64 [rows, width], width the longest row rounded up to ``multiple``."""
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1,
+              positions: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) int64 [rows, width], width the longest row rounded up to ``multiple`` but not
+    past the model's ``positions`` (a BERT with 40 of them, a full-length text padded to 48 on CUDA: a device-side
+    assert)."""
     lengths = np.fromiter(map(len, rows), np.int64, len(rows))
-    width = padded_width(int(lengths.max(initial=1)), multiple)
+    longest = int(lengths.max(initial=1))
+    width = padded_width(longest, multiple) if positions is None else min(padded_width(longest, multiple),
+                                                                          max(positions, longest))
     keep = np.arange(width) < lengths[:, None]
     ids = np.full((len(rows), width), pad_id, np.int64)
     ids[keep] = np.fromiter(itertools.chain.from_iterable(rows), np.int64, int(lengths.sum()))

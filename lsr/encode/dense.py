@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lsr.encode.checks import check_length, check_whole
+from lsr.encode.checks import check_length, check_whole, usable_positions
 from lsr.encode import native_bert, packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad
 from lsr.encode.inputs import (EncodeInfo, model_max_tokens, report_truncation, resolve_device, resolve_dtype,
@@ -106,6 +106,7 @@ class DenseEncoder:
         if max_length is None:  # not `max_length or`: 0 silently became the folder's length
             max_length = model_max_tokens(str(getattr(model, "name_or_path", "")), tokenizer)
         self.max_length = check_length(max_length, "max_length", model)
+        self._positions = usable_positions(getattr(model, "config", None))  # what padding may not pass
         self.config = config
         self.name = name or getattr(model, "name_or_path", type(model).__name__)
         self.dim = int(model.config.hidden_size)
@@ -179,9 +180,8 @@ class DenseEncoder:
 
         bar = progress_bar("dense", len(live), enabled=show_progress and len(live) > 0)
         pipeline = Pipeline(self.device, max_tokens=batch_size * self.max_length, batch_size=batch_size)
-        for positions, pooled in pipeline.run(
-            len(live), tokenize, lambda rows: right_pad(rows, pad, pad_multiple(self.device)), self._encode_batch
-        ):
+        padded = lambda rows: right_pad(rows, pad, pad_multiple(self.device), self._positions)  # noqa: E731
+        for positions, pooled in pipeline.run(len(live), tokenize, padded, self._encode_batch):
             out[live[positions]] = pooled
             bar.update(len(positions))
         bar.close()

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lsr.encode.checks import check_length, check_number, check_whole
+from lsr.encode.checks import check_length, check_number, check_whole, usable_positions
 from lsr.encode import native_bert, packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
 from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, EncodeInfo, model_max_tokens, report_truncation, resolve_device,
@@ -185,6 +185,7 @@ class SpladeEncoder:
             query_max_length = default_query_length(str(getattr(model, "name_or_path", "")), tokenizer)
         max_length = check_length(max_length, "max_length", model)
         query_max_length = check_length(query_max_length, "query_max_length", model)
+        self._positions = usable_positions(getattr(model, "config", None))  # what padding may not pass
         top_k = None if top_k is None else check_whole(top_k, "top_k", 1)
         threshold = check_number(threshold, "threshold", 0.0)  # -1 kept every term, NaN none
         self.device = resolve_device(device)
@@ -297,7 +298,7 @@ class SpladeEncoder:
         from lsr.kernels.pool import resolve_impl
         from lsr.kernels.pool_triton import precompile, warm_up_shapes
 
-        shapes = warm_up_shapes(max(self.max_length, self.query_max_length))
+        shapes = warm_up_shapes(max(self.max_length, self.query_max_length), self._positions)
         if self.pooling == "max" and resolve_impl(self.impl, self.device) == "triton":
             precompile(shapes, self.weight, None if self.bias is None else self.bias.to(self.weight.dtype))
         token = next(i for i in range(self.vocab_size) if i not in self._special_ids)
@@ -360,7 +361,7 @@ class SpladeEncoder:
 
     def _batch_inputs(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, pool_mask); the pool mask marks positions that may win the max."""
-        input_ids, mask = right_pad(ids, self._pad_id, pad_multiple(self.device))
+        input_ids, mask = right_pad(ids, self._pad_id, pad_multiple(self.device), self._positions)
         return input_ids, mask, mask
 
     def _pool(self, hidden: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
@@ -480,7 +481,8 @@ class DecoderSpladeEncoder(SpladeEncoder):
     def _batch_inputs(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not self.echo:
             return super()._batch_inputs([self._bos + r for r in ids])
-        input_ids, mask = right_pad([self._bos + r + r for r in ids], self._pad_id, pad_multiple(self.device))
+        input_ids, mask = right_pad([self._bos + r + r for r in ids], self._pad_id, pad_multiple(self.device),
+                                    self._positions)
         lengths = torch.tensor([len(r) for r in ids])[:, None]
         start = len(self._bos) + lengths
         position = torch.arange(mask.shape[1])

@@ -84,4 +84,6 @@ def restore_checkpoint(state: dict[str, Any], parameters: list[torch.nn.Paramete
         scaler.load_state_dict(state["loss_scale"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        # per GPU this machine has: one saved on more GPUs than are here failed as "invalid device ordinal"
+        for device, rng in enumerate(state["cuda_rng"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng, device)

@@ -65,6 +65,8 @@ class TrainableSplade:
         input_ids, mask, pool_mask = (t.to(self.device) for t in self.encoder._batch_inputs(ids))
         with self._autocast():
             hidden = self.model(input_ids=input_ids, attention_mask=mask).logits
+            if self.autocast_dtype is not None:  # CUDA's autocast ends the transform's LayerNorm in fp32, and the
+                hidden = hidden.to(self.autocast_dtype)  # fused pooling then ran fp32 dots, not bf16 tensor cores
             weight = self.head.weight.to(hidden.dtype)
             bias = None if self.head.bias is None else self.head.bias.to(hidden.dtype)
             pooled = splade_max_pool(hidden, weight, bias, pool_mask, impl=self.encoder.impl, deterministic=True)
