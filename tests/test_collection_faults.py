@@ -179,6 +179,29 @@ def test_verify_is_clean_on_an_intact_collection(written, capsys):
     assert "is intact" in out and "checked  BM25 index" in out  # its files were checked, and no line said so
 
 
+def test_verify_beside_a_dense_save_rechecks_instead_of_failing(written, encoders, tmp_path, monkeypatch, capsys):
+    """A server's dense save replaced dense/ids-N.parquet between verify's file check and its open: "lsr verify:
+    error: [Errno 2] Failed to open local file" (exit 2, bad input) on an intact collection. It is a problem to check
+    again under the folder's lock, as any other file a write replaced."""
+    from lsr.search import dense_index
+
+    col = _copy(written, tmp_path / "col")
+    read_ids, saved = dense_index.parquet_ids, []
+
+    def a_save_right_before_the_ids_are_read(path):
+        if not saved:  # another process's write and save, between the open's checks and its read
+            saved.append(True)
+            writer = Collection.open(col)
+            _upsert_each(writer, encoders, ["between"], ["written while lsr verify opened the dense index"])
+            writer.close()
+        return read_ids(path)
+
+    monkeypatch.setattr(dense_index, "parquet_ids", a_save_right_before_the_ids_are_read)
+    before = sorted(p.name for p in (col / "dense").iterdir())
+    assert main(["verify", str(col)]) == 0 and "is intact" in capsys.readouterr().out
+    assert saved and sorted(p.name for p in (col / "dense").iterdir()) != before  # the files were replaced
+
+
 @pytest.mark.parametrize("lost", ["sparse", "dense", "bm25"])
 def test_lsr_repair_rebuilds_a_deleted_index(written, tmp_path, capsys, lost):
     col = _copy(written, tmp_path / "col")

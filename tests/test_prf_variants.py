@@ -556,3 +556,33 @@ def test_one_str_given_to_encode_queries_names_encode_queries(searcher):
     with pytest.raises(TypeError, match="encode_dense takes an ordered list of query texts, got a dict"):
         searcher.encode_dense({"q1": "aspirin"})
     assert len(searcher.encode_queries(["aspirin"])[0]) == 1
+
+
+def test_a_tuning_run_reads_one_view_while_another_process_deletes_under_it(tiny, tmp_path):
+    """`lsr tune` beside deletes: a run checked the collection's version once, then searched each query on the view
+    of that moment. A document deleted mid-run was still in a later query's remembered first pass, and PRF asked the
+    new view for its vector: KeyError "unknown doc ids", a traceback."""
+    from lsr.eval.backends import InProcess
+    from lsr.eval.datasets import load_beir
+
+    dataset = load_beir(tiny[0] / "tiny.zip")
+    qids = list(dataset.queries)[:2]
+    texts = [dataset.queries[q] for q in qids]
+    searcher = Searcher.open(shutil.copytree(tiny[1], tmp_path / "col"))
+    backend, prf = InProcess(searcher), PrfOptions(feedback_docs=3, weight=0.5)
+    first = backend.run(qids, texts, 10, "sparse", prf=prf)
+    gone = next(iter(first[qids[1]]))  # a feedback document of the second query
+    search = searcher.search_encoded
+
+    def delete_after_the_first(*args, **kwargs):
+        result = search(*args, **kwargs)
+        if searcher.collection.view().docs.contains(gone):
+            searcher.delete([gone])
+        return result
+
+    searcher.search_encoded = delete_after_the_first
+    again = backend.run(qids, texts, 10, "sparse", prf=prf)
+    assert again == first  # the whole run on the view it began with
+    searcher.search_encoded = search
+    assert gone not in backend.run(qids, texts, 10, "sparse", prf=prf)[qids[1]]  # the next run: the new view
+    searcher.close()

@@ -41,15 +41,18 @@ class InProcess:
             dense = self.searcher.encode_dense(list(texts))[0] if self.searcher.has_dense else None
             self._encoded[key] = [{"sparse": row_dict(sparse, i), "dense": None if dense is None else dense[i],
                                    "bm25": texts[i]} for i in range(len(qids))]
-        if self.searcher.index_version != self._version:
+        legs = self.searcher.legs()  # one view for the whole run: a document deleted under it (another process's
+        # write, taken up mid-run) was still in a memo's first pass, and PRF asked the new view for its vector
+        view = getattr(legs, "view", None)  # the memos are that view's (a sharded searcher's legs have none here)
+        version = self.searcher.index_version if view is None else self.searcher.version_of(view)
+        if version != self._version:
             self._memos.clear()
-            self._version = self.searcher.index_version
+            self._version = version
         memos = self._memos.setdefault(key, [{} for _ in qids])
         run: Run = {}
         for q, inputs, memo in zip(qids, self._encoded[key], memos):
             result = self.searcher.search_encoded(inputs["sparse"], inputs["dense"], text=inputs["bm25"], k=k, mode=mode,
-                                                  hybrid=hybrid, prf=prf,
-                                                  source=FirstPassMemo(self.searcher.legs(), inputs, memo))
+                                                  hybrid=hybrid, prf=prf, source=FirstPassMemo(legs, inputs, memo))
             run[q] = {h.doc_id: h.score for h in result.hits}
         return run
 

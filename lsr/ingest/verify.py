@@ -79,8 +79,11 @@ def _verify(path: Path) -> Report:
         dense_problems = DenseIndex.file_problems(path / "dense")
         report.problems += dense_problems
         if not dense_problems:
-            dense = DenseIndex.open(path / "dense")
-            seqs["dense index"] = dense.journal_seq
+            try:  # a server's background save can replace its files between the check and the open
+                dense = DenseIndex.open(path / "dense")
+                seqs["dense index"] = dense.journal_seq
+            except (CorruptFileError, FileNotFoundError) as exc:
+                report.problems.append(str(exc))
         report.checked.append("dense index")
 
     if meta.get("bm25"):

@@ -315,9 +315,10 @@ class Searcher:
         """``<build>-<write>``: the build's tag (its ``lsr.json`` seal, new with every build) and the sparse index's
         version, which counts writes from 1 again in every build; a client can key a cache on it."""
         self.check_open()
-        return self._version_of(self.collection.view())
+        return self.version_of(self.collection.view())
 
-    def _version_of(self, view: Any) -> str:
+    def version_of(self, view: Any) -> str:
+        """``index_version`` of one pinned view."""
         return f"{self.collection.build_tag}-{view.sparse.version}"
 
     @property
@@ -473,7 +474,7 @@ class Searcher:
             "vocab_size": int(view.sparse.vocab_size),
             "dense_docs": len(view.dense) if view.dense is not None else 0,
             "dense_dim": self.dense_dim or 0,
-            "index_version": self._version_of(view),
+            "index_version": self.version_of(view),
             "model": self.collection.meta.get("model"),
             "dense_model": self.collection.meta.get("dense_model"),
             "query_encoder": type(self.query_encoder).__name__,
