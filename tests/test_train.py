@@ -400,6 +400,9 @@ def test_a_bad_data_file_is_one_line_beside_other_work_too(tmp_path):
     ("no-dev-split", "has no qrels/dev.tsv to validate on"),
     ("nan-score", "line 1: 'scores' must be 2 finite numbers"),
     ("huge-score", "line 1: teacher 'scores' must lie within ±10,000, got 1e+308"),  # inf in float32: "lower --lr"
+    ("huge-int-score", "line 1: teacher 'scores' must lie within ±10,000, got a number of 401 digits"),  # Overflow-
+    ("label-column", "line 1: a 'label' column is not read; give the teacher's 'scores'"),  # Error; label ignored
+    ("deep-json", "line 1: JSON nested too deeply to read"),  # "maximum recursion depth exceeded", no line
     ("max-minutes-nan", "--max-minutes must be a positive number"),  # NaN was no limit at all
     ("seed-negative", "--seed must be in [0, 2**32)"),
     ("flops-inf", "--flops-query and --flops-doc must be numbers from 0 to 1000"),  # these failed at step 1, as
@@ -456,6 +459,12 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"], "scores": [float("nan"), 1.0]}))
     elif case == "huge-score":
         data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"], "scores": [1e308, 1.0]}))
+    elif case == "huge-int-score":
+        data.write_text('{"query": "q", "positive": "p", "negatives": ["n"], "scores": [' + "9" * 401 + ', 1.0]}\n')
+    elif case == "label-column":  # sentence-transformers' MarginMSE layout: trained contrastive-only, without a word
+        data.write_text(json.dumps({"anchor": "q", "positive": "p", "negative": "n", "label": 1.0}) + "\n")
+    elif case == "deep-json":
+        data.write_text("[" * 100_000 + "]" * 100_000 + "\n")
     elif case == "not-utf8":
         data.write_bytes(b"\xef\xbb\xbf" + json.dumps({"query": "q", "positive": "p"}).encode() + b"\n{\"\xff\"}\n")  # a BOM is fine
     elif case == "accumulate-huge":  # one step looped over 10^9 empty micro-batches, deaf to SIGTERM for minutes
@@ -625,6 +634,13 @@ def test_a_loss_that_stops_being_finite_stops_the_run_before_the_weights_and_wri
     last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
     assert last.startswith("lsr train: error: step 2: the loss or its gradient is not finite"), last
     assert f"{again}'s checkpoint (step 1) holds the weights before it, which may already have diverged" in last
+    # The last step's own update is checked too: one step at 1e30 exported a model that encodes nothing, exit 0.
+    once = tmp_path / "once"
+    assert main(["train", str(data), str(once), "--lr", "1e30", "--max-steps", "1", "--batch-size", "4",
+                 "--max-length", "32", "--quiet"]) == 2
+    assert "step 1: the update left weights whose loss is not finite, so no model was exported" in \
+        capsys.readouterr().err
+    assert not (once / "model.safetensors").exists()
 
 
 def test_inference_free_trains_documents_against_idf_queries_and_exports_the_table(examples, tmp_path, caplog):
@@ -669,6 +685,9 @@ def test_inference_free_trains_documents_against_idf_queries_and_exports_the_tab
     theirs = SparseEncoder(str(tmp_path / "out"), device="cpu")
     documents = [ex.positive for ex in examples[:4]]
     np.testing.assert_allclose(theirs.encode_query(queries, convert_to_tensor=True).to_dense().numpy(), served, rtol=1e-6)
+    long_query = [" ".join(ex.positive for ex in examples)]  # past 256 tokens: sentence-transformers cut it at 512
+    np.testing.assert_allclose(theirs.encode_query(long_query, convert_to_tensor=True).to_dense().numpy(),
+                               served_side.encode_queries(long_query).to_dense(), rtol=1e-6)
     both = SpladeEncoder.from_pretrained(str(tmp_path / "out"), device="cpu")
     ours = both.encode_documents(documents).to_dense()
     np.testing.assert_allclose(theirs.encode_document(documents, convert_to_tensor=True).to_dense().numpy(), ours,

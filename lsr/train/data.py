@@ -113,6 +113,8 @@ def _example(line: str, where: str) -> Example:
         row = json_line(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{where}: {invalid_json(exc)}") from None
+    except RecursionError:  # named no line
+        raise ValueError(f"{where}: JSON nested too deeply to read") from None
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object")
     row = _our_names(row, where)
@@ -133,13 +135,16 @@ def _example(line: str, where: str) -> Example:
     scores = row.get("scores")
     if scores is not None:
         if (not isinstance(scores, list) or len(scores) != 1 + len(negatives)
-                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores)):
+                or not all(isinstance(s, int) and not isinstance(s, bool) or isinstance(s, float) and math.isfinite(s)
+                           for s in scores)):  # an int of 400 digits failed math.isfinite: OverflowError
             raise ValueError(f"{where}: 'scores' must be {1 + len(negatives)} finite numbers (the positive's, then "
                              "each negative's)")
-        if max(abs(s) for s in scores) > MAX_TEACHER_SCORE:  # 1e308 became inf in float32 and failed as "lower --lr"
-            raise ValueError(f"{where}: teacher 'scores' must lie within ±{MAX_TEACHER_SCORE:,.0f}, got "
-                             f"{max(scores, key=abs):g}; divide them by a constant (margin-MSE matches their differences "
-                             "to the model's dot products, which stay in the tens)")
+        worst = max(scores, key=abs)
+        if abs(worst) > MAX_TEACHER_SCORE:  # 1e308 became inf in float32 and failed as "lower --lr"
+            shown = f"{worst:g}" if abs(worst) < 1e300 else f"a number of {len(str(abs(int(worst))))} digits"
+            raise ValueError(f"{where}: teacher 'scores' must lie within ±{MAX_TEACHER_SCORE:,.0f}, got {shown}; "
+                             "divide them by a constant (margin-MSE matches their differences to the model's dot "
+                             "products, which stay in the tens)")
         scores = tuple(float(s) for s in scores)
     return Example(row["query"], row["positive"], tuple(negatives), scores)
 
@@ -161,6 +166,9 @@ def _our_names(row: dict[str, Any], where: str) -> dict[str, Any]:
     singles = (["negative"] if "negative" in row else []) + numbered
     if singles and "negatives" not in row:
         row["negatives"] = [row.pop(k) for k in singles]
+    if "label" in row:  # sentence-transformers' margin-MSE column (a margin, or a score per text): trained without it
+        raise ValueError(f"{where}: a 'label' column is not read; give the teacher's 'scores' (the positive's, then "
+                         "each negative's) for margin-MSE distillation, or drop it")
     for key in row:
         close = difflib.get_close_matches(key.lower(), KEYS, n=1, cutoff=0.75) if key not in KEYS else []
         if close:

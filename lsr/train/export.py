@@ -10,6 +10,7 @@ of the same weights and whose document route is the root's MLM (module path ``.`
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lsr.encode.models import transformers_quiet
-from lsr.encode.splade import IDF_TABLE, DecoderSpladeEncoder, output_projection_attached
+from lsr.encode.splade import IDF_TABLE, DecoderSpladeEncoder, default_query_length, output_projection_attached
 from lsr.files import fsync_dir, write_json_atomic
 from lsr.train.model import TrainableSplade
 
@@ -117,5 +118,10 @@ def _save_static_query_module(trainable: TrainableSplade, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     trainable.encoder.tokenizer.save_pretrained(folder)
+    # SparseStaticEmbedding cuts a query at its tokenizer's limit: 512 where InferenceFreeQueryEncoder reads the
+    # folder's 256 gave a longer query more terms
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    limit = default_query_length(str(folder.parent), trainable.encoder.tokenizer)
+    write_json_atomic(folder / "tokenizer_config.json", {**config, "model_max_length": limit})
     write_json_atomic(folder / "config.json", {"frozen": True})
     save_file({"weight": torch.from_numpy(trainable.search_idf())}, str(folder / "model.safetensors"))

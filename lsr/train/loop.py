@@ -376,6 +376,8 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
     kept = None if stopped == "interrupted" else guard.finish(step, collapsed=stopped == "collapsed")
     if kept:
         log.warning("%s", kept)
+    if history and stopped != "interrupted":  # the weights to export: the guard's, or the last update's
+        _check_last_update(model, batches.micro_batches(step - 1)[0], config, doc_term_weights, relevant, out, step)
     if starting is not None and stopped != "interrupted":
         blend_weights(model.parameters, starting, config.blend)
     model.train(False)
@@ -409,6 +411,18 @@ def _after_non_finite(error: NonFiniteLoss, out: Path, checkpointed: int | None)
     return ValueError(f"{error}; {out}'s checkpoint (step {checkpointed}) holds the weights before it, which may "
                       f"already have diverged, and --resume would meet this step again: train into a new folder and "
                       f"{remedy}")
+
+
+def _check_last_update(model: TrainableSplade, batch: Any, config: TrainConfig, doc_term_weights: Any,
+                       relevant: Any, out: Path, step: int) -> None:
+    """The last step's batch scored again with the weights its update left: each step checks the loss before its
+    update, so a diverging last one (--lr 1e30, one step) was exported as a model that encodes nothing, exit 0."""
+    with torch.no_grad():
+        loss, _ = _batch_loss(model, batch, config, 1.0, doc_term_weights, relevant, config.score_scale)
+    if not math.isfinite(float(loss)):
+        raise ValueError(f"step {step}: the update left weights whose loss is not finite, so no model was exported "
+                         f"({out}'s checkpoint holds those weights): train into a new folder and lower --lr, or look "
+                         "for extreme values in the training data")
 
 
 def blend_weights(parameters: list[torch.nn.Parameter], starting: list[torch.Tensor], share: float) -> None:
