@@ -58,9 +58,10 @@ class EncodeInfo:
 PREFIX_CHARS_PER_TOKEN = 6
 
 
-def truncated_token_ids(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
+def truncated_token_ids(tokenizer: Any, texts: list[str], max_length: int,
+                        specials: bool = True) -> tuple[list[list[int]], np.ndarray]:
     """Token ids with special tokens, cut to ``max_length`` keeping the special tokens the tokenizer appends (as its
-    own truncation does), and every text's length before the cut.
+    own truncation does), and every text's length before the cut; ``specials`` False: the text's own tokens only.
 
     A tokenizer with ``word_prefix`` (``native_bert``'s WordPiece: a text cut where its tokens stay the whole
     text's first ones) reads a long text only up to ``PREFIX_CHARS_PER_TOKEN x max_length`` characters, four
@@ -74,7 +75,7 @@ def truncated_token_ids(tokenizer: Any, texts: list[str], max_length: int) -> tu
     while todo:
         prefixes = [texts[i] if reach is None else word_prefix(texts[i], reach) for i in todo]
         short = []
-        for i, prefix, ids in zip(todo, prefixes, token_ids(tokenizer, prefixes, add_special_tokens=True,
+        for i, prefix, ids in zip(todo, prefixes, token_ids(tokenizer, prefixes, add_special_tokens=specials,
                                                              truncation=False)):
             if prefix is not texts[i] and len(ids) <= max_length:
                 short.append(i)  # long words: the prefix holds too few tokens to know the first max_length
@@ -82,7 +83,7 @@ def truncated_token_ids(tokenizer: Any, texts: list[str], max_length: int) -> tu
                 enc[i] = ids
         todo, reach = short, reach and 4 * reach
     lengths = np.fromiter((len(ids) for ids in enc), dtype=np.int64, count=len(enc))
-    tail = _appended_specials(tokenizer)
+    tail = _appended_specials(tokenizer) if specials else 0
     return [ids[: max_length - tail] + ids[len(ids) - tail :] if len(ids) > max_length else ids for ids in enc], lengths
 
 
