@@ -141,7 +141,8 @@ def _example(line: str, where: str) -> Example:
                              "each negative's)")
         worst = max(scores, key=abs)
         if abs(worst) > MAX_TEACHER_SCORE:  # 1e308 became inf in float32 and failed as "lower --lr"
-            shown = f"{worst:g}" if abs(worst) < 1e300 else f"a number of {len(str(abs(int(worst))))} digits"
+            shown = f"{worst:g}" if isinstance(worst, float) or abs(worst) < 10**300 else \
+                f"a number of {len(str(abs(worst)))} digits"
             raise ValueError(f"{where}: teacher 'scores' must lie within ±{MAX_TEACHER_SCORE:,.0f}, got {shown}; "
                              "divide them by a constant (margin-MSE matches their differences to the model's dot "
                              "products, which stay in the tens)")
