@@ -645,6 +645,8 @@ def test_a_server_serves_its_collection_indexed_anew_without_a_restart(collectio
         with server.client() as c, ThreadPoolExecutor(2) as pool:
             assert len(c.search("cancer", k=N_DOCS, timeout=30).hits) > 5
             old_version = c.last_index_version
+            first_build = _files_held(server.proc.pid, path)
+            assert first_build
             searching = [pool.submit(search_on) for _ in range(2)]
             assert main(["index", str(beir_dir / "scifact.tar.gz"), str(path), "--overwrite", "--limit", "5",
                          "--max-length", "64", "--quiet"]) == 0
@@ -661,7 +663,7 @@ def test_a_server_serves_its_collection_indexed_anew_without_a_restart(collectio
 
             _wait_until(lambda: encoded() >= 0.95 * (len(answered) + 1), 30)  # once the old build is retired
             # ... its files let go: the build the server started on stayed open, 152 MB of deleted files at 200k docs
-            _wait_until(lambda: not _deleted_files_held(server.proc.pid, path), 30)
+            _wait_until(lambda: not _files_held(server.proc.pid, path, deleted=True) & first_build, 60)
             assert c.health() == "SERVING" and c.health("lsr.v1.SearchService") == "SERVING"
             assert c.stats(timeout=30)["num_docs"] == 5
             hits = c.search("cancer", k=N_DOCS, include_text=True, timeout=30).hits
@@ -676,14 +678,15 @@ def test_a_server_serves_its_collection_indexed_anew_without_a_restart(collectio
     assert not verify_collection(path).problems
 
 
-def _deleted_files_held(pid: int, folder: Path) -> list[str]:
-    """The deleted files under ``folder`` that process ``pid`` still holds open."""
-    held = []
+def _files_held(pid: int, folder: Path, deleted: bool = False) -> set[tuple[int, int]]:
+    """(device, inode) of the files under ``folder`` that process ``pid`` holds open (``deleted``: those deleted)."""
+    held = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):  # closed while listed
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith(str(folder)) and target.endswith(" (deleted)"):
-                held.append(target)
+            if target.startswith(str(folder)) and (not deleted or target.endswith(" (deleted)")):
+                found = os.stat(f"/proc/{pid}/fd/{fd}")
+                held.add((found.st_dev, found.st_ino))
     return held
 
 
