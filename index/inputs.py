@@ -46,7 +46,8 @@ def document_chunks(vectors, doc_ids: Sequence | None) -> Iterable:
     if isinstance(vectors, SparseBatch) or sp.issparse(vectors):
         if doc_ids is None:
             raise ValueError("doc_ids is required with a SparseBatch or scipy matrix")
-        return [(vectors, doc_id_list(doc_ids))]  # a generator of ids, read twice, was "0 doc ids for 3 vectors"
+        # a one-shot iterator of ids is listed, as one of chunks is below: read twice, it was "0 doc ids for 3 vectors"
+        return [(vectors, list(doc_ids) if isinstance(doc_ids, Iterator) else doc_ids)]
     if isinstance(vectors, np.ndarray):  # its rows were taken for chunks
         raise TypeError("vectors is a dense array: pass SparseBatch.from_dense(vectors) or a scipy matrix")
     chunks = list(vectors) if iter(vectors) is vectors else vectors
