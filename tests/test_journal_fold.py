@@ -516,3 +516,19 @@ print(len(found.records), found.problem, found.end, found.size)
     assert failed_errno == errno.EFBIG and written > 5
     records, problem, end, size = out[1].split()
     assert (int(records), problem, int(end)) == (written, "None", int(size))
+
+
+def test_a_fold_of_deletes_only_writes_them_and_cuts_the_journal(written, encoders, tmp_path, small_folds, caplog):
+    """Records that leave no document live (a bulk clean-up) fold like any others: their part holds only deletions.
+    An empty live column was typed null, which no deletion could be cast to, and the journal never shrank."""
+    path = _copy(written, tmp_path / "col")
+    col = Collection.open(path)
+    gone = ["new-1", *sorted(col.view().docs.ids())[:journal_fold.FOLD_RECORDS]]  # the build's upsert too
+    for doc_id in gone:
+        col.delete([doc_id])
+    expected = _answers(path, encoders)
+    with caplog.at_level("ERROR", logger="lsr.ingest.collection"):
+        col.close()
+    assert not caplog.messages and not scan(path / JOURNAL_FILE).records and WrittenParts.open(path).upto > 0
+    _assert_same(_answers(path, encoders), expected)
+    assert not set(gone) & set(Collection.open(path).view().docs.ids()) and not verify_collection(path).problems

@@ -250,14 +250,14 @@ def _state_table(records: Sequence[Record], vocab_size: int, dims: int | None) -
         SparseBatch.empty(0, vocab_size)
     table = sparse.to_arrow([doc_id for doc_id, _ in live])
     meta = table.schema.metadata
-    table = table.append_column("deleted", pa.array([False] * len(live))).append_column(
+    table = table.append_column("deleted", pa.array([False] * len(live), pa.bool_())).append_column(
         "text", pa.array([record.texts[row] for record, rows in runs for row in rows], pa.string()))
     if dims is not None:
         dense = np.concatenate([record.dense[rows] for record, rows in runs]) if runs else np.zeros((0, dims))
         table = table.append_column("dense", pa.FixedSizeListArray.from_arrays(
             np.ascontiguousarray(dense, np.float32).reshape(-1), dims))
     if deleted:
-        gone = {"id": pa.array(deleted, pa.string()), "deleted": pa.array([True] * len(deleted))}
+        gone = {"id": pa.array(deleted, pa.string()), "deleted": pa.array([True] * len(deleted), pa.bool_())}
         gone.update({name: pa.nulls(len(deleted), table.schema.field(name).type)
                      for name in table.column_names if name not in gone})
         table = pa.concat_tables([table, pa.table(gone, schema=table.schema)])
