@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from lsr.sparse import SparseBatch
 
 
-def numba_cache_folder(package: str, env: dict) -> str | None:
+def numba_cache_folder(package: str, env: dict, temp_root: str | None = None) -> str | None:
     """Where numba should cache compiled kernels when it cannot on its own, else None. numba's ``cache=True`` fails at
     import ("cannot cache function ... no locator available") where neither the folders of the sources nor the
     user's cache folder take files: a read-only image run as a user whose HOME is /nonexistent failed every verb."""
@@ -51,9 +51,29 @@ def numba_cache_folder(package: str, env: dict) -> str | None:
         folder = os.path.dirname(folder)
     if os.path.isdir(folder) and os.access(folder, os.W_OK):
         return None
+    return _private_temp_folder(temp_root)
+
+
+def _private_temp_folder(temp_root: str | None) -> str:
+    """``lsr-numba-cache-UID`` in the temp folder when this user made it and only this user can write it, else a new
+    folder of this process's own. numba's cache files are pickles: a fixed name that another user made first (or
+    left writable, or linked elsewhere) would have run that user's code as this one."""
+    import os
+    import stat
     import tempfile
 
-    return os.path.join(tempfile.gettempdir(), f"lsr-numba-cache-{os.getuid()}")
+    root = temp_root or tempfile.gettempdir()
+    folder = os.path.join(root, f"lsr-numba-cache-{os.getuid()}")
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return tempfile.mkdtemp(prefix="lsr-numba-cache-", dir=root)
+    held = os.lstat(folder)
+    if stat.S_ISDIR(held.st_mode) and held.st_uid == os.getuid() and not held.st_mode & 0o077:
+        return folder
+    return tempfile.mkdtemp(prefix="lsr-numba-cache-", dir=root)
 
 
 def _cache_numba_where_it_can() -> None:

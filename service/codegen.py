@@ -35,6 +35,10 @@ def generate() -> dict[str, str]:
 
 
 def main() -> int:
+    if not (PROTO_ROOT / PROTO_FILE).is_file():  # an installed lsr: its stubs are current and site-packages is no source
+        print(f"lsr.service.codegen: error: {PROTO_ROOT / PROTO_FILE} is not here; regenerate the stubs in a source "
+              "checkout of lsr", file=sys.stderr)
+        return 2
     for name, text in generate().items():
         (SERVICE_DIR / name).write_text(text, encoding="utf-8")
         print(f"wrote {SERVICE_DIR / name}")

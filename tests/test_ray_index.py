@@ -201,7 +201,7 @@ def test_without_ray_installed_the_engine_says_how_to_install_it(corpus, tmp_pat
     result = _lsr_index(str(corpus), str(tmp_path / "col"), "--engine", "ray", prelude="sys.modules['ray'] = None; ")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("lsr index: error: ") and 'pip install -e ".[ray]"' in line
+    assert line.startswith("lsr index: error: ") and 'pip install "ray[data]>=2.60"' in line
     assert not (tmp_path / "col").exists()
 
 

@@ -33,3 +33,13 @@ def test_stubs_import_as_part_of_lsr_service():
     assert search_pb2_grpc.lsr_dot_v1_dot_search__pb2 is search_pb2  # the rewritten import points inside lsr.service
     request = search_pb2.SearchRequest(text="x", sparse={"a": 1.0}, dense=[0.5], k=3, mode=search_pb2.HYBRID)
     assert search_pb2.SearchRequest.FromString(request.SerializeToString()) == request
+
+
+def test_codegen_outside_a_checkout_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """An installed lsr has the stubs but not the proto: regenerating there is an error line, not protoc's
+    traceback, and the installed stubs are left as they are."""
+    monkeypatch.setattr(codegen, "PROTO_ROOT", tmp_path)
+    monkeypatch.setattr(codegen, "SERVICE_DIR", tmp_path / "stubs")
+    assert codegen.main() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not here" in err and "source checkout" in err and not (tmp_path / "stubs").exists()

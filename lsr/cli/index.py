@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where documents are encoded: this process (local, default) or a pool of Ray encoder actors "
                         "(one GPU each, else a CPU share); the collection is byte-identical either way for the same "
                         "model, device and dtype (on CPU also the same --threads: actors without it use their CPU "
-                        'share as --threads). Ray is an extra: pip install -e ".[ray]"')
+                        'share as --threads). Ray is an extra: pip install "ray[data]>=2.60"')
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="--engine ray: auto, HOST:PORT or ray://HOST:PORT of a running cluster (default: start a "
                         "local Ray instance, whatever RAY_ADDRESS says); COLLECTION must be on storage every node sees")

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install -e ".[ray]"'
+INSTALL_HINT = 'pip install "ray[data]>=2.60"'
 CONNECT_TIMEOUT_S = 10.0
 # Ray gives a new local instance's GCS 30 s to publish its port; on a busy 2-core machine with a cold disk that
 # ran out (a CI run failed every sharded-serving test at start-up), so unless the user set it, it gets 2 minutes.
