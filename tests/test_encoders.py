@@ -589,7 +589,8 @@ def test_inference_free_refuses_a_short_idf_and_a_query_length_below_one():
 
 def test_a_folders_do_lower_case_is_followed_as_sparse_encoder_follows_it(tmp_path):
     """sentence_bert_config.json's do_lower_case was ignored: with a cased tokenizer, "Hello WORLD" gave "query,
-    database" where SparseEncoder gave "hello, world" (2.7 apart)."""
+    database" where SparseEncoder gave "hello, world" (2.7 apart). A word-final capital sigma is a small sigma there
+    (each character lowered alone), where Python's str.lower makes it a final one: 1.65 apart."""
     st = pytest.importorskip("sentence_transformers")
     from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
 
@@ -601,7 +602,7 @@ def test_a_folders_do_lower_case_is_followed_as_sparse_encoder_follows_it(tmp_pa
     ours = SpladeEncoder.from_pretrained(str(tmp_path / "st"), device="cpu", dtype="fp32")
     cased = SpladeEncoder.from_pretrained(str(tmp_path / "st"), device="cpu", dtype="fp32", lowercase=False)
     assert ours.lowercase and not cased.lowercase
-    texts = ["Hello WORLD", "Vitamin D Prevents FRACTURES"]
+    texts = ["Hello WORLD", "Vitamin D Prevents FRACTURES", "\u039f\u0394\u039f\u03a3 \u039a\u0391\u039b\u039f\u03a3"]
     assert cased.encode_documents(texts[:1]).to_dicts() != ours.encode_documents(texts[:1]).to_dicts()  # it is cased
     for got, want in ((ours.encode_queries(texts), reference.encode_query(texts, convert_to_tensor=True)),
                       (ours.encode_documents(texts), reference.encode_document(texts, convert_to_tensor=True))):

@@ -25,7 +25,7 @@ from lsr.encode.inputs import (EncodeInfo, model_max_tokens, report_truncation, 
 from lsr.encode.models import check_tokenizer_fits, load_with_hint, quiet_loader, resolve_model
 from lsr.encode.st_folder import Prompts, read_json, read_json_list, read_lowercase, read_prompts, with_prompt
 from lsr.encode.terms import transformers_tokenizer
-from lsr.encode.texts import check_texts, is_blank
+from lsr.encode.texts import check_texts, is_blank, lowercased
 from lsr.ingest.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class DenseEncoder:
         live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)
         texts = with_prompt(texts, prompt)
         if self.config.lowercase:
-            texts = [t.lower() for t in texts]
+            texts = [lowercased(t) for t in texts]
         out = np.zeros((len(texts), self.dim), np.float32)
         n_tokens = np.zeros(len(texts), np.int64)
         pad = self.tokenizer.pad_token_id or 0

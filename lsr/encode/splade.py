@@ -26,7 +26,7 @@ from lsr.encode.models import check_tokenizer_fits, document_length, load_with_h
 from lsr.encode.st_folder import (ACTIVATIONS, Prompts, load_json, read_lowercase, read_max_active_dims, read_prompts,
                                   read_splade_pooling, with_prompt)
 from lsr.encode.terms import load_tokenizer, transformers_tokenizer, vocabulary_of
-from lsr.encode.texts import check_texts, is_blank
+from lsr.encode.texts import check_texts, is_blank, lowercased
 from lsr.ingest.progress import progress_bar
 from lsr.kernels import splade_max_pool
 from lsr.kernels.pool import check_impl
@@ -413,7 +413,7 @@ class SpladeEncoder:
         """The texts as the model reads them: lowercased where its folder says (the prompt too, as sentence-transformers
         does), after the prompt. Training reads them so too (it trained a lowercasing model on cased text)."""
         if self.lowercase:
-            texts, prompt = [t.lower() for t in texts], prompt.lower()
+            texts, prompt = [lowercased(t) for t in texts], lowercased(prompt)
         return with_prompt(texts, prompt)
 
     def _pipeline(self, batch_size: int, max_length: int) -> Pipeline:
@@ -428,7 +428,7 @@ class SpladeEncoder:
         batch_size = check_whole(batch_size, "batch_size", 1)
         live = np.asarray([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)  # NUL-only: no words
         texts = self.model_texts(texts, prompt)
-        prompt = prompt.lower() if self.lowercase else prompt
+        prompt = lowercased(prompt) if self.lowercase else prompt
         own_only = None if expansion else self._prompt_counts(prompt)
         n_tokens = np.zeros(len(texts), np.int64)
 

@@ -77,8 +77,8 @@ def declared_max_tokens(folder: str, tokenizer_limit: object) -> int | None:
 
 
 def read_lowercase(folder: str) -> bool:
-    """``sentence_bert_config.json``'s ``do_lower_case``: sentence-transformers lowercases each text (after its prompt)
-    before the tokenizer sees it, whatever the tokenizer itself does."""
+    """``sentence_bert_config.json``'s ``do_lower_case``: sentence-transformers lowercases each text with its prompt
+    (a Lowercase normaliser ahead of the tokenizer's own), whatever the tokenizer itself does (``lowercased``)."""
     return bool(read_json(folder, "sentence_bert_config.json").get("do_lower_case", False))
 
 

@@ -53,6 +53,13 @@ def surrogate_at(text: str) -> int | None:
     return None
 
 
+def lowercased(text: str) -> str:
+    """``text`` lowercased as a folder's ``do_lower_case`` has sentence-transformers do it: each character alone (a
+    tokenizer normaliser). Python's ``str.lower`` makes a word-final capital sigma a final one (ς, not σ), another
+    token and another vector; it is its only rule that looks at a character's neighbours."""
+    return text.replace("\u03a3", "\u03c3").lower()
+
+
 # What tokenizers drop: control, format and private-use characters (NUL, soft hyphen, zero-width and direction marks,
 # BOM), combining marks with no letter to sit on, separators; and U+FFFD, which BERT's normaliser removes.
 _NO_WORD_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Mn", "Me", "Zs", "Zl", "Zp"})
