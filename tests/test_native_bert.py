@@ -115,6 +115,9 @@ def test_long_texts_are_read_only_as_far_as_they_are_kept(texts, beir_dir):
         "a\x1cb" * 2000,  # \x1c is whitespace to Python but dropped by the normaliser: never a break
         "protein " * 2000,  # 8 characters a token: the prefix falls short and is read four times as far
         "fluorodeoxyglucose " * 600,  # longer still
+        # No ASCII break: other spaces and punctuation, each cut before
+        *(("word" + sep) * 600 for sep in "\u00a0\u2003\u3000\u2028\u2014\u201d\u3002\u300d\uff01\u060c\u0964"),
+        "\u00c5ngstr\u00f6m\u00a0" * 500,  # accents stripped around the cut
     ]
     nfcorpus = load_beir(beir_dir / "nfcorpus.tar.gz")
     corpus = texts + adversarial + nfcorpus.doc_texts(list(nfcorpus.corpus)[:300])
@@ -126,8 +129,8 @@ def test_long_texts_are_read_only_as_far_as_they_are_kept(texts, beir_dir):
         assert np.array_equal(lengths > max_length, full > max_length)
         assert (lengths <= full).all() and (lengths[full <= max_length] == full[full <= max_length]).all()
         assert max_length == 512 or (lengths < full).sum() > 20  # long texts were read only in part
-    huge = "protein " * 500_000  # 4 MB, which a query may be: its tokens were all read (1.9 GB for 4M of them)
-    assert truncated_token_ids(ours, [huge], 512)[1][0] < 10_000
+    for huge in ("protein " * 500_000, "protein\u00a0" * 500_000):  # 4 MB, which a query may be: its tokens
+        assert truncated_token_ids(ours, [huge], 512)[1][0] < 10_000  # were all read (1.9 GB for 4M of them)
 
 
 def test_transformers_loads_read_long_texts_only_as_far_as_they_are_kept():
