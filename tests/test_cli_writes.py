@@ -87,14 +87,19 @@ def test_a_sharded_collection_takes_upserts_and_deletes_and_doc_verify_repair_wo
     capsys.readouterr()
     assert main(["doc", str(root), "coffee", "narwhal"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"coffee\t{NEW['coffee']}", f"narwhal\t{NEW['narwhal'].strip()}"]
-    # a text's line break and tab read as another document's line ("narwhal<TAB>forged"): escaped in this form
-    forged = {"m1": "first line\nnarwhal\tforged text \\ done"}
+    # a text's line break and tab read as another document's line ("narwhal<TAB>forged"): escaped in this form, as
+    # are the terminal's escape sequences, the line breaks of other line readers and direction overrides
+    forged = {"m1": "first line\nnarwhal\tforged text \\ done\x1b[2J\x0b\x85\u2028\u202e."}
     assert main(["upsert", str(_jsonl(tmp_path / "forged.jsonl", forged)), str(root), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["doc", str(root), "m1", "narwhal", "m1"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["m1\tfirst line\\nnarwhal\\tforged text \\\\ done",
+    escaped = "first line\\nnarwhal\\tforged text \\\\ done\\x1b[2J\\x0b\\x85\\u2028\\u202e."
+    assert capsys.readouterr().out.splitlines() == [f"m1\t{escaped}",
                                                     f"narwhal\t{NEW['narwhal'].strip()}"]
     assert main(["doc", str(root), "m1"]) == 0 and capsys.readouterr().out == forged["m1"] + "\n"  # one: as stored
+    assert main(["search", str(root), "forged narwhal", "--mode", "bm25", "--text", "--k", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert f"m1\n      {escaped}\n" in shown and len(shown.splitlines()) == 3  # the hit, its text and the footer
     assert main(["verify", str(root)]) == 0
     damaged = shard_map.names[shard_map.owner("narwhal")]
     shutil.rmtree(root / damaged / "sparse")

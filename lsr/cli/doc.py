@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from lsr.cli.hits import one_line
 from lsr.cli.main import path_argument
 
 HELP = "print a stored document of a collection by id"
@@ -22,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("collection", type=path_argument, metavar="COLLECTION", help="folder written by `lsr index`")
     p.add_argument("ids", nargs="+", metavar="ID",
                    help="document id(s); one prints its text as stored, several an `ID<TAB>TEXT` line each, the text's "
-                        "backslashes, tabs and line breaks written as \\\\, \\t, \\n and \\r")
+                        "backslashes, tabs and line breaks written as \\\\, \\t, \\n and \\r, other control characters as "
+                        "\\xHH or \\uHHHH")
     p.add_argument("--json", action="store_true", help="print {id: text} as JSON")
 
 
@@ -36,17 +38,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(found, ensure_ascii=False))
     else:
         for doc_id, text in found.items():
-            print(f"{doc_id}\t{_one_line(text)}" if len(ids) > 1 else text)
+            print(f"{doc_id}\t{one_line(text)}" if len(ids) > 1 else text)
     missing = [doc_id for doc_id in ids if doc_id not in found]
     if missing:
         raise ValueError(f"no document {', '.join(map(short_repr, missing))} in {args.collection}")
     return 0
-
-
-def _one_line(text: str) -> str:
-    """A text on its line of `ID<TAB>TEXT`: a line break or tab in it read as another document's line ("d2<TAB>forged
-    text"), so they are escaped, as PostgreSQL's text COPY format does."""
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _texts(path: Path, ids: list[str]) -> list[str | None]:

@@ -4,8 +4,23 @@ JSON, so a script written against one reads the other (they had other keys, timi
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
+
+_NAMED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+# Control characters (an ESC sequence clears a terminal or retitles it; \x0b, \x85 and U+2028 end a line to Python's
+# splitlines), and the direction overrides that reorder what a terminal shows.
+_UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(text: str) -> str:
+    """A stored text on one line of a terminal or a line reader: backslash, tab and line breaks as ``\\\\``, ``\\t``,
+    ``\\n``, ``\\r`` (PostgreSQL's text COPY format), every other control or direction character as ``\\xHH`` or
+    ``\\uHHHH``. A document's text printed raw could forge another line or hit ("d2<TAB>...", ``\\r`` then a fake
+    rank) or drive the terminal."""
+    return _UNSAFE.sub(lambda m: _NAMED.get(m.group()) or (f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                                                             else f"\\u{ord(m.group()):04x}"), text)
 
 
 def result_record(result: Any, *, text: bool, explain: bool, index_version: str | None = None) -> dict:
@@ -42,7 +57,7 @@ def print_table(result: Any, mode: str) -> None:
         if hit.explanation:
             print("      " + ", ".join(f"{term} {weight:.2f}" for term, weight in hit.explanation))
         if hit.text:
-            print("      " + hit.text[:300].replace("\n", " "))
+            print("      " + one_line(hit.text[:300]))
     stages = ", ".join(f"{stage} {seconds * 1000:.1f} ms" for stage, seconds in result.timings.items())
     print(f"{len(result.hits)} hits, {mode} ({stages})", flush=True)
     if result.truncated:
