@@ -812,6 +812,11 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
     (["search", "{direct}", "coffee", "--bound-factor", "0.5"], "--bound-factor must be a number >= 1 (1 is exact)"),
     (["search", "{direct}", "coffee", "--mode", "sparse", "--prf", "--prf-dense-weight", "0.7"],
      "--prf-dense-weight does nothing here: it moves the dense query, and --mode sparse has none"),
+    # auto is hybrid of SPLADE and BM25 here (built with --dense none): the flag was taken and did nothing
+    (["search", "{direct}", "coffee", "--prf", "--prf-dense-weight", "0.7"],
+     "--prf-dense-weight does nothing here: it moves the dense query, and this collection has no dense leg"),
+    (["search", "{direct}", "coffee", "--mode", "hybrid", "--prf", "--prf-dense-weight", "0.7"],
+     "--prf-dense-weight does nothing here: it moves the dense query, and this collection has no dense leg"),
     (["search", "{direct}", "coffee", "--prf", "--prf-interpolate", "before", "--prf-after-weight", "0.9"],
      "--prf-after-weight does nothing here: it weighs the PRF run in after/both interpolation, not before"),
     # the untuned interpolation (before): it was ignored, unsaid

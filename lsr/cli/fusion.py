@@ -63,17 +63,20 @@ def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -
     if args.rrf_k is not None and args.normalization != "rrf":
         raise ValueError(f"--rrf-k is RRF's rank constant, and --normalization is {args.normalization or 'min_max'}; "
                          "add --normalization rrf")
-    _refuse_idle_prf_flags(args, mode)
+    _refuse_idle_prf_flags(args, mode, served)
     return mode
 
 
-def _refuse_idle_prf_flags(args: argparse.Namespace, mode: str) -> None:
+def _refuse_idle_prf_flags(args: argparse.Namespace, mode: str, served: Callable[[], Sequence[str]]) -> None:
     """PRF flags, and the query encoder, that the mode leaves with nothing to do: each ran, and the hits were those
     without it."""
     from lsr.cli.main import flags_given, refuse_unused
 
     if mode in ("sparse", "bm25"):
         refuse_unused(flags_given(args, "prf_dense_weight"), f"it moves the dense query, and --mode {mode} has none")
+    elif mode == "hybrid" and flags_given(args, "prf_dense_weight") and "dense" not in served():
+        refuse_unused(flags_given(args, "prf_dense_weight"), "it moves the dense query, and this collection has no "
+                      "dense leg (built with --dense none)")
     if mode == "dense":
         refuse_unused(flags_given(args, "prf_weight", "prf_terms", "prf_min_idf"),
                       "they move the SPLADE query, and --mode dense has none")
