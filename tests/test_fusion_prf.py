@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -27,8 +29,9 @@ def test_interpolate_gives_missing_docs_the_list_floor():
     assert fused["a"] == pytest.approx(0.5 * 1 + 0.5 * 0)  # dense min of a, e, d → a is the floor
     assert fused["d"] == pytest.approx(0.5 * 0 + 0.5 * 1)  # absent from sparse → sparse floor 0
     assert fused["b"] == pytest.approx(0.5 * 0.5 + 0.5 * 0)
-    z = interpolate(sparse, dense, 1.0, "z_score")
-    assert z["d"] == pytest.approx(min(normalize(np.array([10.0, 5.0, 0.0]), "z_score")))
+    z = interpolate(sparse, dense, 0.75, "z_score")
+    assert z["d"] == pytest.approx(0.75 * min(normalize(np.array([10.0, 5.0, 0.0]), "z_score"))
+                                   + 0.25 * max(normalize(np.array([0.2, 0.9, 0.5]), "z_score")))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         interpolate(sparse, dense, 1.5)
 
@@ -90,6 +93,13 @@ def test_fuse_is_a_weighted_mean_of_normalised_lists_over_any_number_of_legs():
     assert interpolate(sparse, dense, 0.25, "l2") == pytest.approx(fuse([sparse, dense], [0.25, 0.75], "l2"))
     with pytest.raises(ValueError, match="non-negative weight"):
         fuse([sparse, dense], [0.0, 0.0])
+    # a list of weight 0 adds no documents (a PRF run interpolated at 0 pushed first-run ones out of the top k)
+    for method in ("min_max", "l2", "z_score", "rrf"):
+        assert fuse([sparse, dense, bm25], [0.2, 0.0, 0.5], method) == fuse([sparse, bm25], [0.2, 0.5], method)
+    assert interpolate(sparse, bm25, 1.0).keys() == sparse.keys()
+    for weights in ([math.inf, 1.0], [1e308, 1e308], [math.nan, 1.0]):  # NaN scores, or every score 0
+        with pytest.raises(ValueError, match="finite non-negative weight"):
+            fuse([sparse, dense], weights)
 
 
 def test_rrf_sums_weight_over_k_plus_rank_and_ignores_scores():

@@ -21,6 +21,7 @@ hits, throwing away the order that list gave them (the tuning grid was chosen wi
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -70,9 +71,13 @@ def check_combination(combination: str, method: str) -> None:
 
 def fuse(runs: Sequence[Ranking], weights: Sequence[float], method: str = "min_max", rrf_k: int = RRF_K,
          combination: str = "arithmetic_mean") -> Ranking:
-    """One ranking over the union of ``runs``: weighted mean of normalised scores, or weighted RRF."""
-    if len(runs) != len(weights) or any(not 0.0 <= w for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"fusion needs one non-negative weight per list, not all zero; got {list(weights)}")
+    """One ranking over the union of the ``runs`` given a weight above 0: weighted mean of normalised scores, or
+    weighted RRF. A list of weight 0 adds no documents, as a hybrid leg of weight 0 is left out (a PRF run
+    interpolated at weight 0 had pushed first-run documents out of the top k with its own)."""
+    if (len(runs) != len(weights) or any(not 0.0 <= w < math.inf for w in weights)
+            or not 0 < sum(weights) < math.inf):
+        raise ValueError(f"fusion needs one finite non-negative weight per list, not all zero; got {list(weights)}")
+    runs, weights = zip(*((run, weight) for run, weight in zip(runs, weights) if weight > 0))
     docs, columns = leg_columns(runs, method)
     return dict(zip(docs, combine(columns, weights, method, rrf_k, combination).tolist()))
 

@@ -969,11 +969,12 @@ def query_list(texts: Sequence[str], caller: str = "search_batch") -> list[str]:
 
 def _check_scale(what: str, value: float) -> None:
     """Scores are float32: a query whose values lie far outside 1 would overflow them to inf (every hit tied)
-    or underflow them to 0 (no hits). Scaling a query does not change its ranking, so the caller can rescale."""
+    or underflow them to 0 (no hits). Scaling a query does not change its ranking without PRF (whose feedback step
+    has the documents' size, not the query's), so the caller can rescale."""
     low, high = QUERY_SCALE
     if not low <= value <= high:
         raise ValueError(f"{what} is {value:g}; scale the query so it lies between {low:g} and {high:g} "
-                         "(scores are float32; scaling keeps the ranking)")
+                         "(scores are float32; scaling keeps the ranking, though PRF then moves it as far as before)")
 
 
 def check_open_options(query_encoder: str, threads: int | None, device: Any, dtype: Any) -> None:
