@@ -817,6 +817,13 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
      "--prf-dense-weight does nothing here: it moves the dense query, and this collection has no dense leg"),
     (["search", "{direct}", "coffee", "--mode", "hybrid", "--prf", "--prf-dense-weight", "0.7"],
      "--prf-dense-weight does nothing here: it moves the dense query, and this collection has no dense leg"),
+    # a weight of 0 leaves a list out: what acts on it only did nothing
+    (["search", "{direct}", "coffee", "--mode", "hybrid", "--sparse-weight", "0", "--bm25-weight", "1", "--explain"],
+     "--explain lists the SPLADE terms each hit shares with the query, and --sparse-weight 0 leaves that list out"),
+    (["search", "{direct}", "coffee", "--sparse-weight", "0", "--bm25-weight", "1", "--prf", "--prf-terms", "5"],
+     "--prf-terms does nothing here: they move the SPLADE query, and --sparse-weight 0 leaves that list out"),
+    (["search", "{direct}", "coffee", "--sparse-weight", "0", "--bm25-weight", "1", "--bound-factor", "3"],
+     "--bound-factor approximates the SPLADE list, and --sparse-weight 0 leaves that list out"),
     (["search", "{direct}", "coffee", "--prf", "--prf-interpolate", "before", "--prf-after-weight", "0.9"],
      "--prf-after-weight does nothing here: it weighs the PRF run in after/both interpolation, not before"),
     # the untuned interpolation (before): it was ignored, unsaid
@@ -825,7 +832,7 @@ def test_encode_input_onto_itself_is_refused_and_the_corpus_kept(tmp_path, capsy
     (["search", "{direct}", "coffee", "--mode", "dense", "--prf", "--prf-min-idf", "5"],
      "--prf-min-idf does nothing here: they move the SPLADE query, and --mode dense has none"),
     (["search", "{direct}", "coffee", "--mode", "bm25", "--query-encoder", "splade"],
-     "--query-encoder does nothing here: it encodes SPLADE queries, and --mode bm25 runs none"),
+     "--query-encoder does nothing here: it encodes SPLADE queries, and --mode bm25 has none"),
     (["encode", "--input", "{tmp}/lines.txt", "--output", "{tmp}/v.parquet", "--fields", "title"],
      "--fields names a column, and lines.txt is a text file"),
     (["index", "{tmp}/lines.txt", "{tmp}/out", "--fields", "title"],  # after its "indexing ..." line

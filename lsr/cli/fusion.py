@@ -47,9 +47,6 @@ def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -
     check_bound_factor(args.bound_factor, "--bound-factor")  # before any model loads
     mode = resolve_mode(args.mode, served)
     check_idle_options(mode, None, None, args.bound_factor, flag=lambda name: "--" + name.replace("_", "-"))
-    if getattr(args, "explain", False) and mode in ("dense", "bm25"):  # its explanations came back empty, unsaid
-        raise ValueError(f"--explain lists the SPLADE terms each hit shares with the query, and --mode {mode} has "
-                         "none; use --mode sparse, hybrid or auto")
     weighed = next((flag for flag in ("sparse_weight", "dense_weight", "bm25_weight") if getattr(args, flag) is not None),
                    None)
     one_list = f"--mode {args.mode}{' (sparse here: SPLADE is its only leg)' if args.mode == 'auto' else ''} runs one list"
@@ -68,23 +65,52 @@ def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -
 
 
 def _refuse_idle_prf_flags(args: argparse.Namespace, mode: str, served: Callable[[], Sequence[str]]) -> None:
-    """PRF flags, and the query encoder, that the mode leaves with nothing to do: each ran, and the hits were those
-    without it."""
+    """PRF flags, --explain, --bound-factor and the query encoder, where no list they act on is searched (the mode,
+    the collection's legs or a weight of 0 leave it out): each ran, and the hits were those without it."""
     from lsr.cli.main import flags_given, refuse_unused
 
-    if mode in ("sparse", "bm25"):
-        refuse_unused(flags_given(args, "prf_dense_weight"), f"it moves the dense query, and --mode {mode} has none")
-    elif mode == "hybrid" and flags_given(args, "prf_dense_weight") and "dense" not in served():
-        refuse_unused(flags_given(args, "prf_dense_weight"), "it moves the dense query, and this collection has no "
-                      "dense leg (built with --dense none)")
-    if mode == "dense":
-        refuse_unused(flags_given(args, "prf_weight", "prf_terms", "prf_min_idf"),
-                      "they move the SPLADE query, and --mode dense has none")
+    acting = [dest for dest in ("prf_dense_weight", "prf_weight", "prf_terms", "prf_min_idf", "query_encoder")
+              if hasattr(args, dest)]
+    if not (flags_given(args, *acting) or getattr(args, "explain", False) or args.bound_factor != 1.0):
+        legs = {"sparse", "dense"}  # nothing to refuse: served() may be a call to the server
+    else:
+        legs = _searched_legs(args, mode, served)
+
+    def lacking(leg: str) -> str:
+        if mode != "hybrid":
+            return f"--mode {mode} has none"
+        if leg not in served():
+            return f"this collection has no {leg} leg (built with --{leg} none)"
+        return f"--{leg}-weight 0 leaves that list out"
+
+    if "dense" not in legs:
+        refuse_unused(flags_given(args, "prf_dense_weight"), f"it moves the dense query, and {lacking('dense')}")
+    if "sparse" not in legs:
+        if getattr(args, "explain", False):  # its explanations came back empty, unsaid
+            raise ValueError(f"--explain lists the SPLADE terms each hit shares with the query, and "
+                             f"{lacking('sparse')}; use --mode sparse, hybrid or auto")
+        idle = flags_given(args, "prf_terms", "prf_min_idf")
+        if "dense" not in legs or flags_given(args, "prf_dense_weight"):  # else it is the dense β too
+            idle = flags_given(args, "prf_weight") + idle
+        refuse_unused(idle, f"they move the SPLADE query, and {lacking('sparse')}")
+        if hasattr(args, "query_encoder"):
+            refuse_unused(flags_given(args, "query_encoder"), f"it encodes SPLADE queries, and {lacking('sparse')}")
+        if mode == "hybrid" and args.bound_factor != 1.0:
+            raise ValueError(f"--bound-factor approximates the SPLADE list, and {lacking('sparse')}")
     if getattr(args, "prf_interpolate", None) in ("before", "none"):
         refuse_unused(flags_given(args, "prf_after_weight"),
                       f"it weighs the PRF run in after/both interpolation, not {args.prf_interpolate}")
-    if mode in ("dense", "bm25") and hasattr(args, "query_encoder"):
-        refuse_unused(flags_given(args, "query_encoder"), f"it encodes SPLADE queries, and --mode {mode} runs none")
+
+
+def _searched_legs(args: argparse.Namespace, mode: str, served: Callable[[], Sequence[str]]) -> set[str]:
+    """The lists a search runs: the mode's one, or in hybrid those the collection has that the weights given keep
+    (all it has when no weight is given: its tuned fusion's are not known here)."""
+    if mode != "hybrid":
+        return {mode}
+    has = set(served())
+    if not any(getattr(args, flag) is not None for flag in FLAGS):
+        return has
+    return has & set(hybrid_options(args).weights())
 
 
 def hybrid_options(args: argparse.Namespace):
