@@ -37,6 +37,7 @@ log = logging.getLogger("lsr.service")
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _HEALTH_METHODS = (_HEALTH_CHECK, "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List")
+AFTER_DRAIN_GRACE_S = 0.5  # for the calls left once every search and write has finished (``serve``)
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -364,7 +365,11 @@ def serve(open_searcher: Callable[[], Any], config: ServerConfig, reload: bool =
         started = time.monotonic()
         log.info("event=draining signal=%s in_flight=%d", signal.Signals(received[0]).name, server.servicer.in_flight)
         finished = server.drain(config.grace_seconds)
-        server.stop(grace=max(0.0, config.grace_seconds - (time.monotonic() - started)))
+        # What is left once every search and write has finished: health Watch streams (a load balancer's), which
+        # stay open until cancelled, and refusals on their way out. Waiting out the grace for them held every
+        # SIGTERM for the whole --grace (30 s), past an orchestrator's kill timeout.
+        left = max(0.0, config.grace_seconds - (time.monotonic() - started))
+        server.stop(grace=min(left, AFTER_DRAIN_GRACE_S) if finished else left)
         log.info("event=stopped drained=%s seconds=%.3f", finished, time.monotonic() - started)
         return 0 if finished else 1
     finally:

@@ -885,3 +885,23 @@ def test_prf_options_travel_whole_so_a_tuned_servers_stored_prf_fills_none_of_th
         prf_from_proto(alone, PrfOptions())
     assert prf_from_proto(alone, PrfOptions(interpolate="both")).after_weight == 0.9
     assert prf_from_proto(options_to_proto(10, "hybrid", None, PrfOptions())["prf"], None).after_weight == 0.5
+
+
+def test_sigterm_does_not_wait_out_the_grace_for_health_watch_streams(collections):
+    """A load balancer's health Watch stream stays open until cancelled: with nothing else in flight, a SIGTERM
+    waited the whole --grace for it (30 s by default) before exiting."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = ServerProcess(collections["hybrid"], "--grace", "120").wait_listening()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            server.proc.send_signal(signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING  # told, then let go
+            assert server.proc.wait(60) == 0  # well inside the grace
+            with pytest.raises(grpc.RpcError):
+                next(watch)
+        server.wait_for_line(lambda line: "event=stopped drained=True" in line)
+    finally:
+        server.kill()
