@@ -115,10 +115,10 @@ def size_in_batch(message: pb.SearchResponse) -> int:
     return 1 + max(1, -(-size.bit_length() // 7)) + size
 
 
-def result_to_proto(result: SearchResult, *, index_version: str, request_id: str, total_ms: float = 0.0) -> pb.SearchResponse:
+def result_to_proto(result: SearchResult, *, request_id: str, total_ms: float = 0.0) -> pb.SearchResponse:
     """Filled in place (``hits.add``, field assignment): about a third of the cost of nested constructors,
     which matters at c=1 where every request pays it."""
-    response = pb.SearchResponse(index_version=index_version, truncated=result.truncated, request_id=request_id,
+    response = pb.SearchResponse(index_version=result.index_version, truncated=result.truncated, request_id=request_id,
                                  partial=result.partial, shards_answered=result.shards_answered,
                                  shards_missing=result.shards_missing)
     timings = response.timings
@@ -206,4 +206,4 @@ def result_from_proto(msg: pb.SearchResponse) -> SearchResult:
     return SearchResult(hits=hits, timings={name: getattr(timings, name) / 1000.0 for name in TIMING_FIELDS
                                                   if getattr(timings, name) or name == "total"},
                         truncated=msg.truncated, shards_answered=tuple(msg.shards_answered),
-                        shards_missing=tuple(msg.shards_missing))
+                        shards_missing=tuple(msg.shards_missing), index_version=msg.index_version)

@@ -63,6 +63,7 @@ class ShardLegs:
         self.shards = shards
         self.deadline = deadline
         self._tokens: dict[int, int] = {}
+        self._versions: dict[int, str] = {}  # of the views pinned by ``_tokens``
         self._missing: set[int] = set()
 
     @property
@@ -80,6 +81,7 @@ class ShardLegs:
         self._missing.update(missing)
         for shard, (token, _runs, leg_seconds, version, _new_words) in answers.items():
             self._tokens.setdefault(shard, token)
+            self._versions.setdefault(shard, version)
             self.shards.versions[shard] = version
         for leg in queries:  # the slowest shard is what the caller waited for
             timings[leg] = timings.get(leg, 0.0) + max((a[2].get(leg, 0.0) for a in answers.values()), default=0.0)
@@ -121,6 +123,10 @@ class ShardLegs:
         parts, order = self._fetch("text", doc_ids)
         flat = [text for part in parts for text in part]
         return [flat[i] for i in order]
+
+    def version(self) -> str:
+        """Each shard's version this search read (the last seen for a shard it has not asked), in shard order."""
+        return ".".join(self._versions.get(s, seen) for s, seen in enumerate(self.shards.versions))
 
     def doc_freqs_version(self) -> str:
         return "/".join(self.shards.versions)
@@ -247,7 +253,10 @@ class ShardedSearcher(Searcher):
         """``<build>-<versions>``: the build's tag (its first shard's seal) and one version per shard, as last seen:
         it changes whenever any shard's does, and with every build (each shard's counts writes from 1 again)."""
         self.check_open()
-        return f"{build_tag(self._meta)}-{'.'.join(self.shards.versions)}"
+        return self.tagged(".".join(self.shards.versions))
+
+    def tagged(self, version: str) -> str:
+        return f"{build_tag(self._meta)}-{version}"
 
     @property
     def has_bm25(self) -> bool:

@@ -332,7 +332,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             result = self._search_text(text, options, call, call.serving)
         else:  # vectors given: nothing to encode except text beside a dense vector, which is rare
             result = searcher.search(text, sparse=sparse, dense=dense, deadline=call.deadline, **options)
-        response = result_to_proto(result, index_version=searcher.index_version, request_id=call.request_id,
+        response = result_to_proto(result, request_id=call.request_id,
                                    total_ms=call.elapsed_ms())
         size = response.ByteSize()
         if size > self.max_response_bytes:  # the estimate was low: these hits' texts (or ids) are long
@@ -369,7 +369,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             results = searcher.search_batch(texts[start : start + _BATCH_CHUNK], check=call.check,
                                             deadline=call.deadline, **options)
             for result in results:
-                message = result_to_proto(result, index_version=searcher.index_version, request_id=call.request_id)
+                message = result_to_proto(result, request_id=call.request_id)
                 size += size_in_batch(message)
                 if size > self.max_response_bytes:  # the estimate was low (unusually long texts): stop now
                     raise RequestTooLarge(f"the response passed the server's {self.max_response_bytes / 2**20:.0f} MiB limit "

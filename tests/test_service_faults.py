@@ -908,3 +908,19 @@ def test_an_upsert_encodes_only_in_an_encode_slot_and_one_given_up_while_it_wait
         c.upsert(["kept"], ["quokkas photosynthesise at dawn"], timeout=30)
         hits = {hit.doc_id for hit in c.search("tardigrades vacuum quokkas", 5, mode="bm25", timeout=30).hits}
         assert "kept" in hits and "given-up" not in hits
+
+
+def test_a_search_reports_the_version_its_hits_came_from(collection, tmp_path):
+    """A write while a search runs: the search reads the version pinned at its start, and its index_version said
+    the write's (read after the search), so a client's cache keyed on it kept old hits under the new version."""
+    from lsr.search.searcher import Searcher, row_dict
+
+    path = shutil.copytree(collection, tmp_path / "col")
+    searcher = Searcher.open(path)
+    before, pinned = searcher.index_version, searcher.legs()
+    query = row_dict(searcher.encode_queries(["walrus tusks in arctic ice"])[0], 0)
+    searcher.upsert(["walrus"], ["Walrus tusks scrape arctic ice to haul the animals out of the water."])
+    old = searcher.search_encoded(query, None, k=3, source=pinned)
+    new = searcher.search("walrus tusks in arctic ice", k=3)
+    assert old.index_version == before != new.index_version == searcher.index_version
+    assert "walrus" not in [hit.doc_id for hit in old] and new[0].doc_id == "walrus"

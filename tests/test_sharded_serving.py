@@ -437,6 +437,8 @@ def test_a_sharded_collection_indexed_anew_under_its_server_is_served_without_a_
             assert len(old_counts.split(".")) == N_SHARDS and new_counts == "1.1" and old_tag != new_tag
             c.upsert(["after-overwrite"], ["tardigrades survive the vacuum of space"])
             assert c.search("tardigrades vacuum", k=1).hits[0].doc_id == "after-overwrite"
+            searched = c.last_index_version  # the versions the search read: the write's shard counts 2
+            assert searched == c.stats()["index_version"] and searched.split("-")[1] in ("2.1", "1.2")
             _wait(lambda: old.shards._closed.is_set())  # the old build's shard servers stop once idle
     finally:
         server.stop(0)

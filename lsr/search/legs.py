@@ -59,6 +59,8 @@ class Legs(Protocol):
 
     def text(self, doc_ids: Sequence[str]) -> list[str | None]: ...
 
+    def version(self) -> str: ...  # the collection version every read saw (index_version without the build tag)
+
     def doc_freqs_version(self) -> str: ...  # changes whenever doc_freqs() may have
 
     def doc_freqs(self) -> tuple[np.ndarray, int]: ...  # (documents holding each term, live documents)
@@ -123,8 +125,11 @@ class ViewLegs:
     def text(self, doc_ids: Sequence[str]) -> list[str | None]:
         return self.view.text(doc_ids)
 
-    def doc_freqs_version(self) -> str:
+    def version(self) -> str:
         return str(self.view.sparse.version)
+
+    def doc_freqs_version(self) -> str:
+        return self.version()
 
     def doc_freqs(self) -> tuple[np.ndarray, int]:
         return np.asarray(self.view.sparse.doc_freqs()), int(self.view.sparse.num_docs)

@@ -163,6 +163,7 @@ class SearchResult:
     truncated: bool = False
     shards_answered: tuple[str, ...] = ()  # a sharded collection's shards that answered
     shards_missing: tuple[str, ...] = ()  # ... and those that did not: the hits come from the others only
+    index_version: str = ""  # the version of the collection the hits came from (``Searcher.index_version``'s form)
 
     @property
     def partial(self) -> bool:
@@ -319,7 +320,11 @@ class Searcher:
 
     def version_of(self, view: Any) -> str:
         """``index_version`` of one pinned view."""
-        return f"{self.collection.build_tag}-{view.sparse.version}"
+        return self.tagged(str(view.sparse.version))
+
+    def tagged(self, version: str) -> str:
+        """``index_version`` of a version of this build (``Legs.version``)."""
+        return f"{self.collection.build_tag}-{version}"
 
     @property
     def meta(self) -> dict:
@@ -727,7 +732,9 @@ class Searcher:
                 hit.text = body
         if explain and hits and scored_sparse:  # the query that gave sparse_score: PRF's moved one, if it ran
             self._explain(source, hits, scored_sparse)
-        return SearchResult(hits, timings, truncated, source.answered, source.missing)
+        # the version read, not the current one: a write during the search had labelled old hits with its version,
+        # which a client's cache keyed on it kept
+        return SearchResult(hits, timings, truncated, source.answered, source.missing, self.tagged(source.version()))
 
     # ------------------------------------------------------------------ pipeline pieces
     def _prf(self, source: Legs, q_sparse, q_dense, runs, first, legs, hybrid, prf: PrfOptions, depth,
