@@ -13,6 +13,7 @@ import ctypes
 import errno
 import functools
 import gc
+import itertools
 import logging
 import re
 import threading
@@ -366,8 +367,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         size = 0
         for start in range(0, len(texts), _BATCH_CHUNK):
             call.check(f"texts[{start}:]")
-            results = searcher.search_batch(texts[start : start + _BATCH_CHUNK], check=call.check,
-                                            deadline=call.deadline, **options)
+            numbers = itertools.count(start)  # the batch's numbering, not the chunk's (always below 8 in the log)
+
+            def check(_stage: str, numbers=numbers) -> None:
+                call.check(f"query {next(numbers)} of the batch")
+
+            results = searcher.search_batch(texts[start : start + _BATCH_CHUNK], check=check, deadline=call.deadline,
+                                            **options)
             for result in results:
                 message = result_to_proto(result, request_id=call.request_id)
                 size += size_in_batch(message)
