@@ -309,6 +309,22 @@ def test_a_csv_row_with_the_wrong_number_of_columns_is_named_or_skipped(tmp_path
     assert ids == ["d1", "d3", "d4"] and rows == [2, 4, 5]  # if it came last: 2, 3, 4
 
 
+def test_a_csv_row_with_the_wrong_number_of_columns_past_the_first_block_is_named_and_numbered(tmp_path):
+    """pyarrow reads the next block ahead, so its handler sees that block's bad row while the one before is still
+    read: the row's message was lost (a raw "CSV parse error", exit 2 without a resume hint), and skipped, it was
+    counted in the earlier block and the rows between numbered one too high."""
+    path = tmp_path / "late.csv"
+    rows = [f"d{i},row number {i} of the file" for i in range(2, 800)]
+    rows[600] = "d602,row number 602,with a third column"
+    path.write_text("id,text\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(BadRowError, match=r"late.csv row 602: 3 columns where the header has 2"):
+        read_all(CorpusReader(path, chunk_bytes=4096))
+    reader = CorpusReader(path, chunk_bytes=4096, on_error="skip")
+    ids, _, numbers = read_all(reader)
+    assert len(ids) == 797 and reader.stats.skipped == {"wrong column count": 1}
+    assert all(doc_id == f"d{row}" for doc_id, row in zip(ids, numbers)) and 602 not in numbers
+
+
 def test_a_csv_byte_of_another_encoding_is_its_rows_error_not_the_files(tmp_path):
     """A Latin-1 byte (a spreadsheet's export) made pyarrow refuse the whole CSV, "invalid UTF8 data", even under
     --on-error skip; it is now its row's bad value, named, or skipped and counted."""

@@ -157,6 +157,15 @@ def _advance(rows: Iterator[int], count: int | None) -> None:
         pass
 
 
+def _bad_rows_of_batch(bad_rows: list, first: int, good: int) -> list:
+    """The first of ``bad_rows`` (pyarrow's, in row order) that fall in a batch of ``good`` rows after row ``first``:
+    pyarrow reads the next block ahead, and its handler has seen that block's bad rows already."""
+    mine = 0
+    while mine < len(bad_rows) and bad_rows[mine].number <= first + good + mine + 1:
+        mine += 1
+    return bad_rows[:mine]
+
+
 class _StreamEnd:
     """A binary stream read through, keeping its last bytes and whether it has ended: a CSV value that runs to the
     end of the file can then be told in a gzip stream too, which cannot seek to its end."""
@@ -574,12 +583,13 @@ class CorpusReader:
                 quoting = strict_rows(self.source, unclosed_named_here=last_column is not None)
                 _advance(quoting, 1)
                 for batch in reader:
-                    _advance(quoting, batch.num_rows + len(bad_rows))  # the batch's rows, before they are indexed
-                    chunk = self._table_chunk(batch, line_no, [row.number for row in bad_rows])
-                    self._count_skipped_rows(bad_rows, chunk)
+                    mine = _bad_rows_of_batch(bad_rows, line_no, batch.num_rows)
+                    _advance(quoting, batch.num_rows + len(mine))  # the batch's rows, before they are indexed
+                    chunk = self._table_chunk(batch, line_no, [row.number for row in mine])
+                    self._count_skipped_rows(mine, chunk)
                     yield self._without_unclosed_quote(batch, chunk, last_column, stream)
-                    line_no += batch.num_rows + len(bad_rows)
-                    bad_rows.clear()
+                    line_no += batch.num_rows + len(mine)
+                    del bad_rows[:len(mine)]
                     self.stats.bytes_read = raw.tell()
                 _advance(quoting, None)  # the rows it lags by (blank lines, which pyarrow skips)
             except pa.ArrowInvalid as exc:
