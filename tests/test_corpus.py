@@ -137,7 +137,10 @@ def test_a_damaged_or_truncated_archive_is_one_clear_error(tmp_path):
     # pyarrow's own words named no file: "Empty CSV file", "Parquet magic bytes not found", "invalid UTF8 data"
     (tmp_path / "empty.csv").write_bytes(b"")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not a parquet file")
-    for name in ("c.jsonl.gz", "c.csv.gz", "cut.jsonl.gz", "bad.parquet"):  # a Latin-1 byte: its row's
+    (tmp_path / "gz.csv").write_bytes(gzip.compress(b"id,text\nd1,one\n"))  # a header not UTF-8 was a bare
+    (tmp_path / "latin1.csv").write_bytes("id,r\u00e9sum\u00e9\nd1,one\n".encode("latin-1"))  # decoder message
+    for name in ("c.jsonl.gz", "c.csv.gz", "cut.jsonl.gz", "bad.parquet", "gz.csv", "latin1.csv"):  # a Latin-1 byte
+        # in a row is its row's error
         with pytest.raises(ValueError, match=f"cannot read {tmp_path / name}: .*damaged, truncated or mislabelled"):
             read_all(CorpusReader(tmp_path / name))
     with pytest.raises(ValueError, match=f"^{tmp_path / 'empty.csv'} is empty: it holds no documents$"):
@@ -153,6 +156,35 @@ def test_a_cut_off_beir_archive_is_one_clear_error(beir_dir, tmp_path, capsys):
     assert main(["index", str(tmp_path / "cut.tar.gz"), str(tmp_path / "out")]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the line saying what it starts to index
     assert last.startswith(f"lsr index: error: cannot read {tmp_path / 'cut.tar.gz'}: ") and "damaged" in last
+
+
+def test_a_damaged_member_of_a_beir_zip_is_one_clear_error(tmp_path, capsys):
+    """A bad CRC or a garbled deflate stream in corpus.jsonl was zipfile's or zlib's traceback, exit 1, from
+    `lsr index` and from the BEIR loader `lsr train` and `lsr beir` read through."""
+    from lsr.cli.main import main
+    from lsr.eval.datasets import load_beir
+
+    corpus = "".join(json.dumps({"_id": f"d{i}", "text": f"document number {i} " * 30}) + "\n" for i in range(300))
+    damaged = {}
+    for name, compression in (("badcrc", zipfile.ZIP_STORED), ("garbled", zipfile.ZIP_DEFLATED)):
+        with zipfile.ZipFile(tmp_path / f"{name}.zip", "w", compression) as archive:
+            archive.writestr("ds/corpus.jsonl", corpus)
+            archive.writestr("ds/queries.jsonl", '{"_id": "q1", "text": "document"}\n')
+            archive.writestr("ds/qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+        data = bytearray((tmp_path / f"{name}.zip").read_bytes())
+        start = data.find(b"document number 5 ") if name == "badcrc" else data.find(b"ds/corpus.jsonl") + 200
+        for at in range(start, start + (1 if name == "badcrc" else 50)):
+            data[at] ^= 0x20 if name == "badcrc" else 0xFF
+        (tmp_path / f"{name}.zip").write_bytes(bytes(data))
+        damaged[name] = tmp_path / f"{name}.zip"
+    for name, path in damaged.items():
+        message = f"cannot read {path}: .* \\(a damaged or truncated archive\\?\\)"
+        with pytest.raises(ValueError, match=message):
+            read_all(CorpusReader(path))
+        with pytest.raises(ValueError, match=message):
+            load_beir(path)
+        assert main(["index", str(path), str(tmp_path / f"out-{name}"), "--dense", "none"]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"lsr index: error: cannot read {path}: ")
 
 
 def test_streams_in_bounded_blocks(tmp_path):

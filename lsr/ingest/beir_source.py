@@ -5,10 +5,15 @@ Archives are read without unpacking to disk, so the shared read-only copies work
 
 from __future__ import annotations
 
+import io
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO
+
+# What reading a damaged member raises: a bad CRC, a deflate or gzip stream cut off or garbled
+_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError)
 
 
 class BeirSource:
@@ -64,6 +69,28 @@ class BeirSource:
         name = self._name(member)
         if self.kind == "dir":
             return open(self.path / name, "rb")
-        if self.kind == "zip":
-            return self.archive.open(name)
-        return self.archive.extractfile(name)
+        member = self.archive.open(name) if self.kind == "zip" else self.archive.extractfile(name)
+        return io.BufferedReader(_Member(member, self.path), 1 << 20)
+
+
+class _Member(io.RawIOBase):
+    """An archive member's bytes, its damage one ValueError that names the archive: a bad CRC was zipfile's
+    traceback (exit 1), where a damaged file is the user's to fix (exit 2)."""
+
+    def __init__(self, member: IO[bytes], archive: Path) -> None:
+        self._member, self._archive = member, archive
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self._member.read(len(buffer))
+        except _DAMAGE as exc:
+            raise ValueError(f"cannot read {self._archive}: {exc} (a damaged or truncated archive?)") from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._member.close()
+        super().close()

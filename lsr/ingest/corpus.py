@@ -256,8 +256,8 @@ class CorpusReader:
         if self.format in ("jsonl", "csv", "parquet"):
             try:
                 columns = self._columns()
-            except (OSError, EOFError, pa.ArrowException) as exc:  # "Empty CSV file", "Parquet magic bytes not found"
-                raise self._unreadable(exc) from None
+            except (OSError, EOFError, pa.ArrowException, UnicodeDecodeError) as exc:  # "Empty CSV file", "Parquet
+                raise self._unreadable(exc) from None  # magic bytes not found", a header not UTF-8 (a gzip named .csv)
             fields_given = tuple(fields) != DEFAULT_FIELDS
             self._adopt_columns(list(columns), tables=self.format != "jsonl", id_given=id_field != DEFAULT_ID_FIELD,
                                 fields_given=fields_given)
