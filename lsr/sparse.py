@@ -457,7 +457,16 @@ class SparseBatch:
         if ind.flatten().null_count:  # numpy read a null term id as NaN, which the int32 cast made -2**31
             row = int(np.searchsorted(indptr, int(np.flatnonzero(ind.flatten().is_null())[0]), side="right")) - 1
             raise ValueError(f"row {first_row + row + 1} has a null term id")
-        terms = np.asarray(ind.flatten())  # range-checked by the constructor, before its int32 cast
+        terms = np.asarray(ind.flatten())  # checked here, before the constructor's int32 cast, to name the row
+        outside = np.flatnonzero((terms < 0) | (terms >= vocab_size))
+        if outside.size:  # the constructor's check names no row
+            row = int(np.searchsorted(indptr, int(outside[0]), side="right")) - 1
+            raise ValueError(f"row {first_row + row + 1} has the term id {terms[outside[0]]}, outside the vocabulary "
+                             f"[0, {vocab_size})")
+        repeated = _repeated_term(indptr, terms)
+        if repeated is not None:  # the constructor's names a 0-based row of this batch: row 808 for row 9,001
+            raise ValueError(f"row {first_row + repeated[0] + 1} holds term {repeated[1]} twice; a row holds each "
+                             "term once")
         weights = np.asarray(val.flatten(), np.float32)
         bad = _bad_weight(weights, indptr)
         if bad is not None:  # found at the index stage, after the encode, with no file or row named

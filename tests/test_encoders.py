@@ -542,7 +542,12 @@ def test_a_vectors_file_with_a_null_term_or_columns_of_another_type_is_named(tmp
     meta = {b"lsr.vocab_size": b"4"}
     for columns, message in (({"indices": [[1], [1, None]], "values": [[1.0], [1.0, 2.0]]}, "row 2 has a null term id"),
                              ({"indices": [1], "values": [1.0]}, "column 'indices' is int64"),
-                             ({"indices": [[1]], "values": [["x"]]}, "column 'values' is list<element: string>")):
+                             ({"indices": [[1]], "values": [["x"]]}, "column 'values' is list<element: string>"),
+                             # named by their 1-based row, as the other checks name theirs
+                             ({"indices": [[1], [2, 7]], "values": [[1.0], [1.0, 2.0]]},
+                              r"row 2 has the term id 7, outside the vocabulary \[0, 4\)"),
+                             ({"indices": [[1], [0], [3, 2, 3]], "values": [[1.0], [1.0], [1.0, 2.0, 3.0]]},
+                              "row 3 holds term 3 twice")):
         pq.write_table(pa.table(columns).replace_schema_metadata(meta), tmp_path / "v.parquet")
         with pytest.raises(ValueError, match=message):
             SparseBatch.read_parquet(tmp_path / "v.parquet")
