@@ -489,6 +489,8 @@ def test_a_text_file_holds_one_document_per_line(tmp_path):
     path.write_bytes("\ufeffAspirin lowers heart attack risk.\n\n  Statins and muscle pain \r\nCafé\n".encode())
     ids, texts, rows = read_all(CorpusReader(path))  # the BOM was kept in the first document's text
     assert ids == ["1", "3", "4"] and texts == ["Aspirin lowers heart attack risk.", "Statins and muscle pain", "Café"]
+    path.write_bytes("Aspirin lowers heart attack risk.\r\rStatins and muscle pain\rCafé\r".encode())  # old Mac
+    assert read_all(CorpusReader(path))[:2] == (ids, texts)  # line ends: one document, "\r" inside, before
 
 
 @pytest.mark.parametrize("other_row", [b"", b'{"_id": "c", "text": 5}\n'])

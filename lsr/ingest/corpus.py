@@ -157,6 +157,17 @@ def _advance(rows: Iterator[int], count: int | None) -> None:
         pass
 
 
+def _lines(raw: IO[bytes]) -> Iterable[bytes]:
+    """A text file's lines: split at \\n, or at \\r in a file of old Mac line ends (no \\n in its first 64 KiB),
+    which read as one document (``files.text_lines`` does the same for topics, runs and qrels)."""
+    head = raw.read(1 << 16)
+    raw.seek(0)
+    if b"\r" not in head or b"\n" in head:
+        return raw
+    lines = raw.read().split(b"\r")
+    return lines[:-1] if lines and not lines[-1] else lines
+
+
 def _bad_rows_of_batch(bad_rows: list, first: int, good: int) -> list:
     """The first of ``bad_rows`` (pyarrow's, in row order) that fall in a batch of ``good`` rows after row ``first``:
     pyarrow reads the next block ahead, and its handler has seen that block's bad rows already."""
@@ -644,7 +655,7 @@ class CorpusReader:
         self.stats.bytes_total = self.source.stat().st_size
         with open(self.source, "rb") as raw:
             out = DocChunk([], [], [])
-            for line_no, line in enumerate(raw, start=1):
+            for line_no, line in enumerate(_lines(raw), start=1):
                 try:
                     text = line.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()  # a BOM is no text
                 except UnicodeDecodeError as exc:
