@@ -68,6 +68,7 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024  # largest request
     max_response_bytes: int = 64 * 1024 * 1024  # largest answer: a full batch of k=1000 hits is larger than a request
     max_upsert_bytes_held: int = 256 * 1024 * 1024  # ids + texts of all the Upsert streams held at once
+    max_answer_bytes_held: int = 512 * 1024 * 1024  # answers built and not yet read by their clients
     batch_window_ms: float = 2.0
     max_batch: int = 64  # 1 disables micro-batching: every request encodes on its own
     encode_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # encodes running at once, both encoders together
@@ -82,7 +83,7 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         for name in ("workers", "max_batch", "encode_workers", "max_concurrent_rpcs", "max_message_bytes",
-                     "max_response_bytes", "max_upsert_bytes_held"):
+                     "max_response_bytes", "max_upsert_bytes_held", "max_answer_bytes_held"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         for flag, value, low, high in (("--batch-window-ms", self.batch_window_ms, 0, 10_000),
@@ -93,6 +94,9 @@ class ServerConfig:
             if not (low <= value < high and (value > 0 or not positive)):  # NaN failed no "< 0"
                 interval = f"(0, {high})" if positive else f"[0, {high})"
                 raise ValueError(f"{flag} must be in {interval}, got {value:g}")
+        if self.max_answer_bytes_held < self.max_response_bytes:  # the largest answer would never get through
+            raise ValueError(f"--max-answers-mb ({self.max_answer_bytes_held / 2**20:g}) must be at least "
+                             f"--max-response-mb ({self.max_response_bytes / 2**20:g})")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
         if self.tls_cert is not None:
@@ -244,7 +248,8 @@ class SearchServer:
         self.servicer = SearchServicer(searcher, batch_window=config.batch_window_ms / 1000.0, max_batch=config.max_batch,
                                        encode_workers=config.encode_workers,
                                        max_response_bytes=config.max_response_bytes,
-                                       max_upsert_bytes_held=config.max_upsert_bytes_held, reloader=self._reloader)
+                                       max_upsert_bytes_held=config.max_upsert_bytes_held,
+                                       max_answer_bytes_held=config.max_answer_bytes_held, reloader=self._reloader)
         self._health_threads = HealthOnOwnThreads()
         interceptors = [self._health_threads]  # first: the handler it returns is the one gRPC runs
         interceptors += [BearerTokenAuth(config.auth_token)] if config.auth_token is not None else []

@@ -45,6 +45,7 @@ MAX_BATCH_TEXTS = 1000
 MAX_UPSERT_DOCS = 10_000  # documents in one Upsert stream
 MAX_UPSERT_BYTES = 64 * 1024 * 1024  # ids + texts of one Upsert stream, checked as messages arrive
 MAX_UPSERT_BYTES_HELD = 256 * 1024 * 1024  # ids + texts of every Upsert stream the server holds at once
+MAX_ANSWER_BYTES_HELD = 512 * 1024 * 1024  # answers built and not yet read by their clients
 _BATCH_CHUNK = 8  # SearchBatch encodes this many texts at a time (an encode cannot be interrupted)
 SLOT_LOOK_S = 0.05  # how often an upsert waiting for an encode slot looks whether its caller is still there
 TRIM_AFTER_WRITES_S = 10.0  # at most this often, once no upsert is encoding, the memory writes freed goes back
@@ -73,35 +74,49 @@ class RequestTooLarge(TooLarge):
     the trailing metadata ``lsr-retry: no``, so a client tells it from a busy server's (``lsr.service.client``)."""
 
 
-class UpsertBytes:
-    """The ids and texts every Upsert stream holds at once, bounded: each stream takes its documents' bytes as they
-    arrive and gives them back when it ends, so many large streams at once cannot exhaust the server's memory."""
+class BytesHeld:
+    """Bytes of one kind the server holds at once, bounded: each holder takes its bytes and gives them back when it
+    is done, so many large upserts, or answers their clients do not read, cannot exhaust the server's memory."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int, what: str, flag: str, advice: str) -> None:
+        self.limit, self.what, self.flag, self.advice = limit, what, flag, advice
         self.held = 0
         self._lock = threading.Lock()
 
+    def take(self, n: int) -> None:
+        """Hold ``n`` bytes more; TooLarge (to retry) while the others hold too much."""
+        with self._lock:
+            if self.held + n > self.limit:
+                raise TooLarge(f"the server holds {self.held / 2**20:,.1f} MiB of {self.what}, and this one would "
+                               f"pass its {self.limit / 2**20:,.0f} MiB limit for them ({self.flag}); retry shortly, "
+                               f"{self.advice}")
+            self.held += n
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.held -= n
+
     @contextlib.contextmanager
     def stream(self) -> Iterator[Callable[[int], None]]:
-        """A stream's ``take(n)``, which raises TooLarge while the others hold too much; all given back at exit."""
+        """A stream's ``take(n)``, all it took given back at exit."""
         taken = 0
 
         def take(n: int) -> None:
             nonlocal taken
-            with self._lock:
-                if self.held + n > self.limit:
-                    raise TooLarge(f"the server holds {self.held / 2**20:,.1f} MiB of upserts being written, and "
-                                   f"this one would pass its {self.limit / 2**20:,.0f} MiB limit for them "
-                                   "(--max-upserts-mb); retry shortly, or send smaller upserts")
-                self.held += n
+            self.take(n)
             taken += n
 
         try:
             yield take
         finally:
-            with self._lock:
-                self.held -= taken
+            self.give(taken)
+
+    def until_call_ends(self, n: int, context: grpc.ServicerContext) -> None:
+        """Hold an answer's ``n`` bytes until its call ends: gRPC keeps an answer its client has not read (a
+        stopped or slow client) until then, 58 MB for a 28 MiB one, with no bound on how many."""
+        self.take(n)
+        if not context.add_callback(functools.partial(self.give, n)):  # the call has ended already
+            self.give(n)
 
 
 class Undecodable:
@@ -255,10 +270,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def __init__(self, searcher, *, batch_window: float = 0.002, max_batch: int = 64, encode_workers: int = 2,
                  max_response_bytes: int = 64 * 1024 * 1024, max_upsert_bytes_held: int = MAX_UPSERT_BYTES_HELD,
-                 reloader=None) -> None:
+                 max_answer_bytes_held: int = MAX_ANSWER_BYTES_HELD, reloader=None) -> None:
         """``reloader``: opens a collection indexed anew by itself (``lsr.service.reload``), if the server has one."""
         self.max_response_bytes = max_response_bytes
-        self.upsert_bytes = UpsertBytes(max_upsert_bytes_held)
+        self.upsert_bytes = BytesHeld(max_upsert_bytes_held, "upserts being written", "--max-upserts-mb",
+                                      "or send smaller upserts")
+        self.answer_bytes = BytesHeld(max_answer_bytes_held, "answers their clients have not read yet",
+                                      "--max-answers-mb", "or ask for fewer hits or texts")
         # One pool of encode slots for both encoders: a hybrid query's two encodings overlap, yet no
         # more forward passes run at once than there are cores to run them.
         busy = lambda: self.in_flight  # noqa: E731 - requests that may still join a batch
@@ -340,6 +358,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             raise RequestTooLarge(f"the response is {size / 2**20:,.0f} MiB, over the server's "
                            f"{self.max_response_bytes / 2**20:.0f} MiB response limit (k={options['k']}: these "
                            "documents are long); ask for fewer hits, or include_text=false and fetch the texts")
+        self.answer_bytes.until_call_ends(size, call.context)
         self._count("requests")
         if result.partial:
             call.fields.update(shards_missing=",".join(result.shards_missing))
@@ -381,6 +400,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     raise RequestTooLarge(f"the response passed the server's {self.max_response_bytes / 2**20:.0f} MiB limit "
                                    f"after {len(out.results)} of {len(texts)} texts; send fewer texts or a smaller k")
                 out.results.append(message)
+        self.answer_bytes.until_call_ends(size, call.context)
         self._count("requests", len(texts))
         return out
 
@@ -427,6 +447,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             response.details[f"{name}_micro_batches"] = str(total.batches)
             response.details[f"{name}_mean_micro_batch"] = f"{total.mean_batch:.2f}"
         response.details["upsert_bytes_held"] = str(self.upsert_bytes.held)
+        response.details["answer_bytes_held"] = str(self.answer_bytes.held)
         response.details["reloads"] = str(self.reloads)
         response.details["writes_past_deadline"] = str(self.counters["writes_past_deadline"])
         return response

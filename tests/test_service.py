@@ -587,7 +587,7 @@ def test_overlong_query_is_truncated_and_flagged(servers, client):
     assert client.search(paragraph, mode="dense").truncated and not client.search(paragraph).truncated
 
 
-@pytest.mark.parametrize("flag", ["--max-message-mb", "--max-response-mb", "--max-upserts-mb"])
+@pytest.mark.parametrize("flag", ["--max-message-mb", "--max-response-mb", "--max-upserts-mb", "--max-answers-mb"])
 def test_a_size_limit_of_zero_is_one_line_naming_the_flag(collections, capsys, flag):
     from lsr.cli.main import main
 
@@ -599,6 +599,8 @@ def test_a_size_limit_of_zero_is_one_line_naming_the_flag(collections, capsys, f
                                ("--stream-idle-s", "0", "(0, 86400)"), ("--stream-max-s", "nan", "(0, 86400)")]:  # NaN passed "< 0": searches waited forever
         assert main(["serve", str(collections["hybrid"]), other, value]) == 2
         assert capsys.readouterr().err == f"lsr serve: error: {other} must be in {says}, got {value}\n"
+    assert main(["serve", str(collections["hybrid"]), "--max-answers-mb", "32"]) == 2  # the largest answer never fits
+    assert capsys.readouterr().err == "lsr serve: error: --max-answers-mb (32) must be at least --max-response-mb (64)\n"
 
 
 def test_a_taken_port_or_a_wrong_tls_key_is_named_before_the_load(collections, tls_files, tmp_path, capsys):

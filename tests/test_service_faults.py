@@ -8,6 +8,9 @@ import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -924,3 +927,46 @@ def test_a_search_reports_the_version_its_hits_came_from(collection, tmp_path):
     new = searcher.search("walrus tusks in arctic ice", k=3)
     assert old.index_version == before != new.index_version == searcher.index_version
     assert "walrus" not in [hit.doc_id for hit in old] and new[0].doc_id == "walrus"
+
+
+def test_answers_clients_do_not_read_are_bounded_across_calls(collection, queries, tmp_path):
+    """gRPC keeps an answer its client has not read until the call ends: a stopped client's were held with no bound
+    (58 MB each for 30 searches of 28 MiB). Past --max-answers-mb a search gets RESOURCE_EXHAUSTED (to retry), and
+    the bytes come back when the stopped client's call ends."""
+    server = ServerProcess(shutil.copytree(collection, tmp_path / "col"), "--max-answers-mb", "16",
+                           "--max-response-mb", "16").wait_listening()
+    texts = (queries * 50)[:600]  # 600 x 10 hits with their texts: about 9 MB, far past what the sockets buffer
+    reader = textwrap.dedent(f"""
+        import time, grpc
+        from lsr.service import search_pb2 as pb, search_pb2_grpc
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        stub = search_pb2_grpc.SearchServiceStub(grpc.insecure_channel({server.address!r}, options=options))
+        call = stub.SearchBatch.future(pb.SearchBatchRequest(texts={texts!r}, k=10, include_text=True))
+        time.sleep(600)  # stopped before its answer comes: it never reads it
+    """)
+    stopped = subprocess.Popen([sys.executable, "-c", reader])
+    try:
+        with server.client() as c:
+            give_up = time.monotonic() + 120
+            while c.stats()["in_flight"] == 0:  # encoding its 600 queries takes seconds
+                assert time.monotonic() < give_up and stopped.poll() is None, "the batch never started"
+                time.sleep(0.02)
+            stopped.send_signal(signal.SIGSTOP)
+            while int(c.stats()["details"]["answer_bytes_held"]) < 4 << 20:
+                assert time.monotonic() < give_up, "the unread answer's bytes were never taken"
+                time.sleep(0.05)
+            with pytest.raises(grpc.RpcError) as err:  # BM25: no encoding, so it ends while the other is held
+                c.search_batch(texts, k=10, mode="bm25", include_text=True, chunk_size=1000, timeout=60)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-answers-mb" in err.value.details() and not _fix_not_retry(err.value)
+            assert c.search(texts[0], k=1, mode="bm25", include_text=True).hits  # a small answer still fits
+            stopped.kill()  # its connection closes: the call ends and its answer is let go
+            stopped.wait(30)
+            while c.stats()["details"]["answer_bytes_held"] != "0":
+                assert time.monotonic() < give_up, "the ended call's answer was never given back"
+                time.sleep(0.05)
+            assert len(c.search_batch(texts, k=10, mode="bm25", include_text=True, chunk_size=1000,
+                                      timeout=60)) == len(texts)
+    finally:
+        stopped.kill()
+        server.kill()

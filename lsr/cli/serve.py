@@ -63,6 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-upserts-mb", type=float, default=256.0,
                    help="ids and texts in MiB that all the upserts being written may hold at once; one that would "
                         "pass it gets RESOURCE_EXHAUSTED, to retry (default 256; one upsert holds at most 64)")
+    p.add_argument("--max-answers-mb", type=float, default=512.0,
+                   help="answers in MiB that the server holds until their clients read them (a stopped client's "
+                        "stay until its call ends, at about twice their size in memory); a search that would pass "
+                        "it gets RESOURCE_EXHAUSTED, to retry (default 512; at least --max-response-mb)")
     add_device_arguments(p)
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM (default 30)")
     p.add_argument("--stream-idle-s", type=float, default=60.0,
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from lsr.service.server import ServerConfig, one_malloc_arena_per_core, serve
 
     one_malloc_arena_per_core()  # before the models load: torch's threads allocate too
-    for flag in ("max_message_mb", "max_response_mb", "max_upserts_mb"):  # in the flags' words, not the config's
+    for flag in ("max_message_mb", "max_response_mb", "max_upserts_mb", "max_answers_mb"):  # in the flags' words, not the config's
         # gRPC takes a C int: 2048 MB or inf crashed its channel arguments in a traceback, 0.001 MB printed as 0
         if not 1 / 1024 <= getattr(args, flag) < 2048:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1 KiB (0.001) and under 2048 MB, "
@@ -106,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         max_response_bytes=int(args.max_response_mb * 1024 * 1024),
         max_upsert_bytes_held=int(args.max_upserts_mb * 1024 * 1024),
+        max_answer_bytes_held=int(args.max_answers_mb * 1024 * 1024),
         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
         tls_cert=args.tls_cert, tls_key=args.tls_key, auth_token=read_token(args.auth_token_file),
         grace_seconds=args.grace, stream_idle_seconds=args.stream_idle_s,
