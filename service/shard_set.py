@@ -388,7 +388,8 @@ class ShardSet:
                     raise self._deadline_passed(method, refs, answers, write) from None
                 ray.cancel(ref)
                 missing.append(shard)
-                reasons[shard] = f"no answer within {self.options.shard_timeout:g} s"
+                reasons[shard] = f"no answer within {self.options.shard_timeout:g} s" + (
+                    ", and the write may still be applied there" if write else "")
             except RayTaskError as exc:
                 if not write:
                     raise exc.cause from None

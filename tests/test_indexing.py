@@ -449,6 +449,22 @@ def test_a_resume_encodes_again_a_part_damaged_after_its_checkpoint(corpus, refe
     assert checksums(out) == checksums(reference)
 
 
+def test_a_part_damaged_ahead_of_the_checkpoints_prefix_is_named_and_dropped(tmp_path, caplog):
+    """A part Ray finished out of order, beyond the prefix, and damaged after the kill: it was encoded again without
+    the warning a damaged part of the prefix gets."""
+    from lsr.files import file_record
+    from lsr.ingest.indexing import BuildState, check_parts
+
+    part = tmp_path / "vectors" / "part-00002.parquet"
+    part.parent.mkdir()
+    part.write_bytes(b"encoded vectors")
+    state = BuildState(settings={}, ahead={"2": {"counts": [[1, 1, 0]], "files": [file_record(part, tmp_path)]}})
+    part.write_bytes(b"encoded vectorz")
+    with caplog.at_level("WARNING", logger="lsr.ingest.indexing"):
+        check_parts(tmp_path, state)
+    assert not state.ahead and "part 2 changed after its checkpoint" in caplog.text and "encoding it again" in caplog.text
+
+
 def test_a_bad_row_after_checkpoints_resumes_with_on_error_skip(tmp_path, capsys):
     rows = [json.dumps({"_id": f"d{i}", "text": f"note {i} about aspirin"}) for i in range(14)]
     rows.insert(13, json.dumps({"_id": "d3", "text": "a duplicate after two shards"}))

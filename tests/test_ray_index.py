@@ -360,3 +360,23 @@ def test_a_malformed_ray_address_is_bad_input_and_auto_with_no_cluster_is_worth_
                         prelude=none_running)
     assert result.returncode == 1 and "--ray-address auto found no running Ray cluster on this machine" in result.stderr
     assert not (tmp_path / "col").exists()
+
+
+def test_an_actor_failure_names_its_cause(ray_cluster):
+    """Ray Data wraps an actor's exception in "UDF failed to process a data block", which was all `lsr index` said;
+    the actor's own exception is the cause to name."""
+    import ray
+
+    from lsr.ingest.ray_engine import _actor_errors
+
+    class FailingEncoder:  # defined here, so Ray ships it by value: the workers cannot import this test module
+        """Fails as an encoder actor does when its staged part is gone."""
+
+        def __call__(self, batch):
+            raise FileNotFoundError("/shared/col/.lsr-input/part-00004.parquet")
+
+    blocks = ray.data.range(2).map_batches(FailingEncoder, concurrency=1)
+    with pytest.raises(RuntimeError) as err, _actor_errors(ray):
+        blocks.take_all()
+    assert str(err.value) == ("a Ray encoder actor failed: FileNotFoundError: "
+                              "/shared/col/.lsr-input/part-00004.parquet")

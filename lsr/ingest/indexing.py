@@ -252,7 +252,9 @@ def check_parts(out: Path, state: BuildState) -> None:
             state.rewind(part)
             return
     for part, entry in list(state.ahead.items()):
-        if _part_problem(out, entry) is not None:
+        problem = _part_problem(out, entry)
+        if problem is not None:
+            log.warning("%s: part %s changed after its checkpoint (%s); encoding it again", out, part, problem)
             del state.ahead[part]
 
 

@@ -327,15 +327,25 @@ class PartEncoder:
         return {"part": batch["part"], "counts": np.array(counts, dtype=object)}
 
 
+_CHAINED = "The above exception was the direct cause of the following exception:"
+
+
 @contextmanager
 def _actor_errors(ray: Any) -> Iterator[None]:
-    """An actor's failure as one line naming its cause (Ray wraps it in a remote traceback)."""
+    """An actor's failure as one line naming its cause (Ray wraps it in a remote traceback). Ray Data wraps the
+    actor's exception in a UserCodeException ("UDF failed to process a data block") that keeps it only as text: the
+    cause is the last line before the first chained traceback's "direct cause" note."""
     try:
         yield
     except ray.exceptions.RayError as exc:
+        text = str(exc)
         cause = getattr(exc, "cause", None) or exc
-        lines = str(cause).strip().splitlines() or [type(cause).__name__]
-        raise RuntimeError(f"a Ray encoder actor failed: {lines[-1] if cause is exc else lines[0]}") from None
+        if _CHAINED in text:
+            line = text.split(_CHAINED)[0].strip().splitlines()[-1]
+        else:
+            lines = str(cause).strip().splitlines() or [type(cause).__name__]
+            line = lines[-1] if cause is exc else lines[0]
+        raise RuntimeError(f"a Ray encoder actor failed: {line}") from None
 
 
 def _actor_resources(ray: Any, workers: int | None, options: "IndexOptions") -> tuple[int, dict[str, float], int]:
