@@ -35,7 +35,7 @@ def generate() -> dict[str, str]:
 
 
 def main() -> int:
-    if not (PROTO_ROOT / PROTO_FILE).is_file():  # an installed lsr: its stubs are current and site-packages is no source
+    if not (PROTO_ROOT / PROTO_FILE).is_file():  # an installed lsr: its stubs are current, site-packages no source
         print(f"lsr.service.codegen: error: {PROTO_ROOT / PROTO_FILE} is not here; regenerate the stubs in a source "
               "checkout of lsr", file=sys.stderr)
         return 2

@@ -462,7 +462,8 @@ def test_a_part_damaged_ahead_of_the_checkpoints_prefix_is_named_and_dropped(tmp
     part.write_bytes(b"encoded vectorz")
     with caplog.at_level("WARNING", logger="lsr.ingest.indexing"):
         check_parts(tmp_path, state)
-    assert not state.ahead and "part 2 changed after its checkpoint" in caplog.text and "encoding it again" in caplog.text
+    assert not state.ahead
+    assert "part 2 changed after its checkpoint" in caplog.text and "encoding it again" in caplog.text
 
 
 def test_a_bad_row_after_checkpoints_resumes_with_on_error_skip(tmp_path, capsys):

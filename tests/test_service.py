@@ -600,7 +600,8 @@ def test_a_size_limit_of_zero_is_one_line_naming_the_flag(collections, capsys, f
         assert main(["serve", str(collections["hybrid"]), other, value]) == 2
         assert capsys.readouterr().err == f"lsr serve: error: {other} must be in {says}, got {value}\n"
     assert main(["serve", str(collections["hybrid"]), "--max-answers-mb", "32"]) == 2  # the largest answer never fits
-    assert capsys.readouterr().err == "lsr serve: error: --max-answers-mb (32) must be at least --max-response-mb (64)\n"
+    said = capsys.readouterr().err
+    assert said == "lsr serve: error: --max-answers-mb (32) must be at least --max-response-mb (64)\n"
 
 
 def test_a_taken_port_or_a_wrong_tls_key_is_named_before_the_load(collections, tls_files, tmp_path, capsys):

@@ -22,9 +22,9 @@ HELP = "print a stored document of a collection by id"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("collection", type=path_argument, metavar="COLLECTION", help="folder written by `lsr index`")
     p.add_argument("ids", nargs="+", metavar="ID",
-                   help="document id(s); one prints its text as stored, several an `ID<TAB>TEXT` line each, the text's "
-                        "backslashes, tabs and line breaks written as \\\\, \\t, \\n and \\r, other control characters as "
-                        "\\xHH or \\uHHHH")
+                   help="document id(s); one prints its text as stored, several an `ID<TAB>TEXT` line each, the "
+                        "text's backslashes, tabs and line breaks written as \\\\, \\t, \\n and \\r, other control "
+                        "characters as \\xHH or \\uHHHH")
     p.add_argument("--json", action="store_true", help="print {id: text} as JSON")
 
 

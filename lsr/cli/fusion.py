@@ -60,11 +60,11 @@ def chosen_mode(args: argparse.Namespace, served: Callable[[], Sequence[str]]) -
     if args.rrf_k is not None and args.normalization != "rrf":
         raise ValueError(f"--rrf-k is RRF's rank constant, and --normalization is {args.normalization or 'min_max'}; "
                          "add --normalization rrf")
-    _refuse_idle_prf_flags(args, mode, served)
+    _refuse_idle_flags(args, mode, served)
     return mode
 
 
-def _refuse_idle_prf_flags(args: argparse.Namespace, mode: str, served: Callable[[], Sequence[str]]) -> None:
+def _refuse_idle_flags(args: argparse.Namespace, mode: str, served: Callable[[], Sequence[str]]) -> None:
     """PRF flags, --explain, --bound-factor and the query encoder, where no list they act on is searched (the mode,
     the collection's legs or a weight of 0 leave it out): each ran, and the hits were those without it."""
     from lsr.cli.main import flags_given, refuse_unused

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from lsr.service.server import ServerConfig, one_malloc_arena_per_core, serve
 
     one_malloc_arena_per_core()  # before the models load: torch's threads allocate too
-    for flag in ("max_message_mb", "max_response_mb", "max_upserts_mb", "max_answers_mb"):  # in the flags' words, not the config's
+    for flag in ("max_message_mb", "max_response_mb", "max_upserts_mb", "max_answers_mb"):  # the flags' words
         # gRPC takes a C int: 2048 MB or inf crashed its channel arguments in a traceback, 0.001 MB printed as 0
         if not 1 / 1024 <= getattr(args, flag) < 2048:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1 KiB (0.001) and under 2048 MB, "
