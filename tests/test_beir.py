@@ -365,6 +365,14 @@ def test_lsr_tune_fuses_the_legs_a_collection_has(tmp_path, capsys):
         searcher = Searcher.open(col)
         assert searcher.default_hybrid == HybridOptions(**stored["hybrid"])
         assert searcher.search("Does vitamin D help bones?", mode="hybrid").hits
+    # a dataset without test qrels: nothing to keep off, not "has no qrels/test.tsv for --split"
+    with zipfile.ZipFile(data / "tiny.zip") as whole, zipfile.ZipFile(data / "notest.zip", "w") as part:
+        for name in whole.namelist():
+            if not name.endswith("test.tsv"):
+                part.writestr(name.replace("tiny/", "notest/"), whole.read(name))
+    assert cli_main(["tune", str(col), "--dataset", "notest", "--data-dir", str(data)]) == 0
+    assert json.loads((col / "search-defaults.json").read_text())["tuned_on"] == "notest/train"
+    capsys.readouterr()
     bare = tmp_path / "sparse-only"
     assert cli_main(["index", str(data / "tiny.zip"), str(bare), "--bm25", "none", "--dense", "none", "--quiet"]) == 0
     assert cli_main(["tune", str(bare), "--dataset", "tiny", "--data-dir", str(data)]) == 2
@@ -534,6 +542,21 @@ def test_judgements_of_unknown_queries_are_left_out_with_a_warning_and_trec_qrel
         reported_test_qrels(folder)
     with pytest.raises(ValueError, match="qrels/test.tsv line 2: grade 'high' is not a whole number"):
         load_beir(_beir_folder(tmp_path / "grade", GOOD_CORPUS, GOOD_QUERIES, "q0\td0\t1\nq0\td1\thigh\n"))
+    named = load_beir(_beir_folder(tmp_path / "named", GOOD_CORPUS, GOOD_QUERIES, "query_id\tcorpus_id\tscore\n"
+                                   "q0\td0\t1\n"))  # another header's names: "grade 'score' is not a whole number"
+    assert named.qrels == {"test": {"q0": {"d0": 1}}}
+
+
+def test_tuning_takes_a_split_that_judges_a_document_of_the_corpus_relevant():
+    """A dev split whose relevant documents the corpus lacks (or that judges none relevant) scored every setting 0,
+    and a tie-break was stored as tuned; train is taken instead."""
+    from lsr.eval.datasets import BeirDataset
+
+    corpus, queries = {"d0": {"title": "", "text": "aspirin"}}, {"q0": "aspirin", "q1": "coffee"}
+    for dev in ({"q0": {"gone": 1}}, {"q1": {"d0": 0}}):
+        dataset = BeirDataset("x", corpus, queries, {"dev": dev, "train": {"q0": {"d0": 1}}, "test": {"q0": {"d0": 1}}})
+        assert tuning_split(dataset, "test") == "train"
+        assert tuning_split(dataset, "train") is None  # never the reported split, and dev finds nothing
 
 
 def reported_test_qrels(folder: Path) -> dict:

@@ -366,6 +366,21 @@ def _only_test_split(scifact, folder: Path) -> Path:
     return folder
 
 
+def _train_and_dev_splits(folder: Path, *, dev_finds: bool) -> Path:
+    """A BEIR folder whose dev qrels are its train qrels (``dev_finds``), or judge nothing of its corpus relevant."""
+    (folder / "qrels").mkdir(parents=True)
+    words = ["aspirin heart", "statin muscle", "zinc kidney", "vitamin bone", "iron blood", "salt pressure"]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"{w} study"}) + "\n"
+                                                 for i, w in enumerate(words)))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": w}) + "\n"
+                                                  for i, w in enumerate(words)))
+    train = "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(4))
+    (folder / "qrels" / "train.tsv").write_text(train)
+    (folder / "qrels" / "dev.tsv").write_text(train if dev_finds else "query-id\tcorpus-id\tscore\nq5\td5\t0\n"
+                                                                      "q4\tgone\t1\n")
+    return folder
+
+
 def test_a_bad_data_file_is_one_line_beside_other_work_too(tmp_path):
     """Where other work held the CPUs, the wait-policy notice came first, and a bad file took two lines."""
     from lsr.encode.cpu_share import WAIT_POLICY_VARIABLES, usable_cpus
@@ -424,6 +439,12 @@ def test_a_bad_data_file_is_one_line_beside_other_work_too(tmp_path):
     ("negative-is-positive", "line 1: 'negatives' holds the positive itself"),  # silently no negative for the row
     ("zero-width-positive", "line 1: 'positive' must be a non-empty string"),  # trained on a text with no word
     ("misspelt-key", "line 1: unknown key 'score'; did you mean 'scores'?"),  # dropped: trained without the teacher
+    ("hard-negs-key", "line 1: unknown key 'hard_negs'; did you mean 'negatives'?"),  # too far from ours for difflib
+    ("teacher-scores-key", "line 1: unknown key 'teacher_scores'; did you mean 'scores'?"),
+    # validated on the training queries, as if held out
+    ("dev-is-train", "qrels/dev.tsv is its qrels/train.tsv, the split being trained on"),
+    # every dev score 0: the untrained model was kept, exit 0
+    ("dev-finds-nothing", "dev split judges no document of its corpus relevant, so every score on it would be 0"),
     # its files changed the --model folder's, so every --resume was refused as "the --model folder's files differ"
     ("out-inside-model", "lies inside the --model folder"),
     # a test "gain" measured on the training queries, printed with a p-value as if held out
@@ -444,6 +465,11 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
         extra = {"no-dev-split": ["--split", "test", "--dev-split", "dev"],
                  "eval-trained-split": ["--split", "test", "--eval", str(data)],
                  "eval-trained-split-archived": ["--split", "test", "--eval", archived]}.get(case, [])
+    elif case in ("dev-is-train", "dev-finds-nothing"):
+        data = _train_and_dev_splits(tmp_path / "beir", dev_finds=case == "dev-is-train")
+    elif case in ("hard-negs-key", "teacher-scores-key"):
+        key, value = ("hard_negs", ["n"]) if case == "hard-negs-key" else ("teacher_scores", [2.0, 1.0])
+        data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"], key: value}) + "\n")
     elif case == "damaged-gzip":
         data = tmp_path / "pairs.jsonl.gz"
         data.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")  # named .gz, not compressed

@@ -246,32 +246,32 @@ def _check_eval_held_out(args: argparse.Namespace, dev_split: str | None) -> Non
     use = "trains" if args.split == "test" else "validates" if dev_split == "test" else None
     if use is None or is_jsonl(args.data) or not args.eval:
         return
-    data = _test_qrels(locate_dataset(args.data, args.data_dir))
+    data = _qrels_digest(locate_dataset(args.data, args.data_dir))
     for name in dict.fromkeys(args.eval):
-        if _test_qrels(locate_dataset(name, args.data_dir)) == data:
+        if _qrels_digest(locate_dataset(name, args.data_dir)) == data:
             raise ValueError(f"--eval {name} scores the test split this run {use} on, so its before/after would not "
                              "be held out; train and validate on other splits (--split, --dev-split), or --eval "
                              "another dataset")
 
 
-def _test_qrels(path: Path) -> str:
-    """A digest of a BEIR dataset's qrels/test.tsv, which tells one dataset apart from another however it is found:
-    compared by path, a folder and an archive of one dataset (`lsr train ./scifact --split test --eval scifact`)
-    passed as two."""
+def _qrels_digest(path: Path, split: str = "test") -> str:
+    """A digest of a BEIR dataset's qrels/SPLIT.tsv, which tells one dataset (or split) apart from another however
+    it is found: compared by path, a folder and an archive of one dataset (`lsr train ./scifact --split test --eval
+    scifact`) passed as two."""
     import hashlib
 
     from lsr.ingest.beir_source import BeirSource
 
     source = BeirSource(path)
-    if not source.has("qrels/test.tsv"):
-        return str(path.resolve())  # no test split to compare (--eval then says it has none)
-    with source.open("qrels/test.tsv") as fh:
+    if not source.has(f"qrels/{split}.tsv"):
+        return f"{path.resolve()}/{split}"  # no such split to compare (--eval then says it has none)
+    with source.open(f"qrels/{split}.tsv") as fh:
         return hashlib.sha256(fh.read()).hexdigest()
 
 
 def _dev_split(args: argparse.Namespace) -> str | None:
     """The held-out split to validate on: as asked (it must exist), else dev when a BEIR DATA has it, else none."""
-    from lsr.eval.datasets import locate_dataset
+    from lsr.eval.datasets import judges_any_document, locate_dataset, nothing_to_find
     from lsr.ingest.beir_source import BeirSource
     from lsr.train.data import is_jsonl
 
@@ -287,7 +287,13 @@ def _dev_split(args: argparse.Namespace) -> str | None:
         if args.dev_split is None:
             return None  # training on dev: nothing held out
         raise ValueError(f"--dev-split {split} is the split being trained on; choose another (or none)")
-    if BeirSource(locate_dataset(args.data, args.data_dir)).has(f"qrels/{split}.tsv"):
+    source = locate_dataset(args.data, args.data_dir)
+    if BeirSource(source).has(f"qrels/{split}.tsv"):
+        if _qrels_digest(source, split) == _qrels_digest(source, args.split):  # validated on the training queries
+            raise ValueError(f"{args.data}'s qrels/{split}.tsv is its qrels/{args.split}.tsv, the split being trained "
+                             "on, so validating on it would not be held out; choose another --dev-split (or none)")
+        if not judges_any_document(source, split):  # every score 0: step 0's weights were kept, and exit 0
+            raise ValueError(nothing_to_find(args.data, split))
         return split
     if args.dev_split is None:
         return None

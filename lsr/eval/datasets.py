@@ -133,6 +133,25 @@ def load_beir(path: str | Path, splits: tuple[str, ...] = ("test", "train", "dev
     return BeirDataset(name, corpus, queries, qrels)
 
 
+def judges_any_document(path: str | Path, split: str) -> bool:
+    """Whether qrels/SPLIT.tsv judges relevant a document that corpus.jsonl holds (else every score on the split is
+    0); the corpus is read only until one is found."""
+    src = BeirSource(Path(path))
+    with src.open(f"qrels/{split}.tsv") as fh:
+        relevant = {doc for docs in read_qrels(fh, f"qrels/{split}.tsv").values() for doc, grade in docs.items()
+                    if grade > 0}
+    if relevant:
+        with src.open("corpus.jsonl") as fh:
+            return any(str(row.get("_id")) in relevant for _, row in _jsonl(fh, "corpus.jsonl"))
+    return False
+
+
+def nothing_to_find(source: str | Path, split: str) -> str:
+    """The refusal of a split that judges no document of its corpus relevant."""
+    return (f"{source}'s {split} split judges no document of its corpus relevant, so every score on it would be 0; "
+            "fix its qrels, or choose another split (--dev-split, or none)")
+
+
 def _holds_corpus(folder: Path) -> bool:
     """Whether a folder holds a BEIR dataset's corpus.jsonl, itself or in a folder in it (an unpacked archive)."""
     return (folder / "corpus.jsonl").is_file() or any(folder.glob("*/corpus.jsonl"))

@@ -101,7 +101,8 @@ def parse_qrels(rows: Iterable[tuple[int, list[str]]], source: str) -> dict[str,
     qrels: dict[str, dict[str, int]] = {}
     width, beir_header = 0, False  # the first judgement's field count is the file's format
     for line_no, parts in rows:
-        if len(parts) == 3 and parts[0] == "query-id":
+        if len(parts) == 3 and (parts[0] == "query-id" or not width and parts[0].lower() in _ID_COLUMNS
+                                and not _is_number(parts[-1])):  # BEIR's header, or `query_id corpus_id score`
             beir_header = True
             continue
         if not width and len(parts) == 4 and parts[0].lower() in _ID_COLUMNS + ("topic",) and not _is_number(parts[-1]):

@@ -16,11 +16,18 @@ DEFAULT_ALPHA, DEFAULT_PRF_DOCS, DEFAULT_PRF_WEIGHT = 0.5, 3, 0.25
 
 
 def tuning_split(dataset: BeirDataset, split: str) -> str | None:
-    """dev if the dataset has it, else train (never the reported split)."""
+    """dev if the dataset has it, else train (never the reported split); either only where it judges a document of
+    the corpus relevant: a dev split that finds nothing scored every setting 0, and a tie-break chose."""
     for candidate in ("dev", "train"):
-        if candidate != split and dataset.qrels.get(candidate):
+        if candidate != split and judges_findable(dataset, candidate):
             return candidate
     return None
+
+
+def judges_findable(dataset: BeirDataset, split: str) -> bool:
+    """Whether ``split`` judges some document of the corpus relevant (else every search scores 0 on it)."""
+    return any(grade > 0 and doc in dataset.corpus for docs in dataset.qrels.get(split, {}).values()
+               for doc, grade in docs.items())
 
 
 def judged_queries(dataset: BeirDataset, split: str) -> tuple[dict, list[str], list[str]]:
@@ -181,12 +188,14 @@ def tune_collection(collection: str | Path, dataset_name: str, *, data_dir: str 
                          "dense or BM25 leg (--dense, --bm25)")
     source = locate_dataset(dataset_name, data_dir)
     dataset = load_beir(source, splits=tuple(dict.fromkeys(("test", "train", "dev", split))))
-    if split not in dataset.qrels:  # a misspelt --split would otherwise be tuned on without notice
-        raise ValueError(f"{source} has no qrels/{split}.tsv for --split; it has {', '.join(sorted(dataset.qrels)) or 'none'}")
+    if split not in dataset.qrels and split != "test":  # a misspelt --split would be tuned on without notice; a
+        raise ValueError(f"{source} has no qrels/{split}.tsv for --split; it has "  # dataset without test: none to keep
+                         f"{', '.join(sorted(dataset.qrels)) or 'none'}")
     tune_split = tuning_split(dataset, split)
     if tune_split is None:
-        raise ValueError(f"{dataset.name} has no train or dev qrels apart from {split!r}: nothing to tune on without "
-                         "touching the reported split; the documented defaults stay")
+        raise ValueError(f"{dataset.name} has no train or dev qrels apart from {split!r} that judge a document of its "
+                         "corpus relevant: nothing to tune on without touching the reported split; the documented "
+                         "defaults stay")
     check_judged_documents(searcher, dataset, tune_split, collection, say)
     backend = InProcess(searcher)
     fusion, prf = tune_fusion_and_prf(backend, dataset, tune_split, k, say, legs=legs, progress=progress)

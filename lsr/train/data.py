@@ -152,6 +152,9 @@ def _example(line: str, where: str) -> Example:
 
 KEYS = ("query", "positive", "negatives", "scores")
 _KEYS_SAID = "query or anchor, positive, negatives or negative / negative_1..N, scores"
+# Keys holding these are hard negatives or teacher scores under another name ("neg", "hard_negs", "teacher_scores"),
+# however far from ours: dropped, the run trained without them.
+_STEMS = (("neg", "negatives"), ("score", "scores"))
 
 
 def _our_names(row: dict[str, Any], where: str) -> dict[str, Any]:
@@ -171,7 +174,8 @@ def _our_names(row: dict[str, Any], where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: a 'label' column is not read; give the teacher's 'scores' (the positive's, then "
                          "each negative's) for margin-MSE distillation, or drop it")
     for key in row:
-        close = difflib.get_close_matches(key.lower(), KEYS, n=1, cutoff=0.75) if key not in KEYS else []
+        close = [] if key in KEYS else (difflib.get_close_matches(key.lower(), KEYS, n=1, cutoff=0.75)
+                                        or [ours for stem, ours in _STEMS if stem in key.lower()][:1])
         if close:
             raise ValueError(f"{where}: unknown key {key!r}; did you mean {close[0]!r}? (keys: {_KEYS_SAID})")
     return row

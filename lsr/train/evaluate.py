@@ -35,6 +35,11 @@ def quality_scorer(encoder: SpladeEncoder, dataset: str, split: str, *, data_dir
     data = load_beir(source, splits=(split,))
     if split not in data.qrels:
         raise ValueError(f"{source} has no qrels/{split}.tsv to evaluate on")
+    from lsr.eval.datasets import nothing_to_find
+    from lsr.eval.tuning import judges_findable
+
+    if not judges_findable(data, split):  # every score 0: validation kept step 0's weights, and exit 0
+        raise ValueError(nothing_to_find(source, split))
     qrels = data.qrels[split]
     qids = [q for q in qrels if q in data.queries]
 
