@@ -853,8 +853,13 @@ def test_a_decoder_only_backbone_trains_and_reloads_as_a_decoder_encoder(example
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "start")
     tokenizer.save_pretrained(tmp_path / "start")
+    # what the folder says it reads: the trained folder lost it, so search read other text than training did
+    (tmp_path / "start" / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48,
+                                                                              "do_lower_case": True}))
+    (tmp_path / "start" / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "query: ", "document": "passage: "}}))
     model = TrainableSplade.load(str(tmp_path / "start"), device="cpu", dtype="fp32", max_length=64, query_max_length=16)
-    assert isinstance(model.encoder, DecoderSpladeEncoder)
+    assert isinstance(model.encoder, DecoderSpladeEncoder) and model.encoder.lowercase
     before = _loss(model, examples)
     config = TrainConfig(blend=1.0, epochs=4, batch_size=4, lr=1e-3, max_length=64, query_max_length=16)
     train(model, examples, tmp_path / "run", config, progress=False)
@@ -862,9 +867,12 @@ def test_a_decoder_only_backbone_trains_and_reloads_as_a_decoder_encoder(example
     save_model_folder(model, tmp_path / "out")
     texts = ["aspirin lowers the risk of heart attacks", "vitamin d and bone fractures"]  # shorter than any budget
     reloaded = DecoderSpladeEncoder.from_pretrained(str(tmp_path / "out"), device="cpu", max_length=64)
+    assert (reloaded.lowercase, reloaded.prompts) == (True, model.encoder.prompts)
+    as_found = DecoderSpladeEncoder.from_pretrained(str(tmp_path / "out"), device="cpu")  # 256 when it was lost
+    assert as_found.max_length == model.encoder.max_length == 64
     with torch.no_grad():
-        np.testing.assert_allclose(reloaded.encode_documents(texts).to_dense(), model.encode(texts, 64).numpy(),
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(reloaded.encode_documents(texts).to_dense(),
+                                   model.encode(texts, 64, model.encoder.prompts.document).numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_batch_scores_each_document_once_and_never_pushes_down_a_judged_one():

@@ -86,16 +86,18 @@ def _write_model_files(trainable: TrainableSplade, out: Path) -> None:
     if trainable.idf is not None:  # the inference-free query side: InferenceFreeQueryEncoder reads this table
         idf = trainable.search_idf()
         write_json_atomic(out / IDF_TABLE, {encoder.vocab[i]: float(idf[i]) for i in idf.nonzero()[0]})
-    if isinstance(encoder, DecoderSpladeEncoder):
-        return  # echo pooling over a causal LM has no SparseEncoder module: DecoderSpladeEncoder loads the folder
     # SparseEncoder truncates where the encoder did at inference (the start's length: 256, or fewer where its folder or
-    # its positions say), not at the training length; it lowercases where the start did (it wrote 256 and false)
+    # its positions say), not at the training length; it lowercases where the start did (it wrote 256 and false). A
+    # decoder's folder keeps them too: its trained folder lost them, and search read other text than training did.
     write_json_atomic(out / "sentence_bert_config.json", {"max_seq_length": encoder.max_length,
                                                           "do_lower_case": encoder.lowercase})
+    decoder = isinstance(encoder, DecoderSpladeEncoder)  # echo pooling over a causal LM: no SparseEncoder module
     write_json_atomic(out / "config_sentence_transformers.json", {
-        "model_type": "SparseEncoder", "prompts": {"query": encoder.prompts.query, "document": encoder.prompts.document},
-        "default_prompt_name": None, "similarity_fn_name": "dot",
+        **({} if decoder else {"model_type": "SparseEncoder"}), "default_prompt_name": None,
+        "prompts": {"query": encoder.prompts.query, "document": encoder.prompts.document}, "similarity_fn_name": "dot",
     })
+    if decoder:
+        return  # DecoderSpladeEncoder loads the folder
     pooling = {"pooling_strategy": encoder.pooling, "activation_function": encoder.activation,
                "embedding_dimension": encoder.vocab_size}
     if trainable.idf is None:
