@@ -483,6 +483,24 @@ def test_inference_free_queries_use_idf_json(splade, tmp_path):
     assert weighted.encode_queries(["🙂", "[SEP] hello"]).to_dicts() == [{"[UNK]": 4.0}, {"[SEP]": 5.0, "hello": 1.0}]
 
 
+def test_an_idf_table_of_other_tokens_or_bad_weights_is_named(tmp_path, caplog):
+    """A table none of whose tokens the tokenizer has gave every query no terms, 0 hits and no word; bad weights were
+    "idf must be a 1-D array ...", numpy's "could not convert string", or a string "2.5" taken as 2.5."""
+    folder = tmp_path / "doc-only-model"
+    shutil.copytree(resolve_model("splade-tiny"), folder)
+    table = folder / "idf.json"
+    for content, message in (({}, "names none of the tokenizer's tokens"), ({"Ġrisk": 2.0}, "names none of the"),
+                             ({"risk": "2.5"}, "token 'risk' has the weight '2.5'"), ({"risk": -1}, "weight -1;"),
+                             ({"risk": [1.0]}, r"weight \[1.0\]"), ({"risk": True}, "weight True"), ([1.0, 2.0], "a list")):
+        table.write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=f"^{re.escape(str(table))}.*{message}"):
+            InferenceFreeQueryEncoder.from_pretrained(str(folder))
+    table.write_text(json.dumps({"risk": 2.0, "Ġcancer": 1.0}))
+    with caplog.at_level("WARNING", logger="lsr.encode.splade"):
+        assert InferenceFreeQueryEncoder.from_pretrained(str(folder)).encode_queries(["risk"]).to_dicts() == [{"risk": 2.0}]
+    assert "names 1 tokens the tokenizer does not have (such as 'Ġcancer')" in caplog.text
+
+
 def test_inference_free_without_idf_explains_what_to_pass():
     with pytest.raises(ValueError, match="idf.json"):
         InferenceFreeQueryEncoder.from_pretrained("splade-tiny")

@@ -31,7 +31,7 @@ from lsr.ingest.progress import progress_bar
 from lsr.kernels import splade_max_pool
 from lsr.kernels.pool import check_impl
 from lsr.kernels.pool_torch import splade_sum_pool_chunked
-from lsr.sparse import SparseBatch
+from lsr.sparse import SparseBatch, short_repr
 
 log = logging.getLogger(__name__)
 
@@ -562,8 +562,11 @@ class InferenceFreeQueryEncoder:
         tokenizer = load_tokenizer(name_or_path)
         vocab_size = len(tokenizer.get_vocab())
         table_path = idf_table_path(folder)
+        where = "idf"
         if idf is None and table_path is not None:
-            idf = load_json(table_path)
+            idf, where = load_json(table_path), table_path
+            if not isinstance(idf, dict):
+                raise ValueError(f"{table_path} must map tokens to IDF weights, not hold a {type(idf).__name__}")
         if idf is None and index is not None:
             idf = idf_of_index(index)
         if idf is None:
@@ -572,12 +575,7 @@ class InferenceFreeQueryEncoder:
                 "(an InvertedIndex whose document frequencies give the weights)"
             )
         if isinstance(idf, dict):
-            vocab = tokenizer.get_vocab()
-            table = np.zeros(max(vocab_size, max(vocab.values()) + 1), np.float32)
-            for token, weight in idf.items():
-                if token in vocab:
-                    table[vocab[token]] = weight
-            idf = table
+            idf = _idf_table(idf, tokenizer.get_vocab(), vocab_size, where)
         if query_max_length is None:
             query_max_length = default_query_length(folder, tokenizer)
         prompt = read_prompts(folder).query if os.path.isdir(folder) else ""
@@ -619,6 +617,26 @@ class InferenceFreeQueryEncoder:
                     raise ValueError(f"the IDF table changed size: {len(idf)} weights for a {self.vocab_size}-term vocabulary")
                 self.idf = idf
         return self.idf
+
+
+def _idf_table(weights: dict, vocab: dict[str, int], vocab_size: int, where: str) -> np.ndarray:
+    """A weight per vocabulary id from a {token: IDF} mapping, each weight checked and named where it is wrong. A
+    table whose tokens the tokenizer lacks gave every query no terms (0 hits, unsaid); some such are a warning."""
+    table = np.zeros(max(vocab_size, max(vocab.values()) + 1), np.float32)
+    unknown = [token for token in weights if token not in vocab]
+    for token, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < 3.4e38:
+            raise ValueError(f"{where}: token {short_repr(token)} has the weight {short_repr(weight)}; an IDF weight is "
+                             "a finite number >= 0")
+        if token in vocab:
+            table[vocab[token]] = weight
+    if len(unknown) == len(weights):
+        raise ValueError(f"{where} names none of the tokenizer's tokens ({len(weights):,} entries), so every query "
+                         "would have no terms; is it the table of another model?")
+    if unknown:
+        log.warning("%s names %d tokens the tokenizer does not have (such as %s); they are left out", where,
+                    len(unknown), short_repr(unknown[0]))
+    return table
 
 
 def _checked_idf(idf: Any) -> np.ndarray:
