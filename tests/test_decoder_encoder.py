@@ -193,6 +193,9 @@ def test_a_folder_whose_architectures_name_no_head_is_loaded_by_its_model_type(t
     assert main(["encode", "--model", str(tmp_path / "no-architectures"), "--input", str(corpus), "--output",
                  str(tmp_path / "vectors.parquet"), "--max-length", "64", "--device", "cpu", "--quiet"]) == 0
     assert "1 truncated at 32 tokens" in capsys.readouterr().out  # each echoed copy keeps half: it said 64
+    (tmp_path / "no-architectures" / "model.safetensors").unlink()  # a vectors file needs the terms, not the weights
+    assert main(["index", str(tmp_path / "vectors.parquet"), str(tmp_path / "col"), "--pre-encoded", "--dense", "none",
+                 "--quiet"]) == 0  # "could not load model ... no file named model.safetensors"
     with pytest.raises(ModelNotFoundError, match="has no LlamaForCausalLM head .* not a SPLADE model"):
         SpladeEncoder.from_pretrained(str(tmp_path / "headless"), device="cpu", query_max_length=64)
     LlamaForCausalLM(model.config).save_pretrained(tmp_path / "no-tokenizer")  # was told to install sentencepiece or tiktoken

@@ -25,7 +25,7 @@ from lsr.encode.idf import idf_of_index
 from lsr.encode.models import check_tokenizer_fits, document_length, load_with_hint, quiet_loader, resolve_model
 from lsr.encode.st_folder import (ACTIVATIONS, Prompts, load_json, read_lowercase, read_max_active_dims, read_prompts,
                                   read_splade_pooling, with_prompt)
-from lsr.encode.terms import load_tokenizer, transformers_tokenizer, vocabulary_of
+from lsr.encode.terms import is_causal_lm, load_tokenizer, transformers_tokenizer, vocabulary_of
 from lsr.encode.texts import check_texts, is_blank, lowercased
 from lsr.ingest.progress import progress_bar
 from lsr.kernels import splade_max_pool
@@ -487,25 +487,6 @@ class DecoderSpladeEncoder(SpladeEncoder):
         start = len(self._bos) + lengths
         position = torch.arange(mask.shape[1])
         return input_ids, mask, ((position >= start) & (position < start + lengths)).long()
-
-
-def is_causal_lm(config: Any) -> bool:
-    """A decoder-only LM, pooled by ``DecoderSpladeEncoder``'s echo: Llama and Mistral (``...ForCausalLM``), GPT-2
-    (``GPT2LMHeadModel``, which the ``ForCausalLM`` test alone missed). Where the architectures name neither head (none
-    listed, a bare ``LlamaModel``, a classifier), the model type says: one transformers loads only as a causal LM is
-    one (a GPT-2 folder without ``architectures`` was loaded as a masked LM, and refused in transformers' words; a
-    headless Llama's error did not say it lacked its head). ``config``: a transformers config or a config.json dict."""
-    fields = config if isinstance(config, dict) else config.to_dict()
-    names = [str(name) for name in fields.get("architectures") or []]
-    if fields.get("is_decoder") or any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names):
-        return True
-    if any(name.endswith("ForMaskedLM") for name in names) or not fields.get("model_type"):
-        return False
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
-
-    kind = fields["model_type"]
-    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def folder_config(name_or_path: str) -> dict | None:

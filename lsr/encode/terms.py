@@ -62,6 +62,25 @@ def transformers_tokenizer(name_or_path: str) -> Any:
     return tokenizer
 
 
+def is_causal_lm(config: Any) -> bool:
+    """A decoder-only LM, pooled by ``DecoderSpladeEncoder``'s echo: Llama and Mistral (``...ForCausalLM``), GPT-2
+    (``GPT2LMHeadModel``, which the ``ForCausalLM`` test alone missed). Where the architectures name neither head (none
+    listed, a bare ``LlamaModel``, a classifier), the model type says: one transformers loads only as a causal LM is
+    one (a GPT-2 folder without ``architectures`` was loaded as a masked LM, and refused in transformers' words; a
+    headless Llama's error did not say it lacked its head). ``config``: a transformers config or a config.json dict."""
+    fields = config if isinstance(config, dict) else config.to_dict()
+    names = [str(name) for name in fields.get("architectures") or []]
+    if fields.get("is_decoder") or any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names):
+        return True
+    if any(name.endswith("ForMaskedLM") for name in names) or not fields.get("model_type"):
+        return False
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    kind = fields["model_type"]
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def model_terms(name_or_path: str) -> ModelTerms | None:
     """The terms of a model folder on disk (local, bundled or a cached hub snapshot) whose config.json names a
     vocabulary head and states ``vocab_size``; None otherwise: load the encoder, whose loader then downloads the
@@ -75,9 +94,9 @@ def model_terms(name_or_path: str) -> ModelTerms | None:
     if not isinstance(config, dict):
         return None
     size, heads = config.get("vocab_size"), config.get("architectures") or []
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 \
-            or not any(str(name).endswith(VOCABULARY_HEADS) for name in heads):
-        return None
+    headed = any(str(name).endswith(VOCABULARY_HEADS) for name in heads) or (not heads and is_causal_lm(config))
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or not headed:  # a causal LM without
+        return None  # architectures loads by its model_type: its terms are read without its weights too
     tokenizer = load_tokenizer(name_or_path)
     check_tokenizer_rows(tokenizer, size, folder)  # a folder without tokenizer files gets a 5-token stand-in
     return ModelTerms(str(name_or_path), size, vocabulary_of(tokenizer, size))

@@ -14,7 +14,8 @@ import torch
 
 from lsr.encode.models import load_with_hint
 from lsr.encode.st_folder import with_prompt
-from lsr.encode.splade import DecoderSpladeEncoder, SpladeEncoder, is_causal_lm
+from lsr.encode.splade import DecoderSpladeEncoder, SpladeEncoder
+from lsr.encode.terms import is_causal_lm
 from lsr.kernels import splade_max_pool
 
 
