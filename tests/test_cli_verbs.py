@@ -349,7 +349,7 @@ def _write(path: Path, text: str) -> Path:
     (lambda t: t.set_column(t.schema.get_field_index("indices"), "indices", pa.array(
         [[2**32 + 5]] * t.num_rows, pa.list_(pa.int64()))).set_column(t.schema.get_field_index("values"), "values",
                                                                       pa.array([[1.0]] * t.num_rows, pa.list_(pa.float32()))),
-     "term id 4294967301 outside the vocabulary"),  # was taken as term 5: int64 ids wrapped to int32
+     "row 1 has the term id 4294967301, outside the vocabulary"),  # was taken as term 5: int64 ids wrapped to int32
     (lambda t: t.set_column(t.schema.get_field_index("values"), "values", pa.array(
         [[0.5]] * (t.num_rows - 1) + [[0.5] * (len(t.column("indices")[t.num_rows - 1]) + 1)], pa.list_(pa.float32()))),
      "row 1 has 36 term ids but 1 weights"),  # the weights were read by the ids' offsets: shifted row to row
@@ -359,7 +359,7 @@ def _write(path: Path, text: str) -> Path:
     (lambda t: t.set_column(t.schema.get_field_index("indices"), "indices", pa.array(
         [[3, 3]] * t.num_rows, pa.list_(pa.int32()))).set_column(t.schema.get_field_index("values"), "values",
                                                                 pa.array([[0.5, 1.5]] * t.num_rows, pa.list_(pa.float32()))),
-     "row 0 holds term 3 twice"),  # indexed as the sum of both weights, while to_dicts kept one of them
+     "row 1 holds term 3 twice"),  # indexed as the sum of both weights, while to_dicts kept one of them
 ], ids=["scalar-indices", "vocab-size-text", "int64-term-id", "misaligned-weights", "nan-weight", "repeated-term"])
 def test_a_tampered_vectors_file_is_one_line_naming_it(collections, tmp_path, capsys, tamper, message):
     """Each was a traceback, or an error that did not say which file."""
