@@ -959,3 +959,15 @@ def test_lsr_search_without_arguments_names_only_the_collection_as_required(caps
         cli_main(["search"])
     assert stopped.value.code == 2
     assert "the following arguments are required: COLLECTION; see lsr search --help" in capsys.readouterr().err
+
+
+def test_verbose_prints_an_errors_traceback_and_is_told_to_go_before_the_verb(collections, capsys):
+    """-v printed nothing more than the error's line (lsr logs nothing at debug level), and typed after the verb it
+    was refused as an unknown argument with no hint."""
+    assert cli_main(["-v", "doc", str(collections["direct"]), "ghost"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "KeyError" not in err.splitlines()[-1]
+    assert err.splitlines()[-1].startswith("lsr doc: error: no document 'ghost' in")
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["doc", str(collections["direct"]), "coffee", "-v"])
+    assert stop.value.code == 2 and "(-v goes before the verb: lsr -v VERB ...)" in capsys.readouterr().err

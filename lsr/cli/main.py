@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import NoReturn
 
@@ -40,6 +41,8 @@ class OneLineErrors(argparse.ArgumentParser):
         if "invalid choice: '" in message:
             typed, choices = message.split("invalid choice: '", 1)[1].split("'", 1)[0], VERBS
         elif message.startswith("unrecognized arguments: "):
+            if {"-v", "--verbose"} & set(message.split()[2:]):  # a flag of lsr itself, typed after the verb
+                return " (-v goes before the verb: lsr -v VERB ...)"
             typed = next((word.split("=", 1)[0] for word in message.split()[2:] if word.startswith("--")), "")
             choices = [option for option in self._option_string_actions if option.startswith("--")]
         else:
@@ -58,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                "delete; 2 a bad input (fix it); 130 / 143 stopped by Ctrl-C / SIGTERM, checkpoints kept. Each verb "
                "has --help; README.md and docs/cli.md (every flag and default) have the rest.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging from every library (gRPC's core included), and an error's traceback "
+                             "before its line, for a bug report")
     parser.add_argument("-V", "--version", action=_PrintVersion, help="print lsr's version (quote it in a bug report) "
                         "and exit")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -274,15 +279,20 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except MachineStateError as exc:  # the machine's state, not the input: the same command can work later
-        print(f"lsr {args.verb}: error: {exc}", file=sys.stderr)
-        return 1
+        return _failed(args, exc, str(exc), 1)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as exc:
         # User-facing errors: one line naming what is wrong, no stack trace.
-        print(f"lsr {args.verb}: error: {_error_text(exc)}", file=sys.stderr)
-        return 2
+        return _failed(args, exc, _error_text(exc), 2)
     except OSError as exc:  # the machine's, not the input's: a read-only folder, a full disk, a folder for a file
-        print(f"lsr {args.verb}: error: {_error_text(exc)}", file=sys.stderr)
-        return 1
+        return _failed(args, exc, _error_text(exc), 1)
+
+
+def _failed(args: argparse.Namespace, exc: BaseException, text: str, code: int) -> int:
+    """The error's one line, and ``code``; with -v its traceback first (-v printed nothing more than the line)."""
+    if args.verbose:
+        traceback.print_exception(exc)
+    print(f"lsr {args.verb}: error: {text}", file=sys.stderr)
+    return code
 
 
 def _error_text(exc: BaseException) -> str:
