@@ -589,6 +589,13 @@ def test_a_data_dir_that_is_no_folder_is_an_error_not_a_fallback(tmp_path):
         locate_dataset("scifact", tmp_path / "nowhere")
 
 
+def test_an_lsr_beir_dir_that_is_no_folder_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    """LSR_BEIR_DIR misspelt fell through to the shared copies, as --data-dir once did, with no word."""
+    monkeypatch.setenv("LSR_BEIR_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="LSR_BEIR_DIR is .*nowhere, which is no folder"):
+        locate_dataset("scifact")
+
+
 def _eval_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     """BEIR qrels of q1..q3, a run answering all three and one answering q1 alone."""
     qrels = tmp_path / "qrels.tsv"

@@ -70,6 +70,10 @@ def test_fusion_flags_on_a_collection_without_dense_vectors_fuse_the_legs_it_has
                      "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert hits and any(hit.get("bm25_score") is not None for hit in hits), hits
+    # the weight is what asks for the leg, not the mode: it said "hybrid mode needs dense vectors ... re-index"
+    assert cli_main(["search", str(collections["direct"]), "coffee", "--mode", "hybrid", "--dense-weight", "0.2"]) == 2
+    assert ("the dense weight 0.2 weighs a dense list, and this collection has none (built with --dense none); leave "
+            "it out (--dense-weight)") in capsys.readouterr().err
 
 
 def test_pre_encoded_vectors_need_the_models_terms_not_its_weights(corpus, collections, tmp_path, capsys):
@@ -422,6 +426,8 @@ def test_an_output_that_cannot_be_written_fails_before_the_work_naming_it(collec
         assert capsys.readouterr().err == f"lsr {argv[0]}: error: cannot write {target}: No such file or directory\n"
     assert cli_main(["encode", "--input", str(corpus), "--output", str(tmp_path)]) == 2  # bad input, not the machine
     assert f"{tmp_path} is a folder; give the path of a file to write" in capsys.readouterr().err
+    assert cli_main(["encode", "--input", str(corpus), "--output", str(corpus / "v.parquet")]) == 2  # was "File
+    assert f"{corpus} is a file, not a folder" in capsys.readouterr().err  # exists", exit 1: the machine's
     assert not list(tmp_path.glob(".*probe"))
 
 

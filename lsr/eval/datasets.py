@@ -178,6 +178,9 @@ def search_dirs(data_dir: str | Path | None = None) -> list[Path]:
     A ``data_dir`` that is no folder is an error: a misspelt --data-dir fell through to the shared copies unsaid."""
     if data_dir and not Path(data_dir).expanduser().is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist")
+    env = os.environ.get("LSR_BEIR_DIR")
+    if env and not Path(env).expanduser().is_dir():  # a typo fell through to the shared copies without a word
+        raise FileNotFoundError(f"LSR_BEIR_DIR is {env}, which is no folder; fix it, or unset it")
     folders = [Path(d).expanduser() for d in (data_dir, os.environ.get("LSR_BEIR_DIR")) if d]
     return folders + shared_dirs() + [cache_dir() / "beir"]
 

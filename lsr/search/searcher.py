@@ -813,6 +813,9 @@ class Searcher:
         if dense is not None and mode == "sparse":
             raise ValueError("a dense vector query needs mode dense or hybrid")
         if "dense" in legs and self.dense_dim is None:
+            if given_hybrid is not None and given_hybrid.dense_weight:  # hybrid runs without it here: the weight is all
+                raise FailedPrecondition(f"the dense weight {given_hybrid.dense_weight:g} weighs a dense list, and this "
+                                         "collection has none (built with --dense none); leave it out (--dense-weight)")
             raise FailedPrecondition(f"{mode} mode needs dense vectors, and this collection has none; re-index with --dense minilm")
 
     def _sparse_query(self, sparse: dict[str | int, float]) -> dict[int, float]:
