@@ -56,3 +56,30 @@ def test_a_disabled_bar_writes_nothing(tmp_path):
         finally:
             sys.stderr = saved
     assert (tmp_path / "log").read_text() == ""
+
+
+def test_log_lines_during_a_bar_in_a_log_file_start_lines_of_their_own(tmp_path):
+    """Into a file a bar's line has no end until it redraws: a training log read "...[00:00<?, ?step/s]2026-12-07
+    17:20:49,952 INFO ... step 50: dev nDCG@10 0.9754". Two lines in a row get no blank line between them."""
+    import logging
+
+    from lsr.ingest.progress import BarSafeHandler
+
+    logger = logging.getLogger("lsr.test.progress")
+    with open(tmp_path / "log", "w") as log:
+        saved, sys.stderr = sys.stderr, log
+        handler = BarSafeHandler(log)
+        logger.addHandler(handler)
+        try:
+            with progress_bar("train", 10) as bar:
+                bar.update(1)
+                logger.warning("step 1: dev nDCG@10 0.97")
+                logger.warning("step 1: kept")
+                bar.update(9)
+        finally:
+            logger.removeHandler(handler)
+            sys.stderr = saved
+    with open(tmp_path / "log", newline="") as log:  # a bar's redraws start with "\r", as written
+        lines = log.read().split("\n")
+    assert "step 1: dev nDCG@10 0.97" in lines and "step 1: kept" in lines and "" not in lines[:-1]
+    assert lines.index("step 1: kept") == lines.index("step 1: dev nDCG@10 0.97") + 1

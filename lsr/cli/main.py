@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "INFO" if args.verbose else "ERROR")
     # our INFO lines, and other libraries' warnings only: torch's exit-time INFO lines (FakeTensor cache stats) came
     # after a Ctrl-C's message, and matplotlib's "generated new fontManager" in the README's first run
-    handler = logging.StreamHandler(sys.stderr)
+    from lsr.ingest.progress import BarSafeHandler
+
+    handler = BarSafeHandler(sys.stderr)
     if args.verb not in LOGGING_VERBS and not args.verbose:
         handler.setFormatter(OwnLinesBare(LOG_FORMAT))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format=LOG_FORMAT,

@@ -1,7 +1,8 @@
 """Progress for long work (indexing, encoding, training, batch search, tuning): one bar style on stderr, a true total.
 
 Bars are context managers, so they are closed (their line ended) before an error prints; log lines
-that would land inside a bar (per-batch truncation warnings) are silenced while it runs and counted instead.
+that would land inside a bar (per-batch truncation warnings) are silenced while it runs and counted instead, and
+the others (``BarSafeHandler``) start a line of their own.
 On a terminal a bar redraws in place several times a second; into a log file or pipe (nohup, CI, ``2> log``) it
 redraws every ``LOG_REDRAW_S`` seconds, so the log holds a readable trail instead of thousands of updates.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,6 +26,29 @@ def progress_bar(desc: str, total: int | None, *, initial: int = 0, enabled: boo
     interval = 0.1 if sys.stderr.isatty() else LOG_REDRAW_S
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, smoothing=0.05,
                 dynamic_ncols=True, file=sys.stderr, mininterval=interval, maxinterval=max(10.0, interval))
+
+
+class BarSafeHandler(logging.StreamHandler):
+    """Log lines on a line of their own while a bar runs: on a terminal the bars are cleared and redrawn around
+    them; into a file or pipe, where a bar's line has no end until its next redraw, a line is ended first (a
+    training log read "...[00:00<?, ?step/s]2026-12-07 17:20:49,952 INFO ... step 50: dev nDCG@10 0.9754")."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._last = 0.0  # when this handler last wrote (time.time, as tqdm's last_print_t)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        bars = list(getattr(tqdm, "_instances", ()))  # the bars running (lsr's draw on stderr, as its log)
+        if bars and self.stream.isatty():
+            with tqdm.external_write_mode(file=self.stream):
+                super().emit(record)
+            return
+        if any(getattr(bar, "last_print_t", 0.0) >= self._last for bar in bars):  # a bar drew since this handler
+            self.stream.write("\n")
+        super().emit(record)
+        self._last = time.time()
 
 
 def rows_total(rows: int | None, limit: int | None) -> int | None:
