@@ -91,8 +91,8 @@ def one_shard(plain: Path, out: Path) -> None:
     write_shard_map(out, shard_map)
 
 
-def start_servers(collections: dict[str, Path], ray_address: str) -> dict[str, Server]:
-    servers = {}
+def start_servers(collections: dict[str, Path], ray_address: str, servers: dict[str, Server]) -> dict[str, Server]:
+    """A server per collection, each added to ``servers`` as it starts (the caller stops those on a failure)."""
     for name, path in collections.items():
         flags = ["--threads", "1", "--device", "cpu"]
         if name != "plain":
@@ -180,8 +180,9 @@ def main() -> int:
              log_to_driver=False)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "platform": platform.platform(), "load_average_at_start": os.getloadavg()}
-    servers = start_servers(collections, ray.get_runtime_context().gcs_address)
-    try:
+    servers: dict[str, Server] = {}
+    try:  # the servers started before one that fails are stopped too (they ran on, parented to init)
+        servers.update(start_servers(collections, ray.get_runtime_context().gcs_address, servers))
         wait_serving(servers)
         levels = [lv for c in args.concurrency for lv in measure(servers, texts, c, args)]
     finally:

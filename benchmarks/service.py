@@ -221,12 +221,14 @@ class Server:
         cmd = [sys.executable, "-m", "lsr", "serve", str(index), "--host", "127.0.0.1", "--port", "0", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.address = None
+        said: list[str] = []
         for line in self.proc.stderr:
             if "event=listening" in line:
                 self.address = line.split("address=")[1].split()[0]
                 break
-        if self.address is None:
-            raise RuntimeError(f"server did not start: {' '.join(cmd)}")
+            said = [*said[-4:], line.rstrip()]
+        if self.address is None:  # its own error line says why ("... holds an unsharded collection ...")
+            raise RuntimeError(f"server did not start: {' '.join(cmd)}\n" + "\n".join(said))
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()  # keep the pipe drained
 
     def stop(self) -> int:

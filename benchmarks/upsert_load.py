@@ -8,7 +8,8 @@ own, and the last one out hands what the encodes freed back to the system; befor
 search p50 of 41-43 ms and left the server at 2.1-2.2 GB; `lsr serve` keeps one malloc arena per core, without which
 the peak was 3.0 GB).
 
-    python benchmarks/upsert_load.py           # about 2 minutes on 2 cores
+    lsr index ../shared/data/beir/scifact.tar.gz /tmp/sci300 --limit 300
+    python benchmarks/upsert_load.py /tmp/sci300           # about 2 minutes on 2 cores
 """
 
 from __future__ import annotations
