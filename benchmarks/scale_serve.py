@@ -80,14 +80,21 @@ def build_collections(args) -> dict[str, Path]:
 
 
 def one_shard(plain: Path, out: Path) -> None:
-    """A sharded collection of one shard: a copy of the plain one as ``shard-000``, then the map."""
-    from lsr.ingest.sharding import ShardMap, is_sharded, write_shard_map
+    """A sharded collection of one shard: a copy of the plain one as ``shard-000``, its lsr.json saying it is shard 0
+    of 1 (a shard folder holding an unsharded collection is refused as misplaced), then the map."""
+    from lsr.files import sealed, write_json_atomic
+    from lsr.ingest.layout import META_FILE
+    from lsr.ingest.sharding import HASH_NAME, ShardMap, is_sharded, write_shard_map
 
     if is_sharded(out):
         return
     shard_map = ShardMap.of_size(1)
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(plain, shard_map.paths(out)[0])
+    shard = shard_map.paths(out)[0]
+    shutil.copytree(plain, shard)
+    meta = json.loads((shard / META_FILE).read_text(encoding="utf-8"))
+    meta.pop("crc32", None)
+    write_json_atomic(shard / META_FILE, sealed({**meta, "sharding": {"shard": 0, "n_shards": 1, "hash": HASH_NAME}}))
     write_shard_map(out, shard_map)
 
 
