@@ -9,6 +9,7 @@ truncated or changed, which is what an operator needs to act on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import gzip
@@ -48,6 +49,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     that fails or is interrupted (Ctrl-C, SIGTERM) removes its temporary file; a folder at ``path`` fails first."""
     if path.is_dir():  # found before the work, not at the rename after it
         raise IsADirectoryError(f"{path} is a folder; give the path of a file to write")
+    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
@@ -58,6 +60,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        for folder in made:  # a failed write leaves no folders it made (a full disk left them empty)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         if isinstance(exc, OSError) and _failed_writing(exc, tmp):
             raise write_failed(path, exc) from exc
         raise
@@ -102,7 +107,8 @@ def write_failed(path: Path, cause: OSError) -> OSError:
 
 def check_writable(path: Path) -> None:
     """Fail now, in one line, where a file cannot be written at ``path``, rather than after the work that fills it:
-    its folder is made (and kept), and a file is created beside it and removed."""
+    a file is created and removed in its folder, or in the nearest folder above it that exists (a folder it lacks
+    is made by the write itself, so a run that fails first leaves none behind)."""
     if path.is_dir():  # the input, not the machine: exit 2, as `lsr beir --out FILE`
         raise ValueError(f"{path} is a folder; give the path of a file to write")
     if is_stream(path):  # written straight into (``write_output``): no file is made beside it
@@ -113,9 +119,8 @@ def check_writable(path: Path) -> None:
     above = next((folder for folder in path.parents if folder.exists()), None)
     if above is not None and not above.is_dir():  # "cannot write ...: File exists", exit 1, for a path under a file
         raise ValueError(f"{above} is a file, not a folder, so {path} cannot be written under it")
-    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    probe = (above or path.parent) / f".{path.name}.{os.getpid()}.probe"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         open(probe, "xb").close()
         probe.unlink()
     except OSError as exc:

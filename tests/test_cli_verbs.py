@@ -429,6 +429,14 @@ def test_an_output_that_cannot_be_written_fails_before_the_work_naming_it(collec
     assert cli_main(["encode", "--input", str(corpus), "--output", str(corpus / "v.parquet")]) == 2  # was "File
     assert f"{corpus} is a file, not a folder" in capsys.readouterr().err  # exists", exit 1: the machine's
     assert not list(tmp_path.glob(".*probe"))
+    # a run that fails leaves no folder made for its output (the check made them, and kept them)
+    bad = _write(tmp_path / "bad.jsonl", '{"_id": "a", "text": "coffee"}\n{"_id": "a", "text": "tea"}\n')
+    assert cli_main(["encode", "--input", str(bad), "--output", str(tmp_path / "enc" / "a" / "v.parquet")]) == 2
+    assert cli_main(["search", str(tmp_path / "nowhere"), "--topics", str(topics), "--output",
+                     str(tmp_path / "runs" / "a" / "run.trec")]) == 2
+    assert not (tmp_path / "enc").exists() and not (tmp_path / "runs").exists()
+    assert cli_main(["encode", "--input", str(corpus), "--output", str(tmp_path / "enc" / "a" / "v.parquet")]) == 0
+    assert (tmp_path / "enc" / "a" / "v.parquet").is_file()  # the write makes them
 
 
 def test_eval_cuts_tied_scores_where_trec_eval_ranks_them():

@@ -438,3 +438,18 @@ def test_a_short_write_names_the_file_and_leaves_no_temporary(tmp_path):
                         r"\(a short write: is the disk full\?\)", short), out.stderr
     assert too_large == f"could not write {tmp_path / 'b.bin'}: File too large"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_atomic_write_leaves_no_folder_it_made(tmp_path):
+    """A write that fails (a full disk, Ctrl-C) removed its temporary file but kept the folders made for it, empty;
+    folders that were there before stay."""
+    from lsr.files import atomic_write
+
+    def fail(fh) -> None:
+        fh.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(OSError, match="could not write"):
+        atomic_write(tmp_path / "kept" / "made" / "deeper" / "file.bin", fail)
+    assert [p.name for p in tmp_path.rglob("*")] == ["kept"]

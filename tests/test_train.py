@@ -522,7 +522,7 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
                  "batch-size-1": ["--batch-size", "1", "--hard-negatives", "0"], "eval-unknown": ["--eval", "nosuchdataset"],
                  "jsonl-with-split": ["--split", "dev"], "jsonl-with-data-dir": ["--data-dir", str(tmp_path)],
                  "dev-every-without-dev": ["--dev-every", "10", "--patience", "5"]}.get(case, ["--negatives", "model"])
-    out = tmp_path / "out"
+    out = tmp_path / "runs" / "out"  # neither OUT nor the folder made for it is left behind
     if case == "out-under-a-file":
         out = data / "model"
     elif case == "out-inside-model":
@@ -531,7 +531,7 @@ def test_bad_input_fails_in_one_line_with_exit_2(case, message, scifact, tmp_pat
     assert main(["train", str(data), str(out), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lsr train: error:") and message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "base" / "out").exists()
 
 
 def test_an_existing_out_that_cannot_be_written_is_refused_before_anything_loads(tmp_path, capsys, unwritable_folder):

@@ -348,15 +348,15 @@ def _train(args, config, examples, out: Path, encoding: dict[str, str], say, mod
     """One run per OUT: a second `lsr train OUT --resume` while this one runs would interleave the checkpoints."""
     from lsr.files import exclusive_folder
 
-    created = not out.exists()
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
     try:
         with exclusive_folder(out):
             _check_out(out, args.resume)  # again, now that OUT is ours: a run that held it may have finished meanwhile
             return _train_in(args, config, examples, out, encoding, say, model, dev_split)
     except BaseException:
-        if created:  # a run that failed before its first checkpoint leaves no empty OUT behind
+        for folder in created:  # a run that failed before its first checkpoint leaves no empty OUT, nor its parents
             with contextlib.suppress(OSError):
-                out.rmdir()
+                folder.rmdir()
         raise
 
 
