@@ -290,6 +290,13 @@ def test_lsr_beir_serve_keeps_the_servers_log_out_of_the_results(tmp_path):
     assert report["dense_query_dtype"] == encoded["dense_dtype"]  # the served queries run as the documents did
     assert (f"Index encoded on {encoded['device']}: SPLADE {encoded['dtype']}, dense {encoded['dense_dtype']}; "
             f"dense queries {encoded['dense_dtype']}." in (out / "results.md").read_text())
+    temp = tmp_path / "tmp"  # without --out the log is a temporary file, which every run left behind
+    temp.mkdir()
+    run = subprocess.run([sys.executable, "-m", "lsr", "beir", "--dataset", "tiny", "--data-dir", str(data), "--serve",
+                          "--methods", "sparse", "--quiet"], capture_output=True, text=True, timeout=600,
+                         env={**env, "TMPDIR": str(temp)})
+    assert run.returncode == 0, run.stderr
+    assert f"its log: {temp}/lsr-serve-" in run.stderr and not list(temp.glob("lsr-serve-*"))
 
 
 def test_lsr_tune_stores_the_fusion_chosen_on_train_as_the_collections_default(tmp_path, capsys, caplog):

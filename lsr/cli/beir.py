@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
             dataset = load_beir(source)
             reported_qrels(dataset, args.split, source)
             collection, _ = cached_collection(source, dataset, options, progress=not args.quiet)
-            endpoint = stack.enter_context(_served(collection, args.threads, encoding, _serve_log(args.out)))
+            endpoint = stack.enter_context(_served(collection, args.threads, encoding, _serve_log(args.out),
+                                                   temporary=args.out is None))
         report = run_beir(args.dataset, data_dir=args.data_dir, split=args.split, methods=methods, k=args.k,
                           endpoint=endpoint, connection=None if args.serve else connection, tune_locally=collection,
                           out=args.out, options=options,
@@ -132,8 +133,9 @@ def _serve_log(out: str | None) -> Path:
 
 
 @contextlib.contextmanager
-def _served(collection: Path, threads: int | None, encoding: dict[str, str], log_path: Path):
-    """Run `lsr serve` on a free loopback port until the block ends; SIGTERM must drain it to exit 0."""
+def _served(collection: Path, threads: int | None, encoding: dict[str, str], log_path: Path, temporary: bool):
+    """Run `lsr serve` on a free loopback port until the block ends; SIGTERM must drain it to exit 0. A
+    ``temporary`` log is removed after a clean run (every run left one in the temp folder) and kept otherwise."""
     from lsr.service import Client
 
     with socket.socket() as probe:
@@ -159,6 +161,8 @@ def _served(collection: Path, threads: int | None, encoding: dict[str, str], log
         print(f"lsr serve stopped (exit {code})", file=sys.stderr)
         if code != 0 and sys.exc_info()[0] is None:
             raise RuntimeError(f"lsr serve exited with {code} after SIGTERM; expected a clean drain (0); see {log_path}")
+        if temporary and sys.exc_info()[0] is None:
+            log_path.unlink(missing_ok=True)
 
 
 def _wait_serving(client, server: subprocess.Popen, log_path: Path, timeout: float) -> None:
