@@ -72,8 +72,8 @@ def is_causal_lm(config: Any) -> bool:
     names = [str(name) for name in fields.get("architectures") or []]
     if fields.get("is_decoder") or any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names):
         return True
-    if any(name.endswith("ForMaskedLM") for name in names) or not fields.get("model_type"):
-        return False
+    if any(name.endswith("ForMaskedLM") for name in names) or not isinstance(fields.get("model_type"), str):
+        return False  # none, or a config.json's stray value
     from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                         MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
