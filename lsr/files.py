@@ -116,10 +116,10 @@ def check_writable(path: Path) -> None:
             raise OSError(f"cannot write {path}: {os.strerror(errno.EACCES)}")
         return
     path = Path(os.path.realpath(path))  # a symlink's target is written, beside which the temporary file goes
-    above = next((folder for folder in path.parents if folder.exists()), None)
-    if above is not None and not above.is_dir():  # "cannot write ...: File exists", exit 1, for a path under a file
+    above = next(folder for folder in path.parents if folder.exists())  # absolute: "/" at the latest
+    if not above.is_dir():  # "cannot write ...: File exists", exit 1, for a path under a file
         raise ValueError(f"{above} is a file, not a folder, so {path} cannot be written under it")
-    probe = (above or path.parent) / f".{path.name}.{os.getpid()}.probe"
+    probe = above / f".{path.name}.{os.getpid()}.probe"
     try:
         open(probe, "xb").close()
         probe.unlink()
