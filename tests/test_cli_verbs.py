@@ -519,6 +519,8 @@ def test_eval_compares_runs_with_a_paired_randomization_test(tmp_path, capsys):
 @pytest.mark.parametrize("run_text, qrels_text, message", [
     ("q1 Q0 d1 1 2.5 tag\nq1 Q0 d2 2\n", "q1 0 d1 1\n", "run.trec line 2: expected 'qid Q0 docid rank score tag', got 4"),
     ("q1 Q0 d1 1 nan tag\n", "q1 0 d1 1\n", "run.trec line 1: score 'nan' is not a finite number"),
+    ("q1 Q0 d1 1 1_000 tag\n", "q1 0 d1 1\n", "run.trec line 1: score '1_000' is not a finite number"),  # C's atof: 1
+    ("q1 Q0 d1 1 2 tag\n", "q1 0 d1 \uff11\n", "qrels.txt line 1: grade '\uff11' is not a whole number"),  # fullwidth
     ("q1 Q0 d1 1 2 tag\nq1 Q0 d1 2 1 tag\n", "q1 0 d1 1\n", "run.trec line 2: query 'q1' ranks document 'd1' twice"),
     ("q1 Q0 d1 1 2 tag\n", "q1 0 d1 inf\n", "qrels.txt line 1: grade 'inf' is not a whole number"),
     ("q1 Q0 d1 1 2 tag\n", "q1 0 d1 1e30\n", "qrels.txt line 1: grade '1e30' is not a whole number"),
@@ -530,7 +532,7 @@ def test_eval_compares_runs_with_a_paired_randomization_test(tmp_path, capsys):
     ("q1 0 d1 1\n", "q1 Q0 d1 1 2 tag\n",  # RUN and QRELS given the other way round
      "qrels.txt line 1: expected 'qid 0 docid grade' or 'query-id corpus-id score' (a TREC run's 6 fields: the run "
      "comes first, `lsr eval RUN QRELS`)"),
-], ids=["fields", "nan-score", "repeated-doc", "inf-grade", "huge-grade", "spaced-beir-id", "regraded", "latin1",
+], ids=["fields", "nan-score", "underscored-score", "fullwidth-grade", "repeated-doc", "inf-grade", "huge-grade", "spaced-beir-id", "regraded", "latin1",
         "swapped"])
 def test_eval_names_a_malformed_line(tmp_path, capsys, run_text, qrels_text, message):
     """Each was a traceback or a silently wrong score (a NaN run score: nDCG 0.82 for a perfect ranking)."""

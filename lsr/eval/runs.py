@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import IO, Iterable
 
@@ -47,12 +48,17 @@ def _check_field(what: str, value: str) -> None:
                          "without it, or `lsr search --json` with the queries on standard input")
 
 
+# trec_eval reads numbers with C's atof: Python's float() also took '1_000' and fullwidth digits, read otherwise there
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _number(text: str) -> float:
+    """The value of a plain ASCII decimal number, or NaN for any other text."""
+    return float(text) if _NUMBER.fullmatch(text) else math.nan
+
+
 def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return not math.isnan(_number(text))
 
 
 def read_trec_run(path: str | Path) -> Run:
@@ -63,10 +69,7 @@ def read_trec_run(path: str | Path) -> Run:
     for line_no, parts in _rows(path):
         if len(parts) != 6:
             raise ValueError(f"{path} line {line_no}: expected 'qid Q0 docid rank score tag', got {len(parts)} fields")
-        try:
-            score = float(parts[4])
-        except ValueError:
-            score = math.nan
+        score = _number(parts[4])
         if not math.isfinite(score):
             raise ValueError(f"{path} line {line_no}: score {parts[4]!r} is not a finite number")
         if not parts[3].isdigit():
@@ -122,10 +125,7 @@ def parse_qrels(rows: Iterable[tuple[int, list[str]]], source: str) -> dict[str,
         if spaced is not None:
             raise ValueError(f"{source} line {line_no}: id {spaced!r} is empty or holds whitespace, which no run can "
                              f"name{MIXED}")
-        try:
-            grade = float(parts[-1])
-        except ValueError:
-            grade = math.nan
+        grade = _number(parts[-1])
         if not (grade.is_integer() and abs(grade) <= MAX_GRADE):
             raise ValueError(f"{source} line {line_no}: grade {parts[-1]!r} is not a whole number up to {MAX_GRADE:,}")
         judged = qrels.setdefault(parts[0], {})
