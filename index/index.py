@@ -413,6 +413,9 @@ class InvertedIndex:
         version = manifest["version"] + 1
         merging = [state.segments[i] for i in chosen]
         (scale,) = {s.scale for s in merging}
+        for i in chosen:  # damage since open would be copied under a fresh crc32: lsr verify would call it intact
+            for record in state.manifest["segments"][i]["files"].values():
+                storage.check_file(self.path, record, full=True)
         parts, ids = [], []
         for seg in merging:
             live = np.flatnonzero(seg.deleted == 0)

@@ -333,6 +333,26 @@ def test_one_document_upserts_merge_tier_by_tier_and_keep_exact_results(tmp_path
         assert_exact_topk(reopened, {int(t): float(w) for t, w in zip(terms, rng.exponential(1.0, 6))}, k=10)
 
 
+def test_a_merge_refuses_a_segment_damaged_since_the_open_rather_than_rewrite_it_under_a_fresh_checksum(tmp_path):
+    """Bit rot after open under a long-lived writer: the merge copied the damaged rows into a new segment with a
+    valid crc32 and deleted the old file, so `lsr verify` called the index intact and the hits stayed wrong."""
+    from lsr.index.index import MERGE_FACTOR
+
+    index = InvertedIndex.build(tmp_path / "idx", SparseBatch.from_scipy(_vectors(3, 5)), [f"d{i}" for i in range(5)])
+    damaged = next(tmp_path.glob("idx/*doc_imp.npy"))
+    with open(damaged, "r+b") as fh:  # in place, as the writer's own mapping sees it
+        fh.seek(-1, 2)
+        last = fh.read(1)[0]
+        fh.seek(-1, 2)
+        fh.write(bytes([last ^ 0xFF]))
+    with pytest.raises(CorruptIndexError, match=f"{damaged.name} fails its crc32 checksum"):
+        for i in range(MERGE_FACTOR):  # the last one crowds the tier of one-document segments
+            index.add(SparseBatch.from_scipy(_vectors(4 + i, 1)), [f"n{i}"])
+    assert damaged.exists()
+    with pytest.raises(CorruptIndexError, match=damaged.name):
+        InvertedIndex.open(tmp_path / "idx").verify()
+
+
 def test_one_outlier_weight_that_rounds_the_others_away_is_a_warning(tmp_path, caplog):
     """One segment, one uint8 scale: a weight far above the rest (a damaged or foreign vectors file) rounds every
     other weight to 0, so a search finds only that document; the write says so instead of staying quiet."""
