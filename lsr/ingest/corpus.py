@@ -373,7 +373,8 @@ class CorpusReader:
         machine's (exit 1); the rest (pyarrow's, gzip's and zip's words about the bytes) mean a damaged file (exit 2)."""
         if isinstance(exc, OSError) and exc.errno in _MACHINE_ERRNOS:
             return OSError(f"cannot read {self.source}: {exc.strerror or exc}")
-        return ValueError(f"cannot read {self.source}: {exc} (a damaged, truncated or mislabelled file?)")
+        words = " ".join(str(exc).split())  # pyarrow's end in a newline: the hint went onto a line of its own
+        return ValueError(f"cannot read {self.source}: {words} (a damaged, truncated or mislabelled file?)")
 
     def _within_limit(self, chunk: DocChunk) -> DocChunk | None:
         """The part of ``chunk`` within ``limit`` (counted into stats), or None once the limit is reached."""

@@ -292,7 +292,8 @@ def _stage_parts(reader: CorpusReader, out: Path, options: "IndexOptions", state
             else:
                 expected = None
                 table = pa.table({"id": pa.array(block.ids, pa.string()), "text": pa.array(block.texts, pa.string())})
-                atomic_write(_staged(out, part), lambda fh, table=table: pq.write_table(table, fh))
+                atomic_write(_staged(out, part),
+                             lambda fh, table=table: pq.write_table(table, fh, write_page_checksum=True))
             if expected is not None and expected != hashes[-1]:
                 raise ResumeRefused(f"cannot resume {out}: documents of {reader.source} differ from the ones already "
                                  "encoded (the source changed); use --overwrite to start over")
@@ -319,7 +320,7 @@ class PartEncoder:
 
         counts = []
         for part in batch["part"].tolist():
-            table = pq.read_table(_staged(self.out, part))
+            table = pq.read_table(_staged(self.out, part), page_checksum_verification=True)
             ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
             block = DocChunk(ids, texts, list(range(len(ids))))
             sparse, dense, truncated = encode_block(block, *self.encoders, self.options, StageTimer({}), lambda _: None)

@@ -76,7 +76,8 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
                         table = vectors.to_arrow(part.ids).append_column("text", pa.array(part.texts, pa.string()))
                         table = table.append_column("truncated", pa.array(info.truncated.tolist(), pa.bool_()))
                         table = table.replace_schema_metadata({**table.schema.metadata, **file_metadata})
-                        writer = writer or pq.ParquetWriter(fh, table.schema, compression="zstd")
+                        writer = writer or pq.ParquetWriter(fh, table.schema, compression="zstd",
+                                                               write_page_checksum=True)
                         writer.write_table(table)
                         summary.docs += len(part)
                         summary.truncated += int(info.truncated.sum())
@@ -144,7 +145,7 @@ class VectorFileReader(CorpusReader):
         return int(self.metadata[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in self.metadata else None
 
     def _parquet_chunks(self) -> Iterator[DocChunk]:
-        pf = pq.ParquetFile(self.source)
+        pf = pq.ParquetFile(self.source, page_checksum_verification=True)  # a flipped bit was indexed unsaid
         self.stats.bytes_total = pf.metadata.num_rows
         columns = [*_COLUMNS, *(["text"] if self.has_text else []), *(["truncated"] if self.has_truncated else [])]
         first = 0
