@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from lsr.service import search_pb2, search_pb2_grpc
 from lsr.service.client import token_problem
+from lsr.service.health import SERVICE_NAME as HEALTH_SERVICE, Health
 from lsr.service.reload import Reloader
 from lsr.service.servicer import SearchServicer, Undecodable
 from lsr.service.streams import StreamGuard
@@ -267,9 +268,9 @@ class SearchServer:
             interceptors=interceptors, options=limits, maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         search_pb2_grpc.add_SearchServiceServicer_to_server(self.servicer, self._server)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.health = Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        enable_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        enable_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), self._server)
         address = f"{config.host}:{config.port}"
         check_port_free(config.host, config.port)
         if config.tls_cert is not None:

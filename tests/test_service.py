@@ -890,6 +890,36 @@ def test_prf_options_travel_whole_so_a_tuned_servers_stored_prf_fills_none_of_th
     assert prf_from_proto(options_to_proto(10, "hybrid", None, PrfOptions())["prf"], None).after_weight == 0.5
 
 
+def test_health_watch_streams_opened_and_cancelled_by_the_thousand_leave_the_server_answering(collections):
+    """grpcio-health-checking's servicer sent a Watch's first status under the lock that a cancelled stream's close
+    callback takes on gRPC's one polling thread: within a few hundred such streams (a load balancer's probes) every
+    call timed out for good, and SIGTERM hung in the drain."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = ServerProcess(collections["hybrid"], "--grace", "120").wait_listening()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for _ in range(1500):  # the old servicer stalled after 90 to 1,409 of them
+                watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+                watch.cancel()
+            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            listed = stub.List(health_pb2.HealthListRequest(), timeout=5).statuses
+            assert {name: s.status for name, s in listed.items()} == dict.fromkeys(
+                ("", "lsr.v1.SearchService"), health_pb2.HealthCheckResponse.SERVING)
+            with pytest.raises(grpc.RpcError) as unknown:
+                stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND and "'nope'" in unknown.value.details()
+            unknown_watch = stub.Watch(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
+            assert next(unknown_watch).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            unknown_watch.cancel()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
+    finally:
+        server.kill()
+
+
 def test_sigterm_does_not_wait_out_the_grace_for_health_watch_streams(collections):
     """A load balancer's health Watch stream stays open until cancelled: with nothing else in flight, a SIGTERM
     waited the whole --grace for it (30 s by default) before exiting."""
