@@ -27,7 +27,7 @@ class Health(health_pb2_grpc.HealthServicer):
         self._statuses = {"": health_pb2.HealthCheckResponse.SERVING}
         self._watchers: dict[str, set[_Send]] = {}
         self._registry = threading.Lock()  # statuses and watchers; held for dict updates only, never across a send
-        self._sending = threading.Lock()  # one change (or first status) sent at a time, so each stream sees them in order
+        self._sending = threading.Lock()  # one change (or first status) sent at a time: each stream sees them in order
         self._shutting_down = False
 
     def Check(self, request, context):
