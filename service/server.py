@@ -32,6 +32,7 @@ from lsr.service.health import SERVICE_NAME as HEALTH_SERVICE, Health
 from lsr.service.reload import Reloader
 from lsr.service.servicer import SearchServicer, Undecodable
 from lsr.service.streams import StreamGuard
+from lsr.stop_signals import stop_signals
 
 log = logging.getLogger("lsr.service")
 
@@ -364,7 +365,7 @@ def serve(open_searcher: Callable[[], Any], config: ServerConfig, reload: bool =
         # ``Event.wait(1.0)`` it interrupted as the wait timed out, and the server never drained nor exited.
         received.append(signum)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in stop_signals()}
     try:
         while not received:
             time.sleep(0.1)

@@ -25,6 +25,7 @@ if sys.argv[1] == "--own-terminal":  # as a shell's job: Ctrl-C on the terminal 
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     del sys.argv[1]
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # kept across exec, unlike a handler
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a test run under nohup ignores it
 os.execv(sys.executable, [sys.executable] + sys.argv[1:])
 """
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shlex
 import shutil
 import subprocess
 import sys
@@ -436,3 +437,36 @@ def test_an_empty_corpus_file_is_one_line_before_any_progress_bar(built, tmp_pat
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.err == f"lsr {verb}: error: {empty} is empty: it holds no documents\n" and not captured.out
+
+
+def _lsr_with(redirect: str, *argv: str) -> subprocess.CompletedProcess:
+    """`lsr ARGV REDIRECT` run by a shell, so a standard stream can be closed (`2>&-`) as a script closes it."""
+    command = " ".join(map(shlex.quote, [sys.executable, "-m", "lsr", *argv])) + " " + redirect
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+
+
+def test_closed_standard_streams_leave_a_verb_working_or_refused_in_one_line(built):
+    """With stderr closed Python leaves sys.stderr None: every verb that reached a progress bar failed with exit 1
+    and no word, and `lsr serve` answered every search INTERNAL. Closed stdout or stdin gave tracebacks (a finished
+    `lsr index` exited 1)."""
+    quiet = _lsr_with("2>&-", "search", str(built), "vitamin bone density", "-k", "1", "--mode", "sparse")
+    assert quiet.returncode == 0 and quiet.stdout.split()[2] == "vitamin"
+    unread = _lsr_with(">&-", "search", str(built), "vitamin", "--mode", "bm25")
+    assert unread.returncode == 2
+    assert unread.stderr == "lsr search: error: standard output is closed; redirect it to a file or /dev/null\n"
+    nothing_in = _lsr_with("<&-", "search", str(built), "--mode", "bm25")  # queries from stdin: none
+    assert nothing_in.returncode == 0 and nothing_in.stdout == "" and "Traceback" not in nothing_in.stderr
+
+
+def test_version_into_a_closed_pipe_or_a_full_disk_is_an_exit_code_not_a_traceback():
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone, as `lsr --version | true` can find it
+    try:
+        gone = subprocess.run([sys.executable, "-m", "lsr", "--version"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (gone.returncode, gone.stderr) == (141, "")
+    full = _lsr_with("> /dev/full", "--version")
+    assert full.returncode == 1
+    assert full.stderr == "lsr: error: cannot write to standard output: No space left on device\n"

@@ -163,6 +163,12 @@ def test_ctrl_c_kill_9_and_sigterm_then_resume_is_bit_identical(corpus, referenc
     assert f"Continue with: {shlex.join(['lsr', 'index', *args, '--resume'])}\n" in termed.stderr
     assert termed.stderr.endswith("terminated\n") and _shards(out) >= done + 2
 
+    done = _shards(out)  # a closed terminal or ssh session's SIGHUP killed it at once, with no hint
+    hung_up = _interrupt_after(_cli(*args, "--resume"), out, done + 1, signal.SIGHUP)
+    assert hung_up.returncode == 128 + signal.SIGHUP, hung_up.stderr
+    assert f"Continue with: {shlex.join(['lsr', 'index', *args, '--resume'])}\n" in hung_up.stderr
+    assert hung_up.stderr.endswith("hung up (SIGHUP)\n") and _shards(out) >= done + 1
+
     (out / ".lsr-build.json.4242.tmp").write_text('{"docs": ')  # a kill -9 inside the checkpoint's write leaves it
     third = subprocess.run(_cli(*args, "--resume"), capture_output=True, text=True)
     assert third.returncode == 0, third.stderr

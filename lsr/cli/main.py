@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from lsr.files import MachineStateError, arrow_conversions_ready
+from lsr.stop_signals import stop_signals
 
 VERBS = ("encode", "index", "upsert", "delete", "search", "doc", "eval", "beir", "tune", "train", "serve", "query", "verify",
          "repair")
@@ -152,9 +153,14 @@ def refuse_unused(flags: list[str], why: str) -> None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: every verb that stops cleanly on Ctrl-C (checkpoint,
-    resume hint) does the same when a scheduler or `kill` asks it to stop. ``lsr serve`` and ``lsr train`` handle
-    the signal themselves (drain; finish the step and checkpoint)."""
+    """SIGTERM, or SIGHUP (a closed terminal or ssh session: it left partial ``.tmp`` files and no resume hint),
+    raised where Ctrl-C's KeyboardInterrupt would be: every verb that stops cleanly on Ctrl-C (checkpoint, resume
+    hint) does the same when a scheduler or `kill` asks it to stop. ``lsr serve`` and ``lsr train`` handle the signal
+    themselves (drain; finish the step and checkpoint)."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        self.signum = signum
 
 
 RESEND_AFTER_S = 0.05  # a swallowed signal's second delivery: past the hook, well under a person's patience
@@ -163,9 +169,9 @@ RESEND_AFTER_S = 0.05  # a swallowed signal's second delivery: past the hook, we
 _RAISED: list[int] = []  # each SIGINT / SIGTERM raised as an exception since the verb began, until one is handled
 
 
-def _raise_terminated(_signum, _frame) -> None:
-    _RAISED.append(signal.SIGTERM)
-    raise Terminated
+def _raise_terminated(signum, _frame) -> None:
+    _RAISED.append(signum)
+    raise Terminated(signum)
 
 
 def _raise_interrupt(_signum, _frame) -> None:
@@ -183,7 +189,7 @@ def _stop_if_swallowed() -> None:
     first conversion of an array to numpy imports pandas from C++ and discards what the import raised), and a
     `lsr verify` stopped by Ctrl-C printed "intact" and exited 0."""
     if _RAISED:
-        raise Terminated if _RAISED[-1] == signal.SIGTERM else KeyboardInterrupt
+        raise KeyboardInterrupt if _RAISED[-1] == signal.SIGINT else Terminated(_RAISED[-1])
 
 
 def _redeliver_swallowed_interrupts(previous_hook):
@@ -197,7 +203,8 @@ def _redeliver_swallowed_interrupts(previous_hook):
     """
     def hook(unraisable) -> None:
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+            stop = unraisable.exc_value
+            signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
             resend = threading.Timer(RESEND_AFTER_S, os.kill, (os.getpid(), signum))
             resend.daemon = True
             resend.start()
@@ -213,17 +220,17 @@ def _signals_as_exceptions():
         yield
         return
     _RAISED.clear()
-    previous, previous_hook = signal.signal(signal.SIGTERM, _raise_terminated), sys.unraisablehook
-    previous_int = signal.getsignal(signal.SIGINT)
-    if previous_int is signal.default_int_handler:  # not where the shell made us ignore it (a background job)
-        signal.signal(signal.SIGINT, _raise_interrupt)
-    sys.unraisablehook = _redeliver_swallowed_interrupts(previous_hook)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated)}
+    if signal.SIGHUP in stop_signals():
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _raise_terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores it (background)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_interrupt)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_swallowed_interrupts(sys.unraisablehook)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if previous_int is signal.default_int_handler:
-            signal.signal(signal.SIGINT, previous_int)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         sys.unraisablehook = previous_hook
 
 
@@ -242,9 +249,56 @@ class OwnLinesBare(logging.Formatter):
         return prefix + record.getMessage()
 
 
+def _open_closed_standard_streams() -> list[int]:
+    """Give each closed standard stream (``2>&-``) /dev/null, and return their numbers. Python leaves ``sys.stderr``
+    None there, and every verb that reached a progress bar failed with exit 1 and no word (``lsr serve`` answered
+    each search INTERNAL); an unfilled descriptor would also be the next file opened."""
+    closed = []
+    for fd, mode in ((0, "r"), (1, "w"), (2, "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+            os.dup2(null := os.open(os.devnull, os.O_RDWR), fd)
+            if null != fd:
+                os.close(null)
+            setattr(sys, ("stdin", "stdout", "stderr")[fd], open(fd, mode, closefd=False))
+    return closed
+
+
+def _flush_failed() -> int | None:
+    """Flush standard output where its errors are caught: the exit code of a failed flush, or None."""
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        return _output_failed(exc)
+    return None
+
+
+def _output_failed(exc: OSError) -> int:
+    """The exit code of a failed write to standard output: 141, quietly, for a reader gone (`lsr --version | true`
+    printed a traceback), 1, said, for a full disk (`> /dev/full` printed one). Python's exit-time flush of what is
+    left would raise again, so standard output becomes /dev/null."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if isinstance(exc, BrokenPipeError):
+        return 128 + signal.SIGPIPE
+    print(f"lsr: error: cannot write to standard output: {exc.strerror or exc}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse(argv)
+    closed = _open_closed_standard_streams()
+    try:
+        args = parse(argv)
+    except SystemExit as done:  # --help, --version or a usage error: argparse's exit flushed its text unchecked
+        raise SystemExit(_flush_failed() or done.code) from None
+    except OSError as exc:  # --version's line
+        raise SystemExit(_output_failed(exc)) from None
+    if 1 in closed and args.verb != "serve":  # `cat >&-` fails too: what the verb prints would be lost unsaid
+        print(f"lsr {args.verb}: error: standard output is closed; redirect it to a file or /dev/null",
+              file=sys.stderr)
+        return 2
     args._argv = argv  # the command as typed, for hints that repeat it (`lsr index` after Ctrl-C)
     # gRPC's core logs at INFO to stderr (a TLS handshake to a plain server: a line a second) beside our one-line
     # errors; before grpc loads, keep it to its errors unless -v or the user set it
@@ -269,17 +323,14 @@ def main(argv: list[str] | None = None) -> int:
                 _stop_if_swallowed()
         sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
         return code
-    except Terminated:
-        print("terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except Terminated as stop:
+        print("terminated" if stop.signum == signal.SIGTERM else "hung up (SIGHUP)", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader went away (`lsr search ... | head`): stop quietly, as `cat` does, and keep Python's exit-time
-        # flush of stdout from raising again (Python's documented SIGPIPE recipe).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
+    except BrokenPipeError as exc:  # the reader went away (`lsr search ... | head`): stop quietly, as `cat` does
+        return _output_failed(exc)
     except MachineStateError as exc:  # the machine's state, not the input: the same command can work later
         return _failed(args, exc, str(exc), 1)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as exc:

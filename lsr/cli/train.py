@@ -396,7 +396,7 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
     except KeyboardInterrupt as stop:  # a second Ctrl-C, or one in the closing dev scoring: main said "interrupted"
         if not (out / CHECKPOINT_FILE).is_file():
             raise
-        stopped_by = signal.SIGINT if type(stop) is KeyboardInterrupt else signal.SIGTERM
+        stopped_by = signal.Signals(getattr(stop, "signum", signal.SIGINT))  # main's Terminated: SIGTERM or SIGHUP
         print(f"interrupted ({stopped_by.name}); the training up to its last checkpoint is in {out / CHECKPOINT_FILE}. "
               f"Continue with: {resume_command(args._argv)}", file=sys.stderr)
         return 128 + stopped_by
@@ -431,10 +431,10 @@ def _train_in(args, config, examples, out: Path, encoding: dict[str, str], say, 
             print(f"{out / CHECKPOINT_FILE} is kept (delete it if done); to train on from step {result.steps}: "
                   f"{resume_command(args._argv)}")
         return 0
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (main's Terminated)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM or SIGHUP (main's Terminated)
         if finished:  # the model and its summary are written: main says "interrupted", with nothing to resume
             raise
-        stopped_by = signal.SIGINT if type(stop) is KeyboardInterrupt else signal.SIGTERM
+        stopped_by = signal.Signals(getattr(stop, "signum", signal.SIGINT))
         print(f"interrupted ({stopped_by.name}) after step {result.steps} of {result.total_steps}, while writing the "
               f"model and its scores; the training is in {out / CHECKPOINT_FILE}. Continue with: "
               f"{resume_command(args._argv)}", file=sys.stderr)

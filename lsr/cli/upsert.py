@@ -32,6 +32,7 @@ from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_
 from lsr.cli.main import flags_given, path_argument, refuse_unused
 from lsr.files import MachineStateError
 from lsr.ingest.layout import is_collection_dir
+from lsr.stop_signals import stop_signals
 
 HELP = "add or replace documents of a collection (or a running server) from a corpus file"
 WRITE_EVERY = 256  # documents per write: a Ctrl-C loses at most their encoding (about 2 s here), never a write
@@ -141,14 +142,14 @@ def _corpus(args: argparse.Namespace, built: dict) -> Any:
 
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held until the block ends, then raised as usual, so a write is never cut mid-way (a
+    """Ctrl-C, SIGTERM and SIGHUP held until the block ends, then raised as usual, so a write is never cut mid-way (a
     handler, not a signal mask: a mask holds one thread's signals, and the others would take them)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
     previous = {number: signal.signal(number, lambda received, _frame: held.append(received))
-                for number in (signal.SIGINT, signal.SIGTERM)}
+                for number in stop_signals()}
     try:
         yield
     finally:

@@ -25,6 +25,7 @@ from lsr.ingest.progress import progress_bar
 from lsr.train.checkpoint import CHECKPOINT_FILE, leftovers, read_checkpoint, restore_checkpoint, save_checkpoint
 from lsr.train.config import TrainConfig
 from lsr.train.data import Example
+from lsr.stop_signals import stop_signals
 from lsr.train.guard import Guard
 from lsr.train.losses import contrastive, fit_scale, flops, idf_flops_weights, margin_mse, quadratic_warmup
 from lsr.train.model import TrainableSplade
@@ -261,11 +262,9 @@ def _distillation(q: torch.Tensor, d: torch.Tensor, batch: list[Row], docs: list
 
 
 class _StopOnInterrupt:
-    """The first Ctrl-C or SIGTERM asks the loop to stop after the current step (so the checkpoint is whole); a second
-    one aborts. A scheduler's SIGTERM (pre-emption, then SIGKILL after a grace period) thus keeps the steps since the
-    last periodic checkpoint."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    """The first Ctrl-C, SIGTERM or SIGHUP asks the loop to stop after the current step (so the checkpoint is whole);
+    a second one aborts. A scheduler's SIGTERM (pre-emption, then SIGKILL after a grace period) thus keeps the steps
+    since the last periodic checkpoint, and so does a closed ssh session's SIGHUP (unless nohup ignores it)."""
 
     def __init__(self) -> None:
         self.requested: int | None = None  # the signal that asked
@@ -273,7 +272,7 @@ class _StopOnInterrupt:
 
     def __enter__(self) -> "_StopOnInterrupt":
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in stop_signals()}
         return self
 
     def _handle(self, signum, _frame) -> None:
