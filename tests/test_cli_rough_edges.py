@@ -470,3 +470,32 @@ def test_version_into_a_closed_pipe_or_a_full_disk_is_an_exit_code_not_a_traceba
     full = _lsr_with("> /dev/full", "--version")
     assert full.returncode == 1
     assert full.stderr == "lsr: error: cannot write to standard output: No space left on device\n"
+
+
+def test_a_tilde_in_a_path_flag_is_the_home_folder_and_a_dashed_path_is_hinted_behind_dot_slash(built, tmp_path,
+                                                                                                  monkeypatch, capsys):
+    """`--output=~/run.trec`, which no shell expands, made a folder named "~" in the current one (where other flags
+    took it as the home folder); `try: lsr search -col` was read as a flag."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    (tmp_path / "topics.tsv").write_text("q1\tvitamin bone density\n")
+    assert main(["search", str(built), "--topics=~/topics.tsv", "--output=~/run.trec", "--mode", "bm25"]) == 0
+    assert (tmp_path / "run.trec").read_text().split()[:3] == ["q1", "Q0", "vitamin"]
+    assert not (tmp_path / "cwd" / "~").exists()
+    assert f"score it with: lsr eval {tmp_path / 'run.trec'} QRELS" in capsys.readouterr().out
+    (tmp_path / "cwd" / "-docs.jsonl").write_text(json.dumps({"_id": "a", "text": "aspirin and the heart"}) + "\n")
+    assert main(["index", "--dense", "none", "--quiet", "--", "-docs.jsonl", "-col"]) == 0
+    assert 'try: lsr search ./-col "your question"' in capsys.readouterr().out
+
+
+def test_an_output_encoding_that_cannot_hold_the_text_is_named_as_the_environment_s(tmp_path):
+    """PYTHONIOENCODING=ascii: codec's words, exit 2 ("fix your input"), naming neither stdout nor the setting."""
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"_id": "dessert", "text": "crème brûlée"}) + "\n")
+    assert main(["index", str(tmp_path / "docs.jsonl"), str(tmp_path / "col"), "--dense", "none", "--quiet"]) == 0
+    ascii_out = subprocess.run([sys.executable, "-m", "lsr", "doc", str(tmp_path / "col"), "dessert"],
+                               capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert ascii_out.returncode == 1, ascii_out.stderr
+    assert ascii_out.stderr == ("lsr doc: error: standard output's encoding, ascii, cannot hold '\\xe8'; set "
+                                "PYTHONIOENCODING=utf-8\n")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.endpoint import add_endpoint_arguments, read_token
-from lsr.cli.main import flags_given, refuse_unused
+from lsr.cli.main import flags_given, path_argument, refuse_unused
 from lsr.files import check_folder_writable
 
 HELP = "evaluate BM25 / sparse / dense / hybrid / PRF / fusion on a BEIR dataset"
@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, metavar="NAME_OR_PATH",
                    help="BEIR name (scifact, nfcorpus, arguana download; others are found in --data-dir) or a BEIR "
                         "folder/.zip/.tar.gz")
-    p.add_argument("--data-dir", default=None, help="folder holding NAME/, NAME.zip or NAME.tar.gz (before $LSR_BEIR_DIR)")
+    p.add_argument("--data-dir", default=None, type=path_argument, help="folder holding NAME/, NAME.zip or NAME.tar.gz (before $LSR_BEIR_DIR)")
     p.add_argument("--split", default="test", help="qrels split to report (default: test)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)} (default: all but fusion-prf, whose "
@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_endpoint_arguments(p, required=False, timeout=60.0)  # a running `lsr serve` instead of in-process search
     p.add_argument("--serve", action="store_true",
                    help="index the dataset, start `lsr serve` on a free loopback port, evaluate through it, then stop it")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", default=None, type=path_argument,
                    help="folder for results.md, results.json and ndcg.png (default: none, the table is only printed)")
     p.add_argument("--model", default="splade-tiny", help="SPLADE model (default: splade-tiny)")
     p.add_argument("--dense", default="minilm", help="dense model, or 'none' (default: minilm)")

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_flags
+from lsr.cli.main import path_argument
 from lsr.cli.upsert import uninterrupted
 from lsr.ingest.layout import is_collection_dir
 
@@ -28,7 +29,7 @@ MAX_IDS = 1_000_000  # ids in one delete: a server's request limit is 64 MiB
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("words", nargs="*", metavar="COLLECTION ID",
                    help="the collection folder, then the ids (with --endpoint: the ids only)")
-    p.add_argument("--ids-file", help="file of ids, one per line (- reads standard input)")
+    p.add_argument("--ids-file", type=path_argument, help="file of ids, one per line (- reads standard input)")
     add_endpoint_arguments(p, required=False)
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
-from lsr.cli.main import flags_given, refuse_unused
+from lsr.cli.main import flags_given, path_argument, refuse_unused, shell_word
 from lsr.files import check_writable, is_stream
 
 HELP = "show the weighted terms SPLADE gives a text, or encode a file of texts into a vectors file"
@@ -40,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-expansion", action="store_true", help="keep only the text's own tokens")
     p.add_argument("--json", action="store_true", help="print {token: weight} as JSON")
     files = p.add_argument_group("a file of texts")
-    files.add_argument("--input", metavar="FILE", help="corpus to encode: .jsonl(.gz), .csv, .parquet, BEIR folder/archive, or .txt")
-    files.add_argument("--output", metavar="VECTORS.parquet", help="where the vectors go (with --input)")
+    files.add_argument("--input", metavar="FILE", type=path_argument, help="corpus to encode: .jsonl(.gz), .csv, .parquet, BEIR folder/archive, or .txt")
+    files.add_argument("--output", metavar="VECTORS.parquet", type=path_argument, help="where the vectors go (with --input)")
     files.add_argument("--fields", type=_fields, default=("title", "text"), help="text fields of --input (default: title,text, those it has; else contents)")
     files.add_argument("--id-field", default="_id", help="id field of --input (default: _id, else id, docid or doc_id)")
     files.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default: 32)")
@@ -127,5 +127,5 @@ def _encode_file(args: argparse.Namespace) -> int:
           + (f", {summary.blank_lines:,} blank lines passed over" if summary.blank_lines else "") + ")",
           file=sys.stderr if streamed else sys.stdout)
     if not streamed:
-        print(f"index them with: lsr index {args.output} COLLECTION --pre-encoded")
+        print(f"index them with: lsr index {shell_word(args.output)} COLLECTION --pre-encoded")
     return 0

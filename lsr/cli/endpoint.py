@@ -9,11 +9,13 @@ from typing import Any
 
 
 def add_endpoint_arguments(p: argparse.ArgumentParser, *, required: bool, timeout: float = 30.0) -> None:
+    from lsr.cli.main import folder_argument
+
     p.add_argument("--endpoint", required=required, metavar="HOST[:PORT]",
                    help="where `lsr serve` listens (port 50051 if left out)")
     p.add_argument("--tls", nargs="?", const=True, default=False, metavar="CA_CERT",
                    help="use TLS (optionally trusting the given CA certificate)")
-    p.add_argument("--auth-token-file", type=Path, help="file holding the server's bearer token")
+    p.add_argument("--auth-token-file", type=folder_argument, help="file holding the server's bearer token")
     p.add_argument("--timeout", type=float, default=timeout, help=f"deadline in seconds of each call (default {timeout:g})")
 
 

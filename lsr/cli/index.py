@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lsr.files import FolderBusyError
 from lsr.cli.device import add_device_arguments, device_options
-from lsr.cli.main import flags_given, path_argument, refuse_unused
+from lsr.cli.main import flags_given, path_argument, refuse_unused, shell_word
 
 HELP = "index a corpus (BEIR folder/archive, JSONL, Parquet, CSV, text) into a searchable collection"
 
@@ -169,9 +169,9 @@ def run(args: argparse.Namespace) -> int:
     print(summary.format())
     if options.shards > 1:
         print(f"sharded collection ({options.shards} shards) written to {args.out}; try: lsr search "
-              f"{shlex.quote(args.out)} \"your question\", or serve it with: lsr serve {shlex.quote(args.out)}")
+              f"{shell_word(args.out)} \"your question\", or serve it with: lsr serve {shell_word(args.out)}")
     else:
-        print(f"collection written to {args.out}; try: lsr search {shlex.quote(args.out)} \"your question\"")
+        print(f"collection written to {args.out}; try: lsr search {shell_word(args.out)} \"your question\"")
     return 0
 
 

@@ -12,6 +12,7 @@ import difflib
 import importlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -134,11 +135,19 @@ def _typed_dests(args: argparse.Namespace) -> set[str]:
 
 
 def path_argument(text: str) -> str:
-    """A file or folder given as a positional argument: "" was read as the current folder (`lsr train data.jsonl ""`
-    tried to write its model into ".", `lsr index ""` read every dataset below it)."""
+    """A file or folder given as an argument, ``~`` expanded: "" was read as the current folder (`lsr train data.jsonl
+    ""` tried to write its model into ".", `lsr index ""` read every dataset below it), and `--output=~/run.trec`,
+    which no shell expands, made a folder named "~" where some flags took it as the home folder."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path; name a file or folder")
-    return text
+    return os.path.expanduser(text)
+
+
+def shell_word(path: str | Path) -> str:
+    """``path`` as a word of a command a hint suggests: quoted for the shell, and behind ./ where it starts with a dash
+    (`try: lsr search -col2` was read as a flag)."""
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 def folder_argument(text: str) -> Path:
@@ -333,11 +342,29 @@ def main(argv: list[str] | None = None) -> int:
         return _output_failed(exc)
     except MachineStateError as exc:  # the machine's state, not the input: the same command can work later
         return _failed(args, exc, str(exc), 1)
+    except MemoryError as exc:  # a ulimit -v or a small container: a traceback out of safetensors or faiss
+        return _failed(args, exc, "out of memory; free some, or give this process more (ulimit -v, the container's "
+                                  "limit)", 1)
+    except UnicodeEncodeError as exc:
+        if _same_codec(exc.encoding, sys.stdout.encoding):  # PYTHONIOENCODING=ascii: exit 2, "bad input", unnamed
+            shown = exc.object[exc.start:exc.end]
+            return _failed(args, exc, f"standard output's encoding, {sys.stdout.encoding}, cannot hold {shown!r}; "
+                                      "set PYTHONIOENCODING=utf-8", 1)
+        return _failed(args, exc, _error_text(exc), 2)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as exc:
         # User-facing errors: one line naming what is wrong, no stack trace.
         return _failed(args, exc, _error_text(exc), 2)
     except OSError as exc:  # the machine's, not the input's: a read-only folder, a full disk, a folder for a file
         return _failed(args, exc, _error_text(exc), 1)
+
+
+def _same_codec(first: str, second: str | None) -> bool:
+    import codecs
+
+    try:
+        return second is not None and codecs.lookup(first).name == codecs.lookup(second).name
+    except LookupError:
+        return False
 
 
 def _failed(args: argparse.Namespace, exc: BaseException, text: str, code: int) -> int:

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, lazy_device_options
 from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, chosen_mode, hybrid_options, prf_options
-from lsr.cli.main import flags_given, path_argument, refuse_unused
+from lsr.cli.main import flags_given, path_argument, refuse_unused, shell_word
 
 HELP = "search a collection in-process and print the hits"
 
@@ -40,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("collection", type=path_argument, metavar="COLLECTION", help="folder written by `lsr index`")
     p.add_argument("query", nargs="*", default=[], metavar="QUERY",  # without a default argparse called it required
                    help="query text (or --topics; with neither, queries are read from standard input, one per line)")
-    p.add_argument("--topics", metavar="FILE", help="search every query of a TSV/JSONL topics file (needs --output)")
-    p.add_argument("--output", metavar="RUN", help="TREC run file to write for --topics (- writes it to standard output)")
+    p.add_argument("--topics", metavar="FILE", type=path_argument, help="search every query of a TSV/JSONL topics file (needs --output)")
+    p.add_argument("--output", metavar="RUN", type=path_argument, help="TREC run file to write for --topics (- writes it to standard output)")
     p.add_argument("--tag", default=None, help="run tag in the TREC file (default: lsr-MODE)")
     p.add_argument("--threads", type=int, default=None,
                    help="with --topics: queries searched in parallel, one torch thread each (default: one at a time)")
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{len(topics):,} queries, {written.hits:,} hits written to {where}", file=sys.stderr)
         else:
             print(f"{len(topics):,} queries, {written.hits:,} hits written to {args.output}; score it with: "
-                  f"lsr eval {args.output} QRELS")
+                  f"lsr eval {shell_word(args.output)} QRELS")
         if written.without_hits:
             named = ", ".join(written.without_hits[:5]) + (", …" if len(written.without_hits) > 5 else "")
             print(f"lsr search: note: {len(written.without_hits):,} of {len(topics):,} queries found no document "

@@ -31,7 +31,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, device_options
 from lsr.cli.endpoint import read_token
@@ -49,9 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads per encoding call (default 1: concurrency comes from micro-batches "
                         "and parallel requests; more threads per call made a 2-core server slower)")
-    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain; with --tls-key enables TLS")
-    p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
-    p.add_argument("--auth-token-file", type=Path,
+    p.add_argument("--tls-cert", type=folder_argument, help="PEM certificate chain; with --tls-key enables TLS")
+    p.add_argument("--tls-key", type=folder_argument, help="PEM private key for --tls-cert")
+    p.add_argument("--auth-token-file", type=folder_argument,
                    help="file holding a bearer token every call must send (health checks excepted)")
     p.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="how long concurrent query encodings are collected into one batch (default 2)")

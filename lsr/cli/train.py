@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=path_argument, metavar="OUT", help="model folder to write (must be new or empty unless --resume)")
     p.add_argument("--model", default=d.model, help=f"starting SPLADE model (default: {d.model})")
     p.add_argument("--split", default="train", help="BEIR qrels split to train on (default: train)")
-    p.add_argument("--data-dir", default=None, help="folder holding BEIR datasets (before $LSR_BEIR_DIR)")
+    p.add_argument("--data-dir", default=None, type=path_argument, help="folder holding BEIR datasets (before $LSR_BEIR_DIR)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the data (default: {d.epochs})")
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help="train N optimiser steps, overriding --epochs: fewer or more than its passes take (the "

@@ -33,7 +33,7 @@ HELP = "choose a collection's hybrid fusion and PRF on train/dev qrels and store
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("collection", type=path_argument, metavar="COLLECTION", help="a collection made by `lsr index` from the dataset's corpus")
     p.add_argument("--dataset", required=True, help="BEIR dataset name, folder or archive whose qrels judge it")
-    p.add_argument("--data-dir", default=None,
+    p.add_argument("--data-dir", default=None, type=path_argument,
                    help="folder holding NAME/, NAME.zip or NAME.tar.gz (looked in before $LSR_BEIR_DIR, "
                         "shared/data/beir and the cache)")
     p.add_argument("--split", default="test", help="the split you report, never tuned on (default test)")
