@@ -199,6 +199,9 @@ def content_checksum(manifest: dict) -> str:
 def writer_lock(directory: Path) -> Iterator[None]:
     """Exclusive across processes: one writer per index directory at a time."""
     directory.mkdir(parents=True, exist_ok=True)
+    if (directory / LOCK).is_symlink() or (directory / LOCK).exists() and not (directory / LOCK).is_file():
+        # a folder or a link there failed every write, and every open that replays a journal, with a bare errno
+        raise CorruptIndexError(f"index file {directory / LOCK} is not a plain file; remove it (lsr makes it anew)")
     with open(directory / LOCK, "a+") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:

@@ -353,6 +353,21 @@ def test_a_merge_refuses_a_segment_damaged_since_the_open_rather_than_rewrite_it
         InvertedIndex.open(tmp_path / "idx").verify()
 
 
+def test_a_lock_file_that_is_a_folder_or_a_link_is_named_with_what_to_do(tmp_path):
+    """A write failed with a bare IsADirectoryError (ELOOP for a link to itself), and so did every open of a
+    collection that replays a journal."""
+    index = InvertedIndex.build(tmp_path / "idx", SparseBatch.from_scipy(_vectors(3, 5)), [f"d{i}" for i in range(5)])
+    lock = tmp_path / "idx" / "LOCK"
+    lock.unlink()
+    for damage, undo in ((lock.mkdir, lock.rmdir), (lambda: lock.symlink_to(lock), lock.unlink)):
+        damage()
+        with pytest.raises(CorruptIndexError, match=f"index file {lock} is not a plain file; remove it"):
+            index.add(SparseBatch.from_scipy(_vectors(4, 1)), ["new"])
+        undo()
+    index.add(SparseBatch.from_scipy(_vectors(4, 1)), ["new"])
+    assert "new" in index
+
+
 def test_one_outlier_weight_that_rounds_the_others_away_is_a_warning(tmp_path, caplog):
     """One segment, one uint8 scale: a weight far above the rest (a damaged or foreign vectors file) rounds every
     other weight to 0, so a search finds only that document; the write says so instead of staying quiet."""
