@@ -219,10 +219,28 @@ def test_an_upsert_into_a_folder_that_takes_no_files_says_so_and_blames_no_full_
         source = _jsonl(tmp_path / "new.jsonl", {"refused": "A write the folder refuses."})
         assert main(["upsert", str(source), str(col), "--quiet"]) == 1
         err = capsys.readouterr().err
-        assert err.splitlines()[-1] == f"lsr upsert: error: {col / 'journal.log'}: Operation not permitted", err
+        assert err.splitlines()[-1] == f"lsr upsert: error: could not write {col / 'journal.log'}: Operation not " \
+            "permitted", err
         assert "full disk" not in err and "stopped after" not in err, err  # "... may be kept too; --skip 0"
     finally:
         subprocess.run(["chattr", "-i", str(col)], check=True)
+
+
+def test_an_upsert_the_journal_cannot_take_names_it_and_says_its_documents_were_not_kept(built, tmp_path):
+    """A full disk at the journal's append (here a file-size limit): "[Errno 28] No space left on device" named no
+    file, and "the 3 after them failed as they were written and may be kept too", where the append was undone."""
+    col = shutil.copytree(built, tmp_path / "col")
+    journal = col / "journal.log"
+    limit = (journal.stat().st_size if journal.exists() else 0) + 200  # under one record of 3 documents
+    source = _jsonl(tmp_path / "new.jsonl", {f"n{i}": f"Not kept document number {i}." for i in range(6)})
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); "
+              "from lsr.cli import main; sys.exit(main(sys.argv[2:]))")
+    run = subprocess.run([sys.executable, "-c", script, str(limit), "upsert", str(source), str(col), "--write-every",
+                          "3", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines()[-1] == f"lsr upsert: error: could not write {journal}: File too large", run.stderr
+    assert "may be kept" not in run.stderr and "stopped after" not in run.stderr, run.stderr
+    assert not any(Collection.open(col).view().docs.contains(f"n{i}") for i in range(6))
 
 
 def test_an_upsert_cut_off_by_an_overwrite_says_to_run_it_again_whole(built, tmp_path, capsys, monkeypatch):

@@ -760,6 +760,21 @@ def test_kill_9_during_repair_leaves_the_old_index_that_opens(written, tmp_path)
     assert sorted(Collection.open(path).sparse.doc_ids()) == want
 
 
+def test_a_repair_that_fails_on_a_full_disk_removes_its_half_built_index(written, tmp_path):
+    """The half-built sparse.rebuild/ stayed on the full disk, holding its space, until the next open."""
+    import subprocess
+    import sys
+
+    path = _copy(written, tmp_path / "col")
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (100_000,) * 2); "  # a term table's
+              "from lsr.cli import main; sys.exit(main(sys.argv[1:]))")  # 244 KB cannot be written
+    run = subprocess.run([sys.executable, "-c", script, "repair", str(path), "--quiet"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 1 and "File too large" in run.stderr.splitlines()[-1], run.stderr
+    assert not (path / "sparse.rebuild").exists()
+    assert not verify_collection(path).problems
+
+
 def test_a_folder_where_the_journal_should_be_is_named_by_verify_and_open(written, tmp_path):
     from lsr.ingest.journal import JOURNAL_FILE
 

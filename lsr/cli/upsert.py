@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import shlex
 import signal
 import sys
@@ -171,11 +170,11 @@ def _where(args: argparse.Namespace) -> str:
 
 
 def _journal_refused(exc: OSError) -> bool:
-    """Whether the journal could not be opened for writing at all (a read-only folder): nothing of the write was
-    kept, where "the 3 after them ... may be kept too; continue with --skip 0" was said."""
-    from lsr.ingest.journal import JOURNAL_FILE
+    """Whether the journal took nothing of the write (a read-only folder, a full disk): "the 3 after them ... may be
+    kept too; continue with --skip 0" was said."""
+    from lsr.ingest.journal import NotJournaled
 
-    return exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and Path(exc.filename or "").name == JOURNAL_FILE
+    return isinstance(exc, NotJournaled)
 
 
 def _continue_command(argv: list[str], skip: int) -> str:

@@ -273,12 +273,17 @@ class Journal:
             new = size == 0
             # unbuffered: a buffered file's truncate flushed its buffer first, failed as the write had (a full disk,
             # a file-size limit) and left the half record, masking the first error
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as exc:  # a read-only folder
+                raise NotJournaled.of(self.path, exc) from None
             try:
                 _write_all(fd, MAGIC + framed if new else framed)
                 os.fsync(fd)
-            except BaseException:
+            except BaseException as exc:
                 os.ftruncate(fd, size)  # leave no half record for the next append to follow
+                if isinstance(exc, OSError):
+                    raise NotJournaled.of(self.path, exc) from None
                 raise
             finally:
                 os.close(fd)
@@ -288,6 +293,17 @@ class Journal:
             self.tally.add([record])
             self.seen = _identity(self.path)
         return record
+
+
+class NotJournaled(OSError):
+    """A write the journal could not take (a full disk, a read-only folder), and holds nothing of: its append was
+    undone, so a caller says it was not kept (not "may be kept"). ``errno`` is the cause's."""
+
+    @classmethod
+    def of(cls, path: Path, cause: OSError) -> "NotJournaled":
+        error = cls(f"could not write {path}: {cause.strerror or cause}")  # a full disk's errno named no file
+        error.errno = cause.errno
+        return error
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -173,12 +173,17 @@ def _committed_seq(read: Callable[[], object]) -> int | None:
 
 def _swapped_in(folder: Path, build: Callable[[Path], T]) -> T:
     """``build(a new folder)`` beside ``folder``, then swapped in by two renames: a repair interrupted while it
-    builds (Ctrl-C, kill -9) leaves the old store as it was, where it used to leave none and every open failed."""
+    builds (Ctrl-C, kill -9) leaves the old store as it was, where it used to leave none and every open failed. A
+    build that fails removes its folder (on a full disk it held the space until the next open)."""
     fresh, replaced = swap_names(folder)
     for leftover in (fresh, replaced):  # an earlier repair's, cut short
         if leftover.exists():
             shutil.rmtree(leftover)
-    built = build(fresh)
+    try:
+        built = build(fresh)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
     if folder.exists():
         os.rename(folder, replaced)
     os.rename(fresh, folder)
