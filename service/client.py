@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lsr.encode.texts import check_texts, check_utf8
 from lsr.files import MachineStateError
-from lsr.search.searcher import HybridOptions, PrfOptions, SearchResult, query_list
+from lsr.search.searcher import HybridOptions, PrfOptions, SearchResult, check_switches, query_list
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
 from lsr.service.convert import NO_RETRY, options_to_proto, request_to_proto, result_from_proto
@@ -48,6 +48,9 @@ def call_failed(exc: grpc.RpcError, rerun: str = "") -> RuntimeError:
     details = exc.details() or ""
     if rerun and exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
         details += f"; the write may still have been applied: {rerun}"
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "CLIENT: Received message larger than max" in details:
+        return RuntimeError(f"{exc.code().name}: {details}; the answer is over this client's own limit: ask for less "
+                            "per call (a smaller k, no texts), or make the Client with a larger max_message_bytes")
     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
         # gRPC's message size limit: the same request meets it on every retry (`lsr delete --ids-file` of 400,000 ids
         # exited 1, "retry"), so it is the request to fix, as `lsr upsert` says for a document over the limit.
@@ -144,6 +147,8 @@ class Client:
     ) -> None:
         endpoint = endpoint_address(endpoint)
         _check_timeout(timeout)
+        if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) or max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be a whole number of bytes ≥ 1, got {max_message_bytes!r}")
         problem = token_problem(token) if token else None
         if problem is not None:
             raise ValueError(f"the auth token {problem}")
@@ -185,6 +190,7 @@ class Client:
     ) -> SearchResult:
         """``prf``: PrfOptions, True (the server's stored PRF settings), or a mapping of PrfOptions fields set over
         those. ``bound_factor`` > 1: the SPLADE leg searched approximately (``Searcher.search``)."""
+        check_switches(explain, include_text, None)  # include_text="no" was protobuf's words, explain=1 taken
         request = request_to_proto(
             text, sparse, dense, k=k, mode=mode, hybrid=hybrid, prf=prf, include_text=include_text, explain=explain,
             bound_factor=bound_factor,
@@ -211,6 +217,7 @@ class Client:
         fewer for large k, so that each response stays a few MiB. A request whose response would pass the server's
         limit (the texts of the hits, or their explanations, count too) goes again as two halves."""
         texts = check_texts(query_list(texts))  # a None or a lone surrogate: protobuf's bare error named no text
+        check_switches(explain, include_text, None)
         fields = options_to_proto(k, mode, hybrid, prf, bound_factor)
         chunk_size = max(1, min(chunk_size, _HITS_PER_RESPONSE // max(1, k)))
         results: list[SearchResult] = []
@@ -312,6 +319,11 @@ class Client:
         if "WRONG_VERSION_NUMBER" in details:  # a plain server's answer to a TLS hello
             raise ValueError(f"the server at {self.endpoint} does not speak TLS (a plain `lsr serve`, without "
                              "--tls-cert): drop --tls, or start it with --tls-cert and --tls-key")
+        if "hostname verification" in details.lower():  # gRPC 1.85's words, not "handshake failed": "no server"
+            host = self.endpoint.rsplit(":", 1)[0].strip("[]")
+            raise ValueError(f"the TLS handshake with {self.endpoint} failed (the server's certificate does not hold "
+                             f"the name {host}); connect by a name its certificate holds, or give the server a "
+                             "certificate for this one")
         if "handshake failed" in details.lower():
             reason = details.split("Tls handshake failed", 1)[-1].split("SSL_ERROR_SSL:")[-1].removesuffix(": OK").strip(" :()")
             raise ValueError(f"the TLS handshake with {self.endpoint} failed ({reason}); give --tls the certificate of "
