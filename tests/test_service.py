@@ -283,6 +283,43 @@ def test_a_tls_mismatch_is_a_fix_named_in_one_line_not_a_missing_server(servers,
         assert err.startswith(f"lsr query: error: {says}") and len(err.splitlines()) == 1, err
 
 
+def test_a_tls_certificate_without_the_endpoint_s_name_is_named_as_a_fix(collections, tmp_path, capsys):
+    """gRPC 1.85 says "Hostname Verification Check failed", not "handshake failed": it read "no server answered"
+    (exit 1: retry) after 5 s."""
+    from lsr.cli.main import main
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "elsewhere.crt", tmp_path / "elsewhere.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=elsewhere",
+                    "-addext", "subjectAltName=DNS:elsewhere", "-keyout", str(key), "-out", str(cert)], check=True,
+                   capture_output=True)
+    server = ServerProcess(collections["sparse_only"], "--tls-cert", str(cert), "--tls-key", str(key)).wait_listening()
+    try:
+        assert main(["query", "--endpoint", server.address, "--tls", str(cert), "vitamin d"]) == 2
+    finally:
+        server.kill()
+    assert capsys.readouterr().err == (
+        f"lsr query: error: the TLS handshake with {server.address} failed (the server's certificate does not hold "
+        "the name 127.0.0.1); connect by a name its certificate holds, or give the server a certificate for this "
+        "one\n")
+
+
+def test_the_client_checks_its_switches_and_names_its_own_message_limit(servers):
+    from lsr.service.client import call_failed
+
+    with pytest.raises(TypeError, match="explain must be True or False, got 1"):
+        Client(servers["main"].address).search("vitamin d", explain=1)  # taken as on
+    with pytest.raises(TypeError, match="include_text must be True or False, got 'no'"):
+        Client(servers["main"].address).search_batch(["vitamin d"], include_text="no")  # protobuf's words
+    with pytest.raises(ValueError, match="max_message_bytes must be a whole number of bytes ≥ 1, got '10'"):
+        Client(servers["main"].address, max_message_bytes="10")
+    with Client(servers["main"].address, max_message_bytes=100) as small, pytest.raises(grpc.RpcError) as refused:
+        small.search("vitamin d", k=50, include_text=True)
+    said = str(call_failed(refused.value))  # it said to start lsr serve with a larger --max-message-mb
+    assert "over this client's own limit" in said and "--max-message-mb" not in said, said
+
+
 def test_lsr_beir_evaluates_a_server_behind_tls_and_a_token(servers, tls_files, capsys):
     """`lsr beir --endpoint` had no --tls or --auth-token-file: a secured server could not be evaluated."""
     from lsr.cli.main import main
