@@ -377,6 +377,11 @@ class InvertedIndex:
             while (crowded := _crowded_tier(self._state.segments)) is not None:
                 self._merge(self._state, crowded)
 
+    def check_vectors(self, vectors: Any, doc_ids: Sequence | None = None) -> None:
+        """Raise, as ``add`` would, where it cannot take these vectors (another vocabulary, bad weights, repeated
+        ids), without writing: a caller that journals a write first checks it here."""
+        _Plan.read(document_chunks(vectors, doc_ids), self.vocab_size)
+
     def delete(self, doc_ids: Sequence, journal_seq: int | None = None) -> None:
         """Tombstone live documents. Unknown ids raise KeyError naming them; nothing is deleted then.
 

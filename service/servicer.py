@@ -29,6 +29,7 @@ import numpy as np
 from lsr.encode.texts import check_query_length, is_blank
 from lsr.files import CorruptFileError, FolderBusyError
 from lsr.ingest.collection import CollectionReplaced
+from lsr.search.models import ModelChanged
 from lsr.search.searcher import FailedPrecondition, legs_of, row_dict
 from lsr.service import search_pb2 as pb
 from lsr.service import search_pb2_grpc
@@ -148,7 +149,7 @@ def _status_of(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, CorruptFileError):  # before ValueError: a damaged file is the server's problem, not the caller's
         return grpc.StatusCode.DATA_LOSS
-    if isinstance(exc, (FailedPrecondition, CollectionReplaced)):  # before ValueError: it may subclass it
+    if isinstance(exc, (FailedPrecondition, CollectionReplaced, ModelChanged)):  # before ValueError: it may subclass it
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT

@@ -21,6 +21,8 @@ from lsr.cli import main as cli_main
 from lsr.ingest.collection import Collection
 from lsr.ingest.layout import BUILD_STATE, META_FILE, MOVING
 from lsr.ingest.indexing import IndexOptions, build_collection
+from lsr.search.models import ModelChanged
+from lsr.sparse import SparseBatch
 
 N_DOCS = 96
 EVERY = 6  # documents per checkpointed shard: 16 shards, so a kill lands mid-run
@@ -601,7 +603,6 @@ def test_a_collection_and_an_index_opened_by_a_relative_path_survive_a_change_of
     collection, and empty folders and a LOCK were made under the new working folder."""
     from lsr.index import InvertedIndex
     from lsr.search.searcher import Searcher
-    from lsr.sparse import SparseBatch
 
     (tmp_path / "docs.jsonl").write_text(json.dumps({"_id": "d0", "text": "aspirin and the heart"}) + "\n")
     assert cli_main(["index", str(tmp_path / "docs.jsonl"), str(tmp_path / "col"), "--dense", "none", "--bm25", "none",
@@ -647,6 +648,30 @@ def test_a_search_warns_when_the_model_folder_changed_since_the_build(tmp_path, 
         searcher.search("aspirin", k=1)
         searcher.search("heart", k=1)
     assert caplog.text.count(f"the model folder {folder} changed since this collection was indexed") == 1
+    # a write is refused: the documents it wrote stayed encoded by the other model, restored folder or not
+    with pytest.raises(ModelChanged, match=f"the model folder {folder} changed .* documents written now would be"):
+        searcher.upsert(["d1"], ["vitamin d and bones"])
+    (tmp_path / "more.jsonl").write_text(json.dumps({"_id": "d2", "text": "coffee and the liver"}) + "\n")
+    assert cli_main(["upsert", str(tmp_path / "more.jsonl"), str(tmp_path / "col"), "--quiet"]) == 2
+    assert Collection.open(tmp_path / "col").view().text(["d1", "d2"]) == [None, None]
+
+
+def test_an_upsert_of_vectors_no_store_can_take_is_refused_before_the_journal_takes_it(tmp_path):
+    """Vectors of another vocabulary (the model folder replaced by another model) were journaled, then refused by
+    the index: every later open replayed the record and failed, `lsr repair` too, and `lsr verify` said intact."""
+    from lsr.ingest.journal import JOURNAL_FILE
+
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"_id": "d0", "text": "aspirin and the heart"}) + "\n")
+    assert cli_main(["index", str(tmp_path / "docs.jsonl"), str(tmp_path / "col"), "--dense", "none",
+                     "--max-length", "32", "--quiet"]) == 0
+    collection = Collection.open(tmp_path / "col")
+    other = SparseBatch(np.array([0, 1]), np.array([39_000]), np.array([1.0], np.float32), 40_000)
+    with pytest.raises(ValueError, match="vectors have vocab_size 40000, the index uses 30522"):
+        collection.upsert(["d1"], ["another model's vector"], other, None)
+    journal = tmp_path / "col" / JOURNAL_FILE
+    assert not journal.exists() or journal.stat().st_size == 0
+    collection.close()
+    assert cli_main(["search", str(tmp_path / "col"), "aspirin", "--mode", "bm25", "--quiet"]) == 0
 
 
 def test_ctrl_c_of_an_overwrite_into_a_new_folder_says_nothing_was_kept(corpus, tmp_path):

@@ -258,6 +258,11 @@ class Collection:
         ids = [str(i) for i in ids]
         if self.dense is not None and dense is None:
             raise ValueError("this collection has a dense index; upserts need dense vectors too")
+        # before the journal takes it: a record no store can apply (another model's vectors) failed every later open
+        # and repair, while lsr verify called the collection intact
+        self.sparse.check_vectors(sparse, ids)
+        if self.dense is not None:
+            self.dense.check_vectors(dense)
         with self._writing(deadline, check):
             self._apply(self._journal.append("upsert", ids, list(texts), sparse, dense if self.dense is not None else None))
 

@@ -36,6 +36,7 @@ class CollectionWriter:
         """The texts' SPLADE vectors, their embeddings when the collection has a dense leg, and how many texts were
         longer than the collection's SPLADE length (cut, as the build cut its own)."""
         texts = list(texts)
+        self.models.check_for_writes()
         with quiet_logger("lsr.encode.splade"), quiet_logger("lsr.encode.dense"):  # counted instead of logged per batch
             sparse, info = self.models.documents.encode_documents(texts, batch_size=batch_size, return_info=True)
             dense = self.models.dense.encode_documents(texts, batch_size=batch_size) if self.models.has_dense else None

@@ -149,7 +149,7 @@ class DenseIndex:
     # ------------------------------------------------------------------ updates (the writer's object only)
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Append vectors; an id already present is replaced (its old row becomes a tombstone)."""
-        vectors = self._check_vectors(vectors)
+        vectors = self.check_vectors(vectors)
         ids = [str(i) for i in ids]
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
@@ -213,7 +213,7 @@ class DenseIndex:
     # ------------------------------------------------------------------ reads
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (ids [n, k] object array, None where fewer hits; scores [n, k] float32, -inf there)."""
-        vectors = self._check_vectors(vectors)
+        vectors = self.check_vectors(vectors)
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         n = len(vectors)
@@ -289,7 +289,8 @@ class DenseIndex:
         with self._lock.shared():
             return np.stack([self.index.reconstruct(row) for row in rows]).astype(np.float32)
 
-    def _check_vectors(self, vectors: np.ndarray) -> np.ndarray:
+    def check_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """``vectors`` as float32 rows of this index's dimension; ValueError naming what is wrong with them."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim == 1:
             vectors = vectors[None, :]

@@ -25,6 +25,10 @@ DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")  # a model's precision, by name
 _SHAREABLE = {"documents": ("model", "model_content", "max_length"), "dense": ("dense_model", "dense_model_content")}
 
 
+class ModelChanged(RuntimeError):
+    """A model folder's files changed since the collection was indexed, and a write would encode documents with it."""
+
+
 class SearchModels:
     """A collection's query encoder, dense encoder and (for upserts) document encoder, loaded on first use.
 
@@ -42,7 +46,8 @@ class SearchModels:
         self._stale_warned: str | None = None
         self._device, self._dtype = device, dtype
         self._loaded: dict[str, Any] = {}
-        self._checked: set[str] = set()  # model folders compared with the build's (once each: hashing reads them)
+        self._changed: dict[str, bool] = {}  # model folders compared with the build's (once each: hashing reads them)
+        self._warned: set[str] = set()
         self._lock = threading.RLock()
 
     def like(self, meta: dict, doc_freqs: Callable[[], Any] | None = None) -> "SearchModels":
@@ -103,23 +108,35 @@ class SearchModels:
             return self._loaded[name]
         with self._lock:
             if name not in self._loaded:
-                self._check_unchanged("dense_model" if name == "dense" else "model")
+                model = "dense_model" if name == "dense" else "model"
+                if self.changed(model) and model not in self._warned:  # said once, where the hits moved unsaid
+                    self._warned.add(model)
+                    log.warning("the model folder %s changed since this collection was indexed: its queries are now "
+                                "encoded by another model than its documents were; index the collection again (or "
+                                "restore the folder)", self.meta[model])
                 self._loaded[name] = build()
             return self._loaded[name]
 
-    def _check_unchanged(self, model: str) -> None:
-        """Warn when a model folder's files changed since the build (retrained or replaced in place): queries are then
-        encoded by another model than the documents were, and the hits moved without a word."""
+    def changed(self, model: str) -> bool:
+        """Whether the folder of ``model`` ("model" or "dense_model" in lsr.json) holds other files than at the build
+        (retrained or replaced in place); False where the build recorded none (a hub id or a bundled model)."""
         from lsr.encode.models import model_content_key
 
-        if model in self._checked:
-            return
-        self._checked.add(model)
-        recorded = self.meta.get(f"{model}_content")
-        if recorded and model_content_key(self.meta[model]) not in (recorded, None):
-            log.warning("the model folder %s changed since this collection was indexed: its queries are now encoded "
-                        "by another model than its documents were; index the collection again (or restore the "
-                        "folder)", self.meta[model])
+        with self._lock:
+            if model not in self._changed:
+                recorded = self.meta.get(f"{model}_content")
+                self._changed[model] = bool(recorded) and model_content_key(self.meta[model]) not in (recorded, None)
+            return self._changed[model]
+
+    def check_for_writes(self) -> None:
+        """ModelChanged where a model folder changed since the build: a query's mismatch ends with the folder's
+        restore, documents written now would stay encoded by another model than the rest (only a warning about
+        queries was said)."""
+        for model in ("model", "dense_model"):
+            if self.meta.get(model) and self.changed(model):
+                raise ModelChanged(f"the model folder {self.meta[model]} changed since this collection was indexed: "
+                                   "documents written now would be encoded by another model than the rest; restore "
+                                   "the folder, or index the collection again")
 
     def _build_query(self) -> Any:
         from lsr.encode.splade import InferenceFreeQueryEncoder, idf_table_path

@@ -893,6 +893,7 @@ class Searcher:
         check_ids(ids)
         if not ids:
             return
+        self.models.check_for_writes()
         step = UPSERT_CHECK_EVERY if check is not None else max(1, len(texts))
         sparse, dense = [], []
         for start in range(0, len(texts), step):
