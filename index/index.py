@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lsr.files import reset_in_forked_child
 from lsr.sparse import SparseBatch, check_bound_factor, is_real, is_whole
 
 from . import storage
@@ -52,6 +53,10 @@ class _State:
         self.vocab = vocab
         self.bases = np.cumsum([0] + [s.n_docs for s in segments]).astype(np.int64)
         self._token_ids: dict[str, int] | None = None
+        self._lock = threading.Lock()
+        reset_in_forked_child(self)
+
+    def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
     @property
@@ -108,6 +113,10 @@ class InvertedIndex:
         self._state = state
         self._write_lock = threading.Lock()
         self._scratch = threading.local()
+        reset_in_forked_child(self)
+
+    def _after_fork(self) -> None:
+        self._write_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 import zlib
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
@@ -377,8 +378,10 @@ def exclusive_folder(path: Path, wait: float = 0.0, create: bool = True) -> Iter
     try:
         _lock_folder(fd, path, time.monotonic() + wait)
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+    finally:  # unlocked, not only closed: a child forked meanwhile holds the lock until its copy of fd closes too
+        with suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def folder_busy(path: Path) -> bool:
@@ -485,3 +488,30 @@ def parquet_ids(path: "Path | str | Any") -> list[str]:
 
     with pq.ParquetFile(path) as parquet:
         return parquet.read(columns=["id"]).column("id").to_pylist()
+
+
+# Objects whose locks a child ``os.fork`` made (a pre-fork server's workers, gunicorn --preload, a 'fork'
+# multiprocessing pool) gets as the forking moment left them, held by threads it lacks: one forked while its parent
+# wrote waited forever at its first write. They register here and reset what only the parent's threads held.
+_FORK_RESETS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def reset_in_forked_child(owner: Any) -> None:
+    """Call ``owner._after_fork()`` in each child forked while ``owner`` lives, before the child runs anything else."""
+    _FORK_RESETS.add(owner)
+
+
+def _reset_forked_child() -> None:
+    for owner in list(_FORK_RESETS):
+        owner._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_forked_child)
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that ask a run to stop, for the handlers that stop it cleanly (checkpoint, drain, resume hint):
+    SIGINT, SIGTERM and SIGHUP (a closed terminal or ssh session: it killed a run at once, leaving partial ``.tmp``
+    files and no resume hint), unless the process ignores SIGHUP, as under ``nohup``: a handler would undo that."""
+    hang_up = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGINT, signal.SIGTERM, *hang_up)

@@ -26,13 +26,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from lsr.files import stop_signals
 from lsr.service import search_pb2, search_pb2_grpc
 from lsr.service.client import token_problem
 from lsr.service.health import SERVICE_NAME as HEALTH_SERVICE, Health
 from lsr.service.reload import Reloader
 from lsr.service.servicer import SearchServicer, Undecodable
 from lsr.service.streams import StreamGuard
-from lsr.stop_signals import stop_signals
 
 log = logging.getLogger("lsr.service")
 

@@ -20,8 +20,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
-from lsr.files import MachineStateError, arrow_conversions_ready
-from lsr.stop_signals import stop_signals
+from lsr.files import MachineStateError, arrow_conversions_ready, stop_signals
 
 VERBS = ("encode", "index", "upsert", "delete", "search", "doc", "eval", "beir", "tune", "train", "serve", "query", "verify",
          "repair")

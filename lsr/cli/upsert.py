@@ -29,9 +29,8 @@ from typing import Any, Iterator
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_flags
 from lsr.cli.main import flags_given, path_argument, refuse_unused
-from lsr.files import MachineStateError
+from lsr.files import MachineStateError, stop_signals
 from lsr.ingest.layout import is_collection_dir
-from lsr.stop_signals import stop_signals
 
 HELP = "add or replace documents of a collection (or a running server) from a corpus file"
 WRITE_EVERY = 256  # documents per write: a Ctrl-C loses at most their encoding (about 2 s here), never a write

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from lsr.files import (WRITE_WAIT, CorruptFileError, FolderBusyError, FolderHold, MachineStateError, canonical_json,
-                       exclusive_folder)
+                       exclusive_folder, reset_in_forked_child)
 from lsr.ingest.docstore import DocStore
 from lsr.ingest.journal import JOURNAL_FILE, Journal, Record, recover
 from lsr.ingest.journal_fold import fold, fold_due, remove_leftover
@@ -137,6 +137,20 @@ class Collection:
         self._fold_thread: threading.Thread | None = None  # the fold running in the background, if any
         self._since = [_written_by(record) for record in records]  # (seq, ids, texts) the journal holds, for a fold
         self._view = CollectionView(sparse.pinned(), dense.pinned() if dense is not None else None, docs, bm25)
+        reset_in_forked_child(self)
+
+    def _after_fork(self) -> None:
+        """In a child ``os.fork`` made: fresh locks, and a look thread of its own (without one a pre-fork server's
+        worker kept serving documents deleted hours before). A write of the parent's under way at the fork left
+        the stores half-updated here: this process writes again once it reopens the collection."""
+        writing = self._lock.locked()
+        self._lock, self._folded_lock = threading.Lock(), threading.Lock()
+        self._folder = FolderHold(self.path, missing=self.check_in_place)
+        if writing and self._failed is None:
+            self._failed = RuntimeError("this process was forked while its parent wrote the collection")
+        if self._watch_stop is not None and not self._watch_stop.is_set():
+            self._watch_stop = None
+            self.watch()
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Collection":

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from lsr.files import (
     NUMPY_LOADS, CorruptFileError, atomic_write, check_record, file_record, file_sha256, fsync_dir, parquet_ids,
-    read_sealed_json, sealed,
+    read_sealed_json, reset_in_forked_child, sealed,
 )
 from lsr.sparse import repeated_ids
 
@@ -51,6 +51,10 @@ class SharedLock:
     """Many readers or one writer (faiss searches may overlap each other, never an add)."""
 
     def __init__(self) -> None:
+        self._after_fork()
+        reset_in_forked_child(self)
+
+    def _after_fork(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writing = False

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lsr.encode.idf import VersionedIdf
+from lsr.files import reset_in_forked_child
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class SearchModels:
         self._loaded: dict[str, Any] = {}
         self._changed: dict[str, bool] = {}  # model folders compared with the build's (once each: hashing reads them)
         self._warned: set[str] = set()
+        self._lock = threading.RLock()
+        reset_in_forked_child(self)
+
+    def _after_fork(self) -> None:
         self._lock = threading.RLock()
 
     def like(self, meta: dict, doc_freqs: Callable[[], Any] | None = None) -> "SearchModels":

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from lsr.encode.checks import check_number, check_whole
+from lsr.files import reset_in_forked_child
 from lsr.search.fusion import FUSIONS, RRF_K, Ranking, check_combination, fuse, interpolate, rank
 from lsr.search.legs import Legs, ViewLegs, sparse_query
 from lsr.search.models import DTYPE_CHOICES, SearchModels
@@ -270,6 +271,10 @@ class Searcher:
         self.models = models
         self._write_lock = threading.Lock()
         self._closed = False
+        reset_in_forked_child(self)
+
+    def _after_fork(self) -> None:
+        self._write_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod

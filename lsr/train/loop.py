@@ -21,11 +21,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from lsr.files import stop_signals
 from lsr.ingest.progress import progress_bar
 from lsr.train.checkpoint import CHECKPOINT_FILE, leftovers, read_checkpoint, restore_checkpoint, save_checkpoint
 from lsr.train.config import TrainConfig
 from lsr.train.data import Example
-from lsr.stop_signals import stop_signals
 from lsr.train.guard import Guard
 from lsr.train.losses import contrastive, fit_scale, flops, idf_flops_weights, margin_mse, quadratic_warmup
 from lsr.train.model import TrainableSplade
