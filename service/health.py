@@ -60,7 +60,10 @@ class Health(health_pb2_grpc.HealthServicer):
 
     def _forget(self, name: str, send: _Send) -> None:
         with self._registry:
-            self._watchers.get(name, set()).discard(send)
+            watchers = self._watchers.get(name, set())
+            watchers.discard(send)
+            if not watchers:  # Watch streams of made-up service names kept an empty set each
+                self._watchers.pop(name, None)
 
     def set(self, service: str, status: int) -> None:
         """Give ``service`` this status and tell its watchers; ignored once shutting down."""
