@@ -548,8 +548,8 @@ def test_a_write_one_shard_fails_names_it_and_the_shards_that_applied_it(built, 
             with pytest.raises(grpc.RpcError) as failure:
                 c.upsert(ids, [f"immutable journal test {i}" for i in ids])
             assert failure.value.code() == grpc.StatusCode.UNAVAILABLE  # the shard's folder takes no writes: retry
-            assert failure.value.details().startswith("shard shard-002 failed: PermissionError: [Errno 1] Operation "
-                                                      "not permitted: ")
+            assert failure.value.details().startswith(f"shard shard-002 failed: NotJournaled: could not write "
+                                                      f"{journal}: Operation not permitted; ")
             assert failure.value.details().endswith("this upsert was applied on shard-000, shard-001 (each shard "
                                                     "applies a write whole or not at all): retrying is safe once "
                                                     "shard-002 is fixed")

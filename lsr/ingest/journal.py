@@ -301,9 +301,11 @@ class NotJournaled(OSError):
 
     @classmethod
     def of(cls, path: Path, cause: OSError) -> "NotJournaled":
-        error = cls(f"could not write {path}: {cause.strerror or cause}")  # a full disk's errno named no file
-        error.errno = cause.errno
-        return error
+        # (errno, text) as its args, so the errno survives pickling (a shard's Ray actor: UNAVAILABLE, not INTERNAL)
+        return cls(cause.errno, f"could not write {path}: {cause.strerror or cause}")  # a full disk's named no file
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _write_all(fd: int, data: bytes) -> None:
