@@ -45,12 +45,18 @@ class CorruptFileError(ValueError):
     """A stored file is missing, truncated or does not match its checksum; the message names it."""
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist, deepest first: what a write into it makes, for a failed run
+    to take away again."""
+    return [each for each in (folder, *folder.parents) if not each.exists()]
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Write ``path`` whole or not at all: into a temporary file beside it, renamed over it once complete. A write
     that fails or is interrupted (Ctrl-C, SIGTERM) removes its temporary file; a folder at ``path`` fails first."""
     if path.is_dir():  # found before the work, not at the rename after it
         raise IsADirectoryError(f"{path} is a folder; give the path of a file to write")
-    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # deepest first
+    made = missing_folders(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:

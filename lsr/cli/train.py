@@ -52,7 +52,7 @@ from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.main import flags_given, path_argument, refuse_unused
-from lsr.files import check_folder_writable
+from lsr.files import check_folder_writable, missing_folders
 
 HELP = "fine-tune a SPLADE model on a BEIR train split or JSONL pairs (contrastive + FLOPS)"
 
@@ -348,7 +348,7 @@ def _train(args, config, examples, out: Path, encoding: dict[str, str], say, mod
     """One run per OUT: a second `lsr train OUT --resume` while this one runs would interleave the checkpoints."""
     from lsr.files import exclusive_folder
 
-    created = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
+    created = missing_folders(out)
     try:
         with exclusive_folder(out):
             _check_out(out, args.resume)  # again, now that OUT is ours: a run that held it may have finished meanwhile
