@@ -14,6 +14,7 @@ import errno
 import fcntl
 import gzip
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -408,7 +409,9 @@ class FolderHold:
 
     def __init__(self, path: Path, missing: Callable[[], None] = lambda: None) -> None:
         self.path = path
-        self._missing = missing
+        # a bound method weakly: its owner holds this hold, and the cycle kept a dropped collection, and its look
+        # thread, alive until a garbage collection ran
+        self._missing = weakref.WeakMethod(missing) if inspect.ismethod(missing) else lambda: missing
         self._guard = threading.Lock()
         self._holders = 0
         self._held: ExitStack | None = None
@@ -420,7 +423,9 @@ class FolderHold:
                 try:
                     held.enter_context(exclusive_folder(self.path, wait, create=False))
                 except FileNotFoundError:
-                    self._missing()
+                    missing = self._missing()
+                    if missing is not None:
+                        missing()
                     raise
                 self._held = held
             self._holders += 1

@@ -448,6 +448,29 @@ def test_a_look_never_waits_for_a_folder_another_process_holds(written, encoders
     assert "w-1" in reader.view().docs.ids()
 
 
+def test_a_collection_nothing_holds_is_freed_at_once_with_its_look_thread(written):
+    """The folder hold kept its collection's bound method: a dropped collection (a Searcher a script let go) lived
+    on in a cycle, its look thread stating the folder every second and warning once the folder was gone, until a
+    garbage collection ran."""
+    import gc
+    import threading
+    import time
+    import weakref
+
+    before = set(threading.enumerate())
+    gc.disable()
+    try:
+        collection = Collection.open(written)
+        freed = weakref.ref(collection)
+        looks = [thread for thread in set(threading.enumerate()) - before if thread.name == "lsr-look"]
+        del collection
+        assert freed() is None and len(looks) == 1
+    finally:
+        gc.enable()
+    looks[0].join(timeout=10)  # its next wake finds nothing to look for
+    assert not looks[0].is_alive()
+
+
 def test_a_folder_hold_is_released_by_its_last_holder_from_any_thread(tmp_path):
     """A collection's write and its background dense save share the folder lock: another process (here another
     descriptor) is kept out until both are done, whichever thread finishes last."""

@@ -86,12 +86,16 @@ _SCENARIOS = textwrap.dedent("""
         Searcher.open(path).delete(["coffee"])  # another writer than the child's parent object
         print("codes", [reaped(pid, 60)])
     elif scenario == "idle-child-holds-nothing":
-        pids = [child(lambda: time.sleep(30)) for _ in range(4)]
+        with searcher.collection._folder.held():  # forked while a look or write held the folder: they inherited it
+            pids = [child(lambda: time.sleep(120)) for _ in range(4)]
         time.sleep(0.2)
-        for _ in range(10):  # the look thread's hold was inherited by children forked during it
+        for _ in range(10):
             searcher.upsert(["lock-test"], ["a write while idle children live"])
             time.sleep(0.11)
-        print("busy", folder_busy(Path(path)))
+        deadline = time.monotonic() + 20  # a child's look holds it a moment to take the writes up; a hold it
+        while (busy := folder_busy(Path(path))) and time.monotonic() < deadline:  # inherited lasts its whole life
+            time.sleep(0.05)
+        print("busy", busy)
         for pid in pids:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
