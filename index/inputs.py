@@ -10,9 +10,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 import numpy as np
 import scipy.sparse as sp
-from numba import njit
 
 from lsr.sparse import MAX_DOC_WEIGHT, QUERY_SCALE, SparseBatch, id_list, is_real, is_whole, repeated_ids
+
+from .jit import njit
 
 
 def _canonical_csr(batch: SparseBatch) -> SparseBatch:

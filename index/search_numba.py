@@ -16,7 +16,8 @@ file gives a wrong score at worst, never a crash (``verify()`` catches the conte
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from .jit import njit
 
 # Bounds are sums of float32 products taken in another order than the scores; this relative slack
 # keeps rounding from pruning a document whose exact score reaches the threshold.

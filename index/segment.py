@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from numba import njit
+
+from .jit import njit
 
 BLOCK_SIZE = 64
 _MAX_SPAN = 65535

@@ -128,7 +128,12 @@ def read_manifest(directory: Path) -> dict:
     body = {k: v for k, v in manifest.items() if k != "manifest_crc32"}
     if manifest.get("manifest_crc32") != zlib.crc32(canonical_json(body)):
         raise CorruptIndexError(f"index file {path} fails its checksum (corrupted)")
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if manifest.get("format") == FORMAT and isinstance(version, int) and version > FORMAT_VERSION:
+        # not damage: a repair would rewrite it in the older format
+        raise ValueError(f"index file {path} was written by a newer lsr (format v{version}; this lsr reads "
+                         f"v{FORMAT_VERSION}): upgrade lsr to open it")
+    if manifest.get("format") != FORMAT or version != FORMAT_VERSION:
         raise CorruptIndexError(
             f"index file {path} has format {manifest.get('format')!r} v{manifest.get('format_version')}, "
             f"this code reads {FORMAT!r} v{FORMAT_VERSION}")

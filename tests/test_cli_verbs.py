@@ -113,6 +113,24 @@ def test_pre_encoded_vectors_need_the_models_terms_not_its_weights(corpus, colle
     assert "not a SPLADE model" in capsys.readouterr().err
 
 
+def test_a_pre_encoded_file_indexes_with_a_copy_of_its_model_folder_and_not_another_model(corpus, tmp_path, capsys):
+    """The file names the folder that encoded it: a copy of that folder elsewhere (another machine's checkout) was
+    refused by its path, though its content is the same; a folder whose files differ is still refused."""
+    model, copy = tmp_path / "model", tmp_path / "elsewhere" / "model"
+    shutil.copytree(resolve_model("splade-tiny"), model)
+    vectors = str(tmp_path / "vectors.parquet")
+    assert cli_main(["encode", "--input", str(corpus), "--output", vectors, "--model", str(model), "--quiet"]) == 0
+    shutil.copytree(model, copy)
+    assert cli_main(["index", vectors, str(tmp_path / "c"), "--pre-encoded", "--model", str(copy), "--dense", "none",
+                     "--quiet"]) == 0
+    assert json.loads((tmp_path / "c" / "lsr.json").read_text())["model"] == str(copy)  # what searches load
+    config = copy / "config.json"
+    config.write_text(config.read_text() + "\n")  # retrained, as far as its content says
+    assert cli_main(["index", vectors, str(tmp_path / "d"), "--pre-encoded", "--model", str(copy), "--dense", "none",
+                     "--quiet"]) == 2
+    assert f"was encoded with {str(model)!r}" in capsys.readouterr().err
+
+
 def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
     topics = tmp_path / "queries.jsonl"
     topics.write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()))

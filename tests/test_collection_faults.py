@@ -351,6 +351,20 @@ def test_repair_lets_a_collection_built_before_the_bm25_statistics_find_its_upse
     assert len(read_meta(path)["files"]) == len(meta["files"]) and not verify_collection(path).problems
 
 
+def test_a_collection_of_a_newer_lsr_asks_for_an_upgrade_not_a_reindex(written, tmp_path, capsys):
+    """Told to re-index with --overwrite, an operator who had rolled lsr back replaced the newer version's collection."""
+    from lsr.files import sealed, write_json_atomic
+    from lsr.ingest.layout import FORMAT, META_FILE, read_meta
+
+    path = _copy(written, tmp_path / "col")
+    meta = read_meta(path)
+    write_json_atomic(path / META_FILE, sealed({**meta, "format": FORMAT + 1, "created_with": "lsr 9.0"}))
+    assert main(["search", str(path), "aspirin"]) == 2
+    err = capsys.readouterr().err
+    assert f"was written by a newer lsr (lsr 9.0, collection format {FORMAT + 1})" in err and "upgrade lsr" in err
+    assert "overwrite" not in err
+
+
 def test_a_process_taking_up_another_processs_writes_carries_its_bm25_leg_forward(written, encoders, tmp_path):
     """A write first takes up what another writer added: its BM25 leg then holds those documents (and no longer
     the old text of one they rewrote) with the scores a fresh open gives."""
@@ -454,7 +468,6 @@ def test_a_collection_nothing_holds_is_freed_at_once_with_its_look_thread(writte
     garbage collection ran."""
     import gc
     import threading
-    import time
     import weakref
 
     before = set(threading.enumerate())

@@ -57,6 +57,27 @@ def test_round_trip_and_stable_checksum(tmp_path):
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.endswith(".tmp")]
 
 
+def test_an_index_of_a_newer_lsr_asks_for_an_upgrade_and_an_unknown_format_is_refused(tmp_path):
+    """A newer format version was called a damaged index, whose repair rewrote it in the older format."""
+    import json
+    import zlib
+
+    from lsr.files import canonical_json
+    from lsr.index.storage import FORMAT_VERSION, MANIFEST
+
+    InvertedIndex.build(tmp_path, SparseBatch.from_scipy(_vectors(1, 20), [f"t{i}" for i in range(300)]),
+                        [f"doc-{i}" for i in range(20)])
+    path = tmp_path / MANIFEST
+    body = {k: v for k, v in json.loads(path.read_bytes()).items() if k != "manifest_crc32"}
+    for version, error, said in ((FORMAT_VERSION + 1, ValueError, "written by a newer lsr"),
+                                 ("1", CorruptIndexError, "this code reads")):
+        changed = {**body, "format_version": version}
+        path.write_bytes(json.dumps({**changed, "manifest_crc32": zlib.crc32(canonical_json(changed))}).encode())
+        with pytest.raises(error, match=said) as raised:
+            InvertedIndex.open(tmp_path)
+        assert raised.type is error  # not damage, which a collection sends to `lsr repair`
+
+
 class _Reread:
     """(batch, ids) chunks made anew at each reading, as an object reading files is: none is kept between readings."""
 

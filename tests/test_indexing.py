@@ -332,6 +332,27 @@ class _Killed(BaseException):
     """Stands for a kill -9 at one rename: nothing of the build's own clean-up runs for it (it is outside them)."""
 
 
+def test_resume_refuses_a_model_folder_whose_files_changed_since(corpus, tmp_path):
+    """A folder retrained in place while the build was stopped: the resume encoded the rest with the new weights
+    and recorded one model for a collection of two."""
+    from lsr.encode.models import resolve_model
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model("splade-tiny"), model)
+
+    def stop(shard: int) -> None:
+        if shard == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "col"
+    with pytest.raises(KeyboardInterrupt):
+        build_collection(corpus, out, options(model=str(model), dense_model=None), progress=False, on_shard=stop)
+    config = model / "config.json"
+    config.write_text(config.read_text() + "\n")
+    with pytest.raises(ValueError, match=f"started with {model} as that folder was then \\(its model files changed"):
+        build_collection(corpus, out, options(model=str(model), dense_model=None), resume=True, progress=False)
+
+
 def test_a_kill_at_any_move_of_an_overwrite_loses_nothing_of_the_collection_it_replaces(reference, corpus, tmp_path,
                                                                                     monkeypatch):
     """--overwrite moves the old collection's files aside one by one, and back when the run fails before its first

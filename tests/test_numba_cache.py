@@ -45,3 +45,48 @@ def test_a_planted_temp_cache_folder_is_passed_over_for_a_private_one(tmp_path):
         assert folder not in (str(fixed), None) and os.path.dirname(folder) == str(temp)
         held = os.lstat(folder)
         assert stat.S_ISDIR(held.st_mode) and stat.S_IMODE(held.st_mode) == 0o700 and held.st_uid == os.getuid()
+
+
+_KERNEL = '''
+from lsr.index.jit import njit
+
+@njit(cache=True, nogil=True)
+def triangle(n):
+    total = 0
+    for i in range(n + 1):
+        total += i
+    return total
+'''
+
+_RUN = "import sys; sys.path.insert(0, sys.argv[1]); import kernel; print(kernel.triangle(10))"
+
+
+def _damage(path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        for at in range(len(data) // 4, len(data), 7):
+            data[at] ^= 0xA5
+    path.write_bytes(bytes(data[: len(data) // 2]) if how == "cut" else bytes(data))
+
+
+def test_a_damaged_numba_cache_file_is_compiled_anew_and_rewritten(tmp_path):
+    """numba unpickles its cache files unchecked: one flipped or cut file failed every search with the unpickler's
+    words ("'utf-8' codec can't decode byte ...") until someone found and deleted it. Now it is a cache miss."""
+    import subprocess
+    import sys
+
+    (tmp_path / "kernel.py").write_text(_KERNEL)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _RUN, str(tmp_path)], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    assert run().stdout == "55\n"
+    for suffix, how in ((".nbc", "flip"), (".nbi", "cut"), (".nbc", "cut"), (".nbi", "flip")):
+        (cached,) = (tmp_path / "cache").rglob(f"*{suffix}")
+        _damage(cached, how)
+        damaged = run()
+        assert (damaged.returncode, damaged.stdout) == (0, "55\n"), damaged.stderr
+        assert "numba's cache of compiled code for" in damaged.stderr and "compiling anew" in damaged.stderr
+        assert run().stderr == ""  # rewritten by that compile

@@ -140,6 +140,12 @@ class IndexOptions:
         # resumed a build in two precisions and recorded the second for all
         out["precision"] = {key: value for key, value in self.encoding().items() if key != "device"}
         out["source"] = str(source.resolve())
+        # what a model folder holds (None for bundled and hub names): one retrained while the build was stopped gave
+        # its resume the vectors of two models in one collection
+        if not self.pre_encoded:
+            out["model_content"] = model_content_key(self.model)
+        if self.dense_model:
+            out["dense_model_content"] = model_content_key(self.dense_model)
         return out
 
 
@@ -365,8 +371,13 @@ def _changes(old: dict, new: dict) -> str:
     """``name=old (now new)`` for each setting that differs; settings the old run did not record are ignored, but
     for those left out at their usual value (a resume with --shards 2 of an unsharded build mixed both layouts)."""
     old, new = {**_UNRECORDED, **old}, {**_UNRECORDED, **new}
-    return ", ".join(f"{key}={_plain(old.get(key))} (now {_plain(new[key])})" for key in sorted(new)
-                     if key in old and old[key] != new[key])
+    return ", ".join(_change(key, old, new) for key in sorted(new) if key in old and old[key] != new[key])
+
+
+def _change(key: str, old: dict, new: dict) -> str:
+    if key.endswith("_content"):  # a digest of a model folder says nothing to its reader
+        return f"{new[key.removesuffix('_content')]} as that folder was then (its model files changed since)"
+    return f"{key}={_plain(old.get(key))} (now {_plain(new[key])})"
 
 
 def _plain(value: Any) -> str:
@@ -488,7 +499,8 @@ def _reader(source: Path, options: IndexOptions) -> CorpusReader:
     from lsr.ingest.vector_file import VectorFileReader
 
     reader = VectorFileReader(source, on_error=options.on_error, limit=options.limit)
-    if reader.model is not None and reader.model != options.model:
+    if reader.model is not None and reader.model != options.model and (
+            reader.model_content is None or reader.model_content != model_content_key(options.model)):  # not a copy
         raise ValueError(f"{source} was encoded with {reader.model!r}, not {options.model!r}; "
                          f"pass --model {reader.model} (or leave --model out)")
     if options.dense_model and not reader.has_text:

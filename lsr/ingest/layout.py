@@ -215,8 +215,12 @@ def read_meta(path: Path) -> dict:
 
         raise CorruptFileError(f"{exc}; restore {META_FILE} from a backup or index the corpus again "
                                f"(`{reindex_command(path)}`)") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has collection format {meta.get('format')!r}; this lsr reads format {FORMAT}. "
+    found = meta.get("format")
+    if isinstance(found, int) and found > FORMAT:  # re-indexing it, as said before, lost a newer lsr's collection
+        raise ValueError(f"{path} was written by a newer lsr ({meta.get('created_with', 'unknown')}, collection "
+                         f"format {found}); this lsr reads format {FORMAT}: upgrade lsr to open it")
+    if found != FORMAT:
+        raise ValueError(f"{path} has collection format {found!r}; this lsr reads format {FORMAT}. "
                          "Re-index with `lsr index --overwrite`")
     from lsr.ingest.sharding import check_shard_place
 

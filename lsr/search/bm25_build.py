@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from numba import njit
 
 from lsr.files import MachineStateError
+from lsr.index.jit import njit
 
 K1 = 1.5  # bm25s's defaults: the Lucene BM25 of the BEIR baseline
 B = 0.75

@@ -12,8 +12,8 @@ indexes anything: a corrupted file gives wrong scores, never a crash.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from lsr.index.jit import njit
 from lsr.index.search_numba import heap_push
 
 
