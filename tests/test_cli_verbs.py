@@ -751,6 +751,36 @@ def test_a_model_in_the_local_hf_cache_loads_offline_and_an_unknown_one_fails_at
     assert len(missing.stderr.splitlines()) == 1
 
 
+def test_a_hub_model_whose_name_points_to_a_new_revision_is_told_like_a_changed_folder(tmp_path):
+    """A hub id was recorded by name only: once `main` moved to new weights (and the cache followed), queries were
+    encoded by another model than the documents and writes went on, without a word. The build records the cached
+    snapshot's revision; a search warns of a new one and a write is refused."""
+    hub = tmp_path / "hub" / "models--acme--splade-copy"
+    shutil.copytree(resolve_model("splade-tiny"), hub / "snapshots" / "0123abcd")
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text("0123abcd")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"_id": "d0", "text": "aspirin and the heart"}) + "\n")
+
+    def lsr(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lsr", *args], capture_output=True, text=True, timeout=300,
+                              env=env)
+
+    built = lsr("index", str(tmp_path / "docs.jsonl"), str(tmp_path / "col"), "--model", "acme/splade-copy",
+                "--dense", "none", "--max-length", "32", "--quiet")
+    assert built.returncode == 0, built.stderr
+    meta = json.loads((tmp_path / "col" / "lsr.json").read_text())
+    assert (meta["model"], meta["model_content"]) == ("acme/splade-copy", "hub:0123abcd")
+    assert "changed" not in lsr("search", str(tmp_path / "col"), "aspirin", "--quiet").stderr
+    shutil.copytree(hub / "snapshots" / "0123abcd", hub / "snapshots" / "4567cdef")
+    (hub / "refs" / "main").write_text("4567cdef")
+    searched = lsr("search", str(tmp_path / "col"), "aspirin", "--quiet")
+    assert searched.returncode == 0 and ("the model acme/splade-copy changed since this collection was indexed (the "
+                                         "hub revision its name points to)") in searched.stderr
+    upserted = lsr("upsert", str(tmp_path / "docs.jsonl"), str(tmp_path / "col"), "--quiet")
+    assert upserted.returncode == 2 and "restore the model, or index the collection again" in upserted.stderr
+
+
 def test_encode_query_with_an_inference_free_model_prints_its_idf_weights(tmp_path, capsys):
     """A folder with an idf.json serves IDF queries, so `lsr encode --query` shows those, not the MLM's expansion."""
     folder = tmp_path / "doc-only"

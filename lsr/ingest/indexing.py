@@ -371,7 +371,8 @@ def _changes(old: dict, new: dict) -> str:
     """``name=old (now new)`` for each setting that differs; settings the old run did not record are ignored, but
     for those left out at their usual value (a resume with --shards 2 of an unsharded build mixed both layouts)."""
     old, new = {**_UNRECORDED, **old}, {**_UNRECORDED, **new}
-    return ", ".join(_change(key, old, new) for key in sorted(new) if key in old and old[key] != new[key])
+    return ", ".join(_change(key, old, new) for key in sorted(new) if key in old and old[key] != new[key]
+                     and not (key.endswith("_content") and None in (old[key], new[key])))  # a hub id cached since
 
 
 def _change(key: str, old: dict, new: dict) -> str:

@@ -27,7 +27,7 @@ from lsr.sparse import VOCAB_SIZE_KEY, SparseBatch
 MODEL_KEY = b"lsr.model"
 MAX_LENGTH_KEY = b"lsr.max_length"
 ENCODED_WITH_KEY = b"lsr.encoded_with"  # {"device", "dtype"} as JSON
-MODEL_CONTENT_KEY = b"lsr.model_content"  # models.model_content_key of a local folder; absent for bundled and hub names
+MODEL_CONTENT_KEY = b"lsr.model_content"  # models.model_content_key of the model; absent where that is None
 _COLUMNS = ("id", "indices", "values")
 _ROWS = 8192  # rows read at a time
 

@@ -116,15 +116,16 @@ class SearchModels:
                 model = "dense_model" if name == "dense" else "model"
                 if self.changed(model) and model not in self._warned:  # said once, where the hits moved unsaid
                     self._warned.add(model)
-                    log.warning("the model folder %s changed since this collection was indexed: its queries are now "
+                    log.warning("the model %s changed since this collection was indexed (%s): its queries are now "
                                 "encoded by another model than its documents were; index the collection again (or "
-                                "restore the folder)", self.meta[model])
+                                "restore the model)", self.meta[model], _what_changed(self.meta[f"{model}_content"]))
                 self._loaded[name] = build()
             return self._loaded[name]
 
     def changed(self, model: str) -> bool:
-        """Whether the folder of ``model`` ("model" or "dense_model" in lsr.json) holds other files than at the build
-        (retrained or replaced in place); False where the build recorded none (a hub id or a bundled model)."""
+        """Whether ``model`` ("model" or "dense_model" in lsr.json) holds other files than at the build (a folder
+        retrained or replaced in place, a hub id cached at another revision); False where the build recorded none (a
+        bundled model, a hub id not cached then)."""
         from lsr.encode.models import model_content_key
 
         with self._lock:
@@ -139,9 +140,10 @@ class SearchModels:
         queries was said)."""
         for model in ("model", "dense_model"):
             if self.meta.get(model) and self.changed(model):
-                raise ModelChanged(f"the model folder {self.meta[model]} changed since this collection was indexed: "
-                                   "documents written now would be encoded by another model than the rest; restore "
-                                   "the folder, or index the collection again")
+                raise ModelChanged(f"the model {self.meta[model]} changed since this collection was indexed "
+                                   f"({_what_changed(self.meta[f'{model}_content'])}): documents written now would be "
+                                   "encoded by another model than the rest; restore the model, or index the "
+                                   "collection again")
 
     def _build_query(self) -> Any:
         from lsr.encode.splade import InferenceFreeQueryEncoder, idf_table_path
@@ -165,3 +167,8 @@ class SearchModels:
         from lsr.encode.dense import DenseEncoder
 
         return DenseEncoder.from_pretrained(self.meta["dense_model"], device=self._device, dtype=self._dtype)
+
+
+def _what_changed(recorded: str) -> str:
+    """What a changed content key means to the reader of a warning."""
+    return "the hub revision its name points to" if recorded.startswith("hub:") else "its folder's files"

@@ -121,8 +121,9 @@ def _differences(saved: dict, now: dict) -> list[str]:
         found.append(then_now("the training data:", f"{saved.get('examples')} examples", now.get("examples")))
     elif saved.get("data_sha256") != now.get("data_sha256"):
         found.append(f"the training data: as many examples ({now.get('examples')}), other texts")
-    if saved.get("model_content") != now.get("model_content"):
-        found.append("the --model folder's files")
+    contents = saved.get("model_content"), now.get("model_content")
+    if contents[0] != contents[1] and None not in contents:  # None: a bundled name, or a hub id cached only since
+        found.append("the --model's hub revision" if contents[1].startswith("hub:") else "the --model folder's files")
     if saved.get("validation") != now.get("validation"):
         found.append(then_now("--dev-split", saved.get("validation"), now.get("validation")))
     return found
