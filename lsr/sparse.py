@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import write_output
+from lsr.files import check_parquet_seal, write_output, write_sealed_parquet
 
 _VOCAB_KEY = b"lsr.vocab"
 VOCAB_SIZE_KEY = b"lsr.vocab_size"
@@ -477,7 +477,7 @@ class SparseBatch:
     def write_parquet(self, path: str | Path, ids: Sequence[str] | None = None, *, with_vocab: bool = False) -> None:
         """Write atomically (temp file renamed into place, so a crash never leaves half a file); see ``to_arrow``."""
         table = self.to_arrow(ids, with_vocab=with_vocab)
-        write_output(Path(path), lambda fh: pq.write_table(table, fh, compression="zstd", write_page_checksum=True))
+        write_output(Path(path), lambda fh: write_sealed_parquet(fh, table, compression="zstd"))
 
     @classmethod
     def read_parquet(cls, path: str | Path, vocab: Sequence[str] | None = None) -> tuple["SparseBatch", list[str] | None]:
@@ -493,6 +493,7 @@ class SparseBatch:
             names = pq.read_schema(path).names
         except pa.ArrowInvalid as exc:
             raise ValueError(f"{path} is not a Parquet file ({exc})") from None
+        check_parquet_seal(path)
         table = pq.read_table(path, columns=[c for c in ("id", "indices", "values") if c in names],
                               page_checksum_verification=True)
         ids = table.column("id").to_pylist() if "id" in table.column_names else None

@@ -393,21 +393,47 @@ def test_a_tampered_vectors_file_is_one_line_naming_it(collections, tmp_path, ca
     assert last.startswith(f"lsr index: error: {tmp_path / 'bad.parquet'}") and message in last
 
 
-def test_a_bit_flipped_in_a_vectors_file_is_refused_by_its_page_checksums(collections, tmp_path, capsys):
+def test_a_bit_flipped_in_a_vectors_file_is_refused_by_its_seal_or_its_page_checksums(collections, tmp_path, capsys):
     """A vectors file is encoded once and copied to where it is indexed: with no checksum a flipped bit inside a
-    zstd page's literals was indexed unsaid (a weight of 1.098 became 1.497, a term id 2555 became 2544)."""
+    zstd page's literals was indexed unsaid (a weight of 1.098 became 1.497, a term id 2555 became 2544). The page
+    checksums left the page headers out; the footer's crc32 of every byte before it covers those. A file of an older
+    version, which has no such crc32, still has its page checksums."""
+    from lsr.files import CorruptFileError
+    from lsr.ingest.vector_file import VectorFileReader
+    from lsr.sparse import SparseBatch
+
     source = collections["direct"].parent / "vectors.parquet"
     chunk = pq.ParquetFile(source).metadata.row_group(0).column(2)  # the weights
     assert chunk.path_in_schema.startswith("values")
-    data = bytearray(source.read_bytes())
     start = min(offset for offset in (chunk.dictionary_page_offset, chunk.data_page_offset) if offset is not None)
-    data[start + chunk.total_compressed_size - 2] ^= 0x01  # inside the last page's compressed weights
-    (tmp_path / "flipped.parquet").write_bytes(data)
-    assert cli_main(["index", str(tmp_path / "flipped.parquet"), str(tmp_path / "out"), "--pre-encoded", "--dense",
+    last_page = start + chunk.total_compressed_size - 2  # inside the last page's compressed weights
+
+    def flipped(path: Path, at: int) -> Path:
+        data = bytearray(path.read_bytes())
+        data[at] ^= 0x01
+        out = tmp_path / f"flipped-{at}.parquet"
+        out.write_bytes(data)
+        return out
+
+    for at in [*range(chunk.data_page_offset, chunk.data_page_offset + 12), last_page]:  # a page header, then data
+        with pytest.raises(CorruptFileError, match=r"flipped-\d+.parquet fails its crc32 checksum \(corrupted\)"):
+            VectorFileReader(flipped(source, at))
+        with pytest.raises(CorruptFileError, match="fails its crc32 checksum"):
+            SparseBatch.read_parquet(tmp_path / f"flipped-{at}.parquet")
+    assert cli_main(["index", str(flipped(source, last_page)), str(tmp_path / "out"), "--pre-encoded", "--dense",
                      "none", "--quiet"]) == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == (f"lsr index: error: cannot read {tmp_path / 'flipped.parquet'}: could not verify page integrity, "
-                    "CRC checksum verification failed for page_ordinal 0 (a damaged, truncated or mislabelled file?)")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lsr index: error: {tmp_path / f'flipped-{last_page}.parquet'} fails its crc32 checksum (corrupted)")
+    older = tmp_path / "older.parquet"
+    pq.write_table(pq.read_table(source), older, compression="zstd", write_page_checksum=True)
+    assert b"lsr.crc32" not in pq.read_metadata(older).metadata
+    chunk = pq.ParquetFile(older).metadata.row_group(0).column(2)
+    start = min(offset for offset in (chunk.dictionary_page_offset, chunk.data_page_offset) if offset is not None)
+    damaged = flipped(older, start + chunk.total_compressed_size - 2)
+    assert cli_main(["index", str(damaged), str(tmp_path / "out"), "--pre-encoded", "--dense", "none", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lsr index: error: cannot read {damaged}: could not verify page integrity, CRC checksum verification failed "
+        "for page_ordinal 0 (a damaged, truncated or mislabelled file?)")
 
 
 def test_a_vectors_file_naming_its_terms_otherwise_or_without_texts_for_bm25_is_refused(collections, tmp_path, capsys):

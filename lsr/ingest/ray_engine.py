@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lsr.files import MachineStateError, atomic_write
+from lsr.files import MachineStateError, atomic_write, check_parquet_seal, write_sealed_parquet
 from lsr.ingest.layout import RAY_INPUT
 from lsr.ingest.corpus import CorpusHash, CorpusReader, DocChunk
 from lsr.ingest.progress import progress_bar, quiet_logger, rows_total
@@ -292,8 +292,7 @@ def _stage_parts(reader: CorpusReader, out: Path, options: "IndexOptions", state
             else:
                 expected = None
                 table = pa.table({"id": pa.array(block.ids, pa.string()), "text": pa.array(block.texts, pa.string())})
-                atomic_write(_staged(out, part),
-                             lambda fh, table=table: pq.write_table(table, fh, write_page_checksum=True))
+                atomic_write(_staged(out, part), lambda fh, table=table: write_sealed_parquet(fh, table))
             if expected is not None and expected != hashes[-1]:
                 raise ResumeRefused(f"cannot resume {out}: documents of {reader.source} differ from the ones already "
                                  "encoded (the source changed); use --overwrite to start over")
@@ -320,6 +319,7 @@ class PartEncoder:
 
         counts = []
         for part in batch["part"].tolist():
+            check_parquet_seal(_staged(self.out, part))
             table = pq.read_table(_staged(self.out, part), page_checksum_verification=True)
             ids, texts = table.column("id").to_pylist(), table.column("text").to_pylist()
             block = DocChunk(ids, texts, list(range(len(ids))))

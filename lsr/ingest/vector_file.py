@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from lsr.encode.inputs import dtype_name
 from lsr.encode.models import document_length, lasting_name, model_content_key
-from lsr.files import write_output
+from lsr.files import check_parquet_seal, seal_parquet, write_output
 from lsr.ingest.corpus import BadRowError, CorpusReader, DocChunk, parquet_batches
 from lsr.ingest.progress import progress_bar, quiet_logger, update_total
 from lsr.sparse import VOCAB_SIZE_KEY, SparseBatch
@@ -84,6 +84,8 @@ def encode_file(source: str | Path, output: str | Path, *, model: str = "splade-
                         summary.postings += vectors.nnz
                         bar.update(len(part))
                         update_total(bar, reader, expected, None)
+            if writer is not None:
+                seal_parquet(writer, fh)
         finally:  # also on an error or Ctrl-C: a writer left open printed a traceback when collected, after the file shut
             if writer is not None:
                 writer.close()
@@ -104,6 +106,7 @@ class VectorFileReader(CorpusReader):
         if self.format != "parquet":
             raise ValueError(f"--pre-encoded reads a .parquet vectors file (made by `lsr encode --output`), got {source}")
         schema = pq.read_schema(self.source)
+        check_parquet_seal(self.source)
         missing = [c for c in _COLUMNS if c not in schema.names]
         if missing:
             raise ValueError(f"{source} is not a vectors file: it has no column(s) {missing} (it has {schema.names})")
