@@ -38,7 +38,7 @@ def term_dtype(vocab_size: int) -> np.dtype:
 
 
 @njit(cache=True, nogil=True)
-def _invert(indptr, indices, impacts, n_docs, vocab_size, block_size, post_doc, post_imp, term_ptr):
+def _invert(indptr, indices, impacts, n_docs, vocab_size, post_doc, post_imp, term_ptr):
     """Counting sort of (doc, term, impact) by term; docs stay ascending within a term."""
     for t in indices:
         term_ptr[t + 1] += 1
@@ -102,7 +102,7 @@ def build_arrays(indptr: np.ndarray, indices: np.ndarray, impacts: np.ndarray, v
     post_doc = np.empty(nnz, np.int32)
     post_imp = np.empty(nnz, impacts.dtype)
     term_ptr = np.zeros(vocab_size + 1, np.int64)
-    _invert(indptr, indices, impacts, n_docs, vocab_size, BLOCK_SIZE, post_doc, post_imp, term_ptr)
+    _invert(indptr, indices, impacts, n_docs, vocab_size, post_doc, post_imp, term_ptr)
     dummy64, dummy32 = np.zeros(1, np.int64), np.zeros(1, np.int32)
     nb = _cut_blocks(term_ptr, post_doc, BLOCK_SIZE, _MAX_SPAN, True, dummy64, dummy64, dummy32)
     term_blocks = np.zeros(vocab_size + 1, np.int64)

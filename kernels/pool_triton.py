@@ -390,8 +390,7 @@ def compile_variant(kernel, args: dict) -> tuple:
     return (*found, *sorted(values.items()))
 
 
-def precompile(shapes: Sequence[tuple[int, int]], weight: torch.Tensor, bias: Optional[torch.Tensor],
-               mask_dtype: torch.dtype = torch.int64) -> int:
+def precompile(shapes: Sequence[tuple[int, int]], weight: torch.Tensor, bias: Optional[torch.Tensor]) -> int:
     """Compile, without running them, the inference launches of these (batch, length) shapes, in parallel.
 
     Triton's compiler releases the GIL for most of its work (12 sm90 kernels compiled in 6.2 s on two
@@ -413,7 +412,7 @@ def precompile(shapes: Sequence[tuple[int, int]], weight: torch.Tensor, bias: Op
     plans = {}
     for batch, length in shapes:
         hidden = torch.empty((batch, length, weight.shape[1]), dtype=weight.dtype, device=device)
-        mask = torch.ones((batch, length), dtype=mask_dtype, device=device)
+        mask = torch.ones((batch, length), dtype=torch.int64, device=device)  # a tokenizer's attention mask
         out = torch.empty((batch, weight.shape[0]), dtype=weight.dtype, device=device)
         key, launch, variant = _plan(hidden, weight, bias, mask, out, out.new_empty(0, dtype=torch.float32),
                                      out.new_empty(0, dtype=torch.int32), False)

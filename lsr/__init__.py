@@ -30,6 +30,8 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 if TYPE_CHECKING:
+    from typing import Any, Mapping
+
     from lsr.encode.dense import DenseEncoder
     from lsr.encode.splade import DecoderSpladeEncoder, InferenceFreeQueryEncoder, SpladeEncoder
     from lsr.index import InvertedIndex
@@ -37,8 +39,10 @@ if TYPE_CHECKING:
     from lsr.search.searcher import HybridOptions, PrfOptions, ScoredHit, Searcher, SearchResult
     from lsr.sparse import SparseBatch
 
+    __version__: str
 
-def numba_cache_folder(package: str, env: dict, temp_root: str | None = None) -> str | None:
+
+def numba_cache_folder(package: str, env: Mapping[str, str], temp_root: str | None = None) -> str | None:
     """Where numba should cache compiled kernels when it cannot on its own, else None. numba's ``cache=True`` fails at
     import ("cannot cache function ... no locator available") where neither the folders of the sources nor the
     user's cache folder take files: a read-only image run as a user whose HOME is /nonexistent failed every verb."""
@@ -87,7 +91,7 @@ def _cache_numba_where_it_can() -> None:
 _cache_numba_where_it_can()
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     """Import the module that holds ``name`` on first use (PEP 562); ``__version__`` is the installed version."""
     if name == "__version__":
         from importlib.metadata import version

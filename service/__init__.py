@@ -5,10 +5,15 @@
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # as in lsr/__init__.py: no typing import at run time
+
+if TYPE_CHECKING:
+    from lsr.service.client import Client
+
 __all__ = ["Client"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     if name == "Client":
         from lsr.service.client import Client
 

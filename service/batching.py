@@ -44,7 +44,6 @@ class _Pending:
     text: str
     deadline: float | None  # time.monotonic() value
     future: Future = field(default_factory=Future)
-    enqueued: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -79,7 +79,7 @@ class ShardLegs:
         pinned = {shard: (queries, depth, self._tokens.get(shard)) for shard in everyone}  # a PRF pass: the first's
         answers, missing = self.shards.call("runs", pinned, self.deadline)
         self._missing.update(missing)
-        for shard, (token, _runs, leg_seconds, version, _new_words) in answers.items():
+        for shard, (token, _runs, _seconds, version, _new_words) in answers.items():
             self._tokens.setdefault(shard, token)
             self._versions.setdefault(shard, version)
             self.shards.versions[shard] = version

@@ -45,6 +45,9 @@ class LocalShards:
     def wait_all_up(self, timeout: float) -> bool:
         return True
 
+    def down_reasons(self) -> str:
+        return ""  # shards in this process are never down
+
     @property
     def replaced(self) -> bool:
         return any(server.collection.replaced for server in self.servers)

@@ -284,6 +284,11 @@ def test_verify_and_repair_name_a_missing_shard_folder(sharded, tmp_path, capsys
     assert capsys.readouterr().out.startswith(f"BAD      {col / SHARDS_FILE}")
     assert main(["search", str(col), "cancer", "--mode", "bm25"]) == 2  # it said only "fails its checksum"
     assert "; it names the shards: restore it from a backup (the shards are whole)" in capsys.readouterr().err
+    from lsr.files import sealed, write_json_atomic
+
+    write_json_atomic(col / SHARDS_FILE, sealed({"format": 1, "hash": "blake2b-64", "shards": []}))  # checks out
+    assert main(["search", str(col), "cancer", "--mode", "bm25"]) == 2  # "exceptions must derive from BaseException"
+    assert f"{col / SHARDS_FILE} names no shards; restore it from a backup" in capsys.readouterr().err
 
 
 def test_a_write_or_build_aimed_at_one_shard_is_refused(sharded, corpus, tmp_path, capsys):

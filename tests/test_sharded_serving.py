@@ -474,6 +474,16 @@ def test_a_shard_server_restarted_on_a_newer_build_is_down_not_mixed_in(built, r
         searcher.close()
 
 
+def test_in_process_shards_answer_every_call_the_coordinator_makes_of_shard_servers():
+    """The coordinator serves both: a reopen that found an in-process collection indexed anew again asked its
+    shards why they were down, which only Ray's shard set could say (AttributeError, not CollectionReplaced)."""
+    from lsr.service.local_shards import LocalShards
+    from lsr.service.shard_set import ShardSet
+
+    public = {name for name in vars(ShardSet) if not name.startswith("_")}
+    assert public and public <= set(dir(LocalShards))
+
+
 def test_shards_opened_in_process_are_served_again_once_indexed_anew(built, beir_dir, queries, tmp_path):
     """The Python API may serve a sharded collection whose shards it opened in process (no Ray): a reload opens the
     new build's shards alike."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, overload
 
 import numpy as np
 import torch
@@ -143,10 +143,24 @@ class DenseEncoder:
         return cls(model, tokenizer, max_length=max_length, config=config, device=device, dtype=dtype,
                    name=str(name_or_path))
 
+    @overload
+    def encode_documents(self, texts: Sequence[str] | str, batch_size: int = ..., *, show_progress: bool = ...,
+                         return_info: Literal[False] = ...) -> np.ndarray: ...
+    @overload
+    def encode_documents(self, texts: Sequence[str] | str, batch_size: int = ..., *, show_progress: bool = ...,
+                         return_info: Literal[True]) -> tuple[np.ndarray, EncodeInfo]: ...
+
     def encode_documents(self, texts: Sequence[str] | str, batch_size: int = 32, *, show_progress: bool = False,
                          return_info: bool = False) -> np.ndarray | tuple[np.ndarray, EncodeInfo]:
         """[n, dim] float32 (with an EncodeInfo when ``return_info``); the folder's document prompt goes first."""
         return self._encode(texts, batch_size, show_progress, return_info, self.config.prompts.document)
+
+    @overload
+    def encode_queries(self, texts: Sequence[str] | str, batch_size: int = ..., *, show_progress: bool = ...,
+                       return_info: Literal[False] = ...) -> np.ndarray: ...
+    @overload
+    def encode_queries(self, texts: Sequence[str] | str, batch_size: int = ..., *, show_progress: bool = ...,
+                       return_info: Literal[True]) -> tuple[np.ndarray, EncodeInfo]: ...
 
     def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 8, *, show_progress: bool = False,
                        return_info: bool = False) -> np.ndarray | tuple[np.ndarray, EncodeInfo]:

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence, overload
 
 import numpy as np
 import torch
@@ -307,12 +307,26 @@ class SpladeEncoder:
             mask = torch.ones_like(ids)
             self._encode_batch(ids, mask, mask, None)
 
+    @overload
+    def encode_documents(self, texts: Sequence[str] | str, batch_size: int = ..., *, show_progress: bool = ...,
+                         return_info: Literal[False] = ...) -> SparseBatch: ...
+    @overload
+    def encode_documents(self, texts: Sequence[str] | str, batch_size: int = ..., *, show_progress: bool = ...,
+                         return_info: Literal[True]) -> tuple[SparseBatch, EncodeInfo]: ...
+
     def encode_documents(
         self, texts: Sequence[str] | str, batch_size: int = 32, *, show_progress: bool = False, return_info: bool = False
     ) -> SparseBatch | tuple[SparseBatch, EncodeInfo]:
         """Encode documents (``max_length`` tokens, ``doc_expansion``); returns SparseBatch in input order."""
         return self._encode(texts, self.max_length, self.doc_expansion, batch_size, show_progress, return_info,
                             self.prompts.document)
+
+    @overload
+    def encode_queries(self, texts: Sequence[str] | str, batch_size: int = ..., *, show_progress: bool = ...,
+                       return_info: Literal[False] = ...) -> SparseBatch: ...
+    @overload
+    def encode_queries(self, texts: Sequence[str] | str, batch_size: int = ..., *, show_progress: bool = ...,
+                       return_info: Literal[True]) -> tuple[SparseBatch, EncodeInfo]: ...
 
     def encode_queries(
         self, texts: Sequence[str] | str, batch_size: int = 64, *, show_progress: bool = False, return_info: bool = False
@@ -561,6 +575,13 @@ class InferenceFreeQueryEncoder:
             query_max_length = default_query_length(folder, tokenizer)
         prompt = read_prompts(folder).query if os.path.isdir(folder) else ""
         return cls(tokenizer, idf, query_max_length=query_max_length, name=str(name_or_path), prompt=prompt)
+
+    @overload
+    def encode_queries(self, texts: Sequence[str] | str, batch_size: int = ..., *, show_progress: bool = ...,
+                       return_info: Literal[False] = ...) -> SparseBatch: ...
+    @overload
+    def encode_queries(self, texts: Sequence[str] | str, batch_size: int = ..., *, show_progress: bool = ...,
+                       return_info: Literal[True]) -> tuple[SparseBatch, EncodeInfo]: ...
 
     def encode_queries(self, texts: Sequence[str] | str, batch_size: int = 64, *, show_progress: bool = False,
                        return_info: bool = False) -> SparseBatch | tuple[SparseBatch, EncodeInfo]:

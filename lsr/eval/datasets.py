@@ -197,7 +197,7 @@ def known_names(folders: list[Path]) -> list[str]:
     return sorted(names)
 
 
-def locate_dataset(name_or_path: str, data_dir: str | Path | None = None, *, download: bool = True) -> Path:
+def locate_dataset(name_or_path: str, data_dir: str | Path | None = None) -> Path:
     """A path as given; else NAME in :func:`search_dirs`; else download it (known names only). A NAME is looked for
     in ``data_dir`` first: a folder of that name in the current directory (a collection called "scifact") was taken
     over the dataset the user pointed at."""
@@ -216,8 +216,6 @@ def locate_dataset(name_or_path: str, data_dir: str | Path | None = None, *, dow
             if candidate.exists():
                 return candidate
     looked = ", ".join(str(f) for f in folders)
-    if not download:
-        raise FileNotFoundError(f"BEIR dataset {name_or_path!r} not found in {looked}")
     if name_or_path not in BEIR_MD5:
         raise FileNotFoundError(
             f"unknown BEIR dataset {name_or_path!r}; known: {', '.join(known_names(folders))} "

@@ -83,7 +83,7 @@ def check_shard_count(n_shards: int) -> None:
                          "collection, served by a process of its own)")
 
 
-def is_sharded(path: Path) -> bool:
+def is_sharded(path: str | Path) -> bool:
     """Whether ``path`` holds a sharded collection; a folder this user may not read is named as such (it was named
     by a file it lacks, lsr-shards.json)."""
     try:
@@ -149,6 +149,9 @@ def read_shard_map(path: Path) -> ShardMap:
     if data.get("format") != SHARDS_FORMAT or data.get("hash") != HASH_NAME:
         raise ValueError(f"{Path(path) / SHARDS_FILE}: unknown sharding format {data.get('format')!r} / "
                          f"hash {data.get('hash')!r}; re-index with `lsr index --shards N --overwrite`")
+    if not isinstance(data.get("shards"), list) or not data["shards"]:  # searches said "exceptions must derive from
+        raise CorruptFileError(f"{Path(path) / SHARDS_FILE} names no shards; restore it from a backup (the shards "
+                               "are whole) or index the corpus again")  # BaseException"
     return ShardMap(tuple(data["shards"]), data.get("build"))
 
 

@@ -84,6 +84,7 @@ class SharedLock:
                 self._cond.notify_all()
 
 
+EF_CONSTRUCTION, EF_SEARCH = 200, 128  # an HNSW build's candidate list lengths (faiss's defaults: 40 and 16)
 COMPACT_MIN = 1_000  # tombstones a flat index keeps at least before a rebuild without them
 
 
@@ -115,14 +116,13 @@ class DenseIndex:
         return [self._ids[row] for row in np.flatnonzero(self._alive[: self._rows]).tolist()]
 
     @classmethod
-    def create(cls, dim: int, hnsw_m: int | None = None, ef_construction: int = 200, ef_search: int = 128) -> "DenseIndex":
+    def create(cls, dim: int, hnsw_m: int | None = None) -> "DenseIndex":
         import faiss
 
         if hnsw_m is None:
             return cls(faiss.IndexFlatIP(dim), [])
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ef_construction
-        index.hnsw.efSearch = ef_search
+        index.hnsw.efConstruction, index.hnsw.efSearch = EF_CONSTRUCTION, EF_SEARCH
         return cls(index, [])
 
     # ------------------------------------------------------------------ properties

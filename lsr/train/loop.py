@@ -289,7 +289,6 @@ class _StopOnInterrupt:
 
 def train(model: TrainableSplade, examples: list[Example], out: Path, config: TrainConfig, *, resume: bool = False,
           max_minutes: float | None = None, checkpoint_every: int = 100, progress: bool = True,
-          on_step: Callable[[int, dict[str, float]], None] | None = None,
           validate: Callable[[], float] | None = None, validation: str | None = None) -> TrainResult:
     """Optimise ``model`` on ``examples``; checkpoints go to ``out``. Returns how far it got and the per-step stats.
 
@@ -356,8 +355,6 @@ def train(model: TrainableSplade, examples: list[Example], out: Path, config: Tr
             step, skipped = step + 1, skipped + int(stats["skipped"])
             history.append({"step": step, **stats})  # after a resume the first is not step 1
             first, last = first or history[0], history[-1]
-            if on_step is not None:
-                on_step(step, stats)
             halt = guard.after_step(step, stats)
             _show_step(bar, stats, guard.scores, deadline)
             # a limit that runs out on the last step cut nothing: that run finished (it said "time limit", kept its
