@@ -140,8 +140,7 @@ class InvertedIndex:
         impact_dtype(quantization)
         if scale is not None and (not is_real(scale) or not 0 < scale < math.inf):  # NaN, 0 and -1 were ignored, "1" failed in a compare
             raise ValueError(f"scale must be a positive finite number (or None: chosen from the vectors), got {scale!r}")
-        if not is_whole(journal_seq) or journal_seq < 0:
-            raise ValueError(f"journal_seq must be a whole number >= 0, got {journal_seq!r}")  # 1.5 became 1
+        journal_seq = _journal_seq(journal_seq)
         path = Path(path).absolute()  # a later os.chdir must not move where it writes
         storage.check_build_target(path, overwrite)
         chunks = document_chunks(vectors, doc_ids)
@@ -366,6 +365,7 @@ class InvertedIndex:
         ``journal_seq`` is stored in the same commit, so an owner replaying a write-ahead journal
         knows atomically which of its records this index already holds.
         """
+        journal_seq = None if journal_seq is None else _journal_seq(journal_seq)
         with self._write_lock, storage.writer_lock(self.path):
             state = self._fresh_state()
             chunks = document_chunks(vectors, doc_ids)
@@ -395,6 +395,7 @@ class InvertedIndex:
         """Tombstone live documents. Unknown ids raise KeyError naming them; nothing is deleted then.
 
         ``journal_seq`` as in ``add``; with no ids it is still committed."""
+        journal_seq = None if journal_seq is None else _journal_seq(journal_seq)
         with self._write_lock, storage.writer_lock(self.path):
             state = self._fresh_state()
             ids = list(dict.fromkeys(doc_id_list(doc_ids)))
@@ -515,6 +516,14 @@ def _crowded_tier(segments: Sequence[Segment]) -> list[int] | None:
     for i, seg in enumerate(segments):
         tiers.setdefault((int(math.log10(max(seg.n_docs, 1))), seg.scale), []).append(i)
     return next((tiers[t] for t in sorted(tiers) if len(tiers[t]) >= MERGE_FACTOR), None)
+
+
+def _journal_seq(value: Any) -> int:
+    """A journal record number as the manifest keeps it: 1.5 became 1 in a build, and "x" or NaN given to a write was
+    committed, then failed every later read of ``journal_seq``."""
+    if not is_whole(value) or value < 0:
+        raise ValueError(f"journal_seq must be a whole number >= 0, got {value!r}")
+    return int(value)
 
 
 def _copy_manifest(manifest: dict, journal_seq: int | None = None) -> dict:

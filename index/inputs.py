@@ -51,6 +51,9 @@ def document_chunks(vectors, doc_ids: Sequence | None) -> Iterable:
         return [(vectors, list(doc_ids) if isinstance(doc_ids, Iterator) else doc_ids)]
     if isinstance(vectors, np.ndarray):  # its rows were taken for chunks
         raise TypeError("vectors is a dense array: pass SparseBatch.from_dense(vectors) or a scipy matrix")
+    if not isinstance(vectors, Iterable):  # "'NoneType' object is not iterable" named nothing
+        raise TypeError(f"vectors must be a SparseBatch, a scipy matrix or (SparseBatch, ids) chunks, got "
+                        f"{type(vectors).__name__}")
     chunks = list(vectors) if iter(vectors) is vectors else vectors
     if doc_ids is not None:
         for n, chunk in enumerate(chunks):  # chunks of another form are the likelier mistake: say so first
@@ -202,6 +205,9 @@ def query_rows(queries, vocab_size: int, token_ids: TokenIds) -> list[tuple[np.n
     if sp.issparse(queries):
         csr = sp.csr_matrix(queries)
         return [query_terms(csr[i], vocab_size, token_ids) for i in range(csr.shape[0])]
+    if not isinstance(queries, Iterable):  # "'NoneType' object is not iterable" named nothing
+        raise TypeError(f"search_batch takes many queries (a SparseBatch, a scipy matrix or a list of dicts), got "
+                        f"{type(queries).__name__}")
     return [query_terms(q, vocab_size, token_ids) for q in queries]
 
 

@@ -201,17 +201,25 @@ class SparseBatch:
             raise TypeError(f"vocab_size must be a whole number, got {self.vocab_size!r}")
         if self.vocab_size < 1:
             raise ValueError(f"vocab_size must be ≥ 1, got {self.vocab_size}")
+        if self.vocab_size > 2**31:  # term 2**31 + 4 wrapped to a negative id
+            raise ValueError(f"vocab_size must be at most 2**31 (term ids are int32), got {self.vocab_size}")
         self.vocab_size = int(self.vocab_size)
-        self.indptr = np.ascontiguousarray(self.indptr, dtype=np.int64)
-        indices = np.asarray(self.indices)
-        if indices.size and not np.issubdtype(indices.dtype, np.integer):  # 1.5 was cast to term 1, NaN to -2**31
-            raise TypeError(f"indices must be whole term ids, got an array of {indices.dtype}")
+        indptr, indices, values = np.asarray(self.indptr), np.asarray(self.indices), np.asarray(self.values)
+        for name, array in (("indptr", indptr), ("indices", indices), ("values", values)):
+            if array.ndim != 1:  # a column of indices [[1], [3]] was read as the terms of every row
+                raise ValueError(f"{name} must be a 1-D array, got shape {array.shape}")
+        for name, array, what in (("indptr", indptr, "whole numbers"), ("indices", indices, "whole term ids")):
+            if array.size and not np.issubdtype(array.dtype, np.integer):  # 1.5 was cast to term 1, NaN to -2**31,
+                raise TypeError(f"{name} must be {what}, got an array of {array.dtype}")  # an indptr of 0.7 to 0
+        if values.size and (values.dtype.kind not in "iuf"):  # "1.5" was cast, True read as 1.0
+            raise TypeError(f"values must be numbers, got an array of {values.dtype}")
+        self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
         low, high = (indices.min(), indices.max()) if indices.size else (0, 0)
         if low < 0 or high >= self.vocab_size:  # checked before the int32 cast: 2**32 + 5 would wrap to term 5
             raise ValueError(f"term id {low if low < 0 else high} outside the vocabulary [0, {self.vocab_size})")
         self.indices = np.ascontiguousarray(indices, dtype=np.int32)
-        self.values = np.ascontiguousarray(self.values, dtype=np.float32)
-        if self.indptr.ndim != 1 or len(self.indptr) == 0 or self.indptr[0] != 0:
+        self.values = np.ascontiguousarray(values, dtype=np.float32)
+        if len(self.indptr) == 0 or self.indptr[0] != 0:
             raise ValueError("indptr must be a 1-D array starting at 0")
         if self.indptr[-1] != len(self.indices) or len(self.indices) != len(self.values):
             raise ValueError(
@@ -261,6 +269,8 @@ class SparseBatch:
     def from_dicts(cls, rows: Iterable[dict], vocab: Sequence[str], vocab_size: int | None = None) -> "SparseBatch":
         """Build from ``{token or term id: weight}`` dicts; unknown tokens raise KeyError naming them. A term named
         twice in a row (as a token and as its id) has the sum of its weights, as the index scores such a query."""
+        if not isinstance(rows, Iterable):  # "'NoneType' object is not iterable" named nothing
+            raise TypeError(f"rows must be {{token or term id: weight}} dicts, got {type(rows).__name__}")
         lookup = {tok: i for i, tok in enumerate(vocab)}
         indptr, indices, values = [0], [], []
         for n, row in enumerate(rows):

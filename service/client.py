@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lsr.encode.checks import check_whole
 from lsr.encode.texts import check_texts, check_utf8
 from lsr.files import MachineStateError
 from lsr.search.searcher import HybridOptions, PrfOptions, SearchResult, check_switches, query_list
@@ -147,8 +148,7 @@ class Client:
     ) -> None:
         endpoint = endpoint_address(endpoint)
         _check_timeout(timeout)
-        if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) or max_message_bytes < 1:
-            raise ValueError(f"max_message_bytes must be a whole number of bytes ≥ 1, got {max_message_bytes!r}")
+        max_message_bytes = check_whole(max_message_bytes, "max_message_bytes", 1)
         problem = token_problem(token) if token else None
         if problem is not None:
             raise ValueError(f"the auth token {problem}")
@@ -219,7 +219,7 @@ class Client:
         texts = check_texts(query_list(texts))  # a None or a lone surrogate: protobuf's bare error named no text
         check_switches(explain, include_text, None)
         fields = options_to_proto(k, mode, hybrid, prf, bound_factor)
-        chunk_size = max(1, min(chunk_size, _HITS_PER_RESPONSE // max(1, k)))
+        chunk_size = min(check_whole(chunk_size, "chunk_size", 1), _HITS_PER_RESPONSE // max(1, k)) or 1
         results: list[SearchResult] = []
         pending = [list(texts[start : start + chunk_size]) for start in range(0, len(texts), chunk_size)]
         while pending:
@@ -250,6 +250,7 @@ class Client:
         # as UNKNOWN "Exception iterating requests!" (to retry), and a None id or text went as "" (proto3's unset).
         if isinstance(texts, str):
             raise TypeError("texts must be a list of texts, one per id, not one str")
+        check_whole(chunk_size, "chunk_size", 1)  # "2" failed inside the stream: UNKNOWN, which callers retry
         ids, texts = id_list(ids), list(texts)
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts")

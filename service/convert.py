@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 from lsr.encode.texts import check_utf8
 from lsr.search.searcher import (AUTO, HybridOptions, PrfOptions, ScoredHit, SearchResult, check_after_weight,
-                                 check_options)
+                                 check_options, dense_vector)
 from lsr.service import search_pb2 as pb
 
 DEFAULT_K = 10
@@ -183,7 +183,7 @@ def request_to_proto(
     if bad is not None:  # protobuf said only "bad argument type for built-in operation"
         raise TypeError(f"a sparse query sent to a server maps tokens (str) to weights, got the key {bad!r}")
     return pb.SearchRequest(
-        text=text or "", sparse=dict(sparse or {}), dense=list(dense) if dense is not None else [],
+        text=text or "", sparse=dict(sparse or {}), dense=dense_vector(dense).tolist() if dense is not None else [],
         include_text=include_text, explain=explain, **options_to_proto(**options),
     )
 

@@ -223,6 +223,8 @@ def test_the_python_api_searches_as_pyserini_does_and_its_batch_search_equals_th
             lsr.search_topics(searcher, QUERIES.items(), tmp_path / "bad.trec", threads=-3, progress=False)
         with pytest.raises(TypeError, match="output must be a file path, or \"-\" for standard output; got NoneType"):
             lsr.search_topics(searcher, QUERIES.items(), None, progress=False)
+        with pytest.raises(TypeError, match=r"topics must be \(qid, text\) pairs, got NoneType"):  # not iterable
+            lsr.search_topics(searcher, None, tmp_path / "none.trec", progress=False)
         with pytest.raises(ValueError, match="lies inside the collection .*; write the run outside it"):  # as the CLI
             lsr.search_topics(searcher, QUERIES.items(), collections["direct"] / "run.trec", progress=False)
         assert not (tmp_path / "bad.trec").exists() and not (collections["direct"] / "run.trec").exists()

@@ -76,6 +76,21 @@ def test_a_search_skips_tombstones_without_asking_faiss_for_them():
     assert asked == [10] and all(len(row) == 10 and all(int(d[1:]) % 5 for d in row) for row in got)
 
 
+@pytest.mark.parametrize("hnsw_m", [None, 16])
+def test_a_numpy_integer_k_searches_as_an_int(hnsw_m):
+    """A numpy k (a HybridOptions.candidates of np.int64, which its check accepts) failed in faiss's SWIG wrapper:
+    "Wrong number or type of arguments for overloaded function 'IndexFlat_search'"."""
+    index = DenseIndex.create(DIM, hnsw_m)
+    vectors = _vectors(50, 3)
+    index.add([f"d{i}" for i in range(50)], vectors)
+    for k in (np.int64(5), np.int32(5)):
+        ids, scores = index.search(vectors[:2], k)
+        expected_ids, expected_scores = index.search(vectors[:2], 5)
+        assert (ids == expected_ids).all() and (scores == expected_scores).all()
+    index.remove(["d0"])  # the path with tombstones
+    assert index.search(vectors[:1], np.int64(3))[0].shape == (1, 3)
+
+
 def test_a_saved_index_keeps_its_tombstones_out_and_reopens_to_the_same_answers(tmp_path):
     index = DenseIndex.create(DIM)
     index.add([f"d{i}" for i in range(200)], _vectors(200, 3))

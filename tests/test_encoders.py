@@ -246,6 +246,18 @@ def test_no_expansion_keeps_only_own_tokens(splade):
     assert len(expanded_ids) > len(ids)
 
 
+def test_switches_and_prompts_of_the_wrong_kind_are_refused_at_construction(splade):
+    """lowercase="no" and query_expansion="no" were taken as on; prompts="x" failed at the first encode with
+    "'str' object has no attribute 'document'"."""
+    for switch in ("lowercase", "query_expansion", "doc_expansion"):
+        with pytest.raises(TypeError, match=f"{switch} must be True or False, got 'no'"):
+            SpladeEncoder(splade.model, splade.tokenizer, device="cpu", **{switch: "no"})
+    with pytest.raises(TypeError, match=r"prompts must be a Prompts\(query=..., document=...\), got str"):
+        SpladeEncoder(splade.model, splade.tokenizer, device="cpu", prompts="query: ")
+    enc = SpladeEncoder(splade.model, splade.tokenizer, device="cpu", query_expansion=np.bool_(False))
+    assert enc.query_expansion is False
+
+
 def test_top_k_and_threshold_pruning(splade):
     text = "mitochondrial dysfunction in neurodegenerative disease"
     full = splade.encode_documents([text]).to_dicts()[0]
@@ -549,6 +561,21 @@ def test_fractional_or_non_numeric_term_ids_are_refused_not_truncated():
         with pytest.raises(TypeError, match="indices must be whole term ids"):
             SparseBatch([0, 1], indices, [1.0], 4)
     assert SparseBatch([0, 0], [], [], 4).nnz == 0  # an empty list (float64 to numpy) is no term
+
+
+def test_csr_arrays_of_another_shape_or_kind_and_a_vocabulary_past_int32_are_refused():
+    """A column of indices [[1], [3]] was read as the terms of every row (row 0 got term 3), an indptr of 0.7 moved a
+    term into the other row, "1.5" and True were taken as weights, and term 2**31 + 4 wrapped to a negative id."""
+    cases = [(([0, 2], np.array([[1], [3]]), [1.0, 2.0], 10), ValueError, r"indices must be a 1-D array, got shape \(2, 1\)"),
+             (([0, 2], [1, 3], np.array([[1.0], [2.0]]), 10), ValueError, "values must be a 1-D array"),
+             (([0, 0.7, 2], [1, 3], [1.0, 2.0], 10), TypeError, "indptr must be whole numbers, got an array of float64"),
+             (([0, 1], [1], ["1.5"], 10), TypeError, "values must be numbers"),
+             (([0, 1], [1], [True], 10), TypeError, "values must be numbers, got an array of bool"),
+             (([0, 1], [2**31 + 4], [1.0], 2**31 + 5), ValueError, r"vocab_size must be at most 2\*\*31")]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            SparseBatch(*args)
+    assert SparseBatch([0, 1], [2**31 - 1], np.array([1.5], np.float16), 2**31).to_dicts() == [{2**31 - 1: 1.5}]
 
 
 def test_a_vectors_file_with_a_null_term_or_columns_of_another_type_is_named(tmp_path):

@@ -371,7 +371,19 @@ def test_build_refuses_a_scale_or_journal_seq_of_no_use_and_open_names_a_collect
     for seq in (-1, 1.5):
         with pytest.raises(ValueError, match="journal_seq must be a whole number"):
             InvertedIndex.build(tmp_path / "idx", vectors, ["a", "b"], journal_seq=seq)
-    InvertedIndex.build(tmp_path / "col" / "sparse", vectors, ["a", "b"])
+    index = InvertedIndex.build(tmp_path / "col" / "sparse", vectors, ["a", "b"])
+    for seq in (float("nan"), 1.5, -1, True, "3"):  # a write committed them, and every later journal_seq read failed
+        with pytest.raises(ValueError, match="journal_seq must be a whole number"):
+            index.add(vectors, ["c", "d"], journal_seq=seq)
+        with pytest.raises(ValueError, match="journal_seq must be a whole number"):
+            index.delete([], journal_seq=seq)
+    for call, said in ((lambda: index.search_batch(None), "search_batch takes many queries"),
+                       (lambda: index.add(None, ["c"]), "vectors must be a SparseBatch, a scipy matrix or"),
+                       (lambda: SparseBatch.from_dicts(None, ["a"]), "rows must be")):
+        with pytest.raises(TypeError, match=f"{said}.*got NoneType"):  # "'NoneType' object is not iterable"
+            call()
+    index.delete([], journal_seq=np.int64(4))
+    assert InvertedIndex.open(tmp_path / "col" / "sparse").journal_seq == 4 and len(index) == 2
     with pytest.raises(FileNotFoundError, match="is a collection folder, not an inverted index: open it with "
                                                 "lsr.Searcher.open"):
         InvertedIndex.open(tmp_path / "col")

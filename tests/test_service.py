@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from lsr.search.searcher import HybridOptions, PrfOptions, Searcher
@@ -312,8 +313,25 @@ def test_the_client_checks_its_switches_and_names_its_own_message_limit(servers)
         Client(servers["main"].address).search("vitamin d", explain=1)  # taken as on
     with pytest.raises(TypeError, match="include_text must be True or False, got 'no'"):
         Client(servers["main"].address).search_batch(["vitamin d"], include_text="no")  # protobuf's words
-    with pytest.raises(ValueError, match="max_message_bytes must be a whole number of bytes ≥ 1, got '10'"):
+    with pytest.raises(TypeError, match="max_message_bytes must be a whole number, got '10'"):
         Client(servers["main"].address, max_message_bytes="10")
+    with pytest.raises(ValueError, match="max_message_bytes must be ≥ 1, got 0"):
+        Client(servers["main"].address, max_message_bytes=0)
+    client = Client(servers["main"].address, max_message_bytes=np.int64(64 << 20))  # numpy's, as everywhere else
+    for chunk_size, error in ((2.5, TypeError), (None, TypeError), ("2", TypeError), (0, ValueError)):
+        with pytest.raises(error, match="chunk_size must be"):  # float and None failed in slicing, "2" went as
+            client.search_batch(["vitamin d"], chunk_size=chunk_size)  # UNKNOWN, which callers retry
+        with pytest.raises(error, match="chunk_size must be"):
+            client.upsert(["x"], ["a text"], chunk_size=chunk_size)
+
+    def answer(dense):
+        try:
+            return client.search(dense=dense, mode="dense").hits
+        except grpc.RpcError as exc:
+            return exc.code()
+
+    one_row = np.full((1, 384), 0.05, np.float32)  # an encoder's row, as Searcher.search takes it: a TypeError here
+    assert answer(one_row) == answer(one_row[0].tolist())
     with Client(servers["main"].address, max_message_bytes=100) as small, pytest.raises(grpc.RpcError) as refused:
         small.search("vitamin d", k=50, include_text=True)
     said = str(call_failed(refused.value))  # it said to start lsr serve with a larger --max-message-mb

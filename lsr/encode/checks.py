@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from lsr.sparse import is_real, is_whole
 
 
@@ -19,6 +21,13 @@ def check_whole(value: Any, what: str, low: int, high: int | None = None) -> int
         bounds = f"≥ {low}" if high is None else f"in {low}..{high}"
         raise ValueError(f"{what} must be {bounds}, got {value}")
     return int(value)
+
+
+def check_switch(value: Any, what: str) -> bool:
+    """An on/off option: True or False (numpy's too), as a bool; "no" was taken as on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_number(value: Any, what: str, low: float, high: float = math.inf) -> float:

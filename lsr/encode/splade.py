@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal, Sequence, overload
 import numpy as np
 import torch
 
-from lsr.encode.checks import check_length, check_number, check_whole, usable_positions
+from lsr.encode.checks import check_length, check_number, check_switch, check_whole, usable_positions
 from lsr.encode import native_bert, packed_bert
 from lsr.encode.batching import Pipeline, pad_multiple, right_pad, scatter_csr
 from lsr.encode.inputs import (DEFAULT_MAX_TOKENS, EncodeInfo, model_max_tokens, report_truncation, resolve_device,
@@ -188,6 +188,10 @@ class SpladeEncoder:
         self._positions = usable_positions(getattr(model, "config", None))  # what padding may not pass
         top_k = None if top_k is None else check_whole(top_k, "top_k", 1)
         threshold = check_number(threshold, "threshold", 0.0)  # -1 kept every term, NaN none
+        if not isinstance(prompts, Prompts):  # a str failed at the first encode: "'str' object has no attribute"
+            raise TypeError(f"prompts must be a Prompts(query=..., document=...), got {type(prompts).__name__}")
+        lowercase, query_expansion, doc_expansion = (check_switch(value, name) for value, name in (
+            (lowercase, "lowercase"), (query_expansion, "query_expansion"), (doc_expansion, "doc_expansion")))
         self.device = resolve_device(device)
         check_impl(impl, self.device)
         self.model = model.to(self.device, dtype=resolve_dtype(dtype, self.device)).eval()
@@ -203,7 +207,7 @@ class SpladeEncoder:
         self.pooling = pooling
         self.activation = activation
         self.prompts = prompts
-        self.lowercase = bool(lowercase)
+        self.lowercase = lowercase
         self.top_k = top_k
         self.threshold = float(threshold)
         self.query_expansion = query_expansion

@@ -32,6 +32,8 @@ class WrittenRun:
 def topic_list(topics: Iterable[tuple[Any, str]]) -> list[tuple[str, str]]:
     """(qid, text) pairs as a list, each qid a str (a whole number becomes one) and given once: a repeated qid
     wrote its hits twice into one run, which evaluation then refused or counted twice."""
+    if not isinstance(topics, Iterable):  # "'NoneType' object is not iterable" named nothing
+        raise TypeError(f"topics must be (qid, text) pairs, got {type(topics).__name__}")
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for i, pair in enumerate(topics):

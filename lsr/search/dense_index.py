@@ -217,7 +217,7 @@ class DenseIndex:
     # ------------------------------------------------------------------ reads
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: (ids [n, k] object array, None where fewer hits; scores [n, k] float32, -inf there)."""
-        vectors = self.check_vectors(vectors)
+        vectors, k = self.check_vectors(vectors), int(k)  # faiss's SWIG takes no numpy integer
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         n = len(vectors)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Set as AbstractSet
+from collections.abc import Iterable, Mapping, Set as AbstractSet
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 import threading
 import time
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from lsr.encode.checks import check_number, check_whole
+from lsr.encode.checks import check_number, check_switch, check_whole
 from lsr.files import reset_in_forked_child
 from lsr.search.fusion import FUSIONS, RRF_K, Ranking, check_combination, fuse, interpolate, rank
 from lsr.search.legs import Legs, ViewLegs, sparse_query
@@ -208,9 +208,8 @@ def check_options(k: Any, mode: Any, hybrid: Any, prf: Any, bound_factor: Any = 
 def check_switches(explain: Any, include_text: Any, deadline: Any) -> None:
     """The on/off options and the deadline, checked as strictly as the rest: "no" was taken as on, and a deadline of
     "soon" was ignored."""
-    for name, value in (("explain", explain), ("include_text", include_text)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{name} must be True or False, got {value!r}")
+    check_switch(explain, "explain")
+    check_switch(include_text, "include_text")
     check_deadline(deadline)
 
 
@@ -852,13 +851,7 @@ class Searcher:
         return out
 
     def _dense_query(self, dense: Sequence[float] | np.ndarray) -> np.ndarray:
-        vec = np.asarray(dense)
-        if vec.dtype.kind not in "iuf":  # strings were converted ("1" searched as 1.0), None failed inside numpy
-            raise TypeError(f"a dense query is a vector of numbers, got an array of {vec.dtype}")
-        vec = vec.astype(np.float32, copy=False)
-        if vec.ndim != 1 and not (vec.ndim == 2 and len(vec) == 1):  # a (2, 192) array was read as one 384-d vector
-            raise ValueError(f"a dense query is one vector, got an array of shape {vec.shape}")
-        vec = vec.reshape(-1)
+        vec = dense_vector(dense)
         if self.dense_dim is not None and len(vec) != self.dense_dim:
             raise ValueError(f"dense vector has {len(vec)} dimensions; this collection's have {self.dense_dim}")
         if not np.all(np.isfinite(vec)):
@@ -980,6 +973,8 @@ def query_list(texts: Sequence[str], caller: str = "search_batch") -> list[str]:
     if isinstance(texts, (Mapping, AbstractSet)):
         raise TypeError(f"{caller} takes an ordered list of query texts, got a {type(texts).__name__} (for "
                         "{query id: text}, pass list(queries.values()))")
+    if not isinstance(texts, Iterable):  # "'NoneType' object is not iterable" named no argument
+        raise TypeError(f"{caller} takes a list of query texts, got {type(texts).__name__}")
     return list(texts)
 
 
@@ -1042,3 +1037,13 @@ def _top(run: Ranking, m: int) -> tuple[list[str], np.ndarray]:
 
 def _maybe(run: Ranking | None, doc: str) -> float | None:
     return None if run is None else run.get(doc)
+
+
+def dense_vector(dense: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A dense query as one float32 vector: a list, a 1-D array, or one encoder row of shape (1, dim)."""
+    vec = np.asarray(dense)
+    if vec.dtype.kind not in "iuf":  # strings were converted ("1" searched as 1.0), None failed inside numpy
+        raise TypeError(f"a dense query is a vector of numbers, got an array of {vec.dtype}")
+    if vec.ndim != 1 and not (vec.ndim == 2 and len(vec) == 1):  # a (2, 192) array was read as one 384-d vector
+        raise ValueError(f"a dense query is one vector, got an array of shape {vec.shape}")
+    return vec.astype(np.float32, copy=False).reshape(-1)
