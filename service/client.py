@@ -7,7 +7,6 @@ Server errors surface as ``grpc.RpcError`` with the server's status code and mes
 
 from __future__ import annotations
 
-import math
 
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -26,6 +25,7 @@ from lsr.sparse import id_list, is_real
 
 _MiB = 1024 * 1024
 DEFAULT_PORT = 50051  # what `lsr serve` listens on unless told otherwise
+MAX_TIMEOUT_S = 1e8  # about 3 years; gRPC counts a deadline in int64 nanoseconds, which 1e10 s passed
 CONNECT_TIMEOUT = 5.0  # seconds the CLI verbs give an endpoint to answer before they give up
 _HITS_PER_RESPONSE = 50_000  # ~2 MiB of hits per SearchBatch response
 _UPSERT_MESSAGE_BYTES = 512 << 10  # ids + texts per Upsert message: under `lsr serve --max-message-mb 1`
@@ -99,9 +99,10 @@ def _utf8_len(text: str) -> int:
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and not is_real(timeout):  # "5" failed deep in a comparison with an int
         raise TypeError(f"the timeout must be a number of seconds or None, got {timeout!r}")
-    if timeout is not None and not 0 < timeout < math.inf:  # 0 failed every call at once as DEADLINE_EXCEEDED
-        raise ValueError(f"the timeout must be a positive number of seconds, got {timeout} (the Python client takes "
-                         "None for no deadline)")
+    # 0 and 1e10 both failed every call at once as DEADLINE_EXCEEDED
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_S:
+        raise ValueError(f"the timeout must be a positive number of seconds up to {MAX_TIMEOUT_S:.0e}, got {timeout} "
+                         "(the Python client takes None for no deadline)")
 
 
 def endpoint_address(endpoint: str) -> str:
@@ -114,7 +115,11 @@ def endpoint_address(endpoint: str) -> str:
     endpoint = endpoint.strip()
     if not endpoint:
         raise ValueError("the endpoint is empty; give HOST:PORT, e.g. localhost:50051")
-    if "://" in endpoint or endpoint.startswith("unix:"):
+    scheme = endpoint.split("://", 1)[0].lower() if "://" in endpoint else None
+    if scheme in ("http", "https", "grpc", "grpcs"):  # no gRPC resolver: it said "no server answered", exit 1
+        raise ValueError(f"the endpoint {endpoint!r} has a URL scheme; give HOST:PORT without {scheme}:// (and "
+                         "--tls, or tls=, for a server with TLS)")
+    if scheme is not None or endpoint.startswith("unix:"):
         return endpoint
     if endpoint.startswith("["):
         if "]" not in endpoint or not endpoint.endswith("]") and "]:" not in endpoint:  # "[::1" was dialled as is

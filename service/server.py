@@ -39,6 +39,7 @@ log = logging.getLogger("lsr.service")
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _HEALTH_METHODS = (_HEALTH_CHECK, "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List")
+MAX_THREADS = 4096  # --workers (handler threads) and --max-batch (queries a batch waits for) at most
 AFTER_DRAIN_GRACE_S = 0.5  # for the calls left once every search and write has finished (``serve``)
 
 
@@ -88,6 +89,9 @@ class ServerConfig:
                      "max_response_bytes", "max_upsert_bytes_held", "max_answer_bytes_held"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for flag, value in (("--workers", self.workers), ("--max-batch", self.max_batch)):  # 10^20 was taken
+            if value > MAX_THREADS:
+                raise ValueError(f"{flag} must be at most {MAX_THREADS}, got {value}")
         for flag, value, low, high in (("--batch-window-ms", self.batch_window_ms, 0, 10_000),
                                        ("--grace", self.grace_seconds, 0, 86_400),
                                        ("--stream-idle-s", self.stream_idle_seconds, 0, 86_400),
@@ -96,6 +100,9 @@ class ServerConfig:
             if not (low <= value < high and (value > 0 or not positive)):  # NaN failed no "< 0"
                 interval = f"(0, {high})" if positive else f"[0, {high})"
                 raise ValueError(f"{flag} must be in {interval}, got {value:g}")
+        if self.stream_idle_seconds > self.stream_max_seconds:  # the idle limit could never apply
+            raise ValueError(f"--stream-idle-s ({self.stream_idle_seconds:g}) must be at most --stream-max-s "
+                             f"({self.stream_max_seconds:g})")
         if self.max_answer_bytes_held < self.max_response_bytes:  # the largest answer would never get through
             raise ValueError(f"--max-answers-mb ({self.max_answer_bytes_held / 2**20:g}) must be at least "
                              f"--max-response-mb ({self.max_response_bytes / 2**20:g})")

@@ -131,6 +131,37 @@ def test_a_pre_encoded_file_indexes_with_a_copy_of_its_model_folder_and_not_anot
     assert f"was encoded with {str(model)!r}" in capsys.readouterr().err
 
 
+def test_an_empty_name_or_a_field_the_corpus_lacks_is_refused_not_taken_as_the_default(corpus, collections, tmp_path,
+                                                                                       capsys, caplog):
+    """`--model ""` indexed with splade-tiny, `--dense ""` built no dense leg and recorded "" as its model, `--tag ""`
+    wrote the default tag and `lsr upsert --fields ""` read the build's fields; `--fields title,txt`, a typo for
+    text, indexed the titles alone, without a word."""
+    col, out = str(collections["direct"]), str(tmp_path / "new")
+    topics = tmp_path / "topics.tsv"
+    topics.write_text("q1\taspirin\n")
+    for args, said in ((["index", str(corpus), out, "--model", ""], "argument --model: an empty name"),
+                       (["index", str(corpus), out, "--dense", " "], "argument --dense: an empty name"),
+                       (["index", str(corpus), out, "--id-field", ""], "argument --id-field: an empty name"),
+                       (["upsert", str(corpus), col, "--fields", ""], "--fields needs at least one field name"),
+                       (["upsert", str(corpus), col, "--id-field", ""], "argument --id-field: an empty name"),
+                       (["search", col, "--topics", str(topics), "--output", str(tmp_path / "r"), "--tag", ""],
+                        "argument --tag: an empty name"),
+                       (["encode", "aspirin", "--model", ""], "argument --model: an empty name")):
+        with pytest.raises(SystemExit) as refused:  # argparse's own exit
+            cli_main(args)
+        assert refused.value.code == 2 and said in capsys.readouterr().err, args
+    assert not (tmp_path / "new").exists() and not (tmp_path / "r").exists()
+    table = tmp_path / "docs.csv"
+    table.write_text("_id,title,text\nd1,Aspirin,lowers the risk of heart attack\n")
+    assert cli_main(["index", str(table), out, "--fields", "title,txt", "--dense", "none", "--quiet"]) == 2
+    assert "docs.csv has no column(s) ['txt']" in capsys.readouterr().err
+    lines = tmp_path / "docs.jsonl"  # a JSONL file's first object may lack a field that later ones hold: a warning
+    lines.write_text(json.dumps({"_id": "d1", "title": "Aspirin", "text": "lowers the risk of heart attack"}) + "\n")
+    with caplog.at_level("WARNING"):
+        assert cli_main(["index", str(lines), out, "--fields", "title,txt", "--dense", "none", "--quiet"]) == 0
+    assert "docs.jsonl has no field 'txt' (it has '_id', 'title', 'text') in its first document" in caplog.text
+
+
 def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
     topics = tmp_path / "queries.jsonl"
     topics.write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()))

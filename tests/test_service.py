@@ -425,9 +425,14 @@ def test_a_bare_host_means_the_default_port_50051():
     for bad in ("[::1", "[::1]x"):  # dialled as given, then "no server answered"
         with pytest.raises(ValueError, match="opens an IPv6 address with \\[ but does not close it"):
             endpoint_address(bad)
-    for timeout in (0, -1, float("nan"), float("inf")):  # 0 failed every call at once as DEADLINE_EXCEEDED
+    for bad in ("http://localhost:50051", "grpcs://h:1"):  # "no server answered", exit 1, once the timeout ran out
+        with pytest.raises(ValueError, match="has a URL scheme; give HOST:PORT without"):
+            endpoint_address(bad)
+    # 0 and 1e10 (past gRPC's int64 nanoseconds) failed every call at once as DEADLINE_EXCEEDED
+    for timeout in (0, -1, float("nan"), float("inf"), 1e10):
         with pytest.raises(ValueError, match="the timeout must be a positive number of seconds"):
             Client("localhost", timeout=timeout)
+    assert Client("localhost", timeout=1e8).timeout == 1e8
     with pytest.raises(TypeError, match="the timeout must be a number of seconds or None, got '5'"):
         Client("localhost", timeout="5")  # failed deep in a comparison of an int with a str
     with pytest.raises(TypeError, match="the endpoint must be a str HOST\\[:PORT\\]"):
@@ -657,6 +662,11 @@ def test_a_size_limit_of_zero_is_one_line_naming_the_flag(collections, capsys, f
     assert main(["serve", str(collections["hybrid"]), "--max-answers-mb", "32"]) == 2  # the largest answer never fits
     said = capsys.readouterr().err
     assert said == "lsr serve: error: --max-answers-mb (32) must be at least --max-response-mb (64)\n"
+    assert main(["serve", str(collections["hybrid"]), "--stream-idle-s", "100", "--stream-max-s", "10"]) == 2
+    assert capsys.readouterr().err == "lsr serve: error: --stream-idle-s (100) must be at most --stream-max-s (10)\n"
+    for other in ("--workers", "--max-batch"):  # 10^20 was taken
+        assert main(["serve", str(collections["hybrid"]), other, "99999999999999999999"]) == 2
+        assert capsys.readouterr().err == f"lsr serve: error: {other} must be at most 4096, got 99999999999999999999\n"
 
 
 def test_a_taken_port_or_a_wrong_tls_key_is_named_before_the_load(collections, tls_files, tmp_path, capsys):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.endpoint import add_endpoint_arguments, read_token
-from lsr.cli.main import flags_given, path_argument, refuse_unused
+from lsr.cli.main import flags_given, name_argument, path_argument, refuse_unused
 from lsr.files import check_folder_writable
 
 HELP = "evaluate BM25 / sparse / dense / hybrid / PRF / fusion on a BEIR dataset"
@@ -56,8 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="index the dataset, start `lsr serve` on a free loopback port, evaluate through it, then stop it")
     p.add_argument("--out", default=None, type=path_argument,
                    help="folder for results.md, results.json and ndcg.png (default: none, the table is only printed)")
-    p.add_argument("--model", default="splade-tiny", help="SPLADE model (default: splade-tiny)")
-    p.add_argument("--dense", default="minilm", help="dense model, or 'none' (default: minilm)")
+    p.add_argument("--model", type=name_argument, default="splade-tiny", help="SPLADE model (default: splade-tiny)")
+    p.add_argument("--dense", type=name_argument, default="minilm", help="dense model, or 'none' (default: minilm)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: every CPU this process may use); with --serve also the server's "
                         "--threads (default 1 there)")

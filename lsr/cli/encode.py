@@ -19,17 +19,16 @@ import sys
 from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
-from lsr.cli.main import flags_given, path_argument, refuse_unused, shell_word
+from lsr.cli.main import fields_argument, flags_given, name_argument, path_argument, refuse_unused, shell_word
 from lsr.files import check_writable, is_stream
 
 HELP = "show the weighted terms SPLADE gives a text, or encode a file of texts into a vectors file"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lsr.cli.index import _fields
 
     p.add_argument("text", nargs="*", help="the text to encode (several words are joined with spaces)")
-    p.add_argument("--model", default="splade-tiny", help="model name, hub id or local folder (default: splade-tiny)")
+    p.add_argument("--model", type=name_argument, default="splade-tiny", help="model name, hub id or local folder (default: splade-tiny)")
     side = p.add_mutually_exclusive_group()
     side.add_argument("--query", dest="side", action="store_const", const="query",
                       help="encode as a query (up to the model's limit, at most 512 tokens; a model folder with an "
@@ -42,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     files = p.add_argument_group("a file of texts")
     files.add_argument("--input", metavar="FILE", type=path_argument, help="corpus to encode: .jsonl(.gz), .csv, .parquet, BEIR folder/archive, or .txt")
     files.add_argument("--output", metavar="VECTORS.parquet", type=path_argument, help="where the vectors go (with --input)")
-    files.add_argument("--fields", type=_fields, default=("title", "text"), help="text fields of --input (default: title,text, those it has; else contents)")
-    files.add_argument("--id-field", default="_id", help="id field of --input (default: _id, else id, docid or doc_id)")
+    files.add_argument("--fields", type=fields_argument, default=("title", "text"), help="text fields of --input (default: title,text, those it has; else contents)")
+    files.add_argument("--id-field", type=name_argument, default="_id", help="id field of --input (default: _id, else id, docid or doc_id)")
     files.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default: 32)")
     files.add_argument("--max-length", type=int, default=None,
                        help="document tokens kept (default: 256, or the model folder's max_seq_length where smaller), "

@@ -24,31 +24,24 @@ from pathlib import Path
 
 from lsr.files import FolderBusyError
 from lsr.cli.device import add_device_arguments, device_options
-from lsr.cli.main import flags_given, path_argument, refuse_unused, shell_word
+from lsr.cli.main import fields_argument, flags_given, name_argument, path_argument, refuse_unused, shell_word
 
 HELP = "index a corpus (BEIR folder/archive, JSONL, Parquet, CSV, text) into a searchable collection"
-
-
-def _fields(value: str) -> tuple[str, ...]:
-    fields = tuple(f.strip() for f in value.split(",") if f.strip())
-    if not fields:
-        raise argparse.ArgumentTypeError("--fields needs at least one field name, e.g. title,text")
-    return fields
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", type=path_argument, metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv(.gz) or .txt")
     p.add_argument("out", type=path_argument, metavar="COLLECTION", help="collection folder to create")
-    p.add_argument("--model", default=None,
+    p.add_argument("--model", type=name_argument, default=None,
                    help="SPLADE model name, hub id or folder (default: splade-tiny, or what a --pre-encoded file names)")
-    p.add_argument("--dense", default="minilm", help="dense model for hybrid search, or 'none' (default: minilm)")
+    p.add_argument("--dense", type=name_argument, default="minilm", help="dense model for hybrid search, or 'none' (default: minilm)")
     p.add_argument("--bm25", choices=("english", "none"), default="english",
                    help="build a BM25 leg (bm25s, English stopwords and stemmer) for --mode bm25 and fusion, or 'none' "
                         "(default: english)")
-    p.add_argument("--fields", type=_fields, default=("title", "text"),
+    p.add_argument("--fields", type=fields_argument, default=("title", "text"),
                    help="text fields joined with a space, in order (default: title,text, those the corpus has; "
                         "pyserini's contents when it has neither)")
-    p.add_argument("--id-field", default="_id",
+    p.add_argument("--id-field", type=name_argument, default="_id",
                    help="document id field/column (default: _id, else id, docid or doc_id, whichever the corpus has)")
     p.add_argument("--batch-size", type=int, default=32, help="documents per forward pass (default: 32)")
     p.add_argument("--max-length", type=int, default=None,

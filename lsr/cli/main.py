@@ -142,6 +142,22 @@ def path_argument(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def name_argument(text: str) -> str:
+    """A name a flag takes (a model, a field, a run tag): "" was taken as the flag left out (`--model ""` indexed with
+    splade-tiny, `--dense ""` built no dense leg and recorded "" as its model, `--tag ""` wrote the default tag)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name")
+    return text
+
+
+def fields_argument(text: str) -> tuple[str, ...]:
+    """``--fields title,text`` as names; none at all is refused (`lsr upsert --fields ""` used the build's)."""
+    fields = tuple(f.strip() for f in text.split(",") if f.strip())
+    if not fields:
+        raise argparse.ArgumentTypeError("--fields needs at least one field name, e.g. title,text")
+    return fields
+
+
 def shell_word(path: str | Path) -> str:
     """``path`` as a word of a command a hint suggests: quoted for the shell, and behind ./ where it starts with a dash
     (`try: lsr search -col2` was read as a flag)."""

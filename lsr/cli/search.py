@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, add_query_encoder_argument, lazy_device_options
 from lsr.cli.fusion import add_fusion_arguments, add_prf_arguments, chosen_mode, hybrid_options, prf_options
-from lsr.cli.main import flags_given, path_argument, refuse_unused, shell_word
+from lsr.cli.main import flags_given, name_argument, path_argument, refuse_unused, shell_word
 
 HELP = "search a collection in-process and print the hits"
 
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="query text (or --topics; with neither, queries are read from standard input, one per line)")
     p.add_argument("--topics", metavar="FILE", type=path_argument, help="search every query of a TSV/JSONL topics file (needs --output)")
     p.add_argument("--output", metavar="RUN", type=path_argument, help="TREC run file to write for --topics (- writes it to standard output)")
-    p.add_argument("--tag", default=None, help="run tag in the TREC file (default: lsr-MODE)")
+    p.add_argument("--tag", type=name_argument, default=None, help="run tag in the TREC file (default: lsr-MODE)")
     p.add_argument("--threads", type=int, default=None,
                    help="with --topics: queries searched in parallel, one torch thread each (default: one at a time)")
     p.add_argument("-k", "--k", type=int, default=None, help="hits per query, 1..1000 (default 10; 1000 with --topics)")

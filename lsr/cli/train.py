@@ -51,7 +51,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lsr.cli.device import add_device_arguments, device_options
-from lsr.cli.main import flags_given, path_argument, refuse_unused
+from lsr.cli.main import flags_given, name_argument, path_argument, refuse_unused
 from lsr.files import check_folder_writable, missing_folders
 
 HELP = "fine-tune a SPLADE model on a BEIR train split or JSONL pairs (contrastive + FLOPS)"
@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("data", type=path_argument, metavar="DATA", help="BEIR name/folder/archive, or a .jsonl(.gz) of query/positive/negatives rows")
     p.add_argument("out", type=path_argument, metavar="OUT", help="model folder to write (must be new or empty unless --resume)")
-    p.add_argument("--model", default=d.model, help=f"starting SPLADE model (default: {d.model})")
+    p.add_argument("--model", type=name_argument, default=d.model, help=f"starting SPLADE model (default: {d.model})")
     p.add_argument("--split", default="train", help="BEIR qrels split to train on (default: train)")
     p.add_argument("--data-dir", default=None, type=path_argument, help="folder holding BEIR datasets (before $LSR_BEIR_DIR)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the data (default: {d.epochs})")

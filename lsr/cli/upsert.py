@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from lsr.cli.device import add_device_arguments, device_options
 from lsr.cli.endpoint import add_endpoint_arguments, connect, refuse_connection_flags
-from lsr.cli.main import flags_given, path_argument, refuse_unused
+from lsr.cli.main import fields_argument, flags_given, name_argument, path_argument, refuse_unused
 from lsr.files import MachineStateError, stop_signals
 from lsr.ingest.layout import is_collection_dir
 
@@ -42,10 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", type=path_argument, metavar="SOURCE", help="BEIR folder/.zip/.tar.gz, .jsonl(.gz), .parquet, .csv(.gz) or .txt")
     p.add_argument("collection", type=path_argument, metavar="COLLECTION", nargs="?",
                    help="collection folder written by `lsr index` (or give --endpoint)")
-    p.add_argument("--fields", help="text fields joined with a space, in order (default: those the collection was "
+    p.add_argument("--fields", type=fields_argument, help="text fields joined with a space, in order (default: those the collection was "
                                      "built from; title,text with --endpoint; as `lsr index`, pyserini's contents when "
                                      "the corpus has neither)")
-    p.add_argument("--id-field", help="document id field/column (default: the collection's; _id with --endpoint; as "
+    p.add_argument("--id-field", type=name_argument, help="document id field/column (default: the collection's; _id with --endpoint; as "
                                       "`lsr index`, else id, docid or doc_id, whichever the corpus has)")
     p.add_argument("--on-error", choices=ON_ERROR, default="fail",
                    help="bad rows (missing/duplicate id, non-string text, invalid JSON): stop, or skip and count")
@@ -133,7 +133,7 @@ def _corpus(args: argparse.Namespace, built: dict) -> Any:
 
     if str(args.source).lower().endswith(".txt"):  # lines, no columns: the build's fields name none of them
         built = {}
-    fields = args.fields.split(",") if args.fields else built.get("fields", DEFAULT_FIELDS)
+    fields = list(args.fields) if args.fields else built.get("fields", DEFAULT_FIELDS)
     id_field = args.id_field or built.get("settings", {}).get("id_field", DEFAULT_ID_FIELD)
     return CorpusReader(args.source, fields=fields, id_field=id_field, on_error=args.on_error, limit=args.limit)
 

@@ -272,7 +272,9 @@ class CorpusReader:
             fields_given = tuple(fields) != DEFAULT_FIELDS
             self._adopt_columns(list(columns), tables=self.format != "jsonl", id_given=id_field != DEFAULT_ID_FIELD,
                                 fields_given=fields_given)
-            if not fields_given:
+            if fields_given and self.format == "jsonl":  # a table's are checked as it is read (_check_columns)
+                self._warn_lacking_fields(columns)
+            elif not fields_given:
                 self._warn_unread_fields(columns)
 
     def _columns(self) -> dict[str, bool]:
@@ -333,6 +335,15 @@ class CorpusReader:
                 adopted.append(f"text from {', '.join(map(repr, self.fields))}")
         if adopted:
             log.info("%s: reading %s (pass --id-field / --fields to choose)", self.source.name, " and ".join(adopted))
+
+    def _warn_lacking_fields(self, columns: dict[str, bool]) -> None:
+        """Fields given that the first JSON object lacks: `--fields title,txt` (a typo for text) indexed the titles
+        alone, without a word. Only a warning: a later object may hold a field the first lacks."""
+        lacking = [name for name in self.fields if name not in columns]
+        if lacking:
+            log.warning("%s has no field %s (it has %s) in its first document; a document without it is read without "
+                        "it (--fields names the fields whose text is read)", self.source.name,
+                        ", ".join(map(repr, lacking)), ", ".join(map(repr, columns)))
 
     def _warn_unread_fields(self, columns: dict[str, bool]) -> None:
         """The default fields found in part, beside other text fields: a corpus of title and abstract was indexed by
