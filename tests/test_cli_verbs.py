@@ -162,6 +162,19 @@ def test_an_empty_name_or_a_field_the_corpus_lacks_is_refused_not_taken_as_the_d
     assert "docs.jsonl has no field 'txt' (it has '_id', 'title', 'text') in its first document" in caplog.text
 
 
+def test_a_file_given_for_a_collection_and_a_path_holding_a_newline_are_one_line_each(collections, tmp_path,
+                                                                                       capsys):
+    """`lsr verify col/lsr.json` said "is not an lsr collection (no lsr.json)"; a path holding a newline ran the
+    error onto a second line."""
+    meta = collections["direct"] / "lsr.json"
+    assert cli_main(["verify", str(meta)]) == 2
+    assert capsys.readouterr().err == (f"lsr verify: error: {meta} is a file; a collection is a folder (`lsr index` "
+                                       f"makes one); give the folder that holds it, {collections['direct']}\n")
+    assert cli_main(["search", str(tmp_path / "co\nl"), "aspirin"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"collection {tmp_path}/co\\nl does not exist" in err
+
+
 def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
     topics = tmp_path / "queries.jsonl"
     topics.write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()))

@@ -386,7 +386,8 @@ def _failed(args: argparse.Namespace, exc: BaseException, text: str, code: int) 
     """The error's one line, and ``code``; with -v its traceback first (-v printed nothing more than the line)."""
     if args.verbose:
         traceback.print_exception(exc)
-    print(f"lsr {args.verb}: error: {text}", file=sys.stderr)
+    one_line = text.replace("\r", "\\r").replace("\n", "\\n")  # a path holding a newline ran it onto a second
+    print(f"lsr {args.verb}: error: {one_line}", file=sys.stderr)
     return code
 
 

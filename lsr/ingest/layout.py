@@ -195,6 +195,9 @@ def read_meta(path: Path) -> dict:
             raise FileNotFoundError(missing_shard(path))
         if not path.exists():
             raise FileNotFoundError(f"collection {path} does not exist; create it with `lsr index SOURCE {path}`")
+        if path.is_file():  # "col/lsr.json is not an lsr collection (no lsr.json)"
+            inside = f"; give the folder that holds it, {path.parent}" if path.name in (META_FILE, SHARDS_FILE) else ""
+            raise ValueError(f"{path} is a file; a collection is a folder (`lsr index` makes one){inside}")
 
         if is_sharded(path):
             raise ValueError(f"{path} is a sharded collection: search it with `lsr search {path}` or serve it with "
