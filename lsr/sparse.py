@@ -208,9 +208,10 @@ class SparseBatch:
         for name, array in (("indptr", indptr), ("indices", indices), ("values", values)):
             if array.ndim != 1:  # a column of indices [[1], [3]] was read as the terms of every row
                 raise ValueError(f"{name} must be a 1-D array, got shape {array.shape}")
+        # a term id 1.5 was cast to 1 and NaN to -2**31; an indptr of 0.7 to 0, moving a term into the row before
         for name, array, what in (("indptr", indptr, "whole numbers"), ("indices", indices, "whole term ids")):
-            if array.size and not np.issubdtype(array.dtype, np.integer):  # 1.5 was cast to term 1, NaN to -2**31,
-                raise TypeError(f"{name} must be {what}, got an array of {array.dtype}")  # an indptr of 0.7 to 0
+            if array.size and not np.issubdtype(array.dtype, np.integer):
+                raise TypeError(f"{name} must be {what}, got an array of {array.dtype}")
         if values.size and (values.dtype.kind not in "iuf"):  # "1.5" was cast, True read as 1.0
             raise TypeError(f"values must be numbers, got an array of {values.dtype}")
         self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)

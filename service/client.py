@@ -7,7 +7,6 @@ Server errors surface as ``grpc.RpcError`` with the server's status code and mes
 
 from __future__ import annotations
 
-
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
