@@ -40,7 +40,11 @@ def test_the_lazy_loaders_annotations_resolve():
 
     import lsr
 
+    import lsr.service
+
     assert typing.get_type_hints(lsr.__getattr__) == {"name": str, "return": object}
+    for function in (lsr.numba_cache_folder, lsr.service.__getattr__):  # annotations a type checker alone imports
+        assert typing.get_type_hints(function)
 
 def test_python_dash_m_lsr_is_the_cli():
     out = subprocess.run([sys.executable, "-m", "lsr", "--help"], check=True, capture_output=True, text=True).stdout

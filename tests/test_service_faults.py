@@ -404,7 +404,7 @@ def test_a_stream_that_trickles_within_the_idle_limit_is_cancelled_at_the_stream
     """One small document a second, each inside --stream-idle-s, held an upsert stream slot for as long as the client
     liked (10,000 documents: hours); past --stream-max-s it is cancelled like an idle one, and nothing of it is
     applied."""
-    server = ServerProcess(shutil.copytree(collection, tmp_path / "col"), "--workers", "4", "--stream-idle-s", "5",
+    server = ServerProcess(shutil.copytree(collection, tmp_path / "col"), "--workers", "4", "--stream-idle-s", "2",
                            "--stream-max-s", "3").wait_listening()
 
     def trickle():
