@@ -10,6 +10,7 @@ skipped and counted with ``on_error="skip"``. Only the set of seen ids grows wit
 
 from __future__ import annotations
 
+import codecs
 import errno
 import hashlib
 import io
@@ -283,6 +284,7 @@ class CorpusReader:
         if self.format == "parquet":
             return _text_columns(pq.ParquetFile(self.source).schema_arrow)
         if self.format == "csv":
+            self._check_csv_header()
             return _text_columns(self._csv_schema())
         with open_maybe_gzip(self.source) as fh:
             for line in fh:
@@ -293,6 +295,27 @@ class CorpusReader:
                 if isinstance(row, dict):
                     return {name: value is None or isinstance(value, str) for name, value in row.items()}
         return {}
+
+    def _check_csv_header(self) -> None:
+        """The header row is UTF-8 before pyarrow reads it. pyarrow's names in another encoding failed to decode once
+        its reader was closed, and the process, exiting at once, was killed by a read-ahead thread of pyarrow's that
+        released the row handler without the GIL (SIGABRT, exit 134, 3 runs in 10 on a busy machine)."""
+        with open_maybe_gzip(self.source) as fh:
+            head = fh.readline(self.chunk_bytes)
+        problem = None
+        if head.startswith(b"\x1f\x8b"):
+            problem = f"it is gzip-compressed; name it {self.source.name}.gz"
+        elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            problem = 'it is UTF-16 text (a spreadsheet\'s "Unicode Text" export); save it as "CSV UTF-8"'
+        else:
+            try:
+                head.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if exc.reason != "unexpected end of data":  # a character cut by the read's limit is no fault
+                    problem = (f"its header row is not UTF-8 text (byte 0x{head[exc.start]:02X} at byte "
+                               f'{exc.start + 1}); save it as "CSV UTF-8"')
+        if problem is not None:
+            raise self._unreadable(ValueError(problem))
 
     def _csv_schema(self) -> pa.Schema:
         """The CSV's columns with the types of its first block, read in blocks as large as the rows' (a first row
