@@ -65,6 +65,21 @@ def test_a_build_with_no_word_matches_nothing_and_its_later_documents_score(recw
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
+def test_a_word_stored_or_typed_decomposed_is_found_by_its_composed_form_and_back():
+    """bm25s's word pattern takes combining marks for no letters: "München" stored as "Mu" + U+0308 + "nchen" (macOS,
+    some PDF extractions) became the words "mu" and "nchen", and a query typed "München" found nothing."""
+    from lsr.search.bm25_leg import Bm25Leg
+
+    decomposed, composed = "Mu\u0308nchen", "M\u00fcnchen"
+    index = Bm25Index.build(["stored-nfd", "stored-nfc", "other"],
+                            [f"{decomposed} has a famous beer festival", "the cafe\u0301 opens early",
+                             "aspirin lowers heart attack risk"])
+    assert list(index.search([composed], 10)[0]) == ["stored-nfd"]
+    assert list(index.search(["caf\u00e9"], 10)[0]) == list(index.search(["cafe\u0301"], 10)[0]) == ["stored-nfc"]
+    later = Bm25Leg(index).with_updates(["written-nfd"], [f"a {decomposed} guide"])  # an upsert: the same words
+    assert set(later.search([composed], 10)[0]) == {"stored-nfd", "written-nfd"}
+
+
 def test_a_corrupted_score_matrix_gives_wrong_scores_not_a_crash(leg, scifact):
     import copy
 

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import unicodedata
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -70,7 +71,14 @@ def _jax_hidden() -> Iterator[None]:
 
 def tokenize(texts: Sequence[str], stemmer) -> list[list[str]]:
     """bm25s's words of each text: English stopwords out, stemmed (the leg's one tokenisation)."""
-    return bm25s_module().tokenize(list(texts), stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+    return bm25s_module().tokenize(composed(texts), stopwords="en", stemmer=stemmer, return_ids=False,
+                                   show_progress=False)
+
+
+def composed(texts: Sequence[str]) -> list[str]:
+    """The texts in NFC. A word stored or typed decomposed (macOS input, some PDF extractions: "Mu" + U+0308 + "nchen")
+    was split at its combining marks, which bm25s's word pattern takes for no letters: "München" found none of it."""
+    return [unicodedata.normalize("NFC", text) for text in texts]
 
 
 @dataclass
@@ -89,8 +97,8 @@ def count_words(texts: Sequence[str]) -> ChunkCounts:
     """Tokenise a chunk of documents as bm25s does and count each document's words."""
     import Stemmer
 
-    tokens = bm25s_module().tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=True,
-                                     show_progress=False)
+    tokens = bm25s_module().tokenize(composed(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"),
+                                     return_ids=True, show_progress=False)
     lengths = np.fromiter(map(len, tokens.ids), np.int64, count=len(tokens.ids))
     flat = np.fromiter(itertools.chain.from_iterable(tokens.ids), np.int64, count=int(lengths.sum()))
     n_words = max(len(tokens.vocab), 1)
