@@ -633,13 +633,15 @@ def test_eval_compares_runs_with_a_paired_randomization_test(tmp_path, capsys):
     ("q1 Q0 d1 1 2 tag\n", "q1 0 d1 1e30\n", "qrels.txt line 1: grade '1e30' is not a whole number"),
     ("q1 Q0 d1 1 2 tag\n", "query-id\tcorpus-id\tscore\nq1\td 1\t1\n",  # was read as TREC: doc '1', grade 1
      "qrels.txt line 2: id 'd 1' is empty or holds whitespace"),
+    ("q1\u3000Q0 d1 1 2 tag\n", "q1 0 d1 1\n",  # split at the ideographic space, where trec_eval's sscanf does not
+     "run.trec line 1: expected 'qid Q0 docid rank score tag', got 5 fields"),
     ("q1 Q0 d1 1 2 tag\n", "q1 0 d1 1\nq1 0 d2 1\nq1 0 d1 2\n",  # the last grade was kept without a word
      "qrels.txt line 3: judges document 'd1' for query 'q1' again, with grade 2 after 1"),
     ("q1 Q0 d\xff1 1 2 tag\n", "q1 0 d1 1\n", "run.trec is not UTF-8 text (invalid start byte at byte 7)"),
     ("q1 0 d1 1\n", "q1 Q0 d1 1 2 tag\n",  # RUN and QRELS given the other way round
      "qrels.txt line 1: expected 'qid 0 docid grade' or 'query-id corpus-id score' (a TREC run's 6 fields: the run "
      "comes first, `lsr eval RUN QRELS`)"),
-], ids=["fields", "nan-score", "underscored-score", "fullwidth-grade", "repeated-doc", "inf-grade", "huge-grade", "spaced-beir-id", "regraded", "latin1",
+], ids=["fields", "nan-score", "underscored-score", "fullwidth-grade", "repeated-doc", "inf-grade", "huge-grade", "spaced-beir-id", "ideographic-space", "regraded", "latin1",
         "swapped"])
 def test_eval_names_a_malformed_line(tmp_path, capsys, run_text, qrels_text, message):
     """Each was a traceback or a silently wrong score (a NaN run score: nDCG 0.82 for a perfect ranking)."""

@@ -25,6 +25,8 @@ _TEXT_KEYS = ("text", "query", "title")
 _ID_COLUMNS = ("qid", "query-id", "query_id", "id", "_id")  # a TSV header's names for its columns
 _TEXT_COLUMNS = ("query", "text", "title", "question")
 MAX_GRADE = 2**31 - 1  # pytrec_eval keeps grades as C ints
+_ASCII_SPACE = " \t\n\v\f\r"  # C's isspace(), where trec_eval's sscanf splits a line
+_ASCII_SPACES = re.compile(f"[{_ASCII_SPACE}]+")
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +209,9 @@ def fields(line: str) -> list[str]:
     """A run or qrels line's fields: split at tabs where it has them (BEIR's TSV: an id with a space stays one
     field, which the checks then name, rather than shifting the grade into the doc id), else at whitespace. A BOM
     opening a line (files concatenated with `cat`) is dropped: it went into that line's query id, which then matched
-    no judgement; so is whitespace ending it (a trailing tab was a seventh, empty field: "got 7 fields")."""
-    line = line.removeprefix("\ufeff").rstrip()
-    return [part.strip() for part in line.split("\t")] if "\t" in line else line.split()
+    no judgement; so is whitespace ending it (a trailing tab was a seventh, empty field: "got 7 fields"). Whitespace
+    is ASCII's, as trec_eval's: an ideographic space (U+3000) split a line trec_eval reads as fewer fields."""
+    line = line.removeprefix("\ufeff").rstrip(_ASCII_SPACE)
+    if "\t" in line:
+        return [part.strip(_ASCII_SPACE) for part in line.split("\t")]
+    return [part for part in _ASCII_SPACES.split(line) if part]
