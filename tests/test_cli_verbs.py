@@ -684,6 +684,8 @@ def test_doc_verb_searcher_doc_and_queries_that_are_not_text(collections, capsys
     assert cli_main(["doc", str(collections["pre"]), "coffee", "ghost"]) == 2
     said = capsys.readouterr()  # the ones found are printed (they were not), the rest named
     assert said.out == f"coffee\t{DOCS['coffee']}\n" and "no document 'ghost' in" in said.err
+    assert cli_main(["doc", str(collections["pre"]), "caf\udce9"]) == 2  # a Latin-1 byte in argv: "no document"
+    assert "the id 'caf\\udce9' is not UTF-8 text: an undecodable byte at character 3" in capsys.readouterr().err
     searcher = Searcher.open(collections["direct"])
     assert searcher.doc("statins") == DOCS["statins"]
     with pytest.raises(KeyError, match="ghost"):

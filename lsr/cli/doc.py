@@ -29,9 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lsr.encode.texts import check_utf8
     from lsr.sparse import short_repr
 
     ids = list(dict.fromkeys(args.ids))  # an id given twice is printed once
+    for doc_id in ids:  # a Latin-1 byte was "no document 'caf\udce9'", as if the id were merely unknown
+        check_utf8(doc_id, f"the id {short_repr(doc_id)}")
     texts = _texts(Path(args.collection), ids)
     found = {doc_id: text for doc_id, text in zip(ids, texts) if text is not None}  # printed even if some are not
     if args.json:
