@@ -9,7 +9,7 @@ follow the data flow: ``encode`` → ``ingest`` → ``search`` (+ ``lsr.index``)
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping  # 0.15 ms of `import lsr`, where typing costs 2
+from collections.abc import Mapping  # 0.15 ms of `import lsr`, where typing costs 2 ms
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing would cost `import lsr` 2 ms
 
