@@ -175,6 +175,20 @@ def test_a_file_given_for_a_collection_and_a_path_holding_a_newline_are_one_line
     assert len(err.splitlines()) == 1 and f"collection {tmp_path}/co\\nl does not exist" in err
 
 
+def test_out_of_range_fusion_and_prf_flags_are_named_by_their_flags(collections, capsys):
+    """The command line was told "PRF feedback_docs must be in 1..100" of --prf-docs 0: the API's field names."""
+    col = str(collections["direct"])
+    for flags, said in ((["--prf", "--prf-docs", "0"], "--prf-docs must be in 1..100, got 0"),
+                        (["--prf", "--prf-weight", "11"], "--prf-weight must be in [0, 10], got 11.0"),
+                        (["--prf", "--prf-dense-weight", "20"], "--prf-dense-weight must be in [0, 10], got 20.0"),
+                        (["--mode", "hybrid", "--candidates", "0"], "--candidates must be in 1..1000, got 0"),
+                        (["--mode", "hybrid", "--sparse-weight", "2"], "--sparse-weight must be in [0, 1], got 2.0"),
+                        (["--mode", "hybrid", "--normalization", "rrf", "--rrf-k", "0"],
+                         "--rrf-k must be in 1..10000, got 0")):
+        assert cli_main(["search", col, "aspirin", *flags]) == 2
+        assert capsys.readouterr().err == f"lsr search: error: {said}\n", flags
+
+
 def test_topics_to_trec_run_to_eval(collections, tmp_path, capsys):
     topics = tmp_path / "queries.jsonl"
     topics.write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()))

@@ -119,7 +119,23 @@ def hybrid_options(args: argparse.Namespace):
     from lsr.search.searcher import HybridOptions
 
     given = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
-    return HybridOptions(**given) if given else None
+    if not given:
+        return None
+    options = HybridOptions(**given)
+    _in_flags(options.check, {f"hybrid {name}": f"--{name.replace('_', '-')}" for name in FLAGS})
+    return options
+
+
+def _in_flags(check: Callable[[], None], names: dict[str, str]) -> None:
+    """``check()``, its message naming the flags (``--prf-docs``) where it names the API's fields (``PRF
+    feedback_docs``), which a command line never showed."""
+    try:
+        check()
+    except (TypeError, ValueError) as exc:
+        text = str(exc)
+        for said, flag in names.items():
+            text = text.replace(f"{said} must", f"{flag} must")
+        raise type(exc)(text) from None
 
 
 PRF_HELP = """pseudo-relevance feedback: --prf alone uses the collection's tuned PRF (`lsr tune`), else the
@@ -162,6 +178,9 @@ def prf_options(args: argparse.Namespace, defaults=None):
         return None
     if not given:
         return True
+    from lsr.search.searcher import PrfOptions
+
+    _in_flags(PrfOptions(**given).check, {f"PRF {field}": f"--{flag.replace('_', '-')}" for flag, field in PRF_FLAGS.items()})
     if not defaults:
         return given
     from lsr.search.searcher import check_after_weight
