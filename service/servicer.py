@@ -324,7 +324,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         old = held.pop()
         self._close_when_idle(old)
         del old
-        _return_freed_memory()
+        for pause in RETIRED_COLLECTIONS_S:  # a cycle something still held at the first collection is let go later:
+            time.sleep(pause)  # the old build's files stayed open past a minute, where no automatic collection ran
+            _return_freed_memory()
 
     def _close_when_idle(self, old: "Serving") -> None:
         with self._idle:
@@ -609,6 +611,9 @@ class Serving:
     def close(self) -> None:
         self.sparse_batcher.close()
         self.dense_batcher.close()
+
+
+RETIRED_COLLECTIONS_S = (0.0, 1.0, 4.0, 10.0)  # pauses before each collection of a retired build's garbage
 
 
 def _return_freed_memory(collect: bool = True) -> None:
